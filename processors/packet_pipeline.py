@@ -1,0 +1,103 @@
+"""What a processor worker does with each ``wire.packets`` message, independent of Faust.
+
+One :class:`PacketPipeline` per worker process. It decodes batches, feeds the per
+partition/source analysers (TCP connections today; L7 analysers plug in beside it), and
+at an end-of-input marker flushes that partition's state and reports its counters on
+``wire.stats``, which is how ``wirestream analyze`` knows a source has been processed.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from typing import Any
+
+from wirestream.codec import AvroCodec
+from wirestream.errors import DecodeError, RegistryError
+from wirestream.packet_block import decode_batch
+from wirestream.topics import CONNECTIONS
+
+from .connection_tracker import ConnectionTracker
+from .output import OutputPublisher
+
+STAGE = "processor.packets"
+log = logging.getLogger(__name__)
+
+
+class PacketPipeline:
+    def __init__(
+        self,
+        codec: AvroCodec,
+        publisher: OutputPublisher,
+        idle_timeout_us: int = 300_000_000,
+        close_linger_us: int = 10_000_000,
+        interim_us: int = 0,
+        source_prefix: str = "",
+    ) -> None:
+        self.codec = codec
+        self.publisher = publisher
+        self.idle_timeout_us = idle_timeout_us
+        self.close_linger_us = close_linger_us
+        self.interim_us = interim_us
+        # Only sources whose id starts with this (analyze's own workers on a shared Kafka).
+        self.source_prefix = source_prefix
+        self._trackers: dict[tuple[str, int], ConnectionTracker] = {}
+        self._received: Counter[tuple[str, int]] = Counter()
+        self.dropped: Counter[str] = Counter()  # messages we could not use, by reason
+
+    def _tracker(self, source_id: str, partition: int) -> ConnectionTracker:
+        key = (source_id, partition)
+        tracker = self._trackers.get(key)
+        if tracker is None:
+            emit = self.publisher.emit
+
+            def on_record(record: dict[str, Any]) -> None:
+                emit(CONNECTIONS, record["connection_id"], record)
+
+            tracker = self._trackers[key] = ConnectionTracker(
+                on_record,
+                source_id=source_id,
+                idle_timeout_us=self.idle_timeout_us,
+                close_linger_us=self.close_linger_us,
+                interim_us=self.interim_us,
+            )
+        return tracker
+
+    def handle(self, partition: int, value: bytes | None) -> None:
+        """Process one ``wire.packets`` message. Never raises for bad input: counts it."""
+        try:
+            batch = self.codec.decode(value)
+            headers, _payloads = decode_batch(batch)
+        except (DecodeError, ValueError) as exc:
+            self.dropped["malformed_batch"] += 1
+            log.warning("skipping a wire.packets message on partition %d: %s", partition, exc)
+            return
+        except RegistryError:
+            self.dropped["registry_unavailable"] += 1
+            return
+        source_id = batch["source_id"]
+        if not source_id.startswith(self.source_prefix):
+            self.dropped["other_source"] += 1
+            return
+        tracker = self._tracker(source_id, partition)
+        tracker.process(headers)
+        self._received[(source_id, partition)] += batch["count"]
+        self.publisher.poll()
+        if batch["end_of_input"]:
+            self.end_of_input(source_id, partition, batch)
+
+    def end_of_input(self, source_id: str, partition: int, batch: dict[str, Any]) -> None:
+        tracker = self._tracker(source_id, partition)
+        del self._trackers[(source_id, partition)]  # this source is done on this partition
+        tracker.flush()
+        counters = dict(tracker.counters)
+        counters["batches_expected"] = batch["batches_before"]
+        self.publisher.publish_stats(
+            source_id=source_id,
+            partition=partition,
+            received=self._received.pop((source_id, partition), 0),
+            emitted={CONNECTIONS: tracker.emitted},
+            dropped=dict(tracker.dropped + self.dropped),
+            counters=counters,
+            final=True,
+        )

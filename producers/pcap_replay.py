@@ -1,0 +1,74 @@
+"""Replay a capture file into ``wire.packets``: read -> decode -> publish, then mark the end.
+
+This is the producer behind ``wirestream produce pcap FILE`` and ``wirestream analyze``.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from wirestream.errors import CaptureFileError
+
+from .capture_file import SUPPORTED_LINKTYPES, open_capture
+from .decode import FrameDecoder
+from .publisher import PacketBatchPublisher
+
+ProgressCallback = Callable[[int, int], None]  # (bytes read so far, total bytes)
+
+
+@dataclass
+class ReplayResult:
+    path: str
+    format: str
+    frames: int = 0
+    packets: int = 0
+    dropped: Counter[str] = field(default_factory=Counter)
+    first_ts_us: int | None = None
+    last_ts_us: int | None = None
+
+
+def replay_capture(
+    path: str,
+    publisher: PacketBatchPublisher,
+    payload_snaplen: int = 65535,
+    progress: ProgressCallback | None = None,
+    publish_stats: bool = True,
+) -> ReplayResult:
+    """Publish every TCP/UDP packet of ``path``; return what was read and dropped.
+
+    Raises :class:`CaptureFileError` when the file cannot be read at all. Damage inside
+    the file is counted in ``result.dropped`` and the rest is published.
+    """
+    decoder = FrameDecoder(payload_snaplen)
+    decode = decoder.decode
+    add = publisher.add
+    with open_capture(path) as reader:
+        result = ReplayResult(path, reader.format)
+        frames = 0
+        first_ts = last_ts = None
+        for number, ts_us, linktype, data, orig_len in reader:
+            frames += 1
+            if first_ts is None:
+                first_ts = ts_us
+            last_ts = ts_us
+            decoded = decode(linktype, data, ts_us, orig_len, number)
+            if decoded is not None:
+                add(decoded[0], decoded[1])
+            if progress is not None and not frames & 0x3FFF:
+                progress(reader.bytes_read, reader.size)
+        if progress is not None:
+            progress(reader.size, reader.size)
+        result.frames = frames
+        result.first_ts_us, result.last_ts_us = first_ts, last_ts
+        result.dropped = decoder.dropped + reader.problems
+        if reader.linktypes and not reader.linktypes & SUPPORTED_LINKTYPES.keys():
+            raise CaptureFileError(
+                path, f"unsupported link type {', '.join(map(str, sorted(reader.linktypes)))}"
+            )
+    publisher.finish()
+    result.packets = publisher.packets
+    if publish_stats:
+        publisher.publish_stats(frames, result.dropped, {"frames": frames})
+    return result

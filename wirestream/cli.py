@@ -1,0 +1,317 @@
+"""The ``wirestream`` command.
+
+Every sub-command has ``--help`` with examples. Errors are one line on stderr naming the
+input and the problem, with a non-zero exit code; no tracebacks for expected failures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import time
+from collections.abc import Sequence
+
+from wirestream.config import Settings
+from wirestream.errors import WirestreamError
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+_DESCRIPTION = """\
+wirestream: network observability as streams on Kafka.
+
+Packets (capture files, or live capture) are published to Kafka in batches; processors
+join them into TCP connection records (and, as they are added, L7 transactions, DNS,
+TLS, service windows and alerts) on output topics that anyone can subscribe to.
+
+With no --bootstrap, wirestream starts an embedded Kafka-protocol broker and schema
+registry on 127.0.0.1 for the duration of the command.
+"""
+
+_EPILOG = """\
+examples:
+  wirestream analyze capture.pcapng                 # whole pipeline, summary tables
+  wirestream analyze a.pcap b.pcap.gz --out out/    # also write out/wire.connections.jsonl ...
+  wirestream broker                                 # embedded broker + registry, foreground
+  wirestream produce pcap capture.pcap --bootstrap 127.0.0.1:9092 --registry http://127.0.0.1:8081
+  wirestream process --bootstrap 127.0.0.1:9092 --registry http://127.0.0.1:8081
+  wirestream tail wire.connections --bootstrap 127.0.0.1:9092 --registry http://127.0.0.1:8081
+
+environment: WIRESTREAM_BOOTSTRAP, WIRESTREAM_REGISTRY, WIRESTREAM_PARTITIONS,
+WIRESTREAM_GROUP, WIRESTREAM_IDLE_TIMEOUT set the defaults of the matching flags.
+"""
+
+
+def _add_kafka_args(p: argparse.ArgumentParser, defaults: Settings) -> None:
+    g = p.add_argument_group("Kafka")
+    g.add_argument("--bootstrap", default=defaults.bootstrap, metavar="HOST:PORT[,...]",
+                   help="Kafka bootstrap servers (default: $WIRESTREAM_BOOTSTRAP, else start the embedded broker)")
+    g.add_argument("--registry", default=defaults.registry, metavar="URL",
+                   help="Confluent-compatible schema registry (default: $WIRESTREAM_REGISTRY, else serve one embedded)")
+    g.add_argument("--partitions", type=int, default=defaults.partitions, metavar="N",
+                   help="partitions for topics wirestream creates (default: %(default)s)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    defaults = Settings.from_env()
+    parser = argparse.ArgumentParser(
+        prog="wirestream", description=_DESCRIPTION, epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"wirestream {_version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    # analyze ------------------------------------------------------------------------
+    p = sub.add_parser(
+        "analyze", help="run the whole pipeline on capture files and print a summary",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="""\
+Replay capture files (pcap or pcapng, optionally gzip-compressed) through Kafka and the
+processors, wait until every packet has been processed, then print the connections
+ranked by trouble and every stage's counters.
+
+Link types: Ethernet (with 802.1Q/QinQ tags), Linux cooked v1/v2, raw IP, BSD null and
+loopback. Connection records follow Wireshark's TCP analysis (see docs/records.md).""",
+        epilog="""\
+examples:
+  wirestream analyze tests/data/chrissanders/tcp_retransmissions.pcapng
+  wirestream analyze big.pcap.gz --out results/ --workers 2
+  wirestream analyze capture.pcap --bootstrap kafka:9092 --registry http://registry:8081""",
+    )
+    p.add_argument("files", nargs="+", metavar="FILE", help="capture files to analyse")
+    p.add_argument("--out", metavar="DIR", help="also write every output topic to DIR/<topic>.jsonl")
+    p.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="processor worker processes (default: %(default)s)")
+    p.add_argument("--top", type=int, default=15, metavar="N",
+                   help="connections to show in the trouble table (default: %(default)s)")
+    p.add_argument("--idle-timeout", type=float, default=defaults.idle_timeout_s, metavar="SECONDS",
+                   help="close a connection after this much capture time without packets (default: %(default)s)")
+    p.add_argument("--snaplen", type=int, default=defaults.payload_snaplen, metavar="BYTES",
+                   help="payload bytes kept per packet for L7 analysis (default: %(default)s)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON instead of tables")
+    _add_kafka_args(p, defaults)
+
+    # broker -------------------------------------------------------------------------
+    p = sub.add_parser("broker", help="run the embedded broker and schema registry in the foreground",
+                       description="Start the embedded Kafka-protocol broker (tansu, in memory) and schema "
+                                   "registry, print their addresses, and serve until Ctrl-C.")
+    p.add_argument("--port", type=int, default=0, help="broker port (default: a free port)")
+    p.add_argument("--registry-port", type=int, default=0, help="registry port (default: a free port)")
+    p.add_argument("--partitions", type=int, default=defaults.partitions, metavar="N",
+                   help="partitions of the topics it creates (default: %(default)s)")
+
+    # produce ------------------------------------------------------------------------
+    p = sub.add_parser("produce", help="publish packets to wire.packets",
+                       description="Publish packets to wire.packets (batched, partitioned by connection).")
+    psub = p.add_subparsers(dest="source", metavar="SOURCE")
+    pp = psub.add_parser("pcap", help="replay capture files",
+                         description="Replay capture files into wire.packets, then send end-of-input markers.")
+    pp.add_argument("files", nargs="+", metavar="FILE")
+    pp.add_argument("--snaplen", type=int, default=defaults.payload_snaplen, metavar="BYTES",
+                    help="payload bytes kept per packet (default: %(default)s)")
+    _add_kafka_args(pp, defaults)
+
+    # process ------------------------------------------------------------------------
+    p = sub.add_parser(
+        "process", help="run a processor worker (Faust) against Kafka",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="""\
+Run one processor worker: consume wire.packets, publish wire.connections and counters on
+wire.stats. Start several with the same --group to share the partitions.""",
+    )
+    p.add_argument("--group", default=defaults.group, help="consumer group / Faust app id (default: %(default)s)")
+    p.add_argument("--idle-timeout", type=float, default=defaults.idle_timeout_s, metavar="SECONDS",
+                   help="idle timeout in capture time (default: %(default)s)")
+    p.add_argument("--interim", type=float, default=0.0, metavar="SECONDS",
+                   help="emit interim records for connections open longer than this (default: off)")
+    p.add_argument("--only-source-prefix", default="", help=argparse.SUPPRESS)
+    p.add_argument("--loglevel", default="warning", help="worker log level (default: %(default)s)")
+    _add_kafka_args(p, defaults)
+
+    # tail ---------------------------------------------------------------------------
+    p = sub.add_parser("tail", help="decode a topic and print JSON lines",
+                       description="Decode a wirestream topic (Avro, Confluent wire format) and print one "
+                                   "JSON object per record.")
+    p.add_argument("topic", metavar="TOPIC", help="e.g. wire.connections, wire.stats")
+    p.add_argument("--from-beginning", action="store_true", help="start at the oldest record (default: new records only)")
+    p.add_argument("-n", "--max", type=int, default=0, metavar="N", help="stop after N records")
+    p.add_argument("--timeout", type=float, default=0.0, metavar="SECONDS",
+                   help="stop after this long without a record (default: follow forever)")
+    _add_kafka_args(p, defaults)
+    return parser
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("wirestream")
+    except Exception:
+        return "unknown"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help()
+        return EXIT_USAGE
+    # SIGTERM behaves like Ctrl-C: the context managers stop what was started.
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        return _COMMANDS[args.command](args)
+    except WirestreamError as exc:
+        print(f"wirestream: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("wirestream: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    s = Settings.from_env()
+    s.bootstrap = args.bootstrap or None
+    s.registry = args.registry or None
+    s.partitions = args.partitions
+    if hasattr(args, "idle_timeout"):
+        s.idle_timeout_s = args.idle_timeout
+    if hasattr(args, "snaplen"):
+        s.payload_snaplen = args.snaplen
+    return s
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    from wirestream.analyze import analyze
+    from wirestream.sinks import console
+    from wirestream.sinks.jsonl import write_jsonl
+
+    settings = _settings(args)
+    show_progress = not args.no_progress and not args.json and sys.stderr.isatty()
+    with console.progress_bars(enabled=show_progress) as progress:
+        result = analyze(args.files, settings, workers=args.workers, progress=progress)
+    for err in result.failed:
+        print(f"wirestream: error: {err}", file=sys.stderr)
+    if args.out:
+        write_jsonl(args.out, result.records)
+    if args.json:
+        json.dump(console.summary_json(result), sys.stdout, indent=2)
+        print()
+    else:
+        console.print_summary(result, top=args.top, out_dir=args.out)
+    return EXIT_ERROR if result.failed else EXIT_OK
+
+
+def cmd_broker(args: argparse.Namespace) -> int:
+    from wirestream.broker import EmbeddedBroker, ensure_topics
+    from wirestream.registry import EmbeddedSchemaRegistry
+    from wirestream.topics import ALL_TOPICS
+
+    with EmbeddedBroker(port=args.port or None) as broker, \
+            EmbeddedSchemaRegistry(port=args.registry_port) as registry:
+        ensure_topics(broker.bootstrap, ALL_TOPICS, args.partitions)
+        print(f"broker:   {broker.bootstrap}")
+        print(f"registry: {registry.url}")
+        print(f"export WIRESTREAM_BOOTSTRAP={broker.bootstrap} WIRESTREAM_REGISTRY={registry.url}")
+        print("serving until Ctrl-C", flush=True)
+        while True:
+            time.sleep(3600)
+
+
+def cmd_produce(args: argparse.Namespace) -> int:
+    from wirestream.broker import partition_count
+    from wirestream.errors import CaptureFileError
+    from wirestream.producers.pcap_replay import replay_capture
+    from wirestream.producers.publisher import PacketBatchPublisher
+    from wirestream.runtime import Runtime
+    from wirestream.topics import PACKETS
+
+    if args.source != "pcap":
+        print("wirestream: error: choose a source: wirestream produce pcap FILE...", file=sys.stderr)
+        return EXIT_USAGE
+    settings = _settings(args)
+    failed = 0
+    with Runtime(settings) as rt:
+        if rt.embedded_broker is not None:
+            print(f"wirestream: note: embedded broker at {rt.bootstrap} stops when this command ends",
+                  file=sys.stderr)
+        partitions = partition_count(rt.bootstrap, PACKETS)
+        for path in args.files:
+            source_id = f"{os.uname().nodename}-{os.getpid()}-{time.time_ns()}"
+            publisher = PacketBatchPublisher(rt.bootstrap, rt.codec, partitions, source_id, path)
+            try:
+                r = replay_capture(path, publisher, settings.payload_snaplen)
+            except CaptureFileError as exc:
+                print(f"wirestream: error: {exc}", file=sys.stderr)
+                failed += 1
+                continue
+            dropped = ", ".join(f"{k}={v}" for k, v in sorted(r.dropped.items())) or "none"
+            print(f"{path}: {r.frames} frames, {r.packets} packets published as source {source_id}; "
+                  f"not published: {dropped}")
+    return EXIT_ERROR if failed else EXIT_OK
+
+
+def cmd_process(args: argparse.Namespace) -> int:
+    from wirestream.processors.app import create_app, run_worker
+
+    if not args.bootstrap or not args.registry:
+        print("wirestream: error: process needs --bootstrap and --registry (or WIRESTREAM_BOOTSTRAP and "
+              "WIRESTREAM_REGISTRY); start them with 'wirestream broker'", file=sys.stderr)
+        return EXIT_USAGE
+    from wirestream.broker import check_reachable
+
+    check_reachable(args.bootstrap)
+    app = create_app(args.bootstrap, args.registry, group=args.group, idle_timeout_s=args.idle_timeout,
+                     interim_s=args.interim, source_prefix=args.only_source_prefix)
+    run_worker(app, loglevel=args.loglevel)
+    return EXIT_OK
+
+
+def cmd_tail(args: argparse.Namespace) -> int:
+    from wirestream.broker import check_reachable
+    from wirestream.codec import AvroCodec
+    from wirestream.reader import TopicReader
+    from wirestream.sinks.jsonl import to_json_line
+
+    if not args.bootstrap or not args.registry:
+        print("wirestream: error: tail needs --bootstrap and --registry (or WIRESTREAM_BOOTSTRAP and "
+              "WIRESTREAM_REGISTRY)", file=sys.stderr)
+        return EXIT_USAGE
+    check_reachable(args.bootstrap)
+    codec = AvroCodec(args.registry)
+    count = 0
+    last = time.monotonic()
+    with TopicReader(args.bootstrap, codec, [args.topic], "beginning" if args.from_beginning else "end") as r:
+        while True:
+            msgs = r.poll(0.5)
+            for m in msgs:
+                if m.record is None:
+                    print(f"wirestream: skipped undecodable record {m.topic}/{m.partition}@{m.offset}: {m.error}",
+                          file=sys.stderr)
+                    continue
+                print(to_json_line(m.record), flush=True)
+                count += 1
+                if args.max and count >= args.max:
+                    return EXIT_OK
+            if msgs:
+                last = time.monotonic()
+            elif args.timeout and time.monotonic() - last > args.timeout:
+                return EXIT_OK
+
+
+_COMMANDS = {
+    "analyze": cmd_analyze,
+    "broker": cmd_broker,
+    "produce": cmd_produce,
+    "process": cmd_process,
+    "tail": cmd_tail,
+}

@@ -1,0 +1,108 @@
+"""Read and decode wirestream topics without joining a consumer group.
+
+Used by ``analyze`` (to wait for the processors' end-of-input reports and collect the
+output records) and by ``tail``. Partitions are assigned explicitly, so reading starts at
+once (a group join costs seconds) and several readers never steal partitions from each
+other.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, TopicPartition
+
+from wirestream.broker import admin_client
+from wirestream.codec import AvroCodec
+from wirestream.errors import DecodeError, RegistryError
+
+
+@dataclass
+class Message:
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    record: dict[str, Any] | None  # None when the value could not be decoded
+    error: str | None = None
+
+
+def consumer_config(bootstrap: str) -> dict[str, Any]:
+    return {
+        "bootstrap.servers": bootstrap,
+        "group.id": "wirestream-reader",  # required by the client; no group is joined (assign)
+        "enable.auto.commit": False,
+        "enable.partition.eof": False,
+        "fetch.wait.max.ms": 50,
+        "log_level": 3,
+    }
+
+
+def partitions_of(bootstrap: str, topics: Iterable[str], timeout: float = 10.0) -> list[TopicPartition]:
+    md = admin_client(bootstrap).list_topics(timeout=timeout)
+    out = []
+    for t in topics:
+        meta = md.topics.get(t)
+        if meta is not None and meta.error is None:
+            out.extend(TopicPartition(t, p) for p in sorted(meta.partitions))
+    return out
+
+
+def end_offsets(bootstrap: str, topics: Iterable[str], timeout: float = 10.0) -> dict[tuple[str, int], int]:
+    """Current end offset of every partition (where a reader starting 'now' begins)."""
+    consumer = Consumer(consumer_config(bootstrap))
+    try:
+        result = {}
+        for tp in partitions_of(bootstrap, topics, timeout):
+            _low, high = consumer.get_watermark_offsets(tp, timeout=timeout)
+            result[(tp.topic, tp.partition)] = high
+        return result
+    finally:
+        consumer.close()
+
+
+class TopicReader:
+    """Assign partitions at given offsets (or beginning/end) and yield decoded messages."""
+
+    def __init__(
+        self,
+        bootstrap: str,
+        codec: AvroCodec,
+        topics: Iterable[str],
+        start: dict[tuple[str, int], int] | str = "beginning",
+    ) -> None:
+        self.codec = codec
+        self._consumer = Consumer(consumer_config(bootstrap))
+        assignment = []
+        for tp in partitions_of(bootstrap, topics):
+            if isinstance(start, dict):
+                tp.offset = start.get((tp.topic, tp.partition), OFFSET_BEGINNING)
+            else:
+                tp.offset = OFFSET_END if start == "end" else OFFSET_BEGINNING
+            assignment.append(tp)
+        self._consumer.assign(assignment)
+
+    def poll(self, timeout: float = 0.2, max_messages: int = 1000) -> list[Message]:
+        out = []
+        for msg in self._consumer.consume(max_messages, timeout):
+            if msg.error():
+                continue  # transient fetch errors are retried by the client
+            record = None
+            error = None
+            try:
+                record = self.codec.decode(msg.value())
+            except (DecodeError, RegistryError) as exc:
+                error = str(exc)
+            out.append(Message(msg.topic(), msg.partition(), msg.offset(), msg.key(), record, error))
+        return out
+
+    def close(self) -> None:
+        self._consumer.close()
+
+    def __enter__(self) -> TopicReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

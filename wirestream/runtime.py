@@ -1,0 +1,111 @@
+"""Bring up what a command needs: a broker, a registry, topics and processor workers.
+
+:class:`Runtime` is a context manager: everything it started is stopped on exit, also on
+Ctrl-C and on errors, so no embedded broker or worker outlives the command.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from wirestream.broker import EmbeddedBroker, check_reachable, ensure_topics
+from wirestream.codec import AvroCodec
+from wirestream.config import Settings
+from wirestream.registry import EmbeddedSchemaRegistry
+from wirestream.topics import ALL_TOPICS
+
+
+class Runtime:
+    """The Kafka side of one command run."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.bootstrap = settings.bootstrap or ""
+        self.registry_url = settings.registry or ""
+        self.embedded_broker: EmbeddedBroker | None = None
+        self.embedded_registry: EmbeddedSchemaRegistry | None = None
+        self.workers: list[subprocess.Popen[bytes]] = []
+        self.workdir = Path(tempfile.mkdtemp(prefix="wirestream-"))
+        self._codec: AvroCodec | None = None
+
+    def __enter__(self) -> Runtime:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        if not self.bootstrap:
+            self.embedded_broker = EmbeddedBroker(log_path=self.workdir / "broker.log").start()
+            self.bootstrap = self.embedded_broker.bootstrap
+        check_reachable(self.bootstrap)
+        if not self.registry_url:
+            self.embedded_registry = EmbeddedSchemaRegistry().start()
+            self.registry_url = self.embedded_registry.url
+        ensure_topics(self.bootstrap, ALL_TOPICS, self.settings.partitions)
+        for topic in ALL_TOPICS:  # fail early (and clearly) if the registry is unusable
+            self.codec.register(topic)
+
+    @property
+    def codec(self) -> AvroCodec:
+        if self._codec is None:
+            self._codec = AvroCodec(self.registry_url)
+        return self._codec
+
+    def start_workers(self, count: int, group: str, extra_args: list[str] | None = None) -> None:
+        """Start ``count`` processor worker processes (``wirestream process``) in one group."""
+        for i in range(count):
+            log = open(self.workdir / f"worker-{i}.log", "wb")  # noqa: SIM115
+            cmd = [
+                sys.executable, "-m", "wirestream", "process",
+                "--bootstrap", self.bootstrap,
+                "--registry", self.registry_url,
+                "--group", group,
+                *(extra_args or []),
+            ]
+            self.workers.append(
+                subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                 start_new_session=True)
+            )
+            log.close()
+
+    def dead_worker(self) -> str | None:
+        """If a worker has exited, return the tail of its log."""
+        for i, w in enumerate(self.workers):
+            if w.poll() is not None:
+                tail = (self.workdir / f"worker-{i}.log").read_text(errors="replace")[-2000:]
+                return f"processor worker {i} exited with code {w.returncode}:\n{tail}"
+        return None
+
+    def stop(self) -> None:
+        for w in self.workers:
+            if w.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(w.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        for w in self.workers:
+            try:
+                w.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(w.pid, signal.SIGKILL)
+                w.wait()
+        self.workers = []
+        if self.embedded_registry is not None:
+            self.embedded_registry.stop()
+            self.embedded_registry = None
+        if self.embedded_broker is not None:
+            self.embedded_broker.stop()
+            self.embedded_broker = None
