@@ -25,6 +25,10 @@
 #        WS_CAPTURE_FORCE=1    same as --force
 # An existing OUT that is newer than this script and holds >= 90% of the target
 # packets is reused unless --force is given.
+#
+# Typical run on a 2-core VM: ~16-27 s of traffic, ~45 s in total (most of the
+# rest is the tshark pass for the summary); 1M packets is ~1.4-1.5 GB with
+# ~75k TCP connections and ~230-250k HTTP requests, 0 kernel drops.
 set -euo pipefail
 
 SCRIPT_PATH="$(readlink -f "${BASH_SOURCE[0]}")"
@@ -315,7 +319,7 @@ TRAFFIC_SECS=$((SECONDS - T0))
 # "received by filter" is ~2x "captured" on lo: the kernel hands each packet
 # to the socket twice (outgoing + incoming) and libpcap drops the outgoing copy.
 DROP_LINE="$(grep 'dropped by kernel' "$WORK/tcpdump.err" | tail -1 || true)"
-grep -E 'captured|received by filter|dropped by' "$WORK/tcpdump.err" | tail -3 | sed 's/^/tcpdump: /' >&2
+{ grep -E 'captured|received by filter|dropped by' "$WORK/tcpdump.err" || true; } | tail -3 | sed 's/^/tcpdump: /' >&2
 if [[ "${DROP_LINE%% *}" =~ ^[0-9]+$ && "${DROP_LINE%% *}" -gt 0 ]]; then
     log "WARNING: tcpdump reports $DROP_LINE"
 fi

@@ -18,7 +18,7 @@ from typing import Any
 from confluent_kafka import KafkaError, Producer
 
 from wirestream.codec import AvroCodec
-from wirestream.packet_block import LAYOUT_VERSION, PACKET_STRUCT, canonical_key, partition_for
+from wirestream.packet_block import LAYOUT_VERSION, canonical_key, pack_header, partition_for
 from wirestream.topics import PACKETS, STATS
 
 #: Flush a partition's batch at this many packets or payload bytes, whichever first.
@@ -94,11 +94,7 @@ class PacketBatchPublisher:
             part = partition_for(canonical_key(fields[13], fields[6], fields[8], fields[7], fields[9]), self.partitions)
             self._flow_partition[flow] = part
         b = self._batches[part]
-        ts, frame, wire_len, payload_len, seq, ack, src, dst, sport, dport, win, flags, ver, proto, wscale, opts = fields
-        b.headers += PACKET_STRUCT.pack(
-            ts, frame, wire_len, payload_len, len(b.payloads), len(payload), seq, ack,
-            src, dst, sport, dport, win, flags, ver, proto, wscale, opts,
-        )
+        b.headers += pack_header(fields, len(b.payloads), len(payload))
         if payload:
             b.payloads += payload
         b.count += 1

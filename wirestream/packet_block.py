@@ -53,6 +53,17 @@ RECORD_SIZE = PACKET_DTYPE.itemsize  # 76
 PACKET_STRUCT = struct.Struct("<qIIIIIII16s16sHHHHBBbB")
 assert PACKET_STRUCT.size == RECORD_SIZE
 
+
+
+def pack_header(fields: tuple, payload_off: int, payload_caplen: int) -> bytes:
+    """Pack one decoded packet (``producers.decode`` field order) into the layout."""
+    ts, frame, wire_len, payload_len, seq, ack, src, dst, sport, dport, win, flags, ver, proto, wscale, opts = fields
+    return PACKET_STRUCT.pack(
+        ts, frame, wire_len, payload_len, payload_off, payload_caplen, seq, ack,
+        src, dst, sport, dport, win, flags, ver, proto, wscale, opts,
+    )
+
+
 # TCP flag bits
 FIN, SYN, RST, PSH, ACK, URG, ECE, CWR, NS = 1, 2, 4, 8, 16, 32, 64, 128, 256
 
