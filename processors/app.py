@@ -38,8 +38,8 @@ def create_app(
         key_serializer="raw",
         web_enabled=False,  # no web server: several workers can run on one host
         # A group join takes about half the session timeout on the embedded broker.
-        broker_session_timeout=3.0,
-        broker_heartbeat_interval=1.0,
+        broker_session_timeout=2.0,
+        broker_heartbeat_interval=0.5,
         broker_request_timeout=30.0,
         consumer_auto_offset_reset="earliest",
         topic_allow_declare=False,  # wirestream creates its topics before workers start

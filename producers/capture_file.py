@@ -19,6 +19,7 @@ from __future__ import annotations
 import gzip
 import os
 import struct
+import zlib
 from collections import Counter
 from collections.abc import Iterator
 from typing import BinaryIO, NamedTuple
@@ -61,6 +62,9 @@ _GZIP_MAGIC = b"\x1f\x8b"
 
 _CHUNK = 8 << 20  # read 8 MiB at a time: bounded memory on files of any size
 _MAX_BLOCK = 256 << 20  # a pcapng block or pcap record longer than this is corruption
+# Smallest valid total length of the pcapng blocks we parse: 12 bytes of framing plus
+# their fixed fields (SHB 16, IDB 8, EPB 20, SPB 4, PB 20).
+_MIN_BLOCK = {0x0A0D0D0A: 28, 1: 20, 6: 32, 3: 16, 2: 32}
 
 
 class Frame(NamedTuple):
@@ -111,10 +115,15 @@ class CaptureReader:
     # --- chunked reading -------------------------------------------------------------
 
     def _chunks(self) -> Iterator[bytes]:
+        # Fix: read1, not read. GzipFile.read(n) throws away everything it decompressed
+        # when it hits the cut end of a truncated stream, so none of the frames before the
+        # damage were yielded; read1 returns what it has and raises on the next call.
+        # zlib.error (corrupt deflate data) is not an OSError and used to escape uncaught.
+        read = getattr(self._stream, "read1", self._stream.read)
         while True:
             try:
-                data = self._stream.read(_CHUNK)
-            except (EOFError, gzip.BadGzipFile, OSError) as exc:
+                data = read(_CHUNK)
+            except (EOFError, gzip.BadGzipFile, OSError, zlib.error) as exc:
                 # A gzip stream cut short: keep what was read, count the damage.
                 self.problems["truncated_gzip"] += 1
                 del exc
@@ -186,7 +195,10 @@ class CaptureReader:
                         return
                     interfaces = []  # interface ids are per section
                 btype, blen = struct.unpack_from(endian + "II", buf, pos)
-                if blen < 12 or blen % 4 or blen > _MAX_BLOCK:
+                # Fix: a block shorter than its type's fixed fields (e.g. an EPB of 16 bytes)
+                # made struct.unpack_from below read past the block and raise struct.error
+                # at the end of the file; treat it as a corrupt length, like tshark does.
+                if blen < _MIN_BLOCK.get(btype, 12) or blen % 4 or blen > _MAX_BLOCK:
                     self.problems["corrupt_block_length"] += 1
                     return
                 if pos + blen > end:
@@ -284,7 +296,7 @@ def open_capture(path: str) -> CaptureReader:
 
     try:
         head = fresh_stream().read(24)
-    except (OSError, EOFError) as exc:
+    except (OSError, EOFError, zlib.error) as exc:  # fix: zlib.error is not an OSError
         raw.close()
         raise CaptureFileError(path, f"damaged gzip data ({exc})") from None
     if head[:4] in _PCAP_MAGICS:

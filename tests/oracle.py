@@ -71,7 +71,11 @@ def tshark_streams(path: str) -> dict[int, Stream]:
         s.frames += 1
         s.completeness = int(row["tcp.completeness"] or 0)  # the last frame's value wins
         if row["tcp.analysis.initial_rtt"]:
-            s.initial_rtt_us = round(Decimal(row["tcp.analysis.initial_rtt"]) * 1_000_000)
+            irtt = round(Decimal(row["tcp.analysis.initial_rtt"]) * 1_000_000)
+            # tshark -2 can show a negative iRTT when a SYN comes after the first ACK (its
+            # 2nd pass sees the later SYN's time); a one-pass stream processor cannot.
+            if irtt > 0:
+                s.initial_rtt_us = irtt
         if row["tcp.analysis.ack_rtt"]:
             s.ack_rtts_us.append(float(Decimal(row["tcp.analysis.ack_rtt"]) * 1_000_000))
         for name, fld in FLAG_FIELDS.items():

@@ -18,8 +18,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from wirestream.broker import partition_count
 from wirestream.config import Settings
 from wirestream.errors import CaptureFileError, WirestreamError
+from wirestream.producers.capture_file import open_capture
 from wirestream.producers.pcap_replay import ReplayResult, replay_capture
 from wirestream.producers.publisher import PacketBatchPublisher
 from wirestream.reader import TopicReader, end_offsets
@@ -57,7 +59,20 @@ def analyze(
     started = time.monotonic()
     run_id = uuid.uuid4().hex[:12]
     result = AnalyzeResult()
+    # Check every file before starting anything: an unreadable input fails in milliseconds.
+    readable = []
+    for path in paths:
+        try:
+            open_capture(path).close()
+            readable.append(path)
+        except CaptureFileError as exc:
+            result.failed.append(exc)
+    if not readable:
+        result.records = {t: [] for t in OUTPUT_TOPICS}
+        return result
+    paths = readable
     with Runtime(settings) as rt:
+        rt.worker_grace_s = 0.5
         result.bootstrap, result.registry = rt.bootstrap, rt.registry_url
         start = end_offsets(rt.bootstrap, (*OUTPUT_TOPICS, STATS))
         source_ids: dict[str, ReplayResult] = {}
@@ -66,9 +81,6 @@ def analyze(
             group=f"wirestream-analyze-{run_id}",
             extra_args=["--only-source-prefix", run_id, "--idle-timeout", str(settings.idle_timeout_s)],
         )
-        partitions = settings.partitions
-        from wirestream.broker import partition_count
-
         partitions = partition_count(rt.bootstrap, PACKETS)
         for i, path in enumerate(paths):
             source_id = f"{run_id}-{i}"

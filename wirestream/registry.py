@@ -323,7 +323,7 @@ class EmbeddedSchemaRegistry:
     def start(self) -> EmbeddedSchemaRegistry:
         if self._thread is None:
             self._thread = threading.Thread(
-                target=self._server.serve_forever, name="schema-registry", daemon=True
+                target=self._server.serve_forever, args=(0.05,), name="schema-registry", daemon=True
             )
             self._thread.start()
         return self

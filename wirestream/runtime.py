@@ -34,6 +34,9 @@ class Runtime:
         self.workers: list[subprocess.Popen[bytes]] = []
         self.workdir = Path(tempfile.mkdtemp(prefix="wirestream-"))
         self._codec: AvroCodec | None = None
+        #: How long workers get to shut down cleanly on exit. ``analyze`` sets it low: its
+        #: workers are in a group of their own, with nothing left to commit once it is done.
+        self.worker_grace_s = 10.0
 
     def __enter__(self) -> Runtime:
         try:
@@ -44,7 +47,7 @@ class Runtime:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.stop()
+        self.stop(self.worker_grace_s)
 
     def start(self) -> None:
         if not self.bootstrap:
@@ -89,12 +92,13 @@ class Runtime:
                 return f"processor worker {i} exited with code {w.returncode}:\n{tail}"
         return None
 
-    def stop(self) -> None:
+    def stop(self, grace_s: float = 10.0) -> None:
+        """Stop workers (SIGTERM, then SIGKILL after ``grace_s``), registry and broker."""
         for w in self.workers:
             if w.poll() is None:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(w.pid, signal.SIGTERM)
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + grace_s
         for w in self.workers:
             try:
                 w.wait(timeout=max(0.1, deadline - time.monotonic()))

@@ -1,0 +1,151 @@
+"""`wirestream analyze` end to end: real embedded broker over TCP, registry, Faust worker.
+
+One run analyses every capture in tests/data; each file's records are then checked
+against tshark for every TCP stream.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+from conftest import real_captures, requires_tshark
+from oracle import match_records, tshark_conversation_count, tshark_streams
+
+from wirestream.topics import OUTPUT_TOPICS
+
+CAPTURES = real_captures()
+
+
+def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "wirestream", *args], capture_output=True, text=True,
+                          timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+@pytest.fixture(scope="module")
+def analyzed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict, dict[str, list[dict]]]:
+    out = tmp_path_factory.mktemp("analyze")
+    proc = run_cli("analyze", *CAPTURES, "--out", str(out), "--json", "--no-progress")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads(proc.stdout)
+    by_source: dict[str, list[dict]] = defaultdict(list)
+    with open(out / "wire.connections.jsonl") as f:
+        for line in f:
+            rec = json.loads(line)
+            by_source[rec["source_id"]].append(rec)
+    # analyze numbers its sources <run>-<index of the file on the command line>
+    by_file = {}
+    for source_id, recs in by_source.items():
+        by_file[CAPTURES[int(source_id.rsplit("-", 1)[1])]] = recs
+    return out, summary, by_file
+
+
+def test_every_output_topic_written(analyzed) -> None:
+    """--out writes one JSON-lines file per output topic."""
+    out, summary, _ = analyzed
+    for topic in OUTPUT_TOPICS:
+        assert (out / f"{topic}.jsonl").is_file()
+    assert summary["records"]["wire.connections"] == sum(1 for _ in open(out / "wire.connections.jsonl"))
+
+
+def test_counters_account_for_every_frame(analyzed) -> None:
+    """Per file: frames = published packets + dropped by named reason; processors saw them all."""
+    _, summary, _ = analyzed
+    for f in summary["files"]:
+        assert f["frames"] == f["packets"] + sum(f["dropped"].values()), f["path"]
+    processed = sum(s["received"] for s in summary["stats"] if s["stage"] == "processor.packets")
+    assert processed == sum(f["packets"] for f in summary["files"])
+
+
+@requires_tshark
+@pytest.mark.parametrize("path", CAPTURES, ids=[os.path.relpath(p, os.path.dirname(__file__)) for p in CAPTURES])
+def test_connections_match_tshark(analyzed, path: str) -> None:
+    """Same stream count as tshark -z conv,tcp; per stream lifecycle, iRTT, retransmissions."""
+    _, _, by_file = analyzed
+    records = by_file.get(path, [])
+    streams = tshark_streams(path)
+    assert len(records) == tshark_conversation_count(path)
+    matched = match_records(records, streams)
+    assert set(matched) == set(streams)
+    for sid, s in streams.items():
+        r = matched[sid]
+        assert r["lifecycle"] == s.completeness, f"stream {sid}"
+        if s.initial_rtt_us is None:
+            assert r["handshake_rtt_us"] is None, f"stream {sid}"
+        else:
+            assert abs(r["handshake_rtt_us"] - s.initial_rtt_us) <= 1, f"stream {sid}"
+        assert r["retransmissions"] == s.counts["retransmissions"], f"stream {sid}"
+
+
+def test_bad_inputs_fail_in_one_line(tmp_path: Path) -> None:
+    """Missing, empty, non-capture and unsupported-link-type files: one line each, exit 1, no traceback."""
+    empty = tmp_path / "empty.pcap"
+    empty.write_bytes(b"")
+    text = tmp_path / "notes.txt"
+    text.write_text("this is not a capture\n" * 10)
+    header = bytes.fromhex("d4c3b2a1020004000000000000000000ffff0000") + (147).to_bytes(4, "little")
+    odd = tmp_path / "usr147.pcap"
+    odd.write_bytes(header)
+    start = time.monotonic()
+    proc = run_cli("analyze", str(tmp_path / "missing.pcap"), str(empty), str(text), str(odd), "--no-progress")
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("wirestream: error:")]
+    assert len(lines) == 4, proc.stderr
+    assert "missing.pcap: no such file" in lines[0]
+    assert "empty.pcap: empty file" in lines[1]
+    assert "notes.txt: not a pcap or pcapng capture file" in lines[2]
+    assert "usr147.pcap: unsupported link type 147" in lines[3]
+    assert time.monotonic() - start < 15  # nothing was started for files that cannot be read
+
+
+def test_truncated_capture_is_analysed_up_to_the_damage(tmp_path: Path) -> None:
+    """A capture cut mid-record: the complete frames are analysed, the rest counted."""
+    src = Path(CAPTURES[0]).parent / "tcp_handshake.pcapng"
+    data = src.read_bytes()
+    cut = tmp_path / "cut.pcapng"
+    cut.write_bytes(data[:-40])
+    proc = run_cli("analyze", str(cut), "--json", "--no-progress")
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout)
+    f = summary["files"][0]
+    assert f["dropped"] == {"truncated_block": 1}
+    assert f["packets"] == 2 and summary["records"]["wire.connections"] == 1
+
+
+def test_unreachable_bootstrap_is_a_clear_error() -> None:
+    """--bootstrap pointing nowhere: a one-line error within seconds, not a hang."""
+    start = time.monotonic()
+    proc = run_cli("analyze", CAPTURES[0], "--bootstrap", "127.0.0.1:1", "--no-progress", timeout=60)
+    assert proc.returncode == 1
+    assert "no Kafka broker answered at 127.0.0.1:1" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert time.monotonic() - start < 20
+
+
+def test_no_broker_left_running_after_analyze() -> None:
+    """The embedded broker and the workers are gone when analyze returns."""
+    before = set(_pids("tansu")) | set(_pids("wirestream process"))
+    proc = run_cli("analyze", CAPTURES[0], "--no-progress")
+    assert proc.returncode == 0
+    after = set(_pids("tansu")) | set(_pids("wirestream process"))
+    assert after <= before
+
+
+def _pids(needle: str) -> list[int]:
+    out = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                cmd = open(f"/proc/{d}/cmdline", "rb").read().replace(b"\0", b" ").decode()
+            except OSError:
+                continue
+            if needle in cmd and "pytest" not in cmd:
+                out.append(int(d))
+    return out
