@@ -38,6 +38,7 @@ def producer_config(bootstrap: str, **extra: Any) -> dict[str, Any]:
         "message.max.bytes": 4 * 1024 * 1024,
         "queue.buffering.max.kbytes": 256 * 1024,  # bounded client memory
         "message.timeout.ms": 60_000,
+        "log.connection.close": False,  # an idle connection closed by the broker is not news
     }
     conf.update(extra)
     return conf

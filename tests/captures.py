@@ -195,23 +195,23 @@ def _write(path, data: bytes, compress: bool) -> str:
 # --- network layer (scapy) ------------------------------------------------------------
 
 
-def _ip(src: str, dst: str, **kw):
-    return IPv6(src=src, dst=dst, **kw) if ":" in src else IP(src=src, dst=dst, **kw)
+def _ip(src: str, dst: str, ip_flags: str | int = 0):
+    return IPv6(src=src, dst=dst) if ":" in src else IP(src=src, dst=dst, flags=ip_flags)
 
 
 def tcp(src: str = CLIENT4, dst: str = SERVER4, sport: int = 40000, dport: int = 8080,
         seq: int = 1000, ack: int = 2000, flags: str | int = "PA", window: int = 8192,
-        payload: bytes = b"", options: list | None = None, **ip_kw) -> bytes:
-    """An IPv4 or IPv6 (by the address) TCP segment, from the IP header on."""
+        payload: bytes = b"", options: list | None = None, ip_flags: str | int = 0) -> bytes:
+    """An IPv4 or IPv6 (by the address) TCP segment, from the IP header on (ip_flags: IPv4 "DF")."""
     seg = TCP(sport=sport, dport=dport, seq=seq, ack=ack, flags=flags, window=window,
               options=options or [])
-    return bytes(_ip(src, dst, **ip_kw) / seg / Raw(payload))
+    return bytes(_ip(src, dst, ip_flags) / seg / Raw(payload))
 
 
 def udp(src: str = CLIENT4, dst: str = SERVER4, sport: int = 40001, dport: int = 47000,
-        payload: bytes = b"", **ip_kw) -> bytes:
+        payload: bytes = b"", ip_flags: str | int = 0) -> bytes:
     """An IPv4 or IPv6 (by the address) UDP datagram, from the IP header on."""
-    return bytes(_ip(src, dst, **ip_kw) / UDP(sport=sport, dport=dport) / Raw(payload))
+    return bytes(_ip(src, dst, ip_flags) / UDP(sport=sport, dport=dport) / Raw(payload))
 
 
 def ipv6_ext_tcp(src: str = CLIENT6, dst: str = SERVER6, payload: bytes = b"ext", **tcp_kw) -> bytes:

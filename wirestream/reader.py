@@ -37,6 +37,7 @@ def consumer_config(bootstrap: str) -> dict[str, Any]:
         "enable.partition.eof": False,
         "fetch.wait.max.ms": 50,
         "log_level": 3,
+        "log.connection.close": False,
     }
 
 
