@@ -7,11 +7,11 @@ same code through the real broker (tests/test_analyze_e2e.py).
 from __future__ import annotations
 
 import numpy as np
-
-from wirestream.packet_block import PACKET_DTYPE, pack_header
 from wirestream.processors.connection_tracker import ConnectionTracker
 from wirestream.producers.capture_file import open_capture
 from wirestream.producers.decode import FrameDecoder
+
+from wirestream.packet_block import PACKET_DTYPE, pack_header
 
 
 def packet_headers(path: str) -> np.ndarray:

@@ -9,9 +9,9 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
+from wirestream.schemas import schema_text
 
 from wirestream.codec import AvroCodec
-from wirestream.schemas import schema_text
 from wirestream.topics import CONNECTIONS, STATS
 
 

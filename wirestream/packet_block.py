@@ -9,7 +9,7 @@ processors use this module; custom processors can too::
     headers, payloads = decode_batch(record)      # numpy structured array, bytes
     for h in headers: ...
 
-Layout version 1: little-endian, no padding, 76 bytes per packet. Field order and types
+Layout version 1: little-endian, no padding, 80 bytes per packet. Field order and types
 are those of ``PACKET_DTYPE`` below (docs/packet-layout.md has the same table).
 """
 
@@ -42,12 +42,12 @@ PACKET_FIELDS: tuple[tuple[str, str, str], ...] = (
     ("tcp_flags", "<u2", "TCP flags: FIN 1, SYN 2, RST 4, PSH 8, ACK 16, URG 32, ECE 64, CWR 128, NS 256"),
     ("ip_version", "u1", "4 or 6"),
     ("proto", "u1", "IP protocol: 6 TCP, 17 UDP"),
-    ("wscale", "i1", "TCP window-scale option shift in this segment, -1 if absent"),
-    ("options", "u1", "TCP options seen: 1 SACK-permitted, 2 SACK blocks, 4 timestamps, 8 MSS, 16 window scale"),
+    ("wscale", "i1", "TCP window-scale option shift of a SYN segment (clamped to 14), -1 if absent"),
+    ("options", "u1", "TCP options of a SYN segment: 1 SACK-permitted, 2 SACK blocks, 4 timestamps, 8 MSS, 16 window scale (0 on other segments)"),
 )
 
 PACKET_DTYPE = np.dtype([(name, typ) for name, typ, _ in PACKET_FIELDS])
-RECORD_SIZE = PACKET_DTYPE.itemsize  # 76
+RECORD_SIZE = PACKET_DTYPE.itemsize  # 80
 
 #: struct format equal to PACKET_DTYPE, for producers that pack one header at a time.
 PACKET_STRUCT = struct.Struct("<qIIIIIII16s16sHHHHBBbB")
