@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -81,7 +82,8 @@ def summary_json(result: Any) -> dict[str, Any]:
 
 
 def print_summary(result: Any, top: int = 15, out_dir: str | None = None, console: Console | None = None) -> None:
-    console = console or Console()
+    # Piped or redirected output gets a fixed, wide layout instead of rich's 80 columns.
+    console = console or Console(width=None if sys.stdout.isatty() else 160)
     conns = result.records.get(CONNECTIONS, [])
     frames = sum(f.frames for f in result.files)
     packets = sum(f.packets for f in result.files)

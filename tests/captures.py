@@ -33,6 +33,7 @@ from scapy.layers.inet6 import (
     IPv6ExtHdrRouting,
     fragment6,
 )
+from scapy.layers.ipsec import AH
 from scapy.layers.l2 import ARP, Dot1AD, Dot1Q, Ether
 from scapy.packet import Raw
 
@@ -195,17 +196,23 @@ def _write(path, data: bytes, compress: bool) -> str:
 # --- network layer (scapy) ------------------------------------------------------------
 
 
-def _ip(src: str, dst: str, ip_flags: str | int = 0):
-    return IPv6(src=src, dst=dst) if ":" in src else IP(src=src, dst=dst, flags=ip_flags)
+def _ip(src: str, dst: str, ip_flags: str | int = 0, ip_options: list | None = None):
+    if ":" in src:
+        return IPv6(src=src, dst=dst)
+    return IP(src=src, dst=dst, flags=ip_flags, options=ip_options or [])
 
 
 def tcp(src: str = CLIENT4, dst: str = SERVER4, sport: int = 40000, dport: int = 8080,
         seq: int = 1000, ack: int = 2000, flags: str | int = "PA", window: int = 8192,
-        payload: bytes = b"", options: list | None = None, ip_flags: str | int = 0) -> bytes:
-    """An IPv4 or IPv6 (by the address) TCP segment, from the IP header on (ip_flags: IPv4 "DF")."""
+        payload: bytes = b"", options: list | None = None, ip_flags: str | int = 0,
+        ip_options: list | None = None) -> bytes:
+    """An IPv4 or IPv6 (by the address) TCP segment, from the IP header on.
+
+    ip_flags / ip_options apply to IPv4 only (e.g. "DF", [IPOption_RR(...)]).
+    """
     seg = TCP(sport=sport, dport=dport, seq=seq, ack=ack, flags=flags, window=window,
               options=options or [])
-    return bytes(_ip(src, dst, ip_flags) / seg / Raw(payload))
+    return bytes(_ip(src, dst, ip_flags, ip_options) / seg / Raw(payload))
 
 
 def udp(src: str = CLIENT4, dst: str = SERVER4, sport: int = 40001, dport: int = 47000,
@@ -223,6 +230,12 @@ def ipv6_ext_tcp(src: str = CLIENT6, dst: str = SERVER6, payload: bytes = b"ext"
 
 
 IPV6_EXT_LEN = 24  # the three extension headers of ipv6_ext_tcp
+
+
+def ipv6_ah_tcp(src: str = CLIENT6, dst: str = SERVER6, payload: bytes = b"authenticated") -> bytes:
+    """IPv6 + an Authentication Header (24 bytes: 12 fixed + 12-byte ICV) before TCP."""
+    ah = AH(nh=6, payloadlen=4, spi=0x100, seq=1, icv=b"\x11" * 12)  # length (4 + 2) * 4 = 24
+    return bytes(IPv6(src=src, dst=dst, nh=51) / ah / TCP(sport=40005, dport=443, flags="PA") / Raw(payload))
 
 
 def icmp4_echo(src: str = CLIENT4, dst: str = SERVER4) -> bytes:

@@ -16,14 +16,14 @@ from decimal import Decimal
 
 import captures as cap
 import pytest
-
-from wirestream.errors import CaptureFileError
 from wirestream.producers.capture_file import (
     LINKTYPE_ETHERNET,
     LINKTYPE_LINUX_SLL,
     LINKTYPE_RAW,
     open_capture,
 )
+
+from wirestream.errors import CaptureFileError
 
 TSHARK = shutil.which("tshark")
 requires_tshark = pytest.mark.skipif(TSHARK is None, reason="tshark is not installed")
@@ -91,25 +91,29 @@ def test_pcapng_if_tsresol(tmp_path, tsresol, big_endian):
     check_frames(path, recs, LINKTYPE_ETHERNET, "pcapng")
 
 
-def two_section_pcapng(eth, raw, cooked) -> bytes:
-    """Section 1 (LE): Ethernet µs + raw IP ns interfaces; section 2 (BE): Linux cooked ns."""
-    return (cap.pcapng_section([(LINKTYPE_ETHERNET, 6), (LINKTYPE_RAW, 9)],
+def two_section_pcapng() -> tuple[bytes, list[tuple[cap.Record, int]]]:
+    """Section 1 (LE): Ethernet µs + raw IP ns interfaces; section 2 (BE): Linux cooked ns.
+
+    Returns the file and the (record, link type) of each frame in file order.
+    """
+    eth = cap.timed([cap.ethernet(cap.tcp()), cap.ethernet(cap.udp())])
+    raw = cap.timed([cap.raw(cap.tcp(cap.CLIENT6, cap.SERVER6))], start_ns=cap.BASE_NS + 500_000_123)
+    cooked = cap.timed([cap.sll(cap.udp()), cap.sll(cap.tcp())], start_ns=cap.BASE_NS + 9_000_000_000)
+    data = (cap.pcapng_section([(LINKTYPE_ETHERNET, 6), (LINKTYPE_RAW, 9)],
                                [(0, eth[0]), (1, raw[0]), (0, eth[1])])
             # interface ids restart per section: id 0 is now Linux cooked, in ns
             + cap.pcapng_section([(LINKTYPE_LINUX_SLL, 9)], [(0, r) for r in cooked], big_endian=True))
+    return data, [(eth[0], 1), (raw[0], 101), (eth[1], 1), (cooked[0], 113), (cooked[1], 113)]
 
 
 def test_pcapng_two_sections_and_interfaces(tmp_path):
     """Two sections (LE then BE), 2 + 1 interfaces: link type and clock per interface, per section."""
-    eth = cap.timed([cap.ethernet(cap.tcp()), cap.ethernet(cap.udp())])
-    raw = cap.timed([cap.raw(cap.tcp(cap.CLIENT6, cap.SERVER6))], start_ns=cap.BASE_NS + 500_000_123)
-    cooked = cap.timed([cap.sll(cap.udp()), cap.sll(cap.tcp())], start_ns=cap.BASE_NS + 9_000_000_000)
+    data, expected = two_section_pcapng()
     path = tmp_path / "two.pcapng"
-    path.write_bytes(two_section_pcapng(eth, raw, cooked))
+    path.write_bytes(data)
     reader, frames = read_all(path)
     assert not reader.problems
     assert reader.linktypes == {LINKTYPE_ETHERNET, LINKTYPE_RAW, LINKTYPE_LINUX_SLL}
-    expected = [(eth[0], 1), (raw[0], 101), (eth[1], 1), (cooked[0], 113), (cooked[1], 113)]
     assert [(f.number, f.ts_us, f.linktype, f.data) for f in frames] == [
         (i, rec[0] // 1000, lt, rec[1]) for i, (rec, lt) in enumerate(expected, 1)]
 
@@ -156,7 +160,7 @@ def test_tshark_agrees_on_numbers_and_timestamps(tmp_path):
     paths.append(cap.write_pcap_gz(tmp_path / "a.pcap.gz", recs, LINKTYPE_ETHERNET, nanosecond=True))
     paths.append(cap.write_pcapng_gz(tmp_path / "a.pcapng.gz", recs, LINKTYPE_ETHERNET, tsresol=9))
     two = tmp_path / "two.pcapng"  # covers pcapng µs and ns, little- and big-endian
-    two.write_bytes(two_section_pcapng(recs[:2], recs[2:3], recs[3:5]))
+    two.write_bytes(two_section_pcapng()[0])
     paths.append(str(two))
     for path, rows in zip(paths, cap.tshark_rows(paths, ["frame.number", "frame.time_epoch"]), strict=True):
         _reader, frames = read_all(path)
@@ -198,7 +202,7 @@ def test_directory(tmp_path):
 @pytest.mark.parametrize("content", [
     random.Random(7).randbytes(4096),
     b"GET / HTTP/1.1\r\nHost: example.com\r\n\r\n",
-    "just some text\nnot a capture\n".encode() * 10,
+    b"just some text\nnot a capture\n" * 10,
     gzip.compress(b"a gzip file holding text, not a capture\n" * 4, mtime=0),
 ], ids=["random", "http", "text", "gzip-text"])
 def test_not_a_capture(tmp_path, content):

@@ -13,7 +13,7 @@ import socket
 
 import captures as cap
 import pytest
-
+from scapy.layers.inet import IPOption_RR
 from wirestream.producers.capture_file import SUPPORTED_LINKTYPES, open_capture
 from wirestream.producers.decode import FrameDecoder
 
@@ -92,9 +92,20 @@ def _ext_case():
     return pytest.param(ETH, frame, expect, id="eth-ipv6-ext-headers-tcp")
 
 
+def _ah_case():
+    """IPv6 + Authentication Header (length in 4-byte units, unlike the others) before TCP."""
+    payload = b"authenticated"
+    expect = dict(ip_version=6, proto=6, src=cap.CLIENT6, dst=cap.SERVER6, src_port=40005, dst_port=443,
+                  seq=0, ack=0, tcp_flags=PSH | ACK, window=8192, payload_len=len(payload),
+                  payload=payload, wscale=-1, options=0)
+    return pytest.param(RAW, cap.ipv6_ah_tcp(payload=payload), expect, id="raw-ipv6-ah-tcp")
+
+
 CASES = [
     tcp_case("eth-ipv4-tcp", ETH, cap.ethernet),
     tcp_case("eth-ipv4-tcp-df", ETH, cap.ethernet, flags=ACK, payload=b"", ip_flags="DF"),
+    # IHL 7: a record-route option makes the IPv4 header 28 bytes
+    tcp_case("eth-ipv4-options-tcp", ETH, cap.ethernet, ip_options=[IPOption_RR(routers=["192.0.2.99"])]),
     # 54-byte frame padded to 60 with 0xaa: the padding is not payload (IP length decides)
     tcp_case("eth-ipv4-tcp-padded", ETH, _with(cap.ethernet, pad_byte=b"\xaa"), payload=b"", flags=ACK),
     udp_case("eth-ipv4-udp-padded", ETH, _with(cap.ethernet, pad_byte=b"\xaa"), payload=b"abc"),
@@ -124,6 +135,7 @@ CASES = [
     tcp_case("loop-af2-tcp", LOOP, cap.loop),
     udp_case("loop-af24-ipv6-udp", LOOP, cap.loop, V6),
     _ext_case(),
+    _ah_case(),
 ]
 
 
@@ -180,13 +192,20 @@ def test_syn_window_scale(options, wscale, bits):
     assert (fields["payload_len"], payload) == (0, b"")
 
 
-def test_sack_blocks_and_payload_after_options():
-    """An ACK with timestamps + SACK blocks: bits 4|2, payload starts after the options."""
+def test_options_of_non_syn_segments_are_not_reported():
+    """Options on a non-SYN segment report wscale -1 / options 0 (SYN-only), payload starts after them."""
     options = [("NOP", None), ("NOP", None), ("Timestamp", (5, 6)), ("NOP", None), ("NOP", None),
-               ("SAck", (1000, 2000))]
+               ("SAck", (1000, 2000)), ("WScale", 7)]
     _, fields, payload = decode(ETH, cap.ethernet(cap.tcp(options=options, payload=b"after options")))
-    assert (fields["wscale"], fields["options"]) == (-1, 4 | 2)
+    assert (fields["wscale"], fields["options"]) == (-1, 0)
     assert (fields["payload_len"], payload) == (13, b"after options")
+
+
+def test_syn_ack_options():
+    """A SYN-ACK carries its options like a SYN: window scale and SACK-permitted reported."""
+    frame = cap.ethernet(cap.tcp(flags=SYN | ACK, payload=b"", options=[("SAckOK", b""), ("WScale", 9)]))
+    _, fields, _ = decode(ETH, frame)
+    assert (fields["wscale"], fields["options"], fields["tcp_flags"]) == (9, 1 | 16, SYN | ACK)
 
 
 # --- frames that are not analysed ----------------------------------------------------------
@@ -262,7 +281,7 @@ def _tcp_doff(l3: bytes, words: int) -> bytes:
     (RAW, _ihl(TCP4, 4), "truncated_ip"),  # IHL below the 20-byte minimum
     (RAW, EXT6[:41], "truncated_ip"),  # cut in the hop-by-hop header
     (RAW, EXT6[: 40 + 8 + 1], "truncated_ip"),  # cut in the destination options header
-    (RAW, EXT6[: 40 + 24 + 19], "truncated_transport"),  # cut in TCP after the extension headers
+    (RAW, EXT6[: 40 + cap.IPV6_EXT_LEN + 19], "truncated_transport"),  # cut in TCP after the extension headers
     (ETH, cap.ethernet(TCP4, pad_to=0)[: 14 + 20 + 19], "truncated_transport"),
     (RAW, TCP6[: 40 + 19], "truncated_transport"),
     (RAW, UDP4[: 20 + 7], "truncated_transport"),
@@ -293,15 +312,18 @@ def _check_result(out) -> bool:
 def test_random_bytes_never_raise(linktype):
     """Random byte strings of 0..200 bytes (fixed seed): decode returns None or a tuple, never raises."""
     rnd = random.Random(20240 + linktype)
+    # Half the strings start with a random-length prefix of a valid frame of this link type
+    # (then random bytes), so that the garbage also reaches the IP and transport parsers.
+    valid = [p.values[1] for p in CASES if p.values[0] == linktype] or [b""]
     decoder = FrameDecoder()
-    decoded = 0
-    tries = 0
+    decoded = tries = 0
     for length in range(201):
         for _ in range(8):
             data = rnd.randbytes(length)
-            # half the time start with a plausible IP version nibble to get past the link layer
-            if length and rnd.random() < 0.5 and linktype in (RAW, RAW12, RAW14, IPV4, IPV6):
-                data = bytes([rnd.choice((0x45, 0x46, 0x4F, 0x60))]) + data[1:]
+            if rnd.random() < 0.5:
+                keep = rnd.randint(0, min(length, len(prefix := rnd.choice(valid))))
+                data = prefix[:keep] + data[keep:]
+            assert len(data) == length
             decoded += _check_result(decoder.decode(linktype, data, 0, length, tries))
             tries += 1
     # every frame not decoded is counted once, under a documented reason
@@ -335,23 +357,38 @@ def test_mutated_frames_never_raise():
 
 #: Per link type, frames that both we and tshark see the same way. Deliberately left out:
 #: - IP fragments: tshark reassembles them and shows the reassembled UDP/TCP datagram on the
-#:   last fragment (so 'tcp or udp' matches it); we drop every fragment as ip_fragment.
+#:   last fragment (so 'tcp or udp' matches it); we drop every fragment as ip_fragment
+#:   (no reassembly yet). The test checks that this is the only difference on a fragments file.
 #: - BSD null with family 10 (Linux AF_INET6): we accept it, Wireshark's null dissector
-#:   does not map 10 to IPv6.
-#: - link types 12/14 (platform-dependent meaning in Wireshark) and truncated/garbage frames
-#:   (tshark still shows the partial tcp/udp layer of a malformed packet).
+#:   does not map 10 to IPv6 and shows the frame as undissected data.
+#: - truncated/garbage frames: tshark still shows the partial tcp/udp layer of a malformed
+#:   packet ("[Malformed Packet]"), we drop it as truncated_*.
+#: - link types 12, 14, 228, 229: tshark reads them as raw IP too, but they take the same
+#:   decoder path as 101, which is compared; skipping them saves four tshark starts (~0.4 s each).
 #: ARP and ICMP are included: neither side counts them as TCP/UDP.
 def _tshark_files() -> dict[int, list[bytes]]:
     files: dict[int, list[bytes]] = {}
     for p in CASES:
         linktype, frame = p.values[0], p.values[1]
-        if linktype in (RAW12, RAW14) or "af10" in p.id:
-            continue
-        files.setdefault(linktype, []).append(frame)
+        if "af10" not in p.id and linktype not in (RAW12, RAW14, IPV4, IPV6):
+            files.setdefault(linktype, []).append(frame)
     files[ETH] += [cap.arp_request(), cap.ethernet(cap.icmp4_echo()), cap.ethernet(cap.icmp6_echo()),
                    cap.ethernet(cap.tcp(flags=SYN, options=SYN_OPTIONS, payload=b""))]
     files[RAW] += [cap.icmp4_echo()]
     return files
+
+
+def _ours(path: str) -> tuple[list[tuple[int, int, int, int]], FrameDecoder]:
+    """(frame, sport, dport, payload_len) of every packet we decode from a capture file."""
+    decoder = FrameDecoder()
+    ours = []
+    with open_capture(path) as reader:
+        for fr in reader:
+            out = decoder.decode(fr.linktype, fr.data, fr.ts_us, fr.orig_len, fr.number)
+            if out is not None:
+                f = dict(zip(FIELDS, out[0], strict=True))
+                ours.append((f["frame"], f["src_port"], f["dst_port"], f["payload_len"]))
+    return ours, decoder
 
 
 @requires_tshark
@@ -359,20 +396,21 @@ def test_decoded_packets_match_tshark(tmp_path):
     """Per crafted pcap: the frames we decode are tshark's 'tcp or udp' frames, same ports and lengths."""
     files = _tshark_files()
     paths = [cap.write_pcap(tmp_path / f"lt{lt}.pcap", cap.timed(frames), lt) for lt, frames in files.items()]
+    v4frags, v6frags = cap.ipv4_fragments(), cap.ipv6_fragments()
+    frags = cap.write_pcap(tmp_path / "frags.pcap", cap.timed(cap.ethernet(f) for f in v4frags + v6frags), ETH)
     fields = ["frame.number", "tcp.srcport", "udp.srcport", "tcp.dstport", "udp.dstport", "tcp.len",
               "udp.length"]
-    for path, rows in zip(paths, cap.tshark_rows(paths, fields, "tcp or udp"), strict=True):
+    results = cap.tshark_rows([*paths, frags], fields, "tcp or udp")
+    for path, rows in zip(paths, results[:-1], strict=True):
         theirs = []
         for num, tsport, usport, tdport, udport, tlen, ulen in rows:
             plen = int(tlen) if tlen else int(ulen) - 8
             theirs.append((int(num), int(tsport or usport), int(tdport or udport), plen))
-        decoder = FrameDecoder()
-        ours = []
-        with open_capture(path) as reader:
-            for fr in reader:
-                out = decoder.decode(fr.linktype, fr.data, fr.ts_us, fr.orig_len, fr.number)
-                if out is not None:
-                    f = dict(zip(FIELDS, out[0], strict=True))
-                    ours.append((f["frame"], f["src_port"], f["dst_port"], f["payload_len"]))
+        ours, _ = _ours(path)
         assert len(ours) == len(theirs) > 0, path
         assert ours == theirs, path
+    # Fragments, the deliberate difference: tshark shows each reassembled datagram once (on
+    # its last fragment); we decode none and count every fragment.
+    ours, decoder = _ours(frags)
+    assert (len(ours), decoder.dropped) == (0, {"ip_fragment": len(v4frags) + len(v6frags)})
+    assert [int(r[0]) for r in results[-1]] == [len(v4frags), len(v4frags) + len(v6frags)]
