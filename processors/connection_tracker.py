@@ -84,6 +84,15 @@ class ConnectionTracker:
         for ts, frame, src, sport, dst, dport, seq, ack, seglen, flags, win, wscale, ver in zip(*cols, strict=True):
             key = (src, sport, dst, dport)
             conn = conns.get(key)
+            # Expire a connection that is already due (the sweep's rules) before routing this
+            # packet to it: the sweep only runs after a whole batch, so otherwise whether a
+            # quiet gap splits the stream depended on where the batches fell.
+            if conn is not None and ts - conn.last_ts >= (
+                    self.idle_timeout_us if conn.closed_ts is None else self.close_linger_us):
+                if conn.closed_ts is None:
+                    self.counters["idle_timeouts"] += 1
+                self._close(conn, "timeout" if conn.closed_ts is None else "close")
+                conn = None
             is_new = False
             if conn is None:
                 conn = self._open(key, ver, src, sport, dst, dport, ts)
@@ -138,7 +147,8 @@ class ConnectionTracker:
             elif now_us - conn.last_ts >= self.idle_timeout_us:
                 self.counters["idle_timeouts"] += 1
                 self._close(conn, "timeout")
-            elif self.interim_us and now_us - conn.first_ts >= (conn.interim_emitted + 1) * self.interim_us:
+            elif (self.interim_us and conn.closed_ts is None
+                  and now_us - conn.first_ts >= (conn.interim_emitted + 1) * self.interim_us):
                 conn.interim_emitted += 1
                 self.emitted += 1
                 self.counters["interim_records"] += 1
@@ -147,4 +157,12 @@ class ConnectionTracker:
     def flush(self) -> None:
         """End of input: emit every connection still held."""
         for conn in list({id(c): c for c in self._conns.values()}.values()):
-            self._close(conn, "close" if conn.closed_ts is not None else "end_of_input")
+            if conn.closed_ts is not None:
+                self._close(conn, "close")
+            elif self._now - conn.last_ts >= self.idle_timeout_us:
+                # Already idle past the timeout: 'timeout', as a sweep would have said (the
+                # last sweep may predate the expiry, depending on batch boundaries).
+                self.counters["idle_timeouts"] += 1
+                self._close(conn, "timeout")
+            else:
+                self._close(conn, "end_of_input")

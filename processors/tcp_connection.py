@@ -384,7 +384,8 @@ class TcpConnection:
         return 0, False
 
     def state(self, ended_by: str) -> str:
-        """Connection state; ``ended_by`` is 'close', 'timeout' or 'end_of_input'."""
+        """Connection state; ``ended_by`` is 'close', 'timeout', 'end_of_input' or 'open'
+        (an interim record of a connection that goes on)."""
         life = self.lifecycle()
         if self.rst_seen:
             if life & C_SYN and not life & C_SYNACK and not life & C_DATA:
@@ -397,6 +398,8 @@ class TcpConnection:
             return "incomplete_handshake"
         if life & C_SYNACK and not life & (C_ACK | C_DATA | C_FIN):
             return "half_open"
+        if ended_by == "open":
+            return "open"
         return "timeout" if ended_by == "timeout" else "open_at_end"
 
     def to_record(self, ended_by: str, final: bool = True) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 from collections import defaultdict
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from decimal import Decimal
 
@@ -46,21 +47,30 @@ def _us(epoch: str) -> int:
     return int(Decimal(epoch) * 1_000_000)
 
 
-def tshark_streams(path: str) -> dict[int, Stream]:
-    fields = [
-        "tcp.stream", "frame.time_epoch", "ip.src", "ipv6.src", "tcp.srcport", "ip.dst", "ipv6.dst",
-        "tcp.dstport", "tcp.completeness", "tcp.analysis.initial_rtt", "tcp.analysis.ack_rtt",
-        *FLAG_FIELDS.values(),
-    ]
+STREAM_FIELDS = [
+    "tcp.stream", "frame.time_epoch", "ip.src", "ipv6.src", "tcp.srcport", "ip.dst", "ipv6.dst",
+    "tcp.dstport", "tcp.completeness", "tcp.analysis.initial_rtt", "tcp.analysis.ack_rtt",
+    *FLAG_FIELDS.values(),
+]
+
+
+def tshark_rows(path: str, fields: list[str]) -> list[dict[str, str]]:
+    """One dict per TCP frame (``tshark -2``, first occurrence of each field)."""
     cmd = [TSHARK, "-2", "-n", "-r", path, "-Y", "tcp && !icmp && !icmpv6", "-T", "fields", "-E", "separator=\t",
            "-E", "occurrence=f"]
     for f in fields:
         cmd += ["-e", f]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    return [dict(zip(fields, line.split("\t"), strict=True)) for line in out.splitlines()]
+
+
+def tshark_streams(path: str) -> dict[int, Stream]:
+    return streams_from_rows(tshark_rows(path, STREAM_FIELDS))
+
+
+def streams_from_rows(rows: list[dict[str, str]]) -> dict[int, Stream]:
     streams: dict[int, Stream] = {}
-    for line in out.splitlines():
-        cols = line.split("\t")
-        row = dict(zip(fields, cols, strict=True))
+    for row in rows:
         sid = int(row["tcp.stream"])
         s = streams.get(sid)
         src = row["ip.src"] or row["ipv6.src"]
@@ -103,3 +113,83 @@ def match_records(records: list[dict], streams: dict[int, Stream]) -> dict[int, 
         if candidates:
             matched[sid] = candidates.pop(0)
     return matched
+
+
+# --- one call for every per-stream and per-direction check (tests/test_tcp_edge_cases.py) ---
+
+DIRECTION_FIELDS = ["tcp.len", "tcp.window_size"]
+
+
+@dataclass
+class Direction:
+    """One side of a tcp.stream, as tshark shows its frames."""
+
+    packets: int = 0
+    bytes: int = 0
+    windows: list[int] = field(default_factory=list)  # tcp.window_size (after scaling)
+
+
+def directions_from_rows(rows: list[dict[str, str]]) -> dict[tuple[int, tuple[str, int]], Direction]:
+    """(tcp.stream, (sender address, sender port)) -> that sender's frames."""
+    out: dict[tuple[int, tuple[str, int]], Direction] = defaultdict(Direction)
+    for row in rows:
+        src = (row["ip.src"] or row["ipv6.src"], int(row["tcp.srcport"]))
+        d = out[(int(row["tcp.stream"]), src)]
+        d.packets += 1
+        d.bytes += int(row["tcp.len"] or 0)
+        d.windows.append(int(row["tcp.window_size"]))
+    return out
+
+
+def assert_matches_tshark(path: str, records: list[dict] | None = None,
+                          skip_streams: Collection[int] = ()) -> tuple[dict[int, Stream], dict[int, dict]]:
+    """Our records for ``path`` agree with tshark on every stream, as in test_tcp_oracle,
+    plus per direction: packets, payload bytes, and min/avg of ``tcp.window_size``.
+
+    ``records`` defaults to ``local_connections(path)``. Streams in ``skip_streams`` are not
+    compared (nor is the record count then). Returns (tshark streams, stream -> record).
+    """
+    import pytest
+
+    if records is None:
+        from local_pipeline import local_connections
+
+        records = local_connections(path)
+    rows = tshark_rows(path, STREAM_FIELDS + DIRECTION_FIELDS)
+    streams = streams_from_rows(rows)
+    directions = directions_from_rows(rows)
+    name = path.rsplit("/", 1)[-1]
+    if not skip_streams:
+        assert len(records) == len(streams), f"{len(records)} records, {len(streams)} tcp.streams in {name}"
+    matched = match_records(records, streams)
+    for sid, s in streams.items():
+        if sid in skip_streams:
+            continue
+        where = f"tcp.stream {sid} of {name}"
+        assert sid in matched, f"{where} has no record"
+        r = matched[sid]
+        assert r["lifecycle"] == s.completeness, f"lifecycle on {where}"
+        if s.initial_rtt_us is None:
+            assert r["handshake_rtt_us"] is None, f"handshake_rtt_us on {where}"
+        else:
+            assert r["handshake_rtt_us"] == pytest.approx(s.initial_rtt_us, abs=1), f"handshake_rtt_us on {where}"
+        for fname in FLAG_FIELDS:
+            assert r[fname] == s.counts[fname], f"{fname} on {where}"
+        assert r["packets_c2s"] + r["packets_s2c"] == s.frames, f"packets on {where}"
+        assert r["rtt_samples"] == len(s.ack_rtts_us), f"rtt_samples on {where}"
+        if s.ack_rtts_us:
+            assert r["rtt_min_us"] == pytest.approx(min(s.ack_rtts_us), abs=1), f"rtt_min_us on {where}"
+            assert r["rtt_max_us"] == pytest.approx(max(s.ack_rtts_us), abs=1), f"rtt_max_us on {where}"
+            assert r["rtt_avg_us"] == pytest.approx(sum(s.ack_rtts_us) / len(s.ack_rtts_us), abs=1), \
+                f"rtt_avg_us on {where}"
+        for side, peer in (("c2s", (r["client_ip"], r["client_port"])), ("s2c", (r["server_ip"], r["server_port"]))):
+            d = directions.get((sid, peer), Direction())
+            assert r[f"packets_{side}"] == d.packets, f"packets_{side} on {where}"
+            assert r[f"bytes_{side}"] == d.bytes, f"bytes_{side} on {where}"
+            if d.windows:
+                assert r[f"min_window_{side}"] == min(d.windows), f"min_window_{side} on {where}"
+                assert r[f"avg_window_{side}"] == pytest.approx(sum(d.windows) / len(d.windows)), \
+                    f"avg_window_{side} on {where}"
+            else:
+                assert r[f"min_window_{side}"] is None and r[f"avg_window_{side}"] is None, where
+    return streams, matched

@@ -45,3 +45,36 @@ class Conv:
         self.out.append((t, pkt(self.c, self.cp, self.s, self.sp, seq, ack, flags, win, data, opts)))
     def S(self, t, seq, ack, flags, win=1000, data=b'', opts=b''):
         self.out.append((t, pkt(self.s, self.sp, self.c, self.cp, seq, ack, flags, win, data, opts)))
+
+# --- IPv6 (added for the edge-case captures; the IPv4 API above is unchanged) -------------
+import ipaddress
+
+def ip6b(ip):
+    return ipaddress.IPv6Address(ip).packed
+
+def pkt6(src, sport, dst, dport, seq, ack, flags, win, payload=b'', opts=b''):
+    """An IPv6 TCP packet (no extension headers); LINKTYPE_RAW carries it as-is."""
+    while len(opts) % 4: opts += b'\x01'
+    off = (20 + len(opts)) // 4
+    tcp = struct.pack('!HHIIBBHHH', sport, dport, seq & 0xffffffff, ack & 0xffffffff,
+                      off << 4, flags, win, 0, 0) + opts + payload
+    ph = ip6b(src) + ip6b(dst) + struct.pack('!I3xB', len(tcp), 6)
+    c = csum(ph + tcp)
+    tcp = tcp[:16] + struct.pack('!H', c) + tcp[18:]
+    iph = struct.pack('!IHBB16s16s', 6 << 28, len(tcp), 6, 64, ip6b(src), ip6b(dst))
+    return iph + tcp
+
+class Conv6(Conv):
+    """Conv over IPv6 (documentation prefix 2001:db8::/32 by default)."""
+    def __init__(self, c='2001:db8::1', cp=40000, s='2001:db8::2', sp=80):
+        super().__init__(c, cp, s, sp)
+    def C(self, t, seq, ack, flags, win=1000, data=b'', opts=b''):
+        self.out.append((t, pkt6(self.c, self.cp, self.s, self.sp, seq, ack, flags, win, data, opts)))
+    def S(self, t, seq, ack, flags, win=1000, data=b'', opts=b''):
+        self.out.append((t, pkt6(self.s, self.sp, self.c, self.cp, seq, ack, flags, win, data, opts)))
+
+import os
+
+def crafted_path(name):
+    """tests/data/crafted/<name>, wherever the generator is run from."""
+    return os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', name)
