@@ -149,16 +149,12 @@ class TcpConnection:
         syn_ack = flags & (SYN | ACK)
 
         # --- tcp.completeness (dissect_tcp); the first packet only counts a pure SYN ---
-        bits = 0
         if is_new:
-            if syn_ack == SYN:
-                bits = C_SYN | (C_DATA if seglen else 0)
-            self.completeness = bits
-            # Wireshark's 2nd pass adds the 1st packet's ordinary bits too (see to_record).
+            self.completeness = (C_SYN | (C_DATA if seglen else 0)) if syn_ack == SYN else 0
+            # Wireshark's 2nd pass adds the 1st packet's ordinary bits too (see lifecycle).
             self.first_bits = _ordinary_bits(flags, seglen)
         else:
-            bits = _ordinary_bits(flags, seglen)
-            self.completeness |= bits
+            self.completeness |= _ORDINARY_BITS[(flags & _BITS_MASK) | (_BITS_DATA if seglen else 0)]
 
         # --- tcp_analyze_sequence_number ----------------------------------------------
         ta = 0
@@ -473,3 +469,12 @@ def _ordinary_bits(flags: int, seglen: int) -> int:
     if flags & RST:
         bits |= C_RST
     return bits
+
+
+# _ordinary_bits for every combination of FIN/SYN/RST/ACK and "has payload", looked up
+# per packet instead of computed.
+_BITS_MASK = FIN | SYN | RST | ACK
+_BITS_DATA = 0x20
+_ORDINARY_BITS = tuple(
+    _ordinary_bits(i & _BITS_MASK, i & _BITS_DATA) for i in range(2 * _BITS_DATA)
+)

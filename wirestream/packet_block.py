@@ -18,6 +18,7 @@ from __future__ import annotations
 import socket
 import struct
 import zlib
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -83,6 +84,7 @@ def decode_batch(record: dict[str, Any]) -> tuple[np.ndarray, bytes]:
     return headers, record["payloads"]
 
 
+@lru_cache(maxsize=1 << 16)
 def ip_text(raw: bytes, ip_version: int) -> str:
     """Address bytes of a header field as text."""
     raw = raw.ljust(16, b"\0")  # numpy strips trailing zero bytes from S16 values
