@@ -9,6 +9,7 @@ are shared among them). An agent reads like what it does::
 
 from __future__ import annotations
 
+import gc
 import logging
 
 import faust
@@ -80,5 +81,9 @@ def run_worker(app: faust.App, loglevel: str = "warning") -> None:
     """Run a Faust worker for ``app`` in the foreground until SIGINT/SIGTERM."""
     from faust.worker import Worker
 
+    # Connection state is many small long-lived objects: with the default thresholds the
+    # cyclic GC rescans them all the time (~19 % of the CPU with 100k open connections).
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
     worker = Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
     worker.execute_from_commandline()
