@@ -20,6 +20,7 @@ count mismatch), 2 = bad arguments / missing capture, 3 = a tool failed.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -30,6 +31,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -342,19 +344,19 @@ def main(argv: list[str] | None = None) -> int:
         print("capture has no packets", file=sys.stderr)
         return 2
 
-    tmp = None
-    if args.keep_dir is not None:
-        outdir = args.keep_dir
-        outdir.mkdir(parents=True, exist_ok=True)
-    else:
-        tmp = tempfile.TemporaryDirectory(prefix="bench_analyze.")
-        outdir = Path(tmp.name)
-
-    try:
+    with output_dir(args.keep_dir, "bench_analyze.") as outdir:
         return run_bench(args, cap, packets, outdir)
-    finally:
-        if tmp is not None:
-            tmp.cleanup()
+
+
+@contextlib.contextmanager
+def output_dir(keep_dir: Path | None, prefix: str) -> Iterator[Path]:
+    """Where the raw tool outputs go: ``keep_dir`` (kept), else a temporary folder."""
+    if keep_dir is not None:
+        keep_dir.mkdir(parents=True, exist_ok=True)
+        yield keep_dir
+        return
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        yield Path(tmp)
 
 
 def run_bench(args: argparse.Namespace, cap: Path, packets: int, outdir: Path) -> int:

@@ -36,13 +36,21 @@ import platform
 import struct
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections import Counter
 from pathlib import Path
 
-from bench_analyze import KINDS, _classify, _descendants, _read, _rss_kb, tail, wirestream_cmd
+from bench_analyze import (
+    KINDS,
+    _classify,
+    _descendants,
+    _read,
+    _rss_kb,
+    output_dir,
+    tail,
+    wirestream_cmd,
+)
 
 BENCH_DIR = Path(__file__).resolve().parent
 WORK_DIR = BENCH_DIR / "work"
@@ -547,18 +555,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{meta['bytes'] / 1e6:,.0f} MB, {meta['capture_span_s']:.1f} s of capture time"
           + ("" if meta["reused"] else f" (written in {meta['generate_s']:.1f} s)"), flush=True)
 
-    tmp = None
-    if args.keep_dir is not None:
-        outdir = args.keep_dir
-        outdir.mkdir(parents=True, exist_ok=True)
-    else:
-        tmp = tempfile.TemporaryDirectory(prefix="bench_open_connections.")
-        outdir = Path(tmp.name)
-    try:
+    with output_dir(args.keep_dir, "bench_open_connections.") as outdir:
         return run_bench(args, cap, meta, outdir)
-    finally:
-        if tmp is not None:
-            tmp.cleanup()
 
 
 def run_bench(args: argparse.Namespace, cap: Path, meta: dict, outdir: Path) -> int:

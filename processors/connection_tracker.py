@@ -55,6 +55,7 @@ class ConnectionTracker:
         self.close_linger_us = close_linger_us
         self.interim_us = interim_us
         self.max_connections = max_connections
+        self._expiry_floor_us = min(idle_timeout_us, close_linger_us)
         # (src, sport, dst, dport) -> connection, registered under both directions
         self._conns: dict[tuple, TcpConnection] = {}
         self.open_connections = 0
@@ -86,14 +87,11 @@ class ConnectionTracker:
         for ts, frame, src, sport, dst, dport, seq, ack, seglen, flags, win, wscale, ver in zip(*cols, strict=True):
             key = (src, sport, dst, dport)
             conn = conns.get(key)
-            # Expire a connection that is already due (the sweep's rules) before routing this
-            # packet to it: the sweep only runs after a whole batch, so otherwise whether a
-            # quiet gap splits the stream depended on where the batches fell.
-            if conn is not None and ts - conn.last_ts >= (
-                    self.idle_timeout_us if conn.closed_ts is None else self.close_linger_us):
-                if conn.closed_ts is None:
-                    self.counters["idle_timeouts"] += 1
-                self._close(conn, "timeout" if conn.closed_ts is None else "close")
+            # Expire a connection that is already due before routing this packet to it: the
+            # sweep only runs after a whole batch, so otherwise whether a quiet gap splits
+            # the stream depended on where the batches fell. (The first comparison is only
+            # a cheap filter for the hot path; _expire_if_due applies the rules.)
+            if conn is not None and ts - conn.last_ts >= self._expiry_floor_us and self._expire_if_due(conn, ts):
                 conn = None
             is_new = False
             if conn is None:
@@ -140,16 +138,29 @@ class ConnectionTracker:
 
     # --- expiry ---------------------------------------------------------------------------
 
+    def _held(self) -> list[TcpConnection]:
+        """Every held connection once (each is registered under both directions)."""
+        return list({id(c): c for c in self._conns.values()}.values())
+
+    def _expire_if_due(self, conn: TcpConnection, now_us: int) -> bool:
+        """Emit ``conn`` if it is closed and past its linger time, or idle past the timeout."""
+        quiet = now_us - conn.last_ts
+        if conn.closed_ts is not None and quiet >= self.close_linger_us:
+            self._close(conn, "close")
+        elif quiet >= self.idle_timeout_us:
+            self.counters["idle_timeouts"] += 1
+            self._close(conn, "timeout")
+        else:
+            return False
+        return True
+
     def sweep(self, now_us: int) -> None:
         """Emit closed connections past their linger time and idle ones past the timeout."""
         self._next_sweep = now_us + SWEEP_INTERVAL_US
-        for conn in list({id(c): c for c in self._conns.values()}.values()):
-            if conn.closed_ts is not None and now_us - conn.last_ts >= self.close_linger_us:
-                self._close(conn, "close")
-            elif now_us - conn.last_ts >= self.idle_timeout_us:
-                self.counters["idle_timeouts"] += 1
-                self._close(conn, "timeout")
-            elif (self.interim_us and conn.closed_ts is None
+        for conn in self._held():
+            if self._expire_if_due(conn, now_us):
+                continue
+            if (self.interim_us and conn.closed_ts is None
                   and now_us - conn.first_ts >= (conn.interim_emitted + 1) * self.interim_us):
                 conn.interim_emitted += 1
                 self.emitted += 1
@@ -158,13 +169,8 @@ class ConnectionTracker:
 
     def flush(self) -> None:
         """End of input: emit every connection still held."""
-        for conn in list({id(c): c for c in self._conns.values()}.values()):
-            if conn.closed_ts is not None:
-                self._close(conn, "close")
-            elif self._now - conn.last_ts >= self.idle_timeout_us:
-                # Already idle past the timeout: 'timeout', as a sweep would have said (the
-                # last sweep may predate the expiry, depending on batch boundaries).
-                self.counters["idle_timeouts"] += 1
-                self._close(conn, "timeout")
-            else:
-                self._close(conn, "end_of_input")
+        for conn in self._held():
+            # Already due: as a sweep would have said (the last sweep may predate the
+            # expiry, depending on batch boundaries).
+            if not self._expire_if_due(conn, self._now):
+                self._close(conn, "close" if conn.closed_ts is not None else "end_of_input")

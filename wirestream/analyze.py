@@ -71,8 +71,7 @@ def analyze(
         result.records = {t: [] for t in OUTPUT_TOPICS}
         return result
     paths = readable
-    with Runtime(settings) as rt:
-        rt.worker_grace_s = 0.5
+    with Runtime(settings, worker_grace_s=0.5) as rt:
         result.bootstrap, result.registry = rt.bootstrap, rt.registry_url
         start = end_offsets(rt.bootstrap, (*OUTPUT_TOPICS, STATS))
         source_ids: dict[str, ReplayResult] = {}

@@ -25,7 +25,7 @@ from wirestream.topics import ALL_TOPICS
 class Runtime:
     """The Kafka side of one command run."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, worker_grace_s: float = 10.0) -> None:
         self.settings = settings
         self.bootstrap = settings.bootstrap or ""
         self.registry_url = settings.registry or ""
@@ -36,7 +36,7 @@ class Runtime:
         self._codec: AvroCodec | None = None
         #: How long workers get to shut down cleanly on exit. ``analyze`` sets it low: its
         #: workers are in a group of their own, with nothing left to commit once it is done.
-        self.worker_grace_s = 10.0
+        self.worker_grace_s = worker_grace_s
 
     def __enter__(self) -> Runtime:
         try:
@@ -47,7 +47,7 @@ class Runtime:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.stop(self.worker_grace_s)
+        self.stop()
 
     def start(self) -> None:
         if not self.bootstrap:
@@ -92,13 +92,13 @@ class Runtime:
                 return f"processor worker {i} exited with code {w.returncode}:\n{tail}"
         return None
 
-    def stop(self, grace_s: float = 10.0) -> None:
-        """Stop workers (SIGTERM, then SIGKILL after ``grace_s``), registry and broker."""
+    def stop(self) -> None:
+        """Stop workers (SIGTERM, then SIGKILL after ``worker_grace_s``), registry and broker."""
         for w in self.workers:
             if w.poll() is None:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(w.pid, signal.SIGTERM)
-        deadline = time.monotonic() + grace_s
+        deadline = time.monotonic() + self.worker_grace_s
         for w in self.workers:
             try:
                 w.wait(timeout=max(0.1, deadline - time.monotonic()))
