@@ -1,0 +1,80 @@
+"""What every L7 analyser gets and gives: the shared interface of ``processors/l7``.
+
+A TCP analyser sees one connection as two byte streams. Direction ``0`` is the sender of
+the first packet of the connection, ``1`` the other side; the analyser decides from the
+bytes which side is the client (who sent the request or the ClientHello) and fills
+``client_*``/``server_*`` from :attr:`StreamContext.ips` / :attr:`StreamContext.ports`.
+
+Records are emitted as plain dicts through :attr:`StreamContext.emit` with the fields of
+the topic's schema that the analyser knows; the caller adds ``source_id`` and the
+identity fields (pod, process, ...) that enrichment fills later.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+#: emit(topic, key, record)
+Emit = Callable[[str, str, dict[str, Any]], None]
+
+
+@dataclass(frozen=True)
+class L7Options:
+    """Switches shared by all L7 analysers (``wirestream process``/``analyze`` options)."""
+
+    #: Mask credentials, cookies, API keys, token-like query parameters and card numbers.
+    redact: bool = True
+    #: Bytes of each HTTP body kept in the record (true sizes are always recorded).
+    body_cap: int = 64 * 1024
+    #: A request still unanswered this long (capture time) is emitted with ``no_response``.
+    response_timeout_us: int = 60_000_000
+    #: A DNS query unanswered this long is emitted with a null response.
+    dns_timeout_us: int = 10_000_000
+    #: Largest HTTP header block accepted before the message is a ``parse_error``.
+    max_header_bytes: int = 64 * 1024
+
+
+@dataclass
+class StreamContext:
+    """One TCP connection as an analyser sees it."""
+
+    #: Text addresses of the sender of direction 0 and of direction 1.
+    ips: tuple[str, str]
+    ports: tuple[int, int]
+    #: The ``connection_id`` the connection's own record carries (computed on demand,
+    #: because the client/server roles can be settled after the first payload).
+    connection_id: Callable[[], str]
+    emit: Emit
+    options: L7Options
+    #: Named counters: parse errors by protocol and reason, records by kind, ...
+    stats: Counter[str] = field(default_factory=Counter)
+
+
+class StreamAnalyzer:
+    """Base class of TCP analysers. Subclasses override the ``on_*`` hooks."""
+
+    #: Short protocol name, used in counters (``http``, ``tls``, ``dns``).
+    protocol = "tcp"
+
+    def __init__(self, ctx: StreamContext) -> None:
+        self.ctx = ctx
+
+    def on_data(self, direction: int, data: bytes, ts_us: int) -> None:
+        """In-order bytes of one direction; ``ts_us`` is the capture time of the segment
+        that carried them. Called once per (part of a) segment, in capture order."""
+
+    def on_gap(self, direction: int, missing: int, ts_us: int) -> None:
+        """``missing`` bytes of this direction were never captured. The analyser ends
+        the message in progress with ``error: gap`` and resynchronises on the next
+        message boundary it can recognise."""
+
+    def tick(self, now_us: int) -> None:
+        """Capture time has advanced (called from the tracker's periodic sweep): emit
+        what has timed out (``no_response``)."""
+
+    def on_close(self, ts_us: int) -> None:
+        """The connection ended (FIN/RST, idle timeout or end of input): emit everything
+        still pending. No more calls follow."""

@@ -1,0 +1,66 @@
+"""Which protocol a TCP connection speaks, from its first bytes — never from the port.
+
+``detect(data)`` looks at the first bytes one side sent and answers with the protocol
+and whether that side is the client. Wireshark decides HTTP and TLS by port (plus
+optional heuristics); we look at the bytes, so HTTP on port 8000 or TLS on 8443 are
+found without configuration. DNS over TCP has no recognisable first bytes (a length
+prefix), so it is the one protocol chosen by port (53).
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+from .tls import looks_like_tls_client_hello
+
+#: Request methods of HTTP/1.1 (RFC 9110) and the common WebDAV/extension ones.
+HTTP_METHODS = frozenset(
+    b"GET HEAD POST PUT DELETE CONNECT OPTIONS TRACE PATCH PROPFIND PROPPATCH MKCOL COPY "
+    b"MOVE LOCK UNLOCK SEARCH REPORT MKACTIVITY CHECKOUT MERGE M-SEARCH NOTIFY SUBSCRIBE "
+    b"UNSUBSCRIBE PURGE LINK UNLINK SOURCE".split()
+)
+_LONGEST_METHOD = max(len(m) for m in HTTP_METHODS)
+
+#: Bytes needed before a "no" is final (a method token plus its space).
+NEED = _LONGEST_METHOD + 1
+
+
+class Verdict(Enum):
+    HTTP_REQUEST = "http_request"    # this side is an HTTP client
+    HTTP_RESPONSE = "http_response"  # this side is an HTTP server
+    TLS_CLIENT_HELLO = "tls_client"  # this side is a TLS client
+    TLS_SERVER = "tls_server"        # a TLS handshake record from the server side
+    UNKNOWN = "unknown"
+    NEED_MORE = "need_more"
+
+
+def detect(data: bytes) -> Verdict:
+    """Classify the first bytes one side of a connection sent."""
+    if not data:
+        return Verdict.NEED_MORE
+    b0 = data[0]
+    if b0 == 0x16 or b0 & 0x80:
+        # A TLS handshake record (type 22, version 3.x) or an SSLv2-compatible ClientHello
+        # (high bit set in the 2-byte length).
+        hello = looks_like_tls_client_hello(data)
+        if hello is None:
+            return Verdict.NEED_MORE
+        if hello:
+            return Verdict.TLS_CLIENT_HELLO
+        # A capture that starts after the ClientHello: the server's ServerHello.
+        if len(data) >= 6 and b0 == 0x16 and data[1] == 3 and data[2] <= 4 and data[5] == 2:
+            return Verdict.TLS_SERVER
+        return Verdict.UNKNOWN
+    if b0 == 0x48:  # "HTTP/1." starts a response ("HEAD " is a method: checked below)
+        if data[:7] == b"HTTP/1.":
+            return Verdict.HTTP_RESPONSE
+        if len(data) < 7 and b"HTTP/1."[: len(data)] == data:
+            return Verdict.NEED_MORE
+    if not 0x41 <= b0 <= 0x5A:  # methods are upper-case tokens
+        return Verdict.UNKNOWN
+    space = data.find(b" ", 0, NEED)
+    if space < 0:
+        if len(data) < NEED and data.isupper():
+            return Verdict.NEED_MORE
+        return Verdict.UNKNOWN
+    return Verdict.HTTP_REQUEST if data[:space] in HTTP_METHODS else Verdict.UNKNOWN

@@ -1,0 +1,373 @@
+"""Redaction of secrets in HTTP records: credentials, cookies, tokens and card numbers.
+
+Applied by the HTTP analyser when ``L7Options.redact`` is on (the default). What is
+masked, and what is deliberately kept visible:
+
+- ``Authorization`` / ``Proxy-Authorization``: the credentials; the auth *scheme* stays
+  (``Basic [REDACTED]``), because detections need to know that a Basic credential
+  crossed the network in cleartext.
+- ``Cookie``: every cookie value (names stay). ``Set-Cookie``: the cookie's value; the
+  attributes (``Path``, ``Secure``, ``HttpOnly``, ``SameSite``, ...) stay, so that missing
+  ``Secure``/``HttpOnly`` flags can still be reported.
+- API-key style headers (``X-Api-Key``, ``X-Auth-Token``, ``X-Amz-Security-Token``, any
+  name containing ``token``, ``secret``, ``password``, ``api-key``, ...): the whole value.
+- Query parameters of the request target with token-like names (``access_token``,
+  ``api_key``, ``password``, ``sig``, ``X-Amz-Signature``, ...), ``;jsessionid=``-style
+  path parameters, and the password of ``user:password@`` in absolute-form targets.
+- Bodies: payment card numbers (13-19 digits, optionally separated by single spaces or
+  dashes, Luhn-valid, starting with a card-network digit 2-6) keep their last 4 digits
+  (``************1111``); in ``application/x-www-form-urlencoded`` bodies the values of
+  the same token-like parameters; in JSON bodies up to 4 KiB the string values of
+  token-like keys.
+
+Cost matters (it runs once per transaction on every body): the body functions never run
+a regular expression over a body unless a cheap C-speed test (``bytes.translate`` +
+``bytes.find``, ``bytes.lower`` + ``in``) found something worth looking at.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from urllib.parse import unquote_plus
+
+REDACTED = "[REDACTED]"
+_REDACTED_B = b"[REDACTED]"
+
+# --------------------------------------------------------------------------- headers
+
+#: Kinds of sensitive header (0: not sensitive).
+KEEP, AUTH, COOKIE, SET_COOKIE, SECRET = 0, 1, 2, 3, 4
+
+_AUTH_HEADERS = frozenset({"authorization", "proxy-authorization"})
+_SECRET_HEADERS = frozenset({
+    "x-api-key", "api-key", "apikey", "x-apikey", "x-auth-token", "x-access-token",
+    "x-amz-security-token", "x-goog-api-key", "x-vault-token", "x-auth", "x-auth-key",
+    "x-csrf-token", "x-xsrf-token", "x-session-id", "x-amz-credential", "x-client-secret",
+    "x-hub-signature", "x-hub-signature-256", "x-signature", "x-consumer-key", "private-token",
+})
+# Substrings of header names that mark the value as a secret. Not "auth": that would
+# mask WWW-Authenticate / Proxy-Authenticate, which are challenges, not credentials.
+_SECRET_NAME_PARTS = ("token", "secret", "password", "passwd", "api-key", "api_key",
+                      "apikey", "credential", "private-key", "session-id", "sessionid")
+
+# An auth scheme is a short HTTP token (RFC 9110 section 11.1). A longer first word is
+# more likely a raw credential without a scheme, so it is masked as a whole.
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9!#$%&'*+.^_`|~-]{0,23}")
+# Set-Cookie attribute names (RFC 6265 section 4.1 plus common extensions).
+_COOKIE_ATTRS = frozenset({"expires", "max-age", "domain", "path", "secure", "httponly",
+                           "samesite", "priority", "partitioned", "version", "comment"})
+# Several Set-Cookie values joined with ", " (a header map): split at ", name=" only, so
+# that the comma inside "Expires=Wed, 21 Oct 2015 07:28:00 GMT" is not a split point.
+_SET_COOKIE_SPLIT = re.compile(r",\s*(?=[^=;,\s]+=)")
+
+
+def header_kind(name: str) -> int:
+    """Which kind of redaction the header ``name`` (lower-case) needs; 0 = none."""
+    if name in _AUTH_HEADERS:
+        return AUTH
+    if name == "cookie":
+        return COOKIE
+    if name == "set-cookie":
+        return SET_COOKIE
+    if name in _SECRET_HEADERS:
+        return SECRET
+    for part in _SECRET_NAME_PARTS:
+        if part in name:
+            return SECRET
+    return KEEP
+
+
+def _mask_auth(value: str) -> str:
+    v = value.strip()
+    sp = v.find(" ")
+    if sp > 0 and _SCHEME.fullmatch(v, 0, sp):
+        return v[:sp] + " " + REDACTED
+    return REDACTED
+
+
+def _mask_cookie(value: str) -> str:
+    parts = value.split(";")
+    for i, part in enumerate(parts):
+        name, eq, _ = part.partition("=")
+        if eq:
+            parts[i] = name + "=" + REDACTED
+    return ";".join(parts)
+
+
+def _mask_one_set_cookie(value: str) -> str:
+    # The first name=value pair is the cookie; what follows ';' are its attributes.
+    name, eq, rest = value.partition("=")
+    if not eq:
+        return REDACTED
+    semi = rest.find(";")
+    return name + "=" + REDACTED + (rest[semi:] if semi >= 0 else "")
+
+
+def _mask_set_cookie(value: str) -> str:
+    if "," not in value:
+        return _mask_one_set_cookie(value)
+    return ", ".join(_mask_one_set_cookie(v) for v in _SET_COOKIE_SPLIT.split(value))
+
+
+def redact_value(kind: int, value: str) -> str:
+    """Mask ``value`` of a header of the given :func:`header_kind` (non-zero)."""
+    if kind == AUTH:
+        return _mask_auth(value)
+    if kind == COOKIE:
+        return _mask_cookie(value)
+    if kind == SET_COOKIE:
+        return _mask_set_cookie(value)
+    return REDACTED
+
+
+def redact_header(name: str, value: str) -> str:
+    """The value of header ``name`` (any case) with its secrets masked."""
+    kind = header_kind(name.lower())
+    return redact_value(kind, value) if kind else value
+
+
+def redact_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    """A copy of ``headers`` with the values of sensitive headers masked."""
+    out: dict[str, str] = {}
+    for name, value in headers.items():
+        kind = header_kind(name.lower())
+        out[name] = redact_value(kind, value) if kind else value
+    return out
+
+
+# ------------------------------------------------------------ query / form parameters
+
+_SECRET_PARAMS = frozenset({
+    "token", "access_token", "refresh_token", "id_token", "auth_token", "api_key", "apikey",
+    "api-key", "key", "password", "passwd", "pwd", "pass", "secret", "client_secret",
+    "session", "sessionid", "session_id", "auth", "signature", "sig", "code", "jwt", "otp",
+    "x-amz-signature", "x-amz-security-token", "x-amz-credential", "x-goog-signature",
+    "x-goog-credential", "jsessionid", "phpsessid", "aspsessionid", "sid",
+})
+_SECRET_PARAM_PARTS = ("token", "secret", "password", "passwd", "apikey", "api_key",
+                       "api-key", "signature", "sessid", "credential")
+
+
+def _secret_param(name: str) -> bool:
+    if "%" in name or "+" in name:
+        name = unquote_plus(name)
+    name = name.lower()
+    if name in _SECRET_PARAMS:
+        return True
+    for part in _SECRET_PARAM_PARTS:
+        if part in name:
+            return True
+    return False
+
+
+_PARAM_CACHE: dict[str, bool] = {}
+
+
+def _mask_params(text: str, sep: str) -> str:
+    """``a=1&token=x`` -> ``a=1&token=[REDACTED]``; unchanged text is returned as is."""
+    params = text.split(sep)
+    changed = False
+    known = _PARAM_CACHE
+    for i, param in enumerate(params):
+        name, eq, value = param.partition("=")
+        if eq and value:
+            secret = known.get(name)
+            if secret is None:
+                secret = _secret_param(name)
+                if len(known) >= 4096:  # names repeat; this only bounds odd traffic
+                    known.clear()
+                known[name] = secret
+            if secret:
+                params[i] = name + "=" + REDACTED
+                changed = True
+    return sep.join(params) if changed else text
+
+
+def redact_target(target: str) -> str:
+    """The request target with token-like query (and ``;name=``) parameters and URL
+    passwords masked."""
+    q = target.find("?")
+    path = target if q < 0 else target[:q]
+    new_path = path
+    # absolute-form (proxy requests): scheme://user:password@host/...
+    if "@" in path:
+        s = path.find("://")
+        if s >= 0:
+            end = path.find("/", s + 3)
+            authority = path[s + 3 : end if end >= 0 else len(path)]
+            at = authority.rfind("@")
+            colon = authority.find(":", 0, at)
+            if at >= 0 and colon >= 0:
+                new_path = (path[: s + 3] + authority[: colon + 1] + REDACTED
+                            + path[s + 3 + at :])
+    if ";" in new_path:  # /app;jsessionid=...
+        new_path = _mask_params(new_path, ";")
+    if q < 0:
+        return new_path
+    query = target[q + 1 :]
+    new_query = _mask_params(query, "&")
+    if new_path is path and new_query is query:
+        return target
+    return new_path + "?" + new_query
+
+
+# ------------------------------------------------------------------------------ bodies
+
+# Only ever run over a run of digits and separators found by _candidate_runs.
+_CARD = re.compile(rb"(?<![0-9])[2-6](?:[ -]?[0-9]){12,18}")
+# digits and the separators a card number may contain -> '0', anything else -> '.'
+_RUN_CLASS = bytes(48 if 48 <= b <= 57 or b in (32, 45) else 46 for b in range(256))
+_THIRTEEN = b"0" * 13
+_CARD_TAIL = re.compile(rb"(?<![0-9])[2-6](?:[ -]?[0-9]){7,18}$")
+_DOUBLE = (0, 2, 4, 6, 8, 1, 3, 5, 7, 9)
+_FORM_TYPE = "x-www-form-urlencoded"
+_BINARY_TYPES = ("image/", "audio/", "video/", "font/", "application/octet-stream",
+                 "application/zip", "application/gzip", "application/x-gzip",
+                 "application/pdf", "application/wasm", "application/x-protobuf",
+                 "application/grpc")
+# A JSON body is searched for token-like keys only if it contains one of these (each a
+# C-speed find, still ~1.5 ns/byte each here); and only if it is small: credentials and
+# tokens travel in small JSON documents (logins, token responses), and a scan of every
+# large API response would cost more than the rest of the pipeline.
+_JSON_HINTS = (b"pass", b"pwd", b"secret", b"token", b"key", b"sess", b"auth", b"sig", b"cred")
+_JSON_MAX = 4096
+_JSON_STRING_MEMBER = re.compile(rb'"([^"\\]{1,64})"(\s*:\s*)"((?:[^"\\]|\\.)*)"')
+
+
+def luhn_valid(digits: str) -> bool:
+    """True if ``digits`` (only 0-9) passes the Luhn check used by card numbers."""
+    if not digits or not digits.isascii() or not digits.isdigit():
+        return False
+    total = 0
+    odd = False
+    for ch in reversed(digits):
+        d = ord(ch) - 48
+        total += _DOUBLE[d] if odd else d
+        odd = not odd
+    return total % 10 == 0
+
+
+def _mask_digits(run: bytes) -> bytes:
+    """Replace all but the last 4 digits of ``run`` with '*', separators kept."""
+    keep = 4
+    out = bytearray(run)
+    for i in range(len(out) - 1, -1, -1):
+        if 48 <= out[i] <= 57:
+            if keep:
+                keep -= 1
+            else:
+                out[i] = 42  # '*'
+    return bytes(out)
+
+
+def _card_end(card: bytes, whole: bool) -> int:
+    """Length of the card number at the start of ``card`` (digits and single separators,
+    as matched by _CARD), or 0. The regex is greedy, so a valid number followed by another
+    digit group ("4111 1111 1111 1111 2024") is found by trying the prefixes that end at a
+    separator; ``whole`` is False when the match was cut inside a longer digit sequence."""
+    digits = card.replace(b" ", b"").replace(b"-", b"").decode()
+    if whole and luhn_valid(digits):
+        return len(card)
+    n = 0
+    for i, b in enumerate(card):
+        if b == 32 or b == 45:
+            if 13 <= n <= 19 and luhn_valid(digits[:n]):
+                return i
+        else:
+            n += 1
+    return 0
+
+
+def _candidate_runs(body: bytes, truncated: bool) -> list[tuple[int, int]]:
+    """(start, end) of every run of digits and separators long enough for a card number
+    (13+ bytes); plus, when the body was cut, the run at its very end, whatever its length.
+
+    Digits and separators both map to '0' in _RUN_CLASS, so ``find`` of 13 zeros (C speed,
+    ~0.5 ns a byte) finds the long runs; a regex like ``[0-9 -]{13,}`` takes ~25 ns a byte,
+    and a Python loop over every short number of a JSON document more still."""
+    cls = body.translate(_RUN_CLASS)
+    n = len(cls)
+    runs = []
+    i = cls.find(_THIRTEEN)
+    while i >= 0:
+        start = cls.rfind(b".", 0, i) + 1
+        end = cls.find(b".", i)
+        if end < 0:
+            end = n
+        runs.append((start, end))
+        i = cls.find(_THIRTEEN, end)
+    if truncated and (not runs or runs[-1][1] != n):
+        start = cls.rfind(b".") + 1
+        if start < n:
+            runs.append((start, n))
+    return runs
+
+
+def _mask_cards(body: bytes, truncated: bool) -> bytes:
+    out: list[bytes] = []
+    done = 0  # body[:done] is in `out`
+    n = len(body)
+    for start, end in _candidate_runs(body, truncated):
+        run = body[start:end]
+        p = 0
+        while (m := _CARD.search(run, p)) is not None:
+            s, e = m.span()
+            # directly followed by a digit: cut at 19 digits inside a longer number
+            whole = e == len(run) or not 48 <= run[e] <= 57
+            k = _card_end(m.group(), whole)
+            if k:
+                out.append(body[done : start + s])
+                out.append(_mask_digits(run[s : s + k]))
+                done = start + s + k
+                p = s + k
+            else:
+                p = s + 1
+        if truncated and end == n:
+            # The body cap cut the body inside this run: the last digits of a card number
+            # may be missing, so Luhn cannot tell. Mask a card-like tail of 8+ digits.
+            m = _CARD_TAIL.search(run, max(p, done - start))
+            if m is not None:
+                s = m.start()
+                out.append(body[done : start + s])
+                out.append(_mask_digits(m.group()))
+                done = n
+    if not out:
+        return body
+    out.append(body[done:])
+    return b"".join(out)
+
+
+def _mask_json(body: bytes) -> bytes:
+    def repl(m: re.Match[bytes]) -> bytes:
+        if _secret_param(m.group(1).decode("latin-1")):
+            return b'"' + m.group(1) + b'"' + m.group(2) + b'"' + _REDACTED_B + b'"'
+        return m.group()
+
+    return _JSON_STRING_MEMBER.sub(repl, body)
+
+
+def redact_body(body: bytes, content_type: str | None = None, truncated: bool = False) -> bytes:
+    """``body`` with card numbers masked, and for form-encoded / JSON bodies (by
+    ``content_type``) the values of token-like parameters. ``truncated``: the body was
+    cut (body cap), so a digit run at its very end is masked without the Luhn check."""
+    if not body:
+        return body
+    if content_type:
+        ct = content_type.lower()
+        if _FORM_TYPE in ct and b"=" in body:
+            text = body.decode("latin-1")  # round-trips any byte
+            masked = _mask_params(text, "&")
+            if masked is not text:
+                body = masked.encode("latin-1")
+        elif "json" in ct and len(body) <= _JSON_MAX:
+            low = body.lower()
+            for hint in _JSON_HINTS:
+                if low.find(hint) >= 0:
+                    body = _mask_json(body)
+                    break
+    if content_type and content_type.lower().startswith(_BINARY_TYPES):
+        # Images, audio, archives, octet streams: a card number there is neither likely
+        # nor readable, and scanning megabytes of them costs more than all the parsing.
+        return body
+    return _mask_cards(body, truncated)

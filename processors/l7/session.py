@@ -1,0 +1,226 @@
+"""Glue between the connection tracker and the L7 analysers.
+
+:class:`L7Dispatcher` is the L7 state of one input partition: it creates an
+:class:`L7Session` for each TCP connection when its first payload byte arrives, holds the
+partition's :class:`~.dns.DnsMatcher` (DNS over UDP and TCP share it), and stamps every
+record with ``source_id`` and the identity fields before handing it to the publisher.
+
+An :class:`L7Session` reassembles both directions
+(:class:`~wirestream.processors.reassembly.StreamReassembler`), recognises the protocol
+from the first bytes (:mod:`.detect`) and then feeds the chosen analyser. Connections
+that speak nothing we know cost one detection and are dropped from L7 (counted).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from wirestream.packet_block import ACK, SYN, ip_text
+
+from ..reassembly import StreamReassembler
+from .base import Emit, L7Options, StreamAnalyzer, StreamContext
+from .detect import Verdict, detect
+from .dns import DnsMatcher, DnsTcpAnalyzer, is_dns_port
+from .http import HttpAnalyzer
+from .tls import TlsAnalyzer
+
+if TYPE_CHECKING:
+    from ..tcp_connection import TcpConnection
+
+#: Identity fields every L7 record carries; enrichment (Kubernetes, process) fills them.
+IDENTITY_FIELDS = tuple(
+    f"{side}_{what}"
+    for side in ("client", "server")
+    for what in ("pod", "namespace", "workload", "node", "pid", "process")
+) + ("server_service",)
+_NO_IDENTITY = dict.fromkeys(IDENTITY_FIELDS)
+
+#: Chunks of a connection we try to recognise before giving up on it (a capture that
+#: starts mid-connection may first show the middle of a body; the next segment often
+#: starts a new message).
+DETECT_ATTEMPTS = 8
+#: Bytes held while the first bytes are still ambiguous ("GE" could become "GET ").
+DETECT_BUFFER = 4096
+
+DNS_TCP_PORT = 53
+
+#: How often (capture time) unanswered DNS queries are looked at for their timeout.
+TICK_INTERVAL_US = 1_000_000
+
+
+class L7Dispatcher:
+    """The L7 state of one partition of one source."""
+
+    def __init__(self, publish: Emit, source_id: str = "",
+                 options: L7Options | None = None) -> None:
+        self.options = options or L7Options()
+        self.source_id = source_id
+        self._publish = publish
+        self.stats: Counter[str] = Counter()
+        self.emitted: Counter[str] = Counter()
+        self.dns = DnsMatcher(self.emit, self.options, self.stats)
+        self._next_tick = 0
+
+    def emit(self, topic: str, key: str, record: dict[str, Any]) -> None:
+        record["source_id"] = self.source_id
+        for name, value in _NO_IDENTITY.items():
+            record.setdefault(name, value)
+        self.emitted[topic] += 1
+        self._publish(topic, key, record)
+
+    def session(self, conn: TcpConnection) -> L7Session:
+        return L7Session(self, conn)
+
+    def datagrams(self, udp: np.ndarray, payloads: bytes) -> None:
+        """UDP packets of a batch: DNS goes to the matcher, the rest is not analysed."""
+        if not len(udp):
+            return
+        dns = self.dns
+        cols = (udp["ts_us"].tolist(), udp["src_ip"].tolist(), udp["src_port"].tolist(),
+                udp["dst_ip"].tolist(), udp["dst_port"].tolist(), udp["ip_version"].tolist(),
+                udp["payload_off"].tolist(), udp["payload_caplen"].tolist())
+        for ts, src, sport, dst, dport, ver, off, caplen in zip(*cols, strict=True):
+            if not is_dns_port(sport, dport):
+                self.stats["udp_not_analysed"] += 1
+                continue
+            dns.on_datagram(ts, ip_text(src, ver), sport, ip_text(dst, ver), dport,
+                            payloads[off:off + caplen])
+        if ts >= self._next_tick:  # time out unanswered queries, every few seconds of capture time
+            self._next_tick = ts + TICK_INTERVAL_US
+            dns.tick(ts)
+
+    def flush(self) -> None:
+        self.dns.flush()
+
+
+class L7Session:
+    """Reassembly, protocol detection and the analyser of one TCP connection."""
+
+    __slots__ = ("dispatcher", "ctx", "streams", "analyzer", "held", "held_bytes",
+                 "attempts", "done")
+
+    def __init__(self, dispatcher: L7Dispatcher, conn: TcpConnection) -> None:
+        self.dispatcher = dispatcher
+        f0, f1 = conn.flows
+        ver = conn.version
+        self.ctx = StreamContext(
+            ips=(ip_text(f0.ip, ver), ip_text(f1.ip, ver)),
+            ports=(f0.port, f1.port),
+            connection_id=conn.connection_id,
+            emit=dispatcher.emit,
+            options=dispatcher.options,
+            stats=dispatcher.stats,
+        )
+        # The reassemblers deliver to the detector until the protocol is known, then
+        # straight to the analyser (one call per segment on the hot path).
+        self.streams = (
+            StreamReassembler(partial(self._data, 0), partial(self._gap, 0)),
+            StreamReassembler(partial(self._data, 1), partial(self._gap, 1)),
+        )
+        # Start where the TCP analysis says each side's data starts (ISN + 1 after a SYN;
+        # the first sequence or acknowledgement number seen otherwise).
+        for flow, stream in zip(conn.flows, self.streams, strict=True):
+            if flow.base_seq_set:
+                stream.next_seq = (flow.base_seq + 1) & 0xFFFFFFFF
+        self.analyzer: StreamAnalyzer | None = None
+        self.held: list[tuple[int, bytes, int]] = []  # chunks seen while detecting
+        self.held_bytes = 0
+        self.attempts = 0
+        self.done = False  # nothing to analyse on this connection
+        if DNS_TCP_PORT in (f0.port, f1.port):
+            client = 0 if f1.port == DNS_TCP_PORT else 1
+            self._use(DnsTcpAnalyzer(self.ctx, client, dispatcher.dns))
+
+    def _use(self, analyzer: StreamAnalyzer) -> None:
+        self.analyzer = analyzer
+        self.dispatcher.stats[f"l7_connections.{analyzer.protocol}"] += 1
+        for d, stream in enumerate(self.streams):
+            stream.deliver = partial(analyzer.on_data, d)
+
+    def packet(self, d: int, seq: int, ack: int, flags: int, data: bytes, length: int,
+               ts: int) -> None:
+        """One TCP packet sent by side ``d`` (called for every packet once the session exists)."""
+        if self.done:
+            return
+        if flags & ACK:
+            rev = self.streams[1 - d]
+            rev.peer_ack = ack  # the latest ACK (an old one reordered only delays a gap)
+            if rev.pending:
+                rev.ack_hole()
+        if length:
+            if flags & SYN:  # TCP Fast Open: the SYN's data starts after the SYN's own number
+                seq = (seq + 1) & 0xFFFFFFFF
+            self.streams[d].segment(seq, data, length, ts)
+
+    def tick(self, now_us: int) -> None:
+        if self.analyzer is not None:
+            self.analyzer.tick(now_us)
+
+    def close(self, ts_us: int) -> None:
+        """The connection ended: deliver what is buffered and let the analyser finish."""
+        if not self.done:
+            for stream in self.streams:
+                stream.finish()
+        if self.analyzer is not None:
+            self.analyzer.on_close(ts_us)
+        self.done = True
+        self.streams = ()  # the reassemblers' callbacks refer back to us: break the cycle
+
+    # --- from the reassemblers ----------------------------------------------------------
+
+    def _data(self, d: int, data: bytes, ts: int) -> None:
+        if not self.done:  # (once an analyser is chosen, it gets the bytes directly)
+            self._detect(d, data, ts)
+
+    def _gap(self, d: int, missing: int, ts: int) -> None:
+        self.dispatcher.stats["tcp_gap_bytes"] += missing
+        if self.analyzer is not None:
+            self.analyzer.on_gap(d, missing, ts)
+        elif self.held:  # ambiguous first bytes followed by a hole: start over after it
+            self.held.clear()
+            self.held_bytes = 0
+
+    def _detect(self, d: int, data: bytes, ts: int) -> None:
+        held = self.held
+        held.append((d, data, ts))
+        self.held_bytes += len(data)
+        if len(held) == 1:  # the usual case: the first chunk decides
+            verdict = detect(data)
+        else:
+            verdict = detect(b"".join(c for side, c, _ in held if side == d))
+        if verdict is Verdict.NEED_MORE and self.held_bytes < DETECT_BUFFER:
+            return
+        make: Callable[[StreamContext, int], StreamAnalyzer] | None = None
+        client = d
+        if verdict is Verdict.HTTP_REQUEST:
+            make = HttpAnalyzer
+        elif verdict is Verdict.HTTP_RESPONSE:
+            make, client = HttpAnalyzer, 1 - d
+        elif verdict is Verdict.TLS_CLIENT_HELLO:
+            make = TlsAnalyzer
+        elif verdict is Verdict.TLS_SERVER:
+            make, client = TlsAnalyzer, 1 - d
+        stats = self.dispatcher.stats
+        if make is None:
+            # Not a message start. Later chunks of this side may start one (a capture that
+            # began in the middle of a body); drop what we held and look again.
+            held.clear()
+            self.held_bytes = 0
+            self.attempts += 1
+            if self.attempts >= DETECT_ATTEMPTS:
+                stats["l7_connections.unrecognised"] += 1
+                self.done = True
+                self.streams = ()
+            return
+        analyzer = make(self.ctx, client)
+        self._use(analyzer)
+        # Replay what was held (either side's still-ambiguous first bytes), in arrival order.
+        self.held = []
+        self.held_bytes = 0
+        for side, chunk, t in held:
+            analyzer.on_data(side, chunk, t)
