@@ -11,7 +11,9 @@ process tree and the peak summed RSS of the process and all its descendants
 (sampled every 0.2 s from /proc).  For wirestream the peak is also broken down
 by process kind (the analyze process, ``wirestream process`` workers, the
 ``tansu`` broker).  It then checks that both tools saw the same number of TCP
-conversations and compares throughput against a target ratio.
+conversations, that wirestream's HTTP transactions number tshark's HTTP responses
+(with L7 analysis on, the default), and compares throughput against a target ratio.
+It prints transactions per second.
 
 See bench/README.md.  Exit status: 0 = PASS, 1 = FAIL (ratio below target or a
 count mismatch), 2 = bad arguments / missing capture, 3 = a tool failed.
@@ -431,6 +433,10 @@ def run_bench(args: argparse.Namespace, cap: Path, packets: int, outdir: Path) -
     print(f"wirestream elapsed_s (its own JSON): {ws['elapsed_s_reported']}   "
           f"(wall {ws['wall_s']:.1f} s incl. process start/stop)")
     print("wirestream records: " + ", ".join(f"{k}={v}" for k, v in records.items()))
+    ws_tx = records.get("wire.transactions", 0)
+    ws["transactions_per_s"] = ws_tx / ws["wall_s"] if ws["wall_s"] > 0 else 0.0
+    print(f"wirestream L7: {ws_tx:,} HTTP transactions = {ws['transactions_per_s']:,.0f} transactions/s "
+          f"({ws['cpu_s'] * 1e6 / ws_tx if ws_tx else 0:.1f} CPU µs per transaction, all stages)")
     if ts["http"]:
         print("tshark http,tree: " + ", ".join(f"{k}={v:,}" for k, v in ts["http"].items()))
     print()
@@ -446,6 +452,13 @@ def run_bench(args: argparse.Namespace, cap: Path, packets: int, outdir: Path) -
     print(f"packets read:      capinfos {packets:,}  wirestream {ws_packets:,}  -> {'match' if pkt_ok else 'MISMATCH'}")
     if not pkt_ok:
         failures.append(f"packet count mismatch (capinfos {packets}, wirestream {ws_packets})")
+    ts_responses = ts["http"].get("responses")
+    if ts_responses is not None:
+        tx_ok = ws_tx >= ts_responses
+        print(f"HTTP:              tshark responses {ts_responses:,}  wirestream transactions "
+              f"{ws_tx:,}  -> {'ok' if tx_ok else 'MISSING TRANSACTIONS'}")
+        if not tx_ok:
+            failures.append(f"fewer transactions ({ws_tx}) than tshark HTTP responses ({ts_responses})")
     if summary.get("failed"):
         failures.append(f"wirestream reports failed files: {summary['failed']}")
     ratio_ok = ratio >= args.target

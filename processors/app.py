@@ -18,6 +18,7 @@ from wirestream.codec import AvroCodec
 from wirestream.topics import PACKETS
 
 from . import faust_transport
+from .l7.base import L7Options
 from .output import OutputPublisher
 from .packet_pipeline import STAGE, PacketPipeline
 
@@ -30,6 +31,7 @@ def create_app(
     close_linger_s: float = 10.0,
     interim_s: float = 0.0,
     source_prefix: str = "",
+    l7_options: L7Options | None = None,
 ) -> faust.App:
     faust_transport.register()
     app = faust.App(
@@ -65,12 +67,14 @@ def create_app(
                 close_linger_us=int(close_linger_s * 1e6),
                 interim_us=int(interim_s * 1e6),
                 source_prefix=source_prefix,
+                l7_options=l7_options,
             )
         return state["p"]
 
     @app.agent(packets, name="analyse-packets")
     async def analyse_packets(batches: faust.Stream) -> None:
-        """For each batch of packets: track TCP connections; at end of input, report."""
+        """For each batch of packets: track TCP connections and their L7 transactions;
+        at end of input, report."""
         async for event in batches.events():
             pipeline().handle(event.message.partition, event.value)
 

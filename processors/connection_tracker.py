@@ -21,13 +21,16 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from wirestream.packet_block import ACK, PROTO_TCP, SYN
 
 from .tcp_connection import TcpConnection
+
+if TYPE_CHECKING:
+    from .l7.session import L7Dispatcher
 
 RecordCallback = Callable[[dict[str, Any]], None]
 
@@ -48,8 +51,11 @@ class ConnectionTracker:
         close_linger_us: int = 10_000_000,
         interim_us: int = 0,
         max_connections: int = 1_000_000,
+        l7: L7Dispatcher | None = None,
     ) -> None:
         self.on_record = on_record
+        # L7 analysis of the connections' payload (None: TCP analysis only)
+        self.l7 = l7
         self.source_id = source_id
         self.idle_timeout_us = idle_timeout_us
         self.close_linger_us = close_linger_us
@@ -68,8 +74,9 @@ class ConnectionTracker:
 
     # --- input --------------------------------------------------------------------------
 
-    def process(self, headers: np.ndarray) -> None:
-        """Analyse a batch of packet headers (UDP packets are skipped)."""
+    def process(self, headers: np.ndarray, payloads: bytes = b"") -> None:
+        """Analyse a batch of packet headers (UDP packets are skipped); ``payloads`` is the
+        batch's payload blob, which the L7 analysers read."""
         if not len(headers):
             return
         tcp = headers[headers["proto"] == PROTO_TCP]
@@ -82,9 +89,11 @@ class ConnectionTracker:
             tcp["src_port"].tolist(), tcp["dst_ip"].tolist(), tcp["dst_port"].tolist(),
             tcp["seq"].tolist(), tcp["ack"].tolist(), tcp["payload_len"].tolist(),
             tcp["tcp_flags"].tolist(), tcp["window"].tolist(), tcp["wscale"].tolist(),
-            tcp["ip_version"].tolist(),
+            tcp["ip_version"].tolist(), tcp["payload_off"].tolist(), tcp["payload_caplen"].tolist(),
         )
-        for ts, frame, src, sport, dst, dport, seq, ack, seglen, flags, win, wscale, ver in zip(*cols, strict=True):
+        l7 = self.l7
+        for (ts, frame, src, sport, dst, dport, seq, ack, seglen, flags, win, wscale, ver,
+             off, caplen) in zip(*cols, strict=True):
             key = (src, sport, dst, dport)
             conn = conns.get(key)
             # Expire a connection that is already due before routing this packet to it: the
@@ -106,6 +115,13 @@ class ConnectionTracker:
                     conn = self._open(key, ver, src, sport, dst, dport, ts, reused=True)
                     d = 0
             conn.on_packet(d, ts, frame, seq, ack, seglen, flags, win, wscale, is_new)
+            if l7 is not None:
+                session = conn.l7
+                if session is None and seglen:  # after on_packet: it sets the stream bases
+                    session = conn.l7 = l7.session(conn)
+                if session is not None:
+                    session.packet(d, seq, ack, flags,
+                                   payloads[off:off + caplen] if caplen else b"", seglen, ts)
         self.packets += len(tcp)
         self._now = ts
         if ts >= self._next_sweep:
@@ -134,6 +150,9 @@ class ConnectionTracker:
                 del self._conns[key]
         self.open_connections -= 1
         self.emitted += 1
+        if conn.l7 is not None:
+            conn.l7.close(conn.last_ts)
+            conn.l7 = None
         self.on_record(conn.to_record(ended_by, final=True))
 
     # --- expiry ---------------------------------------------------------------------------
@@ -160,6 +179,8 @@ class ConnectionTracker:
         for conn in self._held():
             if self._expire_if_due(conn, now_us):
                 continue
+            if conn.l7 is not None:
+                conn.l7.tick(now_us)
             if (self.interim_us and conn.closed_ts is None
                   and now_us - conn.first_ts >= (conn.interim_emitted + 1) * self.interim_us):
                 conn.interim_emitted += 1
@@ -174,3 +195,5 @@ class ConnectionTracker:
             # expiry, depending on batch boundaries).
             if not self._expire_if_due(conn, self._now):
                 self._close(conn, "close" if conn.closed_ts is not None else "end_of_input")
+        if self.l7 is not None:
+            self.l7.flush()

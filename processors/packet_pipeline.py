@@ -1,7 +1,8 @@
 """What a processor worker does with each ``wire.packets`` message, independent of Faust.
 
 One :class:`PacketPipeline` per worker process. It decodes batches, feeds the per
-partition/source analysers (TCP connections today; L7 analysers plug in beside it), and
+partition/source analysers (TCP connections, and the L7 analysers that read their
+reassembled payload and DNS datagrams), and
 at an end-of-input marker flushes that partition's state and reports its counters on
 ``wire.stats``, which is how ``wirestream analyze`` knows a source has been processed.
 """
@@ -14,10 +15,12 @@ from typing import Any
 
 from wirestream.codec import AvroCodec
 from wirestream.errors import DecodeError, RegistryError
-from wirestream.packet_block import decode_batch
+from wirestream.packet_block import PROTO_UDP, decode_batch
 from wirestream.topics import CONNECTIONS
 
 from .connection_tracker import ConnectionTracker
+from .l7.base import L7Options
+from .l7.session import L7Dispatcher
 from .output import OutputPublisher
 
 STAGE = "processor.packets"
@@ -33,6 +36,7 @@ class PacketPipeline:
         close_linger_us: int = 10_000_000,
         interim_us: int = 0,
         source_prefix: str = "",
+        l7_options: L7Options | None = None,
     ) -> None:
         self.codec = codec
         self.publisher = publisher
@@ -41,6 +45,7 @@ class PacketPipeline:
         self.interim_us = interim_us
         # Only sources whose id starts with this (analyze's own workers on a shared Kafka).
         self.source_prefix = source_prefix
+        self.l7_options = l7_options  # None: no L7 analysis
         self._trackers: dict[tuple[str, int], ConnectionTracker] = {}
         self._received: Counter[tuple[str, int]] = Counter()
         self.dropped: Counter[str] = Counter()  # messages we could not use, by reason
@@ -54,12 +59,16 @@ class PacketPipeline:
             def on_record(record: dict[str, Any]) -> None:
                 emit(CONNECTIONS, record["connection_id"], record)
 
+            l7 = None
+            if self.l7_options is not None:
+                l7 = L7Dispatcher(emit, source_id, self.l7_options)
             tracker = self._trackers[key] = ConnectionTracker(
                 on_record,
                 source_id=source_id,
                 idle_timeout_us=self.idle_timeout_us,
                 close_linger_us=self.close_linger_us,
                 interim_us=self.interim_us,
+                l7=l7,
             )
         return tracker
 
@@ -67,7 +76,7 @@ class PacketPipeline:
         """Process one ``wire.packets`` message. Never raises for bad input: counts it."""
         try:
             batch = self.codec.decode(value)
-            headers, _payloads = decode_batch(batch)
+            headers, payloads = decode_batch(batch)
         except (DecodeError, ValueError) as exc:
             self.dropped["malformed_batch"] += 1
             log.warning("skipping a wire.packets message on partition %d: %s", partition, exc)
@@ -80,7 +89,11 @@ class PacketPipeline:
             self.dropped["other_source"] += 1
             return
         tracker = self._tracker(source_id, partition)
-        tracker.process(headers)
+        if tracker.l7 is not None:
+            # Datagrams first: the tracker's periodic sweep (at the end of process) times
+            # out unanswered DNS queries, and must not do so before it saw this batch's answers.
+            tracker.l7.datagrams(headers[headers["proto"] == PROTO_UDP], payloads)
+        tracker.process(headers, payloads)
         self._received[(source_id, partition)] += batch["count"]
         self.publisher.poll()
         if batch["end_of_input"]:
@@ -92,12 +105,19 @@ class PacketPipeline:
         tracker.flush()
         counters = dict(tracker.counters)
         counters["batches_expected"] = batch["batches_before"]
+        emitted = {CONNECTIONS: tracker.emitted}
+        dropped = tracker.dropped + self.dropped
+        if tracker.l7 is not None:
+            emitted.update(tracker.l7.emitted)
+            for name, n in tracker.l7.stats.items():
+                # Parse errors are input we could not use: named drop reasons.
+                (dropped if "parse_error" in name else counters)[name] = n
         self.publisher.publish_stats(
             source_id=source_id,
             partition=partition,
             received=self._received.pop((source_id, partition), 0),
-            emitted={CONNECTIONS: tracker.emitted},
-            dropped=dict(tracker.dropped + self.dropped),
+            emitted=emitted,
+            dropped=dict(dropped),
             counters=counters,
             final=True,
         )

@@ -113,7 +113,7 @@ class TcpConnection:
         "key", "version", "flows", "first_ts", "last_ts", "completeness", "first_bits",
         "ts_mru_syn", "ts_first_rtt", "client", "syn_sender", "synack_sender",
         "counts", "rtt_n", "rtt_sum", "rtt_sumsq", "rtt_min", "rtt_max", "closed_ts",
-        "rst_seen", "rst_after_fins", "interim_emitted", "source_id",
+        "rst_seen", "rst_after_fins", "interim_emitted", "source_id", "l7",
     )
 
     def __init__(self, key: tuple, version: int, src: bytes, sport: int, dst: bytes, dport: int,
@@ -143,6 +143,7 @@ class TcpConnection:
         self.rst_after_fins = False  # FIN both ways, then a RST: still a complete close
         self.interim_emitted = 0
         self.source_id = source_id
+        self.l7: Any = None  # the L7 session (processors/l7/session.py), from the first payload
 
     # ------------------------------------------------------------------------------------
     def on_packet(self, d: int, ts: int, frame: int, seq: int, ack: int, seglen: int,
@@ -406,6 +407,13 @@ class TcpConnection:
         if ended_by == "open":
             return "open"
         return "timeout" if ended_by == "timeout" else "open_at_end"
+
+    def connection_id(self) -> str:
+        """The id this connection's record carries (L7 records of the connection too)."""
+        ci, _ = self.roles()
+        c, s = self.flows[ci], self.flows[1 - ci]
+        return connection_id(ip_text(c.ip, self.version), c.port,
+                             ip_text(s.ip, self.version), s.port, self.first_ts)
 
     def to_record(self, ended_by: str, final: bool = True) -> dict[str, Any]:
         """The ``wire.connections`` record (fields of schemas/connection.avsc)."""

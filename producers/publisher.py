@@ -39,6 +39,7 @@ def producer_config(bootstrap: str, **extra: Any) -> dict[str, Any]:
         "queue.buffering.max.kbytes": 256 * 1024,  # bounded client memory
         "message.timeout.ms": 60_000,
         "log.connection.close": False,  # an idle connection closed by the broker is not news
+        "log_level": 4,  # warnings and errors; not librdkafka's informational notices
     }
     conf.update(extra)
     return conf

@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from wirestream.topics import CONNECTIONS
+from wirestream.topics import CONNECTIONS, DNS, TLS, TRANSACTIONS
 
 _STATE_TROUBLE = {"refused": 3, "reset": 2, "half_open": 2, "incomplete_handshake": 2, "timeout": 1}
 
@@ -64,6 +64,83 @@ def _endpoint(ip: str, port: int) -> str:
     return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
 
 
+def _status_class(t: dict[str, Any]) -> str:
+    if t.get("error"):
+        return str(t["error"])
+    return f"{t['status'] // 100}xx" if t.get("status") else "-"
+
+
+def l7_summary(records: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """Counts a user looks at first: HTTP outcomes, DNS rcodes, TLS versions."""
+    tx = records.get(TRANSACTIONS, [])
+    dns = records.get(DNS, [])
+    tls = records.get(TLS, [])
+    return {
+        "http": dict(Counter(_status_class(t) for t in tx).most_common()),
+        "dns": dict(Counter(d["rcode"] or "no_response" for d in dns).most_common()),
+        "tls": dict(Counter(h["version"] or "unknown" for h in tls).most_common()),
+    }
+
+
+def print_l7(records: dict[str, list[dict[str, Any]]], top: int, console: Console) -> None:
+    """HTTP transactions (slowest and failed first), DNS and TLS summaries."""
+    tx = records.get(TRANSACTIONS, [])
+    dns = records.get(DNS, [])
+    tls = records.get(TLS, [])
+    summary = l7_summary(records)
+    if tx:
+        console.print(f"HTTP: {len(tx):,} transactions; " + ", ".join(f"{k} {v:,}" for k, v in summary["http"].items()))
+        table = Table(title=f"HTTP transactions, errors and slowest first (top {min(top, len(tx))} of {len(tx):,})")
+        for col, kw in (("client", {}), ("server", {}), ("method", {}), ("host", {}), ("path", {"max_width": 48}),
+                        ("status", {"justify": "right"}), ("latency", {"justify": "right"}),
+                        ("resp bytes", {"justify": "right"}), ("error", {})):
+            table.add_column(col, **kw)
+
+        def badness(t: dict[str, Any]) -> tuple:
+            return (t.get("error") is not None, (t.get("status") or 0) >= 500, (t.get("status") or 0) >= 400,
+                    t.get("latency_us") or 0)
+
+        for t in sorted(tx, key=badness, reverse=True)[:top]:
+            status = t.get("status")
+            colour = "red" if (status or 0) >= 500 or t.get("error") else "yellow" if (status or 0) >= 400 else "green"
+            table.add_row(
+                _endpoint(t["client_ip"], t["client_port"]), _endpoint(t["server_ip"], t["server_port"]),
+                t.get("method") or "-", t.get("host") or "-", t.get("path") or "-",
+                f"[{colour}]{status if status is not None else '-'}[/]", _us(t.get("latency_us")),
+                f"{t.get('response_body_size', 0):,}", t.get("error") or "",
+            )
+        console.print(table)
+    if dns:
+        console.print(f"DNS: {len(dns):,} queries; " + ", ".join(f"{k} {v:,}" for k, v in summary["dns"].items()))
+        table = Table(title=f"DNS queries, failures and slowest first (top {min(top, len(dns))} of {len(dns):,})")
+        for col, kw in (("client", {}), ("server", {}), ("transport", {}), ("name", {"max_width": 48}),
+                        ("type", {}), ("rcode", {}), ("latency", {"justify": "right"}), ("answers", {"justify": "right"})):
+            table.add_column(col, **kw)
+
+        def dns_badness(d: dict[str, Any]) -> tuple:
+            return (d["rcode"] is None, d["rcode"] not in (None, "NOERROR"), d.get("latency_us") or 0)
+
+        for d in sorted(dns, key=dns_badness, reverse=True)[:top]:
+            table.add_row(d["client_ip"], d["server_ip"], d["transport"], d["query_name"], d["query_type"],
+                          d["rcode"] or "[red]no response[/]", _us(d.get("latency_us")), str(len(d["answers"])))
+        console.print(table)
+    if tls:
+        console.print(f"TLS: {len(tls):,} handshakes; " + ", ".join(f"{k} {v:,}" for k, v in summary["tls"].items()))
+        table = Table(title=f"TLS handshakes (top {min(top, len(tls))} of {len(tls):,}, alerts first)")
+        for col, kw in (("client", {}), ("server", {}), ("SNI", {}), ("version", {}), ("cipher suite", {}),
+                        ("ALPN", {}), ("handshake", {"justify": "right"}), ("resumed", {}), ("alert", {})):
+            table.add_column(col, **kw)
+        for h in sorted(tls, key=lambda h: (h.get("alert") is not None, h.get("handshake_ms") or 0), reverse=True)[:top]:
+            ms = h.get("handshake_ms")
+            table.add_row(
+                _endpoint(h["client_ip"], h["client_port"]), _endpoint(h["server_ip"], h["server_port"]),
+                h.get("server_name") or "-", h.get("version") or "-", h.get("cipher_suite") or "-",
+                h.get("alpn") or "-", "-" if ms is None else f"{ms:.1f} ms", "yes" if h.get("resumed") else "no",
+                f"[red]{h['alert']}[/]" if h.get("alert") else "",
+            )
+        console.print(table)
+
+
 def summary_json(result: Any) -> dict[str, Any]:
     conns = result.records.get(CONNECTIONS, [])
     return {
@@ -76,6 +153,7 @@ def summary_json(result: Any) -> dict[str, Any]:
         "records": {t: len(v) for t, v in result.records.items()},
         "connection_states": dict(Counter(c["state"] for c in conns)),
         "top_trouble": sorted(conns, key=trouble_key, reverse=True)[:10],
+        "l7": l7_summary(result.records),
         "stats": result.stats,
         "elapsed_s": round(result.elapsed_s, 3),
     }
@@ -122,6 +200,7 @@ def print_summary(result: Any, top: int = 15, out_dir: str | None = None, consol
                 f"[{colour.get(c['health'], 'white')}]{c['health']}[/]",
             )
         console.print(table)
+    print_l7(result.records, top, console)
 
     stats = Table(title="Counters by stage")
     stats.add_column("stage")

@@ -13,6 +13,7 @@ from collections import defaultdict
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from decimal import Decimal
+from functools import cache
 
 TSHARK = shutil.which("tshark")
 
@@ -193,3 +194,118 @@ def assert_matches_tshark(path: str, records: list[dict] | None = None,
             else:
                 assert r[f"min_window_{side}"] is None and r[f"avg_window_{side}"] is None, where
     return streams, matched
+
+
+# --- L7: HTTP pairs, DNS answers and TLS handshakes as tshark reports them ----------------
+
+AGG = "\x1f"  # tshark -E aggregator: a byte that cannot occur in a URI or a name
+
+
+L7_FIELDS = [
+    "frame.number", "tcp.stream", "ip.src", "ipv6.src", "ip.dst", "ipv6.dst",
+    "http.request.method", "http.request.uri", "http.request_in", "http.response.code",
+    "dns.flags.response", "dns.id", "dns.qry.name", "dns.flags.rcode", "dns.time",
+    "tls.handshake.type", "tls.handshake.extensions_server_name", "tls.handshake.version",
+    "tls.handshake.extensions.supported_version", "tls.handshake.ciphersuite",
+]
+L7_FILTER = ("http.request || http.response || (dns.flags.response == 1 && dns.time) "
+             "|| tls.handshake.type == 1 || tls.handshake.type == 2")
+
+
+@cache
+def tshark_l7_rows(path: str) -> list[dict[str, list[str]]]:
+    """One tshark run per capture for all L7 checks: one dict per HTTP/DNS/TLS-handshake
+    frame; each field is the list of all its occurrences in the frame."""
+    cmd = [TSHARK, "-n", "-r", path, "-Y", L7_FILTER, "-T", "fields", "-E", "separator=\t",
+           "-E", "occurrence=a", "-E", f"aggregator={AGG}"]
+    for f in L7_FIELDS:
+        cmd += ["-e", f]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    rows = []
+    for line in out.splitlines():
+        values = line.split("\t")
+        rows.append({f: (v.split(AGG) if v else []) for f, v in zip(L7_FIELDS, values, strict=True)})
+    return rows
+
+
+def tshark_http_pairs(path: str) -> dict[int, list[tuple[str, str, int]]]:
+    """tcp.stream -> every (method, uri, status) request/response pair tshark pairs.
+
+    A response names its request's frame (``http.request_in``); a frame may carry several
+    pipelined requests, taken in order by the responses that point to that frame.
+    """
+    requests: dict[int, list[tuple[str, str]]] = {}
+    rows = tshark_l7_rows(path)
+    for row in rows:
+        if not row["http.request.method"]:
+            continue
+        requests[int(row["frame.number"][0])] = list(zip(row["http.request.method"],
+                                                         row["http.request.uri"], strict=False))
+    pairs: dict[int, list[tuple[str, str, int]]] = defaultdict(list)
+    for row in rows:
+        if not row["http.response.code"]:
+            continue
+        stream = int(row["tcp.stream"][0])
+        for req_in, code in zip(row["http.request_in"], row["http.response.code"], strict=False):
+            reqs = requests.get(int(req_in))
+            if reqs:
+                method, uri = reqs.pop(0)
+                pairs[stream].append((method, uri, int(code)))
+    return dict(pairs)
+
+
+@dataclass
+class DnsAnswer:
+    client: str
+    server: str
+    query_id: int
+    name: str
+    rcode: int
+    time_us: int
+
+
+def tshark_dns_answers(path: str) -> list[DnsAnswer]:
+    """Every DNS response tshark matched to its query (it then shows ``dns.time``)."""
+    out = []
+    for row in tshark_l7_rows(path):
+        if not row["dns.time"]:
+            continue
+        server = (row["ip.src"] or row["ipv6.src"])[0]
+        client = (row["ip.dst"] or row["ipv6.dst"])[0]
+        # DNS over TCP can carry several messages in one frame: one answer per message.
+        for i, qid in enumerate(row["dns.id"]):
+            if i >= len(row["dns.time"]):
+                break
+            out.append(DnsAnswer(client, server, int(qid, 0), row["dns.qry.name"][i] if i < len(row["dns.qry.name"]) else "",
+                                 int(row["dns.flags.rcode"][i]),
+                                 round(Decimal(row["dns.time"][i]) * 1_000_000)))
+    return out
+
+
+@dataclass
+class TlsHandshake:
+    stream: int
+    server_name: str | None = None
+    version: int | None = None       # negotiated, as a number (0x0304 for TLS 1.3)
+    cipher_suite: int | None = None
+
+
+def tshark_tls_handshakes(path: str) -> dict[int, TlsHandshake]:
+    """tcp.stream -> SNI of the ClientHello and version/cipher suite of the ServerHello."""
+    out: dict[int, TlsHandshake] = {}
+    for row in tshark_l7_rows(path):
+        if not row["tls.handshake.type"]:
+            continue
+        stream = int(row["tcp.stream"][0])
+        h = out.setdefault(stream, TlsHandshake(stream))
+        types = row["tls.handshake.type"]
+        if "1" in types and h.server_name is None and row["tls.handshake.extensions_server_name"]:
+            h.server_name = row["tls.handshake.extensions_server_name"][0]
+        if "2" in types:
+            # ClientHello and ServerHello never share a frame (they go opposite ways). The
+            # last ServerHello wins: a HelloRetryRequest is a ServerHello too. TLS 1.3 puts
+            # the real version in supported_versions; legacy_version says 1.2.
+            sv = row["tls.handshake.extensions.supported_version"]
+            h.version = int((sv or row["tls.handshake.version"])[-1], 0)
+            h.cipher_suite = int(row["tls.handshake.ciphersuite"][-1], 0)
+    return out

@@ -17,8 +17,9 @@ from pathlib import Path
 import pytest
 from conftest import real_captures, requires_tshark
 from oracle import match_records, tshark_conversation_count, tshark_streams
+from wirestream.sinks.jsonl import to_json_line
 
-from wirestream.topics import OUTPUT_TOPICS
+from wirestream.topics import DNS, OUTPUT_TOPICS, TLS, TRANSACTIONS
 
 CAPTURES = real_captures()
 
@@ -44,6 +45,19 @@ def analyzed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict, dict
     for source_id, recs in by_source.items():
         by_file[CAPTURES[int(source_id.rsplit("-", 1)[1])]] = recs
     return out, summary, by_file
+
+
+@pytest.fixture(scope="module")
+def l7_by_file(analyzed) -> dict[str, dict[str, list[dict]]]:
+    """capture -> L7 topic -> the records analyze wrote for that capture."""
+    out, _, _ = analyzed
+    result: dict[str, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
+    for topic in (TRANSACTIONS, DNS, TLS):
+        with open(out / f"{topic}.jsonl") as f:
+            for line in f:
+                rec = json.loads(line)
+                result[CAPTURES[int(rec["source_id"].rsplit("-", 1)[1])]][topic].append(rec)
+    return result
 
 
 def test_every_output_topic_written(analyzed) -> None:
@@ -81,6 +95,22 @@ def test_connections_match_tshark(analyzed, path: str) -> None:
         else:
             assert abs(r["handshake_rtt_us"] - s.initial_rtt_us) <= 1, f"stream {sid}"
         assert r["retransmissions"] == s.counts["retransmissions"], f"stream {sid}"
+
+
+@pytest.mark.parametrize("path", CAPTURES, ids=[os.path.relpath(p, os.path.dirname(__file__)) for p in CAPTURES])
+def test_l7_records_through_the_broker_equal_the_in_process_run(l7_by_file, path: str) -> None:
+    """The L7 records analyze wrote (Kafka, Avro, workers, 4 partitions) are the records of
+    the in-process pipeline that tests/test_l7_oracle.py checks against tshark."""
+    from local_pipeline import local_l7
+
+    local = local_l7(path)
+    for topic in (TRANSACTIONS, DNS, TLS):
+        def norm(records: list[dict]) -> list[str]:
+            return sorted(json.dumps({k: v for k, v in r.items() if k != "source_id"}, sort_keys=True)
+                          for r in records)
+
+        ours = [json.loads(to_json_line(r)) for r in local.get(topic, [])]
+        assert norm(l7_by_file[path][topic]) == norm(ours), f"{topic} of {path}"
 
 
 def test_bad_inputs_fail_in_one_line(tmp_path: Path) -> None:

@@ -78,7 +78,7 @@ def analyze(
         rt.start_workers(
             workers,
             group=f"wirestream-analyze-{run_id}",
-            extra_args=["--only-source-prefix", run_id, "--idle-timeout", str(settings.idle_timeout_s)],
+            extra_args=["--only-source-prefix", run_id, *settings.worker_args()],
         )
         partitions = partition_count(rt.bootstrap, PACKETS)
         for i, path in enumerate(paths):
@@ -95,73 +95,62 @@ def analyze(
             source_ids[source_id] = replay
             result.files.append(replay)
         if source_ids:
-            result.stats, emitted = _wait_for_processors(rt, start, source_ids, partitions, stall_timeout_s)
-            result.records = _collect_outputs(rt, start, set(source_ids), emitted, stall_timeout_s)
+            result.stats, result.records = _wait_and_collect(rt, start, source_ids, partitions,
+                                                             stall_timeout_s)
         else:
             result.records = {t: [] for t in OUTPUT_TOPICS}
     result.elapsed_s = time.monotonic() - started
     return result
 
 
-def _wait_for_processors(
+def _wait_and_collect(
     rt: Runtime,
     start: dict[tuple[str, int], int],
     source_ids: dict[str, ReplayResult],
     partitions: int,
     stall_timeout_s: float,
-) -> tuple[list[dict[str, Any]], dict[str, int]]:
-    """Read wire.stats until every (source, partition) has a final processor report."""
+) -> tuple[list[dict[str, Any]], dict[str, list[dict[str, Any]]]]:
+    """Read wire.stats and the output topics together until every (source, partition) has
+    a final processor report and exactly the records those reports count have arrived.
+
+    Output records are read (and decoded) while the workers are still busy, rather than
+    all at the end: with L7 on, there are several records per connection to read.
+    """
     waiting = {(s, p) for s in source_ids for p in range(partitions)}
     stats: list[dict[str, Any]] = []
-    emitted: dict[str, int] = defaultdict(int)
+    records: dict[str, list[dict[str, Any]]] = {t: [] for t in OUTPUT_TOPICS}
+    expected: dict[str, int] = defaultdict(int)
     last_progress = time.monotonic()
-    with TopicReader(rt.bootstrap, rt.codec, [STATS], start) as reader:
-        while waiting:
-            msgs = reader.poll(0.2)
+
+    def done() -> bool:
+        return not waiting and all(len(records[t]) >= n for t, n in expected.items())
+
+    with TopicReader(rt.bootstrap, rt.codec, [STATS, *OUTPUT_TOPICS], start) as reader:
+        while not done():
+            msgs = reader.poll(0.2, 10_000)
             for m in msgs:
                 rec = m.record
-                if rec is None or rec["source_id"] not in source_ids:
+                if rec is None or rec.get("source_id", "") not in source_ids:
+                    continue
+                last_progress = time.monotonic()
+                if m.topic != STATS:
+                    records[m.topic].append(rec)
                     continue
                 stats.append(rec)
                 if rec["stage"] == PROCESSOR_STAGE and rec["final"]:
                     waiting.discard((rec["source_id"], rec["partition"]))
                     for topic, n in rec["emitted"].items():
-                        emitted[topic] += n
-                last_progress = time.monotonic()
+                        expected[topic] += n
             if not msgs:
                 dead = rt.dead_worker()
                 if dead:
                     raise ProcessingTimeout(dead)
                 if time.monotonic() - last_progress > stall_timeout_s:
-                    raise ProcessingTimeout(
-                        f"processors sent no end-of-input report for {len(waiting)} partition(s) "
-                        f"within {stall_timeout_s:.0f} s (logs in {rt.workdir})"
-                    )
-    return stats, dict(emitted)
-
-
-def _collect_outputs(
-    rt: Runtime,
-    start: dict[tuple[str, int], int],
-    source_ids: set[str],
-    emitted: dict[str, int],
-    stall_timeout_s: float,
-) -> dict[str, list[dict[str, Any]]]:
-    """Read exactly the records the processors said they emitted for our sources."""
-    records: dict[str, list[dict[str, Any]]] = {t: [] for t in OUTPUT_TOPICS}
-    expected = {t: emitted.get(t, 0) for t in OUTPUT_TOPICS}
-    topics = [t for t, n in expected.items() if n]
-    if not topics:
-        return records
-    last_progress = time.monotonic()
-    with TopicReader(rt.bootstrap, rt.codec, topics, start) as reader:
-        while any(len(records[t]) < expected[t] for t in topics):
-            msgs = reader.poll(0.2, 10_000)
-            for m in msgs:
-                if m.record is not None and m.record.get("source_id", "") in source_ids:
-                    records[m.topic].append(m.record)
-                    last_progress = time.monotonic()
-            if not msgs and time.monotonic() - last_progress > stall_timeout_s:
-                missing = {t: expected[t] - len(records[t]) for t in topics if len(records[t]) < expected[t]}
-                raise ProcessingTimeout(f"output records missing after {stall_timeout_s:.0f} s: {missing}")
-    return records
+                    if waiting:
+                        raise ProcessingTimeout(
+                            f"processors sent no end-of-input report for {len(waiting)} partition(s) "
+                            f"within {stall_timeout_s:.0f} s (logs in {rt.workdir})"
+                        )
+                    missing = {t: n - len(records[t]) for t, n in expected.items() if len(records[t]) < n}
+                    raise ProcessingTimeout(f"output records missing after {stall_timeout_s:.0f} s: {missing}")
+    return stats, records

@@ -93,6 +93,7 @@ examples:
                    help="close a connection after this much capture time without packets (default: %(default)s)")
     p.add_argument("--snaplen", type=int, default=defaults.payload_snaplen, metavar="BYTES",
                    help="payload bytes kept per packet for L7 analysis (default: %(default)s)")
+    _add_l7_args(p, defaults)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print the summary as JSON instead of tables")
     _add_kafka_args(p, defaults)
@@ -122,14 +123,15 @@ examples:
         "process", help="run a processor worker (Faust) against Kafka",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="""\
-Run one processor worker: consume wire.packets, publish wire.connections and counters on
-wire.stats. Start several with the same --group to share the partitions.""",
+Run one processor worker: consume wire.packets, publish wire.connections,
+wire.transactions, wire.dns, wire.tls and counters on wire.stats. Start several with the same --group to share the partitions.""",
     )
     p.add_argument("--group", default=defaults.group, help="consumer group / Faust app id (default: %(default)s)")
     p.add_argument("--idle-timeout", type=float, default=defaults.idle_timeout_s, metavar="SECONDS",
                    help="idle timeout in capture time (default: %(default)s)")
     p.add_argument("--interim", type=float, default=0.0, metavar="SECONDS",
                    help="emit interim records for connections open longer than this (default: off)")
+    _add_l7_args(p, defaults)
     p.add_argument("--only-source-prefix", default="", help=argparse.SUPPRESS)
     p.add_argument("--loglevel", default="warning", help="worker log level (default: %(default)s)")
     _add_kafka_args(p, defaults)
@@ -145,6 +147,18 @@ wire.stats. Start several with the same --group to share the partitions.""",
                    help="stop after this long without a record (default: follow forever)")
     _add_kafka_args(p, defaults)
     return parser
+
+
+def _add_l7_args(p: argparse.ArgumentParser, defaults: Settings) -> None:
+    g = p.add_argument_group("L7 analysis (HTTP/1.x, DNS, TLS; protocols recognised from the bytes)")
+    g.add_argument("--no-l7", dest="l7", action="store_false", default=defaults.l7,
+                   help="TCP connections only: no wire.transactions, wire.dns, wire.tls")
+    g.add_argument("--no-redact", dest="redact", action="store_false", default=defaults.redact,
+                   help="keep credentials, cookies, tokens and card numbers in clear "
+                        "(only for a trusted pipeline; default: masked)")
+    g.add_argument("--body-cap", type=int, default=defaults.body_cap, metavar="BYTES",
+                   help="HTTP body bytes kept per message; sizes are always recorded "
+                        "(default: %(default)s)")
 
 
 def _version() -> str:
@@ -187,6 +201,8 @@ def _settings(args: argparse.Namespace) -> Settings:
         s.idle_timeout_s = args.idle_timeout
     if hasattr(args, "snaplen"):
         s.payload_snaplen = args.snaplen
+    if hasattr(args, "l7"):
+        s.l7, s.redact, s.body_cap = args.l7, args.redact, args.body_cap
     return s
 
 
@@ -270,8 +286,11 @@ def cmd_process(args: argparse.Namespace) -> int:
     from wirestream.broker import check_reachable
 
     check_reachable(args.bootstrap)
+    from wirestream.processors.l7.base import L7Options
+
+    l7 = L7Options(redact=args.redact, body_cap=args.body_cap) if args.l7 else None
     app = create_app(args.bootstrap, args.registry, group=args.group, idle_timeout_s=args.idle_timeout,
-                     interim_s=args.interim, source_prefix=args.only_source_prefix)
+                     interim_s=args.interim, source_prefix=args.only_source_prefix, l7_options=l7)
     run_worker(app, loglevel=args.loglevel)
     return EXIT_OK
 

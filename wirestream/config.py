@@ -7,6 +7,9 @@
 | partitions         | ``--partitions``  | ``WIRESTREAM_PARTITIONS``    | 4 (for topics wirestream creates) |
 | processor group    | ``--group``       | ``WIRESTREAM_GROUP``         | ``wirestream-processors`` |
 | idle timeout       | ``--idle-timeout``| ``WIRESTREAM_IDLE_TIMEOUT``  | 300 s of capture time |
+| L7 analysis        | ``--no-l7``       | ``WIRESTREAM_L7`` (0/1)      | on (HTTP, DNS, TLS) |
+| redaction          | ``--no-redact``   | ``WIRESTREAM_REDACT`` (0/1)  | on: credentials, cookies, tokens, card numbers masked |
+| HTTP body cap      | ``--body-cap``    | ``WIRESTREAM_BODY_CAP``      | 65536 bytes kept per body (true size always recorded) |
 """
 
 from __future__ import annotations
@@ -28,6 +31,9 @@ class Settings:
     group: str = "wirestream-processors"
     idle_timeout_s: float = 300.0
     payload_snaplen: int = 65535
+    l7: bool = True
+    redact: bool = True
+    body_cap: int = 65536
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -37,4 +43,16 @@ class Settings:
             partitions=int(_env("WIRESTREAM_PARTITIONS", "4") or 4),
             group=_env("WIRESTREAM_GROUP", "wirestream-processors") or "wirestream-processors",
             idle_timeout_s=float(_env("WIRESTREAM_IDLE_TIMEOUT", "300") or 300),
+            l7=_env("WIRESTREAM_L7", "1") not in ("0", "false", "no", "off"),
+            redact=_env("WIRESTREAM_REDACT", "1") not in ("0", "false", "no", "off"),
+            body_cap=int(_env("WIRESTREAM_BODY_CAP", "65536") or 65536),
         )
+
+    def worker_args(self) -> list[str]:
+        """``wirestream process`` options that carry these settings to a worker."""
+        args = ["--idle-timeout", str(self.idle_timeout_s), "--body-cap", str(self.body_cap)]
+        if not self.l7:
+            args.append("--no-l7")
+        if not self.redact:
+            args.append("--no-redact")
+        return args
