@@ -296,6 +296,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="target packet count when building the capture (make_http_capture.sh default: 1000000)")
     p.add_argument("--workers", type=int, default=None, help="pass --workers N to wirestream analyze")
     p.add_argument("--skip-build", action="store_true", help="do not run make_http_capture.sh")
+    p.add_argument("--analyze-args", default="", metavar="ARGS",
+                   help='extra arguments for wirestream analyze, e.g. --analyze-args=--no-l7')
     p.add_argument("--force-build", action="store_true", help="rebuild the capture (make_http_capture.sh --force)")
     p.add_argument("--target", type=float, default=0.5,
                    help="PASS if wirestream pkt/s / tshark pkt/s >= this (default 0.5)")
@@ -366,6 +368,7 @@ def run_bench(args: argparse.Namespace, cap: Path, packets: int, outdir: Path) -
     ws_cmd = wirestream_cmd() + ["analyze", str(cap), "--json", "--no-progress"]
     if args.workers is not None:
         ws_cmd += ["--workers", str(args.workers)]
+    ws_cmd += args.analyze_args.split()
 
     results: dict[str, dict] = {}
     for name, cmd, kind in (("tshark", tshark_cmd, "tshark"), ("wirestream", ws_cmd, "analyze")):

@@ -80,9 +80,10 @@ class _Compiler:
         elif t == "float":
             self.emit(indent, f"app(flt({expr}))")
         elif t == "string":
-            v = self.var("s")
-            self.emit(indent, f"{v} = {expr}.encode()")
-            self.emit(indent, f"app(zz(len({v}))); app({v})")
+            v, n = self.var("s"), self.var("n")
+            self.emit(indent, f"{v} = {expr}.encode(); {n} = len({v})")
+            # most strings are short: a table lookup instead of a call for the length
+            self.emit(indent, f"app(small[{n}] if {n} < 64 else zz({n})); app({v})")
         elif t == "bytes":
             v = self.var("b")
             self.emit(indent, f"{v} = {expr}")
@@ -104,8 +105,9 @@ class _Compiler:
             self.emit(indent, f"if {m}:")
             self.emit(indent + 1, f"app(zz(len({m})))")
             self.emit(indent + 1, f"for {k}, {item} in {m}.items():")
-            kb = self.var("kb")
-            self.emit(indent + 2, f"{kb} = {k}.encode(); app(zz(len({kb}))); app({kb})")
+            kb, n = self.var("kb"), self.var("n")
+            self.emit(indent + 2, f"{kb} = {k}.encode(); {n} = len({kb})")
+            self.emit(indent + 2, f"app(small[{n}] if {n} < 64 else zz({n})); app({kb})")
             self.value(schema["values"], item, indent + 2)
             self.emit(indent, 'app(b"\\x00")')
         elif t == "array":
@@ -144,7 +146,8 @@ def compile_writer(schema: dict[str, Any], prefix: bytes = b"") -> Writer:
     body = "\n".join(c.lines)
     src = (f"def write(record):\n    out = [prefix]\n    app = out.append\n{body}\n"
            f"    return b''.join(out)\n")
-    namespace: dict[str, Any] = {"zz": zigzag, "dbl": _DOUBLE, "flt": _FLOAT, "prefix": prefix,
+    namespace: dict[str, Any] = {"zz": zigzag, "small": _SMALL, "dbl": _DOUBLE, "flt": _FLOAT,
+                                 "prefix": prefix,
                                  **c.consts}
     exec(compile(src, f"<avro writer {schema.get('name', '?')}>", "exec"), namespace)
     return namespace["write"]  # type: ignore[no-any-return]
