@@ -26,7 +26,7 @@ from wirestream.producers.pcap_replay import ReplayResult, replay_capture
 from wirestream.producers.publisher import PacketBatchPublisher
 from wirestream.reader import TopicReader, end_offsets
 from wirestream.runtime import Runtime
-from wirestream.topics import OUTPUT_TOPICS, PACKETS, STATS
+from wirestream.topics import OUTPUT_TOPICS, PACKETS, STATS, TRANSACTIONS
 
 PROCESSOR_STAGE = "processor.packets"
 
@@ -55,7 +55,12 @@ def analyze(
     workers: int = 1,
     progress: ProgressFactory | None = None,
     stall_timeout_s: float = 120.0,
+    keep_bodies: bool = True,
 ) -> AnalyzeResult:
+    """Replay ``paths`` through the pipeline and collect every output record.
+
+    ``keep_bodies=False`` drops HTTP bodies from the collected transactions as they
+    arrive (the tables do not show them; a big capture's bodies can take gigabytes)."""
     started = time.monotonic()
     run_id = uuid.uuid4().hex[:12]
     result = AnalyzeResult()
@@ -96,7 +101,7 @@ def analyze(
             result.files.append(replay)
         if source_ids:
             result.stats, result.records = _wait_and_collect(rt, start, source_ids, partitions,
-                                                             stall_timeout_s)
+                                                             stall_timeout_s, keep_bodies)
         else:
             result.records = {t: [] for t in OUTPUT_TOPICS}
     result.elapsed_s = time.monotonic() - started
@@ -109,6 +114,7 @@ def _wait_and_collect(
     source_ids: dict[str, ReplayResult],
     partitions: int,
     stall_timeout_s: float,
+    keep_bodies: bool = True,
 ) -> tuple[list[dict[str, Any]], dict[str, list[dict[str, Any]]]]:
     """Read wire.stats and the output topics together until every (source, partition) has
     a final processor report and exactly the records those reports count have arrived.
@@ -134,6 +140,8 @@ def _wait_and_collect(
                     continue
                 last_progress = time.monotonic()
                 if m.topic != STATS:
+                    if not keep_bodies and m.topic == TRANSACTIONS:
+                        rec["request_body"] = rec["response_body"] = None
                     records[m.topic].append(rec)
                     continue
                 stats.append(rec)

@@ -73,14 +73,17 @@ def build_parser() -> argparse.ArgumentParser:
         description="""\
 Replay capture files (pcap or pcapng, optionally gzip-compressed) through Kafka and the
 processors, wait until every packet has been processed, then print the connections
-ranked by trouble and every stage's counters.
+ranked by trouble, the HTTP transactions, DNS queries and TLS handshakes found in them,
+and every stage's counters.
 
 Link types: Ethernet (with 802.1Q/QinQ tags), Linux cooked v1/v2, raw IP, BSD null and
-loopback. Connection records follow Wireshark's TCP analysis (see docs/records.md).""",
+loopback. Connection records follow Wireshark's TCP analysis (see docs/records.md); L7
+records are checked against tshark too (docs/l7.md).""",
         epilog="""\
 examples:
   wirestream analyze tests/data/chrissanders/tcp_retransmissions.pcapng
   wirestream analyze big.pcap.gz --out results/ --workers 2
+  wirestream analyze login.pcapng --no-redact --body-cap 0   # see credentials, skip bodies
   wirestream analyze capture.pcap --bootstrap kafka:9092 --registry http://registry:8081""",
     )
     p.add_argument("files", nargs="+", metavar="FILE", help="capture files to analyse")
@@ -88,7 +91,7 @@ examples:
     p.add_argument("--workers", type=int, default=1, metavar="N",
                    help="processor worker processes (default: %(default)s)")
     p.add_argument("--top", type=int, default=15, metavar="N",
-                   help="connections to show in the trouble table (default: %(default)s)")
+                   help="rows in each table: connections, HTTP, DNS, TLS (default: %(default)s)")
     p.add_argument("--idle-timeout", type=float, default=defaults.idle_timeout_s, metavar="SECONDS",
                    help="close a connection after this much capture time without packets (default: %(default)s)")
     p.add_argument("--snaplen", type=int, default=defaults.payload_snaplen, metavar="BYTES",
@@ -214,7 +217,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     settings = _settings(args)
     show_progress = not args.no_progress and not args.json and sys.stderr.isatty()
     with console.progress_bars(enabled=show_progress) as progress:
-        result = analyze(args.files, settings, workers=args.workers, progress=progress)
+        result = analyze(args.files, settings, workers=args.workers, progress=progress,
+                         keep_bodies=bool(args.out))
     for err in result.failed:
         print(f"wirestream: error: {err}", file=sys.stderr)
     if args.out:
