@@ -113,6 +113,19 @@ def test_l7_records_through_the_broker_equal_the_in_process_run(l7_by_file, path
         assert norm(l7_by_file[path][topic]) == norm(ours), f"{topic} of {path}"
 
 
+def test_credentials_in_a_real_login_are_redacted_by_default(l7_by_file) -> None:
+    """DVWA's cleartext login (a real capture): the password, CSRF token and session
+    cookie do not leave the processor; the request is still there, with its sizes."""
+    path = next(p for p in CAPTURES if p.endswith("http_dvwa_clearlogin.pcapng"))
+    posts = [t for t in l7_by_file[path][TRANSACTIONS] if t["method"] == "POST"]
+    assert posts
+    for t in posts:
+        body = t["request_body"]
+        assert "password=[REDACTED]" in body and "admin" in body  # the user name stays
+        assert t["request_body_size"] == 88  # its Content-Length (tshark: http.content_length)
+        assert "PHPSESSID=[REDACTED]" in t["request_headers"]["cookie"]
+
+
 def test_bad_inputs_fail_in_one_line(tmp_path: Path) -> None:
     """Missing, empty, non-capture and unsupported-link-type files: one line each, exit 1, no traceback."""
     empty = tmp_path / "empty.pcap"
