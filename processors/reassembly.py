@@ -73,16 +73,9 @@ class StreamReassembler:
     def ack(self, ack: int) -> None:
         """The peer acknowledged up to ``ack``: a hole below it will never be filled.
 
-        (The hot path sets ``peer_ack`` itself and calls :meth:`ack_hole` only when
-        segments are waiting.)"""
+        The latest ACK is kept (an old one arriving reordered only delays a gap)."""
         self.peer_ack = ack
-        if self.pending:
-            self.ack_hole()
-
-    def ack_hole(self) -> None:
-        """Declare a hole lost if the peer has acknowledged bytes beyond it."""
-        ack = self.peer_ack
-        if ack is not None and self.next_seq is not None and seq_diff(ack, self.next_seq) > 0:
+        if self.pending and self.next_seq is not None and seq_diff(ack, self.next_seq) > 0:
             self._skip_hole(ack)
 
     def segment(self, seq: int, data: bytes, length: int, ts_us: int) -> None:

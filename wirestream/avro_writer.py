@@ -18,7 +18,8 @@ from typing import Any
 
 Writer = Callable[[dict[str, Any]], bytes]
 
-_SMALL = tuple(bytes((((n << 1) ^ (n >> 63)) & 0xFF,)) if n < 64 else None for n in range(64))
+#: zigzag(n) for 0 <= n < 64 is the single byte 2n
+_SMALL = tuple(bytes((n << 1,)) for n in range(64))
 _DOUBLE = struct.Struct("<d").pack
 _FLOAT = struct.Struct("<f").pack
 
@@ -30,7 +31,7 @@ class UnsupportedSchema(ValueError):
 def zigzag(n: int) -> bytes:
     """Avro ``long``/``int``: zig-zag, then base-128 varint."""
     if 0 <= n < 64:
-        return _SMALL[n]  # type: ignore[return-value]
+        return _SMALL[n]
     z = (n << 1) ^ (n >> 63)
     if z < 0 or z >= 1 << 64:
         raise ValueError(f"{n} does not fit an Avro long")

@@ -413,18 +413,9 @@ class _RequestSide(_Side):
 
     def on_body(self, body: bytes) -> None:
         t = self.cur
-        n = len(body)
-        t.req_size += n
-        room = self.cap - t.req_stored
-        if room > 0:
-            if n > room:
-                body = body[:room]
-                n = room
-            if t.req_body is None:
-                t.req_body = [body]
-            else:
-                t.req_body.append(body)
-            t.req_stored += n
+        t.req_size += len(body)
+        if t.req_stored < self.cap:
+            t.req_body, t.req_stored = _keep(t.req_body, t.req_stored, self.cap, body)
 
     def on_message_complete(self) -> None:
         t = self.cur
@@ -574,18 +565,9 @@ class _ResponseSide(_Side):
 
     def on_body(self, body: bytes) -> None:
         t = self.cur
-        n = len(body)
-        t.resp_size += n
-        room = self.cap - t.resp_stored
-        if room > 0:
-            if n > room:
-                body = body[:room]
-                n = room
-            if t.resp_body is None:
-                t.resp_body = [body]
-            else:
-                t.resp_body.append(body)
-            t.resp_stored += n
+        t.resp_size += len(body)
+        if t.resp_stored < self.cap:
+            t.resp_body, t.resp_stored = _keep(t.resp_body, t.resp_stored, self.cap, body)
 
     def on_message_complete(self) -> None:
         t = self.cur
@@ -730,6 +712,20 @@ def _partial_start(data: bytes, pos: int) -> int:
 
 
 _HTTP1 = b"HTTP/1."
+
+
+def _keep(parts: list[bytes] | None, stored: int, cap: int,
+          body: bytes) -> tuple[list[bytes], int]:
+    """Add a body chunk to the stored parts of a message, up to ``cap`` bytes in all;
+    return the parts and the bytes now stored."""
+    room = cap - stored
+    if len(body) > room:
+        body = body[:room]
+    if parts is None:
+        parts = [body]
+    else:
+        parts.append(body)
+    return parts, stored + len(body)
 
 
 def _header_end(data: bytes, pos: int) -> int:

@@ -148,10 +148,7 @@ class L7Session:
         if self.done:
             return
         if flags & ACK:
-            rev = self.streams[1 - d]
-            rev.peer_ack = ack  # the latest ACK (an old one reordered only delays a gap)
-            if rev.pending:
-                rev.ack_hole()
+            self.streams[1 - d].ack(ack)
         if length:
             if flags & SYN:  # TCP Fast Open: the SYN's data starts after the SYN's own number
                 seq = (seq + 1) & 0xFFFFFFFF
