@@ -514,7 +514,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--capture", type=Path, default=None,
                    help="where to write the capture (default bench/work/open_connections_N.pcap)")
     p.add_argument("--force-build", action="store_true", help="regenerate the capture even if a matching one exists")
-    p.add_argument("--workers", type=int, default=None, help="pass --workers N to wirestream analyze")
+    p.add_argument("--workers", type=int, default=1,
+                   help="pass --workers N to wirestream analyze (default 1: the target is per worker)")
     p.add_argument("--target-mb", type=float, default=DEFAULT_TARGET_MB,
                    help=f"PASS if the worker's peak RSS <= this many MB of 10^6 bytes "
                         f"(default {DEFAULT_TARGET_MB:.0f})")

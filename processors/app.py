@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
+import tempfile
 
 import faust
 
 from wirestream.codec import AvroCodec
+from wirestream.runtime import DATADIR_ENV
 from wirestream.topics import PACKETS
 
 from . import faust_transport
@@ -34,6 +37,9 @@ def create_app(
     l7_options: L7Options | None = None,
 ) -> faust.App:
     faust_transport.register()
+    # Faust makes a data directory even for memory tables: not in the current directory,
+    # but in the work directory of the command that started us, or a temporary one.
+    datadir = os.environ.get(DATADIR_ENV) or tempfile.mkdtemp(prefix="wirestream-faust-")
     app = faust.App(
         group,
         broker=f"{faust_transport.SCHEME}://{bootstrap}",
@@ -48,6 +54,7 @@ def create_app(
         topic_allow_declare=False,  # wirestream creates its topics before workers start
         producer_max_batch_size=1,  # exact table recovery on the embedded broker
         store="memory://",
+        datadir=datadir,
     )
     packets = app.topic(PACKETS, value_serializer="raw", key_serializer="raw")
     state: dict[str, PacketPipeline] = {}

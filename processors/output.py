@@ -31,7 +31,7 @@ class OutputPublisher:
         # Records (HTTP bodies, header maps) compress well; lz4 costs little CPU and cuts
         # what the broker stores and every consumer reads.
         self._producer = Producer(producer_config(
-            bootstrap, **{"compression.type": "lz4", "linger.ms": 20, "batch.size": 1 << 20,
+            bootstrap, **{"compression.type": "lz4", "linger.ms": 100, "batch.size": 1 << 20,
                           # call _on_delivery for failures only: one Python callback per
                           # record costs more than the produce call itself
                           "delivery.report.only.error": True}))

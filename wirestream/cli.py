@@ -88,8 +88,9 @@ examples:
     )
     p.add_argument("files", nargs="+", metavar="FILE", help="capture files to analyse")
     p.add_argument("--out", metavar="DIR", help="also write every output topic to DIR/<topic>.jsonl")
-    p.add_argument("--workers", type=int, default=1, metavar="N",
-                   help="processor worker processes (default: %(default)s)")
+    p.add_argument("--workers", type=_at_least_one, default=None, metavar="N",
+                   help="processor worker processes (default: one per CPU, at most one per "
+                        "partition of wire.packets)")
     p.add_argument("--top", type=int, default=15, metavar="N",
                    help="rows in each table: connections, HTTP, DNS, TLS (default: %(default)s)")
     p.add_argument("--idle-timeout", type=float, default=defaults.idle_timeout_s, metavar="SECONDS",
@@ -150,6 +151,13 @@ wire.transactions, wire.dns, wire.tls and counters on wire.stats. Start several 
                    help="stop after this long without a record (default: follow forever)")
     _add_kafka_args(p, defaults)
     return parser
+
+
+def _at_least_one(text: str) -> int:
+    n = int(text)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, not {n}")
+    return n
 
 
 def _add_l7_args(p: argparse.ArgumentParser, defaults: Settings) -> None:

@@ -35,7 +35,7 @@ def consumer_config(bootstrap: str) -> dict[str, Any]:
         "group.id": "wirestream-reader",  # required by the client; no group is joined (assign)
         "enable.auto.commit": False,
         "enable.partition.eof": False,
-        "fetch.wait.max.ms": 50,
+        "fetch.wait.max.ms": 500,
         "log_level": 3,
         "log.connection.close": False,
     }

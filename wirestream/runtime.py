@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -20,6 +21,9 @@ from wirestream.codec import AvroCodec
 from wirestream.config import Settings
 from wirestream.registry import EmbeddedSchemaRegistry
 from wirestream.topics import ALL_TOPICS
+
+#: Where a worker started here keeps Faust's data directory (see processors.app).
+DATADIR_ENV = "WIRESTREAM_FAUST_DATADIR"
 
 
 class Runtime:
@@ -46,8 +50,12 @@ class Runtime:
             raise
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: object, *exc: object) -> None:
         self.stop()
+        # The work directory holds the broker's and the workers' logs: kept when the run
+        # failed (error messages point there), removed otherwise.
+        if exc_type is None:
+            shutil.rmtree(self.workdir, ignore_errors=True)
 
     def start(self) -> None:
         if not self.bootstrap:
@@ -78,9 +86,10 @@ class Runtime:
                 "--group", group,
                 *(extra_args or []),
             ]
+            env = {**os.environ, DATADIR_ENV: str(self.workdir / f"worker-{i}-data")}
             self.workers.append(
                 subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                 start_new_session=True)
+                                 start_new_session=True, env=env)
             )
             log.close()
 

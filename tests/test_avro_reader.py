@@ -1,0 +1,104 @@
+"""The compiled Avro reader returns fastavro's records, and refuses malformed bodies."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import fastavro
+import pytest
+from conftest import DATA
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from local_pipeline import local_l7
+from wirestream.schemas import schema_text
+
+from wirestream.avro_reader import compile_reader, read_long
+from wirestream.avro_writer import UnsupportedSchema, compile_writer, zigzag
+from wirestream.codec import make_reader
+from wirestream.topics import CONNECTIONS, DNS, STATS, TLS, TOPIC_SCHEMAS, TRANSACTIONS
+
+CAPTURES = [DATA / "chrissanders/http_espn.pcapng", DATA / "chrissanders/dns_tcp.pcapng",
+            DATA / "chrissanders/http_dvwa_clearlogin.pcapng", DATA / "zeek-tls/hrr.pcap",
+            DATA / "zeek-tls/tls-early-alert.pcap", DATA / "chrissanders/nowebaccess1.pcapng",
+            DATA / "chrissanders/tcp_retransmissions.pcapng"]
+
+
+def fastavro_record(schema: object, body: bytes) -> object:
+    return fastavro.schemaless_reader(io.BytesIO(body), fastavro.parse_schema(schema), None)
+
+
+@given(st.integers(min_value=-(2**63), max_value=2**63 - 1))
+@settings(max_examples=500)
+def test_read_long_inverts_zigzag(n: int) -> None:
+    data = b"\x07" + zigzag(n) + b"\xff"
+    assert read_long(data, 1) == (n, len(data) - 1)
+
+
+@pytest.mark.parametrize("topic", [CONNECTIONS, TRANSACTIONS, DNS, TLS])
+def test_every_record_of_the_test_captures_reads_like_fastavro(topic: str) -> None:
+    schema = json.loads(schema_text(TOPIC_SCHEMAS[topic]))
+    write, read = compile_writer(schema, b"HDR"), compile_reader(schema)
+    n = 0
+    for path in CAPTURES:
+        for record in local_l7(str(path)).get(topic, []):
+            message = write(record)
+            decoded = read(message, 3)
+            assert decoded == fastavro_record(schema, message[3:])
+            # (fields the record left out come back with their schema defaults)
+            assert {k: decoded[k] for k in record} == record
+            n += 1
+    assert n > 0
+
+
+STATS_SCHEMA = json.loads(schema_text(TOPIC_SCHEMAS[STATS]))
+STATS_RECORD = {"stage": "s", "instance": "ü", "source_id": "x", "partition": -1, "ts_us": 5,
+                "final": True, "received": 3, "emitted": {"wire.connections": 2, "wire.dns": 300},
+                "dropped": {}, "counters": {"a": -1, "b" * 100: 2**40}}
+
+
+def test_maps_long_keys_and_big_numbers() -> None:
+    body = compile_writer(STATS_SCHEMA)(STATS_RECORD)
+    assert compile_reader(STATS_SCHEMA)(body, 0) == STATS_RECORD
+
+
+def test_blocks_with_byte_sizes_are_read() -> None:
+    """Other writers may send map/array blocks with a negative count and a byte size."""
+    schema = {"type": "record", "name": "R", "fields": [
+        {"name": "m", "type": {"type": "map", "values": "long"}},
+        {"name": "a", "type": {"type": "array", "items": "string"}}]}
+    body = (zigzag(-2) + zigzag(6) + b"\x02k\x02" + b"\x02j\x04" + zigzag(1) + b"\x02z\x06" + b"\x00"
+            + zigzag(-1) + zigzag(2) + b"\x02q" + b"\x00")
+    expected = {"m": {"k": 1, "j": 2, "z": 3}, "a": ["q"]}
+    assert compile_reader(schema)(body, 0) == fastavro_record(schema, body) == expected
+
+
+@given(st.binary(max_size=200))
+@settings(max_examples=3000)
+def test_garbage_raises_a_value_or_index_error_or_decodes(data: bytes) -> None:
+    """Any bytes: a record, or one of the errors the codec turns into DecodeError."""
+    try:
+        compile_reader(STATS_SCHEMA)(data, 0)
+    except (ValueError, IndexError):  # UnicodeDecodeError and struct.error are ValueErrors
+        pass
+
+
+def test_a_truncated_body_raises() -> None:
+    body = compile_writer(STATS_SCHEMA)(STATS_RECORD)
+    read = compile_reader(STATS_SCHEMA)
+    for cut in range(len(body)):
+        with pytest.raises((ValueError, IndexError)):
+            read(body[:cut], 0)
+
+
+def test_an_unknown_union_branch_raises() -> None:
+    schema = {"type": "record", "name": "R", "fields": [{"name": "x", "type": ["null", "long"]}]}
+    with pytest.raises(ValueError, match="union branch"):
+        compile_reader(schema)(b"\x04\x02", 0)
+
+
+def test_schemas_outside_the_subset_fall_back_to_fastavro() -> None:
+    schema = {"type": "record", "name": "R", "fields": [{"name": "x", "type": ["string", "long"]}]}
+    with pytest.raises(UnsupportedSchema):
+        compile_reader(schema)
+    assert make_reader(schema)(b"HDR\x02\x04", 3) == {"x": 2}
