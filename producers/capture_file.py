@@ -180,6 +180,8 @@ class CaptureReader:
         endian = "<"
         interfaces: list[tuple[int, int, int]] = []  # (linktype, ts units per second, ts offset s)
         number = 0
+        # (two per-packet unpacks, compiled once per byte order rather than per call)
+        block_head, epb_head = _BLOCK_HEAD[endian], _EPB_HEAD[endian]
         while True:
             end = len(buf)
             while pos + 12 <= end:
@@ -193,8 +195,9 @@ class CaptureReader:
                     else:
                         self.problems["corrupt_section_header"] += 1
                         return
+                    block_head, epb_head = _BLOCK_HEAD[endian], _EPB_HEAD[endian]
                     interfaces = []  # interface ids are per section
-                btype, blen = struct.unpack_from(endian + "II", buf, pos)
+                btype, blen = block_head(buf, pos)
                 # Fix: a block shorter than its type's fixed fields (e.g. an EPB of 16 bytes)
                 # made struct.unpack_from below read past the block and raise struct.error
                 # at the end of the file; treat it as a corrupt length, like tshark does.
@@ -205,7 +208,7 @@ class CaptureReader:
                     break
                 body = pos + 8
                 if btype == 6:  # Enhanced Packet Block
-                    iface, ts_hi, ts_lo, cap_len, orig_len = struct.unpack_from(endian + "IIIII", buf, body)
+                    iface, ts_hi, ts_lo, cap_len, orig_len = epb_head(buf, body)
                     number += 1
                     if iface >= len(interfaces) or body + 20 + cap_len > pos + blen - 4:
                         self.problems["corrupt_packet_block"] += 1
@@ -247,6 +250,10 @@ class CaptureReader:
                 return
             buf = buf[pos:] + nxt
             pos = 0
+
+
+_BLOCK_HEAD = {e: struct.Struct(e + "II").unpack_from for e in "<>"}  # block type, length
+_EPB_HEAD = {e: struct.Struct(e + "IIIII").unpack_from for e in "<>"}  # iface, ts, caplen, len
 
 
 def _idb_options(buf: bytes, pos: int, end: int, endian: str) -> tuple[int, int]:

@@ -20,6 +20,20 @@ Writer = Callable[[dict[str, Any]], bytes]
 
 #: zigzag(n) for 0 <= n < 64 is the single byte 2n
 _SMALL = tuple(bytes((n << 1,)) for n in range(64))
+
+
+def _varint3(n: int) -> bytes:
+    z = n << 1
+    if z < 0x80:
+        return bytes((z,))
+    if z < 0x4000:
+        return bytes(((z & 0x7F) | 0x80, z >> 7))
+    return bytes(((z & 0x7F) | 0x80, ((z >> 7) & 0x7F) | 0x80, z >> 14))
+
+
+#: zigzag(n) for 0 <= n < 65536 (ports, statuses, most sizes and counts): one lookup
+#: instead of a loop (~2 MB, built in ~30 ms at import)
+_TABLE = tuple(_varint3(n) for n in range(65536))
 _DOUBLE = struct.Struct("<d").pack
 _FLOAT = struct.Struct("<f").pack
 
@@ -30,8 +44,8 @@ class UnsupportedSchema(ValueError):
 
 def zigzag(n: int) -> bytes:
     """Avro ``long``/``int``: zig-zag, then base-128 varint."""
-    if 0 <= n < 64:
-        return _SMALL[n]
+    if 0 <= n < 65536:
+        return _TABLE[n]
     z = (n << 1) ^ (n >> 63)
     if z < 0 or z >= 1 << 64:
         raise ValueError(f"{n} does not fit an Avro long")

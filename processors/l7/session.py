@@ -39,6 +39,7 @@ IDENTITY_FIELDS = tuple(
     for what in ("pod", "namespace", "workload", "node", "pid", "process")
 ) + ("server_service",)
 _NO_IDENTITY = dict.fromkeys(IDENTITY_FIELDS)
+_FIRST_IDENTITY_FIELD = IDENTITY_FIELDS[0]
 
 #: Chunks of a connection we try to recognise before giving up on it (a capture that
 #: starts mid-connection may first show the middle of a body; the next segment often
@@ -68,8 +69,8 @@ class L7Dispatcher:
 
     def emit(self, topic: str, key: str, record: dict[str, Any]) -> None:
         record["source_id"] = self.source_id
-        for name, value in _NO_IDENTITY.items():
-            record.setdefault(name, value)
+        if _FIRST_IDENTITY_FIELD not in record:  # (analysers set none or all of them)
+            record.update(_NO_IDENTITY)
         self.emitted[topic] += 1
         self._publish(topic, key, record)
 
