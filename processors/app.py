@@ -13,17 +13,24 @@ import gc
 import logging
 import os
 import tempfile
+from collections.abc import Iterator, MutableMapping
+from typing import Any
 
 import faust
 
 from wirestream.codec import AvroCodec
+from wirestream.errors import DecodeError, RegistryError
 from wirestream.runtime import DATADIR_ENV
-from wirestream.topics import PACKETS
+from wirestream.topics import OBSERVATIONS, PACKETS, WINDOWS_STAGE
 
 from . import faust_transport
 from .l7.base import L7Options
 from .output import OutputPublisher
 from .packet_pipeline import STAGE, PacketPipeline
+from .service_windows import ServiceWindows, WindowOptions
+
+WINDOWS_TABLE = "service-windows"
+log = logging.getLogger(__name__)
 
 
 def create_app(
@@ -35,7 +42,12 @@ def create_app(
     interim_s: float = 0.0,
     source_prefix: str = "",
     l7_options: L7Options | None = None,
+    packet_partitions: int = 4,
+    observation_partitions: int = 4,
+    window_options: WindowOptions | None = None,
 ) -> faust.App:
+    """The processors' Faust app. Its topics (and the windows' changelog topic,
+    :func:`changelog_topic`) must exist: wirestream creates them, Faust does not."""
     faust_transport.register()
     # Faust makes a data directory even for memory tables: not in the current directory,
     # but in the work directory of the command that started us, or a temporary one.
@@ -57,26 +69,43 @@ def create_app(
         datadir=datadir,
     )
     packets = app.topic(PACKETS, value_serializer="raw", key_serializer="raw")
-    state: dict[str, PacketPipeline] = {}
+    observations = app.topic(OBSERVATIONS, value_serializer="raw", key_serializer="raw")
+    # Open windows and per-source watermarks; restored from its changelog on restart.
+    window_table = app.Table(WINDOWS_TABLE, default=None, partitions=observation_partitions,
+                             key_type=bytes, value_type=bytes)  # raw: the app default
+    state: dict[str, Any] = {}
 
     @app.on_configured.connect
     def _quiet(app: faust.App, conf: object, **kwargs: object) -> None:
         logging.getLogger("faust").setLevel(logging.WARNING)
 
+    def codec() -> AvroCodec:
+        if "codec" not in state:
+            state["codec"] = AvroCodec(registry_url)
+        return state["codec"]
+
     def pipeline() -> PacketPipeline:
         # Created in the worker (not at import), after fork-safe startup.
         if "p" not in state:
-            codec = AvroCodec(registry_url)
             state["p"] = PacketPipeline(
-                codec,
-                OutputPublisher(bootstrap, codec, STAGE),
+                codec(),
+                OutputPublisher(bootstrap, codec(), STAGE),
                 idle_timeout_us=int(idle_timeout_s * 1e6),
                 close_linger_us=int(close_linger_s * 1e6),
                 interim_us=int(interim_s * 1e6),
                 source_prefix=source_prefix,
                 l7_options=l7_options,
+                packet_partitions=packet_partitions,
+                observation_partitions=observation_partitions,
             )
         return state["p"]
+
+    def windows() -> tuple[ServiceWindows, OutputPublisher]:
+        if "w" not in state:
+            publisher = OutputPublisher(bootstrap, codec(), WINDOWS_STAGE)
+            state["w"] = (ServiceWindows(BytesKeys(window_table), publisher.emit, window_options),
+                          publisher)
+        return state["w"]
 
     @app.agent(packets, name="analyse-packets")
     async def analyse_packets(batches: faust.Stream) -> None:
@@ -85,7 +114,65 @@ def create_app(
         async for event in batches.events():
             pipeline().handle(event.message.partition, event.value)
 
+    @app.agent(observations, name="service-windows")
+    async def service_windows(batches: faust.Stream) -> None:
+        """For each batch of observations: add them to their service's window, close the
+        windows the watermark has passed (metrics and alerts); at end of input, report."""
+        async for event in batches.events():
+            msg = event.message
+            try:
+                batch = codec().decode(event.value)
+            except (DecodeError, RegistryError) as exc:
+                log.warning("skipping a wire.observations message at %d/%d: %s",
+                            msg.partition, msg.offset, exc)
+                continue
+            w, publisher = windows()
+            done = w.handle(batch, msg.partition, msg.offset)
+            publisher.poll()
+            if done is not None:
+                publisher.publish_stats(
+                    source_id=batch["source_id"], partition=msg.partition, received=0,
+                    emitted=done["emitted"], dropped={"late_observations": done["late_observations"]},
+                    counters={}, final=True)
+
     return app
+
+
+def changelog_topic(group: str) -> str:
+    """The Kafka topic of the windows table of consumer group ``group`` (Faust's naming)."""
+    return f"{group}-{WINDOWS_TABLE}-changelog"
+
+
+class BytesKeys(MutableMapping[str, bytes]):
+    """A Faust table with bytes keys (its raw serializer), used with str keys."""
+
+    def __init__(self, table: Any) -> None:
+        self.table = table
+
+    def __getitem__(self, key: str) -> bytes:
+        value = self.table[key.encode()]
+        if value is None:
+            raise KeyError(key)
+        return value  # type: ignore[no-any-return]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        value = self.table.get(key.encode())
+        return default if value is None else value
+
+    def __setitem__(self, key: str, value: bytes) -> None:
+        self.table[key.encode()] = value
+
+    def __delitem__(self, key: str) -> None:
+        del self.table[key.encode()]
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and self.table.get(key.encode()) is not None
+
+    def __iter__(self) -> Iterator[str]:
+        return (k.decode() for k in self.table)
+
+    def __len__(self) -> int:
+        return len(self.table)
 
 
 def run_worker(app: faust.App, loglevel: str = "warning") -> None:

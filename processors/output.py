@@ -56,6 +56,16 @@ class OutputPublisher:
                 self._producer.poll(0.05)  # backpressure: wait for the broker
         self.emitted[topic] += 1
 
+    def send_to_partition(self, topic: str, partition: int, record: dict[str, Any]) -> None:
+        """Send one record to a given partition (internal topics; not counted as emitted)."""
+        value = self._encoder(topic)(record)
+        while True:
+            try:
+                self._producer.produce(topic, value, partition=partition, on_delivery=self._on_delivery)
+                break
+            except BufferError:
+                self._producer.poll(0.05)
+
     def poll(self) -> None:
         self._producer.poll(0)
 

@@ -16,14 +16,15 @@ from typing import Any
 from wirestream.codec import AvroCodec
 from wirestream.errors import DecodeError, RegistryError
 from wirestream.packet_block import PROTO_UDP, decode_batch
-from wirestream.topics import CONNECTIONS
+from wirestream.topics import CONNECTIONS, OBSERVATIONS, PACKETS_STAGE
 
 from .connection_tracker import ConnectionTracker
 from .l7.base import L7Options
 from .l7.session import L7Dispatcher
+from .observations import Observer
 from .output import OutputPublisher
 
-STAGE = "processor.packets"
+STAGE = PACKETS_STAGE
 log = logging.getLogger(__name__)
 
 
@@ -37,7 +38,11 @@ class PacketPipeline:
         interim_us: int = 0,
         source_prefix: str = "",
         l7_options: L7Options | None = None,
+        packet_partitions: int = 0,
+        observation_partitions: int = 0,
     ) -> None:
+        """``observation_partitions`` > 0: also send ``wire.observations`` for the
+        per-service windows (``packet_partitions``: how many ``wire.packets`` has)."""
         self.codec = codec
         self.publisher = publisher
         self.idle_timeout_us = idle_timeout_us
@@ -46,7 +51,10 @@ class PacketPipeline:
         # Only sources whose id starts with this (analyze's own workers on a shared Kafka).
         self.source_prefix = source_prefix
         self.l7_options = l7_options  # None: no L7 analysis
+        self.packet_partitions = packet_partitions
+        self.observation_partitions = observation_partitions
         self._trackers: dict[tuple[str, int], ConnectionTracker] = {}
+        self._observers: dict[tuple[str, int], Observer] = {}
         self._received: Counter[tuple[str, int]] = Counter()
         self.dropped: Counter[str] = Counter()  # messages we could not use, by reason
 
@@ -55,6 +63,16 @@ class PacketPipeline:
         tracker = self._trackers.get(key)
         if tracker is None:
             emit = self.publisher.emit
+            if self.observation_partitions:
+                send = self.publisher.send_to_partition
+                observer = self._observers[key] = Observer(
+                    lambda part, batch: send(OBSERVATIONS, part, batch), source_id, partition,
+                    self.packet_partitions, self.observation_partitions)
+                observe, publish = observer.observe, emit
+
+                def emit(topic: str, key: str | None, record: dict[str, Any]) -> None:
+                    observe(topic, record)  # first: it takes internal annotations away
+                    publish(topic, key, record)
 
             def on_record(record: dict[str, Any]) -> None:
                 emit(CONNECTIONS, record["connection_id"], record)
@@ -94,6 +112,11 @@ class PacketPipeline:
             # out unanswered DNS queries, and must not do so before it saw this batch's answers.
             tracker.l7.datagrams(headers[headers["proto"] == PROTO_UDP], payloads)
         tracker.process(headers, payloads)
+        observer = self._observers.get((source_id, partition))
+        if observer is not None:
+            if len(headers):
+                observer.advance(int(headers["ts_us"].max()))
+            observer.flush()
         self._received[(source_id, partition)] += batch["count"]
         self.publisher.poll()
         if batch["end_of_input"]:
@@ -104,6 +127,10 @@ class PacketPipeline:
         del self._trackers[(source_id, partition)]  # this source is done on this partition
         tracker.flush()
         counters = dict(tracker.counters)
+        observer = self._observers.pop((source_id, partition), None)
+        if observer is not None:
+            observer.flush(end_of_input=True)
+            counters["observations"] = observer.observed
         counters["batches_expected"] = batch["batches_before"]
         emitted = {CONNECTIONS: tracker.emitted}
         dropped = tracker.dropped + self.dropped

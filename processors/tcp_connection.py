@@ -455,6 +455,7 @@ class TcpConnection:
             "goodput_bytes_c2s": c.goodput,
             "goodput_bytes_s2c": s.goodput,
             **(self.counts or _NO_COUNTS),
+            "data_packets": data_packets,
             "retransmission_rate": rate,
             "health": "healthy" if rate < 0.01 else "degraded" if rate < 0.05 else "severe",
             "rtt_samples": self.rtt_n,

@@ -20,6 +20,7 @@ SCHEMA_FILES: tuple[str, ...] = (
     "service_metrics",
     "alert",
     "stats",
+    "observation_batch",
 )
 
 

@@ -28,9 +28,8 @@ from wirestream.producers.pcap_replay import ReplayResult, replay_capture
 from wirestream.producers.publisher import PacketBatchPublisher
 from wirestream.reader import TopicReader, end_offsets
 from wirestream.runtime import Runtime
-from wirestream.topics import OUTPUT_TOPICS, PACKETS, STATS
+from wirestream.topics import OBSERVATIONS, OUTPUT_TOPICS, PACKETS, PACKETS_STAGE, STATS, WINDOWS_STAGE
 
-PROCESSOR_STAGE = "processor.packets"
 
 
 class ProcessingTimeout(WirestreamError):
@@ -87,6 +86,7 @@ def analyze(
         start = end_offsets(rt.bootstrap, (*OUTPUT_TOPICS, STATS))
         source_ids: dict[str, ReplayResult] = {}
         partitions = partition_count(rt.bootstrap, PACKETS)
+        observation_partitions = partition_count(rt.bootstrap, OBSERVATIONS)
         rt.start_workers(
             workers or default_workers(partitions),
             group=f"wirestream-analyze-{run_id}",
@@ -106,8 +106,8 @@ def analyze(
             source_ids[source_id] = replay
             result.files.append(replay)
         if source_ids:
-            result.stats, result.records = _wait_and_collect(rt, start, source_ids, partitions,
-                                                             stall_timeout_s)
+            result.stats, result.records = _wait_and_collect(
+                rt, start, source_ids, partitions, observation_partitions, stall_timeout_s)
         else:
             result.records = {t: [] for t in OUTPUT_TOPICS}
     result.elapsed_s = time.monotonic() - started
@@ -128,6 +128,7 @@ def _wait_and_collect(
     start: dict[tuple[str, int], int],
     source_ids: dict[str, ReplayResult],
     partitions: int,
+    observation_partitions: int,
     stall_timeout_s: float,
 ) -> tuple[list[dict[str, Any]], dict[str, list[dict[str, Any]]]]:
     """Read wire.stats and the output topics together until every (source, partition) has
@@ -136,7 +137,9 @@ def _wait_and_collect(
     Output records are read (and decoded) while the workers are still busy, rather than
     all at the end: with L7 on, there are several records per connection to read.
     """
-    waiting = {(s, p) for s in source_ids for p in range(partitions)}
+    # final reports still to come: (stage, source, partition)
+    waiting = {(PACKETS_STAGE, s, p) for s in source_ids for p in range(partitions)}
+    waiting |= {(WINDOWS_STAGE, s, q) for s in source_ids for q in range(observation_partitions)}
     stats: list[dict[str, Any]] = []
     records: dict[str, list[dict[str, Any]]] = {t: [] for t in OUTPUT_TOPICS}
     expected: dict[str, int] = defaultdict(int)
@@ -157,8 +160,9 @@ def _wait_and_collect(
                     records[m.topic].append(rec)
                     continue
                 stats.append(rec)
-                if rec["stage"] == PROCESSOR_STAGE and rec["final"]:
-                    waiting.discard((rec["source_id"], rec["partition"]))
+                key = (rec["stage"], rec["source_id"], rec["partition"])
+                if key in waiting and rec["final"]:
+                    waiting.discard(key)
                     for topic, n in rec["emitted"].items():
                         expected[topic] += n
             if not msgs:

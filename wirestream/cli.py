@@ -14,9 +14,10 @@ import signal
 import sys
 import time
 from collections.abc import Sequence
+from typing import Any
 
 from wirestream.config import Settings
-from wirestream.errors import WirestreamError
+from wirestream.errors import UsageError, WirestreamError
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -99,6 +100,7 @@ examples:
     p.add_argument("--snaplen", type=int, default=defaults.payload_snaplen, metavar="BYTES",
                    help="payload bytes kept per packet for L7 analysis (default: %(default)s)")
     _add_l7_args(p, defaults)
+    _add_window_args(p, defaults)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print the summary as JSON instead of tables")
     _add_kafka_args(p, defaults)
@@ -129,7 +131,9 @@ examples:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="""\
 Run one processor worker: consume wire.packets, publish wire.connections,
-wire.transactions, wire.dns, wire.tls and counters on wire.stats. Start several with the same --group to share the partitions.""",
+wire.transactions, wire.dns, wire.tls, and, from those, per-service windows on
+wire.service-metrics and detections on wire.alerts; counters on wire.stats. Start
+several with the same --group to share the partitions.""",
     )
     p.add_argument("--group", default=defaults.group, help="consumer group / Faust app id (default: %(default)s)")
     p.add_argument("--idle-timeout", type=float, default=defaults.idle_timeout_s, metavar="SECONDS",
@@ -137,6 +141,7 @@ wire.transactions, wire.dns, wire.tls and counters on wire.stats. Start several 
     p.add_argument("--interim", type=float, default=0.0, metavar="SECONDS",
                    help="emit interim records for connections open longer than this (default: off)")
     _add_l7_args(p, defaults)
+    _add_window_args(p, defaults)
     p.add_argument("--only-source-prefix", default="", help=argparse.SUPPRESS)
     p.add_argument("--loglevel", default="warning", help="worker log level (default: %(default)s)")
     _add_kafka_args(p, defaults)
@@ -152,6 +157,31 @@ wire.transactions, wire.dns, wire.tls and counters on wire.stats. Start several 
                    help="stop after this long without a record (default: follow forever)")
     _add_kafka_args(p, defaults)
     return parser
+
+
+def _add_window_args(p: argparse.ArgumentParser, defaults: Settings) -> None:
+    g = p.add_argument_group("service windows and detections (wire.service-metrics, wire.alerts)")
+    g.add_argument("--window", type=float, default=defaults.window_s, metavar="SECONDS",
+                   help="tumbling window length, in capture time (default: %(default)s)")
+    g.add_argument("--lateness", type=float, default=defaults.lateness_s, metavar="SECONDS",
+                   help="how long after its end a window still takes records in; must cover "
+                        "the 10 s a closed connection is held back (default: %(default)s)")
+    g.add_argument("--alert-threshold", action="append", default=list(defaults.alert_thresholds),
+                   metavar="NAME=VALUE",
+                   help="change a detection threshold, e.g. errors_5xx=5 (repeatable; names in "
+                        "docs/windows.md)")
+
+
+def _window_options(args: argparse.Namespace) -> Any:
+    from wirestream.processors.detections import Thresholds
+    from wirestream.processors.service_windows import WindowOptions
+
+    try:
+        thresholds = Thresholds.parse(args.alert_threshold)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    return WindowOptions(length_us=int(args.window * 1e6), lateness_us=int(args.lateness * 1e6),
+                         thresholds=thresholds)
 
 
 def _at_least_one(text: str) -> int:
@@ -192,6 +222,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         return _COMMANDS[args.command](args)
+    except UsageError as exc:
+        print(f"wirestream {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except WirestreamError as exc:
         print(f"wirestream: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
@@ -215,6 +248,9 @@ def _settings(args: argparse.Namespace) -> Settings:
         s.payload_snaplen = args.snaplen
     if hasattr(args, "l7"):
         s.l7, s.redact, s.body_cap = args.l7, args.redact, args.body_cap
+    if hasattr(args, "window"):
+        _window_options(args)  # a bad threshold fails here, before anything starts
+        s.window_s, s.lateness_s, s.alert_thresholds = args.window, args.lateness, args.alert_threshold
     return s
 
 
@@ -303,11 +339,21 @@ def cmd_process(args: argparse.Namespace) -> int:
     from wirestream.broker import check_reachable
 
     check_reachable(args.bootstrap)
+    from wirestream.broker import ensure_topics, partition_count
+    from wirestream.processors.app import changelog_topic
     from wirestream.processors.l7.base import L7Options
+    from wirestream.topics import OBSERVATIONS, PACKETS
 
     l7 = L7Options(redact=args.redact, body_cap=args.body_cap) if args.l7 else None
+    observation_partitions = partition_count(args.bootstrap, OBSERVATIONS)
+    # Faust does not create topics here (topic_allow_declare=False): the windows' changelog
+    # is ours to create, with one partition per observation partition.
+    ensure_topics(args.bootstrap, [changelog_topic(args.group)], observation_partitions)
     app = create_app(args.bootstrap, args.registry, group=args.group, idle_timeout_s=args.idle_timeout,
-                     interim_s=args.interim, source_prefix=args.only_source_prefix, l7_options=l7)
+                     interim_s=args.interim, source_prefix=args.only_source_prefix, l7_options=l7,
+                     packet_partitions=partition_count(args.bootstrap, PACKETS),
+                     observation_partitions=observation_partitions,
+                     window_options=_window_options(args))
     run_worker(app, loglevel=args.loglevel)
     return EXIT_OK
 

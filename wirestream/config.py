@@ -15,7 +15,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 def _env(name: str, default: str | None = None) -> str | None:
@@ -34,6 +34,9 @@ class Settings:
     l7: bool = True
     redact: bool = True
     body_cap: int = 65536
+    window_s: float = 10.0
+    lateness_s: float = 15.0
+    alert_thresholds: list[str] = field(default_factory=list)
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -46,11 +49,17 @@ class Settings:
             l7=_env("WIRESTREAM_L7", "1") not in ("0", "false", "no", "off"),
             redact=_env("WIRESTREAM_REDACT", "1") not in ("0", "false", "no", "off"),
             body_cap=int(_env("WIRESTREAM_BODY_CAP", "65536") or 65536),
+            window_s=float(_env("WIRESTREAM_WINDOW", "10") or 10),
+            lateness_s=float(_env("WIRESTREAM_LATENESS", "15") or 15),
+            alert_thresholds=[a for a in (_env("WIRESTREAM_ALERT_THRESHOLDS") or "").split(",") if a],
         )
 
     def worker_args(self) -> list[str]:
         """``wirestream process`` options that carry these settings to a worker."""
-        args = ["--idle-timeout", str(self.idle_timeout_s), "--body-cap", str(self.body_cap)]
+        args = ["--idle-timeout", str(self.idle_timeout_s), "--body-cap", str(self.body_cap),
+                "--window", str(self.window_s), "--lateness", str(self.lateness_s)]
+        for a in self.alert_thresholds:
+            args += ["--alert-threshold", a]
         if not self.l7:
             args.append("--no-l7")
         if not self.redact:

@@ -30,3 +30,7 @@ class RegistryError(WirestreamError):
 
 class DecodeError(WirestreamError):
     """A Kafka message is not a valid Confluent-framed Avro record."""
+
+
+class UsageError(WirestreamError):
+    """A command-line value that cannot be used (exit status 2)."""

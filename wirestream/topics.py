@@ -14,6 +14,8 @@ TLS = "wire.tls"
 SERVICE_METRICS = "wire.service-metrics"
 ALERTS = "wire.alerts"
 STATS = "wire.stats"
+#: internal: connection/transaction/DNS facts re-keyed by service for the windows
+OBSERVATIONS = "wire.observations"
 
 #: topic -> schema file name in ``wirestream.schemas``
 TOPIC_SCHEMAS: dict[str, str] = {
@@ -25,6 +27,7 @@ TOPIC_SCHEMAS: dict[str, str] = {
     SERVICE_METRICS: "service_metrics",
     ALERTS: "alert",
     STATS: "stats",
+    OBSERVATIONS: "observation_batch",
 }
 
 RAW_TOPICS: tuple[str, ...] = (PACKETS,)
@@ -36,7 +39,14 @@ OUTPUT_TOPICS: tuple[str, ...] = (
     SERVICE_METRICS,
     ALERTS,
 )
-ALL_TOPICS: tuple[str, ...] = RAW_TOPICS + OUTPUT_TOPICS + (STATS,)
+INTERNAL_TOPICS: tuple[str, ...] = (OBSERVATIONS,)
+ALL_TOPICS: tuple[str, ...] = RAW_TOPICS + OUTPUT_TOPICS + (STATS,) + INTERNAL_TOPICS
+
+
+#: ``stage`` of the processors' reports on wire.stats: one final report per source and
+#: wire.packets partition, and one per source and wire.observations partition
+PACKETS_STAGE = "processor.packets"
+WINDOWS_STAGE = "processor.windows"
 
 
 def subject_for(topic: str) -> str:

@@ -1,0 +1,192 @@
+"""Detections: conditions on a closed service window that raise a ``wire.alerts`` record.
+
+Each detector reads one window's aggregates (``processors.service_windows.Window``) and
+returns at most one alert per condition per service (or per service and client) per
+window, with the counts that triggered it as evidence: a storm of a thousand resets is
+one alert saying "1000", not a thousand alerts. Thresholds are :class:`Thresholds`
+fields, settable with ``--alert-threshold NAME=VALUE`` (``wirestream process`` and
+``analyze``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from .observations import BASIC_CREDENTIALS, BEARER_TOKEN, CARD_NUMBER, OTHER_PII, PASSWORD_IN_FORM
+
+if TYPE_CHECKING:
+    from .service_windows import Window
+
+
+@dataclass
+class Thresholds:
+    """When each detector fires (per service, or per service and client, per window)."""
+
+    #: data packets a window needs before its retransmission band means anything
+    retrans_min_data_packets: int = 100
+    #: connections that saw a zero window
+    zero_window_connections: int = 10
+    #: connections reset or refused
+    reset_connections: int = 20
+    #: SYNs never answered plus handshakes never completed
+    half_open_connections: int = 50
+    #: 5xx responses, at least this many and this share of the requests
+    errors_5xx: int = 10
+    errors_5xx_share: float = 0.1
+    #: 401 and 403 responses to one client
+    auth_failures_per_client: int = 20
+    #: 429 responses to one client
+    rate_limited_per_client: int = 10
+    #: the same request (method, host, target) repeated by one client within
+    #: ``retry_interval_us`` of the previous one, this many times
+    retries_per_client: int = 10
+    retry_interval_us: int = 1_000_000
+    #: requests that got no response
+    timeouts: int = 5
+    #: NXDOMAIN answers to one client
+    nxdomain_per_client: int = 20
+
+    @classmethod
+    def parse(cls, assignments: list[str]) -> Thresholds:
+        """``["errors_5xx=5", "timeouts=1"]`` -> Thresholds with those fields changed."""
+        t = cls()
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        for a in assignments:
+            name, sep, value = a.partition("=")
+            name = name.strip().replace("-", "_")
+            if not sep or name not in fields:
+                raise ValueError(f"unknown alert threshold {a!r} (known: {', '.join(fields)})")
+            try:
+                setattr(t, name, float(value) if fields[name].type == "float" else int(value))
+            except ValueError:
+                raise ValueError(f"alert threshold {name} needs a number, not {value!r}") from None
+        return t
+
+    def args(self) -> list[str]:
+        """Command-line form of the fields that differ from the defaults."""
+        out = []
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if value != f.default:
+                out += ["--alert-threshold", f"{f.name}={value}"]
+        return out
+
+
+def alert_id(*parts: object) -> str:
+    """Stable id: the same condition in the same window always has the same id, so a
+    window re-emitted after a restart does not count as a new alert downstream."""
+    return hashlib.sha1("|".join(map(str, parts)).encode()).hexdigest()[:20]
+
+
+def health_band(rate: float) -> str:
+    """The connection records' bands (processors.tcp_connection)."""
+    return "healthy" if rate < 0.01 else "degraded" if rate < 0.05 else "severe"
+
+
+def detect(w: Window, source_id: str, service: str, previous_health: str | None,
+           t: Thresholds) -> Iterator[dict[str, Any]]:
+    """The alerts of one closed window."""
+    window = f"{w.start_us}-{w.start_us + w.length_us}"
+
+    def alert(kind: str, severity: str, summary: str, client: str | None = None,
+              **evidence: object) -> dict[str, Any]:
+        ev = {"window_start_ts_us": str(w.start_us), "window_end_ts_us": str(w.start_us + w.length_us)}
+        if client is not None:
+            ev["client"] = client
+        ev.update((k, str(v)) for k, v in evidence.items())
+        return {
+            "alert_id": alert_id(source_id, kind, service, client, window),
+            "source_id": source_id,
+            "ts_us": w.start_us + w.length_us,
+            "kind": kind,
+            "severity": severity,
+            "summary": summary,
+            "connection_id": None,
+            "service": service,
+            "evidence": ev,
+        }
+
+    c = w.counts
+    if c["data_packets"] >= t.retrans_min_data_packets:
+        rate = c["retrans_data"] / c["data_packets"]
+        band = health_band(rate)
+        if band != "healthy" and band != previous_health:
+            yield alert("retransmission_band", "critical" if band == "severe" else "warning",
+                        f"{service}: retransmissions {rate:.1%} of data packets, now {band}"
+                        f" (was {previous_health or 'unknown'})",
+                        rate=f"{rate:.6f}", band=band, previous_band=previous_health or "unknown",
+                        retransmitted=c["retrans_data"], data_packets=c["data_packets"])
+    if c["zero_window_connections"] >= t.zero_window_connections:
+        yield alert("zero_window_storm", "warning",
+                    f"{service}: {c['zero_window_connections']} connections hit a zero window "
+                    "(a receiver cannot keep up)",
+                    connections=c["zero_window_connections"], zero_windows=c["zero_windows"],
+                    threshold=t.zero_window_connections)
+    resets = c["reset"] + c["refused"]
+    if resets >= t.reset_connections:
+        yield alert("reset_storm", "warning",
+                    f"{service}: {resets} connections reset or refused",
+                    reset=c["reset"], refused=c["refused"], connections=c["connections"],
+                    threshold=t.reset_connections)
+    half_open = c["incomplete_handshake"] + c["half_open"]
+    if half_open >= t.half_open_connections:
+        yield alert("syn_flood", "critical",
+                    f"{service}: {half_open} half-open connections (SYNs without a completed "
+                    "handshake)",
+                    unanswered_syns=c["incomplete_handshake"], half_open=c["half_open"],
+                    connections=c["connections"], threshold=t.half_open_connections)
+    requests = c["requests"]
+    if c["errors_5xx"] >= t.errors_5xx and c["errors_5xx"] >= t.errors_5xx_share * requests:
+        yield alert("errors_5xx_spike", "critical",
+                    f"{service}: {c['errors_5xx']} of {requests} responses were 5xx",
+                    errors_5xx=c["errors_5xx"], requests=requests, threshold=t.errors_5xx,
+                    share_threshold=t.errors_5xx_share)
+    if c["no_response"] >= t.timeouts:
+        yield alert("request_timeouts", "warning",
+                    f"{service}: {c['no_response']} requests got no response",
+                    no_response=c["no_response"], requests=requests, threshold=t.timeouts)
+    for client in sorted(w.clients):
+        k = w.clients[client]
+        if k.get("auth_failures", 0) >= t.auth_failures_per_client:
+            yield alert("auth_failure_burst", "warning",
+                        f"{client} got {k['auth_failures']} 401/403 responses from {service}",
+                        client, auth_failures=k["auth_failures"],
+                        threshold=t.auth_failures_per_client)
+        if k.get("rate_limited", 0) >= t.rate_limited_per_client:
+            yield alert("rate_limited", "info",
+                        f"{service} answered {client} with 429 {k['rate_limited']} times",
+                        client, status_429=k["rate_limited"], threshold=t.rate_limited_per_client)
+        if k.get("retries", 0) >= t.retries_per_client:
+            yield alert("retry_storm", "warning",
+                        f"{client} repeated the same request to {service} {k['retries']} times "
+                        f"within {t.retry_interval_us / 1e6:g} s each",
+                        client, retries=k["retries"], example=k.get("retried_request", ""),
+                        threshold=t.retries_per_client)
+        creds = {name: k.get(name, 0) for name in ("basic_credentials", "bearer_tokens",
+                                                   "passwords_in_forms") if k.get(name)}
+        if creds:
+            yield alert("cleartext_credentials", "critical",
+                        f"{client} sent credentials to {service} without TLS ("
+                        + ", ".join(f"{n} {v}" for n, v in creds.items()) + ")",
+                        client, **creds)
+        pii = {name: k.get(name, 0) for name in ("card_numbers", "other_pii") if k.get(name)}
+        if pii:
+            yield alert("pii_in_cleartext", "critical",
+                        f"payment card numbers or other PII between {client} and {service} "
+                        "without TLS (" + ", ".join(f"{n} {v}" for n, v in pii.items()) + ")",
+                        client, **pii)
+        if k.get("nxdomain", 0) >= t.nxdomain_per_client:
+            yield alert("nxdomain_burst", "warning",
+                        f"{client} got {k['nxdomain']} NXDOMAIN answers from {service}",
+                        client, nxdomain=k["nxdomain"], queries=k.get("dns_queries", 0),
+                        threshold=t.nxdomain_per_client)
+
+
+#: findings bit -> per-client counter name
+FINDINGS = ((BASIC_CREDENTIALS, "basic_credentials"), (BEARER_TOKEN, "bearer_tokens"),
+            (PASSWORD_IN_FORM, "passwords_in_forms"), (CARD_NUMBER, "card_numbers"),
+            (OTHER_PII, "other_pii"))

@@ -1,0 +1,314 @@
+"""Per-service tumbling windows in event time, with t-digest percentiles, and detections.
+
+Input: ``wire.observations`` batches (``processors.observations``), keyed by service, so
+one task sees all of a service. Output: one ``wire.service-metrics`` record per source,
+service and window, and the ``wire.alerts`` of that window (``processors.detections``).
+
+Event time is capture time. A window ``[start, start + length)`` closes when the
+watermark passes its end plus the allowed lateness. The watermark of a source is the
+*lowest* of its packet partitions' watermarks (each batch carries its sender's), because
+packet partitions are processed at different speeds. An observation for a window that
+has already closed is counted (``late_observations``), not added.
+
+State lives in a key-value store (the Faust table ``service-windows``; a dict in tests),
+written after every batch: one entry per open window and one per source (watermarks,
+packet partitions done, last health band per service). Every entry remembers the offset
+of the last batch it took in, so a batch that is read again after a restart (Kafka
+delivers at least once) changes nothing: a worker killed mid-window and replaced gives the
+same windows as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Callable, MutableMapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastdigest import TDigest
+
+from wirestream.topics import ALERTS, SERVICE_METRICS
+
+from .detections import FINDINGS, Thresholds, detect, health_band
+from .observations import CONNECTION, DNS_QUERY, TRANSACTION
+
+Emit = Callable[[str, str | None, dict[str, Any]], None]
+
+#: digest size: 1000 centroids keep P99 within ~0.2 % on 100k lognormal values
+DIGEST_CENTROIDS = 1000
+#: per window, distinct (client, request) pairs followed for retry detection
+MAX_RETRY_KEYS = 20_000
+
+_CONNECTION_STATES = ("reset", "refused", "incomplete_handshake", "half_open")
+_COUNTS = ("connections", "requests", "errors_4xx", "errors_5xx", "status_429", "retrans_data",
+           "data_packets", "zero_window_connections", "zero_windows", "no_response",
+           "dns_queries", *_CONNECTION_STATES)
+
+
+@dataclass
+class WindowOptions:
+    length_us: int = 10_000_000
+    #: how far behind the watermark an observation may be and still count
+    lateness_us: int = 15_000_000
+    thresholds: Thresholds = field(default_factory=Thresholds)
+
+
+class Window:
+    """The aggregates of one service in one window."""
+
+    def __init__(self, start_us: int, length_us: int) -> None:
+        self.start_us = start_us
+        self.length_us = length_us
+        self.offset = -1  # of the last batch taken in
+        self.counts: dict[str, int] = dict.fromkeys(_COUNTS, 0)
+        self.rtt = TDigest(max_centroids=DIGEST_CENTROIDS)
+        self.latency = TDigest(max_centroids=DIGEST_CENTROIDS)
+        self.clients: dict[str, dict[str, Any]] = {}
+        self.last_request: dict[str, int] = {}  # "client request" -> ts of its last sighting
+
+    def add(self, o: dict[str, Any], t: Thresholds) -> None:
+        c = self.counts
+        kind = o["kind"]
+        if kind == TRANSACTION:
+            c["requests"] += 1
+            status = o["status"]
+            client = self._client(o["client"])
+            if 400 <= status < 500:
+                c["errors_4xx"] += 1
+                if status in (401, 403):
+                    client["auth_failures"] = client.get("auth_failures", 0) + 1
+                elif status == 429:
+                    c["status_429"] += 1
+                    client["rate_limited"] = client.get("rate_limited", 0) + 1
+            elif status >= 500:
+                c["errors_5xx"] += 1
+            if o["state"] == "no_response":
+                c["no_response"] += 1
+            if o["value_us"] is not None and o["state"] != "no_response":
+                self.latency.update(float(o["value_us"]))
+            if o["findings"]:
+                for bit, name in FINDINGS:
+                    if o["findings"] & bit:
+                        client[name] = client.get(name, 0) + 1
+            key = f"{o['client']} {o['request']}"
+            last = self.last_request.get(key)
+            if last is not None and 0 <= o["ts_us"] - last <= t.retry_interval_us:
+                client["retries"] = client.get("retries", 0) + 1
+                client.setdefault("retried_request", o["request"][:200])
+            if last is not None or len(self.last_request) < MAX_RETRY_KEYS:
+                self.last_request[key] = o["ts_us"]
+        elif kind == CONNECTION:
+            c["connections"] += 1
+            c["retrans_data"] += o["retrans_data"]
+            c["data_packets"] += o["data_packets"]
+            if o["zero_window"]:
+                c["zero_window_connections"] += 1
+                c["zero_windows"] += o["zero_window"]
+            if o["state"] in _CONNECTION_STATES:
+                c[o["state"]] += 1
+            if o["value_us"] is not None:
+                self.rtt.update(float(o["value_us"]))
+        elif kind == DNS_QUERY:
+            c["dns_queries"] += 1
+            client = self._client(o["client"])
+            client["dns_queries"] = client.get("dns_queries", 0) + 1
+            if o["state"] == "NXDOMAIN":
+                client["nxdomain"] = client.get("nxdomain", 0) + 1
+
+    def _client(self, ip: str) -> dict[str, Any]:
+        k = self.clients.get(ip)
+        if k is None:
+            k = self.clients[ip] = {}
+        return k
+
+    # -- the store keeps bytes ---------------------------------------------------------
+
+    def dumps(self) -> bytes:
+        return json.dumps({
+            "start": self.start_us, "length": self.length_us, "offset": self.offset,
+            "counts": self.counts, "clients": self.clients, "last_request": self.last_request,
+            "rtt": base64.b64encode(self.rtt.to_bytes()).decode(),
+            "latency": base64.b64encode(self.latency.to_bytes()).decode(),
+        }, separators=(",", ":")).encode()
+
+    @classmethod
+    def loads(cls, data: bytes) -> Window:
+        d = json.loads(data)
+        w = cls(d["start"], d["length"])
+        w.offset = d["offset"]
+        w.counts.update(d["counts"])
+        w.clients = d["clients"]
+        w.last_request = d["last_request"]
+        w.rtt = TDigest.from_bytes(base64.b64decode(d["rtt"]))
+        w.latency = TDigest.from_bytes(base64.b64decode(d["latency"]))
+        return w
+
+    def record(self, source_id: str, service: str) -> dict[str, Any]:
+        c = self.counts
+        rate = c["retrans_data"] / c["data_packets"] if c["data_packets"] else 0.0
+        rec: dict[str, Any] = {
+            "service": service,
+            "source_id": source_id,
+            "window_start_ts_us": self.start_us,
+            "window_end_ts_us": self.start_us + self.length_us,
+            "connections": c["connections"],
+            "requests": c["requests"],
+            "errors_4xx": c["errors_4xx"],
+            "errors_5xx": c["errors_5xx"],
+            "status_429": c["status_429"],
+            "retransmission_rate": rate,
+            "health": health_band(rate),
+        }
+        for name, digest in (("handshake_rtt", self.rtt), ("latency", self.latency)):
+            empty = digest.is_empty()
+            for q in (50, 90, 99):
+                rec[f"{name}_p{q}_us"] = None if empty else digest.quantile(q / 100)
+            rec[f"{name}_digest"] = None if empty else digest_json(digest)
+        return rec
+
+
+def digest_json(d: TDigest) -> str:
+    """A digest as the JSON in ``wire.service-metrics`` (fastdigest's ``to_dict``:
+    centroids as ``{"m": mean, "c": count}``, readable without fastdigest)."""
+    return json.dumps(d.to_dict(), separators=(",", ":"))
+
+
+def digest_from_json(text: str) -> TDigest:
+    return TDigest.from_dict(json.loads(text))
+
+
+class _Source:
+    """Per source: watermark of each packet partition, which are done, open windows."""
+
+    def __init__(self) -> None:
+        self.offset = -1
+        self.partitions = 0  # packet partitions the source has
+        self.watermarks: dict[int, int] = {}
+        self.done: set[int] = set()
+        self.open: dict[str, int] = {}  # window key -> window start
+        self.health: dict[str, str] = {}  # service -> band of its last window with data
+        self.late = 0
+        self.emitted: dict[str, int] = {SERVICE_METRICS: 0, ALERTS: 0}
+
+    def dumps(self) -> bytes:
+        return json.dumps({
+            "offset": self.offset, "partitions": self.partitions,
+            "watermarks": self.watermarks, "done": sorted(self.done), "open": self.open,
+            "health": self.health, "late": self.late, "emitted": self.emitted,
+        }, separators=(",", ":")).encode()
+
+    @classmethod
+    def loads(cls, data: bytes) -> _Source:
+        d = json.loads(data)
+        s = cls()
+        s.offset, s.partitions, s.late = d["offset"], d["partitions"], d["late"]
+        s.watermarks = {int(k): v for k, v in d["watermarks"].items()}
+        s.done = set(d["done"])
+        s.open, s.health, s.emitted = d["open"], d["health"], d["emitted"]
+        return s
+
+    def watermark(self) -> int | None:
+        """Lowest watermark over all packet partitions; None until each has reported."""
+        if self.partitions == 0 or len(self.watermarks) < self.partitions:
+            return None
+        return min(self.watermarks.values())
+
+    def finished(self) -> bool:
+        return self.partitions > 0 and len(self.done) >= self.partitions
+
+
+class ServiceWindows:
+    """The windows of one observation partition (one Faust task)."""
+
+    def __init__(self, store: MutableMapping[str, bytes], emit: Emit,
+                 options: WindowOptions | None = None) -> None:
+        self.store = store
+        self.emit = emit
+        self.options = options or WindowOptions()
+
+    def handle(self, batch: dict[str, Any], partition: int, offset: int) -> dict[str, Any] | None:
+        """Take in one observation batch read at ``partition``/``offset``. When it completes its source
+        (every packet partition has sent end of input), flush that source's windows and
+        return a summary for its final stats report ({emitted, late}); else None."""
+        source_id = batch["source_id"]
+        skey = f"s|{source_id}|{partition}"  # offsets are per partition
+        raw = self.store.get(skey)
+        src = _Source.loads(raw) if raw is not None else _Source()
+        if src.offset >= offset:
+            return None  # read again after a restart: already applied
+        opts = self.options
+        length = opts.length_us
+        src.partitions = batch["packet_partitions"]
+        closed_before = self._close_point(src)
+        touched: dict[str, Window] = {}
+        for o in batch["items"]:
+            start = o["ts_us"] - o["ts_us"] % length
+            if closed_before is not None and start + length <= closed_before:
+                src.late += 1
+                continue
+            wkey = f"w|{source_id}|{start}|{o['service']}"
+            w = touched.get(wkey)
+            if w is None:
+                raw_w = self.store.get(wkey)
+                if raw_w is None and wkey in src.open:
+                    # Open before this batch but no longer stored: emitted while this
+                    # batch was first processed, before a restart. It has these items.
+                    continue
+                w = Window.loads(raw_w) if raw_w is not None else Window(start, length)
+                touched[wkey] = w
+            if w.offset >= offset:
+                continue  # this window already took this batch in before a restart
+            w.add(o, opts.thresholds)
+            src.open[wkey] = start
+        p = batch["packet_partition"]
+        src.watermarks[p] = max(src.watermarks.get(p, 0), batch["watermark_ts_us"])
+        if batch["end_of_input"]:
+            src.done.add(p)
+        for wkey, w in touched.items():
+            if w.offset < offset:
+                w.offset = offset
+                self.store[wkey] = w.dumps()
+        if src.finished():
+            closing = list(src.open.items())
+        else:
+            close_point = self._close_point(src)
+            closing = ([] if close_point is None else
+                       [(k, start) for k, start in src.open.items() if start + length <= close_point])
+        # oldest first: a service's health band changes are detected in time order
+        for wkey, _start in sorted(closing, key=lambda kv: (kv[1], kv[0])):
+            self._emit_window(source_id, src, wkey, touched)
+        src.offset = offset
+        if src.finished():
+            if skey in self.store:
+                del self.store[skey]
+            return {"emitted": dict(src.emitted), "late_observations": src.late}
+        self.store[skey] = src.dumps()
+        return None
+
+    def _close_point(self, src: _Source) -> int | None:
+        """Windows ending at or before this are closed."""
+        wm = src.watermark()
+        return None if wm is None else wm - self.options.lateness_us
+
+    def _emit_window(self, source_id: str, src: _Source, wkey: str,
+                     touched: dict[str, Window]) -> None:
+        w = touched.get(wkey)
+        if w is None:
+            raw = self.store.get(wkey)
+            if raw is None:  # already emitted (and deleted) before a restart
+                del src.open[wkey]
+                return
+            w = Window.loads(raw)
+        service = wkey.split("|", 3)[3]
+        self.emit(SERVICE_METRICS, service, w.record(source_id, service))
+        src.emitted[SERVICE_METRICS] += 1
+        previous = src.health.get(service)
+        for alert in detect(w, source_id, service, previous, self.options.thresholds):
+            self.emit(ALERTS, service, alert)
+            src.emitted[ALERTS] += 1
+        if w.counts["data_packets"] >= self.options.thresholds.retrans_min_data_packets:
+            src.health[service] = health_band(w.counts["retrans_data"] / w.counts["data_packets"])
+        del src.open[wkey]
+        if wkey in self.store:
+            del self.store[wkey]
