@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Callable, MutableMapping
+from collections.abc import Callable, Iterable, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -110,7 +110,13 @@ class Window:
             if o["value_us"] is not None:
                 self.rtt.update(float(o["value_us"]))
         elif kind == DNS_QUERY:
+            # A resolver's queries are its requests; an unanswered one has no latency.
             c["dns_queries"] += 1
+            c["requests"] += 1
+            if o["value_us"] is None:
+                c["no_response"] += 1
+            else:
+                self.latency.update(float(o["value_us"]))
             client = self._client(o["client"])
             client["dns_queries"] = client.get("dns_queries", 0) + 1
             if o["state"] == "NXDOMAIN":
@@ -312,3 +318,62 @@ class ServiceWindows:
         del src.open[wkey]
         if wkey in self.store:
             del self.store[wkey]
+
+
+@dataclass
+class ServiceSummary:
+    """Windows of one service merged over a time range (``wirestream percentiles``,
+    the analyze table): counts add up, digests merge."""
+
+    service: str
+    windows: int = 0
+    first_start_us: int = 0
+    last_end_us: int = 0
+    connections: int = 0
+    requests: int = 0
+    errors_4xx: int = 0
+    errors_5xx: int = 0
+    status_429: int = 0
+    worst_health: str = "healthy"
+    handshake_rtt: TDigest | None = None
+    latency: TDigest | None = None
+
+    def quantiles(self, name: str) -> dict[str, float | None]:
+        d: TDigest | None = getattr(self, name)
+        if d is None or d.is_empty():
+            return {"p50": None, "p90": None, "p99": None}
+        return {f"p{q}": d.quantile(q / 100) for q in (50, 90, 99)}
+
+
+_BAND_ORDER = {"healthy": 0, "degraded": 1, "severe": 2}
+
+
+def merge_windows(records: Iterable[dict[str, Any]], service: str | None = None,
+                  from_us: int | None = None, to_us: int | None = None) -> dict[str, ServiceSummary]:
+    """Merge ``wire.service-metrics`` records per service. With ``from_us``/``to_us``,
+    only windows that lie inside ``[from_us, to_us)`` count (a digest cannot be split)."""
+    out: dict[str, ServiceSummary] = {}
+    for r in records:
+        if service is not None and r["service"] != service:
+            continue
+        if from_us is not None and r["window_start_ts_us"] < from_us:
+            continue
+        if to_us is not None and r["window_end_ts_us"] > to_us:
+            continue
+        s = out.get(r["service"])
+        if s is None:
+            s = out[r["service"]] = ServiceSummary(r["service"], first_start_us=r["window_start_ts_us"])
+        s.windows += 1
+        s.first_start_us = min(s.first_start_us, r["window_start_ts_us"])
+        s.last_end_us = max(s.last_end_us, r["window_end_ts_us"])
+        for name in ("connections", "requests", "errors_4xx", "errors_5xx", "status_429"):
+            setattr(s, name, getattr(s, name) + r[name])
+        if _BAND_ORDER.get(r["health"], 0) > _BAND_ORDER[s.worst_health]:
+            s.worst_health = r["health"]
+        for name in ("handshake_rtt", "latency"):
+            text = r.get(f"{name}_digest")
+            if text:
+                d = digest_from_json(text)
+                mine = getattr(s, name)
+                setattr(s, name, d if mine is None else mine.merge(d))
+    return out

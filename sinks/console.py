@@ -12,7 +12,8 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from wirestream.topics import CONNECTIONS, DNS, TLS, TRANSACTIONS
+from wirestream.processors.service_windows import ServiceSummary, merge_windows
+from wirestream.topics import ALERTS, CONNECTIONS, DNS, SERVICE_METRICS, TLS, TRANSACTIONS
 
 _STATE_TROUBLE = {"refused": 3, "reset": 2, "half_open": 2, "incomplete_handshake": 2, "timeout": 1}
 
@@ -141,6 +142,58 @@ def print_l7(records: dict[str, list[dict[str, Any]]], top: int, console: Consol
         console.print(table)
 
 
+def _services(records: dict[str, list[dict[str, Any]]]) -> list[ServiceSummary]:
+    """Services over the whole run, busiest first."""
+    merged = merge_windows(records.get(SERVICE_METRICS, []))
+    return sorted(merged.values(), key=lambda s: (-(s.requests + s.connections), s.service))
+
+
+def _service_json(s: ServiceSummary) -> dict[str, Any]:
+    return {
+        "service": s.service, "windows": s.windows, "connections": s.connections,
+        "requests": s.requests, "errors_4xx": s.errors_4xx, "errors_5xx": s.errors_5xx,
+        "status_429": s.status_429, "worst_health": s.worst_health,
+        "handshake_rtt_us": s.quantiles("handshake_rtt"), "latency_us": s.quantiles("latency"),
+    }
+
+
+_SEVERITY = {"critical": 0, "warning": 1, "info": 2}
+
+
+def print_services(records: dict[str, list[dict[str, Any]]], top: int, console: Console) -> None:
+    """Per-service table (windows merged over the run) and the alerts."""
+    services = _services(records)
+    if services:
+        table = Table(title=f"Services, busiest first (top {min(top, len(services))} of {len(services):,}; "
+                            "percentiles from the merged t-digests of their windows)")
+        for col in ("service", "windows", "conns", "requests", "4xx", "5xx", "429",
+                    "handshake p50/p90/p99", "latency p50/p90/p99", "worst health"):
+            table.add_column(col, justify="left" if col in ("service", "worst health") else "right")
+        colour = {"healthy": "green", "degraded": "yellow", "severe": "red"}
+        for s in services[:top]:
+            rtt, lat = s.quantiles("handshake_rtt"), s.quantiles("latency")
+            table.add_row(
+                s.service, str(s.windows), f"{s.connections:,}", f"{s.requests:,}",
+                f"{s.errors_4xx:,}", f"{s.errors_5xx:,}", f"{s.status_429:,}",
+                "/".join(_us(rtt[k]) for k in ("p50", "p90", "p99")),
+                "/".join(_us(lat[k]) for k in ("p50", "p90", "p99")),
+                f"[{colour.get(s.worst_health, 'white')}]{s.worst_health}[/]",
+            )
+        console.print(table)
+    alerts = records.get(ALERTS, [])
+    if alerts:
+        console.print("alerts: " + ", ".join(f"{k} {v:,}" for k, v in
+                                             Counter(a["kind"] for a in alerts).most_common()))
+        table = Table(title=f"Alerts, most severe first (top {min(top, len(alerts))} of {len(alerts):,})")
+        for col in ("severity", "kind", "service", "window start", "summary"):
+            table.add_column(col)
+        ordered = sorted(alerts, key=lambda a: (_SEVERITY.get(a["severity"], 3), a["ts_us"], a["kind"]))
+        for a in ordered[:top]:
+            table.add_row(a["severity"], a["kind"], a["service"] or "",
+                          a["evidence"].get("window_start_ts_us", ""), a["summary"])
+        console.print(table)
+
+
 def summary_json(result: Any) -> dict[str, Any]:
     conns = result.records.get(CONNECTIONS, [])
     return {
@@ -154,6 +207,8 @@ def summary_json(result: Any) -> dict[str, Any]:
         "connection_states": dict(Counter(c["state"] for c in conns)),
         "top_trouble": sorted(conns, key=trouble_key, reverse=True)[:10],
         "l7": l7_summary(result.records),
+        "services": [_service_json(s) for s in _services(result.records)],
+        "alerts": dict(Counter(a["kind"] for a in result.records.get(ALERTS, [])).most_common()),
         "stats": result.stats,
         "elapsed_s": round(result.elapsed_s, 3),
     }
@@ -201,6 +256,7 @@ def print_summary(result: Any, top: int = 15, out_dir: str | None = None, consol
             )
         console.print(table)
     print_l7(result.records, top, console)
+    print_services(result.records, top, console)
 
     stats = Table(title="Counters by stage")
     stats.add_column("stage")

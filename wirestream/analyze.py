@@ -28,8 +28,14 @@ from wirestream.producers.pcap_replay import ReplayResult, replay_capture
 from wirestream.producers.publisher import PacketBatchPublisher
 from wirestream.reader import TopicReader, end_offsets
 from wirestream.runtime import Runtime
-from wirestream.topics import OBSERVATIONS, OUTPUT_TOPICS, PACKETS, PACKETS_STAGE, STATS, WINDOWS_STAGE
-
+from wirestream.topics import (
+    OBSERVATIONS,
+    OUTPUT_TOPICS,
+    PACKETS,
+    PACKETS_STAGE,
+    STATS,
+    WINDOWS_STAGE,
+)
 
 
 class ProcessingTimeout(WirestreamError):
@@ -62,9 +68,10 @@ def analyze(
 
     ``workers=None`` starts :func:`default_workers` processor workers.
 
-    ``keep_bodies=False`` runs the workers with a body cap of 0: transactions keep their
-    body sizes but not the bytes, which the tables do not show and which, for a big
-    capture, are gigabytes to move through Kafka and decode for nothing."""
+    ``keep_bodies=False`` runs the workers with a response body cap of 0: transactions
+    keep their body sizes but not the response bytes, which the tables do not show and
+    which, for a big capture, are gigabytes to move through Kafka and decode for nothing.
+    Request bodies are kept: credentials and card numbers are detected there."""
     started = time.monotonic()
     run_id = uuid.uuid4().hex[:12]
     result = AnalyzeResult()
@@ -80,7 +87,7 @@ def analyze(
         result.records = {t: [] for t in OUTPUT_TOPICS}
         return result
     paths = readable
-    worker_settings = settings if keep_bodies else dataclasses.replace(settings, body_cap=0)
+    worker_settings = settings if keep_bodies else dataclasses.replace(settings, response_body_cap=0)
     with Runtime(settings, worker_grace_s=0.5) as rt:
         result.bootstrap, result.registry = rt.bootstrap, rt.registry_url
         start = end_offsets(rt.bootstrap, (*OUTPUT_TOPICS, STATS))

@@ -143,7 +143,32 @@ several with the same --group to share the partitions.""",
     _add_l7_args(p, defaults)
     _add_window_args(p, defaults)
     p.add_argument("--only-source-prefix", default="", help=argparse.SUPPRESS)
+    p.add_argument("--response-body-cap", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("--loglevel", default="warning", help="worker log level (default: %(default)s)")
+    _add_kafka_args(p, defaults)
+
+    # percentiles --------------------------------------------------------------------
+    p = sub.add_parser(
+        "percentiles", help="merge a service's windows and print its percentiles",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="""\
+Read wire.service-metrics, merge the t-digests of every window of a service that lies in
+[--from, --to) and print P50/P90/P99 of handshake RTT and request latency, with the
+summed counts. Windows are merged across sources and processor replicas too.""",
+        epilog="""\
+examples:
+  wirestream percentiles --service 10.0.0.5:80
+  wirestream percentiles --service shop/checkout --from 2026-11-27T10:00:00 --to 2026-11-27T11:00:00
+  wirestream percentiles --service 10.0.0.5:80 --from 1795737470 --json""",
+    )
+    p.add_argument("--service", required=True, help="service name (namespace/name) or server ip:port")
+    p.add_argument("--from", dest="from_ts", type=_timestamp_us, metavar="TIME",
+                   help="windows starting at or after this capture time (ISO 8601 UTC, or Unix seconds)")
+    p.add_argument("--to", dest="to_ts", type=_timestamp_us, metavar="TIME",
+                   help="windows ending at or before this capture time")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--timeout", type=float, default=2.0, metavar="SECONDS",
+                   help="stop reading after this long without a new record (default: %(default)s)")
     _add_kafka_args(p, defaults)
 
     # tail ---------------------------------------------------------------------------
@@ -182,6 +207,23 @@ def _window_options(args: argparse.Namespace) -> Any:
         raise UsageError(str(exc)) from None
     return WindowOptions(length_us=int(args.window * 1e6), lateness_us=int(args.lateness * 1e6),
                          thresholds=thresholds)
+
+
+def _timestamp_us(text: str) -> int:
+    """Unix seconds (``1795737470.5``) or ISO 8601 (UTC unless it says otherwise)."""
+    import datetime
+
+    try:
+        return int(float(text) * 1_000_000)
+    except ValueError:
+        pass
+    try:
+        t = datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a time: {text!r} (ISO 8601 or Unix seconds)") from None
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=datetime.timezone.utc)
+    return int(t.timestamp() * 1_000_000)
 
 
 def _at_least_one(text: str) -> int:
@@ -344,7 +386,8 @@ def cmd_process(args: argparse.Namespace) -> int:
     from wirestream.processors.l7.base import L7Options
     from wirestream.topics import OBSERVATIONS, PACKETS
 
-    l7 = L7Options(redact=args.redact, body_cap=args.body_cap) if args.l7 else None
+    l7 = (L7Options(redact=args.redact, body_cap=args.body_cap, response_body_cap=args.response_body_cap)
+          if args.l7 else None)
     observation_partitions = partition_count(args.bootstrap, OBSERVATIONS)
     # Faust does not create topics here (topic_allow_declare=False): the windows' changelog
     # is ours to create, with one partition per observation partition.
@@ -355,6 +398,54 @@ def cmd_process(args: argparse.Namespace) -> int:
                      observation_partitions=observation_partitions,
                      window_options=_window_options(args))
     run_worker(app, loglevel=args.loglevel)
+    return EXIT_OK
+
+
+def cmd_percentiles(args: argparse.Namespace) -> int:
+    from wirestream.broker import check_reachable
+    from wirestream.codec import AvroCodec
+    from wirestream.processors.service_windows import merge_windows
+    from wirestream.reader import TopicReader
+    from wirestream.topics import SERVICE_METRICS
+
+    if not args.bootstrap or not args.registry:
+        print("wirestream: error: percentiles needs --bootstrap and --registry (or WIRESTREAM_BOOTSTRAP "
+              "and WIRESTREAM_REGISTRY)", file=sys.stderr)
+        return EXIT_USAGE
+    check_reachable(args.bootstrap)
+    records = []
+    last = time.monotonic()
+    with TopicReader(args.bootstrap, AvroCodec(args.registry), [SERVICE_METRICS], "beginning") as r:
+        while time.monotonic() - last < args.timeout:
+            msgs = r.poll(0.5, 10_000)
+            if msgs:
+                last = time.monotonic()
+            records += [m.record for m in msgs if m.record is not None and m.record["service"] == args.service]
+    merged = merge_windows(records, args.service, args.from_ts, args.to_ts).get(args.service)
+    if merged is None:
+        print(f"wirestream: no windows of {args.service} in that time range "
+              f"({len(records)} of this service in {SERVICE_METRICS})", file=sys.stderr)
+        return EXIT_ERROR
+    out = {
+        "service": merged.service, "windows": merged.windows,
+        "from_ts_us": merged.first_start_us, "to_ts_us": merged.last_end_us,
+        "connections": merged.connections, "requests": merged.requests,
+        "errors_4xx": merged.errors_4xx, "errors_5xx": merged.errors_5xx,
+        "status_429": merged.status_429, "worst_health": merged.worst_health,
+        "handshake_rtt_us": merged.quantiles("handshake_rtt"), "latency_us": merged.quantiles("latency"),
+    }
+    if args.json:
+        print(json.dumps(out, indent=2))
+        return EXIT_OK
+    print(f"{out['service']}: {out['windows']} windows from {out['from_ts_us']} to {out['to_ts_us']} "
+          f"(capture time, µs); {out['connections']:,} connections, {out['requests']:,} requests, "
+          f"4xx {out['errors_4xx']:,}, 5xx {out['errors_5xx']:,}, 429 {out['status_429']:,}; "
+          f"worst health {out['worst_health']}")
+    print(f"{'':16}{'p50':>14}{'p90':>14}{'p99':>14}")
+    for name in ("handshake_rtt_us", "latency_us"):
+        q = out[name]
+        print(f"{name:16}" + "".join(f"{'-' if q[k] is None else format(q[k], ',.1f'):>14}"
+                                     for k in ("p50", "p90", "p99")))
     return EXIT_OK
 
 
@@ -395,5 +486,6 @@ _COMMANDS = {
     "broker": cmd_broker,
     "produce": cmd_produce,
     "process": cmd_process,
+    "percentiles": cmd_percentiles,
     "tail": cmd_tail,
 }

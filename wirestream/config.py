@@ -34,6 +34,7 @@ class Settings:
     l7: bool = True
     redact: bool = True
     body_cap: int = 65536
+    response_body_cap: int | None = None  # None: body_cap
     window_s: float = 10.0
     lateness_s: float = 15.0
     alert_thresholds: list[str] = field(default_factory=list)
@@ -58,6 +59,8 @@ class Settings:
         """``wirestream process`` options that carry these settings to a worker."""
         args = ["--idle-timeout", str(self.idle_timeout_s), "--body-cap", str(self.body_cap),
                 "--window", str(self.window_s), "--lateness", str(self.lateness_s)]
+        if self.response_body_cap is not None:
+            args += ["--response-body-cap", str(self.response_body_cap)]
         for a in self.alert_thresholds:
             args += ["--alert-threshold", a]
         if not self.l7:

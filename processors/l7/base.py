@@ -29,6 +29,9 @@ class L7Options:
     redact: bool = True
     #: Bytes of each HTTP body kept in the record (true sizes are always recorded).
     body_cap: int = 64 * 1024
+    #: ... of response bodies, when different (``analyze`` without ``--out`` keeps
+    #: request bodies, where credentials and card numbers are detected, but not responses).
+    response_body_cap: int | None = None
     #: A request still unanswered this long (capture time) is emitted with ``no_response``.
     response_timeout_us: int = 60_000_000
     #: A DNS query unanswered this long is emitted with a null response.

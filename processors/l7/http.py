@@ -39,8 +39,18 @@ import httptools
 
 from wirestream.topics import TRANSACTIONS
 
+from ..observations import BASIC_CREDENTIALS, BEARER_TOKEN, CARD_NUMBER, OTHER_PII, PASSWORD_IN_FORM
 from .base import StreamAnalyzer, StreamContext
-from .redact import header_kind, redact_body, redact_target, redact_value
+from .redact import (
+    CARD,
+    PASSWORD,
+    SSN,
+    body_findings,
+    header_kind,
+    redact_body,
+    redact_target,
+    redact_value,
+)
 
 #: Requests waiting for their response; past this the oldest is dropped (counted).
 MAX_PENDING = 1000
@@ -525,6 +535,8 @@ class _ResponseSide(_Side):
 
     def __init__(self, an: HttpAnalyzer) -> None:
         super().__init__(an)
+        if an.ctx.options.response_body_cap is not None:
+            self.cap = an.ctx.options.response_body_cap
         self.status = 0  # of the message being parsed (interim ones included)
         self.hd_tail = b""  # its last bytes fed, to find a blank line split in two
 
@@ -712,6 +724,30 @@ def _partial_start(data: bytes, pos: int) -> int:
 
 
 _HTTP1 = b"HTTP/1."
+
+
+def _findings(req_headers: dict[str, str], req_body: bytes | None,
+              resp_headers: dict[str, str], resp_body: bytes | None) -> int:
+    """Credentials and PII this (cleartext) transaction carried: observation ``findings``
+    bits. Read from the headers as parsed (before redaction) and the kept bodies."""
+    found = 0
+    auth = req_headers.get("authorization") or req_headers.get("proxy-authorization")
+    if auth:
+        scheme = auth.split(" ", 1)[0].lower()
+        if scheme == "basic":
+            found |= BASIC_CREDENTIALS
+        elif scheme == "bearer":
+            found |= BEARER_TOKEN
+    for body, headers in ((req_body, req_headers), (resp_body, resp_headers)):
+        if body:
+            bits = body_findings(body, headers.get("content-type"))
+            if bits & PASSWORD and headers is req_headers:
+                found |= PASSWORD_IN_FORM
+            if bits & CARD:
+                found |= CARD_NUMBER
+            if bits & SSN:
+                found |= OTHER_PII
+    return found
 
 
 def _keep(parts: list[bytes] | None, stored: int, cap: int,
@@ -913,6 +949,7 @@ class HttpAnalyzer(StreamAnalyzer):
         path = t.url.decode("utf-8", "replace") if t.url is not None else None
         req_body = b"".join(t.req_body) if t.req_body else None
         resp_body = b"".join(t.resp_body) if t.resp_body else None
+        findings = _findings(req_headers, req_body, resp_headers, resp_body)
         if redact:
             if path is not None:
                 path = redact_target(path)
@@ -957,6 +994,9 @@ class HttpAnalyzer(StreamAnalyzer):
             "error": t.error,
             "upgrade": t.upgrade,
         }
+        if findings:
+            # for the detections (processors.observations takes it off before encoding)
+            record["_findings"] = findings
         self._out.append(record)
 
     def _flush(self) -> None:

@@ -371,3 +371,38 @@ def redact_body(body: bytes, content_type: str | None = None, truncated: bool = 
         # nor readable, and scanning megabytes of them costs more than all the parsing.
         return body
     return _mask_cards(body, truncated)
+
+
+# ----------------------------------------------------------------------- findings
+# What redaction would hide is also what a security team wants to hear about when it
+# crosses the network in clear: detections (processors.detections) count it per client.
+
+PASSWORD, CARD, SSN = 1, 2, 4
+_PASSWORD_NAMES = (b"password", b"passwd", b"pwd", b"pass")
+_FORM_PASSWORD = re.compile(rb"(?:^|&)[^=&]*(?:password|passwd|pwd|pass)[^=&]*=[^&]", re.I)
+_JSON_PASSWORD = re.compile(rb'"[^"]{0,64}(?:password|passwd|pwd|pass)[^"]{0,64}"\s*:\s*"[^"]', re.I)
+#: US social security number, formatted (area 001-899 except 666, group and serial not 0)
+_SSN = re.compile(rb"(?<![0-9-])(?!000|666|9)[0-9]{3}-(?!00)[0-9]{2}-(?!0000)[0-9]{4}(?![0-9-])")
+
+
+def body_findings(body: bytes, content_type: str | None = None) -> int:
+    """Bits of what ``body`` carries in clear: PASSWORD (a non-empty password-like field
+    of a form or JSON body), CARD (a Luhn-valid card number), SSN (a formatted US social
+    security number). Binary content types are not looked into."""
+    if not body:
+        return 0
+    found = 0
+    ct = content_type.lower() if content_type else ""
+    if ct.startswith(_BINARY_TYPES):
+        return 0
+    low = body.lower()
+    if any(name in low for name in _PASSWORD_NAMES):
+        if _FORM_TYPE in ct and _FORM_PASSWORD.search(body):
+            found |= PASSWORD
+        elif "json" in ct and _JSON_PASSWORD.search(body):
+            found |= PASSWORD
+    if _mask_cards(body, False) is not body:
+        found |= CARD
+    if b"-" in body and _SSN.search(body):
+        found |= SSN
+    return found
