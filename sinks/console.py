@@ -11,8 +11,8 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
-
 from wirestream.processors.service_windows import ServiceSummary, merge_windows
+
 from wirestream.topics import ALERTS, CONNECTIONS, DNS, SERVICE_METRICS, TLS, TRANSACTIONS
 
 _STATE_TROUBLE = {"refused": 3, "reset": 2, "half_open": 2, "incomplete_handshake": 2, "timeout": 1}

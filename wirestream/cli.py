@@ -222,7 +222,7 @@ def _timestamp_us(text: str) -> int:
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a time: {text!r} (ISO 8601 or Unix seconds)") from None
     if t.tzinfo is None:
-        t = t.replace(tzinfo=datetime.timezone.utc)
+        t = t.replace(tzinfo=datetime.UTC)
     return int(t.timestamp() * 1_000_000)
 
 
