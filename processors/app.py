@@ -65,6 +65,7 @@ def create_app(
         consumer_auto_offset_reset="earliest",
         topic_allow_declare=False,  # wirestream creates its topics before workers start
         producer_max_batch_size=1,  # exact table recovery on the embedded broker
+        producer_max_request_size=4 * 1024 * 1024,  # a busy window's state (digests, clients)
         store="memory://",
         datadir=datadir,
     )

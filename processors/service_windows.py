@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import base64
 import json
+import zlib
 from collections.abc import Callable, Iterable, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,7 +38,7 @@ Emit = Callable[[str, str | None, dict[str, Any]], None]
 
 #: digest size: 1000 centroids keep P99 within ~0.2 % on 100k lognormal values
 DIGEST_CENTROIDS = 1000
-#: per window, distinct (client, request) pairs followed for retry detection
+#: per window, distinct recent (client, request) pairs followed for retry detection
 MAX_RETRY_KEYS = 20_000
 
 _CONNECTION_STATES = ("reset", "refused", "incomplete_handshake", "half_open")
@@ -91,7 +92,7 @@ class Window:
                 for bit, name in FINDINGS:
                     if o["findings"] & bit:
                         client[name] = client.get(name, 0) + 1
-            key = f"{o['client']} {o['request']}"
+            key = str(zlib.crc32(f"{o['client']} {o['request']}".encode()))  # small state
             last = self.last_request.get(key)
             if last is not None and 0 <= o["ts_us"] - last <= t.retry_interval_us:
                 client["retries"] = client.get("retries", 0) + 1
@@ -121,6 +122,15 @@ class Window:
             client["dns_queries"] = client.get("dns_queries", 0) + 1
             if o["state"] == "NXDOMAIN":
                 client["nxdomain"] = client.get("nxdomain", 0) + 1
+
+    def prune(self, t: Thresholds) -> None:
+        """Forget requests too old to be retried again: a window's state is written to
+        its changelog after every batch, so it must stay small. (Two intervals back, as
+        observations from different packet partitions arrive slightly out of order.)"""
+        if not self.last_request:
+            return
+        horizon = max(self.last_request.values()) - 2 * t.retry_interval_us
+        self.last_request = {k: ts for k, ts in self.last_request.items() if ts >= horizon}
 
     def _client(self, ip: str) -> dict[str, Any]:
         k = self.clients.get(ip)
@@ -274,6 +284,7 @@ class ServiceWindows:
         for wkey, w in touched.items():
             if w.offset < offset:
                 w.offset = offset
+                w.prune(opts.thresholds)
                 self.store[wkey] = w.dumps()
         if src.finished():
             closing = list(src.open.items())
