@@ -10,8 +10,11 @@ from collections import defaultdict
 
 import numpy as np
 from wirestream.processors.connection_tracker import ConnectionTracker
+from wirestream.processors.detections import Thresholds
 from wirestream.processors.l7.base import L7Options
 from wirestream.processors.l7.session import L7Dispatcher
+from wirestream.processors.observations import Observer
+from wirestream.processors.service_windows import ServiceWindows, WindowOptions
 from wirestream.producers.capture_file import open_capture
 from wirestream.producers.decode import FrameDecoder
 
@@ -63,17 +66,44 @@ def packet_batches(path: str, batch: int = 64, snaplen: int = 65535):
 
 
 def local_l7(path: str, batch: int = 64, options: L7Options | None = None) -> dict[str, list[dict]]:
-    """Run the connections processor with L7 analysis in-process: topic -> records."""
-    out: dict[str, list[dict]] = defaultdict(list)
+    """Run the connections processor with L7 analysis in-process: topic -> records.
 
-    def publish(topic: str, key: str, record: dict) -> None:
+    As in PacketPipeline, every record is first shown to an ``Observer`` (which takes
+    internal annotations off); its batches are under ``out["observations"]`` as
+    ``(observation partition, batch)``."""
+    out: dict[str, list] = defaultdict(list)
+    observer = Observer(lambda q, b: out["observations"].append((q, b)), "local", 0, 1, 4)
+
+    def publish(topic: str, key: str | None, record: dict) -> None:
+        observer.observe(topic, record)
         out[topic].append(record)
 
     l7 = L7Dispatcher(publish, "local", options or L7Options())
-    tracker = ConnectionTracker(lambda r: out[CONNECTIONS].append(r), source_id="local", l7=l7)
+    tracker = ConnectionTracker(lambda r: publish(CONNECTIONS, None, r), source_id="local", l7=l7)
     for headers, payloads in packet_batches(path, batch):
         l7.datagrams(headers[headers["proto"] == PROTO_UDP], payloads)  # as PacketPipeline
         tracker.process(headers, payloads)
+        if len(headers):
+            observer.advance(int(headers["ts_us"].max()))
+        observer.flush()
     tracker.flush()
+    observer.flush(end_of_input=True)
     out["stats"] = [dict(l7.stats)]
+    return out
+
+
+def local_windows(path: str, thresholds: list[str] | None = None, window_s: float = 10.0,
+                  options: L7Options | None = None) -> dict[str, list[dict]]:
+    """``local_l7`` and then the per-service windows, in-process: adds
+    ``wire.service-metrics`` and ``wire.alerts`` (``thresholds``: NAME=VALUE changes)."""
+    out = local_l7(path, options=options)
+    store: dict[str, bytes] = {}
+    offsets: dict[int, int] = defaultdict(int)
+    windows = ServiceWindows(store, lambda topic, key, r: out[topic].append(r),
+                             WindowOptions(length_us=int(window_s * 1e6),
+                                           thresholds=Thresholds.parse(thresholds or [])))
+    for q, b in out["observations"]:
+        windows.handle(b, q, offsets[q])
+        offsets[q] += 1
+    assert not store, "every window of a finished source is emitted"
     return out

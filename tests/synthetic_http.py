@@ -96,3 +96,63 @@ def write_capture(path: str, services: Sequence[Service], start_us: int = 1_800_
             f.write(rec.pack(ts // 1_000_000, ts % 1_000_000, len(frame), len(frame)))
             f.write(frame)
     return sent
+
+
+# --- free-form traffic for the detection tests ------------------------------------------
+
+Frame = tuple[int, bytes]  # (capture time, raw IPv4 packet)
+
+
+def http_connection(client: str, cport: int, server: str, port: int, t: int,
+                    exchanges: Sequence[tuple[bytes, bytes | None, int]], gap_us: int = 2_000,
+                    close: bool = True) -> list[Frame]:
+    """Handshake, then ``(request, response or None, latency)`` one after the other, then
+    FIN both ways (unless ``close`` is false). A request without a response gets none."""
+    c, s = socket.inet_aton(client), socket.inet_aton(server)
+    cseq, sseq = 1000, 90000
+    out: list[Frame] = [(t, _packet(c, s, cport, port, cseq, 0, SYN, b"")),
+                        (t + 200, _packet(s, c, port, cport, sseq, cseq + 1, SYN | ACK, b""))]
+    cseq, sseq = cseq + 1, sseq + 1
+    t += 400
+    out.append((t, _packet(c, s, cport, port, cseq, sseq, ACK, b"")))
+    for request, response, latency in exchanges:
+        t += gap_us
+        out.append((t, _packet(c, s, cport, port, cseq, sseq, PSH | ACK, request)))
+        cseq += len(request)
+        if response is not None:
+            t += latency
+            out.append((t, _packet(s, c, port, cport, sseq, cseq, PSH | ACK, response)))
+            sseq += len(response)
+    if close:
+        t += 1000
+        out += [(t, _packet(c, s, cport, port, cseq, sseq, FIN | ACK, b"")),
+                (t + 100, _packet(s, c, port, cport, sseq, cseq + 1, FIN | ACK, b"")),
+                (t + 200, _packet(c, s, cport, port, cseq + 1, sseq + 1, ACK, b""))]
+    return out
+
+
+def unanswered_syn(client: str, cport: int, server: str, port: int, t: int) -> list[Frame]:
+    return [(t, _packet(socket.inet_aton(client), socket.inet_aton(server), cport, port, 1000, 0,
+                        SYN, b""))]
+
+
+def write_frames(path: str, frames: Sequence[Frame]) -> str:
+    with open(path, "wb") as f:
+        f.write(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, LINKTYPE_RAW))
+        rec = struct.Struct("<IIII")
+        for ts, frame in sorted(frames, key=lambda x: x[0]):
+            f.write(rec.pack(ts // 1_000_000, ts % 1_000_000, len(frame), len(frame)))
+            f.write(frame)
+    return path
+
+
+def request(method: str = "GET", target: str = "/", host: str = "example.test",
+            headers: str = "", body: bytes = b"") -> bytes:
+    head = f"{method} {target} HTTP/1.1\r\nHost: {host}\r\n{headers}"
+    if body:
+        head += f"Content-Length: {len(body)}\r\n"
+    return (head + "\r\n").encode() + body
+
+
+def response(status: int = 200, reason: str = "OK", headers: str = "", body: bytes = b"") -> bytes:
+    return (f"HTTP/1.1 {status} {reason}\r\n{headers}Content-Length: {len(body)}\r\n\r\n").encode() + body

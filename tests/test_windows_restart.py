@@ -20,11 +20,18 @@ from typing import Any
 
 import numpy as np
 from confluent_kafka import Producer
+from wirestream.processors.observations import Observer
 
 from wirestream.codec import AvroCodec
-from wirestream.processors.observations import Observer
 from wirestream.reader import TopicReader
-from wirestream.topics import ALERTS, OBSERVATIONS, SERVICE_METRICS, STATS, TRANSACTIONS, WINDOWS_STAGE
+from wirestream.topics import (
+    ALERTS,
+    OBSERVATIONS,
+    SERVICE_METRICS,
+    STATS,
+    TRANSACTIONS,
+    WINDOWS_STAGE,
+)
 
 PACKET_PARTITIONS = 4
 SERVICES = [("198.51.100.1", 80), ("198.51.100.2", 443), ("198.51.100.3", 8080)]

@@ -1,0 +1,183 @@
+"""Every detector fires on a capture made for it and stays quiet on one that is not.
+
+Real captures where one exists (tests/data); generated ones (tests/synthetic_http.py)
+otherwise. The captures go through the in-process pipeline (decoder, tracker, L7,
+observer, windows: tests/local_pipeline.local_windows); test_windows_restart.py and the
+DVWA test below run the same code through the broker and Faust.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from conftest import DATA
+from local_pipeline import local_windows
+from synthetic_http import http_connection, request, response, unanswered_syn, write_frames
+
+from wirestream.processors.detections import Thresholds
+from wirestream.processors.l7.redact import CARD, PASSWORD, SSN, body_findings
+
+CS = DATA / "chrissanders"
+QUIET = str(CS / "http_espn.pcapng")  # 25 healthy connections, 61 HTTP transactions, DNS
+T0 = 1_800_000_000_000_000
+SERVER = "192.0.2.80"
+OK = response(200, body=b"fine")
+
+
+def alerts(path: str, *thresholds: str) -> list[dict]:
+    return local_windows(path, list(thresholds))["wire.alerts"]
+
+
+def kinds(path: str, *thresholds: str) -> set[str]:
+    return {a["kind"] for a in alerts(path, *thresholds)}
+
+
+def capture(tmp_path: Path, frames: list) -> str:
+    return write_frames(str(tmp_path / "t.pcap"), frames)
+
+
+def one_client(exchanges: list, **kw) -> list:
+    return http_connection("10.1.1.1", 40000, SERVER, 80, T0, exchanges, **kw)
+
+
+# --- real captures ----------------------------------------------------------------------
+
+@pytest.mark.parametrize(("kind", "path", "threshold"), [
+    ("retransmission_band", CS / "tcp_retransmissions.pcapng", "retrans_min_data_packets=1"),
+    ("zero_window_storm", CS / "tcp_zerowindowdead.pcapng", "zero_window_connections=1"),
+    ("reset_storm", CS / "tcp_refuseconnection.pcapng", "reset_connections=1"),
+    ("nxdomain_burst", CS / "dns_query_nonexistent.pcapng", "nxdomain_per_client=1"),
+    ("cleartext_credentials", CS / "http_dvwa_clearlogin.pcapng", "timeouts=5"),
+])
+def test_fires_on_a_real_capture_and_not_on_a_quiet_one(kind: str, path: Path, threshold: str) -> None:
+    fired = alerts(str(path), threshold)
+    assert kind in {a["kind"] for a in fired}
+    assert kind not in kinds(QUIET, threshold)
+    alert = next(a for a in fired if a["kind"] == kind)
+    assert alert["service"] and alert["summary"] and alert["evidence"]["window_start_ts_us"]
+
+
+def test_the_dvwa_password_is_reported_with_its_client() -> None:
+    (a,) = [a for a in alerts(str(CS / "http_dvwa_clearlogin.pcapng")) if a["kind"] == "cleartext_credentials"]
+    assert a["evidence"]["client"] == "10.2.2.101"
+    assert a["evidence"]["passwords_in_forms"] == "1"
+    assert a["severity"] == "critical"
+
+
+def test_retransmission_band_needs_enough_data_by_default() -> None:
+    # 6 data packets are not a basis for a band: the default threshold is 100.
+    assert "retransmission_band" not in kinds(str(CS / "tcp_retransmissions.pcapng"))
+
+
+# --- generated captures -----------------------------------------------------------------
+
+def test_syn_flood(tmp_path: Path) -> None:
+    flood = [f for i in range(60) for f in unanswered_syn(f"10.7.{i // 200}.{i % 200 + 1}", 30000 + i,
+                                                         SERVER, 443, T0 + i * 1000)]
+    assert "syn_flood" in kinds(capture(tmp_path, flood))
+    assert "syn_flood" not in kinds(capture(tmp_path, flood[:49]))  # below the default 50
+
+
+def test_errors_5xx_spike(tmp_path: Path) -> None:
+    bad = one_client([(request(target=f"/{i}"), response(503, "Unavailable"), 500) for i in range(12)]
+                     + [(request(target=f"/ok{i}"), OK, 500) for i in range(40)])
+    assert "errors_5xx_spike" in kinds(capture(tmp_path, bad))
+    few = one_client([(request(target=f"/{i}"), response(503, "Unavailable"), 500) for i in range(5)]
+                     + [(request(target=f"/ok{i}"), OK, 500) for i in range(40)])
+    assert "errors_5xx_spike" not in kinds(capture(tmp_path, few))
+
+
+def test_auth_failure_burst_per_client(tmp_path: Path) -> None:
+    frames = one_client([(request(target=f"/admin?try={i}"), response(401, "Unauthorized"), 300)
+                         for i in range(25)])
+    (a,) = [a for a in alerts(capture(tmp_path, frames)) if a["kind"] == "auth_failure_burst"]
+    assert a["evidence"]["client"] == "10.1.1.1" and a["evidence"]["auth_failures"] == "25"
+    # the same 25 failures spread over 5 clients: 5 each, nobody bursts
+    spread = [f for c in range(5) for f in http_connection(
+        f"10.1.2.{c + 1}", 40000, SERVER, 80, T0,
+        [(request(target=f"/admin?try={i}"), response(403, "Forbidden"), 300) for i in range(5)])]
+    assert "auth_failure_burst" not in kinds(capture(tmp_path, spread))
+
+
+def test_rate_limited_client(tmp_path: Path) -> None:
+    limited = one_client([(request(target=f"/api/{i}"), response(429, "Too Many Requests"), 100)
+                          for i in range(12)])
+    assert "rate_limited" in kinds(capture(tmp_path, limited))
+    assert "rate_limited" not in kinds(capture(tmp_path, limited[:3 + 2 * 5]))  # 5 of them
+
+
+def test_retry_storm(tmp_path: Path) -> None:
+    # the same request every 50 ms
+    retries = one_client([(request(target="/checkout"), response(502, "Bad Gateway"), 1_000)] * 15,
+                         gap_us=50_000)
+    assert "retry_storm" in kinds(capture(tmp_path, retries))
+    # the same request every 2 s is not a storm, nor are 15 different requests
+    slow = one_client([(request(target="/checkout"), OK, 1_000)] * 15, gap_us=2_000_000)
+    assert "retry_storm" not in kinds(capture(tmp_path, slow))
+    varied = one_client([(request(target=f"/item/{i}"), OK, 1_000) for i in range(15)], gap_us=50_000)
+    assert "retry_storm" not in kinds(capture(tmp_path, varied))
+
+
+def test_request_timeouts(tmp_path: Path) -> None:
+    hung = [f for c in range(6) for f in http_connection(
+        f"10.1.3.{c + 1}", 41000, SERVER, 80, T0 + c * 1000, [(request(target="/slow"), None, 0)])]
+    (a,) = [a for a in alerts(capture(tmp_path, hung)) if a["kind"] == "request_timeouts"]
+    assert a["evidence"]["no_response"] == "6"
+    answered = [f for c in range(6) for f in http_connection(
+        f"10.1.3.{c + 1}", 41000, SERVER, 80, T0 + c * 1000, [(request(target="/slow"), OK, 5_000)])]
+    assert "request_timeouts" not in kinds(capture(tmp_path, answered))
+
+
+@pytest.mark.parametrize("headers", ["Authorization: Basic YWRtaW46aHVudGVyMg==\r\n",
+                                     "Authorization: Bearer eyJhbGciOiJIUzI1NiJ9.e30.x\r\n"])
+def test_cleartext_credentials_in_headers(tmp_path: Path, headers: str) -> None:
+    frames = one_client([(request(target="/private", headers=headers), OK, 500)])
+    (a,) = [a for a in alerts(capture(tmp_path, frames)) if a["kind"] == "cleartext_credentials"]
+    assert ("basic_credentials" if "Basic" in headers else "bearer_tokens") in a["evidence"]
+    plain = one_client([(request(target="/private", headers="Authorization-Hint: none\r\n"), OK, 500)])
+    assert "cleartext_credentials" not in kinds(capture(tmp_path, plain))
+
+
+def test_payment_card_and_ssn_in_cleartext(tmp_path: Path) -> None:
+    form = "Content-Type: application/x-www-form-urlencoded\r\n"
+    card = one_client([(request("POST", "/pay", headers=form, body=b"card=4111111111111111&cvv=123"), OK, 500)])
+    (a,) = [a for a in alerts(capture(tmp_path, card)) if a["kind"] == "pii_in_cleartext"]
+    assert a["evidence"]["card_numbers"] == "1"
+    ssn = one_client([(request("POST", "/apply", headers=form, body=b"ssn=123-45-6789"), OK, 500)])
+    assert "pii_in_cleartext" in kinds(capture(tmp_path, ssn))
+    # not Luhn-valid, not an SSN
+    clean = one_client([(request("POST", "/pay", headers=form, body=b"ref=4111111111111112&d=2026-11-27"),
+                         OK, 500)])
+    assert "pii_in_cleartext" not in kinds(capture(tmp_path, clean))
+
+
+def test_one_alert_per_condition_per_window_with_counts(tmp_path: Path) -> None:
+    """500 failing requests: one errors_5xx_spike alert that says 500, not 500 alerts."""
+    frames = one_client([(request(target=f"/x{i}"), response(503, "Unavailable"), 100) for i in range(500)],
+                        gap_us=1_000)
+    fired = alerts(capture(tmp_path, frames))
+    assert [a["kind"] for a in fired].count("errors_5xx_spike") == 1
+    (a,) = [a for a in fired if a["kind"] == "errors_5xx_spike"]
+    assert a["evidence"]["errors_5xx"] == "500"
+
+
+def test_body_findings() -> None:
+    form = "application/x-www-form-urlencoded"
+    assert body_findings(b"user=a&password=secret", form) == PASSWORD
+    assert body_findings(b"user=a&password=", form) == 0  # an empty password is not one
+    assert body_findings(b'{"pass": "x"}', "application/json") == PASSWORD
+    assert body_findings(b"pay 4111 1111 1111 1111 now", "text/plain") == CARD
+    assert body_findings(b"ssn 078-05-1120", "text/plain") == SSN
+    assert body_findings(b"ssn 000-12-3456 666-12-3456", "text/plain") == 0
+    assert body_findings(b"4111111111111111", "image/png") == 0
+
+
+def test_thresholds_are_configurable_and_checked() -> None:
+    t = Thresholds.parse(["errors_5xx=3", "errors-5xx-share=0.5"])
+    assert t.errors_5xx == 3 and t.errors_5xx_share == 0.5
+    assert t.args() == ["--alert-threshold", "errors_5xx=3", "--alert-threshold", "errors_5xx_share=0.5"]
+    with pytest.raises(ValueError, match="unknown alert threshold"):
+        Thresholds.parse(["nope=1"])
+    with pytest.raises(ValueError, match="needs a number"):
+        Thresholds.parse(["errors_5xx=lots"])
