@@ -14,7 +14,6 @@ import pytest
 from conftest import DATA
 from local_pipeline import local_windows
 from synthetic_http import http_connection, request, response, unanswered_syn, write_frames
-
 from wirestream.processors.detections import Thresholds
 from wirestream.processors.l7.redact import CARD, PASSWORD, SSN, body_findings
 
