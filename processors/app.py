@@ -45,6 +45,7 @@ def create_app(
     packet_partitions: int = 4,
     observation_partitions: int = 4,
     window_options: WindowOptions | None = None,
+    windows: bool = True,
 ) -> faust.App:
     """The processors' Faust app. Its topics (and the windows' changelog topic,
     :func:`changelog_topic`) must exist: wirestream creates them, Faust does not."""
@@ -97,7 +98,7 @@ def create_app(
                 source_prefix=source_prefix,
                 l7_options=l7_options,
                 packet_partitions=packet_partitions,
-                observation_partitions=observation_partitions,
+                observation_partitions=observation_partitions if windows else 0,
             )
         return state["p"]
 

@@ -93,7 +93,7 @@ def analyze(
         start = end_offsets(rt.bootstrap, (*OUTPUT_TOPICS, STATS))
         source_ids: dict[str, ReplayResult] = {}
         partitions = partition_count(rt.bootstrap, PACKETS)
-        observation_partitions = partition_count(rt.bootstrap, OBSERVATIONS)
+        observation_partitions = partition_count(rt.bootstrap, OBSERVATIONS) if settings.windows else 0
         rt.start_workers(
             workers or default_workers(partitions),
             group=f"wirestream-analyze-{run_id}",

@@ -186,6 +186,8 @@ examples:
 
 def _add_window_args(p: argparse.ArgumentParser, defaults: Settings) -> None:
     g = p.add_argument_group("service windows and detections (wire.service-metrics, wire.alerts)")
+    g.add_argument("--no-windows", dest="windows", action="store_false", default=defaults.windows,
+                   help="no per-service windows and no detections")
     g.add_argument("--window", type=float, default=defaults.window_s, metavar="SECONDS",
                    help="tumbling window length, in capture time (default: %(default)s)")
     g.add_argument("--lateness", type=float, default=defaults.lateness_s, metavar="SECONDS",
@@ -293,6 +295,7 @@ def _settings(args: argparse.Namespace) -> Settings:
     if hasattr(args, "window"):
         _window_options(args)  # a bad threshold fails here, before anything starts
         s.window_s, s.lateness_s, s.alert_thresholds = args.window, args.lateness, args.alert_threshold
+        s.windows = args.windows
     return s
 
 
@@ -396,7 +399,7 @@ def cmd_process(args: argparse.Namespace) -> int:
                      interim_s=args.interim, source_prefix=args.only_source_prefix, l7_options=l7,
                      packet_partitions=partition_count(args.bootstrap, PACKETS),
                      observation_partitions=observation_partitions,
-                     window_options=_window_options(args))
+                     window_options=_window_options(args), windows=args.windows)
     run_worker(app, loglevel=args.loglevel)
     return EXIT_OK
 

@@ -35,6 +35,7 @@ class Settings:
     redact: bool = True
     body_cap: int = 65536
     response_body_cap: int | None = None  # None: body_cap
+    windows: bool = True
     window_s: float = 10.0
     lateness_s: float = 15.0
     alert_thresholds: list[str] = field(default_factory=list)
@@ -50,6 +51,7 @@ class Settings:
             l7=_env("WIRESTREAM_L7", "1") not in ("0", "false", "no", "off"),
             redact=_env("WIRESTREAM_REDACT", "1") not in ("0", "false", "no", "off"),
             body_cap=int(_env("WIRESTREAM_BODY_CAP", "65536") or 65536),
+            windows=_env("WIRESTREAM_WINDOWS", "1") not in ("0", "false", "no", "off"),
             window_s=float(_env("WIRESTREAM_WINDOW", "10") or 10),
             lateness_s=float(_env("WIRESTREAM_LATENESS", "15") or 15),
             alert_thresholds=[a for a in (_env("WIRESTREAM_ALERT_THRESHOLDS") or "").split(",") if a],
@@ -59,6 +61,8 @@ class Settings:
         """``wirestream process`` options that carry these settings to a worker."""
         args = ["--idle-timeout", str(self.idle_timeout_s), "--body-cap", str(self.body_cap),
                 "--window", str(self.window_s), "--lateness", str(self.lateness_s)]
+        if not self.windows:
+            args.append("--no-windows")
         if self.response_body_cap is not None:
             args += ["--response-body-cap", str(self.response_body_cap)]
         for a in self.alert_thresholds:
