@@ -22,12 +22,12 @@ from collections import defaultdict
 from typing import Any
 
 import numpy as np
-
-from wirestream.avro_reader import compile_reader
-from wirestream.avro_writer import compile_writer
 from wirestream.processors.observations import Observer
 from wirestream.processors.service_windows import ServiceWindows
 from wirestream.schemas import schema_text
+
+from wirestream.avro_reader import compile_reader
+from wirestream.avro_writer import compile_writer
 from wirestream.topics import CONNECTIONS, TRANSACTIONS
 
 
