@@ -13,7 +13,7 @@ import gc
 import logging
 import os
 import tempfile
-from collections.abc import Iterator, MutableMapping
+from collections.abc import Callable, Iterator, MutableMapping
 from typing import Any
 
 import faust
@@ -30,6 +30,7 @@ from .packet_pipeline import STAGE, PacketPipeline
 from .service_windows import ServiceWindows, WindowOptions
 
 WINDOWS_TABLE = "service-windows"
+ROLES = ("all", "packets", "windows")
 log = logging.getLogger(__name__)
 
 
@@ -46,9 +47,18 @@ def create_app(
     observation_partitions: int = 4,
     window_options: WindowOptions | None = None,
     windows: bool = True,
+    role: str = "all",
 ) -> faust.App:
     """The processors' Faust app. Its topics (and the windows' changelog topic,
-    :func:`changelog_topic`) must exist: wirestream creates them, Faust does not."""
+    :func:`changelog_topic`) must exist: wirestream creates them, Faust does not.
+
+    ``role``: ``packets`` (the packet agent only), ``windows`` (the windows agent and its
+    table only), or ``all``. Separate processes for the two keep each consumer's fetches
+    to its own partitions: the embedded broker's cost per fetch grows with the partitions
+    named in it, and the packet workers fetch all the time.
+    ``windows=False``: packet workers send no observations."""
+    if role not in ROLES:
+        raise ValueError(f"role must be one of {', '.join(ROLES)}, not {role!r}")
     faust_transport.register()
     # Faust makes a data directory even for memory tables: not in the current directory,
     # but in the work directory of the command that started us, or a temporary one.
@@ -70,11 +80,6 @@ def create_app(
         store="memory://",
         datadir=datadir,
     )
-    packets = app.topic(PACKETS, value_serializer="raw", key_serializer="raw")
-    observations = app.topic(OBSERVATIONS, value_serializer="raw", key_serializer="raw")
-    # Open windows and per-source watermarks; restored from its changelog on restart.
-    window_table = app.Table(WINDOWS_TABLE, default=None, partitions=observation_partitions,
-                             key_type=bytes, value_type=bytes)  # raw: the app default
     state: dict[str, Any] = {}
 
     @app.on_configured.connect
@@ -102,19 +107,40 @@ def create_app(
             )
         return state["p"]
 
+    if role in ("all", "packets"):
+        packets = app.topic(PACKETS, value_serializer="raw", key_serializer="raw")
+
+        @app.agent(packets, name="analyse-packets")
+        async def analyse_packets(batches: faust.Stream) -> None:
+            """For each batch of packets: track TCP connections and their L7 transactions;
+            at end of input, report."""
+            async for event in batches.events():
+                pipeline().handle(event.message.partition, event.value)
+
+    if role in ("all", "windows"):
+        _windows_agent(app, state, codec, bootstrap, observation_partitions, window_options)
+    return app
+
+
+def _windows_agent(app: faust.App, state: dict[str, Any], codec: Callable[[], AvroCodec],
+                   bootstrap: str, observation_partitions: int,
+                   window_options: WindowOptions | None) -> None:
+    observations = app.topic(OBSERVATIONS, value_serializer="raw", key_serializer="raw")
+    # Open windows and per-source watermarks; restored from its changelog on restart.
+    window_table = app.Table(WINDOWS_TABLE, default=None, partitions=observation_partitions,
+                             key_type=bytes, value_type=bytes)  # raw: the app default
+
+    @app.on_partitions_revoked.connect
+    def _partitions_moved(app: faust.App, revoked: object, **kwargs: object) -> None:
+        if "w" in state:
+            state["w"][0].clear_cache()  # the table is the truth; our copies may go stale
+
     def windows() -> tuple[ServiceWindows, OutputPublisher]:
         if "w" not in state:
             publisher = OutputPublisher(bootstrap, codec(), WINDOWS_STAGE)
             state["w"] = (ServiceWindows(BytesKeys(window_table), publisher.emit, window_options),
                           publisher)
         return state["w"]
-
-    @app.agent(packets, name="analyse-packets")
-    async def analyse_packets(batches: faust.Stream) -> None:
-        """For each batch of packets: track TCP connections and their L7 transactions;
-        at end of input, report."""
-        async for event in batches.events():
-            pipeline().handle(event.message.partition, event.value)
 
     @app.agent(observations, name="service-windows")
     async def service_windows(batches: faust.Stream) -> None:
@@ -134,10 +160,9 @@ def create_app(
             if done is not None:
                 publisher.publish_stats(
                     source_id=batch["source_id"], partition=msg.partition, received=0,
-                    emitted=done["emitted"], dropped={"late_observations": done["late_observations"]},
+                    emitted=done["emitted"],
+                    dropped={k: done[k] for k in ("late_observations", "malformed_observation_batches")},
                     counters={}, final=True)
-
-    return app
 
 
 def changelog_topic(group: str) -> str:

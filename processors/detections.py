@@ -164,8 +164,7 @@ def detect(w: Window, source_id: str, service: str, previous_health: str | None,
             yield alert("retry_storm", "warning",
                         f"{client} repeated the same request to {service} {k['retries']} times "
                         f"within {t.retry_interval_us / 1e6:g} s each",
-                        client, retries=k["retries"], example=k.get("retried_request", ""),
-                        threshold=t.retries_per_client)
+                        client, retries=k["retries"], threshold=t.retries_per_client)
         creds = {name: k.get(name, 0) for name in ("basic_credentials", "bearer_tokens",
                                                    "passwords_in_forms") if k.get(name)}
         if creds:
@@ -182,7 +181,7 @@ def detect(w: Window, source_id: str, service: str, previous_health: str | None,
         if k.get("nxdomain", 0) >= t.nxdomain_per_client:
             yield alert("nxdomain_burst", "warning",
                         f"{client} got {k['nxdomain']} NXDOMAIN answers from {service}",
-                        client, nxdomain=k["nxdomain"], queries=k.get("dns_queries", 0),
+                        client, nxdomain=k["nxdomain"], service_queries=c["dns_queries"],
                         threshold=t.nxdomain_per_client)
 
 

@@ -14,8 +14,11 @@ so that event time moves on also for observation partitions with no traffic.
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Callable
 from typing import Any
+
+import numpy as np
 
 from wirestream.packet_block import partition_for
 from wirestream.topics import CONNECTIONS, DNS, TRANSACTIONS
@@ -44,41 +47,96 @@ def service_of(record: dict[str, Any]) -> str:
     return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
 
 
-def _observe_connection(r: dict[str, Any]) -> dict[str, Any]:
+#: One observation: ``kind`` (CONNECTION, TRANSACTION, DNS_QUERY); ``findings`` bits;
+#: ``status`` (HTTP, 0: none); ``service``, ``client``, ``state`` (connection state,
+#: transaction error or DNS rcode; "" none): indexes into the batch's strings;
+#: ``request``: CRC-32 of the request's method, host and target (retry detection);
+#: ``ts_us`` event time (connection end, request start, query time); ``value_us``
+#: handshake RTT, request latency or DNS latency (-1: none); then the connection's
+#: retransmitted data packets, data packets and zero windows.
+ROW_DTYPE = np.dtype([
+    ("kind", "u1"), ("findings", "u1"), ("status", "<u2"), ("service", "<u4"), ("client", "<u4"),
+    ("state", "<u4"), ("request", "<u4"), ("ts_us", "<i8"), ("value_us", "<i8"),
+    ("retrans_data", "<i8"), ("data_packets", "<i8"), ("zero_window", "<i8"),
+])
+ROW_FIELDS = ROW_DTYPE.names
+
+Row = tuple  # in ROW_DTYPE order, with the three text fields still as str
+
+
+def _observe_connection(r: dict[str, Any]) -> Row:
     data = r.get("data_packets", 0)
-    return {
-        "kind": CONNECTION, "service": service_of(r), "client": r["client_ip"],
-        "ts_us": r["end_ts_us"], "value_us": r["handshake_rtt_us"], "status": 0,
-        "state": r["state"], "retrans_data": round(r["retransmission_rate"] * data),
-        "data_packets": data, "zero_window": r["zero_window"], "request": "", "findings": 0,
-    }
+    rtt = r["handshake_rtt_us"]
+    return (CONNECTION, 0, 0, service_of(r), r["client_ip"], r["state"], 0, r["end_ts_us"],
+            -1 if rtt is None else rtt, round(r["retransmission_rate"] * data), data,
+            r["zero_window"])
 
 
-def _observe_transaction(r: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "kind": TRANSACTION, "service": service_of(r), "client": r["client_ip"],
-        "ts_us": r["request_ts_us"], "value_us": r["latency_us"], "status": r["status"] or 0,
-        "state": r["error"] or "", "retrans_data": 0, "data_packets": 0, "zero_window": 0,
-        "request": f"{r['method']} {r['host'] or ''}{r['path'] or ''}",
-        "findings": r.pop("_findings", 0),
-    }
+def _observe_transaction(r: dict[str, Any]) -> Row:
+    latency = r["latency_us"]
+    request = f"{r['method']} {r['host'] or ''}{r['path'] or ''}"
+    return (TRANSACTION, r.pop("_findings", 0), r["status"] or 0, service_of(r), r["client_ip"],
+            r["error"] or "", zlib.crc32(request.encode("utf-8", "replace")), r["request_ts_us"],
+            -1 if latency is None else latency, 0, 0, 0)
 
 
-def _observe_dns(r: dict[str, Any]) -> dict[str, Any]:
+def _observe_dns(r: dict[str, Any]) -> Row:
     # The service of a DNS query is the resolver it asked.
-    return {
-        "kind": DNS_QUERY, "service": service_of(r), "client": r["client_ip"],
-        "ts_us": r["query_ts_us"], "value_us": r["latency_us"], "status": 0,
-        "state": r["rcode"] or (r["error"] or ""), "retrans_data": 0, "data_packets": 0,
-        "zero_window": 0, "request": r["query_name"], "findings": 0,
-    }
+    latency = r["latency_us"]
+    return (DNS_QUERY, 0, 0, service_of(r), r["client_ip"], r["rcode"] or (r["error"] or ""),
+            0, r["query_ts_us"], -1 if latency is None else latency, 0, 0, 0)
 
 
-OBSERVE: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
+OBSERVE: dict[str, Callable[[dict[str, Any]], Row]] = {
     CONNECTIONS: _observe_connection,
     TRANSACTIONS: _observe_transaction,
     DNS: _observe_dns,
 }
+
+
+class _Pending:
+    """Rows for one observation partition, their texts interned."""
+
+    __slots__ = ("rows", "strings", "index")
+
+    def __init__(self) -> None:
+        self.rows: list[Row] = []
+        self.strings: list[str] = []
+        self.index: dict[str, int] = {}
+
+    def add(self, row: Row) -> None:
+        index = self.index
+        ids = []
+        for text in (row[3], row[4], row[5]):
+            i = index.get(text)
+            if i is None:
+                i = index[text] = len(self.strings)
+                self.strings.append(text)
+            ids.append(i)
+        self.rows.append((*row[:3], *ids, *row[6:]))
+
+
+def pack_rows(rows: list[Row]) -> bytes:
+    return np.array(rows, dtype=ROW_DTYPE).tobytes() if rows else b""
+
+
+def unpack_rows(batch: dict[str, Any]) -> list[tuple]:
+    """The rows of a batch as tuples (ROW_DTYPE order), text fields as str.
+    Raises ValueError on a batch whose rows do not fit its count or its strings."""
+    n = batch["count"]
+    if not n:
+        return []
+    arr = np.frombuffer(batch["rows"], dtype=ROW_DTYPE)
+    if len(arr) != n:
+        raise ValueError(f"{len(batch['rows'])} bytes of rows for {n} observations")
+    strings = batch["strings"]
+    cols = [arr[name].tolist() for name in ROW_FIELDS]
+    try:
+        for k in (3, 4, 5):
+            cols[k] = [strings[i] for i in cols[k]]
+    except IndexError:
+        raise ValueError("an observation refers to a string the batch does not have") from None
+    return list(zip(*cols, strict=True))
 
 
 class Observer:
@@ -93,7 +151,7 @@ class Observer:
         self.packet_partitions = packet_partitions
         self.partitions = partitions
         self.watermark = 0
-        self._items: list[list[dict[str, Any]]] = [[] for _ in range(partitions)]
+        self._pending = [_Pending() for _ in range(partitions)]
         self._sequence = [0] * partitions
         self._sent_watermark = [-1] * partitions
         self._partition_of: dict[str, int] = {}
@@ -104,14 +162,14 @@ class Observer:
         extract = OBSERVE.get(topic)
         if extract is None or not record.get("final", True):
             return  # interim connection records are not counted: the final one will be
-        obs = extract(record)
-        part = self._partition_of.get(obs["service"])
+        row = extract(record)
+        service = row[3]
+        part = self._partition_of.get(service)
         if part is None:
             if len(self._partition_of) > 100_000:
                 self._partition_of.clear()
-            part = self._partition_of[obs["service"]] = partition_for(
-                obs["service"].encode(), self.partitions)
-        self._items[part].append(obs)
+            part = self._partition_of[service] = partition_for(service.encode(), self.partitions)
+        self._pending[part].add(row)
         self.observed += 1
 
     def advance(self, ts_us: int) -> None:
@@ -121,8 +179,8 @@ class Observer:
 
     def flush(self, end_of_input: bool = False) -> None:
         for part in range(self.partitions):
-            items = self._items[part]
-            if (not items and not end_of_input
+            pending = self._pending[part]
+            if (not pending.rows and not end_of_input
                     and self.watermark - self._sent_watermark[part] < HEARTBEAT_US):
                 continue
             self.send(part, {
@@ -132,8 +190,10 @@ class Observer:
                 "sequence": self._sequence[part],
                 "watermark_ts_us": self.watermark,
                 "end_of_input": end_of_input,
-                "items": items,
+                "count": len(pending.rows),
+                "strings": pending.strings,
+                "rows": pack_rows(pending.rows),
             })
             self._sequence[part] += 1
             self._sent_watermark[part] = self.watermark
-            self._items[part] = []
+            self._pending[part] = _Pending()

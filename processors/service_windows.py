@@ -20,9 +20,9 @@ same windows as an uninterrupted run.
 
 from __future__ import annotations
 
-import base64
 import json
-import zlib
+import logging
+import struct
 from collections.abc import Callable, Iterable, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,8 +32,9 @@ from fastdigest import TDigest
 from wirestream.topics import ALERTS, SERVICE_METRICS
 
 from .detections import FINDINGS, Thresholds, detect, health_band
-from .observations import CONNECTION, DNS_QUERY, TRANSACTION
+from .observations import CONNECTION, DNS_QUERY, TRANSACTION, unpack_rows
 
+log = logging.getLogger(__name__)
 Emit = Callable[[str, str | None, dict[str, Any]], None]
 
 #: digest size: 1000 centroids keep P99 within ~0.2 % on 100k lognormal values
@@ -41,6 +42,7 @@ DIGEST_CENTROIDS = 1000
 #: per window, distinct recent (client, request) pairs followed for retry detection
 MAX_RETRY_KEYS = 20_000
 
+_STATE = struct.Struct("<II")  # window state: JSON length, handshake RTT digest length
 _CONNECTION_STATES = ("reset", "refused", "incomplete_handshake", "half_open")
 _COUNTS = ("connections", "requests", "errors_4xx", "errors_5xx", "status_429", "retrans_data",
            "data_packets", "zero_window_connections", "zero_windows", "no_response",
@@ -66,98 +68,106 @@ class Window:
         self.rtt = TDigest(max_centroids=DIGEST_CENTROIDS)
         self.latency = TDigest(max_centroids=DIGEST_CENTROIDS)
         self.clients: dict[str, dict[str, Any]] = {}
-        self.last_request: dict[str, int] = {}  # "client request" -> ts of its last sighting
+        self.last_request: dict[tuple[str, int], int] = {}  # (client, request crc) -> ts last seen
+        self.newest = 0  # latest request time seen
+        self.pruned_at = 0
 
-    def add(self, o: dict[str, Any], t: Thresholds) -> None:
+    def add(self, row: tuple, t: Thresholds) -> None:
+        """Add one observation (a ``processors.observations.ROW_DTYPE`` row)."""
+        (kind, findings, status, _service, client, state, request, ts, value,
+         retrans_data, data_packets, zero_window) = row
         c = self.counts
-        kind = o["kind"]
         if kind == TRANSACTION:
             c["requests"] += 1
-            status = o["status"]
-            client = self._client(o["client"])
             if 400 <= status < 500:
                 c["errors_4xx"] += 1
                 if status in (401, 403):
-                    client["auth_failures"] = client.get("auth_failures", 0) + 1
+                    self._bump(client, "auth_failures")
                 elif status == 429:
                     c["status_429"] += 1
-                    client["rate_limited"] = client.get("rate_limited", 0) + 1
+                    self._bump(client, "rate_limited")
             elif status >= 500:
                 c["errors_5xx"] += 1
-            if o["state"] == "no_response":
+            if state == "no_response":
                 c["no_response"] += 1
-            if o["value_us"] is not None and o["state"] != "no_response":
-                self.latency.update(float(o["value_us"]))
-            if o["findings"]:
+            elif value >= 0:
+                self.latency.update(float(value))
+            if findings:
                 for bit, name in FINDINGS:
-                    if o["findings"] & bit:
-                        client[name] = client.get(name, 0) + 1
-            key = str(zlib.crc32(f"{o['client']} {o['request']}".encode()))  # small state
+                    if findings & bit:
+                        self._bump(client, name)
+            if ts > self.newest:
+                self.newest = ts
+            key = (client, request)
             last = self.last_request.get(key)
-            if last is not None and 0 <= o["ts_us"] - last <= t.retry_interval_us:
-                client["retries"] = client.get("retries", 0) + 1
-                client.setdefault("retried_request", o["request"][:200])
+            if last is not None and 0 <= ts - last <= t.retry_interval_us:
+                self._bump(client, "retries")
             if last is not None or len(self.last_request) < MAX_RETRY_KEYS:
-                self.last_request[key] = o["ts_us"]
+                self.last_request[key] = ts
         elif kind == CONNECTION:
             c["connections"] += 1
-            c["retrans_data"] += o["retrans_data"]
-            c["data_packets"] += o["data_packets"]
-            if o["zero_window"]:
+            c["retrans_data"] += retrans_data
+            c["data_packets"] += data_packets
+            if zero_window:
                 c["zero_window_connections"] += 1
-                c["zero_windows"] += o["zero_window"]
-            if o["state"] in _CONNECTION_STATES:
-                c[o["state"]] += 1
-            if o["value_us"] is not None:
-                self.rtt.update(float(o["value_us"]))
+                c["zero_windows"] += zero_window
+            if state in _CONNECTION_STATES:
+                c[state] += 1
+            if value >= 0:
+                self.rtt.update(float(value))
         elif kind == DNS_QUERY:
             # A resolver's queries are its requests; an unanswered one has no latency.
             c["dns_queries"] += 1
             c["requests"] += 1
-            if o["value_us"] is None:
+            if value < 0:
                 c["no_response"] += 1
             else:
-                self.latency.update(float(o["value_us"]))
-            client = self._client(o["client"])
-            client["dns_queries"] = client.get("dns_queries", 0) + 1
-            if o["state"] == "NXDOMAIN":
-                client["nxdomain"] = client.get("nxdomain", 0) + 1
+                self.latency.update(float(value))
+            if state == "NXDOMAIN":
+                self._bump(client, "nxdomain")
 
-    def prune(self, t: Thresholds) -> None:
-        """Forget requests too old to be retried again: a window's state is written to
-        its changelog after every batch, so it must stay small. (Two intervals back, as
-        observations from different packet partitions arrive slightly out of order.)"""
-        if not self.last_request:
-            return
-        horizon = max(self.last_request.values()) - 2 * t.retry_interval_us
-        self.last_request = {k: ts for k, ts in self.last_request.items() if ts >= horizon}
-
-    def _client(self, ip: str) -> dict[str, Any]:
+    def _bump(self, ip: str, counter: str) -> dict[str, Any]:
+        """Count one of ``counter`` for client ``ip`` (clients with nothing to count are
+        not kept: the state is written after every batch)."""
         k = self.clients.get(ip)
         if k is None:
             k = self.clients[ip] = {}
+        k[counter] = k.get(counter, 0) + 1
         return k
 
-    # -- the store keeps bytes ---------------------------------------------------------
+    def prune(self, t: Thresholds) -> None:
+        """Forget requests too old to be retried again: once per retry interval of capture
+        time (amortised O(1) per request), keeping two intervals (observations from
+        different packet partitions arrive slightly out of order)."""
+        if self.newest - self.pruned_at < t.retry_interval_us:
+            return
+        horizon = self.newest - 2 * t.retry_interval_us
+        self.last_request = {k: ts for k, ts in self.last_request.items() if ts >= horizon}
+        self.pruned_at = self.newest
+
+    # -- the store keeps bytes: a small JSON part, then the two digests as fastdigest
+    # bytes. The recent requests for retry detection are not stored: they are many, they
+    # matter for a second, and after a restart retries are counted again from there.
 
     def dumps(self) -> bytes:
-        return json.dumps({
-            "start": self.start_us, "length": self.length_us, "offset": self.offset,
-            "counts": self.counts, "clients": self.clients, "last_request": self.last_request,
-            "rtt": base64.b64encode(self.rtt.to_bytes()).decode(),
-            "latency": base64.b64encode(self.latency.to_bytes()).decode(),
-        }, separators=(",", ":")).encode()
+        head = json.dumps({"start": self.start_us, "length": self.length_us, "offset": self.offset,
+                           "counts": self.counts, "clients": self.clients},
+                          separators=(",", ":")).encode()
+        rtt = self.rtt.to_bytes()
+        return b"".join((_STATE.pack(len(head), len(rtt)), head, rtt, self.latency.to_bytes()))
 
     @classmethod
     def loads(cls, data: bytes) -> Window:
-        d = json.loads(data)
+        n_head, n_rtt = _STATE.unpack_from(data)
+        pos = _STATE.size
+        d = json.loads(data[pos:pos + n_head])
+        pos += n_head
         w = cls(d["start"], d["length"])
         w.offset = d["offset"]
         w.counts.update(d["counts"])
         w.clients = d["clients"]
-        w.last_request = d["last_request"]
-        w.rtt = TDigest.from_bytes(base64.b64decode(d["rtt"]))
-        w.latency = TDigest.from_bytes(base64.b64decode(d["latency"]))
+        w.rtt = TDigest.from_bytes(data[pos:pos + n_rtt])
+        w.latency = TDigest.from_bytes(data[pos + n_rtt:])
         return w
 
     def record(self, source_id: str, service: str) -> dict[str, Any]:
@@ -205,13 +215,15 @@ class _Source:
         self.open: dict[str, int] = {}  # window key -> window start
         self.health: dict[str, str] = {}  # service -> band of its last window with data
         self.late = 0
+        self.malformed = 0
         self.emitted: dict[str, int] = {SERVICE_METRICS: 0, ALERTS: 0}
 
     def dumps(self) -> bytes:
         return json.dumps({
             "offset": self.offset, "partitions": self.partitions,
             "watermarks": self.watermarks, "done": sorted(self.done), "open": self.open,
-            "health": self.health, "late": self.late, "emitted": self.emitted,
+            "health": self.health, "late": self.late, "malformed": self.malformed,
+            "emitted": self.emitted,
         }, separators=(",", ":")).encode()
 
     @classmethod
@@ -222,6 +234,7 @@ class _Source:
         s.watermarks = {int(k): v for k, v in d["watermarks"].items()}
         s.done = set(d["done"])
         s.open, s.health, s.emitted = d["open"], d["health"], d["emitted"]
+        s.malformed = d.get("malformed", 0)
         return s
 
     def watermark(self) -> int | None:
@@ -242,6 +255,29 @@ class ServiceWindows:
         self.store = store
         self.emit = emit
         self.options = options or WindowOptions()
+        # Write-through copies of what is in the store, so that a batch does not parse
+        # its windows back from bytes. Cleared when partitions move (Faust rebalance).
+        self._windows: dict[str, Window] = {}
+        self._sources: dict[str, _Source] = {}
+
+    def clear_cache(self) -> None:
+        self._windows.clear()
+        self._sources.clear()
+
+    def _load_window(self, wkey: str) -> Window | None:
+        w = self._windows.get(wkey)
+        if w is None:
+            raw = self.store.get(wkey)
+            if raw is None:
+                return None
+            w = self._windows[wkey] = Window.loads(raw)
+        return w
+
+    def _forget(self, key: str) -> None:
+        self._windows.pop(key, None)
+        self._sources.pop(key, None)
+        if key in self.store:
+            del self.store[key]
 
     def handle(self, batch: dict[str, Any], partition: int, offset: int) -> dict[str, Any] | None:
         """Take in one observation batch read at ``partition``/``offset``. When it completes its source
@@ -249,8 +285,10 @@ class ServiceWindows:
         return a summary for its final stats report ({emitted, late}); else None."""
         source_id = batch["source_id"]
         skey = f"s|{source_id}|{partition}"  # offsets are per partition
-        raw = self.store.get(skey)
-        src = _Source.loads(raw) if raw is not None else _Source()
+        src = self._sources.get(skey)
+        if src is None:
+            raw = self.store.get(skey)
+            src = _Source.loads(raw) if raw is not None else _Source()
         if src.offset >= offset:
             return None  # read again after a restart: already applied
         opts = self.options
@@ -258,20 +296,28 @@ class ServiceWindows:
         src.partitions = batch["packet_partitions"]
         closed_before = self._close_point(src)
         touched: dict[str, Window] = {}
-        for o in batch["items"]:
-            start = o["ts_us"] - o["ts_us"] % length
+        try:
+            rows = unpack_rows(batch)
+        except ValueError as exc:  # damaged: its watermark and end of input still count
+            log.warning("observation batch %s/%d at offset %d: %s", source_id, partition, offset, exc)
+            src.malformed += 1
+            rows = []
+        for o in rows:
+            ts = o[7]
+            start = ts - ts % length
             if closed_before is not None and start + length <= closed_before:
                 src.late += 1
                 continue
-            wkey = f"w|{source_id}|{start}|{o['service']}"
+            wkey = f"w|{source_id}|{start}|{o[3]}"
             w = touched.get(wkey)
             if w is None:
-                raw_w = self.store.get(wkey)
-                if raw_w is None and wkey in src.open:
+                w = self._load_window(wkey)
+                if w is None and wkey in src.open:
                     # Open before this batch but no longer stored: emitted while this
                     # batch was first processed, before a restart. It has these items.
                     continue
-                w = Window.loads(raw_w) if raw_w is not None else Window(start, length)
+                if w is None:
+                    w = Window(start, length)
                 touched[wkey] = w
             if w.offset >= offset:
                 continue  # this window already took this batch in before a restart
@@ -286,6 +332,7 @@ class ServiceWindows:
                 w.offset = offset
                 w.prune(opts.thresholds)
                 self.store[wkey] = w.dumps()
+                self._windows[wkey] = w
         if src.finished():
             closing = list(src.open.items())
         else:
@@ -297,10 +344,11 @@ class ServiceWindows:
             self._emit_window(source_id, src, wkey, touched)
         src.offset = offset
         if src.finished():
-            if skey in self.store:
-                del self.store[skey]
-            return {"emitted": dict(src.emitted), "late_observations": src.late}
+            self._forget(skey)
+            return {"emitted": dict(src.emitted), "late_observations": src.late,
+                    "malformed_observation_batches": src.malformed}
         self.store[skey] = src.dumps()
+        self._sources[skey] = src
         return None
 
     def _close_point(self, src: _Source) -> int | None:
@@ -310,13 +358,10 @@ class ServiceWindows:
 
     def _emit_window(self, source_id: str, src: _Source, wkey: str,
                      touched: dict[str, Window]) -> None:
-        w = touched.get(wkey)
-        if w is None:
-            raw = self.store.get(wkey)
-            if raw is None:  # already emitted (and deleted) before a restart
-                del src.open[wkey]
-                return
-            w = Window.loads(raw)
+        w = touched.get(wkey) or self._load_window(wkey)
+        if w is None:  # already emitted (and deleted) before a restart
+            del src.open[wkey]
+            return
         service = wkey.split("|", 3)[3]
         self.emit(SERVICE_METRICS, service, w.record(source_id, service))
         src.emitted[SERVICE_METRICS] += 1
@@ -327,8 +372,7 @@ class ServiceWindows:
         if w.counts["data_packets"] >= self.options.thresholds.retrans_min_data_packets:
             src.health[service] = health_band(w.counts["retrans_data"] / w.counts["data_packets"])
         del src.open[wkey]
-        if wkey in self.store:
-            del self.store[wkey]
+        self._forget(wkey)
 
 
 @dataclass

@@ -94,11 +94,14 @@ def analyze(
         source_ids: dict[str, ReplayResult] = {}
         partitions = partition_count(rt.bootstrap, PACKETS)
         observation_partitions = partition_count(rt.bootstrap, OBSERVATIONS) if settings.windows else 0
-        rt.start_workers(
-            workers or default_workers(partitions),
-            group=f"wirestream-analyze-{run_id}",
-            extra_args=["--only-source-prefix", run_id, *worker_settings.worker_args()],
-        )
+        common = ["--only-source-prefix", run_id, *worker_settings.worker_args()]
+        rt.start_workers(workers or default_workers(partitions), group=f"wirestream-analyze-{run_id}",
+                         extra_args=["--role", "packets", *common])
+        if settings.windows:
+            # One process for the windows (they are light), apart from the packet workers:
+            # see processors.app.create_app.
+            rt.start_workers(1, group=f"wirestream-analyze-{run_id}-windows",
+                             extra_args=["--role", "windows", *common])
         for i, path in enumerate(paths):
             source_id = f"{run_id}-{i}"
             publisher = PacketBatchPublisher(rt.bootstrap, rt.codec, partitions, source_id, path)

@@ -136,6 +136,10 @@ wire.service-metrics and detections on wire.alerts; counters on wire.stats. Star
 several with the same --group to share the partitions.""",
     )
     p.add_argument("--group", default=defaults.group, help="consumer group / Faust app id (default: %(default)s)")
+    p.add_argument("--role", choices=("all", "packets", "windows"), default="all",
+                   help="packets: the packet processors only; windows: the per-service windows "
+                        "only (give it a --group of its own); all: both in one process "
+                        "(default: %(default)s)")
     p.add_argument("--idle-timeout", type=float, default=defaults.idle_timeout_s, metavar="SECONDS",
                    help="idle timeout in capture time (default: %(default)s)")
     p.add_argument("--interim", type=float, default=0.0, metavar="SECONDS",
@@ -392,14 +396,15 @@ def cmd_process(args: argparse.Namespace) -> int:
     l7 = (L7Options(redact=args.redact, body_cap=args.body_cap, response_body_cap=args.response_body_cap)
           if args.l7 else None)
     observation_partitions = partition_count(args.bootstrap, OBSERVATIONS)
-    # Faust does not create topics here (topic_allow_declare=False): the windows' changelog
-    # is ours to create, with one partition per observation partition.
-    ensure_topics(args.bootstrap, [changelog_topic(args.group)], observation_partitions)
+    if args.role != "packets":
+        # Faust does not create topics here (topic_allow_declare=False): the windows'
+        # changelog is ours to create, with one partition per observation partition.
+        ensure_topics(args.bootstrap, [changelog_topic(args.group)], observation_partitions)
     app = create_app(args.bootstrap, args.registry, group=args.group, idle_timeout_s=args.idle_timeout,
                      interim_s=args.interim, source_prefix=args.only_source_prefix, l7_options=l7,
                      packet_partitions=partition_count(args.bootstrap, PACKETS),
                      observation_partitions=observation_partitions,
-                     window_options=_window_options(args), windows=args.windows)
+                     window_options=_window_options(args), windows=args.windows, role=args.role)
     run_worker(app, loglevel=args.loglevel)
     return EXIT_OK
 

@@ -77,7 +77,8 @@ class Runtime:
 
     def start_workers(self, count: int, group: str, extra_args: list[str] | None = None) -> None:
         """Start ``count`` processor worker processes (``wirestream process``) in one group."""
-        for i in range(count):
+        for _ in range(count):
+            i = len(self.workers)
             log = open(self.workdir / f"worker-{i}.log", "wb")  # noqa: SIM115
             cmd = [
                 sys.executable, "-m", "wirestream", "process",
