@@ -59,7 +59,9 @@ def create_app(
     ``windows=False``: packet workers send no observations."""
     if role not in ROLES:
         raise ValueError(f"role must be one of {', '.join(ROLES)}, not {role!r}")
-    faust_transport.register()
+    # The windows take batches and emit per window: a fetch may wait longer, which saves
+    # the broker a request per partition every 50 ms (docs/embedded-broker.md).
+    faust_transport.register(max(faust_transport.FETCH_MAX_WAIT_MS, 500) if role == "windows" else None)
     # Faust makes a data directory even for memory tables: not in the current directory,
     # but in the work directory of the command that started us, or a temporary one.
     datadir = os.environ.get(DATADIR_ENV) or tempfile.mkdtemp(prefix="wirestream-faust-")

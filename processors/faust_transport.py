@@ -22,7 +22,7 @@ SCHEME = "wirestream"
 class ShortFetchConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
     def _create_worker_consumer(self, transport: Any) -> Any:
         consumer = super()._create_worker_consumer(transport)
-        consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS  # read by aiokafka's Fetcher at start()
+        consumer._fetch_max_wait_ms = fetch_wait_ms  # read by aiokafka's Fetcher at start()
         return consumer
 
 
@@ -35,6 +35,13 @@ class Transport(faust_aiokafka.Transport):
     Consumer = ShortFetchConsumer
 
 
-def register() -> None:
-    """Make ``wirestream://host:port`` broker URLs resolve to this transport."""
+#: the wait this process's consumers use (see :func:`register`)
+fetch_wait_ms = FETCH_MAX_WAIT_MS
+
+
+def register(wait_ms: int | None = None) -> None:
+    """Make ``wirestream://host:port`` broker URLs resolve to this transport, whose
+    consumers wait up to ``wait_ms`` (default :data:`FETCH_MAX_WAIT_MS`) per fetch."""
+    global fetch_wait_ms
+    fetch_wait_ms = FETCH_MAX_WAIT_MS if wait_ms is None else wait_ms
     drivers.TRANSPORTS.aliases[SCHEME] = f"{__name__}:Transport"

@@ -28,9 +28,11 @@ CONNECTION, TRANSACTION, DNS_QUERY = 0, 1, 2
 # findings bits (see schemas/observation_batch.avsc)
 BASIC_CREDENTIALS, BEARER_TOKEN, PASSWORD_IN_FORM, CARD_NUMBER, OTHER_PII = 1, 2, 4, 8, 16
 
-#: Send a batch with no items to a partition when the watermark moved this much since
-#: the last batch sent there: event time must advance everywhere, but not for free.
+#: Send what is pending for a partition (if anything, else an empty batch: event time
+#: must advance everywhere) when the watermark moved this much since the last batch
+#: sent there, or when this many rows are waiting.
 HEARTBEAT_US = 1_000_000
+FLUSH_ROWS = 4096
 
 Send = Callable[[int, dict[str, Any]], None]  # (observation partition, batch record)
 
@@ -141,7 +143,8 @@ def unpack_rows(batch: dict[str, Any]) -> list[tuple]:
 
 class Observer:
     """Batches the observations of one (source, packet partition) per observation
-    partition; :meth:`flush` after each processed packet batch."""
+    partition; call :meth:`flush` after each processed packet batch (it sends when a
+    batch is worth sending) and with ``end_of_input`` at the end."""
 
     def __init__(self, send: Send, source_id: str, packet_partition: int, packet_partitions: int,
                  partitions: int) -> None:
@@ -180,7 +183,9 @@ class Observer:
     def flush(self, end_of_input: bool = False) -> None:
         for part in range(self.partitions):
             pending = self._pending[part]
-            if (not pending.rows and not end_of_input
+            # Not after every packet batch: each message costs the windows two table
+            # writes. Enough rows, a second of capture time, or the end.
+            if (not end_of_input and len(pending.rows) < FLUSH_ROWS
                     and self.watermark - self._sent_watermark[part] < HEARTBEAT_US):
                 continue
             self.send(part, {
