@@ -167,8 +167,9 @@ def test_body_findings() -> None:
     assert body_findings(b"user=a&password=", form) == 0  # an empty password is not one
     assert body_findings(b'{"pass": "x"}', "application/json") == PASSWORD
     assert body_findings(b"pay 4111 1111 1111 1111 now", "text/plain") == CARD
-    assert body_findings(b"ssn 078-05-1120", "text/plain") == SSN
-    assert body_findings(b"ssn 000-12-3456 666-12-3456", "text/plain") == 0
+    assert body_findings(b"name=x&ssn=078-05-1120", form) == SSN
+    assert body_findings(b"ssn=000-12-3456&b=666-12-3456", form) == 0
+    assert body_findings(b"ssn 078-05-1120", "text/html") == 0  # only typed-in (form/JSON) bodies
     assert body_findings(b"4111111111111111", "image/png") == 0
 
 
