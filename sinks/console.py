@@ -166,7 +166,7 @@ def print_services(records: dict[str, list[dict[str, Any]]], top: int, console: 
     if services:
         table = Table(title=f"Services, busiest first (top {min(top, len(services))} of {len(services):,}; "
                             "percentiles from the merged t-digests of their windows)")
-        for col in ("service", "windows", "conns", "requests", "4xx", "5xx", "429",
+        for col in ("service", "windows", "conns", "requests", "4xx", "5xx", "429", "error rate",
                     "handshake p50/p90/p99", "latency p50/p90/p99", "worst health"):
             table.add_column(col, justify="left" if col in ("service", "worst health") else "right")
         colour = {"healthy": "green", "degraded": "yellow", "severe": "red"}
@@ -175,6 +175,7 @@ def print_services(records: dict[str, list[dict[str, Any]]], top: int, console: 
             table.add_row(
                 s.service, str(s.windows), f"{s.connections:,}", f"{s.requests:,}",
                 f"{s.errors_4xx:,}", f"{s.errors_5xx:,}", f"{s.status_429:,}",
+                f"{(s.errors_4xx + s.errors_5xx) / s.requests:.1%}" if s.requests else "-",
                 "/".join(_us(rtt[k]) for k in ("p50", "p90", "p99")),
                 "/".join(_us(lat[k]) for k in ("p50", "p90", "p99")),
                 f"[{colour.get(s.worst_health, 'white')}]{s.worst_health}[/]",
