@@ -280,9 +280,10 @@ class ServiceWindows:
             del self.store[key]
 
     def handle(self, batch: dict[str, Any], partition: int, offset: int) -> dict[str, Any] | None:
-        """Take in one observation batch read at ``partition``/``offset``. When it completes its source
-        (every packet partition has sent end of input), flush that source's windows and
-        return a summary for its final stats report ({emitted, late}); else None."""
+        """Take in one observation batch read at ``partition``/``offset``. When it
+        completes its source (every packet partition has sent end of input), flush that
+        source's windows and return what its final stats report needs (``emitted`` per
+        topic, ``late_observations``, ``malformed_observation_batches``); else None."""
         source_id = batch["source_id"]
         skey = f"s|{source_id}|{partition}"  # offsets are per partition
         src = self._sources.get(skey)
