@@ -9,7 +9,6 @@ from typing import Any
 
 import pytest
 from test_windows_restart import observation_batches
-
 from wirestream.processors.service_windows import ServiceWindows, WindowOptions
 
 
