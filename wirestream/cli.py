@@ -175,6 +175,16 @@ examples:
                    help="stop reading after this long without a new record (default: %(default)s)")
     _add_kafka_args(p, defaults)
 
+    # doctor -------------------------------------------------------------------------
+    p = sub.add_parser(
+        "doctor", help="what this machine offers for live capture (eBPF, AF_PACKET), and why not",
+        description="Check the kernel (BTF, tracefs), bcc, kernel headers, capabilities and raw "
+                    "sockets, one line each with what to fix, then say which capture modes work. "
+                    "By default it proves eBPF by compiling and loading a tiny socket filter.",
+    )
+    p.add_argument("--no-probe", action="store_true", help="do not compile and load a test BPF program")
+    p.add_argument("--json", action="store_true", help="print JSON")
+
     # tail ---------------------------------------------------------------------------
     p = sub.add_parser("tail", help="decode a topic and print JSON lines",
                        description="Decode a wirestream topic (Avro, Confluent wire format) and print one "
@@ -457,6 +467,21 @@ def cmd_percentiles(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from wirestream.doctor import diagnose
+
+    report = diagnose(probe=not args.no_probe)
+    if args.json:
+        print(json.dumps(report.as_dict(), indent=2))
+        return EXIT_OK
+    for c in report.checks:
+        print(f"{'ok ' if c.ok else 'NO '} {c.name:15} {c.detail}")
+    print()
+    for name, mode in report.as_dict()["capture_modes"].items():  # type: ignore[union-attr]
+        print(f"{name:19} {'available' if mode['available'] else 'unavailable: ' + mode['reason']}")
+    return EXIT_OK
+
+
 def cmd_tail(args: argparse.Namespace) -> int:
     from wirestream.broker import check_reachable
     from wirestream.codec import AvroCodec
@@ -495,5 +520,6 @@ _COMMANDS = {
     "produce": cmd_produce,
     "process": cmd_process,
     "percentiles": cmd_percentiles,
+    "doctor": cmd_doctor,
     "tail": cmd_tail,
 }

@@ -1,0 +1,181 @@
+"""``wirestream doctor``: what this machine offers for live capture, and why not.
+
+Live capture (issue 6) has two paths: eBPF through bcc (packets and socket/TCP
+tracepoints with process identity) and plain AF_PACKET (packets only). Each needs
+something of the kernel, the packages and the privileges; this module checks every
+requirement separately and says, in one line each, what is missing and how to fix it.
+
+Facts about bcc on these machines (docs/capture.md, scripts/bcc-headers): Debian's ``python3-bpfcc`` is pure
+Python over ``libbcc``, installed for Debian's own Python, so it is loaded here from its
+directory without putting the rest of Debian's dist-packages on the path; it compiles
+programs with kernel headers (``BCC_KERNEL_SOURCE`` or ``/lib/modules/$(uname -r)/build``)
+even when BTF is present; tracepoint programs need tracefs mounted.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import platform
+import shutil
+import socket
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+
+DEBIAN_BCC = Path("/usr/lib/python3/dist-packages/bcc")
+TRACEFS = Path("/sys/kernel/tracing")
+#: where scripts/bcc-headers puts a merged header tree
+HEADERS_DIR = Path("/var/lib/wirestream/kernel-headers")
+BTF = Path("/sys/kernel/btf/vmlinux")
+
+#: Linux capability numbers (include/uapi/linux/capability.h)
+CAPABILITIES = {"CAP_NET_ADMIN": 12, "CAP_NET_RAW": 13, "CAP_SYS_ADMIN": 21, "CAP_PERFMON": 38,
+                "CAP_BPF": 39}
+
+
+@dataclass
+class Check:
+    name: str
+    ok: bool
+    detail: str
+
+
+@dataclass
+class Report:
+    checks: list[Check] = field(default_factory=list)
+    ebpf: bool = False
+    ebpf_reason: str = ""
+    socket_events: bool = False
+    socket_events_reason: str = ""
+    af_packet: bool = False
+    af_packet_reason: str = ""
+
+    def add(self, name: str, ok: bool, detail: str) -> bool:
+        self.checks.append(Check(name, ok, detail))
+        return ok
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "checks": [c.__dict__ for c in self.checks],
+            "capture_modes": {
+                "ebpf_packets": {"available": self.ebpf, "reason": self.ebpf_reason},
+                "ebpf_socket_events": {"available": self.socket_events, "reason": self.socket_events_reason},
+                "af_packet": {"available": self.af_packet, "reason": self.af_packet_reason},
+            },
+        }
+
+
+def load_bcc() -> ModuleType:
+    """Import bcc: the installed one if this Python has it, else Debian's, from its own
+    directory only. Raises ImportError saying which package to install."""
+    try:
+        import bcc  # type: ignore[import-not-found]
+
+        return bcc  # type: ignore[no-any-return]
+    except ImportError:
+        pass
+    init = DEBIAN_BCC / "__init__.py"
+    if not init.exists():
+        raise ImportError("bcc is not installed (Debian: apt-get install python3-bpfcc bpfcc-tools)")
+    spec = importlib.util.spec_from_file_location("bcc", init, submodule_search_locations=[str(DEBIAN_BCC)])
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load bcc from {DEBIAN_BCC}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["bcc"] = module
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:  # libbcc.so missing, ABI mismatch: any reason is a reason
+        del sys.modules["bcc"]
+        raise ImportError(f"bcc from {DEBIAN_BCC} does not load: {exc}") from None
+    return module
+
+
+def kernel_headers() -> Path | None:
+    """The kernel header tree bcc will compile against, if there is one:
+    ``BCC_KERNEL_SOURCE``, the running kernel's build tree, or the tree
+    ``scripts/bcc-headers`` made (then exported as ``BCC_KERNEL_SOURCE`` for bcc)."""
+    env = os.environ.get("BCC_KERNEL_SOURCE")
+    if env:
+        return Path(env) if (Path(env) / "include").is_dir() else None
+    build = Path("/lib/modules") / platform.release() / "build"
+    if (build / "include").is_dir():
+        return build
+    if (HEADERS_DIR / "include").is_dir():
+        os.environ["BCC_KERNEL_SOURCE"] = str(HEADERS_DIR)
+        return HEADERS_DIR
+    return None
+
+
+def effective_capabilities() -> set[str]:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("CapEff:"):
+                bits = int(line.split()[1], 16)
+                return {name for name, bit in CAPABILITIES.items() if bits >> bit & 1}
+    except OSError:
+        pass
+    return set()
+
+
+BPF_PROBE = b"int count(struct __sk_buff *skb) { return 0; }"  # bcc wants bytes
+
+
+def diagnose(probe: bool = True) -> Report:
+    """Check everything; with ``probe``, also compile and load a tiny socket filter (the
+    only proof that eBPF really works here; ~1 s of clang)."""
+    r = Report()
+    r.add("kernel", True, f"Linux {platform.release()} ({platform.machine()})")
+    caps = effective_capabilities()
+    privileged = r.add(
+        "privileges", bool(caps & {"CAP_NET_RAW"}),
+        ("effective capabilities: " + ", ".join(sorted(caps))) if caps else
+        "no capabilities: run as root, or grant CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN, CAP_NET_RAW")
+    r.add("btf", BTF.exists(), f"{BTF} {'present' if BTF.exists() else 'absent'}")
+    tracefs = (TRACEFS / "events").is_dir()
+    r.add("tracefs", tracefs, f"{TRACEFS} mounted" if tracefs else
+          f"{TRACEFS} not mounted (mount -t tracefs tracefs {TRACEFS}); needed for socket events")
+    try:
+        bcc = load_bcc()
+        have_bcc = r.add("bcc", True, f"bcc {getattr(bcc, '__version__', '?')} from {Path(bcc.__file__).parent}")
+    except ImportError as exc:
+        bcc = None
+        have_bcc = r.add("bcc", False, str(exc))
+    headers = kernel_headers()
+    r.add("kernel headers", headers is not None,
+          f"{headers}" if headers else
+          f"none for {platform.release()}: run scripts/bcc-headers, or set BCC_KERNEL_SOURCE "
+          "to a header tree (docs/capture.md)")
+    ebpf_caps = bool(caps & {"CAP_BPF", "CAP_SYS_ADMIN"}) and bool(caps & {"CAP_PERFMON", "CAP_SYS_ADMIN"})
+    if not have_bcc:
+        r.ebpf_reason = "bcc is not installed"
+    elif headers is None:
+        r.ebpf_reason = "no kernel headers for bcc to compile against"
+    elif not ebpf_caps:
+        r.ebpf_reason = "needs CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN)"
+    elif probe and bcc is not None:
+        try:
+            b = bcc.BPF(text=BPF_PROBE)
+            b.load_func(b"count", bcc.BPF.SOCKET_FILTER)
+            b.cleanup()
+            r.add("ebpf probe", True, "compiled and loaded a socket filter")
+        except Exception as exc:
+            r.add("ebpf probe", False, f"a socket filter does not load: {str(exc).splitlines()[0]}")
+            r.ebpf_reason = "a socket filter does not compile or load"
+    r.ebpf = not r.ebpf_reason
+    if r.ebpf and not tracefs:
+        r.socket_events_reason = "tracefs is not mounted"
+    elif not r.ebpf:
+        r.socket_events_reason = r.ebpf_reason
+    r.socket_events = r.ebpf and tracefs
+    try:
+        s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.ntohs(3))
+        s.close()
+        r.af_packet = r.add("af_packet", True, "a raw packet socket opens")
+    except (PermissionError, OSError) as exc:
+        r.add("af_packet", False, f"a raw packet socket does not open: {exc}")
+        r.af_packet_reason = "needs CAP_NET_RAW" if not privileged else str(exc)
+    r.add("netns tools", shutil.which("ip") is not None,
+          "ip (iproute2) found" if shutil.which("ip") else "ip (iproute2) not found: no --netns capture")
+    return r
