@@ -45,6 +45,15 @@ def test_ebpf_verdict_is_proven_by_loading_a_program() -> None:
                                  "a socket filter does not compile or load")
 
 
+def test_socket_events_verdict_is_proven_by_attaching_a_tracepoint() -> None:
+    r = diagnose(probe=True)
+    checks = {c.name: c for c in r.checks}
+    if r.socket_events:
+        assert checks["tracepoints"].ok and checks["tracepoint probe"].ok
+    else:
+        assert r.socket_events_reason
+
+
 def test_missing_headers_are_named(tmp_path) -> None:
     env = dict(os.environ, BCC_KERNEL_SOURCE=str(tmp_path / "nowhere"))
     proc = doctor("--no-probe", env=env)

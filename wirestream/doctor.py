@@ -26,6 +26,8 @@ from types import ModuleType
 
 DEBIAN_BCC = Path("/usr/lib/python3/dist-packages/bcc")
 TRACEFS = Path("/sys/kernel/tracing")
+#: the tracepoints socket events are read from
+TRACEPOINTS = ("sock/inet_sock_set_state", "tcp/tcp_retransmit_skb")
 #: where scripts/bcc-headers puts a merged header tree
 HEADERS_DIR = Path("/var/lib/wirestream/kernel-headers")
 BTF = Path("/sys/kernel/btf/vmlinux")
@@ -120,6 +122,7 @@ def effective_capabilities() -> set[str]:
 
 
 BPF_PROBE = b"int count(struct __sk_buff *skb) { return 0; }"  # bcc wants bytes
+TRACEPOINT_PROBE = b"TRACEPOINT_PROBE(sock, inet_sock_set_state) { return 0; }"
 
 
 def diagnose(probe: bool = True) -> Report:
@@ -136,6 +139,11 @@ def diagnose(probe: bool = True) -> Report:
     tracefs = (TRACEFS / "events").is_dir()
     r.add("tracefs", tracefs, f"{TRACEFS} mounted" if tracefs else
           f"{TRACEFS} not mounted (mount -t tracefs tracefs {TRACEFS}); needed for socket events")
+    if tracefs:
+        missing = [t for t in TRACEPOINTS if not (TRACEFS / "events" / t).is_dir()]
+        tracefs = r.add("tracepoints", not missing,
+                        "missing: " + ", ".join(missing) if missing else
+                        ", ".join(t.replace("/", ":") for t in TRACEPOINTS))
     try:
         bcc = load_bcc()
         have_bcc = r.add("bcc", True, f"bcc {getattr(bcc, '__version__', '?')} from {Path(bcc.__file__).parent}")
@@ -165,9 +173,18 @@ def diagnose(probe: bool = True) -> Report:
             r.ebpf_reason = "a socket filter does not compile or load"
     r.ebpf = not r.ebpf_reason
     if r.ebpf and not tracefs:
-        r.socket_events_reason = "tracefs is not mounted"
+        r.socket_events_reason = "tracefs is not mounted, or lacks the socket tracepoints"
     elif not r.ebpf:
         r.socket_events_reason = r.ebpf_reason
+    if r.ebpf and tracefs and probe and bcc is not None:
+        try:
+            b = bcc.BPF(text=TRACEPOINT_PROBE)  # attaches as it loads
+            b.cleanup()
+            r.add("tracepoint probe", True, "compiled and attached a sock:inet_sock_set_state program")
+        except Exception as exc:
+            r.add("tracepoint probe", False, f"a tracepoint program does not load: {str(exc).splitlines()[0]}")
+            r.socket_events_reason = "a tracepoint program does not compile or attach"
+            tracefs = False
     r.socket_events = r.ebpf and tracefs
     try:
         s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.ntohs(3))
