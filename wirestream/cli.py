@@ -388,16 +388,24 @@ def cmd_produce(args: argparse.Namespace) -> int:
     return EXIT_ERROR if failed else EXIT_OK
 
 
-def cmd_process(args: argparse.Namespace) -> int:
-    from wirestream.processors.app import create_app, run_worker
-
+def _kafka_given(args: argparse.Namespace, command: str, hint: str = "") -> bool:
+    """For commands that need an existing Kafka and registry: False (after saying so)
+    when they were not given; else True once the broker answers (BrokerUnreachable if not)."""
     if not args.bootstrap or not args.registry:
-        print("wirestream: error: process needs --bootstrap and --registry (or WIRESTREAM_BOOTSTRAP and "
-              "WIRESTREAM_REGISTRY); start them with 'wirestream broker'", file=sys.stderr)
-        return EXIT_USAGE
+        print(f"wirestream: error: {command} needs --bootstrap and --registry (or WIRESTREAM_BOOTSTRAP and "
+              f"WIRESTREAM_REGISTRY){hint}", file=sys.stderr)
+        return False
     from wirestream.broker import check_reachable
 
     check_reachable(args.bootstrap)
+    return True
+
+
+def cmd_process(args: argparse.Namespace) -> int:
+    from wirestream.processors.app import create_app, run_worker
+
+    if not _kafka_given(args, "process", "; start them with 'wirestream broker'"):
+        return EXIT_USAGE
     from wirestream.broker import ensure_topics, partition_count
     from wirestream.processors.app import changelog_topic
     from wirestream.processors.l7.base import L7Options
@@ -420,17 +428,13 @@ def cmd_process(args: argparse.Namespace) -> int:
 
 
 def cmd_percentiles(args: argparse.Namespace) -> int:
-    from wirestream.broker import check_reachable
     from wirestream.codec import AvroCodec
     from wirestream.processors.service_windows import merge_windows
     from wirestream.reader import TopicReader
     from wirestream.topics import SERVICE_METRICS
 
-    if not args.bootstrap or not args.registry:
-        print("wirestream: error: percentiles needs --bootstrap and --registry (or WIRESTREAM_BOOTSTRAP "
-              "and WIRESTREAM_REGISTRY)", file=sys.stderr)
+    if not _kafka_given(args, "percentiles"):
         return EXIT_USAGE
-    check_reachable(args.bootstrap)
     records = []
     last = time.monotonic()
     with TopicReader(args.bootstrap, AvroCodec(args.registry), [SERVICE_METRICS], "beginning") as r:
@@ -483,16 +487,12 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def cmd_tail(args: argparse.Namespace) -> int:
-    from wirestream.broker import check_reachable
     from wirestream.codec import AvroCodec
     from wirestream.reader import TopicReader
     from wirestream.sinks.jsonl import to_json_line
 
-    if not args.bootstrap or not args.registry:
-        print("wirestream: error: tail needs --bootstrap and --registry (or WIRESTREAM_BOOTSTRAP and "
-              "WIRESTREAM_REGISTRY)", file=sys.stderr)
+    if not _kafka_given(args, "tail"):
         return EXIT_USAGE
-    check_reachable(args.bootstrap)
     codec = AvroCodec(args.registry)
     count = 0
     last = time.monotonic()
