@@ -21,7 +21,7 @@ import struct
 from collections.abc import Callable
 from typing import Any
 
-from wirestream.avro_writer import UnsupportedSchema
+from wirestream.avro_writer import CodeBuilder, UnsupportedSchema
 
 Reader = Callable[[bytes, int], dict[str, Any]]
 
@@ -57,18 +57,7 @@ def read_length(buf: bytes, pos: int) -> tuple[int, int]:
     return n, pos
 
 
-class _Compiler:
-    def __init__(self) -> None:
-        self.lines: list[str] = []
-        self.n = 0
-
-    def var(self, prefix: str) -> str:
-        self.n += 1
-        return f"{prefix}{self.n}"
-
-    def emit(self, indent: int, line: str) -> None:
-        self.lines.append("    " * indent + line)
-
+class _Compiler(CodeBuilder):
     def long(self, target: str, indent: int) -> None:
         # One byte holds -64..63: most counts, lengths, ports and statuses below 64.
         self.emit(indent, "b = buf[pos]")

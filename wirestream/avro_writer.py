@@ -57,23 +57,31 @@ def zigzag(n: int) -> bytes:
     return bytes(out)
 
 
-class _Compiler:
+class CodeBuilder:
+    """Lines of generated Python with fresh variable names: the part the compiled writer
+    and the compiled reader (``wirestream.avro_reader``) share."""
+
     def __init__(self) -> None:
         self.lines: list[str] = []
-        self.consts: dict[str, Any] = {}
         self.n = 0
 
     def var(self, prefix: str) -> str:
         self.n += 1
         return f"{prefix}{self.n}"
 
+    def emit(self, indent: int, line: str) -> None:
+        self.lines.append("    " * indent + line)
+
+
+class _Compiler(CodeBuilder):
+    def __init__(self) -> None:
+        super().__init__()
+        self.consts: dict[str, Any] = {}
+
     def const(self, value: Any) -> str:
         name = self.var("_c")
         self.consts[name] = value
         return name
-
-    def emit(self, indent: int, line: str) -> None:
-        self.lines.append("    " * indent + line)
 
     def value(self, schema: Any, expr: str, indent: int) -> None:
         """Lines that append the encoding of ``expr`` (of type ``schema``) to ``out``."""
