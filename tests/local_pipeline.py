@@ -7,6 +7,7 @@ same code through the real broker (tests/test_analyze_e2e.py).
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterator
 
 import numpy as np
 from wirestream.processors.connection_tracker import ConnectionTracker
@@ -22,14 +23,21 @@ from wirestream.packet_block import PACKET_DTYPE, PROTO_UDP, pack_header
 from wirestream.topics import CONNECTIONS
 
 
-def packet_headers(path: str) -> np.ndarray:
+def decoded_packets(path: str) -> Iterator[tuple[tuple, bytes]]:
+    """(header fields, payload) of every TCP/UDP packet of a capture, as the pcap producer
+    decodes them (``producers.decode`` field order)."""
     decoder = FrameDecoder()
-    packed = bytearray()
     with open_capture(path) as reader:
         for f in reader:
             d = decoder.decode(f.linktype, f.data, f.ts_us, f.orig_len, f.number)
             if d is not None:
-                packed += pack_header(d[0], 0, 0)
+                yield d
+
+
+def packet_headers(path: str) -> np.ndarray:
+    packed = bytearray()
+    for fields, _payload in decoded_packets(path):
+        packed += pack_header(fields, 0, 0)
     return np.frombuffer(bytes(packed), dtype=PACKET_DTYPE)
 
 
@@ -45,22 +53,17 @@ def local_connections(path: str, batch: int = 64, **tracker_args: int) -> list[d
 
 def packet_batches(path: str, batch: int = 64, snaplen: int = 65535):
     """(headers, payloads) batches of a capture, as the pcap producer publishes them."""
-    decoder = FrameDecoder()
     packed = bytearray()
     blob = bytearray()
     n = 0
-    with open_capture(path) as reader:
-        for f in reader:
-            d = decoder.decode(f.linktype, f.data, f.ts_us, f.orig_len, f.number)
-            if d is None:
-                continue
-            payload = d[1][:snaplen]
-            packed += pack_header(d[0], len(blob), len(payload))
-            blob += payload
-            n += 1
-            if n == batch:
-                yield np.frombuffer(bytes(packed), dtype=PACKET_DTYPE), bytes(blob)
-                packed, blob, n = bytearray(), bytearray(), 0
+    for fields, payload in decoded_packets(path):
+        payload = payload[:snaplen]
+        packed += pack_header(fields, len(blob), len(payload))
+        blob += payload
+        n += 1
+        if n == batch:
+            yield np.frombuffer(bytes(packed), dtype=PACKET_DTYPE), bytes(blob)
+            packed, blob, n = bytearray(), bytearray(), 0
     if n:
         yield np.frombuffer(bytes(packed), dtype=PACKET_DTYPE), bytes(blob)
 

@@ -37,6 +37,7 @@ import pytest
 from conftest import real_captures, requires_tshark
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from local_pipeline import decoded_packets
 from wirestream.processors.l7.base import L7Options, StreamContext
 from wirestream.processors.l7.dns import (
     MAX_NAME_WIRE,
@@ -49,8 +50,6 @@ from wirestream.processors.l7.dns import (
     rcode_name,
     type_name,
 )
-from wirestream.producers.capture_file import open_capture
-from wirestream.producers.decode import FrameDecoder
 from wirestream.schemas import schema_text
 
 from wirestream.packet_block import ip_text
@@ -705,32 +704,26 @@ def run_capture(path: str, **options: Any) -> tuple[list[dict[str, Any]], Counte
     """The matcher over one capture: UDP from the decoder, TCP per stream in frame order."""
     m, sink, stats = make_matcher(**options)
     skip = tshark_frames(path)[1]
-    decoder = FrameDecoder()
     streams: dict[frozenset, tuple[DnsTcpAnalyzer, tuple[str, int]]] = {}
     ts = 0
-    with open_capture(path) as cap:
-        for f in cap:
-            out = decoder.decode(f.linktype, f.data, f.ts_us, f.orig_len, f.number)
-            if out is None:
-                continue
-            fields, payload = out
-            ts, number = fields[0], fields[1]
-            sport, dport, version, proto = fields[8], fields[9], fields[12], fields[13]
-            src, dst = ip_text(fields[6], version), ip_text(fields[7], version)
-            if proto == 17 and is_dns_port(sport, dport):
-                m.on_datagram(ts, src, sport, dst, dport, payload)
-            elif proto == 6 and 53 in (sport, dport):
-                key = frozenset(((src, sport), (dst, dport)))
-                if key not in streams:
-                    cid = f"tcp-{len(streams)}"
-                    ctx = StreamContext(ips=(src, dst), ports=(sport, dport),
-                                        connection_id=lambda cid=cid: cid,
-                                        emit=sink, options=m.options, stats=stats)
-                    streams[key] = (DnsTcpAnalyzer(ctx, 0 if dport == 53 else 1, m), (src, sport))
-                analyzer, first = streams[key]
-                if payload and number not in skip:
-                    analyzer.on_data(0 if (src, sport) == first else 1, payload, ts)
-            m.tick(ts)
+    for fields, payload in decoded_packets(path):
+        ts, number = fields[0], fields[1]
+        sport, dport, version, proto = fields[8], fields[9], fields[12], fields[13]
+        src, dst = ip_text(fields[6], version), ip_text(fields[7], version)
+        if proto == 17 and is_dns_port(sport, dport):
+            m.on_datagram(ts, src, sport, dst, dport, payload)
+        elif proto == 6 and 53 in (sport, dport):
+            key = frozenset(((src, sport), (dst, dport)))
+            if key not in streams:
+                cid = f"tcp-{len(streams)}"
+                ctx = StreamContext(ips=(src, dst), ports=(sport, dport),
+                                    connection_id=lambda cid=cid: cid,
+                                    emit=sink, options=m.options, stats=stats)
+                streams[key] = (DnsTcpAnalyzer(ctx, 0 if dport == 53 else 1, m), (src, sport))
+            analyzer, first = streams[key]
+            if payload and number not in skip:
+                analyzer.on_data(0 if (src, sport) == first else 1, payload, ts)
+        m.tick(ts)
     for analyzer, _ in streams.values():
         analyzer.on_close(ts)
     m.flush()
