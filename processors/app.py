@@ -21,7 +21,7 @@ import faust
 from wirestream.codec import AvroCodec
 from wirestream.errors import DecodeError, RegistryError
 from wirestream.runtime import DATADIR_ENV
-from wirestream.topics import OBSERVATIONS, PACKETS, WINDOWS_STAGE
+from wirestream.topics import OBSERVATIONS, PACKETS, SOCKETS, WINDOWS_STAGE
 
 from . import faust_transport
 from .l7.base import L7Options
@@ -110,14 +110,20 @@ def create_app(
         return state["p"]
 
     if role in ("all", "packets"):
-        packets = app.topic(PACKETS, value_serializer="raw", key_serializer="raw")
+        # One agent, two co-partitioned topics: partition N of both goes to the same worker,
+        # which joins a connection's socket events to its packets.
+        packets = app.topic(PACKETS, SOCKETS, value_serializer="raw", key_serializer="raw")
 
         @app.agent(packets, name="analyse-packets")
-        async def analyse_packets(batches: faust.Stream) -> None:
+        async def analyse_packets(messages: faust.Stream) -> None:
             """For each batch of packets: track TCP connections and their L7 transactions;
-            at end of input, report."""
-            async for event in batches.events():
-                pipeline().handle(event.message.partition, event.value)
+            for each socket event: keep it for its connection's record; at end of input,
+            report."""
+            async for event in messages.events():
+                if event.message.topic == PACKETS:
+                    pipeline().handle(event.message.partition, event.value)
+                else:
+                    pipeline().handle_socket_event(event.message.partition, event.value)
 
     if role in ("all", "windows"):
         _windows_agent(app, state, codec, bootstrap, observation_partitions, window_options)

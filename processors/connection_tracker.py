@@ -31,6 +31,7 @@ from .tcp_connection import TcpConnection
 
 if TYPE_CHECKING:
     from .l7.session import L7Dispatcher
+    from .socket_join import SocketJoin
 
 RecordCallback = Callable[[dict[str, Any]], None]
 
@@ -56,6 +57,8 @@ class ConnectionTracker:
         self.on_record = on_record
         # L7 analysis of the connections' payload (None: TCP analysis only)
         self.l7 = l7
+        # Kernel socket events of this source and partition (live eBPF capture only).
+        self.sockets: SocketJoin | None = None
         self.source_id = source_id
         self.idle_timeout_us = idle_timeout_us
         self.close_linger_us = close_linger_us
@@ -153,7 +156,12 @@ class ConnectionTracker:
         if conn.l7 is not None:
             conn.l7.close(conn.last_ts)
             conn.l7 = None
-        self.on_record(conn.to_record(ended_by, final=True))
+        self._emit(conn.to_record(ended_by, final=True))
+
+    def _emit(self, record: dict[str, Any]) -> None:
+        if self.sockets is not None:
+            self.sockets.annotate(record)
+        self.on_record(record)
 
     # --- expiry ---------------------------------------------------------------------------
 
@@ -186,7 +194,7 @@ class ConnectionTracker:
                 conn.interim_emitted += 1
                 self.emitted += 1
                 self.counters["interim_records"] += 1
-                self.on_record(conn.to_record("open", final=False))
+                self._emit(conn.to_record("open", final=False))
 
     def flush(self) -> None:
         """End of input: emit every connection still held."""

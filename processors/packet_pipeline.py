@@ -23,6 +23,7 @@ from .l7.base import L7Options
 from .l7.session import L7Dispatcher
 from .observations import Observer
 from .output import OutputPublisher
+from .socket_join import SocketJoin
 
 STAGE = PACKETS_STAGE
 log = logging.getLogger(__name__)
@@ -56,6 +57,10 @@ class PacketPipeline:
         self._trackers: dict[tuple[str, int], ConnectionTracker] = {}
         self._observers: dict[tuple[str, int], Observer] = {}
         self._received: Counter[tuple[str, int]] = Counter()
+        # Live eBPF sources also publish wire.sockets: a partition of such a source is
+        # finished when both topics' end-of-input markers are in, in either order.
+        self._socket_ends: dict[tuple[str, int], dict[str, Any]] = {}
+        self._waiting_for_sockets: dict[tuple[str, int], dict[str, Any]] = {}
         self.dropped: Counter[str] = Counter()  # messages we could not use, by reason
 
     def _tracker(self, source_id: str, partition: int) -> ConnectionTracker:
@@ -120,6 +125,37 @@ class PacketPipeline:
         self._received[(source_id, partition)] += batch["count"]
         self.publisher.poll()
         if batch["end_of_input"]:
+            key = (source_id, partition)
+            if batch.get("socket_events") and key not in self._socket_ends:
+                self._waiting_for_sockets[key] = batch
+            else:
+                self.end_of_input(source_id, partition, batch)
+
+    def handle_socket_event(self, partition: int, value: bytes | None) -> None:
+        """Process one ``wire.sockets`` message. Never raises for bad input: counts it."""
+        try:
+            event = self.codec.decode(value)
+        except DecodeError as exc:
+            self.dropped["malformed_socket_event"] += 1
+            log.warning("skipping a wire.sockets message on partition %d: %s", partition, exc)
+            return
+        except RegistryError:
+            self.dropped["registry_unavailable"] += 1
+            return
+        source_id = event["source_id"]
+        if not source_id.startswith(self.source_prefix):
+            self.dropped["other_source"] += 1
+            return
+        key = (source_id, partition)
+        tracker = self._tracker(source_id, partition)
+        if tracker.sockets is None:
+            tracker.sockets = SocketJoin()
+        if not event["end_of_input"]:
+            tracker.sockets.add(event)
+            return
+        self._socket_ends[key] = event
+        batch = self._waiting_for_sockets.pop(key, None)
+        if batch is not None:
             self.end_of_input(source_id, partition, batch)
 
     def end_of_input(self, source_id: str, partition: int, batch: dict[str, Any]) -> None:
@@ -132,6 +168,12 @@ class PacketPipeline:
             observer.flush(end_of_input=True)
             counters["observations"] = observer.observed
         counters["batches_expected"] = batch["batches_before"]
+        socket_end = self._socket_ends.pop((source_id, partition), None)
+        if tracker.sockets is not None:
+            counters.update(tracker.sockets.counters)
+            counters["socket_events"] = tracker.sockets.events
+            if socket_end is not None and socket_end["events_before"] != tracker.sockets.events:
+                self.dropped["socket_events_missing"] += socket_end["events_before"] - tracker.sockets.events
         emitted = {CONNECTIONS: tracker.emitted}
         dropped = tracker.dropped + self.dropped
         if tracker.l7 is not None:

@@ -68,8 +68,12 @@ class PacketBatchPublisher:
         stage: str = "producer.pcap",
         batch_packets: int = DEFAULT_BATCH_PACKETS,
         batch_bytes: int = DEFAULT_BATCH_BYTES,
+        socket_events: bool = False,
     ) -> None:
+        """``socket_events``: this source also publishes ``wire.sockets`` (said on every
+        batch, so processors wait for that topic's end marker too)."""
         self.partitions = partitions
+        self.socket_events = socket_events
         self.source_id = source_id
         self.source_name = source_name
         self.stage = stage
@@ -82,6 +86,7 @@ class PacketBatchPublisher:
         self._flow_partition: dict[tuple, int] = {}
         self.packets = 0
         self.messages = 0
+        self.backpressure_waits = 0  # times the client's full queue made us wait
         self.delivery_errors: Counter[str] = Counter()
 
     # --- per packet ---------------------------------------------------------------------
@@ -118,6 +123,7 @@ class PacketBatchPublisher:
                 "payloads": bytes(b.payloads),
                 "end_of_input": end_of_input,
                 "batches_before": b.sequence,
+                "socket_events": self.socket_events,
             }
         )
         self._produce(PACKETS, value, part)
@@ -137,6 +143,7 @@ class PacketBatchPublisher:
                 break
             except BufferError:
                 # The client's queue is full: wait for deliveries (backpressure), then retry.
+                self.backpressure_waits += 1
                 self._producer.poll(0.05)
         self.messages += 1
         self._producer.poll(0)

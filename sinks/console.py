@@ -222,8 +222,11 @@ def print_summary(result: Any, top: int = 15, out_dir: str | None = None, consol
     frames = sum(f.frames for f in result.files)
     packets = sum(f.packets for f in result.files)
     states = Counter(c["state"] for c in conns)
+    live = [f for f in result.files if f.format.startswith("live")]
+    what = (f"live capture on {live[0].path} ({live[0].mode})" if live
+            else f"{len(result.files)} file(s)")
     console.print(
-        f"[bold]{len(result.files)} file(s)[/], {frames:,} frames, {packets:,} TCP/UDP packets, "
+        f"[bold]{what}[/], {frames:,} frames, {packets:,} TCP/UDP packets, "
         f"{len(conns):,} TCP connections in {result.elapsed_s:.1f} s"
     )
     if conns:
@@ -266,7 +269,8 @@ def print_summary(result: Any, top: int = 15, out_dir: str | None = None, consol
     stats.add_column("dropped / not analysed (reason = count)")
     for f in result.files:
         stats.add_row(
-            f"producer.pcap {f.path}", f"{f.frames:,} frames", f"{f.packets:,} packets",
+            f"producer.{'live' if f.format.startswith('live') else 'pcap'} {f.path}",
+            f"{f.frames:,} frames", f"{f.packets:,} packets",
             ", ".join(f"{k} = {v:,}" for k, v in sorted(f.dropped.items())) or "-",
         )
     received: Counter[str] = Counter()

@@ -43,6 +43,7 @@ import selectors
 import shutil
 import signal
 import subprocess
+import textwrap
 import time
 from collections.abc import Sequence
 
@@ -53,6 +54,66 @@ TCPDUMP = shutil.which("tcpdump")
 TC = shutil.which("tc") or "/usr/sbin/tc"
 
 OFFLOADS = ("tso", "gso", "gro", "lro")
+
+
+# Receiver: per connection, read a request line, answer RESPONSE_BYTES, then count the bulk
+# data until EOF, reply with the count and close.
+BULK_SERVER = textwrap.dedent("""
+    import socket, sys
+    host, port, n, response = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+    srv = socket.socket()
+    srv.bind((host, port))
+    srv.listen(8)
+    srv.settimeout(30)
+    print("ready", flush=True)
+    for _ in range(n):
+        c, _ = srv.accept()
+        c.settimeout(20)
+        f = c.makefile("rb")
+        f.readline()
+        c.sendall(b"r" * response)
+        total = 0
+        while chunk := f.read1(65536):
+            total += len(chunk)
+        c.sendall(b"ok %d\\n" % total)
+        f.close()
+        c.close()
+""")
+
+# Sender: per connection, request, read the response, send the bulk data, half-close and
+# check the receiver's count.
+BULK_CLIENT = textwrap.dedent("""
+    import socket, sys
+    host, port, n, size, response = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+    data = b"d" * size
+    for _ in range(n):
+        c = socket.create_connection((host, port), timeout=20)
+        c.sendall(b"hello\\n")
+        got = 0
+        while got < response:
+            chunk = c.recv(65536)
+            if not chunk:
+                sys.exit("short response")
+            got += len(chunk)
+        c.sendall(data)
+        c.shutdown(socket.SHUT_WR)
+        reply = b""
+        while chunk := c.recv(100):
+            reply += chunk
+        if reply != b"ok %d\\n" % size:
+            sys.exit(f"receiver got {reply!r}, sent {size}")
+        c.close()
+    print("done", flush=True)
+""")
+
+
+def readline(proc: subprocess.Popen, timeout: float) -> str:
+    """The next line of ``proc``'s stdout, or "" if none comes within ``timeout``."""
+    with selectors.DefaultSelector() as sel:
+        sel.register(proc.stdout, selectors.EVENT_READ)
+        if not sel.select(timeout):
+            return ""
+        return proc.stdout.readline().strip()
 
 
 def netns_available() -> str | None:

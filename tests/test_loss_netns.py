@@ -33,18 +33,18 @@ out-of-order -- about 10-35 % of them in our runs. The exact relation there is
 from __future__ import annotations
 
 import os
-import selectors
 import shutil
 import subprocess
 import sys
-import textwrap
 import time
 from collections import Counter
 
 import pytest
 from conftest import requires_tshark
 from local_pipeline import local_connections
-from netns import LossyLink, netns_available
+from netns import BULK_CLIENT as CLIENT
+from netns import BULK_SERVER as SERVER
+from netns import LossyLink, netns_available, readline
 from oracle import FLAG_FIELDS, TSHARK, match_records, tshark_conversation_count, tshark_streams
 
 NETNS_UNAVAILABLE = netns_available()
@@ -60,65 +60,6 @@ BULK_BYTES = 3_000_000
 RESPONSE_BYTES = 20_000
 PORT = 5001
 TRANSFER_TIMEOUT_S = 40
-
-# Receiver: per connection, read a request line, answer RESPONSE_BYTES, then count the bulk
-# data until EOF, reply with the count and close.
-SERVER = textwrap.dedent("""
-    import socket, sys
-    host, port, n, response = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
-    srv = socket.socket()
-    srv.bind((host, port))
-    srv.listen(8)
-    srv.settimeout(30)
-    print("ready", flush=True)
-    for _ in range(n):
-        c, _ = srv.accept()
-        c.settimeout(20)
-        f = c.makefile("rb")
-        f.readline()
-        c.sendall(b"r" * response)
-        total = 0
-        while chunk := f.read1(65536):
-            total += len(chunk)
-        c.sendall(b"ok %d\\n" % total)
-        f.close()
-        c.close()
-""")
-
-# Sender: per connection, request, read the response, send the bulk data, half-close and
-# check the receiver's count.
-CLIENT = textwrap.dedent("""
-    import socket, sys
-    host, port, n, size, response = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
-    data = b"d" * size
-    for _ in range(n):
-        c = socket.create_connection((host, port), timeout=20)
-        c.sendall(b"hello\\n")
-        got = 0
-        while got < response:
-            chunk = c.recv(65536)
-            if not chunk:
-                sys.exit("short response")
-            got += len(chunk)
-        c.sendall(data)
-        c.shutdown(socket.SHUT_WR)
-        reply = b""
-        while chunk := c.recv(100):
-            reply += chunk
-        if reply != b"ok %d\\n" % size:
-            sys.exit(f"receiver got {reply!r}, sent {size}")
-        c.close()
-    print("done", flush=True)
-""")
-
-
-def _readline(proc: subprocess.Popen, timeout: float) -> str:
-    with selectors.DefaultSelector() as sel:
-        sel.register(proc.stdout, selectors.EVENT_READ)
-        if not sel.select(timeout):
-            return ""
-        return proc.stdout.readline().strip()
-
 
 def _tshark_resent_by_source(pcap: str) -> Counter[tuple[str, str]]:
     """(ip.src, "retransmission" | "out_of_order") -> frames Wireshark flags so."""
@@ -143,7 +84,7 @@ def _record_lossy_capture(pcap: str, rate_mbit: float | None) -> dict:
                 assert features[feature], f"{feature} still on for {dev}: segments != packets"
         server = link.popen(link.receiver, [sys.executable, "-c", SERVER, link.receiver_ip, str(PORT),
                                             str(CONNECTIONS), str(RESPONSE_BYTES)])
-        assert _readline(server, 10) == "ready", server.stderr.read() if server.poll() is not None else ""
+        assert readline(server, 10) == "ready", server.stderr.read() if server.poll() is not None else ""
         # Microsecond timestamps (tcpdump's default), the pipeline's resolution: on a
         # nanosecond capture Wireshark's out-of-order test (gap < iRTT) can be decided by
         # a fraction of a microsecond that the pipeline does not carry.

@@ -24,7 +24,7 @@ from wirestream.broker import partition_count
 from wirestream.config import Settings
 from wirestream.errors import CaptureFileError, WirestreamError
 from wirestream.producers.capture_file import open_capture
-from wirestream.producers.pcap_replay import ReplayResult, replay_capture
+from wirestream.producers.pcap_replay import replay_capture
 from wirestream.producers.publisher import PacketBatchPublisher
 from wirestream.reader import TopicReader, end_offsets
 from wirestream.runtime import Runtime
@@ -44,7 +44,7 @@ class ProcessingTimeout(WirestreamError):
 
 @dataclass
 class AnalyzeResult:
-    files: list[ReplayResult] = field(default_factory=list)
+    files: list[Any] = field(default_factory=list)  # ReplayResult, or CaptureResult for live capture
     failed: list[CaptureFileError] = field(default_factory=list)
     records: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     stats: list[dict[str, Any]] = field(default_factory=list)
@@ -73,7 +73,6 @@ def analyze(
     which, for a big capture, are gigabytes to move through Kafka and decode for nothing.
     Request bodies are kept: credentials and card numbers are detected there."""
     started = time.monotonic()
-    run_id = uuid.uuid4().hex[:12]
     result = AnalyzeResult()
     # Check every file before starting anything: an unreadable input fails in milliseconds.
     readable = []
@@ -87,21 +86,9 @@ def analyze(
         result.records = {t: [] for t in OUTPUT_TOPICS}
         return result
     paths = readable
-    worker_settings = settings if keep_bodies else dataclasses.replace(settings, response_body_cap=0)
-    with Runtime(settings, worker_grace_s=0.5) as rt:
-        result.bootstrap, result.registry = rt.bootstrap, rt.registry_url
-        start = end_offsets(rt.bootstrap, (*OUTPUT_TOPICS, STATS))
-        source_ids: dict[str, ReplayResult] = {}
-        partitions = partition_count(rt.bootstrap, PACKETS)
-        observation_partitions = partition_count(rt.bootstrap, OBSERVATIONS) if settings.windows else 0
-        common = ["--only-source-prefix", run_id, *worker_settings.worker_args()]
-        rt.start_workers(workers or default_workers(partitions), group=f"wirestream-analyze-{run_id}",
-                         extra_args=["--role", "packets", *common])
-        if settings.windows:
-            # One process for the windows (they are light), apart from the packet workers:
-            # see processors.app.create_app.
-            rt.start_workers(1, group=f"wirestream-analyze-{run_id}-windows",
-                             extra_args=["--role", "windows", *common])
+
+    def replay_files(rt: Runtime, run_id: str, partitions: int) -> dict[str, Any]:
+        sources: dict[str, Any] = {}
         for i, path in enumerate(paths):
             source_id = f"{run_id}-{i}"
             publisher = PacketBatchPublisher(rt.bootstrap, rt.codec, partitions, source_id, path)
@@ -113,15 +100,47 @@ def analyze(
             except CaptureFileError as exc:
                 result.failed.append(exc)
                 continue
-            source_ids[source_id] = replay
+            sources[source_id] = replay
             result.files.append(replay)
+        return sources
+
+    run_pipeline(result, settings, replay_files, workers, stall_timeout_s, keep_bodies)
+    result.elapsed_s = time.monotonic() - started
+    return result
+
+
+#: Publishes the sources of a run: (runtime, run id, wire.packets partitions) -> the
+#: results of the sources it published, by source id (each id starts with the run id).
+Feeder = Callable[[Runtime, str, int], dict[str, Any]]
+
+
+def run_pipeline(result: AnalyzeResult, settings: Settings, feed: Feeder, workers: int | None = None,
+                 stall_timeout_s: float = 120.0, keep_bodies: bool = True) -> None:
+    """Bring up Kafka and processor workers for one run, let ``feed`` publish its sources,
+    and collect every output record and final report of those sources into ``result``.
+
+    Shared by ``analyze`` (files) and ``capture`` (live)."""
+    run_id = uuid.uuid4().hex[:12]
+    worker_settings = settings if keep_bodies else dataclasses.replace(settings, response_body_cap=0)
+    with Runtime(settings, worker_grace_s=0.5) as rt:
+        result.bootstrap, result.registry = rt.bootstrap, rt.registry_url
+        start = end_offsets(rt.bootstrap, (*OUTPUT_TOPICS, STATS))
+        partitions = partition_count(rt.bootstrap, PACKETS)
+        observation_partitions = partition_count(rt.bootstrap, OBSERVATIONS) if settings.windows else 0
+        common = ["--only-source-prefix", run_id, *worker_settings.worker_args()]
+        rt.start_workers(workers or default_workers(partitions), group=f"wirestream-analyze-{run_id}",
+                         extra_args=["--role", "packets", *common])
+        if settings.windows:
+            # One process for the windows (they are light), apart from the packet workers:
+            # see processors.app.create_app.
+            rt.start_workers(1, group=f"wirestream-analyze-{run_id}-windows",
+                             extra_args=["--role", "windows", *common])
+        source_ids = feed(rt, run_id, partitions)
         if source_ids:
             result.stats, result.records = _wait_and_collect(
                 rt, start, source_ids, partitions, observation_partitions, stall_timeout_s)
         else:
             result.records = {t: [] for t in OUTPUT_TOPICS}
-    result.elapsed_s = time.monotonic() - started
-    return result
 
 
 def default_workers(partitions: int) -> int:
@@ -136,7 +155,7 @@ def default_workers(partitions: int) -> int:
 def _wait_and_collect(
     rt: Runtime,
     start: dict[tuple[str, int], int],
-    source_ids: dict[str, ReplayResult],
+    source_ids: dict[str, Any],
     partitions: int,
     observation_partitions: int,
     stall_timeout_s: float,

@@ -105,6 +105,70 @@ examples:
     p.add_argument("--json", action="store_true", help="print the summary as JSON instead of tables")
     _add_kafka_args(p, defaults)
 
+    # capture ------------------------------------------------------------------------
+    p = sub.add_parser(
+        "capture", help="capture live traffic (eBPF, or AF_PACKET) through the whole pipeline",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="""\
+Capture this machine's traffic and run it through Kafka and the processors, like
+analyze does with a file, until --duration, --count or Ctrl-C; then print the same
+summary (connections, HTTP/DNS/TLS, services, counters).
+
+Modes (--mode; `wirestream doctor` says which work here):
+  ebpf       an eBPF socket filter on each packet ring (loopback duplicates and non-IP
+             frames dropped in the kernel, snap length applied there), plus socket
+             events from tracepoints on wire.sockets: TCP state changes, retransmissions,
+             connect/accept/close with pid, process, cgroup -> container, netns. Connection
+             records then carry client/server pid and process and kernel_retransmissions.
+  af_packet  the same packet rings without eBPF: packets only, no process identity.
+  auto       ebpf if possible, else af_packet, saying why in one line (the default).
+
+Needs (root has them all):
+  CAP_NET_RAW        packet sockets (both modes)
+  CAP_BPF, CAP_PERFMON  loading the eBPF programs (or CAP_SYS_ADMIN on older kernels)
+  CAP_NET_ADMIN      only for tc programs (not used yet)
+  CAP_SYS_ADMIN      --netns (entering another network namespace)
+Kernel: Linux >= 5.8 (BPF ring buffer) with BTF or a kernel header tree for bcc
+(scripts/bcc-headers), tracefs mounted, tracepoints sock:inet_sock_set_state and
+tcp:tcp_retransmit_skb; bcc from Debian's python3-bpfcc. Nothing else: no kprobes.
+
+Loss is counted, never silent: frames the ring had no room for (ring_full), socket
+events the BPF ring buffer had no room for (socket_events_lost) and waits on a slow
+broker (backpressure_waits) are on wire.stats (stage producer.live) every 5 s and in
+the summary. Memory is bounded by --ring-mb and the Kafka client's queue.""",
+        epilog="""\
+examples:
+  sudo wirestream capture --duration 30                   # every interface, 30 s
+  sudo wirestream capture --iface eth0 --out results/     # until Ctrl-C, JSONL files too
+  sudo wirestream capture --netns blue --iface veth0 --count 100000
+  sudo wirestream capture --mode af_packet --no-l7 --bootstrap kafka:9092 --registry http://registry:8081""",
+    )
+    p.add_argument("--iface", "-i", action="append", default=[], metavar="NAME",
+                   help="interface to capture on (repeatable; default: every interface)")
+    p.add_argument("--netns", metavar="NAME|PATH",
+                   help="capture inside this network namespace (a name from `ip netns`, or a path "
+                        "such as /proc/PID/ns/net)")
+    p.add_argument("--mode", choices=("auto", "ebpf", "af_packet"), default="auto",
+                   help="capture mode (default: %(default)s)")
+    p.add_argument("--no-socket-events", dest="socket_events", action="store_false",
+                   help="eBPF mode: packets only, no wire.sockets")
+    p.add_argument("--duration", type=float, default=None, metavar="SECONDS", help="stop after this long")
+    p.add_argument("--count", type=int, default=None, metavar="N", help="stop after N TCP/UDP packets")
+    p.add_argument("--ring-mb", type=int, default=32, metavar="MB",
+                   help="packet ring memory, shared among the interfaces (default: %(default)s)")
+    p.add_argument("--out", metavar="DIR", help="also write every output topic to DIR/<topic>.jsonl")
+    p.add_argument("--workers", type=_at_least_one, default=None, metavar="N",
+                   help="processor worker processes (default: one per CPU)")
+    p.add_argument("--top", type=int, default=15, metavar="N", help="rows in each table (default: %(default)s)")
+    p.add_argument("--idle-timeout", type=float, default=defaults.idle_timeout_s, metavar="SECONDS",
+                   help="close a connection after this long without packets (default: %(default)s)")
+    p.add_argument("--snaplen", type=int, default=defaults.payload_snaplen, metavar="BYTES",
+                   help="payload bytes kept per packet for L7 analysis (default: %(default)s)")
+    _add_l7_args(p, defaults)
+    _add_window_args(p, defaults)
+    p.add_argument("--json", action="store_true", help="print the summary as JSON instead of tables")
+    _add_kafka_args(p, defaults)
+
     # broker -------------------------------------------------------------------------
     p = sub.add_parser("broker", help="run the embedded broker and schema registry in the foreground",
                        description="Start the embedded Kafka-protocol broker (tansu, in memory) and schema "
@@ -339,6 +403,49 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     return EXIT_ERROR if result.failed else EXIT_OK
 
 
+def cmd_capture(args: argparse.Namespace) -> int:
+    from wirestream.capture import capture
+    from wirestream.producers.live_capture import CaptureOptions
+    from wirestream.sinks import console
+    from wirestream.sinks.jsonl import write_jsonl
+
+    gc.set_threshold(50_000, 20, 100)  # as analyze: many small records, no cycles
+    settings = _settings(args)
+    options = CaptureOptions(
+        interfaces=args.iface, netns=args.netns, payload_snaplen=args.snaplen, mode=args.mode,
+        socket_events=args.socket_events, ring_mb=args.ring_mb, duration_s=args.duration,
+        max_packets=args.count)
+    # The first Ctrl-C (or SIGTERM) ends the capture; the pipeline then finishes what was
+    # captured. A second one interrupts that too.
+    stopping: list[int] = []
+
+    def on_signal(signum: int, frame: object) -> None:
+        if stopping:
+            raise KeyboardInterrupt
+        stopping.append(signum)
+
+    def notice(live: Any, phase: str) -> None:
+        if phase == "opened" and live.fallback_reason:
+            what = "AF_PACKET capture, no socket events" if live.mode == "af_packet" else "packets only"
+            print(f"wirestream capture: {what}: {live.fallback_reason}", file=sys.stderr)
+        if phase == "capturing":
+            print(f"wirestream capture: capturing on {live.rings_text()} ({live.mode}); Ctrl-C to stop",
+                  file=sys.stderr, flush=True)
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    result = capture(options, settings, workers=args.workers, stop=lambda: bool(stopping),
+                     notice=notice, keep_bodies=bool(args.out))
+    if args.out:
+        write_jsonl(args.out, result.records)
+    if args.json:
+        json.dump(console.summary_json(result), sys.stdout, indent=2)
+        print()
+    else:
+        console.print_summary(result, top=args.top, out_dir=args.out)
+    return EXIT_OK
+
+
 def cmd_broker(args: argparse.Namespace) -> int:
     from wirestream.broker import EmbeddedBroker, ensure_topics
     from wirestream.registry import EmbeddedSchemaRegistry
@@ -517,6 +624,7 @@ def cmd_tail(args: argparse.Namespace) -> int:
 _COMMANDS = {
     "analyze": cmd_analyze,
     "broker": cmd_broker,
+    "capture": cmd_capture,
     "produce": cmd_produce,
     "process": cmd_process,
     "percentiles": cmd_percentiles,

@@ -7,6 +7,8 @@ record per message, keyed by connection id or service.
 from __future__ import annotations
 
 PACKETS = "wire.packets"
+#: kernel socket/syscall events of live capture, co-partitioned with wire.packets
+SOCKETS = "wire.sockets"
 CONNECTIONS = "wire.connections"
 TRANSACTIONS = "wire.transactions"
 DNS = "wire.dns"
@@ -20,6 +22,7 @@ OBSERVATIONS = "wire.observations"
 #: topic -> schema file name in ``wirestream.schemas``
 TOPIC_SCHEMAS: dict[str, str] = {
     PACKETS: "packet_batch",
+    SOCKETS: "socket_event",
     CONNECTIONS: "connection",
     TRANSACTIONS: "transaction",
     DNS: "dns",
@@ -30,7 +33,7 @@ TOPIC_SCHEMAS: dict[str, str] = {
     OBSERVATIONS: "observation_batch",
 }
 
-RAW_TOPICS: tuple[str, ...] = (PACKETS,)
+RAW_TOPICS: tuple[str, ...] = (PACKETS, SOCKETS)
 OUTPUT_TOPICS: tuple[str, ...] = (
     CONNECTIONS,
     TRANSACTIONS,

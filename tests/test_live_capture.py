@@ -1,0 +1,238 @@
+"""Live capture on the real kernel: eBPF (and the AF_PACKET fallback) against the kernels'
+own counters and against tcpdump.
+
+Two network namespaces joined by a veth pair (tests/netns.py), offloads off, nftables in
+the receiver dropping 5 % of the sender's packets, a tbf-shaped sender (why shaping: see
+tests/test_loss_netns.py). Real servers and clients started here: a Python bulk-transfer
+server and client (3 connections) and iperf3 (a control and a data connection).
+``wirestream capture`` runs as a separate process, as a user runs it, inside the
+sender's namespace on its veth, with tcpdump on the same veth at the same time. Then:
+
+* the capture's connection records are exactly the 5 connections the test made, each
+  with a handshake RTT;
+* ``retransmissions`` (seen on the wire) and ``kernel_retransmissions`` (the
+  ``tcp_retransmit_*`` tracepoints) both sum to the ``RetransSegs`` deltas of the two
+  namespaces' ``/proc/net/snmp``;
+* ``client_pid``/``client_process`` and ``server_pid``/``server_process`` are the
+  processes the test started;
+* ``wirestream analyze`` of tcpdump's file gives the same connection records, counter by
+  counter.
+
+The fallback test hides the kernel headers from bcc (a real reason eBPF cannot be used)
+and checks the one line that says so, and that the records are still tcpdump's.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from netns import BULK_CLIENT, BULK_SERVER, LossyLink, netns_available, readline
+
+from wirestream.doctor import diagnose
+
+NETNS_UNAVAILABLE = netns_available()
+IPERF3 = shutil.which("iperf3")
+
+pytestmark = pytest.mark.skipif(NETNS_UNAVAILABLE is not None,
+                                reason=f"network namespaces: {NETNS_UNAVAILABLE}")
+
+BULK_PORT, IPERF_PORT = 5001, 5201
+BULK_CONNECTIONS = 3
+BULK_BYTES = 2_000_000
+RESPONSE_BYTES = 20_000
+#: per-connection counters that must be equal between the live capture and tcpdump's file
+COMPARED = ("state", "packets_c2s", "packets_s2c", "bytes_c2s", "bytes_s2c", "goodput_bytes_c2s",
+            "goodput_bytes_s2c", "retransmissions", "fast_retransmissions", "spurious_retransmissions",
+            "out_of_order", "duplicate_acks", "lost_segments", "zero_window", "data_packets", "rtt_samples")
+#: times, which differ by the microseconds between the two packet sockets' timestamps: a
+#: sent packet has no timestamp yet when it passes the taps, and each packet socket reads
+#: the clock itself as it copies the packet (af_packet.c, tpacket_get_timestamp)
+TIMINGS = ("handshake_rtt_us", "rtt_min_us", "rtt_max_us")
+TIMING_TOLERANCE_US = 200
+
+
+def _ebpf_unavailable() -> str | None:
+    report = diagnose(probe=True)
+    if not report.ebpf:
+        return report.ebpf_reason
+    if not report.socket_events:
+        return report.socket_events_reason
+    return None
+
+
+class LiveCapture:
+    """``wirestream capture`` in a subprocess; :meth:`stop` is Ctrl-C."""
+
+    def __init__(self, link: LossyLink, out: Path, *extra: str, env: dict[str, str] | None = None) -> None:
+        self.out = out
+        cmd = [sys.executable, "-m", "wirestream", "capture", "--netns", link.sender, "-i", link.sender_if,
+               "--out", str(out), "--json", "--workers", "1", "--no-windows", *extra]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                     env={**os.environ, **(env or {})})
+        self.stderr_lines: list[str] = []
+        deadline = time.monotonic() + 90
+        while not any("capturing on" in line for line in self.stderr_lines):
+            line = self.proc.stderr.readline()
+            if not line:
+                raise AssertionError(f"capture did not start: {''.join(self.stderr_lines)}")
+            self.stderr_lines.append(line)
+            assert time.monotonic() < deadline, "capture did not start in 90 s"
+
+    def stop(self) -> dict:
+        self.proc.send_signal(signal.SIGINT)
+        out, err = self.proc.communicate(timeout=180)
+        self.stderr_lines.append(err)
+        assert self.proc.returncode == 0, "".join(self.stderr_lines)
+        return json.loads(out)
+
+    def records(self, topic: str = "wire.connections") -> list[dict]:
+        with open(self.out / f"{topic}.jsonl") as f:
+            return [json.loads(line) for line in f]
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.communicate(timeout=10)
+
+
+def _analyze(pcap: str, out: Path) -> list[dict]:
+    r = subprocess.run([sys.executable, "-m", "wirestream", "analyze", pcap, "--out", str(out), "--json",
+                        "--workers", "1", "--no-windows"], capture_output=True, text=True, timeout=180)
+    assert r.returncode == 0, r.stderr
+    with open(out / "wire.connections.jsonl") as f:
+        return [json.loads(line) for line in f]
+
+
+def _by_ports(records: list[dict]) -> dict[tuple[int, int], dict]:
+    out = {(r["client_port"], r["server_port"]): r for r in records}
+    assert len(out) == len(records), "two records for one connection"
+    return out
+
+
+def _assert_same_record(live: dict, replayed: dict) -> None:
+    key = (live["client_port"], live["server_port"])
+    assert {f: live[f] for f in COMPARED} == {f: replayed[f] for f in COMPARED}, key
+    for f in TIMINGS:
+        assert abs(live[f] - replayed[f]) <= TIMING_TOLERANCE_US, (key, f, live[f], replayed[f])
+
+
+def _wait_quiet(link: LossyLink) -> None:
+    """Until no socket is left in either namespace (closes finished, FINs resent)."""
+    deadline = time.monotonic() + 15
+    while link.tcp_sockets(link.sender) or link.tcp_sockets(link.receiver):
+        assert time.monotonic() < deadline, (link.tcp_sockets(link.sender), link.tcp_sockets(link.receiver))
+        time.sleep(0.05)
+
+
+def _run_traffic(link: LossyLink, iperf: bool) -> dict[str, object]:
+    """Bulk transfers (and iperf3) from sender to receiver; the processes' pids and names."""
+    procs: dict[str, object] = {}
+    python_name = os.path.basename(sys.executable)[:15]  # comm: the executable's name
+    server = link.popen(link.receiver, [sys.executable, "-c", BULK_SERVER, link.receiver_ip, str(BULK_PORT),
+                                        str(BULK_CONNECTIONS), str(RESPONSE_BYTES)])
+    assert readline(server, 10) == "ready"
+    procs["bulk_server"] = (server.pid, python_name)
+    client = link.popen(link.sender, [sys.executable, "-c", BULK_CLIENT, link.receiver_ip, str(BULK_PORT),
+                                      str(BULK_CONNECTIONS), str(BULK_BYTES), str(RESPONSE_BYTES)])
+    procs["bulk_client"] = (client.pid, python_name)
+    out, err = client.communicate(timeout=60)
+    assert client.returncode == 0 and out.strip() == "done", err
+    server.wait(timeout=10)
+    if iperf:
+        iperf_server = link.popen(link.receiver, [IPERF3, "-s", "-1", "-p", str(IPERF_PORT), "-B", link.receiver_ip])
+        time.sleep(0.3)  # it prints nothing when ready; it listens within milliseconds
+        iperf_client = link.popen(link.sender, [IPERF3, "-c", link.receiver_ip, "-p", str(IPERF_PORT),
+                                                "-t", "2", "-B", link.sender_ip])
+        out, err = iperf_client.communicate(timeout=60)
+        assert iperf_client.returncode == 0, err
+        iperf_server.wait(timeout=10)
+        procs["iperf_server"] = (iperf_server.pid, "iperf3")
+        procs["iperf_client"] = (iperf_client.pid, "iperf3")
+    _wait_quiet(link)
+    return procs
+
+
+@pytest.mark.skipif(IPERF3 is None, reason="iperf3 is not installed (scripts/install --test installs it)")
+def test_ebpf_capture_on_lossy_link_matches_kernel_and_tcpdump(tmp_path) -> None:
+    reason = _ebpf_unavailable()
+    if reason:
+        pytest.skip(f"eBPF capture is not possible on this kernel/machine: {reason}")
+    with LossyLink(loss_percent=5, rate_mbit=25) as link:
+        for dev, features in link.offloads.items():
+            assert all(features[f] for f in ("tso", "gso", "gro")), f"offloads still on for {dev}"
+        live = LiveCapture(link, tmp_path / "live", "--mode", "ebpf")
+        try:
+            pcap = str(tmp_path / "tcpdump.pcap")
+            tcpdump = link.capture(link.sender, link.sender_if, pcap)
+            before = {ns: link.snmp_retrans_segs(ns) for ns in (link.sender, link.receiver)}
+            procs = _run_traffic(link, iperf=True)
+            retrans_segs = sum(link.snmp_retrans_segs(ns) - before[ns] for ns in (link.sender, link.receiver))
+            tcpdump.stop()
+            summary = live.stop()
+        finally:
+            live.kill()
+        assert link.nft_dropped() > 0, "the loss rule dropped nothing: the test proves little"
+        assert tcpdump.dropped_by_kernel == 0
+    records = live.records()
+    stats = summary["files"][0]
+    assert stats["dropped"].get("ring_full", 0) == 0, stats
+    assert stats["dropped"].get("socket_events_lost", 0) == 0, stats
+
+    # exactly the connections the test made
+    by_port = _by_ports(records)
+    assert sorted(s for _, s in by_port) == [BULK_PORT] * BULK_CONNECTIONS + [IPERF_PORT] * 2, by_port.keys()
+    for r in records:
+        assert r["client_ip"] == link.sender_ip and r["server_ip"] == link.receiver_ip
+        # iperf3 may end its data connection with a reset
+        assert r["state"] == "complete" or (r["server_port"] == IPERF_PORT and r["state"] == "reset"), r
+        assert r["handshake_rtt_us"] is not None and r["handshake_rtt_us"] > 0, r
+
+    # retransmissions: the wire's and the kernel's own count
+    assert retrans_segs > 0
+    assert sum(r["retransmissions"] for r in records) == retrans_segs
+    assert sum(r["kernel_retransmissions"] for r in records) == retrans_segs
+
+    # the processes the test started
+    for r in records:
+        client, server = ("bulk_client", "bulk_server") if r["server_port"] == BULK_PORT else ("iperf_client", "iperf_server")
+        assert (r["client_pid"], r["client_process"]) == procs[client], r
+        assert (r["server_pid"], r["server_process"]) == procs[server], r
+
+    # tcpdump's file through analyze: the same records
+    replayed = _by_ports(_analyze(pcap, tmp_path / "analyze"))
+    assert replayed.keys() == by_port.keys()
+    for key, r in by_port.items():
+        _assert_same_record(r, replayed[key])
+        assert replayed[key]["client_pid"] is None  # a file has no processes
+
+
+def test_fallback_to_af_packet_says_why_and_gives_the_same_records(tmp_path) -> None:
+    with LossyLink(loss_percent=0, rate_mbit=None) as link:
+        # No kernel headers for bcc: a real reason eBPF cannot be used.
+        live = LiveCapture(link, tmp_path / "live", env={"BCC_KERNEL_SOURCE": str(tmp_path / "no-headers")})
+        try:
+            pcap = str(tmp_path / "tcpdump.pcap")
+            tcpdump = link.capture(link.sender, link.sender_if, pcap)
+            _run_traffic(link, iperf=False)
+            tcpdump.stop()
+            summary = live.stop()
+        finally:
+            live.kill()
+    said = [line for line in "".join(live.stderr_lines).splitlines() if "AF_PACKET" in line]
+    assert len(said) == 1 and "kernel headers" in said[0], live.stderr_lines
+    assert summary["files"][0]["format"] == "live AF_PACKET"
+    records = _by_ports(live.records())
+    assert sorted(s for _, s in records) == [BULK_PORT] * BULK_CONNECTIONS
+    replayed = _by_ports(_analyze(pcap, tmp_path / "analyze"))
+    assert replayed.keys() == records.keys()
+    for key, r in records.items():
+        _assert_same_record(r, replayed[key])
+        assert r["client_pid"] is None and r["kernel_retransmissions"] is None  # no socket events
