@@ -195,12 +195,21 @@ def print_services(records: dict[str, list[dict[str, Any]]], top: int, console: 
         console.print(table)
 
 
+def _live_json(f: Any) -> dict[str, Any]:
+    """What a live capture adds to a source's summary: mode, kernel and ring counters."""
+    if not f.format.startswith("live"):
+        return {}
+    return {"mode": f.mode, "fallback_reason": f.fallback_reason, "counters": dict(f.counters),
+            "socket_events": dict(f.socket_events), "capture_s": round(f.elapsed_s, 3),
+            "capture_cpu_s": round(f.cpu_s, 3)}
+
+
 def summary_json(result: Any) -> dict[str, Any]:
     conns = result.records.get(CONNECTIONS, [])
     return {
         "files": [
             {"path": f.path, "format": f.format, "frames": f.frames, "packets": f.packets,
-             "dropped": dict(f.dropped)}
+             "dropped": dict(f.dropped), **_live_json(f)}
             for f in result.files
         ],
         "failed": [str(e) for e in result.failed],
@@ -229,6 +238,18 @@ def print_summary(result: Any, top: int = 15, out_dir: str | None = None, consol
         f"[bold]{what}[/], {frames:,} frames, {packets:,} TCP/UDP packets, "
         f"{len(conns):,} TCP connections in {result.elapsed_s:.1f} s"
     )
+    for f in live:
+        c = f.counters
+        lost = {k: v for k, v in f.dropped.items() if k in ("ring_full", "socket_events_lost") and v}
+        console.print(
+            f"capture ({f.mode}): {c.get('ring_packets', 0):,} frames through the ring, "
+            f"{', '.join(f'{k} {v:,}' for k, v in lost.items()) or 'nothing lost'}; "
+            f"{f.cpu_s / max(1, f.frames) * 1e6:.1f} µs CPU per frame"
+            + (f"; GSO super-packets {c['gso_packets']:,} ({c['gso_segments']:,} segments)"
+               if c.get("gso_packets") else "")
+            + (f"; socket events {sum(f.socket_events.values()):,} "
+               f"({', '.join(f'{k} {v:,}' for k, v in sorted(f.socket_events.items()))})"
+               if f.socket_events else ""))
     if conns:
         console.print("states: " + ", ".join(f"{k} {v:,}" for k, v in states.most_common()))
         retrans = sum(c["retransmissions"] for c in conns)

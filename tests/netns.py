@@ -171,12 +171,15 @@ class LossyLink:
     """
 
     def __init__(self, loss_percent: int = 5, rate_mbit: float | None = 25,
-                 burst_bytes: int = 1514) -> None:
+                 burst_bytes: int = 1514, offloads: bool = False) -> None:
+        """``offloads=True`` leaves TSO/GSO/GRO as the veth has them (on): the stack then
+        hands the device, and the capture, super-packets of several segments."""
         if not 0 <= loss_percent <= 100:
             raise ValueError("loss_percent must be 0..100")
         self.loss_percent = loss_percent
         self.rate_mbit = rate_mbit
         self.burst_bytes = burst_bytes
+        self.keep_offloads = offloads
         tag = secrets.token_hex(3)
         self.sender = f"ws-snd-{tag}"
         self.receiver = f"ws-rcv-{tag}"
@@ -218,7 +221,8 @@ class LossyLink:
                               (self.receiver, self.receiver_if, self.receiver_ip)):
             _check([IP, "-n", ns, "link", "set", "lo", "up"])
             _check([IP, "-n", ns, "addr", "add", f"{addr}/30", "dev", dev])
-            self.offloads[dev] = self.offloads_off(ns, dev)
+            if not self.keep_offloads:
+                self.offloads[dev] = self.offloads_off(ns, dev)
             _check([IP, "-n", ns, "link", "set", dev, "up"])
         rules = f"""
 table inet wirestream_loss {{

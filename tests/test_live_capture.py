@@ -236,3 +236,37 @@ def test_fallback_to_af_packet_says_why_and_gives_the_same_records(tmp_path) -> 
     for key, r in records.items():
         _assert_same_record(r, replayed[key])
         assert r["client_pid"] is None and r["kernel_retransmissions"] is None  # no socket events
+
+
+def test_ebpf_capture_with_offloads_on_handles_super_packets(tmp_path) -> None:
+    """TSO/GSO on: the stack hands the veth (and every tap on it) frames of up to 64 KB
+    that stand for many segments. The filter counts them and their segments; the TCP
+    analysis takes their sequence ranges as they are, so no retransmission is invented
+    and the byte counts are the bytes sent; tcpdump's file says the same."""
+    reason = _ebpf_unavailable()
+    if reason:
+        pytest.skip(f"eBPF capture is not possible on this kernel/machine: {reason}")
+    with LossyLink(loss_percent=0, rate_mbit=None, offloads=True) as link:
+        live = LiveCapture(link, tmp_path / "live", "--mode", "ebpf")
+        try:
+            pcap = str(tmp_path / "tcpdump.pcap")
+            tcpdump = link.capture(link.sender, link.sender_if, pcap)
+            _run_traffic(link, iperf=False)
+            tcpdump.stop()
+            summary = live.stop()
+        finally:
+            live.kill()
+    counters = summary["files"][0]["counters"]
+    assert counters["gso_packets"] > 0, counters
+    assert counters["gso_segments"] > 2 * counters["gso_packets"], counters
+    records = _by_ports(live.records())
+    assert sorted(s for _, s in records) == [BULK_PORT] * BULK_CONNECTIONS
+    for r in records.values():
+        assert r["retransmissions"] == 0 and r["state"] == "complete", r
+        # payload bytes: the request line, the bulk data, the receiver's count reply
+        assert r["goodput_bytes_c2s"] == len("hello\n") + BULK_BYTES, r
+        assert r["goodput_bytes_s2c"] == RESPONSE_BYTES + len(f"ok {BULK_BYTES}\n"), r
+    replayed = _by_ports(_analyze(pcap, tmp_path / "analyze"))
+    assert replayed.keys() == records.keys()
+    for key, r in records.items():
+        _assert_same_record(r, replayed[key])
