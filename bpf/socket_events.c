@@ -305,6 +305,11 @@ int sock_ops(struct bpf_sock_ops *skops) {
     return 1;
 }
 
+/* The syscall tracepoints need CONFIG_FTRACE_SYSCALLS; the loader defines WITH_SYSCALLS
+ * when tracefs has them. Without them there are no connect/accept/close events and no
+ * server process (the client's still comes from SYN_SENT). */
+#ifdef WITH_SYSCALLS
+
 /* --- connect(): the fd, and the outcome -------------------------------------------- */
 
 TRACEPOINT_PROBE(syscalls, sys_enter_connect) {
@@ -414,3 +419,5 @@ TRACEPOINT_PROBE(syscalls, sys_enter_close) {
     socket_fds.delete(&key);
     return 0;
 }
+
+#endif /* WITH_SYSCALLS */

@@ -86,6 +86,10 @@ def program_text() -> str:
     return resources.files("wirestream.bpf").joinpath("socket_events.c").read_text()
 
 
+TRACEFS_EVENTS = Path("/sys/kernel/tracing/events")
+#: the syscall tracepoints bpf/socket_events.c attaches (all or none: WITH_SYSCALLS)
+SYSCALL_TRACEPOINTS = ("sys_enter_connect", "sys_exit_connect", "sys_enter_accept4", "sys_exit_accept4",
+                       "sys_enter_accept", "sys_exit_accept", "sys_enter_close")
 BPF_F_ALLOW_MULTI = 2  # attach next to other programs on the cgroup (Cilium, systemd), not instead
 
 
@@ -97,7 +101,11 @@ class SocketEventSource:
     def __init__(self, bcc: Any, ring_pages: int = 1024, cgroup: Path | None = None) -> None:
         """``ring_pages``: ring buffer size in pages (a power of two; 1024 = 4 MiB,
         ~40k events)."""
-        self.bpf = bcc.BPF(text=program_text().encode(), cflags=[f"-DRINGBUF_PAGES={ring_pages}"])
+        cflags = [f"-DRINGBUF_PAGES={ring_pages}"]
+        self.syscalls = all((TRACEFS_EVENTS / "syscalls" / name).is_dir() for name in SYSCALL_TRACEPOINTS)
+        if self.syscalls:
+            cflags.append("-DWITH_SYSCALLS")
+        self.bpf = bcc.BPF(text=program_text().encode(), cflags=cflags)
         self._bcc = bcc
         self._sock_ops: tuple[Any, int] | None = None
         #: why retransmissions are counted per skb rather than per segment, if they are

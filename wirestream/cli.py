@@ -585,8 +585,9 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report.as_dict(), indent=2))
         return EXIT_OK
+    width = max(len(c.name) for c in report.checks) + 1
     for c in report.checks:
-        print(f"{'ok ' if c.ok else 'NO '} {c.name:17} {c.detail}")
+        print(f"{'ok ' if c.ok else 'NO '} {c.name:{width}} {c.detail}")
     print()
     for name, mode in report.as_dict()["capture_modes"].items():  # type: ignore[union-attr]
         print(f"{name:19} {'available' if mode['available'] else 'unavailable: ' + mode['reason']}")

@@ -26,8 +26,12 @@ from types import ModuleType
 
 DEBIAN_BCC = Path("/usr/lib/python3/dist-packages/bcc")
 TRACEFS = Path("/sys/kernel/tracing")
-#: the tracepoints socket events are read from
-TRACEPOINTS = ("sock/inet_sock_set_state", "tcp/tcp_retransmit_skb")
+#: the tracepoints socket events are read from (the syscall ones are optional: without
+#: them there are no connect/accept/close events and no server process)
+TRACEPOINTS = ("sock/inet_sock_set_state", "tcp/tcp_retransmit_skb", "tcp/tcp_retransmit_synack")
+SYSCALL_TRACEPOINTS = tuple(f"syscalls/{name}" for name in (
+    "sys_enter_connect", "sys_exit_connect", "sys_enter_accept4", "sys_exit_accept4",
+    "sys_enter_accept", "sys_exit_accept", "sys_enter_close"))
 #: where scripts/bcc-headers puts a merged header tree
 HEADERS_DIR = Path("/var/lib/wirestream/kernel-headers")
 BTF = Path("/sys/kernel/btf/vmlinux")
@@ -125,6 +129,12 @@ BPF_PROBE = b"int count(struct __sk_buff *skb) { return 0; }"  # bcc wants bytes
 TRACEPOINT_PROBE = b"TRACEPOINT_PROBE(sock, inet_sock_set_state) { return 0; }"
 
 
+def _cgroup2_mount() -> Path | None:
+    from wirestream.producers.socket_events import cgroup2_mount
+
+    return cgroup2_mount()
+
+
 def diagnose(probe: bool = True) -> Report:
     """Check everything; with ``probe``, also compile and load a tiny socket filter (the
     only proof that eBPF really works here; ~1 s of clang)."""
@@ -144,6 +154,16 @@ def diagnose(probe: bool = True) -> Report:
         tracefs = r.add("tracepoints", not missing,
                         "missing: " + ", ".join(missing) if missing else
                         ", ".join(t.replace("/", ":") for t in TRACEPOINTS))
+        if tracefs:
+            absent = [t for t in SYSCALL_TRACEPOINTS if not (TRACEFS / "events" / t).is_dir()]
+            r.add("syscall tracepoints", not absent,
+                  "connect, accept, accept4, close" if not absent else
+                  f"missing {', '.join(absent)} (CONFIG_FTRACE_SYSCALLS): no server process, no "
+                  "connect/accept/close events")
+    cgroup2 = _cgroup2_mount()
+    r.add("cgroup v2", cgroup2 is not None,
+          f"mounted at {cgroup2}: sock_ops counts retransmitted segments" if cgroup2 else
+          "not mounted: kernel_retransmissions counts retransmitted skbs, not segments")
     try:
         bcc = load_bcc()
         have_bcc = r.add("bcc", True, f"bcc {getattr(bcc, '__version__', '?')} from {Path(bcc.__file__).parent}")
