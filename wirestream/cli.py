@@ -516,8 +516,18 @@ def cmd_process(args: argparse.Namespace) -> int:
     from wirestream.broker import ensure_topics, partition_count
     from wirestream.processors.app import changelog_topic
     from wirestream.processors.l7.base import L7Options
-    from wirestream.topics import OBSERVATIONS, PACKETS
+    from wirestream.topics import OBSERVATIONS, PACKETS, SOCKETS
 
+    packet_partitions = partition_count(args.bootstrap, PACKETS)
+    if args.role != "windows":
+        # The packet agent joins wire.sockets to wire.packets partition by partition: Faust
+        # gives one worker the same partition of both only if their counts are equal.
+        ensure_topics(args.bootstrap, [SOCKETS], packet_partitions)
+        socket_partitions = partition_count(args.bootstrap, SOCKETS)
+        if socket_partitions != packet_partitions:
+            raise WirestreamError(
+                f"{SOCKETS} has {socket_partitions} partitions and {PACKETS} {packet_partitions}: "
+                "they must be equal (socket events are joined to packets partition by partition)")
     l7 = (L7Options(redact=args.redact, body_cap=args.body_cap, response_body_cap=args.response_body_cap)
           if args.l7 else None)
     observation_partitions = partition_count(args.bootstrap, OBSERVATIONS)
@@ -527,7 +537,7 @@ def cmd_process(args: argparse.Namespace) -> int:
         ensure_topics(args.bootstrap, [changelog_topic(args.group)], observation_partitions)
     app = create_app(args.bootstrap, args.registry, group=args.group, idle_timeout_s=args.idle_timeout,
                      interim_s=args.interim, source_prefix=args.only_source_prefix, l7_options=l7,
-                     packet_partitions=partition_count(args.bootstrap, PACKETS),
+                     packet_partitions=packet_partitions,
                      observation_partitions=observation_partitions,
                      window_options=_window_options(args), windows=args.windows, role=args.role)
     run_worker(app, loglevel=args.loglevel)
