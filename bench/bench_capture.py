@@ -116,8 +116,7 @@ def bench_wirestream(link: Link, bootstrap: str, codec: AvroCodec, rate: int, se
     cpu = (usage1.user - usage0.user) + (usage1.system - usage0.system)
     return {"tool": f"wirestream ({live.mode})", "rate": rate, "sent": sent, "frames": result.frames,
             "lost": result.dropped.get("ring_full", 0), "cpu_s": cpu,
-            "us_per_packet": cpu / max(1, result.frames) * 1e6,
-            "pps": result.frames / result.elapsed_s}
+            "us_per_packet": cpu / max(1, result.frames) * 1e6, "pps": sent / seconds}
 
 
 def bench_dumpcap(link: Link, rate: int, seconds: float, workdir: str) -> dict:
@@ -137,7 +136,7 @@ def bench_dumpcap(link: Link, rate: int, seconds: float, workdir: str) -> dict:
     cpu = usage.ru_utime + usage.ru_stime
     os.unlink(path)
     return {"tool": "dumpcap (tshark)", "rate": rate, "sent": sent, "frames": frames, "lost": dropped,
-            "cpu_s": cpu, "us_per_packet": cpu / max(1, frames) * 1e6, "pps": frames / seconds}
+            "cpu_s": cpu, "us_per_packet": cpu / max(1, frames) * 1e6, "pps": sent / seconds}
 
 
 def main() -> int:
@@ -165,17 +164,22 @@ def main() -> int:
                 rows.append(bench_dumpcap(link, rate, args.seconds, workdir))
                 print(_row(rows[-1]), flush=True)
     print()
+    # no loss: nothing dropped by the ring, and every datagram iperf3 sent was captured
     ok = [r for r in rows if r["tool"].startswith("wirestream") and r["lost"] == 0 and r["frames"] >= r["sent"]]
     best = max((r["pps"] for r in ok), default=0)
-    print(f"wirestream: highest rate with no loss {best:,.0f} packets/s (target 50,000): "
-          f"{'MET' if best >= 50_000 else 'NOT MET'}")
+    # met: a rate of at least 50k asked, sent (iperf3 kept up, within 1 %), and captured whole
+    met = any(r["rate"] >= 50_000 and r["pps"] >= 0.99 * r["rate"] for r in ok)
+    print(f"wirestream: highest rate sustained with no loss {best:,.0f} packets/s (target 50,000): "
+          f"{'MET' if met else 'NOT MET'}")
     return 0
 
 
 def _row(r: dict) -> str:
-    return (f"{r['tool']:<22} target {r['rate']:>7,} pkt/s: sent {r['sent']:>9,}  captured {r['frames']:>9,}  "
-            f"lost {r['lost']:>6,}  ({r['pps']:>9,.0f} pkt/s)  CPU {r['cpu_s']:6.2f} s = "
-            f"{r['us_per_packet']:5.2f} µs/packet")
+    # iperf3 sends what it can: on a small machine it shares the CPU with the capture, so
+    # the rate achieved ("sent") can be below the rate asked for.
+    return (f"{r['tool']:<22} asked {r['rate']:>7,} pkt/s, sent {r['pps']:>7,.0f} pkt/s: "
+            f"{r['sent']:>9,} sent, {r['frames']:>9,} captured (+ the TCP control connection), "
+            f"lost {r['lost']:>5,}; CPU {r['cpu_s']:5.2f} s = {r['us_per_packet']:5.2f} µs/packet")
 
 
 if __name__ == "__main__":
