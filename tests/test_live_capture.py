@@ -277,3 +277,27 @@ def test_ebpf_capture_with_offloads_on_handles_super_packets(tmp_path) -> None:
     assert replayed.keys() == records.keys()
     for key, r in records.items():
         _assert_same_record(r, replayed[key])
+
+
+@pytest.mark.parametrize("args, says", [
+    (["-i", "nosuch0"], "no network interface named 'nosuch0'"),
+    (["--netns", "wirestream-no-such-ns"], "no network namespace 'wirestream-no-such-ns'"),
+])
+def test_capture_errors_are_one_clear_line(args, says) -> None:
+    """Checked before Kafka starts: the command fails in a moment, saying what is wrong."""
+    r = subprocess.run([sys.executable, "-m", "wirestream", "capture", *args, "--duration", "1"],
+                       capture_output=True, text=True, timeout=60)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 1 and len(lines) == 1 and lines[0].startswith(f"wirestream: error: {says}"), r.stderr
+
+
+@pytest.mark.skipif(shutil.which("setpriv") is None, reason="setpriv (util-linux) is not installed")
+def test_capture_without_privileges_says_which_capability() -> None:
+    r = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                        sys.executable, "-m", "wirestream", "capture", "--duration", "1"],
+                       capture_output=True, text=True, timeout=60, cwd="/")
+    if "needs CAP_NET_RAW" not in r.stderr and "Permission denied" in r.stderr:
+        pytest.skip(f"the checkout is not readable by an unprivileged user: {r.stderr.strip().splitlines()[-1]}")
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 1 and len(lines) == 1, r.stderr
+    assert lines[0] == "wirestream: error: opening a packet socket needs CAP_NET_RAW (run as root)", r.stderr
