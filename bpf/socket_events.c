@@ -95,6 +95,19 @@ BPF_TABLE("lru_hash", u64, u64, socket_fds, 65536);
 /* connections whose retransmissions sock_ops reports (with segment counts) */
 BPF_TABLE("lru_hash", struct tuple, u8, sockops_covered, 65536);               /* (tgid << 32 | fd) -> skaddr or 1 */
 
+/* A tracepoint's addresses: saddr/daddr (4 bytes) for IPv4, saddr_v6/daddr_v6 otherwise.
+ * (A macro: each tracepoint has its own argument struct.) */
+#define TUPLE_ADDRS(src, dst, args)                          \
+    do {                                                     \
+        if ((args)->family == AF_INET) {                     \
+            __builtin_memcpy((src), (args)->saddr, 4);       \
+            __builtin_memcpy((dst), (args)->daddr, 4);       \
+        } else {                                             \
+            __builtin_memcpy((src), (args)->saddr_v6, 16);   \
+            __builtin_memcpy((dst), (args)->daddr_v6, 16);   \
+        }                                                    \
+    } while (0)
+
 static __always_inline struct event *reserve(u32 kind) {
     struct event *ev = events.ringbuf_reserve(sizeof(struct event));
     if (!ev) {
@@ -118,6 +131,17 @@ static __always_inline void current_process(struct event *ev) {
     bpf_get_current_comm(ev->comm, sizeof(ev->comm));
 }
 
+/* The process that connect()ed socket sk, if we saw it do so. */
+static __always_inline void remembered_process(struct event *ev, u64 sk) {
+    struct proc *p = connecting.lookup(&sk);
+    if (p) {
+        ev->pid = p->pid;
+        ev->tgid = p->tgid;
+        ev->cgroup_id = p->cgroup_id;
+        __builtin_memcpy(ev->comm, p->comm, sizeof(ev->comm));
+    }
+}
+
 TRACEPOINT_PROBE(sock, inet_sock_set_state) {
     if (args->protocol != 6)  /* IPPROTO_TCP */
         return 0;
@@ -131,13 +155,7 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state) {
     ev->dport = args->dport;
     ev->oldstate = args->oldstate;
     ev->newstate = args->newstate;
-    if (args->family == AF_INET) {
-        __builtin_memcpy(ev->saddr, args->saddr, 4);
-        __builtin_memcpy(ev->daddr, args->daddr, 4);
-    } else {
-        __builtin_memcpy(ev->saddr, args->saddr_v6, 16);
-        __builtin_memcpy(ev->daddr, args->daddr_v6, 16);
-    }
+    TUPLE_ADDRS(ev->saddr, ev->daddr, args);
     if (args->newstate == TCP_SYN_SENT) {
         /* inside connect(): the current task is the client */
         current_process(ev);
@@ -151,13 +169,7 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state) {
         if (ca)
             ca->skaddr = sk;
     } else {
-        struct proc *p = connecting.lookup(&sk);
-        if (p) {
-            ev->pid = p->pid;
-            ev->tgid = p->tgid;
-            ev->cgroup_id = p->cgroup_id;
-            __builtin_memcpy(ev->comm, p->comm, sizeof(ev->comm));
-        }
+        remembered_process(ev, sk);
         if (args->newstate == TCP_ESTABLISHED && args->oldstate == TCP_SYN_RECV) {
             struct peer remote = {}, local = {};
             remote.family = local.family = args->family;
@@ -189,13 +201,7 @@ TRACEPOINT_PROBE(tcp, tcp_retransmit_skb) {
     t.family = args->family;
     t.sport = args->sport;
     t.dport = args->dport;
-    if (args->family == AF_INET) {
-        __builtin_memcpy(t.saddr, args->saddr, 4);
-        __builtin_memcpy(t.daddr, args->daddr, 4);
-    } else {
-        __builtin_memcpy(t.saddr, args->saddr_v6, 16);
-        __builtin_memcpy(t.daddr, args->daddr_v6, 16);
-    }
+    TUPLE_ADDRS(t.saddr, t.daddr, args);
     if (sockops_covered.lookup(&t))
         return 0;
     struct event *ev = reserve(EV_RETRANSMIT);
@@ -208,20 +214,8 @@ TRACEPOINT_PROBE(tcp, tcp_retransmit_skb) {
     ev->sport = args->sport;
     ev->dport = args->dport;
     ev->newstate = args->state;
-    if (args->family == AF_INET) {
-        __builtin_memcpy(ev->saddr, args->saddr, 4);
-        __builtin_memcpy(ev->daddr, args->daddr, 4);
-    } else {
-        __builtin_memcpy(ev->saddr, args->saddr_v6, 16);
-        __builtin_memcpy(ev->daddr, args->daddr_v6, 16);
-    }
-    struct proc *p = connecting.lookup(&sk);
-    if (p) {
-        ev->pid = p->pid;
-        ev->tgid = p->tgid;
-        ev->cgroup_id = p->cgroup_id;
-        __builtin_memcpy(ev->comm, p->comm, sizeof(ev->comm));
-    }
+    TUPLE_ADDRS(ev->saddr, ev->daddr, args);
+    remembered_process(ev, sk);
     events.ringbuf_submit(ev, 0);
     return 0;
 }
@@ -237,13 +231,7 @@ TRACEPOINT_PROBE(tcp, tcp_retransmit_synack) {
     ev->dport = args->dport;
     ev->newstate = TCP_SYN_RECV;
     ev->segments = 1;
-    if (args->family == AF_INET) {
-        __builtin_memcpy(ev->saddr, args->saddr, 4);
-        __builtin_memcpy(ev->daddr, args->daddr, 4);
-    } else {
-        __builtin_memcpy(ev->saddr, args->saddr_v6, 16);
-        __builtin_memcpy(ev->daddr, args->daddr_v6, 16);
-    }
+    TUPLE_ADDRS(ev->saddr, ev->daddr, args);
     events.ringbuf_submit(ev, 0);
     return 0;
 }

@@ -89,21 +89,8 @@ examples:
   wirestream analyze capture.pcap --bootstrap kafka:9092 --registry http://registry:8081""",
     )
     p.add_argument("files", nargs="+", metavar="FILE", help="capture files to analyse")
-    p.add_argument("--out", metavar="DIR", help="also write every output topic to DIR/<topic>.jsonl")
-    p.add_argument("--workers", type=_at_least_one, default=None, metavar="N",
-                   help="processor worker processes (default: one per CPU, at most one per "
-                        "partition of wire.packets)")
-    p.add_argument("--top", type=int, default=15, metavar="N",
-                   help="rows in each table: connections, HTTP, DNS, TLS (default: %(default)s)")
-    p.add_argument("--idle-timeout", type=float, default=defaults.idle_timeout_s, metavar="SECONDS",
-                   help="close a connection after this much capture time without packets (default: %(default)s)")
-    p.add_argument("--snaplen", type=int, default=defaults.payload_snaplen, metavar="BYTES",
-                   help="payload bytes kept per packet for L7 analysis (default: %(default)s)")
-    _add_l7_args(p, defaults)
-    _add_window_args(p, defaults)
+    _add_pipeline_args(p, defaults)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--json", action="store_true", help="print the summary as JSON instead of tables")
-    _add_kafka_args(p, defaults)
 
     # capture ------------------------------------------------------------------------
     p = sub.add_parser(
@@ -156,18 +143,7 @@ examples:
     p.add_argument("--count", type=int, default=None, metavar="N", help="stop after N TCP/UDP packets")
     p.add_argument("--ring-mb", type=int, default=32, metavar="MB",
                    help="packet ring memory, shared among the interfaces (default: %(default)s)")
-    p.add_argument("--out", metavar="DIR", help="also write every output topic to DIR/<topic>.jsonl")
-    p.add_argument("--workers", type=_at_least_one, default=None, metavar="N",
-                   help="processor worker processes (default: one per CPU)")
-    p.add_argument("--top", type=int, default=15, metavar="N", help="rows in each table (default: %(default)s)")
-    p.add_argument("--idle-timeout", type=float, default=defaults.idle_timeout_s, metavar="SECONDS",
-                   help="close a connection after this long without packets (default: %(default)s)")
-    p.add_argument("--snaplen", type=int, default=defaults.payload_snaplen, metavar="BYTES",
-                   help="payload bytes kept per packet for L7 analysis (default: %(default)s)")
-    _add_l7_args(p, defaults)
-    _add_window_args(p, defaults)
-    p.add_argument("--json", action="store_true", help="print the summary as JSON instead of tables")
-    _add_kafka_args(p, defaults)
+    _add_pipeline_args(p, defaults)
 
     # broker -------------------------------------------------------------------------
     p = sub.add_parser("broker", help="run the embedded broker and schema registry in the foreground",
@@ -260,6 +236,25 @@ examples:
                    help="stop after this long without a record (default: follow forever)")
     _add_kafka_args(p, defaults)
     return parser
+
+
+def _add_pipeline_args(p: argparse.ArgumentParser, defaults: Settings) -> None:
+    """Options of the commands that run the whole pipeline and print a summary
+    (analyze, capture)."""
+    p.add_argument("--out", metavar="DIR", help="also write every output topic to DIR/<topic>.jsonl")
+    p.add_argument("--workers", type=_at_least_one, default=None, metavar="N",
+                   help="processor worker processes (default: one per CPU, at most one per "
+                        "partition of wire.packets)")
+    p.add_argument("--top", type=int, default=15, metavar="N",
+                   help="rows in each table: connections, HTTP, DNS, TLS (default: %(default)s)")
+    p.add_argument("--idle-timeout", type=float, default=defaults.idle_timeout_s, metavar="SECONDS",
+                   help="close a connection after this much capture time without packets (default: %(default)s)")
+    p.add_argument("--snaplen", type=int, default=defaults.payload_snaplen, metavar="BYTES",
+                   help="payload bytes kept per packet for L7 analysis (default: %(default)s)")
+    _add_l7_args(p, defaults)
+    _add_window_args(p, defaults)
+    p.add_argument("--json", action="store_true", help="print the summary as JSON instead of tables")
+    _add_kafka_args(p, defaults)
 
 
 def _add_window_args(p: argparse.ArgumentParser, defaults: Settings) -> None:
