@@ -275,7 +275,8 @@ def test_ebpf_capture_with_offloads_on_handles_super_packets(tmp_path) -> None:
     """TSO/GSO on: the stack hands the veth (and every tap on it) frames of up to 64 KB
     that stand for many segments. The filter counts them and their segments; the TCP
     analysis takes their sequence ranges as they are, so no retransmission is invented
-    and the byte counts are the bytes sent; tcpdump's file says the same."""
+    (the kernel may still retransmit, rarely, without loss: a tail loss probe) and the
+    byte counts are the bytes sent; tcpdump's file says the same."""
     reason = _ebpf_unavailable()
     if reason:
         pytest.skip(f"eBPF capture is not possible on this kernel/machine: {reason}")
@@ -287,7 +288,11 @@ def test_ebpf_capture_with_offloads_on_handles_super_packets(tmp_path) -> None:
     records = _by_ports(live.records())
     assert sorted(s for _, s in records) == [BULK_PORT] * BULK_CONNECTIONS
     for r in records.values():
-        assert r["retransmissions"] == 0 and r["state"] == "complete", r
+        assert r["state"] == "complete", r
+        # No retransmission invented from the super-packets' ranges: every one seen on the
+        # wire is one the kernel made (a retransmitted super-packet is one frame on the
+        # wire and several segments to the kernel, so "at most").
+        assert r["retransmissions"] <= r["kernel_retransmissions"], r
         # payload bytes: the request line, the bulk data, the receiver's count reply
         assert r["goodput_bytes_c2s"] == len("hello\n") + BULK_BYTES, r
         assert r["goodput_bytes_s2c"] == RESPONSE_BYTES + len(f"ok {BULK_BYTES}\n"), r
