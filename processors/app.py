@@ -24,6 +24,7 @@ from wirestream.runtime import DATADIR_ENV
 from wirestream.topics import OBSERVATIONS, PACKETS, SOCKETS, WINDOWS_STAGE
 
 from . import faust_transport
+from .k8s_enrichment import Enricher, IdentityFeed, IdentityIndex
 from .l7.base import L7Options
 from .output import OutputPublisher
 from .packet_pipeline import STAGE, PacketPipeline
@@ -93,6 +94,14 @@ def create_app(
             state["codec"] = AvroCodec(registry_url)
         return state["codec"]
 
+    def enricher() -> Enricher:
+        # The whole wire.k8s-identity table, read before the first record is enriched.
+        index = IdentityIndex()
+        feed = IdentityFeed(bootstrap, codec(), index)
+        feed.start()
+        state["identity_feed"] = feed
+        return Enricher(index)
+
     def pipeline() -> PacketPipeline:
         # Created in the worker (not at import), after fork-safe startup.
         if "p" not in state:
@@ -106,6 +115,7 @@ def create_app(
                 l7_options=l7_options,
                 packet_partitions=packet_partitions,
                 observation_partitions=observation_partitions if windows else 0,
+                enricher=enricher(),
             )
         return state["p"]
 

@@ -19,6 +19,7 @@ from wirestream.packet_block import PROTO_UDP, decode_batch
 from wirestream.topics import CONNECTIONS, OBSERVATIONS, PACKETS_STAGE
 
 from .connection_tracker import ConnectionTracker
+from .k8s_enrichment import Enricher
 from .l7.base import L7Options
 from .l7.session import L7Dispatcher
 from .observations import Observer
@@ -41,6 +42,7 @@ class PacketPipeline:
         l7_options: L7Options | None = None,
         packet_partitions: int = 0,
         observation_partitions: int = 0,
+        enricher: Enricher | None = None,
     ) -> None:
         """``observation_partitions`` > 0: also send ``wire.observations`` for the
         per-service windows (``packet_partitions``: how many ``wire.packets`` has)."""
@@ -54,6 +56,7 @@ class PacketPipeline:
         self.l7_options = l7_options  # None: no L7 analysis
         self.packet_partitions = packet_partitions
         self.observation_partitions = observation_partitions
+        self.enricher = enricher  # Kubernetes identities (None: records go out without)
         self._trackers: dict[tuple[str, int], ConnectionTracker] = {}
         self._observers: dict[tuple[str, int], Observer] = {}
         self._received: Counter[tuple[str, int]] = Counter()
@@ -67,17 +70,22 @@ class PacketPipeline:
         key = (source_id, partition)
         tracker = self._trackers.get(key)
         if tracker is None:
-            emit = self.publisher.emit
+            publish = self.publisher.emit
+            enrich = self.enricher.enrich if self.enricher is not None else None
+            observe = None
             if self.observation_partitions:
                 send = self.publisher.send_to_partition
                 observer = self._observers[key] = Observer(
                     lambda part, batch: send(OBSERVATIONS, part, batch), source_id, partition,
                     self.packet_partitions, self.observation_partitions)
-                observe, publish = observer.observe, emit
+                observe = observer.observe
 
-                def emit(topic: str, key: str | None, record: dict[str, Any]) -> None:
-                    observe(topic, record)  # first: it takes internal annotations away
-                    publish(topic, key, record)
+            def emit(topic: str, key: str | None, record: dict[str, Any]) -> None:
+                if enrich is not None:
+                    enrich(topic, record)  # Kubernetes identity: the windows key by workload
+                if observe is not None:
+                    observe(topic, record)  # before publishing: it takes internal annotations away
+                publish(topic, key, record)
 
             def on_record(record: dict[str, Any]) -> None:
                 emit(CONNECTIONS, record["connection_id"], record)

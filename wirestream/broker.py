@@ -171,8 +171,11 @@ def ensure_topics(bootstrap: str, topics: Iterable[str], partitions: int, timeou
     wanted = [t for t in topics if t not in existing]
     if not wanted:
         return []
+    from wirestream.topics import TOPIC_CONFIGS
+
     futures = admin.create_topics(
-        [NewTopic(t, num_partitions=partitions, replication_factor=-1) for t in wanted],
+        [NewTopic(t, num_partitions=partitions, replication_factor=-1, config=TOPIC_CONFIGS.get(t, {}))
+         for t in wanted],
         operation_timeout=timeout,
         request_timeout=timeout,
     )

@@ -130,19 +130,7 @@ examples:
   sudo wirestream capture --netns blue --iface veth0 --count 100000
   sudo wirestream capture --mode af_packet --no-l7 --bootstrap kafka:9092 --registry http://registry:8081""",
     )
-    p.add_argument("--iface", "-i", action="append", default=[], metavar="NAME",
-                   help="interface to capture on (repeatable; default: every interface)")
-    p.add_argument("--netns", metavar="NAME|PATH",
-                   help="capture inside this network namespace (a name from `ip netns`, or a path "
-                        "such as /proc/PID/ns/net)")
-    p.add_argument("--mode", choices=("auto", "ebpf", "af_packet"), default="auto",
-                   help="capture mode (default: %(default)s)")
-    p.add_argument("--no-socket-events", dest="socket_events", action="store_false",
-                   help="eBPF mode: packets only, no wire.sockets")
-    p.add_argument("--duration", type=float, default=None, metavar="SECONDS", help="stop after this long")
-    p.add_argument("--count", type=int, default=None, metavar="N", help="stop after N TCP/UDP packets")
-    p.add_argument("--ring-mb", type=int, default=32, metavar="MB",
-                   help="packet ring memory, shared among the interfaces (default: %(default)s)")
+    _add_live_args(p)
     _add_pipeline_args(p, defaults)
 
     # broker -------------------------------------------------------------------------
@@ -163,6 +151,19 @@ examples:
     pp.add_argument("files", nargs="+", metavar="FILE")
     pp.add_argument("--snaplen", type=int, default=defaults.payload_snaplen, metavar="BYTES",
                     help="payload bytes kept per packet (default: %(default)s)")
+    _add_kafka_args(pp, defaults)
+    pp = psub.add_parser(
+        "live", help="capture live traffic into wire.packets and wire.sockets",
+        description="Capture live traffic (as `wirestream capture` does: eBPF or AF_PACKET, see its --help) "
+                    "and publish it for processors running elsewhere, until SIGTERM/Ctrl-C, --duration or "
+                    "--count; then send end-of-input markers. This is what the capture DaemonSet runs.")
+    _add_live_args(pp)
+    pp.add_argument("--snaplen", type=int, default=defaults.payload_snaplen, metavar="BYTES",
+                    help="payload bytes kept per packet (default: %(default)s)")
+    pp.add_argument("--stats-interval", type=float, default=10.0, metavar="SECONDS",
+                    help="publish capture counters on wire.stats this often (default: %(default)s)")
+    pp.add_argument("--source-name", default=os.environ.get("WIRESTREAM_SOURCE_NAME") or os.uname().nodename,
+                    help="name of this source in the records (default: $WIRESTREAM_SOURCE_NAME, else the host name)")
     _add_kafka_args(pp, defaults)
 
     # process ------------------------------------------------------------------------
@@ -225,6 +226,35 @@ examples:
     p.add_argument("--no-probe", action="store_true", help="do not compile and load a test BPF program")
     p.add_argument("--json", action="store_true", help="print JSON")
 
+    # k8s-watch ----------------------------------------------------------------------
+    p = sub.add_parser(
+        "k8s-watch", help="publish Kubernetes identities (IP -> pod, service, node) to wire.k8s-identity",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="""\
+List and watch pods, services, EndpointSlices and nodes (and the ReplicaSets and Jobs
+that own pods) and publish, for every pod IP, ClusterIP and node IP, what it is:
+pod, namespace, labels, workload (Deployment through its ReplicaSet, StatefulSet,
+DaemonSet, CronJob through its Job), node and zone; a ClusterIP's service and backing
+pods. Topic wire.k8s-identity is compacted and keyed by IP; a deleted pod's last record
+says when it ended, then a tombstone follows. The processors read it as a table and fill
+the client_/server_ pod, namespace, workload, node and server_service of every record,
+for the time of the record (pod IPs are reused).
+
+Survives watch expiry (410 Gone: relist), API server restarts and network errors
+(exponential backoff, relist, deletions missed meanwhile are published). Needs list and
+watch on those resources (deploy/kustomize/base has the ClusterRole).""",
+        epilog="""\
+examples:
+  wirestream k8s-watch                                  # in a pod: its service account
+  wirestream k8s-watch --kubeconfig ~/.kube/config --cluster-name prod
+  wirestream k8s-watch --once                           # publish the current state and exit""",
+    )
+    p.add_argument("--kubeconfig", default=os.environ.get("KUBECONFIG") or None, metavar="FILE",
+                   help="kubeconfig (default: $KUBECONFIG, else in-cluster, else ~/.kube/config)")
+    p.add_argument("--cluster-name", default="", metavar="NAME", help="recorded as the source of each identity")
+    p.add_argument("--once", action="store_true", help="exit once the current state is published")
+    _add_kafka_args(p, defaults)
+
     # tail ---------------------------------------------------------------------------
     p = sub.add_parser("tail", help="decode a topic and print JSON lines",
                        description="Decode a wirestream topic (Avro, Confluent wire format) and print one "
@@ -236,6 +266,32 @@ examples:
                    help="stop after this long without a record (default: follow forever)")
     _add_kafka_args(p, defaults)
     return parser
+
+
+def _add_live_args(p: argparse.ArgumentParser) -> None:
+    """What to capture live, and until when (capture, produce live)."""
+    p.add_argument("--iface", "-i", action="append", default=[], metavar="NAME",
+                   help="interface to capture on (repeatable; default: every interface)")
+    p.add_argument("--netns", metavar="NAME|PATH",
+                   help="capture inside this network namespace (a name from `ip netns`, or a path "
+                        "such as /proc/PID/ns/net)")
+    p.add_argument("--mode", choices=("auto", "ebpf", "af_packet"), default="auto",
+                   help="capture mode (default: %(default)s)")
+    p.add_argument("--no-socket-events", dest="socket_events", action="store_false",
+                   help="eBPF mode: packets only, no wire.sockets")
+    p.add_argument("--duration", type=float, default=None, metavar="SECONDS", help="stop after this long")
+    p.add_argument("--count", type=int, default=None, metavar="N", help="stop after N TCP/UDP packets")
+    p.add_argument("--ring-mb", type=int, default=32, metavar="MB",
+                   help="packet ring memory, shared among the interfaces (default: %(default)s)")
+
+
+def _capture_options(args: argparse.Namespace, stats_interval_s: float = 5.0) -> Any:
+    from wirestream.producers.live_capture import CaptureOptions
+
+    return CaptureOptions(
+        interfaces=args.iface, netns=args.netns, payload_snaplen=args.snaplen, mode=args.mode,
+        socket_events=args.socket_events, ring_mb=args.ring_mb, duration_s=args.duration,
+        max_packets=args.count, stats_interval_s=stats_interval_s)
 
 
 def _add_pipeline_args(p: argparse.ArgumentParser, defaults: Settings) -> None:
@@ -400,16 +456,12 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
 def cmd_capture(args: argparse.Namespace) -> int:
     from wirestream.capture import capture
-    from wirestream.producers.live_capture import CaptureOptions
     from wirestream.sinks import console
     from wirestream.sinks.jsonl import write_jsonl
 
     gc.set_threshold(50_000, 20, 100)  # as analyze: many small records, no cycles
     settings = _settings(args)
-    options = CaptureOptions(
-        interfaces=args.iface, netns=args.netns, payload_snaplen=args.snaplen, mode=args.mode,
-        socket_events=args.socket_events, ring_mb=args.ring_mb, duration_s=args.duration,
-        max_packets=args.count)
+    options = _capture_options(args)
     # The first Ctrl-C (or SIGTERM) ends the capture; the pipeline then finishes what was
     # captured. A second one interrupts that too.
     stopping: list[int] = []
@@ -465,8 +517,10 @@ def cmd_produce(args: argparse.Namespace) -> int:
     from wirestream.runtime import Runtime
     from wirestream.topics import PACKETS
 
+    if args.source == "live":
+        return _produce_live(args)
     if args.source != "pcap":
-        print("wirestream: error: choose a source: wirestream produce pcap FILE...", file=sys.stderr)
+        print("wirestream: error: choose a source: wirestream produce pcap FILE... | produce live", file=sys.stderr)
         return EXIT_USAGE
     settings = _settings(args)
     failed = 0
@@ -488,6 +542,43 @@ def cmd_produce(args: argparse.Namespace) -> int:
             print(f"{path}: {r.frames} frames, {r.packets} packets published as source {source_id}; "
                   f"not published: {dropped}")
     return EXIT_ERROR if failed else EXIT_OK
+
+
+def _produce_live(args: argparse.Namespace) -> int:
+    if not _kafka_given(args, "produce live"):
+        return EXIT_USAGE
+    from wirestream.broker import ensure_topics, partition_count
+    from wirestream.codec import AvroCodec
+    from wirestream.producers.live_capture import open_capture, run_capture
+    from wirestream.producers.publisher import PacketBatchPublisher
+    from wirestream.topics import PACKETS, SOCKETS, STATS
+
+    live = open_capture(_capture_options(args, args.stats_interval))
+    if live.fallback_reason:
+        print(f"wirestream produce live: {live.mode}: {live.fallback_reason}", file=sys.stderr)
+    ensure_topics(args.bootstrap, [PACKETS, SOCKETS, STATS], args.partitions)
+    codec = AvroCodec(args.registry)
+    partitions = partition_count(args.bootstrap, PACKETS)
+    source_id = f"{args.source_name}-{os.getpid()}-{time.time_ns()}"
+    publisher = PacketBatchPublisher(args.bootstrap, codec, partitions, source_id, f"live {args.source_name}",
+                                     stage="producer.live", socket_events=live.socket_source is not None)
+    socket_publisher = None
+    if live.socket_source is not None:
+        from wirestream.producers.socket_events import SocketEventPublisher
+
+        socket_publisher = SocketEventPublisher(args.bootstrap, codec, partitions, source_id)
+    stopping: list[int] = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda signum, frame: stopping.append(signum))
+    print(f"wirestream produce live: capturing on {live.rings_text()} ({live.mode}) as source {source_id}",
+          file=sys.stderr, flush=True)
+    try:
+        r = run_capture(live, publisher, socket_publisher, stop=lambda: bool(stopping))
+    finally:
+        live.close()
+    dropped = ", ".join(f"{k}={v}" for k, v in sorted(r.dropped.items())) or "none"
+    print(f"{r.frames} frames, {r.packets} packets published; dropped: {dropped}")
+    return EXIT_OK
 
 
 def _kafka_given(args: argparse.Namespace, command: str, hint: str = "") -> bool:
@@ -536,6 +627,35 @@ def cmd_process(args: argparse.Namespace) -> int:
                      observation_partitions=observation_partitions,
                      window_options=_window_options(args), windows=args.windows, role=args.role)
     run_worker(app, loglevel=args.loglevel)
+    return EXIT_OK
+
+
+def cmd_k8s_watch(args: argparse.Namespace) -> int:
+    if not _kafka_given(args, "k8s-watch", "; start them with 'wirestream broker'"):
+        return EXIT_USAGE
+    from wirestream.broker import ensure_topics
+    from wirestream.codec import AvroCodec
+    from wirestream.producers.k8s_watch import IdentityPublisher, load_api_client, run_watcher
+    from wirestream.topics import K8S_IDENTITY
+
+    ensure_topics(args.bootstrap, [K8S_IDENTITY], args.partitions)
+    try:
+        api = load_api_client(args.kubeconfig)
+    except Exception as exc:  # no kubeconfig, no in-cluster service account
+        raise WirestreamError(f"no Kubernetes API to watch: {exc}") from None
+    source = args.cluster_name or api.configuration.host
+    publisher = IdentityPublisher(args.bootstrap, AvroCodec(args.registry), source)
+    stopping: list[bool] = []
+
+    def synced() -> None:
+        print(f"wirestream k8s-watch: {source}: synced; {dict(publisher.published)} published",
+              file=sys.stderr, flush=True)
+        if args.once:
+            stopping.append(True)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stopping.append(True))
+    run_watcher(api, publisher, stop=lambda: bool(stopping), on_synced=synced)
     return EXIT_OK
 
 
@@ -631,6 +751,7 @@ _COMMANDS = {
     "analyze": cmd_analyze,
     "broker": cmd_broker,
     "capture": cmd_capture,
+    "k8s-watch": cmd_k8s_watch,
     "produce": cmd_produce,
     "process": cmd_process,
     "percentiles": cmd_percentiles,

@@ -16,6 +16,8 @@ TLS = "wire.tls"
 SERVICE_METRICS = "wire.service-metrics"
 ALERTS = "wire.alerts"
 STATS = "wire.stats"
+#: IP -> Kubernetes identity (compacted; published by `wirestream k8s-watch`)
+K8S_IDENTITY = "wire.k8s-identity"
 #: internal: connection/transaction/DNS facts re-keyed by service for the windows
 OBSERVATIONS = "wire.observations"
 
@@ -23,6 +25,7 @@ OBSERVATIONS = "wire.observations"
 TOPIC_SCHEMAS: dict[str, str] = {
     PACKETS: "packet_batch",
     SOCKETS: "socket_event",
+    K8S_IDENTITY: "k8s_identity",
     CONNECTIONS: "connection",
     TRANSACTIONS: "transaction",
     DNS: "dns",
@@ -43,7 +46,11 @@ OUTPUT_TOPICS: tuple[str, ...] = (
     ALERTS,
 )
 INTERNAL_TOPICS: tuple[str, ...] = (OBSERVATIONS,)
-ALL_TOPICS: tuple[str, ...] = RAW_TOPICS + OUTPUT_TOPICS + (STATS,) + INTERNAL_TOPICS
+#: tables: compacted, read whole by every processor
+TABLE_TOPICS: tuple[str, ...] = (K8S_IDENTITY,)
+ALL_TOPICS: tuple[str, ...] = RAW_TOPICS + OUTPUT_TOPICS + (STATS,) + INTERNAL_TOPICS + TABLE_TOPICS
+#: topic -> Kafka topic configuration wirestream creates it with
+TOPIC_CONFIGS: dict[str, dict[str, str]] = {K8S_IDENTITY: {"cleanup.policy": "compact"}}
 
 
 #: ``stage`` of the processors' reports on wire.stats: one final report per source and

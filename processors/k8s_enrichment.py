@@ -1,0 +1,182 @@
+"""Kubernetes identity on every record: ``wire.k8s-identity`` read as a table.
+
+Every packet worker reads the whole compacted topic (:class:`IdentityFeed`, a consumer
+of all partitions from the beginning, outside the consumer group) into an
+:class:`IdentityIndex`, and keeps reading it. Before a connection, transaction, DNS or
+TLS record is published, :class:`Enricher` fills its ``client_``/``server_`` ``pod``,
+``namespace``, ``workload`` and ``node``, and ``server_service`` when the server is a
+ClusterIP (or a pod backing exactly one service).
+
+Pod IPs are reused, so the index keeps a short history per IP: each pod's identity is
+valid from its start until its deletion (or until the next pod on that IP started), and
+a record gets the identity its IP had **at the record's own time** (the connection's
+first packet, the request, the query, the ClientHello), not at processing time. Replaying
+last week's capture therefore names last week's pods, as long as the topic still holds
+them (compaction keeps the newest record per IP; see docs/kubernetes.md).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+from wirestream.codec import AvroCodec
+from wirestream.errors import DecodeError, RegistryError
+from wirestream.reader import consumer_config, partitions_of
+from wirestream.topics import CONNECTIONS, DNS, K8S_IDENTITY, TLS, TRANSACTIONS
+
+log = logging.getLogger(__name__)
+
+#: which timestamp of a record its identities are resolved at
+RECORD_TIME = {CONNECTIONS: "start_ts_us", TRANSACTIONS: "request_ts_us", DNS: "query_ts_us",
+               TLS: "client_hello_ts_us"}
+#: a pod's start time has a resolution of one second: accept packets that much earlier
+START_GRACE_US = 1_000_000
+MAX_HISTORY = 8  # identities kept per IP
+
+
+@dataclass
+class _Entry:
+    key: str  # pod uid, or the service/node it names
+    from_us: int
+    to_us: int | None
+    identity: dict[str, Any]
+
+
+class IdentityIndex:
+    """IP -> identities over time."""
+
+    def __init__(self) -> None:
+        self._by_ip: dict[str, list[_Entry]] = {}
+        self._lock = threading.Lock()
+        self.records = 0
+
+    def add(self, ip: str, record: dict[str, Any] | None) -> None:
+        """Take one ``wire.k8s-identity`` message (``None``: a tombstone, which changes
+        nothing: the record before it already said when the identity ended)."""
+        if record is None:
+            return
+        self.records += 1
+        key = record.get("uid") or f"{record['kind']}:{record.get('namespace')}/{record.get('service') or record.get('node')}"
+        with self._lock:
+            entries = self._by_ip.setdefault(ip, [])
+            if record.get("deleted_ts_us"):
+                for e in reversed(entries):
+                    if e.key == key:
+                        e.to_us = record["deleted_ts_us"]
+                        break
+                return
+            if entries and entries[-1].key == key:
+                entries[-1].identity = record  # the same pod, changed (labels, services)
+                entries[-1].to_us = None
+                return
+            start = record.get("valid_from_us") or 0
+            if entries and entries[-1].to_us is None:
+                entries[-1].to_us = start  # the next pod on this IP ends the previous one
+            entries.append(_Entry(key, start, None, record))
+            if len(entries) > MAX_HISTORY:
+                del entries[0]
+
+    def lookup(self, ip: str, ts_us: int) -> dict[str, Any] | None:
+        """The identity ``ip`` had at ``ts_us``, if any."""
+        entries = self._by_ip.get(ip)
+        if not entries:
+            return None
+        with self._lock:
+            for e in reversed(entries):
+                if e.from_us - START_GRACE_US <= ts_us and (e.to_us is None or ts_us < e.to_us):
+                    return e.identity
+        return None
+
+
+class Enricher:
+    """Fill a record's Kubernetes identity fields from an :class:`IdentityIndex`."""
+
+    def __init__(self, index: IdentityIndex) -> None:
+        self.index = index
+        self.enriched = 0
+
+    def enrich(self, topic: str, record: dict[str, Any]) -> None:
+        ts_field = RECORD_TIME.get(topic)
+        if ts_field is None or not self.index.records:
+            return
+        ts = record.get(ts_field) or record.get("start_ts_us") or 0
+        found = False
+        for side in ("client", "server"):
+            ident = self.index.lookup(record[f"{side}_ip"], ts)
+            if ident is None:
+                continue
+            found = True
+            kind = ident["kind"]
+            if kind == "pod":
+                record[f"{side}_pod"] = ident["pod"]
+                record[f"{side}_namespace"] = ident["namespace"]
+                record[f"{side}_workload"] = ident["workload"]
+                record[f"{side}_node"] = ident["node"]
+                services = ident.get("services") or []
+                if side == "server" and len(services) == 1:
+                    record["server_service"] = services[0].split("/", 1)[1]
+            elif kind == "node":
+                record[f"{side}_node"] = ident["node"]
+            elif kind == "service" and side == "server":
+                # a ClusterIP: the connection was made to the service, before any DNAT
+                record["server_service"] = ident["service"]
+                record["server_namespace"] = ident["namespace"]
+        self.enriched += found
+
+
+class IdentityFeed(threading.Thread):
+    """Read ``wire.k8s-identity`` into an index: all of it at :meth:`start` (which returns
+    once the index has caught up with the topic's end), then whatever comes next."""
+
+    def __init__(self, bootstrap: str, codec: AvroCodec, index: IdentityIndex) -> None:
+        super().__init__(name="k8s-identity-feed", daemon=True)
+        self.codec = codec
+        self.index = index
+        self._consumer = Consumer(consumer_config(bootstrap))  # assigned: joins no group
+        self._stop = threading.Event()
+        self.malformed = 0
+        parts = [TopicPartition(tp.topic, tp.partition, OFFSET_BEGINNING)
+                 for tp in partitions_of(bootstrap, [K8S_IDENTITY])]
+        self._ends = {}
+        for tp in parts:
+            _low, high = self._consumer.get_watermark_offsets(tp, timeout=10)
+            self._ends[tp.partition] = high
+        self._consumer.assign(parts)
+        self._caught_up = threading.Event()
+
+    def start(self, timeout: float = 30.0) -> None:  # type: ignore[override]
+        super().start()
+        if not self._caught_up.wait(timeout):
+            log.warning("wire.k8s-identity: not caught up after %.0f s; enriching with what is read", timeout)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def run(self) -> None:
+        pending = {p: end for p, end in self._ends.items() if end > 0}
+        if not pending:
+            self._caught_up.set()
+        while not self._stop.is_set():
+            for msg in self._consumer.consume(1000, 0.2):
+                if msg.error():
+                    continue
+                ip = (msg.key() or b"").decode(errors="replace")
+                value = msg.value()
+                if value is None:
+                    self.index.add(ip, None)
+                else:
+                    try:
+                        self.index.add(ip, self.codec.decode(value))
+                    except (DecodeError, RegistryError) as exc:
+                        self.malformed += 1
+                        log.warning("skipping a wire.k8s-identity message for %s: %s", ip, exc)
+                if msg.partition() in pending and msg.offset() + 1 >= pending[msg.partition()]:
+                    del pending[msg.partition()]
+                    if not pending:
+                        self._caught_up.set()
+        self._consumer.close()

@@ -1,0 +1,252 @@
+"""``wirestream k8s-watch``: list+watch the API server, publish IP identities to Kafka.
+
+One thread per resource (pods, services, EndpointSlices, nodes, ReplicaSets, Jobs) runs
+:class:`ResourceWatch`: list, then watch from the list's resourceVersion, and again:
+
+- a watch that ends (the server's timeout) resumes from the last resourceVersion seen;
+- ``410 Gone`` (the version is too old, e.g. after a long disconnection or an API server
+  restart) relists; objects missing from the new list are reported as deleted, so a
+  deletion that happened while we were away is not lost;
+- network errors and API server restarts retry with exponential backoff (0.2 s doubling
+  to 10 s), then relist.
+
+Events go through one queue to the main loop, which applies them to an
+:class:`~producers.k8s_identity.IdentityState` and publishes every IP whose identity
+changed to the compacted topic ``wire.k8s-identity`` (key: the IP), with a tombstone
+when an IP has no identity any more. Configuration: in-cluster (service account) or a
+kubeconfig.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+from confluent_kafka import Producer
+
+from wirestream.codec import AvroCodec
+from wirestream.topics import K8S_IDENTITY
+
+from .k8s_identity import Identity, IdentityState
+from .publisher import producer_config
+
+log = logging.getLogger(__name__)
+
+#: kind -> (API class name, list function for all namespaces, or for the cluster)
+RESOURCES: dict[str, tuple[str, str]] = {
+    "Node": ("CoreV1Api", "list_node"),
+    "ReplicaSet": ("AppsV1Api", "list_replica_set_for_all_namespaces"),
+    "Job": ("BatchV1Api", "list_job_for_all_namespaces"),
+    "Pod": ("CoreV1Api", "list_pod_for_all_namespaces"),
+    "Service": ("CoreV1Api", "list_service_for_all_namespaces"),
+    "EndpointSlice": ("DiscoveryV1Api", "list_endpoint_slice_for_all_namespaces"),
+}
+BACKOFF_START_S, BACKOFF_MAX_S = 0.2, 10.0
+WATCH_TIMEOUT_S = 60  # the server ends a watch after this; we resume from where it was
+
+
+def load_api_client(kubeconfig: str | None = None) -> Any:
+    """An ApiClient: from ``kubeconfig`` if given, else in-cluster, else ~/.kube/config."""
+    from kubernetes import client, config
+
+    if kubeconfig:
+        api = config.new_client_from_config(config_file=kubeconfig)
+    else:
+        try:
+            config.load_incluster_config()
+            api = client.ApiClient()
+        except config.ConfigException:
+            api = config.new_client_from_config()
+    if not api.configuration.verify_ssl:
+        # The kubeconfig says insecure-skip-tls-verify: say so once, not on every request.
+        import urllib3
+
+        urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
+        log.warning("k8s-watch: TLS certificate of %s not verified (insecure-skip-tls-verify)",
+                    api.configuration.host)
+    return api
+
+
+class ResourceWatch(threading.Thread):
+    """List+watch one kind forever (until :meth:`stop`), putting events on ``out``:
+    ``(kind, "ADDED"|"MODIFIED"|"DELETED", object as a dict)``, and ``(kind, "SYNCED", None)``
+    after each complete list."""
+
+    def __init__(self, api_client: Any, kind: str, out: queue.Queue) -> None:
+        super().__init__(name=f"watch-{kind}", daemon=True)
+        from kubernetes import client
+
+        api_name, list_name = RESOURCES[kind]
+        self.kind = kind
+        self.list = getattr(getattr(client, api_name)(api_client), list_name)
+        self.serialize = api_client.sanitize_for_serialization
+        self.out = out
+        self.known: dict[str, dict[str, Any]] = {}  # uid -> last object (for relist diffs)
+        self.counters: Counter[str] = Counter()
+        self._stop = threading.Event()
+        self._watch: Any = None
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._watch is not None:
+            self._watch.stop()
+
+    def run(self) -> None:
+        from kubernetes import watch
+        from kubernetes.client.exceptions import ApiException
+
+        backoff = BACKOFF_START_S
+        version: str | None = None
+        while not self._stop.is_set():
+            try:
+                if version is None:
+                    version = self._relist()
+                    backoff = BACKOFF_START_S
+                self._watch = watch.Watch()
+                for ev in self._watch.stream(self.list, resource_version=version, timeout_seconds=WATCH_TIMEOUT_S,
+                                             allow_watch_bookmarks=True):
+                    if self._stop.is_set():
+                        return
+                    kind = ev["type"]
+                    obj = ev["raw_object"]
+                    if kind == "ERROR":
+                        if obj.get("code") == 410:
+                            raise ApiException(status=410, reason="Gone")
+                        raise RuntimeError(f"watch error: {obj}")
+                    version = (obj.get("metadata") or {}).get("resourceVersion") or version
+                    if kind == "BOOKMARK":
+                        continue
+                    self._emit(kind, obj)
+                backoff = BACKOFF_START_S
+            except ApiException as exc:
+                if exc.status == 410:
+                    # Our resourceVersion is too old (compacted, or the server restarted
+                    # and lost its watch cache): start over from a fresh list.
+                    self.counters["relists_410"] += 1
+                    version = None
+                    continue
+                self._retry(f"API error {exc.status} {exc.reason}", backoff)
+                backoff = min(BACKOFF_MAX_S, backoff * 2)
+                version = None
+            except Exception as exc:  # network: refused, reset, timeout, server restarting
+                if self._stop.is_set():
+                    return
+                self._retry(f"{type(exc).__name__}: {exc}", backoff)
+                backoff = min(BACKOFF_MAX_S, backoff * 2)
+                version = None  # relist: events may have been missed while we were away
+
+    def _retry(self, why: str, delay: float) -> None:
+        self.counters["watch_errors"] += 1
+        log.warning("k8s watch %s: %s; retrying in %.1f s", self.kind, why, delay)
+        self._stop.wait(delay)
+
+    def _relist(self) -> str:
+        result = self.list(watch=False)
+        items = [self.serialize(item) for item in result.items]
+        self.counters["lists"] += 1
+        seen = set()
+        for obj in items:
+            uid = (obj.get("metadata") or {}).get("uid") or str(id(obj))
+            seen.add(uid)
+            self._emit("MODIFIED" if uid in self.known else "ADDED", obj)
+        for uid in [u for u in self.known if u not in seen]:
+            # Deleted while we were not watching.
+            self.counters["deleted_while_away"] += 1
+            self._emit("DELETED", self.known[uid])
+        self.out.put((self.kind, "SYNCED", None))
+        return str(result.metadata.resource_version)
+
+    def _emit(self, event: str, obj: dict[str, Any]) -> None:
+        uid = (obj.get("metadata") or {}).get("uid") or ""
+        if event == "DELETED":
+            self.known.pop(uid, None)
+        else:
+            self.known[uid] = obj
+        self.out.put((self.kind, event, obj))
+
+
+class IdentityPublisher:
+    """Publish identities to ``wire.k8s-identity``: key = IP, value = record or tombstone."""
+
+    def __init__(self, bootstrap: str, codec: AvroCodec, source: str) -> None:
+        self._encode = codec.encoder(K8S_IDENTITY)
+        self._producer = Producer(producer_config(bootstrap, **{"linger.ms": 20}))
+        self.source = source
+        self.published: Counter[str] = Counter()
+
+    def publish(self, ip: str, ident: Identity | None) -> None:
+        if ident is None:
+            value = None
+            self.published["tombstones"] += 1
+        else:
+            value = self._encode(identity_record(ip, ident, self.source))
+            self.published["deleted" if ident.get("deleted_ts_us") else ident["kind"]] += 1
+        while True:
+            try:
+                self._producer.produce(K8S_IDENTITY, value, key=ip.encode())
+                break
+            except BufferError:
+                self._producer.poll(0.05)
+        self._producer.poll(0)
+
+    def flush(self, timeout: float = 30.0) -> int:
+        return int(self._producer.flush(timeout))
+
+
+def identity_record(ip: str, ident: Identity, source: str) -> dict[str, Any]:
+    """The ``K8sIdentity`` Avro record of one IP."""
+    return {
+        "ip": ip, "kind": ident["kind"], "source": source,
+        "pod": ident.get("pod"), "namespace": ident.get("namespace"), "uid": ident.get("uid"),
+        "labels": ident.get("labels") or {}, "workload_kind": ident.get("workload_kind"),
+        "workload": ident.get("workload"), "node": ident.get("node"), "zone": ident.get("zone"),
+        "service": ident.get("service"), "services": ident.get("services") or [],
+        "endpoints": ident.get("endpoints") or [],
+        "valid_from_us": ident.get("valid_from_us"), "deleted_ts_us": ident.get("deleted_ts_us"),
+        "published_ts_us": time.time_ns() // 1000,
+    }
+
+
+def run_watcher(api_client: Any, publisher: IdentityPublisher, stop: Callable[[], bool],
+                on_synced: Callable[[], None] | None = None,
+                kinds: tuple[str, ...] = tuple(RESOURCES)) -> IdentityState:
+    """Watch ``kinds`` and publish identity changes until ``stop()``. ``on_synced`` is
+    called once every kind has been listed (the published state is then complete)."""
+    events: queue.Queue = queue.Queue(maxsize=100_000)  # bounded: watches block when full
+    watches = [ResourceWatch(api_client, kind, events) for kind in kinds]
+    for w in watches:
+        w.start()
+    state = IdentityState()
+    synced: set[str] = set()
+    try:
+        while not stop():
+            try:
+                kind, event, obj = events.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            if event == "SYNCED":
+                if kind not in synced:
+                    synced.add(kind)
+                    if len(synced) == len(kinds):
+                        publisher.flush()
+                        if on_synced is not None:
+                            on_synced()
+                continue
+            try:
+                changes = state.apply(kind, event, obj)
+            except (KeyError, TypeError, ValueError) as exc:  # an object we cannot read: skip it
+                publisher.published["unreadable_objects"] += 1
+                log.warning("k8s-watch: skipping a %s %s event: %s: %s", kind, event, type(exc).__name__, exc)
+                continue
+            for ip, ident in changes:
+                publisher.publish(ip, ident)
+    finally:
+        for w in watches:
+            w.stop()
+        publisher.flush()
+    return state
