@@ -324,3 +324,49 @@ def test_capture_without_privileges_says_which_capability() -> None:
     lines = r.stderr.strip().splitlines()
     assert r.returncode == 1 and len(lines) == 1, r.stderr
     assert lines[0] == "wirestream: error: opening a packet socket needs CAP_NET_RAW (run as root)", r.stderr
+
+
+def test_produce_live_publishes_packets_and_socket_events_for_processors_elsewhere(tmp_path, broker, registry) -> None:
+    """`wirestream produce live` (what the capture DaemonSet runs): capture only, into the
+    given Kafka; its counters and end markers on wire.stats / wire.packets."""
+    from wirestream.codec import AvroCodec
+    from wirestream.reader import TopicReader, end_offsets
+    from wirestream.topics import PACKETS, SOCKETS, STATS
+
+    start = end_offsets(broker.bootstrap, (PACKETS, SOCKETS, STATS))
+    env = {**os.environ, "WIRESTREAM_BOOTSTRAP": broker.bootstrap, "WIRESTREAM_REGISTRY": registry.url}
+    with LossyLink(loss_percent=0, rate_mbit=None) as link:
+        proc = subprocess.Popen([sys.executable, "-m", "wirestream", "produce", "live", "--netns", link.sender,
+                                 "-i", link.sender_if, "--source-name", "node-test"],
+                                env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            said = [proc.stderr.readline()]  # a fallback line may come first
+            while "capturing on" not in said[-1] and said[-1] and len(said) < 5:
+                said.append(proc.stderr.readline())
+            line = said[-1]
+            assert "capturing on" in line, said
+            _run_traffic(link, iperf=False)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    mode = "ebpf" if "(ebpf)" in line else "af_packet"
+    batches, socket_events, finals = 0, 0, []
+    with TopicReader(broker.bootstrap, AvroCodec(registry.url), [PACKETS, SOCKETS, STATS], start) as reader:
+        deadline = time.monotonic() + 30
+        while not finals and time.monotonic() < deadline:
+            for m in reader.poll(0.3):
+                if m.record is None or not m.record["source_id"].startswith("node-test-"):
+                    continue
+                if m.topic == PACKETS:
+                    batches += 1
+                elif m.topic == SOCKETS:
+                    socket_events += 1
+                elif m.record["final"]:
+                    finals.append(m.record)
+    (final,) = finals
+    assert final["stage"] == "producer.live" and final["emitted"][PACKETS] > 100, final
+    assert batches >= 4  # data, then an end-of-input marker on every partition
+    if mode == "ebpf":
+        assert socket_events > 0
+    assert "packets published" in out
