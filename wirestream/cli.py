@@ -262,6 +262,11 @@ examples:
     p.add_argument("topic", metavar="TOPIC", help="e.g. wire.connections, wire.stats")
     p.add_argument("--from-beginning", action="store_true", help="start at the oldest record (default: new records only)")
     p.add_argument("-n", "--max", type=int, default=0, metavar="N", help="stop after N records")
+    p.add_argument("--where", action="append", default=[], metavar="COND",
+                   help="only records where FIELD OP VALUE holds, OP one of == != >= <= > < ~ (regular "
+                        "expression); repeatable, all must hold (e.g. --where 'status>=500' --where 'path~^/api')")
+    p.add_argument("--service", metavar="NAME",
+                   help="only records of this service (namespace/name, or the server's ip:port)")
     p.add_argument("--timeout", type=float, default=0.0, metavar="SECONDS",
                    help="stop after this long without a record (default: follow forever)")
     _add_kafka_args(p, defaults)
@@ -726,6 +731,9 @@ def cmd_tail(args: argparse.Namespace) -> int:
 
     if not _kafka_given(args, "tail"):
         return EXIT_USAGE
+    from wirestream.client import where
+
+    keep = where(*args.where, service=args.service) if args.where or args.service else None
     codec = AvroCodec(args.registry)
     count = 0
     last = time.monotonic()
@@ -736,6 +744,8 @@ def cmd_tail(args: argparse.Namespace) -> int:
                 if m.record is None:
                     print(f"wirestream: skipped undecodable record {m.topic}/{m.partition}@{m.offset}: {m.error}",
                           file=sys.stderr)
+                    continue
+                if keep is not None and not keep(m.record):
                     continue
                 print(to_json_line(m.record), flush=True)
                 count += 1

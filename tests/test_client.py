@@ -1,0 +1,93 @@
+"""wirestream.client and tail's filters, against the real broker and registry."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+
+import pytest
+
+from wirestream.client import condition, subscribe, where
+from wirestream.codec import AvroCodec
+from wirestream.errors import UsageError
+from wirestream.processors.output import OutputPublisher
+from wirestream.topics import TRANSACTIONS
+
+
+def _transaction(source: str, n: int, status: int, path: str) -> dict:
+    return {"connection_id": f"{source}-{n}", "source_id": source, "protocol": "http/1.1",
+            "client_ip": "10.0.0.1", "client_port": 40000 + n, "server_ip": "10.0.0.2", "server_port": 80,
+            "request_ts_us": 1_800_000_000_000_000 + n, "method": "GET", "path": path, "status": status,
+            "request_headers": {"host": "shop.test"}}
+
+
+def _publish(broker, registry, records: list[dict]) -> None:
+    publisher = OutputPublisher(broker.bootstrap, AvroCodec(registry.url), "test")
+    for r in records:
+        publisher.emit(TRANSACTIONS, r["connection_id"], r)
+    publisher.flush()
+
+
+def test_conditions() -> None:
+    rec = {"status": 503, "method": "POST", "path": "/api/pay", "request_headers": {"host": "a"}, "x": None}
+    assert condition("status>=500")(rec) and not condition("status<500")(rec)
+    assert condition("method==POST")(rec) and condition("method=POST")(rec) and not condition("method!=POST")(rec)
+    assert condition("path~^/api")(rec) and not condition("path~^/static")(rec)
+    assert condition("request_headers.host==a")(rec)
+    assert not condition("missing==1")(rec) and not condition("x>3")(rec)  # absent or null: no match
+    assert not condition("method>3")(rec)  # not comparable: no match, no error
+    with pytest.raises(UsageError):
+        condition("status is big")
+    with pytest.raises(UsageError):
+        condition("path~(")
+    assert where("status>=500", service="10.0.0.2:80")({"status": 500, "server_ip": "10.0.0.2", "server_port": 80})
+
+
+def test_subscribe_filters_and_commits_what_was_taken(broker, registry) -> None:
+    source = f"client-{uuid.uuid4().hex[:8]}"
+    records = [_transaction(source, n, 500 if n % 3 == 0 else 200, f"/p/{n}") for n in range(30)]
+    group = f"g-{source}"
+    bad = where("status>=500", f"source_id=={source}")
+    with subscribe([TRANSACTIONS], group, broker.bootstrap, registry.url, from_beginning=True, where=bad) as sub:
+        _publish(broker, registry, records)
+        got = []
+        deadline = time.monotonic() + 30
+        while len(got) < 10 and time.monotonic() < deadline:
+            got += sub.poll(0.5)
+        assert sorted(r.value["connection_id"] for r in got) == sorted(
+            r["connection_id"] for r in records if r["status"] == 500)
+        assert all(r.topic == TRANSACTIONS and r.key for r in got)
+    # the same group again: everything was committed at close, nothing comes back
+    with subscribe([TRANSACTIONS], group, broker.bootstrap, registry.url, from_beginning=True, where=bad) as sub:
+        again = []
+        end = time.monotonic() + 4
+        while time.monotonic() < end:
+            again += sub.poll(0.5)
+        assert again == []
+    # another group gets them all
+    with subscribe([TRANSACTIONS], group + "-other", broker.bootstrap, registry.url, from_beginning=True,
+                   where=where(f"source_id=={source}")) as sub:
+        other = []
+        deadline = time.monotonic() + 30
+        while len(other) < 30 and time.monotonic() < deadline:
+            other += sub.poll(0.5)
+        assert len(other) == 30
+
+
+def test_tail_where_and_service(broker, registry) -> None:
+    source = f"tail-{uuid.uuid4().hex[:8]}"
+    _publish(broker, registry, [_transaction(source, n, 404 if n < 2 else 200, f"/x/{n}") for n in range(6)])
+    env = {**os.environ, "WIRESTREAM_BOOTSTRAP": broker.bootstrap, "WIRESTREAM_REGISTRY": registry.url}
+    r = subprocess.run([sys.executable, "-m", "wirestream", "tail", TRANSACTIONS, "--from-beginning", "--timeout", "3",
+                        "--where", f"source_id=={source}", "--where", "status>=400", "--service", "10.0.0.2:80"],
+                       env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    lines = [json.loads(line) for line in r.stdout.splitlines()]
+    assert sorted(x["path"] for x in lines) == ["/x/0", "/x/1"]
+    bad = subprocess.run([sys.executable, "-m", "wirestream", "tail", TRANSACTIONS, "--where", "status is 5"],
+                         env=env, capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "cannot read the condition" in bad.stderr

@@ -1,0 +1,216 @@
+"""Subscribe to wirestream topics from Python: decoded records, consumer-group semantics.
+
+    from wirestream.client import subscribe, where
+
+    with subscribe(["wire.transactions"], group="payments-oncall",
+                   bootstrap="kafka:9092", registry="http://registry:8081",
+                   where=where("status>=500", "method==POST")) as records:
+        for r in records:                      # Record(topic, partition, offset, key, value, ...)
+            print(r.value["server_service"], r.value["status"], r.value["path"])
+
+- **Groups**: subscriptions with the same ``group`` share the topics' partitions, as
+  Kafka consumers do; each group gets every record once.
+- **At least once**: a record's offset is committed only after the loop has asked for the
+  next record (or on :meth:`Subscription.commit`/close), so a consumer that crashes
+  while handling a record gets it again.
+- **Bad records** (not Avro, unknown schema) are not raised: they come with ``value``
+  None and ``error`` set, and the subscription goes on; filters skip them.
+
+``bootstrap`` and ``registry`` default to ``WIRESTREAM_BOOTSTRAP`` and
+``WIRESTREAM_REGISTRY``. Topics and their schemas: README.md, "Topics".
+"""
+
+from __future__ import annotations
+
+import operator
+import os
+import re
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaException
+
+from wirestream.codec import AvroCodec
+from wirestream.errors import DecodeError, RegistryError, UsageError
+
+Predicate = Callable[[dict[str, Any]], bool]
+
+
+@dataclass(frozen=True)
+class Record:
+    topic: str
+    partition: int
+    offset: int
+    key: str | None
+    value: dict[str, Any] | None
+    timestamp_ms: int
+    error: str | None = None
+
+
+# --- filters --------------------------------------------------------------------------------
+
+_OPS: dict[str, Callable[[Any, Any], bool]] = {
+    ">=": operator.ge, "<=": operator.le, "!=": operator.ne, "==": operator.eq,
+    ">": operator.gt, "<": operator.lt, "=": operator.eq,
+    "~": lambda field, pattern: re.search(pattern, str(field)) is not None,
+}
+_CONDITION = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_.]*)\s*(>=|<=|!=|==|=|>|<|~)\s*(.*?)\s*$")
+
+
+def _literal(text: str) -> Any:
+    if text in ("null", "none", "None"):
+        return None
+    if text in ("true", "false"):
+        return text == "true"
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text.strip("\"'")
+
+
+def condition(text: str) -> Predicate:
+    """``field OP value``: OP one of == != >= <= > < (= is ==) and ~ (regular expression
+    search). ``field`` may be dotted into a map (``request_headers.host``). A record without
+    the field, or whose field cannot be compared with the value, does not match."""
+    m = _CONDITION.match(text)
+    if not m:
+        raise UsageError(f"cannot read the condition {text!r}: expected FIELD OP VALUE, "
+                         "OP one of == != >= <= > < ~ (e.g. status>=500, method==POST, path~^/api)")
+    field, op, raw = m.groups()
+    compare, value = _OPS[op], _literal(raw) if op != "~" else raw
+    if op == "~":
+        try:
+            re.compile(raw)
+        except re.error as exc:
+            raise UsageError(f"bad regular expression in {text!r}: {exc}") from None
+    path = field.split(".")
+
+    def test(record: dict[str, Any]) -> bool:
+        current: Any = record
+        for part in path:
+            if not isinstance(current, dict) or part not in current:
+                return False
+            current = current[part]
+        if current is None and value is not None and op not in ("!=", "~"):
+            return False
+        try:
+            return bool(compare(current, value))
+        except TypeError:
+            return False
+
+    return test
+
+
+def service_is(service: str) -> Predicate:
+    """Records of one service, named as the windows name it (``namespace/name`` of the
+    Kubernetes service or workload, else the server's ``ip:port``); service records by
+    their ``service`` field."""
+    from wirestream.processors.observations import service_of
+
+    def test(record: dict[str, Any]) -> bool:
+        if "service" in record:
+            return record["service"] == service
+        if "server_ip" in record:
+            return service_of(record) == service or record.get("server_service") == service
+        return False
+
+    return test
+
+
+def where(*conditions: str, service: str | None = None) -> Predicate:
+    """All of ``conditions`` (and the service, if given)."""
+    tests = [condition(c) for c in conditions]
+    if service:
+        tests.append(service_is(service))
+    return lambda record: all(t(record) for t in tests)
+
+
+# --- subscriptions ----------------------------------------------------------------------------
+
+class Subscription:
+    """Decoded records of ``topics`` for consumer group ``group``; iterate it."""
+
+    def __init__(self, topics: Iterable[str], group: str, bootstrap: str | None = None,
+                 registry: str | None = None, from_beginning: bool = False,
+                 where: Predicate | None = None) -> None:
+        bootstrap = bootstrap or os.environ.get("WIRESTREAM_BOOTSTRAP")
+        registry = registry or os.environ.get("WIRESTREAM_REGISTRY")
+        if not bootstrap or not registry:
+            raise UsageError("subscribe needs bootstrap and registry (or WIRESTREAM_BOOTSTRAP and "
+                             "WIRESTREAM_REGISTRY)")
+        self.topics = list(topics)
+        self.codec = AvroCodec(registry)
+        self.where = where
+        self._consumer = Consumer({
+            "bootstrap.servers": bootstrap, "group.id": group,
+            "auto.offset.reset": "earliest" if from_beginning else "latest",
+            # offsets are stored when the caller has taken a record, and committed from there
+            "enable.auto.commit": True, "enable.auto.offset.store": False,
+            # a member that stops is noticed within 10 s (and a join does not wait longer)
+            "session.timeout.ms": 10_000, "heartbeat.interval.ms": 2_000,
+            "log_level": 3, "log.connection.close": False,
+        })
+        self._consumer.subscribe(self.topics)
+        self._taken: Any = None  # the last message handed out, stored on the next call
+
+    def poll(self, timeout: float = 1.0, max_records: int = 500) -> list[Record]:
+        """Records that arrived within ``timeout`` (possibly none), filtered. Taking them
+        marks the previous batch as handled."""
+        self._store_taken()
+        out = []
+        for msg in self._consumer.consume(max_records, timeout):
+            if msg.error():
+                continue
+            self._taken = msg
+            value, error = None, None
+            if msg.value() is not None:
+                try:
+                    value = self.codec.decode(msg.value())
+                except (DecodeError, RegistryError) as exc:
+                    error = str(exc)
+            if self.where is not None and (value is None or not self.where(value)):
+                continue
+            key = msg.key().decode(errors="replace") if msg.key() is not None else None
+            out.append(Record(msg.topic(), msg.partition(), msg.offset(), key, value,
+                              msg.timestamp()[1], error))
+        return out
+
+    def __iter__(self) -> Iterator[Record]:
+        while True:
+            yield from self.poll()
+
+    def _store_taken(self) -> None:
+        if self._taken is not None:
+            try:
+                self._consumer.store_offsets(message=self._taken)
+            except KafkaException:
+                pass  # the partition moved to another member: it will redeliver
+            self._taken = None
+
+    def commit(self) -> None:
+        """Commit now what has been handed out (otherwise: every 5 s, and at close)."""
+        self._store_taken()
+        try:
+            self._consumer.commit(asynchronous=False)
+        except KafkaException:
+            pass  # nothing to commit yet
+
+    def close(self) -> None:
+        self.commit()
+        self._consumer.close()
+
+    def __enter__(self) -> Subscription:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def subscribe(topics: Iterable[str], group: str, bootstrap: str | None = None, registry: str | None = None,
+              from_beginning: bool = False, where: Predicate | None = None) -> Subscription:
+    """A :class:`Subscription`; see the module's documentation."""
+    return Subscription(topics, group, bootstrap, registry, from_beginning, where)
+
