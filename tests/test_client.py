@@ -10,11 +10,11 @@ import time
 import uuid
 
 import pytest
+from wirestream.processors.output import OutputPublisher
 
 from wirestream.client import condition, subscribe, where
 from wirestream.codec import AvroCodec
 from wirestream.errors import UsageError
-from wirestream.processors.output import OutputPublisher
 from wirestream.topics import TRANSACTIONS
 
 
