@@ -166,6 +166,14 @@ class PacketPipeline:
         if batch is not None:
             self.end_of_input(source_id, partition, batch)
 
+    def finish_all(self) -> None:
+        """End every source still open, as its end marker would (a replay whose time range
+        ends inside a source). A source waiting for its socket events' end marker ends with
+        what it has."""
+        for source_id, partition in list(self._trackers):
+            batch = self._waiting_for_sockets.pop((source_id, partition), {"batches_before": -1})
+            self.end_of_input(source_id, partition, batch)
+
     def end_of_input(self, source_id: str, partition: int, batch: dict[str, Any]) -> None:
         tracker = self._tracker(source_id, partition)
         del self._trackers[(source_id, partition)]  # this source is done on this partition
