@@ -20,7 +20,7 @@ from wirestream.broker import EmbeddedBroker, check_reachable, ensure_topics
 from wirestream.codec import AvroCodec
 from wirestream.config import Settings
 from wirestream.registry import EmbeddedSchemaRegistry
-from wirestream.topics import ALL_TOPICS
+from wirestream.topics import ALL_TOPICS, TOPIC_SCHEMAS
 
 #: Where a worker started here keeps Faust's data directory (see processors.app).
 DATADIR_ENV = "WIRESTREAM_FAUST_DATADIR"
@@ -67,7 +67,8 @@ class Runtime:
             self.registry_url = self.embedded_registry.url
         ensure_topics(self.bootstrap, ALL_TOPICS, self.settings.partitions)
         for topic in ALL_TOPICS:  # fail early (and clearly) if the registry is unusable
-            self.codec.register(topic)
+            if topic in TOPIC_SCHEMAS:  # the dead-letter topic holds raw bytes, no schema
+                self.codec.register(topic)
 
     @property
     def codec(self) -> AvroCodec:

@@ -18,6 +18,8 @@ ALERTS = "wire.alerts"
 STATS = "wire.stats"
 #: IP -> Kubernetes identity (compacted; published by `wirestream k8s-watch`)
 K8S_IDENTITY = "wire.k8s-identity"
+#: what sinks could not decode or convert, with the reason in the headers (raw bytes)
+DEAD_LETTER = "wire.dead-letter"
 #: internal: connection/transaction/DNS facts re-keyed by service for the windows
 OBSERVATIONS = "wire.observations"
 
@@ -48,7 +50,7 @@ OUTPUT_TOPICS: tuple[str, ...] = (
 INTERNAL_TOPICS: tuple[str, ...] = (OBSERVATIONS,)
 #: tables: compacted, read whole by every processor
 TABLE_TOPICS: tuple[str, ...] = (K8S_IDENTITY,)
-ALL_TOPICS: tuple[str, ...] = RAW_TOPICS + OUTPUT_TOPICS + (STATS,) + INTERNAL_TOPICS + TABLE_TOPICS
+ALL_TOPICS: tuple[str, ...] = RAW_TOPICS + OUTPUT_TOPICS + (STATS, DEAD_LETTER) + INTERNAL_TOPICS + TABLE_TOPICS
 #: topic -> Kafka topic configuration wirestream creates it with
 TOPIC_CONFIGS: dict[str, dict[str, str]] = {K8S_IDENTITY: {"cleanup.policy": "compact"}}
 
