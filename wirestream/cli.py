@@ -309,6 +309,18 @@ examples:
                     help="write at least this often (default: %(default)s)")
     _add_kafka_args(sp, defaults)
 
+    # plugin -------------------------------------------------------------------------
+    p = sub.add_parser("plugin", help="list and run installed processor plugins",
+                       description="Processor plugins are Python packages that register a class in the "
+                                   "'wirestream.processors' entry point group (see wirestream/plugins.py and "
+                                   "examples/slow_requests).")
+    plsub = p.add_subparsers(dest="plugin_command", metavar="ACTION")
+    plsub.add_parser("list", help="installed plugins, with their inputs and outputs")
+    pr = plsub.add_parser("run", help="run a plugin (a consumer group named after it) until Ctrl-C")
+    pr.add_argument("name", help="the plugin's entry point name")
+    pr.add_argument("--group", default=None, help="consumer group (default: wirestream-plugin-NAME)")
+    _add_kafka_args(pr, defaults)
+
     # tail ---------------------------------------------------------------------------
     p = sub.add_parser("tail", help="decode a topic and print JSON lines",
                        description="Decode a wirestream topic (Avro, Confluent wire format) and print one "
@@ -822,6 +834,34 @@ def cmd_sink(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_plugin(args: argparse.Namespace) -> int:
+    from wirestream import plugins
+
+    if args.plugin_command == "list":
+        eps = plugins.installed()
+        if not eps:
+            print(f"no plugins installed (entry point group {plugins.ENTRY_POINT_GROUP})")
+        for name in sorted(eps):
+            plugin = plugins.load(name)
+            print(f"{name}: {', '.join(plugin.inputs)} -> {', '.join(plugin.outputs) or '-'}  ({eps[name].value})")
+        return EXIT_OK
+    if args.plugin_command != "run":
+        print("wirestream: error: wirestream plugin list | run NAME", file=sys.stderr)
+        return EXIT_USAGE
+    if not _kafka_given(args, "plugin run"):
+        return EXIT_USAGE
+    plugin = plugins.load(args.name)
+    stopping: list[int] = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda signum, frame: stopping.append(signum))
+    print(f"wirestream plugin: running {args.name}: {', '.join(plugin.inputs)} -> {', '.join(plugin.outputs)}",
+          file=sys.stderr, flush=True)
+    counters = plugins.run_plugin(plugin, args.bootstrap, args.registry, stop=lambda: bool(stopping),
+                                  group=args.group, partitions=args.partitions)
+    print(f"{args.name}: {dict(counters)}")
+    return EXIT_OK
+
+
 def cmd_tail(args: argparse.Namespace) -> int:
     from wirestream.codec import AvroCodec
     from wirestream.reader import TopicReader
@@ -867,4 +907,5 @@ _COMMANDS = {
     "tail": cmd_tail,
     "replay": cmd_replay,
     "sink": cmd_sink,
+    "plugin": cmd_plugin,
 }

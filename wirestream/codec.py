@@ -72,6 +72,15 @@ class AvroCodec:
             self._encoders[topic] = enc
         return enc
 
+    def encoder_for_schema(self, topic: str, schema: dict[str, Any]) -> Encoder:
+        """An encoder for a topic that is not wirestream's (a plugin's), with its own
+        Avro ``schema``, registered under the topic's subject."""
+        enc = self._encoders.get(topic)
+        if enc is None:
+            schema_id = self.register_schema(subject_for(topic), json.dumps(schema, separators=(",", ":")))
+            enc = self._encoders[topic] = make_encoder(schema_id, schema)
+        return enc
+
     def encode(self, topic: str, record: dict[str, Any]) -> bytes:
         return self.encoder(topic)(record)
 

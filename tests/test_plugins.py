@@ -1,0 +1,76 @@
+"""Processor plugins: the example plugin (examples/slow_requests), installed by
+scripts/install --test, found through its entry point and run against the broker."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+
+import pytest
+from wirestream.processors.output import OutputPublisher
+
+from wirestream import plugins
+from wirestream.codec import AvroCodec
+from wirestream.reader import TopicReader
+from wirestream.topics import TRANSACTIONS
+
+pytestmark = pytest.mark.skipif("slow-requests" not in plugins.installed(),
+                                reason="the example plugin is not installed (scripts/install --test installs it)")
+OUT = "example.slow-requests"
+
+
+def _transaction(source: str, n: int, latency_us: int) -> dict:
+    return {"connection_id": f"{source}-{n}", "source_id": source, "protocol": "http/1.1",
+            "client_ip": "10.0.0.1", "client_port": 40000 + n, "server_ip": "10.0.0.9", "server_port": 8080,
+            "request_ts_us": 1_800_000_000_000_000 + n, "method": "GET", "path": f"/slow/{n}", "status": 200,
+            "latency_us": latency_us}
+
+
+def test_plugin_list_shows_inputs_and_outputs() -> None:
+    r = subprocess.run([sys.executable, "-m", "wirestream", "plugin", "list"], capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 0 and f"slow-requests: {TRANSACTIONS} -> {OUT}" in r.stdout, r.stdout + r.stderr
+
+
+def test_unknown_plugin_is_a_clear_error() -> None:
+    with pytest.raises(plugins.PluginError, match="no plugin 'nope'.*installed: .*slow-requests"):
+        plugins.load("nope")
+
+
+def test_example_plugin_runs_against_the_broker(broker, registry) -> None:
+    source = f"plugin-{uuid.uuid4().hex[:8]}"
+    publisher = OutputPublisher(broker.bootstrap, AvroCodec(registry.url), "test")
+    latencies = [2_000_000, 10_000, 700_000, 50_000, 3_500_000]
+    for n, latency in enumerate(latencies):
+        publisher.emit(TRANSACTIONS, f"{source}-{n}", _transaction(source, n, latency))
+    publisher.flush()
+    env = {**os.environ, "WIRESTREAM_BOOTSTRAP": broker.bootstrap, "WIRESTREAM_REGISTRY": registry.url,
+           "SLOW_REQUEST_US": "500000"}
+    proc = subprocess.Popen([sys.executable, "-m", "wirestream", "plugin", "run", "slow-requests",
+                             "--group", f"g-{source}"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        assert "running slow-requests" in proc.stderr.readline()
+        got: dict[str, dict] = {}
+        deadline = time.monotonic() + 60
+        while len(got) < 3 and time.monotonic() < deadline:
+            # its topic appears with its first record
+            try:
+                with TopicReader(broker.bootstrap, AvroCodec(registry.url), [OUT]) as reader:
+                    for _ in range(10):
+                        for m in reader.poll(0.3):
+                            if m.key and m.key.decode().startswith(source):
+                                got[m.key.decode()] = m.record
+            except Exception:
+                time.sleep(0.5)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert {k: (r["service"], r["latency_us"], r["path"]) for k, r in got.items()} == {
+        f"{source}-{n}": ("10.0.0.9:8080", latency, f"/slow/{n}")
+        for n, latency in enumerate(latencies) if latency >= 500_000}
