@@ -308,6 +308,26 @@ examples:
     sp.add_argument("--flush-seconds", type=float, default=30.0, metavar="S",
                     help="write at least this often (default: %(default)s)")
     _add_kafka_args(sp, defaults)
+    sp = ssub.add_parser(
+        "siem", help="alerts (or any topic) as ECS JSON or CEF, over syslog TCP/UDP or to an HEC collector",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="""\
+Send records to a SIEM: Elastic Common Schema JSON (--format ecs) or ArcSight CEF
+(--format cef), over syslog (RFC 5424, TCP with one message per line, or UDP) or to a
+Splunk HEC-style HTTP collector. At least once: offsets are committed after a batch is
+sent; a destination that fails is retried with backoff.""",
+        epilog="""\
+examples:
+  wirestream sink siem --url syslog+tcp://siem.internal:514 --format cef
+  wirestream sink siem --url syslog+udp://10.0.0.5:514 --format ecs --topics wire.alerts,wire.tls
+  wirestream sink siem --url https://splunk:8088/services/collector/event --token $HEC_TOKEN""")
+    sp.add_argument("--url", required=True, help="syslog+tcp://HOST:PORT, syslog+udp://HOST:PORT or http(s)://...")
+    sp.add_argument("--format", dest="fmt", choices=("ecs", "cef"), default="ecs", help="default: %(default)s")
+    sp.add_argument("--topics", default="wire.alerts", help="comma-separated (default: %(default)s)")
+    sp.add_argument("--token", default=os.environ.get("WIRESTREAM_HEC_TOKEN", ""),
+                    help="HEC token (default: $WIRESTREAM_HEC_TOKEN)")
+    sp.add_argument("--group", default="wirestream-sink-siem", help="consumer group (default: %(default)s)")
+    _add_kafka_args(sp, defaults)
 
     # plugin -------------------------------------------------------------------------
     p = sub.add_parser("plugin", help="list and run installed processor plugins",
@@ -813,19 +833,29 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_sink(args: argparse.Namespace) -> int:
-    if args.sink != "parquet":
-        print("wirestream: error: choose a destination: wirestream sink parquet --out DIR", file=sys.stderr)
+    if args.sink not in ("parquet", "siem"):
+        print("wirestream: error: choose a destination: wirestream sink parquet|siem ...", file=sys.stderr)
         return EXIT_USAGE
     if not _kafka_given(args, "sink"):
         return EXIT_USAGE
-    try:
-        import pyarrow  # noqa: F401
-    except ImportError:
-        raise WirestreamError("the Parquet sink needs pyarrow: pip install 'wirestream[lake]'") from None
-    from wirestream.sinks.parquet import ParquetSink
+    sink: Any
+    if args.sink == "siem":
+        from wirestream.sinks.siem import SiemSink
 
-    sink = ParquetSink(args.bootstrap, args.registry, args.out, args.topics.split(","), group=args.group,
-                       flush_seconds=args.flush_seconds)
+        try:
+            sink = SiemSink(args.bootstrap, args.registry, args.url, args.fmt, args.topics.split(","),
+                            group=args.group, token=args.token)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+    else:
+        try:
+            import pyarrow  # noqa: F401
+        except ImportError:
+            raise WirestreamError("the Parquet sink needs pyarrow: pip install 'wirestream[lake]'") from None
+        from wirestream.sinks.parquet import ParquetSink
+
+        sink = ParquetSink(args.bootstrap, args.registry, args.out, args.topics.split(","), group=args.group,
+                           flush_seconds=args.flush_seconds)
     stopping: list[int] = []
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda signum, frame: stopping.append(signum))

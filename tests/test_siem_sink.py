@@ -1,0 +1,187 @@
+"""SIEM sinks against real receivers: rsyslog (Debian) over TCP and UDP writing to a file,
+and an HTTP collector that is down for its first requests (HEC)."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+import time
+import uuid
+
+import pytest
+from wirestream.processors.output import OutputPublisher
+from wirestream.sinks.siem import SiemSink, cef_event, ecs_event
+
+from wirestream.codec import AvroCodec
+from wirestream.topics import ALERTS
+
+RSYSLOGD = shutil.which("rsyslogd") or "/usr/sbin/rsyslogd"
+
+
+def _free_port(kind: int = socket.SOCK_STREAM) -> int:
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _alerts(source: str, n: int = 5) -> list[dict]:
+    return [{"alert_id": f"{source}-{i}", "source_id": source, "ts_us": 1_800_000_000_000_000 + i,
+             "kind": "retransmission_band", "severity": "warning" if i % 2 else "critical",
+             "summary": f"retransmissions at 7.{i} % | window=10s", "connection_id": None,
+             "service": "shop/web", "evidence": {"rate": f"0.07{i}", "note": "a=b\\c"}} for i in range(n)]
+
+
+def _publish(broker, registry, records: list[dict]) -> None:
+    publisher = OutputPublisher(broker.bootstrap, AvroCodec(registry.url), "test")
+    for r in records:
+        publisher.emit(ALERTS, r["service"], r)
+    publisher.flush()
+
+
+def _run(sink: SiemSink, until, timeout: float = 60.0) -> None:
+    stop = threading.Event()
+    thread = threading.Thread(target=sink.run, args=(stop.is_set,), daemon=True)
+    thread.start()
+    deadline = time.monotonic() + timeout
+    while not until() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    stop.set()
+    thread.join(60)
+    assert until(), (dict(sink.written), dict(sink.counters))
+
+
+def test_formats() -> None:
+    (alert,) = _alerts("fmt", 1)
+    cef = cef_event(ALERTS, alert)
+    # a pipe in the header is escaped, as is an "=" in an extension value
+    assert cef.startswith("CEF:0|wirestream|wirestream|0.1.0|retransmission_band|"
+                          "retransmissions at 7.0 % \\| window=10s|10|"), cef
+    assert "externalId=fmt-0" in cef and "cs2=shop/web" in cef and "msg=retransmissions at 7.0 % | window\\=10s" in cef
+    doc = ecs_event(ALERTS, alert)
+    assert doc["event"]["kind"] == "alert" and doc["rule"]["name"] == "retransmission_band"
+    assert doc["@timestamp"].startswith("2027-01-15T") and doc["wirestream"]["alert_id"] == "fmt-0"
+
+
+@pytest.fixture
+def rsyslog(tmp_path):
+    if os.geteuid() != 0 or not os.path.exists(RSYSLOGD):
+        pytest.skip("rsyslogd is not installed (Debian: rsyslog; scripts/install --test installs it)")
+    tcp, udp = _free_port(), _free_port(socket.SOCK_DGRAM)
+    out = tmp_path / "siem.log"
+    conf = tmp_path / "rsyslog.conf"
+    conf.write_text(f"""
+global(workDirectory="{tmp_path}" maxMessageSize="64k")
+module(load="imtcp")
+module(load="imudp")
+template(name="msgonly" type="string" string="%msg%\\n")
+ruleset(name="wirestream") {{ action(type="omfile" file="{out}" template="msgonly") }}
+input(type="imtcp" address="127.0.0.1" port="{tcp}" ruleset="wirestream")
+input(type="imudp" address="127.0.0.1" port="{udp}" ruleset="wirestream")
+""")
+    proc = subprocess.Popen([RSYSLOGD, "-n", "-f", str(conf), "-i", str(tmp_path / "rsyslogd.pid")],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", tcp), timeout=1).close()
+            break
+        except OSError:
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read() if proc.stdout else ""
+            time.sleep(0.1)
+    yield {"tcp": tcp, "udp": udp, "out": out}
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=10)
+
+
+def _lines(path) -> list[str]:
+    return [line.strip() for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+def test_cef_over_tcp_and_ecs_over_udp_reach_rsyslog(broker, registry, rsyslog) -> None:
+    source = f"siem-{uuid.uuid4().hex[:8]}"
+    alerts = _alerts(source)
+    _publish(broker, registry, alerts)
+    ids = {a["alert_id"] for a in alerts}
+
+    cef = SiemSink(broker.bootstrap, registry.url, f"syslog+tcp://127.0.0.1:{rsyslog['tcp']}", "cef",
+                   group=f"cef-{source}")
+
+    def cef_arrived() -> set[str]:
+        found = set()
+        for line in _lines(rsyslog["out"]):
+            if line.startswith("CEF:0|wirestream|"):
+                ext = line.split("|", 7)[7]
+                found |= {part.split("=", 1)[1] for part in ext.split(" ") if part.startswith("externalId=")}
+        return found & ids
+
+    _run(cef, lambda: cef_arrived() == ids)
+
+    ecs = SiemSink(broker.bootstrap, registry.url, f"syslog+udp://127.0.0.1:{rsyslog['udp']}", "ecs",
+                   group=f"ecs-{source}")
+
+    def ecs_arrived() -> set[str]:
+        found = set()
+        for line in _lines(rsyslog["out"]):
+            if line.startswith("{"):
+                doc = json.loads(line)  # every ECS event parses
+                assert doc["event"]["kind"] == "alert"
+                found.add(doc["wirestream"]["alert_id"])
+        return found & ids
+
+    _run(ecs, lambda: ecs_arrived() == ids)
+
+
+class _Collector(http.server.BaseHTTPRequestHandler):
+    events: list[dict] = []
+    failures_left = 0
+    requests = 0
+
+    def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        type(self).requests += 1
+        if type(self).failures_left > 0:  # down for a while
+            type(self).failures_left -= 1
+            self.send_response(503)
+            self.end_headers()
+            return
+        assert self.headers["Authorization"] == "Splunk test-token"
+        decoder, text = json.JSONDecoder(), body.decode()
+        while text.strip():
+            obj, end = decoder.raw_decode(text.lstrip())
+            type(self).events.append(obj)
+            text = text.lstrip()[end:]
+        self.send_response(200)
+        self.end_headers()
+        self.wfile.write(b'{"text":"Success","code":0}')
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_hec_collector_down_then_up_loses_nothing(broker, registry) -> None:
+    source = f"hec-{uuid.uuid4().hex[:8]}"
+    alerts = _alerts(source, 8)
+    _publish(broker, registry, alerts)
+    _Collector.events, _Collector.failures_left, _Collector.requests = [], 3, 0
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Collector)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        sink = SiemSink(broker.bootstrap, registry.url,
+                        f"http://127.0.0.1:{server.server_port}/services/collector/event", "ecs",
+                        group=f"hec-{source}", token="test-token")
+        ids = {a["alert_id"] for a in alerts}
+
+        def arrived() -> set[str]:
+            return {e["event"]["wirestream"]["alert_id"] for e in _Collector.events} & ids
+
+        _run(sink, lambda: arrived() == ids, timeout=90)
+    finally:
+        server.shutdown()
+    assert sink.counters["write_retries"] >= 3  # it met the outage, and came through
+    assert all(e["sourcetype"] == "wirestream:wire.alerts" for e in _Collector.events)
