@@ -328,6 +328,16 @@ examples:
                     help="HEC token (default: $WIRESTREAM_HEC_TOKEN)")
     sp.add_argument("--group", default="wirestream-sink-siem", help="consumer group (default: %(default)s)")
     _add_kafka_args(sp, defaults)
+    sp = ssub.add_parser(
+        "prometheus", help="per-service series for Prometheus on /metrics",
+        description="Serve per-service series (requests, errors, retransmission ratio, latency and handshake "
+                    "quantiles) and alert counts from wire.service-metrics and wire.alerts on an HTTP "
+                    "endpoint for Prometheus to scrape, with a cap on the number of service label values.")
+    sp.add_argument("--listen", default="0.0.0.0:9108", metavar="HOST:PORT", help="default: %(default)s")
+    sp.add_argument("--max-services", type=int, default=500, metavar="N",
+                    help="service label values kept; further services go to service=\"other\" (default: %(default)s)")
+    sp.add_argument("--group", default="wirestream-sink-prometheus", help="consumer group (default: %(default)s)")
+    _add_kafka_args(sp, defaults)
 
     # plugin -------------------------------------------------------------------------
     p = sub.add_parser("plugin", help="list and run installed processor plugins",
@@ -833,13 +843,22 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_sink(args: argparse.Namespace) -> int:
-    if args.sink not in ("parquet", "siem"):
-        print("wirestream: error: choose a destination: wirestream sink parquet|siem ...", file=sys.stderr)
+    if args.sink not in ("parquet", "siem", "prometheus"):
+        print("wirestream: error: choose a destination: wirestream sink parquet|siem|prometheus ...",
+              file=sys.stderr)
         return EXIT_USAGE
     if not _kafka_given(args, "sink"):
         return EXIT_USAGE
     sink: Any
-    if args.sink == "siem":
+    if args.sink == "prometheus":
+        from wirestream.sinks.prometheus import PrometheusSink
+
+        host, _, port = args.listen.rpartition(":")
+        sink = PrometheusSink(args.bootstrap, args.registry, host or "0.0.0.0", int(port), group=args.group,
+                              max_services=args.max_services)
+        print(f"wirestream sink prometheus: serving http://{host or '0.0.0.0'}:{sink.port}/metrics",
+              file=sys.stderr, flush=True)
+    elif args.sink == "siem":
         from wirestream.sinks.siem import SiemSink
 
         try:
