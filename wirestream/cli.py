@@ -703,8 +703,10 @@ def cmd_process(args: argparse.Namespace) -> int:
     from wirestream.broker import ensure_topics, partition_count
     from wirestream.processors.app import changelog_topic
     from wirestream.processors.l7.base import L7Options
-    from wirestream.topics import OBSERVATIONS, PACKETS, SOCKETS
+    from wirestream.topics import ALL_TOPICS, OBSERVATIONS, PACKETS, SOCKETS
 
+    # Missing topics are created (an operator's existing ones are left as they are).
+    ensure_topics(args.bootstrap, ALL_TOPICS, args.partitions)
     packet_partitions = partition_count(args.bootstrap, PACKETS)
     if args.role != "windows":
         # The packet agent joins wire.sockets to wire.packets partition by partition: Faust
