@@ -49,6 +49,7 @@ def create_app(
     window_options: WindowOptions | None = None,
     windows: bool = True,
     role: str = "all",
+    plugins: tuple[str, ...] = (),
 ) -> faust.App:
     """The processors' Faust app. Its topics (and the windows' changelog topic,
     :func:`changelog_topic`) must exist: wirestream creates them, Faust does not.
@@ -57,7 +58,8 @@ def create_app(
     table only), or ``all``. Separate processes for the two keep each consumer's fetches
     to its own partitions: the embedded broker's cost per fetch grows with the partitions
     named in it, and the packet workers fetch all the time.
-    ``windows=False``: packet workers send no observations."""
+    ``windows=False``: packet workers send no observations. ``plugins``: processor
+    plugins (entry point names) to run in this worker too."""
     if role not in ROLES:
         raise ValueError(f"role must be one of {', '.join(ROLES)}, not {role!r}")
     # The windows take batches and emit per window: a fetch may wait longer, which saves
@@ -137,7 +139,42 @@ def create_app(
 
     if role in ("all", "windows"):
         _windows_agent(app, state, codec, bootstrap, observation_partitions, window_options)
+    for name in plugins:
+        _plugin_agent(app, state, codec, bootstrap, name)
     return app
+
+
+def _plugin_agent(app: faust.App, state: dict[str, Any], codec: Callable[[], AvroCodec], bootstrap: str,
+                  name: str) -> None:
+    """Run processor plugin ``name`` (wirestream/plugins.py) inside this worker: an agent on
+    its inputs, its outputs encoded with its own schemas. Faust commits an input after the
+    agent has handled it; the outputs are flushed before that, batch by batch."""
+    from confluent_kafka import Producer
+
+    from wirestream.plugins import load
+
+    plugin = load(name)
+    inputs = app.topic(*plugin.inputs, value_serializer="raw", key_serializer="raw")
+
+    @app.agent(inputs, name=f"plugin-{name}")
+    async def run_plugin(messages: faust.Stream) -> None:
+        """For each record of the plugin's inputs: hand it to the plugin."""
+        producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20, "log_level": 3})
+        encoders = {t: codec().encoder_for_schema(t, schema) for t, schema in plugin.outputs.items()}
+
+        def emit(topic: str, key: str | None, record: dict[str, Any]) -> None:
+            producer.produce(topic, encoders[topic](record), key=key.encode() if key is not None else None)
+            producer.poll(0)
+
+        async for event in messages.events():
+            try:
+                record = codec().decode(event.value)
+            except (DecodeError, RegistryError) as exc:
+                log.warning("plugin %s: skipping an undecodable message: %s", name, exc)
+                continue
+            key = event.key.decode(errors="replace") if event.key is not None else None
+            plugin.process(event.message.topic, key, record, emit)
+            producer.flush(30)
 
 
 def _windows_agent(app: faust.App, state: dict[str, Any], codec: Callable[[], AvroCodec],

@@ -74,3 +74,31 @@ def test_example_plugin_runs_against_the_broker(broker, registry) -> None:
     assert {k: (r["service"], r["latency_us"], r["path"]) for k, r in got.items()} == {
         f"{source}-{n}": ("10.0.0.9:8080", latency, f"/slow/{n}")
         for n, latency in enumerate(latencies) if latency >= 500_000}
+
+
+def test_example_plugin_runs_inside_a_processor_worker(broker, registry) -> None:
+    source = f"inworker-{uuid.uuid4().hex[:8]}"
+    env = {**os.environ, "WIRESTREAM_BOOTSTRAP": broker.bootstrap, "WIRESTREAM_REGISTRY": registry.url,
+           "SLOW_REQUEST_US": "500000"}
+    worker = subprocess.Popen([sys.executable, "-m", "wirestream", "process", "--role", "packets",
+                               "--group", f"w-{source}", "--plugin", "slow-requests"],
+                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        publisher = OutputPublisher(broker.bootstrap, AvroCodec(registry.url), "test")
+        latencies = [900_000, 20_000, 1_200_000]
+        for n, latency in enumerate(latencies):
+            publisher.emit(TRANSACTIONS, f"{source}-{n}", _transaction(source, n, latency))
+        publisher.flush()
+        got: dict[str, dict] = {}
+        deadline = time.monotonic() + 90
+        while len(got) < 2 and time.monotonic() < deadline:
+            assert worker.poll() is None, worker.stderr.read()
+            with TopicReader(broker.bootstrap, AvroCodec(registry.url), [OUT]) as reader:
+                for _ in range(10):
+                    for m in reader.poll(0.3):
+                        if m.key and m.key.decode().startswith(source):
+                            got[m.key.decode()] = m.record
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        worker.communicate(timeout=60)
+    assert sorted(got) == [f"{source}-0", f"{source}-2"]

@@ -187,6 +187,8 @@ several with the same --group to share the partitions.""",
                    help="emit interim records for connections open longer than this (default: off)")
     _add_l7_args(p, defaults)
     _add_window_args(p, defaults)
+    p.add_argument("--plugin", action="append", default=[], metavar="NAME",
+                   help="also run this processor plugin in the worker (repeatable; `wirestream plugin list`)")
     p.add_argument("--only-source-prefix", default="", help=argparse.SUPPRESS)
     p.add_argument("--response-body-cap", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("--loglevel", default="warning", help="worker log level (default: %(default)s)")
@@ -707,6 +709,11 @@ def cmd_process(args: argparse.Namespace) -> int:
 
     # Missing topics are created (an operator's existing ones are left as they are).
     ensure_topics(args.bootstrap, ALL_TOPICS, args.partitions)
+    if args.plugin:
+        from wirestream.plugins import load
+
+        for name in args.plugin:  # a plugin's own topics: ours to create too
+            ensure_topics(args.bootstrap, list(load(name).outputs), args.partitions)
     packet_partitions = partition_count(args.bootstrap, PACKETS)
     if args.role != "windows":
         # The packet agent joins wire.sockets to wire.packets partition by partition: Faust
@@ -728,7 +735,8 @@ def cmd_process(args: argparse.Namespace) -> int:
                      interim_s=args.interim, source_prefix=args.only_source_prefix, l7_options=l7,
                      packet_partitions=packet_partitions,
                      observation_partitions=observation_partitions,
-                     window_options=_window_options(args), windows=args.windows, role=args.role)
+                     window_options=_window_options(args), windows=args.windows, role=args.role,
+                     plugins=tuple(args.plugin))
     run_worker(app, loglevel=args.loglevel)
     return EXIT_OK
 

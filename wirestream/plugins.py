@@ -19,8 +19,9 @@ registered in its package's ``pyproject.toml``::
     [project.entry-points."wirestream.processors"]
     slow-requests = "my_package.plugin:SlowRequests"
 
-and run with ``wirestream plugin run slow-requests`` (``wirestream plugin list`` shows what
-is installed). The runner (:func:`run_plugin`) is a consumer group named after the plugin:
+and run with ``wirestream plugin run slow-requests`` (standalone), or inside a processor
+worker with ``wirestream process --plugin slow-requests`` (``wirestream plugin list`` shows
+what is installed). The runner (:func:`run_plugin`) is a consumer group named after the plugin:
 start several for more throughput. It decodes the inputs (undecodable messages are
 counted and skipped), registers the output schemas under ``<topic>-value`` and encodes
 with them (Confluent wire format, like every wirestream topic), and commits its input
