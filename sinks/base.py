@@ -69,6 +69,7 @@ class BatchSink:
         self._batch: list[Item] = []
         self._offsets: dict[tuple[str, int], int] = {}
         self._last_flush = time.monotonic()
+        self._stopping: Callable[[], bool] = lambda: False
         self.written: Counter[str] = Counter()  # by topic, counted by write()
         self.counters: Counter[str] = Counter()
 
@@ -85,6 +86,7 @@ class BatchSink:
 
     def run(self, stop: Callable[[], bool]) -> None:
         """Consume, write and commit until ``stop()``; then write what is buffered."""
+        self._stopping = stop
         try:
             while not stop():
                 self.step()
@@ -134,6 +136,13 @@ class BatchSink:
                 self._batch = []
             except OSError as exc:
                 self.counters["write_retries"] += 1
+                if self._stopping():
+                    # Asked to stop while the destination is down: commit nothing, so the
+                    # batch comes again to whoever consumes next (at least once).
+                    log.warning("%s: stopping with %d records unwritten (%s); not committed",
+                                self.name, len(self._batch), exc)
+                    self._batch, self._offsets = [], {}
+                    return
                 log.warning("%s: cannot write (%s); retrying in %.0f s", self.name, exc, delay)
                 time.sleep(delay)
                 delay = min(BACKOFF_MAX_S, delay * 2)

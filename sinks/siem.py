@@ -42,6 +42,7 @@ from .base import BatchSink, Item
 from .jsonl import to_json_line
 
 VERSION = "0.1.0"
+MAX_DATAGRAM = 65_000  # payload of one UDP datagram, with room for the syslog header
 #: record time of each topic (µs since the epoch)
 RECORD_TIME = {CONNECTIONS: "start_ts_us", TRANSACTIONS: "request_ts_us", DNS: "query_ts_us",
                TLS: "client_hello_ts_us", ALERTS: "ts_us", "wire.service-metrics": "window_start_ts_us"}
@@ -159,7 +160,15 @@ class SiemSink(BatchSink):
         return json.dumps(ecs_event(item.topic, item.record), separators=(",", ":"), ensure_ascii=False)
 
     def write(self, batch: list[Item]) -> None:
-        events = [(item.topic, self._format(item), item.record) for item in batch]
+        events = []
+        for item in batch:
+            text = self._format(item)
+            if self.url.scheme == "syslog+udp" and len(text.encode()) > MAX_DATAGRAM:
+                # Never deliverable as one datagram: a dead letter, not a retry forever.
+                self.dead_letter(item.topic, item.partition, item.offset, item.key, item.raw,
+                                 f"event of {len(text.encode())} bytes is too large for a UDP datagram")
+                continue
+            events.append((item.topic, text, item.record))
         if self.url.scheme.startswith("syslog"):
             lines = [syslog_line(text, self.hostname) for _, text, _ in events]
             if self.url.scheme == "syslog+udp":
