@@ -113,7 +113,7 @@ Modes (--mode; `wirestream doctor` says which work here):
 Needs (root has them all):
   CAP_NET_RAW        packet sockets (both modes)
   CAP_BPF, CAP_PERFMON  loading the eBPF programs (or CAP_SYS_ADMIN on older kernels)
-  CAP_NET_ADMIN      only for tc programs (not used yet)
+  CAP_NET_ADMIN      attaching the sock_ops program to the cgroup (segment counts)
   CAP_SYS_ADMIN      --netns (entering another network namespace)
 Kernel: Linux >= 5.8 (BPF ring buffer) with BTF or a kernel header tree for bcc
 (scripts/bcc-headers), tracefs mounted, tracepoints sock:inet_sock_set_state and
