@@ -16,6 +16,7 @@ starts it again on the same port: what a watch must survive.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import shutil
 import signal
@@ -59,8 +60,10 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+@functools.cache
 def apiserver_binary() -> str | None:
-    """The cached kube-apiserver, building it if needed (None if that fails)."""
+    """The cached kube-apiserver, building it if needed (None if that fails; tried once
+    per test run)."""
     if os.geteuid() != 0:
         return None
     r = subprocess.run([str(BUILD_SCRIPT)], capture_output=True, text=True, timeout=1800)
