@@ -54,11 +54,13 @@ RESPONSE_BYTES = 20_000
 COMPARED = ("state", "packets_c2s", "packets_s2c", "bytes_c2s", "bytes_s2c", "goodput_bytes_c2s",
             "goodput_bytes_s2c", "retransmissions", "fast_retransmissions", "spurious_retransmissions",
             "out_of_order", "duplicate_acks", "lost_segments", "zero_window", "data_packets", "rtt_samples")
-#: times, which differ by the microseconds between the two packet sockets' timestamps: a
-#: sent packet has no timestamp yet when it passes the taps, and each packet socket reads
-#: the clock itself as it copies the packet (af_packet.c, tpacket_get_timestamp)
+#: times, which differ between the two packet sockets' timestamps: a sent packet has no
+#: timestamp yet when it passes the taps, and each packet socket reads the clock itself as
+#: it copies the packet (af_packet.c, tpacket_get_timestamp). Usually a few µs apart; on a
+#: loaded CI machine one handshake RTT came out 46 µs here and 418 µs in tcpdump's file,
+#: so this only catches gross errors (units, wrong packets), not µs.
 TIMINGS = ("handshake_rtt_us", "rtt_min_us", "rtt_max_us")
-TIMING_TOLERANCE_US = 200
+TIMING_TOLERANCE_US = 2_000
 
 
 def _ebpf_unavailable() -> str | None:
