@@ -27,13 +27,12 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from wirestream.codec import AvroCodec
 from wirestream.errors import DecodeError, RegistryError
 from wirestream.reader import consumer_config, partitions_of
-from wirestream.topics import CONNECTIONS, DNS, K8S_IDENTITY, TLS, TRANSACTIONS
+from wirestream.topics import CONNECTIONS, DNS, K8S_IDENTITY, RECORD_TIME, TLS, TRANSACTIONS
 
 log = logging.getLogger(__name__)
 
-#: which timestamp of a record its identities are resolved at
-RECORD_TIME = {CONNECTIONS: "start_ts_us", TRANSACTIONS: "request_ts_us", DNS: "query_ts_us",
-               TLS: "client_hello_ts_us"}
+#: the records with client and server endpoints; each is resolved at its RECORD_TIME
+ENRICHED_TOPICS = (CONNECTIONS, TRANSACTIONS, DNS, TLS)
 #: a pod's start time has a resolution of one second: accept packets that much earlier
 START_GRACE_US = 1_000_000
 MAX_HISTORY = 8  # identities kept per IP
@@ -101,10 +100,9 @@ class Enricher:
         self.enriched = 0
 
     def enrich(self, topic: str, record: dict[str, Any]) -> None:
-        ts_field = RECORD_TIME.get(topic)
-        if ts_field is None or not self.index.records:
+        if topic not in ENRICHED_TOPICS or not self.index.records:
             return
-        ts = record.get(ts_field) or record.get("start_ts_us") or 0
+        ts = record.get(RECORD_TIME[topic]) or record.get("start_ts_us") or 0
         found = False
         for side in ("client", "server"):
             ident = self.index.lookup(record[f"{side}_ip"], ts)

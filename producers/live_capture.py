@@ -134,6 +134,18 @@ class LiveCapture:
         self.socket_source = socket_source
         self.fallback_reason = fallback_reason
 
+    def publishers(self, bootstrap: str, codec: Any, partitions: int, source_id: str,
+                   source_name: str) -> tuple[PacketBatchPublisher, Any]:
+        """The publishers of this capture: packets, and socket events if it has them."""
+        packets = PacketBatchPublisher(bootstrap, codec, partitions, source_id, source_name,
+                                       stage="producer.live", socket_events=self.socket_source is not None)
+        sockets = None
+        if self.socket_source is not None:
+            from .socket_events import SocketEventPublisher
+
+            sockets = SocketEventPublisher(bootstrap, codec, partitions, source_id)
+        return packets, sockets
+
     def rings_text(self) -> str:
         names = ", ".join(self.options.interfaces) or "all interfaces"
         return f"{names} in netns {self.options.netns}" if self.options.netns else names

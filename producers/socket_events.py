@@ -365,11 +365,10 @@ class SocketEventPublisher:
         wait until the broker has everything."""
         self.expire_pending(everything=True)
         for part in range(self.partitions):
+            # the other fields take their schema defaults
             self._produce(self._encode({
                 "source_id": self.source_id, "ts_us": time.time_ns() // 1000, "kind": "end_of_input",
                 "end_of_input": True, "events_before": self._sent_to[part],
-                "pid": None, "tid": None, "process": None, "cgroup_id": None, "container_id": None,
-                "netns": None, "fd": None, "ret": None, "old_state": None, "new_state": None, "segments": 0,
             }), part)
         remaining = self._producer.flush(timeout)
         if remaining:

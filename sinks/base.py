@@ -26,6 +26,7 @@ from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
 from wirestream.codec import AvroCodec
 from wirestream.errors import DecodeError, RegistryError
+from wirestream.reader import group_consumer_config
 from wirestream.topics import DEAD_LETTER
 
 log = logging.getLogger(__name__)
@@ -55,15 +56,10 @@ class BatchSink:
         self.codec = AvroCodec(registry)
         self.flush_records = flush_records
         self.flush_seconds = flush_seconds
-        self._consumer = Consumer({
-            "bootstrap.servers": bootstrap, "group.id": group,
-            "auto.offset.reset": "earliest" if from_beginning else "latest",
-            "enable.auto.commit": False,  # committed after each successful write
-            "session.timeout.ms": 10_000, "heartbeat.interval.ms": 2_000,
-            # waiting out a broken destination can take longer than the default 5 min
-            "max.poll.interval.ms": 3_600_000,
-            "log_level": 3, "log.connection.close": False,
-        })
+        # committed after each successful write; waiting out a broken destination can take
+        # longer than the default 5 min between polls
+        self._consumer = Consumer(group_consumer_config(bootstrap, group, from_beginning,
+                                                        **{"max.poll.interval.ms": 3_600_000}))
         self._consumer.subscribe(topics)
         self._dead = Producer({"bootstrap.servers": bootstrap, "log_level": 3})
         self._batch: list[Item] = []

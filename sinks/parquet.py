@@ -35,14 +35,9 @@ from typing import Any
 
 from wirestream.schemas import schema_text
 
-from wirestream.topics import CONNECTIONS, DNS, TLS, TOPIC_SCHEMAS, TRANSACTIONS
+from wirestream.topics import TOPIC_SCHEMAS, record_time_us
 
 from .base import BatchSink, Item
-
-#: the record time that places a record in its date/hour partition
-RECORD_TIME = {CONNECTIONS: "start_ts_us", TRANSACTIONS: "request_ts_us", DNS: "query_ts_us",
-               TLS: "client_hello_ts_us", "wire.service-metrics": "window_start_ts_us",
-               "wire.alerts": "ts_us"}
 
 
 def arrow_schema(avro: dict[str, Any]) -> Any:
@@ -99,7 +94,7 @@ class ParquetSink(BatchSink):
         for item in batch:
             record = item.record
             try:
-                ts = record.get(RECORD_TIME.get(item.topic, "ts_us")) or 0
+                ts = record_time_us(item.topic, record) or 0
                 moment = datetime.datetime.fromtimestamp(ts / 1e6, datetime.UTC)
             except (ValueError, OverflowError, OSError) as exc:
                 self.dead_letter(item.topic, item.partition, item.offset, item.key, item.raw,

@@ -36,16 +36,13 @@ import urllib.request
 from typing import Any
 from urllib.parse import urlparse
 
-from wirestream.topics import ALERTS, CONNECTIONS, DNS, TLS, TRANSACTIONS
+from wirestream.topics import ALERTS, DNS, TLS, TRANSACTIONS, record_time_us
 
 from .base import BatchSink, Item
 from .jsonl import to_json_line
 
 VERSION = "0.1.0"
 MAX_DATAGRAM = 65_000  # payload of one UDP datagram, with room for the syslog header
-#: record time of each topic (µs since the epoch)
-RECORD_TIME = {CONNECTIONS: "start_ts_us", TRANSACTIONS: "request_ts_us", DNS: "query_ts_us",
-               TLS: "client_hello_ts_us", ALERTS: "ts_us", "wire.service-metrics": "window_start_ts_us"}
 #: CEF severity (0-10) of an alert severity
 CEF_SEVERITY = {"info": 3, "low": 3, "warning": 5, "medium": 5, "high": 8, "critical": 10}
 
@@ -61,7 +58,7 @@ def _plain(value: Any) -> Any:
 
 def ecs_event(topic: str, record: dict[str, Any]) -> dict[str, Any]:
     """An ECS document for one record of ``topic``."""
-    ts = record.get(RECORD_TIME.get(topic, "ts_us"))
+    ts = record_time_us(topic, record)
     alert = topic == ALERTS
     doc: dict[str, Any] = {
         "@timestamp": _iso(ts),
@@ -109,7 +106,7 @@ def cef_event(topic: str, record: dict[str, Any]) -> str:
     signature = record.get("kind") if alert else topic
     name = (record.get("summary") or record.get("kind") or topic) if alert else topic.split(".", 1)[-1]
     severity = CEF_SEVERITY.get(str(record.get("severity")), 5) if alert else 1
-    ext: dict[str, Any] = {"rt": (record.get(RECORD_TIME.get(topic, "ts_us")) or 0) // 1000}
+    ext: dict[str, Any] = {"rt": (record_time_us(topic, record) or 0) // 1000}
     if "client_ip" in record:
         ext.update(src=record["client_ip"], spt=record.get("client_port"), dst=record["server_ip"],
                    dpt=record.get("server_port"), proto="TCP")
@@ -195,7 +192,7 @@ class SiemSink(BatchSink):
 
     def _post_hec(self, events: list[tuple[str, str, dict[str, Any]]]) -> None:
         body = "".join(json.dumps({
-            "time": (record.get(RECORD_TIME.get(topic, "ts_us")) or 0) / 1e6,
+            "time": (record_time_us(topic, record) or 0) / 1e6,
             "host": self.hostname, "source": "wirestream", "sourcetype": f"wirestream:{topic}",
             "event": json.loads(text) if self.fmt == "ecs" else text,
         }, separators=(",", ":")) for topic, text, record in events).encode()

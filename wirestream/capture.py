@@ -21,7 +21,6 @@ from wirestream.producers.live_capture import (
     open_capture,
     run_capture,
 )
-from wirestream.producers.publisher import PacketBatchPublisher
 from wirestream.runtime import Runtime
 
 #: called once the capture is opened (the mode is known), and again when it starts reading
@@ -47,14 +46,8 @@ def capture(
 
     def feed(rt: Runtime, run_id: str, partitions: int) -> dict[str, Any]:
         source_id = f"{run_id}-live"
-        publisher = PacketBatchPublisher(
-            rt.bootstrap, rt.codec, partitions, source_id, source_name=f"live {live.rings_text()}",
-            stage="producer.live", socket_events=live.socket_source is not None)
-        socket_publisher = None
-        if live.socket_source is not None:
-            from wirestream.producers.socket_events import SocketEventPublisher
-
-            socket_publisher = SocketEventPublisher(rt.bootstrap, rt.codec, partitions, source_id)
+        publisher, socket_publisher = live.publishers(rt.bootstrap, rt.codec, partitions, source_id,
+                                                      f"live {live.rings_text()}")
         if notice is not None:
             notice(live, "capturing")
         captured = run_capture(live, publisher, socket_publisher, stop=stop, progress=progress,

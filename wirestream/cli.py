@@ -513,6 +513,26 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
+class _StopOnSignal:
+    """For long-running commands (capture, produce live, k8s-watch, sinks, plugins):
+    SIGINT/SIGTERM ask them to stop cleanly; calling it says whether one has.
+    ``second_interrupts``: a second signal interrupts the clean-up too."""
+
+    def __init__(self, second_interrupts: bool = False) -> None:
+        self.asked = False
+        self.second_interrupts = second_interrupts
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self._on_signal)
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        if self.asked and self.second_interrupts:
+            raise KeyboardInterrupt
+        self.asked = True
+
+    def __call__(self) -> bool:
+        return self.asked
+
+
 def _settings(args: argparse.Namespace) -> Settings:
     s = Settings.from_env()
     s.bootstrap = args.bootstrap or None
@@ -565,15 +585,6 @@ def cmd_capture(args: argparse.Namespace) -> int:
     gc.set_threshold(50_000, 20, 100)  # as analyze: many small records, no cycles
     settings = _settings(args)
     options = _capture_options(args)
-    # The first Ctrl-C (or SIGTERM) ends the capture; the pipeline then finishes what was
-    # captured. A second one interrupts that too.
-    stopping: list[int] = []
-
-    def on_signal(signum: int, frame: object) -> None:
-        if stopping:
-            raise KeyboardInterrupt
-        stopping.append(signum)
-
     def notice(live: Any, phase: str) -> None:
         if phase == "opened" and live.fallback_reason:
             what = "AF_PACKET capture, no socket events" if live.mode == "af_packet" else "packets only"
@@ -582,9 +593,10 @@ def cmd_capture(args: argparse.Namespace) -> int:
             print(f"wirestream capture: capturing on {live.rings_text()} ({live.mode}); Ctrl-C to stop",
                   file=sys.stderr, flush=True)
 
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
-    result = capture(options, settings, workers=args.workers, stop=lambda: bool(stopping),
+    # The first Ctrl-C (or SIGTERM) ends the capture; the pipeline then finishes what was
+    # captured. A second one interrupts that too.
+    stop = _StopOnSignal(second_interrupts=True)
+    result = capture(options, settings, workers=args.workers, stop=stop,
                      notice=notice, keep_bodies=bool(args.out))
     if args.out:
         write_jsonl(args.out, result.records)
@@ -653,7 +665,6 @@ def _produce_live(args: argparse.Namespace) -> int:
     from wirestream.broker import ensure_topics, partition_count
     from wirestream.codec import AvroCodec
     from wirestream.producers.live_capture import open_capture, run_capture
-    from wirestream.producers.publisher import PacketBatchPublisher
     from wirestream.topics import PACKETS, SOCKETS, STATS
 
     live = open_capture(_capture_options(args, args.stats_interval))
@@ -663,20 +674,13 @@ def _produce_live(args: argparse.Namespace) -> int:
     codec = AvroCodec(args.registry)
     partitions = partition_count(args.bootstrap, PACKETS)
     source_id = f"{args.source_name}-{os.getpid()}-{time.time_ns()}"
-    publisher = PacketBatchPublisher(args.bootstrap, codec, partitions, source_id, f"live {args.source_name}",
-                                     stage="producer.live", socket_events=live.socket_source is not None)
-    socket_publisher = None
-    if live.socket_source is not None:
-        from wirestream.producers.socket_events import SocketEventPublisher
-
-        socket_publisher = SocketEventPublisher(args.bootstrap, codec, partitions, source_id)
-    stopping: list[int] = []
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda signum, frame: stopping.append(signum))
+    publisher, socket_publisher = live.publishers(args.bootstrap, codec, partitions, source_id,
+                                                  f"live {args.source_name}")
+    stop = _StopOnSignal()
     print(f"wirestream produce live: capturing on {live.rings_text()} ({live.mode}) as source {source_id}",
           file=sys.stderr, flush=True)
     try:
-        r = run_capture(live, publisher, socket_publisher, stop=lambda: bool(stopping))
+        r = run_capture(live, publisher, socket_publisher, stop=stop)
     finally:
         live.close()
     dropped = ", ".join(f"{k}={v}" for k, v in sorted(r.dropped.items())) or "none"
@@ -756,17 +760,15 @@ def cmd_k8s_watch(args: argparse.Namespace) -> int:
         raise WirestreamError(f"no Kubernetes API to watch: {exc}") from None
     source = args.cluster_name or api.configuration.host
     publisher = IdentityPublisher(args.bootstrap, AvroCodec(args.registry), source)
-    stopping: list[bool] = []
+    stop = _StopOnSignal()
 
     def synced() -> None:
         print(f"wirestream k8s-watch: {source}: synced; {dict(publisher.published)} published",
               file=sys.stderr, flush=True)
         if args.once:
-            stopping.append(True)
+            stop.asked = True
 
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stopping.append(True))
-    run_watcher(api, publisher, stop=lambda: bool(stopping), on_synced=synced)
+    run_watcher(api, publisher, stop=stop, on_synced=synced)
     return EXIT_OK
 
 
@@ -885,10 +887,7 @@ def cmd_sink(args: argparse.Namespace) -> int:
 
         sink = ParquetSink(args.bootstrap, args.registry, args.out, args.topics.split(","), group=args.group,
                            flush_seconds=args.flush_seconds)
-    stopping: list[int] = []
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda signum, frame: stopping.append(signum))
-    sink.run(stop=lambda: bool(stopping))
+    sink.run(stop=_StopOnSignal())
     print(f"written: {dict(sink.written)}; {dict(sink.counters)}")
     return EXIT_OK
 
@@ -910,12 +909,10 @@ def cmd_plugin(args: argparse.Namespace) -> int:
     if not _kafka_given(args, "plugin run"):
         return EXIT_USAGE
     plugin = plugins.load(args.name)
-    stopping: list[int] = []
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda signum, frame: stopping.append(signum))
+    stop = _StopOnSignal()
     print(f"wirestream plugin: running {args.name}: {', '.join(plugin.inputs)} -> {', '.join(plugin.outputs)}",
           file=sys.stderr, flush=True)
-    counters = plugins.run_plugin(plugin, args.bootstrap, args.registry, stop=lambda: bool(stopping),
+    counters = plugins.run_plugin(plugin, args.bootstrap, args.registry, stop=stop,
                                   group=args.group, partitions=args.partitions)
     print(f"{args.name}: {dict(counters)}")
     return EXIT_OK

@@ -33,6 +33,7 @@ from confluent_kafka import Consumer, KafkaException
 
 from wirestream.codec import AvroCodec
 from wirestream.errors import DecodeError, RegistryError, UsageError
+from wirestream.reader import group_consumer_config
 
 Predicate = Callable[[dict[str, Any]], bool]
 
@@ -144,15 +145,9 @@ class Subscription:
         self.topics = list(topics)
         self.codec = AvroCodec(registry)
         self.where = where
-        self._consumer = Consumer({
-            "bootstrap.servers": bootstrap, "group.id": group,
-            "auto.offset.reset": "earliest" if from_beginning else "latest",
-            # offsets are stored when the caller has taken a record, and committed from there
-            "enable.auto.commit": True, "enable.auto.offset.store": False,
-            # a member that stops is noticed within 10 s (and a join does not wait longer)
-            "session.timeout.ms": 10_000, "heartbeat.interval.ms": 2_000,
-            "log_level": 3, "log.connection.close": False,
-        })
+        # offsets are stored when the caller has taken a record, and committed from there
+        self._consumer = Consumer(group_consumer_config(
+            bootstrap, group, from_beginning, **{"enable.auto.commit": True, "enable.auto.offset.store": False}))
         self._consumer.subscribe(self.topics)
         self._taken: Any = None  # the last message handed out, stored on the next call
 

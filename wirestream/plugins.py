@@ -41,6 +41,8 @@ from confluent_kafka import Consumer, KafkaException, Producer
 
 from wirestream.codec import AvroCodec
 from wirestream.errors import DecodeError, RegistryError, WirestreamError
+from wirestream.producers.publisher import producer_config
+from wirestream.reader import group_consumer_config
 
 ENTRY_POINT_GROUP = "wirestream.processors"
 log = logging.getLogger(__name__)
@@ -97,12 +99,9 @@ def run_plugin(plugin: Processor, bootstrap: str, registry: str, stop: Callable[
     codec = AvroCodec(registry)
     encoders = {topic: codec.encoder_for_schema(topic, schema) for topic, schema in plugin.outputs.items()}
     counters: Counter[str] = Counter()
-    consumer = Consumer({
-        "bootstrap.servers": bootstrap, "group.id": group or f"wirestream-plugin-{plugin.name}",
-        "auto.offset.reset": "earliest" if from_beginning else "latest", "enable.auto.commit": False,
-        "session.timeout.ms": 10_000, "heartbeat.interval.ms": 2_000, "log_level": 3,
-    })
-    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20, "log_level": 3})
+    consumer = Consumer(group_consumer_config(bootstrap, group or f"wirestream-plugin-{plugin.name}",
+                                              from_beginning))
+    producer = Producer(producer_config(bootstrap, **{"linger.ms": 20}))
     failures: list[str] = []
 
     def delivered(err: Any, msg: Any) -> None:

@@ -61,6 +61,23 @@ PACKETS_STAGE = "processor.packets"
 WINDOWS_STAGE = "processor.windows"
 
 
+#: the field of each output topic holding the time its record is about (the connection's
+#: first packet, the request, the query, the ClientHello, the window, the alert), in µs
+RECORD_TIME: dict[str, str] = {
+    CONNECTIONS: "start_ts_us",
+    TRANSACTIONS: "request_ts_us",
+    DNS: "query_ts_us",
+    TLS: "client_hello_ts_us",
+    SERVICE_METRICS: "window_start_ts_us",
+    ALERTS: "ts_us",
+}
+
+
+def record_time_us(topic: str, record: dict) -> int | None:
+    """The time ``record`` of ``topic`` is about (``ts_us`` for topics not listed)."""
+    return record.get(RECORD_TIME.get(topic, "ts_us"))
+
+
 def subject_for(topic: str) -> str:
     """Schema-registry subject of a topic's values (Confluent TopicNameStrategy)."""
     return f"{topic}-value"
