@@ -305,6 +305,18 @@ def _candidate_runs(body: bytes, truncated: bool) -> list[tuple[int, int]]:
 
 
 def _mask_cards(body: bytes, truncated: bool) -> bytes:
+    """``body`` with its card numbers masked (``body`` itself if there are none), to a
+    fixed point: the 4 digits a masked number keeps can begin another number with the
+    digits after them ("2901428292418 290142829" -> "*********2418 290142829", and
+    2418 290142829 is Luhn-valid too), which another pass would mask. Masking until a pass
+    finds nothing makes redaction idempotent; the extra pass only runs after a mask."""
+    current = _mask_cards_once(body, truncated)
+    while current is not body:
+        body, current = current, _mask_cards_once(current, truncated)
+    return current
+
+
+def _mask_cards_once(body: bytes, truncated: bool) -> bytes:
     out: list[bytes] = []
     done = 0  # body[:done] is in `out`
     n = len(body)
