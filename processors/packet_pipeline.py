@@ -64,7 +64,11 @@ class PacketPipeline:
         # finished when both topics' end-of-input markers are in, in either order.
         self._socket_ends: dict[tuple[str, int], dict[str, Any]] = {}
         self._waiting_for_sockets: dict[tuple[str, int], dict[str, Any]] = {}
-        self.dropped: Counter[str] = Counter()  # messages we could not use, by reason
+        # Messages this worker could not use, by reason, that belong to no (source,
+        # partition) yet (an undecodable batch names no source). Each is reported once, in
+        # the next final report this worker sends, then forgotten: consumers of wire.stats
+        # sum the reports, so a count carried into every report would be multiplied.
+        self.dropped: Counter[str] = Counter()
 
     def _tracker(self, source_id: str, partition: int) -> ConnectionTracker:
         key = (source_id, partition)
@@ -178,25 +182,27 @@ class PacketPipeline:
         tracker = self._tracker(source_id, partition)
         del self._trackers[(source_id, partition)]  # this source is done on this partition
         tracker.flush()
-        counters = dict(tracker.counters)
+        counters: Counter[str] = Counter(tracker.counters)
         observer = self._observers.pop((source_id, partition), None)
         if observer is not None:
             observer.flush(end_of_input=True)
             counters["observations"] = observer.observed
         counters["batches_expected"] = batch["batches_before"]
+        dropped = +tracker.dropped  # without zero counts
         socket_end = self._socket_ends.pop((source_id, partition), None)
         if tracker.sockets is not None:
             counters.update(tracker.sockets.counters)
             counters["socket_events"] = tracker.sockets.events
             if socket_end is not None and socket_end["events_before"] != tracker.sockets.events:
-                self.dropped["socket_events_missing"] += socket_end["events_before"] - tracker.sockets.events
+                dropped["socket_events_missing"] += socket_end["events_before"] - tracker.sockets.events
         emitted = {CONNECTIONS: tracker.emitted}
-        dropped = tracker.dropped + self.dropped
         if tracker.l7 is not None:
             emitted.update(tracker.l7.emitted)
             for name, n in tracker.l7.stats.items():
                 # Parse errors are input we could not use: named drop reasons.
-                (dropped if "parse_error" in name else counters)[name] = n
+                (dropped if "parse_error" in name else counters)[name] += n
+        dropped.update(self.dropped)  # the worker's own drops, in this report only
+        self.dropped.clear()
         self.publisher.publish_stats(
             source_id=source_id,
             partition=partition,

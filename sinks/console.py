@@ -6,6 +6,7 @@ import contextlib
 import sys
 from collections import Counter
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 from rich.console import Console
@@ -204,6 +205,32 @@ def _live_json(f: Any) -> dict[str, Any]:
             "capture_cpu_s": round(f.cpu_s, 3)}
 
 
+@dataclass
+class StageTotals:
+    """One processor stage's final reports on ``wire.stats``, summed over its sources,
+    partitions and workers. Each report counts only its own part (see
+    ``PacketPipeline.end_of_input``), so the sum is the stage's total."""
+
+    received: int = 0
+    emitted: Counter[str] = field(default_factory=Counter)
+    dropped: Counter[str] = field(default_factory=Counter)
+    counters: Counter[str] = field(default_factory=Counter)
+
+
+def processor_totals(stats: list[dict[str, Any]]) -> dict[str, StageTotals]:
+    """Sum the processor stages' ``wire.stats`` reports, stage by stage (sorted by name)."""
+    totals: dict[str, StageTotals] = {}
+    for s in stats:
+        if not s["stage"].startswith("processor"):
+            continue
+        total = totals.setdefault(s["stage"], StageTotals())
+        total.received += s["received"]
+        total.emitted.update(s["emitted"])
+        total.dropped.update(s["dropped"])
+        total.counters.update(s["counters"])
+    return dict(sorted(totals.items()))
+
+
 def summary_json(result: Any) -> dict[str, Any]:
     conns = result.records.get(CONNECTIONS, [])
     return {
@@ -219,6 +246,9 @@ def summary_json(result: Any) -> dict[str, Any]:
         "l7": l7_summary(result.records),
         "services": [_service_json(s) for s in _services(result.records)],
         "alerts": dict(Counter(a["kind"] for a in result.records.get(ALERTS, [])).most_common()),
+        "stages": {stage: {"received": t.received, "emitted": dict(t.emitted),
+                           "dropped": dict(t.dropped), "counters": dict(t.counters)}
+                   for stage, t in processor_totals(result.stats).items()},
         "stats": result.stats,
         "elapsed_s": round(result.elapsed_s, 3),
     }
@@ -294,23 +324,17 @@ def print_summary(result: Any, top: int = 15, out_dir: str | None = None, consol
             f"{f.frames:,} frames", f"{f.packets:,} packets",
             ", ".join(f"{k} = {v:,}" for k, v in sorted(f.dropped.items())) or "-",
         )
-    received: Counter[str] = Counter()
-    emitted: Counter[str] = Counter()
-    dropped: Counter[str] = Counter()
-    counters: Counter[str] = Counter()
-    for s in result.stats:
-        if s["stage"].startswith("processor"):
-            received[s["stage"]] += s["received"]
-            emitted.update(s["emitted"])
-            dropped.update(s["dropped"])
-            counters.update(s["counters"])
-    for stage in sorted(received):
+    by_stage = processor_totals(result.stats)
+    for stage, total in by_stage.items():
         stats.add_row(
-            stage, f"{received[stage]:,} packets",
-            ", ".join(f"{v:,} → {t}" for t, v in sorted(emitted.items())) or "0",
-            ", ".join(f"{k} = {v:,}" for k, v in sorted(dropped.items())) or "-",
+            stage, f"{total.received:,} packets",
+            ", ".join(f"{v:,} → {t}" for t, v in sorted(total.emitted.items())) or "0",
+            ", ".join(f"{k} = {v:,}" for k, v in sorted(total.dropped.items())) or "-",
         )
     console.print(stats)
+    counters: Counter[str] = Counter()
+    for total in by_stage.values():
+        counters.update(total.counters)
     if counters:
         console.print("processor counters: " + ", ".join(
             f"{k} {v:,}" for k, v in sorted(counters.items()) if k != "batches_expected"))
