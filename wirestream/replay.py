@@ -32,7 +32,7 @@ from wirestream.processors.l7.base import L7Options
 from wirestream.processors.output import OutputPublisher
 from wirestream.processors.packet_pipeline import PacketPipeline
 from wirestream.reader import consumer_config, partitions_of
-from wirestream.topics import PACKETS, SOCKETS
+from wirestream.topics import PACKETS, REPLAY_TOPICS, SOCKETS
 
 STAGE = "replay"
 
@@ -78,12 +78,12 @@ def replay(bootstrap: str, registry: str, from_us: int | None = None, to_us: int
         # Sockets first on each partition: a connection's socket events are then in before
         # its record is emitted, whatever the interleaving was live.
         ranges = {}
-        for tp in partitions_of(bootstrap, [SOCKETS, PACKETS]):
+        for tp in partitions_of(bootstrap, REPLAY_TOPICS):
             ranges[(tp.topic, tp.partition)] = offset_range(
                 consumer, tp, None if from_us is None else from_us // 1000, None if to_us is None else to_us // 1000)
         total = sum(end - start for start, end in ranges.values())
         handlers = {PACKETS: pipeline.handle, SOCKETS: pipeline.handle_socket_event}
-        for topic in (SOCKETS, PACKETS):
+        for topic in REPLAY_TOPICS:
             # where each partition of this topic has got to, until its end offset
             todo = {p: start for (t, p), (start, end) in ranges.items() if t == topic and start < end}
             consumer.assign([TopicPartition(topic, p, start) for p, start in todo.items()])

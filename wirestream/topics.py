@@ -51,6 +51,15 @@ INTERNAL_TOPICS: tuple[str, ...] = (OBSERVATIONS,)
 #: tables: compacted, read whole by every processor
 TABLE_TOPICS: tuple[str, ...] = (K8S_IDENTITY,)
 ALL_TOPICS: tuple[str, ...] = RAW_TOPICS + OUTPUT_TOPICS + (STATS, DEAD_LETTER) + INTERNAL_TOPICS + TABLE_TOPICS
+#: what `wirestream produce live` publishes to (created when missing)
+LIVE_TOPICS: tuple[str, ...] = (PACKETS, SOCKETS, STATS)
+#: what `wirestream replay` reads again, in the order it reads each partition: socket
+#: events first, so that a connection's are in before its record is emitted
+REPLAY_TOPICS: tuple[str, ...] = (SOCKETS, PACKETS)
+#: the default --topics of the sinks: the Parquet sink keeps every output topic, the SIEM
+#: sink sends the alerts
+PARQUET_SINK_TOPICS: tuple[str, ...] = OUTPUT_TOPICS
+SIEM_SINK_TOPICS: tuple[str, ...] = (ALERTS,)
 #: topic -> Kafka topic configuration wirestream creates it with
 TOPIC_CONFIGS: dict[str, dict[str, str]] = {K8S_IDENTITY: {"cleanup.policy": "compact"}}
 
