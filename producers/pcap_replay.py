@@ -6,8 +6,9 @@ This is the producer behind ``wirestream produce pcap FILE`` and ``wirestream an
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from wirestream.errors import CaptureFileError
 
@@ -15,7 +16,12 @@ from .capture_file import SUPPORTED_LINKTYPES, open_capture
 from .decode import FrameDecoder
 from .publisher import PacketBatchPublisher
 
+if TYPE_CHECKING:
+    from wirestream.codec import AvroCodec
+
 ProgressCallback = Callable[[int, int], None]  # (bytes read so far, total bytes)
+#: path -> the progress callback of that file's replay
+ProgressFactory = Callable[[str], ProgressCallback]
 
 
 @dataclass
@@ -72,3 +78,29 @@ def replay_capture(
     if publish_stats:
         publisher.publish_stats(frames, result.dropped, {"frames": frames})
     return result
+
+
+def replay_files(
+    paths: Sequence[str],
+    bootstrap: str,
+    codec: AvroCodec,
+    partitions: int,
+    source_id: Callable[[int], str],
+    payload_snaplen: int = 65535,
+    progress: ProgressFactory | None = None,
+) -> Iterator[tuple[str, ReplayResult | CaptureFileError]]:
+    """Replay ``paths`` one after the other, each as a source of its own named
+    ``source_id(index of the file)``; yield (source id, its result) per file as it is done.
+
+    A file that cannot be read yields its :class:`CaptureFileError` and the next one is
+    replayed: the caller says so (analyze collects them, ``produce pcap`` prints them)."""
+    for i, path in enumerate(paths):
+        sid = source_id(i)
+        publisher = PacketBatchPublisher(bootstrap, codec, partitions, sid, path)
+        result: ReplayResult | CaptureFileError
+        try:
+            result = replay_capture(path, publisher, payload_snaplen,
+                                    progress=progress(path) if progress is not None else None)
+        except CaptureFileError as exc:
+            result = exc
+        yield sid, result

@@ -24,8 +24,7 @@ from wirestream.broker import partition_count
 from wirestream.config import Settings
 from wirestream.errors import CaptureFileError, WirestreamError
 from wirestream.producers.capture_file import open_capture
-from wirestream.producers.pcap_replay import replay_capture
-from wirestream.producers.publisher import PacketBatchPublisher
+from wirestream.producers.pcap_replay import replay_files
 from wirestream.reader import TopicReader, end_offsets
 from wirestream.runtime import Runtime
 from wirestream.topics import (
@@ -87,24 +86,20 @@ def analyze(
         return result
     paths = readable
 
-    def replay_files(rt: Runtime, run_id: str, partitions: int) -> dict[str, Any]:
+    def feed(rt: Runtime, run_id: str, partitions: int) -> dict[str, Any]:
         sources: dict[str, Any] = {}
-        for i, path in enumerate(paths):
-            source_id = f"{run_id}-{i}"
-            publisher = PacketBatchPublisher(rt.bootstrap, rt.codec, partitions, source_id, path)
-            try:
-                replay = replay_capture(
-                    path, publisher, settings.payload_snaplen,
-                    progress=progress(path, 0) if progress else None,
-                )
-            except CaptureFileError as exc:
-                result.failed.append(exc)
+        for source_id, replay in replay_files(
+            paths, rt.bootstrap, rt.codec, partitions, lambda i: f"{run_id}-{i}",
+            settings.payload_snaplen, progress=(lambda path: progress(path, 0)) if progress else None,
+        ):
+            if isinstance(replay, CaptureFileError):
+                result.failed.append(replay)
                 continue
             sources[source_id] = replay
             result.files.append(replay)
         return sources
 
-    run_pipeline(result, settings, replay_files, workers, stall_timeout_s, keep_bodies)
+    run_pipeline(result, settings, feed, workers, stall_timeout_s, keep_bodies)
     result.elapsed_s = time.monotonic() - started
     return result
 
