@@ -1,0 +1,201 @@
+"""What several commands share: exit codes, option groups, argument types, settings from
+the parsed options, and the stop flag of the long-running commands."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from typing import TYPE_CHECKING, Any
+
+from wirestream.config import Settings
+from wirestream.errors import UsageError
+
+if TYPE_CHECKING:
+    from wirestream.processors.service_windows import WindowOptions
+    from wirestream.producers.live_capture import CaptureOptions
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+#: what ``ArgumentParser.add_subparsers`` returns (argparse has no public name for it)
+Subparsers = argparse._SubParsersAction
+
+
+def add_kafka_args(p: argparse.ArgumentParser, defaults: Settings) -> None:
+    g = p.add_argument_group("Kafka")
+    g.add_argument("--bootstrap", default=defaults.bootstrap, metavar="HOST:PORT[,...]",
+                   help="Kafka bootstrap servers (default: $WIRESTREAM_BOOTSTRAP, else start the embedded broker)")
+    g.add_argument("--registry", default=defaults.registry, metavar="URL",
+                   help="Confluent-compatible schema registry (default: $WIRESTREAM_REGISTRY, else serve one embedded)")
+    g.add_argument("--partitions", type=int, default=defaults.partitions, metavar="N",
+                   help="partitions for topics wirestream creates (default: %(default)s)")
+
+
+def add_live_args(p: argparse.ArgumentParser) -> None:
+    """What to capture live, and until when (capture, produce live)."""
+    p.add_argument("--iface", "-i", action="append", default=[], metavar="NAME",
+                   help="interface to capture on (repeatable; default: every interface)")
+    p.add_argument("--netns", metavar="NAME|PATH",
+                   help="capture inside this network namespace (a name from `ip netns`, or a path "
+                        "such as /proc/PID/ns/net)")
+    p.add_argument("--mode", choices=("auto", "ebpf", "af_packet"), default="auto",
+                   help="capture mode (default: %(default)s)")
+    p.add_argument("--no-socket-events", dest="socket_events", action="store_false",
+                   help="eBPF mode: packets only, no wire.sockets")
+    p.add_argument("--duration", type=float, default=None, metavar="SECONDS", help="stop after this long")
+    p.add_argument("--count", type=int, default=None, metavar="N", help="stop after N TCP/UDP packets")
+    p.add_argument("--ring-mb", type=int, default=32, metavar="MB",
+                   help="packet ring memory, shared among the interfaces (default: %(default)s)")
+
+
+def capture_options(args: argparse.Namespace, stats_interval_s: float = 5.0) -> CaptureOptions:
+    """The live capture that ``add_live_args`` options (and ``--snaplen``) describe."""
+    from wirestream.producers.live_capture import CaptureOptions
+
+    return CaptureOptions(
+        interfaces=args.iface, netns=args.netns, payload_snaplen=args.snaplen, mode=args.mode,
+        socket_events=args.socket_events, ring_mb=args.ring_mb, duration_s=args.duration,
+        max_packets=args.count, stats_interval_s=stats_interval_s)
+
+
+def add_pipeline_args(p: argparse.ArgumentParser, defaults: Settings) -> None:
+    """Options of the commands that run the whole pipeline and print a summary
+    (analyze, capture)."""
+    p.add_argument("--out", metavar="DIR", help="also write every output topic to DIR/<topic>.jsonl")
+    p.add_argument("--workers", type=at_least_one, default=None, metavar="N",
+                   help="processor worker processes (default: one per CPU, at most one per "
+                        "partition of wire.packets)")
+    p.add_argument("--top", type=int, default=15, metavar="N",
+                   help="rows in each table: connections, HTTP, DNS, TLS (default: %(default)s)")
+    p.add_argument("--idle-timeout", type=float, default=defaults.idle_timeout_s, metavar="SECONDS",
+                   help="close a connection after this much capture time without packets (default: %(default)s)")
+    p.add_argument("--snaplen", type=int, default=defaults.payload_snaplen, metavar="BYTES",
+                   help="payload bytes kept per packet for L7 analysis (default: %(default)s)")
+    add_l7_args(p, defaults)
+    add_window_args(p, defaults)
+    p.add_argument("--json", action="store_true", help="print the summary as JSON instead of tables")
+    add_kafka_args(p, defaults)
+
+
+def add_l7_args(p: argparse.ArgumentParser, defaults: Settings) -> None:
+    g = p.add_argument_group("L7 analysis (HTTP/1.x, DNS, TLS; protocols recognised from the bytes)")
+    g.add_argument("--no-l7", dest="l7", action="store_false", default=defaults.l7,
+                   help="TCP connections only: no wire.transactions, wire.dns, wire.tls")
+    g.add_argument("--no-redact", dest="redact", action="store_false", default=defaults.redact,
+                   help="keep credentials, cookies, tokens and card numbers in clear "
+                        "(only for a trusted pipeline; default: masked)")
+    g.add_argument("--body-cap", type=int, default=defaults.body_cap, metavar="BYTES",
+                   help="HTTP body bytes kept per message; sizes are always recorded "
+                        "(default: %(default)s)")
+
+
+def add_window_args(p: argparse.ArgumentParser, defaults: Settings) -> None:
+    g = p.add_argument_group("service windows and detections (wire.service-metrics, wire.alerts)")
+    g.add_argument("--no-windows", dest="windows", action="store_false", default=defaults.windows,
+                   help="no per-service windows and no detections")
+    g.add_argument("--window", type=float, default=defaults.window_s, metavar="SECONDS",
+                   help="tumbling window length, in capture time (default: %(default)s)")
+    g.add_argument("--lateness", type=float, default=defaults.lateness_s, metavar="SECONDS",
+                   help="how long after its end a window still takes records in; must cover "
+                        "the 10 s a closed connection is held back (default: %(default)s)")
+    g.add_argument("--alert-threshold", action="append", default=list(defaults.alert_thresholds),
+                   metavar="NAME=VALUE",
+                   help="change a detection threshold, e.g. errors_5xx=5 (repeatable; names in "
+                        "docs/windows.md)")
+
+
+def window_options(args: argparse.Namespace) -> WindowOptions:
+    """The windows and detections that ``add_window_args`` options describe."""
+    from wirestream.processors.detections import Thresholds
+    from wirestream.processors.service_windows import WindowOptions
+
+    try:
+        thresholds = Thresholds.parse(args.alert_threshold)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    return WindowOptions(length_us=int(args.window * 1e6), lateness_us=int(args.lateness * 1e6),
+                         thresholds=thresholds)
+
+
+def timestamp_us(text: str) -> int:
+    """Unix seconds (``1795737470.5``) or ISO 8601 (UTC unless it says otherwise)."""
+    import datetime
+
+    try:
+        return int(float(text) * 1_000_000)
+    except ValueError:
+        pass
+    try:
+        t = datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a time: {text!r} (ISO 8601 or Unix seconds)") from None
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=datetime.UTC)
+    return int(t.timestamp() * 1_000_000)
+
+
+def at_least_one(text: str) -> int:
+    n = int(text)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, not {n}")
+    return n
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    """The environment's settings, overridden by the options this command has."""
+    s = Settings.from_env()
+    s.bootstrap = args.bootstrap or None
+    s.registry = args.registry or None
+    s.partitions = args.partitions
+    if hasattr(args, "idle_timeout"):
+        s.idle_timeout_s = args.idle_timeout
+    if hasattr(args, "snaplen"):
+        s.payload_snaplen = args.snaplen
+    if hasattr(args, "l7"):
+        s.l7, s.redact, s.body_cap = args.l7, args.redact, args.body_cap
+    if hasattr(args, "window"):
+        window_options(args)  # a bad threshold fails here, before anything starts
+        s.window_s, s.lateness_s, s.alert_thresholds = args.window, args.lateness, args.alert_threshold
+        s.windows = args.windows
+    return s
+
+
+def kafka_given(args: argparse.Namespace, command: str, hint: str = "") -> bool:
+    """For commands that need an existing Kafka and registry: False (after saying so)
+    when they were not given; else True once the broker answers (BrokerUnreachable if not)."""
+    if not args.bootstrap or not args.registry:
+        print(f"wirestream: error: {command} needs --bootstrap and --registry (or WIRESTREAM_BOOTSTRAP and "
+              f"WIRESTREAM_REGISTRY){hint}", file=sys.stderr)
+        return False
+    from wirestream.broker import check_reachable
+
+    check_reachable(args.bootstrap)
+    return True
+
+
+class StopOnSignal:
+    """For long-running commands (capture, produce live, k8s-watch, sinks, plugins):
+    SIGINT/SIGTERM ask them to stop cleanly; calling it says whether one has.
+    ``second_interrupts``: a second signal interrupts the clean-up too."""
+
+    def __init__(self, second_interrupts: bool = False) -> None:
+        self.asked = False
+        self.second_interrupts = second_interrupts
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self._on_signal)
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        if self.asked and self.second_interrupts:
+            raise KeyboardInterrupt
+        self.asked = True
+
+    def __call__(self) -> bool:
+        return self.asked
+
+
+def print_error(message: Any) -> None:
+    """One line on stderr, as every expected failure is reported."""
+    print(f"wirestream: error: {message}", file=sys.stderr)

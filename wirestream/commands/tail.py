@@ -1,0 +1,62 @@
+"""``wirestream tail TOPIC``: a topic's records as JSON lines."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from wirestream.commands.common import EXIT_OK, EXIT_USAGE, Subparsers, add_kafka_args, kafka_given
+from wirestream.config import Settings
+
+
+def add_parser(sub: Subparsers, defaults: Settings) -> argparse.ArgumentParser:
+    p = sub.add_parser("tail", help="decode a topic and print JSON lines",
+                       description="Decode a wirestream topic (Avro, Confluent wire format) and print one "
+                                   "JSON object per record.")
+    p.add_argument("topic", metavar="TOPIC", help="e.g. wire.connections, wire.stats")
+    p.add_argument("--from-beginning", action="store_true", help="start at the oldest record (default: new records only)")
+    p.add_argument("-n", "--max", type=int, default=0, metavar="N", help="stop after N records")
+    p.add_argument("--where", action="append", default=[], metavar="COND",
+                   help="only records where FIELD OP VALUE holds, OP one of == != >= <= > < ~ (regular "
+                        "expression); repeatable, all must hold (e.g. --where 'status>=500' --where 'path~^/api')")
+    p.add_argument("--service", metavar="NAME",
+                   help="only records of this service (namespace/name, or the server's ip:port)")
+    p.add_argument("--timeout", type=float, default=0.0, metavar="SECONDS",
+                   help="stop after this long without a record (default: follow forever)")
+    add_kafka_args(p, defaults)
+    p.set_defaults(run=run)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    from wirestream.codec import AvroCodec
+    from wirestream.reader import TopicReader
+    from wirestream.sinks.jsonl import to_json_line
+
+    if not kafka_given(args, "tail"):
+        return EXIT_USAGE
+    from wirestream.client import where
+
+    keep = where(*args.where, service=args.service) if args.where or args.service else None
+    codec = AvroCodec(args.registry)
+    count = 0
+    last = time.monotonic()
+    with TopicReader(args.bootstrap, codec, [args.topic], "beginning" if args.from_beginning else "end") as r:
+        while True:
+            msgs = r.poll(0.5)
+            for m in msgs:
+                if m.record is None:
+                    print(f"wirestream: skipped undecodable record {m.topic}/{m.partition}@{m.offset}: {m.error}",
+                          file=sys.stderr)
+                    continue
+                if keep is not None and not keep(m.record):
+                    continue
+                print(to_json_line(m.record), flush=True)
+                count += 1
+                if args.max and count >= args.max:
+                    return EXIT_OK
+            if msgs:
+                last = time.monotonic()
+            elif args.timeout and time.monotonic() - last > args.timeout:
+                return EXIT_OK
