@@ -18,9 +18,7 @@ captured link-layer bytes.
 from __future__ import annotations
 
 import gzip
-import shutil
 import struct
-import subprocess
 from collections.abc import Iterable, Sequence
 
 from scapy.layers.inet import ICMP, IP, TCP, UDP, fragment
@@ -329,30 +327,3 @@ def raw(l3: bytes) -> bytes:
     """Raw IP (linktypes 101, 12, 14, 228, 229): no link header at all."""
     return bytes(l3)
 
-
-# --- the reference reader -------------------------------------------------------------
-
-
-def tshark_rows(paths: Sequence, fields: Sequence[str], display_filter: str | None = None) -> list[list[list[str]]]:
-    """``tshark -n -r P [-Y F] -T fields -e ...`` for every path, run concurrently.
-
-    Returns, per path, one list of column strings per frame shown. tshark takes about
-    0.4 s to start, so the tests start all of them at once instead of one per test.
-    """
-    tshark = shutil.which("tshark")
-    assert tshark, "tshark is not installed"
-    procs = []
-    for path in paths:
-        cmd = [tshark, "-n", "-r", str(path)]
-        if display_filter:
-            cmd += ["-Y", display_filter]
-        cmd += ["-T", "fields", "-E", "separator=\t"]
-        for f in fields:
-            cmd += ["-e", f]
-        procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
-    results = []
-    for path, proc in zip(paths, procs, strict=True):
-        out, err = proc.communicate()
-        assert proc.returncode == 0, f"tshark failed on {path}: {err}"
-        results.append([line.split("\t") for line in out.splitlines()])
-    return results

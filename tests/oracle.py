@@ -7,7 +7,6 @@ flags are counted per ``tcp.stream``.
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from collections import defaultdict
 from collections.abc import Collection
@@ -15,7 +14,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from functools import cache
 
-TSHARK = shutil.which("tshark")
+from helpers import TSHARK, tshark_rows
 
 FLAG_FIELDS = {
     "retransmissions": "tcp.analysis.retransmission",
@@ -55,18 +54,14 @@ STREAM_FIELDS = [
 ]
 
 
-def tshark_rows(path: str, fields: list[str]) -> list[dict[str, str]]:
+def tshark_tcp_frames(path: str, fields: list[str]) -> list[dict[str, str]]:
     """One dict per TCP frame (``tshark -2``, first occurrence of each field)."""
-    cmd = [TSHARK, "-2", "-n", "-r", path, "-Y", "tcp && !icmp && !icmpv6", "-T", "fields", "-E", "separator=\t",
-           "-E", "occurrence=f"]
-    for f in fields:
-        cmd += ["-e", f]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-    return [dict(zip(fields, line.split("\t"), strict=True)) for line in out.splitlines()]
+    (rows,) = tshark_rows([path], fields, "tcp && !icmp && !icmpv6", ("-2", "-E", "occurrence=f"))
+    return [dict(zip(fields, row, strict=True)) for row in rows]
 
 
 def tshark_streams(path: str) -> dict[int, Stream]:
-    return streams_from_rows(tshark_rows(path, STREAM_FIELDS))
+    return streams_from_rows(tshark_tcp_frames(path, STREAM_FIELDS))
 
 
 def streams_from_rows(rows: list[dict[str, str]]) -> dict[int, Stream]:
@@ -156,7 +151,7 @@ def assert_matches_tshark(path: str, records: list[dict] | None = None,
         from local_pipeline import local_connections
 
         records = local_connections(path)
-    rows = tshark_rows(path, STREAM_FIELDS + DIRECTION_FIELDS)
+    rows = tshark_tcp_frames(path, STREAM_FIELDS + DIRECTION_FIELDS)
     streams = streams_from_rows(rows)
     directions = directions_from_rows(rows)
     name = path.rsplit("/", 1)[-1]
@@ -216,16 +211,8 @@ L7_FILTER = ("http.request || http.response || (dns.flags.response == 1 && dns.t
 def tshark_l7_rows(path: str) -> list[dict[str, list[str]]]:
     """One tshark run per capture for all L7 checks: one dict per HTTP/DNS/TLS-handshake
     frame; each field is the list of all its occurrences in the frame."""
-    cmd = [TSHARK, "-n", "-r", path, "-Y", L7_FILTER, "-T", "fields", "-E", "separator=\t",
-           "-E", "occurrence=a", "-E", f"aggregator={AGG}"]
-    for f in L7_FIELDS:
-        cmd += ["-e", f]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-    rows = []
-    for line in out.splitlines():
-        values = line.split("\t")
-        rows.append({f: (v.split(AGG) if v else []) for f, v in zip(L7_FIELDS, values, strict=True)})
-    return rows
+    (rows,) = tshark_rows([path], L7_FIELDS, L7_FILTER, ("-E", "occurrence=a", "-E", f"aggregator={AGG}"))
+    return [{f: (v.split(AGG) if v else []) for f, v in zip(L7_FIELDS, values, strict=True)} for values in rows]
 
 
 def tshark_http_pairs(path: str) -> dict[int, list[tuple[str, str, int]]]:

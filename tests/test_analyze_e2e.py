@@ -15,7 +15,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import pytest
-from conftest import real_captures, requires_tshark
+from helpers import real_captures, requires_tshark
 from oracle import match_records, tshark_conversation_count, tshark_streams
 from wirestream.sinks.jsonl import to_json_line
 

@@ -7,7 +7,7 @@ import json
 
 import fastavro
 import pytest
-from conftest import DATA
+from helpers import DATA
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from local_pipeline import local_l7

@@ -10,12 +10,12 @@ from __future__ import annotations
 import functools
 import gzip
 import random
-import shutil
 import struct
 from decimal import Decimal
 
 import captures as cap
 import pytest
+from helpers import requires_tshark, tshark_rows
 from wirestream.producers.capture_file import (
     LINKTYPE_ETHERNET,
     LINKTYPE_LINUX_SLL,
@@ -24,9 +24,6 @@ from wirestream.producers.capture_file import (
 )
 
 from wirestream.errors import CaptureFileError
-
-TSHARK = shutil.which("tshark")
-requires_tshark = pytest.mark.skipif(TSHARK is None, reason="tshark is not installed")
 
 
 def sample_records(n: int = 5) -> list[cap.Record]:
@@ -162,7 +159,7 @@ def test_tshark_agrees_on_numbers_and_timestamps(tmp_path):
     two = tmp_path / "two.pcapng"  # covers pcapng µs and ns, little- and big-endian
     two.write_bytes(two_section_pcapng()[0])
     paths.append(str(two))
-    for path, rows in zip(paths, cap.tshark_rows(paths, ["frame.number", "frame.time_epoch"]), strict=True):
+    for path, rows in zip(paths, tshark_rows(paths, ["frame.number", "frame.time_epoch"]), strict=True):
         _reader, frames = read_all(path)
         assert len(frames) == len(rows) > 0, path
         theirs = [(int(num), int(Decimal(epoch) * 1_000_000)) for num, epoch in rows]

@@ -10,26 +10,15 @@ import time
 import uuid
 
 import pytest
-from wirestream.processors.output import OutputPublisher
+from helpers import publish, transaction
 
 from wirestream.client import condition, subscribe, where
-from wirestream.codec import AvroCodec
 from wirestream.errors import UsageError
 from wirestream.topics import TRANSACTIONS
 
 
 def _transaction(source: str, n: int, status: int, path: str) -> dict:
-    return {"connection_id": f"{source}-{n}", "source_id": source, "protocol": "http/1.1",
-            "client_ip": "10.0.0.1", "client_port": 40000 + n, "server_ip": "10.0.0.2", "server_port": 80,
-            "request_ts_us": 1_800_000_000_000_000 + n, "method": "GET", "path": path, "status": status,
-            "request_headers": {"host": "shop.test"}}
-
-
-def _publish(broker, registry, records: list[dict]) -> None:
-    publisher = OutputPublisher(broker.bootstrap, AvroCodec(registry.url), "test")
-    for r in records:
-        publisher.emit(TRANSACTIONS, r["connection_id"], r)
-    publisher.flush()
+    return transaction(source, n, status=status, path=path, request_headers={"host": "shop.test"})
 
 
 def test_conditions() -> None:
@@ -53,7 +42,7 @@ def test_subscribe_filters_and_commits_what_was_taken(broker, registry) -> None:
     group = f"g-{source}"
     bad = where("status>=500", f"source_id=={source}")
     with subscribe([TRANSACTIONS], group, broker.bootstrap, registry.url, from_beginning=True, where=bad) as sub:
-        _publish(broker, registry, records)
+        publish(broker, registry, TRANSACTIONS, records)
         got = []
         deadline = time.monotonic() + 30
         while len(got) < 10 and time.monotonic() < deadline:
@@ -80,7 +69,7 @@ def test_subscribe_filters_and_commits_what_was_taken(broker, registry) -> None:
 
 def test_tail_where_and_service(broker, registry) -> None:
     source = f"tail-{uuid.uuid4().hex[:8]}"
-    _publish(broker, registry, [_transaction(source, n, 404 if n < 2 else 200, f"/x/{n}") for n in range(6)])
+    publish(broker, registry, TRANSACTIONS, [_transaction(source, n, 404 if n < 2 else 200, f"/x/{n}") for n in range(6)])
     env = {**os.environ, "WIRESTREAM_BOOTSTRAP": broker.bootstrap, "WIRESTREAM_REGISTRY": registry.url}
     r = subprocess.run([sys.executable, "-m", "wirestream", "tail", TRANSACTIONS, "--from-beginning", "--timeout", "3",
                         "--where", f"source_id=={source}", "--where", "status>=400", "--service", "10.0.0.2:80"],

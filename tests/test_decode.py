@@ -8,16 +8,14 @@ the decoded packets with ``tshark -Y 'tcp or udp'``.
 from __future__ import annotations
 
 import random
-import shutil
 import socket
 
 import captures as cap
 import pytest
+from helpers import requires_tshark, tshark_rows
 from scapy.layers.inet import IPOption_RR
 from wirestream.producers.capture_file import SUPPORTED_LINKTYPES, open_capture
 from wirestream.producers.decode import FrameDecoder
-
-requires_tshark = pytest.mark.skipif(shutil.which("tshark") is None, reason="tshark is not installed")
 
 FIELDS = ("ts_us", "frame", "wire_len", "payload_len", "seq", "ack", "src_ip", "dst_ip", "src_port",
           "dst_port", "window", "tcp_flags", "ip_version", "proto", "wscale", "options")
@@ -400,7 +398,7 @@ def test_decoded_packets_match_tshark(tmp_path):
     frags = cap.write_pcap(tmp_path / "frags.pcap", cap.timed(cap.ethernet(f) for f in v4frags + v6frags), ETH)
     fields = ["frame.number", "tcp.srcport", "udp.srcport", "tcp.dstport", "udp.dstport", "tcp.len",
               "udp.length"]
-    results = cap.tshark_rows([*paths, frags], fields, "tcp or udp")
+    results = tshark_rows([*paths, frags], fields, "tcp or udp")
     for path, rows in zip(paths, results[:-1], strict=True):
         theirs = []
         for num, tsport, usport, tdport, udport, tlen, ulen in rows:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import DATA
+from helpers import DATA
 from local_pipeline import local_windows
 from synthetic_http import http_connection, request, response, unanswered_syn, write_frames
 from wirestream.processors.detections import Thresholds

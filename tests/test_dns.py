@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import random
-import shutil
 import socket
 import struct
 import subprocess
@@ -34,7 +33,7 @@ from typing import Any
 
 import fastavro
 import pytest
-from conftest import real_captures, requires_tshark
+from helpers import TSHARK, import_or_require, real_captures, requires_tshark
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from local_pipeline import decoded_packets
@@ -55,7 +54,6 @@ from wirestream.schemas import schema_text
 from wirestream.packet_block import ip_text
 from wirestream.topics import DNS
 
-TSHARK = shutil.which("tshark")
 CAPTURES = real_captures()
 IDS = [Path(p).relative_to(Path(__file__).parent).as_posix() for p in CAPTURES]
 
@@ -843,7 +841,7 @@ def test_the_captures_do_hold_dns() -> None:
 
 # --- crafted captures: Wireshark's transaction rules -----------------------------------------
 
-scapy = pytest.importorskip("scapy.all")
+scapy = import_or_require("scapy.all")
 
 
 def write_pcap(path: Path, packets: list[tuple[float, Any]]) -> str:

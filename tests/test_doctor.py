@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 
-import pytest
+from helpers import REQUIRE_ALL, needs, require_or_skip
 
 from wirestream.doctor import diagnose, load_bcc
 
@@ -27,7 +27,7 @@ def test_json_report_has_every_check_and_mode() -> None:
         assert mode["available"] or mode["reason"], "an unavailable mode says why"
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="raw packet sockets need root (CAP_NET_RAW)")
+@needs(None if os.geteuid() == 0 else "raw packet sockets need root (CAP_NET_RAW)")
 def test_af_packet_is_available_as_root() -> None:
     assert diagnose(probe=False).af_packet
 
@@ -43,6 +43,7 @@ def test_ebpf_verdict_is_proven_by_loading_a_program() -> None:
         assert r.ebpf_reason in ("bcc is not installed", "no kernel headers for bcc to compile against",
                                  "needs CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN)",
                                  "a socket filter does not compile or load")
+        assert not REQUIRE_ALL, f"WIRESTREAM_REQUIRE=all, and eBPF is unavailable: {r.ebpf_reason}"
 
 
 def test_socket_events_verdict_is_proven_by_attaching_a_tracepoint() -> None:
@@ -52,6 +53,7 @@ def test_socket_events_verdict_is_proven_by_attaching_a_tracepoint() -> None:
         assert checks["tracepoints"].ok and checks["tracepoint probe"].ok
     else:
         assert r.socket_events_reason
+        assert not REQUIRE_ALL, f"WIRESTREAM_REQUIRE=all, and socket events are unavailable: {r.socket_events_reason}"
 
 
 def test_missing_headers_are_named(tmp_path) -> None:
@@ -66,5 +68,5 @@ def test_bcc_loads_into_this_python_when_debian_has_it() -> None:
     try:
         bcc = load_bcc()
     except ImportError as exc:
-        pytest.skip(f"no bcc here: {exc}")
+        require_or_skip(f"no bcc here: {exc}")
     assert hasattr(bcc, "BPF")

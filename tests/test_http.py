@@ -10,7 +10,6 @@ order (a simple seq-based harness; tests/test_l7_oracle.py runs the real reassem
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import time
 from collections import Counter, defaultdict
@@ -19,6 +18,7 @@ from pathlib import Path
 
 import fastavro
 import pytest
+from helpers import DATA, TSHARK, requires_tshark
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from wirestream.processors.l7.base import L7Options, StreamContext
@@ -28,10 +28,6 @@ from wirestream.producers.decode import FrameDecoder
 from wirestream.schemas import schema_dict
 
 from wirestream.topics import TRANSACTIONS
-
-DATA = Path(__file__).parent / "data"
-TSHARK = shutil.which("tshark")
-requires_tshark = pytest.mark.skipif(TSHARK is None, reason="tshark is not installed")
 
 SCHEMA = schema_dict("transaction")
 PARSED = fastavro.parse_schema(SCHEMA)

@@ -21,6 +21,7 @@ import sys
 import time
 
 import pytest
+from helpers import needs
 from k8s_cluster import ApiServer, apiserver_unavailable
 from synthetic_http import http_connection, request, response, write_frames
 
@@ -31,7 +32,7 @@ from wirestream.reader import TopicReader
 from wirestream.topics import CONNECTIONS, K8S_IDENTITY, TRANSACTIONS
 
 UNAVAILABLE = apiserver_unavailable()
-pytestmark = pytest.mark.skipif(UNAVAILABLE is not None, reason=f"no Kubernetes API server: {UNAVAILABLE}")
+pytestmark = needs(UNAVAILABLE and f"no Kubernetes API server: {UNAVAILABLE}")
 
 NS = "shop"
 WEB_IP, DB_IP, LATE_IP = "10.244.1.5", "10.244.2.7", "10.244.3.9"

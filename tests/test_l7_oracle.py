@@ -19,7 +19,7 @@ from collections import Counter, defaultdict
 from functools import cache
 
 import pytest
-from conftest import real_captures, requires_tshark
+from helpers import real_captures, requires_tshark
 from local_pipeline import local_l7
 from oracle import (
     match_records,

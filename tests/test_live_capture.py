@@ -36,6 +36,7 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import needs, require_or_skip
 from netns import BULK_CLIENT, BULK_SERVER, LossyLink, netns_available, readline
 
 from wirestream.doctor import diagnose
@@ -43,8 +44,7 @@ from wirestream.doctor import diagnose
 NETNS_UNAVAILABLE = netns_available()
 IPERF3 = shutil.which("iperf3")
 
-pytestmark = pytest.mark.skipif(NETNS_UNAVAILABLE is not None,
-                                reason=f"network namespaces: {NETNS_UNAVAILABLE}")
+pytestmark = needs(NETNS_UNAVAILABLE and f"network namespaces: {NETNS_UNAVAILABLE}")
 
 BULK_PORT, IPERF_PORT = 5001, 5201
 BULK_CONNECTIONS = 3
@@ -168,11 +168,11 @@ def _run_traffic(link: LossyLink, iperf: bool) -> dict[str, object]:
     return procs
 
 
-@pytest.mark.skipif(IPERF3 is None, reason="iperf3 is not installed (scripts/install --test installs it)")
+@needs(None if IPERF3 else "iperf3 is not installed (scripts/install --test installs it)")
 def test_ebpf_capture_on_lossy_link_matches_kernel_and_tcpdump(tmp_path) -> None:
     reason = _ebpf_unavailable()
     if reason:
-        pytest.skip(f"eBPF capture is not possible on this kernel/machine: {reason}")
+        require_or_skip(f"eBPF capture is not possible on this kernel/machine: {reason}")
     with LossyLink(loss_percent=5, rate_mbit=25) as link:
         for dev, features in link.offloads.items():
             assert all(features[f] for f in ("tso", "gso", "gro")), f"offloads still on for {dev}"
@@ -281,7 +281,7 @@ def test_ebpf_capture_with_offloads_on_handles_super_packets(tmp_path) -> None:
     byte counts are the bytes sent; tcpdump's file says the same."""
     reason = _ebpf_unavailable()
     if reason:
-        pytest.skip(f"eBPF capture is not possible on this kernel/machine: {reason}")
+        require_or_skip(f"eBPF capture is not possible on this kernel/machine: {reason}")
     with LossyLink(loss_percent=0, rate_mbit=None, offloads=True) as link:
         live, summary, pcap = _capture_bulk_transfers(link, tmp_path, "--mode", "ebpf")
     counters = summary["files"][0]["counters"]
@@ -316,13 +316,13 @@ def test_capture_errors_are_one_clear_line(args, says) -> None:
     assert r.returncode == 1 and len(lines) == 1 and lines[0].startswith(f"wirestream: error: {says}"), r.stderr
 
 
-@pytest.mark.skipif(shutil.which("setpriv") is None, reason="setpriv (util-linux) is not installed")
+@needs(None if shutil.which("setpriv") else "setpriv (util-linux) is not installed")
 def test_capture_without_privileges_says_which_capability() -> None:
     r = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
                         sys.executable, "-m", "wirestream", "capture", "--duration", "1"],
                        capture_output=True, text=True, timeout=60, cwd="/")
     if "needs CAP_NET_RAW" not in r.stderr and "Permission denied" in r.stderr:
-        pytest.skip(f"the checkout is not readable by an unprivileged user: {r.stderr.strip().splitlines()[-1]}")
+        require_or_skip(f"the checkout is not readable by an unprivileged user: {r.stderr.strip().splitlines()[-1]}")
     lines = r.stderr.strip().splitlines()
     assert r.returncode == 1 and len(lines) == 1, r.stderr
     assert lines[0] == "wirestream: error: opening a packet socket needs CAP_NET_RAW (run as root)", r.stderr

@@ -40,18 +40,18 @@ import time
 from collections import Counter
 
 import pytest
-from conftest import requires_tshark
+from helpers import TSHARK, needs, requires_tshark
 from local_pipeline import local_connections
 from netns import BULK_CLIENT as CLIENT
 from netns import BULK_SERVER as SERVER
 from netns import LossyLink, netns_available, readline
-from oracle import FLAG_FIELDS, TSHARK, match_records, tshark_conversation_count, tshark_streams
+from oracle import FLAG_FIELDS, match_records, tshark_conversation_count, tshark_streams
 
 NETNS_UNAVAILABLE = netns_available()
 
 pytestmark = [
     requires_tshark,
-    pytest.mark.skipif(NETNS_UNAVAILABLE is not None, reason=f"network namespaces: {NETNS_UNAVAILABLE}"),
+    needs(NETNS_UNAVAILABLE and f"network namespaces: {NETNS_UNAVAILABLE}"),
 ]
 
 LOSS_PERCENT = 5

@@ -9,9 +9,8 @@ import time
 import uuid
 from collections import Counter
 
-import pytest
 from confluent_kafka import Consumer, Producer
-from conftest import DATA
+from helpers import DATA, import_or_require
 from wirestream.processors.l7.base import L7Options
 
 from wirestream.analyze import analyze
@@ -19,8 +18,8 @@ from wirestream.config import Settings
 from wirestream.replay import replay
 from wirestream.topics import CONNECTIONS, DEAD_LETTER, TRANSACTIONS
 
-duckdb = pytest.importorskip("duckdb")
-pytest.importorskip("pyarrow")
+duckdb = import_or_require("duckdb")
+import_or_require("pyarrow")
 from wirestream.sinks.parquet import ParquetSink  # noqa: E402
 
 CAPTURE = str(DATA / "chrissanders" / "http_espn.pcapng")

@@ -11,23 +11,20 @@ import time
 import uuid
 
 import pytest
-from wirestream.processors.output import OutputPublisher
+from helpers import needs, publish, transaction
 
 from wirestream import plugins
 from wirestream.codec import AvroCodec
 from wirestream.reader import TopicReader
 from wirestream.topics import TRANSACTIONS
 
-pytestmark = pytest.mark.skipif("slow-requests" not in plugins.installed(),
-                                reason="the example plugin is not installed (scripts/install --test installs it)")
+pytestmark = needs(None if "slow-requests" in plugins.installed()
+                   else "the example plugin is not installed (scripts/install --test installs it)")
 OUT = "example.slow-requests"
 
 
 def _transaction(source: str, n: int, latency_us: int) -> dict:
-    return {"connection_id": f"{source}-{n}", "source_id": source, "protocol": "http/1.1",
-            "client_ip": "10.0.0.1", "client_port": 40000 + n, "server_ip": "10.0.0.9", "server_port": 8080,
-            "request_ts_us": 1_800_000_000_000_000 + n, "method": "GET", "path": f"/slow/{n}", "status": 200,
-            "latency_us": latency_us}
+    return transaction(source, n, server_ip="10.0.0.9", server_port=8080, path=f"/slow/{n}", latency_us=latency_us)
 
 
 def test_plugin_list_shows_inputs_and_outputs() -> None:
@@ -43,11 +40,8 @@ def test_unknown_plugin_is_a_clear_error() -> None:
 
 def test_example_plugin_runs_against_the_broker(broker, registry) -> None:
     source = f"plugin-{uuid.uuid4().hex[:8]}"
-    publisher = OutputPublisher(broker.bootstrap, AvroCodec(registry.url), "test")
     latencies = [2_000_000, 10_000, 700_000, 50_000, 3_500_000]
-    for n, latency in enumerate(latencies):
-        publisher.emit(TRANSACTIONS, f"{source}-{n}", _transaction(source, n, latency))
-    publisher.flush()
+    publish(broker, registry, TRANSACTIONS, [_transaction(source, n, latency) for n, latency in enumerate(latencies)])
     env = {**os.environ, "WIRESTREAM_BOOTSTRAP": broker.bootstrap, "WIRESTREAM_REGISTRY": registry.url,
            "SLOW_REQUEST_US": "500000"}
     proc = subprocess.Popen([sys.executable, "-m", "wirestream", "plugin", "run", "slow-requests",
@@ -84,11 +78,9 @@ def test_example_plugin_runs_inside_a_processor_worker(broker, registry) -> None
                                "--group", f"w-{source}", "--plugin", "slow-requests"],
                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        publisher = OutputPublisher(broker.bootstrap, AvroCodec(registry.url), "test")
         latencies = [900_000, 20_000, 1_200_000]
-        for n, latency in enumerate(latencies):
-            publisher.emit(TRANSACTIONS, f"{source}-{n}", _transaction(source, n, latency))
-        publisher.flush()
+        publish(broker, registry, TRANSACTIONS,
+                [_transaction(source, n, latency) for n, latency in enumerate(latencies)])
         got: dict[str, dict] = {}
         deadline = time.monotonic() + 90
         while len(got) < 2 and time.monotonic() < deadline:

@@ -7,10 +7,9 @@ import time
 import urllib.request
 import uuid
 
-from wirestream.processors.output import OutputPublisher
+from helpers import publish
 from wirestream.sinks.prometheus import MetricsState, PrometheusSink
 
-from wirestream.codec import AvroCodec
 from wirestream.topics import ALERTS, SERVICE_METRICS
 
 
@@ -41,13 +40,13 @@ def test_cardinality_is_capped() -> None:
 
 def test_scrape_after_windows_and_alerts_from_the_broker(broker, registry) -> None:
     service = f"shop/{uuid.uuid4().hex[:6]}"
-    publisher = OutputPublisher(broker.bootstrap, AvroCodec(registry.url), "test")
-    publisher.emit(SERVICE_METRICS, service, _window(service, requests=10, e5=1))
-    publisher.emit(SERVICE_METRICS, service, _window(service, requests=5, e5=2, latency_p99_us=1_500_000.0))
-    publisher.emit(ALERTS, service, {"alert_id": f"a-{service}", "source_id": "prom", "ts_us": 1,
-                                     "kind": "error_spike_5xx", "severity": "critical", "summary": "5xx",
-                                     "connection_id": None, "service": service, "evidence": {}})
-    publisher.flush()
+    publish(broker, registry, SERVICE_METRICS, [_window(service, requests=10, e5=1),
+                                                _window(service, requests=5, e5=2, latency_p99_us=1_500_000.0)],
+            key="service")
+    publish(broker, registry, ALERTS, [{"alert_id": f"a-{service}", "source_id": "prom", "ts_us": 1,
+                                        "kind": "error_spike_5xx", "severity": "critical", "summary": "5xx",
+                                        "connection_id": None, "service": service, "evidence": {}}],
+            key="service")
     sink = PrometheusSink(broker.bootstrap, registry.url, "127.0.0.1", 0, group=f"prom-{service}",
                           from_beginning=True)
     stop = threading.Event()

@@ -13,7 +13,7 @@ import json
 import time
 from collections import Counter
 
-from conftest import DATA
+from helpers import DATA
 from wirestream.processors.l7.base import L7Options
 
 from wirestream.analyze import analyze

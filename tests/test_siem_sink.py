@@ -15,19 +15,12 @@ import time
 import uuid
 
 import pytest
-from wirestream.processors.output import OutputPublisher
+from helpers import free_port, publish, require_or_skip
 from wirestream.sinks.siem import SiemSink, cef_event, ecs_event
 
-from wirestream.codec import AvroCodec
 from wirestream.topics import ALERTS
 
 RSYSLOGD = shutil.which("rsyslogd") or "/usr/sbin/rsyslogd"
-
-
-def _free_port(kind: int = socket.SOCK_STREAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _alerts(source: str, n: int = 5) -> list[dict]:
@@ -35,13 +28,6 @@ def _alerts(source: str, n: int = 5) -> list[dict]:
              "kind": "retransmission_band", "severity": "warning" if i % 2 else "critical",
              "summary": f"retransmissions at 7.{i} % | window=10s", "connection_id": None,
              "service": "shop/web", "evidence": {"rate": f"0.07{i}", "note": "a=b\\c"}} for i in range(n)]
-
-
-def _publish(broker, registry, records: list[dict]) -> None:
-    publisher = OutputPublisher(broker.bootstrap, AvroCodec(registry.url), "test")
-    for r in records:
-        publisher.emit(ALERTS, r["service"], r)
-    publisher.flush()
 
 
 def _run(sink: SiemSink, until, timeout: float = 60.0) -> None:
@@ -71,8 +57,8 @@ def test_formats() -> None:
 @pytest.fixture
 def rsyslog(tmp_path):
     if os.geteuid() != 0 or not os.path.exists(RSYSLOGD):
-        pytest.skip("rsyslogd is not installed (Debian: rsyslog; scripts/install --test installs it)")
-    tcp, udp = _free_port(), _free_port(socket.SOCK_DGRAM)
+        require_or_skip("rsyslogd is not installed (Debian: rsyslog; scripts/install --test installs it)")
+    tcp, udp = free_port(), free_port(socket.SOCK_DGRAM)
     out = tmp_path / "siem.log"
     conf = tmp_path / "rsyslog.conf"
     conf.write_text(f"""
@@ -106,7 +92,7 @@ def _lines(path) -> list[str]:
 def test_cef_over_tcp_and_ecs_over_udp_reach_rsyslog(broker, registry, rsyslog) -> None:
     source = f"siem-{uuid.uuid4().hex[:8]}"
     alerts = _alerts(source)
-    _publish(broker, registry, alerts)
+    publish(broker, registry, ALERTS, alerts, key="service")
     ids = {a["alert_id"] for a in alerts}
 
     cef = SiemSink(broker.bootstrap, registry.url, f"syslog+tcp://127.0.0.1:{rsyslog['tcp']}", "cef",
@@ -167,7 +153,7 @@ class _Collector(http.server.BaseHTTPRequestHandler):
 def test_hec_collector_down_then_up_loses_nothing(broker, registry) -> None:
     source = f"hec-{uuid.uuid4().hex[:8]}"
     alerts = _alerts(source, 8)
-    _publish(broker, registry, alerts)
+    publish(broker, registry, ALERTS, alerts, key="service")
     _Collector.events, _Collector.failures_left, _Collector.requests = [], 3, 0
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Collector)
     threading.Thread(target=server.serve_forever, daemon=True).start()

@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 
 import pytest
-from conftest import DATA
+from helpers import DATA
 from local_pipeline import local_connections, packet_batches
 from wirestream.processors.output import OutputPublisher
 from wirestream.processors.packet_pipeline import STAGE, PacketPipeline

@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from conftest import DATA, requires_tshark
+from helpers import DATA, requires_tshark
 from oracle import tshark_conversation_count
 
 

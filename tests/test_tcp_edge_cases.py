@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import requires_tshark
+from helpers import requires_tshark
 from local_pipeline import local_connections
 from oracle import assert_matches_tshark
 from wirestream.processors.connection_tracker import SWEEP_INTERVAL_US, ConnectionTracker

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 
 import pytest
-from conftest import real_captures, requires_tshark
+from helpers import real_captures, requires_tshark
 from local_pipeline import local_connections
 from oracle import FLAG_FIELDS, match_records, tshark_conversation_count, tshark_streams
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import struct
 import subprocess
 from collections import Counter, defaultdict
@@ -19,7 +18,7 @@ from pathlib import Path
 
 import fastavro
 import pytest
-from conftest import real_captures, requires_tshark
+from helpers import TSHARK, real_captures, requires_tshark
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from wirestream.processors.l7.base import L7Options, StreamContext
@@ -38,7 +37,6 @@ from wirestream.schemas import schema_text
 
 from wirestream.topics import TLS
 
-TSHARK = shutil.which("tshark")
 CLIENT, SERVER = ("192.0.2.10", 40000), ("198.51.100.20", 443)
 
 # --- building TLS bytes ----------------------------------------------------------------------

@@ -1,0 +1,136 @@
+"""What the tests share, as a plain module: ``from helpers import ...`` (tests/ is on
+``sys.path``: tests/conftest.py puts it there, the one place that does).
+
+* the real captures: :data:`DATA`, :func:`real_captures`;
+* what a test needs from the machine, and what happens without it: :func:`needs` (a mark)
+  and :func:`require_or_skip` (in a test or fixture). Without the thing, the test skips and
+  says why; under ``WIRESTREAM_REQUIRE=all`` (set by .ci/run) it fails instead, because on
+  a correctly set-up CI machine a missing tool is a broken install, and a skip would let a
+  broken feature pass unseen. Skips whose condition is about the data (say, a capture in
+  which tshark finds nothing to compare) stay plain ``pytest.skip``;
+* tshark, the referee: :data:`TSHARK`, :data:`requires_tshark`, :func:`tshark_rows`;
+* records for the broker: :func:`transaction`, :func:`publish`; and :func:`free_port`.
+"""
+
+from __future__ import annotations
+
+import glob
+import importlib
+import os
+import shutil
+import socket
+import subprocess
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from types import ModuleType
+from typing import Any, NoReturn
+
+import pytest
+
+DATA = Path(__file__).parent / "data"
+
+
+def real_captures() -> list[str]:
+    """Every capture copied into tests/data (see tests/data/README.md for their origin)."""
+    return sorted(glob.glob(str(DATA / "*" / "*.pcap*")))
+
+
+# --- what the machine must provide --------------------------------------------------------
+
+#: .ci/run sets WIRESTREAM_REQUIRE=all: every "needs X" skip becomes a failure.
+REQUIRE_ALL = os.environ.get("WIRESTREAM_REQUIRE") == "all"
+
+
+def require_or_skip(reason: str) -> NoReturn:
+    """Skip the running test because ``reason`` (something it needs is missing), or fail
+    it under ``WIRESTREAM_REQUIRE=all``."""
+    if REQUIRE_ALL:
+        pytest.fail(f"WIRESTREAM_REQUIRE=all, and this test would skip: {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+def needs(missing: str | None) -> pytest.MarkDecorator:
+    """Mark a test (or a module, as ``pytestmark``) as needing something from the machine.
+
+    ``missing`` is None when it is there, otherwise what is missing: the test then skips
+    as with ``skipif``, or fails before its fixtures are set up under
+    ``WIRESTREAM_REQUIRE=all`` (the hooks in tests/conftest.py)."""
+    return pytest.mark.needs(missing)
+
+
+def import_or_require(module: str) -> ModuleType:
+    """``pytest.importorskip`` for a module the test extras install: under
+    ``WIRESTREAM_REQUIRE=all`` the ImportError is raised, failing the collection."""
+    if REQUIRE_ALL:
+        return importlib.import_module(module)
+    return pytest.importorskip(module)
+
+
+# --- tshark ------------------------------------------------------------------------------
+
+TSHARK = shutil.which("tshark")
+requires_tshark = needs(None if TSHARK else "tshark is not installed")
+
+
+def tshark_rows(paths: Sequence[str | Path], fields: Sequence[str], display_filter: str | None = None,
+                options: Sequence[str] = ()) -> list[list[list[str]]]:
+    """``tshark -n -r P [-Y F] -T fields [OPTIONS] -e ...`` for every path, run concurrently.
+
+    Returns, per path, one list of column strings per frame shown (one column per field;
+    several occurrences of a field are joined as ``options`` say, e.g. ``-E occurrence=f``
+    keeps the first; ``-2`` is Wireshark's two-pass analysis). tshark takes about 0.4 s to
+    start, so callers with many files start all of them at once instead of one per test.
+    """
+    assert TSHARK, "tshark is not installed"
+    procs = []
+    for path in paths:
+        cmd = [TSHARK, "-n", "-r", str(path)]
+        if display_filter:
+            cmd += ["-Y", display_filter]
+        cmd += ["-T", "fields", "-E", "separator=\t", *options]
+        for f in fields:
+            cmd += ["-e", f]
+        procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    results = []
+    for path, proc in zip(paths, procs, strict=True):
+        out, err = proc.communicate()
+        assert proc.returncode == 0, f"tshark failed on {path}: {err}"
+        results.append([line.split("\t") for line in out.splitlines()])
+    return results
+
+
+# --- records for the broker ----------------------------------------------------------------
+
+
+def free_port(kind: int = socket.SOCK_STREAM) -> int:
+    """A loopback port free right now (TCP, or UDP with ``socket.SOCK_DGRAM``)."""
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def transaction(source: str, n: int, **fields: Any) -> dict[str, Any]:
+    """The ``n``-th wire.transactions record of ``source``: connection ``{source}-{n}``,
+    client port 40000 + n, a GET of ``/p/{n}`` answered 200 by 10.0.0.2:80; ``fields``
+    replace or add fields."""
+    return {"connection_id": f"{source}-{n}", "source_id": source, "protocol": "http/1.1",
+            "client_ip": "10.0.0.1", "client_port": 40000 + n, "server_ip": "10.0.0.2", "server_port": 80,
+            "request_ts_us": 1_800_000_000_000_000 + n, "method": "GET", "path": f"/p/{n}", "status": 200,
+            **fields}
+
+
+def publish(broker: Any, registry: Any, topic: str, records: Iterable[dict[str, Any]],
+            key: str = "connection_id") -> None:
+    """Emit ``records`` on ``topic``, each keyed by its field ``key``, through the
+    pipeline's own publisher (Avro, the registry's schema), and wait until all are
+    delivered."""
+    # imported here, not at the top: tests/conftest.py imports this module, and the hooks
+    # there should not load the pipeline's modules for every test
+    from wirestream.processors.output import OutputPublisher
+
+    from wirestream.codec import AvroCodec
+
+    publisher = OutputPublisher(broker.bootstrap, AvroCodec(registry.url), "test")
+    for r in records:
+        publisher.emit(topic, r[key], r)
+    publisher.flush()
