@@ -1,0 +1,251 @@
+"""Stopping everything: Ctrl-C and an error mid-run leave no process behind.
+
+The claim (README "What analyze does", 6; wirestream/runtime.py): ``analyze`` and
+``capture`` stop everything they started -- the embedded broker (``tansu``, its own
+session) and the processor workers (``wirestream process``, Faust, each in its own
+session) -- also on Ctrl-C or an error.
+
+The commands run as a user runs them: a subprocess in its own process group, Ctrl-C being
+SIGINT to that group (what a terminal sends; the broker and the workers are in sessions
+of their own, so it reaches only the command). Every process the command starts is found
+by a marker in its environment (``WIRESTREAM_TEST_STOP=<uuid>``, inherited by every
+descendant, whatever its session or parent after it is orphaned) in ``/proc/*/environ``:
+the test first sees the broker and the workers running, interrupts or breaks the run,
+and then requires that none is left once the command has exited.
+
+The error mid-run is one the code says it handles: a processor worker that dies
+(``Runtime.dead_worker`` -> ``ProcessingTimeout``: one clear line, exit code 1).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from helpers import DATA, require_or_skip
+from netns import IP
+
+#: a large real capture (many connections, HTTP), given several times: a run of some seconds
+BIG = str(DATA / "chrissanders" / "http_espn.pcapng")
+COPIES = 8
+EXIT_OK, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 130
+#: how long a command may take to exit once interrupted (it waits 0.5 s for its workers,
+#: 0.5 s for the broker, then kills them)
+PROMPT_S = 15.0
+
+
+def _tagged(tag: str) -> dict[int, str]:
+    """pid -> command line of every live process whose environment carries ``tag``."""
+    found = {}
+    marker = f"WIRESTREAM_TEST_STOP={tag}".encode()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                env = f.read().split(b"\0")
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmdline = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+        except OSError:
+            continue  # gone meanwhile, or a zombie (no environment to read)
+        if marker in env:
+            found[int(entry)] = cmdline
+    return found
+
+
+class Command:
+    """``python -m wirestream ARGS`` in its own process group, tagged."""
+
+    def __init__(self, *args: str) -> None:
+        self.tag = uuid.uuid4().hex
+        self.proc = subprocess.Popen([sys.executable, "-m", "wirestream", *args],
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                     process_group=0,
+                                     env={**os.environ, "WIRESTREAM_TEST_STOP": self.tag})
+        self.seen: dict[int, str] = {}  # every tagged process seen while it ran
+
+    def children(self) -> dict[int, str]:
+        now = {pid: cmd for pid, cmd in _tagged(self.tag).items() if pid != self.proc.pid}
+        self.seen.update(now)
+        return now
+
+    def wait_for(self, what, timeout: float = 90.0) -> dict[int, str]:
+        """Until ``what(children)`` holds; the children then."""
+        deadline = time.monotonic() + timeout
+        while True:
+            children = self.children()
+            if what(children):
+                return children
+            if self.proc.poll() is not None:
+                out, err = self.proc.communicate()
+                raise AssertionError(f"the command ended first (exit {self.proc.returncode}): {err}\n{out[-500:]}")
+            assert time.monotonic() < deadline, f"not reached in {timeout} s; children: {children}"
+            time.sleep(0.1)
+
+    def interrupt(self) -> None:
+        """Ctrl-C in the terminal: SIGINT to the command's process group."""
+        os.killpg(self.proc.pid, signal.SIGINT)
+
+    def finish(self, timeout: float = PROMPT_S) -> tuple[float, str, str]:
+        """Wait for the command to exit: (seconds it took, stdout, stderr)."""
+        t0 = time.monotonic()
+        try:
+            out, err = self.proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise AssertionError(f"did not exit within {timeout} s") from None
+        return time.monotonic() - t0, out, err
+
+    def left(self) -> dict[int, str]:
+        """Tagged processes still alive after the command exited."""
+        return _tagged(self.tag)
+
+    def kill(self) -> None:
+        """Test clean-up only: kill the command and whatever it left."""
+        running = self.proc.returncode is None
+        for pid in [*self.left(), *([self.proc.pid] if running else [])]:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        if running:
+            self.proc.communicate()
+
+
+def _broker(children: dict[int, str]) -> list[int]:
+    return [pid for pid, cmd in children.items() if "tansu" in cmd.split(" ", 1)[0]]
+
+
+def _workers(children: dict[int, str], role: str = "packets") -> list[int]:
+    return [pid for pid, cmd in children.items() if " process " in cmd and f"--role {role}" in cmd]
+
+
+def _running(children: dict[int, str]) -> bool:
+    """The broker and every worker (2 packet workers, 1 for the windows) are up."""
+    return len(_broker(children)) == 1 and len(_workers(children)) == 2 and len(_workers(children, "windows")) == 1
+
+
+def _analyze(tmp_path: Path) -> Command:
+    return Command("analyze", *[BIG] * COPIES, "--workers", "2", "--json", "--no-progress",
+                   "--out", str(tmp_path / "out"))
+
+
+def _assert_nothing_left(cmd: Command) -> None:
+    left = cmd.left()
+    assert not left, f"left running after the command exited: {left}"
+    assert _broker(cmd.seen) and _workers(cmd.seen), f"the test saw no broker/worker: {cmd.seen}"
+
+
+def test_ctrl_c_mid_analyze_stops_the_broker_and_the_workers(tmp_path) -> None:
+    cmd = _analyze(tmp_path)
+    try:
+        cmd.wait_for(_running)
+        time.sleep(1.0)  # replaying and processing
+        assert cmd.proc.poll() is None, "analyze finished before it could be interrupted"
+        cmd.interrupt()
+        took, out, err = cmd.finish()
+        assert cmd.proc.returncode == EXIT_INTERRUPTED, err
+        # (librdkafka may add lines: the file publishers' clients outlive the broker)
+        assert "wirestream: interrupted" in err.splitlines(), err
+        assert "Traceback" not in err, err
+        assert out == "", "a summary of an interrupted run"
+        assert took < PROMPT_S
+        _assert_nothing_left(cmd)
+    finally:
+        cmd.kill()
+
+
+def test_a_worker_dying_mid_analyze_is_one_clear_error_and_stops_everything(tmp_path) -> None:
+    cmd = _analyze(tmp_path)
+    try:
+        children = cmd.wait_for(_running)
+        time.sleep(1.0)
+        assert cmd.proc.poll() is None, "analyze finished before a worker could be killed"
+        for pid in _workers(children):
+            os.kill(pid, signal.SIGKILL)  # an OOM kill, a crash in native code
+        took, out, err = cmd.finish(timeout=60)
+        assert cmd.proc.returncode == EXIT_ERROR, err
+        said = [line for line in err.splitlines() if line.startswith("wirestream: error: ")]
+        assert len(said) == 1 and said[0].startswith("wirestream: error: processor worker ") and said[0].endswith(
+            "exited with code -9:"), err  # then the tail of the worker's log
+        assert "Traceback" not in err.split(said[0], 1)[0], err
+        _assert_nothing_left(cmd)
+    finally:
+        cmd.kill()
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "wirestream/runtime.py Runtime.stop: a KeyboardInterrupt while it waits for the workers "
+    "escapes it, so the registry and the broker (and workers not yet gone) are never stopped; "
+    "and cli.main's own handler is interrupted too (exit -2, not 130)"))
+def test_ctrl_c_held_down_mid_analyze_still_stops_everything(tmp_path) -> None:
+    """Ctrl-C pressed again and again (every 50 ms) until analyze exits: some of the
+    presses land while it is stopping what it started."""
+    cmd = _analyze(tmp_path)
+    try:
+        cmd.wait_for(_running)
+        time.sleep(1.0)
+        assert cmd.proc.poll() is None, "analyze finished before it could be interrupted"
+        deadline = time.monotonic() + PROMPT_S
+        while cmd.proc.poll() is None and time.monotonic() < deadline:
+            with contextlib.suppress(ProcessLookupError):
+                cmd.interrupt()
+            time.sleep(0.05)
+        took, out, err = cmd.finish()
+        left = cmd.left()
+        assert not left, f"left running after the command exited: {left}"
+        assert cmd.proc.returncode == EXIT_INTERRUPTED, err
+    finally:
+        cmd.kill()
+
+
+@pytest.fixture
+def empty_netns():
+    """A network namespace of this test's own (nothing but ``lo``), to capture in."""
+    if os.geteuid() != 0:
+        require_or_skip("live capture and network namespaces need root")
+    name = f"ws-stop-{uuid.uuid4().hex[:6]}"
+    subprocess.run([IP, "netns", "add", name], check=True, capture_output=True, timeout=10)
+    try:
+        subprocess.run([IP, "-n", name, "link", "set", "lo", "up"], check=True, capture_output=True, timeout=10)
+        yield name
+    finally:
+        subprocess.run([IP, "netns", "del", name], capture_output=True, timeout=10)
+
+
+def _capture(netns: str) -> Command:
+    cmd = Command("capture", "--netns", netns, "-i", "lo", "--mode", "af_packet", "--workers", "2",
+                  "--json")
+    return cmd
+
+
+@pytest.mark.parametrize("interrupts", [1, 2], ids=["ctrl-c", "ctrl-c-twice"])
+def test_ctrl_c_ends_a_capture_and_stops_everything(empty_netns, interrupts) -> None:
+    """The first Ctrl-C ends the capture and the pipeline finishes it (exit 0, the
+    summary); a second one interrupts that too (exit 130). Either way nothing is left."""
+    cmd = _capture(empty_netns)
+    try:
+        cmd.wait_for(_running)
+        cmd.interrupt()
+        if interrupts == 2:
+            time.sleep(0.5)
+            assert cmd.proc.poll() is None, "finished before the second Ctrl-C"
+            cmd.interrupt()
+        took, out, err = cmd.finish(timeout=120 if interrupts == 1 else PROMPT_S)
+        if interrupts == 1:
+            assert cmd.proc.returncode == EXIT_OK, err
+            assert '"files"' in out, out
+        else:
+            assert cmd.proc.returncode == EXIT_INTERRUPTED, err
+            assert "wirestream: interrupted" in err.splitlines(), err
+        assert "Traceback" not in err, err
+        _assert_nothing_left(cmd)
+    finally:
+        cmd.kill()
