@@ -42,6 +42,18 @@ def _run(sink: SiemSink, until, timeout: float = 60.0) -> None:
     assert until(), (dict(sink.written), dict(sink.counters))
 
 
+def _delivered_once(make_sink, arrived, published: list[str], publish_one, timeout: float = 60.0) -> None:
+    """Every id in ``published`` arrives exactly once: ``arrived()`` is a list, so a record
+    written twice shows. Once also across a restart: a new sink in the same group, run
+    until the alert ``publish_one()`` adds after the first sink stopped has arrived, must
+    not deliver again what the first one committed."""
+    before = set(published)
+    _run(make_sink(), lambda: set(arrived()) == before, timeout)
+    after = publish_one()
+    _run(make_sink(), lambda: after in arrived(), timeout)
+    assert sorted(arrived()) == sorted(before | {after})
+
+
 def test_formats() -> None:
     (alert,) = _alerts("fmt", 1)
     cef = cef_event(ALERTS, alert)
@@ -93,34 +105,38 @@ def test_cef_over_tcp_and_ecs_over_udp_reach_rsyslog(broker, registry, rsyslog) 
     source = f"siem-{uuid.uuid4().hex[:8]}"
     alerts = _alerts(source)
     publish(broker, registry, ALERTS, alerts, key="service")
-    ids = {a["alert_id"] for a in alerts}
+    published = [a["alert_id"] for a in alerts]  # all start with `source`
 
-    cef = SiemSink(broker.bootstrap, registry.url, f"syslog+tcp://127.0.0.1:{rsyslog['tcp']}", "cef",
-                   group=f"cef-{source}")
+    def publish_one(tag: str) -> str:
+        (alert,) = _alerts(f"{source}-{tag}", 1)  # same service: same partition, after the others
+        publish(broker, registry, ALERTS, [alert], key="service")
+        published.append(alert["alert_id"])
+        return alert["alert_id"]
 
-    def cef_arrived() -> set[str]:
-        found = set()
+    def cef_arrived() -> list[str]:
+        found = []
         for line in _lines(rsyslog["out"]):
             if line.startswith("CEF:0|wirestream|"):
                 ext = line.split("|", 7)[7]
-                found |= {part.split("=", 1)[1] for part in ext.split(" ") if part.startswith("externalId=")}
-        return found & ids
+                found += [part.split("=", 1)[1] for part in ext.split(" ") if part.startswith("externalId=")]
+        return [i for i in found if i.startswith(source)]
 
-    _run(cef, lambda: cef_arrived() == ids)
+    _delivered_once(lambda: SiemSink(broker.bootstrap, registry.url, f"syslog+tcp://127.0.0.1:{rsyslog['tcp']}",
+                                     "cef", group=f"cef-{source}"),
+                    cef_arrived, published, lambda: publish_one("cef"))
 
-    ecs = SiemSink(broker.bootstrap, registry.url, f"syslog+udp://127.0.0.1:{rsyslog['udp']}", "ecs",
-                   group=f"ecs-{source}")
-
-    def ecs_arrived() -> set[str]:
-        found = set()
+    def ecs_arrived() -> list[str]:
+        found = []
         for line in _lines(rsyslog["out"]):
             if line.startswith("{"):
                 doc = json.loads(line)  # every ECS event parses
                 assert doc["event"]["kind"] == "alert"
-                found.add(doc["wirestream"]["alert_id"])
-        return found & ids
+                found.append(doc["wirestream"]["alert_id"])
+        return [i for i in found if i.startswith(source)]
 
-    _run(ecs, lambda: ecs_arrived() == ids)
+    _delivered_once(lambda: SiemSink(broker.bootstrap, registry.url, f"syslog+udp://127.0.0.1:{rsyslog['udp']}",
+                                     "ecs", group=f"ecs-{source}"),
+                    ecs_arrived, published, lambda: publish_one("ecs"))
 
 
 class _Collector(http.server.BaseHTTPRequestHandler):
@@ -157,17 +173,25 @@ def test_hec_collector_down_then_up_loses_nothing(broker, registry) -> None:
     _Collector.events, _Collector.failures_left, _Collector.requests = [], 3, 0
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Collector)
     threading.Thread(target=server.serve_forever, daemon=True).start()
+    sinks: list[SiemSink] = []
+
+    def make_sink() -> SiemSink:
+        sinks.append(SiemSink(broker.bootstrap, registry.url,
+                              f"http://127.0.0.1:{server.server_port}/services/collector/event", "ecs",
+                              group=f"hec-{source}", token="test-token"))
+        return sinks[-1]
+
+    def arrived() -> list[str]:
+        return [i for e in _Collector.events if (i := e["event"]["wirestream"]["alert_id"]).startswith(source)]
+
+    def publish_one() -> str:
+        (alert,) = _alerts(f"{source}-restart", 1)
+        publish(broker, registry, ALERTS, [alert], key="service")
+        return alert["alert_id"]
+
     try:
-        sink = SiemSink(broker.bootstrap, registry.url,
-                        f"http://127.0.0.1:{server.server_port}/services/collector/event", "ecs",
-                        group=f"hec-{source}", token="test-token")
-        ids = {a["alert_id"] for a in alerts}
-
-        def arrived() -> set[str]:
-            return {e["event"]["wirestream"]["alert_id"] for e in _Collector.events} & ids
-
-        _run(sink, lambda: arrived() == ids, timeout=90)
+        _delivered_once(make_sink, arrived, [a["alert_id"] for a in alerts], publish_one, timeout=90)
     finally:
         server.shutdown()
-    assert sink.counters["write_retries"] >= 3  # it met the outage, and came through
+    assert sinks[0].counters["write_retries"] >= 3  # it met the outage, and came through
     assert all(e["sourcetype"] == "wirestream:wire.alerts" for e in _Collector.events)
