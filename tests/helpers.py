@@ -66,6 +66,19 @@ def import_or_require(module: str) -> ModuleType:
     return pytest.importorskip(module)
 
 
+def ebpf_unavailable() -> str | None:
+    """None if eBPF capture with socket events works here (wirestream doctor's probe: a
+    socket filter loaded, a tracepoint attached), otherwise why not."""
+    from wirestream.doctor import diagnose  # as in publish: not loaded for every test
+
+    report = diagnose(probe=True)
+    if not report.ebpf:
+        return report.ebpf_reason
+    if not report.socket_events:
+        return report.socket_events_reason
+    return None
+
+
 # --- tshark ------------------------------------------------------------------------------
 
 TSHARK = shutil.which("tshark")

@@ -36,10 +36,8 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import needs, require_or_skip
+from helpers import ebpf_unavailable, needs, require_or_skip
 from netns import BULK_CLIENT, BULK_SERVER, LossyLink, netns_available, readline
-
-from wirestream.doctor import diagnose
 
 NETNS_UNAVAILABLE = netns_available()
 IPERF3 = shutil.which("iperf3")
@@ -61,15 +59,6 @@ COMPARED = ("state", "packets_c2s", "packets_s2c", "bytes_c2s", "bytes_s2c", "go
 #: so this only catches gross errors (units, wrong packets), not µs.
 TIMINGS = ("handshake_rtt_us", "rtt_min_us", "rtt_max_us")
 TIMING_TOLERANCE_US = 2_000
-
-
-def _ebpf_unavailable() -> str | None:
-    report = diagnose(probe=True)
-    if not report.ebpf:
-        return report.ebpf_reason
-    if not report.socket_events:
-        return report.socket_events_reason
-    return None
 
 
 class LiveCapture:
@@ -170,7 +159,7 @@ def _run_traffic(link: LossyLink, iperf: bool) -> dict[str, object]:
 
 @needs(None if IPERF3 else "iperf3 is not installed (scripts/install --test installs it)")
 def test_ebpf_capture_on_lossy_link_matches_kernel_and_tcpdump(tmp_path) -> None:
-    reason = _ebpf_unavailable()
+    reason = ebpf_unavailable()
     if reason:
         require_or_skip(f"eBPF capture is not possible on this kernel/machine: {reason}")
     with LossyLink(loss_percent=5, rate_mbit=25) as link:
@@ -279,7 +268,7 @@ def test_ebpf_capture_with_offloads_on_handles_super_packets(tmp_path) -> None:
     analysis takes their sequence ranges as they are, so no retransmission is invented
     (the kernel may still retransmit, rarely, without loss: a tail loss probe) and the
     byte counts are the bytes sent; tcpdump's file says the same."""
-    reason = _ebpf_unavailable()
+    reason = ebpf_unavailable()
     if reason:
         require_or_skip(f"eBPF capture is not possible on this kernel/machine: {reason}")
     with LossyLink(loss_percent=0, rate_mbit=None, offloads=True) as link:
