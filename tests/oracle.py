@@ -200,10 +200,12 @@ L7_FIELDS = [
     "frame.number", "tcp.stream", "ip.src", "ipv6.src", "ip.dst", "ipv6.dst",
     "http.request.method", "http.request.uri", "http.request_in", "http.response.code",
     "dns.flags.response", "dns.id", "dns.qry.name", "dns.flags.rcode", "dns.time",
+    "dns.response_to", "dns.retransmission",
     "tls.handshake.type", "tls.handshake.extensions_server_name", "tls.handshake.version",
     "tls.handshake.extensions.supported_version", "tls.handshake.ciphersuite",
 ]
 L7_FILTER = ("http.request || http.response || (dns.flags.response == 1 && dns.time) "
+             "|| (dns.flags.response == 0 && (udp.port == 53 || tcp.port == 53)) "
              "|| tls.handshake.type == 1 || tls.handshake.type == 2")
 
 
@@ -215,20 +217,23 @@ def tshark_l7_rows(path: str) -> list[dict[str, list[str]]]:
     return [{f: (v.split(AGG) if v else []) for f, v in zip(L7_FIELDS, values, strict=True)} for values in rows]
 
 
-def tshark_http_pairs(path: str) -> dict[int, list[tuple[str, str, int]]]:
-    """tcp.stream -> every (method, uri, status) request/response pair tshark pairs.
+def tshark_http_pairs(path: str, unanswered: bool = False) -> dict[int, list[tuple[str, str, int | None]]]:
+    """tcp.stream -> every (method, uri, status) request/response pair tshark pairs, and
+    with ``unanswered`` every request no response pairs with, as (method, uri, None).
 
     A response names its request's frame (``http.request_in``); a frame may carry several
     pipelined requests, taken in order by the responses that point to that frame.
     """
     requests: dict[int, list[tuple[str, str]]] = {}
+    stream_of: dict[int, int] = {}
     rows = tshark_l7_rows(path)
     for row in rows:
         if not row["http.request.method"]:
             continue
-        requests[int(row["frame.number"][0])] = list(zip(row["http.request.method"],
-                                                         row["http.request.uri"], strict=False))
-    pairs: dict[int, list[tuple[str, str, int]]] = defaultdict(list)
+        frame = int(row["frame.number"][0])
+        stream_of[frame] = int(row["tcp.stream"][0])
+        requests[frame] = list(zip(row["http.request.method"], row["http.request.uri"], strict=False))
+    pairs: dict[int, list[tuple[str, str, int | None]]] = defaultdict(list)
     for row in rows:
         if not row["http.response.code"]:
             continue
@@ -238,6 +243,9 @@ def tshark_http_pairs(path: str) -> dict[int, list[tuple[str, str, int]]]:
             if reqs:
                 method, uri = reqs.pop(0)
                 pairs[stream].append((method, uri, int(code)))
+    if unanswered:
+        for frame, left in requests.items():
+            pairs[stream_of[frame]].extend((method, uri, None) for method, uri in left)
     return dict(pairs)
 
 
@@ -266,6 +274,27 @@ def tshark_dns_answers(path: str) -> list[DnsAnswer]:
             out.append(DnsAnswer(client, server, int(qid, 0), row["dns.qry.name"][i] if i < len(row["dns.qry.name"]) else "",
                                  int(row["dns.flags.rcode"][i]),
                                  round(Decimal(row["dns.time"][i]) * 1_000_000)))
+    return out
+
+
+def tshark_dns_unanswered(path: str) -> list[tuple[str, str, int, str]]:
+    """(client, server, id, name) of every DNS query on port 53 that no response of the
+    capture answers (none names it in ``dns.response_to``) and that tshark does not call a
+    retransmission (a repeat within ``dns.retransmission_timer``, 5 s)."""
+    rows = tshark_l7_rows(path)
+    answered = {int(f) for row in rows for f in row["dns.response_to"]}
+    out = []
+    for row in rows:
+        if not row["dns.id"] or "1" in row["dns.flags.response"]:
+            continue
+        # Several messages in one frame (DNS over TCP) cannot be told apart by these
+        # per-frame fields; no capture here has such a query frame.
+        assert len(row["dns.id"]) == 1, f"frame {row['frame.number']}: several DNS queries in one frame"
+        if int(row["frame.number"][0]) in answered or row["dns.retransmission"]:
+            continue
+        client = (row["ip.src"] or row["ipv6.src"])[0]
+        server = (row["ip.dst"] or row["ipv6.dst"])[0]
+        out.append((client, server, int(row["dns.id"][0], 0), row["dns.qry.name"][0]))
     return out
 
 
