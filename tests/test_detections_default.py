@@ -2,11 +2,13 @@
 
 tests/test_detections.py shows ``retransmission_band``, ``zero_window_storm``,
 ``reset_storm`` and ``nxdomain_burst`` on the bundled real captures only with their
-thresholds lowered to 1: no capture in tests/data comes near the defaults. Over every
-capture there, per service and 10 s window, the most there is: 5 retransmitted data
-packets (of 6; a band needs 100 data packets), 1 connection with a zero window (default
-10), 2 reset or refused connections (20), 6 half-open ones (50) and 1 NXDOMAIN answer to
-one client (20).
+thresholds lowered to 1: no real capture in tests/data comes near the defaults (only
+DVWA's login raises an alert as it is, ``cleartext_credentials``). Over all of them, per
+service and 10 s window, the most there is: 5 retransmitted data packets of 6 (a band
+needs 100 data packets; the window with the most, 336, has no retransmission), 1
+connection with a zero window (default 10), 1 reset or refused connection (20), 6
+half-open ones (50), 1 NXDOMAIN answer to one client (20), and no 5xx, 401/403 or 429
+response and no unanswered request.
 
 So each test here makes the traffic with real kernels, in two private network
 namespaces joined by a veth pair (tests/netns.py), records it with tcpdump on the
@@ -22,7 +24,10 @@ observer, windows: tests/local_pipeline.local_windows) with default thresholds:
 * ``retransmission_band``: a bulk upload over a link losing 5 % of the packets
   (nftables); the sender's kernel retransmits;
 * ``nxdomain_burst``: a client's C library resolver (getaddrinfo) looks up 25 names that
-  do not exist; the server answers NXDOMAIN.
+  do not exist; the server answers NXDOMAIN;
+* the HTTP detectors (5xx spike, auth failures, 429s, retries, timeouts, credentials and
+  a card number in clear), which tests/test_detections.py shows at their defaults on
+  generated frames: a web service in trouble, a real HTTP server and client.
 
 Each also checks what the kernels or the client themselves counted. That the detectors
 stay quiet below their thresholds is tests/test_detections.py's part.
@@ -31,6 +36,7 @@ stay quiet below their thresholds is tests/test_detections.py's part.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import sys
@@ -298,3 +304,127 @@ def test_nxdomain_burst_at_its_default(tmp_path: Path) -> None:
     assert alert["service"] == f"{link.receiver_ip}:53"
     assert alert["evidence"]["client"] == link.sender_ip
     assert alert["evidence"]["nxdomain"] == str(n) and alert["evidence"]["threshold"] == "20"
+
+
+# --- a web service in trouble -----------------------------------------------------------------
+
+WEB_SERVER = """
+    import http.server, sys
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # keep-alive, as browsers and API clients use it
+
+        def answer(self, status, body=b"{}", **headers):
+            self.send_response(status)
+            for name, value in headers.items():
+                self.send_header(name.replace("_", "-"), value)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_GET(self):
+            path = self.path.split("?")[0]
+            if path == "/report":
+                self.answer(503, b'{"error": "database unavailable"}')
+            elif path == "/admin":
+                self.answer(401, WWW_Authenticate='Basic realm="admin"')
+            elif path == "/api/quote":
+                self.answer(429, Retry_After="1")
+            elif path == "/checkout":
+                self.answer(502, b'{"error": "payment gateway"}')
+            elif path == "/export":
+                self.rfile.read(1)  # hangs until the client gives up and closes: no response
+                self.close_connection = True
+            else:
+                self.answer(200)
+
+        def do_POST(self):
+            self.rfile.read(int(self.headers["Content-Length"]))
+            self.answer(200)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer((sys.argv[1], int(sys.argv[2])), Handler)
+    print("ready", flush=True)
+    server.serve_forever()
+"""
+
+WEB_CLIENT = """
+    import base64, http.client, json, socket, sys, threading, time
+    from collections import Counter
+    host, port = sys.argv[1], int(sys.argv[2])
+    seen = Counter()
+
+    def get(conn, target, headers={}):
+        conn.request("GET", target, headers=headers)
+        r = conn.getresponse()
+        r.read()
+        seen[r.status] += 1
+
+    def hung_export(job):
+        conn = http.client.HTTPConnection(host, port, timeout=0.5)
+        try:
+            get(conn, f"/export?job={job}")
+        except socket.timeout:
+            seen["timeout"] += 1
+        conn.close()
+
+    hung = [threading.Thread(target=hung_export, args=(job,)) for job in range(6)]
+    for t in hung:
+        t.start()
+    c = http.client.HTTPConnection(host, port, timeout=5)
+    for i in range(40):
+        get(c, f"/catalog?page={i}")
+    for i in range(12):
+        get(c, f"/report?id={i}")
+    for i in range(25):  # guessing passwords
+        auth = base64.b64encode(f"admin:guess{i}".encode()).decode()
+        get(c, f"/admin?try={i}", {"Authorization": "Basic " + auth})
+    for i in range(12):
+        get(c, f"/api/quote?n={i}")
+    for _ in range(12):  # a client that retries at once, every 50 ms
+        get(c, "/checkout")
+        time.sleep(0.05)
+    body = b"card=4111111111111111&exp=12%2F29&name=A+Customer"
+    c.request("POST", "/pay", body, {"Content-Type": "application/x-www-form-urlencoded"})
+    r = c.getresponse()
+    r.read()
+    seen[r.status] += 1
+    c.close()
+    for t in hung:
+        t.join()
+    print(json.dumps(seen), flush=True)
+"""
+
+
+def test_web_service_detectors_at_their_defaults(tmp_path: Path) -> None:
+    """A real HTTP/1.1 server (Python's http.server) and a client on keep-alive
+    connections, in one window: 24 of its 108 requests fail with 503 or 502
+    (``errors_5xx_spike``, default 10 and 10 %), 25 Basic-auth guesses get 401
+    (``auth_failure_burst``, 20, and ``cleartext_credentials``), 12 get 429
+    (``rate_limited``, 10), the same checkout is retried 12 times 50 ms apart
+    (``retry_storm``, 10 within 1 s), 6 exports are never answered (``request_timeouts``,
+    5) and a card number is posted in a form (``pii_in_cleartext``)."""
+    in_one_window(8)
+    with recorded(tmp_path, "web", loss_percent=0, rate_mbit=None) as (link, path):
+        server = link.popen(link.receiver, python(WEB_SERVER, link.receiver_ip, 8080))
+        assert readline(server, 10) == "ready"
+        out = link.run(link.sender, python(WEB_CLIENT, link.receiver_ip, 8080), timeout=60)
+    seen = json.loads(out.stdout)
+    assert seen == {"200": 41, "503": 12, "401": 25, "429": 12, "502": 12, "timeout": 6}, seen
+    alerts = local_windows(path)["wire.alerts"]
+    by_kind = {a["kind"]: a for a in alerts}
+    service, client = f"{link.receiver_ip}:8080", link.sender_ip
+    assert all(a["service"] == service for a in alerts)
+    ev = {kind: a["evidence"] for kind, a in by_kind.items()}
+    assert sorted(ev) == sorted(["errors_5xx_spike", "auth_failure_burst", "rate_limited", "retry_storm",
+                                 "request_timeouts", "cleartext_credentials", "pii_in_cleartext"]), ev
+    assert ev["errors_5xx_spike"]["errors_5xx"] == "24" and ev["errors_5xx_spike"]["threshold"] == "10"
+    assert ev["auth_failure_burst"]["auth_failures"] == "25" and ev["auth_failure_burst"]["client"] == client
+    assert ev["rate_limited"]["status_429"] == "12"
+    assert int(ev["retry_storm"]["retries"]) == 11  # 12 requests: 11 repeats
+    assert ev["request_timeouts"]["no_response"] == "6"
+    assert ev["cleartext_credentials"]["basic_credentials"] == "25"
+    assert ev["pii_in_cleartext"]["card_numbers"] == "1"
