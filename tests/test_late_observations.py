@@ -15,13 +15,19 @@ one observation partition per service), so which window is closed when is known 
 * ``late``: ``late_observations`` is ``LONG_POLLS``, and the first window holds only the
   other requests (late ones are counted, not added);
 * ``control``: ``late_observations`` is 0, and the first window holds them all.
+
+The second test is the same case from packets, through ``wirestream analyze``.
 """
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import uuid
 from typing import Any
 
+from synthetic_http import http_connection, request, response, write_frames
 from test_windows_restart import collect, finished, produce, start_worker, stop
 from wirestream.processors.observations import Observer
 
@@ -109,3 +115,45 @@ def test_observations_for_a_closed_window_are_counted_not_added(broker, registry
     for source in (late, control):
         assert sorted(r["window_start_ts_us"] for r in got[source][SERVICE_METRICS]) == \
             [T0 + i * 10_000_000 for i in range(STEPS * STEP_US // 10_000_000)]
+
+
+# --- the whole pipeline ----------------------------------------------------------------------
+
+def long_poll_capture(path: str) -> str:
+    """A service answering a steady client every 10 ms for 60 s (12,000 packets: three
+    packet batches of the producer's 4,096), and one long poll to it: asked 1 s in,
+    answered 54 s later."""
+    start = T0 + 3_600_000_000  # also a window boundary
+    steady = http_connection("10.1.1.2", 41000, "192.0.2.80", 80, start,
+                             [(request(target=f"/item/{i}"), response(body=b"ok"), 2_000)
+                              for i in range(6000)], gap_us=8_000)
+    poll = http_connection("10.1.1.1", 42000, "192.0.2.80", 80, start + 999_000,
+                           [(request(target="/events?wait=60"), response(body=b"[]"), 54_000_000)])
+    return write_frames(path, steady + poll)
+
+
+def analyze_stats(capture: str, *flags: str) -> dict[str, Any]:
+    """``analyze --json`` with one packet partition: every packet batch, and so every
+    observation batch, reaches the windows in capture order."""
+    proc = subprocess.run([sys.executable, "-m", "wirestream", "analyze", capture, "--json", "--no-progress",
+                           "--partitions", "1", "--workers", "1", *flags],
+                          capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads(proc.stdout)
+    windows = [s for s in summary["stats"] if s["stage"] == WINDOWS_STAGE and s["final"]]
+    assert windows, "no final report of the windows stage"
+    return {"late": sum(s["dropped"].get("late_observations", 0) for s in windows),
+            "requests": sum(s["requests"] for s in summary["services"]),
+            "transactions": summary["records"][TRANSACTIONS]}
+
+
+def test_a_long_poll_answered_after_its_window_closed_is_late_in_analyze(tmp_path) -> None:
+    """The same through ``wirestream analyze``, from packets: the long poll is one of the
+    6,001 transactions, but by the time its answer comes, its window (10 s, 15 s of
+    lateness by default) has long closed: it is counted late, not added. With 60 s of
+    lateness it is in time."""
+    capture = long_poll_capture(str(tmp_path / "long_poll.pcap"))
+    late = analyze_stats(capture)
+    assert late == {"late": 1, "requests": 6000, "transactions": 6001}
+    in_time = analyze_stats(capture, "--lateness", "60")
+    assert in_time == {"late": 0, "requests": 6001, "transactions": 6001}
