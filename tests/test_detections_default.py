@@ -45,14 +45,13 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
+from helpers import needs
 from local_pipeline import local_windows
 from netns import BULK_CLIENT, BULK_SERVER, LossyLink, netns_available, readline
 from wirestream.processors.detections import Thresholds
 
 NETNS_UNAVAILABLE = netns_available()
-pytestmark = pytest.mark.skipif(NETNS_UNAVAILABLE is not None,
-                                reason=f"network namespaces: {NETNS_UNAVAILABLE}")
+pytestmark = needs(NETNS_UNAVAILABLE and f"network namespaces: {NETNS_UNAVAILABLE}")
 
 DEFAULT = Thresholds()
 WINDOW_S = 10  # local_windows' window, the pipeline's default

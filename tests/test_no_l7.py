@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import DATA
 
 from wirestream.topics import CONNECTIONS, DNS, TLS, TRANSACTIONS
 
-DATA = Path(__file__).parent / "data"
 # HTTP and DNS (a page load: 61 transactions, its name lookups), TLS 1.2 handshakes
 CAPTURES = [str(DATA / "chrissanders" / "http_espn.pcapng"), str(DATA / "zeek-tls" / "ecdhe.pcap")]
 L7_TOPICS = (TRANSACTIONS, DNS, TLS)

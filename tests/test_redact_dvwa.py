@@ -16,8 +16,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import DATA
 
-CAPTURE = Path(__file__).parent / "data" / "chrissanders" / "http_dvwa_clearlogin.pcapng"
+CAPTURE = DATA / "chrissanders" / "http_dvwa_clearlogin.pcapng"
 
 
 def token_in_capture() -> str:
