@@ -1,8 +1,9 @@
 """A real Kubernetes API server for the tests: etcd + kube-apiserver on loopback.
 
 ``scripts/kube-apiserver`` builds the API server once (Debian's kubernetes 1.20.2 source,
-Debian's Go) and caches it outside the repository; :func:`apiserver_unavailable` says why
-the tests must skip when it cannot be had. :class:`ApiServer` starts etcd and the API
+Debian's Go), with kubectl of the same release and kustomize beside it (:func:`k8s_tool`),
+and caches them outside the repository; :func:`apiserver_unavailable` says why the tests
+cannot run when it cannot be had. :class:`ApiServer` starts etcd and the API
 server on free ports with a static admin token, writes a kubeconfig, and serves
 ``discovery.k8s.io/v1`` EndpointSlices through a CRD (1.20 only has ``v1beta1``, which is
 turned off so the CRD can take the group). Nothing runs pods: there is no kubelet. Tests
@@ -20,13 +21,14 @@ import functools
 import os
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import tempfile
 import time
 import urllib.request
 from pathlib import Path
+
+from helpers import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 BUILD_SCRIPT = REPO / "scripts" / "kube-apiserver"
@@ -54,12 +56,6 @@ spec:
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @functools.cache
 def apiserver_binary() -> str | None:
     """The cached kube-apiserver, building it if needed (None if that fails; tried once
@@ -71,6 +67,14 @@ def apiserver_binary() -> str | None:
     return path if path and os.access(path, os.X_OK) else None
 
 
+def k8s_tool(name: str) -> str | None:
+    """``kubectl`` or ``kustomize`` as scripts/kube-apiserver installs them beside the API
+    server (None if it could not): the tests use these, not whatever is on PATH."""
+    binary = apiserver_binary()
+    path = Path(binary).parent / name if binary else None
+    return str(path) if path and os.access(path, os.X_OK) else None
+
+
 def apiserver_unavailable() -> str | None:
     """None if a real API server can be run here, otherwise why not."""
     if os.geteuid() != 0:
@@ -78,7 +82,7 @@ def apiserver_unavailable() -> str | None:
     if shutil.which("etcd") is None and not BUILD_SCRIPT.exists():
         return "etcd is not installed"
     if apiserver_binary() is None:
-        return "scripts/kube-apiserver could not build kube-apiserver (see its output)"
+        return "scripts/kube-apiserver could not build kube-apiserver, kubectl or kustomize (see its output)"
     if shutil.which("etcd") is None:
         return "etcd is not installed (Debian: etcd-server)"
     return None
@@ -89,8 +93,8 @@ class ApiServer:
 
     def __init__(self) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="wirestream-k8s-"))
-        self.etcd_port, self.etcd_peer_port = _free_port(), _free_port()
-        self.port = _free_port()
+        self.etcd_port, self.etcd_peer_port = free_port(), free_port()
+        self.port = free_port()
         self.kubeconfig = str(self.dir / "kubeconfig")
         self.url = f"https://127.0.0.1:{self.port}"
         self._etcd: subprocess.Popen | None = None
@@ -224,6 +228,9 @@ current-context: test
         client.ApiextensionsV1Api(api).create_custom_resource_definition(yaml.safe_load(manifest))
 
     def kubectl(self, *args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
-        """``kubectl --kubeconfig ... args`` (kubectl from PATH)."""
-        return subprocess.run(["kubectl", "--kubeconfig", self.kubeconfig, *args], input=input,
+        """``kubectl --kubeconfig ... args``, with the kubectl scripts/kube-apiserver built."""
+        kubectl = k8s_tool("kubectl")
+        if kubectl is None:
+            raise RuntimeError("no kubectl (scripts/kube-apiserver builds it)")
+        return subprocess.run([kubectl, "--kubeconfig", self.kubeconfig, *args], input=input,
                               capture_output=True, text=True, check=check, timeout=60)

@@ -1,19 +1,22 @@
 """deploy/kustomize: every overlay builds, and a real API server accepts what it builds.
 
-``kubectl apply --dry-run=server`` runs the API server's validation, defaulting and
-admission on every object without storing it. The Strimzi overlay's KafkaTopic resources
-need Strimzi's CRD; a permissive stand-in for it is installed first (the real one
-validates more fields, which this test cannot check without Strimzi).
+``kustomize build`` (what ``kubectl kustomize`` runs) builds each overlay; ``kubectl apply
+--dry-run=server`` runs the API server's validation, defaulting and admission on every
+object without storing it. Both are the ones scripts/kube-apiserver installs beside the API
+server (kustomize v5, kubectl of the API server's release), not whatever is on PATH. The
+Strimzi overlay's KafkaTopic resources need Strimzi's CRD; a permissive stand-in for it is
+installed first (the real one validates more fields, which this test cannot check without
+Strimzi).
 """
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
-from k8s_cluster import ApiServer, apiserver_unavailable
+from helpers import require_or_skip
+from k8s_cluster import ApiServer, apiserver_unavailable, k8s_tool
 
 KUSTOMIZE = Path(__file__).resolve().parent.parent / "deploy" / "kustomize"
 OVERLAYS = sorted(p.name for p in (KUSTOMIZE / "overlays").iterdir() if (p / "kustomization.yaml").exists())
@@ -37,20 +40,25 @@ spec:
         x-kubernetes-preserve-unknown-fields: true
 """
 
-requires_kubectl = pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed")
+
+@pytest.fixture(scope="module")
+def kustomize() -> str:
+    path = k8s_tool("kustomize")
+    if path is None:
+        require_or_skip(f"no kustomize: {apiserver_unavailable()}")
+    return path
 
 
-def _build(overlay: str) -> str:
-    r = subprocess.run(["kubectl", "kustomize", str(KUSTOMIZE / "overlays" / overlay)], capture_output=True,
+def _build(kustomize: str, overlay: str) -> str:
+    r = subprocess.run([kustomize, "build", str(KUSTOMIZE / "overlays" / overlay)], capture_output=True,
                        text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     return r.stdout
 
 
-@requires_kubectl
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_overlay_builds(overlay) -> None:
-    out = _build(overlay)
+def test_overlay_builds(kustomize, overlay) -> None:
+    out = _build(kustomize, overlay)
     kinds = {line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("kind:")}
     assert {"Namespace", "DaemonSet", "Deployment", "ClusterRole", "ClusterRoleBinding", "ConfigMap"} <= kinds
     assert "image: ghcr.io/wirestream/wirestream:" in out
@@ -61,7 +69,7 @@ def test_overlay_builds(overlay) -> None:
 def cluster():
     reason = apiserver_unavailable()
     if reason:
-        pytest.skip(f"no Kubernetes API server: {reason}")
+        require_or_skip(f"no Kubernetes API server: {reason}")
     with ApiServer() as api:
         api.create_crd(KAFKATOPIC_CRD)
         # Server-side dry run does not create the namespaces the objects go into.
@@ -70,9 +78,8 @@ def cluster():
         yield api
 
 
-@requires_kubectl
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_api_server_accepts_overlay(cluster, overlay) -> None:
-    r = cluster.kubectl("apply", "--dry-run=server", "-f", "-", input=_build(overlay), check=False)
+def test_api_server_accepts_overlay(kustomize, cluster, overlay) -> None:
+    r = cluster.kubectl("apply", "--dry-run=server", "-f", "-", input=_build(kustomize, overlay), check=False)
     assert r.returncode == 0, r.stderr
     assert "daemonset.apps/wirestream-capture created (server dry run)" in r.stdout, r.stdout
