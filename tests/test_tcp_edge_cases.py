@@ -11,11 +11,9 @@ The last test needs no tshark: 20,000 short connections keep the tracker's state
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
-from helpers import requires_tshark
+from helpers import DATA, requires_tshark
 from local_pipeline import local_connections
 from oracle import assert_matches_tshark
 from wirestream.processors.connection_tracker import SWEEP_INTERVAL_US, ConnectionTracker
@@ -23,7 +21,7 @@ from wirestream.processors.tcp_connection import C_ACK, C_DATA, C_FIN, C_RST, C_
 
 from wirestream.packet_block import ACK, FIN, PACKET_DTYPE, PROTO_TCP, RST, SYN
 
-CRAFTED = Path(__file__).parent / "data" / "crafted"
+CRAFTED = DATA / "crafted"
 HANDSHAKE = C_SYN | C_SYNACK | C_ACK
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 
 import pytest
-from helpers import real_captures, requires_tshark
+from helpers import DATA, real_captures, requires_tshark
 from local_pipeline import local_connections
 from oracle import FLAG_FIELDS, match_records, tshark_conversation_count, tshark_streams
 
@@ -45,7 +45,7 @@ def test_connections_match_tshark(path: str) -> None:
 
 def test_batch_boundaries_do_not_matter() -> None:
     """Splitting the packets into batches of any size gives identical records."""
-    path = os.path.join(os.path.dirname(__file__), "data", "chrissanders", "http_espn.pcapng")
+    path = str(DATA / "chrissanders" / "http_espn.pcapng")
     one = local_connections(path, batch=1)
     big = local_connections(path, batch=100_000)
     key = lambda r: r["connection_id"]  # noqa: E731

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import fastavro
 import pytest
-from helpers import TSHARK, real_captures, requires_tshark
+from helpers import DATA, TSHARK, real_captures, requires_tshark
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from wirestream.processors.l7.base import L7Options, StreamContext
@@ -903,7 +903,7 @@ def compare_with_tshark(path: str) -> dict[int, dict]:
 @requires_tshark
 def test_zeek_captures_details() -> None:
     """Figures tshark does not give directly, checked against the frames by hand."""
-    data = Path(__file__).parent / "data" / "zeek-tls"
+    data = DATA / "zeek-tls"
 
     def ours(name: str) -> dict:
         path = str(data / name)
