@@ -46,7 +46,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from helpers import needs, require_or_skip
+from helpers import ebpf_unavailable, needs, require_or_skip
 from netns import LossyLink, netns_available
 
 from wirestream.broker import EmbeddedBroker, ensure_topics, partition_count
@@ -83,17 +83,6 @@ CONNECTOR = textwrap.dedent("""
     for _ in range(int(sys.argv[3])):
         socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5).close()
 """)
-
-
-def _ebpf_unavailable() -> str | None:
-    from wirestream.doctor import diagnose
-
-    report = diagnose(probe=True)
-    if not report.ebpf:
-        return report.ebpf_reason
-    if not report.socket_events:
-        return report.socket_events_reason
-    return None
 
 
 class Gate:
@@ -183,7 +172,7 @@ def _iperf(link: LossyLink, seconds: float, rate: str = "0") -> None:
 
 @pytest.fixture
 def ebpf() -> None:
-    reason = _ebpf_unavailable()
+    reason = ebpf_unavailable()
     if reason:
         require_or_skip(f"eBPF capture is not possible here: {reason}")
 
