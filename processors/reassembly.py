@@ -9,8 +9,9 @@ from it).
 
 The rules, in the order :meth:`StreamReassembler.segment` applies them:
 
-- A SYN sets the initial sequence number; the first data byte is ISN + 1. Without a SYN
-  (capture started mid-connection), the first data segment seen starts the stream.
+- The stream starts at :attr:`StreamReassembler.next_seq`, which the owner sets to
+  ISN + 1 when the TCP analysis knows the ISN (``l7/session.py``). Left unset (capture
+  started mid-connection), the first data segment seen starts the stream.
 - Data at or before the expected sequence number is trimmed to its new part (a
   retransmission that also carries new bytes delivers only those; a pure retransmission
   delivers nothing). Sequence numbers compare modulo 2^32.
@@ -53,7 +54,8 @@ class StreamReassembler:
         self.deliver = deliver
         self.gap = gap
         self.max_buffer = max_buffer
-        self.next_seq: int | None = None  # sequence number of the next byte to deliver
+        # Sequence number of the next byte to deliver (None: the first segment's).
+        self.next_seq: int | None = None
         self.peer_ack: int | None = None  # highest ACK the other side sent for this stream
         # seq -> (data, ts_us, missing tail bytes) of segments beyond a hole
         self.pending: dict[int, tuple[bytes, int, int]] = {}
@@ -64,11 +66,6 @@ class StreamReassembler:
         self.finished = False
 
     # --- input ---------------------------------------------------------------------------
-
-    def syn(self, seq: int) -> None:
-        """A SYN from this side: data starts at ``seq + 1`` (a retransmitted SYN changes nothing)."""
-        if self.next_seq is None:
-            self.next_seq = (seq + 1) & M32
 
     def ack(self, ack: int) -> None:
         """The peer acknowledged up to ``ack``: a hole below it will never be filled.

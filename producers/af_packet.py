@@ -168,8 +168,3 @@ class PacketRing:
             self.ring.close()
         finally:
             self.sock.close()
-
-
-def interface_names() -> list[str]:
-    """Interfaces of the current network namespace, as ``ip link`` lists them."""
-    return [name for _, name in socket.if_nameindex()]

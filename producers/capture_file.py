@@ -115,10 +115,10 @@ class CaptureReader:
     # --- chunked reading -------------------------------------------------------------
 
     def _chunks(self) -> Iterator[bytes]:
-        # Fix: read1, not read. GzipFile.read(n) throws away everything it decompressed
-        # when it hits the cut end of a truncated stream, so none of the frames before the
-        # damage were yielded; read1 returns what it has and raises on the next call.
-        # zlib.error (corrupt deflate data) is not an OSError and used to escape uncaught.
+        # read1, not read: GzipFile.read(n) throws away everything it decompressed when
+        # it hits the cut end of a truncated stream, which would lose the frames before
+        # the damage; read1 returns what it has and raises on the next call. zlib.error
+        # (corrupt deflate data) is not an OSError, so it is named.
         read = getattr(self._stream, "read1", self._stream.read)
         while True:
             try:
@@ -198,9 +198,9 @@ class CaptureReader:
                     block_head, epb_head = _BLOCK_HEAD[endian], _EPB_HEAD[endian]
                     interfaces = []  # interface ids are per section
                 btype, blen = block_head(buf, pos)
-                # Fix: a block shorter than its type's fixed fields (e.g. an EPB of 16 bytes)
-                # made struct.unpack_from below read past the block and raise struct.error
-                # at the end of the file; treat it as a corrupt length, like tshark does.
+                # A block shorter than its type's fixed fields (e.g. an EPB of 16 bytes)
+                # would make struct.unpack_from below read past the block (struct.error
+                # at the end of the file): a corrupt length, as tshark says.
                 if blen < _MIN_BLOCK.get(btype, 12) or blen % 4 or blen > _MAX_BLOCK:
                     self.problems["corrupt_block_length"] += 1
                     return
@@ -303,7 +303,7 @@ def open_capture(path: str) -> CaptureReader:
 
     try:
         head = fresh_stream().read(24)
-    except (OSError, EOFError, zlib.error) as exc:  # fix: zlib.error is not an OSError
+    except (OSError, EOFError, zlib.error) as exc:  # (zlib.error is not an OSError)
         raw.close()
         raise CaptureFileError(path, f"damaged gzip data ({exc})") from None
     if head[:4] in _PCAP_MAGICS:

@@ -33,9 +33,6 @@ Identity = dict[str, Any]
 
 ZONE_LABELS = ("topology.kubernetes.io/zone", "failure-domain.beta.kubernetes.io/zone")
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
-#: owner kinds that are workloads themselves (a ReplicaSet or Job is looked through)
-WORKLOAD_KINDS = ("Deployment", "StatefulSet", "DaemonSet", "CronJob", "Job", "ReplicaSet",
-                  "ReplicationController")
 
 
 def parse_time_us(value: Any) -> int | None:
