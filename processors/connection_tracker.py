@@ -27,7 +27,7 @@ import numpy as np
 
 from wirestream.packet_block import ACK, PROTO_TCP, SYN
 
-from .tcp_connection import TcpConnection
+from .tcp_connection import EndedBy, TcpConnection
 
 if TYPE_CHECKING:
     from .l7.session import L7Dispatcher
@@ -114,7 +114,7 @@ class ConnectionTracker:
             if flags & (SYN | ACK) == SYN and not is_new:
                 if conn.is_syn_retransmission(d, seq) is False:
                     # A new ISN on known ports: a new connection (Wireshark: ports reused).
-                    self._close(conn, "close")
+                    self._close(conn, EndedBy.CLOSE)
                     conn = self._open(key, ver, src, sport, dst, dport, ts, reused=True)
                     d = 0
             conn.on_packet(d, ts, frame, seq, ack, seglen, flags, win, wscale, is_new)
@@ -136,7 +136,7 @@ class ConnectionTracker:
             # Bounded state: make room by closing the least recently active connection.
             oldest = min(set(self._conns.values()), key=lambda c: c.last_ts)
             self.counters["evicted_for_memory"] += 1
-            self._close(oldest, "timeout")
+            self._close(oldest, EndedBy.TIMEOUT)
         conn = TcpConnection(key, ver, src, sport, dst, dport, ts, self.source_id)
         if reused:
             conn.completeness = 1  # Wireshark presets SYN on a reused-port conversation
@@ -146,7 +146,7 @@ class ConnectionTracker:
         self.counters["connections_opened"] += 1
         return conn
 
-    def _close(self, conn: TcpConnection, ended_by: str) -> None:
+    def _close(self, conn: TcpConnection, ended_by: EndedBy) -> None:
         f0, f1 = conn.flows
         for key in ((f0.ip, f0.port, f1.ip, f1.port), (f1.ip, f1.port, f0.ip, f0.port)):
             if self._conns.get(key) is conn:
@@ -173,10 +173,10 @@ class ConnectionTracker:
         """Emit ``conn`` if it is closed and past its linger time, or idle past the timeout."""
         quiet = now_us - conn.last_ts
         if conn.closed_ts is not None and quiet >= self.close_linger_us:
-            self._close(conn, "close")
+            self._close(conn, EndedBy.CLOSE)
         elif quiet >= self.idle_timeout_us:
             self.counters["idle_timeouts"] += 1
-            self._close(conn, "timeout")
+            self._close(conn, EndedBy.TIMEOUT)
         else:
             return False
         return True
@@ -194,7 +194,7 @@ class ConnectionTracker:
                 conn.interim_emitted += 1
                 self.emitted += 1
                 self.counters["interim_records"] += 1
-                self._emit(conn.to_record("open", final=False))
+                self._emit(conn.to_record(EndedBy.OPEN, final=False))
 
     def flush(self) -> None:
         """End of input: emit every connection still held."""
@@ -202,6 +202,6 @@ class ConnectionTracker:
             # Already due: as a sweep would have said (the last sweep may predate the
             # expiry, depending on batch boundaries).
             if not self._expire_if_due(conn, self._now):
-                self._close(conn, "close" if conn.closed_ts is not None else "end_of_input")
+                self._close(conn, EndedBy.CLOSE if conn.closed_ts is not None else EndedBy.END_OF_INPUT)
         if self.l7 is not None:
             self.l7.flush()

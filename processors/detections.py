@@ -1,9 +1,10 @@
 """Detections: conditions on a closed service window that raise a ``wire.alerts`` record.
 
-Each detector reads one window's aggregates (``processors.service_windows.Window``) and
-returns at most one alert per condition per service (or per service and client) per
-window, with the counts that triggered it as evidence: a storm of a thousand resets is
-one alert saying "1000", not a thousand alerts. Thresholds are :class:`Thresholds`
+Each detector reads one window's aggregates (:class:`WindowCounts`: plain counts, which
+``processors.service_windows.Window`` hands over) and returns at most one alert per
+condition per service (or per service and client) per window, with the counts that
+triggered it as evidence: a storm of a thousand resets is one alert saying "1000", not a
+thousand alerts. Thresholds are :class:`Thresholds`
 fields, settable with ``--alert-threshold NAME=VALUE`` (``wirestream process`` and
 ``analyze``).
 """
@@ -12,14 +13,11 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from .observations import BASIC_CREDENTIALS, BEARER_TOKEN, CARD_NUMBER, OTHER_PII, PASSWORD_IN_FORM
-
-if TYPE_CHECKING:
-    from .service_windows import Window
+from .findings import COUNTER_NAMES, CREDENTIALS, PII, health_band
 
 
 @dataclass
@@ -66,14 +64,10 @@ class Thresholds:
                 raise ValueError(f"alert threshold {name} needs a number, not {value!r}") from None
         return t
 
-    def args(self) -> list[str]:
-        """Command-line form of the fields that differ from the defaults."""
-        out = []
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if value != f.default:
-                out += ["--alert-threshold", f"{f.name}={value}"]
-        return out
+
+# (in Finding order: the order of the alerts' evidence and summaries)
+_CREDENTIAL_COUNTERS = tuple(COUNTER_NAMES[f] for f in CREDENTIALS)
+_PII_COUNTERS = tuple(COUNTER_NAMES[f] for f in PII)
 
 
 def alert_id(*parts: object) -> str:
@@ -82,12 +76,21 @@ def alert_id(*parts: object) -> str:
     return hashlib.sha1("|".join(map(str, parts)).encode()).hexdigest()[:20]
 
 
-def health_band(rate: float) -> str:
-    """The connection records' bands (processors.tcp_connection)."""
-    return "healthy" if rate < 0.01 else "degraded" if rate < 0.05 else "severe"
+@dataclass(frozen=True)
+class WindowCounts:
+    """What the detectors read of one closed window of one service: plain counts, so
+    that detecting needs nothing of how the windows are kept."""
+
+    start_us: int
+    length_us: int
+    #: service-wide counters (``processors.service_windows``' ``_COUNTS``)
+    counts: Mapping[str, int]
+    #: per client IP, the counters of what only that client did (auth failures, 429s,
+    #: retries, NXDOMAINs, findings by ``processors.findings.COUNTER_NAMES``)
+    clients: Mapping[str, Mapping[str, int]]
 
 
-def detect(w: Window, source_id: str, service: str, previous_health: str | None,
+def detect(w: WindowCounts, source_id: str, service: str, previous_health: str | None,
            t: Thresholds) -> Iterator[dict[str, Any]]:
     """The alerts of one closed window."""
     window = f"{w.start_us}-{w.start_us + w.length_us}"
@@ -165,14 +168,13 @@ def detect(w: Window, source_id: str, service: str, previous_health: str | None,
                         f"{client} repeated the same request to {service} {k['retries']} times "
                         f"within {t.retry_interval_us / 1e6:g} s each",
                         client, retries=k["retries"], threshold=t.retries_per_client)
-        creds = {name: k.get(name, 0) for name in ("basic_credentials", "bearer_tokens",
-                                                   "passwords_in_forms") if k.get(name)}
+        creds = {name: k[name] for name in _CREDENTIAL_COUNTERS if k.get(name)}
         if creds:
             yield alert("cleartext_credentials", "critical",
                         f"{client} sent credentials to {service} without TLS ("
                         + ", ".join(f"{n} {v}" for n, v in creds.items()) + ")",
                         client, **creds)
-        pii = {name: k.get(name, 0) for name in ("card_numbers", "other_pii") if k.get(name)}
+        pii = {name: k[name] for name in _PII_COUNTERS if k.get(name)}
         if pii:
             yield alert("pii_in_cleartext", "critical",
                         f"payment card numbers or other PII between {client} and {service} "
@@ -183,9 +185,3 @@ def detect(w: Window, source_id: str, service: str, previous_health: str | None,
                         f"{client} got {k['nxdomain']} NXDOMAIN answers from {service}",
                         client, nxdomain=k["nxdomain"], service_queries=c["dns_queries"],
                         threshold=t.nxdomain_per_client)
-
-
-#: findings bit -> per-client counter name
-FINDINGS = ((BASIC_CREDENTIALS, "basic_credentials"), (BEARER_TOKEN, "bearer_tokens"),
-            (PASSWORD_IN_FORM, "passwords_in_forms"), (CARD_NUMBER, "card_numbers"),
-            (OTHER_PII, "other_pii"))

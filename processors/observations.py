@@ -23,10 +23,9 @@ import numpy as np
 from wirestream.packet_block import partition_for
 from wirestream.topics import CONNECTIONS, DNS, TRANSACTIONS
 
-CONNECTION, TRANSACTION, DNS_QUERY = 0, 1, 2
+from .findings import findings_of
 
-# findings bits (see schemas/observation_batch.avsc)
-BASIC_CREDENTIALS, BEARER_TOKEN, PASSWORD_IN_FORM, CARD_NUMBER, OTHER_PII = 1, 2, 4, 8, 16
+CONNECTION, TRANSACTION, DNS_QUERY = 0, 1, 2
 
 #: Send what is pending for a partition (if anything, else an empty batch: event time
 #: must advance everywhere) when the watermark moved this much since the last batch
@@ -49,7 +48,8 @@ def service_of(record: dict[str, Any]) -> str:
     return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
 
 
-#: One observation: ``kind`` (CONNECTION, TRANSACTION, DNS_QUERY); ``findings`` bits;
+#: One observation: ``kind`` (CONNECTION, TRANSACTION, DNS_QUERY); ``findings``
+#: (``processors.findings.Finding`` bits);
 #: ``status`` (HTTP, 0: none); ``service``, ``client``, ``state`` (connection state,
 #: transaction error or DNS rcode; "" none): indexes into the batch's strings;
 #: ``request``: CRC-32 of the request's method, host and target (retry detection);
@@ -77,7 +77,7 @@ def _observe_connection(r: dict[str, Any]) -> Row:
 def _observe_transaction(r: dict[str, Any]) -> Row:
     latency = r["latency_us"]
     request = f"{r['method']} {r['host'] or ''}{r['path'] or ''}"
-    return (TRANSACTION, r.pop("_findings", 0), r["status"] or 0, service_of(r), r["client_ip"],
+    return (TRANSACTION, int(findings_of(r)), r["status"] or 0, service_of(r), r["client_ip"],
             r["error"] or "", zlib.crc32(request.encode("utf-8", "replace")), r["request_ts_us"],
             -1 if latency is None else latency, 0, 0, 0)
 

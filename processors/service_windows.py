@@ -31,8 +31,10 @@ from fastdigest import TDigest
 
 from wirestream.topics import ALERTS, SERVICE_METRICS
 
-from .detections import FINDINGS, Thresholds, detect, health_band
+from .detections import Thresholds, WindowCounts, detect
+from .findings import FINDING_COUNTERS, HEALTH_BANDS, health_band
 from .observations import CONNECTION, DNS_QUERY, TRANSACTION, unpack_rows
+from .tcp_connection import State
 
 log = logging.getLogger(__name__)
 Emit = Callable[[str, str | None, dict[str, Any]], None]
@@ -43,7 +45,9 @@ DIGEST_CENTROIDS = 1000
 MAX_RETRY_KEYS = 20_000
 
 _STATE = struct.Struct("<II")  # window state: JSON length, handshake RTT digest length
-_CONNECTION_STATES = ("reset", "refused", "incomplete_handshake", "half_open")
+#: connection states counted per window (an observation's state is the record's string)
+_CONNECTION_STATES = tuple(s.value for s in (State.RESET, State.REFUSED,
+                                             State.INCOMPLETE_HANDSHAKE, State.HALF_OPEN))
 _COUNTS = ("connections", "requests", "errors_4xx", "errors_5xx", "status_429", "retrans_data",
            "data_packets", "zero_window_connections", "zero_windows", "no_response",
            "dns_queries", *_CONNECTION_STATES)
@@ -93,7 +97,7 @@ class Window:
             elif value >= 0:
                 self.latency.update(float(value))
             if findings:
-                for bit, name in FINDINGS:
+                for bit, name in FINDING_COUNTERS:
                     if findings & bit:
                         self._bump(client, name)
             if ts > self.newest:
@@ -169,6 +173,9 @@ class Window:
         w.rtt = TDigest.from_bytes(data[pos:pos + n_rtt])
         w.latency = TDigest.from_bytes(data[pos + n_rtt:])
         return w
+
+    def detection_input(self) -> WindowCounts:
+        return WindowCounts(self.start_us, self.length_us, self.counts, self.clients)
 
     def record(self, source_id: str, service: str) -> dict[str, Any]:
         c = self.counts
@@ -367,7 +374,8 @@ class ServiceWindows:
         self.emit(SERVICE_METRICS, service, w.record(source_id, service))
         src.emitted[SERVICE_METRICS] += 1
         previous = src.health.get(service)
-        for alert in detect(w, source_id, service, previous, self.options.thresholds):
+        for alert in detect(w.detection_input(), source_id, service, previous,
+                            self.options.thresholds):
             self.emit(ALERTS, service, alert)
             src.emitted[ALERTS] += 1
         if w.counts["data_packets"] >= self.options.thresholds.retrans_min_data_packets:
@@ -401,7 +409,7 @@ class ServiceSummary:
         return {f"p{q}": d.quantile(q / 100) for q in (50, 90, 99)}
 
 
-_BAND_ORDER = {"healthy": 0, "degraded": 1, "severe": 2}
+_BAND_ORDER = {band: i for i, band in enumerate(HEALTH_BANDS)}
 
 
 def merge_windows(records: Iterable[dict[str, Any]], service: str | None = None,

@@ -15,9 +15,12 @@ from __future__ import annotations
 
 import hashlib
 import math
+from enum import Enum
 from typing import Any
 
 from wirestream.packet_block import ACK, FIN, RST, SYN, ip_text
+
+from .findings import health_band
 
 M32 = 0xFFFFFFFF
 HALF = 0x80000000
@@ -49,9 +52,32 @@ _NO_COUNTS: dict[str, int] = dict.fromkeys(
 # tcp.completeness bits
 C_SYN, C_SYNACK, C_ACK, C_DATA, C_FIN, C_RST = 1, 2, 4, 8, 16, 32
 
-# window scale: -1 not known (no SYN seen), -2 no scaling (a SYN without the option)
+# window scale: -1 not known (no SYN seen), -2 no scaling (a SYN without the option).
+# Not an Enum: the field is also the shift count (>= 0) itself, and is read per packet.
 WS_UNKNOWN = -1
 WS_NONE = -2
+
+
+class EndedBy(Enum):
+    """Why a connection's record is being written (``processors.connection_tracker``)."""
+
+    CLOSE = "close"  # both FINs or a RST, then quiet for the linger time (or ports reused)
+    TIMEOUT = "timeout"  # idle past the idle timeout, or evicted to bound memory
+    END_OF_INPUT = "end_of_input"  # still open when the input ended
+    OPEN = "open"  # not ended: an interim record of a connection that goes on
+
+
+class State(Enum):
+    """A connection record's ``state``; the values are the record's strings."""
+
+    COMPLETE = "complete"
+    RESET = "reset"
+    REFUSED = "refused"
+    INCOMPLETE_HANDSHAKE = "incomplete_handshake"  # a SYN never answered
+    HALF_OPEN = "half_open"  # a SYN-ACK never acknowledged
+    OPEN = "open"  # interim record
+    TIMEOUT = "timeout"
+    OPEN_AT_END = "open_at_end"
 
 # Seq comparisons modulo 2^32 (Wireshark's GT_SEQ/LT_SEQ/LE_SEQ).
 #   GT_SEQ(a, b)  <=>  (b - a) & M32 >= HALF
@@ -389,24 +415,23 @@ class TcpConnection:
             return 1, False
         return 0, False
 
-    def state(self, ended_by: str) -> str:
-        """Connection state; ``ended_by`` is 'close', 'timeout', 'end_of_input' or 'open'
-        (an interim record of a connection that goes on)."""
+    def state(self, ended_by: EndedBy) -> State:
+        """Connection state, from what was seen and why the record is written."""
         life = self.lifecycle()
         if self.rst_seen:
             if life & C_SYN and not life & C_SYNACK and not life & C_DATA:
-                return "refused"
-            return "complete" if self.rst_after_fins else "reset"
+                return State.REFUSED
+            return State.COMPLETE if self.rst_after_fins else State.RESET
         a, b = self.flows
         if a.fin and b.fin:
-            return "complete"
+            return State.COMPLETE
         if life & C_SYN and not life & C_SYNACK and not (life & (C_ACK | C_DATA | C_FIN)):
-            return "incomplete_handshake"
+            return State.INCOMPLETE_HANDSHAKE
         if life & C_SYNACK and not life & (C_ACK | C_DATA | C_FIN):
-            return "half_open"
-        if ended_by == "open":
-            return "open"
-        return "timeout" if ended_by == "timeout" else "open_at_end"
+            return State.HALF_OPEN
+        if ended_by is EndedBy.OPEN:
+            return State.OPEN
+        return State.TIMEOUT if ended_by is EndedBy.TIMEOUT else State.OPEN_AT_END
 
     def connection_id(self) -> str:
         """The id this connection's record carries (L7 records of the connection too)."""
@@ -415,7 +440,7 @@ class TcpConnection:
         return connection_id(ip_text(c.ip, self.version), c.port,
                              ip_text(s.ip, self.version), s.port, self.first_ts)
 
-    def to_record(self, ended_by: str, final: bool = True) -> dict[str, Any]:
+    def to_record(self, ended_by: EndedBy, final: bool = True) -> dict[str, Any]:
         """The ``wire.connections`` record (fields of schemas/connection.avsc)."""
         ci, _ = self.roles()
         c, s = self.flows[ci], self.flows[1 - ci]
@@ -444,7 +469,7 @@ class TcpConnection:
             "start_ts_us": self.first_ts,
             "end_ts_us": self.last_ts,
             "lifecycle": life,
-            "state": self.state(ended_by),
+            "state": self.state(ended_by).value,
             "final": final,
             "handshake_seen": life & (C_SYN | C_SYNACK | C_ACK) == (C_SYN | C_SYNACK | C_ACK),
             "handshake_rtt_us": self.ts_first_rtt or None,
@@ -457,7 +482,7 @@ class TcpConnection:
             **(self.counts or _NO_COUNTS),
             "data_packets": data_packets,
             "retransmission_rate": rate,
-            "health": "healthy" if rate < 0.01 else "degraded" if rate < 0.05 else "severe",
+            "health": health_band(rate),
             "rtt_samples": self.rtt_n,
             "rtt_min_us": self.rtt_min,
             "rtt_max_us": self.rtt_max,

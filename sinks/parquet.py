@@ -125,7 +125,6 @@ class ParquetSink(BatchSink):
                 self.counters["duplicates_skipped"] += 1
                 continue
             batch_seen.add(fp)
-            row.pop("_findings", None)
             fresh.append(row)
         if not fresh:
             return

@@ -14,8 +14,14 @@ import pytest
 from helpers import DATA
 from local_pipeline import local_windows
 from synthetic_http import http_connection, request, response, unanswered_syn, write_frames
-from wirestream.processors.detections import Thresholds
-from wirestream.processors.l7.redact import CARD, PASSWORD, SSN, body_findings
+from wirestream.processors.detections import Thresholds, WindowCounts, detect
+from wirestream.processors.findings import Finding, findings_of
+from wirestream.processors.l7.base import L7Options, StreamContext
+from wirestream.processors.l7.http import HttpAnalyzer
+from wirestream.processors.l7.redact import body_findings
+from wirestream.processors.observations import Observer, unpack_rows
+
+from wirestream.topics import TRANSACTIONS
 
 CS = DATA / "chrissanders"
 QUIET = str(CS / "http_espn.pcapng")  # 25 healthy connections, 61 HTTP transactions, DNS
@@ -161,22 +167,74 @@ def test_one_alert_per_condition_per_window_with_counts(tmp_path: Path) -> None:
     assert a["evidence"]["errors_5xx"] == "500"
 
 
+def test_findings_travel_beside_the_record_not_in_it() -> None:
+    """The analyser's findings reach the observation row, and never the record's keys
+    (which are what gets encoded and what every sink sees)."""
+    records: list[dict] = []
+    ctx = StreamContext(ips=("10.0.0.1", "10.0.0.2"), ports=(40000, 80),
+                        connection_id=lambda: "c", emit=lambda t, k, r: records.append(r),
+                        options=L7Options())
+    http = HttpAnalyzer(ctx, 0)
+    body = b"user=bob&password=hunter2&card=4111 1111 1111 1111"
+    http.on_data(0, b"POST /login HTTP/1.1\r\nHost: h\r\nAuthorization: Basic eDp5\r\n"
+                    b"Content-Type: application/x-www-form-urlencoded\r\n"
+                    b"Content-Length: %d\r\n\r\n%s" % (len(body), body), 1)
+    http.on_data(1, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", 2)
+    http.on_data(0, b"GET / HTTP/1.1\r\nHost: h\r\n\r\n", 3)
+    http.on_data(1, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", 4)
+    login, plain = records
+    assert findings_of(login) == (Finding.BASIC_CREDENTIALS | Finding.PASSWORD_IN_FORM
+                                  | Finding.CARD_NUMBER)
+    assert findings_of(plain) == 0 and type(plain) is dict
+    assert set(login) == set(plain)  # the same fields: nothing extra to encode
+    batches: list[dict] = []
+    observer = Observer(lambda part, batch: batches.append(batch), "s", 0, 1, 1)
+    for r in records:
+        r.update(source_id="s", server_service=None, server_workload=None)
+        observer.observe(TRANSACTIONS, r)
+    observer.flush(end_of_input=True)
+    (batch,) = batches
+    assert [row[1] for row in unpack_rows(batch)] == [1 | 4 | 8, 0]
+
+
 def test_body_findings() -> None:
     form = "application/x-www-form-urlencoded"
-    assert body_findings(b"user=a&password=secret", form) == PASSWORD
+    assert body_findings(b"user=a&password=secret", form) == Finding.PASSWORD_IN_FORM
     assert body_findings(b"user=a&password=", form) == 0  # an empty password is not one
-    assert body_findings(b'{"pass": "x"}', "application/json") == PASSWORD
-    assert body_findings(b"pay 4111 1111 1111 1111 now", "text/plain") == CARD
-    assert body_findings(b"name=x&ssn=078-05-1120", form) == SSN
+    assert body_findings(b'{"pass": "x"}', "application/json") == Finding.PASSWORD_IN_FORM
+    assert body_findings(b"pay 4111 1111 1111 1111 now", "text/plain") == Finding.CARD_NUMBER
+    assert body_findings(b"name=x&ssn=078-05-1120", form) == Finding.OTHER_PII
     assert body_findings(b"ssn=000-12-3456&b=666-12-3456", form) == 0
     assert body_findings(b"ssn 078-05-1120", "text/html") == 0  # only typed-in (form/JSON) bodies
     assert body_findings(b"4111111111111111", "image/png") == 0
 
 
+def test_detect_reads_plain_counts() -> None:
+    """detect() needs only counts: a window's at the default thresholds, built by hand."""
+    counts = dict.fromkeys(("connections", "requests", "errors_5xx", "no_response", "reset",
+                            "refused", "incomplete_handshake", "half_open", "data_packets",
+                            "retrans_data", "zero_window_connections", "zero_windows",
+                            "dns_queries"), 0)
+    counts.update(requests=100, errors_5xx=10, data_packets=1000, retrans_data=20)
+    clients = {"10.0.0.9": {"passwords_in_forms": 2, "basic_credentials": 1, "other_pii": 1}}
+    alerts = {a["kind"]: a for a in detect(WindowCounts(0, 10_000_000, counts, clients),
+                                           "src", "svc:80", "healthy", Thresholds())}
+    assert set(alerts) == {"retransmission_band", "errors_5xx_spike", "cleartext_credentials",
+                           "pii_in_cleartext"}
+    assert alerts["retransmission_band"]["evidence"]["band"] == "degraded"
+    creds = alerts["cleartext_credentials"]
+    assert creds["summary"].endswith("(basic_credentials 1, passwords_in_forms 2)")
+    assert creds["evidence"]["client"] == "10.0.0.9"
+    assert alerts["pii_in_cleartext"]["evidence"]["other_pii"] == "1"
+    # the same band again is no news
+    again = detect(WindowCounts(0, 10_000_000, counts, {}), "src", "svc:80", "degraded",
+                   Thresholds())
+    assert "retransmission_band" not in {a["kind"] for a in again}
+
+
 def test_thresholds_are_configurable_and_checked() -> None:
     t = Thresholds.parse(["errors_5xx=3", "errors-5xx-share=0.5"])
-    assert t.errors_5xx == 3 and t.errors_5xx_share == 0.5
-    assert t.args() == ["--alert-threshold", "errors_5xx=3", "--alert-threshold", "errors_5xx_share=0.5"]
+    assert t == Thresholds(errors_5xx=3, errors_5xx_share=0.5)  # and nothing else changed
     with pytest.raises(ValueError, match="unknown alert threshold"):
         Thresholds.parse(["nope=1"])
     with pytest.raises(ValueError, match="needs a number"):

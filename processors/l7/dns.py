@@ -100,6 +100,7 @@ import socket
 import struct
 from collections import Counter, OrderedDict
 from dataclasses import dataclass
+from enum import Enum
 from typing import Any, NamedTuple
 
 from wirestream.topics import DNS
@@ -733,6 +734,18 @@ class DnsMatcher:
 # --- DNS over TCP ------------------------------------------------------------------------
 
 
+class _Framing(Enum):
+    """The state of one direction of a DNS-over-TCP connection."""
+
+    READING = "reading"  # cutting the bytes into length-prefixed messages
+    STOPPED = "stopped"  # after a gap: where the next length prefix starts is unknown
+
+
+# Looked at per segment: a module global costs what the booleans did, the class
+# attribute ``_Framing.STOPPED`` ~200 ns more on CPython 3.11 (see l7/http.py).
+_READING, _STOPPED = _Framing.READING, _Framing.STOPPED
+
+
 class DnsTcpAnalyzer(StreamAnalyzer):
     """Cuts both directions of a DNS-over-TCP connection into messages for the matcher.
 
@@ -755,7 +768,7 @@ class DnsTcpAnalyzer(StreamAnalyzer):
         self.server = (ctx.ips[s], ctx.ports[s])
         # Bytes of each direction not yet consumed: at most one unfinished message.
         self._buf = [bytearray(), bytearray()]
-        self._stopped = [False, False]
+        self._framing = [_READING, _READING]
         self._connection_id: str | None = None
 
     @property
@@ -766,7 +779,7 @@ class DnsTcpAnalyzer(StreamAnalyzer):
         return self._connection_id
 
     def on_data(self, direction: int, data: bytes, ts_us: int) -> None:
-        if self._stopped[direction]:
+        if self._framing[direction] is _STOPPED:
             self.ctx.stats["dns_tcp_bytes_after_gap"] += len(data)
             return
         pending = self._buf[direction]
@@ -805,14 +818,14 @@ class DnsTcpAnalyzer(StreamAnalyzer):
                                 self.server[1], msg, self.connection_id)
 
     def on_gap(self, direction: int, missing: int, ts_us: int) -> None:
-        if self._stopped[direction]:
+        if self._framing[direction] is _STOPPED:
             return
         stats = self.ctx.stats
         stats["dns_tcp_gap"] += 1
         if self._buf[direction]:
             stats["dns_tcp_partial_message"] += 1
             self._buf[direction] = bytearray()
-        self._stopped[direction] = True
+        self._framing[direction] = _STOPPED
         if direction != self.client_direction and self._connection_id is not None:
             self.matcher.close_connection(self._connection_id, "gap")
 
@@ -826,6 +839,6 @@ class DnsTcpAnalyzer(StreamAnalyzer):
                 self.ctx.stats["dns_tcp_partial_message"] += 1
                 self._buf[direction] = bytearray()
         if self._connection_id is not None:
-            server_stopped = self._stopped[1 - self.client_direction]
+            server_stopped = self._framing[1 - self.client_direction] is _STOPPED
             self.matcher.close_connection(self._connection_id,
                                           "gap" if server_stopped else "no_response")

@@ -28,8 +28,9 @@ a regular expression over a body unless a cheap C-speed test (``bytes.translate`
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
 from urllib.parse import unquote_plus
+
+from ..findings import CARD_NUMBER_BIT, OTHER_PII_BIT, PASSWORD_IN_FORM_BIT
 
 REDACTED = "[REDACTED]"
 _REDACTED_B = b"[REDACTED]"
@@ -54,9 +55,6 @@ _SECRET_NAME_PARTS = ("token", "secret", "password", "passwd", "api-key", "api_k
 # An auth scheme is a short HTTP token (RFC 9110 section 11.1). A longer first word is
 # more likely a raw credential without a scheme, so it is masked as a whole.
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9!#$%&'*+.^_`|~-]{0,23}")
-# Set-Cookie attribute names (RFC 6265 section 4.1 plus common extensions).
-_COOKIE_ATTRS = frozenset({"expires", "max-age", "domain", "path", "secure", "httponly",
-                           "samesite", "priority", "partitioned", "version", "comment"})
 # Several Set-Cookie values joined with ", " (a header map): split at ", name=" only, so
 # that the comma inside "Expires=Wed, 21 Oct 2015 07:28:00 GMT" is not a split point.
 _SET_COOKIE_SPLIT = re.compile(r",\s*(?=[^=;,\s]+=)")
@@ -119,21 +117,6 @@ def redact_value(kind: int, value: str) -> str:
     if kind == SET_COOKIE:
         return _mask_set_cookie(value)
     return REDACTED
-
-
-def redact_header(name: str, value: str) -> str:
-    """The value of header ``name`` (any case) with its secrets masked."""
-    kind = header_kind(name.lower())
-    return redact_value(kind, value) if kind else value
-
-
-def redact_headers(headers: Mapping[str, str]) -> dict[str, str]:
-    """A copy of ``headers`` with the values of sensitive headers masked."""
-    out: dict[str, str] = {}
-    for name, value in headers.items():
-        kind = header_kind(name.lower())
-        out[name] = redact_value(kind, value) if kind else value
-    return out
 
 
 # ------------------------------------------------------------ query / form parameters
@@ -389,7 +372,6 @@ def redact_body(body: bytes, content_type: str | None = None, truncated: bool = 
 # What redaction would hide is also what a security team wants to hear about when it
 # crosses the network in clear: detections (processors.detections) count it per client.
 
-PASSWORD, CARD, SSN = 1, 2, 4
 _PASSWORD_NAMES = (b"password", b"passwd", b"pwd", b"pass")
 _FORM_PASSWORD = re.compile(rb"(?:^|&)[^=&]*(?:password|passwd|pwd|pass)[^=&]*=[^&]", re.I)
 _JSON_PASSWORD = re.compile(rb'"[^"]{0,64}(?:password|passwd|pwd|pass)[^"]{0,64}"\s*:\s*"[^"]', re.I)
@@ -398,9 +380,11 @@ _SSN = re.compile(rb"(?<![0-9-])(?!000|666|9)[0-9]{3}-(?!00)[0-9]{2}-(?!0000)[0-
 
 
 def body_findings(body: bytes, content_type: str | None = None) -> int:
-    """Bits of what ``body`` carries in clear: PASSWORD (a non-empty password-like field
-    of a form or JSON body), SSN (a formatted US social security number in a form or
-    JSON body), CARD (a Luhn-valid card number, in any body that is not binary).
+    """``processors.findings.Finding`` bits of what ``body`` carries in clear (as an int:
+    this runs per body): PASSWORD_IN_FORM (a non-empty password-like field of a form or
+    JSON body; the caller decides whether the body was a request's), OTHER_PII (a
+    formatted US social security number in a form or JSON body), CARD_NUMBER (a
+    Luhn-valid card number, in any body that is not binary).
 
     It runs on every body, so the costly looks are kept to where they pay: field names
     and SSNs only in form and JSON bodies (what users type in), cards behind the same
@@ -416,9 +400,9 @@ def body_findings(body: bytes, content_type: str | None = None) -> int:
         if any(name in low for name in _PASSWORD_NAMES):
             pattern = _FORM_PASSWORD if _FORM_TYPE in ct else _JSON_PASSWORD
             if pattern.search(body):
-                found |= PASSWORD
+                found |= PASSWORD_IN_FORM_BIT
         if b"-" in body and _SSN.search(body):
-            found |= SSN
+            found |= OTHER_PII_BIT
     if _candidate_runs(body, False) and _mask_cards(body, False) is not body:
-        found |= CARD
+        found |= CARD_NUMBER_BIT
     return found
