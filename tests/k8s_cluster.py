@@ -34,26 +34,24 @@ REPO = Path(__file__).resolve().parent.parent
 BUILD_SCRIPT = REPO / "scripts" / "kube-apiserver"
 TOKEN = "wirestream-test-admin-token"
 
-ENDPOINTSLICE_CRD = """
-apiVersion: apiextensions.k8s.io/v1
-kind: CustomResourceDefinition
-metadata:
-  name: endpointslices.discovery.k8s.io
-  annotations:
-    api-approved.kubernetes.io: "unapproved, test stand-in for the built-in discovery.k8s.io/v1 API"
-spec:
-  group: discovery.k8s.io
-  scope: Namespaced
-  names: {plural: endpointslices, singular: endpointslice, kind: EndpointSlice, listKind: EndpointSliceList}
-  versions:
-  - name: v1
-    served: true
-    storage: true
-    schema:
-      openAPIV3Schema:
-        type: object
-        x-kubernetes-preserve-unknown-fields: true
-"""
+
+def permissive_crd(group: str, version: str, kind: str, approval: str | None = None) -> dict:
+    """A namespaced CustomResourceDefinition serving ``kind`` in ``group``/``version`` that
+    accepts any fields: a stand-in, it validates nothing. ``approval``: the
+    ``api-approved.kubernetes.io`` annotation that a ``*.k8s.io`` group needs."""
+    plural = kind.lower() + "s"
+    metadata: dict = {"name": f"{plural}.{group}"}
+    if approval:
+        metadata["annotations"] = {"api-approved.kubernetes.io": approval}
+    schema = {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}}
+    return {"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition", "metadata": metadata,
+            "spec": {"group": group, "scope": "Namespaced",
+                     "names": {"plural": plural, "singular": kind.lower(), "kind": kind, "listKind": f"{kind}List"},
+                     "versions": [{"name": version, "served": True, "storage": True, "schema": schema}]}}
+
+
+ENDPOINTSLICE_CRD = permissive_crd("discovery.k8s.io", "v1", "EndpointSlice",
+                                   "unapproved, test stand-in for the built-in discovery.k8s.io/v1 API")
 
 
 @functools.cache
@@ -219,13 +217,12 @@ current-context: test
 
     # --- helpers ------------------------------------------------------------------------------
 
-    def create_crd(self, manifest: str) -> None:
+    def create_crd(self, manifest: dict) -> None:
         """Create a CustomResourceDefinition (through the Python client: no kubectl needed)."""
-        import yaml
         from kubernetes import client, config
 
         api = config.new_client_from_config(config_file=self.kubeconfig)
-        client.ApiextensionsV1Api(api).create_custom_resource_definition(yaml.safe_load(manifest))
+        client.ApiextensionsV1Api(api).create_custom_resource_definition(manifest)
 
     def kubectl(self, *args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
         """``kubectl --kubeconfig ... args``, with the kubectl scripts/kube-apiserver built."""

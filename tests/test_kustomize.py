@@ -16,29 +16,12 @@ from pathlib import Path
 
 import pytest
 from helpers import require_or_skip
-from k8s_cluster import ApiServer, apiserver_unavailable, k8s_tool
+from k8s_cluster import ApiServer, apiserver_unavailable, k8s_tool, permissive_crd
 
 KUSTOMIZE = Path(__file__).resolve().parent.parent / "deploy" / "kustomize"
 OVERLAYS = sorted(p.name for p in (KUSTOMIZE / "overlays").iterdir() if (p / "kustomization.yaml").exists())
 
-KAFKATOPIC_CRD = """
-apiVersion: apiextensions.k8s.io/v1
-kind: CustomResourceDefinition
-metadata:
-  name: kafkatopics.kafka.strimzi.io
-spec:
-  group: kafka.strimzi.io
-  scope: Namespaced
-  names: {plural: kafkatopics, singular: kafkatopic, kind: KafkaTopic, listKind: KafkaTopicList}
-  versions:
-  - name: v1beta2
-    served: true
-    storage: true
-    schema:
-      openAPIV3Schema:
-        type: object
-        x-kubernetes-preserve-unknown-fields: true
-"""
+KAFKATOPIC_CRD = permissive_crd("kafka.strimzi.io", "v1beta2", "KafkaTopic")
 
 
 @pytest.fixture(scope="module")
