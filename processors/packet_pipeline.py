@@ -88,7 +88,7 @@ class PacketPipeline:
                 if enrich is not None:
                     enrich(topic, record)  # Kubernetes identity: the windows key by workload
                 if observe is not None:
-                    observe(topic, record)  # before publishing: it takes internal annotations away
+                    observe(topic, record)  # the windows' view (findings ride on RecordWithFindings, never published)
                 publish(topic, key, record)
 
             def on_record(record: dict[str, Any]) -> None:
