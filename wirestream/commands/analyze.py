@@ -7,18 +7,11 @@ import gc
 import json
 import sys
 
-from wirestream.commands.common import (
-    EXIT_ERROR,
-    EXIT_OK,
-    Subparsers,
-    add_pipeline_args,
-    print_error,
-    settings_from_args,
-)
+from wirestream.commands import common
 from wirestream.config import Settings
 
 
-def add_parser(sub: Subparsers, defaults: Settings) -> argparse.ArgumentParser:
+def add_parser(sub: common.Subparsers, defaults: Settings) -> argparse.ArgumentParser:
     p = sub.add_parser(
         "analyze", help="run the whole pipeline on capture files and print a summary",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -39,7 +32,7 @@ examples:
   wirestream analyze capture.pcap --bootstrap kafka:9092 --registry http://registry:8081""",
     )
     p.add_argument("files", nargs="+", metavar="FILE", help="capture files to analyse")
-    add_pipeline_args(p, defaults)
+    common.add_pipeline_args(p, defaults)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(run=run)
     return p
@@ -54,17 +47,17 @@ def run(args: argparse.Namespace) -> int:
     # with the default thresholds the cyclic GC rescans them over and over (~30 % of the
     # decoding time). They hold no cycles; collect rarely.
     gc.set_threshold(50_000, 20, 100)
-    settings = settings_from_args(args)
+    settings = common.settings_from_args(args)
     show_progress = not args.no_progress and not args.json and sys.stderr.isatty()
     with console.progress_bars(enabled=show_progress) as progress:
         result = analyze(args.files, settings, workers=args.workers, progress=progress,
                          keep_bodies=bool(args.out))
     for err in result.failed:
-        print_error(err)
+        common.print_error(err)
     if result.failed and not result.files:
         # Nothing was read: the error lines are the whole answer (a summary of nothing,
         # all zeros, would read as if the file had been analysed and held no traffic).
-        return EXIT_ERROR
+        return common.EXIT_ERROR
     if args.out:
         write_jsonl(args.out, result.records)
     if args.json:
@@ -72,4 +65,4 @@ def run(args: argparse.Namespace) -> int:
         print()
     else:
         console.print_summary(result, top=args.top, out_dir=args.out)
-    return EXIT_ERROR if result.failed else EXIT_OK
+    return common.EXIT_ERROR if result.failed else common.EXIT_OK

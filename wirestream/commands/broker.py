@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 import time
 
-from wirestream.commands.common import Subparsers
+from wirestream.commands import common
 from wirestream.config import Settings
 
 
-def add_parser(sub: Subparsers, defaults: Settings) -> argparse.ArgumentParser:
+def add_parser(sub: common.Subparsers, defaults: Settings) -> argparse.ArgumentParser:
     p = sub.add_parser("broker", help="run the embedded broker and schema registry in the foreground",
                        description="Start the embedded Kafka-protocol broker (tansu, in memory) and schema "
                                    "registry, print their addresses, and serve until Ctrl-C.")

@@ -8,19 +8,11 @@ import json
 import sys
 from typing import Any
 
-from wirestream.commands.common import (
-    EXIT_OK,
-    StopOnSignal,
-    Subparsers,
-    add_live_args,
-    add_pipeline_args,
-    capture_options,
-    settings_from_args,
-)
+from wirestream.commands import common
 from wirestream.config import Settings
 
 
-def add_parser(sub: Subparsers, defaults: Settings) -> argparse.ArgumentParser:
+def add_parser(sub: common.Subparsers, defaults: Settings) -> argparse.ArgumentParser:
     p = sub.add_parser(
         "capture", help="capture live traffic (eBPF, or AF_PACKET) through the whole pipeline",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -58,8 +50,8 @@ examples:
   sudo wirestream capture --netns blue --iface veth0 --count 100000
   sudo wirestream capture --mode af_packet --no-l7 --bootstrap kafka:9092 --registry http://registry:8081""",
     )
-    add_live_args(p)
-    add_pipeline_args(p, defaults)
+    common.add_live_args(p)
+    common.add_pipeline_args(p, defaults)
     p.set_defaults(run=run)
     return p
 
@@ -70,8 +62,8 @@ def run(args: argparse.Namespace) -> int:
     from wirestream.sinks.jsonl import write_jsonl
 
     gc.set_threshold(50_000, 20, 100)  # as analyze: many small records, no cycles
-    settings = settings_from_args(args)
-    options = capture_options(args)
+    settings = common.settings_from_args(args)
+    options = common.capture_options(args)
 
     def notice(live: Any, phase: str) -> None:
         if phase == "opened" and live.fallback_reason:
@@ -83,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
 
     # The first Ctrl-C (or SIGTERM) ends the capture; the pipeline then finishes what was
     # captured. A second one interrupts that too.
-    stop = StopOnSignal(second_interrupts=True)
+    stop = common.StopOnSignal(second_interrupts=True)
     result = capture(options, settings, workers=args.workers, stop=stop,
                      notice=notice, keep_bodies=bool(args.out))
     if args.out:
@@ -93,4 +85,4 @@ def run(args: argparse.Namespace) -> int:
         print()
     else:
         console.print_summary(result, top=args.top, out_dir=args.out)
-    return EXIT_OK
+    return common.EXIT_OK

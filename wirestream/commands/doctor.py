@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 
-from wirestream.commands.common import EXIT_OK, Subparsers
+from wirestream.commands import common
 from wirestream.config import Settings
 
 
-def add_parser(sub: Subparsers, defaults: Settings) -> argparse.ArgumentParser:
+def add_parser(sub: common.Subparsers, defaults: Settings) -> argparse.ArgumentParser:
     p = sub.add_parser(
         "doctor", help="what this machine offers for live capture (eBPF, AF_PACKET), and why not",
         description="Check the kernel (BTF, tracefs), bcc, kernel headers, capabilities and raw "
@@ -28,11 +28,11 @@ def run(args: argparse.Namespace) -> int:
     report = diagnose(probe=not args.no_probe)
     if args.json:
         print(json.dumps(report.as_dict(), indent=2))
-        return EXIT_OK
+        return common.EXIT_OK
     width = max(len(c.name) for c in report.checks) + 1
     for c in report.checks:
         print(f"{'ok ' if c.ok else 'NO '} {c.name:{width}} {c.detail}")
     print()
     for name, mode in report.as_dict()["capture_modes"].items():  # type: ignore[union-attr]
         print(f"{name:19} {'available' if mode['available'] else 'unavailable: ' + mode['reason']}")
-    return EXIT_OK
+    return common.EXIT_OK

@@ -6,19 +6,12 @@ import argparse
 import os
 import sys
 
-from wirestream.commands.common import (
-    EXIT_OK,
-    EXIT_USAGE,
-    StopOnSignal,
-    Subparsers,
-    add_kafka_args,
-    kafka_given,
-)
+from wirestream.commands import common
 from wirestream.config import Settings
 from wirestream.errors import WirestreamError
 
 
-def add_parser(sub: Subparsers, defaults: Settings) -> argparse.ArgumentParser:
+def add_parser(sub: common.Subparsers, defaults: Settings) -> argparse.ArgumentParser:
     p = sub.add_parser(
         "k8s-watch", help="publish Kubernetes identities (IP -> pod, service, node) to wire.k8s-identity",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -45,14 +38,14 @@ examples:
                    help="kubeconfig (default: $KUBECONFIG, else in-cluster, else ~/.kube/config)")
     p.add_argument("--cluster-name", default="", metavar="NAME", help="recorded as the source of each identity")
     p.add_argument("--once", action="store_true", help="exit once the current state is published")
-    add_kafka_args(p, defaults)
+    common.add_kafka_args(p, defaults)
     p.set_defaults(run=run)
     return p
 
 
 def run(args: argparse.Namespace) -> int:
-    if not kafka_given(args, "k8s-watch", "; start them with 'wirestream broker'"):
-        return EXIT_USAGE
+    if not common.kafka_given(args, "k8s-watch", "; start them with 'wirestream broker'"):
+        return common.EXIT_USAGE
     from wirestream.broker import ensure_topics
     from wirestream.codec import AvroCodec
     from wirestream.producers.k8s_watch import IdentityPublisher, load_api_client, run_watcher
@@ -65,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
         raise WirestreamError(f"no Kubernetes API to watch: {exc}") from None
     source = args.cluster_name or api.configuration.host
     publisher = IdentityPublisher(args.bootstrap, AvroCodec(args.registry), source)
-    stop = StopOnSignal()
+    stop = common.StopOnSignal()
 
     def synced() -> None:
         print(f"wirestream k8s-watch: {source}: synced; {dict(publisher.published)} published",
@@ -74,4 +67,4 @@ def run(args: argparse.Namespace) -> int:
             stop.asked = True
 
     run_watcher(api, publisher, stop=stop, on_synced=synced)
-    return EXIT_OK
+    return common.EXIT_OK

@@ -7,19 +7,11 @@ import json
 import sys
 import time
 
-from wirestream.commands.common import (
-    EXIT_ERROR,
-    EXIT_OK,
-    EXIT_USAGE,
-    Subparsers,
-    add_kafka_args,
-    kafka_given,
-    timestamp_us,
-)
+from wirestream.commands import common
 from wirestream.config import Settings
 
 
-def add_parser(sub: Subparsers, defaults: Settings) -> argparse.ArgumentParser:
+def add_parser(sub: common.Subparsers, defaults: Settings) -> argparse.ArgumentParser:
     p = sub.add_parser(
         "percentiles", help="merge a service's windows and print its percentiles",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -34,14 +26,14 @@ examples:
   wirestream percentiles --service 10.0.0.5:80 --from 1795737470 --json""",
     )
     p.add_argument("--service", required=True, help="service name (namespace/name) or server ip:port")
-    p.add_argument("--from", dest="from_ts", type=timestamp_us, metavar="TIME",
+    p.add_argument("--from", dest="from_ts", type=common.timestamp_us, metavar="TIME",
                    help="windows starting at or after this capture time (ISO 8601 UTC, or Unix seconds)")
-    p.add_argument("--to", dest="to_ts", type=timestamp_us, metavar="TIME",
+    p.add_argument("--to", dest="to_ts", type=common.timestamp_us, metavar="TIME",
                    help="windows ending at or before this capture time")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--timeout", type=float, default=2.0, metavar="SECONDS",
                    help="stop reading after this long without a new record (default: %(default)s)")
-    add_kafka_args(p, defaults)
+    common.add_kafka_args(p, defaults)
     p.set_defaults(run=run)
     return p
 
@@ -52,8 +44,8 @@ def run(args: argparse.Namespace) -> int:
     from wirestream.reader import TopicReader
     from wirestream.topics import SERVICE_METRICS
 
-    if not kafka_given(args, "percentiles"):
-        return EXIT_USAGE
+    if not common.kafka_given(args, "percentiles"):
+        return common.EXIT_USAGE
     records = []
     last = time.monotonic()
     with TopicReader(args.bootstrap, AvroCodec(args.registry), [SERVICE_METRICS], "beginning") as r:
@@ -66,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     if merged is None:
         print(f"wirestream: no windows of {args.service} in that time range "
               f"({len(records)} of this service in {SERVICE_METRICS})", file=sys.stderr)
-        return EXIT_ERROR
+        return common.EXIT_ERROR
     out = {
         "service": merged.service, "windows": merged.windows,
         "from_ts_us": merged.first_start_us, "to_ts_us": merged.last_end_us,
@@ -77,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
     }
     if args.json:
         print(json.dumps(out, indent=2))
-        return EXIT_OK
+        return common.EXIT_OK
     print(f"{out['service']}: {out['windows']} windows from {out['from_ts_us']} to {out['to_ts_us']} "
           f"(capture time, µs); {out['connections']:,} connections, {out['requests']:,} requests, "
           f"4xx {out['errors_4xx']:,}, 5xx {out['errors_5xx']:,}, 429 {out['status_429']:,}; "
@@ -87,4 +79,4 @@ def run(args: argparse.Namespace) -> int:
         q = out[name]
         print(f"{name:16}" + "".join(f"{'-' if q[k] is None else format(q[k], ',.1f'):>14}"
                                      for k in ("p50", "p90", "p99")))
-    return EXIT_OK
+    return common.EXIT_OK

@@ -5,18 +5,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from wirestream.commands.common import (
-    EXIT_OK,
-    EXIT_USAGE,
-    StopOnSignal,
-    Subparsers,
-    add_kafka_args,
-    kafka_given,
-)
+from wirestream.commands import common
 from wirestream.config import Settings
 
 
-def add_parser(sub: Subparsers, defaults: Settings) -> argparse.ArgumentParser:
+def add_parser(sub: common.Subparsers, defaults: Settings) -> argparse.ArgumentParser:
     p = sub.add_parser("plugin", help="list and run installed processor plugins",
                        description="Processor plugins are Python packages that register a class in the "
                                    "'wirestream.processors' entry point group (see wirestream/plugins.py and "
@@ -27,7 +20,7 @@ def add_parser(sub: Subparsers, defaults: Settings) -> argparse.ArgumentParser:
     pr = plsub.add_parser("run", help="run a plugin (a consumer group named after it) until Ctrl-C")
     pr.add_argument("name", help="the plugin's entry point name")
     pr.add_argument("--group", default=None, help="consumer group (default: wirestream-plugin-NAME)")
-    add_kafka_args(pr, defaults)
+    common.add_kafka_args(pr, defaults)
     pr.set_defaults(run=run_plugin)
     return p
 
@@ -41,19 +34,19 @@ def run_list(args: argparse.Namespace) -> int:
     for name in sorted(eps):
         plugin = plugins.load(name)
         print(f"{name}: {', '.join(plugin.inputs)} -> {', '.join(plugin.outputs) or '-'}  ({eps[name].value})")
-    return EXIT_OK
+    return common.EXIT_OK
 
 
 def run_plugin(args: argparse.Namespace) -> int:
     from wirestream import plugins
 
-    if not kafka_given(args, "plugin run"):
-        return EXIT_USAGE
+    if not common.kafka_given(args, "plugin run"):
+        return common.EXIT_USAGE
     plugin = plugins.load(args.name)
-    stop = StopOnSignal()
+    stop = common.StopOnSignal()
     print(f"wirestream plugin: running {args.name}: {', '.join(plugin.inputs)} -> {', '.join(plugin.outputs)}",
           file=sys.stderr, flush=True)
     counters = plugins.run_plugin(plugin, args.bootstrap, args.registry, stop=stop,
                                   group=args.group, partitions=args.partitions)
     print(f"{args.name}: {dict(counters)}")
-    return EXIT_OK
+    return common.EXIT_OK

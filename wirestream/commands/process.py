@@ -4,20 +4,11 @@ from __future__ import annotations
 
 import argparse
 
-from wirestream.commands.common import (
-    EXIT_OK,
-    EXIT_USAGE,
-    Subparsers,
-    add_kafka_args,
-    add_l7_args,
-    add_window_args,
-    kafka_given,
-    window_options,
-)
+from wirestream.commands import common
 from wirestream.config import Settings
 
 
-def add_parser(sub: Subparsers, defaults: Settings) -> argparse.ArgumentParser:
+def add_parser(sub: common.Subparsers, defaults: Settings) -> argparse.ArgumentParser:
     p = sub.add_parser(
         "process", help="run a processor worker (Faust) against Kafka",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -36,8 +27,8 @@ several with the same --group to share the partitions.""",
                    help="idle timeout in capture time (default: %(default)s)")
     p.add_argument("--interim", type=float, default=0.0, metavar="SECONDS",
                    help="emit interim records for connections open longer than this (default: off)")
-    add_l7_args(p, defaults)
-    add_window_args(p, defaults)
+    common.add_l7_args(p, defaults)
+    common.add_window_args(p, defaults)
     p.add_argument("--plugin", action="append", default=[], metavar="NAME",
                    help="also run this processor plugin in the worker (repeatable; `wirestream plugin list`)")
     # for the workers analyze and capture start: their run's sources only, and no
@@ -45,14 +36,14 @@ several with the same --group to share the partitions.""",
     p.add_argument("--only-source-prefix", default="", help=argparse.SUPPRESS)
     p.add_argument("--response-body-cap", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("--loglevel", default="warning", help="worker log level (default: %(default)s)")
-    add_kafka_args(p, defaults)
+    common.add_kafka_args(p, defaults)
     p.set_defaults(run=run)
     return p
 
 
 def run(args: argparse.Namespace) -> int:
-    if not kafka_given(args, "process", "; start them with 'wirestream broker'"):
-        return EXIT_USAGE
+    if not common.kafka_given(args, "process", "; start them with 'wirestream broker'"):
+        return common.EXIT_USAGE
     from wirestream.kafka import ensure_topics
     from wirestream.processors.app import create_app, run_worker
     from wirestream.processors.l7.base import L7Options
@@ -66,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
                      interim_s=args.interim, source_prefix=args.only_source_prefix, l7_options=l7,
                      packet_partitions=topics.packet_partitions,
                      observation_partitions=topics.observation_partitions,
-                     window_options=window_options(args), windows=args.windows, role=args.role,
+                     window_options=common.window_options(args), windows=args.windows, role=args.role,
                      plugins=tuple(args.plugin))
     run_worker(app, loglevel=args.loglevel)
-    return EXIT_OK
+    return common.EXIT_OK

@@ -7,23 +7,11 @@ import os
 import sys
 import time
 
-from wirestream.commands.common import (
-    EXIT_ERROR,
-    EXIT_OK,
-    EXIT_USAGE,
-    StopOnSignal,
-    Subparsers,
-    add_kafka_args,
-    add_live_args,
-    capture_options,
-    kafka_given,
-    print_error,
-    settings_from_args,
-)
+from wirestream.commands import common
 from wirestream.config import Settings
 
 
-def add_parser(sub: Subparsers, defaults: Settings) -> argparse.ArgumentParser:
+def add_parser(sub: common.Subparsers, defaults: Settings) -> argparse.ArgumentParser:
     p = sub.add_parser("produce", help="publish packets to wire.packets",
                        description="Publish packets to wire.packets (batched, partitioned by connection).")
     psub = p.add_subparsers(dest="source", metavar="SOURCE", required=True)
@@ -32,21 +20,21 @@ def add_parser(sub: Subparsers, defaults: Settings) -> argparse.ArgumentParser:
     pp.add_argument("files", nargs="+", metavar="FILE")
     pp.add_argument("--snaplen", type=int, default=defaults.payload_snaplen, metavar="BYTES",
                     help="payload bytes kept per packet (default: %(default)s)")
-    add_kafka_args(pp, defaults)
+    common.add_kafka_args(pp, defaults)
     pp.set_defaults(run=run_pcap)
     pp = psub.add_parser(
         "live", help="capture live traffic into wire.packets and wire.sockets",
         description="Capture live traffic (as `wirestream capture` does: eBPF or AF_PACKET, see its --help) "
                     "and publish it for processors running elsewhere, until SIGTERM/Ctrl-C, --duration or "
                     "--count; then send end-of-input markers. This is what the capture DaemonSet runs.")
-    add_live_args(pp)
+    common.add_live_args(pp)
     pp.add_argument("--snaplen", type=int, default=defaults.payload_snaplen, metavar="BYTES",
                     help="payload bytes kept per packet (default: %(default)s)")
     pp.add_argument("--stats-interval", type=float, default=10.0, metavar="SECONDS",
                     help="publish capture counters on wire.stats this often (default: %(default)s)")
     pp.add_argument("--source-name", default=os.environ.get("WIRESTREAM_SOURCE_NAME") or os.uname().nodename,
                     help="name of this source in the records (default: $WIRESTREAM_SOURCE_NAME, else the host name)")
-    add_kafka_args(pp, defaults)
+    common.add_kafka_args(pp, defaults)
     pp.set_defaults(run=run_live)
     return p
 
@@ -58,7 +46,7 @@ def run_pcap(args: argparse.Namespace) -> int:
     from wirestream.runtime import Runtime
     from wirestream.topics import PACKETS
 
-    settings = settings_from_args(args)
+    settings = common.settings_from_args(args)
     failed = 0
     with Runtime(settings) as rt:
         if rt.embedded_broker is not None:
@@ -72,24 +60,24 @@ def run_pcap(args: argparse.Namespace) -> int:
             lambda _i: f"{os.uname().nodename}-{os.getpid()}-{time.time_ns()}", settings.payload_snaplen,
         ):
             if isinstance(r, CaptureFileError):
-                print_error(r)
+                common.print_error(r)
                 failed += 1
                 continue
             dropped = ", ".join(f"{k}={v}" for k, v in sorted(r.dropped.items())) or "none"
             print(f"{r.path}: {r.frames} frames, {r.packets} packets published as source {source_id}; "
                   f"not published: {dropped}")
-    return EXIT_ERROR if failed else EXIT_OK
+    return common.EXIT_ERROR if failed else common.EXIT_OK
 
 
 def run_live(args: argparse.Namespace) -> int:
-    if not kafka_given(args, "produce live"):
-        return EXIT_USAGE
+    if not common.kafka_given(args, "produce live"):
+        return common.EXIT_USAGE
     from wirestream.broker import ensure_topics, partition_count
     from wirestream.codec import AvroCodec
     from wirestream.producers.live_capture import open_capture, run_capture
     from wirestream.topics import LIVE_TOPICS, PACKETS
 
-    live = open_capture(capture_options(args, args.stats_interval))
+    live = open_capture(common.capture_options(args, args.stats_interval))
     if live.fallback_reason:
         print(f"wirestream produce live: {live.mode}: {live.fallback_reason}", file=sys.stderr)
     ensure_topics(args.bootstrap, LIVE_TOPICS, args.partitions)
@@ -98,7 +86,7 @@ def run_live(args: argparse.Namespace) -> int:
     source_id = f"{args.source_name}-{os.getpid()}-{time.time_ns()}"
     publisher, socket_publisher = live.publishers(args.bootstrap, codec, partitions, source_id,
                                                   f"live {args.source_name}")
-    stop = StopOnSignal()
+    stop = common.StopOnSignal()
     print(f"wirestream produce live: capturing on {live.rings_text()} ({live.mode}) as source {source_id}",
           file=sys.stderr, flush=True)
     try:
@@ -107,4 +95,4 @@ def run_live(args: argparse.Namespace) -> int:
         live.close()
     dropped = ", ".join(f"{k}={v}" for k, v in sorted(r.dropped.items())) or "none"
     print(f"{r.frames} frames, {r.packets} packets published; dropped: {dropped}")
-    return EXIT_OK
+    return common.EXIT_OK

@@ -5,20 +5,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from wirestream.commands.common import (
-    EXIT_OK,
-    EXIT_USAGE,
-    Subparsers,
-    add_kafka_args,
-    add_l7_args,
-    kafka_given,
-    timestamp_us,
-)
+from wirestream.commands import common
 from wirestream.config import Settings
 from wirestream.topics import PACKETS, SOCKETS
 
 
-def add_parser(sub: Subparsers, defaults: Settings) -> argparse.ArgumentParser:
+def add_parser(sub: common.Subparsers, defaults: Settings) -> argparse.ArgumentParser:
     p = sub.add_parser(
         "replay", help="reprocess a time range of wire.packets into fresh output (backfill)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -36,20 +28,20 @@ examples:
     )
     p.add_argument("--topic", default=PACKETS, choices=(PACKETS,),
                    help="the raw topic to replay (wire.sockets comes with it)")
-    p.add_argument("--from", dest="from_ts", type=timestamp_us, metavar="TIME",
+    p.add_argument("--from", dest="from_ts", type=common.timestamp_us, metavar="TIME",
                    help="published at or after (ISO 8601 or Unix seconds; default: the oldest kept)")
-    p.add_argument("--to", dest="to_ts", type=timestamp_us, metavar="TIME",
+    p.add_argument("--to", dest="to_ts", type=common.timestamp_us, metavar="TIME",
                    help="published before (default: now)")
     p.add_argument("--source", default="", metavar="PREFIX", help="only sources whose id starts with this")
-    add_l7_args(p, defaults)
-    add_kafka_args(p, defaults)
+    common.add_l7_args(p, defaults)
+    common.add_kafka_args(p, defaults)
     p.set_defaults(run=run)
     return p
 
 
 def run(args: argparse.Namespace) -> int:
-    if not kafka_given(args, "replay"):
-        return EXIT_USAGE
+    if not common.kafka_given(args, "replay"):
+        return common.EXIT_USAGE
     from wirestream.processors.l7.base import L7Options
     from wirestream.replay import replay
 
@@ -66,4 +58,4 @@ def run(args: argparse.Namespace) -> int:
     emitted = ", ".join(f"{n:,} -> {t}" for t, n in sorted(result.emitted.items())) or "nothing"
     print(f"replayed {result.by_topic[PACKETS]:,} packet batches and {result.by_topic[SOCKETS]:,} "
           f"socket events in {result.elapsed_s:.1f} s: {emitted}")
-    return EXIT_OK
+    return common.EXIT_OK

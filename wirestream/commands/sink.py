@@ -7,20 +7,13 @@ import os
 import sys
 from typing import Any
 
-from wirestream.commands.common import (
-    EXIT_OK,
-    EXIT_USAGE,
-    StopOnSignal,
-    Subparsers,
-    add_kafka_args,
-    kafka_given,
-)
+from wirestream.commands import common
 from wirestream.config import Settings
 from wirestream.errors import UsageError, WirestreamError
 from wirestream.topics import PARQUET_SINK_TOPICS, SIEM_SINK_TOPICS
 
 
-def add_parser(sub: Subparsers, defaults: Settings) -> argparse.ArgumentParser:
+def add_parser(sub: common.Subparsers, defaults: Settings) -> argparse.ArgumentParser:
     p = sub.add_parser("sink", help="feed output topics to a destination (data lake, ...)",
                        description="Consume output topics and write them to a destination, at least once "
                                    "(offsets committed after each successful write), each record once.")
@@ -45,7 +38,7 @@ examples:
     sp.add_argument("--group", default="wirestream-sink-parquet", help="consumer group (default: %(default)s)")
     sp.add_argument("--flush-seconds", type=float, default=30.0, metavar="S",
                     help="write at least this often (default: %(default)s)")
-    add_kafka_args(sp, defaults)
+    common.add_kafka_args(sp, defaults)
     sp.set_defaults(run=run_parquet)
     sp = ssub.add_parser(
         "siem", help="alerts (or any topic) as ECS JSON or CEF, over syslog TCP/UDP or to an HEC collector",
@@ -66,7 +59,7 @@ examples:
     sp.add_argument("--token", default=os.environ.get("WIRESTREAM_HEC_TOKEN", ""),
                     help="HEC token (default: $WIRESTREAM_HEC_TOKEN)")
     sp.add_argument("--group", default="wirestream-sink-siem", help="consumer group (default: %(default)s)")
-    add_kafka_args(sp, defaults)
+    common.add_kafka_args(sp, defaults)
     sp.set_defaults(run=run_siem)
     sp = ssub.add_parser(
         "prometheus", help="per-service series for Prometheus on /metrics",
@@ -77,14 +70,14 @@ examples:
     sp.add_argument("--max-services", type=int, default=500, metavar="N",
                     help="service label values kept; further services go to service=\"other\" (default: %(default)s)")
     sp.add_argument("--group", default="wirestream-sink-prometheus", help="consumer group (default: %(default)s)")
-    add_kafka_args(sp, defaults)
+    common.add_kafka_args(sp, defaults)
     sp.set_defaults(run=run_prometheus)
     return p
 
 
 def run_parquet(args: argparse.Namespace) -> int:
-    if not kafka_given(args, "sink"):
-        return EXIT_USAGE
+    if not common.kafka_given(args, "sink"):
+        return common.EXIT_USAGE
     try:
         import pyarrow  # noqa: F401
     except ImportError:
@@ -97,8 +90,8 @@ def run_parquet(args: argparse.Namespace) -> int:
 
 
 def run_siem(args: argparse.Namespace) -> int:
-    if not kafka_given(args, "sink"):
-        return EXIT_USAGE
+    if not common.kafka_given(args, "sink"):
+        return common.EXIT_USAGE
     from wirestream.sinks.siem import SiemSink
 
     try:
@@ -110,8 +103,8 @@ def run_siem(args: argparse.Namespace) -> int:
 
 
 def run_prometheus(args: argparse.Namespace) -> int:
-    if not kafka_given(args, "sink"):
-        return EXIT_USAGE
+    if not common.kafka_given(args, "sink"):
+        return common.EXIT_USAGE
     from wirestream.sinks.prometheus import PrometheusSink
 
     host, _, port = args.listen.rpartition(":")
@@ -124,6 +117,6 @@ def run_prometheus(args: argparse.Namespace) -> int:
 
 def _run(sink: Any) -> int:
     """Until Ctrl-C/SIGTERM; then what was written."""
-    sink.run(stop=StopOnSignal())
+    sink.run(stop=common.StopOnSignal())
     print(f"written: {dict(sink.written)}; {dict(sink.counters)}")
-    return EXIT_OK
+    return common.EXIT_OK

@@ -6,11 +6,11 @@ import argparse
 import sys
 import time
 
-from wirestream.commands.common import EXIT_OK, EXIT_USAGE, Subparsers, add_kafka_args, kafka_given
+from wirestream.commands import common
 from wirestream.config import Settings
 
 
-def add_parser(sub: Subparsers, defaults: Settings) -> argparse.ArgumentParser:
+def add_parser(sub: common.Subparsers, defaults: Settings) -> argparse.ArgumentParser:
     p = sub.add_parser("tail", help="decode a topic and print JSON lines",
                        description="Decode a wirestream topic (Avro, Confluent wire format) and print one "
                                    "JSON object per record.")
@@ -24,7 +24,7 @@ def add_parser(sub: Subparsers, defaults: Settings) -> argparse.ArgumentParser:
                    help="only records of this service (namespace/name, or the server's ip:port)")
     p.add_argument("--timeout", type=float, default=0.0, metavar="SECONDS",
                    help="stop after this long without a record (default: follow forever)")
-    add_kafka_args(p, defaults)
+    common.add_kafka_args(p, defaults)
     p.set_defaults(run=run)
     return p
 
@@ -34,8 +34,8 @@ def run(args: argparse.Namespace) -> int:
     from wirestream.reader import TopicReader
     from wirestream.sinks.jsonl import to_json_line
 
-    if not kafka_given(args, "tail"):
-        return EXIT_USAGE
+    if not common.kafka_given(args, "tail"):
+        return common.EXIT_USAGE
     from wirestream.client import where
 
     keep = where(*args.where, service=args.service) if args.where or args.service else None
@@ -55,8 +55,8 @@ def run(args: argparse.Namespace) -> int:
                 print(to_json_line(m.record), flush=True)
                 count += 1
                 if args.max and count >= args.max:
-                    return EXIT_OK
+                    return common.EXIT_OK
             if msgs:
                 last = time.monotonic()
             elif args.timeout and time.monotonic() - last > args.timeout:
-                return EXIT_OK
+                return common.EXIT_OK
