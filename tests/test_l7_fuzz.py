@@ -1,13 +1,18 @@
 """Garbage and truncated L7 bytes through the processor path (tracker → reassembly → L7).
 
-Nothing may raise out of the processor; every failure is a counted parse error; the
+Nothing may raise out of the processor; every record it emits, on any input, encodes with
+its topic's Avro schema (the production encoder) and decodes back the same; every failure
+is a counted parse error with its reason, and the counters add up to the records; the
 records of the healthy connections around the broken one still come out.
 """
 
 from __future__ import annotations
 
+import json
+import re
 import struct
 from collections import defaultdict
+from functools import cache
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -15,8 +20,17 @@ from l7_traffic import Traffic
 from wirestream.processors.connection_tracker import ConnectionTracker
 from wirestream.processors.l7.base import L7Options
 from wirestream.processors.l7.session import L7Dispatcher
+from wirestream.schemas import schema_text
 
-from wirestream.topics import CONNECTIONS, DNS, TLS, TRANSACTIONS
+from wirestream.codec import Encoder, make_encoder, make_reader
+from wirestream.topics import CONNECTIONS, DNS, TLS, TOPIC_SCHEMAS, TRANSACTIONS
+
+#: The ``error`` values each topic's records may carry (the ``error`` docs of the schemas).
+ERRORS = {
+    TRANSACTIONS: {None, "no_response", "parse_error", "gap", "truncated"},
+    DNS: {None, "no_response", "parse_error", "gap", "evicted"},
+    TLS: {None, "parse_error", "gap"},
+}
 
 GOOD_REQUEST = b"GET /ok HTTP/1.1\r\nHost: example.test\r\n\r\n"
 GOOD_RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi"
@@ -45,6 +59,55 @@ def run(traffic: Traffic) -> tuple[dict[str, list[dict]], dict[str, int]]:
     return out, dict(l7.stats)
 
 
+@cache
+def codec(topic: str) -> tuple[dict[str, object], Encoder, object]:
+    """Field names (-> default, or ``...`` for none), the production encoder and a reader
+    of ``topic``'s schema."""
+    schema = json.loads(schema_text(TOPIC_SCHEMAS[topic]))
+    fields = {f["name"]: f.get("default", ...) for f in schema["fields"]}
+    return fields, make_encoder(1, schema), make_reader(schema)
+
+
+def assert_encodes(topic: str, rec: dict) -> None:
+    """``rec`` is a valid record of ``topic``: it has every field of the schema that has
+    no default (the identity fields of a connection record are filled later), the encoder
+    the output stage uses takes it, and decoding gives back the same values."""
+    fields, encode, read = codec(topic)
+    missing = {n for n, default in fields.items() if default is ... and n not in rec}
+    assert not missing, f"{topic} record without {missing}: {rec}"
+    want = {n: rec.get(n, default) for n, default in fields.items()}
+    assert read(encode(rec), 5) == want, rec  # type: ignore[operator]
+
+
+def assert_counted(out: dict[str, list[dict]], stats: dict[str, int]) -> None:
+    """What must hold on every input: records valid and counted, failures named."""
+    for topic, records in out.items():
+        for rec in records:
+            assert_encodes(topic, rec)
+            assert rec["source_id"] == "fuzz"
+            if topic != CONNECTIONS:
+                assert rec["connection_id"] or topic == DNS, rec  # (DNS over UDP has none)
+                assert rec["error"] in ERRORS[topic], rec
+    assert stats.get("http_transactions", 0) == len(out[TRANSACTIONS]), stats
+    assert stats.get("tls_handshakes", 0) == len(out[TLS]), stats
+    # a DNS record is an answered query or one closed without a response, each counted
+    answered = sum(r["response_ts_us"] is not None for r in out[DNS])
+    assert stats.get("dns_answered", 0) == answered, stats
+    closed = {k: sum(r["error"] == k for r in out[DNS]) for k in ("no_response", "gap", "evicted")}
+    assert {k: stats.get(f"dns_{k}", 0) for k in closed} == closed, stats
+    assert len(out[DNS]) == answered + sum(closed.values())
+    for proto in ("http", "dns", "tls"):
+        # every parse error is counted once in all and once under its reason
+        reasons = {k: v for k, v in stats.items() if k.startswith(f"{proto}_parse_error.")}
+        assert stats.get(f"{proto}_parse_error", 0) == sum(reasons.values()), stats
+        assert all(re.fullmatch(rf"{proto}_parse_error\.[a-z0-9_]+", k) for k in reasons), reasons
+    for topic in (TRANSACTIONS, DNS, TLS):
+        # a record that failed to parse says so, and the failure is counted
+        failed = sum(r["error"] == "parse_error" for r in out[topic])
+        protocol = {TRANSACTIONS: "http", DNS: "dns", TLS: "tls"}[topic]
+        assert stats.get(f"{protocol}_parse_error", 0) >= failed, (topic, stats)
+
+
 def healthy(t: Traffic) -> None:
     t.tcp(("10.0.0.1", 40000), ("10.0.0.2", 80), [(0, GOOD_REQUEST), (1, GOOD_RESPONSE)])
     t.udp(("10.0.0.1", 40001), ("10.0.0.3", 53), DNS_QUERY)
@@ -62,6 +125,7 @@ def test_the_healthy_traffic_alone() -> None:
     healthy(t)
     out, stats = run(t)
     assert_healthy_records(out)
+    assert_counted(out, stats)
     assert not {k: v for k, v in stats.items() if "parse_error" in k}
 
 
@@ -88,11 +152,4 @@ def test_garbage_never_raises_is_counted_and_the_rest_comes_out(
     out, stats = run(t)
     assert_healthy_records(out)
     assert len(out[CONNECTIONS]) == 3
-    # Every L7 record is well-formed enough to encode: the connection id is known.
-    for topic in (TRANSACTIONS, TLS):
-        for rec in out[topic]:
-            assert rec["connection_id"] and rec["source_id"] == "fuzz"
-    # A transaction that failed to parse says so, and the failure is counted.
-    errors = [r for r in out[TRANSACTIONS] if r["error"] == "parse_error"]
-    if errors:
-        assert stats.get("http_parse_error", 0) >= 1
+    assert_counted(out, stats)
