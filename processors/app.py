@@ -98,10 +98,9 @@ def create_app(
 
     def enricher() -> Enricher:
         # The whole wire.k8s-identity table, read before the first record is enriched.
+        # The feed is a daemon thread that keeps the index up to date for the worker's life.
         index = IdentityIndex()
-        feed = IdentityFeed(bootstrap, codec(), index)
-        feed.start()
-        state["identity_feed"] = feed
+        IdentityFeed(bootstrap, codec(), index).start()
         return Enricher(index)
 
     def pipeline() -> PacketPipeline:
@@ -147,34 +146,33 @@ def create_app(
 def _plugin_agent(app: faust.App, state: dict[str, Any], codec: Callable[[], AvroCodec], bootstrap: str,
                   name: str) -> None:
     """Run processor plugin ``name`` (wirestream/plugins.py) inside this worker: an agent on
-    its inputs, its outputs encoded with its own schemas. Faust commits an input after the
-    agent has handled it; the outputs are flushed before that, batch by batch."""
-    from confluent_kafka import Producer
-
-    from wirestream.plugins import load
+    its inputs, its outputs encoded with its own schemas. The inputs come in batches; a
+    batch's outputs are delivered before Faust may commit its inputs (at least once, as
+    :func:`wirestream.plugins.run_plugin`)."""
+    from wirestream.kafka import WireProducer
+    from wirestream.plugins import BATCH_RECORDS, BATCH_WAIT_S, check_delivered, load, plugin_emit
 
     plugin = load(name)
     inputs = app.topic(*plugin.inputs, value_serializer="raw", key_serializer="raw")
 
     @app.agent(inputs, name=f"plugin-{name}")
     async def run_plugin(messages: faust.Stream) -> None:
-        """For each record of the plugin's inputs: hand it to the plugin."""
-        producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20, "log_level": 3})
-        encoders = {t: codec().encoder_for_schema(t, schema) for t, schema in plugin.outputs.items()}
-
-        def emit(topic: str, key: str | None, record: dict[str, Any]) -> None:
-            producer.produce(topic, encoders[topic](record), key=key.encode() if key is not None else None)
-            producer.poll(0)
-
-        async for event in messages.events():
-            try:
-                record = codec().decode(event.value)
-            except (DecodeError, RegistryError) as exc:
-                log.warning("plugin %s: skipping an undecodable message: %s", name, exc)
-                continue
-            key = event.key.decode(errors="replace") if event.key is not None else None
-            plugin.process(event.message.topic, key, record, emit)
-            producer.flush(30)
+        """For each batch of records of the plugin's inputs: hand them to the plugin, one by
+        one, then wait until what it emitted is delivered."""
+        producer = WireProducer(bootstrap, **{"linger.ms": 20})
+        emit = plugin_emit(plugin, codec(), producer)
+        # take_events acks a batch's events (so they may be committed) when the next batch
+        # is asked for, after the flush below.
+        async for batch in messages.take_events(BATCH_RECORDS, within=BATCH_WAIT_S):
+            for event in batch:
+                try:
+                    record = codec().decode(event.value)
+                except (DecodeError, RegistryError) as exc:
+                    log.warning("plugin %s: skipping an undecodable message: %s", name, exc)
+                    continue
+                key = event.key.decode(errors="replace") if event.key is not None else None
+                plugin.process(event.message.topic, key, record, emit)
+            check_delivered(plugin, producer)
 
 
 def _windows_agent(app: faust.App, state: dict[str, Any], codec: Callable[[], AvroCodec],

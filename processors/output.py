@@ -14,10 +14,8 @@ import time
 from collections import Counter
 from typing import Any
 
-from confluent_kafka import KafkaError, Producer
-from wirestream.producers.publisher import producer_config
-
-from wirestream.codec import AvroCodec, Encoder
+from wirestream.codec import AvroCodec
+from wirestream.kafka import WireProducer, add_counts
 from wirestream.topics import STATS
 
 
@@ -29,54 +27,28 @@ class OutputPublisher:
         self.stage = stage
         self.instance = f"{socket.gethostname()}:{os.getpid()}"
         # Records (HTTP bodies, header maps) compress well; lz4 costs little CPU and cuts
-        # what the broker stores and every consumer reads.
-        self._producer = Producer(producer_config(
-            bootstrap, **{"compression.type": "lz4", "linger.ms": 100, "batch.size": 1 << 20,
-                          # call _on_delivery for failures only: one Python callback per
-                          # record costs more than the produce call itself
-                          "delivery.report.only.error": True}))
-        self._encoders: dict[str, Encoder] = {}
+        # what the broker stores and every consumer reads. Lingering 100 ms into 1 MB
+        # batches saves the broker requests (docs/embedded-broker.md). WireProducer asks
+        # for failed deliveries' reports only: a Python callback per record would cost
+        # more than the produce call itself.
+        self.kafka = WireProducer(bootstrap, **{"compression.type": "lz4", "linger.ms": 100,
+                                                "batch.size": 1 << 20})
+        self._produce = self.kafka.produce  # bound once: called per record
         self.emitted: Counter[str] = Counter()
-        self.delivery_errors: Counter[str] = Counter()
-
-    def _encoder(self, topic: str) -> Encoder:
-        enc = self._encoders.get(topic)
-        if enc is None:
-            enc = self._encoders[topic] = self.codec.encoder(topic)
-        return enc
 
     def emit(self, topic: str, key: str | None, record: dict[str, Any]) -> None:
-        value = self._encoder(topic)(record)
-        k = key.encode() if key is not None else None
-        while True:
-            try:
-                self._producer.produce(topic, value, key=k, on_delivery=self._on_delivery)
-                break
-            except BufferError:
-                self._producer.poll(0.05)  # backpressure: wait for the broker
+        self._produce(topic, self.codec.encoders[topic](record), key.encode() if key is not None else None)
         self.emitted[topic] += 1
 
     def send_to_partition(self, topic: str, partition: int, record: dict[str, Any]) -> None:
         """Send one record to a given partition (internal topics; not counted as emitted)."""
-        value = self._encoder(topic)(record)
-        while True:
-            try:
-                self._producer.produce(topic, value, partition=partition, on_delivery=self._on_delivery)
-                break
-            except BufferError:
-                self._producer.poll(0.05)
+        self._produce(topic, self.codec.encoders[topic](record), None, partition)
 
     def poll(self) -> None:
-        self._producer.poll(0)
-
-    def _on_delivery(self, err: KafkaError | None, msg: Any) -> None:
-        if err is not None:
-            self.delivery_errors[f"broker_{err.name().lower()}"] += 1
+        self.kafka.poll(0)
 
     def flush(self, timeout: float = 60.0) -> None:
-        remaining = self._producer.flush(timeout)
-        if remaining:
-            self.delivery_errors["broker_undelivered"] += remaining
+        self.kafka.flush(timeout)
 
     def publish_stats(
         self,
@@ -88,8 +60,12 @@ class OutputPublisher:
         counters: dict[str, int],
         final: bool,
     ) -> dict[str, Any]:
-        """Send this stage's counters to ``wire.stats`` (after flushing its outputs)."""
+        """Send this stage's counters to ``wire.stats`` (after flushing its outputs).
+
+        The producer's delivery errors are the worker's, not the source's: each report
+        carries those since the previous report, so that summing reports counts each once."""
         self.flush()
+        dropped = add_counts(dict(dropped), self.kafka.take_delivery_errors())
         record = {
             "stage": self.stage,
             "instance": self.instance,
@@ -99,7 +75,7 @@ class OutputPublisher:
             "final": final,
             "received": received,
             "emitted": dict(emitted),
-            "dropped": {**dropped, **self.delivery_errors},
+            "dropped": dropped,
             "counters": dict(counters),
         }
         self.emit(STATS, source_id, record)

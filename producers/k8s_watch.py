@@ -27,13 +27,11 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-from confluent_kafka import Producer
-
 from wirestream.codec import AvroCodec
+from wirestream.kafka import WireProducer
 from wirestream.topics import K8S_IDENTITY
 
 from .k8s_identity import Identity, IdentityState
-from .publisher import producer_config
 
 log = logging.getLogger(__name__)
 
@@ -175,7 +173,7 @@ class IdentityPublisher:
 
     def __init__(self, bootstrap: str, codec: AvroCodec, source: str) -> None:
         self._encode = codec.encoder(K8S_IDENTITY)
-        self._producer = Producer(producer_config(bootstrap, **{"linger.ms": 20}))
+        self.kafka = WireProducer(bootstrap, **{"linger.ms": 20})
         self.source = source
         self.published: Counter[str] = Counter()
 
@@ -186,16 +184,12 @@ class IdentityPublisher:
         else:
             value = self._encode(identity_record(ip, ident, self.source))
             self.published["deleted" if ident.get("deleted_ts_us") else ident["kind"]] += 1
-        while True:
-            try:
-                self._producer.produce(K8S_IDENTITY, value, key=ip.encode())
-                break
-            except BufferError:
-                self._producer.poll(0.05)
-        self._producer.poll(0)
+        self.kafka.produce(K8S_IDENTITY, value, ip.encode())
+        self.kafka.poll(0)
 
     def flush(self, timeout: float = 30.0) -> int:
-        return int(self._producer.flush(timeout))
+        """Wait for the broker; return how many identities were not delivered in time."""
+        return self.kafka.flush(timeout)
 
 
 def identity_record(ip: str, ident: Identity, source: str) -> dict[str, Any]:

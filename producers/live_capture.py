@@ -344,7 +344,7 @@ def _fill(result: CaptureResult, capture: LiveCapture, feed: _FrameFeed, ring_st
     dropped["ring_full"] = ring_stats["ring_full"]
     counters = {"ring_packets": ring_stats["ring_packets"], "loopback_copies": feed.loopback_copies,
                 "own_traffic": feed.own_packets,
-                "backpressure_waits": feed.publisher.backpressure_waits}
+                "backpressure_waits": feed.publisher.kafka.backpressure_waits}
     kernel = capture.filter_counters()
     if kernel:
         counters.update(kernel)
@@ -353,7 +353,7 @@ def _fill(result: CaptureResult, capture: LiveCapture, feed: _FrameFeed, ring_st
         dropped["socket_events_lost"] = capture.socket_source.lost()
     if socket_publisher is not None:
         dropped.update(socket_publisher.dropped)
-        dropped.update(socket_publisher.delivery_errors)
+        dropped.update(socket_publisher.kafka.delivery_errors)
         result.socket_events = Counter(socket_publisher.published)
         counters["socket_events"] = sum(socket_publisher.published.values())
         counters["socket_events_not_connection"] = socket_publisher.skipped["not_a_connection"]

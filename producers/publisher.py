@@ -15,9 +15,8 @@ import time
 from collections import Counter
 from typing import Any
 
-from confluent_kafka import KafkaError, Producer
-
 from wirestream.codec import AvroCodec
+from wirestream.kafka import ANY_PARTITION, WireProducer, add_counts
 from wirestream.packet_block import LAYOUT_VERSION, canonical_key, pack_header, partition_for
 from wirestream.topics import PACKETS, STATS
 
@@ -26,23 +25,6 @@ from wirestream.topics import PACKETS, STATS
 DEFAULT_BATCH_PACKETS = 4096
 DEFAULT_BATCH_BYTES = 768 * 1024
 _MAX_FLOW_CACHE = 1 << 20  # bounded: cleared when full
-
-
-def producer_config(bootstrap: str, **extra: Any) -> dict[str, Any]:
-    """confluent-kafka producer settings shared by every wirestream producer."""
-    conf: dict[str, Any] = {
-        "bootstrap.servers": bootstrap,
-        "linger.ms": 5,
-        "enable.idempotence": False,  # the embedded broker's idempotence support is partial
-        "max.in.flight.requests.per.connection": 1,  # keep per-partition order on retry
-        "message.max.bytes": 4 * 1024 * 1024,
-        "queue.buffering.max.kbytes": 256 * 1024,  # bounded client memory
-        "message.timeout.ms": 60_000,
-        "log.connection.close": False,  # an idle connection closed by the broker is not news
-        "log_level": 4,  # warnings and errors; not librdkafka's informational notices
-    }
-    conf.update(extra)
-    return conf
 
 
 class _PartitionBatch:
@@ -81,13 +63,11 @@ class PacketBatchPublisher:
         self.batch_bytes = batch_bytes
         self._encode = codec.encoder(PACKETS)
         self._encode_stats = codec.encoder(STATS)
-        self._producer = Producer(producer_config(bootstrap))
+        self.kafka = WireProducer(bootstrap)  # backpressure_waits and delivery_errors: its counters
         self._batches = [_PartitionBatch() for _ in range(partitions)]
         self._flow_partition: dict[tuple, int] = {}
         self.packets = 0
         self.messages = 0
-        self.backpressure_waits = 0  # times the client's full queue made us wait
-        self.delivery_errors: Counter[str] = Counter()
 
     # --- per packet ---------------------------------------------------------------------
 
@@ -134,23 +114,9 @@ class PacketBatchPublisher:
         b.count = 0
 
     def _produce(self, topic: str, value: bytes, partition: int | None, key: bytes | None = None) -> None:
-        kwargs: dict[str, Any] = {"on_delivery": self._on_delivery}
-        if partition is not None:
-            kwargs["partition"] = partition
-        while True:
-            try:
-                self._producer.produce(topic, value, key=key, **kwargs)
-                break
-            except BufferError:
-                # The client's queue is full: wait for deliveries (backpressure), then retry.
-                self.backpressure_waits += 1
-                self._producer.poll(0.05)
+        self.kafka.produce(topic, value, key, ANY_PARTITION if partition is None else partition)
         self.messages += 1
-        self._producer.poll(0)
-
-    def _on_delivery(self, err: KafkaError | None, msg: Any) -> None:
-        if err is not None:
-            self.delivery_errors[f"broker_{err.name().lower()}"] += 1
+        self.kafka.poll(0)
 
     def finish(self, timeout: float = 60.0) -> None:
         """Send what is buffered, then an end-of-input marker to every partition."""
@@ -162,14 +128,16 @@ class PacketBatchPublisher:
         self.flush(timeout)
 
     def flush(self, timeout: float = 60.0) -> None:
-        remaining = self._producer.flush(timeout)
-        if remaining:
-            self.delivery_errors["broker_undelivered_at_exit"] += remaining
+        self.kafka.flush(timeout, undelivered="broker_undelivered_at_exit")
 
     def publish_stats(
         self, received: int, dropped: Counter[str], counters: dict[str, int] | None = None, final: bool = True
     ) -> dict[str, Any]:
-        """Publish this stage's counters on ``wire.stats``; return the record."""
+        """Publish this stage's counters on ``wire.stats``; return the record.
+
+        A producer's reports are snapshots of its totals, for its one source (``received``,
+        ``dropped``, ``counters``: since the start), and only its final one is summed with
+        other sources': so the delivery errors in a report are since the start too."""
         record = {
             "stage": self.stage,
             "instance": f"{socket.gethostname()}:{os.getpid()}",
@@ -179,7 +147,8 @@ class PacketBatchPublisher:
             "final": final,
             "received": received,
             "emitted": {PACKETS: self.packets},
-            "dropped": dict(dropped + self.delivery_errors),
+            # added key by key: a caller's broker_* count adds up, not overwritten
+            "dropped": add_counts(dict(+dropped), self.kafka.delivery_errors),
             "counters": {"batches": self.messages, **(counters or {})},
         }
         self._produce(STATS, self._encode_stats(record), None, key=self.source_id.encode())

@@ -33,13 +33,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import KafkaError, Producer
-
 from wirestream.codec import AvroCodec
+from wirestream.kafka import WireProducer
 from wirestream.packet_block import PROTO_TCP, canonical_key, partition_for
 from wirestream.topics import SOCKETS
-
-from .publisher import producer_config
 
 #: ``struct event`` of bpf/socket_events.c (104 bytes): ts_ns, skaddr, cgroup_id, pid
 #: (thread), tgid (process), kind, ret, fd, family, sport, dport, oldstate, newstate,
@@ -243,7 +240,7 @@ class SocketEventPublisher:
         self.source_id = source_id
         self.lookup = lookup or ProcessLookup()
         self._encode = codec.encoder(SOCKETS)
-        self._producer = Producer(producer_config(bootstrap, **{"linger.ms": 50}))
+        self.kafka = WireProducer(bootstrap, **{"linger.ms": 50})  # delivery_errors: its counter
         self._salt = secrets.token_bytes(16)
         # wall clock = monotonic + offset (bpf_ktime_get_ns is CLOCK_MONOTONIC)
         self._clock_offset_ns = time.time_ns() - time.monotonic_ns()
@@ -253,7 +250,6 @@ class SocketEventPublisher:
         self.published: Counter[str] = Counter()  # by kind
         self.dropped: Counter[str] = Counter()
         self.skipped: Counter[str] = Counter()  # events that are not about a connection
-        self.delivery_errors: Counter[str] = Counter()
 
     # --- raw events -----------------------------------------------------------------------
 
@@ -265,7 +261,7 @@ class SocketEventPublisher:
                 self.dropped["socket_event_malformed"] += 1
                 continue
             self._add(ev)
-        self._producer.poll(0)
+        self.kafka.poll(0)
 
     def _add(self, ev: tuple) -> None:
         kind, skaddr, family = ev[5], ev[1], ev[8]
@@ -340,7 +336,7 @@ class SocketEventPublisher:
                           cgroup_id=cgroup_id, container_id=self.lookup.container_id(cgroup_id),
                           netns=self.lookup.netns(tgid))
         part = partition_for(canonical_key(PROTO_TCP, local, lport, remote, rport), self.partitions)
-        self._produce(self._encode(record), part)
+        self.kafka.produce(SOCKETS, self._encode(record), None, part)
         self._sent_to[part] += 1
         self.published[record["kind"]] += 1
 
@@ -348,28 +344,14 @@ class SocketEventPublisher:
         digest = hashlib.blake2b(skaddr.to_bytes(8, "little"), digest_size=8, key=self._salt).digest()
         return int.from_bytes(digest, "little") >> 1  # a non-negative Avro long
 
-    def _produce(self, value: bytes, partition: int) -> None:
-        while True:
-            try:
-                self._producer.produce(SOCKETS, value, partition=partition, on_delivery=self._on_delivery)
-                return
-            except BufferError:
-                self._producer.poll(0.05)  # the client's queue is full: broker backpressure
-
-    def _on_delivery(self, err: KafkaError | None, msg: Any) -> None:
-        if err is not None:
-            self.delivery_errors[f"broker_{err.name().lower()}"] += 1
-
     def finish(self, timeout: float = 60.0) -> None:
         """Publish what is resolvable, then an end-of-input marker on every partition;
         wait until the broker has everything."""
         self.expire_pending(everything=True)
         for part in range(self.partitions):
             # the other fields take their schema defaults
-            self._produce(self._encode({
+            self.kafka.produce(SOCKETS, self._encode({
                 "source_id": self.source_id, "ts_us": time.time_ns() // 1000, "kind": "end_of_input",
                 "end_of_input": True, "events_before": self._sent_to[part],
-            }), part)
-        remaining = self._producer.flush(timeout)
-        if remaining:
-            self.delivery_errors["broker_undelivered_at_exit"] += remaining
+            }), None, part)
+        self.kafka.flush(timeout, undelivered="broker_undelivered_at_exit")

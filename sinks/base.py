@@ -22,11 +22,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from wirestream.codec import AvroCodec
 from wirestream.errors import DecodeError, RegistryError
-from wirestream.reader import group_consumer_config
+from wirestream.kafka import WireProducer, group_consumer_config
 from wirestream.topics import DEAD_LETTER
 
 log = logging.getLogger(__name__)
@@ -61,7 +61,7 @@ class BatchSink:
         self._consumer = Consumer(group_consumer_config(bootstrap, group, from_beginning,
                                                         **{"max.poll.interval.ms": 3_600_000}))
         self._consumer.subscribe(topics)
-        self._dead = Producer({"bootstrap.servers": bootstrap, "log_level": 3})
+        self._dead = WireProducer(bootstrap)
         self._batch: list[Item] = []
         self._offsets: dict[tuple[str, int], int] = {}
         self._last_flush = time.monotonic()
@@ -120,7 +120,7 @@ class BatchSink:
         log.warning("%s: dead letter %s/%d@%d: %s", self.name, topic, partition, offset, reason)
         headers = [("topic", topic.encode()), ("partition", str(partition).encode()),
                    ("offset", str(offset).encode()), ("error", reason.encode()[:1000])]
-        self._dead.produce(DEAD_LETTER, raw, key=key, headers=headers)
+        self._dead.produce(DEAD_LETTER, raw, key, headers=headers)
         self._dead.poll(0)
 
     def flush(self) -> None:
@@ -143,6 +143,9 @@ class BatchSink:
                 time.sleep(delay)
                 delay = min(BACKOFF_MAX_S, delay * 2)
         self._dead.flush(10)
+        # Dead letters the broker did not take are counted (broker_<reason>); the batch's
+        # offsets are committed anyway: the sink's own output was written.
+        self.counters.update(self._dead.take_delivery_errors())
         if self._offsets:
             try:
                 self._consumer.commit(offsets=[TopicPartition(t, p, o) for (t, p), o in self._offsets.items()],

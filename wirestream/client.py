@@ -33,7 +33,7 @@ from confluent_kafka import Consumer, KafkaException
 
 from wirestream.codec import AvroCodec
 from wirestream.errors import DecodeError, RegistryError, UsageError
-from wirestream.reader import group_consumer_config
+from wirestream.kafka import group_consumer_config
 
 Predicate = Callable[[dict[str, Any]], bool]
 

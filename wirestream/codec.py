@@ -32,6 +32,19 @@ Encoder = Callable[[dict[str, Any]], bytes]
 BodyReader = Callable[[bytes, int], dict[str, Any]]
 
 
+class _Encoders(dict[str, Encoder]):
+    """topic -> encoder of a wirestream topic, made (and its schema registered) on first
+    use. A dict, so that a lookup in a per-record path is one subscript, no Python call."""
+
+    def __init__(self, make: Callable[[str], Encoder]) -> None:
+        super().__init__()
+        self._make = make
+
+    def __missing__(self, topic: str) -> Encoder:
+        enc = self[topic] = self._make(topic)
+        return enc
+
+
 class AvroCodec:
     """Encode records for a topic and decode Confluent-framed Avro messages.
 
@@ -43,7 +56,9 @@ class AvroCodec:
     def __init__(self, registry_url: str) -> None:
         self.registry_url = registry_url
         self._client = SchemaRegistryClient({"url": registry_url, "timeout": 10})
-        self._encoders: dict[str, Encoder] = {}
+        #: topic -> its encoder, cached: ``codec.encoders[topic](record)``. Filled on
+        #: first use for wirestream topics, by :meth:`encoder_for_schema` for others.
+        self.encoders: dict[str, Encoder] = _Encoders(self._make_encoder)
         self._readers: dict[int, BodyReader] = {}
 
     def register(self, topic: str) -> int:
@@ -65,20 +80,19 @@ class AvroCodec:
 
     def encoder(self, topic: str) -> Encoder:
         """Return a function that encodes one record of ``topic`` (cached per topic)."""
-        enc = self._encoders.get(topic)
-        if enc is None:
-            schema_id = self.register(topic)
-            enc = make_encoder(schema_id, json.loads(schema_text(TOPIC_SCHEMAS[topic])))
-            self._encoders[topic] = enc
-        return enc
+        return self.encoders[topic]
+
+    def _make_encoder(self, topic: str) -> Encoder:
+        schema_id = self.register(topic)
+        return make_encoder(schema_id, json.loads(schema_text(TOPIC_SCHEMAS[topic])))
 
     def encoder_for_schema(self, topic: str, schema: dict[str, Any]) -> Encoder:
         """An encoder for a topic that is not wirestream's (a plugin's), with its own
         Avro ``schema``, registered under the topic's subject."""
-        enc = self._encoders.get(topic)
+        enc = self.encoders.get(topic)  # .get: not made from wirestream's schemas if missing
         if enc is None:
             schema_id = self.register_schema(subject_for(topic), json.dumps(schema, separators=(",", ":")))
-            enc = self._encoders[topic] = make_encoder(schema_id, schema)
+            enc = self.encoders[topic] = make_encoder(schema_id, schema)
         return enc
 
     def encode(self, topic: str, record: dict[str, Any]) -> bytes:

@@ -1,18 +1,134 @@
-"""One place for how wirestream talks to Kafka: the topics a worker needs.
+"""One place for how wirestream talks to Kafka: client settings, the producer every stage
+uses, and the topics a worker needs.
 
 ``wirestream.broker`` runs the embedded broker and holds the low-level admin calls
-(``broker.ensure_topics`` creates a list of topics); this module decides which topics a
-stage needs and with how many partitions.
+(``broker.ensure_topics`` creates a list of topics); this module holds the client side.
+
+:class:`WireProducer` is the only place that knows what to do when the client's queue is
+full (wait for the broker, then retry: backpressure, never a dropped record) and how a
+failed delivery is counted (``broker_<error name>``, a drop reason on ``wire.stats``).
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
+
+from confluent_kafka import KafkaError, Producer
 
 from wirestream import broker
 from wirestream.errors import WirestreamError
+
+# The consumers' settings live with the readers for now (wirestream.reader); every other
+# module takes them from here.
+from wirestream.reader import consumer_config, group_consumer_config
+
+__all__ = ["ANY_PARTITION", "ProcessTopics", "WireProducer", "add_counts", "consumer_config", "ensure_topics",
+           "group_consumer_config", "producer_config"]
+
+#: librdkafka's "no partition given: let the partitioner choose" (RD_KAFKA_PARTITION_UA).
+ANY_PARTITION = -1
+
+
+def producer_config(bootstrap: str, **extra: Any) -> dict[str, Any]:
+    """confluent-kafka producer settings shared by every wirestream producer; ``extra``
+    (librdkafka names) adds to them or overrides them."""
+    conf: dict[str, Any] = {
+        "bootstrap.servers": bootstrap,
+        "linger.ms": 5,
+        "enable.idempotence": False,  # the embedded broker's idempotence support is partial
+        "max.in.flight.requests.per.connection": 1,  # keep per-partition order on retry
+        "message.max.bytes": 4 * 1024 * 1024,
+        "queue.buffering.max.kbytes": 256 * 1024,  # bounded client memory
+        "message.timeout.ms": 60_000,
+        "log.connection.close": False,  # an idle connection closed by the broker is not news
+        "log_level": 4,  # warnings and errors; not librdkafka's informational notices
+    }
+    conf.update(extra)
+    return conf
+
+
+class WireProducer:
+    """A confluent-kafka producer that waits when full and counts failed deliveries.
+
+    - **backpressure**: when the client's queue is full (``BufferError``), :meth:`produce`
+      serves delivery reports for 50 ms and retries, until the record is queued; each
+      wait is counted in :attr:`backpressure_waits`;
+    - **delivery errors** are counted by reason in :attr:`delivery_errors`, as
+      ``broker_<librdkafka error name>``, and :meth:`flush` counts what it could not
+      deliver in time; :meth:`take_delivery_errors` hands them over for a stats report.
+
+    Delivery reports come for failures only (``delivery.report.only.error``): the callback
+    only counts errors, and one Python call per delivered record would cost more than the
+    produce call itself. Callers poll (:meth:`poll`) as often as fits them: once per
+    record, per batch, per read from the kernel.
+    """
+
+    def __init__(self, bootstrap: str, **config: Any) -> None:
+        """``config``: librdkafka settings on top of :func:`producer_config`'s."""
+        self._producer = Producer(producer_config(bootstrap, **{"delivery.report.only.error": True, **config}))
+        # Bound once: these run per record.
+        self._produce = self._producer.produce
+        self._deliver = self._on_delivery
+        self.delivery_errors: Counter[str] = Counter()
+        self.backpressure_waits = 0  # times the client's full queue made us wait
+
+    def produce(self, topic: str, value: bytes | None, key: bytes | None = None,
+                partition: int = ANY_PARTITION, headers: list[tuple[str, bytes]] | None = None) -> None:
+        """Queue one record (``value`` None: a tombstone); wait for room if the queue is full."""
+        try:
+            # Positional: the per-record path (the order of confluent-kafka's produce()).
+            if headers is None:
+                self._produce(topic, value, key, partition, self._deliver)
+            else:
+                self._produce(topic, value, key, partition, self._deliver, headers=headers)
+        except BufferError:
+            self._produce_when_room(topic, value, key, partition, headers)
+
+    def _produce_when_room(self, topic: str, value: bytes | None, key: bytes | None, partition: int,
+                           headers: list[tuple[str, bytes]] | None) -> None:
+        while True:
+            # The client's queue is full: serve delivery reports while the broker catches up.
+            self.backpressure_waits += 1
+            self._producer.poll(0.05)
+            try:
+                self._produce(topic, value, key, partition, self._deliver, headers=headers)
+                return
+            except BufferError:
+                continue
+
+    def poll(self, timeout: float = 0.0) -> int:
+        """Serve delivery reports (and wait up to ``timeout`` seconds for one)."""
+        return int(self._producer.poll(timeout))
+
+    def _on_delivery(self, err: KafkaError | None, msg: Any) -> None:
+        if err is not None:
+            self.delivery_errors[f"broker_{err.name().lower()}"] += 1
+
+    def flush(self, timeout: float = 60.0, undelivered: str = "broker_undelivered") -> int:
+        """Wait until everything queued is delivered (or failed); return how many records
+        were still undelivered after ``timeout`` seconds, counted as ``undelivered``."""
+        remaining = int(self._producer.flush(timeout))
+        if remaining:
+            self.delivery_errors[undelivered] += remaining
+        return remaining
+
+    def take_delivery_errors(self) -> Counter[str]:
+        """The delivery errors counted since the last call (so that each goes into one
+        stats report, and reports can be summed)."""
+        errors, self.delivery_errors = self.delivery_errors, Counter()
+        return errors
+
+
+def add_counts(into: dict[str, int], counts: dict[str, int]) -> dict[str, int]:
+    """Add ``counts`` to ``into`` key by key (a key in both is summed, not overwritten);
+    return ``into``. Zero counts already in ``into`` stay."""
+    for name, n in counts.items():
+        into[name] = into.get(name, 0) + n
+    return into
+
 
 Role = Literal["all", "packets", "windows"]
 

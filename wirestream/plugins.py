@@ -37,17 +37,20 @@ from collections.abc import Callable
 from importlib.metadata import entry_points
 from typing import Any, ClassVar
 
-from confluent_kafka import Consumer, KafkaException, Producer
+from confluent_kafka import Consumer, KafkaException
 
 from wirestream.codec import AvroCodec
 from wirestream.errors import DecodeError, RegistryError, WirestreamError
-from wirestream.producers.publisher import producer_config
-from wirestream.reader import group_consumer_config
+from wirestream.kafka import WireProducer, group_consumer_config
 
 ENTRY_POINT_GROUP = "wirestream.processors"
 log = logging.getLogger(__name__)
 
 Emit = Callable[[str, str | None, dict[str, Any]], None]
+
+#: Inputs are handled in batches of up to this many records, or what came within this
+#: many seconds: the outputs are flushed (and the inputs committed) once per batch.
+BATCH_RECORDS, BATCH_WAIT_S = 500, 0.5
 
 
 class Processor:
@@ -89,6 +92,33 @@ def load(name: str) -> Processor:
     return plugin  # type: ignore[no-any-return]
 
 
+def plugin_emit(plugin: Processor, codec: AvroCodec, producer: WireProducer,
+                counters: Counter[str] | None = None) -> Emit:
+    """The ``emit`` handed to ``plugin.process``: encodes a record with the schema of one of
+    the plugin's declared outputs (registered here) and produces it (to be flushed by the
+    caller). Emitting to any other topic is a :class:`PluginError`. ``counters`` counts
+    ``emitted.<topic>``."""
+    encoders = {topic: codec.encoder_for_schema(topic, schema) for topic, schema in plugin.outputs.items()}
+
+    def emit(topic: str, key: str | None, record: dict[str, Any]) -> None:
+        encode = encoders.get(topic)
+        if encode is None:
+            raise PluginError(f"plugin {plugin.name!r} emitted to {topic!r}, which is not in its outputs")
+        producer.produce(topic, encode(record), key.encode() if key is not None else None)
+        if counters is not None:
+            counters[f"emitted.{topic}"] += 1
+
+    return emit
+
+
+def check_delivered(plugin: Processor, producer: WireProducer, timeout: float = 30.0) -> None:
+    """Wait until what ``plugin`` emitted is delivered; raise :class:`PluginError` if some of
+    it was not (its inputs must then not be committed: at least once)."""
+    producer.flush(timeout)
+    if producer.delivery_errors:
+        raise PluginError(f"plugin {plugin.name!r}: outputs not delivered: {dict(producer.delivery_errors)}")
+
+
 def run_plugin(plugin: Processor, bootstrap: str, registry: str, stop: Callable[[], bool],
                group: str | None = None, from_beginning: bool = True, partitions: int = 4) -> Counter[str]:
     """Run ``plugin`` until ``stop()``; return its counters. Its output topics are created
@@ -97,28 +127,16 @@ def run_plugin(plugin: Processor, bootstrap: str, registry: str, stop: Callable[
 
     ensure_topics(bootstrap, list(plugin.outputs), partitions)  # a plugin's own topics: ours to create
     codec = AvroCodec(registry)
-    encoders = {topic: codec.encoder_for_schema(topic, schema) for topic, schema in plugin.outputs.items()}
     counters: Counter[str] = Counter()
     consumer = Consumer(group_consumer_config(bootstrap, group or f"wirestream-plugin-{plugin.name}",
                                               from_beginning))
-    producer = Producer(producer_config(bootstrap, **{"linger.ms": 20}))
-    failures: list[str] = []
-
-    def delivered(err: Any, msg: Any) -> None:
-        if err is not None:
-            failures.append(str(err))
-
-    def emit(topic: str, key: str | None, record: dict[str, Any]) -> None:
-        if topic not in encoders:
-            raise PluginError(f"plugin {plugin.name!r} emitted to {topic!r}, which is not in its outputs")
-        producer.produce(topic, encoders[topic](record), key=key.encode() if key is not None else None,
-                         on_delivery=delivered)
-        counters[f"emitted.{topic}"] += 1
+    producer = WireProducer(bootstrap, **{"linger.ms": 20})
+    emit = plugin_emit(plugin, codec, producer, counters)
 
     consumer.subscribe(list(plugin.inputs))
     try:
         while not stop():
-            msgs = consumer.consume(500, 0.5)
+            msgs = consumer.consume(BATCH_RECORDS, BATCH_WAIT_S)
             for msg in msgs:
                 if msg.error() or msg.value() is None:
                     continue
@@ -134,8 +152,7 @@ def run_plugin(plugin: Processor, bootstrap: str, registry: str, stop: Callable[
                 counters[f"received.{msg.topic()}"] += 1
             if msgs:
                 # At least once: inputs are committed once their outputs are delivered.
-                if producer.flush(30) or failures:
-                    raise PluginError(f"plugin {plugin.name!r}: outputs not delivered: {failures[:3]}")
+                check_delivered(plugin, producer)
                 try:
                     consumer.commit(asynchronous=False)
                 except KafkaException:
