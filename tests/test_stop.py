@@ -34,7 +34,7 @@ from netns import IP
 
 #: a large real capture (many connections, HTTP), given several times: a run of some seconds
 BIG = str(DATA / "chrissanders" / "http_espn.pcapng")
-COPIES = 8
+COPIES = 20
 EXIT_OK, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 130
 #: how long a command may take to exit once interrupted (it waits 0.5 s for its workers,
 #: 0.5 s for the broker, then kills them)
@@ -246,6 +246,23 @@ def test_ctrl_c_ends_a_capture_and_stops_everything(empty_netns, interrupts) -> 
             assert cmd.proc.returncode == EXIT_INTERRUPTED, err
             assert "wirestream: interrupted" in err.splitlines(), err
         assert "Traceback" not in err, err
+        _assert_nothing_left(cmd)
+    finally:
+        cmd.kill()
+
+
+def test_a_worker_dying_mid_capture_is_one_clear_error_and_stops_everything(empty_netns) -> None:
+    cmd = _capture(empty_netns)
+    try:
+        children = cmd.wait_for(_running)
+        for pid in _workers(children):
+            os.kill(pid, signal.SIGKILL)
+        cmd.interrupt()  # the capture ends; collecting its records finds the dead workers
+        took, out, err = cmd.finish(timeout=60)
+        assert cmd.proc.returncode == EXIT_ERROR, err
+        said = [line for line in err.splitlines() if line.startswith("wirestream: error: ")]
+        assert len(said) == 1 and said[0].startswith("wirestream: error: processor worker ") and said[0].endswith(
+            "exited with code -9:"), err
         _assert_nothing_left(cmd)
     finally:
         cmd.kill()
