@@ -134,11 +134,12 @@ class Capturing:
         finally:
             os.killpg(tansu, signal.SIGCONT)
 
-    def finish(self):
-        # The kernel hands a ring block to user space when it is full or after its
-        # timeout (10 ms); frames of the last, open block when the capture stops would
-        # be neither read nor dropped (see the report of issue 14): let it time out.
-        time.sleep(0.2)
+    def finish(self, settle_s: float = 0.2):
+        """Stop the capture ``settle_s`` after the last traffic: late frames (the last
+        ACKs) are then in the rings before it stops, not between its last read of the
+        rings and its last reading of the kernel's counters (which, with socket events,
+        are a flush of their producer apart)."""
+        time.sleep(settle_s)
         self.gate.finished = True
         self.gate.open.set()
         self.thread.join(timeout=120)
