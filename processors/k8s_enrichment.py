@@ -26,7 +26,8 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from wirestream.codec import AvroCodec
 from wirestream.errors import DecodeError, RegistryError
-from wirestream.reader import consumer_config, partitions_of
+from wirestream.kafka import consumer_config
+from wirestream.reader import partitions_of
 from wirestream.topics import CONNECTIONS, DNS, K8S_IDENTITY, RECORD_TIME, TLS, TRANSACTIONS
 
 log = logging.getLogger(__name__)

@@ -21,15 +21,40 @@ from confluent_kafka import KafkaError, Producer
 from wirestream import broker
 from wirestream.errors import WirestreamError
 
-# The consumers' settings live with the readers for now (wirestream.reader); every other
-# module takes them from here.
-from wirestream.reader import consumer_config, group_consumer_config
-
 __all__ = ["ANY_PARTITION", "ProcessTopics", "WireProducer", "add_counts", "consumer_config", "ensure_topics",
            "group_consumer_config", "producer_config"]
 
 #: librdkafka's "no partition given: let the partitioner choose" (RD_KAFKA_PARTITION_UA).
 ANY_PARTITION = -1
+
+
+def consumer_config(bootstrap: str) -> dict[str, Any]:
+    """A consumer that joins no group: it is assigned partitions (readers, replay)."""
+    return {
+        "bootstrap.servers": bootstrap,
+        "group.id": "wirestream-reader",  # required by the client; no group is joined (assign)
+        "enable.auto.commit": False,
+        "enable.partition.eof": False,
+        "fetch.wait.max.ms": 500,
+        "log_level": 3,
+        "log.connection.close": False,
+    }
+
+
+def group_consumer_config(bootstrap: str, group: str, from_beginning: bool, **extra: Any) -> dict[str, Any]:
+    """A consumer that joins consumer group ``group`` (subscriptions, sinks, plugins).
+    Offsets are committed by the caller (``enable.auto.commit`` off unless ``extra`` says
+    otherwise); a new group starts at the oldest record or the newest."""
+    conf: dict[str, Any] = {
+        "bootstrap.servers": bootstrap, "group.id": group,
+        "auto.offset.reset": "earliest" if from_beginning else "latest",
+        "enable.auto.commit": False,
+        # a member that stops is noticed within 10 s (and a join does not wait longer)
+        "session.timeout.ms": 10_000, "heartbeat.interval.ms": 2_000,
+        "log_level": 3, "log.connection.close": False,
+    }
+    conf.update(extra)
+    return conf
 
 
 def producer_config(bootstrap: str, **extra: Any) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, TopicPartiti
 from wirestream.broker import admin_client
 from wirestream.codec import AvroCodec
 from wirestream.errors import DecodeError, RegistryError
+from wirestream.kafka import consumer_config
 
 
 @dataclass
@@ -27,34 +28,6 @@ class Message:
     key: bytes | None
     record: dict[str, Any] | None  # None when the value could not be decoded
     error: str | None = None
-
-
-def consumer_config(bootstrap: str) -> dict[str, Any]:
-    return {
-        "bootstrap.servers": bootstrap,
-        "group.id": "wirestream-reader",  # required by the client; no group is joined (assign)
-        "enable.auto.commit": False,
-        "enable.partition.eof": False,
-        "fetch.wait.max.ms": 500,
-        "log_level": 3,
-        "log.connection.close": False,
-    }
-
-
-def group_consumer_config(bootstrap: str, group: str, from_beginning: bool, **extra: Any) -> dict[str, Any]:
-    """A consumer that joins consumer group ``group`` (subscriptions, sinks, plugins).
-    Offsets are committed by the caller (``enable.auto.commit`` off unless ``extra`` says
-    otherwise); a new group starts at the oldest record or the newest."""
-    conf: dict[str, Any] = {
-        "bootstrap.servers": bootstrap, "group.id": group,
-        "auto.offset.reset": "earliest" if from_beginning else "latest",
-        "enable.auto.commit": False,
-        # a member that stops is noticed within 10 s (and a join does not wait longer)
-        "session.timeout.ms": 10_000, "heartbeat.interval.ms": 2_000,
-        "log_level": 3, "log.connection.close": False,
-    }
-    conf.update(extra)
-    return conf
 
 
 def partitions_of(bootstrap: str, topics: Iterable[str], timeout: float = 10.0) -> list[TopicPartition]:

@@ -27,11 +27,12 @@ from dataclasses import dataclass, field
 from confluent_kafka import Consumer, TopicPartition
 
 from wirestream.codec import AvroCodec
+from wirestream.kafka import consumer_config
 from wirestream.processors.k8s_enrichment import Enricher, IdentityFeed, IdentityIndex
 from wirestream.processors.l7.base import L7Options
 from wirestream.processors.output import OutputPublisher
 from wirestream.processors.packet_pipeline import PacketPipeline
-from wirestream.reader import consumer_config, partitions_of
+from wirestream.reader import partitions_of
 from wirestream.topics import PACKETS, REPLAY_TOPICS, SOCKETS
 
 STAGE = "replay"
