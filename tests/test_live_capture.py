@@ -54,11 +54,20 @@ COMPARED = ("state", "packets_c2s", "packets_s2c", "bytes_c2s", "bytes_s2c", "go
             "out_of_order", "duplicate_acks", "lost_segments", "zero_window", "data_packets", "rtt_samples")
 #: times, which differ between the two packet sockets' timestamps: a sent packet has no
 #: timestamp yet when it passes the taps, and each packet socket reads the clock itself as
-#: it copies the packet (af_packet.c, tpacket_get_timestamp). Usually a few µs apart; on a
-#: loaded CI machine one handshake RTT came out 46 µs here and 418 µs in tcpdump's file,
-#: so this only catches gross errors (units, wrong packets), not µs.
+#: it copies the packet (af_packet.c, tpacket_get_timestamp), one after the other.
+#: Measured: the three tests below that compare with tcpdump, run 8-9 times each on a
+#: 2-core VM busy with other test suites (once with two more busy loops), |live - tcpdump|
+#: of each timing of each connection written out by a pytest plugin wrapping
+#: _assert_same_records: 93 connections, 279 differences, 275 of them 0-13 µs, the largest
+#: 20, 22 and 48 µs (an rtt_max_us with offloads on); the handshake RTTs themselves are
+#: 18-128 µs. So every connection's timings must agree within TIMING_TOLERANCE_US (3x the
+#: largest seen), which a wrong packet or a unit error on one RTT exceeds; but one
+#: connection per test may be off by up to TIMING_OUTLIER_US: a vCPU descheduled between
+#: the two sockets' clock reads delays one packet's timestamp (on a loaded CI machine one
+#: handshake RTT came out 46 µs here and 418 µs in tcpdump's file, commit c62ef31).
 TIMINGS = ("handshake_rtt_us", "rtt_min_us", "rtt_max_us")
-TIMING_TOLERANCE_US = 2_000
+TIMING_TOLERANCE_US = 150
+TIMING_OUTLIER_US = 1_000
 
 
 class LiveCapture:
@@ -112,11 +121,17 @@ def _by_ports(records: list[dict]) -> dict[tuple[int, int], dict]:
     return out
 
 
-def _assert_same_record(live: dict, replayed: dict) -> None:
-    key = (live["client_port"], live["server_port"])
-    assert {f: live[f] for f in COMPARED} == {f: replayed[f] for f in COMPARED}, key
-    for f in TIMINGS:
-        assert abs(live[f] - replayed[f]) <= TIMING_TOLERANCE_US, (key, f, live[f], replayed[f])
+def _assert_same_records(live: dict[tuple[int, int], dict], replayed: dict[tuple[int, int], dict]) -> None:
+    """The same connections, counter by counter; timings as close as the clocks allow."""
+    assert replayed.keys() == live.keys()
+    off = {}  # connection -> its timings that differ by more than TIMING_TOLERANCE_US
+    for key, r in live.items():
+        assert {f: r[f] for f in COMPARED} == {f: replayed[key][f] for f in COMPARED}, key
+        times = {f: (r[f], replayed[key][f]) for f in TIMINGS}
+        assert all(abs(a - b) <= TIMING_OUTLIER_US for a, b in times.values()), (key, times)
+        if any(abs(a - b) > TIMING_TOLERANCE_US for a, b in times.values()):
+            off[key] = times
+    assert len(off) <= 1, f"(live, tcpdump) timings more than {TIMING_TOLERANCE_US} µs apart: {off}"
 
 
 def _wait_quiet(link: LossyLink) -> None:
@@ -225,10 +240,9 @@ def test_ebpf_capture_on_lossy_link_matches_kernel_and_tcpdump(tmp_path) -> None
 
     # tcpdump's file through analyze: the same records
     replayed = _by_ports(_analyze(pcap, tmp_path / "analyze"))
-    assert replayed.keys() == by_port.keys()
-    for key, r in by_port.items():
-        _assert_same_record(r, replayed[key])
-        assert replayed[key]["client_pid"] is None  # a file has no processes
+    _assert_same_records(by_port, replayed)
+    for r in replayed.values():
+        assert r["client_pid"] is None  # a file has no processes
 
 
 def _capture_bulk_transfers(link: LossyLink, tmp_path: Path, *capture_args: str,
@@ -255,10 +269,8 @@ def test_fallback_to_af_packet_says_why_and_gives_the_same_records(tmp_path) -> 
     assert summary["files"][0]["format"] == "live AF_PACKET"
     records = _by_ports(live.records())
     assert sorted(s for _, s in records) == [BULK_PORT] * BULK_CONNECTIONS
-    replayed = _by_ports(_analyze(pcap, tmp_path / "analyze"))
-    assert replayed.keys() == records.keys()
-    for key, r in records.items():
-        _assert_same_record(r, replayed[key])
+    _assert_same_records(records, _by_ports(_analyze(pcap, tmp_path / "analyze")))
+    for r in records.values():
         assert r["client_pid"] is None and r["kernel_retransmissions"] is None  # no socket events
 
 
@@ -287,10 +299,7 @@ def test_ebpf_capture_with_offloads_on_handles_super_packets(tmp_path) -> None:
         # payload bytes: the request line, the bulk data, the receiver's count reply
         assert r["goodput_bytes_c2s"] == len("hello\n") + BULK_BYTES, r
         assert r["goodput_bytes_s2c"] == RESPONSE_BYTES + len(f"ok {BULK_BYTES}\n"), r
-    replayed = _by_ports(_analyze(pcap, tmp_path / "analyze"))
-    assert replayed.keys() == records.keys()
-    for key, r in records.items():
-        _assert_same_record(r, replayed[key])
+    _assert_same_records(records, _by_ports(_analyze(pcap, tmp_path / "analyze")))
 
 
 @pytest.mark.parametrize("args, says", [
