@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from wirestream.commands import COMMANDS
-from wirestream.commands.common import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_USAGE
+from wirestream.commands.common import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_USAGE, interrupt_once
 from wirestream.config import Settings
 from wirestream.errors import UsageError, WirestreamError
 
@@ -68,7 +68,8 @@ def _version() -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # SIGTERM behaves like Ctrl-C: the context managers stop what was started.
-    signal.signal(signal.SIGTERM, _interrupt)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, interrupt_once)
     try:
         return args.run(args)
     except UsageError as exc:
@@ -81,6 +82,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("wirestream: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
 
-
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt

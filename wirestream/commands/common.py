@@ -176,6 +176,16 @@ def kafka_given(args: argparse.Namespace, command: str, hint: str = "") -> bool:
     return True
 
 
+def interrupt_once(signum: int, frame: object) -> None:
+    """Signal handler: interrupt the command (KeyboardInterrupt), once. Later SIGINT and
+    SIGTERM are ignored: the interrupt starts the clean-up (``Runtime.stop``: workers,
+    registry, broker), and Ctrl-C held down must not break into it and leave processes
+    behind. The clean-up has time limits of its own (SIGKILL after a grace period)."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
+    raise KeyboardInterrupt
+
+
 class StopOnSignal:
     """For long-running commands (capture, produce live, k8s-watch, sinks, plugins):
     SIGINT/SIGTERM ask them to stop cleanly; calling it says whether one has.
@@ -189,7 +199,7 @@ class StopOnSignal:
 
     def _on_signal(self, signum: int, frame: object) -> None:
         if self.asked and self.second_interrupts:
-            raise KeyboardInterrupt
+            interrupt_once(signum, frame)
         self.asked = True
 
     def __call__(self) -> bool:
