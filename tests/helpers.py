@@ -147,3 +147,27 @@ def publish(broker: Any, registry: Any, topic: str, records: Iterable[dict[str, 
     for r in records:
         publisher.emit(topic, r[key], r)
     publisher.flush()
+
+
+#: Set to a unique value in a command's environment, it marks every process the command
+#: starts (inherited whatever their session, also once orphaned).
+TAG_VARIABLE = "WIRESTREAM_TEST_STOP"
+
+
+def tagged_processes(tag: str) -> dict[int, str]:
+    """pid -> command line of every live process whose environment carries ``tag``."""
+    found = {}
+    marker = f"{TAG_VARIABLE}={tag}".encode()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                env = f.read().split(b"\0")
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmdline = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+        except OSError:
+            continue  # gone meanwhile, or a zombie (no environment to read)
+        if marker in env:
+            found[int(entry)] = cmdline
+    return found

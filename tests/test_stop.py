@@ -29,7 +29,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from helpers import DATA, require_or_skip
+from helpers import DATA, require_or_skip, tagged_processes
 from netns import IP
 
 #: a large real capture (many connections, HTTP), given several times: a run of some seconds
@@ -39,25 +39,6 @@ EXIT_OK, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 130
 #: how long a command may take to exit once interrupted (it waits 0.5 s for its workers,
 #: 0.5 s for the broker, then kills them)
 PROMPT_S = 15.0
-
-
-def _tagged(tag: str) -> dict[int, str]:
-    """pid -> command line of every live process whose environment carries ``tag``."""
-    found = {}
-    marker = f"WIRESTREAM_TEST_STOP={tag}".encode()
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/environ", "rb") as f:
-                env = f.read().split(b"\0")
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                cmdline = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
-        except OSError:
-            continue  # gone meanwhile, or a zombie (no environment to read)
-        if marker in env:
-            found[int(entry)] = cmdline
-    return found
 
 
 class Command:
@@ -72,7 +53,7 @@ class Command:
         self.seen: dict[int, str] = {}  # every tagged process seen while it ran
 
     def children(self) -> dict[int, str]:
-        now = {pid: cmd for pid, cmd in _tagged(self.tag).items() if pid != self.proc.pid}
+        now = {pid: cmd for pid, cmd in tagged_processes(self.tag).items() if pid != self.proc.pid}
         self.seen.update(now)
         return now
 
@@ -105,7 +86,7 @@ class Command:
 
     def left(self) -> dict[int, str]:
         """Tagged processes still alive after the command exited."""
-        return _tagged(self.tag)
+        return tagged_processes(self.tag)
 
     def kill(self) -> None:
         """Test clean-up only: kill the command and whatever it left."""
