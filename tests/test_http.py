@@ -524,7 +524,7 @@ def test_header_value_without_end_is_bounded() -> None:
     for _ in range(100):
         c.req(b"a" * 1000)
     assert c.stats["http_parse_error.header_too_large"] == 1
-    assert c.a.req.mode == "resync"
+    assert c.a.req.mode.value == "resync"
     assert len(c.a.req.tail) <= c.a.req.TAIL_LIMIT
 
 
