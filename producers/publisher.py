@@ -137,7 +137,12 @@ class PacketBatchPublisher:
 
         A producer's reports are snapshots of its totals, for its one source (``received``,
         ``dropped``, ``counters``: since the start), and only its final one is summed with
-        other sources': so the delivery errors in a report are since the start too."""
+        other sources': so the delivery errors in a report are since the start too.
+
+        Only the final report is flushed (it follows the end markers: when this returns,
+        the source is delivered). A periodic one (``final`` False) is only queued: a flush
+        would hold the caller (a live capture's loop) until the broker caught up, up to
+        60 s, while the kernel ring overflows although the client's queue has room."""
         record = {
             "stage": self.stage,
             "instance": f"{socket.gethostname()}:{os.getpid()}",
@@ -152,5 +157,6 @@ class PacketBatchPublisher:
             "counters": {"batches": self.messages, **(counters or {})},
         }
         self._produce(STATS, self._encode_stats(record), None, key=self.source_id.encode())
-        self.flush()
+        if final:
+            self.flush()
         return record
