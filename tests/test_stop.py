@@ -183,6 +183,26 @@ def test_ctrl_c_held_down_mid_analyze_still_stops_everything(tmp_path) -> None:
         cmd.kill()
 
 
+def test_the_broker_dying_mid_analyze_is_one_clear_error_and_stops_everything(tmp_path) -> None:
+    """The embedded broker killed mid-run: analyze says so at once (it does not wait out its
+    stall timeout blaming the processors) and stops the workers."""
+    cmd = _analyze(tmp_path)
+    try:
+        children = cmd.wait_for(_running)
+        time.sleep(1.0)
+        assert cmd.proc.poll() is None, "analyze finished before the broker could be killed"
+        for pid in _broker(children):
+            os.kill(pid, signal.SIGKILL)
+        took, out, err = cmd.finish(timeout=60)
+        assert cmd.proc.returncode == EXIT_ERROR, err
+        said = [line for line in err.splitlines() if line.startswith("wirestream: error: ")]
+        assert len(said) == 1 and "the embedded broker exited" in said[0], err
+        assert took < 30, f"took {took:.1f} s to notice"
+        _assert_nothing_left(cmd)
+    finally:
+        cmd.kill()
+
+
 def test_analyze_killed_outright_takes_the_broker_and_the_workers_with_it(tmp_path) -> None:
     """SIGKILL (the OOM killer, a CI time-out) gives analyze no chance to clean up: the
     broker and the workers, in sessions of their own, go on their parent's death alone

@@ -107,6 +107,10 @@ class EmbeddedBroker:
         self.stop()
         raise BrokerStartError(f"embedded broker did not listen on {self.bootstrap} within {timeout:.0f} s")
 
+    def exit_code(self) -> int | None:
+        """The broker process's exit code if it has exited on its own, else None."""
+        return None if self._proc is None else self._proc.poll()
+
     def stop(self) -> None:
         proc, self._proc = self._proc, None
         if proc is None or proc.poll() is not None:

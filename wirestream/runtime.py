@@ -97,7 +97,10 @@ class Runtime:
             log.close()
 
     def dead_worker(self) -> str | None:
-        """If a worker has exited, return the tail of its log."""
+        """If the embedded broker or a worker has exited, say so (a worker: with the tail
+        of its log). Waiting for their reports would only time out."""
+        if self.embedded_broker is not None and (code := self.embedded_broker.exit_code()) is not None:
+            return f"the embedded broker exited with code {code} (log: {self.workdir / 'broker.log'})"
         for i, w in enumerate(self.workers):
             if w.poll() is not None:
                 tail = (self.workdir / f"worker-{i}.log").read_text(errors="replace")[-2000:]
