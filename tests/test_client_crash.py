@@ -160,10 +160,6 @@ def test_a_crashed_subscribers_unfinished_records_come_again_in_its_group(crashe
     assert set(c.again) <= set(c.ids)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "client.Subscription.commit()/close() commit the whole batch that poll() fetched "
-    "(self._taken is set to the batch's last message before __iter__ has handed the batch "
-    "out), so records not yet handed out are committed and lost after a crash"))
 def test_commit_mid_loop_commits_only_what_was_handed_out(crashes) -> None:
     """commit() says "commit now what has been handed out": after commit() at record 10
     and a crash at record 20, the group gets again records 11..40 (at least 20..40), and

@@ -12,7 +12,9 @@
   Kafka consumers do; each group gets every record once.
 - **At least once**: a record's offset is committed only after the loop has asked for the
   next record (or on :meth:`Subscription.commit`/close), so a consumer that crashes
-  while handling a record gets it again.
+  while handling a record gets it again. ``commit()`` and close commit exactly the
+  records handed out so far (the one in hand included), never ones fetched but not yet
+  reached by the loop.
 - **Bad records** (not Avro, unknown schema) are not raised: they come with ``value``
   None and ``error`` set, and the subscription goes on; filters skip them.
 
@@ -29,7 +31,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaException
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from wirestream.codec import AvroCodec
 from wirestream.errors import DecodeError, RegistryError, UsageError
@@ -132,7 +134,9 @@ def where(*conditions: str, service: str | None = None) -> Predicate:
 # --- subscriptions ----------------------------------------------------------------------------
 
 class Subscription:
-    """Decoded records of ``topics`` for consumer group ``group``; iterate it."""
+    """Decoded records of ``topics`` for consumer group ``group``; iterate it (or call
+    :meth:`poll`). What is committed is what has been handed out: by the iterator, each
+    record as it is yielded; by :meth:`poll`, its whole batch."""
 
     def __init__(self, topics: Iterable[str], group: str, bootstrap: str | None = None,
                  registry: str | None = None, from_beginning: bool = False,
@@ -149,17 +153,29 @@ class Subscription:
         self._consumer = Consumer(group_consumer_config(
             bootstrap, group, from_beginning, **{"enable.auto.commit": True, "enable.auto.offset.store": False}))
         self._consumer.subscribe(self.topics)
-        self._taken: Any = None  # the last message handed out, stored on the next call
+        # (topic, partition) -> the offset after the last record handed out, not yet stored.
+        # Kept per record rather than per batch: a batch is fetched whole but handed out one
+        # record at a time, and committing its end would commit records never reached.
+        self._handed: dict[tuple[str, int], int] = {}
 
     def poll(self, timeout: float = 1.0, max_records: int = 500) -> list[Record]:
         """Records that arrived within ``timeout`` (possibly none), filtered. Taking them
-        marks the previous batch as handled."""
-        self._store_taken()
+        marks the previous batch as handled; the batch returned counts as handed out."""
+        out, ends = self._fetch(timeout, max_records)
+        self._handed.update(ends)
+        return out
+
+    def _fetch(self, timeout: float, max_records: int) -> tuple[list[Record], dict[tuple[str, int], int]]:
+        """The next batch, filtered, and per partition the offset after its last message
+        (filtered out ones included, so a partition whose records all fail the filter still
+        moves on). Stores what was handed out before: the caller is asking for more."""
+        self._store_handed()
         out = []
+        ends: dict[tuple[str, int], int] = {}
         for msg in self._consumer.consume(max_records, timeout):
             if msg.error():
                 continue
-            self._taken = msg
+            ends[(msg.topic(), msg.partition())] = msg.offset() + 1
             value, error = None, None
             if msg.value() is not None:
                 try:
@@ -171,23 +187,32 @@ class Subscription:
             key = msg.key().decode(errors="replace") if msg.key() is not None else None
             out.append(Record(msg.topic(), msg.partition(), msg.offset(), key, value,
                               msg.timestamp()[1], error))
-        return out
+        return out, ends
 
     def __iter__(self) -> Iterator[Record]:
+        handed = self._handed  # the same dict throughout: _store_handed clears, never rebinds
         while True:
-            yield from self.poll()
+            batch, ends = self._fetch(1.0, 500)
+            for record in batch:
+                handed[(record.topic, record.partition)] = record.offset + 1
+                yield record
+            # the loop asked for the record after the batch's last: the whole batch, the
+            # messages the filter skipped after it included, is handled
+            handed.update(ends)
 
-    def _store_taken(self) -> None:
-        if self._taken is not None:
+    def _store_handed(self) -> None:
+        if self._handed:
+            offsets = [TopicPartition(topic, partition, offset)
+                       for (topic, partition), offset in self._handed.items()]
+            self._handed.clear()
             try:
-                self._consumer.store_offsets(message=self._taken)
+                self._consumer.store_offsets(offsets=offsets)
             except KafkaException:
                 pass  # the partition moved to another member: it will redeliver
-            self._taken = None
 
     def commit(self) -> None:
         """Commit now what has been handed out (otherwise: every 5 s, and at close)."""
-        self._store_taken()
+        self._store_handed()
         try:
             self._consumer.commit(asynchronous=False)
         except KafkaException:
