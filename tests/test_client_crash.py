@@ -170,3 +170,27 @@ def test_commit_mid_loop_commits_only_what_was_handed_out(crashes) -> None:
     assert not_finished <= set(c.again), f"lost: {len(not_finished - set(c.again))} of {len(not_finished)}"
     assert not set(c.took[:10]) & set(c.again), "records committed before the crash came again"
     assert len(c.again) == len(set(c.again))
+
+
+class _HandlingFailed(Exception):
+    pass
+
+
+def test_a_record_whose_handling_raises_comes_again(broker, registry) -> None:
+    """The loop's body raises on its 5th record inside ``with subscribe(...)``: leaving the
+    block commits the 4 records before it, not the one that failed."""
+    source = f"raise-{uuid.uuid4().hex[:8]}"
+    group = f"g-{source}"
+    ids = _publish(broker, registry, source)
+    took: list[str] = []
+    with pytest.raises(_HandlingFailed):
+        with subscribe([TRANSACTIONS], group, broker.bootstrap, registry.url, from_beginning=True,
+                       where=where(f"source_id=={source}")) as records:
+            for r in records:
+                took.append(r.value["connection_id"])
+                if len(took) == 5:
+                    raise _HandlingFailed
+    again = _resubscribe(broker, registry, group, source, want=set(ids) - set(took[:4]))
+    assert took[4] in again, "the record whose handling failed was committed"
+    assert not set(took[:4]) & set(again), "records handled before the failure came again"
+    assert set(ids) - set(took[:4]) <= set(again)

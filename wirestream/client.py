@@ -157,6 +157,7 @@ class Subscription:
         # Kept per record rather than per batch: a batch is fetched whole but handed out one
         # record at a time, and committing its end would commit records never reached.
         self._handed: dict[tuple[str, int], int] = {}
+        self._in_hand: Record | None = None  # the record the caller's loop is handling
 
     def poll(self, timeout: float = 1.0, max_records: int = 500) -> list[Record]:
         """Records that arrived within ``timeout`` (possibly none), filtered. Taking them
@@ -195,6 +196,7 @@ class Subscription:
             batch, ends = self._fetch(1.0, 500)
             for record in batch:
                 handed[(record.topic, record.partition)] = record.offset + 1
+                self._in_hand = record
                 yield record
             # the loop asked for the record after the batch's last: the whole batch, the
             # messages the filter skipped after it included, is handled
@@ -225,7 +227,12 @@ class Subscription:
     def __enter__(self) -> Subscription:
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        record = self._in_hand
+        if exc_type is not None and record is not None:
+            # The loop's body failed on the record in hand: it was not handled, so it is
+            # not committed and comes again (to this group's next member, or after a restart).
+            self._handed[(record.topic, record.partition)] = record.offset
         self.close()
 
 
