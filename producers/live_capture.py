@@ -50,6 +50,10 @@ HEADER_ROOM = 256
 FILTER_COUNTERS = ("filter_seen", "filter_passed", "loopback_copies", "non_ip", "gso_packets", "gso_segments")
 CLONE_NEWNET = 0x40000000
 MODES = ("auto", "ebpf", "af_packet")
+#: at the end of a capture, how long to wait for the kernel to hand over frames it has
+#: counted but still holds in a partly filled block (it does so after the ring's block
+#: timeout, 10 ms): waited for only while the counts differ
+FINAL_DRAIN_S = 0.5
 
 
 @dataclass
@@ -265,6 +269,21 @@ class _FrameFeed:
         if ts_us is not None:
             self.last_ts = ts_us
 
+    @property
+    def ring_frames(self) -> int:
+        """Frames taken from the rings: the kernel's ``ring_packets`` less ``ring_full``."""
+        return self.frames + self.loopback_copies
+
+
+@dataclass
+class _KernelCounts:
+    """The kernel's counters of a capture as of the last :func:`_account`: one snapshot,
+    so that a report's figures are of the same moment (frames read are counted to then)."""
+
+    ring_packets: int = 0
+    ring_full: int = 0
+    filter: dict[str, int] = field(default_factory=dict)  # the eBPF filter's, if any
+
 
 def run_capture(
     capture: LiveCapture,
@@ -291,7 +310,7 @@ def run_capture(
     deadline = started + options.duration_s if options.duration_s else None
     max_packets = options.max_packets or 0
     next_stats = started + options.stats_interval_s
-    ring_stats: Counter[str] = Counter()
+    kernel = _KernelCounts()
     sockets = capture.socket_source if socket_publisher is not None else None
     try:
         while True:
@@ -304,8 +323,8 @@ def run_capture(
             now = time.monotonic()
             if now >= next_stats:
                 next_stats = now + options.stats_interval_s
-                _account(capture, ring_stats)
-                _fill(result, capture, feed, ring_stats, socket_publisher)
+                _account(capture, kernel)
+                _fill(result, capture, feed, kernel, socket_publisher)
                 publisher.publish_stats(feed.frames, result.dropped, result.counters, final=False)
                 if progress is not None:
                     progress(result)
@@ -314,41 +333,56 @@ def run_capture(
                 break
     except KeyboardInterrupt:
         pass  # Ctrl-C / SIGTERM: the normal way to end a live capture; finish cleanly
-    # What is still in the rings and the BPF ring buffer belongs to this capture.
-    for ring in capture.rings:
-        feed.drain(ring)
+    # What is still in the rings and the BPF ring buffer belongs to this capture. The
+    # kernel's counters are read right after the last read of the rings, before the
+    # flushes: a frame arriving during a flush would be counted but never read.
+    _final_drain(capture, feed, poller, kernel)
     if sockets is not None:
         socket_publisher.add(sockets.poll(0))
         socket_publisher.finish()  # its end markers go out before the packets' ones
-    _account(capture, ring_stats)
     publisher.finish()
     result.elapsed_s = time.monotonic() - started
     result.cpu_s = time.process_time() - cpu0
-    _fill(result, capture, feed, ring_stats, socket_publisher)
+    _fill(result, capture, feed, kernel, socket_publisher)
     publisher.publish_stats(feed.frames, result.dropped, result.counters, final=True)
     return result
 
 
-def _account(capture: LiveCapture, ring_stats: Counter[str]) -> None:
+def _final_drain(capture: LiveCapture, feed: _FrameFeed, poller: select.poll, kernel: _KernelCounts) -> None:
+    """Read the rings, then the kernel's counters, until every frame the kernel counted
+    into a ring has been read (``frames + ring_full == ring_packets``), or for at most
+    :data:`FINAL_DRAIN_S` if traffic goes on. Frames arriving after the last reading are
+    neither read nor counted: they are after the end of the capture."""
+    deadline = time.monotonic() + FINAL_DRAIN_S
+    while True:
+        for ring in capture.rings:
+            feed.drain(ring)
+        _account(capture, kernel)
+        if feed.ring_frames >= kernel.ring_packets - kernel.ring_full or time.monotonic() >= deadline:
+            return
+        poller.poll(20)  # the kernel still holds a partly filled block: until it hands it over
+
+
+def _account(capture: LiveCapture, kernel: _KernelCounts) -> None:
     for ring in capture.rings:
         packets, drops = ring.statistics()  # since the last call
-        ring_stats["ring_packets"] += packets
-        ring_stats["ring_full"] += drops
+        kernel.ring_packets += packets
+        kernel.ring_full += drops
+    kernel.filter = capture.filter_counters()  # the same moment as the rings' counts
 
 
-def _fill(result: CaptureResult, capture: LiveCapture, feed: _FrameFeed, ring_stats: Counter[str],
+def _fill(result: CaptureResult, capture: LiveCapture, feed: _FrameFeed, kernel: _KernelCounts,
           socket_publisher: Any) -> None:
     result.frames, result.packets = feed.frames, feed.publisher.packets
     result.first_ts_us, result.last_ts_us = feed.first_ts, feed.last_ts
     dropped = Counter(feed.decoder.dropped)
-    dropped["ring_full"] = ring_stats["ring_full"]
-    counters = {"ring_packets": ring_stats["ring_packets"], "loopback_copies": feed.loopback_copies,
+    dropped["ring_full"] = kernel.ring_full
+    counters = {"ring_packets": kernel.ring_packets, "loopback_copies": feed.loopback_copies,
                 "own_traffic": feed.own_packets,
                 "backpressure_waits": feed.publisher.kafka.backpressure_waits}
-    kernel = capture.filter_counters()
-    if kernel:
-        counters.update(kernel)
-        dropped["non_ip"] += kernel["non_ip"]  # filtered in the kernel, as the decoder would have
+    if kernel.filter:
+        counters.update(kernel.filter)
+        dropped["non_ip"] += kernel.filter["non_ip"]  # filtered in the kernel, as the decoder would have
     if capture.socket_source is not None:
         dropped["socket_events_lost"] = capture.socket_source.lost()
     if socket_publisher is not None:

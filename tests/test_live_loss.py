@@ -135,10 +135,11 @@ class Capturing:
             os.killpg(tansu, signal.SIGCONT)
 
     def finish(self, settle_s: float = 0.2):
-        """Stop the capture ``settle_s`` after the last traffic: late frames (the last
-        ACKs) are then in the rings before it stops, not between its last read of the
-        rings and its last reading of the kernel's counters (which, with socket events,
-        are a flush of their producer apart)."""
+        """Stop the capture ``settle_s`` after the last traffic: the link is then quiet
+        when the capture reads the kernel's two counts of the ring's frames (the eBPF
+        filter's ``filter_passed`` and the socket's ``ring_packets``), one after the
+        other. (That frames read + ``ring_full`` equal ``ring_packets`` even with traffic
+        at the end is tests/test_live_accounting.py's.)"""
         time.sleep(settle_s)
         self.gate.finished = True
         self.gate.open.set()
