@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import sys
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -13,6 +14,7 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 from wirestream.processors.service_windows import ServiceSummary, merge_windows
+from wirestream.sinks.jsonl import write_jsonl
 
 from wirestream.topics import ALERTS, CONNECTIONS, DNS, SERVICE_METRICS, TLS, TRANSACTIONS
 
@@ -252,6 +254,18 @@ def summary_json(result: Any) -> dict[str, Any]:
         "stats": result.stats,
         "elapsed_s": round(result.elapsed_s, 3),
     }
+
+
+def report(result: Any, *, as_json: bool, top: int, out_dir: str | None) -> None:
+    """What ``analyze`` and ``capture`` end with: the records to ``DIR/<topic>.jsonl``
+    (``out_dir``), and the summary as JSON or as tables on stdout."""
+    if out_dir:
+        write_jsonl(out_dir, result.records)
+    if as_json:
+        json.dump(summary_json(result), sys.stdout, indent=2)
+        print()
+    else:
+        print_summary(result, top=top, out_dir=out_dir)
 
 
 def print_summary(result: Any, top: int = 15, out_dir: str | None = None, console: Console | None = None) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import sys
 
 from wirestream.commands import common
@@ -41,7 +40,6 @@ examples:
 def run(args: argparse.Namespace) -> int:
     from wirestream.analyze import analyze
     from wirestream.sinks import console
-    from wirestream.sinks.jsonl import write_jsonl
 
     # analyze holds every output record it reads (hundreds of thousands of small dicts):
     # with the default thresholds the cyclic GC rescans them over and over (~30 % of the
@@ -58,11 +56,5 @@ def run(args: argparse.Namespace) -> int:
         # Nothing was read: the error lines are the whole answer (a summary of nothing,
         # all zeros, would read as if the file had been analysed and held no traffic).
         return common.EXIT_ERROR
-    if args.out:
-        write_jsonl(args.out, result.records)
-    if args.json:
-        json.dump(console.summary_json(result), sys.stdout, indent=2)
-        print()
-    else:
-        console.print_summary(result, top=args.top, out_dir=args.out)
+    console.report(result, as_json=args.json, top=args.top, out_dir=args.out)
     return common.EXIT_ERROR if result.failed else common.EXIT_OK

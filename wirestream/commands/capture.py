@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import sys
 from typing import Any
 
@@ -59,7 +58,6 @@ examples:
 def run(args: argparse.Namespace) -> int:
     from wirestream.capture import capture
     from wirestream.sinks import console
-    from wirestream.sinks.jsonl import write_jsonl
 
     gc.set_threshold(50_000, 20, 100)  # as analyze: many small records, no cycles
     settings = common.settings_from_args(args)
@@ -78,11 +76,5 @@ def run(args: argparse.Namespace) -> int:
     stop = common.StopOnSignal(second_interrupts=True)
     result = capture(options, settings, workers=args.workers, stop=stop,
                      notice=notice, keep_bodies=bool(args.out))
-    if args.out:
-        write_jsonl(args.out, result.records)
-    if args.json:
-        json.dump(console.summary_json(result), sys.stdout, indent=2)
-        print()
-    else:
-        console.print_summary(result, top=args.top, out_dir=args.out)
+    console.report(result, as_json=args.json, top=args.top, out_dir=args.out)
     return common.EXIT_OK
