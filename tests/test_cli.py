@@ -3,6 +3,7 @@ every command's ``--help``, and the packages a non-editable install carries."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import tomllib
@@ -117,3 +118,20 @@ def test_every_package_is_installed() -> None:
             relative = init.parent.relative_to(ROOT / directory)
             on_disk.add(".".join((package, *relative.parts)))
     assert sorted(on_disk - set(config["packages"])) == []
+
+
+@pytest.mark.parametrize("args", [("process",), ("tail", "wire.stats"), ("replay",), ("percentiles", "--service", "a"),
+                                  ("sink", "parquet", "--out", "/nonexistent"),
+                                  ("sink", "siem", "--url", "tcp://127.0.0.1:1"),
+                                  ("sink", "prometheus"), ("plugin", "run", "x"), ("produce", "live"),
+                                  ("k8s-watch",)], ids=" ".join)
+def test_commands_that_need_a_kafka_say_so_when_none_is_given(args: tuple[str, ...]) -> None:
+    """No embedded broker for these (they join a running pipeline): one line, exit 2."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WIRESTREAM_")}
+    proc = subprocess.run([sys.executable, "-m", "wirestream", *args], capture_output=True, text=True,
+                          timeout=30, env=env)
+    assert proc.returncode == 2, proc.stderr
+    name = " ".join(a for a in args[:2] if not a.startswith(("-", "wire.", "x")))
+    assert proc.stderr.splitlines() == [
+        f"wirestream: error: {name} needs --bootstrap and --registry (or WIRESTREAM_BOOTSTRAP and "
+        f"WIRESTREAM_REGISTRY)" + ("; start them with 'wirestream broker'" if name in ("process", "k8s-watch") else "")]

@@ -14,7 +14,13 @@ import sys
 from collections.abc import Sequence
 
 from wirestream.commands import COMMANDS
-from wirestream.commands.common import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_USAGE, interrupt_once
+from wirestream.commands.common import (
+    EXIT_ERROR,
+    EXIT_INTERRUPTED,
+    EXIT_USAGE,
+    interrupt_once,
+    kafka_given,
+)
 from wirestream.config import Settings
 from wirestream.errors import UsageError, WirestreamError
 
@@ -71,6 +77,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, interrupt_once)
     try:
+        command = getattr(args, "kafka_required", None)
+        if command and not kafka_given(args, command, args.kafka_hint):
+            return EXIT_USAGE
         return args.run(args)
     except UsageError as exc:
         print(f"wirestream {args.command}: error: {exc}", file=sys.stderr)

@@ -24,7 +24,13 @@ EXIT_INTERRUPTED = 130
 Subparsers = argparse._SubParsersAction
 
 
-def add_kafka_args(p: argparse.ArgumentParser, defaults: Settings) -> None:
+def add_kafka_args(p: argparse.ArgumentParser, defaults: Settings, required: bool = False,
+                   hint: str = "") -> None:
+    """--bootstrap, --registry, --partitions. ``required``: the command needs an existing
+    Kafka and registry (no embedded one); ``cli.main`` checks that they were given and
+    answer (:func:`kafka_given`, with ``hint``) before the command runs."""
+    if required:
+        p.set_defaults(kafka_required=p.prog.removeprefix("wirestream "), kafka_hint=hint)
     g = p.add_argument_group("Kafka")
     g.add_argument("--bootstrap", default=defaults.bootstrap, metavar="HOST:PORT[,...]",
                    help="Kafka bootstrap servers (default: $WIRESTREAM_BOOTSTRAP, else start the embedded broker)")

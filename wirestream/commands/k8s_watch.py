@@ -38,14 +38,12 @@ examples:
                    help="kubeconfig (default: $KUBECONFIG, else in-cluster, else ~/.kube/config)")
     p.add_argument("--cluster-name", default="", metavar="NAME", help="recorded as the source of each identity")
     p.add_argument("--once", action="store_true", help="exit once the current state is published")
-    common.add_kafka_args(p, defaults)
+    common.add_kafka_args(p, defaults, required=True, hint="; start them with 'wirestream broker'")
     p.set_defaults(run=run)
     return p
 
 
 def run(args: argparse.Namespace) -> int:
-    if not common.kafka_given(args, "k8s-watch", "; start them with 'wirestream broker'"):
-        return common.EXIT_USAGE
     from wirestream.broker import ensure_topics
     from wirestream.codec import AvroCodec
     from wirestream.producers.k8s_watch import IdentityPublisher, load_api_client, run_watcher

@@ -33,7 +33,7 @@ examples:
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--timeout", type=float, default=2.0, metavar="SECONDS",
                    help="stop reading after this long without a new record (default: %(default)s)")
-    common.add_kafka_args(p, defaults)
+    common.add_kafka_args(p, defaults, required=True)
     p.set_defaults(run=run)
     return p
 
@@ -44,8 +44,6 @@ def run(args: argparse.Namespace) -> int:
     from wirestream.reader import TopicReader
     from wirestream.topics import SERVICE_METRICS
 
-    if not common.kafka_given(args, "percentiles"):
-        return common.EXIT_USAGE
     records = []
     last = time.monotonic()
     with TopicReader(args.bootstrap, AvroCodec(args.registry), [SERVICE_METRICS], "beginning") as r:

@@ -20,7 +20,7 @@ def add_parser(sub: common.Subparsers, defaults: Settings) -> argparse.ArgumentP
     pr = plsub.add_parser("run", help="run a plugin (a consumer group named after it) until Ctrl-C")
     pr.add_argument("name", help="the plugin's entry point name")
     pr.add_argument("--group", default=None, help="consumer group (default: wirestream-plugin-NAME)")
-    common.add_kafka_args(pr, defaults)
+    common.add_kafka_args(pr, defaults, required=True)
     pr.set_defaults(run=run_plugin)
     return p
 
@@ -40,8 +40,6 @@ def run_list(args: argparse.Namespace) -> int:
 def run_plugin(args: argparse.Namespace) -> int:
     from wirestream import plugins
 
-    if not common.kafka_given(args, "plugin run"):
-        return common.EXIT_USAGE
     plugin = plugins.load(args.name)
     stop = common.StopOnSignal()
     print(f"wirestream plugin: running {args.name}: {', '.join(plugin.inputs)} -> {', '.join(plugin.outputs)}",

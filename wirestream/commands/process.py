@@ -36,14 +36,12 @@ several with the same --group to share the partitions.""",
     p.add_argument("--only-source-prefix", default="", help=argparse.SUPPRESS)
     p.add_argument("--response-body-cap", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("--loglevel", default="warning", help="worker log level (default: %(default)s)")
-    common.add_kafka_args(p, defaults)
+    common.add_kafka_args(p, defaults, required=True, hint="; start them with 'wirestream broker'")
     p.set_defaults(run=run)
     return p
 
 
 def run(args: argparse.Namespace) -> int:
-    if not common.kafka_given(args, "process", "; start them with 'wirestream broker'"):
-        return common.EXIT_USAGE
     from wirestream.kafka import ensure_topics
     from wirestream.processors.app import create_app, run_worker
     from wirestream.processors.l7.base import L7Options

@@ -34,7 +34,7 @@ def add_parser(sub: common.Subparsers, defaults: Settings) -> argparse.ArgumentP
                     help="publish capture counters on wire.stats this often (default: %(default)s)")
     pp.add_argument("--source-name", default=os.environ.get("WIRESTREAM_SOURCE_NAME") or os.uname().nodename,
                     help="name of this source in the records (default: $WIRESTREAM_SOURCE_NAME, else the host name)")
-    common.add_kafka_args(pp, defaults)
+    common.add_kafka_args(pp, defaults, required=True)
     pp.set_defaults(run=run_live)
     return p
 
@@ -70,8 +70,6 @@ def run_pcap(args: argparse.Namespace) -> int:
 
 
 def run_live(args: argparse.Namespace) -> int:
-    if not common.kafka_given(args, "produce live"):
-        return common.EXIT_USAGE
     from wirestream.broker import ensure_topics, partition_count
     from wirestream.codec import AvroCodec
     from wirestream.producers.live_capture import open_capture, run_capture

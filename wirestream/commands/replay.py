@@ -34,14 +34,12 @@ examples:
                    help="published before (default: now)")
     p.add_argument("--source", default="", metavar="PREFIX", help="only sources whose id starts with this")
     common.add_l7_args(p, defaults)
-    common.add_kafka_args(p, defaults)
+    common.add_kafka_args(p, defaults, required=True)
     p.set_defaults(run=run)
     return p
 
 
 def run(args: argparse.Namespace) -> int:
-    if not common.kafka_given(args, "replay"):
-        return common.EXIT_USAGE
     from wirestream.processors.l7.base import L7Options
     from wirestream.replay import replay
 

@@ -38,7 +38,7 @@ examples:
     sp.add_argument("--group", default="wirestream-sink-parquet", help="consumer group (default: %(default)s)")
     sp.add_argument("--flush-seconds", type=float, default=30.0, metavar="S",
                     help="write at least this often (default: %(default)s)")
-    common.add_kafka_args(sp, defaults)
+    common.add_kafka_args(sp, defaults, required=True)
     sp.set_defaults(run=run_parquet)
     sp = ssub.add_parser(
         "siem", help="alerts (or any topic) as ECS JSON or CEF, over syslog TCP/UDP or to an HEC collector",
@@ -59,7 +59,7 @@ examples:
     sp.add_argument("--token", default=os.environ.get("WIRESTREAM_HEC_TOKEN", ""),
                     help="HEC token (default: $WIRESTREAM_HEC_TOKEN)")
     sp.add_argument("--group", default="wirestream-sink-siem", help="consumer group (default: %(default)s)")
-    common.add_kafka_args(sp, defaults)
+    common.add_kafka_args(sp, defaults, required=True)
     sp.set_defaults(run=run_siem)
     sp = ssub.add_parser(
         "prometheus", help="per-service series for Prometheus on /metrics",
@@ -70,14 +70,12 @@ examples:
     sp.add_argument("--max-services", type=int, default=500, metavar="N",
                     help="service label values kept; further services go to service=\"other\" (default: %(default)s)")
     sp.add_argument("--group", default="wirestream-sink-prometheus", help="consumer group (default: %(default)s)")
-    common.add_kafka_args(sp, defaults)
+    common.add_kafka_args(sp, defaults, required=True)
     sp.set_defaults(run=run_prometheus)
     return p
 
 
 def run_parquet(args: argparse.Namespace) -> int:
-    if not common.kafka_given(args, "sink"):
-        return common.EXIT_USAGE
     try:
         import pyarrow  # noqa: F401
     except ImportError:
@@ -90,8 +88,6 @@ def run_parquet(args: argparse.Namespace) -> int:
 
 
 def run_siem(args: argparse.Namespace) -> int:
-    if not common.kafka_given(args, "sink"):
-        return common.EXIT_USAGE
     from wirestream.sinks.siem import SiemSink
 
     try:
@@ -103,8 +99,6 @@ def run_siem(args: argparse.Namespace) -> int:
 
 
 def run_prometheus(args: argparse.Namespace) -> int:
-    if not common.kafka_given(args, "sink"):
-        return common.EXIT_USAGE
     from wirestream.sinks.prometheus import PrometheusSink
 
     host, _, port = args.listen.rpartition(":")

@@ -24,19 +24,16 @@ def add_parser(sub: common.Subparsers, defaults: Settings) -> argparse.ArgumentP
                    help="only records of this service (namespace/name, or the server's ip:port)")
     p.add_argument("--timeout", type=float, default=0.0, metavar="SECONDS",
                    help="stop after this long without a record (default: follow forever)")
-    common.add_kafka_args(p, defaults)
+    common.add_kafka_args(p, defaults, required=True)
     p.set_defaults(run=run)
     return p
 
 
 def run(args: argparse.Namespace) -> int:
+    from wirestream.client import where
     from wirestream.codec import AvroCodec
     from wirestream.reader import TopicReader
     from wirestream.sinks.jsonl import to_json_line
-
-    if not common.kafka_given(args, "tail"):
-        return common.EXIT_USAGE
-    from wirestream.client import where
 
     keep = where(*args.where, service=args.service) if args.where or args.service else None
     codec = AvroCodec(args.registry)
