@@ -22,6 +22,7 @@ import pytest
 from helpers import DATA, TSHARK, requires_tshark
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from wirestream.processors.findings import findings_of
 from wirestream.processors.l7.base import L7Options, StreamContext
 from wirestream.processors.l7.http import MAX_HELD, MAX_PENDING, HttpAnalyzer
 from wirestream.processors.l7.redact import redact_body
@@ -44,10 +45,10 @@ ANALYSER_FIELDS = ALL_FIELDS - CALLER_FIELDS
 
 
 def check_record(rec: dict) -> None:
-    # plus, when it carried credentials or PII, the internal "_findings" bits that
-    # processors.observations takes off for the detections before the record is encoded
-    assert set(rec) - {"_findings"} == ANALYSER_FIELDS
-    assert rec.get("_findings", 1) > 0
+    # exactly the schema's fields: findings (credentials, PII) ride beside the record
+    # (processors/findings.py RecordWithFindings), never in it
+    assert set(rec) == ANALYSER_FIELDS
+    assert findings_of(rec) >= 0
     full = dict(rec, source_id="s")
     for name in CALLER_FIELDS - {"source_id"}:
         full[name] = None
