@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import mmap
 import os
 import select
 import time
@@ -54,6 +55,17 @@ MODES = ("auto", "ebpf", "af_packet")
 #: counted but still holds in a partly filled block (it does so after the ring's block
 #: timeout, 10 ms): waited for only while the counts differ
 FINAL_DRAIN_S = 0.5
+#: the socket events' BPF ring buffer, by default (~40k events)
+SOCKET_RING_MB = 4
+
+
+def ring_pages_of_mb(megabytes: float) -> int:
+    """A BPF ring buffer of ``megabytes`` MiB as a page count: the largest power of two
+    that fits (the kernel takes no other size), at least one page."""
+    if not 0 < megabytes < float("inf"):
+        raise ValueError(f"a ring buffer of {megabytes} MiB")
+    pages = int(megabytes * (1 << 20)) // mmap.PAGESIZE
+    return 1 << max(0, pages.bit_length() - 1)
 
 
 @dataclass
@@ -64,6 +76,9 @@ class CaptureOptions:
     mode: str = "auto"
     socket_events: bool = True
     ring_mb: int = 32
+    #: pages of the socket events' BPF ring buffer (a power of two): what it cannot hold
+    #: while the capture is behind is ``socket_events_lost``
+    socket_ring_pages: int = field(default_factory=lambda: ring_pages_of_mb(SOCKET_RING_MB))
     duration_s: float | None = None
     max_packets: int | None = None
     stats_interval_s: float = 5.0
@@ -184,6 +199,9 @@ def open_capture(options: CaptureOptions) -> LiveCapture:
     """Open the rings of ``options``, in eBPF mode if possible (``mode`` auto/ebpf)."""
     if options.mode not in MODES:
         raise CaptureError(f"mode must be one of {', '.join(MODES)}, not {options.mode!r}")
+    pages = options.socket_ring_pages
+    if pages < 1 or pages & (pages - 1):
+        raise CaptureError(f"the socket events' ring buffer must be a power of two pages, not {pages}")
     filter_bpf = socket_source = bcc = None
     reason = None
     mode = "af_packet"
@@ -210,7 +228,7 @@ def open_capture(options: CaptureOptions) -> LiveCapture:
             from .socket_events import SocketEventSource
 
             try:
-                socket_source = SocketEventSource(bcc)
+                socket_source = SocketEventSource(bcc, ring_pages=options.socket_ring_pages)
             except Exception as exc:
                 reason = f"socket events unavailable: {exc}"
     except BaseException:

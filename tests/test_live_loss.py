@@ -8,8 +8,8 @@ made slow for real:
   and a burst of short TCP connections across it, inside the namespaces only;
 * the eBPF capture opened by ``open_capture`` on the sender's veth with the smallest
   packet ring (``ring_mb`` 2 MiB), and the socket-event programs with a one-page BPF
-  ring buffer (``SocketEventSource(ring_pages=1)``, ~36 events: no option of
-  ``CaptureOptions``/``wirestream capture`` sizes it, see the note below);
+  ring buffer (``socket_ring_pages`` 1, ~36 events; ``--socket-ring-mb`` of
+  ``wirestream capture``);
 * ``run_capture`` in a thread, publishing to an embedded broker of this test's own.
 
 Two overloads, one after the other:
@@ -27,10 +27,6 @@ The independent oracle for ``ring_full`` is the kernel, counted twice: the eBPF 
 own ``filter_passed`` counter (frames it let into the ring) must equal frames read plus
 ``ring_full``, and the socket's ``ring_packets``. Then the final ``wire.stats`` record of
 the stage ``producer.live`` must carry the same figures.
-
-Note: only the Python API can size the socket events' ring buffer; ``CaptureOptions``
-would need a field (e.g. ``socket_ring_pages``) passed by ``open_capture`` to
-``SocketEventSource`` and a ``--socket-ring-mb`` option of ``capture``/``produce live``.
 """
 
 from __future__ import annotations
@@ -181,9 +177,6 @@ def ebpf() -> None:
 
 def test_ring_overflow_socket_event_overflow_and_backpressure_are_counted(ebpf, tmp_path, registry) -> None:
     from wirestream.producers.live_capture import CaptureOptions, open_capture
-    from wirestream.producers.socket_events import SocketEventSource
-
-    from wirestream.doctor import load_bcc
 
     # offloads on: frames of up to 64 KiB, so that the capture hands the Kafka client more
     # than its queue holds within seconds
@@ -192,11 +185,10 @@ def test_ring_overflow_socket_event_overflow_and_backpressure_are_counted(ebpf, 
         ensure_topics(broker.bootstrap, [PACKETS, SOCKETS, STATS], 2)
         # periodic stats records while the broker is paused too: queued, never waited for
         options = CaptureOptions(interfaces=[link.sender_if], netns=link.sender, mode="ebpf",
-                                 socket_events=False, ring_mb=2, stats_interval_s=1.0)
+                                 socket_events=True, ring_mb=2, socket_ring_pages=1, stats_interval_s=1.0)
         live = open_capture(options)
-        assert live.mode == "ebpf", live.fallback_reason
+        assert live.mode == "ebpf" and live.socket_source is not None, live.fallback_reason
         try:
-            live.socket_source = SocketEventSource(load_bcc(), ring_pages=1)
             capturing = Capturing(live, broker, registry, socket_events=True)
             acceptor = link.popen(link.receiver, [sys.executable, "-c", ACCEPTOR, link.receiver_ip, str(CONNECT_PORT)])
             assert acceptor.stdout.readline().strip() == "ready"

@@ -55,15 +55,23 @@ def add_live_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--count", type=int, default=None, metavar="N", help="stop after N TCP/UDP packets")
     p.add_argument("--ring-mb", type=int, default=32, metavar="MB",
                    help="packet ring memory, shared among the interfaces (default: %(default)s)")
+    # the default is live_capture.SOCKET_RING_MB, not imported here: loading the capture
+    # code is for the commands that run it
+    p.add_argument("--socket-ring-mb", type=float, default=4, metavar="MB",
+                   help="eBPF mode: socket-event ring buffer memory, rounded down to a power-of-two "
+                        "number of pages (default: %(default)s)")
 
 
 def capture_options(args: argparse.Namespace, stats_interval_s: float = 5.0) -> CaptureOptions:
     """The live capture that ``add_live_args`` options (and ``--snaplen``) describe."""
-    from wirestream.producers.live_capture import CaptureOptions
+    from wirestream.producers.live_capture import CaptureOptions, ring_pages_of_mb
 
+    if not 0 < args.socket_ring_mb < float("inf"):
+        raise UsageError(f"--socket-ring-mb must be more than 0, not {args.socket_ring_mb}")
     return CaptureOptions(
         interfaces=args.iface, netns=args.netns, payload_snaplen=args.snaplen, mode=args.mode,
-        socket_events=args.socket_events, ring_mb=args.ring_mb, duration_s=args.duration,
+        socket_events=args.socket_events, ring_mb=args.ring_mb,
+        socket_ring_pages=ring_pages_of_mb(args.socket_ring_mb), duration_s=args.duration,
         max_packets=args.count, stats_interval_s=stats_interval_s)
 
 
