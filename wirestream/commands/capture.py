@@ -41,7 +41,7 @@ tcp:tcp_retransmit_skb; bcc from Debian's python3-bpfcc. Nothing else: no kprobe
 Loss is counted, never silent: frames the ring had no room for (ring_full), socket
 events the BPF ring buffer had no room for (socket_events_lost) and waits on a slow
 broker (backpressure_waits) are on wire.stats (stage producer.live) every 5 s and in
-the summary. Memory is bounded by --ring-mb and the Kafka client's queue.""",
+the summary. Memory is bounded by --ring-mb, --socket-ring-mb and the Kafka client's queue.""",
         epilog="""\
 examples:
   sudo wirestream capture --duration 30                   # every interface, 30 s
