@@ -139,11 +139,11 @@ def create_app(
     if role in ("all", "windows"):
         _windows_agent(app, state, codec, bootstrap, observation_partitions, window_options)
     for name in plugins:
-        _plugin_agent(app, state, codec, bootstrap, name)
+        _plugin_agent(app, codec, bootstrap, name)
     return app
 
 
-def _plugin_agent(app: faust.App, state: dict[str, Any], codec: Callable[[], AvroCodec], bootstrap: str,
+def _plugin_agent(app: faust.App, codec: Callable[[], AvroCodec], bootstrap: str,
                   name: str) -> None:
     """Run processor plugin ``name`` (wirestream/plugins.py) inside this worker: an agent on
     its inputs, its outputs encoded with its own schemas. The inputs come in batches; a

@@ -25,6 +25,8 @@ from wirestream.topics import CONNECTIONS, DNS, TRANSACTIONS
 
 from .findings import findings_of
 
+#: What a row of an observation batch is: a byte of the packed batch layout (not an
+#: Enum: it is written and read per record as a plain int).
 CONNECTION, TRANSACTION, DNS_QUERY = 0, 1, 2
 
 #: Send what is pending for a partition (if anything, else an empty batch: event time

@@ -16,7 +16,15 @@ from rich.table import Table
 from wirestream.processors.service_windows import ServiceSummary, merge_windows
 from wirestream.sinks.jsonl import write_jsonl
 
-from wirestream.topics import ALERTS, CONNECTIONS, DNS, SERVICE_METRICS, TLS, TRANSACTIONS
+from wirestream.topics import (
+    ALERTS,
+    CONNECTIONS,
+    DNS,
+    PACKETS_STAGE,
+    SERVICE_METRICS,
+    TLS,
+    TRANSACTIONS,
+)
 
 _STATE_TROUBLE = {"refused": 3, "reset": 2, "half_open": 2, "incomplete_handshake": 2, "timeout": 1}
 
@@ -341,7 +349,8 @@ def print_summary(result: Any, top: int = 15, out_dir: str | None = None, consol
     by_stage = processor_totals(result.stats)
     for stage, total in by_stage.items():
         stats.add_row(
-            stage, f"{total.received:,} packets",
+            # the windows stage reads observation batches, not packets: it reports no count
+            stage, f"{total.received:,} packets" if stage == PACKETS_STAGE else "-",
             ", ".join(f"{v:,} → {t}" for t, v in sorted(total.emitted.items())) or "0",
             ", ".join(f"{k} = {v:,}" for k, v in sorted(total.dropped.items())) or "-",
         )

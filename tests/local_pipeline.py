@@ -71,8 +71,8 @@ def packet_batches(path: str, batch: int = 64, snaplen: int = 65535):
 def local_l7(path: str, batch: int = 64, options: L7Options | None = None) -> dict[str, list[dict]]:
     """Run the connections processor with L7 analysis in-process: topic -> records.
 
-    As in PacketPipeline, every record is first shown to an ``Observer`` (which takes
-    internal annotations off); its batches are under ``out["observations"]`` as
+    As in PacketPipeline, every record is first shown to an ``Observer`` (the windows'
+    view of it, findings included); its batches are under ``out["observations"]`` as
     ``(observation partition, batch)``."""
     out: dict[str, list] = defaultdict(list)
     observer = Observer(lambda q, b: out["observations"].append((q, b)), "local", 0, 1, 4)

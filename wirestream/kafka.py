@@ -178,7 +178,7 @@ def ensure_topics(bootstrap: str, partitions: int, *, group: str, role: Role = "
     Raises ``WirestreamError`` when wire.sockets and wire.packets have different partition
     counts (socket events are joined to packets partition by partition).
     """
-    # Imported here: processors.app imports this module (for the producer config).
+    # Imported here: processors.app imports processors.output, which imports this module.
     from wirestream.processors.app import changelog_topic
     from wirestream.topics import ALL_TOPICS, OBSERVATIONS, PACKETS, SOCKETS
 
