@@ -24,7 +24,6 @@ import json
 import random
 import socket
 import struct
-import subprocess
 from collections import Counter
 from decimal import Decimal
 from functools import cache
@@ -33,7 +32,7 @@ from typing import Any
 
 import fastavro
 import pytest
-from helpers import TSHARK, import_or_require, real_captures, requires_tshark
+from helpers import import_or_require, real_captures, requires_tshark, tshark_rows
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from local_pipeline import decoded_packets
@@ -678,15 +677,11 @@ def tshark_frames(path: str) -> tuple[list[dict[str, list[str]]], frozenset[int]
     occurrences; ``tshark -2`` so that queries know their ``dns.response_in``), and the
     numbers of the TCP segments tshark flags as retransmissions. One tshark run."""
     fields = TSHARK_FIELDS + ["tcp.analysis.retransmission"]
-    cmd = [TSHARK, "-2", "-n", "-r", path, "-Y", "dns.id || tcp.analysis.retransmission",
-           "-T", "fields", "-E", "separator=\t", "-E", "occurrence=a", "-E", f"aggregator={AGG}"]
-    for f in fields:
-        cmd += ["-e", f]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    (lines,) = tshark_rows([path], fields, "dns.id || tcp.analysis.retransmission",
+                           ["-2", "-E", "occurrence=a", "-E", f"aggregator={AGG}"])
     rows, retransmitted = [], set()
-    for line in out.splitlines():
-        row = {f: (v.split(AGG) if v else []) for f, v in zip(fields, line.split("\t"),
-                                                               strict=True)}
+    for line in lines:
+        row = {f: (v.split(AGG) if v else []) for f, v in zip(fields, line, strict=True)}
         if row["tcp.analysis.retransmission"]:
             retransmitted.add(int(row["frame.number"][0]))  # not fed to us: not compared
         elif row["dns.id"]:

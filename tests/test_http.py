@@ -10,7 +10,6 @@ order (a simple seq-based harness; tests/test_l7_oracle.py runs the real reassem
 
 from __future__ import annotations
 
-import subprocess
 import time
 from collections import Counter, defaultdict
 from functools import cache
@@ -19,7 +18,7 @@ from pathlib import Path
 
 import fastavro
 import pytest
-from helpers import DATA, TSHARK, requires_tshark
+from helpers import DATA, requires_tshark, tshark_rows
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from wirestream.processors.findings import findings_of
@@ -827,13 +826,8 @@ def test_cost_per_small_keep_alive_transaction(capsys) -> None:
 # ------------------------------------------------------------------- tshark cross-check
 
 
-def _tshark(path: str, display_filter: str, fields: list[str]) -> list[list[str]]:
-    cmd = [TSHARK, "-n", "-r", path, "-Y", display_filter, "-T", "fields",
-           "-E", "separator=\t", "-E", "occurrence=a", "-E", "aggregator=\x1f"]
-    for f in fields:
-        cmd += ["-e", f]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-    return [line.split("\t") for line in out.splitlines()]
+# every occurrence of a field, joined by a byte no method or URI holds
+AGGREGATE = ("-E", "occurrence=a", "-E", "aggregator=\x1f")
 
 
 def tshark_pairs(path: str) -> dict[int, Counter]:
@@ -846,13 +840,15 @@ def tshark_timed(path: str) -> dict[int, list[tuple[str, str, int, int | None, b
     """tcp.stream -> (method, uri, status, http.time in µs, request in one segment)."""
     requests: dict[int, list[tuple[str, str]]] = {}
     one_segment: dict[int, bool] = {}
-    for frame, methods, uris, segments in _tshark(path, "http.request", [
-            "frame.number", "http.request.method", "http.request.uri", "tcp.segment.count"]):
+    (rows,) = tshark_rows([path], ["frame.number", "http.request.method", "http.request.uri",
+                                   "tcp.segment.count"], "http.request", AGGREGATE)
+    for frame, methods, uris, segments in rows:
         requests[int(frame)] = list(zip(methods.split("\x1f"), uris.split("\x1f"), strict=False))
         one_segment[int(frame)] = not segments
     pairs: dict[int, list] = defaultdict(list)
-    for stream, req_in, codes, times in _tshark(path, "http.response", [
-            "tcp.stream", "http.request_in", "http.response.code", "http.time"]):
+    (rows,) = tshark_rows([path], ["tcp.stream", "http.request_in", "http.response.code", "http.time"],
+                          "http.response", AGGREGATE)
+    for stream, req_in, codes, times in rows:
         times_us = [round(float(t) * 1e6) for t in times.split("\x1f")] if times else []
         for i, (r, code) in enumerate(zip(req_in.split("\x1f"), codes.split("\x1f"),
                                           strict=False)):
@@ -869,8 +865,9 @@ def feed_capture(path: str) -> dict[int, list[dict]]:
     tshark flags them) skipped, overlaps trimmed and holes reported as gaps by seq."""
     stream_of: dict[int, int] = {}
     retrans: set[int] = set()
-    for frame, stream, flag in _tshark(path, "tcp", [
-            "frame.number", "tcp.stream", "tcp.analysis.retransmission"]):
+    (rows,) = tshark_rows([path], ["frame.number", "tcp.stream", "tcp.analysis.retransmission"], "tcp",
+                          AGGREGATE)
+    for frame, stream, flag in rows:
         stream_of[int(frame)] = int(stream)
         if flag:
             retrans.add(int(frame))
@@ -980,11 +977,12 @@ REQUEST_CAPTURES = HTTP_CAPTURES + [
 @pytest.mark.parametrize("path", REQUEST_CAPTURES, ids=lambda p: Path(p).name)
 def test_requests_match_tshark(path: str) -> None:
     """Every request tshark sees is a transaction (answered or not), and no more."""
-    stream_of = {int(frame): int(stream) for frame, stream in _tshark(path, "tcp", [
-        "frame.number", "tcp.stream"])}
+    (streams,) = tshark_rows([path], ["frame.number", "tcp.stream"], "tcp", AGGREGATE)
+    stream_of = {int(frame): int(stream) for frame, stream in streams}
     expected: dict[int, Counter] = defaultdict(Counter)
-    for frame, methods, uris in _tshark(path, "http.request", [
-            "frame.number", "http.request.method", "http.request.uri"]):
+    (requests,) = tshark_rows([path], ["frame.number", "http.request.method", "http.request.uri"],
+                              "http.request", AGGREGATE)
+    for frame, methods, uris in requests:
         for m, u in zip(methods.split("\x1f"), uris.split("\x1f"), strict=False):
             expected[stream_of[int(frame)]][(m, u)] += 1
     assert expected

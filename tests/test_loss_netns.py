@@ -34,13 +34,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import sys
 import time
 from collections import Counter
 
 import pytest
-from helpers import TSHARK, needs, requires_tshark
+from helpers import needs, requires_tshark, tshark_rows
 from local_pipeline import local_connections
 from netns import BULK_CLIENT as CLIENT
 from netns import BULK_SERVER as SERVER
@@ -63,12 +62,10 @@ TRANSFER_TIMEOUT_S = 40
 
 def _tshark_resent_by_source(pcap: str) -> Counter[tuple[str, str]]:
     """(ip.src, "retransmission" | "out_of_order") -> frames Wireshark flags so."""
-    out = subprocess.run([TSHARK, "-n", "-r", pcap, "-Y", "tcp.analysis.retransmission || tcp.analysis.out_of_order",
-                          "-T", "fields", "-E", "separator=\t", "-e", "ip.src", "-e", "tcp.analysis.retransmission",
-                          "-e", "tcp.analysis.out_of_order"], capture_output=True, text=True, check=True).stdout
+    (rows,) = tshark_rows([pcap], ["ip.src", "tcp.analysis.retransmission", "tcp.analysis.out_of_order"],
+                          "tcp.analysis.retransmission || tcp.analysis.out_of_order")
     counts: Counter[tuple[str, str]] = Counter()
-    for line in out.splitlines():
-        src, retransmission, out_of_order = line.split("\t")
+    for src, retransmission, out_of_order in rows:
         if retransmission:
             counts[src, "retransmission"] += 1
         if out_of_order:

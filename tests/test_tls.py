@@ -11,14 +11,13 @@ from __future__ import annotations
 import json
 import os
 import struct
-import subprocess
 from collections import Counter, defaultdict
 from decimal import Decimal
 from pathlib import Path
 
 import fastavro
 import pytest
-from helpers import DATA, TSHARK, real_captures, requires_tshark
+from helpers import DATA, TSHARK, real_captures, requires_tshark, tshark_rows
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from wirestream.processors.l7.base import L7Options, StreamContext
@@ -672,15 +671,6 @@ def test_fuzz_random_client_hello_bodies(body: bytes, claimed: int) -> None:
 # --- tshark cross-check over the real captures ------------------------------------------------
 
 
-def _tshark(path: str, args: list[str], fields: list[str]) -> list[dict[str, str]]:
-    cmd = [TSHARK, "-n", "-r", path, *args, "-T", "fields", "-E", "separator=\t",
-           "-E", "occurrence=a", "-E", "aggregator=,"]
-    for f in fields:
-        cmd += ["-e", f]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-    return [dict(zip(fields, line.split("\t"), strict=True)) for line in out.splitlines()]
-
-
 def tcp_streams(path: str, rows: list[dict[str, str]]) -> dict[int, tuple]:
     """tcp.stream -> events ``(direction, bytes, ts)`` / ``(direction, None, missing, ts)``.
 
@@ -785,7 +775,7 @@ HELLO_FIELDS = ["frame.number", "frame.time_epoch", "tcp.stream", "tls.handshake
                 "tls.handshake.extensions_alpn_str", "tls.alert_message.desc", "tcp.segment"]
 
 
-def tshark_rows(path: str, ports: set[int] = frozenset()) -> list[dict[str, str]]:
+def tshark_tls_rows(path: str, ports: set[int] = frozenset()) -> list[dict[str, str]]:
     """One row per TCP frame: its tcp.stream and what tshark reads of TLS in it.
 
     tshark decodes TLS on its TLS ports (443, ...) and, by heuristic, on ports no other
@@ -794,10 +784,11 @@ def tshark_rows(path: str, ports: set[int] = frozenset()) -> list[dict[str, str]
     ``tcp.reassemble_out_of_order`` lets it read a ServerHello that arrived out of order.
     TCP headers quoted inside ICMP errors are not segments of the stream: filtered out.
     """
-    args = ["-o", "tcp.reassemble_out_of_order:TRUE", "-Y", "tcp && !icmp && !icmpv6"]
+    options = ["-o", "tcp.reassemble_out_of_order:TRUE", "-E", "occurrence=a", "-E", "aggregator=,"]
     for p in sorted(ports):
-        args += ["-d", f"tcp.port=={p},tls"]
-    return _tshark(path, args, HELLO_FIELDS)
+        options += ["-d", f"tcp.port=={p},tls"]
+    (rows,) = tshark_rows([path], HELLO_FIELDS, "tcp && !icmp && !icmpv6", options)
+    return [dict(zip(HELLO_FIELDS, row, strict=True)) for row in rows]
 
 
 def tshark_handshakes(rows: list[dict[str, str]]) -> dict[int, dict]:
@@ -864,7 +855,7 @@ def test_tls_on_a_port_tshark_gives_to_another_protocol(tmp_path: Path) -> None:
     conversation([(0, ch[:77]), (0, ch[77:]), *flight[1:]], 40001, 8080)
     conversation([(0, b"HELLO 9444\r\n"), (1, b"\x16\x03\x01 not a handshake")], 40002, 9444)
     path = write_pcap(tmp_path / "odd-port.pcap", timed([raw(f) for f in frames], step_ns=1_000_000), 101)
-    rows = tshark_rows(path)
+    rows = tshark_tls_rows(path)
     assert not tshark_handshakes(rows)  # without -d, tshark reads 8080 as HTTP
     ours = compare_with_tshark(path)
     assert list(ours) == [0] and ours[0]["server_name"] == "odd-port.example"
@@ -873,11 +864,11 @@ def test_tls_on_a_port_tshark_gives_to_another_protocol(tmp_path: Path) -> None:
 
 def compare_with_tshark(path: str) -> dict[int, dict]:
     """Our records and tshark's hellos agree, stream by stream; returns our records."""
-    rows = tshark_rows(path)
+    rows = tshark_tls_rows(path)
     ours = our_handshakes(path, rows)
     theirs = tshark_handshakes(rows)
     if set(ours) - set(theirs):  # TLS on ports tshark does not decode as TLS by default
-        theirs = tshark_handshakes(tshark_rows(path, {r["server_port"] for r in ours.values()}))
+        theirs = tshark_handshakes(tshark_tls_rows(path, {r["server_port"] for r in ours.values()}))
     assert set(ours) == set(theirs), "streams with a TLS hello differ"
     for sid, t in theirs.items():
         r = ours[sid]
@@ -907,7 +898,7 @@ def test_zeek_captures_details() -> None:
 
     def ours(name: str) -> dict:
         path = str(data / name)
-        return our_handshakes(path, tshark_rows(path))[0]
+        return our_handshakes(path, tshark_tls_rows(path))[0]
 
     hrr = ours("hrr.pcap")
     # CH 1.014949 -> client's first encrypted record (its Finished), frame 13, 1.062107
