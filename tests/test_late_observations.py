@@ -28,7 +28,7 @@ import uuid
 from typing import Any
 
 from synthetic_http import http_connection, request, response, write_frames
-from test_windows_restart import collect, finished, produce, start_worker, stop
+from windows_worker import collect, finished, produce, start_worker, stop
 from wirestream.processors.observations import Observer
 
 from wirestream.codec import AvroCodec
@@ -45,7 +45,9 @@ LONG_POLLS = 7
 POLL_START_US = T0 + 1_000_000  # in the first window, [T0, T0 + 10 s)
 
 
-def transaction(client: str, request_ts: int, latency: int, path: str) -> dict[str, Any]:
+def observed_request(client: str, request_ts: int, latency: int, path: str) -> dict[str, Any]:
+    """A GET to ``SERVICE`` answered 200 after ``latency`` µs: the fields of a
+    wire.transactions record that the ``Observer`` reads."""
     ip, port = SERVICE
     return {"server_ip": ip, "server_port": port, "client_ip": client, "request_ts_us": request_ts,
             "latency_us": latency, "status": 200, "error": None, "method": "GET", "host": ip,
@@ -64,11 +66,12 @@ def observation_batches(source_id: str, answered_after_us: int) -> list[tuple[in
     for step in range(STEPS):
         now = T0 + step * STEP_US
         for p, obs in enumerate(observers):
-            obs.observe(TRANSACTIONS, transaction(f"10.9.0.{p + 1}", now + 1000 * p, 2_000, f"/{step}"))
+            obs.observe(TRANSACTIONS, observed_request(f"10.9.0.{p + 1}", now + 1000 * p, 2_000,
+                                                       f"/{step}"))
             if p == 0 and not polls_sent and now >= answered_at:
                 for i in range(LONG_POLLS):
-                    obs.observe(TRANSACTIONS, transaction(f"10.9.1.{i + 1}", POLL_START_US + i,
-                                                          now - POLL_START_US - i, "/poll"))
+                    obs.observe(TRANSACTIONS, observed_request(f"10.9.1.{i + 1}", POLL_START_US + i,
+                                                               now - POLL_START_US - i, "/poll"))
                 polls_sent = True
             obs.advance(now + STEP_US)
             obs.flush()

@@ -8,7 +8,7 @@ import json
 from typing import Any
 
 import pytest
-from test_windows_restart import observation_batches
+from windows_worker import observation_batches
 from wirestream.processors.service_windows import ServiceWindows, WindowOptions
 
 
