@@ -261,4 +261,8 @@ def test_a_broker_pause_the_client_queue_can_hold_loses_no_frame(ebpf, tmp_path,
     summary = f"frames {result.frames}, dropped {dict(result.dropped)}, counters {result.counters}"
     print("\n" + summary)
     assert result.counters["filter_passed"] > 4000, summary  # the transfer reached the ring
-    assert result.dropped.get("ring_full", 0) == 0, summary
+    # The ring is 2 blocks of 1 MiB: a block fills in ~0.4 s at this rate, so a capture
+    # thread descheduled that long on a loaded 2-core VM drops a frame or so (seen once in
+    # CI: 1 of 5845). A capture loop held up by the paused broker loses most of the
+    # transfer (with the periodic stats flushing the client: 4,718 of 5,793).
+    assert result.dropped.get("ring_full", 0) <= 0.005 * result.counters["filter_passed"], summary
