@@ -9,8 +9,10 @@ asked for it, and the record fails with ``_UNKNOWN_PARTITION``.
 
 from __future__ import annotations
 
+import gc
 import time
 import uuid
+import weakref
 from collections import Counter
 
 import pytest
@@ -142,3 +144,18 @@ def test_a_plugins_undelivered_outputs_are_an_error(broker, registry) -> None:
     producer.produce(new_topic(), b"x", None, NO_SUCH_PARTITION)
     with pytest.raises(plugins.PluginError, match=f"outputs not delivered: .*{UNKNOWN_PARTITION}"):
         plugins.check_delivered(_Plugin(), producer)
+
+
+def test_a_producer_is_freed_as_soon_as_it_is_dropped() -> None:
+    """No reference cycle keeps a WireProducer (and its librdkafka client, connections and
+    retries) alive until a cyclic GC, which analyze holds off: such a client outlived the
+    embedded broker and logged "Connection refused" after the summary."""
+    gc.disable()
+    try:
+        producer = WireProducer("127.0.0.1:9")
+        producer.produce("wire.stats", b"x")  # the delivery callback in use
+        gone = weakref.ref(producer)
+        del producer
+        assert gone() is None
+    finally:
+        gc.enable()

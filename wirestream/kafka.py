@@ -94,11 +94,20 @@ class WireProducer:
     def __init__(self, bootstrap: str, **config: Any) -> None:
         """``config``: librdkafka settings on top of :func:`producer_config`'s."""
         self._producer = Producer(producer_config(bootstrap, **{"delivery.report.only.error": True, **config}))
-        # Bound once: these run per record.
-        self._produce = self._producer.produce
-        self._deliver = self._on_delivery
         self.delivery_errors: Counter[str] = Counter()
         self.backpressure_waits = 0  # times the client's full queue made us wait
+        errors = self.delivery_errors
+
+        def on_delivery(err: KafkaError | None, msg: Any) -> None:
+            if err is not None:
+                errors[f"broker_{err.name().lower()}"] += 1
+
+        # Bound once: these run per record. The delivery callback is a closure, not a bound
+        # method kept on self: that would be a reference cycle, and the client (with its
+        # connections and their retries) would live on until a cyclic GC, past the broker
+        # it talks to (librdkafka then logs "Connection refused" after a command's output).
+        self._produce = self._producer.produce
+        self._deliver = on_delivery
 
     def produce(self, topic: str, value: bytes | None, key: bytes | None = None,
                 partition: int = ANY_PARTITION, headers: list[tuple[str, bytes]] | None = None) -> None:
@@ -128,10 +137,6 @@ class WireProducer:
         """Serve delivery reports (and wait up to ``timeout`` seconds for one)."""
         return int(self._producer.poll(timeout))
 
-    def _on_delivery(self, err: KafkaError | None, msg: Any) -> None:
-        if err is not None:
-            self.delivery_errors[f"broker_{err.name().lower()}"] += 1
-
     def flush(self, timeout: float = 60.0, undelivered: str = "broker_undelivered") -> int:
         """Wait until everything queued is delivered (or failed); return how many records
         were still undelivered after ``timeout`` seconds, counted as ``undelivered``."""
@@ -143,7 +148,8 @@ class WireProducer:
     def take_delivery_errors(self) -> Counter[str]:
         """The delivery errors counted since the last call (so that each goes into one
         stats report, and reports can be summed)."""
-        errors, self.delivery_errors = self.delivery_errors, Counter()
+        errors = Counter(self.delivery_errors)
+        self.delivery_errors.clear()  # the same Counter: the delivery callback holds it
         return errors
 
 
