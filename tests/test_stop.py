@@ -88,6 +88,12 @@ class Command:
         """Tagged processes still alive after the command exited."""
         return tagged_processes(self.tag)
 
+    def __enter__(self) -> Command:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.kill()
+
     def kill(self) -> None:
         """Test clean-up only: kill the command and whatever it left."""
         running = self.proc.returncode is None
@@ -118,6 +124,13 @@ def _analyze(tmp_path: Path) -> Command:
                    "--out", str(tmp_path / "out"))
 
 
+def _the_error_line(err: str) -> str:
+    """The one ``wirestream: error:`` line a failed command printed (asserted one)."""
+    said = [line for line in err.splitlines() if line.startswith("wirestream: error: ")]
+    assert len(said) == 1, err
+    return said[0]
+
+
 def _assert_nothing_left(cmd: Command) -> None:
     left = cmd.left()
     assert not left, f"left running after the command exited: {left}"
@@ -125,8 +138,7 @@ def _assert_nothing_left(cmd: Command) -> None:
 
 
 def test_ctrl_c_mid_analyze_stops_the_broker_and_the_workers(tmp_path) -> None:
-    cmd = _analyze(tmp_path)
-    try:
+    with _analyze(tmp_path) as cmd:
         cmd.wait_for(_running)
         time.sleep(1.0)  # replaying and processing
         assert cmd.proc.poll() is None, "analyze finished before it could be interrupted"
@@ -139,13 +151,10 @@ def test_ctrl_c_mid_analyze_stops_the_broker_and_the_workers(tmp_path) -> None:
         assert out == "", "a summary of an interrupted run"
         assert took < PROMPT_S
         _assert_nothing_left(cmd)
-    finally:
-        cmd.kill()
 
 
 def test_a_worker_dying_mid_analyze_is_one_clear_error_and_stops_everything(tmp_path) -> None:
-    cmd = _analyze(tmp_path)
-    try:
+    with _analyze(tmp_path) as cmd:
         children = cmd.wait_for(_running)
         time.sleep(1.0)
         assert cmd.proc.poll() is None, "analyze finished before a worker could be killed"
@@ -153,20 +162,17 @@ def test_a_worker_dying_mid_analyze_is_one_clear_error_and_stops_everything(tmp_
             os.kill(pid, signal.SIGKILL)  # an OOM kill, a crash in native code
         took, out, err = cmd.finish(timeout=60)
         assert cmd.proc.returncode == EXIT_ERROR, err
-        said = [line for line in err.splitlines() if line.startswith("wirestream: error: ")]
-        assert len(said) == 1 and said[0].startswith("wirestream: error: processor worker ") and said[0].endswith(
+        said = _the_error_line(err)
+        assert said.startswith("wirestream: error: processor worker ") and said.endswith(
             "exited with code -9:"), err  # then the tail of the worker's log
-        assert "Traceback" not in err.split(said[0], 1)[0], err
+        assert "Traceback" not in err.split(said, 1)[0], err
         _assert_nothing_left(cmd)
-    finally:
-        cmd.kill()
 
 
 def test_ctrl_c_held_down_mid_analyze_still_stops_everything(tmp_path) -> None:
     """Ctrl-C pressed again and again (every 50 ms) until analyze exits: some of the
     presses land while it is stopping what it started."""
-    cmd = _analyze(tmp_path)
-    try:
+    with _analyze(tmp_path) as cmd:
         cmd.wait_for(_running)
         time.sleep(1.0)
         assert cmd.proc.poll() is None, "analyze finished before it could be interrupted"
@@ -179,15 +185,12 @@ def test_ctrl_c_held_down_mid_analyze_still_stops_everything(tmp_path) -> None:
         left = cmd.left()
         assert not left, f"left running after the command exited: {left}"
         assert cmd.proc.returncode == EXIT_INTERRUPTED, err
-    finally:
-        cmd.kill()
 
 
 def test_the_broker_dying_mid_analyze_is_one_clear_error_and_stops_everything(tmp_path) -> None:
     """The embedded broker killed mid-run: analyze says so at once (it does not wait out its
     stall timeout blaming the processors) and stops the workers."""
-    cmd = _analyze(tmp_path)
-    try:
+    with _analyze(tmp_path) as cmd:
         children = cmd.wait_for(_running)
         time.sleep(1.0)
         assert cmd.proc.poll() is None, "analyze finished before the broker could be killed"
@@ -195,20 +198,16 @@ def test_the_broker_dying_mid_analyze_is_one_clear_error_and_stops_everything(tm
             os.kill(pid, signal.SIGKILL)
         took, out, err = cmd.finish(timeout=60)
         assert cmd.proc.returncode == EXIT_ERROR, err
-        said = [line for line in err.splitlines() if line.startswith("wirestream: error: ")]
-        assert len(said) == 1 and "the embedded broker exited" in said[0], err
+        assert "the embedded broker exited" in _the_error_line(err), err
         assert took < 30, f"took {took:.1f} s to notice"
         _assert_nothing_left(cmd)
-    finally:
-        cmd.kill()
 
 
 def test_analyze_killed_outright_takes_the_broker_and_the_workers_with_it(tmp_path) -> None:
     """SIGKILL (the OOM killer, a CI time-out) gives analyze no chance to clean up: the
     broker and the workers, in sessions of their own, go on their parent's death alone
     (wirestream/processes.py)."""
-    cmd = _analyze(tmp_path)
-    try:
+    with _analyze(tmp_path) as cmd:
         cmd.wait_for(_running)
         assert cmd.proc.poll() is None, "analyze finished before it could be killed"
         cmd.proc.kill()
@@ -217,8 +216,6 @@ def test_analyze_killed_outright_takes_the_broker_and_the_workers_with_it(tmp_pa
         while cmd.left() and time.monotonic() < deadline:
             time.sleep(0.1)
         _assert_nothing_left(cmd)
-    finally:
-        cmd.kill()
 
 
 @pytest.fixture
@@ -236,17 +233,14 @@ def empty_netns():
 
 
 def _capture(netns: str) -> Command:
-    cmd = Command("capture", "--netns", netns, "-i", "lo", "--mode", "af_packet", "--workers", "2",
-                  "--json")
-    return cmd
+    return Command("capture", "--netns", netns, "-i", "lo", "--mode", "af_packet", "--workers", "2", "--json")
 
 
 @pytest.mark.parametrize("interrupts", [1, 2], ids=["ctrl-c", "ctrl-c-twice"])
 def test_ctrl_c_ends_a_capture_and_stops_everything(empty_netns, interrupts) -> None:
     """The first Ctrl-C ends the capture and the pipeline finishes it (exit 0, the
     summary); a second one interrupts that too (exit 130). Either way nothing is left."""
-    cmd = _capture(empty_netns)
-    try:
+    with _capture(empty_netns) as cmd:
         cmd.wait_for(_running)
         cmd.interrupt()
         if interrupts == 2:
@@ -262,22 +256,17 @@ def test_ctrl_c_ends_a_capture_and_stops_everything(empty_netns, interrupts) -> 
             assert "wirestream: interrupted" in err.splitlines(), err
         assert "Traceback" not in err, err
         _assert_nothing_left(cmd)
-    finally:
-        cmd.kill()
 
 
 def test_a_worker_dying_mid_capture_is_one_clear_error_and_stops_everything(empty_netns) -> None:
-    cmd = _capture(empty_netns)
-    try:
+    with _capture(empty_netns) as cmd:
         children = cmd.wait_for(_running)
         for pid in _workers(children):
             os.kill(pid, signal.SIGKILL)
         cmd.interrupt()  # the capture ends; collecting its records finds the dead workers
         took, out, err = cmd.finish(timeout=60)
         assert cmd.proc.returncode == EXIT_ERROR, err
-        said = [line for line in err.splitlines() if line.startswith("wirestream: error: ")]
-        assert len(said) == 1 and said[0].startswith("wirestream: error: processor worker ") and said[0].endswith(
+        said = _the_error_line(err)
+        assert said.startswith("wirestream: error: processor worker ") and said.endswith(
             "exited with code -9:"), err
         _assert_nothing_left(cmd)
-    finally:
-        cmd.kill()
