@@ -66,12 +66,14 @@ def capture_options(args: argparse.Namespace, stats_interval_s: float = 5.0) -> 
     """The live capture that ``add_live_args`` options (and ``--snaplen``) describe."""
     from wirestream.producers.live_capture import CaptureOptions, ring_pages_of_mb
 
-    if not 0 < args.socket_ring_mb < float("inf"):
-        raise UsageError(f"--socket-ring-mb must be more than 0, not {args.socket_ring_mb}")
+    try:
+        socket_ring_pages = ring_pages_of_mb(args.socket_ring_mb)
+    except ValueError:
+        raise UsageError(f"--socket-ring-mb must be more than 0, not {args.socket_ring_mb}") from None
     return CaptureOptions(
         interfaces=args.iface, netns=args.netns, payload_snaplen=args.snaplen, mode=args.mode,
         socket_events=args.socket_events, ring_mb=args.ring_mb,
-        socket_ring_pages=ring_pages_of_mb(args.socket_ring_mb), duration_s=args.duration,
+        socket_ring_pages=socket_ring_pages, duration_s=args.duration,
         max_packets=args.count, stats_interval_s=stats_interval_s)
 
 
