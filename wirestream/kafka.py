@@ -21,7 +21,7 @@ from confluent_kafka import KafkaError, Producer
 from wirestream import broker
 from wirestream.errors import WirestreamError
 
-__all__ = ["ANY_PARTITION", "ProcessTopics", "WireProducer", "add_counts", "consumer_config", "ensure_topics",
+__all__ = ["ANY_PARTITION", "ProcessTopics", "WireProducer", "add_counts", "consumer_config", "ensure_process_topics",
            "group_consumer_config", "producer_config"]
 
 #: librdkafka's "no partition given: let the partitioner choose" (RD_KAFKA_PARTITION_UA).
@@ -172,8 +172,8 @@ class ProcessTopics:
     observation_partitions: int
 
 
-def ensure_topics(bootstrap: str, partitions: int, *, group: str, role: Role = "all",
-                  plugins: Sequence[str] = ()) -> ProcessTopics:
+def ensure_process_topics(bootstrap: str, partitions: int, *, group: str, role: Role = "all",
+                          plugins: Sequence[str] = ()) -> ProcessTopics:
     """Create the topics a ``wirestream process`` worker needs and return their partition counts.
 
     Missing topics are created with ``partitions`` partitions; an operator's existing ones

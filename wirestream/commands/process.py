@@ -42,13 +42,13 @@ several with the same --group to share the partitions.""",
 
 
 def run(args: argparse.Namespace) -> int:
-    from wirestream.kafka import ensure_topics
+    from wirestream.kafka import ensure_process_topics
     from wirestream.processors.app import create_app, run_worker
     from wirestream.processors.l7.base import L7Options
 
     # Missing topics are created (an operator's existing ones are left as they are).
-    topics = ensure_topics(args.bootstrap, args.partitions, group=args.group, role=args.role,
-                           plugins=args.plugin)
+    topics = ensure_process_topics(args.bootstrap, args.partitions, group=args.group, role=args.role,
+                                   plugins=args.plugin)
     l7 = (L7Options(redact=args.redact, body_cap=args.body_cap, response_body_cap=args.response_body_cap)
           if args.l7 else None)
     app = create_app(args.bootstrap, args.registry, group=args.group, idle_timeout_s=args.idle_timeout,
