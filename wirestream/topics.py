@@ -22,6 +22,9 @@ K8S_IDENTITY = "wire.k8s-identity"
 DEAD_LETTER = "wire.dead-letter"
 #: internal: connection/transaction/DNS facts re-keyed by service for the windows
 OBSERVATIONS = "wire.observations"
+#: internal: the packet workers' per-partition state with the input offsets it covers
+#: (compacted; partition N holds the checkpoints of wire.packets partition N)
+CHECKPOINTS = "wire.checkpoints"
 
 #: topic -> schema file name in ``wirestream.schemas``
 TOPIC_SCHEMAS: dict[str, str] = {
@@ -47,7 +50,7 @@ OUTPUT_TOPICS: tuple[str, ...] = (
     SERVICE_METRICS,
     ALERTS,
 )
-INTERNAL_TOPICS: tuple[str, ...] = (OBSERVATIONS,)
+INTERNAL_TOPICS: tuple[str, ...] = (OBSERVATIONS, CHECKPOINTS)
 #: tables: compacted, read whole by every processor
 TABLE_TOPICS: tuple[str, ...] = (K8S_IDENTITY,)
 ALL_TOPICS: tuple[str, ...] = RAW_TOPICS + OUTPUT_TOPICS + (STATS, DEAD_LETTER) + INTERNAL_TOPICS + TABLE_TOPICS
@@ -61,7 +64,12 @@ REPLAY_TOPICS: tuple[str, ...] = (SOCKETS, PACKETS)
 PARQUET_SINK_TOPICS: tuple[str, ...] = OUTPUT_TOPICS
 SIEM_SINK_TOPICS: tuple[str, ...] = (ALERTS,)
 #: topic -> Kafka topic configuration wirestream creates it with
-TOPIC_CONFIGS: dict[str, dict[str, str]] = {K8S_IDENTITY: {"cleanup.policy": "compact"}}
+TOPIC_CONFIGS: dict[str, dict[str, str]] = {
+    K8S_IDENTITY: {"cleanup.policy": "compact"},
+    # One record per partition and group, rewritten every few seconds: only the newest
+    # counts. A busy partition's state can be several MB.
+    CHECKPOINTS: {"cleanup.policy": "compact", "max.message.bytes": str(64 * 1024 * 1024)},
+}
 
 
 #: ``stage`` of the processors' reports on wire.stats: one final report per source and
