@@ -495,7 +495,7 @@ class DnsMatcher:
         # The same queries by conversation and id (almost always one per slot).
         self._by_conv: dict[_Conv, list[_Query]] = {}
         # Waiting TCP queries by connection, to close them with their connection.
-        self._by_connection: dict[str, dict[int, _Query]] = {}
+        self._by_connection: dict[str, dict[tuple, _Query]] = {}
         # Recently answered slots, to tell a duplicate response from an unsolicited one.
         self._answered: OrderedDict[_Conv, _Answered] = OrderedDict()
 
@@ -577,7 +577,7 @@ class DnsMatcher:
         else:
             slot.append(q)
         if conv[0] is not None:
-            self._by_connection.setdefault(conv[0], {})[id(q)] = q
+            self._by_connection.setdefault(conv[0], {})[(conv, qkey)] = q
 
     def _response(self, ts_us: int, conv: _Conv, msg: DnsMessage) -> None:
         stats = self.stats
@@ -663,7 +663,7 @@ class DnsMatcher:
         cid = q.conv[0]
         if cid is not None:
             queries = self._by_connection[cid]
-            del queries[id(q)]
+            del queries[(q.conv, q.qkey)]
             if not queries:
                 del self._by_connection[cid]
 

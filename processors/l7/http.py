@@ -60,6 +60,12 @@ from .redact import (
 MAX_PENDING = 1000
 #: Client bytes held after an Upgrade/CONNECT request until the answer says what they are.
 MAX_HELD = 64 * 1024
+#: Bytes of a message in progress kept to rebuild its parser on a restore (see
+#: _Side.log): past this, a message with a Content-Length or connection-delimited body
+#: keeps none (its parser is rebuilt from its head); a chunked one keeps up to
+#: REPLAY_MAX, after which a restore in its middle resynchronises as after a gap.
+REPLAY_SOFT = 16 * 1024
+REPLAY_MAX = 1024 * 1024
 
 
 class Mode(Enum):
@@ -225,12 +231,16 @@ class _Side:
     MARKER: bytes  # a literal every match of START contains
     TAIL_LIMIT: int
 
+    #: Not state: an llhttp parser cannot be copied. A snapshot (processors/state_codec.py)
+    #: keeps ``log`` instead, and _state_restored rebuilds the parser from it.
+    _state_exclude = ("parser",)
+
     def __init__(self, an: HttpAnalyzer) -> None:
         self.an = an
         self.cap = an.ctx.options.body_cap
         self.max_header = an.ctx.options.max_header_bytes
         self.mode = PARSE
-        self.parser: Any = self.new_parser()
+        self.set_parser()
         self.cur: _Txn | None = None  # the message being parsed (None: between messages)
         self.in_head = False  # inside the start line / header block of `cur`
         self.hdr_bytes = 0  # header bytes fed so far (see feed)
@@ -240,8 +250,81 @@ class _Side:
         self.ts = 0  # capture time of the bytes being parsed (read by the callbacks)
         self.last_ts = 0  # capture time of the last byte seen in this direction
 
-    def new_parser(self) -> Any:
+    def new_parser(self, callbacks: Any = None) -> Any:
+        """A fresh llhttp parser calling ``callbacks`` (default: this side)."""
         raise NotImplementedError
+
+    def set_parser(self) -> None:
+        """A fresh parser. ``log`` holds the bytes fed to the current parser since it was
+        last between messages at the end of a feed (where it is as good as a fresh one):
+        feeding them to a fresh parser rebuilds it (a restore, _state_restored). None: not
+        kept (a long message; see REPLAY_SOFT)."""
+        self.parser = self.new_parser()
+        self.log: list[bytes] | None = []
+        self.log_bytes = 0
+        self.log_limit = REPLAY_SOFT
+
+    def logged(self, data: bytes) -> None:
+        """``data`` was fed to the parser (called after every successful feed)."""
+        if self.cur is None:  # between messages: the parser is as good as a fresh one
+            if self.log_bytes or self.log is None:
+                self.log = []
+                self.log_bytes = 0
+                self.log_limit = REPLAY_SOFT
+            return
+        log = self.log
+        if log is not None:
+            log.append(data)
+            self.log_bytes += len(data)
+            if self.log_bytes > self.log_limit:
+                self.trim_log()
+
+    def trim_log(self) -> None:
+        """A long message: keep no bytes if its head can rebuild the parser, else go on
+        up to REPLAY_MAX."""
+        if not self.in_head and _framing(self.cur_headers()) != "chunked":
+            self.log = None
+        elif self.log_bytes > REPLAY_MAX:
+            self.log = None
+        else:
+            self.log_limit = REPLAY_MAX
+
+    def cur_headers(self) -> list[tuple[bytes, bytes]]:
+        raise NotImplementedError
+
+    def synthetic_head(self) -> bytes | None:
+        """A message head that brings a fresh parser where the current one is, in the body
+        of a message with a Content-Length or connection-delimited body; None if there
+        is no such head."""
+        raise NotImplementedError
+
+    def _state_restored(self) -> None:
+        """After a restore: a parser where the snapshot's was (its bytes fed again, with
+        the callbacks muted), or, if that cannot be known, a fresh one after a gap."""
+        if self.an is None:  # closed
+            self.parser = None
+            return
+        if self.mode is not PARSE or (self.cur is None and not self.log):
+            self.set_parser()  # (not PARSE: a fresh parser is made before any use)
+            return
+        replay = b"".join(self.log) if self.log is not None else None
+        if replay is None and self.cur is not None and not self.in_head:
+            replay = self.synthetic_head()
+        if replay is not None:
+            relay = _Relay()
+            parser = self.new_parser(relay)
+            try:
+                parser.feed_data(replay)
+            except httptools.HttpParserError:
+                replay = None
+            else:
+                relay.side = self
+                self.parser = parser
+                return
+        # Where the parser was cannot be rebuilt: go on as after lost bytes.
+        self.an.stats["http_restore_resync"] += 1
+        self.set_parser()
+        self.gap()
 
     def abort(self, error: str) -> None:
         """End the message in progress (gap or parse error)."""
@@ -250,7 +333,7 @@ class _Side:
     def restart(self) -> None:
         """A fresh parser: a message starts at the next byte."""
         self.mode = PARSE
-        self.parser = self.new_parser()
+        self.set_parser()
         self.cur = None
         self.in_head = False
 
@@ -267,6 +350,9 @@ class _Side:
             begins = self.begins
             try:
                 self.parser.feed_data(data)
+                if self.cur is None and not self.log_bytes and self.log is not None:
+                    return  # (logged() inlined: between messages, nothing logged)
+                self.logged(data)
                 return
             except httptools.HttpParserUpgrade as exc:
                 pos = self.upgraded(data, exc.args[0])
@@ -314,13 +400,15 @@ class _Side:
             # segment the message began in): llhttp itself has no limit.
             self.hdr_bytes += end - pos
         begins = self.begins
+        whole = pos == 0 and end == len(data)
         try:
-            self.parser.feed_data(data if pos == 0 and end == len(data)
-                                  else memoryview(data)[pos:end])
+            self.parser.feed_data(data if whole else memoryview(data)[pos:end])
         except httptools.HttpParserUpgrade as exc:
             return self.upgraded(data, pos + exc.args[0])
         except httptools.HttpParserError as exc:
             return self.error(data, pos, self.begins - begins, _reason(exc))
+        if self.cur is not None or self.log_bytes or self.log is None:
+            self.logged(data if whole else data[pos:end])
         if self.in_head and self.hdr_bytes > self.max_header:
             return self.error(data, pos, self.begins - begins, "header_too_large")
         return end
@@ -370,6 +458,75 @@ class _Side:
         self.tail = b""
 
 
+class _Relay:
+    """The callbacks of a parser rebuilt on a restore: silent while the logged bytes are
+    fed again (their effects are in the restored state), then this side's."""
+
+    __slots__ = ("side",)
+
+    def __init__(self) -> None:
+        self.side: _Side | None = None
+
+    def on_message_begin(self) -> None:
+        if self.side is not None:
+            self.side.on_message_begin()
+
+    def on_url(self, url: bytes) -> None:
+        if self.side is not None:
+            self.side.on_url(url)  # type: ignore[attr-defined]
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self.side is not None:
+            self.side.on_header(name, value)  # type: ignore[attr-defined]
+
+    def on_headers_complete(self) -> None:
+        if self.side is not None:
+            self.side.on_headers_complete()  # type: ignore[attr-defined]
+
+    def on_body(self, body: bytes) -> None:
+        if self.side is not None:
+            self.side.on_body(body)  # type: ignore[attr-defined]
+
+    def on_message_complete(self) -> None:
+        if self.side is not None:
+            self.side.on_message_complete()  # type: ignore[attr-defined]
+
+
+def _framing(pairs: list[tuple[bytes, bytes]]) -> int | str | None:
+    """How a message's body ends, from its headers: its Content-Length, "chunked" (any
+    Transfer-Encoding), or None (neither: none, or the connection's end for a response)."""
+    length: int | str | None = None
+    for name, value in pairs:
+        lname = _name_info(name)[0]
+        if lname == "transfer-encoding":
+            return "chunked"
+        if lname == "content-length":
+            try:
+                length = int(value.strip())
+            except ValueError:
+                return "chunked"  # (not a length to rebuild a parser with)
+    return length
+
+
+def _head_for_rest(start_line: bytes, pairs: list[tuple[bytes, bytes]], size: int) -> bytes | None:
+    """A head for a fresh parser that is to read the rest of a body of which ``size``
+    bytes were read (None if the headers say nothing a head can restate)."""
+    framing = _framing(pairs)
+    if framing == "chunked":
+        return None
+    lines = [start_line]
+    for name, value in pairs:
+        if _name_info(name)[0] != "content-length":
+            lines.append(name + b": " + value + b"\r\n")
+    if framing is not None:
+        rest = int(framing) - size
+        if rest <= 0:
+            return None
+        lines.append(b"Content-Length: %d\r\n" % rest)
+    lines.append(b"\r\n")
+    return b"".join(lines)
+
+
 def _lenient(parser: Any) -> Any:
     # We observe, we do not enforce: bytes after "Connection: close" (or an HTTP/1.0
     # message without keep-alive) are still parsed; llhttp's default of rejecting them
@@ -396,8 +553,18 @@ class _RequestSide(_Side):
         self.wait_txn: _Txn | None = None
         self.wait_gap = False
 
-    def new_parser(self) -> Any:
-        return _lenient(httptools.HttpRequestParser(self))
+    def new_parser(self, callbacks: Any = None) -> Any:
+        return _lenient(httptools.HttpRequestParser(callbacks or self))
+
+    def cur_headers(self) -> list[tuple[bytes, bytes]]:
+        return self.cur.req_headers
+
+    def synthetic_head(self) -> bytes | None:
+        t = self.cur
+        if t.method is None or t.url is None or t.version is None:
+            return None
+        line = t.method.encode("latin-1") + b" " + t.url + b" HTTP/" + t.version.encode() + b"\r\n"
+        return _head_for_rest(line, t.req_headers, t.req_size)
 
     # -- llhttp callbacks ------------------------------------------------------------
 
@@ -556,8 +723,17 @@ class _ResponseSide(_Side):
         self.status = 0  # of the message being parsed (interim ones included)
         self.hd_tail = b""  # its last bytes fed, to find a blank line split in two
 
-    def new_parser(self) -> Any:
-        return _lenient(httptools.HttpResponseParser(self))
+    def new_parser(self, callbacks: Any = None) -> Any:
+        return _lenient(httptools.HttpResponseParser(callbacks or self))
+
+    def cur_headers(self) -> list[tuple[bytes, bytes]]:
+        return self.cur.resp_headers
+
+    def synthetic_head(self) -> bytes | None:
+        if not 200 <= self.status < 1000:
+            return None
+        line = b"HTTP/1.1 %d X\r\n" % self.status
+        return _head_for_rest(line, self.cur.resp_headers, self.cur.resp_size)
 
     # -- llhttp callbacks ------------------------------------------------------------
 
@@ -688,7 +864,7 @@ class _ResponseSide(_Side):
         if cur is t and t.method == "HEAD" and t.status is not None:
             # llhttp now waits for a body that will not come
             self.cur = None
-            self.parser = self.new_parser()
+            self.set_parser()
             self.an.finish_response(t, self.ts)
         return end
 
