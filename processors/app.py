@@ -1,10 +1,13 @@
-"""The Faust application: processor workers that consume ``wire.packets``.
+"""The Faust application: the per-service windows and processor plugins.
 
-Run it with ``wirestream process`` (several workers may join the same group; partitions
-are shared among them). An agent reads like what it does::
+Run it with ``wirestream process --role windows`` (several workers may join the same
+group; partitions are shared among them, the windows' table recovered from its changelog).
+An agent reads like what it does::
 
-    for each batch of packets on wire.packets:
-        track the TCP connections of its partition, and publish closed ones
+    for each batch of observations on wire.observations:
+        add them to their service's window, and close the windows the watermark has passed
+
+The packet workers are not Faust agents (``processors.packet_worker``).
 """
 
 from __future__ import annotations
@@ -21,17 +24,13 @@ import faust
 from wirestream.codec import AvroCodec
 from wirestream.errors import DecodeError, RegistryError
 from wirestream.runtime import DATADIR_ENV
-from wirestream.topics import OBSERVATIONS, PACKETS, SOCKETS, WINDOWS_STAGE
+from wirestream.topics import OBSERVATIONS, WINDOWS_STAGE
 
 from . import faust_transport
-from .k8s_enrichment import Enricher, IdentityFeed, IdentityIndex
-from .l7.base import L7Options
 from .output import OutputPublisher
-from .packet_pipeline import STAGE, PacketPipeline
 from .service_windows import ServiceWindows, WindowOptions
 
 WINDOWS_TABLE = "service-windows"
-ROLES = ("all", "packets", "windows")
 log = logging.getLogger(__name__)
 
 
@@ -39,32 +38,21 @@ def create_app(
     bootstrap: str,
     registry_url: str,
     group: str = "wirestream-processors",
-    idle_timeout_s: float = 300.0,
-    close_linger_s: float = 10.0,
-    interim_s: float = 0.0,
-    source_prefix: str = "",
-    l7_options: L7Options | None = None,
-    packet_partitions: int = 4,
     observation_partitions: int = 4,
     window_options: WindowOptions | None = None,
     windows: bool = True,
-    role: str = "all",
     plugins: tuple[str, ...] = (),
 ) -> faust.App:
-    """The processors' Faust app. Its topics (and the windows' changelog topic,
+    """The Faust app of the per-service windows (``windows``) and of processor
+    ``plugins`` (entry point names). Its topics (and the windows' changelog topic,
     :func:`changelog_topic`) must exist: wirestream creates them, Faust does not.
 
-    ``role``: ``packets`` (the packet agent only), ``windows`` (the windows agent and its
-    table only), or ``all``. Separate processes for the two keep each consumer's fetches
-    to its own partitions: the embedded broker's cost per fetch grows with the partitions
-    named in it, and the packet workers fetch all the time.
-    ``windows=False``: packet workers send no observations. ``plugins``: processor
-    plugins (entry point names) to run in this worker too."""
-    if role not in ROLES:
-        raise ValueError(f"role must be one of {', '.join(ROLES)}, not {role!r}")
+    The packet workers are not Faust agents: see :mod:`.packet_worker`. Keep the windows
+    in a process of their own (``--role windows``): the embedded broker's cost per fetch
+    grows with the partitions named in it, and the packet workers fetch all the time."""
     # The windows take batches and emit per window: a fetch may wait longer, which saves
     # the broker a request per partition every 50 ms (docs/embedded-broker.md).
-    faust_transport.register(max(faust_transport.FETCH_MAX_WAIT_MS, 500) if role == "windows" else None)
+    faust_transport.register(max(faust_transport.FETCH_MAX_WAIT_MS, 500) if windows else None)
     # Faust makes a data directory even for memory tables: not in the current directory,
     # but in the work directory of the command that started us, or a temporary one.
     datadir = os.environ.get(DATADIR_ENV) or tempfile.mkdtemp(prefix="wirestream-faust-")
@@ -96,47 +84,7 @@ def create_app(
             state["codec"] = AvroCodec(registry_url)
         return state["codec"]
 
-    def enricher() -> Enricher:
-        # The whole wire.k8s-identity table, read before the first record is enriched.
-        # The feed is a daemon thread that keeps the index up to date for the worker's life.
-        index = IdentityIndex()
-        IdentityFeed(bootstrap, codec(), index).start()
-        return Enricher(index)
-
-    def pipeline() -> PacketPipeline:
-        # Created in the worker (not at import), after fork-safe startup.
-        if "p" not in state:
-            state["p"] = PacketPipeline(
-                codec(),
-                OutputPublisher(bootstrap, codec(), STAGE),
-                idle_timeout_us=int(idle_timeout_s * 1e6),
-                close_linger_us=int(close_linger_s * 1e6),
-                interim_us=int(interim_s * 1e6),
-                source_prefix=source_prefix,
-                l7_options=l7_options,
-                packet_partitions=packet_partitions,
-                observation_partitions=observation_partitions if windows else 0,
-                enricher=enricher(),
-            )
-        return state["p"]
-
-    if role in ("all", "packets"):
-        # One agent, two co-partitioned topics: partition N of both goes to the same worker,
-        # which joins a connection's socket events to its packets.
-        packets = app.topic(PACKETS, SOCKETS, value_serializer="raw", key_serializer="raw")
-
-        @app.agent(packets, name="analyse-packets")
-        async def analyse_packets(messages: faust.Stream) -> None:
-            """For each batch of packets: track TCP connections and their L7 transactions;
-            for each socket event: keep it for its connection's record; at end of input,
-            report."""
-            async for event in messages.events():
-                if event.message.topic == PACKETS:
-                    pipeline().handle(event.message.partition, event.value)
-                else:
-                    pipeline().handle_socket_event(event.message.partition, event.value)
-
-    if role in ("all", "windows"):
+    if windows:
         _windows_agent(app, state, codec, bootstrap, observation_partitions, window_options)
     for name in plugins:
         _plugin_agent(app, codec, bootstrap, name)
@@ -215,7 +163,8 @@ def _windows_agent(app: faust.App, state: dict[str, Any], codec: Callable[[], Av
                     source_id=batch["source_id"], partition=msg.partition, received=0,
                     emitted=done["emitted"],
                     dropped={k: done[k] for k in ("late_observations", "malformed_observation_batches")},
-                    counters={}, final=True)
+                    counters={"duplicate_observation_batches": done["duplicate_observation_batches"]},
+                    final=True)
 
 
 def changelog_topic(group: str) -> str:

@@ -22,7 +22,8 @@ from wirestream.topics import STATS
 class OutputPublisher:
     """Encode and send output records; count what was emitted per topic."""
 
-    def __init__(self, bootstrap: str, codec: AvroCodec, stage: str) -> None:
+    def __init__(self, bootstrap: str, codec: AvroCodec, stage: str, **producer_config: Any) -> None:
+        """``producer_config``: librdkafka settings on top of the publisher's own."""
         self.codec = codec
         self.stage = stage
         self.instance = f"{socket.gethostname()}:{os.getpid()}"
@@ -32,7 +33,7 @@ class OutputPublisher:
         # for failed deliveries' reports only: a Python callback per record would cost
         # more than the produce call itself.
         self.kafka = WireProducer(bootstrap, **{"compression.type": "lz4", "linger.ms": 100,
-                                                "batch.size": 1 << 20})
+                                                "batch.size": 1 << 20, **producer_config})
         self._produce = self.kafka.produce  # bound once: called per record
         self.emitted: Counter[str] = Counter()
 
@@ -49,6 +50,11 @@ class OutputPublisher:
 
     def flush(self, timeout: float = 60.0) -> None:
         self.kafka.flush(timeout)
+
+    def wait_delivered(self, timeout: float) -> int:
+        """Wait up to ``timeout`` seconds for everything queued to be delivered; return how
+        many records are still on their way (not counted as lost: the caller waits again)."""
+        return self.kafka.pending(timeout)
 
     def publish_stats(
         self,

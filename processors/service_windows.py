@@ -218,18 +218,24 @@ class _Source:
         self.offset = -1
         self.partitions = 0  # packet partitions the source has
         self.watermarks: dict[int, int] = {}
+        # packet partition -> sequence of its last batch taken in (a restarted packet
+        # worker sends the batches since its last checkpoint again, the same ones)
+        self.sequences: dict[int, int] = {}
         self.done: set[int] = set()
         self.open: dict[str, int] = {}  # window key -> window start
         self.health: dict[str, str] = {}  # service -> band of its last window with data
         self.late = 0
         self.malformed = 0
+        self.duplicates = 0  # observation batches received twice (see handle)
         self.emitted: dict[str, int] = {SERVICE_METRICS: 0, ALERTS: 0}
 
     def dumps(self) -> bytes:
         return json.dumps({
             "offset": self.offset, "partitions": self.partitions,
-            "watermarks": self.watermarks, "done": sorted(self.done), "open": self.open,
+            "watermarks": self.watermarks, "sequences": self.sequences,
+            "done": sorted(self.done), "open": self.open,
             "health": self.health, "late": self.late, "malformed": self.malformed,
+            "duplicates": self.duplicates,
             "emitted": self.emitted,
         }, separators=(",", ":")).encode()
 
@@ -239,9 +245,11 @@ class _Source:
         s = cls()
         s.offset, s.partitions, s.late = d["offset"], d["partitions"], d["late"]
         s.watermarks = {int(k): v for k, v in d["watermarks"].items()}
+        s.sequences = {int(k): v for k, v in d.get("sequences", {}).items()}
         s.done = set(d["done"])
         s.open, s.health, s.emitted = d["open"], d["health"], d["emitted"]
         s.malformed = d.get("malformed", 0)
+        s.duplicates = d.get("duplicates", 0)
         return s
 
     def watermark(self) -> int | None:
@@ -299,6 +307,16 @@ class ServiceWindows:
             src = _Source.loads(raw) if raw is not None else _Source()
         if src.offset >= offset:
             return None  # read again after a restart: already applied
+        p = batch["packet_partition"]
+        if batch["sequence"] <= src.sequences.get(p, -1):
+            # Sent again by a packet worker that took over from a checkpoint older than
+            # this batch: identical to the one taken in, so skipped.
+            src.duplicates += 1
+            src.offset = offset
+            self.store[skey] = src.dumps()
+            self._sources[skey] = src
+            return None
+        src.sequences[p] = batch["sequence"]
         opts = self.options
         length = opts.length_us
         src.partitions = batch["packet_partitions"]
@@ -331,7 +349,6 @@ class ServiceWindows:
                 continue  # this window already took this batch in before a restart
             w.add(o, opts.thresholds)
             src.open[wkey] = start
-        p = batch["packet_partition"]
         src.watermarks[p] = max(src.watermarks.get(p, 0), batch["watermark_ts_us"])
         if batch["end_of_input"]:
             src.done.add(p)
@@ -354,7 +371,8 @@ class ServiceWindows:
         if src.finished():
             self._forget(skey)
             return {"emitted": dict(src.emitted), "late_observations": src.late,
-                    "malformed_observation_batches": src.malformed}
+                    "malformed_observation_batches": src.malformed,
+                    "duplicate_observation_batches": src.duplicates}
         self.store[skey] = src.dumps()
         self._sources[skey] = src
         return None

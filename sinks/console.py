@@ -228,11 +228,16 @@ class StageTotals:
 
 
 def processor_totals(stats: list[dict[str, Any]]) -> dict[str, StageTotals]:
-    """Sum the processor stages' ``wire.stats`` reports, stage by stage (sorted by name)."""
+    """Sum the processor stages' final ``wire.stats`` reports, stage by stage (sorted by
+    name). A final report sent twice for one (stage, source, partition) counts once: a
+    packet worker that took over from a checkpoint sends again, identical, the report its
+    crashed predecessor sent after that checkpoint (docs/checkpoints.md)."""
     totals: dict[str, StageTotals] = {}
+    finals = {}
     for s in stats:
-        if not s["stage"].startswith("processor"):
-            continue
+        if s["stage"].startswith("processor") and s["final"]:
+            finals[(s["stage"], s["source_id"], s["partition"])] = s
+    for s in finals.values():
         total = totals.setdefault(s["stage"], StageTotals())
         total.received += s["received"]
         total.emitted.update(s["emitted"])

@@ -116,9 +116,9 @@ def test_a_source_with_socket_events_ends_when_both_topics_have(broker, registry
     if sockets_end_first:
         ends.reverse()
     pipeline.handle(0, ends[0][1]) if ends[0][0] == "packets" else pipeline.handle_socket_event(0, ends[0][1])
-    assert (source_id, 0) in pipeline._trackers, "finished before both end markers were in"
+    assert (source_id, 0) in pipeline.engines, "finished before both end markers were in"
     pipeline.handle(0, ends[1][1]) if ends[1][0] == "packets" else pipeline.handle_socket_event(0, ends[1][1])
-    assert (source_id, 0) not in pipeline._trackers
+    assert (source_id, 0) not in pipeline.engines
     pipeline.publisher.flush()
 
     records, final = [], None

@@ -128,7 +128,7 @@ def run_pipeline(result: AnalyzeResult, settings: Settings, feed: Feeder, worker
         if settings.windows:
             # One process for the windows (they are light), apart from the packet workers:
             # see processors.app.create_app.
-            rt.start_workers(1, group=f"wirestream-analyze-{run_id}-windows",
+            rt.start_workers(1, group=f"wirestream-analyze-{run_id}",  # its Faust group: ...-windows
                              extra_args=["--role", "windows", *common])
         source_ids = feed(rt, run_id, partitions)
         if source_ids:

@@ -145,6 +145,13 @@ class WireProducer:
             self.delivery_errors[undelivered] += remaining
         return remaining
 
+    def pending(self, timeout: float) -> int:
+        """Wait up to ``timeout`` seconds for everything queued to be delivered; return how
+        many records are still on their way. Unlike :meth:`flush`, counts nothing as lost:
+        for a caller that waits again (a worker that may not checkpoint before its output
+        is delivered)."""
+        return int(self._producer.flush(timeout))
+
     def take_delivery_errors(self) -> Counter[str]:
         """The delivery errors counted since the last call (so that each goes into one
         stats report, and reports can be summed)."""

@@ -28,10 +28,11 @@ from confluent_kafka import Consumer, TopicPartition
 
 from wirestream.codec import AvroCodec
 from wirestream.kafka import consumer_config
+from wirestream.processors.engine import EngineOptions
 from wirestream.processors.k8s_enrichment import Enricher, IdentityFeed, IdentityIndex
 from wirestream.processors.l7.base import L7Options
 from wirestream.processors.output import OutputPublisher
-from wirestream.processors.packet_pipeline import PacketPipeline
+from wirestream.processors.packet_pipeline import PacketPipeline, handle_when_registry_answers
 from wirestream.reader import partitions_of
 from wirestream.topics import PACKETS, REPLAY_TOPICS, SOCKETS
 
@@ -71,7 +72,7 @@ def replay(bootstrap: str, registry: str, from_us: int | None = None, to_us: int
     index = IdentityIndex()
     feed = IdentityFeed(bootstrap, codec, index)  # Kubernetes identities, as the workers have them
     feed.start()
-    pipeline = PacketPipeline(codec, publisher, source_prefix=source_prefix, l7_options=l7_options,
+    pipeline = PacketPipeline(codec, publisher, EngineOptions(l7=l7_options), source_prefix=source_prefix,
                               enricher=Enricher(index))
     consumer = Consumer(consumer_config(bootstrap))
     run = ReplayRun()
@@ -99,7 +100,8 @@ def replay(bootstrap: str, registry: str, from_us: int | None = None, to_us: int
                     end = ranges[(topic, part)][1]
                     if msg.offset() >= end:
                         continue
-                    handlers[topic](part, msg.value())
+                    # a registry outage makes the replay wait, not skip the batch
+                    handle_when_registry_answers(handlers[topic], part, msg.value())
                     run.messages += 1
                     run.by_topic[topic] += 1
                     if msg.offset() + 1 >= end:

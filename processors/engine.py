@@ -1,0 +1,257 @@
+"""The analysis of one (source, partition) of ``wire.packets``: an I/O-free engine.
+
+An :class:`Engine` takes decoded packet batches (:meth:`Engine.feed`) and socket events
+(:meth:`Engine.socket_event`) of one source on one input partition, and gives records to
+a :class:`Sink`. It owns everything that is state:
+
+- the TCP connection table (:class:`~.connection_tracker.ConnectionTracker`), with each
+  connection's analysis, reassembly buffers and L7 parser;
+- the L7 dispatcher (pending DNS queries, L7 counters);
+- the kernel socket events waiting for their connection (:class:`~.socket_join.SocketJoin`);
+- the observer that batches what the per-service windows need
+  (:class:`~.observations.Observer`);
+- its own bookkeeping: packets received, the end-of-input markers seen.
+
+It reads no socket, writes no file and keeps no clock: the same input gives the same
+records, which is what makes :meth:`snapshot` / :meth:`restore` (a checkpoint) and a
+re-run after a crash give the same output (docs/checkpoints.md).
+
+Every callback inside the engine is one of its bound methods, never a closure, so that
+the state can be encoded (:mod:`.state_codec`); what is *not* state (the sink, the
+options, the Kubernetes enricher, which a thread keeps up to date) is handed in again on
+restore.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from wirestream.packet_block import PROTO_UDP
+from wirestream.topics import CONNECTIONS, OBSERVATIONS
+
+from .connection_tracker import ConnectionTracker
+from .k8s_enrichment import Enricher
+from .l7.base import L7Options
+from .l7.session import L7Dispatcher
+from .observations import Observer
+from .socket_join import SocketJoin
+
+
+class Sink(Protocol):
+    """Where an engine's records go (``processors.output.OutputPublisher`` is one)."""
+
+    def emit(self, topic: str, key: str | None, record: dict[str, Any]) -> None: ...
+
+    def send_to_partition(self, topic: str, partition: int, record: dict[str, Any]) -> None: ...
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """How the engines of a worker analyse (``wirestream process`` options).
+
+    One frozen object from the command line to every engine, instead of a chain of
+    parameters; the worker passes it to its child processes as its fields."""
+
+    #: a connection quiet this long (capture time) is emitted with state ``timeout``
+    idle_timeout_us: int = 300_000_000
+    #: a closed connection is emitted once quiet this long (late retransmissions, ACKs)
+    close_linger_us: int = 10_000_000
+    #: interim records for long connections every this often (0: none)
+    interim_us: int = 0
+    #: L7 analysis (None: TCP analysis only)
+    l7: L7Options | None = field(default_factory=L7Options)
+    #: partitions of wire.packets (the observations say which share of a source they are)
+    packet_partitions: int = 0
+    #: partitions of wire.observations; 0: send no observations (no per-service windows)
+    observation_partitions: int = 0
+
+
+@dataclass
+class EngineReport:
+    """What an engine's final ``wire.stats`` report says (see :meth:`Engine.finish`)."""
+
+    received: int
+    emitted: dict[str, int]
+    dropped: Counter[str]
+    counters: Counter[str]
+
+
+class Engine:
+    """The analysis of one source on one input partition."""
+
+    def __init__(self, source_id: str, partition: int, options: EngineOptions, sink: Sink,
+                 enricher: Enricher | None = None) -> None:
+        self.source_id = source_id
+        self.partition = partition
+        self.options = options
+        self.sink = sink
+        self.enricher = enricher  # Kubernetes identities (None: records go out without)
+        self.observer: Observer | None = None
+        if options.observation_partitions:
+            self.observer = Observer(self._send_observations, source_id, partition,
+                                     options.packet_partitions, options.observation_partitions)
+        l7 = L7Dispatcher(self._emit, source_id, options.l7) if options.l7 is not None else None
+        self.tracker = ConnectionTracker(
+            self._emit_connection,
+            source_id=source_id,
+            idle_timeout_us=options.idle_timeout_us,
+            close_linger_us=options.close_linger_us,
+            interim_us=options.interim_us,
+            l7=l7,
+        )
+        self.received = 0  # packets, as the batches count them
+        # The end-of-input markers: of wire.packets (its batch record) and, for a live
+        # eBPF source, of wire.sockets. The engine is done when both are in, either first.
+        self.packets_end: dict[str, Any] | None = None
+        self.sockets_end: dict[str, Any] | None = None
+
+    # --- the records' way out: enrich, observe, then publish --------------------------------
+
+    def _emit(self, topic: str, key: str | None, record: dict[str, Any]) -> None:
+        if self.enricher is not None:
+            self.enricher.enrich(topic, record)  # Kubernetes identity: the windows key by workload
+        if self.observer is not None:
+            # Observe before publish: the windows' view is taken from the record as
+            # published (findings ride on RecordWithFindings, never published).
+            self.observer.observe(topic, record)
+        self.sink.emit(topic, key, record)
+
+    def _emit_connection(self, record: dict[str, Any]) -> None:
+        self._emit(CONNECTIONS, record["connection_id"], record)
+
+    def _send_observations(self, partition: int, batch: dict[str, Any]) -> None:
+        self.sink.send_to_partition(OBSERVATIONS, partition, batch)
+
+    # --- input -------------------------------------------------------------------------------
+
+    def feed(self, headers: np.ndarray, payloads: bytes, count: int | None = None) -> None:
+        """One batch of packets (``wirestream.packet_block`` headers and their payload blob);
+        ``count``: how many packets the batch says it has (default: its headers)."""
+        tracker = self.tracker
+        if tracker.l7 is not None:
+            # Datagrams first: the tracker's periodic sweep (at the end of process) times
+            # out unanswered DNS queries, and must not do so before it saw this batch's answers.
+            tracker.l7.datagrams(headers[headers["proto"] == PROTO_UDP], payloads)
+        tracker.process(headers, payloads)
+        if self.observer is not None:
+            if len(headers):
+                self.observer.advance(int(headers["ts_us"].max()))
+            self.observer.flush()
+        self.received += len(headers) if count is None else count
+
+    def socket_event(self, event: dict[str, Any]) -> None:
+        """One kernel socket event of this source (``wire.sockets``), end marker included."""
+        if self.tracker.sockets is None:
+            self.tracker.sockets = SocketJoin()
+        if event["end_of_input"]:
+            self.sockets_end = event
+        else:
+            self.tracker.sockets.add(event)
+
+    def end_of_packets(self, batch: dict[str, Any]) -> None:
+        """The wire.packets end-of-input marker of this source and partition (a batch)."""
+        self.packets_end = batch
+
+    @property
+    def complete(self) -> bool:
+        """All input is in: the packets' end marker, and the socket events' if the source
+        has any (a live eBPF source says so in its last batch)."""
+        end = self.packets_end
+        if end is None:
+            return False
+        return not end.get("socket_events") or self.sockets_end is not None
+
+    # --- output ------------------------------------------------------------------------------
+
+    def finish(self) -> EngineReport:
+        """End of input: emit every connection and query still held; return the counters
+        of the final report. The engine is spent afterwards."""
+        tracker = self.tracker
+        tracker.flush()
+        counters: Counter[str] = Counter(tracker.counters)
+        if self.observer is not None:
+            self.observer.flush(end_of_input=True)
+            counters["observations"] = self.observer.observed
+        end = self.packets_end or {"batches_before": -1}  # -1: ended without its marker
+        counters["batches_expected"] = end["batches_before"]
+        dropped = +tracker.dropped  # without zero counts
+        if tracker.sockets is not None:
+            counters.update(tracker.sockets.counters)
+            counters["socket_events"] = tracker.sockets.events
+            sent = self.sockets_end["events_before"] if self.sockets_end is not None else None
+            if sent is not None and sent != tracker.sockets.events:
+                dropped["socket_events_missing"] += sent - tracker.sockets.events
+        emitted = {CONNECTIONS: tracker.emitted}
+        if tracker.l7 is not None:
+            emitted.update(tracker.l7.emitted)
+            for name, n in tracker.l7.stats.items():
+                # Parse errors are input we could not use: named drop reasons.
+                (dropped if "parse_error" in name else counters)[name] += n
+        return EngineReport(self.received, emitted, dropped, counters)
+
+    @property
+    def open_connections(self) -> int:
+        return self.tracker.open_connections
+
+    # --- checkpoints -------------------------------------------------------------------------
+
+    def _externals(self) -> dict[str, object]:
+        return _externals(self.options, self.sink, self.enricher)
+
+    def snapshot(self) -> bytes:
+        """The whole state, encoded (docs/checkpoints.md): every open connection with its
+        analysis, unacknowledged and out-of-order segments, L7 parser state, pending DNS
+        queries, socket events, observations not yet sent, counters."""
+        from .state_codec import encode_state
+
+        return encode_state(self, self._externals())
+
+    @classmethod
+    def restore(cls, data: bytes, options: EngineOptions, sink: Sink,
+                enricher: Enricher | None = None) -> Engine:
+        """The engine a :meth:`snapshot` was taken of, now writing to ``sink``.
+
+        ``options`` must be those of the engine that was snapshotted (the worker's
+        options; a checkpoint records nothing of them). Raises ``StateError`` for bytes
+        that are not such a snapshot (another version's included)."""
+        from .state_codec import StateError, decode_state
+
+        engine = decode_state(data, _externals(options, sink, enricher))
+        if not isinstance(engine, cls):
+            raise StateError(f"a checkpoint holds a {type(engine).__name__}, not an engine")
+        return engine
+
+
+def snapshot_engines(engines: list[Engine]) -> bytes:
+    """The state of several engines (one input partition's sources) as one snapshot;
+    they share a sink, options and enricher."""
+    from .state_codec import encode_state
+
+    if not engines:
+        return encode_state([], {})
+    return encode_state(list(engines), engines[0]._externals())
+
+
+def restore_engines(data: bytes, options: EngineOptions, sink: Sink,
+                    enricher: Enricher | None = None) -> list[Engine]:
+    """The engines of a :func:`snapshot_engines`, writing to ``sink``."""
+    from .state_codec import StateError, decode_state
+
+    engines = decode_state(data, _externals(options, sink, enricher))
+    if not isinstance(engines, list) or not all(isinstance(e, Engine) for e in engines):
+        raise StateError("a checkpoint holds something other than a list of engines")
+    return engines
+
+
+def _externals(options: EngineOptions, sink: Sink, enricher: Enricher | None) -> dict[str, object]:
+    """What an engine refers to that is not its state: handed in again on restore, by name."""
+    externals: dict[str, object] = {"sink": sink, "options": options}
+    if options.l7 is not None:
+        externals["l7_options"] = options.l7
+    if enricher is not None:
+        externals["enricher"] = enricher
+    return externals

@@ -1,0 +1,308 @@
+"""The packet worker: consume ``wire.packets`` and ``wire.sockets`` in a consumer group,
+analyse them (:class:`~.packet_pipeline.PacketPipeline`), and checkpoint each partition's
+state with the input offsets it covers, so that partitions can move between workers
+without losing or splitting a connection.
+
+For each batch of messages of the partitions this worker owns:
+    hand each to the engine of its (source, partition);
+every ``checkpoint_interval_s`` of wall time, and whenever a partition is taken away:
+    wait until the output of what was read is delivered,
+    write the partition's state and offsets to wire.checkpoints (acks=all),
+    then commit the offsets;
+whenever a partition is assigned:
+    restore its newest checkpoint and read on from the offsets it covers.
+
+A plain confluent-kafka group consumer rather than a Faust agent: a checkpoint must be
+written *before* a partition is given up and the offsets must be those of the state, which
+needs the consumer's rebalance callbacks and its commits in our hands. The ``range``
+assignor gives one worker partition N of both topics (co-partitioned: a connection's
+socket events are joined to its packets).
+
+Guarantee (docs/checkpoints.md): a partition handed over cleanly (a worker joins, leaves,
+is rolled) loses and repeats nothing; after a crash, the new owner repeats what was
+processed since the last checkpoint, and what it emits again is identical (same key,
+same value), since the engines are deterministic and start from the same state.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, KafkaException, TopicPartition
+
+from wirestream.codec import AvroCodec
+from wirestream.errors import WirestreamError
+from wirestream.kafka import group_consumer_config
+from wirestream.topics import PACKETS, PACKETS_STAGE, SOCKETS
+
+from .checkpoints import Checkpoint, CheckpointError, CheckpointStore
+from .engine import EngineOptions
+from .k8s_enrichment import Enricher
+from .output import OutputPublisher
+from .packet_pipeline import PacketPipeline, handle_when_registry_answers
+
+log = logging.getLogger(__name__)
+
+INPUT_TOPICS = (PACKETS, SOCKETS)
+
+
+@dataclass(frozen=True)
+class WorkerOptions:
+    """How a packet worker checkpoints (``wirestream process`` options)."""
+
+    #: write each changed partition's checkpoint this often (wall time); 0: only when a
+    #: partition is given up (rebalance, stop)
+    checkpoint_interval_s: float = 5.0
+    #: restore checkpoints on assignment (False: start each partition empty, as before
+    #: checkpoints existed; for comparison only)
+    restore: bool = True
+    #: a member that stops heartbeating loses its partitions after this long
+    session_timeout_s: float = 10.0
+    #: Stop without a final checkpoint if the output cannot be delivered within this long
+    #: at shutdown (the next owner then repeats from the previous checkpoint).
+    shutdown_grace_s: float = 30.0
+
+
+class PacketWorker:
+    """One member of the packet workers' consumer group."""
+
+    def __init__(self, bootstrap: str, registry_url: str, group: str, options: EngineOptions,
+                 worker: WorkerOptions | None = None, source_prefix: str = "",
+                 enricher: Enricher | None = None) -> None:
+        self.bootstrap = bootstrap
+        self.group = group
+        self.worker = worker or WorkerOptions()
+        self.codec = AvroCodec(registry_url)
+        # Output is never dropped for an unreachable broker: records wait in the client
+        # (bounded by its queue) until delivered; a checkpoint waits for them.
+        self.publisher = OutputPublisher(bootstrap, self.codec, PACKETS_STAGE, **{"message.timeout.ms": 0})
+        self.pipeline = PacketPipeline(self.codec, self.publisher, options, source_prefix=source_prefix,
+                                       enricher=enricher)
+        self.store = CheckpointStore(bootstrap, group)
+        self.instance = f"{socket.gethostname()}:{os.getpid()}"
+        #: partition -> input topic -> next offset to process (what a checkpoint covers)
+        self.positions: dict[int, dict[str, int]] = {}
+        #: partition -> sequence of its newest checkpoint
+        self.sequences: dict[int, int] = {}
+        self.dirty: set[int] = set()  # partitions with input processed since their checkpoint
+        self.counters: Counter[str] = Counter()
+        self._reported: Counter[str] = Counter()
+        self._stopping: Callable[[], bool] = lambda: False
+        self._consumer: Consumer | None = None
+
+    # --- the loop ----------------------------------------------------------------------------
+
+    def run(self, stopping: Callable[[], bool]) -> None:
+        """Consume until ``stopping()`` says so; then checkpoint every owned partition,
+        commit, and leave the group (its partitions go to the others at once)."""
+        self._stopping = stopping
+        session_ms = int(self.worker.session_timeout_s * 1000)
+        consumer = self._consumer = Consumer(group_consumer_config(
+            self.bootstrap, self.group, from_beginning=True, **{
+                # partition N of both topics to the same member (they are co-partitioned)
+                "partition.assignment.strategy": "range",
+                "session.timeout.ms": session_ms,
+                "heartbeat.interval.ms": max(500, session_ms // 5),
+                # a registry outage may hold one message for long; the group must not
+                # take the partitions away meanwhile
+                "max.poll.interval.ms": 600_000,
+                "fetch.wait.max.ms": 50,
+            }))
+        consumer.subscribe(list(INPUT_TOPICS), on_assign=self._on_assign, on_revoke=self._on_revoke,
+                           on_lost=self._on_lost)
+        handlers = {PACKETS: self.pipeline.handle, SOCKETS: self.pipeline.handle_socket_event}
+        next_checkpoint = time.monotonic() + self.worker.checkpoint_interval_s
+        try:
+            while not stopping():
+                for msg in consumer.consume(500, 0.1):
+                    if msg.error() is not None:
+                        if msg.error().code() != KafkaError._PARTITION_EOF:
+                            log.warning("consumer: %s", msg.error().str())
+                        continue
+                    topic, part = msg.topic(), msg.partition()
+                    positions = self.positions.get(part)
+                    if positions is None:
+                        continue  # not ours (any more): a rebalance is under way
+                    if not handle_when_registry_answers(handlers[topic], part, msg.value(),
+                                                        stopping=stopping, waits=self.counters):
+                        break  # stopping while the registry is away: this message was not processed
+                    positions[topic] = msg.offset() + 1
+                    self.dirty.add(part)
+                self.publisher.poll()
+                interval = self.worker.checkpoint_interval_s
+                if interval and time.monotonic() >= next_checkpoint:
+                    self.checkpoint(sorted(self.dirty))
+                    self.publish_report()
+                    next_checkpoint = time.monotonic() + interval
+            self.checkpoint(sorted(self.dirty), shutting_down=True)
+            self.publish_report()
+        finally:
+            # close() leaves the group: the revoke callback runs (nothing left to write)
+            consumer.close()
+            self._consumer = None
+            self.publisher.flush(5)
+            self.store.close()
+
+    # --- checkpoints -------------------------------------------------------------------------
+
+    def checkpoint(self, partitions: list[int], shutting_down: bool = False) -> list[int]:
+        """Write the checkpoints of ``partitions``, then commit their offsets; return the
+        partitions done. A partition whose output or checkpoint cannot be delivered is not
+        committed (it is tried again at the next checkpoint)."""
+        if not partitions:
+            return []
+        if not self._wait_for_output(shutting_down):
+            return []
+        done = []
+        for part in partitions:
+            try:
+                self._write_checkpoint(part)
+            except (WirestreamError, KafkaException) as exc:  # CheckpointError, StateError
+                self.counters["checkpoint_failures"] += 1
+                log.warning("checkpoint of partition %d not written (%s): its offsets are not committed", part, exc)
+                continue
+            done.append(part)
+            self.dirty.discard(part)
+        self._commit(done)
+        return done
+
+    def _wait_for_output(self, shutting_down: bool) -> bool:
+        """Wait until every output record of what was processed is delivered: a checkpoint
+        that covers input whose records are lost would make the loss permanent."""
+        started = time.monotonic()
+        while True:
+            left = self.publisher.wait_delivered(1.0)
+            if not left:
+                return True
+            self.counters["broker_waits"] += 1
+            waited = time.monotonic() - started
+            log.warning("waiting for the broker at %s: %d output records undelivered after %.0f s",
+                        self.bootstrap, left, waited)
+            if shutting_down and waited > self.worker.shutdown_grace_s:
+                log.warning("stopping without a checkpoint: the next owner of these partitions "
+                            "repeats them from the previous one")
+                return False
+            if self._stopping() and not shutting_down and waited > self.worker.shutdown_grace_s:
+                return False
+
+    def _write_checkpoint(self, part: int) -> None:
+        started = time.perf_counter()
+        from .state_codec import STATE_FORMAT_VERSION
+
+        engines = self.pipeline.partition_engines(part)
+        state = self.pipeline.snapshot_partition(part)
+        sequence = self.sequences.get(part, 0) + 1
+        size = self.store.write(Checkpoint(
+            group=self.group, partition=part, offsets=dict(self.positions.get(part, {})),
+            state=state, state_format_version=STATE_FORMAT_VERSION, sequence=sequence,
+            sources=sorted(e.source_id for e in engines),
+            open_connections=sum(e.open_connections for e in engines),
+            unreported_drops=dict(self.pipeline.dropped.get(part, {}))))
+        self.sequences[part] = sequence
+        elapsed_ms = (time.perf_counter() - started) * 1000
+        self.counters["checkpoints_written"] += 1
+        self.counters["checkpoint_bytes"] += size
+        self.counters["checkpoint_ms"] += round(elapsed_ms)
+        log.info("checkpoint of partition %d: %d bytes, %d sources, %.1f ms", part, size, len(engines), elapsed_ms)
+
+    def _commit(self, partitions: list[int]) -> None:
+        """Commit what the checkpoints cover (for lag monitoring and tools; on assignment the
+        checkpoint's own offsets are what counts)."""
+        offsets = [TopicPartition(t, p, off) for p in partitions
+                   for t, off in self.positions.get(p, {}).items()]
+        if not offsets or self._consumer is None:
+            return
+        try:
+            self._consumer.commit(offsets=offsets, asynchronous=False)
+        except KafkaException as exc:
+            log.info("offset commit failed (%s); the checkpoint holds them", exc)
+
+    # --- rebalances --------------------------------------------------------------------------
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """Partitions taken away (another worker joined or left, or we stop): write their
+        checkpoints first, so that the next owner starts where we stopped."""
+        parts = sorted({tp.partition for tp in partitions} & set(self.positions))
+        log.info("partitions %s revoked: writing their checkpoints", parts)
+        self.checkpoint([p for p in parts if p in self.dirty], shutting_down=True)
+        for p in parts:
+            self._forget(p)
+
+    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """Partitions lost without a revoke (our session expired): another worker may
+        already own them and have written newer checkpoints. Write nothing; forget."""
+        self.counters["partitions_lost"] += len({tp.partition for tp in partitions})
+        for p in sorted({tp.partition for tp in partitions} & set(self.positions)):
+            self._forget(p)
+
+    def _forget(self, part: int) -> None:
+        self.pipeline.forget_partition(part)
+        self.positions.pop(part, None)
+        self.sequences.pop(part, None)
+        self.dirty.discard(part)
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """Partitions given to us: restore each one's newest checkpoint, and read on from the
+        offsets it covers (no checkpoint: from the committed offsets, or the beginning)."""
+        for part in sorted({tp.partition for tp in partitions}):
+            self.positions[part] = {}
+            cp = self._latest(part) if self.worker.restore else None
+            if cp is None:
+                continue
+            try:
+                started = time.perf_counter()
+                self.pipeline.restore_partition(part, cp.state)
+                self.counters["restores"] += 1
+                self.counters["restore_ms"] += round((time.perf_counter() - started) * 1000)
+            except WirestreamError as exc:  # StateError: another version's, or damaged
+                self.counters["checkpoint_unreadable"] += 1
+                log.error("partition %d: checkpoint %d by %s cannot be restored (%s); its connections "
+                          "in progress start anew", part, cp.sequence, cp.writer, exc)
+                self.pipeline.forget_partition(part)
+            self.pipeline.dropped[part] = Counter(cp.unreported_drops)
+            self.positions[part] = dict(cp.offsets)
+            self.sequences[part] = cp.sequence
+        log.info("assigned partitions %s (%d restored from checkpoints)",
+                 sorted(self.positions), sum(1 for p in self.positions if p in self.sequences))
+        for tp in partitions:
+            off = self.positions[tp.partition].get(tp.topic)
+            tp.offset = off if off is not None else OFFSET_INVALID  # invalid: the committed one
+        # Assigned here, with the offsets set: the client would otherwise assign the list
+        # as it was before this callback.
+        consumer.assign(partitions)
+
+    def _latest(self, part: int) -> Checkpoint | None:
+        delay = 0.5
+        while True:
+            try:
+                return self.store.latest(part)
+            except CheckpointError as exc:
+                self.counters["checkpoint_unreadable"] += 1
+                log.error("partition %d: newest checkpoint unusable (%s); starting it empty", part, exc)
+                return None
+            except KafkaException as exc:
+                # The broker is away: starting without the state would split connections.
+                self.counters["broker_waits"] += 1
+                log.warning("reading the checkpoint of partition %d: %s; retrying in %.1f s", part, exc, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    def publish_report(self) -> None:
+        """The worker's own counters (checkpoints written, their bytes and time, restores,
+        waits for the registry or the broker) on wire.stats, when they changed: a report
+        that is not final, of source ``worker:<group>`` and partition -1, with the state
+        held now (open connections, sources)."""
+        if self.counters == self._reported:
+            return
+        self._reported = Counter(self.counters)
+        held = [e for e in self.pipeline.engines.values()]
+        counters = {**self.counters, "partitions": len(self.positions), "sources": len(held),
+                    "open_connections": sum(e.open_connections for e in held)}
+        self.publisher.publish_stats(source_id=f"worker:{self.group}", partition=-1, received=0,
+                                     emitted={}, dropped={}, counters=counters, final=False)
