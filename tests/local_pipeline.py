@@ -7,20 +7,18 @@ same code through the real broker (tests/test_analyze_e2e.py).
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 from wirestream.processors.connection_tracker import ConnectionTracker
 from wirestream.processors.detections import Thresholds
+from wirestream.processors.engine import Engine, EngineOptions
 from wirestream.processors.l7.base import L7Options
-from wirestream.processors.l7.session import L7Dispatcher
-from wirestream.processors.observations import Observer
 from wirestream.processors.service_windows import ServiceWindows, WindowOptions
 from wirestream.producers.capture_file import open_capture
 from wirestream.producers.decode import FrameDecoder
 
-from wirestream.packet_block import PACKET_DTYPE, PROTO_UDP, pack_header
-from wirestream.topics import CONNECTIONS
+from wirestream.packet_block import PACKET_DTYPE, pack_header
 
 
 def decoded_packets(path: str) -> Iterator[tuple[tuple, bytes]]:
@@ -68,30 +66,42 @@ def packet_batches(path: str, batch: int = 64, snaplen: int = 65535):
         yield np.frombuffer(bytes(packed), dtype=PACKET_DTYPE), bytes(blob)
 
 
+class RecordingSink:
+    """An engine's sink that keeps what it is given: ``out[topic]`` lists the records,
+    ``out["observations"]`` the observation batches as ``(partition, batch)``."""
+
+    def __init__(self) -> None:
+        self.out: dict[str, list] = defaultdict(list)
+
+    def emit(self, topic: str, key: str | None, record: dict) -> None:
+        self.out[topic].append(record)
+
+    def send_to_partition(self, topic: str, partition: int, record: dict) -> None:
+        self.out["observations"].append((partition, record))
+
+
+def run_engine(batches: Iterable[tuple[np.ndarray, bytes]], source_id: str = "local",
+               options: L7Options | None = None, observations: bool = True) -> tuple[dict[str, list], Engine]:
+    """Feed ``batches`` to an :class:`Engine` (partition 0 of 1; 4 observation partitions
+    if ``observations``) and finish it: (topic -> records, the engine)."""
+    sink = RecordingSink()
+    engine = Engine(source_id, 0, EngineOptions(l7=options or L7Options(), packet_partitions=1,
+                                                observation_partitions=4 if observations else 0), sink)
+    for headers, payloads in batches:
+        engine.feed(headers, payloads)
+    engine.finish()
+    return sink.out, engine
+
+
 def local_l7(path: str, batch: int = 64, options: L7Options | None = None) -> dict[str, list[dict]]:
-    """Run the connections processor with L7 analysis in-process: topic -> records.
+    """Run the connections processor with L7 analysis in-process (an engine, as a worker
+    runs it): topic -> records.
 
-    As in PacketPipeline, every record is first shown to an ``Observer`` (the windows'
-    view of it, findings included); its batches are under ``out["observations"]`` as
+    Every record is first shown to the engine's ``Observer`` (the windows' view of it,
+    findings included); its batches are under ``out["observations"]`` as
     ``(observation partition, batch)``."""
-    out: dict[str, list] = defaultdict(list)
-    observer = Observer(lambda q, b: out["observations"].append((q, b)), "local", 0, 1, 4)
-
-    def publish(topic: str, key: str | None, record: dict) -> None:
-        observer.observe(topic, record)
-        out[topic].append(record)
-
-    l7 = L7Dispatcher(publish, "local", options or L7Options())
-    tracker = ConnectionTracker(lambda r: publish(CONNECTIONS, None, r), source_id="local", l7=l7)
-    for headers, payloads in packet_batches(path, batch):
-        l7.datagrams(headers[headers["proto"] == PROTO_UDP], payloads)  # as PacketPipeline
-        tracker.process(headers, payloads)
-        if len(headers):
-            observer.advance(int(headers["ts_us"].max()))
-        observer.flush()
-    tracker.flush()
-    observer.flush(end_of_input=True)
-    out["stats"] = [dict(l7.stats)]
+    out, engine = run_engine(packet_batches(path, batch), options=options)
+    out["stats"] = [dict(engine.tracker.l7.stats)]
     return out
 
 

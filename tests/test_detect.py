@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-from collections import defaultdict
-
 import pytest
 from l7_traffic import Traffic
-from wirestream.processors.connection_tracker import ConnectionTracker
-from wirestream.processors.l7.base import L7Options
+from local_pipeline import run_engine
 from wirestream.processors.l7.detect import Verdict, detect
-from wirestream.processors.l7.session import L7Dispatcher
 
 from wirestream.topics import CONNECTIONS, TRANSACTIONS
 
@@ -39,12 +35,8 @@ def test_detect(data: bytes, verdict: Verdict) -> None:
 
 
 def run(t: Traffic) -> tuple[dict[str, list[dict]], dict[str, int]]:
-    out: dict[str, list[dict]] = defaultdict(list)
-    l7 = L7Dispatcher(lambda topic, key, rec: out[topic].append(rec), "t", L7Options())
-    tracker = ConnectionTracker(out[CONNECTIONS].append, l7=l7)
-    tracker.process(*t.batch())
-    tracker.flush()
-    return out, dict(l7.stats)
+    out, engine = run_engine([t.batch()], "t", observations=False)
+    return out, dict(engine.tracker.l7.stats)
 
 
 def test_http_on_any_port_with_the_first_bytes_split() -> None:

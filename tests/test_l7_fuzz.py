@@ -11,15 +11,12 @@ from __future__ import annotations
 import json
 import re
 import struct
-from collections import defaultdict
 from functools import cache
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from l7_traffic import Traffic
-from wirestream.processors.connection_tracker import ConnectionTracker
-from wirestream.processors.l7.base import L7Options
-from wirestream.processors.l7.session import L7Dispatcher
+from local_pipeline import run_engine
 from wirestream.schemas import schema_text
 
 from wirestream.codec import Encoder, make_encoder, make_reader
@@ -47,16 +44,11 @@ PREFIXES = [b"GET / HTTP/1.1\r\n", b"POST /x HTTP/1.0\r\nContent-Length: 5\r\n\r
 
 
 def run(traffic: Traffic) -> tuple[dict[str, list[dict]], dict[str, int]]:
-    out: dict[str, list[dict]] = defaultdict(list)
-    l7 = L7Dispatcher(lambda topic, key, rec: out[topic].append(rec), "fuzz", L7Options())
-    tracker = ConnectionTracker(out[CONNECTIONS].append, source_id="fuzz", l7=l7)
     headers, payloads = traffic.batch()
-    for i in range(0, len(headers), 7):  # small batches: records cross batch boundaries
-        part = headers[i:i + 7]
-        l7.datagrams(part[part["proto"] == 17], payloads)
-        tracker.process(part, payloads)
-    tracker.flush()
-    return out, dict(l7.stats)
+    # small batches: records cross batch boundaries
+    batches = ((headers[i:i + 7], payloads) for i in range(0, len(headers), 7))
+    out, engine = run_engine(batches, "fuzz", observations=False)
+    return out, dict(engine.tracker.l7.stats)
 
 
 @cache

@@ -88,3 +88,18 @@ def test_a_damaged_batch_is_counted_and_the_source_still_finishes(batches: list[
     assert len(done) == 4  # one final report per observation partition
     assert sum(d["malformed_observation_batches"] for d in done) == 1
     assert out, "the other batches' windows still come out"
+
+
+@pytest.mark.parametrize("resent_from", [0.2, 0.5, 0.8])
+def test_batches_a_restored_packet_worker_sends_again_count_once(
+        batches: list[tuple[int, dict]], reference: set[str], resent_from: float) -> None:
+    """A packet worker that took over from a checkpoint sends again the observation batches
+    sent after it (the same sequence numbers, identical): each is taken in once."""
+    cut = int(len(batches) * resent_from)
+    again = [(q, b) for q, b in batches[cut // 2:cut] if b["count"]]
+    assert again
+    out: list = []
+    done = [d for d in run(ServiceWindows({}, lambda t, k, r: out.append((t, r)), OPTIONS),
+                           batches[:cut] + again + batches[cut:], out) if d]
+    assert canonical(out) == reference
+    assert sum(d["duplicate_observation_batches"] for d in done) == len(again)
