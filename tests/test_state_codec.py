@@ -34,9 +34,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from l7_traffic import Traffic
-from local_pipeline import packet_batches
+from local_pipeline import RecordingSink, packet_batches
 from wirestream.processors import state_codec
 from wirestream.processors.connection_tracker import ConnectionTracker
+from wirestream.processors.engine import Engine, EngineOptions
 from wirestream.processors.l7.base import L7Options
 from wirestream.processors.l7.dns import DnsMatcher
 from wirestream.processors.l7.http import HttpAnalyzer
@@ -145,16 +146,18 @@ class Rig:
                 "l7": (dict(l7.stats), dict(l7.emitted)), "observed": self.observer.observed}
 
 
+SOCKET_EVENTS = [
+    {"local_ip": "10.0.0.1", "local_port": 40000 + i, "remote_ip": "10.0.0.2", "remote_port": 80,
+     "kind": kind, "pid": 100 + i, "process": "curl", "container_id": None, "segments": segments,
+     "end_of_input": False}
+    for i, kind, segments in ((0, "connect", None), (1, "connect", None), (0, "retransmit", 2))
+]
+
+
 def socket_events(rig: Rig) -> None:
     """A few kernel socket events (live captures only; none in the test captures)."""
-    for i in range(3):
-        rig.tracker.sockets.add({"local_ip": "10.0.0.1", "local_port": 40000 + i,
-                                 "remote_ip": "10.0.0.2", "remote_port": 80, "kind": "connect",
-                                 "pid": 100 + i, "process": "curl", "container_id": None,
-                                 "segments": None})
-    rig.tracker.sockets.add({"local_ip": "10.0.0.1", "local_port": 40000, "remote_ip": "10.0.0.2",
-                             "remote_port": 80, "kind": "retransmit", "pid": 100,
-                             "process": "curl", "container_id": None, "segments": 2})
+    for event in SOCKET_EVENTS:
+        rig.tracker.sockets.add(event)
 
 
 def run(batches: list[tuple[np.ndarray, bytes]], cuts: set[int] = frozenset(),
@@ -355,13 +358,44 @@ def test_shared_references_stay_shared() -> None:
 # --- the layout ----------------------------------------------------------------------------------
 
 
+ENGINE_OPTIONS = EngineOptions(l7=L7Options(), packet_partitions=1, observation_partitions=4)
+
+
+def run_engine(batches: list[tuple[np.ndarray, bytes]], cuts: set[int] = frozenset(),
+               sockets: bool = False, snapshots: list | None = None) -> dict[str, Any]:
+    """As ``run``, with processors/engine.py's Engine and its snapshot/restore."""
+    sink = RecordingSink()
+    engine = Engine("local", 0, ENGINE_OPTIONS, sink)
+    if sockets:
+        for event in SOCKET_EVENTS:
+            engine.socket_event(event)
+    for i, (headers, payloads) in enumerate(batches):
+        engine.feed(headers, payloads)
+        if i in cuts:
+            data = engine.snapshot()
+            if snapshots is not None:
+                snapshots.append(data)
+            engine = Engine.restore(data, ENGINE_OPTIONS, sink)
+    report = engine.finish()
+    return {**sink.out, "report": [report]}
+
+
+@pytest.mark.parametrize("capture", KEY_CAPTURES)
+def test_engine_restore_gives_the_same_records(capture: str) -> None:
+    batches = batches_of(capture)
+    expected = run_engine(batches)
+    got = run_engine(batches, cuts=set(range(0, len(batches), 3)), sockets=False)
+    assert_same(expected, got, capture)
+
+
 def full_run_layout() -> dict[str, list[str]]:
-    """Classes and fields of the state over a full-featured run: TCP, HTTP, TLS, DNS over
-    UDP and TCP, the observer and the socket join, snapshotted after every batch."""
+    """Classes and fields of an engine's state over a full-featured run: TCP, HTTP, TLS,
+    DNS over UDP and TCP, the observer and the socket join, snapshotted after every batch."""
     merged: dict[str, set[str]] = {}
     for capture in KEY_CAPTURES:
         snapshots: list[bytes] = []
-        run(batches_of(capture, 16), cuts=set(range(10_000)), sockets=True, snapshots=snapshots)
+        run_engine(batches_of(capture, 16), cuts=set(range(10_000)), sockets=True,
+                   snapshots=snapshots)
         for data in snapshots:
             for cls, fields in state_layout(data).items():
                 merged.setdefault(cls, set()).update(fields)
