@@ -166,12 +166,20 @@ class _SilentLogger:
         return self.log
 
 
-def ensure_topics(bootstrap: str, topics: Iterable[str], partitions: int, timeout: float = 15.0) -> list[str]:
+def ensure_topics(bootstrap: str, topics: Iterable[str], partitions: int, timeout: float = 15.0,
+                  replication_factor: int | None = None) -> list[str]:
     """Create the topics that do not exist yet; return the names created.
 
     Existing topics are left as they are (their partition count included): with an
-    external Kafka, operators own the topics.
+    external Kafka, operators own the topics. New ones get ``replication_factor`` replicas
+    (None: ``$WIRESTREAM_REPLICATION_FACTOR``; -1 there or here: the broker's
+    ``default.replication.factor``) and the configuration wirestream.topics.TOPIC_CONFIGS
+    gives them (compaction, the checkpoints' message size).
     """
+    if replication_factor is None:
+        from wirestream.config import Settings
+
+        replication_factor = Settings.from_env().replication_factor
     admin = admin_client(bootstrap)
     existing = set(admin.list_topics(timeout=timeout).topics)
     wanted = [t for t in topics if t not in existing]
@@ -180,7 +188,8 @@ def ensure_topics(bootstrap: str, topics: Iterable[str], partitions: int, timeou
     from wirestream.topics import TOPIC_CONFIGS
 
     futures = admin.create_topics(
-        [NewTopic(t, num_partitions=partitions, replication_factor=-1, config=TOPIC_CONFIGS.get(t, {}))
+        [NewTopic(t, num_partitions=partitions, replication_factor=replication_factor,
+                  config=TOPIC_CONFIGS.get(t, {}))
          for t in wanted],
         operation_timeout=timeout,
         request_timeout=timeout,

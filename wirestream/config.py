@@ -5,6 +5,7 @@
 | Kafka bootstrap    | ``--bootstrap``   | ``WIRESTREAM_BOOTSTRAP``     | none: start the embedded broker |
 | schema registry    | ``--registry``    | ``WIRESTREAM_REGISTRY``      | none: serve the embedded registry |
 | partitions         | ``--partitions``  | ``WIRESTREAM_PARTITIONS``    | 4 (for topics wirestream creates) |
+| replication factor | ``--replication-factor`` | ``WIRESTREAM_REPLICATION_FACTOR`` | -1: the broker's ``default.replication.factor`` (for topics wirestream creates) |
 | processor group    | ``--group``       | ``WIRESTREAM_GROUP``         | ``wirestream-processors`` |
 | idle timeout       | ``--idle-timeout``| ``WIRESTREAM_IDLE_TIMEOUT``  | 300 s of capture time |
 | L7 analysis        | ``--no-l7``       | ``WIRESTREAM_L7`` (0/1)      | on (HTTP, DNS, TLS) |
@@ -28,6 +29,8 @@ class Settings:
     bootstrap: str | None = None
     registry: str | None = None
     partitions: int = 4
+    #: replicas of the topics wirestream creates; -1: the broker's default.replication.factor
+    replication_factor: int = -1
     group: str = "wirestream-processors"
     idle_timeout_s: float = 300.0
     payload_snaplen: int = 65535
@@ -46,6 +49,7 @@ class Settings:
             bootstrap=_env("WIRESTREAM_BOOTSTRAP"),
             registry=_env("WIRESTREAM_REGISTRY"),
             partitions=int(_env("WIRESTREAM_PARTITIONS", "4") or 4),
+            replication_factor=int(_env("WIRESTREAM_REPLICATION_FACTOR", "-1") or -1),
             group=_env("WIRESTREAM_GROUP", "wirestream-processors") or "wirestream-processors",
             idle_timeout_s=float(_env("WIRESTREAM_IDLE_TIMEOUT", "300") or 300),
             l7=_env("WIRESTREAM_L7", "1") not in ("0", "false", "no", "off"),
@@ -61,6 +65,8 @@ class Settings:
         """``wirestream process`` options that carry these settings to a worker."""
         args = ["--idle-timeout", str(self.idle_timeout_s), "--body-cap", str(self.body_cap),
                 "--window", str(self.window_s), "--lateness", str(self.lateness_s)]
+        if self.replication_factor != -1:  # the topics a worker creates (the windows' changelog)
+            args += ["--replication-factor", str(self.replication_factor)]
         if not self.windows:
             args.append("--no-windows")
         if self.response_body_cap is not None:

@@ -180,13 +180,15 @@ class ProcessTopics:
 
 
 def ensure_process_topics(bootstrap: str, partitions: int, *, group: str, role: Role = "all",
-                          plugins: Sequence[str] = ()) -> ProcessTopics:
+                          plugins: Sequence[str] = (), replication_factor: int | None = None) -> ProcessTopics:
     """Create the topics a ``wirestream process`` worker needs and return their partition counts.
 
     Missing topics are created with ``partitions`` partitions; an operator's existing ones
     are left as they are, so the counts returned are the broker's, not ``partitions``.
     ``plugins`` are plugin names whose declared outputs are created too; ``group`` names
-    the windows' changelog topic (created unless ``role`` is ``"packets"``).
+    the windows' changelog topic (created unless ``role`` is ``"packets"``). New topics get
+    ``replication_factor`` replicas (as :func:`wirestream.broker.ensure_topics`: None is
+    ``$WIRESTREAM_REPLICATION_FACTOR``, -1 the broker's default).
 
     Raises ``WirestreamError`` when wire.sockets and wire.packets have different partition
     counts (socket events are joined to packets partition by partition).
@@ -195,17 +197,18 @@ def ensure_process_topics(bootstrap: str, partitions: int, *, group: str, role: 
     from wirestream.processors.app import changelog_topic
     from wirestream.topics import ALL_TOPICS, OBSERVATIONS, PACKETS, SOCKETS
 
-    broker.ensure_topics(bootstrap, ALL_TOPICS, partitions)
+    broker.ensure_topics(bootstrap, ALL_TOPICS, partitions, replication_factor=replication_factor)
     if plugins:
         from wirestream.plugins import load
 
         for name in plugins:  # a plugin's own topics: ours to create too
-            broker.ensure_topics(bootstrap, list(load(name).outputs), partitions)
+            broker.ensure_topics(bootstrap, list(load(name).outputs), partitions,
+                                 replication_factor=replication_factor)
     packet_partitions = broker.partition_count(bootstrap, PACKETS)
     if role != "windows":
         # The packet agent joins wire.sockets to wire.packets partition by partition: Faust
         # gives one worker the same partition of both only if their counts are equal.
-        broker.ensure_topics(bootstrap, [SOCKETS], packet_partitions)
+        broker.ensure_topics(bootstrap, [SOCKETS], packet_partitions, replication_factor=replication_factor)
         socket_partitions = broker.partition_count(bootstrap, SOCKETS)
         if socket_partitions != packet_partitions:
             raise WirestreamError(
@@ -215,5 +218,6 @@ def ensure_process_topics(bootstrap: str, partitions: int, *, group: str, role: 
     if role != "packets":
         # Faust does not create topics here (topic_allow_declare=False): the windows'
         # changelog is ours to create, with one partition per observation partition.
-        broker.ensure_topics(bootstrap, [changelog_topic(group)], observation_partitions)
+        broker.ensure_topics(bootstrap, [changelog_topic(group)], observation_partitions,
+                             replication_factor=replication_factor)
     return ProcessTopics(packet_partitions=packet_partitions, observation_partitions=observation_partitions)

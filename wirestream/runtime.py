@@ -66,7 +66,8 @@ class Runtime:
         if not self.registry_url:
             self.embedded_registry = EmbeddedSchemaRegistry().start()
             self.registry_url = self.embedded_registry.url
-        ensure_topics(self.bootstrap, ALL_TOPICS, self.settings.partitions)
+        ensure_topics(self.bootstrap, ALL_TOPICS, self.settings.partitions,
+                      replication_factor=self.settings.replication_factor)
         for topic in ALL_TOPICS:  # fail early (and clearly) if the registry is unusable
             if topic in TOPIC_SCHEMAS:  # the dead-letter topic holds raw bytes, no schema
                 self.codec.register(topic)
