@@ -350,9 +350,17 @@ class _Side:
             begins = self.begins
             try:
                 self.parser.feed_data(data)
-                if self.cur is None and not self.log_bytes and self.log is not None:
-                    return  # (logged() inlined: between messages, nothing logged)
-                self.logged(data)
+                # (logged(), inlined)
+                if self.cur is None:
+                    if self.log_bytes or self.log is None:
+                        self.logged(data)
+                    return
+                log = self.log
+                if log is not None:
+                    log.append(data)
+                    self.log_bytes += len(data)
+                    if self.log_bytes > self.log_limit:
+                        self.trim_log()
                 return
             except httptools.HttpParserUpgrade as exc:
                 pos = self.upgraded(data, exc.args[0])
