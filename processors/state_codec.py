@@ -447,6 +447,8 @@ class _Writer:
         self.raw_string(name)
 
     def partial(self, v: functools.partial) -> None:
+        if isinstance(v.func, type):
+            raise _Unencodable(f"a partial of the class {_qualname(v.func)} (the decoder refuses it)")
         self.out.append(_T_PARTIAL)
         try:
             self.value(v.func)
@@ -910,7 +912,9 @@ class _Reader:
 
     def partial(self) -> Any:
         func = self.value()
-        if not isinstance(func, (types.MethodType, types.FunctionType, functools.partial, type)):
+        # (not a class: a partial would be a way to construct any class of ours with
+        # arguments from the data)
+        if not isinstance(func, (types.MethodType, types.FunctionType, functools.partial)):
             raise StateError("a partial of something that is not a function")
         args = self.items()
         kwargs = {}
