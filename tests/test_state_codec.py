@@ -614,3 +614,21 @@ def test_the_bytes_are_canonical_avro_of_the_schema() -> None:
         body = io.BytesIO()
         fastavro.schemaless_writer(body, state_codec._schema(), state_codec.read_avro(data))
         assert body.getvalue() == data[10:]
+
+
+def test_a_chunked_body_past_the_replay_bound_resynchronises(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past REPLAY_MAX a chunked body keeps no replay log: a restore in its middle goes on
+    as after lost bytes (error "gap", counted), and the other transactions are intact."""
+    from wirestream.processors.l7 import http
+
+    monkeypatch.setattr(http, "REPLAY_MAX", 8 * 1024)
+    batches = long_messages()
+    expected = run(batches)
+    got = run(batches, cuts=set(range(len(batches))))
+    stats = got["final"][0]["l7"][0]
+    assert stats.get("http_restore_resync", 0) > 0
+    paths = {r["path"]: r for _, r, _ in got["wire.transactions"]}
+    assert paths["/chunked"]["error"] == "gap"
+    for _, r, _ in expected["wire.transactions"]:
+        if r["path"] != "/chunked":
+            assert paths[r["path"]] == r
