@@ -353,7 +353,9 @@ class _Side:
                 # (logged(), inlined)
                 if self.cur is None:
                     if self.log_bytes or self.log is None:
-                        self.logged(data)
+                        self.log = []
+                        self.log_bytes = 0
+                        self.log_limit = REPLAY_SOFT
                     return
                 log = self.log
                 if log is not None:
