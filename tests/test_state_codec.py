@@ -632,3 +632,15 @@ def test_a_chunked_body_past_the_replay_bound_resynchronises(monkeypatch: pytest
     for _, r, _ in expected["wire.transactions"]:
         if r["path"] != "/chunked":
             assert paths[r["path"]] == r
+
+
+def test_processors_namedtuples_and_frozen_dataclasses_round_trip() -> None:
+    from wirestream.processors.l7.dns import DnsAnswer
+
+    answer = DnsAnswer(*[f"f{i}" if f != "ttl" else 60 for i, f in enumerate(DnsAnswer._fields)])
+    options = L7Options(redact=False, body_cap=10)
+    got = decode_state(encode_state({"a": [answer, answer], "o": (options, options)}, {}), {})
+    assert got["a"][0] == answer and type(got["a"][0]) is DnsAnswer
+    assert got["o"][0] == options and got["o"][0] is got["o"][1]  # a dataclass is shared
+    with pytest.raises(AttributeError, match="cannot assign"):
+        got["o"][0].redact = True  # still frozen
