@@ -1,16 +1,16 @@
 """Settings shared by every command. Each has a flag and an environment variable.
 
-| setting            | flag              | environment                  | default |
-|--------------------|-------------------|------------------------------|---------|
-| Kafka bootstrap    | ``--bootstrap``   | ``WIRESTREAM_BOOTSTRAP``     | none: start the embedded broker |
-| schema registry    | ``--registry``    | ``WIRESTREAM_REGISTRY``      | none: serve the embedded registry |
-| partitions         | ``--partitions``  | ``WIRESTREAM_PARTITIONS``    | 4 (for topics wirestream creates) |
+| setting            | flag                     | environment                       | default |
+|--------------------|--------------------------|-----------------------------------|---------|
+| Kafka bootstrap    | ``--bootstrap``          | ``WIRESTREAM_BOOTSTRAP``          | none: start the embedded broker |
+| schema registry    | ``--registry``           | ``WIRESTREAM_REGISTRY``           | none: serve the embedded registry |
+| partitions         | ``--partitions``         | ``WIRESTREAM_PARTITIONS``         | 4 (for topics wirestream creates) |
 | replication factor | ``--replication-factor`` | ``WIRESTREAM_REPLICATION_FACTOR`` | -1: the broker's ``default.replication.factor`` (for topics wirestream creates) |
-| processor group    | ``--group``       | ``WIRESTREAM_GROUP``         | ``wirestream-processors`` |
-| idle timeout       | ``--idle-timeout``| ``WIRESTREAM_IDLE_TIMEOUT``  | 300 s of capture time |
-| L7 analysis        | ``--no-l7``       | ``WIRESTREAM_L7`` (0/1)      | on (HTTP, DNS, TLS) |
-| redaction          | ``--no-redact``   | ``WIRESTREAM_REDACT`` (0/1)  | on: credentials, cookies, tokens, card numbers masked |
-| HTTP body cap      | ``--body-cap``    | ``WIRESTREAM_BODY_CAP``      | 65536 bytes kept per body (true size always recorded) |
+| processor group    | ``--group``              | ``WIRESTREAM_GROUP``              | ``wirestream-processors`` |
+| idle timeout       | ``--idle-timeout``       | ``WIRESTREAM_IDLE_TIMEOUT``       | 300 s of capture time |
+| L7 analysis        | ``--no-l7``              | ``WIRESTREAM_L7`` (0/1)           | on (HTTP, DNS, TLS) |
+| redaction          | ``--no-redact``          | ``WIRESTREAM_REDACT`` (0/1)       | on: credentials, cookies, tokens, card numbers masked |
+| HTTP body cap      | ``--body-cap``           | ``WIRESTREAM_BODY_CAP``           | 65536 bytes kept per body (true size always recorded) |
 """
 
 from __future__ import annotations
