@@ -194,7 +194,7 @@ def read_window(bootstrap: str, registry: str, topics: list[str], start: dict[tu
 
 
 def read_checkpoints(bootstrap: str, group: str, start: dict[tuple[str, int], int],
-                     idle_s: float = 2.0) -> list[dict[str, Any]]:
+                     timeout: float = 120) -> list[dict[str, Any]]:
     """The checkpoints ``group`` wrote to wire.checkpoints (after ``start``): size, open
     connections, and how well the bytes compress (zlib level 1, for scale)."""
     from confluent_kafka import OFFSET_BEGINNING, Consumer
@@ -206,19 +206,29 @@ def read_checkpoints(bootstrap: str, group: str, start: dict[tuple[str, int], in
 
     consumer = Consumer({**consumer_config(bootstrap), "fetch.wait.max.ms": 50})
     tps = partitions_of(bootstrap, [CHECKPOINTS])
+    # Read up to the end offsets of now: a checkpoint is produced alone and flushed, so the
+    # broker's short end offsets (several records in one batch) do not apply to it; waiting
+    # for a pause instead cut off big checkpoints that were slow to fetch.
+    end = {tp.partition: consumer.get_watermark_offsets(tp, timeout=10)[1] for tp in tps}
+    pos = {}
     for tp in tps:
         tp.offset = start.get((tp.topic, tp.partition), OFFSET_BEGINNING)
+        pos[tp.partition] = tp.offset if tp.offset >= 0 else 0
     consumer.assign(tps)
     prefix = f"{group}|".encode()
     out = []
-    idle_until = time.monotonic() + idle_s
+    deadline = time.monotonic() + timeout
     try:
-        while time.monotonic() < idle_until:
-            batch = consumer.consume(100, 0.2)
-            if batch:
-                idle_until = time.monotonic() + idle_s
-            for m in batch:
-                if m.error() is not None or not (m.key() or b"").startswith(prefix) or not m.value():
+        while any(pos[p] < end[p] for p in end):
+            if time.monotonic() > deadline:
+                # figures of what was read; the caller compares the count with the log
+                print(f"   warning: reading {CHECKPOINTS} did not reach its end in {timeout:.0f} s", flush=True)
+                break
+            for m in consumer.consume(100, 0.2):
+                if m.error() is not None:
+                    continue
+                pos[m.partition()] = m.offset() + 1
+                if not (m.key() or b"").startswith(prefix) or not m.value():
                     continue
                 cp = decode_checkpoint(m.value())
                 out.append({"partition": cp.partition, "sequence": cp.sequence, "bytes": len(m.value()),
@@ -430,7 +440,9 @@ class Bench:
         run["checkpoint_log"] = cps_run + cps_stop
         if interval:
             # what is in them: bytes per open connection, and how much they would compress
-            cps = [c for c in read_checkpoints(self.bootstrap, workers.group, start) if c["open_connections"]]
+            read = read_checkpoints(self.bootstrap, workers.group, start)
+            run["checkpoint_records_read"] = len(read)
+            cps = [c for c in read if c["open_connections"]]
             run["checkpoint_records"] = cps
             conns = sum(c["open_connections"] for c in cps)
             run["checkpoint_content"] = {
@@ -683,6 +695,8 @@ def run_all(args: argparse.Namespace, cap: Path, packets: int, duration: float, 
         "capture_duration_s": duration, "cpus": os.cpu_count(), "host": platform.node(),
         "python": sys.version.split()[0], "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "workers": args.workers, "partitions": args.partitions,
+        # other work on the machine skews every figure: say how busy it was
+        "loadavg_start": os.getloadavg(),
     }
     doc["tshark"] = None if args.no_tshark else run_tshark(cap, outdir)
     with EmbeddedBroker(log_path=outdir / "broker.log") as broker, EmbeddedSchemaRegistry() as registry:
@@ -736,6 +750,7 @@ def run_all(args: argparse.Namespace, cap: Path, packets: int, duration: float, 
     if not doc["partition_attribution_ok"]:
         failures.append("records attributed to input partitions do not match the final reports "
                         "(the recovery times of the victim's partitions are not reliable)")
+    doc["loadavg_end"] = os.getloadavg()
     doc["failures"] = failures
     doc["verdict"] = "PASS" if not failures else "FAIL"
     return doc
@@ -802,7 +817,8 @@ def report(doc: dict[str, Any]) -> None:
     for run in doc["throughput"]["with"]:
         c = run.get("checkpoint_content") or {}
         if c.get("with_connections"):
-            print(f"  {run['name']}: {c['with_connections']} checkpoints holding connections: "
+            print(f"  {run['name']}: {run['checkpoint_records_read']} checkpoints read back from wire.checkpoints, "
+                  f"{c['with_connections']} holding connections: "
                   f"{c['open_connections_mean']:,.0f} open connections each on average, "
                   f"{c['bytes_per_open_connection']:,.0f} bytes per open connection; "
                   f"zlib -1 would make them {c['zlib1_ratio']:.0%} of their size")
@@ -837,7 +853,8 @@ def report(doc: dict[str, Any]) -> None:
     print(f"  records -> input partition (from the endpoints) vs final reports: "
           f"{'match' if doc['partition_attribution_ok'] else 'MISMATCH'} {a['from_keys']} / {a['final_reports']}")
     print()
-    print(f"publish (wirestream produce pcap): {doc['publish']['wall_s']:.1f} s; whole bench {doc['bench_wall_s']:.0f} s")
+    print(f"publish (wirestream produce pcap): {doc['publish']['wall_s']:.1f} s; whole bench {doc['bench_wall_s']:.0f} s; "
+          f"load average (1 min) {doc['loadavg_start'][0]:.1f} at the start, {doc['loadavg_end'][0]:.1f} at the end")
     print(doc["verdict"] + ("" if not doc["failures"] else ": " + "; ".join(doc["failures"])))
 
 
