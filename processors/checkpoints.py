@@ -113,7 +113,8 @@ class CheckpointStore:
         self.topic = topic
         self._producer = Producer(producer_config(bootstrap, **{
             "acks": "all",  # every in-sync replica, before any offset is committed
-            "compression.type": "lz4",
+            # zstd: a connection-heavy state shrinks ~5x (HTTP bodies held less).
+            "compression.type": "zstd",
             "linger.ms": 0,
             "message.max.bytes": MAX_CHECKPOINT_BYTES + 64 * 1024,
             "message.timeout.ms": 30_000,

@@ -134,7 +134,9 @@ class ConnectionTracker:
               ts: int, reused: bool = False) -> TcpConnection:
         if self.open_connections >= self.max_connections:
             # Bounded state: make room by closing the least recently active connection.
-            oldest = min(set(self._conns.values()), key=lambda c: c.last_ts)
+            # _held() is in insertion order: on a tie the same connection is chosen
+            # again when a restored worker replays this input (a set's order is by id).
+            oldest = min(self._held(), key=lambda c: c.last_ts)
             self.counters["evicted_for_memory"] += 1
             self._close(oldest, EndedBy.TIMEOUT)
         conn = TcpConnection(key, ver, src, sport, dst, dport, ts, self.source_id)

@@ -189,3 +189,28 @@ def test_the_registry_is_away_for_10_s(kafka, capture, baseline, tmp_path) -> No
         run.workers.close()
         registry.stop()
     _assert_same(got, baseline, run)
+
+
+def test_a_broker_dies_mid_input(kafka_cluster, registry, capture, baseline, tmp_path) -> None:
+    """One of the three Apache Kafka brokers is killed while packets are published and
+    processed, and restarted 5 s later: nothing the producer had acknowledged is missing
+    (acks=all, min.insync.replicas 2), and the records are the same."""
+    run = Run(kafka_cluster, registry.url, capture, tmp_path)
+    victim = 1
+    try:
+        run.workers.start("a")
+        run.workers.start("b")
+        run.workers.wait_log("b", "assigned partitions")
+        run.workers.wait_log("a", "assigned partitions")
+        run.publish()
+        run.wait_progress(0.4)
+        kafka_cluster.kill(victim)
+        time.sleep(5)
+        kafka_cluster.restart(victim)
+        got = run.output()  # Publishing asserts that every batch was acknowledged
+    finally:
+        run.workers.close()
+        if not kafka_cluster.alive(victim):
+            kafka_cluster.restart(victim)
+    _assert_same(got, baseline, run)
+    kafka_cluster.wait_in_sync()
