@@ -42,6 +42,7 @@ def create_app(
     window_options: WindowOptions | None = None,
     windows: bool = True,
     plugins: tuple[str, ...] = (),
+    session_timeout_s: float = 10.0,
 ) -> faust.App:
     """The Faust app of the per-service windows (``windows``) and of processor
     ``plugins`` (entry point names). Its topics (and the windows' changelog topic,
@@ -62,9 +63,11 @@ def create_app(
         value_serializer="raw",
         key_serializer="raw",
         web_enabled=False,  # no web server: several workers can run on one host
-        # A group join takes about half the session timeout on the embedded broker.
-        broker_session_timeout=2.0,
-        broker_heartbeat_interval=0.5,
+        # A group join takes about half the session timeout on the embedded broker, so
+        # analyze asks for 2 s there; Apache Kafka refuses less than 6 s
+        # (group.min.session.timeout.ms).
+        broker_session_timeout=session_timeout_s,
+        broker_heartbeat_interval=max(0.5, session_timeout_s / 4),
         broker_request_timeout=30.0,
         consumer_auto_offset_reset="earliest",
         topic_allow_declare=False,  # wirestream creates its topics before workers start

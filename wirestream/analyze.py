@@ -123,6 +123,10 @@ def run_pipeline(result: AnalyzeResult, settings: Settings, feed: Feeder, worker
         partitions = partition_count(rt.bootstrap, PACKETS)
         observation_partitions = partition_count(rt.bootstrap, OBSERVATIONS) if settings.windows else 0
         common = ["--only-source-prefix", run_id, *worker_settings.worker_args()]
+        if rt.embedded_broker is not None:
+            # A group join takes about half the session timeout on the embedded broker;
+            # its own workers may answer within 2 s (Apache Kafka would refuse it).
+            common += ["--session-timeout", "2"]
         rt.start_workers(workers or default_workers(partitions), group=f"wirestream-analyze-{run_id}",
                          extra_args=["--role", "packets", *common])
         if settings.windows:

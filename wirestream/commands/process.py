@@ -40,8 +40,8 @@ or crash without losing or splitting a connection (docs/checkpoints.md).""",
                         "often, and always before a partition moves to another worker; after a "
                         "crash, at most this much input is processed again (default: %(default)s)")
     g.add_argument("--session-timeout", type=float, default=10.0, metavar="SECONDS",
-                   help="a worker that stops answering loses its partitions after this long "
-                        "(default: %(default)s)")
+                   help="a worker that stops answering loses its partitions after this long; "
+                        "Apache Kafka accepts 6 to 1800 by default (default: %(default)s)")
     # for tests that show what the checkpoints are for: start every partition empty
     g.add_argument("--no-restore", dest="restore", action="store_false", help=argparse.SUPPRESS)
     p.add_argument("--plugin", action="append", default=[], metavar="NAME",
@@ -127,5 +127,5 @@ def _run_faust(args: argparse.Namespace, group: str, observation_partitions: int
     app = create_app(args.bootstrap, args.registry, group=group,
                      observation_partitions=observation_partitions,
                      window_options=common.window_options(args), windows=windows,
-                     plugins=tuple(args.plugin))
+                     plugins=tuple(args.plugin), session_timeout_s=args.session_timeout)
     run_worker(app, loglevel=args.loglevel)
