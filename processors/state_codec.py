@@ -50,6 +50,7 @@ from typing import Any
 
 import fastavro
 
+from wirestream.avro_writer import zigzag as _varlong  # an Avro long: zigzag, then a varint
 from wirestream.errors import WirestreamError
 
 #: Version of the encoding (the envelope, the schema and the node rules). A change of
@@ -157,17 +158,6 @@ _T_NULL, _T_BOOL, _T_LONG, _T_DOUBLE, _T_BYTES, _T_STRING = 0x00, 0x02, 0x04, 0x
 _T_SEQ, _T_DICT, _T_OBJ, _T_REF, _T_ENUM, _T_METHOD = 0x0C, 0x0E, 0x10, 0x12, 0x14, 0x16
 _T_PARTIAL, _T_FUNCTION, _T_EXTERNAL, _T_BIGINT, _T_BYTEARRAY = 0x18, 0x1A, 0x1C, 0x1E, 0x20
 _DOUBLE = struct.Struct("<d")
-
-
-def _varlong(n: int) -> bytes:
-    """An Avro long: zigzag, then a little-endian base-128 varint."""
-    z = (n << 1) ^ (n >> 63)
-    out = bytearray()
-    while z >= 0x80:
-        out.append((z & 0x7F) | 0x80)
-        z >>= 7
-    out.append(z)
-    return bytes(out)
 
 
 # Small ints are most of the values (ports, flags, counters, lengths): precomputed.

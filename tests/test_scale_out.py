@@ -66,6 +66,14 @@ class Run:
     def publish(self) -> None:
         self.publishing.start()
 
+    def start_two_then_publish(self) -> None:
+        """Workers a and b, each with its partitions, then the capture."""
+        self.workers.start("a")
+        self.workers.start("b")
+        self.workers.wait_log("b", "assigned partitions")
+        self.workers.wait_log("a", "assigned partitions")
+        self.publish()
+
     def wait_progress(self, share: float, timeout: float = 120) -> None:
         deadline = time.monotonic() + timeout
         while self.publishing.progress < share:
@@ -124,11 +132,7 @@ def test_a_worker_joins_mid_input(kafka, registry, capture, baseline, tmp_path) 
 def test_a_worker_leaves_mid_input(kafka, registry, capture, baseline, tmp_path) -> None:
     run = Run(kafka, registry.url, capture, tmp_path)
     try:
-        run.workers.start("a")
-        run.workers.start("b")
-        run.workers.wait_log("b", "assigned partitions")
-        run.workers.wait_log("a", "assigned partitions")
-        run.publish()
+        run.start_two_then_publish()
         run.wait_progress(0.5)
         assert run.workers.stop("b") == 0  # SIGTERM: b checkpoints, commits, leaves the group
         got = run.output()
@@ -141,11 +145,7 @@ def test_a_worker_leaves_mid_input(kafka, registry, capture, baseline, tmp_path)
 def _crash_run(kafka, registry, capture, tmp_path: Path, *extra: str) -> tuple[Output, Run]:
     run = Run(kafka, registry.url, capture, tmp_path, *extra)
     try:
-        run.workers.start("a")
-        run.workers.start("b")
-        run.workers.wait_log("b", "assigned partitions")
-        run.workers.wait_log("a", "assigned partitions")
-        run.publish()
+        run.start_two_then_publish()
         run.wait_progress(0.5)
         run.workers.wait_log("b", "checkpoint of partition", count=4)  # several checkpoints behind it
         run.workers.signal("b", signal.SIGKILL)
@@ -198,11 +198,7 @@ def test_a_broker_dies_mid_input(kafka_cluster, registry, capture, baseline, tmp
     run = Run(kafka_cluster, registry.url, capture, tmp_path)
     victim = 1
     try:
-        run.workers.start("a")
-        run.workers.start("b")
-        run.workers.wait_log("b", "assigned partitions")
-        run.workers.wait_log("a", "assigned partitions")
-        run.publish()
+        run.start_two_then_publish()
         run.wait_progress(0.4)
         kafka_cluster.kill(victim)
         time.sleep(5)
