@@ -491,8 +491,10 @@ class Bench:
             # the victim owns partitions and has written a few checkpoints of them
             workers.wait_log("b", re.compile(r"assigned partitions \[\d"))
             workers.wait_log("a", re.compile(r"assigned partitions \[\d"))
-            before = len(CHECKPOINT_RE.findall(workers.log("b")))
-            workers.wait_log("b", CHECKPOINT_RE, count=before + self.args.checkpoints_before_kill)
+            # checkpoints that hold state (a partition whose input is finished writes an
+            # empty one, of 0 sources): the kill falls while the victim is mid-input
+            holding = re.compile(r"checkpoint of partition \d+: \d+ bytes, [1-9]\d* sources")
+            workers.wait_log("b", holding, count=self.args.checkpoints_before_kill, timeout=self.args.run_timeout)
             victim_parts = [int(p) for p in ASSIGNED_RE.findall(workers.log("b"))[-1][0].split(",")]
             with contextlib.suppress(RuntimeError):
                 self.wait_finals(reader, finals, t0, 0.2)  # what is already in
@@ -623,8 +625,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="throughput runs of each kind, in alternating order (default 2)")
     p.add_argument("--session-timeouts", default="10,6",
                    help="one crash run per --session-timeout, comma-separated (default 10,6; '' for none)")
-    p.add_argument("--checkpoints-before-kill", type=int, default=4,
-                   help="the victim's checkpoints (log lines) after its assignment before the kill (default 4)")
+    p.add_argument("--checkpoints-before-kill", type=int, default=2,
+                   help="kill the victim once it has written this many checkpoints holding state "
+                        "(log lines with >= 1 sources; default 2: one of each of its 2 partitions)")
     p.add_argument("--run-timeout", type=float, default=300, help="give up on a run after this long (s)")
     p.add_argument("--no-tshark", action="store_true", help="skip the tshark run")
     p.add_argument("--keep-dir", type=Path, help="keep worker logs and tool outputs here")
