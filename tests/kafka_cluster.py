@@ -208,7 +208,6 @@ class ApacheKafka:
             "num.recovery.threads.per.data.dir": "1",
             "log.cleaner.threads": "1",
             "log.cleaner.dedupe.buffer.size": str(16 * 1024 * 1024),  # 128 MiB by default, in a small heap
-            "log.cleaner.backoff.ms": "1000",
             # a killed broker is fenced (its partitions led elsewhere) after 5 s, not 9, and
             # it can register again that much sooner when restarted
             "broker.session.timeout.ms": "5000",
