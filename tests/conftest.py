@@ -22,6 +22,7 @@ brokers' logs are added to its report and their directory is kept.
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 from collections.abc import Iterator
@@ -90,6 +91,9 @@ def _apache_kafka(brokers: int) -> Iterator[ApacheKafka]:
             yield kafka
         finally:
             _LIVE.remove(kafka)
+            # clients the tests left for the garbage collector go before the brokers do
+            # (else librdkafka logs 'Connection refused' at the end of the session)
+            gc.collect()
 
 
 @pytest.fixture(scope="session")

@@ -240,10 +240,23 @@ def test_replication_factor_must_be_positive_or_minus_one(value: str) -> None:
     assert "--replication-factor" in proc.stderr
 
 
-def test_the_brokers_default_replication_on_a_single_broker(kafka_single: ApacheKafka) -> None:
+def test_the_brokers_default_replication_on_a_single_broker(kafka_single: ApacheKafka,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     """The one-broker variant: wirestream's topics with one replica (``-1``, the default of
-    ``--replication-factor``, is the broker's ``default.replication.factor``: 1 there)."""
+    ``--replication-factor``, is the broker's ``default.replication.factor``: 1 there). The
+    factor asked for reaches the broker, given or from ``WIRESTREAM_REPLICATION_FACTOR``:
+    two replicas on one broker are refused (the embedded broker would accept them)."""
+    from confluent_kafka import KafkaException
+
     from wirestream.broker import ensure_topics
+
+    for given, env in ((2, None), (None, "2")):
+        if env is not None:
+            monkeypatch.setenv("WIRESTREAM_REPLICATION_FACTOR", env)
+        with pytest.raises(KafkaException) as refused:
+            ensure_topics(kafka_single.bootstrap, [f"test.rf2.{uuid.uuid4().hex[:8]}"], 1, replication_factor=given)
+        assert refused.value.args[0].name() == "INVALID_REPLICATION_FACTOR"
+    monkeypatch.delenv("WIRESTREAM_REPLICATION_FACTOR")
 
     topic = f"test.default-rf.{uuid.uuid4().hex[:8]}"
     assert ensure_topics(kafka_single.bootstrap, [topic], 2, replication_factor=-1) == [topic]
