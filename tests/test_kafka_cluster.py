@@ -213,13 +213,6 @@ def _analyze(out: Path, *args: str) -> dict[str, list[str]]:
     return records
 
 
-# The windows' Faust app (processors/app.py, create_app) asks for a 2 s group session
-# timeout; Apache Kafka refuses less than its group.min.session.timeout.ms (6 s by default)
-# with INVALID_SESSION_TIMEOUT, so analyze's windows worker never joins its group and
-# analyze times out waiting for its end-of-input reports. Strict: when that is fixed, this
-# mark fails the test and is to be removed.
-@pytest.mark.xfail(strict=True, reason="processors/app.py: Faust's 2 s session timeout is refused by Apache "
-                   "Kafka (group.min.session.timeout.ms 6 s)")
 def test_analyze_on_the_cluster_gives_the_records_of_the_embedded_broker(kafka_cluster: ApacheKafka,
                                                                           tmp_path: Path) -> None:
     """``analyze --bootstrap <cluster>`` and ``analyze`` (embedded broker): the same records
