@@ -39,8 +39,10 @@ log = logging.getLogger(__name__)
 
 #: Version of the checkpoint record (``schemas/checkpoint.avsc``); see docs/checkpoints.md.
 FORMAT_VERSION = 1
-#: Largest checkpoint written (the topic is created with this ``max.message.bytes``).
-MAX_CHECKPOINT_BYTES = 64 * 1024 * 1024
+#: Largest checkpoint written, before compression (~40,000 open connections).
+MAX_CHECKPOINT_BYTES = 256 * 1024 * 1024
+#: Largest checkpoint record the topic takes, compressed (its ``max.message.bytes``).
+MAX_RECORD_BYTES = 64 * 1024 * 1024
 
 
 class CheckpointError(WirestreamError):
@@ -117,6 +119,7 @@ class CheckpointStore:
             "compression.type": "zstd",
             "linger.ms": 0,
             "message.max.bytes": MAX_CHECKPOINT_BYTES + 64 * 1024,
+            "queue.buffering.max.kbytes": 2 * MAX_CHECKPOINT_BYTES // 1024,  # one fits, whatever its size
             "message.timeout.ms": 30_000,
             **(producer_extra or {}),
         }))
@@ -140,7 +143,8 @@ class CheckpointStore:
         value = encode_checkpoint(cp)
         if len(value) > MAX_CHECKPOINT_BYTES:
             raise CheckpointError(f"the state of partition {cp.partition} is {len(value)} bytes, "
-                                  f"more than a checkpoint may hold ({MAX_CHECKPOINT_BYTES})")
+                                  f"more than a checkpoint may hold ({MAX_CHECKPOINT_BYTES}): "
+                                  f"use more partitions")
         result: list[KafkaError | None] = []
 
         def delivered(err: KafkaError | None, msg: Any) -> None:
@@ -163,9 +167,9 @@ class CheckpointStore:
         tp_part = partition % self._topic_partitions()
         key = self.key(partition)
         consumer = Consumer(consumer_config(self.bootstrap) | {
-            "fetch.max.bytes": MAX_CHECKPOINT_BYTES + 1024 * 1024,
-            "max.partition.fetch.bytes": MAX_CHECKPOINT_BYTES + 1024 * 1024,
-            "receive.message.max.bytes": MAX_CHECKPOINT_BYTES + 2 * 1024 * 1024,
+            "fetch.max.bytes": MAX_RECORD_BYTES + 1024 * 1024,
+            "max.partition.fetch.bytes": MAX_RECORD_BYTES + 1024 * 1024,
+            "receive.message.max.bytes": MAX_RECORD_BYTES + 2 * 1024 * 1024,
             "fetch.wait.max.ms": 100,
         })
         try:

@@ -144,6 +144,21 @@ class PacketPipeline:
                                  f"partition {engine.partition}")
             self.engines[(engine.source_id, partition)] = engine
 
+    def take_partition(self, partition: int) -> tuple[dict[tuple[str, int], Engine], Counter[str]]:
+        """Remove ``partition``'s engines and unreported drops, and hand them over (to be
+        given back with :meth:`put_partition` if the partition comes back unchanged)."""
+        engines = {k: e for k, e in self.engines.items() if k[1] == partition}
+        for key in engines:
+            del self.engines[key]
+        return engines, self.dropped.pop(partition, Counter())
+
+    def put_partition(self, partition: int, engines: dict[tuple[str, int], Engine],
+                      dropped: Counter[str]) -> None:
+        self.forget_partition(partition)
+        self.engines.update(engines)
+        if dropped:
+            self.dropped[partition] = dropped
+
     def forget_partition(self, partition: int) -> None:
         """Drop ``partition``'s engines (another worker owns it now)."""
         for key in [k for k in self.engines if k[1] == partition]:

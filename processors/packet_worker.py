@@ -33,23 +33,38 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, KafkaException, TopicPartition
 
 from wirestream.codec import AvroCodec
-from wirestream.errors import WirestreamError
+from wirestream.errors import RegistryError, WirestreamError
 from wirestream.kafka import group_consumer_config
-from wirestream.topics import PACKETS, PACKETS_STAGE, SOCKETS
+from wirestream.topics import (
+    CONNECTIONS,
+    DNS,
+    OBSERVATIONS,
+    PACKETS,
+    PACKETS_STAGE,
+    SOCKETS,
+    STATS,
+    TLS,
+    TRANSACTIONS,
+)
 
 from .checkpoints import Checkpoint, CheckpointError, CheckpointStore
 from .engine import EngineOptions
 from .k8s_enrichment import Enricher
 from .output import OutputPublisher
-from .packet_pipeline import PacketPipeline, handle_when_registry_answers
+from .packet_pipeline import REGISTRY_BACKOFF_S, PacketPipeline, handle_when_registry_answers
 
 log = logging.getLogger(__name__)
 
 INPUT_TOPICS = (PACKETS, SOCKETS)
+#: what a packet worker writes, each with its schema registered before any input is read
+OUTPUT_SCHEMA_TOPICS = (CONNECTIONS, TRANSACTIONS, DNS, TLS, OBSERVATIONS, STATS)
+#: Messages taken per consume call.
+CONSUME_BATCH = 16
 #: The pause after a periodic checkpoint is at least this many times what it took.
 MIN_PAUSE_FACTOR = 9
 
@@ -93,6 +108,9 @@ class PacketWorker:
         #: partition -> sequence of its newest checkpoint
         self.sequences: dict[int, int] = {}
         self.dirty: set[int] = set()  # partitions with input processed since their checkpoint
+        # partition -> (checkpoint sequence, offsets, engines, drops) of partitions revoked
+        # cleanly by the last rebalance, in case they are assigned to us again
+        self._parked: dict[int, tuple[int, dict[str, int], dict[tuple[str, int], Any], Counter[str]]] = {}
         self.counters: Counter[str] = Counter()
         self._reported: Counter[str] = Counter()
         self._stopping: Callable[[], bool] = lambda: False
@@ -104,6 +122,8 @@ class PacketWorker:
         """Consume until ``stopping()`` says so; then checkpoint every owned partition,
         commit, and leave the group (its partitions go to the others at once)."""
         self._stopping = stopping
+        if not self._register_output_schemas():
+            return
         session_ms = int(self.worker.session_timeout_s * 1000)
         consumer = self._consumer = Consumer(group_consumer_config(
             self.bootstrap, self.group, from_beginning=True, **{
@@ -122,7 +142,9 @@ class PacketWorker:
         next_checkpoint = time.monotonic() + self.worker.checkpoint_interval_s
         try:
             while not stopping():
-                for msg in consumer.consume(500, 0.1):
+                # A few messages per call (each is a batch of up to ~1000 packets): the
+                # checkpoint clock and the rebalance callbacks are served between calls.
+                for msg in consumer.consume(CONSUME_BATCH, 0.1):
                     if msg.error() is not None:
                         if msg.error().code() != KafkaError._PARTITION_EOF:
                             log.warning("consumer: %s", msg.error().str())
@@ -155,6 +177,29 @@ class PacketWorker:
             self._consumer = None
             self.publisher.flush(5)
             self.store.close()
+
+    def _register_output_schemas(self) -> bool:
+        """Make every output topic's encoder before reading any input, waiting (with
+        backoff) while the schema registry is away: a record must never be half-emitted
+        because its schema could not be registered in the middle of a batch. False if
+        told to stop first."""
+        delay, most = REGISTRY_BACKOFF_S
+        for topic in OUTPUT_SCHEMA_TOPICS:
+            while True:
+                try:
+                    self.codec.encoders[topic]
+                    break
+                except RegistryError as exc:
+                    self.counters["registry_waits"] += 1
+                    log.warning("schema registry unavailable (%s): waiting to register %s, retrying in %.1f s",
+                                exc, topic, delay)
+                    deadline = time.monotonic() + delay
+                    while time.monotonic() < deadline:
+                        if self._stopping():
+                            return False
+                        time.sleep(0.05)
+                    delay = min(delay * 2, most)
+        return True
 
     # --- checkpoints -------------------------------------------------------------------------
 
@@ -238,7 +283,12 @@ class PacketWorker:
         parts = sorted({tp.partition for tp in partitions} & set(self.positions))
         log.info("partitions %s revoked: writing their checkpoints", parts)
         self.checkpoint([p for p in parts if p in self.dirty], shutting_down=True)
+        self._parked.clear()
         for p in parts:
+            if p not in self.dirty and p in self.sequences:
+                # Its state is in the checkpoint just written: kept in memory, in case the
+                # partition comes straight back to us (an eager rebalance revokes them all).
+                self._parked[p] = (self.sequences[p], dict(self.positions[p]), *self.pipeline.take_partition(p))
             self._forget(p)
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -257,10 +307,24 @@ class PacketWorker:
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         """Partitions given to us: restore each one's newest checkpoint, and read on from the
         offsets it covers (no checkpoint: from the committed offsets, or the beginning)."""
+        parked, self._parked = self._parked, {}
+        from_memory: set[int] = set()
         for part in sorted({tp.partition for tp in partitions}):
             self.positions[part] = {}
+            read_started = time.perf_counter()
             cp = self._latest(part) if self.worker.restore else None
+            self.counters["checkpoint_read_ms"] += round((time.perf_counter() - read_started) * 1000)
             if cp is None:
+                continue
+            kept = parked.get(part)
+            if kept is not None and kept[0] == cp.sequence and kept[1] == cp.offsets and cp.writer == self.instance:
+                # Back to us, and nobody wrote a checkpoint since ours: the engines we kept
+                # are that checkpoint's state (no need to decode it).
+                self.pipeline.put_partition(part, kept[2], kept[3])
+                from_memory.add(part)
+                self.counters["restores_from_memory"] += 1
+                self.positions[part] = dict(cp.offsets)
+                self.sequences[part] = cp.sequence
                 continue
             try:
                 started = time.perf_counter()
@@ -275,8 +339,9 @@ class PacketWorker:
             self.pipeline.dropped[part] = Counter(cp.unreported_drops)
             self.positions[part] = dict(cp.offsets)
             self.sequences[part] = cp.sequence
-        log.info("assigned partitions %s (%d restored from checkpoints)",
-                 sorted(self.positions), sum(1 for p in self.positions if p in self.sequences))
+        log.info("assigned partitions %s (%d restored from checkpoints, %d of them kept in memory)",
+                 sorted(self.positions), sum(1 for p in self.positions if p in self.sequences),
+                 len(from_memory))
         for tp in partitions:
             off = self.positions[tp.partition].get(tp.topic)
             tp.offset = off if off is not None else OFFSET_INVALID  # invalid: the committed one
@@ -307,9 +372,9 @@ class PacketWorker:
         held now (open connections, sources)."""
         if self.counters == self._reported:
             return
-        self._reported = Counter(self.counters)
         held = [e for e in self.pipeline.engines.values()]
         counters = {**self.counters, "partitions": len(self.positions), "sources": len(held),
                     "open_connections": sum(e.open_connections for e in held)}
         self.publisher.publish_stats(source_id=f"worker:{self.group}", partition=-1, received=0,
                                      emitted={}, dropped={}, counters=counters, final=False)
+        self._reported = Counter(self.counters)

@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     from wirestream.producers.k8s_watch import IdentityPublisher, load_api_client, run_watcher
     from wirestream.topics import K8S_IDENTITY
 
-    ensure_topics(args.bootstrap, [K8S_IDENTITY], args.partitions)
+    ensure_topics(args.bootstrap, [K8S_IDENTITY], args.partitions, replication_factor=args.replication_factor)
     try:
         api = load_api_client(args.kubeconfig)
     except Exception as exc:  # no kubeconfig, no in-cluster service account

@@ -66,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
     faust_group = f"{args.group}-windows"
     # Missing topics are created (an operator's existing ones are left as they are).
     topics = ensure_process_topics(args.bootstrap, args.partitions, group=faust_group, role=args.role,
-                                   plugins=args.plugin)
+                                   plugins=args.plugin, replication_factor=args.replication_factor)
     if not packets:
         _run_faust(args, faust_group, topics.observation_partitions, windows)
         return common.EXIT_OK

@@ -78,7 +78,7 @@ def run_live(args: argparse.Namespace) -> int:
     live = open_capture(common.capture_options(args, args.stats_interval))
     if live.fallback_reason:
         print(f"wirestream produce live: {live.mode}: {live.fallback_reason}", file=sys.stderr)
-    ensure_topics(args.bootstrap, LIVE_TOPICS, args.partitions)
+    ensure_topics(args.bootstrap, LIVE_TOPICS, args.partitions, replication_factor=args.replication_factor)
     codec = AvroCodec(args.registry)
     partitions = partition_count(args.bootstrap, PACKETS)
     source_id = f"{args.source_name}-{os.getpid()}-{time.time_ns()}"
