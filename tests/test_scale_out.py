@@ -168,9 +168,14 @@ def test_without_restore_a_crash_splits_connections(broker, registry, capture, b
     assert compare(got, baseline), "a crash without restored state went unnoticed"
 
 
-def test_the_registry_is_away_for_10_s(kafka, capture, baseline, tmp_path) -> None:
+def test_the_registry_is_away_for_10_s(kafka, registry, capture, baseline, tmp_path) -> None:
     """A worker that cannot reach the registry waits and retries; no batch is lost."""
-    registry = EmbeddedSchemaRegistry().start()
+    shared = registry
+    registry = EmbeddedSchemaRegistry()
+    # The session registry's schemas and ids: what this test writes to the shared broker
+    # stays readable by the others.
+    registry._server.store = shared._server.store
+    registry.start()
     port = int(registry.url.rsplit(":", 1)[1])
     run = Run(kafka, registry.url, capture, tmp_path)
     try:

@@ -126,7 +126,7 @@ def test_a_source_with_socket_events_ends_when_both_topics_have(broker, registry
     with TopicReader(broker.bootstrap, codec, [CONNECTIONS, STATS], start) as reader:
         while (final is None or len(records) < len(expected)) and time.monotonic() < deadline:
             for m in reader.poll(0.2):
-                if m.record.get("source_id") != source_id:
+                if m.record is None or m.record.get("source_id") != source_id:
                     continue
                 if m.topic == STATS:
                     final = m.record
