@@ -64,7 +64,7 @@ MAKE_CAPTURE = BENCH_DIR / "make_http_capture.sh"
 DEFAULT_PACKETS = 300_000
 
 CHECKPOINT_RE = re.compile(r"checkpoint of partition (\d+): (\d+) bytes, (\d+) sources, ([\d.]+) ms")
-ASSIGNED_RE = re.compile(r"assigned partitions \[([\d, ]*)\] \((\d+) restored from checkpoints\)")
+ASSIGNED_RE = re.compile(r"assigned partitions \[([\d, ]*)\] \((\d+) restored from checkpoints")
 LOG_TS_RE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) ")
 
 
