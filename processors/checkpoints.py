@@ -124,6 +124,7 @@ class CheckpointStore:
             **(producer_extra or {}),
         }))
         self._partitions: int | None = None
+        self._reader: Consumer | None = None
 
     def _topic_partitions(self) -> int:
         if self._partitions is None:
@@ -166,12 +167,14 @@ class CheckpointStore:
         (the compacted topic keeps the newest per key; other groups' share it)."""
         tp_part = partition % self._topic_partitions()
         key = self.key(partition)
-        consumer = Consumer(consumer_config(self.bootstrap) | {
-            "fetch.max.bytes": MAX_RECORD_BYTES + 1024 * 1024,
-            "max.partition.fetch.bytes": MAX_RECORD_BYTES + 1024 * 1024,
-            "receive.message.max.bytes": MAX_RECORD_BYTES + 2 * 1024 * 1024,
-            "fetch.wait.max.ms": 100,
-        })
+        if self._reader is None:  # one for every partition this store is asked about
+            self._reader = Consumer(consumer_config(self.bootstrap) | {
+                "fetch.max.bytes": MAX_RECORD_BYTES + 1024 * 1024,
+                "max.partition.fetch.bytes": MAX_RECORD_BYTES + 1024 * 1024,
+                "receive.message.max.bytes": MAX_RECORD_BYTES + 2 * 1024 * 1024,
+                "fetch.wait.max.ms": 100,
+            })
+        consumer = self._reader
         try:
             low, high = consumer.get_watermark_offsets(TopicPartition(self.topic, tp_part), timeout=timeout)
             end, step = high, 8
@@ -184,7 +187,7 @@ class CheckpointStore:
                 end, step = start, step * 4
             return None
         finally:
-            consumer.close()
+            consumer.unassign()
 
     def _last_with_key(self, consumer: Consumer, tp_part: int, start: int, end: int, key: bytes,
                        deadline: float) -> bytes | None:
@@ -209,3 +212,6 @@ class CheckpointStore:
 
     def close(self) -> None:
         self._producer.flush(5)
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None

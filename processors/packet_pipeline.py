@@ -19,7 +19,7 @@ from wirestream.errors import DecodeError, RegistryError
 from wirestream.packet_block import decode_batch
 from wirestream.topics import PACKETS_STAGE
 
-from .engine import Engine, EngineOptions, restore_engines, snapshot_engines
+from .engine import Engine, EngineOptions, restore_engines
 from .k8s_enrichment import Enricher
 from .output import OutputPublisher
 
@@ -127,14 +127,9 @@ class PacketPipeline:
     def partition_engines(self, partition: int) -> list[Engine]:
         return [e for (_, p), e in self.engines.items() if p == partition]
 
-    def snapshot_partition(self, partition: int) -> bytes:
-        """The state of every engine of ``partition`` (and its unreported drops)."""
-        engines = self.partition_engines(partition)
-        state = snapshot_engines(engines)
-        return state
-
     def restore_partition(self, partition: int, state: bytes) -> None:
-        """Replace ``partition``'s engines by those of a :meth:`snapshot_partition`."""
+        """Replace ``partition``'s engines by those of a snapshot of them
+        (:func:`~.engine.snapshot_engines` of :meth:`partition_engines`)."""
         self.forget_partition(partition)
         for engine in restore_engines(state, self.options, self.publisher, self.enricher):
             if engine.partition != partition:
@@ -165,9 +160,6 @@ class PacketPipeline:
             del self.engines[key]
         self.dropped.pop(partition, None)
 
-    def state_counters(self, partition: int) -> dict[str, int]:
-        engines = self.partition_engines(partition)
-        return {"sources": len(engines), "open_connections": sum(e.open_connections for e in engines)}
 
 
 #: How long a worker waits before asking an unreachable schema registry again (doubling
@@ -175,26 +167,35 @@ class PacketPipeline:
 REGISTRY_BACKOFF_S = (0.2, 5.0)
 
 
-def handle_when_registry_answers(handle: Callable[[int, bytes | None], None], partition: int,
-                                 value: bytes | None, *, stopping: Callable[[], bool] = lambda: False,
-                                 waits: Counter[str] | None = None) -> bool:
-    """``handle(partition, value)``, waiting (with backoff) while the schema registry is
-    unreachable: a batch that cannot be decoded yet is not dropped, and the worker never
-    commits past it. Returns False if ``stopping()`` said to give up first (the message
-    was not processed). Each wait is counted as ``registry_waits`` in ``waits``."""
+def when_registry_answers(call: Callable[[], object], waiting: str, *,
+                          stopping: Callable[[], bool] = lambda: False,
+                          waits: Counter[str] | None = None) -> bool:
+    """``call()``, waiting (with backoff) while the schema registry is unreachable, with a
+    one-line warning per retry that says what is ``waiting``. Returns False if
+    ``stopping()`` said to give up first (``call`` did not complete). Each wait is counted
+    as ``registry_waits`` in ``waits``."""
     delay, most = REGISTRY_BACKOFF_S
     while True:
         try:
-            handle(partition, value)
+            call()
             return True
         except RegistryError as exc:
             if waits is not None:
                 waits["registry_waits"] += 1
-            log.warning("schema registry unavailable (%s): partition %d waits, retrying in %.1f s",
-                        exc, partition, delay)
+            log.warning("schema registry unavailable (%s): %s waits, retrying in %.1f s", exc, waiting, delay)
             deadline = time.monotonic() + delay
             while time.monotonic() < deadline:
                 if stopping():
                     return False
                 time.sleep(0.05)
             delay = min(delay * 2, most)
+
+
+def handle_when_registry_answers(handle: Callable[[int, bytes | None], None], partition: int,
+                                 value: bytes | None, *, stopping: Callable[[], bool] = lambda: False,
+                                 waits: Counter[str] | None = None) -> bool:
+    """``handle(partition, value)``, waiting while the schema registry is unreachable
+    (:func:`when_registry_answers`): a batch that cannot be decoded yet is not dropped, and
+    the worker never commits past it. False: stopped first, the message not processed."""
+    return when_registry_answers(lambda: handle(partition, value), f"partition {partition}",
+                                 stopping=stopping, waits=waits)

@@ -33,12 +33,13 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, KafkaException, TopicPartition
 
 from wirestream.codec import AvroCodec
-from wirestream.errors import RegistryError, WirestreamError
+from wirestream.errors import WirestreamError
 from wirestream.kafka import group_consumer_config
 from wirestream.topics import (
     CONNECTIONS,
@@ -53,10 +54,10 @@ from wirestream.topics import (
 )
 
 from .checkpoints import Checkpoint, CheckpointError, CheckpointStore
-from .engine import EngineOptions
+from .engine import EngineOptions, snapshot_engines
 from .k8s_enrichment import Enricher
 from .output import OutputPublisher
-from .packet_pipeline import REGISTRY_BACKOFF_S, PacketPipeline, handle_when_registry_answers
+from .packet_pipeline import PacketPipeline, handle_when_registry_answers, when_registry_answers
 
 log = logging.getLogger(__name__)
 
@@ -179,27 +180,12 @@ class PacketWorker:
             self.store.close()
 
     def _register_output_schemas(self) -> bool:
-        """Make every output topic's encoder before reading any input, waiting (with
-        backoff) while the schema registry is away: a record must never be half-emitted
-        because its schema could not be registered in the middle of a batch. False if
-        told to stop first."""
-        delay, most = REGISTRY_BACKOFF_S
-        for topic in OUTPUT_SCHEMA_TOPICS:
-            while True:
-                try:
-                    self.codec.encoders[topic]
-                    break
-                except RegistryError as exc:
-                    self.counters["registry_waits"] += 1
-                    log.warning("schema registry unavailable (%s): waiting to register %s, retrying in %.1f s",
-                                exc, topic, delay)
-                    deadline = time.monotonic() + delay
-                    while time.monotonic() < deadline:
-                        if self._stopping():
-                            return False
-                        time.sleep(0.05)
-                    delay = min(delay * 2, most)
-        return True
+        """Make every output topic's encoder before reading any input, waiting while the
+        schema registry is away: a record must never be half-emitted because its schema
+        could not be registered in the middle of a batch. False if told to stop first."""
+        return all(when_registry_answers(partial(self.codec.encoders.__getitem__, topic), f"registering {topic}",
+                                         stopping=self._stopping, waits=self.counters)
+                   for topic in OUTPUT_SCHEMA_TOPICS)
 
     # --- checkpoints -------------------------------------------------------------------------
 
@@ -248,7 +234,7 @@ class PacketWorker:
         from .state_codec import STATE_FORMAT_VERSION
 
         engines = self.pipeline.partition_engines(part)
-        state = self.pipeline.snapshot_partition(part)
+        state = snapshot_engines(engines)
         sequence = self.sequences.get(part, 0) + 1
         size = self.store.write(Checkpoint(
             group=self.group, partition=part, offsets=dict(self.positions.get(part, {})),
@@ -372,7 +358,7 @@ class PacketWorker:
         held now (open connections, sources)."""
         if self.counters == self._reported:
             return
-        held = [e for e in self.pipeline.engines.values()]
+        held = list(self.pipeline.engines.values())
         counters = {**self.counters, "partitions": len(self.positions), "sources": len(held),
                     "open_connections": sum(e.open_connections for e in held)}
         self.publisher.publish_stats(source_id=f"worker:{self.group}", partition=-1, received=0,
