@@ -8,15 +8,14 @@ Confluent clients decode too.
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import struct
+import threading
 from collections.abc import Callable
 from typing import Any
-
-import fastavro
-from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
-from confluent_kafka.schema_registry.error import SchemaRegistryError
+from urllib.parse import quote, urlsplit
 
 from wirestream.avro_reader import compile_reader
 from wirestream.avro_writer import UnsupportedSchema, compile_writer
@@ -45,6 +44,100 @@ class _Encoders(dict[str, Encoder]):
         return enc
 
 
+class RegistryHTTPError(Exception):
+    """The registry answered with an error (an HTTP status of 400 or more)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"{message} (HTTP {status})")
+        self.status = status
+
+
+class RegistryClient:
+    """The two calls of the Confluent Schema Registry REST API that :class:`AvroCodec`
+    makes: register a schema under a subject, and fetch a schema by id.
+
+    Not ``confluent_kafka.schema_registry.SchemaRegistryClient``: importing that (authlib,
+    httpx, cryptography) takes ~0.25 s of CPU, in every process that encodes or decodes
+    (each processor worker), for two requests per schema that the codec caches anyway.
+    Plain ``http.client`` on one keep-alive connection; ``https`` and
+    ``user:password@`` (HTTP basic auth) URLs work as with Confluent's client, and so
+    does a comma-separated list of URLs (the next one is tried when one is unreachable).
+    """
+
+    def __init__(self, url: str, timeout: float = 10.0) -> None:
+        self.urls = [u.strip().rstrip("/") for u in url.split(",") if u.strip()]
+        if not self.urls:
+            raise RegistryError("no schema registry URL")
+        self.timeout = timeout
+        self._lock = threading.Lock()  # one request at a time on the shared connection
+        self._conn: Any = None  # http.client.HTTP(S)Connection to self.urls[0]
+
+    def register_schema(self, subject: str, schema_str: str) -> int:
+        """``POST /subjects/{subject}/versions``: the id of ``schema_str`` (Avro)."""
+        answer = self._request("POST", f"/subjects/{quote(subject, safe='')}/versions",
+                               {"schema": schema_str})
+        return int(answer["id"])
+
+    def get_schema(self, schema_id: int) -> str:
+        """``GET /schemas/ids/{id}``: the schema's text."""
+        return str(self._request("GET", f"/schemas/ids/{int(schema_id)}")["schema"])
+
+    def _request(self, method: str, path: str, body: Any = None) -> Any:
+        """One request, on a fresh connection if the kept one was closed meanwhile
+        (a keep-alive connection the server dropped fails once, harmlessly)."""
+        import http.client
+
+        data = json.dumps(body).encode() if body is not None else None
+        with self._lock:
+            last: Exception | None = None
+            for attempt in range(len(self.urls) + 1):
+                parts = urlsplit(self.urls[0])
+                headers = {"Accept": "application/vnd.schemaregistry.v1+json, application/json"}
+                if data is not None:
+                    headers["Content-Type"] = "application/vnd.schemaregistry.v1+json"
+                if parts.username is not None:
+                    userinfo = f"{parts.username}:{parts.password or ''}"
+                    headers["Authorization"] = "Basic " + base64.b64encode(userinfo.encode()).decode()
+                try:
+                    conn = self._connection(parts)
+                    conn.request(method, parts.path + path, body=data, headers=headers)
+                    response = conn.getresponse()
+                    payload = response.read()
+                except (OSError, http.client.HTTPException) as exc:
+                    self._close()
+                    last = exc
+                    if attempt and len(self.urls) > 1:
+                        self.urls.append(self.urls.pop(0))  # unreachable: the next URL
+                    continue
+                if response.will_close:
+                    self._close()
+                try:
+                    answer = json.loads(payload) if payload else {}
+                except ValueError:
+                    answer = {}
+                if response.status >= 400:
+                    message = answer.get("message") if isinstance(answer, dict) else None
+                    raise RegistryHTTPError(response.status, str(message or response.reason))
+                return answer
+            raise OSError(f"{last}") from last
+
+    def _connection(self, parts: Any) -> Any:
+        if self._conn is None:
+            import http.client
+
+            port = parts.port
+            if parts.scheme == "https":
+                self._conn = http.client.HTTPSConnection(parts.hostname, port, timeout=self.timeout)
+            else:
+                self._conn = http.client.HTTPConnection(parts.hostname, port, timeout=self.timeout)
+        return self._conn
+
+    def _close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+
 class AvroCodec:
     """Encode records for a topic and decode Confluent-framed Avro messages.
 
@@ -55,7 +148,7 @@ class AvroCodec:
 
     def __init__(self, registry_url: str) -> None:
         self.registry_url = registry_url
-        self._client = SchemaRegistryClient({"url": registry_url, "timeout": 10})
+        self._client = RegistryClient(registry_url, timeout=10)
         #: topic -> its encoder, cached: ``codec.encoders[topic](record)``. Filled on
         #: first use for wirestream topics, by :meth:`encoder_for_schema` for others.
         self.encoders: dict[str, Encoder] = _Encoders(self._make_encoder)
@@ -72,8 +165,8 @@ class AvroCodec:
     def register_schema(self, subject: str, schema_json: str) -> int:
         """Register any Avro schema under ``subject``; return its schema id."""
         try:
-            return self._client.register_schema(subject, Schema(schema_json, "AVRO"))
-        except SchemaRegistryError as exc:
+            return self._client.register_schema(subject, schema_json)
+        except RegistryHTTPError as exc:
             raise RegistryError(f"schema registry {self.registry_url} refused {subject}: {exc}") from None
         except Exception as exc:  # connection refused, timeout, DNS: all mean unreachable
             raise RegistryError(f"schema registry {self.registry_url} unreachable: {exc}") from None
@@ -103,11 +196,11 @@ class AvroCodec:
         if reader is None:
             try:
                 schema = self._client.get_schema(schema_id)
-            except SchemaRegistryError as exc:
+            except RegistryHTTPError as exc:
                 raise DecodeError(f"unknown schema id {schema_id}: {exc}") from None
             except Exception as exc:
                 raise RegistryError(f"schema registry {self.registry_url} unreachable: {exc}") from None
-            reader = self._readers[schema_id] = make_reader(json.loads(schema.schema_str))
+            reader = self._readers[schema_id] = make_reader(json.loads(schema))
         return reader
 
     def decode(self, data: bytes | None) -> dict[str, Any]:
@@ -133,6 +226,8 @@ def make_reader(schema: Any) -> BodyReader:
         return compile_reader(schema)
     except UnsupportedSchema:
         pass
+    import fastavro  # the fallback only: its import is ~50 ms of every worker's start-up
+
     parsed = fastavro.parse_schema(schema)
     read = fastavro.schemaless_reader
 
@@ -152,6 +247,8 @@ def make_encoder(schema_id: int, schema: Any) -> Encoder:
         return compile_writer(schema, header)
     except UnsupportedSchema:
         pass
+    import fastavro
+
     parsed_schema = fastavro.parse_schema(schema)
     writer = fastavro.schemaless_writer
 

@@ -99,6 +99,10 @@ def _subject_not_found(subject: str) -> _HttpError:
 class _Handler(BaseHTTPRequestHandler):
     server: _RegistryHTTPServer
     protocol_version = "HTTP/1.1"
+    # The headers and the body go out in two writes: with Nagle's algorithm the body waits
+    # for the ACK of the headers, which a keep-alive client delays by 40 ms. That was
+    # 40 ms per request (0.5 s to register wirestream's schemas at start-up).
+    disable_nagle_algorithm = True
 
     # Routes: (method, regex over the path) -> method name
     _ROUTES: tuple[tuple[str, re.Pattern[str], str], ...] = tuple(
