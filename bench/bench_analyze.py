@@ -1,22 +1,24 @@
 #!/usr/bin/env python3
-"""Benchmark ``wirestream analyze`` against ``tshark`` on the same capture.
+"""Benchmark wirestream against tshark on one capture: the targets of issue 16.
 
-Runs, one after the other on the same file:
+In one run, on the same file:
 
-  (a) tshark -n -q -r CAP -z conv,tcp -z http,tree
-  (b) wirestream analyze CAP --json --no-progress [--workers N]
+  1. tshark -n -q -r CAP -z conv,tcp -z http,tree: wall, CPU (wait4), peak RSS
+     (ru_maxrss), packets/s;
+  2. ``wirestream analyze CAP --json --no-progress --out TMP`` (one-shot, default options:
+     L7 and windows on): wall, packets/s, CPU and peak memory of every process of its tree
+     (the analyze process, the embedded broker, every worker), by stage;
+  3. steady state: a fresh embedded broker and registry, 2 packet workers and 1 windows
+     worker started and idle, then ``wirestream produce pcap CAP`` timed until every
+     partition's final report is on wire.stats (processor.packets and
+     processor.windows); packets/s, CPU per packet and peak memory of each stage
+     (producer, broker, each packet worker, the windows worker), and what the broker
+     holds in memory at the end.
 
-and measures for each the wall time, the CPU time (user+sys) of the whole
-process tree and the peak summed RSS of the process and all its descendants
-(sampled every 0.2 s from /proc).  For wirestream the peak is also broken down
-by process kind (the analyze process, ``wirestream process`` workers, the
-``tansu`` broker).  It then checks that both tools saw the same number of TCP
-conversations, that wirestream's HTTP transactions number tshark's HTTP responses
-(with L7 analysis on, the default), and compares throughput against a target ratio.
-It prints transactions per second.
-
-See bench/README.md.  Exit status: 0 = PASS, 1 = FAIL (ratio below target or a
-count mismatch), 2 = bad arguments / missing capture, 3 = a tool failed.
+Steps 2 and 3 run once per ``--compression`` codec (``$WIRESTREAM_COMPRESSION`` for the
+producers). It prints the targets of issue 16 as PASS/FAIL lines; the exit status is 0
+when the runs completed and the cross-checks hold (the targets are reported, not
+enforced: see ``--strict``). See bench/README.md.
 """
 
 from __future__ import annotations
@@ -26,26 +28,35 @@ import contextlib
 import json
 import os
 import platform
-import resource
+import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCH_DIR.parent
-DEFAULT_CAPTURE = BENCH_DIR / "work" / "http.pcap"
+WORK_DIR = BENCH_DIR / "work"
 MAKE_CAPTURE = BENCH_DIR / "make_http_capture.sh"
-SAMPLE_INTERVAL_S = 0.2
-PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
+DEFAULT_PACKETS = 300_000
+SAMPLE_INTERVAL_S = 0.1
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
-# Process kinds for the per-kind RSS breakdown, in display order.
-KINDS = ("analyze", "workers", "tansu", "tshark", "other")
+#: issue 16's targets (ratios to tshark in the same run)
+TARGET_ONESHOT = 2.0
+TARGET_STEADY = 4.0
+
+ASSIGNED_RE = re.compile(r"assigned partitions \[")
+#: Faust (aiokafka) logs this when the windows worker's group has given it its partitions.
+FAUST_READY_RE = re.compile(r"Setting newly assigned partitions")
 
 
 # ------------------------------------------------------------ /proc helpers ---
@@ -65,7 +76,29 @@ def _stat_fields(pid: int) -> list[bytes] | None:
     return raw[raw.rfind(b")") + 2 :].split()
 
 
-def _descendants(root: int) -> list[int]:
+def cpu_s(pid: int) -> float | None:
+    """user+sys of the process itself (all its threads), from /proc/PID/stat."""
+    fields = _stat_fields(pid)
+    if fields is None:
+        return None
+    # utime and stime are fields 14 and 15 of stat: index 11 and 12 after the comm
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def mem_kb(pid: int) -> tuple[int, int]:
+    """(VmRSS, VmHWM) in kB; (0, 0) for a process gone or a zombie."""
+    raw = _read(f"/proc/{pid}/status")
+    rss = hwm = 0
+    if raw is not None:
+        for line in raw.splitlines():
+            if line.startswith(b"VmRSS:"):
+                rss = int(line.split()[1])
+            elif line.startswith(b"VmHWM:"):
+                hwm = int(line.split()[1])
+    return rss, hwm
+
+
+def descendants(root: int) -> list[int]:
     """``root`` and every live descendant of it (walks the ppid of all pids)."""
     children: dict[int, list[int]] = {}
     for name in os.listdir("/proc"):
@@ -74,7 +107,6 @@ def _descendants(root: int) -> list[int]:
         fields = _stat_fields(int(name))
         if fields is None:
             continue
-        # fields[0] = state, fields[1] = ppid
         children.setdefault(int(fields[1]), []).append(int(name))
     out, todo = [], [root]
     while todo:
@@ -84,83 +116,76 @@ def _descendants(root: int) -> list[int]:
     return out
 
 
-def _rss_kb(pid: int) -> int:
-    raw = _read(f"/proc/{pid}/status")
-    if raw is None:
-        return 0
-    for line in raw.splitlines():
-        if line.startswith(b"VmRSS:"):
-            return int(line.split()[1])
-    return 0  # zombie / kernel thread: no VmRSS line
-
-
-def _cpu_s(pid: int) -> float:
-    """user+sys of the process itself, from /proc/PID/stat (clock ticks)."""
-    fields = _stat_fields(pid)
-    if fields is None:
-        return 0.0
-    # utime, stime are fields 14 and 15 of stat, i.e. index 11, 12 after comm
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-def _classify(pid: int, root: int, root_kind: str) -> str:
-    if pid == root:
-        return root_kind
+def classify(pid: int) -> str:
+    """The stage a process of wirestream's tree is: analyze/producer, broker, packet
+    worker, windows worker, tshark, other."""
     raw = _read(f"/proc/{pid}/cmdline") or b""
     argv = [a.decode(errors="replace") for a in raw.split(b"\0") if a]
     if not argv:
         return "other"
     if os.path.basename(argv[0]) == "tansu":
-        return "tansu"
-    if "process" in argv and any("wirestream" in a for a in argv):
-        return "workers"
+        return "broker"
     if os.path.basename(argv[0]) == "tshark":
         return "tshark"
+    if "process" in argv:
+        role = argv[argv.index("--role") + 1] if "--role" in argv[:-1] else "all"
+        return {"packets": "packet worker", "windows": "windows worker"}.get(role, "worker")
+    if "analyze" in argv:
+        return "analyze"
+    if "produce" in argv:
+        return "producer"
     return "other"
 
 
-class TreeSampler(threading.Thread):
-    """Samples summed RSS of a process tree every ``interval`` seconds."""
+@dataclass
+class Proc:
+    """What was seen of one process: its stage, its CPU and memory at the last sample."""
 
-    def __init__(self, root: int, root_kind: str, interval: float = SAMPLE_INTERVAL_S):
+    pid: int
+    kind: str
+    cpu_first_s: float = 0.0
+    cpu_last_s: float = 0.0
+    hwm_kb: int = 0
+    rss_kb: int = 0
+
+
+class Watcher(threading.Thread):
+    """Samples a process tree (``root`` and its descendants) or a fixed set of pids every
+    ``interval`` s: each process's CPU and VmHWM, and the peak of the summed VmRSS.
+
+    The CPU of a process is taken from its last sample, so up to ``interval`` of a process
+    that exits is missed (the caller's wait4 figures are exact, per tree)."""
+
+    def __init__(self, root: int | None = None, pids: dict[int, str] | None = None,
+                 interval: float = SAMPLE_INTERVAL_S) -> None:
         super().__init__(daemon=True)
-        self.root, self.root_kind, self.interval = root, root_kind, interval
+        self.root, self.fixed, self.interval = root, dict(pids or {}), interval
         self.stop_event = threading.Event()
-        self.samples = 0
-        self.peak_total_kb = 0
-        self.peak_total_at_s = 0.0
-        self.peak_kind_kb = dict.fromkeys(KINDS, 0)
-        self.max_procs_kind = dict.fromkeys(KINDS, 0)
-        # last seen own CPU (user+sys) per (pid, kind): approximate per-kind CPU
-        self.last_cpu: dict[tuple[int, str], float] = {}
-        # pid -> (start time in ticks, kind) of every process seen in the tree
-        self.seen: dict[int, tuple[bytes, str]] = {}
-        self.t0 = time.monotonic()
+        self.procs: dict[int, Proc] = {}
+        self.peak_sum_rss_kb = 0
+        self.lock = threading.Lock()
 
     def sample(self) -> None:
+        pids = self.fixed if self.root is None else {p: "" for p in descendants(self.root)}
         total = 0
-        kind_kb = dict.fromkeys(KINDS, 0)
-        kind_n = dict.fromkeys(KINDS, 0)
-        for pid in _descendants(self.root):
-            kind = _classify(pid, self.root, self.root_kind)
-            rss = _rss_kb(pid)
-            if rss == 0:
-                continue  # gone between the walk and the read, or a zombie
-            total += rss
-            kind_kb[kind] += rss
-            kind_n[kind] += 1
-            self.last_cpu[(pid, kind)] = _cpu_s(pid)
-            if pid not in self.seen:
-                fields = _stat_fields(pid)
-                if fields is not None:
-                    self.seen[pid] = (fields[19], kind)  # field 22: starttime
-        self.samples += 1
-        if total > self.peak_total_kb:
-            self.peak_total_kb = total
-            self.peak_total_at_s = time.monotonic() - self.t0
-        for k in KINDS:
-            self.peak_kind_kb[k] = max(self.peak_kind_kb[k], kind_kb[k])
-            self.max_procs_kind[k] = max(self.max_procs_kind[k], kind_n[k])
+        with self.lock:
+            for pid, kind in pids.items():
+                cpu = cpu_s(pid)
+                rss, hwm = mem_kb(pid)
+                if cpu is None or rss == 0:
+                    continue  # gone between the walk and the read, or a zombie
+                proc = self.procs.get(pid)
+                # Classified at every sample: a child seen between fork and exec still has
+                # its parent's command line.
+                kind = kind or ("root" if pid == self.root else classify(pid))
+                if proc is None:
+                    proc = self.procs[pid] = Proc(pid, kind, cpu_first_s=cpu)
+                proc.kind = kind
+                proc.cpu_last_s = cpu
+                proc.hwm_kb = max(proc.hwm_kb, hwm, rss)
+                proc.rss_kb = rss
+                total += rss
+        self.peak_sum_rss_kb = max(self.peak_sum_rss_kb, total)
 
     def run(self) -> None:
         while True:
@@ -168,95 +193,26 @@ class TreeSampler(threading.Thread):
             if self.stop_event.wait(self.interval):
                 return
 
-    def leftovers(self) -> list[dict]:
-        """Processes seen in the tree that are still alive (orphaned)."""
-        out = []
-        for pid, (start, kind) in self.seen.items():
-            if pid == self.root:
-                continue
-            fields = _stat_fields(pid)
-            if fields is not None and fields[19] == start and fields[0] != b"Z":
-                cmd = (_read(f"/proc/{pid}/cmdline") or b"").replace(b"\0", b" ").decode(errors="replace")
-                out.append({"pid": pid, "kind": kind, "cmdline": cmd.strip()[:200]})
-        return out
-
-    def cpu_by_kind(self) -> dict[str, float]:
-        out = dict.fromkeys(KINDS, 0.0)
-        for (_pid, kind), cpu in self.last_cpu.items():
-            out[kind] += cpu
-        return out
-
-
-def run_measured(cmd: list[str], root_kind: str, stdout_path: Path, stderr_path: Path) -> dict:
-    """Run ``cmd`` to completion; return wall/CPU/RSS figures and exit code."""
-    ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
-    t0 = time.monotonic()
-    with open(stdout_path, "wb") as out, open(stderr_path, "wb") as err:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=err, stdin=subprocess.DEVNULL)
-        sampler = TreeSampler(proc.pid, root_kind)
-        sampler.start()
-        try:
-            # wait4 reaps the child and gives the rusage of it plus all the
-            # descendants it reaped; RUSAGE_CHILDREN deltas say the same thing.
-            _, status, ru_child = os.wait4(proc.pid, 0)
-        except BaseException:
-            proc.kill()
-            proc.wait()
-            raise
-        wall = time.monotonic() - t0
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        sampler.stop_event.set()
-        sampler.join()
-    ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
-    user = ru1.ru_utime - ru0.ru_utime
-    system = ru1.ru_stime - ru0.ru_stime
-    # Anything of the tree still alive now was orphaned (not reaped by the
-    # tree), so its CPU is missing from the rusage figures: report it.
-    leftovers = sampler.leftovers()
-    return {
-        "cmd": cmd,
-        "exit_code": proc.returncode,
-        "wall_s": wall,
-        "user_s": user,
-        "sys_s": system,
-        "cpu_s": user + system,
-        "wait4_cpu_s": ru_child.ru_utime + ru_child.ru_stime,
-        # largest single process of the tree (wait4: the child and what it reaped)
-        "maxrss_single_process_mb": ru_child.ru_maxrss / 1024,
-        "peak_rss_mb": sampler.peak_total_kb / 1024,
-        "peak_rss_at_s": sampler.peak_total_at_s,
-        "peak_rss_by_kind_mb": {k: v / 1024 for k, v in sampler.peak_kind_kb.items() if v},
-        "max_processes_by_kind": {k: v for k, v in sampler.max_procs_kind.items() if v},
-        "approx_cpu_by_kind_s": {k: v for k, v in sampler.cpu_by_kind().items() if v},
-        "rss_samples": sampler.samples,
-        "leftover_processes": leftovers,
-        "stdout": str(stdout_path),
-        "stderr": str(stderr_path),
-    }
+    def stop(self) -> None:
+        self.stop_event.set()
+        self.join()
 
 
 # ------------------------------------------------------------------- helpers ---
-def count_packets(cap: Path) -> int:
-    if shutil.which("capinfos"):
-        res = subprocess.run(["capinfos", "-c", "-M", str(cap)], capture_output=True, text=True)
-        for line in res.stdout.splitlines():
-            if line.startswith("Number of packets"):
-                return int(line.split(":", 1)[1].strip())
-        sys.exit(f"capinfos gave no packet count for {cap}: {res.stderr.strip()}")
-    # Fallback: tshark (dissects every packet, so slower, but exact).
-    res = subprocess.run(["tshark", "-n", "-r", str(cap), "-T", "fields", "-e", "frame.number"],
-                         capture_output=True, text=True, check=True)
-    return len(res.stdout.splitlines())
-
-
 def wirestream_cmd() -> list[str]:
     script = Path(sys.executable).with_name("wirestream")
-    if script.exists():
-        return [str(script)]
-    return [sys.executable, "-m", "wirestream"]
+    return [str(script)] if script.exists() else [sys.executable, "-m", "wirestream"]
 
 
-def tail(path: Path, n: int = 15) -> str:
+def count_packets(cap: Path) -> int:
+    res = subprocess.run(["capinfos", "-c", "-M", str(cap)], capture_output=True, text=True)
+    for line in res.stdout.splitlines():
+        if line.startswith("Number of packets"):
+            return int(line.split(":", 1)[1].strip())
+    sys.exit(f"capinfos gave no packet count for {cap}: {res.stderr.strip()}")
+
+
+def tail(path: Path, n: int = 20) -> str:
     try:
         lines = path.read_text(errors="replace").splitlines()
     except OSError:
@@ -268,11 +224,8 @@ def tshark_http_counts(text: str) -> dict[str, int]:
     out = {}
     for line in text.splitlines():
         s = line.strip()
-        for key, label in (
-            ("total", "Total HTTP Packets"),
-            ("requests", "HTTP Request Packets"),
-            ("responses", "HTTP Response Packets"),
-        ):
+        for key, label in (("total", "Total HTTP Packets"), ("requests", "HTTP Request Packets"),
+                           ("responses", "HTTP Response Packets")):
             if s.startswith(label):
                 parts = s[len(label):].split()
                 if parts and parts[0].isdigit():
@@ -280,35 +233,440 @@ def tshark_http_counts(text: str) -> dict[str, int]:
     return out
 
 
-def mb(x: float | None) -> str:
-    return "-" if x is None else f"{x:,.0f}"
+def machine_load() -> dict[str, Any]:
+    """How busy the machine is besides us: load average and the busiest other processes."""
+    res = subprocess.run(["ps", "-eo", "pid,pcpu,etimes,args", "--sort=-pcpu"], capture_output=True, text=True)
+    me = os.getpid()
+    busy = []
+    for line in res.stdout.splitlines()[1:]:
+        parts = line.split(None, 3)
+        if len(parts) < 4 or int(parts[0]) == me:
+            continue
+        if float(parts[1]) >= 5.0:
+            busy.append(f"{parts[1]}% {parts[3][:100]}")
+    return {"loadavg": os.getloadavg(), "busy_processes": busy[:6]}
+
+
+def fmt(x: float | None, spec: str = ",.1f") -> str:
+    return "-" if x is None else format(x, spec)
+
+
+def wait_reaped(proc: subprocess.Popen[bytes], timeout: float) -> tuple[int, Any] | None:
+    """wait4 ``proc`` (its exact CPU and maxrss) within ``timeout`` s; None if still running."""
+    deadline = time.monotonic() + timeout
+    while True:
+        pid, status, ru = os.wait4(proc.pid, os.WNOHANG)
+        if pid:
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            return proc.returncode, ru
+        if time.monotonic() > deadline:
+            return None
+        time.sleep(0.02)
+
+
+# ------------------------------------------------------------------ 1. tshark ---
+def run_tshark(cap: Path, packets: int, outdir: Path) -> dict[str, Any]:
+    cmd = ["tshark", "-n", "-q", "-r", str(cap), "-z", "conv,tcp", "-z", "http,tree"]
+    print(f"== tshark: {' '.join(cmd)}", flush=True)
+    t0 = time.monotonic()
+    with open(outdir / "tshark.out", "wb") as out, open(outdir / "tshark.err", "wb") as err:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, stdin=subprocess.DEVNULL)
+        _, status, ru = os.wait4(proc.pid, 0)
+    wall = time.monotonic() - t0
+    code = os.waitstatus_to_exitcode(status)
+    if code != 0:
+        raise RuntimeError(f"tshark exited with {code}:\n{tail(outdir / 'tshark.err')}")
+    text = (outdir / "tshark.out").read_text(errors="replace")
+    cpu = ru.ru_utime + ru.ru_stime
+    r = {"cmd": cmd, "wall_s": wall, "cpu_s": cpu, "user_s": ru.ru_utime, "sys_s": ru.ru_stime,
+         "peak_mb": ru.ru_maxrss / 1024, "packets_per_s": packets / wall, "cpu_us_per_packet": cpu * 1e6 / packets,
+         "tcp_conversations": sum(1 for line in text.splitlines() if "<->" in line),
+         "http": tshark_http_counts(text)}
+    print(f"   {wall:.1f} s, {r['packets_per_s']:,.0f} packets/s, CPU {cpu:.1f} s "
+          f"({r['cpu_us_per_packet']:.1f} µs/packet), peak {r['peak_mb']:,.0f} MB", flush=True)
+    return r
+
+
+# --------------------------------------------------------- 2. analyze one-shot ---
+def stages_of(procs: list[Proc], window_cpu: bool) -> list[dict[str, Any]]:
+    """Per-process figures, packet workers numbered, in pipeline order."""
+    order = {"analyze": 0, "root": 0, "producer": 1, "broker": 2, "packet worker": 3, "windows worker": 4}
+    out, n = [], 0
+    for p in sorted(procs, key=lambda p: (order.get(p.kind, 9), p.pid)):
+        name = p.kind
+        if p.kind == "packet worker":
+            n += 1
+            name = f"packet worker {n}"
+        cpu = p.cpu_last_s - p.cpu_first_s if window_cpu else p.cpu_last_s
+        out.append({"stage": name, "pid": p.pid, "cpu_s": cpu, "peak_mb": p.hwm_kb / 1024,
+                    "end_rss_mb": p.rss_kb / 1024})
+    return out
+
+
+def run_analyze(cap: Path, packets: int, codec: str, args: argparse.Namespace, outdir: Path) -> dict[str, Any]:
+    out_dir = Path(tempfile.mkdtemp(prefix="analyze-out.", dir=outdir))
+    cmd = [*wirestream_cmd(), "analyze", str(cap), "--json", "--no-progress", "--out", str(out_dir),
+           *args.analyze_args.split()]
+    env = {**os.environ, "WIRESTREAM_COMPRESSION": codec}
+    print(f"== analyze one-shot, compression {codec}: {' '.join(cmd)}", flush=True)
+    stdout, stderr = outdir / f"analyze-{codec}.out", outdir / f"analyze-{codec}.err"
+    t0 = time.monotonic()
+    with open(stdout, "wb") as so, open(stderr, "wb") as se:
+        proc = subprocess.Popen(cmd, stdout=so, stderr=se, stdin=subprocess.DEVNULL, env=env)
+        watcher = Watcher(root=proc.pid)
+        watcher.start()
+        progress = Progress(f"analyze ({codec})", t0)
+        try:
+            while (res := wait_reaped(proc, 5.0)) is None:
+                progress.tick(watcher)
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+        finally:
+            watcher.stop()
+    wall = time.monotonic() - t0
+    code, ru = res
+    shutil.rmtree(out_dir, ignore_errors=True)
+    if code != 0:
+        raise RuntimeError(f"analyze exited with {code}:\n{tail(stderr)}")
+    summary = json.loads(stdout.read_text())
+    procs = list(watcher.procs.values())
+    for p in procs:
+        if p.kind == "root":
+            p.kind = "analyze"
+    stages = stages_of(procs, window_cpu=False)
+    # wait4: the analyze process and every descendant it reaped (its workers and broker),
+    # exact; the per-stage figures are /proc samples, short of each process's last 0.1 s.
+    cpu = ru.ru_utime + ru.ru_stime
+    peak_sum_mb = sum(s["peak_mb"] for s in stages)
+    records = summary.get("records", {})
+    r = {"cmd": cmd, "compression": codec, "wall_s": wall, "packets_per_s": packets / wall,
+         "elapsed_s_reported": summary.get("elapsed_s"), "cpu_s": cpu, "cpu_us_per_packet": cpu * 1e6 / packets,
+         "sampled_cpu_s": sum(s["cpu_s"] for s in stages), "stages": stages,
+         "peak_mb_sum_of_processes": peak_sum_mb, "peak_mb_simultaneous": watcher.peak_sum_rss_kb / 1024,
+         "records": records, "packets_read": sum(f.get("packets", 0) for f in summary.get("files", [])),
+         "tcp_conversations": records.get("wire.connections"), "failed_files": summary.get("failed")}
+    print(f"   {wall:.1f} s, {r['packets_per_s']:,.0f} packets/s, CPU {cpu:.1f} s "
+          f"({r['cpu_us_per_packet']:.1f} µs/packet), peak {peak_sum_mb:,.0f} MB summed over "
+          f"{len(stages)} processes", flush=True)
+    return r
+
+
+class Progress:
+    """A line every few seconds while a run goes on (runs take minutes)."""
+
+    def __init__(self, name: str, t0: float) -> None:
+        self.name, self.t0 = name, t0
+
+    def tick(self, watcher: Watcher, extra: str = "") -> None:
+        with watcher.lock:
+            procs = list(watcher.procs.values())
+        cpu = sum(p.cpu_last_s - p.cpu_first_s for p in procs)
+        rss = sum(p.rss_kb for p in procs) / 1024
+        print(f"   ... {self.name}: {time.monotonic() - self.t0:5.0f} s, {len(procs)} processes seen, "
+              f"CPU {cpu:.0f} s, RSS now {rss:,.0f} MB{extra}", flush=True)
+
+
+# ------------------------------------------------------------- 3. steady state ---
+@dataclass
+class Workers:
+    """2 (``--workers``) packet workers and 1 windows worker of one group, as a deployment
+    runs them (``wirestream process --role packets`` / ``--role windows``)."""
+
+    bootstrap: str
+    registry: str
+    partitions: int
+    logdir: Path
+    env: dict[str, str]
+    group: str = field(default_factory=lambda: f"bench-steady-{uuid.uuid4().hex[:8]}")
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    def start(self, name: str, role: str) -> None:
+        with open(self.logdir / f"{name}.log", "wb") as log:
+            self.procs[name] = subprocess.Popen(
+                [*wirestream_cmd(), "process", "--role", role, "--group", self.group,
+                 "--bootstrap", self.bootstrap, "--registry", self.registry,
+                 "--partitions", str(self.partitions), "--loglevel", "info"],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                env=self.env)
+
+    def log(self, name: str) -> str:
+        return (self.logdir / f"{name}.log").read_text(errors="replace")
+
+    def wait_ready(self, name: str, pattern: re.Pattern[str], timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while not pattern.search(self.log(name)):
+            if self.procs[name].poll() is not None:
+                raise RuntimeError(f"worker {name} exited:\n{self.log(name)[-3000:]}")
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.1)
+        return True
+
+    def check_alive(self) -> None:
+        for name, proc in self.procs.items():
+            if proc.poll() is not None:
+                raise RuntimeError(f"worker {name} exited with {proc.returncode}:\n{self.log(name)[-3000:]}")
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGTERM)
+        for proc in self.procs.values():
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
+class StatsReader:
+    """wire.stats from the beginning (a fresh broker): the final reports, by source."""
+
+    def __init__(self, bootstrap: str, registry: str) -> None:
+        from confluent_kafka import OFFSET_BEGINNING, Consumer
+
+        from wirestream.codec import AvroCodec
+        from wirestream.kafka import consumer_config
+        from wirestream.reader import partitions_of
+        from wirestream.topics import STATS
+
+        self.codec = AvroCodec(registry)
+        self.consumer = Consumer({**consumer_config(bootstrap), "fetch.wait.max.ms": 50})
+        tps = partitions_of(bootstrap, [STATS])
+        for tp in tps:
+            tp.offset = OFFSET_BEGINNING
+        self.consumer.assign(tps)
+        #: (stage, source, partition) -> CreateTime (s) of its final report
+        self.finals: dict[tuple[str, str, int], float] = {}
+
+    def poll(self, timeout: float) -> None:
+        for m in self.consumer.consume(10_000, timeout):
+            if m.error() is not None:
+                continue
+            rec = self.codec.decode(m.value())
+            if rec.get("final"):
+                self.finals.setdefault((rec["stage"], rec["source_id"], rec["partition"]), m.timestamp()[1] / 1000)
+
+    def close(self) -> None:
+        self.consumer.close()
+
+
+def run_steady(cap: Path, packets: int, codec: str, args: argparse.Namespace, outdir: Path) -> dict[str, Any]:
+    from wirestream.broker import EmbeddedBroker, partition_count
+    from wirestream.registry import EmbeddedSchemaRegistry
+    from wirestream.topics import OBSERVATIONS, PACKETS, PACKETS_STAGE, WINDOWS_STAGE
+
+    print(f"== steady state, compression {codec}: fresh embedded broker and registry, {args.workers} packet "
+          "workers + 1 windows worker", flush=True)
+    env = {**os.environ, "WIRESTREAM_COMPRESSION": codec}
+    logdir = outdir / f"steady-{codec}"
+    logdir.mkdir(exist_ok=True)
+    with EmbeddedBroker(log_path=logdir / "broker.log") as broker, EmbeddedSchemaRegistry() as registry:
+        broker_pid = broker._proc.pid  # noqa: SLF001 - the bench measures the broker process
+        workers = Workers(broker.bootstrap, registry.url, args.partitions, logdir, env)
+        reader = None
+        try:
+            t_start = time.monotonic()
+            for i in range(args.workers):
+                workers.start(f"packets-{i + 1}", "packets")
+            workers.start("windows", "windows")
+            for i in range(args.workers):
+                if not workers.wait_ready(f"packets-{i + 1}", ASSIGNED_RE, args.run_timeout):
+                    raise RuntimeError(f"packet worker {i + 1} was not assigned partitions in {args.run_timeout} s")
+            if not workers.wait_ready("windows", FAUST_READY_RE, 60):
+                print("   (the windows worker logged no readiness in 60 s; going on)", flush=True)
+            # the group settles (a late rebalance would be part of the measurement)
+            time.sleep(args.settle)
+            workers.check_alive()
+            print(f"   workers up and idle after {time.monotonic() - t_start:.1f} s", flush=True)
+            partitions = partition_count(broker.bootstrap, PACKETS)
+            obs_partitions = partition_count(broker.bootstrap, OBSERVATIONS)
+            reader = StatsReader(broker.bootstrap, registry.url)
+            reader.poll(0.5)
+            pids = {broker_pid: "broker", **{p.pid: classify(p.pid) for p in workers.procs.values()}}
+            watcher = Watcher(pids=pids)
+            watcher.sample()  # the CPU each process has used so far: the window starts here
+            watcher.start()
+            cmd = [*wirestream_cmd(), "produce", "pcap", str(cap), "--bootstrap", broker.bootstrap,
+                   "--registry", registry.url, "--partitions", str(args.partitions)]
+            print(f"   {' '.join(cmd)}", flush=True)
+            t0_wall = time.time()
+            t0 = time.monotonic()
+            with open(logdir / "produce.out", "wb") as so:
+                producer = subprocess.Popen(cmd, stdout=so, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                            env=env)
+            progress = Progress(f"steady ({codec})", t0)
+            produced: tuple[int, Any] | None = None
+            t_produced = None
+            source_id = None
+            last_tick = t0
+            while True:
+                reader.poll(0.2)
+                if produced is None:
+                    produced = wait_reaped(producer, 0)
+                    if produced is not None:
+                        t_produced = time.monotonic() - t0
+                        if produced[0] != 0:
+                            raise RuntimeError(f"produce pcap exited with {produced[0]}:\n{tail(logdir / 'produce.out')}")
+                        m = re.search(r"published as source (\S+?);", (logdir / "produce.out").read_text())
+                        if m is None:
+                            raise RuntimeError(f"no source id in produce's output:\n{tail(logdir / 'produce.out')}")
+                        source_id = m.group(1)
+                        print(f"   produce pcap done in {t_produced:.1f} s ({packets / t_produced:,.0f} packets/s); "
+                              f"source {source_id}", flush=True)
+                if source_id is not None:
+                    want = [(PACKETS_STAGE, source_id, p) for p in range(partitions)]
+                    want += [(WINDOWS_STAGE, source_id, q) for q in range(obs_partitions)]
+                    if all(k in reader.finals for k in want):
+                        t_end = max(reader.finals[k] for k in want) - t0_wall
+                        break
+                if time.monotonic() - t0 > args.run_timeout:
+                    raise RuntimeError(f"no final reports from every partition in {args.run_timeout} s")
+                if time.monotonic() - last_tick > 5:
+                    last_tick = time.monotonic()
+                    workers.check_alive()
+                    progress.tick(watcher, "" if produced is not None else " (producing)")
+            watcher.sample()
+            watcher.stop()
+            time.sleep(0.3)
+            broker_rss_end_kb = mem_kb(broker_pid)[0]
+        finally:
+            if reader is not None:
+                reader.close()
+            workers.stop()
+    code, ru = produced
+    stages = stages_of(list(watcher.procs.values()), window_cpu=True)
+    prod_stage = {"stage": "producer", "pid": producer.pid, "cpu_s": ru.ru_utime + ru.ru_stime,
+                  "peak_mb": ru.ru_maxrss / 1024, "end_rss_mb": None}
+    stages.insert(0, prod_stage)
+    cpu = sum(s["cpu_s"] for s in stages)
+    r = {"cmd": cmd, "compression": codec, "wall_s": t_end, "packets_per_s": packets / t_end,
+         "produce_s": t_produced, "produce_packets_per_s": packets / t_produced,
+         "cpu_s": cpu, "cpu_us_per_packet": cpu * 1e6 / packets, "stages": stages,
+         "peak_mb_sum_of_processes": sum(s["peak_mb"] for s in stages),
+         "broker_rss_end_mb": broker_rss_end_kb / 1024, "source_id": source_id,
+         "partitions": partitions, "observation_partitions": obs_partitions}
+    print(f"   {t_end:.1f} s to the last final report, {r['packets_per_s']:,.0f} packets/s, CPU "
+          f"{cpu:.1f} s ({r['cpu_us_per_packet']:.1f} µs/packet); broker holds {r['broker_rss_end_mb']:,.0f} MB "
+          "at the end", flush=True)
+    return r
+
+
+# ---------------------------------------------------------------------- report ---
+def print_report(doc: dict[str, Any]) -> list[str]:
+    """Print the tables and target lines; return the failed cross-checks."""
+    packets, ts = doc["packets"], doc["tshark"]
+    print()
+    print(f"capture {doc['capture']}: {packets:,} packets, {doc['capture_bytes'] / 1e6:,.0f} MB; "
+          f"{doc['cpus']} CPUs; load average {doc['load_start']['loadavg'][0]:.2f} at start, "
+          f"{doc['load_end']['loadavg'][0]:.2f} at end")
+    for line in doc["load_start"]["busy_processes"]:
+        print(f"  busy at start: {line}")
+    hdr = (f"{'run':<32}{'wall s':>8}{'packets/s':>11}{'× tshark':>9}{'CPU s':>8}{'CPU µs/pkt':>11}"
+           f"{'peak MB':>9}")
+    print()
+    print(hdr)
+    print("-" * len(hdr))
+    print(f"{'tshark conv,tcp + http,tree':<32}{ts['wall_s']:>8.1f}{ts['packets_per_s']:>11,.0f}{'1.00':>9}"
+          f"{ts['cpu_s']:>8.1f}{ts['cpu_us_per_packet']:>11.1f}{ts['peak_mb']:>9,.0f}")
+    for kind, label in (("analyze", "analyze one-shot"), ("steady", "steady state")):
+        for codec, r in doc[kind].items():
+            print(f"{label + ' (' + codec + ')':<32}{r['wall_s']:>8.1f}{r['packets_per_s']:>11,.0f}"
+                  f"{r['packets_per_s'] / ts['packets_per_s']:>9.2f}{r['cpu_s']:>8.1f}"
+                  f"{r['cpu_us_per_packet']:>11.1f}{r['peak_mb_sum_of_processes']:>9,.0f}")
+    print("peak MB: tshark's ru_maxrss; wirestream's: the sum of every process's own peak (VmHWM).")
+    for codec, r in doc["steady"].items():
+        print(f"steady ({codec}): produce pcap alone took {r['produce_s']:.1f} s "
+              f"({r['produce_packets_per_s']:,.0f} packets/s)")
+
+    for kind, label in (("analyze", "analyze one-shot"), ("steady", "steady state")):
+        for codec, r in doc[kind].items():
+            print()
+            note = ("(/proc samples; the analyze process is producer and collector)" if kind == "analyze"
+                    else "(from produce's start to the last final report)")
+            print(f"per stage, {label} ({codec}) {note}")
+            h = f"  {'stage':<18}{'CPU s':>8}{'µs/packet':>11}{'peak MB':>9}"
+            print(h)
+            for s in r["stages"]:
+                print(f"  {s['stage']:<18}{s['cpu_s']:>8.1f}{s['cpu_s'] * 1e6 / packets:>11.1f}"
+                      f"{s['peak_mb']:>9,.0f}")
+    for codec, r in doc["steady"].items():
+        print(f"broker ({codec}): {r['broker_rss_end_mb']:,.0f} MB resident at the end of the steady run "
+              f"(capture {doc['capture_bytes'] / 1e6:,.0f} MB); memory:// storage keeps every record "
+              "until the broker stops: no retention applies")
+
+    failures = []
+    print()
+    a = doc["analyze"]
+    for codec, r in a.items():
+        if r["packets_read"] != packets:
+            failures.append(f"analyze ({codec}) read {r['packets_read']} packets, capinfos {packets}")
+        if r["tcp_conversations"] != ts["tcp_conversations"]:
+            failures.append(f"analyze ({codec}): {r['tcp_conversations']} connections, tshark "
+                            f"{ts['tcp_conversations']} conversations")
+        tx, resp = r["records"].get("wire.transactions", 0), ts["http"].get("responses")
+        if resp is not None and tx < resp:
+            failures.append(f"analyze ({codec}): {tx} transactions < tshark's {resp} HTTP responses")
+    print("checks: " + ("ok (packets read, TCP conversations = tshark's, transactions >= tshark's responses)"
+                        if not failures else "; ".join(failures)))
+    print()
+    print("targets of issue 16:")
+    for line in doc["targets"]:
+        print(f"  {'PASS' if line['pass'] else 'FAIL'}  {line['what']}: {line['value']}")
+    return failures
+
+
+def targets(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    ts, out = doc["tshark"], []
+    for codec, r in doc["analyze"].items():
+        ratio = r["packets_per_s"] / ts["packets_per_s"]
+        out.append({"what": f"analyze one-shot ({codec}) >= {TARGET_ONESHOT:g}x tshark", "pass": ratio >= TARGET_ONESHOT,
+                    "value": f"{ratio:.2f}x"})
+    for codec, r in doc["steady"].items():
+        ratio = r["packets_per_s"] / ts["packets_per_s"]
+        out.append({"what": f"steady state ({codec}) >= {TARGET_STEADY:g}x tshark", "pass": ratio >= TARGET_STEADY,
+                    "value": f"{ratio:.2f}x"})
+    for kind in ("analyze", "steady"):
+        for codec, r in doc[kind].items():
+            out.append({"what": f"{kind} ({codec}) CPU per packet, every process <= tshark's",
+                        "pass": r["cpu_us_per_packet"] <= ts["cpu_us_per_packet"],
+                        "value": f"{r['cpu_us_per_packet']:.1f} vs {ts['cpu_us_per_packet']:.1f} µs"})
+            out.append({"what": f"{kind} ({codec}) peak memory, every process summed <= tshark's",
+                        "pass": r["peak_mb_sum_of_processes"] <= ts["peak_mb"],
+                        "value": f"{r['peak_mb_sum_of_processes']:,.0f} vs {ts['peak_mb']:,.0f} MB"})
+    return out
 
 
 # ---------------------------------------------------------------------- main ---
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        description="Compare `wirestream analyze` with tshark (conv,tcp + http,tree) on one capture.",
-    )
-    p.add_argument("--capture", type=Path,
-                   help=f"capture to use; implies --skip-build (default {DEFAULT_CAPTURE.relative_to(REPO_ROOT)}, "
-                        "built by make_http_capture.sh)")
-    p.add_argument("--packets", type=int, default=None,
-                   help="target packet count when building the capture (make_http_capture.sh default: 1000000)")
-    p.add_argument("--workers", type=int, default=None, help="pass --workers N to wirestream analyze")
-    p.add_argument("--skip-build", action="store_true", help="do not run make_http_capture.sh")
-    p.add_argument("--analyze-args", default="", metavar="ARGS",
-                   help='extra arguments for wirestream analyze, e.g. --analyze-args=--no-l7')
-    p.add_argument("--force-build", action="store_true", help="rebuild the capture (make_http_capture.sh --force)")
-    p.add_argument("--target", type=float, default=0.5,
-                   help="PASS if wirestream pkt/s / tshark pkt/s >= this (default 0.5)")
-    p.add_argument("--keep-dir", type=Path, default=None,
-                   help="keep raw tool outputs here (default: a temp dir, removed at the end)")
-    p.add_argument("--json", dest="json_out", type=Path, help="write all figures to this JSON file")
+    p = argparse.ArgumentParser(description="wirestream (analyze one-shot, steady state) against tshark on one "
+                                            "capture: issue 16's targets.")
+    p.add_argument("--capture", type=Path, help="capture to use, no build (default bench/work/http_PACKETS.pcap, "
+                                                "built by make_http_capture.sh when missing)")
+    p.add_argument("--packets", type=int, default=DEFAULT_PACKETS, help=f"packets of the built capture ({DEFAULT_PACKETS:,})")
+    p.add_argument("--skip-build", action="store_true", help="never run make_http_capture.sh: reuse the capture")
+    p.add_argument("--force-build", action="store_true", help="rebuild the capture")
+    p.add_argument("--compression", default="lz4", metavar="CODECS",
+                   help="$WIRESTREAM_COMPRESSION of the wirestream runs, comma-separated: each runs analyze and the "
+                        "steady state once, e.g. none,lz4,zstd (default lz4)")
+    p.add_argument("--workers", type=int, default=2, help="packet workers of the steady state (2)")
+    p.add_argument("--partitions", type=int, default=4, help="partitions of the steady state's topics (4)")
+    p.add_argument("--settle", type=float, default=2.0, help="s to wait after the workers are assigned (2)")
+    p.add_argument("--analyze-args", default="", metavar="ARGS", help="more arguments for analyze")
+    p.add_argument("--no-analyze", action="store_true", help="skip the one-shot analyze runs")
+    p.add_argument("--no-steady", action="store_true", help="skip the steady-state runs")
+    p.add_argument("--run-timeout", type=float, default=600, help="s a run may take (600)")
+    p.add_argument("--strict", action="store_true", help="exit 1 when a target of issue 16 is missed")
+    p.add_argument("--keep-dir", type=Path, help="keep the tools' outputs and worker logs here")
+    p.add_argument("--json", dest="json_out", type=Path, help="write every figure to this JSON file")
     args = p.parse_args(argv)
-    if args.workers is not None and args.workers < 1:
-        p.error("--workers must be >= 1")
-    if args.packets is not None and args.packets < 1:
-        p.error("--packets must be >= 1")
+    args.codecs = [c.strip() for c in args.compression.split(",") if c.strip()]
+    if not args.codecs:
+        p.error("--compression: no codec")
     return args
 
 
@@ -316,15 +674,13 @@ def ensure_capture(args: argparse.Namespace) -> Path:
     if args.capture is not None:
         cap = args.capture
     else:
-        cap = DEFAULT_CAPTURE
+        cap = WORK_DIR / f"http_{args.packets}.pcap"
         if not args.skip_build:
-            cmd = [str(MAKE_CAPTURE)] + (["--force"] if args.force_build else []) + [str(cap)]
-            if args.packets is not None:
-                cmd.append(str(args.packets))
+            cmd = [str(MAKE_CAPTURE)] + (["--force"] if args.force_build else []) + [str(cap), str(args.packets)]
             print(f"== building / checking capture: {' '.join(cmd)}", flush=True)
-            res = subprocess.run(cmd)
-            if res.returncode != 0:
-                print(f"make_http_capture.sh failed with exit code {res.returncode}", file=sys.stderr)
+            if subprocess.run(cmd).returncode != 0:
+                print("make_http_capture.sh failed (it needs nginx, wrk, tcpdump and root); pass --capture PATH",
+                      file=sys.stderr)
                 sys.exit(3)
     if not cap.is_file():
         print(f"capture not found: {cap}", file=sys.stderr)
@@ -332,172 +688,63 @@ def ensure_capture(args: argparse.Namespace) -> Path:
     return cap.resolve()
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    for tool in ("tshark",):
-        if not shutil.which(tool):
-            print(f"missing required tool: {tool}", file=sys.stderr)
-            return 3
-    cap = ensure_capture(args)
-
-    t = time.monotonic()
-    packets = count_packets(cap)
-    print(f"== capture {cap}: {packets:,} packets, {cap.stat().st_size / 1e6:,.0f} MB "
-          f"(counted in {time.monotonic() - t:.1f} s)", flush=True)
-    if packets == 0:
-        print("capture has no packets", file=sys.stderr)
-        return 2
-
-    with output_dir(args.keep_dir, "bench_analyze.") as outdir:
-        return run_bench(args, cap, packets, outdir)
-
-
 @contextlib.contextmanager
-def output_dir(keep_dir: Path | None, prefix: str) -> Iterator[Path]:
-    """Where the raw tool outputs go: ``keep_dir`` (kept), else a temporary folder."""
+def output_dir(keep_dir: Path | None) -> Iterator[Path]:
     if keep_dir is not None:
         keep_dir.mkdir(parents=True, exist_ok=True)
         yield keep_dir
         return
-    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+    with tempfile.TemporaryDirectory(prefix="bench_analyze.") as tmp:
         yield Path(tmp)
 
 
-def run_bench(args: argparse.Namespace, cap: Path, packets: int, outdir: Path) -> int:
-    tshark_cmd = ["tshark", "-n", "-q", "-r", str(cap), "-z", "conv,tcp", "-z", "http,tree"]
-    ws_cmd = wirestream_cmd() + ["analyze", str(cap), "--json", "--no-progress"]
-    if args.workers is not None:
-        ws_cmd += ["--workers", str(args.workers)]
-    ws_cmd += args.analyze_args.split()
-
-    results: dict[str, dict] = {}
-    for name, cmd, kind in (("tshark", tshark_cmd, "tshark"), ("wirestream", ws_cmd, "analyze")):
-        print(f"== running {name}: {' '.join(cmd)}", flush=True)
-        r = run_measured(cmd, kind, outdir / f"{name}.out", outdir / f"{name}.err")
-        results[name] = r
-        print(f"   done in {r['wall_s']:.1f} s (exit {r['exit_code']})", flush=True)
-        if r["exit_code"] != 0:
-            print(f"{name} failed with exit code {r['exit_code']}; stderr tail:\n"
-                  f"{tail(Path(r['stderr']))}", file=sys.stderr)
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    for tool in ("tshark", "capinfos"):
+        if not shutil.which(tool):
+            print(f"missing required tool: {tool}", file=sys.stderr)
             return 3
+    from wirestream.kafka import COMPRESSIONS
 
-    ts, ws = results["tshark"], results["wirestream"]
-
-    # ---- tshark output: conversations and HTTP counters
-    ts_text = Path(ts["stdout"]).read_text(errors="replace")
-    ts_convs = sum(1 for line in ts_text.splitlines() if "<->" in line)
-    ts["tcp_conversations"] = ts_convs
-    ts["http"] = tshark_http_counts(ts_text)
-
-    # ---- wirestream JSON summary
-    try:
-        summary = json.loads(Path(ws["stdout"]).read_text())
-    except (OSError, ValueError) as e:
-        print(f"wirestream --json output is not JSON ({e}); stdout tail:\n{tail(Path(ws['stdout']))}",
-              file=sys.stderr)
-        return 3
-    records = summary.get("records", {})
-    ws_convs = records.get("wire.connections")
-    ws_packets = sum(f.get("packets", 0) for f in summary.get("files", []))
-    ws["tcp_conversations"] = ws_convs
-    ws["packets_read"] = ws_packets
-    ws["elapsed_s_reported"] = summary.get("elapsed_s")
-    ws["records"] = records
-    ws["connection_states"] = summary.get("connection_states")
-    ws["failed_files"] = summary.get("failed")
-
-    for r in (ts, ws):
-        r["packets_per_s"] = packets / r["wall_s"] if r["wall_s"] > 0 else 0.0
-        r["cpu_us_per_packet"] = r["cpu_s"] * 1e6 / packets
-    ratio = ws["packets_per_s"] / ts["packets_per_s"] if ts["packets_per_s"] else 0.0
-
-    # ---- table
-    print()
-    print(f"capture: {cap}  ({packets:,} packets)   machine: {os.cpu_count()} CPUs")
-    hdr = f"{'tool':<12}{'packets':>12}{'wall s':>10}{'packets/s':>12}{'CPU s':>9}{'CPU µs/pkt':>12}{'peak RSS MB':>13}"
-    print(hdr)
-    print("-" * len(hdr))
-    for name, r in (("tshark", ts), ("wirestream", ws)):
-        print(f"{name:<12}{packets:>12,}{r['wall_s']:>10.1f}{r['packets_per_s']:>12,.0f}"
-              f"{r['cpu_s']:>9.1f}{r['cpu_us_per_packet']:>12.1f}{mb(r['peak_rss_mb']):>13}")
-    print()
-    kinds = ws["peak_rss_by_kind_mb"]
-    nproc = ws["max_processes_by_kind"]
-    parts = [f"{k} {mb(kinds[k])}" + (f" ({nproc[k]} procs)" if nproc.get(k, 0) > 1 else "")
-             for k in KINDS if k in kinds]
-    print("wirestream peak RSS by process kind (MB, each kind's own peak): " + ", ".join(parts))
-    cpu_kinds = ws["approx_cpu_by_kind_s"]
-    print("wirestream CPU by process kind (s, approx. from /proc samples): "
-          + ", ".join(f"{k} {cpu_kinds[k]:.1f}" for k in KINDS if k in cpu_kinds))
-    for name, r in (("tshark", ts), ("wirestream", ws)):
-        for lp in r["leftover_processes"]:
-            print(f"WARNING: {name} left process {lp['pid']} ({lp['kind']}) running after exit; "
-                  f"its CPU is not in the figures: {lp['cmdline']}")
-    print(f"wirestream elapsed_s (its own JSON): {ws['elapsed_s_reported']}   "
-          f"(wall {ws['wall_s']:.1f} s incl. process start/stop)")
-    print("wirestream records: " + ", ".join(f"{k}={v}" for k, v in records.items()))
-    ws_tx = records.get("wire.transactions", 0)
-    ws["transactions_per_s"] = ws_tx / ws["wall_s"] if ws["wall_s"] > 0 else 0.0
-    print(f"wirestream L7: {ws_tx:,} HTTP transactions = {ws['transactions_per_s']:,.0f} transactions/s "
-          f"({ws['cpu_s'] * 1e6 / ws_tx if ws_tx else 0:.1f} CPU µs per transaction, all stages)")
-    if ts["http"]:
-        print("tshark http,tree: " + ", ".join(f"{k}={v:,}" for k, v in ts["http"].items()))
-    print()
-
-    # ---- checks
-    failures = []
-    conv_ok = ws_convs == ts_convs
-    print(f"TCP conversations: tshark conv,tcp {ts_convs:,}  wirestream wire.connections "
-          f"{ws_convs if ws_convs is None else f'{ws_convs:,}'}  -> {'match' if conv_ok else 'MISMATCH'}")
-    if not conv_ok:
-        failures.append(f"conversation count mismatch (tshark {ts_convs}, wirestream {ws_convs})")
-    pkt_ok = ws_packets == packets
-    print(f"packets read:      capinfos {packets:,}  wirestream {ws_packets:,}  -> {'match' if pkt_ok else 'MISMATCH'}")
-    if not pkt_ok:
-        failures.append(f"packet count mismatch (capinfos {packets}, wirestream {ws_packets})")
-    ts_responses = ts["http"].get("responses")
-    if ts_responses is not None:
-        tx_ok = ws_tx >= ts_responses
-        print(f"HTTP:              tshark responses {ts_responses:,}  wirestream transactions "
-              f"{ws_tx:,}  -> {'ok' if tx_ok else 'MISSING TRANSACTIONS'}")
-        if not tx_ok:
-            failures.append(f"fewer transactions ({ws_tx}) than tshark HTTP responses ({ts_responses})")
-    if summary.get("failed"):
-        failures.append(f"wirestream reports failed files: {summary['failed']}")
-    ratio_ok = ratio >= args.target
-    print(f"throughput ratio:  wirestream/tshark packets/s = {ratio:.3f}  (target >= {args.target})")
-    if not ratio_ok:
-        failures.append(f"ratio {ratio:.3f} below target {args.target}")
-    verdict = "PASS" if not failures else "FAIL"
-    print(f"{verdict}" + ("" if not failures else ": " + "; ".join(failures)))
-
+    bad = [c for c in args.codecs if c not in COMPRESSIONS]
+    if bad:
+        print(f"--compression: unknown {bad}; one of {COMPRESSIONS}", file=sys.stderr)
+        return 2
+    cap = ensure_capture(args)
+    packets = count_packets(cap)
+    print(f"== capture {cap}: {packets:,} packets, {cap.stat().st_size / 1e6:,.0f} MB", flush=True)
+    doc: dict[str, Any] = {
+        "capture": str(cap), "capture_bytes": cap.stat().st_size, "packets": packets, "cpus": os.cpu_count(),
+        "host": platform.node(), "python": sys.version.split()[0], "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "load_start": machine_load(), "workers": args.workers, "partitions": args.partitions,
+        "analyze": {}, "steady": {},
+    }
+    t_bench = time.monotonic()
+    with output_dir(args.keep_dir) as outdir:
+        try:
+            doc["tshark"] = run_tshark(cap, packets, outdir)
+            for codec in args.codecs:
+                if not args.no_analyze:
+                    doc["analyze"][codec] = run_analyze(cap, packets, codec, args, outdir)
+                if not args.no_steady:
+                    doc["steady"][codec] = run_steady(cap, packets, codec, args, outdir)
+        except RuntimeError as exc:
+            print(f"FAILED: {exc}", file=sys.stderr)
+            return 3
+    doc["load_end"] = machine_load()
+    doc["bench_wall_s"] = time.monotonic() - t_bench
+    doc["targets"] = targets(doc)
+    failures = print_report(doc)
+    doc["failures"] = failures
     if args.json_out:
-        doc = {
-            "capture": str(cap),
-            "capture_bytes": cap.stat().st_size,
-            "packets": packets,
-            "cpus": os.cpu_count(),
-            "host": platform.node(),
-            "python": sys.version.split()[0],
-            "sample_interval_s": SAMPLE_INTERVAL_S,
-            "workers": args.workers,
-            "tshark": ts,
-            "wirestream": ws,
-            "ratio": ratio,
-            "target": args.target,
-            "checks": {
-                "conversations_match": conv_ok,
-                "packets_match": pkt_ok,
-                "ratio_ok": ratio_ok,
-            },
-            "failures": failures,
-            "verdict": verdict,
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        }
         args.json_out.parent.mkdir(parents=True, exist_ok=True)
-        args.json_out.write_text(json.dumps(doc, indent=2) + "\n")
+        args.json_out.write_text(json.dumps(doc, indent=2, default=str) + "\n")
         print(f"figures written to {args.json_out}")
-    return 0 if not failures else 1
+    if failures:
+        return 1
+    if args.strict and not all(t["pass"] for t in doc["targets"]):
+        return 1
+    return 0
 
 
 if __name__ == "__main__":

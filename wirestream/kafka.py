@@ -11,6 +11,7 @@ failed delivery is counted (``broker_<error name>``, a drop reason on ``wire.sta
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,11 +22,38 @@ from confluent_kafka import KafkaError, Producer
 from wirestream import broker
 from wirestream.errors import WirestreamError
 
-__all__ = ["ANY_PARTITION", "ProcessTopics", "WireProducer", "add_counts", "consumer_config", "ensure_process_topics",
-           "group_consumer_config", "producer_config"]
+__all__ = ["ANY_PARTITION", "COMPRESSIONS", "COMPRESSION_ENV", "DEFAULT_COMPRESSION", "ProcessTopics", "WireProducer",
+           "add_counts", "compression", "consumer_config", "ensure_process_topics", "group_consumer_config",
+           "producer_config"]
 
 #: librdkafka's "no partition given: let the partitioner choose" (RD_KAFKA_PARTITION_UA).
 ANY_PARTITION = -1
+
+#: The environment variable that chooses how wirestream's producers compress their record
+#: batches (wire.packets above all: the payload bytes of every packet), unless a producer
+#: asks for its own codec (output records: lz4; checkpoints: zstd).
+COMPRESSION_ENV = "WIRESTREAM_COMPRESSION"
+#: The codecs every client wirestream uses reads: librdkafka natively, aiokafka (Faust)
+#: through cramjam; the embedded broker and Apache Kafka store batches as they come.
+COMPRESSIONS = ("none", "lz4", "zstd", "gzip", "snappy")
+#: lz4: measured with bench/bench_analyze.py --compression none,lz4,zstd (bench/README.md):
+#: it cuts the embedded broker's memory by the payload's compressibility and costs the
+#: producer the least CPU of the two; zstd compresses a little better for more CPU.
+DEFAULT_COMPRESSION = "none"
+
+
+def compression() -> str:
+    """The codec of wirestream's producers: ``$WIRESTREAM_COMPRESSION`` (one of
+    :data:`COMPRESSIONS`), else :data:`DEFAULT_COMPRESSION`.
+
+    Raises ``WirestreamError`` for a codec not in :data:`COMPRESSIONS`, at start rather
+    than as librdkafka's error on the first produce."""
+    value = os.environ.get(COMPRESSION_ENV, "").strip().lower()
+    if not value:
+        return DEFAULT_COMPRESSION
+    if value not in COMPRESSIONS:
+        raise WirestreamError(f"${COMPRESSION_ENV}={value!r}: not one of {', '.join(COMPRESSIONS)}")
+    return value
 
 
 def consumer_config(bootstrap: str) -> dict[str, Any]:
@@ -59,9 +87,14 @@ def group_consumer_config(bootstrap: str, group: str, from_beginning: bool, **ex
 
 def producer_config(bootstrap: str, **extra: Any) -> dict[str, Any]:
     """confluent-kafka producer settings shared by every wirestream producer; ``extra``
-    (librdkafka names) adds to them or overrides them."""
+    (librdkafka names) adds to them or overrides them.
+
+    Record batches are compressed with :func:`compression` (``$WIRESTREAM_COMPRESSION``):
+    the packet producers' batches are most of what crosses the broker and what the
+    embedded one keeps in memory."""
     conf: dict[str, Any] = {
         "bootstrap.servers": bootstrap,
+        "compression.type": compression(),
         "linger.ms": 5,
         "enable.idempotence": False,  # the embedded broker's idempotence support is partial
         "max.in.flight.requests.per.connection": 1,  # keep per-partition order on retry
