@@ -1,10 +1,26 @@
 //! wirestream's compiled packet core, imported from Python as `wirestream._core`.
 //!
-//! The per-packet and per-message paths live here (docs/architecture.md, "The compiled
-//! core"); everything around them stays Python. One module per concern, in the order the
-//! data flows; each module's docstring says what it takes and what it gives.
+//! The per-packet and per-message paths live here (docs/core.md); everything around them
+//! stays Python. One module per concern, in the order the data flows; each module's
+//! doc comment says what it takes and what it gives:
+//!
+//! - [`capture_file`]: pcap/pcapng (gzip too) -> frames, damage counted by name;
+//! - [`decode`]: frames -> packet headers ([`decode::link`] -> [`decode::ip`] ->
+//!   [`decode::transport`]), drops counted by reason;
+//! - [`layout`]: the packed 80-byte header of `wire.packets` and the partition of a flow;
+//! - [`batch`]: per-partition batches (header block + payload blob);
+//! - [`replay`]: the producer's loop over them;
+//! - `python`: the Python classes over all of it.
 
 use pyo3::prelude::*;
+
+pub mod batch;
+pub mod bytes;
+pub mod capture_file;
+pub mod decode;
+pub mod layout;
+mod python;
+pub mod replay;
 
 /// The version of the compiled core (the crate's), for `wirestream doctor`.
 #[pyfunction]
@@ -15,6 +31,11 @@ fn core_version() -> &'static str {
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(core_version, m)?)?;
+    m.add_function(wrap_pyfunction!(python::supported_linktypes, m)?)?;
+    m.add_function(wrap_pyfunction!(python::open_capture, m)?)?;
+    m.add_class::<python::PyCaptureReader>()?;
+    m.add_class::<python::PyFrameDecoder>()?;
+    m.add_class::<python::PyBatcher>()?;
     Ok(())
 }
 

@@ -1,0 +1,223 @@
+//! The decoder on hand-built frames: fields, every drop reason, and hostile bytes.
+
+use super::link::*;
+use super::*;
+
+const MAC: [u8; 12] = [0xaa; 12];
+
+fn ipv4(proto: u8, l4: &[u8]) -> Vec<u8> {
+    let total = (20 + l4.len()) as u16;
+    let mut v = vec![0x45, 0, 0, 0, 0, 1, 0x40, 0, 64, proto, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2];
+    v[2..4].copy_from_slice(&total.to_be_bytes());
+    v.extend_from_slice(l4);
+    v
+}
+
+fn ipv6(next: u8, l4: &[u8]) -> Vec<u8> {
+    let mut v = vec![0x60, 0, 0, 0];
+    v.extend_from_slice(&(l4.len() as u16).to_be_bytes());
+    v.extend_from_slice(&[next, 64]);
+    v.extend_from_slice(&[0x20, 1, 0xd, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
+    v.extend_from_slice(&[0x20, 1, 0xd, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2]);
+    v.extend_from_slice(l4);
+    v
+}
+
+fn tcp(flags: u8, options: &[u8], payload: &[u8]) -> Vec<u8> {
+    let hlen = 20 + options.len();
+    let mut v = vec![0x9c, 0x40, 0, 80, 0, 0, 0, 7, 0, 0, 0, 9, ((hlen / 4) as u8) << 4, flags, 0xff, 0xff, 0, 0, 0, 0];
+    v.extend_from_slice(options);
+    v.extend_from_slice(payload);
+    v
+}
+
+fn udp(payload: &[u8]) -> Vec<u8> {
+    let mut v = vec![0x30, 0x39, 0, 53];
+    v.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+    v.extend_from_slice(&[0, 0]);
+    v.extend_from_slice(payload);
+    v
+}
+
+fn ethernet(etype: u16, net: &[u8]) -> Vec<u8> {
+    let mut v = MAC.to_vec();
+    v.extend_from_slice(&etype.to_be_bytes());
+    v.extend_from_slice(net);
+    v
+}
+
+fn decode(linktype: i64, data: &[u8]) -> Result<(Packet, Vec<u8>), Drop> {
+    let frame = Frame { number: 1, ts_us: 5, linktype, data, orig_len: data.len() as u32 };
+    decode_frame(&frame, 65535).map(|(p, payload)| (p, payload.to_vec()))
+}
+
+#[test]
+fn ethernet_ipv4_tcp_fields() {
+    let (p, payload) = decode(LINKTYPE_ETHERNET, &ethernet(0x0800, &ipv4(6, &tcp(0x18, &[], b"hello")))).unwrap();
+    assert_eq!((p.src_port, p.dst_port, p.seq, p.ack, p.window, p.tcp_flags), (40000, 80, 7, 9, 0xffff, 0x18));
+    assert_eq!((p.ip_version, p.proto, p.payload_len, p.wscale, p.options), (4, 6, 5, -1, 0));
+    assert_eq!(p.src_ip[..4], [10, 0, 0, 1]);
+    assert_eq!(p.src_ip[4..], [0; 12]);
+    assert_eq!(payload, b"hello");
+}
+
+#[test]
+fn vlan_tags_are_skipped() {
+    let inner = ethernet(0x0800, &ipv4(17, &udp(b"q")));
+    let mut tagged = MAC.to_vec();
+    tagged.extend_from_slice(&[0x88, 0xa8, 0, 1, 0x81, 0x00, 0, 2]);
+    tagged.extend_from_slice(&inner[12..]);
+    let (p, payload) = decode(LINKTYPE_ETHERNET, &tagged).unwrap();
+    assert_eq!((p.proto, p.dst_port, payload.as_slice()), (17, 53, &b"q"[..]));
+}
+
+#[test]
+fn ipv6_extension_headers_are_walked() {
+    // hop-by-hop (8 bytes) then destination options (16 bytes) then TCP
+    let mut ext = vec![60, 0, 0, 0, 0, 0, 0, 0];
+    ext.extend_from_slice(&[6, 1]);
+    ext.extend_from_slice(&[0; 14]);
+    ext.extend_from_slice(&tcp(0x10, &[], b"xy"));
+    let (p, payload) = decode(LINKTYPE_RAW, &ipv6(0, &ext)).unwrap();
+    assert_eq!((p.ip_version, p.proto, p.payload_len), (6, 6, 2));
+    assert_eq!(payload, b"xy");
+    assert_eq!(decode(LINKTYPE_RAW, &ipv6(44, &[6, 0, 0, 1, 0, 0, 0, 0])).unwrap_err(), Drop::IpFragment);
+    assert_eq!(decode(LINKTYPE_RAW, &ipv6(50, &[0; 16])).unwrap_err(), Drop::UnsupportedTransport);
+    assert_eq!(decode(LINKTYPE_RAW, &ipv6(0, &[])).unwrap_err(), Drop::TruncatedIp);
+}
+
+#[test]
+fn null_and_loop_families_in_either_byte_order() {
+    let v6 = ipv6(17, &udp(b""));
+    for (linktype, family) in [(LINKTYPE_NULL, 30u32.to_le_bytes()), (LINKTYPE_NULL, 24u32.to_be_bytes()),
+                               (LINKTYPE_LOOP, 28u32.to_be_bytes()), (LINKTYPE_LOOP, 10u32.to_le_bytes())] {
+        let mut f = family.to_vec();
+        f.extend_from_slice(&v6);
+        assert_eq!(decode(linktype, &f).unwrap().0.ip_version, 6);
+    }
+    let mut f = 2u32.to_le_bytes().to_vec();
+    f.extend_from_slice(&ipv4(6, &tcp(2, &[], b"")));
+    assert_eq!(decode(LINKTYPE_NULL, &f).unwrap().0.ip_version, 4);
+    let mut f = 7u32.to_le_bytes().to_vec();
+    f.extend_from_slice(&ipv4(6, &tcp(2, &[], b"")));
+    assert_eq!(decode(LINKTYPE_NULL, &f).unwrap_err(), Drop::NonIp);
+}
+
+#[test]
+fn linux_cooked_v1_and_v2() {
+    let net = ipv4(17, &udp(b"abc"));
+    let mut sll = vec![0u8; 14];
+    sll.extend_from_slice(&[0x08, 0x00]);
+    sll.extend_from_slice(&net);
+    assert_eq!(decode(LINKTYPE_LINUX_SLL, &sll).unwrap().1, b"abc");
+    let mut sll2 = vec![0x08, 0x00];
+    sll2.extend_from_slice(&[0; 18]);
+    sll2.extend_from_slice(&net);
+    assert_eq!(decode(LINKTYPE_LINUX_SLL2, &sll2).unwrap().1, b"abc");
+    assert_eq!(decode(LINKTYPE_LINUX_SLL2, &sll2[..19]).unwrap_err(), Drop::TruncatedLink);
+}
+
+#[test]
+fn syn_options_and_the_window_scale_clamp() {
+    // MSS, SACK-permitted, timestamps, NOP, window scale 15 (clamped to 14)
+    let opts = [2, 4, 5, 0xb4, 4, 2, 8, 10, 0, 0, 0, 1, 0, 0, 0, 0, 1, 3, 3, 15];
+    let (p, _) = decode(LINKTYPE_RAW, &ipv4(6, &tcp(0x02, &opts, b""))).unwrap();
+    assert_eq!((p.wscale, p.options), (14, 1 | 4 | 8 | 16));
+    // the same options on a non-SYN segment are not read
+    let (p, _) = decode(LINKTYPE_RAW, &ipv4(6, &tcp(0x10, &opts, b""))).unwrap();
+    assert_eq!((p.wscale, p.options), (-1, 0));
+    // a malformed option ends the walk, keeping what came before
+    let bad = [2, 4, 5, 0xb4, 3, 1, 0, 0];
+    assert_eq!(decode(LINKTYPE_RAW, &ipv4(6, &tcp(0x02, &bad, b""))).unwrap().0.options, 8);
+}
+
+#[test]
+fn a_snapped_frame_keeps_its_true_payload_length() {
+    let frame = ethernet(0x0800, &ipv4(6, &tcp(0x18, &[], &[7u8; 100])));
+    let (p, payload) = decode(LINKTYPE_ETHERNET, &frame[..frame.len() - 60]).unwrap();
+    assert_eq!((p.payload_len, payload.len()), (100, 40));
+    let f = Frame { number: 1, ts_us: 0, linktype: LINKTYPE_ETHERNET, data: &frame, orig_len: 0 };
+    assert_eq!(decode_frame(&f, 10).unwrap().1.len(), 10);
+}
+
+#[test]
+fn tso_zero_lengths_trust_the_capture() {
+    let mut net = ipv4(6, &tcp(0x10, &[], b"12345"));
+    net[2] = 0;
+    net[3] = 0;
+    assert_eq!(decode(LINKTYPE_RAW, &net).unwrap().0.payload_len, 5);
+}
+
+#[test]
+fn every_drop_reason() {
+    let v4 = ipv4(6, &tcp(0x10, &[], b""));
+    let mut frag = v4.clone();
+    frag[6] = 0x20; // MF
+    let mut bad_ihl = v4.clone();
+    bad_ihl[0] = 0x44;
+    let mut bad_doff = v4.clone();
+    bad_doff[20 + 12] = 0x40;
+    let cases: Vec<(i64, Vec<u8>, Drop)> = vec![
+        (LINKTYPE_ETHERNET, ethernet(0x0806, &[0; 28]), Drop::NonIp),
+        (147, v4.clone(), Drop::UnsupportedLinktype),
+        (-1, v4.clone(), Drop::UnsupportedLinktype),
+        (LINKTYPE_RAW, ipv4(1, &[8, 0, 0, 0, 0, 0, 0, 0]), Drop::UnsupportedTransport),
+        (LINKTYPE_RAW, frag, Drop::IpFragment),
+        (LINKTYPE_ETHERNET, vec![0; 13], Drop::TruncatedLink),
+        (LINKTYPE_ETHERNET, ethernet(0x8100, &[]), Drop::TruncatedLink),
+        (LINKTYPE_NULL, vec![2, 0, 0], Drop::TruncatedLink),
+        (LINKTYPE_RAW, vec![], Drop::TruncatedLink),
+        (LINKTYPE_RAW, v4[..19].to_vec(), Drop::TruncatedIp),
+        (LINKTYPE_RAW, bad_ihl, Drop::TruncatedIp),
+        (LINKTYPE_RAW, v4[..30].to_vec(), Drop::TruncatedTransport),
+        (LINKTYPE_RAW, bad_doff, Drop::TruncatedTransport),
+        (LINKTYPE_RAW, ipv4(17, &[0; 7]), Drop::TruncatedTransport),
+        (LINKTYPE_RAW, vec![0x50; 40], Drop::BadIpVersion),
+        (LINKTYPE_ETHERNET, ethernet(0x0800, &[0x60; 20]), Drop::BadIpVersion),
+    ];
+    let mut d = Decoder::new(65535);
+    for (linktype, data, reason) in &cases {
+        assert_eq!(decode(*linktype, data).unwrap_err(), *reason, "{linktype} {data:?}");
+        let f = Frame { number: 1, ts_us: 0, linktype: *linktype, data, orig_len: 0 };
+        assert!(d.decode(&f).is_none());
+    }
+    let total: u64 = d.dropped().iter().map(|(_, n)| n).sum();
+    assert_eq!(total, cases.len() as u64);
+}
+
+/// xorshift: deterministic garbage without a dependency
+fn rng(state: &mut u64) -> u64 {
+    *state ^= *state << 13;
+    *state ^= *state >> 7;
+    *state ^= *state << 17;
+    *state
+}
+
+#[test]
+fn hostile_bytes_never_panic() {
+    let mut s = 0x9e37_79b9_7f4a_7c15u64;
+    let good = [
+        ethernet(0x0800, &ipv4(6, &tcp(0x02, &[2, 4, 5, 0xb4, 1, 3, 3, 7], b"abc"))),
+        ethernet(0x86dd, &ipv6(0, &[17, 0, 0, 0, 0, 0, 0, 0, 0x30, 0x39, 0, 53, 0, 9, 0, 0, 1])),
+    ];
+    let mut d = Decoder::new(65535);
+    for i in 0..200_000u64 {
+        let linktype = SUPPORTED[(rng(&mut s) % 10) as usize].0;
+        let data: Vec<u8> = if i % 2 == 0 {
+            let n = (rng(&mut s) % 96) as usize;
+            (0..n).map(|_| rng(&mut s) as u8).collect()
+        } else {
+            let mut f = good[(i / 2 % 2) as usize].clone();
+            for _ in 0..1 + rng(&mut s) % 4 {
+                let at = (rng(&mut s) as usize) % f.len();
+                f[at] = rng(&mut s) as u8;
+            }
+            f.truncate((rng(&mut s) as usize) % (f.len() + 1));
+            f
+        };
+        let f = Frame { number: i, ts_us: 0, linktype, data: &data, orig_len: 0 };
+        if let Some((p, payload)) = d.decode(&f) {
+            assert!(payload.len() <= p.payload_len as usize);
+        }
+    }
+}
