@@ -1,6 +1,9 @@
 """Replay a capture file into ``wire.packets``: read -> decode -> publish, then mark the end.
 
 This is the producer behind ``wirestream produce pcap FILE`` and ``wirestream analyze``.
+The per-packet loop (read a frame, decode it, put it in its partition's batch) runs in the
+compiled core without the GIL (``rust/src/replay.rs``); Python takes the complete batches
+and publishes them, so it does no work per packet.
 """
 
 from __future__ import annotations
@@ -18,6 +21,9 @@ from .publisher import PacketBatchPublisher
 
 if TYPE_CHECKING:
     from wirestream.codec import AvroCodec
+
+#: frames the core reads per call: the progress callback's granularity
+PUMP_FRAMES = 1 << 14
 
 ProgressCallback = Callable[[int, int], None]  # (bytes read so far, total bytes)
 #: path -> the progress callback of that file's replay
@@ -48,26 +54,21 @@ def replay_capture(
     the file is counted in ``result.dropped`` and the rest is published.
     """
     decoder = FrameDecoder(payload_snaplen)
-    decode = decoder.decode
-    add = publisher.add
     with open_capture(path) as reader:
         result = ReplayResult(path, reader.format)
-        frames = 0
-        first_ts = last_ts = None
-        for number, ts_us, linktype, data, orig_len in reader:
-            frames += 1
-            if first_ts is None:
-                first_ts = ts_us
-            last_ts = ts_us
-            decoded = decode(linktype, data, ts_us, orig_len, number)
-            if decoded is not None:
-                add(decoded[0], decoded[1])
-            if progress is not None and not frames & 0x3FFF:
+        core, pump = reader.core, reader.core.pump
+        send_batches, batcher = publisher.send_batches, publisher.batcher
+        while True:
+            batches, done = pump(decoder.core, batcher, PUMP_FRAMES)
+            send_batches(batches)
+            if done:
+                break
+            if progress is not None:
                 progress(reader.bytes_read, reader.size)
         if progress is not None:
             progress(reader.size, reader.size)
-        result.frames = frames
-        result.first_ts_us, result.last_ts_us = first_ts, last_ts
+        frames = result.frames = core.frames
+        result.first_ts_us, result.last_ts_us = core.first_ts_us, core.last_ts_us
         result.dropped = decoder.dropped + reader.problems
         if reader.linktypes and not reader.linktypes & SUPPORTED_LINKTYPES.keys():
             raise CaptureFileError(

@@ -5,6 +5,11 @@ connection land together, in capture order). Packets are packed into per-partiti
 batches (``wirestream.packet_block`` layout) and sent as one Avro ``PacketBatch`` per
 Kafka message with a confluent-kafka producer. :meth:`finish` flushes and then sends an
 end-of-input marker to every partition, so processors know when a source is complete.
+
+The batching is the compiled core's (``rust/src/batch.rs``, :attr:`PacketBatchPublisher.batcher`):
+a replay's read -> decode -> batch loop runs in the core and gives this class complete
+batches only (:meth:`send_batch`); :meth:`add` puts one decoded packet into the same
+batcher, for callers that decode frame by frame.
 """
 
 from __future__ import annotations
@@ -15,26 +20,18 @@ import time
 from collections import Counter
 from typing import Any
 
+from wirestream import _core
 from wirestream.codec import AvroCodec
 from wirestream.kafka import ANY_PARTITION, WireProducer, add_counts
-from wirestream.packet_block import LAYOUT_VERSION, canonical_key, pack_header, partition_for
+from wirestream.packet_block import LAYOUT_VERSION
 from wirestream.topics import PACKETS, STATS
 
 #: Flush a partition's batch at this many packets or payload bytes, whichever first.
 #: Kafka's default message size limit is 1 MB; stay well under it.
 DEFAULT_BATCH_PACKETS = 4096
 DEFAULT_BATCH_BYTES = 768 * 1024
-_MAX_FLOW_CACHE = 1 << 20  # bounded: cleared when full
-
-
-class _PartitionBatch:
-    __slots__ = ("headers", "payloads", "count", "sequence")
-
-    def __init__(self) -> None:
-        self.headers = bytearray()
-        self.payloads = bytearray()
-        self.count = 0
-        self.sequence = 0
+#: A complete batch from the core: (partition, packet count, packed headers, payload blob).
+Batch = tuple[int, int, bytes, bytes]
 
 
 class PacketBatchPublisher:
@@ -64,54 +61,53 @@ class PacketBatchPublisher:
         self._encode = codec.encoder(PACKETS)
         self._encode_stats = codec.encoder(STATS)
         self.kafka = WireProducer(bootstrap)  # backpressure_waits and delivery_errors: its counters
-        self._batches = [_PartitionBatch() for _ in range(partitions)]
-        self._flow_partition: dict[tuple, int] = {}
-        self.packets = 0
+        #: the core's per-partition batches (the same partition for both directions of
+        #: a flow: ``packet_block.partition_for`` of its canonical key)
+        self.batcher = _core.Batcher(partitions, batch_packets, batch_bytes)
+        self._sequence = [0] * partitions  # batches sent so far, per partition
         self.messages = 0
+
+    @property
+    def packets(self) -> int:
+        """Packets batched since the start."""
+        return int(self.batcher.packets)
 
     # --- per packet ---------------------------------------------------------------------
 
     def add(self, fields: tuple, payload: bytes) -> None:
         """Add one decoded packet (``producers.decode`` output) to its partition's batch."""
-        flow = (fields[6], fields[8], fields[7], fields[9], fields[13])
-        part = self._flow_partition.get(flow)
-        if part is None:
-            if len(self._flow_partition) >= _MAX_FLOW_CACHE:
-                self._flow_partition.clear()
-            part = partition_for(canonical_key(fields[13], fields[6], fields[8], fields[7], fields[9]), self.partitions)
-            self._flow_partition[flow] = part
-        b = self._batches[part]
-        b.headers += pack_header(fields, len(b.payloads), len(payload))
-        if payload:
-            b.payloads += payload
-        b.count += 1
-        self.packets += 1
-        if b.count >= self.batch_packets or len(b.payloads) >= self.batch_bytes:
-            self._send(part, b)
+        for batch in self.batcher.add(fields, payload):
+            self.send_batch(*batch)
 
     # --- batches --------------------------------------------------------------------------
 
-    def _send(self, part: int, b: _PartitionBatch, end_of_input: bool = False) -> None:
+    def send_batch(self, part: int, count: int, headers: bytes, payloads: bytes) -> None:
+        """Send one complete batch of the core's batcher as the partition's next message."""
+        self._send(part, count, headers, payloads)
+
+    def send_batches(self, batches: list[Batch]) -> None:
+        for batch in batches:
+            self.send_batch(*batch)
+
+    def _send(self, part: int, count: int, headers: bytes, payloads: bytes, end_of_input: bool = False) -> None:
+        sequence = self._sequence[part]
         value = self._encode(
             {
                 "source_id": self.source_id,
                 "source_name": self.source_name,
-                "sequence": b.sequence,
+                "sequence": sequence,
                 "layout_version": LAYOUT_VERSION,
-                "count": b.count,
-                "packets": bytes(b.headers),
-                "payloads": bytes(b.payloads),
+                "count": count,
+                "packets": headers,
+                "payloads": payloads,
                 "end_of_input": end_of_input,
-                "batches_before": b.sequence,
+                "batches_before": sequence,
                 "socket_events": self.socket_events,
             }
         )
         self._produce(PACKETS, value, part)
         if not end_of_input:
-            b.sequence += 1
-        b.headers = bytearray()
-        b.payloads = bytearray()
-        b.count = 0
+            self._sequence[part] = sequence + 1
 
     def _produce(self, topic: str, value: bytes, partition: int | None, key: bytes | None = None) -> None:
         self.kafka.produce(topic, value, key, ANY_PARTITION if partition is None else partition)
@@ -120,11 +116,9 @@ class PacketBatchPublisher:
 
     def finish(self, timeout: float = 60.0) -> None:
         """Send what is buffered, then an end-of-input marker to every partition."""
-        for part, b in enumerate(self._batches):
-            if b.count:
-                self._send(part, b)
-        for part, b in enumerate(self._batches):
-            self._send(part, b, end_of_input=True)
+        self.send_batches(self.batcher.flush())
+        for part in range(self.partitions):
+            self._send(part, 0, b"", b"", end_of_input=True)
         self.flush(timeout)
 
     def flush(self, timeout: float = 60.0) -> None:

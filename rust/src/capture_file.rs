@@ -201,6 +201,14 @@ impl CaptureFile {
         })
     }
 
+    /// Close the file: no more frames; what was counted stays readable.
+    pub fn close(&mut self) {
+        self.source = None;
+        self.done = true;
+        self.buf = Vec::new();
+        self.pos = 0;
+    }
+
     /// Bytes read from the file on disk (compressed bytes for gzip).
     pub fn bytes_read(&self) -> u64 {
         self.raw_pos.load(Ordering::Relaxed)

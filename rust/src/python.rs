@@ -142,9 +142,11 @@ impl PyCaptureReader {
         Ok((batch_list(py, bat.take_ready())?, done))
     }
 
-    /// Close the file (the reader gives no more frames).
+    /// Close the file (the reader gives no more frames; its counts stay readable).
     fn close(&mut self) {
-        self.file = None;
+        if let Some(f) = self.file.as_mut() {
+            f.close();
+        }
     }
 }
 
