@@ -309,7 +309,8 @@ def run_analyze(cap: Path, packets: int, codec: str, args: argparse.Namespace, o
            *args.analyze_args.split()]
     env = {**os.environ, "WIRESTREAM_COMPRESSION": codec}
     print(f"== analyze one-shot, compression {codec}: {' '.join(cmd)}", flush=True)
-    stdout, stderr = outdir / f"analyze-{codec}.out", outdir / f"analyze-{codec}.err"
+    n = len(list(outdir.glob(f"analyze-{codec}.*.out"))) + 1
+    stdout, stderr = outdir / f"analyze-{codec}.{n}.out", outdir / f"analyze-{codec}.{n}.err"
     t0 = time.monotonic()
     with open(stdout, "wb") as so, open(stderr, "wb") as se:
         proc = subprocess.Popen(cmd, stdout=so, stderr=se, stdin=subprocess.DEVNULL, env=env)
@@ -463,10 +464,12 @@ def run_steady(cap: Path, packets: int, codec: str, args: argparse.Namespace, ou
     print(f"== steady state, compression {codec}: fresh embedded broker and registry, {args.workers} packet "
           "workers + 1 windows worker", flush=True)
     env = {**os.environ, "WIRESTREAM_COMPRESSION": codec}
-    logdir = outdir / f"steady-{codec}"
-    logdir.mkdir(exist_ok=True)
+    n = len(list(outdir.glob(f"steady-{codec}.*"))) + 1
+    logdir = outdir / f"steady-{codec}.{n}"
+    logdir.mkdir()
     with EmbeddedBroker(log_path=logdir / "broker.log") as broker, EmbeddedSchemaRegistry() as registry:
-        broker_pid = broker._proc.pid  # noqa: SLF001 - the bench measures the broker process
+        # the broker is the tansu process among our children
+        broker_pid = next(p for p in descendants(os.getpid()) if classify(p) == "broker")
         workers = Workers(broker.bootstrap, registry.url, args.partitions, logdir, env)
         reader = None
         try:
@@ -599,6 +602,8 @@ def print_report(doc: dict[str, Any]) -> list[str]:
               f"(capture {doc['capture_bytes'] / 1e6:,.0f} MB); memory:// storage keeps every record "
               "until the broker stops: no retention applies")
 
+    print_compression(doc)
+
     failures = []
     print()
     a = doc["analyze"]
@@ -618,6 +623,39 @@ def print_report(doc: dict[str, Any]) -> list[str]:
     for line in doc["targets"]:
         print(f"  {'PASS' if line['pass'] else 'FAIL'}  {line['what']}: {line['value']}")
     return failures
+
+
+def compression_summary(doc: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """Per codec, the mean over its steady-state runs of each stage's µs/packet and MB."""
+    packets = doc["packets"]
+    runs: dict[str, list[dict[str, float]]] = {}
+    for r in doc["steady"].values():
+        row: dict[str, float] = {"packets_per_s": r["packets_per_s"], "broker_end_mb": r["broker_rss_end_mb"],
+                                 "total_us": r["cpu_us_per_packet"], "total_mb": r["peak_mb_sum_of_processes"]}
+        for st in r["stages"]:
+            kind = "packet workers" if st["stage"].startswith("packet worker") else st["stage"]
+            row[f"{kind} us"] = row.get(f"{kind} us", 0.0) + st["cpu_s"] * 1e6 / packets
+            row[f"{kind} mb"] = row.get(f"{kind} mb", 0.0) + st["peak_mb"]
+        runs.setdefault(r["compression"], []).append(row)
+    return {codec: {k: sum(row[k] for row in rows) / len(rows) for k in rows[0]} for codec, rows in runs.items()}
+
+
+def print_compression(doc: dict[str, Any]) -> None:
+    summary = compression_summary(doc)
+    doc["compression_summary"] = summary
+    if len(summary) < 2:
+        return
+    print()
+    n = {c: sum(1 for r in doc["steady"].values() if r["compression"] == c) for c in summary}
+    print("compression of the producers' batches, steady state (mean of each codec's runs; µs/packet, MB):")
+    cols = [("packets/s", "packets_per_s", ",.0f"), ("producer µs", "producer us", ".1f"),
+            ("broker µs", "broker us", ".1f"), ("broker MB", "broker mb", ",.0f"),
+            ("broker end MB", "broker_end_mb", ",.0f"), ("pkt workers µs", "packet workers us", ".1f"),
+            ("windows µs", "windows worker us", ".1f"), ("total µs", "total_us", ".1f"),
+            ("total MB", "total_mb", ",.0f")]
+    print(f"  {'codec':<10}{'runs':>5}" + "".join(f"{c:>15}" for c, _, _ in cols))
+    for codec, row in summary.items():
+        print(f"  {codec:<10}{n[codec]:>5}" + "".join(f"{format(row.get(k, 0.0), spec):>15}" for _, k, spec in cols))
 
 
 def targets(doc: dict[str, Any]) -> list[dict[str, Any]]:
@@ -653,6 +691,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--compression", default="lz4", metavar="CODECS",
                    help="$WIRESTREAM_COMPRESSION of the wirestream runs, comma-separated: each runs analyze and the "
                         "steady state once, e.g. none,lz4,zstd (default lz4)")
+    p.add_argument("--rounds", type=int, default=1, help="run the codecs this many times (1), alternating the order")
     p.add_argument("--workers", type=int, default=2, help="packet workers of the steady state (2)")
     p.add_argument("--partitions", type=int, default=4, help="partitions of the steady state's topics (4)")
     p.add_argument("--settle", type=float, default=2.0, help="s to wait after the workers are assigned (2)")
@@ -723,11 +762,14 @@ def main(argv: list[str] | None = None) -> int:
     with output_dir(args.keep_dir) as outdir:
         try:
             doc["tshark"] = run_tshark(cap, packets, outdir)
-            for codec in args.codecs:
-                if not args.no_analyze:
-                    doc["analyze"][codec] = run_analyze(cap, packets, codec, args, outdir)
-                if not args.no_steady:
-                    doc["steady"][codec] = run_steady(cap, packets, codec, args, outdir)
+            for r in range(args.rounds):
+                # every other round in reverse order: no codec always runs on a warmer machine
+                for codec in args.codecs if r % 2 == 0 else reversed(args.codecs):
+                    key = codec if args.rounds == 1 else f"{codec} #{r + 1}"
+                    if not args.no_analyze:
+                        doc["analyze"][key] = run_analyze(cap, packets, codec, args, outdir)
+                    if not args.no_steady:
+                        doc["steady"][key] = run_steady(cap, packets, codec, args, outdir)
         except RuntimeError as exc:
             print(f"FAILED: {exc}", file=sys.stderr)
             return 3
