@@ -688,9 +688,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--packets", type=int, default=DEFAULT_PACKETS, help=f"packets of the built capture ({DEFAULT_PACKETS:,})")
     p.add_argument("--skip-build", action="store_true", help="never run make_http_capture.sh: reuse the capture")
     p.add_argument("--force-build", action="store_true", help="rebuild the capture")
-    p.add_argument("--compression", default="lz4", metavar="CODECS",
+    p.add_argument("--compression", default=None, metavar="CODECS",
                    help="$WIRESTREAM_COMPRESSION of the wirestream runs, comma-separated: each runs analyze and the "
-                        "steady state once, e.g. none,lz4,zstd (default lz4)")
+                        "steady state once, e.g. none,lz4,zstd (default: wirestream's default, "
+                        "wirestream.kafka.DEFAULT_COMPRESSION)")
     p.add_argument("--rounds", type=int, default=1, help="run the codecs this many times (1), alternating the order")
     p.add_argument("--workers", type=int, default=2, help="packet workers of the steady state (2)")
     p.add_argument("--partitions", type=int, default=4, help="partitions of the steady state's topics (4)")
@@ -703,6 +704,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--keep-dir", type=Path, help="keep the tools' outputs and worker logs here")
     p.add_argument("--json", dest="json_out", type=Path, help="write every figure to this JSON file")
     args = p.parse_args(argv)
+    if args.compression is None:
+        from wirestream.kafka import DEFAULT_COMPRESSION
+
+        args.compression = DEFAULT_COMPRESSION
     args.codecs = [c.strip() for c in args.compression.split(",") if c.strip()]
     if not args.codecs:
         p.error("--compression: no codec")
