@@ -6,11 +6,12 @@ This is how ``tcpdump``/libpcap capture on Linux, and both live-capture modes us
   kernel, drops loopback's second copy and non-IP frames, counts what it saw, and tells
   the kernel how many bytes to copy into the ring (the snap length);
 - **AF_PACKET** (the fallback, no bcc needed): the same socket without a filter; the
-  same decisions are taken here in user space (:meth:`PacketRing.blocks` callers).
+  same decisions are taken in user space (:meth:`PacketRing.drain`).
 
 The kernel fills fixed-size *blocks* of the ring with packets and hands a block to user
-space when it is full or after ``block_timeout_ms``; we read every packet of a block and
-give the block back. A packet that finds the ring full is dropped by the kernel and
+space when it is full or after ``block_timeout_ms``; the compiled core reads every packet
+of a block, decodes and batches it (``rust/src/ring.rs``, the decoder of capture files),
+and gives the block back. A packet that finds the ring full is dropped by the kernel and
 counted (``PACKET_STATISTICS``: :meth:`PacketRing.statistics`), which is how loss is
 bounded and accounted: memory is the ring's size, whatever the load.
 
@@ -22,9 +23,9 @@ from __future__ import annotations
 import mmap
 import socket
 import struct
-from collections.abc import Iterator
 from dataclasses import dataclass
 
+from wirestream import _core
 from wirestream.errors import WirestreamError
 
 from .capture_file import LINKTYPE_ETHERNET, LINKTYPE_RAW
@@ -51,7 +52,8 @@ LOOPBACK_IFINDEX = 1
 
 #: ARPHRD_* device types -> the link type of what the socket returns for them
 #: (``SOCK_RAW`` returns the frame from the link-layer header on; devices without one,
-#: like tun or WireGuard, return the IP packet).
+#: like tun or WireGuard, return the IP packet). The core's ring reader has the same
+#: table (``rust/src/ring.rs`` ``linktype_of_hatype``); this one documents it.
 LINKTYPE_OF_HATYPE: dict[int, int] = {
     1: LINKTYPE_ETHERNET,  # ARPHRD_ETHER (also veth, bridges, bonds)
     772: LINKTYPE_ETHERNET,  # ARPHRD_LOOPBACK: lo has a zeroed Ethernet header
@@ -62,11 +64,6 @@ LINKTYPE_OF_HATYPE: dict[int, int] = {
 }
 
 _tpacket_req3 = struct.Struct("=7I")  # block size, block nr, frame size, frame nr, timeout, priv, features
-_block_hdr = struct.Struct("=III")  # at +8: block_status, num_pkts, offset_to_first_pkt
-# tpacket3_hdr: next_offset, sec, nsec, snaplen, len, status, mac, net (then 20 bytes we skip),
-# followed at +48 (TPACKET_ALIGN(sizeof(tpacket3_hdr))) by a sockaddr_ll:
-# family, protocol, ifindex, hatype, pkttype
-_pkt_hdr = struct.Struct("=IIIIIIHH20xHHiHB")
 _stats_v3 = struct.Struct("=III")  # tp_packets, tp_drops, tp_freeze_q_cnt
 
 
@@ -131,30 +128,17 @@ class PacketRing:
     def fileno(self) -> int:
         return self.sock.fileno()
 
-    def packets(self) -> Iterator[tuple[int, int, int, bytes, int, int, int]]:
-        """Every packet of the blocks ready now: ``(ts_us, hatype, ifindex, frame bytes,
-        wire length, pkttype, 0)``; returns when the next block is still the kernel's.
+    def drain(self, feed: _core.RingFeed, decoder: _core.FrameDecoder,
+              batcher: _core.Batcher) -> list[tuple[int, int, bytes, bytes]]:
+        """Decode and batch every packet of the blocks ready now, in the core (``feed``
+        filters and counts, ``decoder`` and ``batcher`` as for capture files); return the
+        batches completed. Returns when the next block is still the kernel's.
 
         A block is given back to the kernel as soon as its packets are read, so the
-        kernel can fill it again while we decode."""
-        ring = self.ring
-        unpack_block = _block_hdr.unpack_from
-        unpack_pkt = _pkt_hdr.unpack_from
-        bsize, bcount = self.spec.block_size, self.spec.block_count
-        while True:
-            base = self._next_block * bsize
-            status, num, first = unpack_block(ring, base + 8)
-            if not status & TP_STATUS_USER:
-                return
-            off = base + first
-            for _ in range(num):
-                nxt, sec, nsec, snaplen, wire_len, _st, mac, _net, _fam, _proto, ifindex, hatype, pkttype = \
-                    unpack_pkt(ring, off)
-                yield (sec * 1_000_000 + nsec // 1000, hatype, ifindex,
-                       ring[off + mac:off + mac + snaplen], wire_len, pkttype, 0)
-                off += nxt
-            ring[base + 8:base + 12] = b"\0\0\0\0"  # TP_STATUS_KERNEL: the kernel's again
-            self._next_block = (self._next_block + 1) % bcount
+        kernel can fill it again while we publish."""
+        self._next_block, batches = feed.drain(self.ring, self._next_block, self.spec.block_size,
+                                                self.spec.block_count, decoder, batcher)
+        return batches
 
     def statistics(self) -> tuple[int, int]:
         """``(packets, drops)`` since the last call: packets the socket accepted (after the

@@ -8,7 +8,8 @@
 - **af_packet** (needs only CAP_NET_RAW): the same rings without a filter, no socket
   events. Chosen automatically, with one line saying why, when eBPF cannot be used.
 
-Both feed frames through the same decoder as capture files (``producers.decode``), so a
+Both feed frames through the same decoder and batcher as capture files (the compiled
+core's: ``rust/src/ring.rs`` walks the rings' blocks, no Python runs per packet), so a
 live capture and a ``tcpdump`` file of the same traffic give the same ``wire.packets``.
 
 Loss accounting (``wire.stats``, stage ``producer.live``): frames the ring had no room
@@ -33,10 +34,9 @@ from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
+from wirestream import _core
+
 from .af_packet import (
-    ARPHRD_LOOPBACK,
-    LINKTYPE_OF_HATYPE,
-    PACKET_OUTGOING,
     CaptureError,
     PacketRing,
     RingSpec,
@@ -247,45 +247,45 @@ Progress = Callable[[CaptureResult], None]
 
 
 class _FrameFeed:
-    """Frames from the rings -> decoder -> publisher, with the counts of what was read."""
+    """Frames from the rings -> decoder -> publisher, with the counts of what was read.
+
+    The per-frame work (loopback copies and our own traffic left out, decoding, batching)
+    is the core's :class:`wirestream._core.RingFeed`; this class publishes the batches it
+    completes and names its counts."""
 
     def __init__(self, capture: LiveCapture, publisher: PacketBatchPublisher,
                  own_ports: frozenset[int] = frozenset()) -> None:
         self.decoder = FrameDecoder(capture.options.payload_snaplen)
-        # Loopback ports of our own pipeline (the embedded broker and registry): capturing
-        # them would publish our own publishing, without end.
-        self.own_ports = own_ports
-        self.own_packets = 0
         self.publisher = publisher
-        # The eBPF filter already dropped loopback's sent copies in the kernel.
-        self.user_filter = capture.mode != "ebpf"
-        self.frames = 0
-        self.loopback_copies = 0
-        self.first_ts: int | None = None
-        self.last_ts: int | None = None
+        # Loopback ports of our own pipeline (the embedded broker and registry): capturing
+        # them would publish our own publishing, without end. The eBPF filter already
+        # dropped loopback's sent copies in the kernel: without it, they are dropped here.
+        self.core = _core.RingFeed(capture.mode != "ebpf", sorted(own_ports))
 
     def drain(self, ring: PacketRing) -> None:
-        decode, add = self.decoder.decode, self.publisher.add
-        user_filter, own_ports = self.user_filter, self.own_ports
-        frames = self.frames
-        ts_us = None
-        for ts_us, hatype, _ifindex, frame, wire_len, pkttype, _ in ring.packets():
-            if user_filter and pkttype == PACKET_OUTGOING and hatype == ARPHRD_LOOPBACK:
-                self.loopback_copies += 1
-                continue
-            frames += 1
-            decoded = decode(LINKTYPE_OF_HATYPE.get(hatype, -1), frame, ts_us, wire_len, frames)
-            if decoded is not None:
-                fields = decoded[0]
-                if own_ports and hatype == ARPHRD_LOOPBACK and (fields[8] in own_ports or fields[9] in own_ports):
-                    self.own_packets += 1
-                    continue
-                add(fields, decoded[1])
-            if self.first_ts is None:
-                self.first_ts = ts_us
-        self.frames = frames
-        if ts_us is not None:
-            self.last_ts = ts_us
+        self.publisher.send_batches(ring.drain(self.core, self.decoder.core, self.publisher.batcher))
+
+    @property
+    def frames(self) -> int:
+        """Frames read from the rings, loopback copies left out (the frame numbers)."""
+        return int(self.core.frames)
+
+    @property
+    def loopback_copies(self) -> int:
+        return int(self.core.loopback_copies)
+
+    @property
+    def own_packets(self) -> int:
+        """Packets of our own pipeline's ports left out."""
+        return int(self.core.own_packets)
+
+    @property
+    def first_ts(self) -> int | None:
+        return self.core.first_ts_us
+
+    @property
+    def last_ts(self) -> int | None:
+        return self.core.last_ts_us
 
     @property
     def ring_frames(self) -> int:

@@ -14,11 +14,15 @@ quiet when the capture stops.
 
 from __future__ import annotations
 
+import mmap
 import socket
+import struct
 from collections import Counter
 from types import SimpleNamespace
 
 from wirestream.producers.live_capture import CaptureOptions, LiveCapture, run_capture
+
+from wirestream import _core
 
 ARPHRD_ETHER = 1
 PACKET_HOST = 0  # <linux/if_packet.h>: addressed to this host
@@ -43,11 +47,16 @@ class Ring:
     def fileno(self) -> int:
         return self._sock.fileno()
 
-    def packets(self):
+    def drain(self, feed, decoder, batcher) -> list:
+        """The frames ready now, as one TPACKET_V3 block handed to the core's ring reader."""
         ready, self.ready = self.ready, self.held
         self.held = []
-        for frame in ready:
-            yield 1_000_000, ARPHRD_ETHER, 1, frame, len(frame), PACKET_HOST, 0
+        if not ready:
+            return []
+        block = tpacket_v3_block(ready)
+        _next, batches = feed.drain(block, 0, len(block), 1, decoder, batcher)
+        block.close()
+        return batches
 
     def statistics(self) -> tuple[int, int]:
         counted, self.counted = self.counted, 0  # since the last call, as the kernel's
@@ -58,17 +67,36 @@ class Ring:
         self._peer.close()
 
 
+def tpacket_v3_block(frames: list[bytes]) -> mmap.mmap:
+    """A ring block holding ``frames`` as the kernel lays them out (<linux/if_packet.h>):
+    the block descriptor (status TP_STATUS_USER, packet count, first offset), then per
+    frame a tpacket3_hdr with its sockaddr_ll at +48 and the frame at tp_mac."""
+    size = 1 << 16
+    block = mmap.mmap(-1, size)
+    struct.pack_into("=III", block, 8, 1, len(frames), 64)
+    off = 64
+    for i, frame in enumerate(frames):
+        mac = 80
+        nxt = 0 if i == len(frames) - 1 else (mac + len(frame) + 15) & ~15
+        struct.pack_into("=IIIIIIHH", block, off, nxt, 1, 0, len(frame), len(frame), 1, mac, mac)
+        struct.pack_into("=HHiHB", block, off + 48, socket.AF_PACKET, 0, 1, ARPHRD_ETHER, PACKET_HOST)
+        block[off + mac:off + mac + len(frame)] = frame
+        off += nxt
+    return block
+
+
 class Publisher:
     """``PacketBatchPublisher``'s part that run_capture uses; ``on_finish`` runs in its flush."""
 
     def __init__(self, on_finish=None) -> None:
         self.packets = 0
+        self.batcher = _core.Batcher(1, 4096, 1 << 20)
         self.kafka = SimpleNamespace(backpressure_waits=0, delivery_errors=Counter())
         self.on_finish = on_finish
         self.reports: list[dict] = []
 
-    def add(self, fields: tuple, payload: bytes) -> None:
-        self.packets += 1
+    def send_batches(self, batches: list) -> None:
+        self.packets += sum(b[1] for b in batches)
 
     def finish(self) -> None:
         if self.on_finish is not None:

@@ -10,6 +10,8 @@
 //! - [`layout`]: the packed 80-byte header of `wire.packets` and the partition of a flow;
 //! - [`batch`]: per-partition batches (header block + payload blob);
 //! - [`replay`]: the producer's loop over them;
+//! - [`ring`]: the live capture's TPACKET_V3 ring reader, feeding the same decoder and
+//!   batcher;
 //! - `python`: the Python classes over all of it.
 
 use pyo3::prelude::*;
@@ -21,6 +23,7 @@ pub mod decode;
 pub mod layout;
 mod python;
 pub mod replay;
+pub mod ring;
 
 /// The version of the compiled core (the crate's), for `wirestream doctor`.
 #[pyfunction]
@@ -36,6 +39,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<python::PyCaptureReader>()?;
     m.add_class::<python::PyFrameDecoder>()?;
     m.add_class::<python::PyBatcher>()?;
+    m.add_class::<python::PyRingFeed>()?;
     Ok(())
 }
 

@@ -2,6 +2,7 @@
 //! readers, decoder and batcher. The typed wrappers Python code imports are
 //! `producers/capture_file.py`, `producers/decode.py` and `producers/publisher.py`.
 
+use pyo3::buffer::PyBuffer;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
@@ -12,6 +13,7 @@ use crate::decode::link::SUPPORTED;
 use crate::decode::{Decoder, Frame};
 use crate::layout::Packet;
 use crate::replay::{pump, ReplayStats};
+use crate::ring::{Feed, Ring};
 
 /// `{link type: name}` of the link types the decoder understands.
 #[pyfunction]
@@ -280,5 +282,82 @@ impl PyBatcher {
     fn flush<'py>(&mut self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
         self.inner.flush();
         batch_list(py, self.inner.take_ready())
+    }
+}
+
+/// A live capture's frames from its rings: filtered, decoded and batched in the core,
+/// with the counts `wire.stats` reports (see `producers/live_capture.py`).
+#[pyclass(module = "wirestream._core", name = "RingFeed")]
+pub struct PyRingFeed {
+    feed: Feed,
+}
+
+#[pymethods]
+impl PyRingFeed {
+    /// `user_filter`: drop loopback's sent copies here (no eBPF filter did);
+    /// `own_ports`: loopback ports whose packets are left out (our own pipeline's).
+    #[new]
+    #[pyo3(signature = (user_filter, own_ports = Vec::new()))]
+    fn new(user_filter: bool, own_ports: Vec<u16>) -> Self {
+        PyRingFeed { feed: Feed { user_filter, own_ports, ..Feed::default() } }
+    }
+
+    /// Frames read (loopback copies left out).
+    #[getter]
+    fn frames(&self) -> u64 {
+        self.feed.frames
+    }
+
+    #[getter]
+    fn loopback_copies(&self) -> u64 {
+        self.feed.loopback_copies
+    }
+
+    #[getter]
+    fn own_packets(&self) -> u64 {
+        self.feed.own_packets
+    }
+
+    #[getter]
+    fn first_ts_us(&self) -> Option<i64> {
+        self.feed.first_ts_us
+    }
+
+    #[getter]
+    fn last_ts_us(&self) -> Option<i64> {
+        self.feed.last_ts_us
+    }
+
+    /// Read every block of `ring` (a writable mapping of a TPACKET_V3 ring: `block_count`
+    /// blocks of `block_size` bytes) the kernel has handed over, from block `next_block`
+    /// on, without the GIL; give each block back. Returns the next block to look at and
+    /// the batches completed.
+    #[allow(clippy::too_many_arguments)]
+    fn drain<'py>(
+        &mut self,
+        py: Python<'py>,
+        ring: &Bound<'py, PyAny>,
+        next_block: usize,
+        block_size: usize,
+        block_count: usize,
+        decoder: &Bound<'py, PyFrameDecoder>,
+        batcher: &Bound<'py, PyBatcher>,
+    ) -> PyResult<(usize, Bound<'py, PyList>)> {
+        let buffer = PyBuffer::<u8>::get(ring)?;
+        if buffer.readonly() || !buffer.is_c_contiguous() {
+            return Err(PyValueError::new_err("the ring must be a writable, contiguous mapping"));
+        }
+        let ring = Ring { base: buffer.buf_ptr() as *mut u8, len: buffer.len_bytes(), block_size, block_count };
+        let mut dec = decoder.borrow_mut();
+        let mut bat = batcher.borrow_mut();
+        let (feed, dec, bat) = (&mut self.feed, &mut dec.inner, &mut bat.inner);
+        // SAFETY: `buffer` keeps the mapping alive (and unclosable) until it is dropped,
+        // after the drain; the layout is the kernel's TPACKET_V3 ring (af_packet.py).
+        let next = {
+            let bat = &mut *bat;
+            py.allow_threads(move || unsafe { ring.drain(next_block, |f| feed.frame(&f, dec, bat)) })
+        };
+        drop(buffer);
+        Ok((next, batch_list(py, bat.take_ready())?))
     }
 }
