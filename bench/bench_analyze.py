@@ -129,7 +129,8 @@ def classify(pid: int) -> str:
         return "tshark"
     if "process" in argv:
         role = argv[argv.index("--role") + 1] if "--role" in argv[:-1] else "all"
-        return {"packets": "packet worker", "windows": "windows worker"}.get(role, "worker")
+        # analyze runs one "all" worker (windows in a thread of it) for a small input
+        return {"packets": "packet worker", "windows": "windows worker"}.get(role, "worker (all)")
     if "analyze" in argv:
         return "analyze"
     if "produce" in argv:
@@ -290,7 +291,8 @@ def run_tshark(cap: Path, packets: int, outdir: Path) -> dict[str, Any]:
 # --------------------------------------------------------- 2. analyze one-shot ---
 def stages_of(procs: list[Proc], window_cpu: bool) -> list[dict[str, Any]]:
     """Per-process figures, packet workers numbered, in pipeline order."""
-    order = {"analyze": 0, "root": 0, "producer": 1, "broker": 2, "packet worker": 3, "windows worker": 4}
+    order = {"analyze": 0, "root": 0, "producer": 1, "broker": 2, "worker (all)": 3, "packet worker": 3,
+             "windows worker": 4}
     out, n = [], 0
     for p in sorted(procs, key=lambda p: (order.get(p.kind, 9), p.pid)):
         name = p.kind
