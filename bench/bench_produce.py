@@ -8,18 +8,23 @@ process and of the broker over the same interval, and, in the same run, the wall
 ``tshark -q -z conv,tcp -r CAP`` (the reference of issue 16)::
 
     .venv/bin/python bench/bench_produce.py [bench/work/http_300000.pcap] [--runs 3]
+
+``--command "python other_build.py"`` times another build's command in place of
+``wirestream`` (a before/after comparison in one run).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_CAPTURE = HERE / "work" / "http_300000.pcap"
@@ -67,6 +72,9 @@ def main() -> int:
     ap.add_argument("capture", nargs="?", type=Path, default=DEFAULT_CAPTURE)
     ap.add_argument("--runs", type=int, default=1)
     ap.add_argument("--partitions", type=int, default=4)
+    ap.add_argument("--command", action="append", default=[],
+                    help="a command line standing for `wirestream` (repeatable; default: this venv's)")
+    ap.add_argument("--no-tshark", action="store_true")
     args = ap.parse_args()
     from wirestream.broker import EmbeddedBroker
     from wirestream.registry import EmbeddedSchemaRegistry
@@ -75,30 +83,41 @@ def main() -> int:
     packets = count_packets(cap)
     print(f"capture {cap} ({packets:,} packets, {cap.stat().st_size / 1e6:,.0f} MB); "
           f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores", flush=True)
-    if shutil.which("tshark"):
+    if shutil.which("tshark") and not args.no_tshark:
         wall, cpu, _ = timed(["tshark", "-q", "-z", "conv,tcp", "-r", str(cap)], stdout=subprocess.DEVNULL)
         print(f"tshark -q -z conv,tcp: {wall:6.2f} s wall, {packets / wall:10,.0f} packets/s, "
               f"{cpu / packets * 1e6:6.2f} µs CPU/packet", flush=True)
     with tempfile.TemporaryDirectory() as tmp, EmbeddedBroker(log_path=Path(tmp) / "broker.log") as broker, \
             EmbeddedSchemaRegistry() as registry:
-        base = [*wirestream_cmd(), "produce", "pcap", "--bootstrap", broker.bootstrap, "--registry", registry.url,
-                "--partitions", str(args.partitions)]
         broker_pid = _broker_pid()
         small = one_packet_capture(cap, Path(tmp) / "one.pcap")
-        start_wall, start_cpu, _ = timed([*base, str(small)], stdout=subprocess.DEVNULL)
-        print(f"produce pcap, 1 packet (start-up): {start_wall:6.2f} s wall, {start_cpu:.2f} s CPU", flush=True)
-        for run in range(1, args.runs + 1):
-            b0 = proc_cpu_s(broker_pid) if broker_pid else 0.0
-            wall, cpu, status = timed([*base, str(cap)], stdout=subprocess.DEVNULL)
-            b1 = proc_cpu_s(broker_pid) if broker_pid else 0.0
-            if status:
-                print(f"produce pcap exited with {status}")
+        for command in [shlex.split(c) for c in args.command] or [wirestream_cmd()]:
+            if not _time_produce(command, cap, small, packets, broker, registry, broker_pid, args):
                 return 1
-            print(f"produce pcap, run {run}: {wall:6.2f} s wall, {packets / wall:10,.0f} packets/s "
-                  f"({packets / max(wall - start_wall, 1e-9):,.0f} without start-up); "
-                  f"producer {cpu / packets * 1e6:5.2f} µs CPU/packet, broker {(b1 - b0) / packets * 1e6:5.2f}",
-                  flush=True)
     return 0
+
+
+def _time_produce(command: list[str], cap: Path, small: Path, packets: int, broker: Any, registry: Any,
+                  broker_pid: int | None, args: argparse.Namespace) -> bool:
+    """Time ``command produce pcap`` on a one-packet capture, then ``args.runs`` times on ``cap``."""
+    base = [*command, "produce", "pcap", "--bootstrap", broker.bootstrap, "--registry", registry.url,
+            "--partitions", str(args.partitions)]
+    print(f"== {' '.join(command)}", flush=True)
+    start_wall, start_cpu, _ = timed([*base, str(small)], stdout=subprocess.DEVNULL)
+    print(f"produce pcap, 1 packet (start-up): {start_wall:6.2f} s wall, {start_cpu:.2f} s CPU", flush=True)
+    for run in range(1, args.runs + 1):
+        b0 = proc_cpu_s(broker_pid) if broker_pid else 0.0
+        wall, cpu, status = timed([*base, str(cap)], stdout=subprocess.DEVNULL)
+        b1 = proc_cpu_s(broker_pid) if broker_pid else 0.0
+        if status:
+            print(f"produce pcap exited with {status}")
+            return False
+        print(f"produce pcap, run {run}: {wall:6.2f} s wall, {packets / wall:10,.0f} packets/s "
+              f"({packets / max(wall - start_wall, 1e-9):,.0f} without start-up); "
+              f"producer {cpu / packets * 1e6:5.2f} µs CPU/packet "
+              f"({(cpu - start_cpu) / packets * 1e6:5.2f} without start-up), "
+              f"broker {(b1 - b0) / packets * 1e6:5.2f}", flush=True)
+    return True
 
 
 def _broker_pid() -> int | None:

@@ -11,6 +11,11 @@ processors use this module; custom processors can too::
 
 Layout version 1: little-endian, no padding, 80 bytes per packet. Field order and types
 are those of ``PACKET_DTYPE`` below (docs/packet-layout.md has the same table).
+
+The producers pack headers and partition packets in the compiled core
+(``rust/src/layout.rs``, docs/core.md); :func:`pack_header`, :func:`canonical_key` and
+:func:`partition_for` compute the same here, for Python producers (socket events, which
+must land in the same partition as their connection's packets), tests and tools.
 """
 
 from __future__ import annotations
@@ -57,7 +62,8 @@ assert PACKET_STRUCT.size == RECORD_SIZE
 
 
 def pack_header(fields: tuple, payload_off: int, payload_caplen: int) -> bytes:
-    """Pack one decoded packet (``producers.decode`` field order) into the layout."""
+    """Pack one decoded packet (``producers.decode`` field order) into the layout
+    (the core's ``Packet::write``, for tests and tools that build batches in Python)."""
     ts, frame, wire_len, payload_len, seq, ack, src, dst, sport, dport, win, flags, ver, proto, wscale, opts = fields
     return PACKET_STRUCT.pack(
         ts, frame, wire_len, payload_len, payload_off, payload_caplen, seq, ack,
