@@ -624,6 +624,15 @@ def print_report(doc: dict[str, Any]) -> list[str]:
     print("targets of issue 16:")
     for line in doc["targets"]:
         print(f"  {'PASS' if line['pass'] else 'FAIL'}  {line['what']}: {line['value']}")
+    # The CPU budget a throughput target leaves on this machine, if every core were busy:
+    # what the stages above must fit in.
+    cores = doc["cpus"] or 1
+    for kind, ratio in (("analyze", TARGET_ONESHOT), ("steady", TARGET_STEADY)):
+        if doc[kind]:
+            budget = cores * 1e6 / (ratio * ts["packets_per_s"])
+            doc.setdefault("cpu_budget_us_per_packet", {})[kind] = budget
+            print(f"  budget: {ratio:g}x tshark on {cores} cores leaves at most {budget:.1f} µs of CPU per packet, "
+                  f"all {kind} stages together")
     return failures
 
 
