@@ -7,6 +7,10 @@
 
 use crate::layout::{partition_of, Packet, RECORD_SIZE};
 
+/// The largest payload one packet brings (an IP datagram's), the room a batch keeps
+/// beyond `batch_bytes` so that the packet completing it fits without a reallocation.
+const MAX_PAYLOAD: usize = 1 << 16;
+
 /// A complete batch: what one `PacketBatch` message carries.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Batch {
@@ -49,7 +53,9 @@ impl Batcher {
         let part = partition_of(packet, self.partitions);
         let Some(b) = self.open.get_mut(part as usize) else { return };
         if b.headers.capacity() == 0 {
+            // Room for a whole batch at once: growing by doubling would copy it again.
             b.headers.reserve(RECORD_SIZE * self.batch_packets.min(1 << 16) as usize);
+            b.payloads.reserve(self.batch_bytes.min(16 << 20) + MAX_PAYLOAD);
         }
         packet.write(&mut b.headers, b.payloads.len() as u32, payload.len() as u32);
         b.payloads.extend_from_slice(payload);

@@ -143,7 +143,11 @@ pub struct CaptureFile {
     source: Option<Box<dyn Read + Send + Sync>>,
     raw_pos: Arc<AtomicU64>,
     chunk: usize,
-    buf: Vec<u8>,
+    /// read buffer: the file's bytes at `..end` (the rest is room for the next read, kept
+    /// between reads so that it is not zero-filled again for every chunk)
+    store: Vec<u8>,
+    end: usize,
+    /// the next record starts here
     pos: usize,
     layout: Layout,
     /// the last frame number given (packet blocks that could not be used count too)
@@ -182,8 +186,8 @@ impl CaptureFile {
         }
         let format = format!("{}{}", if matches!(layout, Layout::Pcap { .. }) { "pcap" } else { "pcapng" },
                              if compressed { "+gzip" } else { "" });
-        let mut buf = Vec::with_capacity(chunk.min(DEFAULT_CHUNK) + 64);
-        buf.extend_from_slice(head);
+        let mut store = Vec::with_capacity(chunk.min(DEFAULT_CHUNK) + 64);
+        store.extend_from_slice(head);
         let pos = if matches!(layout, Layout::Pcap { .. }) { 24 } else { 0 };
         Ok(CaptureFile {
             format,
@@ -193,7 +197,8 @@ impl CaptureFile {
             source: Some(source),
             raw_pos,
             chunk: chunk.max(1),
-            buf,
+            end: store.len(),
+            store,
             pos,
             layout,
             number: 0,
@@ -205,7 +210,8 @@ impl CaptureFile {
     pub fn close(&mut self) {
         self.source = None;
         self.done = true;
-        self.buf = Vec::new();
+        self.store = Vec::new();
+        self.end = 0;
         self.pos = 0;
     }
 
@@ -247,14 +253,14 @@ impl CaptureFile {
             };
             match step {
                 Step::Frame { start, len, ts_us, linktype, orig_len } => {
-                    let data = self.buf.get(start..start + len).unwrap_or(&[]);
+                    let data = self.data().get(start..start + len).unwrap_or(&[]);
                     return Some(Frame { number: self.number, ts_us, linktype, data, orig_len });
                 }
                 Step::Skip => {}
                 Step::Stop => self.done = true,
                 Step::NeedMore => {
                     if !self.fill() {
-                        if self.pos < self.buf.len() {
+                        if self.pos < self.end {
                             let cut = if matches!(self.layout, Layout::Pcap { .. }) {
                                 Problem::TruncatedRecord
                             } else {
@@ -269,17 +275,27 @@ impl CaptureFile {
         }
     }
 
+    /// The bytes read and not yet dropped.
+    #[inline]
+    fn data(&self) -> &[u8] {
+        self.store.get(..self.end).unwrap_or(&[])
+    }
+
     /// Drop what was parsed and read one more chunk; false at the end of the input.
     fn fill(&mut self) -> bool {
         let Some(source) = self.source.as_mut() else { return false };
-        self.buf.drain(..self.pos.min(self.buf.len()));
+        let pos = self.pos.min(self.end);
+        self.store.copy_within(pos..self.end, 0);
+        self.end -= pos;
         self.pos = 0;
-        let had = self.buf.len();
-        self.buf.resize(had + self.chunk, 0);
+        let room = self.end + self.chunk;
+        if self.store.len() < room {
+            self.store.resize(room, 0);
+        }
         let mut got = 0;
         let mut failed = false;
         while got < self.chunk {
-            let Some(dst) = self.buf.get_mut(had + got..) else { break };
+            let Some(dst) = self.store.get_mut(self.end + got..room) else { break };
             match source.read(dst) {
                 Ok(0) => break,
                 Ok(n) => got += n,
@@ -292,7 +308,7 @@ impl CaptureFile {
                 }
             }
         }
-        self.buf.truncate(had + got);
+        self.end += got;
         if failed {
             self.count(Problem::TruncatedGzip);
             self.source = None;
@@ -306,7 +322,7 @@ impl CaptureFile {
 
     fn pcap_record(&mut self, endian: Endian, ns: bool, linktype: i64) -> Step {
         let pos = self.pos;
-        let b = &self.buf;
+        let b = self.data();
         let (Some(ts_sec), Some(ts_frac), Some(incl_len), Some(orig_len)) =
             (endian.u32(b, pos), endian.u32(b, pos + 4), endian.u32(b, pos + 8), endian.u32(b, pos + 12))
         else {
@@ -318,7 +334,7 @@ impl CaptureFile {
         }
         let start = pos + 16;
         let len = incl_len as usize;
-        if start + len > self.buf.len() {
+        if start + len > self.end {
             return Step::NeedMore;
         }
         self.pos = start + len;
@@ -332,13 +348,13 @@ impl CaptureFile {
 
     fn pcapng_block(&mut self) -> Step {
         let pos = self.pos;
-        if pos + 12 > self.buf.len() {
+        if pos + 12 > self.end {
             return Step::NeedMore;
         }
-        if self.buf.get(pos..pos + 4) == Some(&PCAPNG_SHB[..]) {
+        if self.data().get(pos..pos + 4) == Some(&PCAPNG_SHB[..]) {
             // A section header: its byte-order magic says the byte order of the section;
             // interface ids are per section.
-            let endian = match self.buf.get(pos + 8..pos + 12) {
+            let endian = match self.data().get(pos + 8..pos + 12) {
                 Some(m) if m == BOM_LE => Endian::Little,
                 Some(m) if m == BOM_BE => Endian::Big,
                 _ => {
@@ -349,7 +365,7 @@ impl CaptureFile {
             self.layout = Layout::Pcapng { endian, interfaces: Vec::new() };
         }
         let Layout::Pcapng { endian, .. } = self.layout else { return Step::Stop };
-        let (Some(btype), Some(blen)) = (endian.u32(&self.buf, pos), endian.u32(&self.buf, pos + 4)) else {
+        let (Some(btype), Some(blen)) = (endian.u32(self.data(), pos), endian.u32(self.data(), pos + 4)) else {
             return Step::NeedMore;
         };
         // A block shorter than its type's fixed fields (e.g. an EPB of 16 bytes) is a
@@ -359,7 +375,7 @@ impl CaptureFile {
             return Step::Stop;
         }
         let blen = blen as usize;
-        if pos + blen > self.buf.len() {
+        if pos + blen > self.end {
             return Step::NeedMore;
         }
         self.pos = pos + blen;
@@ -390,7 +406,7 @@ impl CaptureFile {
     }
 
     fn enhanced_packet(&mut self, e: Endian, body: usize, block_end: usize) -> Step {
-        let b = &self.buf;
+        let b = self.data();
         let (Some(iface), Some(ts_hi), Some(ts_lo), Some(cap_len), Some(orig_len)) =
             (e.u32(b, body), e.u32(b, body + 4), e.u32(b, body + 8), e.u32(b, body + 12), e.u32(b, body + 16))
         else {
@@ -408,7 +424,7 @@ impl CaptureFile {
 
     /// A Simple Packet Block: no timestamp (0), interface 0, captured length from the block.
     fn simple_packet(&mut self, e: Endian, body: usize, blen: usize) -> Step {
-        let Some(orig_len) = e.u32(&self.buf, body) else { return Step::Stop };
+        let Some(orig_len) = e.u32(self.data(), body) else { return Step::Stop };
         self.number += 1;
         let Some(ifc) = self.interface(0) else { return self.unusable_packet() };
         let len = (orig_len as usize).min(blen - 16);
@@ -418,7 +434,7 @@ impl CaptureFile {
     /// The obsolete Packet Block: a 16-bit interface id, a drops count, then as an EPB.
     /// Its captured length is cut at the block's end (not checked, as the reader before).
     fn obsolete_packet(&mut self, e: Endian, body: usize, block_end: usize) -> Step {
-        let b = &self.buf;
+        let b = self.data();
         let (Some(iface), Some(ts_hi), Some(ts_lo), Some(cap_len), Some(orig_len)) =
             (e.u16(b, body), e.u32(b, body + 4), e.u32(b, body + 8), e.u32(b, body + 12), e.u32(b, body + 16))
         else {
@@ -433,8 +449,8 @@ impl CaptureFile {
     }
 
     fn interface_description(&mut self, e: Endian, body: usize, block_end: usize) {
-        let Some(linktype) = e.u16(&self.buf, body) else { return };
-        let (units, offset_s) = idb_options(&self.buf, e, body + 8, block_end);
+        let Some(linktype) = e.u16(self.data(), body) else { return };
+        let (units, offset_s) = idb_options(self.data(), e, body + 8, block_end);
         let ifc = Interface { linktype: i64::from(linktype), units, offset_s };
         if let Layout::Pcapng { interfaces, .. } = &mut self.layout {
             interfaces.push(ifc);
