@@ -599,6 +599,9 @@ def print_report(doc: dict[str, Any]) -> list[str]:
             for s in r["stages"]:
                 print(f"  {s['stage']:<18}{s['cpu_s']:>8.1f}{s['cpu_s'] * 1e6 / packets:>11.1f}"
                       f"{s['peak_mb']:>9,.0f}")
+            if kind == "analyze":
+                print(f"  (all processes at once, highest 0.1 s sample: {r['peak_mb_simultaneous']:,.0f} MB; "
+                      f"CPU of the whole tree by wait4: {r['cpu_s']:.1f} s)")
     for codec, r in doc["steady"].items():
         print(f"broker ({codec}): {r['broker_rss_end_mb']:,.0f} MB resident at the end of the steady run "
               f"(capture {doc['capture_bytes'] / 1e6:,.0f} MB); memory:// storage keeps every record "
