@@ -22,7 +22,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+from confluent_kafka import Consumer, TopicPartition
 
 from wirestream.codec import AvroCodec
 from wirestream.errors import DecodeError, RegistryError
@@ -130,23 +130,41 @@ class Enricher:
 
 class IdentityFeed(threading.Thread):
     """Read ``wire.k8s-identity`` into an index: all of it at :meth:`start` (which returns
-    once the index has caught up with the topic's end), then whatever comes next."""
+    once the index has caught up with the topic's end), then whatever comes next.
 
-    def __init__(self, bootstrap: str, codec: AvroCodec, index: IdentityIndex) -> None:
+    No idle work: where nothing publishes identities (no ``k8s-watch``: a laptop, a
+    capture file), the topic is empty and polling it would cost a packet worker ~7 % of its
+    CPU for nothing. So the feed reads only once the topic has records: until then it
+    looks at the partitions' end offsets every :attr:`recheck_s` seconds (a watcher started
+    later is still picked up, its identities a few seconds late); from the first record
+    on, it reads continuously."""
+
+    #: how often an empty topic is looked at again
+    RECHECK_S = 15.0
+
+    def __init__(self, bootstrap: str, codec: AvroCodec, index: IdentityIndex,
+                 recheck_s: float | None = None) -> None:
         super().__init__(name="k8s-identity-feed", daemon=True)
+        self.bootstrap = bootstrap
         self.codec = codec
         self.index = index
+        self.recheck_s = self.RECHECK_S if recheck_s is None else recheck_s
         self._consumer = Consumer(consumer_config(bootstrap))  # assigned: joins no group
-        self._stop = threading.Event()
+        self._stopping = threading.Event()  # not _stop: a method of Thread (join calls it)
         self.malformed = 0
-        parts = [TopicPartition(tp.topic, tp.partition, OFFSET_BEGINNING)
-                 for tp in partitions_of(bootstrap, [K8S_IDENTITY])]
-        self._ends = {}
-        for tp in parts:
-            _low, high = self._consumer.get_watermark_offsets(tp, timeout=10)
-            self._ends[tp.partition] = high
-        self._consumer.assign(parts)
+        self.polls = 0  # consume calls made (tests: none while the topic is empty)
+        self.end_checks = 0  # times the end offsets were looked at
         self._caught_up = threading.Event()
+        self._ends = self._end_offsets()
+
+    def _end_offsets(self) -> dict[int, tuple[int, int]]:
+        """partition -> (its first offset, its end offset) now (no partitions: the topic
+        does not exist yet)."""
+        self.end_checks += 1
+        ends = {}
+        for tp in partitions_of(self.bootstrap, [K8S_IDENTITY]):
+            ends[tp.partition] = self._consumer.get_watermark_offsets(tp, timeout=10)
+        return ends
 
     def start(self, timeout: float = 30.0) -> None:  # type: ignore[override]
         super().start()
@@ -154,13 +172,30 @@ class IdentityFeed(threading.Thread):
             log.warning("wire.k8s-identity: not caught up after %.0f s; enriching with what is read", timeout)
 
     def stop(self) -> None:
-        self._stop.set()
+        self._stopping.set()
 
     def run(self) -> None:
-        pending = {p: end for p, end in self._ends.items() if end > 0}
-        if not pending:
-            self._caught_up.set()
-        while not self._stop.is_set():
+        try:
+            ends = self._ends
+            while not any(high > low for low, high in ends.values()):  # empty: look again later
+                self._caught_up.set()
+                if self._stopping.wait(self.recheck_s):
+                    return
+                try:
+                    ends = self._end_offsets()
+                except Exception as exc:  # the broker away for a moment: look again later
+                    log.debug("wire.k8s-identity: end offsets not known (%s)", exc)
+            self._consume(ends)
+        finally:
+            self._consumer.close()
+
+    def _consume(self, ends: dict[int, tuple[int, int]]) -> None:
+        # From the first offset as a number, not OFFSET_BEGINNING: the client would look
+        # it up first, which takes ~0.5 s on the embedded broker.
+        self._consumer.assign([TopicPartition(K8S_IDENTITY, p, low) for p, (low, _high) in sorted(ends.items())])
+        pending = {p: high for p, (low, high) in ends.items() if high > low}
+        while not self._stopping.is_set():
+            self.polls += 1
             for msg in self._consumer.consume(1000, 0.2):
                 if msg.error():
                     continue
@@ -178,4 +213,3 @@ class IdentityFeed(threading.Thread):
                     del pending[msg.partition()]
                     if not pending:
                         self._caught_up.set()
-        self._consumer.close()

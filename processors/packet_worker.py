@@ -22,10 +22,19 @@ Guarantee (docs/checkpoints.md): a partition handed over cleanly (a worker joins
 is rolled) loses and repeats nothing; after a crash, the new owner repeats what was
 processed since the last checkpoint, and what it emits again is identical (same key,
 same value), since the engines are deterministic and start from the same state.
+
+**Static assignment** (``assignment=``; ``wirestream process --assign``): the workers of
+one ``analyze`` or ``capture`` run are given their partitions, and read them from the
+offsets where the run's input begins, without a group. A group join costs seconds (about
+half the session timeout on the embedded broker), which is most of a small capture's
+run. Such a worker writes no checkpoints and commits nothing: nobody would read them. If
+it dies, its partitions are not taken over; the run fails as a whole
+(``Runtime.dead_worker`` notices the exit) and is run again.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import socket
@@ -36,11 +45,19 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    OFFSET_INVALID,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    TopicPartition,
+)
 
+from wirestream.broker import consume_available
 from wirestream.codec import AvroCodec
 from wirestream.errors import WirestreamError
-from wirestream.kafka import group_consumer_config
+from wirestream.kafka import consumer_config, group_consumer_config
 from wirestream.topics import (
     CONNECTIONS,
     DNS,
@@ -87,22 +104,33 @@ class WorkerOptions:
     shutdown_grace_s: float = 30.0
 
 
+#: partition -> input topic -> the offset to start at (a topic not named: the beginning)
+Assignment = dict[int, dict[str, int]]
+
+
 class PacketWorker:
-    """One member of the packet workers' consumer group."""
+    """One member of the packet workers' consumer group, or (``assignment``) a worker of
+    its own given partitions, in no group."""
 
     def __init__(self, bootstrap: str, registry_url: str, group: str, options: EngineOptions,
                  worker: WorkerOptions | None = None, source_prefix: str = "",
-                 enricher: Enricher | None = None) -> None:
+                 enricher: Enricher | None = None, assignment: Assignment | None = None,
+                 codec: AvroCodec | None = None) -> None:
         self.bootstrap = bootstrap
         self.group = group
-        self.worker = worker or WorkerOptions()
-        self.codec = AvroCodec(registry_url)
+        self.assignment = assignment
+        worker = worker or WorkerOptions()
+        if assignment is not None:
+            # No checkpoints: see the module's docstring (static assignment).
+            worker = dataclasses.replace(worker, checkpoint_interval_s=0.0, restore=False)
+        self.worker = worker
+        self.codec = codec or AvroCodec(registry_url)
         # Output is never dropped for an unreachable broker: records wait in the client
         # (bounded by its queue) until delivered; a checkpoint waits for them.
         self.publisher = OutputPublisher(bootstrap, self.codec, PACKETS_STAGE, **{"message.timeout.ms": 0})
         self.pipeline = PacketPipeline(self.codec, self.publisher, options, source_prefix=source_prefix,
                                        enricher=enricher)
-        self.store = CheckpointStore(bootstrap, group)
+        self.store = CheckpointStore(bootstrap, group) if assignment is None else None
         self.instance = f"{socket.gethostname()}:{os.getpid()}"
         #: partition -> input topic -> next offset to process (what a checkpoint covers)
         self.positions: dict[int, dict[str, int]] = {}
@@ -125,27 +153,15 @@ class PacketWorker:
         self._stopping = stopping
         if not self._register_output_schemas():
             return
-        session_ms = int(self.worker.session_timeout_s * 1000)
-        consumer = self._consumer = Consumer(group_consumer_config(
-            self.bootstrap, self.group, from_beginning=True, **{
-                # partition N of both topics to the same member (they are co-partitioned)
-                "partition.assignment.strategy": "range",
-                "session.timeout.ms": session_ms,
-                "heartbeat.interval.ms": max(500, session_ms // 5),
-                # a registry outage may hold one message for long; the group must not
-                # take the partitions away meanwhile
-                "max.poll.interval.ms": 600_000,
-                "fetch.wait.max.ms": 50,
-            }))
-        consumer.subscribe(list(INPUT_TOPICS), on_assign=self._on_assign, on_revoke=self._on_revoke,
-                           on_lost=self._on_lost)
+        consumer = self._consumer = (self._group_consumer() if self.assignment is None
+                                     else self._static_consumer(self.assignment))
         handlers = {PACKETS: self.pipeline.handle, SOCKETS: self.pipeline.handle_socket_event}
         next_checkpoint = time.monotonic() + self.worker.checkpoint_interval_s
         try:
             while not stopping():
                 # A few messages per call (each is a batch of up to ~1000 packets): the
                 # checkpoint clock and the rebalance callbacks are served between calls.
-                for msg in consumer.consume(CONSUME_BATCH, 0.1):
+                for msg in consume_available(consumer, CONSUME_BATCH, 0.1):
                     if msg.error() is not None:
                         if msg.error().code() != KafkaError._PARTITION_EOF:
                             log.warning("consumer: %s", msg.error().str())
@@ -170,14 +186,44 @@ class PacketWorker:
                     # ~10 % of the worker's time, whatever the interval asked for.
                     took = time.monotonic() - started
                     next_checkpoint = time.monotonic() + max(interval, MIN_PAUSE_FACTOR * took)
-            self.checkpoint(sorted(self.dirty), shutting_down=True)
+            if self.store is not None:
+                self.checkpoint(sorted(self.dirty), shutting_down=True)
             self.publish_report()
         finally:
             # close() leaves the group: the revoke callback runs (nothing left to write)
             consumer.close()
             self._consumer = None
             self.publisher.flush(5)
-            self.store.close()
+            if self.store is not None:
+                self.store.close()
+
+    def _group_consumer(self) -> Consumer:
+        session_ms = int(self.worker.session_timeout_s * 1000)
+        consumer = Consumer(group_consumer_config(
+            self.bootstrap, self.group, from_beginning=True, **{
+                # partition N of both topics to the same member (they are co-partitioned)
+                "partition.assignment.strategy": "range",
+                "session.timeout.ms": session_ms,
+                "heartbeat.interval.ms": max(500, session_ms // 5),
+                # a registry outage may hold one message for long; the group must not
+                # take the partitions away meanwhile
+                "max.poll.interval.ms": 600_000,
+                "fetch.wait.max.ms": 50,
+            }))
+        consumer.subscribe(list(INPUT_TOPICS), on_assign=self._on_assign, on_revoke=self._on_revoke,
+                           on_lost=self._on_lost)
+        return consumer
+
+    def _static_consumer(self, assignment: Assignment) -> Consumer:
+        """Partition N of both input topics (co-partitioned), from the given offsets."""
+        consumer = Consumer({**consumer_config(self.bootstrap), "fetch.wait.max.ms": 50})
+        tps = []
+        for part, offsets in sorted(assignment.items()):
+            self.positions[part] = {}
+            tps += [TopicPartition(topic, part, offsets.get(topic, OFFSET_BEGINNING)) for topic in INPUT_TOPICS]
+        consumer.assign(tps)
+        log.info("assigned partitions %s (static: no group, no checkpoints)", sorted(assignment))
+        return consumer
 
     def _register_output_schemas(self) -> bool:
         """Make every output topic's encoder before reading any input, waiting while the
@@ -236,6 +282,7 @@ class PacketWorker:
         engines = self.pipeline.partition_engines(part)
         state = snapshot_engines(engines)
         sequence = self.sequences.get(part, 0) + 1
+        assert self.store is not None, "checkpoints are written in a group only"
         size = self.store.write(Checkpoint(
             group=self.group, partition=part, offsets=dict(self.positions.get(part, {})),
             state=state, state_format_version=STATE_FORMAT_VERSION, sequence=sequence,
@@ -336,6 +383,7 @@ class PacketWorker:
         consumer.assign(partitions)
 
     def _latest(self, part: int) -> Checkpoint | None:
+        assert self.store is not None, "checkpoints are read in a group only"
         delay = 0.5
         while True:
             try:

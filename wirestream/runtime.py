@@ -2,6 +2,12 @@
 
 :class:`Runtime` is a context manager: everything it started is stopped on exit, also on
 Ctrl-C and on errors, so no embedded broker or worker outlives the command.
+
+Start-up in two steps, so that a one-shot run (``analyze``) overlaps them: :meth:`launch`
+chooses the embedded broker's port and starts it, and serves the embedded registry, all
+without waiting; workers can be started right then (they wait for the broker and the
+topics themselves); :meth:`start` waits for the broker, creates the topics and registers
+the schemas.
 """
 
 from __future__ import annotations
@@ -15,13 +21,16 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from wirestream.broker import EmbeddedBroker, check_reachable, ensure_topics
-from wirestream.codec import AvroCodec
 from wirestream.config import Settings
 from wirestream.processes import die_with_parent
 from wirestream.registry import EmbeddedSchemaRegistry
 from wirestream.topics import ALL_TOPICS, TOPIC_SCHEMAS
+
+if TYPE_CHECKING:
+    from wirestream.codec import AvroCodec
 
 #: Where a worker started here keeps Faust's data directory (see processors.app).
 DATADIR_ENV = "WIRESTREAM_FAUST_DATADIR"
@@ -30,13 +39,17 @@ DATADIR_ENV = "WIRESTREAM_FAUST_DATADIR"
 class Runtime:
     """The Kafka side of one command run."""
 
-    def __init__(self, settings: Settings, worker_grace_s: float = 10.0) -> None:
+    def __init__(self, settings: Settings, worker_grace_s: float = 10.0, autostart: bool = True) -> None:
+        """``autostart=False``: entering the context does not :meth:`start` (the caller
+        calls :meth:`launch`, starts workers, then :meth:`start`)."""
         self.settings = settings
         self.bootstrap = settings.bootstrap or ""
         self.registry_url = settings.registry or ""
+        self.autostart = autostart
         self.embedded_broker: EmbeddedBroker | None = None
         self.embedded_registry: EmbeddedSchemaRegistry | None = None
         self.workers: list[subprocess.Popen[bytes]] = []
+        self._static_workers: set[int] = set()  # pids of statically assigned workers
         self.workdir = Path(tempfile.mkdtemp(prefix="wirestream-"))
         self._codec: AvroCodec | None = None
         #: How long workers get to shut down cleanly on exit. ``analyze`` sets it low: its
@@ -44,11 +57,12 @@ class Runtime:
         self.worker_grace_s = worker_grace_s
 
     def __enter__(self) -> Runtime:
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
+        if self.autostart:
+            try:
+                self.start()
+            except BaseException:
+                self.stop()
+                raise
         return self
 
     def __exit__(self, exc_type: object, *exc: object) -> None:
@@ -58,14 +72,27 @@ class Runtime:
         if exc_type is None:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
-    def start(self) -> None:
+    def launch(self) -> None:
+        """Start the embedded broker (if no bootstrap is configured) and the embedded
+        registry (if no registry is), without waiting: their addresses are known from here
+        on. Idempotent."""
         if not self.bootstrap:
-            self.embedded_broker = EmbeddedBroker(log_path=self.workdir / "broker.log").start()
+            self.embedded_broker = EmbeddedBroker(log_path=self.workdir / "broker.log").launch()
             self.bootstrap = self.embedded_broker.bootstrap
-        check_reachable(self.bootstrap)
         if not self.registry_url:
+            # bound at once (connections wait in its backlog), served from a thread
             self.embedded_registry = EmbeddedSchemaRegistry().start()
             self.registry_url = self.embedded_registry.url
+
+    def start(self) -> None:
+        """Launch (if not yet), wait for the broker, create the topics, register the schemas."""
+        self.launch()
+        if self.embedded_broker is not None:
+            # Ours, listening: creating the topics is the first request (a separate
+            # reachability check would cost a client of its own, ~0.1 s).
+            self.embedded_broker.wait_listening()
+        else:
+            check_reachable(self.bootstrap)
         ensure_topics(self.bootstrap, ALL_TOPICS, self.settings.partitions,
                       replication_factor=self.settings.replication_factor)
         for topic in ALL_TOPICS:  # fail early (and clearly) if the registry is unusable
@@ -75,11 +102,17 @@ class Runtime:
     @property
     def codec(self) -> AvroCodec:
         if self._codec is None:
+            # imported here: the codec's compiled readers and writers are not needed to
+            # launch the broker and the workers, which analyze does first
+            from wirestream.codec import AvroCodec
+
             self._codec = AvroCodec(self.registry_url)
         return self._codec
 
-    def start_workers(self, count: int, group: str, extra_args: list[str] | None = None) -> None:
-        """Start ``count`` processor worker processes (``wirestream process``) in one group."""
+    def start_workers(self, count: int, group: str, extra_args: list[str] | None = None,
+                      static: bool = False) -> None:
+        """Start ``count`` processor worker processes (``wirestream process``) in one group
+        (``static``: workers with ``--assign``, in no group, stopped without a grace)."""
         for _ in range(count):
             i = len(self.workers)
             log = open(self.workdir / f"worker-{i}.log", "wb")  # noqa: SIM115
@@ -95,6 +128,8 @@ class Runtime:
                 subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                  start_new_session=True, env=env, preexec_fn=die_with_parent())
             )
+            if static:
+                self._static_workers.add(self.workers[-1].pid)
             log.close()
 
     def dead_worker(self) -> str | None:
@@ -109,11 +144,17 @@ class Runtime:
         return None
 
     def stop(self) -> None:
-        """Stop workers (SIGTERM, then SIGKILL after ``worker_grace_s``), registry and broker."""
+        """Stop workers (SIGTERM, then SIGKILL after ``worker_grace_s``; statically assigned
+        ones: SIGKILL), registry and broker."""
         for w in self.workers:
             if w.poll() is None:
+                # A statically assigned worker (--assign) has nothing to commit or hand
+                # over (no group, no checkpoints), and what it published has been read or
+                # is not wanted any more: it is killed, not asked (a Python process with
+                # its Kafka clients takes ~0.15 s to exit cleanly).
+                static = w.pid in self._static_workers
                 with contextlib.suppress(ProcessLookupError):
-                    os.killpg(w.pid, signal.SIGTERM)
+                    os.killpg(w.pid, signal.SIGKILL if static else signal.SIGTERM)
         deadline = time.monotonic() + self.worker_grace_s
         for w in self.workers:
             try:
@@ -123,6 +164,7 @@ class Runtime:
                     os.killpg(w.pid, signal.SIGKILL)
                 w.wait()
         self.workers = []
+        self._static_workers = set()
         if self.embedded_registry is not None:
             self.embedded_registry.stop()
             self.embedded_registry = None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import gc
 import sys
+from typing import Any
 
 from wirestream.commands import common
 from wirestream.config import Settings
@@ -38,8 +39,9 @@ examples:
 
 
 def run(args: argparse.Namespace) -> int:
+    import contextlib
+
     from wirestream.analyze import analyze
-    from wirestream.sinks import console
 
     # analyze holds every output record it reads (hundreds of thousands of small dicts):
     # with the default thresholds the cyclic GC rescans them over and over (~30 % of the
@@ -47,9 +49,17 @@ def run(args: argparse.Namespace) -> int:
     gc.set_threshold(50_000, 20, 100)
     settings = common.settings_from_args(args)
     show_progress = not args.no_progress and not args.json and sys.stderr.isatty()
-    with console.progress_bars(enabled=show_progress) as progress:
+    # The summary's module (rich) is imported after the run when no progress bar is shown:
+    # analyze starts its workers first thing, and every import before that delays them.
+    bars: Any = contextlib.nullcontext()
+    if show_progress:
+        from wirestream.sinks import console
+
+        bars = console.progress_bars(enabled=True)
+    with bars as progress:
         result = analyze(args.files, settings, workers=args.workers, progress=progress,
                          keep_bodies=bool(args.out))
+    from wirestream.sinks import console
     for err in result.failed:
         common.print_error(err)
     if result.failed and not result.files:

@@ -50,13 +50,56 @@ or crash without losing or splitting a connection (docs/checkpoints.md).""",
     # response bodies when nothing will show them
     p.add_argument("--only-source-prefix", default="", help=argparse.SUPPRESS)
     p.add_argument("--response-body-cap", type=int, default=None, help=argparse.SUPPRESS)
+    # Static assignment, for the workers of one analyze or capture run (hidden: internal;
+    # docs/architecture.md): no consumer group (a join costs seconds), no checkpoints
+    # (the run fails as a whole if a worker dies), no Faust for the windows.
+    #   --assign 0,2             the wire.packets/wire.sockets partitions to process
+    #   --assign-windows 0,1,2,3 the wire.observations partitions whose windows to keep
+    #   --start-offsets wire.packets:0=120,...  where to start (partitions not named: at
+    #                            the beginning)
+    #   --wait-for-topics 30     how long to wait for the broker and the topics to exist
+    #                            (the command that starts the worker may still be starting them)
+    p.add_argument("--assign", type=_partitions, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--assign-windows", type=_partitions, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--start-offsets", type=_offsets, default={}, help=argparse.SUPPRESS)
+    p.add_argument("--wait-for-topics", type=float, default=30.0, help=argparse.SUPPRESS)
     p.add_argument("--loglevel", default="warning", help="worker log level (default: %(default)s)")
     common.add_kafka_args(p, defaults, required=True, hint="; start them with 'wirestream broker'")
     p.set_defaults(run=run)
     return p
 
 
+def _partitions(text: str) -> list[int]:
+    try:
+        parts = sorted({int(p) for p in text.split(",") if p.strip()})
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a list of partition numbers: {text!r}") from None
+    if any(p < 0 for p in parts):
+        raise argparse.ArgumentTypeError(f"negative partition in {text!r}")
+    return parts
+
+
+def _offsets(text: str) -> dict[tuple[str, int], int]:
+    """``TOPIC:PARTITION=OFFSET,...`` -> {(topic, partition): offset}."""
+    out = {}
+    for item in filter(None, (i.strip() for i in text.split(","))):
+        try:
+            where, offset = item.rsplit("=", 1)
+            topic, part = where.rsplit(":", 1)
+            out[(topic, int(part))] = int(offset)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not TOPIC:PARTITION=OFFSET: {item!r}") from None
+    return out
+
+
+def format_offsets(offsets: dict[tuple[str, int], int]) -> str:
+    """The ``--start-offsets`` value of ``{(topic, partition): offset}``."""
+    return ",".join(f"{t}:{p}={off}" for (t, p), off in sorted(offsets.items()))
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.assign is not None or args.assign_windows is not None:
+        return _run_static(args)
     from wirestream.kafka import ensure_process_topics
 
     packets = args.role in ("all", "packets")
@@ -94,7 +137,76 @@ def run(args: argparse.Namespace) -> int:
     return common.EXIT_OK
 
 
-def _packet_worker(args: argparse.Namespace, packet_partitions: int, observation_partitions: int) -> Any:
+def _run_static(args: argparse.Namespace) -> int:
+    """A worker of one analyze/capture run: the packet partitions of ``--assign`` and/or
+    the windows of the observation partitions of ``--assign-windows``, in no group. The
+    windows run in a thread beside the packet worker when the role is ``all``."""
+    import logging
+    import threading
+
+    from wirestream.broker import wait_for_topics
+    from wirestream.errors import UsageError
+    from wirestream.topics import OBSERVATIONS, PACKETS, SOCKETS, STATS
+
+    packets = args.role in ("all", "packets")
+    windows = args.role in ("all", "windows") and args.windows
+    if args.plugin:
+        raise UsageError("--plugin runs in a consumer group (Faust): not with --assign")
+    if packets and args.assign is None:
+        raise UsageError(f"--role {args.role} with --assign-windows needs --assign too")
+    if windows and args.assign_windows is None:
+        raise UsageError(f"--role {args.role} with --assign needs --assign-windows too (or --no-windows)")
+    logging.basicConfig(level=args.loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    stop = common.StopOnSignal()
+    # The broker may be starting and the topics not created yet: the command that started
+    # this worker does both while we import (analyze starts everything at once).
+    topics = wait_for_topics(args.bootstrap, (PACKETS, SOCKETS, OBSERVATIONS, STATS), args.wait_for_topics)
+    if topics[SOCKETS] != topics[PACKETS]:
+        raise UsageError(f"{SOCKETS} has {topics[SOCKETS]} partitions and {PACKETS} {topics[PACKETS]}: "
+                         "they must be equal (socket events are joined to packets partition by partition)")
+    done = threading.Event()  # one loop has ended: the others end too
+    errors: list[BaseException] = []
+
+    def stopping() -> bool:
+        return stop() or done.is_set()
+
+    def guarded(run: Any) -> None:
+        try:
+            run(stopping)
+        except BaseException as exc:
+            errors.append(exc)
+            raise
+        finally:
+            done.set()
+
+    loops = []
+    if windows:
+        from wirestream.codec import AvroCodec
+        from wirestream.processors.windows_worker import WindowsWorker
+
+        starts = {q: args.start_offsets.get((OBSERVATIONS, q)) for q in args.assign_windows}
+        loops.append(WindowsWorker(args.bootstrap, AvroCodec(args.registry), starts,
+                                   common.window_options(args)).run)
+    if packets:
+        assignment = {p: {t: off for (t, q), off in args.start_offsets.items() if q == p and t in (PACKETS, SOCKETS)}
+                      for p in args.assign}
+        worker = _packet_worker(args, topics[PACKETS], topics[OBSERVATIONS], assignment=assignment)
+        loops.append(worker.run)
+    # The windows (light) in a thread; the packet worker in the main thread.
+    threads = [threading.Thread(target=guarded, args=(loop,), name="windows", daemon=True) for loop in loops[:-1]]
+    for t in threads:
+        t.start()
+    try:
+        guarded(loops[-1])
+    finally:
+        done.set()
+        for t in threads:
+            t.join()
+    return common.EXIT_ERROR if errors else common.EXIT_OK
+
+
+def _packet_worker(args: argparse.Namespace, packet_partitions: int, observation_partitions: int,
+                   assignment: dict[int, dict[str, int]] | None = None) -> Any:
     from wirestream.codec import AvroCodec
     from wirestream.processors.engine import EngineOptions
     from wirestream.processors.k8s_enrichment import Enricher, IdentityFeed, IdentityIndex
@@ -118,7 +230,7 @@ def _packet_worker(args: argparse.Namespace, packet_partitions: int, observation
         args.bootstrap, args.registry, args.group, options,
         WorkerOptions(checkpoint_interval_s=args.checkpoint_interval, restore=args.restore,
                       session_timeout_s=args.session_timeout),
-        source_prefix=args.only_source_prefix, enricher=Enricher(index))
+        source_prefix=args.only_source_prefix, enricher=Enricher(index), assignment=assignment)
 
 
 def _run_faust(args: argparse.Namespace, group: str, observation_partitions: int, windows: bool) -> None:

@@ -1,0 +1,193 @@
+"""The one-shot run's workers (issue 16, item 3): statically assigned, in no group.
+
+``analyze`` starts ``wirestream process --assign ...`` workers (processors/packet_worker.py,
+static assignment) and the windows without Faust (processors/windows_worker.py). They
+must emit what the workers of a consumer group emit; a worker that cannot reach the
+broker must say so; and a packet worker must not poll an empty wire.k8s-identity.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from helpers import free_port
+from scale_out import Publishing, Workers, canonical, compare, output_start, read_output
+from windows_worker import collect, finished, observation_batches, produce, start_worker, stop
+from wirestream.processors.k8s_enrichment import IdentityFeed, IdentityIndex
+
+from wirestream.broker import EmbeddedBroker, ensure_topics, partition_count, wait_for_topics
+from wirestream.codec import AvroCodec
+from wirestream.commands.process import format_offsets
+from wirestream.errors import BrokerUnreachable
+from wirestream.kafka import WireProducer
+from wirestream.reader import TopicReader, end_offsets
+from wirestream.topics import (
+    ALERTS,
+    ALL_TOPICS,
+    K8S_IDENTITY,
+    OBSERVATIONS,
+    PACKETS,
+    SERVICE_METRICS,
+    SOCKETS,
+    STATS,
+)
+
+CAPTURE = str(Path(__file__).parent / "data" / "chrissanders" / "http_espn.pcapng")
+
+
+def _static_worker(bootstrap: str, registry: str, log: Path, *args: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "wirestream", "process", "--bootstrap", bootstrap, "--registry", registry,
+         "--group", f"static-{uuid.uuid4().hex[:8]}", "--loglevel", "info", *args],
+        stdin=subprocess.DEVNULL, stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def test_statically_assigned_packet_workers_emit_what_a_group_emits(broker, registry, tmp_path) -> None:
+    """The capture published twice, as two sources: one read by a group's worker, the other
+    by two statically assigned workers (partitions 0,2 and 1,3) from the offsets where it
+    begins. The same records (compared without their source id)."""
+    bootstrap = broker.bootstrap
+    partitions = partition_count(bootstrap, PACKETS)
+    run = uuid.uuid4().hex[:8]
+    by_group, static = f"group-{run}", f"static-{run}"
+
+    def publish(source: str) -> None:
+        publishing = Publishing(bootstrap, registry.url, CAPTURE, source, partitions, 956, 1e9)
+        publishing.run()
+        assert publishing.error is None, publishing.error
+
+    publish(by_group)
+    group = Workers(bootstrap, registry.url, by_group, tmp_path)
+    try:
+        start = output_start(bootstrap)
+        group.start("group")
+        want = read_output(bootstrap, registry.url, by_group, partitions, start)
+    finally:
+        group.close()
+
+    # Where the second source begins. (The embedded broker may say less than the end
+    # when the last batch holds several records: the workers then also read the end of
+    # the first source, and skip it as another run's.)
+    input_start = end_offsets(bootstrap, [PACKETS, SOCKETS])
+    publish(static)
+    start = output_start(bootstrap)
+    halves = [",".join(str(p) for p in range(i, partitions, 2)) for i in range(2)]
+    procs = [_static_worker(bootstrap, registry.url, tmp_path / f"static-{i}.log", "--role", "packets",
+                            "--no-windows", "--only-source-prefix", static, "--assign", half,
+                            "--start-offsets", format_offsets(input_start))
+             for i, half in enumerate(halves)]
+    try:
+        got = read_output(bootstrap, registry.url, static, partitions, start)
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+    assert sum(len(v) for v in want.records.values()) >= 100  # 25 connections, 61 transactions, 14 DNS
+    assert compare(got, want) == []
+    assert got.repeats() == 0
+    logs = [(tmp_path / f"static-{i}.log").read_text() for i in range(2)]
+    assert all("static: no group, no checkpoints" in log for log in logs), logs
+
+
+def test_windows_without_faust_emit_what_the_faust_agent_emits(broker, registry, tmp_path) -> None:
+    """The same observation batches, as two sources, through the Faust agent (a group, a
+    changelog) and through the statically assigned windows loop: the same metrics, alerts
+    and final reports (compared without the source id and the alert ids made from it)."""
+    run_id = uuid.uuid4().hex[:8]
+    codec = AvroCodec(registry.url)
+    window_args = ["--window", "10", "--lateness", "2", "--alert-threshold", "errors_5xx=20"]
+
+    def run(source: str, start_process) -> dict[str, list]:
+        start = end_offsets(broker.bootstrap, [SERVICE_METRICS, ALERTS, STATS])
+        proc = start_process()
+        try:
+            with TopicReader(broker.bootstrap, codec, [SERVICE_METRICS, ALERTS, STATS], start) as reader:
+                got = collect(reader, source, finished)
+        finally:
+            stop(proc)
+        assert finished(got), got[STATS]
+        return got
+
+    by_faust = f"faust-{run_id}"
+    produce(broker, codec, observation_batches(by_faust))
+    faust = run(by_faust, lambda: start_worker(broker, registry, f"faust-{run_id}", by_faust))
+
+    static_source = f"static-{run_id}"
+    observation_start = end_offsets(broker.bootstrap, [OBSERVATIONS])
+    produce(broker, codec, observation_batches(static_source))
+    quarters = ",".join(map(str, range(partition_count(broker.bootstrap, OBSERVATIONS))))
+    static = run(static_source, lambda: _static_worker(
+        broker.bootstrap, registry.url, tmp_path / "windows.log", "--role", "windows", "--assign-windows",
+        quarters, "--start-offsets", format_offsets(observation_start), *window_args))
+
+    def records(got: dict[str, list], topic: str) -> list[str]:
+        return sorted(canonical({k: v for k, v in r.items() if k not in ("source_id", "alert_id")})
+                      for r in got[topic])
+
+    for topic in (SERVICE_METRICS, ALERTS):
+        assert records(static, topic) == records(faust, topic), topic
+    assert len(faust[SERVICE_METRICS]) >= 10 and faust[ALERTS]
+
+    def reports(got: dict[str, list]) -> list[str]:
+        return sorted(canonical({k: s[k] for k in ("partition", "emitted", "dropped", "counters", "final")})
+                      for s in got[STATS])
+
+    assert reports(static) == reports(faust)
+
+
+def test_a_worker_without_a_broker_says_so(tmp_path) -> None:
+    """A statically assigned worker whose broker never answers exits with one clear line."""
+    address = f"127.0.0.1:{free_port()}"
+    started = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-m", "wirestream", "process", "--bootstrap", address, "--registry",
+         "http://127.0.0.1:9", "--role", "packets", "--no-windows", "--assign", "0", "--wait-for-topics", "2"],
+        capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1, proc.stderr
+    assert f"no Kafka broker answered at {address}" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert time.monotonic() - started < 30
+
+
+def test_waiting_for_topics_names_the_missing_ones(broker) -> None:
+    missing = f"wire.nothing-{uuid.uuid4().hex[:6]}"
+    with pytest.raises(BrokerUnreachable, match=f"topics {missing} do not exist"):
+        wait_for_topics(broker.bootstrap, [PACKETS, missing], timeout=1)
+    assert wait_for_topics(broker.bootstrap, [PACKETS, STATS], timeout=5) == {
+        PACKETS: partition_count(broker.bootstrap, PACKETS), STATS: partition_count(broker.bootstrap, STATS)}
+
+
+def test_the_identity_feed_does_not_poll_an_empty_topic(registry) -> None:
+    """No k8s-watch: the feed only looks at the end offsets now and then. Once a watcher
+    publishes, it reads the identities."""
+    with EmbeddedBroker() as own:  # an empty wire.k8s-identity, whatever other tests wrote
+        ensure_topics(own.bootstrap, ALL_TOPICS, 2)
+        codec = AvroCodec(registry.url)
+        index = IdentityIndex()
+        feed = IdentityFeed(own.bootstrap, codec, index, recheck_s=0.2)
+        feed.start(timeout=5)  # caught up at once: nothing to read
+        try:
+            time.sleep(1.0)
+            assert feed.polls == 0
+            assert feed.end_checks >= 3
+            producer = WireProducer(own.bootstrap)
+            producer.produce(K8S_IDENTITY, codec.encode(K8S_IDENTITY, {
+                "ip": "192.168.7.1", "kind": "node", "source": "test", "pod": None, "namespace": None,
+                "uid": None, "labels": {}, "workload_kind": None, "workload": None, "node": "node-z",
+                "zone": None, "service": None, "services": [], "endpoints": [], "valid_from_us": 1,
+                "deleted_ts_us": None, "published_ts_us": 1}), key=b"192.168.7.1")
+            assert producer.flush(10) == 0
+            deadline = time.monotonic() + 15
+            while not index.records:
+                assert time.monotonic() < deadline, "the feed did not pick up the new identity"
+                time.sleep(0.1)
+            assert feed.polls > 0
+            assert index.lookup("192.168.7.1", 2)["node"] == "node-z"
+        finally:
+            feed.stop()
+            feed.join(5)
