@@ -138,6 +138,16 @@ def classify(pid: int) -> str:
     return "other"
 
 
+def is_unexeced_fork(pid: int) -> bool:
+    """A child with its parent's command line: forked, not yet exec'd (a short-lived helper
+    of the parent, not a stage of its own)."""
+    fields = _stat_fields(pid)
+    if fields is None:
+        return False
+    cmdline = _read(f"/proc/{pid}/cmdline")
+    return cmdline is not None and cmdline == _read(f"/proc/{int(fields[1])}/cmdline")
+
+
 @dataclass
 class Proc:
     """What was seen of one process: its stage, its CPU and memory at the last sample."""
@@ -171,6 +181,8 @@ class Watcher(threading.Thread):
         total = 0
         with self.lock:
             for pid, kind in pids.items():
+                if not kind and pid != self.root and is_unexeced_fork(pid):
+                    continue  # e.g. a worker's ldconfig (ctypes.util) caught before its exec
                 cpu = cpu_s(pid)
                 rss, hwm = mem_kb(pid)
                 if cpu is None or rss == 0:
