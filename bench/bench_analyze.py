@@ -217,6 +217,15 @@ def wirestream_cmd() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "wirestream"]
 
 
+def wirestream_version() -> str:
+    """The installed version and, from a checkout, the commit (figures move with the code)."""
+    from importlib.metadata import version
+
+    res = subprocess.run(["git", "-C", str(REPO_ROOT), "describe", "--always", "--dirty"], capture_output=True,
+                         text=True)
+    return f"{version('wirestream')}" + (f" ({res.stdout.strip()})" if res.returncode == 0 else "")
+
+
 def count_packets(cap: Path) -> int:
     res = subprocess.run(["capinfos", "-c", "-M", str(cap)], capture_output=True, text=True)
     for line in res.stdout.splitlines():
@@ -291,7 +300,8 @@ def run_tshark(cap: Path, packets: int, outdir: Path) -> dict[str, Any]:
         raise RuntimeError(f"tshark exited with {code}:\n{tail(outdir / 'tshark.err')}")
     text = (outdir / "tshark.out").read_text(errors="replace")
     cpu = ru.ru_utime + ru.ru_stime
-    r = {"cmd": cmd, "wall_s": wall, "cpu_s": cpu, "user_s": ru.ru_utime, "sys_s": ru.ru_stime,
+    version = subprocess.run(["tshark", "--version"], capture_output=True, text=True).stdout.split("\n", 1)[0]
+    r = {"cmd": cmd, "version": version, "wall_s": wall, "cpu_s": cpu, "user_s": ru.ru_utime, "sys_s": ru.ru_stime,
          "peak_mb": ru.ru_maxrss / 1024, "packets_per_s": packets / wall, "cpu_us_per_packet": cpu * 1e6 / packets,
          "tcp_conversations": sum(1 for line in text.splitlines() if "<->" in line),
          "http": tshark_http_counts(text)}
@@ -583,6 +593,7 @@ def print_report(doc: dict[str, Any]) -> list[str]:
           f"{doc['load_end']['loadavg'][0]:.2f} at end")
     for line in doc["load_start"]["busy_processes"]:
         print(f"  busy at start: {line}")
+    print(f"{ts['version'].rstrip('.')}; wirestream {doc['wirestream_version']}")
     hdr = (f"{'run':<32}{'wall s':>8}{'packets/s':>11}{'× tshark':>9}{'CPU s':>8}{'CPU µs/pkt':>11}"
            f"{'peak MB':>9}")
     print()
@@ -787,6 +798,7 @@ def main(argv: list[str] | None = None) -> int:
         "capture": str(cap), "capture_bytes": cap.stat().st_size, "packets": packets, "cpus": os.cpu_count(),
         "host": platform.node(), "python": sys.version.split()[0], "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "load_start": machine_load(), "workers": args.workers, "partitions": args.partitions,
+        "wirestream_version": wirestream_version(),
         "analyze": {}, "steady": {},
     }
     t_bench = time.monotonic()
