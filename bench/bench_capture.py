@@ -12,8 +12,11 @@ captured by Wireshark's capture engine, ``dumpcap``, for comparison. For each ra
 - CPU per packet of the capturing process (user + system, including the Kafka client's
   threads for wirestream, and writing the file for dumpcap).
 
-The processors are not run: this measures the producer. Target (issue 6): at least
-50,000 packets/s with no loss.
+The processors are not run: this measures the producer. Target (issue 16): at least
+200,000 packets/s per core with no loss. iperf3 shares the machine's cores with the capture
+and on 2 cores sends ~100,000 packets/s at most, so the bench also prints the capacity
+that the capture's CPU per packet leaves one core (10^6 / µs per packet): an upper bound,
+not a demonstration; the MET line needs a rate actually sent and captured whole.
 
     sudo .venv/bin/python bench/bench_capture.py                 # 50k, 100k, 150k packets/s
     sudo .venv/bin/python bench/bench_capture.py --rates 50000 --seconds 10 --mode af_packet
@@ -168,9 +171,14 @@ def main() -> int:
     ok = [r for r in rows if r["tool"].startswith("wirestream") and r["lost"] == 0 and r["frames"] >= r["sent"]]
     best = max((r["pps"] for r in ok), default=0)
     # met: a rate of at least 50k asked, sent (iperf3 kept up, within 1 %), and captured whole
-    met = any(r["rate"] >= 50_000 and r["pps"] >= 0.99 * r["rate"] for r in ok)
-    print(f"wirestream: highest rate sustained with no loss {best:,.0f} packets/s (target 50,000): "
-          f"{'MET' if met else 'NOT MET'}")
+    # met: 200k or more actually sent (not only asked) and captured whole
+    met = any(r["pps"] >= 200_000 for r in ok)
+    print(f"wirestream: highest rate sustained with no loss {best:,.0f} packets/s (target 200,000 "
+          f"per core): {'MET' if met else 'NOT MET (see the sent rates: iperf3 may be the limit)'}")
+    if ok:
+        cpu = max(r["us_per_packet"] for r in ok)
+        print(f"wirestream: CPU per packet up to {cpu:.2f} µs: one core's capacity ~{1e6 / cpu:,.0f} "
+              "packets/s (derived, not sent)")
     return 0
 
 
