@@ -7,7 +7,9 @@ An agent reads like what it does::
     for each batch of observations on wire.observations:
         add them to their service's window, and close the windows the watermark has passed
 
-The packet workers are not Faust agents (``processors.packet_worker``).
+The packet workers are not Faust agents (``processors.packet_worker``). The workers of one
+``analyze`` or ``capture`` run keep their windows without Faust
+(``processors.windows_worker``): no group, no changelog, none of Faust's start-up.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from wirestream.topics import OBSERVATIONS, WINDOWS_STAGE
 from . import faust_transport
 from .output import OutputPublisher
 from .service_windows import ServiceWindows, WindowOptions
+from .windows_worker import publish_final_report
 
 WINDOWS_TABLE = "service-windows"
 log = logging.getLogger(__name__)
@@ -162,12 +165,7 @@ def _windows_agent(app: faust.App, state: dict[str, Any], codec: Callable[[], Av
             done = w.handle(batch, msg.partition, msg.offset)
             publisher.poll()
             if done is not None:
-                publisher.publish_stats(
-                    source_id=batch["source_id"], partition=msg.partition, received=0,
-                    emitted=done["emitted"],
-                    dropped={k: done[k] for k in ("late_observations", "malformed_observation_batches")},
-                    counters={"duplicate_observation_batches": done["duplicate_observation_batches"]},
-                    final=True)
+                publish_final_report(publisher, batch["source_id"], msg.partition, done)
 
 
 def changelog_topic(group: str) -> str:

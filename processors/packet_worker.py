@@ -43,7 +43,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from confluent_kafka import (
     OFFSET_BEGINNING,
@@ -70,10 +70,12 @@ from wirestream.topics import (
     TRANSACTIONS,
 )
 
-from .checkpoints import Checkpoint, CheckpointError, CheckpointStore
 from .engine import EngineOptions, snapshot_engines
 from .k8s_enrichment import Enricher
 from .output import OutputPublisher
+
+if TYPE_CHECKING:
+    from .checkpoints import Checkpoint
 from .packet_pipeline import PacketPipeline, handle_when_registry_answers, when_registry_answers
 
 log = logging.getLogger(__name__)
@@ -130,6 +132,10 @@ class PacketWorker:
         self.publisher = OutputPublisher(bootstrap, self.codec, PACKETS_STAGE, **{"message.timeout.ms": 0})
         self.pipeline = PacketPipeline(self.codec, self.publisher, options, source_prefix=source_prefix,
                                        enricher=enricher)
+        # (imported here: checkpoints need fastavro, which a statically assigned worker,
+        # started for one analyze run, does not import at all)
+        from .checkpoints import CheckpointStore
+
         self.store = CheckpointStore(bootstrap, group) if assignment is None else None
         self.instance = f"{socket.gethostname()}:{os.getpid()}"
         #: partition -> input topic -> next offset to process (what a checkpoint covers)
@@ -277,6 +283,7 @@ class PacketWorker:
 
     def _write_checkpoint(self, part: int) -> None:
         started = time.perf_counter()
+        from .checkpoints import Checkpoint
         from .state_codec import STATE_FORMAT_VERSION
 
         engines = self.pipeline.partition_engines(part)
@@ -383,6 +390,8 @@ class PacketWorker:
         consumer.assign(partitions)
 
     def _latest(self, part: int) -> Checkpoint | None:
+        from .checkpoints import CheckpointError
+
         assert self.store is not None, "checkpoints are read in a group only"
         delay = 0.5
         while True:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 
@@ -88,10 +89,17 @@ class WindowsWorker:
             return
         done = self.windows.handle(batch, partition, offset)
         if done is not None:
-            self.publisher.publish_stats(
-                source_id=batch["source_id"], partition=partition, received=0,
-                emitted=done["emitted"],
-                dropped={k: done[k] for k in ("late_observations", "malformed_observation_batches")},
-                counters={"duplicate_observation_batches": done["duplicate_observation_batches"]},
-                final=True)
+            publish_final_report(self.publisher, batch["source_id"], partition, done)
+
+
+def publish_final_report(publisher: OutputPublisher, source_id: str, partition: int,
+                         done: dict[str, Any]) -> None:
+    """The windows stage's final ``wire.stats`` report of a source on an observation
+    partition, from what :meth:`ServiceWindows.handle` returned when it completed the
+    source (shared with the Faust agent in ``processors.app``)."""
+    publisher.publish_stats(
+        source_id=source_id, partition=partition, received=0, emitted=done["emitted"],
+        dropped={k: done[k] for k in ("late_observations", "malformed_observation_batches")},
+        counters={"duplicate_observation_batches": done["duplicate_observation_batches"]},
+        final=True)
 

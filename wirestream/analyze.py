@@ -70,10 +70,15 @@ def analyze(
     progress: ProgressFactory | None = None,
     stall_timeout_s: float = 120.0,
     keep_bodies: bool = True,
+    after_feed: Callable[[], None] | None = None,
 ) -> AnalyzeResult:
     """Replay ``paths`` through the pipeline and collect every output record.
 
-    ``workers=None`` starts :func:`default_workers` processor workers.
+    ``workers=None`` chooses the processor workers by the input's size (one for a small
+    input, else :func:`default_workers`).
+
+    ``after_feed`` is called once the files are published, while the workers finish: the
+    command can prepare its output then (the summary's imports), in time it would wait.
 
     ``keep_bodies=False`` runs the workers with a response body cap of 0: transactions
     keep their body sizes but not the response bytes, which the tables do not show and
@@ -110,7 +115,8 @@ def analyze(
         return sources
 
     input_bytes = sum(os.path.getsize(p) for p in paths)
-    run_pipeline(result, settings, feed, workers, stall_timeout_s, keep_bodies, input_bytes=input_bytes)
+    run_pipeline(result, settings, feed, workers, stall_timeout_s, keep_bodies, input_bytes=input_bytes,
+                 after_feed=after_feed)
     result.elapsed_s = time.monotonic() - started
     return result
 
@@ -122,7 +128,7 @@ Feeder = Callable[[Runtime, str, int], dict[str, Any]]
 
 def run_pipeline(result: AnalyzeResult, settings: Settings, feed: Feeder, workers: int | None = None,
                  stall_timeout_s: float = 120.0, keep_bodies: bool = True,
-                 input_bytes: int | None = None) -> None:
+                 input_bytes: int | None = None, after_feed: Callable[[], None] | None = None) -> None:
     """Bring up Kafka and processor workers for one run, let ``feed`` publish its sources,
     and collect every output record and final report of those sources into ``result``.
 
@@ -171,6 +177,8 @@ def run_pipeline(result: AnalyzeResult, settings: Settings, feed: Feeder, worker
             if dead:
                 raise ProcessingTimeout(dead) from None
             raise
+        if after_feed is not None:
+            after_feed()
         if source_ids:
             result.stats, result.records = _wait_and_collect(
                 rt, starts, source_ids, partitions, observation_partitions, stall_timeout_s)

@@ -3,7 +3,9 @@
 Like ``analyze``, but the source is this machine's traffic (``producers.live_capture``)
 until ``--duration``, ``--count`` or Ctrl-C: the rings are opened first (so a machine
 that cannot capture fails before Kafka starts), then Kafka, the registry and the
-processor workers come up, the capture runs, and its output records are collected.
+processor workers come up together (the workers statically assigned, as analyze's:
+``analyze.run_pipeline``), the capture runs, and its output records are collected.
+The input's size is not known in advance: one packet worker per CPU.
 """
 
 from __future__ import annotations

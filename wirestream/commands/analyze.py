@@ -40,6 +40,8 @@ examples:
 
 def run(args: argparse.Namespace) -> int:
     import contextlib
+    import importlib
+    import threading
 
     from wirestream.analyze import analyze
 
@@ -49,16 +51,23 @@ def run(args: argparse.Namespace) -> int:
     gc.set_threshold(50_000, 20, 100)
     settings = common.settings_from_args(args)
     show_progress = not args.no_progress and not args.json and sys.stderr.isatty()
-    # The summary's module (rich) is imported after the run when no progress bar is shown:
-    # analyze starts its workers first thing, and every import before that delays them.
+    # The summary's module (rich, ~60 ms) is imported once the files are published, while
+    # the workers finish (unless the progress bars need it first): analyze starts its
+    # workers first thing, and every import before that delays them.
     bars: Any = contextlib.nullcontext()
     if show_progress:
         from wirestream.sinks import console
 
         bars = console.progress_bars(enabled=True)
+
+    def import_the_summary() -> None:
+        # while the workers finish: this process only waits then
+        threading.Thread(target=importlib.import_module, args=("wirestream.sinks.console",),
+                         name="import-summary", daemon=True).start()
+
     with bars as progress:
         result = analyze(args.files, settings, workers=args.workers, progress=progress,
-                         keep_bodies=bool(args.out))
+                         keep_bodies=bool(args.out), after_feed=import_the_summary)
     from wirestream.sinks import console
     for err in result.failed:
         common.print_error(err)
