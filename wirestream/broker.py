@@ -156,7 +156,9 @@ class EmbeddedBroker:
 def admin_client(bootstrap: str) -> AdminClient:
     from confluent_kafka.admin import AdminClient
 
-    return AdminClient({"bootstrap.servers": bootstrap, "socket.timeout.ms": 5000})
+    # log_level 3: errors only, as the other clients (kafka.consumer_config); an admin
+    # client destroyed at exit may otherwise print an informational line after the summary
+    return AdminClient({"bootstrap.servers": bootstrap, "socket.timeout.ms": 5000, "log_level": 3})
 
 
 def check_reachable(bootstrap: str, timeout: float = 5.0) -> None:
