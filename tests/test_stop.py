@@ -1,6 +1,6 @@
 """Stopping everything: Ctrl-C and an error mid-run leave no process behind.
 
-The claim (README "What analyze does", 6; wirestream/runtime.py): ``analyze`` and
+The claim (README "What analyze does", 5; wirestream/runtime.py): ``analyze`` and
 ``capture`` stop everything they started -- the embedded broker (``tansu``, its own
 session) and the processor workers (``wirestream process``, Faust, each in its own
 session) -- also on Ctrl-C or an error.

@@ -55,11 +55,24 @@ def build_parser() -> argparse.ArgumentParser:
         prog="wirestream", description=_DESCRIPTION, epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--version", action="version", version=f"wirestream {_version()}")
+    parser.add_argument("--version", action=_PrintVersion)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for command in COMMANDS:
         command.add_parser(sub, defaults)
     return parser
+
+
+class _PrintVersion(argparse.Action):
+    """``--version``: the package metadata is read only when asked (~40 ms otherwise spent
+    in every command and every worker process)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS,
+                         help="show the version and exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: object) -> None:
+        print(f"wirestream {_version()}")
+        parser.exit()
 
 
 def _version() -> str:
