@@ -334,61 +334,18 @@ def _self_rss_kb() -> int:
     return _rss_kb(os.getpid())
 
 
-def _deep_size(roots: list, skip: set[int]) -> tuple[int, Counter]:
-    """Bytes of every object reachable from ``roots`` (not types, str, small ints,
-    None/bools, nor ids in ``skip``), and the same by type name."""
-    seen: set[int] = set()
-    total = 0
-    by_type: Counter[str] = Counter()
-    stack = list(roots)
-    while stack:
-        o = stack.pop()
-        if id(o) in seen or id(o) in skip or o is None or isinstance(o, (type, bool, str)):
-            continue
-        if isinstance(o, int) and -5 <= o <= 256:
-            continue  # cached small ints are shared
-        seen.add(id(o))
-        size = sys.getsizeof(o)
-        total += size
-        by_type[type(o).__name__] += size
-        stack.extend(gc.get_referents(o))
-    return total, by_type
-
-
 def _feed(tracker, headers, start: int, stop: int) -> None:
     for i in range(start, stop, BATCH):
         tracker.process(headers[i : min(i + BATCH, stop)])
 
 
 def _one_connection(tracker) -> dict:
-    """One open connection of ``tracker``, object by object (``sys.getsizeof``; shared
-    objects such as strings, small ints, None and types are not counted)."""
-    conn = next(iter(tracker._conns.values()))
-    f0, f1 = conn.flows
-    rev_key = next(k for k, v in tracker._conns.items() if v is conn and k is not conn.key)
+    """What one open connection costs in the compiled core: its share of the core's
+    checkpoint bytes (the state's size, not the heap's: the heap is measured by RSS)."""
     n = max(1, tracker.open_connections)
-    slots = sys.getsizeof(tracker._conns) / n
-    parts = {
-        "TcpConnection": sys.getsizeof(conn),
-        "Flow x2": sys.getsizeof(f0) + sys.getsizeof(f1),
-        "flows tuple": sys.getsizeof(conn.flows),
-        "counts dict": sys.getsizeof(conn.counts),
-        "segments lists x2": sys.getsizeof(f0.segments) + sys.getsizeof(f1.segments),
-        "key tuples x2": sys.getsizeof(conn.key) + sys.getsizeof(rev_key),
-        "tracker dict slots x2": slots,
-    }
-    deep, by_type = _deep_size([conn, rev_key], skip={id(conn.source_id)})
-    ints = list(_walk_ints([conn, rev_key]))
-    parts["int objects"] = sum(sys.getsizeof(i) for i in ints)
-    parts["bytes objects (addresses)"] = by_type.get("bytes", 0)
-    by_type["dict slots x2 (tracker._conns, amortised)"] = round(slots)
     return {
-        "parts_bytes": parts,
-        "deep_bytes": deep + slots,
-        "deep_bytes_by_type": dict(by_type.most_common()),
-        "int_objects": len(ints),
-        "segments_len": [len(f0.segments), len(f1.segments)],
-        "class_slots": {"TcpConnection": len(type(conn).__slots__), "Flow": len(type(f0).__slots__)},
+        "state_bytes_per_connection": len(tracker._core.snapshot()) / n,
+        "index_entries": tracker.index_entries,
     }
 
 
@@ -433,7 +390,7 @@ def inprocess_child(cap: Path, all_open_after: int, n: int, trace: bool) -> dict
         rss1 = _self_rss_kb()
         opened = max(1, tracker.open_connections)
         out["open_connections"] = tracker.open_connections
-        out["dict_entries"] = len(tracker._conns)
+        out["dict_entries"] = tracker.index_entries
         out["records_before_close"] = len(records)
         out["open_phase_s"] = t_open
         if trace:
@@ -472,21 +429,6 @@ def inprocess_child(cap: Path, all_open_after: int, n: int, trace: bool) -> dict
     if trace:
         res["tracemalloc"] = run(trace=True)
     return res
-
-
-def _walk_ints(roots: list):
-    seen: set[int] = set()
-    stack = list(roots)
-    while stack:
-        o = stack.pop()
-        if id(o) in seen or isinstance(o, (type, str, bool)) or o is None:
-            continue
-        seen.add(id(o))
-        if isinstance(o, int):
-            if not -5 <= o <= 256:
-                yield o
-            continue
-        stack.extend(gc.get_referents(o))
 
 
 def run_inprocess(cap: Path, meta: dict, trace: bool) -> dict:
@@ -654,9 +596,8 @@ def run_bench(args: argparse.Namespace, cap: Path, meta: dict, outdir: Path) -> 
         print(f"  tracker alone: {r['tracker_packets_per_s']:,.0f} packets/s; "
               f"records {r['records']:,}, states {r['states']}")
         oc = r["one_connection"]
-        print(f"  one connection, sys.getsizeof of everything it holds: {oc['deep_bytes']:,.0f} bytes")
-        print("    " + ", ".join(f"{k} {v:,.0f}" for k, v in oc["parts_bytes"].items())
-              + f"  ({oc['int_objects']} distinct int objects)")
+        print(f"  one connection in the core's checkpoint: {oc['state_bytes_per_connection']:,.0f} bytes "
+              f"({oc['index_entries']:,} index entries)")
         if tm is not None:
             print("  top allocation sites at that moment (tracemalloc, line of the innermost frame):")
             for s in tm["top_allocation_sites"][:10]:

@@ -91,7 +91,7 @@ def measure(wiring: Wiring, repeat: int) -> dict[str, Any]:
     n = wiring.tracker.open_connections
     return {
         "open_connections": n,
-        "sessions": sum(1 for c in wiring.tracker._held() if c.l7 is not None),
+        "sessions": len(wiring.tracker.sessions),
         "state_bytes": len(data),
         "bytes_per_open_connection": round(len(data) / n) if n else None,
         "encode_s": round(min(enc), 3),

@@ -1,20 +1,27 @@
-"""The table of open TCP connections of one input partition.
+"""The table of open TCP connections of one input partition: the compiled core's tracker.
 
-Packets come in as batches (``wirestream.packet_block`` headers). Each TCP packet is
-routed to its :class:`~wirestream.processors.tcp_connection.TcpConnection`, found by
-its address/port pair in either direction. A pure SYN whose ISN differs from the one
-already known for that side starts a new connection on the same ports, as Wireshark
-starts a new ``tcp.stream``; nothing else does (Wireshark 4.0 has no "closed" rule).
+Packets come in as batches (``wirestream.packet_block`` headers, read in place by the
+core). The core (``rust/src/tcp/tracker.rs``, ``connection.rs``) routes each TCP packet
+to its connection by its address/port pair in either direction, runs Wireshark 4.0's
+sequence analysis on it, and builds the ``wire.connections`` records. A pure SYN whose
+ISN differs from the one already known for that side starts a new connection on the same
+ports, as Wireshark starts a new ``tcp.stream``; nothing else does.
 
 Records are emitted (``on_record``):
 - when a closed connection (both FINs, or a RST) has been quiet for ``close_linger_us``
   of capture time, or a new connection takes over its ports;
 - when an open connection has been idle for ``idle_timeout_us`` (state ``timeout``);
 - as interim records (``final=false``) every ``interim_us`` for long connections, if set;
-- for everything still open at the end of input (state ``open_at_end``).
+- for everything still open at the end of input (state ``open_at_end``);
+- for the least recently active connection when ``max_connections`` are held.
 
 Expiry runs on capture time, so replaying a file and watching live behave alike, and
 state stays bounded by the number of connections active within the timeouts.
+
+With L7 on, the core hands this class, per batch and in order with the records, the
+events of each connection that carries payload: its session opens (first payload byte),
+its packets, sweep ticks and its close (before its record). Python does no work per
+packet for connections without L7 (and none at all with L7 off).
 """
 
 from __future__ import annotations
@@ -24,25 +31,42 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from wirestream._core import TcpTracker
 
-from wirestream.packet_block import ACK, PROTO_TCP, SYN
-
-from .tcp_connection import EndedBy, TcpConnection
+from .state_codec import StateError
 
 if TYPE_CHECKING:
-    from .l7.session import L7Dispatcher
+    from .l7.session import L7Dispatcher, L7Session
     from .socket_join import SocketJoin
 
 RecordCallback = Callable[[dict[str, Any]], None]
 
-#: Sweep for expired connections at most this often (capture time). A sweep walks every
-#: held connection; packets of an expired connection are caught per packet anyway, so the
-#: sweep only bounds how late a connection that goes quiet for good is emitted.
+#: Sweep for expired connections at most this often (capture time; the core's constant).
 SWEEP_INTERVAL_US = 5_000_000
+
+# Event kinds of TcpTracker (rust/src/python_tcp.rs)
+_RECORD, _OPEN, _PACKET, _CLOSE, _TICK, _ID = range(6)
+
+
+class ConnRef:
+    """The connection an L7 session belongs to, as far as its records need: its id (the
+    core says when it changes, e.g. once the handshake tells who the client is)."""
+
+    __slots__ = ("cid",)
+
+    def __init__(self, cid: str) -> None:
+        self.cid = cid
+
+    def connection_id(self) -> str:
+        return self.cid
 
 
 class ConnectionTracker:
     """Track every TCP connection of one partition of one source."""
+
+    # The core is state too: its bytes go into a snapshot (_state_prepare) and it is
+    # rebuilt from them on restore (_state_restored); processors/state_codec.py.
+    _state_exclude = ("_core",)
 
     def __init__(
         self,
@@ -59,151 +83,113 @@ class ConnectionTracker:
         self.l7 = l7
         # Kernel socket events of this source and partition (live eBPF capture only).
         self.sockets: SocketJoin | None = None
-        self.source_id = source_id
-        self.idle_timeout_us = idle_timeout_us
-        self.close_linger_us = close_linger_us
-        self.interim_us = interim_us
-        self.max_connections = max_connections
-        self._expiry_floor_us = min(idle_timeout_us, close_linger_us)
-        # (src, sport, dst, dport) -> connection, registered under both directions
-        self._conns: dict[tuple, TcpConnection] = {}
-        self.open_connections = 0
-        self.packets = 0
-        self.emitted = 0
-        self.counters: Counter[str] = Counter()
         self.dropped: Counter[str] = Counter()
-        self._now = 0
-        self._next_sweep = 0
+        # core handle -> the L7 session of the connection, and what it knows of it
+        self.sessions: dict[int, L7Session] = {}
+        self.refs: dict[int, ConnRef] = {}
+        self._core = TcpTracker(source_id, idle_timeout_us, close_linger_us, interim_us,
+                                max_connections, l7 is not None)
+        self._core_state = b""  # the core's bytes, in a snapshot only
+
+    # --- what the engine and the reports read --------------------------------------------
+
+    @property
+    def source_id(self) -> str:
+        return self._core.source_id
+
+    @property
+    def open_connections(self) -> int:
+        return self._core.open_connections
+
+    @property
+    def index_entries(self) -> int:
+        """Entries of the core's (direction -> connection) index: 2 per open connection."""
+        return self._core.index_entries
+
+    @property
+    def packets(self) -> int:
+        return self._core.packets
+
+    @property
+    def emitted(self) -> int:
+        return self._core.emitted
+
+    @property
+    def counters(self) -> Counter[str]:
+        return Counter(self._core.counters())
 
     # --- input --------------------------------------------------------------------------
 
-    def process(self, headers: np.ndarray, payloads: bytes = b"") -> None:
+    def process(self, headers: np.ndarray | bytes, payloads: bytes = b"") -> None:
         """Analyse a batch of packet headers (UDP packets are skipped); ``payloads`` is the
         batch's payload blob, which the L7 analysers read."""
         if not len(headers):
             return
-        tcp = headers[headers["proto"] == PROTO_TCP]
-        self.counters["non_tcp_packets"] += len(headers) - len(tcp)
-        if not len(tcp):
-            return
-        conns = self._conns
-        cols = (
-            tcp["ts_us"].tolist(), tcp["frame"].tolist(), tcp["src_ip"].tolist(),
-            tcp["src_port"].tolist(), tcp["dst_ip"].tolist(), tcp["dst_port"].tolist(),
-            tcp["seq"].tolist(), tcp["ack"].tolist(), tcp["payload_len"].tolist(),
-            tcp["tcp_flags"].tolist(), tcp["window"].tolist(), tcp["wscale"].tolist(),
-            tcp["ip_version"].tolist(), tcp["payload_off"].tolist(), tcp["payload_caplen"].tolist(),
-        )
-        l7 = self.l7
-        for (ts, frame, src, sport, dst, dport, seq, ack, seglen, flags, win, wscale, ver,
-             off, caplen) in zip(*cols, strict=True):
-            key = (src, sport, dst, dport)
-            conn = conns.get(key)
-            # Expire a connection that is already due before routing this packet to it: the
-            # sweep only runs after a whole batch, so otherwise whether a quiet gap splits
-            # the stream depended on where the batches fell. (The first comparison is only
-            # a cheap filter for the hot path; _expire_if_due applies the rules.)
-            if conn is not None and ts - conn.last_ts >= self._expiry_floor_us and self._expire_if_due(conn, ts):
-                conn = None
-            is_new = False
-            if conn is None:
-                conn = self._open(key, ver, src, sport, dst, dport, ts)
-                is_new = True
-            f0 = conn.flows[0]
-            d = 0 if (sport == f0.port and src == f0.ip) else 1
-            if flags & (SYN | ACK) == SYN and not is_new:
-                if conn.is_syn_retransmission(d, seq) is False:
-                    # A new ISN on known ports: a new connection (Wireshark: ports reused).
-                    self._close(conn, EndedBy.CLOSE)
-                    conn = self._open(key, ver, src, sport, dst, dport, ts, reused=True)
-                    d = 0
-            conn.on_packet(d, ts, frame, seq, ack, seglen, flags, win, wscale, is_new)
-            if l7 is not None:
-                session = conn.l7
-                if session is None and seglen:  # after on_packet: it sets the stream bases
-                    session = conn.l7 = l7.session(conn)
-                if session is not None:
-                    session.packet(d, seq, ack, flags,
-                                   payloads[off:off + caplen] if caplen else b"", seglen, ts)
-        self.packets += len(tcp)
-        self._now = ts
-        if ts >= self._next_sweep:
-            self.sweep(ts)
-
-    def _open(self, key: tuple, ver: int, src: bytes, sport: int, dst: bytes, dport: int,
-              ts: int, reused: bool = False) -> TcpConnection:
-        if self.open_connections >= self.max_connections:
-            # Bounded state: make room by closing the least recently active connection.
-            # _held() is in insertion order: on a tie the same connection is chosen
-            # again when a restored worker replays this input (a set's order is by id).
-            oldest = min(self._held(), key=lambda c: c.last_ts)
-            self.counters["evicted_for_memory"] += 1
-            self._close(oldest, EndedBy.TIMEOUT)
-        conn = TcpConnection(key, ver, src, sport, dst, dport, ts, self.source_id)
-        if reused:
-            conn.completeness = 1  # Wireshark presets SYN on a reused-port conversation
-        self._conns[key] = conn
-        self._conns[(dst, dport, src, sport)] = conn
-        self.open_connections += 1
-        self.counters["connections_opened"] += 1
-        return conn
-
-    def _close(self, conn: TcpConnection, ended_by: EndedBy) -> None:
-        f0, f1 = conn.flows
-        for key in ((f0.ip, f0.port, f1.ip, f1.port), (f1.ip, f1.port, f0.ip, f0.port)):
-            if self._conns.get(key) is conn:
-                del self._conns[key]
-        self.open_connections -= 1
-        self.emitted += 1
-        if conn.l7 is not None:
-            conn.l7.close(conn.last_ts)
-            conn.l7 = None
-        self._emit(conn.to_record(ended_by, final=True))
-
-    def _emit(self, record: dict[str, Any]) -> None:
-        if self.sockets is not None:
-            self.sockets.annotate(record)
-        self.on_record(record)
-
-    # --- expiry ---------------------------------------------------------------------------
-
-    def _held(self) -> list[TcpConnection]:
-        """Every held connection once (each is registered under both directions)."""
-        return list({id(c): c for c in self._conns.values()}.values())
-
-    def _expire_if_due(self, conn: TcpConnection, now_us: int) -> bool:
-        """Emit ``conn`` if it is closed and past its linger time, or idle past the timeout."""
-        quiet = now_us - conn.last_ts
-        if conn.closed_ts is not None and quiet >= self.close_linger_us:
-            self._close(conn, EndedBy.CLOSE)
-        elif quiet >= self.idle_timeout_us:
-            self.counters["idle_timeouts"] += 1
-            self._close(conn, EndedBy.TIMEOUT)
-        else:
-            return False
-        return True
+        if self._core_state:  # a snapshot's copy of the core's state: not needed any more
+            self._core_state = b""
+        if isinstance(headers, np.ndarray):
+            headers = np.ascontiguousarray(headers).view(np.uint8)  # the core reads it in place
+        self._dispatch(self._core.process(headers), payloads)
 
     def sweep(self, now_us: int) -> None:
         """Emit closed connections past their linger time and idle ones past the timeout."""
-        self._next_sweep = now_us + SWEEP_INTERVAL_US
-        for conn in self._held():
-            if self._expire_if_due(conn, now_us):
-                continue
-            if conn.l7 is not None:
-                conn.l7.tick(now_us)
-            if (self.interim_us and conn.closed_ts is None
-                  and now_us - conn.first_ts >= (conn.interim_emitted + 1) * self.interim_us):
-                conn.interim_emitted += 1
-                self.emitted += 1
-                self.counters["interim_records"] += 1
-                self._emit(conn.to_record(EndedBy.OPEN, final=False))
+        self._dispatch(self._core.sweep(now_us), b"")
 
     def flush(self) -> None:
         """End of input: emit every connection still held."""
-        for conn in self._held():
-            # Already due: as a sweep would have said (the last sweep may predate the
-            # expiry, depending on batch boundaries).
-            if not self._expire_if_due(conn, self._now):
-                self._close(conn, EndedBy.CLOSE if conn.closed_ts is not None else EndedBy.END_OF_INPUT)
+        self._dispatch(self._core.flush(), b"")
         if self.l7 is not None:
             self.l7.flush()
+
+    def _dispatch(self, events: list[tuple], payloads: bytes) -> None:
+        sessions = self.sessions
+        for ev in events:
+            kind = ev[0]
+            if kind == _PACKET:
+                _, h, d, seq, ack, flags, off, caplen, seglen, ts = ev
+                session = sessions.get(h)
+                if session is None:  # (given up on earlier in this batch)
+                    continue
+                session.packet(d, seq, ack, flags, payloads[off:off + caplen] if caplen else b"",
+                               seglen, ts)
+                if session.done:  # nothing to analyse: the core stops sending its packets
+                    self._core.l7_ignore(h)
+                    del sessions[h]
+                    del self.refs[h]
+            elif kind == _RECORD:
+                record = ev[1]
+                if self.sockets is not None:
+                    self.sockets.annotate(record)
+                self.on_record(record)
+            elif kind == _OPEN:
+                _, h, ver, ip0, port0, ip1, port1, base0, base1, cid = ev
+                ref = self.refs[h] = ConnRef(cid)
+                assert self.l7 is not None  # (the core sends sessions only with L7 on)
+                sessions[h] = self.l7.session((ip0, ip1), (port0, port1), (base0, base1), ref)
+            elif kind == _CLOSE:
+                _, h, ts, cid = ev
+                session = sessions.pop(h, None)
+                ref = self.refs.pop(h, None)
+                if session is not None and ref is not None:
+                    ref.cid = cid
+                    session.close(ts)
+            elif kind == _TICK:
+                session = sessions.get(ev[1])
+                if session is not None:
+                    session.tick(ev[2])
+            elif kind == _ID:
+                ref = self.refs.get(ev[1])
+                if ref is not None:
+                    ref.cid = ev[2]
+
+    # --- checkpoints ------------------------------------------------------------------------
+
+    def _state_prepare(self) -> None:
+        self._core_state = self._core.snapshot()
+
+    def _state_restored(self) -> None:
+        try:
+            self._core = TcpTracker.restore(self._core_state)
+        except ValueError as exc:
+            raise StateError(f"connection tracker: {exc}") from None
+        self._core_state = b""

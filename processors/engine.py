@@ -4,8 +4,9 @@ An :class:`Engine` takes decoded packet batches (:meth:`Engine.feed`) and socket
 (:meth:`Engine.socket_event`) of one source on one input partition, and gives records to
 a :class:`Sink`. It owns everything that is state:
 
-- the TCP connection table (:class:`~.connection_tracker.ConnectionTracker`), with each
-  connection's analysis, reassembly buffers and L7 parser;
+- the TCP connection table (:class:`~.connection_tracker.ConnectionTracker`: the compiled
+  core's tracker, with each connection's analysis), and each L7 connection's session
+  (reassembly buffers and L7 parser);
 - the L7 dispatcher (pending DNS queries, L7 counters);
 - the kernel socket events waiting for their connection (:class:`~.socket_join.SocketJoin`);
 - the observer that batches what the per-service windows need

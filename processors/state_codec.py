@@ -26,7 +26,11 @@ containers, and looks up functions only there (or builtin types, as defaultdict
 factories). It calls nothing else from the data. Anything else, and any malformed input,
 is a :class:`StateError`. A class may name fields that are not state in a class attribute
 ``_state_exclude`` and rebuild them in a ``_state_restored()`` method, called once the
-whole graph is decoded (the HTTP analyser's llhttp parsers, see ``l7/http.py``).
+whole graph is decoded (the HTTP analyser's llhttp parsers, see ``l7/http.py``). A class
+whose state lives outside Python (the compiled core's TCP tracker, see
+``connection_tracker.py``) has a ``_state_prepare()`` method, called before its fields are
+read, that puts that state into a field as bytes (the core's own versioned, checked
+encoding); its ``_state_restored()`` rebuilds the core object from them.
 """
 
 from __future__ import annotations
@@ -55,7 +59,7 @@ from wirestream.errors import WirestreamError
 
 #: Version of the encoding (the envelope, the schema and the node rules). A change of
 #: the state's classes or fields is a change of the format too: see LAYOUT_FILE.
-STATE_FORMAT_VERSION = 1
+STATE_FORMAT_VERSION = 2
 
 #: First bytes of every encoded state, then the version (u16) and the CRC-32 of the
 #: Avro body (u32), big-endian.
@@ -117,10 +121,13 @@ def _allowed_module(module: str) -> bool:
 
 # Per class of object: how to read its fields. Computed once per class (the MRO walk).
 class _ClassInfo:
-    __slots__ = ("name", "slots", "has_dict", "exclude", "namedtuple", "getter")
+    __slots__ = ("name", "slots", "has_dict", "exclude", "namedtuple", "getter", "prepare")
 
     def __init__(self, cls: type) -> None:
         self.name = _qualname(cls)
+        # called before the fields are read: state held outside Python (the compiled
+        # core's tracker) is put into a field as bytes
+        self.prepare = getattr(cls, "_state_prepare", None)
         exclude = frozenset(getattr(cls, "_state_exclude", ()))
         self.exclude = exclude
         slots: list[str] = []
@@ -342,6 +349,8 @@ class _Writer:
         info = _CLASS_INFO.get(t)
         if info is None:
             info = _CLASS_INFO[t] = _ClassInfo(t)
+        if info.prepare is not None:
+            v._state_prepare()
         out = self.out
         shape = -1
         if info.namedtuple:

@@ -223,7 +223,7 @@ def test_restore_after_every_batch_gives_the_same_records(capture: str) -> None:
 
 
 def _sessions(rig: Rig) -> list[Any]:
-    return [c.l7 for c in rig.tracker._held() if c.l7 is not None]
+    return list(rig.tracker.sessions.values())
 
 
 def mid_http_body(rig: Rig) -> bool:
@@ -344,11 +344,11 @@ def test_shared_references_stay_shared() -> None:
             assert s.ctx.options is new.options  # an external: the restorer's own
             if s.analyzer is not None:
                 assert s.analyzer.ctx is s.ctx
-        # a connection is registered under both directions: one object
-        conns = new.tracker._conns
-        for conn in new.tracker._held():
-            f0, f1 = conn.flows
-            assert conns[(f0.ip, f0.port, f1.ip, f1.port)] is conns[(f1.ip, f1.port, f0.ip, f0.port)]
+        # a connection is registered under both directions (the core's index); each
+        # session's id comes from the tracker's reference to its connection, one object
+        assert new.tracker.index_entries == 2 * new.tracker.open_connections
+        for h, s in new.tracker.sessions.items():
+            assert s.ctx.connection_id.__self__ is new.tracker.refs[h]
         seen.append(len(sessions))
 
     run(batches, cuts={3, 8}, check=check)
@@ -521,7 +521,7 @@ def test_bad_bytes_are_state_errors() -> None:
         with pytest.raises(StateError):
             decode_state(bad, ext)
     with pytest.raises(StateError, match="another version"):
-        decode_state(_reframe(data[10:], version=2), ext)
+        decode_state(_reframe(data[10:], version=1), ext)
     with pytest.raises(StateError, match="external 'sink'"):
         decode_state(data, {"options": ext["options"], "rig": ext["rig"]})
     for cut in range(10, len(data), max(1, len(data) // 200)):  # truncated bodies, valid CRC
@@ -560,14 +560,30 @@ def _obj_node(cls: str, fields: list[str], values: list[Any]) -> bytes:
     ("os:system", [], "not a module of wirestream.processors"),
     ("builtins:object", [], "not a module of wirestream.processors"),
     ("wirestream.processors.k8s_enrichment:threading.Thread", ["x"], "not defined there"),
-    ("wirestream.processors.tcp_connection:Flow", ["ip", "evil"], "no slot for \\['evil'\\]"),
-    ("wirestream.processors.tcp_connection:Flow.__init__", [], "not a plain name"),
+    ("wirestream.processors.connection_tracker:ConnRef", ["cid", "evil"], "no slot for \\['evil'\\]"),
+    ("wirestream.processors.connection_tracker:ConnRef.__init__", [], "not a plain name"),
     ("wirestream.processors.nothere:X", [], "no such module"),
     ("wirestream.processors.findings:Finding", [], "not a state class"),
 ])
 def test_decode_refuses_other_classes(cls: str, fields: list[str], message: str) -> None:
     with pytest.raises(StateError, match=message):
         decode_state(_obj_node(cls, fields, [None] * len(fields)), {})
+
+
+@pytest.mark.parametrize("core_state", [b"", b"WSTK", b"garbage" * 20])
+def test_a_damaged_tracker_state_is_a_state_error(monkeypatch: pytest.MonkeyPatch, core_state: bytes) -> None:
+    """The compiled core's bytes inside a snapshot are checked too: damage is a StateError."""
+    tracker = ConnectionTracker(print)
+    ext = {"out": print}
+    good = decode_state(encode_state(tracker, ext), ext)
+    assert isinstance(good, ConnectionTracker) and good.open_connections == 0
+
+    def bad(self: ConnectionTracker) -> None:
+        self._core_state = core_state
+
+    monkeypatch.setattr(ConnectionTracker, "_state_prepare", bad)
+    with pytest.raises(StateError, match="connection tracker"):
+        decode_state(encode_state(tracker, ext), ext)
 
 
 def test_decode_refuses_dunder_methods_and_foreign_functions() -> None:

@@ -370,10 +370,10 @@ def test_state_stays_bounded() -> None:
         tracker.process(headers[i : i + batch])
         peak = max(peak, tracker.open_connections)
         assert tracker.open_connections <= bound, f"{tracker.open_connections} held after packet {i}"
-        assert len(tracker._conns) == 2 * tracker.open_connections  # both directions, nothing stale
+        assert tracker.index_entries == 2 * tracker.open_connections  # both directions, nothing stale
     assert peak < n // 20  # bounded by the timeouts, not by the number of connections
     tracker.flush()
-    assert len(tracker._conns) == 0 and tracker.open_connections == 0
+    assert tracker.index_entries == 0 and tracker.open_connections == 0
     assert len(records) == n and all(r["final"] for r in records)
     states: dict[str, int] = {}
     for r in records:

@@ -30,7 +30,7 @@ from .http import HttpAnalyzer
 from .tls import TlsAnalyzer
 
 if TYPE_CHECKING:
-    from ..tcp_connection import TcpConnection
+    from ..connection_tracker import ConnRef
 
 #: Identity fields every L7 record carries; enrichment (Kubernetes, process) fills them.
 IDENTITY_FIELDS = tuple(
@@ -74,8 +74,11 @@ class L7Dispatcher:
         self.emitted[topic] += 1
         self._publish(topic, key, record)
 
-    def session(self, conn: TcpConnection) -> L7Session:
-        return L7Session(self, conn)
+    def session(self, ips: tuple[str, str], ports: tuple[int, int],
+                bases: tuple[int | None, int | None], conn: ConnRef) -> L7Session:
+        """The session of a connection whose first payload byte just arrived: its two
+        sides' addresses, ports and base sequence numbers (None: not known yet)."""
+        return L7Session(self, ips, ports, bases, conn)
 
     def datagrams(self, udp: np.ndarray, payloads: bytes) -> None:
         """UDP packets of a batch: DNS goes to the matcher, the rest is not analysed."""
@@ -105,13 +108,12 @@ class L7Session:
     __slots__ = ("dispatcher", "ctx", "streams", "analyzer", "held", "held_bytes",
                  "attempts", "done")
 
-    def __init__(self, dispatcher: L7Dispatcher, conn: TcpConnection) -> None:
+    def __init__(self, dispatcher: L7Dispatcher, ips: tuple[str, str], ports: tuple[int, int],
+                 bases: tuple[int | None, int | None], conn: ConnRef) -> None:
         self.dispatcher = dispatcher
-        f0, f1 = conn.flows
-        ver = conn.version
         self.ctx = StreamContext(
-            ips=(ip_text(f0.ip, ver), ip_text(f1.ip, ver)),
-            ports=(f0.port, f1.port),
+            ips=ips,
+            ports=ports,
             connection_id=conn.connection_id,
             emit=dispatcher.emit,
             options=dispatcher.options,
@@ -125,16 +127,16 @@ class L7Session:
         )
         # Start where the TCP analysis says each side's data starts (ISN + 1 after a SYN;
         # the first sequence or acknowledgement number seen otherwise).
-        for flow, stream in zip(conn.flows, self.streams, strict=True):
-            if flow.base_seq_set:
-                stream.next_seq = (flow.base_seq + 1) & 0xFFFFFFFF
+        for base, stream in zip(bases, self.streams, strict=True):
+            if base is not None:
+                stream.next_seq = (base + 1) & 0xFFFFFFFF
         self.analyzer: StreamAnalyzer | None = None
         self.held: list[tuple[int, bytes, int]] = []  # chunks seen while detecting
         self.held_bytes = 0
         self.attempts = 0
         self.done = False  # nothing to analyse on this connection
-        if DNS_TCP_PORT in (f0.port, f1.port):
-            client = 0 if f1.port == DNS_TCP_PORT else 1
+        if DNS_TCP_PORT in ports:
+            client = 0 if ports[1] == DNS_TCP_PORT else 1
             self._use(DnsTcpAnalyzer(self.ctx, client, dispatcher.dns))
 
     def _use(self, analyzer: StreamAnalyzer) -> None:

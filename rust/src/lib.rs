@@ -12,7 +12,9 @@
 //! - [`replay`]: the producer's loop over them;
 //! - [`ring`]: the live capture's TPACKET_V3 ring reader, feeding the same decoder and
 //!   batcher;
-//! - `python`: the Python classes over all of it.
+//! - [`tcp`]: the per-partition TCP connection tracker and Wireshark 4.0's sequence
+//!   analysis, with their checkpoint encoding;
+//! - `python`, `python_tcp`: the Python classes over all of it.
 
 use pyo3::prelude::*;
 
@@ -24,6 +26,8 @@ pub mod layout;
 mod python;
 pub mod replay;
 pub mod ring;
+pub mod tcp;
+mod python_tcp;
 
 /// The version of the compiled core (the crate's), for `wirestream doctor`.
 #[pyfunction]
@@ -40,6 +44,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<python::PyFrameDecoder>()?;
     m.add_class::<python::PyBatcher>()?;
     m.add_class::<python::PyRingFeed>()?;
+    m.add_class::<python_tcp::PyTcpTracker>()?;
     Ok(())
 }
 

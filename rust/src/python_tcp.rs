@@ -1,0 +1,203 @@
+//! The Python class of the TCP tracker (`wirestream._core.TcpTracker`); the typed
+//! wrapper Python code uses is `processors/connection_tracker.py`.
+//!
+//! A batch goes in as the header block (any contiguous buffer: a numpy structured array
+//! is read in place, without a copy) and comes out as a list of events, in order:
+//! `(0, record)` a `wire.connections` record (a dict, as schemas/connection.avsc);
+//! `(1, handle, version, ip0, port0, ip1, port1, base0, base1, connection_id)` an L7
+//! session opens; `(2, handle, d, seq, ack, flags, payload_off, payload_caplen, seglen,
+//! ts_us)` a packet of it; `(3, handle, ts_us, connection_id)` it closes (before the
+//! record); `(4, handle, now_us)` a sweep's tick; `(5, handle, connection_id)` its id
+//! changed. The loop runs without the GIL.
+
+use pyo3::buffer::PyBuffer;
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
+
+use crate::tcp::connection::{ip_text, Record, COUNT_NAMES};
+use crate::tcp::state;
+use crate::tcp::tracker::{Event, Tracker};
+
+#[pyclass(module = "wirestream._core", name = "TcpTracker")]
+pub struct PyTcpTracker {
+    inner: Tracker,
+    source_id: String,
+}
+
+fn record_dict<'py>(py: Python<'py>, r: &Record, source_id: &str) -> PyResult<Bound<'py, PyDict>> {
+    let d = PyDict::new(py);
+    d.set_item("connection_id", &r.connection_id)?;
+    d.set_item("source_id", source_id)?;
+    d.set_item("client_ip", &r.client_ip)?;
+    d.set_item("client_port", r.client_port)?;
+    d.set_item("server_ip", &r.server_ip)?;
+    d.set_item("server_port", r.server_port)?;
+    d.set_item("ip_version", r.ip_version)?;
+    d.set_item("start_ts_us", r.start_ts_us)?;
+    d.set_item("end_ts_us", r.end_ts_us)?;
+    d.set_item("lifecycle", r.lifecycle)?;
+    d.set_item("state", r.state)?;
+    d.set_item("final", r.final_)?;
+    d.set_item("handshake_seen", r.handshake_seen)?;
+    d.set_item("handshake_rtt_us", r.handshake_rtt_us)?;
+    d.set_item("packets_c2s", r.packets[0])?;
+    d.set_item("packets_s2c", r.packets[1])?;
+    d.set_item("bytes_c2s", r.bytes[0])?;
+    d.set_item("bytes_s2c", r.bytes[1])?;
+    d.set_item("goodput_bytes_c2s", r.goodput[0])?;
+    d.set_item("goodput_bytes_s2c", r.goodput[1])?;
+    for (name, n) in COUNT_NAMES.iter().zip(r.counts) {
+        d.set_item(name, n)?;
+    }
+    d.set_item("data_packets", r.data_packets)?;
+    d.set_item("retransmission_rate", r.retransmission_rate)?;
+    d.set_item("health", r.health)?;
+    d.set_item("rtt_samples", r.rtt_samples)?;
+    d.set_item("rtt_min_us", r.rtt_min_us)?;
+    d.set_item("rtt_max_us", r.rtt_max_us)?;
+    d.set_item("rtt_avg_us", r.rtt_avg_us)?;
+    d.set_item("rtt_jitter_us", r.rtt_jitter_us)?;
+    d.set_item("ttfb_us", r.ttfb_us)?;
+    d.set_item("min_window_c2s", r.min_window[0])?;
+    d.set_item("avg_window_c2s", r.avg_window[0])?;
+    d.set_item("min_window_s2c", r.min_window[1])?;
+    d.set_item("avg_window_s2c", r.avg_window[1])?;
+    d.set_item("window_scale_c2s", r.window_scale[0])?;
+    d.set_item("window_scale_s2c", r.window_scale[1])?;
+    Ok(d)
+}
+
+impl PyTcpTracker {
+    fn events<'py>(&mut self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        let list = PyList::empty(py);
+        for e in self.inner.take_events() {
+            let item: Bound<'py, PyTuple> = match e {
+                Event::Record(r) => (0, record_dict(py, &r, &self.source_id)?).into_pyobject(py)?,
+                Event::Packet { handle, d, seq, ack, flags, off, caplen, seglen, ts } => {
+                    (2, handle, d, seq, ack, flags, off, caplen, seglen, ts).into_pyobject(py)?
+                }
+                Event::Open { handle, version, ips, ports, base, cid } => (
+                    1, handle, version, ip_text(&ips[0], version), ports[0], ip_text(&ips[1], version), ports[1],
+                    base[0], base[1], cid,
+                ).into_pyobject(py)?,
+                Event::Close { handle, ts, cid } => (3, handle, ts, cid).into_pyobject(py)?,
+                Event::Tick { handle, now } => (4, handle, now).into_pyobject(py)?,
+                Event::Id { handle, cid } => (5, handle, cid).into_pyobject(py)?,
+            };
+            list.append(item)?;
+        }
+        Ok(list)
+    }
+}
+
+#[pymethods]
+impl PyTcpTracker {
+    #[new]
+    #[pyo3(signature = (source_id = String::new(), idle_timeout_us = 300_000_000, close_linger_us = 10_000_000,
+                        interim_us = 0, max_connections = 1_000_000, l7 = false))]
+    fn new(source_id: String, idle_timeout_us: i64, close_linger_us: i64, interim_us: i64, max_connections: u64,
+           l7: bool) -> Self {
+        PyTcpTracker { inner: Tracker::new(idle_timeout_us, close_linger_us, interim_us, max_connections, l7), source_id }
+    }
+
+    /// Analyse a batch's header block (80 bytes per packet, any contiguous buffer);
+    /// return the events, in order.
+    fn process<'py>(&mut self, py: Python<'py>, headers: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyList>> {
+        let buffer = PyBuffer::<u8>::get(headers)?;
+        if !buffer.is_c_contiguous() {
+            return Err(PyValueError::new_err("the header block must be contiguous"));
+        }
+        // SAFETY: `buffer` keeps the exporter's memory alive and its shape fixed until it is
+        // dropped, after the loop; we only read it.
+        let block = unsafe { std::slice::from_raw_parts(buffer.buf_ptr() as *const u8, buffer.len_bytes()) };
+        let inner = &mut self.inner;
+        py.allow_threads(|| inner.process(block));
+        drop(buffer);
+        self.events(py)
+    }
+
+    /// Expire what is due at capture time `now_us` (as the batches do on their own).
+    fn sweep<'py>(&mut self, py: Python<'py>, now_us: i64) -> PyResult<Bound<'py, PyList>> {
+        self.inner.sweep(now_us);
+        self.events(py)
+    }
+
+    /// End of input: every connection still held.
+    fn flush<'py>(&mut self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        self.inner.flush();
+        self.events(py)
+    }
+
+    /// No more L7 events for this connection (its session gave up).
+    fn l7_ignore(&mut self, handle: u64) {
+        self.inner.l7_ignore(handle);
+    }
+
+    /// The id of a held connection (None if it is not held).
+    fn connection_id(&self, handle: u64) -> Option<String> {
+        self.inner.conns.get(&handle).map(|c| c.connection_id())
+    }
+
+    #[getter]
+    fn open_connections(&self) -> usize {
+        self.inner.open_connections()
+    }
+
+    /// Entries of the (direction -> connection) index: twice the connections held.
+    #[getter]
+    fn index_entries(&self) -> usize {
+        self.inner.index.len()
+    }
+
+    #[getter]
+    fn packets(&self) -> u64 {
+        self.inner.packets
+    }
+
+    #[getter]
+    fn emitted(&self) -> u64 {
+        self.inner.emitted
+    }
+
+    #[getter]
+    fn source_id(&self) -> &str {
+        &self.source_id
+    }
+
+    /// `{name: count}` of what was counted (non-TCP packets, opened, evicted, ...).
+    fn counters<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let d = PyDict::new(py);
+        for (name, n) in self.inner.counter_items() {
+            d.set_item(name, n)?;
+        }
+        Ok(d)
+    }
+
+    /// The state as bytes (versioned, CRC-checked): `TcpTracker.restore` takes them back.
+    fn snapshot<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyBytes>> {
+        if !self.inner.events.is_empty() {
+            return Err(PyValueError::new_err("events not taken yet"));
+        }
+        let mut out = state::snapshot(&self.inner);
+        let sid = self.source_id.as_bytes();
+        out.extend_from_slice(sid);
+        out.extend_from_slice(&(sid.len() as u32).to_le_bytes());
+        Ok(PyBytes::new(py, &out))
+    }
+
+    /// A tracker from `snapshot()`'s bytes; ValueError for anything else.
+    #[staticmethod]
+    fn restore(data: &[u8]) -> PyResult<Self> {
+        let err = |m: String| PyValueError::new_err(m);
+        let n = data.len();
+        let len_at = n.checked_sub(4).ok_or_else(|| err("not a tracker state (too short)".into()))?;
+        let sid_len = crate::bytes::le32(data, len_at).unwrap_or(u32::MAX) as usize;
+        let sid_at = len_at.checked_sub(sid_len).ok_or_else(|| err("not a tracker state (bad source id)".into()))?;
+        let source_id = std::str::from_utf8(data.get(sid_at..len_at).unwrap_or_default())
+            .map_err(|_| err("not a tracker state (source id not UTF-8)".into()))?
+            .to_string();
+        let inner = state::restore(data.get(..sid_at).unwrap_or_default()).map_err(err)?;
+        Ok(PyTcpTracker { inner, source_id })
+    }
+}

@@ -1,0 +1,383 @@
+//! The tracker's state as bytes (a checkpoint's part), and back.
+//!
+//! `WSTK`, a version (u16 BE), the CRC-32 of the body (u32 BE), then the body: every
+//! field of the [`Tracker`] and its connections, little-endian, in a fixed order (an
+//! option is a presence byte, then its value). The engine's snapshot carries these bytes
+//! as one bytes node (processors/state_codec.py). Decoding checks every length against
+//! what is left and every tag, so bytes that are not such a state give an error, never a
+//! panic or an unbounded allocation. Hand-written: a dozen fixed-size fields per flow,
+//! where a serialisation framework would add a dependency and a format of its own.
+
+use std::collections::{BTreeMap, HashMap};
+
+use super::connection::{Connection, Flow, Seg, MAX_UNACKED_SEGMENTS};
+use super::tracker::{L7State, Tracker};
+
+pub const MAGIC: &[u8; 4] = b"WSTK";
+/// Version of this encoding: bump it with any change of the fields.
+pub const VERSION: u16 = 1;
+
+struct W(Vec<u8>);
+
+impl W {
+    fn u8(&mut self, v: u8) {
+        self.0.push(v);
+    }
+    fn b(&mut self, v: bool) {
+        self.0.push(u8::from(v));
+    }
+    fn u16(&mut self, v: u16) {
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
+    fn u32(&mut self, v: u32) {
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
+    fn u64(&mut self, v: u64) {
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
+    fn i64(&mut self, v: i64) {
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
+    fn oi64(&mut self, v: Option<i64>) {
+        self.b(v.is_some());
+        self.i64(v.unwrap_or(0));
+    }
+    fn ou64(&mut self, v: Option<u64>) {
+        self.b(v.is_some());
+        self.u64(v.unwrap_or(0));
+    }
+    fn ou8(&mut self, v: Option<u8>) {
+        self.b(v.is_some());
+        self.u8(v.unwrap_or(0));
+    }
+}
+
+struct R<'a> {
+    d: &'a [u8],
+    at: usize,
+}
+
+type Res<T> = Result<T, String>;
+
+impl R<'_> {
+    fn take<const N: usize>(&mut self) -> Res<[u8; N]> {
+        let v = crate::bytes::array::<N>(self.d, self.at).ok_or("the tracker state is truncated")?;
+        self.at += N;
+        Ok(v)
+    }
+    fn u8(&mut self) -> Res<u8> {
+        Ok(self.take::<1>()?[0])
+    }
+    fn b(&mut self) -> Res<bool> {
+        match self.u8()? {
+            0 => Ok(false),
+            1 => Ok(true),
+            t => Err(format!("bad flag {t} in the tracker state")),
+        }
+    }
+    fn u16(&mut self) -> Res<u16> {
+        Ok(u16::from_le_bytes(self.take()?))
+    }
+    fn u32(&mut self) -> Res<u32> {
+        Ok(u32::from_le_bytes(self.take()?))
+    }
+    fn u64(&mut self) -> Res<u64> {
+        Ok(u64::from_le_bytes(self.take()?))
+    }
+    fn i64(&mut self) -> Res<i64> {
+        Ok(i64::from_le_bytes(self.take()?))
+    }
+    fn oi64(&mut self) -> Res<Option<i64>> {
+        let some = self.b()?;
+        let v = self.i64()?;
+        Ok(some.then_some(v))
+    }
+    fn ou64(&mut self) -> Res<Option<u64>> {
+        let some = self.b()?;
+        let v = self.u64()?;
+        Ok(some.then_some(v))
+    }
+    fn ou8(&mut self) -> Res<Option<u8>> {
+        let some = self.b()?;
+        let v = self.u8()?;
+        Ok(some.then_some(v))
+    }
+    /// A count of items of at least `min_size` bytes each: no larger than what is left.
+    fn count(&mut self, min_size: usize) -> Res<usize> {
+        let n = self.u64()?;
+        let left = (self.d.len() - self.at.min(self.d.len())) / min_size.max(1);
+        if n > left as u64 {
+            return Err("a count in the tracker state exceeds its bytes".into());
+        }
+        Ok(n as usize)
+    }
+}
+
+fn write_flow(w: &mut W, f: &Flow) {
+    w.0.extend_from_slice(&f.ip);
+    w.u16(f.port);
+    w.b(f.base_seq_set);
+    w.u32(f.base_seq);
+    w.u32(f.window);
+    w.u8(f.win_scale as u8);
+    w.b(f.is_first_ack);
+    w.u32(f.lastsegmentflags);
+    w.u64(f.segments.len() as u64);
+    for s in &f.segments {
+        w.u32(s.seq);
+        w.u32(s.end);
+        w.i64(s.ts);
+    }
+    w.u32(f.lastack);
+    w.i64(f.lastacktime);
+    w.u32(f.dupacknum);
+    w.u32(f.nextseq);
+    w.i64(f.nextseqtime);
+    w.u32(f.maxseqtobeacked);
+    for v in [f.packets, f.bytes, f.goodput, f.data_packets, f.retrans_data_packets] {
+        w.u64(v);
+    }
+    w.oi64(f.first_payload_ts);
+    w.b(f.fin);
+    w.ou64(f.win_min);
+    w.u64(f.win_sum);
+    w.u64(f.win_count);
+}
+
+fn read_flow(r: &mut R<'_>) -> Res<Flow> {
+    let mut f = Flow::new(r.take::<16>()?, r.u16()?);
+    f.base_seq_set = r.b()?;
+    f.base_seq = r.u32()?;
+    f.window = r.u32()?;
+    f.win_scale = r.u8()? as i8;
+    f.is_first_ack = r.b()?;
+    f.lastsegmentflags = r.u32()?;
+    let n = r.count(16)?;
+    if n > MAX_UNACKED_SEGMENTS {
+        return Err("too many segments in the tracker state".into());
+    }
+    let mut segs = Vec::with_capacity(n);
+    for _ in 0..n {
+        segs.push(Seg { seq: r.u32()?, end: r.u32()?, ts: r.i64()? });
+    }
+    f.segments = segs;
+    f.lastack = r.u32()?;
+    f.lastacktime = r.i64()?;
+    f.dupacknum = r.u32()?;
+    f.nextseq = r.u32()?;
+    f.nextseqtime = r.i64()?;
+    f.maxseqtobeacked = r.u32()?;
+    f.packets = r.u64()?;
+    f.bytes = r.u64()?;
+    f.goodput = r.u64()?;
+    f.data_packets = r.u64()?;
+    f.retrans_data_packets = r.u64()?;
+    f.first_payload_ts = r.oi64()?;
+    f.fin = r.b()?;
+    f.win_min = r.ou64()?;
+    f.win_sum = r.u64()?;
+    f.win_count = r.u64()?;
+    Ok(f)
+}
+
+fn write_conn(w: &mut W, c: &Connection) {
+    w.u8(c.version);
+    write_flow(w, &c.flows[0]);
+    write_flow(w, &c.flows[1]);
+    w.i64(c.first_ts);
+    w.i64(c.last_ts);
+    w.u8(c.completeness);
+    w.u8(c.first_bits);
+    w.i64(c.ts_mru_syn);
+    w.i64(c.ts_first_rtt);
+    w.ou8(c.syn_sender);
+    w.ou8(c.synack_sender);
+    for v in c.counts {
+        w.u64(v);
+    }
+    w.u64(c.rtt_n);
+    w.i64(c.rtt_sum);
+    w.0.extend_from_slice(&c.rtt_sumsq.to_le_bytes());
+    w.oi64(c.rtt_min);
+    w.oi64(c.rtt_max);
+    w.oi64(c.closed_ts);
+    w.b(c.rst_seen);
+    w.b(c.rst_after_fins);
+    w.u64(c.interim_emitted);
+}
+
+fn read_conn(r: &mut R<'_>) -> Res<Connection> {
+    let version = r.u8()?;
+    let f0 = read_flow(r)?;
+    let f1 = read_flow(r)?;
+    let mut c = Connection::new(version, f0.ip, f0.port, f1.ip, f1.port, 0);
+    c.flows = [f0, f1];
+    c.first_ts = r.i64()?;
+    c.last_ts = r.i64()?;
+    c.completeness = r.u8()?;
+    c.first_bits = r.u8()?;
+    c.ts_mru_syn = r.i64()?;
+    c.ts_first_rtt = r.i64()?;
+    c.syn_sender = r.ou8()?;
+    c.synack_sender = r.ou8()?;
+    for v in c.counts.iter_mut() {
+        *v = r.u64()?;
+    }
+    c.rtt_n = r.u64()?;
+    c.rtt_sum = r.i64()?;
+    c.rtt_sumsq = i128::from_le_bytes(r.take()?);
+    c.rtt_min = r.oi64()?;
+    c.rtt_max = r.oi64()?;
+    c.closed_ts = r.oi64()?;
+    c.rst_seen = r.b()?;
+    c.rst_after_fins = r.b()?;
+    c.interim_emitted = r.u64()?;
+    Ok(c)
+}
+
+/// The tracker's state (events not yet taken are not state: take them first).
+pub fn snapshot(t: &Tracker) -> Vec<u8> {
+    let mut w = W(Vec::with_capacity(64 + t.conns.len() * 400));
+    w.i64(t.idle_timeout_us);
+    w.i64(t.close_linger_us);
+    w.i64(t.interim_us);
+    w.u64(t.max_connections);
+    w.b(t.l7);
+    w.u64(t.next_handle);
+    w.u64(t.packets);
+    w.u64(t.emitted);
+    for c in t.counters {
+        w.ou64(c);
+    }
+    w.i64(t.now);
+    w.i64(t.next_sweep);
+    w.u64(t.conns.len() as u64);
+    for (hd, c) in &t.conns {
+        w.u64(*hd);
+        w.u8(t.l7_state.get(hd).map_or(0, |s| *s as u8));
+        write_conn(&mut w, c);
+    }
+    let body = w.0;
+    let mut out = Vec::with_capacity(body.len() + 10);
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&VERSION.to_be_bytes());
+    out.extend_from_slice(&crc32fast::hash(&body).to_be_bytes());
+    out.extend_from_slice(&body);
+    out
+}
+
+/// A tracker from [`snapshot`]'s bytes; an error for anything else.
+pub fn restore(data: &[u8]) -> Res<Tracker> {
+    let head: [u8; 10] = crate::bytes::array(data, 0).ok_or("not a tracker state (too short)")?;
+    if &head[..4] != MAGIC {
+        return Err("not a tracker state (bad magic)".into());
+    }
+    let version = u16::from_be_bytes([head[4], head[5]]);
+    if version != VERSION {
+        return Err(format!("tracker state version {version}, this build reads {VERSION}"));
+    }
+    let body = data.get(10..).unwrap_or_default();
+    if crc32fast::hash(body) != u32::from_be_bytes([head[6], head[7], head[8], head[9]]) {
+        return Err("tracker state damaged (CRC mismatch)".into());
+    }
+    let mut r = R { d: body, at: 0 };
+    let mut t = Tracker::new(r.i64()?, r.i64()?, r.i64()?, r.u64()?, r.b()?);
+    t.next_handle = r.u64()?;
+    t.packets = r.u64()?;
+    t.emitted = r.u64()?;
+    for c in t.counters.iter_mut() {
+        *c = r.ou64()?;
+    }
+    t.now = r.i64()?;
+    t.next_sweep = r.i64()?;
+    let n = r.count(200)?;
+    let mut conns = BTreeMap::new();
+    let mut index = HashMap::with_capacity(2 * n);
+    let mut l7 = BTreeMap::new();
+    for _ in 0..n {
+        let hd = r.u64()?;
+        if hd >= t.next_handle || conns.contains_key(&hd) {
+            return Err("bad connection handle in the tracker state".into());
+        }
+        let state = match r.u8()? {
+            0 => L7State::None,
+            1 => L7State::Active,
+            2 => L7State::Ignored,
+            s => return Err(format!("bad L7 state {s} in the tracker state")),
+        };
+        let c = read_conn(&mut r)?;
+        let [a, b] = &c.flows;
+        let (k0, k1) = ((a.ip, a.port, b.ip, b.port), (b.ip, b.port, a.ip, a.port));
+        if index.insert(k0, hd).is_some() || (k1 != k0 && index.insert(k1, hd).is_some()) {
+            return Err("two connections on the same ports in the tracker state".into());
+        }
+        if state != L7State::None {
+            l7.insert(hd, state);
+        }
+        conns.insert(hd, c);
+    }
+    if r.at != body.len() {
+        return Err("trailing bytes after the tracker state".into());
+    }
+    t.conns = conns;
+    t.index = index;
+    t.l7_state = l7;
+    Ok(t)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::connection::{ACK, SYN};
+    use super::*;
+    use crate::layout::Packet;
+
+    fn sample() -> Tracker {
+        let mut t = Tracker::new(300_000_000, 10_000_000, 1_000_000, 100, true);
+        let mut block = Vec::new();
+        for i in 0..20u32 {
+            let mut src = [0u8; 16];
+            src[..4].copy_from_slice(&[10, 0, 0, (i % 5) as u8]);
+            let p = Packet { ts_us: i64::from(i) * 1000, seq: i, ack: 7, src_ip: src, src_port: 1000 + (i % 3) as u16,
+                             dst_port: 80, tcp_flags: if i < 3 { SYN } else { ACK }, payload_len: i % 2 * 10,
+                             ip_version: 4, proto: 6, wscale: 3, ..Packet::default() };
+            p.write(&mut block, 0, 0);
+        }
+        t.process(&block);
+        t.take_events();
+        t
+    }
+
+    #[test]
+    fn round_trip() {
+        let t = sample();
+        let bytes = snapshot(&t);
+        let back = restore(&bytes).unwrap();
+        assert_eq!(back, t);
+        assert_eq!(snapshot(&back), bytes);
+    }
+
+    #[test]
+    fn damage_is_an_error_never_a_panic() {
+        let bytes = snapshot(&sample());
+        for cut in 0..bytes.len() {
+            assert!(restore(&bytes[..cut]).is_err());
+        }
+        let mut bad = bytes.clone();
+        bad[20] ^= 0xff;
+        assert!(restore(&bad).is_err());
+        // a consistent CRC over garbage: errors, not panics
+        let mut seed = 7u64;
+        for _ in 0..200 {
+            let mut body: Vec<u8> = bytes[10..].to_vec();
+            for _ in 0..4 {
+                seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
+                let at = (seed >> 33) as usize % body.len();
+                body[at] = (seed >> 20) as u8;
+            }
+            let mut d = bytes[..6].to_vec();
+            d.extend_from_slice(&crc32fast::hash(&body).to_be_bytes());
+            d.extend_from_slice(&body);
+            let _ = restore(&d);
+        }
+    }
+}
