@@ -770,12 +770,13 @@ def ensure_capture(args: argparse.Namespace) -> Path:
 
 
 @contextlib.contextmanager
-def output_dir(keep_dir: Path | None) -> Iterator[Path]:
+def output_dir(keep_dir: Path | None, prefix: str = "bench_analyze.") -> Iterator[Path]:
+    """Where the raw tool outputs go: ``keep_dir`` (kept), else a temporary folder."""
     if keep_dir is not None:
         keep_dir.mkdir(parents=True, exist_ok=True)
         yield keep_dir
         return
-    with tempfile.TemporaryDirectory(prefix="bench_analyze.") as tmp:
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
         yield Path(tmp)
 
 

@@ -41,16 +41,54 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from bench_analyze import (
-    KINDS,
-    _classify,
-    _descendants,
-    _read,
-    _rss_kb,
-    output_dir,
-    tail,
-    wirestream_cmd,
-)
+from bench_analyze import _read, _stat_fields, output_dir, tail, wirestream_cmd
+
+# Process kinds for the per-kind RSS breakdown, in display order.
+KINDS = ("analyze", "workers", "tansu", "tshark", "other")
+
+
+def _descendants(root: int) -> list[int]:
+    """``root`` and every live descendant of it (walks the ppid of all pids)."""
+    children: dict[int, list[int]] = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        fields = _stat_fields(int(name))
+        if fields is None:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(name))  # fields[1]: ppid
+    out, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        todo.extend(children.get(pid, ()))
+    return out
+
+
+def _rss_kb(pid: int) -> int:
+    raw = _read(f"/proc/{pid}/status")
+    if raw is None:
+        return 0
+    for line in raw.splitlines():
+        if line.startswith(b"VmRSS:"):
+            return int(line.split()[1])
+    return 0  # zombie / kernel thread: no VmRSS line
+
+
+def _classify(pid: int, root: int, root_kind: str) -> str:
+    if pid == root:
+        return root_kind
+    raw = _read(f"/proc/{pid}/cmdline") or b""
+    argv = [a.decode(errors="replace") for a in raw.split(b"\0") if a]
+    if not argv:
+        return "other"
+    if os.path.basename(argv[0]) == "tansu":
+        return "tansu"
+    if "process" in argv and any("wirestream" in a for a in argv):
+        return "workers"
+    if os.path.basename(argv[0]) == "tshark":
+        return "tshark"
+    return "other"
 
 BENCH_DIR = Path(__file__).resolve().parent
 WORK_DIR = BENCH_DIR / "work"
