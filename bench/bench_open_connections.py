@@ -41,28 +41,11 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from bench_analyze import _read, _stat_fields, output_dir, tail, wirestream_cmd
+from bench_analyze import _read, output_dir, tail, wirestream_cmd
+from bench_analyze import descendants as _descendants
 
 # Process kinds for the per-kind RSS breakdown, in display order.
 KINDS = ("analyze", "workers", "tansu", "tshark", "other")
-
-
-def _descendants(root: int) -> list[int]:
-    """``root`` and every live descendant of it (walks the ppid of all pids)."""
-    children: dict[int, list[int]] = {}
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        fields = _stat_fields(int(name))
-        if fields is None:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(name))  # fields[1]: ppid
-    out, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        out.append(pid)
-        todo.extend(children.get(pid, ()))
-    return out
 
 
 def _rss_kb(pid: int) -> int:
