@@ -78,3 +78,24 @@ def test_registry_rest_api(registry):
     assert bad.status_code == 422 and bad.json()["error_code"] == 42201
     # registering again is idempotent
     assert codec.register_schema(f"{CONNECTIONS}-value", schema_text("connection")) == sid
+
+
+def test_a_client_that_resets_its_connection_leaves_no_traceback(capfd) -> None:
+    """Workers keep a keep-alive connection to the registry; one killed mid-connection
+    resets it. That is normal: nothing on the console (analyze's Ctrl-C prints one line)."""
+    import socket
+    import struct
+    import time
+
+    from wirestream.registry import EmbeddedSchemaRegistry
+
+    with EmbeddedSchemaRegistry() as registry:
+        host, port = registry.url.removeprefix("http://").split(":")
+        for _ in range(3):
+            s = socket.create_connection((host, int(port)))
+            s.sendall(b"GET /subjects HTTP/1.1\r\nHost: x\r\n")  # a request cut short
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            s.close()  # RST, not FIN
+        time.sleep(0.3)
+        assert httpx.get(f"{registry.url}/subjects").status_code == 200  # still serving
+    assert "Traceback" not in capfd.readouterr().err

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -303,6 +304,13 @@ class _Handler(BaseHTTPRequestHandler):
 class _RegistryHTTPServer(ThreadingHTTPServer):
     daemon_threads = True
     store: RegistryStore
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that goes away mid-connection (a worker stopped or killed while its
+        keep-alive connection is open) is normal, not a traceback on the console."""
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return
+        super().handle_error(request, client_address)
 
 
 class EmbeddedSchemaRegistry:
