@@ -18,10 +18,13 @@ Records are emitted (``on_record``):
 Expiry runs on capture time, so replaying a file and watching live behave alike, and
 state stays bounded by the number of connections active within the timeouts.
 
-With L7 on, the core hands this class, per batch and in order with the records, the
-events of each connection that carries payload: its session opens (first payload byte),
-its packets, sweep ticks and its close (before its record). Python does no work per
-packet for connections without L7 (and none at all with L7 off).
+With L7 on, the core also reassembles both directions of each connection that carries
+payload (``rust/src/reassembly.rs``) and hands this class, per batch and in order with
+the records, that connection's events: its session opens (first payload byte), the
+in-order data and gaps of its streams, sweep ticks and its close (after its streams'
+last data, before its record). Python does no work per packet: only per chunk of new
+stream bytes of an L7 connection (none for ACKs and retransmissions), and none at all
+with L7 off.
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ RecordCallback = Callable[[dict[str, Any]], None]
 SWEEP_INTERVAL_US = 5_000_000
 
 # Event kinds of TcpTracker (rust/src/python_tcp.rs)
-_RECORD, _OPEN, _PACKET, _CLOSE, _TICK, _ID = range(6)
+_RECORD, _OPEN, _DATA, _CLOSE, _TICK, _ID, _GAP = range(7)
 
 
 class ConnRef:
@@ -120,52 +123,58 @@ class ConnectionTracker:
 
     # --- input --------------------------------------------------------------------------
 
-    def process(self, headers: np.ndarray | bytes, payloads: bytes = b"") -> None:
+    def process(self, headers: np.ndarray | bytes, payloads: bytes | memoryview | np.ndarray = b"") -> None:
         """Analyse a batch of packet headers (UDP packets are skipped); ``payloads`` is the
-        batch's payload blob, which the L7 analysers read."""
+        batch's payload blob (any contiguous buffer, read in place by the core), whose
+        bytes the L7 streams are made of."""
         if not len(headers):
             return
         if self._core_state:  # a snapshot's copy of the core's state: not needed any more
             self._core_state = b""
         if isinstance(headers, np.ndarray):
             headers = np.ascontiguousarray(headers).view(np.uint8)  # the core reads it in place
-        self._dispatch(self._core.process(headers), payloads)
+        if isinstance(payloads, np.ndarray):
+            payloads = np.ascontiguousarray(payloads).view(np.uint8)
+        self._dispatch(self._core.process(headers, payloads))
 
     def sweep(self, now_us: int) -> None:
         """Emit closed connections past their linger time and idle ones past the timeout."""
-        self._dispatch(self._core.sweep(now_us), b"")
+        self._dispatch(self._core.sweep(now_us))
 
     def flush(self) -> None:
         """End of input: emit every connection still held."""
-        self._dispatch(self._core.flush(), b"")
+        self._dispatch(self._core.flush())
         if self.l7 is not None:
             self.l7.flush()
 
-    def _dispatch(self, events: list[tuple], payloads: bytes) -> None:
+    def _dispatch(self, events: list[tuple]) -> None:
         sessions = self.sessions
         for ev in events:
             kind = ev[0]
-            if kind == _PACKET:
-                _, h, d, seq, ack, flags, off, caplen, seglen, ts = ev
+            if kind == _DATA:
+                _, h, d, data, ts = ev
                 session = sessions.get(h)
                 if session is None:  # (given up on earlier in this batch)
                     continue
-                session.packet(d, seq, ack, flags, payloads[off:off + caplen] if caplen else b"",
-                               seglen, ts)
-                if session.done:  # nothing to analyse: the core stops sending its packets
+                session.data(d, data, ts)
+                if session.done:  # nothing to analyse: the core stops reassembling it
                     self._core.l7_ignore(h)
                     del sessions[h]
                     del self.refs[h]
+            elif kind == _GAP:
+                session = sessions.get(ev[1])
+                if session is not None:
+                    session.gap(ev[2], ev[3], ev[4])
             elif kind == _RECORD:
                 record = ev[1]
                 if self.sockets is not None:
                     self.sockets.annotate(record)
                 self.on_record(record)
             elif kind == _OPEN:
-                _, h, ver, ip0, port0, ip1, port1, base0, base1, cid = ev
+                _, h, ver, ip0, port0, ip1, port1, cid = ev
                 ref = self.refs[h] = ConnRef(cid)
                 assert self.l7 is not None  # (the core sends sessions only with L7 on)
-                sessions[h] = self.l7.session((ip0, ip1), (port0, port1), (base0, base1), ref)
+                sessions[h] = self.l7.session((ip0, ip1), (port0, port1), ref)
             elif kind == _CLOSE:
                 _, h, ts, cid = ev
                 session = sessions.pop(h, None)

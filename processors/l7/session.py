@@ -5,24 +5,24 @@
 partition's :class:`~.dns.DnsMatcher` (DNS over UDP and TCP share it), and stamps every
 record with ``source_id`` and the identity fields before handing it to the publisher.
 
-An :class:`L7Session` reassembles both directions
-(:class:`~wirestream.processors.reassembly.StreamReassembler`), recognises the protocol
-from the first bytes (:mod:`.detect`) and then feeds the chosen analyser. Connections
-that speak nothing we know cost one detection and are dropped from L7 (counted).
+An :class:`L7Session` gets both directions' in-order bytes and gaps from the compiled
+core, which reassembles them (``rust/src/reassembly.rs``, run by the connection tracker:
+``data``/``gap`` calls from ``connection_tracker.py``), recognises the protocol from the
+first bytes (:mod:`.detect`) and then feeds the chosen analyser. Connections that speak
+nothing we know cost one detection and are dropped from L7 (counted; the core then stops
+reassembling them).
 """
 
 from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable
-from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from wirestream.packet_block import ACK, SYN, ip_text
+from wirestream.packet_block import ip_text
 
-from ..reassembly import StreamReassembler
 from .base import Emit, L7Options, StreamAnalyzer, StreamContext
 from .detect import Verdict, detect
 from .dns import DnsMatcher, DnsTcpAnalyzer, is_dns_port
@@ -74,11 +74,10 @@ class L7Dispatcher:
         self.emitted[topic] += 1
         self._publish(topic, key, record)
 
-    def session(self, ips: tuple[str, str], ports: tuple[int, int],
-                bases: tuple[int | None, int | None], conn: ConnRef) -> L7Session:
+    def session(self, ips: tuple[str, str], ports: tuple[int, int], conn: ConnRef) -> L7Session:
         """The session of a connection whose first payload byte just arrived: its two
-        sides' addresses, ports and base sequence numbers (None: not known yet)."""
-        return L7Session(self, ips, ports, bases, conn)
+        sides' addresses and ports."""
+        return L7Session(self, ips, ports, conn)
 
     def datagrams(self, udp: np.ndarray, payloads: bytes) -> None:
         """UDP packets of a batch: DNS goes to the matcher, the rest is not analysed."""
@@ -103,13 +102,13 @@ class L7Dispatcher:
 
 
 class L7Session:
-    """Reassembly, protocol detection and the analyser of one TCP connection."""
+    """Protocol detection and the analyser of one TCP connection, fed its reassembled
+    streams (``data``, ``gap``) by the connection tracker."""
 
-    __slots__ = ("dispatcher", "ctx", "streams", "analyzer", "held", "held_bytes",
-                 "attempts", "done")
+    __slots__ = ("dispatcher", "ctx", "analyzer", "held", "held_bytes", "attempts", "done")
 
     def __init__(self, dispatcher: L7Dispatcher, ips: tuple[str, str], ports: tuple[int, int],
-                 bases: tuple[int | None, int | None], conn: ConnRef) -> None:
+                 conn: ConnRef) -> None:
         self.dispatcher = dispatcher
         self.ctx = StreamContext(
             ips=ips,
@@ -119,17 +118,6 @@ class L7Session:
             options=dispatcher.options,
             stats=dispatcher.stats,
         )
-        # The reassemblers deliver to the detector until the protocol is known, then
-        # straight to the analyser (one call per segment on the hot path).
-        self.streams = (
-            StreamReassembler(partial(self._data, 0), partial(self._gap, 0)),
-            StreamReassembler(partial(self._data, 1), partial(self._gap, 1)),
-        )
-        # Start where the TCP analysis says each side's data starts (ISN + 1 after a SYN;
-        # the first sequence or acknowledgement number seen otherwise).
-        for base, stream in zip(bases, self.streams, strict=True):
-            if base is not None:
-                stream.next_seq = (base + 1) & 0xFFFFFFFF
         self.analyzer: StreamAnalyzer | None = None
         self.held: list[tuple[int, bytes, int]] = []  # chunks seen while detecting
         self.held_bytes = 0
@@ -142,48 +130,35 @@ class L7Session:
     def _use(self, analyzer: StreamAnalyzer) -> None:
         self.analyzer = analyzer
         self.dispatcher.stats[f"l7_connections.{analyzer.protocol}"] += 1
-        for d, stream in enumerate(self.streams):
-            stream.deliver = partial(analyzer.on_data, d)
 
-    def packet(self, d: int, seq: int, ack: int, flags: int, data: bytes, length: int,
-               ts: int) -> None:
-        """One TCP packet sent by side ``d`` (called for every packet once the session exists)."""
-        if self.done:
-            return
-        if flags & ACK:
-            self.streams[1 - d].ack(ack)
-        if length:
-            if flags & SYN:  # TCP Fast Open: the SYN's data starts after the SYN's own number
-                seq = (seq + 1) & 0xFFFFFFFF
-            self.streams[d].segment(seq, data, length, ts)
-
-    def tick(self, now_us: int) -> None:
-        if self.analyzer is not None:
-            self.analyzer.tick(now_us)
-
-    def close(self, ts_us: int) -> None:
-        """The connection ended: deliver what is buffered and let the analyser finish."""
-        if not self.done:
-            for stream in self.streams:
-                stream.finish()
-        if self.analyzer is not None:
-            self.analyzer.on_close(ts_us)
-        self.done = True
-        self.streams = ()  # the reassemblers' callbacks refer back to us: break the cycle
-
-    # --- from the reassemblers ----------------------------------------------------------
-
-    def _data(self, d: int, data: bytes, ts: int) -> None:
-        if not self.done:  # (once an analyser is chosen, it gets the bytes directly)
+    def data(self, d: int, data: bytes, ts: int) -> None:
+        """The next bytes of side ``d``'s stream, captured at ``ts``: to the detector
+        until the protocol is known, then to the analyser."""
+        analyzer = self.analyzer
+        if analyzer is not None:
+            analyzer.on_data(d, data, ts)
+        elif not self.done:
             self._detect(d, data, ts)
 
-    def _gap(self, d: int, missing: int, ts: int) -> None:
+    def gap(self, d: int, missing: int, ts: int) -> None:
+        """``missing`` bytes of side ``d``'s stream were never captured."""
         self.dispatcher.stats["tcp_gap_bytes"] += missing
         if self.analyzer is not None:
             self.analyzer.on_gap(d, missing, ts)
         elif self.held:  # ambiguous first bytes followed by a hole: start over after it
             self.held.clear()
             self.held_bytes = 0
+
+    def tick(self, now_us: int) -> None:
+        if self.analyzer is not None:
+            self.analyzer.tick(now_us)
+
+    def close(self, ts_us: int) -> None:
+        """The connection ended (the core has delivered both streams' buffered data and
+        last gaps): let the analyser finish."""
+        if self.analyzer is not None:
+            self.analyzer.on_close(ts_us)
+        self.done = True
 
     def _detect(self, d: int, data: bytes, ts: int) -> None:
         held = self.held
@@ -215,7 +190,6 @@ class L7Session:
             if self.attempts >= DETECT_ATTEMPTS:
                 stats["l7_connections.unrecognised"] += 1
                 self.done = True
-                self.streams = ()
             return
         analyzer = make(self.ctx, client)
         self._use(analyzer)

@@ -14,6 +14,8 @@
 //!   batcher;
 //! - [`tcp`]: the per-partition TCP connection tracker and Wireshark 4.0's sequence
 //!   analysis, with their checkpoint encoding;
+//! - [`reassembly`]: TCP stream reassembly (in-order bytes and gaps of one direction),
+//!   run by the tracker for each L7 connection;
 //! - `python`, `python_tcp`: the Python classes over all of it.
 
 use pyo3::prelude::*;
@@ -24,6 +26,7 @@ pub mod capture_file;
 pub mod decode;
 pub mod layout;
 mod python;
+pub mod reassembly;
 pub mod replay;
 pub mod ring;
 pub mod tcp;
@@ -45,6 +48,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<python::PyBatcher>()?;
     m.add_class::<python::PyRingFeed>()?;
     m.add_class::<python_tcp::PyTcpTracker>()?;
+    m.add_class::<python_tcp::PyStreamReassembler>()?;
     Ok(())
 }
 

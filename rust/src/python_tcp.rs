@@ -1,20 +1,24 @@
-//! The Python class of the TCP tracker (`wirestream._core.TcpTracker`); the typed
-//! wrapper Python code uses is `processors/connection_tracker.py`.
+//! The Python classes of the TCP tracker (`wirestream._core.TcpTracker`; the typed
+//! wrapper Python code uses is `processors/connection_tracker.py`) and of one stream's
+//! reassembly (`wirestream._core.StreamReassembler`, `processors/reassembly.py`).
 //!
-//! A batch goes in as the header block (any contiguous buffer: a numpy structured array
-//! is read in place, without a copy) and comes out as a list of events, in order:
-//! `(0, record)` a `wire.connections` record (a dict, as schemas/connection.avsc);
-//! `(1, handle, version, ip0, port0, ip1, port1, base0, base1, connection_id)` an L7
-//! session opens; `(2, handle, d, seq, ack, flags, payload_off, payload_caplen, seglen,
-//! ts_us)` a packet of it; `(3, handle, ts_us, connection_id)` it closes (before the
-//! record); `(4, handle, now_us)` a sweep's tick; `(5, handle, connection_id)` its id
-//! changed. The loop runs without the GIL.
+//! A batch goes in as the header block and the payload blob (any contiguous buffers: a
+//! numpy structured array is read in place, without a copy) and comes out as a list of
+//! events, in order: `(0, record)` a `wire.connections` record (a dict, as
+//! schemas/connection.avsc); `(1, handle, version, ip0, port0, ip1, port1,
+//! connection_id)` an L7 session opens; `(2, handle, d, data, ts_us)` the next bytes of
+//! side `d`'s stream; `(6, handle, d, missing, ts_us)` bytes of it never captured;
+//! `(3, handle, ts_us, connection_id)` it closes (after its streams' last data and gaps,
+//! before the record); `(4, handle, now_us)` a sweep's tick; `(5, handle,
+//! connection_id)` its id changed. The loop runs without the GIL; in-order data is sliced
+//! from the blob only when the list is built.
 
 use pyo3::buffer::PyBuffer;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
 
+use crate::reassembly::{Chunk, Reassembler, Sink, DEFAULT_MAX_BUFFER};
 use crate::tcp::connection::{ip_text, Record, COUNT_NAMES};
 use crate::tcp::state;
 use crate::tcp::tracker::{Event, Tracker};
@@ -68,18 +72,38 @@ fn record_dict<'py>(py: Python<'py>, r: &Record, source_id: &str) -> PyResult<Bo
     Ok(d)
 }
 
+/// The bytes of a chunk: `Input` is a range of `input` (a batch's blob, a segment).
+fn chunk_bytes<'py>(py: Python<'py>, chunk: &Chunk, input: &[u8]) -> Bound<'py, PyBytes> {
+    match chunk {
+        Chunk::Input { at, len } => {
+            PyBytes::new(py, at.checked_add(*len).and_then(|end| input.get(*at..end)).unwrap_or_default())
+        }
+        Chunk::Owned(v) => PyBytes::new(py, v),
+    }
+}
+
+/// A contiguous buffer's bytes, for reading while `buffer` lives.
+fn buffer_bytes<'a>(buffer: &'a PyBuffer<u8>, what: &str) -> PyResult<&'a [u8]> {
+    if !buffer.is_c_contiguous() {
+        return Err(PyValueError::new_err(format!("the {what} must be contiguous")));
+    }
+    // SAFETY: `buffer` keeps the exporter's memory alive and its shape fixed until it is
+    // dropped, which the returned borrow cannot outlive; we only read it.
+    Ok(unsafe { std::slice::from_raw_parts(buffer.buf_ptr() as *const u8, buffer.len_bytes()) })
+}
+
 impl PyTcpTracker {
-    fn events<'py>(&mut self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+    /// The events taken, as Python tuples; `blob`: the payload blob of the batch just
+    /// processed (empty after a sweep or flush, whose data is all owned).
+    fn events<'py>(&mut self, py: Python<'py>, blob: &[u8]) -> PyResult<Bound<'py, PyList>> {
         let list = PyList::empty(py);
         for e in self.inner.take_events() {
             let item: Bound<'py, PyTuple> = match e {
                 Event::Record(r) => (0, record_dict(py, &r, &self.source_id)?).into_pyobject(py)?,
-                Event::Packet { handle, d, seq, ack, flags, off, caplen, seglen, ts } => {
-                    (2, handle, d, seq, ack, flags, off, caplen, seglen, ts).into_pyobject(py)?
-                }
-                Event::Open { handle, version, ips, ports, base, cid } => (
-                    1, handle, version, ip_text(&ips[0], version), ports[0], ip_text(&ips[1], version), ports[1],
-                    base[0], base[1], cid,
+                Event::Data { handle, d, data, ts } => (2, handle, d, chunk_bytes(py, &data, blob), ts).into_pyobject(py)?,
+                Event::Gap { handle, d, missing, ts } => (6, handle, d, missing, ts).into_pyobject(py)?,
+                Event::Open { handle, version, ips, ports, cid, .. } => (
+                    1, handle, version, ip_text(&ips[0], version), ports[0], ip_text(&ips[1], version), ports[1], cid,
                 ).into_pyobject(py)?,
                 Event::Close { handle, ts, cid } => (3, handle, ts, cid).into_pyobject(py)?,
                 Event::Tick { handle, now } => (4, handle, now).into_pyobject(py)?,
@@ -101,35 +125,38 @@ impl PyTcpTracker {
         PyTcpTracker { inner: Tracker::new(idle_timeout_us, close_linger_us, interim_us, max_connections, l7), source_id }
     }
 
-    /// Analyse a batch's header block (80 bytes per packet, any contiguous buffer);
-    /// return the events, in order.
-    fn process<'py>(&mut self, py: Python<'py>, headers: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyList>> {
-        let buffer = PyBuffer::<u8>::get(headers)?;
-        if !buffer.is_c_contiguous() {
-            return Err(PyValueError::new_err("the header block must be contiguous"));
-        }
-        // SAFETY: `buffer` keeps the exporter's memory alive and its shape fixed until it is
-        // dropped, after the loop; we only read it.
-        let block = unsafe { std::slice::from_raw_parts(buffer.buf_ptr() as *const u8, buffer.len_bytes()) };
+    /// Analyse a batch's header block (80 bytes per packet) and payload blob (any
+    /// contiguous buffers, read in place); return the events, in order.
+    #[pyo3(signature = (headers, payloads = None))]
+    fn process<'py>(&mut self, py: Python<'py>, headers: &Bound<'py, PyAny>,
+                    payloads: Option<&Bound<'py, PyAny>>) -> PyResult<Bound<'py, PyList>> {
+        let hbuf = PyBuffer::<u8>::get(headers)?;
+        let block = buffer_bytes(&hbuf, "header block")?;
+        let pbuf = payloads.map(PyBuffer::<u8>::get).transpose()?;
+        let blob = match &pbuf {
+            Some(b) => buffer_bytes(b, "payload blob")?,
+            None => &[],
+        };
         let inner = &mut self.inner;
-        py.allow_threads(|| inner.process(block));
-        drop(buffer);
-        self.events(py)
+        py.allow_threads(|| inner.process(block, blob));
+        // the blob is read again here, for the in-order data's bytes
+        self.events(py, blob)
     }
 
     /// Expire what is due at capture time `now_us` (as the batches do on their own).
     fn sweep<'py>(&mut self, py: Python<'py>, now_us: i64) -> PyResult<Bound<'py, PyList>> {
         self.inner.sweep(now_us);
-        self.events(py)
+        self.events(py, &[])
     }
 
     /// End of input: every connection still held.
     fn flush<'py>(&mut self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
         self.inner.flush();
-        self.events(py)
+        self.events(py, &[])
     }
 
-    /// No more L7 events for this connection (its session gave up).
+    /// No more L7 events for this connection (its session gave up); its reassembly is
+    /// freed.
     fn l7_ignore(&mut self, handle: u64) {
         self.inner.l7_ignore(handle);
     }
@@ -199,5 +226,122 @@ impl PyTcpTracker {
             .to_string();
         let inner = state::restore(data.get(..sid_at).unwrap_or_default()).map_err(err)?;
         Ok(PyTcpTracker { inner, source_id })
+    }
+}
+
+/// What a [`Reassembler`] gave during one call, handed to the Python callbacks after it.
+#[derive(Default)]
+struct Collected(Vec<(Option<Chunk>, u64, i64)>);
+
+impl Sink for Collected {
+    fn data(&mut self, chunk: Chunk, ts: i64) {
+        self.0.push((Some(chunk), 0, ts));
+    }
+    fn gap(&mut self, missing: u64, ts: i64) {
+        self.0.push((None, missing, ts));
+    }
+}
+
+/// A Python integer as a sequence number (modulo 2^32, as TCP's).
+fn seq32(v: i64) -> u32 {
+    (v & 0xFFFF_FFFF) as u32
+}
+
+/// One direction's reassembly for Python (crate::reassembly): `deliver(data, ts_us)` and
+/// `gap(missing, ts_us)` are called, in order, before the call that caused them returns.
+#[pyclass(module = "wirestream._core", name = "StreamReassembler")]
+pub struct PyStreamReassembler {
+    inner: Reassembler,
+    #[pyo3(get, set)]
+    deliver: PyObject,
+    #[pyo3(get, set)]
+    gap: PyObject,
+}
+
+impl PyStreamReassembler {
+    fn hand_over(&self, py: Python<'_>, out: Collected, input: &[u8]) -> PyResult<()> {
+        for (chunk, missing, ts) in out.0 {
+            match chunk {
+                Some(c) => self.deliver.call1(py, (chunk_bytes(py, &c, input), ts))?,
+                None => self.gap.call1(py, (missing, ts))?,
+            };
+        }
+        Ok(())
+    }
+}
+
+#[pymethods]
+impl PyStreamReassembler {
+    #[new]
+    #[pyo3(signature = (deliver, gap, max_buffer = DEFAULT_MAX_BUFFER))]
+    fn new(deliver: PyObject, gap: PyObject, max_buffer: u64) -> Self {
+        PyStreamReassembler { inner: Reassembler::new(max_buffer), deliver, gap }
+    }
+
+    /// A segment of `length` payload bytes at `seq`, of which `data` were captured.
+    fn segment(&mut self, py: Python<'_>, seq: i64, data: &[u8], length: u32, ts_us: i64) -> PyResult<()> {
+        let mut out = Collected::default();
+        self.inner.segment(seq32(seq), data, length, ts_us, &mut out);
+        self.hand_over(py, out, data)
+    }
+
+    /// The peer acknowledged up to `ack`.
+    fn ack(&mut self, py: Python<'_>, ack: i64) -> PyResult<()> {
+        let mut out = Collected::default();
+        self.inner.ack(seq32(ack), &mut out);
+        self.hand_over(py, out, &[])
+    }
+
+    /// The stream ended: deliver what is buffered (after gaps for the holes).
+    fn finish(&mut self, py: Python<'_>) -> PyResult<()> {
+        let mut out = Collected::default();
+        self.inner.finish(&mut out);
+        self.hand_over(py, out, &[])
+    }
+
+    /// Sequence number of the next byte to deliver (None: the first segment's).
+    #[getter]
+    fn next_seq(&self) -> Option<u32> {
+        self.inner.next_seq
+    }
+
+    #[setter]
+    fn set_next_seq(&mut self, v: Option<i64>) {
+        self.inner.next_seq = v.map(seq32);
+    }
+
+    #[getter]
+    fn peer_ack(&self) -> Option<u32> {
+        self.inner.peer_ack
+    }
+
+    #[getter]
+    fn max_buffer(&self) -> u64 {
+        self.inner.max_buffer
+    }
+
+    #[getter]
+    fn pending_bytes(&self) -> u64 {
+        self.inner.pending_bytes
+    }
+
+    #[getter]
+    fn delivered(&self) -> u64 {
+        self.inner.delivered
+    }
+
+    #[getter]
+    fn gap_bytes(&self) -> u64 {
+        self.inner.gap_bytes
+    }
+
+    #[getter]
+    fn duplicate_bytes(&self) -> u64 {
+        self.inner.duplicate_bytes
+    }
+
+    #[getter]
+    fn finished(&self) -> bool {
+        self.inner.finished
     }
 }

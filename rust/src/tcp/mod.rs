@@ -1,7 +1,8 @@
 //! TCP: the per-partition connection tracker ([`tracker`]) and Wireshark 4.0's sequence
 //! analysis of each connection ([`connection`]); [`state`] is their checkpoint encoding.
-//! Stream reassembly and the L7 analysers are Python still (`processors/reassembly.py`,
-//! `processors/l7/`): the tracker hands them each L7 connection's packets as events.
+//! The tracker also reassembles both streams of each L7 connection (`crate::reassembly`)
+//! and hands the L7 analysers (Python, `processors/l7/`) their in-order data and gaps as
+//! events.
 
 pub mod connection;
 pub mod state;

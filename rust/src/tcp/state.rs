@@ -1,7 +1,8 @@
 //! The tracker's state as bytes (a checkpoint's part), and back.
 //!
 //! `WSTK`, a version (u16 BE), the CRC-32 of the body (u32 BE), then the body: every
-//! field of the [`Tracker`] and its connections, little-endian, in a fixed order (an
+//! field of the [`Tracker`] and its connections (with the reassembly of each L7
+//! connection's two streams, buffered bytes included), little-endian, in a fixed order (an
 //! option is a presence byte, then its value). The engine's snapshot carries these bytes
 //! as one bytes node (processors/state_codec.py). Decoding checks every length against
 //! what is left and every tag, so bytes that are not such a state give an error, never a
@@ -12,10 +13,12 @@ use std::collections::{BTreeMap, HashMap};
 
 use super::connection::{Connection, Flow, Seg, MAX_UNACKED_SEGMENTS};
 use super::tracker::{L7State, Tracker};
+use crate::reassembly::{Pending, Reassembler, MAX_PENDING_SEGMENTS};
 
 pub const MAGIC: &[u8; 4] = b"WSTK";
-/// Version of this encoding: bump it with any change of the fields.
-pub const VERSION: u16 = 1;
+/// Version of this encoding: bump it with any change of the fields (2: the L7 streams'
+/// reassembly).
+pub const VERSION: u16 = 2;
 
 struct W(Vec<u8>);
 
@@ -49,6 +52,10 @@ impl W {
     fn ou8(&mut self, v: Option<u8>) {
         self.b(v.is_some());
         self.u8(v.unwrap_or(0));
+    }
+    fn ou32(&mut self, v: Option<u32>) {
+        self.b(v.is_some());
+        self.u32(v.unwrap_or(0));
     }
 }
 
@@ -100,6 +107,11 @@ impl R<'_> {
     fn ou8(&mut self) -> Res<Option<u8>> {
         let some = self.b()?;
         let v = self.u8()?;
+        Ok(some.then_some(v))
+    }
+    fn ou32(&mut self) -> Res<Option<u32>> {
+        let some = self.b()?;
+        let v = self.u32()?;
         Ok(some.then_some(v))
     }
     /// A count of items of at least `min_size` bytes each: no larger than what is left.
@@ -235,6 +247,56 @@ fn read_conn(r: &mut R<'_>) -> Res<Connection> {
     Ok(c)
 }
 
+fn write_stream(w: &mut W, s: &Reassembler) {
+    w.u64(s.max_buffer);
+    w.ou32(s.next_seq);
+    w.ou32(s.peer_ack);
+    w.u64(s.pending.len() as u64);
+    for (seq, p) in &s.pending {
+        w.u32(*seq);
+        w.i64(p.ts);
+        w.u64(p.tail);
+        w.u64(p.data.len() as u64);
+        w.0.extend_from_slice(&p.data);
+    }
+    for v in [s.pending_bytes, s.delivered, s.gap_bytes, s.duplicate_bytes] {
+        w.u64(v);
+    }
+    w.b(s.finished);
+}
+
+fn read_stream(r: &mut R<'_>) -> Res<Reassembler> {
+    let mut s = Reassembler::new(r.u64()?);
+    s.next_seq = r.ou32()?;
+    s.peer_ack = r.ou32()?;
+    let n = r.count(28)?;
+    if n > MAX_PENDING_SEGMENTS {
+        return Err("too many buffered segments in the tracker state".into());
+    }
+    let mut sum = 0u64;
+    for _ in 0..n {
+        let seq = r.u32()?;
+        let ts = r.i64()?;
+        let tail = r.u64()?;
+        let len = r.count(1)?;
+        let data = r.d.get(r.at..r.at + len).ok_or("the tracker state is truncated")?.to_vec();
+        r.at += len;
+        sum = sum.saturating_add(len as u64);
+        if s.pending.insert(seq, Pending { data, ts, tail }).is_some() {
+            return Err("a buffered segment twice in the tracker state".into());
+        }
+    }
+    s.pending_bytes = r.u64()?;
+    if s.pending_bytes != sum {
+        return Err("buffered bytes do not add up in the tracker state".into());
+    }
+    s.delivered = r.u64()?;
+    s.gap_bytes = r.u64()?;
+    s.duplicate_bytes = r.u64()?;
+    s.finished = r.b()?;
+    Ok(s)
+}
+
 /// The tracker's state (events not yet taken are not state: take them first).
 pub fn snapshot(t: &Tracker) -> Vec<u8> {
     let mut w = W(Vec::with_capacity(64 + t.conns.len() * 400));
@@ -256,6 +318,14 @@ pub fn snapshot(t: &Tracker) -> Vec<u8> {
         w.u64(*hd);
         w.u8(t.l7_state.get(hd).map_or(0, |s| *s as u8));
         write_conn(&mut w, c);
+        // an active L7 connection: its two streams
+        if t.l7_state.get(hd) == Some(&L7State::Active) {
+            let none = Reassembler::default();
+            let streams = t.streams.get(hd);
+            for d in 0..2 {
+                write_stream(&mut w, streams.and_then(|s| s.get(d)).unwrap_or(&none));
+            }
+        }
     }
     let body = w.0;
     let mut out = Vec::with_capacity(body.len() + 10);
@@ -274,7 +344,9 @@ pub fn restore(data: &[u8]) -> Res<Tracker> {
     }
     let version = u16::from_be_bytes([head[4], head[5]]);
     if version != VERSION {
-        return Err(format!("tracker state version {version}, this build reads {VERSION}"));
+        return Err(format!(
+            "tracker state version {version}, this build reads only {VERSION} (written by another version of wirestream)"
+        ));
     }
     let body = data.get(10..).unwrap_or_default();
     if crc32fast::hash(body) != u32::from_be_bytes([head[6], head[7], head[8], head[9]]) {
@@ -294,6 +366,7 @@ pub fn restore(data: &[u8]) -> Res<Tracker> {
     let mut conns = BTreeMap::new();
     let mut index = HashMap::with_capacity(2 * n);
     let mut l7 = BTreeMap::new();
+    let mut streams = BTreeMap::new();
     for _ in 0..n {
         let hd = r.u64()?;
         if hd >= t.next_handle || conns.contains_key(&hd) {
@@ -306,6 +379,9 @@ pub fn restore(data: &[u8]) -> Res<Tracker> {
             s => return Err(format!("bad L7 state {s} in the tracker state")),
         };
         let c = read_conn(&mut r)?;
+        if state == L7State::Active {
+            streams.insert(hd, Box::new([read_stream(&mut r)?, read_stream(&mut r)?]));
+        }
         let [a, b] = &c.flows;
         let (k0, k1) = ((a.ip, a.port, b.ip, b.port), (b.ip, b.port, a.ip, a.port));
         if index.insert(k0, hd).is_some() || (k1 != k0 && index.insert(k1, hd).is_some()) {
@@ -322,29 +398,70 @@ pub fn restore(data: &[u8]) -> Res<Tracker> {
     t.conns = conns;
     t.index = index;
     t.l7_state = l7;
+    t.streams = streams;
     Ok(t)
 }
 
 #[cfg(test)]
 mod tests {
     use super::super::connection::{ACK, SYN};
+    use super::super::tracker::Event;
     use super::*;
     use crate::layout::Packet;
 
-    fn sample() -> Tracker {
-        let mut t = Tracker::new(300_000_000, 10_000_000, 1_000_000, 100, true);
+    /// Packets of a few connections with payload (overlapping, out of order, holes) and
+    /// their blob.
+    fn traffic(from: u32, to: u32) -> (Vec<u8>, Vec<u8>) {
         let mut block = Vec::new();
-        for i in 0..20u32 {
+        let mut blob = Vec::new();
+        for i in from..to {
             let mut src = [0u8; 16];
             src[..4].copy_from_slice(&[10, 0, 0, (i % 5) as u8]);
-            let p = Packet { ts_us: i64::from(i) * 1000, seq: i, ack: 7, src_ip: src, src_port: 1000 + (i % 3) as u16,
-                             dst_port: 80, tcp_flags: if i < 3 { SYN } else { ACK }, payload_len: i % 2 * 10,
+            let len = i % 2 * 10;
+            let p = Packet { ts_us: i64::from(i) * 1000, seq: i * 7 % 23, ack: 7, src_ip: src,
+                             src_port: 1000 + (i % 3) as u16, dst_port: 80,
+                             tcp_flags: if i < 3 { SYN } else { ACK }, payload_len: len,
                              ip_version: 4, proto: 6, wscale: 3, ..Packet::default() };
-            p.write(&mut block, 0, 0);
+            p.write(&mut block, blob.len() as u32, len.saturating_sub(i % 3));
+            blob.extend((0..len).map(|b| (b + i) as u8));
         }
-        t.process(&block);
+        (block, blob)
+    }
+
+    fn sample() -> Tracker {
+        let mut t = Tracker::new(300_000_000, 10_000_000, 1_000_000, 100, true);
+        let (block, blob) = traffic(0, 20);
+        t.process(&block, &blob);
         t.take_events();
         t
+    }
+
+    #[test]
+    fn the_sample_has_buffered_stream_bytes() {
+        let t = sample();
+        assert!(t.streams.values().any(|s| s.iter().any(|r| !r.pending.is_empty())));
+    }
+
+    #[test]
+    fn restored_tracker_gives_the_same_events() {
+        let mut t = sample();
+        let mut back = restore(&snapshot(&t)).unwrap();
+        let (block, blob) = traffic(20, 60);
+        t.process(&block, &blob);
+        back.process(&block, &blob);
+        t.flush();
+        back.flush();
+        let (a, b) = (t.take_events(), back.take_events());
+        assert!(a.iter().any(|e| matches!(e, Event::Data { .. })));
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn an_older_version_is_refused_clearly() {
+        let mut bytes = snapshot(&sample());
+        bytes[4..6].copy_from_slice(&1u16.to_be_bytes());
+        let err = restore(&bytes).unwrap_err();
+        assert!(err.contains("version 1") && err.contains("reads only 2"), "{err}");
     }
 
     #[test]

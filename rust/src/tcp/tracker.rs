@@ -10,8 +10,18 @@
 //! `close_linger_us` of capture time, or whose ports a new connection takes; an open one
 //! idle for `idle_timeout_us`; interim records every `interim_us`; everything at the end
 //! of input; the least recently active one when `max_connections` are held), and, for
-//! the L7 analysers (Python), each connection's session opening, its packets (from its
-//! first payload byte on), ticks and its close — always before the connection's record.
+//! the L7 analysers (Python), each connection's session opening, its stream data and gaps
+//! (from its first payload byte on), ticks and its close — always before the connection's
+//! record.
+//!
+//! An L7 connection's two directions are reassembled here ([`Reassembler`], one per
+//! direction, starting after each side's base sequence number when the analysis knows
+//! it): Python gets [`Event::Data`] and [`Event::Gap`] in the order the stream gives them,
+//! and nothing for packets that add no new bytes (pure ACKs, retransmissions). When the
+//! connection ends, both streams are finished (their buffered data and last gaps) before
+//! its [`Event::Close`]. In-order data is a range of the batch's payload blob
+//! ([`Chunk::Input`]), sliced when the Python list is built; only data that waited
+//! out of order is copied.
 //!
 //! Expiry runs on capture time, so a file replayed and a live capture behave alike, and
 //! state stays bounded by the connections active within the timeouts.
@@ -21,6 +31,7 @@ use std::collections::{BTreeMap, HashMap};
 use super::connection::{Connection, EndedBy, Record, ACK, SYN};
 use crate::bytes::array;
 use crate::layout::RECORD_SIZE;
+use crate::reassembly::{Chunk, Reassembler, Sink};
 
 /// Sweep for expired connections at most this often (capture time). A sweep walks every
 /// held connection; packets of an expired connection are caught per packet anyway.
@@ -91,9 +102,11 @@ pub enum Event {
     /// The connection's first payload byte: its L7 session starts. `base`: each side's
     /// base sequence number, if known (the stream starts after it).
     Open { handle: u64, version: u8, ips: [[u8; 16]; 2], ports: [u16; 2], base: [Option<u32>; 2], cid: String },
-    /// A packet of a connection with an L7 session, sent by side `d`; its payload is
-    /// `caplen` bytes at `off` of the batch's blob, of `seglen` on the wire.
-    Packet { handle: u64, d: u8, seq: u32, ack: u32, flags: u16, off: u32, caplen: u32, seglen: u32, ts: i64 },
+    /// The next bytes of side `d`'s stream, captured at `ts` (`Chunk::Input`: a range of
+    /// the payload blob of the batch being processed).
+    Data { handle: u64, d: u8, data: Chunk, ts: i64 },
+    /// `missing` bytes of side `d`'s stream were never captured.
+    Gap { handle: u64, d: u8, missing: u64, ts: i64 },
     /// The connection ended: its session finishes (before the connection's record).
     Close { handle: u64, ts: i64, cid: String },
     /// The periodic sweep reached the connection: its analyser may time things out.
@@ -111,6 +124,29 @@ pub enum L7State {
     Ignored = 2,
 }
 
+/// The reassemblers' sink: their output as events of one direction of one connection.
+struct StreamSink<'a> {
+    events: &'a mut Vec<Event>,
+    handle: u64,
+    d: u8,
+    /// where the segment's captured bytes start in the batch's blob
+    blob_off: usize,
+}
+
+impl Sink for StreamSink<'_> {
+    fn data(&mut self, chunk: Chunk, ts: i64) {
+        let data = match chunk {
+            Chunk::Input { at, len } => Chunk::Input { at: self.blob_off.saturating_add(at), len },
+            owned => owned,
+        };
+        self.events.push(Event::Data { handle: self.handle, d: self.d, data, ts });
+    }
+
+    fn gap(&mut self, missing: u64, ts: i64) {
+        self.events.push(Event::Gap { handle: self.handle, d: self.d, missing, ts });
+    }
+}
+
 type Key = ([u8; 16], u16, [u8; 16], u16);
 
 /// The connection tracker of one partition of one source.
@@ -126,6 +162,8 @@ pub struct Tracker {
     /// were opened (an eviction tie picks the same one again after a restore)
     pub conns: BTreeMap<u64, Connection>,
     pub l7_state: BTreeMap<u64, L7State>,
+    /// the two directions' reassembly of each `Active` L7 connection
+    pub streams: BTreeMap<u64, Box<[Reassembler; 2]>>,
     /// (src, sport, dst, dport) -> handle, under both directions
     pub index: HashMap<Key, u64>,
     pub next_handle: u64,
@@ -142,7 +180,7 @@ impl Tracker {
     pub fn new(idle_timeout_us: i64, close_linger_us: i64, interim_us: i64, max_connections: u64, l7: bool) -> Self {
         Tracker {
             idle_timeout_us, close_linger_us, interim_us, max_connections, l7,
-            conns: BTreeMap::new(), l7_state: BTreeMap::new(), index: HashMap::new(), next_handle: 0,
+            conns: BTreeMap::new(), l7_state: BTreeMap::new(), streams: BTreeMap::new(), index: HashMap::new(), next_handle: 0,
             packets: 0, emitted: 0, counters: [None; 5], now: 0, next_sweep: 0, events: Vec::new(),
         }
     }
@@ -162,9 +200,10 @@ impl Tracker {
         self.idle_timeout_us.min(self.close_linger_us)
     }
 
-    /// Analyse a batch of packed headers (UDP and other packets are counted and skipped).
-    /// A trailing partial record is ignored.
-    pub fn process(&mut self, block: &[u8]) {
+    /// Analyse a batch of packed headers (UDP and other packets are counted and skipped);
+    /// `blob` is the batch's payload blob (the L7 streams' bytes). A trailing partial
+    /// record is ignored.
+    pub fn process(&mut self, block: &[u8], blob: &[u8]) {
         let n = block.len() / RECORD_SIZE;
         if n == 0 {
             return;
@@ -177,7 +216,7 @@ impl Tracker {
                 continue;
             }
             tcp += 1;
-            self.packet(&h);
+            self.packet(&h, blob);
             last_ts = Some(h.ts);
         }
         self.count(0, n as u64 - tcp);
@@ -189,7 +228,7 @@ impl Tracker {
         }
     }
 
-    fn packet(&mut self, h: &Hdr) {
+    fn packet(&mut self, h: &Hdr, blob: &[u8]) {
         let key: Key = (h.src, h.sport, h.dst, h.dport);
         let mut handle = self.index.get(&key).copied();
         // Expire a connection already due before routing this packet to it, so whether a
@@ -247,12 +286,31 @@ impl Tracker {
                     cid: conn.connection_id(),
                 });
                 self.l7_state.insert(hd, L7State::Active);
+                // The streams start where the analysis says each side's data starts (ISN + 1
+                // after a SYN; the first sequence or acknowledgement number seen otherwise).
+                let mut streams = Box::new([Reassembler::default(), Reassembler::default()]);
+                for (stream, flow) in streams.iter_mut().zip(&conn.flows) {
+                    if flow.base_seq_set {
+                        stream.next_seq = Some(flow.base_seq.wrapping_add(1));
+                    }
+                }
+                self.streams.insert(hd, streams);
             }
         }
-        self.events.push(Event::Packet {
-            handle: hd, d: d as u8, seq: h.seq, ack: h.ack, flags: h.flags,
-            off: h.off, caplen: h.caplen, seglen: h.payload_len, ts: h.ts,
-        });
+        let Some([s0, s1]) = self.streams.get_mut(&hd).map(|s| &mut **s) else { return };
+        let (own, other) = if d == 0 { (s0, s1) } else { (s1, s0) };
+        let events = &mut self.events;
+        if h.flags & ACK != 0 {
+            // side d's ACK acknowledges the other side's stream
+            other.ack(h.ack, &mut StreamSink { events, handle: hd, d: 1 - d as u8, blob_off: 0 });
+        }
+        if h.payload_len > 0 {
+            // TCP Fast Open: the SYN's data starts after the SYN's own sequence number
+            let seq = if h.flags & SYN != 0 { h.seq.wrapping_add(1) } else { h.seq };
+            let off = h.off as usize;
+            let data = off.checked_add(h.caplen as usize).and_then(|end| blob.get(off..end)).unwrap_or_default();
+            own.segment(seq, data, h.payload_len, h.ts, &mut StreamSink { events, handle: hd, d: d as u8, blob_off: off });
+        }
     }
 
     fn open(&mut self, h: &Hdr, reused: bool) -> u64 {
@@ -293,6 +351,12 @@ impl Tracker {
         }
         self.emitted += 1;
         if self.l7_state.remove(&hd) == Some(L7State::Active) {
+            // the streams end: what they buffered, and their last gaps, before the close
+            if let Some(streams) = self.streams.remove(&hd) {
+                for (d, mut stream) in streams.into_iter().enumerate() {
+                    stream.finish(&mut StreamSink { events: &mut self.events, handle: hd, d: d as u8, blob_off: 0 });
+                }
+            }
             self.events.push(Event::Close { handle: hd, ts: conn.last_ts, cid: conn.connection_id() });
         }
         self.events.push(Event::Record(Box::new(conn.record(ended_by, true))));
@@ -351,11 +415,13 @@ impl Tracker {
         }
     }
 
-    /// Python gave up on the connection's L7 session: no more events for it.
+    /// Python gave up on the connection's L7 session: no more events for it, and its
+    /// reassembly is freed.
     pub fn l7_ignore(&mut self, hd: u64) {
         if let Some(s) = self.l7_state.get_mut(&hd) {
             *s = L7State::Ignored;
         }
+        self.streams.remove(&hd);
     }
 
     pub fn open_connections(&self) -> usize {
@@ -371,6 +437,7 @@ impl Tracker {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use super::super::connection::FIN;
     use crate::layout::Packet;
 
     #[allow(clippy::too_many_arguments)]
@@ -391,6 +458,78 @@ mod tests {
         out
     }
 
+    /// Packets with payload: the header block and the blob.
+    fn with_payload(ps: &[(Packet, &[u8])]) -> (Vec<u8>, Vec<u8>) {
+        let (mut out, mut blob) = (Vec::new(), Vec::new());
+        for (p, data) in ps {
+            p.write(&mut out, blob.len() as u32, data.len() as u32);
+            blob.extend_from_slice(data);
+        }
+        (out, blob)
+    }
+
+    /// The L7 events as text, with the data resolved against the blob.
+    fn l7_events(events: &[Event], blob: &[u8]) -> Vec<String> {
+        events.iter().filter_map(|e| match e {
+            Event::Data { d, data, ts, .. } => Some(format!("data {d} {} @{ts}", String::from_utf8_lossy(match data {
+                Chunk::Input { at, len } => &blob[*at..*at + *len],
+                Chunk::Owned(v) => v,
+            }))),
+            Event::Gap { d, missing, ts, .. } => Some(format!("gap {d} {missing} @{ts}")),
+            Event::Open { base, .. } => Some(format!("open {base:?}")),
+            Event::Close { ts, .. } => Some(format!("close @{ts}")),
+            _ => None,
+        }).collect()
+    }
+
+    #[test]
+    fn l7_streams_are_reassembled_in_the_tracker() {
+        let mut t = Tracker::new(300_000_000, 10_000_000, 0, 1000, true);
+        let (b, blob) = with_payload(&[
+            (pkt(0, 1, 4000, 2, 80, 100, 0, SYN, 0), b""),
+            (pkt(10, 2, 80, 1, 4000, 500, 101, SYN | ACK, 0), b""),
+            (pkt(20, 1, 4000, 2, 80, 101, 501, ACK, 0), b""),
+            (pkt(30, 1, 4000, 2, 80, 105, 501, ACK, 4), b"EFGH"), // out of order
+            (pkt(40, 1, 4000, 2, 80, 101, 501, ACK, 6), b"ABCDEF"), // fills the hole, overlaps
+            (pkt(50, 2, 80, 1, 4000, 501, 109, ACK, 3), b"xyz"),
+            (pkt(60, 2, 80, 1, 4000, 510, 109, ACK, 2), b"uv"), // 6 bytes lost before
+            (pkt(70, 1, 4000, 2, 80, 109, 504, ACK, 0), b""), // pure ACK: no event
+            (pkt(80, 1, 4000, 2, 80, 109, 512, ACK | FIN, 0), b""), // FIN, acks beyond the hole
+        ]);
+        t.process(&b, &blob);
+        let mut ev = t.take_events();
+        t.flush();
+        ev.extend(t.take_events());
+        assert_eq!(l7_events(&ev, &blob), [
+            "open [Some(100), Some(500)]",
+            "data 0 ABCDEF @40", // delivered whole, then the buffered one's new part
+            "data 0 GH @30",
+            "data 1 xyz @50",
+            "gap 1 6 @60",
+            "data 1 uv @60",
+            "close @80",
+        ]);
+    }
+
+    #[test]
+    fn buffered_data_is_finished_before_the_close_and_ignore_frees() {
+        let mut t = Tracker::new(300_000_000, 10_000_000, 0, 1000, true);
+        let (b, blob) = with_payload(&[
+            (pkt(0, 1, 4000, 2, 80, 100, 0, SYN, 0), b""),
+            (pkt(10, 2, 80, 1, 4000, 500, 101, SYN | ACK, 0), b""),
+            (pkt(20, 1, 4000, 2, 80, 103, 501, ACK, 2), b"cd"),
+            (pkt(30, 1, 5000, 2, 80, 7, 9, ACK, 3), b"abc"), // mid-stream start
+        ]);
+        t.process(&b, &blob);
+        assert_eq!(t.streams.len(), 2);
+        assert_eq!(l7_events(&t.take_events(), &blob), ["open [Some(100), Some(500)]", "open [Some(6), Some(8)]",
+                                                          "data 0 abc @30"]);
+        t.l7_ignore(1);
+        assert_eq!(t.streams.len(), 1);
+        t.flush();
+        assert_eq!(l7_events(&t.take_events(), &blob), ["gap 0 2 @20", "data 0 cd @20", "close @20"]);
+    }
+
     fn records(events: &[Event]) -> Vec<&Record> {
         events.iter().filter_map(|e| if let Event::Record(r) = e { Some(r.as_ref()) } else { None }).collect()
     }
@@ -403,7 +542,7 @@ mod tests {
             pkt(10, 2, 80, 1, 4000, 500, 101, SYN | ACK, 0),
             pkt(20, 1, 4000, 2, 80, 101, 501, ACK, 5),
             pkt(30, 1, 4000, 2, 80, 9000, 0, SYN, 0), // new ISN: a new connection
-        ]));
+        ]), &[]);
         assert_eq!(t.open_connections(), 1);
         let ev = t.take_events();
         assert!(matches!(ev[0], Event::Open { .. }));
@@ -421,10 +560,10 @@ mod tests {
     fn eviction_and_idle_timeout() {
         let mut t = Tracker::new(1_000, 500, 0, 2, false);
         t.process(&block(&[pkt(0, 1, 1, 2, 80, 1, 0, SYN, 0), pkt(1, 1, 2, 2, 80, 1, 0, SYN, 0),
-                           pkt(2, 1, 3, 2, 80, 1, 0, SYN, 0)]));
+                           pkt(2, 1, 3, 2, 80, 1, 0, SYN, 0)]), &[]);
         assert_eq!(t.open_connections(), 2);
         assert_eq!(t.counter_items(), vec![("non_tcp_packets", 0), ("connections_opened", 3), ("evicted_for_memory", 1)]);
-        t.process(&block(&[pkt(10_000_000, 1, 9, 2, 80, 1, 0, SYN, 0)]));
+        t.process(&block(&[pkt(10_000_000, 1, 9, 2, 80, 1, 0, SYN, 0)]), &[]);
         assert_eq!(t.open_connections(), 1);
         assert_eq!(records(&t.take_events()).len(), 3);
     }
@@ -441,7 +580,8 @@ mod tests {
         for i in 0..50 {
             data[i * RECORD_SIZE + 77] = 6;
         }
-        t.process(&data);
+        let blob = data.clone();
+        t.process(&data, &blob[..100]);
         t.flush();
     }
 }
