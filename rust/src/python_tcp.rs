@@ -16,6 +16,7 @@
 use pyo3::buffer::PyBuffer;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
+use pyo3::{PyTraverseError, PyVisit};
 use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
 
 use crate::reassembly::{Chunk, Reassembler, Sink, DEFAULT_MAX_BUFFER};
@@ -272,6 +273,13 @@ impl PyStreamReassembler {
 
 #[pymethods]
 impl PyStreamReassembler {
+    /// The callbacks for the cycle collector (they are often bound methods of the object
+    /// that holds this reassembler).
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        visit.call(&self.deliver)?;
+        visit.call(&self.gap)
+    }
+
     #[new]
     #[pyo3(signature = (deliver, gap, max_buffer = DEFAULT_MAX_BUFFER))]
     fn new(deliver: PyObject, gap: PyObject, max_buffer: u64) -> Self {
