@@ -70,3 +70,79 @@ def test_schemas_outside_the_subset_are_refused() -> None:
     with pytest.raises(UnsupportedSchema):
         compile_writer({"type": "record", "name": "R", "fields": [
             {"name": "x", "type": ["string", "long"]}]})
+
+
+def test_records_may_be_dict_subclasses() -> None:
+    from wirestream.processors.findings import NO_FINDINGS, RecordWithFindings
+
+    schema = json.loads(schema_text(TOPIC_SCHEMAS[STATS]))
+    record = {"stage": "s", "instance": "i", "source_id": "x", "partition": 2, "ts_us": 5,
+              "final": False, "received": 3, "emitted": {}, "dropped": {"x": 1}, "counters": {}}
+    sub = RecordWithFindings(record, NO_FINDINGS)
+    assert compile_writer(schema)(sub) == fastavro_bytes(schema, record)
+
+
+EVERYTHING = {"type": "record", "name": "Everything", "namespace": "t", "fields": [
+    {"name": "b", "type": "boolean"}, {"name": "i", "type": "int"}, {"name": "l", "type": "long"},
+    {"name": "f", "type": "float"}, {"name": "d", "type": "double"}, {"name": "s", "type": "string"},
+    {"name": "y", "type": "bytes"}, {"name": "n", "type": "null"},
+    {"name": "e", "type": {"type": "enum", "name": "Colour", "symbols": ["red", "green"]}},
+    {"name": "x", "type": {"type": "fixed", "name": "Two", "size": 2}},
+    {"name": "o", "type": ["long", "null"]}, {"name": "u", "type": ["string"]},
+    {"name": "sub", "type": {"type": "record", "name": "Sub", "fields": [
+        {"name": "next", "type": ["null", "Sub"]}, {"name": "c", "type": "t.Colour"}]}},
+    {"name": "a", "type": {"type": "array", "items": {"type": "map", "values": ["null", "double"]}}},
+    {"name": "dflt", "type": "Colour", "default": "green"}]}
+
+
+@given(st.fixed_dictionaries({
+    "b": st.booleans(), "i": st.integers(-(2**31), 2**31 - 1), "l": st.integers(-(2**63), 2**63 - 1),
+    "f": st.floats(width=32, allow_nan=False), "d": st.floats(allow_nan=False), "s": st.text(),
+    "y": st.binary(), "n": st.none(), "e": st.sampled_from(["red", "green"]),
+    "x": st.binary(min_size=2, max_size=2), "o": st.none() | st.integers(-5, 5), "u": st.text(max_size=3),
+    "sub": st.fixed_dictionaries({"next": st.none() | st.just({"next": None, "c": "red"}),
+                                  "c": st.sampled_from(["red", "green"])}),
+    "a": st.lists(st.dictionaries(st.text(max_size=4), st.none() | st.floats(allow_nan=False)),
+                  max_size=3)}))
+@settings(max_examples=300)
+def test_every_type_of_the_subset_encodes_like_fastavro(record: dict) -> None:
+    assert compile_writer(EVERYTHING)(record) == fastavro_bytes(EVERYTHING, {**record, "dflt": "green"})
+
+
+def test_bytes_like_values() -> None:
+    schema = {"type": "record", "name": "R", "fields": [{"name": "y", "type": "bytes"}]}
+    want = fastavro_bytes(schema, {"y": b"abc"})
+    for value in (b"abc", bytearray(b"abc"), memoryview(b"xabc")[1:]):
+        assert compile_writer(schema)({"y": value}) == want
+
+
+@pytest.mark.parametrize(("record", "error", "path"), [
+    ({"a": "1", "m": {}}, TypeError, "R.a: expected int, got str"),
+    ({"a": 1.5, "m": {}}, TypeError, "R.a: expected int, got float"),
+    ({"a": 2**63, "m": {}}, ValueError, "R.a: "),
+    ({"m": {}}, ValueError, "R.a: missing"),
+    ({"a": 1, "m": {"k": [1, "x"]}}, TypeError, 'R.m["k"][1]: expected int, got str'),
+    ({"a": 1, "m": {3: []}}, TypeError, "R.m: a map key: expected str, got int"),
+    ({"a": 1, "m": {"k": "ab"}}, TypeError, 'R.m["k"]: expected a list, got str'),
+    ({"a": 1, "m": {}, "s": b"x"}, TypeError, "R.s: expected str, got bytes"),
+    ({"a": 1, "m": {}, "s": "\ud800"}, ValueError, "R.s: not encodable as UTF-8"),
+    (7, TypeError, "R: expected a dict (a record), got int"),
+])
+def test_values_that_do_not_fit_name_their_path(record: object, error: type, path: str) -> None:
+    schema = {"type": "record", "name": "R", "fields": [
+        {"name": "a", "type": "long"},
+        {"name": "m", "type": {"type": "map", "values": {"type": "array", "items": "long"}}},
+        {"name": "s", "type": ["null", "string"], "default": None}]}
+    with pytest.raises(error) as info:
+        compile_writer(schema)(record)  # type: ignore[arg-type]
+    assert str(info.value).startswith(path), str(info.value)
+
+
+@pytest.mark.parametrize("schema", [
+    ["null", "string", "long"],
+    {"type": "long", "logicalType": "timestamp-micros"},
+    {"type": "record", "name": "R", "fields": [{"name": "x", "type": "Unknown"}]},
+])
+def test_more_schemas_outside_the_subset_are_refused(schema: object) -> None:
+    with pytest.raises(UnsupportedSchema):
+        compile_writer(schema)  # type: ignore[arg-type]

@@ -16,10 +16,12 @@
 //!   analysis, with their checkpoint encoding;
 //! - [`reassembly`]: TCP stream reassembly (in-order bytes and gaps of one direction),
 //!   run by the tracker for each L7 connection;
-//! - `python`, `python_tcp`: the Python classes over all of it.
+//! - [`avro`]: output records -> Avro binary, compiled from their schema;
+//! - `python`, `python_tcp`, `python_avro`: the Python classes over all of it.
 
 use pyo3::prelude::*;
 
+pub mod avro;
 pub mod batch;
 pub mod bytes;
 pub mod capture_file;
@@ -31,6 +33,7 @@ pub mod replay;
 pub mod ring;
 pub mod tcp;
 mod python_tcp;
+mod python_avro;
 
 /// The version of the compiled core (the crate's), for `wirestream doctor`.
 #[pyfunction]
@@ -49,6 +52,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<python::PyRingFeed>()?;
     m.add_class::<python_tcp::PyTcpTracker>()?;
     m.add_class::<python_tcp::PyStreamReassembler>()?;
+    m.add_class::<python_avro::PyAvroWriter>()?;
     Ok(())
 }
 

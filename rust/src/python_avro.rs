@@ -1,0 +1,318 @@
+//! The Python class of the Avro encoder (`wirestream._core.AvroWriter`; Python code
+//! reaches it through `wirestream.avro_writer.compile_writer`).
+//!
+//! `AvroWriter(schema_json, prefix)` compiles the schema ([`crate::avro`]); calling it
+//! with a record (a `dict`, or a `dict` subclass such as
+//! `processors.findings.RecordWithFindings`, or any other mapping) gives `prefix` followed
+//! by the record's Avro binary encoding, as `bytes`. A schema outside the compiled subset
+//! raises `ValueError` (the Python wrapper turns it into `UnsupportedSchema`).
+//!
+//! Values are read from Python objects as the Python writer this replaces read them:
+//! fields by name (one interned `str` per field, so a lookup in a dict whose keys are
+//! literals compares pointers), a dict's own storage (`PyDict_GetItem`: a subclass's
+//! `__getitem__`/`__missing__` are not called), ints through `__index__` (bool too),
+//! doubles through `__float__`, strings as UTF-8, bytes from `bytes`, `bytearray` or
+//! any byte buffer, arrays from any iterable but `str`/`bytes`/`dict`, maps from
+//! mappings. A value that does not fit raises `TypeError` (wrong kind) or `ValueError`
+//! (out of range, missing field, bad enum symbol) naming the record and the path of the
+//! value (`Transaction.request_headers["Host"]: expected str, got int`).
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use pyo3::buffer::PyBuffer;
+use pyo3::exceptions::{PyKeyError, PyOverflowError, PyTypeError, PyUnicodeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyByteArray, PyBytes, PyDict, PyFloat, PyList, PyMapping, PyString, PyTuple};
+
+use crate::avro::{Datum, EncodeError, Fault, Writer};
+
+type Res<T> = Result<T, Fault<PyErr>>;
+
+/// A Python value being encoded, and the interned field names of its schema.
+struct PyDatum<'a, 'py> {
+    obj: Bound<'py, PyAny>,
+    names: &'a [Py<PyString>],
+}
+
+fn type_name(obj: &Bound<'_, PyAny>) -> String {
+    obj.get_type().name().map(|n| n.to_string()).unwrap_or_else(|_| "?".to_owned())
+}
+
+impl<'a, 'py> PyDatum<'a, 'py> {
+    fn child(&self, obj: Bound<'py, PyAny>) -> Self {
+        PyDatum { obj, names: self.names }
+    }
+
+    fn got(&self, expected: &str) -> Fault<PyErr> {
+        Fault::Type(format!("expected {expected}, got {}", type_name(&self.obj)))
+    }
+}
+
+impl Datum for PyDatum<'_, '_> {
+    type Error = PyErr;
+
+    fn is_null(&self) -> bool {
+        self.obj.is_none()
+    }
+
+    fn truthy(&self) -> Res<bool> {
+        self.obj.is_truthy().map_err(Fault::Source)
+    }
+
+    fn long(&self) -> Res<i64> {
+        let py = self.obj.py();
+        // PyLong_AsLongLong: an int (or bool, or anything with __index__); a float is refused
+        self.obj.extract::<i64>().map_err(|e| {
+            if e.is_instance_of::<PyOverflowError>(py) {
+                Fault::Value(format!("{} does not fit an Avro long", self.obj))
+            } else if e.is_instance_of::<PyTypeError>(py) {
+                self.got("int")
+            } else {
+                Fault::Source(e)
+            }
+        })
+    }
+
+    fn double(&self) -> Res<f64> {
+        if let Ok(f) = self.obj.downcast::<PyFloat>() {
+            return Ok(f.value());
+        }
+        let py = self.obj.py();
+        self.obj.extract::<f64>().map_err(|e| {
+            if e.is_instance_of::<PyOverflowError>(py) {
+                Fault::Value(format!("{} does not fit an Avro double", self.obj))
+            } else if e.is_instance_of::<PyTypeError>(py) {
+                self.got("float")
+            } else {
+                Fault::Source(e)
+            }
+        })
+    }
+
+    fn with_str<R>(&self, f: impl FnOnce(&[u8]) -> R) -> Res<R> {
+        let Ok(s) = self.obj.downcast::<PyString>() else {
+            return Err(self.got("str"));
+        };
+        match s.to_str() {
+            Ok(text) => Ok(f(text.as_bytes())),
+            Err(e) if e.is_instance_of::<PyUnicodeError>(self.obj.py()) => {
+                Err(Fault::Value(format!("not encodable as UTF-8 ({e})")))
+            }
+            Err(e) => Err(Fault::Source(e)),
+        }
+    }
+
+    fn with_bytes<R>(&self, f: impl FnOnce(&[u8]) -> R) -> Res<R> {
+        if let Ok(b) = self.obj.downcast::<PyBytes>() {
+            return Ok(f(b.as_bytes()));
+        }
+        if let Ok(b) = self.obj.downcast::<PyByteArray>() {
+            return Ok(f(&b.to_vec()));
+        }
+        if self.obj.is_instance_of::<PyString>() {
+            return Err(self.got("bytes"));
+        }
+        match PyBuffer::<u8>::get(&self.obj) {
+            Ok(buf) => Ok(f(&buf.to_vec(self.obj.py()).map_err(Fault::Source)?)),
+            Err(_) => Err(self.got("bytes")),
+        }
+    }
+
+    fn field(&self, id: usize, name: &str) -> Res<Option<Self>> {
+        let py = self.obj.py();
+        let key = match self.names.get(id) {
+            Some(k) => k.bind(py).clone(),
+            None => PyString::new(py, name),
+        };
+        if let Ok(d) = self.obj.downcast::<PyDict>() {
+            return match d.get_item(key) {
+                Ok(v) => Ok(v.map(|v| self.child(v))),
+                Err(e) => Err(Fault::Source(e)),
+            };
+        }
+        if let Ok(m) = self.obj.downcast::<PyMapping>() {
+            return match m.get_item(key) {
+                Ok(v) => Ok(Some(self.child(v))),
+                Err(e) if e.is_instance_of::<PyKeyError>(py) => Ok(None),
+                Err(e) => Err(Fault::Source(e)),
+            };
+        }
+        Err(self.got("a dict (a record)"))
+    }
+
+    fn items(&self) -> Res<Vec<Self>> {
+        if let Ok(l) = self.obj.downcast::<PyList>() {
+            return Ok(l.iter().map(|v| self.child(v)).collect());
+        }
+        if let Ok(t) = self.obj.downcast::<PyTuple>() {
+            return Ok(t.iter().map(|v| self.child(v)).collect());
+        }
+        // iterable, but not as an array: a str would be its characters, a dict its keys
+        if self.obj.is_instance_of::<PyString>()
+            || self.obj.is_instance_of::<PyBytes>()
+            || self.obj.is_instance_of::<PyByteArray>()
+            || self.obj.is_instance_of::<PyDict>()
+        {
+            return Err(self.got("a list"));
+        }
+        let iter = self.obj.try_iter().map_err(|_| self.got("a list"))?;
+        iter.map(|v| v.map(|v| self.child(v)).map_err(Fault::Source)).collect()
+    }
+
+    fn entries(&self) -> Res<Vec<(Self, Self)>> {
+        if let Ok(d) = self.obj.downcast::<PyDict>() {
+            // collected before any value is read: reading one may run Python code
+            // (`__index__`), which must not find the dict mid-iteration
+            return Ok(d.iter().map(|(k, v)| (self.child(k), self.child(v))).collect());
+        }
+        if let Ok(m) = self.obj.downcast::<PyMapping>() {
+            let items = m.items().map_err(Fault::Source)?;
+            return items
+                .iter()
+                .map(|kv| {
+                    let (k, v) = kv.extract::<(Bound<'_, PyAny>, Bound<'_, PyAny>)>().map_err(Fault::Source)?;
+                    Ok((self.child(k), self.child(v)))
+                })
+                .collect();
+        }
+        Err(self.got("a dict (a map)"))
+    }
+}
+
+/// The Python exception for an encoding error: `TypeError`/`ValueError` naming the
+/// record and the path; an error Python raised while a value was read keeps its type if
+/// it is neither (the original as the cause otherwise).
+fn to_pyerr(py: Python<'_>, record: &str, e: EncodeError<PyErr>) -> PyErr {
+    let path = e.path();
+    let at = if path.is_empty() { record.to_owned() } else { format!("{record}.{path}") };
+    match e.fault {
+        Fault::Type(m) => PyTypeError::new_err(format!("{at}: {m}")),
+        Fault::Value(m) => PyValueError::new_err(format!("{at}: {m}")),
+        Fault::Source(err) => {
+            let new = if err.is_instance_of::<PyTypeError>(py) {
+                PyTypeError::new_err(format!("{at}: {err}"))
+            } else if err.is_instance_of::<PyValueError>(py) {
+                PyValueError::new_err(format!("{at}: {err}"))
+            } else {
+                return err;
+            };
+            new.set_cause(py, Some(err));
+            new
+        }
+    }
+}
+
+/// `AvroWriter(schema_json, prefix=b"")`: `writer(record) -> bytes`.
+#[pyclass(module = "wirestream._core", name = "AvroWriter", frozen)]
+pub struct PyAvroWriter {
+    writer: Writer,
+    names: Vec<Py<PyString>>,
+    prefix: Vec<u8>,
+    /// The size of the last record written: the next one's buffer starts that large.
+    hint: AtomicUsize,
+}
+
+/// Records of up to this size are written without the buffer growing (larger hints
+/// are not kept: one huge record should not make every later buffer huge).
+const MAX_HINT: usize = 1 << 16;
+
+#[pymethods]
+impl PyAvroWriter {
+    #[new]
+    #[pyo3(signature = (schema_json, prefix = b"".as_slice()))]
+    fn new(py: Python<'_>, schema_json: &str, prefix: &[u8]) -> PyResult<Self> {
+        let writer = Writer::from_json(schema_json).map_err(|e| PyValueError::new_err(e.0))?;
+        let names = writer.field_names().iter().map(|n| PyString::intern(py, n).unbind()).collect();
+        Ok(PyAvroWriter { writer, names, prefix: prefix.to_vec(), hint: AtomicUsize::new(256) })
+    }
+
+    fn __call__<'py>(&self, record: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyBytes>> {
+        let py = record.py();
+        let mut out = Vec::with_capacity(self.hint.load(Ordering::Relaxed));
+        out.extend_from_slice(&self.prefix);
+        let datum = PyDatum { obj: record.clone(), names: &self.names };
+        self.writer.encode(&datum, &mut out).map_err(|e| to_pyerr(py, self.writer.name(), e))?;
+        self.hint.store(out.len().clamp(64, MAX_HINT), Ordering::Relaxed);
+        Ok(PyBytes::new(py, &out))
+    }
+
+    /// The schema's (root record's) name.
+    #[getter]
+    fn name(&self) -> &str {
+        self.writer.name()
+    }
+
+    /// The bytes every encoding starts with.
+    #[getter]
+    fn prefix<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
+        PyBytes::new(py, &self.prefix)
+    }
+
+    fn __repr__(&self) -> String {
+        format!("<AvroWriter {}>", self.writer.name())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pyo3::types::PyDictMethods;
+
+    const SCHEMA: &str = r#"{"type": "record", "name": "R", "fields": [
+        {"name": "a", "type": "long"},
+        {"name": "s", "type": ["null", "string"], "default": null},
+        {"name": "b", "type": "bytes", "default": ""},
+        {"name": "m", "type": {"type": "map", "values": "double"}, "default": {}},
+        {"name": "l", "type": {"type": "array", "items": "boolean"}, "default": []}]}"#;
+
+    fn write(py: Python<'_>, record: &Bound<'_, PyAny>) -> PyResult<Vec<u8>> {
+        let w = PyAvroWriter::new(py, SCHEMA, b"P")?;
+        Ok(w.__call__(record)?.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn dicts_encode_and_errors_name_the_path() {
+        pyo3::prepare_freethreaded_python();
+        Python::with_gil(|py| {
+            let d = PyDict::new(py);
+            d.set_item("a", 3).unwrap();
+            assert_eq!(write(py, d.as_any()).unwrap(), b"P\x06\x00\x00\x00\x00");
+            d.set_item("s", "x").unwrap();
+            d.set_item("b", PyBytes::new(py, b"yz")).unwrap();
+            let m = PyDict::new(py);
+            m.set_item("k", 1).unwrap();
+            d.set_item("m", &m).unwrap();
+            d.set_item("l", vec![true, false]).unwrap();
+            let mut want = b"P\x06\x02\x02x\x04yz\x02\x02k".to_vec();
+            want.extend_from_slice(&1f64.to_le_bytes());
+            want.extend_from_slice(b"\x00\x04\x01\x00\x00");
+            assert_eq!(write(py, d.as_any()).unwrap(), want);
+
+            m.set_item("j", "no").unwrap();
+            let e = write(py, d.as_any()).unwrap_err();
+            assert!(e.is_instance_of::<PyTypeError>(py));
+            assert_eq!(e.value(py).to_string(), "R.m[\"j\"]: expected float, got str");
+            m.del_item("j").unwrap();
+
+            d.set_item("a", 1u128 << 70).unwrap();
+            let e = write(py, d.as_any()).unwrap_err();
+            assert!(e.is_instance_of::<PyValueError>(py));
+            assert!(e.value(py).to_string().starts_with("R.a: "));
+            d.set_item("a", 1.5).unwrap();
+            assert!(write(py, d.as_any()).unwrap_err().is_instance_of::<PyTypeError>(py));
+            d.del_item("a").unwrap();
+            assert!(write(py, d.as_any()).unwrap_err().is_instance_of::<PyValueError>(py));
+            assert!(write(py, 5i64.into_pyobject(py).unwrap().as_any()).unwrap_err().is_instance_of::<PyTypeError>(py));
+        });
+    }
+
+    #[test]
+    fn schemas_outside_the_subset_are_value_errors() {
+        pyo3::prepare_freethreaded_python();
+        Python::with_gil(|py| {
+            let e = PyAvroWriter::new(py, r#"["string", "long"]"#, b"").err().unwrap();
+            assert!(e.is_instance_of::<PyValueError>(py));
+            assert!(PyAvroWriter::new(py, "{", b"").is_err());
+        });
+    }
+}
