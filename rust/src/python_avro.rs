@@ -17,7 +17,7 @@
 //! (out of range, missing field, bad enum symbol) naming the record and the path of the
 //! value (`Transaction.request_headers["Host"]: expected str, got int`).
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::cell::RefCell;
 
 use pyo3::buffer::PyBuffer;
 use pyo3::exceptions::{PyKeyError, PyOverflowError, PyTypeError, PyUnicodeError, PyValueError};
@@ -120,9 +120,13 @@ impl Datum for PyDatum<'_, '_> {
 
     fn field(&self, id: usize, name: &str) -> Res<Option<Self>> {
         let py = self.obj.py();
+        let owned;
         let key = match self.names.get(id) {
-            Some(k) => k.bind(py).clone(),
-            None => PyString::new(py, name),
+            Some(k) => k.bind(py),
+            None => {
+                owned = PyString::new(py, name);
+                &owned
+            }
         };
         if let Ok(d) = self.obj.downcast::<PyDict>() {
             return match d.get_item(key) {
@@ -208,13 +212,28 @@ pub struct PyAvroWriter {
     writer: Writer,
     names: Vec<Py<PyString>>,
     prefix: Vec<u8>,
-    /// The size of the last record written: the next one's buffer starts that large.
-    hint: AtomicUsize,
 }
 
-/// Records of up to this size are written without the buffer growing (larger hints
-/// are not kept: one huge record should not make every later buffer huge).
-const MAX_HINT: usize = 1 << 16;
+thread_local! {
+    /// The encoding buffer of this thread's calls: its capacity is kept from record to
+    /// record, so that a record costs no allocation and no regrowth, only the copy into
+    /// its `bytes`.
+    static BUFFER: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A buffer that grew beyond this (one huge record) is not kept.
+const MAX_KEPT: usize = 1 << 20;
+
+impl PyAvroWriter {
+    fn write<'py>(&self, record: &Bound<'py, PyAny>, out: &mut Vec<u8>) -> PyResult<Bound<'py, PyBytes>> {
+        let py = record.py();
+        out.clear();
+        out.extend_from_slice(&self.prefix);
+        let datum = PyDatum { obj: record.clone(), names: &self.names };
+        self.writer.encode(&datum, out).map_err(|e| to_pyerr(py, self.writer.name(), e))?;
+        Ok(PyBytes::new(py, out))
+    }
+}
 
 #[pymethods]
 impl PyAvroWriter {
@@ -223,17 +242,21 @@ impl PyAvroWriter {
     fn new(py: Python<'_>, schema_json: &str, prefix: &[u8]) -> PyResult<Self> {
         let writer = Writer::from_json(schema_json).map_err(|e| PyValueError::new_err(e.0))?;
         let names = writer.field_names().iter().map(|n| PyString::intern(py, n).unbind()).collect();
-        Ok(PyAvroWriter { writer, names, prefix: prefix.to_vec(), hint: AtomicUsize::new(256) })
+        Ok(PyAvroWriter { writer, names, prefix: prefix.to_vec() })
     }
 
     fn __call__<'py>(&self, record: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyBytes>> {
-        let py = record.py();
-        let mut out = Vec::with_capacity(self.hint.load(Ordering::Relaxed));
-        out.extend_from_slice(&self.prefix);
-        let datum = PyDatum { obj: record.clone(), names: &self.names };
-        self.writer.encode(&datum, &mut out).map_err(|e| to_pyerr(py, self.writer.name(), e))?;
-        self.hint.store(out.len().clamp(64, MAX_HINT), Ordering::Relaxed);
-        Ok(PyBytes::new(py, &out))
+        BUFFER.with(|cell| match cell.try_borrow_mut() {
+            Ok(mut buf) => {
+                let result = self.write(record, &mut buf);
+                if buf.capacity() > MAX_KEPT {
+                    *buf = Vec::new();
+                }
+                result
+            }
+            // re-entered (a value's __index__ encoding another record): a buffer of its own
+            Err(_) => self.write(record, &mut Vec::new()),
+        })
     }
 
     /// The schema's (root record's) name.
