@@ -209,3 +209,16 @@ def test_a_codec_decodes_some_fields(registry) -> None:
         some(message[:-3])
     with pytest.raises(DecodeError):
         some(b"\x01" + message[1:])
+
+
+def test_an_out_folder_that_cannot_be_written_fails_the_run_before_it_starts(tmp_path: Path) -> None:
+    import time
+
+    from wirestream.analyze import analyze
+    from wirestream.config import Settings
+
+    (tmp_path / "file").write_text("")
+    started = time.monotonic()
+    with pytest.raises(OSError):
+        analyze([str(DATA / "chrissanders/http_espn.pcapng")], Settings(), jsonl_dir=tmp_path / "file")
+    assert time.monotonic() - started < 1  # no broker, no worker, no replay

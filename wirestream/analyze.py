@@ -157,6 +157,28 @@ def run_pipeline(result: AnalyzeResult, settings: Settings, feed: Feeder, worker
 
     ``jsonl_dir`` and ``fields``: as for :func:`analyze`.
     """
+    writer = None
+    if jsonl_dir is not None:
+        # opened first: a folder that cannot be written fails the run before it starts
+        from wirestream.sinks.jsonl import JsonlWriter
+
+        writer = JsonlWriter(jsonl_dir)
+    try:
+        _run(result, settings, feed, workers, stall_timeout_s, keep_bodies, input_bytes, after_feed,
+             writer, fields)
+    except BaseException:
+        if writer is not None:
+            writer.discard()
+        raise
+    if writer is not None:
+        writer.close()
+        result.jsonl_dir = os.fspath(jsonl_dir)  # type: ignore[arg-type]
+
+
+def _run(result: AnalyzeResult, settings: Settings, feed: Feeder, workers: int | None,
+         stall_timeout_s: float, keep_bodies: bool, input_bytes: int | None,
+         after_feed: Callable[[], None] | None, writer: JsonlWriter | None,
+         fields: dict[str, frozenset[str]] | None) -> None:
     run_id = uuid.uuid4().hex[:12]
     worker_settings = settings if keep_bodies else dataclasses.replace(settings, response_body_cap=0)
     with Runtime(settings, worker_grace_s=0.5, autostart=False) as rt:
@@ -197,25 +219,12 @@ def run_pipeline(result: AnalyzeResult, settings: Settings, feed: Feeder, worker
             raise
         if after_feed is not None:
             after_feed()
-        writer = None
-        if jsonl_dir is not None:
-            from wirestream.sinks.jsonl import JsonlWriter
-
-            writer = JsonlWriter(jsonl_dir)
-        try:
-            if source_ids:
-                result.stats, result.records = _wait_and_collect(
-                    rt, starts, source_ids, partitions, observation_partitions, stall_timeout_s,
-                    writer, fields)
-            else:
-                result.records = {t: [] for t in OUTPUT_TOPICS}
-        except BaseException:
-            if writer is not None:
-                writer.discard()
-            raise
-        if writer is not None:
-            writer.close()
-            result.jsonl_dir = os.fspath(jsonl_dir)  # type: ignore[arg-type]
+        if source_ids:
+            result.stats, result.records = _wait_and_collect(
+                rt, starts, source_ids, partitions, observation_partitions, stall_timeout_s,
+                writer, fields)
+        else:
+            result.records = {t: [] for t in OUTPUT_TOPICS}
 
 
 #: Input (capture files) up to this size is processed by one worker process, with the
@@ -323,7 +332,8 @@ def _wait_and_collect(
                             if wanted.__class__ is not tuple:
                                 # the fields in the record's order, as the decoder of
                                 # only them would give them (made once per topic)
-                                wanted = keep[topic] = tuple(k for k in rec if k in wanted)
+                                wanted = keep[topic] = (*(k for k in rec if k in wanted),
+                                                        *(k for k in wanted if k not in rec))
                             rec = {k: rec[k] for k in wanted if k in rec}
                     records[topic].append(rec)
                     continue
