@@ -310,6 +310,7 @@ def _wait_and_collect(
     keep: dict[str, frozenset[str] | tuple[str, ...] | None] = (
         {t: fields.get(t) for t in OUTPUT_TOPICS} if writer is not None else {})
     write = writer.write if writer is not None else None
+    undecodable, first_error = 0, ""
 
     def done() -> bool:
         return not waiting and all(len(records[t]) >= n for t, n in expected.items())
@@ -320,7 +321,12 @@ def _wait_and_collect(
             msgs = reader.poll(0.2, 10_000)
             for msg in msgs:
                 rec = msg.record
-                if rec is None or rec.get("source_id", "") not in source_ids:
+                if rec is None:
+                    # another run's, or this run's and lost: which, the timeout's error says
+                    undecodable += 1
+                    first_error = first_error or f"{msg.topic}/{msg.partition}@{msg.offset}: {msg.error}"
+                    continue
+                if rec.get("source_id", "") not in source_ids:
                     continue
                 last_progress = time.monotonic()
                 topic = msg.topic
@@ -354,5 +360,8 @@ def _wait_and_collect(
                             f"within {stall_timeout_s:.0f} s (logs in {rt.workdir})"
                         )
                     missing = {t: n - len(records[t]) for t, n in expected.items() if len(records[t]) < n}
-                    raise ProcessingTimeout(f"output records missing after {stall_timeout_s:.0f} s: {missing}")
+                    raise ProcessingTimeout(
+                        f"output records missing after {stall_timeout_s:.0f} s: {missing}"
+                        + (f" ({undecodable} record(s) could not be decoded, the first {first_error})"
+                           if undecodable else ""))
     return stats, records
