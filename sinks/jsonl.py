@@ -7,11 +7,11 @@ like ``jq``; the Avro topics keep the exact bytes.
 
 Two encoders, one output: :func:`to_json_line` (the standard library's ``json``, any
 record: ``tail``, the SIEM sink) and the per-topic encoders of :class:`JsonlWriter`
-(``orjson``, ~10x faster: ``analyze --out`` writes every record of a run, hundreds of
+(``orjson``, 3-8x faster: ``analyze --out`` writes every record of a run, hundreds of
 megabytes for a big capture). They write the same bytes for every record of the output
-topics (tests/test_jsonl.py): the one place where orjson's text differs, a float below
-1e-4 in magnitude (orjson ``1e-5``, ``json`` ``1e-05``) or not finite (orjson ``null``,
-``json`` ``NaN``), is written with ``json``'s text.
+topics (tests/test_analyze_output.py). Where orjson's text differs, a float below 1e-4
+in magnitude (orjson ``0.00001`` and ``2.5e-7``, ``json`` ``1e-05`` and ``2.5e-07``) or
+not finite (orjson ``null``, ``json`` ``NaN``), the float is written with ``json``'s text.
 """
 
 from __future__ import annotations
