@@ -1,4 +1,8 @@
-"""Human-readable output of ``wirestream analyze``: progress bars and summary tables."""
+"""Human-readable output of ``wirestream analyze``: progress bars and summary tables.
+
+Its heavy imports (rich, the windows' merge: numpy, ~0.25 s) are made where they are
+used, so that :data:`SUMMARY_FIELDS` can be imported before the workers start;
+:func:`preload` makes them ahead, in a thread, while the command waits."""
 
 from __future__ import annotations
 
@@ -8,13 +12,7 @@ import sys
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
-
-from rich.console import Console
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
-from rich.table import Table
-from wirestream.processors.service_windows import ServiceSummary, merge_windows
-from wirestream.sinks.jsonl import write_jsonl
+from typing import TYPE_CHECKING, Any
 
 from wirestream.topics import (
     ALERTS,
@@ -26,6 +24,31 @@ from wirestream.topics import (
     TRANSACTIONS,
 )
 
+if TYPE_CHECKING:
+    from rich.console import Console
+    from wirestream.processors.service_windows import ServiceSummary
+
+#: What the summary (tables and ``--json``) reads of the records of these topics; the
+#: others (connections: ``top_trouble`` shows them whole; alerts and service metrics:
+#: few) it reads whole. ``analyze`` keeps only these fields in memory
+#: (``wirestream.analyze.analyze(fields=...)``): not a transaction's headers and bodies.
+SUMMARY_FIELDS: dict[str, frozenset[str]] = {
+    TRANSACTIONS: frozenset({"client_ip", "client_port", "server_ip", "server_port", "method", "host",
+                             "path", "status", "latency_us", "response_body_size", "error"}),
+    DNS: frozenset({"client_ip", "server_ip", "transport", "query_name", "query_type", "rcode",
+                    "latency_us", "answers"}),
+    TLS: frozenset({"client_ip", "client_port", "server_ip", "server_port", "server_name", "version",
+                    "cipher_suite", "alpn", "handshake_ms", "resumed", "alert"}),
+}
+
+
+def preload() -> None:
+    """Import what the summary needs (rich, the windows' merge), ahead of it."""
+    import rich.console  # noqa: F401
+    import rich.table  # noqa: F401
+    import wirestream.processors.service_windows  # noqa: F401
+
+
 _STATE_TROUBLE = {"refused": 3, "reset": 2, "half_open": 2, "incomplete_handshake": 2, "timeout": 1}
 
 
@@ -35,6 +58,8 @@ def progress_bars(enabled: bool) -> Iterator[Callable[[str, int], Callable[[int,
     if not enabled:
         yield None
         return
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
+
     with Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(), TimeRemainingColumn(),
         transient=True,
@@ -100,6 +125,8 @@ def print_l7(records: dict[str, list[dict[str, Any]]], top: int, console: Consol
     dns = records.get(DNS, [])
     tls = records.get(TLS, [])
     summary = l7_summary(records)
+    from rich.table import Table
+
     if tx:
         console.print(f"HTTP: {len(tx):,} transactions; " + ", ".join(f"{k} {v:,}" for k, v in summary["http"].items()))
         table = Table(title=f"HTTP transactions, errors and slowest first (top {min(top, len(tx))} of {len(tx):,})")
@@ -155,6 +182,8 @@ def print_l7(records: dict[str, list[dict[str, Any]]], top: int, console: Consol
 
 def _services(records: dict[str, list[dict[str, Any]]]) -> list[ServiceSummary]:
     """Services over the whole run, busiest first."""
+    from wirestream.processors.service_windows import merge_windows
+
     merged = merge_windows(records.get(SERVICE_METRICS, []))
     return sorted(merged.values(), key=lambda s: (-(s.requests + s.connections), s.service))
 
@@ -173,6 +202,8 @@ _SEVERITY = {"critical": 0, "warning": 1, "info": 2}
 
 def print_services(records: dict[str, list[dict[str, Any]]], top: int, console: Console) -> None:
     """Per-service table (windows merged over the run) and the alerts."""
+    from rich.table import Table
+
     services = _services(records)
     if services:
         table = Table(title=f"Services, busiest first (top {min(top, len(services))} of {len(services):,}; "
@@ -271,8 +302,11 @@ def summary_json(result: Any) -> dict[str, Any]:
 
 def report(result: Any, *, as_json: bool, top: int, out_dir: str | None) -> None:
     """What ``analyze`` and ``capture`` end with: the records to ``DIR/<topic>.jsonl``
-    (``out_dir``), and the summary as JSON or as tables on stdout."""
-    if out_dir:
+    (``out_dir``), unless the run streamed them there already (``result.jsonl_dir``),
+    and the summary as JSON or as tables on stdout."""
+    if out_dir and getattr(result, "jsonl_dir", None) != out_dir:
+        from wirestream.sinks.jsonl import write_jsonl
+
         write_jsonl(out_dir, result.records)
     if as_json:
         json.dump(summary_json(result), sys.stdout, indent=2)
@@ -282,6 +316,9 @@ def report(result: Any, *, as_json: bool, top: int, out_dir: str | None) -> None
 
 
 def print_summary(result: Any, top: int = 15, out_dir: str | None = None, console: Console | None = None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
     # Piped or redirected output gets a fixed, wide layout instead of rich's 80 columns.
     console = console or Console(width=None if sys.stdout.isatty() else 160)
     conns = result.records.get(CONNECTIONS, [])

@@ -102,3 +102,69 @@ def test_schemas_outside_the_subset_fall_back_to_fastavro() -> None:
     with pytest.raises(UnsupportedSchema):
         compile_reader(schema)
     assert make_reader(schema)(b"HDR\x02\x04", 3) == {"x": 2}
+
+
+SUBSETS = [frozenset(), frozenset({"source_id"}), frozenset({"client_ip", "status", "answers", "version"}),
+           frozenset({"request_headers", "response_body", "latency_us", "handshake_ms", "error"})]
+
+
+@pytest.mark.parametrize("topic", [CONNECTIONS, TRANSACTIONS, DNS, TLS])
+def test_a_reader_of_some_fields_reads_them_as_the_whole_reader(topic: str) -> None:
+    """``fields``: the other fields are stepped over, and those read are the same."""
+    schema = json.loads(schema_text(TOPIC_SCHEMAS[topic]))
+    write, read = compile_writer(schema, b"HDR"), compile_reader(schema)
+    names = [f["name"] for f in schema["fields"]]
+    subsets = [*SUBSETS, frozenset(names), frozenset(names[::2]), frozenset(names[1::3])]
+    readers = [(fields, compile_reader(schema, fields)) for fields in subsets]
+    n = 0
+    for path in CAPTURES:
+        for record in local_l7(str(path)).get(topic, []):
+            message = write(record)
+            whole = read(message, 3)
+            for fields, read_some in readers:
+                got = read_some(message, 3)
+                assert got == {k: v for k, v in whole.items() if k in fields}
+                assert list(got) == [k for k in whole if k in fields]  # in the schema's order
+            n += 1
+    assert n > 0
+
+
+def test_a_reader_of_some_fields_steps_over_blocks_and_maps() -> None:
+    schema = {"type": "record", "name": "R", "fields": [
+        {"name": "m", "type": {"type": "map", "values": "long"}},
+        {"name": "a", "type": {"type": "array", "items": "string"}},
+        {"name": "d", "type": ["null", "double"]}, {"name": "r", "type": {
+            "type": "record", "name": "In", "fields": [{"name": "f", "type": "float"},
+                                                       {"name": "b", "type": "boolean"}]}},
+        {"name": "z", "type": "null"}, {"name": "x", "type": "long"}]}
+    body = (zigzag(-2) + zigzag(6) + b"\x02k\x02" + b"\x02j\x04" + zigzag(1) + b"\x02z\x06" + b"\x00"
+            + zigzag(-1) + zigzag(2) + b"\x02q" + zigzag(2) + b"\x02r" + b"\x02s" + b"\x00"
+            + b"\x02" + b"\x00" * 8 + b"\x00\x00\x80\x3f" + b"\x01" + zigzag(-300))
+    assert compile_reader(schema)(body, 0)["x"] == -300
+    assert compile_reader(schema, frozenset({"x"}))(body, 0) == {"x": -300}
+    assert compile_reader(schema, frozenset({"a", "r"}))(body, 0) == {"a": ["q", "r", "s"],
+                                                                      "r": {"f": 1.0, "b": True}}
+
+
+def test_a_reader_of_some_fields_refuses_a_truncated_body() -> None:
+    read = compile_reader(STATS_SCHEMA, frozenset({"stage"}))
+    body = compile_writer(STATS_SCHEMA)(STATS_RECORD)
+    assert read(body, 0) == {"stage": "s"}
+    for cut in range(len(body)):
+        with pytest.raises((ValueError, IndexError)):
+            read(body[:cut], 0)
+
+
+@given(st.binary(max_size=200))
+@settings(max_examples=2000)
+def test_a_reader_of_some_fields_on_garbage_raises_a_value_or_index_error_or_decodes(data: bytes) -> None:
+    try:
+        compile_reader(STATS_SCHEMA, frozenset({"final", "counters"}))(data, 0)
+    except (ValueError, IndexError):
+        pass
+
+
+def test_some_fields_of_a_schema_outside_the_subset() -> None:
+    schema = {"type": "record", "name": "R", "fields": [{"name": "x", "type": ["string", "long"]},
+                                                        {"name": "y", "type": "long"}]}
+    assert make_reader(schema, frozenset({"y"}))(b"HDR\x02\x04\x06", 3) == {"y": 3}

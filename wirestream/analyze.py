@@ -7,8 +7,9 @@
    still starting, then in parallel with them);
 3. wait until the processors report end of input for every partition of every file
    (their final ``wire.stats`` records): no fixed sleeps;
-4. read exactly the output records they reported, write ``DIR/<topic>.jsonl``, and return
-   everything for the summary.
+4. read exactly the output records they reported, as they come (while the workers
+   work), each streamed to ``DIR/<topic>.jsonl`` (``jsonl_dir``) as it is read, and
+   return them (or the fields of them the caller asked for) for the summary.
 """
 
 from __future__ import annotations
@@ -22,9 +23,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from wirestream.broker import consume_available, partition_count
+from wirestream.broker import partition_count
 from wirestream.config import Settings
-from wirestream.errors import CaptureFileError, DecodeError, RegistryError, WirestreamError
+from wirestream.errors import CaptureFileError, WirestreamError
 from wirestream.producers.capture_file import open_capture
 from wirestream.runtime import Runtime
 from wirestream.topics import (
@@ -38,7 +39,7 @@ from wirestream.topics import (
 )
 
 if TYPE_CHECKING:
-    from wirestream.codec import AvroCodec
+    from wirestream.sinks.jsonl import JsonlWriter
 
 # Imported where they are used, after the workers are started: confluent_kafka, the
 # producer (numpy, the codec) take ~0.2 s to import, and every worker needs ~0.5 s to
@@ -55,6 +56,9 @@ class AnalyzeResult:
     failed: list[CaptureFileError] = field(default_factory=list)
     records: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     stats: list[dict[str, Any]] = field(default_factory=list)
+    #: the folder the records were streamed to as JSON lines while they were read
+    #: (``jsonl_dir``), None if they were not
+    jsonl_dir: str | None = None
     bootstrap: str = ""
     registry: str = ""
     elapsed_s: float = 0.0
@@ -71,6 +75,8 @@ def analyze(
     stall_timeout_s: float = 120.0,
     keep_bodies: bool = True,
     after_feed: Callable[[], None] | None = None,
+    jsonl_dir: str | os.PathLike[str] | None = None,
+    fields: dict[str, frozenset[str]] | None = None,
 ) -> AnalyzeResult:
     """Replay ``paths`` through the pipeline and collect every output record.
 
@@ -83,7 +89,15 @@ def analyze(
     ``keep_bodies=False`` runs the workers with a response body cap of 0: transactions
     keep their body sizes but not the response bytes, which the tables do not show and
     which, for a big capture, are gigabytes to move through Kafka and decode for nothing.
-    Request bodies are kept: credentials and card numbers are detected there."""
+    Request bodies are kept: credentials and card numbers are detected there.
+
+    ``jsonl_dir``: every output record is written to ``jsonl_dir/<topic>.jsonl`` as it is
+    read (:class:`wirestream.sinks.jsonl.JsonlWriter`), while the workers still work,
+    instead of after the run; the files appear when the run has succeeded.
+
+    ``fields`` (topic -> field names): ``result.records`` of those topics hold only those
+    fields (decoded alone: the others are skipped, unless ``jsonl_dir`` needs them);
+    what a summary needs of big records, without their header maps and bodies."""
     started = time.monotonic()
     result = AnalyzeResult()
     # Check every file before starting anything: an unreadable input fails in milliseconds.
@@ -116,7 +130,7 @@ def analyze(
 
     input_bytes = sum(os.path.getsize(p) for p in paths)
     run_pipeline(result, settings, feed, workers, stall_timeout_s, keep_bodies, input_bytes=input_bytes,
-                 after_feed=after_feed)
+                 after_feed=after_feed, jsonl_dir=jsonl_dir, fields=fields)
     result.elapsed_s = time.monotonic() - started
     return result
 
@@ -128,7 +142,9 @@ Feeder = Callable[[Runtime, str, int], dict[str, Any]]
 
 def run_pipeline(result: AnalyzeResult, settings: Settings, feed: Feeder, workers: int | None = None,
                  stall_timeout_s: float = 120.0, keep_bodies: bool = True,
-                 input_bytes: int | None = None, after_feed: Callable[[], None] | None = None) -> None:
+                 input_bytes: int | None = None, after_feed: Callable[[], None] | None = None,
+                 jsonl_dir: str | os.PathLike[str] | None = None,
+                 fields: dict[str, frozenset[str]] | None = None) -> None:
     """Bring up Kafka and processor workers for one run, let ``feed`` publish its sources,
     and collect every output record and final report of those sources into ``result``.
 
@@ -138,7 +154,31 @@ def run_pipeline(result: AnalyzeResult, settings: Settings, feed: Feeder, worker
     The workers are assigned their partitions (no consumer group: a join costs seconds)
     and started first, while the embedded broker starts: they import, then wait for the
     broker and the topics, while this process creates the topics and ``feed`` publishes.
+
+    ``jsonl_dir`` and ``fields``: as for :func:`analyze`.
     """
+    writer = None
+    if jsonl_dir is not None:
+        # opened first: a folder that cannot be written fails the run before it starts
+        from wirestream.sinks.jsonl import JsonlWriter
+
+        writer = JsonlWriter(jsonl_dir)
+    try:
+        _run(result, settings, feed, workers, stall_timeout_s, keep_bodies, input_bytes, after_feed,
+             writer, fields)
+    except BaseException:
+        if writer is not None:
+            writer.discard()
+        raise
+    if writer is not None:
+        writer.close()
+        result.jsonl_dir = os.fspath(jsonl_dir)  # type: ignore[arg-type]
+
+
+def _run(result: AnalyzeResult, settings: Settings, feed: Feeder, workers: int | None,
+         stall_timeout_s: float, keep_bodies: bool, input_bytes: int | None,
+         after_feed: Callable[[], None] | None, writer: JsonlWriter | None,
+         fields: dict[str, frozenset[str]] | None) -> None:
     run_id = uuid.uuid4().hex[:12]
     worker_settings = settings if keep_bodies else dataclasses.replace(settings, response_body_cap=0)
     with Runtime(settings, worker_grace_s=0.5, autostart=False) as rt:
@@ -181,7 +221,8 @@ def run_pipeline(result: AnalyzeResult, settings: Settings, feed: Feeder, worker
             after_feed()
         if source_ids:
             result.stats, result.records = _wait_and_collect(
-                rt, starts, source_ids, partitions, observation_partitions, stall_timeout_s)
+                rt, starts, source_ids, partitions, observation_partitions, stall_timeout_s,
+                writer, fields)
         else:
             result.records = {t: [] for t in OUTPUT_TOPICS}
 
@@ -240,13 +281,23 @@ def _wait_and_collect(
     partitions: int,
     observation_partitions: int,
     stall_timeout_s: float,
+    writer: JsonlWriter | None = None,
+    fields: dict[str, frozenset[str]] | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, list[dict[str, Any]]]]:
     """Read wire.stats and the output topics together until every (source, partition) has
     a final processor report and exactly the records those reports count have arrived.
 
-    Output records are read (and decoded) while the workers are still busy, rather than
-    all at the end: with L7 on, there are several records per connection to read.
+    Output records are read (and decoded, and written to ``writer``) while the workers are
+    still busy, rather than all at the end: with L7 on, there are several records per
+    connection to read. A fetch waits at most 50 ms and a poll returns what has arrived,
+    so the run ends tens of milliseconds after its last report is written.
+
+    ``fields``: the records kept of those topics hold only those fields. Without a
+    ``writer`` only they are decoded; with one, the whole record is decoded for its line,
+    and only the fields are kept (a transaction's bodies and headers are not held).
     """
+    from wirestream.reader import TopicReader
+
     # final reports still to come: (stage, source, partition)
     waiting = {(PACKETS_STAGE, s, p) for s in source_ids for p in range(partitions)}
     waiting |= {(WINDOWS_STAGE, s, q) for s in source_ids for q in range(observation_partitions)}
@@ -254,18 +305,42 @@ def _wait_and_collect(
     records: dict[str, list[dict[str, Any]]] = {t: [] for t in OUTPUT_TOPICS}
     expected: dict[str, int] = defaultdict(int)
     last_progress = time.monotonic()
+    fields = {t: frozenset(f) | {"source_id"} for t, f in (fields or {}).items()}
+    # topic -> what to keep of a record: None (all of it), or the fields
+    keep: dict[str, frozenset[str] | tuple[str, ...] | None] = (
+        {t: fields.get(t) for t in OUTPUT_TOPICS} if writer is not None else {})
+    write = writer.write if writer is not None else None
+    undecodable, first_error = 0, ""
 
     def done() -> bool:
         return not waiting and all(len(records[t]) >= n for t, n in expected.items())
 
-    with _RunReader(rt.bootstrap, rt.codec, [STATS, *OUTPUT_TOPICS], start) as reader:
+    with TopicReader(rt.bootstrap, rt.codec, [STATS, *OUTPUT_TOPICS], start, fetch_wait_ms=50,
+                     fields=None if writer is not None else fields) as reader:
         while not done():
             msgs = reader.poll(0.2, 10_000)
-            for topic, rec in msgs:
-                if rec is None or rec.get("source_id", "") not in source_ids:
+            for msg in msgs:
+                rec = msg.record
+                if rec is None:
+                    # another run's, or this run's and lost: which, the timeout's error says
+                    undecodable += 1
+                    first_error = first_error or f"{msg.topic}/{msg.partition}@{msg.offset}: {msg.error}"
+                    continue
+                if rec.get("source_id", "") not in source_ids:
                     continue
                 last_progress = time.monotonic()
+                topic = msg.topic
                 if topic != STATS:
+                    if write is not None:
+                        write(topic, rec)
+                        wanted = keep[topic]
+                        if wanted is not None:
+                            if wanted.__class__ is not tuple:
+                                # the fields in the record's order, as the decoder of
+                                # only them would give them (made once per topic)
+                                wanted = keep[topic] = (*(k for k in rec if k in wanted),
+                                                        *(k for k in wanted if k not in rec))
+                            rec = {k: rec[k] for k in wanted if k in rec}
                     records[topic].append(rec)
                     continue
                 stats.append(rec)
@@ -285,46 +360,8 @@ def _wait_and_collect(
                             f"within {stall_timeout_s:.0f} s (logs in {rt.workdir})"
                         )
                     missing = {t: n - len(records[t]) for t, n in expected.items() if len(records[t]) < n}
-                    raise ProcessingTimeout(f"output records missing after {stall_timeout_s:.0f} s: {missing}")
+                    raise ProcessingTimeout(
+                        f"output records missing after {stall_timeout_s:.0f} s: {missing}"
+                        + (f" ({undecodable} record(s) could not be decoded, the first {first_error})"
+                           if undecodable else ""))
     return stats, records
-
-
-class _RunReader:
-    """The output topics and wire.stats of one run, from the offsets where it began.
-
-    Not :class:`wirestream.reader.TopicReader`, whose fetches wait up to 500 ms for data
-    and whose poll waits for its whole timeout unless ``max_messages`` arrive: the last
-    final report was seen 0.4 s after it was written. Here a fetch waits at most 50 ms
-    and a poll returns what has arrived: a run ends as soon as its last report is written."""
-
-    def __init__(self, bootstrap: str, codec: AvroCodec, topics: list[str],
-                 start: dict[tuple[str, int], int]) -> None:
-        from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
-
-        from wirestream.kafka import consumer_config
-        from wirestream.reader import partitions_of
-
-        self.codec = codec
-        self._consumer = Consumer({**consumer_config(bootstrap), "fetch.wait.max.ms": 50})
-        self._consumer.assign([TopicPartition(tp.topic, tp.partition,
-                                              start.get((tp.topic, tp.partition), OFFSET_BEGINNING))
-                               for tp in partitions_of(bootstrap, topics)])
-
-    def poll(self, timeout: float, max_messages: int) -> list[tuple[str, dict[str, Any] | None]]:
-        """(topic, record) of the messages read; record None when it cannot be decoded."""
-        out: list[tuple[str, dict[str, Any] | None]] = []
-        decode = self.codec.decode
-        for msg in consume_available(self._consumer, max_messages, timeout):
-            if msg.error():
-                continue  # transient fetch errors are retried by the client
-            try:
-                out.append((msg.topic(), decode(msg.value())))
-            except (DecodeError, RegistryError):
-                out.append((msg.topic(), None))
-        return out
-
-    def __enter__(self) -> _RunReader:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._consumer.close()

@@ -14,7 +14,7 @@ from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, TopicPartition
 
-from wirestream.broker import admin_client
+from wirestream.broker import admin_client, consume_available
 from wirestream.codec import AvroCodec
 from wirestream.errors import DecodeError, RegistryError
 from wirestream.kafka import consumer_config
@@ -54,7 +54,16 @@ def end_offsets(bootstrap: str, topics: Iterable[str], timeout: float = 10.0) ->
 
 
 class TopicReader:
-    """Assign partitions at given offsets (or beginning/end) and yield decoded messages."""
+    """Assign partitions at given offsets (or beginning/end) and yield decoded messages.
+
+    ``poll`` returns what has arrived as soon as one message has (``consume_available``),
+    not after its whole timeout: ``analyze`` sees its last final report tens of
+    milliseconds after it is written. ``fetch_wait_ms`` bounds how long the broker holds a
+    fetch for data (``fetch.wait.max.ms``): ``analyze`` reads with 50, so that a record
+    written just after a fetch started is not held for the default 500 ms.
+
+    ``fields`` (topic -> field names) decodes only those fields of that topic's records
+    (:meth:`wirestream.codec.AvroCodec.decoder`): the others are skipped, not built."""
 
     def __init__(
         self,
@@ -62,9 +71,12 @@ class TopicReader:
         codec: AvroCodec,
         topics: Iterable[str],
         start: dict[tuple[str, int], int] | str = "beginning",
+        fetch_wait_ms: int = 500,
+        fields: dict[str, frozenset[str]] | None = None,
     ) -> None:
         self.codec = codec
-        self._consumer = Consumer(consumer_config(bootstrap))
+        self._consumer = Consumer({**consumer_config(bootstrap), "fetch.wait.max.ms": fetch_wait_ms})
+        self._decoders = {t: codec.decoder(f) for t, f in (fields or {}).items()}
         assignment = []
         for tp in partitions_of(bootstrap, topics):
             if isinstance(start, dict):
@@ -75,17 +87,22 @@ class TopicReader:
         self._consumer.assign(assignment)
 
     def poll(self, timeout: float = 0.2, max_messages: int = 1000) -> list[Message]:
+        """The messages that have arrived, up to ``max_messages``, waiting up to ``timeout``
+        seconds for the first one (an empty list: none came)."""
         out = []
-        for msg in self._consumer.consume(max_messages, timeout):
+        decode = self.codec.decode
+        decoders = self._decoders
+        for msg in consume_available(self._consumer, max_messages, timeout):
             if msg.error():
                 continue  # transient fetch errors are retried by the client
+            topic = msg.topic()
             record = None
             error = None
             try:
-                record = self.codec.decode(msg.value())
+                record = decoders.get(topic, decode)(msg.value())
             except (DecodeError, RegistryError) as exc:
                 error = str(exc)
-            out.append(Message(msg.topic(), msg.partition(), msg.offset(), msg.key(), record, error))
+            out.append(Message(topic, msg.partition(), msg.offset(), msg.key(), record, error))
         return out
 
     def close(self) -> None:

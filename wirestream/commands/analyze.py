@@ -40,35 +40,34 @@ examples:
 
 def run(args: argparse.Namespace) -> int:
     import contextlib
-    import importlib
     import threading
 
     from wirestream.analyze import analyze
+    from wirestream.sinks import console
 
-    # analyze holds every output record it reads (hundreds of thousands of small dicts):
+    # analyze holds the output records it reads (hundreds of thousands of small dicts):
     # with the default thresholds the cyclic GC rescans them over and over (~30 % of the
     # decoding time). They hold no cycles; collect rarely.
     gc.set_threshold(50_000, 20, 100)
     settings = common.settings_from_args(args)
     show_progress = not args.no_progress and not args.json and sys.stderr.isatty()
-    # The summary's module (rich, ~60 ms) is imported once the files are published, while
-    # the workers finish (unless the progress bars need it first): analyze starts its
-    # workers first thing, and every import before that delays them.
+    # The summary's imports (rich, the windows' merge: ~0.25 s) are made once the files are
+    # published, while the workers finish (unless the progress bars need rich first):
+    # analyze starts its workers first thing, and every import before that delays them.
     bars: Any = contextlib.nullcontext()
     if show_progress:
-        from wirestream.sinks import console
-
         bars = console.progress_bars(enabled=True)
 
     def import_the_summary() -> None:
-        # while the workers finish: this process only waits then
-        threading.Thread(target=importlib.import_module, args=("wirestream.sinks.console",),
-                         name="import-summary", daemon=True).start()
+        # while the workers finish: this process only reads their records then
+        threading.Thread(target=console.preload, name="import-summary", daemon=True).start()
 
     with bars as progress:
+        # The records are written to --out as they are read; in memory, the summary keeps
+        # only what it shows (console.SUMMARY_FIELDS): no bodies, no header maps.
         result = analyze(args.files, settings, workers=args.workers, progress=progress,
-                         keep_bodies=bool(args.out), after_feed=import_the_summary)
-    from wirestream.sinks import console
+                         keep_bodies=bool(args.out), after_feed=import_the_summary,
+                         jsonl_dir=args.out or None, fields=console.SUMMARY_FIELDS)
     for err in result.failed:
         common.print_error(err)
     if result.failed and not result.files:

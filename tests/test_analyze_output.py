@@ -1,0 +1,224 @@
+"""What ``analyze`` writes and shows does not depend on how it collected the records.
+
+- The JSON lines of :class:`~wirestream.sinks.jsonl.JsonlWriter` (orjson, streamed while
+  the records are read) are byte for byte those of ``to_json_line`` (the standard
+  library's ``json``), which ``write_jsonl`` wrote after the run before.
+- The summary (tables and ``--json``) of records cut to ``console.SUMMARY_FIELDS`` (what
+  ``analyze`` keeps in memory) is the summary of the whole records.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers import DATA
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from local_pipeline import local_windows
+from rich.console import Console
+from wirestream.schemas import schema_text
+from wirestream.sinks import console
+from wirestream.sinks.jsonl import (
+    JsonlWriter,
+    _float_fields,
+    line_encoder,
+    to_json_line,
+    topic_encoder,
+    write_jsonl,
+)
+
+from wirestream.topics import CONNECTIONS, OUTPUT_TOPICS, TOPIC_SCHEMAS, TRANSACTIONS
+
+CAPTURES = [DATA / "chrissanders/http_espn.pcapng", DATA / "chrissanders/dns_tcp.pcapng",
+            DATA / "chrissanders/http_dvwa_clearlogin.pcapng", DATA / "zeek-tls/hrr.pcap",
+            DATA / "zeek-tls/tls-early-alert.pcap", DATA / "chrissanders/tcp_retransmissions.pcapng"]
+
+
+def stdlib_line(record: dict[str, Any]) -> bytes:
+    """The line the JSONL files held before: ``to_json_line``, a newline, UTF-8."""
+    return (to_json_line(record) + "\n").encode("utf-8")
+
+
+@pytest.fixture(scope="module")
+def capture_records() -> dict[str, list[dict[str, Any]]]:
+    out: dict[str, list[dict[str, Any]]] = {t: [] for t in OUTPUT_TOPICS}
+    for path in CAPTURES:
+        for topic, records in local_windows(str(path)).items():
+            if topic in out:
+                out[topic].extend(records)
+    return out
+
+
+def test_every_output_topic_has_its_floats_at_the_top() -> None:
+    """The fast encoder finds floats among a record's own fields: a schema with a float
+    deeper would be written by the slow one (correct, but this says when it happens)."""
+    for topic in OUTPUT_TOPICS:
+        assert _float_fields(json.loads(schema_text(TOPIC_SCHEMAS[topic]))) is not None, topic
+
+
+def test_every_record_of_the_test_captures_is_the_same_line(capture_records: dict[str, list]) -> None:
+    assert {t for t, r in capture_records.items() if r} >= {CONNECTIONS, TRANSACTIONS, "wire.dns",
+                                                            "wire.tls", "wire.service-metrics"}
+    for topic, records in capture_records.items():
+        encode = topic_encoder(topic)
+        for record in records:
+            assert encode(record) == stdlib_line(record), (topic, record)
+
+
+ODD_FLOATS = [0.0, -0.0, 1e-4, 9.99e-5, 1e-5, -2.5e-7, 5e-324, 1e-300, 1e16, 1.5e300, 0.1, 1 / 3,
+              math.inf, -math.inf, math.nan]
+
+
+def test_odd_values_are_written_as_json_writes_them() -> None:
+    encode = topic_encoder(CONNECTIONS)
+    for v in ODD_FLOATS:
+        record = {"retransmission_rate": v, "rtt_avg_us": v, "client_ip": "é\u2028\x00\x1f\"\\/\x7f😀"}
+        assert encode(record) == stdlib_line(record), v
+        assert record["rtt_avg_us"] is v  # the caller's record is not changed
+    odd = {"request_body": b"\xff\xfe ok \xc3\x28 \xe2\x82", "response_body": bytearray(b"\x00\x01"),
+           "status": None, "request_headers": {"x-\u00e9": "\ud7ff"}, "big": 2**70, "neg": -(2**63)}
+    assert topic_encoder(TRANSACTIONS)(odd) == stdlib_line(odd)
+
+
+@given(st.dictionaries(st.text(max_size=5), st.one_of(
+    st.floats(), st.integers(min_value=-(2**63), max_value=2**64), st.text(), st.binary(), st.none(),
+    st.booleans(), st.lists(st.integers(min_value=0, max_value=2**62), max_size=3)), max_size=6))
+@settings(max_examples=500)
+def test_any_record_is_the_same_line(record: dict[str, Any]) -> None:
+    # every key a float field: the fast encoder's check covers any of them
+    encode = line_encoder({"type": "record", "name": "R",
+                           "fields": [{"name": k, "type": "double"} for k in record]})
+    assert encode(record) == stdlib_line(record)
+
+
+def test_the_files_are_those_write_jsonl_wrote(capture_records: dict[str, list], tmp_path: Path) -> None:
+    paths = write_jsonl(tmp_path / "a", capture_records)
+    assert [p.name for p in paths] == [f"{t}.jsonl" for t in OUTPUT_TOPICS]
+    for topic, path in zip(OUTPUT_TOPICS, paths, strict=True):
+        assert path.read_bytes() == b"".join(stdlib_line(r) for r in capture_records[topic])
+    writer = JsonlWriter(tmp_path / "b")
+    for topic, records in capture_records.items():
+        for r in records:
+            writer.write(topic, r)
+    writer.close()
+    assert sorted(p.name for p in (tmp_path / "b").iterdir()) == sorted(p.name for p in paths)
+    for path in paths:
+        assert (tmp_path / "b" / path.name).read_bytes() == path.read_bytes()
+
+
+def test_the_files_appear_when_the_run_succeeds(tmp_path: Path) -> None:
+    writer = JsonlWriter(tmp_path)
+    writer.write(CONNECTIONS, {"a": 1})
+    assert not list(tmp_path.glob("*.jsonl"))  # still .partial
+    writer.close()
+    assert (tmp_path / f"{CONNECTIONS}.jsonl").read_text() == '{"a":1}\n'
+    assert not list(tmp_path.glob(".*"))
+    failed = JsonlWriter(tmp_path / "failed")
+    failed.write(CONNECTIONS, {"a": 1})
+    failed.discard()
+    assert list((tmp_path / "failed").iterdir()) == []
+
+
+@dataclass
+class File:
+    path: str = "x.pcap"
+    format: str = "pcap"
+    frames: int = 10
+    packets: int = 9
+    dropped: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class Result:
+    files: list[File]
+    records: dict[str, list[dict[str, Any]]]
+    stats: list[dict[str, Any]] = field(default_factory=list)
+    failed: list[Any] = field(default_factory=list)
+    elapsed_s: float = 1.0
+
+
+def summary(result: Result, top: int) -> tuple[str, str]:
+    out = io.StringIO()
+    console.print_summary(result, top=top, console=Console(file=out, width=200))
+    return out.getvalue(), json.dumps(console.summary_json(result), default=str)
+
+
+@pytest.mark.parametrize("top", [3, 100])
+def test_the_summary_needs_only_its_fields(capture_records: dict[str, list], top: int) -> None:
+    cut = {t: [{k: v for k, v in r.items() if k in console.SUMMARY_FIELDS[t] | {"source_id"}} for r in records]
+           if t in console.SUMMARY_FIELDS else records for t, records in capture_records.items()}
+    assert all(len(r) < 20 for r in cut[TRANSACTIONS])
+    whole = summary(Result([File()], capture_records), top)
+    assert "HTTP transactions" in whole[0] and "DNS queries" in whole[0] and "TLS handshakes" in whole[0]
+    assert summary(Result([File()], cut), top) == whole
+
+
+def canonical(record: dict[str, Any]) -> str:
+    """A record without what differs between two runs of one capture (the run's id)."""
+    return json.dumps({k: v for k, v in record.items() if k != "source_id"}, sort_keys=True, default=str)
+
+
+def test_analyze_streams_the_lines_and_keeps_the_summary_fields(broker, registry, tmp_path: Path) -> None:
+    """One run with ``jsonl_dir`` and ``fields`` (as the command runs it), one without:
+    the files hold the second's records, line for line as ``to_json_line`` writes them;
+    the first's records are the second's cut to the fields."""
+    from collections import Counter
+
+    from wirestream.analyze import analyze
+    from wirestream.config import Settings
+
+    capture = str(DATA / "chrissanders/http_espn.pcapng")
+    settings = Settings(bootstrap=broker.bootstrap, registry=registry.url)
+    streamed = analyze([capture], settings, workers=1, jsonl_dir=tmp_path / "out", fields=console.SUMMARY_FIELDS)
+    plain = analyze([capture], settings, workers=1)
+    assert streamed.jsonl_dir == str(tmp_path / "out") and plain.jsonl_dir is None
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(f"{t}.jsonl" for t in OUTPUT_TOPICS)
+    for topic in (CONNECTIONS, TRANSACTIONS, "wire.dns"):
+        lines = (tmp_path / "out" / f"{topic}.jsonl").read_bytes().splitlines(keepends=True)
+        assert lines and all(stdlib_line(json.loads(line)) == line for line in lines)
+        want = plain.records[topic]
+        assert Counter(canonical(json.loads(line)) for line in lines) == Counter(
+            canonical(json.loads(to_json_line(r))) for r in want)
+        fields = console.SUMMARY_FIELDS.get(topic)
+        if fields is not None:
+            want = [{k: v for k, v in r.items() if k in fields | {"source_id"}} for r in want]
+        assert Counter(map(canonical, streamed.records[topic])) == Counter(map(canonical, want))
+
+
+def test_a_codec_decodes_some_fields(registry) -> None:
+    from wirestream.codec import AvroCodec
+    from wirestream.errors import DecodeError
+
+    codec = AvroCodec(registry.url)
+    record = {"connection_id": "c", "source_id": "s", "protocol": "http/1.1", "client_ip": "10.0.0.1",
+              "client_port": 40000, "server_ip": "10.0.0.2", "server_port": 80, "request_ts_us": 1,
+              "request_headers": {"host": "h"}, "response_headers": {}, "request_body_size": 0,
+              "response_body_size": 5, "status": 200, "response_body": b"hello"}
+    message = codec.encode(TRANSACTIONS, record)
+    some = codec.decoder(frozenset({"status", "source_id", "nothing"}))
+    assert some(message) == {"source_id": "s", "status": 200}
+    assert codec.decoder(None)(message) == codec.decode(message)
+    assert codec.decode(message)["response_body"] == b"hello"
+    with pytest.raises(DecodeError):
+        some(message[:-3])
+    with pytest.raises(DecodeError):
+        some(b"\x01" + message[1:])
+
+
+def test_an_out_folder_that_cannot_be_written_fails_the_run_before_it_starts(tmp_path: Path) -> None:
+    import time
+
+    from wirestream.analyze import analyze
+    from wirestream.config import Settings
+
+    (tmp_path / "file").write_text("")
+    started = time.monotonic()
+    with pytest.raises(OSError):
+        analyze([str(DATA / "chrissanders/http_espn.pcapng")], Settings(), jsonl_dir=tmp_path / "file")
+    assert time.monotonic() - started < 1  # no broker, no worker, no replay
