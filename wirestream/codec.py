@@ -269,7 +269,7 @@ def make_reader(schema: Any, fields: frozenset[str] | None = None) -> BodyReader
 def make_encoder(schema_id: int, schema: Any) -> Encoder:
     """Build an encoder that frames the Avro encoding of a record with ``schema_id``.
 
-    The compiled writer (:mod:`wirestream.avro_writer`, ~3x faster, same bytes) when the
+    The compiled writer (:mod:`wirestream.avro_writer`: the compiled core's, ~10x faster than fastavro, same bytes) when the
     schema is in its subset, fastavro otherwise."""
     header = _HEADER.pack(MAGIC_BYTE, schema_id)
     try:
