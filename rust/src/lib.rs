@@ -14,7 +14,8 @@
 //!   batcher;
 //! - [`tcp`]: the per-partition TCP connection tracker and Wireshark 4.0's sequence
 //!   analysis, with their checkpoint encoding;
-//! - `python`, `python_tcp`: the Python classes over all of it.
+//! - [`l7`]: the L7 analysers' per-chunk work (HTTP/1.x), with their checkpoint encoding;
+//! - `python`, `python_tcp`, `python_http`: the Python classes over all of it.
 
 use pyo3::prelude::*;
 
@@ -22,12 +23,14 @@ pub mod batch;
 pub mod bytes;
 pub mod capture_file;
 pub mod decode;
+pub mod l7;
 pub mod layout;
 mod python;
 pub mod replay;
 pub mod ring;
 pub mod tcp;
 mod python_tcp;
+mod python_http;
 
 /// The version of the compiled core (the crate's), for `wirestream doctor`.
 #[pyfunction]
@@ -45,6 +48,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<python::PyBatcher>()?;
     m.add_class::<python::PyRingFeed>()?;
     m.add_class::<python_tcp::PyTcpTracker>()?;
+    m.add_class::<python_http::PyHttpConnection>()?;
     Ok(())
 }
 
