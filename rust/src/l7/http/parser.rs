@@ -404,17 +404,11 @@ impl Parser {
         let line = self.buf.get(self.line_start..).unwrap_or_default();
         let blank = line == b"\n" || line == b"\r\n";
         if !blank && !first_line {
-            // a field line is checked as soon as it is complete, as llhttp does
-            let line = line.strip_suffix(b"\n").unwrap_or(line);
-            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            // a field line is checked as soon as it is complete, as llhttp does (its
+            // bytes were checked as they came): it has its colon, or it is folded
             let folded = line.first().is_some_and(|&b| b == b' ' || b == b'\t');
-            let err = if folded {
-                line.iter().any(|&b| (b < b' ' && b != b'\t') || b == 0x7f).then_some("invalid_header_value")
-            } else {
-                parse_fields(std::iter::once(line)).1
-            };
-            if let Some(reason) = err {
-                let (ev, at) = self.fail_head(reason, at);
+            if !folded && !self.colon {
+                let (ev, at) = self.fail_head("invalid_header_token", at);
                 return (Some(ev), at);
             }
         }

@@ -173,3 +173,42 @@ fn random_truncated_and_mutated_input_never_panics_and_restores_exactly() {
         assert!(a.pending.is_empty());
     }
 }
+
+#[test]
+#[ignore]
+fn timing() {
+    let req: &[u8] = b"GET /api/v1/items/12345?page=2 HTTP/1.1\r\nHost: shop.example.com\r\nUser-Agent: curl/8.5.0\r\nAccept: */*\r\nAccept-Encoding: gzip\r\nConnection: keep-alive\r\n\r\n";
+    let resp: &[u8] = b"HTTP/1.1 200 OK\r\nServer: nginx\r\nDate: Mon, 01 Jan 2024 00:00:00 GMT\r\nContent-Type: text/html\r\nContent-Length: 48\r\nConnection: keep-alive\r\n\r\n<html><body><p>item 12345: widget</p></body></html>";
+    let mut c = conn();
+    let n: u32 = std::env::var("HTTP_TIMING_N").ok().and_then(|v| v.parse().ok()).unwrap_or(100_000);
+    let t0 = std::time::Instant::now();
+    for i in 0..n {
+        c.data(0, req, i64::from(i));
+        c.data(1, &resp[..resp.len() - 3], i64::from(i));
+        c.take();
+    }
+    eprintln!("{:?} per pair", t0.elapsed() / n);
+}
+
+#[test]
+#[ignore]
+fn timing_parser() {
+    use super::parser::{Body, Ev, Kind, Parser};
+    let req: &[u8] = b"GET /api/v1/items/12345?page=2 HTTP/1.1\r\nHost: shop.example.com\r\nUser-Agent: curl/8.5.0\r\nAccept: */*\r\nAccept-Encoding: gzip\r\nConnection: keep-alive\r\n\r\n";
+    let mut p = Parser::new(Kind::Request, 65536);
+    let t0 = std::time::Instant::now();
+    let mut n = 0;
+    for _ in 0..100_000 {
+        let mut pos = 0;
+        loop {
+            let (ev, at) = p.step(req, pos);
+            pos = at;
+            match ev {
+                Ev::More => break,
+                Ev::Head(h) => { n += h.fields.len(); p.set_body(Body::None) }
+                _ => {}
+            }
+        }
+    }
+    eprintln!("{:?} per request head ({n})", t0.elapsed() / 100_000);
+}
