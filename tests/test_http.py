@@ -258,7 +258,8 @@ def test_head_response_split_everywhere() -> None:
 
 
 def test_head_response_without_length_http10() -> None:
-    # No Content-Length: llhttp alone would read a body until the connection closes.
+    # No Content-Length: a parser told nothing of the HEAD would read a body until the
+    # connection closes.
     c = Conn()
     c.req(b"HEAD / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n" + get("/2"))
     c.resp(b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\n\r\n" + ok(b"x"))
