@@ -228,13 +228,12 @@ def _sessions(rig: Rig) -> list[Any]:
 
 def mid_http_body(rig: Rig) -> bool:
     return any(isinstance(s.analyzer, HttpAnalyzer) and any(
-        side.cur is not None and not side.in_head for side in (s.analyzer.req, s.analyzer.resp))
-        for s in _sessions(rig))
+        s.analyzer.in_body(d) for d in (0, 1)) for s in _sessions(rig))
 
 
 def mid_http_head(rig: Rig) -> bool:
     return any(isinstance(s.analyzer, HttpAnalyzer) and any(
-        side.in_head for side in (s.analyzer.req, s.analyzer.resp)) for s in _sessions(rig))
+        s.analyzer.in_head(d) for d in (0, 1)) for s in _sessions(rig))
 
 
 def mid_tls_handshake(rig: Rig) -> bool:
@@ -278,9 +277,9 @@ def test_restore_at_chosen_moments(capture: str, condition: Any) -> None:
 
 
 def long_messages() -> list[tuple[np.ndarray, bytes]]:
-    """One keep-alive connection with messages of every framing, longer than the replay
-    log keeps (l7/http.py REPLAY_SOFT, REPLAY_MAX), in 1400-byte segments: a restore
-    mid-body rebuilds the parser from the log, from the head, or resynchronises."""
+    """One keep-alive connection with messages of every framing (Content-Length,
+    chunked, HEAD, close-delimited), tens of KiB long, in 1400-byte segments: a restore
+    lands in heads and bodies of every kind."""
     big = bytes(range(256)) * 200  # 51 200 bytes
     chunked = b"".join(b"%x\r\n" % len(big[i:i + 3000]) + big[i:i + 3000] + b"\r\n"
                        for i in range(0, len(big), 3000)) + b"0\r\n\r\n"
@@ -311,7 +310,6 @@ def test_restore_in_long_http_messages() -> None:
     assert len(expected["wire.transactions"]) == 6
     assert all(r["error"] is None for _, r, _ in expected["wire.transactions"])
     got = run(batches, cuts=set(range(len(batches))))
-    # The chunked response longer than REPLAY_MAX would resynchronise; it is shorter here.
     assert_same(expected, got, "long messages")
 
 
@@ -632,22 +630,38 @@ def test_the_bytes_are_canonical_avro_of_the_schema() -> None:
         assert body.getvalue() == data[10:]
 
 
-def test_a_chunked_body_past_the_replay_bound_resynchronises(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Past REPLAY_MAX a chunked body keeps no replay log: a restore in its middle goes on
-    as after lost bytes (error "gap", counted), and the other transactions are intact."""
-    from wirestream.processors.l7 import http
-
-    monkeypatch.setattr(http, "REPLAY_MAX", 8 * 1024)
-    batches = long_messages()
+def test_a_restore_inside_a_long_chunked_body_gives_the_same_records() -> None:
+    """The core's parser state is plain data: a restore in the middle of a chunked body
+    of any length (here 1 MiB, in chunks of every size, cut inside chunk-size lines,
+    chunk data and the line ends) goes on exactly, without resynchronising."""
+    big = bytes(range(256)) * 4096  # 1 MiB
+    sizes = [1, 7, 4096, 1400, 13, 65536, 3000]
+    parts, i, k = [], 0, 0
+    while i < len(big):
+        n = sizes[k % len(sizes)]
+        parts.append(b"%x;k=%d\r\n" % (len(big[i:i + n]), k) + big[i:i + n] + b"\r\n")
+        i += n
+        k += 1
+    chunked = b"".join(parts) + b"0\r\nX-Sum: 1\r\n\r\n"
+    messages = [
+        (0, b"GET /chunked HTTP/1.1\r\nHost: a\r\n\r\n"),
+        (1, b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + chunked),
+        (0, b"GET /after HTTP/1.1\r\nHost: a\r\n\r\n"),
+        (1, b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"),
+    ]
+    t = Traffic()
+    segments = [(d, m[i:i + 1400]) for d, m in messages for i in range(0, len(m), 1400)]
+    t.tcp(("10.0.0.1", 40000), ("10.0.0.2", 80), segments)
+    headers, payloads = t.batch()
+    batches = [(headers[i:i + 40], payloads) for i in range(0, len(headers), 40)]
     expected = run(batches)
+    txns = [r for _, r, _ in expected["wire.transactions"]]
+    assert [(r["path"], r["error"], r["response_body_size"]) for r in txns] == [
+        ("/chunked", None, len(big)), ("/after", None, 5)]
     got = run(batches, cuts=set(range(len(batches))))
-    stats = got["final"][0]["l7"][0]
-    assert stats.get("http_restore_resync", 0) > 0
-    paths = {r["path"]: r for _, r, _ in got["wire.transactions"]}
-    assert paths["/chunked"]["error"] == "gap"
-    for _, r, _ in expected["wire.transactions"]:
-        if r["path"] != "/chunked":
-            assert paths[r["path"]] == r
+    assert_same(expected, got, "long chunked body")
+    assert not any(k.startswith("http_parse_error") or k == "http_gaps"
+                   for k in got["final"][0]["l7"][0])
 
 
 def test_processors_namedtuples_and_frozen_dataclasses_round_trip() -> None:

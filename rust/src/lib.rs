@@ -16,8 +16,9 @@
 //!   analysis, with their checkpoint encoding;
 //! - [`reassembly`]: TCP stream reassembly (in-order bytes and gaps of one direction),
 //!   run by the tracker for each L7 connection;
+//! - [`l7`]: the L7 analysers' per-chunk work (HTTP/1.x), with their checkpoint encoding;
 //! - [`avro`]: output records -> Avro binary, compiled from their schema;
-//! - `python`, `python_tcp`, `python_avro`: the Python classes over all of it.
+//! - `python`, `python_tcp`, `python_http`, `python_avro`: the Python classes over all of it.
 
 use pyo3::prelude::*;
 
@@ -26,6 +27,7 @@ pub mod batch;
 pub mod bytes;
 pub mod capture_file;
 pub mod decode;
+pub mod l7;
 pub mod layout;
 mod python;
 pub mod reassembly;
@@ -34,6 +36,7 @@ pub mod ring;
 pub mod tcp;
 mod python_tcp;
 mod python_avro;
+mod python_http;
 
 /// The version of the compiled core (the crate's), for `wirestream doctor`.
 #[pyfunction]
@@ -52,6 +55,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<python::PyRingFeed>()?;
     m.add_class::<python_tcp::PyTcpTracker>()?;
     m.add_class::<python_tcp::PyStreamReassembler>()?;
+    m.add_class::<python_http::PyHttpConnection>()?;
     m.add_class::<python_avro::PyAvroWriter>()?;
     Ok(())
 }

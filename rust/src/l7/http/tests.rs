@@ -1,0 +1,214 @@
+//! Connection-level tests: pairing, pipelining, bodiless responses, tunnels, gaps,
+//! garbage, bounds, and random/truncated/mutated input (never a panic).
+
+use super::session::{Connection, Mode};
+use super::state;
+use super::Txn;
+
+fn conn() -> Connection {
+    Connection::new(0, 65536, 65536, 65536, 60_000_000)
+}
+
+fn summary(out: &[Txn]) -> Vec<(String, String, Option<u16>, Option<&'static str>)> {
+    out.iter()
+        .map(|t| {
+            (String::from_utf8_lossy(t.method.as_deref().unwrap_or_default()).into_owned(),
+             String::from_utf8_lossy(&t.url).into_owned(),
+             t.status,
+             t.error.map(|e| super::ERRORS[usize::from(e)]))
+        })
+        .collect()
+}
+
+fn s(m: &str, u: &str, st: Option<u16>, e: Option<&'static str>) -> (String, String, Option<u16>, Option<&'static str>) {
+    (m.into(), u.into(), st, e)
+}
+
+#[test]
+fn keep_alive_and_pipelining_pair_in_order() {
+    let mut c = conn();
+    c.data(0, b"GET /1 HTTP/1.1\r\n\r\nGET /2 HTTP/1.1\r\n\r\nHEAD /3 HTTP/1.1\r\n\r\nGET /4 HTTP/1.1\r\n\r\n", 1);
+    c.data(1, b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\noneHTTP/1.1 404 NF\r\nContent-Length: 4\r\n\r\ntwo!\
+HTTP/1.1 200 OK\r\nContent-Length: 9999\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nfour", 2);
+    let (out, _) = c.take();
+    assert_eq!(summary(&out), vec![s("GET", "/1", Some(200), None), s("GET", "/2", Some(404), None),
+                                   s("HEAD", "/3", Some(200), None), s("GET", "/4", Some(200), None)]);
+    assert_eq!(out[3].resp_body, b"four");
+}
+
+#[test]
+fn chunked_with_trailers_split_everywhere() {
+    let resp: &[u8] = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n7;ext=1\r\n, world\r\n0\r\nX-Checksum: abc\r\n\r\n";
+    for i in 1..resp.len() {
+        let mut c = conn();
+        c.data(0, b"GET / HTTP/1.1\r\n\r\n", 1);
+        c.data(1, &resp[..i], 2);
+        c.data(1, &resp[i..], 3);
+        let (out, _) = c.take();
+        assert_eq!(out.len(), 1, "split at {i}");
+        assert_eq!(out[0].resp_body, b"hello, world");
+        assert_eq!(out[0].resp_size, 12);
+        assert!(out[0].resp_headers.iter().any(|(n, v)| n == b"X-Checksum" && v == b"abc"));
+    }
+}
+
+#[test]
+fn interim_head_tunnel_and_close_delimited() {
+    let mut c = conn();
+    c.data(0, b"PUT /f HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n", 1);
+    c.data(1, b"HTTP/1.1 100 Continue\r\n\r\n", 2);
+    c.data(0, b"ab", 3);
+    c.data(1, b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n", 4);
+    c.data(0, b"GET /eof HTTP/1.0\r\n\r\n", 5);
+    c.data(1, b"HTTP/1.0 200 OK\r\n\r\nuntil the end", 6);
+    let (out, counts) = c.take();
+    assert_eq!(summary(&out), vec![s("PUT", "/f", Some(201), None)]);
+    assert!(counts.contains(&("http_interim_responses", 1)));
+    c.close();
+    let (out, _) = c.take();
+    assert_eq!(out[0].resp_body, b"until the end");
+
+    let mut c = conn();
+    c.data(0, b"CONNECT h:443 HTTP/1.1\r\n\r\n\x16\x03\x01", 1);
+    c.data(1, b"HTTP/1.1 200 Connection established\r\n\r\n\x16\x03", 2);
+    c.data(0, b"GET / HTTP/1.1\r\n\r\n", 3);
+    c.close();
+    let (out, counts) = c.take();
+    assert_eq!(out[0].upgrade.as_deref(), Some(b"tunnel".as_slice()));
+    assert!(counts.contains(&("http_tunnel_bytes_ignored", 3 + 2 + 18)));
+    assert_eq!((c.req.mode, c.resp.mode), (Mode::Tunnel, Mode::Tunnel));
+}
+
+#[test]
+fn gaps_and_garbage_resynchronise() {
+    let mut c = conn();
+    c.data(0, b"GET /1 HTTP/1.1\r\n\r\n\x00\x01 not http\r\n\r\nGET /2 HTTP/1.1\r\nBad Header\r\n\r\nGET /3 HTTP/1.1\r\n\r\n", 1);
+    c.data(1, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\nHTTP/1.1 400 Bad\r\nContent-Length: 0\r\n\r\n\
+HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", 2);
+    let (out, counts) = c.take();
+    assert_eq!(summary(&out), vec![s("GET", "/1", Some(200), None), s("GET", "/2", Some(400), Some("parse_error")),
+                                   s("GET", "/3", Some(200), None)]);
+    assert!(counts.contains(&("http_parse_error", 2)));
+    assert!(counts.contains(&("http_parse_error.invalid_method", 1)));
+
+    let mut c = conn();
+    c.data(0, b"GET /a HTTP/1.1\r\n\r\n", 1);
+    c.gap(1, 5000);
+    c.data(0, b"GET /b HTTP/1.1\r\n\r\n", 2);
+    c.data(1, b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nb", 3);
+    let (out, _) = c.take();
+    assert_eq!(summary(&out), vec![s("GET", "/a", None, Some("gap")), s("GET", "/b", Some(200), None)]);
+}
+
+#[test]
+fn pending_and_held_are_bounded() {
+    let mut c = conn();
+    let one: &[u8] = b"GET /x HTTP/1.1\r\n\r\n";
+    c.data(0, &one.repeat(super::MAX_PENDING + 5), 1);
+    assert_eq!(c.pending.len(), super::MAX_PENDING);
+    let (_, counts) = c.take();
+    assert!(counts.contains(&("http_pending_dropped", 5)));
+    c.close();
+    assert_eq!(c.take().0.len(), super::MAX_PENDING);
+    assert!(c.txns.is_empty());
+
+    let mut c = conn();
+    let mut d = b"CONNECT h:443 HTTP/1.1\r\n\r\n".to_vec();
+    d.extend(std::iter::repeat_n(0x16, super::MAX_HELD + 100));
+    c.data(0, &d, 1);
+    assert_eq!(c.held.len(), super::MAX_HELD);
+}
+
+fn rng(seed: &mut u64) -> u64 {
+    *seed ^= *seed << 13;
+    *seed ^= *seed >> 7;
+    *seed ^= *seed << 17;
+    *seed
+}
+
+const PIECES: [&[u8]; 14] = [
+    b"GET /f HTTP/1.1\r\n\r\n", b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nbody",
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\nX: y\r\n\r\n",
+    b"HEAD / HTTP/1.1\r\n\r\n", b"HTTP/1.1 204 No\r\n\r\n", b"HTTP/1.1 100 Continue\r\n\r\n",
+    b"CONNECT h:1 HTTP/1.1\r\n\r\n", b"HTTP/1.1 101 S\r\n\r\n",
+    b"GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
+    b"HTTP/1.0 200 OK\r\n\r\nclose-delimited", b"\r\n", b"HTTP/1.", b"\x00\xff",
+    b"POST /p HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nZZ\r\n",
+];
+
+#[test]
+fn random_truncated_and_mutated_input_never_panics_and_restores_exactly() {
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    for _ in 0..400 {
+        let mut a = Connection::new(0, 7, 7, 256, 1_000_000);
+        let mut ts = 0;
+        for step in 0..30 {
+            ts += 1000;
+            let mut chunk = PIECES[(rng(&mut seed) as usize) % PIECES.len()].to_vec();
+            match rng(&mut seed) % 4 {
+                0 => chunk.truncate((rng(&mut seed) as usize) % (chunk.len() + 1)),
+                1 => {
+                    let i = (rng(&mut seed) as usize) % chunk.len();
+                    chunk[i] = rng(&mut seed) as u8;
+                }
+                2 => chunk = (0..rng(&mut seed) % 64).map(|_| rng(&mut seed) as u8).collect(),
+                _ => {}
+            }
+            let dir = (rng(&mut seed) % 2) as u8;
+            match rng(&mut seed) % 10 {
+                0 => a.gap(dir, 1 + rng(&mut seed) % 5000),
+                1 => a.tick(ts + (rng(&mut seed) % 100_000_000) as i64),
+                _ => a.data(dir, &chunk, ts),
+            }
+            a.take();
+            if step % 7 == 3 {
+                let b = state::restore(&state::snapshot(&a)).unwrap();
+                assert_eq!(a, b);
+                a = b;
+            }
+            assert!(a.txns.len() <= a.pending.len() + 4, "transactions are freed");
+        }
+        a.close();
+        a.take();
+        assert!(a.pending.is_empty());
+    }
+}
+
+#[test]
+#[ignore]
+fn timing() {
+    let req: &[u8] = b"GET /api/v1/items/12345?page=2 HTTP/1.1\r\nHost: shop.example.com\r\nUser-Agent: curl/8.5.0\r\nAccept: */*\r\nAccept-Encoding: gzip\r\nConnection: keep-alive\r\n\r\n";
+    let resp: &[u8] = b"HTTP/1.1 200 OK\r\nServer: nginx\r\nDate: Mon, 01 Jan 2024 00:00:00 GMT\r\nContent-Type: text/html\r\nContent-Length: 48\r\nConnection: keep-alive\r\n\r\n<html><body><p>item 12345: widget</p></body></html>";
+    let mut c = conn();
+    let n: u32 = std::env::var("HTTP_TIMING_N").ok().and_then(|v| v.parse().ok()).unwrap_or(100_000);
+    let t0 = std::time::Instant::now();
+    for i in 0..n {
+        c.data(0, req, i64::from(i));
+        c.data(1, &resp[..resp.len() - 3], i64::from(i));
+        c.take();
+    }
+    eprintln!("{:?} per pair", t0.elapsed() / n);
+}
+
+#[test]
+#[ignore]
+fn timing_parser() {
+    use super::parser::{Body, Ev, Kind, Parser};
+    let req: &[u8] = b"GET /api/v1/items/12345?page=2 HTTP/1.1\r\nHost: shop.example.com\r\nUser-Agent: curl/8.5.0\r\nAccept: */*\r\nAccept-Encoding: gzip\r\nConnection: keep-alive\r\n\r\n";
+    let mut p = Parser::new(Kind::Request, 65536);
+    let t0 = std::time::Instant::now();
+    let mut n = 0;
+    for _ in 0..100_000 {
+        let mut pos = 0;
+        loop {
+            let (ev, at) = p.step(req, pos);
+            pos = at;
+            match ev {
+                Ev::More => break,
+                Ev::Head(h) => { n += h.fields.len(); p.set_body(Body::None) }
+                _ => {}
+            }
+        }
+    }
+    eprintln!("{:?} per request head ({n})", t0.elapsed() / 100_000);
+}

@@ -1,0 +1,8 @@
+//! Application-layer analysers of the compiled core (docs/l7.md).
+//!
+//! - [`http`]: HTTP/1.x over one TCP connection: message framing, request/response
+//!   pairing and the per-direction resynchronising state machine; the Python face is
+//!   `python_http` (`wirestream._core.HttpConnection`), wrapped by
+//!   `processors/l7/http.py`.
+
+pub mod http;
