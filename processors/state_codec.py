@@ -26,9 +26,8 @@ containers, and looks up functions only there (or builtin types, as defaultdict
 factories). It calls nothing else from the data. Anything else, and any malformed input,
 is a :class:`StateError`. A class may name fields that are not state in a class attribute
 ``_state_exclude`` and rebuild them in a ``_state_restored()`` method, called once the
-whole graph is decoded (the HTTP analyser's llhttp parsers, see ``l7/http.py``). A class
-whose state lives outside Python (the compiled core's TCP tracker, see
-``connection_tracker.py``) has a ``_state_prepare()`` method, called before its fields are
+whole graph is decoded. A class whose state lives outside Python (the compiled core's
+TCP tracker, see ``connection_tracker.py``, and HTTP analyser, ``l7/http.py``) has a ``_state_prepare()`` method, called before its fields are
 read, that puts that state into a field as bytes (the core's own versioned, checked
 encoding); its ``_state_restored()`` rebuilds the core object from them.
 """
