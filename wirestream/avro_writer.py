@@ -11,9 +11,8 @@ capture); a schema outside the subset raises :class:`UnsupportedSchema` and the 
 uses fastavro instead. A value that does not fit its field raises ``TypeError`` or
 ``ValueError`` naming the record and the field's path.
 
-:func:`zigzag` (an Avro ``long``) and :class:`CodeBuilder` stay Python: the engine-state
-codec (``processors/state_codec.py``) and the compiled reader
-(:mod:`wirestream.avro_reader`) use them.
+:func:`zigzag` (an Avro ``long``) stays Python: the engine-state codec
+(``processors/state_codec.py``) uses it.
 """
 
 from __future__ import annotations
@@ -58,22 +57,6 @@ def zigzag(n: int) -> bytes:
         z >>= 7
     out.append(z)
     return bytes(out)
-
-
-class CodeBuilder:
-    """Lines of generated Python with fresh variable names, for the compiled reader
-    (``wirestream.avro_reader``; the writer it once shared this with is now the core's)."""
-
-    def __init__(self) -> None:
-        self.lines: list[str] = []
-        self.n = 0
-
-    def var(self, prefix: str) -> str:
-        self.n += 1
-        return f"{prefix}{self.n}"
-
-    def emit(self, indent: int, line: str) -> None:
-        self.lines.append("    " * indent + line)
 
 
 def compile_writer(schema: dict[str, Any], prefix: bytes = b"") -> Writer:

@@ -242,8 +242,9 @@ def make_reader(schema: Any, fields: frozenset[str] | None = None) -> BodyReader
     """Build a reader for the Avro bodies of ``schema`` (the writer's schema, as JSON);
     with ``fields``, records of only those top-level fields.
 
-    The compiled reader (:mod:`wirestream.avro_reader`, same records as fastavro, ~1.7x
-    faster on a transaction record) when the schema is in its subset, fastavro otherwise."""
+    The compiled reader (:mod:`wirestream.avro_reader`: the compiled core's, same records
+    as fastavro, ~3x faster than the generated Python it replaced on a transaction record)
+    when the schema is in its subset, fastavro otherwise."""
     try:
         return compile_reader(schema, fields)
     except UnsupportedSchema:

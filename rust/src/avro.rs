@@ -458,6 +458,21 @@ impl Writer {
         &self.name
     }
 
+    /// The root type (the record a message holds).
+    pub fn root(&self) -> NodeId {
+        self.root
+    }
+
+    /// Node `id` of the compiled schema (the decoder of `avro_read.rs` walks the same tree).
+    pub fn node_at(&self, id: NodeId) -> Option<&Node> {
+        self.nodes.get(id)
+    }
+
+    /// How many nodes the compiled schema has.
+    pub fn node_count(&self) -> usize {
+        self.nodes.len()
+    }
+
     /// Append the encoding of `datum` to `out`. On error `out` holds a partial encoding.
     pub fn encode<D: Datum>(&self, datum: &D, out: &mut Vec<u8>) -> Result<(), EncodeError<D::Error>> {
         self.node(self.root, datum, out, 0)

@@ -18,11 +18,13 @@
 //!   run by the tracker for each L7 connection;
 //! - [`l7`]: the L7 analysers' per-chunk work (HTTP/1.x), with their checkpoint encoding;
 //! - [`avro`]: output records -> Avro binary, compiled from their schema;
+//! - [`avro_read`]: Avro binary -> records (the readers of topics), on the same compiled schema;
 //! - `python`, `python_tcp`, `python_http`, `python_avro`: the Python classes over all of it.
 
 use pyo3::prelude::*;
 
 pub mod avro;
+pub mod avro_read;
 pub mod batch;
 pub mod bytes;
 pub mod capture_file;
@@ -57,6 +59,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<python_tcp::PyStreamReassembler>()?;
     m.add_class::<python_http::PyHttpConnection>()?;
     m.add_class::<python_avro::PyAvroWriter>()?;
+    m.add_class::<python_avro::PyAvroReader>()?;
     Ok(())
 }
 

@@ -1,5 +1,6 @@
-//! The Python class of the Avro encoder (`wirestream._core.AvroWriter`; Python code
-//! reaches it through `wirestream.avro_writer.compile_writer`).
+//! The Python classes of the Avro encoder and decoder (`wirestream._core.AvroWriter`,
+//! `AvroReader`; Python code reaches them through `wirestream.avro_writer.compile_writer`
+//! and `wirestream.avro_reader.compile_reader`).
 //!
 //! `AvroWriter(schema_json, prefix)` compiles the schema ([`crate::avro`]); calling it
 //! with a record (a `dict`, or a `dict` subclass such as
@@ -25,6 +26,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyByteArray, PyBytes, PyDict, PyFloat, PyList, PyMapping, PyString, PyTuple};
 
 use crate::avro::{Datum, EncodeError, Fault, Writer};
+use crate::avro_read::{Build, ReadError, Reader};
 
 type Res<T> = Result<T, Fault<PyErr>>;
 
@@ -273,6 +275,127 @@ impl PyAvroWriter {
 
     fn __repr__(&self) -> String {
         format!("<AvroWriter {}>", self.writer.name())
+    }
+}
+
+/// Decoded values as Python objects (`crate::avro_read`): records and maps are dicts,
+/// record keys the schema's interned field names.
+struct PyBuild<'a, 'py> {
+    py: Python<'py>,
+    names: &'a [Py<PyString>],
+}
+
+type Obj<'py> = Bound<'py, PyAny>;
+
+impl<'py> Build for PyBuild<'_, 'py> {
+    type Value = Obj<'py>;
+    type Error = PyErr;
+
+    fn null(&mut self) -> PyResult<Obj<'py>> {
+        Ok(self.py.None().into_bound(self.py))
+    }
+
+    fn boolean(&mut self, b: bool) -> PyResult<Obj<'py>> {
+        Ok(pyo3::types::PyBool::new(self.py, b).to_owned().into_any())
+    }
+
+    fn long(&mut self, n: i64) -> PyResult<Obj<'py>> {
+        Ok(n.into_pyobject(self.py)?.into_any())
+    }
+
+    fn double(&mut self, x: f64) -> PyResult<Obj<'py>> {
+        Ok(PyFloat::new(self.py, x).into_any())
+    }
+
+    fn string(&mut self, s: &str) -> PyResult<Obj<'py>> {
+        Ok(PyString::new(self.py, s).into_any())
+    }
+
+    fn bytes(&mut self, b: &[u8]) -> PyResult<Obj<'py>> {
+        Ok(PyBytes::new(self.py, b).into_any())
+    }
+
+    fn symbol(&mut self, s: &str) -> PyResult<Obj<'py>> {
+        Ok(PyString::new(self.py, s).into_any())
+    }
+
+    fn list(&mut self) -> PyResult<Obj<'py>> {
+        Ok(PyList::empty(self.py).into_any())
+    }
+
+    fn push(&mut self, list: &mut Obj<'py>, item: Obj<'py>) -> PyResult<()> {
+        list.downcast::<PyList>()?.append(item)
+    }
+
+    fn map(&mut self) -> PyResult<Obj<'py>> {
+        Ok(PyDict::new(self.py).into_any())
+    }
+
+    fn insert(&mut self, map: &mut Obj<'py>, key: &str, value: Obj<'py>) -> PyResult<()> {
+        map.downcast::<PyDict>()?.set_item(PyString::new(self.py, key), value)
+    }
+
+    fn record(&mut self) -> PyResult<Obj<'py>> {
+        Ok(PyDict::new(self.py).into_any())
+    }
+
+    fn set(&mut self, record: &mut Obj<'py>, id: usize, name: &str, value: Obj<'py>) -> PyResult<()> {
+        let d = record.downcast::<PyDict>()?;
+        match self.names.get(id) {
+            Some(key) => d.set_item(key.bind(self.py), value),
+            None => d.set_item(PyString::new(self.py, name), value),
+        }
+    }
+}
+
+/// `AvroReader(schema_json, fields=None)`: `reader(data, offset=0) -> record`.
+///
+/// Decodes the Avro binary body of one record that starts at `data[offset]` (`data` a
+/// `bytes`, so that a Confluent-framed message is read without copying its body); with
+/// `fields` (an iterable of names), a dict of only those fields of the root record, the
+/// others stepped over. A schema outside the compiled subset raises `ValueError` (the
+/// Python wrapper turns it into `UnsupportedSchema`); a malformed body raises
+/// `ValueError` saying what is wrong and at which offset.
+#[pyclass(module = "wirestream._core", name = "AvroReader", frozen)]
+pub struct PyAvroReader {
+    reader: Reader,
+    names: Vec<Py<PyString>>,
+}
+
+#[pymethods]
+impl PyAvroReader {
+    #[new]
+    #[pyo3(signature = (schema_json, fields = None))]
+    fn new(py: Python<'_>, schema_json: &str, fields: Option<&Bound<'_, PyAny>>) -> PyResult<Self> {
+        let fields: Option<Vec<String>> = match fields {
+            None => None,
+            Some(f) => Some(f.try_iter()?.map(|n| n?.extract::<String>()).collect::<PyResult<_>>()?),
+        };
+        let reader = Reader::from_json(schema_json, fields.as_deref()).map_err(|e| PyValueError::new_err(e.0))?;
+        let names = reader.schema().field_names().iter().map(|n| PyString::intern(py, n).unbind()).collect();
+        Ok(PyAvroReader { reader, names })
+    }
+
+    #[pyo3(signature = (data, offset = 0))]
+    fn __call__<'py>(&self, py: Python<'py>, data: &[u8], offset: i64) -> PyResult<Bound<'py, PyAny>> {
+        let Ok(offset) = usize::try_from(offset) else {
+            return Err(PyValueError::new_err(format!("negative offset {offset}")));
+        };
+        let mut build = PyBuild { py, names: &self.names };
+        self.reader.read(data, offset, &mut build).map_err(|e| match e {
+            ReadError::Malformed { .. } => PyValueError::new_err(format!("{}: {e}", self.reader.schema().name())),
+            ReadError::Source(err) => err,
+        })
+    }
+
+    /// The schema's (root record's) name.
+    #[getter]
+    fn name(&self) -> &str {
+        self.reader.schema().name()
+    }
+
+    fn __repr__(&self) -> String {
+        format!("<AvroReader {}>", self.reader.schema().name())
     }
 }
 
