@@ -1,4 +1,5 @@
-"""Redaction of HTTP records: headers, request targets, bodies (processors/l7/redact.py)."""
+"""Redaction of HTTP records: headers and request targets (the compiled core,
+rust/src/l7/http/redact.rs), bodies (processors/l7/redact.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import re
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from wirestream.processors.l7.http import _header_map
+from wirestream._core import HttpConnection
 from wirestream.processors.l7.redact import (
     REDACTED,
     header_kind,
@@ -28,8 +29,8 @@ VISA13 = "4222222222222"
 
 def recorded_header(name: str, value: str) -> str:
     """One header's value as the HTTP analyser records it, with redaction on: the
-    production ``_header_map`` itself, so a change to its per-header rule shows here."""
-    (recorded,) = _header_map([(name.encode(), value.encode())], redact=True).values()
+    core's header map itself, so a change to its per-header rule shows here."""
+    (recorded,) = HttpConnection.header_map([(name.encode(), value.encode())], True).values()
     return recorded
 
 
@@ -89,7 +90,7 @@ def test_redact_headers_map() -> None:
     # raw names as on the wire: the map's keys are lower-cased
     pairs = [(b"Host", b"h"), (b"Authorization", b"Basic x"), (b"Cookie", b"a=1"),
              (b"X-Api-Key", b"k")]
-    assert _header_map(pairs, redact=True) == {
+    assert HttpConnection.header_map(pairs, True) == {
         "host": "h", "authorization": "Basic [REDACTED]", "cookie": "a=[REDACTED]",
         "x-api-key": REDACTED}
 

@@ -1,7 +1,9 @@
 """Redaction of secrets in HTTP records: credentials, cookies, tokens and card numbers.
 
-Applied by the HTTP analyser when ``L7Options.redact`` is on (the default). What is
-masked, and what is deliberately kept visible:
+Applied by the HTTP analyser when ``L7Options.redact`` is on (the default): header
+values and request targets by the compiled core as it builds the record
+(``rust/src/l7/http/redact.rs``), bodies here. What is masked, and what is deliberately
+kept visible:
 
 - ``Authorization`` / ``Proxy-Authorization``: the credentials; the auth *scheme* stays
   (``Basic [REDACTED]``), because detections need to know that a Basic credential
@@ -20,7 +22,7 @@ masked, and what is deliberately kept visible:
   the same token-like parameters; in JSON bodies up to 4 KiB the string values of
   token-like keys.
 
-Cost matters (it runs once per transaction on every body): the body functions never run
+Cost matters (it runs once per transaction with a body): the body functions never run
 a regular expression over a body unless a cheap C-speed test (``bytes.translate`` +
 ``bytes.find``, ``bytes.lower`` + ``in``) found something worth looking at.
 """
@@ -28,171 +30,40 @@ a regular expression over a body unless a cheap C-speed test (``bytes.translate`
 from __future__ import annotations
 
 import re
-from urllib.parse import unquote_plus
+from collections.abc import Callable
+
+from wirestream._core import HttpConnection
 
 from ..findings import CARD_NUMBER_BIT, OTHER_PII_BIT, PASSWORD_IN_FORM_BIT
 
 REDACTED = "[REDACTED]"
 _REDACTED_B = b"[REDACTED]"
 
-# --------------------------------------------------------------------------- headers
+# ------------------------------------------------------------- headers and targets
+# The compiled core redacts header values and request targets as it builds each record
+# (rust/src/l7/http/redact.rs); these are its functions, for the body code below and
+# for tests.
 
-#: Kinds of sensitive header (0: not sensitive).
+#: Kinds of sensitive header (0: not sensitive), as :func:`header_kind` gives them.
 KEEP, AUTH, COOKIE, SET_COOKIE, SECRET = 0, 1, 2, 3, 4
 
-_AUTH_HEADERS = frozenset({"authorization", "proxy-authorization"})
-_SECRET_HEADERS = frozenset({
-    "x-api-key", "api-key", "apikey", "x-apikey", "x-auth-token", "x-access-token",
-    "x-amz-security-token", "x-goog-api-key", "x-vault-token", "x-auth", "x-auth-key",
-    "x-csrf-token", "x-xsrf-token", "x-session-id", "x-amz-credential", "x-client-secret",
-    "x-hub-signature", "x-hub-signature-256", "x-signature", "x-consumer-key", "private-token",
-})
-# Substrings of header names that mark the value as a secret. Not "auth": that would
-# mask WWW-Authenticate / Proxy-Authenticate, which are challenges, not credentials.
-_SECRET_NAME_PARTS = ("token", "secret", "password", "passwd", "api-key", "api_key",
-                      "apikey", "credential", "private-key", "session-id", "sessionid")
-
-# An auth scheme is a short HTTP token (RFC 9110 section 11.1). A longer first word is
-# more likely a raw credential without a scheme, so it is masked as a whole.
-_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9!#$%&'*+.^_`|~-]{0,23}")
-# Several Set-Cookie values joined with ", " (a header map): split at ", name=" only, so
-# that the comma inside "Expires=Wed, 21 Oct 2015 07:28:00 GMT" is not a split point.
-_SET_COOKIE_SPLIT = re.compile(r",\s*(?=[^=;,\s]+=)")
-
-
-def header_kind(name: str) -> int:
-    """Which kind of redaction the header ``name`` (lower-case) needs; 0 = none."""
-    if name in _AUTH_HEADERS:
-        return AUTH
-    if name == "cookie":
-        return COOKIE
-    if name == "set-cookie":
-        return SET_COOKIE
-    if name in _SECRET_HEADERS:
-        return SECRET
-    for part in _SECRET_NAME_PARTS:
-        if part in name:
-            return SECRET
-    return KEEP
-
-
-def _mask_auth(value: str) -> str:
-    v = value.strip()
-    sp = v.find(" ")
-    if sp > 0 and _SCHEME.fullmatch(v, 0, sp):
-        return v[:sp] + " " + REDACTED
-    return REDACTED
-
-
-def _mask_cookie(value: str) -> str:
-    parts = value.split(";")
-    for i, part in enumerate(parts):
-        name, eq, _ = part.partition("=")
-        if eq:
-            parts[i] = name + "=" + REDACTED
-    return ";".join(parts)
-
-
-def _mask_one_set_cookie(value: str) -> str:
-    # The first name=value pair is the cookie; what follows ';' are its attributes.
-    name, eq, rest = value.partition("=")
-    if not eq:
-        return REDACTED
-    semi = rest.find(";")
-    return name + "=" + REDACTED + (rest[semi:] if semi >= 0 else "")
-
-
-def _mask_set_cookie(value: str) -> str:
-    if "," not in value:
-        return _mask_one_set_cookie(value)
-    return ", ".join(_mask_one_set_cookie(v) for v in _SET_COOKIE_SPLIT.split(value))
-
-
-def redact_value(kind: int, value: str) -> str:
-    """Mask ``value`` of a header of the given :func:`header_kind` (non-zero)."""
-    if kind == AUTH:
-        return _mask_auth(value)
-    if kind == COOKIE:
-        return _mask_cookie(value)
-    if kind == SET_COOKIE:
-        return _mask_set_cookie(value)
-    return REDACTED
-
-
-# ------------------------------------------------------------ query / form parameters
-
-_SECRET_PARAMS = frozenset({
-    "token", "access_token", "refresh_token", "id_token", "auth_token", "api_key", "apikey",
-    "api-key", "key", "password", "passwd", "pwd", "pass", "secret", "client_secret",
-    "session", "sessionid", "session_id", "auth", "signature", "sig", "code", "jwt", "otp",
-    "x-amz-signature", "x-amz-security-token", "x-amz-credential", "x-goog-signature",
-    "x-goog-credential", "jsessionid", "phpsessid", "aspsessionid", "sid",
-})
-_SECRET_PARAM_PARTS = ("token", "secret", "password", "passwd", "apikey", "api_key",
-                       "api-key", "signature", "sessid", "credential")
-
-
-def _secret_param(name: str) -> bool:
-    if "%" in name or "+" in name:
-        name = unquote_plus(name)
-    name = name.lower()
-    if name in _SECRET_PARAMS:
-        return True
-    for part in _SECRET_PARAM_PARTS:
-        if part in name:
-            return True
-    return False
-
-
-_PARAM_CACHE: dict[str, bool] = {}
+#: Which kind of redaction the header ``name`` (lower-case) needs; 0 = none.
+header_kind: Callable[[str], int] = HttpConnection.header_kind
+#: Is ``name`` a token-like parameter (or JSON member) name (``access_token``, ``sig``...)?
+_secret_param: Callable[[str], bool] = HttpConnection.secret_param
 
 
 def _mask_params(text: str, sep: str) -> str:
     """``a=1&token=x`` -> ``a=1&token=[REDACTED]``; unchanged text is returned as is."""
-    params = text.split(sep)
-    changed = False
-    known = _PARAM_CACHE
-    for i, param in enumerate(params):
-        name, eq, value = param.partition("=")
-        if eq and value:
-            secret = known.get(name)
-            if secret is None:
-                secret = _secret_param(name)
-                if len(known) >= 4096:  # names repeat; this only bounds odd traffic
-                    known.clear()
-                known[name] = secret
-            if secret:
-                params[i] = name + "=" + REDACTED
-                changed = True
-    return sep.join(params) if changed else text
+    masked = HttpConnection.mask_params(text, sep)
+    return text if masked is None else masked
 
 
 def redact_target(target: str) -> str:
     """The request target with token-like query (and ``;name=``) parameters and URL
-    passwords masked."""
-    q = target.find("?")
-    path = target if q < 0 else target[:q]
-    new_path = path
-    # absolute-form (proxy requests): scheme://user:password@host/...
-    if "@" in path:
-        s = path.find("://")
-        if s >= 0:
-            end = path.find("/", s + 3)
-            authority = path[s + 3 : end if end >= 0 else len(path)]
-            at = authority.rfind("@")
-            colon = authority.find(":", 0, at)
-            if at >= 0 and colon >= 0:
-                new_path = (path[: s + 3] + authority[: colon + 1] + REDACTED
-                            + path[s + 3 + at :])
-    if ";" in new_path:  # /app;jsessionid=...
-        new_path = _mask_params(new_path, ";")
-    if q < 0:
-        return new_path
-    query = target[q + 1 :]
-    new_query = _mask_params(query, "&")
-    if new_path is path and new_query is query:
-        return target
-    return new_path + "?" + new_query
+    passwords masked (``target`` itself when nothing is)."""
+    masked = HttpConnection.redact_target(target)
+    return target if masked is None else masked
 
 
 # ------------------------------------------------------------------------------ bodies

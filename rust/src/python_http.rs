@@ -1,35 +1,51 @@
 //! The Python class of the HTTP/1.x analyser's core (`wirestream._core.HttpConnection`);
-//! the `StreamAnalyzer` Python code uses is `processors/l7/http.py`, which builds the
-//! records (header maps, redaction, findings) from what this returns.
+//! the `StreamAnalyzer` Python code uses is `processors/l7/http.py`.
 //!
 //! Each hook (`data`, `gap`, `tick`, `close`) returns None when nothing completed and no
 //! counter moved (the usual case for a request segment), else `(transactions, counts)`:
-//! `transactions` a list of tuples `(method, target, version, request_headers,
-//! request_body, request_body_size, response_headers, response_body, response_body_size,
-//! status, request_ts, ttfb, response_end_ts, error, upgrade)`
-//! (headers as lists of `(name, value)` bytes pairs as sent, bodies None when empty,
-//! response headers None when there is no final status), `counts` a list of `(counter,
-//! increment)`. `snapshot()` / `HttpConnection.restore(bytes)` are the checkpoint
-//! (rust/src/l7/http/state.rs).
+//! `transactions` a list of `(record, findings)`: the `wire.transactions` record as a
+//! dict (keys in the schema's order; `connection_id` None, for the caller to set: it is
+//! computed on demand in Python), its header maps and target already redacted when the
+//! connection redacts ([`crate::l7::http::redact`]), its bodies as captured (bytes, None
+//! when empty: their redaction and findings are Python's, `processors/l7/redact.py`),
+//! and `findings` the `Finding` bits of its request headers (an int); `counts` a list of
+//! `(counter, increment)`. Building the record here saves the Python per-header loop
+//! (~12 µs a small keep-alive transaction with redaction, docs/core.md).
+//! `snapshot()` / `HttpConnection.restore(bytes, redact, endpoints)` are the checkpoint
+//! (rust/src/l7/http/state.rs; the record context is the analyser's, given again).
 
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyList, PyTuple};
+use pyo3::intern;
+use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
 
+use crate::l7::http::redact;
 use crate::l7::http::session::Mode;
 use crate::l7::http::{state, Connection, Txn, ERRORS, MAX_HELD, MAX_PENDING};
 
 #[pyclass(module = "wirestream._core", name = "HttpConnection")]
 pub struct PyHttpConnection {
     inner: Connection,
+    /// Redact header values, target (the bodies are the caller's).
+    redact: bool,
+    /// The records' client_ip, client_port, server_ip, server_port.
+    endpoints: [PyObject; 4],
 }
 
-fn headers<'py>(py: Python<'py>, fields: &[(Vec<u8>, Vec<u8>)]) -> PyResult<Bound<'py, PyList>> {
-    let list = PyList::empty(py);
-    for (n, v) in fields {
-        list.append((PyBytes::new(py, n), PyBytes::new(py, v)))?;
+fn map_dict<'py>(py: Python<'py>, map: &[(String, String)]) -> PyResult<Bound<'py, PyDict>> {
+    let d = PyDict::new(py);
+    for (n, v) in map {
+        d.set_item(n, v)?;
     }
-    Ok(list)
+    Ok(d)
+}
+
+fn endpoints(endpoints: &Bound<'_, PyTuple>) -> PyResult<[PyObject; 4]> {
+    if endpoints.len() != 4 {
+        return Err(PyValueError::new_err("endpoints is (client_ip, client_port, server_ip, server_port)"));
+    }
+    let item = |i| endpoints.get_item(i).map(|o| o.unbind());
+    Ok([item(0)?, item(1)?, item(2)?, item(3)?])
 }
 
 fn opt_bytes<'py>(py: Python<'py>, b: &[u8]) -> Option<Bound<'py, PyBytes>> {
@@ -45,37 +61,54 @@ fn ttfb(t: &Txn) -> Option<i64> {
     }
 }
 
-fn txn_tuple<'py>(py: Python<'py>, t: &Txn) -> PyResult<Bound<'py, PyTuple>> {
-    let method = t.method.as_deref().map(|m| String::from_utf8_lossy(m).into_owned());
-    let version = t.minor.map(|m| if m == 1 { "1.1" } else { "1.0" });
-    let resp_headers = if t.status.is_some() && !t.resp_headers.is_empty() {
-        Some(headers(py, &t.resp_headers)?)
-    } else {
-        None // (the headers of an interim response alone are not the response's)
-    };
-    let upgrade = t.upgrade.as_deref().map(|u| String::from_utf8_lossy(u).into_owned());
-    let error = t.error.and_then(|e| ERRORS.get(usize::from(e)).copied());
-    let items: Vec<PyObject> = vec![
-        method.into_pyobject(py)?.into_any().unbind(),
-        PyBytes::new(py, &t.url).into_any().unbind(),
-        version.into_pyobject(py)?.into_any().unbind(),
-        headers(py, &t.req_headers)?.into_any().unbind(),
-        opt_bytes(py, &t.req_body).into_pyobject(py)?.into_any().unbind(),
-        t.req_size.into_pyobject(py)?.into_any().unbind(),
-        resp_headers.into_pyobject(py)?.into_any().unbind(),
-        opt_bytes(py, &t.resp_body).into_pyobject(py)?.into_any().unbind(),
-        t.resp_size.into_pyobject(py)?.into_any().unbind(),
-        t.status.into_pyobject(py)?.into_any().unbind(),
-        t.req_ts.into_pyobject(py)?.into_any().unbind(),
-        ttfb(t).into_pyobject(py)?.into_any().unbind(),
-        t.resp_end_ts.into_pyobject(py)?.into_any().unbind(),
-        error.into_pyobject(py)?.into_any().unbind(),
-        upgrade.into_pyobject(py)?.into_any().unbind(),
-    ];
-    PyTuple::new(py, items)
-}
-
 impl PyHttpConnection {
+    /// `(record, header findings)` of a completed transaction (see the module doc).
+    fn record<'py>(&self, py: Python<'py>, t: &Txn) -> PyResult<Bound<'py, PyTuple>> {
+        let req = redact::header_map(&t.req_headers, self.redact);
+        // (the headers of an interim response alone are not the response's)
+        let resp = if t.status.is_some() && !t.resp_headers.is_empty() {
+            redact::header_map(&t.resp_headers, self.redact)
+        } else {
+            Vec::new()
+        };
+        let found = redact::header_findings(&req);
+        let url = String::from_utf8_lossy(&t.url);
+        let path = match self.redact.then(|| redact::redact_target(&url)).flatten() {
+            Some(p) => std::borrow::Cow::Owned(p),
+            None => url,
+        };
+        let method = t.method.as_deref().map(String::from_utf8_lossy);
+        // HTTP/1.0 for any minor version but 1; a request cut before its version is 1.1
+        let protocol = if t.minor.is_none_or(|m| m == 1) { intern!(py, "http/1.1") } else { intern!(py, "http/1.0") };
+        let upgrade = t.upgrade.as_deref().map(String::from_utf8_lossy);
+        let error = t.error.and_then(|e| ERRORS.get(usize::from(e)).copied());
+        let [client_ip, client_port, server_ip, server_port] = &self.endpoints;
+        let d = PyDict::new(py);
+        d.set_item(intern!(py, "connection_id"), py.None())?;
+        d.set_item(intern!(py, "protocol"), protocol)?;
+        d.set_item(intern!(py, "client_ip"), client_ip)?;
+        d.set_item(intern!(py, "client_port"), client_port)?;
+        d.set_item(intern!(py, "server_ip"), server_ip)?;
+        d.set_item(intern!(py, "server_port"), server_port)?;
+        d.set_item(intern!(py, "request_ts_us"), t.req_ts)?;
+        d.set_item(intern!(py, "response_ts_us"), t.resp_end_ts)?;
+        d.set_item(intern!(py, "method"), method)?;
+        d.set_item(intern!(py, "path"), path)?;
+        d.set_item(intern!(py, "host"), redact::get(&req, "host"))?;
+        d.set_item(intern!(py, "status"), t.status)?;
+        d.set_item(intern!(py, "request_headers"), map_dict(py, &req)?)?;
+        d.set_item(intern!(py, "response_headers"), map_dict(py, &resp)?)?;
+        d.set_item(intern!(py, "request_body"), opt_bytes(py, &t.req_body))?;
+        d.set_item(intern!(py, "response_body"), opt_bytes(py, &t.resp_body))?;
+        d.set_item(intern!(py, "request_body_size"), t.req_size)?;
+        d.set_item(intern!(py, "response_body_size"), t.resp_size)?;
+        d.set_item(intern!(py, "latency_us"), t.resp_end_ts.map(|e| i128::from(e) - i128::from(t.req_ts)))?;
+        d.set_item(intern!(py, "ttfb_us"), ttfb(t))?;
+        d.set_item(intern!(py, "error"), error)?;
+        d.set_item(intern!(py, "upgrade"), upgrade)?;
+        PyTuple::new(py, [d.into_any(), found.into_pyobject(py)?.into_any()])
+    }
+
     fn result<'py>(&mut self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyTuple>>> {
         if self.inner.out.is_empty() && self.inner.counts.is_empty() {
             return Ok(None);
@@ -83,7 +116,7 @@ impl PyHttpConnection {
         let (out, counts) = self.inner.take();
         let txns = PyList::empty(py);
         for t in &out {
-            txns.append(txn_tuple(py, t)?)?;
+            txns.append(self.record(py, t)?)?;
         }
         let counts = PyList::new(py, counts)?;
         Ok(Some(PyTuple::new(py, [txns.into_any(), counts.into_any()])?))
@@ -100,14 +133,19 @@ impl PyHttpConnection {
 
 #[pymethods]
 impl PyHttpConnection {
+    /// `redact`: mask header values and the target in the records; `endpoints`: the
+    /// records' `(client_ip, client_port, server_ip, server_port)`.
     #[new]
+    #[allow(clippy::too_many_arguments)]
     fn new(client_direction: u8, body_cap: u64, response_body_cap: u64, max_header_bytes: usize,
-           response_timeout_us: i64) -> PyResult<Self> {
+           response_timeout_us: i64, redact: bool, endpoints: &Bound<'_, PyTuple>) -> PyResult<Self> {
         if client_direction > 1 {
             return Err(PyValueError::new_err("client_direction is 0 or 1"));
         }
         Ok(PyHttpConnection {
             inner: Connection::new(client_direction, body_cap, response_body_cap, max_header_bytes, response_timeout_us),
+            redact,
+            endpoints: self::endpoints(endpoints)?,
         })
     }
 
@@ -141,9 +179,54 @@ impl PyHttpConnection {
         PyBytes::new(py, &state::snapshot(&self.inner))
     }
 
+    /// A connection from `snapshot()` bytes; `redact` and `endpoints` as for the constructor.
     #[staticmethod]
-    fn restore(data: &[u8]) -> PyResult<Self> {
-        state::restore(data).map(|inner| PyHttpConnection { inner }).map_err(PyValueError::new_err)
+    fn restore(data: &[u8], redact: bool, endpoints: &Bound<'_, PyTuple>) -> PyResult<Self> {
+        let endpoints = self::endpoints(endpoints)?;
+        let inner = state::restore(data).map_err(PyValueError::new_err)?;
+        Ok(PyHttpConnection { inner, redact, endpoints })
+    }
+
+    // -- the redaction of the records, for tests and the Python wrappers ------------------
+
+    /// Header pairs (bytes, as sent) -> {lower-case name: value}, repeated names joined
+    /// with ", ", values masked by kind when `redact` (as in the records).
+    #[staticmethod]
+    fn header_map<'py>(py: Python<'py>, pairs: Vec<(Vec<u8>, Vec<u8>)>, redact: bool) -> PyResult<Bound<'py, PyDict>> {
+        map_dict(py, &redact::header_map(&pairs, redact))
+    }
+
+    /// The kind of redaction a (lower-case) header name needs: 0 none, 1 Authorization,
+    /// 2 Cookie, 3 Set-Cookie, 4 a secret as a whole.
+    #[staticmethod]
+    fn header_kind(name: &str) -> u8 {
+        redact::header_kind(name)
+    }
+
+    /// The request target with token-like parameters and URL passwords masked; None when
+    /// nothing is.
+    #[staticmethod]
+    fn redact_target(target: &str) -> Option<String> {
+        redact::redact_target(target)
+    }
+
+    /// `text` split at `sep` with the values of token-like `name=value` parameters masked
+    /// (form bodies use it too); None when nothing is.
+    #[staticmethod]
+    fn mask_params(text: &str, sep: char) -> Option<String> {
+        redact::mask_params(text, sep)
+    }
+
+    /// A token-like parameter (or JSON member) name: `access_token`, `password`, ...
+    #[staticmethod]
+    fn secret_param(name: &str) -> bool {
+        redact::secret_param(name)
+    }
+
+    /// `Finding` bits of the credentials a (recorded) request header map carries.
+    #[staticmethod]
+    fn header_findings(headers: Vec<(String, String)>) -> u8 {
+        redact::header_findings(&headers)
     }
 
     // -- introspection (tests, bounds) ------------------------------------------------

@@ -4,15 +4,18 @@
 //! known (and its gaps, ticks of capture time and its end); gives the transactions,
 //! request and response paired, with their timing, headers, capped bodies and error, and
 //! named counters. It is the per-chunk work of the L7 path (it was ~47% of the packet
-//! worker's CPU in Python over llhttp, with a Python callback per header and body chunk);
-//! building the `wire.transactions` record, redaction and findings stay Python
-//! (`processors/l7/http.py`), once per transaction.
+//! worker's CPU in Python over llhttp, with a Python callback per header and body chunk).
+//! The `wire.transactions` record is built here too (`python_http`), with its header
+//! maps, redacted target and header findings ([`redact`]); the bodies' redaction and
+//! findings stay Python (`processors/l7/redact.py`), only for transactions with a body.
 //!
 //! - [`parser`]: the message grammar and framing of one direction (a pull parser);
 //! - [`session`]: pairing and the per-direction PARSE/RESYNC/WAIT/TUNNEL machine;
-//! - [`state`]: the connection's state as checkpoint bytes, and back.
+//! - [`state`]: the connection's state as checkpoint bytes, and back;
+//! - [`redact`]: header maps, redaction of header values and targets, header findings.
 
 pub mod parser;
+pub mod redact;
 pub mod session;
 pub mod state;
 
