@@ -5,10 +5,11 @@ and framing, request/response pairing, the PARSE/RESYNC/WAIT/TUNNEL state machin
 each direction, gaps and parse errors with resynchronisation, timeouts, bounded state;
 docs/l7.md). :class:`HttpAnalyzer` is the ``StreamAnalyzer`` over it: each hook hands
 the bytes (or gap, tick, end) to ``_core.HttpConnection`` and gets back the completed
-transactions as records the core built (header maps, redaction of header values and of
-the target, the findings of the request headers: ``rust/src/l7/http/redact.rs``). What
-is left here, once per transaction with a body: the bodies' findings and redaction
-(:mod:`.redact`), and the findings beside the record (:mod:`processors.findings`).
+transactions as records the core built: header maps, redaction (header values, target,
+bodies) and the findings of headers and bodies (``rust/src/l7/http/redact.rs``;
+:mod:`.redact` is its Python face). What is left here, per record: its
+``connection_id`` (computed on demand) and the findings beside it
+(:class:`processors.findings.RecordWithFindings`).
 
 Broken HTTP never raises out of the analyser; it is counted in ``ctx.stats``
 (``http_parse_error`` and ``http_parse_error.<reason>``, ``http_gaps``,
@@ -25,30 +26,14 @@ from wirestream._core import HttpConnection
 
 from wirestream.topics import TRANSACTIONS
 
-from ..findings import PASSWORD_IN_FORM_BIT, Finding, RecordWithFindings
+from ..findings import Finding, RecordWithFindings
 from ..state_codec import StateError
 from .base import StreamAnalyzer, StreamContext
-from .redact import body_findings, redact_body
 
 #: Requests waiting for their response; past this the oldest is dropped (counted).
 MAX_PENDING: int = HttpConnection.MAX_PENDING
 #: Client bytes held after an Upgrade/CONNECT request until the answer says what they are.
 MAX_HELD: int = HttpConnection.MAX_HELD
-
-
-def _body_findings(record: dict[str, Any], req_body: bytes | None,
-                   resp_body: bytes | None) -> int:
-    """Credentials and PII the (cleartext) bodies of a transaction carried: ``Finding``
-    bits (an int, see processors.findings), read from the kept bodies before redaction;
-    the request headers' are the core's."""
-    found = 0
-    if req_body:
-        found |= body_findings(req_body, record["request_headers"].get("content-type"))
-    if resp_body:
-        # A password field in a response is not one the client sent.
-        found |= (body_findings(resp_body, record["response_headers"].get("content-type"))
-                  & ~PASSWORD_IN_FORM_BIT)
-    return found
 
 
 class HttpAnalyzer(StreamAnalyzer):
@@ -153,24 +138,10 @@ class HttpAnalyzer(StreamAnalyzer):
         if cid is None:
             cid = self._cid = self.ctx.connection_id()
         records = []
-        redact = self.redact
         for record, found in txns:
-            # The core built the record (header maps, target redaction, the request
-            # headers' findings); what is left is the bodies, when there are any.
+            # The core built the record, redacted (header values, target, bodies), and
+            # gives the findings of its headers and bodies beside it.
             record["connection_id"] = cid
-            req_body = record["request_body"]
-            resp_body = record["response_body"]
-            if req_body is not None or resp_body is not None:
-                found |= _body_findings(record, req_body, resp_body)
-                if redact:
-                    if req_body is not None:
-                        record["request_body"] = redact_body(
-                            req_body, record["request_headers"].get("content-type"),
-                            record["request_body_size"] > len(req_body))
-                    if resp_body is not None:
-                        record["response_body"] = redact_body(
-                            resp_body, record["response_headers"].get("content-type"),
-                            record["response_body_size"] > len(resp_body))
             if found:  # for the detections, beside the record's fields (processors.findings)
                 record = RecordWithFindings(record, Finding(found))
             records.append(record)

@@ -6,11 +6,11 @@
 //! `transactions` a list of `(record, findings)`: the `wire.transactions` record as a
 //! dict (keys in the schema's order; `connection_id` None, for the caller to set: it is
 //! computed on demand in Python), its header maps and target already redacted when the
-//! connection redacts ([`crate::l7::http::redact`]), its bodies as captured (bytes, None
-//! when empty: their redaction and findings are Python's, `processors/l7/redact.py`),
-//! and `findings` the `Finding` bits of its request headers (an int); `counts` a list of
-//! `(counter, increment)`. Building the record here saves the Python per-header loop
-//! (~12 µs a small keep-alive transaction with redaction, docs/core.md).
+//! connection redacts, and so are its bodies (bytes, None when empty)
+//! ([`crate::l7::http::redact`]); `findings` the `Finding` bits of what its request
+//! headers and bodies carried in clear (an int, read before redaction); `counts` a list
+//! of `(counter, increment)`. Building the record here saves the Python per-header and
+//! per-body work (~12 µs a small keep-alive transaction with redaction, docs/core.md).
 //! `snapshot()` / `HttpConnection.restore(bytes, redact, endpoints)` are the checkpoint
 //! (rust/src/l7/http/state.rs; the record context is the analyser's, given again).
 
@@ -26,7 +26,7 @@ use crate::l7::http::{state, Connection, Txn, ERRORS, MAX_HELD, MAX_PENDING};
 #[pyclass(module = "wirestream._core", name = "HttpConnection")]
 pub struct PyHttpConnection {
     inner: Connection,
-    /// Redact header values, target (the bodies are the caller's).
+    /// Redact header values, target and bodies.
     redact: bool,
     /// The records' client_ip, client_port, server_ip, server_port.
     endpoints: [PyObject; 4],
@@ -71,7 +71,18 @@ impl PyHttpConnection {
         } else {
             Vec::new()
         };
-        let found = redact::header_findings(&req);
+        let mut found = redact::header_findings(&req);
+        let req_ct = redact::get(&req, "content-type");
+        let resp_ct = redact::get(&resp, "content-type");
+        found |= redact::body_findings(&t.req_body, req_ct);
+        // A password field in a response is not one the client sent.
+        found |= redact::body_findings(&t.resp_body, resp_ct) & !redact::PASSWORD_IN_FORM_BIT;
+        let (mut req_body, mut resp_body) = (None, None);
+        if self.redact {
+            let cut = |size: u64, body: &[u8]| size > body.len() as u64;
+            req_body = redact::redact_body(&t.req_body, req_ct, cut(t.req_size, &t.req_body));
+            resp_body = redact::redact_body(&t.resp_body, resp_ct, cut(t.resp_size, &t.resp_body));
+        }
         let url = String::from_utf8_lossy(&t.url);
         let path = match self.redact.then(|| redact::redact_target(&url)).flatten() {
             Some(p) => std::borrow::Cow::Owned(p),
@@ -98,8 +109,8 @@ impl PyHttpConnection {
         d.set_item(intern!(py, "status"), t.status)?;
         d.set_item(intern!(py, "request_headers"), map_dict(py, &req)?)?;
         d.set_item(intern!(py, "response_headers"), map_dict(py, &resp)?)?;
-        d.set_item(intern!(py, "request_body"), opt_bytes(py, &t.req_body))?;
-        d.set_item(intern!(py, "response_body"), opt_bytes(py, &t.resp_body))?;
+        d.set_item(intern!(py, "request_body"), opt_bytes(py, req_body.as_deref().unwrap_or(&t.req_body)))?;
+        d.set_item(intern!(py, "response_body"), opt_bytes(py, resp_body.as_deref().unwrap_or(&t.resp_body)))?;
         d.set_item(intern!(py, "request_body_size"), t.req_size)?;
         d.set_item(intern!(py, "response_body_size"), t.resp_size)?;
         d.set_item(intern!(py, "latency_us"), t.resp_end_ts.map(|e| i128::from(e) - i128::from(t.req_ts)))?;
@@ -221,6 +232,27 @@ impl PyHttpConnection {
     #[staticmethod]
     fn secret_param(name: &str) -> bool {
         redact::secret_param(name)
+    }
+
+    /// A body with card numbers (and in form / JSON bodies token-like values) masked;
+    /// None when nothing is. `truncated`: the body cap cut it.
+    #[staticmethod]
+    #[pyo3(signature = (body, content_type=None, truncated=false))]
+    fn redact_body<'py>(py: Python<'py>, body: &[u8], content_type: Option<&str>, truncated: bool) -> Option<Bound<'py, PyBytes>> {
+        redact::redact_body(body, content_type, truncated).map(|b| PyBytes::new(py, &b))
+    }
+
+    /// `Finding` bits of what a body carries in clear (password fields, SSNs, cards).
+    #[staticmethod]
+    #[pyo3(signature = (body, content_type=None))]
+    fn body_findings(body: &[u8], content_type: Option<&str>) -> u8 {
+        redact::body_findings(body, content_type)
+    }
+
+    /// True if `digits` (only ASCII 0-9) passes the Luhn check of card numbers.
+    #[staticmethod]
+    fn luhn_valid(digits: &str) -> bool {
+        redact::luhn_valid(digits.as_bytes())
     }
 
     /// `Finding` bits of the credentials a (recorded) request header map carries.

@@ -6,13 +6,12 @@
 //! named counters. It is the per-chunk work of the L7 path (it was ~47% of the packet
 //! worker's CPU in Python over llhttp, with a Python callback per header and body chunk).
 //! The `wire.transactions` record is built here too (`python_http`), with its header
-//! maps, redacted target and header findings ([`redact`]); the bodies' redaction and
-//! findings stay Python (`processors/l7/redact.py`), only for transactions with a body.
+//! maps, its redaction and its findings ([`redact`]).
 //!
 //! - [`parser`]: the message grammar and framing of one direction (a pull parser);
 //! - [`session`]: pairing and the per-direction PARSE/RESYNC/WAIT/TUNNEL machine;
 //! - [`state`]: the connection's state as checkpoint bytes, and back;
-//! - [`redact`]: header maps, redaction of header values and targets, header findings.
+//! - [`redact`]: header maps, redaction of header values, targets and bodies, findings.
 
 pub mod parser;
 pub mod redact;

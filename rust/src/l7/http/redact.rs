@@ -1,14 +1,14 @@
-//! Redaction of the head of an HTTP transaction: header maps, request targets, and the
-//! findings the request headers carry (Authorization schemes).
+//! Redaction and findings of an HTTP transaction: header maps, request targets, bodies.
 //!
-//! Takes the header pairs as sent (bytes) and the request target (text); gives the
-//! `wire.transactions` header maps (lower-case names, repeated names joined with ", ",
-//! RFC 9110 section 5.3, values masked by the kind of header when redaction is on), the
-//! target with token-like parameters and URL passwords masked, and the `Finding` bits of
-//! the credentials the headers carried. It runs once per transaction on every header, so
-//! it is compiled (it was ~3 s of a 10 s engine profile in Python). The rules are those
-//! docs/redaction.md states (what is masked, what is deliberately kept); bodies are
-//! `processors/l7/redact.py`'s.
+//! Takes the header pairs as sent (bytes), the request target (text) and the kept
+//! bodies; gives the `wire.transactions` header maps (lower-case names, repeated names
+//! joined with ", ", RFC 9110 section 5.3, values masked by the kind of header when
+//! redaction is on), the target with token-like parameters and URL passwords masked, the
+//! bodies with card numbers and token-like form/JSON values masked, and the `Finding`
+//! bits of the credentials and PII they carried. It runs once per transaction on every
+//! header and body, so it is compiled (it was ~3 s of a 10 s engine profile in Python).
+//! The rules (what is masked, what is deliberately kept) are stated in
+//! `processors/l7/redact.py`, its Python face.
 //!
 //! Text is handled as Python's `str` methods did before (the records must not change):
 //! values are UTF-8 with invalid sequences replaced (U+FFFD per maximal subpart, as
@@ -350,6 +350,413 @@ pub fn redact_target(target: &str) -> Option<String> {
     Some(format!("{new_path}?{}", new_query.as_deref().unwrap_or(query)))
 }
 
+// ------------------------------------------------------------------------------ bodies
+//
+// Bodies are bytes, searched as Python's bytes regexes did (ASCII classes, ASCII case
+// folding); each regex of processors/l7/redact.py is a hand-written scan here, with the
+// regex it replaces in its comment.
+
+pub const PASSWORD_IN_FORM_BIT: u8 = 4;
+pub const CARD_NUMBER_BIT: u8 = 8;
+pub const OTHER_PII_BIT: u8 = 16;
+
+const FORM_TYPE: &str = "x-www-form-urlencoded";
+const BINARY_TYPES: &[&str] = &["image/", "audio/", "video/", "font/", "application/octet-stream",
+    "application/zip", "application/gzip", "application/x-gzip", "application/pdf", "application/wasm",
+    "application/x-protobuf", "application/grpc"];
+// A JSON body is searched for token-like keys only if it contains one of these, and only
+// if it is small: credentials and tokens travel in small JSON documents (logins, token
+// responses), and a scan of every large API response would cost more than it finds.
+const JSON_HINTS: &[&[u8]] = &[b"pass", b"pwd", b"secret", b"token", b"key", b"sess", b"auth", b"sig", b"cred"];
+const JSON_MAX: usize = 4096;
+const PASSWORD_NAMES: &[&[u8]] = &[b"password", b"passwd", b"pwd", b"pass"];
+
+fn is_digit(b: Option<&u8>) -> bool {
+    b.is_some_and(u8::is_ascii_digit)
+}
+
+/// `\s` of a bytes regex.
+fn is_bspace(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c)
+}
+
+fn find(hay: &[u8], needle: &[u8], from: usize) -> Option<usize> {
+    if needle.is_empty() {
+        return Some(from);
+    }
+    hay.get(from..)?.windows(needle.len()).position(|w| w == needle).map(|i| i + from)
+}
+
+/// True if `digits` (only 0-9) passes the Luhn check used by card numbers.
+pub fn luhn_valid(digits: &[u8]) -> bool {
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+        return false;
+    }
+    const DOUBLE: [u32; 10] = [0, 2, 4, 6, 8, 1, 3, 5, 7, 9];
+    let mut total = 0u32;
+    for (i, &c) in digits.iter().rev().enumerate() {
+        let d = u32::from(c - b'0');
+        total += if i % 2 == 1 { DOUBLE.get(d as usize).copied().unwrap_or(0) } else { d };
+    }
+    total.is_multiple_of(10)
+}
+
+/// Replace all but the last 4 digits of `run` with '*', separators kept.
+fn mask_digits(run: &mut [u8]) {
+    let mut keep = 4;
+    for b in run.iter_mut().rev() {
+        if b.is_ascii_digit() {
+            if keep > 0 {
+                keep -= 1;
+            } else {
+                *b = b'*';
+            }
+        }
+    }
+}
+
+/// `(?<![0-9])[2-6](?:[ -]?[0-9]){min,18}` at `s` of `run`, then (`to_end`) `$`: the end
+/// of the match. The repetition is greedy and nothing after it can fail but `$`, so the
+/// match is the longest run of groups (a separator only counts followed by a digit).
+fn card_at(run: &[u8], s: usize, min: usize, to_end: bool) -> Option<usize> {
+    if !matches!(run.get(s), Some(b'2'..=b'6')) || (s > 0 && is_digit(run.get(s - 1))) {
+        return None;
+    }
+    let mut e = s + 1;
+    let mut groups = 0;
+    while groups < 18 {
+        let step = match run.get(e) {
+            Some(b' ' | b'-') if is_digit(run.get(e + 1)) => 2,
+            Some(c) if c.is_ascii_digit() => 1,
+            _ => break,
+        };
+        e += step;
+        groups += 1;
+    }
+    (groups >= min && (!to_end || e == run.len())).then_some(e)
+}
+
+/// Length of the card number at the start of `card` (digits and single separators, as
+/// matched by [`card_at`]), or 0. The match is greedy, so a valid number followed by
+/// another digit group ("4111 1111 1111 1111 2024") is found by trying the prefixes that
+/// end at a separator; `whole` is false when the match was cut inside a longer digit
+/// sequence.
+fn card_end(card: &[u8], whole: bool) -> usize {
+    let digits: Vec<u8> = card.iter().copied().filter(u8::is_ascii_digit).collect();
+    if whole && luhn_valid(&digits) {
+        return card.len();
+    }
+    let mut n = 0;
+    for (i, &b) in card.iter().enumerate() {
+        if b == b' ' || b == b'-' {
+            if (13..=19).contains(&n) && luhn_valid(digits.get(..n).unwrap_or_default()) {
+                return i;
+            }
+        } else {
+            n += 1;
+        }
+    }
+    0
+}
+
+/// (start, end) of every run of digits and separators long enough for a card number
+/// (13+ bytes); plus, when the body was cut, the run at its very end, whatever its length.
+fn candidate_runs(body: &[u8], truncated: bool) -> Vec<(usize, usize)> {
+    let mut runs = Vec::new();
+    let mut start = 0;
+    for (i, &b) in body.iter().enumerate() {
+        if !(b.is_ascii_digit() || b == b' ' || b == b'-') {
+            if i - start >= 13 {
+                runs.push((start, i));
+            }
+            start = i + 1;
+        }
+    }
+    let n = body.len();
+    if n >= start + 13 || (truncated && start < n) {
+        runs.push((start, n));
+    }
+    runs
+}
+
+/// One pass of card masking; None when nothing was masked.
+fn mask_cards_once(body: &[u8], truncated: bool) -> Option<Vec<u8>> {
+    let mut out: Option<Vec<u8>> = None;
+    let n = body.len();
+    let mut done = 0; // body[..done] is settled (masked or kept) in `out`
+    for (start, end) in candidate_runs(body, truncated) {
+        let run = body.get(start..end).unwrap_or_default();
+        let mut p = 0;
+        while let Some((s, e)) = (p..run.len()).find_map(|s| card_at(run, s, 12, false).map(|e| (s, e))) {
+            // directly followed by a digit: cut at 19 digits inside a longer number
+            let whole = e == run.len() || !is_digit(run.get(e));
+            let k = card_end(run.get(s..e).unwrap_or_default(), whole);
+            if k > 0 {
+                let o = out.get_or_insert_with(|| body.to_vec());
+                if let Some(card) = o.get_mut(start + s..start + s + k) {
+                    mask_digits(card);
+                }
+                done = start + s + k;
+                p = s + k;
+            } else {
+                p = s + 1;
+            }
+        }
+        if truncated && end == n {
+            // The body cap cut the body inside this run: the last digits of a card number
+            // may be missing, so Luhn cannot tell. Mask a card-like tail of 8+ digits.
+            let from = p.max(done.saturating_sub(start));
+            if let Some(s) = (from..run.len()).find(|&s| card_at(run, s, 7, true).is_some()) {
+                let o = out.get_or_insert_with(|| body.to_vec());
+                if let Some(tail) = o.get_mut(start + s..n) {
+                    mask_digits(tail);
+                }
+                done = n;
+            }
+        }
+    }
+    out
+}
+
+/// `body` with its card numbers masked (None if there are none), to a fixed point: the 4
+/// digits a masked number keeps can begin another number with the digits after them
+/// ("2901428292418 290142829" -> "*********2418 290142829", and 2418 290142829 is
+/// Luhn-valid too), which another pass would mask. Masking until a pass finds nothing
+/// makes redaction idempotent; the extra pass only runs after a mask.
+fn mask_cards(body: &[u8], truncated: bool) -> Option<Vec<u8>> {
+    let mut current = mask_cards_once(body, truncated)?;
+    while let Some(next) = mask_cards_once(&current, truncated) {
+        current = next;
+    }
+    Some(current)
+}
+
+fn latin1(b: &[u8]) -> String {
+    b.iter().map(|&c| char::from(c)).collect()
+}
+
+/// `"name"\s*:\s*"value"` members (`"([^"\\]{1,64})"(\s*:\s*)"((?:[^"\\]|\\.)*)"`,
+/// searched left to right) whose name is token-like get the value `[REDACTED]`.
+fn mask_json(body: &[u8]) -> Option<Vec<u8>> {
+    let mut out: Option<Vec<u8>> = None;
+    let mut copied = 0; // body[..copied] is in `out`
+    let mut i = 0;
+    while i < body.len() {
+        if body.get(i) != Some(&b'"') {
+            i += 1;
+            continue;
+        }
+        let Some(m) = json_member(body, i) else {
+            i += 1;
+            continue;
+        };
+        let name = body.get(i + 1..m.name_end).unwrap_or_default();
+        if secret_param(&latin1(name)) {
+            let o = out.get_or_insert_with(Vec::new);
+            o.extend_from_slice(body.get(copied..m.value_start).unwrap_or_default());
+            o.extend_from_slice(REDACTED.as_bytes());
+            copied = m.end - 1; // the closing quote
+        }
+        i = m.end;
+    }
+    let mut o = out?;
+    o.extend_from_slice(body.get(copied..).unwrap_or_default());
+    Some(o)
+}
+
+struct Member {
+    name_end: usize,
+    value_start: usize,
+    end: usize,
+}
+
+fn json_member(body: &[u8], i: usize) -> Option<Member> {
+    let at = |k: usize| body.get(k).copied();
+    let mut k = i + 1;
+    while at(k).is_some_and(|c| c != b'"' && c != b'\\') && k - i <= 64 {
+        k += 1;
+    }
+    if k == i + 1 || at(k) != Some(b'"') {
+        return None;
+    }
+    let name_end = k;
+    k += 1;
+    while at(k).is_some_and(is_bspace) {
+        k += 1;
+    }
+    if at(k) != Some(b':') {
+        return None;
+    }
+    k += 1;
+    while at(k).is_some_and(is_bspace) {
+        k += 1;
+    }
+    if at(k) != Some(b'"') {
+        return None;
+    }
+    k += 1;
+    let value_start = k;
+    loop {
+        match at(k)? {
+            b'"' => return Some(Member { name_end, value_start, end: k + 1 }),
+            b'\\' => {
+                // `\\.`: any byte but a newline
+                if at(k + 1).is_none_or(|c| c == b'\n') {
+                    return None;
+                }
+                k += 2;
+            }
+            _ => k += 1,
+        }
+    }
+}
+
+/// Form bodies: the values of token-like parameters, on the body as Latin-1 text.
+fn mask_form(body: &[u8]) -> Option<Vec<u8>> {
+    let masked = mask_params(&latin1(body), '&')?;
+    // every char is Latin-1 (the body's bytes, or the ASCII mask)
+    Some(masked.chars().map(|c| u8::try_from(u32::from(c)).unwrap_or(b'?')).collect())
+}
+
+fn content_type(ct: Option<&str>) -> String {
+    ct.map(str::to_lowercase).unwrap_or_default()
+}
+
+fn is_binary(ct: &str) -> bool {
+    BINARY_TYPES.iter().any(|t| ct.starts_with(t))
+}
+
+/// `body` with card numbers masked, and for form-encoded / JSON bodies (by
+/// `content_type`) the values of token-like parameters; None when nothing is masked.
+/// `truncated`: the body was cut (body cap), so a digit run at its very end is masked
+/// without the Luhn check.
+pub fn redact_body(body: &[u8], content_type: Option<&str>, truncated: bool) -> Option<Vec<u8>> {
+    if body.is_empty() {
+        return None;
+    }
+    let ct = self::content_type(content_type.filter(|c| !c.is_empty()));
+    let mut masked: Option<Vec<u8>> = None;
+    if ct.contains(FORM_TYPE) && body.contains(&b'=') {
+        masked = mask_form(body);
+    } else if ct.contains("json") && body.len() <= JSON_MAX {
+        let low = body.to_ascii_lowercase();
+        if JSON_HINTS.iter().any(|h| find(&low, h, 0).is_some()) {
+            masked = mask_json(body);
+        }
+    }
+    if is_binary(&ct) {
+        // Images, audio, archives, octet streams: a card number there is neither likely
+        // nor readable, and scanning megabytes of them costs more than all the parsing.
+        return masked;
+    }
+    match masked {
+        Some(m) => Some(mask_cards(&m, truncated).unwrap_or(m)),
+        None => mask_cards(body, truncated),
+    }
+}
+
+/// `(?:^|&)[^=&]*(?:password|passwd|pwd|pass)[^=&]*=[^&]` (ASCII case-insensitive): a
+/// parameter whose name holds a password word, with a non-empty value.
+fn form_password(low: &[u8]) -> bool {
+    low.split(|&b| b == b'&').any(|param| match param.iter().position(|&b| b == b'=') {
+        Some(eq) => {
+            let name = param.get(..eq).unwrap_or_default();
+            eq + 1 < param.len() && PASSWORD_NAMES.iter().any(|w| find(name, w, 0).is_some())
+        }
+        None => false,
+    })
+}
+
+/// `"[^"]{0,64}(?:password|passwd|pwd|pass)[^"]{0,64}"\s*:\s*"[^"]` (ASCII
+/// case-insensitive), from any quote: a member whose name holds a password word (at most
+/// 64 bytes either side of it) with a non-empty string value.
+fn json_password(low: &[u8]) -> bool {
+    let mut i = 0;
+    while let Some(q) = find(low, b"\"", i) {
+        i = q + 1;
+        let Some(close) = find(low, b"\"", i) else { return false };
+        let name = low.get(i..close).unwrap_or_default();
+        let word_fits = PASSWORD_NAMES.iter().any(|w| {
+            let mut from = 0;
+            while let Some(o) = find(name, w, from) {
+                if o <= 64 && name.len() - o - w.len() <= 64 {
+                    return true;
+                }
+                from = o + 1;
+            }
+            false
+        });
+        if !word_fits {
+            continue;
+        }
+        let mut k = close + 1;
+        while low.get(k).copied().is_some_and(is_bspace) {
+            k += 1;
+        }
+        if low.get(k) != Some(&b':') {
+            continue;
+        }
+        k += 1;
+        while low.get(k).copied().is_some_and(is_bspace) {
+            k += 1;
+        }
+        if low.get(k) == Some(&b'"') && low.get(k + 1).is_some_and(|&c| c != b'"') {
+            return true;
+        }
+    }
+    false
+}
+
+/// `(?<![0-9-])(?!000|666|9)[0-9]{3}-(?!00)[0-9]{2}-(?!0000)[0-9]{4}(?![0-9-])`: a US
+/// social security number, formatted (area 001-899 except 666, group and serial not 0).
+fn has_ssn(body: &[u8]) -> bool {
+    let dig = |k: usize| is_digit(body.get(k));
+    let digit_or_dash = |k: Option<usize>| k.and_then(|k| body.get(k)).is_some_and(|&c| c.is_ascii_digit() || c == b'-');
+    (0..body.len()).any(|s| {
+        let g = |a: usize, b: usize| body.get(s + a..s + b).unwrap_or_default();
+        !digit_or_dash(s.checked_sub(1))
+            && (0..3).all(|k| dig(s + k))
+            && body.get(s + 3) == Some(&b'-')
+            && dig(s + 4) && dig(s + 5)
+            && body.get(s + 6) == Some(&b'-')
+            && (7..11).all(|k| dig(s + k))
+            && !digit_or_dash(Some(s + 11))
+            && g(0, 3) != b"000" && g(0, 3) != b"666" && body.get(s) != Some(&b'9')
+            && g(4, 6) != b"00" && g(7, 11) != b"0000"
+    })
+}
+
+/// `Finding` bits of what `body` carries in clear: PASSWORD_IN_FORM (a non-empty
+/// password-like field of a form or JSON body; the caller decides whether the body was a
+/// request's), OTHER_PII (a formatted US social security number in a form or JSON body),
+/// CARD_NUMBER (a Luhn-valid card number, in any body that is not binary).
+pub fn body_findings(body: &[u8], content_type: Option<&str>) -> u8 {
+    if body.is_empty() {
+        return 0;
+    }
+    let ct = self::content_type(content_type);
+    if is_binary(&ct) {
+        return 0;
+    }
+    let mut found = 0;
+    let form = ct.contains(FORM_TYPE);
+    if form || ct.contains("json") {
+        let low = body.to_ascii_lowercase();
+        if PASSWORD_NAMES.iter().any(|w| find(&low, w, 0).is_some())
+            && (if form { form_password(&low) } else { json_password(&low) })
+        {
+            found |= PASSWORD_IN_FORM_BIT;
+        }
+        if body.contains(&b'-') && has_ssn(body) {
+            found |= OTHER_PII_BIT;
+        }
+    }
+    if mask_cards_once(body, false).is_some() {
+        found |= CARD_NUMBER_BIT;
+    }
+    found
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -415,9 +822,44 @@ mod tests {
     }
 
     #[test]
+    fn cards_keep_their_last_four() {
+        let r = |b: &[u8], t| redact_body(b, None, t);
+        assert_eq!(r(b"card=4111111111111111", false).as_deref(), Some(&b"card=************1111"[..]));
+        assert_eq!(r(b"4111 1111 1111 1111 2024", false).as_deref(), Some(&b"**** **** **** 1111 2024"[..]));
+        assert_eq!(r(b"4111111111111112", false), None);
+        assert_eq!(r(b"41111111111111111111111", false), None);
+        assert_eq!(r(b"pay 411111111111", true).as_deref(), Some(&b"pay ********1111"[..]));
+        assert_eq!(r(b"pay 411111111111", false), None);
+        assert_eq!(r(b"n=4111111", true), None);
+        let once = r(b"2901428292418 290142829", false).unwrap_or_default();
+        assert_eq!(r(&once, false), None);
+        assert!(luhn_valid(b"79927398713") && !luhn_valid(b"") && !luhn_valid(b"41x1"));
+    }
+
+    #[test]
+    fn forms_and_json() {
+        let form = Some("application/x-www-form-urlencoded");
+        assert_eq!(redact_body(b"user=bob&password=hunter2", form, false).as_deref(),
+                   Some(&b"user=bob&password=[REDACTED]"[..]));
+        let json = Some("application/json");
+        let name64 = format!("{{\"{}token\": \"v\"}}", "a".repeat(59));
+        assert_eq!(redact_body(name64.as_bytes(), json, false).map(|b| String::from_utf8_lossy(&b).into_owned()),
+                   Some(format!("{{\"{}token\": \"[REDACTED]\"}}", "a".repeat(59))));
+        assert_eq!(redact_body(br#"{"password": "hun\"ter", "n": 1}"#, json, false).as_deref(),
+                   Some(&br#"{"password": "[REDACTED]", "n": 1}"#[..]));
+        assert_eq!(redact_body(b"4111111111111111", Some("image/png"), false), None);
+        assert_eq!(body_findings(b"user=a&password=secret", form), PASSWORD_IN_FORM_BIT);
+        assert_eq!(body_findings(b"user=a&password=", form), 0);
+        assert_eq!(body_findings(br#"{"pass": "x"}"#, json), PASSWORD_IN_FORM_BIT);
+        assert_eq!(body_findings(b"name=x&ssn=078-05-1120", form), OTHER_PII_BIT);
+        assert_eq!(body_findings(b"ssn=000-12-3456&b=666-12-3456&c=900-12-3456", form), 0);
+        assert_eq!(body_findings(b"pay 4111 1111 1111 1111", None), CARD_NUMBER_BIT);
+    }
+
+    #[test]
     fn random_input_never_panics() {
         let mut seed = 0x2545_f491_4f6c_dd1du64;
-        let alphabet = "a=;,% +@:/?&\u{1c}\u{e9}\u{20ac}01fF\t";
+        let alphabet = "a=;,% +@:/?&\u{1c}\u{e9}\u{20ac}01fF\t\"\\-4111pass";
         let chars: Vec<char> = alphabet.chars().collect();
         for _ in 0..3000 {
             let mut s = String::new();
@@ -431,6 +873,14 @@ mod tests {
                 let _ = redact_value(kind, &s);
             }
             let _ = redact_target(&s);
+            for ct in [None, Some("application/json"), Some("application/x-www-form-urlencoded")] {
+                for cut in [false, true] {
+                    let _ = redact_body(s.as_bytes(), ct, cut);
+                    // truncated inputs: every prefix of the bytes
+                    let _ = redact_body(s.as_bytes().get(..s.len() / 2).unwrap_or_default(), ct, cut);
+                }
+                let _ = body_findings(s.as_bytes(), ct);
+            }
             let _ = header_map(&[(s.as_bytes().to_vec(), s.as_bytes().to_vec())], true);
         }
     }
