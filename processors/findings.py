@@ -3,7 +3,8 @@
 One place for the vocabulary the packet processors and the per-service windows share:
 
 - :class:`Finding`: credentials and personal data a cleartext HTTP transaction carried
-  (``processors.l7.http`` finds them, ``processors.observations`` carries them to the
+  (the HTTP analyser's core finds them as it builds the record, rust/src/l7/http/redact.rs,
+  which repeats these bit values; ``processors.observations`` carries them to the
   windows as the ``findings`` byte of an observation row, ``processors.detections``
   raises ``cleartext_credentials`` / ``pii_in_cleartext`` from their per-client counts);
 - :class:`RecordWithFindings`: an output record together with its findings;
@@ -19,7 +20,8 @@ from typing import Any
 
 class Finding(IntFlag):
     """Findings bits. The values are the observation rows' ``findings`` byte (one byte:
-    at most 8 kinds), so they must not change while observation batches are in flight."""
+    at most 8 kinds), so they must not change while observation batches are in flight;
+    the compiled core sets them (``rust/src/l7/http/redact.rs``'s ``*_BIT``)."""
 
     BASIC_CREDENTIALS = 1  # Authorization: Basic
     BEARER_TOKEN = 2  # Authorization: Bearer
