@@ -19,12 +19,14 @@
 //! - [`l7`]: the L7 analysers' per-chunk work (HTTP/1.x), with their checkpoint encoding;
 //! - [`avro`]: output records -> Avro binary, compiled from their schema;
 //! - [`avro_read`]: Avro binary -> records (the readers of topics), on the same compiled schema;
+//! - [`avro_text`]: a bytes value (a body) as the JSON literal of its text, for the JSONL files;
 //! - `python`, `python_tcp`, `python_http`, `python_avro`: the Python classes over all of it.
 
 use pyo3::prelude::*;
 
 pub mod avro;
 pub mod avro_read;
+pub mod avro_text;
 pub mod batch;
 pub mod bytes;
 pub mod capture_file;
@@ -60,6 +62,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<python_http::PyHttpConnection>()?;
     m.add_class::<python_avro::PyAvroWriter>()?;
     m.add_class::<python_avro::PyAvroReader>()?;
+    m.add_function(wrap_pyfunction!(python_avro::json_text, m)?)?;
     Ok(())
 }
 
