@@ -56,8 +56,13 @@ impl TcpDns {
             self.message(m, d, msg, ts_us, cid)?;
             pos = end;
         }
-        let rest = buf.get(pos..).unwrap_or_default().to_vec();
-        self.buf[d] = rest;
+        if owned {
+            // in place: a long message in many small segments is not copied again per segment
+            pending.drain(..pos.min(pending.len()));
+            self.buf[d] = pending;
+        } else {
+            self.buf[d] = data.get(pos..).unwrap_or_default().to_vec();
+        }
         Ok(())
     }
 

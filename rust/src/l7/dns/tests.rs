@@ -257,3 +257,28 @@ fn damaged_states_are_errors() {
     assert!(state::restore_matcher(&bad).is_err());
     assert!(state::restore_tcp(&snap).is_err());
 }
+
+#[test]
+fn tcp_two_messages_and_a_half_in_one_segment() {
+    let mut m = Matcher::new(10_000_000, 100);
+    let mut t = TcpDns::new(1, ("c".into(), 5000), ("s".into(), 53));
+    let mut cid = || Ok::<_, ()>("conn".to_string());
+    let mut stream = Vec::new();
+    for (id, name) in [(1, "a.example"), (2, "b.example"), (3, "c.example")] {
+        let q = query(id, name);
+        stream.extend((q.len() as u16).to_be_bytes());
+        stream.extend(q);
+    }
+    let cut = stream.len() - 5;
+    t.data(&mut m, 1, &stream[..cut], 10, &mut cid).unwrap();
+    assert_eq!((m.pending_len(), t.buf[1].len()), (2, stream.len() / 3 - 5));
+    t.data(&mut m, 1, &stream[cut..cut + 2], 11, &mut cid).unwrap();
+    t.data(&mut m, 1, &stream[cut + 2..], 12, &mut cid).unwrap();
+    assert_eq!((m.pending_len(), t.buf[1].len()), (3, 0));
+    // a response from the client's side is not matched
+    t.data(&mut m, 1, &[0, 12, 0, 1, 0x81, 0x80, 0, 0, 0, 0, 0, 0, 0, 0], 13, &mut cid).unwrap();
+    t.close(&mut m);
+    let (out, counts) = m.take();
+    assert_eq!(out.len(), 3);
+    assert!(counts.contains(&("dns_tcp_wrong_direction", 1)), "{counts:?}");
+}
