@@ -4,5 +4,9 @@
 //!   pairing and the per-direction resynchronising state machine; the Python face is
 //!   `python_http` (`wirestream._core.HttpConnection`), wrapped by
 //!   `processors/l7/http.py`.
+//! - [`tls`]: TLS handshakes over one TCP connection: record layer, handshake message
+//!   framing and the handshake state machine; the Python face is `python_tls`
+//!   (`wirestream._core.TlsConnection`), wrapped by `processors/l7/tls.py`.
 
 pub mod http;
+pub mod tls;
