@@ -30,6 +30,7 @@ from wirestream.processors.l7.tls import (
     version_name,
 )
 from wirestream.processors.l7.tls_names import ALERT_DESCRIPTIONS, CIPHER_SUITES, tshark_tables
+from wirestream.processors.state_codec import StateError
 from wirestream.producers.capture_file import open_capture
 from wirestream.producers.decode import FrameDecoder
 from wirestream.schemas import schema_text
@@ -548,6 +549,29 @@ def test_buffers_stay_bounded_over_a_long_connection() -> None:
         buf, hs = conn.analyzer.buffered(1)
         assert buf < 1448 and not hs
     conn.close()
+
+
+def test_checkpoint_mid_handshake_continues_exactly() -> None:
+    """The core's state bytes (rust/src/l7/tls/state.rs), taken with a ServerHello flight
+    cut mid-record, restore into an analyser that finishes the same record."""
+    events = tls12_full()
+    want = run(events)[0]
+    conn = Conn()
+    conn.c(events[0][1], events[0][2]).s(events[1][1][:150], events[1][2])
+    conn.analyzer._state_prepare()
+    state = conn.analyzer._core_state
+    conn.analyzer._core_state = state
+    conn.analyzer._state_restored()
+    assert conn.analyzer.phase() == "server_hello" and conn.analyzer.buffered(1)[1] > 0
+    conn.s(events[1][1][150:], events[1][2])
+    for d, data, ts in events[2:]:
+        conn.analyzer.on_data(d, data, ts)
+    assert conn.close() == want
+    damaged = bytearray(state)
+    damaged[-1] ^= 1
+    conn.analyzer._core_state = bytes(damaged)
+    with pytest.raises(StateError):
+        conn.analyzer._state_restored()
 
 
 # --- looks_like_tls_client_hello ---------------------------------------------------------------
