@@ -237,7 +237,7 @@ def mid_http_head(rig: Rig) -> bool:
 
 
 def mid_tls_handshake(rig: Rig) -> bool:
-    return any(isinstance(s.analyzer, TlsAnalyzer) and s.analyzer.phase.name not in ("START", "DONE")
+    return any(isinstance(s.analyzer, TlsAnalyzer) and s.analyzer.phase() not in ("start", "done")
                for s in _sessions(rig))
 
 
