@@ -58,7 +58,7 @@ from wirestream.errors import WirestreamError
 
 #: Version of the encoding (the envelope, the schema and the node rules). A change of
 #: the state's classes or fields is a change of the format too: see LAYOUT_FILE.
-STATE_FORMAT_VERSION = 3
+STATE_FORMAT_VERSION = 4
 
 #: First bytes of every encoded state, then the version (u16) and the CRC-32 of the
 #: Avro body (u32), big-endian.

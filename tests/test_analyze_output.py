@@ -22,6 +22,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from local_pipeline import local_windows
 from rich.console import Console
+from wirestream._core import json_text
 from wirestream.schemas import schema_text
 from wirestream.sinks import console
 from wirestream.sinks.jsonl import (
@@ -95,6 +96,25 @@ def test_any_record_is_the_same_line(record: dict[str, Any]) -> None:
     encode = line_encoder({"type": "record", "name": "R",
                            "fields": [{"name": k, "type": "double"} for k in record]})
     assert encode(record) == stdlib_line(record)
+
+
+#: pieces that make near-UTF-8 bytes: valid sequences of every length, cut ones, lone
+#: continuation bytes, overlong forms, surrogates, beyond U+10FFFF, controls and quotes
+UTF8_PIECES = [b"a", b"\xc3\xa9", b"\xe2\x82\xac", b"\xf0\x9f\x98\x80", b"\xc3", b"\xe2\x82",
+               b"\xf0\x9f\x98", b"\x80", b"\xbf", b"\xc0\xaf", b"\xe0\x80\xaf", b"\xed\xa0\x80",
+               b"\xed\x9f\xbf", b"\xf4\x90\x80\x80", b"\xf5", b"\xff", b"\x00", b"\n", b"\x1f",
+               b'"', b"\\", b"\x7f", b"\xe2\x80\xa8"]
+NEAR_UTF8 = st.one_of(st.binary(max_size=64),
+                      st.lists(st.sampled_from(UTF8_PIECES), max_size=24).map(b"".join))
+
+
+@given(NEAR_UTF8)
+@settings(max_examples=3000)
+def test_the_text_of_bytes_is_pythons_decode_with_replace(data: bytes) -> None:
+    """The core's JSON literal of a body's text (jsonl's for orjson) is that of Python's
+    text, replacement characters included."""
+    text = data.decode("utf-8", "replace")
+    assert json_text(data) == json.dumps(text, ensure_ascii=False).encode()
 
 
 def test_the_files_are_those_write_jsonl_wrote(capture_records: dict[str, list], tmp_path: Path) -> None:

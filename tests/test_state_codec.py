@@ -237,12 +237,12 @@ def mid_http_head(rig: Rig) -> bool:
 
 
 def mid_tls_handshake(rig: Rig) -> bool:
-    return any(isinstance(s.analyzer, TlsAnalyzer) and s.analyzer.phase.name not in ("START", "DONE")
+    return any(isinstance(s.analyzer, TlsAnalyzer) and s.analyzer.phase() not in ("start", "done")
                for s in _sessions(rig))
 
 
 def pending_dns(rig: Rig) -> bool:
-    return bool(rig.l7.dns._pending)
+    return bool(rig.l7.dns.pending)
 
 
 def cuts_where(batches: list, condition: Any, limit: int = 6) -> set[int]:
@@ -606,12 +606,23 @@ def test_decode_refuses_dunder_methods_and_foreign_functions() -> None:
 
 
 def test_a_matcher_alone_round_trips() -> None:
-    # the DNS matcher's OrderedDicts, dataclasses with slots and its bound emit
+    # the DNS matcher's core state (bytes, rust/src/l7/dns/state.rs) and its bound emit
     sink = Recorder()
     rig = Rig(sink, L7Options()).fresh()
     m: DnsMatcher = rig.l7.dns
+    query = bytes.fromhex("abcd01000001000000000000") + b"\x01a\x07example\x00\x00\x01\x00\x01"
+    m.on_datagram(1_000, "10.0.0.1", 40000, "10.0.0.53", 53, query)
     got = decode_state(encode_state(m, rig.externals()), rig.externals())
-    assert type(got._pending) is OrderedDict and got.emit.__self__ is not rig.l7
+    assert got.pending == m.pending == 1 and got.emit.__self__ is not rig.l7
+    assert got._core.snapshot() == m._core.snapshot() and got._core_state == b""
+
+
+def test_a_damaged_dns_core_state_is_a_state_error() -> None:
+    rig = Rig(Recorder(), L7Options()).fresh()
+    m: DnsMatcher = rig.l7.dns
+    m._core_state = b"WSDN" + bytes(20)
+    with pytest.raises(StateError, match="dns matcher"):
+        m._state_restored()
 
 
 def test_the_bytes_are_canonical_avro_of_the_schema() -> None:

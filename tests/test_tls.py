@@ -30,6 +30,7 @@ from wirestream.processors.l7.tls import (
     version_name,
 )
 from wirestream.processors.l7.tls_names import ALERT_DESCRIPTIONS, CIPHER_SUITES, tshark_tables
+from wirestream.processors.state_codec import StateError
 from wirestream.producers.capture_file import open_capture
 from wirestream.producers.decode import FrameDecoder
 from wirestream.schemas import schema_text
@@ -479,7 +480,7 @@ def test_gap_inside_a_handshake_record_keeps_the_record_layer_in_step() -> None:
     conn.c(rec(22, CKE) + CCS + ENC_FINISHED, 3000)
     r = conn.s(CCS + ENC_FINISHED, 4000).close()
     assert conn.stats["tls_gap"] == 1 and conn.stats["tls_resync"] == 0
-    assert conn.analyzer.full_handshake  # the ServerHelloDone after the hole was read
+    assert conn.analyzer.full_handshake()  # the ServerHelloDone after the hole was read
     assert r["error"] == "gap" and r["cipher_suite_id"] == 0xC02F
     assert r["established"] and r["handshake_ms"] == 3.0 and not r["resumed"]
 
@@ -545,9 +546,32 @@ def test_buffers_stay_bounded_over_a_long_connection() -> None:
     stream = b"".join(rec(23, bytes(16384)) for _ in range(300))  # ~5 MB
     for k in range(0, len(stream), 1448):
         conn.s(stream[k : k + 1448], 5000 + k)
-        side = conn.analyzer.sides[1]
-        assert len(side.buf) < 1448 and not side.hs
+        buf, hs = conn.analyzer.buffered(1)
+        assert buf < 1448 and not hs
     conn.close()
+
+
+def test_checkpoint_mid_handshake_continues_exactly() -> None:
+    """The core's state bytes (rust/src/l7/tls/state.rs), taken with a ServerHello flight
+    cut mid-record, restore into an analyser that finishes the same record."""
+    events = tls12_full()
+    want = run(events)[0]
+    conn = Conn()
+    conn.c(events[0][1], events[0][2]).s(events[1][1][:150], events[1][2])
+    conn.analyzer._state_prepare()
+    state = conn.analyzer._core_state
+    conn.analyzer._core_state = state
+    conn.analyzer._state_restored()
+    assert conn.analyzer.phase() == "server_hello" and conn.analyzer.buffered(1)[1] > 0
+    conn.s(events[1][1][150:], events[1][2])
+    for d, data, ts in events[2:]:
+        conn.analyzer.on_data(d, data, ts)
+    assert conn.close() == want
+    damaged = bytearray(state)
+    damaged[-1] ^= 1
+    conn.analyzer._core_state = bytes(damaged)
+    with pytest.raises(StateError):
+        conn.analyzer._state_restored()
 
 
 # --- looks_like_tls_client_hello ---------------------------------------------------------------

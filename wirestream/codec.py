@@ -143,7 +143,8 @@ class AvroCodec:
 
     ``registry_url`` is any Confluent-compatible registry (wirestream's embedded one
     included). Schema lookups are cached: after the first message of a schema, encoding
-    and decoding touch only fastavro.
+    and decoding touch only the compiled core's ``AvroWriter``/``AvroReader`` (fastavro
+    for a schema outside their subset).
     """
 
     def __init__(self, registry_url: str) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from enum import Enum
 
-from .tls import looks_like_tls_client_hello
+from wirestream._core import looks_like_tls_client_hello  # rust/src/l7/tls/record.rs
 
 #: Request methods of HTTP/1.1 (RFC 9110) and the common WebDAV/extension ones.
 HTTP_METHODS = frozenset(

@@ -21,11 +21,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from wirestream.packet_block import ip_text
-
 from .base import Emit, L7Options, StreamAnalyzer, StreamContext
 from .detect import Verdict, detect
-from .dns import DnsMatcher, DnsTcpAnalyzer, is_dns_port
+from .dns import DnsMatcher, DnsTcpAnalyzer
 from .http import HttpAnalyzer
 from .tls import TlsAnalyzer
 
@@ -80,22 +78,15 @@ class L7Dispatcher:
         return L7Session(self, ips, ports, conn)
 
     def datagrams(self, udp: np.ndarray, payloads: bytes) -> None:
-        """UDP packets of a batch: DNS goes to the matcher, the rest is not analysed."""
+        """UDP packets of a batch: DNS goes to the matcher (the whole batch in one call to
+        the core), the rest is only counted (``udp_not_analysed``)."""
         if not len(udp):
             return
-        dns = self.dns
-        cols = (udp["ts_us"].tolist(), udp["src_ip"].tolist(), udp["src_port"].tolist(),
-                udp["dst_ip"].tolist(), udp["dst_port"].tolist(), udp["ip_version"].tolist(),
-                udp["payload_off"].tolist(), udp["payload_caplen"].tolist())
-        for ts, src, sport, dst, dport, ver, off, caplen in zip(*cols, strict=True):
-            if not is_dns_port(sport, dport):
-                self.stats["udp_not_analysed"] += 1
-                continue
-            dns.on_datagram(ts, ip_text(src, ver), sport, ip_text(dst, ver), dport,
-                            payloads[off:off + caplen])
+        self.dns.datagrams(udp, payloads)
+        ts = int(udp["ts_us"][-1])
         if ts >= self._next_tick:  # time out unanswered queries, every few seconds of capture time
             self._next_tick = ts + TICK_INTERVAL_US
-            dns.tick(ts)
+            self.dns.tick(ts)
 
     def flush(self) -> None:
         self.dns.flush()

@@ -16,15 +16,17 @@
 //!   analysis, with their checkpoint encoding;
 //! - [`reassembly`]: TCP stream reassembly (in-order bytes and gaps of one direction),
 //!   run by the tracker for each L7 connection;
-//! - [`l7`]: the L7 analysers' per-chunk work (HTTP/1.x), with their checkpoint encoding;
+//! - [`l7`]: the L7 analysers' per-chunk work (HTTP/1.x, DNS, TLS handshakes), with their checkpoint encoding;
 //! - [`avro`]: output records -> Avro binary, compiled from their schema;
 //! - [`avro_read`]: Avro binary -> records (the readers of topics), on the same compiled schema;
-//! - `python`, `python_tcp`, `python_http`, `python_avro`: the Python classes over all of it.
+//! - [`avro_text`]: a bytes value (a body) as the JSON literal of its text, for the JSONL files;
+//! - `python`, `python_tcp`, `python_http`, `python_dns`, `python_tls`, `python_avro`: the Python classes over all of it.
 
 use pyo3::prelude::*;
 
 pub mod avro;
 pub mod avro_read;
+pub mod avro_text;
 pub mod batch;
 pub mod bytes;
 pub mod capture_file;
@@ -39,6 +41,8 @@ pub mod tcp;
 mod python_tcp;
 mod python_avro;
 mod python_http;
+mod python_dns;
+mod python_tls;
 
 /// The version of the compiled core (the crate's), for `wirestream doctor`.
 #[pyfunction]
@@ -58,8 +62,13 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<python_tcp::PyTcpTracker>()?;
     m.add_class::<python_tcp::PyStreamReassembler>()?;
     m.add_class::<python_http::PyHttpConnection>()?;
+    m.add_class::<python_dns::PyDnsMatcher>()?;
+    m.add_class::<python_dns::PyDnsTcp>()?;
+    m.add_class::<python_tls::PyTlsConnection>()?;
+    m.add_function(wrap_pyfunction!(python_tls::looks_like_tls_client_hello, m)?)?;
     m.add_class::<python_avro::PyAvroWriter>()?;
     m.add_class::<python_avro::PyAvroReader>()?;
+    m.add_function(wrap_pyfunction!(python_avro::json_text, m)?)?;
     Ok(())
 }
 

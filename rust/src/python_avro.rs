@@ -399,6 +399,16 @@ impl PyAvroReader {
     }
 }
 
+/// `json_text(data) -> bytes`: the JSON string literal of `data.decode("utf-8",
+/// "replace")`, as
+/// `json.dumps(..., ensure_ascii=False)` and orjson write it (`crate::avro_text`).
+#[pyfunction]
+pub fn json_text<'py>(py: Python<'py>, data: &[u8]) -> Bound<'py, PyBytes> {
+    let mut out = Vec::new();
+    crate::avro_text::json_string(data, &mut out);
+    PyBytes::new(py, &out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

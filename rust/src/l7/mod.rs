@@ -4,5 +4,13 @@
 //!   pairing and the per-direction resynchronising state machine; the Python face is
 //!   `python_http` (`wirestream._core.HttpConnection`), wrapped by
 //!   `processors/l7/http.py`.
+//! - [`dns`]: DNS over UDP and TCP: message parsing, query/response matching
+//!   (Wireshark's `dns.time`), the TCP length framing; the Python face is `python_dns`
+//!   (`wirestream._core.DnsMatcher`, `DnsTcp`), wrapped by `processors/l7/dns.py`.
+//! - [`tls`]: TLS handshakes over one TCP connection: record layer, handshake message
+//!   framing and the handshake state machine; the Python face is `python_tls`
+//!   (`wirestream._core.TlsConnection`), wrapped by `processors/l7/tls.py`.
 
+pub mod dns;
 pub mod http;
+pub mod tls;

@@ -1,0 +1,341 @@
+//! One TLS connection's state as bytes (a checkpoint's part), and back.
+//!
+//! `WSTL`, a version (u16 BE), the CRC-32 of the body (u32 BE), then the body: every
+//! field of the [`Connection`] (its two record-layer sides with their unparsed bytes,
+//! the hellos seen, the handshake's progress), little-endian, in a fixed order (an option
+//! is a presence byte, then its value; bytes are a u64 length, then the bytes). A
+//! restore continues exactly where the snapshot was, inside a record or a handshake
+//! message split across segments. Decoding checks every length against what is left and
+//! every tag, so bytes that are not such a state give an error, never a panic or an
+//! unbounded allocation. Taken between calls, when no summary or counter is waiting to
+//! be taken.
+
+use super::hello::{ClientHello, ServerHello};
+use super::record::{Reading, Side};
+use super::session::{AlertLevel, Connection, Error, Phase};
+
+pub const MAGIC: &[u8; 4] = b"WSTL";
+/// Version of this encoding: bump it with any change of the fields.
+pub const VERSION: u16 = 1;
+
+type Res<T> = Result<T, String>;
+
+struct W(Vec<u8>);
+
+impl W {
+    fn u8(&mut self, v: u8) {
+        self.0.push(v);
+    }
+    fn b(&mut self, v: bool) {
+        self.0.push(u8::from(v));
+    }
+    fn u16(&mut self, v: u16) {
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
+    fn u64(&mut self, v: u64) {
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
+    fn i64(&mut self, v: i64) {
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
+    fn oi64(&mut self, v: Option<i64>) {
+        self.b(v.is_some());
+        self.i64(v.unwrap_or(0));
+    }
+    fn bytes(&mut self, v: &[u8]) {
+        self.u64(v.len() as u64);
+        self.0.extend_from_slice(v);
+    }
+    fn ostr(&mut self, v: Option<&str>) {
+        self.b(v.is_some());
+        if let Some(v) = v {
+            self.bytes(v.as_bytes());
+        }
+    }
+    fn strs(&mut self, v: &[String]) {
+        self.u64(v.len() as u64);
+        for s in v {
+            self.bytes(s.as_bytes());
+        }
+    }
+}
+
+struct R<'a> {
+    d: &'a [u8],
+    at: usize,
+}
+
+impl R<'_> {
+    fn take<const N: usize>(&mut self) -> Res<[u8; N]> {
+        let v = crate::bytes::array::<N>(self.d, self.at).ok_or("the TLS state is truncated")?;
+        self.at += N;
+        Ok(v)
+    }
+    fn u8(&mut self) -> Res<u8> {
+        Ok(u8::from_le_bytes(self.take()?))
+    }
+    fn b(&mut self) -> Res<bool> {
+        match self.u8()? {
+            0 => Ok(false),
+            1 => Ok(true),
+            t => Err(format!("bad flag {t} in the TLS state")),
+        }
+    }
+    fn u16(&mut self) -> Res<u16> {
+        Ok(u16::from_le_bytes(self.take()?))
+    }
+    fn u64(&mut self) -> Res<u64> {
+        Ok(u64::from_le_bytes(self.take()?))
+    }
+    fn i64(&mut self) -> Res<i64> {
+        Ok(i64::from_le_bytes(self.take()?))
+    }
+    fn oi64(&mut self) -> Res<Option<i64>> {
+        let some = self.b()?;
+        let v = self.i64()?;
+        Ok(some.then_some(v))
+    }
+    /// A count of items of at least `min_size` bytes each: no larger than what is left.
+    fn count(&mut self, min_size: usize) -> Res<usize> {
+        let n = self.u64()?;
+        let left = (self.d.len().saturating_sub(self.at)) / min_size.max(1);
+        if n > left as u64 {
+            return Err("a count in the TLS state exceeds its bytes".into());
+        }
+        Ok(n as usize)
+    }
+    fn bytes(&mut self) -> Res<Vec<u8>> {
+        let n = self.count(1)?;
+        let v = self.d.get(self.at..self.at + n).ok_or("the TLS state is truncated")?.to_vec();
+        self.at += n;
+        Ok(v)
+    }
+    fn string(&mut self) -> Res<String> {
+        String::from_utf8(self.bytes()?).map_err(|_| "a text in the TLS state is not UTF-8".into())
+    }
+    fn ostr(&mut self) -> Res<Option<String>> {
+        Ok(if self.b()? { Some(self.string()?) } else { None })
+    }
+    fn strs(&mut self) -> Res<Vec<String>> {
+        let n = self.count(8)?;
+        (0..n).map(|_| self.string()).collect()
+    }
+}
+
+fn write_side(w: &mut W, s: &Side) {
+    w.bytes(&s.buf);
+    w.u64(s.base);
+    w.u64(s.chunks.len() as u64);
+    for (off, ts) in &s.chunks {
+        w.u64(*off);
+        w.i64(*ts);
+    }
+    w.u64(s.body_left);
+    w.b(s.body_hs);
+    w.bytes(&s.hs);
+    w.oi64(s.hs_ts);
+    w.u8(match s.state {
+        Reading::Parse => 0,
+        Reading::Resync => 1,
+        Reading::Dead => 2,
+    });
+    w.u64(s.records);
+    for f in [s.ccs, s.encrypted, s.finished, s.sent_app_data] {
+        w.b(f);
+    }
+}
+
+fn read_side(r: &mut R<'_>) -> Res<Side> {
+    let buf = r.bytes()?;
+    let base = r.u64()?;
+    let n = r.count(16)?;
+    let mut chunks = Vec::with_capacity(n);
+    for _ in 0..n {
+        chunks.push((r.u64()?, r.i64()?));
+    }
+    Ok(Side {
+        buf,
+        base,
+        chunks,
+        body_left: r.u64()?,
+        body_hs: r.b()?,
+        hs: r.bytes()?,
+        hs_ts: r.oi64()?,
+        state: match r.u8()? {
+            0 => Reading::Parse,
+            1 => Reading::Resync,
+            2 => Reading::Dead,
+            t => return Err(format!("bad record-layer state {t} in the TLS state")),
+        },
+        records: r.u64()?,
+        ccs: r.b()?,
+        encrypted: r.b()?,
+        finished: r.b()?,
+        sent_app_data: r.b()?,
+    })
+}
+
+fn write_ch(w: &mut W, ch: Option<&ClientHello>) {
+    w.b(ch.is_some());
+    if let Some(ch) = ch {
+        w.u16(ch.version);
+        w.bytes(&ch.session_id);
+        w.ostr(ch.server_name.as_deref());
+        w.strs(&ch.alpn);
+        w.b(ch.psk);
+        w.u64(ch.versions.len() as u64);
+        for v in &ch.versions {
+            w.u16(*v);
+        }
+    }
+}
+
+fn read_ch(r: &mut R<'_>) -> Res<Option<ClientHello>> {
+    if !r.b()? {
+        return Ok(None);
+    }
+    let version = r.u16()?;
+    let session_id = r.bytes()?;
+    let server_name = r.ostr()?;
+    let alpn = r.strs()?;
+    let psk = r.b()?;
+    let n = r.count(2)?;
+    let versions = (0..n).map(|_| r.u16()).collect::<Res<Vec<u16>>>()?;
+    Ok(Some(ClientHello { version, session_id, server_name, alpn, psk, versions }))
+}
+
+fn write_sh(w: &mut W, sh: Option<&ServerHello>) {
+    w.b(sh.is_some());
+    if let Some(sh) = sh {
+        w.u16(sh.version);
+        w.bytes(&sh.session_id);
+        w.u16(sh.cipher);
+        w.b(sh.retry);
+        w.ostr(sh.alpn.as_deref());
+        w.b(sh.psk);
+    }
+}
+
+fn read_sh(r: &mut R<'_>) -> Res<Option<ServerHello>> {
+    if !r.b()? {
+        return Ok(None);
+    }
+    Ok(Some(ServerHello {
+        version: r.u16()?,
+        session_id: r.bytes()?,
+        cipher: r.u16()?,
+        retry: r.b()?,
+        alpn: r.ostr()?,
+        psk: r.b()?,
+    }))
+}
+
+/// The connection's state as bytes. Take the summary and counters first (`take`).
+pub fn snapshot(c: &Connection) -> Vec<u8> {
+    let mut w = W(Vec::with_capacity(256));
+    w.u8(c.client);
+    w.i64(c.timeout);
+    for s in &c.sides {
+        write_side(&mut w, s);
+    }
+    w.u8(Phase::ALL.iter().position(|p| *p == c.phase).unwrap_or(0) as u8);
+    w.b(c.closed);
+    w.oi64(c.hello_ts);
+    w.b(c.client_hello_seen);
+    write_ch(&mut w, c.client_hello.as_ref());
+    write_sh(&mut w, c.server_hello.as_ref());
+    for f in [c.hrr, c.resumed, c.full_handshake] {
+        w.b(f);
+    }
+    w.oi64(c.end_ts);
+    w.b(c.alert.is_some());
+    w.u8(c.alert.unwrap_or(0));
+    // alert level: 0 none, 1 warning, 2 fatal, 3 unknown (then its byte), 4 encrypted
+    match c.alert_level {
+        None => w.u8(0),
+        Some(AlertLevel::Warning) => w.u8(1),
+        Some(AlertLevel::Fatal) => w.u8(2),
+        Some(AlertLevel::Unknown(n)) => {
+            w.u8(3);
+            w.u8(n);
+        }
+        Some(AlertLevel::Encrypted) => w.u8(4),
+    }
+    w.u8(c.alert_from.map_or(2, |d| d & 1));
+    w.oi64(c.alert_ts);
+    w.u8(match c.error {
+        None => 0,
+        Some(Error::Gap) => 1,
+        Some(Error::ParseError) => 2,
+    });
+    w.b(c.renegotiation_counted);
+    let body = w.0;
+    let mut out = Vec::with_capacity(body.len() + 10);
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&VERSION.to_be_bytes());
+    out.extend_from_slice(&crc32fast::hash(&body).to_be_bytes());
+    out.extend_from_slice(&body);
+    out
+}
+
+/// A connection from [`snapshot`]'s bytes; an error for anything else.
+pub fn restore(data: &[u8]) -> Res<Connection> {
+    let head: [u8; 10] = crate::bytes::array(data, 0).ok_or("not a TLS state (too short)")?;
+    if &head[..4] != MAGIC {
+        return Err("not a TLS state (bad magic)".into());
+    }
+    let version = u16::from_be_bytes([head[4], head[5]]);
+    if version != VERSION {
+        return Err(format!("TLS state version {version}, this build reads {VERSION}"));
+    }
+    let body = data.get(10..).unwrap_or_default();
+    if crc32fast::hash(body) != u32::from_be_bytes([head[6], head[7], head[8], head[9]]) {
+        return Err("TLS state damaged (CRC mismatch)".into());
+    }
+    let mut r = R { d: body, at: 0 };
+    let client = r.u8()?;
+    if client > 1 {
+        return Err("bad client direction in the TLS state".into());
+    }
+    let timeout = r.i64()?;
+    let mut c = Connection::new(client, timeout);
+    c.sides = [read_side(&mut r)?, read_side(&mut r)?];
+    c.phase = *Phase::ALL.get(usize::from(r.u8()?)).ok_or("bad phase in the TLS state")?;
+    c.closed = r.b()?;
+    c.hello_ts = r.oi64()?;
+    c.client_hello_seen = r.b()?;
+    c.client_hello = read_ch(&mut r)?;
+    c.server_hello = read_sh(&mut r)?;
+    c.hrr = r.b()?;
+    c.resumed = r.b()?;
+    c.full_handshake = r.b()?;
+    c.end_ts = r.oi64()?;
+    let has_alert = r.b()?;
+    let alert = r.u8()?;
+    c.alert = has_alert.then_some(alert);
+    c.alert_level = match r.u8()? {
+        0 => None,
+        1 => Some(AlertLevel::Warning),
+        2 => Some(AlertLevel::Fatal),
+        3 => Some(AlertLevel::Unknown(r.u8()?)),
+        4 => Some(AlertLevel::Encrypted),
+        t => return Err(format!("bad alert level {t} in the TLS state")),
+    };
+    c.alert_from = match r.u8()? {
+        2 => None,
+        d @ (0 | 1) => Some(d),
+        t => return Err(format!("bad alert side {t} in the TLS state")),
+    };
+    c.alert_ts = r.oi64()?;
+    c.error = match r.u8()? {
+        0 => None,
+        1 => Some(Error::Gap),
+        2 => Some(Error::ParseError),
+        t => return Err(format!("bad error {t} in the TLS state")),
+    };
+    c.renegotiation_counted = r.b()?;
+    if r.at != body.len() {
+        return Err("trailing bytes after the TLS state".into());
+    }
+    Ok(c)
+}
