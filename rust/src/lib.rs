@@ -17,6 +17,7 @@
 //! - [`reassembly`]: TCP stream reassembly (in-order bytes and gaps of one direction),
 //!   run by the tracker for each L7 connection;
 //! - [`l7`]: the L7 analysers' per-chunk work (HTTP/1.x, DNS, TLS handshakes), with their checkpoint encoding;
+//! - [`state_bytes`]: the checkpoint states' shared byte codec (writer, checked reader, envelope);
 //! - [`avro`]: output records -> Avro binary, compiled from their schema;
 //! - [`avro_read`]: Avro binary -> records (the readers of topics), on the same compiled schema;
 //! - [`avro_text`]: a bytes value (a body) as the JSON literal of its text, for the JSONL files;
@@ -37,6 +38,7 @@ mod python;
 pub mod reassembly;
 pub mod replay;
 pub mod ring;
+pub mod state_bytes;
 pub mod tcp;
 mod python_tcp;
 mod python_avro;

@@ -20,113 +20,10 @@ pub const MAGIC: &[u8; 4] = b"WSTK";
 /// reassembly).
 pub const VERSION: u16 = 2;
 
-struct W(Vec<u8>);
-
-impl W {
-    fn u8(&mut self, v: u8) {
-        self.0.push(v);
-    }
-    fn b(&mut self, v: bool) {
-        self.0.push(u8::from(v));
-    }
-    fn u16(&mut self, v: u16) {
-        self.0.extend_from_slice(&v.to_le_bytes());
-    }
-    fn u32(&mut self, v: u32) {
-        self.0.extend_from_slice(&v.to_le_bytes());
-    }
-    fn u64(&mut self, v: u64) {
-        self.0.extend_from_slice(&v.to_le_bytes());
-    }
-    fn i64(&mut self, v: i64) {
-        self.0.extend_from_slice(&v.to_le_bytes());
-    }
-    fn oi64(&mut self, v: Option<i64>) {
-        self.b(v.is_some());
-        self.i64(v.unwrap_or(0));
-    }
-    fn ou64(&mut self, v: Option<u64>) {
-        self.b(v.is_some());
-        self.u64(v.unwrap_or(0));
-    }
-    fn ou8(&mut self, v: Option<u8>) {
-        self.b(v.is_some());
-        self.u8(v.unwrap_or(0));
-    }
-    fn ou32(&mut self, v: Option<u32>) {
-        self.b(v.is_some());
-        self.u32(v.unwrap_or(0));
-    }
-}
-
-struct R<'a> {
-    d: &'a [u8],
-    at: usize,
-}
-
-type Res<T> = Result<T, String>;
-
-impl R<'_> {
-    fn take<const N: usize>(&mut self) -> Res<[u8; N]> {
-        let v = crate::bytes::array::<N>(self.d, self.at).ok_or("the tracker state is truncated")?;
-        self.at += N;
-        Ok(v)
-    }
-    fn u8(&mut self) -> Res<u8> {
-        Ok(self.take::<1>()?[0])
-    }
-    fn b(&mut self) -> Res<bool> {
-        match self.u8()? {
-            0 => Ok(false),
-            1 => Ok(true),
-            t => Err(format!("bad flag {t} in the tracker state")),
-        }
-    }
-    fn u16(&mut self) -> Res<u16> {
-        Ok(u16::from_le_bytes(self.take()?))
-    }
-    fn u32(&mut self) -> Res<u32> {
-        Ok(u32::from_le_bytes(self.take()?))
-    }
-    fn u64(&mut self) -> Res<u64> {
-        Ok(u64::from_le_bytes(self.take()?))
-    }
-    fn i64(&mut self) -> Res<i64> {
-        Ok(i64::from_le_bytes(self.take()?))
-    }
-    fn oi64(&mut self) -> Res<Option<i64>> {
-        let some = self.b()?;
-        let v = self.i64()?;
-        Ok(some.then_some(v))
-    }
-    fn ou64(&mut self) -> Res<Option<u64>> {
-        let some = self.b()?;
-        let v = self.u64()?;
-        Ok(some.then_some(v))
-    }
-    fn ou8(&mut self) -> Res<Option<u8>> {
-        let some = self.b()?;
-        let v = self.u8()?;
-        Ok(some.then_some(v))
-    }
-    fn ou32(&mut self) -> Res<Option<u32>> {
-        let some = self.b()?;
-        let v = self.u32()?;
-        Ok(some.then_some(v))
-    }
-    /// A count of items of at least `min_size` bytes each: no larger than what is left.
-    fn count(&mut self, min_size: usize) -> Res<usize> {
-        let n = self.u64()?;
-        let left = (self.d.len() - self.at.min(self.d.len())) / min_size.max(1);
-        if n > left as u64 {
-            return Err("a count in the tracker state exceeds its bytes".into());
-        }
-        Ok(n as usize)
-    }
-}
+use crate::state_bytes::{frame, unframe, Res, R, W};
 
 fn write_flow(w: &mut W, f: &Flow) {
-    w.0.extend_from_slice(&f.ip);
+    w.raw(&f.ip);
     w.u16(f.port);
     w.b(f.base_seq_set);
     w.u32(f.base_seq);
@@ -209,7 +106,7 @@ fn write_conn(w: &mut W, c: &Connection) {
     }
     w.u64(c.rtt_n);
     w.i64(c.rtt_sum);
-    w.0.extend_from_slice(&c.rtt_sumsq.to_le_bytes());
+    w.raw(&c.rtt_sumsq.to_le_bytes());
     w.oi64(c.rtt_min);
     w.oi64(c.rtt_max);
     w.oi64(c.closed_ts);
@@ -257,7 +154,7 @@ fn write_stream(w: &mut W, s: &Reassembler) {
         w.i64(p.ts);
         w.u64(p.tail);
         w.u64(p.data.len() as u64);
-        w.0.extend_from_slice(&p.data);
+        w.raw(&p.data);
     }
     for v in [s.pending_bytes, s.delivered, s.gap_bytes, s.duplicate_bytes] {
         w.u64(v);
@@ -279,8 +176,7 @@ fn read_stream(r: &mut R<'_>) -> Res<Reassembler> {
         let ts = r.i64()?;
         let tail = r.u64()?;
         let len = r.count(1)?;
-        let data = r.d.get(r.at..r.at + len).ok_or("the tracker state is truncated")?.to_vec();
-        r.at += len;
+        let data = r.slice(len)?.to_vec();
         sum = sum.saturating_add(len as u64);
         if s.pending.insert(seq, Pending { data, ts, tail }).is_some() {
             return Err("a buffered segment twice in the tracker state".into());
@@ -327,32 +223,13 @@ pub fn snapshot(t: &Tracker) -> Vec<u8> {
             }
         }
     }
-    let body = w.0;
-    let mut out = Vec::with_capacity(body.len() + 10);
-    out.extend_from_slice(MAGIC);
-    out.extend_from_slice(&VERSION.to_be_bytes());
-    out.extend_from_slice(&crc32fast::hash(&body).to_be_bytes());
-    out.extend_from_slice(&body);
-    out
+    frame(MAGIC, VERSION, &w.0)
 }
 
 /// A tracker from [`snapshot`]'s bytes; an error for anything else.
 pub fn restore(data: &[u8]) -> Res<Tracker> {
-    let head: [u8; 10] = crate::bytes::array(data, 0).ok_or("not a tracker state (too short)")?;
-    if &head[..4] != MAGIC {
-        return Err("not a tracker state (bad magic)".into());
-    }
-    let version = u16::from_be_bytes([head[4], head[5]]);
-    if version != VERSION {
-        return Err(format!(
-            "tracker state version {version}, this build reads only {VERSION} (written by another version of wirestream)"
-        ));
-    }
-    let body = data.get(10..).unwrap_or_default();
-    if crc32fast::hash(body) != u32::from_be_bytes([head[6], head[7], head[8], head[9]]) {
-        return Err("tracker state damaged (CRC mismatch)".into());
-    }
-    let mut r = R { d: body, at: 0 };
+    let body = unframe("tracker", MAGIC, VERSION, data)?;
+    let mut r = R::new("tracker", body);
     let mut t = Tracker::new(r.i64()?, r.i64()?, r.i64()?, r.u64()?, r.b()?);
     t.next_handle = r.u64()?;
     t.packets = r.u64()?;

@@ -17,33 +17,14 @@ pub const TCP_MAGIC: &[u8; 4] = b"WSDT";
 /// Version of this encoding: bump it with any change of the fields.
 pub const VERSION: u16 = 1;
 
-type Res<T> = Result<T, String>;
+use crate::state_bytes::{frame, unframe, Res, R, W};
 
-struct W(Vec<u8>);
+/// A conversation key: the connection id (if any), the two ends and the DNS id.
+trait WriteConv {
+    fn conv(&mut self, c: &Conv);
+}
 
-impl W {
-    fn u8(&mut self, v: u8) {
-        self.0.push(v);
-    }
-    fn u16(&mut self, v: u16) {
-        self.0.extend_from_slice(&v.to_le_bytes());
-    }
-    fn u64(&mut self, v: u64) {
-        self.0.extend_from_slice(&v.to_le_bytes());
-    }
-    fn i64(&mut self, v: i64) {
-        self.0.extend_from_slice(&v.to_le_bytes());
-    }
-    fn bytes(&mut self, v: &[u8]) {
-        self.u64(v.len() as u64);
-        self.0.extend_from_slice(v);
-    }
-    fn ostr(&mut self, v: Option<&str>) {
-        self.u8(u8::from(v.is_some()));
-        if let Some(v) = v {
-            self.bytes(v.as_bytes());
-        }
-    }
+impl WriteConv for W {
     fn conv(&mut self, c: &Conv) {
         self.ostr(c.cid.as_deref());
         self.bytes(c.client_ip.as_bytes());
@@ -54,90 +35,21 @@ impl W {
     }
 }
 
-struct R<'a> {
-    d: &'a [u8],
-    at: usize,
+trait ReadConv {
+    fn conv(&mut self) -> Res<Conv>;
 }
 
-impl<'a> R<'a> {
-    fn take(&mut self, n: usize) -> Res<&'a [u8]> {
-        let end = self.at.checked_add(n).ok_or("DNS state damaged (length)")?;
-        let s = self.d.get(self.at..end).ok_or("DNS state damaged (truncated)")?;
-        self.at = end;
-        Ok(s)
-    }
-    fn arr<const N: usize>(&mut self) -> Res<[u8; N]> {
-        self.take(N)?.try_into().map_err(|_| "DNS state damaged".to_string())
-    }
-    fn u8(&mut self) -> Res<u8> {
-        Ok(self.arr::<1>()?[0])
-    }
-    fn b(&mut self) -> Res<bool> {
-        match self.u8()? {
-            0 => Ok(false),
-            1 => Ok(true),
-            _ => Err("DNS state damaged (bad flag)".into()),
-        }
-    }
-    fn u16(&mut self) -> Res<u16> {
-        Ok(u16::from_le_bytes(self.arr()?))
-    }
-    fn u64(&mut self) -> Res<u64> {
-        Ok(u64::from_le_bytes(self.arr()?))
-    }
-    fn i64(&mut self) -> Res<i64> {
-        Ok(i64::from_le_bytes(self.arr()?))
-    }
-    fn len(&mut self) -> Res<usize> {
-        let n = self.u64()?;
-        usize::try_from(n).ok().filter(|&n| n <= self.d.len() - self.at.min(self.d.len()))
-            .ok_or_else(|| "DNS state damaged (length)".to_string())
-    }
-    fn bytes(&mut self) -> Res<Vec<u8>> {
-        let n = self.len()?;
-        Ok(self.take(n)?.to_vec())
-    }
-    fn str(&mut self) -> Res<String> {
-        String::from_utf8(self.bytes()?).map_err(|_| "DNS state damaged (text)".to_string())
-    }
-    fn ostr(&mut self) -> Res<Option<String>> {
-        Ok(if self.b()? { Some(self.str()?) } else { None })
-    }
+impl ReadConv for R<'_> {
     fn conv(&mut self) -> Res<Conv> {
         Ok(Conv {
             cid: self.ostr()?,
-            client_ip: self.str()?,
+            client_ip: self.string()?,
             client_port: self.u16()?,
-            server_ip: self.str()?,
+            server_ip: self.string()?,
             server_port: self.u16()?,
             id: self.u16()?,
         })
     }
-}
-
-fn frame(magic: &[u8; 4], body: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(body.len() + 10);
-    out.extend_from_slice(magic);
-    out.extend_from_slice(&VERSION.to_be_bytes());
-    out.extend_from_slice(&crc32fast::hash(body).to_be_bytes());
-    out.extend_from_slice(body);
-    out
-}
-
-fn unframe<'a>(magic: &[u8; 4], data: &'a [u8]) -> Res<&'a [u8]> {
-    let (head, body) = (data.get(..10), data.get(10..));
-    let (Some(head), Some(body)) = (head, body) else { return Err("DNS state damaged (too short)".into()) };
-    if head.get(..4) != Some(magic.as_slice()) {
-        return Err("not a DNS state (bad magic)".into());
-    }
-    let version = u16::from_be_bytes([head[4], head[5]]);
-    if version != VERSION {
-        return Err(format!("DNS state version {version}, this core reads {VERSION}"));
-    }
-    if crc32fast::hash(body) != u32::from_be_bytes([head[6], head[7], head[8], head[9]]) {
-        return Err("DNS state damaged (CRC mismatch)".into());
-    }
-    Ok(body)
 }
 
 pub fn snapshot_matcher(m: &Matcher) -> Vec<u8> {
@@ -164,20 +76,20 @@ pub fn snapshot_matcher(m: &Matcher) -> Vec<u8> {
         w.i64(a.ts_us);
         w.u16(a.qtype);
     }
-    frame(MATCHER_MAGIC, &w.0)
+    frame(MATCHER_MAGIC, VERSION, &w.0)
 }
 
 pub fn restore_matcher(data: &[u8]) -> Res<Matcher> {
-    let mut r = R { d: unframe(MATCHER_MAGIC, data)?, at: 0 };
+    let mut r = R::new("DNS", unframe("DNS", MATCHER_MAGIC, VERSION, data)?);
     let timeout_us = r.i64()?;
     let max_pending = usize::try_from(r.u64()?).map_err(|_| "DNS state damaged (max_pending)")?;
     let mut m = Matcher::new(timeout_us, max_pending);
     m.next_seq = r.u64()?;
-    let n = r.len()?;
+    let n = r.count(1)?;
     for _ in 0..n {
         let seq = r.u64()?;
         let conv = r.conv()?;
-        let name = r.str()?;
+        let name = r.string()?;
         let qtype = r.u16()?;
         let opcode = r.u16()?;
         let transport = if r.b()? { Transport::Tcp } else { Transport::Udp };
@@ -189,7 +101,7 @@ pub fn restore_matcher(data: &[u8]) -> Res<Matcher> {
         let lname = name.to_ascii_lowercase();
         m.insert(seq, Query { conv, lname, name, qtype, opcode, transport, ts_us, retransmissions });
     }
-    let n = r.len()?;
+    let n = r.count(1)?;
     for _ in 0..n {
         let seq = r.u64()?;
         let conv = r.conv()?;
@@ -219,17 +131,17 @@ pub fn snapshot_tcp(t: &TcpDns) -> Vec<u8> {
         w.u8(u8::from(t.stopped[d]));
     }
     w.ostr(t.connection_id.as_deref());
-    frame(TCP_MAGIC, &w.0)
+    frame(TCP_MAGIC, VERSION, &w.0)
 }
 
 pub fn restore_tcp(data: &[u8]) -> Res<TcpDns> {
-    let mut r = R { d: unframe(TCP_MAGIC, data)?, at: 0 };
+    let mut r = R::new("DNS", unframe("DNS", TCP_MAGIC, VERSION, data)?);
     let client_direction = r.u8()?;
     if client_direction > 1 {
         return Err("DNS state damaged (direction)".into());
     }
-    let client = (r.str()?, r.u16()?);
-    let server = (r.str()?, r.u16()?);
+    let client = (r.string()?, r.u16()?);
+    let server = (r.string()?, r.u16()?);
     let mut t = TcpDns::new(client_direction, client, server);
     for d in 0..2 {
         t.buf[d] = r.bytes()?;

@@ -19,44 +19,14 @@ pub const MAGIC: &[u8; 4] = b"WSHT";
 /// Version of this encoding: bump it with any change of the fields.
 pub const VERSION: u16 = 1;
 
-type Res<T> = Result<T, String>;
+use crate::state_bytes::{frame, unframe, Res, R, W};
 
-struct W(Vec<u8>);
+/// Header fields: a count, then each name and value as bytes.
+trait WriteFields {
+    fn fields(&mut self, f: &Fields);
+}
 
-impl W {
-    fn u8(&mut self, v: u8) {
-        self.0.push(v);
-    }
-    fn b(&mut self, v: bool) {
-        self.0.push(u8::from(v));
-    }
-    fn u16(&mut self, v: u16) {
-        self.0.extend_from_slice(&v.to_le_bytes());
-    }
-    fn u64(&mut self, v: u64) {
-        self.0.extend_from_slice(&v.to_le_bytes());
-    }
-    fn i64(&mut self, v: i64) {
-        self.0.extend_from_slice(&v.to_le_bytes());
-    }
-    fn oi64(&mut self, v: Option<i64>) {
-        self.b(v.is_some());
-        self.i64(v.unwrap_or(0));
-    }
-    fn ou64(&mut self, v: Option<u64>) {
-        self.b(v.is_some());
-        self.u64(v.unwrap_or(0));
-    }
-    fn bytes(&mut self, v: &[u8]) {
-        self.u64(v.len() as u64);
-        self.0.extend_from_slice(v);
-    }
-    fn obytes(&mut self, v: Option<&[u8]>) {
-        self.b(v.is_some());
-        if let Some(v) = v {
-            self.bytes(v);
-        }
-    }
+impl WriteFields for W {
     fn fields(&mut self, f: &Fields) {
         self.u64(f.len() as u64);
         for (n, v) in f {
@@ -66,64 +36,11 @@ impl W {
     }
 }
 
-struct R<'a> {
-    d: &'a [u8],
-    at: usize,
+trait ReadFields {
+    fn fields(&mut self) -> Res<Fields>;
 }
 
-impl R<'_> {
-    fn take<const N: usize>(&mut self) -> Res<[u8; N]> {
-        let v = crate::bytes::array::<N>(self.d, self.at).ok_or("the HTTP state is truncated")?;
-        self.at += N;
-        Ok(v)
-    }
-    fn u8(&mut self) -> Res<u8> {
-        Ok(self.take::<1>()?[0])
-    }
-    fn b(&mut self) -> Res<bool> {
-        match self.u8()? {
-            0 => Ok(false),
-            1 => Ok(true),
-            t => Err(format!("bad flag {t} in the HTTP state")),
-        }
-    }
-    fn u16(&mut self) -> Res<u16> {
-        Ok(u16::from_le_bytes(self.take()?))
-    }
-    fn u64(&mut self) -> Res<u64> {
-        Ok(u64::from_le_bytes(self.take()?))
-    }
-    fn i64(&mut self) -> Res<i64> {
-        Ok(i64::from_le_bytes(self.take()?))
-    }
-    fn oi64(&mut self) -> Res<Option<i64>> {
-        let some = self.b()?;
-        let v = self.i64()?;
-        Ok(some.then_some(v))
-    }
-    fn ou64(&mut self) -> Res<Option<u64>> {
-        let some = self.b()?;
-        let v = self.u64()?;
-        Ok(some.then_some(v))
-    }
-    /// A count of items of at least `min_size` bytes each: no larger than what is left.
-    fn count(&mut self, min_size: usize) -> Res<usize> {
-        let n = self.u64()?;
-        let left = (self.d.len().saturating_sub(self.at)) / min_size.max(1);
-        if n > left as u64 {
-            return Err("a count in the HTTP state exceeds its bytes".into());
-        }
-        Ok(n as usize)
-    }
-    fn bytes(&mut self) -> Res<Vec<u8>> {
-        let n = self.count(1)?;
-        let v = self.d.get(self.at..self.at + n).ok_or("the HTTP state is truncated")?.to_vec();
-        self.at += n;
-        Ok(v)
-    }
-    fn obytes(&mut self) -> Res<Option<Vec<u8>>> {
-        Ok(if self.b()? { Some(self.bytes()?) } else { None })
-    }
+impl ReadFields for R<'_> {
     fn fields(&mut self) -> Res<Fields> {
         let n = self.count(16)?;
         let mut f = Vec::with_capacity(n);
@@ -310,30 +227,13 @@ pub fn snapshot(c: &Connection) -> Vec<u8> {
     w.i64(c.held_ts);
     w.ou64(c.wait_txn);
     w.b(c.wait_gap);
-    let body = w.0;
-    let mut out = Vec::with_capacity(body.len() + 10);
-    out.extend_from_slice(MAGIC);
-    out.extend_from_slice(&VERSION.to_be_bytes());
-    out.extend_from_slice(&crc32fast::hash(&body).to_be_bytes());
-    out.extend_from_slice(&body);
-    out
+    frame(MAGIC, VERSION, &w.0)
 }
 
 /// A connection from [`snapshot`]'s bytes; an error for anything else.
 pub fn restore(data: &[u8]) -> Res<Connection> {
-    let head: [u8; 10] = crate::bytes::array(data, 0).ok_or("not an HTTP state (too short)")?;
-    if &head[..4] != MAGIC {
-        return Err("not an HTTP state (bad magic)".into());
-    }
-    let version = u16::from_be_bytes([head[4], head[5]]);
-    if version != VERSION {
-        return Err(format!("HTTP state version {version}, this build reads {VERSION}"));
-    }
-    let body = data.get(10..).unwrap_or_default();
-    if crc32fast::hash(body) != u32::from_be_bytes([head[6], head[7], head[8], head[9]]) {
-        return Err("HTTP state damaged (CRC mismatch)".into());
-    }
-    let mut r = R { d: body, at: 0 };
+    let body = unframe("HTTP", MAGIC, VERSION, data)?;
+    let mut r = R::new("HTTP", body);
     let client = r.u8()?;
     let timeout = r.i64()?;
     let mut c = Connection::new(client, 0, 0, 0, timeout);

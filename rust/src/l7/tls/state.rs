@@ -18,40 +18,14 @@ pub const MAGIC: &[u8; 4] = b"WSTL";
 /// Version of this encoding: bump it with any change of the fields.
 pub const VERSION: u16 = 1;
 
-type Res<T> = Result<T, String>;
+use crate::state_bytes::{frame, unframe, Res, R, W};
 
-struct W(Vec<u8>);
+/// A list of texts: a count, then each as bytes.
+trait WriteStrs {
+    fn strs(&mut self, v: &[String]);
+}
 
-impl W {
-    fn u8(&mut self, v: u8) {
-        self.0.push(v);
-    }
-    fn b(&mut self, v: bool) {
-        self.0.push(u8::from(v));
-    }
-    fn u16(&mut self, v: u16) {
-        self.0.extend_from_slice(&v.to_le_bytes());
-    }
-    fn u64(&mut self, v: u64) {
-        self.0.extend_from_slice(&v.to_le_bytes());
-    }
-    fn i64(&mut self, v: i64) {
-        self.0.extend_from_slice(&v.to_le_bytes());
-    }
-    fn oi64(&mut self, v: Option<i64>) {
-        self.b(v.is_some());
-        self.i64(v.unwrap_or(0));
-    }
-    fn bytes(&mut self, v: &[u8]) {
-        self.u64(v.len() as u64);
-        self.0.extend_from_slice(v);
-    }
-    fn ostr(&mut self, v: Option<&str>) {
-        self.b(v.is_some());
-        if let Some(v) = v {
-            self.bytes(v.as_bytes());
-        }
-    }
+impl WriteStrs for W {
     fn strs(&mut self, v: &[String]) {
         self.u64(v.len() as u64);
         for s in v {
@@ -60,62 +34,11 @@ impl W {
     }
 }
 
-struct R<'a> {
-    d: &'a [u8],
-    at: usize,
+trait ReadStrs {
+    fn strs(&mut self) -> Res<Vec<String>>;
 }
 
-impl R<'_> {
-    fn take<const N: usize>(&mut self) -> Res<[u8; N]> {
-        let v = crate::bytes::array::<N>(self.d, self.at).ok_or("the TLS state is truncated")?;
-        self.at += N;
-        Ok(v)
-    }
-    fn u8(&mut self) -> Res<u8> {
-        Ok(u8::from_le_bytes(self.take()?))
-    }
-    fn b(&mut self) -> Res<bool> {
-        match self.u8()? {
-            0 => Ok(false),
-            1 => Ok(true),
-            t => Err(format!("bad flag {t} in the TLS state")),
-        }
-    }
-    fn u16(&mut self) -> Res<u16> {
-        Ok(u16::from_le_bytes(self.take()?))
-    }
-    fn u64(&mut self) -> Res<u64> {
-        Ok(u64::from_le_bytes(self.take()?))
-    }
-    fn i64(&mut self) -> Res<i64> {
-        Ok(i64::from_le_bytes(self.take()?))
-    }
-    fn oi64(&mut self) -> Res<Option<i64>> {
-        let some = self.b()?;
-        let v = self.i64()?;
-        Ok(some.then_some(v))
-    }
-    /// A count of items of at least `min_size` bytes each: no larger than what is left.
-    fn count(&mut self, min_size: usize) -> Res<usize> {
-        let n = self.u64()?;
-        let left = (self.d.len().saturating_sub(self.at)) / min_size.max(1);
-        if n > left as u64 {
-            return Err("a count in the TLS state exceeds its bytes".into());
-        }
-        Ok(n as usize)
-    }
-    fn bytes(&mut self) -> Res<Vec<u8>> {
-        let n = self.count(1)?;
-        let v = self.d.get(self.at..self.at + n).ok_or("the TLS state is truncated")?.to_vec();
-        self.at += n;
-        Ok(v)
-    }
-    fn string(&mut self) -> Res<String> {
-        String::from_utf8(self.bytes()?).map_err(|_| "a text in the TLS state is not UTF-8".into())
-    }
-    fn ostr(&mut self) -> Res<Option<String>> {
-        Ok(if self.b()? { Some(self.string()?) } else { None })
-    }
+impl ReadStrs for R<'_> {
     fn strs(&mut self) -> Res<Vec<String>> {
         let n = self.count(8)?;
         (0..n).map(|_| self.string()).collect()
@@ -269,30 +192,13 @@ pub fn snapshot(c: &Connection) -> Vec<u8> {
         Some(Error::ParseError) => 2,
     });
     w.b(c.renegotiation_counted);
-    let body = w.0;
-    let mut out = Vec::with_capacity(body.len() + 10);
-    out.extend_from_slice(MAGIC);
-    out.extend_from_slice(&VERSION.to_be_bytes());
-    out.extend_from_slice(&crc32fast::hash(&body).to_be_bytes());
-    out.extend_from_slice(&body);
-    out
+    frame(MAGIC, VERSION, &w.0)
 }
 
 /// A connection from [`snapshot`]'s bytes; an error for anything else.
 pub fn restore(data: &[u8]) -> Res<Connection> {
-    let head: [u8; 10] = crate::bytes::array(data, 0).ok_or("not a TLS state (too short)")?;
-    if &head[..4] != MAGIC {
-        return Err("not a TLS state (bad magic)".into());
-    }
-    let version = u16::from_be_bytes([head[4], head[5]]);
-    if version != VERSION {
-        return Err(format!("TLS state version {version}, this build reads {VERSION}"));
-    }
-    let body = data.get(10..).unwrap_or_default();
-    if crc32fast::hash(body) != u32::from_be_bytes([head[6], head[7], head[8], head[9]]) {
-        return Err("TLS state damaged (CRC mismatch)".into());
-    }
-    let mut r = R { d: body, at: 0 };
+    let body = unframe("TLS", MAGIC, VERSION, data)?;
+    let mut r = R::new("TLS", body);
     let client = r.u8()?;
     if client > 1 {
         return Err("bad client direction in the TLS state".into());
