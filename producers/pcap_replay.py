@@ -89,15 +89,18 @@ def replay_files(
     source_id: Callable[[int], str],
     payload_snaplen: int = 65535,
     progress: ProgressFactory | None = None,
+    alive: Callable[[], str | None] | None = None,
 ) -> Iterator[tuple[str, ReplayResult | CaptureFileError]]:
     """Replay ``paths`` one after the other, each as a source of its own named
     ``source_id(index of the file)``; yield (source id, its result) per file as it is done.
 
     A file that cannot be read yields its :class:`CaptureFileError` and the next one is
-    replayed: the caller says so (analyze collects them, ``produce pcap`` prints them)."""
+    replayed: the caller says so (analyze collects them, ``produce pcap`` prints them).
+    ``alive``: as :class:`~wirestream.kafka.WireProducer`'s (analyze: its embedded broker
+    and workers are still running)."""
     for i, path in enumerate(paths):
         sid = source_id(i)
-        publisher = PacketBatchPublisher(bootstrap, codec, partitions, sid, path)
+        publisher = PacketBatchPublisher(bootstrap, codec, partitions, sid, path, alive=alive)
         result: ReplayResult | CaptureFileError
         try:
             result = replay_capture(path, publisher, payload_snaplen,

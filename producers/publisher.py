@@ -18,6 +18,7 @@ import os
 import socket
 import time
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 from wirestream import _core
@@ -48,9 +49,12 @@ class PacketBatchPublisher:
         batch_packets: int = DEFAULT_BATCH_PACKETS,
         batch_bytes: int = DEFAULT_BATCH_BYTES,
         socket_events: bool = False,
+        alive: Callable[[], str | None] | None = None,
     ) -> None:
         """``socket_events``: this source also publishes ``wire.sockets`` (said on every
-        batch, so processors wait for that topic's end marker too)."""
+        batch, so processors wait for that topic's end marker too). ``alive``: see
+        :class:`~wirestream.kafka.WireProducer` (the broker gone ends a wait with
+        :class:`~wirestream.kafka.BrokerGone`)."""
         self.partitions = partitions
         self.socket_events = socket_events
         self.source_id = source_id
@@ -60,7 +64,7 @@ class PacketBatchPublisher:
         self.batch_bytes = batch_bytes
         self._encode = codec.encoder(PACKETS)
         self._encode_stats = codec.encoder(STATS)
-        self.kafka = WireProducer(bootstrap)  # backpressure_waits and delivery_errors: its counters
+        self.kafka = WireProducer(bootstrap, alive)  # backpressure_waits and delivery_errors: its counters
         #: the core's per-partition batches (the same partition for both directions of
         #: a flow: ``packet_block.partition_for`` of its canonical key)
         self.batcher = _core.Batcher(partitions, batch_packets, batch_bytes)

@@ -34,7 +34,9 @@ from netns import IP
 
 #: a large real capture (many connections, HTTP), given several times: a run of some seconds
 BIG = str(DATA / "chrissanders" / "http_espn.pcapng")
-COPIES = 20
+#: Enough input that analyze is still busy when the tests interrupt it (~1 s after its
+#: workers are up): 20 copies were, until the L7 analysers moved into the compiled core.
+COPIES = 100
 EXIT_OK, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 130
 #: how long a command may take to exit once interrupted (it waits 0.5 s for its workers,
 #: 0.5 s for the broker, then kills them)

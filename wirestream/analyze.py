@@ -120,6 +120,7 @@ def analyze(
         for source_id, replay in replay_files(
             paths, rt.bootstrap, rt.codec, partitions, lambda i: f"{run_id}-{i}",
             settings.payload_snaplen, progress=(lambda path: progress(path, 0)) if progress else None,
+            alive=rt.dead_worker,
         ):
             if isinstance(replay, CaptureFileError):
                 result.failed.append(replay)

@@ -12,8 +12,9 @@ failed delivery is counted (``broker_<error name>``, a drop reason on ``wire.sta
 from __future__ import annotations
 
 import os
+import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -115,6 +116,10 @@ def producer_config(bootstrap: str, **extra: Any) -> dict[str, Any]:
     return conf
 
 
+class BrokerGone(WirestreamError):
+    """A producer waiting for the broker learnt that the broker is gone for good."""
+
+
 class WireProducer:
     """A confluent-kafka producer that waits when full and counts failed deliveries.
 
@@ -131,9 +136,23 @@ class WireProducer:
     record, per batch, per read from the kernel.
     """
 
-    def __init__(self, bootstrap: str, **config: Any) -> None:
-        """``config``: librdkafka settings on top of :func:`producer_config`'s."""
-        self._producer = Producer(producer_config(bootstrap, **{"delivery.report.only.error": True, **config}))
+    def __init__(self, bootstrap: str, alive: Callable[[], str | None] | None = None, **config: Any) -> None:
+        """``config``: librdkafka settings on top of :func:`producer_config`'s.
+
+        ``alive``: asked while this producer waits for the broker (a full queue, a flush);
+        a message from it means the broker will never answer (the embedded broker exited):
+        the wait ends with :class:`BrokerGone` instead of lasting until its timeout, or
+        forever for a full queue."""
+        conf = producer_config(bootstrap, **{"delivery.report.only.error": True, **config})
+        try:
+            self._producer = Producer(conf)
+        except TypeError:
+            # confluent-kafka reports a Ctrl-C that lands while it reads its configuration
+            # as "expected configuration property name as type unicode string": back in
+            # Python, the pending KeyboardInterrupt is raised before this retry; a real
+            # configuration error fails again, the same way.
+            self._producer = Producer(conf)
+        self._alive = alive
         self.delivery_errors: Counter[str] = Counter()
         self.backpressure_waits = 0  # times the client's full queue made us wait
         errors = self.delivery_errors
@@ -167,6 +186,7 @@ class WireProducer:
             # The client's queue is full: serve delivery reports while the broker catches up.
             self.backpressure_waits += 1
             self._producer.poll(0.05)
+            self._check_alive()
             try:
                 self._produce(topic, value, key, partition, self._deliver, headers=headers)
                 return
@@ -180,17 +200,31 @@ class WireProducer:
     def flush(self, timeout: float = 60.0, undelivered: str = "broker_undelivered") -> int:
         """Wait until everything queued is delivered (or failed); return how many records
         were still undelivered after ``timeout`` seconds, counted as ``undelivered``."""
-        remaining = int(self._producer.flush(timeout))
+        remaining = self._flush(timeout)
         if remaining:
             self.delivery_errors[undelivered] += remaining
         return remaining
+
+    def _flush(self, timeout: float) -> int:
+        if self._alive is None:
+            return int(self._producer.flush(timeout))
+        deadline = time.monotonic() + timeout
+        while True:  # in slices, asking ``alive`` in between
+            remaining = int(self._producer.flush(min(0.5, max(0.0, deadline - time.monotonic()))))
+            if not remaining or time.monotonic() >= deadline:
+                return remaining
+            self._check_alive()
+
+    def _check_alive(self) -> None:
+        if self._alive is not None and (gone := self._alive()):
+            raise BrokerGone(gone)
 
     def pending(self, timeout: float) -> int:
         """Wait up to ``timeout`` seconds for everything queued to be delivered; return how
         many records are still on their way. Unlike :meth:`flush`, counts nothing as lost:
         for a caller that waits again (a worker that may not checkpoint before its output
         is delivered)."""
-        return int(self._producer.flush(timeout))
+        return self._flush(timeout)
 
     def take_delivery_errors(self) -> Counter[str]:
         """The delivery errors counted since the last call (so that each goes into one
