@@ -103,4 +103,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("wirestream: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except Exception as exc:
+        # A Ctrl-C whose handler ran inside an extension's C code (the compiled core's,
+        # confluent-kafka's) can come out as that code's error caused by the
+        # KeyboardInterrupt (a SystemError "returned a result with an exception set"):
+        # it is the interrupt all the same.
+        if _caused_by_interrupt(exc):
+            print("wirestream: interrupted", file=sys.stderr)
+            return EXIT_INTERRUPTED
+        raise
+
+
+def _caused_by_interrupt(exc: BaseException) -> bool:
+    seen = 0
+    cause: BaseException | None = exc
+    while cause is not None and seen < 8:
+        if isinstance(cause, KeyboardInterrupt):
+            return True
+        cause = cause.__cause__ or cause.__context__
+        seen += 1
+    return False
 

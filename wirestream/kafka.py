@@ -12,6 +12,7 @@ failed delivery is counted (``broker_<error name>``, a drop reason on ``wire.sta
 from __future__ import annotations
 
 import os
+import signal
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -146,12 +147,15 @@ class WireProducer:
         conf = producer_config(bootstrap, **{"delivery.report.only.error": True, **config})
         try:
             self._producer = Producer(conf)
-        except TypeError:
-            # confluent-kafka reports a Ctrl-C that lands while it reads its configuration
-            # as "expected configuration property name as type unicode string": back in
-            # Python, the pending KeyboardInterrupt is raised before this retry; a real
-            # configuration error fails again, the same way.
-            self._producer = Producer(conf)
+        except TypeError as exc:
+            # A Ctrl-C that lands while confluent-kafka reads its configuration runs the
+            # command's handler (commands.common.interrupt_once: it raises KeyboardInterrupt
+            # and ignores SIGINT from then on) inside that C code, which reports it as
+            # "expected configuration property name as type unicode string". It is the
+            # interrupt: raise it as such (our keys are always strings).
+            if "configuration property name" in str(exc) and signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+                raise KeyboardInterrupt from None
+            raise
         self._alive = alive
         self.delivery_errors: Counter[str] = Counter()
         self.backpressure_waits = 0  # times the client's full queue made us wait
