@@ -95,10 +95,12 @@ def stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
 
 
 def collect(reader: TopicReader, source_id: str, until: Callable[[dict[str, list]], bool],
-            timeout: float = 120) -> dict[str, list]:
+            timeout: float = 120, got: dict[str, list] | None = None) -> dict[str, list]:
     """The service-metrics, alert and stats records of ``source_id`` read until ``until``
-    says so (or ``timeout`` seconds), by topic."""
-    got: dict[str, list] = {SERVICE_METRICS: [], ALERTS: [], STATS: []}
+    says so (or ``timeout`` seconds), by topic; added to ``got`` when it is given (what an
+    earlier ``collect`` of the same source read)."""
+    if got is None:
+        got = {SERVICE_METRICS: [], ALERTS: [], STATS: []}
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and not until(got):
         for m in reader.poll(0.3, 10_000):
@@ -108,5 +110,14 @@ def collect(reader: TopicReader, source_id: str, until: Callable[[dict[str, list
 
 
 def finished(got: dict[str, list]) -> bool:
-    """The windows stage has sent its final report for all 4 observation partitions."""
-    return sum(1 for s in got[STATS] if s["stage"] == WINDOWS_STAGE and s["final"]) >= 4
+    """The windows stage has sent its final report for all 4 observation partitions, and
+    every record those reports count as emitted has been read.
+
+    The reports alone are not enough: a report is written after the records it counts
+    are delivered, but it is on another topic, and a reader may be handed it first."""
+    finals = [s for s in got[STATS] if s["stage"] == WINDOWS_STAGE and s["final"]]
+    if len(finals) < 4:
+        return False
+    # at least: a window emitted just before a worker was killed may come out twice
+    return all(len(got[topic]) >= sum(s["emitted"].get(topic, 0) for s in finals)
+               for topic in (SERVICE_METRICS, ALERTS))
