@@ -8,9 +8,10 @@ Confluent clients decode too.
 
 from __future__ import annotations
 
-import base64
 import io
 import json
+import logging
+import ssl
 import struct
 import threading
 from collections.abc import Callable
@@ -20,11 +21,19 @@ from urllib.parse import quote, urlsplit
 from wirestream.avro_reader import compile_reader
 from wirestream.avro_writer import UnsupportedSchema, compile_writer
 from wirestream.errors import DecodeError, RegistryError
+from wirestream.registry_client_security import (
+    RegistrySecurity,
+    auth_error,
+    connection_error,
+    redact_url,
+)
 from wirestream.schemas import schema_text
 from wirestream.topics import TOPIC_SCHEMAS, subject_for
 
 _HEADER = struct.Struct(">bI")
 MAGIC_BYTE = 0
+
+log = logging.getLogger(__name__)
 
 Encoder = Callable[[dict[str, Any]], bytes]
 #: ``read(message, offset) -> record``: decode the Avro body that starts at ``offset``
@@ -45,7 +54,8 @@ class _Encoders(dict[str, Encoder]):
 
 
 class RegistryHTTPError(Exception):
-    """The registry answered with an error (an HTTP status of 400 or more)."""
+    """The registry answered with an error (an HTTP status of 400 or more) other than
+    401/403, which are :class:`RegistryAuthError`."""
 
     def __init__(self, status: int, message: str) -> None:
         super().__init__(f"{message} (HTTP {status})")
@@ -59,18 +69,26 @@ class RegistryClient:
     Not ``confluent_kafka.schema_registry.SchemaRegistryClient``: importing that (authlib,
     httpx, cryptography) takes ~0.25 s of CPU, in every process that encodes or decodes
     (each processor worker), for two requests per schema that the codec caches anyway.
-    Plain ``http.client`` on one keep-alive connection; ``https`` and
-    ``user:password@`` (HTTP basic auth) URLs work as with Confluent's client, and so
-    does a comma-separated list of URLs (the next one is tried when one is unreachable).
+    Plain ``http.client`` on one keep-alive connection; a comma-separated list of URLs
+    works as with Confluent's client (the next one is tried when one is unreachable).
+
+    Basic auth and TLS (CA, client certificate) come from ``security``, by default the
+    ``WIRESTREAM_REGISTRY_*`` environment and ``user:password@`` in the URL
+    (:mod:`wirestream.registry_client_security`). Failures are one-line
+    :class:`RegistryError` subclasses that name the URL without its password.
     """
 
-    def __init__(self, url: str, timeout: float = 10.0) -> None:
+    def __init__(self, url: str, timeout: float = 10.0, security: RegistrySecurity | None = None) -> None:
         self.urls = [u.strip().rstrip("/") for u in url.split(",") if u.strip()]
         if not self.urls:
             raise RegistryError("no schema registry URL")
         self.timeout = timeout
+        self.security = security if security is not None else RegistrySecurity.from_env(self.urls[0])
+        self._authorization = self.security.authorization()
+        self._ssl_context: ssl.SSLContext | None = None  # made on the first https connection
         self._lock = threading.Lock()  # one request at a time on the shared connection
         self._conn: Any = None  # http.client.HTTP(S)Connection to self.urls[0]
+        self._warned_cleartext = False
 
     def register_schema(self, subject: str, schema_str: str) -> int:
         """``POST /subjects/{subject}/versions``: the id of ``schema_str`` (Avro)."""
@@ -90,27 +108,44 @@ class RegistryClient:
         data = json.dumps(body).encode() if body is not None else None
         with self._lock:
             last: Exception | None = None
+            last_url = self.urls[0]
+            # The most telling TLS error seen: when a server refuses the handshake (no client
+            # certificate), one attempt reads its alert and the next may see only the close.
+            tls: tuple[str, ssl.SSLError] | None = None
             for attempt in range(len(self.urls) + 1):
-                parts = urlsplit(self.urls[0])
+                last_url = self.urls[0]
+                parts = urlsplit(last_url)
                 headers = {"Accept": "application/vnd.schemaregistry.v1+json, application/json"}
                 if data is not None:
                     headers["Content-Type"] = "application/vnd.schemaregistry.v1+json"
-                if parts.username is not None:
-                    userinfo = f"{parts.username}:{parts.password or ''}"
-                    headers["Authorization"] = "Basic " + base64.b64encode(userinfo.encode()).decode()
+                if self._authorization is not None:
+                    headers["Authorization"] = self._authorization
+                    if parts.scheme != "https" and not self._warned_cleartext:
+                        self._warned_cleartext = True
+                        if parts.hostname not in ("127.0.0.1", "::1", "localhost"):
+                            log.warning("schema registry %s: basic auth credentials go in cleartext (http, "
+                                        "not https)", redact_url(last_url))
                 try:
                     conn = self._connection(parts)
                     conn.request(method, parts.path + path, body=data, headers=headers)
                     response = conn.getresponse()
                     payload = response.read()
+                except ssl.SSLCertVerificationError as exc:
+                    # not retried: another connection gets the same certificate
+                    self._close()
+                    raise connection_error(last_url, exc, self.security) from None
                 except (OSError, http.client.HTTPException) as exc:
                     self._close()
                     last = exc
+                    if isinstance(exc, ssl.SSLError) and (tls is None or isinstance(tls[1], ssl.SSLEOFError)):
+                        tls = (last_url, exc)
                     if attempt and len(self.urls) > 1:
                         self.urls.append(self.urls.pop(0))  # unreachable: the next URL
                     continue
                 if response.will_close:
                     self._close()
+                if response.status in (401, 403):
+                    raise auth_error(last_url, response.status, self.security)
                 try:
                     answer = json.loads(payload) if payload else {}
                 except ValueError:
@@ -119,7 +154,9 @@ class RegistryClient:
                     message = answer.get("message") if isinstance(answer, dict) else None
                     raise RegistryHTTPError(response.status, str(message or response.reason))
                 return answer
-            raise OSError(f"{last}") from last
+            assert last is not None
+            url, exc = tls if tls is not None else (last_url, last)
+            raise connection_error(url, exc, self.security) from None
 
     def _connection(self, parts: Any) -> Any:
         if self._conn is None:
@@ -127,7 +164,10 @@ class RegistryClient:
 
             port = parts.port
             if parts.scheme == "https":
-                self._conn = http.client.HTTPSConnection(parts.hostname, port, timeout=self.timeout)
+                if self._ssl_context is None:
+                    self._ssl_context = self.security.ssl_context()
+                self._conn = http.client.HTTPSConnection(parts.hostname, port, timeout=self.timeout,
+                                                         context=self._ssl_context)
             else:
                 self._conn = http.client.HTTPConnection(parts.hostname, port, timeout=self.timeout)
         return self._conn
@@ -145,11 +185,16 @@ class AvroCodec:
     included). Schema lookups are cached: after the first message of a schema, encoding
     and decoding touch only the compiled core's ``AvroWriter``/``AvroReader`` (fastavro
     for a schema outside their subset).
+
+    Credentials and TLS files come from the environment (or ``user:password@`` in the
+    URL): :mod:`wirestream.registry_client_security`. ``registry_url`` is kept as given;
+    messages show it through ``redact_url``.
     """
 
-    def __init__(self, registry_url: str) -> None:
+    def __init__(self, registry_url: str, security: RegistrySecurity | None = None) -> None:
         self.registry_url = registry_url
-        self._client = RegistryClient(registry_url, timeout=10)
+        self._where = f"schema registry {redact_url(registry_url)}"  # for messages: no password
+        self._client = RegistryClient(registry_url, timeout=10, security=security)
         #: topic -> its encoder, cached: ``codec.encoders[topic](record)``. Filled on
         #: first use for wirestream topics, by :meth:`encoder_for_schema` for others.
         self.encoders: dict[str, Encoder] = _Encoders(self._make_encoder)
@@ -169,10 +214,12 @@ class AvroCodec:
         """Register any Avro schema under ``subject``; return its schema id."""
         try:
             return self._client.register_schema(subject, schema_json)
+        except RegistryError:
+            raise  # already named: auth, TLS, unreachable
         except RegistryHTTPError as exc:
-            raise RegistryError(f"schema registry {self.registry_url} refused {subject}: {exc}") from None
-        except Exception as exc:  # connection refused, timeout, DNS: all mean unreachable
-            raise RegistryError(f"schema registry {self.registry_url} unreachable: {exc}") from None
+            raise RegistryError(f"{self._where} refused {subject}: {exc}") from None
+        except Exception as exc:  # an answer that is not the protocol's (no "id")
+            raise RegistryError(f"{self._where}: bad answer registering {subject}: {exc!r}") from None
 
     def encoder(self, topic: str) -> Encoder:
         """Return a function that encodes one record of ``topic`` (cached per topic)."""
@@ -201,10 +248,14 @@ class AvroCodec:
             if schema is None:
                 try:
                     text = self._client.get_schema(schema_id)
+                except RegistryError:
+                    raise  # already named: auth, TLS, unreachable (never "unknown schema")
                 except RegistryHTTPError as exc:
+                    if exc.status != 404:  # a registry in trouble does not make the message bad
+                        raise RegistryError(f"{self._where}: schema id {schema_id}: {exc}") from None
                     raise DecodeError(f"unknown schema id {schema_id}: {exc}") from None
-                except Exception as exc:
-                    raise RegistryError(f"schema registry {self.registry_url} unreachable: {exc}") from None
+                except Exception as exc:  # an answer that is not the protocol's (no "schema")
+                    raise RegistryError(f"{self._where}: bad answer for schema id {schema_id}: {exc!r}") from None
                 schema = self._schemas[schema_id] = json.loads(text)
             reader = self._readers[(schema_id, fields)] = make_reader(schema, fields)
         return reader

@@ -19,12 +19,22 @@ State is kept in memory for the life of the process that serves it: like the emb
 broker, it is for one machine and one run. Ids are assigned in registration order and a
 schema that is already known (compared in canonical form) keeps its id across subjects,
 as Confluent's registry does.
+
+It binds ``127.0.0.1`` by default. Bound to any other address it requires HTTP basic
+auth (``credentials``): anyone who can reach it could otherwise register schemas, or
+delete the subjects every record's schema id points at. It serves TLS with ``certfile``
+and ``keyfile``, and requires client certificates signed by ``client_ca`` if given.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hmac
+import ipaddress
 import json
 import re
+import ssl
 import sys
 import threading
 from dataclasses import dataclass, field
@@ -132,14 +142,38 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
         pass  # the registry is quiet; errors go back to the client as JSON
 
+    def _authorized(self) -> bool:
+        """True if the server needs no credentials or the request's basic auth matches."""
+        expected = self.server.credentials
+        if expected is None:
+            return True
+        scheme, _, token = (self.headers.get("Authorization") or "").partition(" ")
+        if scheme.lower() != "basic":
+            return False
+        try:
+            user, sep, password = base64.b64decode(token.strip(), validate=True).decode().partition(":")
+        except (binascii.Error, UnicodeDecodeError):
+            return False
+        # compare_digest on both, always: the time taken says nothing of which one is wrong
+        ok_user = hmac.compare_digest(user.encode(), expected[0].encode())
+        ok_password = hmac.compare_digest(password.encode(), expected[1].encode())
+        return bool(sep) and ok_user and ok_password
+
     def _dispatch(self, method: str) -> None:
         path = urlsplit(self.path).path
         body: Any = None
         length = int(self.headers.get("Content-Length") or 0)
+        extra_headers: dict[str, str] = {}
         try:
-            if length:
+            # the body is read before the credentials are checked: on a keep-alive
+            # connection, an unread body would be taken for the next request
+            raw = self.rfile.read(length) if length else b""
+            if not self._authorized():
+                extra_headers["WWW-Authenticate"] = 'Basic realm="wirestream schema registry"'
+                raise _HttpError(401, 401, "Unauthorized")  # Confluent's answer, word for word
+            if raw:
                 try:
-                    body = json.loads(self.rfile.read(length))
+                    body = json.loads(raw)
                 except ValueError as exc:
                     raise _HttpError(400, 400, f"request body is not JSON: {exc}") from None
             for m, pattern, handler in self._ROUTES:
@@ -154,6 +188,8 @@ class _Handler(BaseHTTPRequestHandler):
             status, payload = exc.status, {"error_code": exc.error_code, "message": exc.message}
         data = json.dumps(payload).encode()
         self.send_response(status)
+        for name, value in extra_headers.items():
+            self.send_header(name, value)
         self.send_header("Content-Type", _CONTENT_TYPE)
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
@@ -301,16 +337,47 @@ class _Handler(BaseHTTPRequestHandler):
         return 200, {"compatibility": level.upper()}
 
 
+#: How long a client may take over its TLS handshake before the connection is dropped
+_HANDSHAKE_TIMEOUT_S = 10.0
+
+
 class _RegistryHTTPServer(ThreadingHTTPServer):
     daemon_threads = True
     store: RegistryStore
+    credentials: tuple[str, str] | None = None
+    ssl_context: ssl.SSLContext | None = None
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        """With TLS, the handshake happens here, in the connection's own thread: a slow
+        or silent client must not hold up ``accept`` for the others."""
+        if self.ssl_context is None:
+            super().finish_request(request, client_address)
+            return
+        request.settimeout(_HANDSHAKE_TIMEOUT_S)
+        tls = self.ssl_context.wrap_socket(request, server_side=True)
+        tls.settimeout(None)
+        try:
+            super().finish_request(tls, client_address)
+        finally:
+            tls.close()
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         """A client that goes away mid-connection (a worker stopped or killed while its
-        keep-alive connection is open) is normal, not a traceback on the console."""
-        if isinstance(sys.exc_info()[1], ConnectionError):
+        keep-alive connection is open) is normal, not a traceback on the console; so is a
+        client that does not trust our certificate, or has none when one is required (a
+        TLS error, its problem to report)."""
+        if isinstance(sys.exc_info()[1], (ConnectionError, ssl.SSLError, TimeoutError)):
             return
         super().handle_error(request, client_address)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class EmbeddedSchemaRegistry:
@@ -320,17 +387,41 @@ class EmbeddedSchemaRegistry:
 
         with EmbeddedSchemaRegistry() as registry:
             print(registry.url)   # http://127.0.0.1:PORT
+
+    ``credentials=(user, password)`` requires HTTP basic auth; it is required when
+    ``host`` is not a loopback address (:class:`ValueError` otherwise). ``certfile`` and
+    ``keyfile`` (PEM) serve https; ``client_ca`` (PEM) then also requires a client
+    certificate signed by it. :attr:`url` never holds the credentials.
     """
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, *,
+                 credentials: tuple[str, str] | None = None,
+                 certfile: str | None = None, keyfile: str | None = None,
+                 client_ca: str | None = None) -> None:
+        if credentials is None and not _is_loopback(host):
+            raise ValueError(f"the embedded schema registry serves {host} only with basic auth "
+                             "(credentials=): off loopback anyone could change the schemas")
+        if credentials is not None and (not credentials[0] or not credentials[1]):
+            raise ValueError("the embedded schema registry's credentials need a user and a password")
+        if client_ca is not None and certfile is None:
+            raise ValueError("client_ca (client certificates) needs certfile: TLS")
+        context: ssl.SSLContext | None = None
+        if certfile is not None:
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            context.load_cert_chain(certfile, keyfile)
+            if client_ca is not None:
+                context.load_verify_locations(client_ca)
+                context.verify_mode = ssl.CERT_REQUIRED
         self._server = _RegistryHTTPServer((host, port), _Handler)
         self._server.store = RegistryStore()
+        self._server.credentials = credentials
+        self._server.ssl_context = context
         self._thread: threading.Thread | None = None
 
     @property
     def url(self) -> str:
         host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"{'https' if self._server.ssl_context else 'http'}://{host}:{port}"
 
     def start(self) -> EmbeddedSchemaRegistry:
         if self._thread is None:
