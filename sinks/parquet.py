@@ -18,6 +18,10 @@ queryable as they are, e.g. with DuckDB::
   of the same packets). Each carries a fingerprint (a hash of topic, key and value); the
   sink skips a record whose fingerprint is already in its hour's files (read back the
   first time this process writes to that hour) or already written by it.
+- **Private at rest**: the records hold what the wire carried (paths, headers, queries);
+  files are written 0600 and the directories the sink creates 0700 (``file_mode`` and
+  ``dir_mode`` to share them with a group), whatever the umask. Directories that already
+  exist (``out_dir`` made by someone else, a mount) keep their modes.
 - **Dead letters**: a message that cannot be decoded (not wirestream's Avro, unknown
   schema) or placed (no valid time) goes to ``wire.dead-letter``; the rest goes on.
 """
@@ -83,9 +87,15 @@ class ParquetSink(BatchSink):
 
     def __init__(self, bootstrap: str, registry: str, out_dir: str | os.PathLike[str], topics: list[str],
                  group: str = "wirestream-sink-parquet", flush_records: int = 10_000,
-                 flush_seconds: float = 30.0, from_beginning: bool = True) -> None:
+                 flush_seconds: float = 30.0, from_beginning: bool = True, file_mode: int = 0o600,
+                 dir_mode: int = 0o700) -> None:
+        if file_mode & ~0o666 or dir_mode & ~0o777:
+            raise ValueError(f"file mode {file_mode:o} / directory mode {dir_mode:o}: permission bits only "
+                             "(files at most 666, directories at most 777)")
         super().__init__(bootstrap, registry, topics, group, flush_records, flush_seconds, from_beginning)
         self.out_dir = Path(out_dir)
+        self.file_mode = file_mode
+        self.dir_mode = dir_mode
         self._schemas = {t: arrow_schema(json.loads(schema_text(TOPIC_SCHEMAS[t]))) for t in topics}
         self._seen: dict[tuple[str, str, str], set[str]] = {}  # fingerprints per hour partition
 
@@ -114,7 +124,7 @@ class ParquetSink(BatchSink):
 
         topic, date, hour = part
         directory = self.out_dir / topic / f"date={date}" / f"hour={hour}"
-        directory.mkdir(parents=True, exist_ok=True)
+        self._makedirs(directory)
         seen = self._seen.get(part)
         if seen is None:
             seen = self._seen[part] = self._existing_fingerprints(directory)
@@ -131,10 +141,37 @@ class ParquetSink(BatchSink):
         table = pa.Table.from_pylist([_arrow_row(r) for r in fresh], schema=self._schemas[topic])
         name = f"part-{uuid.uuid4().hex}.parquet"
         tmp = directory / f".{name}.tmp"
-        pq.write_table(table, tmp, compression="zstd")
+        # Created with the mode (and set again: the umask may have taken bits), before a
+        # byte is written, so that the data is never readable by others, not even briefly.
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, self.file_mode)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                os.fchmod(f.fileno(), self.file_mode)
+                pq.write_table(table, f, compression="zstd")
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         os.replace(tmp, directory / name)
         seen.update(batch_seen)
         self.written[topic] += len(fresh)
+
+    def _makedirs(self, directory: Path) -> None:
+        """``mkdir -p`` with ``dir_mode`` for each directory made, whatever the umask."""
+        missing = []
+        d = directory
+        while not d.is_dir():
+            missing.append(d)
+            if d.parent == d:
+                break
+            d = d.parent
+        for d in reversed(missing):
+            try:
+                d.mkdir(self.dir_mode)
+            except FileExistsError:
+                if not d.is_dir():
+                    raise  # a file where a directory goes: an OSError, retried (sinks/base.py)
+                continue  # made meanwhile by someone else: theirs, its mode too
+            os.chmod(d, self.dir_mode)
 
     @staticmethod
     def _existing_fingerprints(directory: Path) -> set[str]:

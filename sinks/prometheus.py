@@ -21,22 +21,38 @@ windows of further services are added to ``service="other"`` and counted in
 ``wirestream_sink_services_overflow_total``, so a scan of ten thousand ``ip:port`` pairs
 cannot blow up the time-series database. Alert kinds are a fixed set.
 
+**Exposure**: the endpoint binds loopback by default. Bound to any other address it must
+be protected: a bearer token (``Authorization: Bearer TOKEN``; anything else gets 401),
+HTTPS (a certificate and key), or both; :func:`check_exposure` refuses to serve
+unprotected on a non-loopback address unless told so (``allow_unauthenticated``). The
+same rules and :func:`serve_http` are for any HTTP endpoint a sink serves.
+
 Counters only grow while the sink runs (a restart starts them at zero, which Prometheus'
 ``rate()`` handles); offsets are committed after each batch is applied (``sinks/base.py``).
 """
 
 from __future__ import annotations
 
+import hmac
 import http.server
+import ipaddress
+import logging
+import socket
+import ssl
 import threading
 from collections import defaultdict
+from collections.abc import Callable
 from typing import Any
 
 from wirestream.topics import ALERTS, SERVICE_METRICS
 
 from .base import BatchSink, Item
 
+log = logging.getLogger(__name__)
+
 OTHER = "other"
+#: the environment variable a bearer token for the endpoint may come from
+TOKEN_ENV = "WIRESTREAM_PROMETHEUS_TOKEN"
 QUANTILES = (("0.5", "p50"), ("0.9", "p90"), ("0.99", "p99"))
 
 
@@ -100,37 +116,124 @@ class MetricsState:
             return "\n".join(lines) + "\n"
 
 
+def is_loopback(host: str) -> bool:
+    """Whether binding ``host`` serves only this machine ("" and 0.0.0.0/:: are every interface)."""
+    host = host.strip("[]")
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        pass
+    if not host:
+        return False
+    try:
+        addresses = {info[4][0] for info in socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)}
+    except socket.gaierror:
+        return False  # the bind will say what is wrong with the name
+    return bool(addresses) and all(ipaddress.ip_address(a.split("%", 1)[0]).is_loopback for a in addresses)
+
+
+def check_exposure(host: str, port: int, token: str, tls: bool, allow_unauthenticated: bool,
+                   what: str = "/metrics") -> None:
+    """Refuse (``ValueError``) to serve ``what`` on a non-loopback ``host`` with neither a
+    token nor TLS, unless ``allow_unauthenticated``."""
+    if is_loopback(host) or token or tls or allow_unauthenticated:
+        return
+    raise ValueError(
+        f"refusing to serve {what} on {host or '0.0.0.0'}:{port}, which is not a loopback address, "
+        f"without protection: give a bearer token (--token-file FILE or ${TOKEN_ENV}) or a TLS certificate "
+        f"(--cert PEM --key PEM), or --allow-unauthenticated to serve it to anyone who can reach it")
+
+
+def serve_http(host: str, port: int, routes: dict[str, Callable[[], tuple[str, bytes]]], token: str = "",
+               cert: str | None = None, key: str | None = None, name: str = "http") -> http.server.HTTPServer:
+    """Serve GET ``routes`` (path -> () -> (content type, body)) on ``host:port`` in a
+    thread: over HTTPS with ``cert``/``key``, and only to requests that carry
+    ``Authorization: Bearer TOKEN`` when ``token`` is set (401 otherwise). The caller
+    checks the exposure first (:func:`check_exposure`). Raises ``ValueError`` for a
+    certificate that cannot be used, ``OSError`` for an address that cannot be bound."""
+    ctx = None
+    if cert is not None or key is not None:
+        if cert is None:
+            raise ValueError("--key needs --cert (the certificate it belongs to)")
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        try:
+            ctx.load_cert_chain(cert, key)
+        except (OSError, ssl.SSLError) as exc:
+            reason = getattr(exc, "strerror", None) or getattr(exc, "reason", None) or exc
+            raise ValueError(f"cannot use certificate {cert}{f' with key {key}' if key else ''}: {reason}") from None
+    expected = f"Bearer {token}".encode() if token else b""
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        timeout = 30  # a client that connects and says nothing (or no TLS) does not hold a thread forever
+
+        def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+            if expected and not hmac.compare_digest(self.headers.get("Authorization", "").encode(), expected):
+                self.send_response(401)
+                self.send_header("WWW-Authenticate", 'Bearer realm="wirestream"')
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            route = routes.get(self.path.split("?", 1)[0])
+            if route is None:
+                self.send_error(404, f"try {', '.join(routes)}")
+                return
+            content_type, body = route()
+            self.send_response(200)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass  # one line per scrape is noise (and a request line may hold anything)
+
+    class Server(http.server.ThreadingHTTPServer):
+        daemon_threads = True
+        address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+
+        def get_request(self) -> tuple[socket.socket, Any]:
+            conn, addr = super().get_request()
+            if ctx is not None:
+                # the handshake happens in the request's thread (at its first read), so a
+                # slow or non-TLS client cannot stall the accepting one
+                conn = ctx.wrap_socket(conn, server_side=True, do_handshake_on_connect=False)
+            return conn, addr
+
+        def handle_error(self, request: Any, client_address: Any) -> None:
+            log.debug("%s: request from %s failed", name, client_address, exc_info=True)
+
+    server = Server((host.strip("[]"), port), Handler)
+    threading.Thread(target=server.serve_forever, name=f"{name}-http", daemon=True).start()
+    return server
+
+
 class PrometheusSink(BatchSink):
     """Consume service windows and alerts; serve their series on ``host:port`` /metrics."""
 
     name = "prometheus sink"
 
-    def __init__(self, bootstrap: str, registry: str, host: str = "0.0.0.0", port: int = 9108,
+    def __init__(self, bootstrap: str, registry: str, host: str = "127.0.0.1", port: int = 9108,
                  group: str = "wirestream-sink-prometheus", max_services: int = 500,
-                 from_beginning: bool = False) -> None:
+                 from_beginning: bool = False, token: str = "", cert: str | None = None,
+                 key: str | None = None, allow_unauthenticated: bool = False) -> None:
+        """``token``: scrapes must carry ``Authorization: Bearer TOKEN``; ``cert``/``key``:
+        serve HTTPS. A non-loopback ``host`` needs one of them, or ``allow_unauthenticated``
+        (``ValueError`` otherwise, before anything is started)."""
+        check_exposure(host, port, token, cert is not None, allow_unauthenticated)
         super().__init__(bootstrap, registry, [SERVICE_METRICS, ALERTS], group, flush_records=500,
                          flush_seconds=1.0, from_beginning=from_beginning)
         self.state = MetricsState(max_services)
         state = self.state
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
-                if self.path.split("?", 1)[0] != "/metrics":
-                    self.send_error(404, "try /metrics")
-                    return
-                body = state.render().encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self._server = http.server.ThreadingHTTPServer((host, port), Handler)
+        self.scheme = "https" if cert else "http"
+        try:
+            self._server = serve_http(host, port, {
+                "/metrics": lambda: ("text/plain; version=0.0.4; charset=utf-8", state.render().encode())},
+                token=token, cert=cert, key=key, name="metrics")
+        except BaseException:
+            self._consumer.close()
+            raise
         self.port = self._server.server_address[1]
-        threading.Thread(target=self._server.serve_forever, name="metrics-http", daemon=True).start()
 
     def write(self, batch: list[Item]) -> None:
         for item in batch:

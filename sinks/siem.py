@@ -15,33 +15,57 @@ Formats (one record -> one event):
 
 Transports:
 
+- ``syslog+tls://host:port`` (port 6514 by default): RFC 5425, syslog over TLS with
+  octet-counted framing (``MSG-LEN SP SYSLOG-MSG``, as rsyslog's ``imtcp`` with the gtls
+  driver and syslog-ng's ``network(transport(tls))`` read it). The collector's
+  certificate is verified against ``ca`` (else the system's CAs) and its name against
+  the URL's host; ``cert``/``key`` present a client certificate (mutual TLS);
 - ``syslog+tcp://host:port``: RFC 5424 messages, one per line (LF framing, as rsyslog's
   ``imtcp`` and syslog-ng read them); the connection is reopened after an error;
 - ``syslog+udp://host:port``: one datagram per message;
 - ``http(s)://host:port/path``: Splunk HEC's JSON (``{"time", "sourcetype", "event"}``
-  objects, several per POST), ``Authorization: Splunk TOKEN``.
+  objects, several per POST), ``Authorization: Splunk TOKEN``. HTTPS verifies the
+  collector's certificate (``ca``, else the system's CAs) and name unless ``insecure``
+  (which logs a warning once); ``cert``/``key`` also work here.
 
 Delivery is at least once (``sinks/base.py``): a batch is committed after every event of
-it was sent (for TCP: written to the socket; for HEC: a 2xx answer); a failure is retried
-with backoff, and nothing more is consumed meanwhile.
+it was sent (for TCP and TLS: written to the socket; for HEC: a 2xx answer); a failure is
+retried with backoff, and nothing more is consumed meanwhile. A collector whose
+certificate is not trusted (or that refuses ours) is not a failure that waiting mends:
+the sink stops with :class:`DestinationRefused` (one line: which destination, what the
+TLS library said), the batch uncommitted, so the records come again once it is fixed.
+Secrets (the HEC token, a password in the URL) appear in no log line or error.
 """
 
 from __future__ import annotations
 
 import datetime
 import json
+import logging
+import os
 import socket
+import ssl
 import urllib.error
 import urllib.request
 from typing import Any
 from urllib.parse import urlparse
 
+from wirestream.errors import WirestreamError
 from wirestream.topics import ALERTS, DNS, TLS, TRANSACTIONS, record_time_us
 
 from .base import BatchSink, Item
 from .jsonl import to_json_line
 
+log = logging.getLogger(__name__)
+
 VERSION = "0.1.0"
+SCHEMES = ("syslog+tls", "syslog+tcp", "syslog+udp", "http", "https")
+DEFAULT_PORTS = {"syslog+tls": 6514, "syslog+tcp": 514, "syslog+udp": 514}
+#: after connecting over TLS, how long to wait for the collector to reject our certificate
+#: (with TLS 1.3 it does so after the client's handshake is over, at its first read)
+TLS_REJECT_WAIT_S = 0.5
+#: where the HEC token comes from when no --token-file is given
+HEC_TOKEN_ENV = "WIRESTREAM_HEC_TOKEN"
 MAX_DATAGRAM = 65_000  # payload of one UDP datagram, with room for the syslog header
 #: CEF severity (0-10) of an alert severity
 CEF_SEVERITY = {"info": 3, "low": 3, "warning": 5, "medium": 5, "high": 8, "critical": 10}
@@ -131,6 +155,82 @@ def syslog_line(message: str, hostname: str, app: str = "wirestream", severity: 
     return f"<{pri}>1 {now} {hostname} {app} - - - {message}"
 
 
+class DestinationRefused(WirestreamError):
+    """The destination refused the connection for a reason that waiting does not mend: its
+    certificate is not trusted, its name is not the URL's host, it refused our certificate."""
+
+
+def tls_client_context(ca: str | None = None, cert: str | None = None, key: str | None = None,
+                       insecure: bool = False) -> ssl.SSLContext:
+    """A client context: verifies the peer against ``ca`` (a PEM file; else the system's
+    CAs) with hostname checking, unless ``insecure``; presents ``cert``/``key`` if given.
+    Raises ``ValueError`` naming the file that cannot be used."""
+    if key is not None and cert is None:
+        raise ValueError("--key needs --cert (the client certificate it belongs to)")
+    try:
+        ctx = ssl.create_default_context(cafile=ca)
+    except (OSError, ssl.SSLError) as exc:
+        raise ValueError(f"cannot use CA file {ca}: {_ssl_reason(exc)}") from None
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2  # RFC 5425 (updated by RFC 9662) wants 1.2 or newer
+    if insecure:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    if cert is not None:
+        try:
+            ctx.load_cert_chain(cert, key)
+        except (OSError, ssl.SSLError) as exc:
+            raise ValueError(f"cannot use client certificate {cert}"
+                             f"{f' with key {key}' if key else ''}: {_ssl_reason(exc)}") from None
+    return ctx
+
+
+def _ssl_reason(exc: BaseException) -> str:
+    """What went wrong, in words (a verification error says why the certificate is not trusted)."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        why = exc.verify_message or str(exc)
+        return f"the collector's certificate is not trusted: {why} (give its CA with --ca PEM)"
+    if isinstance(exc, ssl.SSLError) and exc.reason:
+        return exc.reason.lower().replace("_", " ")
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc)
+
+
+def _refusal(exc: BaseException) -> bool:
+    """Whether a TLS error is about certificates (ours or theirs): configuration, not an
+    outage, so retrying would only wait forever."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return True
+    reason = str(exc.reason or "").upper() if isinstance(exc, ssl.SSLError) else ""
+    # the peer's alerts: BAD_CERTIFICATE, CERTIFICATE_REQUIRED, CERTIFICATE_UNKNOWN, UNKNOWN_CA, ...
+    return "CERTIFICATE" in reason or "UNKNOWN_CA" in reason
+
+
+def redacted_url(url: str) -> str:
+    """``url`` without its user information (``***@host``: a user name may be a token too), for messages."""
+    parsed = urlparse(url)
+    if "@" not in parsed.netloc:
+        return url
+    return parsed._replace(netloc="***@" + parsed.netloc.rsplit("@", 1)[1]).geturl()
+
+
+def read_token(token_file: str | None, env: str = HEC_TOKEN_ENV) -> str:
+    """A token from ``token_file`` (its first line, whitespace stripped) or else ``$env``;
+    "" if neither. Raises ``ValueError`` naming the file (never its contents)."""
+    if token_file:
+        try:
+            with open(token_file, encoding="utf-8") as f:
+                token = f.readline().strip()
+        except OSError as exc:
+            raise ValueError(f"cannot read token file {token_file}: {exc.strerror or type(exc).__name__}") from None
+        except UnicodeDecodeError:
+            raise ValueError(f"token file {token_file} is not UTF-8 text") from None
+        if not token:
+            raise ValueError(f"token file {token_file} is empty")
+        return token
+    return os.environ.get(env, "").strip()
+
+
 class SiemSink(BatchSink):
     """Send records of ``topics`` to ``url`` in ``fmt`` (``ecs`` or ``cef``)."""
 
@@ -138,18 +238,43 @@ class SiemSink(BatchSink):
 
     def __init__(self, bootstrap: str, registry: str, url: str, fmt: str = "ecs",
                  topics: list[str] | None = None, group: str = "wirestream-sink-siem", token: str = "",
-                 flush_records: int = 500, flush_seconds: float = 1.0, from_beginning: bool = True) -> None:
-        super().__init__(bootstrap, registry, topics or [ALERTS], group, flush_records, flush_seconds,
-                         from_beginning)
+                 flush_records: int = 500, flush_seconds: float = 1.0, from_beginning: bool = True,
+                 ca: str | None = None, cert: str | None = None, key: str | None = None,
+                 insecure: bool = False) -> None:
+        """``ca``/``cert``/``key``: PEM files for ``syslog+tls://`` and ``https://`` (the CA
+        to verify the collector with, else the system's; a client certificate and its key);
+        ``insecure``: HTTPS without verifying the collector (a warning is logged)."""
+        # Checked before the consumer is made: a bad option is an error at once, not a
+        # consumer group joined for nothing.
         if fmt not in ("ecs", "cef"):
             raise ValueError(f"format must be ecs or cef, not {fmt!r}")
+        self.display_url = redacted_url(url)
         self.url = urlparse(url)
-        if self.url.scheme not in ("syslog+tcp", "syslog+udp", "http", "https"):
-            raise ValueError(f"unsupported destination {url!r}: syslog+tcp://, syslog+udp:// or http(s)://")
+        if self.url.scheme not in SCHEMES or not self.url.hostname:
+            raise ValueError(f"unsupported destination {self.display_url!r}: "
+                             "syslog+tls://HOST:PORT, syslog+tcp://, syslog+udp:// or http(s)://")
+        if self.url.username is not None or self.url.password is not None:
+            raise ValueError(f"{self.display_url}: a user or password in the URL is not used (and shows in ps): "
+                             "an HEC token goes in --token-file FILE or $" + HEC_TOKEN_ENV)
+        tls = self.url.scheme in ("syslog+tls", "https")
+        if not tls and (ca or cert or key or insecure):
+            raise ValueError(f"--ca, --cert, --key and --insecure are for syslog+tls:// and https://, "
+                             f"not {self.url.scheme}://")
+        if insecure and self.url.scheme != "https":
+            raise ValueError("--insecure is for https:// only: syslog+tls:// always verifies the collector")
+        self._ssl = tls_client_context(ca, cert, key, insecure) if tls else None
+        if insecure:
+            log.warning("%s: NOT verifying the certificate of %s (--insecure): anyone on the path can "
+                        "read and change the events and the token", self.name, self.display_url)
+        if token and self.url.scheme == "http":
+            log.warning("%s: the HEC token goes in cleartext to %s: use https://", self.name, self.display_url)
+        super().__init__(bootstrap, registry, topics or [ALERTS], group, flush_records, flush_seconds,
+                         from_beginning)
         self.fmt = fmt
         self.token = token
         self.hostname = socket.gethostname()
         self._tcp: socket.socket | None = None
+        self._port = self.url.port or DEFAULT_PORTS.get(self.url.scheme)
 
     def _format(self, item: Item) -> str:
         if self.fmt == "cef":
@@ -171,7 +296,10 @@ class SiemSink(BatchSink):
             if self.url.scheme == "syslog+udp":
                 with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
                     for line in lines:
-                        s.sendto(line.encode(), (self.url.hostname, self.url.port or 514))
+                        s.sendto(line.encode(), (self.url.hostname, self._port))
+            elif self.url.scheme == "syslog+tls":
+                # RFC 5425 4.3: octet counting, MSG-LEN SP SYSLOG-MSG (a message may hold LFs)
+                self._send_tcp(b"".join(b"%d %s" % (len(m), m) for m in (line.encode() for line in lines)))
             else:
                 self._send_tcp("".join(line + "\n" for line in lines).encode())
         else:
@@ -181,14 +309,58 @@ class SiemSink(BatchSink):
 
     def _send_tcp(self, data: bytes) -> None:
         try:
+            if self._tcp is not None and self._peer_closed(self._tcp):
+                # the collector went away since the last batch (restarted, idle timeout):
+                # writing into the dead socket would "succeed" and lose the batch
+                self._tcp.close()
+                self._tcp = None
             if self._tcp is None:
-                self._tcp = socket.create_connection((self.url.hostname, self.url.port or 514), timeout=10)
+                self._tcp = self._connect()
             self._tcp.sendall(data)
-        except OSError:
+        except OSError as exc:
             if self._tcp is not None:
                 self._tcp.close()
                 self._tcp = None
+            if _refusal(exc):
+                raise DestinationRefused(f"{self.display_url}: TLS refused: {_ssl_reason(exc)}") from None
+            raise OSError(f"{self.display_url}: {_ssl_reason(exc)}") from None
+
+    def _connect(self) -> socket.socket:
+        sock = socket.create_connection((self.url.hostname, self._port), timeout=10)
+        if self._ssl is None:
+            return sock
+        try:
+            tls = self._ssl.wrap_socket(sock, server_hostname=self.url.hostname)
+        except BaseException:
+            sock.close()
             raise
+        # TLS 1.3: a collector that refuses our certificate (or wants one) says so after the
+        # handshake; wait a moment for that, so that a refusal is not taken for a delivery.
+        tls.settimeout(TLS_REJECT_WAIT_S)
+        try:
+            if tls.recv(1) == b"":
+                tls.close()
+                raise ConnectionResetError("the collector closed the connection right after the TLS handshake "
+                                           "(does it require a client certificate? --cert/--key)")
+        except TimeoutError:
+            pass  # nothing said: accepted (a syslog collector never writes to us)
+        except BaseException:
+            tls.close()
+            raise
+        tls.settimeout(10)
+        return tls
+
+    @staticmethod
+    def _peer_closed(sock: socket.socket) -> bool:
+        sock.setblocking(False)
+        try:
+            return sock.recv(1) == b""  # EOF; data from a syslog collector is not expected either
+        except (BlockingIOError, ssl.SSLWantReadError):
+            return False
+        except OSError:
+            return True
+        finally:
+            sock.settimeout(10)
 
     def _post_hec(self, events: list[tuple[str, str, dict[str, Any]]]) -> None:
         body = "".join(json.dumps({
@@ -200,14 +372,28 @@ class SiemSink(BatchSink):
                                      headers={"Content-Type": "application/json",
                                               "Authorization": f"Splunk {self.token}"})
         try:
-            with urllib.request.urlopen(req, timeout=10) as resp:
+            with urllib.request.urlopen(req, timeout=10, context=self._ssl) as resp:
                 if not 200 <= resp.status < 300:
-                    raise OSError(f"HEC answered {resp.status}")
+                    raise OSError(f"HEC {self.display_url} answered {resp.status}")
         except urllib.error.HTTPError as exc:
-            raise OSError(f"HEC answered {exc.code} {exc.reason}") from None
+            raise OSError(f"HEC {self.display_url} answered {exc.code} {exc.reason}") from None
         except urllib.error.URLError as exc:
-            raise OSError(f"HEC unreachable: {exc.reason}") from None
+            if isinstance(exc.reason, BaseException) and _refusal(exc.reason):
+                raise DestinationRefused(f"HEC {self.display_url}: TLS refused: {_ssl_reason(exc.reason)}") from None
+            reason = _ssl_reason(exc.reason) if isinstance(exc.reason, BaseException) else exc.reason
+            raise OSError(f"HEC {self.display_url} unreachable: {reason}") from None
+        except (ssl.SSLError, ConnectionError, TimeoutError) as exc:  # raised past urllib's wrapping
+            if _refusal(exc):
+                raise DestinationRefused(f"HEC {self.display_url}: TLS refused: {_ssl_reason(exc)}") from None
+            raise OSError(f"HEC {self.display_url}: {_ssl_reason(exc)}") from None
 
     def close_destination(self) -> None:
         if self._tcp is not None:
+            if isinstance(self._tcp, ssl.SSLSocket):
+                try:  # a TLS close_notify, so that the collector sees an orderly end
+                    self._tcp.settimeout(1)
+                    self._tcp.unwrap()
+                except OSError:
+                    pass
             self._tcp.close()
+            self._tcp = None

@@ -1,16 +1,19 @@
 """The data-lake sink against the real broker: DuckDB over its Parquet files agrees with
 the topics; a destination that is down for a while loses nothing; a replay of the same
-packets writes nothing twice; an undecodable message goes to the dead-letter topic."""
+packets writes nothing twice; an undecodable message goes to the dead-letter topic; files
+and directories are private (0600, 0700) whatever the umask."""
 
 from __future__ import annotations
 
+import os
+import stat
 import threading
 import time
 import uuid
 from collections import Counter
 
 from confluent_kafka import Consumer, Producer
-from helpers import DATA, import_or_require
+from helpers import DATA, import_or_require, publish, transaction
 from wirestream.processors.l7.base import L7Options
 
 from wirestream.analyze import analyze
@@ -112,3 +115,36 @@ def test_parquet_sink_agrees_with_topics_survives_an_outage_and_writes_each_reco
                 found = dict(msg.headers())
     consumer.close()
     assert found is not None and found["topic"] == TRANSACTIONS.encode() and b"Error" in found["error"], found
+
+
+def test_files_are_private_whatever_the_umask(broker, registry, tmp_path) -> None:
+    """Files 0600 in directories 0700 (all those the sink creates, the root too), with a
+    umask that would leave everything world-writable; other modes when asked."""
+    source = f"modes-{uuid.uuid4().hex[:8]}"
+    records = [transaction(source, n) for n in range(3)]
+    publish(broker, registry, TRANSACTIONS, records)
+
+    def ours(root) -> bool:
+        try:
+            return _query(root, f"SELECT count(*) FROM FILES WHERE source_id = '{source}'", TRANSACTIONS)[0][0] == 3
+        except duckdb.Error:
+            return False
+
+    old = os.umask(0)
+    try:
+        for root, file_mode, dir_mode in ((tmp_path / "lake" / "nested", 0o600, 0o700),
+                                          (tmp_path / "shared", 0o640, 0o750)):
+            sink = ParquetSink(broker.bootstrap, registry.url, root, [TRANSACTIONS], group=f"{source}-{file_mode:o}",
+                               flush_seconds=0.5, file_mode=file_mode, dir_mode=dir_mode)
+            _run_sink(sink, lambda root=root: ours(root))
+            made = [root, *(p for p in root.rglob("*") if p.is_dir())]
+            if root.parent != tmp_path:
+                made.append(root.parent)  # lake/, made on the way to lake/nested
+            files = list(root.rglob("*.parquet"))
+            assert files and len(made) >= 4  # root, topic, date, hour
+            assert {stat.S_IMODE(os.stat(d).st_mode) for d in made} == {dir_mode}, [
+                (str(d), oct(os.stat(d).st_mode)) for d in made]
+            assert {stat.S_IMODE(os.stat(f).st_mode) for f in files} == {file_mode}
+            assert not list(root.rglob(".*.tmp"))
+    finally:
+        os.umask(old)

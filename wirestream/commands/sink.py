@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import os
+import logging
 import sys
 from typing import Any
 
@@ -11,6 +11,11 @@ from wirestream.commands import common
 from wirestream.config import Settings
 from wirestream.errors import UsageError, WirestreamError
 from wirestream.topics import PARQUET_SINK_TOPICS, SIEM_SINK_TOPICS
+
+#: the environment variables tokens come from (named here too: --help says them, and the
+#: sinks' modules, which pull in Kafka, are loaded only when a sink runs)
+HEC_TOKEN_ENV = "WIRESTREAM_HEC_TOKEN"
+TOKEN_ENV = "WIRESTREAM_PROMETHEUS_TOKEN"
 
 
 def add_parser(sub: common.Subparsers, defaults: Settings) -> argparse.ArgumentParser:
@@ -38,26 +43,46 @@ examples:
     sp.add_argument("--group", default="wirestream-sink-parquet", help="consumer group (default: %(default)s)")
     sp.add_argument("--flush-seconds", type=float, default=30.0, metavar="S",
                     help="write at least this often (default: %(default)s)")
+    sp.add_argument("--file-mode", type=_mode, default=0o600, metavar="OCTAL",
+                    help="mode of the files, whatever the umask (default: 600: the records hold what the wire "
+                         "carried; 640 to let a group read them)")
+    sp.add_argument("--dir-mode", type=_mode, default=0o700, metavar="OCTAL",
+                    help="mode of the directories the sink creates (default: 700; 750 for a group)")
     common.add_kafka_args(sp, defaults, required=True)
     sp.set_defaults(run=run_parquet)
     sp = ssub.add_parser(
-        "siem", help="alerts (or any topic) as ECS JSON or CEF, over syslog TCP/UDP or to an HEC collector",
+        "siem", help="alerts (or any topic) as ECS JSON or CEF, over syslog TLS/TCP/UDP or to an HEC collector",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="""\
 Send records to a SIEM: Elastic Common Schema JSON (--format ecs) or ArcSight CEF
-(--format cef), over syslog (RFC 5424, TCP with one message per line, or UDP) or to a
-Splunk HEC-style HTTP collector. At least once: offsets are committed after a batch is
-sent; a destination that fails is retried with backoff.""",
+(--format cef), over syslog (RFC 5425 over TLS with octet-counted framing, RFC 5424 over
+TCP with one message per line, or UDP) or to a Splunk HEC-style HTTP collector. TLS
+(syslog+tls://, https://) verifies the collector's certificate against --ca (else the
+system's CAs) and its name against the URL's host. At least once: offsets are committed
+after a batch is sent; a destination that fails is retried with backoff; one whose
+certificate is not trusted stops the sink with an error, nothing committed.""",
         epilog="""\
 examples:
-  wirestream sink siem --url syslog+tcp://siem.internal:514 --format cef
+  wirestream sink siem --url syslog+tls://siem.internal:6514 --format cef --ca /etc/wirestream/siem-ca.pem
+  wirestream sink siem --url syslog+tls://siem.internal:6514 --ca ca.pem --cert client.pem --key client.key
   wirestream sink siem --url syslog+udp://10.0.0.5:514 --format ecs --topics wire.alerts,wire.tls
-  wirestream sink siem --url https://splunk:8088/services/collector/event --token $HEC_TOKEN""")
-    sp.add_argument("--url", required=True, help="syslog+tcp://HOST:PORT, syslog+udp://HOST:PORT or http(s)://...")
+  wirestream sink siem --url https://splunk:8088/services/collector/event --token-file /run/secrets/hec-token""")
+    sp.add_argument("--url", required=True,
+                    help="syslog+tls://HOST[:PORT] (6514), syslog+tcp://HOST[:PORT], syslog+udp://HOST[:PORT] (514) "
+                         "or http(s)://...")
     sp.add_argument("--format", dest="fmt", choices=("ecs", "cef"), default="ecs", help="default: %(default)s")
     sp.add_argument("--topics", default=",".join(SIEM_SINK_TOPICS), help="comma-separated (default: %(default)s)")
-    sp.add_argument("--token", default=os.environ.get("WIRESTREAM_HEC_TOKEN", ""),
-                    help="HEC token (default: $WIRESTREAM_HEC_TOKEN)")
+    sp.add_argument("--token-file", metavar="FILE",
+                    help=f"file holding the HEC token (default: ${HEC_TOKEN_ENV})")
+    # A token's value on the command line shows in `ps` and shell histories: still taken,
+    # for the scripts that pass it so, with a warning, and no longer shown in --help.
+    sp.add_argument("--token", default=None, help=argparse.SUPPRESS)
+    g = sp.add_argument_group("TLS (syslog+tls://, https://)")
+    g.add_argument("--ca", metavar="PEM", help="CA certificate(s) to verify the collector with (default: the system's)")
+    g.add_argument("--cert", metavar="PEM", help="client certificate, for collectors that require one")
+    g.add_argument("--key", metavar="PEM", help="the client certificate's key (default: in --cert's file)")
+    g.add_argument("--insecure", action="store_true",
+                   help="https:// only: do not verify the collector's certificate (logs a warning)")
     sp.add_argument("--group", default="wirestream-sink-siem", help="consumer group (default: %(default)s)")
     common.add_kafka_args(sp, defaults, required=True)
     sp.set_defaults(run=run_siem)
@@ -66,7 +91,16 @@ examples:
         description="Serve per-service series (requests, errors, retransmission ratio, latency and handshake "
                     "quantiles) and alert counts from wire.service-metrics and wire.alerts on an HTTP "
                     "endpoint for Prometheus to scrape, with a cap on the number of service label values.")
-    sp.add_argument("--listen", default="0.0.0.0:9108", metavar="HOST:PORT", help="default: %(default)s")
+    sp.add_argument("--listen", default="127.0.0.1:9108", metavar="HOST:PORT",
+                    help="address to serve on (default: %(default)s; any other than loopback needs --token-file, "
+                         "--cert/--key or --allow-unauthenticated)")
+    sp.add_argument("--token-file", metavar="FILE",
+                    help=f"require 'Authorization: Bearer TOKEN', the token read from FILE (default: ${TOKEN_ENV})")
+    sp.add_argument("--cert", metavar="PEM", help="serve HTTPS with this certificate")
+    sp.add_argument("--key", metavar="PEM", help="the certificate's key (default: in --cert's file)")
+    sp.add_argument("--allow-unauthenticated", action="store_true",
+                    help="serve a non-loopback address with neither token nor TLS (anyone who reaches it reads "
+                         "the metrics)")
     sp.add_argument("--max-services", type=int, default=500, metavar="N",
                     help="service label values kept; further services go to service=\"other\" (default: %(default)s)")
     sp.add_argument("--group", default="wirestream-sink-prometheus", help="consumer group (default: %(default)s)")
@@ -83,16 +117,27 @@ def run_parquet(args: argparse.Namespace) -> int:
     from wirestream.sinks.parquet import ParquetSink
 
     sink = ParquetSink(args.bootstrap, args.registry, args.out, args.topics.split(","), group=args.group,
-                       flush_seconds=args.flush_seconds)
+                       flush_seconds=args.flush_seconds, file_mode=args.file_mode, dir_mode=args.dir_mode)
     return _run(sink)
 
 
 def run_siem(args: argparse.Namespace) -> int:
-    from wirestream.sinks.siem import SiemSink
+    from wirestream.sinks.siem import SiemSink, read_token
 
     try:
+        if args.token is not None:
+            if args.token_file:
+                raise ValueError("--token and --token-file: give one (--token-file: a value on the command "
+                                 "line shows in ps)")
+            logging.getLogger("wirestream.sinks.siem").warning(
+                "--token shows the HEC token to anyone who can list processes: use --token-file FILE or $%s",
+                HEC_TOKEN_ENV)
+            token = args.token
+        else:
+            token = read_token(args.token_file, HEC_TOKEN_ENV)
         sink = SiemSink(args.bootstrap, args.registry, args.url, args.fmt, args.topics.split(","),
-                        group=args.group, token=args.token)
+                        group=args.group, token=token, ca=args.ca, cert=args.cert, key=args.key,
+                        insecure=args.insecure)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     return _run(sink)
@@ -100,13 +145,32 @@ def run_siem(args: argparse.Namespace) -> int:
 
 def run_prometheus(args: argparse.Namespace) -> int:
     from wirestream.sinks.prometheus import PrometheusSink
+    from wirestream.sinks.siem import read_token
 
-    host, _, port = args.listen.rpartition(":")
-    sink = PrometheusSink(args.bootstrap, args.registry, host or "0.0.0.0", int(port), group=args.group,
-                          max_services=args.max_services)
-    print(f"wirestream sink prometheus: serving http://{host or '0.0.0.0'}:{sink.port}/metrics",
-          file=sys.stderr, flush=True)
+    host, sep, port = args.listen.rpartition(":")
+    if not sep or not port.isdigit():
+        raise UsageError(f"--listen {args.listen}: HOST:PORT, e.g. 127.0.0.1:9108")
+    try:
+        token = read_token(args.token_file, TOKEN_ENV)
+        sink = PrometheusSink(args.bootstrap, args.registry, host or "0.0.0.0", int(port), group=args.group,
+                              max_services=args.max_services, token=token, cert=args.cert, key=args.key,
+                              allow_unauthenticated=args.allow_unauthenticated)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    except OSError as exc:
+        raise WirestreamError(f"cannot serve on {args.listen}: {exc.strerror or exc}") from None
+    protection = ", ".join(p for p, on in (("bearer token required", token), ("TLS", args.cert)) if on) \
+        or "no authentication"
+    print(f"wirestream sink prometheus: serving {sink.scheme}://{host or '0.0.0.0'}:{sink.port}/metrics "
+          f"({protection})", file=sys.stderr, flush=True)
     return _run(sink)
+
+
+def _mode(text: str) -> int:
+    try:
+        return int(text, 8)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an octal mode such as 600") from None
 
 
 def _run(sink: Any) -> int:
