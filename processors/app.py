@@ -23,6 +23,7 @@ from typing import Any
 
 import faust
 
+from wirestream import kafka_security
 from wirestream.codec import AvroCodec
 from wirestream.errors import DecodeError, RegistryError
 from wirestream.runtime import DATADIR_ENV
@@ -78,6 +79,8 @@ def create_app(
         producer_max_request_size=4 * 1024 * 1024,  # a busy window's state (digests, clients)
         store="memory://",
         datadir=datadir,
+        # TLS and SASL as every other client of this process (wirestream.kafka_security)
+        broker_credentials=kafka_security.security().faust_credentials(),
     )
     state: dict[str, Any] = {}
 

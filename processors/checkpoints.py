@@ -33,6 +33,7 @@ from wirestream.schemas import schema_dict
 
 from wirestream.errors import WirestreamError
 from wirestream.kafka import consumer_config, producer_config
+from wirestream.kafka_security import raise_if_fatal
 from wirestream.topics import CHECKPOINTS
 
 log = logging.getLogger(__name__)
@@ -201,6 +202,7 @@ class CheckpointStore:
             idle = 0 if msgs else idle + 1
             for m in msgs:
                 if m.error() is not None:
+                    raise_if_fatal(m.error(), f"reading checkpoints from {self.topic}")
                     continue
                 if m.offset() >= end:
                     return found

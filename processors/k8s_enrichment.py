@@ -27,6 +27,7 @@ from confluent_kafka import Consumer, TopicPartition
 from wirestream.codec import AvroCodec
 from wirestream.errors import DecodeError, RegistryError
 from wirestream.kafka import consumer_config
+from wirestream.kafka_security import raise_if_fatal
 from wirestream.reader import partitions_of
 from wirestream.topics import CONNECTIONS, DNS, K8S_IDENTITY, RECORD_TIME, TLS, TRANSACTIONS
 
@@ -198,6 +199,7 @@ class IdentityFeed(threading.Thread):
             self.polls += 1
             for msg in self._consumer.consume(1000, 0.2):
                 if msg.error():
+                    raise_if_fatal(msg.error(), f"reading {K8S_IDENTITY}")
                     continue
                 ip = (msg.key() or b"").decode(errors="replace")
                 value = msg.value()

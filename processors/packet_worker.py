@@ -58,6 +58,7 @@ from wirestream.broker import consume_available
 from wirestream.codec import AvroCodec
 from wirestream.errors import WirestreamError
 from wirestream.kafka import consumer_config, group_consumer_config
+from wirestream.kafka_security import raise_if_fatal
 from wirestream.topics import (
     CONNECTIONS,
     DNS,
@@ -169,6 +170,7 @@ class PacketWorker:
                 # checkpoint clock and the rebalance callbacks are served between calls.
                 for msg in consume_available(consumer, CONSUME_BATCH, 0.1):
                     if msg.error() is not None:
+                        raise_if_fatal(msg.error(), "packet worker reading its partitions")
                         if msg.error().code() != KafkaError._PARTITION_EOF:
                             log.warning("consumer: %s", msg.error().str())
                         continue

@@ -29,6 +29,7 @@ from wirestream.broker import consume_available
 from wirestream.codec import AvroCodec
 from wirestream.errors import DecodeError, RegistryError
 from wirestream.kafka import consumer_config
+from wirestream.kafka_security import raise_if_fatal
 from wirestream.topics import ALERTS, OBSERVATIONS, SERVICE_METRICS, STATS, WINDOWS_STAGE
 
 from .output import OutputPublisher
@@ -70,6 +71,7 @@ class WindowsWorker:
             while not stopping():
                 for msg in consume_available(consumer, 100, 0.1):
                     if msg.error() is not None:
+                        raise_if_fatal(msg.error(), f"windows reading {OBSERVATIONS}")
                         if msg.error().code() != KafkaError._PARTITION_EOF:
                             log.warning("consumer: %s", msg.error().str())
                         continue

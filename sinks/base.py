@@ -27,6 +27,7 @@ from confluent_kafka import Consumer, KafkaException, TopicPartition
 from wirestream.codec import AvroCodec
 from wirestream.errors import DecodeError, RegistryError
 from wirestream.kafka import WireProducer, group_consumer_config
+from wirestream.kafka_security import raise_if_fatal
 from wirestream.topics import DEAD_LETTER
 
 log = logging.getLogger(__name__)
@@ -95,6 +96,7 @@ class BatchSink:
     def step(self, timeout: float = 0.5) -> None:
         for msg in self._consumer.consume(1000, timeout):
             if msg.error():
+                raise_if_fatal(msg.error(), f"sink reading {', '.join(self.topics)}")
                 continue
             self._take(msg)
         due = time.monotonic() - self._last_flush >= self.flush_seconds

@@ -112,6 +112,48 @@ logger.cluster.level = INFO
 """
 
 
+class SecureListeners:
+    """Two more listeners on every node, besides PLAINTEXT (the tests' admin door, whose
+    anonymous principal is a super user): ``SCRAM``, SASL_SSL with SCRAM-SHA-512, and
+    ``MTLS``, SSL that requires a client certificate (its CN is the principal: a
+    certificate for CN=wirestream is ``User:wirestream``). An authorizer
+    (``StandardAuthorizer``) denies what no ACL allows; users and ACLs are added with
+    :meth:`ApacheKafka.add_scram_user` and :meth:`ApacheKafka.allow_prefixed`.
+
+    ``ca``: the CA's PEM certificate (to verify client certificates); ``keystore``: one PEM
+    file with the brokers' unencrypted PKCS#8 key and certificate chain (Kafka's PEM
+    key store, KIP-651), for 127.0.0.1."""
+
+    def __init__(self, ca: str | Path, keystore: str | Path) -> None:
+        self.ca = str(ca)
+        self.keystore = str(keystore)
+
+    def properties(self, plain: int, scram: int, mtls: int, controller: int) -> dict[str, str]:
+        return {
+            "listeners": f"PLAINTEXT://127.0.0.1:{plain},SCRAM://127.0.0.1:{scram},MTLS://127.0.0.1:{mtls},"
+                         f"CONTROLLER://127.0.0.1:{controller}",
+            "advertised.listeners": f"PLAINTEXT://127.0.0.1:{plain},SCRAM://127.0.0.1:{scram},"
+                                    f"MTLS://127.0.0.1:{mtls}",
+            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SCRAM:SASL_SSL,MTLS:SSL",
+            "sasl.enabled.mechanisms": "SCRAM-SHA-512",
+            "listener.name.scram.sasl.enabled.mechanisms": "SCRAM-SHA-512",
+            "listener.name.scram.scram-sha-512.sasl.jaas.config":
+                "org.apache.kafka.common.security.scram.ScramLoginModule required;",
+            "ssl.keystore.type": "PEM",
+            "ssl.keystore.location": self.keystore,
+            "ssl.truststore.type": "PEM",
+            "ssl.truststore.location": self.ca,
+            "listener.name.mtls.ssl.client.auth": "required",
+            # CN=wirestream,O=... -> User:wirestream (the default is the whole DN)
+            "ssl.principal.mapping.rules": "RULE:^CN=([a-zA-Z0-9._-]+).*$/$1/,DEFAULT",
+            "authorizer.class.name": "org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+            # the PLAINTEXT and CONTROLLER listeners' principal: the brokers themselves and
+            # the tests' admin client
+            "super.users": "User:ANONYMOUS",
+            "allow.everyone.if.no.acl.found": "false",
+        }
+
+
 class KafkaClusterError(RuntimeError):
     """The cluster did not start or recover in time; the message has the logs' tails."""
 
@@ -127,7 +169,8 @@ class ApacheKafka:
     """
 
     def __init__(self, brokers: int = 3, workdir: str | Path | None = None, heap_mb: int = 384,
-                 config: dict[str, str] | None = None, log_level: str | None = None) -> None:
+                 config: dict[str, str] | None = None, log_level: str | None = None,
+                 secure: SecureListeners | None = None) -> None:
         if brokers < 1:
             raise ValueError(f"brokers must be 1 or more, not {brokers}")
         self.brokers = brokers
@@ -146,9 +189,13 @@ class ApacheKafka:
         if ports_file.is_file():  # a kept directory: the same ports (the metadata names them)
             ports = [int(p) for p in ports_file.read_text().split()]
         else:
-            ports = [_free_port() for _ in range(2 * brokers)]
+            ports = [_free_port() for _ in range(4 * brokers)]
         self.ports = ports[:brokers]  # clients
-        self.controller_ports = ports[brokers:]
+        self.controller_ports = ports[brokers:2 * brokers]
+        #: with ``secure``: each node's SASL_SSL (SCRAM-SHA-512) and SSL (mutual TLS) listeners
+        self.secure = secure
+        self.scram_ports = ports[2 * brokers:3 * brokers]
+        self.mtls_ports = ports[3 * brokers:4 * brokers]
         self._procs: list[subprocess.Popen[bytes] | None] = [None] * brokers
         # Every JVM is started from this one thread, which lives until close(): the
         # parent-death signal fires when the *thread* that forked a child ends, and a test
@@ -162,6 +209,16 @@ class ApacheKafka:
     def bootstrap(self) -> str:
         """Every node's client listener, comma-separated (librdkafka's bootstrap.servers)."""
         return ",".join(f"127.0.0.1:{p}" for p in self.ports)
+
+    @property
+    def scram_bootstrap(self) -> str:
+        """The SASL_SSL listeners (SCRAM-SHA-512 over TLS), with ``secure``."""
+        return ",".join(f"127.0.0.1:{p}" for p in self.scram_ports)
+
+    @property
+    def mtls_bootstrap(self) -> str:
+        """The SSL listeners that require a client certificate, with ``secure``."""
+        return ",".join(f"127.0.0.1:{p}" for p in self.mtls_ports)
 
     def node_bootstrap(self, i: int) -> str:
         return f"127.0.0.1:{self.ports[i]}"
@@ -213,9 +270,12 @@ class ApacheKafka:
             "broker.session.timeout.ms": "5000",
             "broker.heartbeat.interval.ms": "1000",
         }
+        if self.secure is not None:
+            props.update(self.secure.properties(self.ports[i], self.scram_ports[i], self.mtls_ports[i],
+                                                self.controller_ports[i]))
         props.update(self.extra_config)
-        # for experiments: WIRESTREAM_KAFKA_CONFIG="name=value,name=value" on every node
-        for item in filter(None, (os.environ.get("WIRESTREAM_KAFKA_CONFIG") or "").split(",")):
+        # for experiments: WIRESTREAM_TEST_KAFKA_BROKER_CONFIG="name=value,name=value" on every node
+        for item in filter(None, (os.environ.get("WIRESTREAM_TEST_KAFKA_BROKER_CONFIG") or "").split(",")):
             name, _, value = item.partition("=")
             props[name.strip()] = value.strip()
         return props
@@ -463,6 +523,59 @@ class ApacheKafka:
                     return
             time.sleep(0.5)
         raise KafkaClusterError(f"replicas not in sync after {timeout:.0f} s: {lagging[:10]}\n{self.logs_tail()}")
+
+    # --- users and ACLs (with ``secure``) ------------------------------------------------
+
+    def add_scram_user(self, name: str, password: str) -> None:
+        """A SCRAM-SHA-512 user (through the PLAINTEXT listener, as a super user)."""
+        from confluent_kafka.admin import (
+            ScramCredentialInfo,
+            ScramMechanism,
+            UserScramCredentialUpsertion,
+        )
+
+        upsert = UserScramCredentialUpsertion(name, ScramCredentialInfo(ScramMechanism.SCRAM_SHA_512, 8192),
+                                              password.encode())
+        admin = self._admin()  # held until the futures resolve: a destroyed client fails them
+        for fut in admin.alter_user_scram_credentials([upsert]).values():
+            fut.result()
+
+    def allow_prefixed(self, principal: str, topics: Iterable[str] = (), groups: Iterable[str] = (),
+                       operations: Iterable[str] = ("ALL",)) -> None:
+        """ACLs that allow ``principal`` (``User:NAME``) ``operations`` (names of
+        confluent-kafka's ``AclOperation``: ALL, READ, WRITE, DESCRIBE, ...) on the topics
+        and the consumer groups whose names start with one of the given prefixes."""
+        from confluent_kafka.admin import (
+            AclBinding,
+            AclOperation,
+            AclPermissionType,
+            ResourcePatternType,
+            ResourceType,
+        )
+
+        bindings = [AclBinding(kind, prefix, ResourcePatternType.PREFIXED, principal, "*", AclOperation[op],
+                               AclPermissionType.ALLOW)
+                    for kind, prefixes in ((ResourceType.TOPIC, list(topics)), (ResourceType.GROUP, list(groups)))
+                    for prefix in prefixes for op in operations]
+        admin = self._admin()
+        for fut in admin.create_acls(bindings).values():
+            fut.result()
+
+    def allow_all(self, principal: str) -> None:
+        """ACLs that allow ``principal`` every operation on every topic and group."""
+        from confluent_kafka.admin import (
+            AclBinding,
+            AclOperation,
+            AclPermissionType,
+            ResourcePatternType,
+            ResourceType,
+        )
+
+        admin = self._admin()
+        bindings = [AclBinding(kind, "*", ResourcePatternType.LITERAL, principal, "*", AclOperation.ALL,
+                               AclPermissionType.ALLOW) for kind in (ResourceType.TOPIC, ResourceType.GROUP)]
+        for fut in admin.create_acls(bindings).values():
+            fut.result()
 
     # --- what went wrong ---------------------------------------------------------------
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from wirestream.errors import BrokerStartError, BrokerUnreachable
+from wirestream.kafka_security import client_properties, raise_if_fatal
 from wirestream.processes import die_with_parent
 
 if TYPE_CHECKING:
@@ -158,14 +159,20 @@ def admin_client(bootstrap: str) -> AdminClient:
 
     # log_level 3: errors only, as the other clients (kafka.consumer_config); an admin
     # client destroyed at exit may otherwise print an informational line after the summary
-    return AdminClient({"bootstrap.servers": bootstrap, "socket.timeout.ms": 5000, "log_level": 3})
+    return AdminClient({"bootstrap.servers": bootstrap, "socket.timeout.ms": 5000, "log_level": 3,
+                        **client_properties()})
 
 
 def check_reachable(bootstrap: str, timeout: float = 5.0) -> None:
-    """Raise :class:`BrokerUnreachable` unless a broker answers a metadata request in time."""
+    """Raise :class:`BrokerUnreachable` unless a broker answers a metadata request in time,
+    or :class:`~wirestream.kafka_security.KafkaAccessError` when the brokers answered but
+    refused this client (authentication, TLS): one line that says which, not a timeout."""
     from confluent_kafka import KafkaException
     from confluent_kafka.admin import AdminClient
 
+    from wirestream.kafka_security import access_error, is_fatal
+
+    errors: list[Any] = []  # what librdkafka reported while connecting
     admin = AdminClient(
         {
             "bootstrap.servers": bootstrap,
@@ -173,13 +180,22 @@ def check_reachable(bootstrap: str, timeout: float = 5.0) -> None:
             "reconnect.backoff.max.ms": 500,
             "log_level": 0,
             "logger": _SilentLogger(),
+            "error_cb": errors.append,
+            **client_properties(),
         }
     )
     try:
         admin.list_topics(timeout=timeout)
     except KafkaException as exc:
+        admin.poll(0)  # serve the error callbacks of the failed connections
+        for err in errors:
+            # a TLS alert from the broker (a client certificate it wants and did not get,
+            # or does not accept) comes as a transport error: no retry fixes it either
+            if is_fatal(err) or "SSL" in err.str():
+                raise access_error(err, f"Kafka at {bootstrap} refused this client") from None
+        detail = errors[-1].str() if errors else exc.args[0].str()
         raise BrokerUnreachable(
-            f"no Kafka broker answered at {bootstrap} within {timeout:.0f} s ({exc.args[0].str()})"
+            f"no Kafka broker answered at {bootstrap} within {timeout:.0f} s ({detail})"
         ) from None
 
 
@@ -231,6 +247,7 @@ def ensure_topics(bootstrap: str, topics: Iterable[str], partitions: int, timeou
             created.append(topic)
         except KafkaException as exc:
             if exc.args[0].name() != "TOPIC_ALREADY_EXISTS":
+                raise_if_fatal(exc.args[0], f"creating topic {topic} at {bootstrap}")
                 raise
     return created
 
@@ -238,6 +255,8 @@ def ensure_topics(bootstrap: str, topics: Iterable[str], partitions: int, timeou
 def partition_count(bootstrap: str, topic: str, timeout: float = 10.0) -> int:
     md = admin_client(bootstrap).list_topics(topic, timeout=timeout)
     t = md.topics.get(topic)
+    if t is not None and t.error is not None:
+        raise_if_fatal(t.error, f"topic {topic} at {bootstrap}")
     if t is None or t.error is not None or not t.partitions:
         raise BrokerUnreachable(f"topic {topic} has no partitions at {bootstrap}")
     return len(t.partitions)
@@ -260,6 +279,7 @@ def wait_for_topics(bootstrap: str, topics: Iterable[str], timeout: float = 30.0
         # client's default backoff (which grows to 10 s)
         "reconnect.backoff.ms": 20, "reconnect.backoff.max.ms": 100,
         "log_level": 0, "logger": _SilentLogger(),
+        **client_properties(),
     })
     deadline = time.monotonic() + timeout
     missing: list[str] | None = None  # None: no broker answered yet

@@ -45,7 +45,8 @@ examples:
   wirestream tail wire.connections --bootstrap 127.0.0.1:9092 --registry http://127.0.0.1:8081
 
 environment: WIRESTREAM_BOOTSTRAP, WIRESTREAM_REGISTRY, WIRESTREAM_PARTITIONS,
-WIRESTREAM_GROUP, WIRESTREAM_IDLE_TIMEOUT set the defaults of the matching flags.
+WIRESTREAM_GROUP, WIRESTREAM_IDLE_TIMEOUT set the defaults of the matching flags;
+WIRESTREAM_KAFKA_* the Kafka security (TLS, SASL, mutual TLS: docs/security.md).
 """
 
 
@@ -90,6 +91,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, interrupt_once)
     try:
+        if hasattr(args, "kafka_security_protocol"):
+            from wirestream import kafka_security
+
+            kafka_security.export_flags(args)  # for this process's clients and its workers
         command = getattr(args, "kafka_required", None)
         if command and not kafka_given(args, command, args.kafka_hint):
             return EXIT_USAGE

@@ -36,6 +36,7 @@ from confluent_kafka import Consumer, KafkaException, TopicPartition
 from wirestream.codec import AvroCodec
 from wirestream.errors import DecodeError, RegistryError, UsageError
 from wirestream.kafka import group_consumer_config
+from wirestream.kafka_security import raise_if_fatal
 
 Predicate = Callable[[dict[str, Any]], bool]
 
@@ -175,6 +176,7 @@ class Subscription:
         ends: dict[tuple[str, int], int] = {}
         for msg in self._consumer.consume(max_records, timeout):
             if msg.error():
+                raise_if_fatal(msg.error(), f"subscribing to {', '.join(self.topics)}")
                 continue
             ends[(msg.topic(), msg.partition())] = msg.offset() + 1
             value, error = None, None

@@ -215,4 +215,20 @@ def diagnose(probe: bool = True) -> Report:
         r.af_packet_reason = "needs CAP_NET_RAW" if not privileged else str(exc)
     r.add("netns tools", shutil.which("ip") is not None,
           "ip (iproute2) found" if shutil.which("ip") else "ip (iproute2) not found: no --netns capture")
+    add_connection_checks(r)
     return r
+
+
+def add_connection_checks(r: Report) -> None:
+    """How this machine's wirestream would talk to Kafka and the schema registry (from the
+    WIRESTREAM_KAFKA_* and WIRESTREAM_REGISTRY_* settings): which protocol, mechanism,
+    user and files, never a secret (docs/security.md). Not a connection attempt."""
+    from wirestream.kafka_security import KafkaSecurityError, load
+    from wirestream.registry_client_security import describe_registry_security
+
+    try:
+        r.add("kafka security", True, load().describe())
+    except KafkaSecurityError as exc:
+        r.add("kafka security", False, str(exc))
+    registry = describe_registry_security()
+    r.add("registry security", ": PROBLEM:" not in registry, registry)

@@ -23,6 +23,7 @@ from confluent_kafka import KafkaError, Producer
 
 from wirestream import broker
 from wirestream.errors import WirestreamError
+from wirestream.kafka_security import access_error, client_properties, is_fatal
 
 __all__ = ["ANY_PARTITION", "COMPRESSIONS", "COMPRESSION_ENV", "DEFAULT_COMPRESSION", "ProcessTopics", "WireProducer",
            "add_counts", "compression", "consumer_config", "ensure_process_topics", "group_consumer_config",
@@ -62,7 +63,12 @@ def compression() -> str:
 
 
 def consumer_config(bootstrap: str) -> dict[str, Any]:
-    """A consumer that joins no group: it is assigned partitions (readers, replay)."""
+    """A consumer that joins no group: it is assigned partitions (readers, replay).
+
+    Every client configuration here carries the Kafka security settings
+    (:func:`wirestream.kafka_security.client_properties`: TLS, SASL, the
+    ``--kafka-config`` file) on top of wirestream's defaults; what a caller passes as
+    ``extra`` still wins."""
     return {
         "bootstrap.servers": bootstrap,
         "group.id": "wirestream-reader",  # required by the client; no group is joined (assign)
@@ -71,6 +77,7 @@ def consumer_config(bootstrap: str) -> dict[str, Any]:
         "fetch.wait.max.ms": 500,
         "log_level": 3,
         "log.connection.close": False,
+        **client_properties(),
     }
 
 
@@ -85,6 +92,7 @@ def group_consumer_config(bootstrap: str, group: str, from_beginning: bool, **ex
         # a member that stops is noticed within 10 s (and a join does not wait longer)
         "session.timeout.ms": 10_000, "heartbeat.interval.ms": 2_000,
         "log_level": 3, "log.connection.close": False,
+        **client_properties(),
     }
     conf.update(extra)
     return conf
@@ -112,6 +120,7 @@ def producer_config(bootstrap: str, **extra: Any) -> dict[str, Any]:
         "message.timeout.ms": 60_000,
         "log.connection.close": False,  # an idle connection closed by the broker is not news
         "log_level": 4,  # warnings and errors; not librdkafka's informational notices
+        **client_properties(),
     }
     conf.update(extra)
     return conf
@@ -160,10 +169,17 @@ class WireProducer:
         self.delivery_errors: Counter[str] = Counter()
         self.backpressure_waits = 0  # times the client's full queue made us wait
         errors = self.delivery_errors
+        # A refusal no retry can fix (an ACL, authentication): raised by the next poll or
+        # flush, so that a producer without the right to write stops with one clear line
+        # instead of counting every record it ever sends as undelivered.
+        self._refused: list[tuple[KafkaError, str]] = []
+        refused = self._refused
 
         def on_delivery(err: KafkaError | None, msg: Any) -> None:
             if err is not None:
                 errors[f"broker_{err.name().lower()}"] += 1
+                if not refused and is_fatal(err):
+                    refused.append((err, msg.topic()))
 
         # Bound once: these run per record. The delivery callback is a closure, not a bound
         # method kept on self: that would be a reference cycle, and the client (with its
@@ -190,6 +206,8 @@ class WireProducer:
             # The client's queue is full: serve delivery reports while the broker catches up.
             self.backpressure_waits += 1
             self._producer.poll(0.05)
+            if self._refused:
+                self._raise_refused()
             self._check_alive()
             try:
                 self._produce(topic, value, key, partition, self._deliver, headers=headers)
@@ -198,8 +216,18 @@ class WireProducer:
                 continue
 
     def poll(self, timeout: float = 0.0) -> int:
-        """Serve delivery reports (and wait up to ``timeout`` seconds for one)."""
-        return int(self._producer.poll(timeout))
+        """Serve delivery reports (and wait up to ``timeout`` seconds for one).
+
+        Raises :class:`~wirestream.kafka_security.KafkaAccessError` once a delivery was
+        refused for good (no ACL to write the topic, authentication failed)."""
+        served = int(self._producer.poll(timeout))
+        if self._refused:
+            self._raise_refused()
+        return served
+
+    def _raise_refused(self) -> None:
+        err, topic = self._refused[0]
+        raise access_error(err, f"writing to {topic}")
 
     def flush(self, timeout: float = 60.0, undelivered: str = "broker_undelivered") -> int:
         """Wait until everything queued is delivered (or failed); return how many records
@@ -211,10 +239,15 @@ class WireProducer:
 
     def _flush(self, timeout: float) -> int:
         if self._alive is None:
-            return int(self._producer.flush(timeout))
+            remaining = int(self._producer.flush(timeout))
+            if self._refused:
+                self._raise_refused()
+            return remaining
         deadline = time.monotonic() + timeout
         while True:  # in slices, asking ``alive`` in between
             remaining = int(self._producer.flush(min(0.5, max(0.0, deadline - time.monotonic()))))
+            if self._refused:
+                self._raise_refused()
             if not remaining or time.monotonic() >= deadline:
                 return remaining
             self._check_alive()

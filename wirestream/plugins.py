@@ -42,6 +42,7 @@ from confluent_kafka import Consumer, KafkaException
 from wirestream.codec import AvroCodec
 from wirestream.errors import DecodeError, RegistryError, WirestreamError
 from wirestream.kafka import WireProducer, group_consumer_config
+from wirestream.kafka_security import raise_if_fatal
 
 ENTRY_POINT_GROUP = "wirestream.processors"
 log = logging.getLogger(__name__)
@@ -138,7 +139,10 @@ def run_plugin(plugin: Processor, bootstrap: str, registry: str, stop: Callable[
         while not stop():
             msgs = consumer.consume(BATCH_RECORDS, BATCH_WAIT_S)
             for msg in msgs:
-                if msg.error() or msg.value() is None:
+                if msg.error():
+                    raise_if_fatal(msg.error(), f"plugin {plugin.name} reading {', '.join(plugin.inputs)}")
+                    continue
+                if msg.value() is None:
                     continue
                 try:
                     record = codec.decode(msg.value())

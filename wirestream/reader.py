@@ -18,6 +18,7 @@ from wirestream.broker import admin_client, consume_available
 from wirestream.codec import AvroCodec
 from wirestream.errors import DecodeError, RegistryError
 from wirestream.kafka import consumer_config
+from wirestream.kafka_security import raise_if_fatal
 
 
 @dataclass
@@ -94,6 +95,7 @@ class TopicReader:
         decoders = self._decoders
         for msg in consume_available(self._consumer, max_messages, timeout):
             if msg.error():
+                raise_if_fatal(msg.error(), f"reading {msg.topic()}")
                 continue  # transient fetch errors are retried by the client
             topic = msg.topic()
             record = None

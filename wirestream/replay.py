@@ -28,6 +28,7 @@ from confluent_kafka import Consumer, TopicPartition
 
 from wirestream.codec import AvroCodec
 from wirestream.kafka import consumer_config
+from wirestream.kafka_security import raise_if_fatal
 from wirestream.processors.engine import EngineOptions
 from wirestream.processors.k8s_enrichment import Enricher, IdentityFeed, IdentityIndex
 from wirestream.processors.l7.base import L7Options
@@ -95,7 +96,10 @@ def replay(bootstrap: str, registry: str, from_us: int | None = None, to_us: int
                 idle = 0 if msgs else idle + 1
                 for msg in msgs:
                     part = msg.partition()
-                    if msg.error() or msg.topic() != topic or part not in todo:
+                    if msg.error():
+                        raise_if_fatal(msg.error(), f"replaying {topic}")
+                        continue
+                    if msg.topic() != topic or part not in todo:
                         continue
                     end = ranges[(topic, part)][1]
                     if msg.offset() >= end:

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 
 from wirestream.broker import EmbeddedBroker, check_reachable, ensure_topics
 from wirestream.config import Settings
+from wirestream.kafka_security import check_for_embedded
 from wirestream.processes import die_with_parent
 from wirestream.registry import EmbeddedSchemaRegistry
 from wirestream.topics import ALL_TOPICS, TOPIC_SCHEMAS
@@ -77,6 +78,7 @@ class Runtime:
         registry (if no registry is), without waiting: their addresses are known from here
         on. Idempotent."""
         if not self.bootstrap:
+            check_for_embedded()  # Kafka security settings are for an external Kafka
             self.embedded_broker = EmbeddedBroker(log_path=self.workdir / "broker.log").launch()
             self.bootstrap = self.embedded_broker.bootstrap
         if not self.registry_url:
@@ -119,11 +121,13 @@ class Runtime:
             cmd = [
                 sys.executable, "-m", "wirestream", "process",
                 "--bootstrap", self.bootstrap,
-                "--registry", self.registry_url,
                 "--group", group,
                 *(extra_args or []),
             ]
-            env = {**os.environ, DATADIR_ENV: str(self.workdir / f"worker-{i}-data")}
+            # The registry's URL in the environment, not on the command line: it may hold a
+            # user and password (https://user:pw@...), and a command line shows in ps.
+            env = {**os.environ, DATADIR_ENV: str(self.workdir / f"worker-{i}-data"),
+                   "WIRESTREAM_REGISTRY": self.registry_url}
             self.workers.append(
                 subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                  start_new_session=True, env=env, preexec_fn=die_with_parent())

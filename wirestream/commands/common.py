@@ -44,6 +44,9 @@ def add_kafka_args(p: argparse.ArgumentParser, defaults: Settings, required: boo
                    help="replicas of the topics wirestream creates: 3 on a production cluster "
                         "(default: $WIRESTREAM_REPLICATION_FACTOR, else -1: the broker's "
                         "default.replication.factor)")
+    from wirestream import kafka_security
+
+    kafka_security.add_flags(p)
 
 
 def add_live_args(p: argparse.ArgumentParser) -> None:

@@ -14,7 +14,10 @@ def add_parser(sub: common.Subparsers, defaults: Settings) -> argparse.ArgumentP
         "doctor", help="what this machine offers for live capture (eBPF, AF_PACKET), and why not",
         description="Check the kernel (BTF, tracefs), bcc, kernel headers, capabilities and raw "
                     "sockets, one line each with what to fix, then say which capture modes work. "
-                    "By default it proves eBPF by compiling and loading a tiny socket filter.",
+                    "By default it proves eBPF by compiling and loading a tiny socket filter. "
+                    "Also: how Kafka and the schema registry would be reached (TLS, SASL, client "
+                    "certificates, from the WIRESTREAM_KAFKA_* and WIRESTREAM_REGISTRY_* settings), "
+                    "without the secrets.",
     )
     p.add_argument("--no-probe", action="store_true", help="do not compile and load a test BPF program")
     p.add_argument("--json", action="store_true", help="print JSON")
