@@ -10,6 +10,10 @@ Kafka, three ways (all session-scoped, with wirestream's topics created, 4 parti
   ``WIRESTREAM_BOOTSTRAP`` is set for the whole session too, so that a command the tests
   run without ``--bootstrap`` (``wirestream analyze``) uses the cluster and not an
   embedded broker of its own; scripts/test runs the end-to-end tests a second time so.
+  ``WIRESTREAM_TEST_KAFKA_LISTENER`` chooses the cluster's listener the tests and their
+  commands use: ``plaintext`` (default), ``scram`` (SASL_SSL with SCRAM-SHA-512: the
+  ``WIRESTREAM_KAFKA_*`` settings are set for the session, as a user sets them) or
+  ``mtls`` (SSL with a client certificate); scripts/test's second run uses ``scram``.
 * ``kafka_cluster``: three brokers (replication factor 3, ``min.insync.replicas=2``);
   a :class:`kafka_cluster.ApacheKafka`: ``.bootstrap``, ``.kill(i)``, ``.stop(i)``,
   ``.restart(i)``, ``.wait_in_sync()``, ``.replication_factor``.
@@ -24,8 +28,12 @@ from __future__ import annotations
 
 import gc
 import os
+import secrets
 import sys
+import tempfile
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -34,7 +42,8 @@ import pytest
 sys.path.insert(0, os.path.dirname(__file__))
 
 from helpers import REQUIRE_ALL, require_or_skip  # noqa: E402
-from kafka_cluster import ApacheKafka, create_wirestream_topics, kafka_unavailable  # noqa: E402
+from kafka_cluster import ApacheKafka, SecureListeners, create_wirestream_topics, kafka_unavailable  # noqa: E402
+from tls_certs import issue, make_ca  # noqa: E402
 
 from wirestream.broker import EmbeddedBroker, ensure_topics  # noqa: E402
 from wirestream.registry import EmbeddedSchemaRegistry  # noqa: E402
@@ -80,13 +89,60 @@ if TEST_KAFKA != "embedded" and TEST_KAFKA not in _APACHE_FIXTURES:
 _LIVE: list[ApacheKafka] = []
 
 
+#: in the Apache modes, the listener the tests use: plaintext, scram or mtls
+TEST_LISTENER = os.environ.get("WIRESTREAM_TEST_KAFKA_LISTENER", "plaintext") or "plaintext"
+if TEST_LISTENER not in ("plaintext", "scram", "mtls"):
+    raise pytest.UsageError(f"WIRESTREAM_TEST_KAFKA_LISTENER={TEST_LISTENER}: plaintext, scram or mtls")
+
+
+class SecureAccess:
+    """A test cluster's secure listeners, and the client settings for each: a user
+    ``wirestream`` (SCRAM-SHA-512 password, and a client certificate for CN=wirestream)
+    allowed everything (the ACLs that allow only wirestream's topics and groups are tested
+    in tests/test_kafka_security.py)."""
+
+    def __init__(self, kafka: ApacheKafka, files: Path, ca: Path, cert: Path, key: Path) -> None:
+        self.bootstraps = {"plaintext": kafka.bootstrap, "scram": kafka.scram_bootstrap, "mtls": kafka.mtls_bootstrap}
+        password = files / "password"
+        password.write_text(secrets.token_urlsafe(18))
+        kafka.add_scram_user("wirestream", password.read_text())
+        kafka.allow_all("User:wirestream")
+        self.env = {
+            "plaintext": {},
+            "scram": {"WIRESTREAM_KAFKA_SECURITY_PROTOCOL": "SASL_SSL", "WIRESTREAM_KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
+                      "WIRESTREAM_KAFKA_SASL_USERNAME": "wirestream",
+                      "WIRESTREAM_KAFKA_SASL_PASSWORD_FILE": str(password), "WIRESTREAM_KAFKA_CA": str(ca)},
+            "mtls": {"WIRESTREAM_KAFKA_SECURITY_PROTOCOL": "SSL", "WIRESTREAM_KAFKA_CA": str(ca),
+                     "WIRESTREAM_KAFKA_CERT": str(cert), "WIRESTREAM_KAFKA_KEY": str(key)},
+        }
+
+
+class _Through:
+    """A cluster seen through one of its listeners: ``.bootstrap`` is that listener's."""
+
+    def __init__(self, kafka: ApacheKafka, bootstrap: str) -> None:
+        self._kafka = kafka
+        self.bootstrap = bootstrap
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._kafka, name)
+
+
 def _apache_kafka(brokers: int) -> Iterator[ApacheKafka]:
     reason = kafka_unavailable()
     if reason is not None:
         require_or_skip(f"Apache Kafka: {reason}")
-    with ApacheKafka(brokers) as kafka:
+    # every test cluster has its TLS+SCRAM and mutual-TLS listeners, with a CA of its own
+    files = Path(tempfile.mkdtemp(prefix="wirestream-kafka-tls-"))
+    ca = make_ca(files)
+    cert, key = issue(ca, files, "broker")
+    keystore = files / "broker-keystore.pem"  # Kafka's PEM key store: the key, then the chain
+    keystore.write_text(key.read_text() + cert.read_text())
+    client_cert, client_key = issue(ca, files, "wirestream", ["wirestream"], client=True)
+    with ApacheKafka(brokers, secure=SecureListeners(ca.cert, keystore)) as kafka:
         _LIVE.append(kafka)
         try:
+            kafka.access = SecureAccess(kafka, files, ca.cert, client_cert, client_key)
             create_wirestream_topics(kafka, 4)
             yield kafka
         finally:
@@ -116,7 +172,8 @@ def broker(request: pytest.FixtureRequest) -> Iterator[EmbeddedBroker | ApacheKa
             ensure_topics(b.bootstrap, ALL_TOPICS, 4)
             yield b
         return
-    yield request.getfixturevalue(_APACHE_FIXTURES[TEST_KAFKA])
+    kafka = request.getfixturevalue(_APACHE_FIXTURES[TEST_KAFKA])
+    yield kafka if TEST_LISTENER == "plaintext" else _Through(kafka, kafka.access.bootstraps[TEST_LISTENER])
 
 
 @pytest.fixture(scope="session", autouse=TEST_KAFKA != "embedded")
@@ -129,11 +186,13 @@ def _commands_use_apache_kafka(request: pytest.FixtureRequest) -> Iterator[None]
     nothing, to the tests after it)."""
     kafka = request.getfixturevalue(_APACHE_FIXTURES[TEST_KAFKA])
     registry = request.getfixturevalue("registry")
-    names = ("WIRESTREAM_BOOTSTRAP", "WIRESTREAM_REGISTRY", "WIRESTREAM_REPLICATION_FACTOR")
+    security = kafka.access.env[TEST_LISTENER]  # the listener's TLS and SASL settings
+    names = ("WIRESTREAM_BOOTSTRAP", "WIRESTREAM_REGISTRY", "WIRESTREAM_REPLICATION_FACTOR", *security)
     saved = {k: os.environ.get(k) for k in names}
-    os.environ["WIRESTREAM_BOOTSTRAP"] = kafka.bootstrap
+    os.environ["WIRESTREAM_BOOTSTRAP"] = kafka.access.bootstraps[TEST_LISTENER]
     os.environ["WIRESTREAM_REGISTRY"] = registry.url
     os.environ["WIRESTREAM_REPLICATION_FACTOR"] = str(kafka.replication_factor)
+    os.environ.update(security)
     yield
     for k, v in saved.items():
         if v is None:

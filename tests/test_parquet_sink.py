@@ -18,6 +18,7 @@ from wirestream.processors.l7.base import L7Options
 
 from wirestream.analyze import analyze
 from wirestream.config import Settings
+from wirestream.kafka import group_consumer_config, producer_config
 from wirestream.replay import replay
 from wirestream.topics import CONNECTIONS, DEAD_LETTER, TRANSACTIONS
 
@@ -54,7 +55,7 @@ def test_parquet_sink_agrees_with_topics_survives_an_outage_and_writes_each_reco
     first = analyze([CAPTURE], settings, workers=1)
     (source,) = {r["source_id"] for r in first.records[CONNECTIONS]}
     garbage = b"not avro at all " + uuid.uuid4().hex.encode()
-    producer = Producer({"bootstrap.servers": broker.bootstrap})
+    producer = Producer(producer_config(broker.bootstrap))  # with the session's TLS/SASL, if any
     producer.produce(TRANSACTIONS, garbage, key=b"bad")
     producer.flush(10)
 
@@ -104,8 +105,7 @@ def test_parquet_sink_agrees_with_topics_survives_an_outage_and_writes_each_reco
     check()
 
     # the undecodable message, with its origin and reason
-    consumer = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": f"dlq-{group}",
-                         "auto.offset.reset": "earliest"})
+    consumer = Consumer(group_consumer_config(broker.bootstrap, f"dlq-{group}", from_beginning=True))
     consumer.subscribe([DEAD_LETTER])
     found = None
     deadline = time.monotonic() + 30
