@@ -17,6 +17,11 @@ from collections.abc import Callable
 from wirestream.codec import AvroCodec
 from wirestream.errors import DecodeError, RegistryError
 from wirestream.packet_block import decode_batch
+from wirestream.registry_client_security import (
+    RegistryAuthError,
+    RegistryConfigError,
+    RegistryTLSError,
+)
 from wirestream.topics import PACKETS_STAGE
 
 from .engine import Engine, EngineOptions, restore_engines
@@ -171,7 +176,8 @@ def when_registry_answers(call: Callable[[], object], waiting: str, *,
                           stopping: Callable[[], bool] = lambda: False,
                           waits: Counter[str] | None = None) -> bool:
     """``call()``, waiting (with backoff) while the schema registry is unreachable, with a
-    one-line warning per retry that says what is ``waiting``. Returns False if
+    one-line warning per retry that says what is ``waiting``. A registry that refuses this
+    client (password, TLS, configuration) is raised at once: no wait fixes it. Returns False if
     ``stopping()`` said to give up first (``call`` did not complete). Each wait is counted
     as ``registry_waits`` in ``waits``."""
     delay, most = REGISTRY_BACKOFF_S
@@ -179,6 +185,8 @@ def when_registry_answers(call: Callable[[], object], waiting: str, *,
         try:
             call()
             return True
+        except (RegistryAuthError, RegistryTLSError, RegistryConfigError):
+            raise  # a refused password or certificate does not get better by waiting
         except RegistryError as exc:
             if waits is not None:
                 waits["registry_waits"] += 1

@@ -14,6 +14,8 @@ import socket
 import ssl
 import subprocess
 import sys
+import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote
@@ -215,6 +217,27 @@ def test_wrong_password(secure: EmbeddedSchemaRegistry, pki: Pki, monkeypatch: p
     with pytest.raises(RegistryAuthError) as exc:
         AvroCodec(secure.url).decode(message)
     _error(exc)
+
+
+def test_a_worker_does_not_wait_for_a_registry_that_refuses_it(secure: EmbeddedSchemaRegistry, pki: Pki,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """A packet worker waits (with backoff) while the registry is unreachable; a refused
+    password is raised at once: waiting does not fix it, and the worker would hang."""
+    from wirestream.processors.packet_pipeline import when_registry_answers
+
+    _env(monkeypatch, pki, password_file=pki.wrong_file)
+    t0 = time.monotonic()
+    with pytest.raises(RegistryAuthError):
+        # (were it waited for, it would give up after 5 s and return False, not raise)
+        when_registry_answers(lambda: AvroCodec(secure.url).register(STATS), "partition 0",
+                              stopping=lambda: time.monotonic() - t0 > 5)
+    assert time.monotonic() - t0 < 5
+    # unreachable: waited for (here, until told to stop), not raised
+    waits: Counter[str] = Counter()
+    stop_after = time.monotonic() + 1.0
+    assert not when_registry_answers(lambda: AvroCodec("http://127.0.0.1:9").register(STATS), "partition 0",
+                                     stopping=lambda: time.monotonic() > stop_after, waits=waits)
+    assert waits["registry_waits"] >= 1
 
 
 def test_no_credentials(secure: EmbeddedSchemaRegistry, pki: Pki, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -10,9 +10,11 @@ The input's size is not known in advance: one packet worker per CPU.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 from wirestream.analyze import AnalyzeResult, run_pipeline
 from wirestream.config import Settings
@@ -68,8 +70,13 @@ def capture(
 def _own_ports(rt: Runtime) -> frozenset[int]:
     """Ports of the broker and registry this run talks to, when they are on loopback."""
     ports = set()
-    for address in (*rt.bootstrap.split(","), rt.registry_url.split("//", 1)[-1].split("/", 1)[0]):
+    for address in rt.bootstrap.split(","):
         host, _, port = address.strip().rpartition(":")
         if port.isdigit() and host in ("127.0.0.1", "localhost", "[::1]", "::1"):
             ports.add(int(port))
+    # urlsplit: the registry's URL may hold user:password@ before the host
+    registry = urlsplit(rt.registry_url.split(",", 1)[0].strip())
+    with contextlib.suppress(ValueError):  # a port that is not a number
+        if registry.port and registry.hostname in ("127.0.0.1", "localhost", "::1"):
+            ports.add(registry.port)
     return frozenset(ports)
