@@ -422,3 +422,8 @@ def test_doctor_says_which_security_without_the_secret(tmp_path: Path) -> None:
     no_secret_in(proc.stdout, proc.stderr)
     (check,) = [c for c in json.loads(proc.stdout)["checks"] if c["name"] == "kafka security"]
     assert not check["ok"] and "needs a user and a password" in check["detail"]
+
+
+def test_the_embedded_broker_command_refuses_security_settings(secure: Secure) -> None:
+    proc = run("broker", env=secure.scram_env(), timeout=60)
+    assert_refused(proc, "external kafka")

@@ -23,8 +23,11 @@ def add_parser(sub: common.Subparsers, defaults: Settings) -> argparse.ArgumentP
 
 def run(args: argparse.Namespace) -> int:
     from wirestream.broker import EmbeddedBroker, ensure_topics
+    from wirestream.kafka_security import check_for_embedded
     from wirestream.registry import EmbeddedSchemaRegistry
     from wirestream.topics import ALL_TOPICS
+
+    check_for_embedded()  # WIRESTREAM_KAFKA_* settings are for an external Kafka
 
     with EmbeddedBroker(port=args.port or None) as broker, \
             EmbeddedSchemaRegistry(port=args.registry_port) as registry:
