@@ -31,7 +31,6 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
-import ipaddress
 import json
 import re
 import ssl
@@ -41,6 +40,8 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import unquote, urlsplit
+
+from wirestream.registry_client_security import is_loopback_host
 
 _CONTENT_TYPE = "application/vnd.schemaregistry.v1+json"
 
@@ -371,15 +372,6 @@ class _RegistryHTTPServer(ThreadingHTTPServer):
         super().handle_error(request, client_address)
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 class EmbeddedSchemaRegistry:
     """Serve a Confluent-compatible schema registry on ``127.0.0.1`` in a background thread.
 
@@ -398,7 +390,7 @@ class EmbeddedSchemaRegistry:
                  credentials: tuple[str, str] | None = None,
                  certfile: str | None = None, keyfile: str | None = None,
                  client_ca: str | None = None) -> None:
-        if credentials is None and not _is_loopback(host):
+        if credentials is None and not is_loopback_host(host):
             raise ValueError(f"the embedded schema registry serves {host} only with basic auth "
                              "(credentials=): off loopback anyone could change the schemas")
         if credentials is not None and (not credentials[0] or not credentials[1]):

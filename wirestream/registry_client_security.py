@@ -221,7 +221,11 @@ def describe_registry_security(url: str | None = None, environ: Mapping[str, str
 
 
 def _loopback(url: str) -> bool:
-    host = urlsplit(url.split(",", 1)[0].strip()).hostname or ""
+    return is_loopback_host(urlsplit(url.split(",", 1)[0].strip()).hostname or "")
+
+
+def is_loopback_host(host: str) -> bool:
+    """Whether ``host`` (a name or an address) is this machine's loopback."""
     if host == "localhost":
         return True
     try:
