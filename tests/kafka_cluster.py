@@ -112,6 +112,16 @@ logger.cluster.level = INFO
 """
 
 
+class OAuthValidation:
+    """How the ``OAUTH`` listener verifies tokens: the identity provider's JWK set, and the
+    issuer and audience a token must name (its ``sub`` is the principal)."""
+
+    def __init__(self, jwks_url: str, issuer: str, audience: str) -> None:
+        self.jwks_url = jwks_url
+        self.issuer = issuer
+        self.audience = audience
+
+
 class SecureListeners:
     """Two more listeners on every node, besides PLAINTEXT (the tests' admin door, whose
     anonymous principal is a super user): ``SCRAM``, SASL_SSL with SCRAM-SHA-512, and
@@ -124,17 +134,39 @@ class SecureListeners:
     file with the brokers' unencrypted PKCS#8 key and certificate chain (Kafka's PEM
     key store, KIP-651), for 127.0.0.1."""
 
-    def __init__(self, ca: str | Path, keystore: str | Path) -> None:
+    def __init__(self, ca: str | Path, keystore: str | Path, oauth: OAuthValidation | None = None) -> None:
         self.ca = str(ca)
         self.keystore = str(keystore)
+        #: with it, a third secure listener, ``OAUTH``: SASL_SSL with OAUTHBEARER, tokens
+        #: verified with an identity provider's keys
+        self.oauth = oauth
 
-    def properties(self, plain: int, scram: int, mtls: int, controller: int) -> dict[str, str]:
+    def jvm_options(self) -> list[str]:
+        # Kafka fetches a JWK set only from URLs the JVM is told it may (since 4.0)
+        return [f"-Dorg.apache.kafka.sasl.oauthbearer.allowed.urls={self.oauth.jwks_url}"] if self.oauth else []
+
+    def properties(self, plain: int, scram: int, mtls: int, controller: int, oauth: int) -> dict[str, str]:
+        listeners = f"PLAINTEXT://127.0.0.1:{plain},SCRAM://127.0.0.1:{scram},MTLS://127.0.0.1:{mtls}"
+        protocols = "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SCRAM:SASL_SSL,MTLS:SSL"
+        extra: dict[str, str] = {}
+        if self.oauth is not None:
+            listeners += f",OAUTH://127.0.0.1:{oauth}"
+            protocols += ",OAUTH:SASL_SSL"
+            extra = {
+                "listener.name.oauth.sasl.enabled.mechanisms": "OAUTHBEARER",
+                "listener.name.oauth.oauthbearer.sasl.jaas.config":
+                    "org.apache.kafka.common.security.oauthbearer.OAuthBearerLoginModule required;",
+                "listener.name.oauth.oauthbearer.sasl.server.callback.handler.class":
+                    "org.apache.kafka.common.security.oauthbearer.OAuthBearerValidatorCallbackHandler",
+                "sasl.oauthbearer.jwks.endpoint.url": self.oauth.jwks_url,
+                "sasl.oauthbearer.expected.audience": self.oauth.audience,
+                "sasl.oauthbearer.expected.issuer": self.oauth.issuer,
+            }
         return {
-            "listeners": f"PLAINTEXT://127.0.0.1:{plain},SCRAM://127.0.0.1:{scram},MTLS://127.0.0.1:{mtls},"
-                         f"CONTROLLER://127.0.0.1:{controller}",
-            "advertised.listeners": f"PLAINTEXT://127.0.0.1:{plain},SCRAM://127.0.0.1:{scram},"
-                                    f"MTLS://127.0.0.1:{mtls}",
-            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SCRAM:SASL_SSL,MTLS:SSL",
+            "listeners": f"{listeners},CONTROLLER://127.0.0.1:{controller}",
+            "advertised.listeners": listeners,
+            "listener.security.protocol.map": protocols,
+            **extra,
             "sasl.enabled.mechanisms": "SCRAM-SHA-512",
             "listener.name.scram.sasl.enabled.mechanisms": "SCRAM-SHA-512",
             "listener.name.scram.scram-sha-512.sasl.jaas.config":
@@ -189,13 +221,14 @@ class ApacheKafka:
         if ports_file.is_file():  # a kept directory: the same ports (the metadata names them)
             ports = [int(p) for p in ports_file.read_text().split()]
         else:
-            ports = [_free_port() for _ in range(4 * brokers)]
+            ports = [_free_port() for _ in range(5 * brokers)]
         self.ports = ports[:brokers]  # clients
         self.controller_ports = ports[brokers:2 * brokers]
         #: with ``secure``: each node's SASL_SSL (SCRAM-SHA-512) and SSL (mutual TLS) listeners
         self.secure = secure
         self.scram_ports = ports[2 * brokers:3 * brokers]
         self.mtls_ports = ports[3 * brokers:4 * brokers]
+        self.oauth_ports = ports[4 * brokers:5 * brokers]
         self._procs: list[subprocess.Popen[bytes] | None] = [None] * brokers
         # Every JVM is started from this one thread, which lives until close(): the
         # parent-death signal fires when the *thread* that forked a child ends, and a test
@@ -214,6 +247,11 @@ class ApacheKafka:
     def scram_bootstrap(self) -> str:
         """The SASL_SSL listeners (SCRAM-SHA-512 over TLS), with ``secure``."""
         return ",".join(f"127.0.0.1:{p}" for p in self.scram_ports)
+
+    @property
+    def oauth_bootstrap(self) -> str:
+        """The SASL_SSL listeners with OAUTHBEARER, with ``secure`` and its ``oauth``."""
+        return ",".join(f"127.0.0.1:{p}" for p in self.oauth_ports)
 
     @property
     def mtls_bootstrap(self) -> str:
@@ -272,7 +310,7 @@ class ApacheKafka:
         }
         if self.secure is not None:
             props.update(self.secure.properties(self.ports[i], self.scram_ports[i], self.mtls_ports[i],
-                                                self.controller_ports[i]))
+                                                self.controller_ports[i], self.oauth_ports[i]))
         props.update(self.extra_config)
         # for experiments: WIRESTREAM_TEST_KAFKA_BROKER_CONFIG="name=value,name=value" on every node
         for item in filter(None, (os.environ.get("WIRESTREAM_TEST_KAFKA_BROKER_CONFIG") or "").split(",")):
@@ -288,6 +326,8 @@ class ApacheKafka:
                 "-XX:TieredStopAtLevel=1", "-Xshare:auto", "-Djava.awt.headless=true"]
         if log4j is not None:
             opts.append(f"-Dlog4j2.configurationFile={log4j}")
+        if self.secure is not None:
+            opts += self.secure.jvm_options()
         return [java, *opts, "-cp", f"{self._lib}/*", main, *args]
 
     def _prepare(self) -> None:

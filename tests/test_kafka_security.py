@@ -36,7 +36,8 @@ from pathlib import Path
 
 import pytest
 from helpers import require_or_skip
-from kafka_cluster import ApacheKafka, SecureListeners, kafka_unavailable
+from kafka_cluster import ApacheKafka, OAuthValidation, SecureListeners, kafka_unavailable
+from oidc_provider import AUDIENCE, OidcProvider
 from tls_certs import issue, make_ca, self_signed
 
 from wirestream import kafka_security
@@ -46,13 +47,18 @@ CAPTURE = str(Path(__file__).parent / "data" / "chrissanders" / "http_espn.pcapn
 PASSWORD = "wS-" + secrets.token_urlsafe(18)  # what must never be printed
 OUTSIDER_PASSWORD = "oS-" + secrets.token_urlsafe(18)
 READER_PASSWORD = "rS-" + secrets.token_urlsafe(18)
+OAUTH_SECRET = "cS-" + secrets.token_urlsafe(18)  # the service account's client secret
 
 
 class Secure:
     """The secure cluster and the client settings for each of its listeners."""
 
-    def __init__(self, kafka: ApacheKafka, files: Path, ca: Path, client_cert: Path, client_key: Path) -> None:
+    def __init__(self, kafka: ApacheKafka, files: Path, ca: Path, client_cert: Path, client_key: Path,
+                 idp: OidcProvider) -> None:
         self.kafka = kafka
+        self.idp = idp
+        self.oauth_secret_file = files / "client-secret"
+        self.oauth_secret_file.write_text(OAUTH_SECRET)
         self.files = files
         self.ca = ca
         self.client_cert = client_cert
@@ -73,9 +79,18 @@ class Secure:
         return {"WIRESTREAM_KAFKA_SECURITY_PROTOCOL": "SSL", "WIRESTREAM_KAFKA_CA": str(self.ca),
                 "WIRESTREAM_KAFKA_CERT": str(self.client_cert), "WIRESTREAM_KAFKA_KEY": str(self.client_key)}
 
+    def oauth_env(self, secret_file: Path | None = None) -> dict[str, str]:
+        return {"WIRESTREAM_KAFKA_SECURITY_PROTOCOL": "SASL_SSL", "WIRESTREAM_KAFKA_SASL_MECHANISM": "OAUTHBEARER",
+                "WIRESTREAM_KAFKA_OAUTH_TOKEN_URL": self.idp.token_url,
+                "WIRESTREAM_KAFKA_OAUTH_CLIENT_ID": "wirestream",
+                "WIRESTREAM_KAFKA_OAUTH_CLIENT_SECRET_FILE": str(secret_file or self.oauth_secret_file),
+                "WIRESTREAM_KAFKA_CA": str(self.ca)}
+
     def listener(self, name: str) -> tuple[str, dict[str, str]]:
         if name == "scram":
             return self.kafka.scram_bootstrap, self.scram_env()
+        if name == "oauth":
+            return self.kafka.oauth_bootstrap, self.oauth_env()
         return self.kafka.mtls_bootstrap, self.mtls_env()
 
 
@@ -90,8 +105,10 @@ def secure(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Secure]:
     keystore = files / "broker-keystore.pem"  # Kafka's PEM key store: the key, then the chain
     keystore.write_text(key.read_text() + cert.read_text())
     client_cert, client_key = issue(ca, files, "wirestream", ["wirestream"], client=True)
-    kafka = ApacheKafka(brokers=1, secure=SecureListeners(ca.cert, keystore))
-    with kafka:
+    idp = OidcProvider({"wirestream": OAUTH_SECRET})
+    kafka = ApacheKafka(brokers=1, secure=SecureListeners(ca.cert, keystore,
+                                                          OAuthValidation(idp.jwks_url, idp.issuer, AUDIENCE)))
+    with idp, kafka:
         kafka.add_scram_user("wirestream", PASSWORD)
         kafka.add_scram_user("outsider", OUTSIDER_PASSWORD)
         kafka.add_scram_user("reader", READER_PASSWORD)
@@ -99,7 +116,7 @@ def secure(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Secure]:
         # may read wirestream's topics, not write them
         kafka.allow_prefixed("User:reader", topics=["wire."], groups=["wirestream"], operations=["READ", "DESCRIBE"])
         try:
-            yield Secure(kafka, files, ca.cert, client_cert, client_key)
+            yield Secure(kafka, files, ca.cert, client_cert, client_key, idp)
         except BaseException:
             kafka.keep = True  # the logs of a failed test
             raise
@@ -114,8 +131,8 @@ def run(*args: str, env: dict[str, str] | None = None, timeout: float = 240) -> 
 
 def no_secret_in(*texts: str) -> None:
     for text in texts:
-        assert PASSWORD not in text and OUTSIDER_PASSWORD not in text and READER_PASSWORD not in text, \
-            "a password was printed"
+        for secret in (PASSWORD, OUTSIDER_PASSWORD, READER_PASSWORD, OAUTH_SECRET):
+            assert secret not in text, "a password was printed"
 
 
 def connection_rows(out: Path) -> Counter[str]:
@@ -140,7 +157,7 @@ def embedded_analyze(tmp_path_factory: pytest.TempPathFactory) -> Counter[str]:
 # --- the pipeline through each secure listener ----------------------------------------------
 
 
-@pytest.mark.parametrize("listener", ["scram", "mtls"])
+@pytest.mark.parametrize("listener", ["scram", "mtls", "oauth"])
 def test_analyze_through_a_secure_listener_gives_the_embedded_brokers_records(
         secure: Secure, embedded_analyze: Counter[str], registry, tmp_path: Path, listener: str) -> None:
     bootstrap, env = secure.listener(listener)
@@ -161,7 +178,7 @@ def test_analyze_through_a_secure_listener_gives_the_embedded_brokers_records(
     assert sum(got.values()) > 0
 
 
-@pytest.mark.parametrize("listener", ["scram", "mtls"])
+@pytest.mark.parametrize("listener", ["scram", "mtls", "oauth"])
 def test_produce_process_tail_and_the_client_through_a_secure_listener(
         secure: Secure, registry, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, listener: str) -> None:
     from wirestream.client import subscribe
@@ -299,6 +316,16 @@ def test_a_wrong_password_is_one_clear_line(secure: Secure, registry, tmp_path: 
     assert time.monotonic() - t0 < 30
 
 
+def test_a_wrong_oauth_client_secret_is_one_clear_line(secure: Secure, registry, tmp_path: Path) -> None:
+    wrong = tmp_path / "wrong-secret"
+    wrong.write_text(PASSWORD)
+    before = secure.idp.refused
+    proc = run("tail", "wire.connections", "--timeout", "3", "--bootstrap", secure.kafka.oauth_bootstrap,
+               "--registry", registry.url, env=secure.oauth_env(secret_file=wrong), timeout=60)
+    assert_refused(proc, "refused this client", "OAUTHBEARER")
+    assert secure.idp.refused > before  # the provider was asked, and said no
+
+
 def test_a_broker_certificate_from_an_unknown_ca_is_refused(secure: Secure, registry, tmp_path: Path) -> None:
     rogue_ca, _ = self_signed(tmp_path, "rogue")  # a CA that did not sign the brokers' certificate
     proc = run("analyze", CAPTURE, "--no-progress", "--bootstrap", secure.kafka.scram_bootstrap,
@@ -427,3 +454,34 @@ def test_doctor_says_which_security_without_the_secret(tmp_path: Path) -> None:
 def test_the_embedded_broker_command_refuses_security_settings(secure: Secure) -> None:
     proc = run("broker", env=secure.scram_env(), timeout=60)
     assert_refused(proc, "external kafka")
+
+
+def test_the_token_provider_of_the_faust_worker_keeps_its_token_and_names_no_secret() -> None:
+    """aiokafka's OAUTHBEARER tokens come from wirestream.oauth.OidcTokenProvider, made from
+    the properties librdkafka reads: one token per lifetime, refusals named without secrets."""
+    from wirestream.oauth import OAuthError, OidcTokenProvider
+
+    with OidcProvider({"wirestream": OAUTH_SECRET}) as idp:
+        props = {"sasl.oauthbearer.token.endpoint.url": idp.token_url, "sasl.oauthbearer.client.id": "wirestream",
+                 "sasl.oauthbearer.client.secret": OAUTH_SECRET}
+        provider = OidcTokenProvider(props)
+        first = provider.current()
+        assert provider.current() == first and idp.issued == ["wirestream"]  # kept, not fetched again
+        assert first.count(".") == 2  # a JWT
+        no_secret_in(repr(provider))
+        assert first not in repr(provider)
+        with pytest.raises(OAuthError) as info:
+            OidcTokenProvider({**props, "sasl.oauthbearer.client.secret": PASSWORD}).current()
+        assert "HTTP 401" in str(info.value) and "'wirestream'" in str(info.value)
+        no_secret_in(str(info.value))
+    with pytest.raises(OAuthError, match="unreachable"):
+        OidcTokenProvider(props).current()
+
+
+def test_oauthbearer_needs_an_identity_provider() -> None:
+    with pytest.raises(KafkaSecurityError, match="sasl.oauthbearer.client.secret"):
+        load({"WIRESTREAM_KAFKA_SECURITY_PROTOCOL": "SASL_SSL", "WIRESTREAM_KAFKA_SASL_MECHANISM": "OAUTHBEARER",
+              "WIRESTREAM_KAFKA_OAUTH_TOKEN_URL": "https://idp.example/token",
+              "WIRESTREAM_KAFKA_OAUTH_CLIENT_ID": "wirestream"})
+    with pytest.raises(KafkaSecurityError, match="method=oidc"):
+        load({"WIRESTREAM_KAFKA_SECURITY_PROTOCOL": "SASL_SSL", "WIRESTREAM_KAFKA_SASL_MECHANISM": "OAUTHBEARER"})

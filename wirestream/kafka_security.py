@@ -19,6 +19,10 @@ the environment when a command starts (:func:`export_flags`).
 | client certificate (mTLS)      | ``WIRESTREAM_KAFKA_CERT``              | ``ssl.certificate.location`` |
 | client key (mTLS)              | ``WIRESTREAM_KAFKA_KEY``               | ``ssl.key.location``         |
 | client key's password, file    | ``WIRESTREAM_KAFKA_KEY_PASSWORD_FILE`` | ``ssl.key.password``         |
+| OAUTHBEARER: token endpoint    | ``WIRESTREAM_KAFKA_OAUTH_TOKEN_URL``   | ``sasl.oauthbearer.token.endpoint.url`` (and ``sasl.oauthbearer.method=oidc``) |
+| OAUTHBEARER: client id         | ``WIRESTREAM_KAFKA_OAUTH_CLIENT_ID``   | ``sasl.oauthbearer.client.id`` |
+| OAUTHBEARER: secret, from file | ``WIRESTREAM_KAFKA_OAUTH_CLIENT_SECRET_FILE`` | ``sasl.oauthbearer.client.secret`` |
+| OAUTHBEARER: scope             | ``WIRESTREAM_KAFKA_OAUTH_SCOPE``       | ``sasl.oauthbearer.scope``   |
 | anything else                  | ``WIRESTREAM_KAFKA_CONFIG``: a file of librdkafka ``name=value`` lines |  |
 
 The file is read first; the variables above override it. Brokers' certificates are
@@ -60,6 +64,10 @@ CA_ENV = "WIRESTREAM_KAFKA_CA"
 CERT_ENV = "WIRESTREAM_KAFKA_CERT"
 KEY_ENV = "WIRESTREAM_KAFKA_KEY"
 KEY_PASSWORD_FILE_ENV = "WIRESTREAM_KAFKA_KEY_PASSWORD_FILE"
+OAUTH_TOKEN_URL_ENV = "WIRESTREAM_KAFKA_OAUTH_TOKEN_URL"
+OAUTH_CLIENT_ID_ENV = "WIRESTREAM_KAFKA_OAUTH_CLIENT_ID"
+OAUTH_SECRET_FILE_ENV = "WIRESTREAM_KAFKA_OAUTH_CLIENT_SECRET_FILE"
+OAUTH_SCOPE_ENV = "WIRESTREAM_KAFKA_OAUTH_SCOPE"
 
 #: environment variable -> the librdkafka property it sets (its value is the property's)
 ENV_PROPERTIES = {
@@ -70,11 +78,15 @@ ENV_PROPERTIES = {
     CA_ENV: "ssl.ca.location",
     CERT_ENV: "ssl.certificate.location",
     KEY_ENV: "ssl.key.location",
+    OAUTH_TOKEN_URL_ENV: "sasl.oauthbearer.token.endpoint.url",
+    OAUTH_CLIENT_ID_ENV: "sasl.oauthbearer.client.id",
+    OAUTH_SCOPE_ENV: "sasl.oauthbearer.scope",
 }
 #: environment variable -> the librdkafka property set to the contents of the file it names
 ENV_SECRET_FILES = {
     PASSWORD_FILE_ENV: "sasl.password",
     KEY_PASSWORD_FILE_ENV: "ssl.key.password",
+    OAUTH_SECRET_FILE_ENV: "sasl.oauthbearer.client.secret",
 }
 #: every variable this module reads
 ALL_ENV = (CONFIG_ENV, *ENV_PROPERTIES, *ENV_SECRET_FILES)
@@ -157,11 +169,9 @@ class KafkaSecurity:
         return ctx
 
     def faust_credentials(self) -> Any:
-        """Faust's ``broker_credentials`` for these settings (None: plaintext).
-
-        Raises :class:`KafkaSecurityError` for what aiokafka cannot do from these
-        settings: OAUTHBEARER needs a token provider object, which librdkafka's
-        ``sasl.oauthbearer.*`` properties do not give."""
+        """Faust's ``broker_credentials`` for these settings (None: plaintext). For
+        OAUTHBEARER, a token provider (:class:`wirestream.oauth.OidcTokenProvider`) made
+        from the same ``sasl.oauthbearer.*`` properties librdkafka reads."""
         import faust
 
         if not self.configured or self.protocol == "PLAINTEXT":
@@ -170,8 +180,11 @@ class KafkaSecurity:
         if not self.uses_sasl:
             return faust.SSLCredentials(context)
         if self.mechanism == "OAUTHBEARER":
-            raise KafkaSecurityError("SASL OAUTHBEARER is supported by the librdkafka clients only, not by the "
-                                     "windows' Faust worker (aiokafka): run the windows with SCRAM or mTLS")
+            from wirestream.oauth import OidcTokenProvider
+
+            # aiokafka takes a token provider object: ours fetches tokens as librdkafka
+            # does from the same sasl.oauthbearer.* properties
+            return faust.OAuthCredentials(oauth_cb=OidcTokenProvider(self.properties), ssl_context=context)
         creds = faust.SASLCredentials(username=self.properties.get("sasl.username"),
                                       password=self.properties.get("sasl.password"),
                                       ssl_context=context, mechanism=self.mechanism)
@@ -189,7 +202,10 @@ class KafkaSecurity:
             text = "PLAINTEXT: not encrypted, not authenticated"
         else:
             parts = [self.protocol]
-            if self.uses_sasl:
+            if self.uses_sasl and self.mechanism == "OAUTHBEARER":
+                parts.append(f"SASL OAUTHBEARER, tokens of client {props.get('sasl.oauthbearer.client.id')!r} "
+                             f"from {props.get('sasl.oauthbearer.token.endpoint.url')}")
+            elif self.uses_sasl:
                 user = props.get("sasl.username")
                 parts.append(f"SASL {self.mechanism}" + (f" as user {user!r}" if user else ""))
             if self.uses_tls:
@@ -211,6 +227,7 @@ class KafkaSecurity:
 
 
 _DESCRIBED = {"security.protocol", "sasl.mechanism", "sasl.username", "ssl.ca.location",
+              "sasl.oauthbearer.method", "sasl.oauthbearer.client.id", "sasl.oauthbearer.token.endpoint.url",
               "ssl.certificate.location", "ssl.key.location", "ssl.endpoint.identification.algorithm",
               "enable.ssl.certificate.verification"}
 
@@ -258,6 +275,8 @@ def load(environ: Mapping[str, str] | None = None) -> KafkaSecurity:
     for var, prop in ENV_SECRET_FILES.items():
         if env.get(var):
             props[prop] = _read_secret(var, env[var])
+    if env.get(OAUTH_TOKEN_URL_ENV):  # a token endpoint: librdkafka's OIDC client credentials
+        props.setdefault("sasl.oauthbearer.method", "oidc")
     security = KafkaSecurity(props)
     _check(security)
     return security
@@ -272,7 +291,16 @@ def _check(security: KafkaSecurity) -> None:
         if security.mechanism not in SASL_MECHANISMS:
             raise KafkaSecurityError(f"SASL mechanism {props.get('sasl.mechanism')!r}: not one of "
                                      f"{', '.join(SASL_MECHANISMS)}")
-        if security.mechanism != "OAUTHBEARER" and not (props.get("sasl.username") and props.get("sasl.password")):
+        if security.mechanism == "OAUTHBEARER":
+            missing = [p for p in ("sasl.oauthbearer.token.endpoint.url", "sasl.oauthbearer.client.id",
+                                   "sasl.oauthbearer.client.secret") if not props.get(p)]
+            if props.get("sasl.oauthbearer.method", "").lower() != "oidc" or missing:
+                raise KafkaSecurityError(
+                    "SASL OAUTHBEARER needs an identity provider: sasl.oauthbearer.method=oidc with a token "
+                    f"endpoint, a client id and a client secret (${OAUTH_TOKEN_URL_ENV}, ${OAUTH_CLIENT_ID_ENV}, "
+                    f"${OAUTH_SECRET_FILE_ENV}, or the --kafka-config file)"
+                    + (f"; missing: {', '.join(missing)}" if missing else ""))
+        elif not (props.get("sasl.username") and props.get("sasl.password")):
             raise KafkaSecurityError(f"SASL {security.mechanism} needs a user and a password "
                                      f"(${USERNAME_ENV} and ${PASSWORD_FILE_ENV}, or --kafka-sasl-username and "
                                      "--kafka-sasl-password-file)")
