@@ -8,11 +8,12 @@ other.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaException, TopicPartition
 
 from wirestream.broker import admin_client, consume_available
 from wirestream.codec import AvroCodec
@@ -41,13 +42,31 @@ def partitions_of(bootstrap: str, topics: Iterable[str], timeout: float = 10.0) 
     return out
 
 
+#: what a broker answers about a partition whose leader it does not know yet: a topic just
+#: created (Apache Kafka elects its leaders a moment later), or a leader that moved
+_NOT_YET = frozenset({"NOT_LEADER_FOR_PARTITION", "LEADER_NOT_AVAILABLE", "UNKNOWN_TOPIC_OR_PART",
+                      "NOT_LEADER_OR_FOLLOWER", "_UNKNOWN_PARTITION"})
+
+
 def end_offsets(bootstrap: str, topics: Iterable[str], timeout: float = 10.0) -> dict[tuple[str, int], int]:
-    """Current end offset of every partition (where a reader starting 'now' begins)."""
+    """Current end offset of every partition (where a reader starting 'now' begins).
+
+    A partition without a known leader yet is asked again until ``timeout`` seconds have
+    passed (then its error is raised)."""
     consumer = Consumer(consumer_config(bootstrap))
+    deadline = time.monotonic() + timeout
     try:
         result = {}
         for tp in partitions_of(bootstrap, topics, timeout):
-            _low, high = consumer.get_watermark_offsets(tp, timeout=timeout)
+            while True:
+                try:
+                    _low, high = consumer.get_watermark_offsets(tp, timeout=max(0.5, deadline - time.monotonic()))
+                    break
+                except KafkaException as exc:
+                    raise_if_fatal(exc.args[0], f"reading the end of {tp.topic}")
+                    if exc.args[0].name() not in _NOT_YET or time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.1)
             result[(tp.topic, tp.partition)] = high
         return result
     finally:
