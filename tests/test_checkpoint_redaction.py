@@ -167,8 +167,11 @@ def recording(path: Path, port: int) -> Iterator[None]:
                             f"tcp port {port}"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                            text=True)
     try:
-        line = cap.stderr.readline()  # "listening on lo, ...": the capture has started
-        assert "listening on" in line, f"tcpdump did not start: {line}"
+        said = []
+        while not said or "listening on" not in said[-1]:  # the capture has started
+            line = cap.stderr.readline()
+            assert line, f"tcpdump did not start: {''.join(said)}"
+            said.append(line)
         yield
         time.sleep(0.3)  # the last packets (FINs, ACKs) reach the capture
     finally:
