@@ -12,7 +12,8 @@
 //! of `(counter, increment)`. Building the record here saves the Python per-header and
 //! per-body work (~12 µs a small keep-alive transaction with redaction, docs/core.md).
 //! `snapshot()` / `HttpConnection.restore(bytes, redact, endpoints)` are the checkpoint
-//! (rust/src/l7/http/state.rs; the record context is the analyser's, given again).
+//! (rust/src/l7/http/state.rs; the record context is the analyser's, given again); a
+//! connection that redacts writes what is final of its transactions redacted.
 
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
@@ -64,30 +65,8 @@ fn ttfb(t: &Txn) -> Option<i64> {
 impl PyHttpConnection {
     /// `(record, header findings)` of a completed transaction (see the module doc).
     fn record<'py>(&self, py: Python<'py>, t: &Txn) -> PyResult<Bound<'py, PyTuple>> {
-        let req = redact::header_map(&t.req_headers, self.redact);
-        // (the headers of an interim response alone are not the response's)
-        let resp = if t.status.is_some() && !t.resp_headers.is_empty() {
-            redact::header_map(&t.resp_headers, self.redact)
-        } else {
-            Vec::new()
-        };
-        let mut found = redact::header_findings(&req);
-        let req_ct = redact::get(&req, "content-type");
-        let resp_ct = redact::get(&resp, "content-type");
-        found |= redact::body_findings(&t.req_body, req_ct);
-        // A password field in a response is not one the client sent.
-        found |= redact::body_findings(&t.resp_body, resp_ct) & !redact::PASSWORD_IN_FORM_BIT;
-        let (mut req_body, mut resp_body) = (None, None);
-        if self.redact {
-            let cut = |size: u64, body: &[u8]| size > body.len() as u64;
-            req_body = redact::redact_body(&t.req_body, req_ct, cut(t.req_size, &t.req_body));
-            resp_body = redact::redact_body(&t.resp_body, resp_ct, cut(t.resp_size, &t.resp_body));
-        }
-        let url = String::from_utf8_lossy(&t.url);
-        let path = match self.redact.then(|| redact::redact_target(&url)).flatten() {
-            Some(p) => std::borrow::Cow::Owned(p),
-            None => url,
-        };
+        let redact::Shown { req_headers: req, resp_headers: resp, path, req_body, resp_body, findings: found } =
+            redact::shown(t, self.redact);
         let method = t.method.as_deref().map(String::from_utf8_lossy);
         // HTTP/1.0 for any minor version but 1; a request cut before its version is 1.1
         let protocol = if t.minor.is_none_or(|m| m == 1) { intern!(py, "http/1.1") } else { intern!(py, "http/1.0") };
@@ -109,8 +88,8 @@ impl PyHttpConnection {
         d.set_item(intern!(py, "status"), t.status)?;
         d.set_item(intern!(py, "request_headers"), map_dict(py, &req)?)?;
         d.set_item(intern!(py, "response_headers"), map_dict(py, &resp)?)?;
-        d.set_item(intern!(py, "request_body"), opt_bytes(py, req_body.as_deref().unwrap_or(&t.req_body)))?;
-        d.set_item(intern!(py, "response_body"), opt_bytes(py, resp_body.as_deref().unwrap_or(&t.resp_body)))?;
+        d.set_item(intern!(py, "request_body"), opt_bytes(py, &req_body))?;
+        d.set_item(intern!(py, "response_body"), opt_bytes(py, &resp_body))?;
         d.set_item(intern!(py, "request_body_size"), t.req_size)?;
         d.set_item(intern!(py, "response_body_size"), t.resp_size)?;
         d.set_item(intern!(py, "latency_us"), t.resp_end_ts.map(|e| i128::from(e) - i128::from(t.req_ts)))?;
@@ -185,9 +164,10 @@ impl PyHttpConnection {
         self.result(py)
     }
 
-    /// The state as bytes (rust/src/l7/http/state.rs).
+    /// The state as bytes (rust/src/l7/http/state.rs); when the connection redacts, what is
+    /// final of its transactions is held redacted, as the records will show it.
     fn snapshot<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
-        PyBytes::new(py, &state::snapshot(&self.inner))
+        PyBytes::new(py, &state::snapshot(&self.inner, self.redact))
     }
 
     /// A connection from `snapshot()` bytes; `redact` and `endpoints` as for the constructor.

@@ -17,6 +17,9 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 
+use super::parser::Fields;
+use super::session::Txn;
+
 pub const REDACTED: &str = "[REDACTED]";
 
 /// Kinds of sensitive header (0: not sensitive).
@@ -359,6 +362,8 @@ pub fn redact_target(target: &str) -> Option<String> {
 pub const PASSWORD_IN_FORM_BIT: u8 = 4;
 pub const CARD_NUMBER_BIT: u8 = 8;
 pub const OTHER_PII_BIT: u8 = 16;
+/// Every `Finding` bit.
+pub const ALL_FINDINGS: u8 = BASIC_CREDENTIALS_BIT | BEARER_TOKEN_BIT | PASSWORD_IN_FORM_BIT | CARD_NUMBER_BIT | OTHER_PII_BIT;
 
 const FORM_TYPE: &str = "x-www-form-urlencoded";
 const BINARY_TYPES: &[&str] = &["image/", "audio/", "video/", "font/", "application/octet-stream",
@@ -755,6 +760,141 @@ pub fn body_findings(body: &[u8], content_type: Option<&str>) -> u8 {
         found |= CARD_NUMBER_BIT;
     }
     found
+}
+
+// ------------------------------------------------- a transaction's record, and at rest
+
+/// What the record of a transaction shows of its payload (header maps, target, bodies)
+/// and the `Finding` bits of what it carried in clear: the one place that decides both,
+/// for the record (`python_http`) and for the redaction of a checkpoint ([`at_rest`]).
+#[derive(Debug, PartialEq, Eq)]
+pub struct Shown<'a> {
+    pub req_headers: Vec<(String, String)>,
+    pub resp_headers: Vec<(String, String)>,
+    pub path: Cow<'a, str>,
+    pub req_body: Cow<'a, [u8]>,
+    pub resp_body: Cow<'a, [u8]>,
+    pub findings: u8,
+}
+
+/// The record's view of `t`, redacted when `redact`. Findings are of the values as sent
+/// (the bodies before redaction; the header maps as recorded, which keep the scheme of
+/// an Authorization value).
+pub fn shown(t: &Txn, redact: bool) -> Shown<'_> {
+    let req_headers = header_map(&t.req_headers, redact);
+    // (the headers of an interim response alone are not the response's)
+    let resp_headers = if t.status.is_some() && !t.resp_headers.is_empty() {
+        header_map(&t.resp_headers, redact)
+    } else {
+        Vec::new()
+    };
+    let mut findings = header_findings(&req_headers);
+    let cut = |size: u64, body: &[u8]| size > body.len() as u64;
+    let req_ct = get(&req_headers, "content-type");
+    let req_body = match t.req_body_redacted {
+        // redacted when a checkpoint was written: already the record's, findings kept
+        Some(bits) => {
+            findings |= bits;
+            Cow::Borrowed(t.req_body.as_slice())
+        }
+        None => {
+            findings |= body_findings(&t.req_body, req_ct);
+            match redact.then(|| redact_body(&t.req_body, req_ct, cut(t.req_size, &t.req_body))).flatten() {
+                Some(b) => Cow::Owned(b),
+                None => Cow::Borrowed(t.req_body.as_slice()),
+            }
+        }
+    };
+    let resp_ct = get(&resp_headers, "content-type");
+    // A password field in a response is not one the client sent.
+    findings |= body_findings(&t.resp_body, resp_ct) & !PASSWORD_IN_FORM_BIT;
+    let resp_body = match redact.then(|| redact_body(&t.resp_body, resp_ct, cut(t.resp_size, &t.resp_body))).flatten() {
+        Some(b) => Cow::Owned(b),
+        None => Cow::Borrowed(t.resp_body.as_slice()),
+    };
+    let url = String::from_utf8_lossy(&t.url);
+    let path = match redact.then(|| redact_target(&url)).flatten() {
+        Some(p) => Cow::Owned(p),
+        None => url,
+    };
+    Shown { req_headers, resp_headers, path, req_body, resp_body, findings }
+}
+
+/// Header pairs with the values of sensitive headers replaced by their redacted form,
+/// where that form is a fixed point (redacting it again gives it back: so the record
+/// built from it is the one built from the value as sent); None when nothing changes.
+/// Values are final once in a transaction (a head in progress is in the parser's buffer),
+/// and nothing but the record reads a sensitive value (framing and `Upgrade:` are not).
+fn fields_at_rest(fields: &Fields) -> Option<Fields> {
+    let mut out: Option<Fields> = None;
+    for (i, (name, raw)) in fields.iter().enumerate() {
+        let kind = header_kind(&lower_name(name));
+        if kind == KEEP {
+            continue;
+        }
+        let once = redact_value(kind, &String::from_utf8_lossy(raw));
+        if once.as_bytes() == raw.as_slice() || redact_value(kind, &once) != once {
+            continue; // already redacted, or a value whose mask is not a fixed point
+        }
+        if let Some(pair) = out.get_or_insert_with(|| fields.clone()).get_mut(i) {
+            pair.1 = once.into_bytes();
+        }
+    }
+    out
+}
+
+/// The request target in its redacted form, if that is a fixed point (see
+/// [`fields_at_rest`]); None when nothing changes.
+fn target_at_rest(url: &[u8]) -> Option<Vec<u8>> {
+    let once = redact_target(&String::from_utf8_lossy(url))?;
+    if once.as_bytes() == url {
+        return None;
+    }
+    match redact_target(&once) {
+        Some(twice) if twice != once => None,
+        _ => Some(once.into_bytes()),
+    }
+}
+
+/// `t` as a checkpoint holds it when the records are redacted: what is final of it in
+/// the form its record will show, so that a restored worker emits the same record: the
+/// values of sensitive headers and the target (once in a transaction they never change),
+/// and the request body once the request has ended (complete, or cut by a gap, a parse
+/// error or the end), with the findings of the body as sent. A body still arriving, and
+/// every response body, stay as sent: their record's redaction depends on bytes not seen
+/// yet (the cap, a card number across segments). None when nothing changes.
+pub fn at_rest(t: &Txn) -> Option<Txn> {
+    let req_headers = fields_at_rest(&t.req_headers);
+    let resp_headers = fields_at_rest(&t.resp_headers);
+    let url = target_at_rest(&t.url);
+    let final_request = t.req_done && t.method.is_some() && !t.emitted && !t.orphan;
+    let body = if final_request && t.req_body_redacted.is_none() && !t.req_body.is_empty() {
+        // the content type as the record reads it (redaction never changes it)
+        let map = header_map(req_headers.as_ref().unwrap_or(&t.req_headers), true);
+        let ct = get(&map, "content-type");
+        let cut = t.req_size > t.req_body.len() as u64;
+        redact_body(&t.req_body, ct, cut).map(|b| (b, body_findings(&t.req_body, ct)))
+    } else {
+        None
+    };
+    if req_headers.is_none() && resp_headers.is_none() && url.is_none() && body.is_none() {
+        return None;
+    }
+    let mut r = t.clone();
+    if let Some(h) = req_headers {
+        r.req_headers = h;
+    }
+    if let Some(h) = resp_headers {
+        r.resp_headers = h;
+    }
+    if let Some(u) = url {
+        r.url = u;
+    }
+    if let Some((b, bits)) = body {
+        r.req_body = b;
+        r.req_body_redacted = Some(bits);
+    }
+    Some(r)
 }
 
 #[cfg(test)]

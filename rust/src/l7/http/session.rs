@@ -108,6 +108,10 @@ pub struct Txn {
     pub orphan: bool,
     /// In the pending queue.
     pub queued: bool,
+    /// `Some(bits)`: `req_body` is already what the record shows (it was redacted when a
+    /// checkpoint was written: `state.rs`, `redact::at_rest`), and `bits` are the
+    /// `Finding` bits of the body as it was sent. None: `req_body` is as sent.
+    pub req_body_redacted: Option<u8>,
 }
 
 const GAP: u8 = 0;

@@ -9,15 +9,24 @@
 //! parser). Decoding checks every length against what is left and every tag, so bytes
 //! that are not such a state give an error, never a panic or an unbounded allocation.
 //! Taken between calls, when no completed transaction or counter is waiting to be taken.
+//!
+//! When the connection's records are redacted, so is what is final of its transactions
+//! ([`redact::at_rest`]: the values of sensitive headers, the targets, the bodies of
+//! requests that have ended, as their records will show them), so that a checkpoint holds
+//! no more in clear than it must: the parsers' partial heads, bodies still arriving,
+//! resync tails and held bytes stay as sent (redacting them would change what the
+//! restored parser reads; docs/checkpoints.md, "What a checkpoint holds").
 
 use std::collections::{BTreeMap, VecDeque};
 
 use super::parser::{Fields, Kind, Parser, St};
+use super::redact;
 use super::session::{Connection, Mode, Side, Txn, ERRORS};
 
 pub const MAGIC: &[u8; 4] = b"WSHT";
-/// Version of this encoding: bump it with any change of the fields.
-pub const VERSION: u16 = 1;
+/// Version of this encoding: bump it with any change of the fields (2: a transaction's
+/// `req_body_redacted`; version 1 is still read: its transactions are as sent).
+pub const VERSION: u16 = 2;
 
 use crate::state_bytes::{frame, unframe, Res, R, W};
 
@@ -51,7 +60,7 @@ impl ReadFields for R<'_> {
     }
 }
 
-fn write_txn(w: &mut W, t: &Txn) {
+fn write_txn(w: &mut W, t: &Txn, version: u16) {
     w.i64(t.req_ts);
     w.oi64(t.req_end_ts);
     w.obytes(t.method.as_deref());
@@ -76,9 +85,12 @@ fn write_txn(w: &mut W, t: &Txn) {
     w.b(t.emitted);
     w.b(t.orphan);
     w.b(t.queued);
+    if version >= 2 {
+        w.ou8(t.req_body_redacted);
+    }
 }
 
-fn read_txn(r: &mut R<'_>) -> Res<Txn> {
+fn read_txn(r: &mut R<'_>, version: u16) -> Res<Txn> {
     let mut t = Txn {
         req_ts: r.i64()?,
         req_end_ts: r.oi64()?,
@@ -112,6 +124,12 @@ fn read_txn(r: &mut R<'_>) -> Res<Txn> {
     t.emitted = r.b()?;
     t.orphan = r.b()?;
     t.queued = r.b()?;
+    if version >= 2 {
+        t.req_body_redacted = r.ou8()?;
+        if t.req_body_redacted.is_some_and(|bits| bits & !redact::ALL_FINDINGS != 0) {
+            return Err("bad findings in the HTTP state".into());
+        }
+    }
     Ok(t)
 }
 
@@ -207,7 +225,14 @@ fn read_side(r: &mut R<'_>, kind: Kind) -> Res<Side> {
 }
 
 /// The connection's state as bytes. Take the completed transactions first (`take`).
-pub fn snapshot(c: &Connection) -> Vec<u8> {
+/// `redact`: the connection's records are redacted; then so is what is final of its
+/// transactions (the module doc). The connection itself is not changed.
+pub fn snapshot(c: &Connection, redact: bool) -> Vec<u8> {
+    encode(c, redact, VERSION)
+}
+
+/// [`snapshot`] in the layout of `version` (the tests write version 1 with it).
+fn encode(c: &Connection, redact: bool, version: u16) -> Vec<u8> {
     let mut w = W(Vec::with_capacity(256));
     w.u8(c.client);
     w.i64(c.timeout);
@@ -215,7 +240,10 @@ pub fn snapshot(c: &Connection) -> Vec<u8> {
     w.u64(c.txns.len() as u64);
     for (id, t) in &c.txns {
         w.u64(*id);
-        write_txn(&mut w, t);
+        match redact.then(|| redact::at_rest(t)).flatten() {
+            Some(r) => write_txn(&mut w, &r, version),
+            None => write_txn(&mut w, t, version),
+        }
     }
     w.u64(c.pending.len() as u64);
     for id in &c.pending {
@@ -227,12 +255,17 @@ pub fn snapshot(c: &Connection) -> Vec<u8> {
     w.i64(c.held_ts);
     w.ou64(c.wait_txn);
     w.b(c.wait_gap);
-    frame(MAGIC, VERSION, &w.0)
+    frame(MAGIC, version, &w.0)
 }
 
 /// A connection from [`snapshot`]'s bytes; an error for anything else.
 pub fn restore(data: &[u8]) -> Res<Connection> {
-    let body = unframe("HTTP", MAGIC, VERSION, data)?;
+    // the version this build reads that the bytes say (anything else: unframe's error)
+    let version = match data.get(4..6) {
+        Some(&[0, 1]) => 1,
+        _ => VERSION,
+    };
+    let body = unframe("HTTP", MAGIC, version, data)?;
     let mut r = R::new("HTTP", body);
     let client = r.u8()?;
     let timeout = r.i64()?;
@@ -245,7 +278,7 @@ pub fn restore(data: &[u8]) -> Res<Connection> {
         if id >= c.next_id || txns.contains_key(&id) {
             return Err("bad transaction id in the HTTP state".into());
         }
-        txns.insert(id, read_txn(&mut r)?);
+        txns.insert(id, read_txn(&mut r, version)?);
     }
     let known = |id: u64| -> Res<u64> {
         if txns.contains_key(&id) {
@@ -281,6 +314,7 @@ pub fn restore(data: &[u8]) -> Res<Connection> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::l7::http::tests::records;
 
     fn sample() -> Connection {
         let mut c = Connection::new(0, 64, 64, 1024, 1_000_000);
@@ -293,26 +327,31 @@ mod tests {
     #[test]
     fn round_trip_continues_exactly() {
         let mut a = sample();
-        let mut b = restore(&snapshot(&a)).unwrap();
+        let mut b = restore(&snapshot(&a, false)).unwrap();
         assert_eq!(a, b);
         for c in [&mut a, &mut b] {
             c.data(1, b"lo\r\n0\r\n\r\nHTTP/1.1 204 No\r\n\r\n", 3);
             c.data(0, b"defghij", 4);
         }
         assert_eq!(a.take(), b.take());
-        assert_eq!(snapshot(&a), snapshot(&b));
+        assert_eq!(snapshot(&a, false), snapshot(&b, false));
     }
 
     #[test]
     fn damage_is_an_error_never_a_panic() {
-        let good = snapshot(&sample());
-        assert!(restore(&good).is_ok());
+        for good in [snapshot(&sample(), false), snapshot(&waiting(), true), encode(&waiting(), false, 1)] {
+            damage(&good);
+        }
+    }
+
+    fn damage(good: &[u8]) {
+        assert!(restore(good).is_ok());
         for n in 0..good.len() {
             assert!(restore(&good[..n]).is_err());
         }
         let mut seed = 7u64;
         for _ in 0..2000 {
-            let mut bad = good.clone();
+            let mut bad = good.to_vec();
             seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
             let i = (seed >> 33) as usize % bad.len();
             bad[i] ^= (seed >> 13) as u8 | 1;
@@ -328,5 +367,108 @@ mod tests {
                 c.close();
             }
         }
+    }
+
+    /// A request with credentials, complete and waiting for its response, and a second
+    /// one (pipelined) whose head is complete and whose body is still arriving.
+    const REQUEST: &[u8] = b"POST /login?access_token=qT0kenInQuery&x=1 HTTP/1.1\r\nHost: shop\r\n\
+Authorization: Bearer s3cretBearerValue\r\nCookie: session=c00kieSecret; theme=dark\r\nX-Api-Key: ap1KeySecret\r\n\
+Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 59\r\n\r\n\
+user=alice&password=hunter2Secret&card=4111111111111111&x=1";
+    const SECOND: &[u8] = b"POST /upload HTTP/1.1\r\nAuthorization: Basic dXNlcjpzZWNvbmQ=\r\nContent-Length: 100\r\n\r\n\
+password=stillArriving";
+    const RESPONSES: &[u8] = b"HTTP/1.1 200 OK\r\nSet-Cookie: next=setC00kie; Path=/\r\nContent-Length: 2\r\n\r\nok\
+HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n";
+    const FINAL: [&[u8]; 5] = [b"s3cretBearerValue", b"c00kieSecret", b"ap1KeySecret", b"qT0kenInQuery", b"hunter2Secret"];
+    const CARD: &[u8] = b"4111111111111111";
+
+    fn has(hay: &[u8], needle: &[u8]) -> bool {
+        hay.windows(needle.len()).any(|w| w == needle)
+    }
+
+    fn waiting() -> Connection {
+        let mut c = Connection::new(0, 65536, 65536, 65536, 60_000_000);
+        c.data(0, REQUEST, 1);
+        c.data(0, SECOND, 2);
+        assert!(c.take().0.is_empty());
+        assert_eq!(c.pending.len(), 2);
+        c
+    }
+
+    #[test]
+    fn a_waiting_request_is_held_redacted_and_gives_the_same_record() {
+        let live = waiting();
+        let clear = snapshot(&live, false);
+        let redacted = snapshot(&live, true);
+        for secret in FINAL.iter().chain([&CARD, &&b"dXNlcjpzZWNvbmQ="[..]]) {
+            assert!(has(&clear, secret), "{}", String::from_utf8_lossy(secret));
+            assert!(!has(&redacted, secret), "{}", String::from_utf8_lossy(secret));
+        }
+        // what the records will show instead, and what stays: the body still arriving
+        for shown in [&b"Bearer [REDACTED]"[..], b"session=[REDACTED]; theme=[REDACTED]", b"access_token=[REDACTED]",
+                      b"password=[REDACTED]", b"************1111", b"Basic [REDACTED]", b"password=stillArriving"] {
+            assert!(has(&redacted, shown), "{}", String::from_utf8_lossy(shown));
+        }
+        let mut outs = Vec::new();
+        for bytes in [None, Some(clear), Some(redacted.clone())] {
+            let mut c = match bytes {
+                None => live.clone(),
+                Some(b) => restore(&b).unwrap(),
+            };
+            c.data(0, &[b'x'; 78], 3);
+            c.data(1, RESPONSES, 4);
+            let (out, _) = c.take();
+            assert_eq!(out.len(), 2);
+            outs.push(records(&out));
+        }
+        assert_eq!(outs[0], outs[1]);
+        assert_eq!(outs[0], outs[2]);
+        // the findings of what was sent are kept: bearer, password in form, card number
+        assert!(outs[2][0].contains("findings: 14"), "{}", outs[2][0]);
+        // a checkpoint of the restored connection is the same bytes (nothing is redacted twice)
+        assert_eq!(snapshot(&restore(&redacted).unwrap(), true), redacted);
+        // the connection itself is not changed by a redacted snapshot
+        assert_eq!(snapshot(&live, false), snapshot(&waiting(), false));
+    }
+
+    #[test]
+    fn a_redacted_checkpoint_at_every_byte_gives_the_same_records() {
+        let stream: Vec<(u8, &[u8])> = vec![(0, REQUEST), (1, b"HTTP/1.1 100 Continue\r\n\r\n"), (0, SECOND),
+                                            (0, &[b'y'; 78]), (1, RESPONSES)];
+        let bytes: Vec<(u8, u8)> = stream.iter().flat_map(|&(d, m)| m.iter().map(move |&b| (d, b))).collect();
+        let feed = |c: &mut Connection, part: &[(u8, u8)], out: &mut Vec<String>| {
+            for run in part.chunk_by(|x, y| x.0 == y.0) {
+                let data: Vec<u8> = run.iter().map(|&(_, b)| b).collect();
+                c.data(run[0].0, &data, 5);
+                out.extend(records(&c.take().0));
+            }
+        };
+        // body caps: whole bodies, and bodies cut inside the password and the card number
+        for cap in [65536, 32, 50] {
+            let mut expected = Vec::new();
+            let mut c = Connection::new(0, cap, cap, 65536, 60_000_000);
+            feed(&mut c, &bytes, &mut expected);
+            assert_eq!(expected.len(), 2);
+            for cut in 0..=bytes.len() {
+                let mut got = Vec::new();
+                let mut c = Connection::new(0, cap, cap, 65536, 60_000_000);
+                feed(&mut c, &bytes[..cut], &mut got);
+                let mut c = restore(&snapshot(&c, true)).unwrap();
+                feed(&mut c, &bytes[cut..], &mut got);
+                assert_eq!(got, expected, "cap {cap}, cut at byte {cut}");
+            }
+        }
+    }
+
+    #[test]
+    fn version_1_is_still_read() {
+        let live = waiting();
+        let v1 = encode(&live, false, 1);
+        assert_eq!(&v1[4..6], &[0, 1]);
+        assert_eq!(restore(&v1).unwrap(), live);
+        let mut other = snapshot(&live, false);
+        other[4..6].copy_from_slice(&3u16.to_be_bytes());
+        let err = restore(&other).unwrap_err();
+        assert!(err.contains("version 3") && err.contains("reads only 2"), "{err}");
     }
 }
