@@ -72,6 +72,9 @@ def test_api_server_accepts_overlay(kustomize, cluster, overlay) -> None:
     r = cluster.kubectl("apply", "--dry-run=server", "-f", "-", input=_build(kustomize, overlay), check=False)
     assert r.returncode == 0, r.stderr
     assert "daemonset.apps/wirestream-capture created (server dry run)" in r.stdout, r.stdout
+    if overlay == "strimzi":  # the two Kafka identities (tests/test_pod_security.py checks their ACLs)
+        for user in ("wirestream", "wirestream-sinks"):
+            assert f"kafkauser.kafka.strimzi.io/{user} created (server dry run)" in r.stdout, r.stdout
 
 
 @pytest.mark.parametrize("name", [n for n in BUILDS if BUILDS[n]["components"]])

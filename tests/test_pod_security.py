@@ -14,8 +14,12 @@ What is built: both overlays, and the base with the optional components
 Beside the standard: credentials come from Secret files (no Secret values in the
 manifests, no passwords in the environment), every file setting points into a mounted
 Secret, a read-only root filesystem has somewhere to write, the NetworkPolicies allow
-only DNS, Kafka, the registry and the API server, and the Strimzi KafkaUser's ACLs cover
-wirestream's topics and groups and nothing else.
+only DNS, Kafka, the registry and the API server, every namespaced object is in its
+namespace, and the two Kafka identities: the sinks mount only their own Secret (user
+wirestream-sinks), every other workload only the main one (user wirestream); the Strimzi
+KafkaUsers' ACLs cover wirestream's topics and groups and nothing else, and the sinks'
+only the output topics (nothing on wire.packets, wire.sockets, wire.checkpoints, which
+hold payloads in clear, nor on the processors' own topics).
 """
 
 from __future__ import annotations
@@ -39,7 +43,21 @@ from k8s_cluster import apiserver_unavailable, k8s_tool
 from wirestream.processors.app import changelog_topic
 
 from wirestream import doctor
-from wirestream.topics import ALL_TOPICS
+from wirestream.topics import (
+    ALERTS,
+    ALL_TOPICS,
+    CHECKPOINTS,
+    DEAD_LETTER,
+    K8S_IDENTITY,
+    OBSERVATIONS,
+    OUTPUT_TOPICS,
+    PACKETS,
+    PARQUET_SINK_TOPICS,
+    SERVICE_METRICS,
+    SIEM_SINK_TOPICS,
+    SOCKETS,
+    STATS,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 KUSTOMIZE = REPO / "deploy" / "kustomize"
@@ -557,11 +575,110 @@ def test_network_policy(built, name) -> None:
     assert {port["port"] for _, rule in anywhere for port in rule["ports"]} == {443, 6443}
 
 
-def test_strimzi_user_and_topics(built) -> None:
-    """TLS + SCRAM-SHA-512 towards Strimzi; the KafkaUser's ACLs let wirestream use its
-    topics (wire.*: every one of them a KafkaTopic), the windows' changelog of the
-    default group, and consumer groups wirestream-*; nothing else (no cluster ACL, no
-    wildcard)."""
+def acl_operations(acls: list[dict], kind: str, name: str) -> set[str]:
+    """The operations Strimzi ``simple`` ACLs ``acls`` allow on resource ``kind`` ``name``
+    (literal ACLs match the name, prefix ones its start)."""
+    ops: set[str] = set()
+    for acl in acls:
+        r = acl["resource"]
+        if r["type"] == kind and (name == r["name"] if r.get("patternType", "literal") == "literal"
+                                  else name.startswith(r["name"])):
+            ops |= set(acl["operations"])
+    return ops
+
+
+def kafka_users(objs: list[dict]) -> dict[str, dict]:
+    return {o["metadata"]["name"]: o for o in objs if o["kind"] == "KafkaUser"}
+
+
+#: Topics that hold what the wire carried in clear or the processors' own state: the
+#: captured packets and socket events, the checkpoints (reassembly buffers and partial HTTP
+#: messages: docs/checkpoints.md), the observations and the identity table.
+NOT_FOR_SINKS = (PACKETS, SOCKETS, CHECKPOINTS, OBSERVATIONS, K8S_IDENTITY)
+#: The topics the sinks read by default: the Parquet sink's, the SIEM sink's, the
+#: Prometheus sink's (sinks/prometheus.py: service metrics and alerts), and the stats.
+SINK_TOPICS = set(PARQUET_SINK_TOPICS) | set(SIEM_SINK_TOPICS) | {SERVICE_METRICS, ALERTS, STATS}
+#: The sinks' default consumer groups (wirestream/commands/sink.py).
+SINK_GROUPS = ("wirestream-sink-parquet", "wirestream-sink-siem", "wirestream-sink-prometheus")
+MAIN_SECRET, SINKS_SECRET, CA_SECRET = "wirestream-kafka-user", "wirestream-kafka-sinks-user", "wirestream-kafka-ca"
+
+
+def is_sink(obj: dict) -> bool:
+    """A workload of `wirestream sink ...`, by what it runs (not by a label the manifests
+    could forget)."""
+    return any((c.get("args") or [None])[0] == "sink" for c in pod_template(obj)[1]["containers"])
+
+
+def mounted_secrets(spec: dict) -> set[str]:
+    """The Secrets a pod's containers mount (secret and projected volumes)."""
+    volumes = {v["name"]: v for v in spec.get("volumes") or []}
+    names: set[str] = set()
+    for c in spec["containers"]:
+        for m in c.get("volumeMounts") or []:
+            v = volumes[m["name"]]
+            if "secret" in v:
+                names.add(v["secret"]["secretName"])
+            for source in (v.get("projected") or {}).get("sources") or []:
+                if "secret" in source:
+                    names.add(source["secret"]["name"])
+    return names
+
+
+def kafka_username(container: dict, cm: dict[str, str]) -> str | None:
+    """The SASL user a container runs as: its env overrides the ConfigMap (envFrom)."""
+    user = cm.get("WIRESTREAM_KAFKA_SASL_USERNAME")
+    for env in container.get("env") or []:
+        if env["name"] == "WIRESTREAM_KAFKA_SASL_USERNAME":
+            user = env["value"]
+    return user
+
+
+@pytest.mark.parametrize("name", BUILDS)
+def test_sinks_have_their_own_kafka_identity(built, name) -> None:
+    """The sinks read only output topics: they mount the sinks' Secret and run as user
+    wirestream-sinks (SCRAM) or with the sinks' certificate (mutual TLS), never with the
+    credentials that can read wire.packets and wire.checkpoints; every other workload
+    mounts the main Secret and never the sinks'."""
+    objs = built[name]
+    cm = configmap(objs)
+    scram = cm["WIRESTREAM_KAFKA_SECURITY_PROTOCOL"] == "SASL_SSL"
+    loads = workloads(objs)
+    sinks = {w for w, o in loads.items() if is_sink(o)}
+    assert bool(sinks) == ("components/sinks" in BUILDS[name]["components"]), sinks
+    for wname, obj in loads.items():
+        spec = pod_template(obj)[1]
+        secrets = mounted_secrets(spec) - {"wirestream-registry"}
+        own = SINKS_SECRET if wname in sinks else MAIN_SECRET
+        assert secrets == {own, CA_SECRET}, f"{name}: {wname} mounts {sorted(secrets)}, not {own} and the CA"
+        (container,) = spec["containers"]
+        user = kafka_username(container, cm)
+        if scram:
+            assert user == ("wirestream-sinks" if wname in sinks else "wirestream"), (name, wname, user)
+        else:  # mutual TLS: the certificate is the identity, no user name anywhere
+            assert user is None, (name, wname, user)
+
+
+@pytest.mark.parametrize("name", BUILDS)
+def test_objects_are_in_their_namespace(built, name) -> None:
+    """Everything namespaced is in namespace wirestream (the Strimzi resources in kafka),
+    components included: a component has no namespace of its own to give (the base's
+    applies to the base only), so an object without one lands in kubectl's current one."""
+    cluster_scoped = {"Namespace", "ClusterRole", "ClusterRoleBinding"}
+    for o in built[name]:
+        if o["kind"] in cluster_scoped:
+            continue
+        want = "kafka" if o["apiVersion"].startswith("kafka.strimzi.io/") else "wirestream"
+        assert o["metadata"].get("namespace") == want, f"{name}: {o['kind']}/{o['metadata']['name']}"
+
+
+def test_strimzi_users_and_topics(built) -> None:
+    """TLS + SCRAM-SHA-512 towards Strimzi; two KafkaUsers. wirestream (capture,
+    processors, watcher) may use its topics (wire.*: every one of them a KafkaTopic), the
+    windows' changelog of the default group, and consumer groups wirestream-*;
+    wirestream-sinks may read the output topics and the stats, write the dead letters, and
+    use the groups wirestream-sink-*; nothing on the topics that carry payloads (packets,
+    sockets, checkpoints) or are the processors' own. Nothing else for either (no cluster
+    ACL, no wildcard)."""
     objs = built["strimzi"]
     cm = configmap(objs)
     assert cm["WIRESTREAM_KAFKA_SECURITY_PROTOCOL"] == "SASL_SSL"
@@ -569,31 +686,47 @@ def test_strimzi_user_and_topics(built) -> None:
     assert cm["WIRESTREAM_BOOTSTRAP"] == "wirestream-kafka-bootstrap.kafka.svc:9093"
     topics = {o["spec"]["topicName"] for o in objs if o["kind"] == "KafkaTopic"}
     assert set(ALL_TOPICS) <= topics, set(ALL_TOPICS) - topics
-    (user,) = [o for o in objs if o["kind"] == "KafkaUser"]
-    assert user["metadata"]["name"] == cm["WIRESTREAM_KAFKA_SASL_USERNAME"]
-    assert user["metadata"]["namespace"] == "kafka"
-    assert user["spec"]["authentication"] == {"type": "scram-sha-512"}
-    acls = user["spec"]["authorization"]["acls"]
-
-    def allowed(kind: str, name: str) -> set[str]:
-        ops: set[str] = set()
+    users = kafka_users(objs)
+    # The users the workloads authenticate as: the ConfigMap's, and the sinks' (the sinks
+    # component is not in the overlay: its SCRAM build says what user the sinks are).
+    sink_build = built["base+sinks+scram+registry+sys-admin"]
+    (sink,) = [o for o in workloads(sink_build).values() if is_sink(o)]
+    sinks_user = kafka_username(pod_template(sink)[1]["containers"][0], configmap(sink_build))
+    assert set(users) == {cm["WIRESTREAM_KAFKA_SASL_USERNAME"], sinks_user} == {"wirestream", "wirestream-sinks"}
+    for user in users.values():
+        assert user["metadata"]["namespace"] == "kafka"
+        assert user["metadata"]["labels"]["strimzi.io/cluster"] == "wirestream"
+        assert user["spec"]["authentication"] == {"type": "scram-sha-512"}
+        assert user["spec"]["authorization"]["type"] == "simple"
+        acls = user["spec"]["authorization"]["acls"]
         for acl in acls:
             r = acl["resource"]
-            if r["type"] == kind and (name == r["name"] if r.get("patternType", "literal") == "literal"
-                                      else name.startswith(r["name"])):
-                ops |= set(acl["operations"])
-        return ops
+            assert r["type"] in ("topic", "group"), acl
+            assert r["name"].startswith(("wire.", "wirestream-")) and r["name"] not in ("*", "wire", "wirestream"), acl
+        assert not acl_operations(acls, "topic", "payments.orders")
+        assert not acl_operations(acls, "group", "payments-oncall")
+        assert not {"Alter", "AlterConfigs", "Delete", "All"} & {op for acl in acls for op in acl["operations"]}
 
+    main = users["wirestream"]["spec"]["authorization"]["acls"]
     for topic in topics:
-        assert {"Describe", "Read", "Write"} <= allowed("topic", topic), topic
-        assert "Create" not in allowed("topic", topic), f"{topic} is a KafkaTopic: no need to create it"
+        assert {"Describe", "Read", "Write"} <= acl_operations(main, "topic", topic), topic
+        assert "Create" not in acl_operations(main, "topic", topic), f"{topic} is a KafkaTopic: no need to create it"
     group = cm["WIRESTREAM_GROUP"]
-    assert {"Create", "Describe", "Read", "Write"} <= allowed("topic", changelog_topic(group))
-    for g in (group, "wirestream-sink-parquet"):
-        assert {"Describe", "Read"} <= allowed("group", g), g
-    for acl in acls:
-        r = acl["resource"]
-        assert r["type"] in ("topic", "group"), acl
-        assert r["name"].startswith(("wire.", "wirestream-")) and r["name"] not in ("*", "wire", "wirestream"), acl
-    assert not allowed("topic", "payments.orders") and not allowed("group", "payments-oncall")
-    assert "Alter" not in {op for acl in acls for op in acl["operations"]}
+    assert {"Create", "Describe", "Read", "Write"} <= acl_operations(main, "topic", changelog_topic(group))
+    assert {"Describe", "Read"} <= acl_operations(main, "group", group)
+
+    sinks = users["wirestream-sinks"]["spec"]["authorization"]["acls"]
+    for topic in NOT_FOR_SINKS:
+        assert acl_operations(sinks, "topic", topic) == set(), f"wirestream-sinks may use {topic}"
+    assert set(OUTPUT_TOPICS) | {STATS} == SINK_TOPICS
+    for topic in SINK_TOPICS:
+        assert acl_operations(sinks, "topic", topic) == {"Describe", "Read"}, topic
+    assert acl_operations(sinks, "topic", DEAD_LETTER) == {"Describe", "Write"}
+    # Literal topics: a wire.* topic added later is not the sinks' until named.
+    assert all(a["resource"].get("patternType", "literal") == "literal" for a in sinks
+               if a["resource"]["type"] == "topic"), sinks
+    assert not acl_operations(sinks, "topic", "wire.future")
+    for g in SINK_GROUPS:
+        assert {"Describe", "Read"} <= acl_operations(sinks, "group", g), g
+    assert not acl_operations(sinks, "group", group), "the sinks may not join the processors' group"
+    assert not acl_operations(sinks, "topic", changelog_topic(group))
