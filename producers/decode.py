@@ -10,12 +10,23 @@ reason                      meaning
 ``non_ip``                  link-layer payload is not IPv4/IPv6 (ARP, LLDP, STP, ...)
 ``unsupported_linktype``    a pcapng interface with a link type we do not decode
 ``unsupported_transport``   IP payload is not TCP or UDP (ICMP, IGMP, ESP, ...)
-``ip_fragment``             an IP fragment (no reassembly yet: counted, not analysed)
+``ip_fragment``             an IP fragment held for reassembly: its bytes go out in the
+                            reassembled datagram, on the frame of the fragment that
+                            completes it (or are counted as timed out or evicted)
+``ip_fragment_bad``         a fragment that cannot be part of a datagram (beyond 65535
+                            bytes, a non-last one of 0 or not a multiple of 8 bytes)
 ``truncated_link``          frame too short for its link-layer header
 ``truncated_ip``            IP header cut off, or a bad header length
 ``truncated_transport``     TCP/UDP header cut off, or a bad TCP data offset
 ``bad_ip_version``          the version nibble is neither 4 nor 6
 ==========================  ==========================================================
+
+IP fragments (IPv4 and IPv6) are reassembled before transport decoding, bounded in time
+(30 s of capture time from a datagram's first fragment), datagrams (1024) and bytes held
+(4 MiB); ``FrameDecoder.counters`` counts ``ip_datagrams_reassembled``,
+``ip_fragments_timed_out``, ``ip_fragments_evicted``, ``ip_fragment_overlaps``,
+``ip_fragment_overlap_conflicts`` and ``ip_fragments_held`` (now). Overlaps are resolved
+as Wireshark does (docs/core.md, "IP fragment reassembly").
 
 The decoder is the compiled core's (``rust/src/decode/``: link, ip, transport; its rules
 are documented there): this module is its typed Python face, for single frames (tests,
@@ -35,7 +46,8 @@ DecodedPacket = tuple
 
 
 class FrameDecoder:
-    """Turn frames into packet-header tuples. Holds only counters; one per source."""
+    """Turn frames into packet-header tuples. Holds counters and the fragments being
+    reassembled; one per source."""
 
     def __init__(self, payload_snaplen: int = 65535) -> None:
         self.payload_snaplen = payload_snaplen
@@ -46,6 +58,11 @@ class FrameDecoder:
     def dropped(self) -> Counter[str]:
         """Frames dropped so far, by reason (a snapshot)."""
         return Counter(self.core.dropped())
+
+    @property
+    def counters(self) -> dict[str, int]:
+        """IP fragment reassembly's counters so far (the non-zero ones; a snapshot)."""
+        return dict(self.core.counters())
 
     def decode(
         self, linktype: int, data: bytes, ts_us: int, orig_len: int, number: int

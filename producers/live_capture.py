@@ -397,7 +397,8 @@ def _fill(result: CaptureResult, capture: LiveCapture, feed: _FrameFeed, kernel:
     dropped["ring_full"] = kernel.ring_full
     counters = {"ring_packets": kernel.ring_packets, "loopback_copies": feed.loopback_copies,
                 "own_traffic": feed.own_packets,
-                "backpressure_waits": feed.publisher.kafka.backpressure_waits}
+                "backpressure_waits": feed.publisher.kafka.backpressure_waits,
+                **feed.decoder.counters}
     if kernel.filter:
         counters.update(kernel.filter)
         dropped["non_ip"] += kernel.filter["non_ip"]  # filtered in the kernel, as the decoder would have

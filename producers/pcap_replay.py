@@ -37,6 +37,8 @@ class ReplayResult:
     frames: int = 0
     packets: int = 0
     dropped: Counter[str] = field(default_factory=Counter)
+    #: the decoder's IP fragment reassembly counters (FrameDecoder.counters)
+    counters: dict[str, int] = field(default_factory=dict)
     first_ts_us: int | None = None
     last_ts_us: int | None = None
 
@@ -70,6 +72,7 @@ def replay_capture(
         frames = result.frames = core.frames
         result.first_ts_us, result.last_ts_us = core.first_ts_us, core.last_ts_us
         result.dropped = decoder.dropped + reader.problems
+        result.counters = decoder.counters
         if reader.linktypes and not reader.linktypes & SUPPORTED_LINKTYPES.keys():
             raise CaptureFileError(
                 path, f"unsupported link type {', '.join(map(str, sorted(reader.linktypes)))}"
@@ -77,7 +80,7 @@ def replay_capture(
     publisher.finish()
     result.packets = publisher.packets
     if publish_stats:
-        publisher.publish_stats(frames, result.dropped, {"frames": frames})
+        publisher.publish_stats(frames, result.dropped, {"frames": frames, **result.counters})
     return result
 
 

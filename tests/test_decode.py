@@ -20,7 +20,8 @@ from wirestream.producers.decode import FrameDecoder
 FIELDS = ("ts_us", "frame", "wire_len", "payload_len", "seq", "ack", "src_ip", "dst_ip", "src_port",
           "dst_port", "window", "tcp_flags", "ip_version", "proto", "wscale", "options")
 #: Drop reasons documented in producers/decode.py.
-REASONS = {"non_ip", "unsupported_linktype", "unsupported_transport", "ip_fragment", "truncated_link",
+REASONS = {"non_ip", "unsupported_linktype", "unsupported_transport", "ip_fragment", "ip_fragment_bad",
+           "truncated_link",
            "truncated_ip", "truncated_transport", "bad_ip_version"}
 
 NULL, ETH, RAW12, RAW14, RAW, LOOP, SLL, IPV4, IPV6, SLL2 = 0, 1, 12, 14, 101, 108, 113, 228, 229, 276
@@ -209,18 +210,23 @@ def test_syn_ack_options():
 # --- frames that are not analysed ----------------------------------------------------------
 
 
-@pytest.mark.parametrize(("linktype", "frames"), [
-    (ETH, [cap.ethernet(f) for f in cap.ipv4_fragments()]),
-    (RAW, cap.ipv4_fragments(payload_len=100, fragsize=48)),
-    (ETH, [cap.ethernet(f) for f in cap.ipv6_fragments()]),
-    (SLL2, [cap.sll2(f) for f in cap.ipv6_fragments()]),
+@pytest.mark.parametrize(("linktype", "frames", "payload"), [
+    (ETH, [cap.ethernet(f) for f in cap.ipv4_fragments()], b"F" * 64),
+    (RAW, cap.ipv4_fragments(payload_len=100, fragsize=48), b"F" * 100),
+    (ETH, [cap.ethernet(f) for f in cap.ipv6_fragments()], b"G" * 2000),
+    (SLL2, [cap.sll2(f) for f in cap.ipv6_fragments()], b"G" * 2000),
 ], ids=["eth-ipv4", "raw-ipv4", "eth-ipv6", "sll2-ipv6"])
-def test_fragments_are_dropped(linktype, frames):
-    """IPv4 fragments (MF set or offset > 0) and IPv6 fragment headers -> None, ip_fragment."""
+def test_fragments_are_reassembled(linktype, frames, payload):
+    """IPv4 fragments (MF set or offset > 0) and IPv6 fragment headers: each is held
+    (ip_fragment) and the last one gives the reassembled datagram's packet."""
     assert len(frames) >= 2
     decoder = FrameDecoder()
-    assert all(decode(linktype, f, decoder)[1] is None for f in frames)
-    assert decoder.dropped == {"ip_fragment": len(frames)}
+    results = [decode(linktype, f, decoder) for f in frames]
+    assert [r[1] for r in results[:-1]] == [None] * (len(frames) - 1)
+    _, fields, data = results[-1]
+    assert (fields["proto"], fields["dst_port"], fields["payload_len"], data) == (17, 9999, len(payload), payload)
+    assert decoder.dropped == {"ip_fragment": len(frames) - 1}
+    assert decoder.counters == {"ip_datagrams_reassembled": 1}
 
 
 def _retype(frame: bytes, ethertype: int) -> bytes:
@@ -354,9 +360,8 @@ def test_mutated_frames_never_raise():
 # --- against tshark ----------------------------------------------------------------------
 
 #: Per link type, frames that both we and tshark see the same way. Deliberately left out:
-#: - IP fragments: tshark reassembles them and shows the reassembled UDP/TCP datagram on the
-#:   last fragment (so 'tcp or udp' matches it); we drop every fragment as ip_fragment
-#:   (no reassembly yet). The test checks that this is the only difference on a fragments file.
+#: - IP fragments: compared on a file of their own (tshark shows the reassembled UDP/TCP
+#:   datagram on the last fragment, and so do we; the others are counted as ip_fragment).
 #: - BSD null with family 10 (Linux AF_INET6): we accept it, Wireshark's null dissector
 #:   does not map 10 to IPv6 and shows the frame as undissected data.
 #: - truncated/garbage frames: tshark still shows the partial tcp/udp layer of a malformed
@@ -407,11 +412,12 @@ def test_decoded_packets_match_tshark(tmp_path):
         ours, _ = _ours(path)
         assert len(ours) == len(theirs) > 0, path
         assert ours == theirs, path
-    # Fragments, the deliberate difference: tshark shows each reassembled datagram once (on
-    # its last fragment); we decode none and count every fragment.
+    # Fragments: tshark shows each reassembled datagram once, on its last fragment; so do we,
+    # and count the others as held fragments.
     ours, decoder = _ours(frags)
-    assert (len(ours), decoder.dropped) == (0, {"ip_fragment": len(v4frags) + len(v6frags)})
-    assert [int(r[0]) for r in results[-1]] == [len(v4frags), len(v4frags) + len(v6frags)]
+    theirs = [(int(r[0]), int(r[2]), int(r[4]), int(r[6]) - 8) for r in results[-1]]
+    assert ours == theirs == [(len(v4frags), 40003, 9999, 64), (len(v4frags) + len(v6frags), 40004, 9999, 2000)]
+    assert decoder.dropped == {"ip_fragment": len(v4frags) + len(v6frags) - 2}
 
 
 # --- the core's replay loop: the batches it builds are the per-frame decoder's ---------------

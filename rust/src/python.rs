@@ -152,7 +152,8 @@ impl PyCaptureReader {
     }
 }
 
-/// Decodes frames to packet headers; holds only its drop counters.
+/// Decodes frames to packet headers; holds its drop counters and the IP fragments being
+/// reassembled.
 #[pyclass(module = "wirestream._core", name = "FrameDecoder")]
 pub struct PyFrameDecoder {
     inner: Decoder,
@@ -207,12 +208,18 @@ impl PyFrameDecoder {
         let frame = Frame { number, ts_us, linktype, data, orig_len };
         let Some((packet, payload)) = self.inner.decode(&frame) else { return Ok(None) };
         let fields = fields_tuple(py, &packet)?;
-        Ok(Some(PyTuple::new(py, [fields.into_any(), PyBytes::new(py, payload).into_any()])?))
+        Ok(Some(PyTuple::new(py, [fields.into_any(), PyBytes::new(py, &payload).into_any()])?))
     }
 
     /// `{reason: count}` of the frames dropped so far.
     fn dropped<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         counts(py, &self.inner.dropped())
+    }
+
+    /// `{counter: value}` of IP fragment reassembly so far (non-zero ones): datagrams
+    /// reassembled, fragments timed out, evicted, overlapping, held now.
+    fn counters<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        counts(py, &self.inner.counters())
     }
 }
 

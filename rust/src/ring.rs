@@ -124,7 +124,7 @@ impl Feed {
                 self.own_packets += 1;
                 return;
             }
-            batcher.add(&packet, payload);
+            batcher.add(&packet, &payload);
         }
         self.first_ts_us.get_or_insert(f.ts_us);
     }

@@ -10,7 +10,7 @@ pub const PROTO_UDP: u8 = 17;
 // IPv6 extension headers walked through (RFC 8200 section 4); ESP (50) ends the walk.
 const IPV6_HOP_BY_HOP: u8 = 0;
 const IPV6_ROUTING: u8 = 43;
-const IPV6_FRAGMENT: u8 = 44;
+pub const IPV6_FRAGMENT: u8 = 44;
 const IPV6_DEST_OPTS: u8 = 60;
 const IPV6_AH: u8 = 51;
 const IPV6_MOBILITY: u8 = 135;
@@ -78,26 +78,47 @@ fn ipv6(d: &[u8], off: usize) -> Result<Ip, Drop> {
         return Err(Drop::BadIpVersion);
     }
     let plen = be16(d, off + 4).ok_or(Drop::TruncatedIp)?;
-    let mut proto = u8_at(d, off + 6).ok_or(Drop::TruncatedIp)?;
+    let proto = u8_at(d, off + 6).ok_or(Drop::TruncatedIp)?;
     let src = array::<16>(d, off + 8).ok_or(Drop::TruncatedIp)?;
     let dst = array::<16>(d, off + 24).ok_or(Drop::TruncatedIp)?;
     // 0 = jumbogram or TSO: the capture says
-    let mut l4_len = if plen != 0 { i64::from(plen) } else { (n - off - 40) as i64 };
-    let mut off = off + 40;
+    let l4_len = if plen != 0 { i64::from(plen) } else { (n - off - 40) as i64 };
+    let (proto, end) = walk_ext(d, proto, off + 40)?;
+    Ok(Ip { version: 6, proto, src, dst, l4_len: l4_len - end.saturating_sub(off + 40) as i64, off: end })
+}
+
+/// Walk the IPv6 extension headers from `off` (the first one of type `proto`) to the
+/// transport: `(transport protocol, where its header starts)`. A fragment header ends the
+/// walk with `IpFragment` (the reassembler takes over), unless it is an atomic fragment
+/// (offset 0, M clear: RFC 8200 section 4.5, RFC 6946), which is the whole datagram.
+pub fn walk_ext(d: &[u8], mut proto: u8, mut off: usize) -> Result<(u8, usize), Drop> {
     while proto != PROTO_TCP && proto != PROTO_UDP {
-        let ext_len = match proto {
-            IPV6_HOP_BY_HOP | IPV6_ROUTING | IPV6_DEST_OPTS | IPV6_MOBILITY => {
-                (usize::from(ext_length_byte(d, off)?) + 1) * 8
+        let ext_len = if proto == IPV6_FRAGMENT {
+            // offset (13 bits) and M (the lowest bit); the 2 reserved bits are ignored
+            let field = be16(d, off.saturating_add(2)).ok_or(Drop::TruncatedIp)?;
+            if field & 0xFFF9 != 0 {
+                return Err(Drop::IpFragment);
             }
-            IPV6_FRAGMENT => return Err(Drop::IpFragment),
-            IPV6_AH => (usize::from(ext_length_byte(d, off)?) + 2) * 4,
-            _ => return Err(Drop::UnsupportedTransport),
+            8
+        } else {
+            ext_header_len(d, off, proto)?
         };
         proto = u8_at(d, off).ok_or(Drop::TruncatedIp)?;
         off = off.saturating_add(ext_len);
-        l4_len -= ext_len as i64;
     }
-    Ok(Ip { version: 6, proto, src, dst, l4_len, off })
+    Ok((proto, off))
+}
+
+/// The length of the (non-fragment) extension header of type `proto` at `off`;
+/// any other protocol is not one we decode.
+pub fn ext_header_len(d: &[u8], off: usize, proto: u8) -> Result<usize, Drop> {
+    match proto {
+        IPV6_HOP_BY_HOP | IPV6_ROUTING | IPV6_DEST_OPTS | IPV6_MOBILITY => {
+            Ok((usize::from(ext_length_byte(d, off)?) + 1) * 8)
+        }
+        IPV6_AH => Ok((usize::from(ext_length_byte(d, off)?) + 2) * 4),
+        _ => Err(Drop::UnsupportedTransport),
+    }
 }
 
 /// The length byte of an extension header (its second byte): both bytes must be there.
