@@ -85,7 +85,8 @@ def ipv6_copy(src: Path, dst: Path) -> Path:
             for field in ("chksum",):
                 if hasattr(l4, field):
                     setattr(l4, field, None)  # recomputed over the IPv6 pseudo-header
-            out = Ether() / IPv6(src=v6(ip.src), dst=v6(ip.dst), nh=ip.proto, hlim=ip.ttl) / l4
+            # explicit MACs: scapy would otherwise resolve neighbours for every packet
+            out = Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02") / IPv6(src=v6(ip.src), dst=v6(ip.dst), nh=ip.proto, hlim=ip.ttl) / l4
             out.time = pkt.time
             writer.write(out)
     return dst
