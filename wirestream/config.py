@@ -87,12 +87,14 @@ class Settings:
         return args
 
 
-def community_id_seed(text: str, where: str = "--community-id-seed") -> int:
-    """A Community ID seed: an integer 0-65535 (the spec hashes it as 2 bytes)."""
+def community_id_seed(text: str, where: str = "") -> int:
+    """A Community ID seed: an integer 0-65535 (the spec hashes it as 2 bytes); ``where``
+    (the setting's name) prefixes the error."""
+    prefix = f"{where}: " if where else ""
     try:
         seed = int(text)
     except ValueError:
-        raise ValueError(f"{where}: the Community ID seed must be an integer 0-65535, not {text!r}") from None
+        raise ValueError(f"{prefix}the Community ID seed must be an integer 0-65535, not {text!r}") from None
     if not 0 <= seed <= 0xFFFF:
-        raise ValueError(f"{where}: the Community ID seed must be 0-65535, not {seed}")
+        raise ValueError(f"{prefix}the Community ID seed must be 0-65535, not {seed}")
     return seed
