@@ -70,6 +70,9 @@ class ConnectionTracker:
     # The core is state too: its bytes go into a snapshot (_state_prepare) and it is
     # rebuilt from them on restore (_state_restored); processors/state_codec.py.
     _state_exclude = ("_core",)
+    #: Seed of the records' Community ID (the core's bytes do not hold it; a checkpoint
+    #: written before it existed restores with this default).
+    community_id_seed = 0
 
     def __init__(
         self,
@@ -80,6 +83,7 @@ class ConnectionTracker:
         interim_us: int = 0,
         max_connections: int = 1_000_000,
         l7: L7Dispatcher | None = None,
+        community_id_seed: int = 0,
     ) -> None:
         self.on_record = on_record
         # L7 analysis of the connections' payload (None: TCP analysis only)
@@ -90,8 +94,9 @@ class ConnectionTracker:
         # core handle -> the L7 session of the connection, and what it knows of it
         self.sessions: dict[int, L7Session] = {}
         self.refs: dict[int, ConnRef] = {}
+        self.community_id_seed = community_id_seed
         self._core = TcpTracker(source_id, idle_timeout_us, close_linger_us, interim_us,
-                                max_connections, l7 is not None)
+                                max_connections, l7 is not None, community_id_seed)
         self._core_state = b""  # the core's bytes, in a snapshot only
 
     # --- what the engine and the reports read --------------------------------------------
@@ -171,10 +176,10 @@ class ConnectionTracker:
                     self.sockets.annotate(record)
                 self.on_record(record)
             elif kind == _OPEN:
-                _, h, ver, ip0, port0, ip1, port1, cid = ev
+                _, h, ver, ip0, port0, ip1, port1, cid, community_id = ev
                 ref = self.refs[h] = ConnRef(cid)
                 assert self.l7 is not None  # (the core sends sessions only with L7 on)
-                sessions[h] = self.l7.session((ip0, ip1), (port0, port1), ref)
+                sessions[h] = self.l7.session((ip0, ip1), (port0, port1), ref, community_id)
             elif kind == _CLOSE:
                 _, h, ts, cid = ev
                 session = sessions.pop(h, None)
@@ -191,6 +196,11 @@ class ConnectionTracker:
                 if ref is not None:
                     ref.cid = ev[2]
 
+    def set_community_id_seed(self, seed: int) -> None:
+        """Seed of the records' Community ID from now on (a restored engine takes its
+        worker's setting, not the checkpoint's)."""
+        self.community_id_seed = self._core.community_id_seed = seed
+
     # --- checkpoints ------------------------------------------------------------------------
 
     def _state_prepare(self) -> None:
@@ -201,4 +211,5 @@ class ConnectionTracker:
             self._core = TcpTracker.restore(self._core_state)
         except ValueError as exc:
             raise StateError(f"connection tracker: {exc}") from None
+        self._core.community_id_seed = self.community_id_seed
         self._core_state = b""

@@ -111,6 +111,8 @@ def detect(w: WindowCounts, source_id: str, service: str, previous_health: str |
             "connection_id": None,
             "service": service,
             "evidence": ev,
+            # about a service's window, not one connection: no connection or Community ID
+            "community_id": None,
         }
 
     c = w.counts

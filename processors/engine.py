@@ -69,6 +69,8 @@ class EngineOptions:
     packet_partitions: int = 0
     #: partitions of wire.observations; 0: send no observations (no per-service windows)
     observation_partitions: int = 0
+    #: seed of the connection records' Community ID (the L7 records': ``l7``'s)
+    community_id_seed: int = 0
 
 
 @dataclass
@@ -103,6 +105,7 @@ class Engine:
             close_linger_us=options.close_linger_us,
             interim_us=options.interim_us,
             l7=l7,
+            community_id_seed=options.community_id_seed,
         )
         self.received = 0  # packets, as the batches count them
         # The end-of-input markers: of wire.packets (its batch record) and, for a live
@@ -224,6 +227,7 @@ class Engine:
         engine = decode_state(data, _externals(options, sink, enricher))
         if not isinstance(engine, cls):
             raise StateError(f"a checkpoint holds a {type(engine).__name__}, not an engine")
+        engine.tracker.set_community_id_seed(options.community_id_seed)  # a setting, not state
         return engine
 
 
@@ -245,6 +249,8 @@ def restore_engines(data: bytes, options: EngineOptions, sink: Sink,
     engines = decode_state(data, _externals(options, sink, enricher))
     if not isinstance(engines, list) or not all(isinstance(e, Engine) for e in engines):
         raise StateError("a checkpoint holds something other than a list of engines")
+    for engine in engines:
+        engine.tracker.set_community_id_seed(options.community_id_seed)  # a setting, not state
     return engines
 
 

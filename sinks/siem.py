@@ -95,6 +95,9 @@ def ecs_event(topic: str, record: dict[str, Any]) -> dict[str, Any]:
         doc["source"] = {"ip": record["client_ip"], "port": record.get("client_port")}
         doc["destination"] = {"ip": record["server_ip"], "port": record.get("server_port")}
         doc["network"] = {"transport": str(record.get("transport") or "tcp").lower()}
+    community_id = record.get("community_id")
+    if community_id:  # ECS network.community_id: what SIEMs join Zeek's and Suricata's records on
+        doc.setdefault("network", {})["community_id"] = community_id
     if topic == TRANSACTIONS:
         doc["http"] = {"request": {"method": record.get("method")},
                        "response": {"status_code": record.get("status")}}

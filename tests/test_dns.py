@@ -293,6 +293,8 @@ def test_answered_query_record() -> None:
         "answers": [{"name": "www.example.com", "type": "A", "ttl": 300, "data": "192.0.2.1"}],
         "query_ts_us": 1_000_000, "response_ts_us": 1_025_000, "latency_us": 25_000,
         "opcode": "QUERY", "truncated": False, "retransmissions": 0, "error": None,
+        # communityid.CommunityID().calc(FlowTuple.make_udp(C, S, 40000, 53)), the reference's
+        "community_id": "1:tsRYCl/+BxiF7NoYw7+legBUvt0=",
     }]
     assert stats["dns_queries"] == stats["dns_responses"] == stats["dns_answered"] == 1
     assert m.pending == 0

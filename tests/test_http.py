@@ -62,7 +62,8 @@ class Conn:
         self.client = client
         self.ctx = StreamContext(
             ips=("10.0.0.1", "10.0.0.2"), ports=(40000, 80),
-            connection_id=lambda: "conn-1", emit=self._emit, options=L7Options(**options))
+            connection_id=lambda: "conn-1", emit=self._emit, options=L7Options(**options),
+            community_id="1:cid-of-conn-1")
         self.a = HttpAnalyzer(self.ctx, client)
         self.stats = self.ctx.stats
 
@@ -126,8 +127,9 @@ def test_keep_alive_pairs_have_every_field() -> None:
         "response_headers": {"content-length": "5", "content-type": "text/plain", "server": "x"},
         "request_body": None, "response_body": b"first", "request_body_size": 0,
         "response_body_size": 5, "latency_us": 500, "ttfb_us": 500, "error": None,
-        "upgrade": None,
+        "upgrade": None, "community_id": "1:cid-of-conn-1",  # the connection's, on every record
     }
+    assert r2["community_id"] == "1:cid-of-conn-1"
     assert (r2["method"], r2["status"], r2["request_body"], r2["request_body_size"]) == (
         "POST", 201, b"data", 4)
     assert (r2["request_ts_us"], r2["response_ts_us"], r2["latency_us"], r2["ttfb_us"]) == (

@@ -22,7 +22,7 @@ from helpers import free_port, publish, require_or_skip
 from tls_certs import issue, make_ca, self_signed
 from wirestream.sinks.siem import DestinationRefused, SiemSink, cef_event, ecs_event
 
-from wirestream.topics import ALERTS
+from wirestream.topics import ALERTS, CONNECTIONS, DNS
 
 RSYSLOGD = shutil.which("rsyslogd") or "/usr/sbin/rsyslogd"
 
@@ -68,6 +68,27 @@ def test_formats() -> None:
     doc = ecs_event(ALERTS, alert)
     assert doc["event"]["kind"] == "alert" and doc["rule"]["name"] == "retransmission_band"
     assert doc["@timestamp"].startswith("2027-01-15T") and doc["wirestream"]["alert_id"] == "fmt-0"
+    # a window's alert is about no one connection: no Community ID, no network object
+    assert "network" not in doc
+
+
+def test_ecs_network_community_id() -> None:
+    """ECS carries a record's Community ID as network.community_id (what a SIEM joins
+    Zeek's and Suricata's records on), beside the transport."""
+    conn = {"connection_id": "17bf937638105b6c", "community_id": "1:LQU9qZlK+B5F3KDmev6m5PMibrg=",
+            "client_ip": "128.232.110.120", "client_port": 34855, "server_ip": "66.35.250.204",
+            "server_port": 80, "start_ts_us": 1_800_000_000_000_000, "end_ts_us": 1_800_000_001_000_000}
+    doc = ecs_event(CONNECTIONS, conn)
+    assert doc["network"] == {"transport": "tcp", "community_id": "1:LQU9qZlK+B5F3KDmev6m5PMibrg="}
+    dns = {**conn, "transport": "udp", "community_id": "1:d/FP5EW3wiY1vCndhwleRRKHowQ=", "query_name": "a.example",
+           "query_ts_us": 1_800_000_000_000_000}
+    assert ecs_event(DNS, dns)["network"] == {"transport": "udp", "community_id": "1:d/FP5EW3wiY1vCndhwleRRKHowQ="}
+    # an alert about one connection carries it too
+    (alert,) = _alerts("cid", 1)
+    alert["community_id"] = conn["community_id"]
+    assert ecs_event(ALERTS, alert)["network"] == {"community_id": conn["community_id"]}
+    # a record without one (written before the field existed): none
+    assert "community_id" not in ecs_event(CONNECTIONS, {**conn, "community_id": None})["network"]
 
 
 @pytest.fixture

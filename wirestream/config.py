@@ -11,6 +11,7 @@
 | L7 analysis        | ``--no-l7``              | ``WIRESTREAM_L7`` (0/1)           | on (HTTP, DNS, TLS) |
 | redaction          | ``--no-redact``          | ``WIRESTREAM_REDACT`` (0/1)       | on: credentials, cookies, tokens, card numbers masked |
 | HTTP body cap      | ``--body-cap``           | ``WIRESTREAM_BODY_CAP``           | 65536 bytes kept per body (true size always recorded) |
+| Community ID seed  | ``--community-id-seed``  | ``WIRESTREAM_COMMUNITY_ID_SEED``  | 0 (0-65535; the records' ``community_id``) |
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ class Settings:
     window_s: float = 10.0
     lateness_s: float = 15.0
     alert_thresholds: list[str] = field(default_factory=list)
+    #: seed of the records' Community ID (community-id-spec; 0 as Zeek's and Suricata's default)
+    community_id_seed: int = 0
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -59,6 +62,8 @@ class Settings:
             window_s=float(_env("WIRESTREAM_WINDOW", "10") or 10),
             lateness_s=float(_env("WIRESTREAM_LATENESS", "15") or 15),
             alert_thresholds=[a for a in (_env("WIRESTREAM_ALERT_THRESHOLDS") or "").split(",") if a],
+            community_id_seed=community_id_seed(_env("WIRESTREAM_COMMUNITY_ID_SEED", "0") or "0",
+                                                "WIRESTREAM_COMMUNITY_ID_SEED"),
         )
 
     def worker_args(self) -> list[str]:
@@ -77,4 +82,19 @@ class Settings:
             args.append("--no-l7")
         if not self.redact:
             args.append("--no-redact")
+        if self.community_id_seed:
+            args += ["--community-id-seed", str(self.community_id_seed)]
         return args
+
+
+def community_id_seed(text: str, where: str = "") -> int:
+    """A Community ID seed: an integer 0-65535 (the spec hashes it as 2 bytes); ``where``
+    (the setting's name) prefixes the error."""
+    prefix = f"{where}: " if where else ""
+    try:
+        seed = int(text)
+    except ValueError:
+        raise ValueError(f"{prefix}the Community ID seed must be an integer 0-65535, not {text!r}") from None
+    if not 0 <= seed <= 0xFFFF:
+        raise ValueError(f"{prefix}the Community ID seed must be 0-65535, not {seed}")
+    return seed

@@ -63,7 +63,7 @@ def offset_range(consumer: Consumer, tp: TopicPartition, from_ms: int | None, to
 
 def replay(bootstrap: str, registry: str, from_us: int | None = None, to_us: int | None = None,
            source_prefix: str = "", l7_options: L7Options | None = None,
-           progress: Callable[[int, int], None] | None = None) -> ReplayRun:
+           progress: Callable[[int, int], None] | None = None, community_id_seed: int = 0) -> ReplayRun:
     """Reprocess ``wire.packets`` (and ``wire.sockets``) published in [from_us, to_us).
     ``l7_options`` None: TCP analysis only (pass the live processors' options to get
     their records)."""
@@ -73,7 +73,7 @@ def replay(bootstrap: str, registry: str, from_us: int | None = None, to_us: int
     index = IdentityIndex()
     feed = IdentityFeed(bootstrap, codec, index)  # Kubernetes identities, as the workers have them
     feed.start()
-    pipeline = PacketPipeline(codec, publisher, EngineOptions(l7=l7_options), source_prefix=source_prefix,
+    pipeline = PacketPipeline(codec, publisher, EngineOptions(l7=l7_options, community_id_seed=community_id_seed), source_prefix=source_prefix,
                               enricher=Enricher(index))
     consumer = Consumer(consumer_config(bootstrap))
     run = ReplayRun()

@@ -38,6 +38,9 @@ class L7Options:
     dns_timeout_us: int = 10_000_000
     #: Largest HTTP header block accepted before the message is a ``parse_error``.
     max_header_bytes: int = 64 * 1024
+    #: Seed of the DNS records' Community ID (``--community-id-seed``; the TCP
+    #: tracker's is ``EngineOptions.community_id_seed``, set from the same setting).
+    community_id_seed: int = 0
 
 
 @dataclass
@@ -54,6 +57,10 @@ class StreamContext:
     options: L7Options
     #: Named counters: parse errors by protocol and reason, records by kind, ...
     stats: Counter[str] = field(default_factory=Counter)
+    #: The connection's Community ID (the core computes it once, at the session's
+    #: start); every L7 record of the connection carries it. None in a session restored
+    #: from a checkpoint written before the field existed.
+    community_id: str | None = None
 
 
 class StreamAnalyzer:

@@ -230,7 +230,7 @@ class DnsMatcher:
         self.emit = emit
         self.options = options
         self.stats = stats
-        self._core = _CoreMatcher(options.dns_timeout_us, max_pending)
+        self._core = _CoreMatcher(options.dns_timeout_us, max_pending, options.community_id_seed)
         self._core_state = b""
 
     @property
@@ -300,6 +300,8 @@ class DnsMatcher:
             self._core = _CoreMatcher.restore(self._core_state)
         except ValueError as exc:
             raise StateError(f"dns matcher: {exc}") from None
+        # a setting, not in the core's bytes: the worker's options (handed in on restore)
+        self._core.community_id_seed = self.options.community_id_seed
         self._core_state = b""
 
 

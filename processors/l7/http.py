@@ -138,10 +138,12 @@ class HttpAnalyzer(StreamAnalyzer):
         if cid is None:
             cid = self._cid = self.ctx.connection_id()
         records = []
+        community_id = self.ctx.community_id
         for record, found in txns:
             # The core built the record, redacted (header values, target, bodies), and
             # gives the findings of its headers and bodies beside it.
             record["connection_id"] = cid
+            record["community_id"] = community_id
             if found:  # for the detections, beside the record's fields (processors.findings)
                 record = RecordWithFindings(record, Finding(found))
             records.append(record)

@@ -72,10 +72,11 @@ class L7Dispatcher:
         self.emitted[topic] += 1
         self._publish(topic, key, record)
 
-    def session(self, ips: tuple[str, str], ports: tuple[int, int], conn: ConnRef) -> L7Session:
+    def session(self, ips: tuple[str, str], ports: tuple[int, int], conn: ConnRef,
+                community_id: str | None = None) -> L7Session:
         """The session of a connection whose first payload byte just arrived: its two
-        sides' addresses and ports."""
-        return L7Session(self, ips, ports, conn)
+        sides' addresses and ports, and its Community ID (the core's, computed once)."""
+        return L7Session(self, ips, ports, conn, community_id)
 
     def datagrams(self, udp: np.ndarray, payloads: bytes) -> None:
         """UDP packets of a batch: DNS goes to the matcher (the whole batch in one call to
@@ -99,7 +100,7 @@ class L7Session:
     __slots__ = ("dispatcher", "ctx", "analyzer", "held", "held_bytes", "attempts", "done")
 
     def __init__(self, dispatcher: L7Dispatcher, ips: tuple[str, str], ports: tuple[int, int],
-                 conn: ConnRef) -> None:
+                 conn: ConnRef, community_id: str | None = None) -> None:
         self.dispatcher = dispatcher
         self.ctx = StreamContext(
             ips=ips,
@@ -108,6 +109,7 @@ class L7Session:
             emit=dispatcher.emit,
             options=dispatcher.options,
             stats=dispatcher.stats,
+            community_id=community_id,
         )
         self.analyzer: StreamAnalyzer | None = None
         self.held: list[tuple[int, bytes, int]] = []  # chunks seen while detecting

@@ -247,4 +247,5 @@ class TlsAnalyzer(StreamAnalyzer):
             "resumed": resumed,
             "hello_retry_request": hrr,
             "error": error,
+            "community_id": ctx.community_id,
         }

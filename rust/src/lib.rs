@@ -7,6 +7,7 @@
 //! - [`capture_file`]: pcap/pcapng (gzip too) -> frames, damage counted by name;
 //! - [`decode`]: frames -> packet headers ([`decode::link`] -> [`decode::ip`] ->
 //!   [`decode::transport`]), drops counted by reason;
+//! - [`community_id`]: the Community ID v1 of a flow, the records' `community_id`;
 //! - [`layout`]: the packed 80-byte header of `wire.packets` and the partition of a flow;
 //! - [`batch`]: per-partition batches (header block + payload blob);
 //! - [`replay`]: the producer's loop over them;
@@ -31,6 +32,7 @@ pub mod avro_text;
 pub mod batch;
 pub mod bytes;
 pub mod capture_file;
+pub mod community_id;
 pub mod decode;
 pub mod l7;
 pub mod layout;

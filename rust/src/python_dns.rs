@@ -18,6 +18,7 @@ use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
 use pyo3::intern;
 
 use crate::bytes::{array, le32, Endian};
+use crate::community_id;
 use crate::l7::dns::matcher::{Matcher, Record, MAX_PENDING};
 use crate::l7::dns::message::{self, opcode_name, rcode_name, type_name};
 use crate::l7::dns::state;
@@ -31,6 +32,8 @@ const DNS_PORT: u16 = 53;
 #[pyclass(module = "wirestream._core", name = "DnsMatcher")]
 pub struct PyDnsMatcher {
     inner: Matcher,
+    /// seed of the records' Community ID (a setting: not in the checkpoint bytes)
+    community_id_seed: u16,
 }
 
 #[pyclass(module = "wirestream._core", name = "DnsTcp")]
@@ -48,7 +51,7 @@ fn buffer_bytes<'a>(buffer: &'a PyBuffer<u8>, what: &str) -> PyResult<&'a [u8]> 
     Ok(unsafe { std::slice::from_raw_parts(buffer.buf_ptr() as *const u8, buffer.len_bytes()) })
 }
 
-fn record_dict<'py>(py: Python<'py>, r: &Record) -> PyResult<(String, Bound<'py, PyDict>)> {
+fn record_dict<'py>(py: Python<'py>, r: &Record, seed: u16) -> PyResult<(String, Bound<'py, PyDict>)> {
     let q = &r.query;
     let c = &q.conv;
     let d = PyDict::new(py);
@@ -80,6 +83,11 @@ fn record_dict<'py>(py: Python<'py>, r: &Record) -> PyResult<(String, Bound<'py,
     d.set_item(intern!(py, "truncated"), r.truncated)?;
     d.set_item(intern!(py, "retransmissions"), q.retransmissions)?;
     d.set_item(intern!(py, "error"), r.error)?;
+    // once per record: the query's flow (UDP), or its TCP connection's (the same id as
+    // that connection's record)
+    let proto = if c.cid.is_some() { community_id::PROTO_TCP } else { community_id::PROTO_UDP };
+    let cmid = community_id::of_text(seed, &c.client_ip, c.client_port, &c.server_ip, c.server_port, proto);
+    d.set_item(intern!(py, "community_id"), cmid)?;
     // UDP: keyed by the conversation and the transaction id
     let key = match &c.cid {
         Some(cid) => cid.clone(),
@@ -96,7 +104,7 @@ impl PyDnsMatcher {
         let (out, counts) = self.inner.take();
         let records = PyList::empty(py);
         for r in &out {
-            records.append(record_dict(py, r)?)?;
+            records.append(record_dict(py, r, self.community_id_seed)?)?;
         }
         let counts = PyList::new(py, counts)?;
         Ok(Some(PyTuple::new(py, [records.into_any(), counts.into_any()])?))
@@ -106,9 +114,21 @@ impl PyDnsMatcher {
 #[pymethods]
 impl PyDnsMatcher {
     #[new]
-    #[pyo3(signature = (timeout_us, max_pending = MAX_PENDING))]
-    fn new(timeout_us: i64, max_pending: usize) -> Self {
-        PyDnsMatcher { inner: Matcher::new(timeout_us, max_pending) }
+    #[pyo3(signature = (timeout_us, max_pending = MAX_PENDING, community_id_seed = 0))]
+    fn new(timeout_us: i64, max_pending: usize, community_id_seed: u16) -> Self {
+        PyDnsMatcher { inner: Matcher::new(timeout_us, max_pending), community_id_seed }
+    }
+
+    /// Seed of the records' Community ID: a setting, not in `snapshot()`'s bytes (set it
+    /// again after `restore`).
+    #[getter]
+    fn get_community_id_seed(&self) -> u16 {
+        self.community_id_seed
+    }
+
+    #[setter]
+    fn set_community_id_seed(&mut self, seed: u16) {
+        self.community_id_seed = seed;
     }
 
     #[classattr]
@@ -212,7 +232,7 @@ impl PyDnsMatcher {
 
     #[staticmethod]
     fn restore(data: &[u8]) -> PyResult<Self> {
-        state::restore_matcher(data).map(|inner| PyDnsMatcher { inner }).map_err(PyValueError::new_err)
+        state::restore_matcher(data).map(|inner| PyDnsMatcher { inner, community_id_seed: 0 }).map_err(PyValueError::new_err)
     }
 
     /// One message decoded: `(None, id, flags, [(qname, qtype)], [(name, type, ttl,

@@ -6,7 +6,7 @@
 //! numpy structured array is read in place, without a copy) and comes out as a list of
 //! events, in order: `(0, record)` a `wire.connections` record (a dict, as
 //! schemas/connection.avsc); `(1, handle, version, ip0, port0, ip1, port1,
-//! connection_id)` an L7 session opens; `(2, handle, d, data, ts_us)` the next bytes of
+//! connection_id, community_id)` an L7 session opens; `(2, handle, d, data, ts_us)` the next bytes of
 //! side `d`'s stream; `(6, handle, d, missing, ts_us)` bytes of it never captured;
 //! `(3, handle, ts_us, connection_id)` it closes (after its streams' last data and gaps,
 //! before the record); `(4, handle, now_us)` a sweep's tick; `(5, handle,
@@ -70,6 +70,7 @@ fn record_dict<'py>(py: Python<'py>, r: &Record, source_id: &str) -> PyResult<Bo
     d.set_item("avg_window_s2c", r.avg_window[1])?;
     d.set_item("window_scale_c2s", r.window_scale[0])?;
     d.set_item("window_scale_s2c", r.window_scale[1])?;
+    d.set_item("community_id", &r.community_id)?;
     Ok(d)
 }
 
@@ -103,8 +104,9 @@ impl PyTcpTracker {
                 Event::Record(r) => (0, record_dict(py, &r, &self.source_id)?).into_pyobject(py)?,
                 Event::Data { handle, d, data, ts } => (2, handle, d, chunk_bytes(py, &data, blob), ts).into_pyobject(py)?,
                 Event::Gap { handle, d, missing, ts } => (6, handle, d, missing, ts).into_pyobject(py)?,
-                Event::Open { handle, version, ips, ports, cid, .. } => (
+                Event::Open { handle, version, ips, ports, cid, community_id, .. } => (
                     1, handle, version, ip_text(&ips[0], version), ports[0], ip_text(&ips[1], version), ports[1], cid,
+                    community_id,
                 ).into_pyobject(py)?,
                 Event::Close { handle, ts, cid } => (3, handle, ts, cid).into_pyobject(py)?,
                 Event::Tick { handle, now } => (4, handle, now).into_pyobject(py)?,
@@ -120,10 +122,24 @@ impl PyTcpTracker {
 impl PyTcpTracker {
     #[new]
     #[pyo3(signature = (source_id = String::new(), idle_timeout_us = 300_000_000, close_linger_us = 10_000_000,
-                        interim_us = 0, max_connections = 1_000_000, l7 = false))]
+                        interim_us = 0, max_connections = 1_000_000, l7 = false, community_id_seed = 0))]
     fn new(source_id: String, idle_timeout_us: i64, close_linger_us: i64, interim_us: i64, max_connections: u64,
-           l7: bool) -> Self {
-        PyTcpTracker { inner: Tracker::new(idle_timeout_us, close_linger_us, interim_us, max_connections, l7), source_id }
+           l7: bool, community_id_seed: u16) -> Self {
+        let mut inner = Tracker::new(idle_timeout_us, close_linger_us, interim_us, max_connections, l7);
+        inner.community_id_seed = community_id_seed;
+        PyTcpTracker { inner, source_id }
+    }
+
+    /// Seed of the records' Community ID: a setting, not in `snapshot()`'s bytes (set it
+    /// again after `restore`).
+    #[getter]
+    fn community_id_seed(&self) -> u16 {
+        self.inner.community_id_seed
+    }
+
+    #[setter]
+    fn set_community_id_seed(&mut self, seed: u16) {
+        self.inner.community_id_seed = seed;
     }
 
     /// Analyse a batch's header block (80 bytes per packet) and payload blob (any

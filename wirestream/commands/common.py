@@ -115,6 +115,9 @@ def add_l7_args(p: argparse.ArgumentParser, defaults: Settings) -> None:
     g.add_argument("--body-cap", type=int, default=defaults.body_cap, metavar="BYTES",
                    help="HTTP body bytes kept per message; sizes are always recorded "
                         "(default: %(default)s)")
+    g.add_argument("--community-id-seed", type=seed_arg, default=defaults.community_id_seed, metavar="N",
+                   help="seed (0-65535) of the records' community_id, the Community ID v1 of their "
+                        "flow; use the seed your Zeek/Suricata use (default: %(default)s)")
 
 
 def add_window_args(p: argparse.ArgumentParser, defaults: Settings) -> None:
@@ -162,6 +165,16 @@ def timestamp_us(text: str) -> int:
     return int(t.timestamp() * 1_000_000)
 
 
+def seed_arg(text: str) -> int:
+    """A Community ID seed (0-65535), for argparse."""
+    from wirestream.config import community_id_seed
+
+    try:
+        return community_id_seed(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def at_least_one(text: str) -> int:
     n = int(text)
     if n < 1:
@@ -190,6 +203,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         s.payload_snaplen = args.snaplen
     if hasattr(args, "l7"):
         s.l7, s.redact, s.body_cap = args.l7, args.redact, args.body_cap
+        s.community_id_seed = args.community_id_seed
     if hasattr(args, "window"):
         window_options(args)  # a bad threshold fails here, before anything starts
         s.window_s, s.lateness_s, s.alert_thresholds = args.window, args.lateness, args.alert_threshold

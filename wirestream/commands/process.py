@@ -216,8 +216,10 @@ def _packet_worker(args: argparse.Namespace, packet_partitions: int, observation
     options = EngineOptions(
         idle_timeout_us=int(args.idle_timeout * 1e6),
         interim_us=int(args.interim * 1e6),
-        l7=(L7Options(redact=args.redact, body_cap=args.body_cap, response_body_cap=args.response_body_cap)
+        l7=(L7Options(redact=args.redact, body_cap=args.body_cap, response_body_cap=args.response_body_cap,
+                      community_id_seed=args.community_id_seed)
             if args.l7 else None),
+        community_id_seed=args.community_id_seed,
         packet_partitions=packet_partitions,
         # The windows are fed by every packet worker of the group (whoever runs them).
         observation_partitions=observation_partitions if args.windows else 0,

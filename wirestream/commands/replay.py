@@ -43,14 +43,15 @@ def run(args: argparse.Namespace) -> int:
     from wirestream.processors.l7.base import L7Options
     from wirestream.replay import replay
 
-    l7 = L7Options(redact=args.redact, body_cap=args.body_cap) if args.l7 else None
+    l7 = (L7Options(redact=args.redact, body_cap=args.body_cap, community_id_seed=args.community_id_seed)
+          if args.l7 else None)
 
     def progress(done: int, total: int) -> None:
         if sys.stderr.isatty():
             print(f"\rreplayed {done:,} of {total:,} messages", end="", file=sys.stderr, flush=True)
 
     result = replay(args.bootstrap, args.registry, args.from_ts, args.to_ts, source_prefix=args.source,
-                 l7_options=l7, progress=progress)
+                 l7_options=l7, progress=progress, community_id_seed=args.community_id_seed)
     if sys.stderr.isatty():
         print(file=sys.stderr)
     emitted = ", ".join(f"{n:,} -> {t}" for t, n in sorted(result.emitted.items())) or "nothing"

@@ -17,6 +17,8 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use blake2::digest::{Update, VariableOutput};
 use blake2::Blake2bVar;
 
+use crate::community_id;
+
 pub const FIN: u16 = 1;
 pub const SYN: u16 = 2;
 pub const RST: u16 = 4;
@@ -163,6 +165,8 @@ pub struct Connection {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Record {
     pub connection_id: String,
+    /// Community ID v1 of the connection (crate::community_id)
+    pub community_id: String,
     pub client_ip: String,
     pub client_port: u16,
     pub server_ip: String,
@@ -585,8 +589,15 @@ impl Connection {
         connection_id(&ip_text(&c.ip, self.version), c.port, &ip_text(&s.ip, self.version), s.port, self.first_ts)
     }
 
-    /// The `wire.connections` record's values.
-    pub fn record(&self, ended_by: EndedBy, final_: bool) -> Record {
+    /// The connection's Community ID v1 with `seed` (it has no direction: the same for
+    /// either side as client).
+    pub fn community_id(&self, seed: u16) -> String {
+        let [a, b] = &self.flows;
+        community_id::of_flow(seed, self.version, &a.ip, a.port, &b.ip, b.port, community_id::PROTO_TCP)
+    }
+
+    /// The `wire.connections` record's values (`seed`: of its Community ID).
+    pub fn record(&self, ended_by: EndedBy, final_: bool, seed: u16) -> Record {
         let ci = self.client();
         let (c, s) = (&self.flows[ci], &self.flows[1 - ci]);
         let client_ip = ip_text(&c.ip, self.version);
@@ -613,6 +624,7 @@ impl Connection {
         counts.copy_from_slice(&self.counts);
         Record {
             connection_id: connection_id(&client_ip, c.port, &server_ip, s.port, self.first_ts),
+            community_id: self.community_id(seed),
             client_port: c.port,
             server_port: s.port,
             client_ip,
@@ -689,7 +701,7 @@ mod tests {
         let ta = c.on_packet(0, 90_000, 101, 501, 10, ACK, 512, -1, false);
         assert_ne!(ta & A_RETRANSMISSION, 0);
         c.on_packet(1, 91_000, 501, 111, 0, ACK, 512, -1, false);
-        let r = c.record(EndedBy::EndOfInput, true);
+        let r = c.record(EndedBy::EndOfInput, true, 0);
         assert_eq!(r.client_port, 40000);
         assert!(r.handshake_seen);
         assert_eq!(r.handshake_rtt_us, Some(2000));
@@ -706,7 +718,7 @@ mod tests {
         for (i, flags) in [0u16, 0xffff, SYN, SYN | ACK, FIN | ACK, RST].into_iter().enumerate() {
             c.on_packet(i % 2, if i % 2 == 0 { i64::MIN } else { i64::MAX }, u32::MAX, 0, u32::MAX, flags, 0, 127, i == 0);
         }
-        let _ = c.record(EndedBy::Timeout, false);
+        let _ = c.record(EndedBy::Timeout, false, 0);
         let _ = c.connection_id();
     }
 }

@@ -101,7 +101,8 @@ pub enum Event {
     Record(Box<Record>),
     /// The connection's first payload byte: its L7 session starts. `base`: each side's
     /// base sequence number, if known (the stream starts after it).
-    Open { handle: u64, version: u8, ips: [[u8; 16]; 2], ports: [u16; 2], base: [Option<u32>; 2], cid: String },
+    Open { handle: u64, version: u8, ips: [[u8; 16]; 2], ports: [u16; 2], base: [Option<u32>; 2], cid: String,
+           community_id: String },
     /// The next bytes of side `d`'s stream, captured at `ts` (`Chunk::Input`: a range of
     /// the payload blob of the batch being processed).
     Data { handle: u64, d: u8, data: Chunk, ts: i64 },
@@ -174,6 +175,9 @@ pub struct Tracker {
     pub now: i64,
     pub next_sweep: i64,
     pub events: Vec<Event>,
+    /// seed of the records' Community ID (a setting, not state: the checkpoint bytes do
+    /// not hold it, the owner sets it again after a restore)
+    pub community_id_seed: u16,
 }
 
 impl Tracker {
@@ -182,6 +186,7 @@ impl Tracker {
             idle_timeout_us, close_linger_us, interim_us, max_connections, l7,
             conns: BTreeMap::new(), l7_state: BTreeMap::new(), streams: BTreeMap::new(), index: HashMap::new(), next_handle: 0,
             packets: 0, emitted: 0, counters: [None; 5], now: 0, next_sweep: 0, events: Vec::new(),
+            community_id_seed: 0,
         }
     }
 
@@ -284,6 +289,8 @@ impl Tracker {
                     ports: [a.port, b.port],
                     base: [a.base_seq_set.then_some(a.base_seq), b.base_seq_set.then_some(b.base_seq)],
                     cid: conn.connection_id(),
+                    // once per L7 connection, copied to its L7 records
+                    community_id: conn.community_id(self.community_id_seed),
                 });
                 self.l7_state.insert(hd, L7State::Active);
                 // The streams start where the analysis says each side's data starts (ISN + 1
@@ -359,7 +366,7 @@ impl Tracker {
             }
             self.events.push(Event::Close { handle: hd, ts: conn.last_ts, cid: conn.connection_id() });
         }
-        self.events.push(Event::Record(Box::new(conn.record(ended_by, true))));
+        self.events.push(Event::Record(Box::new(conn.record(ended_by, true, self.community_id_seed))));
     }
 
     /// Emit `hd` if it is closed and past its linger time, or idle past the timeout.
@@ -394,7 +401,7 @@ impl Tracker {
             let due = (conn.interim_emitted as i64).saturating_add(1).saturating_mul(interim);
             if interim > 0 && conn.closed_ts.is_none() && now.saturating_sub(conn.first_ts) >= due {
                 conn.interim_emitted += 1;
-                let rec = conn.record(EndedBy::Open, false);
+                let rec = conn.record(EndedBy::Open, false, self.community_id_seed);
                 self.emitted += 1;
                 self.count(4, 1);
                 self.events.push(Event::Record(Box::new(rec)));
@@ -532,6 +539,29 @@ mod tests {
 
     fn records(events: &[Event]) -> Vec<&Record> {
         events.iter().filter_map(|e| if let Event::Record(r) = e { Some(r.as_ref()) } else { None }).collect()
+    }
+
+    #[test]
+    fn community_id_of_the_session_and_the_record_with_the_seed() {
+        let packets = [(pkt(0, 1, 4000, 2, 80, 100, 0, SYN, 0), &b""[..]), (pkt(10, 2, 80, 1, 4000, 500, 101, SYN | ACK, 0), b""),
+                       (pkt(20, 1, 4000, 2, 80, 101, 501, ACK, 2), b"hi")];
+        let mut ids = Vec::new();
+        for seed in [0u16, 7] {
+            let mut t = Tracker::new(300_000_000, 10_000_000, 0, 1000, true);
+            t.community_id_seed = seed;
+            let (b, blob) = with_payload(&packets);
+            t.process(&b, &blob);
+            t.flush();
+            let ev = t.take_events();
+            let open = ev.iter().find_map(|e| if let Event::Open { community_id, .. } = e { Some(community_id.clone()) } else { None });
+            let rec = records(&ev)[0].community_id.clone();
+            // the session's (copied to its L7 records) is the record's
+            assert_eq!(open.as_deref(), Some(rec.as_str()));
+            let (a, b) = ([10u8, 0, 0, 1], [10u8, 0, 0, 2]);
+            assert_eq!(rec, crate::community_id::community_id(seed, &a, &b, 6, Some((4000, 80)), false));
+            ids.push(rec);
+        }
+        assert_ne!(ids[0], ids[1]);
     }
 
     #[test]
