@@ -171,3 +171,14 @@ def tagged_processes(tag: str) -> dict[int, str]:
         if marker in env:
             found[int(entry)] = cmdline
     return found
+
+
+def assert_same(expected: dict[str, Any], got: dict[str, Any], what: str) -> None:
+    """The records of two runs, topic by topic, equal record for record (the first
+    difference named)."""
+    assert set(expected) == set(got), what
+    for topic in expected:
+        e, g = expected[topic], got[topic]
+        assert len(e) == len(g), f"{what}: {topic}: {len(g)} records, expected {len(e)}"
+        for n, (a, b) in enumerate(zip(e, g, strict=True)):
+            assert a == b, f"{what}: {topic} record {n} differs:\n{a}\n{b}"

@@ -45,7 +45,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from helpers import DATA, require_or_skip
+from helpers import DATA, assert_same, require_or_skip
 from local_pipeline import packet_batches
 from wirestream.processors.engine import Engine, EngineOptions
 from wirestream.processors.findings import Finding
@@ -103,15 +103,6 @@ def run(batches: list[tuple[np.ndarray, bytes]], redact: bool, cuts: set[int] = 
             engine = Engine.restore(data, opts, sink)
     report = engine.finish()
     return {**sink.out, "report": [report]}
-
-
-def assert_same(expected: dict[str, list], got: dict[str, list], what: str) -> None:
-    assert set(expected) == set(got), what
-    for topic in expected:
-        e, g = expected[topic], got[topic]
-        assert len(e) == len(g), f"{what}: {topic}: {len(g)} records, expected {len(e)}"
-        for n, (a, b) in enumerate(zip(e, g, strict=True)):
-            assert a == b, f"{what}: {topic} record {n} differs:\n{a}\n{b}"
 
 
 def http_analyzers(engine: Engine) -> list[HttpAnalyzer]:

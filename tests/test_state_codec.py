@@ -31,6 +31,7 @@ from typing import Any, NamedTuple
 import fastavro
 import numpy as np
 import pytest
+from helpers import assert_same
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from l7_traffic import Traffic
@@ -188,15 +189,6 @@ def run(batches: list[tuple[np.ndarray, bytes]], cuts: set[int] = frozenset(),
             del old
     final = rig.finish()
     return {**sink.out, "final": [final]}
-
-
-def assert_same(expected: dict[str, Any], got: dict[str, Any], what: str) -> None:
-    assert set(expected) == set(got), what
-    for topic in expected:
-        e, g = expected[topic], got[topic]
-        assert len(e) == len(g), f"{what}: {topic}: {len(g)} records, expected {len(e)}"
-        for n, (a, b) in enumerate(zip(e, g, strict=True)):
-            assert a == b, f"{what}: {topic} record {n} differs:\n{a}\n{b}"
 
 
 def batches_of(path: str, batch: int = 64) -> list[tuple[np.ndarray, bytes]]:
