@@ -186,6 +186,11 @@ class SecureListeners:
         }
 
 
+def _addresses(ports: list[int]) -> str:
+    """Loopback listeners on ``ports``, comma-separated (librdkafka's bootstrap.servers)."""
+    return ",".join(f"127.0.0.1:{p}" for p in ports)
+
+
 class KafkaClusterError(RuntimeError):
     """The cluster did not start or recover in time; the message has the logs' tails."""
 
@@ -241,22 +246,22 @@ class ApacheKafka:
     @property
     def bootstrap(self) -> str:
         """Every node's client listener, comma-separated (librdkafka's bootstrap.servers)."""
-        return ",".join(f"127.0.0.1:{p}" for p in self.ports)
+        return _addresses(self.ports)
 
     @property
     def scram_bootstrap(self) -> str:
         """The SASL_SSL listeners (SCRAM-SHA-512 over TLS), with ``secure``."""
-        return ",".join(f"127.0.0.1:{p}" for p in self.scram_ports)
+        return _addresses(self.scram_ports)
 
     @property
     def oauth_bootstrap(self) -> str:
         """The SASL_SSL listeners with OAUTHBEARER, with ``secure`` and its ``oauth``."""
-        return ",".join(f"127.0.0.1:{p}" for p in self.oauth_ports)
+        return _addresses(self.oauth_ports)
 
     @property
     def mtls_bootstrap(self) -> str:
         """The SSL listeners that require a client certificate, with ``secure``."""
-        return ",".join(f"127.0.0.1:{p}" for p in self.mtls_ports)
+        return _addresses(self.mtls_ports)
 
     def node_bootstrap(self, i: int) -> str:
         return f"127.0.0.1:{self.ports[i]}"
