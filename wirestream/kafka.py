@@ -11,15 +11,17 @@ failed delivery is counted (``broker_<error name>``, a drop reason on ``wire.sta
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from confluent_kafka import KafkaError, Producer
+from confluent_kafka import KafkaError, KafkaException, Producer
 
 from wirestream import broker
 from wirestream.errors import WirestreamError
@@ -109,8 +111,13 @@ def producer_config(bootstrap: str, **extra: Any) -> dict[str, Any]:
         "bootstrap.servers": bootstrap,
         "compression.type": compression(),
         "linger.ms": 5,
-        "enable.idempotence": False,  # the embedded broker's idempotence support is partial
-        "max.in.flight.requests.per.connection": 1,  # keep per-partition order on retry
+        # Idempotence keeps each partition's records in the order they were produced, and
+        # without repeats, when a leader dies and librdkafka retries on the next one:
+        # without it, records queued while a leader was down were seen written after later
+        # ones (tests/test_kafka_cluster.py's killed-broker test). Kafka >= 3.0 lets any
+        # principal that may write a topic be idempotent (no cluster IdempotentWrite ACL).
+        "enable.idempotence": True,
+        "max.in.flight.requests.per.connection": 5,  # librdkafka's default; the most idempotence allows
         "message.max.bytes": 4 * 1024 * 1024,
         # Bounded client memory: what is queued for the broker is held uncompressed. 32 MiB
         # holds ~40 full packet batches. The compiled producer outruns the embedded broker
@@ -124,6 +131,31 @@ def producer_config(bootstrap: str, **extra: Any) -> dict[str, Any]:
     }
     conf.update(extra)
     return conf
+
+
+class _NotFatal(logging.Filter):
+    """Drops librdkafka's FATAL log line: :class:`WireProducer` raises that error itself,
+    as one line that says what was being written (``KafkaAccessError``)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.args and record.args[0] == "FATAL")
+
+
+def _librdkafka_log() -> logging.Logger:
+    """Where a :class:`WireProducer`'s librdkafka log lines go: stderr, as librdkafka
+    would print them (``%<syslog level>|<facility>|<client>| <message>``), but for FATAL."""
+    log = logging.getLogger("wirestream.librdkafka")
+    if not log.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(levelname)s|%(message)s"))
+        handler.addFilter(_NotFatal())
+        log.addHandler(handler)
+        log.propagate = False  # an application's root handlers do not print them twice
+        log.setLevel(logging.DEBUG)  # the client's log_level chooses what comes
+    return log
+
+
+_LIBRDKAFKA_LOG = _librdkafka_log()
 
 
 class BrokerGone(WirestreamError):
@@ -153,7 +185,8 @@ class WireProducer:
         a message from it means the broker will never answer (the embedded broker exited):
         the wait ends with :class:`BrokerGone` instead of lasting until its timeout, or
         forever for a full queue."""
-        conf = producer_config(bootstrap, **{"delivery.report.only.error": True, **config})
+        conf = producer_config(bootstrap, **{"delivery.report.only.error": True, "logger": _LIBRDKAFKA_LOG,
+                                             **config})
         try:
             self._producer = Producer(conf)
         except TypeError as exc:
@@ -174,12 +207,17 @@ class WireProducer:
         # instead of counting every record it ever sends as undelivered.
         self._refused: list[tuple[KafkaError, str]] = []
         refused = self._refused
+        # The topic of the first record that failed: what a fatal error (below) stopped.
+        self._failed_topic: list[str] = []
+        failed_topic = self._failed_topic
 
         def on_delivery(err: KafkaError | None, msg: Any) -> None:
             if err is not None:
                 errors[f"broker_{err.name().lower()}"] += 1
                 if not refused and is_fatal(err):
                     refused.append((err, msg.topic()))
+                if not failed_topic:
+                    failed_topic.append(msg.topic())
 
         # Bound once: these run per record. The delivery callback is a closure, not a bound
         # method kept on self: that would be a reference cycle, and the client (with its
@@ -205,7 +243,7 @@ class WireProducer:
         while True:
             # The client's queue is full: serve delivery reports while the broker catches up.
             self.backpressure_waits += 1
-            self._producer.poll(0.05)
+            self._client_call(self._producer.poll, 0.05)
             if self._refused:
                 self._raise_refused()
             self._check_alive()
@@ -220,10 +258,35 @@ class WireProducer:
 
         Raises :class:`~wirestream.kafka_security.KafkaAccessError` once a delivery was
         refused for good (no ACL to write the topic, authentication failed)."""
-        served = int(self._producer.poll(timeout))
+        served = int(self._client_call(self._producer.poll, timeout))
         if self._refused:
             self._raise_refused()
         return served
+
+    def _client_call(self, call: Callable[[float], int], timeout: float) -> int:
+        """``call(timeout)`` (the client's poll or flush), a fatal error raised as
+        :class:`~wirestream.kafka_security.KafkaAccessError`.
+
+        Fatal errors are the idempotent producer's (the right to write no topic at all, a
+        fenced producer id): confluent-kafka raises them from poll and flush as
+        ``KafkaException``, even with an ``error_cb``, and when that happens while it
+        serves delivery reports, the next report's callback fails with a ``SystemError``
+        whose cause is that exception."""
+        try:
+            return call(timeout)
+        except KafkaException as exc:
+            raise self._fatal(exc) from None
+        except SystemError as exc:
+            if isinstance(exc.__cause__, KafkaException):
+                raise self._fatal(exc.__cause__) from None
+            raise
+
+    def _fatal(self, exc: KafkaException) -> Exception:
+        err = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
+        if err is None or not err.fatal():
+            return exc
+        topic = self._refused[0][1] if self._refused else (self._failed_topic[0] if self._failed_topic else None)
+        return access_error(err, f"writing to {topic}" if topic else "producing")
 
     def _raise_refused(self) -> None:
         err, topic = self._refused[0]
@@ -239,13 +302,13 @@ class WireProducer:
 
     def _flush(self, timeout: float) -> int:
         if self._alive is None:
-            remaining = int(self._producer.flush(timeout))
+            remaining = int(self._client_call(self._producer.flush, timeout))
             if self._refused:
                 self._raise_refused()
             return remaining
         deadline = time.monotonic() + timeout
         while True:  # in slices, asking ``alive`` in between
-            remaining = int(self._producer.flush(min(0.5, max(0.0, deadline - time.monotonic()))))
+            remaining = int(self._client_call(self._producer.flush, min(0.5, max(0.0, deadline - time.monotonic()))))
             if self._refused:
                 self._raise_refused()
             if not remaining or time.monotonic() >= deadline:
