@@ -12,6 +12,7 @@ import uuid
 import pytest
 from helpers import publish, transaction
 
+from wirestream.broker import EmbeddedBroker, ensure_topics
 from wirestream.client import condition, subscribe, where
 from wirestream.errors import UsageError
 from wirestream.topics import TRANSACTIONS
@@ -80,3 +81,35 @@ def test_tail_where_and_service(broker, registry) -> None:
     bad = subprocess.run([sys.executable, "-m", "wirestream", "tail", TRANSACTIONS, "--where", "status is 5"],
                          env=env, capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "cannot read the condition" in bad.stderr
+
+
+def test_tail_names_a_mistyped_topic_and_waits_for_one_of_its_own(registry) -> None:
+    """A name the brokers do not have is an error that says what it may have meant; one of
+    wirestream's own topics that no worker has created yet is waited for (saying so), then
+    read from its start."""
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    with EmbeddedBroker() as own:  # its own broker: a topic is deleted and created again
+        ensure_topics(own.bootstrap, [TRANSACTIONS], 1)
+        env = {**os.environ, "WIRESTREAM_BOOTSTRAP": own.bootstrap, "WIRESTREAM_REGISTRY": registry.url}
+        typo = subprocess.run([sys.executable, "-m", "wirestream", "tail", "wire.transaction"],
+                              env=env, capture_output=True, text=True, timeout=60)
+        assert typo.returncode == 1, typo.stderr
+        assert typo.stderr.strip() == (f"wirestream: error: no topic wire.transaction at {own.bootstrap}; "
+                                       "did you mean wire.transactions?")
+
+        admin = AdminClient({"bootstrap.servers": own.bootstrap})
+        admin.delete_topics([TRANSACTIONS])[TRANSACTIONS].result(10)
+        tail = subprocess.Popen([sys.executable, "-m", "wirestream", "tail", TRANSACTIONS, "--timeout", "20", "-n", "1"],
+                                env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            assert tail.stderr is not None
+            said = tail.stderr.readline()
+            assert said.startswith(f"wirestream: waiting for topic {TRANSACTIONS} to be created at {own.bootstrap}")
+            admin.create_topics([NewTopic(TRANSACTIONS, 1, 1)])[TRANSACTIONS].result(10)
+            publish(own, registry, TRANSACTIONS, [_transaction("late", 0, 200, "/late")])
+            out, err = tail.communicate(timeout=60)
+        finally:
+            tail.kill()
+        assert tail.returncode == 0, err
+        assert json.loads(out)["path"] == "/late"  # written before tail assigned it: read from the start

@@ -8,6 +8,7 @@ other.
 
 from __future__ import annotations
 
+import difflib
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ class Message:
 
 
 def partitions_of(bootstrap: str, topics: Iterable[str], timeout: float = 10.0) -> list[TopicPartition]:
+    """Every partition of ``topics`` that the brokers know; a topic they do not know has none."""
     md = admin_client(bootstrap).list_topics(timeout=timeout)
     out = []
     for t in topics:
@@ -40,6 +42,17 @@ def partitions_of(bootstrap: str, topics: Iterable[str], timeout: float = 10.0) 
         if meta is not None and meta.error is None:
             out.extend(TopicPartition(t, p) for p in sorted(meta.partitions))
     return out
+
+
+def unknown_topic_message(bootstrap: str, topic: str, timeout: float = 10.0) -> str:
+    """What to tell a user who asked for ``topic``, which the brokers do not have: the
+    names they do have that look like it (a typo), else wirestream's topics there."""
+    have = sorted(t for t in admin_client(bootstrap).list_topics(timeout=timeout).topics if not t.startswith("__"))
+    close = difflib.get_close_matches(topic, have, n=3, cutoff=0.6)
+    if close:
+        return f"no topic {topic} at {bootstrap}; did you mean {' or '.join(close)}?"
+    wire = [t for t in have if t.startswith("wire.")]
+    return f"no topic {topic} at {bootstrap} (its wirestream topics: {', '.join(wire) or 'none'})"
 
 
 #: what a broker answers about a partition whose leader it does not know yet: a topic just
@@ -98,7 +111,11 @@ class TopicReader:
         self._consumer = Consumer({**consumer_config(bootstrap), "fetch.wait.max.ms": fetch_wait_ms})
         self._decoders = {t: codec.decoder(f) for t, f in (fields or {}).items()}
         assignment = []
-        for tp in partitions_of(bootstrap, topics):
+        topics = list(topics)
+        found = partitions_of(bootstrap, topics)
+        #: the topics asked for that the brokers do not have (nothing is read from them)
+        self.missing: list[str] = [t for t in topics if not any(tp.topic == t for tp in found)]
+        for tp in found:
             if isinstance(start, dict):
                 tp.offset = start.get((tp.topic, tp.partition), OFFSET_BEGINNING)
             else:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from typing import Literal
 
 from wirestream.commands import common
 from wirestream.config import Settings
@@ -37,9 +38,14 @@ def run(args: argparse.Namespace) -> int:
 
     keep = where(*args.where, service=args.service) if args.where or args.service else None
     codec = AvroCodec(args.registry)
+    found = _wait_for_topic(args)
+    if found is None:
+        return common.EXIT_ERROR
+    # a topic created while we waited is read from its start: all of it is new
+    start = "beginning" if args.from_beginning or found == "created" else "end"
     count = 0
     last = time.monotonic()
-    with TopicReader(args.bootstrap, codec, [args.topic], "beginning" if args.from_beginning else "end") as r:
+    with TopicReader(args.bootstrap, codec, [args.topic], start) as r:
         while True:
             msgs = r.poll(0.5)
             for m in msgs:
@@ -57,3 +63,27 @@ def run(args: argparse.Namespace) -> int:
                 last = time.monotonic()
             elif args.timeout and time.monotonic() - last > args.timeout:
                 return common.EXIT_OK
+
+
+def _wait_for_topic(args: argparse.Namespace) -> Literal["existed", "created"] | None:
+    """Whether ``args.topic`` existed, or was created while we waited (None: neither). One of wirestream's own topics that
+    is not there yet (nothing has written it: a worker creates it when it starts) is
+    waited for, saying so once (bounded by ``--timeout`` if given); any other name is an
+    error that names what it may have meant, instead of a tail that never prints."""
+    from wirestream.reader import partitions_of, unknown_topic_message
+    from wirestream.topics import ALL_TOPICS
+
+    if partitions_of(args.bootstrap, [args.topic]):
+        return "existed"
+    if args.topic not in ALL_TOPICS:
+        print(f"wirestream: error: {unknown_topic_message(args.bootstrap, args.topic)}", file=sys.stderr)
+        return None
+    print(f"wirestream: waiting for topic {args.topic} to be created at {args.bootstrap} "
+          "(the workers create it when they start)", file=sys.stderr)
+    started = time.monotonic()
+    while not partitions_of(args.bootstrap, [args.topic]):
+        if args.timeout and time.monotonic() - started > args.timeout:
+            print(f"wirestream: error: topic {args.topic} was not created within {args.timeout:g} s", file=sys.stderr)
+            return None
+        time.sleep(1.0)
+    return "created"
