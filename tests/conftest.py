@@ -220,3 +220,14 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 def registry() -> EmbeddedSchemaRegistry:
     with EmbeddedSchemaRegistry() as r:
         yield r
+
+
+@pytest.fixture(scope="session")
+def kustomize() -> str:
+    """The kustomize binary (scripts/kube-apiserver builds it), for the manifest tests."""
+    from k8s_cluster import apiserver_unavailable, k8s_tool
+
+    path = k8s_tool("kustomize")
+    if path is None:
+        require_or_skip(f"no kustomize: {apiserver_unavailable()}")
+    return path

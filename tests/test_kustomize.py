@@ -19,21 +19,13 @@ from pathlib import Path
 import pytest
 import yaml
 from helpers import require_or_skip
-from k8s_cluster import ApiServer, apiserver_unavailable, k8s_tool, permissive_crd
+from k8s_cluster import ApiServer, apiserver_unavailable, permissive_crd
 from test_pod_security import BUILDS, build
 
 KUSTOMIZE = Path(__file__).resolve().parent.parent / "deploy" / "kustomize"
 OVERLAYS = sorted(p.name for p in (KUSTOMIZE / "overlays").iterdir() if (p / "kustomization.yaml").exists())
 
 STRIMZI_CRDS = [permissive_crd("kafka.strimzi.io", "v1beta2", kind) for kind in ("KafkaTopic", "KafkaUser")]
-
-
-@pytest.fixture(scope="module")
-def kustomize() -> str:
-    path = k8s_tool("kustomize")
-    if path is None:
-        require_or_skip(f"no kustomize: {apiserver_unavailable()}")
-    return path
 
 
 def _build(kustomize: str, overlay: str) -> str:

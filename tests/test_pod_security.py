@@ -39,7 +39,6 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 from helpers import require_or_skip
-from k8s_cluster import apiserver_unavailable, k8s_tool
 from wirestream.processors.app import changelog_topic
 
 from wirestream import doctor
@@ -222,14 +221,6 @@ def restricted_violations(meta: dict, spec: dict) -> list[Violation]:
 
 
 # --- building ---------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def kustomize() -> str:
-    path = k8s_tool("kustomize")
-    if path is None:
-        require_or_skip(f"no kustomize: {apiserver_unavailable()}")
-    return path
 
 
 def build(kustomize: str, name: str) -> list[dict]:
