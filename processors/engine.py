@@ -7,6 +7,7 @@ a :class:`Sink`. It owns everything that is state:
 - the TCP connection table (:class:`~.connection_tracker.ConnectionTracker`: the compiled
   core's tracker, with each connection's analysis), and each L7 connection's session
   (reassembly buffers and L7 parser);
+- the UDP flow table (:class:`~.flows.FlowTracker`);
 - the L7 dispatcher (pending DNS queries, L7 counters);
 - the kernel socket events waiting for their connection (:class:`~.socket_join.SocketJoin`);
 - the observer that batches what the per-service windows need
@@ -32,9 +33,10 @@ from typing import Any, Protocol
 import numpy as np
 
 from wirestream.packet_block import PROTO_UDP
-from wirestream.topics import CONNECTIONS, OBSERVATIONS
+from wirestream.topics import CONNECTIONS, FLOWS, OBSERVATIONS
 
 from .connection_tracker import ConnectionTracker
+from .flows import FlowTracker
 from .k8s_enrichment import Enricher
 from .l7.base import L7Options
 from .l7.session import L7Dispatcher
@@ -107,6 +109,7 @@ class Engine:
             l7=l7,
             community_id_seed=options.community_id_seed,
         )
+        self.flows = FlowTracker(self._emit_flow, source_id, options.community_id_seed)
         self.received = 0  # packets, as the batches count them
         # The end-of-input markers: of wire.packets (its batch record) and, for a live
         # eBPF source, of wire.sockets. The engine is done when both are in, either first.
@@ -127,6 +130,9 @@ class Engine:
     def _emit_connection(self, record: dict[str, Any]) -> None:
         self._emit(CONNECTIONS, record["connection_id"], record)
 
+    def _emit_flow(self, record: dict[str, Any]) -> None:
+        self._emit(FLOWS, record["flow_id"], record)
+
     def _send_observations(self, partition: int, batch: dict[str, Any]) -> None:
         self.sink.send_to_partition(OBSERVATIONS, partition, batch)
 
@@ -136,10 +142,12 @@ class Engine:
         """One batch of packets (``wirestream.packet_block`` headers and their payload blob);
         ``count``: how many packets the batch says it has (default: its headers)."""
         tracker = self.tracker
+        udp = headers[headers["proto"] == PROTO_UDP]
         if tracker.l7 is not None:
             # Datagrams first: the tracker's periodic sweep (at the end of process) times
             # out unanswered DNS queries, and must not do so before it saw this batch's answers.
-            tracker.l7.datagrams(headers[headers["proto"] == PROTO_UDP], payloads)
+            tracker.l7.datagrams(udp, payloads)
+        self.flows.process(udp, payloads)
         tracker.process(headers, payloads)
         if self.observer is not None:
             if len(headers):
@@ -176,7 +184,10 @@ class Engine:
         of the final report. The engine is spent afterwards."""
         tracker = self.tracker
         tracker.flush()
+        self.flows.flush()
         counters: Counter[str] = Counter(tracker.counters)
+        if self.flows.evicted:
+            counters["udp_flows_evicted"] = self.flows.evicted
         if self.observer is not None:
             self.observer.flush(end_of_input=True)
             counters["observations"] = self.observer.observed
@@ -189,7 +200,7 @@ class Engine:
             sent = self.sockets_end["events_before"] if self.sockets_end is not None else None
             if sent is not None and sent != tracker.sockets.events:
                 dropped["socket_events_missing"] += sent - tracker.sockets.events
-        emitted = {CONNECTIONS: tracker.emitted}
+        emitted = {CONNECTIONS: tracker.emitted, FLOWS: self.flows.emitted}
         if tracker.l7 is not None:
             emitted.update(tracker.l7.emitted)
             for name, n in tracker.l7.stats.items():
@@ -202,6 +213,13 @@ class Engine:
         return self.tracker.open_connections
 
     # --- checkpoints -------------------------------------------------------------------------
+
+    def _state_restored(self) -> None:
+        # A checkpoint of the same format written before the UDP flow table existed
+        # restores without one: its flows start from here (those of the restored
+        # partition's past are not in it).
+        if not hasattr(self, "flows"):
+            self.flows = FlowTracker(self._emit_flow, self.source_id, self.options.community_id_seed)
 
     def _externals(self) -> dict[str, object]:
         return _externals(self.options, self.sink, self.enricher)
@@ -228,6 +246,7 @@ class Engine:
         if not isinstance(engine, cls):
             raise StateError(f"a checkpoint holds a {type(engine).__name__}, not an engine")
         engine.tracker.set_community_id_seed(options.community_id_seed)  # a setting, not state
+        engine.flows.community_id_seed = options.community_id_seed
         return engine
 
 
@@ -251,6 +270,7 @@ def restore_engines(data: bytes, options: EngineOptions, sink: Sink,
         raise StateError("a checkpoint holds something other than a list of engines")
     for engine in engines:
         engine.tracker.set_community_id_seed(options.community_id_seed)  # a setting, not state
+        engine.flows.community_id_seed = options.community_id_seed
     return engines
 
 

@@ -29,12 +29,12 @@ from wirestream.errors import DecodeError, RegistryError
 from wirestream.kafka import consumer_config
 from wirestream.kafka_security import raise_if_fatal
 from wirestream.reader import partitions_of
-from wirestream.topics import CONNECTIONS, DNS, K8S_IDENTITY, RECORD_TIME, TLS, TRANSACTIONS
+from wirestream.topics import CONNECTIONS, DNS, FLOWS, K8S_IDENTITY, RECORD_TIME, TLS, TRANSACTIONS
 
 log = logging.getLogger(__name__)
 
 #: the records with client and server endpoints; each is resolved at its RECORD_TIME
-ENRICHED_TOPICS = (CONNECTIONS, TRANSACTIONS, DNS, TLS)
+ENRICHED_TOPICS = (CONNECTIONS, FLOWS, TRANSACTIONS, DNS, TLS)
 #: a pod's start time has a resolution of one second: accept packets that much earlier
 START_GRACE_US = 1_000_000
 MAX_HISTORY = 8  # identities kept per IP

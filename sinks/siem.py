@@ -51,7 +51,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from wirestream.errors import WirestreamError
-from wirestream.topics import ALERTS, DNS, TLS, TRANSACTIONS, record_time_us
+from wirestream.topics import ALERTS, DNS, FLOWS, TLS, TRANSACTIONS, record_time_us
 
 from .base import BatchSink, Item
 from .jsonl import to_json_line
@@ -108,11 +108,20 @@ def ecs_event(topic: str, record: dict[str, Any]) -> dict[str, Any]:
     elif topic == TLS:
         doc["tls"] = {"client": {"server_name": record.get("server_name")},
                       "cipher": record.get("cipher_suite"), "version": record.get("version")}
+    elif topic == FLOWS:
+        # ECS: the flow's counters per side, and the application protocol its bytes showed
+        doc["source"].update(packets=record["packets_c2s"], bytes=record["frame_bytes_c2s"])
+        doc["destination"].update(packets=record["packets_s2c"], bytes=record["frame_bytes_s2c"])
+        doc["network"].update(packets=record["packets_c2s"] + record["packets_s2c"],
+                              bytes=record["frame_bytes_c2s"] + record["frame_bytes_s2c"])
+        if record.get("service"):
+            doc["network"]["protocol"] = record["service"]
+        doc["event"]["duration"] = (record["end_ts_us"] - record["start_ts_us"]) * 1000  # ns
     elif alert:
         doc["rule"] = {"name": record.get("kind")}
         doc["event"]["severity"] = CEF_SEVERITY.get(str(record.get("severity")), 5)
         doc["message"] = record.get("summary") or record.get("kind")
-    service = record.get("server_service") or record.get("service")
+    service = record.get("server_service") or (record.get("service") if topic != FLOWS else None)
     if service:
         doc["service"] = {"name": service}
     doc["wirestream"] = _plain(record)
@@ -136,13 +145,15 @@ def cef_event(topic: str, record: dict[str, Any]) -> str:
     ext: dict[str, Any] = {"rt": (record_time_us(topic, record) or 0) // 1000}
     if "client_ip" in record:
         ext.update(src=record["client_ip"], spt=record.get("client_port"), dst=record["server_ip"],
-                   dpt=record.get("server_port"), proto="TCP")
+                   dpt=record.get("server_port"), proto=str(record.get("transport") or "tcp").upper())
     if topic == TRANSACTIONS:
         ext.update(requestMethod=record.get("method"), request=record.get("path"),
                    cs1Label="status", cs1=record.get("status"))
-    service = record.get("server_service") or record.get("service")
+    service = record.get("server_service") or (record.get("service") if topic != FLOWS else None)
     if service:
         ext.update(cs2Label="service", cs2=service)
+    if topic == FLOWS:
+        ext.update(app=record.get("service"), out=record["frame_bytes_c2s"], **{"in": record["frame_bytes_s2c"]})
     if alert:
         ext["msg"] = record.get("summary") or record.get("kind")
         ext["externalId"] = record.get("alert_id")

@@ -22,7 +22,7 @@ from helpers import free_port, publish, require_or_skip
 from tls_certs import issue, make_ca, self_signed
 from wirestream.sinks.siem import DestinationRefused, SiemSink, cef_event, ecs_event
 
-from wirestream.topics import ALERTS, CONNECTIONS, DNS
+from wirestream.topics import ALERTS, CONNECTIONS, DNS, FLOWS
 
 RSYSLOGD = shutil.which("rsyslogd") or "/usr/sbin/rsyslogd"
 
@@ -89,6 +89,26 @@ def test_ecs_network_community_id() -> None:
     assert ecs_event(ALERTS, alert)["network"] == {"community_id": conn["community_id"]}
     # a record without one (written before the field existed): none
     assert "community_id" not in ecs_event(CONNECTIONS, {**conn, "community_id": None})["network"]
+
+
+def test_a_udp_flow_in_ecs_and_cef() -> None:
+    """A wire.flows record: ECS source/destination/network packets and bytes, its service
+    as network.protocol (not service.name: that is the server's workload), the duration
+    in ns; CEF with proto UDP, app and the bytes each way."""
+    flow = {"flow_id": "4c7fc472616dfe73", "transport": "udp", "client_ip": "172.16.16.170", "client_port": 49343,
+            "server_ip": "4.2.2.1", "server_port": 53, "start_ts_us": 1_490_971_524_010_094,
+            "end_ts_us": 1_490_971_524_093_563, "packets_c2s": 1, "packets_s2c": 1, "bytes_c2s": 27, "bytes_s2c": 43,
+            "frame_bytes_c2s": 69, "frame_bytes_s2c": 85, "service": "dns", "conn_state": "SF",
+            "community_id": "1:1j4Q6a7lDMIdR+BI+xU1GenbDEY=", "server_service": None}
+    doc = ecs_event(FLOWS, flow)
+    assert doc["source"] == {"ip": "172.16.16.170", "port": 49343, "packets": 1, "bytes": 69}
+    assert doc["destination"] == {"ip": "4.2.2.1", "port": 53, "packets": 1, "bytes": 85}
+    assert doc["network"] == {"transport": "udp", "community_id": "1:1j4Q6a7lDMIdR+BI+xU1GenbDEY=", "packets": 2,
+                              "bytes": 154, "protocol": "dns"}
+    assert doc["event"]["duration"] == 83_469_000 and "service" not in doc
+    assert doc["@timestamp"] == "2017-03-31T14:45:24.010094Z"
+    cef = cef_event(FLOWS, flow)
+    assert "proto=UDP" in cef and "app=dns" in cef and "out=69" in cef and "in=85" in cef, cef
 
 
 @pytest.fixture

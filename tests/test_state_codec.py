@@ -55,7 +55,7 @@ from wirestream.processors.state_codec import (
 )
 
 from wirestream.packet_block import PROTO_UDP
-from wirestream.topics import CONNECTIONS
+from wirestream.topics import CONNECTIONS, FLOWS
 
 DATA = Path(__file__).parent / "data"
 CAPTURES = sorted(str(p.relative_to(DATA)) for p in DATA.rglob("*.pcap*"))
@@ -376,6 +376,23 @@ def test_engine_restore_gives_the_same_records(capture: str) -> None:
     expected = run_engine(batches)
     got = run_engine(batches, cuts=set(range(0, len(batches), 3)), sockets=False)
     assert_same(expected, got, capture)
+
+
+def test_an_engine_checkpointed_before_the_flow_table_restores_with_one() -> None:
+    """A checkpoint of this format written before engines had ``flows`` (the UDP flows):
+    restored, its engine has an empty flow table, and the flows after it are records."""
+    batches = batches_of(KEY_CAPTURES[0])
+    sink = RecordingSink()
+    engine = Engine("local", 0, ENGINE_OPTIONS, sink)
+    del engine.flows  # what the older code's engine was
+    old = engine.snapshot()
+    assert "flows" not in state_layout(old)["wirestream.processors.engine:Engine"]
+    restored = Engine.restore(old, ENGINE_OPTIONS, sink)
+    assert restored.flows.open_flows == 0
+    for headers, payloads in batches:
+        restored.feed(headers, payloads)
+    restored.finish()
+    assert sink.out.get(FLOWS) == run_engine(batches).get(FLOWS) and sink.out.get(FLOWS)
 
 
 def full_run_layout() -> dict[str, list[str]]:

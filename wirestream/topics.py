@@ -10,6 +10,8 @@ PACKETS = "wire.packets"
 #: kernel socket/syscall events of live capture, co-partitioned with wire.packets
 SOCKETS = "wire.sockets"
 CONNECTIONS = "wire.connections"
+#: UDP flows (Zeek's conn.log notion of a connection); TCP connections are on CONNECTIONS
+FLOWS = "wire.flows"
 TRANSACTIONS = "wire.transactions"
 DNS = "wire.dns"
 TLS = "wire.tls"
@@ -32,6 +34,7 @@ TOPIC_SCHEMAS: dict[str, str] = {
     SOCKETS: "socket_event",
     K8S_IDENTITY: "k8s_identity",
     CONNECTIONS: "connection",
+    FLOWS: "flow",
     TRANSACTIONS: "transaction",
     DNS: "dns",
     TLS: "tls",
@@ -44,6 +47,7 @@ TOPIC_SCHEMAS: dict[str, str] = {
 RAW_TOPICS: tuple[str, ...] = (PACKETS, SOCKETS)
 OUTPUT_TOPICS: tuple[str, ...] = (
     CONNECTIONS,
+    FLOWS,
     TRANSACTIONS,
     DNS,
     TLS,
@@ -82,6 +86,7 @@ WINDOWS_STAGE = "processor.windows"
 #: first packet, the request, the query, the ClientHello, the window, the alert), in µs
 RECORD_TIME: dict[str, str] = {
     CONNECTIONS: "start_ts_us",
+    FLOWS: "start_ts_us",
     TRANSACTIONS: "request_ts_us",
     DNS: "query_ts_us",
     TLS: "client_hello_ts_us",

@@ -22,7 +22,7 @@
 //! - [`avro`]: output records -> Avro binary, compiled from their schema;
 //! - [`avro_read`]: Avro binary -> records (the readers of topics), on the same compiled schema;
 //! - [`avro_text`]: a bytes value (a body) as the JSON literal of its text, for the JSONL files;
-//! - `python`, `python_tcp`, `python_http`, `python_dns`, `python_tls`, `python_avro`: the Python classes over all of it.
+//! - `python`, `python_tcp`, `python_http`, `python_dns`, `python_tls`, `python_avro`, `python_flow`: the Python classes over all of it.
 
 use pyo3::prelude::*;
 
@@ -47,6 +47,7 @@ mod python_avro;
 mod python_http;
 mod python_dns;
 mod python_tls;
+mod python_flow;
 
 /// The version of the compiled core (the crate's), for `wirestream doctor`.
 #[pyfunction]
@@ -73,6 +74,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<python_avro::PyAvroWriter>()?;
     m.add_class::<python_avro::PyAvroReader>()?;
     m.add_function(wrap_pyfunction!(python_avro::json_text, m)?)?;
+    m.add_function(wrap_pyfunction!(python_flow::community_id_of, m)?)?;
     Ok(())
 }
 
