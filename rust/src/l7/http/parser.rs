@@ -21,7 +21,11 @@
 //! gave): a request method it does not know, a target that is not origin-form (`/...`),
 //! `*`, absolute-form (`scheme://...`) or, for CONNECT, authority-form, a header name that
 //! is not a token, a CR not followed by LF, and Content-Length together with
-//! Transfer-Encoding are parse errors. Bounded: a head (and a trailer block) is at most
+//! Transfer-Encoding are parse errors. Except for start lines: one that Wireshark's
+//! dissector takes for a request or status line although llhttp refuses it (`OPTIONS`
+//! alone, `GET /` without version, `HTTP/1.` as version, `HTTP/1 404`: `tolerated_line`)
+//! is a head flagged `malformed`, so that it pairs as it does in tshark and Zeek.
+//! Bounded: a head (and a trailer block) is at most
 //! `max_head` bytes (`header_too_large`), a chunk-size line at most [`MAX_CHUNK_LINE`].
 
 /// Longest chunk-size line (with extensions) accepted.
@@ -71,7 +75,7 @@ pub struct Head {
     pub minor: u8,
     pub fields: Fields,
     /// The start line is not HTTP/1.x grammar but one Wireshark's dissector still takes
-    /// for a request or status line (see [`tolerated_line`]): counted `http_malformed`.
+    /// for a request or status line (see `tolerated_line`): counted `http_malformed`.
     pub malformed: bool,
 }
 

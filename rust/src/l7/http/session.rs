@@ -17,8 +17,10 @@
 //!   (they are not HTTP/1: counted and ignored);
 //! - how to go on after missing bytes ([`Connection::gap`]) or a parse error: the
 //!   transaction in progress ends with `error`, then bytes are dropped until something
-//!   that starts a message (a request line, `HTTP/1.x NNN`) and a fresh parser takes
-//!   over.
+//!   that starts a message (a request line, `HTTP/1.x NNN`, or at a line start a start
+//!   line Wireshark takes: [`find_resync`]) and a fresh parser takes over; a request lost
+//!   in a gap keeps its response from pairing with the next request, whether its answer
+//!   comes before the gap is reported (`orphans`) or after (a stand-in in the queue).
 //!
 //! Each direction is an explicit small state machine ([`Mode`]):
 //!
