@@ -13,7 +13,8 @@ reassembly reports the hole as the receiver's TCP would have had it):
   request, a tolerated request line after a gap;
 - TLS 1.3 drafts with early data (0-RTT records before the ServerHello): draft 23 and
   Facebook's draft 23 and 26 from the ServerHello's ``supported_versions``, draft 18 from
-  the old ServerHello layout (its own version field, no session id, no compression).
+  the old ServerHello layout (its own version field, no session id, no compression), and
+  TLS 1.3 itself for comparison.
 
 One ``wirestream analyze`` run reads them all. Per capture, the request/response pairs
 tshark makes (``http.request_in``) and the requests it leaves unanswered are our
@@ -160,7 +161,7 @@ def server_hello(version: int) -> bytes:
     echo and compression method."""
     key_share = _ext(51, b"\x00\x1d" + _v16(bytes(32)))
     if version >> 8 == 0x7F and (version & 0xFF) < 22:
-        return _hs(2, version.to_bytes(2, "big") + bytes(32) + b"\x13\x01" + _v16(key_share))
+        return _hs(2, version.to_bytes(2, "big") + bytes(32) + b"\x13\x01" + _v16(key_share + _ext(41, b"\x00\x00")))
     exts = _ext(43, version.to_bytes(2, "big")) + key_share + _ext(41, b"\x00\x00")
     return _hs(2, b"\x03\x03" + bytes(32) + b"\x00" + b"\x13\x01" + b"\x00" + _v16(exts))
 
@@ -298,14 +299,18 @@ def test_tls_draft_versions_are_tsharks(analyzed, case: str) -> None:
     """The version tshark shows in the ServerHello (supported_versions, else its version
     field) is our version_id; our version is tshark's name, spelled TLS1.3."""
     paths, _, records = analyzed
-    fields = ["tls.handshake.type", "tls.handshake.version", "tls.handshake.extensions.supported_version"]
+    fields = ["tls.handshake.type", "tls.handshake.version", "tls.handshake.extensions.supported_version",
+              "tls.handshake.ciphersuite"]
     (rows,) = tshark_rows([paths[case]], fields, "tls.handshake.type == 2", ("-E", "occurrence=f"))
     assert len(rows) == 1, rows
-    _, legacy, selected = rows[0]
+    _, legacy, selected, suite = rows[0]
     theirs = int(selected or legacy, 16)
     assert theirs == TLS_CASES[case]
     (r,) = records[case][TLS]
     assert r["version_id"] == theirs
+    # (the ServerHello's layout was read right: the suite is where tshark finds it)
+    assert r["cipher_suite_id"] == int(suite, 16) == 0x1301
+    assert r["resumed"], "the server took the PSK (TLS 1.3 resumption, with early data)"
     assert r["version"] == _tshark_version_names()[theirs].replace("TLS 1.3", "TLS1.3")
     assert r["server_name"] == "draft.example"
     assert r["established"] and r["error"] is None, r
