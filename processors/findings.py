@@ -28,6 +28,9 @@ class Finding(IntFlag):
     PASSWORD_IN_FORM = 4  # a non-empty password field in a form or JSON request body
     CARD_NUMBER = 8  # a Luhn-valid payment card number in a body
     OTHER_PII = 16  # a formatted US social security number in a form or JSON body
+    # a request or status line Wireshark takes although it is not HTTP/1.x grammar
+    # (no version, `HTTP/1.` as version, no target, ...): paired and flagged, not dropped
+    HTTP_MALFORMED = 32
 
 
 NO_FINDINGS = Finding(0)
@@ -42,6 +45,7 @@ BEARER_TOKEN_BIT = int(Finding.BEARER_TOKEN)
 PASSWORD_IN_FORM_BIT = int(Finding.PASSWORD_IN_FORM)
 CARD_NUMBER_BIT = int(Finding.CARD_NUMBER)
 OTHER_PII_BIT = int(Finding.OTHER_PII)
+HTTP_MALFORMED_BIT = int(Finding.HTTP_MALFORMED)
 
 #: The per-client counter of each finding in a window (and the alert evidence's names).
 COUNTER_NAMES: dict[Finding, str] = {
@@ -50,6 +54,7 @@ COUNTER_NAMES: dict[Finding, str] = {
     Finding.PASSWORD_IN_FORM: "passwords_in_forms",
     Finding.CARD_NUMBER: "card_numbers",
     Finding.OTHER_PII: "other_pii",
+    Finding.HTTP_MALFORMED: "http_malformed",
 }
 #: (bit as a plain int, counter name), for the windows' loop over an observation's byte
 FINDING_COUNTERS: tuple[tuple[int, str], ...] = tuple((int(f), n) for f, n in COUNTER_NAMES.items())

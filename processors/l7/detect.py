@@ -54,11 +54,19 @@ def detect(data: bytes) -> Verdict:
     if b0 == 0x48:  # "HTTP/1." starts a response ("HEAD " is a method: checked below)
         if data[:7] == b"HTTP/1.":
             return Verdict.HTTP_RESPONSE
+        # a status line Wireshark takes with a version of another spelling ("HTTP/1 200",
+        # "HTTP/0.9 200"): HTTP/ and a digit (rust/src/l7/http/parser.rs, tolerated_line)
+        if len(data) >= 6 and data[:5] == b"HTTP/" and 0x30 <= data[5] <= 0x39:
+            return Verdict.HTTP_RESPONSE
         if len(data) < 7 and b"HTTP/1."[: len(data)] == data:
             return Verdict.NEED_MORE
     if not 0x41 <= b0 <= 0x5A:  # methods are upper-case tokens
         return Verdict.UNKNOWN
     space = data.find(b" ", 0, NEED)
+    # A method and the end of its line is a request line Wireshark takes ("OPTIONS" with
+    # no target, as scanners send it): the first of space, CR, LF ends the method.
+    ends = [i for i in (space, data.find(b"\r", 0, NEED), data.find(b"\n", 0, NEED)) if i >= 0]
+    space = min(ends, default=-1)
     if space < 0:
         if len(data) < NEED and data.isupper():
             return Verdict.NEED_MORE

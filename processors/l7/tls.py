@@ -117,13 +117,22 @@ VERSION_NAMES: dict[int, str] = {
 }
 
 
+#: Facebook's TLS 1.3 drafts: the draft each number is (Wireshark's ``ssl_versions``).
+FACEBOOK_DRAFTS: dict[int, int] = {0xFB17: 23, 0xFB1A: 26}
+
+
 def version_name(version: int | None) -> str | None:
-    """0x0303 -> "TLS1.2"; TLS 1.3 drafts (0x7fNN) -> "TLS1.3"; unknown -> None."""
+    """0x0303 -> "TLS1.2"; a TLS 1.3 draft as tshark names it, in our spelling: 0x7f17 ->
+    "TLS1.3 (draft 23)" (tshark: "TLS 1.3 (draft 23)"), 0xfb17 -> "TLS1.3 (Facebook
+    draft 23)"; unknown -> None. (``version_id`` keeps the number.)"""
     if version is None:
         return None
     name = VERSION_NAMES.get(version)
-    if name is None and version >> 8 == 0x7F:
-        return "TLS1.3"
+    if name is None:
+        if version >> 8 == 0x7F:
+            return f"TLS1.3 (draft {version & 0xFF})"
+        if version in FACEBOOK_DRAFTS:
+            return f"TLS1.3 (Facebook draft {FACEBOOK_DRAFTS[version]})"
     return name
 
 

@@ -21,7 +21,11 @@
 //! gave): a request method it does not know, a target that is not origin-form (`/...`),
 //! `*`, absolute-form (`scheme://...`) or, for CONNECT, authority-form, a header name that
 //! is not a token, a CR not followed by LF, and Content-Length together with
-//! Transfer-Encoding are parse errors. Bounded: a head (and a trailer block) is at most
+//! Transfer-Encoding are parse errors. Except for start lines: one that Wireshark's
+//! dissector takes for a request or status line although llhttp refuses it (`OPTIONS`
+//! alone, `GET /` without version, `HTTP/1.` as version, `HTTP/1 404`: `tolerated_line`)
+//! is a head flagged `malformed`, so that it pairs as it does in tshark and Zeek.
+//! Bounded: a head (and a trailer block) is at most
 //! `max_head` bytes (`header_too_large`), a chunk-size line at most [`MAX_CHUNK_LINE`].
 
 /// Longest chunk-size line (with extensions) accepted.
@@ -67,9 +71,12 @@ pub struct Head {
     pub target: Vec<u8>,
     /// Response: the status code.
     pub status: u16,
-    /// "1.1" or "1.0".
+    /// "1.1" or "1.0" (a tolerated start line without `HTTP/1.1`: 0).
     pub minor: u8,
     pub fields: Fields,
+    /// The start line is not HTTP/1.x grammar but one Wireshark's dissector still takes
+    /// for a request or status line (see `tolerated_line`): counted `http_malformed`.
+    pub malformed: bool,
 }
 
 /// What a head alone says about its body (RFC 9112 section 6.3), and about an upgrade.
@@ -562,6 +569,48 @@ fn target_ok(method: &[u8], target: &[u8], complete: bool) -> bool {
 /// Could `line` (no LF yet) still become a valid start line? (llhttp stops at the
 /// first byte that cannot continue one.)
 fn start_prefix(kind: Kind, line: &[u8]) -> bool {
+    strict_prefix(kind, line) || tolerated_prefix(kind, line)
+}
+
+/// Could `line` (no LF yet) still become a [`tolerated_line`]?
+fn tolerated_prefix(kind: Kind, line: &[u8]) -> bool {
+    // (a CR is the last byte read at most: one followed by anything else is `missing_lf`)
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    if line.iter().any(|&b| (b < b' ' && b != b'\t') || b == 0x7f) {
+        return false;
+    }
+    match kind {
+        Kind::Request => {
+            let Some(sp) = line.iter().position(|&b| b == b' ') else {
+                return METHODS.iter().any(|m| m.starts_with(line));
+            };
+            if !METHODS.contains(&line.get(..sp).unwrap_or_default()) {
+                return false;
+            }
+            let rest = line.get(sp + 1..).unwrap_or_default();
+            let Some(end) = rest.iter().position(|&b| b == b' ') else {
+                return rest.iter().all(|&b| url_byte(b));
+            };
+            let version = rest.get(end + 1..).unwrap_or_default();
+            let version = version.get(version.iter().take_while(|&&b| b == b' ' || b == b'\t').count()..).unwrap_or_default();
+            let k = version.len().min(5);
+            rest.get(..end).unwrap_or_default().iter().all(|&b| url_byte(b)) && version.get(..k) == b"HTTP/".get(..k)
+        }
+        Kind::Response => {
+            let k = line.len().min(5);
+            if line.get(..k) != b"HTTP/".get(..k) {
+                return false;
+            }
+            let Some(sp) = line.iter().position(|&b| b == b' ') else { return true };
+            let after = line.get(sp..).unwrap_or_default();
+            let rest = after.get(after.iter().take_while(|&&b| b == b' ').count()..).unwrap_or_default();
+            let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+            digits <= 3 && (digits == rest.len() || digits == 3)
+        }
+    }
+}
+
+fn strict_prefix(kind: Kind, line: &[u8]) -> bool {
     match kind {
         Kind::Request => {
             let Some(sp) = line.iter().position(|&b| b == b' ') else {
@@ -612,8 +661,86 @@ fn version_prefix(v: &[u8], done: bool) -> bool {
     ok && (!done || v.len() == 8)
 }
 
-/// A complete start line (with its line end), as a head without fields.
+/// A complete start line (with its line end), as a head without fields: HTTP/1.x grammar,
+/// else a line Wireshark still takes for a start line ([`tolerated_line`], `malformed`),
+/// else the strict grammar's reason.
 fn start_line(kind: Kind, line: &[u8]) -> Result<Head, &'static str> {
+    strict_start_line(kind, line).or_else(|reason| tolerated_line(kind, line).ok_or(reason))
+}
+
+/// The start lines Wireshark's HTTP dissector takes (`is_http_request_or_reply` in
+/// epan/dissectors/packet-http.c, and its request/response line dissectors), which
+/// tshark and Zeek pair with their answer although they are not HTTP/1.x grammar:
+///
+/// - a request line is a known method, then (after a space) anything: no target
+///   (`OPTIONS`), a target and no version (HTTP/0.9's `GET /`), a version that is not
+///   `HTTP/1.0` or `HTTP/1.1` (`HTTP/1.`, `HTTP/1.2`, `HTTP/2.0`), a target that is not
+///   origin-, absolute- or asterisk-form (`index.html`). Kept stricter than Wireshark
+///   where a line would be garbage taken for a request: the method is one llhttp knows,
+///   the target has no control character, the version (what follows the target) starts
+///   with `HTTP/` and has no control character;
+/// - a status line is `HTTP/` and a version of any spelling (`HTTP/1.`, `HTTP/1`,
+///   `HTTP/0.9`), one or more spaces, a three-digit code followed by the end of the line,
+///   a space or a reason glued to it (`200OK`), a reason without control characters.
+///
+/// The minor version is 1 for a version that starts `HTTP/1.1`, else 0.
+fn tolerated_line(kind: Kind, line: &[u8]) -> Option<Head> {
+    let line = line.strip_suffix(b"\n").unwrap_or(line);
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    if line.iter().any(|&b| (b < b' ' && b != b'\t') || b == 0x7f) {
+        return None;
+    }
+    let minor = |v: &[u8]| u8::from(v.starts_with(b"HTTP/1.1"));
+    match kind {
+        Kind::Request => {
+            let sp = line.iter().position(|&b| b == b' ').unwrap_or(line.len());
+            let method = line.get(..sp)?;
+            if !METHODS.contains(&method) {
+                return None;
+            }
+            let rest = line.get(sp + 1..).unwrap_or_default();
+            let end = rest.iter().position(|&b| b == b' ').unwrap_or(rest.len());
+            let target = rest.get(..end)?;
+            if !target.iter().all(|&b| url_byte(b)) {
+                return None;
+            }
+            let version = trim(rest.get(end + 1..).unwrap_or_default());
+            if !(version.is_empty() || version.starts_with(b"HTTP/")) {
+                return None;
+            }
+            Some(Head {
+                method: method.to_vec(),
+                target: target.to_vec(),
+                minor: minor(version),
+                malformed: true,
+                ..Head::default()
+            })
+        }
+        Kind::Response => {
+            if !line.starts_with(b"HTTP/") {
+                return None;
+            }
+            let sp = line.iter().position(|&b| b == b' ')?;
+            let after = line.get(sp..)?;
+            let skip = after.iter().take_while(|&&b| b == b' ').count();
+            let rest = after.get(skip..)?;
+            let code = rest.get(..3)?;
+            if !code.iter().all(u8::is_ascii_digit) || rest.get(3).is_some_and(u8::is_ascii_digit) {
+                return None;
+            }
+            let status = code.iter().fold(0u16, |n, &d| n * 10 + u16::from(d - b'0'));
+            Some(Head { status, minor: minor(line), malformed: true, ..Head::default() })
+        }
+    }
+}
+
+/// Is `line` (with or without its line end) a start line Wireshark takes that is not
+/// HTTP/1.x grammar? (resynchronisation after a gap: `session::find_resync`)
+pub fn tolerated_start(kind: Kind, line: &[u8]) -> bool {
+    strict_start_line(kind, line).is_err() && tolerated_line(kind, line).is_some()
+}
+
+fn strict_start_line(kind: Kind, line: &[u8]) -> Result<Head, &'static str> {
     let line = line.strip_suffix(b"\n").unwrap_or(line);
     let line = line.strip_suffix(b"\r").unwrap_or(line);
     match kind {
@@ -630,7 +757,7 @@ fn start_line(kind: Kind, line: &[u8]) -> Result<Head, &'static str> {
                 return Err("invalid_url");
             }
             let minor = version(rest.get(sp2 + 1..).unwrap_or_default()).ok_or("invalid_version")?;
-            Ok(Head { method: method.to_vec(), target: target.to_vec(), status: 0, minor, fields: Vec::new() })
+            Ok(Head { method: method.to_vec(), target: target.to_vec(), minor, ..Head::default() })
         }
         Kind::Response => {
             let minor = version(line.get(..8).unwrap_or_default()).ok_or("invalid_version")?;
@@ -812,7 +939,8 @@ mod tests {
     #[test]
     fn errors_have_reasons() {
         assert_eq!(events(Kind::Request, b"\x00GET", 10), vec!["begin", "error invalid_method"]);
-        assert_eq!(events(Kind::Request, b"GET / HTTP/2.0\r\n", 10), vec!["begin", "error invalid_version"]);
+        // (a version Wireshark takes, `HTTP/2.0`, is tolerated: see `tolerated_*`)
+        assert_eq!(events(Kind::Request, b"GET / FTP/1.0\r\n", 10), vec!["begin", "error invalid_version"]);
         assert_eq!(events(Kind::Request, b"GET / HTTP/1.1\r\nBad Header\r\n\r\n", 100),
                    vec!["begin", "error invalid_header_token"]);
         assert_eq!(events(Kind::Response, b"XTTP/1.1", 3), vec!["begin", "error invalid_version"]);
@@ -820,6 +948,105 @@ mod tests {
                        .last().unwrap(), "error invalid_chunk_size");
         let long = [b"GET / HTTP/1.1\r\nX: ".as_slice(), &[b'a'; 2000]].concat();
         assert_eq!(events(Kind::Request, &long, 100).last().unwrap(), "error header_too_large");
+    }
+
+    /// The heads of `d` fed in pieces of `step` bytes (bodies by Content-Length), as
+    /// (method, target, status, minor, malformed), or the error.
+    /// (method, target, status, minor, malformed) of a head.
+    type Seen = (String, String, u16, u8, bool);
+
+    fn heads(kind: Kind, d: &[u8], step: usize) -> Result<Vec<Seen>, &'static str> {
+        let mut p = Parser::new(kind, 1024);
+        let mut out = Vec::new();
+        for chunk in d.chunks(step.max(1)) {
+            let mut pos = 0;
+            loop {
+                let (ev, at) = p.step(chunk, pos);
+                pos = at;
+                match ev {
+                    Ev::More => break,
+                    Ev::Head(h) => {
+                        let n = framing(&h.fields).ok().and_then(|f| f.length).unwrap_or(0);
+                        out.push((String::from_utf8_lossy(&h.method).into_owned(),
+                                  String::from_utf8_lossy(&h.target).into_owned(), h.status, h.minor, h.malformed));
+                        p.set_body(Body::Length(n));
+                    }
+                    Ev::Error(r) => return Err(r),
+                    _ => {}
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    #[test]
+    fn tolerated_request_lines_are_heads_flagged_malformed() {
+        let h = |m: &str, t: &str, minor: u8| (m.to_string(), t.to_string(), 0u16, minor, true);
+        let cases: [(&[u8], _); 9] = [
+            (b"OPTIONS\r\nHost: h\r\n\r\n", h("OPTIONS", "", 0)),              // no target, no version
+            (b"OPTIONS \r\n\r\n", h("OPTIONS", "", 0)),
+            (b"GET / HTTP/1.\r\nHost: h\r\n\r\n", h("GET", "/", 0)),        // version cut short
+            (b"GET /\r\n\r\n", h("GET", "/", 0)),                             // HTTP/0.9 style
+            (b"GET /x \n\n", h("GET", "/x", 0)),
+            (b"GET / HTTP/2.0\r\n\r\n", h("GET", "/", 0)),
+            (b"GET index.html HTTP/1.1\r\n\r\n", h("GET", "index.html", 1)), // not origin-form
+            (b"HEAD /  HTTP/1.1\r\n\r\n", h("HEAD", "/", 1)),                 // two spaces
+            (b"POST /p HTTP/1.1.1\r\nContent-Length: 2\r\n\r\nabGET / HTTP/1.1\r\n\r\n", h("POST", "/p", 1)),
+        ];
+        for (d, want) in cases {
+            for step in 1..=d.len() {
+                let got = heads(Kind::Request, d, step);
+                let got = got.unwrap_or_else(|e| panic!("{:?} step {step}: {e}", String::from_utf8_lossy(d)));
+                assert_eq!(got.first(), Some(&want), "{:?} step {step}", String::from_utf8_lossy(d));
+            }
+        }
+        // the next request after a tolerated one is read as usual
+        let two = heads(Kind::Request, b"POST /p HTTP/1.1.1\r\nContent-Length: 2\r\n\r\nabGET / HTTP/1.1\r\n\r\n", 5);
+        assert_eq!(two.unwrap().get(1), Some(&("GET".to_string(), "/".to_string(), 0, 1, false)));
+        // well-formed lines are not flagged
+        assert_eq!(heads(Kind::Request, b"GET / HTTP/1.0\r\n\r\n", 3).unwrap(),
+                   vec![("GET".to_string(), "/".to_string(), 0, 0, false)]);
+    }
+
+    #[test]
+    fn tolerated_status_lines_are_heads_flagged_malformed() {
+        let h = |status: u16, minor: u8| (String::new(), String::new(), status, minor, true);
+        let cases: [(&[u8], _); 6] = [
+            (b"HTTP/1. 200 OK\r\nContent-Length: 0\r\n\r\n", h(200, 0)),
+            (b"HTTP/1 404 Not Found\r\n\r\n", h(404, 0)),
+            (b"HTTP/1.1  200 OK\r\n\r\n", h(200, 1)),
+            (b"HTTP/1.1 200OK\r\n\r\n", h(200, 1)),
+            (b"HTTP/0.9 500\n\n", h(500, 0)),
+            (b"HTTP/2 204 \r\n\r\n", h(204, 0)),
+        ];
+        for (d, want) in cases {
+            for step in 1..=d.len() {
+                let got = heads(Kind::Response, d, step);
+                let got = got.unwrap_or_else(|e| panic!("{:?} step {step}: {e}", String::from_utf8_lossy(d)));
+                assert_eq!(got.first(), Some(&want), "{:?} step {step}", String::from_utf8_lossy(d));
+            }
+        }
+        assert_eq!(heads(Kind::Response, b"HTTP/1.1 200\r\n\r\n", 4).unwrap(),
+                   vec![(String::new(), String::new(), 200, 1, false)]);
+    }
+
+    #[test]
+    fn what_wireshark_would_not_take_is_still_an_error() {
+        for (kind, d, reason) in [
+            (Kind::Request, b"FOO / HTTP/1.1\r\n".as_slice(), "invalid_method"),
+            (Kind::Request, b"GETX / HTTP/1.1\r\n", "invalid_method"),
+            (Kind::Request, b"GET /\x01 HTTP/1.1\r\n", "invalid_url"),
+            (Kind::Request, b"GET / FTP/1.0\r\n", "invalid_version"),
+            (Kind::Response, b"HTTP/1.1 2000 OK\r\n", "invalid_status"),
+            (Kind::Response, b"HTTP/1.1 abc\r\n", "invalid_status"),
+            (Kind::Response, b"HTTP/1.1\r\n", "invalid_status"),
+            (Kind::Response, b"HTTX/1.1 200 OK\r\n", "invalid_version"),
+            (Kind::Response, b"HTTP/1.1 200 O\x01K\r\n", "invalid_status"),
+        ] {
+            for step in 1..=d.len() {
+                assert_eq!(heads(kind, d, step), Err(reason), "{:?} step {step}", String::from_utf8_lossy(d));
+            }
+        }
     }
 
     #[test]

@@ -362,8 +362,11 @@ pub fn redact_target(target: &str) -> Option<String> {
 pub const PASSWORD_IN_FORM_BIT: u8 = 4;
 pub const CARD_NUMBER_BIT: u8 = 8;
 pub const OTHER_PII_BIT: u8 = 16;
+/// A start line tolerated as Wireshark does, not HTTP/1.x grammar (`Txn::malformed`).
+pub const HTTP_MALFORMED_BIT: u8 = 32;
 /// Every `Finding` bit.
-pub const ALL_FINDINGS: u8 = BASIC_CREDENTIALS_BIT | BEARER_TOKEN_BIT | PASSWORD_IN_FORM_BIT | CARD_NUMBER_BIT | OTHER_PII_BIT;
+pub const ALL_FINDINGS: u8 =
+    BASIC_CREDENTIALS_BIT | BEARER_TOKEN_BIT | PASSWORD_IN_FORM_BIT | CARD_NUMBER_BIT | OTHER_PII_BIT | HTTP_MALFORMED_BIT;
 
 const FORM_TYPE: &str = "x-www-form-urlencoded";
 const BINARY_TYPES: &[&str] = &["image/", "audio/", "video/", "font/", "application/octet-stream",
@@ -789,6 +792,9 @@ pub fn shown(t: &Txn, redact: bool) -> Shown<'_> {
         Vec::new()
     };
     let mut findings = header_findings(&req_headers);
+    if t.malformed {
+        findings |= HTTP_MALFORMED_BIT;
+    }
     let cut = |size: u64, body: &[u8]| size > body.len() as u64;
     let req_ct = get(&req_headers, "content-type");
     let req_body = match t.req_body_redacted {

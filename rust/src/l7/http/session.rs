@@ -17,8 +17,10 @@
 //!   (they are not HTTP/1: counted and ignored);
 //! - how to go on after missing bytes ([`Connection::gap`]) or a parse error: the
 //!   transaction in progress ends with `error`, then bytes are dropped until something
-//!   that starts a message (a request line, `HTTP/1.x NNN`) and a fresh parser takes
-//!   over.
+//!   that starts a message (a request line, `HTTP/1.x NNN`, or at a line start a start
+//!   line Wireshark takes: [`find_resync`]) and a fresh parser takes over; a request lost
+//!   in a gap keeps its response from pairing with the next request, whether its answer
+//!   comes before the gap is reported (`orphans`) or after (a stand-in in the queue).
 //!
 //! Each direction is an explicit small state machine ([`Mode`]):
 //!
@@ -112,6 +114,9 @@ pub struct Txn {
     /// checkpoint was written: `state.rs`, `redact::at_rest`), and `bits` are the
     /// `Finding` bits of the body as it was sent. None: `req_body` is as sent.
     pub req_body_redacted: Option<u8>,
+    /// A start line (request or final response) Wireshark takes although it is not
+    /// HTTP/1.x grammar (`parser::tolerated_line`): the `HTTP_MALFORMED` finding.
+    pub malformed: bool,
 }
 
 const GAP: u8 = 0;
@@ -184,6 +189,12 @@ pub struct Connection {
     pub held_ts: i64,
     pub wait_txn: Option<u64>,
     pub wait_gap: bool,
+    /// Responses that began with no request queued since the last request began: the
+    /// answers to requests lost in a gap the request direction has not reported yet (its
+    /// reassembler reports a hole when the server acknowledges past it, which may be after
+    /// the answer was read). A request gap between requests claims one instead of queueing
+    /// a stand-in, whose slot would take the next request's response.
+    pub orphans: u64,
     /// Completed transactions and counter increments, for the caller (see `take`).
     pub out: Vec<Txn>,
     pub counts: Vec<(&'static str, u64)>,
@@ -205,6 +216,7 @@ impl Connection {
             held_ts: 0,
             wait_txn: None,
             wait_gap: false,
+            orphans: 0,
             out: Vec::new(),
             counts: Vec::new(),
             garbage: Vec::new(),
@@ -309,11 +321,19 @@ impl Connection {
                 if self.req.mode == Mode::Parse && self.req.cur.is_none() {
                     // Between requests: the bytes lost are the start of a request. Queue a
                     // stand-in (never reported) so that its response does not pair with
-                    // the requests after it.
+                    // the requests after it; unless its response was already read (an
+                    // orphan, see `orphans`): then there is no slot to keep.
+                    self.count("http_requests_lost_in_gap", 1);
+                    if self.orphans > 0 {
+                        self.orphans -= 1;
+                        self.count("http_lost_requests_answered", 1);
+                        self.side_gap(d);
+                        self.collect();
+                        return;
+                    }
                     let ts = self.req.last_ts;
                     let id = self.new_txn(Txn { req_ts: ts, req_end_ts: Some(ts), req_done: true, ..Txn::default() });
                     self.push_pending(id);
-                    self.count("http_requests_lost_in_gap", 1);
                 }
             }
             Dir::Resp => {
@@ -421,8 +441,11 @@ impl Connection {
                         v.extend_from_slice(rest);
                         Some(v)
                     };
+                    // (no tail: these bytes start a line, the first after a gap or a
+                    // line end)
+                    let at_line_start = joined.is_none();
                     let hay: &[u8] = joined.as_deref().unwrap_or(rest);
-                    match find_start(d, hay) {
+                    match find_resync(d, hay, at_line_start) {
                         None => {
                             let tail = keep_tail(hay, limit).to_vec();
                             self.count("http_resync_bytes_dropped", (hay.len() - tail.len()) as u64);
@@ -533,6 +556,7 @@ impl Connection {
                 let ts = self.req.ts;
                 let id = self.new_txn(Txn { req_ts: ts, ..Txn::default() });
                 self.req.cur = Some(id);
+                self.orphans = 0; // (see `orphans`: a request was seen since)
                 self.req.switch = false;
                 if self.pending.len() >= MAX_PENDING {
                     if let Some(dropped) = self.pop_front() {
@@ -548,6 +572,7 @@ impl Connection {
                     Some(&id) => id,
                     None => {
                         self.count("http_orphan_responses", 1);
+                        self.orphans += 1;
                         self.new_txn(Txn { req_ts: ts, orphan: true, ..Txn::default() })
                     }
                 };
@@ -573,9 +598,14 @@ impl Connection {
             h.fields.truncate(at); // the fields before the broken one are the message's
         }
         let f = f.map_err(|(reason, _)| reason);
+        if h.malformed {
+            // tolerated as Wireshark does (parser::tolerated_line): paired, flagged
+            self.count("http_malformed", 1);
+        }
         match d {
             Dir::Req => {
                 let t = self.txn(id);
+                t.malformed |= h.malformed;
                 t.method = Some(h.method);
                 t.url = h.target;
                 t.minor = Some(h.minor);
@@ -609,6 +639,7 @@ impl Connection {
                 t.resp_headers = h.fields;
                 let interim = (100..200).contains(&status) && status != 101;
                 if !interim {
+                    t.malformed |= h.malformed && !t.orphan;
                     t.status = Some(status);
                     if status == 101 {
                         t.upgrade = Some(upgrade_name(t));
@@ -732,7 +763,7 @@ impl Connection {
         // start line is never parsed twice, nor are those of the messages before it).
         let failed_at = begin_at.unwrap_or(slice_start).min(data.len());
         let from = begin_at.map_or(slice_start, |b| b + 1).min(data.len());
-        if let Some(m) = find_start(d, data.get(from..).unwrap_or_default()) {
+        if let Some(m) = find_resync(d, data.get(from..).unwrap_or_default(), false) {
             self.count("http_resync_bytes_dropped", (from + m - failed_at) as u64);
             self.restart(d);
             return from + m;
@@ -1028,6 +1059,38 @@ pub fn find_start(d: Dir, hay: &[u8]) -> Option<usize> {
             }
             None
         }
+    }
+}
+
+/// Where resynchronisation goes on in `hay`: the first message start [`find_start`]
+/// finds, or a start line Wireshark takes that is not HTTP/1.x grammar (`OPTIONS`,
+/// `GET /`, `HTTP/1. 200`: `parser::tolerated_start`) if one comes first. Such a line
+/// counts only where a line starts (`hay[0]` if `at_line_start`, else after a line feed)
+/// and once its line end came: tshark likewise looks for a start line at the start of a
+/// segment only, and a looser pattern anywhere would find requests in bodies.
+pub fn find_resync(d: Dir, hay: &[u8], at_line_start: bool) -> Option<usize> {
+    let strict = find_start(d, hay);
+    let kind = if d == Dir::Req { Kind::Request } else { Kind::Response };
+    let limit = strict.unwrap_or(hay.len());
+    let mut start = if at_line_start { Some(0) } else { None };
+    let mut from = 0;
+    loop {
+        let line_start = match start.take() {
+            Some(s) => s,
+            None => match hay.get(from..limit).unwrap_or_default().iter().position(|&b| b == b'\n') {
+                Some(i) => from + i + 1,
+                None => return strict,
+            },
+        };
+        if line_start >= limit {
+            return strict;
+        }
+        let rest = hay.get(line_start..).unwrap_or_default();
+        let Some(lf) = rest.iter().position(|&b| b == b'\n') else { return strict };
+        if super::parser::tolerated_start(kind, rest.get(..lf + 1).unwrap_or_default()) {
+            return Some(line_start);
+        }
+        from = line_start + lf;
     }
 }
 

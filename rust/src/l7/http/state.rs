@@ -25,8 +25,10 @@ use super::session::{Connection, Mode, Side, Txn, ERRORS};
 
 pub const MAGIC: &[u8; 4] = b"WSHT";
 /// Version of this encoding: bump it with any change of the fields (2: a transaction's
-/// `req_body_redacted`; version 1 is still read: its transactions are as sent).
-pub const VERSION: u16 = 2;
+/// `req_body_redacted`; 3: a transaction's `malformed` and the connection's `orphans`;
+/// versions 1 and 2 are still read: their transactions are as sent, resp. well-formed,
+/// and no orphan response is waiting for its lost request).
+pub const VERSION: u16 = 3;
 
 use crate::state_bytes::{frame, unframe, Res, R, W};
 
@@ -88,6 +90,9 @@ fn write_txn(w: &mut W, t: &Txn, version: u16) {
     if version >= 2 {
         w.ou8(t.req_body_redacted);
     }
+    if version >= 3 {
+        w.b(t.malformed);
+    }
 }
 
 fn read_txn(r: &mut R<'_>, version: u16) -> Res<Txn> {
@@ -129,6 +134,9 @@ fn read_txn(r: &mut R<'_>, version: u16) -> Res<Txn> {
         if t.req_body_redacted.is_some_and(|bits| bits & !redact::ALL_FINDINGS != 0) {
             return Err("bad findings in the HTTP state".into());
         }
+    }
+    if version >= 3 {
+        t.malformed = r.b()?;
     }
     Ok(t)
 }
@@ -255,6 +263,9 @@ fn encode(c: &Connection, redact: bool, version: u16) -> Vec<u8> {
     w.i64(c.held_ts);
     w.ou64(c.wait_txn);
     w.b(c.wait_gap);
+    if version >= 3 {
+        w.u64(c.orphans);
+    }
     frame(MAGIC, version, &w.0)
 }
 
@@ -263,6 +274,7 @@ pub fn restore(data: &[u8]) -> Res<Connection> {
     // the version this build reads that the bytes say (anything else: unframe's error)
     let version = match data.get(4..6) {
         Some(&[0, 1]) => 1,
+        Some(&[0, 2]) => 2,
         _ => VERSION,
     };
     let body = unframe("HTTP", MAGIC, version, data)?;
@@ -301,6 +313,9 @@ pub fn restore(data: &[u8]) -> Res<Connection> {
     c.held_ts = r.i64()?;
     c.wait_txn = r.ou64()?.map(known).transpose()?;
     c.wait_gap = r.b()?;
+    if version >= 3 {
+        c.orphans = r.u64()?;
+    }
     if r.at != body.len() {
         return Err("trailing bytes after the HTTP state".into());
     }
@@ -461,14 +476,36 @@ HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n";
     }
 
     #[test]
-    fn version_1_is_still_read() {
+    fn versions_1_and_2_are_still_read() {
         let live = waiting();
-        let v1 = encode(&live, false, 1);
-        assert_eq!(&v1[4..6], &[0, 1]);
-        assert_eq!(restore(&v1).unwrap(), live);
+        for version in [1u16, 2] {
+            let old = encode(&live, false, version);
+            assert_eq!(&old[4..6], &version.to_be_bytes());
+            assert_eq!(restore(&old).unwrap(), live, "version {version}");
+        }
         let mut other = snapshot(&live, false);
-        other[4..6].copy_from_slice(&3u16.to_be_bytes());
+        other[4..6].copy_from_slice(&4u16.to_be_bytes());
         let err = restore(&other).unwrap_err();
-        assert!(err.contains("version 3") && err.contains("reads only 2"), "{err}");
+        assert!(err.contains("version 4") && err.contains("reads only 3"), "{err}");
+    }
+
+    #[test]
+    fn version_3_keeps_malformed_and_orphans() {
+        // a tolerated request line waiting for its answer, an orphan response read
+        let mut c = Connection::new(0, 1024, 1024, 8192, 1_000_000);
+        c.data(1, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", 1);
+        c.data(0, b"OPTIONS\r\nHost: h\r\n\r\n", 2);
+        let _ = c.take();
+        assert!(c.txns.values().any(|t| t.malformed));
+        let c2 = restore(&snapshot(&c, false)).unwrap();
+        assert_eq!(c2, c);
+        // an older version cannot say either: restored as well-formed, no orphan
+        let old = restore(&encode(&c, false, 2)).unwrap();
+        assert!(!old.txns.values().any(|t| t.malformed));
+        let mut c = Connection::new(0, 1024, 1024, 8192, 1_000_000);
+        c.data(1, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", 1);
+        assert_eq!(c.orphans, 1);
+        assert_eq!(restore(&snapshot(&c, false)).unwrap().orphans, 1);
+        assert_eq!(restore(&encode(&c, false, 2)).unwrap().orphans, 0);
     }
 }

@@ -290,3 +290,169 @@ fn redacted_checkpoints_give_the_same_records_whatever_the_input() {
         assert_eq!(records(&a.take().0), records(&b.take().0), "round {round}: the end");
     }
 }
+
+// -- tolerance (issue 18 part 6): start lines Wireshark takes, gaps that tshark pairs over
+
+fn ok(body: &str, status: &str) -> Vec<u8> {
+    format!("HTTP/1.1 {status}\r\nContent-Length: {}\r\n\r\n{body}", body.len()).into_bytes()
+}
+
+#[test]
+fn tolerated_start_lines_pair_and_are_flagged() {
+    for (req, resp, method, url, status) in [
+        (b"OPTIONS\r\nHost: h\r\n\r\n".as_slice(), ok("x", "200 OK"), "OPTIONS", "", 200),
+        (b"GET / HTTP/1.\r\n\r\n", ok("", "400 Bad Request"), "GET", "/", 400),
+        (b"GET /scan\r\n\r\n", ok("", "404 Not Found"), "GET", "/scan", 404),
+        (b"GET / HTTP/1.1\r\n\r\n", b"HTTP/1. 200 OK\r\nContent-Length: 0\r\n\r\n".to_vec(), "GET", "/", 200),
+        (b"GET / HTTP/1.1\r\n\r\n", b"HTTP/1.1 302Found\r\nContent-Length: 0\r\n\r\n".to_vec(), "GET", "/", 302),
+    ] {
+        let mut c = conn();
+        c.data(0, req, 1);
+        c.data(0, b"GET /next HTTP/1.1\r\n\r\n", 2);
+        c.data(1, &resp, 3);
+        c.data(1, &ok("n", "200 OK"), 4);
+        c.close();
+        let (out, counts) = c.take();
+        let what = String::from_utf8_lossy(req);
+        assert_eq!(summary(&out), vec![s(method, url, Some(status), None), s("GET", "/next", Some(200), None)], "{what}");
+        assert!(out[0].malformed && !out[1].malformed, "{what}");
+        assert!(counts.contains(&("http_malformed", 1)), "{what}: {counts:?}");
+        assert!(!counts.iter().any(|(k, _)| k.starts_with("http_parse_error")), "{what}: {counts:?}");
+        let shown = super::redact::shown(&out[0], true);
+        assert_eq!(shown.findings & super::redact::HTTP_MALFORMED_BIT, super::redact::HTTP_MALFORMED_BIT);
+        assert_eq!(super::redact::shown(&out[1], true).findings, 0);
+    }
+}
+
+#[test]
+fn a_malformed_orphan_or_interim_response_does_not_flag_the_request() {
+    let mut c = conn();
+    c.data(0, b"PUT /f HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 0\r\n\r\n", 1);
+    c.data(1, b"HTTP/1. 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n", 2);
+    let (out, counts) = c.take();
+    assert_eq!(summary(&out), vec![s("PUT", "/f", Some(201), None)]);
+    assert!(!out[0].malformed);
+    assert!(counts.contains(&("http_malformed", 1)));
+}
+
+/// tshark's pairs for the gap cases (tests/test_l7_tolerance.py checks them against
+/// tshark on captures): the client's hole is reported when the server acknowledges past
+/// it, which is after the server's answer to the lost request was read.
+#[test]
+fn a_lost_request_answered_before_its_gap_is_reported_takes_no_slot() {
+    // /1 lost; its 200 comes (an orphan), then the gap, then /2 and its 404
+    let mut c = conn();
+    c.data(1, &ok("one", "200 OK"), 2);
+    c.gap(0, 27);
+    c.data(0, b"GET /2 HTTP/1.1\r\nHost: h\r\n\r\n", 3);
+    c.data(1, &ok("two", "404 NF"), 4);
+    c.close();
+    let (out, counts) = c.take();
+    assert_eq!(summary(&out), vec![s("GET", "/2", Some(404), None)]);
+    assert!(counts.contains(&("http_lost_requests_answered", 1)), "{counts:?}");
+    assert!(counts.contains(&("http_requests_lost_in_gap", 1)));
+    assert_eq!(c.orphans, 0);
+
+    // mid-connection: /1 and its 200, /2 lost and its 404 read, /3 and its 500
+    let mut c = conn();
+    c.data(0, b"GET /1 HTTP/1.1\r\n\r\n", 1);
+    c.data(1, &ok("1", "200 OK"), 2);
+    c.data(1, &ok("2", "404 NF"), 4);
+    c.gap(0, 19);
+    c.data(0, b"GET /3 HTTP/1.1\r\n\r\n", 5);
+    c.data(1, &ok("3", "500 E"), 6);
+    c.close();
+    let (out, _) = c.take();
+    assert_eq!(summary(&out), vec![s("GET", "/1", Some(200), None), s("GET", "/3", Some(500), None)]);
+}
+
+#[test]
+fn a_gap_reported_before_the_answer_keeps_its_stand_in() {
+    // the other order of the same events: the stand-in takes the lost request's answer
+    let mut c = conn();
+    c.data(0, b"GET /1 HTTP/1.1\r\n\r\n", 1);
+    c.data(1, &ok("1", "200 OK"), 2);
+    c.gap(0, 19);
+    c.data(1, &ok("2", "404 NF"), 4);
+    c.data(0, b"GET /3 HTTP/1.1\r\n\r\n", 5);
+    c.data(1, &ok("3", "500 E"), 6);
+    c.close();
+    let (out, counts) = c.take();
+    assert_eq!(summary(&out), vec![s("GET", "/1", Some(200), None), s("GET", "/3", Some(500), None)]);
+    assert!(!counts.iter().any(|(k, _)| *k == "http_lost_requests_answered"));
+}
+
+#[test]
+fn an_orphan_before_a_request_is_no_answer_to_a_later_gap() {
+    // a response with nothing asked (a capture starting mid-connection), then a request:
+    // a gap after that request is a request of its own, whose answer comes later
+    let mut c = conn();
+    c.data(1, &ok("?", "200 OK"), 1);
+    c.data(0, b"GET /1 HTTP/1.1\r\n\r\n", 2);
+    assert_eq!(c.orphans, 0);
+    c.gap(0, 19);
+    c.data(0, b"GET /3 HTTP/1.1\r\n\r\n", 3);
+    c.data(1, &[ok("1", "200 OK"), ok("2", "404 NF"), ok("3", "500 E")].concat(), 4);
+    c.close();
+    let (out, _) = c.take();
+    assert_eq!(summary(&out), vec![s("GET", "/1", Some(200), None), s("GET", "/3", Some(500), None)]);
+}
+
+#[test]
+fn every_gap_case_survives_a_checkpoint_at_every_step() {
+    // the orphan count is state: a snapshot between the answer and the gap keeps it
+    type Step = Box<dyn Fn(&mut Connection)>;
+    let steps: Vec<Step> = vec![
+        Box::new(|c| c.data(0, b"GET /1 HTTP/1.1\r\n\r\n", 1)),
+        Box::new(|c| c.data(1, &ok("1", "200 OK"), 2)),
+        Box::new(|c| c.data(1, &ok("2", "404 NF"), 4)),
+        Box::new(|c| c.gap(0, 19)),
+        Box::new(|c| c.data(0, b"OPTIONS\r\n\r\n", 5)),
+        Box::new(|c| c.data(1, &ok("3", "500 E"), 6)),
+        Box::new(|c| c.close()),
+    ];
+    let mut whole = conn();
+    let mut expected = Vec::new();
+    for step in &steps {
+        step(&mut whole);
+        expected.extend(whole.take().0);
+    }
+    assert_eq!(summary(&expected), vec![s("GET", "/1", Some(200), None), s("OPTIONS", "", Some(500), None)]);
+    for cut in 0..steps.len() {
+        let mut c = conn();
+        let mut got = Vec::new();
+        for (i, step) in steps.iter().enumerate() {
+            if i == cut {
+                c = state::restore(&state::snapshot(&c, true)).unwrap();
+            }
+            step(&mut c);
+            got.extend(c.take().0);
+        }
+        assert_eq!(got, expected, "checkpoint before step {cut}");
+    }
+}
+
+#[test]
+fn resync_finds_tolerated_lines_at_line_starts_only() {
+    use super::session::{find_resync, Dir};
+    assert_eq!(find_resync(Dir::Req, b"OPTIONS\r\n\r\n", true), Some(0));
+    assert_eq!(find_resync(Dir::Req, b"OPTIONS\r\n\r\n", false), None); // mid-line
+    assert_eq!(find_resync(Dir::Req, b"body\r\nGET /\r\n", false), Some(6));
+    assert_eq!(find_resync(Dir::Req, b"body GET /\r\n", true), None);
+    assert_eq!(find_resync(Dir::Req, b"GET /", true), None); // its line end not yet
+    // the strict start comes first
+    assert_eq!(find_resync(Dir::Req, b"xGET /a HTTP/1.1\r\nGET /\r\n", false), Some(1));
+    assert_eq!(find_resync(Dir::Req, b"x\nGET /\r\nGET /a HTTP/1.1\r\n", false), Some(2));
+    assert_eq!(find_resync(Dir::Resp, b"yy\r\nHTTP/1. 200 OK\r\n", false), Some(4));
+    assert_eq!(find_resync(Dir::Resp, b"yy HTTP/1. 200 OK\r\n", true), None);
+
+    // after a gap, the first line of what follows
+    let mut c = conn();
+    c.data(0, b"GET /1 HTTP/1.1\r\nContent-Length: 100\r\n\r\nabc", 1);
+    c.gap(0, 97);
+    c.data(0, b"GET /2\r\n\r\n", 2);
+    c.data(1, &[ok("1", "200 OK"), ok("2", "404 NF")].concat(), 3);
+    c.close();
+    let (out, _) = c.take();
+    assert_eq!(summary(&out), vec![s("GET", "/1", Some(200), Some("gap")), s("GET", "/2", Some(404), None)]);
+}

@@ -5,6 +5,7 @@
 //! length field, in any extension we read or skip). Every read is bounds-checked: no
 //! input panics. Trailing bytes after the extension block are ignored, as before.
 
+use super::record::tls13_draft;
 use crate::bytes::{be16, u8_at};
 
 // Extensions (IANA "TLS ExtensionType Values").
@@ -166,9 +167,15 @@ pub fn parse_server_hello(body: &[u8]) -> Res<ServerHello> {
     let mut r = Reader::new(body);
     let version = r.u16()?;
     let retry = r.take(32)? == HRR_RANDOM;
-    let session_id = r.vec8()?;
+    // Before draft 22, a TLS 1.3 ServerHello had no legacy_session_id_echo and no
+    // compression method, and its version field was the negotiated version (draft 22
+    // moved it to supported_versions): Wireshark reads it so (packet-tls-utils.c).
+    let old_draft = tls13_draft(version).is_some_and(|d| d < 22) && version >> 8 == 0x7F;
+    let session_id = if old_draft { &[][..] } else { r.vec8()? };
     let cipher = r.u16()?;
-    r.u8()?; // compression method
+    if !old_draft {
+        r.u8()?; // compression method
+    }
     if session_id.len() > 32 {
         return Err(Malformed);
     }

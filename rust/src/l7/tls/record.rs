@@ -40,9 +40,21 @@ pub const MIN_CLIENT_HELLO: u64 = 41;
 
 pub const TLS13: u16 = 0x0304;
 
-/// TLS 1.3, or one of its drafts (0x7fNN).
+/// TLS 1.3, or one of its drafts (0x7fNN, and Facebook's 0xfb17 and 0xfb1a).
 pub fn is_tls13(version: u16) -> bool {
-    version == TLS13 || version >> 8 == 0x7F
+    version == TLS13 || tls13_draft(version).is_some()
+}
+
+/// The draft of TLS 1.3 a version number names, as Wireshark's `tls13_draft_version`
+/// (packet-tls-utils.c) reads it: 0x7fNN is draft NN, Facebook's 0xfb17 and 0xfb1a are
+/// drafts 23 and 26; None for anything else (the RFC's 0x0304 included).
+pub fn tls13_draft(version: u16) -> Option<u8> {
+    match version {
+        0xFB17 => Some(23),
+        0xFB1A => Some(26),
+        v if v >> 8 == 0x7F => Some((v & 0xFF) as u8),
+        _ => None,
+    }
 }
 
 /// Is `data` (the first bytes one side sent) the start of a TLS ClientHello? `Some(true)`

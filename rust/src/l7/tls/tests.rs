@@ -351,3 +351,94 @@ fn damaged_state_is_an_error_never_a_panic() {
         }
     }
 }
+
+// -- TLS 1.3 drafts (issue 18 part 6): the versions tshark reports
+
+/// A ServerHello of a TLS 1.3 draft before 22: the version field is the negotiated
+/// version, no session id echo, no compression method.
+fn server_hello_old_draft(version: u16, cipher: u16) -> Vec<u8> {
+    let mut body = version.to_be_bytes().to_vec();
+    body.extend_from_slice(&[5; 32]);
+    body.extend_from_slice(&cipher.to_be_bytes());
+    body.extend_from_slice(&vec16(&ext(51, &[0; 8]))); // key_share (not read)
+    hs(2, &body)
+}
+
+/// ClientHello offering `versions` with early data, 0-RTT application data, the server's
+/// flight (`sh`, a compatibility CCS unless `ccs` is false, encrypted records), the
+/// client's Finished.
+fn early_data(versions: &[u16], sh: Vec<u8>, ccs: bool) -> Vec<(u8, Vec<u8>, i64)> {
+    let mut ch = client_hello("draft.example", &["h2"], versions, &[]);
+    // early_data (42) and a pre_shared_key (41, last) appended to the extensions: lengths fixed below
+    let extra = [ext(42, &[]), ext(41, &[0, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0])].concat();
+    let body_len = ch.len() - 4 + extra.len();
+    ch[1..4].copy_from_slice(&(body_len as u32).to_be_bytes()[1..]);
+    let ext_at = 4 + 2 + 32 + 1 + 2 + 4 + 2; // version, random, sid(0), suites(4), compression
+    let ext_len = u16::from_be_bytes([ch[ext_at], ch[ext_at + 1]]) as usize + extra.len();
+    ch[ext_at..ext_at + 2].copy_from_slice(&(ext_len as u16).to_be_bytes());
+    ch.extend(extra);
+    let mut flight = rec(22, &sh);
+    if ccs {
+        flight.extend(rec(20, &[1]));
+    }
+    flight.extend(rec(23, &[0; 200]));
+    vec![
+        (0, [rec(22, &ch), rec(23, &[0; 80])].concat(), 1000), // 0-RTT data
+        (1, flight, 2000),
+        (0, rec(23, &[0; 53]), 3000),
+        (1, rec(23, &[0; 300]), 4000),
+    ]
+}
+
+#[test]
+fn draft_versions_from_supported_versions_and_old_server_hellos() {
+    // draft 22 and later (and Facebook's): the selected version in supported_versions
+    for v in [0x7f16u16, 0x7f17, 0x7f1c, 0xfb17, 0xfb1a] {
+        let sh = server_hello(0x1301, Some(v), &[], [3; 32], None);
+        let (h, _, _) = run(&early_data(&[0x0304, v, 0x0303], sh, true));
+        let h = h.unwrap();
+        assert_eq!((h.version, h.cipher), (Some(v), Some(0x1301)), "{v:#x}");
+        assert!(h.established && h.error.is_none(), "{v:#x}");
+        assert_eq!(h.handshake_ms, Some(2.0), "{v:#x}: ends at the client's Finished, not its 0-RTT data");
+    }
+    // before draft 22: the ServerHello's own version, its shorter layout, no CCS
+    for v in [0x7f0eu16, 0x7f12, 0x7f15] {
+        let (h, counts, _) = run(&early_data(&[v], server_hello_old_draft(v, 0x1302), false));
+        let h = h.unwrap();
+        assert_eq!((h.version, h.cipher), (Some(v), Some(0x1302)), "{v:#x}");
+        assert!(h.established && h.error.is_none(), "{v:#x}: {counts:?}");
+        assert_eq!(h.handshake_ms, Some(2.0));
+    }
+}
+
+#[test]
+fn draft_numbers_are_wiresharks() {
+    use super::record::{is_tls13, tls13_draft};
+    assert_eq!(tls13_draft(0x7f17), Some(23));
+    assert_eq!(tls13_draft(0x7f0e), Some(14));
+    assert_eq!(tls13_draft(0xfb17), Some(23));
+    assert_eq!(tls13_draft(0xfb1a), Some(26));
+    assert_eq!(tls13_draft(0x0304), None);
+    assert_eq!(tls13_draft(0xfb18), None);
+    assert!(is_tls13(0xfb1a) && is_tls13(0x7f12) && is_tls13(0x0304) && !is_tls13(0x0303));
+    // an old-draft ServerHello parses; the same bytes under a legacy version do not say so
+    let sh = parse_server_hello(&server_hello_old_draft(0x7f12, 0x1301)[4..]).unwrap();
+    assert_eq!((sh.version, sh.cipher, sh.session_id.len()), (0x7f12, 0x1301, 0));
+}
+
+#[test]
+fn every_split_of_a_draft_handshake_gives_the_same_summary() {
+    let sh = server_hello(0x1301, Some(0xfb17), &[], [3; 32], None);
+    for events in [early_data(&[0xfb17], sh, true), early_data(&[0x7f12], server_hello_old_draft(0x7f12, 0x1301), false)] {
+        let (want, _, _) = run(&events);
+        assert!(want.as_ref().is_some_and(|h| h.established));
+        for (i, (d, data, ts)) in events.iter().enumerate() {
+            for cut in 1..data.len() {
+                let mut ev = events.clone();
+                ev[i] = (*d, data[..cut].to_vec(), *ts);
+                ev.insert(i + 1, (*d, data[cut..].to_vec(), *ts));
+                assert_eq!(run(&ev).0, want, "cut at {cut} of event {i}");
+            }
+        }
+    }
+}
