@@ -593,7 +593,7 @@ def test_looks_like_tls_client_hello() -> None:
 
 
 def test_names() -> None:
-    assert version_name(0x0301) == "TLS1.0" and version_name(0x7F1C) == "TLS1.3"
+    assert version_name(0x0301) == "TLS1.0" and version_name(0x7F1C) == "TLS1.3 (draft 28)"
     assert version_name(0x0200) is None
     assert alert_name(40) == "handshake_failure" and alert_name(250) == "unknown_250"
     assert CIPHER_SUITES[0x1303] == "TLS_CHACHA20_POLY1305_SHA256"
