@@ -246,7 +246,7 @@ class Engine:
         if not isinstance(engine, cls):
             raise StateError(f"a checkpoint holds a {type(engine).__name__}, not an engine")
         engine.tracker.set_community_id_seed(options.community_id_seed)  # a setting, not state
-        engine.flows.community_id_seed = options.community_id_seed
+        engine.flows.set_community_id_seed(options.community_id_seed)
         return engine
 
 
@@ -270,7 +270,7 @@ def restore_engines(data: bytes, options: EngineOptions, sink: Sink,
         raise StateError("a checkpoint holds something other than a list of engines")
     for engine in engines:
         engine.tracker.set_community_id_seed(options.community_id_seed)  # a setting, not state
-        engine.flows.community_id_seed = options.community_id_seed
+        engine.flows.set_community_id_seed(options.community_id_seed)
     return engines
 
 

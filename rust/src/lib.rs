@@ -8,6 +8,7 @@
 //! - [`decode`]: frames -> packet headers ([`decode::link`] -> [`decode::ip`] ->
 //!   [`decode::transport`]), drops counted by reason;
 //! - [`community_id`]: the Community ID v1 of a flow, the records' `community_id`;
+//! - [`flow`]: the UDP flows of a partition (Zeek's conn.log notion), with their checkpoint encoding;
 //! - [`layout`]: the packed 80-byte header of `wire.packets` and the partition of a flow;
 //! - [`batch`]: per-partition batches (header block + payload blob);
 //! - [`replay`]: the producer's loop over them;
@@ -34,6 +35,7 @@ pub mod bytes;
 pub mod capture_file;
 pub mod community_id;
 pub mod decode;
+pub mod flow;
 pub mod l7;
 pub mod layout;
 mod python;
@@ -75,6 +77,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<python_avro::PyAvroReader>()?;
     m.add_function(wrap_pyfunction!(python_avro::json_text, m)?)?;
     m.add_function(wrap_pyfunction!(python_flow::community_id_of, m)?)?;
+    m.add_class::<python_flow::PyFlowTable>()?;
     Ok(())
 }
 

@@ -1,10 +1,18 @@
-//! The Community ID for the records Python builds itself (`processors/flows.py`'s UDP
-//! flows): the same function as the core's own records use, so that no second
-//! implementation can disagree with it.
+//! `FlowTable` (the UDP flows of `flow.rs`) for `processors/flows.py`, and the Community
+//! ID for records Python builds itself: the same function the core's own records use, so
+//! that no second implementation can disagree with it.
 
+use pyo3::buffer::PyBuffer;
+use pyo3::exceptions::PyValueError;
+use pyo3::intern;
 use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyList};
 
 use crate::community_id;
+use crate::flow::{Ended, FlowTable};
+use crate::tcp::connection::{connection_id, ip_text};
+
+const PROTO_UDP: u8 = 17;
 
 /// The Community ID v1 of a flow between `(ip0, port0)` and `(ip1, port1)` (addresses as
 /// text) over IP protocol `proto`, with `seed`; None if either is not an address or they
@@ -13,4 +21,113 @@ use crate::community_id;
 #[pyo3(signature = (seed, ip0, port0, ip1, port1, proto))]
 pub fn community_id_of(seed: u16, ip0: &str, port0: u16, ip1: &str, port1: u16, proto: u8) -> Option<String> {
     community_id::of_text(seed, ip0, port0, ip1, port1, proto)
+}
+
+/// The UDP flows of one source on one partition; records come back as dicts (the
+/// `wire.flows` fields the table knows: no identity, no source id).
+#[pyclass(name = "FlowTable", module = "wirestream._core")]
+pub struct PyFlowTable {
+    inner: FlowTable,
+    #[pyo3(get, set)]
+    community_id_seed: u16,
+}
+
+/// A contiguous buffer's bytes, for reading while `buffer` lives.
+fn contiguous<'a>(buffer: &'a PyBuffer<u8>, what: &str) -> PyResult<&'a [u8]> {
+    if !buffer.is_c_contiguous() {
+        return Err(PyValueError::new_err(format!("the {what} must be contiguous")));
+    }
+    // SAFETY: `buffer` keeps the exporter's memory alive and its shape fixed until it is
+    // dropped, which the returned borrow cannot outlive; we only read it.
+    Ok(unsafe { std::slice::from_raw_parts(buffer.buf_ptr() as *const u8, buffer.len_bytes()) })
+}
+
+#[pymethods]
+impl PyFlowTable {
+    #[new]
+    #[pyo3(signature = (timeout_us = crate::flow::INACTIVITY_TIMEOUT_US, max_flows = crate::flow::MAX_FLOWS,
+                        community_id_seed = 0))]
+    fn new(timeout_us: i64, max_flows: usize, community_id_seed: u16) -> Self {
+        PyFlowTable { inner: FlowTable::new(timeout_us, max_flows), community_id_seed }
+    }
+
+    /// A batch's header block (80 bytes per packet; rows other than UDP are skipped) and
+    /// payload blob, read in place; the records of the flows that ended, in order.
+    fn process<'py>(&mut self, py: Python<'py>, headers: &Bound<'py, PyAny>,
+                    payloads: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyList>> {
+        let hbuf = PyBuffer::<u8>::get(headers)?;
+        let pbuf = PyBuffer::<u8>::get(payloads)?;
+        let (block, blob) = (contiguous(&hbuf, "header block")?, contiguous(&pbuf, "payload blob")?);
+        let inner = &mut self.inner;
+        py.allow_threads(|| inner.process(block, blob));
+        self.records(py)
+    }
+
+    /// End of input: the records of every flow still held, in the order they started.
+    fn flush<'py>(&mut self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        self.inner.flush();
+        self.records(py)
+    }
+
+    #[getter]
+    fn open_flows(&self) -> usize {
+        self.inner.open_flows()
+    }
+
+    #[getter]
+    fn evicted(&self) -> u64 {
+        self.inner.evicted
+    }
+
+    /// The table's state as bytes (versioned, CRC-checked).
+    fn snapshot(&self) -> Vec<u8> {
+        self.inner.snapshot()
+    }
+
+    /// The table a `snapshot()` was taken of (ValueError: bytes that are not one).
+    #[staticmethod]
+    #[pyo3(signature = (data, community_id_seed = 0))]
+    fn restore(data: &[u8], community_id_seed: u16) -> PyResult<Self> {
+        let inner = FlowTable::restore(data).map_err(PyValueError::new_err)?;
+        Ok(PyFlowTable { inner, community_id_seed })
+    }
+}
+
+impl PyFlowTable {
+    fn records<'py>(&mut self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        let out = PyList::empty(py);
+        for e in self.inner.take() {
+            out.append(record(py, &e, self.community_id_seed)?)?;
+        }
+        Ok(out)
+    }
+}
+
+fn record<'py>(py: Python<'py>, e: &Ended, seed: u16) -> PyResult<Bound<'py, PyDict>> {
+    let f = &e.flow;
+    let ((cip, cport), (sip, sport)) = (f.client, f.server);
+    let (client_ip, server_ip) = (ip_text(&cip, f.version), ip_text(&sip, f.version));
+    let d = PyDict::new(py);
+    d.set_item(intern!(py, "flow_id"), connection_id(&client_ip, cport, &server_ip, sport, f.start_ts_us))?;
+    d.set_item(intern!(py, "transport"), "udp")?;
+    d.set_item(intern!(py, "client_ip"), &client_ip)?;
+    d.set_item(intern!(py, "client_port"), cport)?;
+    d.set_item(intern!(py, "server_ip"), &server_ip)?;
+    d.set_item(intern!(py, "server_port"), sport)?;
+    d.set_item(intern!(py, "ip_version"), f.version)?;
+    d.set_item(intern!(py, "start_ts_us"), f.start_ts_us)?;
+    d.set_item(intern!(py, "end_ts_us"), f.end_ts_us)?;
+    d.set_item(intern!(py, "packets_c2s"), f.packets[0])?;
+    d.set_item(intern!(py, "packets_s2c"), f.packets[1])?;
+    d.set_item(intern!(py, "bytes_c2s"), f.bytes[0])?;
+    d.set_item(intern!(py, "bytes_s2c"), f.bytes[1])?;
+    d.set_item(intern!(py, "frame_bytes_c2s"), f.frame_bytes[0])?;
+    d.set_item(intern!(py, "frame_bytes_s2c"), f.frame_bytes[1])?;
+    d.set_item(intern!(py, "service"), f.service.map(|s| s.name()))?;
+    d.set_item(intern!(py, "conn_state"), f.conn_state())?;
+    d.set_item(intern!(py, "ended_by"), e.ended_by.name())?;
+    let n = if f.version == 4 { 4 } else { 16 };
+    let cid = community_id::community_id(seed, &cip[..n], &sip[..n], PROTO_UDP, Some((cport, sport)), false);
+    d.set_item(intern!(py, "community_id"), cid)?;
+    Ok(d)
 }

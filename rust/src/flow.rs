@@ -1,0 +1,560 @@
+//! UDP flows: Zeek's conn.log notion of a connection for a transport without one.
+//!
+//! A [`FlowTable`] takes the UDP rows of each batch's header block (80-byte records,
+//! `layout.rs`) and keeps one [`Flow`] per pair of endpoints: packets, payload bytes and
+//! frame bytes per direction, first and last packet time, and what the first datagrams
+//! are ([`Service`]). A flow ends ([`Ended`]) when it has been idle for the inactivity
+//! timeout (capture time; Zeek's `udp_inactivity_timeout`, one minute), when memory is
+//! bounded (the flows idle longest go first), or at end of input.
+//!
+//! The client (Zeek's originator) is the sender of the first packet, unless its port is a
+//! well-known server port and the other's is not (Zeek flips such a flow,
+//! `likely_server_ports`: a capture that starts with a DNS answer still has the resolver
+//! as server).
+//!
+//! Everything is deterministic: flows that end together are given in the order they
+//! started (ties: the order they were created), so the same input gives the same records
+//! in the same order, and a table restored from [`FlowTable::snapshot`] goes on as the
+//! original would have.
+
+use std::collections::HashMap;
+
+use crate::bytes::array;
+use crate::layout::RECORD_SIZE;
+use crate::state_bytes::{frame, unframe, Res, R, W};
+
+const PROTO_UDP: u8 = 17;
+/// Zeek's `udp_inactivity_timeout`.
+pub const INACTIVITY_TIMEOUT_US: i64 = 60_000_000;
+/// How often (capture time) idle flows are looked for.
+pub const SWEEP_INTERVAL_US: i64 = 5_000_000;
+/// Flows held per table; beyond, those idle longest end (`evicted`).
+pub const MAX_FLOWS: usize = 100_000;
+/// Datagrams of a flow looked at for its service before giving up.
+const SERVICE_ATTEMPTS: u8 = 4;
+/// The ports whose flows Zeek turns around when they are the first sender's and not the
+/// receiver's: the UDP services of its analysers, and those [`Service`] knows.
+pub const LIKELY_SERVER_PORTS: [u16; 20] =
+    [53, 67, 69, 123, 137, 138, 161, 162, 443, 500, 514, 1812, 1813, 1900, 3478, 4500, 5353, 5355, 5683, 2152];
+
+const MAGIC: &[u8; 4] = b"WSUF";
+const VERSION: u16 = 1;
+
+/// An endpoint: the 16-byte address field (IPv4 in the first 4) and the port.
+pub type Endpoint = ([u8; 16], u16);
+
+/// What a flow's datagrams are, from their bytes and ports (Zeek's `service` names).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Service {
+    Dns,
+    Dhcp,
+    Ntp,
+    Quic,
+    Syslog,
+    Snmp,
+    Ssdp,
+}
+
+impl Service {
+    const ALL: [Service; 7] =
+        [Service::Dns, Service::Dhcp, Service::Ntp, Service::Quic, Service::Syslog, Service::Snmp, Service::Ssdp];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Service::Dns => "dns",
+            Service::Dhcp => "dhcp",
+            Service::Ntp => "ntp",
+            Service::Quic => "quic",
+            Service::Syslog => "syslog",
+            Service::Snmp => "snmp",
+            Service::Ssdp => "ssdp",
+        }
+    }
+
+    /// What datagram `p` between ports `sport` and `dport` is, or None. Each check wants
+    /// the port its protocol is on as well as a header that fits, except DHCP (its magic
+    /// cookie is enough) and QUIC (a long header with a known version).
+    pub fn of(p: &[u8], sport: u16, dport: u16) -> Option<Service> {
+        let on = |port: u16| sport == port || dport == port;
+        let n = p.len();
+        if n >= 12 && (on(53) || on(5353) || on(5355)) {
+            let opcode = (p[2] >> 3) & 0x0F;
+            let qdcount = u16::from_be_bytes([p[4], p[5]]);
+            if matches!(opcode, 0 | 1 | 2 | 4 | 5) && (qdcount >= 1 || p[2] & 0x80 != 0) {
+                return Some(Service::Dns);
+            }
+        }
+        if n >= 240 && p[236..240] == [0x63, 0x82, 0x53, 0x63] {
+            return Some(Service::Dhcp);
+        }
+        if n >= 48 && on(123) && (1..=4).contains(&((p[0] >> 3) & 0x07)) {
+            return Some(Service::Ntp);
+        }
+        if n >= 5 && p[0] & 0xC0 == 0xC0 {
+            let version = u32::from_be_bytes([p[1], p[2], p[3], p[4]]);
+            // v1 (RFC 9000), v2 (RFC 9369), the drafts 0xff0000XX
+            if version == 1 || version == 0x6B33_43CF || version >> 8 == 0x00FF_0000 {
+                return Some(Service::Quic);
+            }
+        }
+        if n >= 3 && on(514) && p[0] == b'<' && p[1].is_ascii_digit() {
+            return Some(Service::Syslog);
+        }
+        if n >= 2 && (on(161) || on(162)) && p[0] == 0x30 {
+            return Some(Service::Snmp);
+        }
+        if on(1900) && (p.starts_with(b"M-SEARCH ") || p.starts_with(b"NOTIFY ") || p.starts_with(b"HTTP/1.1 ")) {
+            return Some(Service::Ssdp);
+        }
+        None
+    }
+}
+
+/// Why a flow's record is written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EndedBy {
+    Timeout,
+    Evicted,
+    EndOfInput,
+}
+
+impl EndedBy {
+    pub fn name(self) -> &'static str {
+        match self {
+            EndedBy::Timeout => "timeout",
+            EndedBy::Evicted => "evicted",
+            EndedBy::EndOfInput => "end_of_input",
+        }
+    }
+}
+
+/// One flow's counters; index 0 of each pair is the client's direction.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Flow {
+    pub client: Endpoint,
+    pub server: Endpoint,
+    pub version: u8,
+    pub start_ts_us: i64,
+    pub end_ts_us: i64,
+    pub packets: [u64; 2],
+    pub bytes: [u64; 2],
+    pub frame_bytes: [u64; 2],
+    pub service: Option<Service>,
+    attempts: u8,
+    /// creation order: ties between flows that start at the same time
+    seq: u64,
+}
+
+impl Flow {
+    /// Zeek's `conn_state` of a UDP flow (base/protocols/conn/main.zeek): SF both sides
+    /// sent, S0 only the originator, SHR only the responder (a flow it turned around).
+    pub fn conn_state(&self) -> &'static str {
+        match (self.packets[0] > 0, self.packets[1] > 0) {
+            (true, true) => "SF",
+            (true, false) => "S0",
+            (false, true) => "SHR",
+            (false, false) => "OTH",
+        }
+    }
+}
+
+/// A flow whose record is due, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Ended {
+    pub flow: Flow,
+    pub ended_by: EndedBy,
+}
+
+/// The fields of a packed header that a flow needs.
+struct Row {
+    ts: i64,
+    wire_len: u32,
+    payload_len: u32,
+    off: u32,
+    caplen: u32,
+    src: Endpoint,
+    dst: Endpoint,
+    version: u8,
+    proto: u8,
+}
+
+impl Row {
+    fn read(block: &[u8], i: usize) -> Option<Row> {
+        let r: [u8; RECORD_SIZE] = array(block, i.checked_mul(RECORD_SIZE)?)?;
+        let u32at = |o: usize| u32::from_le_bytes([r[o], r[o + 1], r[o + 2], r[o + 3]]);
+        let u16at = |o: usize| u16::from_le_bytes([r[o], r[o + 1]]);
+        let ip = |o: usize| -> [u8; 16] { array(&r, o).unwrap_or([0; 16]) };
+        Some(Row {
+            ts: i64::from_le_bytes(array(&r, 0)?),
+            wire_len: u32at(12),
+            payload_len: u32at(16),
+            off: u32at(20),
+            caplen: u32at(24),
+            src: (ip(36), u16at(68)),
+            dst: (ip(52), u16at(70)),
+            version: r[76],
+            proto: r[77],
+        })
+    }
+}
+
+type Key = (u8, Endpoint, Endpoint);
+
+/// The UDP flows of one source on one partition.
+#[derive(Clone, Debug)]
+pub struct FlowTable {
+    flows: HashMap<Key, Flow>,
+    pub timeout_us: i64,
+    pub max_flows: usize,
+    next_sweep: i64,
+    next_seq: u64,
+    /// flows ended to bound memory, in all
+    pub evicted: u64,
+    /// flows ended, in the order their records are due; taken with [`FlowTable::take`]
+    ended: Vec<Ended>,
+}
+
+impl Default for FlowTable {
+    fn default() -> Self {
+        FlowTable::new(INACTIVITY_TIMEOUT_US, MAX_FLOWS)
+    }
+}
+
+impl FlowTable {
+    pub fn new(timeout_us: i64, max_flows: usize) -> Self {
+        FlowTable {
+            flows: HashMap::new(),
+            timeout_us,
+            max_flows: max_flows.max(1),
+            next_sweep: i64::MIN,
+            next_seq: 0,
+            evicted: 0,
+            ended: Vec::new(),
+        }
+    }
+
+    pub fn open_flows(&self) -> usize {
+        self.flows.len()
+    }
+
+    /// A batch: its header block (80 bytes per packet; rows other than UDP are skipped)
+    /// and payload blob.
+    pub fn process(&mut self, block: &[u8], blob: &[u8]) {
+        let mut now = i64::MIN;
+        for i in 0..block.len() / RECORD_SIZE {
+            let Some(row) = Row::read(block, i) else { break };
+            if row.proto == PROTO_UDP {
+                now = now.max(row.ts);
+                self.packet(&row, blob);
+            }
+        }
+        if now != i64::MIN && now >= self.next_sweep {
+            self.next_sweep = now.saturating_add(SWEEP_INTERVAL_US);
+            self.expire(now);
+        }
+        if self.flows.len() > self.max_flows {
+            self.evict();
+        }
+    }
+
+    fn packet(&mut self, row: &Row, blob: &[u8]) {
+        let (src, dst) = (row.src, row.dst);
+        let key = if src <= dst { (row.version, src, dst) } else { (row.version, dst, src) };
+        if let Some(flow) = self.flows.get(&key) {
+            if row.ts.saturating_sub(flow.end_ts_us) > self.timeout_us {
+                // idle past the timeout: its record, and a new flow from this packet
+                if let Some(flow) = self.flows.remove(&key) {
+                    self.ended.push(Ended { flow, ended_by: EndedBy::Timeout });
+                }
+            }
+        }
+        let seq = &mut self.next_seq;
+        let flow = self.flows.entry(key).or_insert_with(|| {
+            *seq += 1;
+            let flip = LIKELY_SERVER_PORTS.contains(&src.1) && !LIKELY_SERVER_PORTS.contains(&dst.1);
+            let (client, server) = if flip { (dst, src) } else { (src, dst) };
+            Flow {
+                client,
+                server,
+                version: row.version,
+                start_ts_us: row.ts,
+                end_ts_us: row.ts,
+                packets: [0; 2],
+                bytes: [0; 2],
+                frame_bytes: [0; 2],
+                service: None,
+                attempts: 0,
+                seq: *seq,
+            }
+        });
+        let side = usize::from(src != flow.client);
+        flow.packets[side] += 1;
+        flow.bytes[side] += u64::from(row.payload_len);
+        flow.frame_bytes[side] += u64::from(row.wire_len);
+        flow.start_ts_us = flow.start_ts_us.min(row.ts);
+        flow.end_ts_us = flow.end_ts_us.max(row.ts);
+        if flow.service.is_none() && flow.attempts < SERVICE_ATTEMPTS && row.caplen > 0 {
+            flow.attempts += 1;
+            let start = row.off as usize;
+            let payload = blob.get(start..start.saturating_add(row.caplen as usize)).unwrap_or(&[]);
+            flow.service = Service::of(payload, src.1, dst.1);
+        }
+    }
+
+    /// End the flows idle for the timeout at capture time `now_us`.
+    pub fn expire(&mut self, now_us: i64) {
+        let timeout = self.timeout_us;
+        self.end_where(|f| now_us.saturating_sub(f.end_ts_us) > timeout, EndedBy::Timeout);
+    }
+
+    /// End every flow (end of input).
+    pub fn flush(&mut self) {
+        self.end_where(|_| true, EndedBy::EndOfInput);
+    }
+
+    fn end_where(&mut self, due: impl Fn(&Flow) -> bool, why: EndedBy) {
+        let mut keys: Vec<(i64, u64, Key)> =
+            self.flows.iter().filter(|(_, f)| due(f)).map(|(k, f)| (f.start_ts_us, f.seq, *k)).collect();
+        keys.sort_unstable();
+        for (_, _, key) in keys {
+            if let Some(flow) = self.flows.remove(&key) {
+                self.ended.push(Ended { flow, ended_by: why });
+            }
+        }
+    }
+
+    fn evict(&mut self) {
+        let excess = self.flows.len().saturating_sub(self.max_flows);
+        let mut idle: Vec<(i64, u64, Key)> = self.flows.iter().map(|(k, f)| (f.end_ts_us, f.seq, *k)).collect();
+        idle.sort_unstable();
+        let mut out: Vec<Flow> = idle.into_iter().take(excess).filter_map(|(_, _, k)| self.flows.remove(&k)).collect();
+        out.sort_unstable_by_key(|f| (f.start_ts_us, f.seq));
+        self.evicted += out.len() as u64;
+        self.ended.extend(out.into_iter().map(|flow| Ended { flow, ended_by: EndedBy::Evicted }));
+    }
+
+    /// The flows ended since the last call, in the order their records are due.
+    pub fn take(&mut self) -> Vec<Ended> {
+        std::mem::take(&mut self.ended)
+    }
+
+    // --- checkpoints ---------------------------------------------------------------------
+
+    /// The table's state (flows held, settings, counters), versioned and CRC-checked.
+    /// Flows already ended must have been taken.
+    pub fn snapshot(&self) -> Vec<u8> {
+        let mut w = W(Vec::with_capacity(64 + self.flows.len() * 96));
+        w.i64(self.timeout_us);
+        w.u64(self.max_flows as u64);
+        w.i64(self.next_sweep);
+        w.u64(self.next_seq);
+        w.u64(self.evicted);
+        let mut flows: Vec<&Flow> = self.flows.values().collect();
+        flows.sort_unstable_by_key(|f| f.seq); // the same table, the same bytes
+        w.u64(flows.len() as u64);
+        for f in flows {
+            for (ip, port) in [f.client, f.server] {
+                w.raw(&ip);
+                w.u16(port);
+            }
+            w.u8(f.version);
+            w.i64(f.start_ts_us);
+            w.i64(f.end_ts_us);
+            for v in f.packets.iter().chain(&f.bytes).chain(&f.frame_bytes) {
+                w.u64(*v);
+            }
+            w.ou8(f.service.and_then(|s| Service::ALL.iter().position(|x| *x == s)).map(|i| i as u8));
+            w.u8(f.attempts);
+            w.u64(f.seq);
+        }
+        frame(MAGIC, VERSION, &w.0)
+    }
+
+    /// The table a [`FlowTable::snapshot`] was taken of; an error says what is wrong.
+    pub fn restore(data: &[u8]) -> Res<FlowTable> {
+        let mut r = R::new("UDP flow table", unframe("UDP flow table", MAGIC, VERSION, data)?);
+        let mut t = FlowTable::new(r.i64()?, r.u64()? as usize);
+        t.next_sweep = r.i64()?;
+        t.next_seq = r.u64()?;
+        t.evicted = r.u64()?;
+        let n = r.count(90)?;
+        for _ in 0..n {
+            let client = (r.take::<16>()?, r.u16()?);
+            let server = (r.take::<16>()?, r.u16()?);
+            let version = r.u8()?;
+            let (start_ts_us, end_ts_us) = (r.i64()?, r.i64()?);
+            let mut v = [0u64; 6];
+            for x in &mut v {
+                *x = r.u64()?;
+            }
+            let service = match r.ou8()? {
+                None => None,
+                Some(i) => Some(*Service::ALL.get(i as usize).ok_or_else(|| r.err("service"))?),
+            };
+            let flow = Flow {
+                client,
+                server,
+                version,
+                start_ts_us,
+                end_ts_us,
+                packets: [v[0], v[1]],
+                bytes: [v[2], v[3]],
+                frame_bytes: [v[4], v[5]],
+                service,
+                attempts: r.u8()?,
+                seq: r.u64()?,
+            };
+            let key = if client <= server { (version, client, server) } else { (version, server, client) };
+            t.flows.insert(key, flow);
+        }
+        if !r.done() {
+            return Err(r.err("trailing bytes"));
+        }
+        Ok(t)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layout::Packet;
+
+    fn ip4(last: u8) -> [u8; 16] {
+        let mut a = [0u8; 16];
+        a[..4].copy_from_slice(&[10, 0, 0, last]);
+        a
+    }
+
+    /// A UDP packet: `(ts, src, sport, dst, dport, payload)`, addresses 10.0.0.x.
+    type Udp<'a> = (i64, u8, u16, u8, u16, &'a [u8]);
+
+    /// A header block and blob of UDP packets.
+    fn batch(ps: &[Udp]) -> (Vec<u8>, Vec<u8>) {
+        let (mut block, mut blob) = (Vec::new(), Vec::new());
+        for &(ts, s, sp, d, dp, payload) in ps {
+            let p = Packet {
+                ts_us: ts,
+                frame: 1,
+                wire_len: 42 + payload.len() as u32,
+                payload_len: payload.len() as u32,
+                src_ip: ip4(s),
+                dst_ip: ip4(d),
+                src_port: sp,
+                dst_port: dp,
+                ip_version: 4,
+                proto: PROTO_UDP,
+                wscale: -1,
+                ..Packet::default()
+            };
+            p.write(&mut block, blob.len() as u32, payload.len() as u32);
+            blob.extend_from_slice(payload);
+        }
+        (block, blob)
+    }
+
+    fn run(t: &mut FlowTable, ps: &[Udp]) -> Vec<Ended> {
+        let (block, blob) = batch(ps);
+        t.process(&block, &blob);
+        t.take()
+    }
+
+    const DNS_Q: &[u8] = b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x01a\x00\x00\x01\x00\x01";
+    const DNS_R: &[u8] = b"\x12\x34\x81\x80\x00\x01\x00\x00\x00\x00\x00\x00\x01a\x00\x00\x01\x00\x01";
+
+    #[test]
+    fn a_query_and_its_answer_are_one_flow() {
+        let mut t = FlowTable::default();
+        assert!(run(&mut t, &[(1000, 1, 40000, 2, 53, DNS_Q), (2000, 2, 53, 1, 40000, DNS_R)]).is_empty());
+        t.flush();
+        let [e] = t.take().try_into().unwrap();
+        let f = e.flow;
+        assert_eq!((f.client, f.server), ((ip4(1), 40000), (ip4(2), 53)));
+        assert_eq!((f.packets, f.bytes, f.start_ts_us, f.end_ts_us), ([1, 1], [19, 19], 1000, 2000));
+        assert_eq!((f.service, f.conn_state(), e.ended_by), (Some(Service::Dns), "SF", EndedBy::EndOfInput));
+    }
+
+    #[test]
+    fn an_answer_first_is_turned_around() {
+        let mut t = FlowTable::default();
+        run(&mut t, &[(1000, 2, 53, 1, 40000, DNS_R)]);
+        t.flush();
+        let [e] = t.take().try_into().unwrap();
+        assert_eq!((e.flow.client, e.flow.packets, e.flow.conn_state()), ((ip4(1), 40000), [0, 1], "SHR"));
+    }
+
+    #[test]
+    fn idle_past_the_timeout_is_a_new_flow_and_the_sweep_ends_the_idle() {
+        let mut t = FlowTable::default();
+        run(&mut t, &[(0, 1, 1000, 2, 2000, b"a"), (0, 3, 1000, 2, 2000, b"b")]);
+        let ended = run(&mut t, &[(60_000_001, 1, 1000, 2, 2000, b"c")]);
+        // the first flow's own packet ends it; the sweep after the batch ends the other
+        let kinds: Vec<_> = ended.iter().map(|e| (e.flow.client.0[3], e.ended_by)).collect();
+        assert_eq!(kinds, vec![(1, EndedBy::Timeout), (3, EndedBy::Timeout)]);
+        assert_eq!(t.open_flows(), 1);
+    }
+
+    #[test]
+    fn memory_is_bounded_the_idle_longest_go_first() {
+        let mut t = FlowTable::new(INACTIVITY_TIMEOUT_US, 2);
+        let ended = run(&mut t, &[(10, 1, 1, 2, 2, b""), (5, 3, 1, 2, 2, b""), (20, 4, 1, 2, 2, b"")]);
+        assert_eq!(ended.len(), 1);
+        assert_eq!((ended[0].flow.client.0[3], ended[0].ended_by, t.evicted), (3, EndedBy::Evicted, 1));
+    }
+
+    #[test]
+    fn snapshot_and_restore_go_on_as_the_original() {
+        let ps: Vec<Udp> = (0..50)
+            .map(|i| (i64::from(i) * 1_000_000, (i % 7) as u8, 5000 + (i % 5) as u16, 99, 53, if i % 2 == 0 { DNS_Q } else { b"x" }))
+            .collect();
+        let mut a = FlowTable::default();
+        let mut out_a = run(&mut a, &ps[..20]);
+        let data = a.snapshot();
+        let mut b = FlowTable::restore(&data).unwrap();
+        assert_eq!(b.snapshot(), data);
+        let mut out_b = out_a.clone();
+        out_a.extend(run(&mut a, &ps[20..]));
+        out_b.extend(run(&mut b, &ps[20..]));
+        a.flush();
+        b.flush();
+        out_a.extend(a.take());
+        out_b.extend(b.take());
+        assert_eq!(out_a, out_b);
+        assert!(FlowTable::restore(&data[..data.len() - 1]).is_err());
+        assert!(FlowTable::restore(b"garbage").is_err());
+    }
+
+    #[test]
+    fn services_from_bytes_and_ports() {
+        let mut dhcp = vec![0u8; 244];
+        dhcp[236..240].copy_from_slice(&[0x63, 0x82, 0x53, 0x63]);
+        let mut ntp = vec![0u8; 48];
+        ntp[0] = 0x23;
+        let quic = [0xC3, 0, 0, 0, 1, 8];
+        let cases: [(&[u8], u16, u16, Option<Service>); 9] = [
+            (DNS_Q, 40000, 53, Some(Service::Dns)),
+            (DNS_Q, 40000, 54, None),
+            (&dhcp, 68, 67, Some(Service::Dhcp)),
+            (&ntp, 40000, 123, Some(Service::Ntp)),
+            (&quic, 50000, 443, Some(Service::Quic)),
+            (b"<34>Oct 11", 5000, 514, Some(Service::Syslog)),
+            (b"\x30\x26\x02", 5000, 161, Some(Service::Snmp)),
+            (b"M-SEARCH * HTTP/1.1\r\n", 5000, 1900, Some(Service::Ssdp)),
+            (b"", 5000, 53, None),
+        ];
+        for (p, sp, dp, want) in cases {
+            assert_eq!(Service::of(p, sp, dp), want, "{p:?} {sp} {dp}");
+        }
+    }
+
+    #[test]
+    fn garbage_rows_never_panic() {
+        let mut t = FlowTable::default();
+        let mut block = vec![0xFFu8; RECORD_SIZE * 3 + 5];
+        for i in 0..3 {
+            block[i * RECORD_SIZE + 77] = PROTO_UDP;
+        }
+        t.process(&block, &[]);
+        t.flush();
+        assert_eq!(t.take().len(), 1);
+    }
+}
