@@ -232,7 +232,10 @@ def tshark_http_pairs(path: str, unanswered: bool = False) -> dict[int, list[tup
             continue
         frame = int(row["frame.number"][0])
         stream_of[frame] = int(row["tcp.stream"][0])
-        requests[frame] = list(zip(row["http.request.method"], row["http.request.uri"], strict=False))
+        methods, uris = row["http.request.method"], row["http.request.uri"]
+        # a request line without a URI (a bare "OPTIONS", which tshark still shows as a
+        # request) has no http.request.uri: an empty one, rather than no request at all
+        requests[frame] = list(zip(methods, [*uris, *[""] * (len(methods) - len(uris))], strict=False))
     pairs: dict[int, list[tuple[str, str, int | None]]] = defaultdict(list)
     for row in rows:
         if not row["http.response.code"]:
