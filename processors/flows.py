@@ -1,14 +1,17 @@
-"""UDP flows: Zeek's conn.log notion of a connection for a transport without one.
+"""UDP and ICMP flows: Zeek's conn.log notion of a connection for transports without one.
 
 The flow table itself is the compiled core's (``rust/src/flow.rs``: the rules, in its
 module comment): per pair of endpoints, packets, payload bytes and frame bytes per
 direction, the first and last packet time, the service its first datagrams show, Zeek's
-direction (the likely-server-ports flip) and ``conn_state``. A flow's record is due when
+direction (the likely-server-ports flip) and ``conn_state``; of ICMP, the exchange (an
+echo and its replies are one flow), the type and code, and of an error the datagram it
+quotes and the path MTU it reports. A flow's record is due when
 it has been idle for the inactivity timeout (capture time; Zeek's
 ``udp_inactivity_timeout``, one minute), when memory is bounded (the flows idle longest
 go first, ``ended_by`` ``evicted``), or at end of input.
 
-A :class:`FlowTracker` hands each batch's UDP rows to it (read in place) and gives the
+A :class:`FlowTracker` hands each batch's header block to it (its UDP and ICMP rows are
+read in place) and gives the
 records of the flows that ended to the engine, with their source id.
 
 tshark's ``conv,udp`` has no timeout and no direction: its conversation of a pair of
@@ -32,7 +35,7 @@ MAX_FLOWS = 100_000
 
 
 class FlowTracker:
-    """The UDP flows of one source on one partition; records go to ``emit``."""
+    """The UDP and ICMP flows of one source on one partition; records go to ``emit``."""
 
     # The core is state too: its bytes go into a snapshot (_state_prepare) and it is
     # rebuilt from them on restore (_state_restored); processors/state_codec.py.
@@ -47,13 +50,14 @@ class FlowTracker:
         self._core = FlowTable(timeout_us, max_flows, community_id_seed)
         self._core_state = b""  # the core's bytes, in a snapshot only
 
-    def process(self, udp: np.ndarray, payloads: bytes | np.ndarray) -> None:
-        """The UDP packets of one batch (``wirestream.packet_block`` headers, capture order)."""
-        if len(udp):
+    def process(self, headers: np.ndarray, payloads: bytes | np.ndarray) -> None:
+        """One batch (``wirestream.packet_block`` headers, capture order; rows other than
+        UDP and ICMP are skipped by the core)."""
+        if len(headers):
             # the core reads rows and payloads in place, as bytes
             if isinstance(payloads, np.ndarray):
                 payloads = np.ascontiguousarray(payloads).view(np.uint8)
-            self._emit_all(self._core.process(np.ascontiguousarray(udp).view(np.uint8), payloads))
+            self._emit_all(self._core.process(np.ascontiguousarray(headers).view(np.uint8), payloads))
 
     def flush(self) -> None:
         """End of input: every flow still held, in the order they started."""

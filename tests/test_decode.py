@@ -234,10 +234,16 @@ def _retype(frame: bytes, ethertype: int) -> bytes:
     return frame[:12] + ethertype.to_bytes(2, "big") + frame[14:]
 
 
+def _proto(l3: bytes, proto: int) -> bytes:
+    """An IP packet with another protocol number (IPv4 byte 9, IPv6 next header)."""
+    at = 9 if l3[0] >> 4 == 4 else 6
+    return l3[:at] + bytes([proto]) + l3[at + 1:]
+
+
 @pytest.mark.parametrize(("linktype", "frame", "reason"), [
-    (ETH, cap.ethernet(cap.icmp4_echo()), "unsupported_transport"),
-    (ETH, cap.ethernet(cap.icmp6_echo()), "unsupported_transport"),
-    (RAW, cap.icmp4_echo(), "unsupported_transport"),
+    (ETH, cap.ethernet(_proto(cap.icmp4_echo(), 2)), "unsupported_transport"),  # IGMP
+    (ETH, cap.ethernet(_proto(cap.icmp6_echo(), 132)), "unsupported_transport"),  # SCTP
+    (RAW, _proto(cap.icmp4_echo(), 58), "unsupported_transport"),  # ICMPv6's number in IPv4
     (ETH, cap.arp_request(), "non_ip"),
     (SLL, cap.sll(cap.arp_request()[14:], protocol=cap.ETH_ARP), "non_ip"),
     (NULL, cap.null(cap.tcp(), family=7), "non_ip"),
@@ -245,11 +251,24 @@ def _retype(frame: bytes, ethertype: int) -> bytes:
     (RAW, b"\x50" + cap.tcp()[1:], "bad_ip_version"),
     (ETH, _retype(cap.ethernet(cap.tcp(*V6)), cap.ETH_IPV4), "bad_ip_version"),
     (ETH, _retype(cap.ethernet(cap.tcp(payload=b"x" * 40)), cap.ETH_IPV6), "bad_ip_version"),
-], ids=["icmp", "icmpv6", "raw-icmp", "arp", "sll-arp", "null-family-7", "linktype-147",
+], ids=["igmp", "sctp6", "raw-icmp6-in-v4", "arp", "sll-arp", "null-family-7", "linktype-147",
         "raw-version-5", "ethertype-v4-packet-v6", "ethertype-v6-packet-v4"])
 def test_not_tcp_or_udp(linktype, frame, reason):
-    """ICMP, ARP, unknown families/link types, wrong IP versions -> None and the named reason."""
+    """IGMP, SCTP, ARP, unknown families/link types, wrong IP versions -> None and the named reason."""
     assert_dropped(linktype, frame, reason)
+
+
+@pytest.mark.parametrize(("frame", "proto", "ports", "seq", "ack"), [
+    (cap.icmp4_echo(), 1, (8, 0), 8 << 8, 0x0001_0001),
+    (cap.icmp6_echo(), 58, (128, 129), 128 << 8, 0x0001_0001),
+], ids=["icmp", "icmpv6"])
+def test_icmp_is_a_packet(frame, proto, ports, seq, ack):
+    """An ICMP/ICMPv6 message (docs/packet-layout.md, "ICMP"): the Community ID's ports (an
+    echo request's are its reply's, reversed), type and code in seq, the rest of the
+    8-byte header in ack, the payload after it."""
+    _, f, payload = decode(RAW, frame)
+    assert (f["proto"], (f["src_port"], f["dst_port"]), f["seq"], f["ack"]) == (proto, ports, seq, ack)
+    assert payload == b"ping" * 8 and f["payload_len"] == 32
 
 
 # --- truncation at each layer --------------------------------------------------------------
@@ -390,7 +409,8 @@ def _ours(path: str) -> tuple[list[tuple[int, int, int, int]], FrameDecoder]:
             out = decoder.decode(fr.linktype, fr.data, fr.ts_us, fr.orig_len, fr.number)
             if out is not None:
                 f = dict(zip(FIELDS, out[0], strict=True))
-                ours.append((f["frame"], f["src_port"], f["dst_port"], f["payload_len"]))
+                if f["proto"] in (6, 17):  # what tshark's "tcp or udp" shows (ICMP: test_flows.py)
+                    ours.append((f["frame"], f["src_port"], f["dst_port"], f["payload_len"]))
     return ours, decoder
 
 

@@ -1,16 +1,25 @@
-//! UDP flows: Zeek's conn.log notion of a connection for a transport without one.
+//! UDP and ICMP flows: Zeek's conn.log notion of a connection for transports without one.
 //!
-//! A [`FlowTable`] takes the UDP rows of each batch's header block (80-byte records,
-//! `layout.rs`) and keeps one [`Flow`] per pair of endpoints: packets, payload bytes and
-//! frame bytes per direction, first and last packet time, and what the first datagrams
-//! are ([`Service`]). A flow ends ([`Ended`]) when it has been idle for the inactivity
+//! A [`FlowTable`] takes the UDP and ICMP/ICMPv6 rows of each batch's header block
+//! (80-byte records, `layout.rs`; an ICMP row's ports are the Community ID's, its `seq`
+//! the type and code, its `ack` the rest of the header, docs/packet-layout.md) and keeps
+//! one [`Flow`] per protocol and pair of endpoints: packets, payload bytes and frame bytes
+//! per direction, first and last packet time, and what the first datagrams are
+//! ([`Service`]). An ICMP flow is an exchange (an echo request and its replies: one flow,
+//! as the Community ID's ports pair them) or the messages of one type and code between
+//! two hosts; an error (unreachable, time exceeded, packet too big, ...) keeps the
+//! datagram it quotes ([`Quoted`]: the flow it is about, whose Community ID is the quoted
+//! one's) and the path MTU it reports. It is not added to the quoted flow's record: the
+//! error travels between other endpoints (a router and the sender), so it is on another
+//! partition than the flow it quotes. A flow ends ([`Ended`]) when it has been idle for the inactivity
 //! timeout (capture time; Zeek's `udp_inactivity_timeout`, one minute), when memory is
 //! bounded (the flows idle longest go first), or at end of input.
 //!
 //! The client (Zeek's originator) is the sender of the first packet, unless its port is a
 //! well-known server port and the other's is not (Zeek flips such a flow,
 //! `likely_server_ports`: a capture that starts with a DNS answer still has the resolver
-//! as server).
+//! as server); of an ICMP exchange, the sender of the request type (the echo requester,
+//! even if the capture starts with its reply).
 //!
 //! Everything is deterministic: flows that end together are given in the order they
 //! started (ties: the order they were created), so the same input gives the same records
@@ -24,6 +33,13 @@ use crate::layout::RECORD_SIZE;
 use crate::state_bytes::{frame, unframe, Res, R, W};
 
 const PROTO_UDP: u8 = 17;
+const PROTO_ICMP: u8 = 1;
+const PROTO_ICMP6: u8 = 58;
+/// ICMP types that ask (their counterpart answers): echo, timestamp, information,
+/// address mask, router solicitation; ICMPv6 echo, multicast listener query, router and
+/// neighbor solicitation, node information query, home agent address discovery.
+const ICMP4_REQUESTS: [u8; 5] = [8, 13, 15, 17, 10];
+const ICMP6_REQUESTS: [u8; 6] = [128, 130, 133, 135, 139, 144];
 /// Zeek's `udp_inactivity_timeout`.
 pub const INACTIVITY_TIMEOUT_US: i64 = 60_000_000;
 /// How often (capture time) idle flows are looked for.
@@ -38,7 +54,7 @@ pub const LIKELY_SERVER_PORTS: [u16; 20] =
     [53, 67, 69, 123, 137, 138, 161, 162, 443, 500, 514, 1812, 1813, 1900, 3478, 4500, 5353, 5355, 5683, 2152];
 
 const MAGIC: &[u8; 4] = b"WSUF";
-const VERSION: u16 = 1;
+const VERSION: u16 = 2;
 
 /// An endpoint: the 16-byte address field (IPv4 in the first 4) and the port.
 pub type Endpoint = ([u8; 16], u16);
@@ -131,6 +147,8 @@ impl EndedBy {
 /// One flow's counters; index 0 of each pair is the client's direction.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Flow {
+    /// 17 UDP, 1 ICMP, 58 ICMPv6
+    pub proto: u8,
     pub client: Endpoint,
     pub server: Endpoint,
     pub version: u8,
@@ -140,15 +158,104 @@ pub struct Flow {
     pub bytes: [u64; 2],
     pub frame_bytes: [u64; 2],
     pub service: Option<Service>,
+    /// ICMP: the type and code of the client's first message (of the first message, if
+    /// the client sent none)
+    pub icmp: Option<IcmpMessage>,
+    /// ICMP errors: the datagram the first one quotes
+    pub quoted: Option<Quoted>,
+    /// ICMP "fragmentation needed" / ICMPv6 "packet too big": the smallest MTU reported
+    pub path_mtu: Option<u32>,
     attempts: u8,
     /// creation order: ties between flows that start at the same time
     seq: u64,
 }
 
+/// An ICMP message's type and code, and which side sent it (0: the client).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IcmpMessage {
+    pub icmp_type: u8,
+    pub code: u8,
+    pub side: u8,
+}
+
+/// What an ICMP error quotes: the IP header and the first 8 bytes of the datagram that
+/// caused it (RFC 792, RFC 4443): its protocol, addresses and, for TCP/UDP, ports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Quoted {
+    pub version: u8,
+    pub proto: u8,
+    pub src: Endpoint,
+    pub dst: Endpoint,
+}
+
+impl Quoted {
+    /// The quoted datagram at the start of an error's payload, if its IP header is there.
+    fn parse(p: &[u8]) -> Option<Quoted> {
+        let version = p.first()? >> 4;
+        let (proto, src, dst, l4) = match version {
+            4 => {
+                let ihl = usize::from(p[0] & 0x0F) * 4;
+                let (s, d): ([u8; 4], [u8; 4]) = (array(p, 12)?, array(p, 16)?);
+                let (mut src, mut dst) = ([0u8; 16], [0u8; 16]);
+                src[..4].copy_from_slice(&s);
+                dst[..4].copy_from_slice(&d);
+                (*p.get(9)?, src, dst, ihl.max(20))
+            }
+            6 => (*p.get(6)?, array(p, 8)?, array(p, 24)?, 40),
+            _ => return None,
+        };
+        // ports of TCP and UDP, when the 8 quoted transport bytes are there
+        let ports = match proto {
+            6 | 17 => array::<4>(p, l4).map(|b| (u16::from_be_bytes([b[0], b[1]]), u16::from_be_bytes([b[2], b[3]]))),
+            _ => None,
+        };
+        let (sport, dport) = ports.unwrap_or((0, 0));
+        Some(Quoted { version, proto, src: (src, sport), dst: (dst, dport) })
+    }
+}
+
+/// Whether ICMP type `t` of protocol `proto` is an error (it quotes a datagram).
+fn icmp_error(proto: u8, t: u8) -> bool {
+    if proto == PROTO_ICMP6 {
+        matches!(t, 1..=4)
+    } else {
+        matches!(t, 3 | 4 | 5 | 11 | 12)
+    }
+}
+
 impl Flow {
-    /// Zeek's `conn_state` of a UDP flow (base/protocols/conn/main.zeek): SF both sides
-    /// sent, S0 only the originator, SHR only the responder (a flow it turned around).
+    /// An ICMP message of this flow from `side`: its type and code (the client's first),
+    /// an error's quoted datagram (the first), a reported MTU (the smallest).
+    fn icmp_message(&mut self, row: &Row, side: u8, payload: &[u8]) {
+        let (icmp_type, code) = ((row.seq >> 8) as u8, row.seq as u8);
+        if self.icmp.is_none_or(|m| m.side != 0 && side == 0) {
+            self.icmp = Some(IcmpMessage { icmp_type, code, side });
+        }
+        if !icmp_error(self.proto, icmp_type) {
+            return;
+        }
+        if self.quoted.is_none() {
+            self.quoted = Quoted::parse(payload);
+        }
+        // RFC 1191: the next-hop MTU in the low 16 bits of the unused word of a
+        // "fragmentation needed"; RFC 4443: Packet Too Big's 32-bit MTU
+        let mtu = match (self.proto, icmp_type, code) {
+            (PROTO_ICMP, 3, 4) => row.ack & 0xFFFF,
+            (PROTO_ICMP6, 2, _) => row.ack,
+            _ => 0,
+        };
+        if mtu > 0 {
+            self.path_mtu = Some(self.path_mtu.map_or(mtu, |m| m.min(mtu)));
+        }
+    }
+
+    /// Zeek's `conn_state` (base/protocols/conn/main.zeek): of a UDP flow SF both sides
+    /// sent, S0 only the originator, SHR only the responder (a flow it turned around); of
+    /// an ICMP flow OTH.
     pub fn conn_state(&self) -> &'static str {
+        if self.proto != PROTO_UDP {
+            return "OTH"; // Zeek: every ICMP "connection"
+        }
         match (self.packets[0] > 0, self.packets[1] > 0) {
             (true, true) => "SF",
             (true, false) => "S0",
@@ -168,6 +275,8 @@ pub struct Ended {
 /// The fields of a packed header that a flow needs.
 struct Row {
     ts: i64,
+    seq: u32,
+    ack: u32,
     wire_len: u32,
     payload_len: u32,
     off: u32,
@@ -186,6 +295,8 @@ impl Row {
         let ip = |o: usize| -> [u8; 16] { array(&r, o).unwrap_or([0; 16]) };
         Some(Row {
             ts: i64::from_le_bytes(array(&r, 0)?),
+            seq: u32at(28),
+            ack: u32at(32),
             wire_len: u32at(12),
             payload_len: u32at(16),
             off: u32at(20),
@@ -198,7 +309,16 @@ impl Row {
     }
 }
 
-type Key = (u8, Endpoint, Endpoint);
+/// (protocol, IP version, lower endpoint, higher endpoint)
+type Key = (u8, u8, Endpoint, Endpoint);
+
+fn key(proto: u8, version: u8, a: Endpoint, b: Endpoint) -> Key {
+    if a <= b {
+        (proto, version, a, b)
+    } else {
+        (proto, version, b, a)
+    }
+}
 
 /// The UDP flows of one source on one partition.
 #[derive(Clone, Debug)]
@@ -237,13 +357,13 @@ impl FlowTable {
         self.flows.len()
     }
 
-    /// A batch: its header block (80 bytes per packet; rows other than UDP are skipped)
-    /// and payload blob.
+    /// A batch: its header block (80 bytes per packet; rows other than UDP and ICMP are
+    /// skipped) and payload blob.
     pub fn process(&mut self, block: &[u8], blob: &[u8]) {
         let mut now = i64::MIN;
         for i in 0..block.len() / RECORD_SIZE {
             let Some(row) = Row::read(block, i) else { break };
-            if row.proto == PROTO_UDP {
+            if matches!((row.proto, row.version), (PROTO_UDP, _) | (PROTO_ICMP, 4) | (PROTO_ICMP6, 6)) {
                 now = now.max(row.ts);
                 self.packet(&row, blob);
             }
@@ -259,7 +379,7 @@ impl FlowTable {
 
     fn packet(&mut self, row: &Row, blob: &[u8]) {
         let (src, dst) = (row.src, row.dst);
-        let key = if src <= dst { (row.version, src, dst) } else { (row.version, dst, src) };
+        let key = key(row.proto, row.version, src, dst);
         if let Some(flow) = self.flows.get(&key) {
             if row.ts.saturating_sub(flow.end_ts_us) > self.timeout_us {
                 // idle past the timeout: its record, and a new flow from this packet
@@ -271,9 +391,16 @@ impl FlowTable {
         let seq = &mut self.next_seq;
         let flow = self.flows.entry(key).or_insert_with(|| {
             *seq += 1;
-            let flip = LIKELY_SERVER_PORTS.contains(&src.1) && !LIKELY_SERVER_PORTS.contains(&dst.1);
+            let flip = if row.proto == PROTO_UDP {
+                LIKELY_SERVER_PORTS.contains(&src.1) && !LIKELY_SERVER_PORTS.contains(&dst.1)
+            } else {
+                // a reply first: the requester (its port is the request type) is the client
+                let requests: &[u8] = if row.proto == PROTO_ICMP6 { &ICMP6_REQUESTS } else { &ICMP4_REQUESTS };
+                !requests.iter().any(|t| u16::from(*t) == src.1) && requests.iter().any(|t| u16::from(*t) == dst.1)
+            };
             let (client, server) = if flip { (dst, src) } else { (src, dst) };
             Flow {
+                proto: row.proto,
                 client,
                 server,
                 version: row.version,
@@ -283,6 +410,9 @@ impl FlowTable {
                 bytes: [0; 2],
                 frame_bytes: [0; 2],
                 service: None,
+                icmp: None,
+                quoted: None,
+                path_mtu: None,
                 attempts: 0,
                 seq: *seq,
             }
@@ -293,11 +423,13 @@ impl FlowTable {
         flow.frame_bytes[side] += u64::from(row.wire_len);
         flow.start_ts_us = flow.start_ts_us.min(row.ts);
         flow.end_ts_us = flow.end_ts_us.max(row.ts);
-        if flow.service.is_none() && flow.attempts < SERVICE_ATTEMPTS && row.caplen > 0 {
+        let start = row.off as usize;
+        let payload = || blob.get(start..start.saturating_add(row.caplen as usize)).unwrap_or(&[]);
+        if row.proto != PROTO_UDP {
+            flow.icmp_message(row, side as u8, payload());
+        } else if flow.service.is_none() && flow.attempts < SERVICE_ATTEMPTS && row.caplen > 0 {
             flow.attempts += 1;
-            let start = row.off as usize;
-            let payload = blob.get(start..start.saturating_add(row.caplen as usize)).unwrap_or(&[]);
-            flow.service = Service::of(payload, src.1, dst.1);
+            flow.service = Service::of(payload(), src.1, dst.1);
         }
     }
 
@@ -353,6 +485,7 @@ impl FlowTable {
         flows.sort_unstable_by_key(|f| f.seq); // the same table, the same bytes
         w.u64(flows.len() as u64);
         for f in flows {
+            w.u8(f.proto);
             for (ip, port) in [f.client, f.server] {
                 w.raw(&ip);
                 w.u16(port);
@@ -364,6 +497,19 @@ impl FlowTable {
                 w.u64(*v);
             }
             w.ou8(f.service.and_then(|s| Service::ALL.iter().position(|x| *x == s)).map(|i| i as u8));
+            w.b(f.icmp.is_some());
+            if let Some(m) = f.icmp {
+                w.raw(&[m.icmp_type, m.code, m.side]);
+            }
+            w.b(f.quoted.is_some());
+            if let Some(q) = f.quoted {
+                w.raw(&[q.version, q.proto]);
+                for (ip, port) in [q.src, q.dst] {
+                    w.raw(&ip);
+                    w.u16(port);
+                }
+            }
+            w.ou32(f.path_mtu);
             w.u8(f.attempts);
             w.u64(f.seq);
         }
@@ -377,8 +523,9 @@ impl FlowTable {
         t.next_sweep = r.i64()?;
         t.next_seq = r.u64()?;
         t.evicted = r.u64()?;
-        let n = r.count(90)?;
+        let n = r.count(91)?;
         for _ in 0..n {
+            let proto = r.u8()?;
             let client = (r.take::<16>()?, r.u16()?);
             let server = (r.take::<16>()?, r.u16()?);
             let version = r.u8()?;
@@ -391,7 +538,23 @@ impl FlowTable {
                 None => None,
                 Some(i) => Some(*Service::ALL.get(i as usize).ok_or_else(|| r.err("service"))?),
             };
+            let icmp = if r.b()? {
+                let [icmp_type, code, side] = r.take::<3>()?;
+                Some(IcmpMessage { icmp_type, code, side })
+            } else {
+                None
+            };
+            let quoted = if r.b()? {
+                let [version, qproto] = r.take::<2>()?;
+                let src = (r.take::<16>()?, r.u16()?);
+                let dst = (r.take::<16>()?, r.u16()?);
+                Some(Quoted { version, proto: qproto, src, dst })
+            } else {
+                None
+            };
+            let path_mtu = r.ou32()?;
             let flow = Flow {
+                proto,
                 client,
                 server,
                 version,
@@ -401,11 +564,13 @@ impl FlowTable {
                 bytes: [v[2], v[3]],
                 frame_bytes: [v[4], v[5]],
                 service,
+                icmp,
+                quoted,
+                path_mtu,
                 attempts: r.u8()?,
                 seq: r.u64()?,
             };
-            let key = if client <= server { (version, client, server) } else { (version, server, client) };
-            t.flows.insert(key, flow);
+            t.flows.insert(key(proto, version, client, server), flow);
         }
         if !r.done() {
             return Err(r.err("trailing bytes"));
@@ -521,6 +686,72 @@ mod tests {
         assert_eq!(out_a, out_b);
         assert!(FlowTable::restore(&data[..data.len() - 1]).is_err());
         assert!(FlowTable::restore(b"garbage").is_err());
+    }
+
+    /// An ICMPv4 row from 10.0.0.`s` to 10.0.0.`d` as the decoder writes it; `msg`:
+    /// type, code and the rest of the header.
+    fn icmp_row(ts: i64, (s, d): (u8, u8), (icmp_type, code, rest): (u8, u8, u32), payload: &[u8],
+                out: &mut (Vec<u8>, Vec<u8>)) {
+        let (sport, dport, _) = crate::community_id::icmp_ports(PROTO_ICMP, icmp_type, code);
+        let p = Packet {
+            ts_us: ts,
+            wire_len: 42 + payload.len() as u32,
+            payload_len: payload.len() as u32,
+            seq: u32::from(icmp_type) << 8 | u32::from(code),
+            ack: rest,
+            src_ip: ip4(s),
+            dst_ip: ip4(d),
+            src_port: sport,
+            dst_port: dport,
+            ip_version: 4,
+            proto: PROTO_ICMP,
+            wscale: -1,
+            ..Packet::default()
+        };
+        p.write(&mut out.0, out.1.len() as u32, payload.len() as u32);
+        out.1.extend_from_slice(payload);
+    }
+
+    #[test]
+    fn an_echo_and_its_reply_are_one_icmp_flow_even_reply_first() {
+        let mut t = FlowTable::default();
+        let mut b = (Vec::new(), Vec::new());
+        icmp_row(100, (2, 1), (0, 0, 0x0001_0001), b"ping", &mut b); // the reply came first
+        icmp_row(200, (1, 2), (8, 0, 0x0001_0002), b"ping", &mut b);
+        icmp_row(300, (2, 1), (0, 0, 0x0001_0002), b"ping", &mut b);
+        t.process(&b.0, &b.1);
+        t.flush();
+        let [e] = t.take().try_into().unwrap();
+        let f = e.flow;
+        assert_eq!((f.proto, f.client.0[3], f.packets, f.conn_state()), (PROTO_ICMP, 1, [1, 2], "OTH"));
+        assert_eq!(f.icmp.map(|m| (m.icmp_type, m.code)), Some((8, 0)));
+        assert_eq!((f.quoted, f.path_mtu), (None, None));
+    }
+
+    #[test]
+    fn an_error_keeps_what_it_quotes_and_the_smallest_mtu() {
+        // a router (.9) tells .1 its UDP datagram to .2:53 needs fragmenting, twice
+        let mut quoted = vec![0x45, 0, 0, 60, 0, 0, 0x40, 0, 64, 17, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2];
+        quoted.extend_from_slice(&[0x9c, 0x40, 0, 53, 0, 40, 0, 0]);
+        let mut t = FlowTable::default();
+        let mut b = (Vec::new(), Vec::new());
+        icmp_row(100, (9, 1), (3, 4, 1400), &quoted, &mut b);
+        icmp_row(200, (9, 1), (3, 4, 1280), &quoted, &mut b);
+        icmp_row(300, (9, 1), (3, 3, 0), &quoted[..10], &mut b); // another code: another flow; quote cut short
+        t.process(&b.0, &b.1);
+        t.flush();
+        let ended = t.take();
+        assert_eq!(ended.len(), 2);
+        let f = &ended[0].flow;
+        assert_eq!((f.client.0[3], f.packets, f.path_mtu), (9, [2, 0], Some(1280)));
+        let q = f.quoted.unwrap();
+        assert_eq!((q.proto, q.src, q.dst), (17, (ip4(1), 40000), (ip4(2), 53)));
+        assert_eq!((ended[1].flow.icmp.unwrap().code, ended[1].flow.quoted, ended[1].flow.path_mtu), (3, None, None));
+        // the same table state, checkpointed, gives the same bytes back
+        let mut t2 = FlowTable::default();
+        t2.process(&b.0, &b.1);
+        let data = t2.snapshot();
+        assert_eq!(FlowTable::restore(&data).unwrap().snapshot(), data);
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! `FlowTable` (the UDP flows of `flow.rs`) for `processors/flows.py`, and the Community
+//! `FlowTable` (the UDP and ICMP flows of `flow.rs`) for `processors/flows.py`, and the Community
 //! ID for records Python builds itself: the same function the core's own records use, so
 //! that no second implementation can disagree with it.
 
@@ -109,7 +109,8 @@ fn record<'py>(py: Python<'py>, e: &Ended, seed: u16) -> PyResult<Bound<'py, PyD
     let (client_ip, server_ip) = (ip_text(&cip, f.version), ip_text(&sip, f.version));
     let d = PyDict::new(py);
     d.set_item(intern!(py, "flow_id"), connection_id(&client_ip, cport, &server_ip, sport, f.start_ts_us))?;
-    d.set_item(intern!(py, "transport"), "udp")?;
+    // Zeek's proto names: "icmp" for ICMPv6 too (the IP version tells them apart)
+    d.set_item(intern!(py, "transport"), if f.proto == PROTO_UDP { "udp" } else { "icmp" })?;
     d.set_item(intern!(py, "client_ip"), &client_ip)?;
     d.set_item(intern!(py, "client_port"), cport)?;
     d.set_item(intern!(py, "server_ip"), &server_ip)?;
@@ -127,7 +128,43 @@ fn record<'py>(py: Python<'py>, e: &Ended, seed: u16) -> PyResult<Bound<'py, PyD
     d.set_item(intern!(py, "conn_state"), f.conn_state())?;
     d.set_item(intern!(py, "ended_by"), e.ended_by.name())?;
     let n = if f.version == 4 { 4 } else { 16 };
-    let cid = community_id::community_id(seed, &cip[..n], &sip[..n], PROTO_UDP, Some((cport, sport)), false);
+    let cid = match f.icmp {
+        // the client's message type and code, in the client's direction (one-way types
+        // keep it: an error's id is the sender's)
+        Some(m) if m.side == 0 => community_id::of_icmp(seed, &cip[..n], &sip[..n], f.proto, m.icmp_type, m.code),
+        Some(m) => community_id::of_icmp(seed, &sip[..n], &cip[..n], f.proto, m.icmp_type, m.code),
+        None => community_id::community_id(seed, &cip[..n], &sip[..n], f.proto, Some((cport, sport)), false),
+    };
     d.set_item(intern!(py, "community_id"), cid)?;
+    d.set_item(intern!(py, "icmp_type"), f.icmp.map(|m| m.icmp_type))?;
+    d.set_item(intern!(py, "icmp_code"), f.icmp.map(|m| m.code))?;
+    d.set_item(intern!(py, "path_mtu"), f.path_mtu)?;
+    match f.quoted {
+        Some(q) => {
+            let qn = if q.version == 4 { 4 } else { 16 };
+            let transport = match q.proto {
+                6 => "tcp".to_string(),
+                17 => "udp".to_string(),
+                1 | 58 => "icmp".to_string(),
+                other => other.to_string(),
+            };
+            let ports = matches!(q.proto, 6 | 17);
+            d.set_item(intern!(py, "quoted_transport"), transport)?;
+            d.set_item(intern!(py, "quoted_src_ip"), ip_text(&q.src.0, q.version))?;
+            d.set_item(intern!(py, "quoted_src_port"), ports.then_some(q.src.1))?;
+            d.set_item(intern!(py, "quoted_dst_ip"), ip_text(&q.dst.0, q.version))?;
+            d.set_item(intern!(py, "quoted_dst_port"), ports.then_some(q.dst.1))?;
+            let qcid = ports.then(|| {
+                community_id::community_id(seed, &q.src.0[..qn], &q.dst.0[..qn], q.proto, Some((q.src.1, q.dst.1)), false)
+            });
+            d.set_item(intern!(py, "quoted_community_id"), qcid)?;
+        }
+        None => {
+            for k in ["quoted_transport", "quoted_src_ip", "quoted_src_port", "quoted_dst_ip", "quoted_dst_port",
+                      "quoted_community_id"] {
+                d.set_item(k, py.None())?;
+            }
+        }
+    }
     Ok(d)
 }

@@ -6,6 +6,8 @@ use crate::bytes::{array, be16, u8_at};
 
 pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;
+pub const PROTO_ICMP: u8 = 1;
+pub const PROTO_ICMP6: u8 = 58;
 
 // IPv6 extension headers walked through (RFC 8200 section 4); ESP (50) ends the walk.
 const IPV6_HOP_BY_HOP: u8 = 0;
@@ -92,7 +94,7 @@ fn ipv6(d: &[u8], off: usize) -> Result<Ip, Drop> {
 /// walk with `IpFragment` (the reassembler takes over), unless it is an atomic fragment
 /// (offset 0, M clear: RFC 8200 section 4.5, RFC 6946), which is the whole datagram.
 pub fn walk_ext(d: &[u8], mut proto: u8, mut off: usize) -> Result<(u8, usize), Drop> {
-    while proto != PROTO_TCP && proto != PROTO_UDP {
+    while !matches!(proto, PROTO_TCP | PROTO_UDP | PROTO_ICMP6) {
         let ext_len = if proto == IPV6_FRAGMENT {
             // offset (13 bits) and M (the lowest bit); the 2 reserved bits are ignored
             let field = be16(d, off.saturating_add(2)).ok_or(Drop::TruncatedIp)?;

@@ -1,8 +1,10 @@
-//! The transport layer: TCP and UDP headers, and the TCP options of SYN segments.
+//! The transport layer: TCP and UDP headers, the TCP options of SYN segments, and the
+//! ICMP/ICMPv6 header (its type and code, as the packed layout carries them).
 
-use super::ip::{Ip, PROTO_TCP, PROTO_UDP};
+use super::ip::{Ip, PROTO_ICMP, PROTO_ICMP6, PROTO_TCP, PROTO_UDP};
 use super::Drop;
 use crate::bytes::{be16, be32, u8_at};
+use crate::community_id::icmp_ports;
 
 const SYN: u16 = 2;
 
@@ -35,6 +37,8 @@ pub fn parse(d: &[u8], ip: &Ip) -> Result<Transport, Drop> {
     match ip.proto {
         PROTO_TCP => tcp(d, ip),
         PROTO_UDP => udp(d, ip),
+        PROTO_ICMP if ip.version == 4 => icmp(d, ip),
+        PROTO_ICMP6 if ip.version == 6 => icmp(d, ip),
         _ => Err(Drop::UnsupportedTransport),
     }
 }
@@ -99,6 +103,34 @@ fn udp(d: &[u8], ip: &Ip) -> Result<Transport, Drop> {
         wscale: -1,
         options: 0,
         payload_len: floor_len(len - 8),
+        start: off + 8,
+    })
+}
+
+/// An ICMP or ICMPv6 message (docs/packet-layout.md, "ICMP"): the ports are the Community
+/// ID's (the type, and the counterpart type of a request/reply pair or else the code), so
+/// that a request and its reply are one flow on one partition; `seq` holds the exact type
+/// and code (`type << 8 | code`), `ack` the rest of the 8-byte header (an echo's
+/// identifier and sequence, an unreachable's next-hop MTU, a Packet Too Big's MTU), and
+/// the payload is what follows the 8 bytes (an error's quoted datagram).
+fn icmp(d: &[u8], ip: &Ip) -> Result<Transport, Drop> {
+    let off = ip.off;
+    let t = Drop::TruncatedTransport;
+    if d.len() < off.saturating_add(8) {
+        return Err(t);
+    }
+    let (icmp_type, code) = (u8_at(d, off).ok_or(t)?, u8_at(d, off + 1).ok_or(t)?);
+    let (sport, dport, _) = icmp_ports(ip.proto, icmp_type, code);
+    Ok(Transport {
+        sport,
+        dport,
+        seq: u32::from(icmp_type) << 8 | u32::from(code),
+        ack: be32(d, off + 4).ok_or(t)?,
+        window: 0,
+        flags: 0,
+        wscale: -1,
+        options: 0,
+        payload_len: floor_len(ip.l4_len - 8),
         start: off + 8,
     })
 }
