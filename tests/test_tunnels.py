@@ -1,0 +1,273 @@
+"""Tunnel decapsulation through the whole pipeline, tshark as the referee.
+
+Captures are written by scapy here, one per encapsulation: VXLAN (4789, and 8472, which
+tshark decodes only when told: ``-d udp.port==8472,vxlan``), Geneve with an option, GRE
+with checksum/key/sequence over IPv4 and IPv6, GRE transparent Ethernet bridging, ERSPAN
+types II and III, IP-in-IP (4in4, 6in4, 4in6, 6in6), Teredo, GTP-U, PPPoE, an MPLS label
+stack, an MPLS Ethernet pseudo-wire with a control word, a tunnel in a tunnel in a tunnel,
+and the link types that carry IP without Ethernet (PPP, PPP in HDLC framing, Cisco HDLC,
+FDDI, 802.11 plain and with radiotap). Each carries the same small HTTP exchange and a DNS
+query and answer between inner addresses. One ``wirestream analyze`` run reads them all;
+per capture, the inner TCP conversations, DNS pairs and HTTP pairs tshark finds are the
+records wirestream writes, and the tunnel counters reach ``wire.stats``.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from helpers import requires_tshark, tshark_rows
+from scapy.contrib.erspan import ERSPAN_II, ERSPAN_III
+from scapy.contrib.geneve import GENEVE, GeneveOptions
+from scapy.contrib.gtp import GTP_U_Header
+from scapy.contrib.mpls import MPLS
+from scapy.layers.dns import DNS, DNSQR, DNSRR
+from scapy.layers.dot11 import Dot11, Dot11QoS, RadioTap
+from scapy.layers.inet import IP, TCP, UDP
+from scapy.layers.inet6 import IPv6
+from scapy.layers.l2 import GRE, Ether
+from scapy.layers.ppp import PPP, PPPoE
+from scapy.layers.vxlan import VXLAN
+from scapy.packet import Packet, Raw
+
+# inner (overlay) and outer (underlay) addresses: a record must carry the inner ones
+CLIENT4, SERVER4, RESOLVER4 = "10.244.1.5", "10.244.2.7", "10.96.0.10"
+CLIENT6, SERVER6, RESOLVER6 = "fd00:244:1::5", "fd00:244:2::7", "fd00:96::a"
+NODE_A4, NODE_B4 = "192.168.50.1", "192.168.50.2"
+NODE_A6, NODE_B6 = "2001:db8:50::1", "2001:db8:50::2"
+# MACs of known vendors (Intel, VMware): Wireshark's pseudo-wire heuristic looks them up
+MAC_A, MAC_B = "00:1b:21:00:00:01", "00:50:56:00:00:02"
+REQUEST = b"GET /inner HTTP/1.1\r\nHost: pod.example\r\n\r\n"
+BODY = b"inner body"
+RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(BODY) + BODY
+
+LINKTYPE_ETHERNET, LINKTYPE_PPP, LINKTYPE_FDDI, LINKTYPE_PPP_HDLC = 1, 9, 10, 50
+LINKTYPE_C_HDLC, LINKTYPE_IEEE802_11, LINKTYPE_RADIOTAP = 104, 105, 127
+
+
+def _inner(version: int) -> list[Packet]:
+    """An HTTP exchange on one TCP connection and a DNS query and answer, as IP packets."""
+    if version == 4:
+        c, s, r = IP(src=CLIENT4, dst=SERVER4), IP(src=SERVER4, dst=CLIENT4), IP(src=RESOLVER4, dst=CLIENT4)
+        q = IP(src=CLIENT4, dst=RESOLVER4)
+    else:
+        c, s, r = IPv6(src=CLIENT6, dst=SERVER6), IPv6(src=SERVER6, dst=CLIENT6), IPv6(src=RESOLVER6, dst=CLIENT6)
+        q = IPv6(src=CLIENT6, dst=RESOLVER6)
+    cp, sp = 43210, 80
+    name = "svc.cluster.example."
+    return [
+        q / UDP(sport=45000, dport=53) / DNS(id=7, rd=1, qd=DNSQR(qname=name, qtype="A")),
+        r / UDP(sport=53, dport=45000) / DNS(id=7, qr=1, rd=1, ra=1, qd=DNSQR(qname=name, qtype="A"),
+                                           an=DNSRR(rrname=name, type="A", ttl=30, rdata="10.244.2.7")),
+        c / TCP(sport=cp, dport=sp, flags="S", seq=1000),
+        s / TCP(sport=sp, dport=cp, flags="SA", seq=5000, ack=1001),
+        c / TCP(sport=cp, dport=sp, flags="A", seq=1001, ack=5001),
+        c / TCP(sport=cp, dport=sp, flags="PA", seq=1001, ack=5001) / REQUEST,
+        s / TCP(sport=sp, dport=cp, flags="PA", seq=5001, ack=1001 + len(REQUEST)) / RESPONSE,
+        c / TCP(sport=cp, dport=sp, flags="FA", seq=1001 + len(REQUEST), ack=5001 + len(RESPONSE)),
+        s / TCP(sport=sp, dport=cp, flags="FA", seq=5001 + len(RESPONSE), ack=1002 + len(REQUEST)),
+        c / TCP(sport=cp, dport=sp, flags="A", seq=1002 + len(REQUEST), ack=5002 + len(RESPONSE)),
+    ]
+
+
+def _forward(p: Packet) -> bool:
+    """Whether an inner packet goes from the client's side (node A) to node B."""
+    src = p[IP].src if IP in p else p[IPv6].src
+    return src in (CLIENT4, CLIENT6)
+
+
+def _eth(p: Packet) -> Packet:
+    """An inner packet in an inner Ethernet frame."""
+    a, b = (MAC_A, MAC_B) if _forward(p) else (MAC_B, MAC_A)
+    return Ether(src=a, dst=b) / p
+
+
+def _outer4(p: Packet) -> Packet:
+    a, b = (NODE_A4, NODE_B4) if _forward(p) else (NODE_B4, NODE_A4)
+    return Ether(src=MAC_A, dst=MAC_B) / IP(src=a, dst=b)
+
+
+def _outer6(p: Packet) -> Packet:
+    a, b = (NODE_A6, NODE_B6) if _forward(p) else (NODE_B6, NODE_A6)
+    return Ether(src=MAC_A, dst=MAC_B) / IPv6(src=a, dst=b)
+
+
+def _geneve(p: Packet) -> Packet:
+    opt = GeneveOptions(classid=0x0102, type=0x80, data=b"\x01\x02\x03\x04")
+    return _outer4(p) / UDP(sport=51000, dport=6081) / GENEVE(vni=42, proto=0x6558, options=[opt]) / _eth(p)
+
+
+def _erspan3(p: Packet) -> Packet:
+    return _outer4(p) / GRE(seqnum_present=1, proto=0x22EB) / ERSPAN_III(session_id=3) / _eth(p)
+
+
+def _nested(p: Packet) -> Packet:
+    """VXLAN in GRE (with a key) in IPv4-in-IPv6: three tunnels."""
+    return (_outer6(p) / IP(src="172.16.0.1", dst="172.16.0.2") / GRE(key_present=1, key=9)
+            / IP(src="172.17.0.1", dst="172.17.0.2") / UDP(sport=51000, dport=4789) / VXLAN(vni=7) / _eth(p))
+
+
+def _snap(p: Packet) -> bytes:
+    return b"\xaa\xaa\x03\x00\x00\x00" + struct.pack("!H", 0x0800 if IP in p else 0x86DD) + bytes(p)
+
+
+#: name -> (IP version of the inner packets, link type, encapsulation of one inner IP packet,
+#: the counters the capture must give (per frame), tshark's extra options)
+Encap = Callable[[Packet], Packet | bytes]
+CASES: dict[str, tuple[int, int, Encap, dict[str, int], list[str]]] = {
+    "vxlan": (4, 1, lambda p: _outer4(p) / UDP(sport=51000, dport=4789) / VXLAN(vni=42) / _eth(p),
+              {"tunnel_vxlan": 1}, []),
+    "vxlan-8472": (6, 1, lambda p: _outer4(p) / UDP(sport=51000, dport=8472) / VXLAN(vni=42) / _eth(p),
+                   {"tunnel_vxlan": 1}, ["-d", "udp.port==8472,vxlan"]),
+    "geneve": (4, 1, _geneve, {"tunnel_geneve": 1}, []),
+    "gre-csum-key-seq": (4, 1, lambda p: _outer4(p) / GRE(chksum_present=1, key_present=1, key=5,
+                                                        seqnum_present=1, sequence_number=3) / p,
+                         {"tunnel_gre": 1}, []),
+    "gre6": (6, 1, lambda p: _outer6(p) / GRE(key_present=1, key=5, proto=0x86DD) / p, {"tunnel_gre": 1}, []),
+    "gre-teb": (4, 1, lambda p: _outer4(p) / GRE(proto=0x6558) / _eth(p), {"tunnel_gre": 1}, []),
+    "erspan2": (4, 1, lambda p: _outer4(p) / GRE(seqnum_present=1, proto=0x88BE) / ERSPAN_II(session_id=2)
+                / _eth(p), {"tunnel_erspan": 1}, []),
+    "erspan3": (6, 1, _erspan3, {"tunnel_erspan": 1}, []),
+    "4in4": (4, 1, lambda p: _outer4(p) / p, {"tunnel_ipip": 1}, []),
+    "6in4": (6, 1, lambda p: _outer4(p) / p, {"tunnel_ipip": 1}, []),
+    "4in6": (4, 1, lambda p: _outer6(p) / p, {"tunnel_ipip": 1}, []),
+    "6in6": (6, 1, lambda p: _outer6(p) / p, {"tunnel_ipip": 1}, []),
+    "teredo": (6, 1, lambda p: _outer4(p) / UDP(sport=3544, dport=3544) / p, {"tunnel_teredo": 1}, []),
+    "gtpu": (4, 1, lambda p: _outer4(p) / UDP(sport=2152, dport=2152) / GTP_U_Header(teid=9, gtp_type=255, S=1,
+                                                                                   seq=5) / p,
+             {"tunnel_gtpu": 1}, []),
+    "pppoe": (6, 1, lambda p: Ether(src=MAC_A, dst=MAC_B) / PPPoE(sessionid=7)
+              / PPP(proto=0x0021 if IP in p else 0x0057) / p, {"tunnel_pppoe": 1}, []),
+    "mpls": (4, 1, lambda p: Ether(src=MAC_A, dst=MAC_B) / MPLS(label=100, s=0) / MPLS(label=200, s=1) / p,
+             {"tunnel_mpls": 1}, []),
+    "mpls-pw": (4, 1, lambda p: Ether(src=MAC_A, dst=MAC_B, type=0x8847) / MPLS(label=300, s=1)
+                / Raw(b"\x00\x00\x00\x00") / _eth(p), {"tunnel_mpls": 1}, []),
+    "nested": (4, 1, _nested, {"tunnel_ipip": 1, "tunnel_gre": 1, "tunnel_vxlan": 1}, []),
+    "ppp": (4, LINKTYPE_PPP, lambda p: b"\xff\x03" + struct.pack("!H", 0x21 if IP in p else 0x57) + bytes(p), {}, []),
+    "ppp-hdlc": (6, LINKTYPE_PPP_HDLC, lambda p: b"\xff\x03" + struct.pack("!H", 0x21 if IP in p else 0x57)
+                 + bytes(p), {}, []),
+    "c-hdlc": (4, LINKTYPE_C_HDLC, lambda p: b"\x0f\x00\x08\x00" + bytes(p), {}, []),
+    "fddi": (4, LINKTYPE_FDDI, lambda p: b"\x50" + b"\x00\x1b\x21\x00\x00\x01\x00\x50\x56\x00\x00\x02" + _snap(p),
+             {}, []),
+    "wlan": (4, LINKTYPE_IEEE802_11, lambda p: bytes(Dot11(type=2, subtype=0, FCfield=2, addr1=MAC_A, addr2=MAC_B,
+                                                          addr3=MAC_B)) + _snap(p), {}, []),
+    "radiotap": (6, LINKTYPE_RADIOTAP, lambda p: bytes(RadioTap(present="Flags", Flags=0)
+                                                       / Dot11(type=2, subtype=8, FCfield=1, addr1=MAC_B, addr2=MAC_A,
+                                                               addr3=MAC_B) / Dot11QoS()) + _snap(p), {}, []),
+}
+
+
+def _write(path: Path, linktype: int, frames: list[bytes]) -> Path:
+    """A classic pcap of `frames`, 1 ms apart."""
+    out = bytearray(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, linktype))
+    for i, f in enumerate(frames):
+        out += struct.pack("<IIII", 1_700_000_000, i * 1000, len(f), len(f)) + f
+    path.write_bytes(bytes(out))
+    return path
+
+
+def _frames(name: str) -> tuple[int, list[bytes]]:
+    version, linktype, encap, _, _ = CASES[name]
+    return linktype, [bytes(encap(p)) for p in _inner(version)]
+
+
+@pytest.fixture(scope="module")
+def analyzed(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Path], dict, dict[str, dict[str, list]]]:
+    """Every case's capture, analyze's --json summary, and per case its records by topic."""
+    tmp = tmp_path_factory.mktemp("tunnels")
+    paths = {name: _write(tmp / f"{name}.pcap", *_frames(name)) for name in CASES}
+    out = tmp / "out"
+    proc = subprocess.run([sys.executable, "-m", "wirestream", "analyze", *map(str, paths.values()), "--out",
+                           str(out), "--json", "--no-progress"],
+                          capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads(proc.stdout)
+    names = list(paths)
+    records: dict[str, dict[str, list]] = {name: {} for name in names}
+    for topic in ("wire.dns", "wire.transactions", "wire.connections"):
+        with open(out / f"{topic}.jsonl") as f:
+            for line in f:
+                rec = json.loads(line)
+                name = names[int(rec["source_id"].rsplit("-", 1)[1])]
+                records[name].setdefault(topic, []).append(rec)
+    return paths, summary, records
+
+
+@pytest.fixture(scope="module")
+def referee(analyzed) -> dict[str, dict[str, list]]:
+    """Per case, what tshark finds: the TCP conversations (the innermost addresses and
+    ports of each stream's SYN), the DNS pairs and the HTTP pairs. All captures at once."""
+    paths, _, _ = analyzed
+    names = list(paths)
+    found: dict[str, dict[str, list]] = {name: {} for name in names}
+    # the innermost occurrence of an address field is the inner packet's
+    last = ["-E", "occurrence=l"]
+    for name in names:
+        extra = CASES[name][4]
+        (syns,) = tshark_rows([paths[name]], ["ip.src", "ipv6.src", "tcp.srcport", "ip.dst", "ipv6.dst", "tcp.dstport"],
+                              "tcp.flags.syn == 1 && tcp.flags.ack == 0", options=[*last, *extra])
+        v6 = CASES[name][0] == 6
+        found[name]["tcp"] = sorted((s6 if v6 else s4, int(sp), d6 if v6 else d4, int(dp))
+                                    for s4, s6, sp, d4, d6, dp in syns)
+        (dns,) = tshark_rows([paths[name]], ["dns.qry.name", "dns.flags.rcode", "dns.count.answers"],
+                             "dns.flags.response == 1 && dns.response_to", options=["-2", *extra])
+        found[name]["dns"] = sorted((n, int(rc), int(c)) for n, rc, c in dns)
+        (http,) = tshark_rows([paths[name]], ["http.response.code", "http.request.method", "http.request.uri"],
+                              "http.response && http.request_in", options=["-2", *extra])
+        found[name]["http"] = [int(code) for code, *_ in http]
+    return found
+
+
+def _endpoint(rec: dict, side: str) -> tuple[str, int]:
+    return rec[f"{side}_ip"], rec[f"{side}_port"]
+
+
+@requires_tshark
+@pytest.mark.parametrize("case", list(CASES))
+def test_inner_conversations_are_tsharks(analyzed, referee, case: str) -> None:
+    """The inner TCP conversation tshark finds is wirestream's connection record (inner
+    addresses and ports, not the nodes'), and so are the DNS and HTTP pairs."""
+    _, _, records = analyzed
+    theirs = referee[case]
+    version = CASES[case][0]
+    client, server, resolver = (CLIENT4, SERVER4, RESOLVER4) if version == 4 else (CLIENT6, SERVER6, RESOLVER6)
+    # the referee sees what the capture holds: one inner TCP conversation, one DNS pair, one HTTP pair
+    assert theirs["tcp"] == [(client, 43210, server, 80)]
+    assert theirs["dns"] == [("svc.cluster.example", 0, 1)]
+    assert theirs["http"] == [200]
+    conns = records[case].get("wire.connections", [])
+    ours_tcp = sorted((*_endpoint(r, "client"), *_endpoint(r, "server")) for r in conns)
+    assert ours_tcp == theirs["tcp"]
+    dns = records[case].get("wire.dns", [])
+    assert sorted((r["query_name"].rstrip("."), 0 if r["rcode"] == "NOERROR" else -1, len(r["answers"]))
+                  for r in dns if r["response_ts_us"] is not None) == theirs["dns"]
+    assert [r["server_ip"] for r in dns] == [resolver]
+    tx = records[case].get("wire.transactions", [])
+    assert [(t["method"], t["path"], t["status"]) for t in tx] == [("GET", "/inner", 200)]
+    assert [t["response_body_size"] for t in tx] == [len(BODY)]
+
+
+def _producer_counters(summary: dict, index: int) -> dict[str, int]:
+    reports = [s for s in summary["stats"] if s["stage"].startswith("producer") and s["final"]
+               and s["source_id"].rsplit("-", 1)[1] == str(index)]
+    assert len(reports) == 1, [s["stage"] for s in summary["stats"]]
+    return reports[0]["counters"]
+
+
+def test_tunnel_counters_reach_the_stats(analyzed) -> None:
+    """Every frame is a packet (none dropped), and each capture's frames were counted under
+    their tunnel kinds (once per layer) in the producer's final wire.stats report."""
+    paths, summary, _ = analyzed
+    files = {Path(f["path"]).stem: f for f in summary["files"]}
+    for index, name in enumerate(paths):
+        frames = len(_inner(CASES[name][0]))
+        assert (files[name]["frames"], files[name]["packets"], files[name]["dropped"]) == (frames, frames, {}), name
+        counters = _producer_counters(summary, index)
+        tunnels = {k: v for k, v in counters.items() if k.startswith("tunnel_")}
+        assert tunnels == {k: n * frames for k, n in CASES[name][3].items()}, name
