@@ -10,6 +10,11 @@ FDDI, 802.11 plain and with radiotap). Each carries the same small HTTP exchange
 query and answer between inner addresses. One ``wirestream analyze`` run reads them all;
 per capture, the inner TCP conversations, DNS pairs and HTTP pairs tshark finds are the
 records wirestream writes, and the tunnel counters reach ``wire.stats``.
+
+Then real overlays: two network namespaces joined by a veth (tests/netns.py), a VXLAN
+device on 4789, one with no ``dstport`` (the kernel's default, 8472) and a Geneve device
+on top, HTTP requests and DNS queries between the overlay addresses, tcpdump on the
+underlay veth; the same comparison with tshark on those captures.
 """
 
 from __future__ import annotations
@@ -18,11 +23,14 @@ import json
 import struct
 import subprocess
 import sys
+import textwrap
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from helpers import requires_tshark, tshark_rows
+from helpers import needs, requires_tshark, tshark_rows
+from netns import LossyLink, netns_available, readline
 from scapy.contrib.erspan import ERSPAN_II, ERSPAN_III
 from scapy.contrib.geneve import GENEVE, GeneveOptions
 from scapy.contrib.gtp import GTP_U_Header
@@ -271,3 +279,173 @@ def test_tunnel_counters_reach_the_stats(analyzed) -> None:
         counters = _producer_counters(summary, index)
         tunnels = {k: v for k, v in counters.items() if k.startswith("tunnel_")}
         assert tunnels == {k: n * frames for k, n in CASES[name][3].items()}, name
+
+
+# --- real overlays between network namespaces ----------------------------------------------
+
+NETNS_UNAVAILABLE = netns_available()
+OVERLAY_REQUESTS = 3
+HTTP_PORT, DNS_PORT = 8080, 53
+
+# Receiver: answer OVERLAY_REQUESTS HTTP requests (one per connection) and as many DNS
+# queries (one A record each), then exit.
+OVERLAY_SERVER = textwrap.dedent(r"""
+    import socket, sys
+    host, n, http_port, dns_port = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+    srv = socket.socket()
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind((host, http_port))
+    srv.listen(8)
+    srv.settimeout(30)
+    dns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    dns.bind((host, dns_port))
+    dns.settimeout(30)
+    print("ready", flush=True)
+    for _ in range(n):
+        q, peer = dns.recvfrom(512)
+        answer = bytes([10, 201, 0, 2])
+        dns.sendto(q[:2] + b"\x81\x80" + q[4:6] + b"\x00\x01\x00\x00\x00\x00" + q[12:]
+                   + b"\xc0\x0c\x00\x01\x00\x01\x00\x00\x00\x1e\x00\x04" + answer, peer)
+        c, _ = srv.accept()
+        c.settimeout(20)
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = c.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+        body = b"overlay " + data.split(b" ")[1]
+        c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % len(body) + body)
+        c.close()
+""")
+
+# Sender: per round, a DNS query for pod<i>.overlay.example, then GET /pod<i>.
+OVERLAY_CLIENT = textwrap.dedent(r"""
+    import socket, struct, sys
+    host, n, http_port, dns_port = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+    for i in range(n):
+        name = b"".join(bytes([len(p)]) + p for p in (b"pod%d" % i, b"overlay", b"example")) + b"\x00"
+        q = struct.pack("!HHHHHH", 100 + i, 0x0100, 1, 0, 0, 0) + name + b"\x00\x01\x00\x01"
+        d = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        d.settimeout(10)
+        d.sendto(q, (host, dns_port))
+        if d.recv(512)[:2] != q[:2]:
+            sys.exit("bad DNS answer")
+        c = socket.create_connection((host, http_port), timeout=10)
+        c.sendall(b"GET /pod%d HTTP/1.1\r\nHost: overlay.example\r\nConnection: close\r\n\r\n" % i)
+        got = b""
+        while chunk := c.recv(4096):
+            got += chunk
+        if not got.startswith(b"HTTP/1.1 200"):
+            sys.exit(f"bad HTTP answer {got!r}")
+        c.close()
+    print("done", flush=True)
+""")
+
+#: name -> (the overlay device's `ip link add` arguments after the name, tshark's options,
+#: the tunnel counter, the underlay's UDP port)
+OVERLAYS = {
+    "vxlan": (["type", "vxlan", "id", "42", "dstport", "4789"], [], "tunnel_vxlan", 4789),
+    # no dstport: the kernel's default, 8472, which tshark decodes only when told
+    "vxlan-default-port": (["type", "vxlan", "id", "43"], ["-d", "udp.port==8472,vxlan"], "tunnel_vxlan", 8472),
+    "geneve": (["type", "geneve", "id", "44"], [], "tunnel_geneve", 6081),
+}
+
+
+def _overlay_capture(name: str, path: Path) -> str | None:
+    """Two namespaces, an overlay device of kind `name` in each over their veth, the
+    client/server exchange between the overlay addresses, tcpdump on the underlay.
+    Returns why not when this kernel has no such device type."""
+    args = OVERLAYS[name][0]
+    with LossyLink(loss_percent=0, rate_mbit=None) as link:
+        ends = ((link.sender, link.sender_if, link.sender_ip, link.receiver_ip, "10.201.0.1"),
+                (link.receiver, link.receiver_if, link.receiver_ip, link.sender_ip, "10.201.0.2"))
+        for ns, dev, local, remote, overlay in ends:
+            extra = ["local", local, "dev", dev] if args[1] == "vxlan" else []
+            added = link.run(ns, ["ip", "link", "add", "ovl0", *args, "remote", remote, *extra], check=False)
+            if "Unknown device type" in added.stderr:
+                return f"this kernel has no {args[1]} devices (ip link add: {added.stderr.strip()})"
+            assert added.returncode == 0, added.stderr
+            link.run(ns, ["ip", "addr", "add", f"{overlay}/24", "dev", "ovl0"])
+            link.offloads_off(ns, "ovl0")
+            link.run(ns, ["ip", "link", "set", "ovl0", "up"])
+        cap = link.capture(link.sender, link.sender_if, str(path))
+        try:
+            server = link.popen(link.receiver, [sys.executable, "-c", OVERLAY_SERVER, "10.201.0.2",
+                                                str(OVERLAY_REQUESTS), str(HTTP_PORT), str(DNS_PORT)])
+            assert readline(server, 10) == "ready", server.stderr.read() if server.poll() is not None else ""
+            client = link.run(link.sender, [sys.executable, "-c", OVERLAY_CLIENT, "10.201.0.2",
+                                            str(OVERLAY_REQUESTS), str(HTTP_PORT), str(DNS_PORT)], check=False)
+            assert client.returncode == 0 and client.stdout.strip() == "done", client.stderr
+            server.wait(timeout=10)
+            time.sleep(0.3)  # the last FIN/ACK onto the capture
+        finally:
+            cap.stop()
+    return None
+
+
+@pytest.fixture(scope="module")
+def overlays(tmp_path_factory: pytest.TempPathFactory
+             ) -> tuple[dict[str, Path], dict, dict[str, dict[str, list]], dict[str, str]]:
+    """The captures of the real overlays, analyze's summary, their records by topic, and
+    the overlays this kernel cannot make (and why)."""
+    if NETNS_UNAVAILABLE:
+        pytest.skip(f"network namespaces: {NETNS_UNAVAILABLE}")
+    tmp = tmp_path_factory.mktemp("overlays")
+    paths, missing = {}, {}
+    for name in OVERLAYS:
+        path = tmp / f"{name}.pcap"
+        why = _overlay_capture(name, path)
+        if why:
+            missing[name] = why
+        else:
+            paths[name] = path
+    out = tmp / "out"
+    proc = subprocess.run([sys.executable, "-m", "wirestream", "analyze", *map(str, paths.values()), "--out",
+                           str(out), "--json", "--no-progress"],
+                          capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    names = list(paths)
+    records: dict[str, dict[str, list]] = {name: {} for name in names}
+    for topic in ("wire.dns", "wire.transactions", "wire.connections"):
+        with open(out / f"{topic}.jsonl") as f:
+            for line in f:
+                rec = json.loads(line)
+                records[names[int(rec["source_id"].rsplit("-", 1)[1])]].setdefault(topic, []).append(rec)
+    return paths, json.loads(proc.stdout), records, missing
+
+
+@requires_tshark
+@needs(NETNS_UNAVAILABLE and f"network namespaces: {NETNS_UNAVAILABLE}")
+@pytest.mark.parametrize("name", list(OVERLAYS))
+def test_real_overlay_conversations_are_tsharks(overlays, name: str) -> None:
+    """On the underlay's capture of a real VXLAN/Geneve overlay, the inner TCP
+    conversations, DNS pairs and HTTP pairs tshark finds are wirestream's records."""
+    paths, summary, records, missing = overlays
+    if name in missing:
+        pytest.skip(missing[name])
+    extra = OVERLAYS[name][1]
+    (ports,) = tshark_rows([paths[name]], ["udp.dstport"], "tcp", options=["-E", "occurrence=f", *extra])
+    assert {int(p) for (p,) in ports} == {OVERLAYS[name][3]}  # the underlay port the kernel used
+    (syns,) = tshark_rows([paths[name]], ["ip.src", "tcp.srcport", "ip.dst", "tcp.dstport"],
+                          "tcp.flags.syn == 1 && tcp.flags.ack == 0", options=["-E", "occurrence=l", *extra])
+    theirs_tcp = sorted((s, int(sp), d, int(dp)) for s, sp, d, dp in syns)
+    assert len(theirs_tcp) == OVERLAY_REQUESTS and {t[2] for t in theirs_tcp} == {"10.201.0.2"}
+    ours_tcp = sorted((*_endpoint(r, "client"), *_endpoint(r, "server")) for r in records[name]["wire.connections"])
+    assert ours_tcp == theirs_tcp
+    (dns,) = tshark_rows([paths[name]], ["dns.qry.name", "dns.a"], "dns.flags.response == 1 && dns.response_to",
+                         options=["-2", *extra])
+    theirs_dns = sorted((n, a) for n, a in dns)
+    assert len(theirs_dns) == OVERLAY_REQUESTS
+    ours_dns = sorted((r["query_name"].rstrip("."), ",".join(a["data"] if isinstance(a, dict) else a
+                                                                for a in r["answers"]))
+                      for r in records[name].get("wire.dns", []) if r["response_ts_us"] is not None)
+    assert ours_dns == theirs_dns
+    (http,) = tshark_rows([paths[name]], ["http.request.uri", "http.response.code"], "http.response && http.request_in",
+                          options=["-2", "-d", f"tcp.port=={HTTP_PORT},http", "-E", "occurrence=f", *extra])
+    assert len(http) == OVERLAY_REQUESTS
+    ours_http = sorted((t["path"], t["status"]) for t in records[name].get("wire.transactions", []))
+    assert ours_http == [(f"/pod{i}", 200) for i in range(OVERLAY_REQUESTS)]
+    index = list(paths).index(name)
+    counters = _producer_counters(summary, index)
+    assert counters[OVERLAYS[name][2]] >= 4 * OVERLAY_REQUESTS  # every inner packet came through the tunnel
