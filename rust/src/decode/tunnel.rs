@@ -24,7 +24,9 @@
 //!   (version 1 G-PDUs, message type 255: the optional sequence/N-PDU/next-extension
 //!   fields and the extension header chain skipped, then IPv4 or IPv6 by the first nibble;
 //!   other GTP-U messages, echo requests for one, stay plain UDP packets). As Wireshark's
-//!   UDP dissector, the lower port is tried first, then the higher;
+//!   UDP dissector, the lower port is tried first, then the higher; of the other
+//!   protocols on a lower port only DNS (53) is known here: a DNS datagram from or to a
+//!   tunnel's port stays DNS, as in tshark;
 //! - under IP: PPPoE sessions (ethertype 0x8864; PPP protocol 0x0021 IPv4, 0x0057 IPv6,
 //!   0x0281/0x0283 MPLS) and MPLS (0x8847/0x8848: the label stack down to the bottom of
 //!   stack bit; then IPv4 for an explicit-null label 0, IPv6 for label 2, otherwise the
@@ -67,6 +69,7 @@ pub const UDP_VXLAN_LINUX: u16 = 8472;
 pub const UDP_GENEVE: u16 = 6081;
 pub const UDP_TEREDO: u16 = 3544;
 pub const UDP_GTPU: u16 = 2152;
+const UDP_DNS: u16 = 53;
 
 pub const ETH_TEB: u16 = 0x6558;
 pub const ETH_ERSPAN_2: u16 = 0x88BE;
@@ -169,6 +172,11 @@ fn udp(d: &[u8], ip: &Ip) -> Result<Option<Inner>, Drop> {
     };
     let (low, high) = if sport <= dport { (sport, dport) } else { (dport, sport) };
     let Some(kind) = udp_port(low).or_else(|| udp_port(high)) else { return Ok(None) };
+    if low == UDP_DNS {
+        // Wireshark gives the datagram to the lower port's dissector, DNS: a resolver that
+        // picked a tunnel's port as its source port is still DNS
+        return Ok(None);
+    }
     udp_tunnel(d, ip, kind)
 }
 

@@ -157,6 +157,14 @@ fn vxlan_on_both_ports() {
 }
 
 #[test]
+fn dns_from_a_tunnel_port_stays_dns() {
+    // a resolver that picked 4789 as its source port: the lower port, 53, decides
+    let (result, counters) = run(LINKTYPE_RAW, &ipv4(17, &udp(UDP_VXLAN, 53, &[0x12, 0x34, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0])));
+    let (p, payload) = result.unwrap();
+    assert_eq!((p.src_port, p.dst_port, payload.len(), counters), (UDP_VXLAN, 53, 12, vec![]));
+}
+
+#[test]
 fn vxlan_inner_vlan_and_ethernet_trailer() {
     // inner Ethernet with a VLAN tag; the outer frame padded (the trailer is not inner bytes)
     let mut tagged = MAC.to_vec();
