@@ -5,7 +5,8 @@ tshark decodes only when told: ``-d udp.port==8472,vxlan``), Geneve with an opti
 with checksum/key/sequence over IPv4 and IPv6, GRE transparent Ethernet bridging, ERSPAN
 types II and III, IP-in-IP (4in4, 6in4, 4in6, 6in6), Teredo, GTP-U, PPPoE, an MPLS label
 stack, an MPLS Ethernet pseudo-wire with a control word, a tunnel in a tunnel in a tunnel,
-and the link types that carry IP without Ethernet (PPP, PPP in HDLC framing, Cisco HDLC,
+VXLAN whose outer packets are IP fragments and VXLAN carrying inner IP fragments (both
+reassembled, as tshark does), and the link types that carry IP without Ethernet (PPP, PPP in HDLC framing, Cisco HDLC,
 FDDI, 802.11 plain and with radiotap). Each carries the same small HTTP exchange and a DNS
 query and answer between inner addresses. One ``wirestream analyze`` run reads them all;
 per capture, the inner TCP conversations, DNS pairs and HTTP pairs tshark finds are the
@@ -19,6 +20,7 @@ underlay veth; the same comparison with tshark on those captures.
 
 from __future__ import annotations
 
+import itertools
 import json
 import struct
 import subprocess
@@ -37,7 +39,7 @@ from scapy.contrib.gtp import GTP_U_Header
 from scapy.contrib.mpls import MPLS
 from scapy.layers.dns import DNS, DNSQR, DNSRR
 from scapy.layers.dot11 import Dot11, Dot11QoS, RadioTap
-from scapy.layers.inet import IP, TCP, UDP
+from scapy.layers.inet import IP, TCP, UDP, fragment
 from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import GRE, Ether
 from scapy.layers.ppp import PPP, PPPoE
@@ -121,13 +123,35 @@ def _nested(p: Packet) -> Packet:
             / IP(src="172.17.0.1", dst="172.17.0.2") / UDP(sport=51000, dport=4789) / VXLAN(vni=7) / _eth(p))
 
 
+_IDS = itertools.count(1000)
+
+
+def _fragments(ip: Packet, fragsize: int) -> list[Packet]:
+    """An IPv4 packet, given an identification of its own, in fragments of `fragsize`."""
+    whole = IP(bytes(ip))
+    whole.id = next(_IDS)
+    del whole.chksum
+    return fragment(IP(bytes(whole)), fragsize=fragsize)
+
+
+def _vxlan_outer_fragments(p: Packet) -> list[Packet]:
+    """VXLAN over a path with a small MTU: the outer packet in IP fragments."""
+    outer = _outer4(p) / UDP(sport=51000, dport=4789) / VXLAN(vni=42) / _eth(p)
+    return [Ether(src=MAC_A, dst=MAC_B) / f for f in _fragments(outer[IP], 64)]
+
+
+def _vxlan_inner_fragments(p: Packet) -> list[Packet]:
+    """An overlay whose own (inner) packets are IP fragments, each in its VXLAN frame."""
+    return [_outer4(p) / UDP(sport=51000, dport=4789) / VXLAN(vni=42) / _eth(f) for f in _fragments(p, 32)]
+
+
 def _snap(p: Packet) -> bytes:
     return b"\xaa\xaa\x03\x00\x00\x00" + struct.pack("!H", 0x0800 if IP in p else 0x86DD) + bytes(p)
 
 
 #: name -> (IP version of the inner packets, link type, encapsulation of one inner IP packet,
 #: the counters the capture must give (per frame), tshark's extra options)
-Encap = Callable[[Packet], Packet | bytes]
+Encap = Callable[[Packet], Packet | bytes | list[Packet]]
 CASES: dict[str, tuple[int, int, Encap, dict[str, int], list[str]]] = {
     "vxlan": (4, 1, lambda p: _outer4(p) / UDP(sport=51000, dport=4789) / VXLAN(vni=42) / _eth(p),
               {"tunnel_vxlan": 1}, []),
@@ -157,6 +181,10 @@ CASES: dict[str, tuple[int, int, Encap, dict[str, int], list[str]]] = {
     "mpls-pw": (4, 1, lambda p: Ether(src=MAC_A, dst=MAC_B, type=0x8847) / MPLS(label=300, s=1)
                 / Raw(b"\x00\x00\x00\x00") / _eth(p), {"tunnel_mpls": 1}, []),
     "nested": (4, 1, _nested, {"tunnel_ipip": 1, "tunnel_gre": 1, "tunnel_vxlan": 1}, []),
+    # per inner packet: decapsulated once its outer datagram is complete
+    "vxlan-outer-fragments": (4, 1, _vxlan_outer_fragments, {"tunnel_vxlan": 1}, []),
+    # per frame (each fragment's frame is decapsulated), see INNER_FRAGMENTED
+    "vxlan-inner-fragments": (4, 1, _vxlan_inner_fragments, {"tunnel_vxlan": 1}, []),
     "ppp": (4, LINKTYPE_PPP, lambda p: b"\xff\x03" + struct.pack("!H", 0x21 if IP in p else 0x57) + bytes(p), {}, []),
     "ppp-hdlc": (6, LINKTYPE_PPP_HDLC, lambda p: b"\xff\x03" + struct.pack("!H", 0x21 if IP in p else 0x57)
                  + bytes(p), {}, []),
@@ -180,9 +208,17 @@ def _write(path: Path, linktype: int, frames: list[bytes]) -> Path:
     return path
 
 
+#: the cases whose tunnel counters count frames rather than inner packets
+INNER_FRAGMENTED = {"vxlan-inner-fragments"}
+
+
 def _frames(name: str) -> tuple[int, list[bytes]]:
     version, linktype, encap, _, _ = CASES[name]
-    return linktype, [bytes(encap(p)) for p in _inner(version)]
+    frames = []
+    for p in _inner(version):
+        out = encap(p)
+        frames += [bytes(f) for f in out] if isinstance(out, list) else [bytes(out)]
+    return linktype, frames
 
 
 @pytest.fixture(scope="module")
@@ -269,16 +305,23 @@ def _producer_counters(summary: dict, index: int) -> dict[str, int]:
 
 
 def test_tunnel_counters_reach_the_stats(analyzed) -> None:
-    """Every frame is a packet (none dropped), and each capture's frames were counted under
-    their tunnel kinds (once per layer) in the producer's final wire.stats report."""
+    """Every inner packet is a packet, every other frame a fragment held for reassembly
+    (nothing else dropped), and each capture's frames were counted under their tunnel kinds
+    (once per layer) in the producer's final wire.stats report."""
     paths, summary, _ = analyzed
     files = {Path(f["path"]).stem: f for f in summary["files"]}
     for index, name in enumerate(paths):
-        frames = len(_inner(CASES[name][0]))
-        assert (files[name]["frames"], files[name]["packets"], files[name]["dropped"]) == (frames, frames, {}), name
+        packets, frames = len(_inner(CASES[name][0])), len(_frames(name)[1])
+        dropped = {"ip_fragment": frames - packets} if frames > packets else {}
+        assert (files[name]["frames"], files[name]["packets"], files[name]["dropped"]) == (frames, packets, dropped), name
         counters = _producer_counters(summary, index)
         tunnels = {k: v for k, v in counters.items() if k.startswith("tunnel_")}
-        assert tunnels == {k: n * frames for k, n in CASES[name][3].items()}, name
+        per = frames if name in INNER_FRAGMENTED else packets
+        assert tunnels == {k: n * per for k, n in CASES[name][3].items()}, name
+    # the fragment cases were fragmented, and reassembled
+    for name in ("vxlan-outer-fragments", "vxlan-inner-fragments"):
+        assert len(_frames(name)[1]) > len(_inner(4)) + 3
+        assert _producer_counters(summary, list(paths).index(name))["ip_datagrams_reassembled"] >= 4
 
 
 # --- real overlays between network namespaces ----------------------------------------------
