@@ -446,6 +446,28 @@ fn a_fragmented_outer_packet_is_decapsulated_after_reassembly() {
     assert!(d.counters().contains(&("tunnel_vxlan", 1)));
 }
 
+#[test]
+fn a_fragment_in_a_tunnel_in_a_reassembled_datagram_is_a_named_drop() {
+    // the inner packet is a fragment; the outer VXLAN datagram is fragmented too
+    let mut inner = inner4();
+    inner[6] = 0x20; // MF
+    let outer = ipv4(17, &vxlan(UDP_VXLAN, &ethernet(0x0800, &inner)));
+    let l4 = &outer[20..];
+    let frag = |from: usize, to: usize, more: bool| {
+        let mut v = ipv4(17, &l4[from..to]);
+        v[4..6].copy_from_slice(&[0x55, 0x66]);
+        v[6..8].copy_from_slice(&((from / 8) as u16 | if more { 0x2000 } else { 0 }).to_be_bytes());
+        v
+    };
+    let (a, b) = (frag(0, 32, true), frag(32, l4.len(), false));
+    let mut d = Decoder::new(65535);
+    for (i, f) in [a, b].iter().enumerate() {
+        assert!(d.decode(&Frame { number: i as u64 + 1, ts_us: 0, linktype: LINKTYPE_RAW, data: f, orig_len: 0 }).is_none());
+    }
+    assert_eq!(d.dropped(), vec![("ip_fragment", 1), ("tunnel_fragment", 1)]);
+    assert!(d.counters().contains(&("ip_datagrams_reassembled", 1)));
+}
+
 /// Every encapsulation, each cut at every byte: a packet (a snapped payload) or a named
 /// drop, never a panic; and cut inside a tunnel header, `bad_tunnel` or a truncation.
 #[test]
