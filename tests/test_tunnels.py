@@ -145,6 +145,18 @@ def _vxlan_inner_fragments(p: Packet) -> list[Packet]:
     return [_outer4(p) / UDP(sport=51000, dport=4789) / VXLAN(vni=42) / _eth(f) for f in _fragments(p, 32)]
 
 
+# Teredo's authentication indicator (client id 2 bytes, authentication value 3, nonce,
+# confirmation) and origin indication (port, address, obfuscated)
+TEREDO_INDICATORS = b"\x00\x01\x02\x03\x09\x09\x08\x08\x08" + bytes(range(1, 9)) + b"\x00" + b"\x00\x00\xf2\x27\x01\x02\x03\x04"
+
+
+def _gtpu_extension(p: Packet) -> Packet:
+    """A G-PDU with the E flag: a PDU session container extension header, then the end."""
+    inner = bytes(p)
+    header = b"\x34\xff" + struct.pack("!H", len(inner) + 8) + b"\x00\x00\x00\x09\x00\x00\x00\x85\x01\x10\x01\x00"
+    return _outer4(p) / UDP(sport=2152, dport=2152) / Raw(header + inner)
+
+
 def _snap(p: Packet) -> bytes:
     return b"\xaa\xaa\x03\x00\x00\x00" + struct.pack("!H", 0x0800 if IP in p else 0x86DD) + bytes(p)
 
@@ -171,6 +183,9 @@ CASES: dict[str, tuple[int, int, Encap, dict[str, int], list[str]]] = {
     "4in6": (4, 1, lambda p: _outer6(p) / p, {"tunnel_ipip": 1}, []),
     "6in6": (6, 1, lambda p: _outer6(p) / p, {"tunnel_ipip": 1}, []),
     "teredo": (6, 1, lambda p: _outer4(p) / UDP(sport=3544, dport=3544) / p, {"tunnel_teredo": 1}, []),
+    "teredo-indicators": (6, 1, lambda p: _outer4(p) / UDP(sport=3544, dport=40001) / Raw(TEREDO_INDICATORS + bytes(p)),
+                          {"tunnel_teredo": 1}, []),
+    "gtpu-extension": (6, 1, _gtpu_extension, {"tunnel_gtpu": 1}, []),
     "gtpu": (4, 1, lambda p: _outer4(p) / UDP(sport=2152, dport=2152) / GTP_U_Header(teid=9, gtp_type=255, S=1,
                                                                                    seq=5) / p,
              {"tunnel_gtpu": 1}, []),
