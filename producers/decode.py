@@ -19,7 +19,20 @@ reason                      meaning
 ``truncated_ip``            IP header cut off, or a bad header length
 ``truncated_transport``     TCP/UDP header cut off, or a bad TCP data offset
 ``bad_ip_version``          the version nibble is neither 4 nor 6
+``bad_tunnel``              a tunnel's header cut off or malformed (VXLAN, Geneve,
+                            GRE/ERSPAN, Teredo, GTP-U, PPPoE, MPLS)
+``tunnel_too_deep``         more than 8 tunnels in one another
+``tunnel_fragment``         an IP fragment inside a tunnel inside a reassembled datagram
+                            (a second level of reassembly, not done)
 ==========================  ==========================================================
+
+Tunnels are decapsulated (docs/core.md, "Tunnels"): the packet of a VXLAN (UDP 4789 and
+8472), Geneve (6081), GRE (with ERSPAN II/III and transparent Ethernet bridging),
+IP-in-IP (4in4, 6in4, 4in6, 6in6), Teredo (3544), GTP-U (2152), PPPoE or MPLS frame is
+the inner one, nested tunnels too; ``FrameDecoder.counters`` counts each decapsulated
+layer by kind: ``tunnel_vxlan``, ``tunnel_geneve``, ``tunnel_gre``, ``tunnel_erspan``,
+``tunnel_ipip``, ``tunnel_teredo``, ``tunnel_gtpu``, ``tunnel_pppoe``, ``tunnel_mpls``.
+An inner IP fragment is reassembled as an outer one is.
 
 IP fragments (IPv4 and IPv6) are reassembled before transport decoding, bounded in time
 (30 s of capture time from a datagram's first fragment), datagrams (1024) and bytes held
@@ -28,7 +41,7 @@ IP fragments (IPv4 and IPv6) are reassembled before transport decoding, bounded 
 ``ip_fragment_overlap_conflicts`` and ``ip_fragments_held`` (now). Overlaps are resolved
 as Wireshark does (docs/core.md, "IP fragment reassembly").
 
-The decoder is the compiled core's (``rust/src/decode/``: link, ip, transport; its rules
+The decoder is the compiled core's (``rust/src/decode/``: link, ip, tunnel, transport; its rules
 are documented there): this module is its typed Python face, for single frames (tests,
 tools). Replays and live captures decode inside the core's loops, without a Python call
 per packet.

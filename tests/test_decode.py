@@ -22,7 +22,8 @@ FIELDS = ("ts_us", "frame", "wire_len", "payload_len", "seq", "ack", "src_ip", "
 #: Drop reasons documented in producers/decode.py.
 REASONS = {"non_ip", "unsupported_linktype", "unsupported_transport", "ip_fragment", "ip_fragment_bad",
            "truncated_link",
-           "truncated_ip", "truncated_transport", "bad_ip_version"}
+           "truncated_ip", "truncated_transport", "bad_ip_version", "bad_tunnel", "tunnel_too_deep",
+           "tunnel_fragment"}
 
 NULL, ETH, RAW12, RAW14, RAW, LOOP, SLL, IPV4, IPV6, SLL2 = 0, 1, 12, 14, 101, 108, 113, 228, 229, 276
 FIN, SYN, RST, PSH, ACK, URG, ECE, CWR, NS = 1, 2, 4, 8, 16, 32, 64, 128, 256

@@ -90,20 +90,26 @@ fn ipv6(d: &[u8], off: usize) -> Result<Ip, Drop> {
 }
 
 /// Walk the IPv6 extension headers from `off` (the first one of type `proto`) to the
-/// transport: `(transport protocol, where its header starts)`. A fragment header ends the
+/// transport: `(transport protocol, where its header starts)`; the walk ends at the first
+/// header that is not an extension header (TCP, UDP, a tunnelled IP packet, GRE, or one
+/// we do not decode, which the transport layer drops). A fragment header ends the
 /// walk with `IpFragment` (the reassembler takes over), unless it is an atomic fragment
 /// (offset 0, M clear: RFC 8200 section 4.5, RFC 6946), which is the whole datagram.
 pub fn walk_ext(d: &[u8], mut proto: u8, mut off: usize) -> Result<(u8, usize), Drop> {
-    while !matches!(proto, PROTO_TCP | PROTO_UDP | PROTO_ICMP6) {
-        let ext_len = if proto == IPV6_FRAGMENT {
-            // offset (13 bits) and M (the lowest bit); the 2 reserved bits are ignored
-            let field = be16(d, off.saturating_add(2)).ok_or(Drop::TruncatedIp)?;
-            if field & 0xFFF9 != 0 {
-                return Err(Drop::IpFragment);
+    while proto != PROTO_TCP && proto != PROTO_UDP {
+        let ext_len = match proto {
+            IPV6_FRAGMENT => {
+                // offset (13 bits) and M (the lowest bit); the 2 reserved bits are ignored
+                let field = be16(d, off.saturating_add(2)).ok_or(Drop::TruncatedIp)?;
+                if field & 0xFFF9 != 0 {
+                    return Err(Drop::IpFragment);
+                }
+                8
             }
-            8
-        } else {
-            ext_header_len(d, off, proto)?
+            IPV6_HOP_BY_HOP | IPV6_ROUTING | IPV6_DEST_OPTS | IPV6_MOBILITY | IPV6_AH => {
+                ext_header_len(d, off, proto)?
+            }
+            _ => break,
         };
         proto = u8_at(d, off).ok_or(Drop::TruncatedIp)?;
         off = off.saturating_add(ext_len);

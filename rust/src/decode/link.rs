@@ -2,9 +2,20 @@
 //!
 //! Link types are tcpdump.org's LINKTYPE_* numbers; [`SUPPORTED`] is the list the capture
 //! readers check a file against and the error messages name.
+//!
+//! Besides Ethernet, cooked and raw IP: FDDI (10, LLC/SNAP after the 13-byte MAC header,
+//! non-LLC frames are `non_ip`), PPP (9) and PPP in HDLC framing (50; with or without the
+//! `FF 03` address/control bytes, a compressed 1-byte protocol field, or Cisco HDLC when
+//! the first byte is 0x0F/0x8F, as libpcap documents LINKTYPE_PPP_HDLC), PPPoE without
+//! Ethernet (PPP_ETHER, 51), Cisco HDLC (104), and 802.11 data frames with LLC/SNAP, plain
+//! (105), after a radiotap header (127, whose flags say whether the 802.11 header is
+//! padded to 4 bytes), a Prism header (119) or an AVS header (163). 802.11 frames that are
+//! not data, carry no data (null functions), are protected (encrypted), or are A-MSDUs
+//! (which Wireshark splits, we do not) are `non_ip`. An 802.11 FCS at the end of a frame
+//! is harmless: lengths come from the IP headers.
 
 use super::Drop;
-use crate::bytes::{be16, be32, le32, u8_at};
+use crate::bytes::{array, be16, be32, le32, u8_at};
 
 pub const LINKTYPE_NULL: i64 = 0;
 pub const LINKTYPE_ETHERNET: i64 = 1;
@@ -18,11 +29,29 @@ pub const LINKTYPE_LINUX_SLL: i64 = 113;
 pub const LINKTYPE_IPV4: i64 = 228;
 pub const LINKTYPE_IPV6: i64 = 229;
 pub const LINKTYPE_LINUX_SLL2: i64 = 276;
+pub const LINKTYPE_PPP: i64 = 9;
+pub const LINKTYPE_FDDI: i64 = 10;
+pub const LINKTYPE_PPP_HDLC: i64 = 50;
+pub const LINKTYPE_PPP_ETHER: i64 = 51;
+pub const LINKTYPE_C_HDLC: i64 = 104;
+pub const LINKTYPE_IEEE802_11: i64 = 105;
+pub const LINKTYPE_IEEE802_11_PRISM: i64 = 119;
+pub const LINKTYPE_IEEE802_11_RADIOTAP: i64 = 127;
+pub const LINKTYPE_IEEE802_11_AVS: i64 = 163;
 
 /// The link types the decoder understands, with the names error messages give them.
-pub const SUPPORTED: [(i64, &str); 10] = [
+pub const SUPPORTED: [(i64, &str); 19] = [
     (LINKTYPE_NULL, "BSD loopback (null)"),
     (LINKTYPE_ETHERNET, "Ethernet"),
+    (LINKTYPE_PPP, "PPP"),
+    (LINKTYPE_FDDI, "FDDI"),
+    (LINKTYPE_PPP_HDLC, "PPP in HDLC framing"),
+    (LINKTYPE_PPP_ETHER, "PPPoE"),
+    (LINKTYPE_C_HDLC, "Cisco HDLC"),
+    (LINKTYPE_IEEE802_11, "802.11"),
+    (LINKTYPE_IEEE802_11_PRISM, "802.11 with Prism header"),
+    (LINKTYPE_IEEE802_11_RADIOTAP, "802.11 with radiotap header"),
+    (LINKTYPE_IEEE802_11_AVS, "802.11 with AVS header"),
     (LINKTYPE_RAW_DLT12, "raw IP"),
     (LINKTYPE_RAW_DLT14, "raw IP"),
     (LINKTYPE_RAW, "raw IP"),
@@ -35,6 +64,9 @@ pub const SUPPORTED: [(i64, &str); 10] = [
 
 pub const ETH_IPV4: u16 = 0x0800;
 pub const ETH_IPV6: u16 = 0x86DD;
+pub const ETH_MPLS_UC: u16 = 0x8847;
+pub const ETH_MPLS_MC: u16 = 0x8848;
+pub const ETH_PPPOE_SESSION: u16 = 0x8864;
 /// 802.1Q, 802.1ad (QinQ), legacy QinQ: 4 bytes per tag
 const ETH_VLAN_TAGS: [u16; 4] = [0x8100, 0x88A8, 0x9100, 0x9200];
 
@@ -70,15 +102,171 @@ pub fn network_offset(linktype: i64, d: &[u8]) -> Result<Network, Drop> {
         }
         LINKTYPE_RAW | LINKTYPE_RAW_DLT12 | LINKTYPE_RAW_DLT14 | LINKTYPE_IPV4 | LINKTYPE_IPV6 => raw_ip(d),
         LINKTYPE_NULL | LINKTYPE_LOOP => null_loop(linktype, d),
+        _ => other_linktype(linktype, d),
+    }
+}
+
+/// The link types off the common path (kept out of line: the common ones stay as short).
+#[cold]
+fn other_linktype(linktype: i64, d: &[u8]) -> Result<Network, Drop> {
+    let t = Drop::TruncatedLink;
+    match linktype {
+        LINKTYPE_FDDI => {
+            // frame control, destination, source; then LLC for asynchronous LLC frames
+            let fc = u8_at(d, 0).ok_or(t)?;
+            if d.len() < 13 {
+                return Err(t);
+            }
+            if fc & 0x30 != 0x10 {
+                return Err(Drop::NonIp); // SMT and MAC frames
+            }
+            llc_snap(d, 13)
+        }
+        LINKTYPE_PPP | LINKTYPE_PPP_HDLC => {
+            let first = u8_at(d, 0).ok_or(t)?;
+            if first == 0x0F || first == 0x8F {
+                cisco_hdlc(d)
+            } else {
+                ppp(d, if first == 0xFF && u8_at(d, 1) == Some(0x03) { 2 } else { 0 })
+            }
+        }
+        LINKTYPE_C_HDLC => cisco_hdlc(d),
+        LINKTYPE_PPP_ETHER => pppoe_session(d, 0),
+        LINKTYPE_IEEE802_11 => ieee80211(d, 0, false),
+        LINKTYPE_IEEE802_11_RADIOTAP => radiotap(d),
+        LINKTYPE_IEEE802_11_PRISM | LINKTYPE_IEEE802_11_AVS => {
+            // AVS (its magic 0x8021100x, big-endian) gives its length; Prism's is 144
+            let magic = be32(d, 0).ok_or(t)?;
+            let len = if magic & 0xFFFF_FFF0 == 0x8021_1000 { be32(d, 4).ok_or(t)? as usize } else { 144 };
+            ieee80211(d, len, false)
+        }
         _ => Err(Drop::UnsupportedLinktype),
     }
 }
 
+/// Little-endian u16 (radiotap's byte order).
+fn le16(d: &[u8], at: usize) -> Option<u16> {
+    array(d, at).map(u16::from_le_bytes)
+}
+
+/// Cisco HDLC: address, control, then an ethertype.
+fn cisco_hdlc(d: &[u8]) -> Result<Network, Drop> {
+    let etype = be16(d, 2).ok_or(Drop::TruncatedLink)?;
+    Ok(Network { etype, off: 4 })
+}
+
+/// The ethertype of a PPP protocol number (0: one we do not decode, `non_ip`).
+pub fn ppp_etype(proto: u16) -> u16 {
+    match proto {
+        0x0021 => ETH_IPV4,
+        0x0057 => ETH_IPV6,
+        0x0281 => ETH_MPLS_UC,
+        0x0283 => ETH_MPLS_MC,
+        _ => 0,
+    }
+}
+
+/// A PPP header at `off`: its protocol field is 2 bytes, or 1 when compressed (RFC 1661
+/// section 6.5: an odd first byte).
+pub fn ppp(d: &[u8], off: usize) -> Result<Network, Drop> {
+    let t = Drop::TruncatedLink;
+    let first = u8_at(d, off).ok_or(t)?;
+    if first & 1 == 1 {
+        return Ok(Network { etype: ppp_etype(u16::from(first)), off: off + 1 });
+    }
+    let proto = be16(d, off).ok_or(t)?;
+    Ok(Network { etype: ppp_etype(proto), off: off + 2 })
+}
+
+/// A PPPoE session header at `off` (RFC 2516: version/type 0x11, code 0) and its PPP
+/// protocol field; a header that is not a session's is `bad_tunnel`.
+pub fn pppoe_session(d: &[u8], off: usize) -> Result<Network, Drop> {
+    let b = Drop::BadTunnel;
+    let vt = u8_at(d, off).ok_or(b)?;
+    let code = u8_at(d, off.saturating_add(1)).ok_or(b)?;
+    let proto = be16(d, off.saturating_add(6)).ok_or(b)?;
+    if vt != 0x11 || code != 0 {
+        return Err(b);
+    }
+    Ok(Network { etype: ppp_etype(proto), off: off + 8 })
+}
+
+/// 802.2 LLC at `off`: only SNAP (AA AA 03, any OUI: 00-00-00 and 802.1H's 00-00-F8)
+/// carries an ethertype; other SAPs are `non_ip`.
+fn llc_snap(d: &[u8], off: usize) -> Result<Network, Drop> {
+    let head = array::<3>(d, off).ok_or(Drop::TruncatedLink)?;
+    if head != [0xAA, 0xAA, 0x03] {
+        return Err(Drop::NonIp);
+    }
+    let etype = be16(d, off + 6).ok_or(Drop::TruncatedLink)?;
+    Ok(Network { etype, off: off + 8 })
+}
+
+/// A radiotap header (little-endian; its length at 2), then 802.11. Its Flags field
+/// (present bit 1, after the 8-byte-aligned TSFT when bit 0 is present) says whether the
+/// 802.11 header is padded to a multiple of 4 bytes (0x20).
+fn radiotap(d: &[u8]) -> Result<Network, Drop> {
+    let t = Drop::TruncatedLink;
+    let len = usize::from(le16(d, 2).ok_or(t)?);
+    let present = le32(d, 4).ok_or(t)?;
+    // extended presence bitmaps follow while bit 31 is set
+    let mut pos = 4;
+    while le32(d, pos).ok_or(t)? & 0x8000_0000 != 0 {
+        pos += 4;
+    }
+    pos += 4;
+    if present & 1 != 0 {
+        pos = pos.div_ceil(8) * 8 + 8;
+    }
+    let padded = present & 2 != 0 && u8_at(d, pos).ok_or(t)? & 0x20 != 0;
+    if len < 8 || pos > len {
+        return Err(t);
+    }
+    ieee80211(d, len, padded)
+}
+
+/// An 802.11 MAC header at `off` (data frames only), then LLC/SNAP.
+fn ieee80211(d: &[u8], off: usize, padded: bool) -> Result<Network, Drop> {
+    let t = Drop::TruncatedLink;
+    let fc0 = u8_at(d, off).ok_or(t)?;
+    let fc1 = u8_at(d, off.saturating_add(1)).ok_or(t)?;
+    let (kind, subtype) = ((fc0 >> 2) & 3, fc0 >> 4);
+    // not a data frame, a data frame without data (null function, CF-*), or protected
+    if kind != 2 || subtype & 0x4 != 0 || fc1 & 0x40 != 0 {
+        return Err(Drop::NonIp);
+    }
+    let mut h = 24;
+    if fc1 & 0x03 == 0x03 {
+        h += 6; // to and from DS: a fourth address
+    }
+    if subtype & 0x8 != 0 {
+        // QoS data: a QoS control field (its A-MSDU bit: several frames we do not split),
+        // and an HT control field when the order bit is set
+        if u8_at(d, off.saturating_add(h)).ok_or(t)? & 0x80 != 0 {
+            return Err(Drop::NonIp);
+        }
+        h += 2;
+        if fc1 & 0x80 != 0 {
+            h += 4;
+        }
+    }
+    if padded {
+        h = h.div_ceil(4) * 4;
+    }
+    llc_snap(d, off.saturating_add(h))
+}
+
 fn ethernet(d: &[u8]) -> Result<Network, Drop> {
-    if d.len() < 14 {
+    ethernet_at(d, 0)
+}
+
+/// An Ethernet header at `base` (a frame's, or one a tunnel carries), VLAN tags skipped.
+#[inline]
+pub fn ethernet_at(d: &[u8], base: usize) -> Result<Network, Drop> {
+    if d.len() < base.saturating_add(14) {
         return Err(Drop::TruncatedLink);
     }
-    let mut off = 12;
+    let mut off = base + 12;
     let mut etype = be16(d, off).ok_or(Drop::TruncatedLink)?;
     while ETH_VLAN_TAGS.contains(&etype) {
         off += 4;

@@ -14,6 +14,10 @@
 //! the slice, which a snapped frame fails), and its error kinds do not map onto the drop
 //! reasons the counters report. The whole decoder is ~300 lines of checked reads.
 //!
+//! Tunnels are decapsulated (`tunnel.rs`): the packet of a VXLAN, Geneve, GRE/ERSPAN,
+//! IP-in-IP, Teredo, GTP-U, PPPoE or MPLS frame is its inner packet, nested tunnels
+//! included (at most `tunnel::MAX_DEPTH` layers), each layer counted per kind.
+//!
 //! IP fragments are reassembled (`fragments.rs`): a fragment's frame gives no packet (it
 //! is counted as `ip_fragment`), the frame of the fragment that completes its datagram
 //! gives the reassembled datagram's packet, whose payload is then owned bytes; every
@@ -23,12 +27,15 @@ pub mod fragments;
 pub mod ip;
 pub mod link;
 pub mod transport;
+pub mod tunnel;
 
 use std::borrow::Cow;
 
 use crate::layout::Packet;
 use fragments::{Limits, Reassembler};
 use ip::Ip;
+use link::{Network, ETH_IPV4, ETH_IPV6};
+use tunnel::Tunnel;
 
 /// Why a frame gave no packet; [`Drop::name`] is the counter's name in `wire.stats`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -53,10 +60,18 @@ pub enum Drop {
     TruncatedTransport,
     /// the version nibble is neither 4 nor 6
     BadIpVersion,
+    /// a tunnel's header cut off or malformed (VXLAN, Geneve, GRE/ERSPAN, Teredo, GTP-U,
+    /// PPPoE, MPLS)
+    BadTunnel,
+    /// more than `tunnel::MAX_DEPTH` tunnels in one another
+    TunnelTooDeep,
+    /// an IP fragment inside a tunnel inside a reassembled datagram (a second level of
+    /// reassembly, which we do not do)
+    TunnelFragment,
 }
 
 impl Drop {
-    pub const ALL: [Drop; 9] = [
+    pub const ALL: [Drop; 12] = [
         Drop::NonIp,
         Drop::UnsupportedLinktype,
         Drop::UnsupportedTransport,
@@ -66,6 +81,9 @@ impl Drop {
         Drop::TruncatedIp,
         Drop::TruncatedTransport,
         Drop::BadIpVersion,
+        Drop::BadTunnel,
+        Drop::TunnelTooDeep,
+        Drop::TunnelFragment,
     ];
 
     pub fn name(self) -> &'static str {
@@ -79,6 +97,9 @@ impl Drop {
             Drop::TruncatedIp => "truncated_ip",
             Drop::TruncatedTransport => "truncated_transport",
             Drop::BadIpVersion => "bad_ip_version",
+            Drop::BadTunnel => "bad_tunnel",
+            Drop::TunnelTooDeep => "tunnel_too_deep",
+            Drop::TunnelFragment => "tunnel_fragment",
         }
     }
 }
@@ -99,6 +120,16 @@ pub struct Frame<'a> {
     pub orig_len: u32,
 }
 
+/// What one frame's walk through its layers leaves besides its packet: the tunnels it
+/// decapsulated (counted per kind), and where its IP fragment is when it is one.
+#[derive(Clone, Debug, Default)]
+pub struct Walk {
+    pub tunnels: [u64; Tunnel::ALL.len()],
+    /// the fragment's IP header, and the end of the bytes it is read within (a prefix of
+    /// the frame: a tunnel's payload ends where its outer header says)
+    pub fragment: Option<(Network, usize)>,
+}
+
 /// Decodes frames and counts what it drops; holds the fragments being reassembled.
 /// One per source.
 #[derive(Clone, Debug)]
@@ -107,6 +138,7 @@ pub struct Decoder {
     pub payload_snaplen: usize,
     dropped: [u64; Drop::ALL.len()],
     fragments: Reassembler,
+    walk: Walk,
 }
 
 impl Decoder {
@@ -116,14 +148,19 @@ impl Decoder {
 
     /// A decoder whose fragment reassembly has these bounds.
     pub fn with_limits(payload_snaplen: usize, limits: Limits) -> Self {
-        Decoder { payload_snaplen, dropped: [0; Drop::ALL.len()], fragments: Reassembler::new(limits) }
+        Decoder {
+            payload_snaplen,
+            dropped: [0; Drop::ALL.len()],
+            fragments: Reassembler::new(limits),
+            walk: Walk::default(),
+        }
     }
 
     /// The packet of `frame` with its captured payload (borrowed from the frame, owned for
     /// a reassembled datagram), or `None`: counted under its reason, or a fragment held.
     /// Every frame that gives no packet is counted once.
     pub fn decode<'a>(&mut self, frame: &Frame<'a>) -> Option<Decoded<'a>> {
-        match decode_frame(frame, self.payload_snaplen) {
+        match decode_frame(frame, self.payload_snaplen, &mut self.walk) {
             Ok((packet, payload)) => Some((packet, Cow::Borrowed(payload))),
             Err(Drop::IpFragment) => match self.fragment(frame) {
                 Ok(Some(decoded)) => Some(decoded),
@@ -146,8 +183,8 @@ impl Decoder {
     /// A fragment into the reassembler; the packet of its datagram if it completed it.
     #[cold]
     fn fragment<'a>(&mut self, frame: &Frame<'a>) -> Result<Option<Decoded<'a>>, Drop> {
-        let net = link::network_offset(frame.linktype, frame.data)?;
-        let piece = fragments::parse(frame.data, net)?;
+        let (net, end) = self.walk.fragment.take().ok_or(Drop::IpFragmentBad)?;
+        let piece = fragments::parse(frame.data.get(..end).ok_or(Drop::TruncatedIp)?, net)?;
         let Some(dg) = self.fragments.add(piece, frame.ts_us)? else { return Ok(None) };
         let (proto, off) = if dg.version == 6 {
             // the fragmentable part may start with extension headers; a fragment header
@@ -159,7 +196,24 @@ impl Decoder {
         };
         let l4_len = dg.data.len().saturating_sub(off) as i64;
         let ip = Ip { version: dg.version, proto, src: dg.src, dst: dg.dst, l4_len, off };
-        let (packet, payload) = transport_packet(frame, &ip, &dg.data, self.payload_snaplen)?;
+        // the datagram may carry a tunnel (an overlay's outer packet fragmented on a path
+        // with a smaller MTU): decapsulated as in a frame; a fragment inside it is not
+        // reassembled again
+        let (packet, payload) = match tunnel::in_ip(&dg.data, &ip)? {
+            None => transport_packet(frame, &ip, &dg.data, self.payload_snaplen)?,
+            Some((kind, inner, end)) => {
+                self.walk.tunnels[kind as usize] += 1;
+                let d = dg.data.get(..end).ok_or(Drop::BadTunnel)?;
+                from_network(frame, d, inner, self.payload_snaplen, &mut self.walk, 1).map_err(|e| {
+                    if e == Drop::IpFragment {
+                        self.walk.fragment = None;
+                        Drop::TunnelFragment
+                    } else {
+                        e
+                    }
+                })?
+            }
+        };
         Ok(Some((packet, Cow::Owned(payload.to_vec()))))
     }
 
@@ -180,9 +234,11 @@ impl Decoder {
     }
 
     /// The non-zero counters of fragment reassembly, by name (`ip_fragments_held`: the
-    /// fragments of the datagrams not complete yet, at this moment).
+    /// fragments of the datagrams not complete yet, at this moment), then of the tunnels
+    /// decapsulated (`tunnel_<kind>`: frames, once per layer of that kind).
     pub fn counters(&self) -> Vec<(&'static str, u64)> {
         let c = self.fragments.counters;
+        let tunnels = Tunnel::ALL.iter().zip(self.walk.tunnels.iter()).map(|(t, n)| (t.name(), *n));
         [
             ("ip_datagrams_reassembled", c.reassembled),
             ("ip_fragments_timed_out", c.timed_out),
@@ -192,17 +248,57 @@ impl Decoder {
             ("ip_fragments_held", self.fragments.held_fragments()),
         ]
         .into_iter()
+        .chain(tunnels)
         .filter(|(_, n)| *n > 0)
         .collect()
     }
 }
 
-/// Link -> IP -> transport, then the payload cut at the snap length.
-fn decode_frame<'a>(frame: &Frame<'a>, snaplen: usize) -> Result<(Packet, &'a [u8]), Drop> {
+/// Link -> IP (-> tunnels -> IP) -> transport, then the payload cut at the snap length.
+fn decode_frame<'a>(frame: &Frame<'a>, snaplen: usize, walk: &mut Walk) -> Result<(Packet, &'a [u8]), Drop> {
     let d = frame.data;
     let net = link::network_offset(frame.linktype, d)?;
-    let ip = ip::parse(d, net)?;
-    transport_packet(frame, &ip, d, snaplen)
+    from_network(frame, d, net, snaplen, walk, 0)
+}
+
+/// From the network layer `net` in `d` (inside `depth` tunnels) down to the transport,
+/// through every tunnel on the way. An IP fragment's header is left in `walk.fragment`.
+#[inline]
+fn from_network<'d>(
+    frame: &Frame<'_>,
+    mut d: &'d [u8],
+    mut net: Network,
+    snaplen: usize,
+    walk: &mut Walk,
+    mut depth: u8,
+) -> Result<(Packet, &'d [u8]), Drop> {
+    loop {
+        let next = if net.etype == ETH_IPV4 || net.etype == ETH_IPV6 {
+            let ip = match ip::parse(d, net) {
+                Ok(ip) => ip,
+                Err(Drop::IpFragment) => {
+                    walk.fragment = Some((net, d.len()));
+                    return Err(Drop::IpFragment);
+                }
+                Err(e) => return Err(e),
+            };
+            match tunnel::in_ip(d, &ip)? {
+                None => return transport_packet(frame, &ip, d, snaplen),
+                Some((kind, inner, end)) => {
+                    d = d.get(..end).ok_or(Drop::BadTunnel)?;
+                    (kind, inner)
+                }
+            }
+        } else {
+            tunnel::below_ip(d, net)?
+        };
+        walk.tunnels[next.0 as usize] += 1;
+        depth += 1;
+        if depth > tunnel::MAX_DEPTH {
+            return Err(Drop::TunnelTooDeep);
+        }
+        net = next.1;
+    }
 }
 
 /// The transport header after `ip` in `d` (the frame, or a reassembled datagram) and the
@@ -236,3 +332,5 @@ fn transport_packet<'d>(frame: &Frame<'_>, ip: &Ip, d: &'d [u8], snaplen: usize)
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tunnel_tests;

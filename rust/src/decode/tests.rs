@@ -48,7 +48,7 @@ fn ethernet(etype: u16, net: &[u8]) -> Vec<u8> {
 
 fn decode(linktype: i64, data: &[u8]) -> Result<(Packet, Vec<u8>), Drop> {
     let frame = Frame { number: 1, ts_us: 5, linktype, data, orig_len: data.len() as u32 };
-    decode_frame(&frame, 65535).map(|(p, payload)| (p, payload.to_vec()))
+    decode_frame(&frame, 65535, &mut Walk::default()).map(|(p, payload)| (p, payload.to_vec()))
 }
 
 #[test]
@@ -137,7 +137,7 @@ fn a_snapped_frame_keeps_its_true_payload_length() {
     let (p, payload) = decode(LINKTYPE_ETHERNET, &frame[..frame.len() - 60]).unwrap();
     assert_eq!((p.payload_len, payload.len()), (100, 40));
     let f = Frame { number: 1, ts_us: 0, linktype: LINKTYPE_ETHERNET, data: &frame, orig_len: 0 };
-    assert_eq!(decode_frame(&f, 10).unwrap().1.len(), 10);
+    assert_eq!(decode_frame(&f, 10, &mut Walk::default()).unwrap().1.len(), 10);
 }
 
 #[test]
@@ -161,7 +161,8 @@ fn every_drop_reason() {
         (LINKTYPE_ETHERNET, ethernet(0x0806, &[0; 28]), Drop::NonIp),
         (147, v4.clone(), Drop::UnsupportedLinktype),
         (-1, v4.clone(), Drop::UnsupportedLinktype),
-        (LINKTYPE_RAW, ipv4(1, &[8, 0, 0, 0, 0, 0, 0, 0]), Drop::UnsupportedTransport),
+        (LINKTYPE_RAW, ipv4(2, &[0x11, 0, 0, 0, 0, 0, 0, 0]), Drop::UnsupportedTransport), // IGMP
+        (LINKTYPE_RAW, ipv4(1, &[8, 0, 0]), Drop::TruncatedTransport), // ICMP: 8 header bytes
         (LINKTYPE_RAW, frag, Drop::IpFragment),
         (LINKTYPE_ETHERNET, vec![0; 13], Drop::TruncatedLink),
         (LINKTYPE_ETHERNET, ethernet(0x8100, &[]), Drop::TruncatedLink),
@@ -202,7 +203,7 @@ fn hostile_bytes_never_panic() {
     ];
     let mut d = Decoder::new(65535);
     for i in 0..200_000u64 {
-        let linktype = SUPPORTED[(rng(&mut s) % 10) as usize].0;
+        let linktype = SUPPORTED[(rng(&mut s) % SUPPORTED.len() as u64) as usize].0;
         let data: Vec<u8> = if i % 2 == 0 {
             let n = (rng(&mut s) % 96) as usize;
             (0..n).map(|_| rng(&mut s) as u8).collect()
