@@ -5,7 +5,7 @@
 //! A batch goes in as the header block and the payload blob (any contiguous buffers: a
 //! numpy structured array is read in place, without a copy) and comes out as a list of
 //! events, in order: `(0, record)` a `wire.connections` record (a dict, as
-//! schemas/connection.avsc); `(1, handle, version, ip0, port0, ip1, port1,
+//! schemas/connection.avsc, Zeek's conn.log fields included: docs/zeek.md); `(1, handle, version, ip0, port0, ip1, port1,
 //! connection_id, community_id)` an L7 session opens; `(2, handle, d, data, ts_us)` the next bytes of
 //! side `d`'s stream; `(6, handle, d, missing, ts_us)` bytes of it never captured;
 //! `(3, handle, ts_us, connection_id)` it closes (after its streams' last data and gaps,
@@ -15,6 +15,7 @@
 
 use pyo3::buffer::PyBuffer;
 use pyo3::exceptions::PyValueError;
+use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::{PyTraverseError, PyVisit};
 use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
@@ -30,47 +31,52 @@ pub struct PyTcpTracker {
     source_id: String,
 }
 
+/// The record as a dict; its keys are interned (made once per process, not per record).
 fn record_dict<'py>(py: Python<'py>, r: &Record, source_id: &str) -> PyResult<Bound<'py, PyDict>> {
     let d = PyDict::new(py);
-    d.set_item("connection_id", &r.connection_id)?;
-    d.set_item("source_id", source_id)?;
-    d.set_item("client_ip", &r.client_ip)?;
-    d.set_item("client_port", r.client_port)?;
-    d.set_item("server_ip", &r.server_ip)?;
-    d.set_item("server_port", r.server_port)?;
-    d.set_item("ip_version", r.ip_version)?;
-    d.set_item("start_ts_us", r.start_ts_us)?;
-    d.set_item("end_ts_us", r.end_ts_us)?;
-    d.set_item("lifecycle", r.lifecycle)?;
-    d.set_item("state", r.state)?;
-    d.set_item("final", r.final_)?;
-    d.set_item("handshake_seen", r.handshake_seen)?;
-    d.set_item("handshake_rtt_us", r.handshake_rtt_us)?;
-    d.set_item("packets_c2s", r.packets[0])?;
-    d.set_item("packets_s2c", r.packets[1])?;
-    d.set_item("bytes_c2s", r.bytes[0])?;
-    d.set_item("bytes_s2c", r.bytes[1])?;
-    d.set_item("goodput_bytes_c2s", r.goodput[0])?;
-    d.set_item("goodput_bytes_s2c", r.goodput[1])?;
+    d.set_item(intern!(py, "connection_id"), &r.connection_id)?;
+    d.set_item(intern!(py, "source_id"), source_id)?;
+    d.set_item(intern!(py, "client_ip"), &r.client_ip)?;
+    d.set_item(intern!(py, "client_port"), r.client_port)?;
+    d.set_item(intern!(py, "server_ip"), &r.server_ip)?;
+    d.set_item(intern!(py, "server_port"), r.server_port)?;
+    d.set_item(intern!(py, "ip_version"), r.ip_version)?;
+    d.set_item(intern!(py, "start_ts_us"), r.start_ts_us)?;
+    d.set_item(intern!(py, "end_ts_us"), r.end_ts_us)?;
+    d.set_item(intern!(py, "lifecycle"), r.lifecycle)?;
+    d.set_item(intern!(py, "state"), r.state)?;
+    d.set_item(intern!(py, "final"), r.final_)?;
+    d.set_item(intern!(py, "handshake_seen"), r.handshake_seen)?;
+    d.set_item(intern!(py, "handshake_rtt_us"), r.handshake_rtt_us)?;
+    d.set_item(intern!(py, "packets_c2s"), r.packets[0])?;
+    d.set_item(intern!(py, "packets_s2c"), r.packets[1])?;
+    d.set_item(intern!(py, "bytes_c2s"), r.bytes[0])?;
+    d.set_item(intern!(py, "bytes_s2c"), r.bytes[1])?;
+    d.set_item(intern!(py, "goodput_bytes_c2s"), r.goodput[0])?;
+    d.set_item(intern!(py, "goodput_bytes_s2c"), r.goodput[1])?;
     for (name, n) in COUNT_NAMES.iter().zip(r.counts) {
         d.set_item(name, n)?;
     }
-    d.set_item("data_packets", r.data_packets)?;
-    d.set_item("retransmission_rate", r.retransmission_rate)?;
-    d.set_item("health", r.health)?;
-    d.set_item("rtt_samples", r.rtt_samples)?;
-    d.set_item("rtt_min_us", r.rtt_min_us)?;
-    d.set_item("rtt_max_us", r.rtt_max_us)?;
-    d.set_item("rtt_avg_us", r.rtt_avg_us)?;
-    d.set_item("rtt_jitter_us", r.rtt_jitter_us)?;
-    d.set_item("ttfb_us", r.ttfb_us)?;
-    d.set_item("min_window_c2s", r.min_window[0])?;
-    d.set_item("avg_window_c2s", r.avg_window[0])?;
-    d.set_item("min_window_s2c", r.min_window[1])?;
-    d.set_item("avg_window_s2c", r.avg_window[1])?;
-    d.set_item("window_scale_c2s", r.window_scale[0])?;
-    d.set_item("window_scale_s2c", r.window_scale[1])?;
-    d.set_item("community_id", &r.community_id)?;
+    d.set_item(intern!(py, "data_packets"), r.data_packets)?;
+    d.set_item(intern!(py, "retransmission_rate"), r.retransmission_rate)?;
+    d.set_item(intern!(py, "health"), r.health)?;
+    d.set_item(intern!(py, "rtt_samples"), r.rtt_samples)?;
+    d.set_item(intern!(py, "rtt_min_us"), r.rtt_min_us)?;
+    d.set_item(intern!(py, "rtt_max_us"), r.rtt_max_us)?;
+    d.set_item(intern!(py, "rtt_avg_us"), r.rtt_avg_us)?;
+    d.set_item(intern!(py, "rtt_jitter_us"), r.rtt_jitter_us)?;
+    d.set_item(intern!(py, "ttfb_us"), r.ttfb_us)?;
+    d.set_item(intern!(py, "min_window_c2s"), r.min_window[0])?;
+    d.set_item(intern!(py, "avg_window_c2s"), r.avg_window[0])?;
+    d.set_item(intern!(py, "min_window_s2c"), r.min_window[1])?;
+    d.set_item(intern!(py, "avg_window_s2c"), r.avg_window[1])?;
+    d.set_item(intern!(py, "window_scale_c2s"), r.window_scale[0])?;
+    d.set_item(intern!(py, "window_scale_s2c"), r.window_scale[1])?;
+    d.set_item(intern!(py, "community_id"), &r.community_id)?;
+    d.set_item(intern!(py, "conn_state"), r.conn_state)?;
+    d.set_item(intern!(py, "history"), r.history.as_deref())?;
+    d.set_item(intern!(py, "missed_bytes"), r.missed_bytes)?;
+    d.set_item(intern!(py, "orig_is_server"), r.orig_is_server)?;
     Ok(d)
 }
 

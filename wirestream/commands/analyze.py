@@ -28,12 +28,16 @@ records are checked against tshark too (docs/l7.md).""",
 examples:
   wirestream analyze tests/data/chrissanders/tcp_retransmissions.pcapng
   wirestream analyze big.pcap.gz --out results/ --workers 2
+  wirestream analyze capture.pcap --zeek zeek-logs/      # also conn.log, http.log, dns.log, ssl.log
   wirestream analyze login.pcapng --no-redact --body-cap 0   # see credentials, skip bodies
   wirestream analyze capture.pcap --bootstrap kafka:9092 --registry http://registry:8081""",
     )
     p.add_argument("files", nargs="+", metavar="FILE", help="capture files to analyse")
     common.add_pipeline_args(p, defaults)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--zeek", metavar="DIR", help="also write Zeek logs: DIR/conn.log, http.log, dns.log, ssl.log "
+                                                 "(docs/downstream.md)")
+    p.add_argument("--zeek-json", action="store_true", help="with --zeek: Zeek's JSON lines instead of TSV")
     p.set_defaults(run=run)
     return p
 
@@ -62,12 +66,29 @@ def run(args: argparse.Namespace) -> int:
         # while the workers finish: this process only reads their records then
         threading.Thread(target=console.preload, name="import-summary", daemon=True).start()
 
-    with bars as progress:
+    # --zeek: the Zeek logs are made from the run's JSON lines (--out's, else a temporary
+    # folder's), L7 records first so that each connection's service is known
+    stack = contextlib.ExitStack()
+    jsonl_dir = args.out or None
+    if args.zeek and jsonl_dir is None:
+        import tempfile
+
+        jsonl_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="wirestream-zeek-"))
+    with stack, bars as progress:
         # The records are written to --out as they are read; in memory, the summary keeps
         # only what it shows (console.SUMMARY_FIELDS): no bodies, no header maps.
         result = analyze(args.files, settings, workers=args.workers, progress=progress,
                          keep_bodies=bool(args.out), after_feed=import_the_summary,
-                         jsonl_dir=args.out or None, fields=console.SUMMARY_FIELDS)
+                         jsonl_dir=jsonl_dir, fields=console.SUMMARY_FIELDS)
+        if args.zeek and result.files:
+            from wirestream.errors import WirestreamError
+            from wirestream.sinks.zeek import convert_jsonl
+
+            try:
+                convert_jsonl(jsonl_dir, args.zeek, json_lines=args.zeek_json)
+            except OSError as exc:
+                raise WirestreamError(f"--zeek {args.zeek}: cannot write the Zeek logs: "
+                                      f"{exc.strerror or exc}") from None
     for err in result.failed:
         common.print_error(err)
     if result.failed and not result.files:

@@ -1,4 +1,4 @@
-"""``wirestream sink parquet|siem|prometheus``: output topics to a destination."""
+"""``wirestream sink parquet|siem|prometheus|zeek``: output topics to a destination."""
 
 from __future__ import annotations
 
@@ -106,6 +106,29 @@ examples:
     sp.add_argument("--group", default="wirestream-sink-prometheus", help="consumer group (default: %(default)s)")
     common.add_kafka_args(sp, defaults, required=True)
     sp.set_defaults(run=run_prometheus)
+    sp = ssub.add_parser(
+        "zeek", help="Zeek logs: conn.log, http.log, dns.log, ssl.log (TSV or JSON), for zeek-cut, RITA, Zui",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="""\
+Append wire.connections, wire.transactions, wire.dns and wire.tls to DIR/conn.log,
+http.log, dns.log and ssl.log in Zeek's format: TSV with Zeek's header (#fields, #types,
+... and #close when the sink stops), or Zeek's JSON lines (--json). The uid of a
+connection is the same in its conn.log line and its L7 lines. docs/downstream.md has the
+field mapping. Runs until Ctrl-C/SIGTERM.""",
+        epilog="""\
+examples:
+  wirestream sink zeek --out /var/log/wirestream-zeek
+  zeek-cut id.orig_h id.resp_h conn_state history < /var/log/wirestream-zeek/conn.log
+""")
+    sp.add_argument("--out", required=True, metavar="DIR", help="directory of the logs")
+    sp.add_argument("--json", dest="zeek_json", action="store_true", help="Zeek's JSON lines instead of TSV")
+    sp.add_argument("--topics", default="wire.transactions,wire.dns,wire.tls,wire.connections",
+                    help="comma-separated (default: %(default)s)")
+    sp.add_argument("--group", default="wirestream-sink-zeek", help="consumer group (default: %(default)s)")
+    sp.add_argument("--file-mode", type=_mode, default=0o600, metavar="OCTAL",
+                    help="mode of the log files it creates (default: 600; 640 to let a group read them)")
+    common.add_kafka_args(sp, defaults, required=True)
+    sp.set_defaults(run=run_zeek)
     return p
 
 
@@ -118,6 +141,19 @@ def run_parquet(args: argparse.Namespace) -> int:
 
     sink = ParquetSink(args.bootstrap, args.registry, args.out, args.topics.split(","), group=args.group,
                        flush_seconds=args.flush_seconds, file_mode=args.file_mode, dir_mode=args.dir_mode)
+    return _run(sink)
+
+
+def run_zeek(args: argparse.Namespace) -> int:
+    from wirestream.sinks.zeek import ZeekSink
+
+    try:
+        sink = ZeekSink(args.bootstrap, args.registry, args.out, json_lines=args.zeek_json,
+                        topics=args.topics.split(","), group=args.group, file_mode=args.file_mode)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    except OSError as exc:
+        raise WirestreamError(f"cannot write Zeek logs in {args.out}: {exc.strerror or exc}") from None
     return _run(sink)
 
 

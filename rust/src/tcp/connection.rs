@@ -19,6 +19,8 @@ use blake2::Blake2bVar;
 
 use crate::community_id;
 
+use super::zeek::Zeek;
+
 pub const FIN: u16 = 1;
 pub const SYN: u16 = 2;
 pub const RST: u16 = 4;
@@ -159,6 +161,8 @@ pub struct Connection {
     /// FIN both ways, then a RST: still a complete close
     pub rst_after_fins: bool,
     pub interim_emitted: u64,
+    /// Zeek's view of the connection (conn.log's conn_state, history, missed_bytes)
+    pub zeek: Zeek,
 }
 
 /// The values of a `wire.connections` record (schemas/connection.avsc), source_id aside.
@@ -195,6 +199,13 @@ pub struct Record {
     pub min_window: [Option<u64>; 2],
     pub avg_window: [Option<f64>; 2],
     pub window_scale: [Option<i8>; 2],
+    /// Zeek's conn.log fields (None: not known, the connection was restored from a
+    /// checkpoint written before they existed)
+    pub conn_state: Option<&'static str>,
+    pub history: Option<String>,
+    pub missed_bytes: Option<u64>,
+    /// Zeek's originator is this record's server
+    pub orig_is_server: Option<bool>,
 }
 
 /// Completeness bits of a packet that does not open a conversation (Wireshark 4.0).
@@ -262,6 +273,7 @@ impl Connection {
             completeness: 0, first_bits: 0, ts_mru_syn: 0, ts_first_rtt: 0, syn_sender: None,
             synack_sender: None, counts: [0; 10], rtt_n: 0, rtt_sum: 0, rtt_sumsq: 0, rtt_min: None,
             rtt_max: None, closed_ts: None, rst_seen: false, rst_after_fins: false, interim_emitted: 0,
+            zeek: Zeek::default(),
         }
     }
 
@@ -270,6 +282,10 @@ impl Connection {
     pub fn on_packet(&mut self, d: usize, ts: i64, seq: u32, ack: u32, seglen: u32, flags: u16,
                      window: u16, wscale: i8, is_new: bool) -> u32 {
         let d = d.min(1);
+        let ports = [self.flows[0].port, self.flows[1].port];
+        // Zeek's view; a payload the capture (or our snap length) cut short still counts
+        // as seen: its bytes were on the wire, and are no gap (docs/zeek.md)
+        self.zeek.packet(d, ports, seq, ack, seglen, true, flags, window);
         let [f0, f1] = &mut self.flows;
         let (fwd, rev) = if d == 0 { (f0, f1) } else { (f1, f0) };
         self.last_ts = ts;
@@ -622,6 +638,7 @@ impl Connection {
         let scale = |f: &Flow| if f.win_scale >= 0 { Some(f.win_scale) } else { None };
         let mut counts = [0u64; 10];
         counts.copy_from_slice(&self.counts);
+        let z = &self.zeek;
         Record {
             connection_id: connection_id(&client_ip, c.port, &server_ip, s.port, self.first_ts),
             community_id: self.community_id(seed),
@@ -653,6 +670,10 @@ impl Connection {
             min_window: [c.win_min, s.win_min],
             avg_window: [avg(c), avg(s)],
             window_scale: [scale(c), scale(s)],
+            conn_state: z.known.then(|| z.conn_state()),
+            history: (z.known && z.history_len > 0).then(|| z.history_str().to_string()),
+            missed_bytes: z.known.then_some(z.missed_bytes),
+            orig_is_server: z.known.then_some(usize::from(z.orig) != ci),
         }
     }
 }

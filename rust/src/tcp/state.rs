@@ -13,12 +13,16 @@ use std::collections::{BTreeMap, HashMap};
 
 use super::connection::{Connection, Flow, Seg, MAX_UNACKED_SEGMENTS};
 use super::tracker::{L7State, Tracker};
+use super::zeek::{Endpoint, Zeek, MAX_BLOCKS, MAX_HISTORY};
 use crate::reassembly::{Pending, Reassembler, MAX_PENDING_SEGMENTS};
 
 pub const MAGIC: &[u8; 4] = b"WSTK";
 /// Version of this encoding: bump it with any change of the fields (2: the L7 streams'
-/// reassembly).
-pub const VERSION: u16 = 2;
+/// reassembly; 3: Zeek's view of each connection, `zeek.rs`).
+pub const VERSION: u16 = 3;
+/// The oldest version [`restore`] still reads: a version 2 state's connections come back
+/// without Zeek's view (their records' Zeek fields are null).
+pub const OLDEST_VERSION: u16 = 2;
 
 use crate::state_bytes::{frame, unframe, Res, R, W};
 
@@ -89,7 +93,7 @@ fn read_flow(r: &mut R<'_>) -> Res<Flow> {
     Ok(f)
 }
 
-fn write_conn(w: &mut W, c: &Connection) {
+fn write_conn(w: &mut W, c: &Connection, encoding: u16) {
     w.u8(c.version);
     write_flow(w, &c.flows[0]);
     write_flow(w, &c.flows[1]);
@@ -113,9 +117,89 @@ fn write_conn(w: &mut W, c: &Connection) {
     w.b(c.rst_seen);
     w.b(c.rst_after_fins);
     w.u64(c.interim_emitted);
+    if encoding >= 3 {
+        write_zeek(w, &c.zeek);
+    }
 }
 
-fn read_conn(r: &mut R<'_>) -> Res<Connection> {
+fn write_zeek(w: &mut W, z: &Zeek) {
+    w.b(z.known);
+    w.b(z.started);
+    w.u8(z.orig);
+    for e in &z.ep {
+        w.u8(e.state);
+        w.u8(e.prev_state);
+        for v in [e.start_seq, e.last_seq, e.ack_seq, e.fin_cnt, e.fin_seq] {
+            w.u32(v);
+        }
+        for v in e.hist_last {
+            w.u32(v);
+        }
+        for (count, thresh) in e.scaled {
+            w.u32(count);
+            w.u32(thresh);
+        }
+        w.u32(e.next);
+        w.u8(e.n_blocks);
+        for (a, b) in &e.blocks[..usize::from(e.n_blocks)] {
+            w.u32(*a);
+            w.u32(*b);
+        }
+    }
+    w.u32(z.hist_seen);
+    w.u8(z.history_len);
+    w.raw(&z.history[..usize::from(z.history_len)]);
+    w.u64(z.missed_bytes);
+}
+
+fn read_zeek(r: &mut R<'_>) -> Res<Zeek> {
+    let mut z = Zeek { known: r.b()?, started: r.b()?, orig: r.u8()?, ..Zeek::default() };
+    if z.orig > 1 {
+        return Err("bad Zeek originator in the tracker state".into());
+    }
+    for e in z.ep.iter_mut() {
+        let mut x = Endpoint { state: r.u8()?, prev_state: r.u8()?, ..*e };
+        if x.state > super::zeek::RESET || x.prev_state > super::zeek::RESET {
+            return Err("bad Zeek endpoint state in the tracker state".into());
+        }
+        x.start_seq = r.u32()?;
+        x.last_seq = r.u32()?;
+        x.ack_seq = r.u32()?;
+        x.fin_cnt = r.u32()?;
+        x.fin_seq = r.u32()?;
+        for v in x.hist_last.iter_mut() {
+            *v = r.u32()?;
+        }
+        for (count, thresh) in x.scaled.iter_mut() {
+            *count = r.u32()?;
+            *thresh = r.u32()?;
+        }
+        x.next = r.u32()?;
+        x.n_blocks = r.u8()?;
+        if usize::from(x.n_blocks) > MAX_BLOCKS {
+            return Err("too many Zeek gap blocks in the tracker state".into());
+        }
+        for blk in x.blocks[..usize::from(x.n_blocks)].iter_mut() {
+            *blk = (r.u32()?, r.u32()?);
+        }
+        *e = x;
+    }
+    z.hist_seen = r.u32()?;
+    z.history_len = r.u8()?;
+    let n = usize::from(z.history_len);
+    if n > MAX_HISTORY {
+        return Err("Zeek history too long in the tracker state".into());
+    }
+    let h = r.slice(n)?;
+    if !h.iter().all(|c| c.is_ascii_graphic()) {
+        return Err("bad Zeek history in the tracker state".into());
+    }
+    z.history[..n].copy_from_slice(h);
+    z.missed_bytes = r.u64()?;
+    Ok(z)
+}
+
+fn read_conn(r: &mut R<'_>, encoding: u16) -> Res<Connection> {
     let version = r.u8()?;
     let f0 = read_flow(r)?;
     let f1 = read_flow(r)?;
@@ -141,6 +225,7 @@ fn read_conn(r: &mut R<'_>) -> Res<Connection> {
     c.rst_seen = r.b()?;
     c.rst_after_fins = r.b()?;
     c.interim_emitted = r.u64()?;
+    c.zeek = if encoding >= 3 { read_zeek(r)? } else { Zeek::unknown() };
     Ok(c)
 }
 
@@ -195,6 +280,12 @@ fn read_stream(r: &mut R<'_>) -> Res<Reassembler> {
 
 /// The tracker's state (events not yet taken are not state: take them first).
 pub fn snapshot(t: &Tracker) -> Vec<u8> {
+    snapshot_as(t, VERSION)
+}
+
+/// The state in encoding `version` (an older one: what an older build wrote, for the
+/// tests of [`restore`]).
+fn snapshot_as(t: &Tracker, version: u16) -> Vec<u8> {
     let mut w = W(Vec::with_capacity(64 + t.conns.len() * 400));
     w.i64(t.idle_timeout_us);
     w.i64(t.close_linger_us);
@@ -213,7 +304,7 @@ pub fn snapshot(t: &Tracker) -> Vec<u8> {
     for (hd, c) in &t.conns {
         w.u64(*hd);
         w.u8(t.l7_state.get(hd).map_or(0, |s| *s as u8));
-        write_conn(&mut w, c);
+        write_conn(&mut w, c, version);
         // an active L7 connection: its two streams
         if t.l7_state.get(hd) == Some(&L7State::Active) {
             let none = Reassembler::default();
@@ -223,12 +314,23 @@ pub fn snapshot(t: &Tracker) -> Vec<u8> {
             }
         }
     }
-    frame(MAGIC, VERSION, &w.0)
+    frame(MAGIC, version, &w.0)
 }
 
-/// A tracker from [`snapshot`]'s bytes; an error for anything else.
+/// A tracker from [`snapshot`]'s bytes (this version's or an older one down to
+/// [`OLDEST_VERSION`]); an error for anything else.
 pub fn restore(data: &[u8]) -> Res<Tracker> {
-    let body = unframe("tracker", MAGIC, VERSION, data)?;
+    // the envelope's version (checked by `unframe`), to read an older body
+    let version = match data.get(4..6) {
+        Some(&[a, b]) if data.get(..4) == Some(MAGIC) => u16::from_be_bytes([a, b]),
+        _ => VERSION,
+    };
+    if !(OLDEST_VERSION..=VERSION).contains(&version) {
+        return Err(format!(
+            "tracker state version {version}, this build reads versions {OLDEST_VERSION} to {VERSION} (written by another version of wirestream)"
+        ));
+    }
+    let body = unframe("tracker", MAGIC, version, data)?;
     let mut r = R::new("tracker", body);
     let mut t = Tracker::new(r.i64()?, r.i64()?, r.i64()?, r.u64()?, r.b()?);
     t.next_handle = r.u64()?;
@@ -255,7 +357,7 @@ pub fn restore(data: &[u8]) -> Res<Tracker> {
             2 => L7State::Ignored,
             s => return Err(format!("bad L7 state {s} in the tracker state")),
         };
-        let c = read_conn(&mut r)?;
+        let c = read_conn(&mut r, version)?;
         if state == L7State::Active {
             streams.insert(hd, Box::new([read_stream(&mut r)?, read_stream(&mut r)?]));
         }
@@ -336,9 +438,32 @@ mod tests {
     #[test]
     fn an_older_version_is_refused_clearly() {
         let mut bytes = snapshot(&sample());
-        bytes[4..6].copy_from_slice(&1u16.to_be_bytes());
-        let err = restore(&bytes).unwrap_err();
-        assert!(err.contains("version 1") && err.contains("reads only 2"), "{err}");
+        for v in [1u16, 4] {
+            bytes[4..6].copy_from_slice(&v.to_be_bytes());
+            let err = restore(&bytes).unwrap_err();
+            assert!(err.contains(&format!("version {v}")) && err.contains("reads versions 2 to 3"), "{err}");
+        }
+    }
+
+    #[test]
+    fn a_version_2_state_restores_without_zeeks_view() {
+        let t = sample();
+        let old = snapshot_as(&t, 2);
+        assert_eq!(&old[4..6], &2u16.to_be_bytes());
+        let mut back = restore(&old).unwrap();
+        // everything else as it was
+        assert_eq!(back.conns.len(), t.conns.len());
+        for (a, b) in back.conns.values().zip(t.conns.values()) {
+            assert!(!a.zeek.known && b.zeek.known);
+            assert_eq!(a.flows, b.flows);
+        }
+        back.flush();
+        let records: Vec<_> = back.take_events().into_iter()
+            .filter_map(|e| if let Event::Record(r) = e { Some(r) } else { None }).collect();
+        assert!(!records.is_empty());
+        assert!(records.iter().all(|r| r.conn_state.is_none() && r.history.is_none() && r.missed_bytes.is_none()));
+        // and it is written back as version 3
+        assert_eq!(&snapshot(&restore(&old).unwrap())[4..6], &3u16.to_be_bytes());
     }
 
     #[test]
