@@ -80,7 +80,8 @@ def test_every_command_is_there() -> None:
     assert COMMANDS == [
         ("analyze",), ("capture",), ("broker",), ("produce",), ("produce", "pcap"), ("produce", "live"),
         ("process",), ("percentiles",), ("doctor",), ("k8s-watch",), ("replay",), ("sink",),
-        ("sink", "parquet"), ("sink", "siem"), ("sink", "prometheus"), ("plugin",), ("plugin", "list"),
+        ("sink", "parquet"), ("sink", "siem"), ("sink", "prometheus"), ("sink", "zeek"), ("plugin",),
+        ("plugin", "list"),
         ("plugin", "run"), ("tail",),
     ]
 
@@ -101,7 +102,7 @@ def test_every_command_runs_something() -> None:
     leaves = [c for c in COMMANDS if not any(o[:len(c)] == c and len(o) > len(c) for o in COMMANDS)]
     required = {("analyze",): ["x.pcap"], ("produce", "pcap"): ["x.pcap"], ("percentiles",): ["--service", "s"],
                 ("sink", "parquet"): ["--out", "d"], ("sink", "siem"): ["--url", "syslog+udp://h:1"],
-                ("plugin", "run"): ["name"], ("tail",): ["wire.stats"]}
+                ("sink", "zeek"): ["--out", "d"], ("plugin", "run"): ["name"], ("tail",): ["wire.stats"]}
     for command in leaves:
         args = parser.parse_args([*command, *required.get(command, [])])
         assert callable(args.run), command
