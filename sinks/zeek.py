@@ -10,8 +10,10 @@ docs/downstream.md.
 
 The ``uid`` of a connection is made from its ``connection_id`` (``C`` and base 62, as
 Zeek's look), so ``conn.log`` and the ``http.log``/``ssl.log``/``dns.log`` lines of the same
-connection share it; a DNS query over UDP gets its UDP flow's (from the addresses, ports
-and protocol), which has no ``conn.log`` line (wirestream records no UDP flows yet).
+connection share it; a UDP or ICMP flow (``wire.flows``) and a DNS query over UDP get a uid
+made from the protocol, addresses and ports (:func:`flow_uid`), so a query's ``dns.log`` line
+and its flow's ``conn.log`` line share it (a pair of endpoints used again after the flow's
+idle minute gets the same uid again: DNS records do not carry the flow's start).
 
 :class:`ZeekLogWriter` writes records to the files; :class:`ZeekSink` consumes the output
 topics (``wirestream sink zeek``); :func:`convert_jsonl` turns ``analyze --out`` files into
@@ -29,7 +31,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from wirestream.topics import CONNECTIONS, DNS, TLS, TRANSACTIONS
+from wirestream.topics import CONNECTIONS, DNS, FLOWS, TLS, TRANSACTIONS
 
 from .base import BatchSink, Item
 
@@ -39,7 +41,7 @@ EMPTY = "(empty)"
 UNSET = "-"
 #: the topics a Zeek log is made of, in the order a converter should read them (the L7
 #: records first: a connection's ``service`` comes from them)
-TOPIC_PATHS = {TRANSACTIONS: "http", DNS: "dns", TLS: "ssl", CONNECTIONS: "conn"}
+TOPIC_PATHS = {TRANSACTIONS: "http", DNS: "dns", TLS: "ssl", CONNECTIONS: "conn", FLOWS: "conn"}
 #: services found per connection id, kept for the connections still to come (bounded)
 MAX_SERVICES = 200_000
 
@@ -107,7 +109,7 @@ def uid_of(connection_id: str) -> str:
 
 
 def flow_uid(client_ip: str, client_port: int, server_ip: str, server_port: int, proto: str) -> str:
-    """The uid of a flow without a connection id (a DNS query over UDP)."""
+    """The uid of a flow without a connection id (a UDP or ICMP flow, a DNS query over UDP)."""
     text = f"{proto}|{client_ip}|{client_port}|{server_ip}|{server_port}"
     return uid_of(hashlib.blake2b(text.encode(), digest_size=8).hexdigest())
 
@@ -154,6 +156,32 @@ def conn_fields(r: dict[str, Any], services: Iterable[str] = ()) -> dict[str, An
         "history": r.get("history"),
         "orig_pkts": r[f"packets_{o2p}"], "orig_ip_bytes": None,
         "resp_pkts": r[f"packets_{p2o}"], "resp_ip_bytes": None,
+        "tunnel_parents": None, "community_id": r.get("community_id"),
+    }
+
+
+def flow_fields(r: dict[str, Any]) -> dict[str, Any]:
+    """``conn.log``'s fields of a ``wire.flows`` record (UDP or ICMP). Zeek's ICMP ports
+    are the type (``id.orig_p``) and the code (``id.resp_p``); its UDP history has ``D``
+    and ``d`` for payload from each side (here in that order, not in the order seen)."""
+    transport = r["transport"]
+    icmp = transport == "icmp"
+    duration_us = r["end_ts_us"] - r["start_ts_us"]
+    dur = duration_us > 0
+    history = None
+    if not icmp:
+        history = ("D" if r["bytes_c2s"] else "") + ("d" if r["bytes_s2c"] else "") or None
+    return {
+        "ts": _ts(r["start_ts_us"]),
+        "uid": flow_uid(r["client_ip"], r["client_port"], r["server_ip"], r["server_port"], transport),
+        "id.orig_h": r["client_ip"], "id.orig_p": r.get("icmp_type") if icmp else r["client_port"],
+        "id.resp_h": r["server_ip"], "id.resp_p": r.get("icmp_code") if icmp else r["server_port"],
+        "proto": transport, "service": r.get("service"),
+        "duration": duration_us / 1e6 if dur else None,
+        "orig_bytes": r["bytes_c2s"] if dur else None, "resp_bytes": r["bytes_s2c"] if dur else None,
+        "conn_state": r["conn_state"], "local_orig": None, "local_resp": None, "missed_bytes": 0,
+        "history": history,
+        "orig_pkts": r["packets_c2s"], "orig_ip_bytes": None, "resp_pkts": r["packets_s2c"], "resp_ip_bytes": None,
         "tunnel_parents": None, "community_id": r.get("community_id"),
     }
 
@@ -336,6 +364,8 @@ class ZeekLogWriter:
             services = self._services.pop(cid, set())
             self._depth.pop(cid, None)
             self._line("conn", conn_fields(record, services))
+        elif topic == FLOWS:
+            self._line("conn", flow_fields(record))
         elif topic == TRANSACTIONS:
             cid = record["connection_id"]
             depth = self._depth.get(cid, 0) + 1

@@ -26,7 +26,7 @@ from wirestream.sinks.zeek import (
     uid_of,
 )
 
-from wirestream.topics import CONNECTIONS, DNS, TLS, TRANSACTIONS
+from wirestream.topics import CONNECTIONS, DNS, FLOWS, TLS, TRANSACTIONS
 
 CAPTURES = [str(DATA / "chrissanders/http_espn.pcapng"), str(DATA / "chrissanders/dns_tcp.pcapng"),
             str(DATA / "chrissanders/dns_lab.pcapng"), str(DATA / "zeek-tls/hrr.pcap"),
@@ -99,7 +99,8 @@ def test_the_logs_are_zeeks_format(analyzed: tuple[Path, Path]) -> None:
 def test_conn_log_values_are_the_records(analyzed: tuple[Path, Path]) -> None:
     jdir, zdir = analyzed
     records = [r for r in jsonl(jdir / f"{CONNECTIONS}.jsonl") if r["final"]]
-    _, rows = read_zeek_tsv(zdir / "conn.log")
+    _, all_rows = read_zeek_tsv(zdir / "conn.log")
+    rows = [row for row in all_rows if row["proto"] == "tcp"]  # wire.flows' lines: the next test
     assert len(rows) == len(records) > 20
     by_uid = {row["uid"]: row for row in rows}
     assert len(by_uid) == len(rows), "one uid per connection"
@@ -125,6 +126,28 @@ def test_conn_log_values_are_the_records(analyzed: tuple[Path, Path]) -> None:
         assert row["local_orig"] == row["tunnel_parents"] == row["orig_ip_bytes"] == "-"
     # the espn capture's lossy connection, with its gap
     assert any(row["missed_bytes"] == "3038" and row["history"] == "ShADadg" for row in rows)
+
+
+def test_udp_flows_are_conn_log_lines_that_dns_log_joins(analyzed: tuple[Path, Path]) -> None:
+    """Every wire.flows record is a conn.log line (Zeek's UDP fields), and each DNS query
+    over UDP has its flow's uid."""
+    jdir, zdir = analyzed
+    flows = jsonl(jdir / f"{FLOWS}.jsonl")
+    _, rows = read_zeek_tsv(zdir / "conn.log")
+    udp = {row["uid"]: row for row in rows if row["proto"] == "udp"}
+    assert len(udp) == len(flows) > 5
+    for f in flows:
+        row = udp[flow_uid(f["client_ip"], f["client_port"], f["server_ip"], f["server_port"], "udp")]
+        assert (row["id.orig_h"], row["id.orig_p"], row["id.resp_h"], row["id.resp_p"]) == (
+            f["client_ip"], str(f["client_port"]), f["server_ip"], str(f["server_port"]))
+        assert (row["orig_pkts"], row["resp_pkts"]) == (str(f["packets_c2s"]), str(f["packets_s2c"]))
+        assert (row["conn_state"], row["service"], row["community_id"]) == (
+            f["conn_state"], f["service"] or "-", f["community_id"])
+        assert row["history"] == ("D" if f["bytes_c2s"] else "") + ("d" if f["bytes_s2c"] else "")
+    for d in jsonl(jdir / f"{DNS}.jsonl"):
+        if not d["connection_id"]:
+            uid = flow_uid(d["client_ip"], d["client_port"], d["server_ip"], d["server_port"], "udp")
+            assert udp[uid]["service"] == "dns"
 
 
 def test_l7_logs_share_the_connections_uid(analyzed: tuple[Path, Path]) -> None:
@@ -174,9 +197,11 @@ def test_l7_logs_share_the_connections_uid(analyzed: tuple[Path, Path]) -> None:
 def test_json_logs(analyzed: tuple[Path, Path], tmp_path: Path) -> None:
     jdir, _ = analyzed
     convert_jsonl(jdir, tmp_path, json_lines=True)
-    conns = jsonl(tmp_path / "conn.log")
+    conns = [c for c in jsonl(tmp_path / "conn.log") if c["proto"] == "tcp"]
     records = {uid_of(r["connection_id"]): r for r in jsonl(jdir / f"{CONNECTIONS}.jsonl") if r["final"]}
     assert len(conns) == len(records)
+    flows = [c for c in jsonl(tmp_path / "conn.log") if c["proto"] == "udp"]
+    assert len(flows) == len(jsonl(jdir / f"{FLOWS}.jsonl")) and all(isinstance(c["id.resp_p"], int) for c in flows)
     names = {n for n, _ in LOG_FIELDS["conn"]}
     for c in conns:
         assert set(c) <= names and "local_orig" not in c  # unset fields are left out
