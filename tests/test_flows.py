@@ -1,12 +1,14 @@
-"""UDP flows on ``wire.flows``: tshark as the referee for what a flow counts, Zeek's rules
-for its direction and ``conn_state``, the ``communityid`` package for its Community ID.
+"""UDP and ICMP flows on ``wire.flows``: tshark as the referee for what a flow counts,
+Zeek's rules for its direction and ``conn_state``, the ``communityid`` package for its
+Community ID.
 
 One ``wirestream analyze`` run reads the bundled captures that hold UDP (DNS, mostly:
 tests/data/chrissanders, see its README) and a capture written here by scapy with the
 cases the bundled ones lack: other services (NTP, DHCP, QUIC, syslog, SNMP, SSDP), a flow
 that starts with the server's answer (Zeek turns it around), a one-way flow, IPv6, a flow
-idle for more than the inactivity timeout (two records), and a UDP datagram in IP
-fragments (one packet, counted once).
+idle for more than the inactivity timeout (two records), a UDP datagram in IP
+fragments (one packet, counted once), and ICMP: echoes, a closed port's unreachable, a
+router's "fragmentation needed", ICMPv6 echo and packet too big.
 
 tshark's ``udp.stream`` groups the packets of one pair of endpoints for the whole capture
 (its ``conv,udp`` rows): per pair and direction, the frames, their ``frame.len`` and the
@@ -26,8 +28,8 @@ from typing import Any
 
 import pytest
 from helpers import requires_tshark, tshark_rows
-from scapy.layers.inet import IP, UDP, fragment
-from scapy.layers.inet6 import IPv6
+from scapy.layers.inet import ICMP, IP, TCP, UDP, fragment
+from scapy.layers.inet6 import ICMPv6EchoReply, ICMPv6EchoRequest, ICMPv6PacketTooBig, IPv6
 from scapy.layers.l2 import Ether
 from scapy.packet import Packet, Raw
 from scapy.utils import wrpcap
@@ -37,8 +39,8 @@ BUNDLED = ["dns.pcap", "dns_isp_hijack.pcapng", "dns_lab.pcapng", "dns_query_non
            "dns_recursivequery_server.pcapng", "dns_reverse_lookup.pcapng", "http_espn.pcapng",
            "http_espn_fail.pcapng", "nowebaccess1.pcapng", "stranded_branchdns.pcapng", "udp_dnsrequest.pcapng"]
 
-C4, S4 = "10.20.0.1", "10.20.0.2"
-C6, S6 = "fd00:20::1", "fd00:20::2"
+C4, S4, R4 = "10.20.0.1", "10.20.0.2", "10.20.0.254"
+C6, S6, R6 = "fd00:20::1", "fd00:20::2", "fd00:20::fe"
 T0 = 1_700_000_000
 
 
@@ -87,6 +89,21 @@ def _crafted() -> list[tuple[float, Packet]]:
         (65.2, c / UDP(sport=44000, dport=8888) / Raw(b"two")),
         # a datagram in IP fragments: one packet, on the frame that completes it
         *[(66.0 + i / 100, f) for i, f in enumerate(fragment(big, fragsize=1000))],
+        # ICMP: two echoes and their replies (one flow), a closed port's unreachable quoting
+        # its UDP datagram, a router's "fragmentation needed" (MTU 1280) quoting a TCP
+        # segment with DF, ICMPv6 echo and packet too big (MTU 1400)
+        (67.0, c / ICMP(type=8, id=7, seq=1) / Raw(b"ping")),
+        (67.1, s / ICMP(type=0, id=7, seq=1) / Raw(b"ping")),
+        (67.2, c / ICMP(type=8, id=7, seq=2) / Raw(b"ping")),
+        (67.3, s / ICMP(type=0, id=7, seq=2) / Raw(b"ping")),
+        (68.0, closed := c / UDP(sport=46000, dport=9) / Raw(b"anyone?")),
+        (68.1, s / ICMP(type=3, code=3) / Raw(bytes(closed)[:28])),
+        (69.0, IP(src=R4, dst=C4) / ICMP(type=3, code=4, nexthopmtu=1280)
+               / Raw(bytes(IP(src=C4, dst=S4, flags="DF") / TCP(sport=47000, dport=443, flags="A"))[:28])),
+        (70.0, IPv6(src=C6, dst=S6) / ICMPv6EchoRequest(id=9, seq=1)),
+        (70.1, IPv6(src=S6, dst=C6) / ICMPv6EchoReply(id=9, seq=1)),
+        (71.0, IPv6(src=R6, dst=C6) / ICMPv6PacketTooBig(mtu=1400)
+               / Raw(bytes(IPv6(src=C6, dst=S6) / UDP(sport=48000, dport=4433) / Raw(b"q" * 1500))[:48])),
     ]
 
 
@@ -138,9 +155,11 @@ def _tshark_flows(rows: list[list[str]]) -> dict[frozenset, dict[str, Any]]:
 
 
 def _our_flows(records: list[dict[str, Any]]) -> dict[frozenset, dict[str, Any]]:
-    """The same from wire.flows, flows of one pair (split at an idle minute) summed."""
+    """The same from wire.flows' UDP flows, flows of one pair (split at an idle minute) summed."""
     flows: dict[frozenset, dict[str, Any]] = {}
     for r in records:
+        if r["transport"] != "udp":
+            continue
         client, server = (r["client_ip"], r["client_port"]), (r["server_ip"], r["server_port"])
         f = flows.setdefault(frozenset((client, server)), {"dirs": defaultdict(lambda: [0, 0, 0]), "ts": []})
         for who, side in ((client, "c2s"), (server, "s2c")):
@@ -174,12 +193,54 @@ def test_every_udp_conversation_tshark_finds_is_a_flow_with_its_counts(analyzed)
 
 
 def _crafted_flows(analyzed) -> dict[tuple[str, int], list[dict[str, Any]]]:
-    """The crafted capture's flows by (client ip, client port)."""
+    """The crafted capture's UDP flows by (client ip, client port)."""
     paths, flows, _ = analyzed
     out: dict[tuple[str, int], list[dict[str, Any]]] = defaultdict(list)
     for r in flows[len(paths) - 1]:
-        out[(r["client_ip"], r["client_port"])].append(r)
+        if r["transport"] == "udp":
+            out[(r["client_ip"], r["client_port"])].append(r)
     return out
+
+
+@requires_tshark
+def test_icmp_flows_are_the_messages_tshark_shows(analyzed) -> None:
+    """Every ICMP/ICMPv6 message tshark shows is in one flow (an echo and its replies
+    together, the requester as client); the type and code, the MTU and the quoted
+    datagram of an error are tshark's; an error's quoted Community ID is its flow's."""
+    paths, flows, _ = analyzed
+    crafted = flows[len(paths) - 1]
+    icmp = {(r["client_ip"], r["server_ip"], r["icmp_type"], r["icmp_code"]): r
+            for r in crafted if r["transport"] == "icmp"}
+    fields = ["ip.src", "ipv6.src", "ip.dst", "ipv6.dst", "icmp.type", "icmp.code", "icmpv6.type", "icmpv6.code",
+              "icmp.mtu", "icmpv6.mtu", "udp.srcport", "udp.dstport", "tcp.srcport", "tcp.dstport"]
+    (rows,) = tshark_rows([paths[-1]], fields, "icmp || icmpv6", options=["-E", "occurrence=a"])
+    # 4 echo messages, an unreachable, a fragmentation needed, 2 ICMPv6 echo, a packet too big
+    assert len(rows) == sum(r["packets_c2s"] + r["packets_s2c"] for r in icmp.values()) == 9
+    seen = {}  # (outer source, outer destination) -> the last message tshark shows between them
+    types = defaultdict(set)  # ... -> every (type, code)
+    for ip4s, ip6s, ip4d, ip6d, t4, c4, t6, c6, mtu4, mtu6, usp, udp_, tsp, tdp in rows:
+        # the outer addresses are the first occurrence; the quoted datagram's the second
+        src, dst = (ip4s or ip6s).split(","), (ip4d or ip6d).split(",")
+        seen[(src[0], dst[0])] = (int(t4 or t6), int(c4 or c6), int(mtu4 or mtu6 or 0),
+                                  (src[1:], dst[1:], usp or tsp, udp_ or tdp))
+        types[(src[0], dst[0])].add(seen[(src[0], dst[0])][:2])
+    echo, echo6 = icmp[(C4, S4, 8, 0)], icmp[(C6, S6, 128, 0)]
+    assert (echo["packets_c2s"], echo["packets_s2c"], echo["conn_state"], echo["path_mtu"]) == (2, 2, "OTH", None)
+    assert types[(C4, S4)] == {(8, 0)} and types[(S4, C4)] == {(0, 0), (3, 3)}
+    assert (echo6["packets_c2s"], echo6["packets_s2c"], echo6["ip_version"]) == (1, 1, 6)
+    unreachable = icmp[(S4, C4, 3, 3)]
+    # seen[(S4, C4)] is the last message S4 sent C4: the unreachable (after the replies)
+    assert seen[(S4, C4)] == (3, 3, 0, ([C4], [S4], "46000", "9"))
+    assert (unreachable["quoted_transport"], unreachable["quoted_src_ip"], unreachable["quoted_src_port"],
+            unreachable["quoted_dst_ip"], unreachable["quoted_dst_port"]) == ("udp", C4, 46000, S4, 9)
+    (udp_flow,) = _crafted_flows(analyzed)[(C4, 46000)]
+    assert unreachable["quoted_community_id"] == udp_flow["community_id"]  # the join to the flow it is about
+    frag = icmp[(R4, C4, 3, 4)]
+    assert seen[(R4, C4)][:3] == (3, 4, 1280) and frag["path_mtu"] == 1280
+    assert (frag["quoted_transport"], frag["quoted_src_port"], frag["quoted_dst_port"]) == ("tcp", 47000, 443)
+    too_big = icmp[(R6, C6, 2, 0)]
+    assert seen[(R6, C6)][:3] == (2, 0, 1400) and too_big["path_mtu"] == 1400
+    assert (too_big["quoted_transport"], too_big["quoted_src_ip"], too_big["quoted_dst_port"]) == ("udp", C6, 4433)
 
 
 def test_service_direction_and_state_as_zeek_has_them(analyzed) -> None:
@@ -227,13 +288,19 @@ def test_community_id_is_the_reference_implementations(analyzed) -> None:
 
     _, flows, _ = analyzed
     cid = communityid.CommunityID(seed=7)
-    checked = 0
+    checked = icmp = 0
     for records in flows.values():
         for r in records:
-            tpl = communityid.FlowTuple.make_udp(r["client_ip"], r["server_ip"], r["client_port"], r["server_port"])
+            if r["transport"] == "icmp":
+                make = communityid.FlowTuple.make_icmp if r["ip_version"] == 4 else communityid.FlowTuple.make_icmp6
+                tpl = make(r["client_ip"], r["server_ip"], r["icmp_type"], r["icmp_code"])
+                icmp += 1
+            else:
+                tpl = communityid.FlowTuple.make_udp(r["client_ip"], r["server_ip"], r["client_port"],
+                                                     r["server_port"])
             assert r["community_id"] == cid.calc(tpl), r
             checked += 1
-    assert checked >= 50
+    assert checked >= 50 and icmp == 5
 
 
 def test_flows_are_counted_in_the_processors_report(analyzed) -> None:
