@@ -17,12 +17,15 @@
 #define ETH_P_IPV6 0x86DD
 #define ETH_P_8021Q 0x8100
 #define ETH_P_8021AD 0x88A8
+#define ETH_P_PPP_SES 0x8864 /* PPPoE session: IP inside (rust/src/decode/tunnel.rs) */
+#define ETH_P_MPLS_UC 0x8847
+#define ETH_P_MPLS_MC 0x8848
 
 /* Counter slots; user space sums the per-CPU values (live_capture.FILTER_COUNTERS). */
 #define SEEN 0          /* every frame the filter ran on */
 #define PASSED 1        /* frames handed to the ring (which may still drop them when full) */
 #define LOOPBACK_COPY 2 /* the sent copy of a loopback packet: the received copy is kept */
-#define NON_IP 3        /* ARP, LLDP, ...: not IPv4/IPv6 */
+#define NON_IP 3        /* ARP, LLDP, ...: not IPv4/IPv6 (or PPPoE, MPLS, a VLAN tag around them) */
 #define GSO 4           /* GSO/TSO super-packets (one frame, several segments on the wire) */
 #define GSO_SEGMENTS 5  /* the segments those frames stand for */
 BPF_PERCPU_ARRAY(counters, u64, 6);
@@ -41,7 +44,8 @@ int capture(struct __sk_buff *skb) {
         return 0;
     }
     u32 proto = bpf_ntohs(skb->protocol);
-    if (proto != ETH_P_IP && proto != ETH_P_IPV6 && proto != ETH_P_8021Q && proto != ETH_P_8021AD) {
+    if (proto != ETH_P_IP && proto != ETH_P_IPV6 && proto != ETH_P_8021Q && proto != ETH_P_8021AD &&
+        proto != ETH_P_PPP_SES && proto != ETH_P_MPLS_UC && proto != ETH_P_MPLS_MC) {
         count(NON_IP, 1);
         return 0;
     }

@@ -44,9 +44,10 @@ from .af_packet import (
 from .decode import FrameDecoder
 from .publisher import PacketBatchPublisher
 
-#: link + VLAN tags + IP (with IPv6 extension headers) + TCP header room: the eBPF
-#: filter keeps this much on top of the payload snap length
-HEADER_ROOM = 256
+#: link + VLAN tags + IP (with IPv6 extension headers) + TCP header room, and the headers
+#: of a tunnel or two (VXLAN over UDP is 50 bytes, Geneve options and ERSPAN more): the
+#: eBPF filter keeps this much on top of the payload snap length
+HEADER_ROOM = 384
 #: counters of bpf/packet_filter.c, by slot
 FILTER_COUNTERS = ("filter_seen", "filter_passed", "loopback_copies", "non_ip", "gso_packets", "gso_segments")
 CLONE_NEWNET = 0x40000000

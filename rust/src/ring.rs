@@ -34,7 +34,11 @@ const BLOCK_STATUS: usize = 8;
 pub fn linktype_of_hatype(hatype: u16) -> i64 {
     match hatype {
         1 | 772 => LINKTYPE_ETHERNET, // ARPHRD_ETHER (veth, bridges, bonds), ARPHRD_LOOPBACK
-        65534 | 519 | 768 | 769 => LINKTYPE_RAW, // ARPHRD_NONE, RAWIP, TUNNEL, TUNNEL6
+        65534 | 519 | 768 | 769 | 512 => LINKTYPE_RAW, // ARPHRD_NONE, RAWIP, TUNNEL, TUNNEL6, PPP (IP, no header)
+        774 => 10,  // ARPHRD_FDDI
+        801 => 105, // ARPHRD_IEEE80211
+        802 => 119, // ARPHRD_IEEE80211_PRISM
+        803 => 127, // ARPHRD_IEEE80211_RADIOTAP
         _ => -1,
     }
 }
