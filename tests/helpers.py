@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import glob
 import importlib
+import json
 import os
 import shutil
 import socket
 import subprocess
+import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from types import ModuleType
@@ -113,6 +115,40 @@ def tshark_rows(paths: Sequence[str | Path], fields: Sequence[str], display_filt
 
 
 # --- records for the broker ----------------------------------------------------------------
+
+
+def write_ether_pcap(path: Path, packets: Sequence[Any], times: Sequence[float] | None = None) -> Path:
+    """A pcap of scapy IP ``packets`` in Ethernet frames, at ``times`` (seconds after
+    1,700,000,000; default: 1 ms apart)."""
+    from scapy.layers.l2 import Ether
+    from scapy.utils import wrpcap
+
+    frames = []
+    for i, p in enumerate(packets):
+        f = Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02") / p
+        f.time = 1_700_000_000 + (times[i] if times is not None else i * 0.001)
+        frames.append(f)
+    wrpcap(str(path), frames)
+    return path
+
+
+def analyze_cases(paths: dict[str, Path], out: Path, topics: Iterable[str],
+                  *args: str) -> tuple[dict[str, Any], dict[str, dict[str, list[dict[str, Any]]]]]:
+    """One ``wirestream analyze --out OUT --json`` over the named captures (``args`` added);
+    its summary, and per capture name its records by topic (a record's capture is the index
+    at the end of its ``source_id``)."""
+    proc = subprocess.run([sys.executable, "-m", "wirestream", "analyze", *map(str, paths.values()), "--out",
+                           str(out), "--json", "--no-progress", *args],
+                          capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    names = list(paths)
+    records: dict[str, dict[str, list[dict[str, Any]]]] = {name: {} for name in names}
+    for topic in topics:
+        with open(out / f"{topic}.jsonl") as f:
+            for line in f:
+                rec = json.loads(line)
+                records[names[int(rec["source_id"].rsplit("-", 1)[1])]].setdefault(topic, []).append(rec)
+    return json.loads(proc.stdout), records
 
 
 def free_port(kind: int = socket.SOCK_STREAM) -> int:

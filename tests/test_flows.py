@@ -19,20 +19,15 @@ timeout).
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import requires_tshark, tshark_rows
+from helpers import analyze_cases, requires_tshark, tshark_rows, write_ether_pcap
 from scapy.layers.inet import ICMP, IP, TCP, UDP, fragment
 from scapy.layers.inet6 import ICMPv6EchoReply, ICMPv6EchoRequest, ICMPv6PacketTooBig, IPv6
-from scapy.layers.l2 import Ether
 from scapy.packet import Packet, Raw
-from scapy.utils import wrpcap
 
 DATA = Path(__file__).parent / "data" / "chrissanders"
 BUNDLED = ["dns.pcap", "dns_isp_hijack.pcapng", "dns_lab.pcapng", "dns_query_nonexistent.pcapng",
@@ -107,31 +102,17 @@ def _crafted() -> list[tuple[float, Packet]]:
     ]
 
 
-def _write(path: Path, packets: list[tuple[float, Packet]]) -> Path:
-    frames = []
-    for offset, p in packets:
-        f = Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02") / p
-        f.time = T0 + offset
-        frames.append(f)
-    wrpcap(str(path), frames)
-    return path
-
-
 @pytest.fixture(scope="module")
 def analyzed(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[Path], dict[int, list[dict[str, Any]]], dict]:
     """The captures, wire.flows records by the capture's index, and analyze's summary."""
     tmp = tmp_path_factory.mktemp("flows")
-    paths = [DATA / name for name in BUNDLED] + [_write(tmp / "crafted.pcap", _crafted())]
-    out = tmp / "out"
-    proc = subprocess.run([sys.executable, "-m", "wirestream", "analyze", *map(str, paths), "--out", str(out),
-                           "--json", "--no-progress", "--community-id-seed", "7"],
-                          capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    flows: dict[int, list[dict[str, Any]]] = defaultdict(list)
-    for line in (out / "wire.flows.jsonl").read_text().splitlines():
-        rec = json.loads(line)
-        flows[int(rec["source_id"].rsplit("-", 1)[1])].append(rec)
-    return paths, flows, json.loads(proc.stdout)
+    crafted = _crafted()
+    paths = [DATA / name for name in BUNDLED] + [write_ether_pcap(tmp / "crafted.pcap", [p for _, p in crafted],
+                                                                  [t for t, _ in crafted])]
+    summary, records = analyze_cases({str(i): p for i, p in enumerate(paths)}, tmp / "out", ("wire.flows",),
+                                     "--community-id-seed", "7")
+    flows = {int(i): r.get("wire.flows", []) for i, r in records.items()}
+    return paths, flows, summary
 
 
 def _us(epoch: str) -> int:

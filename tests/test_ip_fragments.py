@@ -11,19 +11,15 @@ fragment leaves both without an answer, and the reassembly counters reach ``wire
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from helpers import requires_tshark, tshark_rows
+from helpers import analyze_cases, requires_tshark, tshark_rows, write_ether_pcap
 from scapy.layers.dns import DNS, DNSQR, DNSRR
 from scapy.layers.inet import IP, TCP, UDP, fragment
 from scapy.layers.inet6 import IPv6, IPv6ExtHdrFragment, IPv6ExtHdrHopByHop, fragment6
 from scapy.layers.l2 import Ether
 from scapy.packet import Packet, Raw
-from scapy.utils import wrpcap
 from wirestream.producers.decode import FrameDecoder
 
 CLIENT4, SERVER4 = "10.9.0.1", "10.9.0.53"
@@ -95,16 +91,6 @@ def _http_frames() -> list[Packet]:
     ]
 
 
-def _write(path: Path, packets: list[Packet]) -> Path:
-    frames = []
-    for i, p in enumerate(packets):
-        f = Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02") / p
-        f.time = 1_700_000_000 + i * 0.001
-        frames.append(f)
-    wrpcap(str(path), frames)
-    return path
-
-
 CASES = {
     "v4-in-order": lambda: _v4_frames("in-order"),
     "v4-reversed": lambda: _v4_frames("reversed"),
@@ -121,21 +107,8 @@ CASES = {
 def analyzed(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Path], dict, dict[str, dict[str, list]]]:
     """Every case's capture, analyze's --json summary, and per case its records by topic."""
     tmp = tmp_path_factory.mktemp("frags")
-    paths = {name: _write(tmp / f"{name}.pcap", make()) for name, make in CASES.items()}
-    out = tmp / "out"
-    proc = subprocess.run([sys.executable, "-m", "wirestream", "analyze", *map(str, paths.values()), "--out",
-                           str(out), "--json", "--no-progress"],
-                          capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    summary = json.loads(proc.stdout)
-    names = list(paths)
-    records: dict[str, dict[str, list]] = {name: {} for name in names}
-    for topic in ("wire.dns", "wire.transactions", "wire.connections"):
-        with open(out / f"{topic}.jsonl") as f:
-            for line in f:
-                rec = json.loads(line)
-                name = names[int(rec["source_id"].rsplit("-", 1)[1])]
-                records[name].setdefault(topic, []).append(rec)
+    paths = {name: write_ether_pcap(tmp / f"{name}.pcap", make()) for name, make in CASES.items()}
+    summary, records = analyze_cases(paths, tmp / "out", ("wire.dns", "wire.transactions", "wire.connections"))
     return paths, summary, records
 
 

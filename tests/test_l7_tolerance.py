@@ -26,17 +26,13 @@ counter) and flagged (``Finding.HTTP_MALFORMED`` beside its record).
 
 from __future__ import annotations
 
-import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from helpers import TSHARK, requires_tshark, tshark_rows
+from helpers import TSHARK, analyze_cases, requires_tshark, tshark_rows, write_ether_pcap
 from local_pipeline import local_l7
 from scapy.layers.inet import IP, TCP
-from scapy.layers.l2 import Ether
-from scapy.utils import wrpcap
 from wirestream.processors.findings import Finding, findings_of
 from wirestream.processors.l7.base import L7Options
 
@@ -67,16 +63,6 @@ def _conversation(segs: list[Seg], sport: int, dport: int) -> list:
                 s / TCP(sport=dport, dport=sport, flags="FA", seq=sseq, ack=cseq + 1),
                 c / TCP(sport=sport, dport=dport, flags="A", seq=cseq + 1, ack=sseq + 1)]
     return packets
-
-
-def _write(path: Path, packets: list) -> Path:
-    frames = []
-    for i, p in enumerate(packets):
-        f = Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02") / p
-        f.time = 1_700_000_000 + i * 0.001
-        frames.append(f)
-    wrpcap(str(path), frames)
-    return path
 
 
 # --- HTTP ----------------------------------------------------------------------------
@@ -185,22 +171,10 @@ TLS_CASES = {"draft-23": 0x7F17, "facebook-23": 0xFB17, "facebook-26": 0xFB1A, "
 def analyzed(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Path], dict, dict[str, dict[str, list]]]:
     """Every case's capture, analyze's --json summary, and per case its records by topic."""
     tmp = tmp_path_factory.mktemp("tolerance")
-    paths = {name: _write(tmp / f"{name}.pcap", _conversation(segs, 41000, 80)) for name, segs in HTTP_CASES.items()}
-    paths |= {name: _write(tmp / f"{name}.pcap", _conversation(tls_segments(v), 42000, 443))
+    paths = {name: write_ether_pcap(tmp / f"{name}.pcap", _conversation(segs, 41000, 80)) for name, segs in HTTP_CASES.items()}
+    paths |= {name: write_ether_pcap(tmp / f"{name}.pcap", _conversation(tls_segments(v), 42000, 443))
               for name, v in TLS_CASES.items()}
-    out = tmp / "out"
-    proc = subprocess.run([sys.executable, "-m", "wirestream", "analyze", *map(str, paths.values()), "--out",
-                           str(out), "--json", "--no-progress", "--no-redact"],
-                          capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    summary = json.loads(proc.stdout)
-    names = list(paths)
-    records: dict[str, dict[str, list]] = {name: {} for name in names}
-    for topic in (TRANSACTIONS, TLS):
-        with open(out / f"{topic}.jsonl") as f:
-            for line in f:
-                rec = json.loads(line)
-                records[names[int(rec["source_id"].rsplit("-", 1)[1])]].setdefault(topic, []).append(rec)
+    summary, records = analyze_cases(paths, tmp / "out", (TRANSACTIONS, TLS), "--no-redact")
     return paths, summary, records
 
 
@@ -272,7 +246,7 @@ def test_tolerated_lines_carry_the_finding(tmp_path: Path) -> None:
     """A transaction whose request or final status line was tolerated has
     Finding.HTTP_MALFORMED beside its record; the well-formed ones have none."""
     for case in ("options-bare", "status-version", "lost-then-options"):
-        path = _write(tmp_path / f"{case}.pcap", _conversation(HTTP_CASES[case], 41000, 80))
+        path = write_ether_pcap(tmp_path / f"{case}.pcap", _conversation(HTTP_CASES[case], 41000, 80))
         out = local_l7(str(path), options=L7Options(redact=False))
         flagged = [(t["method"], t["path"]) for t in out[TRANSACTIONS]
                    if Finding.HTTP_MALFORMED in findings_of(t)]

@@ -31,7 +31,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from helpers import needs, requires_tshark, tshark_rows
+from helpers import analyze_cases, needs, requires_tshark, tshark_rows
 from netns import LossyLink, netns_available, readline
 from scapy.contrib.erspan import ERSPAN_II, ERSPAN_III
 from scapy.contrib.geneve import GENEVE, GeneveOptions
@@ -241,20 +241,7 @@ def analyzed(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Path],
     """Every case's capture, analyze's --json summary, and per case its records by topic."""
     tmp = tmp_path_factory.mktemp("tunnels")
     paths = {name: _write(tmp / f"{name}.pcap", *_frames(name)) for name in CASES}
-    out = tmp / "out"
-    proc = subprocess.run([sys.executable, "-m", "wirestream", "analyze", *map(str, paths.values()), "--out",
-                           str(out), "--json", "--no-progress"],
-                          capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    summary = json.loads(proc.stdout)
-    names = list(paths)
-    records: dict[str, dict[str, list]] = {name: {} for name in names}
-    for topic in ("wire.dns", "wire.transactions", "wire.connections"):
-        with open(out / f"{topic}.jsonl") as f:
-            for line in f:
-                rec = json.loads(line)
-                name = names[int(rec["source_id"].rsplit("-", 1)[1])]
-                records[name].setdefault(topic, []).append(rec)
+    summary, records = analyze_cases(paths, tmp / "out", ("wire.dns", "wire.transactions", "wire.connections"))
     return paths, summary, records
 
 
