@@ -18,6 +18,7 @@ from wirestream.topics import (
     ALERTS,
     CONNECTIONS,
     DNS,
+    FLOWS,
     PACKETS_STAGE,
     SERVICE_METRICS,
     TLS,
@@ -39,6 +40,10 @@ SUMMARY_FIELDS: dict[str, frozenset[str]] = {
                     "latency_us", "answers"}),
     TLS: frozenset({"client_ip", "client_port", "server_ip", "server_port", "server_name", "version",
                     "cipher_suite", "alpn", "handshake_ms", "resumed", "alert"}),
+    FLOWS: frozenset({"transport", "client_ip", "client_port", "server_ip", "server_port", "ip_version", "service",
+                      "packets_c2s", "packets_s2c", "bytes_c2s", "bytes_s2c", "frame_bytes_c2s", "frame_bytes_s2c",
+                      "conn_state", "icmp_type", "icmp_code", "path_mtu", "quoted_transport", "quoted_src_ip",
+                      "quoted_src_port", "quoted_dst_ip", "quoted_dst_port"}),
 }
 
 
@@ -98,7 +103,17 @@ def _us(value: float | None) -> str:
 
 
 def _endpoint(ip: str, port: int) -> str:
-    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+    """``ip:port``, an IPv6 address in brackets, escaped for rich (which would take
+    ``[fd00::1]`` for a markup tag and print nothing of it)."""
+    return f"\\[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+
+
+def _text(value: Any) -> str:
+    """A record's text (a host, a path, a name: what the wire said) as rich prints it
+    literally: ``[...]`` in it is not markup."""
+    from rich.markup import escape
+
+    return "-" if value is None or value == "" else escape(str(value))
 
 
 def _status_class(t: dict[str, Any]) -> str:
@@ -144,9 +159,9 @@ def print_l7(records: dict[str, list[dict[str, Any]]], top: int, console: Consol
             colour = "red" if (status or 0) >= 500 or t.get("error") else "yellow" if (status or 0) >= 400 else "green"
             table.add_row(
                 _endpoint(t["client_ip"], t["client_port"]), _endpoint(t["server_ip"], t["server_port"]),
-                t.get("method") or "-", t.get("host") or "-", t.get("path") or "-",
+                _text(t.get("method")), _text(t.get("host")), _text(t.get("path")),
                 f"[{colour}]{status if status is not None else '-'}[/]", _us(t.get("latency_us")),
-                f"{t.get('response_body_size', 0):,}", t.get("error") or "",
+                f"{t.get('response_body_size', 0):,}", _text(t.get("error")) if t.get("error") else "",
             )
         console.print(table)
     if dns:
@@ -160,7 +175,7 @@ def print_l7(records: dict[str, list[dict[str, Any]]], top: int, console: Consol
             return (d["rcode"] is None, d["rcode"] not in (None, "NOERROR"), d.get("latency_us") or 0)
 
         for d in sorted(dns, key=dns_badness, reverse=True)[:top]:
-            table.add_row(d["client_ip"], d["server_ip"], d["transport"], d["query_name"], d["query_type"],
+            table.add_row(d["client_ip"], d["server_ip"], d["transport"], _text(d["query_name"]), _text(d["query_type"]),
                           d["rcode"] or "[red]no response[/]", _us(d.get("latency_us")), str(len(d["answers"])))
         console.print(table)
     if tls:
@@ -173,8 +188,8 @@ def print_l7(records: dict[str, list[dict[str, Any]]], top: int, console: Consol
             ms = h.get("handshake_ms")
             table.add_row(
                 _endpoint(h["client_ip"], h["client_port"]), _endpoint(h["server_ip"], h["server_port"]),
-                h.get("server_name") or "-", h.get("version") or "-", h.get("cipher_suite") or "-",
-                h.get("alpn") or "-", "-" if ms is None else f"{ms:.1f} ms", "yes" if h.get("resumed") else "no",
+                _text(h.get("server_name")), _text(h.get("version")), _text(h.get("cipher_suite")),
+                _text(h.get("alpn")), "-" if ms is None else f"{ms:.1f} ms", "yes" if h.get("resumed") else "no",
                 f"[red]{h['alert']}[/]" if h.get("alert") else "",
             )
         console.print(table)
@@ -277,6 +292,55 @@ def processor_totals(stats: list[dict[str, Any]]) -> dict[str, StageTotals]:
     return dict(sorted(totals.items()))
 
 
+def _icmp_error(f: dict[str, Any]) -> bool:
+    return f.get("quoted_transport") is not None
+
+
+def print_flows(records: dict[str, list[dict[str, Any]]], top: int, console: Console) -> None:
+    """UDP flows and ICMP exchanges: ICMP errors first (they name the flow they are about
+    and a path MTU), then the busiest."""
+    flows = records.get(FLOWS, [])
+    if not flows:
+        return
+    from rich.table import Table
+
+    kinds = Counter(f["transport"] for f in flows)
+    services = Counter(f["service"] for f in flows if f.get("service"))
+    errors = sum(1 for f in flows if _icmp_error(f))
+    console.print(f"flows: {', '.join(f'{k} {v:,}' for k, v in kinds.most_common())}"
+                  + (f"; services {', '.join(f'{k} {v:,}' for k, v in services.most_common())}" if services else "")
+                  + (f"; [red]ICMP errors {errors:,}[/]" if errors else ""))
+    table = Table(title=f"UDP and ICMP flows, ICMP errors and busiest first (top {min(top, len(flows))} of {len(flows):,})")
+    for col, kw in (("client", {}), ("server", {}), ("proto", {}), ("service / ICMP", {}),
+                    ("pkts c→s/s→c", {"justify": "right"}), ("bytes c→s/s→c", {"justify": "right"}),
+                    ("state", {}), ("about", {})):
+        table.add_column(col, **kw)
+
+    def rank(f: dict[str, Any]) -> tuple:
+        return (_icmp_error(f), f["frame_bytes_c2s"] + f["frame_bytes_s2c"])
+
+    for f in sorted(flows, key=rank, reverse=True)[:top]:
+        icmp = f["transport"] == "icmp"
+        what = f"type {f['icmp_type']} code {f['icmp_code']}" if icmp else (f.get("service") or "-")
+        about = ""
+        if _icmp_error(f):
+            quoted = (_endpoint(f["quoted_src_ip"], f["quoted_src_port"]) if f.get("quoted_src_port") is not None
+                      else f["quoted_src_ip"])
+            to = (_endpoint(f["quoted_dst_ip"], f["quoted_dst_port"]) if f.get("quoted_dst_port") is not None
+                  else f["quoted_dst_ip"])
+            about = f"[red]{f['quoted_transport']} {quoted} → {to}[/]"
+            if f.get("path_mtu"):
+                about += f", path MTU {f['path_mtu']}"
+        table.add_row(
+            f["client_ip"] if icmp else _endpoint(f["client_ip"], f["client_port"]),
+            f["server_ip"] if icmp else _endpoint(f["server_ip"], f["server_port"]),
+            "icmpv6" if icmp and f["ip_version"] == 6 else f["transport"], what,
+            f"{f['packets_c2s']:,}/{f['packets_s2c']:,}", f"{f['bytes_c2s']:,}/{f['bytes_s2c']:,}",
+            f["conn_state"], about,
+        )
+    console.print(table)
+
+
 def summary_json(result: Any) -> dict[str, Any]:
     conns = result.records.get(CONNECTIONS, [])
     return {
@@ -288,6 +352,7 @@ def summary_json(result: Any) -> dict[str, Any]:
         "failed": [str(e) for e in result.failed],
         "records": {t: len(v) for t, v in result.records.items()},
         "connection_states": dict(Counter(c["state"] for c in conns)),
+        "flows": dict(Counter(f["transport"] for f in result.records.get(FLOWS, []))),
         "top_trouble": sorted(conns, key=trouble_key, reverse=True)[:10],
         "l7": l7_summary(result.records),
         "services": [_service_json(s) for s in _services(result.records)],
@@ -374,6 +439,7 @@ def print_summary(result: Any, top: int = 15, out_dir: str | None = None, consol
                 f"[{colour.get(c['health'], 'white')}]{c['health']}[/]",
             )
         console.print(table)
+    print_flows(result.records, top, console)
     print_l7(result.records, top, console)
     print_services(result.records, top, console)
 

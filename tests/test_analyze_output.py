@@ -34,7 +34,7 @@ from wirestream.sinks.jsonl import (
     write_jsonl,
 )
 
-from wirestream.topics import CONNECTIONS, OUTPUT_TOPICS, TOPIC_SCHEMAS, TRANSACTIONS
+from wirestream.topics import CONNECTIONS, DNS, OUTPUT_TOPICS, TOPIC_SCHEMAS, TRANSACTIONS
 
 CAPTURES = [DATA / "chrissanders/http_espn.pcapng", DATA / "chrissanders/dns_tcp.pcapng",
             DATA / "chrissanders/http_dvwa_clearlogin.pcapng", DATA / "zeek-tls/hrr.pcap",
@@ -176,7 +176,21 @@ def test_the_summary_needs_only_its_fields(capture_records: dict[str, list], top
     assert all(len(r) < 20 for r in cut[TRANSACTIONS])
     whole = summary(Result([File()], capture_records), top)
     assert "HTTP transactions" in whole[0] and "DNS queries" in whole[0] and "TLS handshakes" in whole[0]
+    assert "UDP and ICMP flows" in whole[0]
     assert summary(Result([File()], cut), top) == whole
+
+
+def test_text_from_the_wire_is_printed_literally() -> None:
+    """A path, host or name with brackets (attacker-chosen text) and IPv6 endpoints are
+    printed as they are, not taken for rich markup (which would hide them)."""
+    tx = {"client_ip": "fd00::1", "client_port": 40000, "server_ip": "fd00::2", "server_port": 80, "method": "GET",
+          "host": "[fd00::2]", "path": "/[red]admin[/red]", "status": 200, "latency_us": 10, "response_body_size": 1,
+          "error": None}
+    dns = {"client_ip": "fd00::1", "server_ip": "fd00::2", "transport": "udp", "query_name": "[bold]x.test",
+           "query_type": "A", "rcode": "NOERROR", "latency_us": 5, "answers": []}
+    text, _ = summary(Result([File()], {TRANSACTIONS: [tx], DNS: [dns]}), 10)
+    for shown in ("[fd00::1]:40000", "[fd00::2]:80", "[fd00::2]", "/[red]admin[/red]", "[bold]x.test"):
+        assert shown in text, shown
 
 
 def canonical(record: dict[str, Any]) -> str:
