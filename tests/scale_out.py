@@ -27,9 +27,9 @@ from wirestream.producers.publisher import PacketBatchPublisher
 
 from wirestream.codec import AvroCodec
 from wirestream.reader import TopicReader, end_offsets
-from wirestream.topics import CONNECTIONS, DNS, PACKETS_STAGE, STATS, TLS, TRANSACTIONS
+from wirestream.topics import CONNECTIONS, DNS, FLOWS, PACKETS_STAGE, STATS, TLS, TRANSACTIONS
 
-TOPICS = (CONNECTIONS, TRANSACTIONS, DNS, TLS)
+TOPICS = (CONNECTIONS, FLOWS, TRANSACTIONS, DNS, TLS)
 
 
 class Publishing(threading.Thread):
