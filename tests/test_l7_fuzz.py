@@ -20,7 +20,7 @@ from local_pipeline import run_engine
 from wirestream.schemas import schema_text
 
 from wirestream.codec import Encoder, make_encoder, make_reader
-from wirestream.topics import CONNECTIONS, DNS, TLS, TOPIC_SCHEMAS, TRANSACTIONS
+from wirestream.topics import CONNECTIONS, DNS, FLOWS, TLS, TOPIC_SCHEMAS, TRANSACTIONS
 
 #: The ``error`` values each topic's records may carry (the ``error`` docs of the schemas).
 ERRORS = {
@@ -77,7 +77,9 @@ def assert_counted(out: dict[str, list[dict]], stats: dict[str, int]) -> None:
         for rec in records:
             assert_encodes(topic, rec)
             assert rec["source_id"] == "fuzz"
-            if topic != CONNECTIONS:
+            if topic == FLOWS:
+                assert rec["flow_id"] and rec["transport"] in ("udp", "icmp"), rec
+            elif topic != CONNECTIONS:
                 assert rec["connection_id"] or topic == DNS, rec  # (DNS over UDP has none)
                 assert rec["error"] in ERRORS[topic], rec
     assert stats.get("http_transactions", 0) == len(out[TRANSACTIONS]), stats
