@@ -83,13 +83,17 @@ def test_tail_where_and_service(broker, registry) -> None:
     assert bad.returncode == 2 and "cannot read the condition" in bad.stderr
 
 
-def test_tail_names_a_mistyped_topic_and_waits_for_one_of_its_own(registry) -> None:
+def test_tail_names_a_mistyped_topic_and_waits_for_one_of_its_own(registry, monkeypatch) -> None:
     """A name the brokers do not have is an error that says what it may have meant; one of
     wirestream's own topics that no worker has created yet is waited for (saying so), then
     read from its start."""
     from confluent_kafka.admin import AdminClient, NewTopic
 
-    with EmbeddedBroker() as own:  # its own broker: a topic is deleted and created again
+    # its own broker (a topic is deleted and created again): the embedded one, plaintext,
+    # whatever Kafka and security settings the suite runs with
+    for var in [v for v in os.environ if v.startswith("WIRESTREAM_KAFKA_")]:
+        monkeypatch.delenv(var)
+    with EmbeddedBroker() as own:
         ensure_topics(own.bootstrap, [TRANSACTIONS], 1)
         env = {**os.environ, "WIRESTREAM_BOOTSTRAP": own.bootstrap, "WIRESTREAM_REGISTRY": registry.url}
         typo = subprocess.run([sys.executable, "-m", "wirestream", "tail", "wire.transaction"],
