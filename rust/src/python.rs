@@ -15,6 +15,18 @@ use crate::layout::Packet;
 use crate::replay::{pump, ReplayStats};
 use crate::ring::{Feed, Ring};
 
+/// A contiguous buffer's bytes (a batch's header block or payload blob, a numpy array),
+/// read in place while `buffer` lives; `what` names it in the error. One for every class
+/// of the core that reads a batch (`python_tcp`, `python_dns`, `python_flow`).
+pub(crate) fn buffer_bytes<'a>(buffer: &'a PyBuffer<u8>, what: &str) -> PyResult<&'a [u8]> {
+    if !buffer.is_c_contiguous() {
+        return Err(PyValueError::new_err(format!("the {what} must be a contiguous buffer")));
+    }
+    // SAFETY: `buffer` keeps the exporter's memory alive and its shape fixed until it is
+    // dropped, which the returned borrow cannot outlive; we only read it.
+    Ok(unsafe { std::slice::from_raw_parts(buffer.buf_ptr() as *const u8, buffer.len_bytes()) })
+}
+
 /// `{link type: name}` of the link types the decoder understands.
 #[pyfunction]
 pub fn supported_linktypes(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {

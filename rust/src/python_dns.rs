@@ -24,6 +24,7 @@ use crate::l7::dns::message::{self, opcode_name, rcode_name, type_name};
 use crate::l7::dns::state;
 use crate::l7::dns::tcp::TcpDns;
 use crate::layout::RECORD_SIZE;
+use crate::python::buffer_bytes;
 use crate::tcp::connection::ip_text;
 
 /// The UDP port whose datagrams are DNS (processors/l7/dns.py, "Ports").
@@ -39,16 +40,6 @@ pub struct PyDnsMatcher {
 #[pyclass(module = "wirestream._core", name = "DnsTcp")]
 pub struct PyDnsTcp {
     inner: TcpDns,
-}
-
-/// A contiguous buffer's bytes, for reading while `buffer` lives.
-fn buffer_bytes<'a>(buffer: &'a PyBuffer<u8>, what: &str) -> PyResult<&'a [u8]> {
-    if !buffer.is_c_contiguous() {
-        return Err(PyValueError::new_err(format!("the {what} must be a contiguous buffer")));
-    }
-    // SAFETY: `buffer` keeps the exporter's memory alive and its shape fixed until it is
-    // dropped, after this slice's last use (the lifetime ties them).
-    Ok(unsafe { std::slice::from_raw_parts(buffer.buf_ptr() as *const u8, buffer.len_bytes()) })
 }
 
 fn record_dict<'py>(py: Python<'py>, r: &Record, seed: u16) -> PyResult<(String, Bound<'py, PyDict>)> {

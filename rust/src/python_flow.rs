@@ -10,6 +10,7 @@ use pyo3::types::{PyDict, PyList};
 
 use crate::community_id;
 use crate::flow::{Ended, FlowTable};
+use crate::python::buffer_bytes;
 use crate::tcp::connection::{connection_id, ip_text};
 
 const PROTO_UDP: u8 = 17;
@@ -32,16 +33,6 @@ pub struct PyFlowTable {
     community_id_seed: u16,
 }
 
-/// A contiguous buffer's bytes, for reading while `buffer` lives.
-fn contiguous<'a>(buffer: &'a PyBuffer<u8>, what: &str) -> PyResult<&'a [u8]> {
-    if !buffer.is_c_contiguous() {
-        return Err(PyValueError::new_err(format!("the {what} must be contiguous")));
-    }
-    // SAFETY: `buffer` keeps the exporter's memory alive and its shape fixed until it is
-    // dropped, which the returned borrow cannot outlive; we only read it.
-    Ok(unsafe { std::slice::from_raw_parts(buffer.buf_ptr() as *const u8, buffer.len_bytes()) })
-}
-
 #[pymethods]
 impl PyFlowTable {
     #[new]
@@ -57,7 +48,7 @@ impl PyFlowTable {
                     payloads: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyList>> {
         let hbuf = PyBuffer::<u8>::get(headers)?;
         let pbuf = PyBuffer::<u8>::get(payloads)?;
-        let (block, blob) = (contiguous(&hbuf, "header block")?, contiguous(&pbuf, "payload blob")?);
+        let (block, blob) = (buffer_bytes(&hbuf, "header block")?, buffer_bytes(&pbuf, "payload blob")?);
         let inner = &mut self.inner;
         py.allow_threads(|| inner.process(block, blob));
         self.records(py)

@@ -20,6 +20,7 @@ use pyo3::prelude::*;
 use pyo3::{PyTraverseError, PyVisit};
 use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
 
+use crate::python::buffer_bytes;
 use crate::reassembly::{Chunk, Reassembler, Sink, DEFAULT_MAX_BUFFER};
 use crate::tcp::connection::{ip_text, Record, COUNT_NAMES};
 use crate::tcp::state;
@@ -88,16 +89,6 @@ fn chunk_bytes<'py>(py: Python<'py>, chunk: &Chunk, input: &[u8]) -> Bound<'py, 
         }
         Chunk::Owned(v) => PyBytes::new(py, v),
     }
-}
-
-/// A contiguous buffer's bytes, for reading while `buffer` lives.
-fn buffer_bytes<'a>(buffer: &'a PyBuffer<u8>, what: &str) -> PyResult<&'a [u8]> {
-    if !buffer.is_c_contiguous() {
-        return Err(PyValueError::new_err(format!("the {what} must be contiguous")));
-    }
-    // SAFETY: `buffer` keeps the exporter's memory alive and its shape fixed until it is
-    // dropped, which the returned borrow cannot outlive; we only read it.
-    Ok(unsafe { std::slice::from_raw_parts(buffer.buf_ptr() as *const u8, buffer.len_bytes()) })
 }
 
 impl PyTcpTracker {
