@@ -42,7 +42,7 @@ def batches_of(path: str) -> list[tuple[np.ndarray, bytes, int]]:
         ready, done = reader.pump(decoder, batcher, 100_000)
         out += ready
     out += batcher.flush()
-    return [(np.frombuffer(h, dtype=PACKET_DTYPE), p, n) for _part, n, h, p in out]
+    return [(np.frombuffer(h, dtype=PACKET_DTYPE), p, n) for _part, n, h, p, *_tunnels in out]
 
 
 def main() -> None:

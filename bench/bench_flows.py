@@ -68,7 +68,7 @@ def batches_of(path: Path) -> list[tuple[np.ndarray, bytes]]:
         out += ready
     out += batcher.flush()
     result = []
-    for _part, _n, h, p in out:
+    for _part, _n, h, p, *_tunnels in out:
         headers = np.frombuffer(h, dtype=PACKET_DTYPE)
         result.append((headers[headers["proto"] == PROTO_UDP], p))
     return result

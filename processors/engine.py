@@ -33,7 +33,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from wirestream.packet_block import PROTO_UDP
-from wirestream.topics import CONNECTIONS, FLOWS, OBSERVATIONS
+from wirestream.topics import CONNECTIONS, DNS, FLOWS, OBSERVATIONS, TLS, TRANSACTIONS
 
 from .connection_tracker import ConnectionTracker
 from .flows import FlowTracker
@@ -42,6 +42,7 @@ from .l7.base import L7Options
 from .l7.session import L7Dispatcher
 from .observations import Observer
 from .socket_join import SocketJoin
+from .tunnels import TunnelPaths
 
 
 class Sink(Protocol):
@@ -50,6 +51,10 @@ class Sink(Protocol):
     def emit(self, topic: str, key: str | None, record: dict[str, Any]) -> None: ...
 
     def send_to_partition(self, topic: str, partition: int, record: dict[str, Any]) -> None: ...
+
+
+#: The record kinds that carry a ``tunnel`` list (schemas/*.avsc).
+_TUNNEL_TOPICS = frozenset({CONNECTIONS, FLOWS, DNS, TLS, TRANSACTIONS})
 
 
 @dataclass(frozen=True)
@@ -110,6 +115,7 @@ class Engine:
             community_id_seed=options.community_id_seed,
         )
         self.flows = FlowTracker(self._emit_flow, source_id, options.community_id_seed)
+        self.tunnels = TunnelPaths()  # the outer path of overlay flows, for their records
         self.received = 0  # packets, as the batches count them
         # The end-of-input markers: of wire.packets (its batch record) and, for a live
         # eBPF source, of wire.sockets. The engine is done when both are in, either first.
@@ -119,6 +125,13 @@ class Engine:
     # --- the records' way out: enrich, observe, then publish --------------------------------
 
     def _emit(self, topic: str, key: str | None, record: dict[str, Any]) -> None:
+        if self.tunnels.paths and topic in _TUNNEL_TOPICS:
+            # a flow's last record (a final connection record, a flow record) lets its
+            # path go; L7 records come before their connection's final one
+            final = topic == FLOWS or (topic == CONNECTIONS and record["final"])
+            path = self.tunnels.path_of(record, final)
+            if path:
+                record["tunnel"] = path
         if self.enricher is not None:
             self.enricher.enrich(topic, record)  # Kubernetes identity: the windows key by workload
         if self.observer is not None:
@@ -138,10 +151,14 @@ class Engine:
 
     # --- input -------------------------------------------------------------------------------
 
-    def feed(self, headers: np.ndarray, payloads: bytes, count: int | None = None) -> None:
+    def feed(self, headers: np.ndarray, payloads: bytes, count: int | None = None,
+             tunnel_of: bytes = b"", tunnel_paths: bytes = b"") -> None:
         """One batch of packets (``wirestream.packet_block`` headers and their payload blob);
-        ``count``: how many packets the batch says it has (default: its headers)."""
+        ``count``: how many packets the batch says it has (default: its headers);
+        ``tunnel_of``/``tunnel_paths``: its tunnel table (empty: no packet was tunneled)."""
         tracker = self.tracker
+        if tunnel_of:
+            self.tunnels.observe(headers, tunnel_of, tunnel_paths)
         udp = headers[headers["proto"] == PROTO_UDP]
         if tracker.l7 is not None:
             # Datagrams first: the tracker's periodic sweep (at the end of process) times
@@ -188,6 +205,10 @@ class Engine:
         counters: Counter[str] = Counter(tracker.counters)
         if self.flows.evicted:
             counters["udp_flows_evicted"] = self.flows.evicted
+        if self.tunnels.evicted:
+            counters["tunnel_paths_evicted"] = self.tunnels.evicted
+        if self.tunnels.malformed:  # batches whose packets were analysed without their paths
+            counters["malformed_tunnel_tables"] = self.tunnels.malformed
         if self.observer is not None:
             self.observer.flush(end_of_input=True)
             counters["observations"] = self.observer.observed
@@ -220,6 +241,8 @@ class Engine:
         # partition's past are not in it).
         if not hasattr(self, "flows"):
             self.flows = FlowTracker(self._emit_flow, self.source_id, self.options.community_id_seed)
+        if not hasattr(self, "tunnels"):  # likewise, from before tunnel paths were kept
+            self.tunnels = TunnelPaths()
 
     def _externals(self) -> dict[str, object]:
         return _externals(self.options, self.sink, self.enricher)

@@ -80,7 +80,7 @@ class PacketPipeline:
             self._drop(partition, "other_source")
             return
         engine = self._engine(source_id, partition)
-        engine.feed(headers, payloads, batch["count"])
+        engine.feed(headers, payloads, batch["count"], batch.get("tunnel_of", b""), batch.get("tunnel_paths", b""))
         self.publisher.poll()
         if batch["end_of_input"]:
             engine.end_of_packets(batch)

@@ -129,7 +129,7 @@ class PacketRing:
         return self.sock.fileno()
 
     def drain(self, feed: _core.RingFeed, decoder: _core.FrameDecoder,
-              batcher: _core.Batcher) -> list[tuple[int, int, bytes, bytes]]:
+              batcher: _core.Batcher) -> list[tuple[int, int, bytes, bytes, bytes, bytes]]:
         """Decode and batch every packet of the blocks ready now, in the core (``feed``
         filters and counts, ``decoder`` and ``batcher`` as for capture files); return the
         batches completed. Returns when the next block is still the kernel's.

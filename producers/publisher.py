@@ -31,8 +31,8 @@ from wirestream.topics import PACKETS, STATS
 #: Kafka's default message size limit is 1 MB; stay well under it.
 DEFAULT_BATCH_PACKETS = 4096
 DEFAULT_BATCH_BYTES = 768 * 1024
-#: A complete batch from the core: (partition, packet count, packed headers, payload blob).
-Batch = tuple[int, int, bytes, bytes]
+#: A complete batch of the core's batcher: partition, count, headers, payloads, tunnel_of, tunnel_paths.
+Batch = tuple[int, int, bytes, bytes, bytes, bytes]
 
 
 class PacketBatchPublisher:
@@ -85,15 +85,18 @@ class PacketBatchPublisher:
 
     # --- batches --------------------------------------------------------------------------
 
-    def send_batch(self, part: int, count: int, headers: bytes, payloads: bytes) -> None:
-        """Send one complete batch of the core's batcher as the partition's next message."""
-        self._send(part, count, headers, payloads)
+    def send_batch(self, part: int, count: int, headers: bytes, payloads: bytes,
+                   tunnel_of: bytes = b"", tunnel_paths: bytes = b"") -> None:
+        """Send one complete batch of the core's batcher as the partition's next message
+        (``tunnel_of``/``tunnel_paths``: the tunnels its packets came through, if any)."""
+        self._send(part, count, headers, payloads, tunnel_of=tunnel_of, tunnel_paths=tunnel_paths)
 
     def send_batches(self, batches: list[Batch]) -> None:
         for batch in batches:
             self.send_batch(*batch)
 
-    def _send(self, part: int, count: int, headers: bytes, payloads: bytes, end_of_input: bool = False) -> None:
+    def _send(self, part: int, count: int, headers: bytes, payloads: bytes, end_of_input: bool = False,
+              tunnel_of: bytes = b"", tunnel_paths: bytes = b"") -> None:
         sequence = self._sequence[part]
         value = self._encode(
             {
@@ -107,6 +110,8 @@ class PacketBatchPublisher:
                 "end_of_input": end_of_input,
                 "batches_before": sequence,
                 "socket_events": self.socket_events,
+                "tunnel_of": tunnel_of,
+                "tunnel_paths": tunnel_paths,
             }
         )
         self._produce(PACKETS, value, part)

@@ -55,8 +55,8 @@ class Publishing(threading.Thread):
         send = self.publisher.send_batch
         started = time.monotonic()
 
-        def paced(part: int, count: int, headers: bytes, payloads: bytes) -> None:
-            send(part, count, headers, payloads)
+        def paced(part: int, count: int, headers: bytes, payloads: bytes, *tunnels: bytes) -> None:
+            send(part, count, headers, payloads, *tunnels)
             self.published += count
             ahead = self.published / self.rate - (time.monotonic() - started)
             if ahead > 0:  # ahead of schedule: wait

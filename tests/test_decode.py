@@ -464,9 +464,9 @@ def _reference_batches(path: str, partitions: int, batch_packets: int, batch_byt
             b[2] += payload
             b[0] += 1
             if b[0] >= batch_packets or len(b[2]) >= batch_bytes:
-                done.append((part, b[0], bytes(b[1]), bytes(b[2])))
+                done.append((part, b[0], bytes(b[1]), bytes(b[2]), b"", b""))
                 open_[part] = [0, bytearray(), bytearray()]
-    done += [(part, b[0], bytes(b[1]), bytes(b[2])) for part, b in enumerate(open_) if b[0]]
+    done += [(part, b[0], bytes(b[1]), bytes(b[2]), b"", b"") for part, b in enumerate(open_) if b[0]]
     return done
 
 

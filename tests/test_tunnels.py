@@ -241,7 +241,8 @@ def analyzed(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Path],
     """Every case's capture, analyze's --json summary, and per case its records by topic."""
     tmp = tmp_path_factory.mktemp("tunnels")
     paths = {name: _write(tmp / f"{name}.pcap", *_frames(name)) for name in CASES}
-    summary, records = analyze_cases(paths, tmp / "out", ("wire.dns", "wire.transactions", "wire.connections"))
+    summary, records = analyze_cases(paths, tmp / "out",
+                                     ("wire.dns", "wire.transactions", "wire.connections", "wire.flows"))
     return paths, summary, records
 
 
@@ -297,6 +298,80 @@ def test_inner_conversations_are_tsharks(analyzed, referee, case: str) -> None:
     tx = records[case].get("wire.transactions", [])
     assert [(t["method"], t["path"], t["status"]) for t in tx] == [("GET", "/inner", 200)]
     assert [t["response_body_size"] for t in tx] == [len(BODY)]
+
+
+#: The outer path every record of a case carries (kind, id, the client side's and the
+#: server side's outer address), outermost first: worked out from how CASES builds the
+#: frames; the first layer's values are checked against tshark's below.
+_A4, _B4, _A6, _B6 = (NODE_A4, NODE_B4), (NODE_B4, NODE_A4), (NODE_A6, NODE_B6), (NODE_B6, NODE_A6)
+PATHS: dict[str, list[tuple[str, int | None, str | None, str | None]]] = {
+    "vxlan": [("vxlan", 42, *_A4)],
+    "vxlan-8472": [("vxlan", 42, *_A4)],
+    "geneve": [("geneve", 42, *_A4)],
+    "gre-csum-key-seq": [("gre", 5, *_A4)],
+    "gre6": [("gre", 5, *_A6)],
+    "gre-teb": [("gre", None, *_A4)],
+    "erspan2": [("erspan", 2, *_A4)],
+    "erspan3": [("erspan", 3, *_A4)],
+    "4in4": [("ipip", None, *_A4)],
+    "6in4": [("ipip", None, *_A4)],
+    "4in6": [("ipip", None, *_A6)],
+    "6in6": [("ipip", None, *_A6)],
+    "teredo": [("teredo", None, *_A4)],
+    "teredo-indicators": [("teredo", None, *_A4)],
+    "gtpu-extension": [("gtpu", 9, *_A4)],
+    "gtpu": [("gtpu", 9, *_A4)],
+    "pppoe": [("pppoe", 7, None, None)],
+    "mpls": [("mpls", 100, None, None)],
+    "mpls-pw": [("mpls", 300, None, None)],
+    # the middle layers' addresses are the same in both directions (see _nested)
+    "nested": [("ipip", None, *_A6), ("gre", 9, "172.16.0.1", "172.16.0.2"), ("vxlan", 7, "172.17.0.1", "172.17.0.2")],
+    "vxlan-outer-fragments": [("vxlan", 42, *_A4)],
+    "vxlan-inner-fragments": [("vxlan", 42, *_A4)],
+}
+assert _B4 and _B6  # the server-side-first orders: no record here starts from the server
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_records_carry_their_outer_path(analyzed, case: str) -> None:
+    """Every record of the inner flows (TCP connection, HTTP transaction, DNS query and
+    its UDP flow) carries the tunnel path it came through, outer addresses on the client
+    and server sides; a capture of a plain link type carries none."""
+    _, _, records = analyzed
+    want = [{"kind": k, "id": i, "outer_client_ip": c, "outer_server_ip": sv} for k, i, c, sv in PATHS.get(case, [])]
+    by_topic = records[case]
+    for topic in ("wire.connections", "wire.transactions", "wire.dns", "wire.flows"):
+        assert by_topic.get(topic), (case, topic)
+        for rec in by_topic[topic]:
+            assert rec.get("tunnel", []) == want, (case, topic, rec.get("tunnel"))
+
+
+#: tshark's field for a layer kind's identifier
+_TSHARK_ID = {"vxlan": "vxlan.vni", "geneve": "geneve.vni", "gre": "gre.key", "erspan": "erspan.spanid",
+              "gtpu": "gtp.teid", "pppoe": "pppoe.session_id", "mpls": "mpls.label"}
+
+
+@requires_tshark
+def test_outer_paths_are_tsharks(analyzed) -> None:
+    """The outermost layer's identifier and addresses are what tshark reads from the
+    client's SYN (its first occurrence of each field)."""
+    paths, _, records = analyzed
+    checked = 0
+    for case, path in PATHS.items():
+        kind, ident, client, server = path[0]
+        fields = ["ip.src", "ip.dst", "ipv6.src", "ipv6.dst"] + ([_TSHARK_ID[kind]] if kind in _TSHARK_ID else [])
+        (rows,) = tshark_rows([paths[case]], fields, "tcp.flags.syn == 1 && tcp.flags.ack == 0",
+                              options=["-E", "occurrence=f", *CASES[case][4]])
+        assert len(rows) == 1, (case, rows)
+        s4, d4, s6, d6, *tid = rows[0]
+        if client is not None:
+            assert (client, server) == ((s6, d6) if ":" in client else (s4, d4)), case
+        if kind in _TSHARK_ID:
+            assert ident == (int(tid[0], 0) if tid[0] else None), (case, tid)
+        (conn,) = records[case]["wire.connections"]
+        assert conn["tunnel"][0]["id"] == ident
+        checked += 1
+    assert checked == len(PATHS)
 
 
 def _producer_counters(summary: dict, index: int) -> dict[str, int]:
@@ -494,3 +569,13 @@ def test_real_overlay_conversations_are_tsharks(overlays, name: str) -> None:
     index = list(paths).index(name)
     counters = _producer_counters(summary, index)
     assert counters[OVERLAYS[name][2]] >= 4 * OVERLAY_REQUESTS  # every inner packet came through the tunnel
+    # every record names the underlay path: the kind, the VNI the device was given, and
+    # the nodes' (veth) addresses on the client's and the server's side, as tshark reads them
+    (outer,) = tshark_rows([paths[name]], ["ip.src", "ip.dst", "vxlan.vni", "geneve.vni"],
+                           "tcp.flags.syn == 1 && tcp.flags.ack == 0", options=["-E", "occurrence=f", *extra])
+    (src, dst, *vni) = outer[0]
+    want = [{"kind": OVERLAYS[name][0][1], "id": int(OVERLAYS[name][0][3]), "outer_client_ip": src,
+             "outer_server_ip": dst}]
+    assert int("".join(vni)) == want[0]["id"]
+    for topic in ("wire.connections", "wire.transactions", "wire.dns"):
+        assert [r["tunnel"] for r in records[name][topic]] == [want] * len(records[name][topic]), topic

@@ -5,6 +5,9 @@
 //! or `batch_bytes` payload bytes, whichever first; complete batches queue in
 //! [`Batcher::ready`] in the order they completed, for the publisher to send.
 
+use std::collections::HashMap;
+
+use crate::decode::tunnel::{write_path, Layer};
 use crate::layout::{partition_of, Packet, RECORD_SIZE};
 
 /// The largest payload one packet brings (an IP datagram's), the room a batch keeps
@@ -20,6 +23,37 @@ pub struct Batch {
     pub headers: Vec<u8>,
     /// the captured payloads, at the headers' `payload_off`
     pub payloads: Vec<u8>,
+    /// Empty when no packet of the batch came through a tunnel; else one little-endian
+    /// u32 per packet: 0 for none, `i` for the `i`-th path of `tunnel_paths`.
+    pub tunnel_of: Vec<u8>,
+    /// The distinct tunnel paths of the batch's packets ([`write_path`]), back to back.
+    pub tunnel_paths: Vec<u8>,
+    /// path bytes -> its number in `tunnel_paths` (a batch holds few distinct paths: an
+    /// overlay's node pairs)
+    path_numbers: HashMap<Vec<u8>, u32>,
+}
+
+impl Batch {
+    /// The packet being added (the `count`-th) came through `path`: its number in the
+    /// batch's path table, the packets before it without one if it is the first.
+    #[cold]
+    fn add_path(&mut self, path: &[Layer]) {
+        if self.tunnel_of.is_empty() {
+            self.tunnel_of.resize(self.count as usize * 4, 0);
+        }
+        let number = if path.is_empty() {
+            0
+        } else {
+            let mut bytes = Vec::with_capacity(1 + path.len() * crate::decode::tunnel::LAYER_SIZE);
+            write_path(path, &mut bytes);
+            let next = self.path_numbers.len() as u32 + 1;
+            *self.path_numbers.entry(bytes).or_insert_with_key(|bytes| {
+                self.tunnel_paths.extend_from_slice(bytes);
+                next
+            })
+        };
+        self.tunnel_of.extend_from_slice(&number.to_le_bytes());
+    }
 }
 
 /// Collects packets per partition until a batch is complete.
@@ -48,8 +82,9 @@ impl Batcher {
         }
     }
 
-    /// Add one packet and its captured payload to its partition's batch.
-    pub fn add(&mut self, packet: &Packet, payload: &[u8]) {
+    /// Add one packet, its captured payload and the tunnel layers it came through
+    /// (outermost first; empty for most) to its partition's batch.
+    pub fn add(&mut self, packet: &Packet, payload: &[u8], path: &[Layer]) {
         let part = partition_of(packet, self.partitions);
         let Some(b) = self.open.get_mut(part as usize) else { return };
         if b.headers.capacity() == 0 {
@@ -59,6 +94,9 @@ impl Batcher {
         }
         packet.write(&mut b.headers, b.payloads.len() as u32, payload.len() as u32);
         b.payloads.extend_from_slice(payload);
+        if !path.is_empty() || !b.tunnel_of.is_empty() {
+            b.add_path(path);
+        }
         b.count += 1;
         self.packets += 1;
         if b.count >= self.batch_packets || b.payloads.len() >= self.batch_bytes {
@@ -95,9 +133,9 @@ mod tests {
     #[test]
     fn a_batch_completes_at_its_packet_count() {
         let mut b = Batcher::new(1, 2, 1 << 20);
-        b.add(&packet(1), b"ab");
+        b.add(&packet(1), b"ab", &[]);
         assert!(b.ready.is_empty());
-        b.add(&packet(1), b"cde");
+        b.add(&packet(1), b"cde", &[]);
         let ready = b.take_ready();
         assert_eq!(ready.len(), 1);
         assert_eq!(ready[0].count, 2);
@@ -110,13 +148,41 @@ mod tests {
     #[test]
     fn a_batch_completes_at_its_byte_count_and_flush_takes_the_rest() {
         let mut b = Batcher::new(4, 100, 4);
-        b.add(&packet(1), b"abcd");
+        b.add(&packet(1), b"abcd", &[]);
         assert_eq!(b.ready.len(), 1);
-        b.add(&packet(2), b"x");
+        b.add(&packet(2), b"x", &[]);
         b.flush();
         assert_eq!(b.take_ready().len(), 2);
         b.flush();
         assert!(b.ready.is_empty());
+    }
+
+    #[test]
+    fn tunnel_paths_are_numbered_once_per_batch() {
+        use crate::decode::tunnel::{Tunnel, LAYER_SIZE};
+        let vxlan = |vni| Layer { kind: Tunnel::Vxlan, id: Some(vni), ip_version: 4, src: [1; 16], dst: [2; 16] };
+        let mut b = Batcher::new(1, 5, 1 << 20);
+        b.add(&packet(1), b"", &[]);
+        b.add(&packet(1), b"", &[vxlan(7)]);
+        b.add(&packet(1), b"", &[vxlan(8)]);
+        b.add(&packet(1), b"", &[vxlan(7)]);
+        b.add(&packet(1), b"", &[]);
+        let ready = b.take_ready();
+        let numbers: Vec<u32> =
+            ready[0].tunnel_of.chunks(4).map(|c| u32::from_le_bytes(c.try_into().unwrap())).collect();
+        assert_eq!(numbers, [0, 1, 2, 1, 0]);
+        assert_eq!(ready[0].tunnel_paths.len(), 2 * (1 + LAYER_SIZE));
+        // kind code, IP version, id flag, 0, then the VNI
+        assert_eq!(ready[0].tunnel_paths[..9], [1, 1, 4, 1, 0, 7, 0, 0, 0]);
+    }
+
+    #[test]
+    fn a_batch_without_tunnels_has_no_tunnel_table() {
+        let mut b = Batcher::new(1, 2, 1 << 20);
+        b.add(&packet(1), b"", &[]);
+        b.add(&packet(1), b"", &[]);
+        let ready = b.take_ready();
+        assert!(ready[0].tunnel_of.is_empty() && ready[0].tunnel_paths.is_empty());
     }
 
     #[test]

@@ -83,7 +83,14 @@ fn frame_tuple<'py>(py: Python<'py>, f: &Frame<'_>) -> PyResult<Bound<'py, PyTup
 fn batch_list<'py>(py: Python<'py>, batches: Vec<Batch>) -> PyResult<Bound<'py, PyList>> {
     let list = PyList::empty(py);
     for b in batches {
-        list.append((b.partition, b.count, PyBytes::new(py, &b.headers), PyBytes::new(py, &b.payloads)))?;
+        list.append((
+            b.partition,
+            b.count,
+            PyBytes::new(py, &b.headers),
+            PyBytes::new(py, &b.payloads),
+            PyBytes::new(py, &b.tunnel_of),
+            PyBytes::new(py, &b.tunnel_paths),
+        ))?;
     }
     Ok(list)
 }
@@ -293,7 +300,7 @@ impl PyBatcher {
     /// completed (none or one).
     fn add<'py>(&mut self, py: Python<'py>, fields: &Bound<'py, PyTuple>, payload: &[u8]) -> PyResult<Bound<'py, PyList>> {
         let packet = packet_of(fields)?;
-        self.inner.add(&packet, payload);
+        self.inner.add(&packet, payload, &[]);
         batch_list(py, self.inner.take_ready())
     }
 

@@ -31,7 +31,7 @@ pub fn pump(
         stats.first_ts_us.get_or_insert(frame.ts_us);
         stats.last_ts_us = Some(frame.ts_us);
         if let Some((packet, payload)) = decoder.decode(&frame) {
-            batcher.add(&packet, &payload);
+            batcher.add(&packet, &payload, decoder.path());
         }
     }
     false

@@ -128,7 +128,7 @@ impl Feed {
                 self.own_packets += 1;
                 return;
             }
-            batcher.add(&packet, &payload);
+            batcher.add(&packet, &payload, decoder.path());
         }
         self.first_ts_us.get_or_insert(f.ts_us);
     }

@@ -35,7 +35,7 @@ use crate::layout::Packet;
 use fragments::{Limits, Reassembler};
 use ip::Ip;
 use link::{Network, ETH_IPV4, ETH_IPV6};
-use tunnel::Tunnel;
+use tunnel::{Layer, Tunnel};
 
 /// Why a frame gave no packet; [`Drop::name`] is the counter's name in `wire.stats`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -125,6 +125,9 @@ pub struct Frame<'a> {
 #[derive(Clone, Debug, Default)]
 pub struct Walk {
     pub tunnels: [u64; Tunnel::ALL.len()],
+    /// the tunnel layers of the frame being decoded, outermost first (bounded by
+    /// [`tunnel::MAX_DEPTH`]); empty for a plain packet
+    pub path: Vec<Layer>,
     /// the fragment's IP header, and the end of the bytes it is read within (a prefix of
     /// the frame: a tunnel's payload ends where its outer header says)
     pub fragment: Option<(Network, usize)>,
@@ -160,6 +163,7 @@ impl Decoder {
     /// a reassembled datagram), or `None`: counted under its reason, or a fragment held.
     /// Every frame that gives no packet is counted once.
     pub fn decode<'a>(&mut self, frame: &Frame<'a>) -> Option<Decoded<'a>> {
+        self.walk.path.clear();
         match decode_frame(frame, self.payload_snaplen, &mut self.walk) {
             Ok((packet, payload)) => Some((packet, Cow::Borrowed(payload))),
             Err(Drop::IpFragment) => match self.fragment(frame) {
@@ -203,6 +207,7 @@ impl Decoder {
             None => transport_packet(frame, &ip, &dg.data, self.payload_snaplen)?,
             Some((kind, inner, end)) => {
                 self.walk.tunnels[kind as usize] += 1;
+                self.walk.path.push(Layer::in_ip(&dg.data, &ip, kind));
                 let d = dg.data.get(..end).ok_or(Drop::BadTunnel)?;
                 from_network(frame, d, inner, self.payload_snaplen, &mut self.walk, 1).map_err(|e| {
                     if e == Drop::IpFragment {
@@ -215,6 +220,13 @@ impl Decoder {
             }
         };
         Ok(Some((packet, Cow::Owned(payload.to_vec()))))
+    }
+
+    /// The tunnel layers the last packet [`Decoder::decode`] gave came through, outermost
+    /// first (for a reassembled datagram: those of the fragment that completed it, then the
+    /// datagram's own).
+    pub fn path(&self) -> &[Layer] {
+        &self.walk.path
     }
 
     fn count(&mut self, reason: Drop) {
@@ -285,12 +297,15 @@ fn from_network<'d>(
             match tunnel::in_ip(d, &ip)? {
                 None => return transport_packet(frame, &ip, d, snaplen),
                 Some((kind, inner, end)) => {
+                    walk.path.push(Layer::in_ip(d, &ip, kind));
                     d = d.get(..end).ok_or(Drop::BadTunnel)?;
                     (kind, inner)
                 }
             }
         } else {
-            tunnel::below_ip(d, net)?
+            let (kind, inner) = tunnel::below_ip(d, net)?;
+            walk.path.push(Layer::below_ip(d, net, kind));
+            (kind, inner)
         };
         walk.tunnels[next.0 as usize] += 1;
         depth += 1;

@@ -119,6 +119,113 @@ impl Tunnel {
     }
 }
 
+impl Tunnel {
+    /// The layer's kind as the records name it (`tunnel[].kind`) and its code in a
+    /// batch's `tunnel_paths` (docs/packet-layout.md): 1 + its index in [`Tunnel::ALL`].
+    pub fn kind_name(self) -> &'static str {
+        &self.name()["tunnel_".len()..]
+    }
+
+    pub fn code(self) -> u8 {
+        self as u8 + 1
+    }
+}
+
+/// One tunnel layer a packet came through, outermost first: what the records' `tunnel`
+/// list says of it. `id` is the layer's own identifier where it has one (VXLAN and Geneve
+/// VNI, GRE key, ERSPAN session, GTP-U TEID, PPPoE session, MPLS top label); the outer
+/// addresses are those of the IP header that carried it (none for PPPoE and MPLS, which
+/// sit below IP).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Layer {
+    pub kind: Tunnel,
+    pub id: Option<u32>,
+    /// 4 or 6; 0 when the layer is below IP
+    pub ip_version: u8,
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+}
+
+/// Bytes one layer takes in a batch's `tunnel_paths` (see [`write_path`]).
+pub const LAYER_SIZE: usize = 40;
+
+impl Layer {
+    /// The layer of the tunnel `kind` that the IP packet `ip` (in `d`) carries.
+    #[cold]
+    pub fn in_ip(d: &[u8], ip: &Ip, kind: Tunnel) -> Layer {
+        Layer { kind, id: id_in_ip(d, ip, kind), ip_version: ip.version, src: ip.src, dst: ip.dst }
+    }
+
+    /// The layer of a PPPoE session or MPLS stack at `net` (below IP: no addresses).
+    #[cold]
+    pub fn below_ip(d: &[u8], net: Network, kind: Tunnel) -> Layer {
+        let id = match kind {
+            Tunnel::Pppoe => be16(d, net.off + 2).map(u32::from),
+            Tunnel::Mpls => be32(d, net.off).map(|entry| entry >> 12),
+            _ => None,
+        };
+        Layer { kind, id, ip_version: 0, src: [0; 16], dst: [0; 16] }
+    }
+}
+
+/// The identifier of the tunnel header after `ip` (it was decoded already: the offsets
+/// are known to be within `d`, and a missing byte just means no identifier).
+fn id_in_ip(d: &[u8], ip: &Ip, kind: Tunnel) -> Option<u32> {
+    let udp_payload = ip.off + 8;
+    match kind {
+        // VNI: bytes 4..7 of the VXLAN and of the Geneve header
+        Tunnel::Vxlan | Tunnel::Geneve => be32(d, udp_payload + 4).map(|v| v >> 8),
+        Tunnel::GtpU => be32(d, udp_payload + 4), // TEID
+        Tunnel::Gre | Tunnel::Erspan => gre_id(d, ip.off, kind),
+        Tunnel::IpInIp | Tunnel::Teredo | Tunnel::Pppoe | Tunnel::Mpls => None,
+    }
+}
+
+/// A GRE header's key (version 1, PPTP: its call id), or an ERSPAN II/III session id.
+fn gre_id(d: &[u8], off: usize, kind: Tunnel) -> Option<u32> {
+    let flags = be16(d, off)?;
+    if flags & 0x7 == 1 {
+        return be32(d, off + 4).map(|key| key & 0xFFFF); // payload length, call id
+    }
+    let mut pos = off + 4;
+    if flags & (GRE_C | GRE_R) != 0 {
+        pos += 4;
+    }
+    let key = if flags & GRE_K != 0 {
+        pos += 4;
+        be32(d, pos - 4)
+    } else {
+        None
+    };
+    if kind == Tunnel::Erspan && flags & GRE_R == 0 {
+        if flags & GRE_S != 0 {
+            pos += 4;
+        }
+        let proto = be16(d, off + 2)?;
+        // type II and III: the session id is the low 10 bits of the header's 2nd 16 bits;
+        // type I (0x88BE without a sequence number) has no header
+        if proto == ETH_ERSPAN_3 || flags & GRE_S != 0 {
+            return be16(d, pos + 2).map(|v| u32::from(v & 0x3FF));
+        }
+    }
+    key
+}
+
+/// Append a packet's tunnel path to `out` as a batch's `tunnel_paths` holds it: the layer
+/// count (1 byte), then per layer, outermost first, 40 bytes: kind code (1), IP version
+/// of the outer addresses (1: 4, 6, or 0 below IP), flags (1: bit 0 set when `id` is
+/// there), 0 (1), id (4, little-endian), source address (16), destination address (16),
+/// addresses as the packet layout carries them.
+pub fn write_path(path: &[Layer], out: &mut Vec<u8>) {
+    out.push(path.len().min(usize::from(u8::MAX)) as u8);
+    for layer in path.iter().take(usize::from(u8::MAX)) {
+        out.extend_from_slice(&[layer.kind.code(), layer.ip_version, u8::from(layer.id.is_some()), 0]);
+        out.extend_from_slice(&layer.id.unwrap_or(0).to_le_bytes());
+        out.extend_from_slice(&layer.src);
+        out.extend_from_slice(&layer.dst);
+    }
+}
+
 /// One decapsulation: its kind, the inner network layer, and where the tunnel's bytes end
 /// (the inner layers are read up to there).
 pub type Inner = (Tunnel, Network, usize);

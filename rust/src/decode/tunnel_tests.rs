@@ -544,3 +544,55 @@ fn hostile_nested_tunnels_never_panic() {
         }
     }
 }
+
+/// The tunnel path of a frame's packet: (kind, id, outer IP version, last bytes of the
+/// outer source and destination) per layer, outermost first.
+fn path_of(linktype: i64, data: &[u8]) -> Vec<(&'static str, Option<u32>, u8, u8, u8)> {
+    let mut d = Decoder::new(65535);
+    let f = Frame { number: 1, ts_us: 5, linktype, data, orig_len: data.len() as u32 };
+    assert!(d.decode(&f).is_some(), "{:?}", d.dropped());
+    let last = |a: &[u8; 16], v: u8| if v == 4 { a[3] } else { a[15] };
+    d.path().iter().map(|l| (l.kind.kind_name(), l.id, l.ip_version, last(&l.src, l.ip_version), last(&l.dst, l.ip_version)))
+        .collect()
+}
+
+#[test]
+fn every_layer_says_its_identifier_and_outer_addresses() {
+    let vx = ethernet(0x0800, &ipv4(17, &vxlan(UDP_VXLAN, &eth_inner4())));
+    assert_eq!(path_of(LINKTYPE_ETHERNET, &vx), [("vxlan", Some(0x2a), 4, 1, 2)]);
+    let gen = ipv6(17, &geneve(0x6558, &[0; 8], &eth_inner4()));
+    assert_eq!(path_of(LINKTYPE_RAW, &gen), [("geneve", Some(0x2a), 6, 1, 2)]);
+    // GRE: a key behind a checksum; none without the K bit; PPTP's call id
+    let keyed = ipv4(47, &gre(0xA000, 0x0800, &[0, 0, 0, 0, 0, 0, 1, 2], &inner4()));
+    assert_eq!(path_of(LINKTYPE_RAW, &keyed), [("gre", Some(0x102), 4, 1, 2)]);
+    assert_eq!(path_of(LINKTYPE_RAW, &ipv4(47, &gre(0, 0x0800, &[], &inner4()))), [("gre", None, 4, 1, 2)]);
+    let mut ppp = vec![0xff, 0x03, 0x00, 0x21];
+    ppp.extend_from_slice(&inner4());
+    let pptp = ipv4(47, &gre(0x3001, 0x880B, &[0, 30, 0, 9, 0, 0, 0, 5], &ppp));
+    assert_eq!(path_of(LINKTYPE_RAW, &pptp), [("gre", Some(9), 4, 1, 2)]);
+    // ERSPAN II and III: the session id (0x005 here: the low 10 bits)
+    let mut h2 = vec![0, 0, 0, 1, 0x10, 0x64, 0x00, 0x05, 0, 0, 0, 0];
+    h2.extend_from_slice(&eth_inner4());
+    assert_eq!(path_of(LINKTYPE_RAW, &ipv4(47, &gre(0x1000, ETH_ERSPAN_2, &[], &h2)))[0].1, Some(5));
+    let mut h3 = vec![0x20, 0x64, 0x04, 0x07, 0, 0, 0, 1, 0, 0, 0, 0];
+    h3.extend_from_slice(&eth_inner4());
+    assert_eq!(path_of(LINKTYPE_RAW, &ipv4(47, &gre(0x1000, ETH_ERSPAN_3, &[0, 0, 0, 1], &h3)))[0].1, Some(7));
+    assert_eq!(path_of(LINKTYPE_RAW, &ipv6(4, &inner4())), [("ipip", None, 6, 1, 2)]);
+    assert_eq!(path_of(LINKTYPE_RAW, &ipv4(17, &gtpu(0x30, 255, &[], &inner4()))), [("gtpu", Some(9), 4, 1, 2)]);
+    // below IP: PPPoE's session id (7) and MPLS's top label, no addresses
+    let pppoe_f = ethernet(0x8864, &pppoe(0x0021, &inner4()));
+    assert_eq!(path_of(LINKTYPE_ETHERNET, &pppoe_f), [("pppoe", Some(7), 0, 0, 0)]);
+    let mpls_f = ethernet(0x8847, &mpls(&[100, 200], &inner4()));
+    assert_eq!(path_of(LINKTYPE_ETHERNET, &mpls_f), [("mpls", Some(100), 0, 0, 0)]);
+    // nested, outermost first: MPLS in PPPoE in VXLAN
+    let inner_eth = ethernet(0x8864, &pppoe(0x0281, &mpls(&[9], &inner4())));
+    let f = ethernet(0x0800, &ipv4(17, &vxlan(UDP_VXLAN, &inner_eth)));
+    let kinds: Vec<_> = path_of(LINKTYPE_ETHERNET, &f).iter().map(|l| l.0).collect();
+    assert_eq!(kinds, ["vxlan", "pppoe", "mpls"]);
+    // a plain packet has none, even right after a tunneled one
+    let mut d = Decoder::new(65535);
+    d.decode(&Frame { number: 1, ts_us: 0, linktype: LINKTYPE_ETHERNET, data: &vx, orig_len: 0 }).unwrap();
+    let plain = eth_inner4();
+    d.decode(&Frame { number: 2, ts_us: 0, linktype: LINKTYPE_ETHERNET, data: &plain, orig_len: 0 }).unwrap();
+    assert!(d.path().is_empty());
+}
