@@ -28,32 +28,31 @@ pub struct Batch {
     pub tunnel_of: Vec<u8>,
     /// The distinct tunnel paths of the batch's packets ([`write_path`]), back to back.
     pub tunnel_paths: Vec<u8>,
-    /// path bytes -> its number in `tunnel_paths` (a batch holds few distinct paths: an
-    /// overlay's node pairs)
-    path_numbers: HashMap<Vec<u8>, u32>,
 }
 
-impl Batch {
-    /// The packet being added (the `count`-th) came through `path`: its number in the
-    /// batch's path table, the packets before it without one if it is the first.
-    #[cold]
-    fn add_path(&mut self, path: &[Layer]) {
-        if self.tunnel_of.is_empty() {
-            self.tunnel_of.resize(self.count as usize * 4, 0);
-        }
-        let number = if path.is_empty() {
-            0
-        } else {
-            let mut bytes = Vec::with_capacity(1 + path.len() * crate::decode::tunnel::LAYER_SIZE);
-            write_path(path, &mut bytes);
-            let next = self.path_numbers.len() as u32 + 1;
-            *self.path_numbers.entry(bytes).or_insert_with_key(|bytes| {
-                self.tunnel_paths.extend_from_slice(bytes);
-                next
-            })
-        };
-        self.tunnel_of.extend_from_slice(&number.to_le_bytes());
+/// The packet being added to `b` (its `count`-th) came through `path`: write its number
+/// in the batch's path table (`numbers`: path bytes -> number, for this batch; a batch
+/// holds few distinct paths, an overlay's node pairs), the packets before it without one
+/// if it is the first.
+#[cold]
+#[inline(never)]
+fn add_path(b: &mut Batch, numbers: &mut HashMap<Vec<u8>, u32>, path: &[Layer]) {
+    if b.tunnel_of.is_empty() {
+        numbers.clear();
+        b.tunnel_of.resize(b.count as usize * 4, 0);
     }
+    let number = if path.is_empty() {
+        0
+    } else {
+        let mut bytes = Vec::with_capacity(1 + path.len() * crate::decode::tunnel::LAYER_SIZE);
+        write_path(path, &mut bytes);
+        let next = numbers.len() as u32 + 1;
+        *numbers.entry(bytes).or_insert_with_key(|bytes| {
+            b.tunnel_paths.extend_from_slice(bytes);
+            next
+        })
+    };
+    b.tunnel_of.extend_from_slice(&number.to_le_bytes());
 }
 
 /// Collects packets per partition until a batch is complete.
@@ -63,6 +62,8 @@ pub struct Batcher {
     batch_packets: u32,
     batch_bytes: usize,
     open: Vec<Batch>,
+    /// per partition, the path numbers of its open batch (see `add_path`)
+    path_numbers: Vec<HashMap<Vec<u8>, u32>>,
     /// complete batches not yet taken, oldest first
     pub ready: Vec<Batch>,
     /// packets added since the start
@@ -77,6 +78,7 @@ impl Batcher {
             batch_packets: batch_packets.max(1),
             batch_bytes,
             open: (0..partitions).map(|p| Batch { partition: p, ..Batch::default() }).collect(),
+            path_numbers: (0..partitions).map(|_| HashMap::new()).collect(),
             ready: Vec::new(),
             packets: 0,
         }
@@ -95,7 +97,9 @@ impl Batcher {
         packet.write(&mut b.headers, b.payloads.len() as u32, payload.len() as u32);
         b.payloads.extend_from_slice(payload);
         if !path.is_empty() || !b.tunnel_of.is_empty() {
-            b.add_path(path);
+            if let Some(numbers) = self.path_numbers.get_mut(part as usize) {
+                add_path(b, numbers, path);
+            }
         }
         b.count += 1;
         self.packets += 1;

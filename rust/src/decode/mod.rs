@@ -297,14 +297,14 @@ fn from_network<'d>(
             match tunnel::in_ip(d, &ip)? {
                 None => return transport_packet(frame, &ip, d, snaplen),
                 Some((kind, inner, end)) => {
-                    walk.path.push(Layer::in_ip(d, &ip, kind));
+                    push_in_ip(&mut walk.path, d, &ip, kind);
                     d = d.get(..end).ok_or(Drop::BadTunnel)?;
                     (kind, inner)
                 }
             }
         } else {
             let (kind, inner) = tunnel::below_ip(d, net)?;
-            walk.path.push(Layer::below_ip(d, net, kind));
+            push_below_ip(&mut walk.path, d, net, kind);
             (kind, inner)
         };
         walk.tunnels[next.0 as usize] += 1;
@@ -314,6 +314,19 @@ fn from_network<'d>(
         }
         net = next.1;
     }
+}
+
+// Keeping a layer is out of line: the plain path's loop must not carry the Vec's growth.
+#[cold]
+#[inline(never)]
+fn push_in_ip(path: &mut Vec<Layer>, d: &[u8], ip: &Ip, kind: Tunnel) {
+    path.push(Layer::in_ip(d, ip, kind));
+}
+
+#[cold]
+#[inline(never)]
+fn push_below_ip(path: &mut Vec<Layer>, d: &[u8], net: Network, kind: Tunnel) {
+    path.push(Layer::below_ip(d, net, kind));
 }
 
 /// The transport header after `ip` in `d` (the frame, or a reassembled datagram) and the
