@@ -7,7 +7,7 @@ a :class:`Sink`. It owns everything that is state:
 - the TCP connection table (:class:`~.connection_tracker.ConnectionTracker`: the compiled
   core's tracker, with each connection's analysis), and each L7 connection's session
   (reassembly buffers and L7 parser);
-- the UDP and ICMP flow table (:class:`~.flows.FlowTracker`);
+- the UDP, ICMP and SCTP flow table (:class:`~.flows.FlowTracker`);
 - the L7 dispatcher (pending DNS queries, L7 counters);
 - the kernel socket events waiting for their connection (:class:`~.socket_join.SocketJoin`);
 - the observer that batches what the per-service windows need
@@ -164,7 +164,7 @@ class Engine:
             # Datagrams first: the tracker's periodic sweep (at the end of process) times
             # out unanswered DNS queries, and must not do so before it saw this batch's answers.
             tracker.l7.datagrams(udp, payloads)
-        self.flows.process(headers, payloads)  # the UDP and ICMP rows
+        self.flows.process(headers, payloads)  # the UDP, ICMP and SCTP rows
         tracker.process(headers, payloads)
         if self.observer is not None:
             if len(headers):

@@ -1,21 +1,25 @@
-"""UDP and ICMP flows: Zeek's conn.log notion of a connection for transports without one.
+"""UDP, ICMP and SCTP flows: Zeek's conn.log notion of a connection for transports without
+one (SCTP has associations, but neither Zeek nor wirestream analyses them).
 
 The flow table itself is the compiled core's (``rust/src/flow.rs``: the rules, in its
 module comment): per pair of endpoints, packets, payload bytes and frame bytes per
 direction, the first and last packet time, the service its first datagrams show, Zeek's
 direction (the likely-server-ports flip) and ``conn_state``; of ICMP, the exchange (an
 echo and its replies are one flow), the type and code, and of an error the datagram it
-quotes and the path MTU it reports. A flow's record is due when
+quotes and the path MTU it reports; of SCTP, an association's packets between two
+endpoints, its client the sender of the INIT, its ``conn_state`` from the chunk types each
+side sent (setup, shutdown, abort; docs/records.md, "SCTP flows"). A flow's record is due when
 it has been idle for the inactivity timeout (capture time; Zeek's
 ``udp_inactivity_timeout``, one minute), when memory is bounded (the flows idle longest
 go first, ``ended_by`` ``evicted``), or at end of input.
 
-A :class:`FlowTracker` hands each batch's header block to it (its UDP and ICMP rows are
-read in place) and gives the
+A :class:`FlowTracker` hands each batch's header block to it (its UDP, ICMP and SCTP rows
+are read in place) and gives the
 records of the flows that ended to the engine, with their source id.
 
 tshark's ``conv,udp`` has no timeout and no direction: its conversation of a pair of
-endpoints is the sum of our flows of that pair (docs/records.md, ``wire.flows``).
+endpoints is the sum of our flows of that pair (docs/records.md, ``wire.flows``); so is
+its ``conv,sctp``.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ MAX_FLOWS = 100_000
 
 
 class FlowTracker:
-    """The UDP and ICMP flows of one source on one partition; records go to ``emit``."""
+    """The UDP, ICMP and SCTP flows of one source on one partition; records go to ``emit``."""
 
     # The core is state too: its bytes go into a snapshot (_state_prepare) and it is
     # rebuilt from them on restore (_state_restored); processors/state_codec.py.
@@ -52,7 +56,7 @@ class FlowTracker:
 
     def process(self, headers: np.ndarray, payloads: bytes | np.ndarray) -> None:
         """One batch (``wirestream.packet_block`` headers, capture order; rows other than
-        UDP and ICMP are skipped by the core)."""
+        UDP, ICMP and SCTP are skipped by the core)."""
         if len(headers):
             # the core reads rows and payloads in place, as bytes
             if isinstance(payloads, np.ndarray):

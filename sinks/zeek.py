@@ -10,7 +10,7 @@ docs/downstream.md.
 
 The ``uid`` of a connection is made from its ``connection_id`` (``C`` and base 62, as
 Zeek's look), so ``conn.log`` and the ``http.log``/``ssl.log``/``dns.log`` lines of the same
-connection share it; a UDP or ICMP flow (``wire.flows``) and a DNS query over UDP get a uid
+connection share it; a UDP, ICMP or SCTP flow (``wire.flows``) and a DNS query over UDP get a uid
 made from the protocol, addresses and ports (:func:`flow_uid`), so a query's ``dns.log`` line
 and its flow's ``conn.log`` line share it (a pair of endpoints used again after the flow's
 idle minute gets the same uid again: DNS records do not carry the flow's start).
@@ -109,7 +109,7 @@ def uid_of(connection_id: str) -> str:
 
 
 def flow_uid(client_ip: str, client_port: int, server_ip: str, server_port: int, proto: str) -> str:
-    """The uid of a flow without a connection id (a UDP or ICMP flow, a DNS query over UDP)."""
+    """The uid of a flow without a connection id (a UDP, ICMP or SCTP flow, a DNS query over UDP)."""
     text = f"{proto}|{client_ip}|{client_port}|{server_ip}|{server_port}"
     return uid_of(hashlib.blake2b(text.encode(), digest_size=8).hexdigest())
 
@@ -161,25 +161,31 @@ def conn_fields(r: dict[str, Any], services: Iterable[str] = ()) -> dict[str, An
 
 
 def flow_fields(r: dict[str, Any]) -> dict[str, Any]:
-    """``conn.log``'s fields of a ``wire.flows`` record (UDP or ICMP). Zeek's ICMP ports
-    are the type (``id.orig_p``) and the code (``id.resp_p``); its UDP history has ``D``
-    and ``d`` for payload from each side (here in that order, not in the order seen)."""
+    """``conn.log``'s fields of a ``wire.flows`` record (UDP, ICMP or SCTP). Zeek's ICMP
+    ports are the type (``id.orig_p``) and the code (``id.resp_p``); its UDP history has
+    ``D`` and ``d`` for payload from each side (here in that order, not in the order seen).
+    Zeek has no SCTP analyser: since 7.1 it logs such a flow as any IP protocol it does not
+    analyse, ``proto`` ``unknown_transport`` with both ports 0 and ``conn_state`` ``OTH``
+    (its ``ip_proto`` column, 132, is not among the default fields written here), and so
+    does this; the ports and the association's state stay in the ``wire.flows`` record
+    (and in the uid and Community ID, which are made from them)."""
     transport = r["transport"]
-    icmp = transport == "icmp"
+    icmp, sctp = transport == "icmp", transport == "sctp"
     duration_us = r["end_ts_us"] - r["start_ts_us"]
     dur = duration_us > 0
     history = None
-    if not icmp:
+    if not icmp and not sctp:
         history = ("D" if r["bytes_c2s"] else "") + ("d" if r["bytes_s2c"] else "") or None
+    orig_p, resp_p = (r.get("icmp_type"), r.get("icmp_code")) if icmp else (r["client_port"], r["server_port"])
     return {
         "ts": _ts(r["start_ts_us"]),
         "uid": flow_uid(r["client_ip"], r["client_port"], r["server_ip"], r["server_port"], transport),
-        "id.orig_h": r["client_ip"], "id.orig_p": r.get("icmp_type") if icmp else r["client_port"],
-        "id.resp_h": r["server_ip"], "id.resp_p": r.get("icmp_code") if icmp else r["server_port"],
-        "proto": transport, "service": r.get("service"),
+        "id.orig_h": r["client_ip"], "id.orig_p": 0 if sctp else orig_p,
+        "id.resp_h": r["server_ip"], "id.resp_p": 0 if sctp else resp_p,
+        "proto": "unknown_transport" if sctp else transport, "service": r.get("service"),
         "duration": duration_us / 1e6 if dur else None,
         "orig_bytes": r["bytes_c2s"] if dur else None, "resp_bytes": r["bytes_s2c"] if dur else None,
-        "conn_state": r["conn_state"], "local_orig": None, "local_resp": None, "missed_bytes": 0,
+        "conn_state": "OTH" if sctp else r["conn_state"], "local_orig": None, "local_resp": None, "missed_bytes": 0,
         "history": history,
         "orig_pkts": r["packets_c2s"], "orig_ip_bytes": None, "resp_pkts": r["packets_s2c"], "resp_ip_bytes": None,
         "tunnel_parents": None, "community_id": r.get("community_id"),

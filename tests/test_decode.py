@@ -13,7 +13,15 @@ import socket
 import captures as cap
 import pytest
 from helpers import requires_tshark, tshark_rows
-from scapy.layers.inet import IPOption_RR
+from scapy.layers.inet import IP, IPOption_RR
+from scapy.layers.inet6 import IPv6
+from scapy.layers.sctp import (
+    SCTP,
+    SCTPChunkAuthentication,
+    SCTPChunkData,
+    SCTPChunkInit,
+    SCTPChunkSACK,
+)
 from wirestream.producers.capture_file import SUPPORTED_LINKTYPES, open_capture
 from wirestream.producers.decode import FrameDecoder
 
@@ -243,7 +251,7 @@ def _proto(l3: bytes, proto: int) -> bytes:
 
 @pytest.mark.parametrize(("linktype", "frame", "reason"), [
     (ETH, cap.ethernet(_proto(cap.icmp4_echo(), 2)), "unsupported_transport"),  # IGMP
-    (ETH, cap.ethernet(_proto(cap.icmp6_echo(), 132)), "unsupported_transport"),  # SCTP
+    (ETH, cap.ethernet(_proto(cap.icmp6_echo(), 50)), "unsupported_transport"),  # ESP (ends the IPv6 walk)
     (RAW, _proto(cap.icmp4_echo(), 58), "unsupported_transport"),  # ICMPv6's number in IPv4
     (ETH, cap.arp_request(), "non_ip"),
     (SLL, cap.sll(cap.arp_request()[14:], protocol=cap.ETH_ARP), "non_ip"),
@@ -252,10 +260,10 @@ def _proto(l3: bytes, proto: int) -> bytes:
     (RAW, b"\x50" + cap.tcp()[1:], "bad_ip_version"),
     (ETH, _retype(cap.ethernet(cap.tcp(*V6)), cap.ETH_IPV4), "bad_ip_version"),
     (ETH, _retype(cap.ethernet(cap.tcp(payload=b"x" * 40)), cap.ETH_IPV6), "bad_ip_version"),
-], ids=["igmp", "sctp6", "raw-icmp6-in-v4", "arp", "sll-arp", "null-family-7", "linktype-147",
+], ids=["igmp", "esp6", "raw-icmp6-in-v4", "arp", "sll-arp", "null-family-7", "linktype-147",
         "raw-version-5", "ethertype-v4-packet-v6", "ethertype-v6-packet-v4"])
 def test_not_tcp_or_udp(linktype, frame, reason):
-    """IGMP, SCTP, ARP, unknown families/link types, wrong IP versions -> None and the named reason."""
+    """IGMP, ESP, ARP, unknown families/link types, wrong IP versions -> None and the named reason."""
     assert_dropped(linktype, frame, reason)
 
 
@@ -270,6 +278,32 @@ def test_icmp_is_a_packet(frame, proto, ports, seq, ack):
     _, f, payload = decode(RAW, frame)
     assert (f["proto"], (f["src_port"], f["dst_port"]), f["seq"], f["ack"]) == (proto, ports, seq, ack)
     assert payload == b"ping" * 8 and f["payload_len"] == 32
+
+
+def _sctp(src: str, dst: str, chunks: list) -> bytes:
+    """An SCTP packet (scapy) from port 40002 to 2905, verification tag 0x0A0B0C0D."""
+    ip = IPv6(src=src, dst=dst) if ":" in src else IP(src=src, dst=dst)
+    pkt = ip / SCTP(sport=40002, dport=2905, tag=0x0A0B0C0D)
+    for chunk in chunks:
+        pkt = pkt / chunk
+    return bytes(pkt)
+
+
+def test_sctp_is_a_packet() -> None:
+    """An SCTP packet (docs/packet-layout.md, "SCTP"): the common header's ports, the
+    verification tag in seq, the chunk types in tcp_flags (bit 1 << type; 1 << 15 for a
+    type above 14), the chunks as the payload."""
+    frame = _sctp(*V4, [SCTPChunkData(tsn=1, data=b"hello"), SCTPChunkSACK(), SCTPChunkAuthentication()])
+    _, f, payload = decode(RAW, frame)
+    assert (f["proto"], f["src_port"], f["dst_port"], f["seq"], f["ack"]) == (132, 40002, 2905, 0x0A0B0C0D, 0)
+    assert (f["tcp_flags"], f["window"], f["wscale"], f["options"]) == (1 | 1 << 3 | 1 << 15, 0, -1, 0)
+    assert payload == frame[20 + 12:] and f["payload_len"] == len(frame) - 32
+    _, f, payload = decode(ETH, cap.ethernet(_sctp(*V6, [SCTPChunkInit()])))
+    assert (f["ip_version"], f["proto"], f["tcp_flags"], ntop(f["src_ip"])) == (6, 132, 1 << 1, cap.CLIENT6)
+    assert f["payload_len"] == len(payload) == 20  # the INIT chunk: its header and 16 bytes of parameters
+    # snapped: the true length stays, the payload is cut
+    _, f, payload = decode(RAW, frame, FrameDecoder(payload_snaplen=8))
+    assert (f["payload_len"], payload) == (len(frame) - 32, frame[32:40])
 
 
 # --- truncation at each layer --------------------------------------------------------------
@@ -310,9 +344,11 @@ def _tcp_doff(l3: bytes, words: int) -> bytes:
     (RAW, TCP6[: 40 + 19], "truncated_transport"),
     (RAW, UDP4[: 20 + 7], "truncated_transport"),
     (RAW, _tcp_doff(TCP4, 4), "truncated_transport"),  # TCP data offset below 5 words
+    (RAW, _sctp(*V4, [])[: 20 + 11], "truncated_transport"),  # SCTP's common header is 12 bytes
+    (RAW, _sctp(*V6, [])[: 40 + 2], "truncated_transport"),
 ], ids=["eth", "eth-empty", "vlan", "qinq", "sll", "sll2", "null", "loop", "raw-empty",
         "ipv4-eth", "ipv4-vlan", "ipv6-sll", "ipv4-ihl-too-long", "ipv4-ihl-too-short",
-        "ipv6-hop-by-hop", "ipv6-dest-opts", "tcp-after-ext", "tcp-eth", "tcp-ipv6", "udp", "tcp-doff"])
+        "ipv6-hop-by-hop", "ipv6-dest-opts", "tcp-after-ext", "tcp-eth", "tcp-ipv6", "udp", "tcp-doff", "sctp", "sctp-ipv6"])
 def test_truncated(linktype, frame, reason):
     """A frame cut (or with a bad header length) at each layer -> the matching truncated_* reason."""
     assert_dropped(linktype, frame, reason)

@@ -1,8 +1,10 @@
-//! UDP and ICMP flows: Zeek's conn.log notion of a connection for transports without one.
+//! UDP, ICMP and SCTP flows: Zeek's conn.log notion of a connection for transports
+//! without one (and for SCTP, whose associations no analyser here or in Zeek follows).
 //!
-//! A [`FlowTable`] takes the UDP and ICMP/ICMPv6 rows of each batch's header block
+//! A [`FlowTable`] takes the UDP, ICMP/ICMPv6 and SCTP rows of each batch's header block
 //! (80-byte records, `layout.rs`; an ICMP row's ports are the Community ID's, its `seq`
-//! the type and code, its `ack` the rest of the header, docs/packet-layout.md) and keeps
+//! the type and code, its `ack` the rest of the header; an SCTP row's `tcp_flags` the
+//! chunk types it carries, docs/packet-layout.md) and keeps
 //! one [`Flow`] per protocol and pair of endpoints: packets, payload bytes and frame bytes
 //! per direction, first and last packet time, and what the first datagrams are
 //! ([`Service`]). An ICMP flow is an exchange (an echo request and its replies: one flow,
@@ -11,7 +13,11 @@
 //! datagram it quotes ([`Quoted`]: the flow it is about, whose Community ID is the quoted
 //! one's) and the path MTU it reports. It is not added to the quoted flow's record: the
 //! error travels between other endpoints (a router and the sender), so it is on another
-//! partition than the flow it quotes. A flow ends ([`Ended`]) when it has been idle for the inactivity
+//! partition than the flow it quotes. An SCTP flow is an association's packets between
+//! two endpoints (addresses and ports); the chunk types each side sent ([`Flow::chunks`])
+//! give its `conn_state` (setup, shutdown, abort: [`Flow::conn_state`]).
+//!
+//! A flow ends ([`Ended`]) when it has been idle for the inactivity
 //! timeout (capture time; Zeek's `udp_inactivity_timeout`, one minute), when memory is
 //! bounded (the flows idle longest go first), or at end of input.
 //!
@@ -19,7 +25,8 @@
 //! well-known server port and the other's is not (Zeek flips such a flow,
 //! `likely_server_ports`: a capture that starts with a DNS answer still has the resolver
 //! as server); of an ICMP exchange, the sender of the request type (the echo requester,
-//! even if the capture starts with its reply).
+//! even if the capture starts with its reply); of SCTP, the sender of the INIT (the
+//! receiver of an INIT ACK, if the capture starts with it), else the first sender.
 //!
 //! Everything is deterministic: flows that end together are given in the order they
 //! started (ties: the order they were created), so the same input gives the same records
@@ -35,6 +42,14 @@ use crate::state_bytes::{frame, unframe, Res, R, W};
 const PROTO_UDP: u8 = 17;
 const PROTO_ICMP: u8 = 1;
 const PROTO_ICMP6: u8 = 58;
+const PROTO_SCTP: u8 = 132;
+/// SCTP chunk types as an SCTP row's `tcp_flags` bits (decode/transport.rs: bit `1 << type`)
+const SCTP_INIT: u16 = 1 << 1;
+const SCTP_INIT_ACK: u16 = 1 << 2;
+const SCTP_ABORT: u16 = 1 << 6;
+const SCTP_SHUTDOWN: u16 = 1 << 7;
+const SCTP_SHUTDOWN_ACK: u16 = 1 << 8;
+const SCTP_SHUTDOWN_COMPLETE: u16 = 1 << 14;
 /// ICMP types that ask (their counterpart answers): echo, timestamp, information,
 /// address mask, router solicitation; ICMPv6 echo, multicast listener query, router and
 /// neighbor solicitation, node information query, home agent address discovery.
@@ -54,7 +69,8 @@ pub const LIKELY_SERVER_PORTS: [u16; 20] =
     [53, 67, 69, 123, 137, 138, 161, 162, 443, 500, 514, 1812, 1813, 1900, 3478, 4500, 5353, 5355, 5683, 2152];
 
 const MAGIC: &[u8; 4] = b"WSUF";
-const VERSION: u16 = 2;
+/// 3: SCTP flows' chunk types; version 2 snapshots (no SCTP) still restore
+const VERSION: u16 = 3;
 
 /// An endpoint: the 16-byte address field (IPv4 in the first 4) and the port.
 pub type Endpoint = ([u8; 16], u16);
@@ -147,7 +163,7 @@ impl EndedBy {
 /// One flow's counters; index 0 of each pair is the client's direction.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Flow {
-    /// 17 UDP, 1 ICMP, 58 ICMPv6
+    /// 17 UDP, 1 ICMP, 58 ICMPv6, 132 SCTP
     pub proto: u8,
     pub client: Endpoint,
     pub server: Endpoint,
@@ -165,6 +181,8 @@ pub struct Flow {
     pub quoted: Option<Quoted>,
     /// ICMP "fragmentation needed" / ICMPv6 "packet too big": the smallest MTU reported
     pub path_mtu: Option<u32>,
+    /// SCTP: the chunk types each side sent (the rows' `tcp_flags`, or-ed)
+    pub chunks: [u16; 2],
     attempts: u8,
     /// creation order: ties between flows that start at the same time
     seq: u64,
@@ -204,9 +222,9 @@ impl Quoted {
             6 => (*p.get(6)?, array(p, 8)?, array(p, 24)?, 40),
             _ => return None,
         };
-        // ports of TCP and UDP, when the 8 quoted transport bytes are there
+        // ports of TCP, UDP and SCTP, when the 8 quoted transport bytes are there
         let ports = match proto {
-            6 | 17 => array::<4>(p, l4).map(|b| (u16::from_be_bytes([b[0], b[1]]), u16::from_be_bytes([b[2], b[3]]))),
+            6 | 17 | PROTO_SCTP => array::<4>(p, l4).map(|b| (u16::from_be_bytes([b[0], b[1]]), u16::from_be_bytes([b[2], b[3]]))),
             _ => None,
         };
         let (sport, dport) = ports.unwrap_or((0, 0));
@@ -251,8 +269,11 @@ impl Flow {
 
     /// Zeek's `conn_state` (base/protocols/conn/main.zeek): of a UDP flow SF both sides
     /// sent, S0 only the originator, SHR only the responder (a flow it turned around); of
-    /// an ICMP flow OTH.
+    /// an ICMP flow OTH; of an SCTP flow, [`Flow::sctp_state`].
     pub fn conn_state(&self) -> &'static str {
+        if self.proto == PROTO_SCTP {
+            return self.sctp_state();
+        }
         if self.proto != PROTO_UDP {
             return "OTH"; // Zeek: every ICMP "connection"
         }
@@ -261,6 +282,44 @@ impl Flow {
             (true, false) => "S0",
             (false, true) => "SHR",
             (false, false) => "OTH",
+        }
+    }
+
+    /// Zeek's TCP states read off an SCTP association's chunks (Zeek itself has no SCTP
+    /// analyser: its conn.log says OTH of any "unknown_transport"). INIT is the SYN,
+    /// INIT ACK the SYN-ACK (the association is then established: the cookie exchange
+    /// after it cannot fail but by ABORT), ABORT the RST, SHUTDOWN the FIN, and a
+    /// SHUTDOWN ACK or SHUTDOWN COMPLETE the close's answer (RFC 9260 sections 5 and 9):
+    /// OTH no INIT from the client (a capture that starts inside the association); S0 an
+    /// INIT unanswered; REJ an INIT answered by ABORT (no listener: section 8.4); RSTOS0
+    /// the client's ABORT before an answer; RSTO / RSTR an established association aborted
+    /// by the client / the server; SF one shut down (SHUTDOWN ACK or COMPLETE seen); S2 /
+    /// S3 a SHUTDOWN from the client / the server unanswered; S1 established, open.
+    fn sctp_state(&self) -> &'static str {
+        let [c, s] = self.chunks;
+        if c & SCTP_INIT == 0 {
+            return "OTH";
+        }
+        if s & SCTP_INIT_ACK == 0 {
+            return match (c & SCTP_ABORT != 0, s & SCTP_ABORT != 0) {
+                (_, true) => "REJ",
+                (true, false) => "RSTOS0",
+                (false, false) => "S0",
+            };
+        }
+        let all = c | s;
+        if c & SCTP_ABORT != 0 {
+            "RSTO"
+        } else if s & SCTP_ABORT != 0 {
+            "RSTR"
+        } else if all & (SCTP_SHUTDOWN_ACK | SCTP_SHUTDOWN_COMPLETE) != 0 {
+            "SF"
+        } else if c & SCTP_SHUTDOWN != 0 {
+            "S2"
+        } else if s & SCTP_SHUTDOWN != 0 {
+            "S3"
+        } else {
+            "S1"
         }
     }
 }
@@ -275,6 +334,7 @@ pub struct Ended {
 /// The fields of a packed header that a flow needs.
 struct Row {
     ts: i64,
+    flags: u16,
     seq: u32,
     ack: u32,
     wire_len: u32,
@@ -295,6 +355,7 @@ impl Row {
         let ip = |o: usize| -> [u8; 16] { array(&r, o).unwrap_or([0; 16]) };
         Some(Row {
             ts: i64::from_le_bytes(array(&r, 0)?),
+            flags: u16at(74),
             seq: u32at(28),
             ack: u32at(32),
             wire_len: u32at(12),
@@ -357,13 +418,13 @@ impl FlowTable {
         self.flows.len()
     }
 
-    /// A batch: its header block (80 bytes per packet; rows other than UDP and ICMP are
-    /// skipped) and payload blob.
+    /// A batch: its header block (80 bytes per packet; rows other than UDP, ICMP and
+    /// SCTP are skipped) and payload blob.
     pub fn process(&mut self, block: &[u8], blob: &[u8]) {
         let mut now = i64::MIN;
         for i in 0..block.len() / RECORD_SIZE {
             let Some(row) = Row::read(block, i) else { break };
-            if matches!((row.proto, row.version), (PROTO_UDP, _) | (PROTO_ICMP, 4) | (PROTO_ICMP6, 6)) {
+            if matches!((row.proto, row.version), (PROTO_UDP | PROTO_SCTP, _) | (PROTO_ICMP, 4) | (PROTO_ICMP6, 6)) {
                 now = now.max(row.ts);
                 self.packet(&row, blob);
             }
@@ -393,6 +454,10 @@ impl FlowTable {
             *seq += 1;
             let flip = if row.proto == PROTO_UDP {
                 LIKELY_SERVER_PORTS.contains(&src.1) && !LIKELY_SERVER_PORTS.contains(&dst.1)
+            } else if row.proto == PROTO_SCTP {
+                // an INIT ACK first: its receiver sent the INIT (an INIT's sender is the
+                // client, and so is the first sender of an association seen midway)
+                row.flags & SCTP_INIT_ACK != 0 && row.flags & SCTP_INIT == 0
             } else {
                 // a reply first: the requester (its port is the request type) is the client
                 let requests: &[u8] = if row.proto == PROTO_ICMP6 { &ICMP6_REQUESTS } else { &ICMP4_REQUESTS };
@@ -413,6 +478,7 @@ impl FlowTable {
                 icmp: None,
                 quoted: None,
                 path_mtu: None,
+                chunks: [0; 2],
                 attempts: 0,
                 seq: *seq,
             }
@@ -425,7 +491,10 @@ impl FlowTable {
         flow.end_ts_us = flow.end_ts_us.max(row.ts);
         let start = row.off as usize;
         let payload = || blob.get(start..start.saturating_add(row.caplen as usize)).unwrap_or(&[]);
-        if row.proto != PROTO_UDP {
+        if row.proto == PROTO_SCTP {
+            // no service: Zeek analyses no SCTP, and UDP's byte checks do not fit chunks
+            flow.chunks[side] |= row.flags;
+        } else if row.proto != PROTO_UDP {
             flow.icmp_message(row, side as u8, payload());
         } else if flow.service.is_none() && flow.attempts < SERVICE_ATTEMPTS && row.caplen > 0 {
             flow.attempts += 1;
@@ -510,15 +579,24 @@ impl FlowTable {
                 }
             }
             w.ou32(f.path_mtu);
+            w.u16(f.chunks[0]);
+            w.u16(f.chunks[1]);
             w.u8(f.attempts);
             w.u64(f.seq);
         }
         frame(MAGIC, VERSION, &w.0)
     }
 
-    /// The table a [`FlowTable::snapshot`] was taken of; an error says what is wrong.
+    /// The table a [`FlowTable::snapshot`] was taken of (this version's, or version 2's:
+    /// a checkpoint from before SCTP, whose flows have no chunk types); an error says what
+    /// is wrong.
     pub fn restore(data: &[u8]) -> Res<FlowTable> {
-        let mut r = R::new("UDP flow table", unframe("UDP flow table", MAGIC, VERSION, data)?);
+        // the envelope's version (magic, then a big-endian u16; state_bytes::frame)
+        let format = match data.get(4..6) {
+            Some(&[a, b]) if &data[..4] == MAGIC && u16::from_be_bytes([a, b]) == 2 => 2,
+            _ => VERSION,
+        };
+        let mut r = R::new("UDP flow table", unframe("UDP flow table", MAGIC, format, data)?);
         let mut t = FlowTable::new(r.i64()?, r.u64()? as usize);
         t.next_sweep = r.i64()?;
         t.next_seq = r.u64()?;
@@ -553,6 +631,7 @@ impl FlowTable {
                 None
             };
             let path_mtu = r.ou32()?;
+            let chunks = if format >= 3 { [r.u16()?, r.u16()?] } else { [0; 2] };
             let flow = Flow {
                 proto,
                 client,
@@ -567,6 +646,7 @@ impl FlowTable {
                 icmp,
                 quoted,
                 path_mtu,
+                chunks,
                 attempts: r.u8()?,
                 seq: r.u64()?,
             };
@@ -752,6 +832,116 @@ mod tests {
         t2.process(&b.0, &b.1);
         let data = t2.snapshot();
         assert_eq!(FlowTable::restore(&data).unwrap().snapshot(), data);
+    }
+
+    /// An SCTP row from 10.0.0.`s`:`sp` to 10.0.0.`d`:`dp` carrying chunk types `chunks`
+    /// (decode/transport.rs's `tcp_flags` bits) and `len` bytes of chunks.
+    fn sctp_row(ts: i64, (s, sp): (u8, u16), (d, dp): (u8, u16), chunks: &[u8], len: u32,
+                out: &mut (Vec<u8>, Vec<u8>)) {
+        let p = Packet {
+            ts_us: ts,
+            wire_len: 46 + len,
+            payload_len: len,
+            seq: 0xA1B2_C3D4,
+            src_ip: ip4(s),
+            dst_ip: ip4(d),
+            src_port: sp,
+            dst_port: dp,
+            tcp_flags: chunks.iter().fold(0, |f, t| f | 1 << t),
+            ip_version: 4,
+            proto: PROTO_SCTP,
+            wscale: -1,
+            ..Packet::default()
+        };
+        p.write(&mut out.0, out.1.len() as u32, 0);
+    }
+
+    /// An SCTP packet of [`sctp_flow`]: whether the client sends it, its chunk types.
+    type Sctp<'a> = (bool, &'a [u8]);
+
+    /// The one flow of SCTP packets between 10.0.0.1:5000 and 10.0.0.2:2905.
+    fn sctp_flow(ps: &[Sctp]) -> Flow {
+        let mut t = FlowTable::default();
+        let mut b = (Vec::new(), Vec::new());
+        for (i, (client, chunks)) in ps.iter().enumerate() {
+            let (c, s) = ((1, 5000), (2, 2905));
+            let (from, to) = if *client { (c, s) } else { (s, c) };
+            sctp_row(i as i64 * 1000, from, to, chunks, 20, &mut b);
+        }
+        t.process(&b.0, &b.1);
+        t.flush();
+        let [e] = t.take().try_into().unwrap();
+        e.flow
+    }
+
+    #[test]
+    fn an_sctp_association_is_one_flow_its_state_from_its_chunks() {
+        // INIT, INIT ACK, COOKIE ECHO + DATA, COOKIE ACK + SACK, SHUTDOWN, SHUTDOWN ACK,
+        // SHUTDOWN COMPLETE
+        let whole: [Sctp; 7] =
+            [(true, &[1]), (false, &[2]), (true, &[10, 0]), (false, &[11, 3]), (true, &[7]), (false, &[8]), (true, &[14])];
+        let f = sctp_flow(&whole);
+        assert_eq!((f.proto, f.client, f.server), (PROTO_SCTP, (ip4(1), 5000), (ip4(2), 2905)));
+        assert_eq!((f.packets, f.bytes, f.frame_bytes), ([4, 3], [80, 60], [264, 198]));
+        assert_eq!((f.conn_state(), f.service, f.icmp), ("SF", None, None));
+        assert_eq!(f.chunks, [1 << 1 | 1 << 10 | 1 | 1 << 7 | 1 << 14, 1 << 2 | 1 << 11 | 1 << 3 | 1 << 8]);
+        let cases: [(&[Sctp], &str); 10] = [
+            (&whole[..1], "S0"),
+            (&[(true, &[1]), (false, &[6])], "REJ"),
+            (&[(true, &[1]), (true, &[6])], "RSTOS0"),
+            (&whole[..4], "S1"),
+            (&whole[..5], "S2"),
+            (&[(true, &[1]), (false, &[2]), (false, &[7])], "S3"),
+            (&[(true, &[1]), (false, &[2]), (true, &[6])], "RSTO"),
+            (&[(true, &[1]), (false, &[2]), (true, &[0]), (false, &[6])], "RSTR"),
+            (&[(true, &[0]), (false, &[3])], "OTH"), // seen midway: no INIT
+            (&whole[..6], "SF"), // the SHUTDOWN ACK answers the close
+        ];
+        for (ps, state) in cases {
+            assert_eq!(sctp_flow(ps).conn_state(), state, "{ps:?}");
+        }
+        // the capture starts with the INIT ACK: its receiver is the client
+        let f = sctp_flow(&whole[1..]);
+        assert_eq!((f.client, f.packets, f.conn_state()), ((ip4(1), 5000), [3, 3], "OTH"));
+        let f = sctp_flow(&[(false, &[2]), (true, &[1])]);
+        assert_eq!((f.client, f.conn_state()), ((ip4(1), 5000), "S1"));
+    }
+
+    #[test]
+    fn sctp_chunks_survive_a_snapshot_and_a_version_2_snapshot_restores() {
+        let mut t = FlowTable::default();
+        let mut b = (Vec::new(), Vec::new());
+        sctp_row(10, (1, 5000), (2, 2905), &[1], 20, &mut b);
+        sctp_row(20, (2, 2905), (1, 5000), &[2], 20, &mut b);
+        t.process(&b.0, &b.1);
+        let data = t.snapshot();
+        let mut r = FlowTable::restore(&data).unwrap();
+        assert_eq!(r.snapshot(), data);
+        r.flush();
+        assert_eq!(r.take()[0].flow.conn_state(), "S1");
+        // version 2 (before SCTP): the same flow's bytes without the 4 bytes of chunk
+        // types, just before its attempts (1 byte) and creation order (8 bytes)
+        let mut body = unframe("", MAGIC, VERSION, &data).unwrap().to_vec();
+        body.drain(body.len() - 13..body.len() - 9);
+        let old = frame(MAGIC, 2, &body);
+        let mut r = FlowTable::restore(&old).unwrap();
+        r.flush();
+        let [e] = r.take().try_into().unwrap();
+        assert_eq!((e.flow.chunks, e.flow.packets, e.flow.conn_state()), ([0, 0], [1, 1], "OTH"));
+        assert!(FlowTable::restore(&frame(MAGIC, 1, &body)).unwrap_err().contains("version 1"));
+    }
+
+    #[test]
+    fn an_icmp_error_quoting_sctp_keeps_its_ports() {
+        let mut quoted = vec![0x45, 0, 0, 60, 0, 0, 0x40, 0, 64, 132, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2];
+        quoted.extend_from_slice(&[0x13, 0x88, 0x0b, 0x59, 1, 2, 3, 4]);
+        let mut t = FlowTable::default();
+        let mut b = (Vec::new(), Vec::new());
+        icmp_row(100, (2, 1), (3, 3, 0), &quoted, &mut b);
+        t.process(&b.0, &b.1);
+        t.flush();
+        let q = t.take()[0].flow.quoted.unwrap();
+        assert_eq!((q.proto, q.src, q.dst), (PROTO_SCTP, (ip4(1), 5000), (ip4(2), 2905)));
     }
 
     #[test]

@@ -107,4 +107,17 @@ mod tests {
         assert_eq!(partition_of(&p, u32::MAX), 2_463_535_881);
         assert_eq!(partition_of(&p, 4), 2_463_535_881 % 4);
     }
+
+    #[test]
+    fn an_sctp_association_is_on_one_partition_and_not_on_its_udp_twins_key() {
+        let a = [10u8, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        let b = [10u8, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        let out = Packet { proto: 132, src_ip: a, src_port: 40000, dst_ip: b, dst_port: 2905, ..Packet::default() };
+        let back = Packet { src_ip: b, src_port: 2905, dst_ip: a, dst_port: 40000, ..out };
+        for n in 1..64 {
+            assert_eq!(partition_of(&out, n), partition_of(&back, n));
+        }
+        // the protocol is in the key: SCTP and UDP between the same endpoints are two flows
+        assert_ne!(canonical_key(132, &a, 40000, &b, 2905), canonical_key(17, &a, 40000, &b, 2905));
+    }
 }

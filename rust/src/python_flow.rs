@@ -1,4 +1,4 @@
-//! `FlowTable` (the UDP and ICMP flows of `flow.rs`) for `processors/flows.py`, and the Community
+//! `FlowTable` (the UDP, ICMP and SCTP flows of `flow.rs`) for `processors/flows.py`, and the Community
 //! ID for records Python builds itself: the same function the core's own records use, so
 //! that no second implementation can disagree with it.
 
@@ -14,6 +14,7 @@ use crate::python::buffer_bytes;
 use crate::tcp::connection::{connection_id, ip_text};
 
 const PROTO_UDP: u8 = 17;
+const PROTO_SCTP: u8 = 132;
 
 /// The Community ID v1 of a flow between `(ip0, port0)` and `(ip1, port1)` (addresses as
 /// text) over IP protocol `proto`, with `seed`; None if either is not an address or they
@@ -24,7 +25,7 @@ pub fn community_id_of(seed: u16, ip0: &str, port0: u16, ip1: &str, port1: u16, 
     community_id::of_text(seed, ip0, port0, ip1, port1, proto)
 }
 
-/// The UDP flows of one source on one partition; records come back as dicts (the
+/// The UDP, ICMP and SCTP flows of one source on one partition; records come back as dicts (the
 /// `wire.flows` fields the table knows: no identity, no source id).
 #[pyclass(name = "FlowTable", module = "wirestream._core")]
 pub struct PyFlowTable {
@@ -42,7 +43,7 @@ impl PyFlowTable {
         PyFlowTable { inner: FlowTable::new(timeout_us, max_flows), community_id_seed }
     }
 
-    /// A batch's header block (80 bytes per packet; rows other than UDP are skipped) and
+    /// A batch's header block (80 bytes per packet; rows other than UDP, ICMP and SCTP are skipped) and
     /// payload blob, read in place; the records of the flows that ended, in order.
     fn process<'py>(&mut self, py: Python<'py>, headers: &Bound<'py, PyAny>,
                     payloads: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyList>> {
@@ -100,8 +101,14 @@ fn record<'py>(py: Python<'py>, e: &Ended, seed: u16) -> PyResult<Bound<'py, PyD
     let (client_ip, server_ip) = (ip_text(&cip, f.version), ip_text(&sip, f.version));
     let d = PyDict::new(py);
     d.set_item(intern!(py, "flow_id"), connection_id(&client_ip, cport, &server_ip, sport, f.start_ts_us))?;
-    // Zeek's proto names: "icmp" for ICMPv6 too (the IP version tells them apart)
-    d.set_item(intern!(py, "transport"), if f.proto == PROTO_UDP { "udp" } else { "icmp" })?;
+    // Zeek's proto names: "icmp" for ICMPv6 too (the IP version tells them apart); SCTP,
+    // which Zeek calls unknown_transport, by its name (sinks/zeek.py writes Zeek's)
+    let transport = match f.proto {
+        PROTO_UDP => "udp",
+        PROTO_SCTP => "sctp",
+        _ => "icmp",
+    };
+    d.set_item(intern!(py, "transport"), transport)?;
     d.set_item(intern!(py, "client_ip"), &client_ip)?;
     d.set_item(intern!(py, "client_port"), cport)?;
     d.set_item(intern!(py, "server_ip"), &server_ip)?;
@@ -124,6 +131,7 @@ fn record<'py>(py: Python<'py>, e: &Ended, seed: u16) -> PyResult<Bound<'py, PyD
         // keep it: an error's id is the sender's)
         Some(m) if m.side == 0 => community_id::of_icmp(seed, &cip[..n], &sip[..n], f.proto, m.icmp_type, m.code),
         Some(m) => community_id::of_icmp(seed, &sip[..n], &cip[..n], f.proto, m.icmp_type, m.code),
+        // UDP and SCTP: the ports, as TCP's (the Community ID spec)
         None => community_id::community_id(seed, &cip[..n], &sip[..n], f.proto, Some((cport, sport)), false),
     };
     d.set_item(intern!(py, "community_id"), cid)?;
@@ -136,10 +144,11 @@ fn record<'py>(py: Python<'py>, e: &Ended, seed: u16) -> PyResult<Bound<'py, PyD
             let transport = match q.proto {
                 6 => "tcp".to_string(),
                 17 => "udp".to_string(),
+                PROTO_SCTP => "sctp".to_string(),
                 1 | 58 => "icmp".to_string(),
                 other => other.to_string(),
             };
-            let ports = matches!(q.proto, 6 | 17);
+            let ports = matches!(q.proto, 6 | 17 | PROTO_SCTP);
             d.set_item(intern!(py, "quoted_transport"), transport)?;
             d.set_item(intern!(py, "quoted_src_ip"), ip_text(&q.src.0, q.version))?;
             d.set_item(intern!(py, "quoted_src_port"), ports.then_some(q.src.1))?;

@@ -8,6 +8,8 @@ pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;
 pub const PROTO_ICMP: u8 = 1;
 pub const PROTO_ICMP6: u8 = 58;
+/// SCTP (RFC 9260): a packet row like UDP's, its chunk types in `tcp_flags` (transport.rs)
+pub const PROTO_SCTP: u8 = 132;
 
 // IPv6 extension headers walked through (RFC 8200 section 4); ESP (50) ends the walk.
 const IPV6_HOP_BY_HOP: u8 = 0;

@@ -39,6 +39,19 @@ fn udp(payload: &[u8]) -> Vec<u8> {
     v
 }
 
+/// An SCTP packet from port 40000 to 2905 with verification tag 0x01020304 and `chunks`
+/// (type, value): each chunk's length is its header's 4 bytes and the value, padded to 4.
+fn sctp(chunks: &[(u8, &[u8])]) -> Vec<u8> {
+    let mut v = vec![0x9c, 0x40, 0x0b, 0x59, 1, 2, 3, 4, 0xde, 0xad, 0xbe, 0xef];
+    for (kind, value) in chunks {
+        v.extend_from_slice(&[*kind, 0]);
+        v.extend_from_slice(&((4 + value.len()) as u16).to_be_bytes());
+        v.extend_from_slice(value);
+        v.resize(v.len().next_multiple_of(4), 0);
+    }
+    v
+}
+
 fn ethernet(etype: u16, net: &[u8]) -> Vec<u8> {
     let mut v = MAC.to_vec();
     v.extend_from_slice(&etype.to_be_bytes());
@@ -149,6 +162,42 @@ fn tso_zero_lengths_trust_the_capture() {
 }
 
 #[test]
+fn sctp_is_a_packet_its_chunk_types_in_the_flags() {
+    // DATA (0) with 5 bytes of user data (padded), SACK (3), an AUTH (15: "other")
+    let chunks = sctp(&[(0, &[0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, b'h', b'e', b'l', b'l', b'o']), (3, &[0; 12]), (15, &[])]);
+    let (p, payload) = decode(LINKTYPE_ETHERNET, &ethernet(0x0800, &ipv4(132, &chunks))).unwrap();
+    assert_eq!((p.proto, p.src_port, p.dst_port, p.seq, p.ack), (132, 40000, 2905, 0x0102_0304, 0));
+    assert_eq!((p.tcp_flags, p.window, p.wscale, p.options), (1 | 1 << 3 | 1 << 15, 0, -1, 0));
+    assert_eq!((p.payload_len as usize, payload.as_slice()), (chunks.len() - 12, &chunks[12..]));
+    // IPv6: an INIT (1) alone, after a destination-options header
+    let mut ext = vec![132, 0, 1, 4, 0, 0, 0, 0];
+    ext.extend_from_slice(&sctp(&[(1, &[0; 16])]));
+    let (p, payload) = decode(LINKTYPE_RAW, &ipv6(60, &ext)).unwrap();
+    assert_eq!((p.ip_version, p.proto, p.tcp_flags, p.payload_len, payload.len()), (6, 132, 1 << 1, 20, 20));
+    // SHUTDOWN COMPLETE (14) and ABORT (6): no value; a chunk length under 4 ends the walk
+    let (p, _) = decode(LINKTYPE_RAW, &ipv4(132, &sctp(&[(14, &[]), (6, &[])]))).unwrap();
+    assert_eq!(p.tcp_flags, 1 << 14 | 1 << 6);
+    let mut bad = sctp(&[(10, &[1, 2, 3, 4])]);
+    bad.extend_from_slice(&[6, 0, 0, 2, 11, 0, 0, 4]); // ABORT with length 2, then COOKIE ACK
+    assert_eq!(decode(LINKTYPE_RAW, &ipv4(132, &bad)).unwrap().0.tcp_flags, 1 << 10 | 1 << 6);
+    // no chunks at all: still a packet (a bare common header), no flags
+    let (p, payload) = decode(LINKTYPE_RAW, &ipv4(132, &sctp(&[]))).unwrap();
+    assert_eq!((p.tcp_flags, p.payload_len, payload.len()), (0, 0, 0));
+}
+
+#[test]
+fn an_sctp_packet_snapped_keeps_its_length_and_the_chunk_types_captured() {
+    let frame = ethernet(0x0800, &ipv4(132, &sctp(&[(0, &[7u8; 100]), (3, &[0; 12])])));
+    // cut inside the DATA chunk: its type is seen, the SACK after it is not
+    let (p, payload) = decode(LINKTYPE_ETHERNET, &frame[..frame.len() - 60]).unwrap();
+    assert_eq!((p.payload_len, payload.len(), p.tcp_flags), (120, 60, 1));
+    let f = Frame { number: 1, ts_us: 0, linktype: LINKTYPE_ETHERNET, data: &frame, orig_len: 0 };
+    let (p, payload) = decode_frame(&f, 10, &mut Walk::default()).unwrap();
+    // the snap length cuts the payload, not the walk over the frame's chunks
+    assert_eq!((payload.len(), p.tcp_flags), (10, 1 | 1 << 3));
+}
+
+#[test]
 fn every_drop_reason() {
     let v4 = ipv4(6, &tcp(0x10, &[], b""));
     let mut frag = v4.clone();
@@ -173,6 +222,8 @@ fn every_drop_reason() {
         (LINKTYPE_RAW, v4[..30].to_vec(), Drop::TruncatedTransport),
         (LINKTYPE_RAW, bad_doff, Drop::TruncatedTransport),
         (LINKTYPE_RAW, ipv4(17, &[0; 7]), Drop::TruncatedTransport),
+        (LINKTYPE_RAW, ipv4(132, &sctp(&[])[..11]), Drop::TruncatedTransport), // SCTP: 12 header bytes
+        (LINKTYPE_RAW, ipv6(132, &sctp(&[])[..4]), Drop::TruncatedTransport),
         (LINKTYPE_RAW, vec![0x50; 40], Drop::BadIpVersion),
         (LINKTYPE_ETHERNET, ethernet(0x0800, &[0x60; 20]), Drop::BadIpVersion),
     ];
@@ -200,6 +251,7 @@ fn hostile_bytes_never_panic() {
     let good = [
         ethernet(0x0800, &ipv4(6, &tcp(0x02, &[2, 4, 5, 0xb4, 1, 3, 3, 7], b"abc"))),
         ethernet(0x86dd, &ipv6(0, &[17, 0, 0, 0, 0, 0, 0, 0, 0x30, 0x39, 0, 53, 0, 9, 0, 0, 1])),
+        ethernet(0x0800, &ipv4(132, &sctp(&[(1, &[0; 16]), (0, b"abcdefgh"), (3, &[0; 12])]))),
     ];
     let mut d = Decoder::new(65535);
     for i in 0..200_000u64 {
@@ -208,7 +260,7 @@ fn hostile_bytes_never_panic() {
             let n = (rng(&mut s) % 96) as usize;
             (0..n).map(|_| rng(&mut s) as u8).collect()
         } else {
-            let mut f = good[(i / 2 % 2) as usize].clone();
+            let mut f = good[(i / 2 % good.len() as u64) as usize].clone();
             for _ in 0..1 + rng(&mut s) % 4 {
                 let at = (rng(&mut s) as usize) % f.len();
                 f[at] = rng(&mut s) as u8;

@@ -1,7 +1,8 @@
-//! The transport layer: TCP and UDP headers, the TCP options of SYN segments, and the
-//! ICMP/ICMPv6 header (its type and code, as the packed layout carries them).
+//! The transport layer: TCP and UDP headers, the TCP options of SYN segments, the
+//! ICMP/ICMPv6 header (its type and code, as the packed layout carries them), and SCTP's
+//! common header with the types of the chunks after it.
 
-use super::ip::{Ip, PROTO_ICMP, PROTO_ICMP6, PROTO_TCP, PROTO_UDP};
+use super::ip::{Ip, PROTO_ICMP, PROTO_ICMP6, PROTO_SCTP, PROTO_TCP, PROTO_UDP};
 use super::Drop;
 use crate::bytes::{be16, be32, u8_at};
 use crate::community_id::icmp_ports;
@@ -14,6 +15,12 @@ const OPT_SACK: u8 = 2;
 const OPT_TIMESTAMP: u8 = 4;
 const OPT_MSS: u8 = 8;
 const OPT_WSCALE: u8 = 16;
+
+/// SCTP's common header: source and destination port, verification tag, checksum.
+const SCTP_HEADER: usize = 12;
+/// The `tcp_flags` bit of SCTP chunk types above 14 (AUTH, I-DATA, ASCONF, RE-CONFIG,
+/// FORWARD-TSN, PAD, ...); types 0 (DATA) to 14 (SHUTDOWN COMPLETE) are bit `1 << type`.
+pub const SCTP_CHUNK_OTHER: u16 = 1 << 15;
 
 /// A transport header, decoded. UDP has zero seq/ack/window/flags/options and wscale -1.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -39,6 +46,7 @@ pub fn parse(d: &[u8], ip: &Ip) -> Result<Transport, Drop> {
         PROTO_UDP => udp(d, ip),
         PROTO_ICMP if ip.version == 4 => icmp(d, ip),
         PROTO_ICMP6 if ip.version == 6 => icmp(d, ip),
+        PROTO_SCTP => sctp(d, ip),
         _ => Err(Drop::UnsupportedTransport),
     }
 }
@@ -133,6 +141,51 @@ fn icmp(d: &[u8], ip: &Ip) -> Result<Transport, Drop> {
         payload_len: floor_len(ip.l4_len - 8),
         start: off + 8,
     })
+}
+
+/// An SCTP packet (RFC 9260; docs/packet-layout.md, "SCTP"): the ports of its common
+/// header, its verification tag in `seq`, and in `tcp_flags` which chunk types it carries
+/// (bit `1 << type` for DATA 0 to SHUTDOWN COMPLETE 14, [`SCTP_CHUNK_OTHER`] for any
+/// other), so that the flow table tells an association's setup, shutdown and abort
+/// without its bytes; the payload is the chunks (everything after the 12 bytes), cut at
+/// the snap length as UDP's.
+fn sctp(d: &[u8], ip: &Ip) -> Result<Transport, Drop> {
+    let off = ip.off;
+    let t = Drop::TruncatedTransport;
+    if d.len() < off.saturating_add(SCTP_HEADER) {
+        return Err(t);
+    }
+    let payload_len = floor_len(ip.l4_len - SCTP_HEADER as i64);
+    Ok(Transport {
+        sport: be16(d, off).ok_or(t)?,
+        dport: be16(d, off + 2).ok_or(t)?,
+        seq: be32(d, off + 4).ok_or(t)?,
+        ack: 0,
+        window: 0,
+        flags: sctp_chunk_types(d, off + SCTP_HEADER, payload_len as usize),
+        wscale: -1,
+        options: 0,
+        payload_len,
+        start: off + SCTP_HEADER,
+    })
+}
+
+/// The chunk types of the `len` bytes of chunks at `pos` (as far as they were captured),
+/// as `tcp_flags` bits. A chunk's length covers its 4-byte header and value, not the
+/// padding to a multiple of 4; a length under 4 is malformed and ends the walk (what was
+/// read before is kept).
+fn sctp_chunk_types(d: &[u8], mut pos: usize, len: usize) -> u16 {
+    let end = pos.saturating_add(len).min(d.len());
+    let mut types = 0u16;
+    while pos.saturating_add(4) <= end {
+        let (Some(kind), Some(length)) = (u8_at(d, pos), be16(d, pos + 2)) else { break };
+        types |= if kind <= 14 { 1 << kind } else { SCTP_CHUNK_OTHER };
+        if length < 4 {
+            break;
+        }
+        pos = pos.saturating_add((usize::from(length) + 3) & !3);
+    }
+    types
 }
 
 /// A length from headers, floored at 0 (and at most u32: frames are under 256 MiB).
