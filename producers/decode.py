@@ -1,4 +1,4 @@
-"""Decode captured frames down to TCP/UDP/ICMP headers: link layer -> IP -> transport.
+"""Decode captured frames down to TCP/UDP/ICMP/SCTP headers: link layer -> IP -> transport.
 
 The output is one packed header per packet (``wirestream.packet_block`` layout) plus the
 captured payload bytes. Anything that is not IPv4/IPv6 TCP, UDP or ICMP, or that is damaged,
@@ -9,7 +9,7 @@ reason                      meaning
 ==========================  ==========================================================
 ``non_ip``                  link-layer payload is not IPv4/IPv6 (ARP, LLDP, STP, ...)
 ``unsupported_linktype``    a pcapng interface with a link type we do not decode
-``unsupported_transport``   IP payload is not TCP, UDP or ICMP/ICMPv6 (IGMP, ESP, SCTP, ...)
+``unsupported_transport``   IP payload is not TCP, UDP, ICMP/ICMPv6 or SCTP (IGMP, ESP, AH, ...)
 ``ip_fragment``             an IP fragment held for reassembly: its bytes go out in the
                             reassembled datagram, on the frame of the fragment that
                             completes it (or are counted as timed out or evicted)
@@ -17,7 +17,7 @@ reason                      meaning
                             bytes, a non-last one of 0 or not a multiple of 8 bytes)
 ``truncated_link``          frame too short for its link-layer header
 ``truncated_ip``            IP header cut off, or a bad header length
-``truncated_transport``     TCP/UDP header (ICMP's 8 bytes) cut off, or a bad TCP data offset
+``truncated_transport``     TCP/UDP header (ICMP's 8 bytes, SCTP's 12) cut off, or a bad TCP data offset
 ``bad_ip_version``          the version nibble is neither 4 nor 6
 ``bad_tunnel``              a tunnel's header cut off or malformed (VXLAN, Geneve,
                             GRE/ERSPAN, Teredo, GTP-U, PPPoE, MPLS)

@@ -394,7 +394,7 @@ def print_summary(result: Any, top: int = 15, out_dir: str | None = None, consol
     what = (f"live capture on {live[0].path} ({live[0].mode})" if live
             else f"{len(result.files)} file(s)")
     console.print(
-        f"[bold]{what}[/], {frames:,} frames, {packets:,} TCP/UDP/ICMP packets, "
+        f"[bold]{what}[/], {frames:,} frames, {packets:,} TCP/UDP/ICMP/SCTP packets, "
         f"{len(conns):,} TCP connections in {result.elapsed_s:.1f} s"
     )
     for f in live:

@@ -94,7 +94,10 @@ def ecs_event(topic: str, record: dict[str, Any]) -> dict[str, Any]:
     if "client_ip" in record:
         doc["source"] = {"ip": record["client_ip"], "port": record.get("client_port")}
         doc["destination"] = {"ip": record["server_ip"], "port": record.get("server_port")}
-        doc["network"] = {"transport": str(record.get("transport") or "tcp").lower()}
+        transport = str(record.get("transport") or "tcp").lower()
+        if transport == "icmp" and record.get("ip_version") == 6:
+            transport = "ipv6-icmp"  # ECS takes IANA's keyword; our records say "icmp" as Zeek does
+        doc["network"] = {"transport": transport}
     community_id = record.get("community_id")
     if community_id:  # ECS network.community_id: what SIEMs join Zeek's and Suricata's records on
         doc.setdefault("network", {})["community_id"] = community_id

@@ -109,6 +109,15 @@ def test_a_udp_flow_in_ecs_and_cef() -> None:
     assert doc["@timestamp"] == "2017-03-31T14:45:24.010094Z"
     cef = cef_event(FLOWS, flow)
     assert "proto=UDP" in cef and "app=dns" in cef and "out=69" in cef and "in=85" in cef, cef
+    # ECS network.transport is IANA's keyword: an ICMPv6 flow (transport "icmp", as Zeek
+    # writes it) is "ipv6-icmp"; an SCTP association "sctp"; the outer path rides along
+    echo6 = {**flow, "transport": "icmp", "ip_version": 6, "client_ip": "fd00::1", "server_ip": "fd00::2",
+             "tunnel": [{"kind": "vxlan", "id": 42, "outer_client_ip": "10.0.0.1", "outer_server_ip": "10.0.0.2"}]}
+    doc6 = ecs_event(FLOWS, echo6)
+    assert doc6["network"]["transport"] == "ipv6-icmp"
+    assert doc6["wirestream"]["tunnel"] == echo6["tunnel"]
+    assert ecs_event(FLOWS, {**flow, "transport": "icmp", "ip_version": 4})["network"]["transport"] == "icmp"
+    assert ecs_event(FLOWS, {**flow, "transport": "sctp"})["network"]["transport"] == "sctp"
 
 
 @pytest.fixture

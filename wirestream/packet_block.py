@@ -45,9 +45,9 @@ PACKET_FIELDS: tuple[tuple[str, str, str], ...] = (
     ("src_port", "<u2", "source port"),
     ("dst_port", "<u2", "destination port"),
     ("window", "<u2", "TCP window field as sent (not scaled)"),
-    ("tcp_flags", "<u2", "TCP flags: FIN 1, SYN 2, RST 4, PSH 8, ACK 16, URG 32, ECE 64, CWR 128, NS 256"),
+    ("tcp_flags", "<u2", "TCP flags: FIN 1, SYN 2, RST 4, PSH 8, ACK 16, URG 32, ECE 64, CWR 128, NS 256 (SCTP: chunk types, docs/packet-layout.md)"),
     ("ip_version", "u1", "4 or 6"),
-    ("proto", "u1", "IP protocol: 6 TCP, 17 UDP"),
+    ("proto", "u1", "IP protocol: 6 TCP, 17 UDP, 1 ICMP, 58 ICMPv6, 132 SCTP"),
     ("wscale", "i1", "TCP window-scale option shift of a SYN segment (clamped to 14), -1 if absent"),
     ("options", "u1", "TCP options of a SYN segment: 1 SACK-permitted, 2 SACK blocks, 4 timestamps, 8 MSS, 16 window scale (0 on other segments)"),
 )

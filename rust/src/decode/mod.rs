@@ -44,7 +44,7 @@ pub enum Drop {
     NonIp,
     /// a link type we do not decode
     UnsupportedLinktype,
-    /// IP payload is not TCP, UDP or ICMP/ICMPv6 (IGMP, ESP, SCTP, ...)
+    /// IP payload is not TCP, UDP, ICMP/ICMPv6 or SCTP (IGMP, ESP, AH, OSPF, ...)
     UnsupportedTransport,
     /// an IP fragment held for reassembly: its bytes go out in the reassembled datagram,
     /// on the frame of the fragment that completes it (or are counted as timed out/evicted)
