@@ -47,6 +47,13 @@ class Thresholds:
     timeouts: int = 5
     #: NXDOMAIN answers to one client
     nxdomain_per_client: int = 20
+    #: a service's busiest replica carries this many times the mean load of its replicas
+    #: (requests, or connections without requests) ...
+    backend_imbalance: float = 2.0
+    #: ... in windows of at least this many requests plus connections ...
+    backend_imbalance_min_requests: int = 100
+    #: ... this many windows in a row
+    backend_imbalance_windows: int = 3
 
     @classmethod
     def parse(cls, assignments: list[str]) -> Thresholds:
@@ -187,3 +194,31 @@ def detect(w: WindowCounts, source_id: str, service: str, previous_health: str |
                         f"{client} got {k['nxdomain']} NXDOMAIN answers from {service}",
                         client, nxdomain=k["nxdomain"], service_queries=c["dns_queries"],
                         threshold=t.nxdomain_per_client)
+
+
+def detect_imbalance(w: WindowCounts, source_id: str, service: str, record: Mapping[str, Any], streak: int,
+                     t: Thresholds) -> dict[str, Any] | None:
+    """``backend_imbalance``: one replica of a service carried ``t.backend_imbalance`` times
+    its replicas' mean load for ``t.backend_imbalance_windows`` windows in a row
+    (``streak``: the windows so far, this one included). Raised once per streak, at the
+    window that makes it sustained; the window's record has the per-pod shares."""
+    if streak != t.backend_imbalance_windows:
+        return None
+    window = f"{w.start_us}-{w.start_us + w.length_us}"
+    hot, share = record["hot_backend"], record["hot_backend_share"]
+    return {
+        "alert_id": alert_id(source_id, "backend_imbalance", service, None, window),
+        "source_id": source_id,
+        "ts_us": w.start_us + w.length_us,
+        "kind": "backend_imbalance",
+        "severity": "warning",
+        "summary": (f"{service}: replica {hot} carried {record['backend_imbalance']:.1f}x the mean load of "
+                    f"{len(record['backends'])} replicas ({share:.0%}) for {streak} windows in a row"),
+        "connection_id": None,
+        "service": service,
+        "evidence": {"window_start_ts_us": str(w.start_us), "window_end_ts_us": str(w.start_us + w.length_us),
+                     "hot_backend": str(hot), "imbalance": f"{record['backend_imbalance']:.3f}",
+                     "share": f"{share:.4f}", "replicas": str(len(record["backends"])), "windows": str(streak),
+                     "threshold": str(t.backend_imbalance)},
+        "community_id": None,
+    }

@@ -117,15 +117,21 @@ class Enricher:
                 record[f"{side}_namespace"] = ident["namespace"]
                 record[f"{side}_workload"] = ident["workload"]
                 record[f"{side}_node"] = ident["node"]
+                record[f"{side}_zone"] = ident.get("zone")
                 services = ident.get("services") or []
                 if side == "server" and len(services) == 1:
                     record["server_service"] = services[0].split("/", 1)[1]
             elif kind == "node":
                 record[f"{side}_node"] = ident["node"]
+                record[f"{side}_zone"] = ident.get("zone")
             elif kind == "service" and side == "server":
                 # a ClusterIP: the connection was made to the service, before any DNAT
                 record["server_service"] = ident["service"]
                 record["server_namespace"] = ident["namespace"]
+        if found:
+            # known only when both ends' zones are (a ClusterIP has none: DNAT picks the pod)
+            zones = record.get("client_zone"), record.get("server_zone")
+            record["cross_zone"] = None if None in zones else zones[0] != zones[1]
         self.enriched += found
 
 

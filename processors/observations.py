@@ -57,12 +57,46 @@ def service_of(record: dict[str, Any]) -> str:
 #: ``request``: CRC-32 of the request's method, host and target (retry detection);
 #: ``ts_us`` event time (connection end, request start, query time); ``value_us``
 #: handshake RTT, request latency or DNS latency (-1: none); then the connection's
-#: retransmitted data packets, data packets and zero windows.
+#: retransmitted data packets, data packets and zero windows; ``backend``: the server pod
+#: that answered (index into the strings, "" unknown: the service's spread over its
+#: replicas); ``bytes``: a connection's bytes both ways, a transaction's body bytes.
+#:
+#: A topology observation is a CONNECTION row whose ``service`` is a pair of zones or
+#: nodes (:func:`topology_keys`): the windows keep it as a service of its own.
 ROW_DTYPE = np.dtype([
     ("kind", "u1"), ("findings", "u1"), ("status", "<u2"), ("service", "<u4"), ("client", "<u4"),
     ("state", "<u4"), ("request", "<u4"), ("ts_us", "<i8"), ("value_us", "<i8"),
     ("retrans_data", "<i8"), ("data_packets", "<i8"), ("zero_window", "<i8"),
+    ("backend", "<u4"), ("bytes", "<i8"),
 ])
+#: the columns that are indexes into a batch's strings
+TEXT_COLUMNS = (3, 4, 5, 12)
+
+#: The prefixes of a topology window's key (``zone:A>B``, ``node:A>B``: ">" is in neither
+#: a label value nor a node name, and no service key starts so).
+ZONE_PAIR, NODE_PAIR = "zone:", "node:"
+
+
+def topology_keys(r: dict[str, Any]) -> list[str]:
+    """The topology windows a connection record counts in: its (client zone, server zone)
+    and (client node, server node) pairs, where enrichment knows both ends."""
+    keys = []
+    cz, sz = r.get("client_zone"), r.get("server_zone")
+    if cz and sz:
+        keys.append(f"{ZONE_PAIR}{cz}>{sz}")
+    cn, sn = r.get("client_node"), r.get("server_node")
+    if cn and sn:
+        keys.append(f"{NODE_PAIR}{cn}>{sn}")
+    return keys
+
+
+def topology_scope(key: str) -> str | None:
+    """``zone_pair``/``node_pair`` for a topology window's key, None for a service's."""
+    if key.startswith(ZONE_PAIR):
+        return "zone_pair"
+    if key.startswith(NODE_PAIR):
+        return "node_pair"
+    return None
 ROW_FIELDS = ROW_DTYPE.names
 
 Row = tuple  # in ROW_DTYPE order, with the three text fields still as str
@@ -73,7 +107,7 @@ def _observe_connection(r: dict[str, Any]) -> Row:
     rtt = r["handshake_rtt_us"]
     return (CONNECTION, 0, 0, service_of(r), r["client_ip"], r["state"], 0, r["end_ts_us"],
             -1 if rtt is None else rtt, round(r["retransmission_rate"] * data), data,
-            r["zero_window"])
+            r["zero_window"], r.get("server_pod") or "", r["bytes_c2s"] + r["bytes_s2c"])
 
 
 def _observe_transaction(r: dict[str, Any]) -> Row:
@@ -81,14 +115,15 @@ def _observe_transaction(r: dict[str, Any]) -> Row:
     request = f"{r['method']} {r['host'] or ''}{r['path'] or ''}"
     return (TRANSACTION, int(findings_of(r)), r["status"] or 0, service_of(r), r["client_ip"],
             r["error"] or "", zlib.crc32(request.encode("utf-8", "replace")), r["request_ts_us"],
-            -1 if latency is None else latency, 0, 0, 0)
+            -1 if latency is None else latency, 0, 0, 0, r.get("server_pod") or "",
+            (r.get("request_body_size") or 0) + (r.get("response_body_size") or 0))
 
 
 def _observe_dns(r: dict[str, Any]) -> Row:
     # The service of a DNS query is the resolver it asked.
     latency = r["latency_us"]
     return (DNS_QUERY, 0, 0, service_of(r), r["client_ip"], r["rcode"] or (r["error"] or ""),
-            0, r["query_ts_us"], -1 if latency is None else latency, 0, 0, 0)
+            0, r["query_ts_us"], -1 if latency is None else latency, 0, 0, 0, r.get("server_pod") or "", 0)
 
 
 OBSERVE: dict[str, Callable[[dict[str, Any]], Row]] = {
@@ -111,13 +146,13 @@ class _Pending:
     def add(self, row: Row) -> None:
         index = self.index
         ids = []
-        for text in (row[3], row[4], row[5]):
+        for text in (row[3], row[4], row[5], row[12]):
             i = index.get(text)
             if i is None:
                 i = index[text] = len(self.strings)
                 self.strings.append(text)
             ids.append(i)
-        self.rows.append((*row[:3], *ids, *row[6:]))
+        self.rows.append((*row[:3], *ids[:3], *row[6:12], ids[3], row[13]))
 
 
 def pack_rows(rows: list[Row]) -> bytes:
@@ -136,7 +171,7 @@ def unpack_rows(batch: dict[str, Any]) -> list[tuple]:
     strings = batch["strings"]
     cols = [arr[name].tolist() for name in ROW_FIELDS]
     try:
-        for k in (3, 4, 5):
+        for k in TEXT_COLUMNS:
             cols[k] = [strings[i] for i in cols[k]]
     except IndexError:
         raise ValueError("an observation refers to a string the batch does not have") from None
@@ -168,6 +203,13 @@ class Observer:
         if extract is None or not record.get("final", True):
             return  # interim connection records are not counted: the final one will be
         row = extract(record)
+        self._add(row)
+        if topic == CONNECTIONS:
+            for key in topology_keys(record):
+                # the same connection, counted again in its zone pair's and node pair's windows
+                self._add((*row[:3], key, *row[4:12], "", row[13]))
+
+    def _add(self, row: Row) -> None:
         service = row[3]
         part = self._partition_of.get(service)
         if part is None:

@@ -31,9 +31,17 @@ from fastdigest import TDigest
 
 from wirestream.topics import ALERTS, SERVICE_METRICS
 
-from .detections import Thresholds, WindowCounts, detect
+from .detections import Thresholds, WindowCounts, detect, detect_imbalance
 from .findings import FINDING_COUNTERS, HEALTH_BANDS, health_band
-from .observations import CONNECTION, DNS_QUERY, TRANSACTION, unpack_rows
+from .observations import (
+    CONNECTION,
+    DNS_QUERY,
+    NODE_PAIR,
+    TRANSACTION,
+    ZONE_PAIR,
+    topology_scope,
+    unpack_rows,
+)
 from .tcp_connection import State
 
 log = logging.getLogger(__name__)
@@ -43,6 +51,9 @@ Emit = Callable[[str, str | None, dict[str, Any]], None]
 DIGEST_CENTROIDS = 1000
 #: per window, distinct recent (client, request) pairs followed for retry detection
 MAX_RETRY_KEYS = 20_000
+#: per window, the server pods (replicas) whose share is kept; more are counted together
+#: under ``backends_over_limit`` (a service of 1,000 replicas is not one window's business)
+MAX_BACKENDS = 1000
 
 _STATE = struct.Struct("<II")  # window state: JSON length, handshake RTT digest length
 #: connection states counted per window (an observation's state is the record's string)
@@ -50,7 +61,7 @@ _CONNECTION_STATES = tuple(s.value for s in (State.RESET, State.REFUSED,
                                              State.INCOMPLETE_HANDSHAKE, State.HALF_OPEN))
 _COUNTS = ("connections", "requests", "errors_4xx", "errors_5xx", "status_429", "retrans_data",
            "data_packets", "zero_window_connections", "zero_windows", "no_response",
-           "dns_queries", *_CONNECTION_STATES)
+           "dns_queries", "bytes", "backends_over_limit", *_CONNECTION_STATES)
 
 
 @dataclass
@@ -72,6 +83,8 @@ class Window:
         self.rtt = TDigest(max_centroids=DIGEST_CENTROIDS)
         self.latency = TDigest(max_centroids=DIGEST_CENTROIDS)
         self.clients: dict[str, dict[str, Any]] = {}
+        #: server pod -> [requests, connections, bytes of its connections]
+        self.backends: dict[str, list[int]] = {}
         self.last_request: dict[tuple[str, int], int] = {}  # (client, request crc) -> ts last seen
         self.newest = 0  # latest request time seen
         self.pruned_at = 0
@@ -79,8 +92,19 @@ class Window:
     def add(self, row: tuple, t: Thresholds) -> None:
         """Add one observation (a ``processors.observations.ROW_DTYPE`` row)."""
         (kind, findings, status, _service, client, state, request, ts, value,
-         retrans_data, data_packets, zero_window) = row
+         retrans_data, data_packets, zero_window, backend, nbytes) = row
         c = self.counts
+        if backend:
+            b = self.backends.get(backend)
+            if b is None and len(self.backends) < MAX_BACKENDS:
+                b = self.backends[backend] = [0, 0, 0]
+            if b is None:
+                c["backends_over_limit"] += 1
+            elif kind == CONNECTION:
+                b[1] += 1
+                b[2] += nbytes
+            else:
+                b[0] += 1
         if kind == TRANSACTION:
             c["requests"] += 1
             if 400 <= status < 500:
@@ -110,6 +134,7 @@ class Window:
                 self.last_request[key] = ts
         elif kind == CONNECTION:
             c["connections"] += 1
+            c["bytes"] += nbytes
             c["retrans_data"] += retrans_data
             c["data_packets"] += data_packets
             if zero_window:
@@ -155,7 +180,7 @@ class Window:
 
     def dumps(self) -> bytes:
         head = json.dumps({"start": self.start_us, "length": self.length_us, "offset": self.offset,
-                           "counts": self.counts, "clients": self.clients},
+                           "counts": self.counts, "clients": self.clients, "backends": self.backends},
                           separators=(",", ":")).encode()
         rtt = self.rtt.to_bytes()
         return b"".join((_STATE.pack(len(head), len(rtt)), head, rtt, self.latency.to_bytes()))
@@ -170,6 +195,7 @@ class Window:
         w.offset = d["offset"]
         w.counts.update(d["counts"])
         w.clients = d["clients"]
+        w.backends = d.get("backends", {})  # a window stored before replicas were counted
         w.rtt = TDigest.from_bytes(data[pos:pos + n_rtt])
         w.latency = TDigest.from_bytes(data[pos + n_rtt:])
         return w
@@ -177,9 +203,27 @@ class Window:
     def detection_input(self) -> WindowCounts:
         return WindowCounts(self.start_us, self.length_us, self.counts, self.clients)
 
+    def spread(self) -> dict[str, Any]:
+        """How the window's requests (or, for a service without requests, its connections)
+        spread over the server pods: per pod its counts, the imbalance (the busiest pod's
+        load over the mean; None below two pods), the busiest pod and its share."""
+        backends = self.backends
+        basis = 0 if any(b[0] for b in backends.values()) else 1
+        total = sum(b[basis] for b in backends.values())
+        rows = [{"pod": pod, "requests": b[0], "connections": b[1], "bytes": b[2]}
+                for pod, b in sorted(backends.items())]
+        out: dict[str, Any] = {"backends": rows, "backend_imbalance": None, "hot_backend": None,
+                               "hot_backend_share": None}
+        if len(backends) >= 2 and total:
+            hot = max(sorted(backends), key=lambda pod: backends[pod][basis])
+            out.update(backend_imbalance=backends[hot][basis] / (total / len(backends)), hot_backend=hot,
+                       hot_backend_share=backends[hot][basis] / total)
+        return out
+
     def record(self, source_id: str, service: str) -> dict[str, Any]:
         c = self.counts
         rate = c["retrans_data"] / c["data_packets"] if c["data_packets"] else 0.0
+        scope = topology_scope(service)
         rec: dict[str, Any] = {
             "service": service,
             "source_id": source_id,
@@ -198,6 +242,17 @@ class Window:
             for q in (50, 90, 99):
                 rec[f"{name}_p{q}_us"] = None if empty else digest.quantile(q / 100)
             rec[f"{name}_digest"] = None if empty else digest_json(digest)
+        rec["bytes"] = c["bytes"]
+        rec["scope"] = scope or "service"
+        if scope is None:
+            rec.update(self.spread())
+        else:
+            rec.update(backends=[], backend_imbalance=None, hot_backend=None, hot_backend_share=None)
+            client, server = service[len(ZONE_PAIR if scope == "zone_pair" else NODE_PAIR):].split(">", 1)
+            side = "zone" if scope == "zone_pair" else "node"
+            rec[f"client_{side}"], rec[f"server_{side}"] = client, server
+            if scope == "zone_pair":
+                rec["cross_zone"] = client != server
         return rec
 
 
@@ -224,6 +279,7 @@ class _Source:
         self.done: set[int] = set()
         self.open: dict[str, int] = {}  # window key -> window start
         self.health: dict[str, str] = {}  # service -> band of its last window with data
+        self.imbalanced: dict[str, int] = {}  # service -> windows in a row with a hot replica
         self.late = 0
         self.malformed = 0
         self.duplicates = 0  # observation batches received twice (see handle)
@@ -235,7 +291,7 @@ class _Source:
             "watermarks": self.watermarks, "sequences": self.sequences,
             "done": sorted(self.done), "open": self.open,
             "health": self.health, "late": self.late, "malformed": self.malformed,
-            "duplicates": self.duplicates,
+            "duplicates": self.duplicates, "imbalanced": self.imbalanced,
             "emitted": self.emitted,
         }, separators=(",", ":")).encode()
 
@@ -250,6 +306,7 @@ class _Source:
         s.open, s.health, s.emitted = d["open"], d["health"], d["emitted"]
         s.malformed = d.get("malformed", 0)
         s.duplicates = d.get("duplicates", 0)
+        s.imbalanced = d.get("imbalanced", {})
         return s
 
     def watermark(self) -> int | None:
@@ -389,8 +446,25 @@ class ServiceWindows:
             del src.open[wkey]
             return
         service = wkey.split("|", 3)[3]
-        self.emit(SERVICE_METRICS, service, w.record(source_id, service))
+        record = w.record(source_id, service)
+        self.emit(SERVICE_METRICS, service, record)
         src.emitted[SERVICE_METRICS] += 1
+        if record["scope"] != "service":  # a zone or node pair: measured, not judged
+            del src.open[wkey]
+            self._forget(wkey)
+            return
+        t = self.options.thresholds
+        imbalance = record["backend_imbalance"]
+        # sustained: this many windows in a row, each with enough requests to tell
+        if (imbalance is not None and imbalance >= t.backend_imbalance
+                and w.counts["requests"] + w.counts["connections"] >= t.backend_imbalance_min_requests):
+            src.imbalanced[service] = src.imbalanced.get(service, 0) + 1
+        else:
+            src.imbalanced.pop(service, None)
+        alert = detect_imbalance(w.detection_input(), source_id, service, record, src.imbalanced.get(service, 0), t)
+        if alert is not None:
+            self.emit(ALERTS, service, alert)
+            src.emitted[ALERTS] += 1
         previous = src.health.get(service)
         for alert in detect(w.detection_input(), source_id, service, previous,
                             self.options.thresholds):

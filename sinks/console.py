@@ -199,8 +199,30 @@ def _services(records: dict[str, list[dict[str, Any]]]) -> list[ServiceSummary]:
     """Services over the whole run, busiest first."""
     from wirestream.processors.service_windows import merge_windows
 
-    merged = merge_windows(records.get(SERVICE_METRICS, []))
+    windows = [r for r in records.get(SERVICE_METRICS, []) if r.get("scope", "service") == "service"]
+    merged = merge_windows(windows)
     return sorted(merged.values(), key=lambda s: (-(s.requests + s.connections), s.service))
+
+
+def _topology(records: dict[str, list[dict[str, Any]]]) -> list[tuple[str, ServiceSummary, int]]:
+    """Zone pairs then node pairs over the whole run: (scope, merged windows, bytes)."""
+    from wirestream.processors.service_windows import merge_windows
+
+    out = []
+    for scope in ("zone_pair", "node_pair"):
+        windows = [r for r in records.get(SERVICE_METRICS, []) if r.get("scope") == scope]
+        nbytes: dict[str, int] = {}
+        for r in windows:
+            nbytes[r["service"]] = nbytes.get(r["service"], 0) + (r.get("bytes") or 0)
+        merged = merge_windows(windows)
+        out += [(scope, m, nbytes[m.service]) for m in sorted(merged.values(), key=lambda m: m.service)]
+    return out
+
+
+def _topology_json(scope: str, s: ServiceSummary, nbytes: int) -> dict[str, Any]:
+    client, server = s.service.split(":", 1)[1].split(">", 1)
+    return {"scope": scope, "client": client, "server": server, "windows": s.windows,
+            "connections": s.connections, "bytes": nbytes, "handshake_rtt_us": s.quantiles("handshake_rtt")}
 
 
 def _service_json(s: ServiceSummary) -> dict[str, Any]:
@@ -213,6 +235,26 @@ def _service_json(s: ServiceSummary) -> dict[str, Any]:
 
 
 _SEVERITY = {"critical": 0, "warning": 1, "info": 2}
+
+
+def print_topology(records: dict[str, list[dict[str, Any]]], console: Console) -> None:
+    """Connections between zones and between nodes (known from Kubernetes identity)."""
+    from rich.table import Table
+
+    pairs = _topology(records)
+    if not pairs:
+        return
+    table = Table(title="Between zones and nodes (handshake RTT from the merged t-digests of their windows)")
+    for col in ("between", "client side", "server side", "conns", "bytes", "handshake p50/p90/p99"):
+        table.add_column(col, justify="right" if col in ("conns", "bytes", "handshake p50/p90/p99") else "left")
+    for scope, s, nbytes in pairs:
+        client, server = s.service.split(":", 1)[1].split(">", 1)
+        kind = "zones" if scope == "zone_pair" else "nodes"
+        rtt = s.quantiles("handshake_rtt")
+        table.add_row(kind + (" (cross-zone)" if scope == "zone_pair" and client != server else ""),
+                      _text(client), _text(server), f"{s.connections:,}", f"{nbytes:,}",
+                      "/".join(_us(rtt[k]) for k in ("p50", "p90", "p99")))
+    console.print(table)
 
 
 def print_services(records: dict[str, list[dict[str, Any]]], top: int, console: Console) -> None:
@@ -356,6 +398,7 @@ def summary_json(result: Any) -> dict[str, Any]:
         "top_trouble": sorted(conns, key=trouble_key, reverse=True)[:10],
         "l7": l7_summary(result.records),
         "services": [_service_json(s) for s in _services(result.records)],
+        "topology": [_topology_json(*t) for t in _topology(result.records)],
         "alerts": dict(Counter(a["kind"] for a in result.records.get(ALERTS, [])).most_common()),
         "stages": {stage: {"received": t.received, "emitted": dict(t.emitted),
                            "dropped": dict(t.dropped), "counters": dict(t.counters)}
@@ -442,6 +485,7 @@ def print_summary(result: Any, top: int = 15, out_dir: str | None = None, consol
     print_flows(result.records, top, console)
     print_l7(result.records, top, console)
     print_services(result.records, top, console)
+    print_topology(result.records, console)
 
     stats = Table(title="Counters by stage")
     stats.add_column("stage")

@@ -81,6 +81,8 @@ class MetricsState:
         return OTHER
 
     def window(self, record: dict[str, Any]) -> None:
+        if record.get("scope", "service") != "service":
+            return  # a zone or node pair's window (docs/windows.md, "Topology"): no service series
         with self._lock:
             svc = self._service(record["service"])
             s = (("service", svc),)
