@@ -125,13 +125,15 @@ class Engine:
     # --- the records' way out: enrich, observe, then publish --------------------------------
 
     def _emit(self, topic: str, key: str | None, record: dict[str, Any]) -> None:
-        if self.tunnels.paths and topic in _TUNNEL_TOPICS:
-            # a flow's last record (a final connection record, a flow record) lets its
-            # path go; L7 records come before their connection's final one
-            final = topic == FLOWS or (topic == CONNECTIONS and record["final"])
-            path = self.tunnels.path_of(record, final)
-            if path:
-                record["tunnel"] = path
+        if topic in _TUNNEL_TOPICS:
+            # Every record of these kinds has the list (empty: no tunnel), as it reads back
+            # from Avro. A flow's last record (a final connection record, a flow record)
+            # lets its path go; L7 records come before their connection's final one.
+            if self.tunnels.paths:
+                final = topic == FLOWS or (topic == CONNECTIONS and record["final"])
+                record["tunnel"] = self.tunnels.path_of(record, final)
+            else:
+                record["tunnel"] = []
         if self.enricher is not None:
             self.enricher.enrich(topic, record)  # Kubernetes identity: the windows key by workload
         if self.observer is not None:

@@ -13,12 +13,21 @@ a record gets the identity its IP had **at the record's own time** (the connecti
 first packet, the request, the query, the ClientHello), not at processing time. Replaying
 last week's capture therefore names last week's pods, as long as the topic still holds
 them (compaction keeps the newest record per IP; see docs/kubernetes.md).
+
+The same feed reads ``wire.k8s-policies`` (NetworkPolicies and namespace labels) into the
+index's :class:`~.network_policy.PolicyTable`; once it holds anything, connection and
+flow records also get ``policy_verdict`` and ``policy_names``
+(:mod:`.network_policy`: the declared policies evaluated for the record's two ends), and
+:meth:`Enricher.enrich` returns the ``policy_violation`` alert of traffic that got through
+although denied. Policies are evaluated as they are *now* (as read), not as they were at
+the record's time: unlike pod IPs, they are not kept as a history.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,10 +40,16 @@ from wirestream.kafka_security import raise_if_fatal
 from wirestream.reader import partitions_of
 from wirestream.topics import CONNECTIONS, DNS, FLOWS, K8S_IDENTITY, RECORD_TIME, TLS, TRANSACTIONS
 
+from .network_policy import K8S_POLICIES, PolicyError, PolicyTable, endpoint_of, violation_alert
+
 log = logging.getLogger(__name__)
 
 #: the records with client and server endpoints; each is resolved at its RECORD_TIME
 ENRICHED_TOPICS = (CONNECTIONS, FLOWS, TRANSACTIONS, DNS, TLS)
+#: the records that get a NetworkPolicy verdict (a transaction, query, handshake is on one)
+POLICY_TOPICS = (CONNECTIONS, FLOWS)
+#: the tables the feed reads
+TABLES = (K8S_IDENTITY, K8S_POLICIES)
 #: a pod's start time has a resolution of one second: accept packets that much earlier
 START_GRACE_US = 1_000_000
 MAX_HISTORY = 8  # identities kept per IP
@@ -55,6 +70,15 @@ class IdentityIndex:
         self._by_ip: dict[str, list[_Entry]] = {}
         self._lock = threading.Lock()
         self.records = 0
+        #: wire.k8s-policies (the feed replaces what the table holds under this lock)
+        self.policies = PolicyTable()
+        self.policy_lock = threading.Lock()
+
+    def add_policy(self, key: str, record: dict[str, Any] | None) -> None:
+        """Take one ``wire.k8s-policies`` message (``None``: a tombstone, a deletion).
+        Raises :class:`~.network_policy.PolicyError` for a policy that cannot be read."""
+        with self.policy_lock:
+            self.policies.add(key, record)
 
     def add(self, ip: str, record: dict[str, Any] | None) -> None:
         """Take one ``wire.k8s-identity`` message (``None``: a tombstone, which changes
@@ -100,14 +124,19 @@ class Enricher:
     def __init__(self, index: IdentityIndex) -> None:
         self.index = index
         self.enriched = 0
+        self.policy_verdicts: dict[str, int] = {}
 
-    def enrich(self, topic: str, record: dict[str, Any]) -> None:
+    def enrich(self, topic: str, record: dict[str, Any]) -> list[dict[str, Any]]:
+        """Fill ``record``'s identity (and policy) fields; return the alerts it raises: a
+        ``policy_violation`` (wire.alerts) when its traffic got through although the
+        policies deny it. The engine publishes them (see docs/kubernetes.md for the hook)."""
         if topic not in ENRICHED_TOPICS or not self.index.records:
-            return
+            return []
         ts = record.get(RECORD_TIME[topic]) or record.get("start_ts_us") or 0
         found = False
+        idents = {}
         for side in ("client", "server"):
-            ident = self.index.lookup(record[f"{side}_ip"], ts)
+            ident = idents[side] = self.index.lookup(record[f"{side}_ip"], ts)
             if ident is None:
                 continue
             found = True
@@ -133,18 +162,43 @@ class Enricher:
             zones = record.get("client_zone"), record.get("server_zone")
             record["cross_zone"] = None if None in zones else zones[0] != zones[1]
         self.enriched += found
+        if topic in POLICY_TOPICS and self.index.policies.known:
+            return self._policy(topic, record, idents)
+        return []
+
+    def _policy(self, topic: str, record: dict[str, Any], idents: dict[str, dict[str, Any] | None]) -> list[dict[str, Any]]:
+        client = endpoint_of(record["client_ip"], idents["client"])
+        server = endpoint_of(record["server_ip"], idents["server"])
+        if not (client.is_pod or server.is_pod):
+            return []  # policies select pods: traffic between two non-pods is none of theirs
+        server_kind = (idents["server"] or {}).get("kind")
+        if server_kind == "service":
+            # a ClusterIP before DNAT: which backend pod got it (what ingress rules are
+            # about, and egress rules' pod selectors) is not known here
+            return []
+        protocol = (record.get("transport") or "tcp").upper()  # wire.connections: TCP
+        with self.index.policy_lock:
+            decision = self.index.policies.evaluate(client, server, record.get("server_port"), protocol)
+        record["policy_verdict"] = decision.verdict
+        record["policy_names"] = list(decision.policies)
+        self.policy_verdicts[decision.verdict] = self.policy_verdicts.get(decision.verdict, 0) + 1
+        alert = violation_alert(topic, record)
+        return [alert] if alert is not None else []
 
 
 class IdentityFeed(threading.Thread):
-    """Read ``wire.k8s-identity`` into an index: all of it at :meth:`start` (which returns
-    once the index has caught up with the topic's end), then whatever comes next.
+    """Read ``wire.k8s-identity`` (and ``wire.k8s-policies``) into an index: all of it at
+    :meth:`start` (which returns once the index has caught up with the topics' ends), then
+    whatever comes next.
 
     No idle work: where nothing publishes identities (no ``k8s-watch``: a laptop, a
-    capture file), the topic is empty and polling it would cost a packet worker ~7 % of its
-    CPU for nothing. So the feed reads only once the topic has records: until then it
+    capture file), the topics are empty and polling them would cost a packet worker ~7 % of
+    its CPU for nothing. So the feed reads only once a topic has records: until then it
     looks at the partitions' end offsets every :attr:`recheck_s` seconds (a watcher started
     later is still picked up, its identities a few seconds late); from the first record
-    on, it reads continuously."""
+    on, it reads continuously. ``wire.k8s-policies`` is created by the first watcher that
+    publishes policies: if it is not there when reading starts, it is looked for again
+    every :attr:`recheck_s` seconds."""
 
     #: how often an empty topic is looked at again
     RECHECK_S = 15.0
@@ -164,13 +218,13 @@ class IdentityFeed(threading.Thread):
         self._caught_up = threading.Event()
         self._ends = self._end_offsets()
 
-    def _end_offsets(self) -> dict[int, tuple[int, int]]:
-        """partition -> (its first offset, its end offset) now (no partitions: the topic
-        does not exist yet)."""
+    def _end_offsets(self, topics: tuple[str, ...] = TABLES) -> dict[tuple[str, int], tuple[int, int]]:
+        """(topic, partition) -> (its first offset, its end offset) now (no partitions of a
+        topic: it does not exist yet)."""
         self.end_checks += 1
         ends = {}
-        for tp in partitions_of(self.bootstrap, [K8S_IDENTITY]):
-            ends[tp.partition] = self._consumer.get_watermark_offsets(tp, timeout=10)
+        for tp in partitions_of(self.bootstrap, topics):
+            ends[(tp.topic, tp.partition)] = self._consumer.get_watermark_offsets(tp, timeout=10)
         return ends
 
     def start(self, timeout: float = 30.0) -> None:  # type: ignore[override]
@@ -196,28 +250,50 @@ class IdentityFeed(threading.Thread):
         finally:
             self._consumer.close()
 
-    def _consume(self, ends: dict[int, tuple[int, int]]) -> None:
+    def _consume(self, ends: dict[tuple[str, int], tuple[int, int]]) -> None:
         # From the first offset as a number, not OFFSET_BEGINNING: the client would look
         # it up first, which takes ~0.5 s on the embedded broker.
-        self._consumer.assign([TopicPartition(K8S_IDENTITY, p, low) for p, (low, _high) in sorted(ends.items())])
-        pending = {p: high for p, (low, high) in ends.items() if high > low}
+        self._consumer.assign([TopicPartition(t, p, low) for (t, p), (low, _high) in sorted(ends.items())])
+        pending = {tp: high for tp, (low, high) in ends.items() if high > low}
+        has_policies = any(t == K8S_POLICIES for t, _ in ends)
+        next_look = time.monotonic() + self.recheck_s
         while not self._stopping.is_set():
             self.polls += 1
+            if not has_policies and time.monotonic() >= next_look:
+                next_look = time.monotonic() + self.recheck_s
+                has_policies = self._assign_policies()
             for msg in self._consumer.consume(1000, 0.2):
                 if msg.error():
-                    raise_if_fatal(msg.error(), f"reading {K8S_IDENTITY}")
+                    raise_if_fatal(msg.error(), f"reading {msg.topic()}")
                     continue
-                ip = (msg.key() or b"").decode(errors="replace")
-                value = msg.value()
-                if value is None:
-                    self.index.add(ip, None)
-                else:
-                    try:
-                        self.index.add(ip, self.codec.decode(value))
-                    except (DecodeError, RegistryError) as exc:
-                        self.malformed += 1
-                        log.warning("skipping a wire.k8s-identity message for %s: %s", ip, exc)
-                if msg.partition() in pending and msg.offset() + 1 >= pending[msg.partition()]:
-                    del pending[msg.partition()]
+                self._take(msg)
+                tp = (msg.topic(), msg.partition())
+                if tp in pending and msg.offset() + 1 >= pending[tp]:
+                    del pending[tp]
                     if not pending:
                         self._caught_up.set()
+
+    def _assign_policies(self) -> bool:
+        """Start reading wire.k8s-policies if it exists now."""
+        try:
+            ends = self._end_offsets((K8S_POLICIES,))
+        except Exception as exc:  # the broker away for a moment: look again later
+            log.debug("%s: end offsets not known (%s)", K8S_POLICIES, exc)
+            return False
+        if ends:
+            self._consumer.incremental_assign([TopicPartition(t, p, low) for (t, p), (low, _) in sorted(ends.items())])
+        return bool(ends)
+
+    def _take(self, msg: Any) -> None:
+        key = (msg.key() or b"").decode(errors="replace")
+        topic = msg.topic()
+        value = msg.value()
+        try:
+            record = None if value is None else self.codec.decode(value)
+            if topic == K8S_POLICIES:
+                self.index.add_policy(key, record)
+            else:
+                self.index.add(key, record)
+        except (DecodeError, RegistryError, PolicyError) as exc:
+            self.malformed += 1
+            log.warning("skipping a %s message for %s: %s", topic, key, exc)

@@ -11,7 +11,8 @@ An identity record (schemas/k8s_identity.avsc) is one of
 
 - ``pod``: pod, namespace, labels, workload kind and name (ReplicaSet -> Deployment,
   StatefulSet, DaemonSet, Job -> CronJob; a bare pod is its own workload), node, zone,
-  the services whose EndpointSlices list it, and ``valid_from_us``: when the pod started
+  the services whose EndpointSlices list it, its containers' ports (what NetworkPolicy
+  named ports resolve to), and ``valid_from_us``: when the pod started
   (``status.startTime``, else its creation);
 - ``service``: a ClusterIP, with its service and the pod IPs backing it;
 - ``node``: a node's InternalIP.
@@ -24,6 +25,7 @@ tombstone. Pods with ``hostNetwork`` share their node's IP and are not published
 from __future__ import annotations
 
 import datetime
+import json
 import time
 from collections import defaultdict
 from typing import Any
@@ -134,7 +136,7 @@ class IdentityState:
                     "labels": dict(meta.get("labels") or {}), "workload_kind": workload_kind,
                     "workload": workload, "node": node,
                     "zone": _zone(self.nodes[node]) if node in self.nodes else None,
-                    "services": services,
+                    "services": services, "container_ports": _container_ports(spec),
                     "valid_from_us": parse_time_us(status.get("startTime"))
                     or parse_time_us(meta.get("creationTimestamp")),
                 }
@@ -191,6 +193,54 @@ def _controller(obj: Obj) -> tuple[str, str] | None:
     return (refs[0].get("kind", ""), refs[0].get("name", "")) if refs else None
 
 
+def _container_ports(spec: Obj) -> list[dict[str, Any]]:
+    """The pod's containers' ports: a NetworkPolicy's named port (``port: http``) means
+    the destination pod's container port of that name."""
+    return [{"name": p.get("name"), "port": int(p["containerPort"]), "protocol": p.get("protocol") or "TCP"}
+            for c in spec.get("containers") or [] for p in c.get("ports") or [] if p.get("containerPort")]
+
+
 def _zone(node: Obj) -> str | None:
     labels = (node.get("metadata") or {}).get("labels") or {}
     return next((labels[k] for k in ZONE_LABELS if k in labels), None)
+
+
+class PolicyObjects:
+    """NetworkPolicies and namespaces' labels: what ``wire.k8s-policies`` publishes
+    (schemas/k8s_policy.avsc). :meth:`apply` returns ``[(key, record or None)]`` for what
+    changed: key ``namespace/name`` for a policy, the name for a namespace (no ``/`` in a
+    namespace name), ``None`` for a deletion (a tombstone). A namespace's status changing
+    (phase, conditions) is no change: its labels are all a policy reads of it."""
+
+    KINDS = ("Namespace", "NetworkPolicy")
+
+    def __init__(self) -> None:
+        self.published: dict[str, Identity] = {}  # key -> record last published (without times)
+
+    def apply(self, kind: str, event: str, obj: Obj) -> list[tuple[str, Identity | None]]:
+        meta = obj.get("metadata") or {}
+        name = meta.get("name") or ""
+        if kind == "Namespace":
+            key = name
+            record: Identity = {"kind": kind, "namespace": None, "name": name, "uid": meta.get("uid"),
+                                "labels": dict(meta.get("labels") or {}), "spec": None}
+        elif kind == "NetworkPolicy":
+            ns = meta.get("namespace") or ""
+            key = f"{ns}/{name}"
+            # sorted keys: the same spec is the same text, whichever way it was read (the
+            # watch's raw object, the list's client models)
+            record = {"kind": kind, "namespace": ns, "name": name, "uid": meta.get("uid"),
+                      "labels": dict(meta.get("labels") or {}),
+                      "spec": json.dumps(obj.get("spec") or {}, sort_keys=True, separators=(",", ":"))}
+        else:
+            raise ValueError(f"unexpected kind {kind!r}")
+        if not name:
+            raise ValueError(f"a {kind} without a name")
+        if event == "DELETED":
+            if self.published.pop(key, None) is None:
+                return []
+            return [(key, None)]
+        if self.published.get(key) == record:
+            return []
+        self.published[key] = record
+        return [(key, {**record, "resource_version": meta.get("resourceVersion")})]

@@ -13,8 +13,11 @@ One thread per resource (pods, services, EndpointSlices, nodes, ReplicaSets, Job
 Events go through one queue to the main loop, which applies them to an
 :class:`~producers.k8s_identity.IdentityState` and publishes every IP whose identity
 changed to the compacted topic ``wire.k8s-identity`` (key: the IP), with a tombstone
-when an IP has no identity any more. Configuration: in-cluster (service account) or a
-kubeconfig.
+when an IP has no identity any more. NetworkPolicies and namespaces (their labels) go to
+:class:`~producers.k8s_identity.PolicyObjects` and the compacted topic
+``wire.k8s-policies`` (key: ``namespace/name``, or the namespace's name), which the
+processors evaluate connections against (processors/network_policy.py). Configuration:
+in-cluster (service account) or a kubeconfig.
 """
 
 from __future__ import annotations
@@ -27,11 +30,14 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
+from wirestream.processors.network_policy import K8S_POLICIES
+from wirestream.schemas import schema_dict
+
 from wirestream.codec import AvroCodec
 from wirestream.kafka import WireProducer
 from wirestream.topics import K8S_IDENTITY
 
-from .k8s_identity import Identity, IdentityState
+from .k8s_identity import Identity, IdentityState, PolicyObjects
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +49,9 @@ RESOURCES: dict[str, tuple[str, str]] = {
     "Pod": ("CoreV1Api", "list_pod_for_all_namespaces"),
     "Service": ("CoreV1Api", "list_service_for_all_namespaces"),
     "EndpointSlice": ("DiscoveryV1Api", "list_endpoint_slice_for_all_namespaces"),
+    # what NetworkPolicies say, and the namespace labels their namespaceSelectors match
+    "Namespace": ("CoreV1Api", "list_namespace"),
+    "NetworkPolicy": ("NetworkingV1Api", "list_network_policy_for_all_namespaces"),
 }
 BACKOFF_START_S, BACKOFF_MAX_S = 0.2, 10.0
 WATCH_TIMEOUT_S = 60  # the server ends a watch after this; we resume from where it was
@@ -168,14 +177,60 @@ class ResourceWatch(threading.Thread):
         self.out.put((self.kind, event, obj))
 
 
+def ensure_policy_topic(bootstrap: str) -> bool:
+    """Create ``wire.k8s-policies`` (compacted, one partition) if it does not exist; True
+    if it was created. One partition: a small table every processor reads whole, in the
+    order the watcher saw the changes."""
+    from confluent_kafka import KafkaException
+    from confluent_kafka.admin import NewTopic
+
+    from wirestream.broker import admin_client
+    from wirestream.config import Settings
+    from wirestream.kafka_security import raise_if_fatal
+
+    admin = admin_client(bootstrap)
+    if K8S_POLICIES in admin.list_topics(timeout=15).topics:
+        return False  # an operator's (Strimzi's KafkaTopic) or ours: left as it is
+    replication = Settings.from_env().replication_factor
+    futures = admin.create_topics([NewTopic(K8S_POLICIES, num_partitions=1, replication_factor=replication,
+                                            config={"cleanup.policy": "compact"})],
+                                  operation_timeout=15, request_timeout=15)
+    try:
+        futures[K8S_POLICIES].result()
+    except KafkaException as exc:
+        if exc.args[0].name() == "TOPIC_ALREADY_EXISTS":
+            return False
+        raise_if_fatal(exc.args[0], f"creating topic {K8S_POLICIES} at {bootstrap}")
+        raise
+    return True
+
+
 class IdentityPublisher:
-    """Publish identities to ``wire.k8s-identity``: key = IP, value = record or tombstone."""
+    """Publish identities to ``wire.k8s-identity`` (key = IP) and policies and namespaces to
+    ``wire.k8s-policies`` (key = namespace/name, or the namespace): value = record or
+    tombstone."""
 
     def __init__(self, bootstrap: str, codec: AvroCodec, source: str) -> None:
         self._encode = codec.encoder(K8S_IDENTITY)
+        # wire.k8s-policies' schema is registered here, not through wirestream.topics
+        # (TOPIC_SCHEMAS), nor created by the k8s-watch command's ensure_topics: see
+        # docs/kubernetes.md, "Network policy: intent against traffic"
+        ensure_policy_topic(bootstrap)
+        self._encode_policy = codec.encoder_for_schema(K8S_POLICIES, schema_dict("k8s_policy"))
         self.kafka = WireProducer(bootstrap, **{"linger.ms": 20})
         self.source = source
         self.published: Counter[str] = Counter()
+
+    def publish_policy(self, key: str, record: dict[str, Any] | None) -> None:
+        """One NetworkPolicy or namespace (``PolicyObjects.apply``'s output)."""
+        if record is None:
+            value = None
+            self.published["policy_tombstones"] += 1
+        else:
+            value = self._encode_policy({**record, "source": self.source, "published_ts_us": time.time_ns() // 1000})
+            self.published[record["kind"]] += 1
+        self.kafka.produce(K8S_POLICIES, value, key.encode())
+        self.kafka.poll(0)
 
     def publish(self, ip: str, ident: Identity | None) -> None:
         if ident is None:
@@ -203,6 +258,7 @@ def identity_record(ip: str, ident: Identity, source: str) -> dict[str, Any]:
         "endpoints": ident.get("endpoints") or [],
         "valid_from_us": ident.get("valid_from_us"), "deleted_ts_us": ident.get("deleted_ts_us"),
         "published_ts_us": time.time_ns() // 1000,
+        "container_ports": ident.get("container_ports") or [],
     }
 
 
@@ -216,6 +272,7 @@ def run_watcher(api_client: Any, publisher: IdentityPublisher, stop: Callable[[]
     for w in watches:
         w.start()
     state = IdentityState()
+    policies = PolicyObjects()
     synced: set[str] = set()
     try:
         while not stop():
@@ -232,6 +289,10 @@ def run_watcher(api_client: Any, publisher: IdentityPublisher, stop: Callable[[]
                             on_synced()
                 continue
             try:
+                if kind in PolicyObjects.KINDS:
+                    for key, record in policies.apply(kind, event, obj):
+                        publisher.publish_policy(key, record)
+                    continue
                 changes = state.apply(kind, event, obj)
             except (KeyError, TypeError, ValueError) as exc:  # an object we cannot read: skip it
                 publisher.published["unreadable_objects"] += 1
