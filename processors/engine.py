@@ -55,6 +55,13 @@ class Sink(Protocol):
 
 #: The record kinds that carry a ``tunnel`` list (schemas/*.avsc).
 _TUNNEL_TOPICS = frozenset({CONNECTIONS, FLOWS, DNS, TLS, TRANSACTIONS})
+#: Fields set by enrichment only where it knows them: a record without them gets their
+#: schema default, so that records leave the engine as they read back from Avro.
+_ENRICHMENT_DEFAULTS = {
+    topic: (("client_zone", None), ("server_zone", None), ("cross_zone", None))
+    + ((("policy_verdict", None),) if topic in (CONNECTIONS, FLOWS) else ())
+    for topic in _TUNNEL_TOPICS
+}
 
 
 @dataclass(frozen=True)
@@ -134,6 +141,11 @@ class Engine:
                 record["tunnel"] = self.tunnels.path_of(record, final)
             else:
                 record["tunnel"] = []
+            for name, default in _ENRICHMENT_DEFAULTS[topic]:
+                if name not in record:
+                    record[name] = default
+            if topic in (CONNECTIONS, FLOWS) and "policy_names" not in record:
+                record["policy_names"] = []
         if self.enricher is not None:
             self.enricher.enrich(topic, record)  # Kubernetes identity: the windows key by workload
         if self.observer is not None:
