@@ -175,7 +175,7 @@ def test_records_carry_kubernetes_identity_at_their_own_time(cluster, kube, brok
         *http_connection(WEB_IP, 40003, DB_IP, 6379, after, [(b"GET k\r\n", b"$1\r\nv\r\n", 300)]),
     ]
     capture = write_frames(str(tmp_path / "pods.pcap"), frames)
-    settings = Settings(bootstrap=broker.bootstrap, registry=registry.url, windows=False)
+    settings = Settings(bootstrap=broker.bootstrap, registry=registry.url)
     result = analyze([capture], settings, workers=1)
     conns = {r["client_port"]: r for r in result.records[CONNECTIONS]}
     assert set(conns) == {40001, 40002, 40003}
@@ -195,6 +195,22 @@ def test_records_carry_kubernetes_identity_at_their_own_time(cluster, kube, brok
     assert (reused["server_pod"], reused["server_workload"], reused["server_node"]) == \
         ("cache-7c9b-kq2lp", "cache", "node-a")
     assert (reused["client_workload"], reused["client_pod"]) == ("web", "web-5d4f8-x2x9q")
+
+    # zones, from the nodes' topology.kubernetes.io/zone labels: web (node-a, zone-1) to
+    # db-0 (node-b, zone-2) crosses zones; to the cache pod on node-a it does not; to a
+    # ClusterIP the server's zone is not known (which pod gets it is decided by DNAT)
+    assert (first["client_zone"], first["server_zone"], first["cross_zone"]) == ("zone-1", "zone-2", True)
+    assert (reused["client_zone"], reused["server_zone"], reused["cross_zone"]) == ("zone-1", "zone-1", False)
+    assert (to_service["client_zone"], to_service["server_zone"], to_service["cross_zone"]) == ("zone-2", None, None)
+    assert txn["cross_zone"] is None
+    # and the windows between zones and between nodes (docs/windows.md, "Topology")
+    pairs = {(m["scope"], m["service"]): m for m in result.records["wire.service-metrics"] if m["scope"] != "service"}
+    assert set(pairs) == {("zone_pair", "zone:zone-1>zone-2"), ("zone_pair", "zone:zone-1>zone-1"),
+                          ("node_pair", "node:node-a>node-b"), ("node_pair", "node:node-a>node-a")}
+    assert pairs["zone_pair", "zone:zone-1>zone-2"]["connections"] == 1
+    assert pairs["zone_pair", "zone:zone-1>zone-2"]["cross_zone"] is True
+    assert pairs["zone_pair", "zone:zone-1>zone-2"]["handshake_rtt_p50_us"] == first["handshake_rtt_us"]
+    assert pairs["node_pair", "node:node-a>node-a"]["bytes"] == reused["bytes_c2s"] + reused["bytes_s2c"]
 
 
 def test_watch_survives_an_api_server_restart(cluster, kube, broker, registry) -> None:
