@@ -26,6 +26,7 @@ import struct
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from helpers import needs
@@ -241,3 +242,29 @@ def test_pods_container_ports_are_published_for_named_ports(cluster, broker, reg
                 break
             assert time.monotonic() < deadline, "no identity of the statsd pod"
     assert found[-1]["container_ports"] == [{"name": "statsd", "port": 8125, "protocol": "UDP"}]
+
+
+def test_watcher_role_may_list_and_watch_what_k8s_watch_watches(cluster) -> None:
+    """deploy/kustomize/base/rbac.yaml in the API server: the watcher's service account
+    may list and watch every kind k8s-watch watches (policies and namespaces included),
+    and change none of them."""
+    from wirestream.producers.k8s_watch import RESOURCES
+
+    if cluster.kubectl("get", "namespace", "wirestream", check=False).returncode != 0:
+        cluster.kubectl("create", "namespace", "wirestream")
+    rbac = (Path(__file__).resolve().parent.parent / "deploy" / "kustomize" / "base" / "rbac.yaml").read_text()
+    cluster.kubectl("apply", "-n", "wirestream", "-f", "-", input=rbac)
+    resource = {"Node": "nodes", "ReplicaSet": "replicasets.apps", "Job": "jobs.batch", "Pod": "pods",
+                "Service": "services", "EndpointSlice": "endpointslices.discovery.k8s.io",
+                "Namespace": "namespaces", "NetworkPolicy": "networkpolicies.networking.k8s.io"}
+    assert set(resource) == set(RESOURCES)  # a kind watched without a row here fails
+
+    def can(verb: str, what: str) -> str:
+        r = cluster.kubectl("auth", "can-i", verb, what, "--all-namespaces",
+                            "--as", "system:serviceaccount:wirestream:wirestream-watcher", check=False)
+        return r.stdout.strip()
+
+    assert {(k, v): can(v, r) for k, r in resource.items() for v in ("list", "watch")} == \
+        {(k, v): "yes" for k in resource for v in ("list", "watch")}
+    assert can("create", "networkpolicies.networking.k8s.io") == "no"
+    assert can("update", "namespaces") == "no"
