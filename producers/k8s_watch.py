@@ -218,8 +218,44 @@ class IdentityPublisher:
         ensure_policy_topic(bootstrap)
         self._encode_policy = codec.encoder_for_schema(K8S_POLICIES, schema_dict("k8s_policy"))
         self.kafka = WireProducer(bootstrap, **{"linger.ms": 20})
+        self.bootstrap = bootstrap
         self.source = source
         self.published: Counter[str] = Counter()
+
+    def policy_keys_in_topic(self, timeout: float = 30.0) -> set[str]:
+        """The keys ``wire.k8s-policies`` holds a live record of (its last message is no
+        tombstone): what an earlier watcher published. Read to the topic's end; after
+        ``timeout`` seconds, what was read so far (with a warning)."""
+        from confluent_kafka import Consumer, TopicPartition
+
+        from wirestream.kafka import consumer_config
+        from wirestream.kafka_security import raise_if_fatal
+        from wirestream.reader import partitions_of
+
+        consumer = Consumer(consumer_config(self.bootstrap))
+        live: dict[str, bool] = {}
+        try:
+            ends = {tp.partition: consumer.get_watermark_offsets(tp, timeout=10)
+                    for tp in partitions_of(self.bootstrap, [K8S_POLICIES])}
+            pending = {p: high for p, (low, high) in ends.items() if high > low}
+            if pending:
+                consumer.assign([TopicPartition(K8S_POLICIES, p, low) for p, (low, _) in ends.items()])
+            deadline = time.monotonic() + timeout
+            while pending:
+                if time.monotonic() > deadline:
+                    log.warning("k8s-watch: %s not read to its end in %.0f s: objects deleted while no "
+                                "watcher ran may keep their records", K8S_POLICIES, timeout)
+                    break
+                for msg in consumer.consume(1000, 0.2):
+                    if msg.error():
+                        raise_if_fatal(msg.error(), f"reading {K8S_POLICIES}")
+                        continue
+                    live[(msg.key() or b"").decode(errors="replace")] = msg.value() is not None
+                    if msg.partition() in pending and msg.offset() + 1 >= pending[msg.partition()]:
+                        del pending[msg.partition()]
+        finally:
+            consumer.close()
+        return {key for key, alive in live.items() if alive}
 
     def publish_policy(self, key: str, record: dict[str, Any] | None) -> None:
         """One NetworkPolicy or namespace (``PolicyObjects.apply``'s output)."""
@@ -273,6 +309,11 @@ def run_watcher(api_client: Any, publisher: IdentityPublisher, stop: Callable[[]
         w.start()
     state = IdentityState()
     policies = PolicyObjects()
+    # What an earlier watcher published: whatever of it the first lists do not have was
+    # deleted while no watcher ran, and gets its tombstone once they are in (a policy
+    # left behind would go on deciding verdicts for ever).
+    policy_kinds = set(PolicyObjects.KINDS) & set(kinds)
+    leftover = publisher.policy_keys_in_topic() if policy_kinds else set()
     synced: set[str] = set()
     try:
         while not stop():
@@ -283,6 +324,11 @@ def run_watcher(api_client: Any, publisher: IdentityPublisher, stop: Callable[[]
             if event == "SYNCED":
                 if kind not in synced:
                     synced.add(kind)
+                    if leftover and policy_kinds <= synced:
+                        for key in sorted(leftover - set(policies.published)):
+                            publisher.published["deleted_while_away"] += 1
+                            publisher.publish_policy(key, None)
+                        leftover = set()
                     if len(synced) == len(kinds):
                         publisher.flush()
                         if on_synced is not None:
