@@ -304,6 +304,84 @@ impl Decryptor {
     }
 }
 
+// Clone, Debug and PartialEq over the state only: the keys are a cache (a clone derives
+// them again), and a secret must never reach a Debug string.
+impl Clone for Dir {
+    fn clone(&self) -> Self {
+        Dir { buf: self.buf.clone(), dead: self.dead, ccs: self.ccs, seq: self.seq, app: self.app, generation: self.generation, keys: None }
+    }
+}
+
+impl PartialEq for Dir {
+    fn eq(&self, o: &Self) -> bool {
+        (&self.buf, self.dead, self.ccs, self.seq, self.app, self.generation) == (&o.buf, o.dead, o.ccs, o.seq, o.app, o.generation)
+    }
+}
+
+impl std::fmt::Debug for Dir {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dir")
+            .field("buffered", &self.buf.len())
+            .field("dead", &self.dead)
+            .field("ccs", &self.ccs)
+            .field("seq", &self.seq)
+            .field("app", &self.app)
+            .field("generation", &self.generation)
+            .finish()
+    }
+}
+
+impl Clone for Decryptor {
+    fn clone(&self) -> Self {
+        Decryptor {
+            keylog: self.keylog.clone(),
+            client: self.client,
+            dirs: self.dirs.clone(),
+            drops: self.drops,
+            decrypted: self.decrypted,
+            plain: self.plain.clone(),
+        }
+    }
+}
+
+impl PartialEq for Decryptor {
+    fn eq(&self, o: &Self) -> bool {
+        (self.client, &self.dirs, self.drops, self.decrypted, &self.plain) == (o.client, &o.dirs, o.drops, o.decrypted, &o.plain)
+    }
+}
+
+impl std::fmt::Debug for Decryptor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Decryptor")
+            .field("client", &self.client)
+            .field("dirs", &self.dirs)
+            .field("drops", &self.drops)
+            .field("decrypted", &self.decrypted)
+            .field("plain_chunks", &self.plain.len())
+            .finish()
+    }
+}
+
+impl Decryptor {
+    /// The counter increments of this connection's decryption (taken once, at its end):
+    /// `tls_decrypted_records` and `tls_decrypt_drop.<reason>`.
+    pub fn take_counts(&mut self) -> Vec<(&'static str, u64)> {
+        let mut out = Vec::new();
+        if self.decrypted > 0 {
+            out.push(("tls_decrypted_records", self.decrypted));
+        }
+        for why in Drop::ALL {
+            let n = self.drops[why.index()];
+            if n > 0 {
+                out.push((why.counter(), n));
+            }
+        }
+        self.decrypted = 0;
+        self.drops = [0; 8];
+        out
+    }
+}
+
 /// Does this handshake plaintext hold a KeyUpdate message?
 fn has_key_update(plain: &[u8]) -> bool {
     let mut pos = 0;
