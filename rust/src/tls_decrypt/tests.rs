@@ -278,3 +278,119 @@ fn garbage_never_panics() {
         }
     }
 }
+
+// --- through the handshake parser, and its checkpoint -----------------------------------
+
+use crate::l7::tls::{state, Connection};
+
+fn handshake_record(version_minor: u8, mtype: u8, body: &[u8]) -> Vec<u8> {
+    let mut msg = vec![mtype, 0, (body.len() >> 8) as u8, body.len() as u8];
+    msg.extend_from_slice(body);
+    let mut r = vec![22, 3, version_minor];
+    r.extend_from_slice(&(msg.len() as u16).to_be_bytes());
+    r.extend(msg);
+    r
+}
+
+/// A TLS 1.2 ECDHE-RSA-AES128-GCM connection: (direction, bytes) in order.
+fn tls12_connection(master: &[u8; 48]) -> Vec<(u8, Vec<u8>)> {
+    let mut ch = vec![3, 3];
+    ch.extend_from_slice(&CR);
+    ch.extend_from_slice(&[0, 0, 2, 0xC0, 0x2F, 1, 0]);
+    let mut sh = vec![3, 3];
+    sh.extend_from_slice(&SR);
+    sh.extend_from_slice(&[0, 0xC0, 0x2F, 0]);
+    let (ck, sk) = tls12::keys(tls12::suite(0xC02F).unwrap(), master, &CR, &SR).unwrap();
+    vec![
+        (0, handshake_record(1, 1, &ch)),
+        (1, handshake_record(3, 2, &sh)),
+        (0, tls12_flight(&ck, &[b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n", b"GET /b HTTP/1.1\r\nHost: x\r\n\r\n"])),
+        (1, tls12_flight(&sk, &[b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"])),
+    ]
+}
+
+fn plaintext_of(c: &mut Connection) -> Vec<(u8, Vec<u8>)> {
+    c.take_plain().into_iter().map(|(d, b, _)| (d, b)).collect()
+}
+
+#[test]
+fn connection_decrypts_and_its_snapshots_hold_no_key() {
+    let master = [0x5a; 48];
+    let log = Arc::new(KeyLog::parse(format!("CLIENT_RANDOM {} {}\n", hex(&CR), hex(&master)).as_bytes()));
+    let flow = tls12_connection(&master);
+    let mut whole = Connection::new(0, 1_000_000).with_keylog(Some(log.clone()));
+    let mut expected = Vec::new();
+    for (d, bytes) in &flow {
+        whole.data(*d, bytes, 1);
+        expected.extend(plaintext_of(&mut whole));
+    }
+    assert_eq!(expected.len(), 3);
+    assert_eq!(expected[2], (1, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n".to_vec()));
+    whole.close();
+    let (_, counts) = whole.take();
+    assert!(counts.contains(&("tls_decrypted_records", 5)), "{counts:?}");
+    assert!(!counts.iter().any(|c| c.0.starts_with("tls_decrypt_drop")));
+
+    // In 5-byte pieces, snapshot and restore after every one: the same plaintext, and no
+    // snapshot holds the master secret or a key of the key block.
+    let block = tls12::prf(Hash::Sha256, &master, b"key expansion", &[SR, CR].concat(), 40);
+    let mut c = Connection::new(0, 1_000_000).with_keylog(Some(log.clone()));
+    let mut got = Vec::new();
+    for (d, bytes) in &flow {
+        for piece in bytes.chunks(5) {
+            c.data(*d, piece, 1);
+            got.extend(plaintext_of(&mut c));
+            let _ = c.take();
+            let snap = state::snapshot(&c);
+            for secret in [&master[..16], &block[..16], &block[16..32], &block[32..36], &block[36..40]] {
+                assert!(!snap.windows(secret.len()).any(|w| w == secret), "key material in a snapshot");
+            }
+            let restored = state::restore(&snap, Some(log.clone())).unwrap();
+            assert_eq!(restored, c);
+            c = restored;
+        }
+    }
+    assert_eq!(got, expected);
+    // Restored without a key log: no decryption, its records count as no_key.
+    let mut c = Connection::new(0, 1_000_000).with_keylog(Some(log));
+    c.data(0, &flow[0].1, 1);
+    c.data(1, &flow[1].1, 1);
+    let mut c = state::restore(&state::snapshot(&c), None).unwrap();
+    assert!(c.decrypt.is_none());
+    c.data(0, &flow[2].1, 1);
+    c.close();
+    let (_, counts) = c.take();
+    assert!(counts.contains(&("tls_decrypt_drop.no_key", 2)), "{counts:?}");
+}
+
+/// A TLS connection's state as version 1 wrote it (the build before decryption): a TLS 1.2
+/// handshake of tests/test_tls_decrypt.py's capture, after its ClientHello and ServerHello.
+const V1_STATE: &str = "5753544c0001339b9d8c000087930300000000000000000000000093000000000000000100000000000000\
+    000000000000000010f5692ad56106000000000000000000000000000000000000000000000000000000000100000000000000000000\
+    000000000000000000fd04000000000000010000000000000000000000000000007ff9692ad561060000000000000000000000000000\
+    000000000000000000000000000004000000000000000000000004000110f5692ad56106000101030300000000000000000001000000\
+    000000000800000000000000687474702f312e310000000000000000000103032000000000000000d4806be8fd48521979f1577846f1\
+    18858602d5563a83d5af062656c1f40bf2372fc000010800000000000000687474702f312e310000000100000000000000000000000002\
+    0000000000000000000000";
+
+#[test]
+fn a_version_1_state_still_restores() {
+    let v1 = h(V1_STATE);
+    let log = Arc::new(KeyLog::parse(b""));
+    for keylog in [None, Some(log)] {
+        let mut c = state::restore(&v1, keylog).unwrap();
+        assert_eq!(c.phase, crate::l7::tls::Phase::ServerHello);
+        assert_eq!(c.server_hello.as_ref().map(|s| (s.version, s.cipher, s.random)), Some((0x0303, 0xC02F, [0; 32])));
+        assert!(c.decrypt.is_none()); // no decryptor state in version 1: not decrypted
+        c.data(1, &record(20, &[1]), 5);
+        c.data(1, &record(23, &[0; 40]), 6);
+        c.close();
+        let (hs, counts) = c.take();
+        assert!(hs.is_some());
+        assert!(counts.contains(&("tls_decrypt_drop.no_key", 1)), "{counts:?}");
+    }
+    // and a version this build does not know is refused, naming it
+    let mut v9 = v1.clone();
+    v9[5] = 9;
+    assert!(state::restore(&v9, None).unwrap_err().contains("version 9"));
+}
