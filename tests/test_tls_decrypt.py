@@ -322,3 +322,38 @@ def test_the_key_log_is_never_shown(traffic: Traffic, decrypted: tuple[dict, dic
     proc, records = run_analyze(traffic.pcap, tmp_path / "junk", "--tls-keylog", str(traffic.pcap))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert records["wire.transactions"] == []
+
+
+def test_a_checkpointed_engine_decrypts_the_same(traffic: Traffic, decrypted: tuple[dict, dict[str, list]]) -> None:
+    """The engine snapshotted and restored after every batch of 8 packets (mid-record,
+    mid-handshake): the same HTTPS transactions as the run in one go and as analyze's.
+    The snapshots hold no secret of the key log (the keys are derived again on restore
+    from the key log of the restoring run)."""
+    from local_pipeline import RecordingSink, packet_batches
+    from wirestream._core import TlsKeyLog
+    from wirestream.processors.engine import Engine, EngineOptions
+    from wirestream.processors.l7.base import L7Options
+
+    from wirestream.topics import TRANSACTIONS
+
+    keylog = TlsKeyLog.load(str(traffic.keys))
+    assert keylog.sessions == len(RUNS) and keylog.bad == 0
+    options = EngineOptions(l7=L7Options(tls_keylog=keylog), packet_partitions=1, observation_partitions=1)
+    batches = list(packet_batches(str(traffic.pcap), 8))
+    secrets = [bytes.fromhex(line.split()[-1]) for line in traffic.keys.read_text().splitlines() if line]
+
+    def run(cut: bool) -> list[tuple]:
+        sink = RecordingSink()
+        engine = Engine("local", 0, options, sink)
+        for headers, payloads in batches:
+            engine.feed(headers, payloads)
+            if cut:
+                data = engine.snapshot()
+                assert not any(s[:16] in data for s in secrets)
+                engine = Engine.restore(data, options, sink)
+        engine.finish()
+        return sorted((t["method"], t["path"], t["status"], t["tls"]) for t in sink.out[TRANSACTIONS])
+
+    whole = run(cut=False)
+    assert whole == sorted((t["method"], t["path"], t["status"], True) for t in decrypted[1]["wire.transactions"])
+    assert run(cut=True) == whole
