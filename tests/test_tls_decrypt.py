@@ -1,11 +1,12 @@
 """TLS decryption with a key log (issue 19): ``wirestream analyze FILE --tls-keylog KEYS``.
 
 A real nginx serves HTTPS on loopback with a self-signed certificate (TLS 1.2 and 1.3);
-curl, with ``SSLKEYLOGFILE``, makes requests over every suite we decrypt (TLS 1.2
-ECDHE-RSA with AES-128-GCM, AES-256-GCM and ChaCha20-Poly1305; TLS 1.3 with
-TLS_AES_128_GCM_SHA256, TLS_AES_256_GCM_SHA384 and TLS_CHACHA20_POLY1305_SHA256), one
-connection per suite, several requests on some; one more connection's secrets are not
-logged. tcpdump captures it all on ``lo``. The oracle is tshark with
+curl, with ``SSLKEYLOGFILE``, makes requests over every kind of suite we decrypt (TLS 1.2
+ECDHE-RSA with AES-128-GCM, AES-256-GCM, ChaCha20-Poly1305, AES-128-CBC-SHA with
+encrypt_then_mac and AES-256-CBC-SHA384 without; TLS 1.3 with TLS_AES_128_GCM_SHA256,
+TLS_AES_256_GCM_SHA384 and TLS_CHACHA20_POLY1305_SHA256), one connection per suite,
+several requests on some (a 96 KB response: many records); one more connection's secrets
+are not logged. tcpdump captures it all on ``lo``. The oracle is tshark with
 ``-o tls.keylog_file:KEYS``: the (method, URI, status) of every request/response pair it
 decrypts must be exactly our ``wire.transactions`` (each marked ``tls: true``, with its
 connection's ``wire.tls`` record); the undecryptable connection gives neither tshark nor
@@ -57,12 +58,27 @@ RUNS: list[tuple[str, list[str], list[str], str, int]] = [
      ["/two"], "TLS1.2", 0xC030),
     ("tls12-chacha", ["--tls-max", "1.2", "--tlsv1.2", "--ciphers", "ECDHE-RSA-CHACHA20-POLY1305"],
      ["/three", "/teapot"], "TLS1.2", 0xCCA8),
+    ("tls12-cbc-etm", ["--tls-max", "1.2", "--tlsv1.2", "--ciphers", "ECDHE-RSA-AES128-SHA"],
+     ["/seven", "/big"], "TLS1.2", 0xC013),
+    ("tls12-cbc-mte", ["--tls-max", "1.2", "--tlsv1.2", "--ciphers", "ECDHE-RSA-AES256-SHA384"],
+     ["/eight", "/teapot", "/big"], "TLS1.2", 0xC028),
     ("tls13-aes128", ["--tlsv1.3", "--tls13-ciphers", "TLS_AES_128_GCM_SHA256"],
      ["/four", "/big", "/missing"], "TLS1.3", 0x1301),
     ("tls13-aes256", ["--tlsv1.3", "--tls13-ciphers", "TLS_AES_256_GCM_SHA384"], ["/five"], "TLS1.3", 0x1302),
     ("tls13-chacha", ["--tlsv1.3", "--tls13-ciphers", "TLS_CHACHA20_POLY1305_SHA256"],
      ["/six", "/teapot"], "TLS1.3", 0x1303),
 ]
+#: runs whose curl does not offer encrypt_then_mac (RFC 7366): their CBC records are
+#: MAC-then-encrypt, the others' encrypt-then-MAC (what OpenSSL negotiates by default)
+NO_ETM = {"tls12-cbc-mte"}
+NO_ETM_CONF = """openssl_conf = openssl_init
+[openssl_init]
+ssl_conf = ssl_sect
+[ssl_sect]
+system_default = system_default_sect
+[system_default_sect]
+Options = -EncryptThenMac
+"""
 #: a connection whose secrets curl does not log (SSLKEYLOGFILE unset)
 UNLOGGED_PATH = "/not-logged"
 
@@ -85,7 +101,7 @@ http {{
         ssl_certificate {cert};
         ssl_certificate_key {key};
         ssl_protocols TLSv1.2 TLSv1.3;
-        ssl_ciphers ECDHE-RSA-AES128-GCM-SHA256:ECDHE-RSA-AES256-GCM-SHA384:ECDHE-RSA-CHACHA20-POLY1305;
+        ssl_ciphers ECDHE-RSA-AES128-GCM-SHA256:ECDHE-RSA-AES256-GCM-SHA384:ECDHE-RSA-CHACHA20-POLY1305:ECDHE-RSA-AES128-SHA:ECDHE-RSA-AES256-SHA384;
         location / {{ return 200 "hello $uri\\n"; }}
         location /missing {{ return 404; }}
         location /teapot {{ return 418 "short and stout\\n"; }}
@@ -148,7 +164,9 @@ def traffic(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Traffic]:
                                     f"tcp port {port}"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         _wait_tcpdump(tcpdump)
         env = {**os.environ, "SSLKEYLOGFILE": str(t.keys)}
-        for _name, opts, paths, _v, _s in RUNS:
+        (d / "no-etm.cnf").write_text(NO_ETM_CONF)
+        no_etm_env = {**env, "OPENSSL_CONF": str(d / "no-etm.cnf")}
+        for name, opts, paths, _v, _s in RUNS:
             # One curl: its requests share one connection (--next keeps it). --http1.1: the
             # HTTP/1.x analyser reads the plaintext (h2 is counted, not read).
             cmd = [CURL]
@@ -159,7 +177,7 @@ def traffic(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Traffic]:
                 if p == "/teapot":  # a POST with a body
                     cmd += ["--data", "a=1&b=2"]
                 cmd.append(f"https://127.0.0.1:{port}{p}")
-            subprocess.run(cmd, env=env, check=True, timeout=30)
+            subprocess.run(cmd, env=no_etm_env if name in NO_ETM else env, check=True, timeout=30)
         plain_env = {k: v for k, v in os.environ.items() if k != "SSLKEYLOGFILE"}
         subprocess.run([CURL, "-sk", "--http1.1", "-o", "/dev/null", f"https://127.0.0.1:{port}{UNLOGGED_PATH}"],
                        env=plain_env, check=True, timeout=30)
@@ -260,7 +278,7 @@ def test_https_transactions_are_tsharks(traffic: Traffic, decrypted: tuple[dict,
     assert {c for _m, _u, c in expected} >= {200, 404, 418}
     assert ("POST", "/teapot", 418) in expected
     big = [t for t in txns if t["path"] == "/big"]
-    assert len(big) == 2 and all(t["response_body_size"] == 96_000 for t in big)
+    assert len(big) == asked.count("/big") and all(t["response_body_size"] == 96_000 for t in big)
 
 
 def test_every_suite_is_decrypted(traffic: Traffic, decrypted: tuple[dict, dict[str, list]]) -> None:
@@ -280,6 +298,20 @@ def test_every_suite_is_decrypted(traffic: Traffic, decrypted: tuple[dict, dict[
     # the one connection whose secrets were not logged: a handshake, no transaction
     rest = set(handshakes) - seen
     assert len(rest) == 1 and not by_conn.get(rest.pop())
+
+
+def test_cbc_records_were_both_mac_orders(traffic: Traffic, decrypted: tuple[dict, dict[str, list]]) -> None:
+    """tshark says which CBC connections negotiated encrypt_then_mac: one did, one did not
+    (so both record formats were decrypted above)."""
+    proc = subprocess.run([TSHARK, "-n", "-r", str(traffic.pcap), "-Y", "tls.handshake.type == 2", "-T", "fields",
+                           "-e", "tls.handshake.ciphersuite", "-e", "tls.handshake.extension.type",
+                           "-E", "occurrence=a", "-E", "aggregator=,"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    etm = {}
+    for line in proc.stdout.splitlines():
+        suite, types = line.split("\t")
+        etm[int(suite, 16)] = "22" in types.split(",")
+    assert etm[0xC013] is True and etm[0xC028] is False
 
 
 def test_undecryptable_records_are_counted(decrypted: tuple[dict, dict[str, list]]) -> None:

@@ -11,8 +11,8 @@
 //! - [`cipher`]: the AEADs (RustCrypto's `aes-gcm`, `chacha20poly1305`) and hashes;
 //! - [`tls13`]: HKDF-Expand-Label, traffic keys and IVs, the per-record nonce, the inner
 //!   plaintext's content type and padding (RFC 8446 §5, §7);
-//! - [`tls12`]: the TLS 1.2 PRF, the key block, the AEAD record formats (RFC 5246, 5288,
-//!   7905);
+//! - [`tls12`]: the TLS 1.2 PRF, the key block, the AEAD and AES-CBC record formats
+//!   (RFC 5246, 5288, 7905; encrypt_then_mac, RFC 7366);
 //! - [`stream`]: one connection's decryptor: its own record framing per direction,
 //!   sequence numbers, the switch from handshake to application keys, KeyUpdate.
 //!
@@ -35,7 +35,7 @@ pub enum Drop {
     /// No key log given, or the connection's client random (or the secret the record
     /// needs) is not in it.
     NoKey,
-    /// A cipher suite we do not decrypt (CBC, CCM, export, NULL, ...).
+    /// A cipher suite we do not decrypt (CCM, 3DES, RC4, Camellia, export, NULL, ...).
     UnsupportedSuite,
     /// A protocol version we do not decrypt (SSL 3.0, TLS 1.0/1.1, TLS 1.3 drafts).
     UnsupportedVersion,

@@ -42,6 +42,8 @@ pub struct Params {
     pub cipher: u16,
     pub client_random: [u8; 32],
     pub server_random: [u8; 32],
+    /// encrypt_then_mac negotiated (TLS 1.2 CBC suites).
+    pub etm: bool,
 }
 
 enum Keys {
@@ -191,7 +193,7 @@ impl Decryptor {
         let dir = &mut self.dirs[d];
         let Some(Ok(Keys::V12(keys))) = &dir.keys else { return };
         let version = u16::from_be_bytes([header[1], header[2]]);
-        let result = keys.open(dir.seq, ctype, version, body);
+        let result = keys.open(dir.seq, ctype, version, body, p.etm);
         dir.seq = dir.seq.wrapping_add(1); // the sequence number counts every record, opened or not
         match result {
             Ok(plain) => {

@@ -99,7 +99,7 @@ const CR: [u8; 32] = [7; 32];
 const SR: [u8; 32] = [9; 32];
 
 fn params(version: u16, cipher: u16) -> Params {
-    Params { version, cipher, client_random: CR, server_random: SR }
+    Params { version, cipher, client_random: CR, server_random: SR, etm: false }
 }
 
 fn record(ctype: u8, body: &[u8]) -> Vec<u8> {
@@ -122,7 +122,7 @@ fn tls12_flight(keys: &tls12::Keys, data: &[&[u8]]) -> Vec<u8> {
 
 #[test]
 fn tls12_connection_in_any_segmentation() {
-    for cipher in [0xC02F_u16, 0xC030, 0xCCA8] {
+    for cipher in [0xC02F_u16, 0xC030, 0xCCA8, 0xC013, 0xC014, 0xC027, 0xC028] {
         let master = [3u8; 48];
         let log = Arc::new(KeyLog::parse(format!("CLIENT_RANDOM {} {}\n", hex(&CR), hex(&master)).as_bytes()));
         let suite = tls12::suite(cipher).unwrap();
@@ -172,7 +172,7 @@ fn tls12_drops_are_named() {
     };
     assert_eq!(count(&other_log, 0xC02F, 0x0303, &flight), nth(Drop::NoKey, 2));
     assert_eq!(count(&wrong_log, 0xC02F, 0x0303, &flight), nth(Drop::BadMac, 3)); // Finished too
-    assert_eq!(count(&ok_log, 0xC027, 0x0303, &flight), nth(Drop::UnsupportedSuite, 2)); // CBC
+    assert_eq!(count(&ok_log, 0x000A, 0x0303, &flight), nth(Drop::UnsupportedSuite, 2)); // 3DES
     assert_eq!(count(&ok_log, 0xC02F, 0x0301, &flight), nth(Drop::UnsupportedVersion, 3));
     // A damaged record: its tag fails, the next one still opens (sequence numbers go on).
     let mut damaged = flight.clone();
@@ -197,6 +197,36 @@ fn tls12_drops_are_named() {
     let mut dec = Decryptor::new(Arc::new(KeyLog::parse(ok_log.as_bytes())), 0);
     dec.feed(0, &flight, 0, None);
     assert_eq!(dec.drops, nth(Drop::NoHandshake, 2));
+}
+
+#[test]
+fn tls12_cbc_encrypt_then_mac_and_mac_then_encrypt() {
+    let master = [8u8; 48];
+    let log = Arc::new(KeyLog::parse(format!("CLIENT_RANDOM {} {}\n", hex(&CR), hex(&master)).as_bytes()));
+    for cipher in [0xC013_u16, 0xC028] {
+        let suite = tls12::suite(cipher).unwrap();
+        let (ck, _) = tls12::keys(suite, &master, &CR, &SR).unwrap();
+        // every plaintext length around a block boundary
+        let texts: Vec<Vec<u8>> = (0..40).map(|n| (0..n as u8).collect()).collect();
+        for etm in [false, true] {
+            let mut bytes = record(20, &[1]);
+            bytes.extend(record(22, &ck.seal_etm(0, 22, 0x0303, &[20, 0, 0, 0], [1; 8], etm)));
+            for (i, t) in texts.iter().enumerate() {
+                bytes.extend(record(23, &ck.seal_etm(i as u64 + 1, 23, 0x0303, t, [i as u8; 8], etm)));
+            }
+            let p = Params { etm, ..params(0x0303, cipher) };
+            let mut dec = Decryptor::new(log.clone(), 0);
+            dec.feed(0, &bytes, 0, Some(&p));
+            let got: Vec<Vec<u8>> = dec.plain.iter().map(|(_, b, _)| b.clone()).collect();
+            assert_eq!(got, texts[1..].to_vec(), "suite {cipher:#x} etm {etm}"); // (empty records give no chunk)
+            assert_eq!(dec.drops, [0; 8]);
+            // the other MAC order does not open them: bad_mac (or malformed), never a panic
+            let mut dec = Decryptor::new(log.clone(), 0);
+            dec.feed(0, &bytes, 0, Some(&Params { etm: !etm, ..params(0x0303, cipher) }));
+            assert!(dec.plain.is_empty());
+            assert_eq!(dec.drops[Drop::BadMac.index()] + dec.drops[Drop::Malformed.index()], 41); // Finished too
+        }
+    }
 }
 
 fn hex(b: &[u8]) -> String {

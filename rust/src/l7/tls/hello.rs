@@ -11,6 +11,7 @@ use crate::bytes::{be16, u8_at};
 // Extensions (IANA "TLS ExtensionType Values").
 pub const EXT_SERVER_NAME: u16 = 0;
 pub const EXT_ALPN: u16 = 16;
+pub const EXT_ENCRYPT_THEN_MAC: u16 = 22;
 pub const EXT_PRE_SHARED_KEY: u16 = 41;
 pub const EXT_SUPPORTED_VERSIONS: u16 = 43;
 
@@ -172,6 +173,8 @@ pub struct ServerHello {
     pub retry: bool,
     pub alpn: Option<String>,
     pub psk: bool,
+    /// encrypt_then_mac (RFC 7366): how TLS 1.2 CBC records are protected.
+    pub etm: bool,
 }
 
 pub fn parse_server_hello(body: &[u8]) -> Res<ServerHello> {
@@ -203,6 +206,7 @@ pub fn parse_server_hello(body: &[u8]) -> Res<ServerHello> {
                 }
             }
             EXT_PRE_SHARED_KEY => sh.psk = true,
+            EXT_ENCRYPT_THEN_MAC => sh.etm = true,
             _ => {}
         }
     }

@@ -242,7 +242,7 @@ impl Connection {
     pub fn decrypt_params(&self) -> Option<Params> {
         let sh = self.server_hello.as_ref().filter(|sh| !sh.retry)?;
         let ch = self.client_hello.as_ref()?;
-        Some(Params { version: sh.version, cipher: sh.cipher, client_random: ch.random, server_random: sh.random })
+        Some(Params { version: sh.version, cipher: sh.cipher, client_random: ch.random, server_random: sh.random, etm: sh.etm })
     }
 
     /// Plaintext of application data decrypted since the last call: (direction, bytes,

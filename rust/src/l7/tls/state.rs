@@ -10,7 +10,8 @@
 //! unbounded allocation. Taken between calls, when no summary, counter or plaintext is
 //! waiting to be taken.
 //!
-//! Version 2 (issue 19, decryption with a key log) adds the hellos' randoms and, at the
+//! Version 2 (issue 19, decryption with a key log) adds the hellos' randoms, the
+//! ServerHello's encrypt_then_mac and, at the
 //! end, the count of records not decrypted for want of a key log and the decryptor's
 //! state: per direction its partial record, why it stopped, ChangeCipherSpec seen,
 //! sequence number, TLS 1.3 key phase and KeyUpdate count; its drop counters. No key
@@ -152,6 +153,7 @@ fn write_sh(w: &mut W, sh: Option<&ServerHello>) {
         w.b(sh.retry);
         w.ostr(sh.alpn.as_deref());
         w.b(sh.psk);
+        w.b(sh.etm);
     }
 }
 
@@ -167,6 +169,7 @@ fn read_sh(r: &mut R<'_>, v: u16) -> Res<Option<ServerHello>> {
         retry: r.b()?,
         alpn: r.ostr()?,
         psk: r.b()?,
+        etm: v >= 2 && r.b()?,
     }))
 }
 
