@@ -349,11 +349,12 @@ def test_the_key_log_is_never_shown(traffic: Traffic, decrypted: tuple[dict, dic
                            "--tls-keylog", str(missing)], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1
     assert str(missing) in proc.stderr and "cannot read the key log" in proc.stderr
-    # a directory is not a key log either; and a key log that is not one (our capture):
-    # read, its lines counted bad, nothing decrypted, no crash
+    # a key log that is not one (our capture): read, its lines counted bad, a warning,
+    # nothing decrypted, no crash
     proc, records = run_analyze(traffic.pcap, tmp_path / "junk", "--tls-keylog", str(traffic.pcap))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert records["wire.transactions"] == []
+    assert f"warning: --tls-keylog {traffic.pcap}: no TLS secrets in it" in proc.stderr
 
 
 def test_a_checkpointed_engine_decrypts_the_same(traffic: Traffic, decrypted: tuple[dict, dict[str, list]]) -> None:

@@ -137,21 +137,28 @@ def tls_keylog_path(path: str | None) -> str | None:
             f.read(1)
     except OSError as exc:
         raise WirestreamError(f"--tls-keylog {path}: cannot read the key log: {exc.strerror or exc}") from None
+    keylog = load_tls_keylog_file(path)
+    if keylog.entries == 0:  # the wrong file, most likely: say so rather than decrypt nothing silently
+        print(f"wirestream: warning: --tls-keylog {path}: no TLS secrets in it ({keylog.bad} lines not "
+              "understood): nothing will be decrypted", file=sys.stderr)
     return path
 
 
-def load_tls_keylog(path: str | None) -> Any:
-    """The parsed key log of ``--tls-keylog`` (``_core.TlsKeyLog``, its bytes in this
-    process's memory only), or None."""
-    path = tls_keylog_path(path)
-    if path is None:
-        return None
+def load_tls_keylog_file(path: str) -> Any:
     from wirestream._core import TlsKeyLog
 
     try:
         return TlsKeyLog.load(path)
     except OSError as exc:  # the core's message: the path and the OS error
         raise WirestreamError(f"--tls-keylog {exc}") from None
+
+
+def load_tls_keylog(path: str | None) -> Any:
+    """The parsed key log of ``--tls-keylog`` (``_core.TlsKeyLog``, its bytes in this
+    process's memory only), or None."""
+    if not path:
+        return None
+    return load_tls_keylog_file(os.path.abspath(path))
 
 
 def add_window_args(p: argparse.ArgumentParser, defaults: Settings) -> None:
