@@ -424,3 +424,30 @@ fn a_version_1_state_still_restores() {
     v9[5] = 9;
     assert!(state::restore(&v9, None).unwrap_err().contains("version 9"));
 }
+
+#[test]
+fn garbage_through_the_handshake_parser_never_panics() {
+    // Real hellos, then damaged copies of the real encrypted flights (every byte flipped in
+    // turn, truncations), through Connection with a key log: counted, never a panic.
+    let master = [0x5a; 48];
+    let log = Arc::new(KeyLog::parse(format!("CLIENT_RANDOM {} {}\n", hex(&CR), hex(&master)).as_bytes()));
+    let flow = tls12_connection(&master);
+    let total: usize = flow.iter().map(|(_, b)| b.len()).sum();
+    for flip in (0..total).step_by(3) {
+        let mut c = Connection::new(0, 1_000_000).with_keylog(Some(log.clone()));
+        let mut at = 0;
+        for (d, bytes) in &flow {
+            let mut b = bytes.clone();
+            if (at..at + b.len()).contains(&flip) {
+                b[flip - at] ^= 0x41;
+            }
+            at += bytes.len();
+            c.data(*d, &b[..b.len() - (flip % 3)], 1);
+            let _ = c.take_plain();
+        }
+        c.gap(1, 10);
+        c.data(1, &[23, 3, 3, 0, 40], 2);
+        c.close();
+        let _ = c.take();
+    }
+}
