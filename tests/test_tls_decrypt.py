@@ -5,8 +5,8 @@ curl, with ``SSLKEYLOGFILE``, makes requests over every kind of suite we decrypt
 ECDHE-RSA with AES-128-GCM, AES-256-GCM, ChaCha20-Poly1305, AES-128-CBC-SHA with
 encrypt_then_mac and AES-256-CBC-SHA384 without; TLS 1.3 with TLS_AES_128_GCM_SHA256,
 TLS_AES_256_GCM_SHA384 and TLS_CHACHA20_POLY1305_SHA256), one connection per suite,
-several requests on some (a 96 KB response: many records); one more connection's secrets
-are not logged. tcpdump captures it all on ``lo``. The oracle is tshark with
+several requests on some (a 96 KB response: many records), and resumed sessions of TLS
+1.2 and 1.3; one more connection's secrets are not logged. tcpdump captures it all on ``lo``. The oracle is tshark with
 ``-o tls.keylog_file:KEYS``: the (method, URI, status) of every request/response pair it
 decrypts must be exactly our ``wire.transactions`` (each marked ``tls: true``, with its
 connection's ``wire.tls`` record); the undecryptable connection gives neither tshark nor
@@ -68,6 +68,15 @@ RUNS: list[tuple[str, list[str], list[str], str, int]] = [
     ("tls13-chacha", ["--tlsv1.3", "--tls13-ciphers", "TLS_CHACHA20_POLY1305_SHA256"],
      ["/six", "/teapot"], "TLS1.3", 0x1303),
 ]
+#: (curl options, paths): one curl, each path on a connection of its own (Connection:
+#: close), the later ones resuming the first one's session (TLS 1.2: session ticket;
+#: TLS 1.3: PSK): new randoms and keys, the same key log
+RESUMED: list[tuple[list[str], list[str]]] = [
+    (["--tls-max", "1.2", "--tlsv1.2", "--ciphers", "ECDHE-RSA-AES128-GCM-SHA256"], ["/resume-12-a", "/resume-12-b"]),
+    (["--tlsv1.3"], ["/resume-13-a", "/resume-13-b"]),
+]
+RESUMED_PATHS = [p for _o, paths in RESUMED for p in paths]
+
 #: runs whose curl does not offer encrypt_then_mac (RFC 7366): their CBC records are
 #: MAC-then-encrypt, the others' encrypt-then-MAC (what OpenSSL negotiates by default)
 NO_ETM = {"tls12-cbc-mte"}
@@ -178,6 +187,12 @@ def traffic(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Traffic]:
                     cmd += ["--data", "a=1&b=2"]
                 cmd.append(f"https://127.0.0.1:{port}{p}")
             subprocess.run(cmd, env=no_etm_env if name in NO_ETM else env, check=True, timeout=30)
+        for opts, paths in RESUMED:
+            cmd = [CURL]
+            for i, p in enumerate(paths):
+                cmd += [*(["--next"] if i else []), "-sk", "--http1.1", "-o", "/dev/null", *opts,
+                        "-H", "Connection: close", f"https://127.0.0.1:{port}{p}"]
+            subprocess.run(cmd, env=env, check=True, timeout=30)
         plain_env = {k: v for k, v in os.environ.items() if k != "SSLKEYLOGFILE"}
         subprocess.run([CURL, "-sk", "--http1.1", "-o", "/dev/null", f"https://127.0.0.1:{port}{UNLOGGED_PATH}"],
                        env=plain_env, check=True, timeout=30)
@@ -269,7 +284,7 @@ def test_https_transactions_are_tsharks(traffic: Traffic, decrypted: tuple[dict,
     run, records = decrypted
     expected = tshark_pairs(traffic.pcap, traffic.keys)
     # what curl was asked for, so that the oracle itself is checked too (it decrypted all)
-    asked = sorted(p for _n, _o, paths, _v, _s in RUNS for p in paths)
+    asked = sorted([p for _n, _o, paths, _v, _s in RUNS for p in paths] + RESUMED_PATHS)
     assert sorted(uri for _m, uri, _c in expected) == asked
     txns = records["wire.transactions"]
     got = sorted((t["method"], t["path"], t["status"]) for t in txns)
@@ -295,8 +310,13 @@ def test_every_suite_is_decrypted(traffic: Traffic, decrypted: tuple[dict, dict[
                     if h["version"] == version and h["cipher_suite_id"] == suite and by_conn.get(cid) == paths]
         assert len(matching) == 1, (name, handshakes, by_conn)
         seen.add(matching[0])
+    # the resumed sessions: a connection per path, decrypted, resumption seen
+    resumed = {cid for cid, paths in by_conn.items() if paths[0] in RESUMED_PATHS}
+    assert sorted(p for cid in resumed for p in by_conn[cid]) == sorted(RESUMED_PATHS)
+    assert all(len(by_conn[cid]) == 1 for cid in resumed)
+    assert any(handshakes[cid]["resumed"] for cid in resumed)
     # the one connection whose secrets were not logged: a handshake, no transaction
-    rest = set(handshakes) - seen
+    rest = set(handshakes) - seen - resumed
     assert len(rest) == 1 and not by_conn.get(rest.pop())
 
 
@@ -322,7 +342,7 @@ def test_undecryptable_records_are_counted(decrypted: tuple[dict, dict[str, list
     # handshake flight included) are no_key; nothing else failed
     assert c["tls_decrypt_drop.no_key"] >= 2
     assert {k for k in c if k.startswith("tls_decrypt_drop.")} == {"tls_decrypt_drop.no_key"}
-    assert c["l7_connections.http_in_tls"] == len(RUNS)
+    assert c["l7_connections.http_in_tls"] == len(RUNS) + len(RESUMED_PATHS)
 
 
 def test_without_the_key_log_nothing_is_decrypted(traffic: Traffic, tmp_path: Path) -> None:
@@ -330,7 +350,7 @@ def test_without_the_key_log_nothing_is_decrypted(traffic: Traffic, tmp_path: Pa
     proc, records = run_analyze(traffic.pcap, tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert records["wire.transactions"] == []
-    assert len(records["wire.tls"]) == len(RUNS) + 1
+    assert len(records["wire.tls"]) == len(RUNS) + len(RESUMED_PATHS) + 1
     c = counters(json.loads(proc.stdout))
     assert c["tls_decrypt_drop.no_key"] > len(RUNS) * 2 and not c["tls_decrypted_records"]
 
@@ -370,7 +390,7 @@ def test_a_checkpointed_engine_decrypts_the_same(traffic: Traffic, decrypted: tu
     from wirestream.topics import TRANSACTIONS
 
     keylog = TlsKeyLog.load(str(traffic.keys))
-    assert keylog.sessions == len(RUNS) and keylog.bad == 0
+    assert keylog.sessions == len(RUNS) + len(RESUMED_PATHS) and keylog.bad == 0
     options = EngineOptions(l7=L7Options(tls_keylog=keylog), packet_partitions=1, observation_partitions=1)
     batches = list(packet_batches(str(traffic.pcap), 8))
     secrets = [bytes.fromhex(line.split()[-1]) for line in traffic.keys.read_text().splitlines() if line]
