@@ -128,6 +128,7 @@ def test_keep_alive_pairs_have_every_field() -> None:
         "request_body": None, "response_body": b"first", "request_body_size": 0,
         "response_body_size": 5, "latency_us": 500, "ttfb_us": 500, "error": None,
         "upgrade": None, "community_id": "1:cid-of-conn-1",  # the connection's, on every record
+        "tls": False,  # cleartext (tests/test_tls_decrypt.py: true inside decrypted TLS)
     }
     assert r2["community_id"] == "1:cid-of-conn-1"
     assert (r2["method"], r2["status"], r2["request_body"], r2["request_body_size"]) == (

@@ -12,6 +12,7 @@
 | redaction          | ``--no-redact``          | ``WIRESTREAM_REDACT`` (0/1)       | on: credentials, cookies, tokens, card numbers masked |
 | HTTP body cap      | ``--body-cap``           | ``WIRESTREAM_BODY_CAP``           | 65536 bytes kept per body (true size always recorded) |
 | Community ID seed  | ``--community-id-seed``  | ``WIRESTREAM_COMMUNITY_ID_SEED``  | 0 (0-65535; the records' ``community_id``) |
+| TLS key log        | ``--tls-keylog``         | (none: a flag only)               | none: TLS is not decrypted |
 """
 
 from __future__ import annotations
@@ -45,6 +46,9 @@ class Settings:
     alert_thresholds: list[str] = field(default_factory=list)
     #: seed of the records' Community ID (community-id-spec; 0 as Zeek's and Suricata's default)
     community_id_seed: int = 0
+    #: NSS key log file (``SSLKEYLOGFILE``) to decrypt TLS with: its path only; each worker
+    #: reads the file itself and keeps its bytes in memory (never logged, never copied)
+    tls_keylog: str | None = None
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -84,6 +88,8 @@ class Settings:
             args.append("--no-redact")
         if self.community_id_seed:
             args += ["--community-id-seed", str(self.community_id_seed)]
+        if self.tls_keylog:
+            args += ["--tls-keylog", self.tls_keylog]
         return args
 
 

@@ -41,6 +41,10 @@ class L7Options:
     #: Seed of the DNS records' Community ID (``--community-id-seed``; the TCP
     #: tracker's is ``EngineOptions.community_id_seed``, set from the same setting).
     community_id_seed: int = 0
+    #: TLS key log (``--tls-keylog``, an NSS key log read once: ``_core.TlsKeyLog``):
+    #: TLS connections whose secrets it has are decrypted and their HTTP/1.x analysed
+    #: (records marked ``tls``). None: no decryption. Its repr shows counts only.
+    tls_keylog: Any = None
 
 
 @dataclass

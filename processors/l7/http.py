@@ -144,6 +144,9 @@ class HttpAnalyzer(StreamAnalyzer):
             # gives the findings of its headers and bodies beside it.
             record["connection_id"] = cid
             record["community_id"] = community_id
+            # cleartext; the analyser of a decrypted TLS connection (tls.DecryptedStream)
+            # emits through a context that marks its records true
+            record["tls"] = False
             if found:  # for the detections, beside the record's fields (processors.findings)
                 record = RecordWithFindings(record, Finding(found))
             records.append(record)

@@ -77,6 +77,18 @@ gap over a record header loses our place: we resynchronise on the next segment t
 with a plausible record header (``tls_resync``). An SSLv2-compatible ClientHello is skipped (counted
 ``tls_sslv2_client_hello``); the server's reply is still parsed.
 
+Decryption (issue 19): with ``options.tls_keylog`` (``--tls-keylog``, an NSS key log),
+the core also decrypts the connection's records (``rust/src/tls_decrypt``: TLS 1.2
+AES-GCM and ChaCha20-Poly1305, TLS 1.3) and gives their plaintext here after each call;
+:class:`DecryptedStream` hands it to the HTTP/1.x analyser, whose transactions carry
+``tls: true`` and this connection's ``connection_id``. Records not decrypted are counted
+by reason when the connection ends (``tls_decrypt_drop.no_key``, ``.unsupported_suite``,
+``.unsupported_version``, ``.bad_mac``, ``.gap``, ``.malformed``, ``.no_handshake``,
+``.renegotiation``; without a key log every application-data record is a ``no_key``), and
+those decrypted as ``tls_decrypted_records``. Plaintext that is not HTTP/1.x (HTTP/2
+after ALPN ``h2``, other protocols) is counted (``tls_plaintext.http2``,
+``tls_plaintext.unrecognised``) and not analysed.
+
 Counters (``ctx.stats``): ``tls_handshakes``, ``tls_established``, ``tls_resumed``,
 ``tls_hello_retry_requests``, ``tls_alerts``, ``tls_encrypted_alerts``, ``tls_parse_error``
 (+ ``.reason``), ``tls_gap``, ``tls_resync``, ``tls_sslv2_client_hello``,
@@ -99,6 +111,8 @@ from wirestream.topics import TLS
 
 from ..state_codec import StateError
 from .base import StreamAnalyzer, StreamContext
+from .detect import Verdict, detect
+from .http import HttpAnalyzer
 from .tls_names import ALERT_DESCRIPTIONS, CIPHER_SUITES
 
 #: ServerHello.random of a HelloRetryRequest: SHA-256("HelloRetryRequest") (RFC 8446 §4.1.3).
@@ -146,6 +160,70 @@ def alert_name(description: int) -> str:
     return ALERT_DESCRIPTIONS.get(description) or f"unknown_{description}"
 
 
+#: Plaintext held while its first bytes do not yet say what it is.
+PLAINTEXT_DETECT_BUFFER = 4096
+#: The HTTP/2 connection preface (RFC 9113 §3.4).
+H2_PREFACE = b"PRI * HTTP/2.0"
+
+
+class DecryptedStream:
+    """The plaintext of one decrypted TLS connection, for the HTTP/1.x analyser.
+
+    Recognises the protocol from the first plaintext bytes (as :mod:`.session` does for
+    cleartext connections), then feeds :class:`~.http.HttpAnalyzer` with a context of its
+    own whose ``emit`` marks the records ``tls: true``."""
+
+    def __init__(self, ctx: StreamContext) -> None:
+        self.outer_emit = ctx.emit
+        self.ctx = StreamContext(
+            ips=ctx.ips, ports=ctx.ports, connection_id=ctx.connection_id, emit=self.emit,
+            options=ctx.options, stats=ctx.stats, community_id=ctx.community_id)
+        self.analyzer: HttpAnalyzer | None = None
+        self.held: list[tuple[int, bytes, int]] = []
+        self.held_bytes = 0
+        self.done = False
+
+    def emit(self, topic: str, key: str, record: dict[str, Any]) -> None:
+        record["tls"] = True
+        self.outer_emit(topic, key, record)
+
+    def data(self, direction: int, data: bytes, ts_us: int) -> None:
+        if self.analyzer is not None:
+            self.analyzer.on_data(direction, data, ts_us)
+            return
+        if self.done:
+            return
+        self.held.append((direction, data, ts_us))
+        self.held_bytes += len(data)
+        first = b"".join(c for d, c, _ in self.held if d == direction)
+        verdict = detect(first)
+        stats = self.ctx.stats
+        if verdict is Verdict.NEED_MORE and self.held_bytes < PLAINTEXT_DETECT_BUFFER:
+            return
+        if verdict is Verdict.HTTP_REQUEST:
+            client = direction
+        elif verdict is Verdict.HTTP_RESPONSE:
+            client = 1 - direction
+        else:
+            stats["tls_plaintext.http2" if first.startswith(H2_PREFACE) else "tls_plaintext.unrecognised"] += 1
+            self.done = True
+            self.held = []
+            return
+        stats["l7_connections.http_in_tls"] += 1
+        self.analyzer = HttpAnalyzer(self.ctx, client)
+        held, self.held, self.held_bytes = self.held, [], 0
+        for d, chunk, t in held:
+            self.analyzer.on_data(d, chunk, t)
+
+    def tick(self, now_us: int) -> None:
+        if self.analyzer is not None:
+            self.analyzer.tick(now_us)
+
+    def close(self, ts_us: int) -> None:
+        if self.analyzer is not None:
+            self.analyzer.on_close(ts_us)
+
+
 class TlsAnalyzer(StreamAnalyzer):
     """One TLS connection: parses both directions' records, emits one ``wire.tls`` record."""
 
@@ -155,11 +233,18 @@ class TlsAnalyzer(StreamAnalyzer):
     # rebuilt from them on restore (_state_restored); processors/state_codec.py.
     _state_exclude = ("_core",)
 
+    #: The plaintext's analyser, only when decrypting (an attribute of the instance then:
+    #: the state of a run without a key log is what it was before decryption existed).
+    _decrypted: DecryptedStream | None = None
+
     def __init__(self, ctx: StreamContext, client_direction: int) -> None:
         super().__init__(ctx)
         self.client = client_direction
-        self._core = TlsConnection(client_direction, ctx.options.response_timeout_us)
+        keylog = ctx.options.tls_keylog
+        self._core = TlsConnection(client_direction, ctx.options.response_timeout_us, keylog)
         self._core_state = b""
+        if keylog is not None:
+            self._decrypted = DecryptedStream(ctx)
 
     # --- StreamAnalyzer hooks --------------------------------------------------------------
 
@@ -167,8 +252,13 @@ class TlsAnalyzer(StreamAnalyzer):
         out = self._core.data(direction, data, ts_us)
         if out is not None:
             self._done(out)
+        plain = self._decrypted
+        if plain is not None:
+            for d, chunk, ts in self._core.take_plaintext():
+                plain.data(d, chunk, ts)
 
     def on_gap(self, direction: int, missing: int, ts_us: int) -> None:
+        # (The decryptor stops the direction at a gap: its plaintext has no gap to report.)
         out = self._core.gap(direction, missing)
         if out is not None:
             self._done(out)
@@ -177,11 +267,15 @@ class TlsAnalyzer(StreamAnalyzer):
         out = self._core.tick(now_us)
         if out is not None:
             self._done(out)
+        if self._decrypted is not None:
+            self._decrypted.tick(now_us)
 
     def on_close(self, ts_us: int) -> None:
         out = self._core.close()
         if out is not None:
             self._done(out)
+        if self._decrypted is not None:
+            self._decrypted.close(ts_us)
 
     # --- what the core says, for tests and bounds -------------------------------------------
 
@@ -210,7 +304,8 @@ class TlsAnalyzer(StreamAnalyzer):
 
     def _state_restored(self) -> None:
         try:
-            self._core = TlsConnection.restore(self._core_state)
+            # The keys are not in the snapshot: the key log of this run derives them again.
+            self._core = TlsConnection.restore(self._core_state, self.ctx.options.tls_keylog)
         except ValueError as exc:
             raise StateError(f"tls analyser: {exc}") from None
         self._core_state = b""

@@ -18,6 +18,7 @@
 //!   analysis, with their checkpoint encoding;
 //! - [`reassembly`]: TCP stream reassembly (in-order bytes and gaps of one direction),
 //!   run by the tracker for each L7 connection;
+//! - [`tls_decrypt`]: TLS 1.2/1.3 record decryption with an NSS key log (issue 19), feeding the L7 analysers plaintext;
 //! - [`l7`]: the L7 analysers' per-chunk work (HTTP/1.x, DNS, TLS handshakes), with their checkpoint encoding;
 //! - [`state_bytes`]: the checkpoint states' shared byte codec (writer, checked reader, envelope);
 //! - [`avro`]: output records -> Avro binary, compiled from their schema;
@@ -44,6 +45,7 @@ pub mod replay;
 pub mod ring;
 pub mod state_bytes;
 pub mod tcp;
+pub mod tls_decrypt;
 mod python_tcp;
 mod python_avro;
 mod python_http;
@@ -72,6 +74,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<python_dns::PyDnsMatcher>()?;
     m.add_class::<python_dns::PyDnsTcp>()?;
     m.add_class::<python_tls::PyTlsConnection>()?;
+    m.add_class::<python_tls::PyKeyLog>()?;
     m.add_function(wrap_pyfunction!(python_tls::looks_like_tls_client_hello, m)?)?;
     m.add_class::<python_avro::PyAvroWriter>()?;
     m.add_class::<python_avro::PyAvroReader>()?;

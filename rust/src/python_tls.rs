@@ -10,13 +10,76 @@
 //! alert_description, alert_level, alert_from, resumed, hello_retry_request, error)`,
 //! `counts` a list of `(counter, increment)`. `snapshot()` / `TlsConnection.restore(bytes)`
 //! are the checkpoint (rust/src/l7/tls/state.rs).
+//!
+//! Decryption (issue 19): `KeyLog.load(path)` reads an NSS key log once per process
+//! (its bytes stay in this process's memory; no message shows them); a `TlsConnection`
+//! given it decrypts, and `take_plaintext()` returns what was decrypted since the last
+//! call, `[(direction, bytes, ts_us), ...]`, for the HTTP analyser. The counters of
+//! decryption (`tls_decrypted_records`, `tls_decrypt_drop.<reason>`) come with the
+//! connection's end (`close`).
 
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyTuple};
 
+use std::sync::Arc;
+
 use crate::l7::tls::record::{Reading, MAX_RECORD};
 use crate::l7::tls::{looks_like_client_hello, state, Connection, Handshake};
+use crate::tls_decrypt::KeyLog;
+
+/// A parsed NSS key log, shared by every connection of the process.
+#[pyclass(module = "wirestream._core", name = "TlsKeyLog", frozen)]
+pub struct PyKeyLog {
+    inner: Arc<KeyLog>,
+}
+
+#[pymethods]
+impl PyKeyLog {
+    /// From the key log's bytes.
+    #[new]
+    fn new(data: &[u8]) -> Self {
+        PyKeyLog { inner: Arc::new(KeyLog::parse(data)) }
+    }
+
+    /// Read and parse the file at `path`; an OSError naming the path (never its contents).
+    #[staticmethod]
+    fn load(path: std::path::PathBuf) -> PyResult<Self> {
+        let data = std::fs::read(&path).map_err(|e| {
+            pyo3::exceptions::PyOSError::new_err(format!("{}: cannot read the TLS key log: {e}", path.display()))
+        })?;
+        Ok(PyKeyLog { inner: Arc::new(KeyLog::parse(&data)) })
+    }
+
+    /// Secrets taken (lines).
+    #[getter]
+    fn entries(&self) -> u64 {
+        self.inner.entries
+    }
+
+    /// Lines of labels we do not use (early traffic, exporter, ...).
+    #[getter]
+    fn ignored(&self) -> u64 {
+        self.inner.ignored
+    }
+
+    /// Lines that are not key log entries (skipped).
+    #[getter]
+    fn bad(&self) -> u64 {
+        self.inner.bad
+    }
+
+    /// Client randoms with at least one secret.
+    #[getter]
+    fn sessions(&self) -> usize {
+        self.inner.by_random.len()
+    }
+
+    /// Counts only: a key log's repr must not show a secret.
+    fn __repr__(&self) -> String {
+        format!("TlsKeyLog(sessions={}, entries={}, ignored={}, bad={})", self.inner.by_random.len(), self.inner.entries, self.inner.ignored, self.inner.bad)
+    }
+}
 
 #[pyclass(module = "wirestream._core", name = "TlsConnection")]
 pub struct PyTlsConnection {
@@ -62,11 +125,23 @@ impl PyTlsConnection {
 #[pymethods]
 impl PyTlsConnection {
     #[new]
-    fn new(client_direction: u8, response_timeout_us: i64) -> PyResult<Self> {
+    #[pyo3(signature = (client_direction, response_timeout_us, keylog=None))]
+    fn new(client_direction: u8, response_timeout_us: i64, keylog: Option<&PyKeyLog>) -> PyResult<Self> {
         if client_direction > 1 {
             return Err(PyValueError::new_err("client_direction is 0 or 1"));
         }
-        Ok(PyTlsConnection { inner: Connection::new(client_direction, response_timeout_us) })
+        let inner = Connection::new(client_direction, response_timeout_us).with_keylog(keylog.map(|k| k.inner.clone()));
+        Ok(PyTlsConnection { inner })
+    }
+
+    /// Plaintext decrypted since the last call: `[(direction, bytes, ts_us), ...]`.
+    fn take_plaintext<'py>(&mut self, py: Python<'py>) -> Vec<(u8, Bound<'py, PyBytes>, i64)> {
+        self.inner.take_plain().into_iter().map(|(d, b, ts)| (d, PyBytes::new(py, &b), ts)).collect()
+    }
+
+    /// Decrypting (given a key log, or restored with one)?
+    fn decrypting(&self) -> bool {
+        self.inner.decrypt.is_some()
     }
 
     #[classattr]
@@ -99,9 +174,11 @@ impl PyTlsConnection {
         PyBytes::new(py, &state::snapshot(&self.inner))
     }
 
+    /// From `snapshot()`'s bytes; `keylog`: decrypt again (the keys are not in the bytes).
     #[staticmethod]
-    fn restore(data: &[u8]) -> PyResult<Self> {
-        state::restore(data).map(|inner| PyTlsConnection { inner }).map_err(PyValueError::new_err)
+    #[pyo3(signature = (data, keylog=None))]
+    fn restore(data: &[u8], keylog: Option<&PyKeyLog>) -> PyResult<Self> {
+        state::restore(data, keylog.map(|k| k.inner.clone())).map(|inner| PyTlsConnection { inner }).map_err(PyValueError::new_err)
     }
 
     // -- introspection (tests, bounds) ------------------------------------------------

@@ -4,12 +4,13 @@ the parsed options, and the stop flag of the long-running commands."""
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 from typing import TYPE_CHECKING, Any
 
 from wirestream.config import Settings
-from wirestream.errors import UsageError
+from wirestream.errors import UsageError, WirestreamError
 
 if TYPE_CHECKING:
     from wirestream.processors.service_windows import WindowOptions
@@ -118,6 +119,46 @@ def add_l7_args(p: argparse.ArgumentParser, defaults: Settings) -> None:
     g.add_argument("--community-id-seed", type=seed_arg, default=defaults.community_id_seed, metavar="N",
                    help="seed (0-65535) of the records' community_id, the Community ID v1 of their "
                         "flow; use the seed your Zeek/Suricata use (default: %(default)s)")
+    g.add_argument("--tls-keylog", metavar="KEYS", default=defaults.tls_keylog,
+                   help="NSS key log (what SSLKEYLOGFILE writes) to decrypt TLS 1.2 (AES-GCM, "
+                        "ChaCha20-Poly1305) and TLS 1.3 with: HTTP/1.x inside is analysed, its "
+                        "transactions marked tls (the file is a secret: it is read, never shown)")
+
+
+def tls_keylog_path(path: str | None) -> str | None:
+    """``--tls-keylog``'s file, made absolute (workers read it too), after checking that it
+    can be read: a bad path fails here, before anything starts. The error names the path
+    and the reason, never the contents."""
+    if not path:
+        return None
+    path = os.path.abspath(path)
+    try:
+        with open(path, "rb") as f:
+            f.read(1)
+    except OSError as exc:
+        raise WirestreamError(f"--tls-keylog {path}: cannot read the key log: {exc.strerror or exc}") from None
+    keylog = load_tls_keylog_file(path)
+    if keylog.entries == 0:  # the wrong file, most likely: say so rather than decrypt nothing silently
+        print(f"wirestream: warning: --tls-keylog {path}: no TLS secrets in it ({keylog.bad} lines not "
+              "understood): nothing will be decrypted", file=sys.stderr)
+    return path
+
+
+def load_tls_keylog_file(path: str) -> Any:
+    from wirestream._core import TlsKeyLog
+
+    try:
+        return TlsKeyLog.load(path)
+    except OSError as exc:  # the core's message: the path and the OS error
+        raise WirestreamError(f"--tls-keylog {exc}") from None
+
+
+def load_tls_keylog(path: str | None) -> Any:
+    """The parsed key log of ``--tls-keylog`` (``_core.TlsKeyLog``, its bytes in this
+    process's memory only), or None."""
+    if not path:
+        return None
+    return load_tls_keylog_file(os.path.abspath(path))
 
 
 def add_window_args(p: argparse.ArgumentParser, defaults: Settings) -> None:
@@ -204,6 +245,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     if hasattr(args, "l7"):
         s.l7, s.redact, s.body_cap = args.l7, args.redact, args.body_cap
         s.community_id_seed = args.community_id_seed
+        s.tls_keylog = tls_keylog_path(args.tls_keylog)
     if hasattr(args, "window"):
         window_options(args)  # a bad threshold fails here, before anything starts
         s.window_s, s.lateness_s, s.alert_thresholds = args.window, args.lateness, args.alert_threshold

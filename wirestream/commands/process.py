@@ -217,7 +217,8 @@ def _packet_worker(args: argparse.Namespace, packet_partitions: int, observation
         idle_timeout_us=int(args.idle_timeout * 1e6),
         interim_us=int(args.interim * 1e6),
         l7=(L7Options(redact=args.redact, body_cap=args.body_cap, response_body_cap=args.response_body_cap,
-                      community_id_seed=args.community_id_seed)
+                      community_id_seed=args.community_id_seed,
+                      tls_keylog=common.load_tls_keylog(args.tls_keylog))
             if args.l7 else None),
         community_id_seed=args.community_id_seed,
         packet_partitions=packet_partitions,

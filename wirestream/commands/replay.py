@@ -43,7 +43,8 @@ def run(args: argparse.Namespace) -> int:
     from wirestream.processors.l7.base import L7Options
     from wirestream.replay import replay
 
-    l7 = (L7Options(redact=args.redact, body_cap=args.body_cap, community_id_seed=args.community_id_seed)
+    l7 = (L7Options(redact=args.redact, body_cap=args.body_cap, community_id_seed=args.community_id_seed,
+                    tls_keylog=common.load_tls_keylog(args.tls_keylog))
           if args.l7 else None)
 
     def progress(done: int, total: int) -> None:

@@ -11,6 +11,7 @@ use crate::bytes::{be16, u8_at};
 // Extensions (IANA "TLS ExtensionType Values").
 pub const EXT_SERVER_NAME: u16 = 0;
 pub const EXT_ALPN: u16 = 16;
+pub const EXT_ENCRYPT_THEN_MAC: u16 = 22;
 pub const EXT_PRE_SHARED_KEY: u16 = 41;
 pub const EXT_SUPPORTED_VERSIONS: u16 = 43;
 
@@ -83,6 +84,13 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// A hello's 32 random bytes (`take(32)` gave exactly 32).
+fn random(raw: &[u8]) -> [u8; 32] {
+    let mut r = [0u8; 32];
+    r.copy_from_slice(raw.get(..32).unwrap_or(&[0u8; 32]));
+    r
+}
+
 /// Host names and ALPN ids are ASCII; anything else stays visible and lossless as
 /// `\xNN` (Python's "backslashreplace", which the records always used).
 pub fn text(raw: &[u8]) -> String {
@@ -100,6 +108,8 @@ pub fn text(raw: &[u8]) -> String {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ClientHello {
     pub version: u16,
+    /// ClientHello.random: the key log's index (zeros for an SSLv2-compatible hello).
+    pub random: [u8; 32],
     pub session_id: Vec<u8>,
     pub server_name: Option<String>,
     pub alpn: Vec<String>,
@@ -112,14 +122,14 @@ pub struct ClientHello {
 pub fn parse_client_hello(body: &[u8]) -> Res<ClientHello> {
     let mut r = Reader::new(body);
     let version = r.u16()?;
-    r.take(32)?; // random
+    let random = random(r.take(32)?);
     let session_id = r.vec8()?;
     let suites = r.vec16()?;
     r.vec8()?; // compression methods
     if session_id.len() > 32 || suites.len() % 2 != 0 {
         return Err(Malformed);
     }
-    let mut ch = ClientHello { version, session_id: session_id.to_vec(), ..ClientHello::default() };
+    let mut ch = ClientHello { version, random, session_id: session_id.to_vec(), ..ClientHello::default() };
     for (etype, mut ext) in r.extensions()? {
         match etype {
             EXT_SERVER_NAME if ch.server_name.is_none() => {
@@ -155,18 +165,23 @@ pub fn parse_client_hello(body: &[u8]) -> Res<ClientHello> {
 pub struct ServerHello {
     /// Negotiated: supported_versions if present, else the legacy field.
     pub version: u16,
+    /// ServerHello.random (TLS 1.2 key derivation).
+    pub random: [u8; 32],
     pub session_id: Vec<u8>,
     pub cipher: u16,
     /// A HelloRetryRequest.
     pub retry: bool,
     pub alpn: Option<String>,
     pub psk: bool,
+    /// encrypt_then_mac (RFC 7366): how TLS 1.2 CBC records are protected.
+    pub etm: bool,
 }
 
 pub fn parse_server_hello(body: &[u8]) -> Res<ServerHello> {
     let mut r = Reader::new(body);
     let version = r.u16()?;
-    let retry = r.take(32)? == HRR_RANDOM;
+    let random = random(r.take(32)?);
+    let retry = random == HRR_RANDOM;
     // Before draft 22, a TLS 1.3 ServerHello had no legacy_session_id_echo and no
     // compression method, and its version field was the negotiated version (draft 22
     // moved it to supported_versions): Wireshark reads it so (packet-tls-utils.c).
@@ -179,7 +194,7 @@ pub fn parse_server_hello(body: &[u8]) -> Res<ServerHello> {
     if session_id.len() > 32 {
         return Err(Malformed);
     }
-    let mut sh = ServerHello { version, session_id: session_id.to_vec(), cipher, retry, ..ServerHello::default() };
+    let mut sh = ServerHello { version, random, session_id: session_id.to_vec(), cipher, retry, ..ServerHello::default() };
     for (etype, mut ext) in r.extensions()? {
         match etype {
             // The ServerHello form: one selected_version.
@@ -191,6 +206,7 @@ pub fn parse_server_hello(body: &[u8]) -> Res<ServerHello> {
                 }
             }
             EXT_PRE_SHARED_KEY => sh.psk = true,
+            EXT_ENCRYPT_THEN_MAC => sh.etm = true,
             _ => {}
         }
     }

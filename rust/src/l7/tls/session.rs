@@ -33,9 +33,12 @@
 //! or a handshake message longer than [`MAX_HANDSHAKE`], stops parsing that direction
 //! (the other one goes on) and is counted.
 
+use std::sync::Arc;
+
 use super::hello::{parse_client_hello, parse_server_hello, ClientHello, ServerHello};
 use super::record::*;
 use crate::bytes::be16;
+use crate::tls_decrypt::{Decryptor, KeyLog, Params};
 
 /// Handshake phases (see the module doc).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -187,6 +190,12 @@ pub struct Connection {
     pub alert_ts: Option<i64>,
     pub error: Option<Error>,
     pub renegotiation_counted: bool,
+    /// Decryption with a key log (`--tls-keylog`): the raw bytes of both directions also
+    /// go to it, after this parser has read its hellos (crate::tls_decrypt).
+    pub decrypt: Option<Box<Decryptor>>,
+    /// Without a key log: application-data records seen (each one a
+    /// `tls_decrypt_drop.no_key`, counted at the end of the connection).
+    pub undecrypted: u64,
     /// The handshake summary, once emitted (taken by the caller).
     pub out: Option<Handshake>,
     /// Counter increments since the last [`Connection::take`].
@@ -215,9 +224,31 @@ impl Connection {
             alert_ts: None,
             error: None,
             renegotiation_counted: false,
+            decrypt: None,
+            undecrypted: 0,
             out: None,
             counts: Vec::new(),
         }
+    }
+
+    /// Decrypt this connection's records with `keylog`'s secrets (from the start: call it
+    /// before the first bytes).
+    pub fn with_keylog(mut self, keylog: Option<Arc<KeyLog>>) -> Self {
+        self.decrypt = keylog.map(|k| Box::new(Decryptor::new(k, self.client)));
+        self
+    }
+
+    /// What decryption needs from the hellos, once the (real) ServerHello was read.
+    pub fn decrypt_params(&self) -> Option<Params> {
+        let sh = self.server_hello.as_ref().filter(|sh| !sh.retry)?;
+        let ch = self.client_hello.as_ref()?;
+        Some(Params { version: sh.version, cipher: sh.cipher, client_random: ch.random, server_random: sh.random, etm: sh.etm })
+    }
+
+    /// Plaintext of application data decrypted since the last call: (direction, bytes,
+    /// capture time of the segment that completed its record).
+    pub fn take_plain(&mut self) -> Vec<(u8, Vec<u8>, i64)> {
+        self.decrypt.as_mut().map(|d| std::mem::take(&mut d.plain)).unwrap_or_default()
     }
 
     fn server(&self) -> u8 {
@@ -245,12 +276,21 @@ impl Connection {
             return;
         }
         self.feed(usize::from(d & 1), data, ts);
+        if self.decrypt.is_some() {
+            let params = self.decrypt_params();
+            if let Some(dec) = self.decrypt.as_mut() {
+                dec.feed(d, data, ts, params.as_ref());
+            }
+        }
     }
 
     /// `missing` bytes of direction `d` were never captured.
     pub fn gap(&mut self, d: u8, missing: u64) {
         if self.closed || missing == 0 {
             return;
+        }
+        if let Some(dec) = self.decrypt.as_mut() {
+            dec.gap(d);
         }
         let d = usize::from(d & 1);
         let side = &mut self.sides[d];
@@ -305,6 +345,15 @@ impl Connection {
             return;
         }
         self.closed = true;
+        // Decryption is counted once per connection, here: per record it would make every
+        // encrypted segment report a counter.
+        if let Some(dec) = self.decrypt.as_mut() {
+            let counts = dec.take_counts();
+            self.counts.extend(counts);
+        } else if self.undecrypted > 0 {
+            self.counts.push(("tls_decrypt_drop.no_key", self.undecrypted));
+            self.undecrypted = 0;
+        }
         if self.phase == Phase::Done {
             return;
         }
@@ -501,6 +550,9 @@ impl Connection {
             }
             CT_APPLICATION_DATA => {
                 self.sides[d].sent_app_data = true;
+                if self.decrypt.is_none() {
+                    self.undecrypted += 1;
+                }
                 if !self.handshake_pending() {
                     return;
                 }

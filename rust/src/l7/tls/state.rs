@@ -7,16 +7,30 @@
 //! restore continues exactly where the snapshot was, inside a record or a handshake
 //! message split across segments. Decoding checks every length against what is left and
 //! every tag, so bytes that are not such a state give an error, never a panic or an
-//! unbounded allocation. Taken between calls, when no summary or counter is waiting to
-//! be taken.
+//! unbounded allocation. Taken between calls, when no summary, counter or plaintext is
+//! waiting to be taken.
+//!
+//! Version 2 (issue 19, decryption with a key log) adds the hellos' randoms, the
+//! ServerHello's encrypt_then_mac and, at the
+//! end, the count of records not decrypted for want of a key log and the decryptor's
+//! state: per direction its partial record, why it stopped, ChangeCipherSpec seen,
+//! sequence number, TLS 1.3 key phase and KeyUpdate count; its drop counters. No key
+//! material: a restore derives the keys again from the key log it is given (the
+//! `--tls-keylog` file, read again by the restored process) and the randoms. Version 1
+//! still restores (randoms zero, no decryptor: such a connection's records count as
+//! `no_key`); a decryptor's state restored without a key log is dropped the same way.
+
+use std::sync::Arc;
 
 use super::hello::{ClientHello, ServerHello};
 use super::record::{Reading, Side};
 use super::session::{AlertLevel, Connection, Error, Phase};
+use crate::tls_decrypt::stream::Dir;
+use crate::tls_decrypt::{Decryptor, Drop, KeyLog};
 
 pub const MAGIC: &[u8; 4] = b"WSTL";
 /// Version of this encoding: bump it with any change of the fields.
-pub const VERSION: u16 = 1;
+pub const VERSION: u16 = 2;
 
 use crate::state_bytes::{frame, unframe, Res, R, W};
 
@@ -102,6 +116,7 @@ fn write_ch(w: &mut W, ch: Option<&ClientHello>) {
     w.b(ch.is_some());
     if let Some(ch) = ch {
         w.u16(ch.version);
+        w.raw(&ch.random);
         w.bytes(&ch.session_id);
         w.ostr(ch.server_name.as_deref());
         w.strs(&ch.alpn);
@@ -113,43 +128,48 @@ fn write_ch(w: &mut W, ch: Option<&ClientHello>) {
     }
 }
 
-fn read_ch(r: &mut R<'_>) -> Res<Option<ClientHello>> {
+fn read_ch(r: &mut R<'_>, v: u16) -> Res<Option<ClientHello>> {
     if !r.b()? {
         return Ok(None);
     }
     let version = r.u16()?;
+    let random = if v >= 2 { r.take::<32>()? } else { [0; 32] };
     let session_id = r.bytes()?;
     let server_name = r.ostr()?;
     let alpn = r.strs()?;
     let psk = r.b()?;
     let n = r.count(2)?;
     let versions = (0..n).map(|_| r.u16()).collect::<Res<Vec<u16>>>()?;
-    Ok(Some(ClientHello { version, session_id, server_name, alpn, psk, versions }))
+    Ok(Some(ClientHello { version, random, session_id, server_name, alpn, psk, versions }))
 }
 
 fn write_sh(w: &mut W, sh: Option<&ServerHello>) {
     w.b(sh.is_some());
     if let Some(sh) = sh {
         w.u16(sh.version);
+        w.raw(&sh.random);
         w.bytes(&sh.session_id);
         w.u16(sh.cipher);
         w.b(sh.retry);
         w.ostr(sh.alpn.as_deref());
         w.b(sh.psk);
+        w.b(sh.etm);
     }
 }
 
-fn read_sh(r: &mut R<'_>) -> Res<Option<ServerHello>> {
+fn read_sh(r: &mut R<'_>, v: u16) -> Res<Option<ServerHello>> {
     if !r.b()? {
         return Ok(None);
     }
     Ok(Some(ServerHello {
         version: r.u16()?,
+        random: if v >= 2 { r.take::<32>()? } else { [0; 32] },
         session_id: r.bytes()?,
         cipher: r.u16()?,
         retry: r.b()?,
         alpn: r.ostr()?,
         psk: r.b()?,
+        etm: v >= 2 && r.b()?,
     }))
 }
 
@@ -192,12 +212,67 @@ pub fn snapshot(c: &Connection) -> Vec<u8> {
         Some(Error::ParseError) => 2,
     });
     w.b(c.renegotiation_counted);
+    w.u64(c.undecrypted);
+    w.b(c.decrypt.is_some());
+    if let Some(dec) = &c.decrypt {
+        write_decryptor(&mut w, dec);
+    }
     frame(MAGIC, VERSION, &w.0)
 }
 
-/// A connection from [`snapshot`]'s bytes; an error for anything else.
-pub fn restore(data: &[u8]) -> Res<Connection> {
-    let body = unframe("TLS", MAGIC, VERSION, data)?;
+fn write_decryptor(w: &mut W, dec: &Decryptor) {
+    w.u8(dec.client);
+    for d in &dec.dirs {
+        w.bytes(&d.buf);
+        w.u8(d.dead.map_or(0, |why| why.index() as u8 + 1));
+        w.b(d.ccs);
+        w.u64(d.seq);
+        w.b(d.app);
+        w.u32(d.generation);
+    }
+    for n in dec.drops {
+        w.u64(n);
+    }
+    w.u64(dec.decrypted);
+}
+
+fn read_decryptor(r: &mut R<'_>, keylog: Arc<KeyLog>) -> Res<Decryptor> {
+    let client = r.u8()?;
+    if client > 1 {
+        return Err("bad client direction in the TLS decryption state".into());
+    }
+    let mut dec = Decryptor::new(keylog, client);
+    for i in 0..2 {
+        let mut d = Dir::default();
+        d.buf = r.bytes()?;
+        d.dead = match r.u8()? {
+            0 => None,
+            n => Some(*Drop::ALL.get(usize::from(n) - 1).ok_or("bad drop reason in the TLS decryption state")?),
+        };
+        d.ccs = r.b()?;
+        d.seq = r.u64()?;
+        d.app = r.b()?;
+        d.generation = r.u32()?;
+        dec.dirs[i] = d;
+    }
+    for n in dec.drops.iter_mut() {
+        *n = r.u64()?;
+    }
+    dec.decrypted = r.u64()?;
+    Ok(dec)
+}
+
+/// A connection from [`snapshot`]'s bytes (this version's or version 1's), decrypting
+/// again with `keylog` if it was decrypting; an error for anything else.
+pub fn restore(data: &[u8], keylog: Option<Arc<KeyLog>>) -> Res<Connection> {
+    // The older version is read by this code too: ask the envelope for the one written.
+    let v = match data.get(4..6) {
+        Some(&[a, b]) if data.get(..4) == Some(MAGIC) && matches!(u16::from_be_bytes([a, b]), 1..=VERSION) => {
+            u16::from_be_bytes([a, b])
+        }
+        _ => VERSION,
+    };
+    let body = unframe("TLS", MAGIC, v, data)?;
     let mut r = R::new("TLS", body);
     let client = r.u8()?;
     if client > 1 {
@@ -210,8 +285,8 @@ pub fn restore(data: &[u8]) -> Res<Connection> {
     c.closed = r.b()?;
     c.hello_ts = r.oi64()?;
     c.client_hello_seen = r.b()?;
-    c.client_hello = read_ch(&mut r)?;
-    c.server_hello = read_sh(&mut r)?;
+    c.client_hello = read_ch(&mut r, v)?;
+    c.server_hello = read_sh(&mut r, v)?;
     c.hrr = r.b()?;
     c.resumed = r.b()?;
     c.full_handshake = r.b()?;
@@ -240,6 +315,15 @@ pub fn restore(data: &[u8]) -> Res<Connection> {
         t => return Err(format!("bad error {t} in the TLS state")),
     };
     c.renegotiation_counted = r.b()?;
+    if v >= 2 {
+        c.undecrypted = r.u64()?;
+        if r.b()? {
+            let dec = read_decryptor(&mut r, keylog.clone().unwrap_or_default())?;
+            if keylog.is_some() {
+                c.decrypt = Some(Box::new(dec));
+            }
+        }
+    }
     if r.at != body.len() {
         return Err("trailing bytes after the TLS state".into());
     }

@@ -303,7 +303,7 @@ fn snapshot_round_trip_continues_exactly() {
             a.data(*d, x, *ts);
         }
         a.take();
-        let mut b = restore(&snapshot(&a)).unwrap();
+        let mut b = restore(&snapshot(&a), None).unwrap();
         assert_eq!(a, b);
         for c in [&mut a, &mut b] {
             if let Some((d, _, ts)) = &half {
@@ -329,21 +329,21 @@ fn damaged_state_is_an_error_never_a_panic() {
     }
     a.take();
     let good = snapshot(&a);
-    assert!(restore(&good).is_ok());
+    assert!(restore(&good, None).is_ok());
     for n in 0..good.len() {
-        assert!(restore(&good[..n]).is_err());
+        assert!(restore(&good[..n], None).is_err());
     }
     let mut rng = Rng(7);
     for _ in 0..2000 {
         let mut bad = good.clone();
         let i = rng.next() as usize % bad.len();
         bad[i] ^= (rng.next() as u8) | 1;
-        let _ = restore(&bad);
+        let _ = restore(&bad, None);
         let body = &bad[10..];
         let mut fixed = bad[..6].to_vec();
         fixed.extend_from_slice(&crc32fast::hash(body).to_be_bytes());
         fixed.extend_from_slice(body);
-        if let Ok(mut c) = restore(&fixed) {
+        if let Ok(mut c) = restore(&fixed, None) {
             for (d, data, ts) in tls13() {
                 c.data(d, &data, ts);
             }
