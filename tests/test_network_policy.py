@@ -352,3 +352,55 @@ def test_enricher_leaves_the_verdict_null_when_it_cannot_be_known() -> None:
 def test_violation_only_for_established_denied_traffic(fields, alerts) -> None:
     rec = {**_connection(WEB, API, 8080), "policy_verdict": DENIED, "policy_names": ["shop/x"], **fields}
     assert (violation_alert("wire.connections", rec) is not None) is alerts
+
+
+def test_the_feed_picks_up_a_policy_table_created_after_it_started(registry) -> None:
+    """Identities already there, no wire.k8s-policies yet (a watcher of before policies,
+    or none so far): the feed reads identities, looks for the policy topic now and then,
+    and reads it once a watcher created it; a malformed policy is skipped, counted."""
+    import time
+
+    from wirestream.processors.k8s_enrichment import IdentityFeed
+    from wirestream.processors.network_policy import K8S_POLICIES
+    from wirestream.producers.k8s_watch import ensure_policy_topic
+    from wirestream.schemas import schema_dict
+
+    from wirestream.broker import EmbeddedBroker, ensure_topics
+    from wirestream.codec import AvroCodec
+    from wirestream.kafka import WireProducer
+    from wirestream.topics import ALL_TOPICS, K8S_IDENTITY
+
+    with EmbeddedBroker() as own:  # no wire.k8s-policies, whatever other tests made
+        ensure_topics(own.bootstrap, ALL_TOPICS, 2)
+        codec = AvroCodec(registry.url)
+        producer = WireProducer(own.bootstrap)
+        producer.produce(K8S_IDENTITY, codec.encode(K8S_IDENTITY, {**_ident(API), "ip": API.ip, "source": "t"}),
+                         key=API.ip.encode())
+        assert producer.flush(10) == 0
+        index = IdentityIndex()
+        feed = IdentityFeed(own.bootstrap, codec, index, recheck_s=0.2)
+        feed.start(timeout=15)
+        try:
+            assert index.records == 1 and not index.policies.known
+            assert ensure_policy_topic(own.bootstrap) is True
+            assert ensure_policy_topic(own.bootstrap) is False  # there now: left as it is
+            encode = codec.encoder_for_schema(K8S_POLICIES, schema_dict("k8s_policy"))
+            for key, rec in [("shop", {"kind": "Namespace", "name": "shop", "labels": {"team": "shop"}}),
+                             ("shop/bad", {"kind": "NetworkPolicy", "namespace": "shop", "name": "bad",
+                                           "spec": '{"podSelector": {}, "ingress": [{"from": [{"ipBlock": {"cidr": "x"}}]}]}'}),
+                             ("shop/deny-all", {"kind": "NetworkPolicy", "namespace": "shop", "name": "deny-all",
+                                                "spec": json.dumps(DENY_ALL_INGRESS["spec"])})]:
+                producer.produce(K8S_POLICIES, encode(rec), key=key.encode())
+            assert producer.flush(10) == 0
+            deadline = time.monotonic() + 15
+            while "shop/deny-all" not in index.policies.policies:
+                assert time.monotonic() < deadline, "the feed did not pick up wire.k8s-policies"
+                time.sleep(0.1)
+            assert index.policies.namespaces == {"shop": {"team": "shop"}}
+            assert feed.malformed == 1 and "shop/bad" not in index.policies.policies
+            rec = _connection(WEB, API, 8080)
+            Enricher(index).enrich("wire.connections", rec)
+            assert (rec["policy_verdict"], rec["policy_names"]) == (DENIED, ["shop/deny-all"])
+        finally:
+            feed.stop()
+            feed.join(5)
