@@ -210,6 +210,9 @@ class PolicyTable:
 
     def __init__(self) -> None:
         self.policies: dict[str, Policy] = {}  # "namespace/name" -> policy
+        # namespace -> its policies: a policy selects pods of its own namespace only, so a
+        # record looks at those of its two ends' namespaces, not at every policy
+        self._by_namespace: dict[str, list[Policy]] = {}
         self.namespaces: dict[str, dict[str, str]] = {}  # name -> labels
         self.known = False
         self.unreadable = 0
@@ -221,6 +224,7 @@ class PolicyTable:
         is_policy = "/" in key
         if record is None:
             (self.policies if is_policy else self.namespaces).pop(key, None)
+            self._by_namespace.clear()
             return
         if record.get("kind") == "Namespace":
             self.namespaces[record["name"]] = dict(record.get("labels") or {})
@@ -233,8 +237,16 @@ class PolicyTable:
             # rather than go on enforcing what it used to say.
             self.unreadable += 1
             self.policies.pop(key, None)
+            self._by_namespace.clear()
             raise PolicyError(f"wire.k8s-policies {key}: {type(exc).__name__}: {exc}") from None
         self.policies[key] = policy
+        self._by_namespace.clear()
+
+    def _in_namespace(self, namespace: str | None) -> list[Policy]:
+        if not self._by_namespace and self.policies:  # rebuilt after a change
+            for p in self.policies.values():
+                self._by_namespace.setdefault(p.namespace, []).append(p)
+        return self._by_namespace.get(namespace or "", [])
 
     def namespace_labels(self, namespace: str) -> dict[str, str]:
         labels = dict(self.namespaces.get(namespace) or {})
@@ -249,13 +261,13 @@ class PolicyTable:
         ports)."""
         sides: list[tuple[bool, tuple[str, ...]]] = []  # (allowed, deciding policies) per isolated side
         if client.is_pod:
-            isolating = [p for p in self.policies.values() if p.egress_isolates and p.selects(client)]
+            isolating = [p for p in self._in_namespace(client.namespace) if p.egress_isolates and p.selects(client)]
             if isolating:
                 allowing = tuple(p.key for p in isolating
                                  if any(self._rule_allows(r, p, server, server, port, protocol) for r in p.egress))
                 sides.append((bool(allowing), allowing or tuple(p.key for p in isolating)))
         if server.is_pod:
-            isolating = [p for p in self.policies.values() if p.ingress_isolates and p.selects(server)]
+            isolating = [p for p in self._in_namespace(server.namespace) if p.ingress_isolates and p.selects(server)]
             if isolating:
                 allowing = tuple(p.key for p in isolating
                                  if any(self._rule_allows(r, p, client, server, port, protocol) for r in p.ingress))
@@ -279,7 +291,7 @@ class PolicyTable:
         if peer.ip_block is not None:
             # declared intent: an ipBlock names IPs, whether or not a pod holds them
             return peer.ip_block.contains(ep.ip)
-        if not ep.is_pod or ep.namespace is None:
+        if ep.namespace is None:
             return False  # selectors name pods, never a bare IP
         if peer.namespace_selector is not None:
             if not selector_matches(peer.namespace_selector, self.namespace_labels(ep.namespace)):

@@ -298,10 +298,7 @@ def _enricher(policies: list[dict], *pods: Endpoint) -> Enricher:
     index = IdentityIndex()
     for ep in pods:
         index.add(ep.ip, _ident(ep))
-    for k, v in _table(policies).policies.items():
-        index.policies.policies[k] = v
-    index.policies.namespaces.update(NAMESPACES)
-    index.policies.known = True
+    index.policies = _table(policies)
     return Enricher(index)
 
 
