@@ -53,6 +53,9 @@ RESOURCES: dict[str, tuple[str, str]] = {
     "Namespace": ("CoreV1Api", "list_namespace"),
     "NetworkPolicy": ("NetworkingV1Api", "list_network_policy_for_all_namespaces"),
 }
+#: kinds a watcher may be refused (a role from before they were watched): refused, they
+#: count as listed, with nothing in them, so the identities are still complete and synced
+OPTIONAL_KINDS = frozenset({"Namespace", "NetworkPolicy"})
 BACKOFF_START_S, BACKOFF_MAX_S = 0.2, 10.0
 WATCH_TIMEOUT_S = 60  # the server ends a watch after this; we resume from where it was
 
@@ -135,6 +138,17 @@ class ResourceWatch(threading.Thread):
                     # Our resourceVersion is too old (compacted, or the server restarted
                     # and lost its watch cache): start over from a fresh list.
                     self.counters["relists_410"] += 1
+                    version = None
+                    continue
+                if exc.status == 403 and self.kind in OPTIONAL_KINDS:
+                    if not self.counters["forbidden"]:
+                        log.warning("k8s-watch: the API server refuses to list %s (403): the watcher's role "
+                                    "needs get/list/watch on namespaces and networkpolicies.networking.k8s.io "
+                                    "(deploy/kustomize/base/rbac.yaml); policy verdicts stay null until it has "
+                                    "them", self.kind)
+                        self.out.put((self.kind, "FORBIDDEN", None))
+                    self.counters["forbidden"] += 1
+                    self._stop.wait(BACKOFF_MAX_S)  # the role may be granted later: ask again now and then
                     version = None
                     continue
                 self._retry(f"API error {exc.status} {exc.reason}", backoff)
@@ -321,7 +335,12 @@ def run_watcher(api_client: Any, publisher: IdentityPublisher, stop: Callable[[]
                 kind, event, obj = events.get(timeout=0.2)
             except queue.Empty:
                 continue
-            if event == "SYNCED":
+            if event in ("SYNCED", "FORBIDDEN"):
+                if event == "FORBIDDEN":
+                    # nothing seen of this kind: what the topic holds of it is not known
+                    # to be gone, and keeps its records
+                    publisher.published[f"forbidden_{kind}"] += 1
+                    leftover = set()
                 if kind not in synced:
                     synced.add(kind)
                     if leftover and policy_kinds <= synced:

@@ -240,9 +240,9 @@ def test_pods_container_ports_are_published_for_named_ports(cluster, broker, reg
     assert found[-1]["container_ports"] == [{"name": "statsd", "port": 8125, "protocol": "UDP"}]
 
 
-def _run_watcher(cluster: ApiServer, broker, registry) -> str:
+def _run_watcher(cluster: ApiServer, broker, registry, kubeconfig: str | None = None) -> str:
     env = {**os.environ, "WIRESTREAM_BOOTSTRAP": broker.bootstrap, "WIRESTREAM_REGISTRY": registry.url}
-    watch = subprocess.run([sys.executable, "-m", "wirestream", "k8s-watch", "--kubeconfig", cluster.kubeconfig,
+    watch = subprocess.run([sys.executable, "-m", "wirestream", "k8s-watch", "--kubeconfig", kubeconfig or cluster.kubeconfig,
                             "--cluster-name", "np-test", "--once"], env=env, capture_output=True, text=True,
                            timeout=120)
     assert "synced" in watch.stderr, watch.stderr  # (exit status: see above)
@@ -302,3 +302,57 @@ def test_watcher_role_may_list_and_watch_what_k8s_watch_watches(cluster) -> None
         {(k, v): "yes" for k in resource for v in ("list", "watch")}
     assert can("create", "networkpolicies.networking.k8s.io") == "no"
     assert can("update", "namespaces") == "no"
+
+
+def _service_account_kubeconfig(cluster: ApiServer, path: Path) -> str:
+    """A kubeconfig that is the watcher's service account (a TokenRequest token: no
+    token controller runs here), as in a pod of deploy/kustomize."""
+    from kubernetes import client, config
+
+    core = client.CoreV1Api(config.new_client_from_config(config_file=cluster.kubeconfig))
+    token = core.create_namespaced_service_account_token("wirestream-watcher", "wirestream", {
+        "spec": {"audiences": ["https://kubernetes.default.svc"], "expirationSeconds": 3600}}).status.token
+    path.write_text(f"""apiVersion: v1
+kind: Config
+clusters:
+- name: test
+  cluster: {{server: "{cluster.url}", insecure-skip-tls-verify: true}}
+users:
+- name: watcher
+  user: {{token: "{token}"}}
+contexts:
+- name: test
+  context: {{cluster: test, user: watcher}}
+current-context: test
+""")
+    return str(path)
+
+
+def test_watcher_as_its_service_account_with_the_manifests_role_and_an_older_one(
+        cluster, broker, registry, tmp_path) -> None:
+    """k8s-watch run as the watcher's service account: with deploy/kustomize's role it
+    lists everything; with a role from before policies (no namespaces, no
+    networkpolicies) the identities still sync, the refusal is said once, and what the
+    policy table holds is left alone (not tombstoned: not seen is not deleted)."""
+    rbac = (Path(__file__).resolve().parent.parent / "deploy" / "kustomize" / "base" / "rbac.yaml").read_text()
+    if cluster.kubectl("get", "namespace", "wirestream", check=False).returncode != 0:
+        cluster.kubectl("create", "namespace", "wirestream")
+    cluster.kubectl("apply", "-n", "wirestream", "-f", "-", input=rbac)
+    kubeconfig = _service_account_kubeconfig(cluster, tmp_path / "watcher.kubeconfig")
+
+    err = _run_watcher(cluster, broker, registry, kubeconfig)
+    assert "refuses" not in err and "'NetworkPolicy': 4" in err and "'Namespace':" in err, err
+
+    old = rbac.replace("resources: [pods, services, nodes, namespaces]", "resources: [pods, services, nodes]")
+    old = old.replace("- apiGroups: [networking.k8s.io]\n  resources: [networkpolicies]\n  verbs: [get, list, watch]\n", "")
+    assert "namespaces" not in old and "networkpolicies" not in old
+    cluster.kubectl("apply", "-n", "wirestream", "-f", "-", input=old)
+    try:
+        err = _run_watcher(cluster, broker, registry, kubeconfig)
+    finally:
+        cluster.kubectl("apply", "-n", "wirestream", "-f", "-", input=rbac)
+    assert "refuses to list NetworkPolicy (403)" in err and "refuses to list Namespace (403)" in err, err
+    assert "'forbidden_NetworkPolicy': 1" in err and "'pod': 6" in err, err
+    assert "deleted_while_away" not in err and "policy_tombstones" not in err, err
+    seen = _published(broker, registry, {"np-shop/web-egress", SHOP})
+    assert seen["np-shop/web-egress"] is not None and seen[SHOP] is not None
