@@ -195,6 +195,11 @@ def test_findings_travel_beside_the_record_not_in_it() -> None:
     observer.flush(end_of_input=True)
     (batch,) = batches
     assert [row[1] for row in unpack_rows(batch)] == [1 | 4 | 8, 0]
+    # the same login read from TLS decrypted with a key log went encrypted: no cleartext finding
+    login["tls"] = True
+    observer.observe(TRANSACTIONS, login)
+    observer.flush(end_of_input=True)
+    assert [row[1] for row in unpack_rows(batches[-1])] == [0]
 
 
 def test_body_findings() -> None:

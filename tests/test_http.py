@@ -34,8 +34,8 @@ from wirestream.topics import TRANSACTIONS
 SCHEMA = schema_dict("transaction")
 PARSED = fastavro.parse_schema(SCHEMA)
 ALL_FIELDS = {f["name"] for f in SCHEMA["fields"]}
-# Filled by the caller, not by the analyser.
-CALLER_FIELDS = {"source_id"} | {
+# Filled by the caller (the engine, enrichment), not by the analyser.
+CALLER_FIELDS = {"source_id", "tunnel", "cross_zone"} | {
     n for n in ALL_FIELDS
     if n.startswith(("client_", "server_")) and n not in
     ("client_ip", "client_port", "server_ip", "server_port")
@@ -50,7 +50,7 @@ def check_record(rec: dict) -> None:
     assert findings_of(rec) >= 0
     full = dict(rec, source_id="s")
     for name in CALLER_FIELDS - {"source_id"}:
-        full[name] = None
+        full[name] = [] if name == "tunnel" else None
     assert fastavro.validation.validate(full, PARSED, raise_errors=True)
 
 
