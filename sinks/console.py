@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 #: (``wirestream.analyze.analyze(fields=...)``): not a transaction's headers and bodies.
 SUMMARY_FIELDS: dict[str, frozenset[str]] = {
     TRANSACTIONS: frozenset({"client_ip", "client_port", "server_ip", "server_port", "method", "host",
-                             "path", "status", "latency_us", "response_body_size", "error"}),
+                             "path", "status", "latency_us", "response_body_size", "error", "tls"}),
     DNS: frozenset({"client_ip", "server_ip", "transport", "query_name", "query_type", "rcode",
                     "latency_us", "answers"}),
     TLS: frozenset({"client_ip", "client_port", "server_ip", "server_port", "server_name", "version",
@@ -143,7 +143,9 @@ def print_l7(records: dict[str, list[dict[str, Any]]], top: int, console: Consol
     from rich.table import Table
 
     if tx:
-        console.print(f"HTTP: {len(tx):,} transactions; " + ", ".join(f"{k} {v:,}" for k, v in summary["http"].items()))
+        decrypted = sum(1 for t in tx if t.get("tls"))
+        console.print(f"HTTP: {len(tx):,} transactions" + (f" ({decrypted:,} decrypted from TLS, marked 🔒)" if decrypted else "")
+                      + "; " + ", ".join(f"{k} {v:,}" for k, v in summary["http"].items()))
         table = Table(title=f"HTTP transactions, errors and slowest first (top {min(top, len(tx))} of {len(tx):,})")
         for col, kw in (("client", {}), ("server", {}), ("method", {}), ("host", {}), ("path", {"max_width": 48}),
                         ("status", {"justify": "right"}), ("latency", {"justify": "right"}),
@@ -159,7 +161,8 @@ def print_l7(records: dict[str, list[dict[str, Any]]], top: int, console: Consol
             colour = "red" if (status or 0) >= 500 or t.get("error") else "yellow" if (status or 0) >= 400 else "green"
             table.add_row(
                 _endpoint(t["client_ip"], t["client_port"]), _endpoint(t["server_ip"], t["server_port"]),
-                _text(t.get("method")), _text(t.get("host")), _text(t.get("path")),
+                # 🔒: read from TLS decrypted with the key log (--tls-keylog)
+                _text(t.get("method")) + (" 🔒" if t.get("tls") else ""), _text(t.get("host")), _text(t.get("path")),
                 f"[{colour}]{status if status is not None else '-'}[/]", _us(t.get("latency_us")),
                 f"{t.get('response_body_size', 0):,}", _text(t.get("error")) if t.get("error") else "",
             )
