@@ -33,7 +33,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from wirestream.packet_block import PROTO_UDP
-from wirestream.topics import CONNECTIONS, DNS, FLOWS, OBSERVATIONS, TLS, TRANSACTIONS
+from wirestream.topics import ALERTS, CONNECTIONS, DNS, FLOWS, OBSERVATIONS, TLS, TRANSACTIONS
 
 from .connection_tracker import ConnectionTracker
 from .flows import FlowTracker
@@ -123,6 +123,7 @@ class Engine:
         )
         self.flows = FlowTracker(self._emit_flow, source_id, options.community_id_seed)
         self.tunnels = TunnelPaths()  # the outer path of overlay flows, for their records
+        self.alerts_emitted = 0  # policy_violation alerts (the windows raise the others)
         self.received = 0  # packets, as the batches count them
         # The end-of-input markers: of wire.packets (its batch record) and, for a live
         # eBPF source, of wire.sockets. The engine is done when both are in, either first.
@@ -146,13 +147,19 @@ class Engine:
                     record[name] = default
             if topic in (CONNECTIONS, FLOWS) and "policy_names" not in record:
                 record["policy_names"] = []
+        alerts = ()
         if self.enricher is not None:
-            self.enricher.enrich(topic, record)  # Kubernetes identity: the windows key by workload
+            # Kubernetes identity (the windows key by workload) and NetworkPolicy verdict;
+            # traffic that got through although denied comes back as a policy_violation
+            alerts = self.enricher.enrich(topic, record)
         if self.observer is not None:
             # Observe before publish: the windows' view is taken from the record as
             # published (findings ride on RecordWithFindings, never published).
             self.observer.observe(topic, record)
         self.sink.emit(topic, key, record)
+        for alert in alerts:
+            self.sink.emit(ALERTS, alert["service"], alert)
+            self.alerts_emitted += 1
 
     def _emit_connection(self, record: dict[str, Any]) -> None:
         self._emit(CONNECTIONS, record["connection_id"], record)
@@ -236,6 +243,8 @@ class Engine:
             if sent is not None and sent != tracker.sockets.events:
                 dropped["socket_events_missing"] += sent - tracker.sockets.events
         emitted = {CONNECTIONS: tracker.emitted, FLOWS: self.flows.emitted}
+        if self.alerts_emitted:
+            emitted[ALERTS] = self.alerts_emitted
         if tracker.l7 is not None:
             emitted.update(tracker.l7.emitted)
             for name, n in tracker.l7.stats.items():
@@ -257,6 +266,8 @@ class Engine:
             self.flows = FlowTracker(self._emit_flow, self.source_id, self.options.community_id_seed)
         if not hasattr(self, "tunnels"):  # likewise, from before tunnel paths were kept
             self.tunnels = TunnelPaths()
+        if not hasattr(self, "alerts_emitted"):  # and from before the engine raised alerts
+            self.alerts_emitted = 0
 
     def _externals(self) -> dict[str, object]:
         return _externals(self.options, self.sink, self.enricher)

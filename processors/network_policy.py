@@ -43,8 +43,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-#: the compacted table k8s-watch publishes policies and namespace labels to
-K8S_POLICIES = "wire.k8s-policies"
+# the compacted table k8s-watch publishes policies and namespace labels to (re-exported)
+from wirestream.topics import K8S_POLICIES as K8S_POLICIES
 
 ALLOWED, DENIED, NO_POLICY = "allowed", "denied", "no_policy"
 #: the label the API server (1.21+; always from 1.22) puts on every namespace

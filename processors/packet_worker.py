@@ -60,8 +60,10 @@ from wirestream.errors import WirestreamError
 from wirestream.kafka import consumer_config, group_consumer_config
 from wirestream.kafka_security import raise_if_fatal
 from wirestream.topics import (
+    ALERTS,
     CONNECTIONS,
     DNS,
+    FLOWS,
     OBSERVATIONS,
     PACKETS,
     PACKETS_STAGE,
@@ -83,7 +85,7 @@ log = logging.getLogger(__name__)
 
 INPUT_TOPICS = (PACKETS, SOCKETS)
 #: what a packet worker writes, each with its schema registered before any input is read
-OUTPUT_SCHEMA_TOPICS = (CONNECTIONS, TRANSACTIONS, DNS, TLS, OBSERVATIONS, STATS)
+OUTPUT_SCHEMA_TOPICS = (CONNECTIONS, FLOWS, TRANSACTIONS, DNS, TLS, ALERTS, OBSERVATIONS, STATS)
 #: Messages taken per consume call.
 CONSUME_BATCH = 16
 #: The pause after a periodic checkpoint is at least this many times what it took.

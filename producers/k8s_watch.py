@@ -31,7 +31,6 @@ from collections.abc import Callable
 from typing import Any
 
 from wirestream.processors.network_policy import K8S_POLICIES
-from wirestream.schemas import schema_dict
 
 from wirestream.codec import AvroCodec
 from wirestream.kafka import WireProducer
@@ -226,11 +225,11 @@ class IdentityPublisher:
 
     def __init__(self, bootstrap: str, codec: AvroCodec, source: str) -> None:
         self._encode = codec.encoder(K8S_IDENTITY)
-        # wire.k8s-policies' schema is registered here, not through wirestream.topics
-        # (TOPIC_SCHEMAS), nor created by the k8s-watch command's ensure_topics: see
-        # docs/kubernetes.md, "Network policy: intent against traffic"
+        # created here when missing with one partition (the k8s-watch command creates only
+        # the identity topic; analyze creates every table topic): docs/kubernetes.md,
+        # "Network policy: intent against traffic"
         ensure_policy_topic(bootstrap)
-        self._encode_policy = codec.encoder_for_schema(K8S_POLICIES, schema_dict("k8s_policy"))
+        self._encode_policy = codec.encoder(K8S_POLICIES)
         self.kafka = WireProducer(bootstrap, **{"linger.ms": 20})
         self.bootstrap = bootstrap
         self.source = source

@@ -8,9 +8,8 @@ UDP, ipBlock with except, default deny both ways), are created in kube-apiserver
 ``wirestream k8s-watch --once`` publishes them; a capture of connections and UDP flows
 between those pods (and hosts outside) is analysed with ``wirestream analyze``'s
 pipeline, and every record's ``policy_verdict`` and ``policy_names`` are checked against
-what Kubernetes' semantics say. The ``policy_violation`` alerts are checked by enriching
-the analysed records again with an index read from the broker by the processors' own feed
-(the engine does not publish the alerts the enricher returns yet: docs/kubernetes.md).
+what Kubernetes' semantics say; and the ``policy_violation`` alerts the pipeline publishes
+on ``wire.alerts`` are those of the established denied ones.
 
 The API server is 1.20: ``endPort`` (1.21+) is dropped by it, so port ranges are only in
 test_network_policy.py; namespaces carry no ``kubernetes.io/metadata.name`` label (1.21+),
@@ -39,7 +38,7 @@ from wirestream.analyze import analyze
 from wirestream.codec import AvroCodec
 from wirestream.config import Settings
 from wirestream.reader import TopicReader
-from wirestream.topics import CONNECTIONS, FLOWS, K8S_IDENTITY
+from wirestream.topics import ALERTS, CONNECTIONS, FLOWS, K8S_IDENTITY
 
 UNAVAILABLE = apiserver_unavailable()
 pytestmark = needs(UNAVAILABLE and f"no Kubernetes API server: {UNAVAILABLE}")
@@ -201,22 +200,12 @@ def test_policy_verdicts_and_violations_against_a_real_api_server(cluster, broke
     assert flows[40000]["policy_verdict"] is None  # neither end is a pod
     assert conns[41001]["server_pod"] == "api-1"  # the identity and the verdict are the same lookup
 
-    # The alerts: the same records enriched again, with the index the processors' feed
-    # reads from this broker (both tables).
-    index = IdentityIndex()
-    feed = IdentityFeed(broker.bootstrap, AvroCodec(registry.url), index, recheck_s=0.5)
-    feed.start(timeout=30)
-    try:
-        enricher = Enricher(index)
-        alerts = {}
-        for topic, records, table in ((CONNECTIONS, conns, TCP), (FLOWS, flows, UDP)):
-            for port in [*table, BLOCKED_SYN] if topic == CONNECTIONS else table:
-                rec = {k: v for k, v in records[port].items() if not k.startswith("policy_")}
-                for alert in enricher.enrich(topic, rec):
-                    alerts[port] = alert
-    finally:
-        feed.stop()
-        feed.join(5)
+    # The alerts the pipeline published (wire.alerts), one per established denied
+    # connection or two-way flow, found by the Community ID of the record they are about
+    by_community = {r["community_id"]: port for records in (conns, flows) for port, r in records.items()}
+    violations = [a for a in result.records[ALERTS] if a["kind"] == "policy_violation"]
+    alerts = {by_community[a["community_id"]]: a for a in violations}
+    assert len(alerts) == len(violations)
     want = {p for table in (TCP, UDP) for p, row in table.items() if row[-1]}
     assert set(alerts) == want
     a = alerts[41002]

@@ -20,6 +20,8 @@ ALERTS = "wire.alerts"
 STATS = "wire.stats"
 #: IP -> Kubernetes identity (compacted; published by `wirestream k8s-watch`)
 K8S_IDENTITY = "wire.k8s-identity"
+#: NetworkPolicies and namespace labels (k8s-watch), read whole by every processor
+K8S_POLICIES = "wire.k8s-policies"
 #: what sinks could not decode or convert, with the reason in the headers (raw bytes)
 DEAD_LETTER = "wire.dead-letter"
 #: internal: connection/transaction/DNS facts re-keyed by service for the windows
@@ -33,6 +35,7 @@ TOPIC_SCHEMAS: dict[str, str] = {
     PACKETS: "packet_batch",
     SOCKETS: "socket_event",
     K8S_IDENTITY: "k8s_identity",
+    K8S_POLICIES: "k8s_policy",
     CONNECTIONS: "connection",
     FLOWS: "flow",
     TRANSACTIONS: "transaction",
@@ -56,7 +59,7 @@ OUTPUT_TOPICS: tuple[str, ...] = (
 )
 INTERNAL_TOPICS: tuple[str, ...] = (OBSERVATIONS, CHECKPOINTS)
 #: tables: compacted, read whole by every processor
-TABLE_TOPICS: tuple[str, ...] = (K8S_IDENTITY,)
+TABLE_TOPICS: tuple[str, ...] = (K8S_IDENTITY, K8S_POLICIES)
 ALL_TOPICS: tuple[str, ...] = RAW_TOPICS + OUTPUT_TOPICS + (STATS, DEAD_LETTER) + INTERNAL_TOPICS + TABLE_TOPICS
 #: what `wirestream produce live` publishes to (created when missing)
 LIVE_TOPICS: tuple[str, ...] = (PACKETS, SOCKETS, STATS)
@@ -70,6 +73,7 @@ SIEM_SINK_TOPICS: tuple[str, ...] = (ALERTS,)
 #: topic -> Kafka topic configuration wirestream creates it with
 TOPIC_CONFIGS: dict[str, dict[str, str]] = {
     K8S_IDENTITY: {"cleanup.policy": "compact"},
+    K8S_POLICIES: {"cleanup.policy": "compact"},
     # One record per partition and group, rewritten every few seconds: only the newest
     # counts. A busy partition's state can be several MB.
     CHECKPOINTS: {"cleanup.policy": "compact", "max.message.bytes": str(64 * 1024 * 1024)},
