@@ -13,7 +13,7 @@ from wirestream.errors import WirestreamError
 
 def add_parser(sub: common.Subparsers, defaults: Settings) -> argparse.ArgumentParser:
     p = sub.add_parser(
-        "k8s-watch", help="publish Kubernetes identities (IP -> pod, service, node) to wire.k8s-identity",
+        "k8s-watch", help="publish Kubernetes identities (IP -> pod, service, node) and NetworkPolicies",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="""\
 List and watch pods, services, EndpointSlices and nodes (and the ReplicaSets and Jobs
@@ -22,12 +22,18 @@ pod, namespace, labels, workload (Deployment through its ReplicaSet, StatefulSet
 DaemonSet, CronJob through its Job), node and zone; a ClusterIP's service and backing
 pods. Topic wire.k8s-identity is compacted and keyed by IP; a deleted pod's last record
 says when it ended, then a tombstone follows. The processors read it as a table and fill
-the client_/server_ pod, namespace, workload, node and server_service of every record,
-for the time of the record (pod IPs are reused).
+the client_/server_ pod, namespace, workload, node, zone and server_service of every
+record, for the time of the record (pod IPs are reused).
+
+Also NetworkPolicies and namespaces' labels, on wire.k8s-policies (compacted, keyed by
+namespace/name or namespace): the processors evaluate each connection and flow against
+them (policy_verdict, policy_names; a policy_violation alert for traffic that got
+through although denied: docs/kubernetes.md).
 
 Survives watch expiry (410 Gone: relist), API server restarts and network errors
 (exponential backoff, relist, deletions missed meanwhile are published). Needs list and
-watch on those resources (deploy/kustomize/base has the ClusterRole).""",
+watch on those resources and on networkpolicies and namespaces (deploy/kustomize/base has
+the ClusterRole; without the latter two it says so and publishes identities only).""",
         epilog="""\
 examples:
   wirestream k8s-watch                                  # in a pod: its service account
@@ -65,4 +71,11 @@ def run(args: argparse.Namespace) -> int:
             stop.asked = True
 
     run_watcher(api, publisher, stop=stop, on_synced=synced)
+    if args.once:
+        # The kubernetes client's watch threads may still sit in a streaming read; torn
+        # down by interpreter finalisation they abort the process now and then (SIGABRT
+        # after "synced", about 1 run in 10). Everything is published and flushed: leave.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(common.EXIT_OK)
     return common.EXIT_OK
