@@ -111,3 +111,53 @@ def open_capture(path: str) -> CaptureReader:
     """
     path = str(path)
     return CaptureReader(path, _core.open_capture(path, _CHUNK))
+
+
+#: pcapng Decryption Secrets Block (block type 0x0000000A) and its TLS key log type ("TLSK")
+_DSB, _TLS_KEY_LOG = 0x0000000A, 0x544C534B
+#: the blocks that hold packets: secrets are looked for before the first of them
+_PACKET_BLOCKS = frozenset({0x00000002, 0x00000003, 0x00000006})
+#: at most this many bytes of blocks are walked looking for secrets
+_SECRETS_SCAN_LIMIT = 64 << 20
+
+
+def tls_secrets(path: str) -> bytes:
+    """The TLS key log lines of a pcapng file's Decryption Secrets Blocks (what
+    ``editcap --inject-secrets tls,KEYS`` and Wireshark write; the NSS key log format),
+    b"" when it has none or is not pcapng. Read are the blocks before the first packet,
+    where those tools put them (secrets of other kinds, SSH or WireGuard, are skipped).
+    Raises OSError if the file cannot be read; a malformed block ends the search."""
+    import gzip
+    import struct
+
+    with open(path, "rb") as raw:
+        compressed = raw.read(2) == b"\x1f\x8b"
+        raw.seek(0)
+        f = gzip.open(raw) if compressed else raw  # type: ignore[assignment]
+        head = f.read(12)
+        if len(head) < 12 or head[:4] != b"\x0a\x0d\x0d\x0a":
+            return b""
+        order = {b"\x4d\x3c\x2b\x1a": "<", b"\x1a\x2b\x3c\x4d": ">"}.get(head[8:12])
+        if order is None:
+            return b""
+        (length,) = struct.unpack(order + "I", head[4:8])
+        f.read(max(length - 12, 0))
+        secrets, walked = [], length
+        while walked < _SECRETS_SCAN_LIMIT:
+            header = f.read(8)
+            if len(header) < 8:
+                break
+            kind, length = struct.unpack(order + "II", header)
+            if length < 12 or kind in _PACKET_BLOCKS:
+                break
+            body = f.read(length - 8)
+            if len(body) < length - 8:
+                break
+            walked += length
+            if kind == 0x0A0D0D0A:  # a new section may change the byte order
+                order = {b"\x4d\x3c\x2b\x1a": "<", b"\x1a\x2b\x3c\x4d": ">"}.get(body[:4], order)
+            elif kind == _DSB and len(body) >= 12:
+                secrets_type, secrets_len = struct.unpack(order + "II", body[:8])
+                if secrets_type == _TLS_KEY_LOG and 8 + secrets_len <= len(body) - 4:
+                    secrets.append(body[8:8 + secrets_len].rstrip(b"\0"))
+        return b"\n".join(secrets)

@@ -17,6 +17,7 @@ output, error line or record of a run shows any of its bytes.
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import shutil
@@ -24,6 +25,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -410,3 +412,30 @@ def test_a_checkpointed_engine_decrypts_the_same(traffic: Traffic, decrypted: tu
     whole = run(cut=False)
     assert whole == sorted((t["method"], t["path"], t["status"], True) for t in decrypted[1]["wire.transactions"])
     assert run(cut=True) == whole
+
+
+def test_secrets_embedded_in_pcapng_are_used(traffic: Traffic, tmp_path: Path) -> None:
+    """A pcapng carrying its key log in Decryption Secrets Blocks (``editcap
+    --inject-secrets``, as Wireshark shares captures) is decrypted without --tls-keylog,
+    also gzip-compressed: the transactions are those tshark decrypts from the same file
+    with no key log option, and no secret is shown."""
+    editcap = shutil.which("editcap")
+    assert editcap, "editcap (Debian: wireshark-common, which tshark depends on)"
+    pcapng = tmp_path / "with-secrets.pcapng"
+    subprocess.run([editcap, "--inject-secrets", f"tls,{traffic.keys}", str(traffic.pcap), str(pcapng)],
+                   check=True, capture_output=True, timeout=60)
+    expected = tshark_pairs(pcapng, None)  # tshark reads the blocks itself
+    assert sorted(expected) == sorted(tshark_pairs(traffic.pcap, traffic.keys)) and expected
+    gz = tmp_path / "with-secrets.pcapng.gz"
+    gz.write_bytes(gzip.compress(pcapng.read_bytes()))
+    secrets = [line.split()[-1] for line in traffic.keys.read_text().splitlines() if line and line[0] != "#"]
+    for capture in (pcapng, gz):
+        proc, records = run_analyze(capture, tmp_path / f"out-{capture.suffix}")
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        txns = records["wire.transactions"]
+        assert sorted((t["method"], t["path"], t["status"]) for t in txns) == sorted(expected)
+        assert all(t["tls"] is True for t in txns)
+        shown = proc.stdout + proc.stderr
+        assert not any(s.lower() in shown.lower() for s in secrets)
+    # the key log written for the workers went with the run
+    assert not list(Path(tempfile.gettempdir()).glob("wirestream-keys-*"))

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
+import os
 import sys
 from typing import Any
 
@@ -46,7 +48,6 @@ examples:
 
 
 def run(args: argparse.Namespace) -> int:
-    import contextlib
     import threading
 
     from wirestream.analyze import analyze
@@ -77,6 +78,7 @@ def run(args: argparse.Namespace) -> int:
         import tempfile
 
         jsonl_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="wirestream-zeek-"))
+    settings = _with_embedded_secrets(args.files, settings, stack)
     with stack, bars as progress:
         # The records are written to --out as they are read; in memory, the summary keeps
         # only what it shows (console.SUMMARY_FIELDS): no bodies, no header maps.
@@ -100,3 +102,33 @@ def run(args: argparse.Namespace) -> int:
         return common.EXIT_ERROR
     console.report(result, as_json=args.json, top=args.top, out_dir=args.out)
     return common.EXIT_ERROR if result.failed else common.EXIT_OK
+
+
+def _with_embedded_secrets(files: list[str], settings: Any, stack: contextlib.ExitStack) -> Any:
+    """``settings`` with a key log that also holds the TLS secrets embedded in the pcapng
+    files (Decryption Secrets Blocks, as Wireshark uses them), when any has some: written
+    to a private temporary file (0600 in a 0700 directory, removed at the end) that the
+    workers read as ``--tls-keylog``, after the user's own key log if one was given."""
+    import dataclasses
+    import tempfile
+
+    from wirestream.producers.capture_file import tls_secrets
+
+    found = []
+    for path in files:
+        try:
+            found.append(tls_secrets(path))
+        except (OSError, EOFError):
+            pass  # the replay names an unreadable file; secrets are not its business
+    embedded = b"\n".join(s for s in found if s)
+    if not embedded:
+        return settings
+    folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="wirestream-keys-"))
+    keylog = os.path.join(folder, "keylog")
+    fd = os.open(keylog, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        if settings.tls_keylog:
+            with open(settings.tls_keylog, "rb") as own:
+                out.write(own.read().rstrip(b"\n") + b"\n")
+        out.write(embedded + b"\n")
+    return dataclasses.replace(settings, tls_keylog=keylog)
