@@ -69,6 +69,17 @@ PORT_PROTOCOLS = (6, 17, 132)
 REASON_NOT_SPECIFIED = "not_specified"
 
 
+def load_error(exc: Exception) -> str:
+    """The last line of a bcc load error, without bcc's misleading guess: bcc says "Need
+    super-user privileges to run" for any EPERM, which root gets too when the kernel
+    refuses the program type (fentry on some VM kernels)."""
+    lines = str(exc).strip().splitlines()
+    text = lines[-1] if lines else type(exc).__name__
+    if "super-user" in text and os.geteuid() == 0:
+        return "the kernel refused to load it (EPERM, although running as root)"
+    return text
+
+
 class DropsUnavailable(Exception):
     """The kernel cannot give drops with reasons here (says why)."""
 
@@ -181,8 +192,7 @@ class DropSource:
                 self.bpf = bcc.BPF(text=text, cflags=[*cflags, "-DWITH_REJECT"])
                 self.features["rejects_tcp_reset"] = None
             except Exception as exc:
-                reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-                self.features["rejects_tcp_reset"] = f"fentry on {REJECT_FUNCTIONS[0]} does not load: {reason}"
+                self.features["rejects_tcp_reset"] = f"fentry on {REJECT_FUNCTIONS[0]} does not load: {load_error(exc)}"
         else:
             self.features["rejects_tcp_reset"] = "this bcc/kernel has no fentry (kfunc) support"
         if self.bpf is None:

@@ -13,12 +13,17 @@ publishes to the embedded broker; the wire.drops records must say:
 * REJECT_PORT: refused (the reject rule's ICMP error was sent for these packets), never
   counted as a silent firewall drop;
 * CLOSED_PORT: reason ``no_socket``, refused;
+* RESET_PORT (``reject with tcp reset``): the rule answers through nf_send_reset, which
+  has no tracepoint; where fentry loads, refused like REJECT_PORT, elsewhere (as on
+  this project's CI VM, whose kernel refuses fentry) counted as ``netfilter_drop`` not
+  refused, as documented -- the test checks whichever the producer says applies;
 
 and the interface and network namespace are the server's.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -45,7 +50,7 @@ pytestmark = [
     needs(_drops_unavailable()),
 ]
 
-DROP_PORT, REJECT_PORT, CLOSED_PORT = 7001, 7002, 7003
+DROP_PORT, REJECT_PORT, CLOSED_PORT, RESET_PORT = 7001, 7002, 7003, 7004
 ATTEMPTS = 4
 
 RULES = f"""
@@ -54,6 +59,7 @@ table inet ws_drops {{
         type filter hook input priority filter; policy accept;
         tcp dport {DROP_PORT} counter drop
         tcp dport {REJECT_PORT} counter reject
+        tcp dport {RESET_PORT} counter reject with tcp reset
     }}
 }}
 """
@@ -109,10 +115,12 @@ def test_drops_and_rejects_in_namespaces(broker, registry) -> None:
                 said.append(proc.stderr.readline())  # bcc's own complaints may come first
             assert "counting drops" in said[-1], (said, proc.poll())
             client = link.run(link.sender, [sys.executable, "-c", CLIENT, link.receiver_ip,
-                                            str(DROP_PORT), str(REJECT_PORT), str(CLOSED_PORT)])
+                                            str(DROP_PORT), str(REJECT_PORT), str(CLOSED_PORT),
+                                            str(RESET_PORT)])
             time.sleep(0.3)
             dropped_by_rule = _rule_packets(link, DROP_PORT)
             rejected_by_rule = _rule_packets(link, REJECT_PORT)
+            reset_by_rule = _rule_packets(link, RESET_PORT)
         finally:
             proc.send_signal(signal.SIGTERM)
             out, err = proc.communicate(timeout=60)
@@ -121,7 +129,9 @@ def test_drops_and_rejects_in_namespaces(broker, registry) -> None:
     assert outcomes[str(DROP_PORT)].split() == ["timeout"] * ATTEMPTS, outcomes
     assert outcomes[str(REJECT_PORT)].split() == ["ECONNREFUSED"] * ATTEMPTS, outcomes
     assert outcomes[str(CLOSED_PORT)].split() == ["ECONNREFUSED"] * ATTEMPTS, outcomes
-    assert dropped_by_rule >= ATTEMPTS and rejected_by_rule == ATTEMPTS
+    assert outcomes[str(RESET_PORT)].split() == ["ECONNREFUSED"] * ATTEMPTS, outcomes
+    assert dropped_by_rule >= ATTEMPTS and rejected_by_rule == reset_by_rule == ATTEMPTS
+    fentry_rejects = "rejects_tcp_reset:" not in said[-1]  # listed there when not available
 
     records = []
     with TopicReader(broker.bootstrap, AvroCodec(registry.url), [DROPS], start) as reader:
@@ -144,6 +154,9 @@ def test_drops_and_rejects_in_namespaces(broker, registry) -> None:
     assert total(REJECT_PORT, reason="netfilter_drop", refused=True) == rejected_by_rule, ours
     # no rule, no listener: the stack's own RST
     assert total(CLOSED_PORT, reason="no_socket", refused=True) == ATTEMPTS, ours
+    # reject with tcp reset: refused only where fentry sees nf_send_reset
+    assert total(RESET_PORT, reason="netfilter_drop", refused=fentry_rejects) == reset_by_rule, ours
+    assert total(RESET_PORT) == reset_by_rule, ours
     for r in ours:
         assert r["protocol"] == 6 and r["ip_version"] == 4 and r["tcp_rst"] is False, r
         assert r["interface"] == link.receiver_if and r["netns"] == server_netns, r
@@ -170,3 +183,17 @@ def test_reason_names_are_this_kernels() -> None:
     assert len(from_tracefs) > 50 and from_btf[2] == "not_specified"
     assert {v: from_btf[v] for v in from_tracefs} == from_tracefs
     assert "netfilter_drop" in from_tracefs.values() and "no_socket" in from_tracefs.values()
+
+
+def test_doctor_says_drops_are_available() -> None:
+    """`wirestream doctor` proves the kfree_skb program (reason field) loads, and says
+    which refusals can be told from drops here."""
+    proc = subprocess.run([sys.executable, "-m", "wirestream", "doctor", "--json"], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    checks = {c["name"]: c for c in report["checks"]}
+    assert report["capture_modes"]["ebpf_drops"] == {"available": True, "reason": ""}, report
+    assert checks["drop reasons"]["ok"] and checks["drops probe"]["ok"], checks
+    assert checks["refused (icmp)"]["ok"], checks
+    assert "refused (tcp reset)" in checks  # either way, said
