@@ -71,10 +71,17 @@ BPF_PERCPU_ARRAY(overflow, u64, 1);     /* drops not counted: the active map was
 BPF_PERCPU_ARRAY(unspecified, u64, 1);  /* NOT_SPECIFIED frees seen and left out */
 /* skbs answered with an ICMP error or by a REJECT rule, until their kfree_skb (which
  * follows in the same call chain, microseconds later) */
-BPF_TABLE("lru_hash", u64, u64, rejected, 4096);  /* skb address -> when */
-/* An answer counts for the kfree_skb that follows it in the same call chain; an older mark
- * is of an skb that was freed otherwise (consumed), whose address is being reused. */
-#define REJECT_MAX_AGE_NS 1000000
+struct answered {
+    u64 skb;
+    u64 ts_ns;
+};
+/* Per CPU, the last skb answered: the answer and the kfree_skb come one after the other
+ * in the same call chain on the same CPU (softirq on input), so one slot per CPU is
+ * enough, and costs an array lookup where a hash keyed by skb would cost a hash lookup
+ * on every drop. An older mark is of an skb that was freed otherwise (consumed), whose
+ * address may be reused. */
+BPF_PERCPU_ARRAY(answered, struct answered, 1);
+#define ANSWER_MAX_AGE_NS 1000000
 
 #define KREAD(dst, base, off) bpf_probe_read_kernel(&(dst), sizeof(dst), (void *)((base) + (off)))
 
@@ -84,83 +91,116 @@ static __always_inline void count_percpu(void *map_lookup_result) {
         *n += 1;
 }
 
-/* Addresses, protocol and ports from the packet's headers. */
-static __always_inline void read_headers(u64 skb, struct drop_key *k) {
-    u64 head = 0;
-    u16 nh = 0, th = 0;
-    KREAD(head, skb, OFF_SKB_HEAD);
-    KREAD(nh, skb, OFF_SKB_NETWORK_HEADER);
-    KREAD(th, skb, OFF_SKB_TRANSPORT_HEADER);
+/* The sk_buff fields the program needs. Where they lie within SPAN_MAX bytes of each
+ * other (user space passes SKB_SPAN_START/SKB_SPAN_LEN then), one read takes them all:
+ * each bpf_probe_read_kernel costs tens of ns, and this runs for every dropped packet. */
+struct skb_fields {
+    u64 head;
+    u64 dev;
+    u64 sk;
+    u16 nh;
+    u16 th;
+    u32 iif;
+};
+
+static __always_inline void read_skb(u64 skb, struct skb_fields *f) {
+#ifdef SKB_SPAN_LEN
+    u8 span[SKB_SPAN_LEN];
+    if (bpf_probe_read_kernel(span, sizeof(span), (void *)(skb + SKB_SPAN_START)))
+        return;
+#define SKB_FIELD(dst, off) __builtin_memcpy(&(dst), &span[(off) - SKB_SPAN_START], sizeof(dst))
+#else
+#define SKB_FIELD(dst, off) KREAD(dst, skb, off)
+#endif
+    SKB_FIELD(f->head, OFF_SKB_HEAD);
+    SKB_FIELD(f->dev, OFF_SKB_DEV);
+    SKB_FIELD(f->sk, OFF_SKB_SK);
+    SKB_FIELD(f->nh, OFF_SKB_NETWORK_HEADER);
+    SKB_FIELD(f->th, OFF_SKB_TRANSPORT_HEADER);
+    SKB_FIELD(f->iif, OFF_SKB_IIF);
+#undef SKB_FIELD
+}
+
+/* Addresses, protocol and ports from the packet's headers: one read of HDR_READ bytes
+ * from the network header, which holds the transport header's first bytes too unless
+ * there are IP options or IPv6 extension headers (then a second read). Reading past the
+ * end of a short packet stays inside the skb's head buffer and is never used. */
+#define HDR_READ 56
+#define L4_NEED 14  /* TCP: ports, and the flags byte at 13 */
+static __always_inline void read_headers(struct skb_fields *f, struct drop_key *k) {
+    u64 head = f->head;
+    u16 nh = f->nh, th = f->th;
     if (!head || nh == 0xffff)
         return;
-    u8 ip[40] = {};
-    if (bpf_probe_read_kernel(ip, k->l3proto == ETH_P_IP ? 20 : 40, (void *)(head + nh)))
+    u8 hdr[HDR_READ] = {};
+    if (bpf_probe_read_kernel(hdr, sizeof(hdr), (void *)(head + nh)))
         return;
-    u64 l4 = 0;
+    u32 l4off = 0;
     if (k->l3proto == ETH_P_IP) {
-        if ((ip[0] >> 4) != 4)
+        if ((hdr[0] >> 4) != 4)
             return;
-        k->l4proto = ip[9];
-        __builtin_memcpy(k->saddr, &ip[12], 4);
-        __builtin_memcpy(k->daddr, &ip[16], 4);
-        if (((ip[6] & 0x1f) | ip[7]) != 0)  /* a non-first fragment: no ports in it */
+        k->l4proto = hdr[9];
+        __builtin_memcpy(k->saddr, &hdr[12], 4);
+        __builtin_memcpy(k->daddr, &hdr[16], 4);
+        if (((hdr[6] & 0x1f) | hdr[7]) != 0)  /* a non-first fragment: no ports in it */
             return;
-        l4 = (th != 0xffff && th > nh) ? head + th : head + nh + (ip[0] & 0xf) * 4;
+        l4off = (hdr[0] & 0xf) * 4;
     } else {
-        if ((ip[0] >> 4) != 6)
+        if ((hdr[0] >> 4) != 6)
             return;
-        k->l4proto = ip[6];  /* the first next header: extension headers are not walked */
-        __builtin_memcpy(k->saddr, &ip[8], 16);
-        __builtin_memcpy(k->daddr, &ip[24], 16);
-        l4 = (th != 0xffff && th > nh) ? head + th : head + nh + 40;
+        k->l4proto = hdr[6];  /* the first next header: extension headers are not walked */
+        __builtin_memcpy(k->saddr, &hdr[8], 16);
+        __builtin_memcpy(k->daddr, &hdr[24], 16);
+        l4off = 40;
     }
-    if (k->l4proto == 6) {
-        u8 tcp[14] = {};
-        if (!bpf_probe_read_kernel(tcp, sizeof(tcp), (void *)l4)) {
-            k->sport = (tcp[0] << 8) | tcp[1];
-            k->dport = (tcp[2] << 8) | tcp[3];
-            if (tcp[13] & 0x04)
-                k->flags |= FLAG_TCP_RST;
-        }
-    } else if (k->l4proto == 17 || k->l4proto == 132) {  /* UDP, SCTP */
-        u8 ports[4] = {};
-        if (!bpf_probe_read_kernel(ports, 4, (void *)l4)) {
-            k->sport = (ports[0] << 8) | ports[1];
-            k->dport = (ports[2] << 8) | ports[3];
-        }
+    if (th != 0xffff && th > nh)
+        l4off = th - nh;
+    u8 l4[L4_NEED] = {};
+    if (l4off == 20) {
+        __builtin_memcpy(l4, &hdr[20], L4_NEED);
+    } else if (l4off == 40) {
+        __builtin_memcpy(l4, &hdr[40], L4_NEED);
+    } else if (bpf_probe_read_kernel(l4, sizeof(l4), (void *)(head + nh + l4off))) {
+        return;
+    }
+    if (k->l4proto == 6 || k->l4proto == 17 || k->l4proto == 132) {  /* TCP, UDP, SCTP */
+        k->sport = (l4[0] << 8) | l4[1];
+        k->dport = (l4[2] << 8) | l4[3];
+        if (k->l4proto == 6 && (l4[13] & 0x04))
+            k->flags |= FLAG_TCP_RST;
     } else if (k->l4proto == 1 || k->l4proto == 58) {  /* ICMP, ICMPv6: type and code */
-        u8 tc[2] = {};
-        if (!bpf_probe_read_kernel(tc, 2, (void *)l4)) {
-            k->sport = tc[0];
-            k->dport = tc[1];
-        }
+        k->sport = l4[0];
+        k->dport = l4[1];
     }
 }
 
 /* Interface, its name and the namespace: from skb->dev, else the socket's namespace. */
-static __always_inline void read_place(u64 skb, struct drop_key *k, char *ifname) {
-    u64 dev = 0, net = 0;
-    KREAD(dev, skb, OFF_SKB_DEV);
+static __always_inline void read_place(struct skb_fields *f, struct drop_key *k, char *ifname) {
+    u64 dev = f->dev, net = 0;
     if (dev) {
+#ifdef DEV_SPAN_LEN
+        u8 span[DEV_SPAN_LEN];
+        if (!bpf_probe_read_kernel(span, sizeof(span), (void *)(dev + DEV_SPAN_START))) {
+            __builtin_memcpy(&k->ifindex, &span[OFF_DEV_IFINDEX - DEV_SPAN_START], 4);
+            __builtin_memcpy(ifname, &span[OFF_DEV_NAME - DEV_SPAN_START], 16);
+            __builtin_memcpy(&net, &span[OFF_DEV_NET - DEV_SPAN_START], 8);
+        }
+#else
         KREAD(k->ifindex, dev, OFF_DEV_IFINDEX);
         bpf_probe_read_kernel(ifname, 16, (void *)(dev + OFF_DEV_NAME));
         KREAD(net, dev, OFF_DEV_NET);
+#endif
     } else {
-        int iif = 0;
-        KREAD(iif, skb, OFF_SKB_IIF);
-        k->ifindex = iif;
-        u64 sk = 0;
-        KREAD(sk, skb, OFF_SKB_SK);
-        if (sk)
-            KREAD(net, sk, OFF_SK_NET);
+        k->ifindex = f->iif;
+        if (f->sk)
+            KREAD(net, f->sk, OFF_SK_NET);
     }
     if (net)
         KREAD(k->netns, net, OFF_NET_INUM);
 }
 
-static __always_inline void add(struct drop_key *k, const char *ifname, int which) {
+static __always_inline void add(struct drop_key *k, const char *ifname, int which, u64 now) {
     struct drop_value *v = which ? drops1.lookup(k) : drops0.lookup(k);
-    u64 now = bpf_ktime_get_ns();
     if (!v) {
         struct drop_value init = {};
         init.first_ns = now;
@@ -190,21 +230,34 @@ TRACEPOINT_PROBE(skb, kfree_skb) {
 #endif
     }
     u64 skb = (u64)args->skbaddr;
+    u64 now = bpf_ktime_get_ns();
     struct drop_key k = {};
     char ifname[16] = {};
+    struct skb_fields f = {};
     k.reason = reason;
     k.l3proto = args->protocol;
+    read_skb(skb, &f);
     if (k.l3proto == ETH_P_IP || k.l3proto == ETH_P_IPV6)
-        read_headers(skb, &k);
-    read_place(skb, &k, ifname);
-    u64 *marked = rejected.lookup(&skb);
-    if (marked) {
-        if (bpf_ktime_get_ns() - *marked < REJECT_MAX_AGE_NS)
+        read_headers(&f, &k);
+    read_place(&f, &k, ifname);
+    struct answered *a = answered.lookup(&zero);
+    if (a && a->skb == skb) {
+        if (now - a->ts_ns < ANSWER_MAX_AGE_NS)
             k.flags |= FLAG_REJECTED;
-        rejected.delete(&skb);
+        a->skb = 0;
     }
     u32 *which = active.lookup(&zero);
-    add(&k, ifname, which && *which);
+    add(&k, ifname, which && *which, now);
+    return 0;
+}
+
+static __always_inline int mark_answered(void *skb) {
+    u32 zero = 0;
+    struct answered *a = answered.lookup(&zero);
+    if (a) {
+        a->skb = (u64)skb;
+        a->ts_ns = bpf_ktime_get_ns();
+    }
     return 0;
 }
 
@@ -216,9 +269,7 @@ TRACEPOINT_PROBE(icmp, icmp_send) {
      * needed" (code 4): that packet was too big, not refused */
     if (args->type != 3 || args->code == 4)
         return 0;
-    u64 key = (u64)args->skbaddr;
-    u64 now = bpf_ktime_get_ns();
-    rejected.update(&key, &now);
+    return mark_answered((void *)args->skbaddr);
     return 0;
 }
 #endif
@@ -228,17 +279,10 @@ TRACEPOINT_PROBE(icmp, icmp_send) {
  * `reject` and iptables' REJECT call to answer a packet (TCP RST, ICMP unreachable);
  * the rule's verdict is then NF_DROP, so the same skb reaches kfree_skb with
  * NETFILTER_DROP. Marking it here is what tells "refused by a rule" from "dropped". */
-static __always_inline int mark_rejected(void *skb) {
-    u64 key = (u64)skb;
-    u64 now = bpf_ktime_get_ns();
-    rejected.update(&key, &now);
-    return 0;
-}
-
-KFUNC_PROBE(nf_send_reset, void *net, void *sk, void *oldskb, int hook) { return mark_rejected(oldskb); }
-KFUNC_PROBE(nf_send_unreach, void *skb_in, int code, int hook) { return mark_rejected(skb_in); }
-KFUNC_PROBE(nf_send_reset6, void *net, void *sk, void *oldskb, int hook) { return mark_rejected(oldskb); }
+KFUNC_PROBE(nf_send_reset, void *net, void *sk, void *oldskb, int hook) { return mark_answered(oldskb); }
+KFUNC_PROBE(nf_send_unreach, void *skb_in, int code, int hook) { return mark_answered(skb_in); }
+KFUNC_PROBE(nf_send_reset6, void *net, void *sk, void *oldskb, int hook) { return mark_answered(oldskb); }
 KFUNC_PROBE(nf_send_unreach6, void *net, void *skb_in, unsigned char code, unsigned int hooknum) {
-    return mark_rejected(skb_in);
+    return mark_answered(skb_in);
 }
 #endif

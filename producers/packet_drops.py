@@ -66,6 +66,8 @@ assert VALUE_STRUCT.size == 40
 FLAG_REJECTED, FLAG_TCP_RST = 1, 2
 ETH_P_IP, ETH_P_IPV6 = 0x0800, 0x86DD
 PORT_PROTOCOLS = (6, 17, 132)
+#: the most bytes of a struct read at once onto the BPF stack (bpf/packet_drops.c)
+SPAN_MAX = 192
 REASON_NOT_SPECIFIED = "not_specified"
 
 
@@ -151,6 +153,14 @@ def kernel_offsets(btf: BTF) -> dict[str, int]:
         if got != size:  # the program reads exactly `size` bytes there
             raise BTFError(f"struct {struct_name}.{path} is {got} bytes in this kernel, expected {size}")
         out[macro] = btf.offset(struct_name, path)
+    # One read for all of a struct's fields where they are close together (the program's
+    # stack is 512 bytes): SKB_SPAN_*, DEV_SPAN_*.
+    for span, prefix in (("SKB_SPAN", "OFF_SKB_"), ("DEV_SPAN", "OFF_DEV_")):
+        members = [(out[m], fields[m][2]) for m in fields if m.startswith(prefix)]
+        start = min(off for off, _ in members)
+        length = max(off + size for off, size in members) - start
+        if length <= SPAN_MAX:
+            out[f"{span}_START"], out[f"{span}_LEN"] = start, length
     return out
 
 
