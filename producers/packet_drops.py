@@ -44,9 +44,9 @@ from pathlib import Path
 from typing import Any
 
 from wirestream.codec import AvroCodec
-from wirestream.kafka import WireProducer
+from wirestream.kafka import WireProducer, add_counts
 from wirestream.packet_block import canonical_key, partition_for
-from wirestream.topics import DROPS
+from wirestream.topics import DROPS, STATS
 
 from .btf import BTF, BTFError
 
@@ -68,6 +68,8 @@ ETH_P_IP, ETH_P_IPV6 = 0x0800, 0x86DD
 PORT_PROTOCOLS = (6, 17, 132)
 #: the most bytes of a struct read at once onto the BPF stack (bpf/packet_drops.c)
 SPAN_MAX = 192
+#: ``stage`` of this producer's reports on wire.stats
+STAGE = "producer.drops"
 REASON_NOT_SPECIFIED = "not_specified"
 
 
@@ -302,6 +304,7 @@ class DropPublisher:
         self.source_id = source_id
         self.reasons = reasons
         self._encode = codec.encoder(DROPS)
+        self._encode_stats = codec.encoder(STATS)
         self.kafka = WireProducer(bootstrap, **{"linger.ms": 50})
         self._clock_offset_ns = time.time_ns() - time.monotonic_ns()
         self.published = 0
@@ -351,6 +354,27 @@ class DropPublisher:
             self.published += 1
             self.dropped_packets[rec["reason"]] += row.count
         self.kafka.poll(0)
+
+    def publish_stats(self, overflow: int, not_specified: int, final: bool) -> dict[str, Any]:
+        """This producer's totals since the start on ``wire.stats`` (stage
+        ``producer.drops``): ``received`` the drops counted, ``emitted`` the records,
+        ``dropped`` the drops the kernel map had no room for (``drops_overflow``) and
+        delivery errors, ``counters`` the NOT_SPECIFIED frees seen (not drops, left out)."""
+        record = {
+            "stage": STAGE,
+            "instance": f"{socket.gethostname()}:{os.getpid()}",
+            "source_id": self.source_id,
+            "partition": -1,
+            "ts_us": time.time_ns() // 1000,
+            "final": final,
+            "received": sum(self.dropped_packets.values()),
+            "emitted": {DROPS: self.published},
+            "dropped": add_counts({"drops_overflow": overflow} if overflow else {}, self.kafka.delivery_errors),
+            "counters": {"not_specified_seen": not_specified,
+                         **{f"reason.{k}": v for k, v in self.dropped_packets.items()}},
+        }
+        self.kafka.produce(STATS, self._encode_stats(record), self.source_id.encode())
+        return record
 
     def flush(self, timeout: float = 60.0) -> None:
         self.kafka.flush(timeout, undelivered="broker_undelivered_at_exit")

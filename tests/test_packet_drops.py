@@ -112,9 +112,9 @@ def _ipv6(link: LossyLink) -> None:
 def test_drops_and_rejects_in_namespaces(broker, registry) -> None:
     from wirestream.codec import AvroCodec
     from wirestream.reader import TopicReader, end_offsets
-    from wirestream.topics import DROPS
+    from wirestream.topics import DROPS, STATS
 
-    start = end_offsets(broker.bootstrap, (DROPS,))
+    start = end_offsets(broker.bootstrap, (DROPS, STATS))
     env = {**os.environ, "WIRESTREAM_BOOTSTRAP": broker.bootstrap, "WIRESTREAM_REGISTRY": registry.url}
     with LossyLink(loss_percent=0, rate_mbit=None) as link:
         _ipv6(link)
@@ -154,14 +154,22 @@ def test_drops_and_rejects_in_namespaces(broker, registry) -> None:
     unavailable_here = said[-1]  # "(not available here: feature: why, ...)"
     fentry_rejects = "rejects_tcp_reset:" not in unavailable_here
 
-    records = []
-    with TopicReader(broker.bootstrap, AvroCodec(registry.url), [DROPS], start) as reader:
+    records, finals = [], []
+    with TopicReader(broker.bootstrap, AvroCodec(registry.url), [DROPS, STATS], start) as reader:
         deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            got = [m.record for m in reader.poll(0.3) if m.record is not None]
-            records += [r for r in got if r["source_id"].startswith("drops-test-")]
-            if records and not got:
-                break
+        while not finals and time.monotonic() < deadline:
+            for m in reader.poll(0.3):
+                if m.record is None or not m.record["source_id"].startswith("drops-test-"):
+                    continue
+                if m.topic == DROPS:
+                    records.append(m.record)
+                elif m.record["final"]:
+                    finals.append(m.record)
+    # the producer's own account on wire.stats: every drop it counted, every record it sent
+    (final,) = finals
+    assert final["stage"] == "producer.drops", final
+    assert final["emitted"] == {DROPS: len(records)} and final["received"] == sum(r["count"] for r in records)
+    assert final["dropped"] == {}, final  # no overflow, no delivery error
 
     for version, (server, client_ip) in servers.items():
         ours = [r for r in records if r["dst_ip"] == server and r["src_ip"] == client_ip]

@@ -65,7 +65,7 @@ ALL_TOPICS: tuple[str, ...] = RAW_TOPICS + OUTPUT_TOPICS + (STATS, DEAD_LETTER) 
 #: what `wirestream produce live` publishes to (created when missing)
 LIVE_TOPICS: tuple[str, ...] = (PACKETS, SOCKETS, STATS)
 #: what `wirestream produce drops` publishes to (created when missing)
-DROP_TOPICS: tuple[str, ...] = (DROPS,)
+DROP_TOPICS: tuple[str, ...] = (DROPS, STATS)
 #: what `wirestream replay` reads again, in the order it reads each partition: socket
 #: events first, so that a connection's are in before its record is emitted
 REPLAY_TOPICS: tuple[str, ...] = (SOCKETS, PACKETS)

@@ -168,9 +168,11 @@ def run_drops(args: argparse.Namespace) -> int:
                 break
             if now >= next_drain:
                 publisher.publish(source.drain())
+                publisher.publish_stats(source.overflow(), source.not_specified(), final=False)
                 next_drain = now + args.interval
             time.sleep(min(0.1, max(0.0, next_drain - now)))
         publisher.publish(source.drain())
+        publisher.publish_stats(source.overflow(), source.not_specified(), final=True)
         publisher.flush()
         by_reason = ", ".join(f"{k}={v}" for k, v in publisher.dropped_packets.most_common()) or "none"
         print(f"{publisher.published} records published; packets dropped by reason: {by_reason}; "
