@@ -233,3 +233,26 @@ def test_doctor_says_drops_are_available() -> None:
     assert checks["drop reasons"]["ok"] and checks["drops probe"]["ok"], checks
     assert checks["refused (icmp)"]["ok"], checks
     assert "refused (tcp reset)" in checks  # either way, said
+
+
+def test_struct_offsets_from_btf_are_consistent() -> None:
+    """The BTF reader finds members through the kernel's anonymous unions and
+    struct_group()s: facts that hold on every kernel the tracepoint exists on."""
+    from wirestream.producers.btf import BTF, BTFError
+    from wirestream.producers.packet_drops import SPAN_MAX, kernel_offsets
+
+    btf = BTF()
+    offsets = kernel_offsets(btf)
+    # `unsigned char *head, *data;` are declared together, and headers sit before them
+    assert btf.offset("sk_buff", "data") == offsets["OFF_SKB_HEAD"] + 8
+    assert offsets["OFF_SKB_TRANSPORT_HEADER"] + 2 == offsets["OFF_SKB_NETWORK_HEADER"]
+    assert btf.size("net_device", "name") == 16  # IFNAMSIZ
+    assert offsets["SKB_SPAN_LEN"] <= SPAN_MAX and offsets["DEV_SPAN_LEN"] <= SPAN_MAX
+    # what the program's run statistics are read at (producers/packet_drops.py)
+    assert (btf.offset("bpf_prog_info", "run_time_ns"), btf.offset("bpf_prog_info", "run_cnt")) == (192, 200)
+    try:
+        btf.offset("sk_buff", "no_such_member")
+    except BTFError as exc:
+        assert "sk_buff has no member no_such_member" in str(exc)
+    else:
+        raise AssertionError("a missing member must raise BTFError")
