@@ -84,6 +84,23 @@ def load_error(exc: Exception) -> str:
     return text
 
 
+#: fentry on the function a `reject with tcp reset` rule answers through
+REJECT_PROBE = b"KFUNC_PROBE(nf_send_reset, void *net, void *sk, void *oldskb, int hook) { return 0; }"
+
+
+def fentry_unavailable(bcc: Any) -> str | None:
+    """None if fentry programs on the REJECT functions load here, otherwise why not.
+    Probed with a program of its own: bcc attaches a program's tracepoints as it loads
+    it, so a full program whose fentry part fails would leave them attached."""
+    if not bcc.BPF.support_kfunc():
+        return "this bcc/kernel has no fentry (kfunc) support"
+    try:
+        bcc.BPF(text=REJECT_PROBE).cleanup()
+    except Exception as exc:
+        return f"fentry on {REJECT_FUNCTIONS[0]} does not load: {load_error(exc)}"
+    return None
+
+
 class DropsUnavailable(Exception):
     """The kernel cannot give drops with reasons here (says why)."""
 
@@ -187,7 +204,11 @@ class DropSource:
             raise DropsUnavailable(why)
         btf = BTF()
         self.reasons = drop_reasons(btf)
-        cflags = [f"-D{k}={v}" for k, v in kernel_offsets(btf).items()] + [f"-DMAX_ROWS={max_rows}"]
+        not_specified = [v for v, n in self.reasons.items() if n == REASON_NOT_SPECIFIED]
+        if len(not_specified) != 1:
+            raise DropsUnavailable("this kernel's enum skb_drop_reason has no NOT_SPECIFIED")
+        cflags = [f"-D{k}={v}" for k, v in kernel_offsets(btf).items()] + [
+            f"-DMAX_ROWS={max_rows}", f"-DREASON_NOT_SPECIFIED={not_specified[0]}"]
         if include_not_specified:
             cflags.append("-DWITH_NOT_SPECIFIED")
         #: what this kernel lets us tell; doctor prints these
@@ -197,18 +218,10 @@ class DropSource:
             self.features["refused_icmp"] = None
         else:
             self.features["refused_icmp"] = "no icmp:icmp_send tracepoint"
-        text = program_text().encode()
-        self.bpf = None
-        if bcc.BPF.support_kfunc():
-            try:
-                self.bpf = bcc.BPF(text=text, cflags=[*cflags, "-DWITH_REJECT"])
-                self.features["rejects_tcp_reset"] = None
-            except Exception as exc:
-                self.features["rejects_tcp_reset"] = f"fentry on {REJECT_FUNCTIONS[0]} does not load: {load_error(exc)}"
-        else:
-            self.features["rejects_tcp_reset"] = "this bcc/kernel has no fentry (kfunc) support"
-        if self.bpf is None:
-            self.bpf = bcc.BPF(text=text, cflags=cflags)
+        self.features["rejects_tcp_reset"] = fentry_unavailable(bcc)
+        if self.features["rejects_tcp_reset"] is None:
+            cflags.append("-DWITH_REJECT")
+        self.bpf = bcc.BPF(text=program_text().encode(), cflags=cflags)
         self._maps = (self.bpf[b"drops0"], self.bpf[b"drops1"])
         self._active = self.bpf[b"active"]
         self._which = 0

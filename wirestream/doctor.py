@@ -136,8 +136,6 @@ DROPS_PROBE = b"""#include <linux/skbuff.h>
 #include <net/dropreason.h>
 #endif
 TRACEPOINT_PROBE(skb, kfree_skb) { return args->reason == 0; }"""
-#: fentry on the function a `reject with tcp reset` rule answers through
-REJECT_PROBE = b"KFUNC_PROBE(nf_send_reset, void *net, void *sk, void *oldskb, int hook) { return 0; }"
 
 
 def _cgroup2_mount() -> Path | None:
@@ -236,7 +234,12 @@ def add_drop_checks(r: Report, bcc: ModuleType | None) -> None:
     (5.17+), the kernel's BTF for the struct offsets and reason names, and what tells a
     refused packet from a dropped one (producers/packet_drops.py). With ``bcc`` (probing),
     the tracepoint program is compiled and attached, and fentry is tried."""
-    from wirestream.producers.packet_drops import ICMP_SEND, drop_reasons, load_error, unavailable
+    from wirestream.producers.packet_drops import (
+        ICMP_SEND,
+        drop_reasons,
+        fentry_unavailable,
+        unavailable,
+    )
 
     why = unavailable()
     if why is None:
@@ -265,14 +268,12 @@ def add_drop_checks(r: Report, bcc: ModuleType | None) -> None:
         except Exception as exc:
             r.add("drops probe", False, f"a kfree_skb program does not load: {str(exc).splitlines()[0]}")
             why = "a kfree_skb tracepoint program does not compile or attach"
-        try:
-            if not bcc.BPF.support_kfunc():
-                raise RuntimeError("bcc or the kernel has no fentry (kfunc) support")
-            bcc.BPF(text=REJECT_PROBE).cleanup()
-            r.add("refused (tcp reset)", True, "fentry on nf_send_reset: `reject with tcp reset` is marked refused")
-        except Exception as exc:
-            r.add("refused (tcp reset)", False, f"fentry on nf_send_reset does not load ({load_error(exc)}): "
-                  "packets a `reject with tcp reset` rule answers count as netfilter_drop, not refused")
+        fentry = fentry_unavailable(bcc)
+        r.add("refused (tcp reset)", fentry is None,
+              "fentry on nf_send_reset: `reject with tcp reset` and ICMPv6 rejects are marked refused"
+              if fentry is None else
+              f"{fentry}: packets a `reject with tcp reset` rule or an IPv6 `reject` answers count as "
+              "netfilter_drop, not refused")
     r.drops = why is None
     r.drops_reason = why or ""
 
