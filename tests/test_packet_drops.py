@@ -31,6 +31,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -256,3 +257,45 @@ def test_struct_offsets_from_btf_are_consistent() -> None:
         assert "sk_buff has no member no_such_member" in str(exc)
     else:
         raise AssertionError("a missing member must raise BTFError")
+
+
+FLOOD = textwrap.dedent("""
+    import socket, sys
+    host, n, ports = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    for i in range(n):
+        s.sendto(b"x", (host, 9000 + i % ports))
+""")
+
+
+def test_full_map_counts_what_it_could_not_hold() -> None:
+    """Memory is bounded by --max-rows; the drops of rows that did not fit are counted,
+    not lost silently. The overflow counter is the machine's (other drops may overflow
+    meanwhile), so: what our rows hold + overflow covers everything the rule dropped,
+    and our rows alone cannot (100 ports, 8 rows)."""
+    from wirestream.producers.packet_drops import DropSource
+
+    from wirestream.doctor import kernel_headers, load_bcc
+
+    kernel_headers()
+    source = DropSource(load_bcc(), max_rows=8)
+    try:
+        with LossyLink(loss_percent=0, rate_mbit=None) as link:
+            rules = ("table inet ws_flood { chain input { type filter hook input priority filter; "
+                     "policy accept; udp dport 9000-9099 counter drop; }; }")
+            subprocess.run([IP, "netns", "exec", link.receiver, NFT, "-f", "-"], input=rules, text=True,
+                           capture_output=True, check=True, timeout=10)
+            source.drain()
+            overflow_before = source.overflow()
+            link.run(link.sender, [sys.executable, "-c", FLOOD, link.receiver_ip, "2000", "100"])
+            out = link.run(link.receiver, [NFT, "list", "table", "inet", "ws_flood"]).stdout
+            dropped = int(re.search(r"packets (\d+)", out).group(1))  # type: ignore[union-attr]
+            rows = source.drain()
+            overflow = source.overflow() - overflow_before
+            receiver = link.receiver_ip
+    finally:
+        source.close()
+    ours = sum(r.count for r in rows if r.key[1][:4] == socket.inet_aton(receiver) and 9000 <= r.key[6] < 9100)
+    assert dropped == 2000 and len(rows) <= 8, (dropped, rows)
+    assert 0 < ours < dropped and overflow > 0, (ours, overflow)
+    assert ours + overflow >= dropped, (ours, overflow)
