@@ -48,7 +48,7 @@ from wirestream.kafka import WireProducer, add_counts
 from wirestream.packet_block import canonical_key, partition_for
 from wirestream.topics import DROPS, STATS
 
-from .btf import BTF, BTFError
+from .btf import BTF, VMLINUX_BTF, BTFError
 
 TRACEFS_EVENTS = Path("/sys/kernel/tracing/events")
 KFREE_SKB_FORMAT = TRACEFS_EVENTS / "skb" / "kfree_skb" / "format"
@@ -149,10 +149,13 @@ def unavailable() -> str | None:
         return f"no skb:kfree_skb tracepoint at {KFREE_SKB_FORMAT} (tracefs not mounted?)"
     if "skb_drop_reason reason" not in fmt:
         return "skb:kfree_skb has no reason field (Linux 5.17+ needed)"
-    try:
-        BTF()
-    except BTFError as exc:
-        return str(exc)
+    try:  # the header only: parsing all of it takes most of a second
+        with VMLINUX_BTF.open("rb") as f:
+            magic = f.read(2)
+    except OSError as exc:
+        return f"cannot read kernel BTF {VMLINUX_BTF}: {exc.strerror} (CONFIG_DEBUG_INFO_BTF)"
+    if magic != b"\x9f\xeb":
+        return f"{VMLINUX_BTF}: not BTF"
     return None
 
 
