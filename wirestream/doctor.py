@@ -57,6 +57,8 @@ class Report:
     socket_events_reason: str = ""
     af_packet: bool = False
     af_packet_reason: str = ""
+    drops: bool = False
+    drops_reason: str = ""
 
     def add(self, name: str, ok: bool, detail: str) -> bool:
         self.checks.append(Check(name, ok, detail))
@@ -69,6 +71,7 @@ class Report:
                 "ebpf_packets": {"available": self.ebpf, "reason": self.ebpf_reason},
                 "ebpf_socket_events": {"available": self.socket_events, "reason": self.socket_events_reason},
                 "af_packet": {"available": self.af_packet, "reason": self.af_packet_reason},
+                "ebpf_drops": {"available": self.drops, "reason": self.drops_reason},
             },
         }
 
@@ -127,6 +130,12 @@ def effective_capabilities() -> set[str]:
 
 BPF_PROBE = b"int count(struct __sk_buff *skb) { return 0; }"  # bcc wants bytes
 TRACEPOINT_PROBE = b"TRACEPOINT_PROBE(sock, inet_sock_set_state) { return 0; }"
+#: `wirestream produce drops`: the kfree_skb tracepoint's reason field must compile
+DROPS_PROBE = b"""#include <linux/skbuff.h>
+#if __has_include(<net/dropreason.h>)
+#include <net/dropreason.h>
+#endif
+TRACEPOINT_PROBE(skb, kfree_skb) { return args->reason == 0; }"""
 
 
 def _cgroup2_mount() -> Path | None:
@@ -215,8 +224,58 @@ def diagnose(probe: bool = True) -> Report:
         r.af_packet_reason = "needs CAP_NET_RAW" if not privileged else str(exc)
     r.add("netns tools", shutil.which("ip") is not None,
           "ip (iproute2) found" if shutil.which("ip") else "ip (iproute2) not found: no --netns capture")
+    add_drop_checks(r, bcc if r.ebpf and probe else None)
     add_connection_checks(r)
     return r
+
+
+def add_drop_checks(r: Report, bcc: ModuleType | None) -> None:
+    """`wirestream produce drops`: the skb:kfree_skb tracepoint with its drop reason
+    (5.17+), the kernel's BTF for the struct offsets and reason names, and what tells a
+    refused packet from a dropped one (producers/packet_drops.py). With ``bcc`` (probing),
+    the tracepoint program is compiled and attached, and fentry is tried."""
+    from wirestream.producers.packet_drops import (
+        ICMP_SEND,
+        drop_reasons,
+        fentry_unavailable,
+        unavailable,
+    )
+
+    why = unavailable()
+    if why is None:
+        from wirestream.producers.btf import BTF, BTFError
+        from wirestream.producers.packet_drops import kernel_offsets
+
+        try:
+            btf = BTF()
+            kernel_offsets(btf)
+            names = drop_reasons(btf)
+            r.add("drop reasons", True, f"skb:kfree_skb with its reason; {len(names)} reasons named in this "
+                  "kernel's BTF, sk_buff offsets from BTF")
+        except BTFError as exc:
+            why = str(exc)
+    if why is not None:
+        r.add("drop reasons", False, why)
+    r.add("refused (icmp)", ICMP_SEND.is_dir(),
+          "icmp:icmp_send: packets answered with ICMP unreachable are marked refused" if ICMP_SEND.is_dir() else
+          "no icmp:icmp_send tracepoint: packets refused with ICMP count as plain drops")
+    if why is None and not r.ebpf:
+        why = r.ebpf_reason
+    if why is None and bcc is not None:
+        try:
+            bcc.BPF(text=DROPS_PROBE).cleanup()  # attaches as it loads
+            r.add("drops probe", True, "compiled and attached a skb:kfree_skb program reading the reason")
+        except Exception as exc:
+            r.add("drops probe", False, f"a kfree_skb program does not load: {str(exc).splitlines()[0]}")
+            why = "a kfree_skb tracepoint program does not compile or attach"
+        fentry = fentry_unavailable(bcc)
+        r.add("refused (tcp reset)", fentry is None,
+              "fentry on nf_send_reset: `reject with tcp reset` and ICMPv6 rejects are marked refused"
+              if fentry is None else
+              f"{fentry}: packets a `reject with tcp reset` rule or an IPv6 `reject` answers count as "
+              "netfilter_drop, not refused")
+    r.drops = why is None
+    r.drops_reason = why or ""
 
 
 def add_connection_checks(r: Report) -> None:

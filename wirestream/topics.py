@@ -9,6 +9,9 @@ from __future__ import annotations
 PACKETS = "wire.packets"
 #: kernel socket/syscall events of live capture, co-partitioned with wire.packets
 SOCKETS = "wire.sockets"
+#: packets the kernel dropped, counted per 5-tuple and reason (`wirestream produce drops`),
+#: co-partitioned with wire.packets
+DROPS = "wire.drops"
 CONNECTIONS = "wire.connections"
 #: UDP flows (Zeek's conn.log notion of a connection); TCP connections are on CONNECTIONS
 FLOWS = "wire.flows"
@@ -34,6 +37,7 @@ CHECKPOINTS = "wire.checkpoints"
 TOPIC_SCHEMAS: dict[str, str] = {
     PACKETS: "packet_batch",
     SOCKETS: "socket_event",
+    DROPS: "drop",
     K8S_IDENTITY: "k8s_identity",
     K8S_POLICIES: "k8s_policy",
     CONNECTIONS: "connection",
@@ -47,7 +51,7 @@ TOPIC_SCHEMAS: dict[str, str] = {
     OBSERVATIONS: "observation_batch",
 }
 
-RAW_TOPICS: tuple[str, ...] = (PACKETS, SOCKETS)
+RAW_TOPICS: tuple[str, ...] = (PACKETS, SOCKETS, DROPS)
 OUTPUT_TOPICS: tuple[str, ...] = (
     CONNECTIONS,
     FLOWS,
@@ -63,6 +67,8 @@ TABLE_TOPICS: tuple[str, ...] = (K8S_IDENTITY, K8S_POLICIES)
 ALL_TOPICS: tuple[str, ...] = RAW_TOPICS + OUTPUT_TOPICS + (STATS, DEAD_LETTER) + INTERNAL_TOPICS + TABLE_TOPICS
 #: what `wirestream produce live` publishes to (created when missing)
 LIVE_TOPICS: tuple[str, ...] = (PACKETS, SOCKETS, STATS)
+#: what `wirestream produce drops` publishes to (created when missing)
+DROP_TOPICS: tuple[str, ...] = (DROPS, STATS)
 #: what `wirestream replay` reads again, in the order it reads each partition: socket
 #: events first, so that a connection's are in before its record is emitted
 REPLAY_TOPICS: tuple[str, ...] = (SOCKETS, PACKETS)

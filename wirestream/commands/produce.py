@@ -1,4 +1,5 @@
-"""``wirestream produce pcap|live``: publish packets for processors running elsewhere."""
+"""``wirestream produce pcap|live|drops``: publish packets (and kernel drops) for processors
+running elsewhere."""
 
 from __future__ import annotations
 
@@ -36,6 +37,30 @@ def add_parser(sub: common.Subparsers, defaults: Settings) -> argparse.ArgumentP
                     help="name of this source in the records (default: $WIRESTREAM_SOURCE_NAME, else the host name)")
     common.add_kafka_args(pp, defaults, required=True)
     pp.set_defaults(run=run_live)
+    pp = psub.add_parser(
+        "drops", help="count kernel packet drops with their reason into wire.drops",
+        description="Count the packets the kernel drops (tracepoint skb:kfree_skb, with its drop reason: "
+                    "Linux 5.17+), per 5-tuple, reason, interface and network namespace, in the kernel; "
+                    "publish the counts to wire.drops every --interval, until SIGTERM/Ctrl-C or --duration. "
+                    "Needs eBPF (bcc, root; `wirestream doctor` says). Firewall drops have reason "
+                    "netfilter_drop; packets whose sender was answered (a REJECT rule, a closed port) are "
+                    "marked refused (docs/records.md, wire.drops).")
+    pp.add_argument("--interval", type=float, default=5.0, metavar="SECONDS",
+                    help="drain the kernel's counts and publish them this often (default: %(default)s)")
+    pp.add_argument("--duration", type=float, default=None, metavar="SECONDS", help="stop after this long")
+    pp.add_argument("--max-rows", type=int, default=16384, metavar="N",
+                    help="distinct (5-tuple, reason, interface) rows counted per interval; drops beyond "
+                         "are counted as drops_overflow (default: %(default)s)")
+    pp.add_argument("--include-not-specified", action="store_true",
+                    help="also count frees with reason NOT_SPECIFIED (plain kfree_skb(): mostly not drops, "
+                         "and frequent)")
+    pp.add_argument("--cost", action="store_true",
+                    help="turn on the kernel's BPF run statistics (sysctl kernel.bpf_stats_enabled) while "
+                         "running and print the programs' runs and mean ns per run at the end")
+    pp.add_argument("--source-name", default=os.environ.get("WIRESTREAM_SOURCE_NAME") or os.uname().nodename,
+                    help="name of this source in the records (default: $WIRESTREAM_SOURCE_NAME, else the host name)")
+    common.add_kafka_args(pp, defaults, required=True)
+    pp.set_defaults(run=run_drops)
     return p
 
 
@@ -93,4 +118,71 @@ def run_live(args: argparse.Namespace) -> int:
         live.close()
     dropped = ", ".join(f"{k}={v}" for k, v in sorted(r.dropped.items())) or "none"
     print(f"{r.frames} frames, {r.packets} packets published; dropped: {dropped}")
+    return common.EXIT_OK
+
+
+BPF_STATS = "/proc/sys/kernel/bpf_stats_enabled"
+
+
+def run_drops(args: argparse.Namespace) -> int:
+    from wirestream.broker import ensure_topics, partition_count
+    from wirestream.codec import AvroCodec
+    from wirestream.doctor import kernel_headers, load_bcc
+    from wirestream.errors import UsageError
+    from wirestream.producers.packet_drops import DropPublisher, DropSource, DropsUnavailable
+    from wirestream.topics import DROP_TOPICS, DROPS
+
+    if args.interval <= 0:
+        raise UsageError(f"--interval must be more than 0, not {args.interval}")
+    if args.max_rows < 1:
+        raise UsageError(f"--max-rows must be at least 1, not {args.max_rows}")
+    try:
+        kernel_headers()  # exports BCC_KERNEL_SOURCE when scripts/bcc-headers made the tree
+        bcc = load_bcc()
+        source = DropSource(bcc, max_rows=args.max_rows, include_not_specified=args.include_not_specified)
+    except (ImportError, DropsUnavailable) as exc:
+        common.print_error(f"produce drops: {exc}")
+        return common.EXIT_ERROR
+    stats_was = None
+    try:
+        if args.cost:
+            with open(BPF_STATS) as f:
+                stats_was = f.read().strip()
+            with open(BPF_STATS, "w") as f:
+                f.write("1")
+        ensure_topics(args.bootstrap, DROP_TOPICS, args.partitions, replication_factor=args.replication_factor)
+        # rows go to the partition of their connection's canonical key: the same as its
+        # wire.packets records when both topics have the same partition count, as created
+        partitions = partition_count(args.bootstrap, DROPS)
+        source_id = f"{args.source_name}-{os.getpid()}-{time.time_ns()}"
+        publisher = DropPublisher(args.bootstrap, AvroCodec(args.registry), partitions, source_id, source.reasons)
+        stop = common.StopOnSignal()
+        missing = ", ".join(f"{k}: {v}" for k, v in source.features.items() if v) or "none"
+        print(f"wirestream produce drops: counting drops as source {source_id}, every {args.interval:g} s "
+              f"(not available here: {missing})", file=sys.stderr, flush=True)
+        started = time.monotonic()
+        next_drain = started + args.interval
+        while not stop():
+            now = time.monotonic()
+            if args.duration is not None and now - started >= args.duration:
+                break
+            if now >= next_drain:
+                publisher.publish(source.drain())
+                publisher.publish_stats(source.overflow(), source.not_specified(), final=False)
+                next_drain = now + args.interval
+            time.sleep(min(0.1, max(0.0, next_drain - now)))
+        publisher.publish(source.drain())
+        publisher.publish_stats(source.overflow(), source.not_specified(), final=True)
+        publisher.flush()
+        by_reason = ", ".join(f"{k}={v}" for k, v in publisher.dropped_packets.most_common()) or "none"
+        print(f"{publisher.published} records published; packets dropped by reason: {by_reason}; "
+              f"drops_overflow={source.overflow()} not_specified_seen={source.not_specified()}")
+        if args.cost:
+            for name, (runs, ns) in sorted(source.program_stats().items()):
+                print(f"cost {name}: {runs} runs, {ns / runs if runs else 0:.0f} ns/run")
+    finally:
+        if stats_was is not None:
+            with open(BPF_STATS, "w") as f:
+                f.write(stats_was)
+        source.close()
     return common.EXIT_OK
