@@ -43,7 +43,7 @@ SUMMARY_FIELDS: dict[str, frozenset[str]] = {
     FLOWS: frozenset({"transport", "client_ip", "client_port", "server_ip", "server_port", "ip_version", "service",
                       "packets_c2s", "packets_s2c", "bytes_c2s", "bytes_s2c", "frame_bytes_c2s", "frame_bytes_s2c",
                       "conn_state", "icmp_type", "icmp_code", "path_mtu", "quoted_transport", "quoted_src_ip",
-                      "quoted_src_port", "quoted_dst_ip", "quoted_dst_port"}),
+                      "quoted_src_port", "quoted_dst_ip", "quoted_dst_port", "policy_verdict", "cross_zone"}),
 }
 
 
@@ -238,6 +238,24 @@ def _service_json(s: ServiceSummary) -> dict[str, Any]:
 
 
 _SEVERITY = {"critical": 0, "warning": 1, "info": 2}
+
+
+def _kubernetes_lines(records: dict[str, list[dict[str, Any]]]) -> list[str]:
+    """What Kubernetes identity added, when it did: NetworkPolicy verdicts of connections
+    and flows (and the violations raised), and how many crossed zones."""
+    from collections import Counter
+
+    both = records.get(CONNECTIONS, []) + records.get(FLOWS, [])
+    lines = []
+    verdicts = Counter(r.get("policy_verdict") for r in both if r.get("policy_verdict"))
+    if verdicts:
+        violations = sum(1 for a in records.get(ALERTS, []) if a.get("kind") == "policy_violation")
+        lines.append("network policy (connections and flows): " + ", ".join(
+            f"{k} {v:,}" for k, v in sorted(verdicts.items())) + f"; violations {violations:,}")
+    zoned = [r["cross_zone"] for r in both if r.get("cross_zone") is not None]
+    if zoned:
+        lines.append(f"cross-zone: {sum(zoned):,} of {len(zoned):,} connections and flows whose zones are known")
+    return lines
 
 
 def print_topology(records: dict[str, list[dict[str, Any]]], console: Console) -> None:
@@ -460,7 +478,9 @@ def print_summary(result: Any, top: int = 15, out_dir: str | None = None, consol
         retrans = sum(c["retransmissions"] for c in conns)
         console.print(f"retransmissions: {retrans:,}; degraded/severe connections: "
                       f"{sum(1 for c in conns if c['health'] != 'healthy'):,}")
-
+    for line in _kubernetes_lines(result.records):
+        console.print(line)
+    if conns:
         table = Table(title=f"Connections ranked by trouble (top {min(top, len(conns))} of {len(conns):,})")
         for col, kw in (
             ("client", {}), ("server", {}), ("state", {}), ("pkts c→s/s→c", {"justify": "right"}),

@@ -101,10 +101,19 @@ def ecs_event(topic: str, record: dict[str, Any]) -> dict[str, Any]:
     community_id = record.get("community_id")
     if community_id:  # ECS network.community_id: what SIEMs join Zeek's and Suricata's records on
         doc.setdefault("network", {})["community_id"] = community_id
+    verdict = record.get("policy_verdict")
+    if verdict in ("allowed", "denied"):
+        # ECS event.type has "allowed"/"denied" for exactly this: a policy's decision; the
+        # deciding Kubernetes NetworkPolicies as the rule
+        doc["event"]["type"] = [verdict]
+        doc["rule"] = {"name": ",".join(record.get("policy_names") or []), "ruleset": "kubernetes-networkpolicy"}
     if topic == TRANSACTIONS:
         doc["http"] = {"request": {"method": record.get("method")},
                        "response": {"status_code": record.get("status")}}
         doc["url"] = {"path": record.get("path"), "domain": record.get("host")}
+        if record.get("tls"):  # read from TLS decrypted with a key log
+            doc["tls"] = {"established": True}
+            doc["url"]["scheme"] = "https"
     elif topic == DNS:
         doc["dns"] = {"question": {"name": record.get("query_name"), "type": record.get("query_type")},
                       "response_code": record.get("rcode")}
@@ -157,6 +166,12 @@ def cef_event(topic: str, record: dict[str, Any]) -> str:
         ext.update(cs2Label="service", cs2=service)
     if topic == FLOWS:
         ext.update(app=record.get("service"), out=record["frame_bytes_c2s"], **{"in": record["frame_bytes_s2c"]})
+    if record.get("policy_verdict") in ("allowed", "denied"):
+        # cs3: the NetworkPolicy verdict (the traffic was seen: it is not the device's action)
+        ext.update(cs3Label="policyVerdict", cs3=record["policy_verdict"],
+                   cs4Label="policies", cs4=",".join(record.get("policy_names") or []))
+    if record.get("cross_zone") is not None:
+        ext.update(cs5Label="crossZone", cs5=str(record["cross_zone"]).lower())
     if alert:
         ext["msg"] = record.get("summary") or record.get("kind")
         ext["externalId"] = record.get("alert_id")

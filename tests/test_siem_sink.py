@@ -22,7 +22,7 @@ from helpers import free_port, publish, require_or_skip
 from tls_certs import issue, make_ca, self_signed
 from wirestream.sinks.siem import DestinationRefused, SiemSink, cef_event, ecs_event
 
-from wirestream.topics import ALERTS, CONNECTIONS, DNS, FLOWS
+from wirestream.topics import ALERTS, CONNECTIONS, DNS, FLOWS, TRANSACTIONS
 
 RSYSLOGD = shutil.which("rsyslogd") or "/usr/sbin/rsyslogd"
 
@@ -118,6 +118,22 @@ def test_a_udp_flow_in_ecs_and_cef() -> None:
     assert doc6["wirestream"]["tunnel"] == echo6["tunnel"]
     assert ecs_event(FLOWS, {**flow, "transport": "icmp", "ip_version": 4})["network"]["transport"] == "icmp"
     assert ecs_event(FLOWS, {**flow, "transport": "sctp"})["network"]["transport"] == "sctp"
+    # a NetworkPolicy verdict: ECS event.type allowed/denied, the policies as the rule;
+    # CEF custom strings; zones
+    denied = {**flow, "policy_verdict": "denied", "policy_names": ["shop/deny-all"], "cross_zone": True}
+    doc = ecs_event(FLOWS, denied)
+    assert doc["event"]["type"] == ["denied"]
+    assert doc["rule"] == {"name": "shop/deny-all", "ruleset": "kubernetes-networkpolicy"}
+    cef = cef_event(FLOWS, denied)
+    assert "cs3Label=policyVerdict cs3=denied" in cef and "cs4=shop/deny-all" in cef and "cs5=true" in cef
+    assert ecs_event(FLOWS, {**flow, "policy_verdict": "no_policy"})["event"]["type"] == ["info"]
+    # an HTTPS transaction read from TLS decrypted with a key log
+    txn = {"connection_id": "c", "client_ip": "10.0.0.1", "client_port": 40000, "server_ip": "10.0.0.2",
+           "server_port": 443, "method": "GET", "path": "/a", "host": "h", "status": 200, "tls": True,
+           "request_ts_us": 1_700_000_000_000_000}
+    doc = ecs_event(TRANSACTIONS, txn)
+    assert doc["tls"] == {"established": True} and doc["url"]["scheme"] == "https"
+    assert "tls" not in ecs_event(TRANSACTIONS, {**txn, "tls": False})
 
 
 @pytest.fixture

@@ -204,3 +204,22 @@ def test_windows_survive_a_restart_after_every_batch(out, tmp_path: Path) -> Non
     key = lambda m: (m["window_start_ts_us"], m["service"])  # noqa: E731
     assert sorted(again["wire.service-metrics"], key=key) == sorted(out["wire.service-metrics"], key=key)
     assert again["wire.alerts"] == out["wire.alerts"]
+
+
+def test_the_analyze_summary_shows_zones_nodes_and_verdicts(out) -> None:
+    """The console's tables and lines of what this module's windows and records hold."""
+    from rich.console import Console
+    from wirestream.sinks.console import _kubernetes_lines, print_topology
+
+    console = Console(record=True, width=200)
+    print_topology(out, console)
+    text = console.export_text()
+    assert "Between zones and nodes" in text and "zones (cross-zone)" in text
+    assert "zone-a" in text and "node-3" in text
+    conns = out["wire.connections"]
+    crossing = sum(1 for r in conns if r["cross_zone"])
+    assert _kubernetes_lines(out) == [f"cross-zone: {crossing:,} of {len(conns):,} connections and flows whose "
+                                      "zones are known"]
+    verdicts = {"wire.connections": [{**conns[0], "policy_verdict": "denied"}, {**conns[1], "policy_verdict": "allowed"}],
+                "wire.alerts": [{"kind": "policy_violation"}]}
+    assert _kubernetes_lines(verdicts)[0] == "network policy (connections and flows): allowed 1, denied 1; violations 1"
