@@ -303,3 +303,38 @@ def test_same_transactions_as_the_key_log_path(run: Run, tmp_path: Path) -> None
     got = [tuple(t[f] for f in FIELDS) for t in emitted if "method" in t]
     assert got == want, (got, want, join.stats)
     assert all(t["tls"] for t in emitted)
+
+
+def test_truncated_chunks_are_gaps_the_analyser_survives(run: Run) -> None:
+    """The producer keeps --max-data bytes per call (4096 by default): the join tells the
+    analyser the rest is missing (a gap, as a lost TCP segment is), and every transaction
+    is still there; the one whose body had the gap ends at it, marked as such."""
+    from wirestream.processors.tls_plaintext_join import PlaintextJoin
+
+    limit = 4096
+    cut = []
+    for c in run.chunks:
+        c = dict(c)
+        if c["length"] > limit:
+            c["data"], c["truncated"] = c["data"][:limit], True
+        cut.append(c)
+    first = min(run.chunks, key=lambda c: c["ts_us"])
+    view = [c for c in cut if (c["pid"], c["stream_id"]) == (first["pid"], first["stream_id"])]
+    missing = sum(c["length"] - len(c["data"]) for c in view)
+    assert missing > 0, "the /big body comes in reads of more than 4096 bytes"
+    out: dict[str, list[dict[str, Any]]] = {"whole": [], "cut": []}
+    for name, chunks in (("whole", run.chunks), ("cut", cut)):
+        join = PlaintextJoin(lambda topic, key, record, name=name: out[name].append(record))
+        for c in sorted(chunks, key=lambda c: c["ts_us"]):
+            join.add(c)
+        join.close()
+        assert join.stats["tls_plaintext.gap_bytes"] == (missing if name == "cut" else 0), join.stats
+        assert join.stats["tls_plaintext.other_view"] == len(run.chunks) - len(view), join.stats
+    whole, partial = out["whole"], out["cut"]
+    assert [t["path"] for t in whole] == list(PATHS) and [t["path"] for t in partial] == list(PATHS)
+    for w, p in zip(whole, partial, strict=True):
+        if w["path"] == "/big":
+            assert p["status"] == 200 and 0 < p["response_body_size"] < len(BIG), p
+            assert p.get("error") and not w.get("error"), (p.get("error"), w.get("error"))
+        else:
+            assert p == w
