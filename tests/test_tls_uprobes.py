@@ -338,3 +338,92 @@ def test_truncated_chunks_are_gaps_the_analyser_survives(run: Run) -> None:
             assert p.get("error") and not w.get("error"), (p.get("error"), w.get("error"))
         else:
             assert p == w
+
+
+#: One process, two ends of one TLS connection over loopback: a server on an SSLSocket
+#: (OpenSSL does the socket I/O: its chunks have a connection) and a client on an
+#: SSLObject over memory BIOs (the process moves the bytes itself: OpenSSL never touches
+#: the socket, so its chunks have none). Waits for a line on stdin before talking.
+MEMORY_BIO = r"""
+import socket, ssl, sys, threading
+cert, key = sys.argv[1:3]
+srv = socket.socket(); srv.bind(("127.0.0.1", 0)); srv.listen()
+print(srv.getsockname()[1], flush=True)
+sys.stdin.readline()
+def serve():
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER); ctx.load_cert_chain(cert, key)
+    conn, _ = srv.accept()
+    with ctx.wrap_socket(conn, server_side=True) as s:
+        data = s.recv(100)
+        s.sendall(b"pong:" + data)
+t = threading.Thread(target=serve); t.start()
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT); ctx.check_hostname = False; ctx.verify_mode = ssl.CERT_NONE
+incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+obj = ctx.wrap_bio(incoming, outgoing)
+sock = socket.create_connection(("127.0.0.1", srv.getsockname()[1]))
+def pump():
+    out = outgoing.read()
+    if out:
+        sock.sendall(out)
+def call(fn, *args):
+    while True:
+        try:
+            result = fn(*args); pump(); return result
+        except ssl.SSLWantReadError:
+            pump(); incoming.write(sock.recv(65536))
+call(obj.do_handshake)
+call(obj.write, b"ping")
+print(call(obj.read, 100).decode(), sock.getsockname()[1], flush=True)
+t.join()
+"""
+
+
+def test_memory_bio_chunks_are_counted_not_published(broker, registry, tmp_path: Path) -> None:
+    """--pid: only that process. Its server end (SSLSocket) is published on its
+    connection; its client end (SSLObject over memory BIOs) has no socket: counted as
+    tls_plaintext_unresolved, not published."""
+    from wirestream.codec import AvroCodec
+    from wirestream.reader import TopicReader, end_offsets
+    from wirestream.topics import TLS_PLAINTEXT
+
+    cert, key = self_signed(tmp_path, "localhost")
+    start = end_offsets(broker.bootstrap, (TLS_PLAINTEXT,))
+    proc = subprocess.Popen([sys.executable, "-c", MEMORY_BIO, str(cert), str(key)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    env = {**os.environ, "WIRESTREAM_BOOTSTRAP": broker.bootstrap, "WIRESTREAM_REGISTRY": registry.url}
+    producer = subprocess.Popen([sys.executable, "-m", "wirestream", "produce", "tls-plaintext",
+                                 "--pid", str(proc.pid), "--source-name", "membio-test"],
+                                env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        port = int(proc.stdout.readline())
+        said = [producer.stderr.readline()]
+        while "probing" not in said[-1] and said[-1] and len(said) < 10:
+            said.append(producer.stderr.readline())
+        assert "probing" in said[-1], (said, producer.poll())
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+        answer, client_port = proc.stdout.readline().split()
+        assert answer == "pong:ping" and proc.wait(20) == 0
+        time.sleep(0.5)
+    finally:
+        _stop(proc)
+        producer.send_signal(signal.SIGTERM)
+        out, err = producer.communicate(timeout=60)
+    assert producer.returncode == 0, err[-3000:]
+    # the client's write and read
+    assert re.search(r"not published: tls_plaintext_unresolved=2;", out), out
+    chunks = []
+    with TopicReader(broker.bootstrap, AvroCodec(registry.url), [TLS_PLAINTEXT], start) as reader:
+        ends, deadline = 0, time.monotonic() + 20
+        while ends < len(start) and time.monotonic() < deadline:
+            for m in reader.poll(0.3):
+                if m.record is None or not m.record["source_id"].startswith("membio-test-"):
+                    continue
+                if m.record["end_of_input"]:
+                    ends += 1
+                else:
+                    chunks.append(m.record)
+    assert ends == len(start)
+    got = sorted((c["direction"], c["data"], c["local_port"], c["remote_port"], c["pid"]) for c in chunks)
+    assert got == [("recv", b"ping", port, int(client_port), proc.pid),
+                   ("send", b"pong:ping", port, int(client_port), proc.pid)], chunks
