@@ -114,6 +114,10 @@ def main() -> int:
                       f"+{(wall - bare) / args.requests * 1e6:.0f} µs); {chunks} chunks, lost {lost}")
                 for name, (runs, ns) in sorted(stats.items()):
                     print(f"  {name:40} {runs:9} runs {ns / runs if runs else 0:8.0f} ns/run")
+                # the uprobes' run time over the chunks they made (the runs that return at
+                # once, for the process left out or a call that moved nothing, included)
+                probes = sum(ns for name, (_runs, ns) in stats.items() if not name.startswith("tracepoint"))
+                print(f"  uprobes per chunk: {probes / chunks if chunks else 0:.0f} ns")
         finally:
             Path(BPF_STATS).write_text(stats_was)
             nginx.send_signal(signal.SIGQUIT)

@@ -132,8 +132,12 @@ class TlsPlaintextSource:
         self.bpf[b"events"].open_ring_buffer(on_event)
 
     def poll(self, timeout_ms: int = 0) -> list[bytes]:
-        """Raw events that arrived since the last call (``timeout_ms``: wait for one)."""
-        self.bpf.ring_buffer_consume() if timeout_ms == 0 else self.bpf.ring_buffer_poll(timeout_ms)
+        """Raw events that arrived since the last call, after waiting ``timeout_ms`` (less
+        if the ring fills up): the kernel side does not wake the reader for every chunk
+        (bpf/tls_plaintext.c), so a chunk waits up to ``timeout_ms`` here."""
+        if timeout_ms:
+            self.bpf.ring_buffer_poll(timeout_ms)  # returns early only on a forced wakeup
+        self.bpf.ring_buffer_consume()
         out = self._events[:]
         self._events.clear()
         return out
