@@ -57,6 +57,7 @@ from wirestream.topics import (
     SIEM_SINK_TOPICS,
     SOCKETS,
     STATS,
+    TLS_PLAINTEXT,
 )
 
 REPO = Path(__file__).resolve().parent.parent
@@ -586,7 +587,7 @@ def kafka_users(objs: list[dict]) -> dict[str, dict]:
 #: Topics that hold what the wire carried in clear or the processors' own state: the
 #: captured packets and socket events, the checkpoints (reassembly buffers and partial HTTP
 #: messages: docs/checkpoints.md), the observations and the identity table.
-NOT_FOR_SINKS = (PACKETS, SOCKETS, CHECKPOINTS, OBSERVATIONS, K8S_IDENTITY, K8S_POLICIES)
+NOT_FOR_SINKS = (PACKETS, SOCKETS, TLS_PLAINTEXT, CHECKPOINTS, OBSERVATIONS, K8S_IDENTITY, K8S_POLICIES)
 #: The topics the sinks read by default: the Parquet sink's, the SIEM sink's, the
 #: Prometheus sink's (sinks/prometheus.py: service metrics and alerts), and the stats.
 SINK_TOPICS = set(PARQUET_SINK_TOPICS) | set(SIEM_SINK_TOPICS) | {SERVICE_METRICS, ALERTS, STATS}

@@ -59,6 +59,8 @@ class Report:
     af_packet_reason: str = ""
     drops: bool = False
     drops_reason: str = ""
+    tls_plaintext: bool = False
+    tls_plaintext_reason: str = ""
 
     def add(self, name: str, ok: bool, detail: str) -> bool:
         self.checks.append(Check(name, ok, detail))
@@ -72,6 +74,7 @@ class Report:
                 "ebpf_socket_events": {"available": self.socket_events, "reason": self.socket_events_reason},
                 "af_packet": {"available": self.af_packet, "reason": self.af_packet_reason},
                 "ebpf_drops": {"available": self.drops, "reason": self.drops_reason},
+                "ebpf_tls_plaintext": {"available": self.tls_plaintext, "reason": self.tls_plaintext_reason},
             },
         }
 
@@ -225,6 +228,7 @@ def diagnose(probe: bool = True) -> Report:
     r.add("netns tools", shutil.which("ip") is not None,
           "ip (iproute2) found" if shutil.which("ip") else "ip (iproute2) not found: no --netns capture")
     add_drop_checks(r, bcc if r.ebpf and probe else None)
+    add_uprobe_checks(r, bcc if r.ebpf and probe else None)
     add_connection_checks(r)
     return r
 
@@ -276,6 +280,72 @@ def add_drop_checks(r: Report, bcc: ModuleType | None) -> None:
               "netfilter_drop, not refused")
     r.drops = why is None
     r.drops_reason = why or ""
+
+
+#: `wirestream produce tls-plaintext`: a uprobe on libssl's SSL_CTX_new, which this very
+#: process then calls (Python's ssl module links libssl.so.3): proof that uprobes fire here
+UPROBE_PROBE = b"""BPF_ARRAY(hits, u64, 1);
+int hit(struct pt_regs *ctx) { int zero = 0; u64 *n = hits.lookup(&zero); if (n) *n += 1; return 0; }"""
+#: the tracepoints bpf/tls_plaintext.c finds the socket of an SSL call with
+TLS_TRACEPOINTS = ("sock/sock_send_length", "sock/sock_recv_length", "tcp/tcp_probe")
+
+
+def _ssl_library_of_this_process() -> Path | None:
+    """The libssl.so.3 this process maps (after importing ssl), if any."""
+    import ssl  # noqa: F401  (loads _ssl and with it libssl)
+
+    try:
+        for line in Path("/proc/self/maps").read_text().splitlines():
+            path = line.split(maxsplit=5)[5] if len(line.split(maxsplit=5)) == 6 else ""
+            if Path(path).name.startswith("libssl.so.3"):
+                return Path(path)
+    except OSError:
+        pass
+    return None
+
+
+def add_uprobe_checks(r: Report, bcc: ModuleType | None) -> None:
+    """`wirestream produce tls-plaintext`: libssl.so.3 found, the socket tracepoints, and,
+    probing (``bcc``), a uprobe attached to the library that must fire when this process
+    calls the function (so "uprobes work" means seen working, not only accepted)."""
+    from wirestream.producers.tls_plaintext import LIBSSL, find_libssl
+
+    why: str | None = None
+    libraries = find_libssl()
+    r.add("libssl", bool(libraries), ", ".join(map(str, libraries)) if libraries else
+          f"no {LIBSSL} (ldconfig -p): nothing to put uprobes on (or name one with --libssl)")
+    if not libraries:
+        why = f"no {LIBSSL} found"
+    missing = [t for t in TLS_TRACEPOINTS if not (TRACEFS / "events" / t).is_dir()]
+    r.add("tls socket tracepoints", not missing, "missing: " + ", ".join(missing) if missing else
+          ", ".join(t.replace("/", ":") for t in TLS_TRACEPOINTS) + ": the TCP connection of an SSL call")
+    if missing and why is None:
+        why = "missing tracepoints " + ", ".join(missing) + " (Linux 6.3+ has sock:sock_send_length)"
+    if why is None and not r.ebpf:
+        why = r.ebpf_reason
+    if why is None and bcc is not None:
+        lib = _ssl_library_of_this_process() or libraries[0]
+        try:
+            b = bcc.BPF(text=UPROBE_PROBE)
+            try:
+                b.attach_uprobe(name=str(lib).encode(), sym=b"SSL_CTX_new", fn_name=b"hit")
+                import ssl
+
+                ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # calls SSL_CTX_new
+                fired = int(b[b"hits"][b[b"hits"].Key(0)].value)
+            finally:
+                b.cleanup()
+            if fired:
+                r.add("uprobe probe", True, f"a uprobe on {lib}:SSL_CTX_new attached and fired")
+            else:
+                r.add("uprobe probe", False, f"a uprobe on {lib}:SSL_CTX_new attached but did not fire")
+                why = "uprobes attach but do not fire"
+        except Exception as exc:
+            detail = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+            r.add("uprobe probe", False, f"a uprobe on {lib}:SSL_CTX_new does not attach: {detail}")
+            why = "uprobes do not attach (CONFIG_UPROBE_EVENTS, lockdown, or privileges)"
+    r.tls_plaintext = why is None
+    r.tls_plaintext_reason = why or ""
 
 
 def add_connection_checks(r: Report) -> None:

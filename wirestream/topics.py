@@ -12,6 +12,9 @@ SOCKETS = "wire.sockets"
 #: packets the kernel dropped, counted per 5-tuple and reason (`wirestream produce drops`),
 #: co-partitioned with wire.packets
 DROPS = "wire.drops"
+#: TLS plaintext chunks from OpenSSL uprobes (`wirestream produce tls-plaintext`),
+#: co-partitioned with wire.packets; as secret as the packets
+TLS_PLAINTEXT = "wire.tls-plaintext"
 CONNECTIONS = "wire.connections"
 #: UDP flows (Zeek's conn.log notion of a connection); TCP connections are on CONNECTIONS
 FLOWS = "wire.flows"
@@ -38,6 +41,7 @@ TOPIC_SCHEMAS: dict[str, str] = {
     PACKETS: "packet_batch",
     SOCKETS: "socket_event",
     DROPS: "drop",
+    TLS_PLAINTEXT: "tls_plaintext",
     K8S_IDENTITY: "k8s_identity",
     K8S_POLICIES: "k8s_policy",
     CONNECTIONS: "connection",
@@ -51,7 +55,7 @@ TOPIC_SCHEMAS: dict[str, str] = {
     OBSERVATIONS: "observation_batch",
 }
 
-RAW_TOPICS: tuple[str, ...] = (PACKETS, SOCKETS, DROPS)
+RAW_TOPICS: tuple[str, ...] = (PACKETS, SOCKETS, DROPS, TLS_PLAINTEXT)
 OUTPUT_TOPICS: tuple[str, ...] = (
     CONNECTIONS,
     FLOWS,
@@ -69,6 +73,8 @@ ALL_TOPICS: tuple[str, ...] = RAW_TOPICS + OUTPUT_TOPICS + (STATS, DEAD_LETTER) 
 LIVE_TOPICS: tuple[str, ...] = (PACKETS, SOCKETS, STATS)
 #: what `wirestream produce drops` publishes to (created when missing)
 DROP_TOPICS: tuple[str, ...] = (DROPS, STATS)
+#: what `wirestream produce tls-plaintext` publishes to (created when missing)
+TLS_PLAINTEXT_TOPICS: tuple[str, ...] = (TLS_PLAINTEXT,)
 #: what `wirestream replay` reads again, in the order it reads each partition: socket
 #: events first, so that a connection's are in before its record is emitted
 REPLAY_TOPICS: tuple[str, ...] = (SOCKETS, PACKETS)

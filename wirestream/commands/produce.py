@@ -1,4 +1,5 @@
-"""``wirestream produce pcap|live|drops``: publish packets (and kernel drops) for processors
+"""``wirestream produce pcap|live|drops|tls-plaintext``: publish packets (kernel drops, TLS
+plaintext) for processors
 running elsewhere."""
 
 from __future__ import annotations
@@ -7,6 +8,7 @@ import argparse
 import os
 import sys
 import time
+from pathlib import Path
 
 from wirestream.commands import common
 from wirestream.config import Settings
@@ -61,6 +63,28 @@ def add_parser(sub: common.Subparsers, defaults: Settings) -> argparse.ArgumentP
                     help="name of this source in the records (default: $WIRESTREAM_SOURCE_NAME, else the host name)")
     common.add_kafka_args(pp, defaults, required=True)
     pp.set_defaults(run=run_drops)
+    pp = psub.add_parser(
+        "tls-plaintext", help="TLS plaintext from OpenSSL uprobes into wire.tls-plaintext",
+        description="Read what processes write to and read from TLS connections through OpenSSL "
+                    "(uprobes on libssl.so.3's SSL_write/SSL_read/SSL_write_ex/SSL_read_ex), with the process, "
+                    "thread and TCP connection, and publish the chunks to wire.tls-plaintext (partitioned like "
+                    "wire.packets), until SIGTERM/Ctrl-C or --duration. Needs eBPF with uprobes (bcc, root; "
+                    "`wirestream doctor` says). The topic holds plaintext: keep it as secret as wire.packets.")
+    pp.add_argument("--libssl", action="append", type=Path, default=None, metavar="PATH",
+                    help="a libssl.so.3 to probe (repeat for several: a container's own copy as "
+                         "/proc/PID/root/...; default: the dynamic linker's, from ldconfig -p)")
+    pp.add_argument("--pid", type=int, default=None, help="only this process (default: every process but this one)")
+    pp.add_argument("--max-data", type=int, default=4096, metavar="BYTES",
+                    help="plaintext bytes kept per SSL call, a power of two up to 16384; the true length is "
+                         "always reported (default: %(default)s)")
+    pp.add_argument("--duration", type=float, default=None, metavar="SECONDS", help="stop after this long")
+    pp.add_argument("--cost", action="store_true",
+                    help="turn on the kernel's BPF run statistics (sysctl kernel.bpf_stats_enabled) while "
+                         "running and print the programs' runs and mean ns per run at the end")
+    pp.add_argument("--source-name", default=os.environ.get("WIRESTREAM_SOURCE_NAME") or os.uname().nodename,
+                    help="name of this source in the records (default: $WIRESTREAM_SOURCE_NAME, else the host name)")
+    common.add_kafka_args(pp, defaults, required=True)
+    pp.set_defaults(run=run_tls_plaintext)
     return p
 
 
@@ -177,6 +201,61 @@ def run_drops(args: argparse.Namespace) -> int:
         by_reason = ", ".join(f"{k}={v}" for k, v in publisher.dropped_packets.most_common()) or "none"
         print(f"{publisher.published} records published; packets dropped by reason: {by_reason}; "
               f"drops_overflow={source.overflow()} not_specified_seen={source.not_specified()}")
+        if args.cost:
+            for name, (runs, ns) in sorted(source.program_stats().items()):
+                print(f"cost {name}: {runs} runs, {ns / runs if runs else 0:.0f} ns/run")
+    finally:
+        if stats_was is not None:
+            with open(BPF_STATS, "w") as f:
+                f.write(stats_was)
+        source.close()
+    return common.EXIT_OK
+
+
+def run_tls_plaintext(args: argparse.Namespace) -> int:
+    from wirestream.broker import ensure_topics, partition_count
+    from wirestream.codec import AvroCodec
+    from wirestream.doctor import kernel_headers, load_bcc
+    from wirestream.producers.tls_plaintext import (
+        TlsPlaintextPublisher,
+        TlsPlaintextSource,
+        TlsPlaintextUnavailable,
+    )
+    from wirestream.topics import TLS_PLAINTEXT, TLS_PLAINTEXT_TOPICS
+
+    try:
+        kernel_headers()  # exports BCC_KERNEL_SOURCE when scripts/bcc-headers made the tree
+        bcc = load_bcc()
+        source = TlsPlaintextSource(bcc, libraries=args.libssl, pid=args.pid, max_data=args.max_data)
+    except (ImportError, TlsPlaintextUnavailable) as exc:
+        common.print_error(f"produce tls-plaintext: {exc}")
+        return common.EXIT_ERROR
+    stats_was = None
+    try:
+        if args.cost:
+            with open(BPF_STATS) as f:
+                stats_was = f.read().strip()
+            with open(BPF_STATS, "w") as f:
+                f.write("1")
+        ensure_topics(args.bootstrap, TLS_PLAINTEXT_TOPICS, args.partitions,
+                      replication_factor=args.replication_factor)
+        partitions = partition_count(args.bootstrap, TLS_PLAINTEXT)
+        source_id = f"{args.source_name}-{os.getpid()}-{time.time_ns()}"
+        publisher = TlsPlaintextPublisher(args.bootstrap, AvroCodec(args.registry), partitions, source_id)
+        stop = common.StopOnSignal()
+        libraries = ", ".join(str(p) for p in source.libraries)
+        print(f"wirestream produce tls-plaintext: probing {libraries} as source {source_id}",
+              file=sys.stderr, flush=True)
+        started = time.monotonic()
+        while not stop():
+            if args.duration is not None and time.monotonic() - started >= args.duration:
+                break
+            publisher.add(source.poll(100))
+        publisher.add(source.poll())
+        publisher.finish()
+        published = ", ".join(f"{k}={v}" for k, v in sorted(publisher.published.items())) or "none"
+        dropped = ", ".join(f"{k}={v}" for k, v in sorted(publisher.dropped.items())) or "none"
+        print(f"chunks published: {published}; not published: {dropped}; lost in the kernel: {source.lost()}")
         if args.cost:
             for name, (runs, ns) in sorted(source.program_stats().items()):
                 print(f"cost {name}: {runs} runs, {ns / runs if runs else 0:.0f} ns/run")

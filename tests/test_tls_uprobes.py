@@ -1,0 +1,429 @@
+"""TLS plaintext from OpenSSL uprobes (issue 19, live half): ``wirestream produce tls-plaintext``.
+
+A real nginx serves HTTPS on loopback (self-signed certificate); ``wirestream produce
+tls-plaintext`` (the real uprobes of bpf/tls_plaintext.c on the system's libssl.so.3, no
+--pid filter) runs while curl, which links libssl.so.3, makes several requests on one
+connection with ``--trace``. The chunks read back from the broker must be, byte for
+byte, what curl's own trace says it sent and received (its "Send header/data" and "Recv
+header/data" sections: the plaintext curl handed to and got from OpenSSL), in order, with
+contiguous offsets; curl's 4-tuple (its local port from the trace, nginx's port) and its
+pid, process name and thread; nginx's worker's chunks are the mirror image (its recv is
+curl's send) on the same connection, in the same partition (the canonical connection key
+of wire.packets). The key-log path then gets the same transactions: tcpdump captured the
+same traffic and curl logged its secrets, ``wirestream analyze --tls-keylog`` decrypts
+the capture, and the uprobe chunks joined to their connection
+(processors/tls_plaintext_join.py) give the same transactions (method, path, host, status,
+client and server, body sizes, ``tls: true``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers import ebpf_unavailable, free_port, needs
+from tls_certs import self_signed
+
+NGINX = shutil.which("nginx") or (os.path.exists("/usr/sbin/nginx") and "/usr/sbin/nginx") or None
+CURL = shutil.which("curl")
+TCPDUMP = shutil.which("tcpdump")
+
+
+def _missing() -> str | None:
+    for name, path in (("nginx", NGINX), ("curl", CURL), ("tcpdump", TCPDUMP)):
+        if not path:
+            return f"{name} is not installed"
+    return None
+
+
+def _uprobes_unavailable() -> str | None:
+    from wirestream.doctor import diagnose
+
+    report = diagnose(probe=True)
+    return None if report.tls_plaintext else f"uprobes: {report.tls_plaintext_reason}"
+
+
+pytestmark = [needs(_missing()), needs(ebpf_unavailable()), needs(_uprobes_unavailable())]
+
+#: requested on one connection (--next keeps it); /big's body is larger than one SSL
+#: record (16 KiB), so it comes in several SSL_read calls
+PATHS = ("/first", "/missing", "/big", "/teapot")
+BIG = b"".join(b"line %05d of a body that spans several TLS records\n" % i for i in range(800))
+
+NGINX_CONF = """
+user root;
+worker_processes 1;
+pid {d}/nginx.pid;
+error_log {d}/error.log;
+daemon off;
+events {{ worker_connections 64; }}
+http {{
+    access_log off;
+    client_body_temp_path {d}/body;
+    proxy_temp_path {d}/proxy;
+    fastcgi_temp_path {d}/fastcgi;
+    uwsgi_temp_path {d}/uwsgi;
+    scgi_temp_path {d}/scgi;
+    server {{
+        listen 127.0.0.1:{port} ssl;
+        ssl_certificate {cert};
+        ssl_certificate_key {key};
+        ssl_protocols TLSv1.2 TLSv1.3;
+        location / {{ return 200 "hello $uri\\n"; }}
+        location /missing {{ return 404; }}
+        location /teapot {{ return 418 "short and stout\\n"; }}
+        location /big {{ root {d}/www; try_files /big.txt =404; }}
+    }}
+}}
+"""
+
+
+def _wait_port(port: int, proc: subprocess.Popen, what: str) -> None:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"{what} exited with {proc.returncode}")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise AssertionError(f"{what} did not listen on 127.0.0.1:{port} within 10 s")
+
+
+def _stop(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def curl_trace(path: Path) -> tuple[bytes, bytes]:
+    """(bytes curl sent, bytes it received) from ``curl --trace``: the
+    hex dumps of its "Send header"/"Send data" and "Recv header"/"Recv data" sections."""
+    sent, received = bytearray(), bytearray()
+    target: bytearray | None = None
+    for line in path.read_text(errors="replace").splitlines():
+        if line.startswith(("=> Send header", "=> Send data")):
+            target = sent
+        elif line.startswith(("<= Recv header", "<= Recv data")):
+            target = received
+        elif line.startswith(("=>", "<=", "==")):
+            target = None  # SSL records, Info lines
+        elif target is not None and re.match(r"[0-9a-f]{4}: ", line):
+            # "0010: 69 74 6c ... 75 itle>404 Not Fou": 16 bytes in hex (48 columns), then text
+            target.extend(bytes.fromhex("".join(line[6:54].split())))
+    return bytes(sent), bytes(received)
+
+
+class Run:
+    def __init__(self, directory: Path) -> None:
+        self.dir = directory
+        self.pcap = directory / "https.pcap"
+        self.keys = directory / "keys.log"
+        self.trace = directory / "curl.trace"
+        self.port = 0
+        self.curl_pid = 0
+        self.nginx_pids: set[int] = set()
+        self.chunks: list[dict[str, Any]] = []
+        self.partitions: dict[tuple, set[int]] = {}
+        self.producer_out = ""
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory, broker, registry) -> Iterator[Run]:
+    from wirestream.codec import AvroCodec
+    from wirestream.reader import TopicReader, end_offsets
+    from wirestream.topics import TLS_PLAINTEXT
+
+    d = tmp_path_factory.mktemp("tlsuprobes")
+    r = Run(d)
+    cert, key = self_signed(d, "nginx")
+    (d / "www").mkdir()
+    (d / "www" / "big.txt").write_bytes(BIG)
+    r.port = free_port()
+    conf = d / "nginx.conf"
+    conf.write_text(NGINX_CONF.format(d=d, port=r.port, cert=cert, key=key))
+    start = end_offsets(broker.bootstrap, (TLS_PLAINTEXT,))
+    env = {**os.environ, "WIRESTREAM_BOOTSTRAP": broker.bootstrap, "WIRESTREAM_REGISTRY": registry.url}
+    producer = subprocess.Popen([sys.executable, "-m", "wirestream", "produce", "tls-plaintext", "--cost",
+                                 "--max-data", "16384", "--source-name", "uprobes-test"],
+                                env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    nginx = subprocess.Popen([NGINX, "-c", str(conf), "-p", str(d)], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    try:
+        said = [producer.stderr.readline()]
+        while "probing" not in said[-1] and said[-1] and len(said) < 10:
+            said.append(producer.stderr.readline())  # bcc's own complaints may come first
+        assert "probing" in said[-1], (said, producer.poll())
+        _wait_port(r.port, nginx, "nginx")
+        r.nginx_pids = {int(p) for p in subprocess.run(["pgrep", "-P", str(nginx.pid)], capture_output=True,
+                                                         text=True).stdout.split()}
+        tcpdump = subprocess.Popen([TCPDUMP, "-i", "lo", "-U", "-w", str(r.pcap), f"tcp port {r.port}"],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        time.sleep(1.0)  # tcpdump says "listening" before its filter is in: give it time
+        cmd = [CURL, "-sk", "--http1.1", "--trace", str(r.trace)]
+        for i, path in enumerate(PATHS):
+            cmd += (["--next"] if i else []) + ["-sk", "--http1.1", "-o", os.devnull,
+                                                f"https://127.0.0.1:{r.port}{path}"]
+        curl = subprocess.Popen(cmd, env={**os.environ, "SSLKEYLOGFILE": str(r.keys)})
+        r.curl_pid = curl.pid
+        assert curl.wait(30) == 0
+        time.sleep(1.0)
+        _stop(tcpdump, signal.SIGINT)
+    finally:
+        _stop(nginx, signal.SIGQUIT)
+        time.sleep(0.5)
+        producer.send_signal(signal.SIGTERM)
+        out, err = producer.communicate(timeout=60)
+    assert producer.returncode == 0, err[-3000:]
+    r.producer_out = out
+    pids = {r.curl_pid} | r.nginx_pids
+    with TopicReader(broker.bootstrap, AvroCodec(registry.url), [TLS_PLAINTEXT], start) as reader:
+        ends, deadline = 0, time.monotonic() + 20
+        parts = len(start)
+        while ends < parts and time.monotonic() < deadline:
+            for m in reader.poll(0.3):
+                rec = m.record
+                if rec is None or not rec["source_id"].startswith("uprobes-test-"):
+                    continue
+                if rec["end_of_input"]:
+                    ends += 1
+                elif rec["pid"] in pids:
+                    r.chunks.append(rec)
+                    ends_key = tuple(sorted([(rec["local_ip"], rec["local_port"]),
+                                             (rec["remote_ip"], rec["remote_port"])]))
+                    r.partitions.setdefault(ends_key, set()).add(m.partition)
+    assert ends == len(start), f"end-of-input markers: {ends} of {len(start)}"
+    yield r
+
+
+def _stream(chunks: list[dict[str, Any]], direction: str) -> list[dict[str, Any]]:
+    return sorted((c for c in chunks if c["direction"] == direction), key=lambda c: c["seq"])
+
+
+def _check_stream(chunks: list[dict[str, Any]], expected: bytes, what: str) -> None:
+    """Chunks in order, contiguous, each holding the expected bytes at its offset."""
+    assert chunks, f"{what}: no chunks"
+    assert [c["seq"] for c in chunks] == list(range(len(chunks))), what
+    at = 0
+    for c in chunks:
+        assert c["offset"] == at, (what, c["seq"], c["offset"], at)
+        assert c["data"] == expected[at:at + len(c["data"])], (what, c["seq"])
+        assert c["truncated"] == (len(c["data"]) < c["length"]), c
+        at += c["length"]
+    assert at == len(expected), f"{what}: {at} bytes in chunks, {len(expected)} expected"
+
+
+def test_curls_plaintext_is_what_curl_says(run: Run) -> None:
+    sent, received = curl_trace(run.trace)
+    assert sent.startswith(b"GET /first HTTP/1.1\r\n") and BIG in received, (sent[:60], len(received))
+    ours = [c for c in run.chunks if c["pid"] == run.curl_pid]
+    assert {c["process"] for c in ours} == {"curl"} and {c["tid"] for c in ours} == {run.curl_pid}, ours[:2]
+    assert {c["stream_id"] for c in ours} and len({c["stream_id"] for c in ours}) == 1, "one SSL object"
+    assert {c["function"] for c in ours} <= {"SSL_write", "SSL_read", "SSL_write_ex", "SSL_read_ex"}
+    for c in ours:
+        assert (c["local_ip"], c["remote_ip"], c["remote_port"], c["ip_version"]) == \
+            ("127.0.0.1", "127.0.0.1", run.port, 4), c
+    assert len({c["local_port"] for c in ours}) == 1
+    _check_stream(_stream(ours, "send"), sent, "curl send")
+    _check_stream(_stream(ours, "recv"), received, "curl recv")
+
+
+def test_nginx_sees_the_mirror_image(run: Run) -> None:
+    sent, received = curl_trace(run.trace)
+    theirs = [c for c in run.chunks if c["pid"] in run.nginx_pids]
+    curl_port = {c["local_port"] for c in run.chunks if c["pid"] == run.curl_pid}
+    assert {c["process"] for c in theirs} == {"nginx"}, {c["process"] for c in theirs}
+    for c in theirs:
+        assert c["local_port"] == run.port and {c["remote_port"]} == curl_port, c
+    _check_stream(_stream(theirs, "recv"), sent, "nginx recv")
+    _check_stream(_stream(theirs, "send"), received, "nginx send")
+
+
+def test_partitioned_like_the_packets(run: Run, broker) -> None:
+    from wirestream.broker import partition_count
+    from wirestream.packet_block import PROTO_TCP, canonical_key, partition_for
+    from wirestream.topics import PACKETS, TLS_PLAINTEXT
+
+    assert partition_count(broker.bootstrap, TLS_PLAINTEXT) == partition_count(broker.bootstrap, PACKETS)
+    n = partition_count(broker.bootstrap, TLS_PLAINTEXT)
+    assert len(run.partitions) == 1, run.partitions  # both processes' chunks: one connection
+    ((ends, parts),) = run.partitions.items()
+    (a_ip, a_port), (b_ip, b_port) = ends
+    key = canonical_key(PROTO_TCP, socket.inet_aton(a_ip) + b"\0" * 12, a_port,
+                        socket.inet_aton(b_ip) + b"\0" * 12, b_port)
+    assert parts == {partition_for(key, n)}, (parts, n)
+
+
+def test_cost_is_measured(run: Run) -> None:
+    cost = {name: (int(runs), int(ns)) for name, runs, ns in
+            re.findall(r"cost (\S+): (\d+) runs, (\d+) ns/run", run.producer_out)}
+    assert cost["leave"][0] >= len(run.chunks), run.producer_out
+    assert cost["enter_read"][0] + cost["enter_read_ex"][0] > 0, run.producer_out
+    print(run.producer_out)
+
+
+#: what both paths must agree on, per transaction
+FIELDS = ("method", "path", "host", "status", "client_ip", "client_port", "server_ip", "server_port",
+          "request_body_size", "response_body_size", "tls")
+
+
+def test_same_transactions_as_the_key_log_path(run: Run, tmp_path: Path) -> None:
+    from wirestream.processors.tls_plaintext_join import PlaintextJoin
+
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "wirestream", "analyze", str(run.pcap), "--out", str(out),
+                           "--json", "--no-progress", "--tls-keylog", str(run.keys)],
+                          capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    keylog = [json.loads(line) for line in (out / "wire.transactions.jsonl").open()]
+    want = [tuple(t[f] for f in FIELDS) for t in keylog]
+    assert [w[:2] + w[3:4] for w in want] == [("GET", p, s) for p, s in zip(PATHS, (200, 404, 200, 418), strict=True)], want
+    assert all(t["tls"] for t in keylog) and keylog[2]["response_body_size"] == len(BIG)
+
+    emitted: list[dict[str, Any]] = []
+    join = PlaintextJoin(lambda topic, key, record: emitted.append(record))
+    for c in sorted(run.chunks, key=lambda c: c["ts_us"]):
+        join.add(c)
+    join.close()
+    got = [tuple(t[f] for f in FIELDS) for t in emitted if "method" in t]
+    assert got == want, (got, want, join.stats)
+    assert all(t["tls"] for t in emitted)
+
+
+def test_truncated_chunks_are_gaps_the_analyser_survives(run: Run) -> None:
+    """The producer keeps --max-data bytes per call (4096 by default): the join tells the
+    analyser the rest is missing (a gap, as a lost TCP segment is), and every transaction
+    is still there; the one whose body had the gap ends at it, marked as such."""
+    from wirestream.processors.tls_plaintext_join import PlaintextJoin
+
+    limit = 4096
+    cut = []
+    for c in run.chunks:
+        c = dict(c)
+        if c["length"] > limit:
+            c["data"], c["truncated"] = c["data"][:limit], True
+        cut.append(c)
+    first = min(run.chunks, key=lambda c: c["ts_us"])
+    view = [c for c in cut if (c["pid"], c["stream_id"]) == (first["pid"], first["stream_id"])]
+    missing = sum(c["length"] - len(c["data"]) for c in view)
+    assert missing > 0, "the /big body comes in reads of more than 4096 bytes"
+    out: dict[str, list[dict[str, Any]]] = {"whole": [], "cut": []}
+    for name, chunks in (("whole", run.chunks), ("cut", cut)):
+        join = PlaintextJoin(lambda topic, key, record, name=name: out[name].append(record))
+        for c in sorted(chunks, key=lambda c: c["ts_us"]):
+            join.add(c)
+        join.close()
+        assert join.stats["tls_plaintext.gap_bytes"] == (missing if name == "cut" else 0), join.stats
+        assert join.stats["tls_plaintext.other_view"] == len(run.chunks) - len(view), join.stats
+    whole, partial = out["whole"], out["cut"]
+    assert [t["path"] for t in whole] == list(PATHS) and [t["path"] for t in partial] == list(PATHS)
+    for w, p in zip(whole, partial, strict=True):
+        if w["path"] == "/big":
+            assert p["status"] == 200 and 0 < p["response_body_size"] < len(BIG), p
+            assert p.get("error") and not w.get("error"), (p.get("error"), w.get("error"))
+        else:
+            assert p == w
+
+
+#: One process, two ends of one TLS connection over loopback: a server on an SSLSocket
+#: (OpenSSL does the socket I/O: its chunks have a connection) and a client on an
+#: SSLObject over memory BIOs (the process moves the bytes itself: OpenSSL never touches
+#: the socket, so its chunks have none). Waits for a line on stdin before talking.
+MEMORY_BIO = r"""
+import socket, ssl, sys, threading
+cert, key = sys.argv[1:3]
+srv = socket.socket(); srv.bind(("127.0.0.1", 0)); srv.listen()
+print(srv.getsockname()[1], flush=True)
+sys.stdin.readline()
+def serve():
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER); ctx.load_cert_chain(cert, key)
+    conn, _ = srv.accept()
+    with ctx.wrap_socket(conn, server_side=True) as s:
+        data = s.recv(100)
+        s.sendall(b"pong:" + data)
+t = threading.Thread(target=serve); t.start()
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT); ctx.check_hostname = False; ctx.verify_mode = ssl.CERT_NONE
+incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+obj = ctx.wrap_bio(incoming, outgoing)
+sock = socket.create_connection(("127.0.0.1", srv.getsockname()[1]))
+def pump():
+    out = outgoing.read()
+    if out:
+        sock.sendall(out)
+def call(fn, *args):
+    while True:
+        try:
+            result = fn(*args); pump(); return result
+        except ssl.SSLWantReadError:
+            pump(); incoming.write(sock.recv(65536))
+call(obj.do_handshake)
+call(obj.write, b"ping")
+print(call(obj.read, 100).decode(), sock.getsockname()[1], flush=True)
+t.join()
+"""
+
+
+def test_memory_bio_chunks_are_counted_not_published(broker, registry, tmp_path: Path) -> None:
+    """--pid: only that process. Its server end (SSLSocket) is published on its
+    connection; its client end (SSLObject over memory BIOs) has no socket: counted as
+    tls_plaintext_unresolved, not published."""
+    from wirestream.codec import AvroCodec
+    from wirestream.reader import TopicReader, end_offsets
+    from wirestream.topics import TLS_PLAINTEXT
+
+    cert, key = self_signed(tmp_path, "localhost")
+    start = end_offsets(broker.bootstrap, (TLS_PLAINTEXT,))
+    proc = subprocess.Popen([sys.executable, "-c", MEMORY_BIO, str(cert), str(key)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    env = {**os.environ, "WIRESTREAM_BOOTSTRAP": broker.bootstrap, "WIRESTREAM_REGISTRY": registry.url}
+    producer = subprocess.Popen([sys.executable, "-m", "wirestream", "produce", "tls-plaintext",
+                                 "--pid", str(proc.pid), "--source-name", "membio-test"],
+                                env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        port = int(proc.stdout.readline())
+        said = [producer.stderr.readline()]
+        while "probing" not in said[-1] and said[-1] and len(said) < 10:
+            said.append(producer.stderr.readline())
+        assert "probing" in said[-1], (said, producer.poll())
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+        answer, client_port = proc.stdout.readline().split()
+        assert answer == "pong:ping" and proc.wait(20) == 0
+        time.sleep(0.5)
+    finally:
+        _stop(proc)
+        producer.send_signal(signal.SIGTERM)
+        out, err = producer.communicate(timeout=60)
+    assert producer.returncode == 0, err[-3000:]
+    # the client's write and read
+    assert re.search(r"not published: tls_plaintext_unresolved=2;", out), out
+    chunks = []
+    with TopicReader(broker.bootstrap, AvroCodec(registry.url), [TLS_PLAINTEXT], start) as reader:
+        ends, deadline = 0, time.monotonic() + 20
+        while ends < len(start) and time.monotonic() < deadline:
+            for m in reader.poll(0.3):
+                if m.record is None or not m.record["source_id"].startswith("membio-test-"):
+                    continue
+                if m.record["end_of_input"]:
+                    ends += 1
+                else:
+                    chunks.append(m.record)
+    assert ends == len(start)
+    got = sorted((c["direction"], c["data"], c["local_port"], c["remote_port"], c["pid"]) for c in chunks)
+    assert got == [("recv", b"ping", port, int(client_port), proc.pid),
+                   ("send", b"pong:ping", port, int(client_port), proc.pid)], chunks
