@@ -4,10 +4,21 @@ with tcpdump and run through ``wirestream analyze``."""
 
 from __future__ import annotations
 
+import http.client
 import itertools
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import needs
 from wirestream.processors.call_chains import (
     LINK_ADDRESS,
     LINK_PID,
@@ -18,6 +29,8 @@ from wirestream.processors.call_chains import (
     trace_context,
     transaction_id,
 )
+
+from wirestream.topics import CALL_CHAINS, TRANSACTIONS
 
 _ports = itertools.count(40000)
 
@@ -201,3 +214,198 @@ def test_different_traces_are_not_linked_by_address() -> None:
     b.add(a)
     b.add(b_)
     assert b.flush() == [] and b.counters["single_transactions"] == 2
+
+
+# -- a real three-tier chain on loopback ------------------------------------------------------
+
+TCPDUMP = shutil.which("tcpdump") or (os.path.exists("/usr/bin/tcpdump") and "/usr/bin/tcpdump") or None
+
+
+def _tcpdump_missing() -> str | None:
+    if not TCPDUMP:
+        return "tcpdump is not installed (Debian package tcpdump)"
+    if os.geteuid() != 0:
+        return "tcpdump on lo needs root"
+    return None
+
+
+class Tier:
+    """One HTTP server of the chain on 127.0.0.1: answers GET /<name>?n=N, calling the next
+    tier (a new connection per call) first, forwarding the trace context as a real
+    instrumented service would: ``traceparent`` with the same trace id and a span id of its
+    own; B3 with the inbound span as parent and a new span id; or nothing."""
+
+    def __init__(self, name: str, mode: str, downstream: Tier | None) -> None:
+        self.name, self.mode, self.downstream = name, mode, downstream
+        tier = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self) -> None:  # noqa: N802 (the http.server interface)
+                n = self.path.split("n=", 1)[1]
+                if tier.downstream is not None:
+                    tier.downstream.call(n, tier.outbound_headers(self.headers))
+                time.sleep(0.02)  # the tier's own work, after its call returned
+                body = f"{tier.name} {n}\n".encode()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def outbound_headers(self, inbound: Any) -> dict[str, str]:
+        span = secrets.token_hex(8)
+        if self.mode == "w3c":
+            trace = inbound["traceparent"].split("-")[1]
+            return {"traceparent": f"00-{trace}-{span}-01"}
+        if self.mode == "b3":
+            return {"X-B3-TraceId": inbound["X-B3-TraceId"], "X-B3-SpanId": span,
+                    "X-B3-ParentSpanId": inbound["X-B3-SpanId"], "X-B3-Sampled": "1"}
+        return {}
+
+    def call(self, n: str, headers: dict[str, str]) -> None:
+        time.sleep(0.01)  # before the call: each hop starts strictly inside its parent
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+        try:
+            conn.request("GET", f"/{self.name}?n={n}", headers=headers)
+            resp = conn.getresponse()
+            assert resp.status == 200, resp.status
+            resp.read()
+        finally:
+            conn.close()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _wait_tcpdump(proc: subprocess.Popen) -> None:
+    # tcpdump says "listening on lo" on stderr once its filter is attached
+    assert proc.stderr is not None
+    os.set_blocking(proc.stderr.fileno(), False)
+    deadline, seen = time.monotonic() + 10, b""
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"tcpdump exited: {seen.decode(errors='replace')}")
+        seen += proc.stderr.read() or b""
+        if b"listening on" in seen:
+            return
+        time.sleep(0.05)
+    raise AssertionError("tcpdump did not start within 10 s")
+
+
+def _record_chain(pcap: Path, mode: str, requests: int, concurrent: bool) -> dict[str, str]:
+    """Run frontend -> gateway -> backend on loopback, send ``requests`` requests to the
+    frontend (two at a time when ``concurrent``), captured by tcpdump into ``pcap``.
+    Returns request number -> trace id (empty without trace headers)."""
+    backend = Tier("backend", mode, None)
+    gateway = Tier("gateway", mode, backend)
+    frontend = Tier("frontend", mode, gateway)
+    tiers = (frontend, gateway, backend)
+    ports = " or ".join(f"port {t.port}" for t in tiers)
+    tcpdump = subprocess.Popen([TCPDUMP, "-i", "lo", "--immediate-mode", "-U", "-s", "0", "-w", str(pcap),
+                                f"tcp and ({ports})"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    traces: dict[str, str] = {}
+    try:
+        _wait_tcpdump(tcpdump)
+
+        def user(n: int) -> None:
+            trace = secrets.token_hex(16)
+            traces[str(n)] = trace if mode != "none" else ""
+            headers = {"w3c": {"traceparent": f"00-{trace}-{secrets.token_hex(8)}-01"},
+                       "b3": {"X-B3-TraceId": trace, "X-B3-SpanId": secrets.token_hex(8), "X-B3-Sampled": "1"},
+                       "none": {}}[mode]
+            _call(frontend, n, headers)
+
+        if concurrent:
+            for first in range(0, requests, 2):
+                pair = [threading.Thread(target=user, args=(n,)) for n in (first, first + 1)]
+                for t in pair:
+                    t.start()
+                for t in pair:
+                    t.join(30)
+        else:
+            for n in range(requests):
+                user(n)
+        time.sleep(0.2)
+    finally:
+        tcpdump.send_signal(signal.SIGINT)  # tcpdump's "stop and write the rest"
+        tcpdump.wait(10)
+        for t in tiers:
+            t.close()
+    return traces
+
+
+def _call(tier: Tier, n: int, headers: dict[str, str]) -> None:
+    conn = http.client.HTTPConnection("127.0.0.1", tier.port, timeout=10)
+    try:
+        conn.request("GET", f"/{tier.name}?n={n}", headers=headers)
+        resp = conn.getresponse()
+        assert resp.status == 200
+        resp.read()
+    finally:
+        conn.close()
+
+
+@needs(_tcpdump_missing())
+@pytest.mark.parametrize(("mode", "concurrent", "link"), [
+    ("w3c", True, LINK_TRACE), ("b3", True, LINK_TRACE), ("none", False, LINK_ADDRESS)])
+def test_three_tier_chain_on_loopback(tmp_path: Path, mode: str, concurrent: bool, link: str) -> None:
+    """frontend -> gateway -> backend, captured on lo, through ``analyze``: one chain per
+    user request, frontend request -> gateway request -> backend request, each hop's
+    parent right (with trace headers also when two user requests overlap), its latency the
+    transaction's, and the chain published on wire.call-chains."""
+    from wirestream.sinks import console
+
+    from wirestream.analyze import analyze
+    from wirestream.config import Settings
+
+    requests = 6
+    pcap = tmp_path / f"{mode}.pcap"
+    traces = _record_chain(pcap, mode, requests, concurrent)
+    # as the command runs it: only the summary's fields are kept (plus the connection id,
+    # for this test's own check); the chains need the header maps, decoded for them alone
+    fields = {**console.SUMMARY_FIELDS, TRANSACTIONS: console.SUMMARY_FIELDS[TRANSACTIONS] | {"connection_id", "request_ts_us"}}
+    assert "request_headers" not in fields[TRANSACTIONS]
+    result = analyze([str(pcap)], Settings(), fields=fields)
+    assert not result.failed
+    txns = result.records[TRANSACTIONS]
+    assert len(txns) == 3 * requests
+    assert all("request_headers" not in t for t in txns)  # cut again once the chains were built
+    by_id = {transaction_id(t): t for t in txns}
+    chains = result.records[CALL_CHAINS]
+    assert len(chains) == requests, [chain_tree_lines(c) for c in chains]
+    seen = set()
+    for c in chains:
+        hops = c["hops"]
+        assert [h["path"].split("?")[0] for h in hops] == ["/frontend", "/gateway", "/backend"], chain_tree_lines(c)
+        n = {h["path"].split("n=")[1] for h in hops}
+        assert len(n) == 1, f"hops of different user requests in one chain: {chain_tree_lines(c)}"
+        seen |= n
+        (num,) = n
+        assert c["trace_id"] == (traces[num] or None)
+        assert [h["parent_id"] for h in hops] == [None, hops[0]["transaction_id"], hops[1]["transaction_id"]]
+        assert [h["depth"] for h in hops] == [0, 1, 2]
+        assert [h["link"] for h in hops] == [LINK_ROOT, link, link]
+        for h in hops:
+            t = by_id[h["transaction_id"]]
+            assert (h["latency_us"], h["request_ts_us"], h["server_port"]) == (
+                t["latency_us"], t["request_ts_us"], t["server_port"])
+        # each tier waits for its call and then works 20 ms: a hop lasts longer than its child
+        assert hops[0]["latency_us"] > hops[1]["latency_us"] > hops[2]["latency_us"] >= 20_000
+        assert hops[0]["offset_us"] == 0 and 0 < hops[1]["offset_us"] < hops[2]["offset_us"]
+        assert c["start_ts_us"] == hops[0]["request_ts_us"]
+        assert c["end_ts_us"] == hops[0]["response_ts_us"]
+    assert seen == {str(n) for n in range(requests)}
+    report = result.chain_report
+    assert report is not None and report["stage"] == "processor.chains" and report["final"]
+    assert report["emitted"] == {CALL_CHAINS: requests} and report["received"] == 3 * requests
+    assert report["counters"]["links.trace" if link == LINK_TRACE else "links.address"] == 2 * requests
