@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import http.client
 import itertools
+import json
 import os
 import secrets
 import shutil
 import signal
 import subprocess
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -409,3 +411,65 @@ def test_three_tier_chain_on_loopback(tmp_path: Path, mode: str, concurrent: boo
     assert report is not None and report["stage"] == "processor.chains" and report["final"]
     assert report["emitted"] == {CALL_CHAINS: requests} and report["received"] == 3 * requests
     assert report["counters"]["links.trace" if link == LINK_TRACE else "links.address"] == 2 * requests
+
+
+@needs(_tcpdump_missing())
+def test_chains_stage_and_chain_command_on_a_shared_broker(tmp_path: Path, broker: Any, registry: Any) -> None:
+    """``analyze --bootstrap`` publishes a real chain's transactions (and its own chains);
+    ``wirestream chains`` consumes wire.transactions as a group and publishes the same
+    chains again with its final report on wire.stats; ``wirestream chain ID`` prints the
+    chain of a backend request as a tree, and says so when an id is in no chain."""
+    from wirestream.codec import AvroCodec
+    from wirestream.reader import TopicReader
+
+    pcap = tmp_path / "b3.pcap"
+    _record_chain(pcap, "b3", 4, concurrent=False)
+    kafka = ["--bootstrap", broker.bootstrap, "--registry", registry.url]
+    cmd = [sys.executable, "-m", "wirestream"]
+    out = tmp_path / "out"
+    proc = subprocess.run([*cmd, "analyze", str(pcap), "--out", str(out), "--json", "--no-progress", *kafka],
+                          capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(proc.stdout)["records"][CALL_CHAINS] == 4
+    txns = [json.loads(line) for line in (out / f"{TRANSACTIONS}.jsonl").read_text().splitlines()]
+    ids = {transaction_id(t): t for t in txns}
+    roots = {i for i, t in ids.items() if t["path"].startswith("/frontend")}
+    backend = next(i for i, t in ids.items() if t["path"] == "/backend?n=2")
+
+    group = f"chains-test-{secrets.token_hex(4)}"
+    proc = subprocess.run([*cmd, "chains", "--group", group, "--idle-flush", "1", "--exit-when-idle", "4", *kafka],
+                          capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "chains published" in proc.stderr
+
+    codec = AvroCodec(registry.url)
+    copies: dict[str, int] = {}
+    report = None
+    with TopicReader(broker.bootstrap, codec, [CALL_CHAINS, "wire.stats"], "beginning") as reader:
+        while True:
+            msgs = reader.poll(2.0, 10_000)
+            if not msgs:
+                break
+            for m in msgs:
+                if m.record is None:
+                    continue
+                if m.topic == CALL_CHAINS and m.record["root_id"] in roots:
+                    copies[m.record["root_id"]] = copies.get(m.record["root_id"], 0) + 1
+                    assert [h["path"].split("?")[0] for h in m.record["hops"]] == ["/frontend", "/gateway",
+                                                                                   "/backend"]
+                elif m.topic == "wire.stats" and m.record["source_id"] == f"chains:{group}" and m.record["final"]:
+                    report = m.record
+    # once from analyze, once from the stage
+    assert copies == {r: 2 for r in roots}
+    assert report is not None and report["stage"] == "processor.chains"
+    assert report["emitted"][CALL_CHAINS] >= 4 and report["received"] >= len(txns)
+
+    proc = subprocess.run([*cmd, "chain", backend, *kafka], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert len(lines) == 4 and lines[0].startswith("chain ")
+    assert "/frontend?n=2" in lines[1] and "/gateway?n=2" in lines[2] and "/backend?n=2" in lines[3]
+    assert lines[2].startswith("  └─ ") and lines[3].startswith("    └─ ") and "[trace]" in lines[3]
+    assert f"id {backend}" in lines[3]
+    proc = subprocess.run([*cmd, "chain", "0" * 16, *kafka], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1 and "no chain on wire.call-chains holds transaction 0000000000000000" in proc.stderr
