@@ -24,6 +24,13 @@ order of confidence; the first that finds one decides, and the hop says which (`
    that contains it in time, the innermost. A guess when the IP hosts several processes
    (a node's address, loopback): ``candidates`` on the hop says how many requests fitted.
 
+Pids: ``wire.transactions`` records do not carry them yet (the packet workers' socket
+join fills ``wire.connections`` records only), so the builder also takes connection
+records (:meth:`ChainBuilder.add_connection`) and gives a transaction the pids of its
+connection (same ``connection_id``) when it has none of its own. A connection record comes
+at the connection's close (plus the close linger), after its transactions: the lateness
+covers that in a stream; a one-shot run has all of them before it links.
+
 Transactions are identified by ``transaction_id`` (:func:`transaction_id`): a hash of the
 connection id and the request time, stable across runs of the same input; it is computed
 here from the record, not carried by ``wire.transactions``.
@@ -113,7 +120,15 @@ class _Txn:
     link: str = LINK_ROOT
     candidates: int = 0
     children: list[str] = field(default_factory=list)
+    client_pid: int | None = None
+    server_pid: int | None = None
+    client_process: str | None = None
+    server_process: str | None = None
 
+
+#: the fields of a connection record a chain needs (its pids)
+CONNECTION_FIELDS = frozenset({"connection_id", "source_id", "client_pid", "client_process", "server_pid",
+                               "server_process"})
 
 #: the fields of a transaction a chain needs (what ``analyze`` decodes for it)
 TRANSACTION_FIELDS = frozenset({
@@ -138,6 +153,9 @@ class ChainBuilder:
         self.max_held = max_held
         self.min_hops = min_hops
         self._held: dict[str, _Txn] = {}
+        #: connection id -> (client pid, client process, server pid, server process), from
+        #: wire.connections records; bounded like the transactions (oldest out first)
+        self._conn_pids: dict[str, tuple[Any, Any, Any, Any]] = {}
         self.counters: dict[str, int] = defaultdict(int)
 
     def __len__(self) -> int:
@@ -162,6 +180,19 @@ class ChainBuilder:
             self.counters["evicted"] += 1
         return tid
 
+    def add_connection(self, record: Mapping[str, Any]) -> None:
+        """Take the pids of a ``wire.connections`` record (live eBPF capture's socket join)
+        for the transactions of that connection; records without pids are ignored."""
+        if record.get("client_pid") is None and record.get("server_pid") is None:
+            return
+        cid = record["connection_id"]
+        self._conn_pids.pop(cid, None)
+        self._conn_pids[cid] = (record.get("client_pid"), record.get("client_process"),
+                                record.get("server_pid"), record.get("server_process"))
+        if len(self._conn_pids) > self.max_held:
+            del self._conn_pids[next(iter(self._conn_pids))]
+            self.counters["connections_evicted"] += 1
+
     def advance(self, watermark_us: int) -> list[dict[str, Any]]:
         """The chains whose root (and so every hop) ended more than ``lateness`` before
         ``watermark_us``; their transactions are let go."""
@@ -181,13 +212,21 @@ class ChainBuilder:
         by_ip: dict[tuple[str, str], list[_Txn]] = defaultdict(list)
         for t in held:
             t.parent, t.link, t.candidates, t.children = None, LINK_ROOT, 0, []
+            r = t.rec
+            t.client_pid, t.client_process = r.get("client_pid"), r.get("client_process")
+            t.server_pid, t.server_process = r.get("server_pid"), r.get("server_process")
+            conn = self._conn_pids.get(r.get("connection_id", ""))
+            if conn is not None:
+                if t.client_pid is None:
+                    t.client_pid, t.client_process = conn[0], conn[1]
+                if t.server_pid is None:
+                    t.server_pid, t.server_process = conn[2], conn[3]
             if t.trace is not None:
                 by_trace[t.trace.trace_id].append(t)
                 if t.trace.span_id:
                     by_span[(t.trace.trace_id, t.trace.span_id)].append(t)
-            pid = t.rec.get("server_pid")
-            if pid is not None:
-                by_pid[(t.source_id, int(pid))].append(t)
+            if t.server_pid is not None:
+                by_pid[(t.source_id, int(t.server_pid))].append(t)
             by_ip[(t.source_id, t.rec.get("server_ip", ""))].append(t)
         for t in held:
             parent, link, n = self._find_parent(t, by_span, by_trace, by_pid, by_ip)
@@ -203,10 +242,10 @@ class ChainBuilder:
             if found:
                 return min(found, key=lambda p: abs(t.start - p.start)), LINK_TRACE, len(found)
         client_ip = t.rec.get("client_ip", "")
-        client_pid = t.rec.get("client_pid")
+        client_pid = t.client_pid
         if tc is not None:
             found = [p for p in by_trace.get(tc.trace_id, ())
-                     if p.rec.get("server_ip") == client_ip and _same_pid(client_pid, p.rec.get("server_pid"))
+                     if p.rec.get("server_ip") == client_ip and _same_pid(client_pid, p.server_pid)
                      and _contains(p, t)]
             if found:
                 return _innermost(found), LINK_TRACE, len(found)
@@ -234,6 +273,8 @@ class ChainBuilder:
             if not ready(end):
                 continue
             for m in members:
+                # (the connection's pids stay: a keep-alive connection's later requests
+                # need them; they leave oldest first)
                 del self._held[m.id]
             if len(members) < self.min_hops:
                 self.counters["single_transactions"] += 1
@@ -275,12 +316,12 @@ class ChainBuilder:
                 "connection_id": r.get("connection_id", ""),
                 "client_ip": r.get("client_ip", ""),
                 "client_port": int(r.get("client_port") or 0),
-                "client_pid": r.get("client_pid"),
-                "client_process": r.get("client_process"),
+                "client_pid": m.client_pid,
+                "client_process": m.client_process,
                 "server_ip": r.get("server_ip", ""),
                 "server_port": int(r.get("server_port") or 0),
-                "server_pid": r.get("server_pid"),
-                "server_process": r.get("server_process"),
+                "server_pid": m.server_pid,
+                "server_process": m.server_process,
                 "server_service": r.get("server_service"),
                 "method": r.get("method"),
                 "path": r.get("path"),

@@ -1,4 +1,5 @@
-"""``wirestream chains``: the call-chain stage. Consumes ``wire.transactions`` (every
+"""``wirestream chains``: the call-chain stage. Consumes ``wire.transactions`` and
+``wire.connections`` (for their pids: live capture's socket join fills those) (every
 partition, as a consumer group: several instances share them, but a chain's hops must
 then meet in one instance, see below), links them with
 :class:`wirestream.processors.call_chains.ChainBuilder` and publishes ``wire.call-chains``;
@@ -30,7 +31,7 @@ from wirestream.processors.call_chains import DEFAULT_LATENESS_US, DEFAULT_MAX_H
 from wirestream.processors.output import OutputPublisher
 from wirestream.sinks.base import BatchSink, Item
 
-from wirestream.topics import CALL_CHAINS, CHAINS_STAGE, TRANSACTIONS
+from wirestream.topics import CALL_CHAINS, CHAINS_STAGE, CONNECTIONS, TRANSACTIONS
 
 
 class ChainStage(BatchSink):
@@ -42,7 +43,7 @@ class ChainStage(BatchSink):
                  min_hops: int = 2) -> None:
         # write (link, publish) at least every second: a chain is due when the watermark
         # passes it, and the batch is what moves the watermark
-        super().__init__(bootstrap, registry, [TRANSACTIONS], group, flush_records=5_000, flush_seconds=1.0,
+        super().__init__(bootstrap, registry, [TRANSACTIONS, CONNECTIONS], group, flush_records=5_000, flush_seconds=1.0,
                          from_beginning=from_beginning)
         self.builder = ChainBuilder(lateness_us=lateness_us, max_held=max_held, min_hops=min_hops)
         self.publisher = OutputPublisher(bootstrap, self.codec, CHAINS_STAGE)
@@ -60,11 +61,14 @@ class ChainStage(BatchSink):
         add = self.builder.add
         for item in batch:
             rec = item.record
+            self.written[item.topic] += 1
+            if item.topic == CONNECTIONS:
+                self.builder.add_connection(rec)
+                continue
             add(rec)
             end = rec.get("response_ts_us") or rec.get("request_ts_us") or 0
             if end > self.watermark_us:
                 self.watermark_us = end
-            self.written[item.topic] += 1
         self.last_record = time.monotonic()
         self._publish(self.builder.advance(self.watermark_us))
 

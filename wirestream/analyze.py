@@ -19,7 +19,7 @@ import os
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +30,7 @@ from wirestream.producers.capture_file import open_capture
 from wirestream.runtime import Runtime
 from wirestream.topics import (
     CALL_CHAINS,
+    CONNECTIONS,
     OBSERVATIONS,
     OUTPUT_TOPICS,
     PACKETS,
@@ -231,12 +232,14 @@ def _run(result: AnalyzeResult, settings: Settings, feed: Feeder, workers: int |
         if after_feed is not None:
             after_feed()
         wanted = fields
-        if chains and fields is not None and TRANSACTIONS in fields:
-            # the chains need the trace headers and the pids, which a summary does not
-            # show: decoded for them, cut off again once the chains are built
-            from wirestream.processors.call_chains import TRANSACTION_FIELDS
+        if chains and fields is not None:
+            # the chains need the trace headers and the pids (a connection's, from the
+            # socket join of live capture), which a summary does not show: decoded for
+            # them, cut off again once the chains are built
+            from wirestream.processors.call_chains import CONNECTION_FIELDS, TRANSACTION_FIELDS
 
-            wanted = {**fields, TRANSACTIONS: fields[TRANSACTIONS] | TRANSACTION_FIELDS}
+            extra = {TRANSACTIONS: TRANSACTION_FIELDS, CONNECTIONS: CONNECTION_FIELDS}
+            wanted = {**fields, **{t: fields[t] | f for t, f in extra.items() if t in fields}}
         if source_ids:
             result.stats, result.records = _wait_and_collect(
                 rt, starts, source_ids, partitions, observation_partitions, stall_timeout_s,
@@ -244,15 +247,19 @@ def _run(result: AnalyzeResult, settings: Settings, feed: Feeder, workers: int |
         else:
             result.records = {t: [] for t in OUTPUT_TOPICS}
         if chains:
-            result.records[CALL_CHAINS] = build_chains(result.records[TRANSACTIONS], rt, run_id, result)
+            result.records[CALL_CHAINS] = build_chains(result.records[TRANSACTIONS], rt, run_id, result,
+                                                       result.records[CONNECTIONS])
             if wanted is not fields and fields is not None:
-                keep = fields[TRANSACTIONS] | {"source_id"}
-                result.records[TRANSACTIONS] = [{k: v for k, v in r.items() if k in keep}
-                                                for r in result.records[TRANSACTIONS]]
+                for topic in (TRANSACTIONS, CONNECTIONS):
+                    if topic in fields:
+                        keep = fields[topic] | {"source_id"}
+                        result.records[topic] = [{k: v for k, v in r.items() if k in keep}
+                                                 for r in result.records[topic]]
 
 
 def build_chains(transactions: list[dict[str, Any]], rt: Runtime, run_id: str,
-                 result: AnalyzeResult | None = None) -> list[dict[str, Any]]:
+                 result: AnalyzeResult | None = None,
+                 connections: Sequence[dict[str, Any]] = ()) -> list[dict[str, Any]]:
     """The call chains of one run's transactions (processors/call_chains.py), published to
     ``wire.call-chains`` (key: the root's transaction id) and returned.
 
@@ -264,7 +271,9 @@ def build_chains(transactions: list[dict[str, Any]], rt: Runtime, run_id: str,
     from wirestream.processors.output import OutputPublisher
     from wirestream.topics import CHAINS_STAGE
 
-    builder = ChainBuilder(max_held=max(1, len(transactions)))
+    builder = ChainBuilder(max_held=max(1, len(transactions), len(connections)))
+    for conn in connections:
+        builder.add_connection(conn)  # their pids (live capture), for their transactions
     for rec in transactions:
         builder.add(rec)
     chains = builder.flush()
