@@ -609,3 +609,25 @@ def test_three_tier_chain_without_headers_linked_by_pid_in_live_capture(tmp_path
         b.add(t)
     stray_parents = [h for c in b.flush() for h in c["hops"] if "n=10" in (h["path"] or "")]
     assert len(stray_parents) == 4 and all(h["link"] == LINK_ADDRESS for h in stray_parents)
+
+
+@needs(_tcpdump_missing())
+def test_analyze_prints_chains_and_can_skip_them(tmp_path: Path) -> None:
+    """``analyze --chains`` prints each chain as a tree after the summary; ``--no-chains``
+    builds none."""
+    pcap = tmp_path / "w3c.pcap"
+    _record_chain(pcap, "w3c", 2, concurrent=False)
+    cmd = [sys.executable, "-m", "wirestream", "analyze", str(pcap), "--no-progress"]
+    proc = subprocess.run([*cmd, "--chains"], capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    tail = proc.stdout.split("\nCall chains: ", 1)[1].splitlines()
+    assert tail[0] == "2" and len(tail) == 1 + 2 * 4, tail
+    for first in (1, 5):
+        assert tail[first].startswith("chain ") and "3 hops" in tail[first]
+        assert "/frontend?n=" in tail[first + 1] and tail[first + 2].startswith("  └─ GET 127.0.0.1:")
+        assert "/backend?n=" in tail[first + 3] and "[trace" in tail[first + 3]  # W3C: 2 candidates
+    proc = subprocess.run([*cmd, "--no-chains", "--json"], capture_output=True, text=True, timeout=300,
+                          stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    records = json.loads(proc.stdout)["records"]
+    assert records[TRANSACTIONS] == 6 and CALL_CHAINS not in records
