@@ -172,6 +172,36 @@ def test_pid_concurrency_two_overlapping_inbound_requests_of_one_process() -> No
     assert hop["parent_id"] == i2 and hop["candidates"] == 2
 
 
+def test_pids_come_from_the_connection_record_when_the_transaction_has_none() -> None:
+    """The socket join fills wire.connections records only: a transaction takes its
+    connection's pids; keep-alive connections' later requests too, after the first chain
+    was published; a client pid that served nothing links to nothing."""
+    inbound = txn("10.0.0.9", "10.0.0.1:80", 0, 50)
+    out1 = txn("10.0.0.1", "10.0.0.5:80", 10, 20)
+    out2 = {**out1, "request_ts_us": 70_000, "response_ts_us": 80_000, "latency_us": 10_000}  # same connection
+    inbound2 = {**inbound, "request_ts_us": 60_000, "response_ts_us": 100_000, "latency_us": 40_000}
+    stray = txn("10.0.0.1", "10.0.0.5:80", 30, 40)  # another process on the frontend's host
+    b = ChainBuilder()
+    b.add_connection({"connection_id": inbound["connection_id"], "client_pid": None, "server_pid": 7,
+                      "server_process": "front"})
+    b.add_connection({"connection_id": out1["connection_id"], "client_pid": 7, "client_process": "front",
+                      "server_pid": 9, "server_process": "back"})
+    b.add_connection({"connection_id": stray["connection_id"], "client_pid": 8, "server_pid": 9})
+    b.add_connection({"connection_id": "no-pids", "client_pid": None, "server_pid": None})
+    for r in (inbound, out1, stray):
+        b.add(r)
+    (first,) = b.flush()
+    assert parents(first) == {transaction_id(inbound): (None, LINK_ROOT),
+                              transaction_id(out1): (transaction_id(inbound), LINK_PID)}
+    hop = first["hops"][1]
+    assert (hop["client_pid"], hop["client_process"], hop["server_pid"], hop["server_process"]) == (
+        7, "front", 9, "back")
+    b.add(inbound2)
+    b.add(out2)
+    (second,) = b.flush()
+    assert parents(second)[transaction_id(out2)] == (transaction_id(inbound2), LINK_PID)
+
+
 def test_address_nested_three_tiers_on_one_ip() -> None:
     """Capture files on loopback: every end is 127.0.0.1; time containment nests them."""
     front = txn("127.0.0.1", "127.0.0.1:8001", 0, 100)
