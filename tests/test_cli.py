@@ -80,7 +80,7 @@ def test_every_command_is_there() -> None:
     assert COMMANDS == [
         ("analyze",), ("capture",), ("broker",), ("produce",), ("produce", "pcap"), ("produce", "live"),
         ("produce", "drops"), ("produce", "tls-plaintext"),
-        ("process",), ("percentiles",), ("doctor",), ("k8s-watch",), ("replay",), ("sink",),
+        ("process",), ("chains",), ("chain",), ("percentiles",), ("doctor",), ("k8s-watch",), ("replay",), ("sink",),
         ("sink", "parquet"), ("sink", "siem"), ("sink", "prometheus"), ("sink", "zeek"), ("plugin",),
         ("plugin", "list"),
         ("plugin", "run"), ("tail",),

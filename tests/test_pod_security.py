@@ -45,8 +45,10 @@ from wirestream import doctor
 from wirestream.topics import (
     ALERTS,
     ALL_TOPICS,
+    CALL_CHAINS,
     CHECKPOINTS,
     DEAD_LETTER,
+    DERIVED_TOPICS,
     K8S_IDENTITY,
     K8S_POLICIES,
     OBSERVATIONS,
@@ -590,7 +592,8 @@ def kafka_users(objs: list[dict]) -> dict[str, dict]:
 NOT_FOR_SINKS = (PACKETS, SOCKETS, TLS_PLAINTEXT, CHECKPOINTS, OBSERVATIONS, K8S_IDENTITY, K8S_POLICIES)
 #: The topics the sinks read by default: the Parquet sink's, the SIEM sink's, the
 #: Prometheus sink's (sinks/prometheus.py: service metrics and alerts), and the stats.
-SINK_TOPICS = set(PARQUET_SINK_TOPICS) | set(SIEM_SINK_TOPICS) | {SERVICE_METRICS, ALERTS, STATS}
+#: And the call chains (`wirestream chains`), which a sink reads when given --topics.
+SINK_TOPICS = set(PARQUET_SINK_TOPICS) | set(SIEM_SINK_TOPICS) | {SERVICE_METRICS, ALERTS, STATS, CALL_CHAINS}
 #: The sinks' default consumer groups (wirestream/commands/sink.py).
 SINK_GROUPS = ("wirestream-sink-parquet", "wirestream-sink-siem", "wirestream-sink-prometheus")
 MAIN_SECRET, SINKS_SECRET, CA_SECRET = "wirestream-kafka-user", "wirestream-kafka-sinks-user", "wirestream-kafka-ca"
@@ -711,7 +714,7 @@ def test_strimzi_users_and_topics(built) -> None:
     sinks = users["wirestream-sinks"]["spec"]["authorization"]["acls"]
     for topic in NOT_FOR_SINKS:
         assert acl_operations(sinks, "topic", topic) == set(), f"wirestream-sinks may use {topic}"
-    assert set(OUTPUT_TOPICS) | {STATS} == SINK_TOPICS
+    assert set(OUTPUT_TOPICS) | set(DERIVED_TOPICS) | {STATS} == SINK_TOPICS
     for topic in SINK_TOPICS:
         assert acl_operations(sinks, "topic", topic) == {"Describe", "Read"}, topic
     assert acl_operations(sinks, "topic", DEAD_LETTER) == {"Describe", "Write"}

@@ -19,7 +19,7 @@ import os
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -29,12 +29,15 @@ from wirestream.errors import CaptureFileError, WirestreamError
 from wirestream.producers.capture_file import open_capture
 from wirestream.runtime import Runtime
 from wirestream.topics import (
+    CALL_CHAINS,
+    CONNECTIONS,
     OBSERVATIONS,
     OUTPUT_TOPICS,
     PACKETS,
     PACKETS_STAGE,
     SOCKETS,
     STATS,
+    TRANSACTIONS,
     WINDOWS_STAGE,
 )
 
@@ -56,6 +59,9 @@ class AnalyzeResult:
     failed: list[CaptureFileError] = field(default_factory=list)
     records: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     stats: list[dict[str, Any]] = field(default_factory=list)
+    #: the call-chain builder's final wire.stats report (stage processor.chains), kept out
+    #: of ``stats``: those are the workers' reports, which the summary's stage table sums
+    chain_report: dict[str, Any] | None = None
     #: the folder the records were streamed to as JSON lines while they were read
     #: (``jsonl_dir``), None if they were not
     jsonl_dir: str | None = None
@@ -77,6 +83,7 @@ def analyze(
     after_feed: Callable[[], None] | None = None,
     jsonl_dir: str | os.PathLike[str] | None = None,
     fields: dict[str, frozenset[str]] | None = None,
+    chains: bool = True,
 ) -> AnalyzeResult:
     """Replay ``paths`` through the pipeline and collect every output record.
 
@@ -97,7 +104,11 @@ def analyze(
 
     ``fields`` (topic -> field names): ``result.records`` of those topics hold only those
     fields (decoded alone: the others are skipped, unless ``jsonl_dir`` needs them);
-    what a summary needs of big records, without their header maps and bodies."""
+    what a summary needs of big records, without their header maps and bodies.
+
+    ``chains``: the run's HTTP transactions are linked into call chains in this process
+    (:func:`build_chains`), published to ``wire.call-chains`` and kept in
+    ``result.records["wire.call-chains"]``."""
     started = time.monotonic()
     result = AnalyzeResult()
     # Check every file before starting anything: an unreadable input fails in milliseconds.
@@ -131,7 +142,7 @@ def analyze(
 
     input_bytes = sum(os.path.getsize(p) for p in paths)
     run_pipeline(result, settings, feed, workers, stall_timeout_s, keep_bodies, input_bytes=input_bytes,
-                 after_feed=after_feed, jsonl_dir=jsonl_dir, fields=fields)
+                 after_feed=after_feed, jsonl_dir=jsonl_dir, fields=fields, chains=chains)
     result.elapsed_s = time.monotonic() - started
     return result
 
@@ -145,7 +156,7 @@ def run_pipeline(result: AnalyzeResult, settings: Settings, feed: Feeder, worker
                  stall_timeout_s: float = 120.0, keep_bodies: bool = True,
                  input_bytes: int | None = None, after_feed: Callable[[], None] | None = None,
                  jsonl_dir: str | os.PathLike[str] | None = None,
-                 fields: dict[str, frozenset[str]] | None = None) -> None:
+                 fields: dict[str, frozenset[str]] | None = None, chains: bool = False) -> None:
     """Bring up Kafka and processor workers for one run, let ``feed`` publish its sources,
     and collect every output record and final report of those sources into ``result``.
 
@@ -156,7 +167,7 @@ def run_pipeline(result: AnalyzeResult, settings: Settings, feed: Feeder, worker
     and started first, while the embedded broker starts: they import, then wait for the
     broker and the topics, while this process creates the topics and ``feed`` publishes.
 
-    ``jsonl_dir`` and ``fields``: as for :func:`analyze`.
+    ``jsonl_dir``, ``fields`` and ``chains``: as for :func:`analyze`.
     """
     writer = None
     if jsonl_dir is not None:
@@ -166,7 +177,7 @@ def run_pipeline(result: AnalyzeResult, settings: Settings, feed: Feeder, worker
         writer = JsonlWriter(jsonl_dir)
     try:
         _run(result, settings, feed, workers, stall_timeout_s, keep_bodies, input_bytes, after_feed,
-             writer, fields)
+             writer, fields, chains)
     except BaseException:
         if writer is not None:
             writer.discard()
@@ -179,7 +190,7 @@ def run_pipeline(result: AnalyzeResult, settings: Settings, feed: Feeder, worker
 def _run(result: AnalyzeResult, settings: Settings, feed: Feeder, workers: int | None,
          stall_timeout_s: float, keep_bodies: bool, input_bytes: int | None,
          after_feed: Callable[[], None] | None, writer: JsonlWriter | None,
-         fields: dict[str, frozenset[str]] | None) -> None:
+         fields: dict[str, frozenset[str]] | None, chains: bool = False) -> None:
     run_id = uuid.uuid4().hex[:12]
     worker_settings = settings if keep_bodies else dataclasses.replace(settings, response_body_cap=0)
     with Runtime(settings, worker_grace_s=0.5, autostart=False) as rt:
@@ -220,12 +231,67 @@ def _run(result: AnalyzeResult, settings: Settings, feed: Feeder, workers: int |
             raise
         if after_feed is not None:
             after_feed()
+        wanted = fields
+        if chains and fields is not None:
+            # the chains need the trace headers and the pids (a connection's, from the
+            # socket join of live capture), which a summary does not show: decoded for
+            # them, cut off again once the chains are built
+            from wirestream.processors.call_chains import CONNECTION_FIELDS, TRANSACTION_FIELDS
+
+            extra = {TRANSACTIONS: TRANSACTION_FIELDS, CONNECTIONS: CONNECTION_FIELDS}
+            wanted = {**fields, **{t: fields[t] | f for t, f in extra.items() if t in fields}}
         if source_ids:
             result.stats, result.records = _wait_and_collect(
                 rt, starts, source_ids, partitions, observation_partitions, stall_timeout_s,
-                writer, fields)
+                writer, wanted)
         else:
             result.records = {t: [] for t in OUTPUT_TOPICS}
+        if chains:
+            result.records[CALL_CHAINS] = build_chains(result.records[TRANSACTIONS], rt, run_id, result,
+                                                       result.records[CONNECTIONS])
+            if wanted is not fields and fields is not None:
+                for topic in (TRANSACTIONS, CONNECTIONS):
+                    if topic in fields:
+                        keep = fields[topic] | {"source_id"}
+                        result.records[topic] = [{k: v for k, v in r.items() if k in keep}
+                                                 for r in result.records[topic]]
+
+
+def build_chains(transactions: list[dict[str, Any]], rt: Runtime, run_id: str,
+                 result: AnalyzeResult | None = None,
+                 connections: Sequence[dict[str, Any]] = ()) -> list[dict[str, Any]]:
+    """The call chains of one run's transactions (processors/call_chains.py), published to
+    ``wire.call-chains`` (key: the root's transaction id) and returned.
+
+    The whole run is one window: every transaction is in, so the chains are those of
+    :meth:`ChainBuilder.flush`, with no lateness to wait for. The builder's counters go to
+    ``wire.stats`` as a final report of stage ``processor.chains``, source ``RUN_ID``
+    (also ``result.chain_report``)."""
+    from wirestream.processors.call_chains import ChainBuilder
+    from wirestream.processors.output import OutputPublisher
+    from wirestream.topics import CHAINS_STAGE
+
+    builder = ChainBuilder(max_held=max(1, len(transactions), len(connections)))
+    for conn in connections:
+        builder.add_connection(conn)  # their pids (live capture), for their transactions
+    for rec in transactions:
+        builder.add(rec)
+    chains = builder.flush()
+    if chains or transactions:
+        publisher = OutputPublisher(rt.bootstrap, rt.codec, CHAINS_STAGE)
+        for chain in chains:
+            publisher.emit(CALL_CHAINS, chain["root_id"], chain)
+        report = publisher.publish_stats(**_chain_stats(builder, run_id, publisher.emitted))
+        if result is not None:
+            result.chain_report = report
+    return chains
+
+
+def _chain_stats(builder: Any, source_id: str, emitted: dict[str, int]) -> dict[str, Any]:
+    counters = dict(builder.counters)
+    return {"source_id": source_id, "partition": -1, "received": counters.pop("received", 0),
+            "emitted": {CALL_CHAINS: emitted.get(CALL_CHAINS, 0)},
+            "dropped": {"evicted": counters.pop("evicted", 0)}, "counters": counters, "final": True}
 
 
 #: Input (capture files) up to this size is processed by one worker process, with the

@@ -23,6 +23,8 @@ DNS = "wire.dns"
 TLS = "wire.tls"
 SERVICE_METRICS = "wire.service-metrics"
 ALERTS = "wire.alerts"
+#: call chains: an HTTP request and the requests made while serving it (`wirestream chains`)
+CALL_CHAINS = "wire.call-chains"
 STATS = "wire.stats"
 #: IP -> Kubernetes identity (compacted; published by `wirestream k8s-watch`)
 K8S_IDENTITY = "wire.k8s-identity"
@@ -51,6 +53,7 @@ TOPIC_SCHEMAS: dict[str, str] = {
     TLS: "tls",
     SERVICE_METRICS: "service_metrics",
     ALERTS: "alert",
+    CALL_CHAINS: "call_chain",
     STATS: "stats",
     OBSERVATIONS: "observation_batch",
 }
@@ -68,7 +71,11 @@ OUTPUT_TOPICS: tuple[str, ...] = (
 INTERNAL_TOPICS: tuple[str, ...] = (OBSERVATIONS, CHECKPOINTS)
 #: tables: compacted, read whole by every processor
 TABLE_TOPICS: tuple[str, ...] = (K8S_IDENTITY, K8S_POLICIES)
-ALL_TOPICS: tuple[str, ...] = RAW_TOPICS + OUTPUT_TOPICS + (STATS, DEAD_LETTER) + INTERNAL_TOPICS + TABLE_TOPICS
+#: derived from output topics by a stage of its own (`wirestream chains`; analyze builds them
+#: in its own process): not among OUTPUT_TOPICS, which the packet workers publish
+DERIVED_TOPICS: tuple[str, ...] = (CALL_CHAINS,)
+ALL_TOPICS: tuple[str, ...] = (RAW_TOPICS + OUTPUT_TOPICS + DERIVED_TOPICS + (STATS, DEAD_LETTER)
+                               + INTERNAL_TOPICS + TABLE_TOPICS)
 #: what `wirestream produce live` publishes to (created when missing)
 LIVE_TOPICS: tuple[str, ...] = (PACKETS, SOCKETS, STATS)
 #: what `wirestream produce drops` publishes to (created when missing)
@@ -96,6 +103,8 @@ TOPIC_CONFIGS: dict[str, dict[str, str]] = {
 #: wire.packets partition, and one per source and wire.observations partition
 PACKETS_STAGE = "processor.packets"
 WINDOWS_STAGE = "processor.windows"
+#: ``stage`` of `wirestream chains`' reports
+CHAINS_STAGE = "processor.chains"
 
 
 #: the field of each output topic holding the time its record is about (the connection's
@@ -108,6 +117,7 @@ RECORD_TIME: dict[str, str] = {
     TLS: "client_hello_ts_us",
     SERVICE_METRICS: "window_start_ts_us",
     ALERTS: "ts_us",
+    CALL_CHAINS: "start_ts_us",
 }
 
 

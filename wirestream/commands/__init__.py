@@ -14,6 +14,7 @@ from wirestream.commands import (
     analyze,
     broker,
     capture,
+    chains,
     doctor,
     k8s_watch,
     percentiles,
@@ -26,7 +27,7 @@ from wirestream.commands import (
 )
 
 #: in the order ``wirestream --help`` lists them
-COMMANDS = (analyze, capture, broker, produce, process, percentiles, doctor, k8s_watch, replay, sink,
+COMMANDS = (analyze, capture, broker, produce, process, chains, percentiles, doctor, k8s_watch, replay, sink,
             plugin, tail)
 
 __all__ = ["COMMANDS"]

@@ -43,6 +43,11 @@ examples:
     p.add_argument("--zeek", metavar="DIR", help="also write Zeek logs: DIR/conn.log, http.log, dns.log, ssl.log "
                                                  "(docs/downstream.md)")
     p.add_argument("--zeek-json", action="store_true", help="with --zeek: Zeek's JSON lines instead of TSV")
+    p.add_argument("--no-chains", action="store_true",
+                   help="do not link the HTTP transactions into call chains (wire.call-chains): the chains "
+                        "need every transaction's request headers decoded")
+    p.add_argument("--chains", dest="print_chains", action="store_true",
+                   help="print the call chains as trees after the summary (wirestream chain's format)")
     p.set_defaults(run=run)
     return p
 
@@ -84,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
         # only what it shows (console.SUMMARY_FIELDS): no bodies, no header maps.
         result = analyze(args.files, settings, workers=args.workers, progress=progress,
                          keep_bodies=bool(args.out), after_feed=import_the_summary,
-                         jsonl_dir=jsonl_dir, fields=console.SUMMARY_FIELDS)
+                         jsonl_dir=jsonl_dir, fields=console.SUMMARY_FIELDS, chains=not args.no_chains)
         if args.zeek and result.files:
             from wirestream.errors import WirestreamError
             from wirestream.sinks.zeek import convert_jsonl
@@ -101,6 +106,14 @@ def run(args: argparse.Namespace) -> int:
         # all zeros, would read as if the file had been analysed and held no traffic).
         return common.EXIT_ERROR
     console.report(result, as_json=args.json, top=args.top, out_dir=args.out)
+    if args.print_chains and not args.json:
+        from wirestream.processors.call_chains import chain_tree_lines
+        from wirestream.topics import CALL_CHAINS
+
+        chains = result.records.get(CALL_CHAINS, [])
+        print(f"\nCall chains: {len(chains)}")
+        for chain in chains:
+            print("\n".join(chain_tree_lines(chain)))
     return common.EXIT_ERROR if result.failed else common.EXIT_OK
 
 
