@@ -124,6 +124,14 @@ def ecs_event(topic: str, record: dict[str, Any]) -> dict[str, Any]:
         doc["rule"] = {"name": record.get("kind")}
         doc["event"]["severity"] = CEF_SEVERITY.get(str(record.get("severity")), 5)
         doc["message"] = record.get("summary") or record.get("kind")
+    drops = record.get("drops")
+    if drops:
+        # No ECS field for packets the kernel dropped: custom fields under network.*,
+        # the reasons as ECS event.reason (a keyword) and a tag a SIEM rule can match.
+        doc.setdefault("network", {})["drops"] = dict(drops)
+        doc["network"]["dropped_packets"] = sum(drops.values())
+        doc["event"]["reason"] = ",".join(sorted(drops))
+        doc["tags"] = ["packet_drops"]
     service = record.get("server_service") or (record.get("service") if topic != FLOWS else None)
     if service:
         doc["service"] = {"name": service}
@@ -157,6 +165,10 @@ def cef_event(topic: str, record: dict[str, Any]) -> str:
         ext.update(cs2Label="service", cs2=service)
     if topic == FLOWS:
         ext.update(app=record.get("service"), out=record["frame_bytes_c2s"], **{"in": record["frame_bytes_s2c"]})
+    drops = record.get("drops")
+    if drops:  # packets the kernel dropped, and by which reasons
+        ext.update(cn1Label="droppedPackets", cn1=sum(drops.values()), cs3Label="dropReasons",
+                   cs3=",".join(f"{k}:{v}" for k, v in sorted(drops.items())))
     if alert:
         ext["msg"] = record.get("summary") or record.get("kind")
         ext["externalId"] = record.get("alert_id")
