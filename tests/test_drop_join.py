@@ -13,17 +13,22 @@ claim (an ICMP drop, and drops of a known 5-tuple an hour before its connection)
 * the same messages, read back raw from the broker, through the packet pipeline with a
   checkpoint restore in the middle give the same records as without.
 
-The live test (the rows from ``wirestream produce drops`` of an nft rule's drops while
-``wirestream produce live`` captures) is in the second half.
+Live (the second half, namespaces and eBPF needed): ``wirestream produce live`` captures a
+TCP connection between two namespaces (tests/netns.py) while an nft rule in the receiver
+drops every 6th packet to the server and ``wirestream produce drops`` counts the kernel's
+drops; the worker's record of that connection has ``drops["netfilter_drop"]`` equal to the
+rule's counter.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
+import textwrap
 import time
 import uuid
 from collections import Counter
@@ -32,6 +37,7 @@ from typing import Any
 
 import pytest
 from confluent_kafka import Consumer, TopicPartition
+from helpers import needs
 from local_pipeline import packet_batches, run_engine
 
 DATA = Path(__file__).parent / "data" / "chrissanders"
@@ -337,3 +343,152 @@ def test_sinks_show_drops() -> None:
     line = out.getvalue()
     assert "kernel drops on 1 connections: netfilter_drop 4, tcp_invalid_sequence 1" in line, line
     assert f"{conn['client_ip']}:{conn['client_port']}" in line, line
+
+
+# --- live: an nft rule's drops on the connection record -------------------------------------------
+
+LIVE_PORT = 7011
+#: every DROP_EVERY-th packet to LIVE_PORT is dropped by the receiver's input hook
+DROP_EVERY = 6
+LIVE_BYTES = 40_000
+
+LIVE_SERVER = textwrap.dedent("""
+    import socket, sys
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind((sys.argv[1], int(sys.argv[2])))
+    s.listen(1)
+    print("listening", flush=True)
+    c, _ = s.accept()
+    n = 0
+    while True:
+        data = c.recv(65536)
+        if not data:
+            break
+        n += len(data)
+    c.sendall(str(n).encode())
+    c.close()
+""")
+
+LIVE_CLIENT = textwrap.dedent("""
+    import socket, sys
+    s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=60)
+    for _ in range(int(sys.argv[3]) // 1000):
+        s.sendall(b"x" * 1000)
+    s.shutdown(socket.SHUT_WR)
+    print(s.recv(100).decode(), flush=True)
+    s.close()
+""")
+
+
+def _live_unavailable() -> str | None:
+    from test_packet_drops import NETNS_UNAVAILABLE, _drops_unavailable
+
+    if NETNS_UNAVAILABLE:
+        return f"network namespaces: {NETNS_UNAVAILABLE}"
+    return _drops_unavailable()
+
+
+def _wait_for(proc: subprocess.Popen, says: str, lines: int = 10) -> list[str]:
+    said = [proc.stderr.readline()]
+    while says not in said[-1] and said[-1] and len(said) < lines:
+        said.append(proc.stderr.readline())  # bcc's own complaints, a fallback line, may come first
+    assert says in said[-1], (said, proc.poll())
+    return said
+
+
+@needs(_live_unavailable())
+def test_live_drops_of_an_nft_rule_are_counted_on_the_connection(broker, registry) -> None:
+    """Live: ``wirestream produce live`` captures a TCP connection in a namespace while an
+    nft rule in the receiver drops every 6th of its packets to the server and ``wirestream
+    produce drops`` counts the kernel's drops; a ``wirestream process`` worker gives the
+    connection record ``drops["netfilter_drop"]`` equal to the rule's own counter."""
+    from netns import IP, NFT, LossyLink
+
+    from wirestream.codec import AvroCodec
+    from wirestream.reader import TopicReader, end_offsets
+    from wirestream.topics import CONNECTIONS, DROPS, STATS
+
+    codec = AvroCodec(registry.url)
+    env = {**os.environ, "WIRESTREAM_BOOTSTRAP": broker.bootstrap, "WIRESTREAM_REGISTRY": registry.url}
+    tag = uuid.uuid4().hex[:8]
+    group, live_name, drops_name = f"dropjoin-live-{tag}", f"live-{tag}", f"drops-{tag}"
+    start = end_offsets(broker.bootstrap, (CONNECTIONS, DROPS, STATS))
+    procs: list[subprocess.Popen] = []
+    try:
+        worker = subprocess.Popen([sys.executable, "-m", "wirestream", "process", "--role", "packets",
+                                   "--no-windows", "--group", group, "--checkpoint-interval", "0.5"],
+                                  env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        procs.append(worker)
+        with LossyLink(loss_percent=0, rate_mbit=None) as link:
+            rules = ("table inet ws_dropjoin { chain input { type filter hook input priority filter; "
+                     f"policy accept; tcp dport {LIVE_PORT} numgen inc mod {DROP_EVERY} == 0 counter drop; }}; }}")
+            subprocess.run([IP, "netns", "exec", link.receiver, NFT, "-f", "-"], input=rules, text=True,
+                           capture_output=True, check=True, timeout=10)
+            drops = subprocess.Popen([sys.executable, "-m", "wirestream", "produce", "drops", "--interval", "1",
+                                      "--source-name", drops_name],
+                                     env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            procs.append(drops)
+            _wait_for(drops, "counting drops")
+            live = subprocess.Popen([sys.executable, "-m", "wirestream", "produce", "live", "--netns", link.sender,
+                                     "-i", link.sender_if, "--source-name", live_name],
+                                    env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            procs.append(live)
+            _wait_for(live, "capturing on", 5)
+            server = link.popen(link.receiver, [sys.executable, "-c", LIVE_SERVER, link.receiver_ip, str(LIVE_PORT)])
+            assert server.stdout.readline().strip() == "listening"
+            client = link.run(link.sender, [sys.executable, "-c", LIVE_CLIENT, link.receiver_ip, str(LIVE_PORT),
+                                            str(LIVE_BYTES)], timeout=120)
+            assert client.stdout.strip() == str(LIVE_BYTES), client
+            server.wait(timeout=30)
+            out = link.run(link.receiver, [NFT, "list", "table", "inet", "ws_dropjoin"]).stdout
+            dropped = int(re.search(r"counter packets (\d+)", out).group(1))  # type: ignore[union-attr]
+            # The drops producer first: its last rows are published as it stops...
+            drops.send_signal(signal.SIGTERM)
+            _, err = drops.communicate(timeout=60)
+            assert drops.returncode == 0, err[-3000:]
+            ours = 0
+            counters: dict[str, int] = {}
+            with TopicReader(broker.bootstrap, codec, [DROPS, STATS], start) as reader:
+                # ... and read by the worker (all the rows up to ours: it reads in offset
+                # order) before the capture's end of input flushes the connection
+                deadline = time.monotonic() + 60
+                settled = 0
+                while settled < 3:
+                    assert time.monotonic() < deadline and worker.poll() is None, (ours, counters)
+                    before = counters.get("drop_rows", 0)
+                    for m in reader.poll(0.5):
+                        if m.record is None:
+                            continue
+                        if m.topic == DROPS and m.record["source_id"].startswith(drops_name):
+                            ours += 1
+                        elif m.topic == STATS and m.record["source_id"] == f"worker:{group}":
+                            counters = m.record["counters"]
+                    grew = counters.get("drop_rows", 0) > before
+                    settled = settled + 1 if ours and counters.get("drop_rows", 0) >= ours and not grew else 0
+            live.send_signal(signal.SIGTERM)
+            _, err = live.communicate(timeout=60)
+            assert live.returncode == 0, err[-3000:]
+            client_ip, server_ip = link.sender_ip, link.receiver_ip
+        record = None
+        with TopicReader(broker.bootstrap, codec, [CONNECTIONS], start) as reader:
+            deadline = time.monotonic() + 60
+            while record is None:
+                assert time.monotonic() < deadline and worker.poll() is None, "no connection record"
+                for m in reader.poll(0.5):
+                    r = m.record
+                    if (r is not None and r["source_id"].startswith(live_name) and r["final"]
+                            and r["server_port"] == LIVE_PORT and r["server_ip"] == server_ip):
+                        record = r
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+                p.communicate(timeout=60)
+    assert record["client_ip"] == client_ip and record["state"] == "complete", record
+    assert dropped > 5, out
+    assert record["drops"].get("netfilter_drop") == dropped, (record["drops"], dropped)
+    # the capture, on the sender's side, saw the packets the receiver dropped: they are
+    # retransmitted on the wire
+    assert record["retransmissions"] > 0, record
+    print("dropped by the rule", dropped, "on the record", record["drops"], "retransmissions", record["retransmissions"])
