@@ -492,3 +492,46 @@ def test_live_drops_of_an_nft_rule_are_counted_on_the_connection(broker, registr
     # retransmitted on the wire
     assert record["retransmissions"] > 0, record
     print("dropped by the rule", dropped, "on the record", record["drops"], "retransmissions", record["retransmissions"])
+
+
+def test_interim_records_are_cumulative_and_rows_age_out() -> None:
+    """The join's own rules, on records as the tracker makes them: an interim record has the
+    drops so far and keeps them (claimed rows wait as long as the connection goes on), the
+    final one has all and takes them; rows no record claims leave once old, counted; a full
+    table lets its older half go, counted."""
+    from wirestream.processors.drop_join import DropJoin
+
+    s = 1_000_000_000_000
+    conn = {"client_ip": "2001:db8::1", "client_port": 40000, "server_ip": "2001:db8:0:0::2", "server_port": 80,
+            "start_ts_us": s, "end_ts_us": s + 5_000_000, "final": False}
+    join = DropJoin(horizon_us=60_000_000, slack_us=1_000_000, max_rows=8)
+    client, server = ("2001:db8::1", 40000), ("2001:db8::2", 80)
+    join.add(_drop(client, server, s + 1_000_000, s + 2_000_000, "netfilter_drop", 2))
+    interim = dict(conn)
+    join.annotate("tcp", interim)
+    assert interim["drops"] == {"netfilter_drop": 2}
+    # still open, interim records within the horizon: the rows they claim are not old
+    for end in (s + 50_000_000, s + 99_000_000):
+        again = dict(conn, end_ts_us=end)
+        join.annotate("tcp", again)
+        assert again["drops"] == {"netfilter_drop": 2}
+    join.add(_drop(server, client, s + 100_000_000, s + 100_000_000, "tcp_invalid_sequence", 1))
+    later = dict(conn, end_ts_us=s + 100_000_000)
+    join.annotate("tcp", later)
+    assert later["drops"] == {"netfilter_drop": 2, "tcp_invalid_sequence": 1}
+    final = dict(conn, end_ts_us=s + 101_000_000, final=True)
+    join.annotate("tcp", final)
+    assert final["drops"] == {"netfilter_drop": 2, "tcp_invalid_sequence": 1} and join.held == 0
+    assert join.counters["drops_joined"] == 3 and join.counters["drops_unjoined"] == 0
+    # a UDP flow's record: not the TCP connection's rows; an unclaimed row ages out
+    join.add(_drop(client, server, s + 102_000_000, s + 102_000_000, "netfilter_drop", 4))
+    flow = dict(conn, transport="udp", start_ts_us=s + 101_000_000, end_ts_us=s + 103_000_000)
+    join.annotate(flow["transport"], flow)
+    assert flow["drops"] == {} and join.held == 1
+    join.add(_drop(("192.0.2.9", 1), ("192.0.2.10", 2), s + 200_000_000, s + 200_000_000, "no_socket", 1))
+    assert join.counters["drops_unjoined"] == 4 and join.held == 1
+    for i in range(10):  # past max_rows: the older half goes
+        join.add(_drop(("192.0.2.9", 100 + i), ("192.0.2.10", 2), s + 200_000_000 + i, s + 200_000_000 + i,
+                       "no_socket", 1))
+    assert join.counters["drops_evicted"] > 0 and join.held <= 8
+    assert join.counters["drops_evicted"] + join.pending == 11
