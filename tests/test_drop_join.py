@@ -535,3 +535,33 @@ def test_interim_records_are_cumulative_and_rows_age_out() -> None:
                        "no_socket", 1))
     assert join.counters["drops_evicted"] > 0 and join.held <= 8
     assert join.counters["drops_evicted"] + join.pending == 11
+
+
+def test_a_checkpoint_from_before_drops_were_joined_restores_with_a_join() -> None:
+    """An engine snapshotted by the code before drop joins (no ``drops`` slot): restored by
+    the pipeline, it gets the partition's join and its records carry drops."""
+    from local_pipeline import RecordingSink
+    from wirestream.processors.engine import Engine, EngineOptions, snapshot_engines
+    from wirestream.processors.packet_pipeline import PacketPipeline
+    from wirestream.processors.state_codec import state_layout
+
+    batches = list(packet_batches(str(DATA / CAPTURES[1]), 4))
+    ref = reference(CAPTURES[1])
+    sink, options = RecordingSink(), EngineOptions(packet_partitions=1)
+    engine = Engine("old", 0, options, sink)
+    engine.feed(*batches[0])
+    del engine.drops  # what the older code's engine was
+    old = snapshot_engines([engine])
+    assert "drops" not in state_layout(old)["wirestream.processors.engine:Engine"]
+    pipeline = PacketPipeline(None, sink, options)  # type: ignore[arg-type]
+    pipeline.restore_partition(0, old)
+    (restored,) = pipeline.partition_engines(0)
+    assert restored.drops is pipeline.drop_joins[0]
+    drops, expected, _ = crafted_drops(ref, "drops-old")
+    for d in drops:
+        restored.drops.add(d)
+    for headers, payloads in batches[1:]:
+        restored.feed(headers, payloads)
+    restored.finish()
+    got = {r["connection_id"]: r["drops"] for r in sink.out["wire.connections"]}
+    assert {k: v for k, v in got.items() if v} == expected and expected
