@@ -10,6 +10,8 @@ a :class:`Sink`. It owns everything that is state:
 - the UDP, ICMP and SCTP flow table (:class:`~.flows.FlowTracker`);
 - the L7 dispatcher (pending DNS queries, L7 counters);
 - the kernel socket events waiting for their connection (:class:`~.socket_join.SocketJoin`);
+- a reference to its partition's kernel drops (:class:`~.drop_join.DropJoin`, shared
+  with the partition's other engines, and in the same checkpoint);
 - the observer that batches what the per-service windows need
   (:class:`~.observations.Observer`);
 - its own bookkeeping: packets received, the end-of-input markers seen.
@@ -36,6 +38,7 @@ from wirestream.packet_block import PROTO_UDP
 from wirestream.topics import ALERTS, CONNECTIONS, DNS, FLOWS, OBSERVATIONS, TLS, TRANSACTIONS
 
 from .connection_tracker import ConnectionTracker
+from .drop_join import DropJoin
 from .flows import FlowTracker
 from .k8s_enrichment import Enricher
 from .l7.base import L7Options
@@ -101,12 +104,15 @@ class Engine:
     """The analysis of one source on one input partition."""
 
     def __init__(self, source_id: str, partition: int, options: EngineOptions, sink: Sink,
-                 enricher: Enricher | None = None) -> None:
+                 enricher: Enricher | None = None, drops: DropJoin | None = None) -> None:
         self.source_id = source_id
         self.partition = partition
         self.options = options
         self.sink = sink
         self.enricher = enricher  # Kubernetes identities (None: records go out without)
+        # The kernel drops of this partition (wire.drops), shared by its engines: the
+        # drops producer is a source of its own (None: records go out with drops {}).
+        self.drops = drops
         self.observer: Observer | None = None
         if options.observation_partitions:
             self.observer = Observer(self._send_observations, source_id, partition,
@@ -145,8 +151,14 @@ class Engine:
             for name, default in _ENRICHMENT_DEFAULTS[topic]:
                 if name not in record:
                     record[name] = default
-            if topic in (CONNECTIONS, FLOWS) and "policy_names" not in record:
-                record["policy_names"] = []
+            if topic in (CONNECTIONS, FLOWS):
+                if "policy_names" not in record:
+                    record["policy_names"] = []
+                # the kernel's drops of its 5-tuple (processors/drop_join.py), else {}
+                if self.drops is not None:
+                    self.drops.annotate("tcp" if topic == CONNECTIONS else record["transport"], record)
+                elif "drops" not in record:
+                    record["drops"] = {}
         alerts = ()
         if self.enricher is not None:
             # Kubernetes identity (the windows key by workload) and NetworkPolicy verdict;
@@ -268,6 +280,8 @@ class Engine:
             self.tunnels = TunnelPaths()
         if not hasattr(self, "alerts_emitted"):  # and from before the engine raised alerts
             self.alerts_emitted = 0
+        if not hasattr(self, "drops"):  # and from before drops were joined (the worker attaches one)
+            self.drops = None
 
     def _externals(self) -> dict[str, object]:
         return _externals(self.options, self.sink, self.enricher)
@@ -298,28 +312,40 @@ class Engine:
         return engine
 
 
-def snapshot_engines(engines: list[Engine]) -> bytes:
+def snapshot_engines(engines: list[Engine], drops: DropJoin | None = None) -> bytes:
     """The state of several engines (one input partition's sources) as one snapshot;
-    they share a sink, options and enricher."""
+    they share a sink, options and enricher. ``drops``: the partition's drop join, last
+    in the list (also when no engine holds it yet: drops may come before any packet)."""
     from .state_codec import encode_state
 
+    tail = [drops] if drops is not None else []
     if not engines:
-        return encode_state([], {})
-    return encode_state(list(engines), engines[0]._externals())
+        return encode_state(tail, {})
+    return encode_state(list(engines) + tail, engines[0]._externals())
 
 
 def restore_engines(data: bytes, options: EngineOptions, sink: Sink,
                     enricher: Enricher | None = None) -> list[Engine]:
     """The engines of a :func:`snapshot_engines`, writing to ``sink``."""
+    return restore_partition_state(data, options, sink, enricher)[0]
+
+
+def restore_partition_state(data: bytes, options: EngineOptions, sink: Sink,
+                            enricher: Enricher | None = None) -> tuple[list[Engine], DropJoin | None]:
+    """The engines and the drop join (None: the snapshot has none) of a
+    :func:`snapshot_engines`, writing to ``sink``."""
     from .state_codec import StateError, decode_state
 
-    engines = decode_state(data, _externals(options, sink, enricher))
-    if not isinstance(engines, list) or not all(isinstance(e, Engine) for e in engines):
+    items = decode_state(data, _externals(options, sink, enricher))
+    if not isinstance(items, list) or not all(isinstance(e, Engine) for e in items[:-1]) or (
+            items and not isinstance(items[-1], (Engine, DropJoin))):
         raise StateError("a checkpoint holds something other than a list of engines")
+    drops = items.pop() if items and isinstance(items[-1], DropJoin) else None
+    engines: list[Engine] = items
     for engine in engines:
         engine.tracker.set_community_id_seed(options.community_id_seed)  # a setting, not state
         engine.flows.set_community_id_seed(options.community_id_seed)
-    return engines
+    return engines, drops
 
 
 def _externals(options: EngineOptions, sink: Sink, enricher: Enricher | None) -> dict[str, object]:

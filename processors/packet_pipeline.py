@@ -1,4 +1,4 @@
-"""What a packet worker does with each ``wire.packets`` / ``wire.sockets`` message:
+"""What a packet worker does with each ``wire.packets`` / ``wire.sockets`` / ``wire.drops`` message:
 decode it, route it to the :class:`~.engine.Engine` of its (source, partition), and,
 when that source's input on the partition has ended, report on ``wire.stats`` (which is
 how ``wirestream analyze`` knows a source has been processed).
@@ -24,7 +24,8 @@ from wirestream.registry_client_security import (
 )
 from wirestream.topics import PACKETS_STAGE
 
-from .engine import Engine, EngineOptions, restore_engines
+from .drop_join import DropJoin
+from .engine import Engine, EngineOptions, restore_partition_state, snapshot_engines
 from .k8s_enrichment import Enricher
 from .output import OutputPublisher
 
@@ -54,13 +55,34 @@ class PacketPipeline:
         # of that partition, then forgotten: consumers of wire.stats sum the reports, so a
         # count carried into every report would be multiplied.
         self.dropped: dict[int, Counter[str]] = {}
+        # The kernel drops of each partition (wire.drops), one join shared by the
+        # partition's engines: drops have a source id of their own, not the capture's.
+        self.drop_joins: dict[int, DropJoin] = {}
+
+    def drop_join(self, partition: int) -> DropJoin:
+        join = self.drop_joins.get(partition)
+        if join is None:
+            # Rows wait as long as a connection's final record can come after its last
+            # packet (processors/drop_join.py).
+            join = self.drop_joins[partition] = DropJoin(
+                horizon_us=self.options.idle_timeout_us + self.options.close_linger_us)
+        return join
+
+    def drop_counters(self) -> Counter[str]:
+        """The drop joins' counters summed over the partitions held (``drops_unjoined``,
+        ``drops_joined``, ...) and ``drops_pending``: drops held, not joined yet."""
+        total: Counter[str] = Counter()
+        for join in self.drop_joins.values():
+            total.update(join.counters)
+            total["drops_pending"] += join.pending
+        return total
 
     def _engine(self, source_id: str, partition: int) -> Engine:
         key = (source_id, partition)
         engine = self.engines.get(key)
         if engine is None:
             engine = self.engines[key] = Engine(source_id, partition, self.options, self.publisher,
-                                                self.enricher)
+                                                self.enricher, self.drop_join(partition))
         return engine
 
     def _drop(self, partition: int, reason: str) -> None:
@@ -104,6 +126,17 @@ class PacketPipeline:
         if event["end_of_input"] and engine.complete:
             self.end_of_input(source_id, partition)
 
+    def handle_drop(self, partition: int, value: bytes | None) -> None:
+        """Process one ``wire.drops`` message (any source: the drops producer is not the
+        capture). Counts bad input; raises only ``RegistryError``."""
+        try:
+            drop = self.codec.decode(value)
+        except DecodeError as exc:
+            self._drop(partition, "malformed_drop")
+            log.warning("skipping a wire.drops message on partition %d: %s", partition, exc)
+            return
+        self.drop_join(partition).add(drop)
+
     def finish_all(self) -> None:
         """End every source still open, as its end marker would (a replay whose time range
         ends inside a source). A source waiting for its socket events' end marker ends with
@@ -132,30 +165,44 @@ class PacketPipeline:
     def partition_engines(self, partition: int) -> list[Engine]:
         return [e for (_, p), e in self.engines.items() if p == partition]
 
+    def snapshot_partition(self, partition: int) -> bytes:
+        """``partition``'s engines and its drop join (:meth:`restore_partition` takes it)."""
+        return snapshot_engines(self.partition_engines(partition), self.drop_joins.get(partition))
+
     def restore_partition(self, partition: int, state: bytes) -> None:
-        """Replace ``partition``'s engines by those of a snapshot of them
-        (:func:`~.engine.snapshot_engines` of :meth:`partition_engines`)."""
+        """Replace ``partition``'s engines and drop join by those of a snapshot of them
+        (:meth:`snapshot_partition`; a snapshot of engines alone restores too)."""
         self.forget_partition(partition)
-        for engine in restore_engines(state, self.options, self.publisher, self.enricher):
+        engines, join = restore_partition_state(state, self.options, self.publisher, self.enricher)
+        for engine in engines:
             if engine.partition != partition:
                 from .state_codec import StateError
 
                 raise StateError(f"a checkpoint of partition {partition} holds an engine of "
                                  f"partition {engine.partition}")
+        # The engines share their partition's drop join, the snapshot's last item; a
+        # checkpoint from before drops were joined has none: a new one for all of them.
+        join = join or next((e.drops for e in engines if e.drops is not None), None) or self.drop_join(partition)
+        self.drop_joins[partition] = join
+        for engine in engines:
+            engine.drops = join
             self.engines[(engine.source_id, partition)] = engine
 
-    def take_partition(self, partition: int) -> tuple[dict[tuple[str, int], Engine], Counter[str]]:
-        """Remove ``partition``'s engines and unreported drops, and hand them over (to be
-        given back with :meth:`put_partition` if the partition comes back unchanged)."""
+    def take_partition(self, partition: int) -> tuple[dict[tuple[str, int], Engine], Counter[str], DropJoin | None]:
+        """Remove ``partition``'s engines, unreported drops and drop join, and hand them
+        over (to be given back with :meth:`put_partition` if the partition comes back
+        unchanged)."""
         engines = {k: e for k, e in self.engines.items() if k[1] == partition}
         for key in engines:
             del self.engines[key]
-        return engines, self.dropped.pop(partition, Counter())
+        return engines, self.dropped.pop(partition, Counter()), self.drop_joins.pop(partition, None)
 
     def put_partition(self, partition: int, engines: dict[tuple[str, int], Engine],
-                      dropped: Counter[str]) -> None:
+                      dropped: Counter[str], join: DropJoin | None = None) -> None:
         self.forget_partition(partition)
         self.engines.update(engines)
+        if join is not None:
+            self.drop_joins[partition] = join
         if dropped:
             self.dropped[partition] = dropped
 
@@ -164,6 +211,7 @@ class PacketPipeline:
         for key in [k for k in self.engines if k[1] == partition]:
             del self.engines[key]
         self.dropped.pop(partition, None)
+        self.drop_joins.pop(partition, None)
 
 
 

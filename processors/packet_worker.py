@@ -1,4 +1,4 @@
-"""The packet worker: consume ``wire.packets`` and ``wire.sockets`` in a consumer group,
+"""The packet worker: consume ``wire.packets``, ``wire.sockets`` and ``wire.drops`` in a consumer group,
 analyse them (:class:`~.packet_pipeline.PacketPipeline`), and checkpoint each partition's
 state with the input offsets it covers, so that partitions can move between workers
 without losing or splitting a connection.
@@ -15,8 +15,8 @@ whenever a partition is assigned:
 A plain confluent-kafka group consumer rather than a Faust agent: a checkpoint must be
 written *before* a partition is given up and the offsets must be those of the state, which
 needs the consumer's rebalance callbacks and its commits in our hands. The ``range``
-assignor gives one worker partition N of both topics (co-partitioned: a connection's
-socket events are joined to its packets).
+assignor gives one worker partition N of all three topics (co-partitioned: a connection's
+socket events and kernel drops are joined to its packets).
 
 Guarantee (docs/checkpoints.md): a partition handed over cleanly (a worker joins, leaves,
 is rolled) loses and repeats nothing; after a crash, the new owner repeats what was
@@ -63,6 +63,7 @@ from wirestream.topics import (
     ALERTS,
     CONNECTIONS,
     DNS,
+    DROPS,
     FLOWS,
     OBSERVATIONS,
     PACKETS,
@@ -73,7 +74,7 @@ from wirestream.topics import (
     TRANSACTIONS,
 )
 
-from .engine import EngineOptions, snapshot_engines
+from .engine import EngineOptions
 from .k8s_enrichment import Enricher
 from .output import OutputPublisher
 
@@ -83,7 +84,9 @@ from .packet_pipeline import PacketPipeline, handle_when_registry_answers, when_
 
 log = logging.getLogger(__name__)
 
-INPUT_TOPICS = (PACKETS, SOCKETS)
+#: co-partitioned: partition N of each holds the same connections (wirestream.kafka
+#: ensure_process_topics checks their partition counts)
+INPUT_TOPICS = (PACKETS, SOCKETS, DROPS)
 #: what a packet worker writes, each with its schema registered before any input is read
 OUTPUT_SCHEMA_TOPICS = (CONNECTIONS, FLOWS, TRANSACTIONS, DNS, TLS, ALERTS, OBSERVATIONS, STATS)
 #: Messages taken per consume call.
@@ -146,9 +149,9 @@ class PacketWorker:
         #: partition -> sequence of its newest checkpoint
         self.sequences: dict[int, int] = {}
         self.dirty: set[int] = set()  # partitions with input processed since their checkpoint
-        # partition -> (checkpoint sequence, offsets, engines, drops) of partitions revoked
-        # cleanly by the last rebalance, in case they are assigned to us again
-        self._parked: dict[int, tuple[int, dict[str, int], dict[tuple[str, int], Any], Counter[str]]] = {}
+        # partition -> (checkpoint sequence, offsets, engines, unreported drops, drop join) of
+        # partitions revoked cleanly by the last rebalance, in case they are assigned to us again
+        self._parked: dict[int, tuple[int, dict[str, int], dict[tuple[str, int], Any], Counter[str], Any]] = {}
         self.counters: Counter[str] = Counter()
         self._reported: Counter[str] = Counter()
         self._stopping: Callable[[], bool] = lambda: False
@@ -164,7 +167,8 @@ class PacketWorker:
             return
         consumer = self._consumer = (self._group_consumer() if self.assignment is None
                                      else self._static_consumer(self.assignment))
-        handlers = {PACKETS: self.pipeline.handle, SOCKETS: self.pipeline.handle_socket_event}
+        handlers = {PACKETS: self.pipeline.handle, SOCKETS: self.pipeline.handle_socket_event,
+                    DROPS: self.pipeline.handle_drop}
         next_checkpoint = time.monotonic() + self.worker.checkpoint_interval_s
         try:
             while not stopping():
@@ -211,7 +215,7 @@ class PacketWorker:
         session_ms = int(self.worker.session_timeout_s * 1000)
         consumer = Consumer(group_consumer_config(
             self.bootstrap, self.group, from_beginning=True, **{
-                # partition N of both topics to the same member (they are co-partitioned)
+                # partition N of every input topic to the same member (co-partitioned)
                 "partition.assignment.strategy": "range",
                 "session.timeout.ms": session_ms,
                 "heartbeat.interval.ms": max(500, session_ms // 5),
@@ -225,7 +229,7 @@ class PacketWorker:
         return consumer
 
     def _static_consumer(self, assignment: Assignment) -> Consumer:
-        """Partition N of both input topics (co-partitioned), from the given offsets."""
+        """Partition N of every input topic (co-partitioned), from the given offsets."""
         consumer = Consumer({**consumer_config(self.bootstrap), "fetch.wait.max.ms": 50})
         tps = []
         for part, offsets in sorted(assignment.items()):
@@ -291,7 +295,7 @@ class PacketWorker:
         from .state_codec import STATE_FORMAT_VERSION
 
         engines = self.pipeline.partition_engines(part)
-        state = snapshot_engines(engines)
+        state = self.pipeline.snapshot_partition(part)  # its engines and kernel drops
         sequence = self.sequences.get(part, 0) + 1
         assert self.store is not None, "checkpoints are written in a group only"
         size = self.store.write(Checkpoint(
@@ -364,7 +368,7 @@ class PacketWorker:
             if kept is not None and kept[0] == cp.sequence and kept[1] == cp.offsets and cp.writer == self.instance:
                 # Back to us, and nobody wrote a checkpoint since ours: the engines we kept
                 # are that checkpoint's state (no need to decode it).
-                self.pipeline.put_partition(part, kept[2], kept[3])
+                self.pipeline.put_partition(part, kept[2], kept[3], kept[4])
                 from_memory.add(part)
                 self.counters["restores_from_memory"] += 1
                 self.positions[part] = dict(cp.offsets)
@@ -416,7 +420,11 @@ class PacketWorker:
         """The worker's own counters (checkpoints written, their bytes and time, restores,
         waits for the registry or the broker) on wire.stats, when they changed: a report
         that is not final, of source ``worker:<group>`` and partition -1, with the state
-        held now (open connections, sources)."""
+        held now (open connections, sources), and the kernel drops of the partitions held
+        (``drops_joined``, ``drops_unjoined``: rows no connection claimed before they were
+        old, ``drops_pending``: held, not joined yet; processors/drop_join.py)."""
+        for name, value in self.pipeline.drop_counters().items():
+            self.counters[name] = value  # the partitions' own totals (they move with them)
         if self.counters == self._reported:
             return
         held = list(self.pipeline.engines.values())

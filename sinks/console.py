@@ -43,7 +43,8 @@ SUMMARY_FIELDS: dict[str, frozenset[str]] = {
     FLOWS: frozenset({"transport", "client_ip", "client_port", "server_ip", "server_port", "ip_version", "service",
                       "packets_c2s", "packets_s2c", "bytes_c2s", "bytes_s2c", "frame_bytes_c2s", "frame_bytes_s2c",
                       "conn_state", "icmp_type", "icmp_code", "path_mtu", "quoted_transport", "quoted_src_ip",
-                      "quoted_src_port", "quoted_dst_ip", "quoted_dst_port", "policy_verdict", "cross_zone"}),
+                      "quoted_src_port", "quoted_dst_ip", "quoted_dst_port", "policy_verdict", "cross_zone",
+                      "drops"}),
 }
 
 
@@ -402,6 +403,24 @@ def print_flows(records: dict[str, list[dict[str, Any]]], top: int, console: Con
             f["conn_state"], about,
         )
     console.print(table)
+    print_drops(flows, "flows", top, console)
+
+
+def print_drops(records: list[dict[str, Any]], what: str, top: int, console: Console) -> None:
+    """One line under a table when any of its records had packets dropped by the kernel
+    (``drops``, from wire.drops): the total by reason, then the records that had most."""
+    dropped = [r for r in records if r.get("drops")]
+    if not dropped:
+        return
+    by_reason: Counter[str] = Counter()
+    for r in dropped:
+        by_reason.update(r["drops"])
+    worst = sorted(dropped, key=lambda r: -sum(r["drops"].values()))[:top]
+    console.print(
+        f"[yellow]kernel drops[/] on {len(dropped):,} {what}: "
+        + ", ".join(f"{k} {v:,}" for k, v in by_reason.most_common()) + "; most: "
+        + "; ".join(f"{_endpoint(r['client_ip'], r['client_port'])} → {_endpoint(r['server_ip'], r['server_port'])} "
+                    + ", ".join(f"{k} {v:,}" for k, v in sorted(r["drops"].items())) for r in worst))
 
 
 def summary_json(result: Any) -> dict[str, Any]:
@@ -505,6 +524,7 @@ def print_summary(result: Any, top: int = 15, out_dir: str | None = None, consol
                 f"[{colour.get(c['health'], 'white')}]{c['health']}[/]",
             )
         console.print(table)
+        print_drops(conns, "connections", top, console)
     print_flows(result.records, top, console)
     print_l7(result.records, top, console)
     print_services(result.records, top, console)

@@ -133,6 +133,14 @@ def ecs_event(topic: str, record: dict[str, Any]) -> dict[str, Any]:
         doc["rule"] = {"name": record.get("kind")}
         doc["event"]["severity"] = CEF_SEVERITY.get(str(record.get("severity")), 5)
         doc["message"] = record.get("summary") or record.get("kind")
+    drops = record.get("drops")
+    if drops:
+        # No ECS field for packets the kernel dropped: custom fields under network.*,
+        # the reasons as ECS event.reason (a keyword) and a tag a SIEM rule can match.
+        doc.setdefault("network", {})["drops"] = dict(drops)
+        doc["network"]["dropped_packets"] = sum(drops.values())
+        doc["event"]["reason"] = ",".join(sorted(drops))
+        doc["tags"] = ["packet_drops"]
     service = record.get("server_service") or (record.get("service") if topic != FLOWS else None)
     if service:
         doc["service"] = {"name": service}
@@ -172,6 +180,10 @@ def cef_event(topic: str, record: dict[str, Any]) -> str:
                    cs4Label="policies", cs4=",".join(record.get("policy_names") or []))
     if record.get("cross_zone") is not None:
         ext.update(cs5Label="crossZone", cs5=str(record["cross_zone"]).lower())
+    drops = record.get("drops")
+    if drops:  # packets the kernel dropped, and by which reasons
+        ext.update(cn1Label="droppedPackets", cn1=sum(drops.values()), cs6Label="dropReasons",
+                   cs6=",".join(f"{k}:{v}" for k, v in sorted(drops.items())))
     if alert:
         ext["msg"] = record.get("summary") or record.get("kind")
         ext["externalId"] = record.get("alert_id")

@@ -38,6 +38,7 @@ from l7_traffic import Traffic
 from local_pipeline import RecordingSink, packet_batches
 from wirestream.processors import state_codec
 from wirestream.processors.connection_tracker import ConnectionTracker
+from wirestream.processors.drop_join import DropJoin
 from wirestream.processors.engine import Engine, EngineOptions
 from wirestream.processors.l7.base import L7Options
 from wirestream.processors.l7.dns import DnsMatcher
@@ -359,6 +360,10 @@ def run_engine(batches: list[tuple[np.ndarray, bytes]], cuts: set[int] = frozens
     if sockets:
         for event in SOCKET_EVENTS:
             engine.socket_event(event)
+        # and the kernel drops' join, holding a row (its fields are in the layout)
+        engine.drops = DropJoin()
+        engine.drops.add({"ts_us": 1, "first_ts_us": 1, "last_ts_us": 1, "reason": "netfilter_drop", "count": 1,
+                          "protocol": 6, "src_ip": "192.0.2.1", "src_port": 1, "dst_ip": "192.0.2.2", "dst_port": 2})
     for i, (headers, payloads) in enumerate(batches):
         engine.feed(headers, payloads)
         if i in cuts:

@@ -364,12 +364,13 @@ def ensure_process_topics(bootstrap: str, partitions: int, *, group: str, role: 
     ``replication_factor`` replicas (as :func:`wirestream.broker.ensure_topics`: None is
     ``$WIRESTREAM_REPLICATION_FACTOR``, -1 the broker's default).
 
-    Raises ``WirestreamError`` when wire.sockets and wire.packets have different partition
-    counts (socket events are joined to packets partition by partition).
+    Raises ``WirestreamError`` when wire.sockets or wire.drops and wire.packets have
+    different partition counts (socket events and drops are joined to packets partition
+    by partition).
     """
     # Imported here: processors.app imports processors.output, which imports this module.
     from wirestream.processors.app import changelog_topic
-    from wirestream.topics import ALL_TOPICS, OBSERVATIONS, PACKETS, SOCKETS
+    from wirestream.topics import ALL_TOPICS, DROPS, OBSERVATIONS, PACKETS, SOCKETS
 
     broker.ensure_topics(bootstrap, ALL_TOPICS, partitions, replication_factor=replication_factor)
     if plugins:
@@ -380,14 +381,16 @@ def ensure_process_topics(bootstrap: str, partitions: int, *, group: str, role: 
                                  replication_factor=replication_factor)
     packet_partitions = broker.partition_count(bootstrap, PACKETS)
     if role != "windows":
-        # The packet agent joins wire.sockets to wire.packets partition by partition: Faust
-        # gives one worker the same partition of both only if their counts are equal.
-        broker.ensure_topics(bootstrap, [SOCKETS], packet_partitions, replication_factor=replication_factor)
-        socket_partitions = broker.partition_count(bootstrap, SOCKETS)
-        if socket_partitions != packet_partitions:
-            raise WirestreamError(
-                f"{SOCKETS} has {socket_partitions} partitions and {PACKETS} {packet_partitions}: "
-                "they must be equal (socket events are joined to packets partition by partition)")
+        # The packet workers join wire.sockets and wire.drops to wire.packets partition by
+        # partition: the range assignor gives one worker the same partition of each only
+        # if their counts are equal.
+        for topic, what in ((SOCKETS, "socket events"), (DROPS, "kernel drops")):
+            broker.ensure_topics(bootstrap, [topic], packet_partitions, replication_factor=replication_factor)
+            partitions_of = broker.partition_count(bootstrap, topic)
+            if partitions_of != packet_partitions:
+                raise WirestreamError(
+                    f"{topic} has {partitions_of} partitions and {PACKETS} {packet_partitions}: "
+                    f"they must be equal ({what} are joined to packets partition by partition)")
     observation_partitions = broker.partition_count(bootstrap, OBSERVATIONS)
     if role != "packets":
         # Faust does not create topics here (topic_allow_declare=False): the windows'
