@@ -113,8 +113,10 @@ _SCHEMA = fastavro.parse_schema(json.loads(schema_text("tls")))
 _IDENTITY = ["client_pod", "client_namespace", "client_workload", "client_node", "client_pid",
              "client_process", "server_pod", "server_namespace", "server_workload", "server_node",
              "server_pid", "server_process", "server_service"]
-#: What the analyser must fill: every schema field but source_id and the identity fields.
-ANALYSER_FIELDS = {f["name"] for f in json.loads(schema_text("tls"))["fields"]} - {"source_id", *_IDENTITY}
+#: Filled by the engine (the outer path) and enrichment (zones), not by the analyser.
+_ENGINE = ["tunnel", "client_zone", "server_zone", "cross_zone"]
+#: What the analyser must fill: every schema field but source_id, identity and the engine's.
+ANALYSER_FIELDS = {f["name"] for f in json.loads(schema_text("tls"))["fields"]} - {"source_id", *_IDENTITY, *_ENGINE}
 
 
 def check_record(record: dict) -> None:
