@@ -275,6 +275,12 @@ class SocketEventPublisher:
                 # changes have no peer. Neither belongs to a connection.
                 if kind == EV_STATE and (ev[12] in (TCP_SYN_SENT, TCP_LISTEN) or ev[11] == TCP_LISTEN):
                     self.skipped["not_a_connection"] += 1
+                    if ev[12] == TCP_SYN_SENT and skaddr in self._pending:
+                        # A new connect() on a kernel socket address: what still waits for
+                        # that address belongs to its previous life (a refused connect's
+                        # connect event, which comes after its SYN_SENT -> CLOSE): it must
+                        # not be released under the new connection's 4-tuple and pid.
+                        self.dropped["socket_event_stale"] += len(self._pending.pop(skaddr))
                     return
                 self.dropped["socket_event_unresolved"] += 1
                 return

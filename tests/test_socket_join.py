@@ -139,3 +139,56 @@ def test_a_source_with_socket_events_ends_when_both_topics_have(broker, registry
     assert all(r["kernel_retransmissions"] == 0 for r in records if r is not joined[0])
     assert final["final"] and final["counters"]["socket_events"] == 2
     assert "socket_events_missing" not in final["dropped"]
+
+
+def test_a_refused_connects_late_event_is_not_given_to_the_next_socket(broker, registry) -> None:
+    """A refused connect(): its SYN_SENT -> CLOSE comes with the 4-tuple, its connect event
+    (ECONNREFUSED) after, when the kernel socket is already forgotten, so it waits. The
+    kernel then reuses that socket address for another process's connection: the waiting
+    event belongs to the previous life of the address and must not be published under the
+    new connection (the call-chain test saw other processes' pids as clients). It is
+    dropped, counted as socket_event_stale; the new connection keeps its own pid."""
+    import os
+    import socket as sock
+
+    from wirestream.producers.socket_events import (
+        EV_CONNECT,
+        EV_STATE,
+        EVENT_STRUCT,
+        TCP_CLOSE,
+        TCP_SYN_SENT,
+        SocketEventPublisher,
+    )
+
+    source = f"refused-{os.getpid()}-{time.time_ns()}"
+    pub = SocketEventPublisher(broker.bootstrap, AvroCodec(registry.url), 2, source)
+    skaddr, lo = 0xFFFF_8880_1234_5678, sock.inet_aton("127.0.0.1") + b"\0" * 12
+    established = 1
+
+    def raw(kind: int, tgid: int, sport: int, dport: int, old: int = 0, new: int = 0, ret: int = 0) -> bytes:
+        return EVENT_STRUCT.pack(time.monotonic_ns(), skaddr, 0, tgid, tgid, kind, ret, 3, sock.AF_INET,
+                                 sport, dport, old, new, lo, lo, b"client", 0)
+
+    pub.add([
+        raw(EV_STATE, 111, 0, 0, TCP_CLOSE, TCP_SYN_SENT),          # process 111 connects ...
+        raw(EV_STATE, 111, 40001, 9, TCP_SYN_SENT, TCP_CLOSE),      # ... refused (RST)
+        raw(EV_CONNECT, 111, 0, 0, ret=-111),                       # its connect() returns: waits
+        raw(EV_STATE, 222, 0, 0, TCP_CLOSE, TCP_SYN_SENT),          # process 222, same address
+        raw(EV_CONNECT, 222, 0, 0, ret=-115),                       # EINPROGRESS: waits for its tuple
+        raw(EV_STATE, 222, 40002, 8080, TCP_SYN_SENT, established),
+    ])
+    pub.finish()
+    assert pub.dropped["socket_event_stale"] == 1
+    connects = []
+    with TopicReader(broker.bootstrap, AvroCodec(registry.url), [SOCKETS], "beginning") as reader:
+        deadline = time.monotonic() + 20
+        ends = 0
+        while ends < 2 and time.monotonic() < deadline:
+            for m in reader.poll(0.5):
+                if m.record["source_id"] != source:
+                    continue
+                ends += m.record["end_of_input"]
+                if m.record["kind"] == "connect":
+                    connects.append((m.record["pid"], m.record["local_port"], m.record["ret"]))
+    assert ends == 2
+    assert connects == [(222, 40002, -115)]

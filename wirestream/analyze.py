@@ -31,6 +31,7 @@ from wirestream.runtime import Runtime
 from wirestream.topics import (
     CALL_CHAINS,
     CONNECTIONS,
+    DROPS,
     OBSERVATIONS,
     OUTPUT_TOPICS,
     PACKETS,
@@ -202,7 +203,7 @@ def _run(result: AnalyzeResult, settings: Settings, feed: Feeder, workers: int |
             # up first, which costs ~0.5 s on the embedded broker.
             partitions = settings.partitions
             observation_partitions = settings.partitions if settings.windows else 0
-            starts = {(t, p): 0 for t in (PACKETS, SOCKETS, OBSERVATIONS, *OUTPUT_TOPICS, STATS)
+            starts = {(t, p): 0 for t in (PACKETS, SOCKETS, DROPS, OBSERVATIONS, *OUTPUT_TOPICS, STATS)
                       for p in range(partitions)}
             _start_workers(rt, run_id, worker_settings, workers, partitions, observation_partitions,
                            starts, input_bytes)
@@ -215,7 +216,7 @@ def _run(result: AnalyzeResult, settings: Settings, feed: Feeder, workers: int |
             rt.start()
             partitions = partition_count(rt.bootstrap, PACKETS)
             observation_partitions = partition_count(rt.bootstrap, OBSERVATIONS) if settings.windows else 0
-            starts = end_offsets(rt.bootstrap, (PACKETS, SOCKETS, OBSERVATIONS, *OUTPUT_TOPICS, STATS))
+            starts = end_offsets(rt.bootstrap, (PACKETS, SOCKETS, DROPS, OBSERVATIONS, *OUTPUT_TOPICS, STATS))
             _start_workers(rt, run_id, worker_settings, workers, partitions, observation_partitions,
                            starts, input_bytes)
         result.bootstrap, result.registry = rt.bootstrap, rt.registry_url
@@ -318,7 +319,7 @@ def _start_workers(rt: Runtime, run_id: str, settings: Settings, workers: int | 
     common = ["--only-source-prefix", run_id, *settings.worker_args()]
     if starts:
         common += ["--start-offsets", format_offsets(
-            {k: v for k, v in starts.items() if k[0] in (PACKETS, SOCKETS, OBSERVATIONS)})]
+            {k: v for k, v in starts.items() if k[0] in (PACKETS, SOCKETS, DROPS, OBSERVATIONS)})]
     group = f"wirestream-analyze-{run_id}"  # names the workers' own reports; no group is joined
     windows_args = ["--assign-windows", ",".join(map(str, range(observation_partitions)))]
     alone = workers == 1 and observation_partitions > 0
