@@ -19,9 +19,11 @@ import importlib
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from types import ModuleType
@@ -218,3 +220,29 @@ def assert_same(expected: dict[str, Any], got: dict[str, Any], what: str) -> Non
         assert len(e) == len(g), f"{what}: {topic}: {len(g)} records, expected {len(e)}"
         for n, (a, b) in enumerate(zip(e, g, strict=True)):
             assert a == b, f"{what}: {topic} record {n} differs:\n{a}\n{b}"
+
+
+def wait_port(port: int, proc: subprocess.Popen, what: str, timeout: float = 10.0) -> None:
+    """Wait until ``proc`` (a server named ``what``) listens on 127.0.0.1:``port``;
+    AssertionError if it exits first or does not within ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"{what} exited with {proc.returncode}")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise AssertionError(f"{what} did not listen on 127.0.0.1:{port} within {timeout:g} s")
+
+
+def stop_process(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
+    """Stop ``proc`` with ``sig`` (SIGINT: tcpdump writes what it holds), killed if it
+    does not exit within 10 s."""
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

@@ -22,7 +22,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -33,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import TSHARK, free_port, needs
+from helpers import TSHARK, free_port, needs, stop_process, wait_port
 from tls_certs import self_signed
 
 NGINX = shutil.which("nginx") or (os.path.exists("/usr/sbin/nginx") and "/usr/sbin/nginx") or None
@@ -123,26 +122,6 @@ http {{
 """
 
 
-def _wait_port(port: int, proc: subprocess.Popen, what: str) -> None:
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"{what} exited with {proc.returncode}")
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise AssertionError(f"{what} did not listen on 127.0.0.1:{port} within 10 s")
-
-
-def _stop(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
-    if proc.poll() is None:
-        proc.send_signal(sig)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 class Traffic:
@@ -168,7 +147,7 @@ def traffic(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Traffic]:
                              stderr=subprocess.PIPE)
     tcpdump = None
     try:
-        _wait_port(port, nginx, "nginx")
+        wait_port(port, nginx, "nginx")
         # --immediate-mode: each packet is handed over at once (not when a ring block
         # fills or times out), so that stopping it right after the traffic loses nothing
         tcpdump = subprocess.Popen([TCPDUMP, "-i", "lo", "--immediate-mode", "-U", "-s", "0", "-w", str(t.pcap),
@@ -201,8 +180,8 @@ def traffic(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Traffic]:
         time.sleep(0.5)  # the last FINs into the capture
     finally:
         if tcpdump is not None:
-            _stop(tcpdump, signal.SIGINT)  # tcpdump's "stop and write the rest"
-        _stop(nginx)
+            stop_process(tcpdump, signal.SIGINT)  # tcpdump's "stop and write the rest"
+        stop_process(nginx)
     assert t.pcap.stat().st_size > 0 and t.keys.stat().st_size > 0
     yield t
 

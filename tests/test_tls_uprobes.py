@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import ebpf_unavailable, free_port, needs
+from helpers import ebpf_unavailable, free_port, needs, stop_process, wait_port
 from tls_certs import self_signed
 
 NGINX = shutil.which("nginx") or (os.path.exists("/usr/sbin/nginx") and "/usr/sbin/nginx") or None
@@ -89,26 +89,6 @@ http {{
 """
 
 
-def _wait_port(port: int, proc: subprocess.Popen, what: str) -> None:
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"{what} exited with {proc.returncode}")
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise AssertionError(f"{what} did not listen on 127.0.0.1:{port} within 10 s")
-
-
-def _stop(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
-    if proc.poll() is None:
-        proc.send_signal(sig)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def curl_trace(path: Path) -> tuple[bytes, bytes]:
@@ -169,7 +149,7 @@ def run(tmp_path_factory: pytest.TempPathFactory, broker, registry) -> Iterator[
         while "probing" not in said[-1] and said[-1] and len(said) < 10:
             said.append(producer.stderr.readline())  # bcc's own complaints may come first
         assert "probing" in said[-1], (said, producer.poll())
-        _wait_port(r.port, nginx, "nginx")
+        wait_port(r.port, nginx, "nginx")
         r.nginx_pids = {int(p) for p in subprocess.run(["pgrep", "-P", str(nginx.pid)], capture_output=True,
                                                          text=True).stdout.split()}
         tcpdump = subprocess.Popen([TCPDUMP, "-i", "lo", "-U", "-w", str(r.pcap), f"tcp port {r.port}"],
@@ -183,9 +163,9 @@ def run(tmp_path_factory: pytest.TempPathFactory, broker, registry) -> Iterator[
         r.curl_pid = curl.pid
         assert curl.wait(30) == 0
         time.sleep(1.0)
-        _stop(tcpdump, signal.SIGINT)
+        stop_process(tcpdump, signal.SIGINT)
     finally:
-        _stop(nginx, signal.SIGQUIT)
+        stop_process(nginx, signal.SIGQUIT)
         time.sleep(0.5)
         producer.send_signal(signal.SIGTERM)
         out, err = producer.communicate(timeout=60)
@@ -406,7 +386,7 @@ def test_memory_bio_chunks_are_counted_not_published(broker, registry, tmp_path:
         assert answer == "pong:ping" and proc.wait(20) == 0
         time.sleep(0.5)
     finally:
-        _stop(proc)
+        stop_process(proc)
         producer.send_signal(signal.SIGTERM)
         out, err = producer.communicate(timeout=60)
     assert producer.returncode == 0, err[-3000:]
