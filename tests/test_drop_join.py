@@ -137,8 +137,21 @@ def _strip(record: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in record.items() if k != "drops"}
 
 
+@pytest.fixture
+def own_broker() -> Any:
+    """A broker of this test's own: a consumer group's worker reads its input topics from
+    the start, and on the session's shared broker that is every earlier test's packets and
+    drops (slow, and their capture times age this test's drop rows out: the join's clock is
+    per partition)."""
+    from wirestream.broker import EmbeddedBroker
+
+    with EmbeddedBroker() as own:
+        yield own
+
+
 @pytest.mark.parametrize("name", CAPTURES)
-def test_worker_joins_drops_onto_connections_and_flows(broker, registry, name: str) -> None:
+def test_worker_joins_drops_onto_connections_and_flows(own_broker, registry, name: str) -> None:
+    broker = own_broker
     from wirestream.codec import AvroCodec
     from wirestream.reader import TopicReader, end_offsets, partitions_of
     from wirestream.topics import CONNECTIONS, DROPS, FLOWS, PACKETS, STATS
@@ -398,12 +411,14 @@ def _wait_for(proc: subprocess.Popen, says: str, lines: int = 10) -> list[str]:
 
 
 @needs(_live_unavailable())
-def test_live_drops_of_an_nft_rule_are_counted_on_the_connection(broker, registry) -> None:
+def test_live_drops_of_an_nft_rule_are_counted_on_the_connection(own_broker, registry) -> None:
     """Live: ``wirestream produce live`` captures a TCP connection in a namespace while an
     nft rule in the receiver drops every 6th of its packets to the server and ``wirestream
     produce drops`` counts the kernel's drops; a ``wirestream process`` worker gives the
     connection record ``drops["netfilter_drop"]`` equal to the rule's own counter."""
     from netns import IP, NFT, LossyLink
+
+    broker = own_broker
 
     from wirestream.codec import AvroCodec
     from wirestream.reader import TopicReader, end_offsets
