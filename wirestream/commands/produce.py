@@ -5,9 +5,11 @@ running elsewhere."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from wirestream.commands import common
@@ -148,6 +150,29 @@ def run_live(args: argparse.Namespace) -> int:
 BPF_STATS = "/proc/sys/kernel/bpf_stats_enabled"
 
 
+@contextlib.contextmanager
+def _bpf_stats(enabled: bool) -> Iterator[None]:
+    """The kernel's BPF run-time statistics on while inside (``--cost``), then as they were."""
+    if not enabled:
+        yield
+        return
+    with open(BPF_STATS) as f:
+        was = f.read().strip()
+    with open(BPF_STATS, "w") as f:
+        f.write("1")
+    try:
+        yield
+    finally:
+        with open(BPF_STATS, "w") as f:
+            f.write(was)
+
+
+def _print_costs(program_stats: dict[str, tuple[int, int]]) -> None:
+    """``--cost``: runs and ns per run of each BPF program, from the kernel's statistics."""
+    for name, (runs, ns) in sorted(program_stats.items()):
+        print(f"cost {name}: {runs} runs, {ns / runs if runs else 0:.0f} ns/run")
+
+
 def run_drops(args: argparse.Namespace) -> int:
     from wirestream.broker import ensure_topics, partition_count
     from wirestream.codec import AvroCodec
@@ -167,47 +192,38 @@ def run_drops(args: argparse.Namespace) -> int:
     except (ImportError, DropsUnavailable) as exc:
         common.print_error(f"produce drops: {exc}")
         return common.EXIT_ERROR
-    stats_was = None
     try:
-        if args.cost:
-            with open(BPF_STATS) as f:
-                stats_was = f.read().strip()
-            with open(BPF_STATS, "w") as f:
-                f.write("1")
-        ensure_topics(args.bootstrap, DROP_TOPICS, args.partitions, replication_factor=args.replication_factor)
-        # rows go to the partition of their connection's canonical key: the same as its
-        # wire.packets records when both topics have the same partition count, as created
-        partitions = partition_count(args.bootstrap, DROPS)
-        source_id = f"{args.source_name}-{os.getpid()}-{time.time_ns()}"
-        publisher = DropPublisher(args.bootstrap, AvroCodec(args.registry), partitions, source_id, source.reasons)
-        stop = common.StopOnSignal()
-        missing = ", ".join(f"{k}: {v}" for k, v in source.features.items() if v) or "none"
-        print(f"wirestream produce drops: counting drops as source {source_id}, every {args.interval:g} s "
-              f"(not available here: {missing})", file=sys.stderr, flush=True)
-        started = time.monotonic()
-        next_drain = started + args.interval
-        while not stop():
-            now = time.monotonic()
-            if args.duration is not None and now - started >= args.duration:
-                break
-            if now >= next_drain:
-                publisher.publish(source.drain())
-                publisher.publish_stats(source.overflow(), source.not_specified(), final=False)
-                next_drain = now + args.interval
-            time.sleep(min(0.1, max(0.0, next_drain - now)))
-        publisher.publish(source.drain())
-        publisher.publish_stats(source.overflow(), source.not_specified(), final=True)
-        publisher.flush()
-        by_reason = ", ".join(f"{k}={v}" for k, v in publisher.dropped_packets.most_common()) or "none"
-        print(f"{publisher.published} records published; packets dropped by reason: {by_reason}; "
-              f"drops_overflow={source.overflow()} not_specified_seen={source.not_specified()}")
-        if args.cost:
-            for name, (runs, ns) in sorted(source.program_stats().items()):
-                print(f"cost {name}: {runs} runs, {ns / runs if runs else 0:.0f} ns/run")
+        with _bpf_stats(args.cost):
+            ensure_topics(args.bootstrap, DROP_TOPICS, args.partitions, replication_factor=args.replication_factor)
+            # rows go to the partition of their connection's canonical key: the same as its
+            # wire.packets records when both topics have the same partition count, as created
+            partitions = partition_count(args.bootstrap, DROPS)
+            source_id = f"{args.source_name}-{os.getpid()}-{time.time_ns()}"
+            publisher = DropPublisher(args.bootstrap, AvroCodec(args.registry), partitions, source_id, source.reasons)
+            stop = common.StopOnSignal()
+            missing = ", ".join(f"{k}: {v}" for k, v in source.features.items() if v) or "none"
+            print(f"wirestream produce drops: counting drops as source {source_id}, every {args.interval:g} s "
+                  f"(not available here: {missing})", file=sys.stderr, flush=True)
+            started = time.monotonic()
+            next_drain = started + args.interval
+            while not stop():
+                now = time.monotonic()
+                if args.duration is not None and now - started >= args.duration:
+                    break
+                if now >= next_drain:
+                    publisher.publish(source.drain())
+                    publisher.publish_stats(source.overflow(), source.not_specified(), final=False)
+                    next_drain = now + args.interval
+                time.sleep(min(0.1, max(0.0, next_drain - now)))
+            publisher.publish(source.drain())
+            publisher.publish_stats(source.overflow(), source.not_specified(), final=True)
+            publisher.flush()
+            by_reason = ", ".join(f"{k}={v}" for k, v in publisher.dropped_packets.most_common()) or "none"
+            print(f"{publisher.published} records published; packets dropped by reason: {by_reason}; "
+                  f"drops_overflow={source.overflow()} not_specified_seen={source.not_specified()}")
+            if args.cost:
+                _print_costs(source.program_stats())
     finally:
-        if stats_was is not None:
-            with open(BPF_STATS, "w") as f:
-                f.write(stats_was)
         source.close()
     return common.EXIT_OK
 
@@ -230,38 +246,29 @@ def run_tls_plaintext(args: argparse.Namespace) -> int:
     except (ImportError, TlsPlaintextUnavailable) as exc:
         common.print_error(f"produce tls-plaintext: {exc}")
         return common.EXIT_ERROR
-    stats_was = None
     try:
-        if args.cost:
-            with open(BPF_STATS) as f:
-                stats_was = f.read().strip()
-            with open(BPF_STATS, "w") as f:
-                f.write("1")
-        ensure_topics(args.bootstrap, TLS_PLAINTEXT_TOPICS, args.partitions,
-                      replication_factor=args.replication_factor)
-        partitions = partition_count(args.bootstrap, TLS_PLAINTEXT)
-        source_id = f"{args.source_name}-{os.getpid()}-{time.time_ns()}"
-        publisher = TlsPlaintextPublisher(args.bootstrap, AvroCodec(args.registry), partitions, source_id)
-        stop = common.StopOnSignal()
-        libraries = ", ".join(str(p) for p in source.libraries)
-        print(f"wirestream produce tls-plaintext: probing {libraries} as source {source_id}",
-              file=sys.stderr, flush=True)
-        started = time.monotonic()
-        while not stop():
-            if args.duration is not None and time.monotonic() - started >= args.duration:
-                break
-            publisher.add(source.poll(100))
-        publisher.add(source.poll())
-        publisher.finish()
-        published = ", ".join(f"{k}={v}" for k, v in sorted(publisher.published.items())) or "none"
-        dropped = ", ".join(f"{k}={v}" for k, v in sorted(publisher.dropped.items())) or "none"
-        print(f"chunks published: {published}; not published: {dropped}; lost in the kernel: {source.lost()}")
-        if args.cost:
-            for name, (runs, ns) in sorted(source.program_stats().items()):
-                print(f"cost {name}: {runs} runs, {ns / runs if runs else 0:.0f} ns/run")
+        with _bpf_stats(args.cost):
+            ensure_topics(args.bootstrap, TLS_PLAINTEXT_TOPICS, args.partitions,
+                          replication_factor=args.replication_factor)
+            partitions = partition_count(args.bootstrap, TLS_PLAINTEXT)
+            source_id = f"{args.source_name}-{os.getpid()}-{time.time_ns()}"
+            publisher = TlsPlaintextPublisher(args.bootstrap, AvroCodec(args.registry), partitions, source_id)
+            stop = common.StopOnSignal()
+            libraries = ", ".join(str(p) for p in source.libraries)
+            print(f"wirestream produce tls-plaintext: probing {libraries} as source {source_id}",
+                  file=sys.stderr, flush=True)
+            started = time.monotonic()
+            while not stop():
+                if args.duration is not None and time.monotonic() - started >= args.duration:
+                    break
+                publisher.add(source.poll(100))
+            publisher.add(source.poll())
+            publisher.finish()
+            published = ", ".join(f"{k}={v}" for k, v in sorted(publisher.published.items())) or "none"
+            dropped = ", ".join(f"{k}={v}" for k, v in sorted(publisher.dropped.items())) or "none"
+            print(f"chunks published: {published}; not published: {dropped}; lost in the kernel: {source.lost()}")
+            if args.cost:
+                _print_costs(source.program_stats())
     finally:
-        if stats_was is not None:
-            with open(BPF_STATS, "w") as f:
-                f.write(stats_was)
         source.close()
     return common.EXIT_OK
