@@ -9,6 +9,8 @@
  *   tcp:tcp_retransmit_synack     every retransmitted SYN-ACK
  *   sock_ops (root cgroup)        retransmissions with segment counts (see sock_ops)
  *   syscalls:sys_{enter,exit}_connect, _accept, _accept4, sys_enter_close
+ *   syscalls:sys_{enter,exit}_{write,read,writev,readv,sendto,recvfrom,sendmsg,recvmsg}
+ *                                 counted per socket in the kernel (io_stats), see below
  *
  * Which process? A state change often runs in softirq context, where "current" is
  * whatever task was interrupted, so the pid of a state change is only trusted where the
@@ -36,7 +38,20 @@
 #define EV_ACCEPT 4
 #define EV_CLOSE 5
 
-/* Mirrored by producers/socket_events.py (EVENT_STRUCT): 104 bytes, no implicit padding. */
+/* A socket's data syscalls so far, per direction: calls (errors and EAGAIN included), bytes
+ * (what the calls returned), and nanoseconds spent inside them (blocking included). */
+struct io_counts {
+    u64 skaddr;       /* identity only: which kernel socket the fd is */
+    u64 cgroup_id;    /* of the process, at its first call */
+    u64 send_bytes;
+    u64 recv_bytes;
+    u64 send_ns;
+    u64 recv_ns;
+    u32 send_calls;
+    u32 recv_calls;
+};
+
+/* Mirrored by producers/socket_events.py (EVENT_STRUCT): 144 bytes, no implicit padding. */
 struct event {
     u64 ts_ns;        /* bpf_ktime_get_ns: CLOCK_MONOTONIC */
     u64 skaddr;       /* kernel socket address: identity only, never dereferenced */
@@ -55,6 +70,13 @@ struct event {
     u8 daddr[16];
     char comm[16];
     u32 segments;     /* retransmit: segments retransmitted (a GSO skb holds several) */
+    /* close: the socket's io_counts (without skaddr), so the last calls are never lost */
+    u32 send_calls;
+    u32 recv_calls;
+    u64 send_bytes;
+    u64 recv_bytes;
+    u64 send_ns;
+    u64 recv_ns;
 };
 
 struct proc {
@@ -80,6 +102,12 @@ struct tuple {
     u8 daddr[16];
 };
 
+/* the local end of an accepted socket, and the socket itself */
+struct accepted {
+    struct peer local;
+    u64 skaddr;
+};
+
 struct connect_arg {
     u64 fd;
     u64 skaddr;
@@ -88,12 +116,13 @@ struct connect_arg {
 BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
 BPF_PERCPU_ARRAY(lost, u64, 1);                          /* events the ring had no room for */
 BPF_TABLE("lru_hash", u64, struct proc, connecting, 65536);       /* skaddr -> process in connect() */
-BPF_TABLE("lru_hash", struct peer, struct peer, passive, 65536);  /* peer -> local end of an accepted socket */
+BPF_TABLE("lru_hash", struct peer, struct accepted, passive, 65536);  /* peer -> accepted socket */
 BPF_HASH(accept_args, u64, u64, 16384);                  /* thread -> user sockaddr pointer */
 BPF_HASH(connect_args, u64, struct connect_arg, 16384);  /* thread -> fd, socket in connect() */
-BPF_TABLE("lru_hash", u64, u64, socket_fds, 65536);
+BPF_TABLE("lru_hash", u64, u64, socket_fds, 65536);             /* (tgid << 32 | fd) -> skaddr, or 1 if unknown */
+BPF_TABLE("lru_hash", u64, struct io_counts, io_stats, 65536);  /* (tgid << 32 | fd) -> its data syscalls */
 /* connections whose retransmissions sock_ops reports (with segment counts) */
-BPF_TABLE("lru_hash", struct tuple, u8, sockops_covered, 65536);               /* (tgid << 32 | fd) -> skaddr or 1 */
+BPF_TABLE("lru_hash", struct tuple, u8, sockops_covered, 65536);
 
 /* A tracepoint's addresses: saddr/daddr (4 bytes) for IPv4, saddr_v6/daddr_v6 otherwise.
  * (A macro: each tracepoint has its own argument struct.) */
@@ -171,12 +200,14 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state) {
     } else {
         remembered_process(ev, sk);
         if (args->newstate == TCP_ESTABLISHED && args->oldstate == TCP_SYN_RECV) {
-            struct peer remote = {}, local = {};
-            remote.family = local.family = args->family;
+            struct peer remote = {};
+            struct accepted local = {};
+            remote.family = local.local.family = args->family;
             remote.port = args->dport;
-            local.port = args->sport;
+            local.local.port = args->sport;
+            local.skaddr = sk;  /* the child socket, which accept() returns */
             __builtin_memcpy(remote.addr, ev->daddr, 16);
-            __builtin_memcpy(local.addr, ev->saddr, 16);
+            __builtin_memcpy(local.local.addr, ev->saddr, 16);
             passive.update(&remote, &local);
         }
         if (args->newstate == TCP_CLOSE) {
@@ -371,15 +402,17 @@ static __always_inline int accept_exit(long ret) {
     ev->family = remote.family;
     ev->dport = remote.port;
     __builtin_memcpy(ev->daddr, remote.addr, 16);
-    struct peer *local = passive.lookup(&remote);
+    u64 sk = 1;  /* an accepted socket whose state change we did not see: no address */
+    struct accepted *local = passive.lookup(&remote);
     if (local) {
-        ev->sport = local->port;
-        __builtin_memcpy(ev->saddr, local->addr, 16);
+        ev->sport = local->local.port;
+        __builtin_memcpy(ev->saddr, local->local.addr, 16);
+        sk = local->skaddr;
+        ev->skaddr = sk;
         passive.delete(&remote);
     }
     u64 key = (id & 0xffffffff00000000ULL) | (u32)ret;
-    u64 one = 1;
-    socket_fds.update(&key, &one);
+    socket_fds.update(&key, &sk);
     events.ringbuf_submit(ev, 0);
     return 0;
 }
@@ -402,10 +435,108 @@ TRACEPOINT_PROBE(syscalls, sys_enter_close) {
         current_process(ev);
         ev->fd = args->fd;
         ev->skaddr = *sk == 1 ? 0 : *sk;
+        struct io_counts *io = io_stats.lookup(&key);
+        if (io) {
+            ev->send_calls = io->send_calls;
+            ev->recv_calls = io->recv_calls;
+            ev->send_bytes = io->send_bytes;
+            ev->recv_bytes = io->recv_bytes;
+            ev->send_ns = io->send_ns;
+            ev->recv_ns = io->recv_ns;
+        }
         events.ringbuf_submit(ev, 0);
     }
+    io_stats.delete(&key);
     socket_fds.delete(&key);
     return 0;
 }
+
+/* --- data syscalls on those sockets, counted in the kernel ------------------------------
+ *
+ * Every read/write/send/recv syscall of the machine passes here, so the cost is what
+ * matters: at entry one hash lookup says whether the fd is a socket we saw connected or
+ * accepted (socket_fds), and only then is the call remembered for its exit (io_calls, by
+ * thread); at exit one lookup finds it, and the counts are added in place (io_stats, by
+ * process and fd: threads share the fd table). Nothing goes through the ring buffer:
+ * user space reads io_stats every few seconds (an `io` event per socket that changed)
+ * and the close event carries the final counts. Sockets opened before the capture
+ * started, dup()ed fds and sendfile/splice are not counted (docs/capture.md). */
+
+#define IO_SEND 1
+#define IO_RECV 2
+
+struct io_call {
+    u64 key;          /* (tgid << 32) | fd */
+    u64 ts_ns;
+    u32 dir;
+    u32 pad;
+};
+
+BPF_TABLE("lru_hash", u64, struct io_call, io_calls, 16384);  /* thread -> its call in progress */
+
+static __always_inline int io_enter(u64 fd, u32 dir) {
+    u64 id = bpf_get_current_pid_tgid();
+    u64 key = (id & 0xffffffff00000000ULL) | (u32)fd;
+    if (!socket_fds.lookup(&key))
+        return 0;
+    struct io_call c = {};
+    c.key = key;
+    c.ts_ns = bpf_ktime_get_ns();
+    c.dir = dir;
+    io_calls.update(&id, &c);
+    return 0;
+}
+
+static __always_inline int io_exit(long ret) {
+    u64 id = bpf_get_current_pid_tgid();
+    struct io_call *c = io_calls.lookup(&id);
+    if (!c)
+        return 0;
+    u64 key = c->key;
+    u64 spent = bpf_ktime_get_ns() - c->ts_ns;
+    u32 dir = c->dir;
+    io_calls.delete(&id);
+    struct io_counts *n = io_stats.lookup(&key);
+    if (!n) {
+        u64 *sk = socket_fds.lookup(&key);
+        if (!sk)  /* another thread closed it meanwhile */
+            return 0;
+        struct io_counts fresh = {};
+        fresh.skaddr = *sk == 1 ? 0 : *sk;
+        fresh.cgroup_id = bpf_get_current_cgroup_id();
+        io_stats.insert(&key, &fresh);  /* a concurrent first call may have inserted it */
+        n = io_stats.lookup(&key);
+        if (!n)
+            return 0;
+    }
+    u64 bytes = ret > 0 ? (u64)ret : 0;
+    if (dir == IO_SEND) {
+        __sync_fetch_and_add(&n->send_calls, 1);
+        __sync_fetch_and_add(&n->send_bytes, bytes);
+        __sync_fetch_and_add(&n->send_ns, spent);
+    } else {
+        __sync_fetch_and_add(&n->recv_calls, 1);
+        __sync_fetch_and_add(&n->recv_bytes, bytes);
+        __sync_fetch_and_add(&n->recv_ns, spent);
+    }
+    return 0;
+}
+
+TRACEPOINT_PROBE(syscalls, sys_enter_write) { return io_enter(args->fd, IO_SEND); }
+TRACEPOINT_PROBE(syscalls, sys_exit_write) { return io_exit(args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_enter_writev) { return io_enter(args->fd, IO_SEND); }
+TRACEPOINT_PROBE(syscalls, sys_exit_writev) { return io_exit(args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_enter_sendto) { return io_enter(args->fd, IO_SEND); }
+TRACEPOINT_PROBE(syscalls, sys_exit_sendto) { return io_exit(args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_enter_sendmsg) { return io_enter(args->fd, IO_SEND); }
+TRACEPOINT_PROBE(syscalls, sys_exit_sendmsg) { return io_exit(args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_enter_read) { return io_enter(args->fd, IO_RECV); }
+TRACEPOINT_PROBE(syscalls, sys_exit_read) { return io_exit(args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_enter_readv) { return io_enter(args->fd, IO_RECV); }
+TRACEPOINT_PROBE(syscalls, sys_exit_readv) { return io_exit(args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_enter_recvfrom) { return io_enter(args->fd, IO_RECV); }
+TRACEPOINT_PROBE(syscalls, sys_exit_recvfrom) { return io_exit(args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_enter_recvmsg) { return io_enter(args->fd, IO_RECV); }
+TRACEPOINT_PROBE(syscalls, sys_exit_recvmsg) { return io_exit(args->ret); }
 
 #endif /* WITH_SYSCALLS */

@@ -63,6 +63,8 @@ _TUNNEL_TOPICS = frozenset({CONNECTIONS, FLOWS, DNS, TLS, TRANSACTIONS})
 _ENRICHMENT_DEFAULTS = {
     topic: (("client_zone", None), ("server_zone", None), ("cross_zone", None))
     + ((("policy_verdict", None),) if topic in (CONNECTIONS, FLOWS) else ())
+    # the socket join's (processors/socket_join.py), for records of sources without socket events
+    + ((("client_syscalls", None), ("server_syscalls", None)) if topic == CONNECTIONS else ())
     for topic in _TUNNEL_TOPICS
 }
 

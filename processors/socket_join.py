@@ -10,6 +10,9 @@ until the connection record is emitted; then :meth:`SocketJoin.annotate` fills:
   ``connect()`` opened the client's socket;
 - ``server_pid``/``server_process``/``server_container_id``: the process whose
   ``accept()`` returned the server's socket;
+- ``client_syscalls``/``server_syscalls``: the data syscalls (calls, bytes, time inside
+  them, per direction) each process made on its socket, counted in the kernel and
+  published as cumulative ``io`` events every few seconds and with the ``close``;
 - ``kernel_retransmissions``: segments the kernel retransmitted on either socket
   (sock_ops ``RETRANS_CB`` with its segment count, else ``tcp:tcp_retransmit_skb``),
   to compare with ``retransmissions`` seen on the wire.
@@ -33,6 +36,9 @@ Endpoints = tuple[str, int, str, int]  # local ip, local port, remote ip, remote
 
 #: which events say whose socket it is (state changes carry the connect()ing process)
 _OWNER_KINDS = ("accept", "connect", "state", "retransmit")
+#: the data-syscall counters of io and close events (schemas/socket_event.avsc), which are
+#: also the fields of a record's ``client_syscalls``/``server_syscalls``
+SYSCALL_FIELDS = ("send_calls", "recv_calls", "send_bytes", "recv_bytes", "send_time_us", "recv_time_us")
 
 
 class SocketJoin:
@@ -42,21 +48,41 @@ class SocketJoin:
         self.max_entries = max_entries
         self._owners: dict[Endpoints, dict[str, Any]] = {}
         self._retransmits: Counter[Endpoints] = Counter()
+        self._syscalls: dict[Endpoints, dict[str, int]] = {}
         self.events = 0
         self.counters: Counter[str] = Counter()
+
+    def _state_restored(self) -> None:
+        """A checkpoint written before the data-syscall counts restores without them."""
+        if not hasattr(self, "_syscalls"):
+            self._syscalls = {}
 
     def add(self, event: dict[str, Any]) -> None:
         """Take one ``SocketEvent`` record (not an end-of-input marker)."""
         self.events += 1
         key = (event["local_ip"], event["local_port"], event["remote_ip"], event["remote_port"])
         kind = event["kind"]
+        if kind == "fd_snapshot":  # about a container, not a connection
+            return
         if kind == "retransmit":
             self._retransmits[key] += event["segments"] or 1
+        elif kind in ("io", "close") and (event.get("send_calls") or event.get("recv_calls")):
+            # Cumulative counts of one socket: the latest reading is the one with the most
+            # calls (an io reading can arrive after the close that carries the last ones).
+            known = self._syscalls.get(key)
+            if known is None and len(self._syscalls) >= self.max_entries:
+                # sockets of connections never seen on the wire (another interface)
+                self.counters["socket_join_cleared"] += len(self._syscalls)
+                self._syscalls.clear()
+            calls = event["send_calls"] + event["recv_calls"]
+            if known is None or calls >= known["send_calls"] + known["recv_calls"]:
+                self._syscalls[key] = {f: event[f] for f in SYSCALL_FIELDS}
         if event["pid"] is not None and kind in _OWNER_KINDS and key not in self._owners:
             if len(self._owners) >= self.max_entries:
                 self.counters["socket_join_cleared"] += len(self._owners)
                 self._owners.clear()
                 self._retransmits.clear()
+                self._syscalls.clear()
             self._owners[key] = {"pid": event["pid"], "process": event["process"],
                                  "container_id": event["container_id"]}
 
@@ -73,6 +99,8 @@ class SocketJoin:
                 record[f"{side}_process"] = owner["process"]
                 record[f"{side}_container_id"] = owner["container_id"]
                 self.counters[f"joined_{side}_process"] += 1
+            syscalls = self._syscalls.pop(key, None) if record["final"] else self._syscalls.get(key)
+            record[f"{side}_syscalls"] = dict(syscalls) if syscalls is not None else None
         if record["final"]:
             kernel = record["kernel_retransmissions"] = self._retransmits.pop(client, 0) + self._retransmits.pop(server, 0)
             if kernel != record.get("retransmissions", kernel):

@@ -82,7 +82,10 @@ class CaptureOptions:
     socket_ring_pages: int = field(default_factory=lambda: ring_pages_of_mb(SOCKET_RING_MB))
     duration_s: float | None = None
     max_packets: int | None = None
-    stats_interval_s: float = 5.0
+    stats_interval_s: float = 5.0  # also how often the sockets' data-syscall counts are published
+    #: eBPF mode with socket events: open descriptors per container every this many
+    #: seconds (``fd_snapshot`` events); 0: never
+    fd_snapshot_interval_s: float = 30.0
 
 
 @dataclass
@@ -98,6 +101,8 @@ class CaptureResult:
     dropped: Counter[str] = field(default_factory=Counter)
     counters: dict[str, int] = field(default_factory=dict)
     socket_events: Counter[str] = field(default_factory=Counter)
+    fd_snapshot: list[Any] = field(default_factory=list)  # the last one: ContainerFds per container
+    fd_snapshot_unreadable: int = 0  # processes whose descriptors it could not list
     first_ts_us: int | None = None
     last_ts_us: int | None = None
     elapsed_s: float = 0.0
@@ -331,6 +336,8 @@ def run_capture(
     next_stats = started + options.stats_interval_s
     kernel = _KernelCounts()
     sockets = capture.socket_source if socket_publisher is not None else None
+    fd_every = options.fd_snapshot_interval_s if sockets is not None else 0
+    next_fd_snapshot = started  # one at the start, then every fd_every seconds
     try:
         while True:
             poller.poll(50)
@@ -340,8 +347,13 @@ def run_capture(
                 socket_publisher.add(sockets.poll(0))
                 socket_publisher.expire_pending()
             now = time.monotonic()
+            if fd_every > 0 and now >= next_fd_snapshot:
+                next_fd_snapshot = now + fd_every
+                _publish_fd_snapshot(socket_publisher, result)
             if now >= next_stats:
                 next_stats = now + options.stats_interval_s
+                if sockets is not None:
+                    socket_publisher.add_io(sockets.io_table())
                 _account(capture, kernel)
                 _fill(result, capture, feed, kernel, socket_publisher)
                 publisher.publish_stats(feed.frames, result.dropped, result.counters, final=False)
@@ -358,6 +370,7 @@ def run_capture(
     _final_drain(capture, feed, poller, kernel)
     if sockets is not None:
         socket_publisher.add(sockets.poll(0))
+        socket_publisher.add_io(sockets.io_table())  # the sockets still open
         socket_publisher.finish()  # its end markers go out before the packets' ones
     publisher.finish()
     result.elapsed_s = time.monotonic() - started
@@ -365,6 +378,15 @@ def run_capture(
     _fill(result, capture, feed, kernel, socket_publisher)
     publisher.publish_stats(feed.frames, result.dropped, result.counters, final=True)
     return result
+
+
+def _publish_fd_snapshot(socket_publisher: Any, result: CaptureResult) -> None:
+    from .fd_snapshot import take_snapshot
+
+    snapshot = take_snapshot()
+    socket_publisher.add_fd_snapshot(snapshot.rows)
+    result.fd_snapshot = snapshot.rows
+    result.fd_snapshot_unreadable = snapshot.unreadable
 
 
 def _final_drain(capture: LiveCapture, feed: _FrameFeed, poller: select.poll, kernel: _KernelCounts) -> None:
@@ -411,5 +433,6 @@ def _fill(result: CaptureResult, capture: LiveCapture, feed: _FrameFeed, kernel:
         result.socket_events = Counter(socket_publisher.published)
         counters["socket_events"] = sum(socket_publisher.published.values())
         counters["socket_events_not_connection"] = socket_publisher.skipped["not_a_connection"]
+        counters["fd_snapshot_unreadable"] = result.fd_snapshot_unreadable
     result.dropped = +dropped
     result.counters = counters

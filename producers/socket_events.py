@@ -23,11 +23,11 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import os
-import re
 import secrets
 import socket
 import struct
 import time
+import zlib
 from collections import Counter
 from importlib import resources
 from pathlib import Path
@@ -38,14 +38,25 @@ from wirestream.kafka import WireProducer
 from wirestream.packet_block import PROTO_TCP, canonical_key, partition_for
 from wirestream.topics import SOCKETS
 
-#: ``struct event`` of bpf/socket_events.c (104 bytes): ts_ns, skaddr, cgroup_id, pid
-#: (thread), tgid (process), kind, ret, fd, family, sport, dport, oldstate, newstate,
-#: saddr[16], daddr[16], comm[16], segments
-EVENT_STRUCT = struct.Struct("=QQQIIIiIHHHBB16s16s16sI")
-assert EVENT_STRUCT.size == 104
+from .fd_snapshot import ContainerFds, container_of_cgroup
 
-EVENT_KINDS = {1: "state", 2: "retransmit", 3: "connect", 4: "accept", 5: "close"}
-EV_STATE, EV_RETRANSMIT, EV_CONNECT, EV_ACCEPT, EV_CLOSE = 1, 2, 3, 4, 5
+#: ``struct event`` of bpf/socket_events.c (144 bytes): ts_ns, skaddr, cgroup_id, pid
+#: (thread), tgid (process), kind, ret, fd, family, sport, dport, oldstate, newstate,
+#: saddr[16], daddr[16], comm[16], segments, then a close's data syscalls: send_calls,
+#: recv_calls, send_bytes, recv_bytes, send_ns, recv_ns
+EVENT_STRUCT = struct.Struct("=QQQIIIiIHHHBB16s16s16sIIIQQQQ")
+assert EVENT_STRUCT.size == 144
+
+#: ``struct io_counts`` of bpf/socket_events.c: skaddr, cgroup_id, send_bytes, recv_bytes,
+#: send_ns, recv_ns, send_calls, recv_calls
+IO_STRUCT = struct.Struct("=QQQQQQII")
+assert IO_STRUCT.size == 56
+
+EVENT_KINDS = {1: "state", 2: "retransmit", 3: "connect", 4: "accept", 5: "close", 6: "io"}
+EV_STATE, EV_RETRANSMIT, EV_CONNECT, EV_ACCEPT, EV_CLOSE, EV_IO = 1, 2, 3, 4, 5, 6
+#: the data-syscall counters of a close or io event, in record field order
+IO_FIELDS = ("send_calls", "recv_calls", "send_bytes", "recv_bytes", "send_time_us", "recv_time_us")
+_NO_IO = (0, 0, 0, 0, 0, 0)
 
 #: include/net/tcp_states.h
 TCP_STATES = {
@@ -60,8 +71,6 @@ _V4_MAPPED = b"\0" * 10 + b"\xff\xff"
 _MAX_SOCKETS = 1 << 18  # remembered kernel sockets (4-tuples); cleared when full
 _MAX_PENDING = 1 << 14  # events waiting for their socket's 4-tuple
 _PENDING_MAX_AGE_NS = 2_000_000_000
-# docker-<id>.scope, cri-containerd-<id>.scope, crio-<id>.scope, /docker/<id>, kubepods/.../<id>
-_CONTAINER_ID = re.compile(r"(?:^|[/-])([0-9a-f]{64})(?:\.scope)?$")
 
 
 def cgroup2_mount() -> Path | None:
@@ -86,7 +95,9 @@ def program_text() -> str:
 TRACEFS_EVENTS = Path("/sys/kernel/tracing/events")
 #: the syscall tracepoints bpf/socket_events.c attaches (all or none: WITH_SYSCALLS)
 SYSCALL_TRACEPOINTS = ("sys_enter_connect", "sys_exit_connect", "sys_enter_accept4", "sys_exit_accept4",
-                       "sys_enter_accept", "sys_exit_accept", "sys_enter_close")
+                       "sys_enter_accept", "sys_exit_accept", "sys_enter_close") + tuple(
+    f"sys_{edge}_{call}" for call in ("write", "writev", "sendto", "sendmsg", "read", "readv", "recvfrom", "recvmsg")
+    for edge in ("enter", "exit"))
 BPF_F_ALLOW_MULTI = 2  # attach next to other programs on the cgroup (Cilium, systemd), not instead
 
 
@@ -137,6 +148,16 @@ class SocketEventSource:
         self._events.clear()
         return out
 
+    def io_table(self) -> list[tuple[int, tuple]]:
+        """The kernel's per-socket data-syscall counts: ((tgid << 32) | fd, IO_STRUCT
+        fields) for every socket with calls so far (empty without the syscall tracepoints)."""
+        if not self.syscalls:
+            return []
+        out = []
+        for key, value in self.bpf[b"io_stats"].items():
+            out.append((int(key.value), IO_STRUCT.unpack(bytes(value))))
+        return out
+
     def lost(self) -> int:
         """Events the kernel could not put in the ring buffer (it was full), so far."""
         return int(sum(self.bpf[b"lost"][ctypes.c_int(0)]))
@@ -167,13 +188,7 @@ class ProcessLookup:
         if path is None and time.monotonic() - self._scanned > 1.0:  # a new cgroup: rescan, not too often
             self._scan()
             path = self._cgroup_paths.get(cgroup_id)
-        if not path:
-            return None
-        for part in reversed(path.split("/")):
-            m = _CONTAINER_ID.search(part)
-            if m:
-                return m.group(1)
-        return None
+        return container_of_cgroup(path) if path else None
 
     def _scan(self) -> None:
         self._scanned = time.monotonic()
@@ -246,6 +261,8 @@ class SocketEventPublisher:
         self._clock_offset_ns = time.time_ns() - time.monotonic_ns()
         self._sockets: dict[int, tuple] = {}  # skaddr -> (ver, local16, lport, remote16, rport, ltext, rtext)
         self._pending: dict[int, list[tuple]] = {}  # skaddr -> events waiting for its 4-tuple
+        self._closed: dict[int, tuple] = {}  # skaddr -> 4-tuple of a socket in TCP CLOSE whose fd may be open
+        self._io_seen: dict[int, tuple] = {}  # (tgid << 32) | fd -> data-syscall counts last published
         self._sent_to = [0] * partitions
         self.published: Counter[str] = Counter()  # by kind
         self.dropped: Counter[str] = Counter()
@@ -281,6 +298,8 @@ class SocketEventPublisher:
                         # connect event, which comes after its SYN_SENT -> CLOSE): it must
                         # not be released under the new connection's 4-tuple and pid.
                         self.dropped["socket_event_stale"] += len(self._pending.pop(skaddr))
+                    if ev[12] == TCP_SYN_SENT:
+                        self._closed.pop(skaddr, None)  # the address's new life begins
                     return
                 self.dropped["socket_event_unresolved"] += 1
                 return
@@ -289,14 +308,24 @@ class SocketEventPublisher:
                 if len(self._sockets) >= _MAX_SOCKETS:
                     self._sockets.clear()
                 self._sockets[skaddr] = tup
+                self._closed.pop(skaddr, None)
                 for waiting in self._pending.pop(skaddr, ()):
                     self._publish(waiting, tup)
             self._publish(ev, tup)
             if kind == EV_STATE and ev[12] == TCP_CLOSE:  # the kernel may reuse the address
-                self._sockets.pop(skaddr, None)
+                gone = self._sockets.pop(skaddr, None)
+                if gone is not None:
+                    # An fd can outlive its connection's TCP state (a half-closed socket
+                    # goes to CLOSE through TIME_WAIT before the process calls close()):
+                    # its close and io events still belong to this 4-tuple.
+                    if len(self._closed) >= _MAX_SOCKETS:
+                        self._closed.clear()
+                    self._closed[skaddr] = gone
             return
         # connect / close: only the kernel socket is known
         tup = self._sockets.get(skaddr) if skaddr else None
+        if tup is None and kind == EV_CLOSE:
+            tup = self._closed.pop(skaddr, None)
         if tup is not None:
             self._publish(ev, tup)
         elif skaddr and len(self._pending) < _MAX_PENDING:
@@ -315,30 +344,77 @@ class SocketEventPublisher:
 
     # --- records ----------------------------------------------------------------------------
 
+    def add_io(self, rows: list[tuple[int, tuple]]) -> None:
+        """Publish an ``io`` event for every socket whose data-syscall counts changed since
+        the last call (``SocketEventSource.io_table()``: cumulative counts per process and
+        fd); the close event carries each socket's last counts."""
+        now = time.monotonic_ns()
+        if len(self._io_seen) > _MAX_SOCKETS:
+            self._io_seen.clear()
+        for key, (skaddr, cgroup_id, send_bytes, recv_bytes, send_ns, recv_ns, send_calls, recv_calls) in rows:
+            counts = (send_calls, recv_calls, send_bytes, recv_bytes, send_ns, recv_ns)
+            seen = self._io_seen.get(key)
+            if seen == counts:
+                continue
+            self._io_seen[key] = counts
+            tup = (self._sockets.get(skaddr) or self._closed.get(skaddr)) if skaddr else None
+            if tup is None:
+                if seen is None:  # once per socket, not once per reading
+                    self.dropped["socket_io_unresolved"] += 1
+                continue
+            tgid = key >> 32
+            self._publish((now, skaddr, cgroup_id, 0, tgid, EV_IO, 0, key & 0xFFFFFFFF, 0, 0, 0, 0, 0,
+                           b"", b"", b"", 0, *counts), tup)
+        self.kafka.poll(0)
+
+    def add_fd_snapshot(self, rows: list[ContainerFds], ts_us: int | None = None) -> None:
+        """Publish one ``fd_snapshot`` event per container (``producers/fd_snapshot.py``):
+        its open file descriptors and sockets, on the partition of its container id."""
+        ts = time.time_ns() // 1000 if ts_us is None else ts_us
+        for row in rows:
+            record = self._blank(ts, "fd_snapshot")
+            record.update(container_id=row.container_id, processes=row.processes, open_fds=row.open_fds,
+                          open_sockets=row.open_sockets)
+            part = zlib.crc32((row.container_id or "").encode()) % self.partitions
+            self.kafka.produce(SOCKETS, self._encode(record), None, part)
+            self._sent_to[part] += 1
+            self.published["fd_snapshot"] += 1
+        self.kafka.poll(0)
+
+    def _blank(self, ts_us: int, kind: str) -> dict[str, Any]:
+        return {
+            "source_id": self.source_id, "ts_us": ts_us, "kind": kind, "ip_version": 4,
+            "local_ip": "", "local_port": 0, "remote_ip": "", "remote_port": 0,
+            "old_state": None, "new_state": None,
+            "pid": None, "tid": None, "process": None, "cgroup_id": None, "container_id": None,
+            "netns": None, "fd": None, "ret": None, "segments": 0, "socket_id": 0,
+            "end_of_input": False, "events_before": 0,
+            **dict.fromkeys(IO_FIELDS, 0), "processes": None, "open_fds": None, "open_sockets": None,
+        }
+
     def _publish(self, ev: tuple, tup: tuple) -> None:
         (ts_ns, skaddr, cgroup_id, tid, tgid, kind, ret, fd, _family, _sp, _dp,
-         oldstate, newstate, _sa, _da, comm, segments) = ev
+         oldstate, newstate, _sa, _da, comm, segments) = ev[:17]
         ver, local, lport, remote, rport, ltext, rtext = tup
-        record: dict[str, Any] = {
-            "source_id": self.source_id,
-            "ts_us": (ts_ns + self._clock_offset_ns) // 1000,
-            "kind": EVENT_KINDS[kind],
+        record = self._blank((ts_ns + self._clock_offset_ns) // 1000, EVENT_KINDS[kind])
+        record.update({
             "ip_version": ver,
             "local_ip": ltext, "local_port": lport, "remote_ip": rtext, "remote_port": rport,
             "old_state": TCP_STATES.get(oldstate) if kind == EV_STATE else None,
             "new_state": TCP_STATES.get(newstate) if kind in (EV_STATE, EV_RETRANSMIT) else None,
-            "pid": None, "tid": None, "process": None, "cgroup_id": None, "container_id": None,
-            "netns": None,
-            "fd": fd if kind in (EV_CONNECT, EV_ACCEPT, EV_CLOSE) else None,
+            "fd": fd if kind in (EV_CONNECT, EV_ACCEPT, EV_CLOSE, EV_IO) else None,
             "ret": ret if kind in (EV_CONNECT, EV_RETRANSMIT) else None,
             "segments": segments if kind == EV_RETRANSMIT else 0,
             "socket_id": self._socket_id(skaddr) if skaddr else 0,
-            "end_of_input": False,
-            "events_before": 0,
-        }
+        })
+        if kind in (EV_CLOSE, EV_IO):
+            send_calls, recv_calls, send_bytes, recv_bytes, send_ns, recv_ns = ev[17:23]
+            record.update(send_calls=send_calls, recv_calls=recv_calls, send_bytes=send_bytes,
+                          recv_bytes=recv_bytes, send_time_us=send_ns // 1000, recv_time_us=recv_ns // 1000)
+            self._io_seen.pop((tgid << 32) | fd, None) if kind == EV_CLOSE else None
         if tgid:
             thread_name = comm.split(b"\0", 1)[0].decode(errors="replace")
-            record.update(pid=tgid, tid=tid, process=self.lookup.process_name(tgid, tid, thread_name),
+            record.update(pid=tgid, tid=tid or None, process=self.lookup.process_name(tgid, tid, thread_name),
                           cgroup_id=cgroup_id, container_id=self.lookup.container_id(cgroup_id),
                           netns=self.lookup.netns(tgid))
         part = partition_for(canonical_key(PROTO_TCP, local, lport, remote, rport), self.partitions)

@@ -245,11 +245,25 @@ def test_ebpf_capture_on_lossy_link_matches_kernel_and_tcpdump(tmp_path) -> None
         assert (r["client_pid"], r["client_process"]) == procs[client], r
         assert (r["server_pid"], r["server_process"]) == procs[server], r
 
+    # the data syscalls each process made on its socket, counted in the kernel: exactly
+    # the bytes the bulk client and server wrote and read (the request line and the bulk
+    # data one way, the response and the "ok" line the other)
+    ok_line = len(b"ok %d\n" % BULK_BYTES)
+    for r in records:
+        cs, ss = r["client_syscalls"], r["server_syscalls"]
+        assert cs is not None and ss is not None, r
+        if r["server_port"] == BULK_PORT:
+            assert (cs["send_bytes"], cs["recv_bytes"]) == (6 + BULK_BYTES, RESPONSE_BYTES + ok_line), cs
+            assert (ss["send_bytes"], ss["recv_bytes"]) == (RESPONSE_BYTES + ok_line, 6 + BULK_BYTES), ss
+            assert cs["send_calls"] >= 2 and ss["recv_calls"] >= 2 and ss["send_calls"] >= 2
+        else:  # iperf3 reads and writes its sockets too (its data connection may end reset)
+            assert cs["send_bytes"] > 0 and ss["recv_bytes"] > 0, r
+
     # tcpdump's file through analyze: the same records
     replayed = _by_ports(_analyze(pcap, tmp_path / "analyze"))
     _assert_same_records(by_port, replayed)
     for r in replayed.values():
-        assert r["client_pid"] is None  # a file has no processes
+        assert r["client_pid"] is None and r["client_syscalls"] is None  # a file has no processes
 
 
 def _capture_bulk_transfers(link: LossyLink, tmp_path: Path, *capture_args: str,

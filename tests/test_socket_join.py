@@ -167,7 +167,7 @@ def test_a_refused_connects_late_event_is_not_given_to_the_next_socket(broker, r
 
     def raw(kind: int, tgid: int, sport: int, dport: int, old: int = 0, new: int = 0, ret: int = 0) -> bytes:
         return EVENT_STRUCT.pack(time.monotonic_ns(), skaddr, 0, tgid, tgid, kind, ret, 3, sock.AF_INET,
-                                 sport, dport, old, new, lo, lo, b"client", 0)
+                                 sport, dport, old, new, lo, lo, b"client", 0, 0, 0, 0, 0, 0, 0)
 
     pub.add([
         raw(EV_STATE, 111, 0, 0, TCP_CLOSE, TCP_SYN_SENT),          # process 111 connects ...

@@ -61,6 +61,10 @@ def add_live_args(p: argparse.ArgumentParser) -> None:
                    help="capture mode (default: %(default)s)")
     p.add_argument("--no-socket-events", dest="socket_events", action="store_false",
                    help="eBPF mode: packets only, no wire.sockets")
+    p.add_argument("--fd-snapshot-interval", type=float, default=30.0, metavar="SECONDS",
+                   help="eBPF mode: publish the open file descriptors and sockets of every container "
+                        "(wire.sockets fd_snapshot events) at the start and every SECONDS; 0: never "
+                        "(default: %(default)s)")
     p.add_argument("--duration", type=float, default=None, metavar="SECONDS", help="stop after this long")
     p.add_argument("--count", type=int, default=None, metavar="N", help="stop after N TCP/UDP packets")
     p.add_argument("--ring-mb", type=int, default=32, metavar="MB",
@@ -84,7 +88,8 @@ def capture_options(args: argparse.Namespace, stats_interval_s: float = 5.0) -> 
         interfaces=args.iface, netns=args.netns, payload_snaplen=args.snaplen, mode=args.mode,
         socket_events=args.socket_events, ring_mb=args.ring_mb,
         socket_ring_pages=socket_ring_pages, duration_s=args.duration,
-        max_packets=args.count, stats_interval_s=stats_interval_s)
+        max_packets=args.count, stats_interval_s=stats_interval_s,
+        fd_snapshot_interval_s=max(0.0, args.fd_snapshot_interval))
 
 
 def add_pipeline_args(p: argparse.ArgumentParser, defaults: Settings) -> None:
