@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from wirestream.codec import AvroCodec
+from wirestream.doctor import SYSCALL_TRACEPOINTS, TRACEFS
 from wirestream.kafka import WireProducer
 from wirestream.packet_block import PROTO_TCP, canonical_key, partition_for
 from wirestream.topics import SOCKETS
@@ -92,12 +93,8 @@ def program_text() -> str:
     return resources.files("wirestream.bpf").joinpath("socket_events.c").read_text()
 
 
-TRACEFS_EVENTS = Path("/sys/kernel/tracing/events")
+TRACEFS_EVENTS = TRACEFS / "events"
 #: the syscall tracepoints bpf/socket_events.c attaches (all or none: WITH_SYSCALLS)
-SYSCALL_TRACEPOINTS = ("sys_enter_connect", "sys_exit_connect", "sys_enter_accept4", "sys_exit_accept4",
-                       "sys_enter_accept", "sys_exit_accept", "sys_enter_close") + tuple(
-    f"sys_{edge}_{call}" for call in ("write", "writev", "sendto", "sendmsg", "read", "readv", "recvfrom", "recvmsg")
-    for edge in ("enter", "exit"))
 BPF_F_ALLOW_MULTI = 2  # attach next to other programs on the cgroup (Cilium, systemd), not instead
 
 
@@ -110,7 +107,7 @@ class SocketEventSource:
         """``ring_pages``: ring buffer size in pages (a power of two; 1024 = 4 MiB,
         ~40k events)."""
         cflags = [f"-DRINGBUF_PAGES={ring_pages}"]
-        self.syscalls = all((TRACEFS_EVENTS / "syscalls" / name).is_dir() for name in SYSCALL_TRACEPOINTS)
+        self.syscalls = all((TRACEFS_EVENTS / name).is_dir() for name in SYSCALL_TRACEPOINTS)
         if self.syscalls:
             cflags.append("-DWITH_SYSCALLS")
         self.bpf = bcc.BPF(text=program_text().encode(), cflags=cflags)

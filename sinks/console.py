@@ -7,6 +7,7 @@ used, so that :data:`SUMMARY_FIELDS` can be imported before the workers start;
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import sys
 from collections import Counter
@@ -322,7 +323,8 @@ def _live_json(f: Any) -> dict[str, Any]:
         return {}
     return {"mode": f.mode, "fallback_reason": f.fallback_reason, "counters": dict(f.counters),
             "socket_events": dict(f.socket_events), "capture_s": round(f.elapsed_s, 3),
-            "capture_cpu_s": round(f.cpu_s, 3)}
+            "capture_cpu_s": round(f.cpu_s, 3),
+            "fd_snapshot": [dataclasses.asdict(row) for row in getattr(f, "fd_snapshot", [])]}
 
 
 @dataclass
@@ -404,6 +406,55 @@ def print_flows(records: dict[str, list[dict[str, Any]]], top: int, console: Con
         )
     console.print(table)
     print_drops(flows, "flows", top, console)
+
+
+def print_syscalls(conns: list[dict[str, Any]], top: int, console: Console) -> None:
+    """Live eBPF capture: the connections whose processes spent longest inside data
+    syscalls on their sockets (``client_syscalls``/``server_syscalls``), per side calls,
+    bytes and time (a receive's time includes waiting for the peer)."""
+    counted = [c for c in conns if c.get("client_syscalls") or c.get("server_syscalls")]
+    if not counted:
+        return
+
+    def spent(c: dict[str, Any]) -> int:
+        return sum(s["send_time_us"] + s["recv_time_us"] for s in (c.get("client_syscalls"),
+                                                                      c.get("server_syscalls")) if s)
+
+    def side(s: dict[str, Any] | None) -> str:
+        if not s:
+            return "-"
+        return (f"{s['send_calls']:,}/{s['recv_calls']:,} calls, {s['send_bytes']:,}/{s['recv_bytes']:,} B, "
+                f"{_us(s['send_time_us'])}/{_us(s['recv_time_us'])}")
+
+    from rich.table import Table
+
+    table = Table(title=f"Socket syscalls by time inside them (top {min(top, len(counted))} of {len(counted):,};"
+                        " send/recv)")
+    for col in ("client", "process", "client's calls, bytes, time", "server", "process", "server's"):
+        table.add_column(col)
+    for c in sorted(counted, key=spent, reverse=True)[:top]:
+        table.add_row(_endpoint(c["client_ip"], c["client_port"]), str(c.get("client_process") or "-"),
+                      side(c.get("client_syscalls")), _endpoint(c["server_ip"], c["server_port"]),
+                      str(c.get("server_process") or "-"), side(c.get("server_syscalls")))
+    console.print(table)
+
+
+def print_fd_snapshot(files: list[Any], top: int, console: Console) -> None:
+    """Live eBPF capture: open descriptors and sockets per container, as last counted."""
+    rows = [row for f in files for row in getattr(f, "fd_snapshot", [])]
+    if not rows:
+        return
+    from rich.table import Table
+
+    table = Table(title=f"Open descriptors by container, most sockets first (top {min(top, len(rows))} "
+                        f"of {len(rows):,})")
+    for col, kw in (("container", {}), ("processes", {"justify": "right"}), ("open fds", {"justify": "right"}),
+                    ("sockets", {"justify": "right"})):
+        table.add_column(col, **kw)
+    for row in sorted(rows, key=lambda r: r.open_sockets, reverse=True)[:top]:
+        table.add_row(row.container_id[:12] if row.container_id else "(no container)", f"{row.processes:,}",
+                      f"{row.open_fds:,}", f"{row.open_sockets:,}")
+    console.print(table)
 
 
 def print_drops(records: list[dict[str, Any]], what: str, top: int, console: Console) -> None:
@@ -525,6 +576,8 @@ def print_summary(result: Any, top: int = 15, out_dir: str | None = None, consol
             )
         console.print(table)
         print_drops(conns, "connections", top, console)
+        print_syscalls(conns, top, console)
+    print_fd_snapshot(result.files, top, console)
     print_flows(result.records, top, console)
     print_l7(result.records, top, console)
     print_services(result.records, top, console)

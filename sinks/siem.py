@@ -141,11 +141,28 @@ def ecs_event(topic: str, record: dict[str, Any]) -> dict[str, Any]:
         doc["network"]["dropped_packets"] = sum(drops.values())
         doc["event"]["reason"] = ",".join(sorted(drops))
         doc["tags"] = ["packet_drops"]
+    if record.get("client_pid") is not None:
+        # ECS process.*: the process of the event, here the one that connect()ed (live
+        # eBPF capture); the server's process stays in wirestream.server_pid/_process
+        doc["process"] = {"pid": record["client_pid"], "name": record.get("client_process")}
+    calls = _syscall_calls(record)
+    if calls:  # the data syscalls on the two sockets (custom: ECS has no field for them)
+        doc.setdefault("network", {})["syscalls"] = calls
     service = record.get("server_service") or (record.get("service") if topic != FLOWS else None)
     if service:
         doc["service"] = {"name": service}
     doc["wirestream"] = _plain(record)
     return doc
+
+
+def _syscall_calls(record: dict[str, Any]) -> dict[str, int]:
+    """Data syscalls made on a connection's sockets (live eBPF capture): calls per side."""
+    out = {}
+    for side in ("client", "server"):
+        counts = record.get(f"{side}_syscalls")
+        if counts:
+            out[side] = counts["send_calls"] + counts["recv_calls"]
+    return out
 
 
 def _cef_header(text: Any) -> str:
@@ -184,6 +201,14 @@ def cef_event(topic: str, record: dict[str, Any]) -> str:
     if drops:  # packets the kernel dropped, and by which reasons
         ext.update(cn1Label="droppedPackets", cn1=sum(drops.values()), cs6Label="dropReasons",
                    cs6=",".join(f"{k}:{v}" for k, v in sorted(drops.items())))
+    # CEF's own keys for the processes at either end (live eBPF capture)
+    ext.update(spid=record.get("client_pid"), sproc=record.get("client_process"),
+               dpid=record.get("server_pid"), dproc=record.get("server_process"))
+    calls = _syscall_calls(record)
+    if "client" in calls:
+        ext.update(cn2Label="clientSyscalls", cn2=calls["client"])
+    if "server" in calls:
+        ext.update(cn3Label="serverSyscalls", cn3=calls["server"])
     if alert:
         ext["msg"] = record.get("summary") or record.get("kind")
         ext["externalId"] = record.get("alert_id")

@@ -210,6 +210,9 @@ def test_ebpf_capture_on_lossy_link_matches_kernel_and_tcpdump(tmp_path) -> None
     kinds = stats["socket_events"]
     assert kinds["accept"] >= 5 and kinds["connect"] >= 5 and kinds["close"] >= 5, kinds
     assert kinds["state"] >= 5 * 4 and kinds["retransmit"] >= 1, kinds
+    # data-syscall readings and the open descriptors of this machine's processes
+    assert kinds["io"] >= 1 and kinds["fd_snapshot"] >= 1, kinds
+    assert sum(row["processes"] for row in stats["fd_snapshot"]) > 0 and "fd_snapshot_unreadable" in stats["counters"]
 
     # exactly the connections the test made
     by_port = _by_ports(records)

@@ -91,6 +91,27 @@ def test_ecs_network_community_id() -> None:
     assert "community_id" not in ecs_event(CONNECTIONS, {**conn, "community_id": None})["network"]
 
 
+def test_processes_and_syscalls_of_a_live_connection_in_ecs_and_cef() -> None:
+    """Live eBPF capture's processes and data-syscall counts: ECS process.* (the client's),
+    network.syscalls calls per side; CEF spid/sproc/dpid/dproc and cn2/cn3."""
+    conn = {"connection_id": "c1", "client_ip": "10.0.0.1", "client_port": 40000, "server_ip": "10.0.0.2",
+            "server_port": 80, "start_ts_us": 1_800_000_000_000_000, "client_pid": 41, "client_process": "curl",
+            "server_pid": 42, "server_process": "nginx",
+            "client_syscalls": {"send_calls": 1, "recv_calls": 3, "send_bytes": 80, "recv_bytes": 900,
+                                "send_time_us": 5, "recv_time_us": 700},
+            "server_syscalls": None}
+    doc = ecs_event(CONNECTIONS, conn)
+    assert doc["process"] == {"pid": 41, "name": "curl"}
+    assert doc["network"]["syscalls"] == {"client": 4}
+    assert doc["wirestream"]["client_syscalls"]["recv_bytes"] == 900
+    cef = cef_event(CONNECTIONS, conn)
+    assert "spid=41 sproc=curl dpid=42 dproc=nginx" in cef and "cn2Label=clientSyscalls cn2=4" in cef, cef
+    assert "cn3" not in cef
+    bare = {k: v for k, v in conn.items() if not k.endswith(("_pid", "_process", "_syscalls"))}
+    assert "process" not in ecs_event(CONNECTIONS, bare) and "syscalls" not in ecs_event(CONNECTIONS, bare)["network"]
+    assert "spid" not in cef_event(CONNECTIONS, bare)
+
+
 def test_a_udp_flow_in_ecs_and_cef() -> None:
     """A wire.flows record: ECS source/destination/network packets and bytes, its service
     as network.protocol (not service.name: that is the server's workload), the duration

@@ -297,3 +297,29 @@ def test_fd_snapshot_counts_a_containers_descriptors_and_sockets(broker, registr
 ])
 def test_container_of_cgroup(path: str, container: str | None) -> None:
     assert container_of_cgroup(path) == container
+
+
+def test_the_console_tables() -> None:
+    from types import SimpleNamespace
+
+    from rich.console import Console
+    from wirestream.producers.fd_snapshot import ContainerFds
+    from wirestream.sinks.console import print_fd_snapshot, print_syscalls
+
+    console = Console(record=True, width=200)
+    conns = [{"client_ip": "10.0.0.1", "client_port": 40000, "server_ip": "10.0.0.2", "server_port": 80,
+              "client_process": "curl", "server_process": "nginx", "server_syscalls": None,
+              "client_syscalls": {"send_calls": 1, "recv_calls": 3, "send_bytes": 80, "recv_bytes": 900,
+                                  "send_time_us": 5, "recv_time_us": 700}},
+             {"client_ip": "10.0.0.1", "client_port": 40001, "server_ip": "10.0.0.2", "server_port": 80}]
+    print_syscalls(conns, 10, console)
+    rows = [ContainerFds(None, 70, 300, 4), ContainerFds("ab" * 32, 2, 40, 25)]
+    print_fd_snapshot([SimpleNamespace(fd_snapshot=rows)], 10, console)
+    text = console.export_text()
+    assert "top 1 of 1" in text and "1/3 calls, 80/900 B, 5 µs/700 µs" in text and "nginx" in text
+    lines = [line for line in text.splitlines() if "abababababab" in line or "(no container)" in line]
+    assert "abababababab" in lines[0] and "25" in lines[0]  # most sockets first
+    console = Console(record=True)
+    print_syscalls(conns[1:], 10, console)
+    print_fd_snapshot([SimpleNamespace(fd_snapshot=[])], 10, console)
+    assert console.export_text() == ""  # nothing counted: no tables

@@ -27,11 +27,15 @@ from types import ModuleType
 DEBIAN_BCC = Path("/usr/lib/python3/dist-packages/bcc")
 TRACEFS = Path("/sys/kernel/tracing")
 #: the tracepoints socket events are read from (the syscall ones are optional: without
-#: them there are no connect/accept/close events and no server process)
+#: them there are no connect/accept/close events, no server process and no data-syscall
+#: counts; bpf/socket_events.c attaches all of them or none)
 TRACEPOINTS = ("sock/inet_sock_set_state", "tcp/tcp_retransmit_skb", "tcp/tcp_retransmit_synack")
+#: the data syscalls counted per socket (client_syscalls/server_syscalls)
+DATA_SYSCALLS = ("write", "writev", "sendto", "sendmsg", "read", "readv", "recvfrom", "recvmsg")
 SYSCALL_TRACEPOINTS = tuple(f"syscalls/{name}" for name in (
     "sys_enter_connect", "sys_exit_connect", "sys_enter_accept4", "sys_exit_accept4",
-    "sys_enter_accept", "sys_exit_accept", "sys_enter_close"))
+    "sys_enter_accept", "sys_exit_accept", "sys_enter_close")) + tuple(
+    f"syscalls/sys_{edge}_{call}" for call in DATA_SYSCALLS for edge in ("enter", "exit"))
 #: where scripts/bcc-headers puts a merged header tree
 HEADERS_DIR = Path("/var/lib/wirestream/kernel-headers")
 BTF = Path("/sys/kernel/btf/vmlinux")
@@ -169,9 +173,10 @@ def diagnose(probe: bool = True) -> Report:
         if tracefs:
             absent = [t for t in SYSCALL_TRACEPOINTS if not (TRACEFS / "events" / t).is_dir()]
             r.add("syscall tracepoints", not absent,
-                  "connect, accept, accept4, close" if not absent else
+                  "connect, accept, accept4, close; data syscalls counted per socket: "
+                  + ", ".join(DATA_SYSCALLS) if not absent else
                   f"missing {', '.join(absent)} (CONFIG_FTRACE_SYSCALLS): no server process, no "
-                  "connect/accept/close events")
+                  "connect/accept/close events, no data-syscall counts")
     cgroup2 = _cgroup2_mount()
     r.add("cgroup v2", cgroup2 is not None,
           f"mounted at {cgroup2}: sock_ops counts retransmitted segments" if cgroup2 else
