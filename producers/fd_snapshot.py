@@ -80,11 +80,14 @@ def take_snapshot(proc: Path = Path("/proc")) -> FdSnapshot:
                     try:
                         if os.readlink(fd.path).startswith("socket:"):
                             sockets += 1
-                    except OSError:
+                    except FileNotFoundError:
                         pass  # closed while we read: still counted as open when listed
         except FileNotFoundError:
             continue  # the process exited
         except PermissionError:
+            # Listing /proc/PID/fd takes only the owner's uid; reading its links takes
+            # ptrace read access (CAP_SYS_PTRACE, or every capability the process has,
+            # in its user namespace): a process we cannot read is left out, counted.
             unreadable += 1
             continue
         except OSError:

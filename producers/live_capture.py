@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import logging
 import mmap
 import os
 import select
@@ -58,6 +59,8 @@ MODES = ("auto", "ebpf", "af_packet")
 FINAL_DRAIN_S = 0.5
 #: the socket events' BPF ring buffer, by default (~40k events)
 SOCKET_RING_MB = 4
+
+log = logging.getLogger(__name__)
 
 
 def ring_pages_of_mb(megabytes: float) -> int:
@@ -386,6 +389,10 @@ def _publish_fd_snapshot(socket_publisher: Any, result: CaptureResult) -> None:
     snapshot = take_snapshot()
     socket_publisher.add_fd_snapshot(snapshot.rows)
     result.fd_snapshot = snapshot.rows
+    if snapshot.unreadable and not result.fd_snapshot_unreadable:  # said once
+        log.warning("fd snapshots: the descriptors of %d processes could not be read (reading another "
+                    "process's /proc/PID/fd needs CAP_SYS_PTRACE when it has capabilities this one lacks); "
+                    "their containers' counts leave them out", snapshot.unreadable)
     result.fd_snapshot_unreadable = snapshot.unreadable
 
 

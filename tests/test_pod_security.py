@@ -75,7 +75,8 @@ BUILDS: dict[str, dict[str, list[str]]] = {
         "resources": ["base"],
         "components": ["components/sinks", "components/kafka-scram-tls", "components/registry-auth",
                        "components/capture-sys-admin"]},
-    "base+sinks+mtls": {"resources": ["base"], "components": ["components/sinks", "components/kafka-mtls"]},
+    "base+sinks+mtls+fd-snapshots": {"resources": ["base"], "components": [
+        "components/sinks", "components/kafka-mtls", "components/capture-fd-snapshots"]},
 }
 POD_KINDS = {"Pod", "Deployment", "DaemonSet", "StatefulSet", "ReplicaSet", "Job", "CronJob"}
 CAPTURE = "wirestream-capture"
@@ -401,13 +402,22 @@ def test_workloads_are_restricted(built, name) -> None:
 def test_capture_is_baseline_plus_what_it_needs(built, name, doctor_needs) -> None:
     """The capture DaemonSet's only departures from "baseline": the node's network and pid
     namespaces, read-only hostPaths, and exactly the capabilities doctor names (plus
-    CAP_SYS_ADMIN, doctor's alternative, where components/capture-sys-admin adds it)."""
+    CAP_SYS_ADMIN, doctor's alternative, where components/capture-sys-admin adds it, and
+    CAP_SYS_PTRACE with the fd snapshots, where components/capture-fd-snapshots turns them on)."""
     needed, fallback = doctor_needs
     meta, spec = pod_template(workloads(built[name])[CAPTURE])
     found = baseline_violations(meta, spec)
     caps = {v for c, _, v in found if c == "Capabilities"}
-    expected_caps = needed | (fallback if "components/capture-sys-admin" in BUILDS[name]["components"] else set())
+    components = BUILDS[name]["components"]
+    expected_caps = needed | (fallback if "components/capture-sys-admin" in components else set())
+    # reading other processes' /proc/PID/fd for the fd snapshots, only where they are on
+    fd_snapshots = "components/capture-fd-snapshots" in components
+    if fd_snapshots:
+        expected_caps |= {"SYS_PTRACE"}
     assert caps == expected_caps
+    (capture,) = spec["containers"]
+    interval = capture["args"][capture["args"].index("--fd-snapshot-interval") + 1]
+    assert (float(interval) > 0) == fd_snapshots
     assert {(c, f) for c, f, _ in found if c == "Host Namespaces"} == {
         ("Host Namespaces", "spec.hostNetwork"), ("Host Namespaces", "spec.hostPID")}
     host_paths = {v for c, _, v in found if c == "HostPath Volumes"}
@@ -489,7 +499,7 @@ def test_secrets_are_files(built, name) -> None:
         assert not secretish.search(key) or key.endswith("_FILE"), f"{key} in the ConfigMap"
     file_settings = {k: v for k, v in cm.items()
                      if re.fullmatch(r"WIRESTREAM_\w+_(FILE|CA|CERT|KEY)", k)}
-    if name == "base+sinks+mtls":
+    if name.startswith("base+sinks+mtls"):
         assert set(file_settings) == {"WIRESTREAM_KAFKA_CA", "WIRESTREAM_KAFKA_CERT", "WIRESTREAM_KAFKA_KEY"}
     else:
         assert {"WIRESTREAM_KAFKA_SASL_PASSWORD_FILE", "WIRESTREAM_KAFKA_CA"} <= set(file_settings)

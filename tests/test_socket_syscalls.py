@@ -323,3 +323,27 @@ def test_the_console_tables() -> None:
     print_syscalls(conns[1:], 10, console)
     print_fd_snapshot([SimpleNamespace(fd_snapshot=[])], 10, console)
     assert console.export_text() == ""  # nothing counted: no tables
+
+
+def test_fd_snapshot_counts_the_processes_it_may_not_read() -> None:
+    """Without CAP_SYS_PTRACE, the descriptors of a process with capabilities the reader
+    lacks cannot be listed (what capture in the base DaemonSet would meet): counted as
+    unreadable, not as a container with no descriptors."""
+    import shutil
+
+    setpriv = shutil.which("setpriv")
+    if os.geteuid() != 0 or setpriv is None:
+        require_or_skip("needs root and setpriv (util-linux) to drop the capabilities")
+    code = ("from wirestream.producers.fd_snapshot import take_snapshot; s = take_snapshot(); "
+            "print(s.unreadable, sum(r.processes for r in s.rows))")
+    r = subprocess.run([setpriv, "--bounding-set", "-all", "--inh-caps", "-all", "--", sys.executable, "-c", code],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    unreadable, counted = map(int, r.stdout.split())
+    full = take_snapshot()
+    # Every root process with capabilities (this test's own shell and pytest at least) is
+    # unreadable without them; with them, at most processes of another user namespace
+    # (a sandbox's init) are.
+    assert unreadable > full.unreadable and unreadable >= 2, (unreadable, full.unreadable)
+    total = sum(row.processes for row in full.rows) + full.unreadable
+    assert abs((counted + unreadable) - total) <= 10, (counted, unreadable, total)  # processes come and go
