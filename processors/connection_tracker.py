@@ -41,6 +41,9 @@ from .state_codec import StateError
 if TYPE_CHECKING:
     from .l7.session import L7Dispatcher, L7Session
     from .socket_join import SocketJoin
+    from .tls_plaintext_join import PlaintextJoin
+
+Ends = tuple[tuple[str, int], tuple[str, int]]  # two endpoints (ip, port), canonical order
 
 RecordCallback = Callable[[dict[str, Any]], None]
 
@@ -49,6 +52,13 @@ SWEEP_INTERVAL_US = 5_000_000
 
 # Event kinds of TcpTracker (rust/src/python_tcp.rs)
 _RECORD, _OPEN, _DATA, _CLOSE, _TICK, _ID, _GAP = range(7)
+
+
+def canonical_ends(a: tuple[str, int], b: tuple[str, int]) -> Ends:
+    """A connection's two endpoints in one order whichever end is named first (any total
+    order does: the index of open connections by endpoints and the TLS plaintext join
+    use this one)."""
+    return (a, b) if a <= b else (b, a)
 
 
 class ConnRef:
@@ -94,6 +104,12 @@ class ConnectionTracker:
         # core handle -> the L7 session of the connection, and what it knows of it
         self.sessions: dict[int, L7Session] = {}
         self.refs: dict[int, ConnRef] = {}
+        # open connections by their two endpoints (canonical order), for the TLS
+        # plaintext of uprobes, which names a connection by its endpoints only; and that
+        # plaintext's analysis, closed with its connection (processors/tls_plaintext_join.py)
+        self.by_ends: dict[Ends, tuple[ConnRef, str | None]] = {}  # -> (connection, Community ID)
+        self.ends_of: dict[int, tuple[Ends, ConnRef]] = {}  # core handle -> its entry there
+        self.plaintext: PlaintextJoin | None = None
         self.community_id_seed = community_id_seed
         self._core = TcpTracker(source_id, idle_timeout_us, close_linger_us, interim_us,
                                 max_connections, l7 is not None, community_id_seed)
@@ -125,6 +141,11 @@ class ConnectionTracker:
     @property
     def counters(self) -> Counter[str]:
         return Counter(self._core.counters())
+
+    def connection_ref(self, ends: Ends) -> tuple[ConnRef, str | None] | None:
+        """The open connection between two endpoints (canonical order) and its Community
+        ID, if there is one (L7 on)."""
+        return self.by_ends.get(ends)
 
     # --- input --------------------------------------------------------------------------
 
@@ -166,6 +187,8 @@ class ConnectionTracker:
                     self._core.l7_ignore(h)
                     del sessions[h]
                     del self.refs[h]
+                    # (its plaintext from uprobes may still be analysed: the session
+                    # gave up on the encrypted bytes, not the connection)
             elif kind == _GAP:
                 session = sessions.get(ev[1])
                 if session is not None:
@@ -180,6 +203,9 @@ class ConnectionTracker:
                 ref = self.refs[h] = ConnRef(cid)
                 assert self.l7 is not None  # (the core sends sessions only with L7 on)
                 sessions[h] = self.l7.session((ip0, ip1), (port0, port1), ref, community_id)
+                ends = canonical_ends((ip0, port0), (ip1, port1))
+                self.ends_of[h] = (ends, ref)
+                self.by_ends[ends] = (ref, community_id)
             elif kind == _CLOSE:
                 _, h, ts, cid = ev
                 session = sessions.pop(h, None)
@@ -187,14 +213,22 @@ class ConnectionTracker:
                 if session is not None and ref is not None:
                     ref.cid = cid
                     session.close(ts)
+                entry = self.ends_of.pop(h, None)
+                if entry is not None:
+                    ends, ref = entry
+                    ref.cid = cid  # (also when its session was given up on)
+                    if self.by_ends.get(ends, (None,))[0] is ref:  # not a newer connection of the same ends
+                        del self.by_ends[ends]
+                        if self.plaintext is not None:
+                            self.plaintext.close_connection(ends, ts)
             elif kind == _TICK:
                 session = sessions.get(ev[1])
                 if session is not None:
                     session.tick(ev[2])
             elif kind == _ID:
-                ref = self.refs.get(ev[1])
-                if ref is not None:
-                    ref.cid = ev[2]
+                entry = self.ends_of.get(ev[1])
+                if entry is not None:  # the same ConnRef as in self.refs
+                    entry[1].cid = ev[2]
 
     def set_community_id_seed(self, seed: int) -> None:
         """Seed of the records' Community ID from now on (a restored engine takes its
@@ -207,6 +241,8 @@ class ConnectionTracker:
         self._core_state = self._core.snapshot()
 
     def _state_restored(self) -> None:
+        if not hasattr(self, "by_ends"):  # a checkpoint from before plaintext joins
+            self.by_ends, self.ends_of, self.plaintext = {}, {}, None
         try:
             self._core = TcpTracker.restore(self._core_state)
         except ValueError as exc:

@@ -37,7 +37,7 @@ import numpy as np
 from wirestream.packet_block import PROTO_UDP
 from wirestream.topics import ALERTS, CONNECTIONS, DNS, FLOWS, OBSERVATIONS, TLS, TRANSACTIONS
 
-from .connection_tracker import ConnectionTracker
+from .connection_tracker import ConnectionTracker, Ends
 from .drop_join import DropJoin
 from .flows import FlowTracker
 from .k8s_enrichment import Enricher
@@ -45,6 +45,7 @@ from .l7.base import L7Options
 from .l7.session import L7Dispatcher
 from .observations import Observer
 from .socket_join import SocketJoin
+from .tls_plaintext_join import PlaintextJoin, PlaintextRouter
 from .tunnels import TunnelPaths
 
 
@@ -216,6 +217,19 @@ class Engine:
         else:
             self.tracker.sockets.add(event)
 
+    def tls_plaintext(self, chunk: dict[str, Any], ends: Ends) -> None:
+        """A chunk of TLS plaintext (``wire.tls-plaintext``, uprobes) of a connection this
+        engine's tracker has open (``ends``): analysed as its decrypted bytes would be
+        (processors/tls_plaintext_join.py), its transactions marked ``tls: true``."""
+        tracker = self.tracker
+        if tracker.l7 is None:  # (the router hands chunks only to trackers with L7 on)
+            return
+        if tracker.plaintext is None:
+            # through the L7 dispatcher, as the key-log path's records: source, identity
+            # defaults and the emitted counts
+            tracker.plaintext = PlaintextJoin(tracker.l7.emit, self.options.l7, tracker.connection_ref)
+        tracker.plaintext.add(chunk)
+
     def end_of_packets(self, batch: dict[str, Any]) -> None:
         """The wire.packets end-of-input marker of this source and partition (a batch)."""
         self.packets_end = batch
@@ -259,6 +273,10 @@ class Engine:
         emitted = {CONNECTIONS: tracker.emitted, FLOWS: self.flows.emitted}
         if self.alerts_emitted:
             emitted[ALERTS] = self.alerts_emitted
+        if tracker.plaintext is not None:  # TLS plaintext from uprobes, analysed
+            tracker.plaintext.close()
+            for name, n in tracker.plaintext.stats.items():
+                (dropped if "parse_error" in name else counters)[name] += n
         if tracker.l7 is not None:
             emitted.update(tracker.l7.emitted)
             for name, n in tracker.l7.stats.items():
@@ -314,13 +332,15 @@ class Engine:
         return engine
 
 
-def snapshot_engines(engines: list[Engine], drops: DropJoin | None = None) -> bytes:
+def snapshot_engines(engines: list[Engine], drops: DropJoin | None = None,
+                     plaintext: PlaintextRouter | None = None) -> bytes:
     """The state of several engines (one input partition's sources) as one snapshot;
-    they share a sink, options and enricher. ``drops``: the partition's drop join, last
-    in the list (also when no engine holds it yet: drops may come before any packet)."""
+    they share a sink, options and enricher. ``drops``: the partition's drop join, after
+    the engines (also when no engine holds it yet: drops may come before any packet);
+    ``plaintext``: its TLS plaintext chunks waiting for their connection, last."""
     from .state_codec import encode_state
 
-    tail = [drops] if drops is not None else []
+    tail = [x for x in (drops, plaintext) if x is not None]
     if not engines:
         return encode_state(tail, {})
     return encode_state(list(engines) + tail, engines[0]._externals())
@@ -332,22 +352,24 @@ def restore_engines(data: bytes, options: EngineOptions, sink: Sink,
     return restore_partition_state(data, options, sink, enricher)[0]
 
 
-def restore_partition_state(data: bytes, options: EngineOptions, sink: Sink,
-                            enricher: Enricher | None = None) -> tuple[list[Engine], DropJoin | None]:
-    """The engines and the drop join (None: the snapshot has none) of a
-    :func:`snapshot_engines`, writing to ``sink``."""
+def restore_partition_state(data: bytes, options: EngineOptions, sink: Sink, enricher: Enricher | None = None
+                            ) -> tuple[list[Engine], DropJoin | None, PlaintextRouter | None]:
+    """The engines, the drop join and the plaintext router (None: the snapshot has none)
+    of a :func:`snapshot_engines`, writing to ``sink``."""
     from .state_codec import StateError, decode_state
 
     items = decode_state(data, _externals(options, sink, enricher))
-    if not isinstance(items, list) or not all(isinstance(e, Engine) for e in items[:-1]) or (
-            items and not isinstance(items[-1], (Engine, DropJoin))):
+    if not isinstance(items, list):
         raise StateError("a checkpoint holds something other than a list of engines")
+    plaintext = items.pop() if items and isinstance(items[-1], PlaintextRouter) else None
     drops = items.pop() if items and isinstance(items[-1], DropJoin) else None
+    if not all(isinstance(e, Engine) for e in items):
+        raise StateError("a checkpoint holds something other than a list of engines")
     engines: list[Engine] = items
     for engine in engines:
         engine.tracker.set_community_id_seed(options.community_id_seed)  # a setting, not state
         engine.flows.set_community_id_seed(options.community_id_seed)
-    return engines, drops
+    return engines, drops, plaintext
 
 
 def _externals(options: EngineOptions, sink: Sink, enricher: Enricher | None) -> dict[str, object]:

@@ -1,4 +1,5 @@
-"""What a packet worker does with each ``wire.packets`` / ``wire.sockets`` / ``wire.drops`` message:
+"""What a packet worker does with each ``wire.packets`` / ``wire.sockets`` / ``wire.drops`` /
+``wire.tls-plaintext`` message:
 decode it, route it to the :class:`~.engine.Engine` of its (source, partition), and,
 when that source's input on the partition has ended, report on ``wire.stats`` (which is
 how ``wirestream analyze`` knows a source has been processed).
@@ -28,6 +29,7 @@ from .drop_join import DropJoin
 from .engine import Engine, EngineOptions, restore_partition_state, snapshot_engines
 from .k8s_enrichment import Enricher
 from .output import OutputPublisher
+from .tls_plaintext_join import PlaintextRouter
 
 STAGE = PACKETS_STAGE
 log = logging.getLogger(__name__)
@@ -58,6 +60,9 @@ class PacketPipeline:
         # The kernel drops of each partition (wire.drops), one join shared by the
         # partition's engines: drops have a source id of their own, not the capture's.
         self.drop_joins: dict[int, DropJoin] = {}
+        # The TLS plaintext chunks of each partition (wire.tls-plaintext, uprobes) waiting
+        # for an engine that tracks their connection: another source id too.
+        self.plaintext_routers: dict[int, PlaintextRouter] = {}
 
     def drop_join(self, partition: int) -> DropJoin:
         join = self.drop_joins.get(partition)
@@ -68,13 +73,24 @@ class PacketPipeline:
                 horizon_us=self.options.idle_timeout_us + self.options.close_linger_us)
         return join
 
+    def plaintext_router(self, partition: int) -> PlaintextRouter:
+        router = self.plaintext_routers.get(partition)
+        if router is None:
+            router = self.plaintext_routers[partition] = PlaintextRouter()
+        return router
+
     def drop_counters(self) -> Counter[str]:
         """The drop joins' counters summed over the partitions held (``drops_unjoined``,
-        ``drops_joined``, ...) and ``drops_pending``: drops held, not joined yet."""
+        ``drops_joined``, ...) and ``drops_pending``: drops held, not joined yet; the
+        plaintext routers' likewise (``tls_plaintext_joined``, ``tls_plaintext_unjoined``,
+        ``tls_plaintext_pending``)."""
         total: Counter[str] = Counter()
         for join in self.drop_joins.values():
             total.update(join.counters)
             total["drops_pending"] += join.pending
+        for router in self.plaintext_routers.values():
+            total.update(router.counters)
+            total["tls_plaintext_pending"] += router.waiting
         return total
 
     def _engine(self, source_id: str, partition: int) -> Engine:
@@ -103,6 +119,9 @@ class PacketPipeline:
             return
         engine = self._engine(source_id, partition)
         engine.feed(headers, payloads, batch["count"], batch.get("tunnel_of", b""), batch.get("tunnel_paths", b""))
+        router = self.plaintext_routers.get(partition)
+        if router is not None and router.pending:  # plaintext that came before its connection's packets
+            router.retry(self.partition_engines(partition))
         self.publisher.poll()
         if batch["end_of_input"]:
             engine.end_of_packets(batch)
@@ -137,6 +156,17 @@ class PacketPipeline:
             return
         self.drop_join(partition).add(drop)
 
+    def handle_tls_plaintext(self, partition: int, value: bytes | None) -> None:
+        """Process one ``wire.tls-plaintext`` message (any source: the uprobes producer is
+        not the capture). Counts bad input; raises only ``RegistryError``."""
+        try:
+            chunk = self.codec.decode(value)
+        except DecodeError as exc:
+            self._drop(partition, "malformed_tls_plaintext")
+            log.warning("skipping a wire.tls-plaintext message on partition %d: %s", partition, exc)
+            return
+        self.plaintext_router(partition).add(chunk, self.partition_engines(partition))
+
     def finish_all(self) -> None:
         """End every source still open, as its end marker would (a replay whose time range
         ends inside a source). A source waiting for its socket events' end marker ends with
@@ -167,13 +197,16 @@ class PacketPipeline:
 
     def snapshot_partition(self, partition: int) -> bytes:
         """``partition``'s engines and its drop join (:meth:`restore_partition` takes it)."""
-        return snapshot_engines(self.partition_engines(partition), self.drop_joins.get(partition))
+        return snapshot_engines(self.partition_engines(partition), self.drop_joins.get(partition),
+                                self.plaintext_routers.get(partition))
 
     def restore_partition(self, partition: int, state: bytes) -> None:
         """Replace ``partition``'s engines and drop join by those of a snapshot of them
         (:meth:`snapshot_partition`; a snapshot of engines alone restores too)."""
         self.forget_partition(partition)
-        engines, join = restore_partition_state(state, self.options, self.publisher, self.enricher)
+        engines, join, router = restore_partition_state(state, self.options, self.publisher, self.enricher)
+        if router is not None:
+            self.plaintext_routers[partition] = router
         for engine in engines:
             if engine.partition != partition:
                 from .state_codec import StateError
@@ -188,21 +221,26 @@ class PacketPipeline:
             engine.drops = join
             self.engines[(engine.source_id, partition)] = engine
 
-    def take_partition(self, partition: int) -> tuple[dict[tuple[str, int], Engine], Counter[str], DropJoin | None]:
-        """Remove ``partition``'s engines, unreported drops and drop join, and hand them
-        over (to be given back with :meth:`put_partition` if the partition comes back
-        unchanged)."""
+    def take_partition(self, partition: int) -> tuple[dict[tuple[str, int], Engine], Counter[str], DropJoin | None,
+                                                      PlaintextRouter | None]:
+        """Remove ``partition``'s engines, unreported drops, drop join and plaintext
+        router, and hand them over (to be given back with :meth:`put_partition` if the
+        partition comes back unchanged)."""
         engines = {k: e for k, e in self.engines.items() if k[1] == partition}
         for key in engines:
             del self.engines[key]
-        return engines, self.dropped.pop(partition, Counter()), self.drop_joins.pop(partition, None)
+        return (engines, self.dropped.pop(partition, Counter()), self.drop_joins.pop(partition, None),
+                self.plaintext_routers.pop(partition, None))
 
     def put_partition(self, partition: int, engines: dict[tuple[str, int], Engine],
-                      dropped: Counter[str], join: DropJoin | None = None) -> None:
+                      dropped: Counter[str], join: DropJoin | None = None,
+                      router: PlaintextRouter | None = None) -> None:
         self.forget_partition(partition)
         self.engines.update(engines)
         if join is not None:
             self.drop_joins[partition] = join
+        if router is not None:
+            self.plaintext_routers[partition] = router
         if dropped:
             self.dropped[partition] = dropped
 
@@ -212,6 +250,7 @@ class PacketPipeline:
             del self.engines[key]
         self.dropped.pop(partition, None)
         self.drop_joins.pop(partition, None)
+        self.plaintext_routers.pop(partition, None)
 
 
 

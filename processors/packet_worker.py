@@ -1,4 +1,5 @@
-"""The packet worker: consume ``wire.packets``, ``wire.sockets`` and ``wire.drops`` in a consumer group,
+"""The packet worker: consume ``wire.packets``, ``wire.sockets``, ``wire.drops`` and
+``wire.tls-plaintext`` in a consumer group,
 analyse them (:class:`~.packet_pipeline.PacketPipeline`), and checkpoint each partition's
 state with the input offsets it covers, so that partitions can move between workers
 without losing or splitting a connection.
@@ -15,8 +16,8 @@ whenever a partition is assigned:
 A plain confluent-kafka group consumer rather than a Faust agent: a checkpoint must be
 written *before* a partition is given up and the offsets must be those of the state, which
 needs the consumer's rebalance callbacks and its commits in our hands. The ``range``
-assignor gives one worker partition N of all three topics (co-partitioned: a connection's
-socket events and kernel drops are joined to its packets).
+assignor gives one worker partition N of all four topics (co-partitioned: a connection's
+socket events, kernel drops and TLS plaintext are joined to its packets).
 
 Guarantee (docs/checkpoints.md): a partition handed over cleanly (a worker joins, leaves,
 is rolled) loses and repeats nothing; after a crash, the new owner repeats what was
@@ -71,6 +72,7 @@ from wirestream.topics import (
     SOCKETS,
     STATS,
     TLS,
+    TLS_PLAINTEXT,
     TRANSACTIONS,
 )
 
@@ -86,7 +88,7 @@ log = logging.getLogger(__name__)
 
 #: co-partitioned: partition N of each holds the same connections (wirestream.kafka
 #: ensure_process_topics checks their partition counts)
-INPUT_TOPICS = (PACKETS, SOCKETS, DROPS)
+INPUT_TOPICS = (PACKETS, SOCKETS, DROPS, TLS_PLAINTEXT)
 #: what a packet worker writes, each with its schema registered before any input is read
 OUTPUT_SCHEMA_TOPICS = (CONNECTIONS, FLOWS, TRANSACTIONS, DNS, TLS, ALERTS, OBSERVATIONS, STATS)
 #: Messages taken per consume call.
@@ -168,7 +170,7 @@ class PacketWorker:
         consumer = self._consumer = (self._group_consumer() if self.assignment is None
                                      else self._static_consumer(self.assignment))
         handlers = {PACKETS: self.pipeline.handle, SOCKETS: self.pipeline.handle_socket_event,
-                    DROPS: self.pipeline.handle_drop}
+                    DROPS: self.pipeline.handle_drop, TLS_PLAINTEXT: self.pipeline.handle_tls_plaintext}
         next_checkpoint = time.monotonic() + self.worker.checkpoint_interval_s
         try:
             while not stopping():
@@ -368,7 +370,7 @@ class PacketWorker:
             if kept is not None and kept[0] == cp.sequence and kept[1] == cp.offsets and cp.writer == self.instance:
                 # Back to us, and nobody wrote a checkpoint since ours: the engines we kept
                 # are that checkpoint's state (no need to decode it).
-                self.pipeline.put_partition(part, kept[2], kept[3], kept[4])
+                self.pipeline.put_partition(part, *kept[2:])
                 from_memory.add(part)
                 self.counters["restores_from_memory"] += 1
                 self.positions[part] = dict(cp.offsets)

@@ -18,38 +18,40 @@ request line or a status line), as for decrypted plaintext.
 A chunk cut short by the producer's per-call limit (``truncated``) leaves a gap in its
 direction: the analyser is told (``on_gap``) and resynchronises as it does on a TCP gap.
 
-Wiring into the processors (processors/engine.py, another engineer's file): read
-``wire.tls-plaintext`` beside ``wire.packets`` (same partitions), and hand each chunk to
-a :class:`PlaintextJoin` of the partition whose ``connection_id`` callback returns the
-connection's id as the connection tracker computes it; the chunks then also go in the
-partition's checkpoint (the join's state is the held chunks and the analysers).
+In the packet workers: ``wire.tls-plaintext`` is read beside ``wire.packets`` (same
+partitions). The uprobes producer is a source of its own, so a partition's
+:class:`PlaintextRouter` holds each chunk until an engine of the partition tracks its
+connection (its packets may come later than its plaintext: two producers), then hands
+it to that engine's :class:`PlaintextJoin`, whose transactions carry the connection's
+``connection_id`` as the tracker knows it and go out through the engine (enrichment,
+windows, the checkpoint). The engine closes a connection's plaintext analysis when the
+tracker closes the connection. Chunks whose connection no engine tracks within
+``horizon_us`` of chunk time are counted (``tls_plaintext_unjoined``): traffic on an
+interface the capture does not watch, or a capture without L7 analysis.
 """
 
 from __future__ import annotations
 
+import functools
 from collections import Counter
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
 
+from .connection_tracker import Ends, canonical_ends
 from .l7.base import L7Options, StreamContext
 from .l7.tls import DecryptedStream
+
+if TYPE_CHECKING:
+    from .connection_tracker import ConnRef
+    from .engine import Engine
 
 Emit = Callable[[str, str, dict[str, Any]], None]
 Endpoint = tuple[str, int]
 
 
-def connection_ends(chunk: dict[str, Any]) -> tuple[Endpoint, Endpoint]:
-    """The connection's two endpoints in canonical order (lower first)."""
-    local = (chunk["local_ip"], chunk["local_port"])
-    remote = (chunk["remote_ip"], chunk["remote_port"])
-    return (local, remote) if _order(local) <= _order(remote) else (remote, local)
-
-
-def _order(end: Endpoint) -> tuple[int, bytes, int]:
-    import ipaddress
-
-    ip = ipaddress.ip_address(end[0])
-    return ip.version, ip.packed, end[1]
+def connection_ends(chunk: dict[str, Any]) -> Ends:
+    """The chunk's connection's two endpoints in canonical order (lower first)."""
+    return canonical_ends((chunk["local_ip"], chunk["local_port"]), (chunk["remote_ip"], chunk["remote_port"]))
 
 
 class _Connection:
@@ -63,25 +65,39 @@ class PlaintextJoin:
     """TLS plaintext chunks of many connections -> their HTTP/1 records, via ``emit``."""
 
     def __init__(self, emit: Emit, options: L7Options | None = None,
-                 connection_id: Callable[[Endpoint, Endpoint], str] | None = None) -> None:
+                 resolve: Callable[[Ends], tuple[ConnRef, str | None] | None] | None = None) -> None:
+        """``emit``: where records go (in a worker, the engine's L7 dispatcher's, which
+        stamps the source). ``resolve``: the tracker's connection of two endpoints (its
+        id changes as the tracker learns who the client is) and its Community ID; without
+        one, or when it does not know the connection, records get an id made of the
+        endpoints."""
         self.emit = emit
         self.options = options or L7Options()
-        self.connection_id = connection_id or (lambda a, b: f"{a[0]}:{a[1]}-{b[0]}:{b[1]}")
+        self.resolve = resolve
         self.stats: Counter[str] = Counter()
-        self._connections: dict[tuple[Endpoint, Endpoint], _Connection] = {}
+        self._connections: dict[Ends, _Connection] = {}
+        self.last_ts_us = 0  # of the newest chunk: the end of input's time
+
+    @staticmethod
+    def _endpoints_id(a: Endpoint, b: Endpoint) -> str:
+        return f"{a[0]}:{a[1]}-{b[0]}:{b[1]}"
 
     def add(self, chunk: dict[str, Any]) -> None:
         """One ``TlsPlaintext`` record (end-of-input markers are ignored)."""
         if chunk.get("end_of_input"):
             return
         ends = connection_ends(chunk)
+        self.last_ts_us = max(self.last_ts_us, chunk["ts_us"])
         view = (chunk["pid"], chunk["stream_id"])
         conn = self._connections.get(ends)
         if conn is None:
             a, b = ends
-            ctx = StreamContext(ips=(a[0], b[0]), ports=(a[1], b[1]),
-                                connection_id=lambda a=a, b=b: self.connection_id(a, b),
-                                emit=self.emit, options=self.options, stats=self.stats)
+            known = self.resolve(ends) if self.resolve is not None else None
+            # bound methods and partials, not closures: the join is checkpointed
+            connection_id = known[0].connection_id if known else functools.partial(self._endpoints_id, a, b)
+            ctx = StreamContext(ips=(a[0], b[0]), ports=(a[1], b[1]), connection_id=connection_id,
+                                emit=self.emit, options=self.options, stats=self.stats,
+                                community_id=known[1] if known else None)
             conn = self._connections[ends] = _Connection(view, DecryptedStream(ctx))
         elif conn.view != view:
             self.stats["tls_plaintext.other_view"] += 1
@@ -111,8 +127,88 @@ class PlaintextJoin:
         for conn in self._connections.values():
             conn.stream.tick(now_us)
 
-    def close(self, ts_us: int = 0) -> None:
-        """End of input: every connection's pending transactions are emitted."""
-        for conn in self._connections.values():
+    def close_connection(self, ends: Ends, ts_us: int) -> None:
+        """The connection ended (the tracker closed it): its pending transactions go out."""
+        conn = self._connections.pop(ends, None)
+        if conn is not None:
             conn.stream.close(ts_us)
+
+    @property
+    def connections(self) -> int:
+        return len(self._connections)
+
+    def close(self, ts_us: int | None = None) -> None:
+        """End of input: every connection's pending transactions are emitted (at
+        ``ts_us``, by default the newest chunk's time)."""
+        for conn in self._connections.values():
+            conn.stream.close(self.last_ts_us if ts_us is None else ts_us)
         self._connections.clear()
+
+
+class PlaintextRouter:
+    """One partition's plaintext chunks, on their way to the engine tracking their
+    connection (the uprobes producer is not the capture: its chunks name no engine).
+
+    A chunk goes at once to an engine whose tracker has its connection open; otherwise
+    it waits, with the other chunks of its connection, in arrival order, until one does
+    (:meth:`retry`, after each packet batch of the partition), and is given up after
+    ``horizon_us`` of chunk time (``tls_plaintext_unjoined``). Bounded: at most
+    ``max_connections`` connections wait; more are given up at once, counted."""
+
+    def __init__(self, horizon_us: int = 30_000_000, max_connections: int = 10_000) -> None:
+        self.horizon_us = horizon_us
+        self.max_connections = max_connections
+        self.pending: dict[Ends, list[dict[str, Any]]] = {}
+        self.newest_us = 0
+        self.counters: Counter[str] = Counter()
+
+    def add(self, chunk: dict[str, Any], engines: Iterable[Engine]) -> None:
+        """One ``TlsPlaintext`` record of this partition (end markers counted only)."""
+        if chunk.get("end_of_input"):
+            self.counters["tls_plaintext_sources_ended"] += 1
+            return
+        self.newest_us = max(self.newest_us, chunk["ts_us"])
+        ends = connection_ends(chunk)
+        waiting = self.pending.get(ends)
+        if waiting is not None:
+            waiting.append(chunk)
+            self._release(ends, engines)
+            return
+        engine = _tracking(ends, engines)
+        if engine is not None:
+            engine.tls_plaintext(chunk, ends)
+            self.counters["tls_plaintext_joined"] += 1
+        elif len(self.pending) >= self.max_connections:
+            self.counters["tls_plaintext_unjoined"] += 1
+        else:
+            self.pending[ends] = [chunk]
+
+    def retry(self, engines: Iterable[Engine]) -> None:
+        """Hand over what waits for connections now tracked; give up on the old."""
+        if not self.pending:
+            return
+        engines = list(engines)
+        for ends in list(self.pending):
+            if not self._release(ends, engines) and self.pending[ends][0]["ts_us"] < self.newest_us - self.horizon_us:
+                self.counters["tls_plaintext_unjoined"] += len(self.pending.pop(ends))
+
+    def _release(self, ends: Ends, engines: Iterable[Engine]) -> bool:
+        engine = _tracking(ends, engines)
+        if engine is None:
+            return False
+        for chunk in self.pending.pop(ends):
+            engine.tls_plaintext(chunk, ends)
+            self.counters["tls_plaintext_joined"] += 1
+        return True
+
+    @property
+    def waiting(self) -> int:
+        """Chunks held, waiting for their connection."""
+        return sum(len(chunks) for chunks in self.pending.values())
+
+
+def _tracking(ends: Ends, engines: Iterable[Engine]) -> Engine | None:
+    for engine in engines:
+        if ends in engine.tracker.by_ends:
+            return engine
+    return None

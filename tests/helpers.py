@@ -246,3 +246,28 @@ def stop_process(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def read_raw(bootstrap: str, topic: str, start: dict[tuple[str, int], int]) -> list[tuple[int, bytes]]:
+    """(partition, value) of every message of ``topic`` from ``start``, in offset order per partition."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    from wirestream.kafka import consumer_config
+    from wirestream.reader import end_offsets
+
+    end = end_offsets(bootstrap, [topic])
+    consumer = Consumer(consumer_config(bootstrap))
+    consumer.assign([TopicPartition(topic, p, start.get((topic, p), 0)) for (_, p) in end])
+    # until each partition's end offset as it was (messages in a batch may share offsets
+    # below it on some brokers: offsets, not counts, say when we are done)
+    reached = {p: start.get((topic, p), 0) for (_, p) in end}
+    out = []
+    deadline = time.monotonic() + 30
+    while any(reached[p] < end[topic, p] for p in reached) and time.monotonic() < deadline:
+        for m in consumer.consume(500, 0.5):
+            if m.error() is None:
+                out.append((m.partition(), m.value()))
+                reached[m.partition()] = max(reached[m.partition()], m.offset() + 1)
+    consumer.close()
+    assert all(reached[p] >= end[topic, p] for p in reached), (reached, end)
+    return out

@@ -36,8 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from confluent_kafka import Consumer, TopicPartition
-from helpers import needs
+from helpers import needs, read_raw
 from local_pipeline import packet_batches, run_engine
 
 DATA = Path(__file__).parent / "data" / "chrissanders"
@@ -217,29 +216,6 @@ def test_worker_joins_drops_onto_connections_and_flows(own_broker, registry, nam
     assert counters["drops_joined"] >= joined, counters
 
 
-def _raw(bootstrap: str, topic: str, start: dict[tuple[str, int], int]) -> list[tuple[int, bytes]]:
-    """(partition, value) of every message of ``topic`` from ``start``, in offset order per partition."""
-    from wirestream.kafka import consumer_config
-    from wirestream.reader import end_offsets
-
-    end = end_offsets(bootstrap, [topic])
-    consumer = Consumer(consumer_config(bootstrap))
-    consumer.assign([TopicPartition(topic, p, start.get((topic, p), 0)) for (_, p) in end])
-    # until each partition's end offset as it was (messages in a batch may share offsets
-    # below it on some brokers: offsets, not counts, say when we are done)
-    reached = {p: start.get((topic, p), 0) for (_, p) in end}
-    out = []
-    deadline = time.monotonic() + 30
-    while any(reached[p] < end[topic, p] for p in reached) and time.monotonic() < deadline:
-        for m in consumer.consume(500, 0.5):
-            if m.error() is None:
-                out.append((m.partition(), m.value()))
-                reached[m.partition()] = max(reached[m.partition()], m.offset() + 1)
-    consumer.close()
-    assert all(reached[p] >= end[topic, p] for p in reached), (reached, end)
-    return out
-
-
 class _Recorder:
     """The pipeline's publisher, keeping what it is given."""
 
@@ -284,10 +260,10 @@ def test_checkpoint_restore_in_the_middle_gives_the_same_records(broker, registr
     publish_packets(broker.bootstrap, codec, partitions, prefix, name)
     # ours only: the same rows of the test before are on the topic too (a broker's end
     # offset may lag behind what it holds)
-    drop_messages = [(p, v) for p, v in _raw(broker.bootstrap, DROPS, start)
+    drop_messages = [(p, v) for p, v in read_raw(broker.bootstrap, DROPS, start)
                      if codec.decode(v)["source_id"] == f"drops-{prefix}"]
     assert len(drop_messages) == len(drops)
-    packet_messages = _raw(broker.bootstrap, PACKETS, start)
+    packet_messages = read_raw(broker.bootstrap, PACKETS, start)
     options = EngineOptions(l7=L7Options(), packet_partitions=partitions)
 
     def run(cut: bool) -> dict[str, list[dict[str, Any]]]:

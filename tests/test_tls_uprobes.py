@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import ebpf_unavailable, free_port, needs, stop_process, wait_port
+from helpers import ebpf_unavailable, free_port, needs, read_raw, stop_process, wait_port
 from tls_certs import self_signed
 
 NGINX = shutil.which("nginx") or (os.path.exists("/usr/sbin/nginx") and "/usr/sbin/nginx") or None
@@ -265,12 +265,7 @@ FIELDS = ("method", "path", "host", "status", "client_ip", "client_port", "serve
 def test_same_transactions_as_the_key_log_path(run: Run, tmp_path: Path) -> None:
     from wirestream.processors.tls_plaintext_join import PlaintextJoin
 
-    out = tmp_path / "out"
-    proc = subprocess.run([sys.executable, "-m", "wirestream", "analyze", str(run.pcap), "--out", str(out),
-                           "--json", "--no-progress", "--tls-keylog", str(run.keys)],
-                          capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    keylog = [json.loads(line) for line in (out / "wire.transactions.jsonl").open()]
+    keylog = _keylog_transactions(run, tmp_path / "out")
     want = [tuple(t[f] for f in FIELDS) for t in keylog]
     assert [w[:2] + w[3:4] for w in want] == [("GET", p, s) for p, s in zip(PATHS, (200, 404, 200, 418), strict=True)], want
     assert all(t["tls"] for t in keylog) and keylog[2]["response_body_size"] == len(BIG)
@@ -318,6 +313,202 @@ def test_truncated_chunks_are_gaps_the_analyser_survives(run: Run) -> None:
             assert p.get("error") and not w.get("error"), (p.get("error"), w.get("error"))
         else:
             assert p == w
+
+
+def _keylog_transactions(run: Run, out: Path) -> list[dict[str, Any]]:
+    """The key-log path's transactions of the run's capture (wirestream analyze)."""
+    proc = subprocess.run([sys.executable, "-m", "wirestream", "analyze", str(run.pcap), "--out", str(out),
+                           "--json", "--no-progress", "--tls-keylog", str(run.keys)],
+                          capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return [json.loads(line) for line in (out / "wire.transactions.jsonl").open()]
+
+
+@pytest.fixture
+def own_broker() -> Iterator[Any]:
+    """A broker of the test's own: a new consumer group's worker reads its input topics
+    from the start (on the shared broker, every earlier test's packets)."""
+    from wirestream.broker import EmbeddedBroker
+
+    with EmbeddedBroker() as own:
+        yield own
+
+
+def test_a_packet_worker_joins_the_plaintext_to_its_connection(run: Run, own_broker, registry,
+                                                                tmp_path: Path) -> None:
+    """The processors' side, as deployed: the uprobes' chunks (real Avro on a real broker,
+    the partition of their connection) reach a ``wirestream process`` worker *before* the
+    capture's packets, wait for the connection (``tls_plaintext_pending``), and once the
+    packets are in, the worker's transactions are the key-log path's, with the
+    ``connection_id`` of the connection record the same worker emits for curl's
+    connection; nginx's chunks (the other view) are counted, not analysed twice."""
+    import uuid
+
+    from wirestream.producers.pcap_replay import replay_files
+
+    from wirestream.codec import AvroCodec
+    from wirestream.kafka import WireProducer
+    from wirestream.packet_block import PROTO_TCP, canonical_key, partition_for
+    from wirestream.reader import TopicReader, end_offsets, partitions_of
+    from wirestream.topics import CONNECTIONS, PACKETS, STATS, TLS_PLAINTEXT, TRANSACTIONS
+
+    broker = own_broker
+    want = [tuple(t[f] for f in FIELDS) for t in _keylog_transactions(run, tmp_path / "keylog")]
+    codec = AvroCodec(registry.url)
+    env = {**os.environ, "WIRESTREAM_BOOTSTRAP": broker.bootstrap, "WIRESTREAM_REGISTRY": registry.url}
+    group = f"plaintext-{uuid.uuid4().hex[:8]}"
+    worker = subprocess.Popen([sys.executable, "-m", "wirestream", "process", "--role", "packets", "--no-windows",
+                               "--group", group, "--checkpoint-interval", "0.5"],
+                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    counters: dict[str, int] = {}
+    got: dict[str, list[dict[str, Any]]] = {CONNECTIONS: [], TRANSACTIONS: []}
+    try:
+        deadline = time.monotonic() + 90
+        while not partitions_of(broker.bootstrap, [TLS_PLAINTEXT]) and time.monotonic() < deadline:
+            time.sleep(0.2)  # the worker creates the topics
+        partitions = len(partitions_of(broker.bootstrap, [PACKETS]))
+        encode = codec.encoder(TLS_PLAINTEXT)
+        producer = WireProducer(broker.bootstrap)
+
+        def address(ip: str) -> bytes:
+            return socket.inet_aton(ip) + b"\0" * 12
+
+        for c in sorted(run.chunks, key=lambda c: c["ts_us"]):
+            key = canonical_key(PROTO_TCP, address(c["local_ip"]), c["local_port"], address(c["remote_ip"]),
+                                c["remote_port"])
+            producer.produce(TLS_PLAINTEXT, encode(c), None, partition_for(key, partitions))
+        producer.flush(30)
+        with TopicReader(broker.bootstrap, codec, [STATS], "beginning") as reader:
+            while counters.get("tls_plaintext_pending", 0) < len(run.chunks):
+                assert time.monotonic() < deadline and worker.poll() is None, (counters, worker.stderr.read())
+                for m in reader.poll(0.3):
+                    if m.record and m.record["source_id"] == f"worker:{group}":
+                        counters = m.record["counters"]
+        start = end_offsets(broker.bootstrap, (CONNECTIONS, TRANSACTIONS, STATS))
+        done = list(replay_files([str(run.pcap)], broker.bootstrap, codec, partitions, lambda i: f"{group}-{i}"))
+        assert all(not isinstance(result, Exception) for _, result in done), done
+        (source,) = [sid for sid, _ in done]
+        finals = 0
+        with TopicReader(broker.bootstrap, codec, [CONNECTIONS, TRANSACTIONS, STATS], start) as reader:
+            while finals < partitions or counters.get("tls_plaintext_joined", 0) < len(run.chunks):
+                assert time.monotonic() < deadline + 60 and worker.poll() is None, (finals, counters)
+                for m in reader.poll(0.3):
+                    if m.record is None:
+                        continue
+                    if m.topic == STATS:
+                        if m.record["source_id"] == f"worker:{group}":
+                            counters = m.record["counters"]
+                        elif m.record["source_id"] == source and m.record["final"]:
+                            finals += 1
+                            counters_final = m.record["counters"]
+                            if counters_final.get("tls_plaintext.chunks"):
+                                got.setdefault("final_counters", []).append(counters_final)
+                    elif m.record["source_id"] == source:
+                        got[m.topic].append(m.record)
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        _, err = worker.communicate(timeout=60)
+    assert worker.returncode == 0, err[-3000:]
+    transactions = got[TRANSACTIONS]
+    assert [tuple(t[f] for f in FIELDS) for t in transactions] == want, (transactions, counters, got.get("final_counters"))
+    (conn,) = [c for c in got[CONNECTIONS] if c["final"] and c["server_port"] == run.port]
+    assert {t["connection_id"] for t in transactions} == {conn["connection_id"]}
+    assert counters["tls_plaintext_joined"] == len(run.chunks) and counters["tls_plaintext_pending"] == 0
+    # the engine's own counts, in its final report: one view analysed, the other counted
+    (final,) = got["final_counters"]
+    curl_chunks = sum(1 for c in run.chunks if c["pid"] == run.curl_pid)
+    assert final["tls_plaintext.chunks"] + final["tls_plaintext.other_view"] == len(run.chunks)
+    assert final["tls_plaintext.chunks"] in (curl_chunks, len(run.chunks) - curl_chunks), final
+
+
+class _Recorder:
+    """A packet pipeline's publisher, keeping what it is given."""
+
+    def __init__(self) -> None:
+        self.out: dict[str, list[dict[str, Any]]] = {}
+        self.stats: list[dict[str, Any]] = []
+
+    def emit(self, topic: str, key: str | None, record: dict[str, Any]) -> None:
+        self.out.setdefault(topic, []).append(dict(record))
+
+    def send_to_partition(self, topic: str, partition: int, record: dict[str, Any]) -> None:
+        pass
+
+    def poll(self) -> None:
+        pass
+
+    def publish_stats(self, **report: Any) -> None:
+        self.stats.append(report)
+
+
+def test_plaintext_waiting_for_its_connection_survives_a_checkpoint(run: Run, broker, registry) -> None:
+    """The chunks (first) and the packets, read back raw from the broker, through the
+    packet pipeline: once straight, once with every partition snapshotted and restored
+    into a new pipeline half-way through its packets (the chunks still waiting for their
+    connection where the cut comes before its first packet); the records are the same."""
+    import uuid
+    from collections import Counter
+
+    from wirestream.processors.engine import EngineOptions
+    from wirestream.processors.l7.base import L7Options
+    from wirestream.processors.packet_pipeline import PacketPipeline
+    from wirestream.producers.pcap_replay import replay_files
+
+    from wirestream.codec import AvroCodec
+    from wirestream.kafka import WireProducer, ensure_process_topics
+    from wirestream.packet_block import PROTO_TCP, canonical_key, partition_for
+    from wirestream.reader import end_offsets
+    from wirestream.topics import PACKETS, TLS_PLAINTEXT
+
+    codec = AvroCodec(registry.url)
+    prefix = f"plaintext-cp-{uuid.uuid4().hex[:8]}"
+    partitions = ensure_process_topics(broker.bootstrap, 4, group=prefix, role="packets").packet_partitions
+    start = end_offsets(broker.bootstrap, (PACKETS, TLS_PLAINTEXT))
+    encode = codec.encoder(TLS_PLAINTEXT)
+    producer = WireProducer(broker.bootstrap)
+    for c in sorted(run.chunks, key=lambda c: c["ts_us"]):
+        key = canonical_key(PROTO_TCP, socket.inet_aton(c["local_ip"]) + b"\0" * 12, c["local_port"],
+                            socket.inet_aton(c["remote_ip"]) + b"\0" * 12, c["remote_port"])
+        producer.produce(TLS_PLAINTEXT, encode({**c, "source_id": f"uprobes-{prefix}"}), None,
+                         partition_for(key, partitions))
+    producer.flush(30)
+    done = list(replay_files([str(run.pcap)], broker.bootstrap, codec, partitions, lambda i: f"{prefix}-{i}"))
+    assert all(not isinstance(result, Exception) for _, result in done), done
+    # ours only: the topics hold earlier tests' messages too
+    messages = {topic: [(p, v) for p, v in read_raw(broker.bootstrap, topic, start)
+                        if codec.decode(v)["source_id"] in (f"uprobes-{prefix}", f"{prefix}-0")]
+                for topic in (PACKETS, TLS_PLAINTEXT)}
+    assert len(messages[TLS_PLAINTEXT]) == len(run.chunks)
+    options = EngineOptions(l7=L7Options(), packet_partitions=partitions)
+
+    def moved(old: PacketPipeline, part: int, state: bytes, sink: _Recorder) -> PacketPipeline:
+        new = PacketPipeline(codec, sink, options, source_prefix=prefix)  # type: ignore[arg-type]
+        for p in {p for (_, p) in old.engines} | set(old.drop_joins) | set(old.plaintext_routers):
+            if p != part:
+                new.put_partition(p, *old.take_partition(p))
+        new.restore_partition(part, state)
+        return new
+
+    def replay(cut: bool) -> dict[str, list[dict[str, Any]]]:
+        sink = _Recorder()
+        pipeline = PacketPipeline(codec, sink, options, source_prefix=prefix)  # type: ignore[arg-type]
+        for part, value in messages[TLS_PLAINTEXT]:
+            pipeline.handle_tls_plaintext(part, value)
+        assert pipeline.drop_counters()["tls_plaintext_pending"] == len(run.chunks)
+        halfway = {p: n // 2 for p, n in Counter(p for p, _ in messages[PACKETS]).items()}
+        seen: Counter[int] = Counter()
+        for part, value in messages[PACKETS]:
+            if cut and seen[part] == halfway[part]:
+                pipeline = moved(pipeline, part, pipeline.snapshot_partition(part), sink)
+            pipeline.handle(part, value)
+            seen[part] += 1
+        assert pipeline.drop_counters()["tls_plaintext_joined"] == len(run.chunks)
+        return sink.out
+
+    straight, restored = replay(False), replay(True)
+    assert straight == restored
+    assert [t["path"] for t in straight["wire.transactions"]] == list(PATHS)
+    assert all(t["tls"] and t["community_id"] for t in straight["wire.transactions"])
 
 
 #: One process, two ends of one TLS connection over loopback: a server on an SSLSocket

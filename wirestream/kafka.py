@@ -364,13 +364,13 @@ def ensure_process_topics(bootstrap: str, partitions: int, *, group: str, role: 
     ``replication_factor`` replicas (as :func:`wirestream.broker.ensure_topics`: None is
     ``$WIRESTREAM_REPLICATION_FACTOR``, -1 the broker's default).
 
-    Raises ``WirestreamError`` when wire.sockets or wire.drops and wire.packets have
-    different partition counts (socket events and drops are joined to packets partition
-    by partition).
+    Raises ``WirestreamError`` when wire.sockets, wire.drops or wire.tls-plaintext and
+    wire.packets have different partition counts (socket events, drops and TLS plaintext
+    are joined to packets partition by partition).
     """
     # Imported here: processors.app imports processors.output, which imports this module.
     from wirestream.processors.app import changelog_topic
-    from wirestream.topics import ALL_TOPICS, DROPS, OBSERVATIONS, PACKETS, SOCKETS
+    from wirestream.topics import ALL_TOPICS, DROPS, OBSERVATIONS, PACKETS, SOCKETS, TLS_PLAINTEXT
 
     broker.ensure_topics(bootstrap, ALL_TOPICS, partitions, replication_factor=replication_factor)
     if plugins:
@@ -381,10 +381,10 @@ def ensure_process_topics(bootstrap: str, partitions: int, *, group: str, role: 
                                  replication_factor=replication_factor)
     packet_partitions = broker.partition_count(bootstrap, PACKETS)
     if role != "windows":
-        # The packet workers join wire.sockets and wire.drops to wire.packets partition by
-        # partition: the range assignor gives one worker the same partition of each only
-        # if their counts are equal.
-        for topic, what in ((SOCKETS, "socket events"), (DROPS, "kernel drops")):
+        # The packet workers join wire.sockets, wire.drops and wire.tls-plaintext to
+        # wire.packets partition by partition: the range assignor gives one worker the
+        # same partition of each only if their counts are equal.
+        for topic, what in ((SOCKETS, "socket events"), (DROPS, "kernel drops"), (TLS_PLAINTEXT, "TLS plaintext")):
             broker.ensure_topics(bootstrap, [topic], packet_partitions, replication_factor=replication_factor)
             partitions_of = broker.partition_count(bootstrap, topic)
             if partitions_of != packet_partitions:

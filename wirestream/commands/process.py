@@ -146,7 +146,7 @@ def _run_static(args: argparse.Namespace) -> int:
 
     from wirestream.broker import wait_for_topics
     from wirestream.errors import UsageError
-    from wirestream.topics import DROPS, OBSERVATIONS, PACKETS, SOCKETS, STATS
+    from wirestream.topics import DROPS, OBSERVATIONS, PACKETS, SOCKETS, STATS, TLS_PLAINTEXT
 
     packets = args.role in ("all", "packets")
     windows = args.role in ("all", "windows") and args.windows
@@ -188,7 +188,7 @@ def _run_static(args: argparse.Namespace) -> int:
         loops.append(WindowsWorker(args.bootstrap, AvroCodec(args.registry), starts,
                                    common.window_options(args)).run)
     if packets:
-        assignment = {p: {t: off for (t, q), off in args.start_offsets.items() if q == p and t in (PACKETS, SOCKETS, DROPS)}
+        assignment = {p: {t: off for (t, q), off in args.start_offsets.items() if q == p and t in (PACKETS, SOCKETS, DROPS, TLS_PLAINTEXT)}
                       for p in args.assign}
         worker = _packet_worker(args, topics[PACKETS], topics[OBSERVATIONS], assignment=assignment)
         loops.append(worker.run)
