@@ -389,7 +389,7 @@ def test_checker_apparmor_annotation() -> None:
 def test_workloads_are_restricted(built, name) -> None:
     """Every workload but capture passes "restricted"."""
     objs = workloads(built[name])
-    assert {"wirestream-processors", "wirestream-windows", "wirestream-watcher", CAPTURE} <= set(objs)
+    assert {"wirestream-processors", "wirestream-windows", "wirestream-chains", "wirestream-watcher", CAPTURE} <= set(objs)
     if "components/sinks" in BUILDS[name]["components"]:
         assert "wirestream-sink-parquet" in objs
     for wname, obj in objs.items():
