@@ -35,7 +35,16 @@ from typing import Any, Protocol
 import numpy as np
 
 from wirestream.packet_block import PROTO_UDP
-from wirestream.topics import ALERTS, CONNECTIONS, DNS, FLOWS, OBSERVATIONS, TLS, TRANSACTIONS
+from wirestream.topics import (
+    ALERTS,
+    CONNECTIONS,
+    DNS,
+    FLOWS,
+    OBSERVATIONS,
+    QUERIES,
+    TLS,
+    TRANSACTIONS,
+)
 
 from .connection_tracker import ConnectionTracker, Ends
 from .drop_join import DropJoin
@@ -58,7 +67,7 @@ class Sink(Protocol):
 
 
 #: The record kinds that carry a ``tunnel`` list (schemas/*.avsc).
-_TUNNEL_TOPICS = frozenset({CONNECTIONS, FLOWS, DNS, TLS, TRANSACTIONS})
+_TUNNEL_TOPICS = frozenset({CONNECTIONS, FLOWS, DNS, TLS, TRANSACTIONS, QUERIES})
 #: Fields set by enrichment only where it knows them: a record without them gets their
 #: schema default, so that records leave the engine as they read back from Avro.
 _ENRICHMENT_DEFAULTS = {

@@ -38,14 +38,23 @@ from wirestream.errors import DecodeError, RegistryError
 from wirestream.kafka import consumer_config
 from wirestream.kafka_security import raise_if_fatal
 from wirestream.reader import partitions_of
-from wirestream.topics import CONNECTIONS, DNS, FLOWS, K8S_IDENTITY, RECORD_TIME, TLS, TRANSACTIONS
+from wirestream.topics import (
+    CONNECTIONS,
+    DNS,
+    FLOWS,
+    K8S_IDENTITY,
+    QUERIES,
+    RECORD_TIME,
+    TLS,
+    TRANSACTIONS,
+)
 
 from .network_policy import K8S_POLICIES, PolicyError, PolicyTable, endpoint_of, violation_alert
 
 log = logging.getLogger(__name__)
 
 #: the records with client and server endpoints; each is resolved at its RECORD_TIME
-ENRICHED_TOPICS = (CONNECTIONS, FLOWS, TRANSACTIONS, DNS, TLS)
+ENRICHED_TOPICS = (CONNECTIONS, FLOWS, TRANSACTIONS, DNS, TLS, QUERIES)
 #: the records that get a NetworkPolicy verdict (a transaction, query, handshake is on one)
 POLICY_TOPICS = (CONNECTIONS, FLOWS)
 #: the tables the feed reads

@@ -21,6 +21,8 @@ FLOWS = "wire.flows"
 TRANSACTIONS = "wire.transactions"
 DNS = "wire.dns"
 TLS = "wire.tls"
+#: database and cache calls (Redis today), one record per command and its reply
+QUERIES = "wire.queries"
 SERVICE_METRICS = "wire.service-metrics"
 ALERTS = "wire.alerts"
 #: call chains: an HTTP request and the requests made while serving it (`wirestream chains`)
@@ -51,6 +53,7 @@ TOPIC_SCHEMAS: dict[str, str] = {
     TRANSACTIONS: "transaction",
     DNS: "dns",
     TLS: "tls",
+    QUERIES: "query",
     SERVICE_METRICS: "service_metrics",
     ALERTS: "alert",
     CALL_CHAINS: "call_chain",
@@ -65,6 +68,7 @@ OUTPUT_TOPICS: tuple[str, ...] = (
     TRANSACTIONS,
     DNS,
     TLS,
+    QUERIES,
     SERVICE_METRICS,
     ALERTS,
 )
@@ -115,6 +119,7 @@ RECORD_TIME: dict[str, str] = {
     TRANSACTIONS: "request_ts_us",
     DNS: "query_ts_us",
     TLS: "client_hello_ts_us",
+    QUERIES: "request_ts_us",
     SERVICE_METRICS: "window_start_ts_us",
     ALERTS: "ts_us",
     CALL_CHAINS: "start_ts_us",

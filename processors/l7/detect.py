@@ -4,11 +4,15 @@
 and whether that side is the client. Wireshark decides HTTP and TLS by port (plus
 optional heuristics); we look at the bytes, so HTTP on port 8000 or TLS on 8443 are
 found without configuration. DNS over TCP has no recognisable first bytes (a length
-prefix), so it is the one protocol chosen by port (53).
+prefix), so it is the one protocol chosen by port (53). Redis is recognised from a
+client's first command: a RESP array of bulk strings (``*<n>\r\n$<len>\r\n``), what
+every Redis client library sends (the replies alone are not told from other protocols'
+lines, so a capture that starts mid-connection waits for the client's next command).
 """
 
 from __future__ import annotations
 
+import re
 from enum import Enum
 
 from wirestream._core import looks_like_tls_client_hello  # rust/src/l7/tls/record.rs
@@ -30,8 +34,14 @@ class Verdict(Enum):
     HTTP_RESPONSE = "http_response"  # this side is an HTTP server
     TLS_CLIENT_HELLO = "tls_client"  # this side is a TLS client
     TLS_SERVER = "tls_server"        # a TLS handshake record from the server side
+    RESP_COMMAND = "resp_command"    # this side is a Redis client (a RESP command array)
     UNKNOWN = "unknown"
     NEED_MORE = "need_more"
+
+
+#: a RESP command: an array of 1 to 1,048,576 elements whose first is a bulk string
+_RESP_COMMAND = re.compile(rb"\*[1-9][0-9]{0,6}\r\n\$[0-9]{1,9}\r\n")
+_RESP_PREFIX = re.compile(rb"\*(?:[1-9][0-9]{0,6}(?:\r(?:\n(?:\$(?:[0-9]{1,9}\r?)?)?)?)?)?")
 
 
 def detect(data: bytes) -> Verdict:
@@ -39,6 +49,11 @@ def detect(data: bytes) -> Verdict:
     if not data:
         return Verdict.NEED_MORE
     b0 = data[0]
+    if b0 == 0x2A:  # "*": a RESP array
+        if _RESP_COMMAND.match(data):
+            return Verdict.RESP_COMMAND
+        prefix = _RESP_PREFIX.match(data)
+        return Verdict.NEED_MORE if prefix is not None and prefix.end() == len(data) else Verdict.UNKNOWN
     if b0 == 0x16 or b0 & 0x80:
         # A TLS handshake record (type 22, version 3.x) or an SSLv2-compatible ClientHello
         # (high bit set in the 2-byte length).

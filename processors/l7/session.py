@@ -25,6 +25,7 @@ from .base import Emit, L7Options, StreamAnalyzer, StreamContext
 from .detect import Verdict, detect
 from .dns import DnsMatcher, DnsTcpAnalyzer
 from .http import HttpAnalyzer
+from .redis import RedisAnalyzer
 from .tls import TlsAnalyzer
 
 if TYPE_CHECKING:
@@ -173,6 +174,8 @@ class L7Session:
             make = TlsAnalyzer
         elif verdict is Verdict.TLS_SERVER:
             make, client = TlsAnalyzer, 1 - d
+        elif verdict is Verdict.RESP_COMMAND:
+            make = RedisAnalyzer
         stats = self.dispatcher.stats
         if make is None:
             # Not a message start. Later chunks of this side may start one (a capture that

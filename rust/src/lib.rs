@@ -51,6 +51,7 @@ mod python_avro;
 mod python_http;
 mod python_dns;
 mod python_tls;
+mod python_resp;
 mod python_flow;
 
 /// The version of the compiled core (the crate's), for `wirestream doctor`.
@@ -74,6 +75,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<python_dns::PyDnsMatcher>()?;
     m.add_class::<python_dns::PyDnsTcp>()?;
     m.add_class::<python_tls::PyTlsConnection>()?;
+    m.add_class::<python_resp::PyRespConnection>()?;
     m.add_class::<python_tls::PyKeyLog>()?;
     m.add_function(wrap_pyfunction!(python_tls::looks_like_tls_client_hello, m)?)?;
     m.add_class::<python_avro::PyAvroWriter>()?;

@@ -7,10 +7,15 @@
 //! - [`dns`]: DNS over UDP and TCP: message parsing, query/response matching
 //!   (Wireshark's `dns.time`), the TCP length framing; the Python face is `python_dns`
 //!   (`wirestream._core.DnsMatcher`, `DnsTcp`), wrapped by `processors/l7/dns.py`.
+//! - [`resp`]: RESP (Redis), RESP2 and RESP3, one streaming parser per direction that
+//!   keeps a command's name and key and a reply's type, size and error; the Python face
+//!   is `python_resp` (`wirestream._core.RespConnection`), wrapped by
+//!   `processors/l7/redis.py`.
 //! - [`tls`]: TLS handshakes over one TCP connection: record layer, handshake message
 //!   framing and the handshake state machine; the Python face is `python_tls`
 //!   (`wirestream._core.TlsConnection`), wrapped by `processors/l7/tls.py`.
 
 pub mod dns;
 pub mod http;
+pub mod resp;
 pub mod tls;
