@@ -229,7 +229,7 @@ class RedisAnalyzer(StreamAnalyzer):
                 reply_type=kind,
                 # what the reply holds: an aggregate's elements, an integer reply's value
                 # (DEL's keys deleted, INCR's new value...), 1 for a value, 0 for a null
-                rows=elements if kind in ("array", "set", "map", "push") else (
+                rows=None if failed else elements if kind in ("array", "set", "map", "push") else (
                     integer if kind == "integer" else (0 if kind == "null" else 1)),
                 response_bytes=size, response_ts_us=ts_us, latency_us=max(0, ts_us - cmd.ts_us))
         self.stats["redis_queries"] += 1
