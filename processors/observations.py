@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from wirestream.packet_block import partition_for
-from wirestream.topics import CONNECTIONS, DNS, TRANSACTIONS
+from wirestream.topics import CONNECTIONS, DNS, QUERIES, TRANSACTIONS
 
 from .findings import findings_of
 
@@ -129,10 +129,35 @@ def _observe_dns(r: dict[str, Any]) -> Row:
             0, r["query_ts_us"], -1 if latency is None else latency, 0, 0, 0, r.get("server_pod") or "", 0)
 
 
-OBSERVE: dict[str, Callable[[dict[str, Any]], Row]] = {
+#: a query's error reply as the windows count a request's status: authentication refused
+#: as 401 (``auth_failures``), any other error reply as 400 (the command was refused: a
+#: client's error, as Redis's WRONGTYPE or an unknown command), never 5xx
+_QUERY_AUTH_ERRORS = ("NOAUTH", "WRONGPASS", "NOPERM")
+
+
+def _observe_query(r: dict[str, Any]) -> Row | None:
+    """A database or cache call is a request to the server's service: counted, timed and
+    its errors counted like an HTTP request's (status above), in the same windows. Pub/sub
+    deliveries (``message`` records) are not requests: not observed."""
+    if r["operation"] == "message":
+        return None
+    latency = r["latency_us"]
+    status = 0
+    if r["status"] == "error":
+        status = 401 if (r["error"] or "").startswith(_QUERY_AUTH_ERRORS) else 400
+    # The request's identity is the call itself (its query_id): the windows' retry
+    # detection must not take a second GET of the same key for a retry.
+    return (TRANSACTION, 0, status, service_of(r), r["client_ip"],
+            "no_response" if r["status"] == "no_reply" else "", zlib.crc32(r["query_id"].encode()),
+            r["request_ts_us"], -1 if latency is None else latency, 0, 0, 0, r.get("server_pod") or "",
+            (r.get("request_bytes") or 0) + (r.get("response_bytes") or 0))
+
+
+OBSERVE: dict[str, Callable[[dict[str, Any]], Row | None]] = {
     CONNECTIONS: _observe_connection,
     TRANSACTIONS: _observe_transaction,
     DNS: _observe_dns,
+    QUERIES: _observe_query,
 }
 
 
@@ -206,6 +231,8 @@ class Observer:
         if extract is None or not record.get("final", True):
             return  # interim connection records are not counted: the final one will be
         row = extract(record)
+        if row is None:
+            return
         self._add(row)
         if topic == CONNECTIONS:
             for key in topology_keys(record):

@@ -175,8 +175,13 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Run:
 
 
 @pytest.fixture(scope="module")
-def queries(run: Run, tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
-    out = tmp_path_factory.mktemp("redis-analyze")
+def analyzed(run: Run, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("redis-analyze")
+
+
+@pytest.fixture(scope="module")
+def queries(run: Run, analyzed: Path) -> list[dict[str, Any]]:
+    out = analyzed
     proc = subprocess.run([sys.executable, "-m", "wirestream", "analyze", str(run.pcap), "--out", str(out), "--json",
                            "--no-progress"], capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -265,3 +270,18 @@ def test_no_secret_reaches_a_record(run: Run, queries: list[dict[str, Any]]) -> 
     assert auths and all(q["statement"] == "AUTH ?" and q["target"] is None for q in auths)
     (set_k1,) = [q for q in queries if q["operation"] == "SET" and q["target"] == "k1"]
     assert set_k1["statement"] == "SET k1 ?"
+
+
+def test_calls_are_requests_of_the_servers_service_windows(run: Run, queries: list[dict[str, Any]],
+                                                           analyzed: Path) -> None:
+    """The windows count a call like an HTTP request of the server's service: its number,
+    latency percentiles and error replies (4xx-like; a refused password as 401)."""
+    windows = [json.loads(line) for line in (analyzed / "wire.service-metrics.jsonl").open()]
+    mine = [w for w in windows if w["scope"] == "service" and w["service"].endswith(f":{run.port}")]
+    assert mine, {w["service"] for w in windows}
+    calls = [q for q in queries if q["operation"] != "message"]
+    assert sum(w["requests"] for w in mine) == len(calls)
+    refused = sum(1 for q in calls if q["status"] == "error")
+    assert sum(w["errors_4xx"] for w in mine) == refused > 0
+    worst = max(q["latency_us"] for q in calls if q["latency_us"] is not None)
+    assert 0 < max(w["latency_p99_us"] for w in mine) <= worst * 1.05
