@@ -21,6 +21,7 @@ from wirestream.topics import (
     DNS,
     FLOWS,
     PACKETS_STAGE,
+    QUERIES,
     SERVICE_METRICS,
     TLS,
     TRANSACTIONS,
@@ -46,6 +47,8 @@ SUMMARY_FIELDS: dict[str, frozenset[str]] = {
                       "conn_state", "icmp_type", "icmp_code", "path_mtu", "quoted_transport", "quoted_src_ip",
                       "quoted_src_port", "quoted_dst_ip", "quoted_dst_port", "policy_verdict", "cross_zone",
                       "drops"}),
+    QUERIES: frozenset({"client_ip", "client_port", "server_ip", "server_port", "protocol", "operation",
+                        "statement", "status", "error", "latency_us", "rows"}),
 }
 
 
@@ -198,6 +201,70 @@ def print_l7(records: dict[str, list[dict[str, Any]]], top: int, console: Consol
                 f"[red]{h['alert']}[/]" if h.get("alert") else "",
             )
         console.print(table)
+
+
+#: characters of a statement (and of an error reply) the queries table shows
+STATEMENT_WIDTH = 60
+ERROR_WIDTH = 40
+
+
+def _cut(text: str | None, width: int) -> str | None:
+    """``text`` at most ``width`` characters, an ellipsis marking what was cut."""
+    if text is None or len(text) <= width:
+        return text
+    return text[:width - 1] + "…"
+
+
+def _slowest(queries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Queries slowest first; those without a latency (no reply, pub/sub messages) last."""
+    return sorted(queries, key=lambda q: (q.get("latency_us") is not None, q.get("latency_us") or 0), reverse=True)
+
+
+def queries_summary(queries: list[dict[str, Any]]) -> dict[str, Any]:
+    """What ``--json`` says of wire.queries: counts by status and operation (the 20 most
+    seen), and the 10 slowest of those with a latency."""
+    return {
+        "count": len(queries),
+        "by_status": dict(Counter(q["status"] for q in queries).most_common()),
+        "by_operation": dict(Counter(q["operation"] for q in queries).most_common(20)),
+        "slowest": [{"operation": q["operation"], "statement": q["statement"], "latency_us": q["latency_us"],
+                     "status": q["status"]}
+                    for q in _slowest(queries)[:10] if q.get("latency_us") is not None],
+    }
+
+
+def print_queries(records: dict[str, list[dict[str, Any]]], top: int, console: Console) -> None:
+    """Database and cache calls (wire.queries), slowest first, and one line of their
+    statuses and most seen error replies; nothing without them."""
+    queries = records.get(QUERIES, [])
+    if not queries:
+        return
+    from rich.table import Table
+
+    table = Table(title=f"Queries (databases and caches), slowest first (top {min(top, len(queries))} "
+                        f"of {len(queries):,})")
+    for col, kw in (("client", {}), ("server", {}), ("protocol", {}), ("operation", {}), ("statement", {}),
+                    ("status / error", {}), ("latency", {"justify": "right"}), ("rows", {"justify": "right"})):
+        table.add_column(col, **kw)
+    for q in _slowest(queries)[:top]:
+        status = q.get("status")
+        if status == "error":
+            shown = f"[red]error: {_text(_cut(q.get('error'), ERROR_WIDTH))}[/]"
+        elif status == "no_reply":
+            shown = "[yellow]no reply[/]"
+        else:
+            shown = _text(status)
+        rows = q.get("rows")
+        table.add_row(_endpoint(q["client_ip"], q["client_port"]), _endpoint(q["server_ip"], q["server_port"]),
+                      _text(q.get("protocol")), _text(q.get("operation")),
+                      _text(_cut(q.get("statement"), STATEMENT_WIDTH)), shown, _us(q.get("latency_us")),
+                      "-" if rows is None else f"{rows:,}")
+    console.print(table)
+    statuses = Counter(q["status"] for q in queries)
+    errors = Counter(q["error"] for q in queries if q.get("status") == "error" and q.get("error"))
+    console.print(f"queries: {len(queries):,}; " + ", ".join(f"{k} {v:,}" for k, v in statuses.most_common())
+                  + ("; most seen errors: " + "; ".join(f"{_text(_cut(e, ERROR_WIDTH))} ×{n:,}"
+                                                        for e, n in errors.most_common(3)) if errors else ""))
 
 
 def _services(records: dict[str, list[dict[str, Any]]]) -> list[ServiceSummary]:
@@ -488,6 +555,8 @@ def summary_json(result: Any) -> dict[str, Any]:
         "flows": dict(Counter(f["transport"] for f in result.records.get(FLOWS, []))),
         "top_trouble": sorted(conns, key=trouble_key, reverse=True)[:10],
         "l7": l7_summary(result.records),
+        # always there (zeros without queries), so that a reader's keys do not come and go
+        "queries": queries_summary(result.records.get(QUERIES, [])),
         "services": [_service_json(s) for s in _services(result.records)],
         "topology": [_topology_json(*t) for t in _topology(result.records)],
         "alerts": dict(Counter(a["kind"] for a in result.records.get(ALERTS, [])).most_common()),
@@ -580,6 +649,7 @@ def print_summary(result: Any, top: int = 15, out_dir: str | None = None, consol
     print_fd_snapshot(result.files, top, console)
     print_flows(result.records, top, console)
     print_l7(result.records, top, console)
+    print_queries(result.records, top, console)
     print_services(result.records, top, console)
     print_topology(result.records, console)
 

@@ -7,8 +7,10 @@ Formats (one record -> one event):
   document: ``@timestamp``, ``event.*`` (kind ``alert`` for detections, ``event``
   otherwise; category ``network``), ``source``/``destination`` address and port,
   ``network.transport``, ``http.*``/``url.*`` for transactions, ``dns.*``, ``tls.*``,
-  ``rule.name``/``message`` for alerts, ``service.name``, and the whole record under
-  ``wirestream``;
+  ``rule.name``/``message`` for alerts, for queries (wire.queries) category ``database``
+  with ``event.action``/``event.outcome``/``event.duration``, ``error.message`` and
+  ``network.protocol`` (ECS has no ``db.*``: the statement is in ``wirestream.statement``),
+  ``service.name``, and the whole record under ``wirestream``;
 - :func:`cef_event`: ArcSight Common Event Format,
   ``CEF:0|wirestream|wirestream|VERSION|signature|name|severity|extensions``, with CEF's
   escaping (``\\|`` and ``\\\\`` in the header, ``\\=``, ``\\\\`` and ``\\n`` in extension values).
@@ -51,7 +53,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from wirestream.errors import WirestreamError
-from wirestream.topics import ALERTS, DNS, FLOWS, TLS, TRANSACTIONS, record_time_us
+from wirestream.topics import ALERTS, DNS, FLOWS, QUERIES, TLS, TRANSACTIONS, record_time_us
 
 from .base import BatchSink, Item
 from .jsonl import to_json_line
@@ -69,6 +71,8 @@ HEC_TOKEN_ENV = "WIRESTREAM_HEC_TOKEN"
 MAX_DATAGRAM = 65_000  # payload of one UDP datagram, with room for the syslog header
 #: CEF severity (0-10) of an alert severity
 CEF_SEVERITY = {"info": 3, "low": 3, "warning": 5, "medium": 5, "high": 8, "critical": 10}
+#: ECS event.outcome (and CEF outcome) of a query's status: no reply is not known to have failed
+QUERY_OUTCOME = {"ok": "success", "error": "failure", "no_reply": "unknown"}
 
 
 def _iso(ts_us: int | None) -> str:
@@ -129,6 +133,19 @@ def ecs_event(topic: str, record: dict[str, Any]) -> dict[str, Any]:
         if record.get("service"):
             doc["network"]["protocol"] = record["service"]
         doc["event"]["duration"] = (record["end_ts_us"] - record["start_ts_us"]) * 1000  # ns
+    elif topic == QUERIES:
+        # ECS 8.11 has no db.* field set: the call is a "database" event whose action is the
+        # command; its statement (redacted) and target stay in wirestream.*
+        doc["event"]["category"] = ["database", "network"]
+        doc["event"]["action"] = record.get("operation")
+        doc["event"]["outcome"] = QUERY_OUTCOME.get(str(record.get("status")), "unknown")
+        if record.get("status") == "error":
+            doc["event"]["type"] = ["info", "error"]
+        if record.get("latency_us") is not None:
+            doc["event"]["duration"] = record["latency_us"] * 1000  # ns
+        if record.get("error"):
+            doc["error"] = {"message": record["error"]}
+        doc.setdefault("network", {})["protocol"] = record.get("protocol")
     elif alert:
         doc["rule"] = {"name": record.get("kind")}
         doc["event"]["severity"] = CEF_SEVERITY.get(str(record.get("severity")), 5)
@@ -186,6 +203,13 @@ def cef_event(topic: str, record: dict[str, Any]) -> str:
     if topic == TRANSACTIONS:
         ext.update(requestMethod=record.get("method"), request=record.get("path"),
                    cs1Label="status", cs1=record.get("status"))
+    elif topic == QUERIES:
+        # cs1 is the statement here (a transaction's is its status); out/in: the bytes of the
+        # command and of the reply, as for flows (client to server, server to client)
+        ext.update(app=record.get("protocol"), act=record.get("operation"),
+                   outcome=QUERY_OUTCOME.get(str(record.get("status")), "unknown"),
+                   cs1Label="statement", cs1=record.get("statement"), reason=record.get("error"),
+                   out=record.get("request_bytes"), **{"in": record.get("response_bytes")})
     service = record.get("server_service") or (record.get("service") if topic != FLOWS else None)
     if service:
         ext.update(cs2Label="service", cs2=service)
