@@ -4,8 +4,11 @@ A redis-server of the test's own on loopback; tcpdump records its port while red
 (the Python client, over RESP2 and RESP3) runs a known workload: strings, a hash, a list,
 a 1 MB value, an error reply, a wrong password, a pipeline of five commands, pub/sub
 over RESP2 (message arrays) and RESP3 (push values), and ``redis-cli MONITOR`` watches
-the server. Then ``wirestream analyze`` reads the capture. Wireshark has no Redis
-dissector, so the referees are the server and the client:
+the server. Then ``wirestream analyze`` reads the capture. The referees:
+
+* tshark's RESP dissector (``-d tcp.port==P,resp``): the commands each client sent (its
+  top-level arrays) are that client's records, one for one, and the error replies it
+  shows are the records' errors, text for text;
 
 * the server's MONITOR output (every command it executed, with its client's address) is,
   connection by connection, the records' operations and keys, in order (MONITOR leaves
@@ -33,13 +36,15 @@ from typing import Any
 import pytest
 from helpers import free_port, import_or_require, needs, stop_process, wait_port
 
+TSHARK = shutil.which("tshark")
 REDIS_SERVER = shutil.which("redis-server")
 REDIS_CLI = shutil.which("redis-cli")
 TCPDUMP = shutil.which("tcpdump")
 
 
 def _missing() -> str | None:
-    for name, path in (("redis-server", REDIS_SERVER), ("redis-cli", REDIS_CLI), ("tcpdump", TCPDUMP)):
+    for name, path in (("redis-server", REDIS_SERVER), ("redis-cli", REDIS_CLI), ("tcpdump", TCPDUMP),
+                       ("tshark", TSHARK)):
         if not path:
             return f"{name} is not installed (scripts/install --test installs it)"
     if os.geteuid() != 0:
@@ -285,3 +290,30 @@ def test_calls_are_requests_of_the_servers_service_windows(run: Run, queries: li
     assert sum(w["errors_4xx"] for w in mine) == refused > 0
     worst = max(q["latency_us"] for q in calls if q["latency_us"] is not None)
     assert 0 < max(w["latency_p99_us"] for w in mine) <= worst * 1.05
+
+
+def _tshark(run: Run, *args: str) -> list[list[str]]:
+    proc = subprocess.run([TSHARK, "-n", "-r", str(run.pcap), "-d", f"tcp.port=={run.port},resp", "-T", "fields",
+                           "-E", "separator=/t", *args], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return [line.split("\t") for line in proc.stdout.splitlines()]
+
+
+def test_tshark_sees_the_same_commands_and_errors(run: Run, queries: list[dict[str, Any]]) -> None:
+    # every command a client sent: a top-level array (commands are flat: one array length
+    # per command in the frames of the client's direction; a command spread over several
+    # segments shows in each of them, "reassembled in next frame" but the last)
+    sent: Counter[int] = Counter()
+    for port, lengths in _tshark(run, "-Y", f"tcp.dstport=={run.port} && resp.array"
+                                 " && !resp.reassembled_in_next_frame",
+                                 "-e", "tcp.srcport", "-e", "resp.array.length"):
+        sent[int(port)] += len(lengths.split(","))
+    records = Counter(q["client_port"] for q in queries if q["operation"] != "message")
+    assert records == sent
+    # every error reply, in order per client
+    shown = [(int(port), text) for port, errors in _tshark(
+        run, "-Y", f"tcp.srcport=={run.port} && resp.error", "-e", "tcp.dstport", "-e", "resp.error")
+        for text in errors.split(",")]
+    errors = [(q["client_port"], q["error"]) for q in sorted(queries, key=lambda q: q["response_ts_us"] or 0)
+              if q["status"] == "error"]
+    assert sorted(errors) == sorted(shown) and len(errors) >= 4, (errors, shown)
