@@ -51,26 +51,34 @@ def arrow_schema(avro: dict[str, Any]) -> Any:
     primitive = {"long": pa.int64(), "int": pa.int32(), "double": pa.float64(), "float": pa.float32(),
                  "string": pa.string(), "boolean": pa.bool_(), "bytes": pa.binary()}
 
-    def convert(t: Any) -> Any:
+    named: dict[str, Any] = {}  # records defined so far, by full name: a later field may name one
+
+    def convert(t: Any, namespace: str = avro.get("namespace", "")) -> Any:
         if isinstance(t, list):  # a union: ["null", X] is a nullable X
             rest = [x for x in t if x != "null"]
             if len(rest) != 1:
                 raise ValueError(f"unsupported union {t}")
-            return convert(rest[0])
+            return convert(rest[0], namespace)
         if isinstance(t, str):
             if t in primitive:
                 return primitive[t]
+            found = named.get(t) or named.get(f"{namespace}.{t}")
+            if found is not None:
+                return found
             raise ValueError(f"unsupported type {t}")
         kind = t["type"]
         if kind == "map":
-            return pa.map_(pa.string(), convert(t["values"]))
+            return pa.map_(pa.string(), convert(t["values"], namespace))
         if kind == "array":
-            return pa.list_(convert(t["items"]))
+            return pa.list_(convert(t["items"], namespace))
         if kind == "record":
-            return pa.struct([pa.field(f["name"], convert(f["type"])) for f in t["fields"]])
+            inner = t.get("namespace", namespace)
+            struct = pa.struct([pa.field(f["name"], convert(f["type"], inner)) for f in t["fields"]])
+            named[t["name"] if "." in t["name"] else f"{inner}.{t['name']}"] = struct
+            return struct
         if kind == "enum":
             return pa.string()
-        return convert(kind)
+        return convert(kind, namespace)
 
     fields = [pa.field(f["name"], convert(f["type"])) for f in avro["fields"]]
     return pa.schema([*fields, pa.field("_key", pa.string()), pa.field("_fingerprint", pa.string())])

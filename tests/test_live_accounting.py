@@ -121,6 +121,12 @@ class SocketPublisher(Publisher):
     def expire_pending(self) -> None:
         pass
 
+    def add_io(self, rows: list) -> None:
+        pass
+
+    def add_fd_snapshot(self, rows: list) -> None:
+        pass
+
 
 class SocketSource:
     def poll(self, timeout_ms: int = 0) -> list[bytes]:
@@ -128,6 +134,9 @@ class SocketSource:
 
     def lost(self) -> int:
         return 0
+
+    def io_table(self) -> list:
+        return []
 
 
 def test_every_frame_counted_before_the_end_is_read_and_none_after() -> None:

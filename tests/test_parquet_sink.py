@@ -148,3 +148,18 @@ def test_files_are_private_whatever_the_umask(broker, registry, tmp_path) -> Non
             assert not list(root.rglob(".*.tmp"))
     finally:
         os.umask(old)
+
+
+def test_every_topic_schema_has_an_arrow_schema() -> None:
+    """A schema may name a record type it defined in an earlier field (connection.avsc's
+    server_syscalls is a SocketSyscalls): the Arrow schema resolves it."""
+    import json
+
+    from wirestream.schemas import schema_text
+    from wirestream.sinks.parquet import arrow_schema
+    from wirestream.topics import OUTPUT_TOPICS, TOPIC_SCHEMAS
+
+    for topic in OUTPUT_TOPICS:
+        arrow_schema(json.loads(schema_text(TOPIC_SCHEMAS[topic])))
+    connections = arrow_schema(json.loads(schema_text("connection")))
+    assert connections.field("server_syscalls").type == connections.field("client_syscalls").type
