@@ -157,6 +157,7 @@ def test_every_topic_schema_has_an_arrow_schema() -> None:
 
     from wirestream.schemas import schema_text
     from wirestream.sinks.parquet import arrow_schema
+
     from wirestream.topics import OUTPUT_TOPICS, TOPIC_SCHEMAS
 
     for topic in OUTPUT_TOPICS:
