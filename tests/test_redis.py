@@ -75,6 +75,19 @@ class Run:
         self.ports: dict[str, int] = {}
 
 
+def _tcpdump(pcap: Path, port: int) -> subprocess.Popen:
+    """tcpdump on loopback for ``port``, once it listens (and a moment more: it says so
+    before its filter is in)."""
+    # --immediate-mode: each packet handed over as it comes (not when the kernel's ring
+    # block times out), so that nothing is still in the ring when Ctrl-C stops it
+    proc = subprocess.Popen([TCPDUMP, "-i", "lo", "--immediate-mode", "-U", "-w", str(pcap), f"tcp port {port}"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    said = proc.stderr.readline()
+    assert "listening" in said, said
+    time.sleep(1.0)
+    return proc
+
+
 def _monitor_lines(text: str) -> list[tuple[int, list[str]]]:
     out = []
     for line in text.splitlines():
@@ -96,9 +109,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Run:
     tcpdump = monitor = None
     try:
         wait_port(r.port, server, "redis-server")
-        tcpdump = subprocess.Popen([TCPDUMP, "-i", "lo", "-U", "-w", str(r.pcap), f"tcp port {r.port}"],
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        time.sleep(1.0)  # tcpdump says "listening" before its filter is in: give it time
+        tcpdump = _tcpdump(r.pcap, r.port)
         # line-buffered: redis-cli's output to a pipe is block-buffered, and Ctrl-C loses it
         monitor = subprocess.Popen(["stdbuf", "-oL", REDIS_CLI, "-p", str(r.port), "MONITOR"],
                                    stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
@@ -317,3 +328,63 @@ def test_tshark_sees_the_same_commands_and_errors(run: Run, queries: list[dict[s
     errors = [(q["client_port"], q["error"]) for q in sorted(queries, key=lambda q: q["response_ts_us"] or 0)
               if q["status"] == "error"]
     assert sorted(errors) == sorted(shown) and len(errors) >= 4, (errors, shown)
+
+
+#: over TLS: the commands a client sends on its own TLS connection, and the replies' types
+TLS_COMMANDS = (b"*3\r\n$3\r\nSET\r\n$6\r\ntlskey\r\n$10\r\n" + SECRET_VALUE.encode()[:10] + b"\r\n",
+                b"*2\r\n$3\r\nGET\r\n$6\r\ntlskey\r\n", b"*2\r\n$4\r\nINCR\r\n$6\r\ntlskey\r\n")
+
+
+def test_redis_over_tls_is_read_with_a_key_log(tmp_path: Path) -> None:
+    """redis-server's --tls-port and a client (Python's ssl, logging its secrets as
+    SSLKEYLOGFILE does) on loopback: with ``--tls-keylog`` the calls are records marked
+    ``tls``, on the connection of its wire.tls record; without, none (no key)."""
+    from tls_certs import self_signed
+
+    cert, key = self_signed(tmp_path, "redis")
+    port = free_port()
+    server = subprocess.Popen([REDIS_SERVER, "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1",
+                               "--tls-cert-file", str(cert), "--tls-key-file", str(key), "--tls-auth-clients", "no",
+                               "--save", "", "--appendonly", "no", "--dir", str(tmp_path)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    pcap, keys = tmp_path / "redis-tls.pcap", tmp_path / "keys.log"
+    tcpdump = None
+    try:
+        wait_port(port, server, "redis-server")
+        tcpdump = _tcpdump(pcap, port)
+        import socket
+        import ssl
+
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.load_verify_locations(cert)
+        ctx.keylog_filename = str(keys)
+        with ctx.wrap_socket(socket.create_connection(("127.0.0.1", port)), server_hostname="127.0.0.1") as s:
+            replies = []
+            for command in TLS_COMMANDS:
+                s.sendall(command)
+                replies.append(s.recv(4096))
+        assert replies[0] == b"+OK\r\n" and replies[2].startswith(b"-ERR"), replies
+        time.sleep(1.0)
+        stop_process(tcpdump, signal.SIGINT)
+    finally:
+        if tcpdump is not None:
+            stop_process(tcpdump, signal.SIGINT)
+        stop_process(server)
+
+    def analyze(*extra: str) -> tuple[dict[str, Any], Path]:
+        out = tmp_path / f"out{len(extra)}"
+        proc = subprocess.run([sys.executable, "-m", "wirestream", "analyze", str(pcap), "--out", str(out), "--json",
+                               "--no-progress", *extra], capture_output=True, text=True, timeout=300,
+                              stdin=subprocess.DEVNULL)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return json.loads(proc.stdout), out
+
+    summary, out = analyze("--tls-keylog", str(keys))
+    queries = [json.loads(line) for line in (out / "wire.queries.jsonl").open()]
+    assert [(q["operation"], q["target"], q["status"], q["tls"]) for q in queries] == [
+        ("SET", "tlskey", "ok", True), ("GET", "tlskey", "ok", True), ("INCR", "tlskey", "error", True)]
+    (handshake,) = [json.loads(line) for line in (out / "wire.tls.jsonl").open()]
+    assert {q["connection_id"] for q in queries} == {handshake["connection_id"]}
+    assert SECRET_VALUE[:10] not in json.dumps(queries)
+    summary, _ = analyze()
+    assert summary["records"].get("wire.queries", 0) == 0  # encrypted, no key: nothing read

@@ -211,6 +211,8 @@ class RedisAnalyzer(StreamAnalyzer):
             "server_ip": ctx.ips[1 - c], "server_port": ctx.ports[1 - c],
             "protocol": "redis",
             "request_ts_us": ts_us,
+            # cleartext; inside decrypted TLS (tls.DecryptedStream) the context marks it true
+            "tls": False,
         }
 
     def _emit(self, cmd: _Command, reply: tuple | None, ts_us: int) -> None:

@@ -113,6 +113,7 @@ from ..state_codec import StateError
 from .base import StreamAnalyzer, StreamContext
 from .detect import Verdict, detect
 from .http import HttpAnalyzer
+from .redis import RedisAnalyzer
 from .tls_names import ALERT_DESCRIPTIONS, CIPHER_SUITES
 
 #: ServerHello.random of a HelloRetryRequest: SHA-256("HelloRetryRequest") (RFC 8446 §4.1.3).
@@ -167,18 +168,19 @@ H2_PREFACE = b"PRI * HTTP/2.0"
 
 
 class DecryptedStream:
-    """The plaintext of one decrypted TLS connection, for the HTTP/1.x analyser.
+    """The plaintext of one decrypted TLS connection, for the HTTP/1.x or Redis analyser.
 
     Recognises the protocol from the first plaintext bytes (as :mod:`.session` does for
-    cleartext connections), then feeds :class:`~.http.HttpAnalyzer` with a context of its
-    own whose ``emit`` marks the records ``tls: true``."""
+    cleartext connections), then feeds :class:`~.http.HttpAnalyzer` (or
+    :class:`~.redis.RedisAnalyzer`) with a context of its own whose ``emit`` marks the
+    records ``tls: true``."""
 
     def __init__(self, ctx: StreamContext) -> None:
         self.outer_emit = ctx.emit
         self.ctx = StreamContext(
             ips=ctx.ips, ports=ctx.ports, connection_id=ctx.connection_id, emit=self.emit,
             options=ctx.options, stats=ctx.stats, community_id=ctx.community_id)
-        self.analyzer: HttpAnalyzer | None = None
+        self.analyzer: StreamAnalyzer | None = None
         self.held: list[tuple[int, bytes, int]] = []
         self.held_bytes = 0
         self.done = False
@@ -201,16 +203,18 @@ class DecryptedStream:
         if verdict is Verdict.NEED_MORE and self.held_bytes < PLAINTEXT_DETECT_BUFFER:
             return
         if verdict is Verdict.HTTP_REQUEST:
-            client = direction
+            make, client = HttpAnalyzer, direction
         elif verdict is Verdict.HTTP_RESPONSE:
-            client = 1 - direction
+            make, client = HttpAnalyzer, 1 - direction
+        elif verdict is Verdict.RESP_COMMAND:  # Redis over TLS (managed Redis, --tls-port)
+            make, client = RedisAnalyzer, direction
         else:
             stats["tls_plaintext.http2" if first.startswith(H2_PREFACE) else "tls_plaintext.unrecognised"] += 1
             self.done = True
             self.held = []
             return
-        stats["l7_connections.http_in_tls"] += 1
-        self.analyzer = HttpAnalyzer(self.ctx, client)
+        self.analyzer = make(self.ctx, client)
+        stats[f"l7_connections.{self.analyzer.protocol}_in_tls"] += 1
         held, self.held, self.held_bytes = self.held, [], 0
         for d, chunk, t in held:
             self.analyzer.on_data(d, chunk, t)
