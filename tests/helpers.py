@@ -271,3 +271,24 @@ def read_raw(bootstrap: str, topic: str, start: dict[tuple[str, int], int]) -> l
     consumer.close()
     assert all(reached[p] >= end[topic, p] for p in reached), (reached, end)
     return out
+
+
+class RecordingPublisher:
+    """A packet pipeline's publisher (processors.output.OutputPublisher's interface),
+    keeping what it is given: records by topic, and the stats reports."""
+
+    def __init__(self) -> None:
+        self.out: dict[str, list[dict[str, Any]]] = {}
+        self.stats: list[dict[str, Any]] = []
+
+    def emit(self, topic: str, key: str | None, record: dict[str, Any]) -> None:
+        self.out.setdefault(topic, []).append(dict(record))
+
+    def send_to_partition(self, topic: str, partition: int, record: dict[str, Any]) -> None:
+        pass
+
+    def poll(self) -> None:
+        pass
+
+    def publish_stats(self, **report: Any) -> None:
+        self.stats.append(report)

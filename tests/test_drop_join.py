@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import needs, read_raw
+from helpers import RecordingPublisher, needs, read_raw
 from local_pipeline import packet_batches, run_engine
 
 DATA = Path(__file__).parent / "data" / "chrissanders"
@@ -216,26 +216,6 @@ def test_worker_joins_drops_onto_connections_and_flows(own_broker, registry, nam
     assert counters["drops_joined"] >= joined, counters
 
 
-class _Recorder:
-    """The pipeline's publisher, keeping what it is given."""
-
-    def __init__(self) -> None:
-        self.out: dict[str, list[dict[str, Any]]] = {}
-        self.stats: list[dict[str, Any]] = []
-
-    def emit(self, topic: str, key: str | None, record: dict[str, Any]) -> None:
-        self.out.setdefault(topic, []).append(dict(record))
-
-    def send_to_partition(self, topic: str, partition: int, record: dict[str, Any]) -> None:
-        pass
-
-    def poll(self) -> None:
-        pass
-
-    def publish_stats(self, **report: Any) -> None:
-        self.stats.append(report)
-
-
 @pytest.mark.parametrize("name", CAPTURES)
 def test_checkpoint_restore_in_the_middle_gives_the_same_records(broker, registry, name: str) -> None:
     """The packets and drops, read back raw from the broker, through the packet pipeline:
@@ -267,7 +247,7 @@ def test_checkpoint_restore_in_the_middle_gives_the_same_records(broker, registr
     options = EngineOptions(l7=L7Options(), packet_partitions=partitions)
 
     def run(cut: bool) -> dict[str, list[dict[str, Any]]]:
-        sink = _Recorder()
+        sink = RecordingPublisher()
         pipeline = PacketPipeline(codec, sink, options, source_prefix=prefix)  # type: ignore[arg-type]
         for part, value in drop_messages:
             pipeline.handle_drop(part, value)

@@ -25,6 +25,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from helpers import ebpf_unavailable, require_or_skip
@@ -87,6 +88,21 @@ print(got, flush=True)
 """
 
 
+def _published(broker: Any, registry: Any, source_id: str) -> list[dict]:
+    """What a publisher of ``source_id`` put on wire.sockets (2 partitions), its two
+    end-of-input markers included (all there, or the test fails)."""
+    events: list[dict] = []
+    with TopicReader(broker.bootstrap, AvroCodec(registry.url), [SOCKETS], "beginning") as reader:
+        ends, deadline = 0, time.monotonic() + 30
+        while ends < 2 and time.monotonic() < deadline:
+            for m in reader.poll(0.5):
+                if m.record["source_id"] == source_id:
+                    ends += m.record["end_of_input"]
+                    events.append(m.record)
+    assert ends == 2, f"end-of-input markers of {source_id}: {ends} of 2"
+    return events
+
+
 def _source():
     reason = ebpf_unavailable()
     if reason:
@@ -134,15 +150,7 @@ def test_data_syscalls_are_counted_per_socket_and_joined_onto_the_connection(bro
         source.close()
     assert not publisher.dropped.get("socket_event_malformed"), publisher.dropped
 
-    events = []
-    with TopicReader(broker.bootstrap, AvroCodec(registry.url), [SOCKETS], "beginning") as reader:
-        ends, deadline = 0, time.monotonic() + 30
-        while ends < 2 and time.monotonic() < deadline:
-            for m in reader.poll(0.5):
-                if m.record["source_id"] == source_id:
-                    ends += m.record["end_of_input"]
-                    events.append(m.record)
-    assert ends == 2
+    events = _published(broker, registry, source_id)
     ours = [e for e in events if not e["end_of_input"]
             and {e["local_port"], e["remote_port"]} == {client_port, port}]
     by_kind: dict[tuple[str, int], list[dict]] = {}
@@ -275,15 +283,7 @@ def test_fd_snapshot_counts_a_containers_descriptors_and_sockets(broker, registr
                 break
             except OSError:
                 time.sleep(0.1)
-    published = []
-    with TopicReader(broker.bootstrap, AvroCodec(registry.url), [SOCKETS], "beginning") as reader:
-        ends, deadline = 0, time.monotonic() + 30
-        while ends < 2 and time.monotonic() < deadline:
-            for m in reader.poll(0.5):
-                if m.record["source_id"] == source_id:
-                    ends += m.record["end_of_input"]
-                    if m.record["kind"] == "fd_snapshot":
-                        published.append(m.record)
+    published = [e for e in _published(broker, registry, source_id) if e["kind"] == "fd_snapshot"]
     assert len(published) == len(snapshot.rows)
     (mine,) = [r for r in published if r["container_id"] == container]
     assert (mine["processes"], mine["open_fds"], mine["open_sockets"]) == (1, open_fds, 7)

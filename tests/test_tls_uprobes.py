@@ -32,7 +32,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import ebpf_unavailable, free_port, needs, read_raw, stop_process, wait_port
+from helpers import (
+    RecordingPublisher,
+    ebpf_unavailable,
+    free_port,
+    needs,
+    read_raw,
+    stop_process,
+    wait_port,
+)
 from tls_certs import self_signed
 
 NGINX = shutil.which("nginx") or (os.path.exists("/usr/sbin/nginx") and "/usr/sbin/nginx") or None
@@ -421,26 +429,6 @@ def test_a_packet_worker_joins_the_plaintext_to_its_connection(run: Run, own_bro
     assert final["tls_plaintext.chunks"] in (curl_chunks, len(run.chunks) - curl_chunks), final
 
 
-class _Recorder:
-    """A packet pipeline's publisher, keeping what it is given."""
-
-    def __init__(self) -> None:
-        self.out: dict[str, list[dict[str, Any]]] = {}
-        self.stats: list[dict[str, Any]] = []
-
-    def emit(self, topic: str, key: str | None, record: dict[str, Any]) -> None:
-        self.out.setdefault(topic, []).append(dict(record))
-
-    def send_to_partition(self, topic: str, partition: int, record: dict[str, Any]) -> None:
-        pass
-
-    def poll(self) -> None:
-        pass
-
-    def publish_stats(self, **report: Any) -> None:
-        self.stats.append(report)
-
-
 def test_plaintext_waiting_for_its_connection_survives_a_checkpoint(run: Run, broker, registry) -> None:
     """The chunks (first) and the packets, read back raw from the broker, through the
     packet pipeline: once straight, once with every partition snapshotted and restored
@@ -481,7 +469,7 @@ def test_plaintext_waiting_for_its_connection_survives_a_checkpoint(run: Run, br
     assert len(messages[TLS_PLAINTEXT]) == len(run.chunks)
     options = EngineOptions(l7=L7Options(), packet_partitions=partitions)
 
-    def moved(old: PacketPipeline, part: int, state: bytes, sink: _Recorder) -> PacketPipeline:
+    def moved(old: PacketPipeline, part: int, state: bytes, sink: RecordingPublisher) -> PacketPipeline:
         new = PacketPipeline(codec, sink, options, source_prefix=prefix)  # type: ignore[arg-type]
         for p in {p for (_, p) in old.engines} | set(old.drop_joins) | set(old.plaintext_routers):
             if p != part:
@@ -490,7 +478,7 @@ def test_plaintext_waiting_for_its_connection_survives_a_checkpoint(run: Run, br
         return new
 
     def replay(cut: bool) -> dict[str, list[dict[str, Any]]]:
-        sink = _Recorder()
+        sink = RecordingPublisher()
         pipeline = PacketPipeline(codec, sink, options, source_prefix=prefix)  # type: ignore[arg-type]
         for part, value in messages[TLS_PLAINTEXT]:
             pipeline.handle_tls_plaintext(part, value)
