@@ -45,6 +45,10 @@ class Thresholds:
     retry_interval_us: int = 1_000_000
     #: requests that got no response
     timeouts: int = 5
+    #: requests (HTTP, DNS, database and cache calls) slower than ``slow_request_us`` ...
+    slow_request_us: int = 1_000_000
+    #: ... at least this many in a window
+    slow_requests: int = 10
     #: NXDOMAIN answers to one client
     nxdomain_per_client: int = 20
     #: a service's busiest replica carries this many times the mean load of its replicas
@@ -157,6 +161,10 @@ def detect(w: WindowCounts, source_id: str, service: str, previous_health: str |
                     f"{service}: {c['errors_5xx']} of {requests} responses were 5xx",
                     errors_5xx=c["errors_5xx"], requests=requests, threshold=t.errors_5xx,
                     share_threshold=t.errors_5xx_share)
+    if c.get("slow_requests", 0) >= t.slow_requests:
+        yield alert("slow_requests", "warning",
+                    f"{service}: {c['slow_requests']} requests slower than {t.slow_request_us / 1000:g} ms",
+                    slow_requests=c["slow_requests"], requests=requests, threshold_us=t.slow_request_us)
     if c["no_response"] >= t.timeouts:
         yield alert("request_timeouts", "warning",
                     f"{service}: {c['no_response']} requests got no response",

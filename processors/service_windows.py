@@ -61,7 +61,7 @@ _CONNECTION_STATES = tuple(s.value for s in (State.RESET, State.REFUSED,
                                              State.INCOMPLETE_HANDSHAKE, State.HALF_OPEN))
 _COUNTS = ("connections", "requests", "errors_4xx", "errors_5xx", "status_429", "retrans_data",
            "data_packets", "zero_window_connections", "zero_windows", "no_response",
-           "dns_queries", "bytes", "backends_over_limit", *_CONNECTION_STATES)
+           "dns_queries", "bytes", "backends_over_limit", "slow_requests", *_CONNECTION_STATES)
 
 
 @dataclass
@@ -120,6 +120,8 @@ class Window:
                 c["no_response"] += 1
             elif value >= 0:
                 self.latency.update(float(value))
+                if value >= t.slow_request_us:
+                    c["slow_requests"] += 1
             if findings:
                 for bit, name in FINDING_COUNTERS:
                     if findings & bit:
@@ -152,6 +154,8 @@ class Window:
                 c["no_response"] += 1
             else:
                 self.latency.update(float(value))
+                if value >= t.slow_request_us:
+                    c["slow_requests"] += 1
             if state == "NXDOMAIN":
                 self._bump(client, "nxdomain")
 
@@ -243,6 +247,7 @@ class Window:
                 rec[f"{name}_p{q}_us"] = None if empty else digest.quantile(q / 100)
             rec[f"{name}_digest"] = None if empty else digest_json(digest)
         rec["bytes"] = c["bytes"]
+        rec["slow_requests"] = c["slow_requests"]
         rec["scope"] = scope or "service"
         if scope is None:
             rec.update(self.spread())

@@ -134,6 +134,19 @@ def test_request_timeouts(tmp_path: Path) -> None:
     assert "request_timeouts" not in kinds(capture(tmp_path, answered))
 
 
+def test_slow_requests(tmp_path: Path) -> None:
+    """Requests slower than slow_request_us (1 s), at least slow_requests (10) of them in
+    a window: one alert; the same requests at 0.5 s: none."""
+    slow = [f for c in range(11) for f in http_connection(
+        f"10.1.4.{c + 1}", 41000, SERVER, 80, T0 + c * 1000, [(request(target="/report"), OK, 1_200_000)])]
+    (a,) = [a for a in alerts(capture(tmp_path, slow)) if a["kind"] == "slow_requests"]
+    assert a["evidence"]["slow_requests"] == "11" and a["evidence"]["threshold_us"] == "1000000"
+    assert a["severity"] == "warning" and "11 requests slower than 1000 ms" in a["summary"]
+    quick = [f for c in range(11) for f in http_connection(
+        f"10.1.4.{c + 1}", 41000, SERVER, 80, T0 + c * 1000, [(request(target="/report"), OK, 500_000)])]
+    assert "slow_requests" not in kinds(capture(tmp_path, quick))
+
+
 @pytest.mark.parametrize("headers", ["Authorization: Basic YWRtaW46aHVudGVyMg==\r\n",
                                      "Authorization: Bearer eyJhbGciOiJIUzI1NiJ9.e30.x\r\n"])
 def test_cleartext_credentials_in_headers(tmp_path: Path, headers: str) -> None:

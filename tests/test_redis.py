@@ -299,6 +299,8 @@ def test_calls_are_requests_of_the_servers_service_windows(run: Run, queries: li
     assert sum(w["requests"] for w in mine) == len(calls)
     refused = sum(1 for q in calls if q["status"] == "error")
     assert sum(w["errors_4xx"] for w in mine) == refused > 0
+    slow = sum(1 for q in calls if (q["latency_us"] or 0) >= 1_000_000)  # the default slow_request_us
+    assert sum(w["slow_requests"] for w in mine) == slow
     worst = max(q["latency_us"] for q in calls if q["latency_us"] is not None)
     assert 0 < max(w["latency_p99_us"] for w in mine) <= worst * 1.05
 
