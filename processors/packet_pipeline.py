@@ -14,6 +14,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable
+from typing import Any
 
 from wirestream.codec import AvroCodec
 from wirestream.errors import DecodeError, RegistryError
@@ -23,7 +24,7 @@ from wirestream.registry_client_security import (
     RegistryConfigError,
     RegistryTLSError,
 )
-from wirestream.topics import PACKETS_STAGE
+from wirestream.topics import DROPS, PACKETS_STAGE, SOCKETS, TLS_PLAINTEXT
 
 from .drop_join import DropJoin
 from .engine import Engine, EngineOptions, restore_partition_state, snapshot_engines
@@ -104,6 +105,16 @@ class PacketPipeline:
     def _drop(self, partition: int, reason: str) -> None:
         self.dropped.setdefault(partition, Counter())[reason] += 1
 
+    def _decoded(self, partition: int, value: bytes | None, topic: str, reason: str) -> dict[str, Any] | None:
+        """One message of ``topic`` decoded, or None when it cannot be: counted as
+        ``reason`` with a warning that names the topic (``RegistryError`` is raised: the caller waits)."""
+        try:
+            return self.codec.decode(value)
+        except DecodeError as exc:
+            self._drop(partition, reason)
+            log.warning("skipping a %s message on partition %d: %s", topic, partition, exc)
+            return None
+
     def handle(self, partition: int, value: bytes | None) -> None:
         """Process one ``wire.packets`` message. Counts bad input; raises only ``RegistryError``."""
         try:
@@ -130,11 +141,8 @@ class PacketPipeline:
 
     def handle_socket_event(self, partition: int, value: bytes | None) -> None:
         """Process one ``wire.sockets`` message. Counts bad input; raises only ``RegistryError``."""
-        try:
-            event = self.codec.decode(value)
-        except DecodeError as exc:
-            self._drop(partition, "malformed_socket_event")
-            log.warning("skipping a wire.sockets message on partition %d: %s", partition, exc)
+        event = self._decoded(partition, value, SOCKETS, "malformed_socket_event")
+        if event is None:
             return
         source_id = event["source_id"]
         if not source_id.startswith(self.source_prefix):
@@ -148,24 +156,16 @@ class PacketPipeline:
     def handle_drop(self, partition: int, value: bytes | None) -> None:
         """Process one ``wire.drops`` message (any source: the drops producer is not the
         capture). Counts bad input; raises only ``RegistryError``."""
-        try:
-            drop = self.codec.decode(value)
-        except DecodeError as exc:
-            self._drop(partition, "malformed_drop")
-            log.warning("skipping a wire.drops message on partition %d: %s", partition, exc)
-            return
-        self.drop_join(partition).add(drop)
+        drop = self._decoded(partition, value, DROPS, "malformed_drop")
+        if drop is not None:
+            self.drop_join(partition).add(drop)
 
     def handle_tls_plaintext(self, partition: int, value: bytes | None) -> None:
         """Process one ``wire.tls-plaintext`` message (any source: the uprobes producer is
         not the capture). Counts bad input; raises only ``RegistryError``."""
-        try:
-            chunk = self.codec.decode(value)
-        except DecodeError as exc:
-            self._drop(partition, "malformed_tls_plaintext")
-            log.warning("skipping a wire.tls-plaintext message on partition %d: %s", partition, exc)
-            return
-        self.plaintext_router(partition).add(chunk, self.partition_engines(partition))
+        chunk = self._decoded(partition, value, TLS_PLAINTEXT, "malformed_tls_plaintext")
+        if chunk is not None:
+            self.plaintext_router(partition).add(chunk, self.partition_engines(partition))
 
     def finish_all(self) -> None:
         """End every source still open, as its end marker would (a replay whose time range

@@ -408,7 +408,8 @@ class SocketEventPublisher:
             send_calls, recv_calls, send_bytes, recv_bytes, send_ns, recv_ns = ev[17:23]
             record.update(send_calls=send_calls, recv_calls=recv_calls, send_bytes=send_bytes,
                           recv_bytes=recv_bytes, send_time_us=send_ns // 1000, recv_time_us=recv_ns // 1000)
-            self._io_seen.pop((tgid << 32) | fd, None) if kind == EV_CLOSE else None
+            if kind == EV_CLOSE:  # the socket's last counts: its fd may be reused
+                self._io_seen.pop((tgid << 32) | fd, None)
         if tgid:
             thread_name = comm.split(b"\0", 1)[0].decode(errors="replace")
             record.update(pid=tgid, tid=tid or None, process=self.lookup.process_name(tgid, tid, thread_name),
