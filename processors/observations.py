@@ -131,20 +131,27 @@ def _observe_dns(r: dict[str, Any]) -> Row:
 
 #: a query's error reply as the windows count a request's status: authentication refused
 #: as 401 (``auth_failures``), any other error reply as 400 (the command was refused: a
-#: client's error, as Redis's WRONGTYPE or an unknown command), never 5xx
+#: client's error, as Redis's WRONGTYPE or an unknown command), 500 for PostgreSQL's
+#: server-side SQLSTATE classes
 _QUERY_AUTH_ERRORS = ("NOAUTH", "WRONGPASS", "NOPERM")
+_SERVER_SQLSTATE_CLASSES = frozenset({"53", "57", "58", "XX"})
 
 
 def _observe_query(r: dict[str, Any]) -> Row | None:
     """A database or cache call is a request to the server's service: counted, timed and
     its errors counted like an HTTP request's (status above), in the same windows. Pub/sub
     deliveries (``message`` records) are not requests: not observed."""
-    if r["operation"] == "message":
+    if r["operation"] == "message" or r["status"] == "skipped":  # (skipped: a statement that never ran)
         return None
     latency = r["latency_us"]
     status = 0
     if r["status"] == "error":
-        status = 401 if (r["error"] or "").startswith(_QUERY_AUTH_ERRORS) else 400
+        # PostgreSQL's SQLSTATE class 28: invalid authorization (a refused login)
+        code = r.get("error_code") or ""
+        auth = (r["error"] or "").startswith(_QUERY_AUTH_ERRORS) or code.startswith("28")
+        # SQLSTATE classes of the server's own trouble (out of resources, shutting down,
+        # I/O, internal) are its failures, as an HTTP 5xx; the rest the client's
+        status = 401 if auth else 500 if code[:2] in _SERVER_SQLSTATE_CLASSES else 400
     # The request's identity is the call itself (its query_id): the windows' retry
     # detection must not take a second GET of the same key for a retry.
     return (TRANSACTION, 0, status, service_of(r), r["client_ip"],

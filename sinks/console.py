@@ -249,7 +249,9 @@ def print_queries(records: dict[str, list[dict[str, Any]]], top: int, console: C
     for q in _slowest(queries)[:top]:
         status = q.get("status")
         if status == "error":
-            shown = f"[red]error: {_text(_cut(q.get('error'), ERROR_WIDTH))}[/]"
+            # SQLSTATE before the message (Redis's code is the message's first word already)
+            code = f"{_text(q['error_code'])} " if q.get("error_code") and q.get("protocol") != "redis" else ""
+            shown = f"[red]error: {code}{_text(_cut(q.get('error'), ERROR_WIDTH))}[/]"
         elif status == "no_reply":
             shown = "[yellow]no reply[/]"
         else:

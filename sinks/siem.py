@@ -145,6 +145,10 @@ def ecs_event(topic: str, record: dict[str, Any]) -> dict[str, Any]:
             doc["event"]["duration"] = record["latency_us"] * 1000  # ns
         if record.get("error"):
             doc["error"] = {"message": record["error"]}
+            if record.get("error_code"):  # SQLSTATE, Redis's error prefix
+                doc["error"]["code"] = record["error_code"]
+        if record.get("db_user"):  # the database user the connection logged in as
+            doc["user"] = {"name": record["db_user"]}
         doc.setdefault("network", {})["protocol"] = record.get("protocol")
     elif alert:
         doc["rule"] = {"name": record.get("kind")}
@@ -210,6 +214,8 @@ def cef_event(topic: str, record: dict[str, Any]) -> str:
                    outcome=QUERY_OUTCOME.get(str(record.get("status")), "unknown"),
                    cs1Label="statement", cs1=record.get("statement"), reason=record.get("error"),
                    out=record.get("request_bytes"), **{"in": record.get("response_bytes")})
+        if record.get("db_user"):
+            ext["suser"] = record["db_user"]
     service = record.get("server_service") or (record.get("service") if topic != FLOWS else None)
     if service:
         ext.update(cs2Label="service", cs2=service)

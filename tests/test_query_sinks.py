@@ -81,6 +81,21 @@ def test_ecs_of_an_error_reply_and_of_no_reply() -> None:
     assert served["service"] == {"name": "cache/redis"} and served["process"] == {"pid": 42, "name": "app"}
 
 
+PG_ERROR = query(query_id="3", server_port=5432, protocol="postgresql", operation="SELECT",
+                 statement="SELECT * FROM nope WHERE id = ?", target="shop", status="error",
+                 error='relation "nope" does not exist', error_code="42P01", reply_type=None, rows=None,
+                 db_user="app")
+
+
+def test_ecs_and_cef_of_a_postgresql_error() -> None:
+    doc = ecs_event(QUERIES, PG_ERROR)
+    assert doc["error"] == {"message": 'relation "nope" does not exist', "code": "42P01"}
+    assert doc["user"] == {"name": "app"} and doc["network"]["protocol"] == "postgresql"
+    cef = cef_event(QUERIES, PG_ERROR)
+    assert " app=postgresql act=SELECT outcome=failure cs1Label=statement cs1=SELECT * FROM nope WHERE id \\= ? " in cef
+    assert " suser=app" in cef
+
+
 def test_ecs_of_the_other_topics_has_no_query_fields() -> None:
     tx = {"client_ip": "10.0.0.1", "client_port": 40000, "server_ip": "10.0.0.2", "server_port": 80,
           "method": "GET", "path": "/", "host": "h", "status": 200, "request_ts_us": 1}
@@ -154,6 +169,13 @@ def _queries() -> list[dict[str, Any]]:
         query(query_id="6", operation="LRANGE", statement="LRANGE [list] ? ?", target="[list]", reply_type="array",
               rows=1_234, latency_us=2_000_000, response_ts_us=1_700_000_002_000_000),
     ]
+
+
+def test_the_queries_table_shows_a_sqlstate() -> None:
+    out = Console(record=True, width=200)
+    console.print_queries({QUERIES: [PG_ERROR]}, 5, out)
+    cells = [c.strip() for c in _row(out.export_text(), "42P01").split("│")[1:-1]]
+    assert cells[2:4] == ["postgresql", "SELECT"] and cells[5].startswith('error: 42P01 relation "nope"')
 
 
 def _row(text: str, needle: str) -> str:

@@ -40,7 +40,8 @@ REPLIES = (b"+OK\r\n$6\r\nsecret\r\n-ERR value is not an integer or out of range
            b"*3\r\n$7\r\nmessage\r\n$2\r\nc1\r\n$5\r\nworld\r\n")
 FIELDS = {"query_id", "connection_id", "community_id", "client_ip", "client_port", "server_ip", "server_port",
           "protocol", "operation", "statement", "target", "status", "error", "reply_type", "rows",
-          "request_bytes", "response_bytes", "request_ts_us", "response_ts_us", "latency_us", "pipelined", "tls"}
+          "request_bytes", "response_bytes", "request_ts_us", "response_ts_us", "latency_us", "pipelined", "tls",
+          "db_user", "error_code", "command_tag", "auth_method"}
 
 
 class Sink:

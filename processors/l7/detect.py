@@ -8,6 +8,10 @@ prefix), so it is the one protocol chosen by port (53). Redis is recognised from
 client's first command: a RESP array of bulk strings (``*<n>\r\n$<len>\r\n``), what
 every Redis client library sends (the replies alone are not told from other protocols'
 lines, so a capture that starts mid-connection waits for the client's next command).
+PostgreSQL is recognised from the client's startup packet (a length, then protocol 3.x
+or the code of an SSLRequest, GSSENCRequest or CancelRequest), or, for a capture that
+starts mid-connection, from a whole ``Query`` or ``Parse`` message whose length and
+NUL-terminated texts agree exactly (Wireshark decides ``pgsql`` by port 5432).
 """
 
 from __future__ import annotations
@@ -35,6 +39,8 @@ class Verdict(Enum):
     TLS_CLIENT_HELLO = "tls_client"  # this side is a TLS client
     TLS_SERVER = "tls_server"        # a TLS handshake record from the server side
     RESP_COMMAND = "resp_command"    # this side is a Redis client (a RESP command array)
+    PG_STARTUP = "pg_startup"        # this side is a PostgreSQL client (a startup packet)
+    PG_MESSAGE = "pg_message"        # a PostgreSQL client's Query or Parse, mid-connection
     UNKNOWN = "unknown"
     NEED_MORE = "need_more"
 
@@ -44,11 +50,59 @@ _RESP_COMMAND = re.compile(rb"\*[1-9][0-9]{0,6}\r\n\$[0-9]{1,9}\r\n")
 _RESP_PREFIX = re.compile(rb"\*(?:[1-9][0-9]{0,6}(?:\r(?:\n(?:\$(?:[0-9]{1,9}\r?)?)?)?)?)?")
 
 
+#: PostgreSQL's startup codes: SSLRequest, GSSENCRequest (8-byte packets), CancelRequest (16)
+_PG_SPECIAL = {80877103: 8, 80877104: 8, 80877102: 16}
+#: A startup packet's limit (PostgreSQL's MAX_STARTUP_PACKET_LENGTH)
+_PG_MAX_STARTUP = 10_000
+
+
+def _postgres_startup(data: bytes) -> Verdict:
+    """A client's first packet (``data[0]`` is 0): PostgreSQL's startup or special request?"""
+    if len(data) < 8:
+        # what can be told already: a length of at most 10,000 (00 00 ≤27 ..), then 3.x
+        # (00 03 ..) or a special request's code (04 d2 ..)
+        head = data.ljust(8, b"\0")
+        plausible = (head[1] == 0 and head[2] <= 0x27 and (len(data) <= 4 or head[4] in (0, 4))
+                     and (len(data) <= 5 or (head[4], head[5]) in ((0, 3), (4, 0xD2))))
+        return Verdict.NEED_MORE if plausible else Verdict.UNKNOWN
+    length = int.from_bytes(data[:4], "big")
+    code = int.from_bytes(data[4:8], "big")
+    if code >> 16 == 3 and 8 < length <= _PG_MAX_STARTUP:
+        return Verdict.PG_STARTUP  # protocol 3.x: name/value pairs follow
+    if _PG_SPECIAL.get(code) == length:
+        return Verdict.PG_STARTUP
+    return Verdict.UNKNOWN
+
+
+def _postgres_message(data: bytes) -> bool:
+    """A whole Query (``Q``) or Parse (``P``) message, lengths and texts agreeing: a
+    PostgreSQL client seen from the middle of its connection."""
+    if len(data) < 6:
+        return False
+    length = int.from_bytes(data[1:5], "big")
+    if length < 5 or len(data) < length + 1:
+        return False
+    body = data[5:length + 1]
+    if data[0] == 0x51:  # Query: the text and its NUL, nothing else
+        return body.find(b"\0") == len(body) - 1
+    # Parse: statement name, text, int16 count of parameter types, their int32 OIDs
+    name_end = body.find(b"\0")
+    text_end = body.find(b"\0", name_end + 1) if name_end >= 0 else -1
+    if text_end < 0 or len(body) < text_end + 3:
+        return False
+    types = int.from_bytes(body[text_end + 1:text_end + 3], "big")
+    return len(body) == text_end + 3 + 4 * types
+
+
 def detect(data: bytes) -> Verdict:
     """Classify the first bytes one side of a connection sent."""
     if not data:
         return Verdict.NEED_MORE
     b0 = data[0]
+    if b0 == 0x00:  # a big-endian length below 16 MB: PostgreSQL's startup packet
+        return _postgres_startup(data)
+    if b0 in (0x50, 0x51) and _postgres_message(data):  # "P", "Q" (no HTTP method fits)
+        return Verdict.PG_MESSAGE
     if b0 == 0x2A:  # "*": a RESP array
         if _RESP_COMMAND.match(data):
             return Verdict.RESP_COMMAND

@@ -213,6 +213,8 @@ class RedisAnalyzer(StreamAnalyzer):
             "request_ts_us": ts_us,
             # cleartext; inside decrypted TLS (tls.DecryptedStream) the context marks it true
             "tls": False,
+            # the SQL databases' fields (processors/l7/postgres.py); error_code is set below
+            "db_user": None, "error_code": None, "command_tag": None, "auth_method": None,
         }
 
     def _emit(self, cmd: _Command, reply: tuple | None, ts_us: int) -> None:
@@ -228,6 +230,8 @@ class RedisAnalyzer(StreamAnalyzer):
             record.update(
                 status="error" if failed else "ok",
                 error=_text(error)[:256] if failed else None,
+                # Redis's errors start with their code, upper case (ERR, WRONGTYPE, NOAUTH, MOVED)
+                error_code=_text(error.split(b" ", 1)[0])[:32] if failed and error else None,
                 reply_type=kind,
                 # what the reply holds: an aggregate's elements, an integer reply's value
                 # (DEL's keys deleted, INCR's new value...), 1 for a value, 0 for a null

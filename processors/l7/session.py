@@ -25,6 +25,7 @@ from .base import Emit, L7Options, StreamAnalyzer, StreamContext
 from .detect import Verdict, detect
 from .dns import DnsMatcher, DnsTcpAnalyzer
 from .http import HttpAnalyzer
+from .postgres import PostgresAnalyzer, PostgresMidConnection
 from .redis import RedisAnalyzer
 from .tls import TlsAnalyzer
 
@@ -176,6 +177,10 @@ class L7Session:
             make, client = TlsAnalyzer, 1 - d
         elif verdict is Verdict.RESP_COMMAND:
             make = RedisAnalyzer
+        elif verdict is Verdict.PG_STARTUP:
+            make = PostgresAnalyzer
+        elif verdict is Verdict.PG_MESSAGE:
+            make = PostgresMidConnection
         stats = self.dispatcher.stats
         if make is None:
             # Not a message start. Later chunks of this side may start one (a capture that

@@ -113,6 +113,7 @@ from ..state_codec import StateError
 from .base import StreamAnalyzer, StreamContext
 from .detect import Verdict, detect
 from .http import HttpAnalyzer
+from .postgres import PostgresAnalyzer
 from .redis import RedisAnalyzer
 from .tls_names import ALERT_DESCRIPTIONS, CIPHER_SUITES
 
@@ -208,6 +209,8 @@ class DecryptedStream:
             make, client = HttpAnalyzer, 1 - direction
         elif verdict is Verdict.RESP_COMMAND:  # Redis over TLS (managed Redis, --tls-port)
             make, client = RedisAnalyzer, direction
+        elif verdict is Verdict.PG_STARTUP:  # PostgreSQL after its SSLRequest, or direct TLS
+            make, client = PostgresAnalyzer, direction
         else:
             stats["tls_plaintext.http2" if first.startswith(H2_PREFACE) else "tls_plaintext.unrecognised"] += 1
             self.done = True

@@ -52,6 +52,7 @@ mod python_http;
 mod python_dns;
 mod python_tls;
 mod python_resp;
+mod python_pgsql;
 mod python_flow;
 
 /// The version of the compiled core (the crate's), for `wirestream doctor`.
@@ -76,6 +77,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<python_dns::PyDnsTcp>()?;
     m.add_class::<python_tls::PyTlsConnection>()?;
     m.add_class::<python_resp::PyRespConnection>()?;
+    m.add_class::<python_pgsql::PyPgConnection>()?;
+    m.add_function(wrap_pyfunction!(python_pgsql::redact_sql, m)?)?;
     m.add_class::<python_tls::PyKeyLog>()?;
     m.add_function(wrap_pyfunction!(python_tls::looks_like_tls_client_hello, m)?)?;
     m.add_class::<python_avro::PyAvroWriter>()?;

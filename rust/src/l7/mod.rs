@@ -11,11 +11,18 @@
 //!   keeps a command's name and key and a reply's type, size and error; the Python face
 //!   is `python_resp` (`wirestream._core.RespConnection`), wrapped by
 //!   `processors/l7/redis.py`.
+//! - [`pgsql`]: PostgreSQL's frontend/backend protocol, one streaming framer per
+//!   direction that keeps a message's type and the few fields a record needs (query
+//!   text, statement and portal names, command tag, error code) and counts result rows;
+//!   the Python face is `python_pgsql` (`wirestream._core.PgConnection`), wrapped by
+//!   `processors/l7/postgres.py`. [`sql`] redacts SQL text's literals.
 //! - [`tls`]: TLS handshakes over one TCP connection: record layer, handshake message
 //!   framing and the handshake state machine; the Python face is `python_tls`
 //!   (`wirestream._core.TlsConnection`), wrapped by `processors/l7/tls.py`.
 
 pub mod dns;
 pub mod http;
+pub mod pgsql;
 pub mod resp;
+pub mod sql;
 pub mod tls;
