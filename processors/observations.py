@@ -135,6 +135,11 @@ def _observe_dns(r: dict[str, Any]) -> Row:
 #: server-side SQLSTATE classes
 _QUERY_AUTH_ERRORS = ("NOAUTH", "WRONGPASS", "NOPERM")
 _SERVER_SQLSTATE_CLASSES = frozenset({"53", "57", "58", "XX"})
+#: MySQL's error numbers of a refused login (access denied: wrong password, no such
+#: user; 1698 without a password) and of the server's own trouble (too many
+#: connections, shutting down, out of memory, lock wait timeout, deadlock)
+_MYSQL_AUTH_ERRORS = frozenset({"1045", "1698"})
+_MYSQL_SERVER_ERRORS = frozenset({"1040", "1053", "1037", "1041", "1203", "1205", "1213"})
 
 
 def _observe_query(r: dict[str, Any]) -> Row | None:
@@ -148,10 +153,14 @@ def _observe_query(r: dict[str, Any]) -> Row | None:
     if r["status"] == "error":
         # PostgreSQL's SQLSTATE class 28: invalid authorization (a refused login)
         code = r.get("error_code") or ""
-        auth = (r["error"] or "").startswith(_QUERY_AUTH_ERRORS) or code.startswith("28")
-        # SQLSTATE classes of the server's own trouble (out of resources, shutting down,
-        # I/O, internal) are its failures, as an HTTP 5xx; the rest the client's
-        status = 401 if auth else 500 if code[:2] in _SERVER_SQLSTATE_CLASSES else 400
+        if r["protocol"] == "mysql":
+            auth, server = code in _MYSQL_AUTH_ERRORS, code in _MYSQL_SERVER_ERRORS
+        else:
+            # SQLSTATE classes of the server's own trouble (out of resources, shutting
+            # down, I/O, internal) are its failures, as an HTTP 5xx; the rest the client's
+            auth = (r["error"] or "").startswith(_QUERY_AUTH_ERRORS) or code.startswith("28")
+            server = r["protocol"] == "postgresql" and code[:2] in _SERVER_SQLSTATE_CLASSES
+        status = 401 if auth else 500 if server else 400
     # The request's identity is the call itself (its query_id): the windows' retry
     # detection must not take a second GET of the same key for a retry.
     return (TRANSACTION, 0, status, service_of(r), r["client_ip"],

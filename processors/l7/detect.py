@@ -11,7 +11,11 @@ lines, so a capture that starts mid-connection waits for the client's next comma
 PostgreSQL is recognised from the client's startup packet (a length, then protocol 3.x
 or the code of an SSLRequest, GSSENCRequest or CancelRequest), or, for a capture that
 starts mid-connection, from a whole ``Query`` or ``Parse`` message whose length and
-NUL-terminated texts agree exactly (Wireshark decides ``pgsql`` by port 5432).
+NUL-terminated texts agree exactly (Wireshark decides ``pgsql`` by port 5432). MySQL's
+server speaks first: its handshake packet (sequence 0, protocol 10, a version string
+starting with a digit) makes it the server; mid-connection, a whole ``COM_QUERY`` packet
+(sequence 0, command 3, printable SQL, the length agreeing) makes the sender the client
+(Wireshark decides ``mysql`` by port 3306).
 """
 
 from __future__ import annotations
@@ -41,6 +45,8 @@ class Verdict(Enum):
     RESP_COMMAND = "resp_command"    # this side is a Redis client (a RESP command array)
     PG_STARTUP = "pg_startup"        # this side is a PostgreSQL client (a startup packet)
     PG_MESSAGE = "pg_message"        # a PostgreSQL client's Query or Parse, mid-connection
+    MYSQL_GREETING = "mysql_greeting"  # this side is a MySQL server (its handshake, protocol 10)
+    MYSQL_COMMAND = "mysql_command"    # a MySQL client's COM_QUERY, mid-connection
     UNKNOWN = "unknown"
     NEED_MORE = "need_more"
 
@@ -94,11 +100,33 @@ def _postgres_message(data: bytes) -> bool:
     return len(body) == text_end + 3 + 4 * types
 
 
+def _mysql(data: bytes) -> Verdict | None:
+    """A MySQL server's handshake or a client's whole COM_QUERY packet, if ``data`` starts
+    with one (a 3-byte little-endian length, sequence 0)."""
+    if len(data) < 6 or data[3] != 0:
+        return None
+    length = int.from_bytes(data[:3], "little")
+    if data[4] == 0x0A and 30 <= length <= 1024 and 0x30 <= data[5] <= 0x39:
+        version_end = data.find(b"\0", 5, 5 + 64)
+        if version_end > 5 and data[5:version_end].isascii() and data[5:version_end].decode().isprintable():
+            return Verdict.MYSQL_GREETING
+    if data[4] == 0x03 and length + 4 == len(data) and length > 1:
+        text = data[5:]
+        # SQL: printable ASCII and white space (UTF-8 text beyond ASCII is rare in a
+        # statement's first segment; such a capture waits for the next plain command)
+        if text.strip() and all(0x20 <= c < 0x7F or c in (0x09, 0x0A, 0x0D) for c in text):
+            return Verdict.MYSQL_COMMAND
+    return None
+
+
 def detect(data: bytes) -> Verdict:
     """Classify the first bytes one side of a connection sent."""
     if not data:
         return Verdict.NEED_MORE
     b0 = data[0]
+    mysql = _mysql(data)  # (first: a handshake's length byte can look like anything below)
+    if mysql is not None:
+        return mysql
     if b0 == 0x00:  # a big-endian length below 16 MB: PostgreSQL's startup packet
         return _postgres_startup(data)
     if b0 in (0x50, 0x51) and _postgres_message(data):  # "P", "Q" (no HTTP method fits)

@@ -25,6 +25,7 @@ from .base import Emit, L7Options, StreamAnalyzer, StreamContext
 from .detect import Verdict, detect
 from .dns import DnsMatcher, DnsTcpAnalyzer
 from .http import HttpAnalyzer
+from .mysql import MysqlAnalyzer, MysqlMidConnection
 from .postgres import PostgresAnalyzer, PostgresMidConnection
 from .redis import RedisAnalyzer
 from .tls import TlsAnalyzer
@@ -181,6 +182,10 @@ class L7Session:
             make = PostgresAnalyzer
         elif verdict is Verdict.PG_MESSAGE:
             make = PostgresMidConnection
+        elif verdict is Verdict.MYSQL_GREETING:
+            make, client = MysqlAnalyzer, 1 - d
+        elif verdict is Verdict.MYSQL_COMMAND:
+            make = MysqlMidConnection
         stats = self.dispatcher.stats
         if make is None:
             # Not a message start. Later chunks of this side may start one (a capture that

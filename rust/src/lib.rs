@@ -53,6 +53,7 @@ mod python_dns;
 mod python_tls;
 mod python_resp;
 mod python_pgsql;
+mod python_mysql;
 mod python_flow;
 
 /// The version of the compiled core (the crate's), for `wirestream doctor`.
@@ -78,6 +79,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<python_tls::PyTlsConnection>()?;
     m.add_class::<python_resp::PyRespConnection>()?;
     m.add_class::<python_pgsql::PyPgConnection>()?;
+    m.add_class::<python_mysql::PyMysqlConnection>()?;
     m.add_function(wrap_pyfunction!(python_pgsql::redact_sql, m)?)?;
     m.add_class::<python_tls::PyKeyLog>()?;
     m.add_function(wrap_pyfunction!(python_tls::looks_like_tls_client_hello, m)?)?;

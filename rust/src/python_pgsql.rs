@@ -99,8 +99,15 @@ impl PyPgConnection {
 }
 
 /// SQL text with its literals as `?`, comments dropped, white space collapsed
-/// (rust/src/l7/sql.rs).
+/// (rust/src/l7/sql.rs), by the lexical rules of `dialect`: `postgresql` or `mysql`.
 #[pyfunction]
-pub fn redact_sql(text: &[u8]) -> String {
-    crate::l7::sql::redact(text)
+#[pyo3(signature = (text, dialect = "postgresql"))]
+pub fn redact_sql(text: &[u8], dialect: &str) -> PyResult<String> {
+    use crate::l7::sql::{redact_as, Dialect};
+    let dialect = match dialect {
+        "postgresql" => Dialect::Postgres,
+        "mysql" => Dialect::Mysql,
+        other => return Err(PyValueError::new_err(format!("no SQL dialect {other:?}: postgresql or mysql"))),
+    };
+    Ok(redact_as(text, dialect))
 }

@@ -11,6 +11,10 @@
 //!   keeps a command's name and key and a reply's type, size and error; the Python face
 //!   is `python_resp` (`wirestream._core.RespConnection`), wrapped by
 //!   `processors/l7/redis.py`.
+//! - [`mysql`]: the MySQL/MariaDB protocol, one connection-level state machine (a
+//!   response's framing depends on its command) that pairs commands with OK, ERR,
+//!   result sets and prepared statements' answers; the Python face is `python_mysql`
+//!   (`wirestream._core.MysqlConnection`), wrapped by `processors/l7/mysql.py`.
 //! - [`pgsql`]: PostgreSQL's frontend/backend protocol, one streaming framer per
 //!   direction that keeps a message's type and the few fields a record needs (query
 //!   text, statement and portal names, command tag, error code) and counts result rows;
@@ -22,6 +26,7 @@
 
 pub mod dns;
 pub mod http;
+pub mod mysql;
 pub mod pgsql;
 pub mod resp;
 pub mod sql;

@@ -1,6 +1,7 @@
 //! SQL text for records: literals replaced by `?` (the default: values are secrets, and
 //! statements that differ only in their values then read the same), comments dropped,
-//! runs of white space made one space.
+//! runs of white space made one space. Two dialects ([`Dialect`]): PostgreSQL's and
+//! MySQL's, whose quotes and comments differ.
 //!
 //! PostgreSQL's lexical rules (https://www.postgresql.org/docs/current/sql-syntax-lexical.html):
 //! string constants `'...'` (a quote doubled inside), with a prefix `E` (backslash
@@ -9,6 +10,20 @@
 //! `1_000`) that are not part of a name; quoted identifiers `"..."`, kept; comments
 //! `-- ...` and `/* ... */` (which nest). Text that is not valid SQL is still redacted
 //! the same way (an unterminated string is a literal to the end), never an error.
+//!
+//! MySQL's (https://dev.mysql.com/doc/refman/8.0/en/string-literals.html): `'...'` and
+//! `"..."` are both strings (`"` quotes identifiers only in ANSI_QUOTES mode, which we
+//! cannot see: a string is the safe reading), with backslash escapes (the default
+//! sql_mode); backticks quote identifiers; `#` and `-- ` (with a space) start comments;
+//! `/*! ... */` is executable code in a comment (dropped like any comment); `$` is part
+//! of names, no dollar quoting.
+
+/// Whose lexical rules.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dialect {
+    Postgres,
+    Mysql,
+}
 
 /// A byte that continues a name (an identifier, a keyword, `$1`).
 fn name_byte(b: u8) -> bool {
@@ -33,8 +48,15 @@ fn dollar_tag(s: &[u8], at: usize) -> Option<usize> {
     None
 }
 
-/// `text` with its literals as `?`, its comments dropped and its white space collapsed.
+/// `text` (PostgreSQL's) with its literals as `?`, its comments dropped and its white
+/// space collapsed.
 pub fn redact(text: &[u8]) -> String {
+    redact_as(text, Dialect::Postgres)
+}
+
+/// [`redact`] by `dialect`'s rules.
+pub fn redact_as(text: &[u8], dialect: Dialect) -> String {
+    let mysql = dialect == Dialect::Mysql;
     let s = text;
     let mut out: Vec<u8> = Vec::with_capacity(s.len());
     let mut i = 0;
@@ -52,7 +74,16 @@ pub fn redact(text: &[u8]) -> String {
                 space(&mut out);
                 i += 1;
             }
-            b'-' if s.get(i + 1) == Some(&b'-') => {
+            // MySQL: "-- " needs white space (or the end) after it; "#" to the end of the line
+            b'-' if s.get(i + 1) == Some(&b'-')
+                && (!mysql || s.get(i + 2).is_none_or(|c| c.is_ascii_whitespace())) =>
+            {
+                while i < s.len() && s[i] != b'\n' {
+                    i += 1;
+                }
+                space(&mut out);
+            }
+            b'#' if mysql => {
                 while i < s.len() && s[i] != b'\n' {
                     i += 1;
                 }
@@ -76,15 +107,17 @@ pub fn redact(text: &[u8]) -> String {
                 }
                 space(&mut out);
             }
-            b'\'' => {
-                // a prefix just written (E'', B'', X'', N'', U&'') is part of the literal
-                let escapes = strip_prefix(&mut out);
+            b'\'' | b'"' if b == b'\'' || mysql => {
+                // a prefix just written (E'', B'', X'', N'', U&'') is part of the literal;
+                // MySQL's strings take backslash escapes whatever their prefix
+                let escapes = strip_prefix(&mut out) || mysql;
+                let quote = b;
                 i += 1;
                 while i < s.len() {
                     if escapes && s[i] == b'\\' {
                         i += 2;
-                    } else if s[i] == b'\'' {
-                        if s.get(i + 1) == Some(&b'\'') {
+                    } else if s[i] == quote {
+                        if s.get(i + 1) == Some(&quote) {
                             i += 2;
                         } else {
                             i += 1;
@@ -96,12 +129,14 @@ pub fn redact(text: &[u8]) -> String {
                 }
                 out.push(b'?');
             }
-            b'"' => {
+            b'"' | b'`' => {
+                // a quoted identifier (PostgreSQL's "...", MySQL's `...`): kept
                 let start = i;
+                let quote = b;
                 i += 1;
                 while i < s.len() {
-                    if s[i] == b'"' {
-                        if s.get(i + 1) == Some(&b'"') {
+                    if s[i] == quote {
+                        if s.get(i + 1) == Some(&quote) {
                             i += 2;
                             continue;
                         }
@@ -112,7 +147,7 @@ pub fn redact(text: &[u8]) -> String {
                 }
                 out.extend_from_slice(&s[start..i.min(s.len())]);
             }
-            b'$' if !name_byte(prev) && dollar_tag(s, i).is_some() => {
+            b'$' if !mysql && !name_byte(prev) && dollar_tag(s, i).is_some() => {
                 let end = dollar_tag(s, i).unwrap_or(i + 1);
                 let tag = &s[i..end];
                 i = match s[end..].windows(tag.len()).position(|w| w == tag) {
@@ -186,7 +221,7 @@ fn number_end(s: &[u8], mut i: usize) -> usize {
 
 #[cfg(test)]
 mod tests {
-    use super::redact;
+    use super::{redact, redact_as, Dialect};
 
     fn r(s: &str) -> String {
         redact(s.as_bytes())
@@ -212,12 +247,25 @@ mod tests {
     }
 
     #[test]
+    fn mysql_strings_comments_and_backticks() {
+        let m = |s: &str| redact_as(s.as_bytes(), Dialect::Mysql);
+        assert_eq!(m("SELECT * FROM `my table` WHERE a = \"secret\" AND b = 'it\\'s' # x 'y'\n"),
+                   "SELECT * FROM `my table` WHERE a = ? AND b = ?");
+        assert_eq!(m("SELECT a--1\nFROM t -- a comment\n WHERE c = x'ff' AND d = _utf8mb4'z'"),
+                   "SELECT a--? FROM t WHERE c = ? AND d = _utf8mb4?");
+        assert_eq!(m("SELECT $a, $$b FROM t1 /*!40101 SET x = 1 */"), "SELECT $a, $$b FROM t1");
+        // PostgreSQL's reading keeps "..." as a name
+        assert_eq!(redact(b"SELECT \"secret\""), "SELECT \"secret\"");
+    }
+
+    #[test]
     fn unterminated_and_garbage_never_panic() {
         assert_eq!(r("select 'abc"), "select ?");
         assert_eq!(r("select $a$ never closed"), "select ?");
         assert_eq!(r("select E'\\"), "select ?");
-        for s in [&b"\xff\xfe'"[..], b"$", b"$$", b"/*", b"--", b"\"", b"1e", b"E'", b"U&'"] {
+        for s in [&b"\xff\xfe'"[..], b"$", b"$$", b"/*", b"--", b"\"", b"1e", b"E'", b"U&'", b"#", b"`", b"\"\\"] {
             let _ = redact(s);
+            let _ = redact_as(s, Dialect::Mysql);
         }
     }
 }
