@@ -43,7 +43,10 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from bench_redis import timed, tshark_io_counts  # (measuring a tool's run: shared with the Redis bench)
+from bench_redis import (  # (measuring a tool's run: shared with the Redis bench)
+    timed,
+    tshark_io_counts,
+)
 from wirestream._core import MysqlConnection
 from wirestream.processors.l7.base import L7Options, StreamContext
 from wirestream.processors.l7.mysql import MysqlAnalyzer
