@@ -14,6 +14,7 @@ so that event time moves on also for observation partitions with no traffic.
 
 from __future__ import annotations
 
+import re
 import zlib
 from collections.abc import Callable
 from typing import Any
@@ -73,8 +74,15 @@ ROW_DTYPE = np.dtype([
 TEXT_COLUMNS = (3, 4, 5, 12)
 
 #: The prefixes of a topology window's key (``zone:A>B``, ``node:A>B``: ">" is in neither
-#: a label value nor a node name, and no service key starts so).
-ZONE_PAIR, NODE_PAIR = "zone:", "node:"
+#: a label value nor a node name, and no service key starts so), and of an operation's
+#: (``op:SERVICE>PROTOCOL:OPERATION``, :func:`operation_key`).
+ZONE_PAIR, NODE_PAIR, OPERATION = "zone:", "node:", "op:"
+#: Operations with windows of their own per service at most (the others share
+#: ``PROTOCOL:other``): a Redis command or a SQL keyword is whatever a client sent.
+MAX_OPERATIONS_PER_SERVICE = 64
+#: An operation name that gets a window of its own (``SELECT``, ``CREATE TABLE``,
+#: ``BEGIN;INSERT;COMMIT``, ``HGETALL``); anything else is ``other``.
+_OPERATION_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_ ;]{0,47}")
 
 
 def topology_keys(r: dict[str, Any]) -> list[str]:
@@ -91,11 +99,14 @@ def topology_keys(r: dict[str, Any]) -> list[str]:
 
 
 def topology_scope(key: str) -> str | None:
-    """``zone_pair``/``node_pair`` for a topology window's key, None for a service's."""
+    """``zone_pair``/``node_pair`` for a topology window's key, ``operation`` for an
+    operation's, None for a service's."""
     if key.startswith(ZONE_PAIR):
         return "zone_pair"
     if key.startswith(NODE_PAIR):
         return "node_pair"
+    if key.startswith(OPERATION):
+        return "operation"
     return None
 ROW_FIELDS = ROW_DTYPE.names
 
@@ -227,6 +238,10 @@ class Observer:
     partition; call :meth:`flush` after each processed packet batch (it sends when a
     batch is worth sending) and with ``end_of_input`` at the end."""
 
+    #: per service, the operation keys it has windows for (created at the first query:
+    #: a checkpoint written before operation windows existed restores without it)
+    _operations: dict[str, set[str]] | None = None
+
     def __init__(self, send: Send, source_id: str, packet_partition: int, packet_partitions: int,
                  partitions: int) -> None:
         self.send = send
@@ -254,6 +269,30 @@ class Observer:
             for key in topology_keys(record):
                 # the same connection, counted again in its zone pair's and node pair's windows
                 self._add((*row[:3], key, *row[4:12], "", row[13]))
+        elif topic == QUERIES:
+            # the same call, counted again in its operation's window (per-operation percentiles)
+            self._add((*row[:3], self.operation_key(row[3], record), *row[4:12], "", row[13]))
+
+    def operation_key(self, service: str, record: dict[str, Any]) -> str:
+        """The window key of a query's operation, ``op:SERVICE>PROTOCOL:OPERATION``: at most
+        :data:`MAX_OPERATIONS_PER_SERVICE` per service, the rest ``PROTOCOL:other``."""
+        protocol = record["protocol"]
+        operation = record["operation"]
+        if not _OPERATION_NAME.fullmatch(operation):
+            operation = "other"
+        key = f"{OPERATION}{service}>{protocol}:{operation}"
+        if self._operations is None:
+            self._operations = {}
+        seen = self._operations.get(service)
+        if seen is None:
+            if len(self._operations) >= 10_000:  # services: bounded too (a scan of many ports)
+                self._operations.clear()
+            seen = self._operations[service] = set()
+        if key not in seen:
+            if len(seen) >= MAX_OPERATIONS_PER_SERVICE:
+                return f"{OPERATION}{service}>{protocol}:other"
+            seen.add(key)
+        return key
 
     def _add(self, row: Row) -> None:
         service = row[3]

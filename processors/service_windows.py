@@ -37,6 +37,7 @@ from .observations import (
     CONNECTION,
     DNS_QUERY,
     NODE_PAIR,
+    OPERATION,
     TRANSACTION,
     ZONE_PAIR,
     topology_scope,
@@ -249,8 +250,15 @@ class Window:
         rec["bytes"] = c["bytes"]
         rec["slow_requests"] = c["slow_requests"]
         rec["scope"] = scope or "service"
+        rec.update(operation=None, operation_protocol=None, operation_service=None)
         if scope is None:
             rec.update(self.spread())
+        elif scope == "operation":
+            # op:SERVICE>PROTOCOL:OPERATION (">" and ":" are in no operation name)
+            rec.update(backends=[], backend_imbalance=None, hot_backend=None, hot_backend_share=None)
+            of, _, operation = service[len(OPERATION):].rpartition(">")
+            protocol, _, name = operation.partition(":")
+            rec.update(operation=name, operation_protocol=protocol, operation_service=of)
         else:
             rec.update(backends=[], backend_imbalance=None, hot_backend=None, hot_backend_share=None)
             client, server = service[len(ZONE_PAIR if scope == "zone_pair" else NODE_PAIR):].split(">", 1)
@@ -454,7 +462,7 @@ class ServiceWindows:
         record = w.record(source_id, service)
         self.emit(SERVICE_METRICS, service, record)
         src.emitted[SERVICE_METRICS] += 1
-        if record["scope"] != "service":  # a zone or node pair: measured, not judged
+        if record["scope"] != "service":  # a zone or node pair, an operation: measured, not judged
             del src.open[wkey]
             self._forget(wkey)
             return

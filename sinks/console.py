@@ -269,6 +269,49 @@ def print_queries(records: dict[str, list[dict[str, Any]]], top: int, console: C
                                                         for e, n in errors.most_common(3)) if errors else ""))
 
 
+def _operations(records: dict[str, list[dict[str, Any]]]) -> list[tuple[dict[str, Any], ServiceSummary]]:
+    """Operations' windows (database and cache calls per operation) merged over the run,
+    slowest p99 first: (one of its window records, for its names; the merge)."""
+    from wirestream.processors.service_windows import merge_windows
+
+    windows = [r for r in records.get(SERVICE_METRICS, []) if r.get("scope") == "operation"]
+    names = {r["service"]: r for r in windows}
+    merged = merge_windows(windows)
+
+    def p99(s: ServiceSummary) -> float:
+        return s.quantiles("latency")["p99"] or 0.0
+
+    return [(names[k], s) for k, s in sorted(merged.items(), key=lambda kv: (-p99(kv[1]), kv[0]))]
+
+
+def _operation_json(r: dict[str, Any], s: ServiceSummary) -> dict[str, Any]:
+    return {"service": r["operation_service"], "protocol": r["operation_protocol"], "operation": r["operation"],
+            "windows": s.windows, "requests": s.requests, "errors": s.errors_4xx + s.errors_5xx,
+            "latency_us": s.quantiles("latency")}
+
+
+def print_operations(records: dict[str, list[dict[str, Any]]], top: int, console: Console) -> None:
+    """Per operation of each database or cache (its windows merged): calls, errors and
+    latency percentiles, slowest p99 first; nothing without query windows."""
+    ops = _operations(records)
+    if not ops:
+        return
+    from rich.table import Table
+
+    table = Table(title=f"Query operations by p99 latency (top {min(top, len(ops))} of {len(ops):,})")
+    for col, kw in (("service", {}), ("protocol", {}), ("operation", {}), ("calls", {"justify": "right"}),
+                    ("errors", {"justify": "right"}), ("p50", {"justify": "right"}), ("p90", {"justify": "right"}),
+                    ("p99", {"justify": "right"})):
+        table.add_column(col, **kw)
+    for r, s in ops[:top]:
+        q = s.quantiles("latency")
+        errors = s.errors_4xx + s.errors_5xx
+        table.add_row(_text(r["operation_service"]), _text(r["operation_protocol"]), _text(r["operation"]),
+                      f"{s.requests:,}", f"[red]{errors:,}[/]" if errors else "0", _us(q["p50"]), _us(q["p90"]),
+                      _us(q["p99"]))
+    console.print(table)
+
+
 def _services(records: dict[str, list[dict[str, Any]]]) -> list[ServiceSummary]:
     """Services over the whole run, busiest first."""
     from wirestream.processors.service_windows import merge_windows
@@ -559,6 +602,7 @@ def summary_json(result: Any) -> dict[str, Any]:
         "l7": l7_summary(result.records),
         # always there (zeros without queries), so that a reader's keys do not come and go
         "queries": queries_summary(result.records.get(QUERIES, [])),
+        "query_operations": [_operation_json(*o) for o in _operations(result.records)],
         "services": [_service_json(s) for s in _services(result.records)],
         "topology": [_topology_json(*t) for t in _topology(result.records)],
         "alerts": dict(Counter(a["kind"] for a in result.records.get(ALERTS, [])).most_common()),
@@ -652,6 +696,7 @@ def print_summary(result: Any, top: int = 15, out_dir: str | None = None, consol
     print_flows(result.records, top, console)
     print_l7(result.records, top, console)
     print_queries(result.records, top, console)
+    print_operations(result.records, top, console)
     print_services(result.records, top, console)
     print_topology(result.records, console)
 

@@ -357,3 +357,25 @@ def test_redacted_records_hold_no_literal_or_password(run: Run, redacted: Path) 
     windows = [w for w in windows if w.get("scope", "service") == "service" and w["service"].endswith(f":{run.port}")]
     assert sum(w["requests"] for w in windows) == sum(1 for q in records if q["status"] != "skipped")
     assert sum(w["errors_4xx"] for w in windows) == sum(1 for q in records if q["status"] == "error") == 4
+
+
+def test_each_operation_has_windows_of_its_own(run: Run, redacted: Path) -> None:
+    """Per-operation windows (scope operation): each operation's calls, errors and latency
+    percentiles, from the same records as its service's windows."""
+    from collections import Counter
+
+    records = [json.loads(line) for line in (redacted / "wire.queries.jsonl").open()]
+    windows = [json.loads(line) for line in (redacted / "wire.service-metrics.jsonl").open()]
+    ops = [w for w in windows if w["scope"] == "operation" and w["operation_service"].endswith(f":{run.port}")]
+    calls: Counter[str] = Counter()
+    errors: Counter[str] = Counter()
+    for w in ops:
+        assert w["operation_protocol"] == "postgresql"
+        assert w["service"] == f"op:{w['operation_service']}>postgresql:{w['operation']}"
+        calls[w["operation"]] += w["requests"]
+        errors[w["operation"]] += w["errors_4xx"] + w["errors_5xx"]
+        latencies = [q["latency_us"] for q in records if q["operation"] == w["operation"] and q["latency_us"]]
+        assert w["latency_p99_us"] is None or w["latency_p99_us"] <= max(latencies)
+    assert calls == Counter(q["operation"] for q in records if q["status"] != "skipped")
+    assert errors == Counter(q["operation"] for q in records if q["status"] == "error")
+    assert {"STARTUP", "SELECT", "INSERT", "CREATE TABLE", "BEGIN;INSERT;COMMIT", "COPY", "PREPARE"} <= set(calls)

@@ -139,6 +139,29 @@ def test_an_exchange_gives_its_records_whatever_the_split() -> None:
     assert a.stats["pgsql_queries"] == 6 and a.stats["pgsql.errors"] == 1
 
 
+def test_an_error_before_the_rest_of_a_pipeline_skips_it() -> None:
+    """A pipeline still sending when its second statement fails: the server's error comes
+    before the third statement and the Sync; the third is skipped, not unanswered."""
+    ins = msg(b"P", b"\0INSERT INTO t VALUES ($1)\0\0\0") + msg(b"B", b"\0\0" + b"\0" * 6) + msg(b"E", b"\0\0\0\0\0")
+    sink = Sink()
+    a = _analyzer(sink, L7Options())
+    a.on_data(0, startup(user="u"), 1)
+    a.on_data(1, msg(b"R", b"\0\0\0\0") + READY, 2)
+    a.on_data(0, ins + msg(b"H", b""), 3)
+    a.on_data(1, msg(b"1", b"") + msg(b"2", b"") + msg(b"C", b"INSERT 0 1\0"), 4)
+    a.on_data(0, ins + msg(b"H", b""), 5)
+    a.on_data(1, msg(b"1", b"") + msg(b"2", b"") + error(b"23505", b"duplicate key"), 6)
+    a.on_data(0, ins + msg(b"S", b""), 7)
+    a.on_data(1, READY, 8)
+    a.on_data(0, msg(b"Q", b"SELECT 1\0"), 9)
+    a.on_data(1, msg(b"C", b"SELECT 1\0") + READY, 10)
+    a.on_close(11)
+    assert [(r["operation"], r["status"], r["error_code"]) for r in sink.records] == [
+        ("STARTUP", "ok", None), ("INSERT", "ok", None), ("INSERT", "error", "23505"), ("INSERT", "skipped", None),
+        ("SELECT", "ok", None)]
+    assert a.outstanding == 0 and not a.pending and a.stats["pgsql.out_of_sync"] == 0
+
+
 def test_no_redact_keeps_the_text() -> None:
     records, _ = _run(_interleaved(random.Random(1)), L7Options(redact=False))
     assert records[1]["statement"] == "SELECT * FROM t WHERE name = 'hunter2'"

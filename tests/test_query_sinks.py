@@ -240,7 +240,9 @@ def test_the_summary_json() -> None:
     empty = console.summary_json(Result({}))
     assert empty["queries"] == {"count": 0, "by_status": {}, "by_operation": {}, "slowest": []}
     assert list(empty) == ["files", "failed", "records", "connection_states", "flows", "top_trouble", "l7",
-                           "queries", "services", "topology", "alerts", "stages", "stats", "elapsed_s"]
+                           "queries", "query_operations", "services", "topology", "alerts", "stages", "stats",
+                           "elapsed_s"]
+    assert empty["query_operations"] == []
     summary = console.summary_json(Result({QUERIES: _queries()}))["queries"]
     assert summary["count"] == 7
     assert summary["by_status"] == {"ok": 3, "error": 3, "no_reply": 1}
@@ -276,3 +278,50 @@ def test_the_summary_needs_only_the_query_fields() -> None:
         assert whole.export_text() == part.export_text()
     assert console.summary_json(Result({QUERIES: cut}))["queries"] == \
         console.summary_json(Result({QUERIES: _queries()}))["queries"]
+
+
+def _operation_windows(queries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The scope-operation window records of ``queries`` (one window), made as the
+    windows worker makes them: the observation rows, keyed by the observer's operation key."""
+    from wirestream.processors.detections import Thresholds
+    from wirestream.processors.observations import OBSERVE, Observer, service_of
+    from wirestream.processors.service_windows import Window
+
+    observer = Observer(lambda *a: None, "run-1", 0, 1, 1)
+    windows: dict[str, Window] = {}
+    for q in queries:
+        row = OBSERVE[QUERIES](q)
+        if row is None:
+            continue
+        key = observer.operation_key(service_of(q), q)
+        windows.setdefault(key, Window(1_700_000_000_000_000, 10_000_000)).add((*row[:3], key, *row[4:]), Thresholds())
+    return [w.record("run-1", key) for key, w in windows.items()]
+
+
+def test_operation_windows_and_their_table() -> None:
+    records = _operation_windows(_queries() + [query(query_id=f"g{i}", latency_us=100 + i) for i in range(20)])
+    by_op = {r["operation"]: r for r in records}
+    assert {r["scope"] for r in records} == {"operation"}
+    assert set(by_op) == {"GET", "HGETALL", "SET", "LPUSH", "EVAL", "LRANGE", "BLPOP"}
+    get = by_op["GET"]
+    assert (get["service"], get["operation_protocol"], get["operation_service"]) == (
+        "op:10.0.0.2:6379>redis:GET", "redis", "10.0.0.2:6379")
+    assert (get["requests"], by_op["LPUSH"]["errors_4xx"], by_op["BLPOP"]["requests"]) == (21, 1, 1)
+    out = Console(record=True, width=200)
+    console.print_operations({console.SERVICE_METRICS: records}, 3, out)
+    text = out.export_text()
+    assert "Query operations by p99 latency (top 3 of 7)" in text
+    rows = [line for line in text.splitlines() if "10.0.0.2:6379" in line]
+    assert [[c.strip() for c in line.split("│")[1:-1]][2] for line in rows] == ["LRANGE", "SET", "HGETALL"]
+    assert [c.strip() for c in rows[0].split("│")[1:-1]][3:] == ["1", "0", "2.00 s", "2.00 s", "2.00 s"]
+    summary = console.summary_json(Result({console.SERVICE_METRICS: records}))["query_operations"]
+    assert summary[0]["operation"] == "LRANGE" and summary[0]["requests"] == 1
+
+
+def test_operations_per_service_are_bounded() -> None:
+    from wirestream.processors.observations import MAX_OPERATIONS_PER_SERVICE, Observer
+
+    observer = Observer(lambda *a: None, "run-1", 0, 1, 1)
+    keys = {observer.operation_key("svc", query(operation=f"CMD{i}")) for i in range(MAX_OPERATIONS_PER_SERVICE + 10)}
+    assert len(keys) == MAX_OPERATIONS_PER_SERVICE + 1 and "op:svc>redis:other" in keys
+    assert observer.operation_key("svc", query(operation="<script>")) == "op:svc>redis:other"

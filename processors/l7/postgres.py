@@ -67,6 +67,8 @@ AUTH_METHODS = {2: "kerberos", 3: "password", 5: "md5", 7: "gss", 9: "sspi"}
 _ANSWERS = {"P": "1", "B": "2", "C": "3"}
 #: Pending entries a ReadyForQuery completes.
 _READY = frozenset({"Q", "F", "S", "startup"})
+#: Client messages the server skips after an error in an extended batch, until its Sync.
+_SKIPPED = frozenset({"P", "B", "D", "E", "C", "H"})
 _FIRST_WORD = re.compile(r"[\s(]*([A-Za-z]+)")
 
 
@@ -139,6 +141,9 @@ class PostgresAnalyzer(StreamAnalyzer):
         self.auth_method: str | None = None
         self.tls: StreamAnalyzer | None = None  # after an SSLRequest answered S
         self.seq = 0
+        # an extended batch failed before its Sync was sent: the server skips what the
+        # client sends until that Sync
+        self.skipping = False
 
     # -- StreamAnalyzer hooks ------------------------------------------------------------
 
@@ -165,6 +170,7 @@ class PostgresAnalyzer(StreamAnalyzer):
         # which response answers which message is unknown now: the waiting ones go out unanswered
         self._flush_unanswered(ts_us, "pgsql.unanswered_after_gap")
         self.building = None
+        self.skipping = False
 
     def on_close(self, ts_us: int) -> None:
         if self.tls is not None:
@@ -203,6 +209,33 @@ class PostgresAnalyzer(StreamAnalyzer):
         return query
 
     def _frontend(self, message: tuple, ts_us: int) -> None:
+        kind = message[0]
+        if self.skipping and kind in _SKIPPED:
+            self._skipped(message, ts_us)
+            return
+        if kind == "S" and self.skipping:
+            self.skipping = False
+            if self.building is not None:  # parsed or bound after the error: never ran
+                self._discard(self.building)
+                self.building = None
+        self._message(message, ts_us)
+
+    def _skipped(self, message: tuple, ts_us: int) -> None:
+        """A message the server skips (an earlier one of its batch failed): an Execute is a
+        ``skipped`` record now (no answer will come); the others answer nothing."""
+        before = len(self.pending)
+        self._message(message, ts_us)
+        while len(self.pending) > before:
+            kind, query = self.pending.pop()
+            if kind == "E" and query is not None and not query.emitted:
+                self._emit(query, "skipped", ts_us)
+
+    def _discard(self, query: _Query) -> None:
+        if not query.emitted:
+            query.emitted = True
+            self.outstanding -= 1
+
+    def _message(self, message: tuple, ts_us: int) -> None:
         kind, fields, number, size, cut, _data_messages, data_bytes = message
         if kind == "Q":
             query = self._new("Q", ts_us, size)
@@ -372,6 +405,12 @@ class PostgresAnalyzer(StreamAnalyzer):
                 self._emit(other, "skipped", ts_us)
         if pending and pending[0][1] is not None and pending[0][1].emitted:
             pending[0] = ("S", None)
+        if not pending:
+            # the Sync is not sent yet (a pipeline still sending): what comes before it is skipped
+            self.skipping = True
+            if self.building is not None and self.building is not query:
+                self._discard(self.building)
+            self.building = None
         if severity in ("FATAL", "PANIC"):
             self.stats["pgsql.fatal"] += 1
 
