@@ -121,13 +121,23 @@ def _observe_connection(r: dict[str, Any]) -> Row:
             r["zero_window"], r.get("server_pod") or "", r["bytes_c2s"] + r["bytes_s2c"])
 
 
+#: A gRPC status as the windows count it, the HTTP status grpc-gateway maps it to
+#: (runtime.HTTPStatusFromCode): a gRPC call answers HTTP 200 whatever its outcome.
+GRPC_HTTP_STATUS = {1: 499, 2: 500, 3: 400, 4: 504, 5: 404, 6: 409, 7: 403, 8: 429, 9: 400, 10: 409, 11: 400,
+                    12: 501, 13: 500, 14: 503, 15: 500, 16: 401}
+
+
 def _observe_transaction(r: dict[str, Any]) -> Row:
     latency = r["latency_us"]
+    status = r["status"] or 0
+    grpc = r.get("grpc_status")
+    if grpc:  # (0 is OK: the HTTP status stands)
+        status = GRPC_HTTP_STATUS.get(grpc, 500)
     request = f"{r['method']} {r['host'] or ''}{r['path'] or ''}"
     # The findings are about secrets sent in cleartext: a transaction read from decrypted
     # TLS (--tls-keylog) sent them encrypted, so the windows do not count them.
     findings = 0 if r.get("tls") else int(findings_of(r))
-    return (TRANSACTION, findings, r["status"] or 0, service_of(r), r["client_ip"],
+    return (TRANSACTION, findings, status, service_of(r), r["client_ip"],
             r["error"] or "", zlib.crc32(request.encode("utf-8", "replace")), r["request_ts_us"],
             -1 if latency is None else latency, 0, 0, 0, r.get("server_pod") or "",
             (r.get("request_body_size") or 0) + (r.get("response_body_size") or 0))

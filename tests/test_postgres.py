@@ -93,7 +93,7 @@ class Run:
 
 
 def _tcpdump(pcap: Path, port: int) -> subprocess.Popen:
-    proc = subprocess.Popen([TCPDUMP, "-i", "lo", "--immediate-mode", "-U", "-w", str(pcap), f"tcp port {port}"],
+    proc = subprocess.Popen([TCPDUMP, "-i", "lo", "--immediate-mode", "-U", "-B", "65536", "-w", str(pcap), f"tcp port {port}"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     said = proc.stderr.readline()
     assert "listening" in said, said

@@ -80,7 +80,7 @@ def _tcpdump(pcap: Path, port: int) -> subprocess.Popen:
     before its filter is in)."""
     # --immediate-mode: each packet handed over as it comes (not when the kernel's ring
     # block times out), so that nothing is still in the ring when Ctrl-C stops it
-    proc = subprocess.Popen([TCPDUMP, "-i", "lo", "--immediate-mode", "-U", "-w", str(pcap), f"tcp port {port}"],
+    proc = subprocess.Popen([TCPDUMP, "-i", "lo", "--immediate-mode", "-U", "-B", "65536", "-w", str(pcap), f"tcp port {port}"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     said = proc.stderr.readline()
     assert "listening" in said, said

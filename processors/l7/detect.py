@@ -38,6 +38,7 @@ NEED = _LONGEST_METHOD + 1
 
 
 class Verdict(Enum):
+    H2_PREFACE = "h2_preface"        # this side is an HTTP/2 client (prior knowledge: h2c, gRPC)
     HTTP_REQUEST = "http_request"    # this side is an HTTP client
     HTTP_RESPONSE = "http_response"  # this side is an HTTP server
     TLS_CLIENT_HELLO = "tls_client"  # this side is a TLS client
@@ -50,6 +51,9 @@ class Verdict(Enum):
     UNKNOWN = "unknown"
     NEED_MORE = "need_more"
 
+
+#: HTTP/2's client connection preface (RFC 9113 §3.4)
+H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
 #: a RESP command: an array of 1 to 1,048,576 elements whose first is a bulk string
 _RESP_COMMAND = re.compile(rb"\*[1-9][0-9]{0,6}\r\n\$[0-9]{1,9}\r\n")
@@ -159,6 +163,9 @@ def detect(data: bytes) -> Verdict:
             return Verdict.NEED_MORE
     if not 0x41 <= b0 <= 0x5A:  # methods are upper-case tokens
         return Verdict.UNKNOWN
+    if b0 == 0x50:  # "P": HTTP/2's connection preface ("PRI * HTTP/2.0..." is no HTTP/1 method)
+        if data[:len(H2_PREFACE)] == H2_PREFACE[:len(data)]:
+            return Verdict.H2_PREFACE if len(data) >= len(H2_PREFACE) else Verdict.NEED_MORE
     space = data.find(b" ", 0, NEED)
     # A method and the end of its line is a request line Wireshark takes ("OPTIONS" with
     # no target, as scanners send it): the first of space, CR, LF ends the method.

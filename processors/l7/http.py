@@ -34,6 +34,9 @@ from .base import StreamAnalyzer, StreamContext
 MAX_PENDING: int = HttpConnection.MAX_PENDING
 #: Client bytes held after an Upgrade/CONNECT request until the answer says what they are.
 MAX_HELD: int = HttpConnection.MAX_HELD
+#: The HTTP/2 and gRPC fields of a transaction record (processors/l7/http2.py): none for HTTP/1.
+HTTP2_FIELDS = dict.fromkeys(("stream_id", "grpc_service", "grpc_method", "grpc_status", "grpc_message",
+                              "grpc_request_messages", "grpc_response_messages"))
 
 
 class HttpAnalyzer(StreamAnalyzer):
@@ -147,6 +150,7 @@ class HttpAnalyzer(StreamAnalyzer):
             # cleartext; the analyser of a decrypted TLS connection (tls.DecryptedStream)
             # emits through a context that marks its records true
             record["tls"] = False
+            record.update(HTTP2_FIELDS)
             if found:  # for the detections, beside the record's fields (processors.findings)
                 record = RecordWithFindings(record, Finding(found))
             records.append(record)

@@ -25,6 +25,7 @@ from .base import Emit, L7Options, StreamAnalyzer, StreamContext
 from .detect import Verdict, detect
 from .dns import DnsMatcher, DnsTcpAnalyzer
 from .http import HttpAnalyzer
+from .http2 import Http2Analyzer
 from .mysql import MysqlAnalyzer, MysqlMidConnection
 from .postgres import PostgresAnalyzer, PostgresMidConnection
 from .redis import RedisAnalyzer
@@ -186,6 +187,8 @@ class L7Session:
             make, client = MysqlAnalyzer, 1 - d
         elif verdict is Verdict.MYSQL_COMMAND:
             make = MysqlMidConnection
+        elif verdict is Verdict.H2_PREFACE:
+            make = Http2Analyzer
         stats = self.dispatcher.stats
         if make is None:
             # Not a message start. Later chunks of this side may start one (a capture that

@@ -85,9 +85,9 @@ AES-GCM and ChaCha20-Poly1305, TLS 1.3) and gives their plaintext here after eac
 by reason when the connection ends (``tls_decrypt_drop.no_key``, ``.unsupported_suite``,
 ``.unsupported_version``, ``.bad_mac``, ``.gap``, ``.malformed``, ``.no_handshake``,
 ``.renegotiation``; without a key log every application-data record is a ``no_key``), and
-those decrypted as ``tls_decrypted_records``. Plaintext that is not HTTP/1.x (HTTP/2
-after ALPN ``h2``, other protocols) is counted (``tls_plaintext.http2``,
-``tls_plaintext.unrecognised``) and not analysed.
+those decrypted as ``tls_decrypted_records``. Plaintext goes to the analyser of what it
+is (HTTP/1.x, HTTP/2 after ALPN ``h2``, Redis, PostgreSQL); other protocols are counted
+(``tls_plaintext.unrecognised``) and not analysed.
 
 Counters (``ctx.stats``): ``tls_handshakes``, ``tls_established``, ``tls_resumed``,
 ``tls_hello_retry_requests``, ``tls_alerts``, ``tls_encrypted_alerts``, ``tls_parse_error``
@@ -113,6 +113,7 @@ from ..state_codec import StateError
 from .base import StreamAnalyzer, StreamContext
 from .detect import Verdict, detect
 from .http import HttpAnalyzer
+from .http2 import Http2Analyzer
 from .postgres import PostgresAnalyzer
 from .redis import RedisAnalyzer
 from .tls_names import ALERT_DESCRIPTIONS, CIPHER_SUITES
@@ -164,12 +165,11 @@ def alert_name(description: int) -> str:
 
 #: Plaintext held while its first bytes do not yet say what it is.
 PLAINTEXT_DETECT_BUFFER = 4096
-#: The HTTP/2 connection preface (RFC 9113 §3.4).
-H2_PREFACE = b"PRI * HTTP/2.0"
 
 
 class DecryptedStream:
-    """The plaintext of one decrypted TLS connection, for the HTTP/1.x or Redis analyser.
+    """The plaintext of one decrypted TLS connection, for the HTTP/1.x, HTTP/2, Redis or
+    PostgreSQL analyser.
 
     Recognises the protocol from the first plaintext bytes (as :mod:`.session` does for
     cleartext connections), then feeds :class:`~.http.HttpAnalyzer` (or
@@ -211,8 +211,10 @@ class DecryptedStream:
             make, client = RedisAnalyzer, direction
         elif verdict is Verdict.PG_STARTUP:  # PostgreSQL after its SSLRequest, or direct TLS
             make, client = PostgresAnalyzer, direction
+        elif verdict is Verdict.H2_PREFACE:  # HTTP/2 (ALPN h2): gRPC over TLS, browsers
+            make, client = Http2Analyzer, direction
         else:
-            stats["tls_plaintext.http2" if first.startswith(H2_PREFACE) else "tls_plaintext.unrecognised"] += 1
+            stats["tls_plaintext.unrecognised"] += 1
             self.done = True
             self.held = []
             return

@@ -54,6 +54,7 @@ mod python_tls;
 mod python_resp;
 mod python_pgsql;
 mod python_mysql;
+mod python_h2;
 mod python_flow;
 
 /// The version of the compiled core (the crate's), for `wirestream doctor`.
@@ -80,6 +81,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<python_resp::PyRespConnection>()?;
     m.add_class::<python_pgsql::PyPgConnection>()?;
     m.add_class::<python_mysql::PyMysqlConnection>()?;
+    m.add_class::<python_h2::PyH2Connection>()?;
     m.add_function(wrap_pyfunction!(python_pgsql::redact_sql, m)?)?;
     m.add_class::<python_tls::PyKeyLog>()?;
     m.add_function(wrap_pyfunction!(python_tls::looks_like_tls_client_hello, m)?)?;

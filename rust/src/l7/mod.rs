@@ -11,6 +11,9 @@
 //!   keeps a command's name and key and a reply's type, size and error; the Python face
 //!   is `python_resp` (`wirestream._core.RespConnection`), wrapped by
 //!   `processors/l7/redis.py`.
+//! - [`h2`]: HTTP/2 and gRPC, a frame parser and HPACK decoder per direction, one
+//!   transaction per stream; the Python face is `python_h2`
+//!   (`wirestream._core.H2Connection`), wrapped by `processors/l7/http2.py`.
 //! - [`mysql`]: the MySQL/MariaDB protocol, one connection-level state machine (a
 //!   response's framing depends on its command) that pairs commands with OK, ERR,
 //!   result sets and prepared statements' answers; the Python face is `python_mysql`
@@ -25,6 +28,7 @@
 //!   (`wirestream._core.TlsConnection`), wrapped by `processors/l7/tls.py`.
 
 pub mod dns;
+pub mod h2;
 pub mod http;
 pub mod mysql;
 pub mod pgsql;
