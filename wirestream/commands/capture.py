@@ -18,7 +18,8 @@ def add_parser(sub: common.Subparsers, defaults: Settings) -> argparse.ArgumentP
         description="""\
 Capture this machine's traffic and run it through Kafka and the processors, like
 analyze does with a file, until --duration, --count or Ctrl-C; then print the same
-summary (connections, HTTP/DNS/TLS, Redis, PostgreSQL and MySQL calls, services, counters).
+summary (connections, HTTP/1.x, HTTP/2 and gRPC, DNS, TLS, Redis, PostgreSQL and MySQL
+calls, services, counters).
 
 Modes (--mode; `wirestream doctor` says which work here):
   ebpf       an eBPF socket filter on each packet ring (loopback duplicates and non-IP
