@@ -81,8 +81,9 @@ ZONE_PAIR, NODE_PAIR, OPERATION = "zone:", "node:", "op:"
 #: ``PROTOCOL:other``): a Redis command or a SQL keyword is whatever a client sent.
 MAX_OPERATIONS_PER_SERVICE = 64
 #: An operation name that gets a window of its own (``SELECT``, ``CREATE TABLE``,
-#: ``BEGIN;INSERT;COMMIT``, ``HGETALL``); anything else is ``other``.
-_OPERATION_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_ ;]{0,47}")
+#: ``BEGIN;INSERT;COMMIT``, ``HGETALL``, gRPC's ``package.Service/Method``); anything
+#: else is ``other``.
+_OPERATION_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_ ;./]{0,127}")
 
 
 def topology_keys(r: dict[str, Any]) -> list[str]:
@@ -282,10 +283,16 @@ class Observer:
         elif topic == QUERIES:
             # the same call, counted again in its operation's window (per-operation percentiles)
             self._add((*row[:3], self.operation_key(row[3], record), *row[4:12], "", row[13]))
+        elif topic == TRANSACTIONS and record.get("grpc_service"):
+            # a gRPC call: its method's window (protocol grpc, operation package.Service/Method)
+            key = self.operation_key(row[3], {"protocol": "grpc",
+                                              "operation": f"{record['grpc_service']}/{record['grpc_method']}"})
+            self._add((*row[:3], key, *row[4:12], "", row[13]))
 
     def operation_key(self, service: str, record: dict[str, Any]) -> str:
-        """The window key of a query's operation, ``op:SERVICE>PROTOCOL:OPERATION``: at most
-        :data:`MAX_OPERATIONS_PER_SERVICE` per service, the rest ``PROTOCOL:other``."""
+        """The window key of a call's operation, ``op:SERVICE>PROTOCOL:OPERATION`` (its
+        ``protocol`` and ``operation``): at most :data:`MAX_OPERATIONS_PER_SERVICE` per
+        service, the rest ``PROTOCOL:other``."""
         protocol = record["protocol"]
         operation = record["operation"]
         if not _OPERATION_NAME.fullmatch(operation):

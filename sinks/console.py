@@ -291,14 +291,15 @@ def _operation_json(r: dict[str, Any], s: ServiceSummary) -> dict[str, Any]:
 
 
 def print_operations(records: dict[str, list[dict[str, Any]]], top: int, console: Console) -> None:
-    """Per operation of each database or cache (its windows merged): calls, errors and
-    latency percentiles, slowest p99 first; nothing without query windows."""
+    """Per operation of each database, cache or gRPC service (its windows merged): calls,
+    errors and latency percentiles, slowest p99 first; nothing without operation windows."""
     ops = _operations(records)
     if not ops:
         return
     from rich.table import Table
 
-    table = Table(title=f"Query operations by p99 latency (top {min(top, len(ops))} of {len(ops):,})")
+    table = Table(title=f"Operations (database, cache and gRPC calls) by p99 latency (top {min(top, len(ops))} "
+                        f"of {len(ops):,})")
     for col, kw in (("service", {}), ("protocol", {}), ("operation", {}), ("calls", {"justify": "right"}),
                     ("errors", {"justify": "right"}), ("p50", {"justify": "right"}), ("p90", {"justify": "right"}),
                     ("p99", {"justify": "right"})):

@@ -139,12 +139,17 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Run:
 
 
 @pytest.fixture(scope="module")
-def transactions(run: Run, tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
+def analyzed(run: Run, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("grpc-analyze")
     proc = subprocess.run([sys.executable, "-m", "wirestream", "analyze", str(run.pcap), "--out", str(out), "--json",
                            "--no-progress"], capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return [json.loads(line) for line in (out / "wire.transactions.jsonl").open()]
+    return out
+
+
+@pytest.fixture(scope="module")
+def transactions(analyzed: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in (analyzed / "wire.transactions.jsonl").open()]
 
 
 def _tshark_streams(run: Run) -> dict[tuple[int, int], dict[str, str]]:
@@ -206,3 +211,20 @@ def test_each_call_is_what_the_client_saw(run: Run, transactions: list[dict[str,
     big = max(by_method["Unary"], key=lambda t: t["request_body_size"])
     assert big["request_body_size"] == BIG + 5  # the message and its 5-byte prefix
     assert len(by_method["Unary"]) == 4
+
+
+def test_each_grpc_method_has_windows_of_its_own(run: Run, transactions: list[dict[str, Any]], analyzed: Path) -> None:
+    windows = [json.loads(line) for line in (analyzed / "wire.service-metrics.jsonl").open()]
+    calls: dict[str, int] = defaultdict(int)
+    errors: dict[str, int] = defaultdict(int)
+    for w in windows:
+        if w["scope"] == "operation":
+            assert w["operation_protocol"] == "grpc" and w["operation_service"] == f"127.0.0.1:{run.port}"
+            calls[w["operation"]] += w["requests"]
+            errors[w["operation"]] += w["errors_4xx"] + w["errors_5xx"]
+    mine: dict[str, int] = defaultdict(int)
+    for t in transactions:
+        mine[f"{t['grpc_service']}/{t['grpc_method']}"] += 1
+    assert calls == mine
+    # NOT_FOUND as a 404, UNIMPLEMENTED as a 501; the cancelled call has no status
+    assert errors == {f"{SERVICE}/{m}": 1 if m in ("Fail", "Missing") else 0 for m in run.calls}

@@ -310,7 +310,7 @@ def test_operation_windows_and_their_table() -> None:
     out = Console(record=True, width=200)
     console.print_operations({console.SERVICE_METRICS: records}, 3, out)
     text = out.export_text()
-    assert "Query operations by p99 latency (top 3 of 7)" in text
+    assert "Operations (database, cache and gRPC calls) by p99 latency (top 3 of 7)" in text
     rows = [line for line in text.splitlines() if "10.0.0.2:6379" in line]
     assert [[c.strip() for c in line.split("│")[1:-1]][2] for line in rows] == ["LRANGE", "SET", "HGETALL"]
     assert [c.strip() for c in rows[0].split("│")[1:-1]][3:] == ["1", "0", "2.00 s", "2.00 s", "2.00 s"]
