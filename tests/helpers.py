@@ -292,3 +292,65 @@ class RecordingPublisher:
 
     def publish_stats(self, **report: Any) -> None:
         self.stats.append(report)
+
+
+# --- the L7 protocol tests: a capture of a real server's port, analysed, and tshark's view
+
+
+def tcpdump_loopback(pcap: Path, port: int) -> subprocess.Popen:
+    """tcpdump on ``lo`` for ``tcp port PORT``, once it listens (and a moment more: it
+    says so before its filter is in). Immediate mode (each packet handed over as it
+    comes: nothing left in the ring at Ctrl-C) and a 64 MB buffer (a loaded machine must
+    not drop a burst). Stop it with ``stop_process(proc, signal.SIGINT)``."""
+    proc = subprocess.Popen([shutil.which("tcpdump") or "tcpdump", "-i", "lo", "--immediate-mode", "-U", "-B",
+                             "65536", "-w", str(pcap), f"tcp port {port}"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    said = proc.stderr.readline()
+    assert "listening" in said, said
+    time.sleep(1.0)
+    return proc
+
+
+def analyze_to(pcap: Path, out: Path, *extra: str) -> dict[str, Any]:
+    """``wirestream analyze PCAP --out OUT --json``: its summary (the records are in
+    ``OUT/<topic>.jsonl``, :func:`read_jsonl`)."""
+    proc = subprocess.run([sys.executable, "-m", "wirestream", "analyze", str(pcap), "--out", str(out), "--json",
+                           "--no-progress", *extra], capture_output=True, text=True, timeout=300,
+                          stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout)
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    with open(path) as f:
+        return [json.loads(line) for line in f]
+
+
+def pdml_messages(pcap: Path, server_port: int, dissector: str) -> dict[int, list[tuple[str, dict[str, str], str]]]:
+    """tshark's messages of ``dissector`` (decoded as it on the server's port), read as
+    PDML (one ``proto`` element per message, several per frame), per connection (its
+    client port), in order: (``c`` from the client or ``s``, the first value of each of
+    the message's fields, the message's showname)."""
+    from collections import defaultdict
+    from xml.etree import ElementTree
+
+    out = subprocess.run([shutil.which("tshark") or "tshark", "-r", str(pcap), "-d",
+                          f"tcp.port=={server_port},{dissector}", "-T", "pdml"],
+                         capture_output=True, timeout=300, check=True).stdout
+    conns: dict[int, list[tuple[str, dict[str, str], str]]] = defaultdict(list)
+    for packet in ElementTree.fromstring(out).iter("packet"):
+        ports = {f.get("name"): int(f.get("show") or 0) for f in packet.iter("field")
+                 if f.get("name") in ("tcp.srcport", "tcp.dstport")}
+        from_client = ports["tcp.dstport"] == server_port
+        client = ports["tcp.srcport"] if from_client else ports["tcp.dstport"]
+        for proto in packet.iter("proto"):
+            if proto.get("name") != dissector:
+                continue
+            fields: dict[str, str] = {}
+            for f in proto.iter("field"):
+                name = f.get("name") or ""
+                if name.startswith(f"{dissector}.") and name not in fields:
+                    fields[name] = f.get("show") or ""
+            conns[client].append(("c" if from_client else "s", fields, proto.get("showname") or ""))
+    return conns

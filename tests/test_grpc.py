@@ -22,7 +22,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections import defaultdict
@@ -32,7 +31,15 @@ from typing import Any
 from xml.etree import ElementTree
 
 import pytest
-from helpers import free_port, import_or_require, needs, stop_process
+from helpers import (
+    analyze_to,
+    free_port,
+    import_or_require,
+    needs,
+    read_jsonl,
+    stop_process,
+    tcpdump_loopback,
+)
 
 TSHARK = shutil.which("tshark")
 TCPDUMP = shutil.which("tcpdump")
@@ -102,11 +109,8 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Run:
     r.port = free_port()
     cancelled = threading.Event()
     server = _server(grpc, r.port, cancelled)
-    tcpdump = subprocess.Popen([TCPDUMP, "-i", "lo", "--immediate-mode", "-U", "-B", "65536", "-w", str(r.pcap),
-                                f"tcp port {r.port}"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    tcpdump = tcpdump_loopback(r.pcap, r.port)
     try:
-        assert "listening" in tcpdump.stderr.readline()
-        time.sleep(1.0)
         with grpc.insecure_channel(f"127.0.0.1:{r.port}") as channel:
             def call(kind: str, method: str) -> Any:
                 return getattr(channel, kind)(f"/{SERVICE}/{method}")
@@ -141,15 +145,13 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Run:
 @pytest.fixture(scope="module")
 def analyzed(run: Run, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("grpc-analyze")
-    proc = subprocess.run([sys.executable, "-m", "wirestream", "analyze", str(run.pcap), "--out", str(out), "--json",
-                           "--no-progress"], capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    analyze_to(run.pcap, out)
     return out
 
 
 @pytest.fixture(scope="module")
 def transactions(analyzed: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in (analyzed / "wire.transactions.jsonl").open()]
+    return read_jsonl(analyzed / "wire.transactions.jsonl")
 
 
 def _tshark_streams(run: Run) -> dict[tuple[int, int], dict[str, str]]:

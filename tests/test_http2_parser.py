@@ -10,17 +10,15 @@ from __future__ import annotations
 import json
 import random
 import struct
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from wirestream.processors.connection_tracker import ConnRef
-from wirestream.processors.l7.base import L7Options, StreamContext
+from l7_harness import Chunk, run, run_with_checkpoints, split
+from wirestream.processors.l7.base import L7Options
 from wirestream.processors.l7.detect import Verdict, detect
 from wirestream.processors.l7.http2 import Http2Analyzer
-from wirestream.processors.state_codec import decode_state, encode_state
 
 from wirestream.topics import TRANSACTIONS
 
@@ -59,42 +57,12 @@ def exchange() -> list[tuple[int, bytes]]:
     return [(0, client), (1, server)]
 
 
-class Sink:
-    def __init__(self) -> None:
-        self.records: list[dict[str, Any]] = []
-
-    def emit(self, topic: str, key: str, record: dict[str, Any]) -> None:
-        assert topic == TRANSACTIONS and key == record["connection_id"]
-        self.records.append(record)
+def _split(rng: random.Random, conv: list[tuple[int, bytes]]) -> list[Chunk]:
+    return [c for d, data in conv for c in split(rng, data, d, most=25)]
 
 
-def _analyzer(sink: Sink, options: L7Options | None = None) -> Http2Analyzer:
-    ctx = StreamContext(ips=("10.0.0.1", "10.0.0.2"), ports=(40000, 8080), connection_id=ConnRef("c1").connection_id,
-                        emit=sink.emit, options=options or L7Options(), stats=Counter(), community_id="1:x")
-    return Http2Analyzer(ctx, 0)
-
-
-def _split(rng: random.Random, conv: list[tuple[int, bytes]]) -> list[tuple[int, bytes, bool]]:
-    out = []
-    for d, data in conv:
-        pos = 0
-        while pos < len(data):
-            n = rng.randint(1, 25)
-            out.append((d, data[pos:pos + n], False))
-            pos += n
-    return out
-
-
-def _run(chunks: list[tuple[int, bytes, bool]], options: L7Options | None = None) -> tuple[list[dict], Http2Analyzer]:
-    sink = Sink()
-    a = _analyzer(sink, options)
-    for ts, (d, data, gap) in enumerate(chunks):
-        if gap:
-            a.on_gap(d, len(data), ts)
-        else:
-            a.on_data(d, data, ts)
-    a.on_close(len(chunks))
-    return sink.records, a
+def _run(chunks: list[Chunk], options: L7Options | None = None) -> tuple[list[dict[str, Any]], Http2Analyzer]:
+    return run(lambda ctx: Http2Analyzer(ctx, 0), TRANSACTIONS, chunks, options)
 
 
 def test_records_whatever_the_split() -> None:
@@ -126,7 +94,7 @@ def test_no_redact_and_detection() -> None:
 @settings(max_examples=300, deadline=None)
 @given(st.lists(st.tuples(st.integers(0, 1), st.binary(max_size=64), st.booleans()), max_size=40),
        st.integers(0, 2**32))
-def test_garbage_and_mutations_never_raise(chunks: list[tuple[int, bytes, bool]], seed: int) -> None:
+def test_garbage_and_mutations_never_raise(chunks: list[Chunk], seed: int) -> None:
     rng = random.Random(seed)
     mutated = []
     for d, data, _ in _split(rng, exchange()):
@@ -146,12 +114,5 @@ def test_garbage_and_mutations_never_raise(chunks: list[tuple[int, bytes, bool]]
 def test_a_checkpoint_after_every_chunk_gives_the_same_records() -> None:
     chunks = _split(random.Random(8), exchange())
     straight, _ = _run(chunks)
-    options = L7Options()
-    sink = Sink()
-    a = _analyzer(sink, options)
-    externals = {"sink": sink, "l7_options": options}
-    for ts, (d, data, _gap) in enumerate(chunks):
-        a.on_data(d, data, ts)
-        a = decode_state(encode_state(a, externals), externals)
-    a.on_close(len(chunks))
-    assert sink.records == straight and len(straight) == 2
+    assert run_with_checkpoints(lambda ctx: Http2Analyzer(ctx, 0), TRANSACTIONS, chunks) == straight
+    assert len(straight) == 2

@@ -29,17 +29,24 @@ import pwd
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 import warnings
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
-from xml.etree import ElementTree
 
 import pytest
-from helpers import free_port, import_or_require, needs, stop_process, wait_port
+from helpers import (
+    analyze_to,
+    free_port,
+    import_or_require,
+    needs,
+    pdml_messages,
+    read_jsonl,
+    stop_process,
+    tcpdump_loopback,
+    wait_port,
+)
 from tls_certs import self_signed
 
 TSHARK = shutil.which("tshark")
@@ -81,15 +88,6 @@ class Run:
         self.got: dict[str, Any] = {}
 
 
-def _tcpdump(pcap: Path, port: int) -> subprocess.Popen:
-    proc = subprocess.Popen([TCPDUMP, "-i", "lo", "--immediate-mode", "-U", "-B", "65536", "-w", str(pcap), f"tcp port {port}"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    said = proc.stderr.readline()
-    assert "listening" in said, said
-    time.sleep(1.0)
-    return proc
-
-
 def _server(r: Run, home: Path) -> subprocess.Popen:
     """A fresh data directory owned by the mysql user in ``home``, TLS on, on r.port; the
     test's user and database made over the root socket."""
@@ -126,7 +124,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Run:
                   ssl_disabled=True)
     try:
         server = _server(r, home)
-        tcpdump = _tcpdump(r.pcap, r.port)
+        tcpdump = tcpdump_loopback(r.pcap, r.port)
         conn = connector.connect(**params)
         cur = conn.cursor()
         cur.execute("SELECT CONNECTION_ID(), @@port")
@@ -182,23 +180,17 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Run:
     return r
 
 
-def _analyze(pcap: Path, out: Path, *extra: str) -> list[dict[str, Any]]:
-    proc = subprocess.run([sys.executable, "-m", "wirestream", "analyze", str(pcap), "--out", str(out), "--json",
-                           "--no-progress", *extra], capture_output=True, text=True, timeout=300,
-                          stdin=subprocess.DEVNULL)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return [json.loads(line) for line in (out / "wire.queries.jsonl").open()]
-
-
 @pytest.fixture(scope="module")
 def queries(run: Run, tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
-    return _analyze(run.pcap, tmp_path_factory.mktemp("mysql-analyze"), "--no-redact")
+    out = tmp_path_factory.mktemp("mysql-analyze")
+    analyze_to(run.pcap, out, "--no-redact")
+    return read_jsonl(out / "wire.queries.jsonl")
 
 
 @pytest.fixture(scope="module")
 def redacted(run: Run, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("mysql-analyze-redacted")
-    _analyze(run.pcap, out)
+    analyze_to(run.pcap, out)
     return out
 
 
@@ -207,27 +199,8 @@ def _of(queries: list[dict[str, Any]], port: int) -> list[dict[str, Any]]:
 
 
 def _tshark_messages(run: Run) -> dict[int, list[tuple[str, dict[str, str], str]]]:
-    """tshark's mysql messages per connection (its client port), in order: (direction
-    ``c``/``s``, the first value of each mysql field, the message's showname: "MySQL
-    Protocol - row packet", "- response OK", ...)."""
-    out = subprocess.run([TSHARK, "-r", str(run.pcap), "-d", f"tcp.port=={run.port},mysql", "-T", "pdml"],
-                         capture_output=True, timeout=300, check=True).stdout
-    conns: dict[int, list[tuple[str, dict[str, str], str]]] = defaultdict(list)
-    for packet in ElementTree.fromstring(out).iter("packet"):
-        ports = {f.get("name"): int(f.get("show")) for f in packet.iter("field")
-                 if f.get("name") in ("tcp.srcport", "tcp.dstport")}
-        from_client = ports["tcp.dstport"] == run.port
-        client = ports["tcp.srcport"] if from_client else ports["tcp.dstport"]
-        for proto in packet.iter("proto"):
-            if proto.get("name") != "mysql":
-                continue
-            fields: dict[str, str] = {}
-            for f in proto.iter("field"):
-                name = f.get("name") or ""
-                if name.startswith("mysql.") and name not in fields:
-                    fields[name] = f.get("show") or ""
-            conns[client].append(("c" if from_client else "s", fields, proto.get("showname") or ""))
-    return conns
+    """tshark's mysql messages per connection (its client port), in order."""
+    return pdml_messages(run.pcap, run.port, "mysql")
 
 
 #: commands tshark shows that get no response, hence no record: QUIT, SEND_LONG_DATA, STMT_CLOSE

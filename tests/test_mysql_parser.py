@@ -17,16 +17,14 @@ from __future__ import annotations
 
 import random
 import struct
-from collections import Counter
 from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from wirestream.processors.connection_tracker import ConnRef
-from wirestream.processors.l7.base import L7Options, StreamContext
+from l7_harness import Chunk, run, run_with_checkpoints
+from wirestream.processors.l7.base import L7Options
 from wirestream.processors.l7.detect import Verdict, detect
 from wirestream.processors.l7.mysql import MysqlAnalyzer, MysqlMidConnection
-from wirestream.processors.state_codec import decode_state, encode_state
 
 from wirestream.topics import QUERIES
 
@@ -82,24 +80,9 @@ FIELDS = {"query_id", "connection_id", "community_id", "client_ip", "client_port
           "db_user", "error_code", "command_tag", "auth_method"}
 
 
-class Sink:
-    def __init__(self) -> None:
-        self.records: list[dict[str, Any]] = []
-
-    def emit(self, topic: str, key: str, record: dict[str, Any]) -> None:
-        assert topic == QUERIES and key == record["connection_id"]
-        self.records.append(record)
-
-
-def _analyzer(sink: Sink, options: L7Options, cls: type = MysqlAnalyzer) -> MysqlAnalyzer:
-    ctx = StreamContext(ips=("10.0.0.1", "10.0.0.2"), ports=(40000, 3306), connection_id=ConnRef("c1").connection_id,
-                        emit=sink.emit, options=options, stats=Counter(), community_id="1:x")
-    return cls(ctx, 0)
-
-
-def _conversation(rng: random.Random) -> list[tuple[int, bytes, bool]]:
+def _conversation(rng: random.Random) -> list[Chunk]:
     """The server's greeting, then each client packet and its answer, in random splits."""
-    out: list[tuple[int, bytes, bool]] = []
+    out: list[Chunk] = []
     for d, data in [(1, SERVER[0])] + [x for pair in zip([(0, c) for c in CLIENT], [(1, s) for s in SERVER[1:]],
                                                        strict=True) for x in pair]:
         pos = 0
@@ -110,17 +93,9 @@ def _conversation(rng: random.Random) -> list[tuple[int, bytes, bool]]:
     return out
 
 
-def _run(chunks: list[tuple[int, bytes, bool]], options: L7Options | None = None,
+def _run(chunks: list[Chunk], options: L7Options | None = None,
          cls: type = MysqlAnalyzer) -> tuple[list[dict[str, Any]], MysqlAnalyzer]:
-    sink = Sink()
-    a = _analyzer(sink, options or L7Options(), cls)
-    for ts, (d, data, gap) in enumerate(chunks):
-        if gap:
-            a.on_gap(d, len(data), ts)
-        else:
-            a.on_data(d, data, ts)
-    a.on_close(len(chunks))
-    return sink.records, a
+    return run(lambda ctx: cls(ctx, 0), QUERIES, chunks, options)
 
 
 def test_a_session_gives_its_records_whatever_the_split() -> None:
@@ -141,7 +116,7 @@ def test_a_session_gives_its_records_whatever_the_split() -> None:
 @settings(max_examples=300, deadline=None)
 @given(st.lists(st.tuples(st.integers(0, 1), st.binary(max_size=64), st.booleans()), max_size=40),
        st.integers(0, 2**32))
-def test_garbage_and_mutations_never_raise(chunks: list[tuple[int, bytes, bool]], seed: int) -> None:
+def test_garbage_and_mutations_never_raise(chunks: list[Chunk], seed: int) -> None:
     rng = random.Random(seed)
     mutated = []
     for d, data, _ in _conversation(rng):
@@ -163,15 +138,8 @@ def test_garbage_and_mutations_never_raise(chunks: list[tuple[int, bytes, bool]]
 def test_a_checkpoint_after_every_chunk_gives_the_same_records() -> None:
     chunks = _conversation(random.Random(9))
     straight, _ = _run(chunks)
-    options = L7Options()
-    sink = Sink()
-    a = _analyzer(sink, options)
-    externals = {"sink": sink, "l7_options": options}
-    for ts, (d, data, _gap) in enumerate(chunks):
-        a.on_data(d, data, ts)
-        a = decode_state(encode_state(a, externals), externals)
-    a.on_close(len(chunks))
-    assert sink.records == straight and len(straight) == len(WANT)
+    assert run_with_checkpoints(lambda ctx: MysqlAnalyzer(ctx, 0), QUERIES, chunks) == straight
+    assert len(straight) == len(WANT)
 
 
 def test_detection() -> None:

@@ -33,16 +33,23 @@ import pwd
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
-from xml.etree import ElementTree
 
 import pytest
-from helpers import free_port, import_or_require, needs, stop_process, wait_port
+from helpers import (
+    analyze_to,
+    free_port,
+    import_or_require,
+    needs,
+    pdml_messages,
+    read_jsonl,
+    stop_process,
+    tcpdump_loopback,
+    wait_port,
+)
 from tls_certs import self_signed
 
 TSHARK = shutil.which("tshark")
@@ -92,15 +99,6 @@ class Run:
         self.errors: dict[str, str] = {}  # workload part -> SQLSTATE the client got
 
 
-def _tcpdump(pcap: Path, port: int) -> subprocess.Popen:
-    proc = subprocess.Popen([TCPDUMP, "-i", "lo", "--immediate-mode", "-U", "-B", "65536", "-w", str(pcap), f"tcp port {port}"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    said = proc.stderr.readline()
-    assert "listening" in said, said
-    time.sleep(1.0)
-    return proc
-
-
 def _server(r: Run, home: Path) -> subprocess.Popen:
     """A fresh cluster owned by the postgres user in ``home`` (a directory that user can
     reach: pytest's are root's only), SCRAM for TCP, TLS on, on r.port."""
@@ -147,7 +145,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Run:
     dsn = f"host=127.0.0.1 port={r.port} user={USER} password={PASSWORD} dbname={DATABASE}"
     try:
         wait_port(r.port, server, "postgres", timeout=60)
-        tcpdump = _tcpdump(r.pcap, r.port)
+        tcpdump = tcpdump_loopback(r.pcap, r.port)
         # the simple query protocol: psql, one connection for all its -c commands
         done = _psql(r, "SELECT inet_client_port()",
                      "CREATE TABLE items (id int PRIMARY KEY, name text)",
@@ -201,26 +199,18 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Run:
     return r
 
 
-def _analyze(pcap: Path, out: Path, *extra: str) -> list[dict[str, Any]]:
-    proc = subprocess.run([sys.executable, "-m", "wirestream", "analyze", str(pcap), "--out", str(out), "--json",
-                           "--no-progress", *extra], capture_output=True, text=True, timeout=300,
-                          stdin=subprocess.DEVNULL)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    summary = json.loads(proc.stdout)
-    assert summary["records"].get("wire.queries", 0) > 0, summary["records"]
-    return [json.loads(line) for line in (out / "wire.queries.jsonl").open()]
-
-
 @pytest.fixture(scope="module")
 def queries(run: Run, tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
     """The records with the statements as sent (the referee compares texts)."""
-    return _analyze(run.pcap, tmp_path_factory.mktemp("pg-analyze"), "--no-redact")
+    out = tmp_path_factory.mktemp("pg-analyze")
+    assert analyze_to(run.pcap, out, "--no-redact")["records"].get("wire.queries", 0) > 0
+    return read_jsonl(out / "wire.queries.jsonl")
 
 
 @pytest.fixture(scope="module")
 def redacted(run: Run, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("pg-analyze-redacted")
-    _analyze(run.pcap, out)
+    analyze_to(run.pcap, out)
     return out
 
 
@@ -229,28 +219,10 @@ def _of(queries: list[dict[str, Any]], port: int) -> list[dict[str, Any]]:
 
 
 def _tshark_messages(run: Run) -> dict[int, list[tuple[str, dict[str, str]]]]:
-    """tshark's pgsql messages per connection (its client port), in order: (direction,
-    fields), direction ``c`` (client) or ``s``; fields the first value of each pgsql field
-    of the message (PDML: one ``proto`` element per message, several per frame)."""
-    out = subprocess.run([TSHARK, "-r", str(run.pcap), "-d", f"tcp.port=={run.port},pgsql", "-T", "pdml"],
-                         capture_output=True, timeout=300, check=True).stdout
-    conns: dict[int, list[tuple[str, dict[str, str]]]] = defaultdict(list)
-    for packet in ElementTree.fromstring(out).iter("packet"):
-        ports = {f.get("name"): int(f.get("show")) for f in packet.iter("field")
-                 if f.get("name") in ("tcp.srcport", "tcp.dstport")}
-        from_client = ports["tcp.dstport"] == run.port
-        client = ports["tcp.srcport"] if from_client else ports["tcp.dstport"]
-        for proto in packet.iter("proto"):
-            if proto.get("name") != "pgsql":
-                continue
-            fields: dict[str, str] = {}
-            for f in proto.iter("field"):
-                name = f.get("name") or ""
-                if name.startswith("pgsql.") and name not in fields:
-                    fields[name] = f.get("show") or ""
-            if "pgsql.type" in fields:
-                conns[client].append(("c" if from_client else "s", fields))
-    return conns
+    """tshark's pgsql messages per connection (its client port), in order: (direction
+    ``c``/``s``, the first value of each pgsql field of the message)."""
+    return {port: [(side, f) for side, f, _ in messages if "pgsql.type" in f]
+            for port, messages in pdml_messages(run.pcap, run.port, "pgsql").items()}
 
 
 def _executed(messages: list[tuple[str, dict[str, str]]]) -> list[str]:

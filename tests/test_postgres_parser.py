@@ -19,16 +19,14 @@ from __future__ import annotations
 
 import random
 import struct
-from collections import Counter
 from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from wirestream.processors.connection_tracker import ConnRef
-from wirestream.processors.l7.base import L7Options, StreamContext
+from l7_harness import Chunk, Sink, context, run, run_with_checkpoints, split
+from wirestream.processors.l7.base import L7Options
 from wirestream.processors.l7.detect import Verdict, detect
 from wirestream.processors.l7.postgres import MAX_PENDING, PostgresAnalyzer, PostgresMidConnection
-from wirestream.processors.state_codec import decode_state, encode_state
 
 from wirestream.topics import QUERIES
 
@@ -77,49 +75,23 @@ FIELDS = {"query_id", "connection_id", "community_id", "client_ip", "client_port
 STATUSES = {"ok", "error", "no_reply", "skipped"}
 
 
-class Sink:
-    def __init__(self) -> None:
-        self.records: list[dict[str, Any]] = []
-
-    def emit(self, topic: str, key: str, record: dict[str, Any]) -> None:
-        assert topic == QUERIES and key == record["connection_id"]
-        self.records.append(record)
-
-
 def _analyzer(sink: Sink, options: L7Options, cls: type = PostgresAnalyzer) -> PostgresAnalyzer:
-    ctx = StreamContext(ips=("10.0.0.1", "10.0.0.2"), ports=(40000, 5432), connection_id=ConnRef("c1").connection_id,
-                        emit=sink.emit, options=options, stats=Counter(), community_id="1:x")
-    return cls(ctx, 0)
+    return cls(context(sink, options, 5432), 0)
 
 
-def _run(chunks: list[tuple[int, bytes, bool]], options: L7Options | None = None,
+def _run(chunks: list[Chunk], options: L7Options | None = None,
          cls: type = PostgresAnalyzer) -> tuple[list[dict[str, Any]], PostgresAnalyzer]:
-    sink = Sink()
-    a = _analyzer(sink, options or L7Options(), cls)
-    for ts, (d, data, gap) in enumerate(chunks):
-        if gap:
-            a.on_gap(d, len(data), ts)
-        else:
-            a.on_data(d, data, ts)
+    def bounded(a: PostgresAnalyzer) -> None:
         assert len(a.pending) <= MAX_PENDING
-    a.on_close(len(chunks))
-    return sink.records, a
+
+    return run(lambda ctx: cls(ctx, 0), QUERIES, chunks, options, bounded)
 
 
-def _splits(rng: random.Random, data: bytes, direction: int, gaps: bool) -> list[tuple[int, bytes, bool]]:
-    out, pos = [], 0
-    while pos < len(data):
-        n = rng.randint(1, 40)
-        out.append((direction, data[pos:pos + n], gaps and rng.random() < 0.05))
-        pos += n
-    return out
-
-
-def _interleaved(rng: random.Random) -> list[tuple[int, bytes, bool]]:
+def _interleaved(rng: random.Random) -> list[Chunk]:
     """The client's bytes, then the server's, in random splits (the server answers once
     the client's messages are all sent: the pairing does not depend on the interleaving
     as long as each response comes after its message)."""
-    return _splits(rng, CLIENT, 0, False) + _splits(rng, SERVER, 1, False)
+    return split(rng, CLIENT, 0) + split(rng, SERVER, 1)
 
 
 def test_an_exchange_gives_its_records_whatever_the_split() -> None:
@@ -143,7 +115,7 @@ def test_an_error_before_the_rest_of_a_pipeline_skips_it() -> None:
     """A pipeline still sending when its second statement fails: the server's error comes
     before the third statement and the Sync; the third is skipped, not unanswered."""
     ins = msg(b"P", b"\0INSERT INTO t VALUES ($1)\0\0\0") + msg(b"B", b"\0\0" + b"\0" * 6) + msg(b"E", b"\0\0\0\0\0")
-    sink = Sink()
+    sink = Sink(QUERIES)
     a = _analyzer(sink, L7Options())
     a.on_data(0, startup(user="u"), 1)
     a.on_data(1, msg(b"R", b"\0\0\0\0") + READY, 2)
@@ -170,9 +142,9 @@ def test_no_redact_keeps_the_text() -> None:
 @settings(max_examples=300, deadline=None)
 @given(st.lists(st.tuples(st.integers(0, 1), st.binary(max_size=64), st.booleans()), max_size=40),
        st.integers(0, 2**32))
-def test_garbage_and_mutations_never_raise(chunks: list[tuple[int, bytes, bool]], seed: int) -> None:
+def test_garbage_and_mutations_never_raise(chunks: list[Chunk], seed: int) -> None:
     rng = random.Random(seed)
-    valid = _splits(rng, CLIENT, 0, True) + _splits(rng, SERVER, 1, True)
+    valid = split(rng, CLIENT, 0, gaps=True) + split(rng, SERVER, 1, gaps=True)
     mutated = []
     for d, data, gap in valid:
         if data and rng.random() < 0.2:
@@ -192,7 +164,7 @@ def test_garbage_and_mutations_never_raise(chunks: list[tuple[int, bytes, bool]]
 def test_huge_lengths_and_bad_types_are_named_drops() -> None:
     for reply, reason in ((b"Z\x7f\xff\xff\xff", "bad_length"), (b"\x01\0\0\0\x04", "bad_type"),
                           (b"Z\0\0\0\x01", "bad_length")):
-        sink = Sink()
+        sink = Sink(QUERIES)
         a = _analyzer(sink, L7Options())
         a.on_data(0, startup(user="u") + msg(b"Q", b"SELECT 1\0"), 1)
         a.on_data(1, reply, 2)
@@ -202,7 +174,7 @@ def test_huge_lengths_and_bad_types_are_named_drops() -> None:
 
 
 def test_too_many_waiting_messages_go_out_unanswered() -> None:
-    sink = Sink()
+    sink = Sink(QUERIES)
     a = _analyzer(sink, L7Options())
     a.on_data(0, startup(user="u") + msg(b"Q", b"SELECT 1\0") * (MAX_PENDING + 5), 1)
     assert len(a.pending) == MAX_PENDING and a.stats["pgsql.pending_overflow"] == 6
@@ -211,7 +183,7 @@ def test_too_many_waiting_messages_go_out_unanswered() -> None:
 
 
 def test_a_gap_sends_the_waiting_queries_out_unanswered_and_resynchronises() -> None:
-    sink = Sink()
+    sink = Sink(QUERIES)
     a = _analyzer(sink, L7Options())
     a.on_data(0, startup(user="u"), 1)
     a.on_data(1, msg(b"R", b"\0\0\0\0") + READY, 2)
@@ -247,15 +219,8 @@ def test_a_capture_from_the_middle_of_a_connection() -> None:
 def test_a_checkpoint_after_every_chunk_gives_the_same_records() -> None:
     rng = random.Random(3)
     chunks = []
-    for c, r in zip(_splits(rng, CLIENT, 0, False), _splits(rng, SERVER, 1, False), strict=False):
+    for c, r in zip(split(rng, CLIENT, 0), split(rng, SERVER, 1), strict=False):
         chunks += [c, r]
     straight, _ = _run(chunks)
-    options = L7Options()
-    sink = Sink()
-    a = _analyzer(sink, options)
-    externals = {"sink": sink, "l7_options": options}
-    for ts, (d, data, _gap) in enumerate(chunks):
-        a.on_data(d, data, ts)
-        a = decode_state(encode_state(a, externals), externals)
-    a.on_close(len(chunks))
-    assert sink.records == straight and len(straight) >= 4
+    assert run_with_checkpoints(lambda ctx: PostgresAnalyzer(ctx, 0), QUERIES, chunks) == straight
+    assert len(straight) >= 4

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import free_port, import_or_require, needs, stop_process, wait_port
+from helpers import free_port, import_or_require, needs, stop_process, tcpdump_loopback, wait_port
 
 TSHARK = shutil.which("tshark")
 REDIS_SERVER = shutil.which("redis-server")
@@ -75,19 +75,6 @@ class Run:
         self.ports: dict[str, int] = {}
 
 
-def _tcpdump(pcap: Path, port: int) -> subprocess.Popen:
-    """tcpdump on loopback for ``port``, once it listens (and a moment more: it says so
-    before its filter is in)."""
-    # --immediate-mode: each packet handed over as it comes (not when the kernel's ring
-    # block times out), so that nothing is still in the ring when Ctrl-C stops it
-    proc = subprocess.Popen([TCPDUMP, "-i", "lo", "--immediate-mode", "-U", "-B", "65536", "-w", str(pcap), f"tcp port {port}"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    said = proc.stderr.readline()
-    assert "listening" in said, said
-    time.sleep(1.0)
-    return proc
-
-
 def _monitor_lines(text: str) -> list[tuple[int, list[str]]]:
     out = []
     for line in text.splitlines():
@@ -109,7 +96,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Run:
     tcpdump = monitor = None
     try:
         wait_port(r.port, server, "redis-server")
-        tcpdump = _tcpdump(r.pcap, r.port)
+        tcpdump = tcpdump_loopback(r.pcap, r.port)
         # line-buffered: redis-cli's output to a pipe is block-buffered, and Ctrl-C loses it
         monitor = subprocess.Popen(["stdbuf", "-oL", REDIS_CLI, "-p", str(r.port), "MONITOR"],
                                    stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
@@ -353,7 +340,7 @@ def test_redis_over_tls_is_read_with_a_key_log(tmp_path: Path) -> None:
     tcpdump = None
     try:
         wait_port(port, server, "redis-server")
-        tcpdump = _tcpdump(pcap, port)
+        tcpdump = tcpdump_loopback(pcap, port)
         import socket
         import ssl
 

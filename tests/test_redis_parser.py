@@ -15,15 +15,13 @@ rust/src/l7/resp/tests.rs.)
 from __future__ import annotations
 
 import random
-from collections import Counter
 from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from wirestream.processors.connection_tracker import ConnRef
-from wirestream.processors.l7.base import L7Options, StreamContext
+from l7_harness import Chunk, Sink, context, run, run_with_checkpoints, split
+from wirestream.processors.l7.base import L7Options
 from wirestream.processors.l7.redis import MAX_PENDING, RedisAnalyzer
-from wirestream.processors.state_codec import decode_state, encode_state
 
 from wirestream.topics import QUERIES
 
@@ -44,41 +42,19 @@ FIELDS = {"query_id", "connection_id", "community_id", "client_ip", "client_port
           "db_user", "error_code", "command_tag", "auth_method"}
 
 
-class Sink:
-    def __init__(self) -> None:
-        self.records: list[dict[str, Any]] = []
-
-    def emit(self, topic: str, key: str, record: dict[str, Any]) -> None:
-        assert topic == QUERIES and key == record["connection_id"]
-        self.records.append(record)
-
-
 def _analyzer(sink: Sink, options: L7Options) -> RedisAnalyzer:
-    ctx = StreamContext(ips=("10.0.0.1", "10.0.0.2"), ports=(40000, 6379), connection_id=ConnRef("c1").connection_id,
-                        emit=sink.emit, options=options, stats=Counter(), community_id="1:x")
-    return RedisAnalyzer(ctx, 0)
+    return RedisAnalyzer(context(sink, options, 6379), 0)
 
 
-def _run(chunks: list[tuple[int, bytes, bool]]) -> tuple[list[dict[str, Any]], RedisAnalyzer]:
-    sink = Sink()
-    a = _analyzer(sink, L7Options())
-    for ts, (d, data, gap) in enumerate(chunks):
-        if gap:
-            a.on_gap(d, len(data), ts)
-        else:
-            a.on_data(d, data, ts)
+def _run(chunks: list[Chunk]) -> tuple[list[dict[str, Any]], RedisAnalyzer]:
+    def bounded(a: RedisAnalyzer) -> None:
         assert len(a.pending) <= MAX_PENDING
-    a.on_close(len(chunks))
-    return sink.records, a
+
+    return run(lambda ctx: RedisAnalyzer(ctx, 0), QUERIES, chunks, None, bounded)
 
 
-def _splits(rng: random.Random, data: bytes, direction: int, gaps: bool) -> list[tuple[int, bytes, bool]]:
-    out, pos = [], 0
-    while pos < len(data):
-        n = rng.randint(1, 40)
-        out.append((direction, data[pos:pos + n], gaps and rng.random() < 0.05))
-        pos += n
-    return out
+def _splits(rng: random.Random, data: bytes, direction: int, gaps: bool) -> list[Chunk]:
+    return split(rng, data, direction, gaps)
 
 
 def test_an_exchange_gives_its_records_whatever_the_split() -> None:
@@ -102,7 +78,7 @@ def test_an_exchange_gives_its_records_whatever_the_split() -> None:
 @settings(max_examples=300, deadline=None)
 @given(st.lists(st.tuples(st.integers(0, 1), st.binary(max_size=64), st.booleans()), max_size=40),
        st.integers(0, 2**32))
-def test_garbage_and_mutations_never_raise(chunks: list[tuple[int, bytes, bool]], seed: int) -> None:
+def test_garbage_and_mutations_never_raise(chunks: list[Chunk], seed: int) -> None:
     rng = random.Random(seed)
     valid = _splits(rng, COMMANDS, 0, True) + _splits(rng, REPLIES, 1, True)
     mutated = []
@@ -124,7 +100,7 @@ def test_garbage_and_mutations_never_raise(chunks: list[tuple[int, bytes, bool]]
 def test_huge_lengths_and_deep_nesting_are_named_drops() -> None:
     for reply, reason in ((b"$999999999999\r\n", "bad_length"), (b"*1\r\n" * 100, "too_deep"),
                           (b"x\r\n", "bad_type"), (b"+" + b"a" * 70_000, "line_too_long")):
-        sink = Sink()
+        sink = Sink(QUERIES)
         a = _analyzer(sink, L7Options())
         a.on_data(0, b"*1\r\n$4\r\nPING\r\n", 1)
         a.on_data(1, reply, 2)
@@ -134,7 +110,7 @@ def test_huge_lengths_and_deep_nesting_are_named_drops() -> None:
 
 
 def test_too_many_waiting_commands_go_out_unanswered() -> None:
-    sink = Sink()
+    sink = Sink(QUERIES)
     a = _analyzer(sink, L7Options())
     a.on_data(0, b"*1\r\n$4\r\nPING\r\n" * (MAX_PENDING + 5), 1)
     assert len(a.pending) == MAX_PENDING and a.stats["redis.pending_overflow"] == 5
@@ -142,7 +118,7 @@ def test_too_many_waiting_commands_go_out_unanswered() -> None:
 
 
 def test_no_redact_keeps_the_first_arguments() -> None:
-    sink = Sink()
+    sink = Sink(QUERIES)
     a = _analyzer(sink, L7Options(redact=False))
     a.on_data(0, b"*4\r\n$3\r\nSET\r\n$1\r\nk\r\n$5\r\nvalue\r\n$2\r\nEX\r\n", 1)
     a.on_data(1, b"+OK\r\n", 2)
@@ -155,12 +131,4 @@ def test_a_checkpoint_after_every_chunk_gives_the_same_records() -> None:
     for c, r in zip(_splits(rng, COMMANDS, 0, False), _splits(rng, REPLIES, 1, False), strict=False):
         chunks += [c, r]
     straight, _ = _run(chunks)
-    options = L7Options()
-    sink = Sink()
-    a = _analyzer(sink, options)
-    externals = {"sink": sink, "l7_options": options}
-    for ts, (d, data, _gap) in enumerate(chunks):
-        a.on_data(d, data, ts)
-        a = decode_state(encode_state(a, externals), externals)
-    a.on_close(len(chunks))
-    assert sink.records == straight
+    assert run_with_checkpoints(lambda ctx: RedisAnalyzer(ctx, 0), QUERIES, chunks) == straight

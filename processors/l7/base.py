@@ -92,3 +92,52 @@ class StreamAnalyzer:
     def on_close(self, ts_us: int) -> None:
         """The connection ended (FIN/RST, idle timeout or end of input): emit everything
         still pending. No more calls follow."""
+
+
+class CoreBackedAnalyzer(StreamAnalyzer):
+    """An analyser whose parsing state is a compiled-core object (``self._core``, with
+    ``snapshot()`` and a ``restore(bytes)`` of its class): the core's own versioned bytes
+    go into a checkpoint (``_state_prepare``) and the object is rebuilt from them on
+    restore (``_state_restored``); processors/state_codec.py. Subclasses set ``_core``
+    and ``_core_state = b""`` in ``__init__`` and may override :meth:`_restore_core`."""
+
+    _state_exclude = ("_core",)
+    #: the core's class (its ``restore(bytes)`` rebuilds one)
+    _core_class: Any = None
+    _core: Any
+    _core_state: bytes
+
+    def _restore_core(self, data: bytes) -> Any:
+        return self._core_class.restore(data)
+
+    def _state_prepare(self) -> None:
+        self._core_state = self._core.snapshot()
+
+    def _state_restored(self) -> None:
+        from ..state_codec import StateError  # (state_codec does not import the analysers)
+
+        try:
+            self._core = self._restore_core(self._core_state)
+        except ValueError as exc:
+            raise StateError(f"{self.protocol} analyser: {exc}") from None
+        self._core_state = b""
+
+
+def query_record(ctx: StreamContext, client: int, seq: int, protocol: str) -> dict[str, Any]:
+    """The fields every ``wire.queries`` record of a connection shares (its ids, its two
+    ends, the protocol, the SQL fields null), for the analysers to complete: the
+    ``query_id`` is a hash of the connection id and the call's number on it."""
+    import hashlib
+
+    cid = ctx.connection_id()
+    return {
+        "query_id": hashlib.blake2b(f"{cid}:{seq}".encode(), digest_size=8).hexdigest(),
+        "connection_id": cid,
+        "community_id": ctx.community_id,
+        "client_ip": ctx.ips[client], "client_port": ctx.ports[client],
+        "server_ip": ctx.ips[1 - client], "server_port": ctx.ports[1 - client],
+        "protocol": protocol,
+        # cleartext; inside decrypted TLS (tls.DecryptedStream) the context marks it true
+        "tls": False,
+        "db_user": None, "error_code": None, "command_tag": None, "auth_method": None,
+    }

@@ -33,8 +33,7 @@ from wirestream._core import H2Connection
 
 from wirestream.topics import TRANSACTIONS
 
-from ..state_codec import StateError
-from .base import StreamAnalyzer, StreamContext
+from .base import CoreBackedAnalyzer, StreamContext
 
 
 def _grpc_names(path: str | None) -> tuple[str | None, str | None]:
@@ -45,14 +44,10 @@ def _grpc_names(path: str | None) -> tuple[str | None, str | None]:
     return (service or None), (method.split("?", 1)[0] or None)
 
 
-class Http2Analyzer(StreamAnalyzer):
+class Http2Analyzer(CoreBackedAnalyzer):
     """HTTP/2 over one TCP connection; ``client_direction`` sent the preface."""
 
     protocol = "http2"
-
-    # The core is state too: its bytes go into a snapshot (_state_prepare) and it is
-    # rebuilt from them on restore (_state_restored); processors/state_codec.py.
-    _state_exclude = ("_core",)
 
     def __init__(self, ctx: StreamContext, client_direction: int, started: bool = True) -> None:
         super().__init__(ctx)
@@ -143,12 +138,5 @@ class Http2Analyzer(StreamAnalyzer):
 
     # -- checkpoints ---------------------------------------------------------------------
 
-    def _state_prepare(self) -> None:
-        self._core_state = self._core.snapshot()
-
-    def _state_restored(self) -> None:
-        try:
-            self._core = H2Connection.restore(self._core_state, self.redact)
-        except ValueError as exc:
-            raise StateError(f"http2 analyser: {exc}") from None
-        self._core_state = b""
+    def _restore_core(self, data: bytes) -> H2Connection:
+        return H2Connection.restore(data, self.redact)

@@ -29,16 +29,13 @@ its events into records:
 
 from __future__ import annotations
 
-import hashlib
 import re
-from typing import Any
 
 from wirestream._core import MysqlConnection, redact_sql
 
 from wirestream.topics import QUERIES
 
-from ..state_codec import StateError
-from .base import StreamAnalyzer, StreamContext
+from .base import CoreBackedAnalyzer, StreamAnalyzer, StreamContext, query_record
 
 #: Characters of a statement in a record at most.
 MAX_STATEMENT = 4096
@@ -58,15 +55,12 @@ def _text(value: bytes) -> str:
     return value.decode("utf-8", "backslashreplace")
 
 
-class MysqlAnalyzer(StreamAnalyzer):
+class MysqlAnalyzer(CoreBackedAnalyzer):
     """MySQL over one TCP connection; ``client_direction`` is the client's (the server
     speaks first). ``started``: the connection was seen from its start."""
 
     protocol = "mysql"
-
-    # The core is state too: its bytes go into a snapshot (_state_prepare) and it is
-    # rebuilt from them on restore (_state_restored); processors/state_codec.py.
-    _state_exclude = ("_core",)
+    _core_class = MysqlConnection
 
     def __init__(self, ctx: StreamContext, client_direction: int, started: bool = True) -> None:
         super().__init__(ctx)
@@ -148,17 +142,9 @@ class MysqlAnalyzer(StreamAnalyzer):
             operation = statement = COMMAND_NAMES.get(command, f"COMMAND_{command:#04x}")
         status = "no_reply" if ok is None else "ok" if ok else "error"
         answered = ok is not None
-        c = self.client
-        ctx = self.ctx
-        cid = ctx.connection_id()
         self.seq += 1
-        record: dict[str, Any] = {
-            "query_id": hashlib.blake2b(f"{cid}:{self.seq}".encode(), digest_size=8).hexdigest(),
-            "connection_id": cid,
-            "community_id": ctx.community_id,
-            "client_ip": ctx.ips[c], "client_port": ctx.ports[c],
-            "server_ip": ctx.ips[1 - c], "server_port": ctx.ports[1 - c],
-            "protocol": "mysql",
+        record = query_record(self.ctx, self.client, self.seq, "mysql")
+        record.update({
             "operation": operation,
             "statement": statement,
             "target": self.database,
@@ -172,17 +158,14 @@ class MysqlAnalyzer(StreamAnalyzer):
             "response_ts_us": response_ts if answered else None,
             "latency_us": max(0, response_ts - request_ts) if answered else None,
             "pipelined": pipelined,
-            # cleartext; the SQL databases' other fields (processors/l7/postgres.py)
-            "tls": False,
             "db_user": self.user,
             "error_code": str(error_code) if ok is False and error_code is not None else None,
-            "command_tag": None,
             "auth_method": (_text(plugin) or None) if command == LOGIN else None,
-        }
+        })
         self.stats["mysql_queries"] += 1
         if status == "error":
             self.stats["mysql.errors"] += 1
-        ctx.emit(QUERIES, cid, record)
+        self.ctx.emit(QUERIES, record["connection_id"], record)
 
     def _statement(self, text: bytes, cut: bool) -> str:
         if self.redact:
@@ -202,18 +185,6 @@ class MysqlAnalyzer(StreamAnalyzer):
             self.tls = TlsAnalyzer(self.ctx, self.client)
             self.stats["l7_connections.tls_in_mysql"] += 1
         self.tls.on_data(direction, data, ts_us)
-
-    # -- checkpoints ---------------------------------------------------------------------
-
-    def _state_prepare(self) -> None:
-        self._core_state = self._core.snapshot()
-
-    def _state_restored(self) -> None:
-        try:
-            self._core = MysqlConnection.restore(self._core_state)
-        except ValueError as exc:
-            raise StateError(f"mysql analyser: {exc}") from None
-        self._core_state = b""
 
 
 class MysqlMidConnection(MysqlAnalyzer):

@@ -43,17 +43,14 @@ server answers (https://www.postgresql.org/docs/current/protocol-flow.html):
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections import deque
-from typing import Any
 
 from wirestream._core import PgConnection, redact_sql
 
 from wirestream.topics import QUERIES
 
-from ..state_codec import StateError
-from .base import StreamAnalyzer, StreamContext
+from .base import CoreBackedAnalyzer, StreamAnalyzer, StreamContext, query_record
 
 #: Messages waiting for their response at most; the oldest beyond go out ``no_reply``.
 MAX_PENDING = 10_000
@@ -114,15 +111,12 @@ class _Query:
         self.emitted = False
 
 
-class PostgresAnalyzer(StreamAnalyzer):
+class PostgresAnalyzer(CoreBackedAnalyzer):
     """PostgreSQL over one TCP connection; ``client_direction`` sends the startup message
     and the queries. ``started``: the connection was seen from its start."""
 
     protocol = "postgresql"
-
-    # The core is state too: its bytes go into a snapshot (_state_prepare) and it is
-    # rebuilt from them on restore (_state_restored); processors/state_codec.py.
-    _state_exclude = ("_core",)
+    _core_class = PgConnection
 
     def __init__(self, ctx: StreamContext, client_direction: int, started: bool = True) -> None:
         super().__init__(ctx)
@@ -459,8 +453,6 @@ class PostgresAnalyzer(StreamAnalyzer):
         query.emitted = True
         self.outstanding -= 1
         ctx = self.ctx
-        c = self.client
-        cid = ctx.connection_id()
         rows: int | None = None
         counted = [_tag_rows(t) for t in query.tags]
         if any(n is not None for n in counted):
@@ -469,13 +461,8 @@ class PostgresAnalyzer(StreamAnalyzer):
             rows = query.rows
         answered = status in ("ok", "error")
         error_code, error = query.error if query.error is not None else (None, None)
-        record: dict[str, Any] = {
-            "query_id": hashlib.blake2b(f"{cid}:{query.seq}".encode(), digest_size=8).hexdigest(),
-            "connection_id": cid,
-            "community_id": ctx.community_id,
-            "client_ip": ctx.ips[c], "client_port": ctx.ports[c],
-            "server_ip": ctx.ips[1 - c], "server_port": ctx.ports[1 - c],
-            "protocol": "postgresql",
+        record = query_record(ctx, self.client, query.seq, "postgresql")
+        record.update({
             "operation": operation or self._operation(query),
             "statement": self._statement(query),
             "target": self.database,
@@ -489,17 +476,15 @@ class PostgresAnalyzer(StreamAnalyzer):
             "response_ts_us": ts_us if answered else None,
             "latency_us": max(0, ts_us - query.ts_us) if answered else None,
             "pipelined": query.pipelined,
-            # cleartext; inside decrypted TLS (tls.DecryptedStream) the context marks it true
-            "tls": False,
             "db_user": self.user,
             "error_code": error_code or None,
             "command_tag": "; ".join(query.tags)[:256] or None,
             "auth_method": self.auth_method if query.kind == "startup" and query.text is None else None,
-        }
+        })
         self.stats["pgsql_queries"] += 1
         if status == "error":
             self.stats["pgsql.errors"] += 1
-        ctx.emit(QUERIES, cid, record)
+        ctx.emit(QUERIES, record["connection_id"], record)
 
     # -- TLS after an SSLRequest ---------------------------------------------------------------
 
@@ -510,18 +495,6 @@ class PostgresAnalyzer(StreamAnalyzer):
             self.tls = TlsAnalyzer(self.ctx, self.client)
             self.stats["l7_connections.tls_in_postgresql"] += 1
         self.tls.on_data(direction, data, ts_us)
-
-    # -- checkpoints ---------------------------------------------------------------------
-
-    def _state_prepare(self) -> None:
-        self._core_state = self._core.snapshot()
-
-    def _state_restored(self) -> None:
-        try:
-            self._core = PgConnection.restore(self._core_state)
-        except ValueError as exc:
-            raise StateError(f"postgresql analyser: {exc}") from None
-        self._core_state = b""
 
 
 class PostgresMidConnection(PostgresAnalyzer):

@@ -30,7 +30,6 @@ pairs what it gives:
 
 from __future__ import annotations
 
-import hashlib
 from collections import Counter, deque
 from typing import Any
 
@@ -38,8 +37,7 @@ from wirestream._core import RespConnection
 
 from wirestream.topics import QUERIES
 
-from ..state_codec import StateError
-from .base import StreamAnalyzer, StreamContext
+from .base import CoreBackedAnalyzer, StreamContext, query_record
 
 #: Commands waiting for their reply at most; the oldest beyond go out as ``no_reply``.
 MAX_PENDING = 10_000
@@ -83,14 +81,11 @@ class _Command:
         self.confirms = confirms  # replies a (un)subscription still gets (one per channel)
 
 
-class RedisAnalyzer(StreamAnalyzer):
+class RedisAnalyzer(CoreBackedAnalyzer):
     """Redis over one TCP connection; ``client_direction`` sends the commands."""
 
     protocol = "redis"
-
-    # The core is state too: its bytes go into a snapshot (_state_prepare) and it is
-    # rebuilt from them on restore (_state_restored); processors/state_codec.py.
-    _state_exclude = ("_core",)
+    _core_class = RespConnection
 
     def __init__(self, ctx: StreamContext, client_direction: int) -> None:
         super().__init__(ctx)
@@ -200,22 +195,9 @@ class RedisAnalyzer(StreamAnalyzer):
     # -- records ---------------------------------------------------------------------------
 
     def _base(self, seq: int, ts_us: int) -> dict[str, Any]:
-        ctx = self.ctx
-        c = self.client
-        cid = ctx.connection_id()
-        return {
-            "query_id": hashlib.blake2b(f"{cid}:{seq}".encode(), digest_size=8).hexdigest(),
-            "connection_id": cid,
-            "community_id": ctx.community_id,
-            "client_ip": ctx.ips[c], "client_port": ctx.ports[c],
-            "server_ip": ctx.ips[1 - c], "server_port": ctx.ports[1 - c],
-            "protocol": "redis",
-            "request_ts_us": ts_us,
-            # cleartext; inside decrypted TLS (tls.DecryptedStream) the context marks it true
-            "tls": False,
-            # the SQL databases' fields (processors/l7/postgres.py); error_code is set below
-            "db_user": None, "error_code": None, "command_tag": None, "auth_method": None,
-        }
+        record = query_record(self.ctx, self.client, seq, "redis")
+        record["request_ts_us"] = ts_us
+        return record
 
     def _emit(self, cmd: _Command, reply: tuple | None, ts_us: int) -> None:
         record = self._base(cmd.seq, cmd.ts_us)
@@ -252,15 +234,3 @@ class RedisAnalyzer(StreamAnalyzer):
                       response_ts_us=ts_us, latency_us=None)
         self.stats["redis_queries"] += 1
         self.ctx.emit(QUERIES, record["connection_id"], record)
-
-    # -- checkpoints ---------------------------------------------------------------------
-
-    def _state_prepare(self) -> None:
-        self._core_state = self._core.snapshot()
-
-    def _state_restored(self) -> None:
-        try:
-            self._core = RespConnection.restore(self._core_state)
-        except ValueError as exc:
-            raise StateError(f"redis analyser: {exc}") from None
-        self._core_state = b""

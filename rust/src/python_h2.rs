@@ -14,6 +14,7 @@ use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList};
 
+use crate::python_resp::direction;
 use crate::l7::h2::{Connection, Event, Stream};
 use crate::l7::http::redact::{header_map, redact_target};
 
@@ -21,13 +22,6 @@ use crate::l7::http::redact::{header_map, redact_target};
 pub struct PyH2Connection {
     inner: Connection,
     redact: bool,
-}
-
-fn direction(d: usize) -> PyResult<usize> {
-    if d > 1 {
-        return Err(PyValueError::new_err(format!("a direction is 0 or 1, not {d}")));
-    }
-    Ok(d)
 }
 
 /// The value of a pseudo-header (or header) `name` in a decoded block.

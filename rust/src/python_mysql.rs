@@ -14,18 +14,12 @@ use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList, PyTuple};
 
+use crate::python_resp::direction;
 use crate::l7::mysql::{Connection, Event};
 
 #[pyclass(module = "wirestream._core", name = "MysqlConnection")]
 pub struct PyMysqlConnection {
     inner: Connection,
-}
-
-fn direction(d: usize) -> PyResult<usize> {
-    if d > 1 {
-        return Err(PyValueError::new_err(format!("a direction is 0 or 1, not {d}")));
-    }
-    Ok(d)
 }
 
 fn event_tuple<'py>(py: Python<'py>, e: &Event) -> PyResult<Bound<'py, PyTuple>> {

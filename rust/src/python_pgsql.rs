@@ -14,18 +14,12 @@ use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList, PyTuple};
 
+use crate::python_resp::direction;
 use crate::l7::pgsql::{Connection, Kind, Message, ParseError};
 
 #[pyclass(module = "wirestream._core", name = "PgConnection")]
 pub struct PyPgConnection {
     inner: Connection,
-}
-
-fn direction(d: usize) -> PyResult<usize> {
-    if d > 1 {
-        return Err(PyValueError::new_err(format!("a direction is 0 or 1, not {d}")));
-    }
-    Ok(d)
 }
 
 fn message_tuple<'py>(py: Python<'py>, m: &Message) -> PyResult<Bound<'py, PyTuple>> {

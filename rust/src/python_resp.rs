@@ -19,7 +19,9 @@ pub struct PyRespConnection {
     inner: Connection,
 }
 
-fn direction(d: usize) -> PyResult<usize> {
+/// A direction argument (0 or 1), or the Python error that says it is not one (shared by
+/// the L7 parsers' classes: python_pgsql, python_mysql, python_h2).
+pub(crate) fn direction(d: usize) -> PyResult<usize> {
     if d > 1 {
         return Err(PyValueError::new_err(format!("a direction is 0 or 1, not {d}")));
     }
