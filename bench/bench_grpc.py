@@ -42,7 +42,10 @@ from concurrent import futures
 from pathlib import Path
 from typing import Any
 
-from bench_redis import timed, tshark_io_counts  # (measuring a tool's run: shared with the Redis bench)
+from bench_redis import (  # (measuring a tool's run: shared with the Redis bench)
+    timed,
+    tshark_io_counts,
+)
 from wirestream._core import H2Connection
 from wirestream.processors.l7.base import L7Options, StreamContext
 from wirestream.processors.l7.http2 import Http2Analyzer
