@@ -28,30 +28,32 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import signal
 import socket
 import struct
 import subprocess
 import sys
-import tempfile
 import time
 from collections import Counter
 from concurrent import futures
 from pathlib import Path
 from typing import Any
 
-from bench_redis import (  # (measuring a tool's run: shared with the Redis bench)
-    timed,
-    tshark_io_counts,
+import l7_bench
+from l7_bench import (
+    Rows,
+    analyze_runs,
+    common_options,
+    count_records,
+    packets_of,
+    print_table,
+    tshark_runs,
 )
 from wirestream._core import H2Connection
 from wirestream.processors.l7.base import L7Options, StreamContext
 from wirestream.processors.l7.http2 import Http2Analyzer
 
-ROOT = Path(__file__).resolve().parent.parent
-PYTHON = ROOT / ".venv" / "bin" / "python"
 SEGMENT = 1460
 IN_FLIGHT = 8  # calls sent before their answers are read
 SERVICE = "bench.Echo"
@@ -215,7 +217,7 @@ def capture(work: Path, args: argparse.Namespace) -> tuple[Path, int, dict[str, 
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, {"Say": handler}),))
     server.add_insecure_port(f"127.0.0.1:{port}")
     server.start()
-    dump = subprocess.Popen(["tcpdump", "-i", "lo", "-n", "-U", "-B", "65536", "-w", str(cap), "tcp", "port",
+    dump = subprocess.Popen(["tcpdump", "-i", "lo", "-n", "--immediate-mode", "-U", "-B", "65536", "-w", str(cap), "tcp", "port",
                              str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         assert dump.stderr is not None
@@ -246,60 +248,22 @@ def capture(work: Path, args: argparse.Namespace) -> tuple[Path, int, dict[str, 
     return cap, port, {"calls": made, "tcpdump": dropped}
 
 
-def e2e(work: Path, args: argparse.Namespace) -> tuple[list[dict[str, Any]], list[str]]:
+def e2e(work: Path, args: argparse.Namespace) -> tuple[Rows, list[str]]:
     cap, port, said = capture(work, args)
-    packets = int(subprocess.run(["capinfos", "-M", "-c", "-T", "-r", str(cap)], capture_output=True,
-                                 text=True, check=True).stdout.split("\t")[-1])
+    packets = packets_of(cap)
     print(f"   {cap.stat().st_size / 1e6:,.1f} MB, {packets:,} packets")
     failures: list[str] = []
-    rows: list[dict[str, Any]] = []
-    out = work / "analyze"
-    r = timed([str(PYTHON), "-m", "wirestream", "analyze", str(cap), "--json", "--no-progress", "--out", str(out)],
-              work / "analyze.json")
-    statuses: Counter[Any] = Counter()
-    records = 0
-    with open(out / "wire.transactions.jsonl", "rb") as f:
-        for line in f:
-            rec = json.loads(line)
-            statuses[(rec["grpc_method"], rec["grpc_status"], rec["error"])] += 1
-            records += 1
+    rows, out = analyze_runs(work, cap, args.no_baseline)
+    records, statuses = count_records(out / "wire.transactions.jsonl",
+                                      lambda r: (r["grpc_method"], r["grpc_status"], r["error"]))
     print(f"   wirestream records: {records:,} ({dict(statuses.most_common(4))})")
-    r.update(tool="wirestream analyze (L7 on)", records=records)
-    rows.append(r)
+    rows[0]["records"] = records
     if statuses != Counter({("Say", 0, None): said["calls"]}):
         failures.append(f"e2e: {dict(statuses)} for {said['calls']:,} OK calls")
-    if not args.no_baseline:
-        r = timed([str(PYTHON), "-m", "wirestream", "analyze", str(cap), "--json", "--no-progress", "--no-l7"],
-                  work / "analyze_no_l7.json")
-        r.update(tool="wirestream analyze --no-l7", records=0)
-        rows.append(r)
-    r = timed(["tshark", "-n", "-q", "-r", str(cap), "-d", f"tcp.port=={port},http2",
-               "-z", "io,stat,0,http2,COUNT(http2.streamid)http2.streamid"], work / "tshark_h2.txt")
-    frames, counted = tshark_io_counts((work / "tshark_h2.txt").read_text(errors="replace"))
+    tshark, frames, counted = tshark_runs(work, cap, port, "http2", "COUNT(http2.streamid)http2.streamid")
     print(f"   tshark http2: {frames:,} frames dissected as http2, {counted:,} HTTP/2 frames")
-    r.update(tool="tshark http2 dissector", records=0)
-    rows.append(r)
-    r = timed(["tshark", "-n", "-q", "-r", str(cap), "--disable-protocol", "http2", "-z", "conv,tcp"],
-              work / "tshark_tcp.txt")
-    r.update(tool="tshark -z conv,tcp (floor)", records=0)
-    rows.append(r)
-    print(f"\n   {packets:,} packets; per record: divided by wirestream's {records:,} records")
-    print(f"   {'':<30} {'packets':>9} {'records':>9} {'wall s':>8} {'CPU s':>8} {'µs/rec':>8} {'CPU µs/rec':>11} "
-          f"{'peak MB':>8}")
-    for r in rows:
-        r["packets"] = packets
-        r["us_per_record"] = r["wall_s"] * 1e6 / max(records, 1)
-        r["cpu_us_per_record"] = r["cpu_s"] * 1e6 / max(records, 1)
-        shown = f"{r['records']:,}" if r["records"] else "-"
-        print(f"   {r['tool']:<30} {packets:>9,} {shown:>9} {r['wall_s']:>8.2f} {r['cpu_s']:>8.2f} "
-              f"{r['us_per_record']:>8.2f} {r['cpu_us_per_record']:>11.2f} {r['peak_mb']:>8,.0f}")
-    by = {r["tool"]: r for r in rows}
-    if "wirestream analyze --no-l7" in by:
-        d = by["wirestream analyze (L7 on)"]["cpu_s"] - by["wirestream analyze --no-l7"]["cpu_s"]
-        print(f"   L7 on less --no-l7 (what HTTP/2 analysis and its records add to the pipeline): "
-              f"{d:.2f} CPU s, {d * 1e6 / max(records, 1):.2f} CPU µs/record")
-    d = by["tshark http2 dissector"]["cpu_s"] - by["tshark -z conv,tcp (floor)"]["cpu_s"]
-    print(f"   tshark http2 less its floor: {d:.2f} CPU s, {d * 1e6 / max(records, 1):.2f} CPU µs/record")
+    rows += tshark
+    print_table(rows, packets, records, "HTTP/2")
     for r in rows:
         r["capture"] = said
     return rows, failures
@@ -308,40 +272,11 @@ def e2e(work: Path, args: argparse.Namespace) -> tuple[list[dict[str, Any]], lis
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--calls", type=int, default=100_000, help="micro: calls in the connection (100,000)")
-    ap.add_argument("--runs", type=int, default=3, help="micro: runs of each, the best kept (3)")
     ap.add_argument("--e2e-calls", type=int, default=20_000, help="e2e: unary calls the client makes (20,000)")
     ap.add_argument("--channels", type=int, default=4, help="e2e: grpcio channels, one thread each (4)")
-    ap.add_argument("--no-micro", action="store_true")
-    ap.add_argument("--no-e2e", action="store_true")
-    ap.add_argument("--no-baseline", action="store_true", help="e2e: skip the analyze --no-l7 run")
-    ap.add_argument("--json", type=Path, help="write every figure here")
+    common_options(ap)
     args = ap.parse_args(argv)
-    doc: dict[str, Any] = {"load_average": os.getloadavg()}
-    failures: list[str] = []
-    try:
-        if not args.no_micro:
-            doc["micro"], f = micro(args.calls, args.runs)
-            failures += f
-        if not args.no_e2e:
-            if os.geteuid() != 0:
-                print("e2e needs root (tcpdump): sudo .venv/bin/python bench/bench_grpc.py", file=sys.stderr)
-                return 2
-            with tempfile.TemporaryDirectory(prefix="bench_grpc.") as tmp:
-                print()
-                doc["e2e"], f = e2e(Path(tmp), args)
-                failures += f
-    except (RuntimeError, OSError, subprocess.SubprocessError, ImportError) as exc:
-        print(f"bench_grpc: {exc}", file=sys.stderr)
-        return 2
-    doc["load_average_end"] = os.getloadavg()
-    doc["failures"] = failures
-    if args.json:
-        args.json.write_text(json.dumps(doc, indent=2, default=str))
-    for f in failures:
-        print(f"FAIL {f}")
-    print(f"\nload average at start {doc['load_average'][0]:.2f}, at end {doc['load_average_end'][0]:.2f} "
-          f"(2 cores, shared with other work)")
-    return 1 if failures else 0
+    return l7_bench.main("bench_grpc", args, lambda: micro(args.calls, args.runs), lambda work: e2e(work, args))
 
 
 if __name__ == "__main__":

@@ -43,16 +43,20 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from bench_redis import (  # (measuring a tool's run: shared with the Redis bench)
-    timed,
-    tshark_io_counts,
+import l7_bench
+from l7_bench import (
+    Rows,
+    analyze_runs,
+    common_options,
+    count_records,
+    packets_of,
+    print_table,
+    tshark_runs,
 )
 from wirestream._core import MysqlConnection
 from wirestream.processors.l7.base import L7Options, StreamContext
 from wirestream.processors.l7.mysql import MysqlAnalyzer
 
-ROOT = Path(__file__).resolve().parent.parent
-PYTHON = ROOT / ".venv" / "bin" / "python"
 SEGMENT = 1460
 
 
@@ -268,7 +272,7 @@ def capture(work: Path, args: argparse.Namespace) -> tuple[Path, int, dict[str, 
                  "CREATE USER 'bench'@'127.0.0.1' IDENTIFIED BY 'bench'; GRANT ALL ON shop.* TO 'bench'@'127.0.0.1';")
         subprocess.run(["mariadb", "--no-defaults", "-S", str(sock), "-u", "root", "-e", setup], check=True,
                        capture_output=True, timeout=60)
-        dump = subprocess.Popen(["tcpdump", "-i", "lo", "-n", "-U", "-B", "65536", "-w", str(cap),
+        dump = subprocess.Popen(["tcpdump", "-i", "lo", "-n", "--immediate-mode", "-U", "-B", "65536", "-w", str(cap),
                                  "tcp", "port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         assert dump.stderr is not None
         line = dump.stderr.readline().decode(errors="replace")
@@ -299,28 +303,15 @@ def capture(work: Path, args: argparse.Namespace) -> tuple[Path, int, dict[str, 
     return cap, port, {"mariadb_slap": summary, "tcpdump": dropped}
 
 
-def e2e(work: Path, args: argparse.Namespace) -> tuple[list[dict[str, Any]], list[str]]:
+def e2e(work: Path, args: argparse.Namespace) -> tuple[Rows, list[str]]:
     cap, port, said = capture(work, args)
-    packets = int(subprocess.run(["capinfos", "-M", "-c", "-T", "-r", str(cap)], capture_output=True,
-                                 text=True, check=True).stdout.split("\t")[-1])
+    packets = packets_of(cap)
     print(f"   {cap.stat().st_size / 1e6:,.1f} MB, {packets:,} packets")
     failures: list[str] = []
-    rows: list[dict[str, Any]] = []
-    out = work / "analyze"
-    r = timed([str(PYTHON), "-m", "wirestream", "analyze", str(cap), "--json", "--no-progress", "--out", str(out)],
-              work / "analyze.json")
-    ops: Counter[str] = Counter()
-    records = 0
-    queries = out / "wire.queries.jsonl"
-    if queries.exists():
-        with open(queries, "rb") as f:
-            for line in f:
-                rec = json.loads(line)
-                ops[f"{rec['operation']}/{rec['status']}"] += 1
-                records += 1
+    rows, out = analyze_runs(work, cap, args.no_baseline)
+    records, ops = count_records(out / "wire.queries.jsonl", lambda r: f"{r['operation']}/{r['status']}")
     print(f"   wirestream records: {records:,} ({', '.join(f'{k} {v:,}' for k, v in ops.most_common(6))})")
-    r.update(tool="wirestream analyze (L7 on)", records=records)
-    rows.append(r)
+    rows[0]["records"] = records
     # the cross-check, untimed: tshark's commands that get a response (not QUIT, SEND_LONG_DATA, CLOSE)
     commands = subprocess.run(["tshark", "-n", "-r", str(cap), "-d", f"tcp.port=={port},mysql", "-Y", "mysql.command",
                                "-T", "fields", "-e", "mysql.command"], capture_output=True, text=True,
@@ -328,42 +319,13 @@ def e2e(work: Path, args: argparse.Namespace) -> tuple[list[dict[str, Any]], lis
     shown = Counter(c for line in commands.splitlines() for c in line.split(",") if c)
     expected = sum(v for k, v in shown.items() if k not in ("1", "24", "25"))
     logins = sum(v for k, v in ops.items() if k.startswith("STARTUP/"))
-    print(f"   tshark's commands: {dict(shown.most_common())} ({expected:,} with a response); "
-          f"{logins:,} logins")
+    print(f"   tshark's commands: {dict(shown.most_common())} ({expected:,} with a response); {logins:,} logins")
     if records - logins != expected:
         failures.append(f"e2e: {records - logins:,} command records for the {expected:,} commands tshark shows")
-    if not args.no_baseline:
-        r = timed([str(PYTHON), "-m", "wirestream", "analyze", str(cap), "--json", "--no-progress", "--no-l7"],
-                  work / "analyze_no_l7.json")
-        r.update(tool="wirestream analyze --no-l7", records=0)
-        rows.append(r)
-    r = timed(["tshark", "-n", "-q", "-r", str(cap), "-d", f"tcp.port=={port},mysql",
-               "-z", "io,stat,0,mysql,COUNT(mysql.command)mysql.command"], work / "tshark_mysql.txt")
-    frames, counted = tshark_io_counts((work / "tshark_mysql.txt").read_text(errors="replace"))
+    tshark, frames, counted = tshark_runs(work, cap, port, "mysql", "COUNT(mysql.command)mysql.command")
     print(f"   tshark mysql: {frames:,} frames dissected as mysql, {counted:,} commands")
-    r.update(tool="tshark mysql dissector", records=0)
-    rows.append(r)
-    r = timed(["tshark", "-n", "-q", "-r", str(cap), "--disable-protocol", "mysql", "-z", "conv,tcp"],
-              work / "tshark_tcp.txt")
-    r.update(tool="tshark -z conv,tcp (floor)", records=0)
-    rows.append(r)
-    print(f"\n   {packets:,} packets; per record: divided by wirestream's {records:,} records")
-    print(f"   {'':<30} {'packets':>9} {'records':>9} {'wall s':>8} {'CPU s':>8} {'µs/rec':>8} {'CPU µs/rec':>11} "
-          f"{'peak MB':>8}")
-    for r in rows:
-        r["packets"] = packets
-        r["us_per_record"] = r["wall_s"] * 1e6 / max(records, 1)
-        r["cpu_us_per_record"] = r["cpu_s"] * 1e6 / max(records, 1)
-        shown_records = f"{r['records']:,}" if r["records"] else "-"
-        print(f"   {r['tool']:<30} {packets:>9,} {shown_records:>9} {r['wall_s']:>8.2f} {r['cpu_s']:>8.2f} "
-              f"{r['us_per_record']:>8.2f} {r['cpu_us_per_record']:>11.2f} {r['peak_mb']:>8,.0f}")
-    by = {r["tool"]: r for r in rows}
-    if "wirestream analyze --no-l7" in by:
-        d = by["wirestream analyze (L7 on)"]["cpu_s"] - by["wirestream analyze --no-l7"]["cpu_s"]
-        print(f"   L7 on less --no-l7 (what MySQL analysis and its records add to the pipeline): "
-              f"{d:.2f} CPU s, {d * 1e6 / max(records, 1):.2f} CPU µs/record")
-    d = by["tshark mysql dissector"]["cpu_s"] - by["tshark -z conv,tcp (floor)"]["cpu_s"]
-    print(f"   tshark mysql less its floor: {d:.2f} CPU s, {d * 1e6 / max(records, 1):.2f} CPU µs/record")
+    rows += tshark
+    print_table(rows, packets, records, "MySQL")
     for r in rows:
         r["capture"] = said
     return rows, failures
@@ -372,40 +334,11 @@ def e2e(work: Path, args: argparse.Namespace) -> tuple[list[dict[str, Any]], lis
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--queries", type=int, default=100_000, help="micro: commands in the stream (100,000)")
-    ap.add_argument("--runs", type=int, default=3, help="micro: runs of each, the best kept (3)")
     ap.add_argument("--number-of-queries", type=int, default=40_000, help="e2e: mariadb-slap's (40,000)")
     ap.add_argument("--concurrency", type=int, default=4, help="e2e: mariadb-slap's connections (4)")
-    ap.add_argument("--no-micro", action="store_true")
-    ap.add_argument("--no-e2e", action="store_true")
-    ap.add_argument("--no-baseline", action="store_true", help="e2e: skip the analyze --no-l7 run")
-    ap.add_argument("--json", type=Path, help="write every figure here")
+    common_options(ap)
     args = ap.parse_args(argv)
-    doc: dict[str, Any] = {"load_average": os.getloadavg()}
-    failures: list[str] = []
-    try:
-        if not args.no_micro:
-            doc["micro"], f = micro(args.queries, args.runs)
-            failures += f
-        if not args.no_e2e:
-            if os.geteuid() != 0:
-                print("e2e needs root (tcpdump): sudo .venv/bin/python bench/bench_mysql.py", file=sys.stderr)
-                return 2
-            with tempfile.TemporaryDirectory(prefix="bench_mysql.") as tmp:
-                print()
-                doc["e2e"], f = e2e(Path(tmp), args)
-                failures += f
-    except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
-        print(f"bench_mysql: {exc}", file=sys.stderr)
-        return 2
-    doc["load_average_end"] = os.getloadavg()
-    doc["failures"] = failures
-    if args.json:
-        args.json.write_text(json.dumps(doc, indent=2, default=str))
-    for f in failures:
-        print(f"FAIL {f}")
-    print(f"\nload average at start {doc['load_average'][0]:.2f}, at end {doc['load_average_end'][0]:.2f} "
-          f"(2 cores, shared with other work)")
-    return 1 if failures else 0
+    return l7_bench.main("bench_mysql", args, lambda: micro(args.queries, args.runs), lambda work: e2e(work, args))
 
 
 if __name__ == "__main__":

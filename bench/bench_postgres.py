@@ -47,16 +47,12 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from bench_redis import (  # (measuring a tool's run: shared with the Redis bench)
-    timed,
-    tshark_io_counts,
-)
+import l7_bench
+from l7_bench import Rows, analyze_runs, common_options, packets_of, print_table, tshark_runs
 from wirestream._core import PgConnection
 from wirestream.processors.l7.base import L7Options, StreamContext
 from wirestream.processors.l7.postgres import PostgresAnalyzer
 
-ROOT = Path(__file__).resolve().parent.parent
-PYTHON = ROOT / ".venv" / "bin" / "python"
 SEGMENT = 1460  # bytes per TCP segment's payload (Ethernet MTU), per direction
 BATCH = 10  # Execute messages per Sync
 
@@ -283,7 +279,7 @@ def capture(work: Path, transactions: int, clients: int) -> tuple[Path, int, dic
             time.sleep(0.2)
         subprocess.run([str(bindir / "pgbench"), *base, "-i", "-s", "1", "-q", "postgres"], check=True,
                        capture_output=True, timeout=300)
-        dump = subprocess.Popen(["tcpdump", "-i", "lo", "-n", "-U", "-B", "65536", "-w", str(cap),
+        dump = subprocess.Popen(["tcpdump", "-i", "lo", "-n", "--immediate-mode", "-U", "-B", "65536", "-w", str(cap),
                                  "tcp", "port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         assert dump.stderr is not None
         line = dump.stderr.readline().decode(errors="replace")
@@ -313,19 +309,15 @@ def capture(work: Path, transactions: int, clients: int) -> tuple[Path, int, dic
     return cap, port, {"pgbench": summary, "tcpdump": dropped}
 
 
-def e2e(work: Path, args: argparse.Namespace) -> tuple[list[dict[str, Any]], list[str]]:
+def e2e(work: Path, args: argparse.Namespace) -> tuple[Rows, list[str]]:
     cap, port, said = capture(work, args.transactions, args.clients)
-    packets = int(subprocess.run(["capinfos", "-M", "-c", "-T", "-r", str(cap)], capture_output=True,
-                                 text=True, check=True).stdout.split("\t")[-1])
+    packets = packets_of(cap)
     print(f"   {cap.stat().st_size / 1e6:,.1f} MB, {packets:,} packets")
     failures: list[str] = []
-    rows: list[dict[str, Any]] = []
-    out = work / "analyze"
-    r = timed([str(PYTHON), "-m", "wirestream", "analyze", str(cap), "--json", "--no-progress", "--out", str(out)],
-              work / "analyze.json")
-    queries = out / "wire.queries.jsonl"
+    rows, out = analyze_runs(work, cap, args.no_baseline)
     ops: Counter[str] = Counter()
     records = 0
+    queries = out / "wire.queries.jsonl"
     if queries.exists():
         with open(queries, "rb") as f:
             for line in f:
@@ -333,8 +325,7 @@ def e2e(work: Path, args: argparse.Namespace) -> tuple[list[dict[str, Any]], lis
                 ops[f"{rec['operation']}/{rec['status']}"] += 1
                 records += 1
     print(f"   wirestream records: {records:,} ({', '.join(f'{k} {v:,}' for k, v in ops.most_common(6))})")
-    r.update(tool="wirestream analyze (L7 on)", records=records)
-    rows.append(r)
+    rows[0]["records"] = records
     # the cross-check: tshark's own count of the queries in the capture (every Execute and
     # simple Query it dissects; tcpdump on lo may miss some of what pgbench ran), untimed
     types = subprocess.run(["tshark", "-n", "-r", str(cap), "-d", f"tcp.port=={port},pgsql", "-Y", "pgsql",
@@ -346,38 +337,10 @@ def e2e(work: Path, args: argparse.Namespace) -> tuple[list[dict[str, Any]], lis
           f"{args.transactions * args.clients:,} transactions")
     if ran != expected or any(k.endswith(("/error", "/skipped")) for k in ops):
         failures.append(f"e2e: {ran:,} query records for the {expected:,} queries tshark shows ({dict(ops)})")
-    if not args.no_baseline:
-        r = timed([str(PYTHON), "-m", "wirestream", "analyze", str(cap), "--json", "--no-progress", "--no-l7"],
-                  work / "analyze_no_l7.json")
-        r.update(tool="wirestream analyze --no-l7", records=0)
-        rows.append(r)
-    r = timed(["tshark", "-n", "-q", "-r", str(cap), "-d", f"tcp.port=={port},pgsql",
-               "-z", 'io,stat,0,pgsql,COUNT(pgsql.type)pgsql.type == "Execute"'], work / "tshark_pgsql.txt")
-    frames, executes = tshark_io_counts((work / "tshark_pgsql.txt").read_text(errors="replace"))
+    tshark, frames, executes = tshark_runs(work, cap, port, "pgsql", 'COUNT(pgsql.type)pgsql.type == "Execute"')
     print(f"   tshark pgsql: {frames:,} frames dissected as pgsql; {executes:,} messages in those with an Execute")
-    r.update(tool="tshark pgsql dissector", records=0, pgsql_frames=frames)
-    rows.append(r)
-    r = timed(["tshark", "-n", "-q", "-r", str(cap), "--disable-protocol", "pgsql", "-z", "conv,tcp"],
-              work / "tshark_tcp.txt")
-    r.update(tool="tshark -z conv,tcp (floor)", records=0)
-    rows.append(r)
-    print(f"\n   {packets:,} packets; per record: divided by wirestream's {records:,} records")
-    print(f"   {'':<30} {'packets':>9} {'records':>9} {'wall s':>8} {'CPU s':>8} {'µs/rec':>8} {'CPU µs/rec':>11} "
-          f"{'peak MB':>8}")
-    for r in rows:
-        r["packets"] = packets
-        r["us_per_record"] = r["wall_s"] * 1e6 / max(records, 1)
-        r["cpu_us_per_record"] = r["cpu_s"] * 1e6 / max(records, 1)
-        shown = f"{r['records']:,}" if r["records"] else "-"
-        print(f"   {r['tool']:<30} {packets:>9,} {shown:>9} {r['wall_s']:>8.2f} {r['cpu_s']:>8.2f} "
-              f"{r['us_per_record']:>8.2f} {r['cpu_us_per_record']:>11.2f} {r['peak_mb']:>8,.0f}")
-    by = {r["tool"]: r for r in rows}
-    if "wirestream analyze --no-l7" in by:
-        d = by["wirestream analyze (L7 on)"]["cpu_s"] - by["wirestream analyze --no-l7"]["cpu_s"]
-        print(f"   L7 on less --no-l7 (what PostgreSQL analysis and its records add to the pipeline): "
-              f"{d:.2f} CPU s, {d * 1e6 / max(records, 1):.2f} CPU µs/record")
-    d = by["tshark pgsql dissector"]["cpu_s"] - by["tshark -z conv,tcp (floor)"]["cpu_s"]
-    print(f"   tshark pgsql less its floor: {d:.2f} CPU s, {d * 1e6 / max(records, 1):.2f} CPU µs/record")
+    rows += tshark
+    print_table(rows, packets, records, "PostgreSQL")
     for r in rows:
         r["capture"] = said
     return rows, failures
@@ -386,40 +349,11 @@ def e2e(work: Path, args: argparse.Namespace) -> tuple[list[dict[str, Any]], lis
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--queries", type=int, default=100_000, help="micro: queries in the stream (100,000)")
-    ap.add_argument("--runs", type=int, default=3, help="micro: runs of each, the best kept (3)")
     ap.add_argument("--transactions", type=int, default=10_000, help="e2e: pgbench -t, per client (10,000)")
     ap.add_argument("--clients", type=int, default=4, help="e2e: pgbench -c (4)")
-    ap.add_argument("--no-micro", action="store_true")
-    ap.add_argument("--no-e2e", action="store_true")
-    ap.add_argument("--no-baseline", action="store_true", help="e2e: skip the analyze --no-l7 run")
-    ap.add_argument("--json", type=Path, help="write every figure here")
+    common_options(ap)
     args = ap.parse_args(argv)
-    doc: dict[str, Any] = {"load_average": os.getloadavg()}
-    failures: list[str] = []
-    try:
-        if not args.no_micro:
-            doc["micro"], f = micro(args.queries, args.runs)
-            failures += f
-        if not args.no_e2e:
-            if os.geteuid() != 0:
-                print("e2e needs root (tcpdump): sudo .venv/bin/python bench/bench_postgres.py", file=sys.stderr)
-                return 2
-            with tempfile.TemporaryDirectory(prefix="bench_postgres.") as tmp:
-                print()
-                doc["e2e"], f = e2e(Path(tmp), args)
-                failures += f
-    except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
-        print(f"bench_postgres: {exc}", file=sys.stderr)
-        return 2
-    doc["load_average_end"] = os.getloadavg()
-    doc["failures"] = failures
-    if args.json:
-        args.json.write_text(json.dumps(doc, indent=2, default=str))
-    for f in failures:
-        print(f"FAIL {f}")
-    print(f"\nload average at start {doc['load_average'][0]:.2f}, at end {doc['load_average_end'][0]:.2f} "
-          f"(2 cores, shared with other work)")
-    return 1 if failures else 0
+    return l7_bench.main("bench_postgres", args, lambda: micro(args.queries, args.runs), lambda work: e2e(work, args))
 
 
 if __name__ == "__main__":

@@ -34,25 +34,31 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import l7_bench
+from l7_bench import (
+    Rows,
+    analyze_runs,
+    common_options,
+    count_records,
+    packets_of,
+    print_table,
+    tshark_runs,
+)
 from wirestream._core import RespConnection
 from wirestream.processors.l7.base import L7Options, StreamContext
 from wirestream.processors.l7.redis import RedisAnalyzer
 
-ROOT = Path(__file__).resolve().parent.parent
-PYTHON = ROOT / ".venv" / "bin" / "python"
 SEGMENT = 1460  # bytes per TCP segment's payload (Ethernet MTU), per direction
 PIPELINE = 10  # commands per pipelined batch
 
@@ -242,30 +248,6 @@ def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 10.
     raise RuntimeError(f"redis-server did not answer PING on 127.0.0.1:{port} within {timeout:.0f} s")
 
 
-def timed(cmd: list[str], out: Path, timeout: float = 900.0) -> dict[str, Any]:
-    """Run ``cmd`` to completion: wall seconds and CPU seconds of it and the children it
-    reaped (wait4: exact for the whole tree of processes it waited for)."""
-    t0 = time.monotonic()
-    with open(out, "wb") as stdout, open(out.with_suffix(".err"), "wb") as stderr:
-        proc = subprocess.Popen(cmd, stdout=stdout, stderr=stderr, stdin=subprocess.DEVNULL)
-        deadline = t0 + timeout
-        while True:
-            pid, status, ru = os.wait4(proc.pid, os.WNOHANG)
-            if pid:
-                break
-            if time.monotonic() > deadline:
-                proc.kill()
-                proc.wait()
-                raise RuntimeError(f"{cmd[0]} did not finish within {timeout:.0f} s: {' '.join(cmd)}")
-            time.sleep(0.01)
-    wall = time.monotonic() - t0
-    code = os.waitstatus_to_exitcode(status)
-    if code != 0:
-        err = out.with_suffix(".err").read_text(errors="replace")[-2000:]
-        raise RuntimeError(f"{' '.join(cmd)} exited with {code}:\n{err}")
-    return {"cmd": cmd, "wall_s": wall, "cpu_s": ru.ru_utime + ru.ru_stime, "peak_mb": ru.ru_maxrss / 1024}
-
-
 def capture(work: Path, requests: int, pipeline: int, tests: str) -> tuple[Path, int, dict[str, Any]]:
     """Run redis-benchmark against a fresh redis-server under tcpdump; the capture, the
     server's port and what redis-benchmark and tcpdump said."""
@@ -281,7 +263,7 @@ def capture(work: Path, requests: int, pipeline: int, tests: str) -> tuple[Path,
     try:
         wait_for_port(port, server)
         # -B: a 64 MB kernel buffer, so that the burst on lo is not dropped; -U: flushed per packet
-        dump = subprocess.Popen(["tcpdump", "-i", "lo", "-n", "-U", "-B", "65536", "-w", str(cap),
+        dump = subprocess.Popen(["tcpdump", "-i", "lo", "-n", "--immediate-mode", "-U", "-B", "65536", "-w", str(cap),
                                  "tcp", "port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         assert dump.stderr is not None
         line = dump.stderr.readline().decode(errors="replace")  # "listening on lo, ..." once it captures
@@ -309,80 +291,24 @@ def capture(work: Path, requests: int, pipeline: int, tests: str) -> tuple[Path,
     return cap, port, {"redis_benchmark": summary, "tcpdump": dropped}
 
 
-def tshark_io_counts(text: str) -> tuple[int, int]:
-    """Frames dissected as RESP and RESP arrays, from ``-z io,stat,0,resp,COUNT(resp.array)resp.array``'s
-    one interval row: ``| 0.000 <> Dur |  FRAMES | BYTES | COUNT |``."""
-    for line in text.splitlines():
-        if "<>" in line:
-            cells = [c.strip() for c in line.strip().strip("|").split("|")]
-            numbers = [int(c) for c in cells[1:] if c.isdigit()]
-            if len(numbers) >= 3:
-                return numbers[0], numbers[2]
-    raise RuntimeError(f"no io,stat row in tshark's output:\n{text[-1000:]}")
-
-
-def e2e(work: Path, args: argparse.Namespace) -> tuple[list[dict[str, Any]], list[str]]:
+def e2e(work: Path, args: argparse.Namespace) -> tuple[Rows, list[str]]:
     cap, port, said = capture(work, args.benchmark_requests, args.pipeline, args.tests)
     if args.keep:
         shutil.copyfile(cap, args.keep)
-    packets = int(subprocess.run(["capinfos", "-M", "-c", "-T", "-r", str(cap)], capture_output=True,
-                                 text=True, check=True).stdout.split("\t")[-1])
+    packets = packets_of(cap)
     print(f"   {cap.stat().st_size / 1e6:,.1f} MB, {packets:,} packets")
     failures: list[str] = []
-    rows: list[dict[str, Any]] = []
-
-    out = work / "analyze"
-    r = timed([str(PYTHON), "-m", "wirestream", "analyze", str(cap), "--json", "--no-progress", "--out", str(out)],
-              work / "analyze.json")
-    queries = out / "wire.queries.jsonl"
-    records = sum(1 for _ in open(queries, "rb")) if queries.exists() else 0
-    ops: Counter[str] = Counter()
-    if queries.exists():
-        with open(queries, "rb") as f:
-            for line in f:
-                rec = json.loads(line)
-                ops[rec.get("operation") or "?"] += 1
+    rows, out = analyze_runs(work, cap, args.no_baseline)
+    records, ops = count_records(out / "wire.queries.jsonl", lambda r: r.get("operation") or "?")
     print(f"   wirestream records: {records:,} ({', '.join(f'{k} {v:,}' for k, v in ops.most_common(8))})")
-    r.update(tool="wirestream analyze (L7 on)", records=records)
-    rows.append(r)
+    rows[0]["records"] = records
     expected = args.benchmark_requests * len(args.tests.split(","))
     if records < expected:
         failures.append(f"e2e: {records:,} wire.queries records for at least {expected:,} commands sent")
-    if not args.no_baseline:
-        r = timed([str(PYTHON), "-m", "wirestream", "analyze", str(cap), "--json", "--no-progress", "--no-l7"],
-                  work / "analyze_no_l7.json")
-        r.update(tool="wirestream analyze --no-l7", records=0)
-        rows.append(r)
-
-    r = timed(["tshark", "-n", "-q", "-r", str(cap), "-d", f"tcp.port=={port},resp",
-               "-z", "io,stat,0,resp,COUNT(resp.array)resp.array"], work / "tshark_resp.txt")
-    frames, arrays = tshark_io_counts((work / "tshark_resp.txt").read_text(errors="replace"))
+    tshark, frames, arrays = tshark_runs(work, cap, port, "resp", "COUNT(resp.array)resp.array")
     print(f"   tshark RESP: {frames:,} frames dissected as RESP, {arrays:,} RESP arrays (commands, array replies)")
-    r.update(tool="tshark RESP dissector", records=0, resp_frames=frames, resp_arrays=arrays)
-    rows.append(r)
-    r = timed(["tshark", "-n", "-q", "-r", str(cap), "--disable-protocol", "resp", "-z", "conv,tcp"],
-              work / "tshark_tcp.txt")
-    conversations = sum(1 for s in (work / "tshark_tcp.txt").read_text(errors="replace").splitlines() if "<->" in s)
-    r.update(tool="tshark -z conv,tcp (floor)", records=0, conversations=conversations)
-    rows.append(r)
-
-    print(f"\n   {packets:,} packets; per record: divided by wirestream's {records:,} records (one per command)")
-    print(f"   {'':<30} {'packets':>9} {'records':>9} {'wall s':>8} {'CPU s':>8} {'µs/rec':>8} {'CPU µs/rec':>11} "
-          f"{'peak MB':>8}")
-    for r in rows:
-        r["packets"] = packets
-        r["us_per_record"] = r["wall_s"] * 1e6 / max(records, 1)
-        r["cpu_us_per_record"] = r["cpu_s"] * 1e6 / max(records, 1)
-        shown = f"{r['records']:,}" if r["records"] else "-"
-        print(f"   {r['tool']:<30} {packets:>9,} {shown:>9} {r['wall_s']:>8.2f} {r['cpu_s']:>8.2f} "
-              f"{r['us_per_record']:>8.2f} {r['cpu_us_per_record']:>11.2f} {r['peak_mb']:>8,.0f}")
-    by = {r["tool"]: r for r in rows}
-    if "wirestream analyze --no-l7" in by:
-        d = by["wirestream analyze (L7 on)"]["cpu_s"] - by["wirestream analyze --no-l7"]["cpu_s"]
-        print(f"   L7 on less --no-l7 (what Redis analysis and its records add to the pipeline): "
-              f"{d:.2f} CPU s, {d * 1e6 / max(records, 1):.2f} CPU µs/record")
-    d = by["tshark RESP dissector"]["cpu_s"] - by["tshark -z conv,tcp (floor)"]["cpu_s"]
-    print(f"   tshark RESP less its floor: {d:.2f} CPU s, {d * 1e6 / max(records, 1):.2f} CPU µs/record")
+    rows += tshark
+    print_table(rows, packets, records, "Redis")
     for r in rows:
         r["capture"] = said
     return rows, failures
@@ -391,42 +317,13 @@ def e2e(work: Path, args: argparse.Namespace) -> tuple[list[dict[str, Any]], lis
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--commands", type=int, default=200_000, help="micro: commands in the stream (200,000)")
-    ap.add_argument("--runs", type=int, default=3, help="micro: runs of each, the best kept (3)")
     ap.add_argument("--benchmark-requests", type=int, default=100_000, help="e2e: redis-benchmark -n (100,000)")
     ap.add_argument("--pipeline", type=int, default=16, help="e2e: redis-benchmark -P (16)")
     ap.add_argument("--tests", default="set,get,lpush,lrange_100", help="e2e: redis-benchmark -t")
-    ap.add_argument("--no-micro", action="store_true")
-    ap.add_argument("--no-e2e", action="store_true")
-    ap.add_argument("--no-baseline", action="store_true", help="e2e: skip the analyze --no-l7 run")
     ap.add_argument("--keep", type=Path, help="e2e: copy the capture here")
-    ap.add_argument("--json", type=Path, help="write every figure here")
+    common_options(ap)
     args = ap.parse_args(argv)
-    doc: dict[str, Any] = {"load_average": os.getloadavg()}
-    failures: list[str] = []
-    try:
-        if not args.no_micro:
-            doc["micro"], f = micro(args.commands, args.runs)
-            failures += f
-        if not args.no_e2e:
-            if os.geteuid() != 0:
-                print("e2e needs root (tcpdump): sudo .venv/bin/python bench/bench_redis.py", file=sys.stderr)
-                return 2
-            with tempfile.TemporaryDirectory(prefix="bench_redis.") as tmp:
-                print()
-                doc["e2e"], f = e2e(Path(tmp), args)
-                failures += f
-    except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
-        print(f"bench_redis: {exc}", file=sys.stderr)
-        return 2
-    doc["load_average_end"] = os.getloadavg()
-    doc["failures"] = failures
-    if args.json:
-        args.json.write_text(json.dumps(doc, indent=2, default=str))
-    for f in failures:
-        print(f"FAIL {f}")
-    print(f"\nload average at start {doc['load_average'][0]:.2f}, at end {doc['load_average_end'][0]:.2f} "
-          f"(2 cores, shared with other work)")
-    return 1 if failures else 0
+    return l7_bench.main("bench_redis", args, lambda: micro(args.commands, args.runs), lambda work: e2e(work, args))
 
 
 if __name__ == "__main__":
