@@ -49,6 +49,10 @@ class Thresholds:
     slow_request_us: int = 1_000_000
     #: ... at least this many in a window
     slow_requests: int = 10
+    #: database and cache calls answered by an error, at least this many and this share of
+    #: the window's requests (a deploy's broken query, a constraint violated in a loop)
+    query_errors: int = 20
+    query_errors_share: float = 0.2
     #: NXDOMAIN answers to one client
     nxdomain_per_client: int = 20
     #: a service's busiest replica carries this many times the mean load of its replicas
@@ -165,6 +169,11 @@ def detect(w: WindowCounts, source_id: str, service: str, previous_health: str |
         yield alert("slow_requests", "warning",
                     f"{service}: {c['slow_requests']} requests slower than {t.slow_request_us / 1000:g} ms",
                     slow_requests=c["slow_requests"], requests=requests, threshold_us=t.slow_request_us)
+    if c.get("query_errors", 0) >= t.query_errors and c["query_errors"] >= t.query_errors_share * requests:
+        yield alert("query_error_burst", "warning",
+                    f"{service}: {c['query_errors']} of {requests} database and cache calls failed",
+                    query_errors=c["query_errors"], requests=requests, threshold=t.query_errors,
+                    share_threshold=t.query_errors_share)
     if c["no_response"] >= t.timeouts:
         yield alert("request_timeouts", "warning",
                     f"{service}: {c['no_response']} requests got no response",

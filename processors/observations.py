@@ -156,6 +156,8 @@ def _observe_dns(r: dict[str, Any]) -> Row:
 #: client's error, as Redis's WRONGTYPE or an unknown command), 500 for PostgreSQL's
 #: server-side SQLSTATE classes
 _QUERY_AUTH_ERRORS = ("NOAUTH", "WRONGPASS", "NOPERM")
+#: The observation state of a database or cache call answered by an error.
+QUERY_ERROR = "query_error"
 _SERVER_SQLSTATE_CLASSES = frozenset({"53", "57", "58", "XX"})
 #: MySQL's error numbers of a refused login (access denied: wrong password, no such
 #: user; 1698 without a password) and of the server's own trouble (too many
@@ -184,9 +186,10 @@ def _observe_query(r: dict[str, Any]) -> Row | None:
             server = r["protocol"] == "postgresql" and code[:2] in _SERVER_SQLSTATE_CLASSES
         status = 401 if auth else 500 if server else 400
     # The request's identity is the call itself (its query_id): the windows' retry
-    # detection must not take a second GET of the same key for a retry.
-    return (TRANSACTION, 0, status, service_of(r), r["client_ip"],
-            "no_response" if r["status"] == "no_reply" else "", zlib.crc32(r["query_id"].encode()),
+    # detection must not take a second GET of the same key for a retry. Its state says
+    # "no_response" or "query_error" (the windows' query_errors).
+    state = "no_response" if r["status"] == "no_reply" else QUERY_ERROR if r["status"] == "error" else ""
+    return (TRANSACTION, 0, status, service_of(r), r["client_ip"], state, zlib.crc32(r["query_id"].encode()),
             r["request_ts_us"], -1 if latency is None else latency, 0, 0, 0, r.get("server_pod") or "",
             (r.get("request_bytes") or 0) + (r.get("response_bytes") or 0))
 

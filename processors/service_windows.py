@@ -38,6 +38,7 @@ from .observations import (
     DNS_QUERY,
     NODE_PAIR,
     OPERATION,
+    QUERY_ERROR,
     TRANSACTION,
     ZONE_PAIR,
     topology_scope,
@@ -62,7 +63,7 @@ _CONNECTION_STATES = tuple(s.value for s in (State.RESET, State.REFUSED,
                                              State.INCOMPLETE_HANDSHAKE, State.HALF_OPEN))
 _COUNTS = ("connections", "requests", "errors_4xx", "errors_5xx", "status_429", "retrans_data",
            "data_packets", "zero_window_connections", "zero_windows", "no_response",
-           "dns_queries", "bytes", "backends_over_limit", "slow_requests", *_CONNECTION_STATES)
+           "dns_queries", "bytes", "backends_over_limit", "slow_requests", "query_errors", *_CONNECTION_STATES)
 
 
 @dataclass
@@ -123,6 +124,8 @@ class Window:
                 self.latency.update(float(value))
                 if value >= t.slow_request_us:
                     c["slow_requests"] += 1
+            if state == QUERY_ERROR:
+                c["query_errors"] += 1
             if findings:
                 for bit, name in FINDING_COUNTERS:
                     if findings & bit:
@@ -249,6 +252,7 @@ class Window:
             rec[f"{name}_digest"] = None if empty else digest_json(digest)
         rec["bytes"] = c["bytes"]
         rec["slow_requests"] = c["slow_requests"]
+        rec["query_errors"] = c["query_errors"]
         rec["scope"] = scope or "service"
         rec.update(operation=None, operation_protocol=None, operation_service=None)
         if scope is None:

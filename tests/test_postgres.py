@@ -351,3 +351,18 @@ def test_each_operation_has_windows_of_its_own(run: Run, redacted: Path) -> None
     assert calls == Counter(q["operation"] for q in records if q["status"] != "skipped")
     assert errors == Counter(q["operation"] for q in records if q["status"] == "error")
     assert {"STARTUP", "SELECT", "INSERT", "CREATE TABLE", "BEGIN;INSERT;COMMIT", "COPY", "PREPARE"} <= set(calls)
+
+
+def test_query_errors_are_counted_and_their_burst_detected(run: Run, redacted: Path,
+                                                           tmp_path_factory: pytest.TempPathFactory) -> None:
+    records = read_jsonl(redacted / "wire.queries.jsonl")
+    errors = sum(1 for q in records if q["status"] == "error")
+    windows = [w for w in read_jsonl(redacted / "wire.service-metrics.jsonl") if w["scope"] == "service"]
+    assert sum(w["query_errors"] for w in windows) == errors == 4
+    # the defaults (20 errors, 20 % of the calls) are not reached by 4 of 27; with 1 and 0 % they are
+    assert not [a for a in read_jsonl(redacted / "wire.alerts.jsonl") if a["kind"] == "query_error_burst"]
+    out = tmp_path_factory.mktemp("pg-analyze-alerts")
+    analyze_to(run.pcap, out, "--alert-threshold", "query_errors=1", "--alert-threshold", "query_errors_share=0")
+    fired = [a for a in read_jsonl(out / "wire.alerts.jsonl") if a["kind"] == "query_error_burst"]
+    assert fired and sum(int(a["evidence"]["query_errors"]) for a in fired) == 4
+    assert all(a["severity"] == "warning" and "database and cache calls failed" in a["summary"] for a in fired)
