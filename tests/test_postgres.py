@@ -97,6 +97,7 @@ class Run:
         self.port = 0
         self.ports: dict[str, int] = {}  # workload part -> client port
         self.errors: dict[str, str] = {}  # workload part -> SQLSTATE the client got
+        self.keylog = d / "keys.log"
 
 
 def _server(r: Run, home: Path) -> subprocess.Popen:
@@ -186,9 +187,12 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Run:
                             f"dbname={DATABASE} sslmode=disable")
         except psycopg.OperationalError as exc:
             r.errors["login"] = "28P01" if "password authentication failed" in str(exc) else str(exc)
-        with psycopg.connect(dsn + " sslmode=require") as conn:
+        # TLS, the client logging its secrets (libpq 18's sslkeylogfile: psycopg's binary
+        # wheels bundle it) for the decryption test
+        with psycopg.connect(dsn + f" sslmode=require sslkeylogfile={r.keylog}") as conn:
             r.ports["tls"] = _client_port(conn)
             conn.execute("SELECT 1")
+            conn.execute("SELECT %s::text", (SECRET,))
         time.sleep(1.0)
         stop_process(tcpdump, signal.SIGINT)
     finally:
@@ -366,3 +370,20 @@ def test_query_errors_are_counted_and_their_burst_detected(run: Run, redacted: P
     fired = [a for a in read_jsonl(out / "wire.alerts.jsonl") if a["kind"] == "query_error_burst"]
     assert fired and sum(int(a["evidence"]["query_errors"]) for a in fired) == 4
     assert all(a["severity"] == "warning" and "database and cache calls failed" in a["summary"] for a in fired)
+
+
+def test_queries_inside_tls_with_the_clients_key_log(run: Run, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The TLS connection (after its SSLRequest, answered S) decrypted with the key log
+    libpq wrote: the same analyser reads the login and the queries inside, marked tls."""
+    if not run.keylog.exists() or not run.keylog.read_text().strip():
+        pytest.skip("this libpq does not write sslkeylogfile (libpq 18 does)")
+    out = tmp_path_factory.mktemp("pg-analyze-tls")
+    analyze_to(run.pcap, out, "--tls-keylog", str(run.keylog), "--no-redact")
+    inside = [q for q in read_jsonl(out / "wire.queries.jsonl") if q["client_port"] == run.ports["tls"]]
+    # (psycopg outside autocommit: its first query opens a transaction, the block's end commits)
+    assert [q["operation"] for q in inside] == ["STARTUP", "BEGIN", "SELECT", "SELECT", "SELECT", "COMMIT"]
+    assert all(q["status"] == "ok" and q["tls"] for q in inside)
+    assert inside[0]["auth_method"] == "scram-sha-256" and inside[0]["db_user"] == USER
+    assert inside[-2]["statement"] == "SELECT $1::text"
+    (tls,) = [t for t in read_jsonl(out / "wire.tls.jsonl") if t["client_port"] == run.ports["tls"]]
+    assert tls["connection_id"] == inside[0]["connection_id"]
