@@ -100,7 +100,7 @@ def add_pipeline_args(p: argparse.ArgumentParser, defaults: Settings) -> None:
                    help="processor worker processes (default: one per CPU, at most one per "
                         "partition of wire.packets)")
     p.add_argument("--top", type=int, default=15, metavar="N",
-                   help="rows in each table: connections, HTTP, DNS, TLS (default: %(default)s)")
+                   help="rows in each table: connections, HTTP, DNS, TLS, queries, operations (default: %(default)s)")
     p.add_argument("--idle-timeout", type=float, default=defaults.idle_timeout_s, metavar="SECONDS",
                    help="close a connection after this much capture time without packets (default: %(default)s)")
     p.add_argument("--snaplen", type=int, default=defaults.payload_snaplen, metavar="BYTES",
@@ -112,7 +112,7 @@ def add_pipeline_args(p: argparse.ArgumentParser, defaults: Settings) -> None:
 
 
 def add_l7_args(p: argparse.ArgumentParser, defaults: Settings) -> None:
-    g = p.add_argument_group("L7 analysis (HTTP/1.x, DNS, TLS; protocols recognised from the bytes)")
+    g = p.add_argument_group("L7 analysis (HTTP/1.x, HTTP/2 and gRPC, DNS, TLS, Redis, PostgreSQL, MySQL; protocols recognised from the bytes)")
     g.add_argument("--no-l7", dest="l7", action="store_false", default=defaults.l7,
                    help="TCP connections only: no wire.transactions, wire.dns, wire.tls")
     g.add_argument("--no-redact", dest="redact", action="store_false", default=defaults.redact,
