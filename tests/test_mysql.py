@@ -86,6 +86,7 @@ class Run:
         self.ports: dict[str, int] = {}
         self.errors: dict[str, int] = {}
         self.got: dict[str, Any] = {}
+        self.keylog = d / "keys.log"
 
 
 def _server(r: Run, home: Path) -> subprocess.Popen:
@@ -163,6 +164,19 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Run:
             connector.connect(**dict(params, password="wrong-" + PASSWORD))
         except connector.Error as exc:
             r.errors["login"] = exc.errno
+        # TLS with the client's secrets logged (Python's ssl honours SSLKEYLOGFILE in the
+        # default context the connector makes), for the decryption test
+        os.environ["SSLKEYLOGFILE"] = str(r.keylog)
+        try:
+            conn = connector.connect(**dict(params, ssl_disabled=False, ssl_verify_cert=False))
+            r.ports["tls_connector"] = conn._socket.sock.getsockname()[1]
+            cur = conn.cursor()
+            cur.execute("SELECT %s, @@version", (SECRET,))
+            cur.fetchall()
+            cur.close()
+            conn.close()
+        finally:
+            del os.environ["SSLKEYLOGFILE"]
         tls = subprocess.run([CLIENT, "--no-defaults", "-h", "127.0.0.1", "-P", str(r.port), "-u", USER,
                               f"-p{PASSWORD}", "--ssl", "-N", "-e",
                               "SELECT SUBSTRING_INDEX(USER(), '@', -1), @@ssl_cipher IS NOT NULL"],
@@ -293,8 +307,21 @@ def test_what_the_client_got(run: Run, queries: list[dict[str, Any]]) -> None:
 def test_the_tls_connection_is_a_tls_record(run: Run, queries: list[dict[str, Any]], redacted: Path) -> None:
     tls = [json.loads(line) for line in (redacted / "wire.tls.jsonl").open()]
     ours = [t for t in tls if t["server_port"] == run.port]
-    assert len(ours) == 1 and ours[0]["version"] and ours[0]["cipher_suite"]
-    assert ours[0]["client_port"] not in {q["client_port"] for q in queries}
+    assert len(ours) == 2 and all(t["version"] and t["cipher_suite"] for t in ours)
+    assert not {t["client_port"] for t in ours} & {q["client_port"] for q in queries}
+
+
+def test_queries_inside_tls_with_the_clients_key_log(run: Run, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The connector's TLS connection decrypted with the key log it wrote: the same
+    analyser reads on after the SSL request (the login response inside TLS, then the
+    commands), its records marked tls."""
+    out = tmp_path_factory.mktemp("mysql-analyze-tls")
+    analyze_to(run.pcap, out, "--tls-keylog", str(run.keylog), "--no-redact")
+    inside = [q for q in read_jsonl(out / "wire.queries.jsonl") if q["client_port"] == run.ports["tls_connector"]]
+    assert inside[0]["operation"] == "STARTUP" and inside[0]["db_user"] == USER
+    assert inside[0]["auth_method"] == "mysql_native_password"
+    assert all(q["tls"] and q["status"] == "ok" for q in inside)
+    assert f"SELECT '{SECRET}', @@version" in {q["statement"] for q in inside}
 
 
 def test_redacted_records_hold_no_literal_or_password(run: Run, redacted: Path) -> None:

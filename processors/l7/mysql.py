@@ -10,7 +10,9 @@ its events into records:
   the auth response itself is never read) and the server's OK or ERR are one ``STARTUP``
   record, ``auth_method`` the plugin (the server's switch wins: ``caching_sha2_password``,
   ``mysql_native_password``, ``ed25519``...). A client's SSL request hands both
-  directions to the TLS analyser (a ``wire.tls`` record), as Wireshark's ``mysql`` does.
+  directions to the TLS analyser (a ``wire.tls`` record), as Wireshark's ``mysql`` does;
+  with a key log, the plaintext comes back to a MySQL analyser that goes on from the SSL
+  request (records marked ``tls``).
 - **Commands.** ``COM_QUERY``: its SQL; ``COM_STMT_PREPARE``: a ``PREPARE`` record with
   the statement's SQL; ``COM_STMT_EXECUTE``: the prepared statement's SQL (remembered by
   id per connection); the others by name (``PING``, ``USE``, ``RESET_CONNECTION``...).
@@ -62,12 +64,14 @@ class MysqlAnalyzer(CoreBackedAnalyzer):
     protocol = "mysql"
     _core_class = MysqlConnection
 
-    def __init__(self, ctx: StreamContext, client_direction: int, started: bool = True) -> None:
+    def __init__(self, ctx: StreamContext, client_direction: int, started: bool = True,
+                 core: MysqlConnection | None = None) -> None:
         super().__init__(ctx)
         self.client = client_direction
         self.stats = ctx.stats
         self.redact = ctx.options.redact
-        self._core = MysqlConnection(client_direction, started)
+        # (core: a connection taken over inside TLS, MysqlConnection.after_ssl)
+        self._core = core if core is not None else MysqlConnection(client_direction, started)
         self._core_state = b""
         self.user: str | None = None
         self.database: str | None = None
@@ -178,12 +182,16 @@ class MysqlAnalyzer(CoreBackedAnalyzer):
 
     def _tls(self, direction: int, data: bytes, ts_us: int) -> None:
         if self.tls is None:
-            from .tls import (
-                TlsAnalyzer,  # (tls.py imports the SQL analysers for decrypted plaintext)
-            )
+            # (imported here: tls.py imports the SQL analysers for decrypted plaintext)
+            from .tls import TlsAnalyzer
 
-            self.tls = TlsAnalyzer(self.ctx, self.client)
+            tls = self.tls = TlsAnalyzer(self.ctx, self.client)
             self.stats["l7_connections.tls_in_mysql"] += 1
+            plain = tls._decrypted
+            if plain is not None:
+                # decrypting (a key log): the plaintext goes on where the SSL request left
+                # off, with the client's real login response (no handshake to recognise)
+                plain.preset(MysqlAnalyzer(plain.ctx, self.client, core=self._core.after_ssl()))
         self.tls.on_data(direction, data, ts_us)
 
 

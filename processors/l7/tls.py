@@ -190,6 +190,13 @@ class DecryptedStream:
         record["tls"] = True
         self.outer_emit(topic, key, record)
 
+    def preset(self, analyzer: StreamAnalyzer) -> None:
+        """The plaintext's analyser chosen by what came before TLS (MySQL: its SSL request;
+        the plaintext starts with the login response, which says nothing by itself).
+        ``analyzer`` must have been made with this stream's ``ctx``."""
+        self.analyzer = analyzer
+        self.ctx.stats[f"l7_connections.{analyzer.protocol}_in_tls"] += 1
+
     def data(self, direction: int, data: bytes, ts_us: int) -> None:
         if self.analyzer is not None:
             self.analyzer.on_data(direction, data, ts_us)

@@ -102,6 +102,11 @@ impl PyMysqlConnection {
         event_list(py, &out)
     }
 
+    /// The connection inside TLS after the client's SSL request (for decrypted plaintext).
+    fn after_ssl(&self) -> Self {
+        PyMysqlConnection { inner: self.inner.after_ssl() }
+    }
+
     fn snapshot<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
         PyBytes::new(py, &self.inner.snapshot())
     }

@@ -484,12 +484,25 @@ impl Connection {
 
     fn flush(&mut self, _ts_us: i64, out: &mut Vec<Event>) {
         if let Some(login) = self.login.take() {
-            out.push(Event::Done(login));
+            if self.phase != Phase::Tls {
+                out.push(Event::Done(login)); // (after an SSL request the login is inside TLS)
+            }
         }
         while let Some(cmd) = self.pending.pop_front() {
             out.push(Event::Done(cmd));
         }
         self.resp = Resp::First;
+    }
+
+    /// The connection inside TLS, after the client's SSL request: it waits for the client's
+    /// real handshake response, knowing the server's handshake (for the plaintext of a
+    /// decrypted TLS session: docs/l7.md, "MySQL and MariaDB").
+    pub fn after_ssl(&self) -> Connection {
+        let mut c = Connection::new(self.client, true);
+        c.phase = Phase::Response;
+        c.server_caps = self.server_caps;
+        c.login = self.login.clone();
+        c
     }
 
     /// Parse `data` of `direction`, captured at `ts_us`.
@@ -611,9 +624,8 @@ impl Connection {
         };
         if caps & CLIENT_SSL != 0 && p.length == 32 {
             // the SSL request: the real response, and the login, are inside TLS (the
-            // connection's wire.tls record is its record)
+            // connection's wire.tls record is its record; decrypted, `after_ssl` reads on)
             out.push(Event::SslRequest);
-            self.login = None;
             self.phase = Phase::Tls;
             return;
         }

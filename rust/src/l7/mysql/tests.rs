@@ -237,8 +237,15 @@ fn ssl_request_hands_both_directions_to_tls() {
     conn.feed(0, &packet(1, &ssl), 1, &mut out);
     conn.feed(0, b"\x16\x03\x01hello", 2, &mut out);
     conn.feed(1, b"\x16\x03\x03there", 3, &mut out);
+    // inside TLS (decrypted): the real response, then the server's OK: the login
+    let mut inside = conn.after_ssl();
+    let mut events = Vec::new();
+    inside.feed(0, &response(CAPS | CLIENT_SSL, "app", "shop"), 5, &mut events);
+    inside.feed(1, &ok(3, 0, 2), 6, &mut events);
+    assert_eq!((done(&events[0]).command, done(&events[0]).ok, done(&events[0]).plugin.as_slice()),
+               (LOGIN, Some(true), &b"mysql_native_password"[..]));
     conn.close(4, &mut out);
-    // (no login record: it happened inside TLS)
+    // (no login record outside: it happened inside TLS)
     assert_eq!(out, vec![Event::SslRequest, Event::Tls(0, b"\x16\x03\x01hello".to_vec()),
                          Event::Tls(1, b"\x16\x03\x03there".to_vec())]);
 }
