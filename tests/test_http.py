@@ -129,6 +129,9 @@ def test_keep_alive_pairs_have_every_field() -> None:
         "response_body_size": 5, "latency_us": 500, "ttfb_us": 500, "error": None,
         "upgrade": None, "community_id": "1:cid-of-conn-1",  # the connection's, on every record
         "tls": False,  # cleartext (tests/test_tls_decrypt.py: true inside decrypted TLS)
+        # HTTP/2's and gRPC's fields (processors/l7/http2.py): none for HTTP/1
+        "stream_id": None, "grpc_service": None, "grpc_method": None, "grpc_status": None, "grpc_message": None,
+        "grpc_request_messages": None, "grpc_response_messages": None,
     }
     assert r2["community_id"] == "1:cid-of-conn-1"
     assert (r2["method"], r2["status"], r2["request_body"], r2["request_body_size"]) == (
