@@ -43,6 +43,7 @@ becomes the root of a chain of its own.
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
@@ -228,8 +229,14 @@ class ChainBuilder:
             if t.server_pid is not None:
                 by_pid[(t.source_id, int(t.server_pid))].append(t)
             by_ip[(t.source_id, t.rec.get("server_ip", ""))].append(t)
+        # the pid and address buckets can hold most of what is held (every request of a
+        # busy server, all of them on loopback): sorted by start, so that a transaction's
+        # possible parents are looked for among those that started at most the bucket's
+        # longest duration before it, not among all (_Bucket.enclosing)
+        pids = {k: _Bucket(v) for k, v in by_pid.items()}
+        ips = {k: _Bucket(v) for k, v in by_ip.items()}
         for t in held:
-            parent, link, n = self._find_parent(t, by_span, by_trace, by_pid, by_ip)
+            parent, link, n = self._find_parent(t, by_span, by_trace, pids, ips)
             if parent is not None:
                 t.parent, t.link, t.candidates = parent.id, link, n
                 parent.children.append(t.id)
@@ -250,12 +257,13 @@ class ChainBuilder:
             if found:
                 return _innermost(found), LINK_TRACE, len(found)
         if client_pid is not None:
-            found = [p for p in by_pid.get((t.source_id, int(client_pid)), ())
-                     if _contains(p, t) and _compatible(p, t)]
+            bucket = by_pid.get((t.source_id, int(client_pid)))
+            found = [p for p in bucket.enclosing(t) if _compatible(p, t)] if bucket is not None else []
             if found:
                 return _innermost(found), LINK_PID, len(found)
             return None, LINK_ROOT, 0  # the pid is known: another process's request is no parent
-        found = [p for p in by_ip.get((t.source_id, client_ip), ()) if _contains(p, t) and _compatible(p, t)]
+        bucket = by_ip.get((t.source_id, client_ip))
+        found = [p for p in bucket.enclosing(t) if _compatible(p, t)] if bucket is not None else []
         if found:
             return _innermost(found), LINK_ADDRESS, len(found)
         return None, LINK_ROOT, 0
@@ -344,6 +352,24 @@ class ChainBuilder:
             "max_depth": max(h["depth"] for h in hops),
             "hops": hops,
         }
+
+
+class _Bucket:
+    """Transactions sorted by start, and their longest duration: the ones that can enclose
+    a transaction started at most that long before it."""
+
+    __slots__ = ("txns", "starts", "longest")
+
+    def __init__(self, txns: list[_Txn]) -> None:
+        self.txns = sorted(txns, key=lambda p: p.start)
+        self.starts = [p.start for p in self.txns]
+        self.longest = max((p.end - p.start for p in self.txns), default=0)
+
+    def enclosing(self, t: _Txn) -> list[_Txn]:
+        """The transactions of the bucket that strictly enclose ``t`` in time."""
+        hi = bisect.bisect_right(self.starts, t.start)
+        lo = bisect.bisect_left(self.starts, t.start - self.longest, 0, hi)
+        return [p for p in self.txns[lo:hi] if _contains(p, t)]
 
 
 def _same_pid(a: Any, b: Any) -> bool:
