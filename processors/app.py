@@ -64,6 +64,7 @@ def create_app(
     app = faust.App(
         group,
         broker=f"{faust_transport.SCHEME}://{bootstrap}",
+        broker_client_id="wirestream-faust",  # wire.messaging's own_traffic (processors/l7/kafka.py)
         value_serializer="raw",
         key_serializer="raw",
         web_enabled=False,  # no web server: several workers can run on one host

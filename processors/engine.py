@@ -40,6 +40,7 @@ from wirestream.topics import (
     CONNECTIONS,
     DNS,
     FLOWS,
+    MESSAGING,
     OBSERVATIONS,
     QUERIES,
     TLS,
@@ -67,7 +68,7 @@ class Sink(Protocol):
 
 
 #: The record kinds that carry a ``tunnel`` list (schemas/*.avsc).
-_TUNNEL_TOPICS = frozenset({CONNECTIONS, FLOWS, DNS, TLS, TRANSACTIONS, QUERIES})
+_TUNNEL_TOPICS = frozenset({CONNECTIONS, FLOWS, DNS, TLS, TRANSACTIONS, QUERIES, MESSAGING})
 #: Fields set by enrichment only where it knows them: a record without them gets their
 #: schema default, so that records leave the engine as they read back from Avro.
 _ENRICHMENT_DEFAULTS = {

@@ -43,6 +43,7 @@ from wirestream.topics import (
     DNS,
     FLOWS,
     K8S_IDENTITY,
+    MESSAGING,
     QUERIES,
     RECORD_TIME,
     TLS,
@@ -54,7 +55,7 @@ from .network_policy import K8S_POLICIES, PolicyError, PolicyTable, endpoint_of,
 log = logging.getLogger(__name__)
 
 #: the records with client and server endpoints; each is resolved at its RECORD_TIME
-ENRICHED_TOPICS = (CONNECTIONS, FLOWS, TRANSACTIONS, DNS, TLS, QUERIES)
+ENRICHED_TOPICS = (CONNECTIONS, FLOWS, TRANSACTIONS, DNS, TLS, QUERIES, MESSAGING)
 #: the records that get a NetworkPolicy verdict (a transaction, query, handshake is on one)
 POLICY_TOPICS = (CONNECTIONS, FLOWS)
 #: the tables the feed reads

@@ -66,6 +66,7 @@ from wirestream.topics import (
     DNS,
     DROPS,
     FLOWS,
+    MESSAGING,
     OBSERVATIONS,
     PACKETS,
     PACKETS_STAGE,
@@ -91,7 +92,8 @@ log = logging.getLogger(__name__)
 #: ensure_process_topics checks their partition counts)
 INPUT_TOPICS = (PACKETS, SOCKETS, DROPS, TLS_PLAINTEXT)
 #: what a packet worker writes, each with its schema registered before any input is read
-OUTPUT_SCHEMA_TOPICS = (CONNECTIONS, FLOWS, TRANSACTIONS, DNS, TLS, QUERIES, ALERTS, OBSERVATIONS, STATS)
+OUTPUT_SCHEMA_TOPICS = (CONNECTIONS, FLOWS, TRANSACTIONS, DNS, TLS, QUERIES, MESSAGING, ALERTS, OBSERVATIONS,
+                        STATS)
 #: Messages taken per consume call.
 CONSUME_BATCH = 16
 #: The pause after a periodic checkpoint is at least this many times what it took.

@@ -20,6 +20,7 @@ from wirestream.topics import (
     CONNECTIONS,
     DNS,
     FLOWS,
+    MESSAGING,
     PACKETS_STAGE,
     QUERIES,
     SERVICE_METRICS,
@@ -49,6 +50,8 @@ SUMMARY_FIELDS: dict[str, frozenset[str]] = {
                       "drops"}),
     QUERIES: frozenset({"client_ip", "client_port", "server_ip", "server_port", "protocol", "operation",
                         "statement", "status", "error", "latency_us", "rows"}),
+    MESSAGING: frozenset({"api", "client_id", "own_traffic", "topic", "status", "error", "latency_us", "records",
+                          "api_key", "acks"}),
 }
 
 
@@ -231,6 +234,55 @@ def queries_summary(queries: list[dict[str, Any]]) -> dict[str, Any]:
                      "status": q["status"]}
                     for q in _slowest(queries)[:10] if q.get("latency_us") is not None],
     }
+
+
+def messaging_summary(calls: list[dict[str, Any]]) -> dict[str, Any]:
+    """What ``--json`` says of wire.messaging: counts by status, API and error, and the
+    records produced and fetched per topic."""
+    produced: Counter[str] = Counter()
+    fetched: Counter[str] = Counter()
+    for c in calls:
+        if c.get("records") and c.get("status") in ("ok", "sent"):
+            (produced if c["api_key"] == 0 else fetched)[c.get("topic") or "?"] += c["records"]
+    return {
+        "count": len(calls),
+        "own_traffic": sum(1 for c in calls if c.get("own_traffic")),
+        "by_status": dict(Counter(c["status"] for c in calls).most_common()),
+        "by_api": dict(Counter(c["api"] for c in calls).most_common(20)),
+        "errors": dict(Counter(c["error"] for c in calls if c.get("error")).most_common(10)),
+        "records_produced": dict(produced.most_common(20)),
+        "records_fetched": dict(fetched.most_common(20)),
+    }
+
+
+def print_messaging(records: dict[str, list[dict[str, Any]]], console: Console) -> None:
+    """Kafka calls (wire.messaging) per API: how many, errors, latency, records; then the
+    most seen errors; nothing without them."""
+    calls = records.get(MESSAGING, [])
+    if not calls:
+        return
+    from rich.table import Table
+
+    by_api: dict[str, list[dict[str, Any]]] = {}
+    for c in calls:
+        by_api.setdefault(c["api"], []).append(c)
+    table = Table(title=f"Kafka calls by API ({len(calls):,}; wirestream's own: "
+                        f"{sum(1 for c in calls if c.get('own_traffic')):,})")
+    for col in ("API", "calls", "errors", "no reply", "p50", "p99", "records"):
+        table.add_column(col, justify="left" if col == "API" else "right")
+    for api, group in sorted(by_api.items(), key=lambda kv: -len(kv[1])):
+        latencies = sorted(c["latency_us"] for c in group if c.get("latency_us") is not None)
+        errors = sum(1 for c in group if c["status"] == "error")
+        p50, p99 = (_us(latencies[min(len(latencies) - 1, int(q * len(latencies)))]) if latencies else "-"
+                    for q in (0.5, 0.99))
+        n_records = sum(c.get("records") or 0 for c in group)
+        table.add_row(_text(api), f"{len(group):,}", f"[red]{errors:,}[/]" if errors else "0",
+                      f"{sum(1 for c in group if c['status'] == 'no_reply'):,}", p50, p99,
+                      f"{n_records:,}" if n_records else "-")
+    console.print(table)
+    errors_seen = Counter(c["error"] for c in calls if c.get("error"))
+    if errors_seen:
+        console.print("Kafka errors: " + "; ".join(f"{_text(e)} ×{n:,}" for e, n in errors_seen.most_common(5)))
 
 
 def print_queries(records: dict[str, list[dict[str, Any]]], top: int, console: Console) -> None:
@@ -603,6 +655,7 @@ def summary_json(result: Any) -> dict[str, Any]:
         "l7": l7_summary(result.records),
         # always there (zeros without queries), so that a reader's keys do not come and go
         "queries": queries_summary(result.records.get(QUERIES, [])),
+        "messaging": messaging_summary(result.records.get(MESSAGING, [])),
         "query_operations": [_operation_json(*o) for o in _operations(result.records)],
         "services": [_service_json(s) for s in _services(result.records)],
         "topology": [_topology_json(*t) for t in _topology(result.records)],
@@ -697,6 +750,7 @@ def print_summary(result: Any, top: int = 15, out_dir: str | None = None, consol
     print_flows(result.records, top, console)
     print_l7(result.records, top, console)
     print_queries(result.records, top, console)
+    print_messaging(result.records, console)
     print_operations(result.records, top, console)
     print_services(result.records, top, console)
     print_topology(result.records, console)

@@ -159,8 +159,8 @@ def admin_client(bootstrap: str) -> AdminClient:
 
     # log_level 3: errors only, as the other clients (kafka.consumer_config); an admin
     # client destroyed at exit may otherwise print an informational line after the summary
-    return AdminClient({"bootstrap.servers": bootstrap, "socket.timeout.ms": 5000, "log_level": 3,
-                        **client_properties()})
+    return AdminClient({"bootstrap.servers": bootstrap, "client.id": "wirestream-admin", "socket.timeout.ms": 5000,
+                        "log_level": 3, **client_properties()})
 
 
 def check_reachable(bootstrap: str, timeout: float = 5.0) -> None:

@@ -64,6 +64,11 @@ def compression() -> str:
     return value
 
 
+#: The client id of wirestream's own Kafka clients: brokers' logs and quotas name them by it,
+#: and wire.messaging marks their calls ``own_traffic`` (processors/l7/kafka.py).
+CLIENT_ID = "wirestream"
+
+
 def consumer_config(bootstrap: str) -> dict[str, Any]:
     """A consumer that joins no group: it is assigned partitions (readers, replay).
 
@@ -73,6 +78,7 @@ def consumer_config(bootstrap: str) -> dict[str, Any]:
     ``extra`` still wins."""
     return {
         "bootstrap.servers": bootstrap,
+        "client.id": CLIENT_ID,
         "group.id": "wirestream-reader",  # required by the client; no group is joined (assign)
         "enable.auto.commit": False,
         "enable.partition.eof": False,
@@ -88,7 +94,7 @@ def group_consumer_config(bootstrap: str, group: str, from_beginning: bool, **ex
     Offsets are committed by the caller (``enable.auto.commit`` off unless ``extra`` says
     otherwise); a new group starts at the oldest record or the newest."""
     conf: dict[str, Any] = {
-        "bootstrap.servers": bootstrap, "group.id": group,
+        "bootstrap.servers": bootstrap, "group.id": group, "client.id": CLIENT_ID,
         "auto.offset.reset": "earliest" if from_beginning else "latest",
         "enable.auto.commit": False,
         # a member that stops is noticed within 10 s (and a join does not wait longer)
@@ -109,6 +115,7 @@ def producer_config(bootstrap: str, **extra: Any) -> dict[str, Any]:
     embedded one keeps in memory."""
     conf: dict[str, Any] = {
         "bootstrap.servers": bootstrap,
+        "client.id": CLIENT_ID,
         "compression.type": compression(),
         "linger.ms": 5,
         # Idempotence keeps each partition's records in the order they were produced, and

@@ -21,8 +21,10 @@ FLOWS = "wire.flows"
 TRANSACTIONS = "wire.transactions"
 DNS = "wire.dns"
 TLS = "wire.tls"
-#: database and cache calls (Redis today), one record per command and its reply
+#: database and cache calls (Redis, PostgreSQL, MySQL), one record per command and its reply
 QUERIES = "wire.queries"
+#: message-broker calls (the Kafka protocol), one record per request and its response
+MESSAGING = "wire.messaging"
 SERVICE_METRICS = "wire.service-metrics"
 ALERTS = "wire.alerts"
 #: call chains: an HTTP request and the requests made while serving it (`wirestream chains`)
@@ -54,6 +56,7 @@ TOPIC_SCHEMAS: dict[str, str] = {
     DNS: "dns",
     TLS: "tls",
     QUERIES: "query",
+    MESSAGING: "messaging",
     SERVICE_METRICS: "service_metrics",
     ALERTS: "alert",
     CALL_CHAINS: "call_chain",
@@ -69,6 +72,7 @@ OUTPUT_TOPICS: tuple[str, ...] = (
     DNS,
     TLS,
     QUERIES,
+    MESSAGING,
     SERVICE_METRICS,
     ALERTS,
 )
@@ -120,6 +124,7 @@ RECORD_TIME: dict[str, str] = {
     DNS: "query_ts_us",
     TLS: "client_hello_ts_us",
     QUERIES: "request_ts_us",
+    MESSAGING: "request_ts_us",
     SERVICE_METRICS: "window_start_ts_us",
     ALERTS: "ts_us",
     CALL_CHAINS: "start_ts_us",

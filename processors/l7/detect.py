@@ -15,7 +15,11 @@ NUL-terminated texts agree exactly (Wireshark decides ``pgsql`` by port 5432). M
 server speaks first: its handshake packet (sequence 0, protocol 10, a version string
 starting with a digit) makes it the server; mid-connection, a whole ``COM_QUERY`` packet
 (sequence 0, command 3, printable SQL, the length agreeing) makes the sender the client
-(Wireshark decides ``mysql`` by port 3306).
+(Wireshark decides ``mysql`` by port 3306). A Kafka client's request is a frame (a
+big-endian int32 size) whose header names an API Kafka has (a key of 0 to 94 and a
+version of at most 40), a correlation id and a client id of printable bytes (or none);
+a capture that starts mid-connection recognises the client's next request (Wireshark
+decides ``kafka`` by port 9092).
 """
 
 from __future__ import annotations
@@ -23,7 +27,10 @@ from __future__ import annotations
 import re
 from enum import Enum
 
-from wirestream._core import looks_like_tls_client_hello  # rust/src/l7/tls/record.rs
+from wirestream._core import (
+    kafka_api_name,  # rust/src/l7/kafka/apis.rs
+    looks_like_tls_client_hello,  # rust/src/l7/tls/record.rs
+)
 
 #: Request methods of HTTP/1.1 (RFC 9110) and the common WebDAV/extension ones.
 HTTP_METHODS = frozenset(
@@ -48,6 +55,7 @@ class Verdict(Enum):
     PG_MESSAGE = "pg_message"        # a PostgreSQL client's Query or Parse, mid-connection
     MYSQL_GREETING = "mysql_greeting"  # this side is a MySQL server (its handshake, protocol 10)
     MYSQL_COMMAND = "mysql_command"    # a MySQL client's COM_QUERY, mid-connection
+    KAFKA_REQUEST = "kafka_request"    # this side is a Kafka client (a request's frame)
     UNKNOWN = "unknown"
     NEED_MORE = "need_more"
 
@@ -77,8 +85,11 @@ def _postgres_startup(data: bytes) -> Verdict:
         return Verdict.NEED_MORE if plausible else Verdict.UNKNOWN
     length = int.from_bytes(data[:4], "big")
     code = int.from_bytes(data[4:8], "big")
-    if code >> 16 == 3 and 8 < length <= _PG_MAX_STARTUP:
-        return Verdict.PG_STARTUP  # protocol 3.x: name/value pairs follow
+    if code >> 16 == 3 and 8 < length <= _PG_MAX_STARTUP and (len(data) < 9 or data[8] != 0):
+        # protocol 3.x: name/value pairs follow, the first a parameter's name ("user"):
+        # not a NUL — where a Kafka Metadata request v0–2 (key 3, the same first bytes)
+        # has the high byte of its correlation id
+        return Verdict.PG_STARTUP
     if _PG_SPECIAL.get(code) == length:
         return Verdict.PG_STARTUP
     return Verdict.UNKNOWN
@@ -123,6 +134,41 @@ def _mysql(data: bytes) -> Verdict | None:
     return None
 
 
+#: A Kafka request's frame at most (the broker's socket.request.max.bytes is 100 MB)
+_KAFKA_MAX_FRAME = 256 * 1024 * 1024
+#: Bytes of a request's frame before its client id: size, API key and version,
+#: correlation id, the client id's length
+_KAFKA_HEAD = 14
+
+
+def _kafka(data: bytes) -> Verdict:
+    """A Kafka request's frame, if ``data`` starts with one (``data[0]`` < 16: a size
+    below 256 MB): the header of an API Kafka has, a client id of printable bytes."""
+    if len(data) < _KAFKA_HEAD:
+        # worth waiting for only as a small request (a connection's first: ApiVersions,
+        # Metadata), whose size and header agree so far
+        head = data.ljust(_KAFKA_HEAD, b"\0")
+        size = int.from_bytes(head[:4], "big")
+        plausible = (head[1] == 0 and (len(data) < 4 or size >= 10)
+                     and kafka_api_name(int.from_bytes(head[4:6], "big", signed=True)) is not None
+                     and int.from_bytes(head[6:8], "big") <= 40)
+        return Verdict.NEED_MORE if plausible else Verdict.UNKNOWN
+    size = int.from_bytes(data[:4], "big")
+    key = int.from_bytes(data[4:6], "big", signed=True)
+    version = int.from_bytes(data[6:8], "big", signed=True)
+    if not 10 <= size <= _KAFKA_MAX_FRAME or kafka_api_name(key) is None or not 0 <= version <= 40:
+        return Verdict.UNKNOWN
+    id_length = int.from_bytes(data[12:14], "big", signed=True)
+    if id_length == -1:
+        return Verdict.KAFKA_REQUEST
+    if id_length < 0 or id_length > size - 10:
+        return Verdict.UNKNOWN
+    client_id = data[14:14 + id_length]
+    if not all(0x20 <= c < 0x7F for c in client_id):
+        return Verdict.UNKNOWN
+    return Verdict.KAFKA_REQUEST if len(client_id) == id_length or len(data) >= 4096 else Verdict.NEED_MORE
+
+
 def detect(data: bytes) -> Verdict:
     """Classify the first bytes one side of a connection sent."""
     if not data:
@@ -131,8 +177,16 @@ def detect(data: bytes) -> Verdict:
     mysql = _mysql(data)  # (first: a handshake's length byte can look like anything below)
     if mysql is not None:
         return mysql
-    if b0 == 0x00:  # a big-endian length below 16 MB: PostgreSQL's startup packet
-        return _postgres_startup(data)
+    if b0 == 0x00:  # a big-endian length below 16 MB: PostgreSQL's startup packet, or Kafka's
+        postgres = _postgres_startup(data)
+        if postgres is Verdict.PG_STARTUP:
+            return postgres
+        kafka = _kafka(data)
+        if kafka is Verdict.UNKNOWN:
+            return postgres
+        return kafka if kafka is Verdict.KAFKA_REQUEST or postgres is Verdict.UNKNOWN else Verdict.NEED_MORE
+    if b0 < 0x10:  # a Kafka request of 16 MB or more (a big Produce, mid-connection)
+        return _kafka(data)
     if b0 in (0x50, 0x51) and _postgres_message(data):  # "P", "Q" (no HTTP method fits)
         return Verdict.PG_MESSAGE
     if b0 == 0x2A:  # "*": a RESP array

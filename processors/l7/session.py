@@ -26,6 +26,7 @@ from .detect import Verdict, detect
 from .dns import DnsMatcher, DnsTcpAnalyzer
 from .http import HttpAnalyzer
 from .http2 import Http2Analyzer
+from .kafka import KafkaAnalyzer
 from .mysql import MysqlAnalyzer, MysqlMidConnection
 from .postgres import PostgresAnalyzer, PostgresMidConnection
 from .redis import RedisAnalyzer
@@ -189,6 +190,8 @@ class L7Session:
             make = MysqlMidConnection
         elif verdict is Verdict.H2_PREFACE:
             make = Http2Analyzer
+        elif verdict is Verdict.KAFKA_REQUEST:
+            make = KafkaAnalyzer
         stats = self.dispatcher.stats
         if make is None:
             # Not a message start. Later chunks of this side may start one (a capture that

@@ -30,6 +30,7 @@
 pub mod dns;
 pub mod h2;
 pub mod http;
+pub mod kafka;
 pub mod mysql;
 pub mod pgsql;
 pub mod resp;
