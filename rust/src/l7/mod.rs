@@ -14,6 +14,11 @@
 //! - [`h2`]: HTTP/2 and gRPC, a frame parser and HPACK decoder per direction, one
 //!   transaction per stream; the Python face is `python_h2`
 //!   (`wirestream._core.H2Connection`), wrapped by `processors/l7/http2.py`.
+//! - [`kafka`]: the Kafka protocol, every version Apache Kafka 4.4 speaks: frames both
+//!   ways, responses read with their request's API and version, Produce requests and
+//!   Fetch responses streamed (records counted from batch headers); the Python face is
+//!   `python_kafka` (`wirestream._core.KafkaConnection`), wrapped by
+//!   `processors/l7/kafka.py`.
 //! - [`mysql`]: the MySQL/MariaDB protocol, one connection-level state machine (a
 //!   response's framing depends on its command) that pairs commands with OK, ERR,
 //!   result sets and prepared statements' answers; the Python face is `python_mysql`
