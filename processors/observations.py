@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from wirestream.packet_block import partition_for
-from wirestream.topics import CONNECTIONS, DNS, QUERIES, TRANSACTIONS
+from wirestream.topics import CONNECTIONS, DNS, MESSAGING, QUERIES, TRANSACTIONS
 
 from .findings import findings_of
 
@@ -194,11 +194,46 @@ def _observe_query(r: dict[str, Any]) -> Row | None:
             (r.get("request_bytes") or 0) + (r.get("response_bytes") or 0))
 
 
+#: Kafka error codes of a refused client (authentication, authorisation: SASL_AUTHENTICATION_FAILED,
+#: TOPIC_/GROUP_/CLUSTER_/TRANSACTIONAL_ID_AUTHORIZATION_FAILED, DELEGATION_TOKEN_AUTH_DISABLED...)
+_KAFKA_AUTH_ERRORS = frozenset({29, 30, 31, 53, 58, 61, 65})
+#: ... of the brokers' own trouble: unknown server error, a leader or coordinator not
+#: there (yet), too few in-sync replicas, a timeout, a storage error
+_KAFKA_SERVER_ERRORS = frozenset({-1, 5, 7, 8, 14, 15, 19, 20, 56})
+#: ... that are steps of the consumer-group protocol, not failures: a first JoinGroup is
+#: answered MEMBER_ID_REQUIRED, heartbeats REBALANCE_IN_PROGRESS while a group
+#: rebalances, a call to a broker that is not (or no longer) the group's coordinator
+#: NOT_COORDINATOR (the client looks it up again); their records say error, the windows
+#: do not count them as one
+_KAFKA_PROTOCOL_STEPS = frozenset({16, 27, 79})
+
+
+def _observe_messaging(r: dict[str, Any]) -> Row | None:
+    """A Kafka call is a request to the broker's service, counted and timed like a
+    query; its error codes as HTTP statuses: refused access 401, the broker's trouble
+    503, the consumer-group protocol's steps none, the rest 400. A Fetch waits on the
+    broker for data (``fetch.max.wait.ms``, a long poll): its latency is not the
+    service's (its operation's window has it). acks=0 Produce requests (``sent``)
+    have no response to time."""
+    code = r.get("error_code")
+    status = 0
+    if r["status"] == "error" and code not in _KAFKA_PROTOCOL_STEPS:
+        status = 401 if code in _KAFKA_AUTH_ERRORS else 503 if code in _KAFKA_SERVER_ERRORS else 400
+    latency = r["latency_us"]
+    if latency is None or r["api_key"] == 1:
+        latency = -1
+    state = "no_response" if r["status"] == "no_reply" else QUERY_ERROR if status else ""
+    return (TRANSACTION, 0, status, service_of(r), r["client_ip"], state, zlib.crc32(r["message_id"].encode()),
+            r["request_ts_us"], latency, 0, 0, 0, r.get("server_pod") or "",
+            (r.get("request_bytes") or 0) + (r.get("response_bytes") or 0))
+
+
 OBSERVE: dict[str, Callable[[dict[str, Any]], Row | None]] = {
     CONNECTIONS: _observe_connection,
     TRANSACTIONS: _observe_transaction,
     DNS: _observe_dns,
     QUERIES: _observe_query,
+    MESSAGING: _observe_messaging,
 }
 
 
@@ -286,6 +321,12 @@ class Observer:
         elif topic == QUERIES:
             # the same call, counted again in its operation's window (per-operation percentiles)
             self._add((*row[:3], self.operation_key(row[3], record), *row[4:12], "", row[13]))
+        elif topic == MESSAGING:
+            # the same call in its API's window (protocol kafka, operation Produce, Fetch...),
+            # with its latency (a Fetch's too: its long polls are that window's to show)
+            key = self.operation_key(row[3], {"protocol": "kafka", "operation": record["api"]})
+            latency = -1 if record["latency_us"] is None else record["latency_us"]
+            self._add((*row[:3], key, *row[4:8], latency, *row[9:12], "", row[13]))
         elif topic == TRANSACTIONS and record.get("grpc_service"):
             # a gRPC call: its method's window (protocol grpc, operation package.Service/Method)
             key = self.operation_key(row[3], {"protocol": "grpc",

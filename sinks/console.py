@@ -350,7 +350,7 @@ def print_operations(records: dict[str, list[dict[str, Any]]], top: int, console
         return
     from rich.table import Table
 
-    table = Table(title=f"Operations (database, cache and gRPC calls) by p99 latency (top {min(top, len(ops))} "
+    table = Table(title=f"Operations (database, cache, gRPC and Kafka calls) by p99 latency (top {min(top, len(ops))} "
                         f"of {len(ops):,})")
     for col, kw in (("service", {}), ("protocol", {}), ("operation", {}), ("calls", {"justify": "right"}),
                     ("errors", {"justify": "right"}), ("p50", {"justify": "right"}), ("p90", {"justify": "right"}),
@@ -655,8 +655,8 @@ def summary_json(result: Any) -> dict[str, Any]:
         "l7": l7_summary(result.records),
         # always there (zeros without queries), so that a reader's keys do not come and go
         "queries": queries_summary(result.records.get(QUERIES, [])),
-        "messaging": messaging_summary(result.records.get(MESSAGING, [])),
         "query_operations": [_operation_json(*o) for o in _operations(result.records)],
+        "messaging": messaging_summary(result.records.get(MESSAGING, [])),
         "services": [_service_json(s) for s in _services(result.records)],
         "topology": [_topology_json(*t) for t in _topology(result.records)],
         "alerts": dict(Counter(a["kind"] for a in result.records.get(ALERTS, [])).most_common()),

@@ -164,11 +164,16 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Run:
 
 
 @pytest.fixture(scope="module")
-def messages(run: Run, tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
+def analyzed(run: Run, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
     out = tmp_path_factory.mktemp("kafka-analyze")
     summary = analyze_to(run.pcap, out)
     assert summary["records"].get("wire.messaging", 0) > 0, summary["records"]
-    return read_jsonl(out / "wire.messaging.jsonl")
+    return out, summary
+
+
+@pytest.fixture(scope="module")
+def messages(analyzed: tuple[Path, dict[str, Any]]) -> list[dict[str, Any]]:
+    return read_jsonl(analyzed[0] / "wire.messaging.jsonl")
 
 
 def _tshark(run: Run) -> list[dict[str, Any]]:
@@ -315,3 +320,31 @@ def test_latency_and_sizes(messages: list[dict[str, Any]]) -> None:
             assert m["response_bytes"] >= 8 and m["latency_us"] >= 0
             assert m["response_ts_us"] >= m["request_ts_us"]
         assert m["parse_error"] is None, m
+
+
+def test_each_api_has_windows_of_its_own(run: Run, analyzed: tuple[Path, dict[str, Any]],
+                                         messages: list[dict[str, Any]]) -> None:
+    """Kafka calls are requests to the broker's service, and each API has its operation
+    windows (protocol kafka): their request counts are the records'. A Fetch's long poll
+    is in its own window's latency, not in the service's."""
+    windows = read_jsonl(analyzed[0] / "wire.service-metrics.jsonl")
+    service = f"127.0.0.1:{run.port}"
+    ops: Counter[str] = Counter()
+    fetch_p99 = 0.0
+    for w in windows:
+        if w.get("scope") == "operation" and w.get("operation_protocol") == "kafka":
+            assert w["operation_service"] == service
+            ops[w["operation"]] += w["requests"]
+            if w["operation"] == "Fetch":
+                fetch_p99 = max(fetch_p99, w["latency_p99_us"] or 0)
+    counted = Counter(m["api"] for m in messages)  # (acks=0 requests too: sent, untimed)
+    assert ops == counted
+    # librdkafka's and kafka-python's fetches wait up to 500 ms for data
+    assert fetch_p99 > 100_000
+    services = [w for w in windows if w["scope"] == "service" and w["service"] == service]
+    assert sum(w["requests"] for w in services) == sum(counted.values())
+    assert max(w["latency_p99_us"] or 0 for w in services) < fetch_p99
+    summary = analyzed[1]["messaging"]
+    assert summary["count"] == len(messages)
+    assert summary["own_traffic"] == sum(m["own_traffic"] for m in messages) > 0
+    assert summary["records_produced"]["orders"] == sum(run.produced.values()) + 1

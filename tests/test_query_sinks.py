@@ -19,7 +19,7 @@ from rich.console import Console
 from wirestream.sinks import console
 from wirestream.sinks.siem import cef_event, ecs_event
 
-from wirestream.topics import CONNECTIONS, DNS, QUERIES, TRANSACTIONS
+from wirestream.topics import CONNECTIONS, DNS, MESSAGING, QUERIES, TRANSACTIONS
 
 SCHEMA = fastavro.parse_schema(json.loads((Path(__file__).parent.parent / "schemas/query.avsc").read_text()))
 LONG_KEY = "session:" + "x" * 80  # a statement longer than the table shows
@@ -240,9 +240,10 @@ def test_the_summary_json() -> None:
     empty = console.summary_json(Result({}))
     assert empty["queries"] == {"count": 0, "by_status": {}, "by_operation": {}, "slowest": []}
     assert list(empty) == ["files", "failed", "records", "connection_states", "flows", "top_trouble", "l7",
-                           "queries", "query_operations", "services", "topology", "alerts", "stages", "stats",
+                           "queries", "query_operations", "messaging", "services", "topology", "alerts", "stages", "stats",
                            "elapsed_s"]
     assert empty["query_operations"] == []
+    assert empty["messaging"]["count"] == 0
     summary = console.summary_json(Result({QUERIES: _queries()}))["queries"]
     assert summary["count"] == 7
     assert summary["by_status"] == {"ok": 3, "error": 3, "no_reply": 1}
@@ -310,7 +311,7 @@ def test_operation_windows_and_their_table() -> None:
     out = Console(record=True, width=200)
     console.print_operations({console.SERVICE_METRICS: records}, 3, out)
     text = out.export_text()
-    assert "Operations (database, cache and gRPC calls) by p99 latency (top 3 of 7)" in text
+    assert "Operations (database, cache, gRPC and Kafka calls) by p99 latency (top 3 of 7)" in text
     rows = [line for line in text.splitlines() if "10.0.0.2:6379" in line]
     assert [[c.strip() for c in line.split("│")[1:-1]][2] for line in rows] == ["LRANGE", "SET", "HGETALL"]
     assert [c.strip() for c in rows[0].split("│")[1:-1]][3:] == ["1", "0", "2.00 s", "2.00 s", "2.00 s"]
@@ -325,3 +326,38 @@ def test_operations_per_service_are_bounded() -> None:
     keys = {observer.operation_key("svc", query(operation=f"CMD{i}")) for i in range(MAX_OPERATIONS_PER_SERVICE + 10)}
     assert len(keys) == MAX_OPERATIONS_PER_SERVICE + 1 and "op:svc>redis:other" in keys
     assert observer.operation_key("svc", query(operation="<script>")) == "op:svc>redis:other"
+
+
+def test_kafka_calls_in_the_summary() -> None:
+    """analyze's Kafka table and ``messaging`` in --json, from wire.messaging records
+    (checked against schemas/messaging.avsc first)."""
+    schema = fastavro.parse_schema(json.loads((Path(__file__).parent.parent / "schemas/messaging.avsc").read_text()))
+
+    def call(api: str, key: int, status: str, latency: int | None, records: int | None = None,
+             error: str | None = None, own: bool = False) -> dict[str, Any]:
+        r = {"message_id": "m", "source_id": "s", "connection_id": "c", "client_ip": "10.0.0.1", "client_port": 4,
+             "server_ip": "10.0.0.2", "server_port": 9092, "protocol": "kafka", "api": api, "api_key": key,
+             "api_version": 9, "correlation_id": 1, "client_id": "wirestream" if own else "app", "own_traffic": own,
+             "topic": "orders", "topics": ["orders"], "records": records, "status": status,
+             "error_code": 3 if error else None, "error": error, "request_bytes": 10, "request_ts_us": 1,
+             "latency_us": latency, "tunnel": []}
+        fastavro.validation.validate(r, schema, raise_errors=True)
+        return r
+
+    calls = [call("Produce", 0, "ok", 2_000, 5), call("Produce", 0, "sent", None, 2),
+             call("Fetch", 1, "ok", 500_000, 7), call("Metadata", 3, "error", 1_000, error="UNKNOWN_TOPIC_OR_PARTITION"),
+             call("Produce", 0, "ok", 1_000, 1, own=True)]
+    summary = console.summary_json(Result({MESSAGING: calls}))["messaging"]
+    assert summary["by_api"] == {"Produce": 3, "Fetch": 1, "Metadata": 1}
+    assert summary["records_produced"] == {"orders": 8} and summary["records_fetched"] == {"orders": 7}
+    assert summary["errors"] == {"UNKNOWN_TOPIC_OR_PARTITION": 1} and summary["own_traffic"] == 1
+    out = Console(record=True, width=160)
+    console.print_messaging({MESSAGING: calls}, out)
+    text = out.export_text()
+    assert "Kafka calls by API (5; wirestream's own: 1)" in text
+    produce = next(line for line in text.splitlines() if "Produce" in line)
+    assert [c.strip() for c in produce.split("│")[1:-1]] == ["Produce", "3", "0", "0", "2.0 ms", "2.0 ms", "8"]
+    assert "Kafka errors: UNKNOWN_TOPIC_OR_PARTITION ×1" in text
+    empty = Console(record=True)
+    console.print_messaging({}, empty)
+    assert empty.export_text() == ""
