@@ -23,12 +23,18 @@ Then ``wirestream analyze`` reads the capture. The referees:
   record's;
 * what the clients did: records produced and consumed per client, the acks=0 requests,
   the missing topic's error, the groups, the compression each producer used.
+
+And through the broker's SASL_SSL listener (TLS, SCRAM-SHA-512): kafka-python logging
+its TLS secrets (Python's ``SSLContext.keylog_filename``), ``analyze --tls-keylog``
+reads the Kafka inside — records marked ``tls``, the SASL calls recorded and their
+authentication bytes never read.
 """
 
 from __future__ import annotations
 
 import shutil
 import signal
+import ssl
 import subprocess
 import time
 from collections import Counter, defaultdict
@@ -348,3 +354,83 @@ def test_each_api_has_windows_of_its_own(run: Run, analyzed: tuple[Path, dict[st
     assert summary["count"] == len(messages)
     assert summary["own_traffic"] == sum(m["own_traffic"] for m in messages) > 0
     assert summary["records_produced"]["orders"] == sum(run.produced.values()) + 1
+
+
+# --- inside TLS: the SASL_SSL listener, with the client's key log ---------------------------
+
+TLS_PASSWORD = "scram-pass-7c1e-not-in-records"
+
+
+class TlsRun:
+    def __init__(self, d: Path) -> None:
+        self.pcap = d / "kafka-tls.pcap"
+        self.keylog = d / "keys.log"
+        self.produced = 0
+        self.consumed = 0
+
+
+@pytest.fixture(scope="module")
+def tls_run(tmp_path_factory: pytest.TempPathFactory) -> TlsRun:
+    from confluent_kafka.admin import AdminClient, NewTopic
+    from kafka_cluster import SecureListeners
+    from tls_certs import issue, make_ca
+
+    kafka_python = import_or_require("kafka")
+    d = tmp_path_factory.mktemp("kafka-tls-protocol")
+    r = TlsRun(d)
+    ca = make_ca(d)
+    cert, key = issue(ca, d, "broker")
+    keystore = d / "broker-keystore.pem"  # Kafka's PEM key store: the key, then the chain
+    keystore.write_text(key.read_text() + cert.read_text())
+    with ApacheKafka(brokers=1, secure=SecureListeners(ca.cert, keystore)) as kafka:
+        kafka.add_scram_user("app", TLS_PASSWORD)
+        kafka.allow_prefixed("User:app", topics=["audit"], groups=["audit"])
+        admin = AdminClient({"bootstrap.servers": kafka.bootstrap})
+        for f in admin.create_topics([NewTopic("audit", 1, 1)]).values():
+            f.result(30)
+        tcpdump = tcpdump_loopback(r.pcap, kafka.scram_ports[0])
+        try:
+            context = ssl.create_default_context(cafile=str(ca.cert))
+            context.keylog_filename = str(r.keylog)  # the client's TLS secrets (NSS key log)
+            common = {"bootstrap_servers": kafka.scram_bootstrap, "security_protocol": "SASL_SSL",
+                      "sasl_mechanism": "SCRAM-SHA-512", "sasl_plain_username": "app",
+                      "sasl_plain_password": TLS_PASSWORD, "ssl_context": context}
+            producer = kafka_python.KafkaProducer(client_id="tls-producer", **common)
+            sent = [producer.send("audit", value=f"{SECRET}-tls-{i}".encode()) for i in range(10)]
+            producer.flush(30)
+            r.produced = sum(f.succeeded() for f in sent)
+            producer.close()
+            consumer = kafka_python.KafkaConsumer("audit", client_id="tls-consumer", group_id="audit",
+                                                  auto_offset_reset="earliest", enable_auto_commit=False, **common)
+            deadline = time.time() + 60
+            while r.consumed < r.produced and time.time() < deadline:
+                r.consumed += sum(len(b) for b in consumer.poll(timeout_ms=500).values())
+            consumer.commit()
+            consumer.close()
+            time.sleep(1.0)
+        finally:
+            stop_process(tcpdump, signal.SIGINT)
+    return r
+
+
+def test_kafka_inside_tls_with_the_clients_key_log(tls_run: TlsRun, tmp_path_factory: pytest.TempPathFactory) -> None:
+    import json
+
+    assert tls_run.produced == tls_run.consumed == 10
+    # without the key log: TLS handshakes, no Kafka
+    plain = tmp_path_factory.mktemp("kafka-tls-nokeys")
+    summary = analyze_to(tls_run.pcap, plain)
+    assert summary["records"].get("wire.tls", 0) > 0 and not summary["records"].get("wire.messaging")
+    out = tmp_path_factory.mktemp("kafka-tls-keys")
+    analyze_to(tls_run.pcap, out, "--tls-keylog", str(tls_run.keylog))
+    messages = read_jsonl(out / "wire.messaging.jsonl")
+    assert messages and all(m["tls"] for m in messages)
+    apis = Counter(m["api"] for m in messages)
+    assert apis["SaslHandshake"] >= 2 and apis["SaslAuthenticate"] >= 4  # SCRAM: two rounds per connection
+    assert all(m["status"] == "ok" for m in messages if m["api"].startswith("Sasl"))
+    produced = sum(m["records"] for m in messages if m["api"] == "Produce" and m["status"] == "ok")
+    fetched = sum(m["records"] or 0 for m in messages if m["api"] == "Fetch" and m["status"] == "ok")
+    assert produced == fetched == 10
+    assert {m["group_id"] for m in messages if m["api"] == "JoinGroup"} == {"audit"}
+    text = json.dumps(messages)
+    assert TLS_PASSWORD not in text and SECRET not in text

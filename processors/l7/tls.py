@@ -114,6 +114,7 @@ from .base import StreamAnalyzer, StreamContext
 from .detect import Verdict, detect
 from .http import HttpAnalyzer
 from .http2 import Http2Analyzer
+from .kafka import KafkaAnalyzer
 from .postgres import PostgresAnalyzer
 from .redis import RedisAnalyzer
 from .tls_names import ALERT_DESCRIPTIONS, CIPHER_SUITES
@@ -168,8 +169,8 @@ PLAINTEXT_DETECT_BUFFER = 4096
 
 
 class DecryptedStream:
-    """The plaintext of one decrypted TLS connection, for the HTTP/1.x, HTTP/2, Redis or
-    PostgreSQL analyser.
+    """The plaintext of one decrypted TLS connection, for the HTTP/1.x, HTTP/2, Redis,
+    PostgreSQL, MySQL or Kafka analyser.
 
     Recognises the protocol from the first plaintext bytes (as :mod:`.session` does for
     cleartext connections), then feeds :class:`~.http.HttpAnalyzer` (or
@@ -220,6 +221,8 @@ class DecryptedStream:
             make, client = PostgresAnalyzer, direction
         elif verdict is Verdict.H2_PREFACE:  # HTTP/2 (ALPN h2): gRPC over TLS, browsers
             make, client = Http2Analyzer, direction
+        elif verdict is Verdict.KAFKA_REQUEST:  # Kafka's SSL and SASL_SSL listeners
+            make, client = KafkaAnalyzer, direction
         else:
             stats["tls_plaintext.unrecognised"] += 1
             self.done = True
