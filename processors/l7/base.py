@@ -65,6 +65,9 @@ class StreamContext:
     #: start); every L7 record of the connection carries it. None in a session restored
     #: from a checkpoint written before the field existed.
     community_id: str | None = None
+    #: What the connections of one partition share (L7Dispatcher.shared): Kafka's topic
+    #: names by topic id (``kafka.topic_names``), learnt from any connection's Metadata.
+    shared: dict[str, Any] = field(default_factory=dict)
 
 
 class StreamAnalyzer:

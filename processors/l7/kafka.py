@@ -40,6 +40,8 @@ from .base import CoreBackedAnalyzer, StreamContext
 MAX_PENDING = KafkaConnection.MAX_PENDING
 #: Client ids of wirestream's own Kafka clients start with this.
 OWN_CLIENT_PREFIX = "wirestream"
+#: Topic ids named per partition at most (StreamContext.shared["kafka.topic_names"])
+MAX_TOPIC_NAMES = 10_000
 
 #: Kafka's error codes (org.apache.kafka.common.protocol.Errors), by code.
 ERRORS: dict[int, str] = dict(enumerate("""
@@ -126,8 +128,24 @@ class KafkaAnalyzer(CoreBackedAnalyzer):
             self.stats["kafka.skipped_bytes"] += skipped - self.skipped[direction]
             self.skipped[direction] = skipped
 
+    def _topic_names(self) -> dict[str, str]:
+        """Topic id (as Kafka prints it) -> name, shared by the partition's connections:
+        a client asks for metadata on one connection and fetches by id on another."""
+        shared = getattr(self.ctx, "shared", None)  # (a context restored from an older checkpoint)
+        if shared is None:
+            shared = self.ctx.shared = {}
+        names = shared.get("kafka.topic_names")
+        if names is None:
+            names = shared["kafka.topic_names"] = {}
+        return names
+
     def _messages(self, messages: list[dict[str, Any]], ts_us: int) -> None:
         for m in messages:
+            if m["topic_ids"]:
+                names = self._topic_names()
+                if len(names) + len(m["topic_ids"]) > MAX_TOPIC_NAMES:
+                    names.clear()  # bounded: the next Metadata responses fill it again
+                names.update(m["topic_ids"])
             if m["parse_error"]:
                 self.stats[f"kafka_parse_error.{m['parse_error']}"] += 1
             if not m["response"]:
@@ -171,6 +189,9 @@ class KafkaAnalyzer(CoreBackedAnalyzer):
         topics = list(req["topics"])
         if resp is not None:  # (a Metadata request for all topics names them in its response)
             topics += [t for t in resp["topics"] if t not in topics]
+        names = self._topic_names()
+        if names:  # topics named by an id another connection's Metadata response named
+            topics = list(dict.fromkeys(names.get(t, t) for t in topics))
         if req["api_key"] == 1 and resp is not None:
             records, record_bytes = resp["records"], resp["record_bytes"]  # Fetch: what came back
             compression = resp["compression"]

@@ -77,6 +77,15 @@ class L7Dispatcher:
         self.emitted[topic] += 1
         self._publish(topic, key, record)
 
+    #: what the partition's connections share (StreamContext.shared); a class default: a
+    #: checkpoint written before it existed restores without it
+    shared: dict[str, Any] | None = None
+
+    def shared_state(self) -> dict[str, Any]:
+        if self.shared is None:
+            self.shared = {}
+        return self.shared
+
     def session(self, ips: tuple[str, str], ports: tuple[int, int], conn: ConnRef,
                 community_id: str | None = None) -> L7Session:
         """The session of a connection whose first payload byte just arrived: its two
@@ -115,6 +124,7 @@ class L7Session:
             options=dispatcher.options,
             stats=dispatcher.stats,
             community_id=community_id,
+            shared=dispatcher.shared_state(),
         )
         self.analyzer: StreamAnalyzer | None = None
         self.held: list[tuple[int, bytes, int]] = []  # chunks seen while detecting

@@ -181,7 +181,8 @@ class DecryptedStream:
         self.outer_emit = ctx.emit
         self.ctx = StreamContext(
             ips=ctx.ips, ports=ctx.ports, connection_id=ctx.connection_id, emit=self.emit,
-            options=ctx.options, stats=ctx.stats, community_id=ctx.community_id)
+            options=ctx.options, stats=ctx.stats, community_id=ctx.community_id,
+            shared=getattr(ctx, "shared", None) or {})
         self.analyzer: StreamAnalyzer | None = None
         self.held: list[tuple[int, bytes, int]] = []
         self.held_bytes = 0

@@ -43,6 +43,7 @@ fn message_dict<'py>(py: Python<'py>, m: &Message) -> PyResult<Bound<'py, PyDict
     d.set_item("errors", m.errors)?;
     d.set_item("throttle_ms", m.throttle_ms)?;
     d.set_item("parse_error", m.parse_error)?;
+    d.set_item("topic_ids", PyList::new(py, &m.topic_ids)?)?;
     Ok(d)
 }
 

@@ -203,6 +203,9 @@ pub fn response(api: i16, v: i16, c: &mut Cur, m: &mut Message, names: &mut Topi
                 let id = if v >= 10 { Some(c.uuid()?) } else { None };
                 if let (Some(name), Some(id)) = (&name, id) {
                     names.learn(id, name.clone());
+                    if m.topic_ids.len() < super::MAX_TOPIC_IDS && id != [0; 16] {
+                        m.topic_ids.push((super::wire::topic_id_text(&id), name.clone()));
+                    }
                 }
                 if let Some(name) = name {
                     m.add_topic(name);

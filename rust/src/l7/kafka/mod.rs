@@ -95,6 +95,10 @@ pub struct Message {
     pub throttle_ms: Option<i32>,
     /// Why the body (or part of it) could not be read.
     pub parse_error: Option<&'static str>,
+    /// A Metadata response's topic ids with their names (id as Kafka prints it, name), at
+    /// most [`MAX_TOPIC_IDS`]: for the analyser to name the ids other connections use.
+    /// (Not in a checkpoint: a whole-read body's message goes out as it is read.)
+    pub topic_ids: Vec<(String, String)>,
 }
 
 fn text(b: &[u8]) -> String {
