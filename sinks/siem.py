@@ -10,7 +10,9 @@ Formats (one record -> one event):
   ``rule.name``/``message`` for alerts, for queries (wire.queries) category ``database``
   with ``event.action``/``event.outcome``/``event.duration``, ``error.message`` and
   ``network.protocol`` (ECS has no ``db.*``: the statement is in ``wirestream.statement``),
-  ``service.name``, and the whole record under ``wirestream``;
+  ``service.name``; for Kafka calls (wire.messaging) the API as ``event.action``, the
+  outcome, the duration, the client id as ``user_agent.name`` and the Kafka error in
+  ``error.*``; and the whole record under ``wirestream``;
 - :func:`cef_event`: ArcSight Common Event Format,
   ``CEF:0|wirestream|wirestream|VERSION|signature|name|severity|extensions``, with CEF's
   escaping (``\\|`` and ``\\\\`` in the header, ``\\=``, ``\\\\`` and ``\\n`` in extension values).
@@ -53,7 +55,16 @@ from typing import Any
 from urllib.parse import urlparse
 
 from wirestream.errors import WirestreamError
-from wirestream.topics import ALERTS, DNS, FLOWS, QUERIES, TLS, TRANSACTIONS, record_time_us
+from wirestream.topics import (
+    ALERTS,
+    DNS,
+    FLOWS,
+    MESSAGING,
+    QUERIES,
+    TLS,
+    TRANSACTIONS,
+    record_time_us,
+)
 
 from .base import BatchSink, Item
 from .jsonl import to_json_line
@@ -150,6 +161,21 @@ def ecs_event(topic: str, record: dict[str, Any]) -> dict[str, Any]:
         if record.get("db_user"):  # the database user the connection logged in as
             doc["user"] = {"name": record["db_user"]}
         doc.setdefault("network", {})["protocol"] = record.get("protocol")
+    elif topic == MESSAGING:
+        # a Kafka call: ECS has no messaging fields either; the API is the action, the
+        # client id ECS's user_agent (what the client calls itself), the Kafka error's name
+        # and code in error.*; topics, group and records stay in wirestream.*
+        doc["event"]["action"] = record.get("api")
+        doc["event"]["outcome"] = QUERY_OUTCOME.get(str(record.get("status")), "unknown")
+        if record.get("status") == "error":
+            doc["event"]["type"] = ["info", "error"]
+        if record.get("latency_us") is not None:
+            doc["event"]["duration"] = record["latency_us"] * 1000  # ns
+        if record.get("error"):
+            doc["error"] = {"message": record["error"], "code": str(record.get("error_code"))}
+        if record.get("client_id"):
+            doc["user_agent"] = {"name": record["client_id"]}
+        doc.setdefault("network", {})["protocol"] = "kafka"
     elif alert:
         doc["rule"] = {"name": record.get("kind")}
         doc["event"]["severity"] = CEF_SEVERITY.get(str(record.get("severity")), 5)
@@ -216,6 +242,12 @@ def cef_event(topic: str, record: dict[str, Any]) -> str:
                    out=record.get("request_bytes"), **{"in": record.get("response_bytes")})
         if record.get("db_user"):
             ext["suser"] = record["db_user"]
+    elif topic == MESSAGING:
+        # cs1: the topics; out/in: the request's and the response's bytes
+        ext.update(app="kafka", act=record.get("api"), outcome=QUERY_OUTCOME.get(str(record.get("status")), "unknown"),
+                   cs1Label="topics", cs1=",".join(record.get("topics") or []), reason=record.get("error"),
+                   requestClientApplication=record.get("client_id"),
+                   out=record.get("request_bytes"), **{"in": record.get("response_bytes")})
     service = record.get("server_service") or (record.get("service") if topic != FLOWS else None)
     if service:
         ext.update(cs2Label="service", cs2=service)

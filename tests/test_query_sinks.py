@@ -361,3 +361,22 @@ def test_kafka_calls_in_the_summary() -> None:
     empty = Console(record=True)
     console.print_messaging({}, empty)
     assert empty.export_text() == ""
+
+
+def test_kafka_calls_in_the_siem_formats() -> None:
+    call = {"message_id": "m", "source_id": "s", "connection_id": "c", "client_ip": "10.0.0.1", "client_port": 40000,
+            "server_ip": "10.0.0.2", "server_port": 9092, "protocol": "kafka", "api": "Metadata", "api_key": 3,
+            "api_version": 12, "correlation_id": 4, "client_id": "billing-svc", "own_traffic": False,
+            "topic": "ghost", "topics": ["ghost", "orders"], "status": "error", "error_code": 3,
+            "error": "UNKNOWN_TOPIC_OR_PARTITION", "errors": 1, "request_bytes": 40, "response_bytes": 90,
+            "request_ts_us": 1_700_000_000_000_000, "latency_us": 1500, "tunnel": []}
+    doc = ecs_event(MESSAGING, call)
+    assert doc["event"]["action"] == "Metadata" and doc["event"]["outcome"] == "failure"
+    assert doc["event"]["duration"] == 1_500_000 and doc["network"]["protocol"] == "kafka"
+    assert doc["error"] == {"message": "UNKNOWN_TOPIC_OR_PARTITION", "code": "3"}
+    assert doc["user_agent"] == {"name": "billing-svc"} and doc["wirestream"]["topics"] == ["ghost", "orders"]
+    cef = cef_event(MESSAGING, call)
+    assert cef.startswith("CEF:0|wirestream|wirestream|")
+    for part in ("app=kafka", "act=Metadata", "outcome=failure", "cs1Label=topics cs1=ghost,orders",
+                 "reason=UNKNOWN_TOPIC_OR_PARTITION", "requestClientApplication=billing-svc", "out=40", "in=90"):
+        assert part in cef, part
