@@ -19,8 +19,14 @@
 //!
 //! Quirks as Redis handles them: a line of RESP must end with CRLF (a lone LF is an
 //! error, except for inline commands, which Redis also ends at a lone LF); lengths are
-//! bounded by Redis's own limits (`proto-max-bulk-len`, 512 MB; at most 2^32 elements);
-//! the streamed RESP3 types (`$?`, `*?`) are rare and not parsed (an error).
+//! bounded by Redis's own limits (`proto-max-bulk-len`, 512 MB; at most 2^32 elements).
+//! RESP3's *streamed* values (the spec's "Streamed strings" and "Streamed aggregates":
+//! no server of Redis's own sends them yet, proxies and other servers may): a string of
+//! unknown length `$?` followed by chunks `;<len>` CRLF, the bytes, CRLF, ended by `;0`;
+//! an aggregate of unknown length (`*?`, `~?`, `%?`, `>?`) whose values are ended by a
+//! `.` line. They are one value each, as if their length had been given (the chunks' bytes
+//! counted, the first [`KEEP_BYTES`] kept; the elements counted as they come). A streamed
+//! attribute, error or verbatim string is not in the spec: an error.
 //!
 //! An error stops the direction: RESP has no resynchronisation point a parser can trust
 //! (a bulk string may hold anything), so nothing more is parsed until a gap resets it
@@ -120,7 +126,8 @@ pub enum ParseError {
     TooDeep,
     /// a line or bulk string not ended by CRLF
     MissingCrlf,
-    /// a streamed RESP3 string or aggregate (`$?`, `*?`)
+    /// a streamed value the spec does not have (`!?`, `=?`, `|?`), or a streamed
+    /// string's chunk header (`;<len>`) or an aggregate's end (`.`) out of place
     Streamed,
 }
 
@@ -167,21 +174,35 @@ pub struct Message {
     pub bytes: u64,
 }
 
-/// An aggregate being read: how many values it still needs.
+/// An aggregate being read: how many values it still needs (a streamed one: how many it
+/// has had, until its `.` line).
 #[derive(Clone, Copy, Debug, PartialEq)]
 struct Frame {
     remaining: u64,
     attribute: bool,
+    streamed: bool,
+    /// a map: two values per element
+    map: bool,
+    seen: u64,
+}
+
+impl Frame {
+    fn sized(remaining: u64, attribute: bool) -> Self {
+        Frame { remaining, attribute, streamed: false, map: false, seen: 0 }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum State {
     /// reading a line (type byte to LF)
     Line,
-    /// reading a bulk string's bytes: how many are left, and its kind
-    Bulk { remaining: u64, kind: Kind },
+    /// reading a bulk string's bytes: how many are left, its kind, whether it is a
+    /// streamed string's chunk
+    Bulk { remaining: u64, kind: Kind, streamed: bool },
     /// the CRLF after a bulk string: how many of its two bytes were read
-    BulkEnd { seen: u8, kind: Kind },
+    BulkEnd { seen: u8, kind: Kind, streamed: bool },
+    /// a streamed string: its next chunk's header line (`;<len>`) is due
+    Streamed { kind: Kind },
 }
 
 /// One direction of a RESP connection.
@@ -247,7 +268,7 @@ impl Stream {
                 continue;
             }
             match self.state {
-                State::Line => {
+                State::Line | State::Streamed { .. } => {
                     let rest = &data[pos..];
                     match rest.iter().position(|&b| b == b'\n') {
                         None => {
@@ -278,16 +299,20 @@ impl Stream {
                         }
                     }
                 }
-                State::Bulk { remaining, kind } => {
+                State::Bulk { remaining, kind, streamed } => {
                     let take = remaining.min((data.len() - pos) as u64) as usize;
                     let keep = KEEP_BYTES.saturating_sub(self.bulk.len()).min(take);
                     self.bulk.extend_from_slice(&data[pos..pos + keep]);
                     pos += take;
                     self.msg.bytes += take as u64;
                     let left = remaining - take as u64;
-                    self.state = if left == 0 { State::BulkEnd { seen: 0, kind } } else { State::Bulk { remaining: left, kind } };
+                    self.state = if left == 0 {
+                        State::BulkEnd { seen: 0, kind, streamed }
+                    } else {
+                        State::Bulk { remaining: left, kind, streamed }
+                    };
                 }
-                State::BulkEnd { seen, kind } => {
+                State::BulkEnd { seen, kind, streamed } => {
                     let want = if seen == 0 { b'\r' } else { b'\n' };
                     if data[pos] != want {
                         self.fail(ParseError::MissingCrlf, out);
@@ -296,7 +321,9 @@ impl Stream {
                     pos += 1;
                     self.msg.bytes += 1;
                     if seen == 0 {
-                        self.state = State::BulkEnd { seen: 1, kind };
+                        self.state = State::BulkEnd { seen: 1, kind, streamed };
+                    } else if streamed {
+                        self.state = State::Streamed { kind }; // the next chunk (its bytes kept on)
                     } else {
                         self.state = State::Line;
                         let value = std::mem::take(&mut self.bulk);
@@ -334,10 +361,22 @@ impl Stream {
 
     /// A whole line, without its LF.
     fn on_line(&mut self, line: &[u8], out: &mut Vec<Result<Message, ParseError>>) -> Result<(), ParseError> {
+        if let State::Streamed { kind } = self.state {
+            return self.chunk_header(kind, line, out);
+        }
         let Some(&t) = line.first() else {
             // An empty line: Redis skips empty inline commands; a RESP value cannot be one.
             return if self.client && self.stack.is_empty() { Ok(()) } else { Err(ParseError::MissingCrlf) };
         };
+        if t == b'.' && line == b".\r" {
+            // the end of a streamed aggregate: a value of its parent (or the message)
+            if !self.stack.last().is_some_and(|f| f.streamed) {
+                return Err(ParseError::Streamed);
+            }
+            self.stack.pop();
+            self.value_done(out);
+            return Ok(());
+        }
         if !starts_value(t) {
             if self.client && self.stack.is_empty() {
                 self.inline(line, out);
@@ -359,6 +398,11 @@ impl Stream {
             b'#' => self.scalar(Kind::Boolean, text, None, out),
             b'(' => self.scalar(Kind::BigNumber, text, None, out),
             b'$' | b'!' | b'=' => {
+                if text == b"?" && t == b'$' {
+                    self.bulk.clear();
+                    self.state = State::Streamed { kind: Kind::Bulk };
+                    return Ok(());
+                }
                 if text.first() == Some(&b'?') {
                     return Err(ParseError::Streamed);
                 }
@@ -374,14 +418,31 @@ impl Stream {
                         _ => Kind::Verbatim,
                     };
                     self.bulk.clear();
-                    self.state = State::Bulk { remaining: n as u64, kind };
+                    self.state = State::Bulk { remaining: n as u64, kind, streamed: false };
                     if n == 0 {
-                        self.state = State::BulkEnd { seen: 0, kind };
+                        self.state = State::BulkEnd { seen: 0, kind, streamed: false };
                     }
                 }
             }
             _ => {
                 // * ~ > % |
+                if text == b"?" && t != b'|' {
+                    let kind = match t {
+                        b'*' => Kind::Array,
+                        b'~' => Kind::Set,
+                        b'>' => Kind::Push,
+                        _ => Kind::Map,
+                    };
+                    if self.stack.is_empty() {
+                        self.msg.kind = Some(kind);
+                        self.msg.elements = 0;
+                    }
+                    if self.stack.len() >= MAX_DEPTH {
+                        return Err(ParseError::TooDeep);
+                    }
+                    self.stack.push(Frame { remaining: 0, attribute: false, streamed: true, map: t == b'%', seen: 0 });
+                    return Ok(());
+                }
                 if text.first() == Some(&b'?') {
                     return Err(ParseError::Streamed);
                 }
@@ -411,9 +472,27 @@ impl Stream {
                     if self.stack.len() >= MAX_DEPTH {
                         return Err(ParseError::TooDeep);
                     }
-                    self.stack.push(Frame { remaining: values, attribute });
+                    self.stack.push(Frame::sized(values, attribute));
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// A streamed string's chunk header (`;<len>`): `;0` ends the string.
+    fn chunk_header(&mut self, kind: Kind, line: &[u8], out: &mut Vec<Result<Message, ParseError>>)
+        -> Result<(), ParseError> {
+        let body = line.strip_suffix(b"\r").ok_or(ParseError::MissingCrlf)?;
+        let Some(text) = body.strip_prefix(b";") else { return Err(ParseError::Streamed) };
+        let n = parse_int(text).ok_or(ParseError::BadLength)?;
+        if n == 0 {
+            self.state = State::Line;
+            let value = std::mem::take(&mut self.bulk);
+            self.scalar(kind, &value, None, out);
+        } else if !(1..=MAX_BULK).contains(&n) {
+            return Err(ParseError::BadLength);
+        } else {
+            self.state = State::Bulk { remaining: n as u64, kind, streamed: true };
         }
         Ok(())
     }
@@ -459,12 +538,21 @@ impl Stream {
     /// message, unless it was an attribute (the message is the value after it).
     fn value_done(&mut self, out: &mut Vec<Result<Message, ParseError>>) {
         loop {
+            let depth = self.stack.len();
             let Some(top) = self.stack.last_mut() else {
                 if self.msg.kind.is_some() {
                     out.push(Ok(std::mem::take(&mut self.msg)));
                 }
                 return;
             };
+            if top.streamed {
+                // counted as they come; its `.` line ends it
+                top.seen += 1;
+                if depth == 1 {
+                    self.msg.elements = if top.map { top.seen / 2 } else { top.seen };
+                }
+                return;
+            }
             top.remaining -= 1;
             if top.remaining > 0 {
                 return;
@@ -484,14 +572,20 @@ impl Stream {
         w.b(self.client);
         match self.state {
             State::Line => w.u8(0),
-            State::Bulk { remaining, kind } => {
+            State::Bulk { remaining, kind, streamed } => {
                 w.u8(1);
                 w.u64(remaining);
                 w.u8(kind.code());
+                w.b(streamed);
             }
-            State::BulkEnd { seen, kind } => {
+            State::BulkEnd { seen, kind, streamed } => {
                 w.u8(2);
                 w.u8(seen);
+                w.u8(kind.code());
+                w.b(streamed);
+            }
+            State::Streamed { kind } => {
+                w.u8(3);
                 w.u8(kind.code());
             }
         }
@@ -500,6 +594,9 @@ impl Stream {
         for f in &self.stack {
             w.u64(f.remaining);
             w.b(f.attribute);
+            w.b(f.streamed);
+            w.b(f.map);
+            w.u64(f.seen);
         }
         w.ou8(self.msg.kind.map(Kind::code));
         w.u64(self.msg.args.len() as u64);
@@ -516,7 +613,9 @@ impl Stream {
         w.b(self.after_lf);
     }
 
-    fn read(r: &mut R) -> Res<Stream> {
+    /// `version`: of the checkpoint (1: before streamed values).
+    fn read(r: &mut R, version: u16) -> Res<Stream> {
+        let v2 = version >= 2;
         let client = r.b()?;
         let kind_of = |c: u8, r: &R| Kind::from_code(c).ok_or_else(|| r.err("bad kind"));
         let state = match r.u8()? {
@@ -524,15 +623,21 @@ impl Stream {
             1 => {
                 let remaining = r.u64()?;
                 let c = r.u8()?;
-                State::Bulk { remaining, kind: kind_of(c, r)? }
+                let streamed = v2 && r.b()?;
+                State::Bulk { remaining, kind: kind_of(c, r)?, streamed }
             }
             2 => {
                 let seen = r.u8()?;
                 let c = r.u8()?;
+                let streamed = v2 && r.b()?;
                 if seen > 1 {
                     return Err(r.err("bad bulk end"));
                 }
-                State::BulkEnd { seen, kind: kind_of(c, r)? }
+                State::BulkEnd { seen, kind: kind_of(c, r)?, streamed }
+            }
+            3 if v2 => {
+                let c = r.u8()?;
+                State::Streamed { kind: kind_of(c, r)? }
             }
             _ => return Err(r.err("bad state")),
         };
@@ -548,7 +653,13 @@ impl Stream {
         for _ in 0..depth {
             let remaining = r.u64()?;
             let attribute = r.b()?;
-            stack.push(Frame { remaining, attribute });
+            let mut f = Frame::sized(remaining, attribute);
+            if v2 {
+                f.streamed = r.b()?;
+                f.map = r.b()?;
+                f.seen = r.u64()?;
+            }
+            stack.push(f);
         }
         let kind = match r.ou8()? {
             Some(c) => Some(kind_of(c, r)?),
@@ -617,8 +728,9 @@ pub struct Connection {
 }
 
 pub const MAGIC: &[u8; 4] = b"WSRS";
-/// Version of the checkpoint bytes: bump it with any change of the fields.
-pub const VERSION: u16 = 1;
+/// Version of the checkpoint bytes: bump it with any change of the fields (2: streamed
+/// values; version 1's are read too).
+pub const VERSION: u16 = 2;
 
 impl Connection {
     pub fn new(client: usize) -> Self {
@@ -636,14 +748,21 @@ impl Connection {
     }
 
     pub fn restore(data: &[u8]) -> Res<Connection> {
-        let body = unframe("RESP connection", MAGIC, VERSION, data)?;
+        // a checkpoint of the version before streamed values restores too
+        let (body, version) = match unframe("RESP connection", MAGIC, VERSION, data) {
+            Ok(body) => (body, VERSION),
+            Err(e) => match unframe("RESP connection", MAGIC, 1, data) {
+                Ok(body) => (body, 1),
+                Err(_) => return Err(e),
+            },
+        };
         let mut r = R::new("RESP connection", body);
         let client = r.u8()? as usize;
         if client > 1 {
             return Err(r.err("bad client direction"));
         }
-        let a = Stream::read(&mut r)?;
-        let b = Stream::read(&mut r)?;
+        let a = Stream::read(&mut r, version)?;
+        let b = Stream::read(&mut r, version)?;
         if !r.done() {
             return Err(r.err("bytes after the state"));
         }

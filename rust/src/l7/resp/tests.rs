@@ -101,7 +101,12 @@ fn errors_stop_the_direction_until_a_gap() {
         (b":12a\r\n", ParseError::BadInteger),
         (b"+OK\n", ParseError::MissingCrlf),
         (b"$3\r\nabcX\r\n", ParseError::MissingCrlf),
-        (b"$?\r\n", ParseError::Streamed),
+        (b"!?\r\n", ParseError::Streamed),
+        (b"|?\r\n", ParseError::Streamed),
+        (b".\r\n", ParseError::Streamed),
+        (b"$?\r\n:1\r\n", ParseError::Streamed),
+        (b"$?\r\n;-3\r\n", ParseError::BadLength),
+        (b"$?\r\n;2\r\nabc\r\n", ParseError::MissingCrlf),
         (b"?\r\n", ParseError::BadType),
         (b"*99999999999\r\n", ParseError::BadLength),
         (b":99999999999999999999\r\n", ParseError::BadInteger),
@@ -200,4 +205,69 @@ fn random_bytes_never_panic_and_stay_bounded() {
             assert_eq!(format!("{:?}", back.streams[0]), format!("{s:?}"));
         }
     }
+}
+
+
+#[test]
+fn streamed_strings_and_aggregates_are_one_value_each() {
+    // the spec's examples: a streamed string of three chunks, a streamed array and map
+    // (https://github.com/redis/redis-specifications/blob/master/protocol/RESP3.md)
+    let data = b"$?\r\n;4\r\nHell\r\n;5\r\no wor\r\n;1\r\nd\r\n;0\r\n*?\r\n:1\r\n:2\r\n:3\r\n.\r\n%?\r\n+a\r\n:1\r\n+b\r\n:2\r\n.\r\n*2\r\n~?\r\n+x\r\n.\r\n$?\r\n;1\r\ny\r\n;0\r\n*?\r\n.\r\n";
+    let out = parse(false, data);
+    assert_eq!(out.len(), 5, "{out:?}");
+    let s = ok(&out[0]);
+    assert_eq!((s.kind, s.args.clone()), (Some(Kind::Bulk), vec![b"Hello word".to_vec()]));
+    let a = ok(&out[1]);
+    assert_eq!((a.kind, a.elements, a.args.len()), (Some(Kind::Array), 3, 3));
+    let m = ok(&out[2]);
+    assert_eq!((m.kind, m.elements), (Some(Kind::Map), 2));
+    // nested: an array of a streamed set and a streamed string
+    let n = ok(&out[3]);
+    assert_eq!((n.kind, n.elements), (Some(Kind::Array), 2));
+    assert_eq!((ok(&out[4]).kind, ok(&out[4]).elements), (Some(Kind::Array), 0));
+    let total: u64 = out.iter().map(|m| ok(m).bytes).sum();
+    assert_eq!(total, data.len() as u64);
+    // a checkpoint in the middle of every one of them
+    for cut in 1..data.len() {
+        let mut c = Connection::new(1);
+        let mut got = Vec::new();
+        c.streams[0].feed(&data[..cut], &mut got);
+        let mut c = Connection::restore(&c.snapshot()).expect("restores");
+        c.streams[0].feed(&data[cut..], &mut got);
+        assert_eq!(got, out, "cut at {cut}");
+    }
+}
+
+#[test]
+fn a_checkpoint_of_the_version_before_streamed_values_restores() {
+    // version 1: a stream in the middle of a bulk string inside an array
+    let mut w = W(Vec::new());
+    w.u8(0); // client direction
+    for client in [true, false] {
+        w.b(client);
+        w.u8(1); // Bulk
+        w.u64(2);
+        w.u8(Kind::Bulk.code());
+        w.bytes(b"");
+        w.u64(1); // one frame
+        w.u64(1);
+        w.b(false);
+        w.ou8(Some(Kind::Array.code()));
+        w.u64(1);
+        w.bytes(b"GET");
+        w.u64(2);
+        w.obytes(None);
+        w.oi64(None);
+        w.u64(17);
+        w.bytes(b"k");
+        w.ou8(None);
+        w.b(false);
+        w.b(false);
+    }
+    let old = frame(MAGIC, 1, &w.0);
+    let mut c = Connection::restore(&old).expect("a version 1 checkpoint restores");
+    let mut out = Vec::new();
+    c.streams[0].feed(b"ey\r\n", &mut out);
+    let m = ok(&out[0]);
+    assert_eq!(m.args, vec![b"GET".to_vec(), b"key".to_vec()]);
 }
