@@ -350,9 +350,13 @@ def test_h2c_upgrade_accepted() -> None:
     c.resp(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n"
            b"\x00\x00\x00\x04\x00\x00\x00\x00\x00")
     c.req(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
-    (r,) = c.close()
+    r, stream1 = c.close()
     assert (r["status"], r["upgrade"]) == (101, "h2c")
     assert c.stats["http_parse_error"] == 0
+    # the rest is HTTP/2 (tests/test_h2c_upgrade.py has a real server): the upgraded
+    # request is its stream 1, unanswered when the connection ended
+    assert (stream1["protocol"], stream1["stream_id"], stream1["method"], stream1["path"]) == ("http/2", 1, "GET", "/")
+    assert stream1["error"] == "no_response" and c.stats["l7_connections.http2_upgraded"] == 1
 
 
 def test_connect_tunnel() -> None:

@@ -29,6 +29,7 @@ from wirestream.topics import TRANSACTIONS
 from ..findings import Finding, RecordWithFindings
 from ..state_codec import StateError
 from .base import StreamAnalyzer, StreamContext
+from .http2 import Http2Analyzer
 
 #: Requests waiting for their response; past this the oldest is dropped (counted).
 MAX_PENDING: int = HttpConnection.MAX_PENDING
@@ -46,6 +47,9 @@ class HttpAnalyzer(StreamAnalyzer):
     """
 
     protocol = "http"
+    #: After ``Upgrade: h2c`` answered 101: the HTTP/2 analyser the rest of the connection
+    #: goes to (a class default: a checkpoint written before it existed restores without it).
+    _h2: Any = None
 
     # The core is state too: its bytes go into a snapshot (_state_prepare) and it is
     # rebuilt from them on restore (_state_restored); processors/state_codec.py.
@@ -71,24 +75,51 @@ class HttpAnalyzer(StreamAnalyzer):
     # -- StreamAnalyzer hooks ------------------------------------------------------------
 
     def on_data(self, direction: int, data: bytes, ts_us: int) -> None:
+        if self._h2 is not None:
+            self._h2.on_data(direction, data, ts_us)
+            return
         out = self._core.data(direction, data, ts_us)
         if out is not None:
             self._done(out)
+            handoff = self._core.take_handoff()
+            if handoff is not None:
+                self._upgrade_to_h2(handoff, ts_us)
 
     def on_gap(self, direction: int, missing: int, ts_us: int) -> None:
+        if self._h2 is not None:
+            self._h2.on_gap(direction, missing, ts_us)
+            return
         out = self._core.gap(direction, missing)
         if out is not None:
             self._done(out)
 
     def tick(self, now_us: int) -> None:
+        if self._h2 is not None:
+            self._h2.tick(now_us)
         out = self._core.tick(now_us)
         if out is not None:
             self._done(out)
 
     def on_close(self, ts_us: int) -> None:
+        if self._h2 is not None:
+            self._h2.on_close(ts_us)
         out = self._core.close()
         if out is not None:
             self._done(out)
+
+    def _upgrade_to_h2(self, handoff: tuple, ts_us: int) -> None:
+        """``Upgrade: h2c`` answered 101: the rest of the connection is HTTP/2 (RFC 7540
+        section 3.2), the upgraded request its stream 1. The 101 is this analyser's
+        record (as Wireshark shows it); the streams are the HTTP/2 analyser's."""
+        method, target, host, req_ts, req_end_ts, req_size, client_bytes, server_bytes = handoff
+        h2 = Http2Analyzer(self.ctx, self.client)
+        h2._core.upgraded(method, target, host, req_ts, req_end_ts, req_size)
+        self._h2 = h2
+        self.stats["l7_connections.http2_upgraded"] += 1
+        if server_bytes:
+            h2.on_data(1 - self.client, server_bytes, ts_us)
+        if client_bytes:
+            h2.on_data(self.client, client_bytes, ts_us)
 
     # -- what the core says, for tests and bounds ------------------------------------------
 

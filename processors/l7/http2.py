@@ -20,8 +20,9 @@ went wrong (``RST_STREAM``, a ``GOAWAY`` that left it unprocessed, an HPACK erro
   ``ttfb_us`` from the request's end to the response's HEADERS.
 
 h2c with prior knowledge (the client's preface: what gRPC sends without TLS) and HTTP/2
-inside decrypted TLS are recognised; HTTP/1.1's ``Upgrade: h2c`` is recorded as the
-HTTP/1 upgrade it is, the HTTP/2 after it not read.
+inside decrypted TLS are recognised; after HTTP/1.1's ``Upgrade: h2c`` answered 101,
+:class:`~.http.HttpAnalyzer` hands the connection over (the upgraded request is stream
+1: ``H2Connection.upgraded``).
 """
 
 from __future__ import annotations

@@ -118,6 +118,21 @@ impl PyH2Connection {
         events(py, &out, self.redact)
     }
 
+    /// The HTTP/1.1 request this connection was upgraded from (`Upgrade: h2c`): stream 1.
+    #[pyo3(signature = (method, path, authority, request_ts_us, request_end_ts_us, request_body))]
+    fn upgraded(&mut self, method: &str, path: &str, authority: Option<&str>, request_ts_us: i64,
+                request_end_ts_us: i64, request_body: u64) {
+        let mut request = vec![
+            (b":method".to_vec(), method.as_bytes().to_vec()),
+            (b":scheme".to_vec(), b"http".to_vec()),
+            (b":path".to_vec(), path.as_bytes().to_vec()),
+        ];
+        if let Some(a) = authority {
+            request.push((b":authority".to_vec(), a.as_bytes().to_vec()));
+        }
+        self.inner.upgraded(request, request_ts_us, request_end_ts_us, request_body);
+    }
+
     fn open_streams(&self) -> usize {
         self.inner.open_streams()
     }

@@ -243,6 +243,19 @@ impl PyHttpConnection {
 
     // -- introspection (tests, bounds) ------------------------------------------------
 
+    /// A switch to HTTP/2 (`Upgrade: h2c` answered 101) made by the last call, taken:
+    /// None, or (method, target, host, request ts, request end ts, request size, the
+    /// client's bytes after the request, the server's after the 101) for the HTTP/2
+    /// analyser (processors/l7/http.py).
+    #[allow(clippy::type_complexity)]
+    fn take_handoff<'py>(&mut self, py: Python<'py>)
+        -> Option<(String, String, Option<String>, i64, i64, u64, Bound<'py, PyBytes>, Bound<'py, PyBytes>)> {
+        let h = self.inner.handoff.take()?;
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        Some((text(&h.method), text(&h.target), h.host.as_deref().map(text), h.req_ts, h.req_end_ts, h.req_size,
+              PyBytes::new(py, &h.client_bytes), PyBytes::new(py, &h.server_bytes)))
+    }
+
     /// Requests waiting for their response.
     fn pending_count(&self) -> usize {
         self.inner.pending.len()

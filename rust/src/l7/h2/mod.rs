@@ -363,6 +363,23 @@ impl Connection {
         Connection { client, dirs, streams: BTreeMap::new(), goaway: None, now: 0 }
     }
 
+    /// An HTTP/1.1 request upgraded to this connection (`Upgrade: h2c` answered 101, RFC
+    /// 7540 section 3.2): it is stream 1, sent and ended by the client; the server's
+    /// response on stream 1 answers it. `request`: its pseudo-header fields.
+    pub fn upgraded(&mut self, request: Vec<(Vec<u8>, Vec<u8>)>, request_ts_us: i64, request_end_ts_us: i64,
+                    request_body: u64) {
+        let mut s = Stream {
+            id: 1,
+            request,
+            request_ts_us,
+            request_end_ts_us: Some(request_end_ts_us),
+            request_body,
+            ..Stream::default()
+        };
+        s.ended[0] = true;
+        self.streams.insert(1, s);
+    }
+
     /// Open streams (for tests and bounds).
     pub fn open_streams(&self) -> usize {
         self.streams.len()

@@ -14,7 +14,8 @@
 //!   a `2xx` response to `CONNECT` is followed by tunnelled bytes, not a body;
 //! - where a close-delimited body ends (the connection's end, [`Connection::close`]);
 //! - what to do with bytes after `101 Switching Protocols` or an accepted `CONNECT`
-//!   (they are not HTTP/1: counted and ignored);
+//!   (they are not HTTP/1: counted and ignored; after a switch to `h2c`, HTTP/2 without
+//!   TLS, they are handed over, [`Connection::handoff`], for the HTTP/2 analyser);
 //! - how to go on after missing bytes ([`Connection::gap`]) or a parse error: the
 //!   transaction in progress ends with `error`, then bytes are dropped until something
 //!   that starts a message (a request line, `HTTP/1.x NNN`, or at a line start a start
@@ -70,6 +71,24 @@ impl Mode {
             Mode::Tunnel => "tunnel",
         }
     }
+}
+
+/// An HTTP/1.1 request upgraded to HTTP/2 (`Upgrade: h2c` answered `101`, RFC 7540
+/// section 3.2): what the HTTP/2 analyser needs to go on. The request is HTTP/2's stream
+/// 1 (its response comes as HTTP/2 frames), and the bytes after the request and after
+/// the 101 are HTTP/2 (the client's preface, the server's SETTINGS...). Taken by the
+/// caller right after the call that made it (never in a checkpoint).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Handoff {
+    pub method: Vec<u8>,
+    pub target: Vec<u8>,
+    pub host: Option<Vec<u8>>,
+    pub req_ts: i64,
+    pub req_end_ts: i64,
+    pub req_size: u64,
+    /// the bytes after the request (the client's) and after the 101 (the server's)
+    pub client_bytes: Vec<u8>,
+    pub server_bytes: Vec<u8>,
 }
 
 /// Why a transaction is incomplete (the record's `error`).
@@ -200,6 +219,8 @@ pub struct Connection {
     pub counts: Vec<(&'static str, u64)>,
     /// Transactions that may have no reference left (freed at the end of a call).
     garbage: Vec<u64>,
+    /// A switch to HTTP/2 (`h2c`) the caller has not taken yet.
+    pub handoff: Option<Handoff>,
 }
 
 impl Connection {
@@ -220,6 +241,7 @@ impl Connection {
             out: Vec::new(),
             counts: Vec::new(),
             garbage: Vec::new(),
+            handoff: None,
         }
     }
 
@@ -735,6 +757,24 @@ impl Connection {
                     return Ok(None);
                 }
                 let ts = self.resp.ts;
+                // a switch to HTTP/2 without TLS: what the HTTP/2 analyser needs of the
+                // request (read before the record takes its fields)
+                let h2c = {
+                    let t = self.txn(id);
+                    (t.upgrade.as_deref() == Some(&b"h2c"[..]) && t.req_done).then(|| Handoff {
+                        method: t.method.clone().unwrap_or_default(),
+                        target: t.url.clone(),
+                        host: t
+                            .req_headers
+                            .iter()
+                            .find(|(n, _)| n.eq_ignore_ascii_case(b"host"))
+                            .map(|(_, v)| v.to_vec()),
+                        req_ts: t.req_ts,
+                        req_end_ts: t.req_end_ts.unwrap_or(t.req_ts),
+                        req_size: t.req_size,
+                        ..Handoff::default()
+                    })
+                };
                 self.finish_response(id, ts);
                 if std::mem::take(&mut self.resp.bogus_101) {
                     return Err("pause_on_connect_upgrade");
@@ -742,6 +782,15 @@ impl Connection {
                 if std::mem::take(&mut self.resp.switch) {
                     // 101 Switching Protocols, or a tunnel after CONNECT: the rest is not
                     // HTTP/1
+                    if let Some(mut h) = h2c {
+                        // HTTP/2 follows: its bytes are handed over, not ignored
+                        h.client_bytes = std::mem::take(&mut self.held);
+                        h.server_bytes = data.get(pos..).unwrap_or_default().to_vec();
+                        self.start_tunnel();
+                        self.count("http_upgrades_h2c", 1);
+                        self.handoff = Some(h);
+                        return Ok(Some(data.len()));
+                    }
                     self.start_tunnel();
                     self.idle(Dir::Resp, data, pos);
                     return Ok(Some(data.len()));
