@@ -6,7 +6,9 @@ MySQL Connector/Python (the pure-Python protocol) runs a known workload: DDL, IN
 with the values in the text (the connector interpolates them), a SELECT of rows, a
 missing table (error 1146), a server-side prepared statement executed twice (the binary
 protocol), a stored procedure returning two result sets, a PING, a wrong password
-(1045), and the ``mariadb`` command-line client over TLS.
+(1045), and the ``mariadb`` command-line client over TLS; and MariaDB Connector/C
+(libmariadb, through ctypes) executing a prepared statement three times with MariaDB's
+metadata caching.
 
 Then ``wirestream analyze`` reads the capture (with and without ``--no-redact``). The
 referees:
@@ -112,6 +114,49 @@ def _server(r: Run, home: Path) -> subprocess.Popen:
     return server
 
 
+def _libmariadb_executes(port: int, sql: str, times: int) -> list[int]:
+    """MariaDB Connector/C (Debian's libmariadb3, through ctypes: no headers needed)
+    prepares ``sql`` and executes it ``times`` times over the binary protocol; the rows
+    each execute returned. Connector/C asks for MariaDB's metadata caching
+    (MARIADB_CLIENT_CACHE_METADATA): the executes after the first come without their
+    column definitions."""
+    import ctypes
+    import ctypes.util
+
+    lib = ctypes.CDLL(ctypes.util.find_library("mariadb") or "libmariadb.so.3")
+    p = ctypes.c_void_p
+    lib.mysql_init.restype = p
+    lib.mysql_init.argtypes = [p]
+    lib.mysql_real_connect.restype = p
+    lib.mysql_real_connect.argtypes = [p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p,
+                                       ctypes.c_uint, ctypes.c_char_p, ctypes.c_ulong]
+    lib.mysql_error.restype = ctypes.c_char_p
+    lib.mysql_error.argtypes = [p]
+    lib.mysql_stmt_init.restype = p
+    lib.mysql_stmt_init.argtypes = [p]
+    lib.mysql_stmt_prepare.argtypes = [p, ctypes.c_char_p, ctypes.c_ulong]
+    for name in ("mysql_stmt_execute", "mysql_stmt_store_result", "mysql_stmt_free_result", "mysql_stmt_close"):
+        getattr(lib, name).argtypes = [p]
+    lib.mysql_stmt_num_rows.restype = ctypes.c_ulonglong
+    lib.mysql_stmt_num_rows.argtypes = [p]
+    lib.mysql_close.argtypes = [p]
+    mysql = lib.mysql_init(None)
+    if not lib.mysql_real_connect(mysql, b"127.0.0.1", USER.encode(), PASSWORD.encode(), DATABASE.encode(), port,
+                                  None, 0):
+        raise AssertionError(f"libmariadb: {lib.mysql_error(mysql)!r}")
+    stmt = lib.mysql_stmt_init(mysql)
+    assert lib.mysql_stmt_prepare(stmt, sql.encode(), len(sql)) == 0, lib.mysql_error(mysql)
+    rows = []
+    for _ in range(times):
+        assert lib.mysql_stmt_execute(stmt) == 0, lib.mysql_error(mysql)
+        assert lib.mysql_stmt_store_result(stmt) == 0, lib.mysql_error(mysql)
+        rows.append(lib.mysql_stmt_num_rows(stmt))
+        lib.mysql_stmt_free_result(stmt)
+    lib.mysql_stmt_close(stmt)
+    lib.mysql_close(mysql)
+    return rows
+
+
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> Run:
     connector = import_or_require("mysql.connector")
@@ -158,6 +203,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Run:
         r.got["procedure_results"] = results
         conn.ping()
         r.ports["connector"] = conn._socket.sock.getsockname()[1]
+        r.got["cached_metadata_rows"] = _libmariadb_executes(r.port, "SELECT id, name FROM items ORDER BY id", 3)
         cur.close()
         conn.close()
         try:
@@ -337,3 +383,13 @@ def test_redacted_records_hold_no_literal_or_password(run: Run, redacted: Path) 
     windows = [w for w in windows if w.get("scope", "service") == "service" and w["service"].endswith(f":{run.port}")]
     assert sum(w["requests"] for w in windows) == len(records)
     assert sum(w["errors_4xx"] for w in windows) == sum(1 for q in records if q["status"] == "error") == 2
+
+
+def test_mariadb_metadata_caching(run: Run, queries: list[dict[str, Any]]) -> None:
+    """Connector/C negotiates MariaDB's metadata caching: the executes after the first
+    answer with a column count saying no definitions follow. Every execute is a record
+    with the rows the client got."""
+    assert run.got["cached_metadata_rows"] == [2, 2, 2]
+    executes = sorted((q for q in queries if q["statement"] == "SELECT id, name FROM items ORDER BY id"
+                       and q["operation"] == "SELECT"), key=lambda q: q["request_ts_us"])
+    assert [(q["status"], q["rows"]) for q in executes[-3:]] == [("ok", 2)] * 3

@@ -73,6 +73,15 @@ const CLIENT_SECURE_CONNECTION: u32 = 0x8000;
 const CLIENT_PLUGIN_AUTH: u32 = 0x8_0000;
 const CLIENT_PLUGIN_AUTH_LENENC: u32 = 0x20_0000;
 const CLIENT_DEPRECATE_EOF: u32 = 0x100_0000;
+/// Capability bit 0: set by MySQL; a MariaDB server (10.2+) clears it to say its
+/// handshake carries MariaDB's extended capabilities (and the client's response, then,
+/// its own), in the last 4 of the handshake's 10 reserved bytes / at byte 28 of the response
+const CLIENT_MYSQL: u32 = 0x1;
+/// MariaDB's MARIADB_CLIENT_CACHE_METADATA (1 << 36: bit 4 of the extended
+/// capabilities, MariaDB 10.6+, asked for by Connector/C 3.3+): a result set's column
+/// count is followed by a byte saying whether its column definitions follow; a prepared
+/// statement's executes leave them out (the prepare sent them)
+const MARIADB_CLIENT_CACHE_METADATA: u32 = 1 << 4;
 const SERVER_MORE_RESULTS_EXISTS: u16 = 0x8;
 
 /// Commands a client sends (COM_SLEEP .. COM_RESET_CONNECTION, and MariaDB's bulk execute).
@@ -417,6 +426,10 @@ pub struct Connection {
     statements: VecDeque<(u32, Vec<u8>, bool)>,
     /// the server's capabilities (its handshake's), to be and-ed with the client's
     server_caps: u32,
+    /// MariaDB's extended capabilities of the server (0 from a MySQL server)
+    server_ext_caps: u32,
+    /// MariaDB's metadata caching agreed: column counts carry a "metadata follows" byte
+    cache_metadata: bool,
     /// CLIENT_COMPRESS agreed: nothing after the login can be read
     compressed: bool,
     /// whether result sets and prepares go without EOF packets (CLIENT_DEPRECATE_EOF):
@@ -449,6 +462,8 @@ impl Connection {
             login: None,
             statements: VecDeque::new(),
             server_caps: 0,
+            server_ext_caps: 0,
+            cache_metadata: false,
             compressed: false,
             deprecate_eof: None,
             broken: None,
@@ -501,6 +516,7 @@ impl Connection {
         let mut c = Connection::new(self.client, true);
         c.phase = Phase::Response;
         c.server_caps = self.server_caps;
+        c.server_ext_caps = self.server_ext_caps;
         c.login = self.login.clone();
         c
     }
@@ -650,6 +666,13 @@ impl Connection {
             login.plugin = cstr(d, &mut pos);
         }
         self.deprecate_eof = Some(caps & self.server_caps & CLIENT_DEPRECATE_EOF != 0);
+        // capabilities (4), max packet (4), charset (1), reserved (19), MariaDB's extended (4)
+        let client_ext = if caps & CLIENT_MYSQL == 0 {
+            crate::bytes::array::<4>(d, 28).map(u32::from_le_bytes).unwrap_or(0)
+        } else {
+            0
+        };
+        self.cache_metadata = client_ext & self.server_ext_caps & MARIADB_CLIENT_CACHE_METADATA != 0;
         self.compressed = caps & self.server_caps & CLIENT_COMPRESS != 0;
         if let Some(prev) = self.login.take() {
             // the server's handshake named a plugin; the client's choice wins
@@ -739,6 +762,10 @@ impl Connection {
                 let high = crate::bytes::array::<2>(d, pos + 5).map(u16::from_le_bytes).unwrap_or(0) as u32;
                 self.server_caps = low | high << 16;
                 pos += 2 + 1 + 2 + 2;
+                // a MariaDB server's extended capabilities: the reserved bytes' last 4
+                if low & CLIENT_MYSQL == 0 {
+                    self.server_ext_caps = crate::bytes::array::<4>(d, pos + 1 + 6).map(u32::from_le_bytes).unwrap_or(0);
+                }
                 let scramble = d.get(pos).copied().unwrap_or(0) as usize;
                 pos += 1 + 10 + scramble.saturating_sub(8).max(13);
                 let plugin = cstr(d, &mut pos);
@@ -850,7 +877,10 @@ impl Connection {
                     match lenenc(&p.payload, &mut pos) {
                         Some(n) if n > 0 => {
                             head.results += 1;
-                            self.resp = Resp::Columns(n);
+                            // MariaDB's metadata caching: 0 after the count, no column
+                            // definitions follow (an EOF still does, without DEPRECATE_EOF)
+                            let defined = !self.cache_metadata || p.payload.get(pos) != Some(&0);
+                            self.resp = if defined { Resp::Columns(n) } else { Resp::ColumnsEnd };
                         }
                         _ => self.fail(ParseError::BadResponse, out),
                     }
@@ -1009,6 +1039,9 @@ impl Connection {
         w.b(self.resync[1]);
         w.u64(self.skipped);
         w.i64(self.now);
+        // (added after version 1's first layout: a checkpoint without them restores)
+        w.u32(self.server_ext_caps);
+        w.b(self.cache_metadata);
         frame(MAGIC, VERSION, &w.0)
     }
 
@@ -1059,13 +1092,13 @@ impl Connection {
         let resync = [r.b()?, r.b()?];
         let skipped = r.u64()?;
         let now = r.i64()?;
+        let (server_ext_caps, cache_metadata) = if r.done() { (0, false) } else { (r.u32()?, r.b()?) };
         if !r.done() {
             return Err(r.err("bytes after the state"));
         }
         Ok(Connection {
-            client, phase, framers, pending, resp, login, statements, server_caps, compressed, deprecate_eof, broken,
-            resync,
-            skipped, now,
+            client, phase, framers, pending, resp, login, statements, server_caps, server_ext_caps, cache_metadata,
+            compressed, deprecate_eof, broken, resync, skipped, now,
         })
     }
 }
