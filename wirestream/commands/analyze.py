@@ -22,7 +22,8 @@ Replay capture files (pcap or pcapng, optionally gzip-compressed) through Kafka 
 processors, wait until every packet has been processed, then print the connections
 ranked by trouble, the HTTP/1.x and HTTP/2 transactions (gRPC calls with their status),
 DNS queries, TLS handshakes, Redis, PostgreSQL and MySQL calls (wire.queries, with
-per-operation latency percentiles) found in them, and every stage's counters.
+per-operation latency percentiles), Kafka requests per API (wire.messaging) found in
+them, and every stage's counters.
 
 Link types: Ethernet (with 802.1Q/QinQ tags), Linux cooked v1/v2, raw IP, BSD null and
 loopback, PPP (and in HDLC framing), PPPoE, Cisco HDLC, FDDI, 802.11 (plain, radiotap,
