@@ -320,25 +320,22 @@ class Observer:
                 self._add((*row[:3], key, *row[4:12], "", row[13]))
         elif topic == QUERIES:
             # the same call, counted again in its operation's window (per-operation percentiles)
-            self._add((*row[:3], self.operation_key(row[3], record), *row[4:12], "", row[13]))
+            key = self.operation_key(row[3], record["protocol"], record["operation"])
+            self._add((*row[:3], key, *row[4:12], "", row[13]))
         elif topic == MESSAGING:
             # the same call in its API's window (protocol kafka, operation Produce, Fetch...),
             # with its latency (a Fetch's too: its long polls are that window's to show)
-            key = self.operation_key(row[3], {"protocol": "kafka", "operation": record["api"]})
+            key = self.operation_key(row[3], "kafka", record["api"])
             latency = -1 if record["latency_us"] is None else record["latency_us"]
             self._add((*row[:3], key, *row[4:8], latency, *row[9:12], "", row[13]))
         elif topic == TRANSACTIONS and record.get("grpc_service"):
             # a gRPC call: its method's window (protocol grpc, operation package.Service/Method)
-            key = self.operation_key(row[3], {"protocol": "grpc",
-                                              "operation": f"{record['grpc_service']}/{record['grpc_method']}"})
+            key = self.operation_key(row[3], "grpc", f"{record['grpc_service']}/{record['grpc_method']}")
             self._add((*row[:3], key, *row[4:12], "", row[13]))
 
-    def operation_key(self, service: str, record: dict[str, Any]) -> str:
-        """The window key of a call's operation, ``op:SERVICE>PROTOCOL:OPERATION`` (its
-        ``protocol`` and ``operation``): at most :data:`MAX_OPERATIONS_PER_SERVICE` per
-        service, the rest ``PROTOCOL:other``."""
-        protocol = record["protocol"]
-        operation = record["operation"]
+    def operation_key(self, service: str, protocol: str, operation: str) -> str:
+        """The window key of a call's operation, ``op:SERVICE>PROTOCOL:OPERATION``: at
+        most :data:`MAX_OPERATIONS_PER_SERVICE` per service, the rest ``PROTOCOL:other``."""
         if not _OPERATION_NAME.fullmatch(operation):
             operation = "other"
         key = f"{OPERATION}{service}>{protocol}:{operation}"

@@ -294,7 +294,7 @@ def _operation_windows(queries: list[dict[str, Any]]) -> list[dict[str, Any]]:
         row = OBSERVE[QUERIES](q)
         if row is None:
             continue
-        key = observer.operation_key(service_of(q), q)
+        key = observer.operation_key(service_of(q), q["protocol"], q["operation"])
         windows.setdefault(key, Window(1_700_000_000_000_000, 10_000_000)).add((*row[:3], key, *row[4:]), Thresholds())
     return [w.record("run-1", key) for key, w in windows.items()]
 
@@ -323,9 +323,9 @@ def test_operations_per_service_are_bounded() -> None:
     from wirestream.processors.observations import MAX_OPERATIONS_PER_SERVICE, Observer
 
     observer = Observer(lambda *a: None, "run-1", 0, 1, 1)
-    keys = {observer.operation_key("svc", query(operation=f"CMD{i}")) for i in range(MAX_OPERATIONS_PER_SERVICE + 10)}
+    keys = {observer.operation_key("svc", "redis", f"CMD{i}") for i in range(MAX_OPERATIONS_PER_SERVICE + 10)}
     assert len(keys) == MAX_OPERATIONS_PER_SERVICE + 1 and "op:svc>redis:other" in keys
-    assert observer.operation_key("svc", query(operation="<script>")) == "op:svc>redis:other"
+    assert observer.operation_key("svc", "redis", "<script>") == "op:svc>redis:other"
 
 
 def test_kafka_calls_in_the_summary() -> None:
