@@ -148,12 +148,7 @@ def ecs_event(topic: str, record: dict[str, Any]) -> dict[str, Any]:
         # ECS 8.11 has no db.* field set: the call is a "database" event whose action is the
         # command; its statement (redacted) and target stay in wirestream.*
         doc["event"]["category"] = ["database", "network"]
-        doc["event"]["action"] = record.get("operation")
-        doc["event"]["outcome"] = QUERY_OUTCOME.get(str(record.get("status")), "unknown")
-        if record.get("status") == "error":
-            doc["event"]["type"] = ["info", "error"]
-        if record.get("latency_us") is not None:
-            doc["event"]["duration"] = record["latency_us"] * 1000  # ns
+        _call(doc, record, record.get("operation"))
         if record.get("error"):
             doc["error"] = {"message": record["error"]}
             if record.get("error_code"):  # SQLSTATE, Redis's error prefix
@@ -165,12 +160,7 @@ def ecs_event(topic: str, record: dict[str, Any]) -> dict[str, Any]:
         # a Kafka call: ECS has no messaging fields either; the API is the action, the
         # client id ECS's user_agent (what the client calls itself), the Kafka error's name
         # and code in error.*; topics, group and records stay in wirestream.*
-        doc["event"]["action"] = record.get("api")
-        doc["event"]["outcome"] = QUERY_OUTCOME.get(str(record.get("status")), "unknown")
-        if record.get("status") == "error":
-            doc["event"]["type"] = ["info", "error"]
-        if record.get("latency_us") is not None:
-            doc["event"]["duration"] = record["latency_us"] * 1000  # ns
+        _call(doc, record, record.get("api"))
         if record.get("error"):
             doc["error"] = {"message": record["error"], "code": str(record.get("error_code"))}
         if record.get("client_id"):
@@ -200,6 +190,16 @@ def ecs_event(topic: str, record: dict[str, Any]) -> dict[str, Any]:
         doc["service"] = {"name": service}
     doc["wirestream"] = _plain(record)
     return doc
+
+
+def _call(doc: dict[str, Any], record: dict[str, Any], action: str | None) -> None:
+    """A call with a reply (wire.queries, wire.messaging): its action, outcome, duration."""
+    doc["event"]["action"] = action
+    doc["event"]["outcome"] = QUERY_OUTCOME.get(str(record.get("status")), "unknown")
+    if record.get("status") == "error":
+        doc["event"]["type"] = ["info", "error"]
+    if record.get("latency_us") is not None:
+        doc["event"]["duration"] = record["latency_us"] * 1000  # ns
 
 
 def _syscall_calls(record: dict[str, Any]) -> dict[str, int]:
