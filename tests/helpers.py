@@ -297,13 +297,13 @@ class RecordingPublisher:
 # --- the L7 protocol tests: a capture of a real server's port, analysed, and tshark's view
 
 
-def tcpdump_loopback(pcap: Path, port: int) -> subprocess.Popen:
-    """tcpdump on ``lo`` for ``tcp port PORT``, once it listens (and a moment more: it
+def tcpdump_loopback(pcap: Path, port: int, *more_ports: int) -> subprocess.Popen:
+    """tcpdump on ``lo`` for ``tcp port PORT`` (or any of ``more_ports``), once it listens (and a moment more: it
     says so before its filter is in). Immediate mode (each packet handed over as it
     comes: nothing left in the ring at Ctrl-C) and a 64 MB buffer (a loaded machine must
     not drop a burst). Stop it with ``stop_process(proc, signal.SIGINT)``."""
     proc = subprocess.Popen([shutil.which("tcpdump") or "tcpdump", "-i", "lo", "--immediate-mode", "-U", "-B",
-                             "65536", "-w", str(pcap), f"tcp port {port}"],
+                             "65536", "-w", str(pcap), " or ".join(f"tcp port {p}" for p in (port, *more_ports))],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     assert proc.stderr is not None
     said = proc.stderr.readline()

@@ -17,7 +17,8 @@ starting with a digit) makes it the server; mid-connection, a whole ``COM_QUERY`
 (sequence 0, command 3, printable SQL, the length agreeing) makes the sender the client
 (Wireshark decides ``mysql`` by port 3306). A Kafka client's request is a frame (a
 big-endian int32 size) whose header names an API Kafka has (a key of 0 to 94 and a
-version of at most 40), a correlation id and a client id of printable bytes (or none);
+version of at most two above Kafka 4.4's highest for it), a correlation id and a client
+id of printable bytes (or none; not empty);
 a capture that starts mid-connection recognises the client's next request (Wireshark
 decides ``kafka`` by port 9092).
 """
@@ -28,7 +29,7 @@ import re
 from enum import Enum
 
 from wirestream._core import (
-    kafka_api_name,  # rust/src/l7/kafka/apis.rs
+    kafka_api,  # rust/src/l7/kafka/apis.rs
     looks_like_tls_client_hello,  # rust/src/l7/tls/record.rs
 )
 
@@ -141,27 +142,35 @@ _KAFKA_MAX_FRAME = 256 * 1024 * 1024
 _KAFKA_HEAD = 14
 
 
+def _kafka_version(key: int, version: int) -> bool:
+    """A version a client of API ``key`` could send (at most two above Kafka 4.4's highest)."""
+    api = kafka_api(key)
+    return api is not None and 0 <= version <= api[1] + 2
+
+
 def _kafka(data: bytes) -> Verdict:
     """A Kafka request's frame, if ``data`` starts with one (``data[0]`` < 16: a size
-    below 256 MB): the header of an API Kafka has, a client id of printable bytes."""
+    below 256 MB): the header of an API Kafka has, in a version it has, and a client id
+    of printable bytes (or none; not empty: a response read as a request's header, as a
+    capture that starts mid-connection may first show, often gives a length of 0)."""
     if len(data) < _KAFKA_HEAD:
         # worth waiting for only as a small request (a connection's first: ApiVersions,
         # Metadata), whose size and header agree so far
         head = data.ljust(_KAFKA_HEAD, b"\0")
         size = int.from_bytes(head[:4], "big")
         plausible = (head[1] == 0 and (len(data) < 4 or size >= 10)
-                     and kafka_api_name(int.from_bytes(head[4:6], "big", signed=True)) is not None
-                     and int.from_bytes(head[6:8], "big") <= 40)
+                     and (len(data) < 8 or _kafka_version(int.from_bytes(head[4:6], "big", signed=True),
+                                                          int.from_bytes(head[6:8], "big", signed=True))))
         return Verdict.NEED_MORE if plausible else Verdict.UNKNOWN
     size = int.from_bytes(data[:4], "big")
     key = int.from_bytes(data[4:6], "big", signed=True)
     version = int.from_bytes(data[6:8], "big", signed=True)
-    if not 10 <= size <= _KAFKA_MAX_FRAME or kafka_api_name(key) is None or not 0 <= version <= 40:
+    if not 10 <= size <= _KAFKA_MAX_FRAME or not _kafka_version(key, version):
         return Verdict.UNKNOWN
     id_length = int.from_bytes(data[12:14], "big", signed=True)
     if id_length == -1:
         return Verdict.KAFKA_REQUEST
-    if id_length < 0 or id_length > size - 10:
+    if id_length <= 0 or id_length > size - 10:
         return Verdict.UNKNOWN
     client_id = data[14:14 + id_length]
     if not all(0x20 <= c < 0x7F for c in client_id):

@@ -84,7 +84,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<python_mysql::PyMysqlConnection>()?;
     m.add_class::<python_h2::PyH2Connection>()?;
     m.add_class::<python_kafka::PyKafkaConnection>()?;
-    m.add_function(wrap_pyfunction!(python_kafka::kafka_api_name, m)?)?;
+    m.add_function(wrap_pyfunction!(python_kafka::kafka_api, m)?)?;
     m.add_function(wrap_pyfunction!(python_pgsql::redact_sql, m)?)?;
     m.add_class::<python_tls::PyKeyLog>()?;
     m.add_function(wrap_pyfunction!(python_tls::looks_like_tls_client_hello, m)?)?;

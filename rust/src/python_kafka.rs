@@ -109,8 +109,8 @@ impl PyKafkaConnection {
     }
 }
 
-/// The name of a Kafka API key, if it is one.
+/// A Kafka API key's name and the highest version Kafka 4.4 speaks, if it is one.
 #[pyfunction]
-pub fn kafka_api_name(key: i16) -> Option<&'static str> {
-    apis::name(key)
+pub fn kafka_api(key: i16) -> Option<(&'static str, i16)> {
+    Some((apis::name(key)?, apis::highest(key)?))
 }
