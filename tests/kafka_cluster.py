@@ -360,7 +360,9 @@ class ApacheKafka:
                 continue  # formatted before (a kept directory)
             # all nodes at once: each format is a JVM start (~1 s of CPU)
             formats.append((i, subprocess.Popen(
-                self._jvm("kafka.tools.StorageTool", "format", "--ignore-formatted", "-t", cluster_id,
+                # (--cluster-id=ID: an id may start with "-", which a separate argument
+                # would make an option: "expected one argument")
+                self._jvm("kafka.tools.StorageTool", "format", "--ignore-formatted", f"--cluster-id={cluster_id}",
                           "-c", str(props), log4j=node / "log4j2.properties"),
                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, preexec_fn=_kill_when_parent_dies)))
         for i, proc in formats:
