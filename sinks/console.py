@@ -51,8 +51,13 @@ SUMMARY_FIELDS: dict[str, frozenset[str]] = {
     QUERIES: frozenset({"client_ip", "client_port", "server_ip", "server_port", "protocol", "operation",
                         "statement", "status", "error", "latency_us", "rows"}),
     MESSAGING: frozenset({"api", "client_id", "own_traffic", "topic", "status", "error", "latency_us", "records",
-                          "api_key", "acks"}),
+                          "api_key", "acks", "client_ip", "client_port", "server_ip", "server_port", "error_code"}),
 }
+#: The identity fields the HTML report's map names nodes by (sinks/html_report.py)
+_NODE_FIELDS = frozenset({"client_workload", "client_namespace", "server_service", "server_workload",
+                          "server_namespace"})
+for _topic in (TRANSACTIONS, QUERIES, MESSAGING):
+    SUMMARY_FIELDS[_topic] = SUMMARY_FIELDS[_topic] | _NODE_FIELDS
 
 
 def preload() -> None:
