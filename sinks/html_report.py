@@ -253,15 +253,18 @@ def _cell(v: Any) -> Any:
     return str(v)
 
 
-def render(data: dict[str, Any]) -> str:
-    """The HTML page: the data as JSON (``</`` escaped), the script and the styles inline."""
+def render(data: dict[str, Any], live: bool = False) -> str:
+    """The HTML page: the data as JSON (``</`` escaped), the script and the styles inline.
+    ``live``: the page may fetch ``data.json`` from where it came from (wirestream ui),
+    nothing else."""
     blob = json.dumps(data, separators=(",", ":"), ensure_ascii=False).replace("</", "<\\/")
+    connect = " connect-src 'self';" if live else ""
     here = Path(__file__).parent
     script = (here / "html_report.js").read_text()
     style = (here / "html_report.css").read_text()
     return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\n"
             "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; "
-            "script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src data:\">\n"
+            f"script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src data:;{connect}\">\n"
             f"<title>{html.escape(data['title'])}</title>\n<style>{style}</style></head>\n"
             f"<body>\n<script type=\"application/json\" id=\"report-data\">{blob}</script>\n"
             f"<script>{script}</script>\n</body></html>\n")

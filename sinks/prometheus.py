@@ -40,6 +40,7 @@ import logging
 import socket
 import ssl
 import threading
+import urllib.parse
 from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
@@ -147,12 +148,15 @@ def check_exposure(host: str, port: int, token: str, tls: bool, allow_unauthenti
 
 
 def serve_http(host: str, port: int, routes: dict[str, Callable[[], tuple[str, bytes]]], token: str = "",
-               cert: str | None = None, key: str | None = None, name: str = "http") -> http.server.HTTPServer:
+               cert: str | None = None, key: str | None = None, name: str = "http",
+               token_in_query: bool = False) -> http.server.HTTPServer:
     """Serve GET ``routes`` (path -> () -> (content type, body)) on ``host:port`` in a
     thread: over HTTPS with ``cert``/``key``, and only to requests that carry
-    ``Authorization: Bearer TOKEN`` when ``token`` is set (401 otherwise). The caller
-    checks the exposure first (:func:`check_exposure`). Raises ``ValueError`` for a
-    certificate that cannot be used, ``OSError`` for an address that cannot be bound."""
+    ``Authorization: Bearer TOKEN`` when ``token`` is set (401 otherwise) — or, with
+    ``token_in_query`` (a page a browser opens: it sends no such header), ``?token=TOKEN``
+    in the URL. The caller checks the exposure first (:func:`check_exposure`). Raises
+    ``ValueError`` for a certificate that cannot be used, ``OSError`` for an address that
+    cannot be bound."""
     ctx = None
     if cert is not None or key is not None:
         if cert is None:
@@ -169,8 +173,18 @@ def serve_http(host: str, port: int, routes: dict[str, Callable[[], tuple[str, b
     class Handler(http.server.BaseHTTPRequestHandler):
         timeout = 30  # a client that connects and says nothing (or no TLS) does not hold a thread forever
 
+        def allowed(self) -> bool:
+            if not expected:
+                return True
+            if hmac.compare_digest(self.headers.get("Authorization", "").encode(), expected):
+                return True
+            if token_in_query:
+                given = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query).get("token", [""])[0]
+                return hmac.compare_digest(f"Bearer {given}".encode(), expected)
+            return False
+
         def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
-            if expected and not hmac.compare_digest(self.headers.get("Authorization", "").encode(), expected):
+            if not self.allowed():
                 self.send_response(401)
                 self.send_header("WWW-Authenticate", 'Bearer realm="wirestream"')
                 self.send_header("Content-Length", "0")

@@ -24,10 +24,11 @@ from wirestream.commands import (
     replay,
     sink,
     tail,
+    ui,
 )
 
 #: in the order ``wirestream --help`` lists them
 COMMANDS = (analyze, capture, broker, produce, process, chains, percentiles, doctor, k8s_watch, replay, sink,
-            plugin, tail)
+            ui, plugin, tail)
 
 __all__ = ["COMMANDS"]
