@@ -81,7 +81,7 @@ def test_every_command_is_there() -> None:
         ("analyze",), ("capture",), ("broker",), ("produce",), ("produce", "pcap"), ("produce", "live"),
         ("produce", "drops"), ("produce", "tls-plaintext"),
         ("process",), ("chains",), ("chain",), ("percentiles",), ("doctor",), ("k8s-watch",), ("replay",), ("sink",),
-        ("sink", "parquet"), ("sink", "siem"), ("sink", "prometheus"), ("sink", "zeek"), ("plugin",),
+        ("sink", "parquet"), ("sink", "siem"), ("sink", "prometheus"), ("sink", "zeek"), ("ui",), ("plugin",),
         ("plugin", "list"),
         ("plugin", "run"), ("tail",),
     ]
