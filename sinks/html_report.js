@@ -125,7 +125,8 @@
     // --- time series -----------------------------------------------------------------------
     const series = el("section", { id: "series" }, el("h2", {}, "Over time, per service"),
       source("wire.service-metrics (scope service): one point per window at window_start_ts_us — requests " +
-        "(blue), errors_4xx + errors_5xx (red dots), latency_p99_us (orange, its own scale); wire.alerts at their " +
+        "(blue), errors_4xx + errors_5xx (red dots), latency_p99_us (orange) and latency_p50_us (orange, dashed) on " +
+        "their own scale, retransmission_rate (purple, its own scale); wire.alerts at their " +
         "ts_us (red lines), on the same time axis for every service."));
     let t0 = Infinity, t1 = -Infinity;
     for (const s of D.series) for (const p of s.points) { t0 = Math.min(t0, p.t); t1 = Math.max(t1, p.t); }
@@ -154,6 +155,14 @@
       chart.append(sv("polyline", { class: "req", points: s.points.map((p) => `${x(p.t)},${y(count(p))}`).join(" ") }));
       chart.append(sv("polyline", { class: "p99", points: s.points.filter((p) => p.latency_p99_us !== null)
         .map((p) => `${x(p.t)},${y2(p.latency_p99_us)}`).join(" ") }));
+      chart.append(sv("polyline", { class: "p50", points: s.points.filter((p) => p.latency_p50_us !== null)
+        .map((p) => `${x(p.t)},${y2(p.latency_p50_us)}`).join(" ") }));
+      const maxRt = Math.max(...s.points.map((p) => p.retransmission_rate || 0));
+      if (maxRt > 0) {
+        const y3 = (v) => H - B - (H - B - T) * 0.5 * v / maxRt;  // (its own scale, the lower half)
+        chart.append(sv("polyline", { class: "retrans", points: s.points.map((p) =>
+          `${x(p.t)},${y3(p.retransmission_rate || 0)}`).join(" ") }));
+      }
       for (const p of s.points) {
         const c = sv("circle", { class: "point", cx: x(p.t), cy: y(count(p)), r: 2.5 });
         c.append(sv("title", {}, `${new Date(p.t / 1000).toISOString()}: ${p.requests} requests, ${p.connections} ` +

@@ -110,8 +110,10 @@ def _failed(topic: str, r: dict[str, Any]) -> bool:
     return r.get("status") == "error"
 
 
-def build(records: dict[str, list[dict[str, Any]]], title: str) -> dict[str, Any]:
-    """The report's data: the map, the series, the alerts and the tables."""
+def build(records: dict[str, list[dict[str, Any]]], title: str,
+          stats: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The report's data: the map, the series, the alerts and the tables (with the
+    stages' counters when ``stats``, the run's wire.stats reports, are given)."""
     edges: dict[tuple[str, str], _Edge] = {}
 
     def edge(r: dict[str, Any]) -> _Edge:
@@ -173,7 +175,7 @@ def build(records: dict[str, list[dict[str, Any]]], title: str) -> dict[str, Any
         "alerts": [{"t": a.get("ts_us"), "service": a.get("service"), "kind": a.get("kind"),
                     "severity": a.get("severity"), "summary": a.get("summary")}
                    for a in sorted(records.get(ALERTS, []), key=lambda a: a.get("ts_us") or 0)][:TABLE_ROWS],
-        "tables": _tables(records),
+        "tables": _tables(records) + _services_table(records.get(SERVICE_METRICS, [])) + _counters_table(stats),
     }
 
 
@@ -193,8 +195,8 @@ def _series(windows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     busiest = sorted(by_service.items(), key=lambda kv: -sum(w["requests"] + w["connections"] for w in kv[1]))
     return [{"service": service, "points": [
         {"t": w["window_start_ts_us"], "requests": w["requests"], "connections": w["connections"],
-         "errors": w["errors_4xx"] + w["errors_5xx"], "latency_p99_us": w.get("latency_p99_us"),
-         "retransmission_rate": w.get("retransmission_rate")}
+         "errors": w["errors_4xx"] + w["errors_5xx"], "latency_p50_us": w.get("latency_p50_us"),
+         "latency_p99_us": w.get("latency_p99_us"), "retransmission_rate": w.get("retransmission_rate")}
         for w in sorted(ws, key=lambda w: w["window_start_ts_us"])]} for service, ws in busiest[:MAX_SERIES]]
 
 
@@ -245,6 +247,48 @@ def _tables(records: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
     return out
 
 
+def _services_table(windows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per service over its windows (as analyze's "Services" table)."""
+    rows: dict[str, list[Any]] = {}
+    for w in windows:
+        if w.get("scope", "service") != "service":
+            continue
+        r = rows.setdefault(w["service"], [w["service"], 0, 0, 0, 0, 0, None, None])
+        r[1] += 1
+        r[2] += w["connections"]
+        r[3] += w["requests"]
+        r[4] += w["errors_4xx"]
+        r[5] += w["errors_5xx"]
+        if w.get("latency_p99_us") is not None:
+            r[6] = max(r[6] or 0, w["latency_p99_us"])
+        if w.get("health") in _BAND and (r[7] is None or _BAND[w["health"]] > _BAND[r[7]]):
+            r[7] = w["health"]
+    if not rows:
+        return []
+    picked = sorted(rows.values(), key=lambda r: -(r[2] + r[3]))[:TABLE_ROWS]
+    return [{"name": "services", "caption": "Services, busiest first", "topic": SERVICE_METRICS,
+             "total": len(rows), "columns": ["service", "windows", "connections", "requests", "4xx", "5xx",
+                                             "worst window P99 µs", "worst health"],
+             "fields": ["service", "window_start_ts_us", "connections", "requests", "errors_4xx", "errors_5xx",
+                        "latency_p99_us", "health"],
+             "rows": [[_cell(v) for v in r] for r in picked]}]
+
+
+def _counters_table(stats: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
+    """The processor stages' counters (their final wire.stats reports), as analyze's table."""
+    if not stats:
+        return []
+    from wirestream.sinks.console import processor_totals
+
+    rows = [[stage, total.received, ", ".join(f"{v:,} → {t}" for t, v in sorted(total.emitted.items())),
+             ", ".join(f"{k} = {v:,}" for k, v in sorted(total.dropped.items())) or "-",
+             ", ".join(f"{k} {v:,}" for k, v in sorted(total.counters.items()))]
+            for stage, total in processor_totals(stats).items()]
+    return [{"name": "counters", "caption": "Counters by stage", "topic": "wire.stats", "total": len(rows),
+             "columns": ["stage", "received", "emitted", "dropped (reason = count)", "counters"],
+             "fields": ["stage", "received", "emitted", "dropped", "counters"], "rows": rows}]
+
+
 def _cell(v: Any) -> Any:
     if isinstance(v, float):
         return round(v, 6)
@@ -270,8 +314,9 @@ def render(data: dict[str, Any], live: bool = False) -> str:
             f"<script>{script}</script>\n</body></html>\n")
 
 
-def write(path: str | Path, records: dict[str, list[dict[str, Any]]], title: str) -> int:
-    """Write the report of ``records`` to ``path``; its size in bytes."""
-    text = render(build(records, title))
+def write(path: str | Path, records: dict[str, list[dict[str, Any]]], title: str,
+          stats: list[dict[str, Any]] | None = None) -> int:
+    """Write the report of ``records`` (and the run's ``stats``) to ``path``; its size in bytes."""
+    text = render(build(records, title, stats))
     Path(path).write_text(text, encoding="utf-8")
     return len(text.encode())

@@ -118,6 +118,12 @@ def test_the_report_of_a_capture(tmp_path: Path) -> None:
         assert rows.count() == conns[("172.16.0.122", server)]
         # the transactions table: as many as the records
         assert page.locator("#table-transactions tbody tr").count() == sum(reqs.values())
+        # the services (one row each, their windows' requests) and the stages' counters
+        windows = [w for w in read_jsonl(out / "wire.service-metrics.jsonl") if w.get("scope", "service") == "service"]
+        assert page.locator("#table-services tbody tr").count() == len({w["service"] for w in windows})
+        services = {t["name"]: t for t in data["tables"]}["services"]
+        assert sum(r[3] for r in services["rows"]) == sum(w["requests"] for w in windows)
+        assert "processor.packets" in page.inner_text("#table-counters")
 
     _browse(html, tmp_path / "report.png", check)
 

@@ -134,7 +134,7 @@ def _write_html(path: str, result: Any) -> None:
 
     names = ", ".join(os.path.basename(f.path) for f in result.files) or "no file"
     try:
-        size = html_report.write(path, result.records, f"wirestream analyze: {names}")
+        size = html_report.write(path, result.records, f"wirestream analyze: {names}", stats=result.stats)
     except OSError as exc:
         raise WirestreamError(f"--html {path}: cannot write the report: {exc.strerror or exc}") from None
     print(f"HTML report: {path} ({size / 1e6:.1f} MB)", file=sys.stderr)
