@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -287,7 +288,8 @@ def test_fallback_to_af_packet_says_why_and_gives_the_same_records(tmp_path) -> 
     with LossyLink(loss_percent=0, rate_mbit=None) as link:
         # No kernel headers for bcc: a real reason eBPF cannot be used.
         live, summary, pcap = _capture_bulk_transfers(
-            link, tmp_path, env={"BCC_KERNEL_SOURCE": str(tmp_path / "no-headers")})
+            link, tmp_path, "--html", str(tmp_path / "report.html"),
+            env={"BCC_KERNEL_SOURCE": str(tmp_path / "no-headers")})
     said = [line for line in "".join(live.stderr_lines).splitlines() if "AF_PACKET" in line]
     assert len(said) == 1 and "kernel headers" in said[0], live.stderr_lines
     assert summary["files"][0]["format"] == "live AF_PACKET"
@@ -296,6 +298,10 @@ def test_fallback_to_af_packet_says_why_and_gives_the_same_records(tmp_path) -> 
     _assert_same_records(records, _by_ports(_analyze(pcap, tmp_path / "analyze")))
     for r in records.values():
         assert r["client_pid"] is None and r["kernel_retransmissions"] is None  # no socket events
+    # capture --html: the report of the same run (tests/test_html_report.py opens such reports in a browser)
+    report = (tmp_path / "report.html").read_text()
+    data = json.loads(re.search(r'id="report-data">(.*?)</script>', report, re.S).group(1).replace("<\\/", "</"))
+    assert sum(e["connections"] for e in data["edges"]) == BULK_CONNECTIONS
 
 
 def test_ebpf_capture_with_offloads_on_handles_super_packets(tmp_path) -> None:

@@ -45,10 +45,6 @@ examples:
     p.add_argument("--zeek", metavar="DIR", help="also write Zeek logs: DIR/conn.log, http.log, dns.log, ssl.log "
                                                  "(docs/downstream.md)")
     p.add_argument("--zeek-json", action="store_true", help="with --zeek: Zeek's JSON lines instead of TSV")
-    p.add_argument("--html", metavar="REPORT.html",
-                   help="also write a self-contained HTML report: a service map (click an edge for its connections "
-                        "and slowest requests), time series per service with the alerts, sortable tables; opens "
-                        "offline in any browser")
     p.add_argument("--no-chains", action="store_true",
                    help="do not link the HTTP transactions into call chains (wire.call-chains): the chains "
                         "need every transaction's request headers decoded")
@@ -112,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
         # all zeros, would read as if the file had been analysed and held no traffic).
         return common.EXIT_ERROR
     if args.html:
-        _write_html(args.html, result)
+        common.write_html_report(args.html, result)
     console.report(result, as_json=args.json, top=args.top, out_dir=args.out)
     if args.print_chains and not args.json:
         from wirestream.processors.call_chains import chain_tree_lines
@@ -123,21 +119,6 @@ def run(args: argparse.Namespace) -> int:
         for chain in chains:
             print("\n".join(chain_tree_lines(chain)))
     return common.EXIT_ERROR if result.failed else common.EXIT_OK
-
-
-def _write_html(path: str, result: Any) -> None:
-    """``--html``: the report of the run's records (sinks/html_report.py)."""
-    import os
-
-    from wirestream.errors import WirestreamError
-    from wirestream.sinks import html_report
-
-    names = ", ".join(os.path.basename(f.path) for f in result.files) or "no file"
-    try:
-        size = html_report.write(path, result.records, f"wirestream analyze: {names}", stats=result.stats)
-    except OSError as exc:
-        raise WirestreamError(f"--html {path}: cannot write the report: {exc.strerror or exc}") from None
-    print(f"HTML report: {path} ({size / 1e6:.1f} MB)", file=sys.stderr)
 
 
 def _with_embedded_secrets(files: list[str], settings: Any, stack: contextlib.ExitStack) -> Any:

@@ -77,5 +77,7 @@ def run(args: argparse.Namespace) -> int:
     stop = common.StopOnSignal(second_interrupts=True)
     result = capture(options, settings, workers=args.workers, stop=stop,
                      notice=notice, keep_bodies=bool(args.out))
+    if args.html:
+        common.write_html_report(args.html, result)
     console.report(result, as_json=args.json, top=args.top, out_dir=args.out)
     return common.EXIT_OK

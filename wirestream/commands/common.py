@@ -108,7 +108,23 @@ def add_pipeline_args(p: argparse.ArgumentParser, defaults: Settings) -> None:
     add_l7_args(p, defaults)
     add_window_args(p, defaults)
     p.add_argument("--json", action="store_true", help="print the summary as JSON instead of tables")
+    p.add_argument("--html", metavar="REPORT.html",
+                   help="also write a self-contained HTML report: a service map (click an edge for its connections "
+                        "and slowest requests), time series per service with the alerts, sortable tables; opens "
+                        "offline in any browser")
     add_kafka_args(p, defaults)
+
+
+def write_html_report(path: str, result: Any) -> None:
+    """``--html``: the report of a run's records (sinks/html_report.py)."""
+    from wirestream.sinks import html_report
+
+    names = ", ".join(os.path.basename(f.path) for f in result.files) or "no file"
+    try:
+        size = html_report.write(path, result.records, f"wirestream: {names}", stats=result.stats)
+    except OSError as exc:
+        raise WirestreamError(f"--html {path}: cannot write the report: {exc.strerror or exc}") from None
+    print(f"HTML report: {path} ({size / 1e6:.1f} MB)", file=sys.stderr)
 
 
 def add_l7_args(p: argparse.ArgumentParser, defaults: Settings) -> None:
