@@ -102,6 +102,10 @@ def test_every_panel_query_returns_series_from_a_real_prometheus(broker, registr
     analyze_to(DATA / "chrissanders" / "http_espn.pcapng", analyzed)
     windows = [w for w in read_jsonl(analyzed / "wire.service-metrics.jsonl") if w.get("scope") == "service"]
     assert windows
+    # this test's own service names (the broker is shared: other tests publish windows too)
+    tag = f"grafana-{tmp_path.name}"
+    for w in windows:
+        w["service"] = f"{tag}/{w['service']}"
     services = sorted({w["service"] for w in windows})
     publish(broker, registry, SERVICE_METRICS, windows, key="service")
     publish(broker, registry, ALERTS, [{"alert_id": "grafana-1", "source_id": "grafana", "ts_us": 1,
@@ -127,7 +131,7 @@ def test_every_panel_query_returns_series_from_a_real_prometheus(broker, registr
         want = sum(w["requests"] for w in windows)
         # the sink has every window, and Prometheus has scraped it a few times since
         while True:
-            got = _query(base, "sum(wirestream_service_requests_total)")
+            got = _query(base, f'sum(wirestream_service_requests_total{{service=~"{tag}/.*"}})')
             samples = _query(base, "count_over_time(wirestream_sink_services_overflow_total[1m])")
             if got and float(got[0]["value"][1]) == want and samples and float(samples[0]["value"][1]) >= 5:
                 break
