@@ -25,11 +25,21 @@ import pytest
 from helpers import DATA, analyze_to, import_or_require, needs, publish, read_jsonl
 from wirestream.sinks.live_ui import LiveUi
 
+from wirestream.broker import EmbeddedBroker, ensure_topics
 from wirestream.cli import build_parser
-from wirestream.topics import CONNECTIONS
+from wirestream.topics import ALL_TOPICS, CONNECTIONS
 
 CHROMIUM = shutil.which("chromium")
 REFRESH_S = 1.0
+
+
+@pytest.fixture(scope="module")
+def quiet_broker() -> Any:
+    """A broker of this module's own: the view reads whole topics, which the shared
+    broker's other tests fill with records of their own."""
+    with EmbeddedBroker() as b:
+        ensure_topics(b.bootstrap, ALL_TOPICS, 4)
+        yield b
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +62,8 @@ def _start(broker: Any, registry: Any, **kw: Any) -> tuple[LiveUi, threading.Eve
 
 
 @needs(None if CHROMIUM else "no chromium (scripts/install --test installs Debian's)")
-def test_records_published_after_the_page_loads_appear_on_it(broker, registry, connections) -> None:
+def test_records_published_after_the_page_loads_appear_on_it(quiet_broker, registry, connections) -> None:
+    broker = quiet_broker
     sync_api = import_or_require("playwright.sync_api")
     server = lambda r: f"{r['server_ip']}:{r['server_port']}"  # noqa: E731
     per_server = Counter(server(r) for r in connections)
