@@ -31,6 +31,11 @@ half the session timeout on the embedded broker), which is most of a small captu
 run. Such a worker writes no checkpoints and commits nothing: nobody would read them. If
 it dies, its partitions are not taken over; the run fails as a whole
 (``Runtime.dead_worker`` notices the exit) and is run again.
+
+**Packets by pipe** (``packets_pipe=``; ``process --packets-from-stdin``): the workers of
+an ``analyze`` on its own embedded broker read their ``wire.packets`` messages from a pipe
+(wirestream/packet_pipe.py) instead of the broker, which would keep them only for the
+run; the same messages, handled the same way.
 """
 
 from __future__ import annotations
@@ -83,6 +88,8 @@ from .k8s_enrichment import Enricher
 from .output import OutputPublisher
 
 if TYPE_CHECKING:
+    from wirestream.packet_pipe import PacketPipeReader
+
     from .checkpoints import Checkpoint
 from .packet_pipeline import PacketPipeline, handle_when_registry_answers, when_registry_answers
 
@@ -128,7 +135,12 @@ class PacketWorker:
     def __init__(self, bootstrap: str, registry_url: str, group: str, options: EngineOptions,
                  worker: WorkerOptions | None = None, source_prefix: str = "",
                  enricher: Enricher | None = None, assignment: Assignment | None = None,
-                 codec: AvroCodec | None = None) -> None:
+                 codec: AvroCodec | None = None, packets_pipe: PacketPipeReader | None = None) -> None:
+        """``packets_pipe``: with an ``assignment``, the ``wire.packets`` messages come
+        from this pipe's reader instead of the broker (see the module's docstring)."""
+        if packets_pipe is not None and assignment is None:
+            raise ValueError("packets by pipe are for statically assigned workers")
+        self.packets_pipe = packets_pipe
         self.bootstrap = bootstrap
         self.group = group
         self.assignment = assignment
@@ -160,7 +172,7 @@ class PacketWorker:
         self.counters: Counter[str] = Counter()
         self._reported: Counter[str] = Counter()
         self._stopping: Callable[[], bool] = lambda: False
-        self._consumer: Consumer | None = None
+        self._consumer: Any = None  # a Consumer, or a PacketPipeReader
 
     # --- the loop ----------------------------------------------------------------------------
 
@@ -170,8 +182,12 @@ class PacketWorker:
         self._stopping = stopping
         if not self._register_output_schemas():
             return
-        consumer = self._consumer = (self._group_consumer() if self.assignment is None
-                                     else self._static_consumer(self.assignment))
+        if self.assignment is None:
+            consumer = self._consumer = self._group_consumer()
+        elif self.packets_pipe is not None:
+            consumer = self._consumer = self._pipe_consumer(self.assignment, self.packets_pipe)
+        else:
+            consumer = self._consumer = self._static_consumer(self.assignment)
         handlers = {PACKETS: self.pipeline.handle, SOCKETS: self.pipeline.handle_socket_event,
                     DROPS: self.pipeline.handle_drop, TLS_PLAINTEXT: self.pipeline.handle_tls_plaintext}
         next_checkpoint = time.monotonic() + self.worker.checkpoint_interval_s
@@ -243,6 +259,14 @@ class PacketWorker:
         consumer.assign(tps)
         log.info("assigned partitions %s (static: no group, no checkpoints)", sorted(assignment))
         return consumer
+
+    def _pipe_consumer(self, assignment: Assignment, pipe: PacketPipeReader) -> PacketPipeReader:
+        """The packet batches of the assigned partitions, from a pipe (capture files: no
+        socket events, kernel drops or TLS plaintext to read beside them)."""
+        for part in assignment:
+            self.positions[part] = {}
+        log.info("assigned partitions %s (static, packets by pipe)", sorted(assignment))
+        return pipe
 
     def _register_output_schemas(self) -> bool:
         """Make every output topic's encoder before reading any input, waiting while the

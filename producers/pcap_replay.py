@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from wirestream.errors import CaptureFileError
 
@@ -21,6 +21,7 @@ from .publisher import PacketBatchPublisher
 
 if TYPE_CHECKING:
     from wirestream.codec import AvroCodec
+    from wirestream.packet_pipe import PacketPipes
 
 #: frames the core reads per call: the progress callback's granularity
 PUMP_FRAMES = 1 << 14
@@ -93,6 +94,8 @@ def replay_files(
     payload_snaplen: int = 65535,
     progress: ProgressFactory | None = None,
     alive: Callable[[], str | None] | None = None,
+    pipes: PacketPipes | None = None,
+    producer_config: dict[str, Any] | None = None,
 ) -> Iterator[tuple[str, ReplayResult | CaptureFileError]]:
     """Replay ``paths`` one after the other, each as a source of its own named
     ``source_id(index of the file)``; yield (source id, its result) per file as it is done.
@@ -100,10 +103,13 @@ def replay_files(
     A file that cannot be read yields its :class:`CaptureFileError` and the next one is
     replayed: the caller says so (analyze collects them, ``produce pcap`` prints them).
     ``alive``: as :class:`~wirestream.kafka.WireProducer`'s (analyze: its embedded broker
-    and workers are still running)."""
+    and workers are still running). ``pipes``: the packet batches go to the workers by
+    pipe, not to ``wire.packets`` (analyze on its own broker: wirestream/packet_pipe.py).
+    ``producer_config``: librdkafka settings for each file's producer."""
     for i, path in enumerate(paths):
         sid = source_id(i)
-        publisher = PacketBatchPublisher(bootstrap, codec, partitions, sid, path, alive=alive)
+        publisher = PacketBatchPublisher(bootstrap, codec, partitions, sid, path, alive=alive, pipes=pipes,
+                                         producer_config=producer_config)
         result: ReplayResult | CaptureFileError
         try:
             result = replay_capture(path, publisher, payload_snaplen,

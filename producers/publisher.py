@@ -19,13 +19,16 @@ import socket
 import time
 from collections import Counter
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from wirestream import _core
 from wirestream.codec import AvroCodec
 from wirestream.kafka import ANY_PARTITION, WireProducer, add_counts
 from wirestream.packet_block import LAYOUT_VERSION
 from wirestream.topics import PACKETS, STATS
+
+if TYPE_CHECKING:
+    from wirestream.packet_pipe import PacketPipes
 
 #: Flush a partition's batch at this many packets or payload bytes, whichever first.
 #: Kafka's default message size limit is 1 MB; stay well under it.
@@ -50,11 +53,16 @@ class PacketBatchPublisher:
         batch_bytes: int = DEFAULT_BATCH_BYTES,
         socket_events: bool = False,
         alive: Callable[[], str | None] | None = None,
+        pipes: PacketPipes | None = None,
+        producer_config: dict[str, Any] | None = None,
     ) -> None:
         """``socket_events``: this source also publishes ``wire.sockets`` (said on every
         batch, so processors wait for that topic's end marker too). ``alive``: see
         :class:`~wirestream.kafka.WireProducer` (the broker gone ends a wait with
-        :class:`~wirestream.kafka.BrokerGone`)."""
+        :class:`~wirestream.kafka.BrokerGone`). ``pipes``: the ``wire.packets`` messages
+        go to the workers by pipe instead (analyze on its own embedded broker:
+        wirestream/packet_pipe.py); the stats reports still go to Kafka.
+        ``producer_config``: librdkafka settings on top of the producer's own."""
         self.partitions = partitions
         self.socket_events = socket_events
         self.source_id = source_id
@@ -64,12 +72,13 @@ class PacketBatchPublisher:
         self.batch_bytes = batch_bytes
         self._encode = codec.encoder(PACKETS)
         self._encode_stats = codec.encoder(STATS)
-        self.kafka = WireProducer(bootstrap, alive)  # backpressure_waits and delivery_errors: its counters
+        self.kafka = WireProducer(bootstrap, alive, **(producer_config or {}))  # backpressure_waits and delivery_errors: its counters
         #: the core's per-partition batches (the same partition for both directions of
         #: a flow: ``packet_block.partition_for`` of its canonical key)
         self.batcher = _core.Batcher(partitions, batch_packets, batch_bytes)
         self._sequence = [0] * partitions  # batches sent so far, per partition
         self.messages = 0
+        self.pipes = pipes
 
     @property
     def packets(self) -> int:
@@ -119,6 +128,11 @@ class PacketBatchPublisher:
             self._sequence[part] = sequence + 1
 
     def _produce(self, topic: str, value: bytes, partition: int | None, key: bytes | None = None) -> None:
+        if self.pipes is not None and topic == PACKETS:
+            assert partition is not None, "packet batches go to a partition"
+            self.pipes.send(partition, value)
+            self.messages += 1
+            return
         self.kafka.produce(topic, value, key, ANY_PARTITION if partition is None else partition)
         self.messages += 1
         self.kafka.poll(0)

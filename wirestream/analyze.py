@@ -3,8 +3,10 @@
 1. start processor workers (``wirestream process --assign``: each given its partitions,
    in no consumer group) while Kafka (the embedded broker unless ``--bootstrap``), the
    schema registry and the topics come up;
-2. replay each file into ``wire.packets`` (the producer runs here, while the workers are
-   still starting, then in parallel with them);
+2. read each file into packet batches and hand each to the worker of its partition (the
+   producer runs here, while the workers are still starting, then in parallel with
+   them): by pipe on the run's own embedded broker, through ``wire.packets`` on a Kafka
+   the user named (wirestream/packet_pipe.py says why);
 3. wait until the processors report end of input for every partition of every file
    (their final ``wire.stats`` records): no fixed sleeps;
 4. read exactly the output records they reported, as they come (while the workers
@@ -26,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 from wirestream.broker import partition_count
 from wirestream.config import Settings
 from wirestream.errors import CaptureFileError, WirestreamError
+from wirestream.packet_pipe import WorkerGone
 from wirestream.producers.capture_file import open_capture
 from wirestream.runtime import Runtime
 from wirestream.topics import (
@@ -85,6 +88,7 @@ def analyze(
     jsonl_dir: str | os.PathLike[str] | None = None,
     fields: dict[str, frozenset[str]] | None = None,
     chains: bool = True,
+    packets_by_pipe: bool = True,
 ) -> AnalyzeResult:
     """Replay ``paths`` through the pipeline and collect every output record.
 
@@ -109,7 +113,11 @@ def analyze(
 
     ``chains``: the run's HTTP transactions are linked into call chains in this process
     (:func:`build_chains`), published to ``wire.call-chains`` and kept in
-    ``result.records["wire.call-chains"]``."""
+    ``result.records["wire.call-chains"]``.
+
+    ``packets_by_pipe``: on the run's own embedded broker, the packet batches go to the
+    workers by pipe (see :func:`run_pipeline`); False publishes them to ``wire.packets``
+    there too (for comparison: the records are the same)."""
     started = time.monotonic()
     result = AnalyzeResult()
     # Check every file before starting anything: an unreadable input fails in milliseconds.
@@ -132,7 +140,7 @@ def analyze(
         for source_id, replay in replay_files(
             paths, rt.bootstrap, rt.codec, partitions, lambda i: f"{run_id}-{i}",
             settings.payload_snaplen, progress=(lambda path: progress(path, 0)) if progress else None,
-            alive=rt.dead_worker,
+            alive=rt.dead_worker, pipes=rt.packet_pipes, producer_config=rt.producer_config,
         ):
             if isinstance(replay, CaptureFileError):
                 result.failed.append(replay)
@@ -143,7 +151,8 @@ def analyze(
 
     input_bytes = sum(os.path.getsize(p) for p in paths)
     run_pipeline(result, settings, feed, workers, stall_timeout_s, keep_bodies, input_bytes=input_bytes,
-                 after_feed=after_feed, jsonl_dir=jsonl_dir, fields=fields, chains=chains)
+                 after_feed=after_feed, jsonl_dir=jsonl_dir, fields=fields, chains=chains,
+                 packets_by_pipe=packets_by_pipe)
     result.elapsed_s = time.monotonic() - started
     return result
 
@@ -157,7 +166,8 @@ def run_pipeline(result: AnalyzeResult, settings: Settings, feed: Feeder, worker
                  stall_timeout_s: float = 120.0, keep_bodies: bool = True,
                  input_bytes: int | None = None, after_feed: Callable[[], None] | None = None,
                  jsonl_dir: str | os.PathLike[str] | None = None,
-                 fields: dict[str, frozenset[str]] | None = None, chains: bool = False) -> None:
+                 fields: dict[str, frozenset[str]] | None = None, chains: bool = False,
+                 packets_by_pipe: bool = False) -> None:
     """Bring up Kafka and processor workers for one run, let ``feed`` publish its sources,
     and collect every output record and final report of those sources into ``result``.
 
@@ -169,6 +179,12 @@ def run_pipeline(result: AnalyzeResult, settings: Settings, feed: Feeder, worker
     broker and the topics, while this process creates the topics and ``feed`` publishes.
 
     ``jsonl_dir``, ``fields`` and ``chains``: as for :func:`analyze`.
+
+    ``packets_by_pipe``: on the run's own embedded broker, the workers take their packet
+    batches from pipes (``rt.packet_pipes``, which ``feed`` hands to its publisher)
+    rather than from ``wire.packets``: that broker keeps nothing after the run, and the
+    hop through it was the largest cost after the analysis (wirestream/packet_pipe.py). Against a
+    Kafka the user named, the packets are published there as ever.
     """
     writer = None
     if jsonl_dir is not None:
@@ -178,7 +194,7 @@ def run_pipeline(result: AnalyzeResult, settings: Settings, feed: Feeder, worker
         writer = JsonlWriter(jsonl_dir)
     try:
         _run(result, settings, feed, workers, stall_timeout_s, keep_bodies, input_bytes, after_feed,
-             writer, fields, chains)
+             writer, fields, chains, packets_by_pipe)
     except BaseException:
         if writer is not None:
             writer.discard()
@@ -191,7 +207,7 @@ def run_pipeline(result: AnalyzeResult, settings: Settings, feed: Feeder, worker
 def _run(result: AnalyzeResult, settings: Settings, feed: Feeder, workers: int | None,
          stall_timeout_s: float, keep_bodies: bool, input_bytes: int | None,
          after_feed: Callable[[], None] | None, writer: JsonlWriter | None,
-         fields: dict[str, frozenset[str]] | None, chains: bool = False) -> None:
+         fields: dict[str, frozenset[str]] | None, chains: bool = False, packets_by_pipe: bool = False) -> None:
     run_id = uuid.uuid4().hex[:12]
     worker_settings = settings if keep_bodies else dataclasses.replace(settings, response_body_cap=0)
     with Runtime(settings, worker_grace_s=0.5, autostart=False) as rt:
@@ -205,8 +221,12 @@ def _run(result: AnalyzeResult, settings: Settings, feed: Feeder, workers: int |
             observation_partitions = settings.partitions if settings.windows else 0
             starts = {(t, p): 0 for t in (PACKETS, SOCKETS, DROPS, OBSERVATIONS, *OUTPUT_TOPICS, STATS)
                       for p in range(partitions)}
-            _start_workers(rt, run_id, worker_settings, workers, partitions, observation_partitions,
-                           starts, input_bytes)
+            pipes = _start_workers(rt, run_id, worker_settings, workers, partitions, observation_partitions,
+                                   starts, input_bytes, packets_pipe=packets_by_pipe)
+            if pipes:
+                from wirestream.packet_pipe import PacketPipes
+
+                rt.packet_pipes = PacketPipes(pipes, alive=rt.dead_worker)
             rt.start()
         else:
             # A shared Kafka: its topics may hold earlier runs' data and have other
@@ -222,11 +242,17 @@ def _run(result: AnalyzeResult, settings: Settings, feed: Feeder, workers: int |
         result.bootstrap, result.registry = rt.bootstrap, rt.registry_url
         try:
             source_ids = feed(rt, run_id, partitions)
-        except Exception:
+        except Exception as exc:
             # The workers start at once and the input is published while they do: the
             # broker or a worker may die while it is. That is the error to report, not
             # what it made the producer raise.
             dead = rt.dead_worker()
+            if dead is None and isinstance(exc, WorkerGone):
+                # its pipe closed as it exited: its exit status follows in a moment
+                deadline = time.monotonic() + 5.0
+                while dead is None and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                    dead = rt.dead_worker()
             if dead:
                 raise ProcessingTimeout(dead) from None
             raise
@@ -279,7 +305,7 @@ def build_chains(transactions: list[dict[str, Any]], rt: Runtime, run_id: str,
         builder.add(rec)
     chains = builder.flush()
     if chains or transactions:
-        publisher = OutputPublisher(rt.bootstrap, rt.codec, CHAINS_STAGE)
+        publisher = OutputPublisher(rt.bootstrap, rt.codec, CHAINS_STAGE, **rt.producer_config)
         for chain in chains:
             publisher.emit(CALL_CHAINS, chain["root_id"], chain)
         report = publisher.publish_stats(**_chain_stats(builder, run_id, publisher.emitted))
@@ -303,13 +329,16 @@ SMALL_INPUT_BYTES = 16 * 1024 * 1024
 
 def _start_workers(rt: Runtime, run_id: str, settings: Settings, workers: int | None, partitions: int,
                    observation_partitions: int, starts: dict[tuple[str, int], int],
-                   input_bytes: int | None) -> None:
+                   input_bytes: int | None, packets_pipe: bool = False) -> dict[int, Any]:
     """Start the worker processes of one run, each assigned its share of the packet
     partitions (worker i: partitions i, i + n, ...), from the offsets in ``starts``
     (missing: the beginning).
 
     One worker for a small input, with the windows in a thread of it; else one worker per
-    CPU (:func:`default_workers`) and the windows in a process of their own."""
+    CPU (:func:`default_workers`) and the windows in a process of their own.
+
+    ``packets_pipe``: the packet workers read their packet batches from their stdin;
+    returned: partition -> the writing end of its worker's pipe (else empty)."""
     if workers is None:
         small = input_bytes is not None and input_bytes <= SMALL_INPUT_BYTES
         workers = 1 if small else default_workers(partitions)
@@ -323,14 +352,21 @@ def _start_workers(rt: Runtime, run_id: str, settings: Settings, workers: int | 
     group = f"wirestream-analyze-{run_id}"  # names the workers' own reports; no group is joined
     windows_args = ["--assign-windows", ",".join(map(str, range(observation_partitions)))]
     alone = workers == 1 and observation_partitions > 0
+    pipes: dict[int, Any] = {}
     for i in range(workers):
-        assign = ["--assign", ",".join(str(p) for p in range(i, partitions, workers))]
+        owned = range(i, partitions, workers)
+        assign = ["--assign", ",".join(map(str, owned))]
         if alone:
-            rt.start_workers(1, group, ["--role", "all", *assign, *windows_args, *common], static=True)
+            rt.start_workers(1, group, ["--role", "all", *assign, *windows_args, *common], static=True,
+                             packets_pipe=packets_pipe)
         else:
-            rt.start_workers(1, group, ["--role", "packets", *assign, *common], static=True)
+            rt.start_workers(1, group, ["--role", "packets", *assign, *common], static=True,
+                             packets_pipe=packets_pipe)
+        if packets_pipe:
+            pipes.update(dict.fromkeys(owned, rt.workers[-1].stdin))
     if observation_partitions and not alone:
         rt.start_workers(1, group, ["--role", "windows", *windows_args, *common], static=True)
+    return pipes
 
 
 def default_workers(partitions: int) -> int:

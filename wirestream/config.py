@@ -20,6 +20,12 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
+#: Set to ``0`` by a command for the processes it starts against its own embedded broker
+#: (wirestream/runtime.py): their producers without idempotence (one broker: no leader
+#: change to keep a partition's order across, and a new idempotent producer waits
+#: 0.5–1 s for its producer id before its first delivery). Not a user setting.
+IDEMPOTENCE_ENV = "WIRESTREAM_IDEMPOTENCE"
+
 
 def _env(name: str, default: str | None = None) -> str | None:
     value = os.environ.get(name)

@@ -24,6 +24,7 @@ from typing import Any, Literal
 from confluent_kafka import KafkaError, KafkaException, Producer
 
 from wirestream import broker
+from wirestream.config import IDEMPOTENCE_ENV
 from wirestream.errors import WirestreamError
 from wirestream.kafka_security import access_error, client_properties, is_fatal
 
@@ -62,6 +63,11 @@ def compression() -> str:
     if value not in COMPRESSIONS:
         raise WirestreamError(f"${COMPRESSION_ENV}={value!r}: not one of {', '.join(COMPRESSIONS)}")
     return value
+
+
+def idempotence() -> bool:
+    """Whether wirestream's producers are idempotent: yes, unless ``$WIRESTREAM_IDEMPOTENCE`` is ``0``."""
+    return os.environ.get(IDEMPOTENCE_ENV, "").strip() != "0"
 
 
 #: The client id of wirestream's own Kafka clients: brokers' logs and quotas name them by it,
@@ -123,7 +129,7 @@ def producer_config(bootstrap: str, **extra: Any) -> dict[str, Any]:
         # without it, records queued while a leader was down were seen written after later
         # ones (tests/test_kafka_cluster.py's killed-broker test). Kafka >= 3.0 lets any
         # principal that may write a topic be idempotent (no cluster IdempotentWrite ACL).
-        "enable.idempotence": True,
+        "enable.idempotence": idempotence(),
         "max.in.flight.requests.per.connection": 5,  # librdkafka's default; the most idempotence allows
         "message.max.bytes": 4 * 1024 * 1024,
         # Bounded client memory: what is queued for the broker is held uncompressed. 32 MiB

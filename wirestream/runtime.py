@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from wirestream.broker import EmbeddedBroker, check_reachable, ensure_topics
-from wirestream.config import Settings
+from wirestream.config import IDEMPOTENCE_ENV, Settings
 from wirestream.kafka_security import check_for_embedded
 from wirestream.processes import die_with_parent
 from wirestream.registry import EmbeddedSchemaRegistry
@@ -32,6 +32,7 @@ from wirestream.topics import ALL_TOPICS, TOPIC_SCHEMAS
 
 if TYPE_CHECKING:
     from wirestream.codec import AvroCodec
+    from wirestream.packet_pipe import PacketPipes
 
 #: Where a worker started here keeps Faust's data directory (see processors.app).
 DATADIR_ENV = "WIRESTREAM_FAUST_DATADIR"
@@ -51,6 +52,9 @@ class Runtime:
         self.embedded_registry: EmbeddedSchemaRegistry | None = None
         self.workers: list[subprocess.Popen[bytes]] = []
         self._static_workers: set[int] = set()  # pids of statically assigned workers
+        #: where a run's packet batches go when its workers read them from pipes
+        #: (analyze on its own broker; wirestream/packet_pipe.py), else None
+        self.packet_pipes: PacketPipes | None = None
         self.workdir = Path(tempfile.mkdtemp(prefix="wirestream-"))
         self._codec: AvroCodec | None = None
         #: How long workers get to shut down cleanly on exit. ``analyze`` sets it low: its
@@ -102,6 +106,25 @@ class Runtime:
                 self.codec.register(topic)
 
     @property
+    def producer_config(self) -> dict[str, object]:
+        """librdkafka settings for this process's own producers of a run (a file's
+        reports, the call chains). On the run's own embedded broker: no idempotence. It
+        keeps a partition's order across a leader change, which one broker never has,
+        and a new idempotent producer waits 0.5–1 s for its producer id before its first
+        delivery (librdkafka asks for it on a timer): a wait on the critical path of a
+        short run, once per file and once for the chains."""
+        return {"enable.idempotence": False} if self.embedded_broker is not None else {}
+
+    def _worker_env(self, i: int) -> dict[str, str]:
+        # The registry's URL in the environment, not on the command line: it may hold a
+        # user and password (https://user:pw@...), and a command line shows in ps.
+        env = {**os.environ, DATADIR_ENV: str(self.workdir / f"worker-{i}-data"),
+               "WIRESTREAM_REGISTRY": self.registry_url}
+        if self.embedded_broker is not None:  # the workers' producers too (producer_config's why)
+            env[IDEMPOTENCE_ENV] = "0"
+        return env
+
+    @property
     def codec(self) -> AvroCodec:
         if self._codec is None:
             # imported here: the codec's compiled readers and writers are not needed to
@@ -112,9 +135,11 @@ class Runtime:
         return self._codec
 
     def start_workers(self, count: int, group: str, extra_args: list[str] | None = None,
-                      static: bool = False) -> None:
+                      static: bool = False, packets_pipe: bool = False) -> None:
         """Start ``count`` processor worker processes (``wirestream process``) in one group
-        (``static``: workers with ``--assign``, in no group, stopped without a grace)."""
+        (``static``: workers with ``--assign``, in no group, stopped without a grace;
+        ``packets_pipe``: each reads its packet batches from its stdin, a pipe this
+        process writes: ``self.workers[i].stdin``, wirestream/packet_pipe.py)."""
         for _ in range(count):
             i = len(self.workers)
             log = open(self.workdir / f"worker-{i}.log", "wb")  # noqa: SIM115
@@ -123,13 +148,11 @@ class Runtime:
                 "--bootstrap", self.bootstrap,
                 "--group", group,
                 *(extra_args or []),
+                *(["--packets-from-stdin"] if packets_pipe else []),
             ]
-            # The registry's URL in the environment, not on the command line: it may hold a
-            # user and password (https://user:pw@...), and a command line shows in ps.
-            env = {**os.environ, DATADIR_ENV: str(self.workdir / f"worker-{i}-data"),
-                   "WIRESTREAM_REGISTRY": self.registry_url}
+            env = self._worker_env(i)
             self.workers.append(
-                subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                subprocess.Popen(cmd, stdin=subprocess.PIPE if packets_pipe else subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                  start_new_session=True, env=env, preexec_fn=die_with_parent())
             )
             if static:
@@ -167,6 +190,9 @@ class Runtime:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(w.pid, signal.SIGKILL)
                 w.wait()
+            if w.stdin is not None:  # a packet pipe (what is left in it is not wanted)
+                with contextlib.suppress(OSError):
+                    w.stdin.close()
         self.workers = []
         self._static_workers = set()
         if self.embedded_registry is not None:

@@ -63,6 +63,9 @@ or crash without losing or splitting a connection (docs/checkpoints.md).""",
     p.add_argument("--assign-windows", type=_partitions, default=None, help=argparse.SUPPRESS)
     p.add_argument("--start-offsets", type=_offsets, default={}, help=argparse.SUPPRESS)
     p.add_argument("--wait-for-topics", type=float, default=30.0, help=argparse.SUPPRESS)
+    #   --packets-from-stdin     the wire.packets messages come by pipe (analyze on its own
+    #                            broker: wirestream/packet_pipe.py)
+    p.add_argument("--packets-from-stdin", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--loglevel", default="warning", help="worker log level (default: %(default)s)")
     common.add_kafka_args(p, defaults, required=True, hint="; start them with 'wirestream broker'")
     p.set_defaults(run=run)
@@ -100,6 +103,10 @@ def format_offsets(offsets: dict[tuple[str, int], int]) -> str:
 def run(args: argparse.Namespace) -> int:
     if args.assign is not None or args.assign_windows is not None:
         return _run_static(args)
+    if args.packets_from_stdin:
+        from wirestream.errors import UsageError
+
+        raise UsageError("--packets-from-stdin is for a statically assigned worker (--assign)")
     from wirestream.kafka import ensure_process_topics
 
     packets = args.role in ("all", "packets")
@@ -142,6 +149,7 @@ def _run_static(args: argparse.Namespace) -> int:
     the windows of the observation partitions of ``--assign-windows``, in no group. The
     windows run in a thread beside the packet worker when the role is ``all``."""
     import logging
+    import sys
     import threading
 
     from wirestream.broker import wait_for_topics
@@ -156,8 +164,17 @@ def _run_static(args: argparse.Namespace) -> int:
         raise UsageError(f"--role {args.role} with --assign-windows needs --assign too")
     if windows and args.assign_windows is None:
         raise UsageError(f"--role {args.role} with --assign needs --assign-windows too (or --no-windows)")
+    if args.packets_from_stdin and not packets:
+        raise UsageError(f"--packets-from-stdin is for a packet worker, not --role {args.role}")
     logging.basicConfig(level=args.loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     stop = common.StopOnSignal()
+    pipe = None
+    if args.packets_from_stdin:
+        # Read at once: analyze writes the packets while this worker still starts
+        # (its queue holds them meanwhile; wirestream/packet_pipe.py).
+        from wirestream.packet_pipe import PacketPipeReader
+
+        pipe = PacketPipeReader(sys.stdin.buffer)
     # The broker may be starting and the topics not created yet: the command that started
     # this worker does both while we import (analyze starts everything at once).
     topics = wait_for_topics(args.bootstrap, (PACKETS, SOCKETS, OBSERVATIONS, STATS), args.wait_for_topics)
@@ -190,7 +207,8 @@ def _run_static(args: argparse.Namespace) -> int:
     if packets:
         assignment = {p: {t: off for (t, q), off in args.start_offsets.items() if q == p and t in (PACKETS, SOCKETS, DROPS, TLS_PLAINTEXT)}
                       for p in args.assign}
-        worker = _packet_worker(args, topics[PACKETS], topics[OBSERVATIONS], assignment=assignment)
+        worker = _packet_worker(args, topics[PACKETS], topics[OBSERVATIONS], assignment=assignment,
+                                packets_pipe=pipe)
         loops.append(worker.run)
     # The windows (light) in a thread; the packet worker in the main thread.
     threads = [threading.Thread(target=guarded, args=(loop,), name="windows", daemon=True) for loop in loops[:-1]]
@@ -206,7 +224,7 @@ def _run_static(args: argparse.Namespace) -> int:
 
 
 def _packet_worker(args: argparse.Namespace, packet_partitions: int, observation_partitions: int,
-                   assignment: dict[int, dict[str, int]] | None = None) -> Any:
+                   assignment: dict[int, dict[str, int]] | None = None, packets_pipe: Any = None) -> Any:
     from wirestream.codec import AvroCodec
     from wirestream.processors.engine import EngineOptions
     from wirestream.processors.k8s_enrichment import Enricher, IdentityFeed, IdentityIndex
@@ -233,7 +251,8 @@ def _packet_worker(args: argparse.Namespace, packet_partitions: int, observation
         args.bootstrap, args.registry, args.group, options,
         WorkerOptions(checkpoint_interval_s=args.checkpoint_interval, restore=args.restore,
                       session_timeout_s=args.session_timeout),
-        source_prefix=args.only_source_prefix, enricher=Enricher(index), assignment=assignment)
+        source_prefix=args.only_source_prefix, enricher=Enricher(index), assignment=assignment,
+        packets_pipe=packets_pipe)
 
 
 def _run_faust(args: argparse.Namespace, group: str, observation_partitions: int, windows: bool) -> None:
