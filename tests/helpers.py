@@ -23,8 +23,9 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import Any, NoReturn
@@ -246,6 +247,20 @@ def stop_process(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def start_in_thread(run: Callable[[Callable[[], bool]], Any]) -> Callable[[], None]:
+    """``run(stopping)`` (a sink's or the live view's loop) started in a thread; returned:
+    what tells it to stop and waits for it."""
+    stop = threading.Event()
+    thread = threading.Thread(target=run, args=(stop.is_set,), daemon=True)
+    thread.start()
+
+    def stop_and_join() -> None:
+        stop.set()
+        thread.join(30)
+
+    return stop_and_join
 
 
 def read_raw(bootstrap: str, topic: str, start: dict[tuple[str, int], int]) -> list[tuple[int, bytes]]:

@@ -16,7 +16,6 @@ import json
 import re
 import shutil
 import subprocess
-import threading
 import time
 import urllib.error
 import urllib.parse
@@ -25,7 +24,17 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from helpers import DATA, analyze_to, free_port, needs, publish, read_jsonl, stop_process, wait_port
+from helpers import (
+    DATA,
+    analyze_to,
+    free_port,
+    needs,
+    publish,
+    read_jsonl,
+    start_in_thread,
+    stop_process,
+    wait_port,
+)
 from wirestream.sinks.prometheus import PrometheusSink
 
 from wirestream.topics import ALERTS, SERVICE_METRICS
@@ -85,6 +94,22 @@ def _promql(expr: str, service: str) -> str:
             .replace('service=~"$service"', f'service=~"{service}"'))
 
 
+def _wait_ready(base: str, prometheus: subprocess.Popen, timeout: float = 60.0) -> None:
+    """Until Prometheus says it is ready: its port opens before that, and until then it
+    answers queries with 503 Service Unavailable (its storage is still starting)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(f"{base}/-/ready", timeout=5) as resp:
+                if resp.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError):
+            pass
+        assert prometheus.poll() is None, "prometheus exited"
+        assert time.monotonic() < deadline, "prometheus never became ready"
+        time.sleep(0.2)
+
+
 def _query(base: str, expr: str) -> list[dict[str, Any]]:
     url = f"{base}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
     try:
@@ -114,9 +139,7 @@ def test_every_panel_query_returns_series_from_a_real_prometheus(broker, registr
             key="service")
     sink = PrometheusSink(broker.bootstrap, registry.url, "127.0.0.1", 0, group=f"grafana-{tmp_path.name}",
                           from_beginning=True)
-    stop = threading.Event()
-    thread = threading.Thread(target=sink.run, args=(stop.is_set,), daemon=True)
-    thread.start()
+    stop_sink = start_in_thread(sink.run)
     port = free_port()
     (tmp_path / "prometheus.yml").write_text(yaml.safe_dump({
         "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
@@ -127,6 +150,7 @@ def test_every_panel_query_returns_series_from_a_real_prometheus(broker, registr
     base = f"http://127.0.0.1:{port}"
     try:
         wait_port(port, prometheus, "prometheus", timeout=60)
+        _wait_ready(base, prometheus)
         deadline = time.monotonic() + 90
         want = sum(w["requests"] for w in windows)
         # the sink has every window, and Prometheus has scraped it a few times since
@@ -150,5 +174,4 @@ def test_every_panel_query_returns_series_from_a_real_prometheus(broker, registr
                 assert result, (panel["title"], target["expr"], service)
     finally:
         stop_process(prometheus)
-        stop.set()
-        thread.join(30)
+        stop_sink()

@@ -12,17 +12,17 @@ without protection is refused.
 from __future__ import annotations
 
 import shutil
-import threading
 import time
 import urllib.error
 import urllib.request
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import DATA, analyze_to, import_or_require, needs, publish, read_jsonl
+from helpers import DATA, analyze_to, import_or_require, needs, publish, read_jsonl, start_in_thread
 from wirestream.sinks.live_ui import LiveUi
 
 from wirestream.broker import EmbeddedBroker, ensure_topics
@@ -52,13 +52,10 @@ def connections(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]
     return records
 
 
-def _start(broker: Any, registry: Any, **kw: Any) -> tuple[LiveUi, threading.Event, threading.Thread]:
+def _start(broker: Any, registry: Any, **kw: Any) -> tuple[LiveUi, Callable[[], None]]:
     ui = LiveUi(broker.bootstrap, registry.url, "127.0.0.1", 0, group=f"ui-{uuid.uuid4().hex[:8]}",
                 refresh_s=REFRESH_S, from_beginning=True, **kw)
-    stop = threading.Event()
-    thread = threading.Thread(target=ui.run, args=(stop.is_set,), daemon=True)
-    thread.start()
-    return ui, stop, thread
+    return ui, start_in_thread(ui.run)
 
 
 @needs(None if CHROMIUM else "no chromium (scripts/install --test installs Debian's)")
@@ -70,7 +67,7 @@ def test_records_published_after_the_page_loads_appear_on_it(quiet_broker, regis
     late = min(per_server, key=lambda s: (per_server[s], s))  # one server's connections come later
     early = [r for r in connections if server(r) != late]
     publish(broker, registry, CONNECTIONS, early)
-    ui, stop, thread = _start(broker, registry)
+    ui, stop_ui = _start(broker, registry)
     try:
         with sync_api.sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--headless=new"])
@@ -102,12 +99,11 @@ def test_records_published_after_the_page_loads_appear_on_it(quiet_broker, regis
             finally:
                 browser.close()
     finally:
-        stop.set()
-        thread.join(30)
+        stop_ui()
 
 
 def test_a_token_guards_the_page_and_its_data(broker, registry, connections) -> None:
-    ui, stop, thread = _start(broker, registry, token="s3cret-ui-token")
+    ui, stop_ui = _start(broker, registry, token="s3cret-ui-token")
     try:
         base = f"http://127.0.0.1:{ui.port}"
         for path in ("/", "/data.json"):
@@ -122,8 +118,7 @@ def test_a_token_guards_the_page_and_its_data(broker, registry, connections) -> 
         with pytest.raises(urllib.error.HTTPError):
             urllib.request.urlopen(f"{base}/?token=wrong", timeout=10)
     finally:
-        stop.set()
-        thread.join(30)
+        stop_ui()
 
 
 def test_loopback_by_default_and_protected_elsewhere(broker, registry, tmp_path: Path) -> None:

@@ -9,14 +9,13 @@ import signal
 import ssl
 import subprocess
 import sys
-import threading
 import time
 import urllib.error
 import urllib.request
 import uuid
 
 import pytest
-from helpers import free_port, publish
+from helpers import free_port, publish, start_in_thread
 from tls_certs import issue, make_ca
 from wirestream.sinks.prometheus import (
     TOKEN_ENV,
@@ -66,9 +65,7 @@ def test_scrape_after_windows_and_alerts_from_the_broker(broker, registry) -> No
             key="service")
     sink = PrometheusSink(broker.bootstrap, registry.url, "127.0.0.1", 0, group=f"prom-{service}",
                           from_beginning=True)
-    stop = threading.Event()
-    thread = threading.Thread(target=sink.run, args=(stop.is_set,), daemon=True)
-    thread.start()
+    stop_sink = start_in_thread(sink.run)
     key = f'service="{service}"'
     try:
         deadline = time.monotonic() + 60
@@ -81,8 +78,7 @@ def test_scrape_after_windows_and_alerts_from_the_broker(broker, registry) -> No
             assert time.monotonic() < deadline, series
             time.sleep(0.3)
     finally:
-        stop.set()
-        thread.join(30)
+        stop_sink()
     assert series[f'wirestream_service_errors_total{{{key},class="5xx"}}'] == 3
     assert series[f'wirestream_service_latency_seconds{{{key},quantile="0.99"}}'] == 1.5  # the last window
     assert series[f"wirestream_service_retransmission_ratio{{{key}}}"] == 0.02

@@ -400,6 +400,34 @@ def test_an_engine_checkpointed_before_the_flow_table_restores_with_one() -> Non
     assert sink.out.get(FLOWS) == run_engine(batches).get(FLOWS) and sink.out.get(FLOWS)
 
 
+def test_l7_state_checkpointed_before_partition_sharing_restores_with_it() -> None:
+    """A checkpoint written before the L7 dispatcher and its connections' contexts had
+    ``shared`` (what a partition's connections share: Kafka's topic names): restored, the
+    dispatcher and every open connection's context have one, and the records after it
+    are the same."""
+    batches = batches_of(KEY_CAPTURES[0])
+    half = len(batches) // 2
+    sink = RecordingSink()
+    engine = Engine("local", 0, ENGINE_OPTIONS, sink)
+    for headers, payloads in batches[:half]:
+        engine.feed(headers, payloads)
+    sessions = list(engine.tracker.sessions.values())
+    assert sessions, "no open L7 session to checkpoint"
+    del engine.tracker.l7.shared  # what the older code's dispatcher and contexts were
+    for session in sessions:
+        del session.ctx.shared
+    old = engine.snapshot()
+    assert "shared" not in state_layout(old)["wirestream.processors.l7.session:L7Dispatcher"]
+    restored = Engine.restore(old, ENGINE_OPTIONS, sink)
+    assert restored.tracker.l7.shared == {}
+    assert all(s.ctx.shared == {} for s in restored.tracker.sessions.values())
+    for headers, payloads in batches[half:]:
+        restored.feed(headers, payloads)
+    report = restored.finish()
+    assert sink.out
+    assert_same(run_engine(batches), {**sink.out, "report": [report]}, KEY_CAPTURES[0])
+
+
 def full_run_layout() -> dict[str, list[str]]:
     """Classes and fields of an engine's state over a full-featured run: TCP, HTTP, TLS,
     DNS over UDP and TCP, the observer and the socket join, snapshotted after every batch."""

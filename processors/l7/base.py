@@ -69,6 +69,11 @@ class StreamContext:
     #: names by topic id (``kafka.topic_names``), learnt from any connection's Metadata.
     shared: dict[str, Any] = field(default_factory=dict)
 
+    def _state_restored(self) -> None:
+        # a context of a checkpoint written before ``shared`` existed: one of its own
+        if "shared" not in self.__dict__:
+            self.shared = {}
+
 
 class StreamAnalyzer:
     """Base class of TCP analysers. Subclasses override the ``on_*`` hooks."""

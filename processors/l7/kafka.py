@@ -131,9 +131,7 @@ class KafkaAnalyzer(CoreBackedAnalyzer):
     def _topic_names(self) -> dict[str, str]:
         """Topic id (as Kafka prints it) -> name, shared by the partition's connections:
         a client asks for metadata on one connection and fetches by id on another."""
-        shared = getattr(self.ctx, "shared", None)  # (a context restored from an older checkpoint)
-        if shared is None:
-            shared = self.ctx.shared = {}
+        shared = self.ctx.shared
         names = shared.get("kafka.topic_names")
         if names is None:
             names = shared["kafka.topic_names"] = {}

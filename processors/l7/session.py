@@ -69,6 +69,13 @@ class L7Dispatcher:
         self.emitted: Counter[str] = Counter()
         self.dns = DnsMatcher(self.emit, self.options, self.stats)
         self._next_tick = 0
+        #: what the partition's connections share (StreamContext.shared)
+        self.shared: dict[str, Any] = {}
+
+    def _state_restored(self) -> None:
+        # a dispatcher of a checkpoint written before ``shared`` existed
+        if "shared" not in self.__dict__:
+            self.shared = {}
 
     def emit(self, topic: str, key: str, record: dict[str, Any]) -> None:
         record["source_id"] = self.source_id
@@ -76,15 +83,6 @@ class L7Dispatcher:
             record.update(_NO_IDENTITY)
         self.emitted[topic] += 1
         self._publish(topic, key, record)
-
-    #: what the partition's connections share (StreamContext.shared); a class default: a
-    #: checkpoint written before it existed restores without it
-    shared: dict[str, Any] | None = None
-
-    def shared_state(self) -> dict[str, Any]:
-        if self.shared is None:
-            self.shared = {}
-        return self.shared
 
     def session(self, ips: tuple[str, str], ports: tuple[int, int], conn: ConnRef,
                 community_id: str | None = None) -> L7Session:
@@ -124,7 +122,7 @@ class L7Session:
             options=dispatcher.options,
             stats=dispatcher.stats,
             community_id=community_id,
-            shared=dispatcher.shared_state(),
+            shared=dispatcher.shared,
         )
         self.analyzer: StreamAnalyzer | None = None
         self.held: list[tuple[int, bytes, int]] = []  # chunks seen while detecting

@@ -76,6 +76,28 @@ def add_live_args(p: argparse.ArgumentParser) -> None:
                         "number of pages (default: %(default)s)")
 
 
+def add_exposure_args(p: argparse.ArgumentParser, listen: str, token_help: str, exposed: str) -> None:
+    """The options of a command that serves HTTP (``sink prometheus``, ``ui``): where
+    (``--listen``, default ``listen``) and how it is guarded off loopback (a token, TLS,
+    or said to need neither). ``exposed``: what anyone who reaches an unguarded one gets."""
+    p.add_argument("--listen", default=listen, metavar="HOST:PORT",
+                   help="address to serve on (default: %(default)s; any other than loopback needs --token-file, "
+                        "--cert/--key or --allow-unauthenticated)")
+    p.add_argument("--token-file", metavar="FILE", help=token_help)
+    p.add_argument("--cert", metavar="PEM", help="serve HTTPS with this certificate")
+    p.add_argument("--key", metavar="PEM", help="the certificate's key (default: in --cert's file)")
+    p.add_argument("--allow-unauthenticated", action="store_true",
+                   help=f"serve a non-loopback address with neither token nor TLS (anyone who reaches it {exposed})")
+
+
+def listen_address(text: str, example: str) -> tuple[str, int]:
+    """``--listen``'s HOST:PORT as (host, port); an empty host is every address."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit():
+        raise UsageError(f"--listen {text}: HOST:PORT, e.g. {example}")
+    return host or "0.0.0.0", int(port)
+
+
 def capture_options(args: argparse.Namespace, stats_interval_s: float = 5.0) -> CaptureOptions:
     """The live capture that ``add_live_args`` options (and ``--snaplen``) describe."""
     from wirestream.producers.live_capture import CaptureOptions, ring_pages_of_mb

@@ -91,16 +91,10 @@ examples:
         description="Serve per-service series (requests, errors, retransmission ratio, latency and handshake "
                     "quantiles) and alert counts from wire.service-metrics and wire.alerts on an HTTP "
                     "endpoint for Prometheus to scrape, with a cap on the number of service label values.")
-    sp.add_argument("--listen", default="127.0.0.1:9108", metavar="HOST:PORT",
-                    help="address to serve on (default: %(default)s; any other than loopback needs --token-file, "
-                         "--cert/--key or --allow-unauthenticated)")
-    sp.add_argument("--token-file", metavar="FILE",
-                    help=f"require 'Authorization: Bearer TOKEN', the token read from FILE (default: ${TOKEN_ENV})")
-    sp.add_argument("--cert", metavar="PEM", help="serve HTTPS with this certificate")
-    sp.add_argument("--key", metavar="PEM", help="the certificate's key (default: in --cert's file)")
-    sp.add_argument("--allow-unauthenticated", action="store_true",
-                    help="serve a non-loopback address with neither token nor TLS (anyone who reaches it reads "
-                         "the metrics)")
+    common.add_exposure_args(
+        sp, "127.0.0.1:9108",
+        f"require 'Authorization: Bearer TOKEN', the token read from FILE (default: ${TOKEN_ENV})",
+        "reads the metrics")
     sp.add_argument("--max-services", type=int, default=500, metavar="N",
                     help="service label values kept; further services go to service=\"other\" (default: %(default)s)")
     sp.add_argument("--group", default="wirestream-sink-prometheus", help="consumer group (default: %(default)s)")
@@ -183,12 +177,10 @@ def run_prometheus(args: argparse.Namespace) -> int:
     from wirestream.sinks.prometheus import PrometheusSink
     from wirestream.sinks.siem import read_token
 
-    host, sep, port = args.listen.rpartition(":")
-    if not sep or not port.isdigit():
-        raise UsageError(f"--listen {args.listen}: HOST:PORT, e.g. 127.0.0.1:9108")
+    host, port = common.listen_address(args.listen, "127.0.0.1:9108")
     try:
         token = read_token(args.token_file, TOKEN_ENV)
-        sink = PrometheusSink(args.bootstrap, args.registry, host or "0.0.0.0", int(port), group=args.group,
+        sink = PrometheusSink(args.bootstrap, args.registry, host, port, group=args.group,
                               max_services=args.max_services, token=token, cert=args.cert, key=args.key,
                               allow_unauthenticated=args.allow_unauthenticated)
     except ValueError as exc:
@@ -197,7 +189,7 @@ def run_prometheus(args: argparse.Namespace) -> int:
         raise WirestreamError(f"cannot serve on {args.listen}: {exc.strerror or exc}") from None
     protection = ", ".join(p for p, on in (("bearer token required", token), ("TLS", args.cert)) if on) \
         or "no authentication"
-    print(f"wirestream sink prometheus: serving {sink.scheme}://{host or '0.0.0.0'}:{sink.port}/metrics "
+    print(f"wirestream sink prometheus: serving {sink.scheme}://{host}:{sink.port}/metrics "
           f"({protection})", file=sys.stderr, flush=True)
     return _run(sink)
 

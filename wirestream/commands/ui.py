@@ -26,17 +26,10 @@ Read-only. Binds to loopback by default; bound elsewhere it needs an access toke
         epilog="""examples:
   wirestream ui --bootstrap kafka:9092 --registry http://registry:8081        # http://127.0.0.1:8080
   wirestream ui --listen 0.0.0.0:8080 --token-file /run/secrets/ui-token --bootstrap ... --registry ...""")
-    p.add_argument("--listen", default="127.0.0.1:8080", metavar="HOST:PORT",
-                   help="address to serve on (default: %(default)s; any other than loopback needs --token-file, "
-                        "--cert/--key or --allow-unauthenticated)")
-    p.add_argument("--token-file", metavar="FILE",
-                   help=f"require the token read from FILE, as ?token= or 'Authorization: Bearer' (default: "
-                        f"${TOKEN_ENV})")
-    p.add_argument("--cert", metavar="PEM", help="serve HTTPS with this certificate")
-    p.add_argument("--key", metavar="PEM", help="the certificate's key (default: in --cert's file)")
-    p.add_argument("--allow-unauthenticated", action="store_true",
-                   help="serve a non-loopback address with neither token nor TLS (anyone who reaches it sees "
-                        "every service and connection)")
+    common.add_exposure_args(
+        p, "127.0.0.1:8080",
+        f"require the token read from FILE, as ?token= or 'Authorization: Bearer' (default: ${TOKEN_ENV})",
+        "sees every service and connection")
     p.add_argument("--refresh", type=float, default=5.0, metavar="SECONDS",
                    help="how often the page redraws (default: %(default)s)")
     p.add_argument("--from-beginning", action="store_true",
@@ -52,26 +45,24 @@ def run(args: argparse.Namespace) -> int:
     from wirestream.sinks.prometheus import is_loopback
     from wirestream.sinks.siem import read_token
 
-    host, sep, port = args.listen.rpartition(":")
-    if not sep or not port.isdigit():
-        raise UsageError(f"--listen {args.listen}: HOST:PORT, e.g. 127.0.0.1:8080")
+    host, port = common.listen_address(args.listen, "127.0.0.1:8080")
     if args.refresh <= 0:
         raise UsageError(f"--refresh {args.refresh}: a number of seconds above 0")
     try:
         token = read_token(args.token_file, TOKEN_ENV)
-        ui = LiveUi(args.bootstrap, args.registry, host or "0.0.0.0", int(port), group=args.group,
+        ui = LiveUi(args.bootstrap, args.registry, host, port, group=args.group,
                     refresh_s=args.refresh, from_beginning=args.from_beginning, token=token, cert=args.cert,
                     key=args.key, allow_unauthenticated=args.allow_unauthenticated)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     except OSError as exc:
         raise WirestreamError(f"cannot serve on {args.listen}: {exc.strerror or exc}") from None
-    url = f"{ui.scheme}://{host or '0.0.0.0'}:{ui.port}/"
+    url = f"{ui.scheme}://{host}:{ui.port}/"
     if token:
         url += "?token=<the token>"  # (never the token itself in a log line)
     print(f"wirestream ui: serving {url}", file=sys.stderr, flush=True)
     if not is_loopback(host):
-        print(f"warning: the view is served on {host or 'every address'}, not loopback: whoever reaches it "
+        print(f"warning: the view is served on {'every address' if host == '0.0.0.0' else host}, not loopback: whoever reaches it "
               f"{'with the token ' if token else ''}sees every service, address and connection",
               file=sys.stderr, flush=True)
     ui.run(stop=common.StopOnSignal())
