@@ -6,11 +6,13 @@ with undecodable bytes replaced (``\\ufffd``), since these files are for people 
 like ``jq``; the Avro topics keep the exact bytes. For orjson the JSON literal of that
 text is the compiled core's (``rust/src/avro_text.rs``), made in one pass.
 
-Two encoders, one output: :func:`to_json_line` (the standard library's ``json``, any
-record: ``tail``, the SIEM sink) and the per-topic encoders of :class:`JsonlWriter`
-(``orjson``, 3-8x faster: ``analyze --out`` writes every record of a run, hundreds of
-megabytes for a big capture). They write the same bytes for every record of the output
-topics (tests/test_analyze_output.py). Where orjson's text differs, a float below 1e-4
+Three encoders, one output: :func:`to_json_line` (the standard library's ``json``, any
+record: ``tail``, the SIEM sink), the per-topic encoders of :class:`JsonlWriter`
+(``orjson``, 3-8x faster) and, fastest, the compiled core's line made straight from a
+message's Avro body (``AvroCodec.json_line``, rust/src/avro_json.rs; what ``analyze
+--out`` writes, hundreds of megabytes for a big capture, with
+:meth:`JsonlWriter.write_line`). They write the same bytes for every record of the
+output topics (tests/test_analyze_output.py). Where orjson's text differs, a float below 1e-4
 in magnitude (orjson ``0.00001`` and ``2.5e-7``, ``json`` ``1e-05`` and ``2.5e-07``) or
 not finite (orjson ``null``, ``json`` ``NaN``), the float is written with ``json``'s text.
 """
@@ -153,6 +155,11 @@ class JsonlWriter:
     def write(self, topic: str, record: dict[str, Any]) -> None:
         """Append the line of ``record`` to ``topic``'s file."""
         self._files[topic].write(self._encoders[topic](record))
+
+    def write_line(self, topic: str, line: bytes) -> None:
+        """Append a line made elsewhere (``AvroCodec.json_line``: the same bytes as
+        :meth:`write` of the record) to ``topic``'s file."""
+        self._files[topic].write(line)
 
     def close(self) -> list[Path]:
         """Finish the files and give them their names; return their paths."""

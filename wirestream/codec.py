@@ -277,15 +277,36 @@ class AvroCodec:
         fields = frozenset(fields)
         return lambda data: self._decode(data, fields)
 
+    def json_line(self, data: bytes | None) -> bytes:
+        """The JSON line of a message's record, newline included: the bytes
+        ``sinks/jsonl.py``'s ``to_json_line`` writes for :meth:`decode`'s record. The
+        compiled reader writes it from the body without making the record
+        (``rust/src/avro_json.rs``); a schema outside its subset is decoded, then
+        written. Raises :class:`DecodeError` if malformed."""
+        return self._read(data, None, json_line=True)  # type: ignore[return-value]
+
     def _decode(self, data: bytes | None, fields: frozenset[str] | None) -> dict[str, Any]:
+        return self._read(data, fields)  # type: ignore[return-value]
+
+    def _read(self, data: bytes | None, fields: frozenset[str] | None, json_line: bool = False) -> Any:
+        """The record of a Confluent-framed message (``fields`` only, if given), or its
+        JSON line; :class:`DecodeError` when the framing or the body is malformed."""
         if data is None or len(data) < _HEADER.size:
             raise DecodeError("message too short for the Confluent wire format")
         magic, schema_id = _HEADER.unpack_from(data)
         if magic != MAGIC_BYTE:
             raise DecodeError(f"bad magic byte {magic} (not Confluent-framed Avro)")
         reader = self._reader(schema_id, fields)
+        body = data if type(data) is bytes else bytes(data)
         try:
-            return reader(data if type(data) is bytes else bytes(data), _HEADER.size)
+            if not json_line:
+                return reader(body, _HEADER.size)
+            line = getattr(reader, "json_line", None)
+            if line is not None:
+                return line(body, _HEADER.size)
+            from wirestream.sinks.jsonl import to_json_line
+
+            return (to_json_line(reader(body, _HEADER.size)) + "\n").encode()
         except Exception as exc:  # EOFError, ValueError, IndexError, UnicodeDecodeError... on bad bytes
             raise DecodeError(f"malformed Avro body for schema id {schema_id}: {exc}") from None
 

@@ -31,6 +31,8 @@ class Message:
     key: bytes | None
     record: dict[str, Any] | None  # None when the value could not be decoded
     error: str | None = None
+    #: the message's bytes, when the reader was asked for them (``raw``)
+    value: bytes | None = None
 
 
 def partitions_of(bootstrap: str, topics: Iterable[str], timeout: float = 10.0) -> list[TopicPartition]:
@@ -106,8 +108,12 @@ class TopicReader:
         start: dict[tuple[str, int], int] | str = "beginning",
         fetch_wait_ms: int = 500,
         fields: dict[str, frozenset[str]] | None = None,
+        raw: bool = False,
     ) -> None:
+        """``fields`` (topic -> names): the records of those topics hold only those fields;
+        ``raw``: each message also carries its bytes (``Message.value``)."""
         self.codec = codec
+        self._raw = raw
         self._consumer = Consumer({**consumer_config(bootstrap), "fetch.wait.max.ms": fetch_wait_ms})
         self._decoders = {t: codec.decoder(f) for t, f in (fields or {}).items()}
         assignment = []
@@ -129,6 +135,7 @@ class TopicReader:
         out = []
         decode = self.codec.decode
         decoders = self._decoders
+        raw = self._raw
         for msg in consume_available(self._consumer, max_messages, timeout):
             if msg.error():
                 raise_if_fatal(msg.error(), f"reading {msg.topic()}")
@@ -140,7 +147,8 @@ class TopicReader:
                 record = decoders.get(topic, decode)(msg.value())
             except (DecodeError, RegistryError) as exc:
                 error = str(exc)
-            out.append(Message(topic, msg.partition(), msg.offset(), msg.key(), record, error))
+            out.append(Message(topic, msg.partition(), msg.offset(), msg.key(), record, error,
+                               msg.value() if raw else None))
         return out
 
     def close(self) -> None:

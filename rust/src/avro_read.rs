@@ -244,6 +244,11 @@ impl Reader {
         Reader::new(Writer::from_json(text)?, fields)
     }
 
+    /// Whether it reads some fields of the root record only.
+    pub fn selects_fields(&self) -> bool {
+        self.selected.is_some()
+    }
+
     /// The compiled schema (its field names, its name).
     pub fn schema(&self) -> &Writer {
         &self.schema

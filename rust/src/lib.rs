@@ -29,6 +29,7 @@
 use pyo3::prelude::*;
 
 pub mod avro;
+pub mod avro_json;
 pub mod avro_read;
 pub mod avro_text;
 pub mod batch;

@@ -388,6 +388,27 @@ impl PyAvroReader {
         })
     }
 
+    /// `json_line(data, offset=0) -> bytes`: the body's record as its JSON line, newline
+    /// included, the bytes `sinks/jsonl.py`'s `to_json_line` writes for the record this
+    /// reader would give (`crate::avro_json`), without making it. Whole records only (a
+    /// reader of some fields refuses); a malformed body raises `ValueError` as `__call__`.
+    #[pyo3(signature = (data, offset = 0))]
+    fn json_line<'py>(&self, py: Python<'py>, data: &[u8], offset: i64) -> PyResult<Bound<'py, PyBytes>> {
+        let Ok(offset) = usize::try_from(offset) else {
+            return Err(PyValueError::new_err(format!("negative offset {offset}")));
+        };
+        if self.reader.selects_fields() {
+            return Err(PyValueError::new_err("json_line is for a reader of whole records"));
+        }
+        let piece = self.reader.read(data, offset, &mut crate::avro_json::JsonLine).map_err(|e| match e {
+            ReadError::Malformed { .. } => PyValueError::new_err(format!("{}: {e}", self.reader.schema().name())),
+            ReadError::Source(never) => match never {},
+        })?;
+        let mut line = piece.finish();
+        line.push(b'\n');
+        Ok(PyBytes::new(py, &line))
+    }
+
     /// The schema's (root record's) name.
     #[getter]
     fn name(&self) -> &str {
