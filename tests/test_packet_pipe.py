@@ -91,6 +91,38 @@ def test_a_full_pipe_asks_whether_the_run_is_alive() -> None:
     rd.close()
 
 
+def test_a_stopped_writer_raises_at_its_next_write() -> None:
+    """The run has stopped (its reader failed, or Ctrl-C): the thread feeding its input
+    must end at its next write, even while the pipe is full."""
+    rd, wr = _pipe()
+    pipes = PacketPipes({0: wr}, alive=lambda: None)
+    pipes.send(0, b"x")
+    pipes.stop("the run stopped")
+    with pytest.raises(WorkerGone, match="the run stopped"):
+        pipes.send(0, b"y")
+    # one waiting on a full pipe: within half a second of the stop
+    rd2, wr2 = _pipe()
+    full = PacketPipes({0: wr2}, alive=lambda: None)
+    errors: list[BaseException] = []
+
+    def fill() -> None:
+        try:
+            while True:
+                full.send(0, b"z" * 65536)
+        except WorkerGone as exc:
+            errors.append(exc)
+
+    writer = threading.Thread(target=fill)
+    writer.start()
+    time.sleep(0.3)  # nobody reads: it waits on the full pipe
+    assert writer.is_alive()
+    full.stop("stopped while full")
+    writer.join(5)
+    assert not writer.is_alive() and "stopped while full" in str(errors[0])
+    for f in (rd, rd2):
+        f.close()
+
+
 # --- analyze: the same records by pipe as through the broker ----------------------------------
 
 #: the records compared (the windows' percentiles and alert counts depend on the order in
@@ -119,3 +151,42 @@ def test_analyze_by_pipe_gives_the_records_the_broker_path_gives(workers: int) -
     # every packet reached a worker, and each source's every partition reported its end
     received = sum(s["received"] for s in piped.stats if s["stage"] == "processor.packets" and s["final"])
     assert received == sum(f.packets for f in piped.files)
+
+
+def test_records_are_read_while_the_input_is_still_fed(tmp_path, monkeypatch) -> None:
+    """By pipe, analyze reads (and writes to --out) the records of the files already fed
+    while it still feeds the next: the second file's replay waits until records of the
+    first have been written, which would never happen if the records were only read
+    after the last file. The first file's final reports arrive before the input is known
+    whole, and still count: the run ends with every record."""
+    from wirestream.sinks.jsonl import JsonlWriter
+
+    written: list[str] = []
+    for name in ("write", "write_line"):
+        original = getattr(JsonlWriter, name)
+
+        def spy(self, topic, value, _original=original):
+            written.append(topic)
+            return _original(self, topic, value)
+
+        monkeypatch.setattr(JsonlWriter, name, spy)
+    captures = [str(DATA / "chrissanders" / name) for name in ("http_espn.pcapng", "dns_tcp.pcapng")]
+    seen_before_second: list[int] = []
+
+    def progress(path: str, _index: int):
+        if path == captures[1]:
+            deadline = time.monotonic() + 20
+            while not written and time.monotonic() < deadline:
+                time.sleep(0.05)
+            seen_before_second.append(len(written))
+        return lambda done, total: None
+
+    settings = Settings(windows=False)
+    result = analyze(captures, settings, workers=1, chains=False, progress=progress, jsonl_dir=tmp_path / "out")
+    assert not result.failed and seen_before_second and seen_before_second[0] > 0
+    plain = analyze(captures, settings, workers=1, chains=False)
+    assert _lines(result) == _lines(plain)
+    finals = {(s["source_id"], s["partition"]) for s in result.stats
+              if s["stage"] == "processor.packets" and s["final"]}
+    assert len({source for source, _ in finals}) == 2
+    assert len(finals) == 2 * settings.partitions

@@ -10,14 +10,16 @@
 3. wait until the processors report end of input for every partition of every file
    (their final ``wire.stats`` records): no fixed sleeps;
 4. read exactly the output records they reported, as they come (while the workers
-   work), each streamed to ``DIR/<topic>.jsonl`` (``jsonl_dir``) as it is read, and
-   return them (or the fields of them the caller asked for) for the summary.
+   work; by pipe, while step 2 still reads the files, in a thread of its own: ``Feed``),
+   each streamed to ``DIR/<topic>.jsonl`` (``jsonl_dir``) as it is read, and return them
+   (or the fields of them the caller asked for) for the summary.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import threading
 import time
 import uuid
 from collections import defaultdict
@@ -240,24 +242,6 @@ def _run(result: AnalyzeResult, settings: Settings, feed: Feeder, workers: int |
             _start_workers(rt, run_id, worker_settings, workers, partitions, observation_partitions,
                            starts, input_bytes)
         result.bootstrap, result.registry = rt.bootstrap, rt.registry_url
-        try:
-            source_ids = feed(rt, run_id, partitions)
-        except Exception as exc:
-            # The workers start at once and the input is published while they do: the
-            # broker or a worker may die while it is. That is the error to report, not
-            # what it made the producer raise.
-            dead = rt.dead_worker()
-            if dead is None and isinstance(exc, WorkerGone):
-                # its pipe closed as it exited: its exit status follows in a moment
-                deadline = time.monotonic() + 5.0
-                while dead is None and time.monotonic() < deadline:
-                    time.sleep(0.05)
-                    dead = rt.dead_worker()
-            if dead:
-                raise ProcessingTimeout(dead) from None
-            raise
-        if after_feed is not None:
-            after_feed()
         wanted = fields
         if chains and fields is not None:
             # the chains need the trace headers and the pids (a connection's, from the
@@ -267,12 +251,19 @@ def _run(result: AnalyzeResult, settings: Settings, feed: Feeder, workers: int |
 
             extra = {TRANSACTIONS: TRANSACTION_FIELDS, CONNECTIONS: CONNECTION_FIELDS}
             wanted = {**fields, **{t: fields[t] | f for t, f in extra.items() if t in fields}}
-        if source_ids:
+        # By pipe, the input is fed from a thread while this one reads the records as they
+        # come: reading and writing them (--out's lines) is then done beside the workers'
+        # work, not after it. Through a broker, fed first (see Feed).
+        pipes = rt.packet_pipes
+        feeding = Feed(lambda: feed(rt, run_id, partitions), in_background=pipes is not None)
+        try:
             result.stats, result.records = _wait_and_collect(
-                rt, starts, source_ids, partitions, observation_partitions, stall_timeout_s,
-                writer, wanted)
-        else:
-            result.records = {t: [] for t in OUTPUT_TOPICS}
+                rt, starts, run_id, feeding, partitions, observation_partitions, stall_timeout_s,
+                writer, wanted, after_feed)
+        finally:
+            if pipes is not None and not feeding.done.is_set():
+                pipes.stop("the run stopped")  # the feeding thread's next write ends it
+                feeding.done.wait(5.0)
         if chains:
             result.records[CALL_CHAINS] = build_chains(result.records[TRANSACTIONS], rt, run_id, result,
                                                        result.records[CONNECTIONS])
@@ -378,23 +369,84 @@ def default_workers(partitions: int) -> int:
     return max(1, min(os.cpu_count() or 1, partitions))
 
 
+class Feed:
+    """A run's input being fed (``Feeder``), for the reader of its records to ask about.
+
+    ``in_background``: fed by a thread of its own while the caller reads the records as
+    they come (analyze on its own broker, by pipe: its writes wait on the workers, and the
+    pipes stop it when the run stops: :meth:`PacketPipes.stop`); else fed at once, before
+    the records are read (a feeder that must run in the main thread: live capture, which
+    stops on Ctrl-C; a producer to a user's Kafka, which nothing could stop midway)."""
+
+    def __init__(self, run: Callable[[], dict[str, Any]], in_background: bool) -> None:
+        self._run = run
+        self._sources: dict[str, Any] = {}
+        self._error: BaseException | None = None
+        self.done = threading.Event()
+        if in_background:
+            threading.Thread(target=self._feed, name="feed", daemon=True).start()
+        else:
+            self._feed()
+
+    def _feed(self) -> None:
+        try:
+            self._sources = self._run()
+        except Exception as exc:  # raised in the reader's thread (sources())
+            self._error = exc
+        finally:
+            self.done.set()
+
+    def sources(self) -> dict[str, Any] | None:
+        """None while feeding; then the sources fed, by source id; or the feed's error."""
+        if not self.done.is_set():
+            return None
+        if self._error is not None:
+            raise self._error
+        return self._sources
+
+
+def _fed_sources(rt: Runtime, feeding: Feed) -> dict[str, Any] | None:
+    """``feeding.sources()``, where a failed feed's error is that of the broker or worker
+    that died, if one did: the workers start at once and the input is published while they
+    do, and what their death made the feeder raise is not what the user needs to read."""
+    try:
+        return feeding.sources()
+    except Exception as exc:
+        dead = rt.dead_worker()
+        if dead is None and isinstance(exc, WorkerGone):
+            # its pipe closed as it exited: its exit status follows in a moment
+            deadline = time.monotonic() + 5.0
+            while dead is None and time.monotonic() < deadline:
+                time.sleep(0.05)
+                dead = rt.dead_worker()
+        if dead:
+            raise ProcessingTimeout(dead) from None
+        raise
+
+
 def _wait_and_collect(
     rt: Runtime,
     start: dict[tuple[str, int], int],
-    source_ids: dict[str, Any],
+    run_id: str,
+    feeding: Feed,
     partitions: int,
     observation_partitions: int,
     stall_timeout_s: float,
     writer: JsonlWriter | None = None,
     fields: dict[str, frozenset[str]] | None = None,
+    after_feed: Callable[[], None] | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, list[dict[str, Any]]]]:
-    """Read wire.stats and the output topics together until every (source, partition) has
-    a final processor report and exactly the records those reports count have arrived.
+    """Read wire.stats and the output topics together until every (source, partition) of
+    the run has a final processor report and exactly the records those reports count have
+    arrived. The sources are those ``feeding`` fed (each named ``RUN_ID-...``).
 
     Output records are read (and decoded, and written to ``writer``) while the workers are
     still busy, rather than all at the end: with L7 on, there are several records per
     connection to read. A fetch waits at most 50 ms and a poll returns what has arrived,
-    so the run ends tens of milliseconds after its last report is written.
+    so the run ends tens of milliseconds after its last report is written. While the
+    input is still being fed (in the background), the run's records are those whose
+    source id starts with the run's; the reports still to come are known once it is fed
+    (``after_feed`` is then called).
 
     ``fields``: the records kept of those topics hold only those fields, and only they are
     decoded. With a ``writer``, the line of a record of those topics is written from the
@@ -406,9 +458,11 @@ def _wait_and_collect(
     from wirestream.errors import DecodeError
     from wirestream.reader import TopicReader
 
-    # final reports still to come: (stage, source, partition)
-    waiting = {(PACKETS_STAGE, s, p) for s in source_ids for p in range(partitions)}
-    waiting |= {(WINDOWS_STAGE, s, q) for s in source_ids for q in range(observation_partitions)}
+    prefix = f"{run_id}-"
+    source_ids: dict[str, Any] | None = None  # known once fed
+    # final reports still to come, once the sources are known: (stage, source, partition)
+    waiting: set[tuple[str, str, int]] | None = None
+    finals: dict[tuple[str, str, int], dict[str, Any]] = {}  # those that came
     stats: list[dict[str, Any]] = []
     records: dict[str, list[dict[str, Any]]] = {t: [] for t in OUTPUT_TOPICS}
     expected: dict[str, int] = defaultdict(int)
@@ -420,11 +474,27 @@ def _wait_and_collect(
     undecodable, first_error = 0, ""
 
     def done() -> bool:
-        return not waiting and all(len(records[t]) >= n for t, n in expected.items())
+        return waiting is not None and not waiting and all(len(records[t]) >= n for t, n in expected.items())
+
+    def count(key: tuple[str, str, int]) -> None:
+        for topic, n in finals[key]["emitted"].items():
+            expected[topic] += n
 
     with TopicReader(rt.bootstrap, rt.codec, [STATS, *OUTPUT_TOPICS], start, fetch_wait_ms=50,
                      fields=fields, raw=writer is not None) as reader:
         while not done():
+            if source_ids is None and (source_ids := _fed_sources(rt, feeding)) is not None:
+                if after_feed is not None:
+                    after_feed()
+                waiting = {(PACKETS_STAGE, s, p) for s in source_ids for p in range(partitions)}
+                waiting |= {(WINDOWS_STAGE, s, q) for s in source_ids for q in range(observation_partitions)}
+                for key in waiting & finals.keys():
+                    waiting.discard(key)
+                    count(key)
+                last_progress = time.monotonic()  # the stall timeout counts from the end of the input
+                if not source_ids:
+                    break  # nothing was fed (every file failed): no record will come
+                continue
             msgs = reader.poll(0.2, 10_000)
             for msg in msgs:
                 rec = msg.record
@@ -433,7 +503,8 @@ def _wait_and_collect(
                     undecodable += 1
                     first_error = first_error or f"{msg.topic}/{msg.partition}@{msg.offset}: {msg.error}"
                     continue
-                if rec.get("source_id", "") not in source_ids:
+                source = rec.get("source_id", "")
+                if not source.startswith(prefix) or (source_ids is not None and source not in source_ids):
                     continue
                 last_progress = time.monotonic()
                 topic = msg.topic
@@ -450,16 +521,17 @@ def _wait_and_collect(
                     records[topic].append(rec)
                     continue
                 stats.append(rec)
-                key = (rec["stage"], rec["source_id"], rec["partition"])
-                if key in waiting and rec["final"]:
-                    waiting.discard(key)
-                    for topic, n in rec["emitted"].items():
-                        expected[topic] += n
+                key = (rec["stage"], source, rec["partition"])
+                if rec["final"] and key not in finals:
+                    finals[key] = rec
+                    if waiting is not None and key in waiting:
+                        waiting.discard(key)
+                        count(key)
             if not msgs:
                 dead = rt.dead_worker()
                 if dead:
                     raise ProcessingTimeout(dead)
-                if time.monotonic() - last_progress > stall_timeout_s:
+                if waiting is not None and time.monotonic() - last_progress > stall_timeout_s:
                     if waiting:
                         raise ProcessingTimeout(
                             f"processors sent no end-of-input report for {len(waiting)} partition(s) "

@@ -75,6 +75,10 @@ def idempotence() -> bool:
 CLIENT_ID = "wirestream"
 
 
+#: see consumer_config (librdkafka's default: 1,000 ms)
+FETCH_QUEUE_BACKOFF_MS = 20
+
+
 def consumer_config(bootstrap: str) -> dict[str, Any]:
     """A consumer that joins no group: it is assigned partitions (readers, replay).
 
@@ -89,6 +93,12 @@ def consumer_config(bootstrap: str) -> dict[str, Any]:
         "enable.auto.commit": False,
         "enable.partition.eof": False,
         "fetch.wait.max.ms": 500,
+        # librdkafka (2.1+) postpones a partition's next fetch by this much when the
+        # client's local queue is over its bounds (queued.max.messages.kbytes, 64 MB):
+        # 1 s by default, which left analyze's reader idle for up to a second once it had
+        # drained a burst of big transaction records. The bounds still hold; the reader
+        # just asks again soon after it has made room.
+        "fetch.queue.backoff.ms": FETCH_QUEUE_BACKOFF_MS,
         "log_level": 3,
         "log.connection.close": False,
         **client_properties(),
@@ -105,6 +115,7 @@ def group_consumer_config(bootstrap: str, group: str, from_beginning: bool, **ex
         "enable.auto.commit": False,
         # a member that stops is noticed within 10 s (and a join does not wait longer)
         "session.timeout.ms": 10_000, "heartbeat.interval.ms": 2_000,
+        "fetch.queue.backoff.ms": FETCH_QUEUE_BACKOFF_MS,  # as consumer_config's
         "log_level": 3, "log.connection.close": False,
         **client_properties(),
     }

@@ -59,6 +59,7 @@ class PacketPipes:
         partitions may share one); ``alive``: says why the run cannot go on (None: it can)."""
         self._fds = {part: stream.fileno() for part, stream in pipes.items()}
         self._alive = alive
+        self._stopped: str | None = None
         for fd in set(self._fds.values()):
             os.set_blocking(fd, False)
             try:
@@ -72,6 +73,8 @@ class PacketPipes:
         fd = self._fds[partition]
         view = memoryview(FRAME.pack(partition, len(value)) + value)
         while view:
+            if self._stopped is not None:
+                raise WorkerGone(self._stopped)
             try:
                 view = view[os.write(fd, view):]
             except BlockingIOError:
@@ -82,6 +85,13 @@ class PacketPipes:
             except (BrokenPipeError, ValueError):  # (ValueError: the pipe was closed here)
                 raise WorkerGone(f"the processor worker of partition {partition} is gone "
                                  "(its input pipe closed)") from None
+
+
+    def stop(self, why: str) -> None:
+        """Make every later :meth:`send` (and one waiting on a full pipe, within half a
+        second) raise :class:`WorkerGone` with ``why``: the run has stopped, and the thread
+        writing its input ends there."""
+        self._stopped = why
 
 
 class PipeMessage:
