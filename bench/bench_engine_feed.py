@@ -3,8 +3,9 @@
 Reads and batches the capture with the compiled core (as ``produce pcap`` does: one
 partition, batches of 4,096 packets), keeps the batches in memory, then times a fresh
 :class:`~wirestream.processors.engine.Engine` fed with all of them and finished (TCP
-tracking and analysis, L7 unless ``--no-l7``; no Kafka, no Avro, no windows). Prints the
-process CPU per packet of the feed loop, best of ``--runs``.
+tracking and analysis, L7 unless ``--no-l7``; no Kafka, no Avro, no windows), with the
+packet worker's garbage collection (wirestream/gc_policy.py; ``--default-gc``: Python's).
+Prints the process CPU per packet of the feed loop, best of ``--runs``.
 
     .venv/bin/python bench/bench_engine_feed.py bench/work/http_300000.pcap [--no-l7]
 """
@@ -19,6 +20,7 @@ from wirestream.processors.engine import Engine, EngineOptions
 from wirestream.processors.l7.base import L7Options
 
 from wirestream import _core
+from wirestream.gc_policy import collect_rarely
 from wirestream.packet_block import PACKET_DTYPE
 
 
@@ -50,11 +52,14 @@ def main() -> None:
     ap.add_argument("capture")
     ap.add_argument("--no-l7", action="store_true")
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--default-gc", action="store_true", help="Python's GC thresholds, not the worker's")
     args = ap.parse_args()
     batches = batches_of(args.capture)
     packets = sum(n for *_, n in batches)
     options = EngineOptions(l7=None if args.no_l7 else L7Options())
     best = None
+    if not args.default_gc:
+        collect_rarely(freeze=True)  # as the packet worker (wirestream/gc_policy.py)
     for _ in range(args.runs):
         sink = _CountingSink()
         engine = Engine("bench", 0, options, sink)

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import gc
 import os
 import sys
 from typing import Any
 
 from wirestream.commands import common
 from wirestream.config import Settings
+from wirestream.gc_policy import collect_rarely
 
 
 def add_parser(sub: common.Subparsers, defaults: Settings) -> argparse.ArgumentParser:
@@ -60,10 +60,8 @@ def run(args: argparse.Namespace) -> int:
     from wirestream.analyze import analyze
     from wirestream.sinks import console
 
-    # analyze holds the output records it reads (hundreds of thousands of small dicts):
-    # with the default thresholds the cyclic GC rescans them over and over (~30 % of the
-    # decoding time). They hold no cycles; collect rarely.
-    gc.set_threshold(50_000, 20, 100)
+    # analyze holds the output records it reads (hundreds of thousands of small dicts)
+    collect_rarely()
     settings = common.settings_from_args(args)
     show_progress = not args.no_progress and not args.json and sys.stderr.isatty()
     # The summary's imports (rich, the windows' merge: ~0.25 s) are made once the files are

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import gc
 import sys
 from typing import Any
 
 from wirestream.commands import common
 from wirestream.config import Settings
+from wirestream.gc_policy import collect_rarely
 
 
 def add_parser(sub: common.Subparsers, defaults: Settings) -> argparse.ArgumentParser:
@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     from wirestream.capture import capture
     from wirestream.sinks import console
 
-    gc.set_threshold(50_000, 20, 100)  # as analyze: many small records, no cycles
+    collect_rarely()  # many small records (wirestream/gc_policy.py)
     settings = common.settings_from_args(args)
     options = common.capture_options(args)
 

@@ -226,6 +226,7 @@ def _run_static(args: argparse.Namespace) -> int:
 def _packet_worker(args: argparse.Namespace, packet_partitions: int, observation_partitions: int,
                    assignment: dict[int, dict[str, int]] | None = None, packets_pipe: Any = None) -> Any:
     from wirestream.codec import AvroCodec
+    from wirestream.gc_policy import collect_rarely
     from wirestream.processors.engine import EngineOptions
     from wirestream.processors.k8s_enrichment import Enricher, IdentityFeed, IdentityIndex
     from wirestream.processors.l7.base import L7Options
@@ -247,6 +248,10 @@ def _packet_worker(args: argparse.Namespace, packet_partitions: int, observation
     # feed is a daemon thread that keeps the index up to date for the worker's life.
     index = IdentityIndex()
     IdentityFeed(args.bootstrap, AvroCodec(args.registry), index).start()
+    # This process's connection state and records are many small objects
+    # (wirestream/gc_policy.py); what exists now (its modules, its clients) is never
+    # scanned again.
+    collect_rarely(freeze=True)
     return PacketWorker(
         args.bootstrap, args.registry, args.group, options,
         WorkerOptions(checkpoint_interval_s=args.checkpoint_interval, restore=args.restore,
