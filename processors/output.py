@@ -12,19 +12,27 @@ import os
 import socket
 import time
 from collections import Counter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from wirestream.codec import AvroCodec
 from wirestream.kafka import WireProducer, add_counts
 from wirestream.topics import STATS
 
+if TYPE_CHECKING:
+    from wirestream.record_pipe import RecordPipeWriter
+
 
 class OutputPublisher:
     """Encode and send output records; count what was emitted per topic."""
 
-    def __init__(self, bootstrap: str, codec: AvroCodec, stage: str, **producer_config: Any) -> None:
-        """``producer_config``: librdkafka settings on top of the publisher's own."""
+    def __init__(self, bootstrap: str, codec: AvroCodec, stage: str, records_pipe: RecordPipeWriter | None = None,
+                 **producer_config: Any) -> None:
+        """``producer_config``: librdkafka settings on top of the publisher's own;
+        ``records_pipe``: the output records and reports go there instead of to their
+        topics (a worker of analyze on its own broker: wirestream/record_pipe.py; the
+        other topics, wire.observations, still go to Kafka)."""
         self.codec = codec
+        self._pipe = records_pipe
         self.stage = stage
         self.instance = f"{socket.gethostname()}:{os.getpid()}"
         # Records (HTTP bodies, header maps) compress well; lz4 costs little CPU and cuts
@@ -38,7 +46,11 @@ class OutputPublisher:
         self.emitted: Counter[str] = Counter()
 
     def emit(self, topic: str, key: str | None, record: dict[str, Any]) -> None:
-        self._produce(topic, self.codec.encoders[topic](record), key.encode() if key is not None else None)
+        value = self.codec.encoders[topic](record)
+        if self._pipe is not None and self._pipe.carries(topic):
+            self._pipe.write(topic, value)
+        else:
+            self._produce(topic, value, key.encode() if key is not None else None)
         self.emitted[topic] += 1
 
     def send_to_partition(self, topic: str, partition: int, record: dict[str, Any]) -> None:
@@ -47,9 +59,13 @@ class OutputPublisher:
 
     def poll(self) -> None:
         self.kafka.poll(0)
+        if self._pipe is not None:
+            self._pipe.flush()
 
     def flush(self, timeout: float = 60.0) -> None:
         self.kafka.flush(timeout)
+        if self._pipe is not None:
+            self._pipe.flush()
 
     def wait_delivered(self, timeout: float) -> int:
         """Wait up to ``timeout`` seconds for everything queued to be delivered; return how

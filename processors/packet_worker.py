@@ -35,7 +35,9 @@ it dies, its partitions are not taken over; the run fails as a whole
 **Packets by pipe** (``packets_pipe=``; ``process --packets-from-stdin``): the workers of
 an ``analyze`` on its own embedded broker read their ``wire.packets`` messages from a pipe
 (wirestream/packet_pipe.py) instead of the broker, which would keep them only for the
-run; the same messages, handled the same way.
+run; the same messages, handled the same way. **Records by pipe** (``records_pipe=``;
+``process --records-to-fd``): their output records and reports go back to the command
+the same way (wirestream/record_pipe.py); ``wire.observations`` still goes to the broker.
 """
 
 from __future__ import annotations
@@ -89,6 +91,7 @@ from .output import OutputPublisher
 
 if TYPE_CHECKING:
     from wirestream.packet_pipe import PacketPipeReader
+    from wirestream.record_pipe import RecordPipeWriter
 
     from .checkpoints import Checkpoint
 from .packet_pipeline import PacketPipeline, handle_when_registry_answers, when_registry_answers
@@ -135,11 +138,14 @@ class PacketWorker:
     def __init__(self, bootstrap: str, registry_url: str, group: str, options: EngineOptions,
                  worker: WorkerOptions | None = None, source_prefix: str = "",
                  enricher: Enricher | None = None, assignment: Assignment | None = None,
-                 codec: AvroCodec | None = None, packets_pipe: PacketPipeReader | None = None) -> None:
+                 codec: AvroCodec | None = None, packets_pipe: PacketPipeReader | None = None,
+                 records_pipe: RecordPipeWriter | None = None) -> None:
         """``packets_pipe``: with an ``assignment``, the ``wire.packets`` messages come
-        from this pipe's reader instead of the broker (see the module's docstring)."""
-        if packets_pipe is not None and assignment is None:
-            raise ValueError("packets by pipe are for statically assigned workers")
+        from this pipe's reader instead of the broker; ``records_pipe``: the output
+        records and reports go to the command that started the worker by this pipe
+        (see the module's docstring)."""
+        if (packets_pipe is not None or records_pipe is not None) and assignment is None:
+            raise ValueError("packets and records by pipe are for statically assigned workers")
         self.packets_pipe = packets_pipe
         self.bootstrap = bootstrap
         self.group = group
@@ -152,7 +158,8 @@ class PacketWorker:
         self.codec = codec or AvroCodec(registry_url)
         # Output is never dropped for an unreachable broker: records wait in the client
         # (bounded by its queue) until delivered; a checkpoint waits for them.
-        self.publisher = OutputPublisher(bootstrap, self.codec, PACKETS_STAGE, **{"message.timeout.ms": 0})
+        self.publisher = OutputPublisher(bootstrap, self.codec, PACKETS_STAGE, records_pipe,
+                                         **{"message.timeout.ms": 0})
         self.pipeline = PacketPipeline(self.codec, self.publisher, options, source_prefix=source_prefix,
                                        enricher=enricher)
         # (imported here: checkpoints need fastavro, which a statically assigned worker,

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 
@@ -35,6 +35,9 @@ from wirestream.topics import ALERTS, OBSERVATIONS, SERVICE_METRICS, STATS, WIND
 from .output import OutputPublisher
 from .service_windows import ServiceWindows, WindowOptions
 
+if TYPE_CHECKING:
+    from wirestream.record_pipe import RecordPipeWriter
+
 log = logging.getLogger(__name__)
 
 #: what the windows write, each schema registered before any input is read
@@ -45,13 +48,14 @@ class WindowsWorker:
     """The windows of the ``wire.observations`` partitions it is assigned, kept in memory."""
 
     def __init__(self, bootstrap: str, codec: AvroCodec, partitions: dict[int, int | None],
-                 options: WindowOptions | None = None) -> None:
+                 options: WindowOptions | None = None, records_pipe: RecordPipeWriter | None = None) -> None:
         """``partitions``: observation partition -> the offset to start at (None: the
-        beginning of the partition)."""
+        beginning of the partition); ``records_pipe``: the windows' records and reports
+        go to the command that started the worker by this pipe (wirestream/record_pipe.py)."""
         self.bootstrap = bootstrap
         self.codec = codec
         self.partitions = dict(partitions)
-        self.publisher = OutputPublisher(bootstrap, codec, WINDOWS_STAGE)
+        self.publisher = OutputPublisher(bootstrap, codec, WINDOWS_STAGE, records_pipe)
         # One store for every assigned partition, as the Faust agent's table: its keys name
         # the partition where it matters (a source's offsets), and a service's windows are
         # in one partition only (observations are keyed by service).

@@ -329,7 +329,8 @@ def _start_workers(rt: Runtime, run_id: str, settings: Settings, workers: int | 
     CPU (:func:`default_workers`) and the windows in a process of their own.
 
     ``packets_pipe``: the packet workers read their packet batches from their stdin;
-    returned: partition -> the writing end of its worker's pipe (else empty)."""
+    returned: partition -> the writing end of its worker's pipe (else empty); and every
+    worker writes its records and reports to a pipe of ``rt.record_pipes``."""
     if workers is None:
         small = input_bytes is not None and input_bytes <= SMALL_INPUT_BYTES
         workers = 1 if small else default_workers(partitions)
@@ -349,14 +350,15 @@ def _start_workers(rt: Runtime, run_id: str, settings: Settings, workers: int | 
         assign = ["--assign", ",".join(map(str, owned))]
         if alone:
             rt.start_workers(1, group, ["--role", "all", *assign, *windows_args, *common], static=True,
-                             packets_pipe=packets_pipe)
+                             packets_pipe=packets_pipe, records_pipe=packets_pipe)
         else:
             rt.start_workers(1, group, ["--role", "packets", *assign, *common], static=True,
-                             packets_pipe=packets_pipe)
+                             packets_pipe=packets_pipe, records_pipe=packets_pipe)
         if packets_pipe:
             pipes.update(dict.fromkeys(owned, rt.workers[-1].stdin))
     if observation_partitions and not alone:
-        rt.start_workers(1, group, ["--role", "windows", *windows_args, *common], static=True)
+        rt.start_workers(1, group, ["--role", "windows", *windows_args, *common], static=True,
+                         records_pipe=packets_pipe)
     return pipes
 
 
@@ -457,6 +459,7 @@ def _wait_and_collect(
     """
     from wirestream.errors import DecodeError
     from wirestream.reader import TopicReader
+    from wirestream.record_pipe import RecordPipeReader
 
     prefix = f"{run_id}-"
     source_ids: dict[str, Any] | None = None  # known once fed
@@ -480,8 +483,15 @@ def _wait_and_collect(
         for topic, n in finals[key]["emitted"].items():
             expected[topic] += n
 
-    with TopicReader(rt.bootstrap, rt.codec, [STATS, *OUTPUT_TOPICS], start, fetch_wait_ms=50,
-                     fields=fields, raw=writer is not None) as reader:
+    reader: TopicReader | RecordPipeReader
+    if rt.record_pipes:  # the workers' records come by pipe (wirestream/record_pipe.py)
+        codec = rt.codec
+        reader = RecordPipeReader(rt.record_pipes, codec.decode, {t: codec.decoder(f) for t, f in fields.items()},
+                                  raw=writer is not None)
+    else:
+        reader = TopicReader(rt.bootstrap, rt.codec, [STATS, *OUTPUT_TOPICS], start, fetch_wait_ms=50,
+                             fields=fields, raw=writer is not None)
+    with reader:
         while not done():
             if source_ids is None and (source_ids := _fed_sources(rt, feeding)) is not None:
                 if after_feed is not None:

@@ -47,6 +47,38 @@ class WorkerGone(WirestreamError):
     """A worker's input pipe closed while packets were written to it: the worker exited."""
 
 
+def read_frame(stream: BinaryIO) -> tuple[int, bytes] | None:
+    """The next frame of a pipe: (its number, its value); None at the end of the pipe.
+    Raises EOFError when the pipe ended inside a frame (its writer died)."""
+    head = _read_exactly(stream, FRAME.size)
+    if not head:
+        return None
+    if len(head) < FRAME.size:
+        raise EOFError("the pipe ended inside a frame's header")
+    number, size = FRAME.unpack(head)
+    value = _read_exactly(stream, size)
+    if len(value) < size:
+        raise EOFError("the pipe ended inside a frame's value")
+    return number, value
+
+
+def _read_exactly(stream: BinaryIO, size: int) -> bytes:
+    """``size`` bytes, fewer only at the end of the pipe (a raw stream's read may return
+    less than asked while the writer is still writing)."""
+    data = stream.read(size)
+    if data is None or len(data) == size:
+        return data or b""
+    parts = [data]
+    got = len(data)
+    while got < size:
+        more = stream.read(size - got)
+        if not more:
+            break
+        parts.append(more)
+        got += len(more)
+    return b"".join(parts)
+
+
 class PacketPipes:
     """The writing end: each partition's messages go to the pipe of the worker owning it.
 
@@ -133,38 +165,15 @@ class PacketPipeReader:
         self._thread.start()
 
     def _read(self) -> None:
-        read = self._read_exactly
-        while True:
-            head = read(FRAME.size)
-            if len(head) < FRAME.size:
-                self.closed_early = bool(head)
-                break
-            partition, size = FRAME.unpack(head)
-            value = read(size)
-            if len(value) < size:
-                self.closed_early = True
-                break
-            offset = self._offsets.get(partition, 0)
-            self._offsets[partition] = offset + 1
-            self._queue.put(PipeMessage(partition, value, offset))
-        if self.closed_early:
+        try:
+            while (frame := read_frame(self._stream)) is not None:
+                partition, value = frame
+                offset = self._offsets.get(partition, 0)
+                self._offsets[partition] = offset + 1
+                self._queue.put(PipeMessage(partition, value, offset))
+        except EOFError:
+            self.closed_early = True
             log.warning("the packet pipe ended inside a message: the writer is gone")
-
-    def _read_exactly(self, size: int) -> bytes:
-        """``size`` bytes, fewer only at the end of the pipe (a raw stream's read may
-        return less than asked while the writer is still writing)."""
-        data = self._stream.read(size)
-        if data is None or len(data) == size:
-            return data or b""
-        parts = [data]
-        got = len(data)
-        while got < size:
-            more = self._stream.read(size - got)
-            if not more:
-                break
-            parts.append(more)
-            got += len(more)
-        return b"".join(parts)
 
     def consume(self, num_messages: int = 1, timeout: float = -1) -> list[PipeMessage]:
         """Up to ``num_messages`` messages, waiting up to ``timeout`` seconds for the

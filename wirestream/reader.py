@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import difflib
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +33,18 @@ class Message:
     error: str | None = None
     #: the message's bytes, when the reader was asked for them (``raw``)
     value: bytes | None = None
+
+
+def decode_message(topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None,
+                   decode: Callable[[bytes | None], dict[str, Any]], raw: bool) -> Message:
+    """A :class:`Message` of ``value`` decoded by ``decode``; a value that cannot be
+    decoded is a message without a record, with the reason (``error``)."""
+    record = error = None
+    try:
+        record = decode(value)
+    except (DecodeError, RegistryError) as exc:
+        error = str(exc)
+    return Message(topic, partition, offset, key, record, error, value if raw else None)
 
 
 def partitions_of(bootstrap: str, topics: Iterable[str], timeout: float = 10.0) -> list[TopicPartition]:
@@ -141,14 +153,8 @@ class TopicReader:
                 raise_if_fatal(msg.error(), f"reading {msg.topic()}")
                 continue  # transient fetch errors are retried by the client
             topic = msg.topic()
-            record = None
-            error = None
-            try:
-                record = decoders.get(topic, decode)(msg.value())
-            except (DecodeError, RegistryError) as exc:
-                error = str(exc)
-            out.append(Message(topic, msg.partition(), msg.offset(), msg.key(), record, error,
-                               msg.value() if raw else None))
+            out.append(decode_message(topic, msg.partition(), msg.offset(), msg.key(), msg.value(),
+                                      decoders.get(topic, decode), raw))
         return out
 
     def close(self) -> None:

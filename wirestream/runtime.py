@@ -21,7 +21,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
 from wirestream.broker import EmbeddedBroker, check_reachable, ensure_topics
 from wirestream.config import IDEMPOTENCE_ENV, Settings
@@ -55,6 +55,9 @@ class Runtime:
         #: where a run's packet batches go when its workers read them from pipes
         #: (analyze on its own broker; wirestream/packet_pipe.py), else None
         self.packet_pipes: PacketPipes | None = None
+        #: the reading ends of the workers' record pipes, if they were started with them
+        #: (analyze on its own broker; wirestream/record_pipe.py)
+        self.record_pipes: list[BinaryIO] = []
         self.workdir = Path(tempfile.mkdtemp(prefix="wirestream-"))
         self._codec: AvroCodec | None = None
         #: How long workers get to shut down cleanly on exit. ``analyze`` sets it low: its
@@ -135,26 +138,45 @@ class Runtime:
         return self._codec
 
     def start_workers(self, count: int, group: str, extra_args: list[str] | None = None,
-                      static: bool = False, packets_pipe: bool = False) -> None:
+                      static: bool = False, packets_pipe: bool = False, records_pipe: bool = False) -> None:
         """Start ``count`` processor worker processes (``wirestream process``) in one group
         (``static``: workers with ``--assign``, in no group, stopped without a grace;
         ``packets_pipe``: each reads its packet batches from its stdin, a pipe this
-        process writes: ``self.workers[i].stdin``, wirestream/packet_pipe.py)."""
+        process writes: ``self.workers[i].stdin``, wirestream/packet_pipe.py;
+        ``records_pipe``: each writes its output records and reports to a pipe this
+        process reads: ``self.record_pipes``, wirestream/record_pipe.py)."""
         for _ in range(count):
             i = len(self.workers)
             log = open(self.workdir / f"worker-{i}.log", "wb")  # noqa: SIM115
+            read_end = write_end = None
+            if records_pipe:
+                read_end, write_end = os.pipe()
             cmd = [
                 sys.executable, "-m", "wirestream", "process",
                 "--bootstrap", self.bootstrap,
                 "--group", group,
                 *(extra_args or []),
                 *(["--packets-from-stdin"] if packets_pipe else []),
+                *(["--records-to-fd", str(write_end)] if write_end is not None else []),
             ]
             env = self._worker_env(i)
-            self.workers.append(
-                subprocess.Popen(cmd, stdin=subprocess.PIPE if packets_pipe else subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                 start_new_session=True, env=env, preexec_fn=die_with_parent())
-            )
+            try:
+                self.workers.append(
+                    subprocess.Popen(cmd, stdin=subprocess.PIPE if packets_pipe else subprocess.DEVNULL, stdout=log,
+                                     stderr=subprocess.STDOUT, start_new_session=True, env=env,
+                                     preexec_fn=die_with_parent(),
+                                     pass_fds=(write_end,) if write_end is not None else ())
+                )
+            except BaseException:
+                if read_end is not None:
+                    os.close(read_end)
+                raise
+            finally:
+                # the worker's end is the worker's alone: the pipe ends when it exits
+                if write_end is not None:
+                    os.close(write_end)
+            if read_end is not None:
+                self.record_pipes.append(os.fdopen(read_end, "rb", buffering=0))
             if static:
                 self._static_workers.add(self.workers[-1].pid)
             log.close()
@@ -195,6 +217,10 @@ class Runtime:
                     w.stdin.close()
         self.workers = []
         self._static_workers = set()
+        for stream in self.record_pipes:  # (their readers' threads end with them)
+            with contextlib.suppress(OSError):
+                stream.close()
+        self.record_pipes = []
         if self.embedded_registry is not None:
             self.embedded_registry.stop()
             self.embedded_registry = None

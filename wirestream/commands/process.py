@@ -66,6 +66,9 @@ or crash without losing or splitting a connection (docs/checkpoints.md).""",
     #   --packets-from-stdin     the wire.packets messages come by pipe (analyze on its own
     #                            broker: wirestream/packet_pipe.py)
     p.add_argument("--packets-from-stdin", action="store_true", help=argparse.SUPPRESS)
+    #   --records-to-fd 5        the output records and reports go to this file descriptor,
+    #                            a pipe (analyze on its own broker: wirestream/record_pipe.py)
+    p.add_argument("--records-to-fd", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("--loglevel", default="warning", help="worker log level (default: %(default)s)")
     common.add_kafka_args(p, defaults, required=True, hint="; start them with 'wirestream broker'")
     p.set_defaults(run=run)
@@ -103,10 +106,10 @@ def format_offsets(offsets: dict[tuple[str, int], int]) -> str:
 def run(args: argparse.Namespace) -> int:
     if args.assign is not None or args.assign_windows is not None:
         return _run_static(args)
-    if args.packets_from_stdin:
+    if args.packets_from_stdin or args.records_to_fd is not None:
         from wirestream.errors import UsageError
 
-        raise UsageError("--packets-from-stdin is for a statically assigned worker (--assign)")
+        raise UsageError("--packets-from-stdin and --records-to-fd are for a statically assigned worker (--assign)")
     from wirestream.kafka import ensure_process_topics
 
     packets = args.role in ("all", "packets")
@@ -175,6 +178,11 @@ def _run_static(args: argparse.Namespace) -> int:
         from wirestream.packet_pipe import PacketPipeReader
 
         pipe = PacketPipeReader(sys.stdin.buffer)
+    records = None
+    if args.records_to_fd is not None:
+        from wirestream.record_pipe import RecordPipeWriter
+
+        records = RecordPipeWriter(args.records_to_fd)  # one for both loops: frames never interleave
     # The broker may be starting and the topics not created yet: the command that started
     # this worker does both while we import (analyze starts everything at once).
     topics = wait_for_topics(args.bootstrap, (PACKETS, SOCKETS, OBSERVATIONS, STATS), args.wait_for_topics)
@@ -203,12 +211,12 @@ def _run_static(args: argparse.Namespace) -> int:
 
         starts = {q: args.start_offsets.get((OBSERVATIONS, q)) for q in args.assign_windows}
         loops.append(WindowsWorker(args.bootstrap, AvroCodec(args.registry), starts,
-                                   common.window_options(args)).run)
+                                   common.window_options(args), records_pipe=records).run)
     if packets:
         assignment = {p: {t: off for (t, q), off in args.start_offsets.items() if q == p and t in (PACKETS, SOCKETS, DROPS, TLS_PLAINTEXT)}
                       for p in args.assign}
         worker = _packet_worker(args, topics[PACKETS], topics[OBSERVATIONS], assignment=assignment,
-                                packets_pipe=pipe)
+                                packets_pipe=pipe, records_pipe=records)
         loops.append(worker.run)
     # The windows (light) in a thread; the packet worker in the main thread.
     threads = [threading.Thread(target=guarded, args=(loop,), name="windows", daemon=True) for loop in loops[:-1]]
@@ -224,7 +232,8 @@ def _run_static(args: argparse.Namespace) -> int:
 
 
 def _packet_worker(args: argparse.Namespace, packet_partitions: int, observation_partitions: int,
-                   assignment: dict[int, dict[str, int]] | None = None, packets_pipe: Any = None) -> Any:
+                   assignment: dict[int, dict[str, int]] | None = None, packets_pipe: Any = None,
+                   records_pipe: Any = None) -> Any:
     from wirestream.codec import AvroCodec
     from wirestream.gc_policy import collect_rarely
     from wirestream.processors.engine import EngineOptions
@@ -257,7 +266,7 @@ def _packet_worker(args: argparse.Namespace, packet_partitions: int, observation
         WorkerOptions(checkpoint_interval_s=args.checkpoint_interval, restore=args.restore,
                       session_timeout_s=args.session_timeout),
         source_prefix=args.only_source_prefix, enricher=Enricher(index), assignment=assignment,
-        packets_pipe=packets_pipe)
+        packets_pipe=packets_pipe, records_pipe=records_pipe)
 
 
 def _run_faust(args: argparse.Namespace, group: str, observation_partitions: int, windows: bool) -> None:
