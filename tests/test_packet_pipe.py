@@ -21,7 +21,7 @@ from helpers import DATA
 from wirestream.analyze import analyze
 from wirestream.config import Settings
 from wirestream.packet_pipe import PIPE_BYTES, PacketPipeReader, PacketPipes, WorkerGone
-from wirestream.topics import CONNECTIONS, DNS, FLOWS, TLS, TRANSACTIONS
+from wirestream.topics import CONNECTIONS, DNS, FLOWS, SERVICE_METRICS, TLS, TRANSACTIONS
 
 
 def _pipe() -> tuple:
@@ -140,7 +140,8 @@ def _lines(result) -> dict[str, Counter[str]]:
 def test_analyze_by_pipe_gives_the_records_the_broker_path_gives(workers: int) -> None:
     captures = [str(DATA / "chrissanders" / name)
                 for name in ("http_espn.pcapng", "dns_tcp.pcapng", "tcp_dupack.pcapng", "http_ip4and6.pcapng")]
-    settings = Settings(windows=workers == 1)
+    # (with 2 workers the windows are a process of their own, with its own record pipe)
+    settings = Settings()
     piped = analyze(captures, settings, workers=workers, chains=False)
     brokered = analyze(captures, settings, workers=workers, chains=False, packets_by_pipe=False)
     assert not piped.failed and not brokered.failed
@@ -151,6 +152,11 @@ def test_analyze_by_pipe_gives_the_records_the_broker_path_gives(workers: int) -
     # every packet reached a worker, and each source's every partition reported its end
     received = sum(s["received"] for s in piped.stats if s["stage"] == "processor.packets" and s["final"])
     assert received == sum(f.packets for f in piped.files)
+    # the windows' records and final reports came back too
+    assert piped.records[SERVICE_METRICS] and brokered.records[SERVICE_METRICS]
+    windows_finals = {(s["source_id"], s["partition"]) for s in piped.stats
+                      if s["stage"] == "processor.windows" and s["final"]}
+    assert len(windows_finals) == len(captures) * settings.partitions
 
 
 def test_records_are_read_while_the_input_is_still_fed(tmp_path, monkeypatch) -> None:

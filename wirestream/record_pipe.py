@@ -41,8 +41,10 @@ _NUMBER = {topic: i for i, topic in enumerate(RECORD_TOPICS)}
 #: batch, before a report): fewer system calls and wake-ups of the reader than a write
 #: per record, records no later than the batch that made them
 FLUSH_BYTES = 1 << 20
-#: messages the command holds read ahead of its decoding (each up to a few hundred KB)
-READ_AHEAD = 4096
+#: messages the command holds read ahead of its decoding, all pipes together: a record is
+#: ~10 KB on average on the bench capture, ~130 KB at most with the default body caps
+#: (so at most ~130 MB held; then the workers wait: back-pressure)
+READ_AHEAD = 1024
 
 
 class CommandGone(WirestreamError):
