@@ -214,6 +214,58 @@ mod tests {
         assert_eq!(lit(b"\n\xff\n"), "\"\\n\u{FFFD}\\n\"");
     }
 
+    /// The literal as the definition has it: Rust's lossy decoding (maximal subparts,
+    /// as CPython), then JSON's escapes.
+    fn reference(b: &[u8]) -> String {
+        let mut want = String::from("\"");
+        for ch in String::from_utf8_lossy(b).chars() {
+            match ch {
+                '"' => want.push_str("\\\""),
+                '\\' => want.push_str("\\\\"),
+                '\u{8}' => want.push_str("\\b"),
+                '\t' => want.push_str("\\t"),
+                '\n' => want.push_str("\\n"),
+                '\u{c}' => want.push_str("\\f"),
+                '\r' => want.push_str("\\r"),
+                c if (c as u32) < 0x20 => want.push_str(&format!("\\u{:04x}", c as u32)),
+                c => want.push(c),
+            }
+        }
+        want.push('"');
+        want
+    }
+
+    #[test]
+    fn long_texts_that_grow_many_times_their_size() {
+        // all escapes (6 bytes a byte), all invalid (3), mixed with plain runs and valid
+        // sequences: the room made as the text grows must always be enough
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let pieces: [&[u8]; 7] = [b"\x01", b"\"", b"\xff", "é".as_bytes(), "\u{1F600}".as_bytes(), b"plain text ", b"\xe2\x82"];
+        for round in 0..300 {
+            let len = (next() % 5000) as usize;
+            let mut b = Vec::new();
+            while b.len() < len {
+                let piece = pieces[(next() % pieces.len() as u64) as usize];
+                for _ in 0..1 + next() % 40 {
+                    b.extend_from_slice(piece);
+                }
+            }
+            assert_eq!(lit(&b), reference(&b), "round {round}");
+            // and after something already in the buffer
+            let mut out = b"prefix".to_vec();
+            json_string(&b, &mut out);
+            assert_eq!(out.get(..6), Some(&b"prefix"[..]));
+            assert_eq!(String::from_utf8(out[6..].to_vec()).unwrap(), reference(&b));
+        }
+        assert_eq!(lit(&[1u8; 10_000]), reference(&[1u8; 10_000]));
+    }
+
     #[test]
     fn escapes_anywhere_in_long_runs() {
         // every position of a word, and words on either side of it
@@ -292,3 +344,4 @@ mod timing {
         }
     }
 }
+
