@@ -22,15 +22,15 @@ after every record it counts, as on a partition.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import queue
+import select
 import threading
+import time
 from collections.abc import Callable, Iterable
 from typing import Any, BinaryIO
 
 from wirestream.errors import WirestreamError
-from wirestream.packet_pipe import FRAME, read_frame
+from wirestream.packet_pipe import FRAME
 from wirestream.reader import Message, decode_message
 from wirestream.topics import OUTPUT_TOPICS, STATS
 
@@ -41,10 +41,10 @@ _NUMBER = {topic: i for i, topic in enumerate(RECORD_TOPICS)}
 #: batch, before a report): fewer system calls and wake-ups of the reader than a write
 #: per record, records no later than the batch that made them
 FLUSH_BYTES = 1 << 20
-#: messages the command holds read ahead of its decoding, all pipes together: a record is
-#: ~10 KB on average on the bench capture, ~130 KB at most with the default body caps
-#: (so at most ~130 MB held; then the workers wait: back-pressure)
-READ_AHEAD = 1024
+#: what the command reads of a pipe at a time; what it holds read ahead of its decoding is
+#: at most this (and a frame cut at its end) per pipe: then the workers wait
+#: (back-pressure, as a full pipe)
+READ_BYTES = 1 << 20
 
 
 class CommandGone(WirestreamError):
@@ -92,73 +92,76 @@ class RecordPipeWriter:
 
 class RecordPipeReader:
     """The command's end: the messages of every worker's pipe, with the face of a
-    :class:`~wirestream.reader.TopicReader` (``poll``, and a context manager). A thread
-    per pipe reads its frames (blocking reads, without the GIL) into one bounded queue;
-    ``poll`` decodes them in the caller's thread, as ``TopicReader.poll`` does."""
+    :class:`~wirestream.reader.TopicReader` (``poll``, and a context manager).
+
+    Read in the caller's thread (``select``, then big reads), not by a thread per pipe:
+    the command's other thread feeds the workers their packets, and every thread that
+    wanted the GIL for each record it read held that one back (measured: the workers
+    starved of packets, the run 10 % slower than through the broker)."""
 
     def __init__(self, streams: Iterable[BinaryIO], decode: Callable[[bytes | None], dict[str, Any]],
                  decoders: dict[str, Callable[[bytes | None], dict[str, Any]]], raw: bool = False) -> None:
         """``decode``: a message's record; ``decoders``: per topic, instead of ``decode``
         (only some fields); ``raw``: each message also carries its bytes."""
         self._decode, self._decoders, self._raw = decode, decoders, raw
-        self._queue: queue.Queue[tuple[int, int, bytes]] = queue.Queue(READ_AHEAD)
+        fds = [stream.fileno() for stream in streams]
+        self._pipe_of = {fd: i for i, fd in enumerate(fds)}
+        self._open = list(fds)  # pipes not at their end yet
+        self._buffers = [bytearray() for _ in fds]  # bytes read, not yet whole frames taken
+        self._offsets = [0] * len(fds)
         #: pipes that ended inside a frame (their worker died): the run's error says why
         self.cut: list[int] = []
-        self._closed = False
-        self._threads = [threading.Thread(target=self._read, args=(i, stream), name=f"record-pipe-{i}", daemon=True)
-                         for i, stream in enumerate(streams)]
-        self._offsets = [0] * len(self._threads)
-        for t in self._threads:
-            t.start()
-
-    def _read(self, pipe: int, stream: BinaryIO) -> None:
-        try:
-            while not self._closed and (frame := read_frame(stream)) is not None:
-                item = (pipe, *frame)
-                while not self._closed:  # (a full queue, and nobody polling any more: closed)
-                    try:
-                        self._queue.put(item, timeout=0.2)
-                        break
-                    except queue.Full:
-                        continue
-        except EOFError:
-            self.cut.append(pipe)
-        except (OSError, ValueError):  # closed here (the run stopped)
-            pass
 
     def poll(self, timeout: float = 0.2, max_messages: int = 1000) -> list[Message]:
         """The messages that have arrived, up to ``max_messages``, waiting up to ``timeout``
         seconds for the first one (an empty list: none came). A message's partition is
         the number of the worker's pipe, its offset its place in that pipe."""
-        try:
-            frames = [self._queue.get(timeout=timeout)]
-        except queue.Empty:
-            return []
-        get = self._queue.get_nowait
-        while len(frames) < max_messages:
-            try:
-                frames.append(get())
-            except queue.Empty:
+        out: list[Message] = []
+        self._take(out, max_messages)
+        deadline = time.monotonic() + timeout
+        while not out and self._open:
+            ready, _, _ = select.select(self._open, [], [], max(0.0, deadline - time.monotonic()))
+            if not ready:
                 break
-        out = []
-        offsets, decoders, decode, raw = self._offsets, self._decoders, self._decode, self._raw
-        for pipe, number, value in frames:
-            offset = offsets[pipe]
-            offsets[pipe] = offset + 1
-            if number >= len(RECORD_TOPICS):  # (a writer of another version)
-                out.append(Message(f"#{number}", pipe, offset, None, None, f"no topic numbered {number}"))
-                continue
-            topic = RECORD_TOPICS[number]
-            out.append(decode_message(topic, pipe, offset, None, value, decoders.get(topic, decode), raw))
+            for fd in ready:
+                pipe = self._pipe_of[fd]
+                data = os.read(fd, READ_BYTES)
+                if data:
+                    self._buffers[pipe] += data
+                    continue
+                self._open.remove(fd)  # its worker has exited (or closed it)
+                if self._buffers[pipe]:
+                    self.cut.append(pipe)
+            self._take(out, max_messages)
         return out
 
+    def _take(self, out: list[Message], max_messages: int) -> None:
+        """The whole frames read so far, decoded, into ``out`` (up to ``max_messages``)."""
+        decoders, decode, raw, offsets = self._decoders, self._decode, self._raw, self._offsets
+        for pipe, buf in enumerate(self._buffers):
+            pos, end = 0, len(buf)
+            with memoryview(buf) as view:  # (one copy per value: its bytes)
+                while len(out) < max_messages and end - pos >= FRAME.size:
+                    number, size = FRAME.unpack_from(view, pos)
+                    start = pos + FRAME.size
+                    if end - start < size:
+                        break
+                    value = bytes(view[start:start + size])
+                    pos = start + size
+                    offset = offsets[pipe]
+                    offsets[pipe] = offset + 1
+                    if number >= len(RECORD_TOPICS):  # (a writer of another version)
+                        out.append(Message(f"#{number}", pipe, offset, None, None, f"no topic numbered {number}"))
+                        continue
+                    topic = RECORD_TOPICS[number]
+                    out.append(decode_message(topic, pipe, offset, None, value, decoders.get(topic, decode), raw))
+            if pos:
+                del buf[:pos]
+
     def close(self) -> None:
-        """Let go of what was read and not polled; the reading threads end with their
-        pipes (the workers), or at once if they were waiting for room."""
-        self._closed = True
-        with contextlib.suppress(queue.Empty):
-            while True:
-                self._queue.get_nowait()
+        """Let go of what was read and not taken (the pipes are their owner's to close)."""
+        self._buffers = [bytearray() for _ in self._buffers]
+        self._open = []
 
     def __enter__(self) -> RecordPipeReader:
         return self
