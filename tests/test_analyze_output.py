@@ -244,6 +244,14 @@ def test_a_message_is_its_records_line(capture_records: dict[str, list], registr
         codec.json_line(message[:-3])
     with pytest.raises(DecodeError):
         codec.json_line(b"\x01" + message[1:])
+    # a big body (20 KB): the same line, and the same error for a cut one
+    big = max((r for r in capture_records[TRANSACTIONS] if r["response_body"]), key=lambda r: len(r["response_body"]))
+    big = {**big, "response_body": big["response_body"] * (1 + 20_000 // len(big["response_body"]))}
+    message = codec.encode(TRANSACTIONS, big)
+    assert len(message) > 20_000
+    assert codec.json_line(message) == stdlib_line(codec.decode(message))
+    with pytest.raises(DecodeError):
+        codec.json_line(message[:-3])
 
 
 @given(st.lists(st.floats(), min_size=1, max_size=8), st.floats(width=32), st.text(max_size=8), st.binary(max_size=8))
