@@ -369,3 +369,13 @@ def pdml_messages(pcap: Path, server_port: int, dissector: str) -> dict[int, lis
                     fields[name] = f.get("show") or ""
             conns[client].append(("c" if from_client else "s", fields, proto.get("showname") or ""))
     return conns
+
+
+def gather(fetch: Callable[[], list], want: int, timeout: float = 10.0) -> list:
+    """Call ``fetch`` (a reader's poll: what came within its own short wait) until it has
+    given ``want`` items in all, or ``timeout`` seconds have passed; all it gave."""
+    got: list = []
+    deadline = time.monotonic() + timeout
+    while len(got) < want and time.monotonic() < deadline:
+        got += fetch()
+    return got

@@ -16,7 +16,7 @@ import time
 from collections import Counter
 
 import pytest
-from helpers import DATA
+from helpers import DATA, gather
 
 from wirestream.analyze import analyze
 from wirestream.config import Settings
@@ -29,11 +29,8 @@ def _pipe() -> tuple:
     return os.fdopen(r, "rb", buffering=0), os.fdopen(w, "wb", buffering=0)
 
 
-def _read_all(reader: PacketPipeReader, want: int, timeout: float = 10.0) -> list:
-    got, deadline = [], time.monotonic() + timeout
-    while len(got) < want and time.monotonic() < deadline:
-        got += reader.consume(16, 0.2)
-    return got
+def _read_all(reader: PacketPipeReader, want: int) -> list:
+    return gather(lambda: reader.consume(16, 0.2), want)
 
 
 def test_messages_arrive_in_order_with_their_partitions() -> None:

@@ -17,6 +17,7 @@ import threading
 import time
 
 import pytest
+from helpers import gather
 
 from wirestream.errors import DecodeError
 from wirestream.packet_pipe import FRAME
@@ -42,11 +43,8 @@ def _decode(value: bytes | None) -> dict:
     return {"value": value}
 
 
-def _poll_all(reader: RecordPipeReader, want: int, timeout: float = 10.0) -> list:
-    got, deadline = [], time.monotonic() + timeout
-    while len(got) < want and time.monotonic() < deadline:
-        got += reader.poll(0.2, 1000)
-    return got
+def _poll_all(reader: RecordPipeReader, want: int) -> list:
+    return gather(lambda: reader.poll(0.2, 1000), want)
 
 
 def test_messages_of_several_writers_arrive_in_each_writers_order() -> None:

@@ -239,20 +239,14 @@ mod tests {
     fn long_texts_that_grow_many_times_their_size() {
         // all escapes (6 bytes a byte), all invalid (3), mixed with plain runs and valid
         // sequences: the room made as the text grows must always be enough
-        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
-        let mut next = move || {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x
-        };
+        let mut rng = crate::test_rng::XorShift(0x2545_f491_4f6c_dd1d);
         let pieces: [&[u8]; 7] = [b"\x01", b"\"", b"\xff", "é".as_bytes(), "\u{1F600}".as_bytes(), b"plain text ", b"\xe2\x82"];
         for round in 0..300 {
-            let len = (next() % 5000) as usize;
+            let len = rng.below(5000) as usize;
             let mut b = Vec::new();
             while b.len() < len {
-                let piece = pieces[(next() % pieces.len() as u64) as usize];
-                for _ in 0..1 + next() % 40 {
+                let piece = pieces[rng.below(pieces.len() as u64) as usize];
+                for _ in 0..1 + rng.below(40) {
                     b.extend_from_slice(piece);
                 }
             }

@@ -46,6 +46,8 @@ pub mod replay;
 pub mod ring;
 pub mod state_bytes;
 pub mod tcp;
+#[cfg(test)]
+pub mod test_rng;
 pub mod tls_decrypt;
 mod python_tcp;
 mod python_avro;

@@ -981,26 +981,20 @@ mod tests {
 
     #[test]
     fn candidate_runs_equal_a_byte_by_byte_scan() {
-        // bodies of digits, separators and letters in random runs (a small xorshift: no
-        // crate for it), every length from 0 to 200, cut or not
-        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-        let mut next = move || {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x
-        };
+        // bodies of digits, separators and letters in random runs, of every length from 0
+        // to 200, cut or not
+        let mut rng = crate::test_rng::XorShift(0x9e37_79b9_7f4a_7c15);
         for round in 0..20_000 {
-            let len = (next() % 200) as usize;
+            let len = rng.below(200) as usize;
             let mut body = Vec::with_capacity(len);
             while body.len() < len {
-                let run = 1 + (next() % 24) as usize;
-                let kind = next() % 4;
+                let run = 1 + rng.below(24) as usize;
+                let kind = rng.below(4);
                 for _ in 0..run {
                     body.push(match kind {
-                        0 | 1 => b'0' + (next() % 10) as u8,
-                        2 => [b' ', b'-', b'7'][(next() % 3) as usize],
-                        _ => b'a' + (next() % 26) as u8,
+                        0 | 1 => b'0' + rng.below(10) as u8,
+                        2 => [b' ', b'-', b'7'][rng.below(3) as usize],
+                        _ => b'a' + rng.below(26) as u8,
                     });
                 }
             }
