@@ -191,10 +191,13 @@ class PacketWorker:
             return
         if self.assignment is None:
             consumer = self._consumer = self._group_consumer()
-        elif self.packets_pipe is not None:
-            consumer = self._consumer = self._pipe_consumer(self.assignment, self.packets_pipe)
         else:
-            consumer = self._consumer = self._static_consumer(self.assignment)
+            # a static assignment owns its partitions from the start (no rebalance)
+            self.positions.update({part: {} for part in self.assignment})
+            if self.packets_pipe is not None:
+                consumer = self._consumer = self._pipe_consumer(self.assignment, self.packets_pipe)
+            else:
+                consumer = self._consumer = self._static_consumer(self.assignment)
         handlers = {PACKETS: self.pipeline.handle, SOCKETS: self.pipeline.handle_socket_event,
                     DROPS: self.pipeline.handle_drop, TLS_PLAINTEXT: self.pipeline.handle_tls_plaintext}
         next_checkpoint = time.monotonic() + self.worker.checkpoint_interval_s
@@ -259,10 +262,8 @@ class PacketWorker:
     def _static_consumer(self, assignment: Assignment) -> Consumer:
         """Partition N of every input topic (co-partitioned), from the given offsets."""
         consumer = Consumer({**consumer_config(self.bootstrap), "fetch.wait.max.ms": 50})
-        tps = []
-        for part, offsets in sorted(assignment.items()):
-            self.positions[part] = {}
-            tps += [TopicPartition(topic, part, offsets.get(topic, OFFSET_BEGINNING)) for topic in INPUT_TOPICS]
+        tps = [TopicPartition(topic, part, offsets.get(topic, OFFSET_BEGINNING))
+               for part, offsets in sorted(assignment.items()) for topic in INPUT_TOPICS]
         consumer.assign(tps)
         log.info("assigned partitions %s (static: no group, no checkpoints)", sorted(assignment))
         return consumer
@@ -270,8 +271,6 @@ class PacketWorker:
     def _pipe_consumer(self, assignment: Assignment, pipe: PacketPipeReader) -> PacketPipeReader:
         """The packet batches of the assigned partitions, from a pipe (capture files: no
         socket events, kernel drops or TLS plaintext to read beside them)."""
-        for part in assignment:
-            self.positions[part] = {}
         log.info("assigned partitions %s (static, packets by pipe)", sorted(assignment))
         return pipe
 

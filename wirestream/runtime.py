@@ -111,19 +111,25 @@ class Runtime:
     @property
     def producer_config(self) -> dict[str, object]:
         """librdkafka settings for this process's own producers of a run (a file's
-        reports, the call chains). On the run's own embedded broker: no idempotence. It
-        keeps a partition's order across a leader change, which one broker never has,
-        and a new idempotent producer waits 0.5–1 s for its producer id before its first
-        delivery (librdkafka asks for it on a timer): a wait on the critical path of a
-        short run, once per file and once for the chains."""
-        return {"enable.idempotence": False} if self.embedded_broker is not None else {}
+        reports, the call chains): no idempotence unless :attr:`idempotent`."""
+        return {} if self.idempotent else {"enable.idempotence": False}
+
+    @property
+    def idempotent(self) -> bool:
+        """Whether the run's producers (this process's and its workers') are idempotent:
+        not on the run's own embedded broker. Idempotence keeps a partition's order across
+        a leader change, which one broker never has, and a new idempotent producer waits
+        0.5–1 s for its producer id before its first delivery (librdkafka asks for it on a
+        timer): a wait on the critical path of a short run, once per file, per worker and
+        for the chains."""
+        return self.embedded_broker is None
 
     def _worker_env(self, i: int) -> dict[str, str]:
         # The registry's URL in the environment, not on the command line: it may hold a
         # user and password (https://user:pw@...), and a command line shows in ps.
         env = {**os.environ, DATADIR_ENV: str(self.workdir / f"worker-{i}-data"),
                "WIRESTREAM_REGISTRY": self.registry_url}
-        if self.embedded_broker is not None:  # the workers' producers too (producer_config's why)
+        if not self.idempotent:
             env[IDEMPOTENCE_ENV] = "0"
         return env
 
