@@ -42,6 +42,8 @@ class ReplayResult:
     counters: dict[str, int] = field(default_factory=dict)
     first_ts_us: int | None = None
     last_ts_us: int | None = None
+    #: the final wire.stats report published for this source (its record), if one was
+    report: dict[str, Any] | None = None
 
 
 def replay_capture(
@@ -81,7 +83,7 @@ def replay_capture(
     publisher.finish()
     result.packets = publisher.packets
     if publish_stats:
-        publisher.publish_stats(frames, result.dropped, {"frames": frames, **result.counters})
+        result.report = publisher.publish_stats(frames, result.dropped, {"frames": frames, **result.counters})
     return result
 
 

@@ -149,6 +149,13 @@ def test_analyze_by_pipe_gives_the_records_the_broker_path_gives(workers: int) -
     # every packet reached a worker, and each source's every partition reported its end
     received = sum(s["received"] for s in piped.stats if s["stage"] == "processor.packets" and s["final"])
     assert received == sum(f.packets for f in piped.files)
+    # every stage's final reports are there, the files' producers' too (theirs went to
+    # wire.stats, which a run by pipe does not read: taken from the feed itself)
+    def finals(result) -> Counter[str]:
+        return Counter(s["stage"] for s in result.stats if s["final"])
+
+    assert finals(piped) == finals(brokered)
+    assert sum(n for stage, n in finals(piped).items() if stage.startswith("producer")) == len(captures)
     # the windows' records and final reports came back too
     assert piped.records[SERVICE_METRICS] and brokered.records[SERVICE_METRICS]
     windows_finals = {(s["source_id"], s["partition"]) for s in piped.stats

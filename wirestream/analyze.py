@@ -501,6 +501,11 @@ def _wait_and_collect(
                 for key in waiting & finals.keys():
                     waiting.discard(key)
                     count(key)
+                if isinstance(reader, RecordPipeReader):
+                    # the feed's own reports (a file's producer's) went to wire.stats, which
+                    # only the workers' pipes are read for here: taken from the feed itself
+                    stats += [report for source in source_ids.values()
+                              if (report := getattr(source, "report", None)) is not None]
                 last_progress = time.monotonic()  # the stall timeout counts from the end of the input
                 if not source_ids:
                     break  # nothing was fed (every file failed): no record will come
