@@ -20,7 +20,7 @@ from helpers import DATA, gather
 
 from wirestream.analyze import analyze
 from wirestream.config import Settings
-from wirestream.packet_pipe import PIPE_BYTES, PacketPipeReader, PacketPipes, WorkerGone
+from wirestream.packet_pipe import PIPE_BYTES, PacketPipeReader, PacketPipes, WorkerGone, enlarge
 from wirestream.topics import CONNECTIONS, DNS, FLOWS, SERVICE_METRICS, TLS, TRANSACTIONS
 
 
@@ -51,6 +51,19 @@ def test_messages_arrive_in_order_with_their_partitions() -> None:
         offsets[m.partition()] += 1
     wr.close()
     assert reader.consume(1, 0.2) == [] and not reader.closed_early
+
+
+def test_pipes_are_enlarged_to_a_batch() -> None:
+    """Packet and record pipes hold 1 MiB (about a batch, a worker's flush), not 64 KiB."""
+    import fcntl
+
+    r, w = os.pipe()
+    enlarge(r)
+    with open("/proc/sys/fs/pipe-max-size") as f:
+        limit = int(f.read())
+    assert fcntl.fcntl(w, 1032) == min(PIPE_BYTES, limit)  # F_GETPIPE_SZ
+    os.close(r)
+    os.close(w)
 
 
 def test_a_writer_gone_mid_message_is_noticed_and_what_came_before_is_kept() -> None:

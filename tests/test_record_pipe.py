@@ -168,3 +168,28 @@ def test_one_writer_shared_by_two_threads_never_interleaves_frames() -> None:
             t.join()
     assert len(got) == 80 and all(m.record["value"] == values[m.topic] for m in got)
     os.close(w)
+
+
+def test_each_poll_empties_the_pipes_while_it_has_messages_to_give() -> None:
+    """A poll reads what the workers wrote since the last one even while it still has
+    messages read before to give: their pipes are emptied at every poll, so that a worker
+    writes on while the command decodes, instead of waiting on its full pipe."""
+    import fcntl
+    import termios
+
+    w, r = _pipe()
+    writer = RecordPipeWriter(w)
+    with RecordPipeReader([r], _decode, {}) as reader:
+        for i in range(3):
+            writer.write(CONNECTIONS, b"first %d" % i)
+        writer.flush()
+        assert len(reader.poll(1.0, 1)) == 1  # two more of them held, read
+        writer.write(CONNECTIONS, b"x" * 30_000)
+        writer.flush()
+        (second,) = reader.poll(1.0, 1)
+        unread = bytearray(4)
+        fcntl.ioctl(r.fileno(), termios.FIONREAD, unread)
+        assert int.from_bytes(unread, "little") == 0  # the pipe was read, though a message was held
+        assert second.record == {"value": b"first 1"}
+        assert [m.record["value"] for m in _poll_all(reader, 2)] == [b"first 2", b"x" * 30_000]
+    os.close(w)

@@ -43,6 +43,14 @@ PIPE_BYTES = 1 << 20
 READ_AHEAD = 32
 
 
+def enlarge(fd: int) -> None:
+    """Make the pipe of ``fd`` hold :data:`PIPE_BYTES` (when this machine's limit allows)."""
+    try:
+        fcntl.fcntl(fd, _F_SETPIPE_SZ, PIPE_BYTES)
+    except OSError:  # a lower limit here (/proc/sys/fs/pipe-max-size): the default size
+        pass
+
+
 class WorkerGone(WirestreamError):
     """A worker's input pipe closed while packets were written to it: the worker exited."""
 
@@ -94,10 +102,7 @@ class PacketPipes:
         self._stopped: str | None = None
         for fd in set(self._fds.values()):
             os.set_blocking(fd, False)
-            try:
-                fcntl.fcntl(fd, _F_SETPIPE_SZ, PIPE_BYTES)
-            except OSError:  # a lower limit here (/proc/sys/fs/pipe-max-size): the default size
-                pass
+            enlarge(fd)
 
     def send(self, partition: int, value: bytes) -> None:
         """Write one message of ``partition`` (waits while its worker's pipe is full).

@@ -117,23 +117,34 @@ class RecordPipeReader:
         seconds for the first one (an empty list: none came). A message's partition is
         the number of the worker's pipe, its offset its place in that pipe."""
         out: list[Message] = []
+        # what the workers wrote since the last poll, first: their pipes are emptied at
+        # every poll, so that they write on while this process decodes (a worker whose
+        # pipe is full waits, and with it the packets it has still to analyse)
+        self._read_ready(0.0)
         self._take(out, max_messages)
         deadline = time.monotonic() + timeout
         while not out and self._open:
-            ready, _, _ = select.select(self._open, [], [], max(0.0, deadline - time.monotonic()))
-            if not ready:
+            if not self._read_ready(max(0.0, deadline - time.monotonic())):
                 break
-            for fd in ready:
-                pipe = self._pipe_of[fd]
-                data = os.read(fd, READ_BYTES)
-                if data:
-                    self._buffers[pipe] += data
-                    continue
-                self._open.remove(fd)  # its worker has exited (or closed it)
-                if self._buffers[pipe]:
-                    self.cut.append(pipe)
             self._take(out, max_messages)
         return out
+
+    def _read_ready(self, timeout: float) -> bool:
+        """One read of each pipe that has bytes (or has ended), waiting up to ``timeout``
+        seconds for one; False when none had."""
+        if not self._open:
+            return False
+        ready, _, _ = select.select(self._open, [], [], timeout)
+        for fd in ready:
+            pipe = self._pipe_of[fd]
+            data = os.read(fd, READ_BYTES)
+            if data:
+                self._buffers[pipe] += data
+                continue
+            self._open.remove(fd)  # its worker has exited (or closed it)
+            if self._buffers[pipe]:
+                self.cut.append(pipe)
+        return bool(ready)
 
     def _take(self, out: list[Message], max_messages: int) -> None:
         """The whole frames read so far, decoded, into ``out`` (up to ``max_messages``)."""

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, BinaryIO
 from wirestream.broker import EmbeddedBroker, check_reachable, ensure_topics
 from wirestream.config import IDEMPOTENCE_ENV, Settings
 from wirestream.kafka_security import check_for_embedded
+from wirestream.packet_pipe import enlarge
 from wirestream.processes import die_with_parent
 from wirestream.registry import EmbeddedSchemaRegistry
 from wirestream.topics import ALL_TOPICS, TOPIC_SCHEMAS
@@ -157,6 +158,9 @@ class Runtime:
             read_end = write_end = None
             if records_pipe:
                 read_end, write_end = os.pipe()
+                # 1 MiB: a worker's flush (up to 1 MiB of records) is written while this
+                # process is busy decoding the last one, not in 64 KiB steps it waits on
+                enlarge(read_end)
             cmd = [
                 sys.executable, "-m", "wirestream", "process",
                 "--bootstrap", self.bootstrap,
