@@ -248,6 +248,61 @@ def test_different_traces_are_not_linked_by_address() -> None:
     assert b.flush() == [] and b.counters["single_transactions"] == 2
 
 
+def test_range_maxima_are_those_of_the_ranges() -> None:
+    import numpy as np
+    from wirestream.processors.call_chains import _RangeMax
+
+    rng = np.random.default_rng(7)
+    for n in (1, 2, 3, 7, 64, 1000):
+        values = rng.integers(-1, 10**6, n).astype(np.int64)
+        lo = rng.integers(0, n + 1, 500)
+        hi = np.minimum(n, lo + rng.integers(0, n + 1, 500))
+        want = [values[a:b].max() if b > a else -1 for a, b in zip(lo.tolist(), hi.tolist(), strict=True)]
+        assert _RangeMax(values)(lo, hi).tolist() == want
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_screening_the_buckets_changes_no_chain(seed: int, monkeypatch) -> None:
+    """The buckets' vectorized screen (which transactions can have an encloser at all)
+    only skips lookups that would find none: on random nested and overlapping requests,
+    some sharing a start, some without a response, on a few addresses and pids, the
+    chains are those of the lookup one by one."""
+    import random
+
+    from wirestream.processors import call_chains
+
+    rnd = random.Random(seed)
+    ips = ["127.0.0.1", "10.0.0.1", "10.0.0.2"]
+    records = []
+    for _ in range(400):
+        start = rnd.choice([rnd.randrange(0, 20_000), 1000, 2000])  # (some share a start)
+        end = None if rnd.random() < 0.1 else start + rnd.choice(
+            [0, 1, rnd.randrange(1, 40), rnd.randrange(1, 40), rnd.randrange(1, 40), rnd.randrange(1, 3000)])
+        pid = rnd.choice([None, None, 7, 8])
+        records.append(txn(rnd.choice(ips), f"{rnd.choice(ips)}:80", start, end,
+                           client_pid=pid, server_pid=rnd.choice([None, 7, 8])))
+
+    def chains() -> tuple[list, dict]:
+        b = ChainBuilder(max_held=1000)
+        for r in records:
+            b.add(r)
+        return b.flush(), dict(b.counters)
+
+    screen, told = call_chains._Bucket.screen, []
+
+    def counted(self, ts):  # how many it ruled out, of how many
+        screen(self, ts)
+        told.append((sum(not t.may_have_parent for t in ts), len(ts)))
+
+    monkeypatch.setattr(call_chains._Bucket, "screen", counted)
+    screened = chains()
+    ruled_out, asked = map(sum, zip(*told, strict=True))
+    assert 50 < ruled_out < asked - 50, told  # (the screen said both, many times)
+    monkeypatch.setattr(call_chains._Bucket, "screen", lambda self, ts: None)
+    assert screened == chains()
+    assert screened[1].get("links.address", 0) > 20 and screened[1].get("links.pid", 0) > 5
+
+
 # -- a real three-tier chain on loopback ------------------------------------------------------
 
 TCPDUMP = shutil.which("tcpdump") or (os.path.exists("/usr/bin/tcpdump") and "/usr/bin/tcpdump") or None
