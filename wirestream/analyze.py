@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 import threading
 import time
 import uuid
@@ -48,6 +49,7 @@ from wirestream.topics import (
 )
 
 if TYPE_CHECKING:
+    from wirestream.processors.call_chains import ChainBuilder
     from wirestream.sinks.jsonl import JsonlWriter
 
 # Imported where they are used, after the workers are started: confluent_kafka, the
@@ -255,18 +257,31 @@ def _run(result: AnalyzeResult, settings: Settings, feed: Feeder, workers: int |
         # come: reading and writing them (--out's lines) is then done beside the workers'
         # work, not after it. Through a broker, fed first (see Feed).
         pipes = rt.packet_pipes
+        builder = on_record = None
+        if chains:
+            # fed as the records come (beside the workers' work) rather than all at the end:
+            # the whole run is one window, held whole (as result.records is)
+            from wirestream.processors.call_chains import ChainBuilder
+
+            builder = ChainBuilder(max_held=sys.maxsize)
+            take = {TRANSACTIONS: builder.add, CONNECTIONS: builder.add_connection}
+
+            def on_record(topic: str, record: dict[str, Any]) -> None:
+                if (add := take.get(topic)) is not None:
+                    add(record)
+
         feeding = Feed(lambda: feed(rt, run_id, partitions), in_background=pipes is not None)
         try:
             result.stats, result.records = _wait_and_collect(
                 rt, starts, run_id, feeding, partitions, observation_partitions, stall_timeout_s,
-                writer, wanted, after_feed)
+                writer, wanted, after_feed, on_record)
         finally:
             if pipes is not None and not feeding.done.is_set():
                 pipes.stop("the run stopped")  # the feeding thread's next write ends it
                 feeding.done.wait(5.0)
         if chains:
             result.records[CALL_CHAINS] = build_chains(result.records[TRANSACTIONS], rt, run_id, result,
-                                                       result.records[CONNECTIONS])
+                                                       result.records[CONNECTIONS], builder)
             if wanted is not fields and fields is not None:
                 for topic in (TRANSACTIONS, CONNECTIONS):
                     if topic in fields:
@@ -277,9 +292,11 @@ def _run(result: AnalyzeResult, settings: Settings, feed: Feeder, workers: int |
 
 def build_chains(transactions: list[dict[str, Any]], rt: Runtime, run_id: str,
                  result: AnalyzeResult | None = None,
-                 connections: Sequence[dict[str, Any]] = ()) -> list[dict[str, Any]]:
+                 connections: Sequence[dict[str, Any]] = (),
+                 builder: ChainBuilder | None = None) -> list[dict[str, Any]]:
     """The call chains of one run's transactions (processors/call_chains.py), published to
-    ``wire.call-chains`` (key: the root's transaction id) and returned.
+    ``wire.call-chains`` (key: the root's transaction id) and returned. ``builder``: one
+    that already holds them (and the connections), added as they were collected.
 
     The whole run is one window: every transaction is in, so the chains are those of
     :meth:`ChainBuilder.flush`, with no lateness to wait for. The builder's counters go to
@@ -289,11 +306,12 @@ def build_chains(transactions: list[dict[str, Any]], rt: Runtime, run_id: str,
     from wirestream.processors.output import OutputPublisher
     from wirestream.topics import CHAINS_STAGE
 
-    builder = ChainBuilder(max_held=max(1, len(transactions), len(connections)))
-    for conn in connections:
-        builder.add_connection(conn)  # their pids (live capture), for their transactions
-    for rec in transactions:
-        builder.add(rec)
+    if builder is None:
+        builder = ChainBuilder(max_held=max(1, len(transactions), len(connections)))
+        for conn in connections:
+            builder.add_connection(conn)  # their pids (live capture), for their transactions
+        for rec in transactions:
+            builder.add(rec)
     chains = builder.flush()
     if chains or transactions:
         publisher = OutputPublisher(rt.bootstrap, rt.codec, CHAINS_STAGE, **rt.producer_config)
@@ -437,6 +455,7 @@ def _wait_and_collect(
     writer: JsonlWriter | None = None,
     fields: dict[str, frozenset[str]] | None = None,
     after_feed: Callable[[], None] | None = None,
+    on_record: Callable[[str, dict[str, Any]], None] | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, list[dict[str, Any]]]]:
     """Read wire.stats and the output topics together until every (source, partition) of
     the run has a final processor report and exactly the records those reports count have
@@ -456,6 +475,8 @@ def _wait_and_collect(
     bodies and headers are never made into objects; a record decoded whole anyway (a
     connection: the summary ranks them by most of their fields) is written from the
     record (orjson walks a dict faster than the core writes ~100 small fields).
+
+    ``on_record(topic, record)`` is called for each output record kept, as it comes.
     """
     from wirestream.errors import DecodeError
     from wirestream.reader import TopicReader
@@ -534,6 +555,8 @@ def _wait_and_collect(
                     elif write_record is not None:
                         write_record(topic, rec)
                     records[topic].append(rec)
+                    if on_record is not None:
+                        on_record(topic, rec)
                     continue
                 stats.append(rec)
                 key = (rec["stage"], source, rec["partition"])
