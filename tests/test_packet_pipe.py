@@ -213,3 +213,35 @@ def test_records_are_read_while_the_input_is_still_fed(tmp_path, monkeypatch) ->
               if s["stage"] == "processor.packets" and s["final"]}
     assert len({source for source, _ in finals}) == 2
     assert len(finals) == 2 * settings.partitions
+
+
+def test_a_background_feed_shortens_the_gil_switch_interval_while_it_feeds() -> None:
+    """While a thread feeds the workers beside the collector, the GIL changes hands after
+    FEED_SWITCH_INTERVAL_S (the feeding thread wants it back after every pipe write);
+    the process's own interval comes back when the feed is done, also when it failed."""
+    import sys
+
+    from wirestream.analyze import FEED_SWITCH_INTERVAL_S, Feed
+
+    before = sys.getswitchinterval()
+    assert FEED_SWITCH_INTERVAL_S < before
+    seen: list[float] = []
+
+    def run() -> dict:
+        seen.append(sys.getswitchinterval())
+        return {"source": 1}
+
+    feeding = Feed(run, in_background=True)
+    assert feeding.done.wait(10) and feeding.sources() == {"source": 1}
+    assert seen == [pytest.approx(FEED_SWITCH_INTERVAL_S)] and sys.getswitchinterval() == pytest.approx(before)
+
+    def fail() -> dict:
+        raise WorkerGone("gone")
+
+    feeding = Feed(fail, in_background=True)
+    assert feeding.done.wait(10)
+    with pytest.raises(WorkerGone):
+        feeding.sources()
+    assert sys.getswitchinterval() == pytest.approx(before)
+    Feed(run, in_background=False)  # fed in the caller's thread: the interval is not touched
+    assert seen[-1] == pytest.approx(before)

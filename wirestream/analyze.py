@@ -389,6 +389,11 @@ def default_workers(partitions: int) -> int:
     return max(1, min(os.cpu_count() or 1, partitions))
 
 
+#: how long a thread holds the GIL while another wants it (Python's default: 5 ms), while
+#: a thread feeds the workers beside the collector (:class:`Feed`)
+FEED_SWITCH_INTERVAL_S = 0.0005
+
+
 class Feed:
     """A run's input being fed (``Feeder``), for the reader of its records to ask about.
 
@@ -403,7 +408,14 @@ class Feed:
         self._sources: dict[str, Any] = {}
         self._error: BaseException | None = None
         self.done = threading.Event()
+        self._switch_interval: float | None = None
         if in_background:
+            # The feeding thread wants the GIL back after every write to a pipe and every
+            # read of the file (both release it); with the collector busy in Python, each
+            # of those waits lasted up to the switch interval, while the workers' input
+            # ran dry. (Process-wide: set back when the feed is done.)
+            self._switch_interval = sys.getswitchinterval()
+            sys.setswitchinterval(FEED_SWITCH_INTERVAL_S)
             threading.Thread(target=self._feed, name="feed", daemon=True).start()
         else:
             self._feed()
@@ -414,6 +426,8 @@ class Feed:
         except Exception as exc:  # raised in the reader's thread (sources())
             self._error = exc
         finally:
+            if self._switch_interval is not None:
+                sys.setswitchinterval(self._switch_interval)
             self.done.set()
 
     def sources(self) -> dict[str, Any] | None:
