@@ -241,16 +241,14 @@ class ChainBuilder:
         # longest duration before it, not among all (_Bucket.enclosing)
         pids = {k: _Bucket(v) for k, v in by_pid.items()}
         ips = {k: _Bucket(v) for k, v in by_ip.items()}
-        # the bucket each looks for an encloser in (its client's pid's, else its address's)
-        asking: dict[tuple[bool, tuple[str, Any]], list[_Txn]] = defaultdict(list)
+        # each bucket screens, all at once, those that look for an encloser in it
+        asking: dict[int, tuple[_Bucket, list[_Txn]]] = {}
         for t in held:
-            by_client_pid = t.client_pid is not None
-            asking[(by_client_pid, (t.source_id, int(t.client_pid) if by_client_pid else t.rec.get("client_ip", "")))
-                   ].append(t)
-        for (by_client_pid, key), ts in asking.items():
-            bucket = (pids if by_client_pid else ips).get(key)
+            bucket = _bucket_of(t, pids, ips)
             if bucket is not None:
-                bucket.screen(ts)
+                asking.setdefault(id(bucket), (bucket, []))[1].append(t)
+        for bucket, ts in asking.values():
+            bucket.screen(ts)
         for t in held:
             parent, link, n = self._find_parent(t, by_span, by_trace, pids, ips)
             if parent is not None:
@@ -274,16 +272,12 @@ class ChainBuilder:
                 return _innermost(found), LINK_TRACE, len(found)
         if not t.may_have_parent:  # (nothing in its bucket lasts around it)
             return None, LINK_ROOT, 0
-        if client_pid is not None:
-            bucket = by_pid.get((t.source_id, int(client_pid)))
-            found = [p for p in bucket.enclosing(t) if _compatible(p, t)] if bucket is not None else []
-            if found:
-                return _innermost(found), LINK_PID, len(found)
-            return None, LINK_ROOT, 0  # the pid is known: another process's request is no parent
-        bucket = by_ip.get((t.source_id, client_ip))
+        # by pid when the client's is known (another process's request is no parent),
+        # else by address
+        bucket = _bucket_of(t, by_pid, by_ip)
         found = [p for p in bucket.enclosing(t) if _compatible(p, t)] if bucket is not None else []
         if found:
-            return _innermost(found), LINK_ADDRESS, len(found)
+            return _innermost(found), LINK_PID if client_pid is not None else LINK_ADDRESS, len(found)
         return None, LINK_ROOT, 0
 
     # -- output ----------------------------------------------------------------------------
@@ -397,10 +391,6 @@ class _Bucket:
         (what :func:`_contains` asks, but for the response). One vectorized test for all:
         the longest end over each one's window of :meth:`enclosing` (a sparse table of
         range maxima), where testing one by one cost ~10 µs each on a busy address."""
-        if not self.txns:
-            for t in ts:
-                t.may_have_parent = False
-            return
         starts = np.asarray(self.starts, dtype=np.int64)
         q_start = np.fromiter((t.start for t in ts), dtype=np.int64, count=len(ts))
         q_end = np.fromiter((t.end for t in ts), dtype=np.int64, count=len(ts))
@@ -422,6 +412,15 @@ class _Bucket:
         else:
             candidates = self.txns[lo:hi]
         return [p for p in candidates if _contains(p, t)]
+
+
+def _bucket_of(t: _Txn, by_pid: dict[tuple[str, int], _Bucket],
+               by_ip: dict[tuple[str, str], _Bucket]) -> _Bucket | None:
+    """The bucket ``t`` looks for its encloser in: its client's pid's when known, else
+    its client address's."""
+    if t.client_pid is not None:
+        return by_pid.get((t.source_id, int(t.client_pid)))
+    return by_ip.get((t.source_id, t.rec.get("client_ip", "")))
 
 
 class _RangeMax:

@@ -24,7 +24,7 @@ import threading
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -280,8 +280,7 @@ def _run(result: AnalyzeResult, settings: Settings, feed: Feeder, workers: int |
                 pipes.stop("the run stopped")  # the feeding thread's next write ends it
                 feeding.done.wait(5.0)
         if chains:
-            result.records[CALL_CHAINS] = build_chains(result.records[TRANSACTIONS], rt, run_id, result,
-                                                       result.records[CONNECTIONS], builder)
+            result.records[CALL_CHAINS] = build_chains(builder, rt, run_id, result)
             if wanted is not fields and fields is not None:
                 for topic in (TRANSACTIONS, CONNECTIONS):
                     if topic in fields:
@@ -290,30 +289,21 @@ def _run(result: AnalyzeResult, settings: Settings, feed: Feeder, workers: int |
                                                  for r in result.records[topic]]
 
 
-def build_chains(transactions: list[dict[str, Any]], rt: Runtime, run_id: str,
-                 result: AnalyzeResult | None = None,
-                 connections: Sequence[dict[str, Any]] = (),
-                 builder: ChainBuilder | None = None) -> list[dict[str, Any]]:
-    """The call chains of one run's transactions (processors/call_chains.py), published to
-    ``wire.call-chains`` (key: the root's transaction id) and returned. ``builder``: one
-    that already holds them (and the connections), added as they were collected.
+def build_chains(builder: ChainBuilder, rt: Runtime, run_id: str,
+                 result: AnalyzeResult | None = None) -> list[dict[str, Any]]:
+    """The call chains of one run's transactions (processors/call_chains.py), which
+    ``builder`` holds (taken in, with the connections, as they were collected), published
+    to ``wire.call-chains`` (key: the root's transaction id) and returned.
 
     The whole run is one window: every transaction is in, so the chains are those of
     :meth:`ChainBuilder.flush`, with no lateness to wait for. The builder's counters go to
     ``wire.stats`` as a final report of stage ``processor.chains``, source ``RUN_ID``
     (also ``result.chain_report``)."""
-    from wirestream.processors.call_chains import ChainBuilder
     from wirestream.processors.output import OutputPublisher
     from wirestream.topics import CHAINS_STAGE
 
-    if builder is None:
-        builder = ChainBuilder(max_held=max(1, len(transactions), len(connections)))
-        for conn in connections:
-            builder.add_connection(conn)  # their pids (live capture), for their transactions
-        for rec in transactions:
-            builder.add(rec)
     chains = builder.flush()
-    if chains or transactions:
+    if chains or builder.counters.get("received"):  # (any transaction)
         publisher = OutputPublisher(rt.bootstrap, rt.codec, CHAINS_STAGE, **rt.producer_config)
         for chain in chains:
             publisher.emit(CALL_CHAINS, chain["root_id"], chain)
