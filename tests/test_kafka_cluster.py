@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import subprocess
 import sys
 import threading
@@ -21,7 +22,7 @@ import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 from helpers import DATA
-from kafka_cluster import ApacheKafka
+from kafka_cluster import ApacheKafka, _ephemeral_range, _free_ports
 
 from wirestream.kafka import consumer_config, producer_config
 from wirestream.topics import ALL_TOPICS, CHECKPOINTS, OUTPUT_TOPICS, TOPIC_CONFIGS
@@ -262,3 +263,17 @@ def test_the_brokers_default_replication_on_a_single_broker(kafka_single: Apache
     assert sorted(md.brokers) == [1]
     for name in (*ALL_TOPICS, topic):
         assert all(p.replicas == [1] for p in md.topics[name].partitions.values()), name
+
+
+def test_the_clusters_ports_are_distinct_free_and_outside_the_ephemeral_range() -> None:
+    """A cluster's 15 ports (5 listeners x 3 nodes) never repeat (a CI run failed when one
+    node's PLAINTEXT port was another's MTLS port), and none is one the kernel could give
+    an outgoing connection's local end before the JVM binds it."""
+    low, high = _ephemeral_range()
+    for _ in range(50):
+        ports = _free_ports(15)
+        assert len(set(ports)) == 15
+        assert all(not low <= p <= high for p in ports)
+        for p in ports:  # each bindable once chosen: the probes are closed
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", p))
