@@ -19,17 +19,22 @@ not finite (orjson ``null``, ``json`` ``NaN``), the float is written with ``json
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
-from wirestream._core import json_text
+from wirestream._core import AvroReader, JsonLinesFiles, json_text
 from wirestream.schemas import schema_text
 
+from wirestream.errors import DecodeError
 from wirestream.topics import OUTPUT_TOPICS, TOPIC_SCHEMAS
+
+if TYPE_CHECKING:
+    from wirestream.codec import AvroCodec
 
 LineEncoder = Callable[[dict[str, Any]], bytes]
 
@@ -140,6 +145,12 @@ class JsonlWriter:
     """``DIR/<topic>.jsonl`` of every output topic, written a record at a time, as the
     records are read (``analyze --out``).
 
+    The files are written by a thread of the compiled core's (``JsonLinesFiles``,
+    rust/src/line_files.rs) that holds no GIL: :meth:`write_message` hands it a
+    message's bytes and it makes the line itself (the JSON text of big bodies is the
+    costliest part of ``analyze``'s own process, which also feeds the workers and reads
+    their records). Each file's lines are in the order they were given.
+
     The lines go to ``DIR/.<topic>.jsonl.partial`` files, renamed to their names by
     :meth:`close`: a run that fails leaves no file that looks whole (:meth:`discard`
     removes them). Every topic gets its file, empty if it had no record."""
@@ -149,32 +160,51 @@ class JsonlWriter:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.paths = {t: self.dir / f"{t}.jsonl" for t in topics}
         self._partial = {t: self.dir / f".{t}.jsonl.partial" for t in self.paths}
-        self._files = {t: p.open("wb", buffering=1 << 20) for t, p in self._partial.items()}
+        self._number = {t: i for i, t in enumerate(self.paths)}
+        self._files = JsonLinesFiles([os.fspath(self._partial[t]) for t in self.paths])
         self._encoders = {t: topic_encoder(t) for t in self.paths}
 
     def write(self, topic: str, record: dict[str, Any]) -> None:
         """Append the line of ``record`` to ``topic``'s file."""
-        self._files[topic].write(self._encoders[topic](record))
+        self._files.write_line(self._number[topic], self._encoders[topic](record))
 
     def write_line(self, topic: str, line: bytes) -> None:
         """Append a line made elsewhere (``AvroCodec.json_line``: the same bytes as
         :meth:`write` of the record) to ``topic``'s file."""
-        self._files[topic].write(line)
+        self._files.write_line(self._number[topic], line)
+
+    def write_message(self, topic: str, data: bytes, codec: AvroCodec) -> None:
+        """Append the line of a Confluent-framed message's record (the same bytes as
+        :meth:`write` of ``codec.decode(data)``), made by the writing thread from the
+        message's Avro body: its bodies and headers never become Python objects. A bad
+        framing raises :class:`~wirestream.errors.DecodeError` here; a malformed body
+        is found by the thread and raises it at :meth:`close`."""
+        reader, offset = codec.body_reader(data)
+        if isinstance(reader, AvroReader):
+            self._files.write_avro(self._number[topic], reader, data if type(data) is bytes else bytes(data), offset)
+        else:  # a schema outside the compiled subset: fastavro's record, written here
+            self.write_line(topic, codec.json_line(data))
 
     def close(self) -> list[Path]:
-        """Finish the files and give them their names; return their paths."""
-        for t, f in self._files.items():
-            f.close()
+        """Finish the files and give them their names; return their paths. A message of
+        :meth:`write_message` whose body did not decode fails the run here
+        (:class:`~wirestream.errors.DecodeError`, the files removed): its file would
+        lack a record the run counted."""
+        _, malformed, first = self._files.close()
+        if malformed:
+            self.discard()
+            raise DecodeError(f"{malformed} record(s) could not be written to {self.dir}: "
+                              f"malformed Avro body ({first})")
+        for t in self.paths:
             os.replace(self._partial[t], self.paths[t])
-        self._files = {}
         return list(self.paths.values())
 
     def discard(self) -> None:
         """Close and remove the files written so far (the run failed)."""
-        for t, f in self._files.items():
-            f.close()
+        with contextlib.suppress(OSError):  # (a write that failed: the files go anyway)
+            self._files.close()
+        for t in self.paths:
             self._partial[t].unlink(missing_ok=True)
-        self._files = {}
 
 
 def write_jsonl(out_dir: str | os.PathLike[str], records: dict[str, list[dict[str, Any]]]) -> list[Path]:

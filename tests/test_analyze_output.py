@@ -254,6 +254,41 @@ def test_a_message_is_its_records_line(capture_records: dict[str, list], registr
         codec.json_line(message[:-3])
 
 
+def test_the_writing_thread_writes_each_messages_line_in_order(capture_records: dict[str, list], registry,
+                                                                tmp_path) -> None:
+    """``JsonlWriter.write_message`` (the line made by the core's writing thread from the
+    message's bytes), mixed with lines of :meth:`write`: each file holds ``to_json_line``
+    of every record, in the order given. A bad framing is refused at once; a malformed
+    body fails :meth:`close`, naming it, and leaves no file."""
+    from wirestream.codec import AvroCodec
+    from wirestream.errors import DecodeError
+
+    codec = AvroCodec(registry.url)
+    writer = JsonlWriter(tmp_path / "out")
+    want: dict[str, list[bytes]] = {t: [] for t in OUTPUT_TOPICS}
+    for topic, records in capture_records.items():
+        for i, record in enumerate(records):
+            message = codec.encode(topic, record)
+            if i % 3 == 2:
+                writer.write(topic, codec.decode(message))
+            else:
+                writer.write_message(topic, message, codec)
+            want[topic].append(stdlib_line(codec.decode(message)))
+    with pytest.raises(DecodeError):
+        writer.write_message(TRANSACTIONS, b"\x01" + message[1:], codec)
+    paths = writer.close()
+    assert sum(map(len, want.values())) > 100
+    for path in paths:
+        assert path.read_bytes() == b"".join(want[path.name.removesuffix(".jsonl")]), path
+
+    broken = JsonlWriter(tmp_path / "broken")
+    broken.write_message(topic, message, codec)
+    broken.write_message(topic, message[:-3], codec)  # the body cut: found by the thread
+    with pytest.raises(DecodeError, match=r"1 record\(s\) could not be written .*malformed Avro body"):
+        broken.close()
+    assert list((tmp_path / "broken").iterdir()) == []
+
+
 @given(st.lists(st.floats(), min_size=1, max_size=8), st.floats(width=32), st.text(max_size=8), st.binary(max_size=8))
 @settings(max_examples=2000)
 def test_the_cores_line_writes_floats_and_text_as_python(doubles: list[float], single: float, text: str,

@@ -185,12 +185,12 @@ def test_records_are_read_while_the_input_is_still_fed(tmp_path, monkeypatch) ->
     from wirestream.sinks.jsonl import JsonlWriter
 
     written: list[str] = []
-    for name in ("write", "write_line"):
+    for name in ("write", "write_line", "write_message"):
         original = getattr(JsonlWriter, name)
 
-        def spy(self, topic, value, _original=original):
+        def spy(self, topic, *args, _original=original):
             written.append(topic)
-            return _original(self, topic, value)
+            return _original(self, topic, *args)
 
         monkeypatch.setattr(JsonlWriter, name, spy)
     captures = [str(DATA / "chrissanders" / name) for name in ("http_espn.pcapng", "dns_tcp.pcapng")]

@@ -474,9 +474,10 @@ def _wait_and_collect(
     (``after_feed`` is then called).
 
     ``fields``: the records kept of those topics hold only those fields, and only they are
-    decoded. With a ``writer``, the line of a record of those topics is written from the
-    message's bytes by the compiled core (``AvroCodec.json_line``), so a transaction's
-    bodies and headers are never made into objects; a record decoded whole anyway (a
+    decoded. With a ``writer``, the line of a record of those topics is made from the
+    message's bytes by the compiled core's writing thread (``JsonlWriter.write_message``),
+    so a transaction's bodies and headers are never made into objects, and their JSON text
+    is made beside this thread rather than by it; a record decoded whole anyway (a
     connection: the summary ranks them by most of their fields) is written from the
     record (orjson walks a dict faster than the core writes ~100 small fields).
 
@@ -496,9 +497,9 @@ def _wait_and_collect(
     expected: dict[str, int] = defaultdict(int)
     last_progress = time.monotonic()
     fields = {t: frozenset(f) | {"source_id"} for t, f in (fields or {}).items()}
-    write_line = writer.write_line if writer is not None else None
+    write_message = writer.write_message if writer is not None else None
     write_record = writer.write if writer is not None else None
-    json_line = rt.codec.json_line
+    codec = rt.codec
     undecodable, first_error = 0, ""
 
     def done() -> bool:
@@ -549,10 +550,10 @@ def _wait_and_collect(
                 last_progress = time.monotonic()
                 topic = msg.topic
                 if topic != STATS:
-                    if write_line is not None and topic in fields:
+                    if write_message is not None and topic in fields:
                         try:
-                            write_line(topic, json_line(msg.value))
-                        except DecodeError as exc:  # (its summary fields decoded: a damaged body)
+                            write_message(topic, msg.value, codec)
+                        except DecodeError as exc:  # (its summary fields decoded: a damaged framing)
                             undecodable += 1
                             first_error = first_error or f"{topic}/{msg.partition}@{msg.offset}: {exc}"
                             continue

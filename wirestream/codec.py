@@ -285,18 +285,20 @@ class AvroCodec:
         written. Raises :class:`DecodeError` if malformed."""
         return self._read(data, None, json_line=True)  # type: ignore[return-value]
 
+    def body_reader(self, data: bytes | None) -> tuple[BodyReader, int]:
+        """The whole-record reader of a Confluent-framed message's schema and the offset
+        of its body, for a writer that reads the body elsewhere (``JsonlWriter.
+        write_message``: the compiled reader's ``AvroReader`` is read by the core's JSON
+        lines thread). Raises :class:`DecodeError` if the framing is bad."""
+        return self._framed(data, None), _HEADER.size
+
     def _decode(self, data: bytes | None, fields: frozenset[str] | None) -> dict[str, Any]:
         return self._read(data, fields)  # type: ignore[return-value]
 
     def _read(self, data: bytes | None, fields: frozenset[str] | None, json_line: bool = False) -> Any:
         """The record of a Confluent-framed message (``fields`` only, if given), or its
         JSON line; :class:`DecodeError` when the framing or the body is malformed."""
-        if data is None or len(data) < _HEADER.size:
-            raise DecodeError("message too short for the Confluent wire format")
-        magic, schema_id = _HEADER.unpack_from(data)
-        if magic != MAGIC_BYTE:
-            raise DecodeError(f"bad magic byte {magic} (not Confluent-framed Avro)")
-        reader = self._reader(schema_id, fields)
+        reader = self._framed(data, fields)
         body = data if type(data) is bytes else bytes(data)
         try:
             if not json_line:
@@ -308,7 +310,17 @@ class AvroCodec:
 
             return (to_json_line(reader(body, _HEADER.size)) + "\n").encode()
         except Exception as exc:  # EOFError, ValueError, IndexError, UnicodeDecodeError... on bad bytes
-            raise DecodeError(f"malformed Avro body for schema id {schema_id}: {exc}") from None
+            raise DecodeError(f"malformed Avro body for schema id {_HEADER.unpack_from(body)[1]}: {exc}") from None
+
+    def _framed(self, data: bytes | None, fields: frozenset[str] | None) -> BodyReader:
+        """The reader of a Confluent-framed message's schema (``fields`` only, if given);
+        :class:`DecodeError` when the framing is bad."""
+        if data is None or len(data) < _HEADER.size:
+            raise DecodeError("message too short for the Confluent wire format")
+        magic, schema_id = _HEADER.unpack_from(data)
+        if magic != MAGIC_BYTE:
+            raise DecodeError(f"bad magic byte {magic} (not Confluent-framed Avro)")
+        return self._reader(schema_id, fields)
 
 
 def make_reader(schema: Any, fields: frozenset[str] | None = None) -> BodyReader:

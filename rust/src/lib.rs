@@ -40,6 +40,7 @@ pub mod decode;
 pub mod flow;
 pub mod l7;
 pub mod layout;
+pub mod line_files;
 mod python;
 pub mod reassembly;
 pub mod replay;
@@ -93,6 +94,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(python_tls::looks_like_tls_client_hello, m)?)?;
     m.add_class::<python_avro::PyAvroWriter>()?;
     m.add_class::<python_avro::PyAvroReader>()?;
+    m.add_class::<python_avro::PyJsonLinesFiles>()?;
     m.add_function(wrap_pyfunction!(python_avro::json_text, m)?)?;
     m.add_function(wrap_pyfunction!(python_flow::community_id_of, m)?)?;
     m.add_class::<python_flow::PyFlowTable>()?;

@@ -19,14 +19,18 @@
 //! value (`Transaction.request_headers["Host"]: expected str, got int`).
 
 use std::cell::RefCell;
+use std::path::PathBuf;
+use std::sync::mpsc::TrySendError;
+use std::sync::{Arc, Mutex};
 
 use pyo3::buffer::PyBuffer;
-use pyo3::exceptions::{PyKeyError, PyOverflowError, PyTypeError, PyUnicodeError, PyValueError};
+use pyo3::exceptions::{PyKeyError, PyOSError, PyOverflowError, PyTypeError, PyUnicodeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyByteArray, PyBytes, PyDict, PyFloat, PyList, PyMapping, PyString, PyTuple};
 
 use crate::avro::{Datum, EncodeError, Fault, Writer};
 use crate::avro_read::{Build, ReadError, Reader};
+use crate::line_files::{Job, LineFiles};
 
 type Res<T> = Result<T, Fault<PyErr>>;
 
@@ -358,7 +362,8 @@ impl<'py> Build for PyBuild<'_, 'py> {
 /// `ValueError` saying what is wrong and at which offset.
 #[pyclass(module = "wirestream._core", name = "AvroReader", frozen)]
 pub struct PyAvroReader {
-    reader: Reader,
+    // (shared with the JSON lines thread's jobs: `JsonLinesFiles.write_avro`)
+    reader: Arc<Reader>,
     names: Vec<Py<PyString>>,
 }
 
@@ -373,7 +378,7 @@ impl PyAvroReader {
         };
         let reader = Reader::from_json(schema_json, fields.as_deref()).map_err(|e| PyValueError::new_err(e.0))?;
         let names = reader.schema().field_names().iter().map(|n| PyString::intern(py, n).unbind()).collect();
-        Ok(PyAvroReader { reader, names })
+        Ok(PyAvroReader { reader: Arc::new(reader), names })
     }
 
     #[pyo3(signature = (data, offset = 0))]
@@ -417,6 +422,64 @@ impl PyAvroReader {
 
     fn __repr__(&self) -> String {
         format!("<AvroReader {}>", self.reader.schema().name())
+    }
+}
+
+/// `JsonLinesFiles(paths)`: JSON lines files written by a thread of their own
+/// (`crate::line_files`): `write_avro(file, reader, data, offset)` queues the JSON line
+/// of an Avro body (made by that thread, as `AvroReader.json_line` makes it),
+/// `write_line(file, line)` a line made by the caller; each file's lines in the order
+/// queued. A full queue makes the caller wait with the GIL let go. `close()` writes what
+/// is queued and returns `(lines per file, malformed bodies, the first one's error or
+/// None)`; a failed write raises `OSError` there.
+#[pyclass(module = "wirestream._core", name = "JsonLinesFiles", frozen)]
+pub struct PyJsonLinesFiles {
+    files: Mutex<Option<LineFiles>>,
+}
+
+impl PyJsonLinesFiles {
+    fn queue(&self, py: Python<'_>, job: Job) -> PyResult<()> {
+        let sender = self.files.lock().ok().and_then(|f| f.as_ref().and_then(LineFiles::sender));
+        let Some(sender) = sender else { return Err(PyValueError::new_err("the JSON lines files are closed")) };
+        let stopped = || PyOSError::new_err("the JSON lines thread has stopped");
+        match sender.try_send(job) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(job)) => py.allow_threads(move || sender.send(job)).map_err(|_| stopped()),
+            Err(TrySendError::Disconnected(_)) => Err(stopped()),
+        }
+    }
+}
+
+#[pymethods]
+impl PyJsonLinesFiles {
+    #[new]
+    fn new(paths: Vec<PathBuf>) -> PyResult<Self> {
+        let files = LineFiles::create(&paths).map_err(PyOSError::new_err)?;
+        Ok(PyJsonLinesFiles { files: Mutex::new(Some(files)) })
+    }
+
+    fn write_avro(&self, py: Python<'_>, file: usize, reader: PyRef<'_, PyAvroReader>, data: &[u8],
+                  offset: usize) -> PyResult<()> {
+        if reader.reader.selects_fields() {
+            return Err(PyValueError::new_err("json lines are made by a reader of whole records"));
+        }
+        let job = Job::Avro { file, reader: Arc::clone(&reader.reader), data: data.to_vec(), offset };
+        drop(reader);
+        self.queue(py, job)
+    }
+
+    fn write_line(&self, py: Python<'_>, file: usize, line: &[u8]) -> PyResult<()> {
+        self.queue(py, Job::Line { file, line: line.to_vec() })
+    }
+
+    fn close(&self, py: Python<'_>) -> PyResult<(Vec<u64>, u64, Option<String>)> {
+        let files = self.files.lock().ok().and_then(|mut f| f.take());
+        let Some(mut files) = files else { return Ok((Vec::new(), 0, None)) };
+        let outcome = py.allow_threads(move || files.close());
+        if let Some(err) = outcome.io_error {
+            return Err(PyOSError::new_err(format!("writing the JSON lines: {err}")));
+        }
+        Ok((outcome.lines, outcome.malformed, outcome.first_malformed))
     }
 }
 
