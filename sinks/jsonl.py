@@ -190,7 +190,11 @@ class JsonlWriter:
         :meth:`write_message` whose body did not decode fails the run here
         (:class:`~wirestream.errors.DecodeError`, the files removed): its file would
         lack a record the run counted."""
-        _, malformed, first = self._files.close()
+        try:
+            _, malformed, first = self._files.close()
+        except OSError:  # a write failed (a full disk): no file that looks whole is left
+            self.discard()
+            raise
         if malformed:
             self.discard()
             raise DecodeError(f"{malformed} record(s) could not be written to {self.dir}: "

@@ -289,6 +289,19 @@ def test_the_writing_thread_writes_each_messages_line_in_order(capture_records: 
     assert list((tmp_path / "broken").iterdir()) == []
 
 
+def test_a_write_that_fails_is_an_error_at_close_and_leaves_no_file(tmp_path) -> None:
+    """The writing thread's files on a full disk (a file that is /dev/full): the error
+    comes at close, as an ``OSError`` saying so, and no file is left behind."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / f".{TRANSACTIONS}.jsonl.partial").symlink_to("/dev/full")
+    writer = JsonlWriter(out)
+    writer.write_line(TRANSACTIONS, b"x" * (2 << 20) + b"\n")  # beyond the file's buffer
+    with pytest.raises(OSError, match="writing the JSON lines: .*No space left"):
+        writer.close()
+    assert list(out.iterdir()) == []
+
+
 @given(st.lists(st.floats(), min_size=1, max_size=8), st.floats(width=32), st.text(max_size=8), st.binary(max_size=8))
 @settings(max_examples=2000)
 def test_the_cores_line_writes_floats_and_text_as_python(doubles: list[float], single: float, text: str,
