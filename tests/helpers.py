@@ -31,6 +31,7 @@ from types import ModuleType
 from typing import Any, NoReturn
 
 import pytest
+from loopback_ports import free_port as free_port  # (tests import it from here)
 
 DATA = Path(__file__).parent / "data"
 
@@ -152,13 +153,6 @@ def analyze_cases(paths: dict[str, Path], out: Path, topics: Iterable[str],
                 rec = json.loads(line)
                 records[names[int(rec["source_id"].rsplit("-", 1)[1])]].setdefault(topic, []).append(rec)
     return json.loads(proc.stdout), records
-
-
-def free_port(kind: int = socket.SOCK_STREAM) -> int:
-    """A loopback port free right now (TCP, or UDP with ``socket.SOCK_DGRAM``)."""
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def transaction(source: str, n: int, **fields: Any) -> dict[str, Any]:

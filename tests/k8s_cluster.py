@@ -28,7 +28,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from helpers import free_port
+from loopback_ports import free_ports
 
 REPO = Path(__file__).resolve().parent.parent
 BUILD_SCRIPT = REPO / "scripts" / "kube-apiserver"
@@ -91,8 +91,7 @@ class ApiServer:
 
     def __init__(self) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="wirestream-k8s-"))
-        self.etcd_port, self.etcd_peer_port = free_port(), free_port()
-        self.port = free_port()
+        self.etcd_port, self.etcd_peer_port, self.port = free_ports(3)
         self.kubeconfig = str(self.dir / "kubeconfig")
         self.url = f"https://127.0.0.1:{self.port}"
         self._etcd: subprocess.Popen | None = None

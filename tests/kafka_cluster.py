@@ -28,10 +28,8 @@ import contextlib
 import ctypes
 import ctypes.util
 import os
-import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -41,6 +39,8 @@ from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
+
+from loopback_ports import free_ports
 
 REPO = Path(__file__).resolve().parent.parent
 #: the release scripts/kafka fetches unless WIRESTREAM_KAFKA_VERSION says otherwise
@@ -89,46 +89,6 @@ def _kill_when_parent_dies() -> None:
     # wirestream.processes.die_with_parent: a test cluster's data is thrown away, and three
     # brokers asked to shut down cleanly together wait on each other for many seconds.
     _prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
-
-
-def _ephemeral_range() -> tuple[int, int]:
-    try:
-        low, high = (int(p) for p in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
-    except (OSError, ValueError):
-        low, high = 32768, 60999  # Linux's default
-    return low, high
-
-
-def _free_ports(n: int) -> list[int]:
-    """``n`` distinct loopback TCP ports, free right now, outside the kernel's ephemeral range.
-
-    Both halves matter. A port the kernel hands out for ``bind(0)`` is released when we
-    close the probe, so asking ``n`` times can give the same port twice (a CI run failed on
-    it: one node's PLAINTEXT port was another's MTLS port). And a port from the ephemeral
-    range can be taken, between our probe and the JVM's bind, by any outgoing connection's
-    local end (a restarted node rebinds its old port long after the probe). Ports below
-    the ephemeral range are handed out only to whoever binds them by number; each probe
-    is held open until all ``n`` are chosen, so they are distinct.
-    """
-    low, high = _ephemeral_range()
-    first, last = (10000, low - 1) if low - 10000 >= 4 * n else (high + 1, 65535)
-    rng = random.Random()
-    held: list[socket.socket] = []
-    try:
-        for port in rng.sample(range(first, last + 1), last + 1 - first):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                s.close()
-                continue
-            held.append(s)
-            if len(held) == n:
-                return [int(h.getsockname()[1]) for h in held]
-        raise RuntimeError(f"fewer than {n} free loopback ports in {first}-{last}")
-    finally:
-        for h in held:
-            h.close()
 
 
 LOG4J2 = """\
@@ -261,7 +221,7 @@ class ApacheKafka:
         if ports_file.is_file():  # a kept directory: the same ports (the metadata names them)
             ports = [int(p) for p in ports_file.read_text().split()]
         else:
-            ports = _free_ports(5 * brokers)
+            ports = free_ports(5 * brokers)
         self.ports = ports[:brokers]  # clients
         self.controller_ports = ports[brokers:2 * brokers]
         #: with ``secure``: each node's SASL_SSL (SCRAM-SHA-512) and SSL (mutual TLS) listeners

@@ -22,7 +22,8 @@ import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 from helpers import DATA
-from kafka_cluster import ApacheKafka, _ephemeral_range, _free_ports
+from kafka_cluster import ApacheKafka
+from loopback_ports import ephemeral_range, free_ports
 
 from wirestream.kafka import consumer_config, producer_config
 from wirestream.topics import ALL_TOPICS, CHECKPOINTS, OUTPUT_TOPICS, TOPIC_CONFIGS
@@ -269,9 +270,9 @@ def test_the_clusters_ports_are_distinct_free_and_outside_the_ephemeral_range() 
     """A cluster's 15 ports (5 listeners x 3 nodes) never repeat (a CI run failed when one
     node's PLAINTEXT port was another's MTLS port), and none is one the kernel could give
     an outgoing connection's local end before the JVM binds it."""
-    low, high = _ephemeral_range()
+    low, high = ephemeral_range()
     for _ in range(50):
-        ports = _free_ports(15)
+        ports = free_ports(15)
         assert len(set(ports)) == 15
         assert all(not low <= p <= high for p in ports)
         for p in ports:  # each bindable once chosen: the probes are closed
