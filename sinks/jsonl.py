@@ -9,9 +9,9 @@ text is the compiled core's (``rust/src/avro_text.rs``), made in one pass.
 Three encoders, one output: :func:`to_json_line` (the standard library's ``json``, any
 record: ``tail``, the SIEM sink), the per-topic encoders of :class:`JsonlWriter`
 (``orjson``, 3-8x faster) and, fastest, the compiled core's line made straight from a
-message's Avro body (``AvroCodec.json_line``, rust/src/avro_json.rs; what ``analyze
+message's Avro body (rust/src/avro_json.rs: ``AvroCodec.json_line``, and what ``analyze
 --out`` writes, hundreds of megabytes for a big capture, with
-:meth:`JsonlWriter.write_line`). They write the same bytes for every record of the
+:meth:`JsonlWriter.write_message`, the line made by the writing thread). They write the same bytes for every record of the
 output topics (tests/test_analyze_output.py). Where orjson's text differs, a float below 1e-4
 in magnitude (orjson ``0.00001`` and ``2.5e-7``, ``json`` ``1e-05`` and ``2.5e-07``) or
 not finite (orjson ``null``, ``json`` ``NaN``), the float is written with ``json``'s text.
