@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import os
 import secrets
-import socket
 import ssl
 import subprocess
 import sys
@@ -21,7 +20,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 import pytest
-from helpers import DATA
+from helpers import DATA, free_port
 from tls_certs import CA, issue, make_ca, self_signed
 
 from wirestream.codec import AvroCodec
@@ -287,9 +286,7 @@ def test_hostname_is_checked(pki: Pki, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_unreachable(pki: Pki, monkeypatch: pytest.MonkeyPatch) -> None:
-    with socket.socket() as s:  # a port that was free a moment ago: nothing listens on it
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()  # free a moment ago: nothing listens on it
     monkeypatch.setenv(ENV_CA, str(pki.ca.cert))
     url = f"https://{USER}:{quote(PASSWORD, safe='')}@127.0.0.1:{port}"
     with pytest.raises(RegistryUnreachable) as exc:
