@@ -31,7 +31,8 @@ from types import ModuleType
 from typing import Any, NoReturn
 
 import pytest
-from loopback_ports import free_port as free_port  # (tests import it from here)
+
+from wirestream.loopback_ports import free_port as free_port  # (tests import it from here)
 
 DATA = Path(__file__).parent / "data"
 

@@ -28,7 +28,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from loopback_ports import free_ports
+from wirestream.loopback_ports import free_ports
 
 REPO = Path(__file__).resolve().parent.parent
 BUILD_SCRIPT = REPO / "scripts" / "kube-apiserver"

@@ -40,7 +40,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from loopback_ports import free_ports
+from wirestream.loopback_ports import free_ports
 
 REPO = Path(__file__).resolve().parent.parent
 #: the release scripts/kafka fetches unless WIRESTREAM_KAFKA_VERSION says otherwise

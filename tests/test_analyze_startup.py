@@ -1,4 +1,5 @@
-"""The one-shot run's workers (issue 16, item 3): statically assigned, in no group.
+"""The one-shot run's start (issue 16, item 3): its embedded broker, and its workers,
+statically assigned, in no group.
 
 ``analyze`` starts ``wirestream process --assign ...`` workers (processors/packet_worker.py,
 static assignment) and the windows without Faust (processors/windows_worker.py). They
@@ -8,6 +9,7 @@ broker must say so; and a packet worker must not poll an empty wire.k8s-identity
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 import time
@@ -23,8 +25,9 @@ from wirestream.processors.k8s_enrichment import IdentityFeed, IdentityIndex
 from wirestream.broker import EmbeddedBroker, ensure_topics, partition_count, wait_for_topics
 from wirestream.codec import AvroCodec
 from wirestream.commands.process import format_offsets
-from wirestream.errors import BrokerUnreachable
+from wirestream.errors import BrokerStartError, BrokerUnreachable
 from wirestream.kafka import WireProducer
+from wirestream.loopback_ports import ephemeral_range
 from wirestream.reader import TopicReader, end_offsets
 from wirestream.topics import (
     ALERTS,
@@ -191,3 +194,31 @@ def test_the_identity_feed_does_not_poll_an_empty_topic(registry) -> None:
         finally:
             feed.stop()
             feed.join(5)
+
+
+def test_the_embedded_broker_is_started_only_when_it_answers_kafka(tmp_path) -> None:
+    """A port held by something else (here a plain listener, in CI something that made the
+    port look open) is not our broker: tansu logs ``AddrInUse`` and lives on, so an open
+    port proved nothing and the run's first request failed. wait_listening must wait for a
+    Kafka answer and, failing that, say why with the broker's log."""
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", free_port()))
+        squatter.listen()
+        port = squatter.getsockname()[1]
+        broker = EmbeddedBroker(port=port, log_path=tmp_path / "broker.log").launch()
+        try:
+            with pytest.raises(BrokerStartError, match=f"(?s)(did not answer on 127.0.0.1:{port}|exited).*AddrInUse"):
+                broker.wait_listening(timeout=3)
+        finally:
+            broker.stop()
+
+
+def test_the_embedded_broker_takes_a_port_outside_the_ephemeral_range() -> None:
+    """No outgoing connection's local end (the kernel picks those in the ephemeral range)
+    can take the broker's port between its choice and tansu's bind."""
+    low, high = ephemeral_range()
+    ports = {EmbeddedBroker().port for _ in range(200)}
+    assert len(ports) > 150  # chosen at random
+    assert not any(low <= port <= high for port in ports)
+    with EmbeddedBroker() as broker:
+        assert ensure_topics(broker.bootstrap, [PACKETS], 1) == [PACKETS]

@@ -23,9 +23,9 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, To
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 from helpers import DATA
 from kafka_cluster import ApacheKafka
-from loopback_ports import ephemeral_range, free_ports
 
 from wirestream.kafka import consumer_config, producer_config
+from wirestream.loopback_ports import ephemeral_range, free_ports
 from wirestream.topics import ALL_TOPICS, CHECKPOINTS, OUTPUT_TOPICS, TOPIC_CONFIGS
 
 #: captures for the analyze comparison: many HTTP connections, DNS over UDP and TCP, TLS

@@ -12,6 +12,7 @@ import contextlib
 import os
 import signal
 import socket
+import struct
 import subprocess
 import time
 from collections.abc import Iterable
@@ -21,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from wirestream.errors import BrokerStartError, BrokerUnreachable
 from wirestream.kafka_security import client_properties, raise_if_fatal
+from wirestream.loopback_ports import free_port
 from wirestream.processes import die_with_parent
 
 if TYPE_CHECKING:
@@ -48,18 +50,28 @@ def tansu_binary() -> Path:
     return path
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+#: An ApiVersions request, version 0 (api key 18), correlation id 1, client id
+#: "wirestream": the first request every Kafka client sends, answerable by any broker.
+_API_VERSIONS_V0 = struct.pack(">hhih", 18, 0, 1, 10) + b"wirestream"
 
 
-def _port_open(host: str, port: int, timeout: float = 0.2) -> bool:
+def _answers_kafka(host: str, port: int, timeout: float = 0.5) -> bool:
+    """Whether a Kafka broker answers on ``host:port``: an ApiVersions answer carrying our
+    correlation id. An open port alone is not proof: a broker that failed its bind (tansu
+    then logs ``AddrInUse`` and lives on) leaves the port to whatever holds it."""
     try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
+        with socket.create_connection((host, port), timeout=timeout) as s:
+            s.sendall(struct.pack(">i", len(_API_VERSIONS_V0)) + _API_VERSIONS_V0)
+            head = b""
+            while len(head) < 8:  # size, correlation id
+                chunk = s.recv(8 - len(head))
+                if not chunk:
+                    return False
+                head += chunk
     except OSError:
         return False
+    size, correlation_id = struct.unpack(">ii", head)
+    return size >= 4 and correlation_id == 1
 
 
 class EmbeddedBroker:
@@ -72,7 +84,7 @@ class EmbeddedBroker:
 
     def __init__(self, host: str = "127.0.0.1", port: int | None = None, log_path: Path | None = None) -> None:
         self.host = host
-        self.port = port or free_port(host)
+        self.port = port or free_port(host=host)
         self.log_path = log_path
         self._proc: subprocess.Popen[bytes] | None = None
 
@@ -106,7 +118,8 @@ class EmbeddedBroker:
                 stderr=log,
                 start_new_session=True,  # Ctrl-C in the terminal goes to us; we stop it
                 preexec_fn=die_with_parent(),  # and if we are killed outright, it goes too
-                env={**os.environ, "RUST_LOG": os.environ.get("WIRESTREAM_BROKER_LOG", "warn")},
+                env={**os.environ, "RUST_LOG": os.environ.get("WIRESTREAM_BROKER_LOG", "warn"),
+                     "NO_COLOR": "1"},  # a plain log, to quote in errors
             )
         finally:
             if log is not subprocess.DEVNULL:
@@ -114,19 +127,32 @@ class EmbeddedBroker:
         return self
 
     def wait_listening(self, timeout: float = 15.0) -> EmbeddedBroker:
-        """Wait until the launched broker accepts connections (BrokerStartError if it
-        exits or does not listen within ``timeout`` seconds)."""
+        """Wait until the launched broker answers Kafka requests (BrokerStartError if it
+        exits or does not answer within ``timeout`` seconds; its log's last lines, when
+        it has a log, are in the message)."""
         if self._proc is None:
             raise BrokerStartError("embedded broker not launched")
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
-                raise BrokerStartError(f"embedded broker exited with code {self._proc.returncode} on start")
-            if _port_open(self.host, self.port):
+                raise BrokerStartError(f"embedded broker exited with code {self._proc.returncode} on start"
+                                       f"{self._log_tail()}")
+            if _answers_kafka(self.host, self.port):
                 return self
             time.sleep(0.01)
+        tail = self._log_tail()
         self.stop()
-        raise BrokerStartError(f"embedded broker did not listen on {self.bootstrap} within {timeout:.0f} s")
+        raise BrokerStartError(f"embedded broker did not answer on {self.bootstrap} within {timeout:.0f} s{tail}")
+
+    def _log_tail(self, chars: int = 1500) -> str:
+        """The end of the broker's log, to quote in an error ('' when there is none)."""
+        if self.log_path is None:
+            return ""
+        try:
+            text = self.log_path.read_text(errors="replace")[-chars:].strip()
+        except OSError:
+            return ""
+        return f" (log {self.log_path}:\n{text})" if text else f" (log: {self.log_path})"
 
     def exit_code(self) -> int | None:
         """The broker process's exit code if it has exited on its own, else None."""
