@@ -18,7 +18,8 @@
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::intern;
-use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
+use pyo3::sync::GILOnceCell;
+use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
 
 use crate::l7::http::redact;
 use crate::l7::http::session::Mode;
@@ -33,10 +34,20 @@ pub struct PyHttpConnection {
     endpoints: [PyObject; 4],
 }
 
+/// The Python strings of [`redact::COMMON_NAMES`], made once: a header map's names are
+/// mostly these, and a string made once is not decoded and hashed again for each record.
+static COMMON_NAMES: GILOnceCell<Vec<Py<PyString>>> = GILOnceCell::new();
+
 fn map_dict<'py>(py: Python<'py>, map: &[(String, String)]) -> PyResult<Bound<'py, PyDict>> {
+    let common = COMMON_NAMES.get_or_init(py, || {
+        redact::COMMON_NAMES.iter().map(|n| PyString::intern(py, n).unbind()).collect()
+    });
     let d = PyDict::new(py);
     for (n, v) in map {
-        d.set_item(n, v)?;
+        match redact::common_name(n).and_then(|i| common.get(i)) {
+            Some(name) => d.set_item(name.bind(py), v)?,
+            None => d.set_item(n, v)?,
+        }
     }
     Ok(d)
 }

@@ -12,7 +12,7 @@
 //! the values of a `wire.connections` record by [`Connection::record`].
 
 use std::fmt::Write as _;
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::Ipv6Addr;
 
 use blake2::digest::{Update, VariableOutput};
 use blake2::Blake2bVar;
@@ -229,7 +229,7 @@ pub fn ordinary_bits(flags: u16, seglen: u32) -> u8 {
 /// Address bytes as text, as Python's `socket.inet_ntop` (glibc) writes them.
 pub fn ip_text(ip: &[u8; 16], version: u8) -> String {
     if version == 4 {
-        return Ipv4Addr::new(ip[0], ip[1], ip[2], ip[3]).to_string();
+        return ipv4_text([ip[0], ip[1], ip[2], ip[3]]);
     }
     // glibc writes "::a.b.c.d" for an IPv4-compatible address (the longest zero run is
     // the first 6 words) and "::ffff:a.b.c.d" for a mapped one; Rust only the latter.
@@ -237,6 +237,26 @@ pub fn ip_text(ip: &[u8; 16], version: u8) -> String {
         return format!("::{}.{}.{}.{}", ip[12], ip[13], ip[14], ip[15]);
     }
     Ipv6Addr::from(*ip).to_string()
+}
+
+/// Dotted-quad text of an IPv4 address (`Ipv4Addr`'s `to_string`, written directly: its
+/// formatting machinery was ~3 % of a packet worker's HTTP analysis, a text per
+/// connection and record).
+fn ipv4_text(a: [u8; 4]) -> String {
+    let mut s = String::with_capacity(15);
+    for (i, b) in a.into_iter().enumerate() {
+        if i > 0 {
+            s.push('.');
+        }
+        if b >= 100 {
+            s.push(char::from(b'0' + b / 100));
+        }
+        if b >= 10 {
+            s.push(char::from(b'0' + b / 10 % 10));
+        }
+        s.push(char::from(b'0' + b % 10));
+    }
+    s
 }
 
 /// Stable connection id: blake2b (8-byte digest) of the endpoints and the start time, as
@@ -681,6 +701,23 @@ impl Connection {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::Ipv4Addr;
+
+    #[test]
+    fn ipv4_text_is_what_ipv4addr_writes() {
+        let mut rng = crate::test_rng::XorShift(0x9E37_79B9_7F4A_7C15);
+        let edges = [0u8, 1, 9, 10, 11, 99, 100, 101, 199, 200, 249, 250, 255];
+        for a in edges {
+            for b in edges {
+                let ip = [a, b, b, a];
+                assert_eq!(ipv4_text(ip), Ipv4Addr::from(ip).to_string());
+            }
+        }
+        for _ in 0..100_000 {
+            let ip = (rng.below(1 << 32) as u32).to_be_bytes();
+            assert_eq!(ipv4_text(ip), Ipv4Addr::from(ip).to_string());
+        }
+    }
 
     fn v4(a: u8) -> [u8; 16] {
         let mut ip = [0u8; 16];
