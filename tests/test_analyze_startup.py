@@ -222,3 +222,16 @@ def test_the_embedded_broker_takes_a_port_outside_the_ephemeral_range() -> None:
     assert not any(low <= port <= high for port in ports)
     with EmbeddedBroker() as broker:
         assert ensure_topics(broker.bootstrap, [PACKETS], 1) == [PACKETS]
+
+
+def test_ports_come_from_the_kernel_when_the_ephemeral_range_leaves_no_room(monkeypatch) -> None:
+    """A machine whose ephemeral range is nearly every port still gets its broker a port
+    (the kernel's), not an error."""
+    from wirestream import loopback_ports
+
+    assert list(loopback_ports._shuffled(65536, 65535)) == []
+    assert sorted(loopback_ports._shuffled(10, 14)) == [10, 11, 12, 13, 14]
+    monkeypatch.setattr(loopback_ports, "ephemeral_range", lambda: (1024, 65535))
+    ports = loopback_ports.free_ports(3)
+    assert len(set(ports)) == 3 and all(0 < p < 65536 for p in ports)
+    assert EmbeddedBroker().port > 0

@@ -32,7 +32,8 @@ def ephemeral_range() -> tuple[int, int]:
 
 def free_ports(n: int, kind: int = socket.SOCK_STREAM, host: str = "127.0.0.1") -> list[int]:
     """``n`` distinct ports of ``host`` (TCP, or UDP with ``socket.SOCK_DGRAM``), free
-    right now, outside the ephemeral range."""
+    right now, outside the ephemeral range (inside it, from the kernel, only when that
+    range leaves no room)."""
     low, high = ephemeral_range()
     first, last = (10000, low - 1) if low - 10000 >= 4 * n else (high + 1, 65535)
     held: list[socket.socket] = []
@@ -47,7 +48,13 @@ def free_ports(n: int, kind: int = socket.SOCK_STREAM, host: str = "127.0.0.1") 
             held.append(s)
             if len(held) == n:
                 return [int(h.getsockname()[1]) for h in held]
-        raise OSError(f"fewer than {n} free ports of {host} in {first}-{last}")
+        # no room outside the ephemeral range (a machine whose range is nearly every
+        # port, or every such port taken): the kernel's choice, each held until all are
+        while len(held) < n:
+            s = socket.socket(socket.AF_INET, kind)
+            held.append(s)
+            s.bind((host, 0))
+        return [int(h.getsockname()[1]) for h in held]
     finally:
         for h in held:
             h.close()
@@ -57,6 +64,8 @@ def _shuffled(first: int, last: int) -> Iterator[int]:
     """Every port of first..last once, in a random order: a random start and a random
     stride prime to the range's size (cheap: analyze chooses its broker's port at start)."""
     size = last + 1 - first
+    if size <= 0:
+        return
     start, stride = random.randrange(size), random.randrange(1, size) if size > 1 else 1
     while math.gcd(stride, size) != 1:
         stride += 1
