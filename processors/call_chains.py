@@ -288,8 +288,11 @@ class ChainBuilder:
         self._link()
         chains = []
         for root in sorted((t for t in self._held.values() if t.parent is None), key=lambda t: t.start):
-            members = self._tree(root) if root.children else [root]  # (most are alone)
-            end = max(m.end for m in members) if root.children else root.end
+            if root.children:
+                members = self._tree(root)
+                end = max(m.end for m in members)
+            else:  # most are alone: no tree to walk
+                members, end = [root], root.end
             if not ready(end):
                 continue
             for m in members:
