@@ -11,10 +11,11 @@ record: ``tail``, the SIEM sink), the per-topic encoders of :class:`JsonlWriter`
 (``orjson``, 3-8x faster) and, fastest, the compiled core's line made straight from a
 message's Avro body (rust/src/avro_json.rs: ``AvroCodec.json_line``, and what ``analyze
 --out`` writes, hundreds of megabytes for a big capture, with
-:meth:`JsonlWriter.write_message`, the line made by the writing thread). They write the same bytes for every record of the
-output topics (tests/test_analyze_output.py). Where orjson's text differs, a float below 1e-4
-in magnitude (orjson ``0.00001`` and ``2.5e-7``, ``json`` ``1e-05`` and ``2.5e-07``) or
-not finite (orjson ``null``, ``json`` ``NaN``), the float is written with ``json``'s text.
+:meth:`JsonlWriter.write_message`, the line made by the writing thread). They write the
+same bytes for every record of the output topics (tests/test_analyze_output.py). Where
+orjson's text differs, a float below 1e-4 in magnitude (orjson ``0.00001`` and
+``2.5e-7``, ``json`` ``1e-05`` and ``2.5e-07``) or not finite (orjson ``null``, ``json``
+``NaN``), the float is written with ``json``'s text.
 """
 
 from __future__ import annotations
