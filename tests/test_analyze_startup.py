@@ -9,6 +9,7 @@ broker must say so; and a packet worker must not poll an empty wire.k8s-identity
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -194,6 +195,28 @@ def test_the_identity_feed_does_not_poll_an_empty_topic(registry) -> None:
         finally:
             feed.stop()
             feed.join(5)
+
+
+_THREADS_AFTER_NUMPY = (
+    "import os, sys\n"
+    "import wirestream, numpy\n"
+    "print(len(os.listdir('/proc/self/task')), os.environ['OPENBLAS_NUM_THREADS'])\n"
+)
+
+
+def test_a_wirestream_process_starts_no_blas_threads() -> None:
+    """numpy's OpenBLAS would start a spinning server thread per core at import (~0.1 s of
+    CPU each, in each of an analyze run's processes); importing wirestream first keeps
+    it to the one thread, and a value the user set is kept."""
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
+    out = subprocess.run([sys.executable, "-c", _THREADS_AFTER_NUMPY], env=env, check=True,
+                         capture_output=True, text=True).stdout.split()
+    assert out == ["1", "1"]
+    out = subprocess.run([sys.executable, "-c", _THREADS_AFTER_NUMPY], env={**env, "OPENBLAS_NUM_THREADS": "2"},
+                         check=True, capture_output=True, text=True).stdout.split()
+    assert out[1] == "2"
+    if os.cpu_count() and os.cpu_count() > 1:  # (one core: OpenBLAS starts no server thread)
+        assert int(out[0]) > 1
 
 
 def test_the_embedded_broker_is_started_only_when_it_answers_kafka(tmp_path) -> None:
