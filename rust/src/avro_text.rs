@@ -41,11 +41,20 @@ fn word_is_plain(w: u64) -> bool {
     (below_space | quote | backslash) & HIGHS == 0
 }
 
-/// The range the second byte of a sequence led by `lead` must be in, and the length of
-/// the sequence (Unicode 15, table 3-7); `None` for a byte that cannot lead one.
-#[inline]
-fn sequence(lead: u8) -> Option<(u8, u8, usize)> {
-    Some(match lead {
+/// What a byte asks of the byte after it to lead a multi-byte sequence: that byte minus
+/// `second` must be below `span` (one unsigned compare: a range check without two
+/// branches), and the sequence is then `len` bytes long (Unicode 15, table 3-7). A byte
+/// that cannot lead one (ASCII, a continuation byte, `C0`, `C1`, `F5`-`FF`) has span 0:
+/// no byte passes.
+#[derive(Clone, Copy)]
+struct Lead {
+    second: u8,
+    span: u8,
+    len: u8,
+}
+
+const fn lead(c: u8) -> Lead {
+    let (lo, hi, len) = match c {
         0xC2..=0xDF => (0x80, 0xBF, 2),
         0xE0 => (0xA0, 0xBF, 3), // no overlong forms
         0xE1..=0xEC | 0xEE..=0xEF => (0x80, 0xBF, 3),
@@ -53,9 +62,22 @@ fn sequence(lead: u8) -> Option<(u8, u8, usize)> {
         0xF0 => (0x90, 0xBF, 4),
         0xF1..=0xF3 => (0x80, 0xBF, 4),
         0xF4 => (0x80, 0x8F, 4), // nothing above U+10FFFF
-        _ => return None,
-    })
+        _ => return Lead { second: 0, span: 0, len: 1 },
+    };
+    Lead { second: lo, span: hi - lo + 1, len }
 }
+
+const fn leads() -> [Lead; 256] {
+    let mut t = [Lead { second: 0, span: 0, len: 1 }; 256];
+    let mut c = 0;
+    while c < 256 {
+        t[c] = lead(c as u8);
+        c += 1;
+    }
+    t
+}
+
+static LEADS: [Lead; 256] = leads();
 
 /// What one byte that is not part of a valid multi-byte sequence is written as: up to 6
 /// bytes (`\u00xx`), padded to 8 so that it is one fixed-size copy, and their count.
@@ -112,11 +134,14 @@ static ESCAPED: [Entry; 256] = table();
 
 /// Append the text of `b` to `out` (UTF-8), each maximal invalid subpart replaced by
 /// U+FFFD, each character JSON escapes escaped. One pass; 8 bytes at a
-/// time over plain ASCII; every other byte but the lead of a multi-byte sequence is one
-/// table lookup and one fixed-size copy, without a branch on its value (a random body
-/// is half invalid bytes and controls: branches on each byte were mispredicted at every
-/// other byte: 18 ns a byte, twice `String::from_utf8_lossy`, which escapes nothing; now
-/// ~8 ns, less than `from_utf8_lossy`).
+/// time over plain ASCII; every other byte but the lead of a valid-looking multi-byte
+/// sequence is one table lookup and one fixed-size copy, without a branch on its value.
+/// A random (binary, compressed) body is half invalid bytes and controls, and a fifth of
+/// its bytes are leads: branches on each byte's value were mispredicted at every other
+/// byte (18 ns a byte, twice `String::from_utf8_lossy`, which escapes nothing); then a
+/// branch on "is a lead" at every fifth (7-10 ns); now the one branch is on "a lead whose
+/// second byte fits", taken at one byte in twenty of random data (3-4.5 ns a byte;
+/// `cargo test --release --lib timing_of_a_64kb_body -- --ignored --nocapture`).
 fn decode(b: &[u8], out: &mut Vec<u8>) {
     let table = &ESCAPED;
     // the most a byte can become (`\u00xx`), and the fixed copy's 8 bytes of room
@@ -137,16 +162,15 @@ fn decode(b: &[u8], out: &mut Vec<u8>) {
             }
         }
         let c = b.get(i).copied().unwrap_or(0);
-        if let (true, Some((lo, hi, len))) = (c >= 0xC2, sequence(c)) {
-            // the lead of a multi-byte sequence: valid, or its maximal valid prefix is
-            // one U+FFFD, as CPython's decoder and Rust's Utf8Chunks have it
-            let mut k = 1;
-            while k < len {
-                let n = b.get(i + k).copied().unwrap_or(0);
-                let (l, h) = if k == 1 { (lo, hi) } else { (0x80, 0xBF) };
-                if n < l || n > h {
-                    break;
-                }
+        let Lead { second, span, len } = LEADS[usize::from(c)];
+        if b.get(i + 1).copied().unwrap_or(0).wrapping_sub(second) < span {
+            // the lead of a multi-byte sequence, its second byte right: valid, or its
+            // maximal valid prefix is one U+FFFD, as CPython's decoder and Rust's
+            // Utf8Chunks have it (a lead with a wrong second byte is a prefix of one byte:
+            // the table's U+FFFD below, as for any byte that leads nothing)
+            let len = usize::from(len);
+            let mut k = 2;
+            while k < len && (0x80..=0xBF).contains(&b.get(i + k).copied().unwrap_or(0)) {
                 k += 1;
             }
             if k == len {
@@ -258,6 +282,23 @@ mod tests {
             assert_eq!(String::from_utf8(out[6..].to_vec()).unwrap(), reference(&b));
         }
         assert_eq!(lit(&[1u8; 10_000]), reference(&[1u8; 10_000]));
+    }
+
+    #[test]
+    fn every_lead_with_every_second_byte() {
+        // each byte at or above 0x80, followed by every byte, then third and fourth
+        // bytes inside and outside the continuation range, and cut short at each length
+        for c in 0x80..=0xFFu8 {
+            assert_eq!(lit(&[c]), reference(&[c]), "{c:02x}");
+            for n in 0..=0xFFu8 {
+                assert_eq!(lit(&[c, n]), reference(&[c, n]), "{c:02x} {n:02x}");
+                for t in [0x41, 0x7F, 0x80, 0x9F, 0xA0, 0xBF, 0xC0, 0xF0] {
+                    for b in [vec![c, n, t], vec![c, n, t, 0x80], vec![c, n, t, 0xC3], vec![b'x', c, n, t, 0xBF, b'y']] {
+                        assert_eq!(lit(&b), reference(&b), "{b:02x?}");
+                    }
+                }
+            }
+        }
     }
 
     #[test]
