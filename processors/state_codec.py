@@ -166,10 +166,18 @@ _T_PARTIAL, _T_FUNCTION, _T_EXTERNAL, _T_BIGINT, _T_BYTEARRAY = 0x18, 0x1A, 0x1C
 _DOUBLE = struct.Struct("<d")
 
 
-# Small ints are most of the values (ports, flags, counters, lengths): precomputed.
-_CACHE_LO, _CACHE_HI = -1024, 1 << 14
-_LONGS = [_varlong(n) for n in range(_CACHE_LO, _CACHE_HI)]
-_VALUE_LONGS = [bytes([_T_LONG]) + b for b in _LONGS]
+# Small ints are most of the values (ports, windows, flags, counters, lengths):
+# precomputed, when the first state is encoded (~40 ms: not at import, in every process
+# that imports the engine and may never write a checkpoint, as an `analyze` worker).
+_CACHE_LO, _CACHE_HI = -1024, 1 << 16
+_LONGS: list[bytes] = []
+_VALUE_LONGS: list[bytes] = []
+
+
+def _make_small_longs() -> None:
+    if not _LONGS:  # (filled in place: the lists are bound by name in the loops)
+        _LONGS.extend(_varlong(n) for n in range(_CACHE_LO, _CACHE_HI))
+        _VALUE_LONGS.extend(bytes([_T_LONG]) + b for b in _LONGS)
 
 
 def _vlong(n: int) -> bytes:
@@ -188,6 +196,7 @@ _VALUE_SEQ_HEAD = {tuple: bytes([_T_SEQ, 2, 1, 0]), frozenset: bytes([_T_SEQ, 6,
 
 class _Writer:
     def __init__(self, externals: Mapping[str, object]) -> None:
+        _make_small_longs()
         self.externals = {id(obj): name for name, obj in externals.items()}
         self.keep = list(externals.values())  # (ids are only unique while alive)
         self.memo: dict[int, int] = {}  # id(object) -> node id

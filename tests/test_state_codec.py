@@ -472,6 +472,14 @@ class Point(NamedTuple):
     y: str
 
 
+def test_every_int_of_the_small_value_table_round_trips() -> None:
+    """The small ints (ports, windows, flags: -1024 to 65535) are written from a table
+    made at the first encode; each entry, its edges and the values past them read back."""
+    value = list(range(-1100, 65600))
+    assert decode_state(encode_state(value, {}), {}) == value
+    assert encode_state([65535], {}) != encode_state([65536], {})
+
+
 def test_values_round_trip() -> None:
     shared = [1, 2]
     value = {

@@ -26,28 +26,15 @@ from wirestream._core import AvroWriter
 Writer = Callable[[dict[str, Any]], bytes]
 
 
-def _varint3(n: int) -> bytes:
-    z = n << 1
-    if z < 0x80:
-        return bytes((z,))
-    if z < 0x4000:
-        return bytes(((z & 0x7F) | 0x80, z >> 7))
-    return bytes(((z & 0x7F) | 0x80, ((z >> 7) & 0x7F) | 0x80, z >> 14))
-
-
-#: zigzag(n) for 0 <= n < 65536 (ports, statuses, most sizes and counts): one lookup
-#: instead of a loop (~2 MB, built in ~30 ms at import)
-_TABLE = tuple(_varint3(n) for n in range(65536))
-
-
 class UnsupportedSchema(ValueError):
     """The schema uses Avro features this writer does not compile."""
 
 
 def zigzag(n: int) -> bytes:
-    """Avro ``long``/``int``: zig-zag, then base-128 varint."""
-    if 0 <= n < 65536:
-        return _TABLE[n]
+    """Avro ``long``/``int``: zig-zag, then base-128 varint. (No table of small values
+    here: every process imports this module, and a 65,536-entry table cost each ~40 ms
+    of CPU at import; the state codec, the one caller in a loop, keeps its own of the
+    values it meets most.)"""
     z = (n << 1) ^ (n >> 63)
     if z < 0 or z >= 1 << 64:
         raise ValueError(f"{n} does not fit an Avro long")
