@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import heapq
 import json
 import sys
 from collections import Counter
@@ -169,7 +170,7 @@ def print_l7(records: dict[str, list[dict[str, Any]]], top: int, console: Consol
             return (t.get("error") is not None, (t.get("status") or 0) >= 500, (t.get("status") or 0) >= 400,
                     t.get("latency_us") or 0)
 
-        for t in sorted(tx, key=badness, reverse=True)[:top]:
+        for t in heapq.nlargest(top, tx, key=badness):
             status = t.get("status")
             colour = "red" if (status or 0) >= 500 or t.get("error") else "yellow" if (status or 0) >= 400 else "green"
             table.add_row(
@@ -190,7 +191,7 @@ def print_l7(records: dict[str, list[dict[str, Any]]], top: int, console: Consol
         def dns_badness(d: dict[str, Any]) -> tuple:
             return (d["rcode"] is None, d["rcode"] not in (None, "NOERROR"), d.get("latency_us") or 0)
 
-        for d in sorted(dns, key=dns_badness, reverse=True)[:top]:
+        for d in heapq.nlargest(top, dns, key=dns_badness):
             table.add_row(d["client_ip"], d["server_ip"], d["transport"], _text(d["query_name"]), _text(d["query_type"]),
                           d["rcode"] or "[red]no response[/]", _us(d.get("latency_us")), str(len(d["answers"])))
         console.print(table)
@@ -200,7 +201,7 @@ def print_l7(records: dict[str, list[dict[str, Any]]], top: int, console: Consol
         for col, kw in (("client", {}), ("server", {}), ("SNI", {}), ("version", {}), ("cipher suite", {}),
                         ("ALPN", {}), ("handshake", {"justify": "right"}), ("resumed", {}), ("alert", {})):
             table.add_column(col, **kw)
-        for h in sorted(tls, key=lambda h: (h.get("alert") is not None, h.get("handshake_ms") or 0), reverse=True)[:top]:
+        for h in heapq.nlargest(top, tls, key=lambda h: (h.get("alert") is not None, h.get("handshake_ms") or 0)):
             ms = h.get("handshake_ms")
             table.add_row(
                 _endpoint(h["client_ip"], h["client_port"]), _endpoint(h["server_ip"], h["server_port"]),
@@ -555,7 +556,7 @@ def print_flows(records: dict[str, list[dict[str, Any]]], top: int, console: Con
     def rank(f: dict[str, Any]) -> tuple:
         return (_icmp_error(f), f["frame_bytes_c2s"] + f["frame_bytes_s2c"])
 
-    for f in sorted(flows, key=rank, reverse=True)[:top]:
+    for f in heapq.nlargest(top, flows, key=rank):
         icmp = f["transport"] == "icmp"
         what = f"type {f['icmp_type']} code {f['icmp_code']}" if icmp else (f.get("service") or "-")
         about = ""
@@ -602,7 +603,7 @@ def print_syscalls(conns: list[dict[str, Any]], top: int, console: Console) -> N
                         " send/recv)")
     for col in ("client", "process", "client's calls, bytes, time", "server", "process", "server's"):
         table.add_column(col)
-    for c in sorted(counted, key=spent, reverse=True)[:top]:
+    for c in heapq.nlargest(top, counted, key=spent):
         table.add_row(_endpoint(c["client_ip"], c["client_port"]), str(c.get("client_process") or "-"),
                       side(c.get("client_syscalls")), _endpoint(c["server_ip"], c["server_port"]),
                       str(c.get("server_process") or "-"), side(c.get("server_syscalls")))
@@ -621,7 +622,7 @@ def print_fd_snapshot(files: list[Any], top: int, console: Console) -> None:
     for col, kw in (("container", {}), ("processes", {"justify": "right"}), ("open fds", {"justify": "right"}),
                     ("sockets", {"justify": "right"})):
         table.add_column(col, **kw)
-    for row in sorted(rows, key=lambda r: r.open_sockets, reverse=True)[:top]:
+    for row in heapq.nlargest(top, rows, key=lambda r: r.open_sockets):
         table.add_row(row.container_id[:12] if row.container_id else "(no container)", f"{row.processes:,}",
                       f"{row.open_fds:,}", f"{row.open_sockets:,}")
     console.print(table)
@@ -636,7 +637,7 @@ def print_drops(records: list[dict[str, Any]], what: str, top: int, console: Con
     by_reason: Counter[str] = Counter()
     for r in dropped:
         by_reason.update(r["drops"])
-    worst = sorted(dropped, key=lambda r: -sum(r["drops"].values()))[:top]
+    worst = heapq.nsmallest(top, dropped, key=lambda r: -sum(r["drops"].values()))
     console.print(
         f"[yellow]kernel drops[/] on {len(dropped):,} {what}: "
         + ", ".join(f"{k} {v:,}" for k, v in by_reason.most_common()) + "; most: "
@@ -656,7 +657,7 @@ def summary_json(result: Any) -> dict[str, Any]:
         "records": {t: len(v) for t, v in result.records.items()},
         "connection_states": dict(Counter(c["state"] for c in conns)),
         "flows": dict(Counter(f["transport"] for f in result.records.get(FLOWS, []))),
-        "top_trouble": sorted(conns, key=trouble_key, reverse=True)[:10],
+        "top_trouble": heapq.nlargest(10, conns, key=trouble_key),
         "l7": l7_summary(result.records),
         # always there (zeros without queries), so that a reader's keys do not come and go
         "queries": queries_summary(result.records.get(QUERIES, [])),
@@ -734,7 +735,7 @@ def print_summary(result: Any, top: int = 15, out_dir: str | None = None, consol
         ):
             table.add_column(col, **kw)
         colour = {"healthy": "green", "degraded": "yellow", "severe": "red"}
-        for c in sorted(conns, key=trouble_key, reverse=True)[:top]:
+        for c in heapq.nlargest(top, conns, key=trouble_key):
             table.add_row(
                 _endpoint(c["client_ip"], c["client_port"]),
                 _endpoint(c["server_ip"], c["server_port"]),

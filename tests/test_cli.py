@@ -48,6 +48,14 @@ def test_analyze_json_of_an_unreadable_file_prints_no_json(tmp_path: Path) -> No
     assert proc.stderr.strip() == f"wirestream: error: {tmp_path / 'missing.pcap'}: no such file"
 
 
+@pytest.mark.parametrize("top", ["0", "-1"])
+def test_analyze_top_must_be_a_row_or_more(top: str) -> None:
+    """(``--top -1`` once printed every row but the last: a slice, not a count.)"""
+    proc = run("analyze", "--top", top, "tests/data/chrissanders/http_espn.pcapng")
+    assert proc.returncode == 2
+    assert f"argument --top: must be 1 or more, not {top}" in proc.stderr
+
+
 @pytest.mark.parametrize("args, metavar", [((), "COMMAND"), (("produce",), "SOURCE"),
                                            (("sink",), "DESTINATION"), (("plugin",), "ACTION")])
 def test_a_missing_sub_command_is_a_usage_error(args: tuple[str, ...], metavar: str) -> None:

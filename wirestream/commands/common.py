@@ -121,7 +121,7 @@ def add_pipeline_args(p: argparse.ArgumentParser, defaults: Settings) -> None:
     p.add_argument("--workers", type=at_least_one, default=None, metavar="N",
                    help="processor worker processes (default: one per CPU, at most one per "
                         "partition of wire.packets)")
-    p.add_argument("--top", type=int, default=15, metavar="N",
+    p.add_argument("--top", type=at_least_one, default=15, metavar="N",
                    help="rows in each table: connections, HTTP, DNS, TLS, queries, operations (default: %(default)s)")
     p.add_argument("--idle-timeout", type=float, default=defaults.idle_timeout_s, metavar="SECONDS",
                    help="close a connection after this much capture time without packets (default: %(default)s)")
