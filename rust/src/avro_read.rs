@@ -54,6 +54,27 @@ pub trait Build {
     fn record(&mut self) -> Result<Self::Value, Self::Error>;
     /// Field `name` (number `id` of [`Writer::field_names`]) of a record.
     fn set(&mut self, record: &mut Self::Value, id: usize, name: &str, value: Self::Value) -> Result<(), Self::Error>;
+
+    // A builder that writes its output as it goes (the JSON line: `crate::avro_json`)
+    // needs a member's key before its value, and the end of a container; one that builds
+    // values (Python objects) has them from `set`, `push` and `insert`, and ignores these.
+
+    /// Before the value of field `name` of `record` is read.
+    fn before_field(&mut self, _record: &mut Self::Value, _name: &str) -> Result<(), Self::Error> {
+        Ok(())
+    }
+    /// Before an item of `list` is read.
+    fn before_item(&mut self, _list: &mut Self::Value) -> Result<(), Self::Error> {
+        Ok(())
+    }
+    /// Before the value of `key` in `map` is read.
+    fn before_entry(&mut self, _map: &mut Self::Value, _key: &str) -> Result<(), Self::Error> {
+        Ok(())
+    }
+    /// After the last member of a record, list or map.
+    fn end(&mut self, _container: &mut Self::Value) -> Result<(), Self::Error> {
+        Ok(())
+    }
 }
 
 /// Why a body does not decode.
@@ -266,12 +287,14 @@ impl Reader {
                 let mut record = b.record().map_err(ReadError::Source)?;
                 for (f, &wanted) in fields.iter().zip(selected) {
                     if wanted {
+                        b.before_field(&mut record, &f.name).map_err(ReadError::Source)?;
                         let v = self.value(f.node, &mut cur, b, 1)?;
                         b.set(&mut record, f.id, &f.name, v).map_err(ReadError::Source)?;
                     } else {
                         self.skip(f.node, &mut cur, 1)?;
                     }
                 }
+                b.end(&mut record).map_err(ReadError::Source)?;
                 Ok(record)
             }
             _ => self.value(root, &mut cur, b, 0),
@@ -356,9 +379,11 @@ impl Reader {
                 }
                 let mut record = b.record().map_err(src)?;
                 for f in fields {
+                    b.before_field(&mut record, &f.name).map_err(src)?;
                     let v = self.value(f.node, cur, b, depth + 1)?;
                     b.set(&mut record, f.id, &f.name, v).map_err(src)?;
                 }
+                b.end(&mut record).map_err(src)?;
                 Ok(record)
             }
             Node::Array(items) => {
@@ -369,10 +394,12 @@ impl Reader {
                 let min = self.item_min(*items);
                 while let Some(count) = cur.block(min)? {
                     for _ in 0..count {
+                        b.before_item(&mut list).map_err(src)?;
                         let v = self.value(*items, cur, b, depth + 1)?;
                         b.push(&mut list, v).map_err(src)?;
                     }
                 }
+                b.end(&mut list).map_err(src)?;
                 Ok(list)
             }
             Node::Map(values) => {
@@ -389,10 +416,12 @@ impl Reader {
                         let Ok(key) = std::str::from_utf8(raw) else {
                             return bad(start, "a map key that is not UTF-8");
                         };
+                        b.before_entry(&mut map, key).map_err(src)?;
                         let v = self.value(*values, cur, b, depth + 1)?;
                         b.insert(&mut map, key, v).map_err(src)?;
                     }
                 }
+                b.end(&mut map).map_err(src)?;
                 Ok(map)
             }
         }

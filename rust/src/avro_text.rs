@@ -213,8 +213,14 @@ fn decode(b: &[u8], out: &mut Vec<u8>) {
 
 /// Append the JSON string literal (quotes included) of the text of `b`.
 pub fn json_string(b: &[u8], out: &mut Vec<u8>) {
-        out.push(b'"');
-    decode(b, out);
+    out.push(b'"');
+    // A short text with nothing to escape (a field name, a method, an address) is copied
+    // as it is: `decode` would make room for 6 bytes a byte first.
+    if b.len() <= 32 && b.iter().all(|&c| (0x20..0x80).contains(&c) && c != b'"' && c != b'\\') {
+        out.extend_from_slice(b);
+    } else {
+        decode(b, out);
+    }
     out.push(b'"');
 }
 

@@ -21,7 +21,7 @@ use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use crate::avro_json::JsonLine;
+use crate::avro_json::json_line;
 use crate::avro_read::{ReadError, Reader};
 
 /// Jobs queued at most (each a record's bytes: up to ~130 KiB for a transaction with two
@@ -122,15 +122,12 @@ fn write_all(mut files: Vec<BufWriter<File>>, jobs: Receiver<Job>) -> Outcome {
             Err(e) => out.io_error = Some(e.to_string()),
         }
     };
+    let mut text = Vec::new(); // one line's text, the buffer kept from line to line
     for job in jobs {
         match job {
             Job::Line { file, line } => append(&mut out, file, &line),
-            Job::Avro { file, reader, data, offset } => match reader.read(&data, offset, &mut JsonLine) {
-                Ok(piece) => {
-                    let mut line = piece.finish();
-                    line.push(b'\n');
-                    append(&mut out, file, &line);
-                }
+            Job::Avro { file, reader, data, offset } => match json_line(&reader, &data, offset, &mut text) {
+                Ok(line) => append(&mut out, file, line),
                 Err(e) => {
                     out.malformed += 1;
                     if out.first_malformed.is_none() {

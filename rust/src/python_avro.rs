@@ -405,13 +405,12 @@ impl PyAvroReader {
         if self.reader.selects_fields() {
             return Err(PyValueError::new_err("json_line is for a reader of whole records"));
         }
-        let piece = self.reader.read(data, offset, &mut crate::avro_json::JsonLine).map_err(|e| match e {
+        let mut out = Vec::new();
+        let line = crate::avro_json::json_line(&self.reader, data, offset, &mut out).map_err(|e| match e {
             ReadError::Malformed { .. } => PyValueError::new_err(format!("{}: {e}", self.reader.schema().name())),
             ReadError::Source(never) => match never {},
         })?;
-        let mut line = piece.finish();
-        line.push(b'\n');
-        Ok(PyBytes::new(py, &line))
+        Ok(PyBytes::new(py, line))
     }
 
     /// The schema's (root record's) name.
