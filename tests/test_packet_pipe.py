@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import os
+import random
+import select
 import threading
 import time
 from collections import Counter
@@ -20,7 +22,15 @@ from helpers import DATA, gather
 
 from wirestream.analyze import analyze
 from wirestream.config import Settings
-from wirestream.packet_pipe import PIPE_BYTES, PacketPipeReader, PacketPipes, WorkerGone, enlarge
+from wirestream.packet_pipe import (
+    IOV_MAX,
+    PIPE_BYTES,
+    PacketPipeReader,
+    PacketPipes,
+    WorkerGone,
+    enlarge,
+    write_parts,
+)
 from wirestream.topics import CONNECTIONS, DNS, FLOWS, SERVICE_METRICS, TLS, TRANSACTIONS
 
 
@@ -51,6 +61,31 @@ def test_messages_arrive_in_order_with_their_partitions() -> None:
         offsets[m.partition()] += 1
     wr.close()
     assert reader.consume(1, 0.2) == [] and not reader.closed_early
+
+
+def test_gathered_writes_put_every_part_in_order_through_partial_writes() -> None:
+    """write_parts, from a non-blocking writer whose pipe is often full (each write then
+    takes part of a buffer): more parts than one writev takes, empty ones among them."""
+    rng = random.Random(7)
+    parts = [rng.randbytes(rng.choice([0, 1, 8, 100, 5000, 70_000])) for _ in range(3 * IOV_MAX + 5)]
+    r, w = os.pipe()
+    os.set_blocking(w, False)
+    got = bytearray()
+    reader = threading.Thread(target=lambda: [got.extend(b) for b in iter(lambda: os.read(r, 1 << 16), b"")])
+    reader.start()
+    views = [memoryview(p) for p in parts]
+    done = calls = 0
+    while done < len(views):
+        try:
+            done = write_parts(w, views, done)
+            calls += 1
+        except BlockingIOError:
+            select.select([], [w], [], 1)
+    os.close(w)
+    reader.join(10)
+    os.close(r)
+    assert bytes(got) == b"".join(parts)
+    assert calls > len(parts) // IOV_MAX  # (partial writes happened: the pipe holds 64 KiB)
 
 
 def test_pipes_are_enlarged_to_a_batch() -> None:

@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, BinaryIO
 
 from wirestream.errors import WirestreamError
-from wirestream.packet_pipe import FRAME
+from wirestream.packet_pipe import FRAME, write_parts
 from wirestream.reader import Message, decode_message
 from wirestream.topics import OUTPUT_TOPICS, STATS
 
@@ -80,12 +80,12 @@ class RecordPipeWriter:
                 self._write_out()
 
     def _write_out(self) -> None:
-        data = b"".join(self._parts)
+        views = [memoryview(part) for part in self._parts]
         self._parts, self._waiting = [], 0
-        view = memoryview(data)
+        done = 0
         try:
-            while view:
-                view = view[os.write(self._fd, view):]
+            while done < len(views):
+                done = write_parts(self._fd, views, done)
         except BrokenPipeError:
             raise CommandGone("the command reading this worker's records is gone (its pipe closed)") from None
 
