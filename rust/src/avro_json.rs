@@ -35,7 +35,8 @@ const SCALAR: Mark = Mark { empty: true, close: 0 };
 /// (a key before its value, a container's closing byte after its last member: the
 /// reader's `before_*` and `end` calls), so that no value has a buffer of its own and
 /// no text is copied again into its parent's (a connection record's ~100 small fields
-/// were as many allocations and copies: ~10 µs a line, ~2 µs now).
+/// were as many allocations and copies: 10–13 µs a line through `AvroReader.json_line`,
+/// 5–7 now).
 #[derive(Default)]
 pub struct JsonLine {
     /// The text written so far: after `Reader::read`, the record's JSON (no newline).
