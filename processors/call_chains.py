@@ -119,6 +119,15 @@ class _Txn:
     start: int
     end: int  # the response's time, else the request's
     trace: TraceContext | None
+    #: what linking reads of the record, read once when it is added (linking runs in
+    #: ``analyze``'s serial tail, after the workers are done: ~13 dict lookups a
+    #: transaction were a third of it): whether it was answered, its addresses (None when
+    #: the record lacks them), its connection id, and its own pids and process names
+    answered: bool = False
+    client_ip: str | None = None
+    server_ip: str | None = None
+    connection_id: str = ""
+    own_pids: tuple[Any, Any, Any, Any] = (None, None, None, None)
     parent: str | None = None
     link: str = LINK_ROOT
     candidates: int = 0
@@ -178,8 +187,11 @@ class ChainBuilder:
         start = int(record["request_ts_us"])
         resp = record.get("response_ts_us")
         headers = record.get("request_headers") or {}
-        self._held[tid] = _Txn(tid, record, record.get("source_id", ""), start,
-                               int(resp) if resp is not None else start, trace_context(headers))
+        get = record.get
+        self._held[tid] = _Txn(tid, record, get("source_id", ""), start,
+                               int(resp) if resp is not None else start, trace_context(headers),
+                               resp is not None, get("client_ip"), get("server_ip"), get("connection_id", ""),
+                               (get("client_pid"), get("client_process"), get("server_pid"), get("server_process")))
         if len(self._held) > self.max_held:
             oldest = min(self._held.values(), key=lambda t: t.start)
             del self._held[oldest.id]
@@ -216,13 +228,12 @@ class ChainBuilder:
         by_trace: dict[str, list[_Txn]] = defaultdict(list)
         by_pid: dict[tuple[str, int], list[_Txn]] = defaultdict(list)
         by_ip: dict[tuple[str, str], list[_Txn]] = defaultdict(list)
+        conn_pids = self._conn_pids
         for t in held:
             t.parent, t.link, t.candidates, t.children = None, LINK_ROOT, 0, []
             t.may_have_parent = True
-            r = t.rec
-            t.client_pid, t.client_process = r.get("client_pid"), r.get("client_process")
-            t.server_pid, t.server_process = r.get("server_pid"), r.get("server_process")
-            conn = self._conn_pids.get(r.get("connection_id", ""))
+            t.client_pid, t.client_process, t.server_pid, t.server_process = t.own_pids
+            conn = conn_pids.get(t.connection_id) if conn_pids else None
             if conn is not None:
                 if t.client_pid is None:
                     t.client_pid, t.client_process = conn[0], conn[1]
@@ -234,7 +245,7 @@ class ChainBuilder:
                     by_span[(t.trace.trace_id, t.trace.span_id)].append(t)
             if t.server_pid is not None:
                 by_pid[(t.source_id, int(t.server_pid))].append(t)
-            by_ip[(t.source_id, t.rec.get("server_ip", ""))].append(t)
+            by_ip[(t.source_id, t.server_ip if t.server_ip is not None else "")].append(t)
         # the pid and address buckets can hold most of what is held (every request of a
         # busy server, all of them on loopback): sorted by start, so that a transaction's
         # possible parents are looked for among those that started at most the bucket's
@@ -262,11 +273,11 @@ class ChainBuilder:
             found = [p for p in by_span.get((tc.trace_id, tc.parent_span_id), ()) if p is not t]
             if found:
                 return min(found, key=lambda p: abs(t.start - p.start)), LINK_TRACE, len(found)
-        client_ip = t.rec.get("client_ip", "")
+        client_ip = t.client_ip if t.client_ip is not None else ""
         client_pid = t.client_pid
         if tc is not None:
             found = [p for p in by_trace.get(tc.trace_id, ())
-                     if p.rec.get("server_ip") == client_ip and _same_pid(client_pid, p.server_pid)
+                     if p.server_ip == client_ip and _same_pid(client_pid, p.server_pid)
                      and _contains(p, t)]
             if found:
                 return _innermost(found), LINK_TRACE, len(found)
@@ -383,7 +394,7 @@ class _Bucket:
         self.txns = sorted(txns, key=lambda p: p.start)
         self.starts = [p.start for p in self.txns]
         # when each can be an encloser until (a request without a response cannot: -1)
-        self.ends = np.fromiter((p.end if p.rec.get("response_ts_us") is not None else -1 for p in self.txns),
+        self.ends = np.fromiter((p.end if p.answered else -1 for p in self.txns),
                                 dtype=np.int64, count=len(self.txns))
         self.longest = max((p.end - p.start for p in self.txns), default=0)
 
@@ -423,7 +434,7 @@ def _bucket_of(t: _Txn, by_pid: dict[tuple[str, int], _Bucket],
     its client address's."""
     if t.client_pid is not None:
         return by_pid.get((t.source_id, int(t.client_pid)))
-    return by_ip.get((t.source_id, t.rec.get("client_ip", "")))
+    return by_ip.get((t.source_id, t.client_ip if t.client_ip is not None else ""))
 
 
 class _RangeMax:
@@ -457,7 +468,7 @@ def _same_pid(a: Any, b: Any) -> bool:
 def _contains(p: _Txn, t: _Txn) -> bool:
     """``p`` strictly encloses ``t`` in time (so no two transactions contain each other:
     the links form a forest). A request without a response ends at its request."""
-    if p is t or p.rec.get("response_ts_us") is None:
+    if p is t or not p.answered:
         return False
     if not (p.start <= t.start and t.end <= p.end):
         return False
