@@ -25,14 +25,16 @@ const REPLACEMENT: &[u8] = "\u{FFFD}".as_bytes();
 const ONES: u64 = 0x0101_0101_0101_0101;
 const HIGHS: u64 = 0x8080_8080_8080_8080;
 
-/// Whether none of the 8 bytes of `w` needs more than a copy: a byte of 0x80 or more
-/// (part of a multi-byte sequence, or invalid), one below 0x20, `"` or
-/// `\` (the usual "has a zero byte" bit tricks: exact about whether there is one).
+/// Whether a byte is written as it is: ASCII, not a control, not `"` or `\`.
+const fn plain(c: u8) -> bool {
+    c >= 0x20 && c < 0x80 && c != b'"' && c != b'\\'
+}
+
+/// Whether each of the 8 bytes of `w`, all ASCII (the caller has checked that no byte
+/// has its high bit), is [`plain`]: none below 0x20, no `"`, no `\` (the usual "has a
+/// zero byte" bit tricks, exact about whether there is one for ASCII bytes).
 #[inline]
-fn word_is_plain(w: u64) -> bool {
-    if w & HIGHS != 0 {
-        return false;
-    }
+fn ascii_word_is_plain(w: u64) -> bool {
     let below_space = w.wrapping_sub(ONES * 0x20) & !w;
     let q = w ^ (ONES * u64::from(b'"'));
     let quote = q.wrapping_sub(ONES) & !q;
@@ -92,7 +94,7 @@ const fn entry(c: u8) -> Entry {
         e[2] = 0xBD;
         return (e, 3);
     }
-    if c >= 0x20 && c != b'"' && c != b'\\' {
+    if plain(c) {
         e[0] = c;
         return (e, 1);
     }
@@ -157,7 +159,7 @@ fn decode(b: &[u8], out: &mut Vec<u8>) {
                 // 8 ASCII bytes: copied at once when none needs escaping, else each by
                 // the table, all 8 without looking at the word again (JSON bodies have a
                 // quote every few bytes: 2-3 -> 1-1.7 ns a byte)
-                if word_is_plain(x) {
+                if ascii_word_is_plain(x) {
                     if let Some(dst) = out.get_mut(o..o + 8) {
                         dst.copy_from_slice(&w);
                     }
@@ -216,7 +218,7 @@ pub fn json_string(b: &[u8], out: &mut Vec<u8>) {
     out.push(b'"');
     // A short text with nothing to escape (a field name, a method, an address) is copied
     // as it is: `decode` would make room for 6 bytes a byte first.
-    if b.len() <= 32 && b.iter().all(|&c| (0x20..0x80).contains(&c) && c != b'"' && c != b'\\') {
+    if b.len() <= 32 && b.iter().all(|&c| plain(c)) {
         out.extend_from_slice(b);
     } else {
         decode(b, out);
