@@ -50,6 +50,7 @@ from wirestream.topics import (
 
 if TYPE_CHECKING:
     from wirestream.processors.call_chains import ChainBuilder
+    from wirestream.processors.output import OutputPublisher
     from wirestream.sinks.jsonl import JsonlWriter
 
 # Imported where they are used, after the workers are started: confluent_kafka, the
@@ -257,7 +258,7 @@ def _run(result: AnalyzeResult, settings: Settings, feed: Feeder, workers: int |
         # come: reading and writing them (--out's lines) is then done beside the workers'
         # work, not after it. Through a broker, fed first (see Feed).
         pipes = rt.packet_pipes
-        builder = on_record = None
+        builder = on_record = chains_publisher = None
         if chains:
             # fed as the records come (beside the workers' work) rather than all at the end:
             # the whole run is one window, held whole (as result.records is)
@@ -265,6 +266,11 @@ def _run(result: AnalyzeResult, settings: Settings, feed: Feeder, workers: int |
 
             builder = ChainBuilder(max_held=sys.maxsize)
             take = {TRANSACTIONS: builder.add, CONNECTIONS: builder.add_connection}
+            # Its producer started now, not when the chains are ready: an idempotent
+            # producer (on a shared Kafka) whose first record comes the moment it starts
+            # waits 0.5 s for its producer id (librdkafka's timer: the first record's
+            # topic lookup was in flight when the broker came up); by the end it has it.
+            chains_publisher = _chains_publisher(rt)
 
             def on_record(topic: str, record: dict[str, Any]) -> None:
                 if (add := take.get(topic)) is not None:
@@ -280,7 +286,7 @@ def _run(result: AnalyzeResult, settings: Settings, feed: Feeder, workers: int |
                 pipes.stop("the run stopped")  # the feeding thread's next write ends it
                 feeding.done.wait(5.0)
         if chains:
-            result.records[CALL_CHAINS] = build_chains(builder, rt, run_id, result)
+            result.records[CALL_CHAINS] = build_chains(builder, rt, run_id, result, chains_publisher)
             if wanted is not fields and fields is not None:
                 for topic in (TRANSACTIONS, CONNECTIONS):
                     if topic in fields:
@@ -292,8 +298,16 @@ def _run(result: AnalyzeResult, settings: Settings, feed: Feeder, workers: int |
                                 r.pop(k, None)
 
 
+def _chains_publisher(rt: Runtime) -> OutputPublisher:
+    from wirestream.processors.output import OutputPublisher
+    from wirestream.topics import CHAINS_STAGE
+
+    return OutputPublisher(rt.bootstrap, rt.codec, CHAINS_STAGE, **rt.producer_config)
+
+
 def build_chains(builder: ChainBuilder, rt: Runtime, run_id: str,
-                 result: AnalyzeResult | None = None) -> list[dict[str, Any]]:
+                 result: AnalyzeResult | None = None,
+                 publisher: OutputPublisher | None = None) -> list[dict[str, Any]]:
     """The call chains of one run's transactions (processors/call_chains.py), which
     ``builder`` holds (taken in, with the connections, as they were collected), published
     to ``wire.call-chains`` (key: the root's transaction id) and returned.
@@ -301,13 +315,12 @@ def build_chains(builder: ChainBuilder, rt: Runtime, run_id: str,
     The whole run is one window: every transaction is in, so the chains are those of
     :meth:`ChainBuilder.flush`, with no lateness to wait for. The builder's counters go to
     ``wire.stats`` as a final report of stage ``processor.chains``, source ``RUN_ID``
-    (also ``result.chain_report``)."""
-    from wirestream.processors.output import OutputPublisher
-    from wirestream.topics import CHAINS_STAGE
-
+    (also ``result.chain_report``). ``publisher``: the one to publish with, started
+    early (else one is started here)."""
     chains = builder.flush()
     if chains or builder.counters.get("received"):  # (any transaction)
-        publisher = OutputPublisher(rt.bootstrap, rt.codec, CHAINS_STAGE, **rt.producer_config)
+        if publisher is None:
+            publisher = _chains_publisher(rt)
         for chain in chains:
             publisher.emit(CALL_CHAINS, chain["root_id"], chain)
         report = publisher.publish_stats(**_chain_stats(builder, run_id, publisher.emitted))
