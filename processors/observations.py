@@ -15,6 +15,7 @@ so that event time moves on also for observation partitions with no traffic.
 from __future__ import annotations
 
 import re
+import struct
 import zlib
 from collections.abc import Callable
 from typing import Any
@@ -248,19 +249,35 @@ class _Pending:
         self.index: dict[str, int] = {}
 
     def add(self, row: Row) -> None:
-        index = self.index
-        ids = []
-        for text in (row[3], row[4], row[5], row[12]):
-            i = index.get(text)
-            if i is None:
-                i = index[text] = len(self.strings)
-                self.strings.append(text)
-            ids.append(i)
-        self.rows.append((*row[:3], *ids[:3], *row[6:12], ids[3], row[13]))
+        # (spelled out, not a loop over the four texts: this runs for every record a
+        # packet worker emits, and the loop with its list and unpacking took twice as long)
+        index, strings = self.index, self.strings
+        service, client, state, backend = row[3], row[4], row[5], row[12]
+        if (s := index.get(service)) is None:
+            s = index[service] = len(strings)
+            strings.append(service)
+        if (c := index.get(client)) is None:
+            c = index[client] = len(strings)
+            strings.append(client)
+        if (t := index.get(state)) is None:
+            t = index[state] = len(strings)
+            strings.append(state)
+        if (b := index.get(backend)) is None:
+            b = index[backend] = len(strings)
+            strings.append(backend)
+        self.rows.append((row[0], row[1], row[2], s, c, t, row[6], row[7], row[8], row[9], row[10], row[11],
+                          b, row[13]))
+
+
+#: one row of ROW_DTYPE (packed, little-endian): struct packs a row in about half the
+#: time numpy takes to make a structured array of tuples
+_ROW = struct.Struct("<BBHIIIIqqqqqIq")
+assert _ROW.size == ROW_DTYPE.itemsize
 
 
 def pack_rows(rows: list[Row]) -> bytes:
-    return np.array(rows, dtype=ROW_DTYPE).tobytes() if rows else b""
+    pack = _ROW.pack
+    return b"".join([pack(*row) for row in rows])
 
 
 def unpack_rows(batch: dict[str, Any]) -> list[tuple]:
