@@ -397,9 +397,18 @@ def test_a_packet_worker_joins_the_plaintext_to_its_connection(run: Run, own_bro
         assert all(not isinstance(result, Exception) for _, result in done), done
         (source,) = [sid for sid, _ in done]
         finals = 0
+
+        def complete() -> bool:
+            # The final reports and the records they count are on different topics, which
+            # a reader may get in any order: wait for the records too (as analyze does).
+            return (finals >= partitions and counters.get("tls_plaintext_joined", 0) >= len(run.chunks)
+                    and len(got[TRANSACTIONS]) >= len(want)
+                    and any(c["final"] and c["server_port"] == run.port for c in got[CONNECTIONS]))
+
         with TopicReader(broker.bootstrap, codec, [CONNECTIONS, TRANSACTIONS, STATS], start) as reader:
-            while finals < partitions or counters.get("tls_plaintext_joined", 0) < len(run.chunks):
-                assert time.monotonic() < deadline + 60 and worker.poll() is None, (finals, counters)
+            while not complete():
+                assert time.monotonic() < deadline + 60 and worker.poll() is None, (
+                    finals, counters, len(got[TRANSACTIONS]), len(got[CONNECTIONS]))
                 for m in reader.poll(0.3):
                     if m.record is None:
                         continue
