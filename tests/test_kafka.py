@@ -129,11 +129,12 @@ class _Plugin(plugins.Processor):
 
 
 def test_a_new_producers_first_record_is_delivered_without_waiting_for_a_timer(broker) -> None:
-    """An idempotent producer's first record waits for its producer id. librdkafka asks
-    for it when a broker comes up, else at a 500 ms timer: with sparse connections no
-    broker was up when it was first wanted (the bootstrap connection closed once the
-    brokers were known) and the first delivery came two timer rounds, ~1 s, after the
-    producer started. Connected to every broker at once, it comes as soon as one is up."""
+    """An idempotent producer's first record waits for its producer id, which librdkafka
+    asks for after a metadata response, else at a 500 ms timer: with sparse connections
+    the bootstrap connection closed once the brokers were known, none was connected
+    again before a record was queued, and the first delivery came two timer rounds, ~1 s,
+    after the producer started. A broker connected at once asks for metadata, and its
+    answer brings the id."""
     topic = new_topic()
     ensure_topics(broker.bootstrap, [topic], 1)
     took = []

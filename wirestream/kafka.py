@@ -143,12 +143,14 @@ def producer_config(bootstrap: str, **extra: Any) -> dict[str, Any]:
         "enable.idempotence": idempotence(),
         "max.in.flight.requests.per.connection": 5,  # librdkafka's default; the most idempotence allows
         # Connected to every broker as soon as they are known, not only to the ones it
-        # needs when it first needs them. An idempotent producer asks for its producer id
-        # when a broker comes up, else at its 500 ms retry timer; with sparse connections
-        # the bootstrap connection is closed once the cluster's brokers are known, none is
-        # up when the id is first wanted, and (no record queued yet to connect one) the id
-        # came after two rounds of that timer: every producer's first delivery waited
-        # ~1 s (`produce pcap` of a 3,764-packet capture: 1.2 -> 0.3 s; docs/kafka.md).
+        # needs when it first needs them. An idempotent producer's first delivery waits
+        # for its producer id, which librdkafka asks for after a metadata response, else
+        # at a 500 ms retry timer. With sparse connections the bootstrap connection is
+        # closed as soon as the brokers are known (no broker up: the id waits for the
+        # timer), nothing connects another before a record is queued, and the id came
+        # two timer rounds (~1 s) after the start; a broker connected at once asks for
+        # metadata, and its answer brings the id (`produce pcap` of a 3,764-packet
+        # capture: 1.2 -> 0.3 s; docs/kafka.md).
         "enable.sparse.connections": False,
         "message.max.bytes": 4 * 1024 * 1024,
         # Bounded client memory: what is queued for the broker is held uncompressed. 32 MiB
