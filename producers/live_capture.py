@@ -366,7 +366,11 @@ def run_capture(
                     or (stop is not None and stop()):
                 break
     except KeyboardInterrupt:
-        pass  # Ctrl-C / SIGTERM: the normal way to end a live capture; finish cleanly
+        # Ctrl-C / SIGTERM: the normal way to end a live capture; finish cleanly. Unless
+        # it is a second one, come before this loop saw the first (`capture`'s stop):
+        # that one interrupts the clean-up too, as it would a moment later.
+        if stop is not None and stop():
+            raise
     # What is still in the rings and the BPF ring buffer belongs to this capture. The
     # kernel's counters are read right after the last read of the rings, before the
     # flushes: a frame arriving during a flush would be counted but never read.

@@ -238,22 +238,24 @@ def _capture(netns: str) -> Command:
     return Command("capture", "--netns", netns, "-i", "lo", "--mode", "af_packet", "--workers", "2", "--json")
 
 
-@pytest.mark.parametrize("interrupts", [1, 2], ids=["ctrl-c", "ctrl-c-twice"])
-def test_ctrl_c_ends_a_capture_and_stops_everything(empty_netns, interrupts) -> None:
+@pytest.mark.parametrize("second", [None, 0.1], ids=["ctrl-c", "ctrl-c-twice"])
+def test_ctrl_c_ends_a_capture_and_stops_everything(empty_netns, second) -> None:
     """The first Ctrl-C ends the capture and the pipeline finishes it (exit 0, the
-    summary); a second one interrupts that too (exit 130). Either way nothing is left."""
+    summary); a second one interrupts that too (exit 130), also when it comes before the
+    capture loop saw the first. Either way nothing is left. (Not tested: two at the very
+    same moment, which the kernel delivers as one signal.)"""
     with _capture(empty_netns) as cmd:
         cmd.wait_for(_running)
         cmd.interrupt()
-        if interrupts == 2:
-            # inside the clean-up the first one started: it takes 0.2-0.5 s here (a
-            # second Ctrl-C after the command's last moment finds Python finalising, and
-            # it dies of the signal instead of saying it was interrupted)
-            time.sleep(0.1)
+        if second is not None:
+            # inside the clean-up the first one started (0.2-0.5 s here), or, on a busy
+            # machine, still in the capture loop. (A second Ctrl-C after the command's
+            # last moment finds Python finalising: it dies of the signal.)
+            time.sleep(second)
             assert cmd.proc.poll() is None, "finished before the second Ctrl-C"
             cmd.interrupt()
-        took, out, err = cmd.finish(timeout=120 if interrupts == 1 else PROMPT_S)
-        if interrupts == 1:
+        took, out, err = cmd.finish(timeout=120 if second is None else PROMPT_S)
+        if second is None:
             assert cmd.proc.returncode == EXIT_OK, err
             assert '"files"' in out, out
         else:
