@@ -111,6 +111,8 @@ CONSUME_BATCH = 16
 #: packet batches of 1.4 MB, 0.2 s of a worker's work, with a fetch waiting 50 ms at
 #: most. The bench's steady state: 274-283 -> 213-217 MB peak per worker, the same CPU.
 PREFETCH_KBYTES = 16 * 1024
+#: How both of the worker's consumers (group, static) fetch its input.
+_INPUT_FETCH = {"fetch.wait.max.ms": 50, "queued.max.messages.kbytes": PREFETCH_KBYTES}
 #: The pause after a periodic checkpoint is at least this many times what it took.
 MIN_PAUSE_FACTOR = 9
 
@@ -258,8 +260,7 @@ class PacketWorker:
                 # a registry outage may hold one message for long; the group must not
                 # take the partitions away meanwhile
                 "max.poll.interval.ms": 600_000,
-                "fetch.wait.max.ms": 50,
-                "queued.max.messages.kbytes": PREFETCH_KBYTES,
+                **_INPUT_FETCH,
             }))
         consumer.subscribe(list(INPUT_TOPICS), on_assign=self._on_assign, on_revoke=self._on_revoke,
                            on_lost=self._on_lost)
@@ -267,8 +268,7 @@ class PacketWorker:
 
     def _static_consumer(self, assignment: Assignment) -> Consumer:
         """Partition N of every input topic (co-partitioned), from the given offsets."""
-        consumer = Consumer({**consumer_config(self.bootstrap), "fetch.wait.max.ms": 50,
-                             "queued.max.messages.kbytes": PREFETCH_KBYTES})
+        consumer = Consumer({**consumer_config(self.bootstrap), **_INPUT_FETCH})
         tps = [TopicPartition(topic, part, offsets.get(topic, OFFSET_BEGINNING))
                for part, offsets in sorted(assignment.items()) for topic in INPUT_TOPICS]
         consumer.assign(tps)
