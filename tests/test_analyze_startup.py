@@ -10,6 +10,7 @@ broker must say so; and a packet worker must not poll an empty wire.k8s-identity
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -156,6 +157,38 @@ def test_a_worker_without_a_broker_says_so(tmp_path) -> None:
     assert f"no Kafka broker answered at {address}" in proc.stderr, proc.stderr
     assert "Traceback" not in proc.stderr
     assert time.monotonic() - started < 30
+
+
+def test_a_worker_told_to_stop_while_it_waits_for_the_topics_stops_at_once(tmp_path) -> None:
+    """analyze killed outright (SIGKILL) takes its broker with it, and its workers get the
+    parent-death SIGTERM; one still waiting for the topics must stop then, not wait out
+    its --wait-for-topics (a worker left running in CI did)."""
+    log = tmp_path / "worker.log"
+    with EmbeddedBroker() as own:  # no topics: they are never created
+        worker = _static_worker(own.bootstrap, "http://127.0.0.1:9", log, "--role", "packets", "--no-windows",
+                                "--assign", "0", "--wait-for-topics", "60")
+        try:
+            deadline = time.monotonic() + 60
+            while b"waiting for the broker" not in log.read_bytes():
+                assert worker.poll() is None, log.read_text()
+                assert time.monotonic() < deadline, log.read_text()
+                time.sleep(0.05)
+            time.sleep(0.3)  # inside the wait
+            told = time.monotonic()
+            worker.send_signal(signal.SIGTERM)
+            assert worker.wait(timeout=10) == 0, log.read_text()
+            assert time.monotonic() - told < 3, log.read_text()
+            assert "stopped before the topics were there" in log.read_text()
+        finally:
+            worker.kill()
+            worker.wait()
+
+
+def test_waiting_for_topics_stops_when_asked(broker) -> None:
+    missing = f"wire.nothing-{uuid.uuid4().hex[:6]}"
+    asked = time.monotonic() + 0.5
+    assert wait_for_topics(broker.bootstrap, [missing], timeout=30, stopping=lambda: time.monotonic() > asked) is None
+    assert time.monotonic() - asked < 1.5
 
 
 def test_waiting_for_topics_names_the_missing_ones(broker) -> None:

@@ -15,7 +15,7 @@ import socket
 import struct
 import subprocess
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -288,13 +288,16 @@ def partition_count(bootstrap: str, topic: str, timeout: float = 10.0) -> int:
     return len(t.partitions)
 
 
-def wait_for_topics(bootstrap: str, topics: Iterable[str], timeout: float = 30.0) -> dict[str, int]:
+def wait_for_topics(bootstrap: str, topics: Iterable[str], timeout: float = 30.0,
+                    stopping: Callable[[], bool] = lambda: False) -> dict[str, int] | None:
     """Wait until a broker answers at ``bootstrap`` and every one of ``topics`` exists;
-    return their partition counts.
+    return their partition counts, or None once ``stopping()`` says so.
 
     For the workers of one ``analyze`` run, started while the embedded broker starts and
     the command creates the topics. Raises :class:`BrokerUnreachable` after ``timeout``
-    seconds, saying whether no broker answered or which topics are missing."""
+    seconds, saying whether no broker answered or which topics are missing. ``stopping``
+    is asked between tries (at most ~1 s apart): a worker told to stop while its command
+    dies with the broker (SIGKILL: the parent-death signal) must not wait out the timeout."""
     from confluent_kafka import KafkaException
     from confluent_kafka.admin import AdminClient
 
@@ -309,7 +312,7 @@ def wait_for_topics(bootstrap: str, topics: Iterable[str], timeout: float = 30.0
     })
     deadline = time.monotonic() + timeout
     missing: list[str] | None = None  # None: no broker answered yet
-    while True:
+    while not stopping():
         try:
             md = admin.list_topics(timeout=min(1.0, max(0.1, deadline - time.monotonic())))
         except KafkaException:
@@ -326,6 +329,7 @@ def wait_for_topics(bootstrap: str, topics: Iterable[str], timeout: float = 30.0
             raise BrokerUnreachable(f"topics {', '.join(missing)} do not exist at {bootstrap} "
                                     f"after {timeout:.0f} s")
         time.sleep(0.02)
+    return None
 
 
 def consume_available(consumer: Any, max_messages: int, timeout: float) -> list[Any]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import os
 import signal
 from collections.abc import Callable
 
@@ -18,14 +19,20 @@ _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True
 _prctl = _libc.prctl
 
 
-def _term_when_parent_dies() -> None:
-    # Runs in the child between fork and exec: only this async-signal-safe call.
-    # The signal is sent when the *thread* that forked ends; every caller forks from the
-    # thread that also stops the child (a Runtime or an EmbeddedBroker's owner).
-    _prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
-
-
 def die_with_parent() -> Callable[[], None]:
     """A ``preexec_fn`` for :class:`subprocess.Popen`: the child gets SIGTERM when its
     parent dies, however it dies."""
-    return _term_when_parent_dies
+    parent = os.getpid()
+
+    def term_when_parent_dies() -> None:
+        # Runs in the child between fork and exec: only async-signal-safe calls.
+        # The signal is sent when the *thread* that forked ends; every caller forks from the
+        # thread that also stops the child (a Runtime or an EmbeddedBroker's owner).
+        _prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+        # A parent that died between the fork and the call above sends nothing: the
+        # child, already orphaned, goes at once (SIGKILL: before exec, a SIGTERM would
+        # reach only the handler the child inherited from Python, which just sets a flag).
+        if os.getppid() != parent:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return term_when_parent_dies

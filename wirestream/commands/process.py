@@ -185,7 +185,13 @@ def _run_static(args: argparse.Namespace) -> int:
         records = RecordPipeWriter(args.records_to_fd)  # one for both loops: frames never interleave
     # The broker may be starting and the topics not created yet: the command that started
     # this worker does both while we import (analyze starts everything at once).
-    topics = wait_for_topics(args.bootstrap, (PACKETS, SOCKETS, OBSERVATIONS, STATS), args.wait_for_topics)
+    log = logging.getLogger("wirestream.process")
+    log.info("waiting for the broker at %s and the input topics", args.bootstrap)
+    topics = wait_for_topics(args.bootstrap, (PACKETS, SOCKETS, OBSERVATIONS, STATS), args.wait_for_topics,
+                             stopping=stop)
+    if topics is None:  # told to stop first (its command gone with the broker, say)
+        log.info("stopped before the topics were there: nothing was read")
+        return common.EXIT_OK
     if topics[SOCKETS] != topics[PACKETS]:
         raise UsageError(f"{SOCKETS} has {topics[SOCKETS]} partitions and {PACKETS} {topics[PACKETS]}: "
                          "they must be equal (socket events are joined to packets partition by partition)")
