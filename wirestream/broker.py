@@ -92,6 +92,11 @@ class EmbeddedBroker:
     def bootstrap(self) -> str:
         return f"{self.host}:{self.port}"
 
+    @property
+    def pid(self) -> int | None:
+        """The broker process's id while it runs (benchmarks read its CPU time)."""
+        return None if self._proc is None else self._proc.pid
+
     def start(self, timeout: float = 15.0) -> EmbeddedBroker:
         """Start the broker and wait until it listens."""
         return self.launch().wait_listening(timeout)
