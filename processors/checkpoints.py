@@ -127,9 +127,9 @@ class CheckpointStore:
         self._partitions: int | None = None
         self._reader: Consumer | None = None
 
-    def _topic_partitions(self) -> int:
+    def _topic_partitions(self, timeout: float = 10.0) -> int:
         if self._partitions is None:
-            md = self._producer.list_topics(self.topic, timeout=10)
+            md = self._producer.list_topics(self.topic, timeout=timeout)
             t = md.topics.get(self.topic)
             if t is None or t.error is not None or not t.partitions:
                 raise CheckpointError(f"topic {self.topic} is missing at {self.bootstrap}")
@@ -166,7 +166,7 @@ class CheckpointStore:
 
         Reads the topic's partition from its end backwards, a growing window at a time
         (the compacted topic keeps the newest per key; other groups' share it)."""
-        tp_part = partition % self._topic_partitions()
+        tp_part = partition % self._topic_partitions(min(10.0, timeout))
         key = self.key(partition)
         if self._reader is None:  # one for every partition this store is asked about
             self._reader = Consumer(consumer_config(self.bootstrap) | {

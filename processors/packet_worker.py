@@ -132,6 +132,13 @@ class WorkerOptions:
     #: Stop without a final checkpoint if the output cannot be delivered within this long
     #: at shutdown (the next owner then repeats from the previous checkpoint).
     shutdown_grace_s: float = 30.0
+    #: One try at reading a partition's newest checkpoint on assignment; while the broker
+    #: is away the worker tries again (and gives up only when told to stop).
+    checkpoint_read_timeout_s: float = 30.0
+
+
+class _StoppedWaitingForCheckpoint(Exception):
+    """Told to stop while an assigned partition's checkpoint could not be read."""
 
 
 #: partition -> input topic -> the offset to start at (a topic not named: the beginning)
@@ -399,10 +406,20 @@ class PacketWorker:
         offsets it covers (no checkpoint: from the committed offsets, or the beginning)."""
         parked, self._parked = self._parked, {}
         from_memory: set[int] = set()
+        abandoned: set[int] = set()
         for part in sorted({tp.partition for tp in partitions}):
             self.positions[part] = {}
             read_started = time.perf_counter()
-            cp = self._latest(part) if self.worker.restore else None
+            try:
+                if abandoned:  # told to stop while an earlier one waited: read no more
+                    raise _StoppedWaitingForCheckpoint(part)
+                cp = self._latest(part) if self.worker.restore else None
+            except _StoppedWaitingForCheckpoint:
+                # Not read, so not ours to process: left out of the assignment (stopping,
+                # this worker reads nothing more; the group gives it to another).
+                del self.positions[part]
+                abandoned.add(part)
+                continue
             self.counters["checkpoint_read_ms"] += round((time.perf_counter() - read_started) * 1000)
             if cp is None:
                 continue
@@ -432,6 +449,10 @@ class PacketWorker:
         log.info("assigned partitions %s (%d restored from checkpoints, %d of them kept in memory)",
                  sorted(self.positions), sum(1 for p in self.positions if p in self.sequences),
                  len(from_memory))
+        if abandoned:
+            log.warning("partitions %s left unassigned: told to stop while their checkpoints could not be read",
+                        sorted(abandoned))
+            partitions = [tp for tp in partitions if tp.partition not in abandoned]
         for tp in partitions:
             off = self.positions[tp.partition].get(tp.topic)
             tp.offset = off if off is not None else OFFSET_INVALID  # invalid: the committed one
@@ -446,7 +467,7 @@ class PacketWorker:
         delay = 0.5
         while True:
             try:
-                return self.store.latest(part)
+                return self.store.latest(part, timeout=self.worker.checkpoint_read_timeout_s)
             except CheckpointError as exc:
                 self.counters["checkpoint_unreadable"] += 1
                 log.error("partition %d: newest checkpoint unusable (%s); starting it empty", part, exc)
@@ -454,6 +475,8 @@ class PacketWorker:
             except KafkaException as exc:
                 # The broker is away: starting without the state would split connections.
                 self.counters["broker_waits"] += 1
+                if self._stopping():
+                    raise _StoppedWaitingForCheckpoint(part) from None
                 log.warning("reading the checkpoint of partition %d: %s; retrying in %.1f s", part, exc, delay)
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
