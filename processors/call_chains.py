@@ -152,6 +152,9 @@ TRANSACTION_FIELDS = frozenset({
     "error", "request_headers", "client_pid", "client_process", "server_pid", "server_process",
     "server_service", "server_pod", "client_pod",
 })
+#: the fields of a transaction that only :meth:`ChainBuilder.add` reads (the trace
+#: context of its headers): a caller may let them go once it has added the record
+CHAIN_ADD_ONLY_FIELDS = frozenset({"request_headers"})
 
 
 class ChainBuilder:
