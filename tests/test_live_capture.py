@@ -56,8 +56,11 @@ COMPARED = ("state", "packets_c2s", "packets_s2c", "bytes_c2s", "bytes_s2c", "go
 #: ACK RTT samples: a 0 µs ACK RTT is not a sample (Wireshark shows none), and the two
 #: sockets' timestamps differ by microseconds (below), so an ACK that came within the same
 #: microsecond in one capture may be 1 µs later in the other: one CI run counted 432 live
-#: and 429 in tcpdump's file on a connection of 1,851 packets. Equal within this share.
+#: and 429 in tcpdump's file on a connection of 1,851 packets, another 99 and 102 on the
+#: lossy link's bulk connection. Equal within this share, or within RTT_SAMPLES_SLACK
+#: (the flips are few whatever the connection's size: 3 both times).
 RTT_SAMPLES_TOLERANCE = 0.02
+RTT_SAMPLES_SLACK = 5
 #: times, which differ between the two packet sockets' timestamps: a sent packet has no
 #: timestamp yet when it passes the taps, and each packet socket reads the clock itself as
 #: it copies the packet (af_packet.c, tpacket_get_timestamp), one after the other.
@@ -134,7 +137,8 @@ def _assert_same_records(live: dict[tuple[int, int], dict], replayed: dict[tuple
     for key, r in live.items():
         assert {f: r[f] for f in COMPARED} == {f: replayed[key][f] for f in COMPARED}, key
         samples = (r["rtt_samples"], replayed[key]["rtt_samples"])
-        assert abs(samples[0] - samples[1]) <= max(2, RTT_SAMPLES_TOLERANCE * max(samples)), (key, samples)
+        assert abs(samples[0] - samples[1]) <= max(RTT_SAMPLES_SLACK, RTT_SAMPLES_TOLERANCE * max(samples)), \
+            (key, samples)
         times = {f: (r[f], replayed[key][f]) for f in TIMINGS}
         assert all(abs(a - b) <= TIMING_OUTLIER_US for a, b in times.values()), (key, times)
         if any(abs(a - b) > TIMING_TOLERANCE_US for a, b in times.values()):
