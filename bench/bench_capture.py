@@ -40,6 +40,7 @@ import tempfile
 import time
 from collections.abc import Callable
 
+from bench_analyze import cpu_s
 from wirestream.producers.live_capture import CaptureOptions, open_capture, run_capture
 from wirestream.producers.publisher import PacketBatchPublisher
 
@@ -152,12 +153,12 @@ def bench_wirestream(link: Link, bootstrap: str, broker_pid: int, codec: AvroCod
     publisher = PacketBatchPublisher(bootstrap, codec, 4, source, stage="producer.live")
     start = end_offsets(bootstrap, [PACKETS])
     server, client = _traffic(link, rate, seconds, sender)
-    usage0, broker0 = os.times(), _cpu_of(broker_pid)
+    usage0, broker0 = os.times(), cpu_s(broker_pid)
     try:
         result = run_capture(live, publisher, stop=_after_exit(client, 0.5))
     finally:
         live.close()
-    usage1, broker1 = os.times(), _cpu_of(broker_pid)
+    usage1, broker1 = os.times(), cpu_s(broker_pid)
     sent, took = _sent_datagrams(client, server, sender)
     server.wait(timeout=30)
     cpu = (usage1.user - usage0.user) + (usage1.system - usage0.system)
@@ -196,13 +197,6 @@ def _packets_in_kafka(bootstrap: str, codec: AvroCodec, start: dict[tuple[str, i
                     if msg.record["end_of_input"]:
                         ends.add(msg.partition)
     return total
-
-
-def _cpu_of(pid: int) -> float:
-    """User + system seconds of process ``pid`` and its threads (``/proc``)."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(") ", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def bench_dumpcap(link: Link, rate: int, seconds: float, workdir: str, sender: str | None) -> dict:

@@ -408,18 +408,19 @@ class PacketWorker:
         from_memory: set[int] = set()
         abandoned: set[int] = set()
         for part in sorted({tp.partition for tp in partitions}):
-            self.positions[part] = {}
-            read_started = time.perf_counter()
-            try:
-                if abandoned:  # told to stop while an earlier one waited: read no more
-                    raise _StoppedWaitingForCheckpoint(part)
-                cp = self._latest(part) if self.worker.restore else None
-            except _StoppedWaitingForCheckpoint:
-                # Not read, so not ours to process: left out of the assignment (stopping,
-                # this worker reads nothing more; the group gives it to another).
-                del self.positions[part]
+            # A partition whose checkpoint was not read is not ours to process: left out of
+            # the assignment (stopping, this worker reads nothing more; the group gives it
+            # to another). Once one is, the rest are not tried.
+            if abandoned:
                 abandoned.add(part)
                 continue
+            read_started = time.perf_counter()
+            try:
+                cp = self._latest(part) if self.worker.restore else None
+            except _StoppedWaitingForCheckpoint:
+                abandoned.add(part)
+                continue
+            self.positions[part] = {}
             self.counters["checkpoint_read_ms"] += round((time.perf_counter() - read_started) * 1000)
             if cp is None:
                 continue
