@@ -35,8 +35,12 @@ from netns import IP
 #: a large real capture (many connections, HTTP), given several times: a run of some seconds
 BIG = str(DATA / "chrissanders" / "http_espn.pcapng")
 #: Enough input that analyze is still busy when the tests interrupt it (~1 s after its
-#: workers are up): 20 copies were, until the L7 analysers moved into the compiled core.
-COPIES = 100
+#: workers are up), also on a slow CI machine: every test here ends the run early, so more
+#: costs nothing. 20 copies were enough until the L7 analysers moved into the compiled
+#: core; 100 (a 2 s run here) were not once the one-shot got faster still: CI killed the
+#: broker while analyze was writing its summary, all records already in, and it rightly
+#: exited 0. 1,000 are a ~20 s run.
+COPIES = 1000
 EXIT_OK, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 130
 #: how long a command may take to exit once interrupted (it waits 0.5 s for its workers,
 #: 0.5 s for the broker, then kills them)
