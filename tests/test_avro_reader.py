@@ -219,3 +219,37 @@ def test_some_fields_of_a_schema_outside_the_subset() -> None:
     schema = {"type": "record", "name": "R", "fields": [{"name": "x", "type": ["string", "long"]},
                                                         {"name": "y", "type": "long"}]}
     assert make_reader(schema, frozenset({"y"}))(b"HDR\x02\x04\x06", 3) == {"y": 3}
+
+
+STRINGS = {"type": "record", "name": "S", "fields": [
+    {"name": "ip", "type": "string"},
+    {"name": "state", "type": {"type": "enum", "name": "State", "symbols": ["open", "closed"]}},
+    {"name": "headers", "type": {"type": "map", "values": "string"}}]}
+
+
+def _strings_body(ip: str, state: int, headers: dict[str, str]) -> bytes:
+    return compile_writer(STRINGS, b"")({"ip": ip, "state": ["open", "closed"][state], "headers": headers})
+
+
+def test_a_reader_gives_the_same_short_string_object_again() -> None:
+    """A reader hands out one object per short text it has made (addresses, states, header
+    names: what a collector of many records holds over and over), not one per record."""
+    read = compile_reader(STRINGS)
+    body = _strings_body("10.1.2.3", 1, {"Host": "example.com"})
+    a, b = read(body), read(body)
+    assert a == b == {"ip": "10.1.2.3", "state": "closed", "headers": {"Host": "example.com"}}
+    assert a["ip"] is b["ip"] and a["state"] is b["state"] and a["headers"]["Host"] is b["headers"]["Host"]
+    assert next(iter(a["headers"])) is next(iter(b["headers"]))  # the map's key too
+    long = "x" * 65  # past the bound: made anew each time, equal all the same
+    c, d = read(_strings_body(long, 0, {})), read(_strings_body(long, 0, {}))
+    assert c["ip"] == d["ip"] == long and c["ip"] is not d["ip"]
+
+
+def test_a_reader_stays_right_past_its_string_cache_bound() -> None:
+    """More distinct texts than the cache holds (8,192): it starts over, and every value
+    still reads back as written."""
+    read = compile_reader(STRINGS)
+    for i in range(20_000):
+        ip = f"10.{i >> 16}.{(i >> 8) & 255}.{i & 255}"
+        assert read(_strings_body(ip, i & 1, {f"h{i % 300}": str(i)})) == {
+            "ip": ip, "state": ["open", "closed"][i & 1], "headers": {f"h{i % 300}": str(i)}}
