@@ -152,9 +152,11 @@ TRANSACTION_FIELDS = frozenset({
     "error", "request_headers", "client_pid", "client_process", "server_pid", "server_process",
     "server_service", "server_pod", "client_pod",
 })
-#: the fields of a transaction that only :meth:`ChainBuilder.add` reads (the trace
-#: context of its headers): a caller may let them go once it has added the record
-CHAIN_ADD_ONLY_FIELDS = frozenset({"request_headers"})
+#: the fields of a transaction a chain's hops are made of (:meth:`ChainBuilder._record`),
+#: read from the record held; the others of :data:`TRANSACTION_FIELDS` are read once, by
+#: :meth:`ChainBuilder.add`: a caller may hold a smaller record (``add(record, keep=...)``)
+HOP_FIELDS = frozenset({"client_ip", "client_port", "server_ip", "server_port", "server_service", "method",
+                        "path", "host", "status", "error", "latency_us"})
 
 
 class ChainBuilder:
@@ -179,8 +181,10 @@ class ChainBuilder:
     def __len__(self) -> int:
         return len(self._held)
 
-    def add(self, record: Mapping[str, Any]) -> str:
-        """Hold one ``wire.transactions`` record; return its transaction id."""
+    def add(self, record: Mapping[str, Any], keep: Mapping[str, Any] | None = None) -> str:
+        """Hold one ``wire.transactions`` record; return its transaction id. ``keep``: what
+        is held of it for the chain's hops instead of the record itself (a mapping with at
+        least its :data:`HOP_FIELDS`; ``analyze`` keeps a smaller copy of each record)."""
         tid = transaction_id(record)
         self.counters["received"] += 1
         if tid in self._held:
@@ -191,7 +195,7 @@ class ChainBuilder:
         resp = record.get("response_ts_us")
         headers = record.get("request_headers") or {}
         get = record.get
-        self._held[tid] = _Txn(tid, record, get("source_id", ""), start,
+        self._held[tid] = _Txn(tid, record if keep is None else keep, get("source_id", ""), start,
                                int(resp) if resp is not None else start, trace_context(headers),
                                resp is not None, get("client_ip"), get("server_ip"), get("connection_id", ""),
                                (get("client_pid"), get("client_process"), get("server_pid"), get("server_process")))
@@ -341,16 +345,17 @@ class ChainBuilder:
             if m.parent is not None:
                 depth[m.id] = depth[m.parent] + 1
             r = m.rec
+            response_ts = m.end if m.answered else None
             latency = r.get("latency_us")
-            if latency is None and r.get("response_ts_us") is not None:
-                latency = int(r["response_ts_us"]) - m.start
+            if latency is None and response_ts is not None:
+                latency = response_ts - m.start
             hops.append({
                 "transaction_id": m.id,
                 "parent_id": m.parent,
                 "depth": depth[m.id],
                 "link": m.link,
                 "candidates": m.candidates,
-                "connection_id": r.get("connection_id", ""),
+                "connection_id": m.connection_id,
                 "client_ip": r.get("client_ip", ""),
                 "client_port": int(r.get("client_port") or 0),
                 "client_pid": m.client_pid,
@@ -366,7 +371,7 @@ class ChainBuilder:
                 "status": r.get("status"),
                 "error": r.get("error"),
                 "request_ts_us": m.start,
-                "response_ts_us": r.get("response_ts_us"),
+                "response_ts_us": response_ts,
                 "latency_us": latency,
                 "offset_us": m.start - root.start,
             })

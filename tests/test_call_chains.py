@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 from helpers import needs
 from wirestream.processors.call_chains import (
+    HOP_FIELDS,
     LINK_ADDRESS,
     LINK_PID,
     LINK_ROOT,
@@ -200,6 +201,24 @@ def test_pids_come_from_the_connection_record_when_the_transaction_has_none() ->
     b.add(out2)
     (second,) = b.flush()
     assert parents(second)[transaction_id(out2)] == (transaction_id(inbound2), LINK_PID)
+
+
+def test_a_builder_holding_only_the_hop_fields_makes_the_same_chains() -> None:
+    """``add(record, keep=...)`` (what analyze does to hold less): the chains are those of
+    the whole records, times, connection ids and pids included (read once, at add), the
+    unanswered hop's too."""
+    t1 = "3" * 32
+    records = [txn("10.0.0.9", "10.0.0.1:80", 0, 100, {"traceparent": f"00-{t1}-{'a' * 16}-01"}, server_pid=7),
+               txn("10.0.0.1", "10.0.0.2:80", 10, 20, {"traceparent": f"00-{t1}-{'c' * 16}-01"}, client_pid=7),
+               txn("10.0.0.1", "10.0.0.3:80", 30, None, {"traceparent": f"00-{t1}-{'d' * 16}-01"}, client_pid=7)]
+    for r in records[1:]:
+        r["latency_us"] = None  # (the hop's latency is then the times' difference)
+    whole, cut = ChainBuilder(), ChainBuilder()
+    for r in records:
+        whole.add(dict(r))
+        cut.add(r, {k: v for k, v in r.items() if k in HOP_FIELDS})
+    assert cut.flush() == whole.flush()
+    assert [h["latency_us"] for h in one_chain(records)["hops"]] == [100_000, 10_000, None]
 
 
 def test_address_nested_three_tiers_on_one_ip() -> None:

@@ -262,26 +262,35 @@ def _run(result: AnalyzeResult, settings: Settings, feed: Feeder, workers: int |
         if chains:
             # fed as the records come (beside the workers' work) rather than all at the end:
             # the whole run is one window, held whole (as result.records is)
-            from wirestream.processors.call_chains import CHAIN_ADD_ONLY_FIELDS, ChainBuilder
+            from wirestream.processors.call_chains import HOP_FIELDS, ChainBuilder
 
             builder = ChainBuilder(max_held=sys.maxsize)
-            take = {TRANSACTIONS: builder.add, CONNECTIONS: builder.add_connection}
-            # What only the builder's ``add`` reads (a transaction's headers, for its trace
-            # context) is let go at once rather than held with every transaction to the
-            # end (on the bench capture: this process's peak 376 -> 350 MB).
-            add_only = CHAIN_ADD_ONLY_FIELDS - fields.get(TRANSACTIONS, frozenset()) if fields is not None else ()
+            # What of a transaction only the builder's ``add`` reads (its headers' trace
+            # context, its times, connection id, pids, pods) is not held to the end: the
+            # run keeps, and the builder holds, a copy of the record without it. A copy,
+            # not the record cut in place: a dict keeps the table it grew to, and
+            # transactions are most of what this process holds (on the bench capture,
+            # 69,363 of them: with the headers popped, peak 376 -> 350 MB; with the copy
+            # instead, 273 -> 245 MB, the reader's strings shared already).
+            summary = fields.get(TRANSACTIONS) if fields is not None else None
+            kept = summary | HOP_FIELDS | {"source_id"} if summary is not None else None
             # Its producer started now, not when the chains are ready: an idempotent
             # producer (on a shared Kafka) whose first record comes the moment it starts
             # waits 0.5 s for its producer id (librdkafka's timer: the first record's
             # topic lookup was in flight when the broker came up); by the end it has it.
             chains_publisher = _chains_publisher(rt)
 
-            def on_record(topic: str, record: dict[str, Any]) -> None:
-                if (add := take.get(topic)) is not None:
-                    add(record)
-                    if topic == TRANSACTIONS:
-                        for name in add_only:
-                            record.pop(name, None)
+            def on_record(topic: str, record: dict[str, Any]) -> dict[str, Any]:
+                if topic == TRANSACTIONS:
+                    if kept is None:
+                        builder.add(record)
+                        return record
+                    keep = {k: v for k, v in record.items() if k in kept}
+                    builder.add(record, keep)
+                    return keep
+                if topic == CONNECTIONS:
+                    builder.add_connection(record)
+                return record
 
         feeding = Feed(lambda: feed(rt, run_id, partitions), in_background=pipes is not None)
         try:
@@ -294,15 +303,13 @@ def _run(result: AnalyzeResult, settings: Settings, feed: Feeder, workers: int |
                 feeding.done.wait(5.0)
         if chains:
             result.records[CALL_CHAINS] = build_chains(builder, rt, run_id, result, chains_publisher)
-            if wanted is not fields and fields is not None:
-                for topic in (TRANSACTIONS, CONNECTIONS):
-                    if topic in fields:
-                        # cut in place (the run's serial tail: new dicts cost 0.3 s on the
-                        # bench capture's 69,000 transactions, this a fifth of it)
-                        extra = wanted[topic] - fields[topic] - {"source_id"}
-                        for r in result.records[topic]:
-                            for k in extra:
-                                r.pop(k, None)
+            if fields is not None and CONNECTIONS in fields:
+                # (transactions were kept cut as they came: on_record) cut in place: the
+                # run's serial tail
+                extra = wanted[CONNECTIONS] - fields[CONNECTIONS] - {"source_id"}
+                for r in result.records[CONNECTIONS]:
+                    for k in extra:
+                        r.pop(k, None)
 
 
 def _chains_publisher(rt: Runtime) -> OutputPublisher:
@@ -482,7 +489,7 @@ def _wait_and_collect(
     writer: JsonlWriter | None = None,
     fields: dict[str, frozenset[str]] | None = None,
     after_feed: Callable[[], None] | None = None,
-    on_record: Callable[[str, dict[str, Any]], None] | None = None,
+    on_record: Callable[[str, dict[str, Any]], dict[str, Any]] | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, list[dict[str, Any]]]]:
     """Read wire.stats and the output topics together until every (source, partition) of
     the run has a final processor report and exactly the records those reports count have
@@ -504,7 +511,8 @@ def _wait_and_collect(
     connection: the summary ranks them by most of their fields) is written from the
     record (orjson walks a dict faster than the core writes ~100 small fields).
 
-    ``on_record(topic, record)`` is called for each output record kept, as it comes.
+    ``on_record(topic, record)`` is called for each output record kept, as it comes; the
+    record it returns is the one kept (the same, or a smaller copy).
     """
     from wirestream.errors import DecodeError
     from wirestream.reader import TopicReader
@@ -582,9 +590,9 @@ def _wait_and_collect(
                             continue
                     elif write_record is not None:
                         write_record(topic, rec)
-                    records[topic].append(rec)
                     if on_record is not None:
-                        on_record(topic, rec)
+                        rec = on_record(topic, rec)
+                    records[topic].append(rec)
                     continue
                 stats.append(rec)
                 key = (rec["stage"], source, rec["partition"])
