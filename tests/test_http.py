@@ -41,12 +41,20 @@ CALLER_FIELDS = {"source_id", "tunnel", "cross_zone"} | {
     ("client_ip", "client_port", "server_ip", "server_port")
 }
 ANALYSER_FIELDS = ALL_FIELDS - CALLER_FIELDS
+#: ... which the analyser's records carry at their schema defaults (the core makes each
+#: record as a copy of RECORD_TEMPLATE), but ``tunnel``, the engine's alone
+CALLER_DEFAULTS = {f["name"]: f.get("default") for f in SCHEMA["fields"]
+                   if f["name"] in CALLER_FIELDS - {"tunnel"}}
 
 
 def check_record(rec: dict) -> None:
     # exactly the schema's fields: findings (credentials, PII) ride beside the record
     # (processors/findings.py RecordWithFindings), never in it
-    assert set(rec) == ANALYSER_FIELDS
+    if rec["protocol"].startswith("http/1"):  # (HTTP/2's analyser, after an h2c upgrade: its fields alone)
+        assert set(rec) == ANALYSER_FIELDS | CALLER_DEFAULTS.keys()
+        assert {k: rec[k] for k in CALLER_DEFAULTS} == CALLER_DEFAULTS
+    else:
+        assert set(rec) == ANALYSER_FIELDS
     assert findings_of(rec) >= 0
     full = dict(rec, source_id="s")
     for name in CALLER_FIELDS - {"source_id"}:
@@ -132,6 +140,7 @@ def test_keep_alive_pairs_have_every_field() -> None:
         # HTTP/2's and gRPC's fields (processors/l7/http2.py): none for HTTP/1
         "stream_id": None, "grpc_service": None, "grpc_method": None, "grpc_status": None, "grpc_message": None,
         "grpc_request_messages": None, "grpc_response_messages": None,
+        **CALLER_DEFAULTS,  # the caller's fields (source, identity, zones) not set yet
     }
     assert r2["community_id"] == "1:cid-of-conn-1"
     assert (r2["method"], r2["status"], r2["request_body"], r2["request_body_size"]) == (

@@ -23,6 +23,7 @@ from __future__ import annotations
 from typing import Any
 
 from wirestream._core import HttpConnection
+from wirestream.schemas import schema_dict
 
 from wirestream.topics import TRANSACTIONS
 
@@ -35,9 +36,17 @@ from .http2 import Http2Analyzer
 MAX_PENDING: int = HttpConnection.MAX_PENDING
 #: Client bytes held after an Upgrade/CONNECT request until the answer says what they are.
 MAX_HELD: int = HttpConnection.MAX_HELD
-#: The HTTP/2 and gRPC fields of a transaction record (processors/l7/http2.py): none for HTTP/1.
-HTTP2_FIELDS = dict.fromkeys(("stream_id", "grpc_service", "grpc_method", "grpc_status", "grpc_message",
-                              "grpc_request_messages", "grpc_response_messages"))
+#: What each transaction record starts as (the core copies it): every field at its schema
+#: default -- the HTTP/2 and gRPC fields null for HTTP/1, ``tls`` false (cleartext; the
+#: analyser of a decrypted TLS connection, tls.DecryptedStream, emits through a context
+#: that marks its records true), the identity and zone fields null until enrichment --
+#: the fields without one (set by the core, or here) null. One dict table made at once
+#: per record, instead of ~4 growths as the core's 22 fields, then this module's, the
+#: dispatcher's and the engine's came in. Mutable defaults (the header maps, ``tunnel``)
+#: are left out: a copy shares its values, and those are set on every record anyway.
+RECORD_TEMPLATE: dict[str, Any] = {
+    f["name"]: f.get("default") for f in schema_dict("transaction")["fields"]
+    if not isinstance(f.get("default"), (dict, list))}
 
 
 class HttpAnalyzer(StreamAnalyzer):
@@ -68,7 +77,7 @@ class HttpAnalyzer(StreamAnalyzer):
             client_direction, options.body_cap,
             options.body_cap if response_cap is None else response_cap,
             options.max_header_bytes, options.response_timeout_us, self.redact,
-            self._endpoints)
+            self._endpoints, RECORD_TEMPLATE)
         self._core_state = b""
         self._cid: str | None = None
 
@@ -154,7 +163,7 @@ class HttpAnalyzer(StreamAnalyzer):
 
     def _state_restored(self) -> None:
         try:
-            self._core = HttpConnection.restore(self._core_state, self.redact, self._endpoints)
+            self._core = HttpConnection.restore(self._core_state, self.redact, self._endpoints, RECORD_TEMPLATE)
         except ValueError as exc:
             raise StateError(f"http analyser: {exc}") from None
         self._core_state = b""
@@ -174,14 +183,11 @@ class HttpAnalyzer(StreamAnalyzer):
         records = []
         community_id = self.ctx.community_id
         for record, found in txns:
-            # The core built the record, redacted (header values, target, bodies), and
-            # gives the findings of its headers and bodies beside it.
+            # The core built the record (a copy of RECORD_TEMPLATE), redacted (header
+            # values, target, bodies), and gives the findings of its headers and bodies
+            # beside it.
             record["connection_id"] = cid
             record["community_id"] = community_id
-            # cleartext; the analyser of a decrypted TLS connection (tls.DecryptedStream)
-            # emits through a context that marks its records true
-            record["tls"] = False
-            record.update(HTTP2_FIELDS)
             if found:  # for the detections, beside the record's fields (processors.findings)
                 record = RecordWithFindings(record, Finding(found))
             records.append(record)

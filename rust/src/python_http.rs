@@ -4,7 +4,8 @@
 //! Each hook (`data`, `gap`, `tick`, `close`) returns None when nothing completed and no
 //! counter moved (the usual case for a request segment), else `(transactions, counts)`:
 //! `transactions` a list of `(record, findings)`: the `wire.transactions` record as a
-//! dict (keys in the schema's order; `connection_id` None, for the caller to set: it is
+//! dict (a copy of the constructor's `template` with the core's fields set, else those
+//! alone, in the schema's order; `connection_id` None, for the caller to set: it is
 //! computed on demand in Python), its header maps and target already redacted when the
 //! connection redacts, and so are its bodies (bytes, None when empty)
 //! ([`crate::l7::http::redact`]); `findings` the `Finding` bits of what its request
@@ -32,6 +33,10 @@ pub struct PyHttpConnection {
     redact: bool,
     /// The records' client_ip, client_port, server_ip, server_port.
     endpoints: [PyObject; 4],
+    /// What each record starts as, copied (None: an empty dict): the analyser's dict of
+    /// every field at its schema default, so that a record is one table made at once,
+    /// never grown key by key as the fields the core and then the Python side set come in.
+    template: Option<Py<PyDict>>,
 }
 
 /// The Python strings of [`redact::COMMON_NAMES`], made once: a header map's names are
@@ -84,7 +89,10 @@ impl PyHttpConnection {
         let upgrade = t.upgrade.as_deref().map(String::from_utf8_lossy);
         let error = t.error.and_then(|e| ERRORS.get(usize::from(e)).copied());
         let [client_ip, client_port, server_ip, server_port] = &self.endpoints;
-        let d = PyDict::new(py);
+        let d = match &self.template {
+            Some(template) => template.bind(py).copy()?,
+            None => PyDict::new(py),
+        };
         d.set_item(intern!(py, "connection_id"), py.None())?;
         d.set_item(intern!(py, "protocol"), protocol)?;
         d.set_item(intern!(py, "client_ip"), client_ip)?;
@@ -135,11 +143,15 @@ impl PyHttpConnection {
 #[pymethods]
 impl PyHttpConnection {
     /// `redact`: mask header values and the target in the records; `endpoints`: the
-    /// records' `(client_ip, client_port, server_ip, server_port)`.
+    /// records' `(client_ip, client_port, server_ip, server_port)`; `template`: a dict each
+    /// record starts as a copy of (its values shared, not copied: immutable ones only).
     #[new]
+    #[pyo3(signature = (client_direction, body_cap, response_body_cap, max_header_bytes, response_timeout_us,
+                        redact, endpoints, template = None))]
     #[allow(clippy::too_many_arguments)]
     fn new(client_direction: u8, body_cap: u64, response_body_cap: u64, max_header_bytes: usize,
-           response_timeout_us: i64, redact: bool, endpoints: &Bound<'_, PyTuple>) -> PyResult<Self> {
+           response_timeout_us: i64, redact: bool, endpoints: &Bound<'_, PyTuple>,
+           template: Option<Py<PyDict>>) -> PyResult<Self> {
         if client_direction > 1 {
             return Err(PyValueError::new_err("client_direction is 0 or 1"));
         }
@@ -147,6 +159,7 @@ impl PyHttpConnection {
             inner: Connection::new(client_direction, body_cap, response_body_cap, max_header_bytes, response_timeout_us),
             redact,
             endpoints: self::endpoints(endpoints)?,
+            template,
         })
     }
 
@@ -181,12 +194,14 @@ impl PyHttpConnection {
         PyBytes::new(py, &state::snapshot(&self.inner, self.redact))
     }
 
-    /// A connection from `snapshot()` bytes; `redact` and `endpoints` as for the constructor.
+    /// A connection from `snapshot()` bytes; `redact`, `endpoints` and `template` as for
+    /// the constructor.
     #[staticmethod]
-    fn restore(data: &[u8], redact: bool, endpoints: &Bound<'_, PyTuple>) -> PyResult<Self> {
+    #[pyo3(signature = (data, redact, endpoints, template = None))]
+    fn restore(data: &[u8], redact: bool, endpoints: &Bound<'_, PyTuple>, template: Option<Py<PyDict>>) -> PyResult<Self> {
         let endpoints = self::endpoints(endpoints)?;
         let inner = state::restore(data).map_err(PyValueError::new_err)?;
-        Ok(PyHttpConnection { inner, redact, endpoints })
+        Ok(PyHttpConnection { inner, redact, endpoints, template })
     }
 
     // -- the redaction of the records, for tests and the Python wrappers ------------------
