@@ -26,9 +26,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench_analyze import cpu_s
+
 HERE = Path(__file__).resolve().parent
 DEFAULT_CAPTURE = HERE / "work" / "http_300000.pcap"
-TICK = os.sysconf("SC_CLK_TCK")
 
 
 def wirestream_cmd() -> list[str]:
@@ -43,12 +44,6 @@ def count_packets(cap: Path) -> int:
         if line.startswith("Number of packets"):
             return int(line.split(":", 1)[1].strip())
     raise SystemExit(f"capinfos gave no packet count for {cap}")
-
-
-def proc_cpu_s(pid: int) -> float:
-    """utime + stime of a live process, seconds."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK
 
 
 def timed(cmd: list[str], **kw: object) -> tuple[float, float, int]:
@@ -106,15 +101,17 @@ def _time_produce(command: list[str], cap: Path, small: Path, packets: int, brok
     start_wall, start_cpu, _ = timed([*base, str(small)], stdout=subprocess.DEVNULL)
     print(f"produce pcap, 1 packet (start-up): {start_wall:6.2f} s wall, {start_cpu:.2f} s CPU", flush=True)
     for run in range(1, args.runs + 1):
-        b0 = proc_cpu_s(broker_pid) if broker_pid else 0.0
+        b0 = (cpu_s(broker_pid) or 0.0) if broker_pid else 0.0
         wall, cpu, status = timed([*base, str(cap)], stdout=subprocess.DEVNULL)
-        b1 = proc_cpu_s(broker_pid) if broker_pid else 0.0
+        b1 = (cpu_s(broker_pid) or 0.0) if broker_pid else 0.0
         if status:
             print(f"produce pcap exited with {status}")
             return False
         print(f"produce pcap, run {run}: {wall:6.2f} s wall, {packets / wall:10,.0f} packets/s "
-              f"({packets / max(wall - start_wall, 1e-9):,.0f} without start-up); "
-              f"producer {cpu / packets * 1e6:5.2f} µs CPU/packet "
+              # (a run as short as the one-packet start-up run leaves no rate without it)
+              + (f"({packets / (wall - start_wall):,.0f} without start-up); " if wall - start_wall > 0.05
+                 else "(start-up is most of it); ")
+              + f"producer {cpu / packets * 1e6:5.2f} µs CPU/packet "
               f"({(cpu - start_cpu) / packets * 1e6:5.2f} without start-up), "
               f"broker {(b1 - b0) / packets * 1e6:5.2f}", flush=True)
     return True
