@@ -7,7 +7,11 @@ tracking and analysis, L7 unless ``--no-l7``; no Kafka, no Avro, no windows), wi
 packet worker's garbage collection (wirestream/gc_policy.py; ``--default-gc``: Python's).
 Prints the process CPU per packet of the feed loop, best of ``--runs``.
 
-    .venv/bin/python bench/bench_engine_feed.py bench/work/http_300000.pcap [--no-l7]
+    .venv/bin/python bench/bench_engine_feed.py bench/work/http_300000.pcap [--no-l7] [--detached]
+
+``--detached``: HTTP/1 sessions are not attached to the TCP core (each chunk through the
+Python hooks, as before attachment existed: processors/connection_tracker.py), to
+measure what attachment saves.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import time
 import numpy as np
 from wirestream.processors.engine import Engine, EngineOptions
 from wirestream.processors.l7.base import L7Options
+from wirestream.processors.l7.http import HttpAnalyzer
 
 from wirestream import _core
 from wirestream.gc_policy import collect_rarely
@@ -53,7 +58,11 @@ def main() -> None:
     ap.add_argument("--no-l7", action="store_true")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--default-gc", action="store_true", help="Python's GC thresholds, not the worker's")
+    ap.add_argument("--detached", action="store_true",
+                    help="HTTP/1 chunks through the Python hooks, not attached to the core")
     args = ap.parse_args()
+    if args.detached:
+        HttpAnalyzer.direct_core = lambda self: None  # type: ignore[method-assign]
     batches = batches_of(args.capture)
     packets = sum(n for *_, n in batches)
     options = EngineOptions(l7=None if args.no_l7 else L7Options())
@@ -71,7 +80,8 @@ def main() -> None:
         if best is None or cpu < best[0]:
             best = (cpu, wall, sink.records)
     cpu, wall, records = best
-    print(f"{args.capture}: {packets:,} packets, L7 {'off' if args.no_l7 else 'on'}: "
+    print(f"{args.capture}: {packets:,} packets, L7 {'off' if args.no_l7 else 'on'}"
+          f"{', detached' if args.detached else ''}: "
           f"{cpu / packets * 1e6:.2f} µs CPU/packet ({packets / wall:,.0f} packets/s wall), "
           f"{records:,} records, best of {args.runs}")
 

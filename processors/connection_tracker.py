@@ -24,13 +24,17 @@ the records, that connection's events: its session opens (first payload byte), t
 in-order data and gaps of its streams, sweep ticks and its close (after its streams'
 last data, before its record). Python does no work per packet: only per chunk of new
 stream bytes of an L7 connection (none for ACKs and retransmissions), and none at all
-with L7 off.
+with L7 off. Once a connection is known to speak HTTP/1, not even that: its session is
+*attached* (``TcpTracker.l7_attach``), and the core hands its chunks and ticks to the
+HTTP analyser's compiled parser itself, Python seeing only the transactions that
+completed (``on_core_output``). A gap or a switch to HTTP/2 detaches it (the gap is
+attached again after its hook ran), so that a connection's events keep their order.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -51,7 +55,7 @@ RecordCallback = Callable[[dict[str, Any]], None]
 SWEEP_INTERVAL_US = 5_000_000
 
 # Event kinds of TcpTracker (rust/src/python_tcp.rs)
-_RECORD, _OPEN, _DATA, _CLOSE, _TICK, _ID, _GAP = range(7)
+_RECORD, _OPEN, _DATA, _CLOSE, _TICK, _ID, _GAP, _CORE_OUTPUT = range(8)
 
 
 def canonical_ends(a: tuple[str, int], b: tuple[str, int]) -> Ends:
@@ -79,7 +83,10 @@ class ConnectionTracker:
 
     # The core is state too: its bytes go into a snapshot (_state_prepare) and it is
     # rebuilt from them on restore (_state_restored); processors/state_codec.py.
-    _state_exclude = ("_core",)
+    _state_exclude = ("_core", "_attach_all")
+    #: A restored tracker's sessions are attached again (TcpTracker.l7_attach) before its
+    #: next batch: attachments are not state.
+    _attach_all = False
     #: Seed of the records' Community ID (the core's bytes do not hold it; a checkpoint
     #: written before it existed restores with this default).
     community_id_seed = 0
@@ -157,6 +164,8 @@ class ConnectionTracker:
             return
         if self._core_state:  # a snapshot's copy of the core's state: not needed any more
             self._core_state = b""
+        if self._attach_all:
+            self._attach_sessions()
         if isinstance(headers, np.ndarray):
             headers = np.ascontiguousarray(headers).view(np.uint8)  # the core reads it in place
         if isinstance(payloads, np.ndarray):
@@ -165,15 +174,19 @@ class ConnectionTracker:
 
     def sweep(self, now_us: int) -> None:
         """Emit closed connections past their linger time and idle ones past the timeout."""
+        if self._attach_all:
+            self._attach_sessions()
         self._dispatch(self._core.sweep(now_us))
 
     def flush(self) -> None:
         """End of input: emit every connection still held."""
+        if self._attach_all:
+            self._attach_sessions()
         self._dispatch(self._core.flush())
         if self.l7 is not None:
             self.l7.flush()
 
-    def _dispatch(self, events: list[tuple]) -> None:
+    def _dispatch(self, events: Iterable[tuple]) -> None:
         sessions = self.sessions
         for ev in events:
             kind = ev[0]
@@ -182,6 +195,7 @@ class ConnectionTracker:
                 session = sessions.get(h)
                 if session is None:  # (given up on earlier in this batch)
                     continue
+                detecting = session.analyzer is None
                 session.data(d, data, ts)
                 if session.done:  # nothing to analyse: the core stops reassembling it
                     self._core.l7_ignore(h)
@@ -189,10 +203,18 @@ class ConnectionTracker:
                     del self.refs[h]
                     # (its plaintext from uprobes may still be analysed: the session
                     # gave up on the encrypted bytes, not the connection)
+                elif detecting and session.analyzer is not None:  # the protocol was just recognised
+                    self._attach(h, session)
+            elif kind == _CORE_OUTPUT:  # an attached session's data or tick, analysed by the core
+                session = sessions.get(ev[1])
+                if session is not None and session.analyzer is not None:
+                    session.analyzer.on_core_output(ev[2], ev[3], ev[4])
             elif kind == _GAP:
                 session = sessions.get(ev[1])
                 if session is not None:
                     session.gap(ev[2], ev[3], ev[4])
+                    # (a gap detaches a session: the hooks have it in order; attach again)
+                    self._attach(ev[1], session)
             elif kind == _RECORD:
                 record = ev[1]
                 if self.sockets is not None:
@@ -230,6 +252,20 @@ class ConnectionTracker:
                 if entry is not None:  # the same ConnRef as in self.refs
                     entry[1].cid = ev[2]
 
+    def _attach(self, handle: int, session: L7Session) -> None:
+        """Let the core hand this session's data and ticks to its analyser's compiled core
+        itself, if it has one (HTTP/1): no Python ``bytes`` or call per segment."""
+        analyzer = session.analyzer
+        if analyzer is not None and not session.done:
+            core = analyzer.direct_core()
+            if core is not None:
+                self._core.l7_attach(handle, core)
+
+    def _attach_sessions(self) -> None:
+        self._attach_all = False
+        for handle, session in self.sessions.items():
+            self._attach(handle, session)
+
     def set_community_id_seed(self, seed: int) -> None:
         """Seed of the records' Community ID from now on (a restored engine takes its
         worker's setting, not the checkpoint's)."""
@@ -249,3 +285,4 @@ class ConnectionTracker:
             raise StateError(f"connection tracker: {exc}") from None
         self._core.community_id_seed = self.community_id_seed
         self._core_state = b""
+        self._attach_all = True

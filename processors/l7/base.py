@@ -101,6 +101,19 @@ class StreamAnalyzer:
         """The connection ended (FIN/RST, idle timeout or end of input): emit everything
         still pending. No more calls follow."""
 
+    def direct_core(self) -> Any:
+        """The compiled core the connection tracker may hand this connection's in-order
+        data and ticks to itself, without this analyser's hooks (``TcpTracker.l7_attach``);
+        what completed then comes back through :meth:`on_core_output`. None (the default):
+        everything goes through the hooks."""
+        return None
+
+    def on_core_output(self, out: Any, ts_us: int, handoff: bool) -> None:
+        """What the :meth:`direct_core` returned for data or a tick the tracker gave it
+        (None: nothing but the handoff); ``handoff``: the core switched protocol, and the
+        tracker gives the rest to the hooks again."""
+        raise NotImplementedError
+
 
 class CoreBackedAnalyzer(StreamAnalyzer):
     """An analyser whose parsing state is a compiled-core object (``self._core``, with

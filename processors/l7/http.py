@@ -94,6 +94,19 @@ class HttpAnalyzer(StreamAnalyzer):
             if handoff is not None:
                 self._upgrade_to_h2(handoff, ts_us)
 
+    def direct_core(self) -> HttpConnection | None:
+        # The tracker feeds the core itself (no Python bytes or call per segment) until
+        # the connection becomes HTTP/2; then everything goes through on_data again.
+        return self._core if self._h2 is None else None
+
+    def on_core_output(self, out: Any, ts_us: int, handoff: bool) -> None:
+        if out is not None:
+            self._done(out)
+        if handoff:
+            taken = self._core.take_handoff()
+            if taken is not None:
+                self._upgrade_to_h2(taken, ts_us)
+
     def on_gap(self, direction: int, missing: int, ts_us: int) -> None:
         if self._h2 is not None:
             self._h2.on_gap(direction, missing, ts_us)

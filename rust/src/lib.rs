@@ -78,6 +78,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<python::PyBatcher>()?;
     m.add_class::<python::PyRingFeed>()?;
     m.add_class::<python_tcp::PyTcpTracker>()?;
+    m.add_class::<python_tcp::PyTcpEvents>()?;
     m.add_class::<python_tcp::PyStreamReassembler>()?;
     m.add_class::<python_http::PyHttpConnection>()?;
     m.add_class::<python_dns::PyDnsMatcher>()?;

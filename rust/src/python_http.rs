@@ -131,6 +131,25 @@ impl PyHttpConnection {
         Ok(Some(PyTuple::new(py, [txns.into_any(), counts.into_any()])?))
     }
 
+    /// `data` for the tracker's attached sessions (rust/src/python_tcp.rs): bytes of the
+    /// tracker's own, no Python `bytes` made.
+    pub(crate) fn data_slice<'py>(&mut self, py: Python<'py>, direction: u8, data: &[u8], ts_us: i64)
+        -> PyResult<Option<Bound<'py, PyTuple>>> {
+        self.inner.data(direction, data, ts_us);
+        self.result(py)
+    }
+
+    /// `tick`, for the tracker's attached sessions.
+    pub(crate) fn tick_out<'py>(&mut self, py: Python<'py>, now_us: i64) -> PyResult<Option<Bound<'py, PyTuple>>> {
+        self.inner.tick(now_us);
+        self.result(py)
+    }
+
+    /// The last call switched the connection to HTTP/2 (`take_handoff` has it).
+    pub(crate) fn has_handoff(&self) -> bool {
+        self.inner.handoff.is_some()
+    }
+
     fn side(&self, direction: u8) -> &crate::l7::http::session::Side {
         if direction == self.inner.client {
             &self.inner.req

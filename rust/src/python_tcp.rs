@@ -3,24 +3,39 @@
 //! reassembly (`wirestream._core.StreamReassembler`, `processors/reassembly.py`).
 //!
 //! A batch goes in as the header block and the payload blob (any contiguous buffers: a
-//! numpy structured array is read in place, without a copy) and comes out as a list of
+//! numpy structured array is read in place, without a copy) and comes out as an iterator of
 //! events, in order: `(0, record)` a `wire.connections` record (a dict, as
 //! schemas/connection.avsc, Zeek's conn.log fields included: docs/zeek.md); `(1, handle, version, ip0, port0, ip1, port1,
 //! connection_id, community_id)` an L7 session opens; `(2, handle, d, data, ts_us)` the next bytes of
 //! side `d`'s stream; `(6, handle, d, missing, ts_us)` bytes of it never captured;
 //! `(3, handle, ts_us, connection_id)` it closes (after its streams' last data and gaps,
 //! before the record); `(4, handle, now_us)` a sweep's tick; `(5, handle,
-//! connection_id)` its id changed. The loop runs without the GIL; in-order data is sliced
-//! from the blob only when the list is built.
+//! connection_id)` its id changed. The loop runs without the GIL; the events are made
+//! into tuples one at a time as the caller takes them (in-order data sliced from the blob
+//! then), and must all be taken before the next call.
+//!
+//! A session whose analyser is HTTP/1 can be *attached* (`l7_attach(handle, core)`, its
+//! `HttpConnection`): its in-order data and ticks then go to that core here, as the events
+//! are taken (from the next one on: the caller attaches a session while it handles the
+//! chunk that told its protocol), without a Python `bytes` per chunk or a Python call, and
+//! what completed comes out
+//! as `(7, handle, out, ts_us, handoff)` (`out` what `HttpConnection.data` would have
+//! returned, or None; `handoff` true when the connection switched to HTTP/2: it is
+//! detached, and the caller takes the handoff). A gap or the close of an attached
+//! connection detaches it and comes out as usual (so that every event of a connection
+//! keeps its order; the caller attaches it again after a gap). Attachments are not state:
+//! a restored tracker has none until the caller attaches again.
 
 use pyo3::buffer::PyBuffer;
 use pyo3::exceptions::PyValueError;
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::{PyTraverseError, PyVisit};
-use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
+use pyo3::types::{PyBytes, PyDict, PyTuple};
+use std::collections::HashMap;
 
 use crate::python::buffer_bytes;
+use crate::python_http::PyHttpConnection;
 use crate::reassembly::{Chunk, Reassembler, Sink, DEFAULT_MAX_BUFFER};
 use crate::tcp::connection::{ip_text, Record, COUNT_NAMES};
 use crate::tcp::state;
@@ -30,6 +45,11 @@ use crate::tcp::tracker::{Event, Tracker};
 pub struct PyTcpTracker {
     inner: Tracker,
     source_id: String,
+    /// handle -> the HTTP/1 core its data and ticks go to directly (see the module doc)
+    attached: HashMap<u64, Py<PyHttpConnection>>,
+    /// The last call's events not yet taken (PyTcpEvents), and the blob their data is in.
+    pending: std::vec::IntoIter<Event>,
+    pending_blob: Option<PyBuffer<u8>>,
 }
 
 /// The record as a dict; its keys are interned (made once per process, not per record).
@@ -82,36 +102,104 @@ fn record_dict<'py>(py: Python<'py>, r: &Record, source_id: &str) -> PyResult<Bo
 }
 
 /// The bytes of a chunk: `Input` is a range of `input` (a batch's blob, a segment).
-fn chunk_bytes<'py>(py: Python<'py>, chunk: &Chunk, input: &[u8]) -> Bound<'py, PyBytes> {
+fn chunk_slice<'a>(chunk: &'a Chunk, input: &'a [u8]) -> &'a [u8] {
     match chunk {
-        Chunk::Input { at, len } => {
-            PyBytes::new(py, at.checked_add(*len).and_then(|end| input.get(*at..end)).unwrap_or_default())
-        }
-        Chunk::Owned(v) => PyBytes::new(py, v),
+        Chunk::Input { at, len } => at.checked_add(*len).and_then(|end| input.get(*at..end)).unwrap_or_default(),
+        Chunk::Owned(v) => v,
     }
 }
 
+/// [`chunk_slice`] as a Python `bytes`.
+fn chunk_bytes<'py>(py: Python<'py>, chunk: &Chunk, input: &[u8]) -> Bound<'py, PyBytes> {
+    PyBytes::new(py, chunk_slice(chunk, input))
+}
+
 impl PyTcpTracker {
-    /// The events taken, as Python tuples; `blob`: the payload blob of the batch just
-    /// processed (empty after a sweep or flush, whose data is all owned).
-    fn events<'py>(&mut self, py: Python<'py>, blob: &[u8]) -> PyResult<Bound<'py, PyList>> {
-        let list = PyList::empty(py);
-        for e in self.inner.take_events() {
+    /// The next event of the last call as a Python tuple, or None when they are all out.
+    /// An attached session's data and ticks go to its core here, as they come (see the
+    /// module doc): made one at a time, as the caller takes them, so that a session the
+    /// caller attaches while it handles an event gets the *next* chunk of the same batch.
+    fn next_event<'py>(&mut self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyTuple>>> {
+        let PyTcpTracker { pending, pending_blob, attached, source_id, .. } = self;
+        let blob = match pending_blob {
+            Some(b) => buffer_bytes(b, "payload blob")?,
+            None => &[],
+        };
+        for e in pending.by_ref() {
             let item: Bound<'py, PyTuple> = match e {
-                Event::Record(r) => (0, record_dict(py, &r, &self.source_id)?).into_pyobject(py)?,
-                Event::Data { handle, d, data, ts } => (2, handle, d, chunk_bytes(py, &data, blob), ts).into_pyobject(py)?,
-                Event::Gap { handle, d, missing, ts } => (6, handle, d, missing, ts).into_pyobject(py)?,
+                Event::Record(r) => (0, record_dict(py, &r, source_id)?).into_pyobject(py)?,
+                Event::Data { handle, d, data, ts } => match attached.get(&handle) {
+                    Some(core) => {
+                        let mut core = core.bind(py).borrow_mut();
+                        let out = core.data_slice(py, d, chunk_slice(&data, blob), ts)?;
+                        let handoff = core.has_handoff();
+                        drop(core);
+                        if handoff {
+                            attached.remove(&handle);
+                        } else if out.is_none() {
+                            continue;
+                        }
+                        (7, handle, out, ts, handoff).into_pyobject(py)?
+                    }
+                    None => (2, handle, d, chunk_bytes(py, &data, blob), ts).into_pyobject(py)?,
+                },
+                Event::Gap { handle, d, missing, ts } => {
+                    attached.remove(&handle);
+                    (6, handle, d, missing, ts).into_pyobject(py)?
+                }
                 Event::Open { handle, version, ips, ports, cid, community_id, .. } => (
                     1, handle, version, ip_text(&ips[0], version), ports[0], ip_text(&ips[1], version), ports[1], cid,
                     community_id,
                 ).into_pyobject(py)?,
-                Event::Close { handle, ts, cid } => (3, handle, ts, cid).into_pyobject(py)?,
-                Event::Tick { handle, now } => (4, handle, now).into_pyobject(py)?,
+                Event::Close { handle, ts, cid } => {
+                    attached.remove(&handle);
+                    (3, handle, ts, cid).into_pyobject(py)?
+                }
+                Event::Tick { handle, now } => match attached.get(&handle) {
+                    Some(core) => {
+                        let Some(out) = core.bind(py).borrow_mut().tick_out(py, now)? else { continue };
+                        (7, handle, Some(out), now, false).into_pyobject(py)?
+                    }
+                    None => (4, handle, now).into_pyobject(py)?,
+                },
                 Event::Id { handle, cid } => (5, handle, cid).into_pyobject(py)?,
             };
-            list.append(item)?;
+            return Ok(Some(item));
         }
-        Ok(list)
+        *pending_blob = None; // (the batch's blob is let go with its last event)
+        Ok(None)
+    }
+
+    /// The events of the call just made, to be taken through the returned iterator;
+    /// `blob`: the payload blob of the batch (None after a sweep or flush, whose data is
+    /// all owned). Events an earlier iterator left are dropped, as a list would have been.
+    fn start_events(slf: &Bound<'_, Self>, blob: Option<PyBuffer<u8>>) -> PyTcpEvents {
+        let mut this = slf.borrow_mut();
+        this.pending = this.inner.take_events().into_iter();
+        this.pending_blob = blob;
+        PyTcpEvents { tracker: slf.clone().unbind() }
+    }
+}
+
+/// The events of one `process`/`sweep`/`flush` call, in order (see the module doc): an
+/// iterator, made one event at a time.
+#[pyclass(module = "wirestream._core", name = "TcpEvents")]
+pub struct PyTcpEvents {
+    tracker: Py<PyTcpTracker>,
+}
+
+#[pymethods]
+impl PyTcpEvents {
+    fn __iter__(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {
+        slf
+    }
+
+    fn __next__<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyTuple>>> {
+        self.tracker.bind(py).borrow_mut().next_event(py)
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        visit.call(&self.tracker)
     }
 }
 
@@ -124,7 +212,7 @@ impl PyTcpTracker {
            l7: bool, community_id_seed: u16) -> Self {
         let mut inner = Tracker::new(idle_timeout_us, close_linger_us, interim_us, max_connections, l7);
         inner.community_id_seed = community_id_seed;
-        PyTcpTracker { inner, source_id }
+        PyTcpTracker { inner, source_id, attached: HashMap::new(), pending: Vec::new().into_iter(), pending_blob: None }
     }
 
     /// Seed of the records' Community ID: a setting, not in `snapshot()`'s bytes (set it
@@ -140,10 +228,12 @@ impl PyTcpTracker {
     }
 
     /// Analyse a batch's header block (80 bytes per packet) and payload blob (any
-    /// contiguous buffers, read in place); return the events, in order.
+    /// contiguous buffers, read in place); return its events, in order, as an iterator
+    /// (taken before the next call).
     #[pyo3(signature = (headers, payloads = None))]
-    fn process<'py>(&mut self, py: Python<'py>, headers: &Bound<'py, PyAny>,
-                    payloads: Option<&Bound<'py, PyAny>>) -> PyResult<Bound<'py, PyList>> {
+    fn process(slf: &Bound<'_, Self>, headers: &Bound<'_, PyAny>, payloads: Option<&Bound<'_, PyAny>>)
+        -> PyResult<PyTcpEvents> {
+        let py = slf.py();
         let hbuf = PyBuffer::<u8>::get(headers)?;
         let block = buffer_bytes(&hbuf, "header block")?;
         let pbuf = payloads.map(PyBuffer::<u8>::get).transpose()?;
@@ -151,28 +241,58 @@ impl PyTcpTracker {
             Some(b) => buffer_bytes(b, "payload blob")?,
             None => &[],
         };
-        let inner = &mut self.inner;
-        py.allow_threads(|| inner.process(block, blob));
-        // the blob is read again here, for the in-order data's bytes
-        self.events(py, blob)
+        {
+            let mut this = slf.borrow_mut();
+            let inner = &mut this.inner;
+            py.allow_threads(|| inner.process(block, blob));
+        }
+        // the blob is read again as the events are taken, for the in-order data's bytes
+        Ok(Self::start_events(slf, pbuf))
     }
 
     /// Expire what is due at capture time `now_us` (as the batches do on their own).
-    fn sweep<'py>(&mut self, py: Python<'py>, now_us: i64) -> PyResult<Bound<'py, PyList>> {
-        self.inner.sweep(now_us);
-        self.events(py, &[])
+    fn sweep(slf: &Bound<'_, Self>, now_us: i64) -> PyTcpEvents {
+        slf.borrow_mut().inner.sweep(now_us);
+        Self::start_events(slf, None)
     }
 
     /// End of input: every connection still held.
-    fn flush<'py>(&mut self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
-        self.inner.flush();
-        self.events(py, &[])
+    fn flush(slf: &Bound<'_, Self>) -> PyTcpEvents {
+        slf.borrow_mut().inner.flush();
+        Self::start_events(slf, None)
     }
 
     /// No more L7 events for this connection (its session gave up); its reassembly is
     /// freed.
     fn l7_ignore(&mut self, handle: u64) {
+        self.attached.remove(&handle);
         self.inner.l7_ignore(handle);
+    }
+
+    /// From now on, the in-order data and ticks of `handle` go to `core` (its session's
+    /// HTTP/1 analyser's) as the events are built; see the module doc. Attaching a handle
+    /// that is not held is a no-op.
+    fn l7_attach(&mut self, handle: u64, core: Py<PyHttpConnection>) {
+        if self.inner.conns.contains_key(&handle) {
+            self.attached.insert(handle, core);
+        }
+    }
+
+    /// Handles attached (tests).
+    #[getter]
+    fn attached_count(&self) -> usize {
+        self.attached.len()
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        for core in self.attached.values() {
+            visit.call(core)?;
+        }
+        Ok(())
+    }
+
+    fn __clear__(&mut self) {
+        self.attached.clear();
     }
 
     /// The id of a held connection (None if it is not held).
@@ -217,7 +337,7 @@ impl PyTcpTracker {
 
     /// The state as bytes (versioned, CRC-checked): `TcpTracker.restore` takes them back.
     fn snapshot<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyBytes>> {
-        if !self.inner.events.is_empty() {
+        if !self.inner.events.is_empty() || !self.pending.as_slice().is_empty() {
             return Err(PyValueError::new_err("events not taken yet"));
         }
         let mut out = state::snapshot(&self.inner);
@@ -239,7 +359,7 @@ impl PyTcpTracker {
             .map_err(|_| err("not a tracker state (source id not UTF-8)".into()))?
             .to_string();
         let inner = state::restore(data.get(..sid_at).unwrap_or_default()).map_err(err)?;
-        Ok(PyTcpTracker { inner, source_id })
+        Ok(PyTcpTracker { inner, source_id, attached: HashMap::new(), pending: Vec::new().into_iter(), pending_blob: None })
     }
 }
 
