@@ -17,6 +17,7 @@ use pyo3::types::{PyBytes, PyDict, PyList};
 use crate::python_resp::direction;
 use crate::l7::h2::{Connection, Event, Stream};
 use crate::l7::http::redact::{header_map, redact_target};
+use crate::python_http::map_dict;
 
 #[pyclass(module = "wirestream._core", name = "H2Connection")]
 pub struct PyH2Connection {
@@ -31,14 +32,6 @@ fn pseudo(block: &[(Vec<u8>, Vec<u8>)], name: &[u8]) -> Option<String> {
 
 fn regular(block: &[(Vec<u8>, Vec<u8>)]) -> Vec<(Vec<u8>, Vec<u8>)> {
     block.iter().filter(|(n, _)| n.first() != Some(&b':')).cloned().collect()
-}
-
-fn map_dict<'py>(py: Python<'py>, map: &[(String, String)]) -> PyResult<Bound<'py, PyDict>> {
-    let d = PyDict::new(py);
-    for (k, v) in map {
-        d.set_item(k, v)?;
-    }
-    Ok(d)
 }
 
 fn stream_dict<'py>(py: Python<'py>, s: &Stream, redact: bool) -> PyResult<Bound<'py, PyDict>> {

@@ -43,15 +43,15 @@ pub struct PyHttpConnection {
 /// mostly these, and a string made once is not decoded and hashed again for each record.
 static COMMON_NAMES: GILOnceCell<Vec<Py<PyString>>> = GILOnceCell::new();
 
-fn map_dict<'py>(py: Python<'py>, map: &[(String, String)]) -> PyResult<Bound<'py, PyDict>> {
+pub(crate) fn map_dict<'py>(py: Python<'py>, map: &redact::HeaderMap<'_>) -> PyResult<Bound<'py, PyDict>> {
     let common = COMMON_NAMES.get_or_init(py, || {
         redact::COMMON_NAMES.iter().map(|n| PyString::intern(py, n).unbind()).collect()
     });
     let d = PyDict::new(py);
     for (n, v) in map {
         match redact::common_name(n).and_then(|i| common.get(i)) {
-            Some(name) => d.set_item(name.bind(py), v)?,
-            None => d.set_item(n, v)?,
+            Some(name) => d.set_item(name.bind(py), v.as_ref())?,
+            None => d.set_item(n.as_ref(), v.as_ref())?,
         }
     }
     Ok(d)
@@ -283,7 +283,8 @@ impl PyHttpConnection {
     /// `Finding` bits of the credentials a (recorded) request header map carries.
     #[staticmethod]
     fn header_findings(headers: Vec<(String, String)>) -> u8 {
-        redact::header_findings(&headers)
+        let map: redact::HeaderMap<'_> = headers.into_iter().map(|(n, v)| (n.into(), v.into())).collect();
+        redact::header_findings(&map)
     }
 
     // -- introspection (tests, bounds) ------------------------------------------------

@@ -199,38 +199,59 @@ fn lower_name(name: &[u8]) -> String {
     name.iter().flat_map(|&b| char::from(b).to_lowercase()).collect()
 }
 
+/// A header map as the record shows it: `(lower-case name, value)` pairs. Both borrow
+/// from the message's fields when they can (a common name is one of [`COMMON_NAMES`], a
+/// value valid UTF-8 and neither redacted nor joined): no allocation per header then.
+pub type HeaderMap<'a> = Vec<(Cow<'a, str>, Cow<'a, str>)>;
+
+/// `name` in lower case: the [`COMMON_NAMES`] entry it spells in any case, else as sent
+/// when already lower-case ASCII, else lower-cased.
+fn lower_name_cow(name: &[u8]) -> (Cow<'_, str>, bool) {
+    if let Some(common) = COMMON_NAMES.iter().find(|c| c.as_bytes().eq_ignore_ascii_case(name)) {
+        return (Cow::Borrowed(common), true);
+    }
+    if !name.iter().any(|b| b.is_ascii_uppercase() || !b.is_ascii()) {
+        if let Ok(text) = std::str::from_utf8(name) {
+            return (Cow::Borrowed(text), false);
+        }
+    }
+    (Cow::Owned(lower_name(name)), false)
+}
+
 /// Header pairs -> [(lower-case name, value)] in first-seen order (a Python dict's),
 /// repeated names joined with ", " (RFC 9110 section 5.3). Redaction is per value, before
 /// joining: joined Set-Cookie values cannot be split reliably again.
-pub fn header_map(pairs: &[(Vec<u8>, Vec<u8>)], redact: bool) -> Vec<(String, String)> {
-    let mut out: Vec<(String, String)> = Vec::with_capacity(pairs.len());
+pub fn header_map(pairs: &[(Vec<u8>, Vec<u8>)], redact: bool) -> HeaderMap<'_> {
+    let mut out: HeaderMap<'_> = Vec::with_capacity(pairs.len());
     // Header blocks are small: a linear search for a repeated name is the cheapest; the
     // index only bounds the cost of a hostile block of thousands of headers.
     let mut index: Option<HashMap<String, usize>> = None;
     for (name, raw) in pairs {
-        let lname = lower_name(name);
-        let mut value = String::from_utf8_lossy(raw).into_owned();
-        if redact {
-            let kind = header_kind(&lname);
+        let (lname, common) = lower_name_cow(name);
+        let mut value = String::from_utf8_lossy(raw);
+        if redact && !common {
+            // (the common names are all KEEP: header_kind)
+            let kind = kind_by_rules(&lname);
             if kind != KEEP {
-                value = redact_value(kind, &value);
+                value = Cow::Owned(redact_value(kind, &value));
             }
         }
         if out.len() == 32 && index.is_none() {
-            index = Some(out.iter().enumerate().map(|(i, (n, _))| (n.clone(), i)).collect());
+            index = Some(out.iter().enumerate().map(|(i, (n, _))| (n.to_string(), i)).collect());
         }
         let found = match &index {
-            Some(ix) => ix.get(&lname).copied(),
+            Some(ix) => ix.get(lname.as_ref()).copied(),
             None => out.iter().position(|(n, _)| *n == lname),
         };
         match found.and_then(|i| out.get_mut(i)) {
             Some((_, v)) => {
+                let v = v.to_mut();
                 v.push_str(", ");
                 v.push_str(&value);
             }
             None => {
                 if let Some(ix) = index.as_mut() {
-                    ix.insert(lname.clone(), out.len());
+                    ix.insert(lname.to_string(), out.len());
                 }
                 out.push((lname, value));
             }
@@ -240,12 +261,12 @@ pub fn header_map(pairs: &[(Vec<u8>, Vec<u8>)], redact: bool) -> Vec<(String, St
 }
 
 /// The value of `name` in a header map.
-pub fn get<'a>(map: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    map.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+pub fn get<'a>(map: &'a [(Cow<'_, str>, Cow<'_, str>)], name: &str) -> Option<&'a str> {
+    map.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_ref())
 }
 
 /// Credentials the request headers (the map as recorded) carried: `Finding` bits.
-pub fn header_findings(req: &[(String, String)]) -> u8 {
+pub fn header_findings(req: &[(Cow<'_, str>, Cow<'_, str>)]) -> u8 {
     let auth = get(req, "authorization")
         .filter(|a| !a.is_empty())
         .or_else(|| get(req, "proxy-authorization"))
@@ -832,8 +853,8 @@ pub fn body_findings(body: &[u8], content_type: Option<&str>) -> u8 {
 /// for the record (`python_http`) and for the redaction of a checkpoint ([`at_rest`]).
 #[derive(Debug, PartialEq, Eq)]
 pub struct Shown<'a> {
-    pub req_headers: Vec<(String, String)>,
-    pub resp_headers: Vec<(String, String)>,
+    pub req_headers: HeaderMap<'a>,
+    pub resp_headers: HeaderMap<'a>,
     pub path: Cow<'a, str>,
     pub req_body: Cow<'a, [u8]>,
     pub resp_body: Cow<'a, [u8]>,
@@ -1080,8 +1101,9 @@ mod tests {
     use super::*;
 
     fn one(name: &str, value: &str) -> String {
-        let map = header_map(&[(name.as_bytes().to_vec(), value.as_bytes().to_vec())], true);
-        map.into_iter().next().map(|(_, v)| v).unwrap_or_default()
+        let pairs = [(name.as_bytes().to_vec(), value.as_bytes().to_vec())];
+        let map = header_map(&pairs, true);
+        map.into_iter().next().map(|(_, v)| v.into_owned()).unwrap_or_default()
     }
 
     #[test]
@@ -1109,7 +1131,13 @@ mod tests {
         let pairs: Vec<(Vec<u8>, Vec<u8>)> = vec![(b"A".to_vec(), b"1".to_vec()), (b"B".to_vec(), b"\xff".to_vec()),
                                                  (b"a".to_vec(), b"2".to_vec())];
         assert_eq!(header_map(&pairs, false),
-                   vec![("a".to_string(), "1, 2".to_string()), ("b".to_string(), "\u{fffd}".to_string())]);
+                   vec![(Cow::from("a"), Cow::from("1, 2")), (Cow::from("b"), Cow::from("\u{fffd}"))]);
+        // common names in any case, and lower-case names, borrowed; others lower-cased
+        let names: Vec<(Vec<u8>, Vec<u8>)> = ["CONTENT-type", "x-mine", "X-Mine2", "\u{e9}"].iter()
+            .map(|n| (n.as_bytes().to_vec(), b"v".to_vec())).collect();
+        let map = header_map(&names, true);
+        let shown: Vec<(&str, bool)> = map.iter().map(|(n, v)| (n.as_ref(), matches!(n, Cow::Borrowed(_)) && matches!(v, Cow::Borrowed(_)))).collect();
+        assert_eq!(shown, vec![("content-type", true), ("x-mine", true), ("x-mine2", false), ("\u{e3}\u{a9}", false)]);  // (bytes as Latin-1: lower_name)
         // many names: the index path
         let many: Vec<(Vec<u8>, Vec<u8>)> = (0..100).map(|i| (format!("H{}", i % 40).into_bytes(), b"v".to_vec())).collect();
         let map = header_map(&many, true);
@@ -1132,7 +1160,7 @@ mod tests {
 
     #[test]
     fn findings() {
-        let m = |k: &str, v: &str| vec![(k.to_string(), v.to_string())];
+        let m = |k: &'static str, v: &'static str| vec![(Cow::from(k), Cow::from(v))];
         assert_eq!(header_findings(&m("authorization", "Basic [REDACTED]")), BASIC_CREDENTIALS_BIT);
         assert_eq!(header_findings(&m("proxy-authorization", "BEARER x")), BEARER_TOKEN_BIT);
         assert_eq!(header_findings(&m("authorization", "")), 0);
