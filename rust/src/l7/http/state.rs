@@ -290,7 +290,7 @@ pub fn restore(data: &[u8]) -> Res<Connection> {
         if id >= c.next_id || txns.contains_key(&id) {
             return Err("bad transaction id in the HTTP state".into());
         }
-        txns.insert(id, read_txn(&mut r, version)?);
+        txns.insert(id, Box::new(read_txn(&mut r, version)?));
     }
     let known = |id: u64| -> Res<u64> {
         if txns.contains_key(&id) {
