@@ -28,7 +28,10 @@ with L7 off. Once a connection is known to speak HTTP/1, not even that: its sess
 *attached* (``TcpTracker.l7_attach``), and the core hands its chunks and ticks to the
 HTTP analyser's compiled parser itself, Python seeing only the transactions that
 completed (``on_core_output``). A gap or a switch to HTTP/2 detaches it (the gap is
-attached again after its hook ran), so that a connection's events keep their order.
+attached again after its hook ran), so that a connection's events keep their order. An
+attached session is closed as soon as both FINs are in and both streams delivered up to
+them (no later packet can add a byte), not with the connection's record after its linger:
+its state goes then.
 """
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ from wirestream.processors.engine import Engine, EngineOptions
 from wirestream.processors.l7.http import HttpAnalyzer
 
 from wirestream.packet_block import ACK, FIN, PSH, SYN
-from wirestream.topics import TRANSACTIONS
+from wirestream.topics import CONNECTIONS, TRANSACTIONS
 
 DATA = Path(__file__).parent / "data"
 HTTP_CAPTURES = [
@@ -222,3 +222,42 @@ def test_a_tick_times_out_an_attached_request(monkeypatch: pytest.MonkeyPatch) -
     records, outputs = compare(t, monkeypatch)
     assert [(r["path"], r["error"]) for r in records][0] == ("/slow", "no_response")
     assert outputs >= 1
+
+
+def test_an_attached_session_closes_once_both_streams_end(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Both FINs in and both streams delivered up to them: the session closes then (its
+    state freed, its close-delimited response emitted), not when the connection's record
+    is, after the linger; the records are the hooks' (which close with the record)."""
+    t = Traffic()
+    s = Stream(t)
+    s.send(0, request("/old"))
+    s.send(1, b"HTTP/1.0 200 OK\r\n\r\n" + b"until the end")  # a body the close delimits
+    s.close()
+    sink = RecordingSink()
+    engine = Engine("local", 0, OPTIONS, sink)
+    for headers, payloads in one_packet_batches(t):
+        engine.feed(headers, payloads)
+    assert engine.tracker.sessions == {} and engine.tracker._core.attached_count == 0
+    (record,) = sink.out[TRANSACTIONS]
+    assert (record["path"], record["response_body"], record["error"]) == ("/old", b"until the end", None)
+    assert CONNECTIONS not in sink.out  # (the connection itself lingers)
+    records, _ = compare(t, monkeypatch)
+    assert records == [record]
+
+
+def test_a_stream_with_a_hole_at_its_fin_keeps_its_session(monkeypatch: pytest.MonkeyPatch) -> None:
+    t = Traffic()
+    s = Stream(t)
+    s.send(0, request("/x"))
+    s.send(1, response(b"y" * 50)[:30])
+    s.seq[1] += 20  # the rest of the response never captured: a hole before the FIN
+    s.close()
+    sink = RecordingSink()
+    engine = Engine("local", 0, OPTIONS, sink)
+    for headers, payloads in one_packet_batches(t):
+        engine.feed(headers, payloads)
+    assert len(engine.tracker.sessions) == 1  # closed with the record, as before
+    engine.finish()
+    (record,) = sink.out[TRANSACTIONS]
+    assert record["error"] is not None
+    compare(t, monkeypatch)

@@ -24,7 +24,11 @@
 //! detached, and the caller takes the handoff). A gap or the close of an attached
 //! connection detaches it and comes out as usual (so that every event of a connection
 //! keeps its order; the caller attaches it again after a gap). Attachments are not state:
-//! a restored tracker has none until the caller attaches again.
+//! a restored tracker has none until the caller attaches again. An attached session is
+//! closed (its `(3, ...)` event) as soon as both sides' FINs are in and both streams are
+//! delivered up to them (the core's `Ended`), not after the connection's linger: HTTP/1
+//! needs no later byte, and the session's memory goes then. (Whether a session is
+//! attached at that event depends only on the stream, never on how it was batched.)
 
 use pyo3::buffer::PyBuffer;
 use pyo3::exceptions::PyValueError;
@@ -120,7 +124,7 @@ impl PyTcpTracker {
     /// module doc): made one at a time, as the caller takes them, so that a session the
     /// caller attaches while it handles an event gets the *next* chunk of the same batch.
     fn next_event<'py>(&mut self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyTuple>>> {
-        let PyTcpTracker { pending, pending_blob, attached, source_id, .. } = self;
+        let PyTcpTracker { pending, pending_blob, attached, source_id, inner } = self;
         let blob = match pending_blob {
             Some(b) => buffer_bytes(b, "payload blob")?,
             None => &[],
@@ -153,6 +157,18 @@ impl PyTcpTracker {
                 ).into_pyobject(py)?,
                 Event::Close { handle, ts, cid } => {
                     attached.remove(&handle);
+                    (3, handle, ts, cid).into_pyobject(py)?
+                }
+                Event::Ended { handle, ts, cid } => {
+                    // An attached session's streams can take no more bytes: it closes now,
+                    // not when the connection's record is emitted (after the linger), and
+                    // its reassembly and session state go (no Close follows). Other
+                    // sessions close with the record: their analysers' records carry the
+                    // close's time, which the linger's last packets set.
+                    if attached.remove(&handle).is_none() {
+                        continue;
+                    }
+                    inner.l7_ignore(handle);
                     (3, handle, ts, cid).into_pyobject(py)?
                 }
                 Event::Tick { handle, now } => match attached.get(&handle) {

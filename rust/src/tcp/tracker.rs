@@ -12,7 +12,8 @@
 //! of input; the least recently active one when `max_connections` are held), and, for
 //! the L7 analysers (Python), each connection's session opening, its stream data and gaps
 //! (from its first payload byte on), ticks and its close — always before the connection's
-//! record.
+//! record — and [`Event::Ended`] once both streams can take no more bytes (the caller may
+//! close its session then, rather than after the linger).
 //!
 //! An L7 connection's two directions are reassembled here ([`Reassembler`], one per
 //! direction, starting after each side's base sequence number when the analysis knows
@@ -28,7 +29,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use super::connection::{Connection, EndedBy, Record, ACK, SYN};
+use super::connection::{Connection, EndedBy, Record, ACK, FIN, SYN};
 use crate::bytes::array;
 use crate::layout::RECORD_SIZE;
 use crate::reassembly::{Chunk, Reassembler, Sink};
@@ -110,6 +111,12 @@ pub enum Event {
     Gap { handle: u64, d: u8, missing: u64, ts: i64 },
     /// The connection ended: its session finishes (before the connection's record).
     Close { handle: u64, ts: i64, cid: String },
+    /// Both sides sent their FIN and both streams are delivered up to it, nothing waiting
+    /// out of order: no byte can be added to either stream any more. The caller may close
+    /// its session now rather than with the record (the linger keeps the connection for
+    /// late ACKs and retransmissions, which add nothing to the streams); if it does, it
+    /// calls [`Tracker::l7_ignore`] and no [`Event::Close`] follows.
+    Ended { handle: u64, ts: i64, cid: String },
     /// The periodic sweep reached the connection: its analyser may time things out.
     Tick { handle: u64, now: i64 },
     /// The connection's id changed (the handshake told who the client is).
@@ -318,6 +325,18 @@ impl Tracker {
             let data = off.checked_add(h.caplen as usize).and_then(|end| blob.get(off..end)).unwrap_or_default();
             own.segment(seq, data, h.payload_len, h.ts, &mut StreamSink { events, handle: hd, d: d as u8, blob_off: off });
         }
+        // (only a segment with a FIN or data can complete the streams)
+        if h.flags & FIN != 0 || h.payload_len > 0 {
+            let [f0, f1] = &conn.flows;
+            let delivered = |s: &Reassembler, f: &super::connection::Flow| {
+                // the FIN counts one in Wireshark's nextseq: the stream's next byte is the FIN's
+                f.fin && s.pending.is_empty() && s.next_seq.is_some_and(|n| n.wrapping_add(1) == f.nextseq)
+            };
+            let (s0, s1) = if d == 0 { (&*own, &*other) } else { (&*other, &*own) };
+            if delivered(s0, f0) && delivered(s1, f1) {
+                events.push(Event::Ended { handle: hd, ts: conn.last_ts, cid: conn.connection_id() });
+            }
+        }
     }
 
     fn open(&mut self, h: &Hdr, reused: bool) -> u64 {
@@ -485,8 +504,45 @@ mod tests {
             Event::Gap { d, missing, ts, .. } => Some(format!("gap {d} {missing} @{ts}")),
             Event::Open { base, .. } => Some(format!("open {base:?}")),
             Event::Close { ts, .. } => Some(format!("close @{ts}")),
+            Event::Ended { ts, .. } => Some(format!("ended @{ts}")),
             _ => None,
         }).collect()
+    }
+
+    #[test]
+    fn ended_once_both_fins_are_in_and_both_streams_delivered_up_to_them() {
+        let mut t = Tracker::new(300_000_000, 10_000_000, 0, 1000, true);
+        let (b, blob) = with_payload(&[
+            (pkt(0, 1, 4000, 2, 80, 100, 0, SYN, 0), b""),
+            (pkt(10, 2, 80, 1, 4000, 500, 101, SYN | ACK, 0), b""),
+            (pkt(20, 1, 4000, 2, 80, 101, 501, ACK, 3), b"GET"),
+            (pkt(30, 2, 80, 1, 4000, 504, 104, ACK | FIN, 2), b"ok"), // 3 bytes before it not captured yet
+            (pkt(40, 1, 4000, 2, 80, 104, 501, ACK | FIN, 0), b""), // both FINs: a hole remains
+            (pkt(50, 2, 80, 1, 4000, 501, 105, ACK, 3), b"abc"), // the hole filled: ended
+            (pkt(60, 1, 4000, 2, 80, 105, 507, ACK, 0), b""), // the last ACK (the linger's)
+            (pkt(70, 2, 80, 1, 4000, 506, 105, ACK | FIN, 0), b""), // a FIN retransmitted
+        ]);
+        t.process(&b, &blob);
+        let ev = t.take_events();
+        assert_eq!(l7_events(&ev, &blob), ["open [Some(100), Some(500)]", "data 0 GET @20", "data 1 abc @50", "data 1 ok @30",
+                                            "ended @50", "ended @70"]);
+        // the caller closes the session (l7_ignore): its record comes alone, no Close
+        t.l7_ignore(0);
+        assert!(t.streams.is_empty());
+        t.flush();
+        let ev = t.take_events();
+        assert_eq!(l7_events(&ev, &blob), Vec::<String>::new());
+        assert_eq!(records(&ev).len(), 1);
+        // a side that sent nothing after its SYN is delivered once its FIN is in
+        let mut t = Tracker::new(300_000_000, 10_000_000, 0, 1000, true);
+        let (b, blob) = with_payload(&[
+            (pkt(0, 1, 4000, 2, 80, 100, 0, SYN, 0), b""),
+            (pkt(10, 2, 80, 1, 4000, 500, 101, SYN | ACK, 0), b""),
+            (pkt(20, 1, 4000, 2, 80, 101, 501, ACK | FIN, 4), b"PING"),
+            (pkt(30, 2, 80, 1, 4000, 501, 106, ACK | FIN, 0), b""),
+        ]);
+        t.process(&b, &blob);
+        assert_eq!(l7_events(&t.take_events(), &blob), ["open [Some(100), Some(500)]", "data 0 PING @20", "ended @30"]);
     }
 
     #[test]
