@@ -145,3 +145,46 @@ def test_commands_that_need_a_kafka_say_so_when_none_is_given(args: tuple[str, .
     assert proc.stderr.splitlines() == [
         f"wirestream: error: {name} needs --bootstrap and --registry (or WIRESTREAM_BOOTSTRAP and "
         f"WIRESTREAM_REGISTRY)" + ("; start them with 'wirestream broker'" if name in ("process", "k8s-watch") else "")]
+
+
+def test_an_interrupt_an_extension_replaced_by_its_own_error_is_still_an_interrupt(monkeypatch, capsys) -> None:
+    """A Ctrl-C raised while an extension's C code runs can come out as that code's error,
+    the KeyboardInterrupt dropped (confluent-kafka's AdminClient, interrupted as it reads
+    its configuration: "TypeError: expected configuration property name as type unicode
+    string", seen in CI): still exit 130, "interrupted". Without an interrupt, the same
+    error is a crash (it propagates)."""
+    import argparse
+    import signal
+
+    from wirestream import cli
+    from wirestream.commands import common
+
+    def interrupted_in_c(args: argparse.Namespace) -> int:
+        try:
+            common.interrupt_once(signal.SIGINT, None)
+        except KeyboardInterrupt:
+            pass  # dropped, as the extension's PyErr_Format does: no __context__ left
+        raise TypeError("expected configuration property name as type unicode string")
+
+    def plain_error(args: argparse.Namespace) -> int:
+        raise TypeError("a bug")
+
+    class Parser:
+        def __init__(self, run) -> None:
+            self.run = run
+
+        def parse_args(self, argv):
+            return argparse.Namespace(command="test", run=self.run)
+
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        monkeypatch.setattr(cli, "build_parser", lambda: Parser(plain_error))
+        with pytest.raises(TypeError, match="a bug"):
+            cli.main([])
+        monkeypatch.setattr(cli, "build_parser", lambda: Parser(interrupted_in_c))
+        assert cli.main([]) == common.EXIT_INTERRUPTED
+        assert "interrupted" in capsys.readouterr().err
+    finally:
+        common.INTERRUPT_RAISED.clear()
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)

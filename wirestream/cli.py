@@ -18,6 +18,7 @@ from wirestream.commands.common import (
     EXIT_ERROR,
     EXIT_INTERRUPTED,
     EXIT_USAGE,
+    INTERRUPT_RAISED,
     interrupt_once,
     kafka_given,
 )
@@ -111,9 +112,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:
         # A Ctrl-C whose handler ran inside an extension's C code (the compiled core's,
         # confluent-kafka's) can come out as that code's error caused by the
-        # KeyboardInterrupt (a SystemError "returned a result with an exception set"):
-        # it is the interrupt all the same.
-        if _caused_by_interrupt(exc):
+        # KeyboardInterrupt (a SystemError "returned a result with an exception set"), or
+        # as an error of its own that dropped it (INTERRUPT_RAISED says the interrupt was
+        # raised): it is the interrupt all the same.
+        if _caused_by_interrupt(exc) or INTERRUPT_RAISED.is_set():
             print("wirestream: interrupted", file=sys.stderr)
             return EXIT_INTERRUPTED
         raise

@@ -7,6 +7,7 @@ import argparse
 import os
 import signal
 import sys
+import threading
 from typing import TYPE_CHECKING, Any
 
 from wirestream.config import Settings
@@ -309,6 +310,14 @@ def kafka_given(args: argparse.Namespace, command: str, hint: str = "") -> bool:
     return True
 
 
+#: Set once :func:`interrupt_once` has raised its KeyboardInterrupt. Raised while an
+#: extension's C code runs, the interrupt can come out as that code's own error with no
+#: trace of it: confluent-kafka's configuration parsing, interrupted as it reads a key,
+#: raises "TypeError: expected configuration property name as type unicode string" (its
+#: PyErr_Format clears the KeyboardInterrupt). ``main`` reads this to tell.
+INTERRUPT_RAISED = threading.Event()
+
+
 def interrupt_once(signum: int, frame: object) -> None:
     """Signal handler: interrupt the command (KeyboardInterrupt), once. Later SIGINT and
     SIGTERM are ignored: the interrupt starts the clean-up (``Runtime.stop``: workers,
@@ -316,6 +325,7 @@ def interrupt_once(signum: int, frame: object) -> None:
     behind. The clean-up has time limits of its own (SIGKILL after a grace period)."""
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, signal.SIG_IGN)
+    INTERRUPT_RAISED.set()
     raise KeyboardInterrupt
 
 
