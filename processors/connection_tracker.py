@@ -24,12 +24,12 @@ the records, that connection's events: its session opens (first payload byte), t
 in-order data and gaps of its streams, sweep ticks and its close (after its streams'
 last data, before its record). Python does no work per packet: only per chunk of new
 stream bytes of an L7 connection (none for ACKs and retransmissions), and none at all
-with L7 off. Once a connection is known to speak HTTP/1, not even that: its session is
-*attached* (``TcpTracker.l7_attach``), and the core hands its chunks and ticks to the
-HTTP analyser's compiled parser itself, Python seeing only the transactions that
+with L7 off. Once a connection is known to speak HTTP/1 (or TLS, without a key log), not
+even that: its session is *attached* (``TcpTracker.l7_attach``), and the core hands its
+chunks and ticks to the analyser's compiled parser itself, Python seeing only what
 completed (``on_core_output``). A gap or a switch to HTTP/2 detaches it (the gap is
 attached again after its hook ran), so that a connection's events keep their order. An
-attached session is closed as soon as both FINs are in and both streams delivered up to
+attached HTTP/1 session is closed as soon as both FINs are in and both streams delivered up to
 them (no later packet can add a byte), not with the connection's record after its linger:
 its state goes then.
 """

@@ -1,8 +1,9 @@
-"""HTTP/1 sessions *attached* to the TCP core (``TcpTracker.l7_attach``).
+"""HTTP/1 and TLS sessions *attached* to the TCP core (``TcpTracker.l7_attach``).
 
-Once a connection is known to speak HTTP/1, the core hands its in-order chunks and ticks
-to the analyser's compiled parser itself (processors/connection_tracker.py); gaps, the
-close and a switch to HTTP/2 go through the Python hooks, with the session detached so
+Once a connection is known to speak HTTP/1 (or TLS, without a key log), the core hands its
+in-order chunks and ticks to the analyser's compiled parser itself
+(processors/connection_tracker.py); gaps, the close and a switch to HTTP/2 go through the
+Python hooks, with the session detached so
 that a connection's events keep their order. The proof that this changes nothing: the
 same input, analysed with attachment and with it turned off (``direct_core`` returning
 None, the hooks doing everything), gives the same records of every topic, field by field
@@ -26,9 +27,10 @@ from l7_traffic import Traffic
 from local_pipeline import RecordingSink, packet_batches
 from wirestream.processors.engine import Engine, EngineOptions
 from wirestream.processors.l7.http import HttpAnalyzer
+from wirestream.processors.l7.tls import TlsAnalyzer
 
 from wirestream.packet_block import ACK, FIN, PSH, SYN
-from wirestream.topics import CONNECTIONS, TRANSACTIONS
+from wirestream.topics import CONNECTIONS, TLS, TRANSACTIONS
 
 DATA = Path(__file__).parent / "data"
 HTTP_CAPTURES = [
@@ -41,6 +43,8 @@ HTTP_CAPTURES = [
     "chrissanders/http_post.pcapng",
     "chrissanders/http_dvwa_directorytraversal.pcapng",
 ]
+#: TLS: handshakes whole, failed, retried, resumed; then encrypted records the core skips
+TLS_CAPTURES = sorted(str(p.relative_to(DATA)) for p in (DATA / "zeek-tls").glob("*.pcap"))
 OPTIONS = EngineOptions(observation_partitions=2, packet_partitions=1)
 
 
@@ -49,16 +53,18 @@ class Counted:
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch, attached: bool) -> None:
         self.outputs = 0
-        if not attached:
-            monkeypatch.setattr(HttpAnalyzer, "direct_core", lambda self: None)
-            return
-        original = HttpAnalyzer.on_core_output
+        for cls in (HttpAnalyzer, TlsAnalyzer):
+            if not attached:
+                monkeypatch.setattr(cls, "direct_core", lambda self: None)
+                continue
+            monkeypatch.setattr(cls, "on_core_output", self._counting(cls.on_core_output))
 
-        def counting(analyzer: HttpAnalyzer, out: Any, ts_us: int, handoff: bool) -> None:
+    def _counting(self, original: Any) -> Any:
+        def counting(analyzer: Any, out: Any, ts_us: int, handoff: bool) -> None:
             self.outputs += 1
             original(analyzer, out, ts_us, handoff)
 
-        monkeypatch.setattr(HttpAnalyzer, "on_core_output", counting)
+        return counting
 
 
 def run(batches: list[tuple[np.ndarray, bytes]], monkeypatch: pytest.MonkeyPatch,
@@ -89,6 +95,25 @@ def test_attached_sessions_give_the_records_the_hooks_give(capture: str, batch: 
     assert_same(expected, got, capture)
     assert expected[TRANSACTIONS]
     assert outputs > 0, "no transaction came through an attached session"
+
+
+@pytest.mark.parametrize("batch", [1, 64])
+@pytest.mark.parametrize("capture", TLS_CAPTURES)
+def test_attached_tls_sessions_give_the_records_the_hooks_give(capture: str, batch: int,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    batches = list(packet_batches(str(DATA / capture), batch))
+    expected, _ = run(batches, monkeypatch, attached=False)
+    got, _ = run(batches, monkeypatch, attached=True)
+    assert_same(expected, got, capture)
+    assert expected[TLS]
+
+
+def test_tls_records_come_through_attached_sessions(monkeypatch: pytest.MonkeyPatch) -> None:
+    outputs = 0
+    for capture in TLS_CAPTURES:
+        _, n = run(list(packet_batches(str(DATA / capture), 1)), monkeypatch, attached=True)
+        outputs += n
+    assert outputs > 0, "no TLS handshake came through an attached session"
 
 
 def test_a_restored_engine_attaches_its_sessions_again(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -277,6 +277,15 @@ class TlsAnalyzer(StreamAnalyzer):
             for d, chunk, ts in self._core.take_plaintext():
                 plain.data(d, chunk, ts)
 
+    def direct_core(self) -> TlsConnection | None:
+        # The tracker feeds the core itself (its records' bodies are skipped there, no
+        # Python bytes or call per segment), unless the plaintext is wanted here.
+        return self._core if self._decrypted is None else None
+
+    def on_core_output(self, out: Any, ts_us: int, handoff: bool) -> None:
+        if out is not None:
+            self._done(out)
+
     def on_gap(self, direction: int, missing: int, ts_us: int) -> None:
         # (The decryptor stops the direction at a gap: its plaintext has no gap to report.)
         out = self._core.gap(direction, missing)

@@ -14,20 +14,22 @@
 //! into tuples one at a time as the caller takes them (in-order data sliced from the blob
 //! then), and must all be taken before the next call.
 //!
-//! A session whose analyser is HTTP/1 can be *attached* (`l7_attach(handle, core)`, its
-//! `HttpConnection`): its in-order data and ticks then go to that core here, as the events
-//! are taken (from the next one on: the caller attaches a session while it handles the
-//! chunk that told its protocol), without a Python `bytes` per chunk or a Python call, and
-//! what completed comes out
-//! as `(7, handle, out, ts_us, handoff)` (`out` what `HttpConnection.data` would have
+//! A session whose analyser is HTTP/1, or TLS without a key log, can be *attached*
+//! (`l7_attach(handle, core)`, its `HttpConnection` or `TlsConnection`): its in-order data
+//! and ticks then go to that core here, as the events are taken (from the next one on: the
+//! caller attaches a session while it handles the chunk that told its protocol), without
+//! a Python `bytes` per chunk or a Python call, and what completed comes out as `(7,
+//! handle, out, ts_us, handoff)` (`out` what the core's `data` or `tick` would have
 //! returned, or None; `handoff` true when the connection switched to HTTP/2: it is
 //! detached, and the caller takes the handoff). A gap or the close of an attached
 //! connection detaches it and comes out as usual (so that every event of a connection
 //! keeps its order; the caller attaches it again after a gap). Attachments are not state:
-//! a restored tracker has none until the caller attaches again. An attached session is
-//! closed (its `(3, ...)` event) as soon as both sides' FINs are in and both streams are
-//! delivered up to them (the core's `Ended`), not after the connection's linger: HTTP/1
-//! needs no later byte, and the session's memory goes then. (Whether a session is
+//! a restored tracker has none until the caller attaches again. An attached HTTP/1 session
+//! is closed (its `(3, ...)` event) as soon as both sides' FINs are in and both streams are
+//! delivered up to them (the core's `Ended`), not after the connection's linger: no later
+//! byte can come, HTTP/1's records do not use the close's time, and the session's memory
+//! goes then (HTTP/1 only: a TLS connection stays open to the record for the uprobes'
+//! plaintext, processors/tls_plaintext_join.py, which may come late). (Whether a session is
 //! attached at that event depends only on the stream, never on how it was batched.)
 
 use pyo3::buffer::PyBuffer;
@@ -40,6 +42,7 @@ use std::collections::HashMap;
 
 use crate::python::buffer_bytes;
 use crate::python_http::PyHttpConnection;
+use crate::python_tls::PyTlsConnection;
 use crate::reassembly::{Chunk, Reassembler, Sink, DEFAULT_MAX_BUFFER};
 use crate::tcp::connection::{ip_text, Record, COUNT_NAMES};
 use crate::tcp::state;
@@ -49,11 +52,46 @@ use crate::tcp::tracker::{Event, Tracker};
 pub struct PyTcpTracker {
     inner: Tracker,
     source_id: String,
-    /// handle -> the HTTP/1 core its data and ticks go to directly (see the module doc)
-    attached: HashMap<u64, Py<PyHttpConnection>>,
+    /// handle -> the compiled core its data and ticks go to directly (see the module doc)
+    attached: HashMap<u64, AttachedCore>,
     /// The last call's events not yet taken (PyTcpEvents), and the blob their data is in.
     pending: std::vec::IntoIter<Event>,
     pending_blob: Option<PyBuffer<u8>>,
+}
+
+/// The analyser core an attached session's data and ticks go to.
+enum AttachedCore {
+    Http(Py<PyHttpConnection>),
+    Tls(Py<PyTlsConnection>),
+}
+
+impl AttachedCore {
+    /// `data`'s output, and whether the connection switched protocol (HTTP/1's `Upgrade:
+    /// h2c`: the caller takes the handoff and the session is detached).
+    fn data<'py>(&self, py: Python<'py>, d: u8, data: &[u8], ts: i64) -> PyResult<(Option<Bound<'py, PyTuple>>, bool)> {
+        Ok(match self {
+            AttachedCore::Http(core) => {
+                let mut core = core.bind(py).borrow_mut();
+                let out = core.data_slice(py, d, data, ts)?;
+                (out, core.has_handoff())
+            }
+            AttachedCore::Tls(core) => (core.bind(py).borrow_mut().data_slice(py, d, data, ts)?, false),
+        })
+    }
+
+    fn tick<'py>(&self, py: Python<'py>, now: i64) -> PyResult<Option<Bound<'py, PyTuple>>> {
+        match self {
+            AttachedCore::Http(core) => core.bind(py).borrow_mut().tick_out(py, now),
+            AttachedCore::Tls(core) => core.bind(py).borrow_mut().tick_out(py, now),
+        }
+    }
+
+    fn object(&self) -> &PyObject {
+        match self {
+            AttachedCore::Http(core) => core.as_any(),
+            AttachedCore::Tls(core) => core.as_any(),
+        }
+    }
 }
 
 /// The record as a dict; its keys are interned (made once per process, not per record).
@@ -134,10 +172,7 @@ impl PyTcpTracker {
                 Event::Record(r) => (0, record_dict(py, &r, source_id)?).into_pyobject(py)?,
                 Event::Data { handle, d, data, ts } => match attached.get(&handle) {
                     Some(core) => {
-                        let mut core = core.bind(py).borrow_mut();
-                        let out = core.data_slice(py, d, chunk_slice(&data, blob), ts)?;
-                        let handoff = core.has_handoff();
-                        drop(core);
+                        let (out, handoff) = core.data(py, d, chunk_slice(&data, blob), ts)?;
                         if handoff {
                             attached.remove(&handle);
                         } else if out.is_none() {
@@ -165,15 +200,18 @@ impl PyTcpTracker {
                     // its reassembly and session state go (no Close follows). Other
                     // sessions close with the record: their analysers' records carry the
                     // close's time, which the linger's last packets set.
-                    if attached.remove(&handle).is_none() {
+                    // (TLS sessions stay to the record: the uprobes' plaintext of a
+                    // connection joins it while it is open, and may come late.)
+                    if !matches!(attached.get(&handle), Some(AttachedCore::Http(_))) {
                         continue;
                     }
+                    attached.remove(&handle);
                     inner.l7_ignore(handle);
                     (3, handle, ts, cid).into_pyobject(py)?
                 }
                 Event::Tick { handle, now } => match attached.get(&handle) {
                     Some(core) => {
-                        let Some(out) = core.bind(py).borrow_mut().tick_out(py, now)? else { continue };
+                        let Some(out) = core.tick(py, now)? else { continue };
                         (7, handle, Some(out), now, false).into_pyobject(py)?
                     }
                     None => (4, handle, now).into_pyobject(py)?,
@@ -288,10 +326,18 @@ impl PyTcpTracker {
     /// From now on, the in-order data and ticks of `handle` go to `core` (its session's
     /// HTTP/1 analyser's) as the events are built; see the module doc. Attaching a handle
     /// that is not held is a no-op.
-    fn l7_attach(&mut self, handle: u64, core: Py<PyHttpConnection>) {
+    fn l7_attach(&mut self, handle: u64, core: &Bound<'_, PyAny>) -> PyResult<()> {
+        let core = if let Ok(http) = core.downcast::<PyHttpConnection>() {
+            AttachedCore::Http(http.clone().unbind())
+        } else if let Ok(tls) = core.downcast::<PyTlsConnection>() {
+            AttachedCore::Tls(tls.clone().unbind())
+        } else {
+            return Err(pyo3::exceptions::PyTypeError::new_err("an HttpConnection or a TlsConnection is attached"));
+        };
         if self.inner.conns.contains_key(&handle) {
             self.attached.insert(handle, core);
         }
+        Ok(())
     }
 
     /// Handles attached (tests).
@@ -302,7 +348,7 @@ impl PyTcpTracker {
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
         for core in self.attached.values() {
-            visit.call(core)?;
+            visit.call(core.object())?;
         }
         Ok(())
     }

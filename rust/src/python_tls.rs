@@ -120,6 +120,20 @@ impl PyTlsConnection {
         let counts = counts.into_pyobject(py)?.into_any();
         Ok(Some(PyTuple::new(py, [hs, counts])?))
     }
+
+    /// `data` for the TCP tracker's attached sessions (rust/src/python_tcp.rs): bytes of
+    /// the tracker's own, no Python `bytes` made.
+    pub(crate) fn data_slice<'py>(&mut self, py: Python<'py>, direction: u8, data: &[u8], ts_us: i64)
+        -> PyResult<Option<Bound<'py, PyTuple>>> {
+        self.inner.data(direction, data, ts_us);
+        self.result(py)
+    }
+
+    /// `tick`, for the tracker's attached sessions.
+    pub(crate) fn tick_out<'py>(&mut self, py: Python<'py>, now_us: i64) -> PyResult<Option<Bound<'py, PyTuple>>> {
+        self.inner.tick(now_us);
+        self.result(py)
+    }
 }
 
 #[pymethods]
