@@ -131,20 +131,6 @@ impl PyHttpConnection {
         Ok(Some(PyTuple::new(py, [txns.into_any(), counts.into_any()])?))
     }
 
-    /// `data` for the tracker's attached sessions (rust/src/python_tcp.rs): bytes of the
-    /// tracker's own, no Python `bytes` made.
-    pub(crate) fn data_slice<'py>(&mut self, py: Python<'py>, direction: u8, data: &[u8], ts_us: i64)
-        -> PyResult<Option<Bound<'py, PyTuple>>> {
-        self.inner.data(direction, data, ts_us);
-        self.result(py)
-    }
-
-    /// `tick`, for the tracker's attached sessions.
-    pub(crate) fn tick_out<'py>(&mut self, py: Python<'py>, now_us: i64) -> PyResult<Option<Bound<'py, PyTuple>>> {
-        self.inner.tick(now_us);
-        self.result(py)
-    }
-
     /// The last call switched the connection to HTTP/2 (`take_handoff` has it).
     pub(crate) fn has_handoff(&self) -> bool {
         self.inner.handoff.is_some()
@@ -187,7 +173,9 @@ impl PyHttpConnection {
     #[classattr]
     const MAX_HELD: usize = MAX_HELD;
 
-    fn data<'py>(&mut self, py: Python<'py>, direction: u8, data: &[u8], ts_us: i64) -> PyResult<Option<Bound<'py, PyTuple>>> {
+    /// (also called by the TCP tracker for its attached sessions, rust/src/python_tcp.rs,
+    /// with bytes of its own: no Python `bytes` made)
+    pub(crate) fn data<'py>(&mut self, py: Python<'py>, direction: u8, data: &[u8], ts_us: i64) -> PyResult<Option<Bound<'py, PyTuple>>> {
         self.inner.data(direction, data, ts_us);
         self.result(py)
     }
@@ -197,7 +185,7 @@ impl PyHttpConnection {
         self.result(py)
     }
 
-    fn tick<'py>(&mut self, py: Python<'py>, now_us: i64) -> PyResult<Option<Bound<'py, PyTuple>>> {
+    pub(crate) fn tick<'py>(&mut self, py: Python<'py>, now_us: i64) -> PyResult<Option<Bound<'py, PyTuple>>> {
         self.inner.tick(now_us);
         self.result(py)
     }

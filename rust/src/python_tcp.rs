@@ -72,17 +72,17 @@ impl AttachedCore {
         Ok(match self {
             AttachedCore::Http(core) => {
                 let mut core = core.bind(py).borrow_mut();
-                let out = core.data_slice(py, d, data, ts)?;
+                let out = core.data(py, d, data, ts)?;
                 (out, core.has_handoff())
             }
-            AttachedCore::Tls(core) => (core.bind(py).borrow_mut().data_slice(py, d, data, ts)?, false),
+            AttachedCore::Tls(core) => (core.bind(py).borrow_mut().data(py, d, data, ts)?, false),
         })
     }
 
     fn tick<'py>(&self, py: Python<'py>, now: i64) -> PyResult<Option<Bound<'py, PyTuple>>> {
         match self {
-            AttachedCore::Http(core) => core.bind(py).borrow_mut().tick_out(py, now),
-            AttachedCore::Tls(core) => core.bind(py).borrow_mut().tick_out(py, now),
+            AttachedCore::Http(core) => core.bind(py).borrow_mut().tick(py, now),
+            AttachedCore::Tls(core) => core.bind(py).borrow_mut().tick(py, now),
         }
     }
 
@@ -324,8 +324,8 @@ impl PyTcpTracker {
     }
 
     /// From now on, the in-order data and ticks of `handle` go to `core` (its session's
-    /// HTTP/1 analyser's) as the events are built; see the module doc. Attaching a handle
-    /// that is not held is a no-op.
+    /// analyser's `HttpConnection` or `TlsConnection`) as the events are taken; see the
+    /// module doc. Attaching a handle that is not held is a no-op.
     fn l7_attach(&mut self, handle: u64, core: &Bound<'_, PyAny>) -> PyResult<()> {
         let core = if let Ok(http) = core.downcast::<PyHttpConnection>() {
             AttachedCore::Http(http.clone().unbind())

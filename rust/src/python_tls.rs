@@ -120,20 +120,6 @@ impl PyTlsConnection {
         let counts = counts.into_pyobject(py)?.into_any();
         Ok(Some(PyTuple::new(py, [hs, counts])?))
     }
-
-    /// `data` for the TCP tracker's attached sessions (rust/src/python_tcp.rs): bytes of
-    /// the tracker's own, no Python `bytes` made.
-    pub(crate) fn data_slice<'py>(&mut self, py: Python<'py>, direction: u8, data: &[u8], ts_us: i64)
-        -> PyResult<Option<Bound<'py, PyTuple>>> {
-        self.inner.data(direction, data, ts_us);
-        self.result(py)
-    }
-
-    /// `tick`, for the tracker's attached sessions.
-    pub(crate) fn tick_out<'py>(&mut self, py: Python<'py>, now_us: i64) -> PyResult<Option<Bound<'py, PyTuple>>> {
-        self.inner.tick(now_us);
-        self.result(py)
-    }
 }
 
 #[pymethods]
@@ -161,7 +147,9 @@ impl PyTlsConnection {
     #[classattr]
     const MAX_RECORD: u64 = MAX_RECORD;
 
-    fn data<'py>(&mut self, py: Python<'py>, direction: u8, data: &[u8], ts_us: i64) -> PyResult<Option<Bound<'py, PyTuple>>> {
+    /// (also called by the TCP tracker for its attached sessions, rust/src/python_tcp.rs,
+    /// with bytes of its own: no Python `bytes` made)
+    pub(crate) fn data<'py>(&mut self, py: Python<'py>, direction: u8, data: &[u8], ts_us: i64) -> PyResult<Option<Bound<'py, PyTuple>>> {
         self.inner.data(direction, data, ts_us);
         self.result(py)
     }
@@ -173,7 +161,7 @@ impl PyTlsConnection {
         self.result(py)
     }
 
-    fn tick<'py>(&mut self, py: Python<'py>, now_us: i64) -> PyResult<Option<Bound<'py, PyTuple>>> {
+    pub(crate) fn tick<'py>(&mut self, py: Python<'py>, now_us: i64) -> PyResult<Option<Bound<'py, PyTuple>>> {
         self.inner.tick(now_us);
         self.result(py)
     }
