@@ -269,6 +269,31 @@ def test_the_embedded_broker_is_started_only_when_it_answers_kafka(tmp_path) -> 
             broker.stop()
 
 
+def test_the_embedded_broker_stops_at_once_with_clients_still_connected() -> None:
+    """tansu, given a SIGTERM, waits for its clients to disconnect; a run's own producers
+    stay connected until its process ends, so every ``analyze`` waited out the stop's
+    half-second grace (half of a small capture's wall time). Its storage is memory:
+    nothing to save, it is killed. The broker must be gone, its port closed, well within
+    that grace, while a producer that has just written to it is still connected."""
+    from confluent_kafka import Producer
+
+    broker = EmbeddedBroker().start()
+    producer = Producer({"bootstrap.servers": broker.bootstrap, "log_level": 0})
+    producer.produce(PACKETS, b"x")
+    assert producer.flush(10) == 0  # connected, and it has written
+    pid = broker.pid
+    started = time.monotonic()
+    broker.stop()
+    took = time.monotonic() - started
+    assert took < 0.3, f"stop took {took:.2f} s"
+    assert broker.pid is None and broker.exit_code() is None
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)  # reaped, not a zombie
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", broker.port), timeout=1).close()
+    del producer
+
+
 def test_the_embedded_broker_takes_a_port_outside_the_ephemeral_range() -> None:
     """No outgoing connection's local end (the kernel picks those in the ephemeral range)
     can take the broker's port between its choice and tansu's bind."""

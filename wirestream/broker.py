@@ -163,20 +163,17 @@ class EmbeddedBroker:
         """The broker process's exit code if it has exited on its own, else None."""
         return None if self._proc is None else self._proc.poll()
 
-    def stop(self, grace_s: float = 0.5) -> None:
+    def stop(self) -> None:
+        """Kill the broker (SIGKILL) and reap it. Its storage is memory: there is nothing
+        to save, and tansu given a SIGTERM waits for its clients to disconnect, which the
+        run's own producers (open until the process ends) never do: every ``analyze``
+        waited out a half-second grace here before it was killed anyway."""
         proc, self._proc = self._proc, None
         if proc is None or proc.poll() is not None:
             return
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            # tansu waits for its clients to disconnect on SIGTERM; with memory storage
-            # there is nothing to save, so it gets half a second (``grace_s``).
-            proc.wait(timeout=grace_s)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=5)
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=5)
 
     def __enter__(self) -> EmbeddedBroker:
         return self.start()
