@@ -14,8 +14,10 @@ The packet workers are not Faust agents (``processors.packet_worker``). The work
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator, MutableMapping
 from typing import Any
@@ -59,8 +61,12 @@ def create_app(
     # the broker a request per partition every 50 ms (docs/embedded-broker.md).
     faust_transport.register(max(faust_transport.FETCH_MAX_WAIT_MS, 500) if windows else None)
     # Faust makes a data directory even for memory tables: not in the current directory,
-    # but in the work directory of the command that started us, or a temporary one.
-    datadir = os.environ.get(DATADIR_ENV) or tempfile.mkdtemp(prefix="wirestream-faust-")
+    # but in the work directory of the command that started us, or a temporary one, ours
+    # to remove when the process ends (every worker started by hand left one in /tmp).
+    datadir = os.environ.get(DATADIR_ENV)
+    if not datadir:
+        datadir = tempfile.mkdtemp(prefix="wirestream-faust-")
+        atexit.register(shutil.rmtree, datadir, ignore_errors=True)
     app = faust.App(
         group,
         broker=f"{faust_transport.SCHEME}://{bootstrap}",

@@ -10,7 +10,10 @@ emitted just before the kill may come out twice, identical: delivery is at least
 
 from __future__ import annotations
 
+import os
 import signal
+import subprocess
+import sys
 import time
 import uuid
 
@@ -18,6 +21,7 @@ from windows_worker import collect, finished, observation_batches, produce, star
 
 from wirestream.codec import AvroCodec
 from wirestream.reader import TopicReader
+from wirestream.runtime import DATADIR_ENV
 from wirestream.topics import ALERTS, SERVICE_METRICS, STATS
 
 
@@ -75,3 +79,28 @@ def test_a_worker_killed_mid_window_is_replaced_without_changing_the_windows(bro
     assert sum(1 for k in expected if k[0] == "metrics") >= 15  # 3 services x 5+ windows
     assert any(k[0] == "errors_5xx_spike" for k in expected)
     assert got == expected
+
+
+def test_a_worker_started_by_hand_leaves_no_data_directory(broker, registry, tmp_path) -> None:
+    """A windows worker started without a run's work directory (by hand, by a unit
+    file) makes a temporary data directory for Faust; stopped, it must remove it (every
+    such worker left one in /tmp)."""
+    env = {k: v for k, v in os.environ.items() if k != DATADIR_ENV}
+    env["TMPDIR"] = str(tmp_path)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "wirestream", "process", "--role", "windows", "--group", f"t-{uuid.uuid4().hex[:8]}",
+         "--bootstrap", broker.bootstrap, "--registry", registry.url],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True, env=env)
+    try:
+        deadline = time.monotonic() + 60
+        while not list(tmp_path.glob("wirestream-faust-*")):
+            assert proc.poll() is None, f"the worker exited with {proc.returncode}"
+            assert time.monotonic() < deadline, "the worker made no data directory"
+            time.sleep(0.1)
+        time.sleep(2)  # (its Faust worker running, its tables' folders made)
+        assert list(tmp_path.glob("wirestream-faust-*/*"))
+    finally:
+        stop(proc)
+    assert proc.returncode is not None
+    assert not list(tmp_path.glob("wirestream-faust-*"))
