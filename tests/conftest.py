@@ -29,6 +29,7 @@ from __future__ import annotations
 import gc
 import os
 import secrets
+import shutil
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -133,23 +134,27 @@ def _apache_kafka(brokers: int) -> Iterator[ApacheKafka]:
     if reason is not None:
         require_or_skip(f"Apache Kafka: {reason}")
     # every test cluster has its TLS+SCRAM and mutual-TLS listeners, with a CA of its own
+    # (its keys and the SCRAM password are removed with the cluster: not left in /tmp)
     files = Path(tempfile.mkdtemp(prefix="wirestream-kafka-tls-"))
-    ca = make_ca(files)
-    cert, key = issue(ca, files, "broker")
-    keystore = files / "broker-keystore.pem"  # Kafka's PEM key store: the key, then the chain
-    keystore.write_text(key.read_text() + cert.read_text())
-    client_cert, client_key = issue(ca, files, "wirestream", ["wirestream"], client=True)
-    with ApacheKafka(brokers, secure=SecureListeners(ca.cert, keystore)) as kafka:
-        _LIVE.append(kafka)
-        try:
-            kafka.access = SecureAccess(kafka, files, ca.cert, client_cert, client_key)
-            create_wirestream_topics(kafka, 4)
-            yield kafka
-        finally:
-            _LIVE.remove(kafka)
-            # clients the tests left for the garbage collector go before the brokers do
-            # (else librdkafka logs 'Connection refused' at the end of the session)
-            gc.collect()
+    try:
+        ca = make_ca(files)
+        cert, key = issue(ca, files, "broker")
+        keystore = files / "broker-keystore.pem"  # Kafka's PEM key store: the key, then the chain
+        keystore.write_text(key.read_text() + cert.read_text())
+        client_cert, client_key = issue(ca, files, "wirestream", ["wirestream"], client=True)
+        with ApacheKafka(brokers, secure=SecureListeners(ca.cert, keystore)) as kafka:
+            _LIVE.append(kafka)
+            try:
+                kafka.access = SecureAccess(kafka, files, ca.cert, client_cert, client_key)
+                create_wirestream_topics(kafka, 4)
+                yield kafka
+            finally:
+                _LIVE.remove(kafka)
+                # clients the tests left for the garbage collector go before the brokers do
+                # (else librdkafka logs 'Connection refused' at the end of the session)
+                gc.collect()
+    finally:
+        shutil.rmtree(files, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
