@@ -316,3 +316,27 @@ def test_ports_come_from_the_kernel_when_the_ephemeral_range_leaves_no_room(monk
     ports = loopback_ports.free_ports(3)
     assert len(set(ports)) == 3 and all(0 < p < 65536 for p in ports)
     assert EmbeddedBroker().port > 0
+
+
+def test_a_failed_run_keeps_its_work_directory_only_when_it_holds_logs(tmp_path, monkeypatch) -> None:
+    """The work directory of a failed run is kept for its logs, which the error points
+    to; one that failed before anything wrote there is removed (empty folders piled up in
+    /tmp), and one that did not fail is removed either way."""
+    import tempfile
+
+    from wirestream.config import Settings
+    from wirestream.runtime import Runtime
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    settings = Settings(bootstrap="127.0.0.1:9", registry="http://127.0.0.1:9")
+    with pytest.raises(RuntimeError), Runtime(settings, autostart=False):
+        raise RuntimeError("failed before anything was started")
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(RuntimeError), Runtime(settings, autostart=False) as rt:
+        (rt.workdir / "worker-0.log").write_text("the reason")
+        raise RuntimeError("failed with a log")
+    assert [p.name for p in tmp_path.glob("*/*")] == ["worker-0.log"]
+    kept = rt.workdir
+    with Runtime(settings, autostart=False) as rt:
+        (rt.workdir / "worker-0.log").write_text("fine")
+    assert list(tmp_path.iterdir()) == [kept]

@@ -77,8 +77,9 @@ class Runtime:
     def __exit__(self, exc_type: object, *exc: object) -> None:
         self.stop()
         # The work directory holds the broker's and the workers' logs: kept when the run
-        # failed (error messages point there), removed otherwise.
-        if exc_type is None:
+        # failed (error messages point there) and there is a log to read, removed otherwise
+        # (a run that failed before starting anything left an empty folder in /tmp).
+        if exc_type is None or not any(self.workdir.iterdir()):
             shutil.rmtree(self.workdir, ignore_errors=True)
 
     def launch(self) -> None:
