@@ -18,11 +18,18 @@
 # why a 256 KiB file is served too: its responses span several segments).
 #
 # Usage: bench/make_http_capture.sh [--force] [OUT.pcap] [TARGET_PACKETS]
+#        bench/make_http_capture.sh --tls [OUT.pcap] [TARGET_PACKETS]
+#   --tls: HTTPS instead: nginx serves TLS 1.3 (a self-signed P-256 certificate made
+#        in the temp dir) on 127.0.0.1:443, the port tshark dissects as TLS without
+#        being told (so its work on the capture is a TLS dissection, like ours);
+#        every "Connection: close" request is a full handshake. No key log: the
+#        capture is what a node without one sees (handshakes, encrypted records).
 #   env: WS_CAPTURE_OUT        output path        (default <repo>/bench/work/http.pcap)
 #        WS_CAPTURE_PACKETS    target packets     (default 1000000)
 #        WS_CAPTURE_ROUND_SECS wrk round length   (default 2)
 #        WS_CAPTURE_MAX_SECS   traffic time cap   (default 90; keeps runs < ~2 min)
 #        WS_CAPTURE_FORCE=1    same as --force
+#        WS_CAPTURE_TLS=1      same as --tls
 # An existing OUT that is newer than this script and holds >= 90% of the target
 # packets is reused unless --force is given.
 #
@@ -38,10 +45,12 @@ usage() { sed -n '2,/^set -euo/p' "$SCRIPT_PATH" | sed '$d; s/^# \{0,1\}//'; }
 
 # ---------------------------------------------------------------- arguments ---
 FORCE="${WS_CAPTURE_FORCE:-0}"
+TLS="${WS_CAPTURE_TLS:-0}"
 POSITIONAL=()
 for arg in "$@"; do
     case "$arg" in
         --force|-f) FORCE=1 ;;
+        --tls)      TLS=1 ;;
         -h|--help)  usage; exit 0 ;;
         -*)         echo "unknown option: $arg" >&2; usage >&2; exit 2 ;;
         *)          POSITIONAL+=("$arg") ;;
@@ -54,7 +63,9 @@ MAX_SECS="${WS_CAPTURE_MAX_SECS:-90}"
 [[ "$TARGET" =~ ^[0-9]+$ && "$TARGET" -gt 0 ]] || { echo "bad packet count: $TARGET" >&2; exit 2; }
 [[ "$ROUND_SECS" =~ ^[1-9][0-9]*$ ]] || { echo "WS_CAPTURE_ROUND_SECS must be a whole number >= 1 (wrk takes whole seconds)" >&2; exit 2; }
 
-for tool in nginx wrk tcpdump; do
+tools=(nginx wrk tcpdump)
+[[ "$TLS" == 1 ]] && tools+=(openssl)
+for tool in "${tools[@]}"; do
     command -v "$tool" >/dev/null || { echo "missing required tool: $tool" >&2; exit 1; }
 done
 
@@ -154,7 +165,14 @@ free_port() {
     done
     echo "no free port found" >&2; return 1
 }
-PORT="$(free_port)"
+if [[ "$TLS" == 1 ]]; then
+    # 443: tshark dissects it as TLS by default (on another port it would need
+    # "-d tcp.port==P,tls", and the bench's tshark command is the same for every capture)
+    [[ -z "$(ss -Htan "sport = :443")" ]] || { echo "127.0.0.1:443 is in use: --tls needs it" >&2; exit 1; }
+    PORT=443
+else
+    PORT="$(free_port)"
+fi
 
 # --------------------------------------------------------- static content ---
 # Sizes chosen so responses range from one small segment to several 64 KiB lo
@@ -170,6 +188,20 @@ make_text s2k.html    2048
 make_text s16k.json   16384
 head -c 65536  /dev/urandom > "$WORK/www/s64k.bin"
 head -c 262144 /dev/urandom > "$WORK/www/s256k.bin"
+
+# ------------------------------------------------------------ TLS material ---
+LISTEN="listen 127.0.0.1:$PORT backlog=4096;"
+if [[ "$TLS" == 1 ]]; then
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+        -subj /CN=localhost -keyout "$WORK/key.pem" -out "$WORK/cert.pem" 2> "$WORK/openssl.err" \
+        || { cat "$WORK/openssl.err" >&2; echo "openssl could not make a certificate" >&2; exit 1; }
+    # (no session cache or tickets: wrk does not resume sessions, each connection is a
+    # full handshake, as a fleet of new clients' would be)
+    LISTEN="listen 127.0.0.1:$PORT ssl backlog=4096;
+        ssl_certificate $WORK/cert.pem;
+        ssl_certificate_key $WORK/key.pem;
+        ssl_protocols TLSv1.2 TLSv1.3;"
+fi
 
 # ------------------------------------------------------------ nginx config ---
 # Temp paths default to /var/lib/nginx (may not exist / is shared); point them
@@ -206,7 +238,7 @@ $TEMP_PATHS
     default_type application/octet-stream;
 
     server {
-        listen 127.0.0.1:$PORT backlog=4096;
+        $LISTEN
         server_name localhost;
         root $WORK/www;
         location / { }
@@ -243,7 +275,7 @@ log "work dir $WORK; nginx on 127.0.0.1:$PORT; target $TARGET packets -> $OUT"
 nginx -e "$WORK/error.log" -p "$WORK" -c "$WORK/nginx.conf" &
 NGINX_PID=$!
 
-# Wait until nginx answers (bash /dev/tcp: no extra tools needed).
+# Wait until nginx listens (bash /dev/tcp: no extra tools needed).
 for i in $(seq 50); do
     if (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then break; fi
     kill -0 "$NGINX_PID" 2>/dev/null || { cat "$WORK/error.log" >&2; echo "nginx failed to start" >&2; exit 1; }
@@ -273,7 +305,8 @@ captured_so_far() {
 # Alternate modes so both kinds of traffic are spread through the capture:
 #   close:     1 request per connection -> SYN/FIN handshakes, port churn
 #   keepalive: long connections, many requests each
-URL="http://127.0.0.1:$PORT/"
+SCHEME=http; [[ "$TLS" == 1 ]] && SCHEME=https
+URL="$SCHEME://127.0.0.1:$PORT/"
 T0=$SECONDS
 round=0 total_reqs=0 total_errs=0
 while kill -0 "$TCPDUMP_PID" 2>/dev/null; do

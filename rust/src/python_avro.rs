@@ -265,6 +265,19 @@ impl PyAvroWriter {
         })
     }
 
+    /// The encoding of `record` in two parts, without its bytes field `field`'s value:
+    /// `(head, tail)`, the encoding being `head + record[field] + tail` (the prefix
+    /// included). For a writer that sends the three as they are (`os.writev`): a packet
+    /// batch's payloads are never copied into its message.
+    fn split<'py>(&self, record: &Bound<'py, PyAny>, field: &str) -> PyResult<(Bound<'py, PyBytes>, Bound<'py, PyBytes>)> {
+        let py = record.py();
+        let mut out = self.prefix.clone();
+        let datum = PyDatum { obj: record.clone(), names: &self.names };
+        let at = self.writer.encode_split(&datum, field, &mut out).map_err(|e| to_pyerr(py, self.writer.name(), e))?;
+        let (head, tail) = out.split_at(at);
+        Ok((PyBytes::new(py, head), PyBytes::new(py, tail)))
+    }
+
     /// The schema's (root record's) name.
     #[getter]
     fn name(&self) -> &str {
@@ -288,7 +301,15 @@ struct PyBuild<'a, 'py> {
     py: Python<'py>,
     names: &'a [Py<PyString>],
     strings: &'a mut StringCache,
+    /// `AvroReader.views`: the message read, as a memoryview, and where its bytes start;
+    /// a bytes value of at least [`VIEW_MIN`] bytes is a slice of it, not a copy
+    source: Option<(Bound<'py, PyAny>, usize, usize)>,
 }
+
+/// The smallest bytes value `AvroReader.views` gives as a view: a smaller one is copied
+/// (a memoryview costs more than copying a few bytes, and small values, a tunnel table,
+/// are read as `bytes` by Python code)
+const VIEW_MIN: usize = 4096;
 
 /// Short strings a reader has made, to be given again (one more reference) when the same
 /// text comes again, rather than made anew. A collector holding tens of thousands of
@@ -383,6 +404,14 @@ impl<'py> Build for PyBuild<'_, 'py> {
     }
 
     fn bytes(&mut self, b: &[u8]) -> PyResult<Obj<'py>> {
+        if let Some((view, base, len)) = &self.source {
+            // (b is a slice of the message's bytes: its offset in them)
+            let start = (b.as_ptr() as usize).wrapping_sub(*base);
+            if b.len() >= VIEW_MIN && start.checked_add(b.len()).is_some_and(|end| end <= *len) {
+                let slice = pyo3::types::PySlice::new(self.py, start as isize, (start + b.len()) as isize, 1);
+                return view.get_item(slice);
+            }
+        }
         Ok(PyBytes::new(self.py, b).into_any())
     }
 
@@ -436,6 +465,15 @@ pub struct PyAvroReader {
     strings: Mutex<StringCache>,
 }
 
+impl PyAvroReader {
+    fn read<'py>(&self, data: &[u8], offset: usize, build: &mut PyBuild<'_, 'py>) -> PyResult<Bound<'py, PyAny>> {
+        self.reader.read(data, offset, build).map_err(|e| match e {
+            ReadError::Malformed { .. } => PyValueError::new_err(format!("{}: {e}", self.reader.schema().name())),
+            ReadError::Source(err) => err,
+        })
+    }
+}
+
 #[pymethods]
 impl PyAvroReader {
     #[new]
@@ -464,11 +502,27 @@ impl PyAvroReader {
             Some(cache) => cache,
             None => &mut spare,
         };
-        let mut build = PyBuild { py, names: &self.names, strings };
-        self.reader.read(data, offset, &mut build).map_err(|e| match e {
-            ReadError::Malformed { .. } => PyValueError::new_err(format!("{}: {e}", self.reader.schema().name())),
-            ReadError::Source(err) => err,
-        })
+        let mut build = PyBuild { py, names: &self.names, strings, source: None };
+        self.read(data, offset, &mut build)
+    }
+
+    /// `views(data, offset=0) -> record`: as a call, except that a bytes value of 4 KiB
+    /// or more is a `memoryview` of `data` (read-only, holding `data`), not a copy: a
+    /// packet batch's payloads go to the core as they came in the message.
+    #[pyo3(signature = (data, offset = 0))]
+    fn views<'py>(&self, data: &Bound<'py, PyBytes>, offset: i64) -> PyResult<Bound<'py, PyAny>> {
+        let py = data.py();
+        let Ok(offset) = usize::try_from(offset) else {
+            return Err(PyValueError::new_err(format!("negative offset {offset}")));
+        };
+        let bytes = data.as_bytes();
+        let view = pyo3::types::PyMemoryView::from(data.as_any())?.into_any();
+        let mut spare = StringCache::default();
+        let mut build = PyBuild {
+            py, names: &self.names, strings: &mut spare,
+            source: Some((view, bytes.as_ptr() as usize, bytes.len())),
+        };
+        self.read(bytes, offset, &mut build)
     }
 
     /// `json_line(data, offset=0) -> bytes`: the body's record as its JSON line, newline
