@@ -118,7 +118,8 @@ class PacketPipeline:
     def handle(self, partition: int, value: bytes | None) -> None:
         """Process one ``wire.packets`` message. Counts bad input; raises only ``RegistryError``."""
         try:
-            batch = self.codec.decode(value)
+            # (the headers and payloads as views of the message: not copied out of it)
+            batch = self.codec.decode_views(value)
             headers, payloads = decode_batch(batch)
         except (DecodeError, ValueError) as exc:
             self._drop(partition, "malformed_batch")
@@ -129,7 +130,7 @@ class PacketPipeline:
             self._drop(partition, "other_source")
             return
         engine = self._engine(source_id, partition)
-        engine.feed(headers, payloads, batch["count"], batch.get("tunnel_of", b""), batch.get("tunnel_paths", b""))
+        engine.feed(headers, payloads, batch["count"], batch.get("tunnel_of", b""), bytes(batch.get("tunnel_paths", b"")))
         router = self.plaintext_routers.get(partition)
         if router is not None and router.pending:  # plaintext that came before its connection's packets
             router.retry(self.partition_engines(partition))

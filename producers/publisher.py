@@ -107,23 +107,29 @@ class PacketBatchPublisher:
     def _send(self, part: int, count: int, headers: bytes, payloads: bytes, end_of_input: bool = False,
               tunnel_of: bytes = b"", tunnel_paths: bytes = b"") -> None:
         sequence = self._sequence[part]
-        value = self._encode(
-            {
-                "source_id": self.source_id,
-                "source_name": self.source_name,
-                "sequence": sequence,
-                "layout_version": LAYOUT_VERSION,
-                "count": count,
-                "packets": headers,
-                "payloads": payloads,
-                "end_of_input": end_of_input,
-                "batches_before": sequence,
-                "socket_events": self.socket_events,
-                "tunnel_of": tunnel_of,
-                "tunnel_paths": tunnel_paths,
-            }
-        )
-        self._produce(PACKETS, value, part)
+        record = {
+            "source_id": self.source_id,
+            "source_name": self.source_name,
+            "sequence": sequence,
+            "layout_version": LAYOUT_VERSION,
+            "count": count,
+            "packets": headers,
+            "payloads": payloads,
+            "end_of_input": end_of_input,
+            "batches_before": sequence,
+            "socket_events": self.socket_events,
+            "tunnel_of": tunnel_of,
+            "tunnel_paths": tunnel_paths,
+        }
+        split = getattr(self._encode, "split", None)  # (the compiled writer's)
+        if self.pipes is not None and split is not None:
+            # by pipe, the payloads are written from their own buffer: the message is its
+            # encoding's head, the payloads, its tail (no copy of them into the message)
+            head, tail = split(record, "payloads")
+            self.pipes.send(part, head, payloads, tail)
+            self.messages += 1
+        else:
+            self._produce(PACKETS, self._encode(record), part)
         if not end_of_input:
             self._sequence[part] = sequence + 1
 

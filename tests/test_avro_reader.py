@@ -17,7 +17,7 @@ from wirestream.schemas import schema_text
 from wirestream.avro_reader import compile_reader
 from wirestream.avro_writer import UnsupportedSchema, compile_writer, zigzag
 from wirestream.codec import make_reader
-from wirestream.topics import CONNECTIONS, DNS, STATS, TLS, TOPIC_SCHEMAS, TRANSACTIONS
+from wirestream.topics import CONNECTIONS, DNS, PACKETS, STATS, TLS, TOPIC_SCHEMAS, TRANSACTIONS
 
 CAPTURES = [DATA / "chrissanders/http_espn.pcapng", DATA / "chrissanders/dns_tcp.pcapng",
             DATA / "chrissanders/http_dvwa_clearlogin.pcapng", DATA / "zeek-tls/hrr.pcap",
@@ -253,3 +253,24 @@ def test_a_reader_stays_right_past_its_string_cache_bound() -> None:
         ip = f"10.{i >> 16}.{(i >> 8) & 255}.{i & 255}"
         assert read(_strings_body(ip, i & 1, {f"h{i % 300}": str(i)})) == {
             "ip": ip, "state": ["open", "closed"][i & 1], "headers": {f"h{i % 300}": str(i)}}
+
+
+def test_views_give_big_bytes_as_slices_of_the_message() -> None:
+    """``views`` (a packet worker's batch): a bytes value of 4 KiB or more is a read-only
+    memoryview of the message itself, not a copy; a smaller one is ``bytes``; the record
+    is the one a call gives."""
+    schema = json.loads(schema_text(TOPIC_SCHEMAS[PACKETS]))
+    payloads = bytes(range(256)) * 40  # 10,240 bytes
+    record = {"source_id": "s", "source_name": "", "sequence": 7, "layout_version": 1, "count": 1,
+              "packets": b"\x05" * 100, "payloads": payloads, "end_of_input": False, "batches_before": 7,
+              "socket_events": False, "tunnel_of": b"", "tunnel_paths": b""}
+    message = compile_writer(schema, b"HDR")(record)
+    read = compile_reader(schema)
+    got = read.views(message, 3)
+    assert got == read(message, 3) == record
+    view = got["payloads"]
+    assert isinstance(view, memoryview) and view.readonly and view.obj is message
+    assert bytes(view) == payloads
+    assert type(got["packets"]) is bytes
+    with pytest.raises(ValueError):
+        read.views(message[:-50], 3)  # cut inside the payloads: malformed, not a short view

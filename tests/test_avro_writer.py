@@ -14,7 +14,7 @@ from local_pipeline import local_l7
 from wirestream.schemas import schema_text
 
 from wirestream.avro_writer import UnsupportedSchema, compile_writer, zigzag
-from wirestream.topics import CONNECTIONS, DNS, STATS, TLS, TOPIC_SCHEMAS, TRANSACTIONS
+from wirestream.topics import CONNECTIONS, DNS, PACKETS, STATS, TLS, TOPIC_SCHEMAS, TRANSACTIONS
 
 CAPTURES = [DATA / "chrissanders/http_espn.pcapng", DATA / "chrissanders/dns_tcp.pcapng",
             DATA / "chrissanders/http_dvwa_clearlogin.pcapng", DATA / "zeek-tls/hrr.pcap",
@@ -146,3 +146,26 @@ def test_values_that_do_not_fit_name_their_path(record: object, error: type, pat
 def test_more_schemas_outside_the_subset_are_refused(schema: object) -> None:
     with pytest.raises(UnsupportedSchema):
         compile_writer(schema)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("payloads", [b"", b"x", bytes(range(256)) * 700])
+def test_a_batch_split_around_its_payloads_is_its_encoding(payloads: bytes) -> None:
+    """``split`` (the packet pipe's gathered write): head + payloads + tail is the
+    encoding, the payloads themselves in neither part; defaults still fill a missing field."""
+    schema = json.loads(schema_text(TOPIC_SCHEMAS[PACKETS]))
+    write = compile_writer(schema, b"HDR")
+    record = {"source_id": "s", "source_name": "n", "sequence": 300, "layout_version": 1, "count": 2,
+              "packets": b"\x01" * 128, "payloads": payloads, "end_of_input": False, "batches_before": 300,
+              "socket_events": True, "tunnel_of": b"", "tunnel_paths": b"\x02\x03"}
+    head, tail = write.split(record, "payloads")
+    assert head + payloads + tail == write(record) == b"HDR" + fastavro_bytes(schema, record)
+    assert len(head) + len(tail) < 200
+    del record["tunnel_paths"]  # (default "")
+    head, tail = write.split(record, "payloads")
+    assert head + payloads + tail == write(record) == b"HDR" + fastavro_bytes(schema, {**record, "tunnel_paths": b""})
+    with pytest.raises(ValueError, match='no bytes field "source_id"'):
+        write.split(record, "source_id")  # (a string)
+    with pytest.raises(TypeError, match="PacketBatch.payloads: expected bytes"):
+        write.split({**record, "payloads": None}, "payloads")
+    with pytest.raises(ValueError, match="PacketBatch.payloads: missing"):
+        write.split({k: v for k, v in record.items() if k != "payloads"}, "payloads")

@@ -264,6 +264,13 @@ class AvroCodec:
         """Decode one Confluent-framed Avro message. Raises :class:`DecodeError` if malformed."""
         return self._decode(data, None)
 
+    def decode_views(self, data: bytes | None) -> dict[str, Any]:
+        """:meth:`decode`, with each bytes value of 4 KiB or more a read-only
+        ``memoryview`` of ``data`` rather than a copy of its bytes (the compiled reader's
+        ``views``): a packet batch's headers and payloads go to the core as they came in
+        the message. Raises :class:`DecodeError` if malformed."""
+        return self._read(data, None, views=True)  # type: ignore[no-any-return]
+
     def decoder(self, fields: frozenset[str] | None = None) -> Callable[[bytes | None], dict[str, Any]]:
         """``decode`` that builds only ``fields`` of a record (those the record has): the
         others are skipped in the body, never made into objects. For a reader that needs a
@@ -295,12 +302,16 @@ class AvroCodec:
     def _decode(self, data: bytes | None, fields: frozenset[str] | None) -> dict[str, Any]:
         return self._read(data, fields)  # type: ignore[return-value]
 
-    def _read(self, data: bytes | None, fields: frozenset[str] | None, json_line: bool = False) -> Any:
-        """The record of a Confluent-framed message (``fields`` only, if given), or its
-        JSON line; :class:`DecodeError` when the framing or the body is malformed."""
+    def _read(self, data: bytes | None, fields: frozenset[str] | None, json_line: bool = False,
+              views: bool = False) -> Any:
+        """The record of a Confluent-framed message (``fields`` only, if given; big bytes
+        values as views of ``data`` if ``views`` and the reader can), or its JSON line;
+        :class:`DecodeError` when the framing or the body is malformed."""
         reader = self._framed(data, fields)
         body = data if type(data) is bytes else bytes(data)
         try:
+            if views and (read_views := getattr(reader, "views", None)) is not None:
+                return read_views(body, _HEADER.size)
             if not json_line:
                 return reader(body, _HEADER.size)
             line = getattr(reader, "json_line", None)

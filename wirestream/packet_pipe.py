@@ -125,11 +125,14 @@ class PacketPipes:
             os.set_blocking(fd, False)
             enlarge(fd)
 
-    def send(self, partition: int, value: bytes) -> None:
-        """Write one message of ``partition`` (waits while its worker's pipe is full).
-        Raises :class:`WorkerGone` when the worker (or, ``alive`` says, the run) is gone."""
+    def send(self, partition: int, *parts: bytes | memoryview) -> None:
+        """Write one message of ``partition``, its value ``parts`` back to back (one gathered
+        write: a packet batch's payloads are written from their own buffer, not copied into
+        the message first); waits while the worker's pipe is full. Raises
+        :class:`WorkerGone` when the worker (or, ``alive`` says, the run) is gone."""
         fd = self._fds[partition]
-        views = [memoryview(FRAME.pack(partition, len(value))), memoryview(value)]
+        views = [memoryview(part).cast("B") for part in parts]
+        views.insert(0, memoryview(FRAME.pack(partition, sum(len(v) for v in views))))
         done = 0
         while done < len(views):
             if self._stopped is not None:

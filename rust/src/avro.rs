@@ -478,6 +478,57 @@ impl Writer {
         self.node(self.root, datum, out, 0)
     }
 
+    /// [`encode`](Self::encode), except that the bytes of the root record's field `name`
+    /// (a `bytes` field) are left out: only their length is written, and the returned
+    /// offset of `out` is where they belong. The encoding is `out[..at]`, the field's
+    /// bytes, `out[at..]`: a writer that sends the three as they are (a gathered write)
+    /// never copies a big field (a packet batch's payloads) into the encoding.
+    pub fn encode_split<D: Datum>(&self, datum: &D, name: &str, out: &mut Vec<u8>) -> Result<usize, EncodeError<D::Error>> {
+        let Some(Node::Record { fields }) = self.nodes.get(self.root) else {
+            return Err(Fault::Value("the schema's root is not a record".into()).into());
+        };
+        let mut at = None;
+        for f in fields {
+            if f.name == name && self.nodes.get(f.node) == Some(&Node::Bytes) {
+                let value = self.value_of(f, datum)?;
+                let Some(v) = value else {
+                    return Err(EncodeError::from(Fault::Value("missing (it is sent beside)".into())).at(Step::Field(f.name.clone())));
+                };
+                let len: Result<(), EncodeError<D::Error>> = v.with_bytes(|b| write_len(out, b.len())).and_then(|r| r).map_err(Into::into);
+                len.map_err(|e| e.at(Step::Field(f.name.clone())))?;
+                at = Some(out.len());
+            } else {
+                self.field(f, datum, out, 1)?;
+            }
+        }
+        at.ok_or_else(|| Fault::Value(format!("no bytes field {name:?} at the top of the record")).into())
+    }
+
+    /// The value of field `f` of record `d` (None: the record lacks it).
+    fn value_of<D: Datum>(&self, f: &Field, d: &D) -> Result<Option<D>, EncodeError<D::Error>> {
+        match d.field(f.id, &f.name) {
+            Ok(v) => Ok(v),
+            // not a record at all: the record's error, not its field's
+            Err(fault @ Fault::Type(_)) => Err(fault.into()),
+            Err(fault) => Err(EncodeError::from(fault).at(Step::Field(f.name.clone()))),
+        }
+    }
+
+    /// Field `f` of record `d`: its value's encoding, or its default's.
+    fn field<D: Datum>(&self, f: &Field, d: &D, out: &mut Vec<u8>, depth: usize) -> Result<(), EncodeError<D::Error>> {
+        match self.value_of(f, d)? {
+            Some(v) => self.node(f.node, &v, out, depth),
+            None => match &f.default {
+                Some(bytes) => {
+                    out.extend_from_slice(bytes);
+                    Ok(())
+                }
+                None => Err(Fault::Value("missing (and the schema gives no default)".into()).into()),
+            },
+        }
+        .map_err(|e| e.at(Step::Field(f.name.clone())))
+    }
+
     fn node<D: Datum>(&self, id: NodeId, d: &D, out: &mut Vec<u8>, depth: usize) -> Result<(), EncodeError<D::Error>> {
         let Some(node) = self.nodes.get(id) else {
             return Err(Fault::Value(format!("schema node {id} missing")).into());
@@ -529,23 +580,7 @@ impl Writer {
                     return Err(Fault::Value(format!("nested deeper than {MAX_DEPTH} levels")).into());
                 }
                 for f in fields {
-                    let value = match d.field(f.id, &f.name) {
-                        Ok(v) => v,
-                        // not a record at all: the record's error, not its field's
-                        Err(fault @ Fault::Type(_)) => return Err(fault.into()),
-                        Err(fault) => return Err(EncodeError::from(fault).at(Step::Field(f.name.clone()))),
-                    };
-                    match value {
-                        Some(v) => self.node(f.node, &v, out, depth + 1),
-                        None => match &f.default {
-                            Some(bytes) => {
-                                out.extend_from_slice(bytes);
-                                Ok(())
-                            }
-                            None => Err(Fault::Value("missing (and the schema gives no default)".into()).into()),
-                        },
-                    }
-                    .map_err(|e| e.at(Step::Field(f.name.clone())))?;
+                    self.field(f, d, out, depth + 1)?;
                 }
             }
             Node::Array(items) => {
@@ -723,6 +758,24 @@ mod tests {
         assert_eq!(enc(json!("string"), json!("hé")).unwrap(), b"\x06h\xc3\xa9");
         assert_eq!(enc(json!("bytes"), json!("\u{00ff}a")).unwrap(), b"\x04\xffa");
         assert!(enc(json!("float"), json!(1e300)).is_err());
+    }
+
+    #[test]
+    fn split_leaves_a_bytes_field_out_of_the_encoding() {
+        let schema = json!({"type": "record", "name": "B", "fields": [
+            {"name": "a", "type": "long"}, {"name": "p", "type": "bytes"},
+            {"name": "z", "type": "string", "default": "d"}]});
+        let w = Writer::new(&schema).unwrap();
+        let datum = json!({"a": 3, "p": "payload"});
+        let mut whole = Vec::new();
+        w.encode(&datum, &mut whole).unwrap();
+        let mut out = Vec::new();
+        let at = w.encode_split(&datum, "p", &mut out).unwrap();
+        assert_eq!([&out[..at], b"payload", &out[at..]].concat(), whole);
+        assert_eq!(out.len(), whole.len() - 7);
+        assert!(w.encode_split(&datum, "a", &mut Vec::new()).is_err()); // not a bytes field
+        assert!(w.encode_split(&datum, "q", &mut Vec::new()).is_err()); // no such field
+        assert!(w.encode_split(&json!({"a": 3}), "p", &mut Vec::new()).is_err()); // missing
     }
 
     #[test]
