@@ -321,7 +321,7 @@ def test_ports_come_from_the_kernel_when_the_ephemeral_range_leaves_no_room(monk
 def test_a_failed_run_keeps_its_work_directory_only_when_it_holds_logs(tmp_path, monkeypatch) -> None:
     """The work directory of a failed run is kept for its logs, which the error points
     to; one that failed before anything wrote there is removed (empty folders piled up in
-    /tmp), and one that did not fail is removed either way."""
+    /tmp), and one that did not fail, or was interrupted, is removed either way."""
     import tempfile
 
     from wirestream.config import Settings
@@ -339,4 +339,8 @@ def test_a_failed_run_keeps_its_work_directory_only_when_it_holds_logs(tmp_path,
     kept = rt.workdir
     with Runtime(settings, autostart=False) as rt:
         (rt.workdir / "worker-0.log").write_text("fine")
+    assert list(tmp_path.iterdir()) == [kept]
+    with pytest.raises(KeyboardInterrupt), Runtime(settings, autostart=False) as rt:
+        (rt.workdir / "worker-0.log").write_text("interrupted: no error message points here")
+        raise KeyboardInterrupt
     assert list(tmp_path.iterdir()) == [kept]

@@ -74,12 +74,14 @@ class Runtime:
                 raise
         return self
 
-    def __exit__(self, exc_type: object, *exc: object) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
         self.stop()
         # The work directory holds the broker's and the workers' logs: kept when the run
-        # failed (error messages point there) and there is a log to read, removed otherwise
-        # (a run that failed before starting anything left an empty folder in /tmp).
-        if exc_type is None or not any(self.workdir.iterdir()):
+        # failed (error messages point there) and there is a log to read, removed otherwise:
+        # a run that failed before starting anything left an empty folder in /tmp, and an
+        # interrupted one (Ctrl-C, SIGTERM: no error points anywhere) a folder of logs.
+        failed = exc_type is not None and not issubclass(exc_type, KeyboardInterrupt)
+        if not failed or not any(self.workdir.iterdir()):
             shutil.rmtree(self.workdir, ignore_errors=True)
 
     def launch(self) -> None:
