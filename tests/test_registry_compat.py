@@ -99,3 +99,30 @@ def test_a_client_that_resets_its_connection_leaves_no_traceback(capfd) -> None:
         time.sleep(0.3)
         assert httpx.get(f"{registry.url}/subjects").status_code == 200  # still serving
     assert "Traceback" not in capfd.readouterr().err
+
+
+def test_stop_ends_the_registry_at_once() -> None:
+    """``stop`` wakes the serving thread rather than waiting for its next poll (which
+    every ``analyze`` waited for: up to 50 ms); the port is closed after it, a second
+    stop is harmless, and a registry never started stops too."""
+    import statistics
+    import time
+    import urllib.error
+    import urllib.request
+
+    import pytest
+
+    from wirestream.registry import EmbeddedSchemaRegistry
+
+    took = []
+    for _ in range(5):
+        registry = EmbeddedSchemaRegistry().start()
+        assert urllib.request.urlopen(registry.url + "/subjects", timeout=5).read() == b"[]"
+        started = time.monotonic()
+        registry.stop()
+        took.append(time.monotonic() - started)
+        registry.stop()
+        with pytest.raises(urllib.error.URLError):
+            urllib.request.urlopen(registry.url + "/subjects", timeout=2)
+    assert statistics.median(took) < 0.01, took
+    EmbeddedSchemaRegistry().stop()

@@ -32,7 +32,9 @@ import base64
 import binascii
 import hmac
 import json
+import os
 import re
+import selectors
 import ssl
 import sys
 import threading
@@ -362,6 +364,35 @@ class _RegistryHTTPServer(ThreadingHTTPServer):
         finally:
             tls.close()
 
+    def serve_until_woken(self) -> None:
+        """``serve_forever``, but stopped at once by :meth:`wake`: ``shutdown`` waits for
+        the loop's next poll, up to its interval, and every ``analyze`` waited for it
+        (30-50 ms of a small capture's 0.5 s)."""
+        with selectors.DefaultSelector() as selector:
+            selector.register(self, selectors.EVENT_READ)
+            selector.register(self._wake_read, selectors.EVENT_READ)
+            while True:
+                ready = selector.select()
+                if any(key.fd == self._wake_read for key, _ in ready):
+                    return
+                self._handle_request_noblock()
+
+    def server_activate(self) -> None:
+        super().server_activate()
+        self._wake_read, self._wake_write = os.pipe()
+
+    def wake(self) -> None:
+        """End :meth:`serve_until_woken` (from another thread)."""
+        os.write(self._wake_write, b"\0")
+
+    def server_close(self) -> None:
+        super().server_close()
+        # once: a second close of the same numbers could close another file's
+        fds, self._wake_read, self._wake_write = (self._wake_read, self._wake_write), -1, -1
+        for fd in fds:
+            if fd >= 0:
+                os.close(fd)
+
     def handle_error(self, request: Any, client_address: Any) -> None:
         """A client that goes away mid-connection (a worker stopped or killed while its
         keep-alive connection is open) is normal, not a traceback on the console; so is a
@@ -417,15 +448,14 @@ class EmbeddedSchemaRegistry:
 
     def start(self) -> EmbeddedSchemaRegistry:
         if self._thread is None:
-            self._thread = threading.Thread(
-                target=self._server.serve_forever, args=(0.05,), name="schema-registry", daemon=True
-            )
+            self._thread = threading.Thread(target=self._server.serve_until_woken, name="schema-registry",
+                                            daemon=True)
             self._thread.start()
         return self
 
     def stop(self) -> None:
         if self._thread is not None:
-            self._server.shutdown()
+            self._server.wake()
             self._thread.join(timeout=5)
             self._thread = None
         self._server.server_close()
