@@ -270,6 +270,23 @@ def test_advance_waits_for_lateness_and_late_parent() -> None:
     assert len(chains) == 1 and chains[0]["hop_count"] == 2 and len(b) == 0
 
 
+def test_requests_alone_leave_when_ready_and_are_chains_with_min_hops_1() -> None:
+    """A request that called nothing and was called by nothing is let go (and counted)
+    once it is older than the lateness, not before; with ``min_hops=1`` it is a chain of
+    one hop, in request order."""
+    b = ChainBuilder(lateness_us=1_000_000)
+    early, late = txn("10.0.0.9", "10.0.0.1:80", 0, 10), txn("10.0.0.9", "10.0.0.1:80", 500, 510)
+    b.add(late)
+    b.add(early)
+    assert b.advance(1_020_000) == [] and len(b) == 1 and b.counters["single_transactions"] == 1
+    assert b.flush() == [] and len(b) == 0 and b.counters["single_transactions"] == 2
+    b = ChainBuilder(lateness_us=1_000_000, min_hops=1)
+    b.add(late)
+    b.add(early)
+    assert [c["root_id"] for c in b.advance(1_020_000)] == [transaction_id(early)]
+    assert [c["root_id"] for c in b.flush()] == [transaction_id(late)] and "single_transactions" not in b.counters
+
+
 def test_eviction_is_bounded_and_counted() -> None:
     b = ChainBuilder(max_held=3)
     recs = [txn("10.0.0.9", "10.0.0.1:80", i * 10, i * 10 + 5) for i in range(5)]
