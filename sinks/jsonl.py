@@ -32,7 +32,7 @@ from wirestream._core import AvroReader, JsonLinesFiles, json_text
 from wirestream.schemas import schema_text
 
 from wirestream.errors import DecodeError
-from wirestream.topics import OUTPUT_TOPICS, TOPIC_SCHEMAS
+from wirestream.topics import DERIVED_TOPICS, OUTPUT_TOPICS, TOPIC_SCHEMAS
 
 if TYPE_CHECKING:
     from wirestream.codec import AvroCodec
@@ -213,10 +213,13 @@ class JsonlWriter:
 
 
 def write_jsonl(out_dir: str | os.PathLike[str], records: dict[str, list[dict[str, Any]]]) -> list[Path]:
-    """Write one file per output topic (empty topics give empty files); return the paths."""
-    writer = JsonlWriter(out_dir)
+    """Write one file per output topic (empty topics give empty files), and one per
+    derived topic ``records`` has (``wire.call-chains``: a run that linked its chains);
+    return the paths."""
+    topics = (*OUTPUT_TOPICS, *(t for t in DERIVED_TOPICS if t in records))
+    writer = JsonlWriter(out_dir, topics)
     try:
-        for topic in OUTPUT_TOPICS:
+        for topic in topics:
             write = writer.write
             for rec in records.get(topic, []):
                 write(topic, rec)

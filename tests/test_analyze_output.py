@@ -212,7 +212,9 @@ def test_analyze_streams_the_lines_and_keeps_the_summary_fields(broker, registry
     streamed = analyze([capture], settings, workers=1, jsonl_dir=tmp_path / "out", fields=console.SUMMARY_FIELDS)
     plain = analyze([capture], settings, workers=1)
     assert streamed.jsonl_dir == str(tmp_path / "out") and plain.jsonl_dir is None
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(f"{t}.jsonl" for t in OUTPUT_TOPICS)
+    # (the run's call chains too: analyze builds them by default)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(
+        f"{t}.jsonl" for t in (*OUTPUT_TOPICS, "wire.call-chains"))
     for topic in (CONNECTIONS, TRANSACTIONS, "wire.dns"):
         lines = (tmp_path / "out" / f"{topic}.jsonl").read_bytes().splitlines(keepends=True)
         assert lines and all(stdlib_line(json.loads(line)) == line for line in lines)

@@ -756,12 +756,14 @@ def test_three_tier_chain_without_headers_linked_by_pid_in_live_capture(tmp_path
 
 @needs(_tcpdump_missing())
 def test_analyze_prints_chains_and_can_skip_them(tmp_path: Path) -> None:
-    """``analyze --chains`` prints each chain as a tree after the summary; ``--no-chains``
-    builds none."""
+    """``analyze --chains`` prints each chain as a tree after the summary, and ``--out``
+    writes them to ``wire.call-chains.jsonl``; ``--no-chains`` builds none (and writes no
+    such file)."""
     pcap = tmp_path / "w3c.pcap"
     _record_chain(pcap, "w3c", 2, concurrent=False)
     cmd = [sys.executable, "-m", "wirestream", "analyze", str(pcap), "--no-progress"]
-    proc = subprocess.run([*cmd, "--chains"], capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+    proc = subprocess.run([*cmd, "--chains", "--out", str(tmp_path / "out")], capture_output=True, text=True,
+                          timeout=300, stdin=subprocess.DEVNULL)
     assert proc.returncode == 0, proc.stderr[-3000:]
     tail = proc.stdout.split("\nCall chains: ", 1)[1].splitlines()
     assert tail[0] == "2" and len(tail) == 1 + 2 * 4, tail
@@ -769,8 +771,14 @@ def test_analyze_prints_chains_and_can_skip_them(tmp_path: Path) -> None:
         assert tail[first].startswith("chain ") and "3 hops" in tail[first]
         assert "/frontend?n=" in tail[first + 1] and tail[first + 2].startswith("  └─ GET 127.0.0.1:")
         assert "/backend?n=" in tail[first + 3] and "[trace" in tail[first + 3]  # W3C: 2 candidates
-    proc = subprocess.run([*cmd, "--no-chains", "--json"], capture_output=True, text=True, timeout=300,
-                          stdin=subprocess.DEVNULL)
+    written = [json.loads(line) for line in (tmp_path / "out" / f"{CALL_CHAINS}.jsonl").read_text().splitlines()]
+    assert [chain_tree_lines(c) for c in written] == [tail[1:5], tail[5:9]]
+    transactions = [json.loads(line) for line in (tmp_path / "out" / f"{TRANSACTIONS}.jsonl").read_text().splitlines()]
+    assert len(transactions) == 6 and sorted(h["transaction_id"] for c in written for h in c["hops"]) == sorted(
+        transaction_id(t) for t in transactions)
+    proc = subprocess.run([*cmd, "--no-chains", "--json", "--out", str(tmp_path / "plain")], capture_output=True,
+                          text=True, timeout=300, stdin=subprocess.DEVNULL)
     assert proc.returncode == 0, proc.stderr[-3000:]
     records = json.loads(proc.stdout)["records"]
     assert records[TRANSACTIONS] == 6 and CALL_CHAINS not in records
+    assert not (tmp_path / "plain" / f"{CALL_CHAINS}.jsonl").exists()

@@ -196,7 +196,7 @@ def run_pipeline(result: AnalyzeResult, settings: Settings, feed: Feeder, worker
         # opened first: a folder that cannot be written fails the run before it starts
         from wirestream.sinks.jsonl import JsonlWriter
 
-        writer = JsonlWriter(jsonl_dir)
+        writer = JsonlWriter(jsonl_dir, (*OUTPUT_TOPICS, CALL_CHAINS) if chains else OUTPUT_TOPICS)
     try:
         _run(result, settings, feed, workers, stall_timeout_s, keep_bodies, input_bytes, after_feed,
              writer, fields, chains, packets_by_pipe)
@@ -303,6 +303,9 @@ def _run(result: AnalyzeResult, settings: Settings, feed: Feeder, workers: int |
                 feeding.done.wait(5.0)
         if chains:
             result.records[CALL_CHAINS] = build_chains(builder, rt, run_id, result, chains_publisher)
+            if writer is not None:
+                for chain in result.records[CALL_CHAINS]:
+                    writer.write(CALL_CHAINS, chain)
             if fields is not None and CONNECTIONS in fields:
                 # (transactions were kept cut as they came: on_record) cut in place: the
                 # run's serial tail
