@@ -116,13 +116,15 @@ def _broker(children: dict[int, str]) -> list[int]:
     return [pid for pid, cmd in children.items() if "tansu" in cmd.split(" ", 1)[0]]
 
 
-def _workers(children: dict[int, str], role: str = "packets") -> list[int]:
-    return [pid for pid, cmd in children.items() if " process " in cmd and f"--role {role}" in cmd]
+def _workers(children: dict[int, str], roles: tuple[str, ...] = ("packets", "all")) -> list[int]:
+    """The packet workers (``--role all``: the one with the windows in a thread)."""
+    return [pid for pid, cmd in children.items()
+            if " process " in cmd and any(f"--role {role}" in cmd for role in roles)]
 
 
 def _running(children: dict[int, str]) -> bool:
-    """The broker and every worker (2 packet workers, 1 for the windows) are up."""
-    return len(_broker(children)) == 1 and len(_workers(children)) == 2 and len(_workers(children, "windows")) == 1
+    """The broker and every worker (2 packet workers, one of them with the windows) are up."""
+    return len(_broker(children)) == 1 and len(_workers(children)) == 2 and len(_workers(children, ("all",))) == 1
 
 
 def _analyze(tmp_path: Path) -> Command:

@@ -366,8 +366,12 @@ def _start_workers(rt: Runtime, run_id: str, settings: Settings, workers: int | 
     partitions (worker i: partitions i, i + n, ...), from the offsets in ``starts``
     (missing: the beginning).
 
-    One worker for a small input, with the windows in a thread of it; else one worker per
-    CPU (:func:`default_workers`) and the windows in a process of their own.
+    One worker for a small input, else one worker per CPU (:func:`default_workers`); the
+    windows in a thread of the last one, not in a process of their own: a process is
+    ~0.2 s of CPU to start and ~50 MB, more than the windows' own work on most captures
+    (measured, alternated, on the HTTPS bench capture: CPU 2.3-3.3 -> 2.1-2.4 s, wall
+    1.5-2.2 -> 1.4-1.6 s, peak 319-326 -> 268-273 MB; on the HTTP one the same wall within
+    noise, 455 -> 408 MB).
 
     ``packets_pipe``: the packet workers read their packet batches from their stdin;
     returned: partition -> the writing end of its worker's pipe (else empty); and every
@@ -384,22 +388,18 @@ def _start_workers(rt: Runtime, run_id: str, settings: Settings, workers: int | 
             {k: v for k, v in starts.items() if k[0] in (PACKETS, SOCKETS, DROPS, OBSERVATIONS)})]
     group = f"wirestream-analyze-{run_id}"  # names the workers' own reports; no group is joined
     windows_args = ["--assign-windows", ",".join(map(str, range(observation_partitions)))]
-    alone = workers == 1 and observation_partitions > 0
     pipes: dict[int, Any] = {}
     for i in range(workers):
         owned = range(i, partitions, workers)
         assign = ["--assign", ",".join(map(str, owned))]
-        if alone:
-            rt.start_workers(1, group, ["--role", "all", *assign, *windows_args, *common], static=True,
-                             packets_pipe=packets_pipe, records_pipe=packets_pipe)
+        if observation_partitions and i == workers - 1:
+            role = ["--role", "all", *assign, *windows_args]
         else:
-            rt.start_workers(1, group, ["--role", "packets", *assign, *common], static=True,
-                             packets_pipe=packets_pipe, records_pipe=packets_pipe)
+            role = ["--role", "packets", *assign]
+        rt.start_workers(1, group, [*role, *common], static=True, packets_pipe=packets_pipe,
+                         records_pipe=packets_pipe)
         if packets_pipe:
             pipes.update(dict.fromkeys(owned, rt.workers[-1].stdin))
-    if observation_partitions and not alone:
-        rt.start_workers(1, group, ["--role", "windows", *windows_args, *common], static=True,
-                         records_pipe=packets_pipe)
     return pipes
 
 
