@@ -291,7 +291,14 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         s.community_id_seed = args.community_id_seed
         s.tls_keylog = tls_keylog_path(args.tls_keylog)
     if hasattr(args, "window"):
-        window_options(args)  # a bad threshold fails here, before anything starts
+        # a bad threshold fails here, before anything starts (parsed alone: the windows'
+        # module imports numpy, ~0.1 s that analyze would spend before starting its workers)
+        from wirestream.processors.detections import Thresholds
+
+        try:
+            Thresholds.parse(args.alert_threshold)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
         s.window_s, s.lateness_s, s.alert_thresholds = args.window, args.lateness, args.alert_threshold
         s.windows = args.windows
     return s
