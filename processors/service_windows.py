@@ -52,9 +52,10 @@ Emit = Callable[[str, str | None, dict[str, Any]], None]
 
 #: digest size: 1000 centroids keep P99 within ~0.2 % on 100k lognormal values
 DIGEST_CENTROIDS = 1000
-#: values a window's digest takes in at once (PartitionDigest): a merge costs ~1 ms, and
-#: the values waiting are stored with the window (8 bytes each)
-PENDING_VALUES = 4 * DIGEST_CENTROIDS
+#: values a window's digest takes in at once (PartitionDigest): a merge costs ~0.4 ms
+#: (0.57 us a value at 1,000, 0.39 at 2,000), and the values waiting are stored with the
+#: window after every batch (8 bytes each: at most 16 KB a partition, beside its digest's 16)
+PENDING_VALUES = 2 * DIGEST_CENTROIDS
 #: per window, distinct recent (client, request) pairs followed for retry detection
 MAX_RETRY_KEYS = 20_000
 #: per window, the server pods (replicas) whose share is kept; more are counted together
@@ -362,14 +363,13 @@ def merge_digests(a: TDigest, b: TDigest) -> TDigest:
     different results, about a third of the time the other one (the percentiles of one
     capture's windows differed from run to run). ``from_values`` gave the same digest
     every time, weighted too; the quantiles are those of ``merge`` where it agrees."""
-    da, db = a.to_dict(), b.to_dict()
-    if not da["centroids"] or not db["centroids"]:
-        return TDigest.from_dict(db if not da["centroids"] else da)
-    centroids = da["centroids"] + db["centroids"]
-    d = TDigest.from_values([c["m"] for c in centroids], w=[c["c"] for c in centroids],
-                            max_centroids=max(da["max_centroids"], db["max_centroids"])).to_dict()
-    d.update(min=min(da["min"], db["min"]), max=max(da["max"], db["max"]), sum=da["sum"] + db["sum"],
-             n_values=da["n_values"] + db["n_values"])
+    ca, cb = a.centroids, b.centroids  # (mean, count) pairs
+    if not ca or not cb:
+        return TDigest.from_bytes((b if not ca else a).to_bytes())
+    d = TDigest.from_values([m for m, _ in ca] + [m for m, _ in cb], w=[c for _, c in ca] + [c for _, c in cb],
+                            max_centroids=max(a.max_centroids, b.max_centroids)).to_dict()
+    d.update(min=min(a.min(), b.min()), max=max(a.max(), b.max()), sum=a.sum() + b.sum(),
+             n_values=a.n_values + b.n_values)
     return TDigest.from_dict(d)
 
 

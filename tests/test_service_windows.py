@@ -108,7 +108,7 @@ def test_batches_a_restored_packet_worker_sends_again_count_once(
 def test_the_percentiles_do_not_depend_on_how_the_partitions_interleave() -> None:
     """Two packet partitions' observations of one busy service (6,000 requests each in one
     window: past a digest's 1,000 centroids, where a t-digest depends on the order of its
-    values, and past the 4,000 a partition's digest takes in at once) give the same windows whether the partitions' batches arrive one partition
+    values, and past the 2,000 a partition's digest takes in at once) give the same windows whether the partitions' batches arrive one partition
     after the other or alternating, as two workers happen to run (each partition's own
     batches in their order: Kafka keeps that). Two runs of one capture gave percentiles
     differing in the decimals before the digests were kept per partition."""
