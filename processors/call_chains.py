@@ -247,7 +247,6 @@ class ChainBuilder:
         conn_pids = self._conn_pids
         for t in held:
             t.parent, t.link, t.candidates, t.children = None, LINK_ROOT, 0, []
-            t.may_have_parent = True
             t.client_pid, t.client_process, t.server_pid, t.server_process = t.own_pids
             conn = conn_pids.get(t.connection_id) if conn_pids else None
             if conn is not None:
@@ -270,29 +269,35 @@ class ChainBuilder:
         # itself went to, when its client is on its server's address)
         pids = {k: _Bucket(v) for k, v in by_pid.items()}
         ips = {k: {port: _Bucket(v) for port, v in ports.items()} for k, ports in by_port.items()}
+        # each transaction's buckets, looked up once per client (and port skipped): few
+        asked: list[list[_Bucket]] = []
+        found: dict[tuple[Any, ...], list[_Bucket]] = {}
+        for t in held:
+            key = _buckets_key(t)
+            buckets = found.get(key)
+            if buckets is None:
+                buckets = found[key] = _buckets_of(key, pids, ips)
+            asked.append(buckets)
         # each bucket screens, all at once, those that look for an encloser in it
         asking: dict[int, tuple[_Bucket, list[_Txn]]] = {}
-        buckets_of: dict[tuple[Any, ...], list[_Bucket]] = {}  # (few distinct: by client and port)
-        for t in held:
+        for t, buckets in zip(held, asked, strict=True):
             t.may_have_parent = False  # (until one of its buckets may enclose it)
-            key = (t.source_id, t.client_pid, t.client_ip, t.server_port if t.client_ip == t.server_ip else None)
-            buckets = buckets_of.get(key)
-            if buckets is None:
-                buckets = buckets_of[key] = _buckets_of(t, pids, ips)
             for bucket in buckets:
                 asking.setdefault(id(bucket), (bucket, []))[1].append(t)
         for bucket, ts in asking.values():
             for t, may in zip(ts, bucket.screen(ts), strict=True):
                 if may:
                     t.may_have_parent = True
-        for t in held:
-            parent, link, n = self._find_parent(t, by_span, by_trace, pids, ips)
+        for t, buckets in zip(held, asked, strict=True):
+            parent, link, n = self._find_parent(t, buckets, by_span, by_trace)
             if parent is not None:
                 t.parent, t.link, t.candidates = parent.id, link, n
                 parent.children.append(t.id)
 
-    def _find_parent(self, t: _Txn, by_span: dict, by_trace: dict, by_pid: dict,
-                     by_ip: dict) -> tuple[_Txn | None, str, int]:
+    def _find_parent(self, t: _Txn, buckets: list[_Bucket], by_span: dict,
+                     by_trace: dict) -> tuple[_Txn | None, str, int]:
+        """``t``'s parent, how it was linked and among how many; ``buckets``: those the
+        pid and address rules look in (:func:`_buckets_of`)."""
         tc = t.trace
         if tc is not None and tc.kind == "b3" and tc.parent_span_id:
             found = [p for p in by_span.get((tc.trace_id, tc.parent_span_id), ()) if p is not t]
@@ -310,7 +315,7 @@ class ChainBuilder:
             return None, LINK_ROOT, 0
         # by pid when the client's is known (another process's request is no parent),
         # else by address
-        found = [p for bucket in _buckets_of(t, by_pid, by_ip) for p in bucket.enclosing(t) if _compatible(p, t)]
+        found = [p for bucket in buckets for p in bucket.enclosing(t) if _compatible(p, t)]
         if found:
             return _innermost(found), LINK_PID if client_pid is not None else LINK_ADDRESS, len(found)
         return None, LINK_ROOT, 0
@@ -464,22 +469,28 @@ class _Bucket:
         return [p for p in candidates if _contains(p, t)]
 
 
-def _buckets_of(t: _Txn, by_pid: dict[tuple[str, int], _Bucket],
-                by_ip: dict[tuple[str, str], dict[int, _Bucket]]) -> list[_Bucket]:
-    """The buckets ``t`` looks for its encloser in: its client's pid's when known, else
-    those of every port served at its client's address, but the port ``t`` itself went to
-    when that address is its server's too (a request is not taken for a call that the
-    server it went to made while serving: the module's docstring, rule 4)."""
+def _buckets_key(t: _Txn) -> tuple[str, int | None, str, int | None]:
+    """What decides where ``t`` looks for its encloser (:func:`_buckets_of`): its source
+    and client pid when known, else its client address and the port it skips there (the
+    port ``t`` itself went to when its client is on its server's address: a request is
+    not taken for a call that the server it went to made while serving, the module's
+    docstring, rule 4)."""
     if t.client_pid is not None:
-        bucket = by_pid.get((t.source_id, int(t.client_pid)))
+        return (t.source_id, int(t.client_pid), "", None)
+    same_host = t.client_ip is not None and t.client_ip == t.server_ip
+    return (t.source_id, None, t.client_ip if t.client_ip is not None else "", t.server_port if same_host else None)
+
+
+def _buckets_of(key: tuple[str, int | None, str, int | None], by_pid: dict[tuple[str, int], _Bucket],
+                by_ip: dict[tuple[str, str], dict[int, _Bucket]]) -> list[_Bucket]:
+    """The buckets a transaction of ``key`` (:func:`_buckets_key`) looks for its encloser
+    in: its client pid's when known, else those of every port served at its client's
+    address but the one it skips."""
+    source, pid, client_ip, skipped = key
+    if pid is not None:
+        bucket = by_pid.get((source, pid))
         return [bucket] if bucket is not None else []
-    client_ip = t.client_ip if t.client_ip is not None else ""
-    ports = by_ip.get((t.source_id, client_ip))
-    if ports is None:
-        return []
-    if t.client_ip is not None and t.client_ip == t.server_ip:
-        return [bucket for port, bucket in ports.items() if port != t.server_port]
-    return list(ports.values())
+    return [bucket for port, bucket in by_ip.get((source, client_ip), {}).items() if port != skipped]
 
 
 class _RangeMax:
