@@ -14,6 +14,7 @@ from wirestream.config import Settings
 from wirestream.errors import UsageError, WirestreamError
 
 if TYPE_CHECKING:
+    from wirestream.processors.detections import Thresholds
     from wirestream.processors.service_windows import WindowOptions
     from wirestream.producers.live_capture import CaptureOptions
 
@@ -222,15 +223,22 @@ def add_window_args(p: argparse.ArgumentParser, defaults: Settings) -> None:
 
 def window_options(args: argparse.Namespace) -> WindowOptions:
     """The windows and detections that ``add_window_args`` options describe."""
-    from wirestream.processors.detections import Thresholds
     from wirestream.processors.service_windows import WindowOptions
 
+    return WindowOptions(length_us=int(args.window * 1e6), lateness_us=int(args.lateness * 1e6),
+                         thresholds=alert_thresholds(args))
+
+
+def alert_thresholds(args: argparse.Namespace) -> Thresholds:
+    """The detection thresholds of ``--alert-threshold`` (:class:`UsageError` if one is
+    wrong). Not through the windows' module: it imports numpy, ~0.1 s that ``analyze``
+    would spend before starting its workers."""
+    from wirestream.processors.detections import Thresholds
+
     try:
-        thresholds = Thresholds.parse(args.alert_threshold)
+        return Thresholds.parse(args.alert_threshold)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    return WindowOptions(length_us=int(args.window * 1e6), lateness_us=int(args.lateness * 1e6),
-                         thresholds=thresholds)
 
 
 def timestamp_us(text: str) -> int:
@@ -291,14 +299,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         s.community_id_seed = args.community_id_seed
         s.tls_keylog = tls_keylog_path(args.tls_keylog)
     if hasattr(args, "window"):
-        # a bad threshold fails here, before anything starts (parsed alone: the windows'
-        # module imports numpy, ~0.1 s that analyze would spend before starting its workers)
-        from wirestream.processors.detections import Thresholds
-
-        try:
-            Thresholds.parse(args.alert_threshold)
-        except ValueError as exc:
-            raise UsageError(str(exc)) from None
+        alert_thresholds(args)  # a bad threshold fails here, before anything starts
         s.window_s, s.lateness_s, s.alert_thresholds = args.window, args.lateness, args.alert_threshold
         s.windows = args.windows
     return s
