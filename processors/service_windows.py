@@ -338,8 +338,8 @@ class PartitionDigest:
         return new if not self.compressed else merge_digests(TDigest.from_bytes(self.compressed), new)
 
     def digest(self) -> TDigest:
-        """Every value's digest, as bytes read back (a new object; this one unchanged)."""
-        return TDigest.from_bytes(self._merged().to_bytes())
+        """Every value's digest (a new object; this one unchanged)."""
+        return self._merged()
 
     def to_bytes(self) -> bytes:
         return b"".join((self._HEAD.pack(len(self.compressed)), self.compressed,
