@@ -66,15 +66,22 @@ def reference(batches: list[tuple[int, dict]]) -> set[str]:
     return canonical(out)
 
 
-@pytest.mark.parametrize("crash_after", [0, 1, 2, 3, 7, 50, 101, 250, 333, 400, 555])
-def test_a_crash_anywhere_then_a_full_replay_gives_the_same_windows(
-        batches: list[tuple[int, dict]], reference: set[str], crash_after: int) -> None:
+def crash_then_replay(batches: list[tuple[int, dict]], crash_after: int) -> tuple[list, CrashingStore]:
+    """A worker killed at its store's ``crash_after``-th write, then its replacement
+    reading every batch again from the store it left: what both emitted, and the store."""
     out: list = []
     store = CrashingStore(crash_after)
     with pytest.raises(Crash):
         run(ServiceWindows(store, lambda t, k, r: out.append((t, r)), OPTIONS), batches, out)
     store.left = 10**9  # the replacement worker does not crash
     run(ServiceWindows(store, lambda t, k, r: out.append((t, r)), OPTIONS), batches, out)
+    return out, store
+
+
+@pytest.mark.parametrize("crash_after", [0, 1, 2, 3, 7, 50, 101, 250, 333, 400, 555])
+def test_a_crash_anywhere_then_a_full_replay_gives_the_same_windows(
+        batches: list[tuple[int, dict]], reference: set[str], crash_after: int) -> None:
+    out, store = crash_then_replay(batches, crash_after)
     assert canonical(out) == reference
     assert not store, "every window and source entry is gone once the source is done"
 
@@ -108,9 +115,10 @@ def test_batches_a_restored_packet_worker_sends_again_count_once(
 def test_the_percentiles_do_not_depend_on_how_the_partitions_interleave() -> None:
     """Two packet partitions' observations of one busy service (6,000 requests each in one
     window: past a digest's 1,000 centroids, where a t-digest depends on the order of its
-    values, and past the 2,000 a partition's digest takes in at once) give the same windows whether the partitions' batches arrive one partition
-    after the other or alternating, as two workers happen to run (each partition's own
-    batches in their order: Kafka keeps that). Two runs of one capture gave percentiles
+    values, and past the 2,000 a partition's digest takes in at once) give the same
+    windows whether the partitions' batches arrive one partition after the other or
+    alternating, as two workers happen to run (each partition's own batches in their
+    order: Kafka keeps that). Two runs of one capture gave percentiles
     differing in the decimals before the digests were kept per partition."""
     import numpy as np
     from wirestream.processors.observations import Observer
@@ -150,12 +158,7 @@ def test_the_percentiles_do_not_depend_on_how_the_partitions_interleave() -> Non
     run(ServiceWindows(writes, lambda t, k, r: None, OPTIONS), alternating, [])
     total = 10**9 - writes.left  # the store's writes and deletes of a whole run
     for crash_after in range(3, total, total // 6):
-        out = []
-        store = CrashingStore(crash_after)
-        with pytest.raises(Crash):
-            run(ServiceWindows(store, lambda t, k, r, out=out: out.append((t, r)), OPTIONS), alternating, out)
-        store.left = 10**9
-        run(ServiceWindows(store, lambda t, k, r, out=out: out.append((t, r)), OPTIONS), alternating, out)
+        out, _ = crash_then_replay(alternating, crash_after)
         assert canonical(out) == runs[0], crash_after
 
 
