@@ -560,9 +560,10 @@ impl PyAvroReader {
 /// (`crate::line_files`): `write_avro(file, reader, data, offset)` queues the JSON line
 /// of an Avro body (made by that thread, as `AvroReader.json_line` makes it),
 /// `write_line(file, line)` a line made by the caller; each file's lines in the order
-/// queued. A full queue makes the caller wait with the GIL let go. `close()` writes what
-/// is queued and returns `(lines per file, malformed bodies, the first one's error or
-/// None)`; a failed write raises `OSError` there.
+/// queued (by one Python thread). Jobs are handed to the thread in batches; a full queue
+/// makes the caller wait with the GIL let go. `close()` writes what is queued and returns
+/// `(lines per file, malformed bodies, the first one's error or None)`; a failed write
+/// raises `OSError` there.
 #[pyclass(module = "wirestream._core", name = "JsonLinesFiles", frozen)]
 pub struct PyJsonLinesFiles {
     files: Mutex<Option<LineFiles>>,
@@ -570,12 +571,20 @@ pub struct PyJsonLinesFiles {
 
 impl PyJsonLinesFiles {
     fn queue(&self, py: Python<'_>, job: Job) -> PyResult<()> {
-        let sender = self.files.lock().ok().and_then(|f| f.as_ref().and_then(LineFiles::sender));
-        let Some(sender) = sender else { return Err(PyValueError::new_err("the JSON lines files are closed")) };
+        let closed = || PyValueError::new_err("the JSON lines files are closed");
+        let ready = {
+            let mut files = self.files.lock().map_err(|_| closed())?;
+            let files = files.as_mut().ok_or_else(closed)?;
+            match files.push(job) {
+                Some(batch) => files.sender().map(|sender| (sender, batch)),
+                None => return Ok(()),
+            }
+        };
+        let Some((sender, batch)) = ready else { return Err(closed()) };
         let stopped = || PyOSError::new_err("the JSON lines thread has stopped");
-        match sender.try_send(job) {
+        match sender.try_send(batch) {
             Ok(()) => Ok(()),
-            Err(TrySendError::Full(job)) => py.allow_threads(move || sender.send(job)).map_err(|_| stopped()),
+            Err(TrySendError::Full(batch)) => py.allow_threads(move || sender.send(batch)).map_err(|_| stopped()),
             Err(TrySendError::Disconnected(_)) => Err(stopped()),
         }
     }
