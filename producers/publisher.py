@@ -71,6 +71,8 @@ class PacketBatchPublisher:
         self.batch_packets = batch_packets
         self.batch_bytes = batch_bytes
         self._encode = codec.encoder(PACKETS)
+        #: the compiled writer's encoding around the payloads (by pipe: see _send)
+        self._split = getattr(self._encode, "split", None)
         self._encode_stats = codec.encoder(STATS)
         self.kafka = WireProducer(bootstrap, alive, **(producer_config or {}))  # backpressure_waits and delivery_errors: its counters
         #: the core's per-partition batches (the same partition for both directions of
@@ -121,7 +123,7 @@ class PacketBatchPublisher:
             "tunnel_of": tunnel_of,
             "tunnel_paths": tunnel_paths,
         }
-        split = getattr(self._encode, "split", None)  # (the compiled writer's)
+        split = self._split
         if self.pipes is not None and split is not None:
             # by pipe, the payloads are written from their own buffer: the message is its
             # encoding's head, the payloads, its tail (no copy of them into the message)

@@ -124,6 +124,18 @@ def test_malformed_bodies_say_what_is_wrong_and_where(body: bytes, error: str) -
         compile_reader(schema)(body, 0)
 
 
+def test_a_negative_offset_and_a_malformed_body_are_value_errors_of_every_reading() -> None:
+    """A call, ``views`` and ``json_line`` refuse a negative offset alike, and name the
+    schema in a malformed body's error alike."""
+    read = compile_reader(STATS_SCHEMA)
+    body = compile_writer(STATS_SCHEMA)(STATS_RECORD)
+    for reading in (read, read.views, read.json_line):
+        with pytest.raises(ValueError, match="^negative offset -1$"):
+            reading(body, -1)
+        with pytest.raises(ValueError, match=f"^{STATS_SCHEMA['name']}: truncated"):
+            reading(body[:3], 0)
+
+
 def test_enums_fixed_and_a_null_second_branch_read_like_fastavro() -> None:
     """Outside the Python reader's subset once (it fell back to fastavro): the same values."""
     schema = {"type": "record", "name": "R", "fields": [

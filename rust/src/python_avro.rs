@@ -468,10 +468,20 @@ pub struct PyAvroReader {
 impl PyAvroReader {
     fn read<'py>(&self, data: &[u8], offset: usize, build: &mut PyBuild<'_, 'py>) -> PyResult<Bound<'py, PyAny>> {
         self.reader.read(data, offset, build).map_err(|e| match e {
-            ReadError::Malformed { .. } => PyValueError::new_err(format!("{}: {e}", self.reader.schema().name())),
+            ReadError::Malformed { .. } => self.malformed(&e),
             ReadError::Source(err) => err,
         })
     }
+
+    /// The `ValueError` of a malformed body: the schema's name, what is wrong, and where.
+    fn malformed(&self, e: &dyn std::fmt::Display) -> PyErr {
+        PyValueError::new_err(format!("{}: {e}", self.reader.schema().name()))
+    }
+}
+
+/// A body's offset given from Python: a negative one is a `ValueError`.
+fn body_offset(offset: i64) -> PyResult<usize> {
+    usize::try_from(offset).map_err(|_| PyValueError::new_err(format!("negative offset {offset}")))
 }
 
 #[pymethods]
@@ -490,9 +500,7 @@ impl PyAvroReader {
 
     #[pyo3(signature = (data, offset = 0))]
     fn __call__<'py>(&self, py: Python<'py>, data: &[u8], offset: i64) -> PyResult<Bound<'py, PyAny>> {
-        let Ok(offset) = usize::try_from(offset) else {
-            return Err(PyValueError::new_err(format!("negative offset {offset}")));
-        };
+        let offset = body_offset(offset)?;
         // Held with the GIL, so never contended, except by a call made while this one runs
         // (a finalizer run by a garbage collection inside it, or another thread the
         // interpreter switched to then): that call gets a cache of its own, for once.
@@ -512,9 +520,7 @@ impl PyAvroReader {
     #[pyo3(signature = (data, offset = 0))]
     fn views<'py>(&self, data: &Bound<'py, PyBytes>, offset: i64) -> PyResult<Bound<'py, PyAny>> {
         let py = data.py();
-        let Ok(offset) = usize::try_from(offset) else {
-            return Err(PyValueError::new_err(format!("negative offset {offset}")));
-        };
+        let offset = body_offset(offset)?;
         let bytes = data.as_bytes();
         let view = pyo3::types::PyMemoryView::from(data.as_any())?.into_any();
         let mut spare = StringCache::default();
@@ -531,15 +537,13 @@ impl PyAvroReader {
     /// reader of some fields refuses); a malformed body raises `ValueError` as `__call__`.
     #[pyo3(signature = (data, offset = 0))]
     fn json_line<'py>(&self, py: Python<'py>, data: &[u8], offset: i64) -> PyResult<Bound<'py, PyBytes>> {
-        let Ok(offset) = usize::try_from(offset) else {
-            return Err(PyValueError::new_err(format!("negative offset {offset}")));
-        };
+        let offset = body_offset(offset)?;
         if self.reader.selects_fields() {
             return Err(PyValueError::new_err("json_line is for a reader of whole records"));
         }
         let mut out = Vec::new();
         let line = crate::avro_json::json_line(&self.reader, data, offset, &mut out).map_err(|e| match e {
-            ReadError::Malformed { .. } => PyValueError::new_err(format!("{}: {e}", self.reader.schema().name())),
+            ReadError::Malformed { .. } => self.malformed(&e),
             ReadError::Source(never) => match never {},
         })?;
         Ok(PyBytes::new(py, line))
