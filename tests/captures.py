@@ -323,6 +323,37 @@ def loop(l3: bytes, family: int | None = None) -> bytes:
     return struct.pack(">I", fam) + l3
 
 
+def nflog(l3: bytes, family: int | None = None, big_endian: bool = False, cut: bool = False) -> bytes:
+    """Linux NFLOG (linktype 239): family, version 0, resource id 5, then TLVs in the
+    capturing host's byte order (a length including the 4-byte TLV header, a type), each
+    padded to 4 bytes, as the kernel's nfnetlink_log writes them: the packet header (1),
+    a prefix string (10), the payload (9: the packet), a timestamp (3) after it. ``cut``:
+    the payload TLV's length says 40 bytes more than the frame holds (a snapshot length)."""
+    e = ">" if big_endian else "<"
+    fam = (2 if l3[0] >> 4 == 4 else 10) if family is None else family
+
+    def tlv(kind: int, value: bytes, extra: int = 0) -> bytes:
+        body = struct.pack(f"{e}HH", 4 + len(value) + extra, kind) + value
+        return body + b"\0" * (-len(body) % 4)
+
+    packet_hdr = struct.pack(">HBB", 0x0800 if fam == 2 else 0x86DD, 3, 0)  # hw protocol, hook
+    head = struct.pack(">BBH", fam, 0, 5) + tlv(1, packet_hdr) + tlv(10, b"wirestream\0")
+    if cut:
+        return head + tlv(9, bytes(l3), extra=40)[:4 + len(l3)]
+    return head + tlv(9, bytes(l3)) + tlv(3, struct.pack(">QQ", 1_700_000_000, 123_456))
+
+
+def pflog(l3: bytes, family: int | None = None, length: int = 61) -> bytes:
+    """OpenBSD pflog (linktype 117): a ``struct pfloghdr`` of ``length`` bytes (61:
+    OpenBSD's classic header, padded to 64; 100: the one with rewritten addresses) with
+    its address family (BSD's: AF_INET 2, AF_INET6 24), action pass, interface "em0",
+    rule 7, direction in; the packet after it, at the length rounded up to 4 bytes."""
+    fam = (AF_INET if l3[0] >> 4 == 4 else 24) if family is None else family
+    head = struct.pack(">BBBB16s16sIIIiIiB", length, fam, 0, 0, b"em0", b"", 7, 0xFFFFFFFF, 0, 0, 0, 0, 1)
+    head = head[:length].ljust(-(-length // 4) * 4, b"\0")
+    return head + bytes(l3)
+
+
 def raw(l3: bytes) -> bytes:
     """Raw IP (linktypes 101, 12, 14, 228, 229): no link header at all."""
     return bytes(l3)

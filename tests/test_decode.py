@@ -34,6 +34,7 @@ REASONS = {"non_ip", "unsupported_linktype", "unsupported_transport", "ip_fragme
            "tunnel_fragment"}
 
 NULL, ETH, RAW12, RAW14, RAW, LOOP, SLL, IPV4, IPV6, SLL2 = 0, 1, 12, 14, 101, 108, 113, 228, 229, 276
+PFLOG, NFLOG = 117, 239
 FIN, SYN, RST, PSH, ACK, URG, ECE, CWR, NS = 1, 2, 4, 8, 16, 32, 64, 128, 256
 TS_US, NUMBER = 1_700_000_000_123_456, 42
 
@@ -142,6 +143,14 @@ CASES = [
     tcp_case("null-af10-ipv6-tcp", NULL, _with(cap.null, family=10), V6),
     tcp_case("loop-af2-tcp", LOOP, cap.loop),
     udp_case("loop-af24-ipv6-udp", LOOP, cap.loop, V6),
+    # firewall logs: netfilter's NFLOG in either host byte order, OpenBSD's pflog
+    tcp_case("nflog-ipv4-tcp", NFLOG, cap.nflog),
+    udp_case("nflog-ipv6-udp", NFLOG, cap.nflog, V6),
+    tcp_case("nflog-be-ipv6-tcp", NFLOG, _with(cap.nflog, big_endian=True), V6),
+    udp_case("nflog-be-ipv4-udp", NFLOG, _with(cap.nflog, big_endian=True)),
+    tcp_case("pflog-ipv4-tcp", PFLOG, cap.pflog),
+    udp_case("pflog-af24-ipv6-udp", PFLOG, cap.pflog, V6),
+    tcp_case("pflog-100-af28-ipv6-tcp", PFLOG, _with(cap.pflog, family=28, length=100), V6),
     _ext_case(),
     _ah_case(),
 ]
@@ -260,8 +269,12 @@ def _proto(l3: bytes, proto: int) -> bytes:
     (RAW, b"\x50" + cap.tcp()[1:], "bad_ip_version"),
     (ETH, _retype(cap.ethernet(cap.tcp(*V6)), cap.ETH_IPV4), "bad_ip_version"),
     (ETH, _retype(cap.ethernet(cap.tcp(payload=b"x" * 40)), cap.ETH_IPV6), "bad_ip_version"),
+    (NFLOG, cap.nflog(cap.tcp(), family=7), "non_ip"),  # a bridge's log
+    (NFLOG, cap.nflog(cap.tcp())[:28], "non_ip"),  # logged without its payload (copy size 0)
+    (PFLOG, cap.pflog(cap.tcp(), family=17), "non_ip"),
 ], ids=["igmp", "esp6", "raw-icmp6-in-v4", "arp", "sll-arp", "null-family-7", "linktype-147",
-        "raw-version-5", "ethertype-v4-packet-v6", "ethertype-v6-packet-v4"])
+        "raw-version-5", "ethertype-v4-packet-v6", "ethertype-v6-packet-v4", "nflog-family-7",
+        "nflog-no-payload", "pflog-family-17"])
 def test_not_tcp_or_udp(linktype, frame, reason):
     """IGMP, ESP, ARP, unknown families/link types, wrong IP versions -> None and the named reason."""
     assert_dropped(linktype, frame, reason)
@@ -346,9 +359,16 @@ def _tcp_doff(l3: bytes, words: int) -> bytes:
     (RAW, _tcp_doff(TCP4, 4), "truncated_transport"),  # TCP data offset below 5 words
     (RAW, _sctp(*V4, [])[: 20 + 11], "truncated_transport"),  # SCTP's common header is 12 bytes
     (RAW, _sctp(*V6, [])[: 40 + 2], "truncated_transport"),
+    (NFLOG, cap.nflog(TCP4)[:3], "truncated_link"),
+    (NFLOG, b"\x02\x00\x00\x05\x02\x00\x01\x00\xff\xff", "truncated_link"),  # a TLV shorter than its header
+    (NFLOG, cap.nflog(TCP4, cut=True)[: 10 - len(TCP4)], "truncated_ip"),  # cut by the snapshot length, in IP
+    (NFLOG, cap.nflog(TCP4, cut=True)[: 30 - len(TCP4)], "truncated_transport"),  # ... in TCP
+    (PFLOG, cap.pflog(TCP4)[:63], "truncated_link"),
+    (PFLOG, cap.pflog(TCP4, length=44), "truncated_link"),  # shorter than any pfloghdr
 ], ids=["eth", "eth-empty", "vlan", "qinq", "sll", "sll2", "null", "loop", "raw-empty",
         "ipv4-eth", "ipv4-vlan", "ipv6-sll", "ipv4-ihl-too-long", "ipv4-ihl-too-short",
-        "ipv6-hop-by-hop", "ipv6-dest-opts", "tcp-after-ext", "tcp-eth", "tcp-ipv6", "udp", "tcp-doff", "sctp", "sctp-ipv6"])
+        "ipv6-hop-by-hop", "ipv6-dest-opts", "tcp-after-ext", "tcp-eth", "tcp-ipv6", "udp", "tcp-doff", "sctp", "sctp-ipv6",
+        "nflog", "nflog-tlv", "nflog-cut-ip", "nflog-cut-tcp", "pflog", "pflog-short-header"])
 def test_truncated(linktype, frame, reason):
     """A frame cut (or with a bad header length) at each layer -> the matching truncated_* reason."""
     assert_dropped(linktype, frame, reason)
@@ -424,16 +444,21 @@ def test_mutated_frames_never_raise():
 #:   packet ("[Malformed Packet]"), we drop it as truncated_*.
 #: - link types 12, 14, 228, 229: tshark reads them as raw IP too, but they take the same
 #:   decoder path as 101, which is compared; skipping them saves four tshark starts (~0.4 s each).
+#: - NFLOG's TLVs in the other byte order than the file's: Wireshark reads them in the
+#:   file's (its reader swaps them when the file's byte order is not the host's, as
+#:   libpcap's does), and shows a big-endian frame in a little-endian file as malformed;
+#:   we take the byte order that fits the frame. Compared in a big-endian file instead.
 #: ARP and ICMP are included: neither side counts them as TCP/UDP.
-def _tshark_files() -> dict[int, list[bytes]]:
-    files: dict[int, list[bytes]] = {}
+def _tshark_files() -> dict[tuple[int, bool], list[bytes]]:
+    """(link type, big-endian file) -> its frames."""
+    files: dict[tuple[int, bool], list[bytes]] = {}
     for p in CASES:
         linktype, frame = p.values[0], p.values[1]
         if "af10" not in p.id and linktype not in (RAW12, RAW14, IPV4, IPV6):
-            files.setdefault(linktype, []).append(frame)
-    files[ETH] += [cap.arp_request(), cap.ethernet(cap.icmp4_echo()), cap.ethernet(cap.icmp6_echo()),
-                   cap.ethernet(cap.tcp(flags=SYN, options=SYN_OPTIONS, payload=b""))]
-    files[RAW] += [cap.icmp4_echo()]
+            files.setdefault((linktype, linktype == NFLOG and "-be-" in p.id), []).append(frame)
+    files[(ETH, False)] += [cap.arp_request(), cap.ethernet(cap.icmp4_echo()), cap.ethernet(cap.icmp6_echo()),
+                            cap.ethernet(cap.tcp(flags=SYN, options=SYN_OPTIONS, payload=b""))]
+    files[(RAW, False)] += [cap.icmp4_echo()]
     return files
 
 
@@ -455,7 +480,8 @@ def _ours(path: str) -> tuple[list[tuple[int, int, int, int]], FrameDecoder]:
 def test_decoded_packets_match_tshark(tmp_path):
     """Per crafted pcap: the frames we decode are tshark's 'tcp or udp' frames, same ports and lengths."""
     files = _tshark_files()
-    paths = [cap.write_pcap(tmp_path / f"lt{lt}.pcap", cap.timed(frames), lt) for lt, frames in files.items()]
+    paths = [cap.write_pcap(tmp_path / f"lt{lt}{'-be' if be else ''}.pcap", cap.timed(frames), lt, big_endian=be)
+             for (lt, be), frames in files.items()]
     v4frags, v6frags = cap.ipv4_fragments(), cap.ipv6_fragments()
     frags = cap.write_pcap(tmp_path / "frags.pcap", cap.timed(cap.ethernet(f) for f in v4frags + v6frags), ETH)
     fields = ["frame.number", "tcp.srcport", "udp.srcport", "tcp.dstport", "udp.dstport", "tcp.len",

@@ -539,10 +539,11 @@ fn layout_of(head: &[u8]) -> Result<Layout, OpenError> {
     Err(OpenError("not a pcap or pcapng capture file (unknown magic number)".into()))
 }
 
-/// "supported: 0 BSD loopback (null), 1 Ethernet, ..." (sorted as text, names once).
+/// "supported: 0 BSD loopback (null), 1 Ethernet, 9 PPP, ..." (by number).
 pub fn supported_text() -> String {
-    let names: BTreeSet<String> = SUPPORTED.iter().map(|(n, name)| format!("{n} {name}")).collect();
-    format!("supported: {}", names.into_iter().collect::<Vec<_>>().join(", "))
+    let names: BTreeSet<(i64, &str)> = SUPPORTED.iter().copied().collect();
+    let names: Vec<String> = names.into_iter().map(|(n, name)| format!("{n} {name}")).collect();
+    format!("supported: {}", names.join(", "))
 }
 
 /// Read until `out` is full or the input ends; the count read.

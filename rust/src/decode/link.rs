@@ -13,6 +13,10 @@
 //! not data, carry no data (null functions), are protected (encrypted), or are A-MSDUs
 //! (which Wireshark splits, we do not) are `non_ip`. An 802.11 FCS at the end of a frame
 //! is harmless: lengths come from the IP headers.
+//!
+//! Firewall logs: Linux netfilter's NFLOG (239: `tcpdump -i nflog:N`, what an iptables or
+//! nftables `log group N` rule sends) and OpenBSD's pflog (117). Each carries one IP
+//! packet behind a header of the logging system's own.
 
 use super::Drop;
 use crate::bytes::{array, be16, be32, le32, u8_at};
@@ -38,9 +42,11 @@ pub const LINKTYPE_IEEE802_11: i64 = 105;
 pub const LINKTYPE_IEEE802_11_PRISM: i64 = 119;
 pub const LINKTYPE_IEEE802_11_RADIOTAP: i64 = 127;
 pub const LINKTYPE_IEEE802_11_AVS: i64 = 163;
+pub const LINKTYPE_PFLOG: i64 = 117;
+pub const LINKTYPE_NFLOG: i64 = 239;
 
 /// The link types the decoder understands, with the names error messages give them.
-pub const SUPPORTED: [(i64, &str); 19] = [
+pub const SUPPORTED: [(i64, &str); 21] = [
     (LINKTYPE_NULL, "BSD loopback (null)"),
     (LINKTYPE_ETHERNET, "Ethernet"),
     (LINKTYPE_PPP, "PPP"),
@@ -60,6 +66,8 @@ pub const SUPPORTED: [(i64, &str); 19] = [
     (LINKTYPE_IPV4, "raw IPv4"),
     (LINKTYPE_IPV6, "raw IPv6"),
     (LINKTYPE_LINUX_SLL2, "Linux cooked v2"),
+    (LINKTYPE_PFLOG, "OpenBSD pflog"),
+    (LINKTYPE_NFLOG, "Linux netfilter log (NFLOG)"),
 ];
 
 pub const ETH_IPV4: u16 = 0x0800;
@@ -132,6 +140,8 @@ fn other_linktype(linktype: i64, d: &[u8]) -> Result<Network, Drop> {
         }
         LINKTYPE_C_HDLC => cisco_hdlc(d),
         LINKTYPE_PPP_ETHER => pppoe_session(d, 0),
+        LINKTYPE_NFLOG => nflog(d),
+        LINKTYPE_PFLOG => pflog(d),
         LINKTYPE_IEEE802_11 => ieee80211(d, 0, false),
         LINKTYPE_IEEE802_11_RADIOTAP => radiotap(d),
         LINKTYPE_IEEE802_11_PRISM | LINKTYPE_IEEE802_11_AVS => {
@@ -147,6 +157,77 @@ fn other_linktype(linktype: i64, d: &[u8]) -> Result<Network, Drop> {
 /// Little-endian u16 (radiotap's byte order).
 fn le16(d: &[u8], at: usize) -> Option<u16> {
     array(d, at).map(u16::from_le_bytes)
+}
+
+/// Linux netfilter log (NFLOG, libpcap's LINKTYPE_NFLOG): a 4-byte header (address family,
+/// version, resource id), then TLVs: a length (its 4-byte TLV header included) and a
+/// type, both in the capturing host's byte order, each TLV padded to 4 bytes. The packet
+/// is the payload TLV's (type 9), IPv4 or IPv6 as the family says (Linux's AF_INET 2,
+/// AF_INET6 10; a bridge's or another family's packet is `non_ip`, as is a log message
+/// without its payload, the rule's copy size 0).
+///
+/// The file does not say the byte order: as Wireshark does, it is the one whose TLVs
+/// tile the frame exactly, little-endian tried first; when neither does (the frame cut
+/// by the snapshot length, inside the payload), little-endian, whose payload TLV may then
+/// be cut (the IP layer says `truncated_ip` if the packet is).
+fn nflog(d: &[u8]) -> Result<Network, Drop> {
+    const NFULA_PAYLOAD: u16 = 9;
+    const HEADER: usize = 4;
+    let family = u8_at(d, 0).ok_or(Drop::TruncatedLink)?;
+    if d.len() < HEADER {
+        return Err(Drop::TruncatedLink);
+    }
+    // Under one byte order: None if the TLVs do not tile the frame (one shorter than its
+    // header; with `exact`, one past the frame's end), else where the payload TLV's
+    // value starts (None: there is none).
+    let tiles = |get: fn(&[u8], usize) -> Option<u16>, exact: bool| -> Option<Option<usize>> {
+        let mut pos = HEADER;
+        let mut payload = None;
+        while d.len().saturating_sub(pos) > 4 {
+            let len = usize::from(get(d, pos)?);
+            let kind = get(d, pos + 2)? & 0x7FFF; // (the top bit: netlink's "nested" flag)
+            if len < 4 || (exact && d.len() - pos < len) {
+                return None;
+            }
+            if kind == NFULA_PAYLOAD && payload.is_none() {
+                payload = Some(pos + 4);
+            }
+            pos = pos.saturating_add(len.div_ceil(4) * 4);
+        }
+        Some(payload)
+    };
+    let tiling = tiles(le16, true).or_else(|| tiles(be16, true)).or_else(|| tiles(le16, false));
+    let off = tiling.ok_or(Drop::TruncatedLink)?.ok_or(Drop::NonIp)?;
+    let etype = match family {
+        2 => ETH_IPV4,
+        10 => ETH_IPV6,
+        _ => 0,
+    };
+    Ok(Network { etype, off })
+}
+
+/// OpenBSD pflog: a `struct pfloghdr`, whose layout differs from OS to OS and release to
+/// release, but whose first byte is its length and second its address family (BSD's:
+/// AF_INET 2, AF_INET6 24, 28 or 30). The packet starts after it, at the length rounded
+/// up to 4 bytes (BPF_WORDALIGN, as tcpdump reads it); a length under 45 bytes (the
+/// shortest header, tcpdump's MIN_PFLOG_HDRLEN) is `truncated_link`.
+fn pflog(d: &[u8]) -> Result<Network, Drop> {
+    const MIN_HEADER: usize = 45;
+    let t = Drop::TruncatedLink;
+    let len = usize::from(u8_at(d, 0).ok_or(t)?);
+    let family = u32::from(u8_at(d, 1).ok_or(t)?);
+    let off = len.div_ceil(4) * 4;
+    if len < MIN_HEADER || d.len() < off {
+        return Err(t);
+    }
+    let etype = if family == AF_INET {
+        ETH_IPV4
+    } else if AF_INET6.contains(&family) {
+        ETH_IPV6
+    } else {
+        0
+    };
+    Ok(Network { etype, off })
 }
 
 /// Cisco HDLC: address, control, then an ethertype.

@@ -130,6 +130,49 @@ fn linux_cooked_v1_and_v2() {
     assert_eq!(decode(LINKTYPE_LINUX_SLL2, &sll2[..19]).unwrap_err(), Drop::TruncatedLink);
 }
 
+/// An NFLOG frame: header, a packet-header TLV, the payload TLV, a timestamp TLV, with
+/// TLV lengths and types written by `put` (the capturing host's byte order).
+fn nflog(family: u8, net: &[u8], put: fn(u16) -> [u8; 2]) -> Vec<u8> {
+    let mut f = vec![family, 0, 0, 5];
+    let mut tlv = |kind: u16, value: &[u8]| {
+        f.extend_from_slice(&put(4 + value.len() as u16));
+        f.extend_from_slice(&put(kind));
+        f.extend_from_slice(value);
+        f.resize(f.len().div_ceil(4) * 4, 0);
+    };
+    tlv(1, &[0x08, 0x00, 3, 0]);
+    tlv(9, net);
+    tlv(3, &[0; 16]);
+    f
+}
+
+#[test]
+fn nflog_in_either_host_byte_order_and_pflog() {
+    let net = ipv4(17, &udp(b"abcde")); // 33 bytes: the payload TLV is padded
+    for put in [u16::to_le_bytes as fn(u16) -> [u8; 2], u16::to_be_bytes] {
+        assert_eq!(decode(LINKTYPE_NFLOG, &nflog(2, &net, put)).unwrap().1, b"abcde");
+        assert_eq!(decode(LINKTYPE_NFLOG, &nflog(7, &net, put)).unwrap_err(), Drop::NonIp);
+    }
+    let v6 = ipv6(6, &tcp(0x18, &[], b"xyz"));
+    assert_eq!(decode(LINKTYPE_NFLOG, &nflog(10, &v6, u16::to_le_bytes)).unwrap().1, b"xyz");
+    // no payload TLV; a TLV shorter than its own header
+    assert_eq!(decode(LINKTYPE_NFLOG, &nflog(2, &net, u16::to_le_bytes)[..12]).unwrap_err(), Drop::NonIp);
+    assert_eq!(decode(LINKTYPE_NFLOG, &[2, 0, 0, 5, 2, 0, 9, 0, 0xff]).unwrap_err(), Drop::TruncatedLink);
+
+    // pflog: its length 61 (the packet at 64), BSD's families
+    let mut pf = vec![61, 2];
+    pf.resize(64, 0);
+    pf.extend_from_slice(&net);
+    assert_eq!(decode(LINKTYPE_PFLOG, &pf).unwrap().1, b"abcde");
+    let mut pf6 = vec![100, 28];
+    pf6.resize(100, 0);
+    pf6.extend_from_slice(&v6);
+    assert_eq!(decode(LINKTYPE_PFLOG, &pf6).unwrap().1, b"xyz");
+    assert_eq!(decode(LINKTYPE_PFLOG, &pf[..63]).unwrap_err(), Drop::TruncatedLink);
+    pf[0] = 44;
+    assert_eq!(decode(LINKTYPE_PFLOG, &pf).unwrap_err(), Drop::TruncatedLink);
+}
+
 #[test]
 fn syn_options_and_the_window_scale_clamp() {
     // MSS, SACK-permitted, timestamps, NOP, window scale 15 (clamped to 14)
