@@ -30,6 +30,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import captures as cap
 import pytest
 from helpers import analyze_cases, needs, requires_tshark, tshark_rows
 from netns import LossyLink, netns_available, readline
@@ -59,6 +60,7 @@ RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(BODY) + BODY
 
 LINKTYPE_ETHERNET, LINKTYPE_PPP, LINKTYPE_FDDI, LINKTYPE_PPP_HDLC = 1, 9, 10, 50
 LINKTYPE_C_HDLC, LINKTYPE_IEEE802_11, LINKTYPE_RADIOTAP = 104, 105, 127
+LINKTYPE_PFLOG, LINKTYPE_PPI, LINKTYPE_NFLOG = 117, 192, 239
 
 
 def _inner(version: int) -> list[Packet]:
@@ -211,6 +213,12 @@ CASES: dict[str, tuple[int, int, Encap, dict[str, int], list[str]]] = {
     "radiotap": (6, LINKTYPE_RADIOTAP, lambda p: bytes(RadioTap(present="Flags", Flags=0)
                                                        / Dot11(type=2, subtype=8, FCfield=1, addr1=MAC_B, addr2=MAC_A,
                                                                addr3=MAC_B) / Dot11QoS()) + _snap(p), {}, []),
+    # PPI (version 0, flags 0, 8 bytes, then 802.11)
+    "ppi": (4, LINKTYPE_PPI, lambda p: struct.pack("<BBHI", 0, 0, 8, LINKTYPE_IEEE802_11)
+            + bytes(Dot11(type=2, subtype=0, FCfield=2, addr1=MAC_A, addr2=MAC_B, addr3=MAC_B)) + _snap(p), {}, []),
+    # firewall logs: netfilter's NFLOG, OpenBSD's pflog
+    "nflog": (6, LINKTYPE_NFLOG, lambda p: cap.nflog(bytes(p)), {}, []),
+    "pflog": (4, LINKTYPE_PFLOG, lambda p: cap.pflog(bytes(p)), {}, []),
 }
 
 

@@ -12,7 +12,8 @@
 //! padded to 4 bytes), a Prism header (119) or an AVS header (163). 802.11 frames that are
 //! not data, carry no data (null functions), are protected (encrypted), or are A-MSDUs
 //! (which Wireshark splits, we do not) are `non_ip`. An 802.11 FCS at the end of a frame
-//! is harmless: lengths come from the IP headers.
+//! is harmless: lengths come from the IP headers. PPI (192: CACE's Per-Packet Information,
+//! Kismet's and AirPcap's) wraps an 802.11 or Ethernet frame in a header of its own.
 //!
 //! Firewall logs: Linux netfilter's NFLOG (239: `tcpdump -i nflog:N`, what an iptables or
 //! nftables `log group N` rule sends) and OpenBSD's pflog (117). Each carries one IP
@@ -42,11 +43,12 @@ pub const LINKTYPE_IEEE802_11: i64 = 105;
 pub const LINKTYPE_IEEE802_11_PRISM: i64 = 119;
 pub const LINKTYPE_IEEE802_11_RADIOTAP: i64 = 127;
 pub const LINKTYPE_IEEE802_11_AVS: i64 = 163;
+pub const LINKTYPE_PPI: i64 = 192;
 pub const LINKTYPE_PFLOG: i64 = 117;
 pub const LINKTYPE_NFLOG: i64 = 239;
 
 /// The link types the decoder understands, with the names error messages give them.
-pub const SUPPORTED: [(i64, &str); 21] = [
+pub const SUPPORTED: [(i64, &str); 22] = [
     (LINKTYPE_NULL, "BSD loopback (null)"),
     (LINKTYPE_ETHERNET, "Ethernet"),
     (LINKTYPE_PPP, "PPP"),
@@ -58,6 +60,7 @@ pub const SUPPORTED: [(i64, &str); 21] = [
     (LINKTYPE_IEEE802_11_PRISM, "802.11 with Prism header"),
     (LINKTYPE_IEEE802_11_RADIOTAP, "802.11 with radiotap header"),
     (LINKTYPE_IEEE802_11_AVS, "802.11 with AVS header"),
+    (LINKTYPE_PPI, "802.11 or Ethernet with PPI header"),
     (LINKTYPE_RAW_DLT12, "raw IP"),
     (LINKTYPE_RAW_DLT14, "raw IP"),
     (LINKTYPE_RAW, "raw IP"),
@@ -144,6 +147,7 @@ fn other_linktype(linktype: i64, d: &[u8]) -> Result<Network, Drop> {
         LINKTYPE_PFLOG => pflog(d),
         LINKTYPE_IEEE802_11 => ieee80211(d, 0, false),
         LINKTYPE_IEEE802_11_RADIOTAP => radiotap(d),
+        LINKTYPE_PPI => ppi(d),
         LINKTYPE_IEEE802_11_PRISM | LINKTYPE_IEEE802_11_AVS => {
             // AVS (its magic 0x8021100x, big-endian) gives its length; Prism's is 144
             let magic = be32(d, 0).ok_or(t)?;
@@ -304,6 +308,27 @@ fn radiotap(d: &[u8]) -> Result<Network, Drop> {
         return Err(t);
     }
     ieee80211(d, len, padded)
+}
+
+/// PPI (Per-Packet Information): version, flags, the header's length (little-endian, its
+/// fields included) and the link type of the frame after it (little-endian, 32 bits);
+/// 802.11 (with or without a radiotap header) and Ethernet frames are read, other link
+/// types inside are `unsupported_linktype`.
+fn ppi(d: &[u8]) -> Result<Network, Drop> {
+    let t = Drop::TruncatedLink;
+    let len = usize::from(le16(d, 2).ok_or(t)?);
+    let inner = le32(d, 4).ok_or(t)?;
+    if len < 8 || d.len() < len {
+        return Err(t);
+    }
+    let frame = &d[len..];
+    let net = match i64::from(inner) {
+        LINKTYPE_IEEE802_11 => ieee80211(frame, 0, false),
+        LINKTYPE_IEEE802_11_RADIOTAP => radiotap(frame),
+        LINKTYPE_ETHERNET => ethernet(frame),
+        _ => Err(Drop::UnsupportedLinktype),
+    }?;
+    Ok(Network { etype: net.etype, off: net.off + len })
 }
 
 /// An 802.11 MAC header at `off` (data frames only), then LLC/SNAP.

@@ -174,6 +174,26 @@ fn nflog_in_either_host_byte_order_and_pflog() {
 }
 
 #[test]
+fn ppi_wraps_ethernet_or_802_11() {
+    let net = ipv4(17, &udp(b"abc"));
+    let mut f = vec![0, 0, 8, 0, 1, 0, 0, 0]; // version, flags, length 8, Ethernet
+    f.extend_from_slice(&ethernet(0x0800, &net));
+    assert_eq!(decode(LINKTYPE_PPI, &f).unwrap().1, b"abc");
+    f[4] = 105; // 802.11: a data frame, then LLC/SNAP
+    f.truncate(8);
+    f.extend_from_slice(&[0x08, 0x02, 0, 0]);
+    f.extend_from_slice(&[0; 20]);
+    f.extend_from_slice(&[0xAA, 0xAA, 0x03, 0, 0, 0, 0x08, 0x00]);
+    f.extend_from_slice(&net);
+    assert_eq!(decode(LINKTYPE_PPI, &f).unwrap().1, b"abc");
+    f[4] = 192; // PPI in PPI: not read
+    assert_eq!(decode(LINKTYPE_PPI, &f).unwrap_err(), Drop::UnsupportedLinktype);
+    assert_eq!(decode(LINKTYPE_PPI, &f[..7]).unwrap_err(), Drop::TruncatedLink);
+    f[2] = 200; // a header longer than the frame
+    assert_eq!(decode(LINKTYPE_PPI, &f).unwrap_err(), Drop::TruncatedLink);
+}
+
+#[test]
 fn syn_options_and_the_window_scale_clamp() {
     // MSS, SACK-permitted, timestamps, NOP, window scale 15 (clamped to 14)
     let opts = [2, 4, 5, 0xb4, 4, 2, 8, 10, 0, 0, 0, 1, 0, 0, 0, 0, 1, 3, 3, 15];
