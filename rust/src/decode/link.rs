@@ -170,10 +170,13 @@ fn le16(d: &[u8], at: usize) -> Option<u16> {
 /// AF_INET6 10; a bridge's or another family's packet is `non_ip`, as is a log message
 /// without its payload, the rule's copy size 0).
 ///
-/// The file does not say the byte order: as Wireshark does, it is the one whose TLVs
-/// tile the frame exactly, little-endian tried first; when neither does (the frame cut
-/// by the snapshot length, inside the payload), little-endian, whose payload TLV may then
-/// be cut (the IP layer says `truncated_ip` if the packet is).
+/// Which host wrote them, the frame does not say. Wireshark takes the file's byte order
+/// (its reader swaps the TLVs of a file from the other order, as libpcap's does); we take
+/// the order whose TLVs tile the frame exactly, little-endian tried first, which is the
+/// same on every file but one whose frames were copied in from a host of the other order
+/// (docs/core.md). When neither tiles it (the frame cut by the snapshot length, inside
+/// the payload): little-endian, whose payload TLV may then be cut (the IP layer says
+/// `truncated_ip` if the packet is).
 fn nflog(d: &[u8]) -> Result<Network, Drop> {
     const NFULA_PAYLOAD: u16 = 9;
     const HEADER: usize = 4;
