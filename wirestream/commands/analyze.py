@@ -27,7 +27,7 @@ them, and every stage's counters.
 
 Link types: Ethernet (with 802.1Q/QinQ tags), Linux cooked v1/v2, raw IP, BSD null and
 loopback, PPP (and in HDLC framing), PPPoE, Cisco HDLC, FDDI, 802.11 (plain, radiotap,
-Prism, AVS). Tunnels are decoded, the inner flow being the connection: VXLAN, Geneve,
+Prism, AVS, PPI), and firewall logs: Linux NFLOG (tcpdump -i nflog:N), OpenBSD pflog. Tunnels are decoded, the inner flow being the connection: VXLAN, Geneve,
 GRE/ERSPAN, IP-in-IP, Teredo, GTP-U, PPPoE, MPLS (docs/core.md, "Tunnels"). TCP and UDP
 flows and ICMP exchanges are records. Connection records follow Wireshark's TCP analysis (see docs/records.md); L7
 records are checked against tshark too (docs/l7.md).""",
