@@ -541,8 +541,9 @@ fn layout_of(head: &[u8]) -> Result<Layout, OpenError> {
 
 /// "supported: 0 BSD loopback (null), 1 Ethernet, 9 PPP, ..." (by number).
 pub fn supported_text() -> String {
-    let names: BTreeSet<(i64, &str)> = SUPPORTED.iter().copied().collect();
-    let names: Vec<String> = names.into_iter().map(|(n, name)| format!("{n} {name}")).collect();
+    let mut types = SUPPORTED.to_vec();
+    types.sort_unstable();
+    let names: Vec<String> = types.iter().map(|(n, name)| format!("{n} {name}")).collect();
     format!("supported: {}", names.join(", "))
 }
 

@@ -86,6 +86,17 @@ const ETH_VLAN_TAGS: [u16; 4] = [0x8100, 0x88A8, 0x9100, 0x9200];
 const AF_INET: u32 = 2;
 const AF_INET6: [u32; 4] = [10, 24, 28, 30];
 
+/// The ethertype of a BSD address family (0: not IP, `non_ip`).
+fn bsd_family_etype(family: u32) -> u16 {
+    if family == AF_INET {
+        ETH_IPV4
+    } else if AF_INET6.contains(&family) {
+        ETH_IPV6
+    } else {
+        0
+    }
+}
+
 /// The network layer's ethertype (0: not IP, dropped as `non_ip` by the IP layer) and
 /// where it starts in the frame.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -227,14 +238,7 @@ fn pflog(d: &[u8]) -> Result<Network, Drop> {
     if len < MIN_HEADER || d.len() < off {
         return Err(t);
     }
-    let etype = if family == AF_INET {
-        ETH_IPV4
-    } else if AF_INET6.contains(&family) {
-        ETH_IPV6
-    } else {
-        0
-    };
-    Ok(Network { etype, off })
+    Ok(Network { etype: bsd_family_etype(family), off })
 }
 
 /// Cisco HDLC: address, control, then an ethertype.
@@ -314,23 +318,20 @@ fn radiotap(d: &[u8]) -> Result<Network, Drop> {
 }
 
 /// PPI (Per-Packet Information): version, flags, the header's length (little-endian, its
-/// fields included) and the link type of the frame after it (little-endian, 32 bits);
-/// 802.11 (with or without a radiotap header) and Ethernet frames are read, other link
-/// types inside are `unsupported_linktype`.
+/// fields included) and the link type of the frame after it (little-endian, 32 bits),
+/// read as any frame of that link type (802.11, radiotap or Ethernet in practice); PPI
+/// inside PPI is `unsupported_linktype` (one level: the decoder does not recurse).
 fn ppi(d: &[u8]) -> Result<Network, Drop> {
     let t = Drop::TruncatedLink;
     let len = usize::from(le16(d, 2).ok_or(t)?);
-    let inner = le32(d, 4).ok_or(t)?;
+    let inner = i64::from(le32(d, 4).ok_or(t)?);
     if len < 8 || d.len() < len {
         return Err(t);
     }
-    let frame = &d[len..];
-    let net = match i64::from(inner) {
-        LINKTYPE_IEEE802_11 => ieee80211(frame, 0, false),
-        LINKTYPE_IEEE802_11_RADIOTAP => radiotap(frame),
-        LINKTYPE_ETHERNET => ethernet(frame),
-        _ => Err(Drop::UnsupportedLinktype),
-    }?;
+    if inner == LINKTYPE_PPI {
+        return Err(Drop::UnsupportedLinktype);
+    }
+    let net = network_offset(inner, &d[len..])?;
     Ok(Network { etype: net.etype, off: net.off + len })
 }
 
@@ -403,12 +404,5 @@ fn null_loop(linktype: i64, d: &[u8]) -> Result<Network, Drop> {
     let (le, be) = (le32(d, 0).ok_or(Drop::TruncatedLink)?, be32(d, 0).ok_or(Drop::TruncatedLink)?);
     let (first, other) = if linktype == LINKTYPE_LOOP { (be, le) } else { (le, be) };
     let family = if first > 0xFFFF { other } else { first };
-    let etype = if family == AF_INET {
-        ETH_IPV4
-    } else if AF_INET6.contains(&family) {
-        ETH_IPV6
-    } else {
-        0
-    };
-    Ok(Network { etype, off: 4 })
+    Ok(Network { etype: bsd_family_etype(family), off: 4 })
 }

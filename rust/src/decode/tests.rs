@@ -188,6 +188,8 @@ fn ppi_wraps_ethernet_or_802_11() {
     assert_eq!(decode(LINKTYPE_PPI, &f).unwrap().1, b"abc");
     f[4] = 192; // PPI in PPI: not read
     assert_eq!(decode(LINKTYPE_PPI, &f).unwrap_err(), Drop::UnsupportedLinktype);
+    f[4] = 147; // a link type the decoder does not read
+    assert_eq!(decode(LINKTYPE_PPI, &f).unwrap_err(), Drop::UnsupportedLinktype);
     assert_eq!(decode(LINKTYPE_PPI, &f[..7]).unwrap_err(), Drop::TruncatedLink);
     f[2] = 200; // a header longer than the frame
     assert_eq!(decode(LINKTYPE_PPI, &f).unwrap_err(), Drop::TruncatedLink);
