@@ -100,31 +100,35 @@ impl LineFiles {
         Ok(LineFiles { sender: Some(sender), thread: Some(thread), batch: Vec::with_capacity(BATCH_JOBS), batch_bytes: 0 })
     }
 
-    /// The queue's sending end (None once closed), for a caller that waits on it without
-    /// holding a lock on these files.
-    pub fn sender(&self) -> Option<SyncSender<Batch>> {
-        self.sender.clone()
+    /// Whether [`LineFiles::close`] was called (a job pushed then is dropped).
+    pub fn is_closed(&self) -> bool {
+        self.sender.is_none()
     }
 
-    /// Add `job` to the batch being filled; the batch, when that made it ready, for the
-    /// caller to hand over ([`LineFiles::sender`]) in the order the batches were made.
-    /// None once closed (the job is dropped: [`LineFiles::sender`] says it is closed).
-    pub fn push(&mut self, job: Job) -> Option<Batch> {
-        self.sender.as_ref()?;
+    /// Add `job` to the batch being filled; when that made it ready, the batch and the
+    /// queue's sending end, for the caller to hand it over in the order the batches were
+    /// made (waiting without holding a lock on these files). None once closed.
+    pub fn push(&mut self, job: Job) -> Option<(SyncSender<Batch>, Batch)> {
+        if self.is_closed() {
+            return None;
+        }
         self.batch_bytes += job.size();
         self.batch.push(job);
         if self.batch.len() < BATCH_JOBS && self.batch_bytes < BATCH_BYTES {
             return None;
         }
         self.batch_bytes = 0;
-        Some(std::mem::replace(&mut self.batch, Vec::with_capacity(BATCH_JOBS)))
+        let batch = std::mem::replace(&mut self.batch, Vec::with_capacity(BATCH_JOBS));
+        self.sender.clone().map(|sender| (sender, batch)) // (cloned once a batch, not a job)
     }
 
     /// Queue `job`, waiting for room when its batch is handed over.
     pub fn send(&mut self, job: Job) -> Result<(), String> {
-        let sender = self.sender.clone().ok_or("the JSON lines files are closed")?;
+        if self.is_closed() {
+            return Err("the JSON lines files are closed".into());
+        }
         match self.push(job) {
-            Some(batch) => sender.send(batch).map_err(|_| "the JSON lines thread has stopped".to_string()),
+            Some((sender, batch)) => sender.send(batch).map_err(|_| "the JSON lines thread has stopped".to_string()),
             None => Ok(()),
         }
     }
@@ -249,7 +253,7 @@ mod tests {
         assert_eq!(b_lines[1], r#"{"a":1,"b":"\u0001"}"#);
         assert_eq!(b_lines[26], "made 50");
         assert_eq!(files.close(), Outcome::default());
-        assert!(files.sender().is_none() && files.send(Job::Line { file: 0, line: vec![] }).is_err());
+        assert!(files.is_closed() && files.send(Job::Line { file: 0, line: vec![] }).is_err());
         std::fs::remove_dir_all(&dir).ok();
     }
 
@@ -263,9 +267,9 @@ mod tests {
         for _ in 1..BATCH_JOBS {
             assert!(files.push(line(2)).is_none());
         }
-        assert_eq!(files.push(line(2)).map(|b| b.len()), Some(BATCH_JOBS));
+        assert_eq!(files.push(line(2)).map(|(_, b)| b.len()), Some(BATCH_JOBS));
         assert!(files.push(line(BATCH_BYTES - 1)).is_none());
-        assert_eq!(files.push(line(1)).map(|b| b.len()), Some(2)); // ready by its bytes
+        assert_eq!(files.push(line(1)).map(|(_, b)| b.len()), Some(2)); // ready by its bytes
         files.send(line(1)).expect("send"); // held, written at close
         assert_eq!(files.close().lines, vec![1]);
         assert_eq!(std::fs::read(&path).expect("a"), b"x");

@@ -578,13 +578,10 @@ impl PyJsonLinesFiles {
         let closed = || PyValueError::new_err("the JSON lines files are closed");
         let ready = {
             let mut files = self.files.lock().map_err(|_| closed())?;
-            let files = files.as_mut().ok_or_else(closed)?;
-            match files.push(job) {
-                Some(batch) => files.sender().map(|sender| (sender, batch)),
-                None => return Ok(()),
-            }
+            files.as_mut().ok_or_else(closed)?.push(job)
         };
-        let Some((sender, batch)) = ready else { return Err(closed()) };
+        // (the lock let go: a full queue is waited on without it)
+        let Some((sender, batch)) = ready else { return Ok(()) };
         let stopped = || PyOSError::new_err("the JSON lines thread has stopped");
         match sender.try_send(batch) {
             Ok(()) => Ok(()),
